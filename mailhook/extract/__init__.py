@@ -1,0 +1,70 @@
+"""Turn a delivery's raw bytes into CallFire events, or into a reason they can't be read.
+
+This package is the pure core: no sockets, no database, no environment.
+`extract()` is its one entry point and never raises for bad input; every
+failure becomes the `reason` of the returned `Extraction`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from mailhook.errors import Unreadable
+from mailhook.extract.document import read_document
+from mailhook.extract.text import read_text
+from mailhook.mail import parse_mail
+from mailhook.models import Extraction, Kind
+
+__all__ = ["extract", "read_document", "read_text"]
+
+
+def extract(raw: bytes, kind: Kind, subscriptions: Mapping[int, str] | None = None) -> Extraction:
+    """Read every notification event in `raw`, or say why there is none."""
+    subs = subscriptions or {}
+    try:
+        if kind == "document":
+            events, notes = read_document(raw, subs)
+            return Extraction(events=tuple(events), notes=tuple(notes))
+        return _extract_email(raw, subs)
+    except Unreadable as exc:
+        return Extraction(reason=str(exc))
+    except RecursionError:
+        return Extraction(reason="input nested too deeply to read")
+    except Exception as exc:  # noqa: BLE001 - a parser bug must quarantine, never lose, the input
+        return Extraction(reason=f"internal error while reading: {type(exc).__name__}: {exc}")
+
+
+def _extract_email(raw: bytes, subs: Mapping[int, str]) -> Extraction:
+    """Look for an embedded document in every part first, then for human-readable fields."""
+    mail = parse_mail(raw)
+    reasons: list[str] = []
+    notes: list[str] = []
+    for candidate in mail.documents:
+        try:
+            events, found_notes = read_document(candidate.data, subs)
+        except Unreadable as exc:
+            reasons.append(f"{candidate.origin}: {exc}")
+            continue
+        notes.extend(found_notes)
+        if events:
+            return Extraction(
+                events=tuple(events),
+                notes=tuple(notes),
+                message_id=mail.message_id,
+                subject=mail.subject,
+            )
+    for candidate in mail.texts:
+        try:
+            events = read_text(candidate.text, subject=mail.subject, subscriptions=subs, html=candidate.html)
+        except Unreadable as exc:
+            reasons.append(f"{candidate.origin}: {exc}")
+            continue
+        if events:
+            return Extraction(
+                events=tuple(events),
+                notes=tuple(notes),
+                message_id=mail.message_id,
+                subject=mail.subject,
+            )
+    reason = "; ".join(reasons) if reasons else "no CallFire notification found in any part"
+    return Extraction(reason=reason, notes=tuple(notes), message_id=mail.message_id, subject=mail.subject)
