@@ -1,0 +1,370 @@
+"""Read one raw email into the notification texts it may carry: embedded documents and readable parts.
+
+CallFire's EMAIL format is undocumented, so nothing here trusts the email's
+shape: every body part and attachment is searched for an embedded v1.1/v2
+document (XML, SOAP or JSON), after undoing HTML escaping, inline-forward
+header blocks and `>` quote prefixes. The human-readable parts are handed on
+as well, for the `Field: value` / HTML-table reader.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import codecs
+import html
+import logging
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import mailparser
+from mailparser.exceptions import MailParserError
+
+from mailhook.errors import Unreadable
+
+log = logging.getLogger("mailhook.mail")
+
+# A notification email has a handful of multipart containers. The stdlib parser
+# recurses once per nesting level, so a MIME bomb costs time and stack before it
+# fails; refuse early and say why instead.
+MAX_CONTAINERS = 200
+# mail-parser eagerly parses every address header; a 100k-address header takes
+# seconds. Past this size only the headers we read are kept (see _trim_headers).
+MAX_HEADER_BYTES = 64 * 1024
+_KEEP_HEADERS = frozenset(
+    {
+        b"subject",
+        b"message-id",
+        b"mime-version",
+        b"content-type",
+        b"content-transfer-encoding",
+        b"content-disposition",
+        b"date",
+        b"from",
+    }
+)
+_MAX_FIELD_BYTES = 16 * 1024
+
+_BOUNDARY = re.compile(rb"boundary\s*=", re.IGNORECASE)
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_XML_START = re.compile(
+    r"<\?xml\b|<(?:[\w.-]+:)?(?:TextNotification|CallFinished|BroadcastNotification|Envelope)\b"
+)
+_XML_DECL_END = re.compile(r"\?>")
+_ELEMENT = re.compile(r"\s*(?:<!--.*?-->\s*)*<([\w.:-]+)", re.DOTALL)
+_JSON_KEYS = ('"TextNotification"', '"CallFinished"', '"BroadcastNotification"', '"events"')
+_FORWARD_MARK = re.compile(
+    r"^[ \t]*(?:-{3,}\s*(?:Forwarded message|Original Message)\s*-*|Begin forwarded message:)[ \t]*$",
+    re.IGNORECASE | re.MULTILINE,
+)
+_FORWARD_HEADER = re.compile(r"^[ \t]*(?:From|Date|Sent|Subject|To|Cc|Reply-To)[ \t]*:", re.IGNORECASE)
+_QUOTED_LINE = re.compile(r"^[ \t]*>", re.MULTILINE)
+_QUOTE_PREFIX = re.compile(r"^(?:[ \t]*>)+[ \t]?", re.MULTILINE)
+_HTML_BREAK = re.compile(r"<\s*(?:br|/p|/div|/tr|/li|/h\d|/pre)\b[^>]*>", re.IGNORECASE)
+_HTML_TAG = re.compile(r"<[^<>]*>")
+_HTML_DROP = re.compile(r"<(script|style|head)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
+_XML_ENCODING = re.compile(r"(<\?xml[^>]*?)\s+encoding\s*=\s*([\"'])[^\"']*\2")
+_DOC_TYPES = frozenset(
+    {"application/xml", "text/xml", "application/json", "text/json", "application/soap+xml"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentCandidate:
+    """An embedded XML/JSON notification text and where in the email it was found."""
+
+    data: bytes
+    origin: str
+
+
+@dataclass(frozen=True, slots=True)
+class TextCandidate:
+    """A human-readable part (plain text or HTML) with forwards and quote prefixes removed."""
+
+    text: str
+    html: bool
+    origin: str
+
+
+@dataclass(frozen=True, slots=True)
+class Mail:
+    """What one email offers the extractors: its ids and every candidate notification text."""
+
+    message_id: str | None
+    subject: str | None
+    documents: tuple[DocumentCandidate, ...]
+    texts: tuple[TextCandidate, ...]
+
+
+def parse_mail(raw: bytes) -> Mail:
+    """Parse `raw` RFC 5322 bytes into candidates, raising only `Unreadable`."""
+    containers = len(_BOUNDARY.findall(raw))
+    if containers > MAX_CONTAINERS:
+        raise Unreadable(
+            f"MIME structure too deep or too large: {containers} multipart containers"
+            f" (limit {MAX_CONTAINERS}); not parsed"
+        )
+    try:
+        parsed = mailparser.parse_from_bytes(_trim_headers(raw))
+        return _read(parsed)
+    except (MailParserError, RecursionError) as exc:
+        raise Unreadable(f"MIME structure nested too deeply to parse: {exc}") from exc
+    except Unreadable:
+        raise
+    except Exception as exc:  # hostile input must quarantine, never crash the door
+        raise Unreadable(f"email could not be parsed: {type(exc).__name__}: {exc}") from exc
+
+
+def _read(parsed: mailparser.MailParser) -> Mail:
+    ranked: list[tuple[int, int, DocumentCandidate]] = []
+    texts: list[TextCandidate] = []
+    seen: set[bytes] = set()
+
+    def add(rank: int, data: bytes, origin: str) -> None:
+        key = data.strip()
+        if key and key not in seen:
+            seen.add(key)
+            ranked.append((rank, len(ranked), DocumentCandidate(data, origin)))
+
+    for i, att in enumerate(parsed.attachments, 1):
+        ctype = str(att.get("mail_content_type") or "").lower()
+        if ctype == "message/rfc822":
+            continue  # its parts were walked too and appear below as parts of their own
+        name = str(att.get("filename") or f"attachment {i}")
+        data = _attachment_bytes(att)
+        text = _decode(data, att.get("charset"))
+        origin = f"attachment {name!r}"
+        if _is_whole_document(text):
+            add(0, data.strip(), origin)
+        else:
+            for doc in find_documents(text):
+                add(2, doc, origin)
+        if ctype.startswith("text/") and ctype not in _DOC_TYPES:
+            texts.append(TextCandidate(_clean(text), ctype == "text/html", origin))
+
+    bodies = [("text/plain", t, False) for t in parsed.text_plain]
+    bodies += [("text/html", t, True) for t in parsed.text_html]
+    bodies += [("other", t, False) for t in parsed.text_not_managed]
+    for i, (kind, body, is_html) in enumerate(bodies, 1):
+        origin = f"{kind} part {i}"
+        if _is_whole_document(body):
+            add(1, _utf8_document(body.strip()), origin)
+            continue
+        for doc in _documents_in_body(body, is_html):
+            add(3, doc, origin)
+        if kind != "other":
+            texts.append(TextCandidate(_clean(body) if not is_html else body, is_html, origin))
+
+    ranked.sort(key=lambda r: (r[0], r[1]))
+    return Mail(
+        message_id=_message_id(parsed.message_id),
+        subject=_subject(parsed.subject),
+        documents=tuple(c for _, _, c in ranked),
+        texts=tuple(texts),
+    )
+
+
+def find_documents(text: str) -> list[bytes]:
+    """Return every XML/SOAP/JSON notification embedded in `text`, in order, as UTF-8 bytes.
+
+    A document whose end is missing runs to the end of the text, so the
+    document reader can say precisely why it is truncated.
+    """
+    found: list[bytes] = []
+    spans: list[tuple[int, int]] = []
+    if "<" in text:
+        pos = 0
+        while (m := _XML_START.search(text, pos)) is not None:
+            start, end = m.start(), _xml_end(text, m.start())
+            spans.append((start, end))
+            found.append(_utf8_document(text[start:end]))
+            pos = end
+    if "{" in text and any(k in text for k in _JSON_KEYS):
+        for start, end in _json_spans(text):
+            if not any(s <= start < e for s, e in spans):
+                spans.append((start, end))
+                found.append(text[start:end].encode("utf-8", "replace"))
+    if len(found) > 1:
+        order = sorted(range(len(found)), key=lambda k: spans[k][0])
+        found = [found[k] for k in order]
+    return found
+
+
+def _documents_in_body(body: str, is_html: bool) -> list[bytes]:
+    """Search a body as sent, then unquoted, then (HTML) with tags removed and entities undone."""
+    variants = [body]
+    if is_html:
+        variants.append(html_to_text(body))
+    found: list[bytes] = []
+    for variant in variants:
+        found += find_documents(variant)
+        if _QUOTED_LINE.search(variant):
+            found += find_documents(_QUOTE_PREFIX.sub("", variant))
+    return found
+
+
+def html_to_text(markup: str) -> str:
+    """Turn HTML into its visible text, one line per break/paragraph/row, entities decoded."""
+    text = _HTML_DROP.sub("", markup)
+    text = _HTML_BREAK.sub("\n", text)
+    return html.unescape(_HTML_TAG.sub("", text))
+
+
+def _xml_end(text: str, start: int) -> int:
+    """Return the end of the XML document starting at `start` (its root's closing tag)."""
+    pos = start
+    if text.startswith("<?xml", start):
+        decl = _XML_DECL_END.search(text, start)
+        if decl is None:
+            return len(text)
+        pos = decl.end()
+    root = _ELEMENT.match(text, pos)
+    if root is None:
+        return len(text)
+    name = root.group(1)
+    opening = text.find(">", root.end())
+    if opening > 0 and text[opening - 1] == "/":
+        return opening + 1
+    close = re.compile(r"</" + re.escape(name) + r"\s*>").search(text, root.end())
+    return len(text) if close is None else close.end()
+
+
+def _json_spans(text: str) -> Iterator[tuple[int, int]]:
+    """Yield balanced top-level `{ … }` spans that name a CallFire notification."""
+    pos = text.find("{")
+    while pos >= 0:
+        end = _balanced_end(text, pos)
+        chunk = text[pos:end]
+        if any(k in chunk for k in _JSON_KEYS):
+            yield pos, end
+            pos = text.find("{", end)
+        else:
+            pos = text.find("{", pos + 1)
+
+
+def _balanced_end(text: str, start: int) -> int:
+    """Return the index after the `}` closing the `{` at `start`, or len(text) if it never closes."""
+    depth = 0
+    in_string = False
+    escaped = False
+    for i in range(start, len(text)):
+        ch = text[i]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    return len(text)
+
+
+def _is_whole_document(text: str) -> bool:
+    """Say whether a part is nothing but one document (it may still be malformed)."""
+    head = text.lstrip("\ufeff \t\r\n")[:512]
+    if head.startswith("{"):
+        return any(k in text for k in _JSON_KEYS)
+    return bool(head.startswith("<") and _XML_START.match(head)) and head[:5].lower() != "<html"
+
+
+def _utf8_document(text: str) -> bytes:
+    """Encode an already-decoded XML text as UTF-8, dropping its now-wrong encoding declaration."""
+    if text.startswith("<?xml"):
+        text = _XML_ENCODING.sub(r"\1", text, count=1)
+    return text.encode("utf-8", "replace")
+
+
+def _clean(text: str) -> str:
+    """Remove inline-forward header blocks and `>` quote prefixes from a plain-text part."""
+    if _QUOTED_LINE.search(text):
+        text = _QUOTE_PREFIX.sub("", text)
+    if _FORWARD_MARK.search(text) is None:
+        return text
+    out: list[str] = []
+    in_block = False
+    for line in text.splitlines():
+        if _FORWARD_MARK.match(line):
+            in_block = True
+            continue
+        if in_block:
+            if _FORWARD_HEADER.match(line) or (line.startswith((" ", "\t")) and line.strip()):
+                continue
+            in_block = False
+            if not line.strip():
+                continue
+        out.append(line)
+    return "\n".join(out)
+
+
+def _attachment_bytes(att: dict[str, object]) -> bytes:
+    payload = att.get("payload") or ""
+    text = payload if isinstance(payload, str) else str(payload)
+    if att.get("binary"):
+        try:
+            return base64.b64decode(text)
+        except (binascii.Error, ValueError):
+            return text.encode("utf-8", "replace")
+    return text.encode("utf-8", "surrogateescape") if text else b""
+
+
+def _decode(data: bytes, charset: object) -> str:
+    """Decode bytes best-effort: BOM, declared charset, UTF-8, then Windows-1252; never raises."""
+    for bom, codec in (
+        (codecs.BOM_UTF8, "utf-8-sig"),
+        (codecs.BOM_UTF16_LE, "utf-16"),
+        (codecs.BOM_UTF16_BE, "utf-16"),
+    ):
+        if data.startswith(bom):
+            return data.decode(codec, "replace")
+    for codec in (charset, "utf-8"):
+        if isinstance(codec, str) and codec:
+            try:
+                return data.decode(codec)
+            except (LookupError, UnicodeError):
+                continue
+    return data.decode("cp1252", "replace")
+
+
+def _trim_headers(raw: bytes) -> bytes:
+    """Keep only the headers mailhook reads when the header block is oversized (see MAX_HEADER_BYTES)."""
+    m = _HEADER_END.search(raw)
+    head_end = m.start() if m else len(raw)
+    if head_end <= MAX_HEADER_BYTES:
+        return raw
+    kept: list[bytes] = []
+    keep = False
+    size = 0
+    for line in raw[:head_end].splitlines(keepends=True):
+        if line[:1] in (b" ", b"\t"):
+            if keep and size + len(line) <= _MAX_FIELD_BYTES:
+                kept.append(line)
+                size += len(line)
+            continue
+        name = line.split(b":", 1)[0].strip().lower()
+        keep = name in _KEEP_HEADERS
+        size = len(line)
+        if keep and size <= _MAX_FIELD_BYTES:
+            kept.append(line)
+    log.debug("header block of %d bytes trimmed to %d kept lines", head_end, len(kept))
+    return b"".join(kept) + raw[head_end:]
+
+
+def _message_id(value: object) -> str | None:
+    if value is None:
+        return None
+    text = "".join(str(value).split())
+    return text or None
+
+
+def _subject(value: object) -> str | None:
+    """Return the subject mail-parser decoded (RFC 2047), whitespace collapsed."""
+    return " ".join(str(value).split()) or None if value else None
