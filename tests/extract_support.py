@@ -7,19 +7,23 @@ so the document extractors can be tested on their own.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from mailhook.errors import Unreadable
 from mailhook.models import Extraction
 
+_ENTRY: Callable[..., Extraction] | None = None
+
 
 def _ensure_package() -> None:
+    global _ENTRY
     try:
-        import mailhook.extract  # noqa: F401
+        from mailhook.extract import extract
+
+        _ENTRY = extract
     except ImportError:
         sys.modules.pop("mailhook.extract", None)
         import mailhook
@@ -33,12 +37,15 @@ def _ensure_package() -> None:
 _ensure_package()
 
 
+def entry_point() -> Callable[..., Extraction] | None:
+    """Return mailhook.extract.extract, or None while its email half cannot be imported."""
+    return _ENTRY
+
+
 def extract_document(raw: bytes, subscriptions: Mapping[int, str]) -> Extraction:
     """Do what mailhook.extract.extract does for a document, for use until it imports."""
-    if importlib.util.find_spec("mailhook.mail") is not None:
-        from mailhook.extract import extract
-
-        return extract(raw, "document", subscriptions)
+    if _ENTRY is not None:
+        return _ENTRY(raw, "document", subscriptions)
     from mailhook.extract.document import read_document
 
     try:

@@ -1,0 +1,89 @@
+"""Read one bare CallFire notification document (v1.1 XML, SOAP, v1.1 JSON, v2 JSON) into Events."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from mailhook.errors import Unreadable
+from mailhook.extract.json import parse_json
+from mailhook.extract.v1 import ROOTS, read_v1
+from mailhook.extract.v2 import is_v2, read_v2
+from mailhook.extract.xml import parse_xml
+from mailhook.models import Event
+
+_BLANK = b" \t\r\n\xef\xbb\xbf"
+
+
+def read_document(data: bytes | str, subscriptions: Mapping[int, str]) -> tuple[list[Event], list[str]]:
+    """Sniff (first non-blank char: '<' XML/SOAP, '{' or '[' JSON) and read one document.
+
+    Returns the events and notes on anything done to read it (such as a
+    repaired malformed XML); raises `Unreadable` with a precise reason when the
+    document is not a CallFire notification or holds no event.
+    """
+    head = (
+        data.lstrip("\ufeff \t\r\n")[:1]
+        if isinstance(data, str)
+        else data.lstrip(_BLANK)[:1].decode("latin-1")
+    )
+    if not head:
+        raise Unreadable("empty document")
+    if head == "<":
+        events, notes = _read_xml(data, subscriptions)
+    elif head in "{[":
+        events, notes = _read_json(data, subscriptions), []
+    elif isinstance(data, bytes) and data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        events, notes = _read_xml(data, subscriptions)
+    else:
+        raise Unreadable(f"not XML or JSON: document starts with {head!r}")
+    if not events:
+        raise Unreadable("document holds no notification event")
+    return events, notes
+
+
+def _read_xml(data: bytes | str, subscriptions: Mapping[int, str]) -> tuple[list[Event], list[str]]:
+    document, notes = parse_xml(data)
+    fmt = "xml"
+    root, body = next(iter(document.items()))
+    if root == "Envelope":
+        root, body = _soap_body(body)
+        fmt = "soap"
+    if root not in ROOTS:
+        raise Unreadable(f"unknown XML root element <{root}>: not a CallFire v1.1 notification")
+    return [read_v1(root, body, fmt, subscriptions)], notes
+
+
+def _soap_body(envelope: Any) -> tuple[str, Any]:
+    """Return the notification element inside a SOAP Envelope/Body."""
+    body = envelope.get("Body") if isinstance(envelope, Mapping) else None
+    if not isinstance(body, Mapping):
+        raise Unreadable("SOAP envelope without a Body")
+    if "Fault" in body:
+        raise Unreadable(f"SOAP Fault instead of a notification: {body['Fault']!r:.200}")
+    children = [(k, v) for k, v in body.items() if not k.startswith(("@", "#"))]
+    if len(children) != 1:
+        names = ", ".join(k for k, _ in children) or "nothing"
+        raise Unreadable(f"SOAP Body must hold exactly one notification element, found {names}")
+    return children[0]
+
+
+def _read_json(data: bytes | str, subscriptions: Mapping[int, str]) -> list[Event]:
+    document = parse_json(data)
+    items = document if isinstance(document, list) else [document]
+    events: list[Event] = []
+    for item in items:
+        events.extend(_read_json_object(item, subscriptions))
+    return events
+
+
+def _read_json_object(document: Any, subscriptions: Mapping[int, str]) -> list[Event]:
+    if not isinstance(document, Mapping):
+        raise Unreadable(f"JSON notification must be an object, got {type(document).__name__}")
+    roots = [k for k in document if k in ROOTS]
+    if roots:
+        return [read_v1(root, document[root], "json", subscriptions) for root in roots]
+    if is_v2(document):
+        return read_v2(document)
+    keys = ", ".join(list(document)[:8]) or "none"
+    raise Unreadable(f"JSON is not a CallFire notification (top-level keys: {keys})")

@@ -1,0 +1,184 @@
+"""Normalize the loosely typed values CallFire sends into exact column values.
+
+Every function accepts what either XML (always text) or JSON (parsed with
+`parse_int=int, parse_float=Decimal`) produces, returns None for an absent or
+empty value, and raises `Unreadable` naming the field when a value has the
+wrong kind. Ids never pass through a float.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from mailhook.errors import Unreadable
+
+_INT = re.compile(r"[+-]?\d+")
+_TRUE = frozenset({"true", "1", "yes"})
+_FALSE = frozenset({"false", "0", "no"})
+# Epoch milliseconds beyond year 9999 cannot be a real CallFire timestamp.
+_MAX_EPOCH_MS = 253_402_300_799_999
+
+
+def text_of(value: Any) -> Any:
+    """Return the text content of an XML element that also carries attributes (`#text`)."""
+    if isinstance(value, Mapping) and "#text" in value:
+        return value["#text"]
+    return value
+
+
+def is_blank(value: Any) -> bool:
+    """Say whether a value is absent: None, an empty string or an attribute-only element."""
+    value = text_of(value)
+    return (
+        value is None
+        or (isinstance(value, str) and not value.strip())
+        or (isinstance(value, Mapping) and not value)
+    )
+
+
+def to_int(value: Any, name: str) -> int | None:
+    """Read an exact integer from an int, a digit string or an integral Decimal."""
+    value = text_of(value)
+    if is_blank(value):
+        return None
+    if isinstance(value, bool):
+        raise Unreadable(f"{name}: expected an integer, got a boolean")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
+        return int(value)
+    if isinstance(value, str) and _INT.fullmatch(value.strip()) and len(value) < 40:
+        return int(value.strip())
+    raise Unreadable(f"{name}: expected an integer, got {_show(value)}")
+
+
+def to_text(value: Any, name: str) -> str | None:
+    """Read a string field (phone numbers included) exactly as sent; a JSON number becomes its digits.
+
+    Accepts a plain string or number, `{"value": ...}` (some JSON serializers)
+    and an XML element with attributes such as `ToNumber ClientData="..."`.
+    """
+    if isinstance(value, Mapping):
+        if "value" in value:
+            return to_text(value["value"], name)
+        if "#text" in value:
+            return to_text(value["#text"], name)
+        if all(str(k).startswith("@") for k in value):
+            return None
+        raise Unreadable(f"{name}: expected text, got an object")
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | Decimal):
+        return str(value)
+    if isinstance(value, str):
+        return value if value.strip() else None
+    raise Unreadable(f"{name}: expected text, got {_show(value)}")
+
+
+def to_bool(value: Any, name: str) -> bool | None:
+    """Read a boolean from true/false, 1/0 or their text forms."""
+    value = text_of(value)
+    if is_blank(value):
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in _TRUE:
+            return True
+        if word in _FALSE:
+            return False
+    raise Unreadable(f"{name}: expected a boolean, got {_show(value)}")
+
+
+def to_time(value: Any, name: str) -> str | None:
+    """Normalize an ISO 8601 time (Z, ±hh:mm or none = UTC) or epoch milliseconds to UTC `...Z`."""
+    value = text_of(value)
+    if is_blank(value):
+        return None
+    if isinstance(value, str) and _INT.fullmatch(value.strip()):
+        value = int(value.strip())
+    if isinstance(value, bool):
+        raise Unreadable(f"{name}: expected a time, got a boolean")
+    if isinstance(value, int | Decimal):
+        if not 0 <= value <= _MAX_EPOCH_MS:
+            raise Unreadable(f"{name}: epoch milliseconds out of range: {value}")
+        moment = datetime.fromtimestamp(int(value) // 1000, tz=UTC)
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise Unreadable(f"{name}: not an ISO 8601 time: {_show(value)}") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        try:
+            moment = moment.astimezone(UTC)
+        except OverflowError:
+            raise Unreadable(f"{name}: time out of range: {_show(value)}") from None
+    else:
+        raise Unreadable(f"{name}: expected a time, got {_show(value)}")
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def to_decimal(value: Any, name: str) -> Decimal | None:
+    """Read an exact amount (credits) from an int, a Decimal or a numeric string."""
+    value = text_of(value)
+    if is_blank(value):
+        return None
+    if isinstance(value, bool):
+        raise Unreadable(f"{name}: expected a number, got a boolean")
+    if isinstance(value, int):
+        return Decimal(value)
+    if isinstance(value, Decimal):
+        amount = value
+    elif isinstance(value, str) and len(value) < 60:
+        try:
+            amount = Decimal(value.strip())
+        except InvalidOperation:
+            raise Unreadable(f"{name}: expected a number, got {_show(value)}") from None
+    else:
+        raise Unreadable(f"{name}: expected a number, got {_show(value)}")
+    if not amount.is_finite():
+        raise Unreadable(f"{name}: expected a finite number, got {_show(value)}")
+    return amount
+
+
+def to_labels(value: Any, name: str) -> tuple[str, ...] | None:
+    """Read labels given as strings, as `{Name: ...}` objects, or as one of either."""
+    if is_blank(value):
+        return None
+    items = value if isinstance(value, list) else [value]
+    labels: list[str] = []
+    for item in items:
+        if isinstance(item, Mapping) and not ("#text" in item or "value" in item):
+            item = item.get("Name", item.get("name"))
+        label = to_text(item, name)
+        if label is not None:
+            labels.append(label)
+    return tuple(labels)
+
+
+def to_list(value: Any, name: str) -> tuple[str, ...]:
+    """Split a space-separated list field such as `RetryResults` (empty means no items)."""
+    text = to_text(value, name)
+    return tuple(text.split()) if text else ()
+
+
+def as_list(value: Any) -> list[Any]:
+    """Return a repeated element as a list: a single record may arrive as a bare object."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list) else [value]
+
+
+def _show(value: Any) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
