@@ -15,6 +15,16 @@ TypeSource = Literal["payload", "config", "inferred"]
 
 
 @dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """How far an IMAP folder has been read; stored in the same transaction as the delivery."""
+
+    account: str
+    folder: str
+    uidvalidity: int
+    uid: int
+
+
+@dataclass(frozen=True, slots=True)
 class Delivery:
     """One thing received: an email, an HTTP body or a file, with its envelope.
 
@@ -31,6 +41,7 @@ class Delivery:
     remote_addr: str | None = None
     content_type: str | None = None
     source: str | None = None
+    checkpoint: Checkpoint | None = None
 
     @property
     def sha256(self) -> str:
@@ -209,3 +220,4 @@ class Receipt:
     events: int = 0
     duplicates: int = 0
     error: str | None = None
+    message_id: str | None = None

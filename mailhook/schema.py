@@ -1,0 +1,166 @@
+"""The database schema as numbered migrations, applied in order on open.
+
+Each entry is one SQL script; `PRAGMA user_version` records how many have
+run. Append new migrations at the end, never edit a released one.
+"""
+
+from __future__ import annotations
+
+EVENT_COLUMNS = (
+    "dedupe_key",
+    "event_type",
+    "event_type_source",
+    "api_version",
+    "format",
+    "resource_type",
+    "resource_id",
+    "subscription_id",
+    "account_id",
+    "webhook_id",
+    "from_number",
+    "to_number",
+    "inbound",
+    "state",
+    "final_result",
+    "message",
+    "billed_amount",
+    "duration",
+    "batch_id",
+    "broadcast_id",
+    "contact_id",
+    "broadcast_name",
+    "broadcast_status",
+    "broadcast_type",
+    "labels",
+    "created",
+    "modified",
+    "payload",
+)
+
+ATTEMPT_COLUMNS = (
+    "record_id",
+    "result",
+    "finish_time",
+    "billed_amount",
+    "duration",
+    "originate_time",
+    "answer_time",
+    "message",
+    "payload",
+)
+
+_V1 = """
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY,
+    channel TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    status TEXT NOT NULL,
+    error TEXT,
+    message_id TEXT,
+    envelope_from TEXT,
+    envelope_to TEXT,
+    subject TEXT,
+    content_type TEXT,
+    remote_addr TEXT,
+    size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    raw BLOB,
+    notes TEXT,
+    source TEXT,
+    event_count INTEGER NOT NULL DEFAULT 0,
+    duplicate_count INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS deliveries_message_id ON deliveries(message_id) WHERE message_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS deliveries_received_at ON deliveries(received_at);
+CREATE INDEX IF NOT EXISTS deliveries_status ON deliveries(status);
+
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    delivery_id INTEGER NOT NULL REFERENCES deliveries(id),
+    dedupe_key TEXT NOT NULL UNIQUE,
+    event_type TEXT NOT NULL,
+    event_type_source TEXT NOT NULL,
+    api_version TEXT NOT NULL,
+    format TEXT NOT NULL,
+    resource_type TEXT,
+    resource_id INTEGER,
+    subscription_id INTEGER,
+    account_id INTEGER,
+    webhook_id INTEGER,
+    from_number TEXT,
+    to_number TEXT,
+    inbound INTEGER,
+    state TEXT,
+    final_result TEXT,
+    message TEXT,
+    billed_amount REAL,
+    duration INTEGER,
+    batch_id INTEGER,
+    broadcast_id INTEGER,
+    contact_id INTEGER,
+    broadcast_name TEXT,
+    broadcast_status TEXT,
+    broadcast_type TEXT,
+    labels TEXT,
+    created TEXT,
+    modified TEXT,
+    received_at TEXT NOT NULL,
+    payload TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_delivery_id ON events(delivery_id);
+CREATE INDEX IF NOT EXISTS events_event_type ON events(event_type);
+CREATE INDEX IF NOT EXISTS events_received_at ON events(received_at);
+CREATE INDEX IF NOT EXISTS events_broadcast_id ON events(broadcast_id);
+CREATE INDEX IF NOT EXISTS events_from_number ON events(from_number);
+CREATE INDEX IF NOT EXISTS events_to_number ON events(to_number);
+CREATE INDEX IF NOT EXISTS events_final_result ON events(final_result);
+CREATE INDEX IF NOT EXISTS events_resource ON events(resource_type, resource_id);
+
+CREATE TABLE IF NOT EXISTS attempts (
+    id INTEGER PRIMARY KEY,
+    event_id INTEGER NOT NULL REFERENCES events(id) ON DELETE CASCADE,
+    record_id INTEGER,
+    result TEXT,
+    finish_time TEXT,
+    billed_amount REAL,
+    duration INTEGER,
+    originate_time TEXT,
+    answer_time TEXT,
+    message TEXT,
+    payload TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS attempts_event_id ON attempts(event_id);
+CREATE INDEX IF NOT EXISTS attempts_result ON attempts(result);
+
+CREATE VIEW IF NOT EXISTS texts AS
+SELECT id, delivery_id, event_type, event_type_source, resource_id AS text_id, subscription_id,
+       account_id, from_number, to_number, inbound, state, final_result, message, billed_amount,
+       batch_id, broadcast_id, contact_id, labels, created, modified, received_at
+FROM events
+WHERE event_type IN ('OUTBOUND_TEXT_FINISHED', 'INBOUND_TEXT_FINISHED');
+
+CREATE VIEW IF NOT EXISTS calls AS
+SELECT id, delivery_id, event_type, event_type_source, resource_id AS call_id, subscription_id,
+       account_id, from_number, to_number, inbound, state, final_result, billed_amount, duration,
+       batch_id, broadcast_id, contact_id, labels, created, modified, received_at
+FROM events
+WHERE event_type IN ('OUTBOUND_CALL_FINISHED', 'INBOUND_CALL_FINISHED');
+
+CREATE VIEW IF NOT EXISTS campaigns AS
+SELECT id, delivery_id, event_type, event_type_source, resource_type,
+       COALESCE(broadcast_id, resource_id) AS broadcast_id, subscription_id, account_id,
+       broadcast_name, broadcast_status, broadcast_type, labels, created, modified, received_at
+FROM events
+WHERE event_type IN ('CAMPAIGN_STARTED', 'CAMPAIGN_STOPPED', 'CAMPAIGN_FINISHED');
+
+CREATE TABLE IF NOT EXISTS imap_checkpoints (
+    account TEXT NOT NULL,
+    folder TEXT NOT NULL,
+    uidvalidity INTEGER NOT NULL,
+    last_uid INTEGER NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (account, folder)
+);
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1,)
