@@ -1,0 +1,154 @@
+"""The `mailhook` command: parse arguments, read settings once, run a subcommand, exit.
+
+This is the only module that reads the environment or calls `sys.exit`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from mailhook import __version__
+from mailhook.config import Settings, load, options
+from mailhook.errors import ConfigError, RetryLater
+
+EX_OK = 0
+EX_USAGE = 64
+EX_DATAERR = 65
+EX_SOFTWARE = 70
+EX_CONFIG = 78
+EX_TEMPFAIL = 75
+
+log = logging.getLogger("mailhook.cli")
+
+Command = Callable[[argparse.Namespace, Settings, Mapping[str, str]], int]
+
+# Which option sections each subcommand reads; flags of the others would only confuse.
+COMMAND_SECTIONS: dict[str, tuple[str, ...]] = {
+    "serve": ("storage", "smtp", "http", "imap", "log"),
+    "ingest": ("storage", "log"),
+    "imap": ("storage", "imap", "log"),
+    "reprocess": ("storage", "log"),
+}
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[argparse.ArgumentParser]]:
+    """Build the argument parser with one subparser per command."""
+    parser = argparse.ArgumentParser(
+        prog="mailhook",
+        description="Store CallFire notifications from email, IMAP and HTTP in one SQLite file.",
+    )
+    parser.add_argument("--version", action="version", version=f"mailhook {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = _command(sub, "serve", "receive notifications over SMTP and HTTP (and IMAP when configured)")
+    serve.set_defaults(run=_lazy("mailhook.server", "run_serve"))
+
+    ingest = _command(sub, "ingest", "store notification files: .eml, mbox, Maildir, .xml, .json, or - for stdin")
+    ingest.add_argument("paths", nargs="+", metavar="PATH", help="files or directories; - reads one message from stdin")
+    ingest.add_argument("--max-message-size", dest="max_message_size", type=int, default=argparse.SUPPRESS,
+                        help="largest message in bytes (default 10 MiB)")
+    ingest.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
+    ingest.set_defaults(run=_run_ingest)
+
+    imap = _command(sub, "imap", "poll an IMAP mailbox for notification emails")
+    imap.set_defaults(run=_lazy("mailhook.imap", "run_imap"))
+
+    reprocess = _command(sub, "reprocess", "re-read stored raw deliveries with the current extractors")
+    reprocess.add_argument("--quarantined", action="store_true", help="only deliveries that are quarantined")
+    reprocess.set_defaults(run=_run_reprocess)
+    return parser, sub
+
+
+def _command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help: str, sections: Sequence[str] = ()
+) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=help, description=help)
+    parser.add_argument("--config", type=Path, default=None, help="TOML config file (env MAILHOOK_CONFIG)")
+    for opt in options():
+        if opt.section not in (COMMAND_SECTIONS.get(name) or sections):
+            continue
+        kwargs: dict[str, Any] = {"dest": f"opt:{opt.flag}", "default": argparse.SUPPRESS,
+                                  "help": f"{opt.help} [{opt.env}]"}
+        if opt.kind is bool and not opt.repeatable:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif opt.repeatable:
+            kwargs["action"] = "append"
+            kwargs["metavar"] = "VALUE"
+        else:
+            kwargs["metavar"] = opt.name.upper()
+        parser.add_argument(f"--{opt.flag}", **kwargs)
+    return parser
+
+
+def _lazy(module: str, name: str) -> Command:
+    """Import a door only when its command runs, so `mailhook ingest` starts fast."""
+
+    def run(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
+        import importlib
+
+        command: Command = getattr(importlib.import_module(module), name)
+        return command(args, settings, env)
+
+    return run
+
+
+def configure_logging(settings: Settings) -> None:
+    """Send logs to stderr, one line per record, at the configured level."""
+    from mailhook.logs import setup
+
+    setup(settings.log.level, settings.log.format)
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    """Run the command line and return its exit code (the console script exits with it)."""
+    environ = dict(os.environ if env is None else env)
+    parser, _ = build_parser()
+    args = parser.parse_args(argv)
+    flags = {key[4:]: value for key, value in vars(args).items() if key.startswith("opt:")}
+    if "max_message_size" in vars(args):
+        flags["max-message-size"] = args.max_message_size
+    try:
+        settings = load(flags, environ, args.config)
+    except ConfigError as exc:
+        print(f"mailhook: configuration error: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    configure_logging(settings)
+    try:
+        code: int = args.run(args, settings, environ)
+    except ConfigError as exc:
+        print(f"mailhook: configuration error: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except RetryLater as exc:
+        print(f"mailhook: {exc}; try again later", file=sys.stderr)
+        return EX_TEMPFAIL
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+def _run_ingest(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
+    from mailhook.files import ingest_paths
+
+    return ingest_paths(args.paths, settings, env, quiet=args.quiet, stdin=sys.stdin.buffer,
+                        interactive=sys.stderr.isatty())
+
+
+def _run_reprocess(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
+    from mailhook.ingest import reprocess
+    from mailhook.store import Store
+
+    store = Store(settings.database(env), busy_timeout=settings.storage.busy_timeout)
+    try:
+        receipts = reprocess(store, settings.subscriptions, quarantined_only=args.quarantined)
+    finally:
+        store.close()
+    new = sum(r.events for r in receipts)
+    still = sum(1 for r in receipts if r.status == "quarantined")
+    print(f"reprocessed {len(receipts)} deliveries: {new} new events, {still} still quarantined", file=sys.stderr)
+    return EX_OK

@@ -1,0 +1,337 @@
+"""Settings from flags, MAILHOOK_* environment variables and a TOML file, read once.
+
+Precedence is flag > environment > file > default. Every option is declared
+once, as a dataclass field with `option()` metadata; flags, environment
+variable names and TOML keys are all derived from it, so they cannot drift.
+"""
+
+from __future__ import annotations
+
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from mailhook.errors import ConfigError
+
+DEFAULT_CONFIG = Path("/etc/mailhook/mailhook.toml")
+TRIGGER_EVENTS = frozenset(
+    {
+        "OUTBOUND_CALL_FINISHED",
+        "OUTBOUND_TEXT_FINISHED",
+        "INBOUND_CALL_FINISHED",
+        "INBOUND_TEXT_FINISHED",
+        "CAMPAIGN_STARTED",
+        "CAMPAIGN_STOPPED",
+        "CAMPAIGN_FINISHED",
+    }
+)
+
+
+def option(default: Any, help: str, *, flag: str | None = None, secret: bool = False) -> Any:
+    """Declare a setting: its default, its help text, and optionally a shorter flag name."""
+    meta = {"help": help, "flag": flag, "secret": secret}
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True, slots=True)
+class StorageSettings:
+    """Where and how events are stored."""
+
+    db: Path | None = option(None, "SQLite database file (default: mailhook.db here, or in $STATE_DIRECTORY)",
+                             flag="db")
+    busy_timeout: float = option(5.0, "seconds to wait for a locked database before answering 'retry later'")
+    max_batch: int = option(256, "most deliveries committed in one transaction")
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpSettings:
+    """The SMTP door."""
+
+    listen: str = option("127.0.0.1:2525", "SMTP address HOST:PORT ('' turns SMTP off)")
+    hostname: str = option("mailhook", "name the server gives in its banner and EHLO")
+    accept: tuple[str, ...] = option((), "recipient ADDR or @DOMAIN to accept (repeatable)", flag="accept")
+    senders: tuple[str, ...] = option((), "envelope sender ADDR or @DOMAIN allowed (repeatable; default any)")
+    max_message_size: int = option(10 * 1024 * 1024, "largest message or body in bytes",
+                                   flag="max-message-size")
+    max_sessions: int = option(1000, "most concurrent SMTP sessions")
+    max_per_ip: int = option(100, "most concurrent SMTP sessions from one address")
+    idle_timeout: float = option(300.0, "seconds an SMTP session may stay silent")
+    tls_cert: Path | None = option(None, "PEM certificate for STARTTLS")
+    tls_key: Path | None = option(None, "PEM private key for STARTTLS")
+    require_starttls: bool = option(False, "refuse mail transactions before STARTTLS")
+    auth_file: Path | None = option(None, "password file (user:hash lines) enabling SMTP AUTH")
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSettings:
+    """The HTTP door."""
+
+    listen: str = option("127.0.0.1:8080", "HTTP address HOST:PORT ('' turns HTTP off)")
+    token: str | None = option(None, "token required as ?token= or basic-auth password", flag="http-token",
+                               secret=True)
+    webhook_secret: str | None = option(None, "v2 webhook secret for X-CallFire-Signature",
+                                        flag="webhook-secret", secret=True)
+
+
+@dataclass(frozen=True, slots=True)
+class ImapSettings:
+    """The IMAP poller (off unless a host is set)."""
+
+    host: str | None = option(None, "IMAP server to poll")
+    port: int | None = option(None, "IMAP port (default 993 for ssl, else 143)")
+    security: str = option("ssl", "ssl, starttls or none")
+    ca_file: Path | None = option(None, "CA bundle to trust for the IMAP server's certificate")
+    user: str | None = option(None, "IMAP user name")
+    password: str | None = option(None, "IMAP password (prefer password_file)", secret=True)
+    password_file: Path | None = option(None, "file holding the IMAP password")
+    folders: tuple[str, ...] = option(("INBOX",), "folders to watch (repeatable)")
+    action: str = option("move", "after storing: move, seen or leave")
+    move_to: str = option("CallFire/Processed", "folder processed messages are moved to")
+    quarantine_folder: str = option("CallFire/Quarantine", "folder unreadable messages are moved to")
+    poll_interval: float = option(60.0, "seconds between polls when IDLE is unavailable")
+
+
+@dataclass(frozen=True, slots=True)
+class LogSettings:
+    """Logging."""
+
+    level: str = option("INFO", "log level: DEBUG, INFO, WARNING or ERROR", flag="log-level")
+    format: str = option("text", "log format: text or json", flag="log-format")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every setting mailhook reads, grouped by section."""
+
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    smtp: SmtpSettings = field(default_factory=SmtpSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    imap: ImapSettings = field(default_factory=ImapSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    subscriptions: Mapping[int, str] = field(default_factory=dict)
+
+    def database(self, env: Mapping[str, str]) -> Path:
+        """Return the database path: configured, or in systemd's state directory, or here."""
+        if self.storage.db is not None:
+            return self.storage.db
+        state = env.get("STATE_DIRECTORY")
+        if state:
+            return Path(state.split(":")[0]) / "mailhook.db"
+        return Path("mailhook.db")
+
+
+SECTIONS: dict[str, type] = {
+    "storage": StorageSettings,
+    "smtp": SmtpSettings,
+    "http": HttpSettings,
+    "imap": ImapSettings,
+    "log": LogSettings,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One setting as the command line and environment see it."""
+
+    section: str
+    name: str
+    flag: str
+    env: str
+    help: str
+    kind: type
+    repeatable: bool
+    secret: bool
+
+
+def options() -> list[Option]:
+    """List every option with its flag and environment variable name."""
+    result = []
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            flag = f.metadata.get("flag") or f"{section}-{f.name.replace('_', '-')}"
+            kind, repeatable = _base_type(hints[f.name])
+            result.append(
+                Option(
+                    section=section,
+                    name=f.name,
+                    flag=flag,
+                    env="MAILHOOK_" + flag.upper().replace("-", "_"),
+                    help=f.metadata.get("help", ""),
+                    kind=kind,
+                    repeatable=repeatable,
+                    secret=f.metadata.get("secret", False),
+                )
+            )
+    return result
+
+
+def _base_type(hint: Any) -> tuple[type, bool]:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        return str, True
+    if origin in (typing.Union, types.UnionType):
+        return _base_type(args[0])
+    return hint, False
+
+
+def convert(opt: Option, value: Any, where: str) -> Any:
+    """Convert a raw value from a flag, variable or file to the option's type, naming it on error."""
+    try:
+        if opt.repeatable:
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+                raise ValueError("expected a list of strings")
+            return tuple(value)
+        if opt.kind is bool:
+            if isinstance(value, bool):
+                return value
+            lowered = str(value).strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true or false")
+        if opt.kind is int:
+            if isinstance(value, bool):
+                raise ValueError("expected an integer")
+            return int(value)
+        if opt.kind is float:
+            if isinstance(value, bool):
+                raise ValueError("expected a number")
+            return float(value)
+        if opt.kind is Path:
+            return Path(str(value))
+        if not isinstance(value, str):
+            raise ValueError("expected a string")
+        return value
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: bad value {value!r}: {exc}") from None
+
+
+def load(
+    flags: Mapping[str, Any],
+    env: Mapping[str, str],
+    config_file: Path | None = None,
+) -> Settings:
+    """Build the settings from explicit flags, the environment and the TOML file.
+
+    `flags` holds only the flags given on the command line, keyed by `Option.flag`.
+    """
+    data: dict[str, Any] = {}
+    path = config_file
+    if path is None and env.get("MAILHOOK_CONFIG"):
+        path = Path(env["MAILHOOK_CONFIG"])
+    if path is None and DEFAULT_CONFIG.exists():
+        path = DEFAULT_CONFIG
+    if path is not None:
+        data = _read_toml(path)
+    values: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
+    known = {section: {f.name for f in fields(cls)} for section, cls in SECTIONS.items()}
+    for section, table in data.items():
+        if section == "subscriptions":
+            continue
+        if section not in SECTIONS:
+            raise ConfigError(f"{path}: unknown section [{section}]")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: [{section}] must be a table")
+        for key in table:
+            if key not in known[section]:
+                raise ConfigError(f"{path}: unknown key {section}.{key}")
+    for opt in options():
+        file_value = data.get(opt.section, {}).get(opt.name, MISSING)
+        if opt.flag in flags:
+            value = convert(opt, flags[opt.flag], f"--{opt.flag}")
+        elif opt.env in env:
+            value = convert(opt, env[opt.env], opt.env)
+        elif file_value is not MISSING:
+            value = convert(opt, file_value, f"{path}: {opt.section}.{opt.name}")
+        else:
+            continue
+        values[opt.section][opt.name] = value
+    sections = {name: cls(**values[name]) for name, cls in SECTIONS.items()}
+    settings = Settings(**sections, subscriptions=_subscriptions(data.get("subscriptions", {}), path))
+    return validate(settings)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def _subscriptions(table: Any, path: Path | None) -> dict[int, str]:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [subscriptions] must be a table of SubscriptionId = \"TRIGGER_EVENT\"")
+    result = {}
+    for key, value in table.items():
+        try:
+            sub_id = int(key)
+        except ValueError:
+            raise ConfigError(f"{path}: subscriptions.{key}: the key must be a numeric SubscriptionId") from None
+        if not isinstance(value, str) or value.upper() not in TRIGGER_EVENTS:
+            raise ConfigError(
+                f"{path}: subscriptions.{key}: {value!r} is not a trigger event "
+                f"({', '.join(sorted(TRIGGER_EVENTS))})"
+            )
+        result[sub_id] = value.upper()
+    return result
+
+
+def validate(settings: Settings) -> Settings:
+    """Check values that are wrong whatever their type; return the settings unchanged."""
+    checks = [
+        (settings.smtp.max_message_size > 0, "smtp.max_message_size must be positive"),
+        (settings.smtp.max_sessions > 0, "smtp.max_sessions must be positive"),
+        (settings.smtp.max_per_ip > 0, "smtp.max_per_ip must be positive"),
+        (settings.storage.max_batch > 0, "storage.max_batch must be positive"),
+        (settings.storage.busy_timeout >= 0, "storage.busy_timeout must not be negative"),
+        (settings.imap.security in ("ssl", "starttls", "none"), "imap.security must be ssl, starttls or none"),
+        (settings.imap.action in ("move", "seen", "leave"), "imap.action must be move, seen or leave"),
+        (settings.log.format in ("text", "json"), "log.format must be text or json"),
+        (
+            settings.log.level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
+            "log.level must be DEBUG, INFO, WARNING or ERROR",
+        ),
+        (
+            (settings.smtp.tls_cert is None) == (settings.smtp.tls_key is None),
+            "smtp.tls_cert and smtp.tls_key go together",
+        ),
+        (
+            not settings.smtp.require_starttls or settings.smtp.tls_cert is not None,
+            "smtp.require_starttls needs smtp.tls_cert and smtp.tls_key",
+        ),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    for name in ("smtp", "http"):
+        listen = getattr(settings, name).listen
+        if listen:
+            parse_address(listen, f"{name}.listen")
+    return settings
+
+
+def parse_address(value: str, name: str) -> tuple[str, int]:
+    """Split HOST:PORT (IPv6 as [::1]:25) into host and port, naming the setting on error."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{name}: {value!r} is not HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def with_storage(settings: Settings, **changes: Any) -> Settings:
+    """Return settings with storage options replaced (for tests and subcommands)."""
+    return replace(settings, storage=replace(settings.storage, **changes))

@@ -1,0 +1,241 @@
+"""The file door's reading side: turn paths (.eml, mbox, Maildir, .xml, .json, stdin) into deliveries."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from mailhook.config import Settings
+from mailhook.errors import RetryLater, TooLarge
+from mailhook.ingest import Pipeline, log_delivery
+from mailhook.models import Delivery, Kind, Receipt
+from mailhook.store import Writer, utcnow
+
+log = logging.getLogger("mailhook.files")
+
+_MBOXRD_QUOTED = re.compile(rb"^>(>*From )", re.MULTILINE)
+_DOCUMENT_SUFFIXES = {".xml": "document", ".json": "document"}
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """An input that could not even be read (missing, unreadable, too large): nothing is stored."""
+
+    source: str
+    reason: str
+
+
+def deliveries(
+    paths: list[str], *, received_at: str, max_size: int, stdin: BinaryIO | None = None
+) -> Iterator[Delivery | Unreadable]:
+    """Yield one delivery per message found under `paths` (`-` reads one message from stdin)."""
+    for name in paths:
+        if name == "-":
+            if stdin is None:
+                yield Unreadable("-", "no standard input")
+                continue
+            raw, sender = _envelope_line(stdin.read(max_size + 1))
+            yield _checked(raw, "-", received_at, max_size, envelope_from=sender)
+            continue
+        path = Path(name)
+        try:
+            if path.is_dir():
+                yield from _directory(path, received_at=received_at, max_size=max_size)
+            else:
+                yield from _file(path, received_at=received_at, max_size=max_size)
+        except OSError as exc:
+            yield Unreadable(name, exc.strerror or str(exc))
+
+
+def _checked(raw: bytes, source: str, received_at: str, max_size: int, kind: Kind | None = None,
+             envelope_from: str | None = None) -> Delivery | Unreadable:
+    if len(raw) > max_size:
+        return Unreadable(source, str(TooLarge(f"larger than the limit of {max_size} bytes")))
+    return Delivery(
+        channel="file",
+        raw=raw,
+        received_at=received_at,
+        kind=kind or sniff(raw),
+        source=source,
+        envelope_from=envelope_from,
+    )
+
+
+def _envelope_line(raw: bytes) -> tuple[bytes, str | None]:
+    """Split off the `From sender date` line an MTA pipe (Postfix flag F, procmail) puts first."""
+    if not raw.startswith(b"From "):
+        return raw, None
+    line, _, rest = raw.partition(b"\n")
+    sender = line[5:].split(b" ", 1)[0].decode("ascii", "replace").strip()
+    return rest, sender or None
+
+
+def sniff(raw: bytes) -> Kind:
+    """Say whether bytes are a bare notification document or an email, from the first non-blank byte."""
+    return "document" if raw.lstrip()[:1] in (b"<", b"{", b"[") else "email"
+
+
+def _directory(path: Path, *, received_at: str, max_size: int) -> Iterator[Delivery | Unreadable]:
+    if all((path / sub).is_dir() for sub in ("cur", "new")):
+        folders = [path / "new", path / "cur"]
+        for folder in folders:
+            for entry in sorted(folder.iterdir()):
+                if entry.is_file() and not entry.name.startswith("."):
+                    yield from _file(entry, received_at=received_at, max_size=max_size, kind="email")
+        return
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(files):
+            if not name.startswith("."):
+                yield from _file(Path(root) / name, received_at=received_at, max_size=max_size)
+
+
+def _file(
+    path: Path, *, received_at: str, max_size: int, kind: Kind | None = None
+) -> Iterator[Delivery | Unreadable]:
+    with path.open("rb") as fh:
+        head = fh.read(5)
+        fh.seek(0)
+        if kind is None and head == b"From ":
+            yield from _mbox(fh, str(path), received_at=received_at, max_size=max_size)
+            return
+        size = os.fstat(fh.fileno()).st_size
+        if size > max_size:
+            yield Unreadable(str(path), f"larger than the limit of {max_size} bytes")
+            return
+        raw = fh.read()
+    if kind is None:
+        kind = "document" if path.suffix.lower() in _DOCUMENT_SUFFIXES else sniff(raw)
+    yield _checked(raw, str(path), received_at, max_size, kind)
+
+
+def _mbox(fh: BinaryIO, name: str, *, received_at: str, max_size: int) -> Iterator[Delivery | Unreadable]:
+    """Split an mbox on its `From ` lines, streaming, and undo mboxrd `>From ` quoting."""
+    number = 0
+    lines: list[bytes] = []
+    size = 0
+    sender: str | None = None
+    previous_blank = True
+    for line in fh:
+        if line.startswith(b"From ") and previous_blank:
+            if number:
+                yield _message(lines, size, f"{name}#{number}", received_at, max_size, sender)
+            number += 1
+            sender = line[5:].split(b" ", 1)[0].decode("ascii", "replace").strip() or None
+            lines, size = [], 0
+            previous_blank = False
+            continue
+        previous_blank = line in (b"\n", b"\r\n")
+        size += len(line)
+        if size <= max_size + 2:
+            lines.append(line)
+    if number:
+        yield _message(lines, size, f"{name}#{number}", received_at, max_size, sender)
+
+
+def _message(
+    lines: list[bytes], size: int, source: str, received_at: str, max_size: int, sender: str | None
+) -> Delivery | Unreadable:
+    # The blank line before the next "From " belongs to the mbox, not the message.
+    if lines and lines[-1] in (b"\n", b"\r\n"):
+        size -= len(lines[-1])
+        lines = lines[:-1]
+    if size > max_size:
+        return Unreadable(source, f"larger than the limit of {max_size} bytes")
+    raw = _MBOXRD_QUOTED.sub(rb"\1", b"".join(lines))
+    return _checked(raw, source, received_at, max_size, "email", sender)
+
+
+def ingest_paths(
+    paths: list[str],
+    settings: Settings,
+    env: Mapping[str, str],
+    *,
+    quiet: bool,
+    stdin: BinaryIO | None,
+    interactive: bool,
+) -> int:
+    """Store every message under `paths`; return the exit code (0, 65 unreadable input, 75 retry)."""
+    writer = Writer(
+        settings.database(env), busy_timeout=settings.storage.busy_timeout, max_batch=settings.storage.max_batch
+    )
+    pipeline = Pipeline(writer, settings.subscriptions)
+    totals = {"stored": 0, "duplicate": 0, "quarantined": 0, "events": 0, "unreadable": 0}
+    pending: deque[tuple[Delivery, float, Future[Receipt]]] = deque()
+    progress = _Progress(enabled=interactive and not quiet)
+    retry = False
+
+    def settle(delivery: Delivery, started: float, future: Future[Receipt]) -> None:
+        nonlocal retry
+        try:
+            receipt = future.result()
+        except RetryLater as exc:
+            retry = True
+            log_delivery(delivery, None, time.perf_counter() - started)
+            log.error("%s: not stored: %s", delivery.source, exc)
+            return
+        log_delivery(delivery, receipt, time.perf_counter() - started)
+        totals[receipt.status] += 1
+        totals["events"] += receipt.events
+        progress.tick()
+
+    try:
+        for item in deliveries(paths, received_at=utcnow(), max_size=settings.smtp.max_message_size, stdin=stdin):
+            if isinstance(item, Unreadable):
+                totals["unreadable"] += 1
+                log.error("%s: cannot read: %s", item.source, item.reason)
+                continue
+            pending.append((item, time.perf_counter(), pipeline.submit(item)))
+            # A bounded window keeps memory flat on huge mboxes while commits stay grouped.
+            while len(pending) > _WINDOW:
+                settle(*pending.popleft())
+        while pending:
+            settle(*pending.popleft())
+    finally:
+        writer.close()
+        progress.done()
+    if not quiet:
+        print(
+            f"mailhook: {totals['stored']} stored, {totals['duplicate']} duplicates, "
+            f"{totals['quarantined']} quarantined, {totals['events']} events"
+            + (f", {totals['unreadable']} unreadable" if totals["unreadable"] else ""),
+            file=sys.stderr,
+        )
+    if totals["quarantined"]:
+        log.warning("%d deliveries quarantined: see deliveries.error", totals["quarantined"])
+    if retry:
+        return 75
+    if totals["unreadable"]:
+        return 65
+    return 0
+
+
+_WINDOW = 2000
+
+
+class _Progress:
+    """A one-line counter on stderr for large inputs, only on a terminal."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self.count = 0
+        self.started = time.monotonic()
+
+    def tick(self) -> None:
+        self.count += 1
+        if self.enabled and self.count % 500 == 0:
+            rate = self.count / max(time.monotonic() - self.started, 1e-9)
+            print(f"\r{self.count} messages ({rate:,.0f}/s)", end="", file=sys.stderr, flush=True)
+
+    def done(self) -> None:
+        if self.enabled and self.count >= 500:
+            print(file=sys.stderr)

@@ -1,0 +1,111 @@
+"""The pipeline every door calls: extract a delivery, then store it durably.
+
+`Pipeline.submit()` is the one ingest function. Doors build a `Delivery`,
+submit it, and answer their client only when the returned future resolves:
+by then the raw bytes and the extracted events are committed together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, field
+
+from mailhook.errors import RetryLater
+from mailhook.extract import extract
+from mailhook.models import Delivery, Extraction, Receipt
+from mailhook.store import Store, Writer
+
+log = logging.getLogger("mailhook.ingest")
+
+Listener = Callable[[Delivery, Receipt | None, float], None]
+
+
+@dataclass
+class Pipeline:
+    """Extracts deliveries and hands them to the group-commit writer.
+
+    With an `executor` (a process pool), extraction runs beside the event loop
+    on another core; without one it runs in the caller's thread.
+    """
+
+    writer: Writer
+    subscriptions: Mapping[int, str] = field(default_factory=dict)
+    executor: Executor | None = None
+    listeners: list[Listener] = field(default_factory=list)
+
+    def submit(self, delivery: Delivery) -> Future[Receipt]:
+        """Extract `delivery` in this thread and queue it for the next commit."""
+        extraction = extract(delivery.raw, delivery.kind, self.subscriptions)
+        return self.writer.submit(delivery, extraction)
+
+    def ingest(self, delivery: Delivery) -> Receipt:
+        """Store one delivery and wait until it is durable; raises `RetryLater` on storage trouble."""
+        started = time.perf_counter()
+        try:
+            receipt = self.submit(delivery).result()
+        except RetryLater:
+            self._notify(delivery, None, started)
+            raise
+        self._notify(delivery, receipt, started)
+        return receipt
+
+    async def ingest_async(self, delivery: Delivery) -> Receipt:
+        """Store one delivery from an event loop; the loop keeps serving while it is made durable."""
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        try:
+            if self.executor is not None:
+                extraction: Extraction = await loop.run_in_executor(
+                    self.executor, extract, delivery.raw, delivery.kind, dict(self.subscriptions)
+                )
+            else:
+                extraction = extract(delivery.raw, delivery.kind, self.subscriptions)
+            receipt = await asyncio.wrap_future(self.writer.submit(delivery, extraction))
+        except RetryLater:
+            self._notify(delivery, None, started)
+            raise
+        self._notify(delivery, receipt, started)
+        return receipt
+
+    async def check(self) -> None:
+        """Raise `RetryLater` unless the database can take a write now."""
+        await asyncio.wrap_future(self.writer.check())
+
+    def _notify(self, delivery: Delivery, receipt: Receipt | None, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        log_delivery(delivery, receipt, elapsed)
+        for listener in self.listeners:
+            listener(delivery, receipt, elapsed)
+
+
+def log_delivery(delivery: Delivery, receipt: Receipt | None, elapsed: float) -> None:
+    """Write the one log line a delivery gets: channel, peer, message id, outcome, events, milliseconds."""
+    fields = {
+        "channel": delivery.channel,
+        "peer": delivery.remote_addr or delivery.source or "-",
+        "message_id": (receipt.message_id if receipt else None) or "-",
+        "status": receipt.status if receipt else "retry-later",
+        "delivery_id": receipt.delivery_id if receipt else None,
+        "events": receipt.events if receipt else 0,
+        "duplicates": receipt.duplicates if receipt else 0,
+        "size": len(delivery.raw),
+        "ms": round(elapsed * 1000, 1),
+    }
+    if receipt is not None and receipt.error:
+        fields["error"] = receipt.error
+    text = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+    level = logging.WARNING if receipt is None or receipt.status == "quarantined" else logging.INFO
+    log.log(level, "delivery %s", text, extra={"delivery": fields})
+
+
+def reprocess(store: Store, subscriptions: Mapping[int, str], *, quarantined_only: bool) -> list[Receipt]:
+    """Re-extract stored raw deliveries with the current extractors, adding only new events."""
+    receipts = []
+    for stored in list(store.stored_deliveries(quarantined_only=quarantined_only)):
+        extraction = extract(stored.raw, "email" if stored.kind == "email" else "document", subscriptions)
+        receipts.append(store.reextract(stored.id, extraction))
+    return receipts
