@@ -13,7 +13,7 @@ from mailhook.errors import Unreadable
 from mailhook.extract.document import read_document
 from mailhook.extract.text import read_text
 from mailhook.mail import parse_mail
-from mailhook.models import Extraction, Kind
+from mailhook.models import Event, Extraction, Kind
 
 __all__ = ["extract", "read_document", "read_text"]
 
@@ -39,6 +39,9 @@ def _extract_email(raw: bytes, subs: Mapping[int, str]) -> Extraction:
     mail = parse_mail(raw)
     reasons: list[str] = []
     notes: list[str] = []
+    # One email may carry several notifications, and the same one twice (the
+    # plain and HTML alternatives, a body and an attachment): keep each once.
+    found: dict[str, Event] = {}
     for candidate in mail.documents:
         try:
             events, found_notes = read_document(candidate.data, subs)
@@ -46,13 +49,15 @@ def _extract_email(raw: bytes, subs: Mapping[int, str]) -> Extraction:
             reasons.append(f"{candidate.origin}: {exc}")
             continue
         notes.extend(found_notes)
-        if events:
-            return Extraction(
-                events=tuple(events),
-                notes=tuple(notes),
-                message_id=mail.message_id,
-                subject=mail.subject,
-            )
+        for event in events:
+            found.setdefault(event.dedupe_key, event)
+    if found:
+        return Extraction(
+            events=tuple(found.values()),
+            notes=tuple(notes),
+            message_id=mail.message_id,
+            subject=mail.subject,
+        )
     for candidate in mail.texts:
         try:
             events = read_text(candidate.text, subject=mail.subject, subscriptions=subs, html=candidate.html)

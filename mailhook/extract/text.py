@@ -1,0 +1,353 @@
+"""Read a human-readable notification (`Field: value` lines or an HTML field/value table) into Events.
+
+The fields are mapped onto a v1.1-shaped notification and handed to the same
+v1 reader the XML/JSON path uses, so both paths build the same events; only
+`format` ('text'/'html'), `event_type_source` and the payload (the fields
+exactly as read) differ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html as htmllib
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from mailhook.errors import Unreadable
+from mailhook.extract.v1 import read_v1
+from mailhook.models import Event
+
+# A text needs a resource id or this many known fields to count as a notification.
+MIN_KNOWN_FIELDS = 3
+_MAX_LINES = 5000
+
+# Normalized field name (lower case, letters and digits only) -> canonical field.
+_ALIASES: dict[str, tuple[str, ...]] = {
+    "text_id": ("textid", "smsid", "messageid", "textmessageid"),
+    "call_id": ("callid",),
+    "resource_id": ("id", "resourceid", "actionid"),
+    "broadcast_id": ("broadcastid", "campaignid"),
+    "from": ("fromnumber", "fromphone", "fromphonenumber", "callerid", "sendernumber"),
+    "to": ("tonumber", "tophone", "tophonenumber", "recipientnumber", "recipient"),
+    "state": ("state",),
+    "status": ("status", "broadcaststatus", "campaignstatus"),
+    "final_result": ("finalresult", "finaltextresult", "finalcallresult"),
+    "result": ("result", "textresult", "callresult"),
+    "batch_id": ("batchid",),
+    "contact_id": ("contactid",),
+    "inbound": ("inbound",),
+    "direction": ("direction",),
+    "created": ("created", "createdon", "createdat", "createdate"),
+    "modified": ("modified", "modifiedon", "lastmodified", "updated"),
+    "message": ("message", "body", "messagebody", "text", "textmessage", "messagetext", "sms"),
+    "billed_amount": ("billedamount", "cost", "credits", "billed"),
+    "duration": ("duration", "durationseconds", "callduration", "lengthinseconds"),
+    "subscription_id": ("subscriptionid",),
+    "account_id": ("accountid",),
+    "labels": ("label", "labels"),
+    "event": ("event", "triggerevent", "notificationtype", "eventtype", "trigger", "notification"),
+    "name": ("broadcastname", "campaignname", "name"),
+    "type": ("broadcasttype", "campaigntype", "type"),
+    "finish_time": ("finishtime", "finished", "finishedat", "completed"),
+    "originate_time": ("originatetime",),
+    "answer_time": ("answertime",),
+    "record_id": ("recordid", "attemptid", "textrecordid", "callrecordid"),
+}
+FIELDS: dict[str, str] = {alias: canon for canon, aliases in _ALIASES.items() for alias in aliases}
+
+_LINE = re.compile(r"^[ \t*•-]*([A-Za-z][A-Za-z0-9 _./#()-]{0,40}?)[ \t*]*(?:[:=]|\s-\s)[ \t]*(.*?)\s*$")
+_ROW = re.compile(r"<tr\b[^>]*>(.*?)</tr\s*>", re.IGNORECASE | re.DOTALL)
+_CELL = re.compile(r"<t[dh]\b[^>]*>(.*?)</t[dh]\s*>", re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(r"<[^<>]*>")
+_BREAK = re.compile(r"<\s*(?:br|/p|/div|/tr|/li|/h\d)\b[^>]*>", re.IGNORECASE)
+_CELL_END = re.compile(r"</t[dh]\s*>", re.IGNORECASE)
+_DROP = re.compile(r"<(script|style|head)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
+_WORDS = re.compile(r"[a-z]+")
+_NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
+_DIGITS = re.compile(r"\d+")
+_CLOCK = re.compile(r"(?:(\d+):)?(\d+):(\d{2})")
+_CONFIGS = {"TEXT": "TextBroadcastConfig", "IVR": "IvrBroadcastConfig", "CCC": "CccBroadcastConfig"}
+_BLANK_VALUES = frozenset({"", "-", "--", "n/a", "na", "none", "null"})
+_CAMPAIGN_WORDS = {
+    "started": "STARTED",
+    "start": "STARTED",
+    "stopped": "STOPPED",
+    "stop": "STOPPED",
+    "finished": "FINISHED",
+    "finish": "FINISHED",
+    "completed": "FINISHED",
+    "complete": "FINISHED",
+}
+
+
+def read_text(text: str, *, subject: str | None, subscriptions: Mapping[int, str], html: bool) -> list[Event]:
+    """Read the notifications in a plain-text or HTML part; [] when it holds none."""
+    pairs = _table_pairs(text) + _line_pairs(html_to_lines(text)) if html else _line_pairs(text)
+    events: list[Event] = []
+    for block in _blocks(pairs):
+        event = _read_block(block, subject, subscriptions, "html" if html else "text")
+        if event is not None:
+            events.append(event)
+    return events
+
+
+def html_to_lines(markup: str) -> str:
+    """Return the visible text of HTML, one line per break, paragraph or table row."""
+    # A tab between cells keeps "Duration</td><td>1:05" from reading as a field "Duration 1".
+    text = _CELL_END.sub("\t", _BREAK.sub("\n", _DROP.sub("", markup)))
+    return htmllib.unescape(_TAG.sub(" ", text))
+
+
+def _norm(label: str) -> str:
+    return "".join(ch for ch in label.lower() if ch.isalnum())
+
+
+def _line_pairs(text: str) -> list[tuple[str, str]]:
+    pairs: list[tuple[str, str]] = []
+    for line in text.splitlines()[:_MAX_LINES]:
+        m = _LINE.match(line)
+        if m is None:
+            continue
+        label, value = m.group(1).strip(), m.group(2)
+        if value.startswith("//"):
+            continue  # a URL, not a field
+        if " - " in line and ":" not in line and "=" not in line and _norm(label) not in FIELDS:
+            continue  # a dash only separates a field we know; elsewhere it is prose
+        pairs.append((label, value))
+    return pairs
+
+
+def _table_pairs(markup: str) -> list[tuple[str, str]]:
+    """Read two-cell rows as field/value; a header row of known fields followed by data rows too."""
+    rows = [[_cell_text(c) for c in _CELL.findall(r)] for r in _ROW.findall(markup)]
+    pairs: list[tuple[str, str]] = []
+    header: list[str] | None = None
+    for cells in rows:
+        if len(cells) > 2 and sum(_norm(c.rstrip(":")) in FIELDS for c in cells) >= 2:
+            header = cells
+        elif header is not None and len(cells) == len(header):
+            pairs += [(h.rstrip(":").strip(), v) for h, v in zip(header, cells, strict=True)]
+        elif len(cells) == 2 and cells[0]:
+            pairs.append((cells[0].rstrip(":").strip(), cells[1]))
+    return pairs
+
+
+def _cell_text(cell: str) -> str:
+    return " ".join(htmllib.unescape(_TAG.sub(" ", cell)).split())
+
+
+def _blocks(pairs: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
+    """Split the pairs into one block per notification: a repeated id field starts the next."""
+    blocks: list[list[tuple[str, str]]] = [[]]
+    ids: set[str] = set()
+    for label, value in pairs:
+        canon = FIELDS.get(_norm(label))
+        if canon in ("text_id", "call_id") or (canon == "resource_id"):
+            if canon in ids:
+                blocks.append([])
+                ids = set()
+            ids.add(canon)
+        blocks[-1].append((label, value))
+    return [b for b in blocks if b]
+
+
+def _read_block(
+    block: list[tuple[str, str]], subject: str | None, subscriptions: Mapping[int, str], fmt: str
+) -> Event | None:
+    payload: dict[str, str] = {}
+    known: dict[str, str] = {}
+    for label, value in block:
+        payload.setdefault(label, value)
+        canon = FIELDS.get(_norm(label))
+        if canon and canon not in known and value.strip().lower() not in _BLANK_VALUES:
+            known[canon] = value.strip()
+    named = _event_name(known.get("event")) or _event_name(subject)
+    kind = _kind(named, known)
+    has_id = any(k in known for k in ("text_id", "call_id", "resource_id")) or (
+        kind == "Broadcast" and "broadcast_id" in known
+    )
+    relevant = [k for k in known if k not in ("event", "labels")]
+    if not has_id and len(relevant) < MIN_KNOWN_FIELDS:
+        return None
+    if kind is None:
+        raise Unreadable(
+            f"{fmt} notification fields ({', '.join(sorted(known))}) but no sign of a text, call or campaign"
+        )
+    root, notification = _v1(kind, known, named)
+    event = read_v1(root, notification, fmt, subscriptions)
+    if event.event_type_source != "config" and named:
+        event = dataclasses.replace(event, event_type=named, event_type_source="payload")
+    return dataclasses.replace(
+        event, payload={"fields": payload, **({"subject": subject} if subject else {})}
+    )
+
+
+def _event_name(text: str | None) -> str | None:
+    """Name the trigger event in phrases like "Outbound Text Finished" or "CAMPAIGN_STOPPED"."""
+    if not text:
+        return None
+    words = _WORDS.findall(text.lower().replace("_", " "))
+    if "campaign" in words or "broadcast" in words:
+        for word in words:
+            if word in _CAMPAIGN_WORDS:
+                return f"CAMPAIGN_{_CAMPAIGN_WORDS[word]}"
+        return None
+    noun = "TEXT" if {"text", "sms"} & set(words) else "CALL" if "call" in words else None
+    if noun is None:
+        return None
+    if {"inbound", "incoming"} & set(words):
+        return f"INBOUND_{noun}_FINISHED"
+    if {"outbound", "outgoing"} & set(words):
+        return f"OUTBOUND_{noun}_FINISHED"
+    return None
+
+
+def _kind(named: str | None, known: Mapping[str, str]) -> str | None:
+    if named:
+        return "Broadcast" if named.startswith("CAMPAIGN") else "Text" if "_TEXT_" in named else "Call"
+    if "text_id" in known or "message" in known:
+        return "Text"
+    if "call_id" in known or any(k in known for k in ("duration", "answer_time", "originate_time")):
+        return "Call"
+    if "name" in known or "status" in known:
+        return "Broadcast"
+    return None
+
+
+def _v1(kind: str, known: Mapping[str, str], named: str | None) -> tuple[str, dict[str, Any]]:
+    """Build the v1.1 notification dict (as xmltodict would read it) from the known fields."""
+    get = known.get
+    envelope: dict[str, Any] = {"SubscriptionId": _digits(get("subscription_id"))}
+    envelope["AccountId"] = _digits(get("account_id"))
+    labels = [s.strip() for s in re.split(r"[,;]", get("labels") or "") if s.strip()] or None
+    if kind == "Broadcast":
+        config = _present({"FromNumber": get("from"), "Created": _time(get("created"))})
+        resource: dict[str, Any] = {
+            "@id": _digits(get("broadcast_id") or get("resource_id")),
+            "Name": get("name"),
+            "Status": (get("status") or "").upper() or None,
+            "Type": (get("type") or "").upper() or None,
+            "Label": labels,
+            "LastModified": _time(get("modified")),
+            _CONFIGS.get((get("type") or "").strip().upper(), "VoiceBroadcastConfig"): config,
+        }
+        return "BroadcastNotification", _present({**envelope, "Broadcast": _present(resource)})
+    inbound = _inbound(get("inbound"), get("direction"), named)
+    record = {
+        "@id": _digits(get("record_id")),
+        "Result": get("result") or get("final_result"),
+        "FinishTime": _time(get("finish_time")),
+        "BilledAmount": _amount(get("billed_amount")),
+        "Duration": _seconds(get("duration")) if kind == "Call" else None,
+        "OriginateTime": _time(get("originate_time")),
+        "AnswerTime": _time(get("answer_time")),
+    }
+    has_record = any(v is not None for k, v in record.items() if k != "@id")
+    resource = {
+        "@id": _digits(get("text_id") if kind == "Text" else get("call_id")) or _digits(get("resource_id")),
+        "FromNumber": get("from"),
+        "ToNumber": get("to"),
+        "State": (get("state") or "").upper() or None,
+        "BatchId": _digits(get("batch_id")),
+        "BroadcastId": _digits(get("broadcast_id")),
+        "ContactId": _digits(get("contact_id")),
+        "Inbound": None if inbound is None else str(inbound).lower(),
+        "Created": _time(get("created")),
+        "Modified": _time(get("modified")),
+        "FinalResult": get("final_result") or get("result"),
+        "Message": get("message") if kind == "Text" else None,
+        "Label": [{"Name": label} for label in labels] if labels else None,
+    }
+    record_name = "TextRecord" if kind == "Text" else "CallRecord"
+    if has_record:
+        resource[record_name] = _present(record)
+    root = "TextNotification" if kind == "Text" else "CallFinished"
+    return root, _present({**envelope, kind: _present(resource)})
+
+
+def _present(fields: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def _inbound(flag: str | None, direction: str | None, named: str | None) -> bool | None:
+    if flag is not None and flag.strip().lower() in ("true", "yes", "1", "false", "no", "0"):
+        return flag.strip().lower() in ("true", "yes", "1")
+    if direction:
+        word = direction.strip().lower()
+        if word.startswith(("in", "incoming")):
+            return True
+        if word.startswith(("out", "outgoing")):
+            return False
+    if named and not named.startswith("CAMPAIGN"):
+        return named.startswith("INBOUND")
+    return None
+
+
+def _digits(value: str | None) -> str | None:
+    """Return an id's digits ('#1,234' -> '1234'), or None when it holds no number."""
+    if value is None:
+        return None
+    cleaned = value.replace(",", "").replace("#", "").strip()
+    return cleaned if cleaned.isdigit() else None
+
+
+def _amount(value: str | None) -> str | None:
+    m = _NUMBER.search(value or "")
+    return m.group(0) if m else None
+
+
+def _seconds(value: str | None) -> str | None:
+    """Read a duration as seconds: '45', '45 seconds', '1:05', '0:01:05' or '1m 5s'."""
+    if not value:
+        return None
+    clock = _CLOCK.fullmatch(value.strip())
+    if clock:
+        hours, minutes, secs = (int(g or 0) for g in clock.groups())
+        return str(hours * 3600 + minutes * 60 + secs)
+    unit = re.fullmatch(r"\s*(?:(\d+)\s*m(?:in(?:utes?)?)?)?\s*(?:(\d+)\s*s(?:ec(?:onds?)?)?)?\s*", value)
+    if unit and any(unit.groups()):
+        return str(int(unit.group(1) or 0) * 60 + int(unit.group(2) or 0))
+    m = _DIGITS.fullmatch(value.strip())
+    return m.group(0) if m else None
+
+
+def _time(value: str | None) -> str | None:
+    """Return a time the v1 reader accepts (ISO 8601), or None when it is not recognisable.
+
+    An unrecognised time stays in the payload exactly as sent rather than
+    failing the whole notification.
+    """
+    if not value:
+        return None
+    text = value.strip()
+    for suffix in (" UTC", " GMT", " Z"):
+        if text.upper().endswith(suffix):
+            text = text[: -len(suffix)] + "+00:00"
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    try:
+        return datetime.fromisoformat(text).isoformat()
+    except ValueError:
+        pass
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        moment = None
+    if moment is not None:
+        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
+    for pattern in (
+        "%m/%d/%Y %H:%M:%S",
+        "%m/%d/%Y %I:%M %p",
+        "%m/%d/%Y %H:%M",
+        "%b %d, %Y %I:%M:%S %p",
+        "%b %d, %Y %I:%M %p",
+        "%B %d, %Y %I:%M %p",
+    ):
+        try:
+            return datetime.strptime(text, pattern).replace(tzinfo=UTC).isoformat()
+        except ValueError:
+            continue
+    return None
