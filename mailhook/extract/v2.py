@@ -133,7 +133,9 @@ def _resource_fields(resource: Mapping[str, Any], resource_type: str, where: str
         "from_number": to_text(resource.get("fromNumber"), f"{where}.fromNumber"),
         "to_number": to_text(resource.get("toNumber"), f"{where}.toNumber"),
         "inbound": to_bool(resource.get("inbound"), f"{where}.inbound"),
-        "state": to_text(_first(resource, "state", "deliveryState"), f"{where}.state"),
+        "state": to_text(
+            _first(resource, "state", "deliveryState", *(() if campaign else ("status",))), f"{where}.state"
+        ),
         "final_result": to_text(
             _first(resource, "finalCallResult", "finalTextResult", "finalResult", "deliveryCategory"),
             f"{where}.finalResult",
@@ -151,7 +153,7 @@ def _resource_fields(resource: Mapping[str, Any], resource_type: str, where: str
         "broadcast_type": to_text(resource.get("type"), f"{where}.type") if campaign else None,
         "labels": to_labels(resource.get("labels"), f"{where}.labels"),
         "created": to_time(resource.get("created"), f"{where}.created"),
-        "modified": to_time(_first(resource, "modified", "lastModified"), f"{where}.modified"),
+        "modified": to_time(_first(resource, "modified", "lastModified", "timestamp"), f"{where}.modified"),
         "attempts": attempts,
     }
 
