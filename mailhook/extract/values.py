@@ -16,7 +16,7 @@ from typing import Any
 
 from mailhook.errors import Unreadable
 
-_INT = re.compile(r"[+-]?\d+")
+_INT = re.compile(r"[+-]?[0-9]+")
 _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})
 # Epoch milliseconds beyond year 9999 cannot be a real CallFire timestamp.

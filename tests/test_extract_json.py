@@ -1,0 +1,56 @@
+"""JSON is read exactly (ints stay ints, fractions Decimals) and refused when unsafe or not UTF-8."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import extract_support  # noqa: F401  (makes mailhook.extract importable on its own)
+import pytest
+
+from mailhook.errors import Unreadable
+from mailhook.extract.json import MAX_DEPTH, parse_json
+
+
+def test_integers_stay_exact_above_2_pow_53() -> None:
+    assert parse_json(b'{"id": 9007199254740993}') == {"id": 9007199254740993}
+
+
+def test_fractions_become_exact_decimals() -> None:
+    value = parse_json(b'{"BilledAmount": 1.6667}')["BilledAmount"]
+    assert isinstance(value, Decimal)
+    assert value == Decimal("1.6667")
+
+
+def test_a_utf8_bom_is_allowed() -> None:
+    assert parse_json("\ufeff[1]".encode()) == [1]
+
+
+def test_invalid_utf8_is_refused() -> None:
+    with pytest.raises(Unreadable, match="not valid UTF-8"):
+        parse_json(b'{"Message": "caf\xe9"}')
+
+
+def test_malformed_json_reports_the_position() -> None:
+    with pytest.raises(Unreadable, match=r"malformed JSON: .*line 1 column 9"):
+        parse_json(b'{"a": 1,}')
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_non_numbers_are_refused(constant: str) -> None:
+    with pytest.raises(Unreadable, match=constant):
+        parse_json(f'{{"BilledAmount": {constant}}}'.encode())
+
+
+def test_ten_thousand_deep_nesting_is_refused() -> None:
+    with pytest.raises(Unreadable, match=f"deeper than {MAX_DEPTH}"):
+        parse_json(b"[" * 10_000 + b"]" * 10_000)
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
+    text = '{"Message": "' + "[{" * 1000 + '\\"' + '"}'
+    assert parse_json(text) == {"Message": "[{" * 1000 + '"'}
+
+
+def test_an_integer_too_long_to_read_is_refused() -> None:
+    with pytest.raises(Unreadable, match="unreadable JSON value"):
+        parse_json(b'{"id": ' + b"9" * 5000 + b"}")

@@ -1,0 +1,161 @@
+"""Normalizers turn XML text and exact JSON values into the same column values."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import extract_support  # noqa: F401  (makes mailhook.extract importable on its own)
+import pytest
+
+from mailhook.errors import Unreadable
+from mailhook.extract.values import (
+    as_list,
+    to_bool,
+    to_decimal,
+    to_int,
+    to_labels,
+    to_list,
+    to_text,
+    to_time,
+)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("826451071003", 826451071003),
+        (9007199254740993, 9007199254740993),
+        (" 42 ", 42),
+        ("9223372036854775807", 9223372036854775807),
+        (Decimal("12"), 12),
+        ({"@ClientData": "x", "#text": "7"}, 7),
+        (None, None),
+        ("", None),
+    ],
+)
+def test_to_int_reads_exact_integers(value: object, expected: int | None) -> None:
+    assert to_int(value, "id") == expected
+
+
+def test_to_int_keeps_ids_above_2_pow_53_exact_from_text() -> None:
+    assert to_int("9007199254740993", "id") == 2**53 + 1
+
+
+@pytest.mark.parametrize("value", ["12a", "1.5", Decimal("1.5"), True, [1], "١٢"])
+def test_to_int_refuses_non_integers_naming_the_field(value: object) -> None:
+    with pytest.raises(Unreadable, match="BatchId"):
+        to_int(value, "BatchId")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (16505754427, "16505754427"),
+        ("+16505754427", "+16505754427"),
+        ({"value": "+16505754427"}, "+16505754427"),
+        ({"value": 67076}, "67076"),
+        ({"@ClientData": "order-1", "#text": "13105550142"}, "13105550142"),
+        ("CALLFIRE", "CALLFIRE"),
+        (None, None),
+        ("  ", None),
+    ],
+)
+def test_to_text_reads_phones_exactly_as_sent(value: object, expected: str | None) -> None:
+    assert to_text(value, "ToNumber") == expected
+
+
+def test_to_text_does_not_restore_a_plus_lost_by_a_json_number() -> None:
+    assert to_text(12132212384, "FromNumber") == "12132212384"
+
+
+def test_to_text_refuses_an_object_without_a_value() -> None:
+    with pytest.raises(Unreadable, match="FromNumber"):
+        to_text({"number": "1"}, "FromNumber")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(True, True), (False, False), ("true", True), ("FALSE", False), ("1", True), (0, False), (None, None)],
+)
+def test_to_bool_reads_booleans_and_their_text(value: object, expected: bool | None) -> None:
+    assert to_bool(value, "Inbound") is expected
+
+
+@pytest.mark.parametrize("value", ["maybe", 2, "2"])
+def test_to_bool_refuses_other_values(value: object) -> None:
+    with pytest.raises(Unreadable, match="Inbound"):
+        to_bool(value, "Inbound")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2013-03-11T20:09:58Z", "2013-03-11T20:09:58Z"),
+        ("2017-01-01T05:29:59+05:30", "2016-12-31T23:59:59Z"),
+        ("2016-12-31T17:00:01-07:00", "2017-01-01T00:00:01Z"),
+        ("2016-12-31T23:59:59.999Z", "2016-12-31T23:59:59Z"),
+        ("2016-06-29T18:52:08", "2016-06-29T18:52:08Z"),
+        (1474563235000, "2016-09-22T16:53:55Z"),
+        ("1474563235999", "2016-09-22T16:53:55Z"),
+        (0, "1970-01-01T00:00:00Z"),
+        (None, None),
+    ],
+)
+def test_to_time_normalizes_to_utc_seconds(value: object, expected: str | None) -> None:
+    assert to_time(value, "Created") == expected
+
+
+@pytest.mark.parametrize("value", ["yesterday", "2016-13-01T00:00:00Z", -1, 10**20, True])
+def test_to_time_refuses_what_is_not_a_time(value: object) -> None:
+    with pytest.raises(Unreadable, match="Created"):
+        to_time(value, "Created")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("0.03", Decimal("0.03")),
+        (Decimal("1.6667"), Decimal("1.6667")),
+        (1, Decimal(1)),
+        (" 2 ", Decimal(2)),
+        (None, None),
+    ],
+)
+def test_to_decimal_keeps_amounts_exact(value: object, expected: Decimal | None) -> None:
+    assert to_decimal(value, "BilledAmount") == expected
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "cheap", True])
+def test_to_decimal_refuses_non_finite_or_non_numbers(value: object) -> None:
+    with pytest.raises(Unreadable, match="BilledAmount"):
+        to_decimal(value, "BilledAmount")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (["label2", "test_label1"], ("label2", "test_label1")),
+        ([{"Name": "vip"}, {"Name": "west coast"}], ("vip", "west coast")),
+        ({"Name": "single"}, ("single",)),
+        ("only", ("only",)),
+        ([{"name": "v2"}], ("v2",)),
+        (None, None),
+    ],
+)
+def test_to_labels_reads_strings_and_name_objects(value: object, expected: tuple[str, ...] | None) -> None:
+    assert to_labels(value, "Label") == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("BUSY NO_ANS", ("BUSY", "NO_ANS")), ("", ()), (None, ()), ("  FIRST_NUMBER  ", ("FIRST_NUMBER",))],
+)
+def test_to_list_splits_space_separated_fields(value: object, expected: tuple[str, ...]) -> None:
+    assert to_list(value, "RetryResults") == expected
+
+
+def test_as_list_wraps_a_single_record_given_as_a_bare_object() -> None:
+    record = {"@id": "1"}
+    assert as_list(record) == [record]
+    assert as_list([record, record]) == [record, record]
+    assert as_list(None) == []
