@@ -6,7 +6,6 @@ import json
 from decimal import Decimal
 from pathlib import Path
 
-import extract_support  # noqa: F401  (makes mailhook.extract importable on its own)
 import pytest
 
 from mailhook.errors import Unreadable

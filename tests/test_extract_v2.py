@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import extract_support  # noqa: F401  (makes mailhook.extract importable on its own)
 import pytest
 
 from mailhook.errors import Unreadable

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import extract_support  # noqa: F401  (makes mailhook.extract importable on its own)
 import pytest
 
 from mailhook.errors import Unreadable

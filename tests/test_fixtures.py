@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from mailhook.extract import extract
+
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 EXPECTED_SUFFIX = ".expected.json"
 
@@ -33,20 +35,6 @@ def _event_dict(event: Any) -> dict[str, Any]:
     return out
 
 
-def _extract(raw: bytes, kind: str, subscriptions: dict[int, str]) -> Any:
-    """Run the package's one entry point (read_document directly while the email half is missing)."""
-    from extract_support import entry_point
-
-    extract = entry_point()
-    if extract is None:
-        if kind == "email":
-            pytest.skip("mailhook.mail / mailhook.extract.text are not written yet")
-        from extract_support import extract_document
-
-        return extract_document(raw, subscriptions)
-    return extract(raw, kind, subscriptions)
-
-
 @pytest.mark.parametrize(
     ("sample", "expected_path"),
     _cases(),
@@ -56,7 +44,7 @@ def test_fixture_extracts_to_its_expected_events(sample: Path, expected_path: Pa
     expected = json.loads(expected_path.read_text(encoding="utf-8"))
     assert sample.exists(), f"no single sample file beside {expected_path.name}"
     subscriptions = {int(k): v for k, v in expected.get("subscriptions", {}).items()}
-    result = _extract(sample.read_bytes(), expected["kind"], subscriptions)
+    result = extract(sample.read_bytes(), expected["kind"], subscriptions)
 
     if expected["quarantined"] is None:
         assert result.reason is None, result.reason
