@@ -135,11 +135,11 @@ def _read(parsed: mailparser.MailParser) -> Mail:
         data = _attachment_bytes(att)
         text = _decode(data, att.get("charset"))
         origin = f"attachment {name!r}"
-        if _is_whole_document(text):
-            add(0, data.strip(), origin)
-        else:
-            for doc in find_documents(text):
-                add(2, doc, origin)
+        # A document's own bounds are searched even in a part that is wholly one:
+        # mailers append signatures, footers and stray bytes after the root.
+        rank = 0 if _is_whole_document(text) else 2
+        for doc in find_documents(text):
+            add(rank, doc, origin)
         if ctype.startswith("text/") and ctype not in _DOC_TYPES:
             texts.append(TextCandidate(_clean(text), ctype == "text/html", origin))
 
@@ -148,11 +148,11 @@ def _read(parsed: mailparser.MailParser) -> Mail:
     bodies += [("other", t, False) for t in parsed.text_not_managed]
     for i, (kind, body, is_html) in enumerate(bodies, 1):
         origin = f"{kind} part {i}"
-        if _is_whole_document(body):
-            add(1, _utf8_document(body.strip()), origin)
-            continue
+        whole = _is_whole_document(body)
         for doc in _documents_in_body(body, is_html):
-            add(3, doc, origin)
+            add(1 if whole else 3, doc, origin)
+        if whole:
+            continue
         if kind != "other":
             texts.append(TextCandidate(_clean(body) if not is_html else body, is_html, origin))
 
@@ -192,15 +192,17 @@ def find_documents(text: str) -> list[bytes]:
 
 
 def _documents_in_body(body: str, is_html: bool) -> list[bytes]:
-    """Search a body as sent, then unquoted, then (HTML) with tags removed and entities undone."""
+    """Search a body (unquoted), and an HTML body also with tags removed and entities undone."""
     variants = [body]
     if is_html:
         variants.append(html_to_text(body))
     found: list[bytes] = []
     for variant in variants:
-        found += find_documents(variant)
         if _QUOTED_LINE.search(variant):
-            found += find_documents(_QUOTE_PREFIX.sub("", variant))
+            # A quoted copy is only readable unquoted; an unquoted document in the
+            # same text loses nothing, as its lines do not start with ">".
+            variant = _QUOTE_PREFIX.sub("", variant)
+        found += find_documents(variant)
     return found
 
 

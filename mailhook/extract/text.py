@@ -49,7 +49,7 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "account_id": ("accountid",),
     "labels": ("label", "labels"),
     "event": ("event", "triggerevent", "notificationtype", "eventtype", "trigger", "notification"),
-    "name": ("broadcastname", "campaignname", "name"),
+    "name": ("broadcastname", "campaignname", "name", "campaign", "broadcast"),
     "type": ("broadcasttype", "campaigntype", "type"),
     "finish_time": ("finishtime", "finished", "finishedat", "completed"),
     "originate_time": ("originatetime",),
