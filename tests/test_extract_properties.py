@@ -1,0 +1,170 @@
+"""Whatever bytes arrive, the document reader answers with events or `Unreadable`, nothing else.
+
+The number of examples per property comes from MAILHOOK_FUZZ_EXAMPLES
+(default 200) so CI stays quick and a long fuzzing run needs no code change.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mailhook.errors import Unreadable
+from mailhook.extract import extract
+from mailhook.extract.document import read_document
+
+EXAMPLES = int(os.environ.get("MAILHOOK_FUZZ_EXAMPLES", "200"))
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+SAMPLES = sorted(
+    p.read_bytes()
+    for folder in ("seed", "documents")
+    for p in (FIXTURES / folder).iterdir()
+    if not p.name.endswith(".expected.json")
+)
+V1_NAMES = [
+    "TextNotification", "CallFinished", "BroadcastNotification", "SubscriptionId", "AccountId", "Text",
+    "Call", "Broadcast", "FromNumber", "ToNumber", "State", "Inbound", "Created", "Modified", "LastModified",
+    "BilledAmount", "Duration", "TextRecord", "CallRecord", "Label", "Name", "Status", "Message", "@id",
+    "Envelope", "Body", "events", "resourceType", "eventType", "resource", "records", "id", "timestamp",
+]  # fmt: skip
+
+
+def _read(data: bytes | str) -> None:
+    """Read a document, allowing only events or Unreadable as the outcome."""
+    try:
+        events, notes = read_document(data, {1: "CAMPAIGN_STARTED"})
+    except Unreadable as exc:
+        reason = str(exc)
+        assert reason, "Unreadable must say why"
+        return
+    assert events
+    assert all(isinstance(n, str) for n in notes)
+    for event in events:
+        event.row()
+        for attempt in event.attempts:
+            attempt.row()
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20)
+    | st.sampled_from(["2016-04-08T14:30:07Z", "true", "12", "0.03", "RUNNING"]),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.sampled_from(V1_NAMES) | st.text(max_size=8), inner, max_size=5),
+    max_leaves=30,
+)
+
+
+@FUZZ
+@given(st.binary(max_size=400))
+def test_random_bytes_are_read_or_refused(data: bytes) -> None:
+    _read(data)
+
+
+@FUZZ
+@given(st.sampled_from(["<", "{", "[", " <", "\ufeff{"]), st.text(max_size=300))
+def test_random_text_after_a_sniffed_first_char_is_read_or_refused(head: str, rest: str) -> None:
+    _read(head + rest)
+    _read((head + rest).encode("utf-8", "surrogatepass"))
+
+
+@FUZZ
+@given(json_values)
+def test_random_json_shapes_are_read_or_refused(value: Any) -> None:
+    _read(json.dumps(value))
+
+
+@FUZZ
+@given(st.sampled_from(V1_NAMES[:3]), st.sampled_from(V1_NAMES[5:8]), json_values)
+def test_v1_notifications_with_random_resources_are_read_or_refused(
+    root: str, child: str, value: Any
+) -> None:
+    _read(json.dumps({root: {"SubscriptionId": 1, child: value}}))
+
+
+@FUZZ
+@given(json_values)
+def test_v2_envelopes_with_random_resources_are_read_or_refused(resource: Any) -> None:
+    event = {"resourceType": "OutboundCall", "eventType": "Finished", "timestamp": 1, "resource": resource}
+    _read(json.dumps({"events": [event]}))
+
+
+xml_names = st.sampled_from([n for n in V1_NAMES if not n.startswith("@")] + ["n:Text", "soap:Body", "x"])
+
+
+def _xml(tree: Any) -> str:
+    if isinstance(tree, str):
+        return tree.replace("&", "&amp;").replace("<", "&lt;")
+    name, attr, children = tree
+    inner = "".join(_xml(c) for c in children)
+    return f'<{name} id="{attr}">{inner}</{name}>'
+
+
+xml_trees = st.recursive(
+    st.text(alphabet="0123456789abcXYZ:-.T &<", max_size=12),
+    lambda inner: st.tuples(xml_names, st.integers(0, 2**64), st.lists(inner, max_size=4)),
+    max_leaves=25,
+)
+
+
+@FUZZ
+@given(xml_names, xml_trees)
+def test_random_xml_trees_are_read_or_refused(root: str, tree: Any) -> None:
+    _read(f'<{root} xmlns:n="n" xmlns:soap="s">{_xml(tree)}</{root}>')
+
+
+@FUZZ
+@given(
+    st.sampled_from(SAMPLES),
+    st.lists(
+        st.tuples(st.integers(0, 4000), st.integers(0, 40), st.binary(max_size=6)), min_size=1, max_size=4
+    ),
+)
+def test_mutated_samples_are_read_or_refused(sample: bytes, edits: list[tuple[int, int, bytes]]) -> None:
+    data = bytearray(sample)
+    for position, length, replacement in edits:
+        start = position % (len(data) + 1)
+        data[start : start + length] = replacement
+    _read(bytes(data))
+    result = extract(bytes(data), "document", {})
+    assert bool(result.events) != (result.reason is not None)
+
+
+@FUZZ
+@given(st.binary(max_size=300), st.sampled_from(["document", "email"]))
+def test_extract_returns_events_or_a_reason_never_both(data: bytes, kind: str) -> None:
+    result = extract(data, kind, {})  # type: ignore[arg-type]
+    assert bool(result.events) != (result.reason is not None)
+
+
+@pytest.mark.parametrize(
+    "bomb",
+    [
+        b"[" * 10_000 + b"]" * 10_000,
+        b'{"a":' * 10_000 + b"1" + b"}" * 10_000,
+        b"<a>" * 10_000 + b"</a>" * 10_000,
+        b'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY a "' + b"x" * 1000 + b'">'
+        + b"".join(b'<!ENTITY a%d "%s">' % (i, b"&a;" * 50) for i in range(8)) + b"]><r>&a7;</r>",
+    ],
+    ids=["json-list-depth", "json-object-depth", "xml-depth", "xml-entity-bomb"],
+)  # fmt: skip
+def test_bombs_are_refused_as_unreadable(bomb: bytes) -> None:
+    result = extract(bomb, "document", {})
+    assert result.events == ()
+    assert result.reason is not None
+    assert "internal error" not in result.reason
+    assert "nested too deeply" not in result.reason
