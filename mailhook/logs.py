@@ -26,9 +26,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, default=str)
 
 
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler bound to whatever `sys.stderr` is at the time of each record."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
+
+
 def setup(level: str, fmt: str) -> None:
     """Route mailhook's logs to stderr at `level` in `fmt` (text or json); idempotent."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StderrHandler()
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:

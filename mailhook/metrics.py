@@ -1,12 +1,27 @@
-"""Prometheus metrics for the running server, fed by the pipeline, the writer and the doors."""
+"""Prometheus metrics for the running server, fed by the pipeline, the writer and the doors.
+
+Every metric lives in a registry of its own (not prometheus-client's global
+one), so several servers in one process (tests) never share counts.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 from mailhook.models import Delivery, Receipt
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+CHANNELS = ("smtp", "imap", "http", "file")
+STATUSES = ("stored", "duplicate", "quarantined", "retry_later")
 
 
 class Metrics:
@@ -19,7 +34,16 @@ class Metrics:
             ["channel", "status"], registry=self.registry,
         )
         self.events = Counter(
-            "mailhook_events", "New events stored, by channel", ["channel"], registry=self.registry
+            "mailhook_events", "New events stored, by channel and event type",
+            ["channel", "event_type"], registry=self.registry,
+        )
+        self.duplicates = Counter(
+            "mailhook_duplicate_events", "Events received again and not stored twice, by channel",
+            ["channel"], registry=self.registry,
+        )
+        self.rejected = Counter(
+            "mailhook_rejected", "Requests refused before anything was stored, by channel and reason",
+            ["channel", "reason"], registry=self.registry,
         )
         self.delivery_seconds = Histogram(
             "mailhook_delivery_seconds", "Time from receipt to durable acknowledgement",
@@ -38,14 +62,28 @@ class Metrics:
         self.smtp_sessions = Gauge(
             "mailhook_smtp_sessions", "Open SMTP sessions", registry=self.registry
         )
+        # Zero-valued series from the start, so a dashboard's rate() sees the
+        # first delivery instead of a series appearing out of nothing.
+        for channel in CHANNELS:
+            for status in STATUSES:
+                self.deliveries.labels(channel, status)
+            self.duplicates.labels(channel)
 
     def on_delivery(self, delivery: Delivery, receipt: Receipt | None, elapsed: float) -> None:
         """Count one delivery's outcome (a pipeline listener)."""
         status = receipt.status if receipt else "retry_later"
         self.deliveries.labels(delivery.channel, status).inc()
         self.delivery_seconds.labels(delivery.channel).observe(elapsed)
-        if receipt is not None and receipt.events:
-            self.events.labels(delivery.channel).inc(receipt.events)
+        if receipt is None:
+            return
+        for event_type in receipt.event_types:
+            self.events.labels(delivery.channel, event_type).inc()
+        if receipt.duplicates:
+            self.duplicates.labels(delivery.channel).inc(receipt.duplicates)
+
+    def on_rejected(self, channel: str, reason: str) -> None:
+        """Count a request a door refused before storing anything (e.g. `unauthorized`, `too_large`)."""
+        self.rejected.labels(channel, reason).inc()
 
     def on_commit(self, size: int, elapsed: float) -> None:
         """Record one group commit (the writer's observer)."""
@@ -57,5 +95,5 @@ class Metrics:
         self.queue_depth.set_function(depth)
 
     def render(self) -> bytes:
-        """Return the metrics in Prometheus text format."""
+        """Return the metrics in Prometheus text format (served with `CONTENT_TYPE`)."""
         return generate_latest(self.registry)

@@ -81,7 +81,7 @@ async def serve(settings: Settings, env: Mapping[str, str], *, started: asyncio.
         for door in reversed(runtime.doors):
             try:
                 await door.close()
-            except Exception:  # noqa: BLE001 - one door failing to close must not strand the others
+            except Exception:
                 log.exception("error while closing %s", door.name)
         await asyncio.get_running_loop().run_in_executor(None, writer.close)
         if pipeline.executor is not None:

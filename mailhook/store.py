@@ -198,7 +198,7 @@ class Store:
         )
         delivery_id = cursor.lastrowid
         assert delivery_id is not None
-        new, duplicates = self._insert_events(delivery_id, now, extraction)
+        new, duplicates, types = self._insert_events(delivery_id, now, extraction)
         status = _status(extraction, seen=seen, new=new, duplicates=duplicates)
         conn.execute(
             "UPDATE deliveries SET status = ?, event_count = ?, duplicate_count = ? WHERE id = ?",
@@ -206,10 +206,13 @@ class Store:
         )
         if delivery.checkpoint is not None:
             self._advance(delivery.checkpoint, now)
-        return Receipt(delivery_id, status, new, duplicates, extraction.reason, message_id)
+        return Receipt(delivery_id, status, new, duplicates, extraction.reason, message_id, types)
 
-    def _insert_events(self, delivery_id: int, now: str, extraction: Extraction) -> tuple[int, int]:
+    def _insert_events(
+        self, delivery_id: int, now: str, extraction: Extraction
+    ) -> tuple[int, int, tuple[str, ...]]:
         new = duplicates = 0
+        types: list[str] = []
         for event in extraction.events:
             row = event.row()
             cursor = self.conn.execute(_INSERT_EVENT, (delivery_id, now, *(row[c] for c in EVENT_COLUMNS)))
@@ -217,12 +220,13 @@ class Store:
                 duplicates += 1
                 continue
             new += 1
+            types.append(event.event_type)
             event_id = cursor.lastrowid
             self.conn.executemany(
                 _INSERT_ATTEMPT,
                 [(event_id, *(a.row()[c] for c in ATTEMPT_COLUMNS)) for a in event.attempts],
             )
-        return new, duplicates
+        return new, duplicates, tuple(types)
 
     def _advance(self, checkpoint: Checkpoint, now: str) -> None:
         self.conn.execute(
@@ -265,7 +269,7 @@ class Store:
         conn.execute("BEGIN IMMEDIATE")
         try:
             now = utcnow()
-            new, duplicates = self._insert_events(delivery_id, now, extraction)
+            new, duplicates, types = self._insert_events(delivery_id, now, extraction)
             old_status, old_new = conn.execute(
                 "SELECT status, event_count FROM deliveries WHERE id = ?", (delivery_id,)
             ).fetchone()
@@ -283,7 +287,7 @@ class Store:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        return Receipt(delivery_id, status, new, duplicates, extraction.reason)
+        return Receipt(delivery_id, status, new, duplicates, extraction.reason, event_types=types)
 
     def check_writable(self) -> None:
         """Raise `RetryLater` unless a write transaction can be started right now."""
@@ -414,7 +418,7 @@ class Writer:
             for job in jobs:
                 job.future.set_exception(RetryLater(str(exc)))
             return
-        except Exception as exc:  # noqa: BLE001 - every waiting door must get an answer
+        except Exception as exc:
             log.exception("unexpected storage error")
             for job in jobs:
                 job.future.set_exception(RetryLater(f"storage error: {type(exc).__name__}"))

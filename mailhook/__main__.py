@@ -1,0 +1,3 @@
+from mailhook.cli import main
+
+raise SystemExit(main())

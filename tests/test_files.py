@@ -1,0 +1,168 @@
+"""The file door: reading .eml, mbox, Maildir, documents and stdin, and `mailhook ingest` end to end."""
+
+from __future__ import annotations
+
+import io
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mailhook.files import Unreadable, deliveries
+from mailhook.models import Delivery
+
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+SEED = FIXTURES / "seed"
+TEXT_XML = (SEED / "text-outbound.xml").read_bytes()
+SEED_FILES = sorted(str(p) for p in SEED.iterdir() if not p.name.endswith(".expected.json"))
+
+
+def notification_email(message_id: str, body: bytes = TEXT_XML, newline: bytes = b"\n") -> bytes:
+    headers = [
+        b"From: CallFire <notifications@callfire.test>",
+        b"To: hooks@example.com",
+        b"Subject: Outbound text finished",
+        b"Message-ID: " + message_id.encode(),
+        b"Content-Type: text/plain; charset=utf-8",
+    ]
+    return newline.join(headers) + newline + newline + body.replace(b"\n", newline)
+
+
+def read(paths: list[str], max_size: int = 1 << 20, stdin: bytes | None = None) -> list[Delivery | Unreadable]:
+    return list(
+        deliveries(paths, received_at="now", max_size=max_size, stdin=None if stdin is None else io.BytesIO(stdin))
+    )
+
+
+def run(*args: str, stdin: bytes | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "mailhook", *args], input=stdin, capture_output=True, cwd=cwd, timeout=60, check=False
+    )
+
+
+def count(db: Path, sql: str) -> object:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(sql).fetchone()[0]
+
+
+def test_mbox_is_split_on_from_lines_and_mboxrd_quoting_is_undone(tmp_path: Path) -> None:
+    body = b"line\n>From the start\n>>From deeper\n"
+    mbox = tmp_path / "box.mbox"
+    mbox.write_bytes(
+        b"From a@x Mon Jan  1 00:00:00 2024\n" + notification_email("<1@x>", body) + b"\n"
+        b"From b@x Mon Jan  1 00:00:01 2024\n" + notification_email("<2@x>") + b"\n"
+    )
+    first, second = read([str(mbox)])
+    assert isinstance(first, Delivery) and isinstance(second, Delivery)
+    assert first.raw == notification_email("<1@x>", b"line\nFrom the start\n>From deeper\n")
+    assert first.envelope_from == "a@x" and first.kind == "email"
+    assert second.raw == notification_email("<2@x>")
+    assert second.source == f"{mbox}#2"
+
+
+def test_maildir_reads_new_and_cur_but_not_tmp(tmp_path: Path) -> None:
+    for sub in ("new", "cur", "tmp"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / f"{sub}.eml").write_bytes(notification_email(f"<{sub}@x>"))
+    found = read([str(tmp_path)])
+    assert sorted(Path(d.source or "").parent.name for d in found if isinstance(d, Delivery)) == ["cur", "new"]
+
+
+def test_documents_are_recognised_by_suffix_or_first_byte(tmp_path: Path) -> None:
+    (tmp_path / "a.xml").write_bytes(TEXT_XML)
+    (tmp_path / "b.txt").write_bytes(b'  {"TextNotification": {}}')
+    (tmp_path / "c.eml").write_bytes(notification_email("<c@x>"))
+    kinds = {Path(d.source or "").name: d.kind for d in read([str(tmp_path)]) if isinstance(d, Delivery)}
+    assert kinds == {"a.xml": "document", "b.txt": "document", "c.eml": "email"}
+
+
+def test_stdin_drops_the_mta_envelope_line_and_keeps_the_sender() -> None:
+    (only,) = read(["-"], stdin=b"From bounce@callfire.test Mon Jan  1 00:00:00 2024\n" + notification_email("<s@x>"))
+    assert isinstance(only, Delivery)
+    assert only.envelope_from == "bounce@callfire.test"
+    assert only.raw == notification_email("<s@x>")
+
+
+def test_oversize_and_missing_inputs_are_unreadable(tmp_path: Path) -> None:
+    big = tmp_path / "big.eml"
+    big.write_bytes(notification_email("<big@x>"))
+    too_big, missing = read([str(big), str(tmp_path / "nope.eml")], max_size=100)
+    assert isinstance(too_big, Unreadable) and "larger than the limit of 100 bytes" in too_big.reason
+    assert isinstance(missing, Unreadable) and "No such file" in missing.reason
+
+
+def test_ingest_stores_fixtures_and_prints_a_summary(tmp_path: Path) -> None:
+    db = tmp_path / "m.db"
+    result = run("ingest", "--db", str(db), *SEED_FILES)
+    assert result.returncode == 0, result.stderr
+    summary = result.stderr.decode().strip().splitlines()[-1]
+    assert count(db, "SELECT count(*) FROM deliveries") == len(SEED_FILES)
+    plain = count(db, "SELECT count(*) FROM deliveries WHERE status = 'stored'")
+    quarantined = count(db, "SELECT count(*) FROM deliveries WHERE status = 'quarantined'")
+    assert summary.startswith(f"mailhook: {plain} stored, 0 duplicates, {quarantined} quarantined")
+    assert count(db, "SELECT count(*) FROM events") == count(db, "SELECT sum(event_count) FROM deliveries")
+
+
+def test_ingest_twice_adds_no_events(tmp_path: Path) -> None:
+    db = tmp_path / "m.db"
+    assert run("ingest", "--db", str(db), *SEED_FILES).returncode == 0
+    events = count(db, "SELECT count(*) FROM events")
+    again = run("ingest", "--db", str(db), *SEED_FILES)
+    assert again.returncode == 0
+    assert count(db, "SELECT count(*) FROM events") == events
+    assert "0 stored" in again.stderr.decode()
+
+
+def test_ingest_from_stdin_as_an_mta_pipe(tmp_path: Path) -> None:
+    db = tmp_path / "m.db"
+    result = run("ingest", "--db", str(db), "-", stdin=notification_email("<pipe@x>", newline=b"\r\n"))
+    assert result.returncode == 0, result.stderr
+    assert count(db, "SELECT message_id FROM deliveries") == "<pipe@x>"
+    assert count(db, "SELECT event_type FROM events") == "OUTBOUND_TEXT_FINISHED"
+
+
+def test_ingest_quarantines_unreadable_email_with_exit_zero_and_a_warning(tmp_path: Path) -> None:
+    db = tmp_path / "m.db"
+    junk = b"Subject: lunch?\nMessage-ID: <lunch@x>\n\nAre we still on for noon?\n"
+    result = run("ingest", "--db", str(db), "-", stdin=junk)
+    assert result.returncode == 0
+    assert "quarantined" in result.stderr.decode()
+    with sqlite3.connect(db) as conn:
+        status, error, raw = conn.execute("SELECT status, error, raw FROM deliveries").fetchone()
+    assert status == "quarantined" and error and raw == junk
+
+
+def test_ingest_exits_65_on_input_it_cannot_read_and_stores_the_rest(tmp_path: Path) -> None:
+    db = tmp_path / "m.db"
+    result = run("ingest", "--db", str(db), str(tmp_path / "missing.eml"), str(SEED / "text-outbound.xml"))
+    assert result.returncode == 65
+    assert "missing.eml" in result.stderr.decode()
+    assert count(db, "SELECT count(*) FROM events") == 1
+
+
+def test_ingest_exits_75_when_the_database_is_locked(tmp_path: Path) -> None:
+    db = tmp_path / "m.db"
+    assert run("ingest", "--db", str(db), str(SEED / "text-outbound.xml")).returncode == 0
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "mailhook", "ingest", "--db", str(db), str(SEED / "campaign.json")],
+            capture_output=True, timeout=60, check=False, env={"MAILHOOK_STORAGE_BUSY_TIMEOUT": "0.2", "PATH": ""},
+        )
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert result.returncode == 75, result.stderr
+    assert count(db, "SELECT count(*) FROM deliveries") == 1
+
+
+@pytest.mark.parametrize("size", [100, 10_000])
+def test_ingest_refuses_input_over_the_size_limit_with_65(tmp_path: Path, size: int) -> None:
+    db = tmp_path / "m.db"
+    message = notification_email("<x@x>")
+    result = run("ingest", "--db", str(db), "--max-message-size", str(size), "-", stdin=message)
+    expected = 65 if len(message) > size else 0
+    assert result.returncode == expected

@@ -1,0 +1,93 @@
+"""The pipeline: one ingest function for every door, its log line, and reprocessing."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from mailhook.cli import main
+from mailhook.errors import RetryLater
+from mailhook.ingest import Pipeline
+from mailhook.models import Delivery, Extraction
+from mailhook.store import Writer
+
+SEED = Path(__file__).parent.parent / "fixtures" / "seed"
+
+
+def document(name: str, channel: str = "http") -> Delivery:
+    return Delivery(channel=channel, raw=(SEED / name).read_bytes(), received_at="x", kind="document",  # type: ignore[arg-type]
+                    remote_addr="127.0.0.1")
+
+
+@pytest.fixture
+def pipeline(tmp_path: Path):  # type: ignore[no-untyped-def]
+    writer = Writer(tmp_path / "m.db", busy_timeout=0.2)
+    yield Pipeline(writer, {610798003: "CAMPAIGN_STARTED"})
+    writer.close()
+
+
+def test_ingest_returns_a_durable_receipt(pipeline: Pipeline, tmp_path: Path) -> None:
+    receipt = pipeline.ingest(document("call-outbound.json"))
+    assert (receipt.status, receipt.events) == ("stored", 1)
+    with sqlite3.connect(tmp_path / "m.db") as conn:
+        assert conn.execute("SELECT event_type, resource_id FROM events").fetchall() == [
+            ("OUTBOUND_CALL_FINISHED", 974239899003)
+        ]
+
+
+def test_configured_subscription_decides_the_campaign_event(pipeline: Pipeline, tmp_path: Path) -> None:
+    pipeline.ingest(document("campaign.json"))
+    with sqlite3.connect(tmp_path / "m.db") as conn:
+        assert conn.execute("SELECT event_type, event_type_source FROM events").fetchall() == [
+            ("CAMPAIGN_STARTED", "config")
+        ]
+
+
+def test_async_ingest_gives_the_same_receipt_as_sync(pipeline: Pipeline) -> None:
+    receipt = asyncio.run(pipeline.ingest_async(document("text-inbound.json")))
+    assert (receipt.status, receipt.events) == ("stored", 1)
+    assert pipeline.ingest(document("text-inbound.json")).status == "duplicate"
+
+
+def test_each_delivery_gets_one_log_line(pipeline: Pipeline, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="mailhook")
+    pipeline.ingest(document("text-outbound.xml"))
+    lines = [r.getMessage() for r in caplog.records if r.name == "mailhook.ingest"]
+    assert len(lines) == 1
+    assert lines[0].startswith("delivery channel=http peer=127.0.0.1 message_id=- status=stored")
+    assert " events=1 " in lines[0] and " ms=" in lines[0]
+
+
+def test_storage_trouble_raises_retry_later_and_is_logged(
+    pipeline: Pipeline, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pipeline.ingest(document("text-outbound.xml"))
+    blocker = sqlite3.connect(tmp_path / "m.db", isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(RetryLater):
+            pipeline.ingest(document("campaign.json"))
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert any("status=retry-later" in r.getMessage() for r in caplog.records)
+    assert pipeline.ingest(document("campaign.json")).status == "stored"
+
+
+def test_reprocess_reads_deliveries_an_older_parser_quarantined(tmp_path: Path) -> None:
+    db = tmp_path / "m.db"
+    writer = Writer(db)
+    raw = (SEED / "call-outbound.json").read_bytes()
+    old = Delivery(channel="http", raw=raw, received_at="x", kind="document")
+    writer.submit(old, Extraction(reason="old parser could not read it")).result()
+    writer.close()
+
+    assert main(["reprocess", "--db", str(db), "--quarantined"], env={}) == 0
+    assert main(["reprocess", "--db", str(db)], env={}) == 0
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT status, error, event_count FROM deliveries").fetchall() == [("stored", None, 1)]
+        assert conn.execute("SELECT count(*) FROM events").fetchone() == (1,)

@@ -1,0 +1,207 @@
+"""The store: migrations, group commit, both dedupe layers, quarantine and checkpoints."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from mailhook.errors import RetryLater
+from mailhook.models import Attempt, Checkpoint, Delivery, Event, Extraction
+from mailhook.schema import MIGRATIONS
+from mailhook.store import Store, Writer, migrate, open_readonly
+
+
+def text_event(resource_id: int = 11111111111, **changes: object) -> Event:
+    fields: dict[str, object] = {
+        "event_type": "OUTBOUND_TEXT_FINISHED",
+        "event_type_source": "inferred",
+        "api_version": "1.1",
+        "format": "xml",
+        "resource_type": "Text",
+        "resource_id": resource_id,
+        "billed_amount": Decimal("0.03"),
+        "message": "Hello, CallFire!",
+        "attempts": (Attempt(record_id=7, result="SENT", billed_amount=Decimal("0.03")),),
+        "payload": {"Text": {"@id": str(resource_id)}},
+    }
+    fields.update(changes)
+    return Event(**fields)  # type: ignore[arg-type]
+
+
+def email(message_id: str = "<n1@callfire.test>", body: bytes = b"hello") -> Delivery:
+    return Delivery(
+        channel="smtp",
+        raw=b"Message-ID: " + message_id.encode() + b"\r\n\r\n" + body,
+        received_at="2026-01-01T00:00:00Z",
+    )
+
+
+def rows(db: Path, sql: str) -> list[tuple[object, ...]]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(sql).fetchall()
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "mailhook.db"
+
+
+@pytest.fixture
+def writer(db: Path):  # type: ignore[no-untyped-def]
+    w = Writer(db, busy_timeout=0.2)
+    yield w
+    w.close()
+
+
+def test_migrations_are_safe_to_run_twice(db: Path) -> None:
+    Store(db).close()
+    conn = sqlite3.connect(db)
+    assert migrate(conn) == len(MIGRATIONS)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
+    assert {"deliveries", "events", "attempts", "texts", "calls", "campaigns"} <= names
+
+
+def test_database_is_in_wal_mode_with_full_sync(db: Path, writer: Writer) -> None:
+    assert rows(db, "PRAGMA journal_mode") == [("wal",)]
+    assert writer.store.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_delivery_and_events_are_stored_with_exact_values(db: Path, writer: Writer) -> None:
+    big = 2**63 - 25
+    receipt = writer.submit(email(), Extraction(events=(text_event(big),), message_id="<n1@callfire.test>")).result()
+    assert (receipt.status, receipt.events, receipt.duplicates) == ("stored", 1, 0)
+    assert rows(db, "SELECT resource_id, billed_amount, message FROM events") == [(big, 0.03, "Hello, CallFire!")]
+    assert rows(db, "SELECT record_id, result FROM attempts") == [(7, "SENT")]
+    raw, size, status = rows(db, "SELECT raw, size, status FROM deliveries")[0]
+    assert raw == email().raw and size == len(email().raw) and status == "stored"
+
+
+def test_same_event_in_a_second_delivery_adds_no_row(db: Path, writer: Writer) -> None:
+    writer.submit(email("<a@x>"), Extraction(events=(text_event(),), message_id="<a@x>")).result()
+    second = writer.submit(
+        Delivery(channel="http", raw=b"<doc/>", received_at="x", kind="document"),
+        Extraction(events=(text_event(),)),
+    ).result()
+    assert (second.status, second.events, second.duplicates) == ("duplicate", 0, 1)
+    assert rows(db, "SELECT count(*) FROM events") == [(1,)]
+    assert rows(db, "SELECT count(*) FROM attempts") == [(1,)]
+
+
+def test_repeated_message_id_is_a_duplicate_and_identical_bytes_are_not_kept_twice(
+    db: Path, writer: Writer
+) -> None:
+    extraction = Extraction(events=(text_event(),), message_id="<a@x>")
+    writer.submit(email("<a@x>"), extraction).result()
+    again = writer.submit(email("<a@x>"), extraction).result()
+    changed = writer.submit(email("<a@x>", b"other bytes"), extraction).result()
+    assert again.status == changed.status == "duplicate"
+    assert rows(db, "SELECT status, raw IS NULL FROM deliveries ORDER BY id") == [
+        ("stored", 0),
+        ("duplicate", 1),
+        ("duplicate", 0),
+    ]
+
+
+def test_unreadable_delivery_is_quarantined_with_its_raw_bytes_and_reason(db: Path, writer: Writer) -> None:
+    receipt = writer.submit(email(), Extraction(reason="no CallFire notification found")).result()
+    assert receipt.status == "quarantined"
+    assert rows(db, "SELECT status, error, raw FROM deliveries") == [
+        ("quarantined", "no CallFire notification found", email().raw)
+    ]
+
+
+def test_campaign_events_recur_per_modification(db: Path, writer: Writer) -> None:
+    def campaign(modified: str) -> Event:
+        return Event(
+            event_type="CAMPAIGN_STARTED", event_type_source="config", api_version="1.1", format="json",
+            resource_type="Broadcast", resource_id=5, modified=modified,
+        )
+
+    for modified in ("2016-06-29T18:57:51Z", "2016-06-30T08:00:00Z", "2016-06-29T18:57:51Z"):
+        writer.submit(email(f"<{modified}@x>"), Extraction(events=(campaign(modified),))).result()
+    assert rows(db, "SELECT count(*) FROM events") == [(2,)]
+
+
+def test_locked_database_answers_retry_later_and_recovers(db: Path, writer: Writer) -> None:
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(RetryLater, match="storage unavailable"):
+            writer.submit(email(), Extraction(events=(text_event(),))).result()
+        with pytest.raises(RetryLater):
+            writer.check().result()
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert writer.submit(email(), Extraction(events=(text_event(),))).result().status == "stored"
+    assert rows(db, "SELECT count(*) FROM deliveries") == [(1,)]
+
+
+def test_deliveries_queued_during_a_commit_are_committed_together(db: Path) -> None:
+    batches: list[int] = []
+    writer = Writer(db, busy_timeout=5, observer=lambda size, _: batches.append(size))
+    blocker = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    blocker.execute("BEGIN IMMEDIATE")  # the writer's first commit waits on this lock
+    futures = [writer.submit(email(f"<{i}@x>"), Extraction(events=(text_event(i),))) for i in range(1, 41)]
+    threading.Timer(0.3, lambda: (blocker.execute("ROLLBACK"), blocker.close())).start()
+    receipts = [f.result() for f in futures]
+    writer.close()
+    assert [r.status for r in receipts] == ["stored"] * 40
+    assert sum(batches) == 40
+    assert max(batches) > 1
+
+
+def test_close_commits_everything_already_submitted(db: Path) -> None:
+    writer = Writer(db)
+    futures = [writer.submit(email(f"<{i}@x>"), Extraction(events=(text_event(i),))) for i in range(1, 101)]
+    writer.close()
+    assert all(f.done() and f.result().status == "stored" for f in futures)
+    assert rows(db, "SELECT count(*) FROM events") == [(100,)]
+
+
+def test_submit_after_close_answers_retry_later(db: Path) -> None:
+    writer = Writer(db)
+    writer.close()
+    with pytest.raises(RetryLater, match="shutting down"):
+        writer.submit(email(), Extraction(events=(text_event(),))).result()
+
+
+def test_imap_checkpoint_is_advanced_with_the_delivery(db: Path, writer: Writer) -> None:
+    for uid in (3, 9, 5):
+        delivery = Delivery(
+            channel="imap", raw=email(f"<{uid}@x>").raw, received_at="x",
+            checkpoint=Checkpoint("me@example.com", "INBOX", 77, uid),
+        )
+        writer.submit(delivery, Extraction(events=(text_event(uid),))).result()
+    assert writer.store.checkpoint("me@example.com", "INBOX") == Checkpoint("me@example.com", "INBOX", 77, 9)
+    changed = Delivery(
+        channel="imap", raw=b"x", received_at="x", checkpoint=Checkpoint("me@example.com", "INBOX", 78, 1)
+    )
+    writer.submit(changed, Extraction(reason="unreadable")).result()
+    assert writer.store.checkpoint("me@example.com", "INBOX") == Checkpoint("me@example.com", "INBOX", 78, 1)
+
+
+def test_reextract_turns_a_quarantined_delivery_into_stored_once(db: Path, writer: Writer) -> None:
+    receipt = writer.submit(email(), Extraction(reason="unknown shape")).result()
+    stored = list(writer.store.stored_deliveries(quarantined_only=True))
+    assert [s.id for s in stored] == [receipt.delivery_id] and stored[0].kind == "email"
+    first = writer.store.reextract(receipt.delivery_id, Extraction(events=(text_event(),)))
+    second = writer.store.reextract(receipt.delivery_id, Extraction(events=(text_event(),)))
+    assert (first.status, first.events) == ("stored", 1)
+    assert (second.status, second.events, second.duplicates) == ("stored", 0, 1)
+    assert rows(db, "SELECT status, error FROM deliveries") == [("stored", None)]
+    assert list(writer.store.stored_deliveries(quarantined_only=True)) == []
+
+
+def test_readonly_connection_reads_but_cannot_write(db: Path, writer: Writer) -> None:
+    writer.submit(email(), Extraction(events=(text_event(),))).result()
+    ro = open_readonly(db)
+    assert ro.execute("SELECT count(*) FROM events").fetchone() == (1,)
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        ro.execute("DELETE FROM events")
+    ro.conn.close()
