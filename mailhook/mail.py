@@ -25,7 +25,7 @@ from mailhook.errors import Unreadable
 
 log = logging.getLogger("mailhook.mail")
 
-# A notification email has a handful of multipart containers. The stdlib parser
+# A notification email has a handful of multipart/message containers. The stdlib parser
 # recurses once per nesting level, so a MIME bomb costs time and stack before it
 # fails; refuse early and say why instead.
 MAX_CONTAINERS = 200
@@ -46,11 +46,9 @@ _KEEP_HEADERS = frozenset(
 )
 _MAX_FIELD_BYTES = 16 * 1024
 
-_BOUNDARY = re.compile(rb"boundary\s*=", re.IGNORECASE)
+_CONTAINER = re.compile(rb"boundary\s*=|message/rfc822", re.IGNORECASE)
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
-_XML_START = re.compile(
-    r"<\?xml\b|<(?:[\w.-]+:)?(?:TextNotification|CallFinished|BroadcastNotification|Envelope)\b"
-)
+_XML_START = re.compile(r"<\?xml\b|<(?:[\w.-]+:)?(?:TextNotification|CallFinished|BroadcastNotification|Envelope)\b")
 _XML_DECL_END = re.compile(r"\?>")
 _ELEMENT = re.compile(r"\s*(?:<!--.*?-->\s*)*<([\w.:-]+)", re.DOTALL)
 _JSON_KEYS = ('"TextNotification"', '"CallFinished"', '"BroadcastNotification"', '"events"')
@@ -65,9 +63,7 @@ _HTML_BREAK = re.compile(r"<\s*(?:br|/p|/div|/tr|/li|/h\d|/pre)\b[^>]*>", re.IGN
 _HTML_TAG = re.compile(r"<[^<>]*>")
 _HTML_DROP = re.compile(r"<(script|style|head)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
 _XML_ENCODING = re.compile(r"(<\?xml[^>]*?)\s+encoding\s*=\s*([\"'])[^\"']*\2")
-_DOC_TYPES = frozenset(
-    {"application/xml", "text/xml", "application/json", "text/json", "application/soap+xml"}
-)
+_DOC_TYPES = frozenset({"application/xml", "text/xml", "application/json", "text/json", "application/soap+xml"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,10 +95,10 @@ class Mail:
 
 def parse_mail(raw: bytes) -> Mail:
     """Parse `raw` RFC 5322 bytes into candidates, raising only `Unreadable`."""
-    containers = len(_BOUNDARY.findall(raw))
+    containers = len(_CONTAINER.findall(raw))
     if containers > MAX_CONTAINERS:
         raise Unreadable(
-            f"MIME structure too deep or too large: {containers} multipart containers"
+            f"MIME structure too deep or too large: {containers} multipart/message containers"
             f" (limit {MAX_CONTAINERS}); not parsed"
         )
     try:

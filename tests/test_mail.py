@@ -1,0 +1,238 @@
+"""parse_mail finds every embedded notification in an email of any shape and survives hostile input."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import html
+import quopri
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mailhook.errors import Unreadable
+from mailhook.mail import MAX_CONTAINERS, Mail, find_documents, parse_mail
+
+XML = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n'
+    '<n:TextNotification xmlns="http://api.callfire.com/data" xmlns:n="http://api.callfire.com/notification/xsd">\n'
+    "<n:SubscriptionId>7</n:SubscriptionId>\n"
+    '<Text id="123"><FromNumber>67076</FromNumber><Message>a &amp; b</Message></Text>\n'
+    "</n:TextNotification>"
+)
+JSON = '{"TextNotification": {"Text": {"@id": "9", "Message": "curly } brace { inside"}}}'
+HEAD = "From: CallFire <notifications@callfire.com>\nTo: ops@example.com\nSubject: Outbound Text Finished\n"
+
+
+def email(body: str, ctype: str = "text/plain; charset=utf-8", cte: str = "7bit", head: str = HEAD) -> bytes:
+    data = body.encode("utf-8")
+    if cte == "base64":
+        encoded = base64.encodebytes(data)
+    elif cte == "quoted-printable":
+        encoded = quopri.encodestring(data)
+    else:
+        encoded = data
+    return f"{head}MIME-Version: 1.0\nContent-Type: {ctype}\nContent-Transfer-Encoding: {cte}\n\n".encode() + encoded
+
+
+def mixed(*parts: str, head: str = HEAD) -> bytes:
+    body = "".join(f"--XX\n{p}\n" for p in parts)
+    return f'{head}MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="XX"\n\n{body}--XX--\n'.encode()
+
+
+def documents(mail: Mail) -> list[bytes]:
+    return [c.data for c in mail.documents]
+
+
+def test_message_id_loses_folding_whitespace_but_keeps_its_brackets() -> None:
+    mail = parse_mail(email("x", head=HEAD + "Message-ID:\n  <abc.123@callfire.com>  \n"))
+    assert mail.message_id == "<abc.123@callfire.com>"
+
+
+def test_missing_message_id_and_subject_are_none() -> None:
+    mail = parse_mail(b"\n\nhello")
+    assert (mail.message_id, mail.subject) == (None, None)
+
+
+def test_subject_is_decoded_from_rfc2047() -> None:
+    mail = parse_mail(email("x", head="Subject: =?utf-8?q?Campaign_finished_=E2=9C=94?=\n"))
+    assert mail.subject == "Campaign finished \u2714"
+
+
+@pytest.mark.parametrize("cte", ["7bit", "8bit", "quoted-printable", "base64"])
+def test_xml_is_cut_out_of_the_prose_around_it_in_any_transfer_encoding(cte: str) -> None:
+    mail = parse_mail(email(f"Hello,\n\nhere it is:\n{XML}\n\n-- \nCallFire support\n", cte=cte))
+    assert documents(mail) == [XML.replace(' encoding="UTF-8"', "").encode()]
+
+
+def test_html_escaped_xml_is_unescaped_and_found() -> None:
+    body = f"<html><body><p>Notification</p><pre>{html.escape(XML)}</pre></body></html>"
+    mail = parse_mail(email(body, ctype="text/html; charset=utf-8", cte="quoted-printable"))
+    assert len(mail.documents) == 1
+    assert b"<Message>a &amp; b</Message>" in mail.documents[0].data
+    assert mail.documents[0].origin.startswith("text/html")
+
+
+def test_escaped_xml_split_by_br_tags_is_found() -> None:
+    body = "<div>" + "<br>".join(html.escape(line) for line in XML.splitlines()) + "</div>"
+    mail = parse_mail(email(body, ctype="text/html"))
+    assert mail.documents[0].data.rstrip().endswith(b"</n:TextNotification>")
+
+
+def test_json_ends_at_its_balanced_brace_even_with_braces_in_strings() -> None:
+    mail = parse_mail(email(f"Notification: {JSON} -- thanks {{team}}"))
+    assert documents(mail) == [JSON.encode()]
+
+
+def test_braces_without_a_notification_key_are_not_documents() -> None:
+    assert find_documents('see {"a": 1} and {"events_count": 2}') == []
+
+
+def test_several_documents_in_one_text_are_separate_candidates_in_order() -> None:
+    other = XML.replace('id="123"', 'id="456"')
+    mail = parse_mail(email(f"one:\n{XML}\ntwo:\n{other}\nthree:\n{JSON}\n"))
+    assert [b'id="123"' in d for d in documents(mail)] == [True, False, False]
+    assert b'id="456"' in documents(mail)[1]
+    assert documents(mail)[2] == JSON.encode()
+
+
+def test_soap_envelope_is_one_candidate_not_also_its_inner_root() -> None:
+    inner = XML.split("?>", 1)[1]
+    soap = f'<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body>{inner}</s:Body></s:Envelope>'
+    assert [d[:11] for d in find_documents(f"x {soap} y")] == [b"<s:Envelope"]
+
+
+def test_truncated_xml_runs_to_the_end_so_the_reader_can_say_why() -> None:
+    cut = XML[:150]
+    assert find_documents(f"prose\n{cut}") == [cut.replace(' encoding="UTF-8"', "").encode()]
+
+
+def test_attachments_and_whole_document_parts_come_before_documents_in_prose() -> None:
+    other = XML.replace('id="123"', 'id="456"')
+    raw = mixed(
+        f"Content-Type: text/plain\n\nprose then {XML}",
+        f"Content-Type: application/json\n\n{JSON}",
+        "Content-Type: application/xml\nContent-Disposition: attachment; filename=n.xml\n"
+        f"Content-Transfer-Encoding: base64\n\n{base64.b64encode(other.encode()).decode()}",
+    )
+    origins = [c.origin for c in parse_mail(raw).documents]
+    assert origins[0] == "attachment 'n.xml'"
+    assert origins[1].startswith("other part")
+    assert origins[2].startswith("text/plain part")
+
+
+def test_unnamed_octet_stream_part_is_searched() -> None:
+    raw = mixed(
+        "Content-Type: text/plain\n\nsee part two",
+        f"Content-Type: application/octet-stream\nContent-Transfer-Encoding: base64\n\n"
+        f"{base64.b64encode(JSON.encode()).decode()}",
+    )
+    assert documents(parse_mail(raw)) == [JSON.encode()]
+
+
+def test_forwarded_rfc822_part_is_searched() -> None:
+    inner = f"From: CallFire <n@callfire.com>\nSubject: Inbound Text Finished\n\n{XML}\n"
+    raw = mixed("Content-Type: text/plain\n\nFYI", f"Content-Type: message/rfc822\n\n{inner}")
+    assert len(parse_mail(raw).documents) == 1
+
+
+def test_quote_prefixes_are_removed_before_looking() -> None:
+    quoted = "\n".join("> > " + line for line in JSON.replace(", ", ",\n").splitlines())
+    mail = parse_mail(email(f"Is this it?\n\nOn Monday someone wrote:\n{quoted}\n"))
+    assert documents(mail) == [JSON.replace(", ", ",\n").encode()]
+    assert ">" not in mail.texts[0].text
+
+
+def test_inline_forward_header_block_is_removed_from_readable_text() -> None:
+    body = (
+        "FYI\n\n---------- Forwarded message ---------\nFrom: CallFire <n@callfire.com>\n"
+        "Date: Fri, Nov 27, 2026\nSubject: Outbound Text Finished\nTo: ops@example.com\n\nText ID: 5\n"
+    )
+    text = parse_mail(email(body)).texts[0].text
+    assert "From:" not in text
+    assert "Subject:" not in text
+    assert "Text ID: 5" in text
+
+
+def test_same_document_in_both_alternatives_is_one_candidate() -> None:
+    raw = (
+        HEAD + 'MIME-Version: 1.0\nContent-Type: multipart/alternative; boundary="A"\n\n'
+        f"--A\nContent-Type: text/plain\n\n{XML}\n--A\nContent-Type: text/html\n\n"
+        f"<pre>{html.escape(XML)}</pre>\n--A--\n"
+    ).encode()
+    assert len(parse_mail(raw).documents) == 1
+
+
+def test_latin1_part_is_reencoded_as_utf8_without_its_old_encoding_declaration() -> None:
+    doc = XML.replace("UTF-8", "ISO-8859-1").replace("a &amp; b", "caf\xe9")
+    raw = HEAD.encode() + b"Content-Type: text/plain; charset=iso-8859-1\n\n" + doc.encode("latin-1")
+    data = parse_mail(raw).documents[0].data
+    assert "caf\xe9".encode() in data
+    assert b"ISO-8859-1" not in data
+
+
+def test_wrong_declared_charset_is_decoded_best_effort() -> None:
+    raw = HEAD.encode() + b"Content-Type: text/plain; charset=utf-8\n\nCaf\xe9 \x93menu\x94\n" + XML.encode()
+    assert len(parse_mail(raw).documents) == 1
+
+
+def test_unknown_charset_and_transfer_encoding_do_not_raise() -> None:
+    raw = HEAD.encode() + b"Content-Type: text/plain; charset=x-nope\nContent-Transfer-Encoding: x-odd\n\n\xff hi"
+    assert parse_mail(raw).texts
+
+
+def test_readable_parts_are_offered_as_texts_with_their_kind() -> None:
+    raw = (
+        HEAD + 'MIME-Version: 1.0\nContent-Type: multipart/alternative; boundary="A"\n\n'
+        "--A\nContent-Type: text/plain\n\nText ID: 1\n--A\nContent-Type: text/html\n\n<b>Text ID</b>: 1\n--A--\n"
+    ).encode()
+    assert [(t.html, t.origin.split()[0]) for t in parse_mail(raw).texts] == [
+        (False, "text/plain"),
+        (True, "text/html"),
+    ]
+
+
+def _nested(levels: int) -> bytes:
+    opening = b"".join(b'Content-Type: multipart/mixed; boundary="b%d"\n\n--b%d\n' % (i, i) for i in range(levels))
+    closing = b"".join(b"--b%d--\n" % i for i in reversed(range(levels)))
+    return b"Subject: bomb\n" + opening + b"Content-Type: text/plain\n\nhi\n" + closing
+
+
+def test_mime_nested_thousands_deep_is_refused_with_the_limit_named() -> None:
+    with pytest.raises(Unreadable, match=f"limit {MAX_CONTAINERS}"):
+        parse_mail(_nested(5000))
+
+
+def test_mime_nested_within_the_limit_is_read() -> None:
+    assert parse_mail(_nested(50)).texts[0].text.strip() == "hi"
+
+
+def test_rfc822_nested_thousands_deep_raises_only_unreadable() -> None:
+    raw = b"Subject: x\n" + b"Content-Type: message/rfc822\n\n" * 3000 + b"hi"
+    with pytest.raises(Unreadable):
+        parse_mail(raw)
+
+
+def test_hundred_thousand_line_header_keeps_subject_and_body() -> None:
+    to = b",\n ".join(b"user%d@example.com" % i for i in range(100_000))
+    raw = b"To: " + to + b"\nSubject: Outbound Text Finished\n\n" + XML.encode()
+    mail = parse_mail(raw)
+    assert mail.subject == "Outbound Text Finished"
+    assert len(mail.documents) == 1
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"", b"\x00" * 64, b"\n\n", b"\xff\xfe\xfd\n\n\xff", b"Subject: \xff\n\n<n:TextNotification", b"{" * 10_000],
+    ids=["empty", "nul", "blank", "invalid-utf8", "bad-subject-cut-xml", "braces"],
+)
+def test_hostile_inputs_parse_without_raising(raw: bytes) -> None:
+    assert isinstance(parse_mail(raw), Mail)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.binary(max_size=2000))
+def test_arbitrary_bytes_raise_nothing_but_unreadable(raw: bytes) -> None:
+    with contextlib.suppress(Unreadable):
+        parse_mail(raw)
