@@ -163,4 +163,43 @@ CREATE TABLE IF NOT EXISTS imap_checkpoints (
 );
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1,)
+EVENT_TIME = "COALESCE(modified, created, received_at)"
+"""When an event happened: CallFire's last-modified time, else its creation time, else when stored.
+
+Stats filter and group on exactly this expression so the `events_occurred_at` index serves them.
+"""
+
+# Analysts' additions: full-text search over message bodies, attempts with their event, and
+# indexes for the filters stats and Datasette facets use.
+_V2_ANALYSIS = """
+CREATE VIRTUAL TABLE IF NOT EXISTS events_fts USING fts5(
+    message, content="events", content_rowid="id", tokenize="unicode61 remove_diacritics 2"
+);
+INSERT INTO events_fts(rowid, message) SELECT id, message FROM events WHERE message IS NOT NULL;
+CREATE TRIGGER IF NOT EXISTS events_fts_insert AFTER INSERT ON events WHEN new.message IS NOT NULL BEGIN
+    INSERT INTO events_fts(rowid, message) VALUES (new.id, new.message);
+END;
+CREATE TRIGGER IF NOT EXISTS events_fts_delete AFTER DELETE ON events WHEN old.message IS NOT NULL BEGIN
+    INSERT INTO events_fts(events_fts, rowid, message) VALUES ('delete', old.id, old.message);
+END;
+CREATE TRIGGER IF NOT EXISTS events_fts_update AFTER UPDATE OF message ON events BEGIN
+    INSERT INTO events_fts(events_fts, rowid, message)
+        SELECT 'delete', old.id, old.message WHERE old.message IS NOT NULL;
+    INSERT INTO events_fts(rowid, message) SELECT new.id, new.message WHERE new.message IS NOT NULL;
+END;
+
+CREATE VIEW IF NOT EXISTS attempts_detail AS
+SELECT a.id, a.event_id, e.event_type, e.resource_type, e.resource_id, e.broadcast_id, e.batch_id,
+       e.contact_id, e.from_number, e.to_number, e.inbound, e.final_result, a.record_id, a.result,
+       a.finish_time, a.billed_amount, a.duration, a.originate_time, a.answer_time, a.message,
+       e.received_at
+FROM attempts AS a
+JOIN events AS e ON e.id = a.event_id;
+
+CREATE INDEX IF NOT EXISTS events_occurred_at ON events(COALESCE(modified, created, received_at));
+CREATE INDEX IF NOT EXISTS events_type_result ON events(event_type, final_result);
+CREATE INDEX IF NOT EXISTS events_broadcast_type ON events(broadcast_id, event_type, final_result);
+CREATE INDEX IF NOT EXISTS attempts_finish_time ON attempts(finish_time);
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2_ANALYSIS)
