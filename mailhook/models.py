@@ -221,3 +221,5 @@ class Receipt:
     duplicates: int = 0
     error: str | None = None
     message_id: str | None = None
+    # The event types of the new events, in order (for metrics by type).
+    event_types: tuple[str, ...] = ()
