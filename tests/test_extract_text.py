@@ -1,0 +1,216 @@
+"""read_text turns `Field: value` lines and HTML field tables into the same events the XML path builds."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import pytest
+
+from mailhook.errors import Unreadable
+from mailhook.extract.document import read_document
+from mailhook.extract.text import read_text
+from mailhook.models import Event
+
+NO_SUBS: dict[int, str] = {}
+
+
+def read(text: str, subject: str | None = None, *, html: bool = False, subs: dict[int, str] = NO_SUBS) -> list[Event]:
+    return read_text(text, subject=subject, subscriptions=subs, html=html)
+
+
+def one(text: str, subject: str | None = None, *, html: bool = False, subs: dict[int, str] = NO_SUBS) -> Event:
+    events = read(text, subject, html=html, subs=subs)
+    assert len(events) == 1, events
+    return events[0]
+
+
+@pytest.mark.parametrize("label", ["From Number", "FromNumber", "from_number", "FROM NUMBER", "from-number"])
+def test_field_names_match_in_any_spacing_case_or_punctuation(label: str) -> None:
+    event = one(f"Text ID: 10\n{label}: +1 818 555 0100\nMessage: hi", "Outbound Text Finished")
+    assert event.from_number == "+1 818 555 0100"
+
+
+@pytest.mark.parametrize("separator", [": ", " = ", " - ", ":\t"])
+def test_colon_equals_and_dash_separate_known_fields(separator: str) -> None:
+    event = one(f"Call Id{separator}77\nTo Number{separator}13105550100\nResult{separator}LA", "Outbound call finished")
+    assert (event.resource_id, event.to_number, event.final_result) == (77, "13105550100", "LA")
+
+
+def test_a_dash_in_prose_is_not_a_field() -> None:
+    event = one("Text ID: 10\nMessage: hi\nThanks - the CallFire team", "Outbound Text Finished")
+    assert "Thanks" not in event.payload["fields"]
+
+
+def test_html_table_rows_with_th_or_td_labels_are_fields() -> None:
+    table = (
+        "<table><tr><th>Text ID</th><td>55</td></tr><tr><td><b>To Number:</b></td><td>131 0555</td></tr>"
+        "<tr><td>Message</td><td>Caf&eacute; &amp; bar</td></tr></table>"
+    )
+    event = one(table, "Outbound Text Finished", html=True)
+    assert (event.resource_id, event.to_number, event.message, event.format) == (55, "131 0555", "Café & bar", "html")
+
+
+def test_html_header_row_table_is_read_column_by_column() -> None:
+    table = (
+        "<table><tr><th>Broadcast Name</th><th>Broadcast Id</th><th>Status</th></tr>"
+        "<tr><td>Spring</td><td>900</td><td>STOPPED</td></tr></table>"
+    )
+    event = one(table, "Campaign stopped", html=True)
+    assert (event.broadcast_name, event.resource_id, event.broadcast_status) == ("Spring", 900, "STOPPED")
+
+
+def test_html_lines_with_bold_labels_are_fields() -> None:
+    event = one("<p><b>Call ID:</b> 5<br><b>Duration:</b> 1:05<br><b>Result:</b> LA</p>", html=True)
+    assert (event.resource_type, event.duration, event.final_result) == ("Call", 65, "LA")
+
+
+@pytest.mark.parametrize(
+    ("subject", "expected"),
+    [
+        ("Outbound Text Finished", "OUTBOUND_TEXT_FINISHED"),
+        ("OUTBOUND_TEXT_FINISHED", "OUTBOUND_TEXT_FINISHED"),
+        ("Inbound SMS received: inbound text", "INBOUND_TEXT_FINISHED"),
+        ("Fwd: Inbound call finished", "INBOUND_CALL_FINISHED"),
+        ("Outbound Call Finished", "OUTBOUND_CALL_FINISHED"),
+        ("Campaign started", "CAMPAIGN_STARTED"),
+        ("Campaign stopped", "CAMPAIGN_STOPPED"),
+        ("CAMPAIGN_FINISHED", "CAMPAIGN_FINISHED"),
+    ],
+)
+def test_event_named_in_the_subject_is_the_payload_event(subject: str, expected: str) -> None:
+    fields = "Broadcast Id: 4\nName: X" if "AMPAIGN" in subject.upper() else "Id: 4\nTo Number: 1"
+    event = one(fields, subject)
+    assert (event.event_type, event.event_type_source) == (expected, "payload")
+
+
+def test_event_line_wins_over_the_subject() -> None:
+    event = one("Trigger Event: Inbound Text Finished\nText ID: 3\nMessage: STOP", "Outbound Text Finished")
+    assert (event.event_type, event.inbound) == ("INBOUND_TEXT_FINISHED", True)
+
+
+def test_configured_subscription_wins_over_the_named_event() -> None:
+    event = one(
+        "Subscription Id: 12\nText ID: 3\nMessage: x", "Inbound Text Finished", subs={12: "OUTBOUND_TEXT_FINISHED"}
+    )
+    assert (event.event_type, event.event_type_source, event.subscription_id) == (
+        "OUTBOUND_TEXT_FINISHED",
+        "config",
+        12,
+    )
+
+
+def test_without_a_named_event_the_type_is_inferred() -> None:
+    event = one("Text ID: 3\nInbound: yes\nMessage: hi")
+    assert (event.event_type, event.event_type_source) == ("INBOUND_TEXT_FINISHED", "inferred")
+
+
+def test_payload_keeps_every_field_read_even_unknown_ones() -> None:
+    event = one("Text ID: 3\nMessage: hi\nCarrier: Verizon\nFrom Number: 1", "Outbound Text Finished")
+    assert event.payload["fields"] == {"Text ID": "3", "Message": "hi", "Carrier": "Verizon", "From Number": "1"}
+    assert event.payload["subject"] == "Outbound Text Finished"
+
+
+def test_record_fields_become_one_attempt_like_a_text_record() -> None:
+    event = one("Text ID: 3\nResult: SENT\nBilled Amount: 0.03 credits\nFinish Time: 2026-11-27T10:00:00Z")
+    assert [(a.result, a.billed_amount, a.finish_time) for a in event.attempts] == [
+        ("SENT", Decimal("0.03"), "2026-11-27T10:00:00Z")
+    ]
+    assert event.billed_amount == Decimal("0.03")
+
+
+def test_text_path_builds_the_same_event_as_the_xml_path() -> None:
+    xml = (
+        '<n:TextNotification xmlns="http://api.callfire.com/data" xmlns:n="http://api.callfire.com/notification/xsd">'
+        '<n:SubscriptionId>9</n:SubscriptionId><Text id="31"><FromNumber>67076</FromNumber>'
+        "<ToNumber>13105550100</ToNumber><State>FINISHED</State><Inbound>false</Inbound>"
+        "<Created>2026-11-27T10:00:00Z</Created><FinalResult>SENT</FinalResult>"
+        "<TextRecord><Result>SENT</Result><BilledAmount>0.03</BilledAmount><Message>hi</Message></TextRecord>"
+        "</Text></n:TextNotification>"
+    )
+    text = (
+        "Subscription Id: 9\nText ID: 31\nFrom Number: 67076\nTo Number: 13105550100\nState: FINISHED\n"
+        "Inbound: false\nCreated: 2026-11-27T10:00:00Z\nFinal Result: SENT\nBilled Amount: 0.03\nMessage: hi\n"
+    )
+    from_xml = read_document(xml.encode(), NO_SUBS)[0][0].row()
+    from_text = one(text).row()
+    for row in (from_xml, from_text):
+        del row["format"], row["payload"]
+    assert from_text == from_xml
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"), [("45", 45), ("45 seconds", 45), ("1:05", 65), ("0:01:05", 65), ("2m 5s", 125)]
+)
+def test_call_durations_are_read_as_seconds(value: str, seconds: int) -> None:
+    assert one(f"Call ID: 1\nDuration: {value}").duration == seconds
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2026-11-27 05:00:00 -05:00",
+        "2026-11-27T10:00:00Z",
+        "2026-11-27 10:00:00 UTC",
+        "Fri, 27 Nov 2026 10:00:00 +0000",
+    ],
+)
+def test_created_times_are_normalized_to_utc(value: str) -> None:
+    assert one(f"Text ID: 1\nMessage: x\nCreated: {value}").created == "2026-11-27T10:00:00Z"
+
+
+def test_an_unrecognised_time_stays_only_in_the_payload() -> None:
+    event = one("Text ID: 1\nMessage: x\nCreated: last tuesday-ish")
+    assert event.created is None
+    assert event.payload["fields"]["Created"] == "last tuesday-ish"
+
+
+def test_ids_keep_every_digit_and_ignore_grouping() -> None:
+    assert one("Text ID: #9,007,199,254,740,993\nMessage: x").resource_id == 9_007_199_254_740_993
+
+
+def test_campaign_fields_fill_the_broadcast_columns() -> None:
+    event = one(
+        "Campaign Name: Fall\nCampaign Id: 70\nStatus: running\nType: text\nLabels: a, b\n"
+        "Last Modified: 2026-11-27T12:00:00Z\nFrom Number: 67076",
+        "Campaign started",
+    )
+    assert (
+        event.resource_type,
+        event.broadcast_id,
+        event.broadcast_status,
+        event.broadcast_type,
+        event.labels,
+        event.from_number,
+    ) == ("Broadcast", 70, "RUNNING", "TEXT", ("a", "b"), "67076")
+    assert json.loads(event.row()["labels"]) == ["a", "b"]
+
+
+def test_a_repeated_id_starts_the_next_notification() -> None:
+    events = read("Text ID: 1\nResult: SENT\n\nText ID: 2\nResult: DNT\n", "Outbound Text Finished")
+    assert [(e.resource_id, e.final_result) for e in events] == [(1, "SENT"), (2, "DNT")]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Hello,\n\nYour invoice is ready.\nAmount: $20\n",
+        "From Number: 1\nResult: SENT\n",
+        "",
+        "Date: Fri, 27 Nov 2026\nTo: ops@example.com\n",
+    ],
+    ids=["prose", "two-fields", "empty", "header-like"],
+)
+def test_text_without_a_notification_gives_no_events(text: str) -> None:
+    assert read(text) == []
+
+
+def test_known_fields_without_text_call_or_campaign_sign_are_unreadable_with_the_fields_named() -> None:
+    with pytest.raises(Unreadable, match="from, result, to"):
+        read("From Number: 1\nTo Number: 2\nResult: SENT\n")
+
+
+def test_an_id_that_is_not_a_number_stays_only_in_the_payload() -> None:
+    event = one("Text ID: 1\nMessage: x\nBatch Id: 12abc", "Outbound Text Finished")
+    assert event.batch_id is None
+    assert event.payload["fields"]["Batch Id"] == "12abc"
