@@ -323,8 +323,9 @@ def _decode(data: bytes, charset: object) -> str:
     ):
         if data.startswith(bom):
             return data.decode(codec, "replace")
-    for codec in (charset, "utf-8"):
-        if isinstance(codec, str) and codec:
+    declared = charset if isinstance(charset, str) else ""
+    for codec in (declared, "utf-8"):
+        if codec:
             try:
                 return data.decode(codec)
             except (LookupError, UnicodeError):

@@ -58,11 +58,11 @@ def _extract_email(raw: bytes, subs: Mapping[int, str]) -> Extraction:
             message_id=mail.message_id,
             subject=mail.subject,
         )
-    for candidate in mail.texts:
+    for part in mail.texts:
         try:
-            events = read_text(candidate.text, subject=mail.subject, subscriptions=subs, html=candidate.html)
+            events = read_text(part.text, subject=mail.subject, subscriptions=subs, html=part.html)
         except Unreadable as exc:
-            reasons.append(f"{candidate.origin}: {exc}")
+            reasons.append(f"{part.origin}: {exc}")
             continue
         if events:
             return Extraction(
