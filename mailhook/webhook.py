@@ -1,0 +1,291 @@
+"""The HTTP door: receive CallFire's v1.1 XML/JSON/SOAP and v2 webhook POSTs on the server's loop.
+
+aiohttp's web server runs inside an already running asyncio loop (AppRunner +
+TCPSite), so SMTP and HTTP share one loop and one writer. Bodies are streamed,
+so the size limit is enforced while reading, and a request is authenticated
+(token) before its body is read at all. The door only translates: it checks
+credentials and size, hands the raw body to the pipeline as a `document`
+delivery, and maps the outcome to a status code (docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import BasicAuth, hdrs, web
+
+from mailhook.config import parse_address
+from mailhook.errors import RetryLater, Unreadable
+from mailhook.extract.json import parse_json
+from mailhook.extract.v1 import ROOTS
+from mailhook.metrics import CONTENT_TYPE
+from mailhook.models import Delivery, Receipt
+from mailhook.store import utcnow
+
+if TYPE_CHECKING:
+    from mailhook.server import Runtime
+
+log = logging.getLogger("mailhook.webhook")
+
+PATH = "/notifications"
+SIGNATURE = "X-CallFire-Signature"
+# Seconds `GET /healthz` waits for the writer to prove the database writable.
+HEALTH_TIMEOUT = 10.0
+_BLANK = b" \t\r\n\xef\xbb\xbf"
+_CHUNK = 64 * 1024
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Refused(Exception):
+    """A request answered with an error status before anything was stored."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+class WebhookDoor:
+    """The running HTTP listener."""
+
+    name = "http"
+
+    def __init__(self, runner: web.AppRunner) -> None:
+        self.runner = runner
+
+    def addresses(self) -> list[str]:
+        """Return the bound HOST:PORT of every listening socket (the real port when 0 was asked)."""
+        result = []
+        for address in self.runner.addresses:
+            host, port = address[0], address[1]
+            result.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        return result
+
+    async def close(self) -> None:
+        """Stop accepting, let requests in flight get their answer, and release the socket."""
+        await self.runner.cleanup()
+
+
+class Receiver:
+    """The request handlers, bound to one server's pipeline, metrics and settings."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.pipeline = runtime.pipeline
+        self.metrics = runtime.metrics
+        self.max_size = runtime.settings.smtp.max_message_size
+        self.token = runtime.settings.http.token or None
+        self.secret = runtime.settings.http.webhook_secret or None
+
+    def app(self) -> web.Application:
+        """Build the aiohttp application: three routes and a JSON error middleware."""
+        app = web.Application(middlewares=[self._errors])
+        app.router.add_post(PATH, self.notifications, expect_handler=self.expect)
+        app.router.add_get("/healthz", self.healthz, allow_head=True)
+        app.router.add_get("/metrics", self.render_metrics, allow_head=True)
+        app.on_response_prepare.append(_server_header)
+        return app
+
+    async def expect(self, request: web.Request) -> web.StreamResponse | None:
+        """Answer `Expect: 100-continue`: refuse a bad token or a too-large body before it is sent."""
+        try:
+            self._check_token(request)
+            self._check_length(request)
+        except Refused as exc:
+            response = self._refused(request, exc)
+            # The client has not sent the body; closing avoids waiting for one.
+            response.force_close()
+            return response
+        if request.headers.get(hdrs.EXPECT, "").lower() != "100-continue":
+            return _error(417, "only Expect: 100-continue is supported")
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
+        return None
+
+    async def notifications(self, request: web.Request) -> web.StreamResponse:
+        """Store one POSTed notification body and say what became of it."""
+        try:
+            self._check_token(request)
+            self._check_length(request)
+            body = await self._read_body(request)
+            self._check_signature(request, body)
+        except Refused as exc:
+            return self._refused(request, exc)
+        delivery = Delivery(
+            channel="http",
+            raw=body,
+            received_at=utcnow(),
+            kind="document",
+            remote_addr=request.remote,
+            content_type=request.headers.get(hdrs.CONTENT_TYPE),
+        )
+        try:
+            receipt = await self.pipeline.ingest_async(delivery)
+        except RetryLater:
+            return _error(503, "storage unavailable; retry later", headers={hdrs.RETRY_AFTER: "30"})
+        return _answer(receipt)
+
+    async def healthz(self, request: web.Request) -> web.StreamResponse:
+        """Answer 200 only when the writer can start a write transaction now."""
+        try:
+            await asyncio.wait_for(self.pipeline.check(), HEALTH_TIMEOUT)
+        except (RetryLater, TimeoutError):
+            return web.json_response({"status": "unavailable"}, status=503)
+        return web.json_response({"status": "ok"})
+
+    async def render_metrics(self, request: web.Request) -> web.StreamResponse:
+        """Serve the metrics in Prometheus text format."""
+        return web.Response(body=self.metrics.render(), headers={hdrs.CONTENT_TYPE: CONTENT_TYPE})
+
+    def _check_token(self, request: web.Request) -> None:
+        if self.token is None:
+            return
+        offered = [*request.query.getall("token", []), _basic_password(request)]
+        expected = self.token.encode()
+        # Compare with every offered value (no early exit) so timing says nothing.
+        matches = [hmac.compare_digest(value.encode(), expected) for value in offered if value is not None]
+        if not any(matches):
+            reason = "wrong token" if matches else "missing token: pass ?token= or the basic-auth password"
+            raise Refused(401, "unauthorized", reason)
+
+    def _check_length(self, request: web.Request) -> None:
+        length = request.content_length
+        if length is not None and length > self.max_size:
+            raise Refused(413, "too_large", f"body larger than {self.max_size} bytes")
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        body = bytearray()
+        while chunk := await request.content.read(_CHUNK):
+            body += chunk
+            if len(body) > self.max_size:
+                raise Refused(413, "too_large", f"body larger than {self.max_size} bytes")
+        return bytes(body)
+
+    def _check_signature(self, request: web.Request, body: bytes) -> None:
+        """With a webhook secret, a signature must match; only v1.1 bodies may come unsigned."""
+        if self.secret is None:
+            return
+        signature = request.headers.get(SIGNATURE)
+        if signature is None:
+            if _is_v1(body):
+                return  # CallFire cannot sign v1.1 notifications; the token protects them.
+            raise Refused(401, "unauthorized", f"missing {SIGNATURE}: only v1.1 bodies may be unsigned")
+        if not signature_matches(self.secret, body, signature):
+            raise Refused(401, "unauthorized", f"{SIGNATURE} does not match the body")
+
+    def _refused(self, request: web.Request, refusal: Refused) -> web.Response:
+        self.metrics.on_rejected("http", refusal.reason)
+        log.warning(
+            "request refused channel=http peer=%s status=%d reason=%s",
+            request.remote or "-", refusal.status, refusal.message,
+        )
+        headers = {"WWW-Authenticate": 'Basic realm="mailhook"'} if refusal.status == 401 else None
+        return _error(refusal.status, refusal.message, headers=headers)
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Turn aiohttp's plain-text errors (404, 405, ...) and crashes into JSON without internals."""
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            allow = exc.headers.get(hdrs.ALLOW)
+            return _error(exc.status, exc.reason, headers={"Allow": allow} if allow is not None else None)
+        except Exception:  # the client gets a bare 500; the log gets the traceback
+            log.exception("unexpected error handling %s %s", request.method, request.path)
+            return _error(500, "internal error")
+
+
+def signature_matches(secret: str, body: bytes, signature: str) -> bool:
+    """Say whether `signature` is the HMAC-SHA1 of `body` under `secret`, as hex or base64."""
+    expected = hmac.new(secret.encode(), body, hashlib.sha1).digest()
+    value = signature.strip()
+    if value[:5].lower() == "sha1=":
+        value = value[5:]
+    try:
+        # 40 characters is hex; base64 of 20 bytes is 28, so the two never collide.
+        offered = bytes.fromhex(value) if len(value) == 40 else base64.b64decode(value, validate=True)
+    except (ValueError, binascii.Error):
+        return False
+    return hmac.compare_digest(offered, expected)
+
+
+def _is_v1(body: bytes) -> bool:
+    """Say whether a body is a v1.1 notification: XML/SOAP, or JSON under a v1.1 root key."""
+    head = body.lstrip(_BLANK)[:1]
+    if head == b"<" or body[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return True  # v2 webhooks are JSON only.
+    try:
+        document = parse_json(body)
+    except Unreadable:
+        return False
+    items = document if isinstance(document, list) else [document]
+    return bool(items) and all(isinstance(item, dict) and any(k in ROOTS for k in item) for item in items)
+
+
+async def _server_header(_request: web.Request, response: web.StreamResponse) -> None:
+    # Name the service, not the library and Python versions behind it.
+    response.headers[hdrs.SERVER] = "mailhook"
+
+
+def _basic_password(request: web.Request) -> str | None:
+    header = request.headers.get(hdrs.AUTHORIZATION)
+    if not header:
+        return None
+    try:
+        password: str = BasicAuth.decode(header).password
+    except ValueError:
+        return None
+    return password
+
+
+def _answer(receipt: Receipt) -> web.Response:
+    body: dict[str, Any] = {
+        "delivery_id": receipt.delivery_id,
+        "status": receipt.status,
+        "events": receipt.events,
+        "duplicates": receipt.duplicates,
+    }
+    if receipt.error:
+        body["error"] = _public_reason(receipt.error)
+        return web.json_response(body, status=422)
+    return web.json_response(body)
+
+
+def _public_reason(reason: str) -> str:
+    """Keep a quarantine reason precise but never show the text of an unexpected Python exception."""
+    if reason.startswith("internal error"):
+        return "internal error while reading the document; it is stored for reprocessing"
+    return reason
+
+
+def _error(status: int, message: str, *, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status,
+        text=json.dumps({"error": message}),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+async def start(runtime: Runtime) -> WebhookDoor:
+    """Start listening on `http.listen` in the running loop and return the door."""
+    host, port = parse_address(runtime.settings.http.listen, "http.listen")
+    runner = web.AppRunner(Receiver(runtime).app(), access_log=None, handle_signals=False, shutdown_timeout=30.0)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return WebhookDoor(runner)
