@@ -53,3 +53,8 @@ def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
 def test_an_integer_too_long_to_read_is_refused() -> None:
     with pytest.raises(Unreadable, match="unreadable JSON value"):
         parse_json(b'{"id": ' + b"9" * 5000 + b"}")
+
+
+def test_a_number_with_an_absurd_exponent_is_refused() -> None:
+    with pytest.raises(Unreadable, match="out of range"):
+        parse_json(b'{"x": 1e999999}')

@@ -158,3 +158,14 @@ def test_as_list_wraps_a_single_record_given_as_a_bare_object() -> None:
     assert as_list(record) == [record]
     assert as_list([record, record]) == [record, record]
     assert as_list(None) == []
+
+
+@pytest.mark.parametrize("value", [2**63, -(2**63) - 1, "9223372036854775808", Decimal("1e40")])
+def test_to_int_refuses_integers_beyond_64_bits(value: object) -> None:
+    with pytest.raises(Unreadable, match="id"):
+        to_int(value, "id")
+
+
+def test_to_decimal_refuses_absurd_magnitudes() -> None:
+    with pytest.raises(Unreadable, match="finite amount"):
+        to_decimal(Decimal("1e20"), "BilledAmount")

@@ -136,3 +136,8 @@ def test_invalid_utf8_without_declared_encoding_is_refused() -> None:
 def test_whitespace_outside_the_root_is_ignored() -> None:
     document, notes = parse_xml("\n <r>1</r>\u00a0\n")
     assert (document, notes) == ({"r": "1"}, [])
+
+
+def test_no_repair_when_cdata_could_hold_the_broken_tag() -> None:
+    with pytest.raises(Unreadable, match="malformed XML"):
+        parse_xml("<R><A>1</A\n<B><![CDATA[</b <i>]]></B></R>")

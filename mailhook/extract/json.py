@@ -16,6 +16,7 @@ from mailhook.errors import Unreadable
 
 MAX_BYTES = 16 * 1024 * 1024
 MAX_DEPTH = 64
+MAX_EXPONENT = 1000
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _BRACKET = re.compile(r"[\[\]{}]")
 
@@ -35,7 +36,7 @@ def parse_json(data: bytes | str) -> Any:
         text = data.lstrip("\ufeff")
     _check_depth(text)
     try:
-        return json.loads(text, parse_int=int, parse_float=Decimal, parse_constant=_refuse_constant)
+        return json.loads(text, parse_int=int, parse_float=_decimal, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
         raise Unreadable(f"malformed JSON: {exc}") from None
     except ValueError as exc:
@@ -53,6 +54,14 @@ def _check_depth(text: str) -> None:
                 raise Unreadable(f"JSON nested deeper than {MAX_DEPTH} levels")
         else:
             depth -= 1
+
+
+def _decimal(literal: str) -> Decimal:
+    """Read a fraction exactly; refuse exponents whose integer form no JSON encoder can write back."""
+    value = Decimal(literal)
+    if value and abs(value.adjusted()) > MAX_EXPONENT:
+        raise Unreadable(f"JSON number out of range: {literal[:40]}")
+    return value
 
 
 def _refuse_constant(name: str) -> Any:

@@ -21,6 +21,11 @@ _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})
 # Epoch milliseconds beyond year 9999 cannot be a real CallFire timestamp.
 _MAX_EPOCH_MS = 253_402_300_799_999
+# Ids and counts are SQLite INTEGER columns: signed 64-bit.
+_MAX_INT64 = 2**63 - 1
+_MIN_INT64 = -(2**63)
+# Credits are small; a magnitude beyond this is a corrupt value, not an amount.
+_MAX_AMOUNT_DIGITS = 15
 
 
 def text_of(value: Any) -> Any:
@@ -33,11 +38,7 @@ def text_of(value: Any) -> Any:
 def is_blank(value: Any) -> bool:
     """Say whether a value is absent: None, an empty string or an attribute-only element."""
     value = text_of(value)
-    return (
-        value is None
-        or (isinstance(value, str) and not value.strip())
-        or (isinstance(value, Mapping) and not value)
-    )
+    return value is None or (isinstance(value, str) and not value.strip()) or (isinstance(value, Mapping) and not value)
 
 
 def to_int(value: Any, name: str) -> int | None:
@@ -48,12 +49,21 @@ def to_int(value: Any, name: str) -> int | None:
     if isinstance(value, bool):
         raise Unreadable(f"{name}: expected an integer, got a boolean")
     if isinstance(value, int):
-        return value
-    if isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
-        return int(value)
-    if isinstance(value, str) and _INT.fullmatch(value.strip()) and len(value) < 40:
-        return int(value.strip())
-    raise Unreadable(f"{name}: expected an integer, got {_show(value)}")
+        number = value
+    elif (
+        isinstance(value, Decimal)
+        and value.is_finite()
+        and abs(value.adjusted()) < 40
+        and value == value.to_integral_value()
+    ):
+        number = int(value)
+    elif isinstance(value, str) and _INT.fullmatch(value.strip()) and len(value) < 40:
+        number = int(value.strip())
+    else:
+        raise Unreadable(f"{name}: expected an integer, got {_show(value)}")
+    if not _MIN_INT64 <= number <= _MAX_INT64:
+        raise Unreadable(f"{name}: integer out of the 64-bit range: {_show(value)}")
+    return number
 
 
 def to_text(value: Any, name: str) -> str | None:
@@ -146,8 +156,8 @@ def to_decimal(value: Any, name: str) -> Decimal | None:
             raise Unreadable(f"{name}: expected a number, got {_show(value)}") from None
     else:
         raise Unreadable(f"{name}: expected a number, got {_show(value)}")
-    if not amount.is_finite():
-        raise Unreadable(f"{name}: expected a finite number, got {_show(value)}")
+    if not amount.is_finite() or (amount and amount.adjusted() >= _MAX_AMOUNT_DIGITS):
+        raise Unreadable(f"{name}: expected a finite amount, got {_show(value)}")
     return amount
 
 

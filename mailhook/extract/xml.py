@@ -45,7 +45,9 @@ def parse_xml(data: bytes | str) -> tuple[dict[str, Any], list[str]]:
         return _parse(text), []
     except expat.ExpatError as exc:
         original = _expat_reason(exc)
-    repaired = _UNCLOSED_END_TAG.sub(r"\1>\2", text)
+    # Inside CDATA or a comment `</x` is text, and the repair would change it.
+    opaque = "<![CDATA[" in text or "<!--" in text
+    repaired = text if opaque else _UNCLOSED_END_TAG.sub(r"\1>\2", text)
     if repaired == text:
         raise Unreadable(f"malformed XML: {original}")
     try:
