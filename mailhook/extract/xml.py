@@ -44,7 +44,7 @@ def parse_xml(data: bytes | str) -> tuple[dict[str, Any], list[str]]:
     try:
         return _parse(text), []
     except expat.ExpatError as exc:
-        original = _expat_reason(exc)
+        original = str(exc)
     # Inside CDATA or a comment `</x` is text, and the repair would change it.
     opaque = "<![CDATA[" in text or "<!--" in text
     repaired = text if opaque else _UNCLOSED_END_TAG.sub(r"\1>\2", text)
@@ -125,10 +125,6 @@ def _check_structure(text: str) -> None:
         raise Unreadable(str(exc)) from None
 
 
-def _expat_reason(exc: expat.ExpatError) -> str:
-    return str(exc)
-
-
 def _local_names(_path: Any, key: str, value: Any) -> tuple[str, Any] | None:
     """Strip namespace prefixes from element and attribute names; drop xmlns declarations."""
     if key == "@xmlns" or key.startswith("@xmlns:"):
@@ -142,8 +138,3 @@ def _local_names(_path: Any, key: str, value: Any) -> tuple[str, Any] | None:
         if not value:
             value = None
     return key, value
-
-
-def local_name(key: str) -> str:
-    """Return a (possibly prefixed) element name without its namespace prefix."""
-    return key.rsplit(":", 1)[-1]
