@@ -62,6 +62,8 @@ class SmtpSettings:
     max_sessions: int = option(1000, "most concurrent SMTP sessions")
     max_per_ip: int = option(100, "most concurrent SMTP sessions from one address")
     idle_timeout: float = option(300.0, "seconds an SMTP session may stay silent")
+    data_timeout: float = option(600.0, "seconds a client may take to send one message after DATA")
+    shutdown_grace: float = option(30.0, "seconds a stopping server lets SMTP transactions in flight finish")
     tls_cert: Path | None = option(None, "PEM certificate for STARTTLS")
     tls_key: Path | None = option(None, "PEM private key for STARTTLS")
     require_starttls: bool = option(False, "refuse mail transactions before STARTTLS")
@@ -296,6 +298,10 @@ def validate(settings: Settings) -> Settings:
         (settings.smtp.max_message_size > 0, "smtp.max_message_size must be positive"),
         (settings.smtp.max_sessions > 0, "smtp.max_sessions must be positive"),
         (settings.smtp.max_per_ip > 0, "smtp.max_per_ip must be positive"),
+        (
+            min(settings.smtp.idle_timeout, settings.smtp.data_timeout) > 0,
+            "smtp.idle_timeout and smtp.data_timeout must be positive",
+        ),
         (settings.storage.max_batch > 0, "storage.max_batch must be positive"),
         (settings.storage.busy_timeout >= 0, "storage.busy_timeout must not be negative"),
         (settings.imap.security in ("ssl", "starttls", "none"), "imap.security must be ssl, starttls or none"),

@@ -88,6 +88,8 @@ def log_delivery(delivery: Delivery, receipt: Receipt | None, elapsed: float) ->
         "channel": delivery.channel,
         "peer": delivery.remote_addr or delivery.source or "-",
         "message_id": (receipt.message_id if receipt else None) or "-",
+        "from": delivery.envelope_from,
+        "to": ",".join(delivery.envelope_to) or None,
         "status": receipt.status if receipt else "retry-later",
         "delivery_id": receipt.delivery_id if receipt else None,
         "events": receipt.events if receipt else 0,
