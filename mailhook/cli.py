@@ -34,6 +34,10 @@ COMMAND_SECTIONS: dict[str, tuple[str, ...]] = {
     "ingest": ("storage", "log"),
     "imap": ("storage", "imap", "log"),
     "reprocess": ("storage", "log"),
+    "check-config": ("storage", "smtp", "http", "imap", "log"),
+    "prune": ("storage", "log"),
+    "backup": ("storage", "log"),
+    "status": ("storage", "smtp", "http", "log"),
 }
 
 
@@ -62,7 +66,40 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
     reprocess = _command(sub, "reprocess", "re-read stored raw deliveries with the current extractors")
     reprocess.add_argument("--quarantined", action="store_true", help="only deliveries that are quarantined")
     reprocess.set_defaults(run=_run_reprocess)
+
+    password = _command(sub, "smtp-password", "print a smtp.auth_file line for USER; reads the password from stdin")
+    password.add_argument("user", metavar="USER", help="the SMTP AUTH user name")
+    password.set_defaults(run=_lazy("mailhook.smtpauth", "run_smtp_password"))
+    _add_housekeeping(sub)
     return parser, sub
+
+
+def _add_housekeeping(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the admin's commands: check-config, prune, backup, status."""
+    from mailhook.housekeeping import parse_age
+
+    check = _command(sub, "check-config", "print the effective configuration (secrets masked); exit 78 on errors")
+    check.set_defaults(run=_lazy("mailhook.housekeeping", "run_check_config"))
+
+    prune = _command(sub, "prune", "delete deliveries and events received before a cutoff")
+    prune.add_argument("--older-than", type=parse_age, required=True, metavar="AGE",
+                       help="cutoff age: 90d, 12h, 30m or 2w")
+    prune.add_argument("--keep-raw", action="store_true",
+                       help="delete only events and attempts; keep the deliveries with their raw bytes")
+    prune.add_argument("--dry-run", action="store_true", help="count what would be deleted, delete nothing")
+    prune.set_defaults(run=_lazy("mailhook.housekeeping", "run_prune"))
+
+    backup = _command(sub, "backup", "write a consistent copy of the database, also while serving")
+    backup.add_argument("path", type=Path, metavar="PATH", help="backup file, or a directory to put a dated one in")
+    backup.set_defaults(run=_lazy("mailhook.housekeeping", "run_backup"))
+
+    status = _command(sub, "status", "report database health (and with --server the running doors)")
+    status.add_argument("--server", action="store_true", help="also check the SMTP banner and HTTP /healthz")
+    status.add_argument("--max-age", type=parse_age, metavar="AGE",
+                        help="unhealthy when the newest delivery is older than AGE")
+    status.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each door (default 5)")
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    status.set_defaults(run=_lazy("mailhook.housekeeping", "run_status"))
 
 
 def _command(

@@ -3,10 +3,17 @@
 Precedence is flag > environment > file > default. Every option is declared
 once, as a dataclass field with `option()` metadata; flags, environment
 variable names and TOML keys are all derived from it, so they cannot drift.
+
+Every secret option X has a companion X_file naming a file that holds the
+secret (one line; a trailing newline is dropped). A relative X_file is looked
+up in $CREDENTIALS_DIRECTORY when set, so systemd's `LoadCredential=` works
+without the secret ever appearing in the environment or the config file.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import tomllib
 import types
 import typing
@@ -18,6 +25,8 @@ from typing import Any
 from mailhook.errors import ConfigError
 
 DEFAULT_CONFIG = Path("/etc/mailhook/mailhook.toml")
+CONFIG_NAME = "mailhook.toml"
+MASK = "********"
 TRIGGER_EVENTS = frozenset(
     {
         "OUTBOUND_CALL_FINISHED",
@@ -47,6 +56,9 @@ class StorageSettings:
                              flag="db")
     busy_timeout: float = option(5.0, "seconds to wait for a locked database before answering 'retry later'")
     max_batch: int = option(256, "most deliveries committed in one transaction")
+    checkpoint_interval: float = option(
+        60.0, "seconds between the writer's WAL checkpoints, which keep the WAL file small (0: only SQLite's own)"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +89,13 @@ class HttpSettings:
     listen: str = option("127.0.0.1:8080", "HTTP address HOST:PORT ('' turns HTTP off)")
     token: str | None = option(None, "token required as ?token= or basic-auth password", flag="http-token",
                                secret=True)
+    token_file: Path | None = option(None, "file holding http.token (relative: in $CREDENTIALS_DIRECTORY)",
+                                     flag="http-token-file")
     webhook_secret: str | None = option(None, "v2 webhook secret for X-CallFire-Signature",
                                         flag="webhook-secret", secret=True)
+    webhook_secret_file: Path | None = option(
+        None, "file holding http.webhook_secret (relative: in $CREDENTIALS_DIRECTORY)", flag="webhook-secret-file"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +108,7 @@ class ImapSettings:
     ca_file: Path | None = option(None, "CA bundle to trust for the IMAP server's certificate")
     user: str | None = option(None, "IMAP user name")
     password: str | None = option(None, "IMAP password (prefer password_file)", secret=True)
-    password_file: Path | None = option(None, "file holding the IMAP password")
+    password_file: Path | None = option(None, "file holding imap.password (relative: in $CREDENTIALS_DIRECTORY)")
     folders: tuple[str, ...] = option(("INBOX",), "folders to watch (repeatable)")
     action: str = option("move", "after storing: move, seen or leave")
     move_to: str = option("CallFire/Processed", "folder processed messages are moved to")
@@ -219,6 +236,15 @@ def convert(opt: Option, value: Any, where: str) -> Any:
         raise ConfigError(f"{where}: bad value {value!r}: {exc}") from None
 
 
+@dataclass(frozen=True, slots=True)
+class Effective:
+    """The settings together with where they were read from, for `mailhook check-config`."""
+
+    settings: Settings
+    path: Path | None
+    sources: Mapping[str, str]  # "section.name" -> the flag, variable or file that set it
+
+
 def load(
     flags: Mapping[str, Any],
     env: Mapping[str, str],
@@ -228,40 +254,104 @@ def load(
 
     `flags` holds only the flags given on the command line, keyed by `Option.flag`.
     """
-    data: dict[str, Any] = {}
-    path = config_file
-    if path is None and env.get("MAILHOOK_CONFIG"):
-        path = Path(env["MAILHOOK_CONFIG"])
-    if path is None and DEFAULT_CONFIG.exists():
-        path = DEFAULT_CONFIG
-    if path is not None:
-        data = _read_toml(path)
+    return explain(flags, env, config_file).settings
+
+
+def config_path(env: Mapping[str, str], config_file: Path | None = None) -> Path | None:
+    """Return the config file to read: --config, $MAILHOOK_CONFIG ('' for none), or the first default present."""
+    if config_file is not None:
+        return config_file
+    if "MAILHOOK_CONFIG" in env:
+        return Path(env["MAILHOOK_CONFIG"]) if env["MAILHOOK_CONFIG"] else None
+    candidates = [DEFAULT_CONFIG]
+    if env.get("CONFIGURATION_DIRECTORY"):
+        # systemd's ConfigurationDirectory= says where the admin keeps it.
+        candidates.insert(0, Path(env["CONFIGURATION_DIRECTORY"].split(":")[0]) / CONFIG_NAME)
+    return next((c for c in candidates if c.exists()), None)
+
+
+def explain(
+    flags: Mapping[str, Any],
+    env: Mapping[str, str],
+    config_file: Path | None = None,
+) -> Effective:
+    """Like `load`, but also say which flag, variable or file set each option."""
+    path = config_path(env, config_file)
+    data: dict[str, Any] = _read_toml(path) if path is not None else {}
+    all_options = options()
+    _check_keys(data, path)
+    known_env = {opt.env for opt in all_options} | {"MAILHOOK_CONFIG"}
+    for name in sorted(env):
+        if name.startswith("MAILHOOK_") and name not in known_env:
+            raise ConfigError(f"{name}: unknown environment variable (see `mailhook check-config --help`)")
     values: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
+    sources: dict[str, str] = {}
+    ranks: dict[str, int] = {}
+    for opt in all_options:
+        key = f"{opt.section}.{opt.name}"
+        file_value = data.get(opt.section, {}).get(opt.name, MISSING)
+        if opt.flag in flags:
+            where, rank = f"--{opt.flag}", 3
+            value = convert(opt, flags[opt.flag], where)
+        elif opt.env in env:
+            where, rank = opt.env, 2
+            value = convert(opt, env[opt.env], where)
+        elif file_value is not MISSING:
+            where, rank = f"{path}", 1
+            value = convert(opt, file_value, f"{path}: {key}")
+        else:
+            continue
+        values[opt.section][opt.name] = value
+        sources[key] = where
+        ranks[key] = rank
+    for opt in all_options:
+        if opt.secret:
+            _read_secret_file(opt, values[opt.section], sources, ranks, env)
+    sections = {name: cls(**values[name]) for name, cls in SECTIONS.items()}
+    settings = Settings(**sections, subscriptions=_subscriptions(data.get("subscriptions", {}), path))
+    return Effective(validate(settings), path, sources)
+
+
+def _check_keys(data: Mapping[str, Any], path: Path | None) -> None:
     known = {section: {f.name for f in fields(cls)} for section, cls in SECTIONS.items()}
     for section, table in data.items():
         if section == "subscriptions":
             continue
         if section not in SECTIONS:
-            raise ConfigError(f"{path}: unknown section [{section}]")
+            raise ConfigError(f"{path}: unknown section [{section}] (known: {', '.join([*SECTIONS, 'subscriptions'])})")
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: [{section}] must be a table")
         for key in table:
             if key not in known[section]:
                 raise ConfigError(f"{path}: unknown key {section}.{key}")
-    for opt in options():
-        file_value = data.get(opt.section, {}).get(opt.name, MISSING)
-        if opt.flag in flags:
-            value = convert(opt, flags[opt.flag], f"--{opt.flag}")
-        elif opt.env in env:
-            value = convert(opt, env[opt.env], opt.env)
-        elif file_value is not MISSING:
-            value = convert(opt, file_value, f"{path}: {opt.section}.{opt.name}")
-        else:
-            continue
-        values[opt.section][opt.name] = value
-    sections = {name: cls(**values[name]) for name, cls in SECTIONS.items()}
-    settings = Settings(**sections, subscriptions=_subscriptions(data.get("subscriptions", {}), path))
-    return validate(settings)
+
+
+def _read_secret_file(
+    opt: Option, values: dict[str, Any], sources: dict[str, str], ranks: dict[str, int], env: Mapping[str, str]
+) -> None:
+    """Replace a secret by the contents of its X_file companion when that was given with higher precedence."""
+    companion = f"{opt.name}_file"
+    key, file_key = f"{opt.section}.{opt.name}", f"{opt.section}.{companion}"
+    if companion not in values:
+        return
+    if opt.name in values:
+        if ranks[key] == ranks[file_key]:
+            raise ConfigError(f"{key} and {file_key} are both set ({sources[key]}); set only one")
+        if ranks[key] > ranks[file_key]:
+            return
+    path = Path(values[companion])
+    if not path.is_absolute() and env.get("CREDENTIALS_DIRECTORY"):
+        path = Path(env["CREDENTIALS_DIRECTORY"]) / path
+    try:
+        secret = path.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise ConfigError(f"{file_key} ({sources[file_key]}): cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{file_key} ({sources[file_key]}): {path} is not UTF-8 text") from None
+    if not secret:
+        raise ConfigError(f"{file_key} ({sources[file_key]}): {path} is empty")
+    values[opt.name] = secret
+    sources[key] = f"{sources[file_key]} via {path}"
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -304,6 +394,9 @@ def validate(settings: Settings) -> Settings:
         ),
         (settings.storage.max_batch > 0, "storage.max_batch must be positive"),
         (settings.storage.busy_timeout >= 0, "storage.busy_timeout must not be negative"),
+        (settings.storage.checkpoint_interval >= 0, "storage.checkpoint_interval must not be negative"),
+        (settings.imap.poll_interval > 0, "imap.poll_interval must be positive"),
+        (settings.imap.port is None or 0 < settings.imap.port < 65536, "imap.port must be between 1 and 65535"),
         (settings.imap.security in ("ssl", "starttls", "none"), "imap.security must be ssl, starttls or none"),
         (settings.imap.action in ("move", "seen", "leave"), "imap.action must be move, seen or leave"),
         (settings.log.format in ("text", "json"), "log.format must be text or json"),
@@ -327,7 +420,60 @@ def validate(settings: Settings) -> Settings:
         listen = getattr(settings, name).listen
         if listen:
             parse_address(listen, f"{name}.listen")
+    if settings.smtp.listen and settings.smtp.listen == settings.http.listen:
+        raise ConfigError(f"smtp.listen and http.listen are both {settings.smtp.listen!r}")
     return settings
+
+
+def check_files(settings: Settings, env: Mapping[str, str]) -> list[str]:
+    """Return problems with the files the settings name (missing, unreadable), each naming its key."""
+    problems = []
+    for key, path in (
+        ("smtp.tls_cert", settings.smtp.tls_cert),
+        ("smtp.tls_key", settings.smtp.tls_key),
+        ("smtp.auth_file", settings.smtp.auth_file),
+        ("imap.ca_file", settings.imap.ca_file),
+    ):
+        if path is not None and not os.access(path, os.R_OK):
+            problems.append(f"{key}: cannot read {path}")
+    folder = settings.database(env).parent
+    if not folder.is_dir():
+        problems.append(f"storage.db: directory {folder} does not exist")
+    return problems
+
+
+def render(effective: Effective, env: Mapping[str, str]) -> str:
+    """Return the effective settings as TOML, secrets masked, each value annotated with its source."""
+    settings = effective.settings
+    lines = [
+        "# mailhook effective configuration",
+        f"# config file: {effective.path or '(none)'}",
+        f"# database: {settings.database(env)}",
+    ]
+    for section in SECTIONS:
+        lines += ["", f"[{section}]"]
+        for opt in (o for o in options() if o.section == section):
+            value = getattr(getattr(settings, section), opt.name)
+            source = effective.sources.get(f"{section}.{opt.name}", "default")
+            if value is None:
+                lines.append(f"# {opt.name} =  (not set)")
+                continue
+            shown = json.dumps(MASK) if opt.secret else _toml_value(value)
+            lines.append(f"{opt.name} = {shown}  # {source}")
+    lines += ["", "[subscriptions]"]
+    lines += [f'{sub_id} = "{event}"' for sub_id, event in sorted(settings.subscriptions.items())]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    # A JSON string is a valid TOML basic string.
+    return json.dumps(str(value))
 
 
 def parse_address(value: str, name: str) -> tuple[str, int]:

@@ -1,0 +1,159 @@
+"""The admin's commands: check-config, prune, backup and status.
+
+They translate command-line arguments into calls on the config and store
+modules and their results into text and exit codes; the work itself happens
+there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import socket
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from mailhook.config import Settings, check_files, explain, parse_address, render
+from mailhook.errors import RetryLater
+
+EX_OK = 0
+EX_UNHEALTHY = 1
+EX_USAGE = 64
+EX_UNAVAILABLE = 69
+EX_CANTCREAT = 73
+EX_CONFIG = 78
+
+_AGE = re.compile(r"^(\d+)\s*([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_age(text: str) -> timedelta:
+    """Read an age like 90d, 12h, 30m, 45s or 2w."""
+    match = _AGE.match(text.strip().lower())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an age like 90d, 12h, 30m or 2w")
+    return timedelta(**{_UNITS[match[2]]: int(match[1])})
+
+
+def run_check_config(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
+    """Print the effective configuration with secrets masked; exit 78 if anything is wrong."""
+    flags = {key[4:]: value for key, value in vars(args).items() if key.startswith("opt:")}
+    effective = explain(flags, env, args.config)
+    sys.stdout.write(render(effective, env))
+    problems = check_files(effective.settings, env)
+    for problem in problems:
+        print(f"mailhook: configuration error: {problem}", file=sys.stderr)
+    return EX_CONFIG if problems else EX_OK
+
+
+def run_prune(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
+    """Delete what was received before the cutoff, in small transactions so serving goes on."""
+    from mailhook.store import prune
+
+    cutoff = datetime.now(UTC) - args.older_than
+    result = prune(settings.database(env), cutoff, keep_raw=args.keep_raw, dry_run=args.dry_run,
+                   busy_timeout=settings.storage.busy_timeout)
+    verb = "would delete" if args.dry_run else "deleted"
+    what = "" if args.keep_raw else f"{result.deliveries} deliveries, "
+    print(f"mailhook: {verb} {what}{result.events} events and {result.attempts} attempts received before "
+          f"{cutoff.strftime('%Y-%m-%dT%H:%M:%SZ')}", file=sys.stderr)
+    return EX_OK
+
+
+def run_backup(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
+    """Write a consistent copy of the live database to PATH (a file, or a directory to put one in)."""
+    from mailhook.store import backup
+
+    target: Path = args.path
+    if target.is_dir():
+        target = target / f"mailhook-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.db"
+    try:
+        info = backup(settings.database(env), target, busy_timeout=settings.storage.busy_timeout)
+    except FileNotFoundError as exc:
+        print(f"mailhook: {exc}", file=sys.stderr)
+        return EX_UNAVAILABLE
+    except (OSError, ValueError) as exc:
+        print(f"mailhook: cannot write backup {target}: {exc}", file=sys.stderr)
+        return EX_CANTCREAT
+    print(f"mailhook: backup written to {info.path}: {info.deliveries} deliveries, {info.events} events, "
+          f"{info.size} bytes", file=sys.stderr)
+    print(info.path)
+    return EX_OK
+
+
+def run_status(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
+    """Report the database (and with --server the running doors); exit 0 only when healthy."""
+    from mailhook.store import status
+
+    problems: list[str] = []
+    try:
+        report = status(settings.database(env), busy_timeout=settings.storage.busy_timeout)
+    except (FileNotFoundError, RetryLater) as exc:
+        report = {"database": str(settings.database(env)), "error": str(exc)}
+        problems.append(str(exc))
+    if "error" not in report:
+        if report["schema_version"] != report["schema_expected"]:
+            problems.append(f"schema version {report['schema_version']} but this mailhook expects "
+                            f"{report['schema_expected']}: run `mailhook serve` once to migrate")
+        if args.max_age is not None:
+            newest = report.get("last_delivery_at")
+            cutoff = datetime.now(UTC) - args.max_age
+            if newest is None or datetime.fromisoformat(str(newest)) < cutoff:
+                problems.append(f"no delivery since {cutoff.strftime('%Y-%m-%dT%H:%M:%SZ')}")
+    if args.server:
+        report["server"] = _probe(settings, args.timeout)
+        problems += [f"{door}: {state}" for door, state in report["server"].items() if state != "ok"]
+    report["healthy"] = not problems
+    report["problems"] = problems
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        for key, value in report.items():
+            if key not in ("problems", "server"):
+                print(f"{key}: {value}")
+        for door, state in report.get("server", {}).items():
+            print(f"server {door}: {state}")
+        for problem in problems:
+            print(f"problem: {problem}")
+    if "error" in report:
+        return EX_UNAVAILABLE
+    return EX_UNHEALTHY if problems else EX_OK
+
+
+def _probe(settings: Settings, timeout: float) -> dict[str, str]:
+    """Check that the configured doors answer: an SMTP 220 banner, HTTP /healthz 200."""
+    result = {}
+    if settings.smtp.listen:
+        host, port = parse_address(settings.smtp.listen, "smtp.listen")
+        try:
+            with socket.create_connection((_connectable(host), port), timeout=timeout) as conn:
+                banner = conn.recv(512)
+            result["smtp"] = "ok" if banner.startswith(b"220") else f"unexpected banner {banner[:60]!r}"
+        except OSError as exc:
+            result["smtp"] = f"unreachable ({exc})"
+    if settings.http.listen:
+        host, port = parse_address(settings.http.listen, "http.listen")
+        url = f"http://{_bracket(_connectable(host))}:{port}/healthz"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                result["http"] = "ok" if response.status == 200 else f"HTTP {response.status}"
+        except urllib.error.HTTPError as exc:
+            result["http"] = f"HTTP {exc.code}"
+        except OSError as exc:
+            result["http"] = f"unreachable ({exc})"
+    return result
+
+
+def _connectable(host: str) -> str:
+    """Turn a wildcard listen address into one a client can connect to."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
