@@ -38,6 +38,8 @@ COMMAND_SECTIONS: dict[str, tuple[str, ...]] = {
     "prune": ("storage", "log"),
     "backup": ("storage", "log"),
     "status": ("storage", "smtp", "http", "log"),
+    "stats": ("storage", "log"),
+    "export": ("storage", "log"),
 }
 
 
@@ -71,6 +73,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
     password.add_argument("user", metavar="USER", help="the SMTP AUTH user name")
     password.set_defaults(run=_lazy("mailhook.smtpauth", "run_smtp_password"))
     _add_housekeeping(sub)
+    _add_analysis(sub)
     return parser, sub
 
 
@@ -100,6 +103,14 @@ def _add_housekeeping(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     status.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each door (default 5)")
     status.add_argument("--json", action="store_true", help="print one JSON object")
     status.set_defaults(run=_lazy("mailhook.housekeeping", "run_status"))
+
+
+def _add_analysis(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the analysts' read-only commands: stats and export (their flags live in their modules)."""
+    from mailhook import export, stats
+
+    stats.add_arguments(_command(sub, "stats", stats.HELP))
+    export.add_arguments(_command(sub, "export", export.HELP))
 
 
 def _command(

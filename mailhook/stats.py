@@ -1,0 +1,440 @@
+"""Summary figures over the events table: by type and result, per campaign and per day.
+
+Every figure is one SQL aggregate over `events` (and `attempts` for attempt
+counts), filtered by a `Window`, so an analyst can reproduce any number with
+the SQL in docs/schema.md. The database arrives as a `sqlite_utils.Database`
+opened by `mailhook.store`; this module never opens connections itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal
+
+from mailhook.schema import EVENT_TIME
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
+
+    from mailhook.config import Settings
+
+TimeBasis = Literal["event", "received"]
+
+CALL_TYPES = ("OUTBOUND_CALL_FINISHED", "INBOUND_CALL_FINISHED")
+TEXT_TYPES = ("OUTBOUND_TEXT_FINISHED", "INBOUND_TEXT_FINISHED")
+CAMPAIGN_TYPES = ("CAMPAIGN_STARTED", "CAMPAIGN_STOPPED", "CAMPAIGN_FINISHED")
+
+
+def _in(types: tuple[str, ...]) -> str:
+    return "(" + ", ".join(f"'{t}'" for t in types) + ")"
+
+
+# The campaign an event belongs to: its broadcast id, or for a campaign event the broadcast itself.
+# EVENT_TIME over `events AS e`; the same expression, so the events_occurred_at index applies.
+EVENT_TIME_E = EVENT_TIME.replace("(", "(e.").replace(", ", ", e.")
+CAMPAIGN_KEY = f"COALESCE(e.broadcast_id, CASE WHEN e.event_type IN {_in(CAMPAIGN_TYPES)} THEN e.resource_id END)"
+
+_MEASURES = f"""
+    count(*),
+    coalesce(sum(e.event_type IN {_in(CALL_TYPES)}), 0),
+    coalesce(sum(e.event_type IN {_in(CALL_TYPES)} AND e.final_result = 'LA'), 0),
+    coalesce(sum(e.event_type IN {_in(CALL_TYPES)} AND e.final_result = 'AM'), 0),
+    coalesce(sum(e.event_type IN {_in(CALL_TYPES)} AND e.final_result = 'NO_ANS'), 0),
+    coalesce(sum(e.event_type IN {_in(CALL_TYPES)} AND e.final_result = 'BUSY'), 0),
+    coalesce(sum(e.event_type IN {_in(TEXT_TYPES)}), 0),
+    coalesce(sum(e.event_type = 'OUTBOUND_TEXT_FINISHED' AND e.final_result = 'SENT'), 0),
+    coalesce(sum(e.event_type = 'OUTBOUND_TEXT_FINISHED' AND e.final_result = 'DNT'), 0),
+    coalesce(sum(e.event_type = 'OUTBOUND_TEXT_FINISHED' AND ifnull(e.final_result, '') NOT IN ('SENT', 'DNT')), 0),
+    coalesce(sum(e.event_type = 'INBOUND_TEXT_FINISHED'), 0),
+    coalesce(sum(e.event_type IN {_in(CAMPAIGN_TYPES)}), 0),
+    coalesce(sum((SELECT count(*) FROM attempts AS a WHERE a.event_id = e.id)), 0),
+    coalesce(sum(e.duration), 0),
+    coalesce(sum(e.billed_amount), 0.0)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """Which events the figures cover: a time range on one time basis, and optionally one campaign.
+
+    `since` is inclusive and `until` exclusive; both are UTC `YYYY-MM-DDTHH:MM:SS`
+    strings (see `parse_bound`), compared with the stored ISO 8601 times.
+    """
+
+    since: str | None = None
+    until: str | None = None
+    broadcast_id: int | None = None
+    time: TimeBasis = "event"
+
+    def column(self) -> str:
+        """Return the SQL expression for the time of `events AS e` on this window's basis."""
+        if self.time == "received":
+            return "e.received_at"
+        return EVENT_TIME_E
+
+    def where(self) -> tuple[str, list[Any]]:
+        """Return a SQL condition on `events AS e` and its parameters."""
+        clauses: list[str] = ["1"]
+        params: list[Any] = []
+        if self.since is not None:
+            clauses.append(f"{self.column()} >= ?")
+            params.append(self.since)
+        if self.until is not None:
+            clauses.append(f"{self.column()} < ?")
+            params.append(self.until)
+        if self.broadcast_id is not None:
+            clauses.append(f"{CAMPAIGN_KEY} = ?")
+            params.append(self.broadcast_id)
+        return " AND ".join(clauses), params
+
+
+def parse_bound(text: str, *, until: bool = False) -> str:
+    """Turn a year, month, date or ISO 8601 time into a UTC bound for `Window`.
+
+    A period (`2016`, `2016-06`, `2016-06-29`) means its start for `--since`
+    and its end for `--until`, so `--since 2016-06 --until 2016-06` is June.
+    A time without an offset is UTC. Raises ValueError on anything else.
+    """
+    text = text.strip()
+    if len(text) in (4, 7, 10) and "T" not in text:
+        parts = [int(p) for p in text.split("-")] + [1, 1]
+        start = datetime(parts[0], parts[1], parts[2], tzinfo=UTC)
+        moment = start
+        if until and len(text) == 4:
+            moment = start.replace(year=start.year + 1)
+        elif until and len(text) == 7:
+            moment = (start + timedelta(days=32)).replace(day=1)
+        elif until:
+            moment = start + timedelta(days=1)
+        if text != start.strftime("%Y-%m-%d")[: len(text)]:
+            raise ValueError(f"not a year, month or date: {text!r}")
+    else:
+        moment = datetime.fromisoformat(text.replace(" ", "T", 1))
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+    # No trailing Z: stored times end in "Z" or ".fffZ", and both sort after the bare second.
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+@dataclass(frozen=True, slots=True)
+class Measures:
+    """The counts and sums one group of events adds up to (see docs/schema.md for each definition)."""
+
+    events: int = 0
+    calls: int = 0
+    live_answers: int = 0
+    machines: int = 0
+    no_answer: int = 0
+    busy: int = 0
+    texts: int = 0
+    sent: int = 0
+    dnt: int = 0
+    failed: int = 0
+    received: int = 0
+    campaign_events: int = 0
+    attempts: int = 0
+    duration: int = 0
+    billed_amount: float = 0.0
+    other_calls: int = field(init=False)
+    other_events: int = field(init=False)
+    live_answer_rate: float | None = field(init=False)
+    machine_rate: float | None = field(init=False)
+    no_answer_rate: float | None = field(init=False)
+    busy_rate: float | None = field(init=False)
+    sent_rate: float | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        outbound_texts = self.sent + self.dnt + self.failed
+        derived = {
+            "other_calls": self.calls - self.live_answers - self.machines - self.no_answer - self.busy,
+            "other_events": self.events - self.calls - self.texts - self.campaign_events,
+            "live_answer_rate": _rate(self.live_answers, self.calls),
+            "machine_rate": _rate(self.machines, self.calls),
+            "no_answer_rate": _rate(self.no_answer, self.calls),
+            "busy_rate": _rate(self.busy, self.calls),
+            "sent_rate": _rate(self.sent, outbound_texts),
+        }
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)
+
+
+def _rate(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
+_MEASURE_FIELDS = (
+    "events", "calls", "live_answers", "machines", "no_answer", "busy", "texts", "sent", "dnt", "failed",
+    "received", "campaign_events", "attempts", "duration", "billed_amount",
+)
+
+
+def _measures(row: tuple[Any, ...]) -> Measures:
+    return Measures(**dict(zip(_MEASURE_FIELDS, row, strict=True)))
+
+
+@dataclass(frozen=True, slots=True)
+class TypeResult:
+    """How many events of one type ended with one final result, with their attempts, duration and cost."""
+
+    event_type: str
+    final_result: str | None
+    events: int
+    attempts: int
+    duration: int
+    billed_amount: float
+
+
+@dataclass(frozen=True, slots=True)
+class Campaign:
+    """One campaign's figures; `broadcast_id` None gathers events of no campaign (e.g. inbound)."""
+
+    broadcast_id: int | None
+    name: str | None
+    status: str | None
+    type: str | None
+    measures: Measures
+
+
+@dataclass(frozen=True, slots=True)
+class Day:
+    """One UTC day's figures."""
+
+    day: str
+    measures: Measures
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """Everything `mailhook stats` shows."""
+
+    window: Window
+    totals: Measures
+    deliveries: dict[str, int] | None
+    by_type: tuple[TypeResult, ...]
+    campaigns: tuple[Campaign, ...]
+    days: tuple[Day, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the report as plain JSON-ready data."""
+        return asdict(self)
+
+
+def collect(db: Database, window: Window) -> Report:
+    """Compute every figure of the report for the events inside `window`."""
+    where, params = window.where()
+    totals = _measures(db.execute(f"SELECT {_MEASURES} FROM events AS e WHERE {where}", params).fetchone())
+    by_type = tuple(
+        TypeResult(*row)
+        for row in db.execute(
+            f"""SELECT e.event_type, e.final_result, count(*),
+                       coalesce(sum((SELECT count(*) FROM attempts AS a WHERE a.event_id = e.id)), 0),
+                       coalesce(sum(e.duration), 0), coalesce(sum(e.billed_amount), 0.0)
+                FROM events AS e WHERE {where}
+                GROUP BY e.event_type, e.final_result ORDER BY e.event_type, e.final_result""",
+            params,
+        )
+    )
+    names = _campaign_names(db)
+    campaigns = tuple(
+        Campaign(row[0], *names.get(row[0], (None, None, None)), _measures(row[1:]))
+        for row in db.execute(
+            f"""SELECT {CAMPAIGN_KEY} AS campaign, {_MEASURES} FROM events AS e WHERE {where}
+                GROUP BY campaign ORDER BY campaign IS NULL, campaign""",
+            params,
+        )
+    )
+    days = tuple(
+        Day(row[0], _measures(row[1:]))
+        for row in db.execute(
+            f"""SELECT substr({window.column()}, 1, 10) AS day, {_MEASURES} FROM events AS e WHERE {where}
+                GROUP BY day ORDER BY day""",
+            params,
+        )
+    )
+    return Report(window, totals, _deliveries(db, window), by_type, campaigns, days)
+
+
+def _campaign_names(db: Database) -> dict[int, tuple[str | None, str | None, str | None]]:
+    """Return each campaign's latest known name, status and type, from its campaign events."""
+    latest: dict[int, tuple[str | None, str | None, str | None]] = {}
+    for key, name, status, kind in db.execute(
+        f"""SELECT {CAMPAIGN_KEY}, e.broadcast_name, e.broadcast_status, e.broadcast_type FROM events AS e
+            WHERE e.event_type IN {_in(CAMPAIGN_TYPES)} ORDER BY {Window().column()}, e.id"""
+    ):
+        if key is not None:
+            old = latest.get(key, (None, None, None))
+            latest[key] = (name or old[0], status or old[1], kind or old[2])
+    return latest
+
+
+def _deliveries(db: Database, window: Window) -> dict[str, int] | None:
+    """Count deliveries by status over the window's times of receipt (no campaign applies to them)."""
+    if window.broadcast_id is not None:
+        return None
+    clauses, params = ["1"], []
+    if window.since is not None:
+        clauses.append("received_at >= ?")
+        params.append(window.since)
+    if window.until is not None:
+        clauses.append("received_at < ?")
+        params.append(window.until)
+    counts = {"stored": 0, "duplicate": 0, "quarantined": 0}
+    for status, count in db.execute(
+        f"SELECT status, count(*) FROM deliveries WHERE {' AND '.join(clauses)} GROUP BY status", params
+    ):
+        counts[status] = count
+    return counts
+
+
+def to_json(report: Report) -> str:
+    """Return the report as indented JSON for scripts."""
+    return json.dumps(report.as_dict(), indent=2, ensure_ascii=False)
+
+
+def render(report: Report) -> str:
+    """Return the report as aligned plain-text tables for a terminal."""
+    w = report.window
+    scope = [f"time basis: {w.time}"]
+    if w.since:
+        scope.append(f"since {w.since}")
+    if w.until:
+        scope.append(f"until {w.until} (exclusive)")
+    if w.broadcast_id is not None:
+        scope.append(f"campaign {w.broadcast_id}")
+    t = report.totals
+    lines = [
+        "mailhook stats: " + ", ".join(scope),
+        f"{t.events} events ({t.calls} calls, {t.texts} texts, {t.campaign_events} campaign events, "
+        f"{t.other_events} other), {t.attempts} attempts, {t.duration} s, billed {_money(t.billed_amount)}",
+    ]
+    if report.deliveries is not None:
+        counts = ", ".join(f"{v} {k}" for k, v in report.deliveries.items())
+        lines.append(f"deliveries received in this period: {counts}")
+    lines += ["", "Events by type and result"]
+    lines += _table(
+        ("event type", "result", "events", "attempts", "duration s", "billed"),
+        [(r.event_type, r.final_result or "-", r.events, r.attempts, r.duration, _money(r.billed_amount))
+         for r in report.by_type],
+    )
+    lines += ["", "Campaigns"]
+    lines += _table(
+        ("campaign", "name", "calls", "LA", "AM", "NO_ANS", "BUSY", "texts", "sent", "failed", "DNT",
+         "replies", "attempts", "duration s", "billed"),
+        [(c.broadcast_id if c.broadcast_id is not None else "(none)", _cut(c.name or "-"), m.calls,
+          _pct(m.live_answer_rate), _pct(m.machine_rate), _pct(m.no_answer_rate), _pct(m.busy_rate),
+          m.texts, m.sent, m.failed, m.dnt, m.received, m.attempts, m.duration, _money(m.billed_amount))
+         for c in report.campaigns for m in (c.measures,)],
+    )
+    lines += ["", "By day (UTC)"]
+    lines += _table(
+        ("day", "events", "calls", "texts", "campaign", "other", "attempts", "duration s", "billed"),
+        [(d.day, m.events, m.calls, m.texts, m.campaign_events, m.other_events, m.attempts, m.duration,
+          _money(m.billed_amount)) for d in report.days for m in (d.measures,)],
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _table(headers: tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[str]:
+    if not rows:
+        return ["  (no events)"]
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    numeric = [all(_numeric(r[i]) for r in cells) for i in range(len(headers))]
+
+    def line(values: list[str]) -> str:
+        return "  ".join(v.rjust(wd) if num else v.ljust(wd)
+                         for v, wd, num in zip(values, widths, numeric, strict=True)).rstrip()
+
+    return [line(list(headers)), line(["-" * wd for wd in widths]), *(line(r) for r in cells)]
+
+
+def _numeric(text: str) -> bool:
+    return text == "-" or text.replace(".", "", 1).replace("%", "").lstrip("-").isdigit()
+
+
+def _pct(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate * 100:.1f}%"
+
+
+def _money(amount: float) -> str:
+    return f"{amount:.4f}".rstrip("0").rstrip(".") if amount else "0"
+
+
+def _cut(text: str, width: int = 24) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+HELP = "summarize events: by type and result, per campaign, per day"
+EX_NOINPUT = 66
+
+
+def bound_since(text: str) -> str:
+    """Parse `--since` for argparse."""
+    return _bound(text, until=False)
+
+
+def bound_until(text: str) -> str:
+    """Parse `--until` for argparse."""
+    return _bound(text, until=True)
+
+
+def _bound(text: str, *, until: bool) -> str:
+    try:
+        return parse_bound(text, until=until)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not YYYY, YYYY-MM, YYYY-MM-DD or an ISO 8601 time (YYYY-MM-DDTHH:MM[:SS][Z|±HH:MM])"
+        ) from None
+
+
+def add_window_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the flags that choose which events a command covers."""
+    parser.add_argument("--since", type=bound_since, metavar="WHEN",
+                        help="from this year, month, date or time on (inclusive; UTC unless an offset is given)")
+    parser.add_argument("--until", type=bound_until, metavar="WHEN",
+                        help="up to this time (exclusive); a year, month or date includes that whole period")
+    parser.add_argument("--broadcast", type=int, metavar="ID", help="only the campaign with this broadcast id")
+    parser.add_argument("--time", choices=("event", "received"), default="event",
+                        help="which time --since/--until and days use: the event's own time "
+                             "(modified, else created) or when mailhook received it (default: event)")
+
+
+def window_from(args: argparse.Namespace) -> Window:
+    """Build the window the parsed flags describe."""
+    return Window(since=args.since, until=args.until, broadcast_id=args.broadcast, time=args.time)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add `mailhook stats`' flags and its run function to its subparser."""
+    add_window_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="print one JSON object for scripts")
+    parser.set_defaults(run=run_stats)
+
+
+def open_for_reading(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> Database | None:
+    """Open the configured database read-only, or say why not and return None."""
+    from mailhook.store import open_readonly
+
+    path = settings.database(env)
+    if not path.is_file():
+        print(f"mailhook: no database at {path}", file=sys.stderr)
+        return None
+    return open_readonly(path, busy_timeout=settings.storage.busy_timeout)
+
+
+def run_stats(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
+    """Run `mailhook stats`: print the report as tables, or as JSON with --json."""
+    db = open_for_reading(args, settings, env)
+    if db is None:
+        return EX_NOINPUT
+    try:
+        report = collect(db, window_from(args))
+    finally:
+        db.close()
+    sys.stdout.write(to_json(report) + "\n" if args.json else render(report))
+    return 0
