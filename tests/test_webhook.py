@@ -1,0 +1,474 @@
+"""The HTTP door through real HTTP on 127.0.0.1 port 0, with httpx and curl as clients."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import smtplib
+import sqlite3
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import StartServer
+
+from mailhook.server import Runtime
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+TEXT_XML = (FIXTURES / "seed" / "text-outbound.xml").read_bytes()
+V2_JSON = (FIXTURES / "documents" / "v2-three-resource-types.json").read_bytes()
+TOKEN = "s3cret-token"
+SECRET = "webhook-secret"
+
+
+@dataclass
+class Webhook:
+    """A running server's HTTP door, and a look into its database."""
+
+    runtime: Runtime
+    base: str
+    client: httpx.Client
+
+    @property
+    def db(self) -> Path:
+        return self.runtime.writer.store.path
+
+    def post(self, body: bytes, **kwargs: Any) -> httpx.Response:
+        return self.client.post(f"{self.base}/notifications", content=body, **kwargs)
+
+    def rows(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        conn = sqlite3.connect(self.db)
+        try:
+            return conn.execute(sql, args).fetchall()
+        finally:
+            conn.close()
+
+    def deliveries(self) -> int:
+        count: int = self.rows("SELECT count(*) FROM deliveries")[0][0]
+        return count
+
+    def curl(self, *args: str, path: str = "/notifications") -> tuple[int, dict[str, Any]]:
+        """Run curl against the door; return the status code and the JSON body."""
+        done = subprocess.run(
+            ["curl", "-sS", "--max-time", "30", "-w", "\n%{http_code}", *args, f"{self.base}{path}"],
+            capture_output=True, check=True,
+        )
+        body, _, code = done.stdout.rpartition(b"\n")
+        return int(code), json.loads(body) if body.strip() else {}
+
+
+StartWebhook = Callable[..., Webhook]
+
+
+@pytest.fixture
+def start_webhook(start_server: StartServer) -> Iterator[StartWebhook]:
+    """Return `start(with_smtp=False, **sections)`: a server with HTTP on port 0 (SMTP off unless asked)."""
+    clients: list[httpx.Client] = []
+
+    def start(with_smtp: bool = False, **sections: Any) -> Webhook:
+        http = {"listen": "127.0.0.1:0", **sections.pop("http", {})}
+        smtp_section = {**sections.pop("smtp", {}), **({} if with_smtp else {"listen": ""})}
+        runtime = start_server(http=http, smtp=smtp_section, **sections)
+        door = next(d for d in runtime.doors if d.name == "http")
+        client = httpx.Client(timeout=30)
+        clients.append(client)
+        return Webhook(runtime, f"http://{door.addresses()[0]}", client)
+
+    yield start
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def webhook(start_webhook: StartWebhook) -> Webhook:
+    return start_webhook()
+
+
+def sign_hex(body: bytes, secret: str = SECRET) -> str:
+    return hmac.new(secret.encode(), body, hashlib.sha1).hexdigest()
+
+
+def sign_base64(body: bytes, secret: str = SECRET) -> str:
+    return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha1).digest()).decode()
+
+
+def fixture_documents() -> list[Path]:
+    """Every bare document sample with an expected-events file beside it."""
+    found = []
+    for folder in ("seed", "documents"):
+        for path in sorted((FIXTURES / folder).iterdir()):
+            expected = path.with_name(path.stem + ".expected.json")
+            if path.suffix in (".xml", ".json") and ".expected" not in path.name and expected.exists():
+                found.append(path)
+    return found
+
+
+# Formats are sniffed from the body: send each with a Content-Type that lies.
+WRONG_TYPE = {".xml": "application/json", ".json": "text/xml; charset=UTF-8"}
+
+
+@pytest.mark.parametrize("sample", fixture_documents(), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_each_fixture_document_posted_stores_exactly_its_expected_events(
+    start_webhook: StartWebhook, sample: Path
+) -> None:
+    expected = json.loads(sample.with_name(sample.stem + ".expected.json").read_text())
+    subscriptions = {int(k): v for k, v in expected.get("subscriptions", {}).items()}
+    webhook = start_webhook(subscriptions=subscriptions)
+    body = sample.read_bytes()
+
+    response = webhook.post(body, headers={"Content-Type": WRONG_TYPE[sample.suffix]})
+
+    answer = response.json()
+    stored = webhook.rows(
+        "SELECT channel, status, raw, content_type, error FROM deliveries WHERE id = ?", answer["delivery_id"]
+    )
+    assert stored[0][:4] == ("http", answer["status"], body, WRONG_TYPE[sample.suffix])
+    events = webhook.rows(
+        "SELECT dedupe_key, event_type, format, resource_id FROM events WHERE delivery_id = ? ORDER BY id",
+        answer["delivery_id"],
+    )
+    want = [(e["dedupe_key"], e["event_type"], e["format"], e.get("resource_id")) for e in expected["events"]]
+    if expected["events"]:
+        assert response.status_code == 200, answer
+        assert answer == {"delivery_id": answer["delivery_id"], "status": "stored",
+                          "events": len(want), "duplicates": 0}
+        assert events == want
+    else:
+        assert response.status_code == 422, answer
+        assert answer["status"] == "quarantined"
+        assert expected["quarantined"] in answer["error"]
+        assert stored[0][4] == answer["error"]
+        assert events == []
+
+
+def test_the_same_post_twice_is_one_event_and_a_duplicate(webhook: Webhook) -> None:
+    first = webhook.post(V2_JSON).json()
+    again = webhook.post(V2_JSON)
+
+    assert again.status_code == 200
+    assert again.json() == {"delivery_id": first["delivery_id"] + 1, "status": "duplicate",
+                            "events": 0, "duplicates": first["events"]}
+    assert webhook.rows("SELECT count(*) FROM events") == [(first["events"],)]
+
+
+def _as_email(document: bytes, message_id: str) -> bytes:
+    message = EmailMessage()
+    message["From"] = "CallFire <notifications@callfire.com>"
+    message["To"] = "ops@example.com"
+    message["Subject"] = "CallFire notification"
+    message["Message-ID"] = message_id
+    message.set_content("A CallFire notification follows.\n\n" + document.decode() + "\n")
+    return message.as_bytes()
+
+
+@pytest.mark.parametrize("subscription", ["41001", "99999"], ids=["same-subscription", "other-subscription"])
+def test_a_notification_by_email_and_by_http_is_one_event(start_webhook: StartWebhook, subscription: str) -> None:
+    webhook = start_webhook(with_smtp=True)
+    smtp_door = next(d for d in webhook.runtime.doors if d.name == "smtp")
+    host, _, port = smtp_door.addresses()[0].rpartition(":")
+    with smtplib.SMTP(host, int(port), timeout=30) as client:
+        client.sendmail("bounce@callfire.com", ["ops@example.com"], _as_email(TEXT_XML, "<1@callfire.com>"))
+    # The same call reported by a second subscription differs only in SubscriptionId.
+    body = TEXT_XML.replace(b">41001<", f">{subscription}<".encode())
+
+    response = webhook.post(body, params={})
+
+    assert response.status_code == 200
+    assert response.json()["events"] == 0
+    assert response.json()["duplicates"] == 1
+    assert webhook.rows("SELECT channel, status, event_count, duplicate_count FROM deliveries ORDER BY id") == [
+        ("smtp", "stored", 1, 0),
+        ("http", "duplicate", 0, 1),
+    ]
+    assert webhook.rows("SELECT event_type, resource_id, subscription_id FROM events") == [
+        ("OUTBOUND_TEXT_FINISHED", 11111111111, 41001)
+    ]
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    [{"params": {"token": TOKEN}}, {"auth": ("callfire", TOKEN)}, {"auth": ("", TOKEN)}],
+    ids=["query", "basic-auth", "basic-auth-no-user"],
+)
+def test_a_configured_token_is_accepted_in_the_query_or_as_basic_auth_password(
+    start_webhook: StartWebhook, credentials: dict[str, Any]
+) -> None:
+    webhook = start_webhook(http={"token": TOKEN})
+
+    response = webhook.post(TEXT_XML, **credentials)
+
+    assert response.status_code == 200
+    assert response.json()["events"] == 1
+
+
+def test_curl_with_the_token_in_basic_auth_userinfo_is_accepted(start_webhook: StartWebhook) -> None:
+    webhook = start_webhook(http={"token": TOKEN})
+
+    code, answer = webhook.curl("-u", f"callfire:{TOKEN}", "--data-binary", f"@{FIXTURES}/seed/text-inbound.json")
+
+    assert code == 200
+    assert answer["events"] == 1
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    [
+        {},
+        {"params": {"token": "wrong"}},
+        {"params": {"token": TOKEN[:-1]}},
+        {"params": {"token": ""}},
+        {"auth": ("callfire", "wrong")},
+        {"auth": (TOKEN, "")},
+        {"headers": {"Authorization": "Bearer " + TOKEN}},
+        {"headers": {"Authorization": "Basic !!!not-base64"}},
+    ],
+    ids=["none", "wrong", "prefix", "empty", "wrong-password", "token-as-user", "bearer", "garbled"],
+)
+def test_a_missing_or_wrong_token_is_401_and_stores_nothing(
+    start_webhook: StartWebhook, credentials: dict[str, Any]
+) -> None:
+    webhook = start_webhook(http={"token": TOKEN})
+
+    response = webhook.post(TEXT_XML, **credentials)
+
+    assert response.status_code == 401
+    assert "token" in response.json()["error"]
+    assert response.headers["WWW-Authenticate"].startswith("Basic")
+    assert webhook.deliveries() == 0
+
+
+def test_a_wrong_token_is_refused_before_curl_sends_the_body(start_webhook: StartWebhook) -> None:
+    webhook = start_webhook(http={"token": TOKEN})
+
+    code, answer = webhook.curl(
+        "-H", "Expect: 100-continue", "--data-binary", f"@{FIXTURES}/seed/text-outbound.xml",
+        "--url-query", "token=wrong",
+    )
+
+    assert (code, answer) == (401, {"error": "wrong token"})
+    assert webhook.deliveries() == 0
+
+
+@pytest.mark.parametrize(
+    "sign",
+    [sign_hex, lambda b: sign_hex(b).upper(), sign_base64, lambda b: "sha1=" + sign_hex(b)],
+    ids=["hex", "upper-hex", "base64", "sha1-prefix"],
+)
+def test_a_v2_body_signed_in_hex_or_base64_is_stored(start_webhook: StartWebhook, sign: Callable[[bytes], str]) -> None:
+    webhook = start_webhook(http={"webhook_secret": SECRET})
+
+    code, answer = webhook.curl(
+        "-H", "Content-Type: application/json", "-H", f"X-CallFire-Signature: {sign(V2_JSON)}",
+        "--data-binary", f"@{FIXTURES}/documents/v2-three-resource-types.json",
+    )
+
+    assert code == 200
+    assert answer["events"] == 3
+
+
+@pytest.mark.parametrize(
+    "signature",
+    [None, "", sign_hex(V2_JSON, "other-secret"), sign_base64(V2_JSON, "other-secret"), sign_hex(V2_JSON)[:-2],
+     sign_hex(V2_JSON + b" "), "not a signature"],
+    ids=["missing", "empty", "hex-other-secret", "base64-other-secret", "truncated", "other-body", "garbage"],
+)
+def test_a_v2_body_with_a_missing_or_wrong_signature_is_401_and_stores_nothing(
+    start_webhook: StartWebhook, signature: str | None
+) -> None:
+    webhook = start_webhook(http={"webhook_secret": SECRET})
+    headers = {} if signature is None else {"X-CallFire-Signature": signature}
+
+    response = webhook.post(V2_JSON, headers=headers)
+
+    assert response.status_code == 401
+    assert "X-CallFire-Signature" in response.json()["error"]
+    assert webhook.deliveries() == 0
+
+
+def test_unsigned_v1_bodies_are_stored_when_a_webhook_secret_is_set(start_webhook: StartWebhook) -> None:
+    webhook = start_webhook(http={"webhook_secret": SECRET})
+
+    statuses = [
+        webhook.post((FIXTURES / "seed" / name).read_bytes()).status_code
+        for name in ("text-outbound.xml", "text-inbound.json", "campaign.json")
+    ] + [webhook.post((FIXTURES / "documents" / "soap-text-outbound.xml").read_bytes()).status_code]
+
+    assert statuses == [200, 200, 200, 200]
+
+
+def test_a_v1_body_with_a_wrong_signature_is_401(start_webhook: StartWebhook) -> None:
+    webhook = start_webhook(http={"webhook_secret": SECRET})
+
+    response = webhook.post(TEXT_XML, headers={"X-CallFire-Signature": sign_hex(V2_JSON)})
+
+    assert response.status_code == 401
+    assert webhook.deliveries() == 0
+
+
+def test_an_unsigned_body_that_is_not_v1_is_401_when_a_secret_is_set(start_webhook: StartWebhook) -> None:
+    webhook = start_webhook(http={"webhook_secret": SECRET})
+
+    statuses = [webhook.post(body).status_code for body in (b'{"hello": 1}', b"[]", b"{not json", b"")]
+
+    assert statuses == [401, 401, 401, 401]
+    assert webhook.deliveries() == 0
+
+
+def test_token_and_signature_are_both_required_when_both_are_set(start_webhook: StartWebhook) -> None:
+    webhook = start_webhook(http={"token": TOKEN, "webhook_secret": SECRET})
+    signed = {"X-CallFire-Signature": sign_base64(V2_JSON)}
+
+    assert webhook.post(V2_JSON, headers=signed).status_code == 401
+    assert webhook.post(V2_JSON, params={"token": TOKEN}).status_code == 401
+    assert webhook.post(V2_JSON, params={"token": TOKEN}, headers=signed).status_code == 200
+
+
+LIMIT = 4096
+
+
+def test_a_body_over_the_limit_is_413_and_stores_nothing(start_webhook: StartWebhook) -> None:
+    webhook = start_webhook(smtp={"max_message_size": LIMIT}, http={})
+    # SMTP is off, but its max_message_size is the shared limit for every door.
+    body = TEXT_XML + b" " * (LIMIT - len(TEXT_XML) + 1)
+
+    with_length = webhook.post(body)
+    chunked = webhook.post(iter([body[:1000], body[1000:]]))
+
+    assert (with_length.status_code, chunked.status_code) == (413, 413)
+    assert with_length.json() == {"error": f"body larger than {LIMIT} bytes"}
+    assert webhook.deliveries() == 0
+    assert webhook.post(body[:LIMIT]).status_code == 200
+
+
+def test_curl_expecting_100_continue_gets_413_before_sending_a_large_body(
+    start_webhook: StartWebhook, tmp_path: Path
+) -> None:
+    webhook = start_webhook(smtp={"max_message_size": LIMIT}, http={})
+    big = tmp_path / "big.xml"
+    big.write_bytes(TEXT_XML + b" " * (10 * LIMIT))
+
+    code, answer = webhook.curl("-H", "Expect: 100-continue", "--data-binary", f"@{big}")
+
+    assert code == 413
+    assert "larger than" in answer["error"]
+    assert webhook.deliveries() == 0
+
+
+def test_storage_unavailable_is_503_and_healthz_says_so_until_it_recovers(start_webhook: StartWebhook) -> None:
+    webhook = start_webhook(storage={"busy_timeout": 0.2})
+    assert webhook.client.get(f"{webhook.base}/healthz").status_code == 200
+    blocker = sqlite3.connect(webhook.db, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        during = webhook.post(TEXT_XML)
+        health = webhook.client.get(f"{webhook.base}/healthz")
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+
+    assert during.status_code == 503
+    assert during.json() == {"error": "storage unavailable; retry later"}
+    assert "Retry-After" in during.headers
+    assert (health.status_code, health.json()) == (503, {"status": "unavailable"})
+    assert webhook.client.get(f"{webhook.base}/healthz").status_code == 200
+    assert webhook.post(TEXT_XML).json()["events"] == 1
+
+
+def test_healthz_answers_200_with_curl(webhook: Webhook) -> None:
+    assert webhook.curl(path="/healthz") == (200, {"status": "ok"})
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [("GET", "/", 404), ("POST", "/notification", 404), ("POST", "/notifications/x", 404),
+     ("GET", "/notifications", 405), ("PUT", "/notifications", 405), ("DELETE", "/notifications", 405),
+     ("POST", "/healthz", 405), ("POST", "/metrics", 405)],
+)
+def test_other_paths_are_404_and_other_methods_405(webhook: Webhook, method: str, path: str, status: int) -> None:
+    response = webhook.client.request(method, f"{webhook.base}{path}", content=TEXT_XML)
+
+    assert response.status_code == status
+    assert set(response.json()) == {"error"}
+    assert webhook.deliveries() == 0
+
+
+def _nested_json(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+def _nested_xml(depth: int) -> bytes:
+    return b"<TextNotification>" + b"<a>" * depth + b"</a>" * depth + b"</TextNotification>"
+
+
+HOSTILE = {
+    "billion-laughs": ((FIXTURES / "documents" / "xml-billion-laughs.xml").read_bytes(), "DOCTYPE"),
+    "external-entity": ((FIXTURES / "documents" / "xml-external-entity.xml").read_bytes(), "DOCTYPE"),
+    "parameter-entity": (b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY % p SYSTEM "http://x/">%p;]><x/>', "DOCTYPE"),
+    "deep-json": (_nested_json(100_000), "nested deeper"),
+    "deep-v2-json": (b'{"events": ' + _nested_json(100_000) + b"}", "nested deeper"),
+    "deep-xml": (_nested_xml(100_000), "nest"),
+    "invalid-utf8-json": (b'{"TextNotification": {"Text": {"@id": "1", "Message": "\xff\xfe"}}}', "UTF-8"),
+    "invalid-utf8-xml": (b'<?xml version="1.0" encoding="UTF-8"?><TextNotification>\xc3\x28</TextNotification>',
+                         "UTF-8"),
+    "huge-integer": (b'{"TextNotification": {"Text": {"@id": ' + b"9" * 50_000 + b"}}}", ""),
+    "binary": (bytes(range(256)) * 64, "not XML or JSON"),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_hostile_bodies_are_quarantined_raw_and_the_server_keeps_serving(webhook: Webhook, name: str) -> None:
+    body, reason = HOSTILE[name]
+
+    response = webhook.post(body, headers={"Content-Type": "application/xml"})
+
+    assert response.status_code == 422
+    answer = response.json()
+    assert answer["status"] == "quarantined"
+    assert reason in answer["error"]
+    assert "Traceback" not in answer["error"]
+    assert webhook.rows("SELECT raw, status FROM deliveries") == [(body, "quarantined")]
+    assert webhook.rows("SELECT count(*) FROM events") == [(0,)]
+    assert webhook.post(TEXT_XML).status_code == 200
+
+
+def test_a_reader_crash_is_quarantined_without_showing_the_exception(
+    webhook: Webhook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mailhook.extract
+
+    def crash(data: bytes | str, subscriptions: Any) -> Any:
+        raise KeyError("internal-detail")
+
+    monkeypatch.setattr(mailhook.extract, "read_document", crash)
+
+    response = webhook.post(TEXT_XML)
+
+    assert response.status_code == 422
+    assert "KeyError" not in response.text
+    assert "internal-detail" not in response.text
+    assert "internal error" in response.json()["error"]
+    # Operators still see the detail in the database.
+    assert "KeyError" in webhook.rows("SELECT error FROM deliveries")[0][0]
+
+
+def test_an_empty_body_is_quarantined(webhook: Webhook) -> None:
+    response = webhook.post(b"")
+
+    assert response.status_code == 422
+    assert response.json()["error"] == "empty document"
+
+
+def test_the_door_reports_its_real_port_and_can_be_turned_off(start_server: StartServer) -> None:
+    on = start_server(http={"listen": "127.0.0.1:0"}, smtp={"listen": ""})
+    off = start_server(http={"listen": ""}, smtp={"listen": ""}, storage={"db": on.writer.store.path.with_name("b.db")})
+
+    [address] = next(d for d in on.doors if d.name == "http").addresses()
+    assert address.startswith("127.0.0.1:") and not address.endswith(":0")
+    assert [d.name for d in off.doors] == []
