@@ -1,0 +1,138 @@
+"""Helpers the benchmark scripts share: free ports, RSS from /proc, medians, starting servers, tables."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+
+
+@dataclass
+class Row:
+    """One line of a results table: a scenario, its measured value and a comment."""
+
+    scenario: str
+    value: str
+    note: str = ""
+
+
+@dataclass
+class Table:
+    """Results printed as an aligned text table."""
+
+    title: str
+    rows: list[Row] = field(default_factory=list)
+
+    def add(self, scenario: str, value: str, note: str = "") -> None:
+        self.rows.append(Row(scenario, value, note))
+        print(f"  {scenario}: {value} {note}", file=sys.stderr, flush=True)
+
+    def render(self) -> str:
+        w1 = max([len(r.scenario) for r in self.rows] + [8])
+        w2 = max([len(r.value) for r in self.rows] + [5])
+        lines = [f"## {self.title}", f"{'scenario':<{w1}}  {'value':>{w2}}  note"]
+        lines += [f"{r.scenario:<{w1}}  {r.value:>{w2}}  {r.note}" for r in self.rows]
+        return "\n".join(lines)
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_port(port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Wait until something accepts connections on 127.0.0.1:port."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection((HOST, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {HOST}:{port} after {timeout}s")
+
+
+def rss_kb(pid: int) -> int:
+    """Return the resident set size of process `pid` in KiB (VmRSS from /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def tree_rss_kb(pid: int) -> int:
+    """Return the RSS of `pid` plus its direct children (a process pool's workers)."""
+    total = rss_kb(pid)
+    for child in children(pid):
+        with contextlib.suppress(OSError):
+            total += rss_kb(child)
+    return total
+
+
+def children(pid: int) -> list[int]:
+    """Return the direct children of `pid`."""
+    found = []
+    task = Path(f"/proc/{pid}/task")
+    for t in task.iterdir():
+        with contextlib.suppress(OSError):
+            found += [int(c) for c in (t / "children").read_text().split()]
+    return found
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def mailhook_serve(db: Path, *, smtp_port: int | None, http_port: int | None,
+                   extra: Sequence[str] = (), log: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start `python -m mailhook serve` on the given ports (None turns a door off) and wait for it."""
+    smtp = f"{HOST}:{smtp_port}" if smtp_port else ""
+    http = f"{HOST}:{http_port}" if http_port else ""
+    env = {**os.environ, "MAILHOOK_CONFIG": "", "PYTHONPATH": str(ROOT)}
+    env = {k: v for k, v in env.items() if not k.startswith("MAILHOOK_") or k == "MAILHOOK_CONFIG"}
+    out = log.open("ab") if log else subprocess.DEVNULL
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mailhook", "serve", "--db", str(db), "--smtp-listen", smtp,
+         "--http-listen", http, *extra],
+        cwd=ROOT, env=env, stdout=out, stderr=out,
+    )
+    for port in (smtp_port, http_port):
+        if port:
+            wait_port(port, proc=proc)
+    return proc
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """Ask a server to stop (SIGTERM), and kill it if it does not within `timeout`."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def machine() -> str:
+    """Describe the machine: CPU model and core count."""
+    model = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    return f"{model}, {os.cpu_count()} cores, Python {sys.version.split()[0]}"
