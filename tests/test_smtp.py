@@ -1,0 +1,264 @@
+"""The SMTP door through real sockets: what it stores, when it answers 250, and every refusal."""
+
+from __future__ import annotations
+
+import json
+import logging
+import smtplib
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import StartServer
+from smtp_support import FIXTURES, client, locked, notification, on_the_wire, read_until_closed, rows, smtp_address
+
+from mailhook.errors import ConfigError
+from mailhook.server import Runtime
+
+EXPECTED = ".expected.json"
+
+
+def _email_fixtures() -> list[tuple[Path, dict[str, Any]]]:
+    cases = []
+    for expected in sorted((FIXTURES / "email").glob(f"*{EXPECTED}")):
+        sample = expected.with_name(expected.name[: -len(EXPECTED)] + ".eml")
+        cases.append((sample, json.loads(expected.read_text(encoding="utf-8"))))
+    return cases
+
+
+def _db(runtime: Runtime) -> Path:
+    db = runtime.settings.storage.db
+    assert db is not None
+    return db
+
+
+def test_every_email_fixture_sent_over_smtp_is_stored_exactly_with_its_events(start_server: StartServer) -> None:
+    cases = _email_fixtures()
+    subscriptions = {int(k): v for _, exp in cases for k, v in exp.get("subscriptions", {}).items()}
+    runtime = start_server(subscriptions=subscriptions)
+    replies = []
+    with client(runtime) as smtp:
+        smtp.ehlo()
+        for sample, _ in cases:
+            assert smtp.mail("notifications@callfire.com")[0] == 250
+            assert smtp.rcpt("ops@example.com")[0] == 250
+            replies.append(smtp.data(sample.read_bytes()))
+
+    assert all(code == 250 for code, _ in replies), replies
+    stored = rows(_db(runtime), "SELECT id, raw, status, event_count + duplicate_count, envelope_from, "
+                                "envelope_to, remote_addr, channel FROM deliveries ORDER BY id")
+    assert len(stored) == len(cases)
+    for (sample, expected), row, (_, reply) in zip(cases, stored, replies, strict=True):
+        delivery_id, raw, status, events, sender, recipients, peer, channel = row
+        assert raw is None or raw == on_the_wire(sample.read_bytes()), sample.name
+        assert (status == "quarantined") == (expected["quarantined"] is not None), sample.name
+        assert events == len(expected["events"]), sample.name
+        assert (sender, json.loads(recipients), peer, channel) == (
+            "notifications@callfire.com", ["ops@example.com"], "127.0.0.1", "smtp")
+        assert f"delivery {delivery_id} {status}".encode() in reply
+    keys = {key for (key,) in rows(_db(runtime), "SELECT dedupe_key FROM events")}
+    assert keys == {e["dedupe_key"] for _, exp in cases for e in exp["events"]}
+
+
+def test_banner_and_ehlo_use_the_configured_hostname_and_offer_size_8bitmime_smtputf8(
+    start_server: StartServer,
+) -> None:
+    runtime = start_server(smtp={"hostname": "mx.hooks.test", "max_message_size": 123456})
+    host, port = smtp_address(runtime)
+    smtp = smtplib.SMTP(timeout=30)
+    code, banner = smtp.connect(host, port)
+    with smtp:
+        assert (code, banner.split()[0]) == (220, b"mx.hooks.test")
+        code, ehlo = smtp.ehlo("client.test")
+        assert code == 250
+        assert ehlo.splitlines()[0] == b"mx.hooks.test"
+        assert {"size", "8bitmime", "smtputf8"} <= set(smtp.esmtp_features)
+        assert smtp.esmtp_features["size"] == "123456"
+        assert "auth" not in smtp.esmtp_features and "starttls" not in smtp.esmtp_features
+
+
+def test_utf8_addresses_and_8bit_bodies_are_stored_byte_for_byte(server: Runtime) -> None:
+    raw = "Subject: Grüße\r\nMessage-ID: <utf8@test>\r\n\r\nNachricht für Jürgen\r\n".encode()
+    with client(server) as smtp:
+        smtp.sendmail("absender@bücher.example", ["empfänger@例え.jp"], raw, mail_options=["SMTPUTF8", "BODY=8BITMIME"])
+    (row,) = rows(_db(server), "SELECT raw, envelope_from, envelope_to FROM deliveries")
+    assert row == (raw, "absender@bücher.example", json.dumps(["empfänger@例え.jp"], ensure_ascii=False,
+                                                               separators=(",", ":")))
+
+
+def test_recipients_outside_the_accept_list_get_550_at_rcpt(start_server: StartServer) -> None:
+    runtime = start_server(smtp={"accept": ("ops@example.com", "@hooks.example.org")})
+    with client(runtime) as smtp:
+        smtp.ehlo()
+        smtp.mail("notifications@callfire.com")
+        assert smtp.rcpt("stranger@example.com")[0] == 550
+        assert smtp.rcpt("someone@sub.hooks.example.org")[0] == 550
+        assert smtp.rcpt("OPS@Example.COM")[0] == 250
+        assert smtp.rcpt("anyone@HOOKS.example.org")[0] == 250
+        code, _ = smtp.data(notification(1))
+        assert code == 250
+        with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+            smtp.sendmail("notifications@callfire.com", ["stranger@example.com"], notification(2))
+    assert refused.value.recipients["stranger@example.com"][1].startswith(b"5.1.1")
+    (stored,) = rows(_db(runtime), "SELECT envelope_to FROM deliveries")
+    assert json.loads(stored[0]) == ["OPS@Example.COM", "anyone@HOOKS.example.org"]
+
+
+def test_senders_outside_the_sender_list_get_550_at_mail(start_server: StartServer) -> None:
+    runtime = start_server(smtp={"senders": ("@callfire.com",)})
+    with client(runtime) as smtp:
+        with pytest.raises(smtplib.SMTPSenderRefused) as refused:
+            smtp.sendmail("mallory@evil.test", ["ops@example.com"], notification(1))
+        assert refused.value.smtp_code == 550
+        smtp.rset()
+        smtp.sendmail("bounce@CallFire.com", ["ops@example.com"], notification(2))
+    assert rows(_db(runtime), "SELECT envelope_from FROM deliveries") == [("bounce@CallFire.com",)]
+
+
+def test_without_an_accept_list_it_refuses_to_listen_beyond_loopback(start_server: StartServer) -> None:
+    with pytest.raises(ConfigError, match=r"--accept"):
+        start_server(smtp={"listen": "0.0.0.0:0"})
+    runtime = start_server(smtp={"listen": "0.0.0.0:0", "accept": ("@example.com",)})
+    assert smtp_address(runtime)[0] == "0.0.0.0"
+
+
+def test_oversize_messages_get_552_and_nothing_is_stored(start_server: StartServer) -> None:
+    runtime = start_server(smtp={"max_message_size": 2000})
+    body = b"Subject: big\r\n\r\n" + b"x" * 70 + b"\r\n"
+    with client(runtime) as smtp:
+        smtp.ehlo()
+        assert smtp.mail("a@callfire.com", ["SIZE=5000"])[0] == 552
+        assert smtp.mail("a@callfire.com")[0] == 250
+        assert smtp.rcpt("ops@example.com")[0] == 250
+        assert smtp.data(body * 40)[0] == 552
+        assert smtp.mail("a@callfire.com")[0] == 250
+        assert smtp.rcpt("ops@example.com")[0] == 250
+        assert smtp.data(body)[0] == 250
+    assert rows(_db(runtime), "SELECT size FROM deliveries") == [(len(body),)]
+
+
+def test_connections_over_the_session_cap_get_421(start_server: StartServer) -> None:
+    runtime = start_server(smtp={"max_sessions": 2})
+    first, second = client(runtime), client(runtime)
+    with pytest.raises(smtplib.SMTPConnectError) as refused:
+        client(runtime)
+    assert refused.value.smtp_code == 421
+    first.quit()
+    _eventually_connects(runtime).quit()
+    second.quit()
+
+
+def test_connections_over_the_per_address_cap_get_421_while_other_addresses_connect(start_server: StartServer) -> None:
+    runtime = start_server(smtp={"max_per_ip": 1})
+    first = client(runtime)
+    with pytest.raises(smtplib.SMTPConnectError) as refused:
+        client(runtime)
+    assert (refused.value.smtp_code, refused.value.smtp_error[:5]) == (421, b"4.7.0")
+    other = client(runtime, source_address=("127.0.0.2", 0))
+    assert other.noop()[0] == 250
+    other.quit()
+    first.quit()
+
+
+def _eventually_connects(runtime: Runtime) -> smtplib.SMTP:
+    """Connect once the server has counted a closed session out (it learns of the close asynchronously)."""
+    for _ in range(200):
+        try:
+            return client(runtime)
+        except smtplib.SMTPConnectError:
+            threading.Event().wait(0.01)
+    raise AssertionError("the server never released a closed session")
+
+
+def test_a_silent_session_is_closed_with_421_after_the_idle_timeout(start_server: StartServer) -> None:
+    runtime = start_server(smtp={"idle_timeout": 0.2})
+    with socket.create_connection(smtp_address(runtime), timeout=30) as sock, sock.makefile("rwb") as f:
+        assert f.readline().startswith(b"220 ")
+        f.write(b"EHLO client\r\n")
+        f.flush()
+        said = read_until_closed(f)
+    assert said.splitlines()[-1].startswith(b"421 4.4.2")
+
+
+def test_a_message_not_finished_within_the_data_timeout_is_dropped_with_421(start_server: StartServer) -> None:
+    runtime = start_server(smtp={"data_timeout": 0.2, "idle_timeout": 60})
+    with socket.create_connection(smtp_address(runtime), timeout=30) as sock, sock.makefile("rwb") as f:
+        f.readline()
+        f.write(b"EHLO c\r\nMAIL FROM:<a@callfire.com>\r\nRCPT TO:<ops@example.com>\r\nDATA\r\n")
+        f.flush()
+        f.write(b"Subject: half\r\n\r\nthe rest never comes\r\n")
+        f.flush()
+        said = read_until_closed(f)
+    assert b"354 " in said
+    assert said.splitlines()[-1].startswith(b"421 4.4.2")
+    assert rows(_db(runtime), "SELECT count(*) FROM deliveries") == [(0,)]
+
+
+def test_timeouts_do_not_cancel_a_message_already_being_stored(start_server: StartServer) -> None:
+    runtime = start_server(smtp={"data_timeout": 0.3, "idle_timeout": 0.3}, storage={"busy_timeout": 30})
+    result: list[tuple[int, bytes]] = []
+    with client(runtime) as smtp:
+        smtp.ehlo()
+        with locked(_db(runtime)):
+            assert smtp.mail("a@callfire.com")[0] == 250
+            assert smtp.rcpt("ops@example.com")[0] == 250
+            sender = threading.Thread(target=lambda: result.append(smtp.data(notification(7))))
+            sender.start()
+            # Keep the store waiting on the lock for several timeout periods.
+            sender.join(timeout=1.2)
+        sender.join(timeout=30)
+    assert result and result[0][0] == 250, result
+    assert rows(_db(runtime), "SELECT count(*) FROM events") == [(1,)]
+
+
+def test_storage_unavailable_answers_451_then_the_retry_is_stored_once(start_server: StartServer) -> None:
+    runtime = start_server(storage={"busy_timeout": 0.05})
+    message = notification(42)
+    with client(runtime) as smtp:
+        with locked(_db(runtime)), pytest.raises(smtplib.SMTPDataError) as failed:
+            smtp.sendmail("a@callfire.com", ["ops@example.com"], message)
+        smtp.rset()
+        smtp.sendmail("a@callfire.com", ["ops@example.com"], message)
+    assert failed.value.smtp_code == 451
+    assert failed.value.smtp_error.startswith(b"4.3.0")
+    assert b"lock" not in failed.value.smtp_error.lower() and b"sqlite" not in failed.value.smtp_error.lower()
+    assert rows(_db(runtime), "SELECT count(*), sum(event_count) FROM deliveries") == [(1, 1)]
+
+
+def test_concurrent_clients_are_all_stored(start_server: StartServer) -> None:
+    runtime = start_server()
+    clients, per_client = 12, 8
+    errors: list[BaseException] = []
+
+    def send(n: int) -> None:
+        try:
+            with client(runtime) as smtp:
+                for i in range(per_client):
+                    smtp.sendmail("a@callfire.com", ["ops@example.com"], notification(n * 1000 + i))
+        except BaseException as exc:  # noqa: BLE001 - reported by the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=(n,)) for n in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    assert rows(_db(runtime), "SELECT count(*), sum(event_count) FROM deliveries") == [
+        (clients * per_client, clients * per_client)
+    ]
+
+
+def test_each_delivery_logs_one_line_with_peer_message_id_recipients_status_events_and_time(
+    server: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mailhook")
+    with client(server) as smtp:
+        smtp.sendmail("a@callfire.com", ["ops@example.com", "audit@example.com"], notification(5))
+    lines = [r.getMessage() for r in caplog.records if r.name == "mailhook.ingest"]
+    assert len(lines) == 1
+    for part in ("peer=127.0.0.1", "message_id=<5.notify@callfire.test>", "to=ops@example.com,audit@example.com",
+                 "status=stored", "events=1", "ms="):
+        assert part in lines[0]
