@@ -72,10 +72,6 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
     password = _command(sub, "smtp-password", "print a smtp.auth_file line for USER; reads the password from stdin")
     password.add_argument("user", metavar="USER", help="the SMTP AUTH user name")
     password.set_defaults(run=_lazy("mailhook.smtpauth", "run_smtp_password"))
-
-    password = _command(sub, "smtp-password", "print a smtp.auth_file line for USER; reads the password from stdin")
-    password.add_argument("user", metavar="USER", help="the SMTP AUTH user name")
-    password.set_defaults(run=_lazy("mailhook.smtpauth", "run_smtp_password"))
     _add_housekeeping(sub)
     _add_analysis(sub)
     return parser, sub
