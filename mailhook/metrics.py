@@ -8,18 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import choose_encoder
 
 from mailhook.models import Delivery, Receipt
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
 CHANNELS = ("smtp", "imap", "http", "file")
 STATUSES = ("stored", "duplicate", "quarantined", "retry_later")
 
@@ -95,5 +88,13 @@ class Metrics:
         self.queue_depth.set_function(depth)
 
     def render(self) -> bytes:
-        """Return the metrics in Prometheus text format (served with `CONTENT_TYPE`)."""
+        """Return the metrics in the Prometheus text format."""
         return generate_latest(self.registry)
+
+    def exposition(self, accept: str | None) -> tuple[bytes, str]:
+        """Return the metrics and their Content-Type in the format a scraper's Accept header asks for.
+
+        Prometheus text format 0.0.4 unless OpenMetrics is asked for.
+        """
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type

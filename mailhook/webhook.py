@@ -26,7 +26,6 @@ from mailhook.config import parse_address
 from mailhook.errors import RetryLater, Unreadable
 from mailhook.extract.json import parse_json
 from mailhook.extract.v1 import ROOTS
-from mailhook.metrics import CONTENT_TYPE
 from mailhook.models import Delivery, Receipt
 from mailhook.store import utcnow
 
@@ -144,7 +143,8 @@ class Receiver:
 
     async def render_metrics(self, request: web.Request) -> web.StreamResponse:
         """Serve the metrics in Prometheus text format."""
-        return web.Response(body=self.metrics.render(), headers={hdrs.CONTENT_TYPE: CONTENT_TYPE})
+        body, content_type = self.metrics.exposition(request.headers.get(hdrs.ACCEPT))
+        return web.Response(body=body, headers={hdrs.CONTENT_TYPE: content_type})
 
     def _check_token(self, request: web.Request) -> None:
         if self.token is None:
