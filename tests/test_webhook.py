@@ -40,7 +40,7 @@ class Webhook:
     def db(self) -> Path:
         return self.runtime.writer.store.path
 
-    def post(self, body: bytes, **kwargs: Any) -> httpx.Response:
+    def post(self, body: bytes | Iterator[bytes], **kwargs: Any) -> httpx.Response:
         return self.client.post(f"{self.base}/notifications", content=body, **kwargs)
 
     def rows(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
