@@ -11,13 +11,16 @@ import argparse
 import asyncio
 import logging
 import signal
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from mailhook import systemd
 from mailhook.config import Settings
 from mailhook.ingest import Pipeline
 from mailhook.metrics import Metrics
+from mailhook.models import Delivery, Receipt
 from mailhook.store import Writer
 
 log = logging.getLogger("mailhook.server")
@@ -48,24 +51,66 @@ class Runtime:
     metrics: Metrics
     doors: list[Door] = field(default_factory=list)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    # Listening sockets passed by systemd (socket activation), by door name: a door
+    # given one serves on it instead of binding its configured address.
+    sockets: dict[str, socket.socket] = field(default_factory=dict)
+
+
+STATUS_EVERY = 5.0
+
+
+@dataclass
+class Counters:
+    """Running totals for the one-line status `systemctl status` shows."""
+
+    deliveries: int = 0
+    quarantined: int = 0
+    retried: int = 0
+    events: int = 0
+
+    def on_delivery(self, delivery: Delivery, receipt: Receipt | None, elapsed: float) -> None:
+        """Count one delivery (a pipeline listener)."""
+        self.deliveries += 1
+        if receipt is None:
+            self.retried += 1
+            return
+        self.events += receipt.events
+        if receipt.status == "quarantined":
+            self.quarantined += 1
+
+    def line(self, queued: int) -> str:
+        """Return the counters as one status line."""
+        return (f"{self.deliveries} deliveries ({self.quarantined} quarantined, {self.retried} retry-later), "
+                f"{self.events} events, {queued} queued")
 
 
 async def serve(settings: Settings, env: Mapping[str, str], *, started: asyncio.Future[Runtime] | None = None) -> None:
-    """Run the server until `runtime.stopping` is set (by a signal or by a test)."""
+    """Run the server until `runtime.stopping` is set (by a signal or by a test).
+
+    Under systemd it says READY=1 only once every door listens and the
+    database is open, keeps STATUS= current, pings the watchdog from the event
+    loop (so a hung loop gets the service restarted) and says STOPPING=1.
+    """
+    notifier = systemd.Notifier(env)
+    sockets = systemd.listen_sockets(env)
+    notifier.notify("STATUS=opening the database")
     metrics = Metrics()
+    counters = Counters()
     writer = Writer(
         settings.database(env),
         busy_timeout=settings.storage.busy_timeout,
         max_batch=settings.storage.max_batch,
         observer=metrics.on_commit,
+        checkpoint_interval=settings.storage.checkpoint_interval,
     )
     metrics.track_queue(lambda: writer.depth)
-    pipeline = Pipeline(writer, settings.subscriptions, listeners=[metrics.on_delivery])
-    runtime = Runtime(settings, env, pipeline, writer, metrics)
+    pipeline = Pipeline(writer, settings.subscriptions, listeners=[metrics.on_delivery, counters.on_delivery])
+    runtime = Runtime(settings, env, pipeline, writer, metrics, sockets=sockets)
+    supervisor: asyncio.Task[None] | None = None
     try:
         for module, enabled in (
-            ("mailhook.smtp", bool(settings.smtp.listen)),
-            ("mailhook.webhook", bool(settings.http.listen)),
+            ("mailhook.smtp", bool(settings.smtp.listen) or "smtp" in sockets),
+            ("mailhook.webhook", bool(settings.http.listen) or "http" in sockets),
             ("mailhook.imap", bool(settings.imap.host)),
         ):
             if enabled:
@@ -75,9 +120,15 @@ async def serve(settings: Settings, env: Mapping[str, str], *, started: asyncio.
                 log.info("%s listening on %s", door.name, address)
         if started is not None:
             started.set_result(runtime)
+        notifier.ready(counters.line(writer.depth))
+        if notifier.enabled:
+            supervisor = asyncio.create_task(_supervise(runtime, notifier, counters))
         await runtime.stopping.wait()
         log.info("stopping: closing doors, then flushing the writer")
     finally:
+        notifier.stopping("stopping: " + counters.line(writer.depth))
+        if supervisor is not None:
+            supervisor.cancel()
         for door in reversed(runtime.doors):
             try:
                 await door.close()
@@ -86,6 +137,20 @@ async def serve(settings: Settings, env: Mapping[str, str], *, started: asyncio.
         await asyncio.get_running_loop().run_in_executor(None, writer.close)
         if pipeline.executor is not None:
             pipeline.executor.shutdown()
+        notifier.close()
+
+
+async def _supervise(runtime: Runtime, notifier: systemd.Notifier, counters: Counters) -> None:
+    """Keep STATUS= current and ping the watchdog while the loop runs and the writer lives."""
+    interval = notifier.watchdog_interval
+    period = min(interval, STATUS_EVERY) if interval else STATUS_EVERY
+    while True:
+        alive = runtime.writer.alive
+        if not alive:
+            # Without pings systemd restarts us; a server that cannot store must not look healthy.
+            log.error("the database writer has stopped; withholding the watchdog ping")
+        notifier.status(counters.line(runtime.writer.depth), watchdog=bool(interval) and alive)
+        await asyncio.sleep(period)
 
 
 async def _start(module: str, runtime: Runtime) -> Door:

@@ -7,7 +7,9 @@ only after the transaction holding their delivery is durable.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -26,6 +28,8 @@ from mailhook.models import Checkpoint, Delivery, Extraction, Receipt, to_json
 from mailhook.schema import ATTEMPT_COLUMNS, EVENT_COLUMNS, MIGRATIONS
 
 log = logging.getLogger("mailhook.store")
+
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 _INSERT_EVENT = (
     f"INSERT INTO events (delivery_id, received_at, {', '.join(EVENT_COLUMNS)}) "
@@ -57,6 +61,8 @@ def connect(path: str | Path, *, busy_timeout: float = 5.0, readonly: bool = Fal
         conn = sqlite3.connect(str(path), timeout=busy_timeout, check_same_thread=False, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
+        # After a checkpoint resets the WAL, shrink the file back instead of keeping its peak size.
+        conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         conn.execute("PRAGMA foreign_keys=ON")
     conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
     return conn
@@ -109,6 +115,16 @@ def open_readonly(path: str | Path, *, busy_timeout: float = 5.0) -> sqlite_util
 
 
 @dataclass(frozen=True, slots=True)
+class WalCheckpoint:
+    """The outcome of one WAL checkpoint: WAL frames, how many were copied back, whether it was emptied."""
+
+    busy: bool
+    frames: int
+    copied: int
+    truncated: bool
+
+
+@dataclass(frozen=True, slots=True)
 class StoredDelivery:
     """A delivery as stored, for reprocessing."""
 
@@ -123,6 +139,7 @@ class Store:
 
     def __init__(self, path: str | Path, *, busy_timeout: float = 5.0) -> None:
         self.path = Path(path)
+        self._busy_ms = int(busy_timeout * 1000)
         self.conn = connect(path, busy_timeout=busy_timeout)
         migrate(self.conn)
 
@@ -289,6 +306,26 @@ class Store:
             raise
         return Receipt(delivery_id, status, new, duplicates, extraction.reason, event_types=types)
 
+    def checkpoint_wal(self) -> WalCheckpoint:
+        """Copy the WAL back into the database, and empty the WAL file when no reader still needs it.
+
+        Analysts' long read transactions pin old WAL frames; a passive checkpoint
+        never waits for them, and the truncating one is only tried, without
+        waiting, once everything is copied, so the writer is never stalled.
+        """
+        busy, frames, copied = self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        truncated = False
+        if not busy and frames > 0 and copied == frames:
+            self.conn.execute("PRAGMA busy_timeout=0")
+            try:
+                busy, frames, copied = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                truncated = not busy
+            except sqlite3.OperationalError:
+                truncated = False
+            finally:
+                self.conn.execute(f"PRAGMA busy_timeout={self._busy_ms}")
+        return WalCheckpoint(busy=bool(busy), frames=frames, copied=copied, truncated=truncated)
+
     def check_writable(self) -> None:
         """Raise `RetryLater` unless a write transaction can be started right now."""
         try:
@@ -324,6 +361,7 @@ class _Job:
     delivery: Delivery | None
     extraction: Extraction | None
     future: Future[Any]
+    checkpoint: bool = False
 
 
 class Writer:
@@ -340,10 +378,13 @@ class Writer:
         busy_timeout: float = 5.0,
         max_batch: int = 256,
         observer: Observer | None = None,
+        checkpoint_interval: float = 60.0,
     ) -> None:
         self.store = Store(path, busy_timeout=busy_timeout)
         self.max_batch = max_batch
         self.observer = observer
+        self.checkpoint_interval = checkpoint_interval
+        self.last_checkpoint: WalCheckpoint | None = None
         self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="mailhook-writer", daemon=True)
@@ -353,6 +394,11 @@ class Writer:
     def depth(self) -> int:
         """Return how many deliveries wait for the next commit."""
         return self._queue.qsize()
+
+    @property
+    def alive(self) -> bool:
+        """Say whether the writer thread is still running."""
+        return self._thread.is_alive()
 
     def submit(self, delivery: Delivery, extraction: Extraction) -> Future[Receipt]:
         """Queue a delivery for the next group commit."""
@@ -369,6 +415,39 @@ class Writer:
         self._queue.put(_Job(None, None, future))
         return future
 
+    def committed_checkpoint(self, account: str, folder: str) -> Checkpoint | None:
+        """Return the committed IMAP checkpoint of `folder`, read apart from any open write transaction."""
+        conn = connect(self.store.path, readonly=True)
+        try:
+            row = conn.execute(
+                "SELECT uidvalidity, last_uid FROM imap_checkpoints WHERE account = ? AND folder = ?",
+                (account, folder),
+            ).fetchone()
+        finally:
+            conn.close()
+        return None if row is None else Checkpoint(account, folder, row[0], row[1])
+
+    def quarantined_sources(self, sources: Sequence[str]) -> set[str]:
+        """Return which of `sources` (deliveries.source) were stored as quarantined and are still so."""
+        if not sources:
+            return set()
+        conn = connect(self.store.path, readonly=True)
+        try:
+            rows = conn.execute(
+                f"SELECT source FROM deliveries WHERE status = 'quarantined' AND source IN"
+                f" ({', '.join('?' * len(sources))})",
+                tuple(sources),
+            ).fetchall()
+        finally:
+            conn.close()
+        return {row[0] for row in rows}
+
+    def checkpoint(self) -> Future[WalCheckpoint]:
+        """Return a future for a WAL checkpoint made by the writer thread after what is queued now."""
+        future: Future[WalCheckpoint] = Future()
+        self._queue.put(_Job(None, None, future, checkpoint=True))
+        return future
+
     def close(self) -> None:
         """Commit everything queued so far, then stop the thread and close the database."""
         if self._closed:
@@ -379,8 +458,17 @@ class Writer:
         self.store.close()
 
     def _run(self) -> None:
+        interval = self.checkpoint_interval
+        due = time.monotonic() + interval
         while True:
-            first = self._queue.get()
+            try:
+                first = self._queue.get(timeout=max(0.0, due - time.monotonic()) if interval else None)
+            except queue.Empty:
+                # Idle: SQLite only checkpoints on commit, so without this a WAL that readers
+                # kept from shrinking would stay large until the next delivery.
+                self._checkpoint()
+                due = time.monotonic() + interval
+                continue
             if first is _STOP:
                 return
             batch: list[_Job] = [first]  # type: ignore[list-item]
@@ -395,12 +483,32 @@ class Writer:
                     break
                 batch.append(item)  # type: ignore[arg-type]
             self._commit(batch)
+            if interval and time.monotonic() >= due:
+                self._checkpoint()
+                due = time.monotonic() + interval
             if stop:
                 return
 
+    def _checkpoint(self) -> WalCheckpoint | None:
+        try:
+            result = self.store.checkpoint_wal()
+        except sqlite3.Error as exc:
+            log.warning("WAL checkpoint failed: %s", exc)
+            return None
+        if result.busy or result.copied < result.frames:
+            log.debug("WAL checkpoint incomplete (a reader holds old data): %s", result)
+        self.last_checkpoint = result
+        return result
+
     def _commit(self, batch: list[_Job]) -> None:
-        checks = [job for job in batch if job.delivery is None]
+        checks = [job for job in batch if job.delivery is None and not job.checkpoint]
         jobs = [job for job in batch if job.delivery is not None]
+        self._write(checks, jobs)
+        for job in batch:
+            if job.checkpoint:
+                job.future.set_result(self._checkpoint())
+
+    def _write(self, checks: list[_Job], jobs: list[_Job]) -> None:
         for job in checks:
             try:
                 self.store.check_writable()
@@ -431,3 +539,165 @@ class Writer:
                 job.future.set_exception(RetryLater(f"delivery could not be stored: {result}"))
             else:
                 job.future.set_result(result)
+
+
+# Housekeeping: the admin's commands, each on its own connection beside a running server.
+
+
+@dataclass(frozen=True, slots=True)
+class PruneResult:
+    """How many rows a prune deleted (or would delete)."""
+
+    deliveries: int
+    events: int
+    attempts: int
+
+
+def _existing(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no database at {path}")
+    return path
+
+
+def prune(
+    path: str | Path, cutoff: datetime, *, keep_raw: bool = False, dry_run: bool = False,
+    busy_timeout: float = 5.0, chunk: int = 500,
+) -> PruneResult:
+    """Delete deliveries received before `cutoff` with their events and attempts.
+
+    With `keep_raw`, only events and attempts go; the deliveries and their raw
+    bytes stay (so `mailhook reprocess` could rebuild the events). Deletes run
+    in small transactions so a running server's commits are delayed only briefly.
+    """
+    before = cutoff.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    conn = connect(_existing(path), busy_timeout=busy_timeout)
+    table = "events" if keep_raw else "deliveries"
+    events_of = "SELECT value FROM json_each(?)" if keep_raw else "SELECT id FROM events WHERE delivery_id IN " \
+        "(SELECT value FROM json_each(?))"
+    totals = [0, 0, 0]
+    last = 0
+    try:
+        while True:
+            conn.execute("BEGIN" if dry_run else "BEGIN IMMEDIATE")
+            try:
+                ids = [row[0] for row in conn.execute(
+                    f"SELECT id FROM {table} WHERE received_at < ? AND id > ? ORDER BY id LIMIT ?",
+                    (before, last, chunk),
+                )]
+                if not ids:
+                    conn.execute("ROLLBACK")
+                    break
+                last = ids[-1]
+                batch = json.dumps(ids)
+                counts = [
+                    0 if keep_raw else len(ids),
+                    conn.execute(f"SELECT count(*) FROM events WHERE id IN ({events_of})", (batch,)).fetchone()[0],
+                    conn.execute(f"SELECT count(*) FROM attempts WHERE event_id IN ({events_of})",
+                                 (batch,)).fetchone()[0],
+                ]
+                if not dry_run:
+                    conn.execute(f"DELETE FROM attempts WHERE event_id IN ({events_of})", (batch,))
+                    conn.execute(f"DELETE FROM events WHERE id IN ({events_of})", (batch,))
+                    if not keep_raw:
+                        conn.execute("DELETE FROM deliveries WHERE id IN (SELECT value FROM json_each(?))", (batch,))
+                conn.execute("ROLLBACK" if dry_run else "COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            totals = [a + b for a, b in zip(totals, counts, strict=True)]
+        if not dry_run and any(totals):
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    except sqlite3.Error as exc:
+        raise RetryLater(f"storage unavailable: {exc}") from exc
+    finally:
+        conn.close()
+    log.debug("pruned before %s: %d deliveries, %d events, %d attempts%s", before, *totals,
+             " (dry run)" if dry_run else "")
+    return PruneResult(*totals)
+
+
+@dataclass(frozen=True, slots=True)
+class BackupInfo:
+    """A finished backup: where, how big, and what it holds."""
+
+    path: Path
+    size: int
+    deliveries: int
+    events: int
+
+
+def backup(path: str | Path, target: str | Path, *, busy_timeout: float = 5.0) -> BackupInfo:
+    """Copy the database to `target` with SQLite's online backup API, consistent even while serving.
+
+    The copy is made in one step (one read transaction, so one snapshot; in WAL
+    mode the writer is never blocked), checked, made durable, and only then
+    renamed into place; the result is a single self-contained file.
+    """
+    source_path = _existing(path)
+    target = Path(target)
+    if target.exists() and target.resolve() == source_path.resolve():
+        raise ValueError("the backup would overwrite the database itself")
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    source = sqlite3.connect(str(source_path), timeout=busy_timeout)
+    try:
+        destination = sqlite3.connect(str(temporary), isolation_level=None)
+        try:
+            source.backup(destination)
+            destination.execute("PRAGMA journal_mode=DELETE")
+            problem = destination.execute("PRAGMA quick_check").fetchone()[0]
+            if problem != "ok":
+                raise ValueError(f"the copy failed its check: {problem}")
+            deliveries, events = (
+                destination.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in ("deliveries", "events")
+            )
+        finally:
+            destination.close()
+        with temporary.open("rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(temporary, target)
+        folder = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    finally:
+        source.close()
+    log.debug("backup of %s written to %s", source_path, target)
+    return BackupInfo(target, target.stat().st_size, deliveries, events)
+
+
+def status(path: str | Path, *, busy_timeout: float = 5.0) -> dict[str, Any]:
+    """Describe the database for health checks: schema version, sizes, counts, newest delivery."""
+    db = _existing(path)
+    wal = db.with_name(db.name + "-wal")
+    try:
+        conn = connect(db, busy_timeout=busy_timeout, readonly=True)
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            report: dict[str, Any] = {
+                "database": str(db),
+                "schema_version": version,
+                "schema_expected": len(MIGRATIONS),
+                "size_bytes": db.stat().st_size,
+                "wal_bytes": wal.stat().st_size if wal.exists() else 0,
+            }
+            if version:
+                report.update(zip(
+                    ("deliveries", "quarantined", "events", "last_delivery_at"),
+                    conn.execute(
+                        "SELECT (SELECT count(*) FROM deliveries),"
+                        " (SELECT count(*) FROM deliveries WHERE status = 'quarantined'),"
+                        " (SELECT count(*) FROM events), (SELECT max(received_at) FROM deliveries)"
+                    ).fetchone(),
+                    strict=True,
+                ))
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise RetryLater(f"database {db} unavailable: {exc}") from exc
+    return report

@@ -1,0 +1,268 @@
+"""The systemd protocol and units: sd_notify on a real datagram socket, the unit files, socket activation."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import tomllib
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mailhook.config import SECTIONS, load, options
+from mailhook.systemd import Notifier, listen_sockets, watchdog_interval
+
+ROOT = Path(__file__).resolve().parent.parent
+UNITS = ROOT / "systemd"
+EXEC_START = "/opt/mailhook/bin/mailhook"
+SAMPLE = (ROOT / "fixtures" / "seed" / "text-inbound.json").read_bytes()
+
+needs_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
+    """A datagram socket listening where NOTIFY_SOCKET will point, as systemd's would."""
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(30)
+    yield sock, path
+    sock.close()
+
+
+def receive_until(sock: socket.socket, wanted: str, seen: list[str]) -> list[str]:
+    """Collect messages (lists of VAR=value lines) until one has the line `wanted`."""
+    while True:
+        lines = sock.recv(4096).decode().split("\n")
+        seen.extend(lines)
+        if wanted in lines:
+            return lines
+
+
+# --- the protocol ---------------------------------------------------------------------------------
+
+
+def test_notifier_sends_one_datagram_of_assignments(notify_socket: tuple[socket.socket, str]) -> None:
+    sock, path = notify_socket
+    notifier = Notifier({"NOTIFY_SOCKET": path})
+    assert notifier.ready("2 deliveries")
+    assert sock.recv(4096) == b"READY=1\nSTATUS=2 deliveries"
+    assert notifier.status("multi\nline", watchdog=True)
+    assert sock.recv(4096) == b"STATUS=multi line\nWATCHDOG=1"
+    assert notifier.stopping("bye")
+    assert sock.recv(4096) == b"STOPPING=1\nSTATUS=bye"
+    notifier.close()
+
+
+def test_notifier_reaches_an_abstract_socket() -> None:
+    name = f"mailhook-test-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+        sock.settimeout(10)
+        notifier = Notifier({"NOTIFY_SOCKET": "@" + name})
+        assert notifier.notify("WATCHDOG=1")
+        assert sock.recv(64) == b"WATCHDOG=1"
+        notifier.close()
+
+
+def test_notifier_without_a_manager_does_nothing_and_never_raises(tmp_path: Path) -> None:
+    assert not Notifier({}).enabled
+    assert not Notifier({}).ready("x")
+    gone = Notifier({"NOTIFY_SOCKET": str(tmp_path / "missing.sock")})
+    assert gone.enabled
+    assert not gone.ready("x")
+    assert not gone.status("y", watchdog=True)
+
+
+def test_watchdog_interval_is_half_the_timeout_and_only_for_us() -> None:
+    assert watchdog_interval({"WATCHDOG_USEC": "30000000"}) == 15.0
+    assert watchdog_interval({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid())}) == 15.0
+    assert watchdog_interval({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}) is None
+    assert watchdog_interval({"WATCHDOG_USEC": "0"}) is None
+    assert watchdog_interval({}) is None
+
+
+def test_sockets_for_another_process_are_not_taken() -> None:
+    assert listen_sockets({"LISTEN_PID": "1", "LISTEN_FDS": "2", "LISTEN_FDNAMES": "smtp:http"}) == {}
+    assert listen_sockets({}) == {}
+
+
+# --- `mailhook serve` under a pretend service manager ---------------------------------------------
+
+
+def serve_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONPATH": str(ROOT),
+        "MAILHOOK_CONFIG": "",
+        "MAILHOOK_DB": str(tmp_path / "mailhook.db"),
+        "MAILHOOK_SMTP_LISTEN": "127.0.0.1:0",
+        "MAILHOOK_HTTP_LISTEN": "127.0.0.1:0",
+        **extra,
+    }
+
+
+def listening(log: Path) -> dict[str, tuple[str, int]]:
+    """Read the doors' bound addresses from the server's log."""
+    found = re.findall(r"(smtp|http) listening on (\S+):(\d+)", log.read_text())
+    return {door: (host.strip("[]"), int(port)) for door, host, port in found}
+
+
+@pytest.mark.slow
+def test_serve_notifies_ready_status_watchdog_and_stopping(
+    tmp_path: Path, notify_socket: tuple[socket.socket, str]
+) -> None:
+    sock, path = notify_socket
+    log = tmp_path / "serve.log"
+    env = serve_env(tmp_path, NOTIFY_SOCKET=path, WATCHDOG_USEC="200000")
+    with log.open("wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "mailhook", "serve"], env=env, cwd=tmp_path, stderr=err)
+    try:
+        seen: list[str] = []
+        ready = receive_until(sock, "READY=1", seen)
+        assert any(line.startswith("STATUS=0 deliveries") for line in ready)
+        # READY=1 means both doors answer and the database exists.
+        doors = listening(log)
+        assert set(doors) == {"smtp", "http"}
+        with smtplib.SMTP(*doors["smtp"], timeout=10) as smtp:
+            assert smtp.noop()[0] == 250
+        assert (tmp_path / "mailhook.db").exists()
+        host, port = doors["http"]
+        request = urllib.request.Request(f"http://{host}:{port}/notifications", data=SAMPLE, method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200
+        while not any(re.match(r"STATUS=1 deliveries .*, 1 events", line) for line in seen):
+            receive_until(sock, "WATCHDOG=1", seen)
+        # Pings keep coming from the running loop.
+        pings = seen.count("WATCHDOG=1")
+        receive_until(sock, "WATCHDOG=1", seen)
+        assert seen.count("WATCHDOG=1") > pings
+        proc.send_signal(signal.SIGTERM)
+        stopping = receive_until(sock, "STOPPING=1", seen)
+        assert any(line.startswith("STATUS=stopping") for line in stopping)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.slow
+def test_serve_never_says_ready_when_the_database_cannot_open(
+    tmp_path: Path, notify_socket: tuple[socket.socket, str]
+) -> None:
+    sock, path = notify_socket
+    env = serve_env(tmp_path, NOTIFY_SOCKET=path, MAILHOOK_DB=str(tmp_path / "missing" / "dir" / "m.db"))
+    result = subprocess.run([sys.executable, "-m", "mailhook", "serve"], env=env, cwd=tmp_path,
+                            capture_output=True, timeout=60, check=False)
+    assert result.returncode != 0
+    sock.setblocking(False)
+    messages = []
+    while True:
+        try:
+            messages.append(sock.recv(4096).decode())
+        except BlockingIOError:
+            break
+    assert not any("READY=1" in m.split("\n") for m in messages)
+
+
+# --- the unit files -------------------------------------------------------------------------------
+
+
+def unit_copy(tmp_path: Path) -> Path:
+    """Copy the units, pointing ExecStart at a program that exists here (verify checks it does)."""
+    folder = tmp_path / "units"
+    folder.mkdir()
+    for unit in UNITS.glob("*.s*"):
+        text = unit.read_text()
+        (folder / unit.name).write_text(text.replace(EXEC_START, shutil.which("true") or "/bin/true"))
+    return folder
+
+
+def test_service_runs_the_documented_program_as_a_notify_service() -> None:
+    text = (UNITS / "mailhook.service").read_text()
+    assert re.search(rf"^ExecStart={re.escape(EXEC_START)} serve$", text, re.M)
+    for line in ("Type=notify", "StateDirectory=mailhook", "ConfigurationDirectory=mailhook", "DynamicUser=yes",
+                 "AmbientCapabilities=CAP_NET_BIND_SERVICE"):
+        assert re.search(rf"^{re.escape(line)}$", text, re.M), line
+    assert re.search(r"^WatchdogSec=\d+", text, re.M)
+    assert EXEC_START in (ROOT / "docs" / "operations.md").read_text()
+
+
+@needs_analyze
+def test_units_verify_without_any_warning(tmp_path: Path) -> None:
+    folder = unit_copy(tmp_path)
+    units = sorted(str(p) for p in folder.iterdir())
+    assert len(units) >= 3
+    result = subprocess.run(["systemd-analyze", "verify", *units], capture_output=True, text=True, timeout=120,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    # verify exits 0 even for unknown keys, so anything it says is a failure.
+    assert result.stderr.strip() == ""
+
+
+@needs_analyze
+def test_verify_check_notices_an_unknown_key(tmp_path: Path) -> None:
+    folder = unit_copy(tmp_path)
+    service = folder / "mailhook.service"
+    service.write_text(service.read_text().replace("[Service]\n", "[Service]\nWatchDogSeconds=5\n"))
+    result = subprocess.run(["systemd-analyze", "verify", str(service)], capture_output=True, text=True,
+                            timeout=120, check=False)
+    assert "WatchDogSeconds" in result.stderr
+
+
+@needs_analyze
+def test_service_exposure_is_at_most_2_0() -> None:
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", "--threshold=20", str(UNITS / "mailhook.service")],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+    level = re.search(r"Overall exposure level for mailhook\.service: (\d+\.\d+)", result.stdout)
+    assert level is not None and float(level[1]) <= 2.0
+
+
+def test_sockets_name_their_doors() -> None:
+    names = {unit.name: re.search(r"^FileDescriptorName=(\w+)$", unit.read_text(), re.M)
+             for unit in UNITS.glob("*.socket")}
+    assert {m[1] for m in names.values() if m} == {"smtp", "http"}
+    for unit in UNITS.glob("*.socket"):
+        assert re.search(r"^Service=mailhook\.service$", unit.read_text(), re.M), unit.name
+
+
+# --- the example config ---------------------------------------------------------------------------
+
+
+def test_example_config_shows_every_option_in_its_section() -> None:
+    text = (UNITS / "mailhook.toml").read_text()
+    parts = re.split(r"^\[(\w+)\]$", text, flags=re.M)
+    bodies = dict(zip(parts[1::2], parts[2::2], strict=True))
+    assert set(SECTIONS) | {"subscriptions"} == set(bodies)
+    for opt in options():
+        assert re.search(rf"^(# )?{opt.name} = ", bodies[opt.section], re.M), f"{opt.section}.{opt.name}"
+        assert opt.env in bodies[opt.section], opt.env
+
+
+def test_example_config_loads_and_so_does_every_commented_example(tmp_path: Path) -> None:
+    example = UNITS / "mailhook.toml"
+    settings = load({}, {}, example)
+    assert settings.smtp.listen == "0.0.0.0:25"
+    # Uncomment every example line (but keep secrets and their files apart): it must still load.
+    text = re.sub(r"^# ((?!token_file|webhook_secret_file|password_file)\w+ = )", r"\1", example.read_text(),
+                  flags=re.M)
+    uncommented = tmp_path / "all.toml"
+    uncommented.write_text(text)
+    everything = tomllib.loads(text)
+    assert everything["subscriptions"]
+    settings = load({}, {}, uncommented)
+    assert settings.imap.host == "imap.example.com"
+    assert settings.subscriptions
