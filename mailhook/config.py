@@ -420,7 +420,10 @@ def validate(settings: Settings) -> Settings:
         listen = getattr(settings, name).listen
         if listen:
             parse_address(listen, f"{name}.listen")
-    if settings.smtp.listen and settings.smtp.listen == settings.http.listen:
+    # Port 0 means "any free port": two doors asking for it never collide.
+    if settings.smtp.listen and settings.smtp.listen == settings.http.listen and parse_address(
+        settings.smtp.listen, "smtp.listen"
+    )[1] != 0:
         raise ConfigError(f"smtp.listen and http.listen are both {settings.smtp.listen!r}")
     return settings
 
