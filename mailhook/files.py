@@ -8,16 +8,17 @@ import re
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
-from concurrent.futures import Future
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from mailhook.config import Settings
 from mailhook.errors import RetryLater, TooLarge
+from mailhook.extract import extract
 from mailhook.ingest import Pipeline, log_delivery
-from mailhook.models import Delivery, Kind, Receipt
+from mailhook.models import Delivery, Extraction, Kind, Receipt
 from mailhook.store import Writer, utcnow
 
 log = logging.getLogger("mailhook.files")
@@ -165,6 +166,8 @@ def ingest_paths(
     interactive: bool,
 ) -> int:
     """Store every message under `paths`; return the exit code (0, 65 unreadable input, 75 retry)."""
+    # The pool is forked before the writer thread starts, so no worker inherits a lock held mid-write.
+    pool = _extraction_pool(paths)
     writer = Writer(
         settings.database(env), busy_timeout=settings.storage.busy_timeout, max_batch=settings.storage.max_batch
     )
@@ -188,13 +191,15 @@ def ingest_paths(
         totals["events"] += receipt.events
         progress.tick()
 
+    items = deliveries(paths, received_at=utcnow(), max_size=settings.smtp.max_message_size, stdin=stdin)
     try:
-        for item in deliveries(paths, received_at=utcnow(), max_size=settings.smtp.max_message_size, stdin=stdin):
+        for item, extraction in _extracted(items, pool, settings.subscriptions):
             if isinstance(item, Unreadable):
                 totals["unreadable"] += 1
                 log.error("%s: cannot read: %s", item.source, item.reason)
                 continue
-            pending.append((item, time.perf_counter(), pipeline.submit(item)))
+            future = pipeline.submit(item) if extraction is None else writer.submit(item, extraction)
+            pending.append((item, time.perf_counter(), future))
             # A bounded window keeps memory flat on huge mboxes while commits stay grouped.
             while len(pending) > _WINDOW:
                 settle(*pending.popleft())
@@ -202,6 +207,8 @@ def ingest_paths(
             settle(*pending.popleft())
     finally:
         writer.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
         progress.done()
     if not quiet:
         print(
@@ -220,6 +227,74 @@ def ingest_paths(
 
 
 _WINDOW = 2000
+# Parallel extraction pays off from about a megabyte of input (a few hundred emails).
+_PARALLEL_BYTES = 1 << 20
+_CHUNK = 64
+
+
+def _extraction_pool(paths: list[str]) -> Executor | None:
+    """Return a process pool for extraction when the input is large and there is a second core."""
+    workers = len(os.sched_getaffinity(0))
+    if workers < 2:
+        return None
+    total = 0
+    for name in paths:
+        path = Path(name)
+        try:
+            if name != "-" and path.is_dir():
+                total = _PARALLEL_BYTES
+            elif name != "-":
+                total += path.stat().st_size
+        except OSError:
+            continue
+    if total < _PARALLEL_BYTES:
+        return None
+    import multiprocessing
+
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+    pool.submit(int).result()  # start the workers now, while this process has no other thread
+    return pool
+
+
+def _extract_chunk(chunk: list[tuple[bytes, Kind]], subscriptions: Mapping[int, str]) -> list[Extraction]:
+    """Extract a chunk of deliveries in a worker process."""
+    return [extract(raw, kind, subscriptions) for raw, kind in chunk]
+
+
+def _extracted(
+    items: Iterable[Delivery | Unreadable], pool: Executor | None, subscriptions: Mapping[int, str]
+) -> Iterator[tuple[Delivery | Unreadable, Extraction | None]]:
+    """Pair each item with its extraction done in `pool`, in input order (None: extract in this thread)."""
+    if pool is None:
+        for item in items:
+            yield item, None
+        return
+    subs = dict(subscriptions)
+    in_flight: deque[tuple[list[Delivery | Unreadable], Future[list[Extraction]]]] = deque()
+
+    def send(chunk: list[Delivery | Unreadable]) -> None:
+        work = [(d.raw, d.kind) for d in chunk if isinstance(d, Delivery)]
+        in_flight.append((chunk, pool.submit(_extract_chunk, work, subs)))
+
+    def receive() -> Iterator[tuple[Delivery | Unreadable, Extraction | None]]:
+        chunk, future = in_flight.popleft()
+        results = iter(future.result())
+        for item in chunk:
+            yield item, next(results) if isinstance(item, Delivery) else None
+
+    chunk: list[Delivery | Unreadable] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= _CHUNK:
+            send(chunk)
+            chunk = []
+            # Enough chunks in flight to keep every worker busy, few enough to bound memory.
+            while len(in_flight) > 4:
+                yield from receive()
+    if chunk:
+        send(chunk)
+    while in_flight:
+        yield from receive()
 
 
 class _Progress:
