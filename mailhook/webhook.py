@@ -279,12 +279,21 @@ def _error(status: int, message: str, *, headers: dict[str, str] | None = None) 
 
 
 async def start(runtime: Runtime) -> WebhookDoor:
-    """Start listening on `http.listen` in the running loop and return the door."""
-    host, port = parse_address(runtime.settings.http.listen, "http.listen")
+    """Start listening in the running loop and return the door.
+
+    Serves on the socket systemd passed for `http` when there is one
+    (socket activation), otherwise binds `http.listen`.
+    """
     runner = web.AppRunner(Receiver(runtime).app(), access_log=None, handle_signals=False, shutdown_timeout=30.0)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        site: web.BaseSite
+        if "http" in runtime.sockets:
+            site = web.SockSite(runner, runtime.sockets["http"])
+        else:
+            host, port = parse_address(runtime.settings.http.listen, "http.listen")
+            site = web.TCPSite(runner, host, port)
+        await site.start()
     except BaseException:
         await runner.cleanup()
         raise

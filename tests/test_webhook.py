@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import json
 import smtplib
+import socket
 import sqlite3
 import subprocess
 from collections.abc import Callable, Iterator
@@ -17,9 +19,13 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import StartServer
+from conftest import StartServer, make_settings
 
+from mailhook import webhook as webhook_module
+from mailhook.ingest import Pipeline
+from mailhook.metrics import Metrics
 from mailhook.server import Runtime
+from mailhook.store import Writer
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 TEXT_XML = (FIXTURES / "seed" / "text-outbound.xml").read_bytes()
@@ -472,3 +478,34 @@ def test_the_door_reports_its_real_port_and_can_be_turned_off(start_server: Star
     [address] = next(d for d in on.doors if d.name == "http").addresses()
     assert address.startswith("127.0.0.1:") and not address.endswith(":0")
     assert [d.name for d in off.doors] == []
+
+
+def test_a_socket_passed_by_systemd_is_served_instead_of_the_configured_address(tmp_path: Path) -> None:
+    passed = socket.socket()
+    passed.bind(("127.0.0.1", 0))
+    passed.listen()
+    port = passed.getsockname()[1]
+    # 192.0.2.1 (TEST-NET) is not a local address: binding it would fail.
+    settings = make_settings(tmp_path / "mailhook.db", http={"listen": "192.0.2.1:8080"}, smtp={"listen": ""})
+
+    async def main() -> tuple[list[str], httpx.Response]:
+        writer = Writer(tmp_path / "mailhook.db")
+        metrics = Metrics()
+        runtime = Runtime(settings=settings, env={}, pipeline=Pipeline(writer, listeners=[metrics.on_delivery]),
+                          writer=writer, metrics=metrics, sockets={"http": passed})
+        door = await webhook_module.start(runtime)
+        try:
+            addresses = door.addresses()
+            response = await asyncio.to_thread(
+                httpx.post, f"http://127.0.0.1:{port}/notifications", content=TEXT_XML, timeout=30
+            )
+        finally:
+            await door.close()
+            writer.close()
+        return addresses, response
+
+    addresses, response = asyncio.run(main())
+
+    assert addresses == [f"127.0.0.1:{port}"]
+    assert response.status_code == 200
+    assert response.json()["events"] == 1
