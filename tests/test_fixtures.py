@@ -19,6 +19,7 @@ def _cases() -> list[tuple[Path, Path]]:
     cases = []
     for expected in sorted(FIXTURES.rglob(f"*{EXPECTED_SUFFIX}")):
         stem = expected.name[: -len(EXPECTED_SUFFIX)]
+        assert not stem.endswith(".expected"), f"{expected}: an expected file of an expected file"
         samples = [p for p in expected.parent.glob(f"{stem}.*") if p != expected and p.name != expected.name]
         samples = [p for p in samples if p.name[len(stem) + 1 :].count(".") == 0]
         cases.append((samples[0] if len(samples) == 1 else expected.with_name(f"{stem}.MISSING"), expected))
