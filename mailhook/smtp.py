@@ -295,9 +295,10 @@ class SmtpDoor:
         self.closing = True
         if self.server is not None:
             self.server.close()
-        for conn in list(self.sessions):
-            if not conn.in_transaction():
-                conn.say_goodbye(SHUTTING_DOWN)
+        busy = [conn for conn in self.sessions if conn.in_transaction()]
+        for conn in self.sessions - set(busy):
+            conn.say_goodbye(SHUTTING_DOWN)
+        log.info("smtp stopped accepting; waiting for %d transactions in flight", len(busy))
         try:
             await asyncio.wait_for(self._idle.wait(), self.settings.shutdown_grace)
         except TimeoutError:
