@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import BasicAuth, hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from mailhook.config import parse_address
 from mailhook.errors import RetryLater, Unreadable
@@ -38,6 +39,8 @@ PATH = "/notifications"
 SIGNATURE = "X-CallFire-Signature"
 # Seconds `GET /healthz` waits for the writer to prove the database writable.
 HEALTH_TIMEOUT = 10.0
+# Seconds a client may take to send one body; a stalled sender must not hold a connection forever.
+BODY_TIMEOUT = 120.0
 _BLANK = b" \t\r\n\xef\xbb\xbf"
 _CHUNK = 64 * 1024
 
@@ -164,10 +167,18 @@ class Receiver:
 
     async def _read_body(self, request: web.Request) -> bytes:
         body = bytearray()
-        while chunk := await request.content.read(_CHUNK):
-            body += chunk
-            if len(body) > self.max_size:
-                raise Refused(413, "too_large", f"body larger than {self.max_size} bytes")
+        try:
+            async with asyncio.timeout(BODY_TIMEOUT):
+                while chunk := await request.content.read(_CHUNK):
+                    body += chunk
+                    if len(body) > self.max_size:
+                        raise Refused(413, "too_large", f"body larger than {self.max_size} bytes")
+        except TimeoutError:
+            raise Refused(408, "timeout", f"body not received within {BODY_TIMEOUT:g} seconds") from None
+        except ConnectionError:
+            raise Refused(400, "incomplete", "connection closed before the whole body arrived") from None
+        except HttpProcessingError:
+            raise Refused(400, "malformed", "malformed request body framing") from None
         return bytes(body)
 
     def _check_signature(self, request: web.Request, body: bytes) -> None:
@@ -189,7 +200,10 @@ class Receiver:
             request.remote or "-", refusal.status, refusal.message,
         )
         headers = {"WWW-Authenticate": 'Basic realm="mailhook"'} if refusal.status == 401 else None
-        return _error(refusal.status, refusal.message, headers=headers)
+        response = _error(refusal.status, refusal.message, headers=headers)
+        if refusal.status in (400, 408):
+            response.force_close()  # the rest of the body is not coming, or cannot be framed
+        return response
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -12,6 +12,7 @@ import socket
 import sqlite3
 import subprocess
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
@@ -509,3 +510,41 @@ def test_a_socket_passed_by_systemd_is_served_instead_of_the_configured_address(
     assert addresses == [f"127.0.0.1:{port}"]
     assert response.status_code == 200
     assert response.json()["events"] == 1
+
+
+def _host_port(webhook: Webhook) -> tuple[str, int]:
+    host, _, port = webhook.base.removeprefix("http://").rpartition(":")
+    return host, int(port)
+
+
+def test_a_body_that_stalls_is_408_and_stores_nothing(webhook: Webhook, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(webhook_module, "BODY_TIMEOUT", 0.2)
+
+    with socket.create_connection(_host_port(webhook), timeout=30) as sock:
+        sock.sendall(b"POST /notifications HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n<TextNotification>")
+        reply = sock.recv(4096)
+
+    assert reply.startswith(b"HTTP/1.1 408 ")
+    assert b"body not received" in reply
+    assert webhook.deliveries() == 0
+
+
+def test_a_client_that_hangs_up_mid_body_stores_nothing_and_the_server_keeps_serving(webhook: Webhook) -> None:
+    with socket.create_connection(_host_port(webhook), timeout=30) as sock:
+        sock.sendall(b"POST /notifications HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + TEXT_XML)
+
+    response = webhook.post(TEXT_XML)
+
+    assert response.status_code == 200
+    assert webhook.rows("SELECT id, size FROM deliveries") == [(response.json()["delivery_id"], len(TEXT_XML))]
+
+
+def test_concurrent_posts_are_each_acknowledged_with_their_own_stored_event(webhook: Webhook) -> None:
+    bodies = [TEXT_XML.replace(b'<Text id="11111111111">', f'<Text id="{900 + n}">'.encode()) for n in range(24)]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(lambda body: webhook.post(body).json(), bodies))
+
+    assert [a["events"] for a in answers] == [1] * 24
+    stored = dict(webhook.rows("SELECT d.id, e.resource_id FROM deliveries d JOIN events e ON e.delivery_id = d.id"))
+    assert [stored[a["delivery_id"]] for a in answers] == [900 + n for n in range(24)]
