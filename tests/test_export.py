@@ -7,6 +7,7 @@ import io
 import json
 import sqlite3
 import tracemalloc
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ def sample(tmp_path: Path) -> Path:
 
 
 def table(path: Path, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
-    with sqlite3.connect(path) as conn:
+    with closing(sqlite3.connect(path)) as conn, conn:
         cursor = conn.execute(sql)
         return [d[0] for d in cursor.description], cursor.fetchall()
 

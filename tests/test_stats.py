@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -99,7 +100,7 @@ def test_broadcast_filter_keeps_its_calls_and_campaign_events(sample: Path) -> N
 
 
 def test_received_time_basis_uses_when_mailhook_stored_the_event(sample: Path) -> None:
-    with sqlite3.connect(sample) as conn:
+    with closing(sqlite3.connect(sample)) as conn, conn:
         stored_day = conn.execute("SELECT substr(min(received_at), 1, 10) FROM events").fetchone()[0]
     r = report(sample, Window(time="received", until=parse_bound("2024-03-03", until=True)))
     assert r.totals.events == 0
@@ -125,7 +126,7 @@ def test_by_type_and_result_counts_every_pair(sample: Path) -> None:
 def test_stats_agree_with_plain_sql_over_the_fixture_database(tmp_path: Path) -> None:
     path = fixture_database(tmp_path / "mailhook.db")
     r = report(path)
-    with sqlite3.connect(path) as conn:
+    with closing(sqlite3.connect(path)) as conn, conn:
         by_type = conn.execute(
             "SELECT event_type, final_result, count(*), coalesce(sum(billed_amount), 0) FROM events"
             " GROUP BY 1, 2 ORDER BY 1, 2").fetchall()

@@ -1,0 +1,249 @@
+"""The analysts' schema: views, full-text search kept in sync, indexes, read-only access and Datasette."""
+
+from __future__ import annotations
+
+import json
+import queue
+import re
+import sqlite3
+import subprocess
+import sys
+import threading
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+from analysis_support import SAMPLE, delivery_for, event, fixture_database, store_events
+
+from mailhook.export import rows
+from mailhook.models import Extraction
+from mailhook.schema import MIGRATIONS
+from mailhook.stats import EVENT_TIME_E, Window, collect
+from mailhook.store import Writer, migrate, open_readonly
+
+METADATA = Path(__file__).resolve().parent.parent / "docs" / "datasette-metadata.json"
+CALLS = ("OUTBOUND_CALL_FINISHED", "INBOUND_CALL_FINISHED")
+TEXTS = ("OUTBOUND_TEXT_FINISHED", "INBOUND_TEXT_FINISHED")
+CAMPAIGNS = ("CAMPAIGN_STARTED", "CAMPAIGN_STOPPED", "CAMPAIGN_FINISHED")
+
+
+@pytest.fixture(scope="module")
+def fixtures_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return fixture_database(tmp_path_factory.mktemp("schema") / "mailhook.db")
+
+
+@pytest.fixture
+def sample(tmp_path: Path) -> Path:
+    path = tmp_path / "mailhook.db"
+    store_events(path, SAMPLE)
+    return path
+
+
+def query(path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    with closing(sqlite3.connect(path)) as conn, conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def search(path: Path, words: str) -> list[int]:
+    return [r[0] for r in query(path, "SELECT rowid FROM events_fts WHERE events_fts MATCH ? ORDER BY rowid",
+                                (words,))]
+
+
+@pytest.mark.parametrize(("view", "types"), [("texts", TEXTS), ("calls", CALLS), ("campaigns", CAMPAIGNS)])
+def test_each_view_holds_exactly_the_events_of_its_kind(fixtures_db: Path, view: str, types: tuple[str, ...]) -> None:
+    in_view = query(fixtures_db, f"SELECT id FROM {view} ORDER BY id")
+    marks = ", ".join("?" * len(types))
+    expected = query(fixtures_db, f"SELECT id FROM events WHERE event_type IN ({marks}) ORDER BY id", types)
+    assert in_view == expected
+    assert in_view, f"the fixtures hold no {view}"
+
+
+def test_attempts_detail_has_one_row_per_attempt_with_its_events_columns(fixtures_db: Path) -> None:
+    detail = query(fixtures_db, "SELECT id, event_id, event_type, to_number, result FROM attempts_detail ORDER BY id")
+    joined = query(fixtures_db, "SELECT a.id, a.event_id, e.event_type, e.to_number, a.result"
+                                " FROM attempts AS a, events AS e WHERE e.id = a.event_id ORDER BY a.id")
+    assert detail == joined
+    assert len(detail) == query(fixtures_db, "SELECT count(*) FROM attempts")[0][0] > 0
+
+
+def test_full_text_search_finds_messages_whatever_their_case(fixtures_db: Path) -> None:
+    expected = [r[0] for r in query(fixtures_db, "SELECT id FROM events WHERE message LIKE '%callfire%' ORDER BY id")]
+    assert len(expected) >= 2
+    assert search(fixtures_db, "callfire") == expected
+    assert search(fixtures_db, "CALLFIRE") == expected
+
+
+def test_search_finds_words_in_a_new_event_and_forgets_deleted_ones(sample: Path) -> None:
+    assert len(search(sample, "spring")) == 4
+    store_events(sample, [event("INBOUND_TEXT_FINISHED", 77, message="Is the spring sale still on? Café")])
+    new_id = query(sample, "SELECT id FROM events WHERE resource_id = 77")[0][0]
+    assert new_id in search(sample, "spring")
+    assert search(sample, "cafe") == [new_id]  # accents are folded
+    with closing(sqlite3.connect(sample)) as conn, conn:
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("DELETE FROM events WHERE id = ?", (new_id,))
+    assert new_id not in search(sample, "spring")
+    assert search(sample, "cafe") == []
+    query(sample, "INSERT INTO events_fts(events_fts) VALUES ('integrity-check')")
+
+
+def test_search_follows_an_edited_message(sample: Path) -> None:
+    target = search(sample, "stop")
+    assert len(target) == 1
+    with closing(sqlite3.connect(sample)) as conn, conn:
+        conn.execute("UPDATE events SET message = 'please unsubscribe me' WHERE id = ?", target)
+        conn.execute("UPDATE events SET final_result = final_result WHERE id = ?", target)
+    assert search(sample, "stop") == []
+    assert search(sample, "unsubscribe") == target
+    query(sample, "INSERT INTO events_fts(events_fts) VALUES ('integrity-check')")
+
+
+def test_upgrading_an_older_database_indexes_the_messages_it_already_has(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.executescript(MIGRATIONS[0])
+        conn.execute("PRAGMA user_version=1")
+        conn.execute("INSERT INTO deliveries (id, channel, received_at, status, size, sha256)"
+                     " VALUES (1, 'file', '2024-01-01T00:00:00Z', 'stored', 1, 'x')")
+        conn.execute("INSERT INTO events (delivery_id, dedupe_key, event_type, event_type_source, api_version, format,"
+                     " message, received_at, payload) VALUES (1, 'k', 'INBOUND_TEXT_FINISHED', 'inferred', '1.1',"
+                     " 'json', 'old news', '2024-01-01T00:00:00Z', '{}')")
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        assert migrate(conn) == len(MIGRATIONS)
+    finally:
+        conn.close()
+    assert search(path, "news") == [1]
+
+
+@pytest.mark.parametrize(
+    ("where", "params", "index"),
+    [
+        (f"{EVENT_TIME_E} >= ?", ("2024-03-02",), "events_occurred_at"),
+        ("e.event_type = ? AND e.final_result = ?", ("OUTBOUND_CALL_FINISHED", "BUSY"), "events_type_result"),
+        ("e.broadcast_id = ? AND e.event_type = ?", (100, "OUTBOUND_CALL_FINISHED"), "events_broadcast_type"),
+        ("e.received_at >= ?", ("2024-03-02",), "events_received_at"),
+        ("e.to_number = ?", ("12135550001",), "events_to_number"),
+    ],
+)
+def test_common_filters_use_an_index(sample: Path, where: str, params: tuple[Any, ...], index: str) -> None:
+    plan = " ".join(r[3] for r in query(sample, f"EXPLAIN QUERY PLAN SELECT * FROM events AS e WHERE {where}", params))
+    assert f"USING INDEX {index}" in plan or f"USING COVERING INDEX {index}" in plan
+
+
+def test_readonly_connection_reads_but_cannot_write(sample: Path) -> None:
+    db = open_readonly(sample)
+    try:
+        assert db.execute("SELECT count(*) FROM texts").fetchone()[0] == 6
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            db.execute("DELETE FROM events")
+    finally:
+        db.close()
+
+
+def test_writer_keeps_committing_while_an_analyst_holds_a_read_transaction(sample: Path) -> None:
+    db = open_readonly(sample)
+    writer = Writer(sample, busy_timeout=0.5, checkpoint_interval=0)
+    try:
+        db.execute("BEGIN")
+        assert db.execute("SELECT count(*) FROM events").fetchone()[0] == 15
+        more = [event("OUTBOUND_CALL_FINISHED", 1000 + i, result="LA") for i in range(20)]
+        receipts = [writer.submit(delivery_for(e), Extraction(events=(e,))).result(timeout=10) for e in more]
+        assert [r.status for r in receipts] == ["stored"] * 20
+        assert db.execute("SELECT count(*) FROM events").fetchone()[0] == 15  # its snapshot is stable
+        pinned = writer.checkpoint().result(timeout=10)
+        assert not pinned.truncated  # the reader still needs the WAL frames
+        db.execute("COMMIT")
+        assert db.execute("SELECT count(*) FROM events").fetchone()[0] == 35
+        released = writer.checkpoint().result(timeout=10)
+        assert released.truncated
+        assert Path(f"{sample}-wal").stat().st_size == 0
+    finally:
+        writer.close()
+        db.close()
+
+
+def test_a_long_export_does_not_pin_the_wal_between_pages(sample: Path) -> None:
+    db = open_readonly(sample)
+    writer = Writer(sample, busy_timeout=0.5, checkpoint_interval=0)
+    try:
+        _, records = rows(db, "events", Window(), page=5)
+        first = [next(records) for _ in range(5)]
+        extra = event("OUTBOUND_CALL_FINISHED", 5000, result="LA")
+        writer.submit(delivery_for(extra), Extraction(events=(extra,))).result(timeout=10)
+        assert writer.checkpoint().result(timeout=10).truncated
+        assert len(first) + len(list(records)) == 15
+    finally:
+        writer.close()
+        db.close()
+
+
+@pytest.fixture(scope="module")
+def datasette(fixtures_db: Path) -> Iterator[str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "datasette", "serve", str(fixtures_db), "-m", str(METADATA),
+         "-h", "127.0.0.1", "-p", "0", "--setting", "sql_time_limit_ms", "5000"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    assert process.stderr is not None
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stderr], daemon=True).start()  # type: ignore[union-attr]
+    try:
+        while True:
+            line = lines.get(timeout=15)
+            found = re.search(r"running on (http://127\.0\.0\.1:\d+)", line)
+            if found:
+                break
+        yield found.group(1)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        process.stderr.close()
+
+
+def get(base: str, path: str, **params: str) -> Any:
+    url = f"{base}/mailhook/{path}.json?" + urllib.parse.urlencode({**params, "_shape": "array"})
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.load(response)
+
+
+@pytest.mark.slow
+def test_datasette_serves_the_campaign_summary_with_the_figures_of_stats(datasette: str, fixtures_db: Path) -> None:
+    rows = get(datasette, "campaign_summary")
+    db = open_readonly(fixtures_db)
+    try:
+        campaigns = collect(db, Window()).campaigns
+    finally:
+        db.close()
+    assert [(r["campaign_id"], r["calls"], r["texts"], r["sent"], r["attempts"], r["duration_s"]) for r in rows] == [
+        (c.broadcast_id, c.measures.calls, c.measures.texts, c.measures.sent, c.measures.attempts, c.measures.duration)
+        for c in campaigns
+    ]
+    assert [r["name"] for r in rows] == [c.name for c in campaigns]
+
+
+@pytest.mark.slow
+def test_datasette_finds_inbound_replies_containing_a_word(datasette: str, fixtures_db: Path) -> None:
+    expected = query(fixtures_db, "SELECT id FROM texts WHERE inbound = 1 AND message LIKE '%stop%'")
+    assert expected
+    rows = get(datasette, "replies_containing", word="stop")
+    assert sorted(r["id"] for r in rows) == sorted(r[0] for r in expected)
+    assert all("[" in r["hit"] for r in rows)
+
+
+@pytest.mark.slow
+def test_datasette_search_box_works_on_the_texts_view(datasette: str, fixtures_db: Path) -> None:
+    rows = get(datasette, "texts", _search="callfire")
+    assert sorted(r["id"] for r in rows) == search(fixtures_db, "callfire")
+
+
+def test_metadata_describes_every_column_of_every_table_and_view(fixtures_db: Path) -> None:
+    tables = json.loads(METADATA.read_text())["databases"]["mailhook"]["tables"]
+    for name in ("deliveries", "events", "attempts", "texts", "calls", "campaigns", "attempts_detail"):
+        columns = [r[1] for r in query(fixtures_db, f"PRAGMA table_info({name})")]
+        described = tables[name]["columns"]
+        assert [c for c in columns if not described.get(c)] == [], name
