@@ -20,7 +20,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import BasicAuth, hdrs, web
+from aiohttp import BasicAuth, HttpVersion11, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from mailhook.config import parse_address
@@ -107,6 +107,8 @@ class Receiver:
             # The client has not sent the body; closing avoids waiting for one.
             response.force_close()
             return response
+        if request.version != HttpVersion11:
+            return None  # HTTP/1.0 has no interim responses: just read the body
         if request.headers.get(hdrs.EXPECT, "").lower() != "100-continue":
             return _error(417, "only Expect: 100-continue is supported")
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
