@@ -114,6 +114,9 @@ class ImapSettings:
     move_to: str = option("CallFire/Processed", "folder processed messages are moved to")
     quarantine_folder: str = option("CallFire/Quarantine", "folder unreadable messages are moved to")
     poll_interval: float = option(60.0, "seconds between polls when IDLE is unavailable")
+    idle_timeout: float = option(300.0, "seconds before IDLE is re-issued (servers end it after 30 minutes)")
+    reconnect_delay: float = option(1.0, "seconds before the first reconnect; doubles on each failure")
+    reconnect_max: float = option(300.0, "longest wait between reconnects, in seconds")
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,6 +399,11 @@ def validate(settings: Settings) -> Settings:
         (settings.storage.busy_timeout >= 0, "storage.busy_timeout must not be negative"),
         (settings.storage.checkpoint_interval >= 0, "storage.checkpoint_interval must not be negative"),
         (settings.imap.poll_interval > 0, "imap.poll_interval must be positive"),
+        (0 < settings.imap.idle_timeout <= 29 * 60, "imap.idle_timeout must be between 0 and 1740 seconds"),
+        (
+            0 < settings.imap.reconnect_delay <= settings.imap.reconnect_max,
+            "imap.reconnect_delay must be positive and at most imap.reconnect_max",
+        ),
         (settings.imap.port is None or 0 < settings.imap.port < 65536, "imap.port must be between 1 and 65535"),
         (settings.imap.security in ("ssl", "starttls", "none"), "imap.security must be ssl, starttls or none"),
         (settings.imap.action in ("move", "seen", "leave"), "imap.action must be move, seen or leave"),
