@@ -12,7 +12,6 @@ import asyncio
 import collections
 import ipaddress
 import logging
-import ssl
 from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
@@ -20,7 +19,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 from mailhook.config import SmtpSettings, parse_address
 from mailhook.errors import ConfigError, Rejected, RetryLater, TooLarge
 from mailhook.models import Delivery
-from mailhook.smtpauth import PasswordAuth, PasswordFile
+from mailhook.smtpauth import PasswordAuth, PasswordFile, tls_context
 from mailhook.store import utcnow
 
 if TYPE_CHECKING:
@@ -117,11 +116,10 @@ class Handler(PasswordAuth):
 class Connection(SMTP):
     """One SMTP session: admitted under the session caps, closable when the server stops."""
 
-    # RFC 5321 allows 1000 octets per line, but notification emails that break
-    # it must still be stored rather than bounced, so accept long lines.
-    line_length_limit = 1 << 16
-
     def __init__(self, door: SmtpDoor, handler: Handler, **kwargs: Any) -> None:
+        # RFC 5321 allows 1000 octets per line, but a notification email that
+        # breaks it must still be stored rather than bounced, so accept long lines.
+        self.line_length_limit = min(door.settings.max_message_size, 1 << 20)
         self.door = door
         self.peer_ip = "-"
         self.admitted = False
@@ -196,7 +194,7 @@ class SmtpDoor:
         self.runtime = runtime
         self.settings: SmtpSettings = runtime.settings.smtp
         self.passwords = PasswordFile.load(self.settings.auth_file) if self.settings.auth_file else None
-        self.tls = _tls_context(self.settings)
+        self.tls = tls_context(self.settings.tls_cert, self.settings.tls_key)
         if self.passwords is not None and self.tls is None:
             raise ConfigError("smtp.auth_file needs smtp.tls_cert and smtp.tls_key: AUTH is offered over TLS only")
         self.handler = Handler(self)
@@ -209,17 +207,21 @@ class SmtpDoor:
         self._idle.set()
 
     async def listen(self) -> None:
-        """Bind the listening socket, refusing an open relay-like setup on a public address."""
-        host, port = parse_address(self.settings.listen, "smtp.listen")
+        """Listen (on systemd's socket if given one), refusing to take any recipient on a public address."""
         loop = asyncio.get_running_loop()
+        activated = self.runtime.sockets.get("smtp")
         try:
-            self.server = await loop.create_server(self._connection, host, port, reuse_address=True)
+            if activated is not None:
+                self.server = await loop.create_server(self._connection, sock=activated)
+            else:
+                host, port = parse_address(self.settings.listen, "smtp.listen")
+                self.server = await loop.create_server(self._connection, host, port, reuse_address=True)
         except OSError as exc:
             raise ConfigError(f"smtp.listen: cannot listen on {self.settings.listen}: {exc.strerror}") from None
         if not self.settings.accept and not all(_is_loopback(a) for a in self.addresses()):
             self.server.close()
             raise ConfigError(
-                f"smtp.listen is {self.settings.listen} but smtp.accept is empty: without a recipient "
+                f"smtp.listen is {', '.join(self.addresses())} but smtp.accept is empty: without a recipient "
                 "allow-list mailhook accepts mail on a loopback address only; "
                 "give --accept ADDR or --accept @DOMAIN (repeatable)"
             )
@@ -317,17 +319,6 @@ def _is_loopback(address: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _tls_context(settings: SmtpSettings) -> ssl.SSLContext | None:
-    if settings.tls_cert is None or settings.tls_key is None:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        context.load_cert_chain(settings.tls_cert, settings.tls_key)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"smtp.tls_cert/smtp.tls_key: cannot load {settings.tls_cert}: {exc}") from None
-    return context
 
 
 async def start(runtime: Runtime) -> SmtpDoor:

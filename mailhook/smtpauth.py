@@ -1,4 +1,4 @@
-"""SMTP AUTH for the SMTP door: a file of hashed passwords, checked by PLAIN and LOGIN.
+"""STARTTLS and AUTH for the SMTP door: the TLS context, and hashed passwords checked by PLAIN and LOGIN.
 
 The password file holds one `user:hash` line per account (blank lines and
 `#` comments are ignored). Hashes are PBKDF2-SHA256 in Django's format,
@@ -16,6 +16,7 @@ import getpass
 import hashlib
 import hmac
 import secrets
+import ssl
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,6 +29,18 @@ from mailhook.errors import ConfigError
 
 SCHEME = "pbkdf2_sha256"
 ITERATIONS = 600_000
+
+
+def tls_context(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
+    """Load the server certificate and key for STARTTLS; None when not configured."""
+    if cert is None or key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"smtp.tls_cert/smtp.tls_key: cannot load {cert} and {key}: {exc}") from None
+    return context
 
 
 def hash_password(password: str, *, iterations: int = ITERATIONS, salt: str | None = None) -> str:

@@ -262,3 +262,10 @@ def test_each_delivery_logs_one_line_with_peer_message_id_recipients_status_even
     for part in ("peer=127.0.0.1", "message_id=<5.notify@callfire.test>", "to=ops@example.com,audit@example.com",
                  "status=stored", "events=1", "ms="):
         assert part in lines[0]
+
+
+def test_lines_longer_than_rfc_5321_allows_are_stored_unchanged(server: Runtime) -> None:
+    raw = b"Subject: long line\r\n\r\n" + b"<p>" + b"x" * 5000 + b"</p>\r\n"
+    with client(server) as smtp:
+        smtp.sendmail("a@callfire.com", ["ops@example.com"], raw)
+    assert rows(_db(server), "SELECT raw FROM deliveries") == [(raw,)]
