@@ -1,7 +1,8 @@
 """The HTTP door: receive CallFire's v1.1 XML/JSON/SOAP and v2 webhook POSTs on the server's loop.
 
 aiohttp's web server runs inside an already running asyncio loop (AppRunner +
-TCPSite), so SMTP and HTTP share one loop and one writer. Bodies are streamed,
+TCPSite, or SockSite on a socket systemd passed), so SMTP and HTTP share one
+loop and one writer. Bodies are streamed,
 so the size limit is enforced while reading, and a request is authenticated
 (token) before its body is read at all. The door only translates: it checks
 credentials and size, hands the raw body to the pipeline as a `document`
