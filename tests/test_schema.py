@@ -247,3 +247,47 @@ def test_metadata_describes_every_column_of_every_table_and_view(fixtures_db: Pa
         columns = [r[1] for r in query(fixtures_db, f"PRAGMA table_info({name})")]
         described = tables[name]["columns"]
         assert [c for c in columns if not described.get(c)] == [], name
+
+
+def test_every_query_in_the_schema_docs_runs_on_a_real_database(fixtures_db: Path) -> None:
+    docs = (METADATA.parent / "schema.md").read_text()
+    blocks = [b for b in re.findall(r"```sql\n(.*?)```", docs, re.S) if b.lstrip().upper().startswith("SELECT")]
+    assert len(blocks) >= 12
+    db = open_readonly(fixtures_db)
+    try:
+        for sql in blocks:
+            db.execute(sql).fetchall()
+    finally:
+        db.close()
+
+
+def test_every_canned_query_runs_with_its_parameters_empty(fixtures_db: Path) -> None:
+    queries = json.loads(METADATA.read_text())["databases"]["mailhook"]["queries"]
+    assert {"campaign_summary", "failures_by_reason", "replies_containing"} <= set(queries)
+    db = open_readonly(fixtures_db)
+    try:
+        for name, canned in queries.items():
+            params = {p: "" for p in re.findall(r":(\w+)", canned["sql"])}
+            assert isinstance(db.execute(canned["sql"], params).fetchall(), list), name
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize(
+    ("broadcast", "expected"),
+    [
+        ("", {("OUTBOUND_CALL_FINISHED", "NO_ANS"): 1, ("OUTBOUND_CALL_FINISHED", "BUSY"): 1,
+              ("OUTBOUND_TEXT_FINISHED", "DNT"): 1, ("OUTBOUND_TEXT_FINISHED", "TOO_BIG"): 1,
+              ("OUTBOUND_TEXT_FINISHED", "(none)"): 1}),
+        ("100", {("OUTBOUND_CALL_FINISHED", "NO_ANS"): 1, ("OUTBOUND_CALL_FINISHED", "BUSY"): 1}),
+    ],
+)
+def test_failures_by_reason_counts_what_did_not_reach_anyone(sample: Path, broadcast: str,
+                                                             expected: dict[tuple[str, str], int]) -> None:
+    sql = json.loads(METADATA.read_text())["databases"]["mailhook"]["queries"]["failures_by_reason"]["sql"]
+    db = open_readonly(sample)
+    try:
+        rows = db.execute(sql, {"broadcast_id": broadcast}).fetchall()
+    finally:
+        db.close()
+    assert {(r[0], r[1]): r[2] for r in rows} == expected
