@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -400,3 +401,36 @@ def test_mailhook_imap_killed_at_random_stores_every_message_once(server: doveco
         notification(n) for n in range(total)
     )
     assert server.password not in killed.read_text() + log.read_text()
+
+
+def test_serve_runs_the_imap_door_beside_the_others(server: dovecot.Dovecot, tmp_path: Path) -> None:
+    from mailhook.imap import ImapDoor
+    from mailhook.server import Runtime, serve
+
+    base = make_settings(server, tmp_path / "m.db")
+    settings = replace(base, smtp=replace(base.smtp, listen=""), http=replace(base.http, listen=""))
+    server.append("INBOX", notification(1))
+
+    async def main() -> Watcher:
+        loop = asyncio.get_running_loop()
+        started: asyncio.Future[Runtime] = loop.create_future()
+        task = asyncio.create_task(serve(settings, {}, started=started))
+        runtime = await started
+        [door] = runtime.doors
+        assert isinstance(door, ImapDoor)
+        [watcher] = door.watchers
+        assert await loop.run_in_executor(None, settled, watcher, 1)
+        runtime.stopping.set()
+        await task
+        return watcher
+
+    watcher = asyncio.run(main())
+    assert not watcher.waiting
+    assert count(tmp_path / "m.db", "SELECT count(*) FROM events") == 1
+    assert len(server.messages(PROCESSED)) == 1
+
+
+def test_mailhook_imap_without_a_host_is_a_configuration_error(tmp_path: Path) -> None:
+    from mailhook.cli import EX_CONFIG, main
+
+    assert main(["imap"], env={"MAILHOOK_DB": str(tmp_path / "m.db"), "MAILHOOK_CONFIG": os.devnull}) == EX_CONFIG
