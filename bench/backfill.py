@@ -16,10 +16,12 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# This directory holds http.py, which would shadow the standard library's http: look here last.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
 
-from common import ROOT, Table, machine
-from corpus import write_mbox
+from common import ROOT, Table, machine  # noqa: E402
+from corpus import write_mbox  # noqa: E402
 
 TARGET = 3000.0
 

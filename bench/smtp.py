@@ -21,10 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# This directory holds http.py, which would shadow the standard library's http: look here last.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
 
-from common import HOST, ROOT, Table, free_port, machine, mailhook_serve, median, stop, wait_port
-from corpus import Generator
+from common import HOST, ROOT, Table, free_port, machine, mailhook_serve, median, stop, wait_port  # noqa: E402
+from corpus import Generator  # noqa: E402
 
 SESSIONS = 8
 SMTP_SOURCE = "/usr/sbin/smtp-source"

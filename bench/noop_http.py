@@ -1,0 +1,36 @@
+"""A no-op HTTP server: aiohttp answering 200 at once, the ceiling of mailhook's HTTP stack.
+
+    python bench/noop_http.py PORT
+
+Same library and same shape as mailhook's webhook door (POST /notifications,
+body read in full, JSON answer), but nothing is parsed or stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+# bench/http.py would shadow the standard library's http module that aiohttp imports.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+from aiohttp import web  # noqa: E402
+
+
+async def notifications(request: web.Request) -> web.Response:
+    body = await request.read()
+    return web.json_response({"delivery_id": 0, "events": 0, "duplicates": 0, "size": len(body)})
+
+
+async def main(port: int) -> None:
+    app = web.Application()
+    app.router.add_post("/notifications", notifications)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1])))
