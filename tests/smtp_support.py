@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import queue
 import smtplib
 import sqlite3
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from email.message import EmailMessage
@@ -72,3 +77,44 @@ def read_until_closed(sock_file: Any) -> bytes:
     while line := sock_file.readline():
         data += line
     return data
+
+
+class ServerProcess:
+    """`mailhook serve` run as a user would, with its stderr read line by line."""
+
+    def __init__(self, db: Path, *flags: str, listen: str = "127.0.0.1:0") -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MAILHOOK_")}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mailhook", "serve", "--db", str(db), "--smtp-listen", listen,
+             "--http-listen", "", *flags],
+            stderr=subprocess.PIPE, text=True, env=env,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.log: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+        line = self.wait_for("smtp listening on ")
+        host, _, port = line.rsplit(" ", 1)[1].rpartition(":")
+        self.address = (host, int(port))
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.put(line)
+        self.lines.put("")
+
+    def wait_for(self, text: str) -> str:
+        """Return the first stderr line containing `text`; fail if the process ends first."""
+        while True:
+            line = self.lines.get(timeout=30)
+            self.log.append(line)
+            if text in line:
+                return line.strip()
+            assert line, f"mailhook serve ended without saying {text!r}:\n{''.join(self.log)}"
+
+    def stop(self) -> None:
+        """Kill the process if it still runs and release its pipe."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=30)
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
-import os
-import queue
 import signal
 import smtplib
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import StartServer
-from smtp_support import FIXTURES, locked, notification, on_the_wire, read_until_closed, rows, smtp_address
+from smtp_support import (
+    FIXTURES,
+    ServerProcess,
+    locked,
+    notification,
+    on_the_wire,
+    read_until_closed,
+    rows,
+    smtp_address,
+)
 
 from mailhook.smtpauth import hash_password
 
@@ -70,47 +76,6 @@ def test_swaks_with_starttls_and_auth_login(start_server: StartServer, tmp_path:
     db = runtime.settings.storage.db
     assert db is not None
     assert rows(db, "SELECT count(*), sum(event_count) FROM deliveries") == [(1, 1)]
-
-
-class ServerProcess:
-    """`mailhook serve` run as a user would, with its stderr read line by line."""
-
-    def __init__(self, db: Path, *flags: str) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MAILHOOK_")}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mailhook", "serve", "--db", str(db), "--smtp-listen", "127.0.0.1:0",
-             "--http-listen", "", *flags],
-            stderr=subprocess.PIPE, text=True, env=env,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.log: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-        line = self.wait_for("smtp listening on ")
-        host, _, port = line.rsplit(" ", 1)[1].rpartition(":")
-        self.address = (host, int(port))
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.put(line)
-        self.lines.put("")
-
-    def wait_for(self, text: str) -> str:
-        """Return the first stderr line containing `text`; fail if the process ends first."""
-        while True:
-            line = self.lines.get(timeout=30)
-            self.log.append(line)
-            if text in line:
-                return line.strip()
-            assert line, f"mailhook serve ended without saying {text!r}:\n{''.join(self.log)}"
-
-    def stop(self) -> None:
-        """Kill the process if it still runs and release its pipe."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=30)
-        assert self.proc.stderr is not None
-        self.proc.stderr.close()
 
 
 @pytest.fixture
