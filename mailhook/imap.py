@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import logging
 import random
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from imapclient import IMAPClient, SocketTimeout
-from imapclient.exceptions import IMAPClientError, LoginError
+from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError
 
 from mailhook.config import ImapSettings, Settings
 from mailhook.errors import ConfigError, RetryLater
@@ -158,8 +159,8 @@ class Watcher:
         self.stored = 0
         self.waiting = False
         self.idling = False
-        self.errors: list[str] = []
-        self.delays: list[float] = []
+        self.errors: collections.deque[str] = collections.deque(maxlen=100)
+        self.delays: collections.deque[float] = collections.deque(maxlen=100)
         self._changed = threading.Condition()
         self._stop = threading.Event()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -228,9 +229,11 @@ class Watcher:
                 self._session(client)
             except RetryLater as exc:
                 self._failed(f"{exc}; messages stay on the server", logging.WARNING)
-            except (OSError, IMAPClientError) as exc:
+            except (OSError, IMAPClientAbortError) as exc:
                 if not self._stop.is_set():
                     self._failed(f"connection lost: {_text(exc)}", logging.WARNING)
+            except IMAPClientError as exc:
+                self._failed(f"server refused: {_text(exc)}", logging.ERROR)
             except Exception as exc:  # a bug must not kill the thread: log it, back off, retry
                 log.exception("%s: unexpected error", self._where)
                 self._failed(f"unexpected error: {type(exc).__name__}", logging.ERROR)
@@ -411,7 +414,7 @@ class Watcher:
             deadline = time.monotonic() + self.account.settings.idle_timeout
             while not self._stop.is_set():
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or _pending(client):
                     break
                 readable, _, _ = select.select([client.socket(), self._wake_r], [], [], remaining)
                 if self._wake_r in readable:
@@ -426,6 +429,24 @@ class Watcher:
         finally:
             self._announce(waiting=False, idling=False)
         client.idle_done()
+
+
+def _pending(client: IMAPClient) -> bool:
+    """Say whether server data already waits in a read buffer, where select() cannot see it.
+
+    The server may send EXISTS right behind its IDLE continuation, in one packet
+    that imaplib's buffered reader swallows whole.
+    """
+    sock = client.socket()
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True
+    sock.setblocking(False)
+    try:
+        return bool(client._imap.file.peek(1))
+    except (OSError, ValueError):
+        return False  # nothing buffered and nothing (complete) on the socket yet
+    finally:
+        sock.settimeout(READ_TIMEOUT)
 
 
 def _wakes(response: Any) -> bool:

@@ -225,7 +225,7 @@ def test_bad_password_is_reported_and_retried_with_growing_delays(
         assert watcher.sessions == 0
     assert "login failed" in watcher.errors[0]
     assert "AUTHENTICATIONFAILED" in watcher.errors[0]
-    delays = watcher.delays[:4]
+    delays = list(watcher.delays)[:4]
     assert delays == sorted(delays)  # doubling delays with at most half taken off by jitter
     assert delays[-1] <= 0.08
     assert "wrong-password" not in caplog.text
