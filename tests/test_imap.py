@@ -27,7 +27,7 @@ from mailhook.errors import ConfigError
 from mailhook.extract import extract
 from mailhook.imap import Account, Backoff, Watcher, start_watchers, stop_watchers
 from mailhook.ingest import Pipeline
-from mailhook.store import Writer, open_readonly
+from mailhook.store import Writer, connect, open_readonly
 
 pytestmark = [
     pytest.mark.slow,
@@ -88,7 +88,7 @@ def make_settings(imap: dovecot.Dovecot, db: Path, **changes: Any) -> Settings:
 def watching(settings: Settings) -> Iterator[Watcher]:
     """Run a watcher on the first configured folder with its own writer, as `mailhook imap` does."""
     assert settings.storage.db is not None
-    writer = Writer(settings.storage.db)
+    writer = Writer(settings.storage.db, busy_timeout=settings.storage.busy_timeout)
     pipeline = Pipeline(writer, settings.subscriptions)
     watchers = start_watchers(Account.from_settings(settings), pipeline, writer)
     try:
@@ -203,6 +203,27 @@ def test_uidvalidity_change_rescans_the_folder(server: dovecot.Dovecot, tmp_path
         ("stored",), ("duplicate",), ("stored",)
     ]
     assert server.messages("Alerts") == {}
+
+
+def test_storage_trouble_leaves_the_message_for_a_later_try(server: dovecot.Dovecot, tmp_path: Path) -> None:
+    db = tmp_path / "m.db"
+    base = make_settings(server, db)
+    settings = replace(base, storage=replace(base.storage, busy_timeout=0.05))
+    with watching(settings) as watcher:
+        assert watcher.wait_for(lambda: watcher.idling, WAIT)
+        lock = connect(db)
+        try:
+            lock.execute("BEGIN EXCLUSIVE")  # another writer holding the database past the busy timeout
+            server.append("INBOX", notification(1))
+            assert watcher.wait_for(lambda: any("storage unavailable" in e for e in watcher.errors), WAIT)
+            assert [raw for raw, _ in server.messages("INBOX").values()] == [notification(1)]
+            assert watcher.stored == 0
+            lock.execute("ROLLBACK")
+        finally:
+            lock.close()
+        assert settled(watcher, 1)
+    assert server.messages("INBOX") == {}
+    assert count(db, "SELECT count(*) FROM deliveries") == 1
 
 
 def test_dropped_connection_is_reopened(server: dovecot.Dovecot, tmp_path: Path) -> None:
