@@ -225,7 +225,21 @@ class Report:
 
 
 def collect(db: Database, window: Window) -> Report:
-    """Compute every figure of the report for the events inside `window`."""
+    """Compute every figure of the report for the events inside `window`, all from one snapshot.
+
+    The queries share one short read transaction, so totals, campaigns and days
+    add up even while the writer commits.
+    """
+    if db.conn.in_transaction:
+        return _collect(db, window)
+    db.execute("BEGIN")
+    try:
+        return _collect(db, window)
+    finally:
+        db.execute("COMMIT")
+
+
+def _collect(db: Database, window: Window) -> Report:
     where, params = window.where()
     totals = _measures(db.execute(f"SELECT {_MEASURES} FROM events AS e WHERE {where}", params).fetchone())
     by_type = tuple(

@@ -191,3 +191,17 @@ def test_bad_bounds_are_usage_errors(sample: Path, text: str) -> None:
 )
 def test_bounds_cover_whole_periods_and_convert_to_utc(text: str, since: str, until: str) -> None:
     assert (parse_bound(text), parse_bound(text, until=True)) == (since, until)
+
+
+def test_stats_read_one_snapshot_and_leave_no_transaction_open(sample: Path) -> None:
+    db = open_readonly(sample)
+    try:
+        collect(db, Window())
+        assert not db.conn.in_transaction
+        db.execute("BEGIN")
+        db.execute("SELECT count(*) FROM events").fetchone()
+        assert collect(db, Window()).totals.events == 15  # inside the caller's own transaction
+        assert db.conn.in_transaction
+        db.execute("COMMIT")
+    finally:
+        db.close()
