@@ -328,7 +328,8 @@ def render(report: Report) -> str:
     ]
     if report.deliveries is not None:
         counts = ", ".join(f"{v} {k}" for k, v in report.deliveries.items())
-        lines.append(f"deliveries received in this period: {counts}")
+        period = " received in this period" if w.since or w.until else ""
+        lines.append(f"deliveries{period}: {counts}")
     lines += ["", "Events by type and result"]
     lines += _table(
         ("event type", "result", "events", "attempts", "duration s", "billed"),
