@@ -30,6 +30,9 @@ log = logging.getLogger("mailhook.smtp")
 IDENT = "ESMTP mailhook"
 RETRY_LATER = "451 4.3.0 Storage temporarily unavailable, please try again later"
 SHUTTING_DOWN = b"421 4.3.2 Service shutting down, please try again later\r\n"
+# Replies that refuse something, by prefix, and the reason `mailhook_rejected_total` counts them under.
+REFUSALS = {"550 5.1.1": "recipient", "550 5.7.1": "sender", "552": "too_large", "535": "unauthorized",
+            "530": "unauthenticated"}
 
 
 def matches(address: str, patterns: tuple[str, ...]) -> bool:
@@ -119,7 +122,7 @@ class Connection(SMTP):
     def __init__(self, door: SmtpDoor, handler: Handler, **kwargs: Any) -> None:
         # RFC 5321 allows 1000 octets per line, but a notification email that
         # breaks it must still be stored rather than bounced, so accept long lines.
-        self.line_length_limit = min(door.settings.max_message_size, 1 << 20)
+        self.line_length_limit = max(SMTP.line_length_limit, min(door.settings.max_message_size, 1 << 20))
         self.door = door
         self.peer_ip = "-"
         self.admitted = False
@@ -163,8 +166,17 @@ class Connection(SMTP):
             transport.write(reply)
             transport.close()
 
+    async def push(self, status: Any) -> None:
+        """Send a reply, counting refusals in the metrics."""
+        text = status if isinstance(status, str) else status.decode("utf-8", "replace")
+        for prefix, reason in REFUSALS.items():
+            if text.startswith(prefix):
+                self.door.runtime.metrics.on_rejected("smtp", reason)
+        await super().push(status)
+
     def _timeout_cb(self) -> None:
         log.info("timeout peer=%s", self.peer_ip)
+        self.door.runtime.metrics.on_rejected("smtp", "timeout")
         self.say_goodbye(b"421 4.4.2 Timeout, closing connection\r\n")
 
     @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
@@ -261,9 +273,11 @@ class SmtpDoor:
             return SHUTTING_DOWN
         if len(self.sessions) >= self.settings.max_sessions:
             log.warning("refused connection peer=%s: %d sessions open", conn.peer_ip, len(self.sessions))
+            self.runtime.metrics.on_rejected("smtp", "too_many_sessions")
             return b"421 4.3.2 Too many connections, please try again later\r\n"
         if self.per_ip[conn.peer_ip] >= self.settings.max_per_ip:
             log.warning("refused connection peer=%s: too many sessions from it", conn.peer_ip)
+            self.runtime.metrics.on_rejected("smtp", "too_many_from_address")
             return b"421 4.7.0 Too many connections from your address, please try again later\r\n"
         self.sessions.add(conn)
         self.per_ip[conn.peer_ip] += 1

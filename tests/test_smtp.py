@@ -269,3 +269,20 @@ def test_lines_longer_than_rfc_5321_allows_are_stored_unchanged(server: Runtime)
     with client(server) as smtp:
         smtp.sendmail("a@callfire.com", ["ops@example.com"], raw)
     assert rows(_db(server), "SELECT raw FROM deliveries") == [(raw,)]
+
+
+def test_refusals_are_counted_in_the_metrics_by_reason(start_server: StartServer) -> None:
+    runtime = start_server(smtp={"accept": ("ops@example.com",), "senders": ("@callfire.com",),
+                                 "max_message_size": 1000, "max_per_ip": 1})
+    with client(runtime) as smtp:
+        smtp.ehlo()
+        assert smtp.mail("x@elsewhere.test")[0] == 550
+        assert smtp.mail("a@callfire.com")[0] == 250
+        assert smtp.rcpt("nobody@example.com")[0] == 550
+        assert smtp.rcpt("ops@example.com")[0] == 250
+        assert smtp.data((b"x" * 70 + b"\r\n") * 30)[0] == 552
+        with pytest.raises(smtplib.SMTPConnectError):
+            client(runtime)
+    text = runtime.metrics.render().decode()
+    for reason in ("sender", "recipient", "too_large", "too_many_from_address"):
+        assert f'mailhook_rejected_total{{channel="smtp",reason="{reason}"}} 1.0' in text
