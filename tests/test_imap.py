@@ -309,8 +309,8 @@ def test_too_large_message_is_skipped_and_left(server: dovecot.Dovecot, tmp_path
 
 
 def test_every_fixture_email_arrives_intact(server: dovecot.Dovecot, tmp_path: Path) -> None:
-    # IMAP carries lines ending in CRLF; the files mostly end them in LF.
-    emails = [re.sub(rb"\r?\n", b"\r\n", path.read_bytes()) for path in sorted(FIXTURES.glob("*.eml"))]
+    shapes = fixture_emails()
+    emails = [raw for raw, _ in shapes]
     assert emails
     server.append("INBOX", *emails)
     db = tmp_path / "m.db"
@@ -320,11 +320,7 @@ def test_every_fixture_email_arrives_intact(server: dovecot.Dovecot, tmp_path: P
     assert sorted(sha for sha, _ in stored) == sorted(hashlib.sha256(raw).hexdigest() for raw in emails)
     quarantined = {sha for sha, status in stored if status == "quarantined"}
     assert {hashlib.sha256(raw).hexdigest() for raw, _ in server.messages(QUARANTINE).values()} == quarantined
-    expected_quarantined = {
-        hashlib.sha256(raw).hexdigest()
-        for raw, path in zip(emails, sorted(FIXTURES.glob("*.eml")), strict=True)
-        if json.loads(path.with_suffix(".expected.json").read_text())["quarantined"]
-    }
+    expected_quarantined = {hashlib.sha256(raw).hexdigest() for raw, bad in shapes if bad}
     assert quarantined == expected_quarantined
     keys = {event.dedupe_key for raw in emails for event in extract(raw, "email", {}).events}
     assert {key for (key,) in rows(db, "SELECT dedupe_key FROM events")} == keys
@@ -381,9 +377,22 @@ def _wait_until(predicate: Any, timeout: float = WAIT) -> bool:
     return True
 
 
+def fixture_emails() -> list[tuple[bytes, bool]]:
+    """Return every fixture email as IMAP carries it (CRLF lines), each with whether it is quarantined."""
+    return [
+        (re.sub(rb"\r?\n", b"\r\n", path.read_bytes()),
+         bool(json.loads(path.with_suffix(".expected.json").read_text())["quarantined"]))
+        for path in sorted(FIXTURES.glob("*.eml"))
+    ]
+
+
 def test_mailhook_imap_killed_at_random_stores_every_message_once(server: dovecot.Dovecot, tmp_path: Path) -> None:
-    total = 60
-    server.append("INBOX", *(notification(n) for n in range(total)))
+    # Emails of every shape, some there before the first start, the rest arriving between kills.
+    shapes = fixture_emails()
+    emails = [raw for raw, _ in shapes] + [notification(n) for n in range(40)]
+    random.Random(3).shuffle(emails)
+    batches = [emails[:35], *(emails[35 + 12 * i:35 + 12 * (i + 1)] for i in range(4))]
+    assert sum(map(len, batches)) == len(emails)
     db, killed, log = tmp_path / "m.db", tmp_path / "killed.log", tmp_path / "mailhook.log"
     rng = random.Random(5)
 
@@ -397,10 +406,14 @@ def test_mailhook_imap_killed_at_random_stores_every_message_once(server: doveco
             database.conn.close()
         return count(db, "SELECT count(*) FROM deliveries") if created else 0
 
-    for _ in range(4):
-        target = min(total, stored() + rng.randint(1, 12))
+    server.append("INBOX", *batches[0])
+    appended = len(batches[0])
+    for batch in batches[1:]:
+        target = min(appended, stored() + rng.randint(1, 12))
         process = _mailhook(db, server, killed)
         try:
+            server.append("INBOX", *batch)
+            appended += len(batch)
             assert _wait_until(lambda: stored() >= target)  # noqa: B023 - used before the loop moves on
             if rng.random() < 0.5:
                 time.sleep(rng.random() * 0.02)  # land the kill anywhere between commit and move
@@ -410,16 +423,20 @@ def test_mailhook_imap_killed_at_random_stores_every_message_once(server: doveco
     process = _mailhook(db, server, log)
     try:
         assert _wait_until(lambda: ": watching" in log.read_text())  # SIGTERM is handled from here on
-        assert _wait_until(lambda: stored() >= total)
+        assert _wait_until(lambda: stored() >= len(emails))
         assert _wait_until(lambda: server.messages("INBOX") == {})
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(WAIT) == 0
-    assert count(db, "SELECT count(*) FROM deliveries") == total
-    assert count(db, "SELECT count(DISTINCT message_id) FROM deliveries") == total
-    assert count(db, "SELECT count(*) FROM events") == total
+    assert count(db, "SELECT count(*) FROM deliveries") == len(emails)
+    assert count(db, "SELECT count(DISTINCT message_id) FROM deliveries") == len(emails)
+    keys = {event.dedupe_key for raw in emails for event in extract(raw, "email", {}).events}
+    assert {key for (key,) in rows(db, "SELECT dedupe_key FROM events")} == keys
+    assert count(db, "SELECT count(*) FROM events") == len(keys)
+    quarantined = sorted(raw for raw, bad in shapes if bad)
+    assert sorted(raw for raw, _ in server.messages(QUARANTINE).values()) == quarantined
     assert sorted(raw for raw, _ in server.messages(PROCESSED).values()) == sorted(
-        notification(n) for n in range(total)
+        raw for raw in emails if raw not in quarantined
     )
     assert server.password not in killed.read_text() + log.read_text()
 
