@@ -197,7 +197,7 @@ def test_a_message_not_finished_within_the_data_timeout_is_dropped_with_421(star
 
 
 def test_timeouts_do_not_cancel_a_message_already_being_stored(start_server: StartServer) -> None:
-    runtime = start_server(smtp={"data_timeout": 0.3, "idle_timeout": 0.3}, storage={"busy_timeout": 30})
+    runtime = start_server(smtp={"data_timeout": 0.8, "idle_timeout": 0.8}, storage={"busy_timeout": 30})
     result: list[tuple[int, bytes]] = []
     with client(runtime) as smtp:
         smtp.ehlo()
@@ -207,7 +207,7 @@ def test_timeouts_do_not_cancel_a_message_already_being_stored(start_server: Sta
             sender = threading.Thread(target=lambda: result.append(smtp.data(notification(7))))
             sender.start()
             # Keep the store waiting on the lock for several timeout periods.
-            sender.join(timeout=1.2)
+            sender.join(timeout=2.5)
         sender.join(timeout=30)
     assert result and result[0][0] == 250, result
     assert rows(_db(runtime), "SELECT count(*) FROM events") == [(1,)]
