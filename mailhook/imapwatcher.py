@@ -1,0 +1,400 @@
+"""The folder watcher: one thread that stores a folder's new messages, then moves or flags them."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import select
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from imapclient import IMAPClient
+from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError
+
+from mailhook.errors import RetryLater
+from mailhook.imapaccount import READ_TIMEOUT, Account, Backoff, connect
+from mailhook.ingest import Pipeline
+from mailhook.models import Checkpoint, Delivery
+from mailhook.store import Writer, utcnow
+
+log = logging.getLogger("mailhook.imap")
+
+STOP_GRACE = 10.0
+FETCH_BYTES = 16 * 1024 * 1024  # most message bytes asked for in one FETCH
+FETCH_COUNT = 100
+SEEN = b"\\Seen"
+DELETED = b"\\Deleted"
+
+
+class Watcher:
+    """Watches one folder in a thread of its own: store new messages, then move or flag them.
+
+    The public attributes describe progress for operators and tests; every
+    change is announced on a condition that `wait_for` waits on.
+    """
+
+    def __init__(self, account: Account, folder: str, pipeline: Pipeline, writer: Writer) -> None:
+        self.account = account
+        self.folder = folder
+        self.pipeline = pipeline
+        self.writer = writer
+        self.sessions = 0
+        self.stored = 0
+        self.waiting = False
+        self.idling = False
+        self.errors: collections.deque[str] = collections.deque(maxlen=100)
+        self.delays: collections.deque[float] = collections.deque(maxlen=100)
+        self._changed = threading.Condition()
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._client: IMAPClient | None = None
+        self._backoff = Backoff(account.settings.reconnect_delay, account.settings.reconnect_max)
+        self._too_large: set[tuple[int, int]] = set()
+        self._caps: frozenset[bytes] = frozenset()
+        self._thread = threading.Thread(target=self._run, name=f"mailhook-imap-{folder}", daemon=True)
+        self._where = account.url(folder)
+
+    def start(self) -> None:
+        """Start the watcher thread."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the thread to finish the message in hand and log out; interrupts IDLE at once."""
+        self._stop.set()
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+
+    def join(self, timeout: float = STOP_GRACE) -> bool:
+        """Wait for the thread; past `timeout`, cut its connection and wait briefly. Return True if it ended."""
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("%s: still busy after %.0fs; closing its connection", self._where, timeout)
+            client = self._client
+            if client is not None:
+                with contextlib.suppress(OSError):
+                    socket.socket.shutdown(client.socket(), socket.SHUT_RDWR)
+            self._thread.join(5.0)
+        ended = not self._thread.is_alive()
+        if ended:
+            self._wake_r.close()
+            self._wake_w.close()
+        return ended
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait until `predicate()` holds (checked on every change of state); False on timeout."""
+        with self._changed:
+            return self._changed.wait_for(predicate, timeout)
+
+    def _announce(self, **changes: Any) -> None:
+        with self._changed:
+            for name, value in changes.items():
+                setattr(self, name, value)
+            self._changed.notify_all()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client = connect(self.account)
+            except LoginError as exc:
+                self._failed(f"login failed: {_text(exc)}; check imap.user and the password "
+                             "(hosted mail needs an app password)", logging.ERROR)
+                continue
+            except ssl.SSLCertVerificationError as exc:
+                self._failed(f"certificate not trusted: {exc.verify_message}; set imap.ca_file "
+                             "to trust a private CA", logging.ERROR)
+                continue
+            except (OSError, IMAPClientError) as exc:
+                if not self._stop.is_set():
+                    self._failed(f"cannot connect: {_text(exc)}", logging.WARNING)
+                continue
+            self._client = client
+            try:
+                self._session(client)
+            except RetryLater as exc:
+                self._failed(f"{exc}; messages stay on the server", logging.WARNING)
+            except (OSError, IMAPClientAbortError) as exc:
+                if not self._stop.is_set():
+                    self._failed(f"connection lost: {_text(exc)}", logging.WARNING)
+            except IMAPClientError as exc:
+                self._failed(f"server refused: {_text(exc)}", logging.ERROR)
+            except Exception as exc:  # a bug must not kill the thread: log it, back off, retry
+                log.exception("%s: unexpected error", self._where)
+                self._failed(f"unexpected error: {type(exc).__name__}", logging.ERROR)
+            finally:
+                self._client = None
+                self._announce(waiting=False, idling=False)
+                _close(client)
+        log.info("%s: stopped", self._where)
+
+    def _failed(self, reason: str, level: int) -> None:
+        """Log one line for the failure and wait the next backoff delay (or until stopped)."""
+        delay = self._backoff.next()
+        log.log(level, "%s: %s; reconnecting in %.1fs", self._where, reason, delay)
+        with self._changed:
+            self.errors.append(reason)
+            self.delays.append(delay)
+            self._changed.notify_all()
+        self._stop.wait(delay)
+
+    def _session(self, client: IMAPClient) -> None:
+        imap = self.account.settings
+        self._caps = frozenset(c.upper() for c in client.capabilities())
+        delimiter = _delimiter(client)
+        folder = _server_name(self.folder, delimiter)
+        targets = {
+            "processed": _server_name(imap.move_to, delimiter) if imap.action == "move" else "",
+            "quarantined": _server_name(imap.quarantine_folder, delimiter) if imap.action != "leave" else "",
+        }
+        for target in set(targets.values()) - {""}:
+            _ensure_folder(client, target)
+        info = client.select_folder(folder, readonly=imap.action == "leave")
+        uidvalidity = int(info[b"UIDVALIDITY"])
+        last = self._resume_after(uidvalidity)
+        idle = b"IDLE" in self._caps
+        self._announce(sessions=self.sessions + 1)
+        log.info("%s: watching (UIDVALIDITY %d, after UID %d, %s)", self._where, uidvalidity, last,
+                 "IDLE" if idle else f"polling every {imap.poll_interval:g}s")
+        if last:
+            self._settle(client, uidvalidity, last, targets)
+        while not self._stop.is_set():
+            last = self._store_new(client, uidvalidity, last, targets)
+            if self._stop.is_set():
+                break
+            self._backoff.reset()
+            if idle:
+                self._idle(client)
+            else:
+                self._announce(waiting=True)
+                self._stop.wait(imap.poll_interval)
+                self._announce(waiting=False)
+                if not self._stop.is_set():
+                    client.noop()
+
+    def _resume_after(self, uidvalidity: int) -> int:
+        """Return the last stored UID of this folder, or 0 to (re)scan it from the start."""
+        checkpoint = self.writer.committed_checkpoint(self.account.key, self.folder)
+        if checkpoint is None:
+            return 0
+        if checkpoint.uidvalidity != uidvalidity:
+            log.warning("%s: UIDVALIDITY changed from %d to %d; rescanning the folder "
+                        "(messages already stored are recognised by Message-ID)",
+                        self._where, checkpoint.uidvalidity, uidvalidity)
+            return 0
+        return checkpoint.uid
+
+    def _store_new(self, client: IMAPClient, uidvalidity: int, last: int, targets: Mapping[str, str]) -> int:
+        """Store every message after UID `last` in UID order, act on them; return the new last UID."""
+        # UID SEARCH n:* always matches the highest UID, even when it is below n.
+        uids = sorted(uid for uid in client.search(["UID", f"{last + 1}:*"]) if uid > last)
+        if not uids:
+            return last
+        sizes = self._sizes(client, uids)
+        wanted = []
+        for uid in uids:
+            if sizes.get(uid, 0) > self.account.max_size:
+                self._skip_too_large(uidvalidity, uid, sizes[uid])
+            elif uid in sizes:
+                wanted.append(uid)
+        for chunk in _chunks(wanted, sizes):
+            if self._stop.is_set():
+                break
+            fetched = client.fetch(chunk, ["BODY.PEEK[]"])
+            outcome: dict[int, str] = {}
+            try:
+                for uid in chunk:
+                    if self._stop.is_set():
+                        break
+                    raw = fetched.get(uid, {}).get(b"BODY[]")
+                    if raw is None:
+                        continue  # expunged by someone else meanwhile
+                    outcome[uid] = self._store(bytes(raw), uidvalidity, uid)
+            finally:
+                if outcome:
+                    last = max(outcome)
+                    self._act(client, outcome, targets)
+        if not self._stop.is_set():
+            last = max(last, uids[-1])  # past skipped messages too, so they are not searched again
+        return last
+
+    def _store(self, raw: bytes, uidvalidity: int, uid: int) -> str:
+        delivery = Delivery(
+            channel="imap",
+            raw=raw,
+            received_at=utcnow(),
+            kind="email",
+            source=self.account.url(self.folder, uidvalidity, uid),
+            checkpoint=Checkpoint(self.account.key, self.folder, uidvalidity, uid),
+        )
+        receipt = self.pipeline.ingest(delivery)
+        self._announce(stored=self.stored + 1)
+        return receipt.status
+
+    def _sizes(self, client: IMAPClient, uids: Sequence[int]) -> dict[int, int]:
+        sizes: dict[int, int] = {}
+        for start in range(0, len(uids), 1000):
+            for uid, data in client.fetch(uids[start:start + 1000], ["RFC822.SIZE"]).items():
+                sizes[uid] = int(data.get(b"RFC822.SIZE", 0))
+        return sizes
+
+    def _skip_too_large(self, uidvalidity: int, uid: int, size: int) -> None:
+        if (uidvalidity, uid) not in self._too_large:
+            self._too_large.add((uidvalidity, uid))
+            log.warning("%s: skipped, %d bytes is over the limit of %d",
+                        self.account.url(self.folder, uidvalidity, uid), size, self.account.max_size)
+
+    def _settle(self, client: IMAPClient, uidvalidity: int, last: int, targets: Mapping[str, str]) -> None:
+        """Move or flag messages stored by an earlier run that stopped before acting on them."""
+        action = self.account.settings.action
+        if action == "leave":
+            return
+        criteria: list[str] = ["UID", f"1:{last}"] + (["UNSEEN"] if action == "seen" else [])
+        uids = sorted(uid for uid in client.search(criteria) if uid <= last)
+        if not uids:
+            return
+        sizes = self._sizes(client, uids)
+        uids = [uid for uid in uids if 0 < sizes.get(uid, 0) <= self.account.max_size]
+        sources = {self.account.url(self.folder, uidvalidity, uid): uid for uid in uids}
+        names = list(sources)
+        quarantined: set[str] = set()
+        for start in range(0, len(names), 500):
+            quarantined |= self.writer.quarantined_sources(names[start:start + 500])
+        outcome = {uid: "quarantined" if url in quarantined else "stored" for url, uid in sources.items()}
+        log.info("%s: acting on %d messages stored before the last stop", self._where, len(outcome))
+        self._act(client, outcome, targets)
+
+    def _act(self, client: IMAPClient, outcome: Mapping[int, str], targets: Mapping[str, str]) -> None:
+        """Move or flag messages whose deliveries are committed (never before)."""
+        action = self.account.settings.action
+        if action == "leave":
+            return
+        quarantine = targets["quarantined"]
+        quarantined = sorted(uid for uid, status in outcome.items() if status == "quarantined" and quarantine)
+        processed = sorted(uid for uid in outcome if uid not in quarantined)
+        if quarantined:
+            self._move(client, quarantined, quarantine)
+        if processed and action == "move":
+            self._move(client, processed, targets["processed"])
+        elif processed and action == "seen":
+            client.add_flags(processed, [SEEN], silent=True)
+
+    def _move(self, client: IMAPClient, uids: list[int], folder: str) -> None:
+        if b"MOVE" in self._caps:
+            client.move(uids, folder)
+            return
+        # Without MOVE a crash between COPY and EXPUNGE leaves a copy behind; the next run copies again.
+        client.copy(uids, folder)
+        client.add_flags(uids, [DELETED], silent=True)
+        if b"UIDPLUS" in self._caps:
+            client.uid_expunge(uids)
+        else:
+            client.expunge()
+
+    def _idle(self, client: IMAPClient) -> None:
+        """Wait in IDLE until new mail, a stop, or the re-issue timeout; then leave IDLE."""
+        client.idle()
+        self._announce(waiting=True, idling=True)
+        try:
+            deadline = time.monotonic() + self.account.settings.idle_timeout
+            while not self._stop.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or _pending(client):
+                    break
+                readable, _, _ = select.select([client.socket(), self._wake_r], [], [], remaining)
+                if self._wake_r in readable:
+                    with contextlib.suppress(OSError):
+                        self._wake_r.recv(64)
+                    continue
+                if readable:
+                    responses = client.idle_check(timeout=0)
+                    # Nothing parsed from a readable socket means EOF; idle_done() then raises.
+                    if not responses or any(_wakes(r) for r in responses):
+                        break
+        finally:
+            self._announce(waiting=False, idling=False)
+        client.idle_done()
+
+
+def _pending(client: IMAPClient) -> bool:
+    """Say whether server data already waits in a read buffer, where select() cannot see it.
+
+    The server may send EXISTS right behind its IDLE continuation, in one packet
+    that imaplib's buffered reader swallows whole.
+    """
+    sock = client.socket()
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True
+    sock.setblocking(False)
+    try:
+        return bool(client._imap.file.peek(1))
+    except (OSError, ValueError):
+        return False  # nothing buffered and nothing (complete) on the socket yet
+    finally:
+        sock.settimeout(READ_TIMEOUT)
+
+
+def _wakes(response: Any) -> bool:
+    """Say whether an untagged IDLE response means new mail or a closing connection."""
+    if not isinstance(response, tuple) or not response:
+        return False
+    return response[0] == b"BYE" or (len(response) > 1 and response[1] == b"EXISTS")
+
+
+def _chunks(uids: Sequence[int], sizes: Mapping[int, int]) -> Iterator[list[int]]:
+    chunk: list[int] = []
+    total = 0
+    for uid in uids:
+        if chunk and (total + sizes[uid] > FETCH_BYTES or len(chunk) >= FETCH_COUNT):
+            yield chunk
+            chunk, total = [], 0
+        chunk.append(uid)
+        total += sizes[uid]
+    if chunk:
+        yield chunk
+
+
+def _delimiter(client: IMAPClient) -> str | None:
+    with contextlib.suppress(IMAPClientError, IndexError):
+        delimiter = client.list_folders("", "")[0][1]
+        if delimiter:
+            return delimiter.decode() if isinstance(delimiter, bytes) else str(delimiter)
+    return None
+
+
+def _server_name(name: str, delimiter: str | None) -> str:
+    """Translate a configured folder name, with / between levels, into the server's hierarchy."""
+    if not name or delimiter is None or delimiter == "/":
+        return name
+    return name.replace("/", delimiter)
+
+
+def _ensure_folder(client: IMAPClient, name: str) -> None:
+    if client.folder_exists(name):
+        return
+    try:
+        client.create_folder(name)
+    except IMAPClientError:
+        if not client.folder_exists(name):  # another client may have created it meanwhile
+            raise
+    log.info("created folder %s", name)
+    with contextlib.suppress(IMAPClientError):
+        client.subscribe_folder(name)
+
+
+def _close(client: IMAPClient) -> None:
+    try:
+        client.logout()
+    except Exception:  # noqa: BLE001 - the connection may be gone already; just release the socket
+        with contextlib.suppress(Exception):
+            client.shutdown()
+
+
+def _text(exc: BaseException) -> str:
+    text = str(exc)
+    if text.startswith("b'") or text.startswith('b"'):
+        text = text[2:-1]
+    return text or type(exc).__name__
