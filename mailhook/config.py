@@ -447,9 +447,6 @@ def check_files(settings: Settings, env: Mapping[str, str]) -> list[str]:
     ):
         if path is not None and not os.access(path, os.R_OK):
             problems.append(f"{key}: cannot read {path}")
-    folder = settings.database(env).parent
-    if not folder.is_dir():
-        problems.append(f"storage.db: directory {folder} does not exist")
     return problems
 
 

@@ -48,6 +48,10 @@ def run_check_config(args: argparse.Namespace, settings: Settings, env: Mapping[
     problems = check_files(effective.settings, env)
     for problem in problems:
         print(f"mailhook: configuration error: {problem}", file=sys.stderr)
+    folder = effective.settings.database(env).parent
+    if not folder.is_dir():
+        # Not an error: systemd's StateDirectory= creates it when the service starts.
+        print(f"mailhook: note: storage.db: directory {folder} does not exist yet", file=sys.stderr)
     return EX_CONFIG if problems else EX_OK
 
 

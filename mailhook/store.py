@@ -23,8 +23,8 @@ from typing import Any
 
 import sqlite_utils
 
-from mailhook.errors import RetryLater
-from mailhook.models import Checkpoint, Delivery, Extraction, Receipt, to_json
+from mailhook.errors import ConfigError, RetryLater
+from mailhook.models import Checkpoint, Delivery, Extraction, Receipt, Status, to_json
 from mailhook.schema import ATTEMPT_COLUMNS, EVENT_COLUMNS, MIGRATIONS
 
 log = logging.getLogger("mailhook.store")
@@ -58,7 +58,12 @@ def connect(path: str | Path, *, busy_timeout: float = 5.0, readonly: bool = Fal
             f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, timeout=busy_timeout, check_same_thread=False
         )
     else:
-        conn = sqlite3.connect(str(path), timeout=busy_timeout, check_same_thread=False, isolation_level=None)
+        if not Path(path).parent.is_dir():
+            raise ConfigError(f"storage.db: directory {Path(path).parent} does not exist")
+        try:
+            conn = sqlite3.connect(str(path), timeout=busy_timeout, check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise RetryLater(f"cannot open database {path}: {exc}") from exc
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         # After a checkpoint resets the WAL, shrink the file back instead of keeping its peak size.
@@ -290,8 +295,9 @@ class Store:
             old_status, old_new = conn.execute(
                 "SELECT status, event_count FROM deliveries WHERE id = ?", (delivery_id,)
             ).fetchone()
+            status: Status
             if extraction.reason:
-                status, error = old_status if old_status == "duplicate" else "quarantined", extraction.reason
+                status, error = ("duplicate" if old_status == "duplicate" else "quarantined"), extraction.reason
             else:
                 status, error = ("stored" if new or old_new else "duplicate"), None
             conn.execute(
@@ -344,7 +350,7 @@ def _kind(channel: str, raw: bytes) -> str:
     return "document" if raw.lstrip()[:1] in (b"<", b"{", b"[") else "email"
 
 
-def _status(extraction: Extraction, *, seen: bool, new: int, duplicates: int) -> str:
+def _status(extraction: Extraction, *, seen: bool, new: int, duplicates: int) -> Status:
     if extraction.reason:
         return "duplicate" if seen else "quarantined"
     if new == 0 and (seen or duplicates):
