@@ -25,7 +25,18 @@ from pathlib import Path
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
 
-from common import HOST, ROOT, Table, free_port, machine, mailhook_serve, median, stop, wait_port  # noqa: E402
+from common import (  # noqa: E402
+    HOST,
+    ROOT,
+    Table,
+    cpu_seconds,
+    free_port,
+    machine,
+    mailhook_serve,
+    median,
+    stop,
+    wait_port,
+)
 from corpus import Generator  # noqa: E402
 
 SESSIONS = 8
@@ -70,6 +81,8 @@ def bench(messages: int, repeats: int, workdir: Path) -> Table:
         subprocess.Popen([SMTP_SINK, "-u", "nobody", f"{HOST}:{ports['smtp-sink']}", "256"]),
     ]
     results: dict[tuple[str, bool], list[float]] = {}
+    cpu: dict[tuple[str, bool], list[float]] = {}
+    pids = dict(zip(ports, (proc.pid for proc in servers), strict=True))
     try:
         for port in ports.values():
             wait_port(port)
@@ -81,8 +94,11 @@ def bench(messages: int, repeats: int, workdir: Path) -> Table:
                     path.write_bytes(gen.message().replace(b"\n", b"\r\n"))
                     files.append(path)
                 for name, port in ports.items():
+                    before = cpu_seconds(pids[name])
                     rate = blast(port, files, per_session, persistent=persistent)
+                    used = cpu_seconds(pids[name]) - before
                     results.setdefault((name, persistent), []).append(rate)
+                    cpu.setdefault((name, persistent), []).append(used / (per_session * SESSIONS) * 1000)
                     shape = "persistent" if persistent else "per-connection"
                     print(f"  round {round_ + 1} {shape:>14} {name:>15}: {rate:8,.0f} msgs/s", file=sys.stderr)
     finally:
@@ -97,11 +113,11 @@ def bench(messages: int, repeats: int, workdir: Path) -> Table:
         noop = median(results[("no-op aiosmtpd", persistent)])
         for name in ports:
             rate = median(results[(name, persistent)])
-            note = ""
+            note = f"server CPU {median(cpu[(name, persistent)]):.2f} ms/msg"
             if name == "mailhook":
                 ratio = rate / noop
                 verdict = "meets" if ratio >= 0.7 else "MISSES"
-                note = f"{ratio:.2f}x the no-op server ({verdict} 0.7x target)"
+                note += f"; {ratio:.2f}x the no-op server ({verdict} 0.7x target)"
             table.add(f"smtp {shape}: {name}", f"{rate:,.0f}/s", note)
     shutil.rmtree(tmp, ignore_errors=True)
     return table

@@ -9,7 +9,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -17,7 +17,7 @@ from typing import BinaryIO
 from mailhook.config import Settings
 from mailhook.errors import RetryLater, TooLarge
 from mailhook.extract import extract
-from mailhook.ingest import Pipeline, log_delivery
+from mailhook.ingest import Pipeline, extraction_pool, log_delivery
 from mailhook.models import Delivery, Extraction, Kind, Receipt
 from mailhook.store import Writer, utcnow
 
@@ -234,9 +234,6 @@ _CHUNK = 64
 
 def _extraction_pool(paths: list[str]) -> Executor | None:
     """Return a process pool for extraction when the input is large and there is a second core."""
-    workers = len(os.sched_getaffinity(0))
-    if workers < 2:
-        return None
     total = 0
     for name in paths:
         path = Path(name)
@@ -247,13 +244,7 @@ def _extraction_pool(paths: list[str]) -> Executor | None:
                 total += path.stat().st_size
         except OSError:
             continue
-    if total < _PARALLEL_BYTES:
-        return None
-    import multiprocessing
-
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
-    pool.submit(int).result()  # start the workers now, while this process has no other thread
-    return pool
+    return extraction_pool() if total >= _PARALLEL_BYTES else None
 
 
 def _extract_chunk(chunk: list[tuple[bytes, Kind]], subscriptions: Mapping[int, str]) -> list[Extraction]:

@@ -8,10 +8,15 @@ by then the raw bytes and the extracted events are committed together.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import logging
+import multiprocessing
+import os
+import signal
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 from mailhook.errors import RetryLater
@@ -80,6 +85,31 @@ class Pipeline:
         log_delivery(delivery, receipt, elapsed)
         for listener in self.listeners:
             listener(delivery, receipt, elapsed)
+
+
+def extraction_pool(workers: int | None = None) -> Executor | None:
+    """Start a pool of extraction processes, one per usable core, or return None on a single core.
+
+    Call it before any other thread starts: the workers are forked, and a fork
+    copies only the calling thread, so no worker may inherit a lock held mid-use.
+    """
+    count = workers if workers is not None else len(os.sched_getaffinity(0))
+    if count < 2:
+        return None
+    pool = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("fork"), initializer=_worker_init)
+    for future in [pool.submit(int) for _ in range(count)]:
+        future.result()  # fork every worker now, from this thread
+    return pool
+
+
+def _worker_init() -> None:
+    # A worker must not outlive mailhook when it is killed (kill -9 leaves no chance to stop the pool).
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() == 1:
+        os._exit(0)
+    # Ctrl-C reaches the whole process group; the parent decides when workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def log_delivery(delivery: Delivery, receipt: Receipt | None, elapsed: float) -> None:

@@ -166,3 +166,26 @@ def test_ingest_refuses_input_over_the_size_limit_with_65(tmp_path: Path, size: 
     result = run("ingest", "--db", str(db), "--max-message-size", str(size), "-", stdin=message)
     expected = 65 if len(message) > size else 0
     assert result.returncode == expected
+
+
+def test_a_large_mbox_extracted_in_parallel_is_stored_in_order_as_one_process_would(tmp_path: Path) -> None:
+    # Over a megabyte of input goes through the extraction pool on a machine with two cores or more.
+    mbox = tmp_path / "big.mbox"
+    unique = 1500
+    with mbox.open("wb") as fh:
+        for n in range(unique + 100):
+            text = TEXT_XML.replace(b'<Text id="11111111111">', b'<Text id="%d">' % (50_000_000_000 + n % unique))
+            message = notification_email(f"<big-{n % unique}@callfire.test>", text)
+            fh.write(b"From callfire@example.com Fri Nov 27 10:00:00 2026\n" + message + b"\n\n")
+    mbox.write_bytes(mbox.read_bytes() + b"From x Fri Nov 27 10:00:00 2026\nSubject: no notification\n\nhello\n")
+    assert mbox.stat().st_size > 1 << 20
+    db = tmp_path / "m.db"
+    result = run("ingest", "--db", str(db), str(mbox))
+    assert result.returncode == 0, result.stderr
+    assert count(db, "SELECT count(*) FROM deliveries") == unique + 101
+    assert count(db, "SELECT count(*) FROM events") == unique
+    # Deliveries are stored in mbox order, each with the outcome a serial run gives it.
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT id, source, status FROM deliveries ORDER BY id").fetchall()
+    assert [int(source.rpartition("#")[2]) for _, source, _ in rows] == list(range(1, unique + 102))
+    assert [status for _, _, status in rows] == ["stored"] * unique + ["duplicate"] * 100 + ["quarantined"]
