@@ -148,4 +148,5 @@ def machine() -> str:
         if line.startswith("model name"):
             model = line.split(":", 1)[1].strip()
             break
-    return f"{model}, {os.cpu_count()} cores, Python {sys.version.split()[0]}"
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    return f"{model}, {os.cpu_count()} cores, Python {sys.version.split()[0]}, load average {load} at start"
