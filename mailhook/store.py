@@ -58,8 +58,12 @@ def connect(path: str | Path, *, busy_timeout: float = 5.0, readonly: bool = Fal
             f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, timeout=busy_timeout, check_same_thread=False
         )
     else:
-        if not Path(path).parent.is_dir():
-            raise ConfigError(f"storage.db: directory {Path(path).parent} does not exist")
+        folder = Path(path).parent
+        try:
+            # Run by hand before systemd ever created the StateDirectory; systemd adopts it later.
+            folder.mkdir(mode=0o750, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"storage.db: cannot create directory {folder}: {exc.strerror}") from None
         try:
             conn = sqlite3.connect(str(path), timeout=busy_timeout, check_same_thread=False, isolation_level=None)
         except sqlite3.Error as exc:

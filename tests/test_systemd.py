@@ -161,10 +161,12 @@ def test_serve_never_says_ready_when_the_database_cannot_open(
     tmp_path: Path, notify_socket: tuple[socket.socket, str]
 ) -> None:
     sock, path = notify_socket
-    env = serve_env(tmp_path, NOTIFY_SOCKET=path, MAILHOOK_DB=str(tmp_path / "missing" / "dir" / "m.db"))
+    (tmp_path / "a-file").write_text("not a directory")
+    env = serve_env(tmp_path, NOTIFY_SOCKET=path, MAILHOOK_DB=str(tmp_path / "a-file" / "m.db"))
     result = subprocess.run([sys.executable, "-m", "mailhook", "serve"], env=env, cwd=tmp_path,
                             capture_output=True, timeout=60, check=False)
-    assert result.returncode != 0
+    assert result.returncode == 78
+    assert b"storage.db" in result.stderr
     sock.setblocking(False)
     messages = []
     while True:
