@@ -146,11 +146,21 @@ def _lazy(module: str, name: str) -> Command:
     return run
 
 
-def configure_logging(settings: Settings) -> None:
+def configure_logging(settings: Settings, env: Mapping[str, str] | None = None) -> None:
     """Send logs to stderr, one line per record, at the configured level."""
     from mailhook.logs import setup
 
-    setup(settings.log.level, settings.log.format)
+    setup(settings.log.level, settings.log.format, journal=env is not None and _stderr_is_journal(env))
+
+
+def _stderr_is_journal(env: Mapping[str, str]) -> bool:
+    """Say whether stderr is journald's stream ($JOURNAL_STREAM names its device:inode)."""
+    try:
+        device, inode = (int(part) for part in env.get("JOURNAL_STREAM", "").split(":"))
+        stat = os.fstat(sys.stderr.fileno())
+    except (ValueError, OSError, AttributeError):
+        return False
+    return (stat.st_dev, stat.st_ino) == (device, inode)
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
@@ -166,7 +176,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     except ConfigError as exc:
         print(f"mailhook: configuration error: {exc}", file=sys.stderr)
         return EX_CONFIG
-    configure_logging(settings)
+    configure_logging(settings, environ)
     try:
         code: int = args.run(args, settings, environ)
     except ConfigError as exc:

@@ -38,14 +38,31 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
-def setup(level: str, fmt: str) -> None:
-    """Route mailhook's logs to stderr at `level` in `fmt` (text or json); idempotent."""
+_PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+
+class JournalFormatter(logging.Formatter):
+    """Prefix each line with its syslog priority (`<4>`), which journald turns into the entry's level."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = _PRIORITIES.get(record.levelno, 6)
+        # journald reads the prefix per line; a traceback's lines must keep the level too.
+        return "\n".join(f"<{priority}>{line}" for line in super().format(record).split("\n"))
+
+
+def setup(level: str, fmt: str, *, journal: bool = False) -> None:
+    """Route mailhook's logs to stderr at `level` in `fmt` (text or json); idempotent.
+
+    With `journal` (stderr is connected to journald), text lines carry their
+    syslog priority so `journalctl -p warning` finds warnings and errors.
+    """
     handler = StderrHandler()
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
         # journald adds its own timestamp; a terminal user still wants the level.
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        text = "%(levelname)s %(name)s: %(message)s"
+        handler.setFormatter(JournalFormatter(text) if journal else logging.Formatter(text))
     root = logging.getLogger("mailhook")
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -177,6 +177,29 @@ def test_serve_never_says_ready_when_the_database_cannot_open(
     assert not any("READY=1" in m.split("\n") for m in messages)
 
 
+def test_logs_carry_syslog_priorities_only_when_stderr_is_the_journal(tmp_path: Path) -> None:
+    document = tmp_path / "unreadable.json"
+    document.write_text('{"not": "callfire"}')
+    for journal in (True, False):
+        log = tmp_path / f"stderr-{journal}.log"
+        with log.open("wb") as err:
+            stat = os.fstat(err.fileno())
+            env = serve_env(tmp_path, MAILHOOK_DB=str(tmp_path / f"j-{journal}.db"))
+            if journal:
+                env["JOURNAL_STREAM"] = f"{stat.st_dev}:{stat.st_ino}"
+            subprocess.run([sys.executable, "-m", "mailhook", "ingest", "-q", str(document), str(ROOT / "fixtures"
+                            / "seed" / "campaign.json")], env=env, cwd=tmp_path, stderr=err, timeout=60, check=True)
+        lines = log.read_text().splitlines()
+        warning = next(line for line in lines if "status=quarantined" in line)
+        info = next(line for line in lines if "status=stored" in line)
+        if journal:
+            assert warning.startswith("<4>WARNING mailhook.ingest: delivery ")
+            assert info.startswith("<6>INFO mailhook.ingest: delivery ")
+        else:
+            assert warning.startswith("WARNING mailhook.ingest: delivery ")
+            assert info.startswith("INFO ")
+
+
 # --- the unit files -------------------------------------------------------------------------------
 
 
