@@ -10,6 +10,7 @@ import smtplib
 import socket
 import subprocess
 import sys
+import threading
 import tomllib
 import urllib.request
 from collections.abc import Iterator
@@ -198,6 +199,54 @@ def test_logs_carry_syslog_priorities_only_when_stderr_is_the_journal(tmp_path: 
         else:
             assert warning.startswith("WARNING mailhook.ingest: delivery ")
             assert info.startswith("INFO ")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("systemd-socket-activate") is None, reason="needs systemd-socket-activate")
+def test_serve_uses_the_sockets_systemd_passes(tmp_path: Path, notify_socket: tuple[socket.socket, str]) -> None:
+    sock, path = notify_socket
+    smtp_port, http_port, configured = free_port(), free_port(), free_port()
+    env = {"PYTHONPATH": str(ROOT), "MAILHOOK_CONFIG": "", "MAILHOOK_DB": str(tmp_path / "m.db"),
+           # The configured addresses must be ignored: SMTP elsewhere, HTTP off.
+           "MAILHOOK_SMTP_LISTEN": f"127.0.0.1:{configured}", "MAILHOOK_HTTP_LISTEN": "", "NOTIFY_SOCKET": path}
+    command = ["systemd-socket-activate", f"--listen=127.0.0.1:{smtp_port}", f"--listen=127.0.0.1:{http_port}",
+               "--fdname=smtp:http", *(f"--setenv={k}={v}" for k, v in env.items()),
+               sys.executable, "-m", "mailhook", "serve"]
+    with (tmp_path / "serve.log").open("wb") as err:
+        proc = subprocess.Popen(command, cwd=tmp_path, stderr=err)
+    try:
+        # systemd-socket-activate listens first and starts mailhook on the first connection,
+        # which then waits in the passed socket's backlog until mailhook accepts it.
+        for _ in range(200):
+            try:
+                smtp = smtplib.SMTP("127.0.0.1", smtp_port, timeout=30)
+                break
+            except ConnectionRefusedError:
+                assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+                threading.Event().wait(0.05)
+        with smtp:
+            assert smtp.noop()[0] == 250
+        receive_until(sock, "READY=1", [])
+        assert set(listening(tmp_path / "serve.log").values()) == {("127.0.0.1", smtp_port), ("127.0.0.1", http_port)}
+        request = urllib.request.Request(f"http://127.0.0.1:{http_port}/notifications", data=SAMPLE, method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200
+        with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", configured), timeout=5):
+            pass
+        proc.send_signal(signal.SIGTERM)
+        receive_until(sock, "STOPPING=1", [])
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 # --- the unit files -------------------------------------------------------------------------------
