@@ -41,6 +41,8 @@ default_login_user = dovenull
 first_valid_uid = 1
 first_valid_gid = 1
 mail_location = maildir:{root}/mail/%u
+# IDLE learns of new mail through inotify; where that is unavailable, check every second.
+mailbox_idle_check_interval = 1 secs
 {extra}
 service imap-login {{
   inet_listener imap {{
