@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import codecs
 import html
 import logging
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import mailparser
@@ -24,6 +24,10 @@ from mailparser.exceptions import MailParserError
 from mailhook.errors import Unreadable
 
 log = logging.getLogger("mailhook.mail")
+# mail-parser logs a WARNING for every part type it does not "handle" (xml, json,
+# octet-stream): here those parts are the notifications themselves, arriving at
+# thousands a second, and mailhook logs one line per delivery.
+logging.getLogger("mailparser").setLevel(logging.ERROR)
 
 # A notification email has a handful of multipart/message containers. The stdlib parser
 # recurses once per nesting level, so a MIME bomb costs time and stack before it
@@ -59,9 +63,13 @@ _FORWARD_MARK = re.compile(
 _FORWARD_HEADER = re.compile(r"^[ \t]*(?:From|Date|Sent|Subject|To|Cc|Reply-To)[ \t]*:", re.IGNORECASE)
 _QUOTED_LINE = re.compile(r"^[ \t]*>", re.MULTILINE)
 _QUOTE_PREFIX = re.compile(r"^(?:[ \t]*>)+[ \t]?", re.MULTILINE)
-_HTML_BREAK = re.compile(r"<\s*(?:br|/p|/div|/tr|/li|/h\d|/pre)\b[^>]*>", re.IGNORECASE)
+# Every HTML pattern stops at the next "<" ([^<>]*): an unclosed tag repeated
+# a million times must cost one pass, not one pass per tag.
+_HTML_BREAK = re.compile(r"<\s*(?:br|/p|/div|/tr|/li|/h\d|/pre)\b[^<>]*>", re.IGNORECASE)
 _HTML_TAG = re.compile(r"<[^<>]*>")
-_HTML_DROP = re.compile(r"<(script|style|head)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
+_HTML_HIDDEN = re.compile(r"<(script|style|head)\b|</(script|style|head)\s*>", re.IGNORECASE)
+_JSON_TOKEN = re.compile(r'[{}"\\]')
+MAX_DOCUMENTS = 1000
 _XML_ENCODING = re.compile(r"(<\?xml[^>]*?)\s+encoding\s*=\s*([\"'])[^\"']*\2")
 _DOC_TYPES = frozenset({"application/xml", "text/xml", "application/json", "text/json", "application/soap+xml"})
 
@@ -177,8 +185,10 @@ def find_documents(text: str) -> list[bytes]:
             found.append(_utf8_document(text[start:end]))
             pos = end
     if "{" in text and any(k in text for k in _JSON_KEYS):
+        xml_starts = [s for s, _ in spans]
         for start, end in _json_spans(text):
-            if not any(s <= start < e for s, e in spans):
+            k = bisect.bisect_right(xml_starts, start) - 1
+            if k < 0 or start >= spans[k][1]:  # not inside an XML document
                 spans.append((start, end))
                 found.append(text[start:end].encode("utf-8", "replace"))
     if len(found) > 1:
@@ -204,9 +214,28 @@ def _documents_in_body(body: str, is_html: bool) -> list[bytes]:
 
 def html_to_text(markup: str) -> str:
     """Turn HTML into its visible text, one line per break/paragraph/row, entities decoded."""
-    text = _HTML_DROP.sub("", markup)
-    text = _HTML_BREAK.sub("\n", text)
+    text = _HTML_BREAK.sub("\n", drop_hidden(markup))
     return html.unescape(_HTML_TAG.sub("", text))
+
+
+def drop_hidden(markup: str) -> str:
+    """Remove <script>, <style> and <head> elements (an unclosed one runs to the end) in one pass."""
+    if "<" not in markup:
+        return markup
+    out: list[str] = []
+    pos = 0
+    hidden: str | None = None
+    for m in _HTML_HIDDEN.finditer(markup):
+        opening, closing = m.group(1), m.group(2)
+        if hidden is None and opening:
+            out.append(markup[pos : m.start()])
+            hidden = opening.lower()
+        elif hidden is not None and closing and closing.lower() == hidden:
+            hidden = None
+            pos = m.end()
+    if hidden is None:
+        out.append(markup[pos:])
+    return "".join(out)
 
 
 def _xml_end(text: str, start: int) -> int:
@@ -228,42 +257,56 @@ def _xml_end(text: str, start: int) -> int:
     return len(text) if close is None else close.end()
 
 
-def _json_spans(text: str) -> Iterator[tuple[int, int]]:
-    """Yield balanced top-level `{ … }` spans that name a CallFire notification."""
-    pos = text.find("{")
-    while pos >= 0:
-        end = _balanced_end(text, pos)
-        chunk = text[pos:end]
-        if any(k in chunk for k in _JSON_KEYS):
-            yield pos, end
-            pos = text.find("{", end)
-        else:
-            pos = text.find("{", pos + 1)
+def _json_spans(text: str) -> list[tuple[int, int]]:
+    """Return the outermost `{ … }` spans naming a CallFire notification, in one pass.
 
-
-def _balanced_end(text: str, start: int) -> int:
-    """Return the index after the `}` closing the `{` at `start`, or len(text) if it never closes."""
-    depth = 0
+    Strings are only tracked inside an object, so a stray quote in prose
+    cannot hide what follows. A notification still open at the end (truncated)
+    runs to the end, so the reader can say why it cannot be read.
+    """
+    keys = sorted(m.start() for k in _JSON_KEYS for m in re.finditer(re.escape(k), text))
+    closed: list[tuple[int, int]] = []
+    opened: list[int] = []
     in_string = False
-    escaped = False
-    for i in range(start, len(text)):
-        ch = text[i]
+    skip = -1
+    for m in _JSON_TOKEN.finditer(text):
+        i, ch = m.start(), m.group()
+        if i == skip:
+            continue
         if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
+            if ch == "\\":
+                skip = i + 1
             elif ch == '"':
                 in_string = False
         elif ch == '"':
-            in_string = True
+            in_string = bool(opened)
         elif ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return i + 1
-    return len(text)
+            opened.append(i)
+        elif ch == "}" and opened:
+            begin = opened.pop()
+            if _has_key(keys, begin, i + 1):
+                closed.append((begin, i + 1))
+    spans: list[tuple[int, int]] = []
+    for begin, finish in sorted(closed, key=lambda span: (span[0], -span[1])):
+        if not spans or begin >= spans[-1][1]:
+            spans.append((begin, finish))
+    after = spans[-1][1] if spans else 0
+    for begin in opened:
+        # A truncated object: the first unclosed "{" after the last whole one that opens with a key.
+        if (
+            begin >= after
+            and text[begin + 1 : begin + 40].lstrip().startswith('"')
+            and _has_key(keys, begin, len(text))
+        ):
+            spans.append((begin, len(text)))
+            break
+    return spans
+
+
+def _has_key(keys: list[int], start: int, end: int) -> bool:
+    """Say whether a notification key occurs in text[start:end] (keys: sorted positions)."""
+    k = bisect.bisect_left(keys, start)
+    return k < len(keys) and keys[k] < end
 
 
 def _is_whole_document(text: str) -> bool:
@@ -277,7 +320,9 @@ def _is_whole_document(text: str) -> bool:
 def _utf8_document(text: str) -> bytes:
     """Encode an already-decoded XML text as UTF-8, dropping its now-wrong encoding declaration."""
     if text.startswith("<?xml"):
-        text = _XML_ENCODING.sub(r"\1", text, count=1)
+        end = text.find("?>", 0, 512)
+        if end > 0:  # only the declaration itself is rewritten, never searched past
+            text = _XML_ENCODING.sub(r"\1", text[:end], count=1) + text[end:]
     return text.encode("utf-8", "replace")
 
 

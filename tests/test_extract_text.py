@@ -214,3 +214,13 @@ def test_an_id_that_is_not_a_number_stays_only_in_the_payload() -> None:
     event = one("Text ID: 1\nMessage: x\nBatch Id: 12abc", "Outbound Text Finished")
     assert event.batch_id is None
     assert event.payload["fields"]["Batch Id"] == "12abc"
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize(
+    "text",
+    ["<tr><td>" * 50_000, "<script>" * 50_000, "<tr" * 100_000, "a: " + " \t" * 500_000 + "x", "Text ID: 1\n" * 50_000],
+    ids=["rows", "scripts", "unclosed-tags", "whitespace", "many-ids"],
+)
+def test_pathological_text_is_read_in_linear_time(text: str) -> None:
+    assert isinstance(read(text, html=True), list)

@@ -236,3 +236,22 @@ def test_hostile_inputs_parse_without_raising(raw: bytes) -> None:
 def test_arbitrary_bytes_raise_nothing_but_unreadable(raw: bytes) -> None:
     with contextlib.suppress(Unreadable):
         parse_mail(raw)
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize(
+    "body",
+    [
+        "<tr><td>" * 50_000,
+        "<script>" * 50_000,
+        "<?xml " * 100_000,
+        '<?xml version="1.0"?><!--' * 20_000,
+        '"events"' + "{" * 100_000,
+        '{"events": 1} ' * 20_000,
+        '{"events" ' + '"\\' * 100_000,
+        "> " * 500_000,
+    ],
+    ids=["rows", "scripts", "decls", "comments", "braces", "many-json", "escapes", "quotes"],
+)
+def test_pathological_bodies_are_read_in_linear_time(body: str) -> None:
+    assert isinstance(parse_mail(b"Content-Type: text/html\n\n" + body.encode()), Mail)

@@ -18,6 +18,7 @@ from typing import Any
 
 from mailhook.errors import Unreadable
 from mailhook.extract.v1 import read_v1
+from mailhook.mail import drop_hidden
 from mailhook.models import Event
 
 # A text needs a resource id or this many known fields to count as a notification.
@@ -59,12 +60,14 @@ _ALIASES: dict[str, tuple[str, ...]] = {
 FIELDS: dict[str, str] = {alias: canon for canon, aliases in _ALIASES.items() for alias in aliases}
 
 _LINE = re.compile(r"^[ \t*•-]*([A-Za-z][A-Za-z0-9 _./#()-]{0,40}?)[ \t*]*(?:[:=]|\s-\s)[ \t]*(.*?)\s*$")
-_ROW = re.compile(r"<tr\b[^>]*>(.*?)</tr\s*>", re.IGNORECASE | re.DOTALL)
-_CELL = re.compile(r"<t[dh]\b[^>]*>(.*?)</t[dh]\s*>", re.IGNORECASE | re.DOTALL)
-_TAG = re.compile(r"<[^<>]*>")
-_BREAK = re.compile(r"<\s*(?:br|/p|/div|/tr|/li|/h\d)\b[^>]*>", re.IGNORECASE)
+# Rows and cells are split, not matched: a lazy `<tr>(.*?)</tr>` rescans the rest
+# of the text for every unclosed row, which hostile HTML turns into minutes.
+_ROW_START = re.compile(r"<tr\b[^<>]*>", re.IGNORECASE)
+_ROW_END = re.compile(r"</tr\s*>|</table\s*>", re.IGNORECASE)
+_CELL_START = re.compile(r"<t[dh]\b[^<>]*>", re.IGNORECASE)
 _CELL_END = re.compile(r"</t[dh]\s*>", re.IGNORECASE)
-_DROP = re.compile(r"<(script|style|head)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(r"<[^<>]*>")
+_BREAK = re.compile(r"<\s*(?:br|/p|/div|/tr|/li|/h\d)\b[^<>]*>", re.IGNORECASE)
 _WORDS = re.compile(r"[a-z]+")
 _NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
 _DIGITS = re.compile(r"\d+")
@@ -97,7 +100,7 @@ def read_text(text: str, *, subject: str | None, subscriptions: Mapping[int, str
 def html_to_lines(markup: str) -> str:
     """Return the visible text of HTML, one line per break, paragraph or table row."""
     # A tab between cells keeps "Duration</td><td>1:05" from reading as a field "Duration 1".
-    text = _CELL_END.sub("\t", _BREAK.sub("\n", _DROP.sub("", markup)))
+    text = _CELL_END.sub("\t", _BREAK.sub("\n", drop_hidden(markup)))
     return htmllib.unescape(_TAG.sub(" ", text))
 
 
@@ -122,7 +125,7 @@ def _line_pairs(text: str) -> list[tuple[str, str]]:
 
 def _table_pairs(markup: str) -> list[tuple[str, str]]:
     """Read two-cell rows as field/value; a header row of known fields followed by data rows too."""
-    rows = [[_cell_text(c) for c in _CELL.findall(r)] for r in _ROW.findall(markup)]
+    rows = [_cells(_ROW_END.split(row, 1)[0]) for row in _ROW_START.split(drop_hidden(markup))[1:]]
     pairs: list[tuple[str, str]] = []
     header: list[str] | None = None
     for cells in rows:
@@ -133,6 +136,10 @@ def _table_pairs(markup: str) -> list[tuple[str, str]]:
         elif len(cells) == 2 and cells[0]:
             pairs.append((cells[0].rstrip(":").strip(), cells[1]))
     return pairs
+
+
+def _cells(row: str) -> list[str]:
+    return [_cell_text(_CELL_END.split(cell, 1)[0]) for cell in _CELL_START.split(row)[1:]]
 
 
 def _cell_text(cell: str) -> str:
@@ -180,9 +187,7 @@ def _read_block(
     event = read_v1(root, notification, fmt, subscriptions)
     if event.event_type_source != "config" and named:
         event = dataclasses.replace(event, event_type=named, event_type_source="payload")
-    return dataclasses.replace(
-        event, payload={"fields": payload, **({"subject": subject} if subject else {})}
-    )
+    return dataclasses.replace(event, payload={"fields": payload, **({"subject": subject} if subject else {})})
 
 
 def _event_name(text: str | None) -> str | None:
