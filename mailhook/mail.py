@@ -36,6 +36,9 @@ MAX_CONTAINERS = 200
 # mail-parser eagerly parses every address header; a 100k-address header takes
 # seconds. Past this size only the headers we read are kept (see _trim_headers).
 MAX_HEADER_BYTES = 64 * 1024
+# More embedded notifications than this in one email is an attack or a bug;
+# the raw email is quarantined (and can be reprocessed) rather than read.
+MAX_DOCUMENTS = 1000
 _KEEP_HEADERS = frozenset(
     {
         b"subject",
@@ -69,7 +72,6 @@ _HTML_BREAK = re.compile(r"<\s*(?:br|/p|/div|/tr|/li|/h\d|/pre)\b[^<>]*>", re.IG
 _HTML_TAG = re.compile(r"<[^<>]*>")
 _HTML_HIDDEN = re.compile(r"<(script|style|head)\b|</(script|style|head)\s*>", re.IGNORECASE)
 _JSON_TOKEN = re.compile(r'[{}"\\]')
-MAX_DOCUMENTS = 1000
 _XML_ENCODING = re.compile(r"(<\?xml[^>]*?)\s+encoding\s*=\s*([\"'])[^\"']*\2")
 _DOC_TYPES = frozenset({"application/xml", "text/xml", "application/json", "text/json", "application/soap+xml"})
 
@@ -128,6 +130,8 @@ def _read(parsed: mailparser.MailParser) -> Mail:
     def add(rank: int, data: bytes, origin: str) -> None:
         key = data.strip()
         if key and key not in seen:
+            if len(seen) >= MAX_DOCUMENTS:
+                raise Unreadable(f"more than {MAX_DOCUMENTS} embedded documents in one email; not read")
             seen.add(key)
             ranked.append((rank, len(ranked), DocumentCandidate(data, origin)))
 

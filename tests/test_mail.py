@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailhook.errors import Unreadable
-from mailhook.mail import MAX_CONTAINERS, Mail, find_documents, parse_mail
+from mailhook.mail import MAX_CONTAINERS, MAX_DOCUMENTS, Mail, find_documents, parse_mail
 
 XML = (
     '<?xml version="1.0" encoding="UTF-8"?>\n'
@@ -255,3 +255,9 @@ def test_arbitrary_bytes_raise_nothing_but_unreadable(raw: bytes) -> None:
 )
 def test_pathological_bodies_are_read_in_linear_time(body: str) -> None:
     assert isinstance(parse_mail(b"Content-Type: text/html\n\n" + body.encode()), Mail)
+
+
+def test_more_embedded_documents_than_the_cap_is_unreadable() -> None:
+    body = "".join(f'{{"events": [{i}]}}\n' for i in range(MAX_DOCUMENTS + 1))
+    with pytest.raises(Unreadable, match=f"more than {MAX_DOCUMENTS}"):
+        parse_mail(email(body))
