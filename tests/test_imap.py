@@ -134,15 +134,21 @@ def test_messages_already_there_are_stored_then_moved(server: dovecot.Dovecot, t
     assert sources[0].endswith("/;UID=1")
 
 
-def test_message_appended_while_idling_is_pushed(server: dovecot.Dovecot, tmp_path: Path) -> None:
+def test_message_appended_while_idling_is_pushed(
+    server: dovecot.Dovecot, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     # The IDLE re-issue and poll interval are far beyond the wait: only a push can deliver in time.
     settings = make_settings(server, tmp_path / "m.db", idle_timeout=600.0, poll_interval=600.0)
-    with watching(settings) as watcher:
+    with caplog.at_level(logging.INFO, logger="mailhook"), watching(settings) as watcher:
         assert watcher.wait_for(lambda: watcher.idling, WAIT)
         server.append("INBOX", notification(1))
         assert settled(watcher, 1)
         server.append("INBOX", notification(2), notification(3))
         assert settled(watcher, 3)
+        assert watcher.idling
+    # Stopping woke the thread out of IDLE: it logged out by itself, without its socket being cut.
+    assert "still busy" not in caplog.text
+    assert caplog.records[-1].getMessage().endswith(": stopped")
     assert len(server.messages(PROCESSED)) == 3
     assert count(tmp_path / "m.db", "SELECT count(*) FROM events") == 3
 
