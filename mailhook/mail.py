@@ -146,7 +146,7 @@ def _read(parsed: mailparser.MailParser) -> Mail:
         # A document's own bounds are searched even in a part that is wholly one:
         # mailers append signatures, footers and stray bytes after the root.
         rank = 0 if _is_whole_document(text) else 2
-        for doc in find_documents(text):
+        for doc in _documents_in_body(text, ctype == "text/html"):
             add(rank, doc, origin)
         if ctype.startswith("text/") and ctype not in _DOC_TYPES:
             texts.append(TextCandidate(_clean(text), ctype == "text/html", origin))

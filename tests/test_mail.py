@@ -261,3 +261,13 @@ def test_more_embedded_documents_than_the_cap_is_unreadable() -> None:
     body = "".join(f'{{"events": [{i}]}}\n' for i in range(MAX_DOCUMENTS + 1))
     with pytest.raises(Unreadable, match=f"more than {MAX_DOCUMENTS}"):
         parse_mail(email(body))
+
+
+def test_html_attachment_with_escaped_xml_is_searched_unescaped() -> None:
+    page = base64.b64encode(f"<html><pre>{html.escape(XML)}</pre></html>".encode()).decode()
+    raw = mixed(
+        "Content-Type: text/plain\n\nreport attached",
+        "Content-Type: text/html\nContent-Disposition: attachment; filename=report.html\n"
+        f"Content-Transfer-Encoding: base64\n\n{page}",
+    )
+    assert [c.origin for c in parse_mail(raw).documents] == ["attachment 'report.html'"]
