@@ -313,6 +313,16 @@ def test_sockets_name_their_doors() -> None:
         assert re.search(r"^Service=mailhook\.service$", unit.read_text(), re.M), unit.name
 
 
+@pytest.mark.skipif(shutil.which("systemd-sysusers") is None, reason="needs systemd-sysusers")
+def test_sysusers_snippet_creates_the_fixed_user(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    subprocess.run(["systemd-sysusers", f"--root={tmp_path}", str(UNITS / "mailhook.sysusers")],
+                   capture_output=True, timeout=60, check=True)
+    passwd = (tmp_path / "etc" / "passwd").read_text()
+    assert re.search(r"^mailhook:x:\d+:\d+:[^:]*:/var/lib/mailhook:", passwd, re.M)
+    assert re.search(r"^mailhook:x:\d+:", (tmp_path / "etc" / "group").read_text(), re.M)
+
+
 # --- the example config ---------------------------------------------------------------------------
 
 
