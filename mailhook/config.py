@@ -12,6 +12,7 @@ without the secret ever appearing in the environment or the config file.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import tomllib
@@ -286,7 +287,7 @@ def explain(
     known_env = {opt.env for opt in all_options} | {"MAILHOOK_CONFIG"}
     for name in sorted(env):
         if name.startswith("MAILHOOK_") and name not in known_env:
-            raise ConfigError(f"{name}: unknown environment variable (see `mailhook check-config --help`)")
+            raise ConfigError(f"{name}: unknown environment variable{_did_you_mean(name, known_env)}")
     values: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
     sources: dict[str, str] = {}
     ranks: dict[str, int] = {}
@@ -326,7 +327,12 @@ def _check_keys(data: Mapping[str, Any], path: Path | None) -> None:
             raise ConfigError(f"{path}: [{section}] must be a table")
         for key in table:
             if key not in known[section]:
-                raise ConfigError(f"{path}: unknown key {section}.{key}")
+                raise ConfigError(f"{path}: unknown key {section}.{key}{_did_you_mean(key, known[section])}")
+
+
+def _did_you_mean(name: str, known: set[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def _read_secret_file(
