@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -19,6 +20,10 @@ from pathlib import Path
 import pytest
 
 from mailhook.config import SECTIONS, load, options
+from mailhook.ingest import Pipeline
+from mailhook.metrics import Metrics
+from mailhook.server import Counters, Runtime, _supervise
+from mailhook.store import Writer
 from mailhook.systemd import Notifier, listen_sockets, watchdog_interval
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,6 +100,33 @@ def test_watchdog_interval_is_half_the_timeout_and_only_for_us() -> None:
 def test_sockets_for_another_process_are_not_taken() -> None:
     assert listen_sockets({"LISTEN_PID": "1", "LISTEN_FDS": "2", "LISTEN_FDNAMES": "smtp:http"}) == {}
     assert listen_sockets({}) == {}
+
+
+def test_watchdog_pings_stop_once_the_writer_is_gone(tmp_path: Path, notify_socket: tuple[socket.socket, str]) -> None:
+    sock, path = notify_socket
+    writer = Writer(tmp_path / "w.db", checkpoint_interval=0)
+    runtime = Runtime(load({}, {"MAILHOOK_CONFIG": ""}), {}, Pipeline(writer), writer, Metrics())
+    notifier = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "20000"})
+
+    async def supervised() -> list[list[str]]:
+        loop = asyncio.get_running_loop()
+        task = asyncio.create_task(_supervise(runtime, notifier, Counters()))
+        try:
+            messages = [(await loop.run_in_executor(None, sock.recv, 4096)).decode().split("\n")]
+            await loop.run_in_executor(None, writer.close)
+            while "WATCHDOG=1" in messages[-1]:
+                messages.append((await loop.run_in_executor(None, sock.recv, 4096)).decode().split("\n"))
+            for _ in range(3):
+                messages.append((await loop.run_in_executor(None, sock.recv, 4096)).decode().split("\n"))
+            return messages
+        finally:
+            task.cancel()
+
+    messages = asyncio.run(supervised())
+    notifier.close()
+    assert "WATCHDOG=1" in messages[0]
+    after = messages[-4:]
+    assert all("WATCHDOG=1" not in m and m[0].startswith("STATUS=") for m in after)
 
 
 # --- `mailhook serve` under a pretend service manager ---------------------------------------------
