@@ -93,7 +93,8 @@ def _add_housekeeping(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     prune.set_defaults(run=_lazy("mailhook.housekeeping", "run_prune"))
 
     backup = _command(sub, "backup", "write a consistent copy of the database, also while serving")
-    backup.add_argument("path", type=Path, metavar="PATH", help="backup file, or a directory to put a dated one in")
+    backup.add_argument("path", metavar="PATH",
+                        help="backup file, or a directory (existing, or ending in /) to put a dated one in")
     backup.set_defaults(run=_lazy("mailhook.housekeeping", "run_backup"))
 
     status = _command(sub, "status", "report database health (and with --server the running doors)")

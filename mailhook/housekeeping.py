@@ -73,8 +73,13 @@ def run_backup(args: argparse.Namespace, settings: Settings, env: Mapping[str, s
     """Write a consistent copy of the live database to PATH (a file, or a directory to put one in)."""
     from mailhook.store import backup
 
-    target: Path = args.path
-    if target.is_dir():
+    target = Path(args.path)
+    if args.path.endswith("/") or target.is_dir():
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(f"mailhook: cannot create backup directory {target}: {exc.strerror}", file=sys.stderr)
+            return EX_CANTCREAT
         target = target / f"mailhook-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.db"
     try:
         info = backup(settings.database(env), target, busy_timeout=settings.storage.busy_timeout)

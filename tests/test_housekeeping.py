@@ -164,6 +164,10 @@ def test_backup_command_writes_a_dated_file_into_a_directory(
     assert written.parent == folder
     assert re.fullmatch(r"mailhook-\d{8}T\d{6}Z\.db", written.name)
     assert counts(written) == (3, 3, 3)
+    assert main(["backup", f"{tmp_path}/new/dir/"], env) == 0
+    made = Path(capsys.readouterr().out.strip())
+    assert made.parent == tmp_path / "new" / "dir"
+    assert counts(made) == (3, 3, 3)
 
 
 def test_backup_refuses_to_overwrite_the_database_or_invent_one(
