@@ -29,7 +29,7 @@ class JsonFormatter(logging.Formatter):
 class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """A stream handler bound to whatever `sys.stderr` is at the time of each record."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> object:
         return sys.stderr
 

@@ -372,6 +372,19 @@ class _Job:
     extraction: Extraction | None
     future: Future[Any]
     checkpoint: bool = False
+    live: bool = True
+
+    def claim(self) -> None:
+        """Mark the future running; a waiter that gave up (cancelled) gets no answer, but the work is done."""
+        self.live = self.future.set_running_or_notify_cancel()
+
+    def resolve(self, result: Any) -> None:
+        if self.live:
+            self.future.set_result(result)
+
+    def fail(self, exc: BaseException) -> None:
+        if self.live:
+            self.future.set_exception(exc)
 
 
 class Writer:
@@ -511,21 +524,23 @@ class Writer:
         return result
 
     def _commit(self, batch: list[_Job]) -> None:
+        for job in batch:
+            job.claim()
         checks = [job for job in batch if job.delivery is None and not job.checkpoint]
         jobs = [job for job in batch if job.delivery is not None]
         self._write(checks, jobs)
         for job in batch:
             if job.checkpoint:
-                job.future.set_result(self._checkpoint())
+                job.resolve(self._checkpoint())
 
     def _write(self, checks: list[_Job], jobs: list[_Job]) -> None:
         for job in checks:
             try:
                 self.store.check_writable()
             except RetryLater as exc:
-                job.future.set_exception(exc)
+                job.fail(exc)
             else:
-                job.future.set_result(None)
+                job.resolve(None)
         if not jobs:
             return
         started = time.perf_counter()
@@ -534,21 +549,21 @@ class Writer:
         except RetryLater as exc:
             log.warning("%s; %d deliveries answered with a temporary failure", exc, len(jobs))
             for job in jobs:
-                job.future.set_exception(RetryLater(str(exc)))
+                job.fail(RetryLater(str(exc)))
             return
         except Exception as exc:
             log.exception("unexpected storage error")
             for job in jobs:
-                job.future.set_exception(RetryLater(f"storage error: {type(exc).__name__}"))
+                job.fail(RetryLater(f"storage error: {type(exc).__name__}"))
             return
         elapsed = time.perf_counter() - started
         if self.observer is not None:
             self.observer(len(jobs), elapsed)
         for job, result in zip(jobs, results, strict=True):
             if isinstance(result, Exception):
-                job.future.set_exception(RetryLater(f"delivery could not be stored: {result}"))
+                job.fail(RetryLater(f"delivery could not be stored: {result}"))
             else:
-                job.future.set_result(result)
+                job.resolve(result)
 
 
 # Housekeeping: the admin's commands, each on its own connection beside a running server.

@@ -205,3 +205,19 @@ def test_readonly_connection_reads_but_cannot_write(db: Path, writer: Writer) ->
     with pytest.raises(sqlite3.OperationalError, match="readonly"):
         ro.execute("DELETE FROM events")
     ro.conn.close()
+
+
+def test_a_waiter_that_gives_up_does_not_stop_the_writer(db: Path) -> None:
+    writer = Writer(db, busy_timeout=5)
+    blocker = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    blocker.execute("BEGIN IMMEDIATE")  # keep the first commit waiting so the next future is still queued
+    first = writer.submit(email("<1@x>"), Extraction(events=(text_event(1),)))
+    abandoned = writer.submit(email("<2@x>"), Extraction(events=(text_event(2),)))
+    assert abandoned.cancel()
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    assert first.result().status == "stored"
+    assert writer.submit(email("<3@x>"), Extraction(events=(text_event(3),))).result().status == "stored"
+    writer.close()
+    # The abandoned delivery is stored all the same: its sender will retry and be deduplicated.
+    assert rows(db, "SELECT count(*) FROM events") == [(3,)]
