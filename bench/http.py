@@ -22,7 +22,18 @@ from pathlib import Path
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
 
-from common import HOST, ROOT, Table, free_port, machine, mailhook_serve, median, stop, wait_port  # noqa: E402
+from common import (  # noqa: E402
+    HOST,
+    ROOT,
+    Table,
+    cpu_seconds,
+    free_port,
+    machine,
+    mailhook_serve,
+    median,
+    stop,
+    wait_port,
+)
 
 FIXTURES = ROOT / "fixtures"
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
@@ -84,13 +95,17 @@ def bench(seconds: int, repeats: int, workdir: Path) -> Table:
         subprocess.Popen([sys.executable, str(ROOT / "bench" / "noop_http.py"), str(ports["no-op aiohttp"])]),
     ]
     results: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
     failures: dict[str, int] = {}
+    pids = dict(zip(ports, (proc.pid for proc in servers), strict=True))
     try:
         for port in ports.values():
             wait_port(port)
         for round_ in range(repeats):
             for name, port in ports.items():
-                rate, _, bad = run_wrk(port, script, seconds)
+                before = cpu_seconds(pids[name])
+                rate, total, bad = run_wrk(port, script, seconds)
+                cpu.setdefault(name, []).append((cpu_seconds(pids[name]) - before) / max(total, 1) * 1000)
                 results.setdefault(name, []).append(rate)
                 failures[name] = failures.get(name, 0) + bad
                 print(f"  round {round_ + 1} {name:>14}: {rate:8,.0f} req/s ({bad} non-2xx)", file=sys.stderr)
@@ -101,9 +116,9 @@ def bench(seconds: int, repeats: int, workdir: Path) -> Table:
     noop = median(results["no-op aiohttp"])
     for name in ports:
         rate = median(results[name])
-        note = f"{failures[name]} non-2xx"
+        note = f"server CPU {median(cpu[name]):.2f} ms/req; {failures[name]} non-2xx"
         if name == "mailhook":
-            note = f"{rate / noop:.2f}x the no-op server; " + note
+            note += f"; {rate / noop:.2f}x the no-op server"
         table.add(f"http POST: {name}", f"{rate:,.0f}/s", note)
     shutil.rmtree(tmp, ignore_errors=True)
     return table
