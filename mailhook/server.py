@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import signal
 import socket
@@ -57,6 +58,7 @@ class Runtime:
 
 
 STATUS_EVERY = 5.0
+EXTEND_EVERY = 10.0
 
 
 @dataclass
@@ -96,13 +98,7 @@ async def serve(settings: Settings, env: Mapping[str, str], *, started: asyncio.
     notifier.notify("STATUS=opening the database")
     metrics = Metrics()
     counters = Counters()
-    writer = Writer(
-        settings.database(env),
-        busy_timeout=settings.storage.busy_timeout,
-        max_batch=settings.storage.max_batch,
-        observer=metrics.on_commit,
-        checkpoint_interval=settings.storage.checkpoint_interval,
-    )
+    writer = await _open_writer(settings, env, metrics, notifier)
     metrics.track_queue(lambda: writer.depth)
     pipeline = Pipeline(writer, settings.subscriptions, listeners=[metrics.on_delivery, counters.on_delivery])
     runtime = Runtime(settings, env, pipeline, writer, metrics, sockets=sockets)
@@ -138,6 +134,31 @@ async def serve(settings: Settings, env: Mapping[str, str], *, started: asyncio.
         if pipeline.executor is not None:
             pipeline.executor.shutdown()
         notifier.close()
+
+
+async def _open_writer(
+    settings: Settings, env: Mapping[str, str], metrics: Metrics, notifier: systemd.Notifier
+) -> Writer:
+    """Open (and migrate) the database beside the loop, asking systemd for more start-up time meanwhile.
+
+    A migration of a large database can outlast TimeoutStartSec=; being killed
+    would roll it back and start it over on every restart.
+    """
+    loop = asyncio.get_running_loop()
+    opening = loop.run_in_executor(None, functools.partial(
+        Writer,
+        settings.database(env),
+        busy_timeout=settings.storage.busy_timeout,
+        max_batch=settings.storage.max_batch,
+        observer=metrics.on_commit,
+        checkpoint_interval=settings.storage.checkpoint_interval,
+    ))
+    while True:
+        try:
+            return await asyncio.wait_for(asyncio.shield(opening), EXTEND_EVERY)
+        except TimeoutError:
+            notifier.notify(f"EXTEND_TIMEOUT_USEC={int(EXTEND_EVERY * 3 * 1_000_000)}",
+                            "STATUS=opening the database (migrating)")
 
 
 async def _supervise(runtime: Runtime, notifier: systemd.Notifier, counters: Counters) -> None:
