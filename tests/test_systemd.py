@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from mailhook import server
 from mailhook.config import SECTIONS, load, options
 from mailhook.ingest import Pipeline
 from mailhook.metrics import Metrics
@@ -127,6 +128,35 @@ def test_watchdog_pings_stop_once_the_writer_is_gone(tmp_path: Path, notify_sock
     assert "WATCHDOG=1" in messages[0]
     after = messages[-4:]
     assert all("WATCHDOG=1" not in m and m[0].startswith("STATUS=") for m in after)
+
+
+def test_a_slow_database_open_asks_for_more_start_time(
+    tmp_path: Path, notify_socket: tuple[socket.socket, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sock, path = notify_socket
+    opened = threading.Event()
+
+    def slow_writer(*args: object, **kwargs: object) -> Writer:
+        # Stands in for a long migration: the database opens only once systemd was asked for time.
+        assert opened.wait(30)
+        return Writer(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(server, "Writer", slow_writer)
+    monkeypatch.setattr(server, "EXTEND_EVERY", 0.05)
+    settings = load({"db": str(tmp_path / "slow.db"), "storage-checkpoint-interval": "0"}, {"MAILHOOK_CONFIG": ""})
+    notifier = Notifier({"NOTIFY_SOCKET": path})
+
+    async def open_it() -> Writer:
+        task = asyncio.create_task(server._open_writer(settings, {}, Metrics(), notifier))
+        lines = (await asyncio.get_running_loop().run_in_executor(None, sock.recv, 4096)).decode().split("\n")
+        assert lines == ["EXTEND_TIMEOUT_USEC=150000", "STATUS=opening the database (migrating)"]
+        opened.set()
+        return await task
+
+    writer = asyncio.run(open_it())
+    assert writer.alive
+    writer.close()
+    notifier.close()
 
 
 # --- `mailhook serve` under a pretend service manager ---------------------------------------------
