@@ -7,7 +7,8 @@ variable names and TOML keys are all derived from it, so they cannot drift.
 Every secret option X has a companion X_file naming a file that holds the
 secret (one line; a trailing newline is dropped). A relative X_file is looked
 up in $CREDENTIALS_DIRECTORY when set, so systemd's `LoadCredential=` works
-without the secret ever appearing in the environment or the config file.
+without the secret ever appearing in the environment or the config file;
+outside systemd a relative name from the config file is read next to it.
 """
 
 from __future__ import annotations
@@ -310,7 +311,7 @@ def explain(
         ranks[key] = rank
     for opt in all_options:
         if opt.secret:
-            _read_secret_file(opt, values[opt.section], sources, ranks, env)
+            _read_secret_file(opt, values[opt.section], sources, ranks, env, path)
     sections = {name: cls(**values[name]) for name, cls in SECTIONS.items()}
     settings = Settings(**sections, subscriptions=_subscriptions(data.get("subscriptions", {}), path))
     return Effective(validate(settings), path, sources)
@@ -336,9 +337,16 @@ def _did_you_mean(name: str, known: set[str]) -> str:
 
 
 def _read_secret_file(
-    opt: Option, values: dict[str, Any], sources: dict[str, str], ranks: dict[str, int], env: Mapping[str, str]
+    opt: Option, values: dict[str, Any], sources: dict[str, str], ranks: dict[str, int], env: Mapping[str, str],
+    config: Path | None,
 ) -> None:
-    """Replace a secret by the contents of its X_file companion when that was given with higher precedence."""
+    """Replace a secret by the contents of its X_file companion when that was given with higher precedence.
+
+    A relative name is found in $CREDENTIALS_DIRECTORY under systemd; outside
+    it, a name from the config file is found next to that file, so that
+    `LoadCredential=http-token:/etc/mailhook/http-token` and an admin's shell
+    both find /etc/mailhook/http-token for `token_file = "http-token"`.
+    """
     companion = f"{opt.name}_file"
     key, file_key = f"{opt.section}.{opt.name}", f"{opt.section}.{companion}"
     if companion not in values:
@@ -351,6 +359,8 @@ def _read_secret_file(
     path = Path(values[companion])
     if not path.is_absolute() and env.get("CREDENTIALS_DIRECTORY"):
         path = Path(env["CREDENTIALS_DIRECTORY"]) / path
+    elif not path.is_absolute() and config is not None and ranks[file_key] == 1:
+        path = config.parent / path
     try:
         secret = path.read_text(encoding="utf-8").rstrip("\r\n")
     except OSError as exc:

@@ -176,6 +176,18 @@ def test_relative_secret_file_is_found_in_the_credentials_directory(tmp_path: Pa
     assert str(creds / "webhook-secret") in effective.sources["http.webhook_secret"]
 
 
+def test_relative_secret_file_outside_systemd_is_found_next_to_the_config_file(tmp_path: Path) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    write(etc / "http-token", "token-next-to-config\n")
+    toml = write(etc / "mailhook.toml", '[http]\ntoken_file = "http-token"\n')
+    assert load({}, {}, toml).http.token == "token-next-to-config"
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    write(creds / "http-token", "token-from-systemd")
+    assert load({}, {"CREDENTIALS_DIRECTORY": str(creds)}, toml).http.token == "token-from-systemd"
+
+
 def test_secret_file_from_a_stronger_layer_wins_over_the_secret(tmp_path: Path) -> None:
     write(tmp_path / "token", "from-file")
     toml = write(tmp_path / "m.toml", '[http]\ntoken = "in-config"\n')
