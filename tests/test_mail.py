@@ -271,3 +271,25 @@ def test_html_attachment_with_escaped_xml_is_searched_unescaped() -> None:
         f"Content-Transfer-Encoding: base64\n\n{page}",
     )
     assert [c.origin for c in parse_mail(raw).documents] == ["attachment 'report.html'"]
+
+
+def test_headers_mailhook_does_not_read_are_skipped_but_subject_id_and_mime_headers_are_kept() -> None:
+    head = (
+        "Received: from a (a [192.0.2.1])\n\tby b; Fri, 27 Nov 2026 10:00:00 +0000\n"
+        "DKIM-Signature: v=1; a=rsa-sha256;\n\tb=abc\n"
+        + "To: " + ", ".join(f"u{i}@example.com" for i in range(300)) + "\n"
+        "Subject: =?utf-8?q?Caf=C3=A9?=\nMessage-ID: <kept@callfire.test>\n"
+        'MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="b"\n'
+    )
+    body = f"--b\nContent-Type: application/json\nContent-Transfer-Encoding: base64\n\n" \
+           f"{base64.b64encode(JSON.encode()).decode()}\n--b--\n"
+    mail = parse_mail(head.encode() + b"\n" + body.encode())
+    assert (mail.subject, mail.message_id) == ("Café", "<kept@callfire.test>")
+    assert [d.data for d in mail.documents] == [JSON.encode()]
+
+
+def test_a_body_that_begins_without_a_blank_line_keeps_every_line() -> None:
+    # The first line that is not a header starts the body, exactly as for email.parser.
+    raw = b"Subject: no separator\nText ID: 44400000001\nFrom Number: 67076\nState: FINISHED\n"
+    (text,) = parse_mail(raw).texts
+    assert text.text.splitlines() == ["Text ID: 44400000001", "From Number: 67076", "State: FINISHED"]
