@@ -15,7 +15,7 @@ import signal
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from mailhook import systemd
 from mailhook.config import Settings
@@ -188,7 +188,8 @@ def run_serve(args: argparse.Namespace, settings: Settings, env: Mapping[str, st
         loop = asyncio.get_running_loop()
         started: asyncio.Future[Runtime] = loop.create_future()
         task = asyncio.create_task(serve(settings, env, started=started))
-        done, _ = await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
+        waiting: list[asyncio.Future[Any]] = [task, started]
+        done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         if task in done:
             task.result()
             return
