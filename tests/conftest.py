@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from outside import require
 
 from mailhook.config import Settings, validate
 from mailhook.server import Runtime, serve
@@ -113,3 +114,10 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
 def server(start_server: StartServer) -> Runtime:
     """A running `mailhook serve` with default test settings (SMTP on 127.0.0.1, any recipient)."""
     return start_server()
+
+
+@pytest.fixture(autouse=True)
+def _outside_programs(request: pytest.FixtureRequest) -> None:
+    """Honour `@pytest.mark.needs(command, package)`: skip locally, fail in CI, when it is missing."""
+    for mark in request.node.iter_markers("needs"):
+        require(*mark.args)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imapclient import IMAPClient
+from outside import require
 
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 DOVEADM = shutil.which("doveadm") or "/usr/bin/doveadm"
@@ -211,6 +212,7 @@ def _wait_for_greeting(server: Dovecot, timeout: float = 15.0) -> None:
 
 def _self_signed(root: Path) -> Path:
     """Write a self-signed certificate for 127.0.0.1 and its key; return the certificate (the CA file)."""
+    require("openssl", "openssl")
     cert = root / "cert.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",

@@ -31,7 +31,8 @@ from mailhook.store import Writer, connect, open_readonly
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not dovecot.available(), reason="needs dovecot-imapd and root"),
+    pytest.mark.needs("dovecot", "dovecot-imapd"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="Dovecot's throwaway instance must be started as root"),
 ]
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "email"

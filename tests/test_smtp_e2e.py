@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import StartServer
+from outside import require
 from smtp_support import (
     FIXTURES,
     ServerProcess,
@@ -29,6 +30,7 @@ pytestmark = pytest.mark.slow
 
 
 def _swaks(runtime_address: tuple[str, int], *args: str) -> subprocess.CompletedProcess[str]:
+    require("swaks", "swaks")
     host, port = runtime_address
     return subprocess.run(
         ["swaks", "--server", host, "--port", str(port), "--ehlo", "swaks.test", "--timeout", "30", *args],
@@ -60,6 +62,7 @@ def test_swaks_sees_550_for_a_recipient_outside_the_accept_list(start_server: St
 
 
 def test_swaks_with_starttls_and_auth_login(start_server: StartServer, tmp_path: Path) -> None:
+    require("openssl", "openssl")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
                     "/CN=mx.hooks.test", "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)

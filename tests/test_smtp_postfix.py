@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from outside import require
 from smtp_support import FIXTURES, ServerProcess, notification, rows
 
 pytestmark = pytest.mark.slow
@@ -80,8 +81,7 @@ maximal_backoff_time = 2s
 
 @pytest.fixture
 def relay() -> Iterator[tuple[Postfix, int]]:
-    if shutil.which("postfix") is None:
-        pytest.fail("postfix is not installed (.ci/run installs it)")
+    require("postfix", "postfix")
     # Postfix's unprivileged processes must reach its directories, which pytest's
     # private tmp_path does not allow; this directory is world-traversable.
     where = Path(tempfile.mkdtemp(prefix="mailhook-postfix-"))

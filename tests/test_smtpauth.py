@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import StartServer
+from outside import require
 from smtp_support import client, notification, rows
 
 from mailhook.errors import ConfigError
@@ -23,6 +24,7 @@ FAST = 1000  # PBKDF2 iterations for test hashes; the file records them, so veri
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """Make a throwaway self-signed certificate and key for mx.hooks.test."""
+    require("openssl", "openssl")
     where = tmp_path_factory.mktemp("tls")
     cert, key = where / "cert.pem", where / "key.pem"
     subprocess.run(

@@ -32,7 +32,7 @@ UNITS = ROOT / "systemd"
 EXEC_START = "/opt/mailhook/bin/mailhook"
 SAMPLE = (ROOT / "fixtures" / "seed" / "text-inbound.json").read_bytes()
 
-needs_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+needs_analyze = pytest.mark.needs("systemd-analyze", "systemd")
 
 
 @pytest.fixture
@@ -271,7 +271,7 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("systemd-socket-activate") is None, reason="needs systemd-socket-activate")
+@pytest.mark.needs("systemd-socket-activate", "systemd")
 def test_serve_uses_the_sockets_systemd_passes(tmp_path: Path, notify_socket: tuple[socket.socket, str]) -> None:
     sock, path = notify_socket
     smtp_port, http_port, configured = free_port(), free_port(), free_port()
@@ -375,7 +375,7 @@ def test_sockets_name_their_doors() -> None:
         assert re.search(r"^Service=mailhook\.service$", unit.read_text(), re.M), unit.name
 
 
-@pytest.mark.skipif(shutil.which("systemd-sysusers") is None, reason="needs systemd-sysusers")
+@pytest.mark.needs("systemd-sysusers", "systemd")
 def test_sysusers_snippet_creates_the_fixed_user(tmp_path: Path) -> None:
     (tmp_path / "etc").mkdir()
     subprocess.run(["systemd-sysusers", f"--root={tmp_path}", str(UNITS / "mailhook.sysusers")],

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import StartServer, make_settings
+from outside import require
 
 from mailhook import webhook as webhook_module
 from mailhook.ingest import Pipeline
@@ -63,6 +64,7 @@ class Webhook:
 
     def curl(self, *args: str, path: str = "/notifications") -> tuple[int, dict[str, Any]]:
         """Run curl against the door; return the status code and the JSON body."""
+        require("curl", "curl")
         done = subprocess.run(
             ["curl", "-sS", "--max-time", "30", "-w", "\n%{http_code}", *args, f"{self.base}{path}"],
             capture_output=True, check=True,
