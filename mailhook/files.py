@@ -19,7 +19,8 @@ from mailhook.errors import RetryLater, TooLarge
 from mailhook.extract import extract
 from mailhook.ingest import Pipeline, extraction_pool, log_delivery
 from mailhook.models import Delivery, Extraction, Kind, Receipt
-from mailhook.store import Writer, utcnow
+from mailhook.store import utcnow
+from mailhook.writer import Writer
 
 log = logging.getLogger("mailhook.files")
 

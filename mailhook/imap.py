@@ -29,7 +29,7 @@ from mailhook.config import Settings
 from mailhook.imapaccount import Account, Backoff, connect
 from mailhook.imapwatcher import Watcher
 from mailhook.ingest import Pipeline
-from mailhook.store import Writer
+from mailhook.writer import Writer
 
 if TYPE_CHECKING:
     from mailhook.server import Runtime

@@ -20,7 +20,8 @@ from mailhook.errors import RetryLater
 from mailhook.imapaccount import READ_TIMEOUT, Account, Backoff, connect
 from mailhook.ingest import Pipeline
 from mailhook.models import Checkpoint, Delivery
-from mailhook.store import Writer, utcnow
+from mailhook.store import utcnow
+from mailhook.writer import Writer
 
 log = logging.getLogger("mailhook.imap")
 

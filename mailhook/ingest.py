@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from mailhook.errors import RetryLater
 from mailhook.extract import extract
 from mailhook.models import Delivery, Extraction, Receipt
-from mailhook.store import Store, Writer
+from mailhook.store import Store
+from mailhook.writer import Writer
 
 log = logging.getLogger("mailhook.ingest")
 

@@ -22,7 +22,7 @@ from mailhook.config import Settings
 from mailhook.ingest import Pipeline
 from mailhook.metrics import Metrics
 from mailhook.models import Delivery, Receipt
-from mailhook.store import Writer
+from mailhook.writer import Writer
 
 log = logging.getLogger("mailhook.server")
 

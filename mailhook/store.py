@@ -1,8 +1,8 @@
-"""The SQLite store: schema migrations, the group-commit writer, and read access.
+"""The SQLite store: connections, schema migrations, the write path, reads and housekeeping.
 
-This is the only module that talks to SQLite. One `Writer` thread owns the
-write connection; producers hand it deliveries and get a future that resolves
-only after the transaction holding their delivery is durable.
+This is the only module that talks to SQLite. `Store.write` puts a batch of
+deliveries and their events in one durable transaction; the group-commit
+thread that feeds it lives in `mailhook.writer`.
 """
 
 from __future__ import annotations
@@ -10,12 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
 import sqlite3
-import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -323,7 +319,10 @@ class Store:
         never waits for them, and the truncating one is only tried, without
         waiting, once everything is copied, so the writer is never stalled.
         """
-        busy, frames, copied = self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        try:
+            busy, frames, copied = self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:
+            raise RetryLater(f"storage unavailable: {exc}") from exc
         truncated = False
         if not busy and frames > 0 and copied == frames:
             self.conn.execute("PRAGMA busy_timeout=0")
@@ -362,208 +361,33 @@ def _status(extraction: Extraction, *, seen: bool, new: int, duplicates: int) ->
     return "stored"
 
 
-Observer = Callable[[int, float], None]
-_STOP = object()
+def committed_checkpoint(path: str | Path, account: str, folder: str) -> Checkpoint | None:
+    """Return the committed IMAP checkpoint of `folder`, on a read-only connection of its own."""
+    conn = connect(path, readonly=True)
+    try:
+        row = conn.execute(
+            "SELECT uidvalidity, last_uid FROM imap_checkpoints WHERE account = ? AND folder = ?",
+            (account, folder),
+        ).fetchone()
+    finally:
+        conn.close()
+    return None if row is None else Checkpoint(account, folder, row[0], row[1])
 
 
-@dataclass(slots=True)
-class _Job:
-    delivery: Delivery | None
-    extraction: Extraction | None
-    future: Future[Any]
-    checkpoint: bool = False
-    live: bool = True
-
-    def claim(self) -> None:
-        """Mark the future running; a waiter that gave up (cancelled) gets no answer, but the work is done."""
-        self.live = self.future.set_running_or_notify_cancel()
-
-    def resolve(self, result: Any) -> None:
-        if self.live:
-            self.future.set_result(result)
-
-    def fail(self, exc: BaseException) -> None:
-        if self.live:
-            self.future.set_exception(exc)
-
-
-class Writer:
-    """The single writer thread: gathers queued deliveries and commits them together.
-
-    `submit()` is thread-safe and returns at once; its future resolves after
-    the commit, with a `Receipt`, or with `RetryLater` when storage failed.
-    """
-
-    def __init__(
-        self,
-        path: str | Path,
-        *,
-        busy_timeout: float = 5.0,
-        max_batch: int = 256,
-        observer: Observer | None = None,
-        checkpoint_interval: float = 60.0,
-    ) -> None:
-        self.store = Store(path, busy_timeout=busy_timeout)
-        self.max_batch = max_batch
-        self.observer = observer
-        self.checkpoint_interval = checkpoint_interval
-        self.last_checkpoint: WalCheckpoint | None = None
-        self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, name="mailhook-writer", daemon=True)
-        self._thread.start()
-
-    @property
-    def depth(self) -> int:
-        """Return how many deliveries wait for the next commit."""
-        return self._queue.qsize()
-
-    @property
-    def alive(self) -> bool:
-        """Say whether the writer thread is still running."""
-        return self._thread.is_alive()
-
-    def submit(self, delivery: Delivery, extraction: Extraction) -> Future[Receipt]:
-        """Queue a delivery for the next group commit."""
-        future: Future[Receipt] = Future()
-        if self._closed:
-            future.set_exception(RetryLater("mailhook is shutting down"))
-        else:
-            self._queue.put(_Job(delivery, extraction, future))
-        return future
-
-    def check(self) -> Future[None]:
-        """Return a future that resolves once the writer proved it can start a write transaction."""
-        future: Future[None] = Future()
-        self._queue.put(_Job(None, None, future))
-        return future
-
-    def committed_checkpoint(self, account: str, folder: str) -> Checkpoint | None:
-        """Return the committed IMAP checkpoint of `folder`, read apart from any open write transaction."""
-        conn = connect(self.store.path, readonly=True)
-        try:
-            row = conn.execute(
-                "SELECT uidvalidity, last_uid FROM imap_checkpoints WHERE account = ? AND folder = ?",
-                (account, folder),
-            ).fetchone()
-        finally:
-            conn.close()
-        return None if row is None else Checkpoint(account, folder, row[0], row[1])
-
-    def quarantined_sources(self, sources: Sequence[str]) -> set[str]:
-        """Return which of `sources` (deliveries.source) were stored as quarantined and are still so."""
-        if not sources:
-            return set()
-        conn = connect(self.store.path, readonly=True)
-        try:
-            rows = conn.execute(
-                f"SELECT source FROM deliveries WHERE status = 'quarantined' AND source IN"
-                f" ({', '.join('?' * len(sources))})",
-                tuple(sources),
-            ).fetchall()
-        finally:
-            conn.close()
-        return {row[0] for row in rows}
-
-    def checkpoint(self) -> Future[WalCheckpoint]:
-        """Return a future for a WAL checkpoint made by the writer thread after what is queued now."""
-        future: Future[WalCheckpoint] = Future()
-        self._queue.put(_Job(None, None, future, checkpoint=True))
-        return future
-
-    def close(self) -> None:
-        """Commit everything queued so far, then stop the thread and close the database."""
-        if self._closed:
-            return
-        self._closed = True
-        self._queue.put(_STOP)
-        self._thread.join()
-        self.store.close()
-
-    def _run(self) -> None:
-        interval = self.checkpoint_interval
-        due = time.monotonic() + interval
-        while True:
-            try:
-                first = self._queue.get(timeout=max(0.0, due - time.monotonic()) if interval else None)
-            except queue.Empty:
-                # Idle: SQLite only checkpoints on commit, so without this a WAL that readers
-                # kept from shrinking would stay large until the next delivery.
-                self._checkpoint()
-                due = time.monotonic() + interval
-                continue
-            if first is _STOP:
-                return
-            batch: list[_Job] = [first]  # type: ignore[list-item]
-            stop = False
-            while len(batch) < self.max_batch:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stop = True
-                    break
-                batch.append(item)  # type: ignore[arg-type]
-            self._commit(batch)
-            if interval and time.monotonic() >= due:
-                self._checkpoint()
-                due = time.monotonic() + interval
-            if stop:
-                return
-
-    def _checkpoint(self) -> WalCheckpoint | None:
-        try:
-            result = self.store.checkpoint_wal()
-        except sqlite3.Error as exc:
-            log.warning("WAL checkpoint failed: %s", exc)
-            return None
-        if result.busy or result.copied < result.frames:
-            log.debug("WAL checkpoint incomplete (a reader holds old data): %s", result)
-        self.last_checkpoint = result
-        return result
-
-    def _commit(self, batch: list[_Job]) -> None:
-        for job in batch:
-            job.claim()
-        checks = [job for job in batch if job.delivery is None and not job.checkpoint]
-        jobs = [job for job in batch if job.delivery is not None]
-        self._write(checks, jobs)
-        for job in batch:
-            if job.checkpoint:
-                job.resolve(self._checkpoint())
-
-    def _write(self, checks: list[_Job], jobs: list[_Job]) -> None:
-        for job in checks:
-            try:
-                self.store.check_writable()
-            except RetryLater as exc:
-                job.fail(exc)
-            else:
-                job.resolve(None)
-        if not jobs:
-            return
-        started = time.perf_counter()
-        try:
-            results = self.store.write([(job.delivery, job.extraction) for job in jobs])  # type: ignore[misc]
-        except RetryLater as exc:
-            log.warning("%s; %d deliveries answered with a temporary failure", exc, len(jobs))
-            for job in jobs:
-                job.fail(RetryLater(str(exc)))
-            return
-        except Exception as exc:
-            log.exception("unexpected storage error")
-            for job in jobs:
-                job.fail(RetryLater(f"storage error: {type(exc).__name__}"))
-            return
-        elapsed = time.perf_counter() - started
-        if self.observer is not None:
-            self.observer(len(jobs), elapsed)
-        for job, result in zip(jobs, results, strict=True):
-            if isinstance(result, Exception):
-                job.fail(RetryLater(f"delivery could not be stored: {result}"))
-            else:
-                job.resolve(result)
+def quarantined_sources(path: str | Path, sources: Sequence[str]) -> set[str]:
+    """Return which of `sources` (deliveries.source) are stored and still quarantined."""
+    if not sources:
+        return set()
+    conn = connect(path, readonly=True)
+    try:
+        rows = conn.execute(
+            f"SELECT source FROM deliveries WHERE status = 'quarantined' AND source IN"
+            f" ({', '.join('?' * len(sources))})",
+            tuple(sources),
+        ).fetchall()
+    finally:
+        conn.close()
+    return {row[0] for row in rows}
 
 
 # Housekeeping: the admin's commands, each on its own connection beside a running server.

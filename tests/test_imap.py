@@ -27,7 +27,8 @@ from mailhook.errors import ConfigError
 from mailhook.extract import extract
 from mailhook.imap import Account, Backoff, Watcher, start_watchers, stop_watchers
 from mailhook.ingest import Pipeline
-from mailhook.store import Writer, connect, open_readonly
+from mailhook.store import connect, open_readonly
+from mailhook.writer import Writer
 
 pytestmark = [
     pytest.mark.slow,

@@ -13,7 +13,7 @@ from mailhook.cli import main
 from mailhook.errors import RetryLater
 from mailhook.ingest import Pipeline
 from mailhook.models import Delivery, Extraction
-from mailhook.store import Writer
+from mailhook.writer import Writer
 
 SEED = Path(__file__).parent.parent / "fixtures" / "seed"
 

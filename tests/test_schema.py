@@ -23,7 +23,8 @@ from mailhook.export import rows
 from mailhook.models import Extraction
 from mailhook.schema import MIGRATIONS
 from mailhook.stats import EVENT_TIME_E, Window, collect
-from mailhook.store import Writer, migrate, open_readonly
+from mailhook.store import migrate, open_readonly
+from mailhook.writer import Writer
 
 METADATA = Path(__file__).resolve().parent.parent / "docs" / "datasette-metadata.json"
 CALLS = ("OUTBOUND_CALL_FINISHED", "INBOUND_CALL_FINISHED")

@@ -12,7 +12,8 @@ import pytest
 from mailhook.errors import RetryLater
 from mailhook.models import Attempt, Checkpoint, Delivery, Event, Extraction
 from mailhook.schema import MIGRATIONS
-from mailhook.store import Store, Writer, migrate, open_readonly
+from mailhook.store import Store, migrate, open_readonly
+from mailhook.writer import Writer
 
 
 def text_event(resource_id: int = 11111111111, **changes: object) -> Event:

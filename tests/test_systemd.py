@@ -24,8 +24,8 @@ from mailhook.config import SECTIONS, load, options
 from mailhook.ingest import Pipeline
 from mailhook.metrics import Metrics
 from mailhook.server import Counters, Runtime, _supervise
-from mailhook.store import Writer
 from mailhook.systemd import Notifier, listen_sockets, watchdog_interval
+from mailhook.writer import Writer
 
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ROOT / "systemd"

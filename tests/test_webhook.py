@@ -27,7 +27,7 @@ from mailhook import webhook as webhook_module
 from mailhook.ingest import Pipeline
 from mailhook.metrics import Metrics
 from mailhook.server import Runtime
-from mailhook.store import Writer
+from mailhook.writer import Writer
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 TEXT_XML = (FIXTURES / "seed" / "text-outbound.xml").read_bytes()

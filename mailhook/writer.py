@@ -1,0 +1,210 @@
+"""The group-commit writer: one thread that owns the store and commits what producers queue.
+
+Producers (every door, through `Pipeline`) call `submit()` from any thread
+and get a future; the thread gathers everything queued while the previous
+transaction was being made durable and commits it together, then answers
+each future. The SQL itself lives in `mailhook.store`.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mailhook.errors import RetryLater
+from mailhook.models import Checkpoint, Delivery, Extraction, Receipt
+from mailhook.store import Store, WalCheckpoint, committed_checkpoint, quarantined_sources
+
+log = logging.getLogger("mailhook.writer")
+
+
+Observer = Callable[[int, float], None]
+_STOP = object()
+
+
+@dataclass(slots=True)
+class _Job:
+    delivery: Delivery | None
+    extraction: Extraction | None
+    future: Future[Any]
+    checkpoint: bool = False
+    live: bool = True
+
+    def claim(self) -> None:
+        """Mark the future running; a waiter that gave up (cancelled) gets no answer, but the work is done."""
+        self.live = self.future.set_running_or_notify_cancel()
+
+    def resolve(self, result: Any) -> None:
+        if self.live:
+            self.future.set_result(result)
+
+    def fail(self, exc: BaseException) -> None:
+        if self.live:
+            self.future.set_exception(exc)
+
+
+class Writer:
+    """The single writer thread: gathers queued deliveries and commits them together.
+
+    `submit()` is thread-safe and returns at once; its future resolves after
+    the commit, with a `Receipt`, or with `RetryLater` when storage failed.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        busy_timeout: float = 5.0,
+        max_batch: int = 256,
+        observer: Observer | None = None,
+        checkpoint_interval: float = 60.0,
+    ) -> None:
+        self.store = Store(path, busy_timeout=busy_timeout)
+        self.max_batch = max_batch
+        self.observer = observer
+        self.checkpoint_interval = checkpoint_interval
+        self.last_checkpoint: WalCheckpoint | None = None
+        self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="mailhook-writer", daemon=True)
+        self._thread.start()
+
+    @property
+    def depth(self) -> int:
+        """Return how many deliveries wait for the next commit."""
+        return self._queue.qsize()
+
+    @property
+    def alive(self) -> bool:
+        """Say whether the writer thread is still running."""
+        return self._thread.is_alive()
+
+    def submit(self, delivery: Delivery, extraction: Extraction) -> Future[Receipt]:
+        """Queue a delivery for the next group commit."""
+        future: Future[Receipt] = Future()
+        if self._closed:
+            future.set_exception(RetryLater("mailhook is shutting down"))
+        else:
+            self._queue.put(_Job(delivery, extraction, future))
+        return future
+
+    def check(self) -> Future[None]:
+        """Return a future that resolves once the writer proved it can start a write transaction."""
+        future: Future[None] = Future()
+        self._queue.put(_Job(None, None, future))
+        return future
+
+    def committed_checkpoint(self, account: str, folder: str) -> Checkpoint | None:
+        """Return the committed IMAP checkpoint of `folder`, read apart from any open write transaction."""
+        return committed_checkpoint(self.store.path, account, folder)
+
+    def quarantined_sources(self, sources: Sequence[str]) -> set[str]:
+        """Return which of `sources` (deliveries.source) were stored as quarantined and are still so."""
+        return quarantined_sources(self.store.path, sources)
+
+    def checkpoint(self) -> Future[WalCheckpoint]:
+        """Return a future for a WAL checkpoint made by the writer thread after what is queued now."""
+        future: Future[WalCheckpoint] = Future()
+        self._queue.put(_Job(None, None, future, checkpoint=True))
+        return future
+
+    def close(self) -> None:
+        """Commit everything queued so far, then stop the thread and close the database."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        self._thread.join()
+        self.store.close()
+
+    def _run(self) -> None:
+        interval = self.checkpoint_interval
+        due = time.monotonic() + interval
+        while True:
+            try:
+                first = self._queue.get(timeout=max(0.0, due - time.monotonic()) if interval else None)
+            except queue.Empty:
+                # Idle: SQLite only checkpoints on commit, so without this a WAL that readers
+                # kept from shrinking would stay large until the next delivery.
+                self._checkpoint()
+                due = time.monotonic() + interval
+                continue
+            if first is _STOP:
+                return
+            batch: list[_Job] = [first]  # type: ignore[list-item]
+            stop = False
+            while len(batch) < self.max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stop = True
+                    break
+                batch.append(item)  # type: ignore[arg-type]
+            self._commit(batch)
+            if interval and time.monotonic() >= due:
+                self._checkpoint()
+                due = time.monotonic() + interval
+            if stop:
+                return
+
+    def _checkpoint(self) -> WalCheckpoint | None:
+        try:
+            result = self.store.checkpoint_wal()
+        except RetryLater as exc:
+            log.warning("WAL checkpoint failed: %s", exc)
+            return None
+        if result.busy or result.copied < result.frames:
+            log.debug("WAL checkpoint incomplete (a reader holds old data): %s", result)
+        self.last_checkpoint = result
+        return result
+
+    def _commit(self, batch: list[_Job]) -> None:
+        for job in batch:
+            job.claim()
+        checks = [job for job in batch if job.delivery is None and not job.checkpoint]
+        jobs = [job for job in batch if job.delivery is not None]
+        self._write(checks, jobs)
+        for job in batch:
+            if job.checkpoint:
+                job.resolve(self._checkpoint())
+
+    def _write(self, checks: list[_Job], jobs: list[_Job]) -> None:
+        for job in checks:
+            try:
+                self.store.check_writable()
+            except RetryLater as exc:
+                job.fail(exc)
+            else:
+                job.resolve(None)
+        if not jobs:
+            return
+        started = time.perf_counter()
+        try:
+            results = self.store.write([(job.delivery, job.extraction) for job in jobs])  # type: ignore[misc]
+        except RetryLater as exc:
+            log.warning("%s; %d deliveries answered with a temporary failure", exc, len(jobs))
+            for job in jobs:
+                job.fail(RetryLater(str(exc)))
+            return
+        except Exception as exc:
+            log.exception("unexpected storage error")
+            for job in jobs:
+                job.fail(RetryLater(f"storage error: {type(exc).__name__}"))
+            return
+        elapsed = time.perf_counter() - started
+        if self.observer is not None:
+            self.observer(len(jobs), elapsed)
+        for job, result in zip(jobs, results, strict=True):
+            if isinstance(result, Exception):
+                job.fail(RetryLater(f"delivery could not be stored: {result}"))
+            else:
+                job.resolve(result)
