@@ -45,9 +45,10 @@ TRIGGER_EVENTS = frozenset(
 def option(default: Any, help: str, *, flag: str | None = None, secret: bool = False) -> Any:
     """Declare a setting: its default, its help text, and optionally a shorter flag name."""
     meta = {"help": help, "flag": flag, "secret": secret}
+    # Secrets stay out of repr() so a logged or printed Settings never shows them.
     if isinstance(default, list | dict):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)
-    return field(default=default, metadata=meta)
+        return field(default_factory=lambda: type(default)(default), metadata=meta, repr=not secret)
+    return field(default=default, metadata=meta, repr=not secret)
 
 
 @dataclass(frozen=True, slots=True)

@@ -259,3 +259,10 @@ def test_every_command_exits_78_on_a_configuration_error(capsys: pytest.CaptureF
     for command in (["status"], ["prune", "--older-than", "1d"], ["check-config"]):
         assert main(command, {**NO_FILE, "MAILHOOK_LOG_FORMAT": "yaml"}) == EX_CONFIG
         assert "log.format" in capsys.readouterr().err
+
+
+def test_secrets_never_appear_in_the_settings_repr() -> None:
+    settings = load({"http-token": "tok-123", "webhook-secret": "sec-456"}, {"MAILHOOK_IMAP_PASSWORD": "pw-789"}, None)
+    assert settings.http.token == "tok-123"
+    shown = repr(settings)
+    assert "tok-123" not in shown and "sec-456" not in shown and "pw-789" not in shown
