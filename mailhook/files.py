@@ -153,7 +153,9 @@ def _message(
         lines = lines[:-1]
     if size > max_size:
         return Unreadable(source, f"larger than the limit of {max_size} bytes")
-    raw = _MBOXRD_QUOTED.sub(rb"\1", b"".join(lines))
+    raw = b"".join(lines)
+    if b">From " in raw:  # every quoted line holds one; most messages have none, so skip the regex
+        raw = _MBOXRD_QUOTED.sub(rb"\1", raw)
     return _checked(raw, source, received_at, max_size, "email", sender)
 
 

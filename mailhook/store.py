@@ -246,7 +246,7 @@ class Store:
             event_id = cursor.lastrowid
             self.conn.executemany(
                 _INSERT_ATTEMPT,
-                [(event_id, *(a.row()[c] for c in ATTEMPT_COLUMNS)) for a in event.attempts],
+                [(event_id, *(row[c] for c in ATTEMPT_COLUMNS)) for row in (a.row() for a in event.attempts)],
             )
         return new, duplicates, tuple(types)
 
