@@ -8,6 +8,7 @@ from decimal import Decimal
 import pytest
 
 from mailhook.errors import Unreadable
+from mailhook.extract import extract
 from mailhook.extract.document import read_document
 from mailhook.extract.text import read_text
 from mailhook.models import Event
@@ -224,3 +225,16 @@ def test_an_id_that_is_not_a_number_stays_only_in_the_payload() -> None:
 )
 def test_pathological_text_is_read_in_linear_time(text: str) -> None:
     assert isinstance(read(text, html=True), list)
+
+
+def test_an_id_field_holding_junk_is_no_sign_of_a_notification() -> None:
+    lines = "".join(f"Text ID: \ufffd\x00junk{i}\n" for i in range(5))
+    assert read_text(lines, subject="x", subscriptions={}, html=False) == []
+    assert read_text("Text ID: abc\nFrom Number: 123\n", subject=None, subscriptions={}, html=False) == []
+
+
+def test_an_email_of_junk_id_lines_is_quarantined_not_stored_as_events() -> None:
+    raw = b"Subject: x\r\nMessage-ID: <junk@x>\r\n\r\n" + b"".join(b"Text ID: \xff\xfe\x00j%d\r\n" % i for i in range(5))
+    result = extract(raw, "email")
+    assert result.events == ()
+    assert result.reason == "no CallFire notification found in any part"

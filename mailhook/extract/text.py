@@ -173,10 +173,10 @@ def _read_block(
             known[canon] = value.strip()
     named = _event_name(known.get("event")) or _event_name(subject)
     kind = _kind(named, known)
-    has_id = any(k in known for k in ("text_id", "call_id", "resource_id")) or (
-        kind == "Broadcast" and "broadcast_id" in known
-    )
-    relevant = [k for k in known if k not in ("event", "labels")]
+    ids = [k for k in _ID_FIELDS if k in known and (k != "broadcast_id" or kind == "Broadcast")]
+    has_id = any(_is_id(known[k]) for k in ids)
+    # A field named like an id whose value is no id (junk, a placeholder) is no sign of a notification.
+    relevant = [k for k in known if k not in ("event", "labels") and (k not in _ID_FIELDS or _is_id(known[k]))]
     if not has_id and len(relevant) < MIN_KNOWN_FIELDS:
         return None
     if kind is None:
@@ -188,6 +188,15 @@ def _read_block(
     if event.event_type_source != "config" and named:
         event = dataclasses.replace(event, event_type=named, event_type_source="payload")
     return dataclasses.replace(event, payload={"fields": payload, **({"subject": subject} if subject else {})})
+
+
+_ID_FIELDS = ("text_id", "call_id", "resource_id", "broadcast_id")
+
+
+def _is_id(value: str) -> bool:
+    """Say whether a field's value reads as a CallFire id (digits, perhaps grouped: '#1,234')."""
+    digits = _digits(value)
+    return digits is not None and digits.isascii()
 
 
 def _event_name(text: str | None) -> str | None:
@@ -296,7 +305,7 @@ def _digits(value: str | None) -> str | None:
     if value is None:
         return None
     cleaned = value.replace(",", "").replace("#", "").strip()
-    return cleaned if cleaned.isdigit() else None
+    return cleaned if cleaned.isascii() and cleaned.isdigit() else None
 
 
 def _amount(value: str | None) -> str | None:
