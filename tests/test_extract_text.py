@@ -234,7 +234,8 @@ def test_an_id_field_holding_junk_is_no_sign_of_a_notification() -> None:
 
 
 def test_an_email_of_junk_id_lines_is_quarantined_not_stored_as_events() -> None:
-    raw = b"Subject: x\r\nMessage-ID: <junk@x>\r\n\r\n" + b"".join(b"Text ID: \xff\xfe\x00j%d\r\n" % i for i in range(5))
+    body = b"".join(b"Text ID: \xff\xfe\x00j%d\r\n" % i for i in range(5))
+    raw = b"Subject: x\r\nMessage-ID: <junk@x>\r\n\r\n" + body
     result = extract(raw, "email")
     assert result.events == ()
     assert result.reason == "no CallFire notification found in any part"
