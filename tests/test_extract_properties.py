@@ -1,6 +1,6 @@
 """Whatever bytes arrive, the document reader answers with events or `Unreadable`, nothing else.
 
-The number of examples per property comes from MAILHOOK_FUZZ_EXAMPLES
+The number of examples per property comes from FUZZ_EXAMPLES
 (default 200) so CI stays quick and a long fuzzing run needs no code change.
 """
 
@@ -19,7 +19,7 @@ from mailhook.errors import Unreadable
 from mailhook.extract import extract
 from mailhook.extract.document import read_document
 
-EXAMPLES = int(os.environ.get("MAILHOOK_FUZZ_EXAMPLES", "200"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,
