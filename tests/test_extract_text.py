@@ -239,3 +239,18 @@ def test_an_email_of_junk_id_lines_is_quarantined_not_stored_as_events() -> None
     result = extract(raw, "email")
     assert result.events == ()
     assert result.reason == "no CallFire notification found in any part"
+
+
+def test_short_from_and_to_labels_read_numbers_but_not_email_addresses() -> None:
+    event = one("Call ID: 9\nFrom: CallFire <noreply@callfire.com>\nTo: (818) 555-1212\nResult: LA", None)
+    assert (event.from_number, event.to_number) == (None, "(818) 555-1212")
+
+
+def test_a_status_names_the_state_or_the_result_of_a_text() -> None:
+    assert one("Text ID: 5\nStatus: SENT\nMessage: hi", None).final_result == "SENT"
+    assert one("Text ID: 5\nStatus: finished\nMessage: hi", None).state == "FINISHED"
+
+
+def test_us_time_zone_names_are_converted_to_utc() -> None:
+    event = one("Text ID: 5\nMessage: hi\nSent At: 2020-03-03 09:58:00 PST", None)
+    assert event.created == "2020-03-03T17:58:00Z"

@@ -31,8 +31,9 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "call_id": ("callid",),
     "resource_id": ("id", "resourceid", "actionid"),
     "broadcast_id": ("broadcastid", "campaignid"),
-    "from": ("fromnumber", "fromphone", "fromphonenumber", "callerid", "sendernumber"),
-    "to": ("tonumber", "tophone", "tophonenumber", "recipientnumber", "recipient"),
+    "from": ("from", "fromnumber", "fromphone", "fromphonenumber", "callerid", "sendernumber"),
+    "to": ("to", "tonumber", "tophone", "tophonenumber", "recipientnumber", "recipient", "phone", "phonenumber",
+           "contactnumber"),
     "state": ("state",),
     "status": ("status", "broadcaststatus", "campaignstatus"),
     "final_result": ("finalresult", "finaltextresult", "finalcallresult"),
@@ -41,7 +42,8 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "contact_id": ("contactid",),
     "inbound": ("inbound",),
     "direction": ("direction",),
-    "created": ("created", "createdon", "createdat", "createdate"),
+    "created": ("created", "createdon", "createdat", "createdate", "started", "startedat", "starttime", "sentat",
+                "senttime", "receivedat", "receivedtime", "date", "time", "datetime", "timestamp"),
     "modified": ("modified", "modifiedon", "lastmodified", "updated"),
     "message": ("message", "body", "messagebody", "text", "textmessage", "messagetext", "sms"),
     "billed_amount": ("billedamount", "cost", "credits", "billed"),
@@ -169,6 +171,9 @@ def _read_block(
     for label, value in block:
         payload.setdefault(label, value)
         canon = FIELDS.get(_norm(label))
+        if canon in ("from", "to"):
+            # "From: CallFire <noreply@…>" in a body is a person or an address, not a number.
+            value = _phone(value) or ""
         if canon and canon not in known and value.strip().lower() not in _BLANK_VALUES:
             known[canon] = value.strip()
     named = _event_name(known.get("event")) or _event_name(subject)
@@ -264,14 +269,14 @@ def _v1(kind: str, known: Mapping[str, str], named: str | None) -> tuple[str, di
         "@id": _digits(get("text_id") if kind == "Text" else get("call_id")) or _digits(get("resource_id")),
         "FromNumber": get("from"),
         "ToNumber": get("to"),
-        "State": (get("state") or "").upper() or None,
+        "State": (get("state") or _status_state(get("status")) or "").upper() or None,
         "BatchId": _digits(get("batch_id")),
         "BroadcastId": _digits(get("broadcast_id")),
         "ContactId": _digits(get("contact_id")),
         "Inbound": None if inbound is None else str(inbound).lower(),
         "Created": _time(get("created")),
         "Modified": _time(get("modified")),
-        "FinalResult": get("final_result") or get("result"),
+        "FinalResult": get("final_result") or get("result") or _status_result(get("status")),
         "Message": get("message") if kind == "Text" else None,
         "Label": [{"Name": label} for label in labels] if labels else None,
     }
@@ -280,6 +285,33 @@ def _v1(kind: str, known: Mapping[str, str], named: str | None) -> tuple[str, di
         resource[record_name] = _present(record)
     root = "TextNotification" if kind == "Text" else "CallFinished"
     return root, _present({**envelope, kind: _present(resource)})
+
+
+_STATES = frozenset(
+    "READY SELECTED CALLBACK FINISHED DISABLED SKIPPED DNC DUP INVALID TIMEOUT PERIOD_LIMIT RESTRICTED_NUMBER".split()
+)
+_PHONE = re.compile(r"\+?[\d\s().-]{3,}")
+_SENDER_ID = re.compile(r"[A-Za-z0-9]{1,15}")
+
+
+def _phone(value: str) -> str | None:
+    """Return the value, as sent, when it reads as a phone number, a short code or a sender id."""
+    text = value.strip()
+    if _PHONE.fullmatch(text) and sum(ch.isdigit() for ch in text) >= 3:
+        return text
+    return text if _SENDER_ID.fullmatch(text) else None
+
+
+def _status_state(status: str | None) -> str | None:
+    """A text's or call's `Status` that names a state (FINISHED …) is its State."""
+    return status.strip().upper() if status and status.strip().upper() in _STATES else None
+
+
+def _status_result(status: str | None) -> str | None:
+    """A text's or call's `Status` that is no state (SENT, LA …) is its result."""
+    if not status or status.strip().upper() in _STATES:
+        return None
+    return status.strip().upper().replace(" ", "_")
 
 
 def _present(fields: dict[str, Any]) -> dict[str, Any]:
@@ -328,6 +360,15 @@ def _seconds(value: str | None) -> str | None:
     return m.group(0) if m else None
 
 
+# The zone names a US company's emails use; CallFire is in Los Angeles.
+_ZONES = {
+    "UTC": "+00:00", "GMT": "+00:00", "Z": "+00:00",
+    "PST": "-08:00", "PDT": "-07:00", "PT": None, "MST": "-07:00", "MDT": "-06:00",
+    "CST": "-06:00", "CDT": "-05:00", "EST": "-05:00", "EDT": "-04:00",
+}
+_ZONES = {name: offset for name, offset in _ZONES.items() if offset is not None}
+
+
 def _time(value: str | None) -> str | None:
     """Return a time the v1 reader accepts (ISO 8601), or None when it is not recognisable.
 
@@ -337,9 +378,9 @@ def _time(value: str | None) -> str | None:
     if not value:
         return None
     text = value.strip()
-    for suffix in (" UTC", " GMT", " Z"):
-        if text.upper().endswith(suffix):
-            text = text[: -len(suffix)] + "+00:00"
+    zone = text.rsplit(" ", 1)[-1].upper() if " " in text else ""
+    if zone in _ZONES:
+        text = text[: -len(zone)].strip() + _ZONES[zone]
     if text.endswith("Z"):
         text = text[:-1] + "+00:00"
     try:
