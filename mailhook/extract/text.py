@@ -288,7 +288,10 @@ def _v1(kind: str, known: Mapping[str, str], named: str | None) -> tuple[str, di
 
 
 _STATES = frozenset(
-    "READY SELECTED CALLBACK FINISHED DISABLED SKIPPED DNC DUP INVALID TIMEOUT PERIOD_LIMIT RESTRICTED_NUMBER".split()
+    {
+        "READY", "SELECTED", "CALLBACK", "FINISHED", "DISABLED", "SKIPPED", "DNC", "DUP", "INVALID", "TIMEOUT",
+        "PERIOD_LIMIT", "RESTRICTED_NUMBER",
+    }
 )
 _PHONE = re.compile(r"\+?[\d\s().-]{3,}")
 _SENDER_ID = re.compile(r"[A-Za-z0-9]{1,15}")
@@ -363,10 +366,9 @@ def _seconds(value: str | None) -> str | None:
 # The zone names a US company's emails use; CallFire is in Los Angeles.
 _ZONES = {
     "UTC": "+00:00", "GMT": "+00:00", "Z": "+00:00",
-    "PST": "-08:00", "PDT": "-07:00", "PT": None, "MST": "-07:00", "MDT": "-06:00",
+    "PST": "-08:00", "PDT": "-07:00", "MST": "-07:00", "MDT": "-06:00",
     "CST": "-06:00", "CDT": "-05:00", "EST": "-05:00", "EDT": "-04:00",
 }
-_ZONES = {name: offset for name, offset in _ZONES.items() if offset is not None}
 
 
 def _time(value: str | None) -> str | None:
