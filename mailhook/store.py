@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlite_utils
 
@@ -40,6 +40,38 @@ INSERT INTO deliveries (channel, received_at, status, error, message_id, envelop
     subject, content_type, remote_addr, size, sha256, raw, notes, source, event_count, duplicate_count)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
+
+
+class Rows(NamedTuple):
+    """An extraction as the values `Store.write` inserts; a tuple, so it pickles cheaply between processes.
+
+    `events` holds, per event, its type, its `events` columns (EVENT_COLUMNS
+    order) and its attempts' `attempts` columns (ATTEMPT_COLUMNS order).
+    """
+
+    reason: str | None
+    notes: str | None
+    message_id: str | None
+    subject: str | None
+    events: tuple[tuple[str, tuple[Any, ...], tuple[tuple[Any, ...], ...]], ...]
+
+
+def rows(extraction: Extraction | Rows) -> Rows:
+    """Turn an extraction into the rows stored for it (pure: extraction workers call it too)."""
+    if isinstance(extraction, Rows):
+        return extraction
+    events = []
+    for event in extraction.events:
+        row = event.row()
+        attempts = []
+        for attempt in event.attempts:
+            values = attempt.row()
+            attempts.append(tuple([values[c] for c in ATTEMPT_COLUMNS]))
+        events.append((event.event_type, tuple([row[c] for c in EVENT_COLUMNS]), tuple(attempts)))
+    return Rows(
+        extraction.reason, "\n".join(extraction.notes) or None, extraction.message_id, extraction.subject,
+        tuple(events),
+    )
 
 
 def utcnow() -> str:
@@ -152,7 +184,7 @@ class Store:
         """Close the connection."""
         self.conn.close()
 
-    def write(self, items: Sequence[tuple[Delivery, Extraction]]) -> list[Receipt | Exception]:
+    def write(self, items: Sequence[tuple[Delivery, Extraction | Rows]]) -> list[Receipt | Exception]:
         """Store a batch in one durable transaction; return each item's receipt or its own error.
 
         A storage failure (locked, disk full, I/O) raises `RetryLater` for the
@@ -166,7 +198,7 @@ class Store:
                 for delivery, extraction in items:
                     conn.execute("SAVEPOINT item")
                     try:
-                        results.append(self._write_one(delivery, extraction))
+                        results.append(self._write_one(delivery, rows(extraction)))
                         conn.execute("RELEASE item")
                     except (sqlite3.IntegrityError, sqlite3.InterfaceError, ValueError, OverflowError) as exc:
                         conn.execute("ROLLBACK TO item")
@@ -182,7 +214,7 @@ class Store:
             raise RetryLater(f"storage unavailable: {exc}") from exc
         return results
 
-    def _write_one(self, delivery: Delivery, extraction: Extraction) -> Receipt:
+    def _write_one(self, delivery: Delivery, extraction: Rows) -> Receipt:
         conn = self.conn
         now = utcnow()
         message_id = extraction.message_id
@@ -212,7 +244,7 @@ class Store:
                 len(delivery.raw),
                 delivery.sha256,
                 raw,
-                "\n".join(extraction.notes) or None,
+                extraction.notes,
                 delivery.source,
                 0,
                 0,
@@ -230,24 +262,20 @@ class Store:
             self._advance(delivery.checkpoint, now)
         return Receipt(delivery_id, status, new, duplicates, extraction.reason, message_id, types)
 
-    def _insert_events(
-        self, delivery_id: int, now: str, extraction: Extraction
-    ) -> tuple[int, int, tuple[str, ...]]:
+    def _insert_events(self, delivery_id: int, now: str, extraction: Rows) -> tuple[int, int, tuple[str, ...]]:
+        conn = self.conn
         new = duplicates = 0
         types: list[str] = []
-        for event in extraction.events:
-            row = event.row()
-            cursor = self.conn.execute(_INSERT_EVENT, (delivery_id, now, *(row[c] for c in EVENT_COLUMNS)))
+        for event_type, values, attempts in extraction.events:
+            cursor = conn.execute(_INSERT_EVENT, (delivery_id, now, *values))
             if cursor.rowcount != 1:
                 duplicates += 1
                 continue
             new += 1
-            types.append(event.event_type)
-            event_id = cursor.lastrowid
-            self.conn.executemany(
-                _INSERT_ATTEMPT,
-                [(event_id, *(row[c] for c in ATTEMPT_COLUMNS)) for row in (a.row() for a in event.attempts)],
-            )
+            types.append(event_type)
+            if attempts:
+                event_id = cursor.lastrowid
+                conn.executemany(_INSERT_ATTEMPT, [(event_id, *values) for values in attempts])
         return new, duplicates, tuple(types)
 
     def _advance(self, checkpoint: Checkpoint, now: str) -> None:
@@ -291,7 +319,7 @@ class Store:
         conn.execute("BEGIN IMMEDIATE")
         try:
             now = utcnow()
-            new, duplicates, types = self._insert_events(delivery_id, now, extraction)
+            new, duplicates, types = self._insert_events(delivery_id, now, rows(extraction))
             old_status, old_new = conn.execute(
                 "SELECT status, event_count FROM deliveries WHERE id = ?", (delivery_id,)
             ).fetchone()
@@ -353,7 +381,7 @@ def _kind(channel: str, raw: bytes) -> str:
     return "document" if raw.lstrip()[:1] in (b"<", b"{", b"[") else "email"
 
 
-def _status(extraction: Extraction, *, seen: bool, new: int, duplicates: int) -> Status:
+def _status(extraction: Rows, *, seen: bool, new: int, duplicates: int) -> Status:
     if extraction.reason:
         return "duplicate" if seen else "quarantined"
     if new == 0 and (seen or duplicates):

@@ -20,7 +20,7 @@ from typing import Any
 
 from mailhook.errors import RetryLater
 from mailhook.models import Checkpoint, Delivery, Extraction, Receipt
-from mailhook.store import Store, WalCheckpoint, committed_checkpoint, quarantined_sources
+from mailhook.store import Rows, Store, WalCheckpoint, committed_checkpoint, quarantined_sources
 
 log = logging.getLogger("mailhook.writer")
 
@@ -32,7 +32,7 @@ _STOP = object()
 @dataclass(slots=True)
 class _Job:
     delivery: Delivery | None
-    extraction: Extraction | None
+    extraction: Extraction | Rows | None
     future: Future[Any]
     checkpoint: bool = False
     live: bool = True
@@ -86,8 +86,8 @@ class Writer:
         """Say whether the writer thread is still running."""
         return self._thread.is_alive()
 
-    def submit(self, delivery: Delivery, extraction: Extraction) -> Future[Receipt]:
-        """Queue a delivery for the next group commit."""
+    def submit(self, delivery: Delivery, extraction: Extraction | Rows) -> Future[Receipt]:
+        """Queue a delivery (with its extraction, or the rows made of it) for the next group commit."""
         future: Future[Receipt] = Future()
         if self._closed:
             future.set_exception(RetryLater("mailhook is shutting down"))
