@@ -19,7 +19,10 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         delivery = getattr(record, "delivery", None)
-        if isinstance(delivery, dict):
+        fields = getattr(delivery, "fields", None)
+        if callable(fields):
+            data.update(fields())
+        elif isinstance(delivery, dict):
             data.update(delivery)
         if record.exc_info:
             data["exception"] = self.formatException(record.exc_info)
