@@ -121,39 +121,67 @@ def _file(
 
 
 def _mbox(fh: BinaryIO, name: str, *, received_at: str, max_size: int) -> Iterator[Delivery | Unreadable]:
-    """Split an mbox on its `From ` lines, streaming, and undo mboxrd `>From ` quoting."""
+    """Split an mbox on its `From ` lines, streaming, and undo mboxrd `>From ` quoting.
+
+    A line starting `From ` begins a message when it is the first line or
+    follows a blank one. The file is read in large blocks searched with
+    `bytes.find`, not line by line; a message over `max_size` is counted, not held.
+    """
+    buf = b"\n"  # a newline before the first byte: a first line starting "From " begins a message
+    eof = False
     number = 0
-    lines: list[bytes] = []
-    size = 0
     sender: str | None = None
-    previous_blank = True
-    for line in fh:
-        if line.startswith(b"From ") and previous_blank:
-            if number:
-                yield _message(lines, size, f"{name}#{number}", received_at, max_size, sender)
-            number += 1
-            sender = line[5:].split(b" ", 1)[0].decode("ascii", "replace").strip() or None
-            lines, size = [], 0
-            previous_blank = False
+    start = body = 0  # where the current message's "From " line and its bytes begin in buf
+    dropped = 0  # bytes of the current message let go because it is too large to store
+    search = 0
+    while True:
+        i = buf.find(b"\nFrom ", search)
+        end = -1 if i < 0 else buf.find(b"\n", i + 6)
+        if (i < 0 or end < 0) and not eof:
+            if i < 0:
+                if number and len(buf) - body > max_size + 16:
+                    dropped += len(buf) - 8 - body
+                    start = body = len(buf) - 8
+                elif not number:
+                    start = max(0, len(buf) - 8)
+                search = max(search, len(buf) - 5)
+            chunk = fh.read(_BLOCK)
+            eof = not chunk
+            # One copy per block: keep only the unfinished message.
+            buf = buf[start:] + chunk
+            search -= start
+            body -= start
+            start = 0
             continue
-        previous_blank = line in (b"\n", b"\r\n")
-        size += len(line)
-        if size <= max_size + 2:
-            lines.append(line)
+        if i < 0:
+            break
+        if i and buf[i - 1] != 10 and not (buf[i - 1] == 13 and buf[i - 2] == 10):
+            search = i + 1  # "From " inside a message: the line before it is not blank
+            continue
+        line_end = end + 1 if end >= 0 else len(buf)
+        if number:
+            yield _message(buf[body : i + 1], dropped, f"{name}#{number}", received_at, max_size, sender)
+        number += 1
+        sender = buf[i + 6 : line_end].split(b" ", 1)[0].decode("ascii", "replace").strip() or None
+        start, body, dropped = i + 1, line_end, 0
+        search = end if end >= 0 else len(buf)
     if number:
-        yield _message(lines, size, f"{name}#{number}", received_at, max_size, sender)
+        yield _message(buf[body:], dropped, f"{name}#{number}", received_at, max_size, sender)
+
+
+_BLOCK = 1 << 20
 
 
 def _message(
-    lines: list[bytes], size: int, source: str, received_at: str, max_size: int, sender: str | None
+    raw: bytes, dropped: int, source: str, received_at: str, max_size: int, sender: str | None
 ) -> Delivery | Unreadable:
     # The blank line before the next "From " belongs to the mbox, not the message.
-    if lines and lines[-1] in (b"\n", b"\r\n"):
-        size -= len(lines[-1])
-        lines = lines[:-1]
-    if size > max_size:
+    if raw.endswith(b"\n") and (len(raw) == 1 or raw[-2] == 10):
+        raw = raw[:-1]
+    elif raw.endswith(b"\r\n") and (len(raw) == 2 or raw[-3] == 10):
+        raw = raw[:-2]
+    if dropped + len(raw) > max_size:
         return Unreadable(source, f"larger than the limit of {max_size} bytes")
-    raw = b"".join(lines)
     if b">From " in raw:  # every quoted line holds one; most messages have none, so skip the regex
         raw = _MBOXRD_QUOTED.sub(rb"\1", raw)
     return _checked(raw, source, received_at, max_size, "email", sender)
