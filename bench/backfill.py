@@ -16,12 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-# This directory holds http.py, which would shadow the standard library's http: look here last.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
-
-from common import ROOT, Table, machine  # noqa: E402
-from corpus import write_mbox  # noqa: E402
+from common import ROOT, Table, machine
+from corpus import write_mbox
 
 TARGET = 3000.0
 

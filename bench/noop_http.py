@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from pathlib import Path
 
-# bench/http.py would shadow the standard library's http module that aiohttp imports.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-from aiohttp import web  # noqa: E402
+from aiohttp import web
 
 
 async def notifications(request: web.Request) -> web.Response:

@@ -19,14 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
-# This directory holds http.py, which would shadow the standard library's http: look here last.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
+from backfill import ensure_mbox
+from common import ROOT, Table, free_port, machine, mailhook_serve, stop
+from corpus import Generator
+from smtp import SESSIONS, blast
 
-from backfill import ensure_mbox  # noqa: E402
-from common import ROOT, Table, free_port, machine, mailhook_serve, stop  # noqa: E402
-from corpus import Generator  # noqa: E402
-from smtp import SESSIONS, blast  # noqa: E402
+ANALYST = Path(__file__).resolve().parent / "analyst.py"
 
 
 def wal_mb(db: Path) -> float:
@@ -58,7 +56,7 @@ def bench(preload: int, messages: int, workdir: Path) -> Table:
                 files.append(path)
             analyst = None
             if phase != "alone":
-                analyst = subprocess.Popen([sys.executable, str(_HERE / "analyst.py"), str(db), "3600"],
+                analyst = subprocess.Popen([sys.executable, str(ANALYST), str(db), "3600"],
                                            stdout=subprocess.PIPE, text=True)
                 time.sleep(0.5)
             started = time.perf_counter()
@@ -68,7 +66,7 @@ def bench(preload: int, messages: int, workdir: Path) -> Table:
             if analyst is not None:
                 analyst.terminate()
                 during = int(analyst.communicate(timeout=30)[0].strip() or 0)
-                alone = subprocess.run([sys.executable, str(_HERE / "analyst.py"), str(db), "3"],
+                alone = subprocess.run([sys.executable, str(ANALYST), str(db), "3"],
                                        capture_output=True, text=True, check=True).stdout.strip()
                 note += f"; analyst {during / elapsed:.0f} queries/s meanwhile ({int(alone) / 3:.0f}/s with no ingest)"
             table.add(f"smtp ingest {phase}", f"{rates[phase]:,.0f}/s", note)

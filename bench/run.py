@@ -17,6 +17,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
+# A scenario's script, where its name would shadow a standard-library module (http).
+SCRIPTS = {"http": "http_ingest"}
+
 SCENARIOS: dict[str, tuple[list[str], list[str]]] = {
     # name: (full arguments, --quick arguments)
     "smtp": (["--messages", "4000", "--repeats", "3"], ["--messages", "800", "--repeats", "1"]),
@@ -44,8 +47,9 @@ def main() -> int:
         full, quick = SCENARIOS[name]
         started = time.monotonic()
         print(f"== {name} ...", file=sys.stderr, flush=True)
+        script = HERE / f"{SCRIPTS.get(name, name)}.py"
         done = subprocess.run(
-            [sys.executable, str(HERE / f"{name}.py"), *(quick if args.quick else full), "--workdir", args.workdir],
+            [sys.executable, str(script), *(quick if args.quick else full), "--workdir", args.workdir],
             stdout=subprocess.PIPE, text=True, timeout=3 * 3600,
         )
         if done.returncode != 0:

@@ -13,18 +13,13 @@ import argparse
 import contextlib
 import smtplib
 import socket
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-# This directory holds http.py, which would shadow the standard library's http: look here last.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
-
-from common import HOST, Table, free_port, machine, mailhook_serve, rss_kb, stop  # noqa: E402
-from corpus import Generator  # noqa: E402
+from common import HOST, Table, free_port, machine, mailhook_serve, rss_kb, stop
+from corpus import Generator
 
 TARGET_MB = 150
 

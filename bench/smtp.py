@@ -21,11 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-# This directory holds http.py, which would shadow the standard library's http: look here last.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
-
-from common import (  # noqa: E402
+from common import (
     HOST,
     ROOT,
     Table,
@@ -37,7 +33,7 @@ from common import (  # noqa: E402
     stop,
     wait_port,
 )
-from corpus import Generator  # noqa: E402
+from corpus import Generator
 
 SESSIONS = 8
 SMTP_SOURCE = "/usr/sbin/smtp-source"

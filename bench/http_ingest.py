@@ -1,6 +1,6 @@
 """HTTP ingest: wrk POSTing notifications to mailhook and to a no-op aiohttp handler.
 
-    python bench/http.py [--seconds 10] [--repeats 3]
+    python bench/http_ingest.py [--seconds 10] [--repeats 3]
 
 wrk (Debian package `wrk`) keeps 8 connections busy from 2 threads; a Lua
 script gives every request new ids, so each POST is a new notification
@@ -18,11 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-# This directory holds http.py, which would shadow the standard library's http: look here last.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
-
-from common import (  # noqa: E402
+from common import (
     HOST,
     ROOT,
     Table,
