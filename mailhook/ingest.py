@@ -27,6 +27,9 @@ from mailhook.writer import Writer
 
 log = logging.getLogger("mailhook.ingest")
 
+# Notifications are 2-4 KB; reading one inline costs less than handing it to a thread.
+INLINE_LIMIT = 64 * 1024
+
 Listener = Callable[[Delivery, Receipt | None, float], None]
 
 
@@ -67,6 +70,12 @@ class Pipeline:
             if self.executor is not None:
                 extraction: Extraction = await loop.run_in_executor(
                     self.executor, extract, delivery.raw, delivery.kind, dict(self.subscriptions)
+                )
+            elif len(delivery.raw) > INLINE_LIMIT:
+                # A large body can take seconds to read; in a thread the loop keeps serving
+                # every other session meanwhile (the GIL is handed over every few ms).
+                extraction = await loop.run_in_executor(
+                    None, extract, delivery.raw, delivery.kind, self.subscriptions
                 )
             else:
                 extraction = extract(delivery.raw, delivery.kind, self.subscriptions)

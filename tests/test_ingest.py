@@ -6,13 +6,14 @@ import asyncio
 import logging
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from mailhook.cli import main
 from mailhook.errors import RetryLater
 from mailhook.ingest import Pipeline
-from mailhook.models import Delivery, Extraction
+from mailhook.models import Delivery, Extraction, Receipt
 from mailhook.writer import Writer
 
 SEED = Path(__file__).parent.parent / "fixtures" / "seed"
@@ -91,3 +92,30 @@ def test_reprocess_reads_deliveries_an_older_parser_quarantined(tmp_path: Path) 
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT status, error, event_count FROM deliveries").fetchall() == [("stored", None, 1)]
         assert conn.execute("SELECT count(*) FROM events").fetchone() == (1,)
+
+
+def test_large_deliveries_are_read_off_the_event_loop_small_ones_on_it(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    import mailhook.ingest
+
+    threads: list[int] = []
+    real = mailhook.ingest.extract
+
+    def spy(*args: Any) -> Extraction:
+        threads.append(threading.get_ident())
+        return real(*args)
+
+    monkeypatch.setattr(mailhook.ingest, "extract", spy)
+    small = document("call-outbound.json")
+    large = Delivery(channel="http", raw=small.raw + b" " * mailhook.ingest.INLINE_LIMIT, received_at="x",
+                     kind="document")
+
+    async def both() -> tuple[int, Receipt, Receipt]:
+        return threading.get_ident(), await pipeline.ingest_async(small), await pipeline.ingest_async(large)
+
+    loop_thread, first, second = asyncio.run(both())
+    assert threads[0] == loop_thread and threads[1] != loop_thread
+    assert (first.status, second.status) == ("stored", "duplicate")
