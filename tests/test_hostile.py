@@ -57,6 +57,15 @@ class Server:
     def smtp(self) -> smtplib.SMTP:
         return smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=60)
 
+    def send_exactly(self, raw: bytes) -> int:
+        """Send `raw` as one message's DATA, byte for byte (CRLF lines, no leading dots); return the reply code."""
+        with self.smtp() as smtp:
+            smtp.ehlo()
+            smtp.mail("notifications@callfire.com")
+            smtp.rcpt("ops@example.com")
+            code, _ = smtp.data(raw)
+        return code
+
     def post(self, body: bytes, content_type: str = "application/octet-stream") -> tuple[int, dict[str, object]]:
         conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=60)
         try:
@@ -205,13 +214,7 @@ def test_nul_bytes_and_invalid_utf8_are_stored_byte_for_byte(server: Server, whe
         head += b"Content-Type: text/plain; charset=" + junk + b"\r\n"
     body = (junk * 50 + b"\r\n") * 20 if where in ("body", "both") else b"hello\r\n"
     raw = head + b"\r\n" + body
-    with server.smtp() as smtp:
-        smtp.ehlo()
-        smtp.mail("notifications@callfire.com")
-        smtp.rcpt("ops@example.com")
-        # sendmail() would encode; data() sends these exact bytes (CRLF lines, no leading dots).
-        code, _ = smtp.data(raw)
-    assert code == 250
+    assert server.send_exactly(raw) == 250
     status, error, _, stored = server.last_delivery()
     assert (status, stored) == ("quarantined", raw)
     assert error
@@ -338,12 +341,7 @@ def test_xml_and_json_bombs_over_smtp_are_stored_quarantined(server: Server, nam
         b'Content-Type: application/octet-stream; name="notification"\r\nContent-Transfer-Encoding: base64\r\n'
         b"Content-Disposition: attachment\r\n\r\n" + attachment + b"--b--\r\n"
     )
-    with server.smtp() as smtp:
-        smtp.ehlo()
-        smtp.mail("notifications@callfire.com")
-        smtp.rcpt("ops@example.com")
-        code, _ = smtp.data(raw)
-    assert code == 250
+    assert server.send_exactly(raw) == 250
     status, _, size, _ = server.last_delivery()
     assert (status, size) == ("quarantined", len(raw))
     assert server.rows("SELECT count(*) FROM events WHERE delivery_id = (SELECT max(id) FROM deliveries)") == [(0,)]
@@ -354,10 +352,6 @@ def test_a_line_longer_than_the_line_limit_gets_500_and_nothing_is_stored(server
     # The door accepts lines far beyond RFC 5321's 1000 octets, up to the smaller of the size limit and 1 MiB.
     raw = _headers("long-line") + b"\r\n" + b"x" * min(LIMIT, 1 << 20) + b"\r\n"
     before = server.rows("SELECT count(*) FROM deliveries")
-    with server.smtp() as smtp:
-        smtp.ehlo()
-        smtp.mail("notifications@callfire.com")
-        smtp.rcpt("ops@example.com")
-        assert smtp.data(raw)[0] == 500
+    assert server.send_exactly(raw) == 500
     assert server.rows("SELECT count(*) FROM deliveries") == before
     server.assert_still_serving()
