@@ -76,6 +76,7 @@ class SmtpSettings:
                                    flag="max-message-size")
     max_sessions: int = option(1000, "most concurrent SMTP sessions")
     max_per_ip: int = option(100, "most concurrent SMTP sessions from one address")
+    max_recipients: int = option(100, "most envelope recipients of one message (RFC 5321's minimum)")
     idle_timeout: float = option(300.0, "seconds an SMTP session may stay silent")
     data_timeout: float = option(600.0, "seconds a client may take to send one message after DATA")
     shutdown_grace: float = option(30.0, "seconds a stopping server lets SMTP transactions in flight finish")
@@ -408,6 +409,7 @@ def validate(settings: Settings) -> Settings:
         (settings.smtp.max_message_size > 0, "smtp.max_message_size must be positive"),
         (settings.smtp.max_sessions > 0, "smtp.max_sessions must be positive"),
         (settings.smtp.max_per_ip > 0, "smtp.max_per_ip must be positive"),
+        (settings.smtp.max_recipients > 0, "smtp.max_recipients must be positive"),
         (
             min(settings.smtp.idle_timeout, settings.smtp.data_timeout) > 0,
             "smtp.idle_timeout and smtp.data_timeout must be positive",

@@ -77,6 +77,9 @@ class Handler(PasswordAuth):
         if self.settings.accept and not matches(address, self.settings.accept):
             log.info("refused recipient peer=%s to=%s", server.peer_ip, address)
             return "550 5.1.1 Recipient not accepted here"
+        if len(envelope.rcpt_tos) >= self.settings.max_recipients:
+            # Temporary on purpose: the sender delivers the rest in another transaction.
+            return "452 4.5.3 Too many recipients"
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
         return "250 2.1.5 OK"

@@ -286,3 +286,14 @@ def test_refusals_are_counted_in_the_metrics_by_reason(start_server: StartServer
     text = runtime.metrics.render().decode()
     for reason in ("sender", "recipient", "too_large", "too_many_from_address"):
         assert f'mailhook_rejected_total{{channel="smtp",reason="{reason}"}} 1.0' in text
+
+
+def test_recipients_past_the_cap_get_452_and_the_rest_is_delivered(start_server: StartServer) -> None:
+    runtime = start_server(smtp={"max_recipients": 2})
+    with client(runtime) as smtp:
+        smtp.ehlo()
+        smtp.mail("notifications@callfire.com")
+        assert [smtp.rcpt(f"r{i}@example.com")[0] for i in range(3)] == [250, 250, 452]
+        assert smtp.data(notification(1))[0] == 250
+    (stored,) = rows(_db(runtime), "SELECT envelope_to FROM deliveries")
+    assert json.loads(stored[0]) == ["r0@example.com", "r1@example.com"]
