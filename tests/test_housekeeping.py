@@ -208,7 +208,8 @@ def test_idle_writer_checkpoints_by_itself(tmp_path: Path) -> None:
         store(pipeline, range(20))
         wal = tmp_path / "idle.db-wal"
         deadline = datetime.now(UTC) + timedelta(seconds=30)
-        while wal.stat().st_size and datetime.now(UTC) < deadline:
+        # The WAL is emptied inside the checkpoint and the writer records it just after: wait for both.
+        while (wal.stat().st_size or writer.last_checkpoint is None) and datetime.now(UTC) < deadline:
             threading.Event().wait(0.02)
         assert wal.stat().st_size == 0
         assert writer.last_checkpoint is not None
