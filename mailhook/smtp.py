@@ -131,6 +131,12 @@ class Connection(SMTP):
         self.admitted = False
         super().__init__(handler, **kwargs)
 
+    def _syntax_available(self, method: Any) -> bool:
+        """Leave AUTH out of HELP when no password file is configured, as EHLO does."""
+        if getattr(method, "__name__", "") == "smtp_AUTH" and self.door.passwords is None:
+            return False
+        return bool(super()._syntax_available(method))
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Admit or refuse a new connection; after STARTTLS, just switch transports."""
         if self.admitted:

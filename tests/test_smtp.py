@@ -297,3 +297,12 @@ def test_recipients_past_the_cap_get_452_and_the_rest_is_delivered(start_server:
         assert smtp.data(notification(1))[0] == 250
     (stored,) = rows(_db(runtime), "SELECT envelope_to FROM deliveries")
     assert json.loads(stored[0]) == ["r0@example.com", "r1@example.com"]
+
+
+def test_help_does_not_offer_auth_when_it_is_not_configured(start_server: StartServer) -> None:
+    runtime = start_server()
+    with client(runtime) as smtp:
+        smtp.ehlo()
+        code, text = smtp.docmd("HELP")
+    assert code == 250
+    assert b"AUTH" not in text and b"DATA" in text
