@@ -14,6 +14,7 @@ outside systemd a relative name from the config file is read next to it.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 import os
 import tomllib
@@ -447,6 +448,14 @@ def validate(settings: Settings) -> Settings:
         listen = getattr(settings, name).listen
         if listen:
             parse_address(listen, f"{name}.listen")
+    if settings.smtp.listen and not settings.smtp.accept and not _loopback(settings.smtp.listen):
+        # Checked here too (the door checks what it really binds) so nothing is opened or
+        # created before refusing, and `check-config` reports it.
+        raise ConfigError(
+            f"smtp.listen is {settings.smtp.listen} but smtp.accept is empty: without a recipient "
+            "allow-list mailhook accepts mail on a loopback address only; "
+            "give --accept ADDR or --accept @DOMAIN (repeatable)"
+        )
     # Port 0 means "any free port": two doors asking for it never collide.
     if settings.smtp.listen and settings.smtp.listen == settings.http.listen and parse_address(
         settings.smtp.listen, "smtp.listen"
@@ -514,3 +523,12 @@ def parse_address(value: str, name: str) -> tuple[str, int]:
 def with_storage(settings: Settings, **changes: Any) -> Settings:
     """Return settings with storage options replaced (for tests and subcommands)."""
     return replace(settings, storage=replace(settings.storage, **changes))
+
+
+def _loopback(listen: str) -> bool:
+    """Say whether HOST:PORT names a loopback address; a host name counts (the door checks what it binds)."""
+    host, _ = parse_address(listen, "smtp.listen")
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True

@@ -266,3 +266,12 @@ def test_secrets_never_appear_in_the_settings_repr() -> None:
     assert settings.http.token == "tok-123"
     shown = repr(settings)
     assert "tok-123" not in shown and "sec-456" not in shown and "pw-789" not in shown
+
+
+def test_public_smtp_without_an_accept_list_is_refused_before_anything_is_created(tmp_path: Path) -> None:
+    db = tmp_path / "m.db"
+    with pytest.raises(ConfigError, match=r"smtp\.accept is empty"):
+        load({"smtp-listen": "0.0.0.0:2525", "db": str(db)}, {}, None)
+    assert load({"smtp-listen": "0.0.0.0:2525", "accept": ["@example.com"]}, {}, None).smtp.accept == ("@example.com",)
+    assert main(["serve", "--smtp-listen", "0.0.0.0:0", "--db", str(db)], env={}) == 78
+    assert not db.exists()
