@@ -448,14 +448,10 @@ def validate(settings: Settings) -> Settings:
         listen = getattr(settings, name).listen
         if listen:
             parse_address(listen, f"{name}.listen")
-    if settings.smtp.listen and not settings.smtp.accept and not _loopback(settings.smtp.listen):
+    if settings.smtp.listen:
         # Checked here too (the door checks what it really binds) so nothing is opened or
         # created before refusing, and `check-config` reports it.
-        raise ConfigError(
-            f"smtp.listen is {settings.smtp.listen} but smtp.accept is empty: without a recipient "
-            "allow-list mailhook accepts mail on a loopback address only; "
-            "give --accept ADDR or --accept @DOMAIN (repeatable)"
-        )
+        refuse_open_relay(settings.smtp, [settings.smtp.listen])
     # Port 0 means "any free port": two doors asking for it never collide.
     if settings.smtp.listen and settings.smtp.listen == settings.http.listen and parse_address(
         settings.smtp.listen, "smtp.listen"
@@ -525,10 +521,23 @@ def with_storage(settings: Settings, **changes: Any) -> Settings:
     return replace(settings, storage=replace(settings.storage, **changes))
 
 
-def _loopback(listen: str) -> bool:
-    """Say whether HOST:PORT names a loopback address; a host name counts (the door checks what it binds)."""
-    host, _ = parse_address(listen, "smtp.listen")
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return True
+def refuse_open_relay(smtp: SmtpSettings, addresses: list[str]) -> None:
+    """Raise `ConfigError` when SMTP would take mail for anyone on a non-loopback address.
+
+    Without `smtp.accept` only loopback may listen. A host name is let through:
+    the door checks the IP addresses it really binds.
+    """
+    if smtp.accept:
+        return
+    for address in addresses:
+        host = address.rpartition(":")[0].strip("[]") or "0.0.0.0"
+        try:
+            public = not ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            public = False
+        if public:
+            raise ConfigError(
+                f"smtp.listen is {', '.join(addresses)} but smtp.accept is empty: without a recipient "
+                "allow-list mailhook accepts mail on a loopback address only; "
+                "give --accept ADDR or --accept @DOMAIN (repeatable)"
+            )

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import ipaddress
 import logging
 from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
-from mailhook.config import SmtpSettings, parse_address
+from mailhook.config import SmtpSettings, parse_address, refuse_open_relay
 from mailhook.errors import ConfigError, Rejected, RetryLater, TooLarge
 from mailhook.models import Delivery
 from mailhook.smtpauth import PasswordAuth, PasswordFile, tls_context
@@ -239,13 +238,11 @@ class SmtpDoor:
                 self.server = await loop.create_server(self._connection, host, port, reuse_address=True)
         except OSError as exc:
             raise ConfigError(f"smtp.listen: cannot listen on {self.settings.listen}: {exc.strerror}") from None
-        if not self.settings.accept and not all(_is_loopback(a) for a in self.addresses()):
+        try:
+            refuse_open_relay(self.settings, self.addresses())
+        except ConfigError:
             self.server.close()
-            raise ConfigError(
-                f"smtp.listen is {', '.join(self.addresses())} but smtp.accept is empty: without a recipient "
-                "allow-list mailhook accepts mail on a loopback address only; "
-                "give --accept ADDR or --accept @DOMAIN (repeatable)"
-            )
+            raise
 
     def _connection(self) -> Connection:
         settings = self.settings
@@ -334,14 +331,6 @@ class SmtpDoor:
             await asyncio.wait(set(self.storing))
         if self.server is not None:
             await self.server.wait_closed()
-
-
-def _is_loopback(address: str) -> bool:
-    host = address.rpartition(":")[0].strip("[]")
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 async def start(runtime: Runtime) -> SmtpDoor:
