@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import logging
 import smtplib
 import socket
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiosmtpd.smtp import SMTP
 from conftest import StartServer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from smtp_support import FIXTURES, client, locked, notification, on_the_wire, read_until_closed, rows, smtp_address
 
 from mailhook.errors import ConfigError
 from mailhook.server import Runtime
+from mailhook.smtp import Connection, SmtpDoor
 
 EXPECTED = ".expected.json"
 
@@ -306,3 +313,43 @@ def test_help_does_not_offer_auth_when_it_is_not_configured(start_server: StartS
         code, text = smtp.docmd("HELP")
     assert code == 250
     assert b"AUTH" not in text and b"DATA" in text
+
+
+TRICKY_ADDRESSES = [
+    "<a@b>", "<ops@example.com> SIZE=123 BODY=8BITMIME", "<a@b>SIZE=1", "<a@b>  \t ", "<a@b> (comment) X=1",
+    "<a@b>(c)", "<>", "<a.b@c.d>", "<a..b@c>", "<.a@b>", "<a.@b>", "<\"a b\"@c>", "<a@[127.0.0.1]>",
+    "<=?utf-8?q?x?=@b>", "<a=?x?=@b>", "<é@b>", "<a@é.b>", "<a@b\x0b> X", "<a@b>\x0bX", "< a@b>", " <a@b>",
+    "<a@b", "<a b@c>", "<a@b@c>", "<@r1,@r2:a@b>", "<a(c)@b>", "<bounce+x=y@b.c>", "<a@b> \u3000X",
+]
+ADDRESS_PARTS = st.sampled_from(["a", "B9", ".", "@", "<", ">", " ", "\t", "(", ")", "\"", "[", "]", "=?", "?=",
+                                 "é", "\\", ",", ":", ";", "+", "=", "-", "SIZE=9", "x.y"])
+
+
+def _split(split: Callable[[str], object], arg: str) -> object:
+    """Return what `split(arg)` returns, or the type of what it raises (the stdlib parser raises on some)."""
+    try:
+        return split(arg)
+    except Exception as exc:  # noqa: BLE001 - compared, not handled
+        return type(exc)
+
+
+@pytest.fixture
+def connection(server: Runtime) -> Iterator[Connection]:
+    """A door's session object, not connected, for calling its parser directly."""
+    door = next(d for d in server.doors if isinstance(d, SmtpDoor))
+    loop = asyncio.new_event_loop()
+    yield Connection(door, door.handler, loop=loop)
+    loop.close()
+
+
+@pytest.mark.parametrize("arg", TRICKY_ADDRESSES)
+def test_mail_and_rcpt_addresses_are_split_as_aiosmtpd_splits_them(connection: Connection, arg: str) -> None:
+    assert _split(connection._getaddr, arg) == _split(functools.partial(SMTP._getaddr, connection), arg)
+
+
+# The connection is only read from, so sharing it between examples is safe.
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(parts=st.lists(ADDRESS_PARTS, max_size=12))
+def test_any_angle_address_is_split_as_aiosmtpd_splits_it(connection: Connection, parts: list[str]) -> None:
+    arg = "<" + "".join(parts)
+    assert _split(connection._getaddr, arg) == _split(functools.partial(SMTP._getaddr, connection), arg)
