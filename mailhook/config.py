@@ -78,6 +78,9 @@ class SmtpSettings:
     max_sessions: int = option(1000, "most concurrent SMTP sessions")
     max_per_ip: int = option(100, "most concurrent SMTP sessions from one address")
     max_recipients: int = option(100, "most envelope recipients of one message (RFC 5321's minimum)")
+    acknowledge: str = option(
+        "stored", "when 250 is sent: 'stored' (raw bytes and events committed) or 'received' (raw bytes "
+        "committed; events extracted moments later in worker processes, for high volume)")
     idle_timeout: float = option(300.0, "seconds an SMTP session may stay silent")
     data_timeout: float = option(600.0, "seconds a client may take to send one message after DATA")
     shutdown_grace: float = option(30.0, "seconds a stopping server lets SMTP transactions in flight finish")
@@ -428,6 +431,7 @@ def validate(settings: Settings) -> Settings:
         (settings.imap.security in ("ssl", "starttls", "none"), "imap.security must be ssl, starttls or none"),
         (settings.imap.action in ("move", "seen", "leave"), "imap.action must be move, seen or leave"),
         (settings.log.format in ("text", "json"), "log.format must be text or json"),
+        (settings.smtp.acknowledge in ("stored", "received"), "smtp.acknowledge must be stored or received"),
         (
             settings.log.level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
             "log.level must be DEBUG, INFO, WARNING or ERROR",

@@ -19,7 +19,7 @@ from mailhook.errors import RetryLater, TooLarge
 from mailhook.extract import extract
 from mailhook.ingest import Pipeline, extraction_pool, log_delivery
 from mailhook.models import Delivery, Extraction, Kind, Receipt
-from mailhook.store import Rows, rows, utcnow
+from mailhook.store import Rows, utcnow, worker_rows
 from mailhook.writer import Writer
 
 log = logging.getLogger("mailhook.files")
@@ -284,15 +284,7 @@ def _extract_chunk(chunk: list[tuple[bytes, Kind]], subscriptions: Mapping[int, 
     Rows (plain tuples) cost the parent far less to unpickle than `Extraction`s,
     and building them here takes that work off the parent too.
     """
-    return [_rows(extract(raw, kind, subscriptions)) for raw, kind in chunk]
-
-
-def _rows(extraction: Extraction) -> Extraction | Rows:
-    try:
-        return rows(extraction)
-    except (ValueError, OverflowError, TypeError):
-        # The writer meets the same error and fails this delivery alone, as without a pool.
-        return extraction
+    return [worker_rows(extract(raw, kind, subscriptions)) for raw, kind in chunk]
 
 
 def _extracted(

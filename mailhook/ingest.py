@@ -3,6 +3,9 @@
 `Pipeline.submit()` is the one ingest function. Doors build a `Delivery`,
 submit it, and answer their client only when the returned future resolves:
 by then the raw bytes and the extracted events are committed together.
+`Pipeline.accept_async()` is its variant for a pipeline with a backlog: it
+answers once the raw bytes are committed, and the backlog stores the events
+moments later (see `mailhook.backlog`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 
+from mailhook.backlog import Backlog
 from mailhook.errors import RetryLater
 from mailhook.extract import extract
 from mailhook.models import Delivery, Extraction, Receipt
@@ -45,6 +49,7 @@ class Pipeline:
     subscriptions: Mapping[int, str] = field(default_factory=dict)
     executor: Executor | None = None
     listeners: list[Listener] = field(default_factory=list)
+    backlog: Backlog | None = None
 
     def submit(self, delivery: Delivery) -> Future[Receipt]:
         """Extract `delivery` in this thread and queue it for the next commit."""
@@ -86,12 +91,32 @@ class Pipeline:
         self._notify(delivery, receipt, started)
         return receipt
 
+    async def accept_async(self, delivery: Delivery) -> Receipt:
+        """Store one delivery's raw bytes durably as `pending` and leave its events to the backlog.
+
+        Without a backlog this is `ingest_async`. The receipt says `pending`;
+        the delivery's log line is written once its events are stored.
+        """
+        if self.backlog is None:
+            return await self.ingest_async(delivery)
+        started = time.perf_counter()
+        try:
+            receipt = await asyncio.wrap_future(self.writer.submit(delivery, None))
+        except RetryLater:
+            self._notify(delivery, None, started)
+            raise
+        self.backlog.accepted(receipt.delivery_id, started)
+        return receipt
+
     async def check(self) -> None:
         """Raise `RetryLater` unless the database can take a write now."""
         await asyncio.wrap_future(self.writer.check())
 
     def _notify(self, delivery: Delivery, receipt: Receipt | None, started: float) -> None:
-        elapsed = time.perf_counter() - started
+        self.report(delivery, receipt, time.perf_counter() - started)
+
+    def report(self, delivery: Delivery, receipt: Receipt | None, elapsed: float) -> None:
+        """Write a finished delivery's log line and tell the listeners (metrics, status counters)."""
         log_delivery(delivery, receipt, elapsed)
         for listener in self.listeners:
             listener(delivery, receipt, elapsed)

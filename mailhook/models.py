@@ -10,7 +10,8 @@ from typing import Any, Literal
 
 Channel = Literal["smtp", "imap", "http", "file"]
 Kind = Literal["email", "document"]
-Status = Literal["stored", "duplicate", "quarantined"]
+# `pending`: the raw bytes are stored and acknowledged, their events not yet extracted.
+Status = Literal["stored", "duplicate", "quarantined", "pending"]
 TypeSource = Literal["payload", "config", "inferred"]
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from mailhook import systemd
+from mailhook.backlog import Backlog, worker_count, worker_pool
 from mailhook.config import Settings
 from mailhook.ingest import Pipeline
 from mailhook.metrics import Metrics
@@ -101,6 +102,15 @@ async def serve(settings: Settings, env: Mapping[str, str], *, started: asyncio.
     writer = await _open_writer(settings, env, metrics, notifier)
     metrics.track_queue(lambda: writer.depth)
     pipeline = Pipeline(writer, settings.subscriptions, listeners=[metrics.on_delivery, counters.on_delivery])
+    # The backlog always takes up deliveries an earlier run left pending; only with
+    # acknowledge = "received" does the SMTP door add to it, and it gets worker processes.
+    deferred = settings.smtp.acknowledge == "received" and bool(settings.smtp.listen or "smtp" in sockets)
+    workers = worker_count() if deferred else 1
+    backlog = Backlog(writer, settings.subscriptions, pipeline.report,
+                      pool=worker_pool(workers) if deferred else None, workers=workers)
+    backlog.start()
+    if deferred:
+        pipeline.backlog = backlog
     runtime = Runtime(settings, env, pipeline, writer, metrics, sockets=sockets)
     supervisor: asyncio.Task[None] | None = None
     try:
@@ -130,6 +140,9 @@ async def serve(settings: Settings, env: Mapping[str, str], *, started: asyncio.
                 await door.close()
             except Exception:
                 log.exception("error while closing %s", door.name)
+        await backlog.close(settings.smtp.shutdown_grace)
+        if backlog.pool is not None:
+            backlog.pool.shutdown(cancel_futures=True)
         await asyncio.get_running_loop().run_in_executor(None, writer.close)
         if pipeline.executor is not None:
             pipeline.executor.shutdown()

@@ -118,7 +118,7 @@ class Handler(PasswordAuth):
         )
         # The store goes on even if the client vanishes or times out meanwhile:
         # the door waits for these tasks before the writer is closed.
-        task = asyncio.ensure_future(self.door.runtime.pipeline.ingest_async(delivery))
+        task = asyncio.ensure_future(self.door.runtime.pipeline.accept_async(delivery))
         self.door.track(task)
         try:
             receipt = await asyncio.shield(task)

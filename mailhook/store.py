@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import sqlite_utils
 
 from mailhook.errors import ConfigError, RetryLater
-from mailhook.models import Checkpoint, Delivery, Extraction, Receipt, Status, to_json
+from mailhook.models import Checkpoint, Delivery, Extraction, Kind, Receipt, Status, to_json
 from mailhook.schema import ATTEMPT_COLUMNS, EVENT_COLUMNS, MIGRATIONS
 
 log = logging.getLogger("mailhook.store")
@@ -56,6 +56,18 @@ class Rows(NamedTuple):
     events: tuple[tuple[str, tuple[Any, ...], tuple[tuple[Any, ...], ...]], ...]
 
 
+class Completion(NamedTuple):
+    """The extraction of a delivery stored `pending`, to be stored as its events."""
+
+    delivery_id: int
+    sha256: str
+    extraction: Extraction | Rows
+
+
+# What `Store.write` takes: a delivery with its extraction (None: store it pending), or a completion.
+Work = tuple[Delivery, Extraction | Rows | None] | Completion
+
+
 def rows(extraction: Extraction | Rows) -> Rows:
     """Turn an extraction into the rows stored for it (pure: extraction workers call it too)."""
     if isinstance(extraction, Rows):
@@ -72,6 +84,17 @@ def rows(extraction: Extraction | Rows) -> Rows:
         extraction.reason, "\n".join(extraction.notes) or None, extraction.message_id, extraction.subject,
         tuple(events),
     )
+
+
+def worker_rows(extraction: Extraction) -> Extraction | Rows:
+    """Return an extraction as rows for the parent process, or as itself when its values cannot be rows.
+
+    The writer then meets the same error and fails (or quarantines) that delivery alone.
+    """
+    try:
+        return rows(extraction)
+    except (ValueError, OverflowError, TypeError):
+        return extraction
 
 
 def utcnow() -> str:
@@ -184,25 +207,34 @@ class Store:
         """Close the connection."""
         self.conn.close()
 
-    def write(self, items: Sequence[tuple[Delivery, Extraction | Rows]]) -> list[Receipt | Exception]:
+    def write(self, items: Sequence[Work]) -> list[Receipt | Exception]:
         """Store a batch in one durable transaction; return each item's receipt or its own error.
 
-        A storage failure (locked, disk full, I/O) raises `RetryLater` for the
-        whole batch; an error confined to one item fails only that item.
+        An item is a delivery with its extraction (stored with its events), a
+        delivery with None (stored `pending`, its events to follow), or a
+        `Completion` of a pending delivery. A storage failure (locked, disk
+        full, I/O) raises `RetryLater` for the whole batch; an error confined to
+        one item fails only that item.
         """
         conn = self.conn
         results: list[Receipt | Exception] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for delivery, extraction in items:
+                for item in items:
                     conn.execute("SAVEPOINT item")
                     try:
-                        results.append(self._write_one(delivery, rows(extraction)))
+                        if isinstance(item, Completion):
+                            results.append(self._complete(item))
+                        else:
+                            results.append(self._write_one(item[0], item[1]))
                         conn.execute("RELEASE item")
                     except (sqlite3.IntegrityError, sqlite3.InterfaceError, ValueError, OverflowError) as exc:
                         conn.execute("ROLLBACK TO item")
                         conn.execute("RELEASE item")
+                        if isinstance(item, Completion) and (kept := self._quarantine(item.delivery_id, exc)):
+                            results.append(kept)
+                            continue
                         log.error("delivery could not be stored: %s", exc)
                         results.append(exc)
                 conn.execute("COMMIT")
@@ -214,53 +246,92 @@ class Store:
             raise RetryLater(f"storage unavailable: {exc}") from exc
         return results
 
-    def _write_one(self, delivery: Delivery, extraction: Rows) -> Receipt:
-        conn = self.conn
+    def _write_one(self, delivery: Delivery, extraction: Extraction | Rows | None) -> Receipt:
         now = utcnow()
-        message_id = extraction.message_id
-        raw: bytes | None = delivery.raw
-        seen = False
-        if message_id:
-            row = conn.execute(
-                "SELECT sha256 FROM deliveries WHERE message_id = ? ORDER BY id LIMIT 1", (message_id,)
-            ).fetchone()
-            if row is not None:
-                seen = True
-                if row[0] == delivery.sha256:
-                    raw = None  # the first delivery holds these exact bytes already
-        cursor = conn.execute(
+        if extraction is None:
+            delivery_id = self._insert_delivery(delivery, now, "pending", None, delivery.raw)
+            return Receipt(delivery_id, "pending")
+        found = rows(extraction)
+        seen, same_bytes = self._seen(found.message_id, delivery.sha256, None)
+        delivery_id = self._insert_delivery(delivery, now, "quarantined" if found.reason else "stored", found,
+                                            None if same_bytes else delivery.raw)
+        return self._finish(delivery_id, now, found, seen=seen, checkpoint=delivery.checkpoint)
+
+    def _complete(self, completion: Completion) -> Receipt:
+        """Store the events of a delivery stored `pending`, and give it its final status."""
+        found = rows(completion.extraction)
+        delivery_id = completion.delivery_id
+        seen, same_bytes = self._seen(found.message_id, completion.sha256, delivery_id)
+        row = self.conn.execute(
+            "UPDATE deliveries SET error = ?, message_id = ?, subject = ?, notes = ?,"
+            " raw = CASE WHEN ? THEN NULL ELSE raw END WHERE id = ? AND status = 'pending' RETURNING received_at",
+            (found.reason, found.message_id, found.subject, found.notes, same_bytes, delivery_id),
+        ).fetchone()
+        if row is None:
+            raise ValueError(f"delivery {delivery_id} is no longer pending")
+        # Its events carry the time it was received (and acknowledged), as they would have inline.
+        return self._finish(delivery_id, row[0], found, seen=seen, checkpoint=None)
+
+    def _quarantine(self, delivery_id: int, exc: Exception) -> Receipt | None:
+        """Quarantine a pending delivery whose events cannot be stored (it was acknowledged; keep it)."""
+        reason = f"events could not be stored: {exc}"
+        done = self.conn.execute(
+            "UPDATE deliveries SET status = 'quarantined', error = ? WHERE id = ? AND status = 'pending'",
+            (reason, delivery_id),
+        ).rowcount
+        if not done:
+            return None
+        log.error("delivery %d quarantined: %s", delivery_id, reason)
+        return Receipt(delivery_id, "quarantined", error=reason)
+
+    def _seen(self, message_id: str | None, sha256: str, own_id: int | None) -> tuple[bool, bool]:
+        """Say whether another delivery has this Message-ID, and whether the first one has these exact bytes."""
+        if not message_id:
+            return False, False
+        row = self.conn.execute(
+            "SELECT sha256 FROM deliveries WHERE message_id = ? AND id IS NOT ? ORDER BY id LIMIT 1",
+            (message_id, own_id),
+        ).fetchone()
+        # Same bytes: the first delivery holds them already, so this one keeps no copy.
+        return row is not None, row is not None and row[0] == sha256
+
+    def _insert_delivery(self, delivery: Delivery, now: str, status: Status, found: Rows | None,
+                         raw: bytes | None) -> int:
+        cursor = self.conn.execute(
             _INSERT_DELIVERY,
             (
                 delivery.channel,
                 now,
-                "quarantined" if extraction.reason else "stored",
-                extraction.reason,
-                message_id,
+                status,
+                found and found.reason,
+                found and found.message_id,
                 delivery.envelope_from,
                 to_json(list(delivery.envelope_to)) if delivery.envelope_to else None,
-                extraction.subject,
+                found and found.subject,
                 delivery.content_type,
                 delivery.remote_addr,
                 len(delivery.raw),
                 delivery.sha256,
                 raw,
-                extraction.notes,
+                found and found.notes,
                 delivery.source,
                 0,
                 0,
             ),
         )
-        delivery_id = cursor.lastrowid
-        assert delivery_id is not None
-        new, duplicates, types = self._insert_events(delivery_id, now, extraction)
-        status = _status(extraction, seen=seen, new=new, duplicates=duplicates)
-        conn.execute(
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def _finish(self, delivery_id: int, now: str, found: Rows, *, seen: bool, checkpoint: Checkpoint | None) -> Receipt:
+        new, duplicates, types = self._insert_events(delivery_id, now, found)
+        status = _status(found, seen=seen, new=new, duplicates=duplicates)
+        self.conn.execute(
             "UPDATE deliveries SET status = ?, event_count = ?, duplicate_count = ? WHERE id = ?",
             (status, new, duplicates, delivery_id),
         )
-        if delivery.checkpoint is not None:
-            self._advance(delivery.checkpoint, now)
-        return Receipt(delivery_id, status, new, duplicates, extraction.reason, message_id, types)
+        if checkpoint is not None:
+            self._advance(checkpoint, now)
+        return Receipt(delivery_id, status, new, duplicates, found.reason, found.message_id, types)
 
     def _insert_events(self, delivery_id: int, now: str, extraction: Rows) -> tuple[int, int, tuple[str, ...]]:
         conn = self.conn
@@ -372,7 +443,7 @@ class Store:
             raise RetryLater(f"storage unavailable: {exc}") from exc
 
 
-def _kind(channel: str, raw: bytes) -> str:
+def _kind(channel: str, raw: bytes) -> Kind:
     """Say how a stored delivery's raw bytes are read: emails, or bare documents (HTTP, .xml/.json)."""
     if channel in ("smtp", "imap"):
         return "email"
@@ -387,6 +458,49 @@ def _status(extraction: Rows, *, seen: bool, new: int, duplicates: int) -> Statu
     if new == 0 and (seen or duplicates):
         return "duplicate"
     return "stored"
+
+
+class PendingReader:
+    """Reads deliveries stored `pending` on a read-only connection of its own, for the extraction backlog."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._conn: sqlite3.Connection | None = None
+
+    def ids(self, after: int, limit: int) -> list[int]:
+        """Return the ids of pending deliveries after id `after`, oldest first; `RetryLater` if unreadable."""
+        try:
+            if self._conn is None:
+                self._conn = connect(self.path, readonly=True)
+            return [row[0] for row in self._conn.execute(
+                "SELECT id FROM deliveries WHERE status = 'pending' AND id > ? ORDER BY id LIMIT ?", (after, limit)
+            )]
+        except sqlite3.Error as exc:
+            self.close()
+            raise RetryLater(f"storage unavailable: {exc}") from exc
+
+    def read(self, ids: Sequence[int]) -> list[tuple[int, Delivery]]:
+        """Read back the deliveries among `ids` that are still pending, as they were received."""
+        if self._conn is None:
+            self._conn = connect(self.path, readonly=True)
+        found = self._conn.execute(
+            "SELECT id, channel, received_at, raw, envelope_from, envelope_to, remote_addr, content_type, source"
+            " FROM deliveries WHERE id IN (SELECT value FROM json_each(?)) AND status = 'pending' ORDER BY id",
+            (json.dumps(list(ids)),),
+        ).fetchall()
+        return [
+            (id_, Delivery(channel=channel, raw=raw, received_at=received_at, kind=_kind(channel, raw),
+                           envelope_from=sender, envelope_to=tuple(json.loads(to)) if to else (),
+                           remote_addr=peer, content_type=content_type, source=source))
+            for id_, channel, received_at, raw, sender, to, peer, content_type, source in found
+            if raw is not None
+        ]
+
+    def close(self) -> None:
+        """Close the connection, if open."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 def committed_checkpoint(path: str | Path, account: str, folder: str) -> Checkpoint | None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from mailhook.errors import RetryLater
 from mailhook.models import Checkpoint, Delivery, Extraction, Receipt
-from mailhook.store import Rows, Store, WalCheckpoint, committed_checkpoint, quarantined_sources
+from mailhook.store import Completion, Rows, Store, WalCheckpoint, Work, committed_checkpoint, quarantined_sources
 
 log = logging.getLogger("mailhook.writer")
 
@@ -31,8 +31,7 @@ _STOP = object()
 
 @dataclass(slots=True)
 class _Job:
-    delivery: Delivery | None
-    extraction: Extraction | Rows | None
+    work: Work | None
     future: Future[Any]
     checkpoint: bool = False
     live: bool = True
@@ -86,19 +85,26 @@ class Writer:
         """Say whether the writer thread is still running."""
         return self._thread.is_alive()
 
-    def submit(self, delivery: Delivery, extraction: Extraction | Rows) -> Future[Receipt]:
-        """Queue a delivery (with its extraction, or the rows made of it) for the next group commit."""
+    def submit(self, delivery: Delivery, extraction: Extraction | Rows | None) -> Future[Receipt]:
+        """Queue a delivery for the next group commit: with its extraction (or rows), or None to store it pending."""
+        return self._submit((delivery, extraction))
+
+    def complete(self, completion: Completion) -> Future[Receipt]:
+        """Queue the events of a delivery stored pending for the next group commit."""
+        return self._submit(completion)
+
+    def _submit(self, work: Work) -> Future[Receipt]:
         future: Future[Receipt] = Future()
         if self._closed:
             future.set_exception(RetryLater("mailhook is shutting down"))
         else:
-            self._queue.put(_Job(delivery, extraction, future))
+            self._queue.put(_Job(work, future))
         return future
 
     def check(self) -> Future[None]:
         """Return a future that resolves once the writer proved it can start a write transaction."""
         future: Future[None] = Future()
-        self._queue.put(_Job(None, None, future))
+        self._queue.put(_Job(None, future))
         return future
 
     def committed_checkpoint(self, account: str, folder: str) -> Checkpoint | None:
@@ -112,7 +118,7 @@ class Writer:
     def checkpoint(self) -> Future[WalCheckpoint]:
         """Return a future for a WAL checkpoint made by the writer thread after what is queued now."""
         future: Future[WalCheckpoint] = Future()
-        self._queue.put(_Job(None, None, future, checkpoint=True))
+        self._queue.put(_Job(None, future, checkpoint=True))
         return future
 
     def close(self) -> None:
@@ -170,8 +176,8 @@ class Writer:
     def _commit(self, batch: list[_Job]) -> None:
         for job in batch:
             job.claim()
-        checks = [job for job in batch if job.delivery is None and not job.checkpoint]
-        jobs = [job for job in batch if job.delivery is not None]
+        checks = [job for job in batch if job.work is None and not job.checkpoint]
+        jobs = [job for job in batch if job.work is not None]
         self._write(checks, jobs)
         for job in batch:
             if job.checkpoint:
@@ -189,7 +195,7 @@ class Writer:
             return
         started = time.perf_counter()
         try:
-            results = self.store.write([(job.delivery, job.extraction) for job in jobs])  # type: ignore[misc]
+            results = self.store.write([job.work for job in jobs])  # type: ignore[misc]
         except RetryLater as exc:
             log.warning("%s; %d deliveries answered with a temporary failure", exc, len(jobs))
             for job in jobs:

@@ -12,7 +12,7 @@ import pytest
 from mailhook.errors import RetryLater
 from mailhook.models import Attempt, Checkpoint, Delivery, Event, Extraction
 from mailhook.schema import MIGRATIONS
-from mailhook.store import Store, migrate, open_readonly
+from mailhook.store import Completion, Store, migrate, open_readonly
 from mailhook.writer import Writer
 
 
@@ -222,3 +222,39 @@ def test_a_waiter_that_gives_up_does_not_stop_the_writer(db: Path) -> None:
     writer.close()
     # The abandoned delivery is stored all the same: its sender will retry and be deduplicated.
     assert rows(db, "SELECT count(*) FROM events") == [(3,)]
+
+
+def test_pending_delivery_gets_its_events_message_id_and_status_when_completed(db: Path, writer: Writer) -> None:
+    pending = writer.submit(email("<p@x>"), None).result()
+    assert pending.status == "pending"
+    assert rows(db, "SELECT status, message_id, raw IS NULL FROM deliveries") == [("pending", None, 0)]
+    extraction = Extraction(events=(text_event(),), message_id="<p@x>", subject="hi")
+    done = writer.complete(Completion(pending.delivery_id, email("<p@x>").sha256, extraction)).result()
+    assert (done.status, done.events, done.message_id) == ("stored", 1, "<p@x>")
+    assert rows(db, "SELECT status, message_id, subject, event_count, raw IS NULL FROM deliveries") == [
+        ("stored", "<p@x>", "hi", 1, 0)
+    ]
+    again = writer.complete(Completion(pending.delivery_id, email("<p@x>").sha256, extraction))
+    with pytest.raises(RetryLater, match="no longer pending"):
+        again.result()
+
+
+def test_completed_redelivery_of_the_same_bytes_keeps_no_second_copy(db: Path, writer: Writer) -> None:
+    extraction = Extraction(events=(text_event(),), message_id="<r@x>")
+    writer.submit(email("<r@x>"), extraction).result()
+    pending = writer.submit(email("<r@x>"), None).result()
+    done = writer.complete(Completion(pending.delivery_id, email("<r@x>").sha256, extraction)).result()
+    assert done.status == "duplicate"
+    assert rows(db, "SELECT status, raw IS NULL FROM deliveries ORDER BY id") == [("stored", 0), ("duplicate", 1)]
+
+
+def test_completion_whose_events_cannot_be_stored_quarantines_the_acknowledged_delivery(
+    db: Path, writer: Writer
+) -> None:
+    pending = writer.submit(email(), None).result()
+    # A value SQLite cannot hold: the events fail, the delivery (already acknowledged) is kept.
+    extraction = Extraction(events=(text_event(resource_id=2**70),))
+    done = writer.complete(Completion(pending.delivery_id, email().sha256, extraction)).result()
+    assert done.status == "quarantined" and done.error and "events could not be stored" in done.error
+    assert rows(db, "SELECT status, raw IS NOT NULL FROM deliveries") == [("quarantined", 1)]
+    assert rows(db, "SELECT count(*) FROM events") == [(0,)]

@@ -1,0 +1,195 @@
+"""The extraction backlog: events for deliveries acknowledged as soon as their raw bytes were durable.
+
+With `smtp.acknowledge = "received"` the SMTP door answers 250 once a
+delivery's raw bytes are committed with status `pending`. The backlog reads
+pending deliveries back from the database, extracts them in worker processes
+(beside the event loop, on other cores) and commits their events and final
+status through the same writer. The database is the queue: a delivery
+acknowledged just before a crash or a stop is extracted after the restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
+from pathlib import Path
+
+from mailhook.errors import RetryLater
+from mailhook.extract import extract
+from mailhook.models import Delivery, Receipt
+from mailhook.store import Completion, PendingReader, worker_rows
+from mailhook.writer import Writer
+
+log = logging.getLogger("mailhook.backlog")
+
+Notify = Callable[[Delivery, Receipt, float], None]
+
+# Small enough that a chunk's events add little to the commit acknowledging new mail.
+CHUNK = 16
+RETRY_FIRST = 1.0
+RETRY_MAX = 60.0
+
+
+@functools.cache
+def _reader(path: Path) -> PendingReader:
+    # One connection per worker process for its whole life, not one per chunk.
+    return PendingReader(path)
+
+
+def extract_pending(
+    path: Path, ids: Sequence[int], subscriptions: Mapping[int, str]
+) -> list[tuple[Delivery, Completion]]:
+    """Read the still-pending deliveries among `ids` and extract each (runs in a worker process)."""
+    return [
+        (delivery, Completion(delivery_id, delivery.sha256, worker_rows(extract(delivery.raw, delivery.kind,
+                                                                                 subscriptions))))
+        for delivery_id, delivery in _reader(path).read(ids)
+    ]
+
+
+def worker_count() -> int:
+    """Return how many extraction processes to run: one per core beyond the event loop's own, at least one."""
+    return max(1, len(os.sched_getaffinity(0)) - 1)
+
+
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    """Start `workers` extraction processes.
+
+    They come from a fork server, a clean process started for the purpose, so
+    they never inherit the server's threads or locks, whenever they start.
+    """
+    from mailhook.ingest import _worker_init
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["mailhook.backlog"])
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init)
+
+
+class Backlog:
+    """Extracts pending deliveries, oldest first, and stores their events through the writer.
+
+    `accepted()` wakes it after each delivery stored pending; on `start()` it
+    also takes up whatever an earlier run left pending.
+    """
+
+    def __init__(
+        self, writer: Writer, subscriptions: Mapping[int, str], notify: Notify, *,
+        pool: Executor | None = None, workers: int = 1,
+    ) -> None:
+        self.writer = writer
+        self.path = writer.store.path
+        self.reader = PendingReader(self.path)
+        self.subscriptions = dict(subscriptions)
+        self.notify = notify
+        self.pool = pool
+        self.workers = workers
+        self._accepted: dict[int, float] = {}
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._retry_from: int | None = None
+        self._delay = RETRY_FIRST
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start taking up pending deliveries on the running loop."""
+        self._task = asyncio.create_task(self._run(), name="mailhook-backlog")
+
+    def accepted(self, delivery_id: int, started: float) -> None:
+        """Note that a delivery was just stored pending (at `started`, perf_counter), and wake the backlog."""
+        if len(self._accepted) < 100_000:  # only for the log line's milliseconds; bounded whatever happens
+            self._accepted[delivery_id] = started
+        self._wake.set()
+
+    async def close(self, grace: float) -> None:
+        """Extract what is pending for up to `grace` seconds, then stop; the rest waits for the next start."""
+        if self._task is None:
+            return
+        self._closing = True
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), grace)
+        except TimeoutError:
+            log.warning("stopping with deliveries still pending; they are extracted at the next start")
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        slots = asyncio.Semaphore(self.workers)
+        in_flight: set[asyncio.Task[None]] = set()
+        cursor = 0
+        if self.pool is not None:
+            # Start the worker now rather than when the first delivery waits for it.
+            await loop.run_in_executor(self.pool, int)
+        try:
+            while True:
+                self._wake.clear()  # before looking, so an arrival during the look wakes the next wait
+                if self._retry_from is not None and not in_flight:
+                    cursor, self._retry_from = self._retry_from, None
+                try:
+                    ids = await loop.run_in_executor(None, self.reader.ids, cursor, CHUNK * self.workers)
+                except RetryLater as exc:
+                    self._retry([cursor + 1], f"pending deliveries cannot be read: {exc}")
+                    ids = []
+                if ids:
+                    cursor = ids[-1]
+                    for start in range(0, len(ids), CHUNK):
+                        await slots.acquire()
+                        task = asyncio.create_task(self._extract(ids[start:start + CHUNK], slots))
+                        in_flight.add(task)
+                        task.add_done_callback(self._finished(in_flight))
+                    continue
+                if self._closing and not in_flight and self._retry_from is None:
+                    return
+                if self._retry_from is not None:
+                    await asyncio.sleep(self._delay)
+                    self._delay = min(self._delay * 2, RETRY_MAX)
+                else:
+                    await self._wake.wait()
+        finally:
+            for task in in_flight:
+                task.cancel()
+            self.reader.close()
+
+    async def _extract(self, ids: list[int], slots: asyncio.Semaphore) -> None:
+        loop = asyncio.get_running_loop()
+        picked_up = time.perf_counter()
+        try:
+            try:
+                found = await loop.run_in_executor(self.pool, extract_pending, self.path, ids, self.subscriptions)
+            except Exception as exc:  # noqa: BLE001 - a worker died (BrokenProcessPool), or the read failed
+                self._retry(ids, f"extraction of deliveries {ids[0]}-{ids[-1]} failed: {exc!r}")
+                if self.pool is not None and not isinstance(exc, RetryLater):
+                    log.error("extraction workers unavailable; extracting in a thread from now on")
+                    self.pool = None
+                return
+        finally:
+            slots.release()
+        futures = [asyncio.wrap_future(self.writer.complete(completion)) for _, completion in found]
+        for (delivery, completion), future in zip(found, futures, strict=True):
+            try:
+                receipt = await future
+            except RetryLater as exc:
+                self._retry([completion.delivery_id], f"events of delivery {completion.delivery_id} not stored: {exc}")
+                continue
+            self._delay = RETRY_FIRST
+            started = self._accepted.pop(completion.delivery_id, picked_up)
+            self.notify(delivery, receipt, time.perf_counter() - started)
+
+    def _finished(self, in_flight: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], None]:
+        def done(task: asyncio.Task[None]) -> None:
+            in_flight.discard(task)
+            self._wake.set()  # a stop may be waiting for the last chunk
+
+        return done
+
+    def _retry(self, ids: list[int], reason: str) -> None:
+        log.warning("%s; retrying in %.0f s", reason, self._delay)
+        first = ids[0] - 1
+        self._retry_from = first if self._retry_from is None else min(self._retry_from, first)

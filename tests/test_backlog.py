@@ -1,0 +1,126 @@
+"""The extraction backlog: with acknowledge = "received", 250 once the raw bytes are durable, events moments later."""
+
+from __future__ import annotations
+
+import os
+import signal
+import smtplib
+import time
+from pathlib import Path
+
+import pytest
+from conftest import BackgroundServer, StartServer, make_settings
+from smtp_support import client, notification, rows
+
+from mailhook.models import Delivery
+from mailhook.server import Runtime
+from mailhook.store import Store
+
+pytestmark = pytest.mark.slow
+
+RECEIVED = {"acknowledge": "received"}
+
+
+def send(smtp: smtplib.SMTP, raw: bytes) -> tuple[int, bytes]:
+    """Send one message step by step and return the server's answer to its DATA."""
+    smtp.ehlo_or_helo_if_needed()
+    assert smtp.mail("notifications@callfire.com")[0] == 250
+    assert smtp.rcpt("ops@example.com")[0] == 250
+    return smtp.data(raw)
+
+
+def settled(db: Path, timeout: float = 30.0) -> list[tuple[object, ...]]:
+    """Wait until no delivery is pending; return (id, status, message_id, event_count) of each."""
+    deadline = time.monotonic() + timeout
+    while rows(db, "SELECT count(*) FROM deliveries WHERE status = 'pending'") != [(0,)]:
+        assert time.monotonic() < deadline, "deliveries still pending"
+        time.sleep(0.05)
+    return rows(db, "SELECT id, status, message_id, event_count FROM deliveries ORDER BY id")
+
+
+def database(runtime: Runtime) -> Path:
+    assert runtime.settings.storage.db is not None
+    return runtime.settings.storage.db
+
+
+def test_received_mode_answers_pending_and_then_stores_every_event(start_server: StartServer) -> None:
+    runtime = start_server(smtp=RECEIVED)
+    with client(runtime) as smtp:
+        answers = [send(smtp, notification(70_000 + n)) for n in range(20)]
+    assert all(code == 250 and text.endswith(b" pending") for code, text in answers)
+    stored = settled(database(runtime))
+    assert [status for _, status, _, _ in stored] == ["stored"] * 20
+    assert sorted(m for _, _, m, _ in stored) == sorted(f"<{70_000 + n}.notify@callfire.test>" for n in range(20))
+    assert rows(database(runtime), "SELECT count(DISTINCT resource_id) FROM events") == [(20,)]
+    # The events carry the time the delivery was received, as inline storage gives them.
+    assert rows(database(runtime), "SELECT count(*) FROM events JOIN deliveries d ON d.id = delivery_id "
+                                   "WHERE events.received_at != d.received_at") == [(0,)]
+
+
+def test_received_mode_keeps_an_unreadable_email_quarantined_with_its_bytes(start_server: StartServer) -> None:
+    runtime = start_server(smtp=RECEIVED)
+    raw = b"Subject: hello\r\nMessage-ID: <prose@x>\r\n\r\nJust words, no notification.\r\n"
+    with client(runtime) as smtp:
+        assert send(smtp, raw)[0] == 250
+    [(_, status, message_id, events)] = settled(database(runtime))
+    assert (status, message_id, events) == ("quarantined", "<prose@x>", 0)
+    [(error, kept)] = rows(database(runtime), "SELECT error, raw FROM deliveries")
+    assert error and kept == raw
+
+
+def test_received_mode_stores_a_redelivery_as_a_duplicate_without_a_second_copy(start_server: StartServer) -> None:
+    runtime = start_server(smtp=RECEIVED)
+    raw = notification(71_000)
+    with client(runtime) as smtp:
+        send(smtp, raw)
+        send(smtp, raw)
+    assert [status for _, status, _, _ in settled(database(runtime))] == ["stored", "duplicate"]
+    assert rows(database(runtime), "SELECT raw IS NULL FROM deliveries ORDER BY id") == [(0,), (1,)]
+    assert rows(database(runtime), "SELECT count(*) FROM events") == [(1,)]
+
+
+@pytest.mark.parametrize("acknowledge", ["stored", "received"])
+def test_deliveries_an_earlier_run_left_pending_are_extracted_at_start(
+    start_server: StartServer, tmp_path: Path, acknowledge: str
+) -> None:
+    db = tmp_path / "mailhook.db"
+    store = Store(db)
+    # What a run killed right after acknowledging leaves behind: raw bytes, status pending.
+    leftover = [Delivery("smtp", notification(72_000 + n), "2026-01-01T00:00:00Z", envelope_to=("ops@example.com",))
+                for n in range(5)]
+    receipts = store.write([(delivery, None) for delivery in leftover])
+    store.close()
+    assert {r.status for r in receipts} == {"pending"}  # type: ignore[union-attr]
+    start_server(smtp={"acknowledge": acknowledge})
+    assert [status for _, status, _, _ in settled(db)] == ["stored"] * 5
+    assert rows(db, "SELECT count(*) FROM events") == [(5,)]
+
+
+def test_stopping_extracts_what_was_acknowledged_before_exiting(tmp_path: Path) -> None:
+    server = BackgroundServer(make_settings(tmp_path / "mailhook.db", smtp=RECEIVED), {})
+    runtime = server.start()
+    try:
+        with client(runtime) as smtp:
+            for n in range(30):
+                send(smtp, notification(73_000 + n))
+    finally:
+        server.stop()  # as SIGTERM does: returns once the server has finished
+    db = tmp_path / "mailhook.db"
+    assert rows(db, "SELECT count(*) FROM deliveries WHERE status = 'pending'") == [(0,)]
+    assert rows(db, "SELECT count(*) FROM events") == [(30,)]
+
+
+def test_a_killed_extraction_worker_does_not_stop_extraction(start_server: StartServer) -> None:
+    runtime = start_server(smtp=RECEIVED)
+    with client(runtime) as smtp:
+        send(smtp, notification(74_000))
+    settled(database(runtime))
+    backlog = runtime.pipeline.backlog
+    assert backlog is not None and backlog.pool is not None
+    for pid in list(backlog.pool._processes):  # type: ignore[attr-defined]
+        os.kill(pid, signal.SIGKILL)
+    with client(runtime) as smtp:
+        for n in range(1, 6):
+            assert send(smtp, notification(74_000 + n))[0] == 250
+    assert [status for _, status, _, _ in settled(database(runtime))] == ["stored"] * 6
+    assert rows(database(runtime), "SELECT count(*) FROM events") == [(6,)]
