@@ -30,7 +30,7 @@ log = logging.getLogger("mailhook.smtp")
 IDENT = "ESMTP mailhook"
 RETRY_LATER = "451 4.3.0 Storage temporarily unavailable, please try again later"
 SHUTTING_DOWN = b"421 4.3.2 Service shutting down, please try again later\r\n"
-# Replies that refuse something, by prefix, and the reason `mailhook_rejected_total` counts them under.
+# Replies that refuse something, by prefix (all 5xx), and the reason `mailhook_rejected_total` counts them under.
 REFUSALS = {"550 5.1.1": "recipient", "550 5.7.1": "sender", "552": "too_large", "535": "unauthorized",
             "530": "unauthenticated"}
 # `<local@domain>` with both parts plain dot-atoms (ASCII, no quoting, comments,
@@ -69,15 +69,6 @@ class Handler(PasswordAuth):
     def __dir__(self) -> list[str]:
         """List only the hooks: aiosmtpd searches dir() of its handler on every new connection."""
         return hook_names(type(self))
-
-    async def handle_EHLO(
-        self, server: Connection, session: Session, envelope: Envelope, hostname: str, responses: list[str]
-    ) -> list[str]:
-        """Greet, hiding AUTH when no password file is configured (aiosmtpd would offer it anyway)."""
-        session.host_name = hostname
-        if self.passwords is None:
-            return [r for r in responses if not r.startswith("250-AUTH")]
-        return responses
 
     async def handle_MAIL(
         self, server: Connection, session: Session, envelope: Envelope, address: str, options: list[str]
@@ -137,6 +128,17 @@ class Handler(PasswordAuth):
         """Answer an unexpected error with a temporary failure that does not leak its text."""
         log.error("SMTP session error: %s", type(error).__name__, exc_info=error)
         return "451 4.3.0 Internal error, please try again later"
+
+
+class TlsWithoutAuthHandler(Handler):
+    """The hooks of a door offering STARTTLS without a password file, where AUTH must stay hidden."""
+
+    async def handle_EHLO(
+        self, server: Connection, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        """Greet without the AUTH line aiosmtpd adds after STARTTLS even with no mechanism to offer."""
+        session.host_name = hostname
+        return [r for r in responses if not r.startswith("250-AUTH")]
 
 
 class Connection(SMTP):
@@ -223,9 +225,10 @@ class Connection(SMTP):
     async def push(self, status: Any) -> None:
         """Send a reply, counting refusals in the metrics."""
         text = status if isinstance(status, str) else status.decode("utf-8", "replace")
-        for prefix, reason in REFUSALS.items():
-            if text.startswith(prefix):
-                self.door.runtime.metrics.on_rejected("smtp", reason)
+        if text.startswith("5"):  # every refusal counted is a 5xx
+            for prefix, reason in REFUSALS.items():
+                if text.startswith(prefix):
+                    self.door.runtime.metrics.on_rejected("smtp", reason)
         await super().push(status)
 
     def _timeout_cb(self) -> None:
@@ -263,7 +266,9 @@ class SmtpDoor:
         self.tls = tls_context(self.settings.tls_cert, self.settings.tls_key)
         if self.passwords is not None and self.tls is None:
             raise ConfigError("smtp.auth_file needs smtp.tls_cert and smtp.tls_key: AUTH is offered over TLS only")
-        self.handler = Handler(self)
+        # Only this case needs an EHLO hook; aiosmtpd inspects a hook's signature
+        # on every new connection (~25 us), so the other doors go without.
+        self.handler = (TlsWithoutAuthHandler if self.tls is not None and self.passwords is None else Handler)(self)
         self.sessions: set[Connection] = set()
         self.per_ip: collections.Counter[str] = collections.Counter()
         self.storing: set[asyncio.Future[Any]] = set()

@@ -100,6 +100,7 @@ def test_starttls_is_offered_and_mail_sent_over_it_is_stored(
         smtp.starttls(context=_unverified())
         smtp.ehlo()
         assert not smtp.has_extn("starttls")
+        assert not smtp.has_extn("auth")  # no password file: nothing to offer
         smtp.sendmail("a@callfire.com", ["ops@example.com"], notification(1))
     assert rows(runtime.settings.storage.db, "SELECT count(*) FROM events") == [(1,)]  # type: ignore[arg-type]
 
