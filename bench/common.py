@@ -84,6 +84,14 @@ def tree_rss_kb(pid: int) -> int:
     return total
 
 
+def descendants(pid: int) -> list[int]:
+    """Return the children of `pid`, their children and so on (a fork server's workers are grandchildren)."""
+    found = []
+    for child in children(pid):
+        found += [child, *descendants(child)]
+    return found
+
+
 def children(pid: int) -> list[int]:
     """Return the direct children of `pid`."""
     found = []
@@ -95,10 +103,10 @@ def children(pid: int) -> list[int]:
 
 
 def cpu_seconds(pid: int) -> float:
-    """Return the CPU time (user + system) used so far by `pid` and its live children (pool workers)."""
+    """Return the CPU time (user + system) used so far by `pid` and its live descendants (pool workers)."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
-    for proc in [pid, *children(pid)]:
+    for proc in [pid, *descendants(pid)]:
         try:
             fields = Path(f"/proc/{proc}/stat").read_text().rpartition(")")[2].split()
         except OSError:

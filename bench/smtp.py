@@ -1,4 +1,4 @@
-"""SMTP ingest: Postfix's smtp-source against mailhook, a no-op aiosmtpd server and smtp-sink.
+"""SMTP ingest: Postfix's smtp-source against mailhook, no-op and durable no-op aiosmtpd servers, and smtp-sink.
 
     python bench/smtp.py [--messages 2000] [--repeats 3]
 
@@ -7,14 +7,24 @@ sessions), each sending its own generated notification email: with `-d` many
 messages per connection (persistent), without it one message per connection.
 smtp-source sends a file verbatim, so within one process the same email
 repeats; mailhook stores the repeats as duplicates after extracting each one
-in full. Every repeat round uses fresh emails. The three servers take turns,
-round after round, and the table shows the median msgs/s of each.
+in full. Every repeat round uses fresh emails. The servers take turns,
+round after round, and the table shows the median msgs/s of each:
+
+- mailhook with `--smtp-acknowledge stored` (the default: 250 once the raw
+  bytes and the events are committed) and with `received` (250 once the raw
+  bytes are committed; worker processes extract the events after). For
+  `received` the table also gives the rate until the last event is stored.
+- `noop_smtp.py`: the same aiosmtpd, answering 250 at once (the stack's ceiling);
+- `durable_smtp.py`: the same aiosmtpd, answering 250 once the raw message is
+  committed by a group-commit writer (the durability floor of this disk);
+- `smtp-sink` (Postfix, C): the protocol's ceiling.
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -36,6 +46,10 @@ from common import (
 from corpus import Generator
 
 SESSIONS = 8
+MAILHOOK = "mailhook"
+RECEIVED = "mailhook, acknowledge=received"
+DRAINED = "  ... until all events stored"
+DURABLE = "durable no-op aiosmtpd"
 SMTP_SOURCE = "/usr/sbin/smtp-source"
 SMTP_SINK = "/usr/sbin/smtp-sink"
 
@@ -69,11 +83,15 @@ def bench(messages: int, repeats: int, workdir: Path) -> Table:
     tmp = Path(tempfile.mkdtemp(prefix="smtp-", dir=workdir))
     gen = Generator(seed=7)
     per_session = max(1, messages // SESSIONS)
-    ports = {"mailhook": free_port(), "no-op aiosmtpd": free_port(), "smtp-sink": free_port()}
-    db = tmp / "mailhook.db"
+    ports = {name: free_port() for name in (MAILHOOK, RECEIVED, "no-op aiosmtpd", DURABLE, "smtp-sink")}
+    received_db = tmp / "received.db"
     servers = [
-        mailhook_serve(db, smtp_port=ports["mailhook"], http_port=None, log=tmp / "mailhook.log"),
+        mailhook_serve(tmp / "mailhook.db", smtp_port=ports[MAILHOOK], http_port=None, log=tmp / "mailhook.log"),
+        mailhook_serve(received_db, smtp_port=ports[RECEIVED], http_port=None, log=tmp / "received.log",
+                       extra=("--smtp-acknowledge", "received")),
         subprocess.Popen([sys.executable, str(ROOT / "bench" / "noop_smtp.py"), str(ports["no-op aiosmtpd"])]),
+        subprocess.Popen([sys.executable, str(ROOT / "bench" / "durable_smtp.py"), str(ports[DURABLE]),
+                          str(tmp / "durable.db")]),
         subprocess.Popen([SMTP_SINK, "-u", "nobody", f"{HOST}:{ports['smtp-sink']}", "256"]),
     ]
     results: dict[tuple[str, bool], list[float]] = {}
@@ -91,12 +109,17 @@ def bench(messages: int, repeats: int, workdir: Path) -> Table:
                     files.append(path)
                 for name, port in ports.items():
                     before = cpu_seconds(pids[name])
+                    started = time.perf_counter()
                     rate = blast(port, files, per_session, persistent=persistent)
+                    if name == RECEIVED:
+                        drained = wait_drained(received_db)
+                        results.setdefault((DRAINED, persistent), []).append(
+                            per_session * SESSIONS / (drained - started))
                     used = cpu_seconds(pids[name]) - before
                     results.setdefault((name, persistent), []).append(rate)
                     cpu.setdefault((name, persistent), []).append(used / (per_session * SESSIONS) * 1000)
                     shape = "persistent" if persistent else "per-connection"
-                    print(f"  round {round_ + 1} {shape:>14} {name:>15}: {rate:8,.0f} msgs/s", file=sys.stderr)
+                    print(f"  round {round_ + 1} {shape:>14} {name:>30}: {rate:8,.0f} msgs/s", file=sys.stderr)
     finally:
         for proc in servers:
             stop(proc)
@@ -107,16 +130,34 @@ def bench(messages: int, repeats: int, workdir: Path) -> Table:
     for persistent in (True, False):
         shape = "persistent (-d)" if persistent else "one per connection"
         noop = median(results[("no-op aiosmtpd", persistent)])
-        for name in ports:
+        durable = median(results[(DURABLE, persistent)])
+        for name in [MAILHOOK, RECEIVED, DRAINED, "no-op aiosmtpd", DURABLE, "smtp-sink"]:
             rate = median(results[(name, persistent)])
-            note = f"server CPU {median(cpu[(name, persistent)]):.2f} ms/msg"
-            if name == "mailhook":
+            note = ""
+            if (name, persistent) in cpu:
+                note = f"server CPU {median(cpu[(name, persistent)]):.2f} ms/msg"
+            if name in (MAILHOOK, RECEIVED, DRAINED):
                 ratio = rate / noop
                 verdict = "meets" if ratio >= 0.7 else "MISSES"
-                note += f"; {ratio:.2f}x the no-op server ({verdict} 0.7x target)"
+                note += f"{'; ' if note else ''}{ratio:.2f}x the no-op server ({verdict} 0.7x target), "
+                note += f"{rate / durable:.2f}x the durable no-op"
             table.add(f"smtp {shape}: {name}", f"{rate:,.0f}/s", note)
     shutil.rmtree(tmp, ignore_errors=True)
     return table
+
+
+def wait_drained(db: Path, timeout: float = 600.0) -> float:
+    """Wait until the database holds no pending delivery; return when that was seen (perf_counter)."""
+    deadline = time.monotonic() + timeout
+    conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        while conn.execute("SELECT count(*) FROM deliveries WHERE status = 'pending'").fetchone()[0]:
+            if time.monotonic() > deadline:
+                raise RuntimeError("mailhook left deliveries pending")
+            time.sleep(0.002)
+    finally:
+        conn.close()
+    return time.perf_counter()
 
 
 def main() -> int:

@@ -32,6 +32,9 @@ Notify = Callable[[Delivery, Receipt, float], None]
 
 # Small enough that a chunk's events add little to the commit acknowledging new mail.
 CHUNK = 16
+# After a wake-up, let more deliveries arrive first: one worker round trip and one
+# commit then carry many, instead of each delivery costing the disk a second fsync.
+LINGER = 0.05
 RETRY_FIRST = 1.0
 RETRY_MAX = 60.0
 
@@ -152,6 +155,8 @@ class Backlog:
                     self._delay = min(self._delay * 2, RETRY_MAX)
                 else:
                     await self._wake.wait()
+                    if not self._closing:
+                        await asyncio.sleep(LINGER)
         finally:
             for task in in_flight:
                 task.cancel()
