@@ -16,8 +16,8 @@ import asyncio
 import sys
 from typing import Any
 
-from aiosmtpd.smtp import SMTP
 from durable_http import GroupCommit
+from noop_smtp import serve
 
 
 class DurableHandler:
@@ -32,15 +32,7 @@ class DurableHandler:
 
 
 async def main(port: int, path: str) -> None:
-    loop = asyncio.get_running_loop()
-    handler = DurableHandler(GroupCommit(path, loop))
-    server = await loop.create_server(
-        lambda: SMTP(handler, decode_data=False, enable_SMTPUTF8=True, data_size_limit=10 * 2**20,
-                     hostname="durable", ident="ESMTP durable"),
-        "127.0.0.1", port, reuse_address=True,
-    )
-    async with server:
-        await server.serve_forever()
+    await serve(port, DurableHandler(GroupCommit(path, asyncio.get_running_loop())), "durable")
 
 
 if __name__ == "__main__":

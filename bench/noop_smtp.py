@@ -22,16 +22,20 @@ class NoopHandler:
         return "250 2.0.0 OK"
 
 
-async def main(port: int) -> None:
+async def serve(port: int, handler: Any, name: str) -> None:
+    """Serve aiosmtpd's SMTP with `handler` on 127.0.0.1:`port` until cancelled."""
     loop = asyncio.get_running_loop()
-    handler = NoopHandler()
     server = await loop.create_server(
         lambda: SMTP(handler, decode_data=False, enable_SMTPUTF8=True, data_size_limit=10 * 2**20,
-                     hostname="noop", ident="ESMTP noop"),
+                     hostname=name, ident=f"ESMTP {name}"),
         "127.0.0.1", port, reuse_address=True,
     )
     async with server:
         await server.serve_forever()
+
+
+async def main(port: int) -> None:
+    await serve(port, NoopHandler(), "noop")
 
 
 if __name__ == "__main__":
