@@ -679,10 +679,11 @@ def status(path: str | Path, *, busy_timeout: float = 5.0) -> dict[str, Any]:
             }
             if version:
                 report.update(zip(
-                    ("deliveries", "quarantined", "events", "last_delivery_at"),
+                    ("deliveries", "quarantined", "pending", "events", "last_delivery_at"),
                     conn.execute(
                         "SELECT (SELECT count(*) FROM deliveries),"
                         " (SELECT count(*) FROM deliveries WHERE status = 'quarantined'),"
+                        " (SELECT count(*) FROM deliveries WHERE status = 'pending'),"
                         " (SELECT count(*) FROM events), (SELECT max(received_at) FROM deliveries)"
                     ).fetchone(),
                     strict=True,

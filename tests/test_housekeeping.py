@@ -229,7 +229,7 @@ def test_status_reports_counts_and_is_healthy(
     assert main(["status", "--json", "--max-age", "1h"], env) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["healthy"] is True
-    assert (report["deliveries"], report["events"], report["quarantined"]) == (3, 3, 0)
+    assert (report["deliveries"], report["events"], report["quarantined"], report["pending"]) == (3, 3, 0, 0)
     assert report["schema_version"] == report["schema_expected"]
 
 
