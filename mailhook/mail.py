@@ -62,14 +62,20 @@ _FORWARD_MARK = re.compile(
     re.IGNORECASE | re.MULTILINE,
 )
 _FORWARD_HEADER = re.compile(r"^[ \t]*(?:From|Date|Sent|Subject|To|Cc|Reply-To)[ \t]*:", re.IGNORECASE)
-_QUOTED_LINE = re.compile(r"^[ \t]*>", re.MULTILINE)
+# A `^` pattern under MULTILINE is tried at every character; these find the same
+# lines by searching for the newline before them (a literal prefix the engine skips to).
+_FORWARD_HINT = re.compile(r"\n[ \t]*(?:---|[Bb])")  # every _FORWARD_MARK line after the first begins so
+_QUOTED_FIRST = re.compile(r"[ \t]*>")
+_QUOTED_NEXT = re.compile(r"\n[ \t]*>")
 _QUOTE_PREFIX = re.compile(r"^(?:[ \t]*>)+[ \t]?", re.MULTILINE)
 # Every HTML pattern stops at the next "<" ([^<>]*): an unclosed tag repeated
 # a million times must cost one pass, not one pass per tag.
 _HTML_BREAK = re.compile(r"<\s*(?:br|/p|/div|/tr|/li|/h\d|/pre)\b[^<>]*>", re.IGNORECASE)
 _HTML_TAG = re.compile(r"<[^<>]*>")
 _HTML_HIDDEN = re.compile(r"<(script|style|head)\b|</(script|style|head)\s*>", re.IGNORECASE)
-_JSON_TOKEN = re.compile(r'[{}"\\]')
+# A brace, or a whole string (an unclosed one runs to the end; a backslash escapes the next character).
+_JSON_TOKEN = re.compile(r'[{}]|"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
+_JSON_KEY_PATTERNS = tuple(re.compile(re.escape(k)) for k in _JSON_KEYS)
 _XML_ENCODING = re.compile(r"(<\?xml[^>]*?)\s+encoding\s*=\s*([\"'])[^\"']*\2")
 _DOC_TYPES = frozenset({"application/xml", "text/xml", "application/json", "text/json", "application/soap+xml"})
 
@@ -222,7 +228,7 @@ def _documents_in_body(body: str, is_html: bool) -> list[bytes]:
         variants.append(html_to_text(body))
     found: list[bytes] = []
     for variant in variants:
-        if _QUOTED_LINE.search(variant):
+        if _has_quoted_line(variant):
             # A quoted copy is only readable unquoted; an unquoted document in the
             # same text loses nothing, as its lines do not start with ">".
             variant = _QUOTE_PREFIX.sub("", variant)
@@ -282,25 +288,20 @@ def _json_spans(text: str) -> list[tuple[int, int]]:
     cannot hide what follows. A notification still open at the end (truncated)
     runs to the end, so the reader can say why it cannot be read.
     """
-    keys = sorted(m.start() for k in _JSON_KEYS for m in re.finditer(re.escape(k), text))
+    keys = sorted(m.start() for pattern in _JSON_KEY_PATTERNS for m in pattern.finditer(text))
     closed: list[tuple[int, int]] = []
     opened: list[int] = []
-    in_string = False
-    skip = -1
-    for m in _JSON_TOKEN.finditer(text):
-        i, ch = m.start(), m.group()
-        if i == skip:
-            continue
-        if in_string:
-            if ch == "\\":
-                skip = i + 1
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = bool(opened)
+    pos = 0
+    while (m := _JSON_TOKEN.search(text, pos)) is not None:
+        i = m.start()
+        ch = text[i]
+        pos = m.end()
+        if ch == '"':
+            if not opened:
+                pos = i + 1  # a quote outside every object is prose: what follows is still read
         elif ch == "{":
             opened.append(i)
-        elif ch == "}" and opened:
+        elif opened:
             begin = opened.pop()
             if _has_key(keys, begin, i + 1):
                 closed.append((begin, i + 1))
@@ -346,9 +347,9 @@ def _utf8_document(text: str) -> bytes:
 
 def _clean(text: str) -> str:
     """Remove inline-forward header blocks and `>` quote prefixes from a plain-text part."""
-    if _QUOTED_LINE.search(text):
+    if _has_quoted_line(text):
         text = _QUOTE_PREFIX.sub("", text)
-    if _FORWARD_MARK.search(text) is None:
+    if not _has_forward_mark(text):
         return text
     out: list[str] = []
     in_block = False
@@ -364,6 +365,18 @@ def _clean(text: str) -> str:
                 continue
         out.append(line)
     return "\n".join(out)
+
+
+def _has_quoted_line(text: str) -> bool:
+    """Say whether a line starts with `>` (after blanks), as `re.search("^[ \\t]*>", text, re.M)` would."""
+    return _QUOTED_FIRST.match(text) is not None or _QUOTED_NEXT.search(text) is not None
+
+
+def _has_forward_mark(text: str) -> bool:
+    """Say whether `_FORWARD_MARK.search(text)` matches, running it only where a mark line may start."""
+    if _FORWARD_MARK.match(text) is not None:
+        return True
+    return _FORWARD_HINT.search(text) is not None and _FORWARD_MARK.search(text) is not None
 
 
 def _attachment_bytes(att: dict[str, object]) -> bytes:

@@ -6,13 +6,24 @@ import base64
 import contextlib
 import html
 import quopri
+import re
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailhook.errors import Unreadable
-from mailhook.mail import MAX_CONTAINERS, MAX_DOCUMENTS, Mail, find_documents, parse_mail
+from mailhook.mail import (
+    _FORWARD_MARK,
+    MAX_CONTAINERS,
+    MAX_DOCUMENTS,
+    Mail,
+    _has_forward_mark,
+    _has_quoted_line,
+    _json_spans,
+    find_documents,
+    parse_mail,
+)
 
 XML = (
     '<?xml version="1.0" encoding="UTF-8"?>\n'
@@ -293,3 +304,69 @@ def test_a_body_that_begins_without_a_blank_line_keeps_every_line() -> None:
     raw = b"Subject: no separator\nText ID: 44400000001\nFrom Number: 67076\nState: FINISHED\n"
     (text,) = parse_mail(raw).texts
     assert text.text.splitlines() == ["Text ID: 44400000001", "From Number: 67076", "State: FINISHED"]
+
+
+# Pieces that make line starts, quotes, forward marks and JSON strings meet in every way.
+_PIECES = st.sampled_from(
+    ["\n", "\r\n", " ", "\t", ">", "-", "---", "B", "b", "x", ":", "{", "}", '"', "\\", '"events"',
+     '"CallFinished"', "Begin forwarded message:", "---------- Forwarded message ---------",
+     "-----Original Message-----", "\u017f", "\u0130"]
+)
+_TEXTS = st.lists(_PIECES, max_size=40).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_TEXTS)
+def test_line_start_checks_find_exactly_the_lines_their_multiline_patterns_find(text: str) -> None:
+    assert _has_quoted_line(text) == (re.search(r"^[ \t]*>", text, re.MULTILINE) is not None)
+    assert _has_forward_mark(text) == (_FORWARD_MARK.search(text) is not None)
+
+
+def _json_spans_char_by_char(text: str) -> list[tuple[int, int]]:
+    """The JSON span scanner written one character at a time: the specification _json_spans must meet."""
+    keys = [i for i in range(len(text)) for k in ('"TextNotification"', '"CallFinished"',
+            '"BroadcastNotification"', '"events"') if text.startswith(k, i)]
+    closed: list[tuple[int, int]] = []
+    opened: list[int] = []
+    in_string = escaped = False
+    for i, ch in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = bool(opened)
+        elif ch == "{":
+            opened.append(i)
+        elif ch == "}" and opened:
+            begin = opened.pop()
+            if any(begin <= k < i + 1 for k in keys):
+                closed.append((begin, i + 1))
+    spans: list[tuple[int, int]] = []
+    for begin, finish in sorted(closed, key=lambda span: (span[0], -span[1])):
+        if not spans or begin >= spans[-1][1]:
+            spans.append((begin, finish))
+    after = spans[-1][1] if spans else 0
+    for begin in opened:
+        if begin >= after and text[begin + 1 : begin + 40].lstrip().startswith('"') and any(k >= begin for k in keys):
+            spans.append((begin, len(text)))
+            break
+    return spans
+
+
+@settings(max_examples=300, deadline=None)
+@given(_TEXTS)
+def test_json_spans_track_strings_escapes_and_stray_quotes_as_a_character_scan_does(text: str) -> None:
+    assert _json_spans(text) == _json_spans_char_by_char(text)
+
+
+def test_a_quote_in_prose_before_a_notification_does_not_hide_it() -> None:
+    assert find_documents(f'he said "hi. {JSON}') == [JSON.encode()]
+
+
+def test_an_escaped_quote_and_brace_inside_a_json_string_do_not_end_it() -> None:
+    doc = '{"events": [{"text": "a \\" } { \\\\"}]}'
+    assert find_documents(f"x {doc} y") == [doc.encode()]
