@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import itertools
 import json
 import logging
 import smtplib
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, syntax
 from conftest import StartServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -353,3 +355,84 @@ def test_mail_and_rcpt_addresses_are_split_as_aiosmtpd_splits_them(connection: C
 def test_any_angle_address_is_split_as_aiosmtpd_splits_it(connection: Connection, parts: list[str]) -> None:
     arg = "<" + "".join(parts)
     assert _split(connection._getaddr, arg) == _split(functools.partial(SMTP._getaddr, connection), arg)
+
+
+class _Capture:
+    """An aiosmtpd handler that keeps the content of every message it is given."""
+
+    def __init__(self) -> None:
+        self.contents: list[bytes] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.contents.append(envelope.original_content)
+        return "250 OK"
+
+
+def _small_limits(base: type[SMTP]) -> type[SMTP]:
+    return type("Small", (base,), {"line_length_limit": 40})
+
+
+BLOCK_READING = _small_limits(type("BlockReading", (SMTP,), {"smtp_DATA": syntax("DATA")(Connection._receive)}))
+LINE_READING = _small_limits(SMTP)
+
+
+def _transactions(server: type[SMTP], stream: list[bytes]) -> tuple[list[bytes], list[bytes]]:
+    """Send HELO, MAIL, RCPT, DATA and `stream` (in those pieces) to `server` over a socket pair.
+
+    Return the replies after the DATA's 354 (one per message sent) and the contents stored.
+    """
+    handler = _Capture()
+
+    async def talk() -> list[bytes]:
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        await loop.connect_accepted_socket(
+            lambda: server(handler, data_size_limit=120, hostname="h", decode_data=False, loop=loop), theirs)
+        reader, writer = await asyncio.open_connection(sock=ours)
+        await reader.readline()
+        writer.write(b"HELO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n")
+        for _ in range(4):
+            await reader.readline()
+        received = b""
+        # A dot line inside the stream ends the message early; the rest are bogus
+        # commands, and the server may hang up on them.
+        with contextlib.suppress(ConnectionError):
+            for piece in [*stream, b"QUIT\r\n"]:
+                writer.write(piece)
+                await writer.drain()
+                await asyncio.sleep(0)
+            while chunk := await reader.read(4096):
+                received += chunk
+        writer.close()
+        return received.split(b"\r\n")
+
+    replies = asyncio.run(talk())
+    return replies, handler.contents
+
+
+BODY_PIECES = st.sampled_from([b"a", b"xy" * 15, b"z" * 45, b".", b"..", b"\r\n", b"\r", b"\n", b"\r\n.\r\n",
+                               b".\r\n", b"\r\n..\r\n", b" ", b"\xff"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(pieces=st.lists(BODY_PIECES, max_size=16), cuts=st.lists(st.integers(0, 400), max_size=4))
+def test_data_bodies_get_the_replies_and_content_aiosmtpd_gives_them(pieces: list[bytes], cuts: list[int]) -> None:
+    stream = b"".join(pieces) + b"\r\n.\r\n"
+    chunks = [stream[a:b] for a, b in itertools.pairwise([0, *sorted(c for c in cuts if c < len(stream)), None])]
+    assert _transactions(BLOCK_READING, chunks) == _transactions(LINE_READING, chunks)
+
+
+EDGE_STREAMS = [
+    # A line of each length around the line limit (40), as the line that also crosses the size limit (120).
+    *[[b"x" * 38 + b"\r\n"] * 2 + [b"y" * 36 + b"\r\n", b"a" * n + b"\r\n.\r\n"] for n in range(36, 44)],
+    *[[b"a" * n + b"\r\n.\r\n"] for n in range(37, 44)],
+    [b"x" * 38 + b"\r\n", b"a" * 300 + b"\r\n.\r\n"],  # too long, and too much before its end
+    [b"x" * 38 + b"\r\n", b"a" * 300, b"\r\n.\r\n"],  # the same, arriving unfinished
+    [b"x" * 38 + b"\r\n"] * 5 + [b"a" * 300, b"\r\n.\r\n"],  # too much, then too long
+    [b".\r\n"], [b"..\r\n.\r\n"], [b"\r\n.\r\n"], [b"a\r\n", b".", b"\r\n"], [b"a.\r\n.\r\n"], [b"a\n.\r\n.\r\n"],
+]
+
+
+@pytest.mark.parametrize("stream", EDGE_STREAMS)
+def test_data_bodies_at_the_limits_get_the_replies_aiosmtpd_gives_them(stream: list[bytes]) -> None:
+    assert _transactions(BLOCK_READING, stream) == _transactions(LINE_READING, stream)
