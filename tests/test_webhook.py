@@ -11,6 +11,7 @@ import smtplib
 import socket
 import sqlite3
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -354,6 +355,40 @@ def test_a_body_over_the_limit_is_413_and_stores_nothing(start_webhook: StartWeb
     assert with_length.json() == {"error": f"body larger than {LIMIT} bytes"}
     assert webhook.deliveries() == 0
     assert webhook.post(body[:LIMIT]).status_code == 200
+
+
+def _chunked(body: bytes, size: int = 1000) -> list[bytes]:
+    pieces = [body[i:i + size] for i in range(0, len(body), size)]
+    return [b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces] + [b"0\r\n\r\n"]
+
+
+@pytest.mark.parametrize("at_once", [True, False], ids=["whole-body-at-once", "body-in-pieces"])
+def test_a_chunked_body_over_the_limit_is_413_however_it_arrives(start_webhook: StartWebhook, at_once: bool) -> None:
+    webhook = start_webhook(smtp={"max_message_size": LIMIT}, http={})
+    head = b"POST /notifications HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    chunks = _chunked(TEXT_XML + b" " * LIMIT)
+
+    with socket.create_connection(_host_port(webhook), timeout=30) as sock:
+        if at_once:
+            sock.sendall(head + b"".join(chunks))
+        else:
+            sock.sendall(head + chunks[0])
+            time.sleep(0.2)  # the handler is now waiting for the rest
+            for chunk in chunks[1:]:
+                sock.sendall(chunk)
+        reply = sock.recv(4096)
+
+    assert reply.startswith(b"HTTP/1.1 413 ")
+    assert webhook.deliveries() == 0
+    assert webhook.post(TEXT_XML).status_code == 200
+
+
+def test_a_stored_notification_is_answered_with_its_outcome_as_json(webhook: Webhook) -> None:
+    response = webhook.post(TEXT_XML)
+
+    assert response.headers["Content-Type"] == "application/json; charset=utf-8"
+    (delivery_id,) = webhook.rows("SELECT id FROM deliveries")[0]
+    assert response.json() == {"delivery_id": delivery_id, "status": "stored", "events": 1, "duplicates": 0}
 
 
 def test_curl_expecting_100_continue_gets_413_before_sending_a_large_body(
