@@ -6,11 +6,13 @@ import json
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mailhook.errors import Unreadable
 from mailhook.extract import extract
 from mailhook.extract.document import read_document
-from mailhook.extract.text import read_text
+from mailhook.extract.text import _norm, read_text
 from mailhook.models import Event
 
 NO_SUBS: dict[int, str] = {}
@@ -254,3 +256,9 @@ def test_a_status_names_the_state_or_the_result_of_a_text() -> None:
 def test_us_time_zone_names_are_converted_to_utc() -> None:
     event = one("Text ID: 5\nMessage: hi\nSent At: 2020-03-03 09:58:00 PST", None)
     assert event.created == "2020-03-03T17:58:00Z"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=30))
+def test_a_label_is_normalized_to_its_lower_case_letters_and_digits_in_any_script(label: str) -> None:
+    assert _norm(label) == "".join(ch for ch in label.lower() if ch.isalnum())

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mailhook.errors import Unreadable
 from mailhook.extract.values import (
@@ -169,3 +172,19 @@ def test_to_int_refuses_integers_beyond_64_bits(value: object) -> None:
 def test_to_decimal_refuses_absurd_magnitudes() -> None:
     with pytest.raises(Unreadable, match="finite amount"):
         to_decimal(Decimal("1e20"), "BilledAmount")
+
+
+@pytest.mark.parametrize("value", ["   ", "\t\n", {"#text": " "}])
+def test_to_int_reads_a_blank_string_as_absent(value: object) -> None:
+    assert to_int(value, "id") is None
+
+
+def test_to_int_refuses_a_digit_string_of_forty_characters_naming_the_field() -> None:
+    with pytest.raises(Unreadable, match="BatchId: expected an integer"):
+        to_int("0" * 39 + "7", "BatchId")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.datetimes(timezones=st.just(UTC)))
+def test_to_time_writes_every_year_as_strftime_does(moment: datetime) -> None:
+    assert to_time(moment.isoformat(), "Created") == moment.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -70,6 +70,7 @@ _CELL_START = re.compile(r"<t[dh]\b[^<>]*>", re.IGNORECASE)
 _CELL_END = re.compile(r"</t[dh]\s*>", re.IGNORECASE)
 _TAG = re.compile(r"<[^<>]*>")
 _BREAK = re.compile(r"<\s*(?:br|/p|/div|/tr|/li|/h\d)\b[^<>]*>", re.IGNORECASE)
+_NOT_ALNUM = re.compile(r"[\W_]+")
 _WORDS = re.compile(r"[a-z]+")
 _NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
 _DIGITS = re.compile(r"\d+")
@@ -107,7 +108,8 @@ def html_to_lines(markup: str) -> str:
 
 
 def _norm(label: str) -> str:
-    return "".join(ch for ch in label.lower() if ch.isalnum())
+    """Lower-case a label and keep only its letters and digits (str.isalnum: what \\w is, less "_")."""
+    return _NOT_ALNUM.sub("", label.lower())
 
 
 def _line_pairs(text: str) -> list[tuple[str, str]]:

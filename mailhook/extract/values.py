@@ -30,6 +30,9 @@ _MAX_AMOUNT_DIGITS = 15
 
 def text_of(value: Any) -> Any:
     """Return the text content of an XML element that also carries attributes (`#text`)."""
+    # Most values are plain strings: skip the (slow, ABC) Mapping check for them.
+    if type(value) is str or value is None:
+        return value
     if isinstance(value, Mapping) and "#text" in value:
         return value["#text"]
     return value
@@ -38,17 +41,26 @@ def text_of(value: Any) -> Any:
 def is_blank(value: Any) -> bool:
     """Say whether a value is absent: None, an empty string or an attribute-only element."""
     value = text_of(value)
+    if type(value) is str:
+        return not value.strip()
     return value is None or (isinstance(value, str) and not value.strip()) or (isinstance(value, Mapping) and not value)
 
 
 def to_int(value: Any, name: str) -> int | None:
     """Read an exact integer from an int, a digit string or an integral Decimal."""
     value = text_of(value)
-    if is_blank(value):
+    if type(value) is str:  # what XML always gives: the checks below, in their order, for a string
+        digits = value.strip()
+        if not digits:
+            return None
+        if not (_INT.fullmatch(digits) and len(value) < 40):
+            raise Unreadable(f"{name}: expected an integer, got {_show(value)}")
+        number = int(digits)
+    elif is_blank(value):
         return None
-    if isinstance(value, bool):
+    elif isinstance(value, bool):
         raise Unreadable(f"{name}: expected an integer, got a boolean")
-    if isinstance(value, int):
+    elif isinstance(value, int):
         number = value
     elif (
         isinstance(value, Decimal)
@@ -72,7 +84,7 @@ def to_text(value: Any, name: str) -> str | None:
     Accepts a plain string or number, `{"value": ...}` (some JSON serializers)
     and an XML element with attributes such as `ToNumber ClientData="..."`.
     """
-    if isinstance(value, Mapping):
+    if type(value) is not str and isinstance(value, Mapping):
         if "value" in value:
             return to_text(value["value"], name)
         if "#text" in value:
@@ -82,6 +94,8 @@ def to_text(value: Any, name: str) -> str | None:
         raise Unreadable(f"{name}: expected text, got an object")
     if value is None:
         return None
+    if type(value) is str:
+        return value if value.strip() else None
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | Decimal):
@@ -135,6 +149,8 @@ def to_time(value: Any, name: str) -> str | None:
             raise Unreadable(f"{name}: time out of range: {_show(value)}") from None
     else:
         raise Unreadable(f"{name}: expected a time, got {_show(value)}")
+    if moment.year >= 1000:  # isoformat() is faster, and the same where strftime's %Y has four digits
+        return moment.isoformat()[:19] + "Z"
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

@@ -19,6 +19,7 @@ from mailhook.errors import Unreadable
 MAX_BYTES = 16 * 1024 * 1024
 MAX_DEPTH = 64
 _DECLARED_ENCODING = re.compile(rb"""^<\?xml[^>]*?encoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
+_DECLARATION = re.compile(r"^\s*<\?xml[^>]*\?>")
 _DTD = re.compile(r"<!(DOCTYPE|ENTITY|ELEMENT|ATTLIST)", re.IGNORECASE)
 # An end tag whose `>` is missing, followed (after optional space) by the next tag:
 # the one malformation in CallFire's published inbound-SMS sample.
@@ -86,17 +87,17 @@ def _decode_as(data: bytes, codec: str) -> str:
 
 def _parse(text: str) -> dict[str, Any]:
     """Check safety with a streaming pass, then build the dict with xmltodict."""
-    _check_structure(text)
     # The XML declaration may name another encoding; the text is already decoded.
-    body = re.sub(r"^\s*<\?xml[^>]*\?>", "", text, count=1)
+    body = _DECLARATION.sub("", text, count=1)
+    _check_structure(body)
     result = xmltodict.parse(body, postprocessor=_local_names, disable_entities=True, strip_whitespace=False)
     if not isinstance(result, dict):
         raise Unreadable("XML document has no root element")
     return result
 
 
-def _check_structure(text: str) -> None:
-    """Refuse DTDs and over-deep nesting before xmltodict builds anything."""
+def _check_structure(body: str) -> None:
+    """Refuse DTDs and over-deep nesting before xmltodict builds anything (`body`: without its declaration)."""
     parser = expat.ParserCreate()
     depth = 0
 
@@ -118,7 +119,6 @@ def _check_structure(text: str) -> None:
     parser.StartDoctypeDeclHandler = refuse_dtd
     parser.EntityDeclHandler = refuse_dtd
     parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
-    body = re.sub(r"^\s*<\?xml[^>]*\?>", "", text, count=1)
     try:
         parser.Parse(body, True)
     except _Refused as exc:
