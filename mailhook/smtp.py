@@ -65,18 +65,22 @@ async def read_body(reader: asyncio.StreamReader, line_limit: int, size_limit: i
     data = bytearray()
     refusal: str | None = None
     while True:
+        overran = False
         try:
             chunk = await reader.readuntil(b".\r\n")
         except asyncio.LimitOverrunError as exc:
-            chunk = await reader.read(exc.consumed)
+            chunk, overran = await reader.read(exc.consumed), True
         data += chunk
         if data.endswith(b"\r\n.\r\n") or (refusal is None and data == b".\r\n"):
             break
         if refusal is not None:
             del data[:-4]  # refused already: keep only what may start the end marker
-        elif size_limit and len(data) > size_limit + line_limit + 2:
+        elif (size_limit and len(data) > size_limit + line_limit + 2) or (
+            overran and _open_line(data) > line_limit + 1
+        ):
+            # Over one limit or the other, so refused whatever follows: stop keeping it.
             refusal = first_refusal(data, line_limit, size_limit)
-            assert refusal is not None  # this much is over one limit or the other
+            assert refusal is not None
             del data[:-4]
     if refusal is None and len(data) > min(line_limit, size_limit or line_limit):
         refusal = first_refusal(data[:-3], line_limit, size_limit)
@@ -86,6 +90,12 @@ async def read_body(reader: asyncio.StreamReader, line_limit: int, size_limit: i
     return body.replace(b"\r\n.", b"\r\n"), None
 
 
+def _open_line(data: bytearray) -> int:
+    """Return the length of the last, unfinished line of `data`."""
+    end = data.rfind(b"\r\n")
+    return len(data) if end < 0 else len(data) - end - 2
+
+
 def first_refusal(data: bytes | bytearray, line_limit: int, size_limit: int) -> str | None:
     """Replay aiosmtpd's line-by-line checks on `data`: the first limit it breaks, as the reply, or None.
 
@@ -93,18 +103,17 @@ def first_refusal(data: bytes | bytearray, line_limit: int, size_limit: int) -> 
     bytes are counted; a shorter one is counted first. The last piece, if it
     has no CRLF yet, overruns once it holds more than `line_limit` + 1 bytes.
     """
-    *lines, partial = data.split(b"\r\n")
-    size = 0
-    for line in lines:
-        length = len(line) + 2
+    start = 0
+    # Line by line with find(), not split(): a list of every line would double the memory of a big body.
+    while (end := data.find(b"\r\n", start)) >= 0:
+        length, start = end + 2 - start, end + 2
         if length > line_limit + 2:
             return TOO_LONG
-        size += length
-        if size_limit and size > size_limit:
+        if size_limit and start > size_limit:
             return TOO_MUCH
         if length > line_limit:
             return TOO_LONG
-    return TOO_LONG if len(partial) > line_limit + 1 else None
+    return TOO_LONG if len(data) - start > line_limit + 1 else None
 
 
 def matches(address: str, patterns: tuple[str, ...]) -> bool:

@@ -426,9 +426,11 @@ EDGE_STREAMS = [
     # A line of each length around the line limit (40), as the line that also crosses the size limit (120).
     *[[b"x" * 38 + b"\r\n"] * 2 + [b"y" * 36 + b"\r\n", b"a" * n + b"\r\n.\r\n"] for n in range(36, 44)],
     *[[b"a" * n + b"\r\n.\r\n"] for n in range(37, 44)],
+    *[[b"x" * 38 + b"\r\n"] * 2 + [b"a" * n + b"\r\n.\r\n"] for n in range(35, 41)],  # 117 to 122 bytes
     [b"x" * 38 + b"\r\n", b"a" * 300 + b"\r\n.\r\n"],  # too long, and too much before its end
     [b"x" * 38 + b"\r\n", b"a" * 300, b"\r\n.\r\n"],  # the same, arriving unfinished
     [b"x" * 38 + b"\r\n"] * 5 + [b"a" * 300, b"\r\n.\r\n"],  # too much, then too long
+    [b"a" * 100, b"b" * 100, b"\r\nok\r\n", b".\r\n"],  # too long, then within the limits again
     [b".\r\n"], [b"..\r\n.\r\n"], [b"\r\n.\r\n"], [b"a\r\n", b".", b"\r\n"], [b"a.\r\n.\r\n"], [b"a\n.\r\n.\r\n"],
 ]
 
