@@ -114,6 +114,18 @@ def test_nesting_up_to_the_limit_is_read() -> None:
     assert document == {"a": "x"}
 
 
+def test_nesting_one_past_the_limit_is_refused_for_its_depth_before_a_later_syntax_error() -> None:
+    depth = MAX_DEPTH + 1
+    with pytest.raises(Unreadable, match=f"deeper than {MAX_DEPTH}"):
+        parse_xml("<a>" * depth + "x" + "</a>" * depth + "<oops")
+
+
+def test_a_shallow_document_with_many_end_tags_and_comments_is_read() -> None:
+    # Only start tags can nest, so the depth pass may be skipped: the result must not change.
+    body = "<r>" + "<!-- </x> -->" * 80 + "<b/>" * 10 + "</r>"
+    assert parse_xml(body) == ({"r": {"b": [None] * 10}}, [])
+
+
 def test_utf16_with_bom_is_decoded() -> None:
     data = NOTIFICATION.format(message="héllo").encode("utf-16")
     document, _ = parse_xml(data)

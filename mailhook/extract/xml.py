@@ -89,7 +89,11 @@ def _parse(text: str) -> dict[str, Any]:
     """Check safety with a streaming pass, then build the dict with xmltodict."""
     # The XML declaration may name another encoding; the text is already decoded.
     body = _DECLARATION.sub("", text, count=1)
-    _check_structure(body)
+    # Every start tag is a "<" not followed by "/", so a body with at most MAX_DEPTH of
+    # those cannot nest deeper (DTDs, whose entities could add elements, were refused
+    # by parse_xml already): the safety pass is needed only above that count.
+    if body.count("<") - body.count("</") > MAX_DEPTH:
+        _check_structure(body)
     result = xmltodict.parse(body, postprocessor=_local_names, disable_entities=True, strip_whitespace=False)
     if not isinstance(result, dict):
         raise Unreadable("XML document has no root element")
