@@ -45,6 +45,15 @@ def test_ten_thousand_deep_nesting_is_refused() -> None:
         parse_json(b"[" * 10_000 + b"]" * 10_000)
 
 
+def test_nesting_to_the_limit_is_read_and_one_level_more_refused_even_when_malformed() -> None:
+    document = parse_json("[" * MAX_DEPTH + "]" * MAX_DEPTH)
+    for _ in range(MAX_DEPTH - 1):
+        document = document[0]
+    assert document == []
+    with pytest.raises(Unreadable, match=f"deeper than {MAX_DEPTH}"):
+        parse_json("{" * (MAX_DEPTH + 1) + "oops")
+
+
 def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
     text = '{"Message": "' + "[{" * 1000 + '\\"' + '"}'
     assert parse_json(text) == {"Message": "[{" * 1000 + '"'}

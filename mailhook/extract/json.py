@@ -34,7 +34,10 @@ def parse_json(data: bytes | str) -> Any:
         if len(data) > MAX_BYTES:
             raise Unreadable(f"JSON document larger than {MAX_BYTES} bytes")
         text = data.lstrip("\ufeff")
-    _check_depth(text)
+    # Depth counts opening brackets outside strings: with at most MAX_DEPTH of them
+    # in all, nothing can be nested deeper, and the string-aware scan is skipped.
+    if text.count("[") + text.count("{") > MAX_DEPTH:
+        _check_depth(text)
     try:
         return json.loads(text, parse_int=int, parse_float=_decimal, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
