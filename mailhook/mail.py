@@ -53,6 +53,14 @@ _MAX_FIELD_BYTES = 16 * 1024
 _CONTAINER = re.compile(rb"boundary\s*=|message/rfc822", re.IGNORECASE)
 # email.feedparser's notion of a header line (an mbox "From " line counts too).
 _HEADER_LINE = re.compile(rb"From |[\x21-\x39\x3b-\x7e]*:")
+# In a header block with a "\n" put in front: a line that is neither a header nor a continuation line,
+# and a kept field (its line and continuation lines).
+_NOT_HEADER_LINE = re.compile(rb"\n(?![ \t]|From |[\x21-\x39\x3b-\x7e]*:)")
+_KEPT_FIELD = re.compile(
+    rb"\n((?:subject|message-id|mime-version|content-type|content-transfer-encoding|content-disposition)"
+    rb":[^\n]*(?:\n[ \t][^\n]*)*)",
+    re.IGNORECASE,
+)
 _XML_START = re.compile(r"<\?xml\b|<(?:[\w.-]+:)?(?:TextNotification|CallFinished|BroadcastNotification|Envelope)\b")
 _XML_DECL_END = re.compile(r"\?>")
 _ELEMENT = re.compile(r"\s*(?:<!--.*?-->\s*)*<([\w.:-]+)", re.DOTALL)
@@ -419,6 +427,12 @@ def _trim_headers(raw: bytes) -> bytes:
     ends it, at the first line that is not a header, so no body text is lost.
     """
     head_end = _header_end(raw)
+    fast = _trim_plain_headers(raw, head_end) if head_end <= _MAX_FIELD_BYTES else None
+    return fast if fast is not None else _trim_header_lines(raw, head_end)
+
+
+def _trim_header_lines(raw: bytes, head_end: int) -> bytes:
+    """Do what _trim_headers does, line by line: for any header block, however odd or large."""
     kept: list[bytes] = []
     keep = False
     size = 0
@@ -438,6 +452,22 @@ def _trim_headers(raw: bytes) -> bytes:
             break  # the body starts here, as it does for email.parser
         pos += len(line)
     return b"".join(kept) + raw[pos:]
+
+
+def _trim_plain_headers(raw: bytes, head_end: int) -> bytes | None:
+    """Do what _trim_headers does, with two regex scans, for a header block that needs no care.
+
+    That is a block of at most _MAX_FIELD_BYTES (so no field is cut) whose
+    every line is a header or continuation line ending in "\n" or "\r\n" (so
+    the body starts after it); for any other block, return None.
+    """
+    block = raw[:head_end]
+    lines = b"\n" + block
+    if block.count(b"\r") != block.count(b"\r\n") or _NOT_HEADER_LINE.search(lines) is not None:
+        return None
+    # A field ends before its last line's "\n", which is put back (the block's last line has none).
+    kept = [m.group(1) + b"\n" if m.end() < len(lines) else m.group(1) for m in _KEPT_FIELD.finditer(lines)]
+    return b"".join(kept) + raw[head_end:]
 
 
 def _header_end(raw: bytes) -> int:

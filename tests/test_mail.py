@@ -20,7 +20,10 @@ from mailhook.mail import (
     Mail,
     _has_forward_mark,
     _has_quoted_line,
+    _header_end,
     _json_spans,
+    _trim_header_lines,
+    _trim_plain_headers,
     find_documents,
     parse_mail,
 )
@@ -370,3 +373,22 @@ def test_a_quote_in_prose_before_a_notification_does_not_hide_it() -> None:
 def test_an_escaped_quote_and_brace_inside_a_json_string_do_not_end_it() -> None:
     doc = '{"events": [{"text": "a \\" } { \\\\"}]}'
     assert find_documents(f"x {doc} y") == [doc.encode()]
+
+
+_HEADER_PIECES = st.sampled_from(
+    [b"Subject: hi", b"subject:x", b"Message-ID: <a@b>", b"Content-Type: text/plain", b"X-Subject: a", b"Subject : x",
+     b"From a@b Fri", b"From: x", b"\n", b"\r\n", b"\r", b" more", b"\tmore", b"body line", b":", b"\n\n", b"\xff"]
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_HEADER_PIECES, max_size=16).map(b"".join))
+def test_plain_header_blocks_are_trimmed_exactly_as_line_by_line(raw: bytes) -> None:
+    fast = _trim_plain_headers(raw, _header_end(raw))
+    assert fast is None or fast == _trim_header_lines(raw, _header_end(raw))
+
+
+def test_ordinary_lf_and_crlf_header_blocks_take_the_plain_path() -> None:
+    raw = email("x", head=HEAD + "Received: from a\n\tby b\nMessage-ID: <m@x>\n")
+    for variant in (raw, raw.replace(b"\n", b"\r\n")):
+        assert _trim_plain_headers(variant, _header_end(variant)) == _trim_header_lines(variant, _header_end(variant))
