@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import re
 from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
@@ -20,6 +19,7 @@ from mailhook.config import SmtpSettings, parse_address, refuse_open_relay
 from mailhook.errors import ConfigError, Rejected, RetryLater, TooLarge
 from mailhook.models import Delivery
 from mailhook.smtpauth import PasswordAuth, PasswordFile, tls_context
+from mailhook.smtpwire import PLAIN_ANGLE_ADDR, hook_names, read_body
 from mailhook.store import utcnow
 
 if TYPE_CHECKING:
@@ -33,89 +33,6 @@ SHUTTING_DOWN = b"421 4.3.2 Service shutting down, please try again later\r\n"
 # Replies that refuse something, by prefix (all 5xx), and the reason `mailhook_rejected_total` counts them under.
 REFUSALS = {"550 5.1.1": "recipient", "550 5.7.1": "sender", "552": "too_large", "535": "unauthorized",
             "530": "unauthenticated"}
-# `<local@domain>` with both parts plain dot-atoms (ASCII, no quoting, comments,
-# literals or encoded words): what the standard library's address parser would
-# return unchanged, so it is taken as it is.
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-PLAIN_ANGLE_ADDR = re.compile(rf"<({_ATEXT}(?:\.{_ATEXT})*@{_ATEXT}(?:\.{_ATEXT})*)>", re.ASCII)
-
-
-_hook_names: dict[type, list[str]] = {}
-
-
-def hook_names(cls: type) -> list[str]:
-    """Return the attributes of `cls` that aiosmtpd looks up by prefix: commands, AUTH mechanisms and hooks."""
-    names = _hook_names.get(cls)
-    if names is None:
-        names = _hook_names[cls] = [name for name in dir(cls) if name.startswith(("smtp_", "auth_", "handle_"))]
-    return names
-
-
-TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
-TOO_MUCH = "552 Error: Too much mail data"
-
-
-async def read_body(reader: asyncio.StreamReader, line_limit: int, size_limit: int) -> tuple[bytes, str | None]:
-    """Read a DATA body through its lone-dot line: the content (dots unstuffed), or the reply refusing it.
-
-    The replies and the content are aiosmtpd's, but the body is read in blocks
-    ending in ".CRLF" rather than one line at a time (a third of the door's CPU
-    per message); only a body too big for the limits is checked line by line.
-    """
-    data = bytearray()
-    refusal: str | None = None
-    while True:
-        overran = False
-        try:
-            chunk = await reader.readuntil(b".\r\n")
-        except asyncio.LimitOverrunError as exc:
-            chunk, overran = await reader.read(exc.consumed), True
-        data += chunk
-        if data.endswith(b"\r\n.\r\n") or (refusal is None and data == b".\r\n"):
-            break
-        if refusal is not None:
-            del data[:-4]  # refused already: keep only what may start the end marker
-        elif (size_limit and len(data) > size_limit + line_limit + 2) or (
-            overran and _open_line(data) > line_limit + 1
-        ):
-            # Over one limit or the other, so refused whatever follows: stop keeping it.
-            refusal = first_refusal(data, line_limit, size_limit)
-            assert refusal is not None
-            del data[:-4]
-    if refusal is None and len(data) > min(line_limit, size_limit or line_limit):
-        refusal = first_refusal(data[:-3], line_limit, size_limit)
-    if refusal is not None:
-        return b"", refusal
-    body = bytes(data[1:-3] if data.startswith(b".") else data[:-3])
-    return body.replace(b"\r\n.", b"\r\n"), None
-
-
-def _open_line(data: bytearray) -> int:
-    """Return the length of the last, unfinished line of `data`."""
-    end = data.rfind(b"\r\n")
-    return len(data) if end < 0 else len(data) - end - 2
-
-
-def first_refusal(data: bytes | bytearray, line_limit: int, size_limit: int) -> str | None:
-    """Replay aiosmtpd's line-by-line checks on `data`: the first limit it breaks, as the reply, or None.
-
-    A line longer than `line_limit` + 2 overruns the stream reader before its
-    bytes are counted; a shorter one is counted first. The last piece, if it
-    has no CRLF yet, overruns once it holds more than `line_limit` + 1 bytes.
-    """
-    start = 0
-    # Line by line with find(), not split(): a list of every line would double the memory of a big body.
-    while (end := data.find(b"\r\n", start)) >= 0:
-        length, start = end + 2 - start, end + 2
-        if length > line_limit + 2:
-            return TOO_LONG
-        if size_limit and start > size_limit:
-            return TOO_MUCH
-        if length > line_limit:
-            return TOO_LONG
-    return TOO_LONG if len(data) - start > line_limit + 1 else None
-
-
 def matches(address: str, patterns: tuple[str, ...]) -> bool:
     """Say whether `address` is one of `patterns`: an exact ADDR or any address @DOMAIN, ignoring case."""
     address = address.lower()
