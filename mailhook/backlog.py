@@ -18,11 +18,12 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from mailhook.errors import RetryLater
 from mailhook.extract import extract
-from mailhook.models import Delivery, Receipt
+from mailhook.models import Delivery, Extraction, Receipt
 from mailhook.store import Completion, PendingReader, worker_rows
 from mailhook.writer import Writer
 
@@ -56,6 +57,10 @@ def extract_pending(
     ]
 
 
+# What runs in a worker: read pending deliveries by id and extract them.
+Extract = Callable[[Path, Sequence[int], Mapping[int, str]], list[tuple[Delivery, Completion]]]
+
+
 def worker_count() -> int:
     """Return how many extraction processes to run: one per core beyond the event loop's own, at least one."""
     return max(1, len(os.sched_getaffinity(0)) - 1)
@@ -83,7 +88,7 @@ class Backlog:
 
     def __init__(
         self, writer: Writer, subscriptions: Mapping[int, str], notify: Notify, *,
-        pool: Executor | None = None, workers: int = 1,
+        pool: Executor | None = None, workers: int = 1, extract: Extract = extract_pending,
     ) -> None:
         self.writer = writer
         self.path = writer.store.path
@@ -92,6 +97,7 @@ class Backlog:
         self.notify = notify
         self.pool = pool
         self.workers = workers
+        self.extract = extract
         self._accepted: dict[int, float] = {}
         self._wake = asyncio.Event()
         self._closing = False
@@ -163,19 +169,13 @@ class Backlog:
             self.reader.close()
 
     async def _extract(self, ids: list[int], slots: asyncio.Semaphore) -> None:
-        loop = asyncio.get_running_loop()
         picked_up = time.perf_counter()
         try:
-            try:
-                found = await loop.run_in_executor(self.pool, extract_pending, self.path, ids, self.subscriptions)
-            except Exception as exc:  # noqa: BLE001 - a worker died (BrokenProcessPool), or the read failed
-                self._retry(ids, f"extraction of deliveries {ids[0]}-{ids[-1]} failed: {exc!r}")
-                if self.pool is not None and not isinstance(exc, RetryLater):
-                    log.error("extraction workers unavailable; extracting in a thread from now on")
-                    self.pool = None
-                return
+            found = await self._extract_in_worker(ids)
         finally:
             slots.release()
+        if found is None:
+            return
         futures = [asyncio.wrap_future(self.writer.complete(completion)) for _, completion in found]
         for (delivery, completion), future in zip(found, futures, strict=True):
             try:
@@ -186,6 +186,63 @@ class Backlog:
             self._delay = RETRY_FIRST
             started = self._accepted.pop(completion.delivery_id, picked_up)
             self.notify(delivery, receipt, time.perf_counter() - started)
+
+    async def _extract_in_worker(
+        self, ids: list[int], *, suspect: bool = False
+    ) -> list[tuple[Delivery, Completion]] | None:
+        """Extract `ids` in a worker; None when they must be retried later.
+
+        A worker that dies (killed, out of memory, crashed by an input) is
+        replaced, and the chunk it died on is tried again one delivery at a
+        time: a delivery that kills a fresh worker on its own is quarantined
+        (not retried for ever), and the others are stored.
+        """
+        pool = self.pool
+        loop = asyncio.get_running_loop()
+        try:
+            future = loop.run_in_executor(pool, self.extract, self.path, ids, self.subscriptions)
+        except BrokenProcessPool:  # it broke before this chunk was given to it
+            await self._renew(pool)
+            return await self._extract_in_worker(ids, suspect=suspect)
+        try:
+            return await future
+        except BrokenProcessPool:
+            await self._renew(pool)
+            if self.pool is None:  # no worker can start: extract in this process from now on
+                return await self._extract_in_worker(ids)
+            if suspect and len(ids) == 1:
+                return await self._crashed(ids[0])
+            found: list[tuple[Delivery, Completion]] = []
+            for one in ids:
+                alone = await self._extract_in_worker([one], suspect=True)
+                if alone is None:
+                    return None
+                found += alone
+            return found
+        except Exception as exc:  # noqa: BLE001 - the read failed (locked, I/O): retried, never lost
+            self._retry(ids, f"extraction of deliveries {ids[0]}-{ids[-1]} failed: {exc!r}")
+            return None
+
+    async def _renew(self, broken: Executor | None) -> None:
+        """Replace a broken worker pool (once, whoever notices first), or fall back to a thread."""
+        if self.pool is broken and isinstance(broken, ProcessPoolExecutor):
+            log.error("an extraction worker died; starting a new one")
+            broken.shutdown(wait=False, cancel_futures=True)
+            self.pool = worker_pool(self.workers)
+            try:
+                await asyncio.get_running_loop().run_in_executor(self.pool, int)
+            except BrokenProcessPool:
+                log.error("extraction workers cannot be started; extracting in a thread from now on")
+                self.pool = None
+
+    async def _crashed(self, delivery_id: int) -> list[tuple[Delivery, Completion]]:
+        """Quarantine a delivery whose extraction killed its worker (its bytes stay, for `reprocess`)."""
+        loop = asyncio.get_running_loop()
+        found = await loop.run_in_executor(None, self.reader.read, [delivery_id])
+        reason = "extraction crashed its worker process"
+        log.error("delivery %d: %s; quarantined", delivery_id, reason)
+        return [(delivery, Completion(delivery_id, delivery.sha256, Extraction(reason=reason)))
+                for _, delivery in found]
 
     def _finished(self, in_flight: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], None]:
         def done(task: asyncio.Task[None]) -> None:

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import smtplib
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import BackgroundServer, StartServer, make_settings
 from smtp_support import client, notification, rows
 
-from mailhook.models import Delivery
+from mailhook.backlog import Backlog, extract_pending, worker_pool
+from mailhook.models import Delivery, Receipt
 from mailhook.server import Runtime
 from mailhook.store import Store
+from mailhook.writer import Writer
 
 pytestmark = pytest.mark.slow
 
@@ -110,17 +115,57 @@ def test_stopping_extracts_what_was_acknowledged_before_exiting(tmp_path: Path) 
     assert rows(db, "SELECT count(*) FROM events") == [(30,)]
 
 
-def test_a_killed_extraction_worker_does_not_stop_extraction(start_server: StartServer) -> None:
+def extract_or_die(path: Path, ids: Sequence[int], subscriptions: Mapping[int, str]) -> list[tuple[Delivery, Any]]:
+    """Extract as the worker does, but die as a crashing worker would on a delivery that says so."""
+    found = extract_pending(path, ids, subscriptions)
+    if any(b"KILL-THE-WORKER" in delivery.raw for delivery, _ in found):
+        os._exit(70)
+    return found
+
+
+def test_a_delivery_that_kills_its_worker_is_quarantined_and_the_others_are_stored(tmp_path: Path) -> None:
+    db = tmp_path / "mailhook.db"
+    writer = Writer(db)
+    received = "2026-01-01T00:00:00Z"
+    poison = Delivery("smtp", b"Subject: KILL-THE-WORKER\r\n\r\nKILL-THE-WORKER\r\n", received)
+    deliveries = [Delivery("smtp", notification(75_000), received), poison,
+                  *(Delivery("smtp", notification(75_000 + n), received) for n in (1, 2))]
+    for delivery in deliveries:
+        writer.submit(delivery, None).result()
+    receipts: list[Receipt] = []
+
+    async def run_backlog() -> None:
+        backlog = Backlog(writer, {}, lambda delivery, receipt, elapsed: receipts.append(receipt),
+                          pool=worker_pool(1), workers=1, extract=extract_or_die)
+        backlog.start()
+        await backlog.close(60)  # a stop first extracts everything pending
+        assert backlog.pool is not None
+        backlog.pool.shutdown()
+
+    try:
+        asyncio.run(run_backlog())
+    finally:
+        writer.close()
+    assert rows(db, "SELECT status, error FROM deliveries ORDER BY id") == [
+        ("stored", None), ("quarantined", "extraction crashed its worker process"), ("stored", None), ("stored", None)
+    ]
+    assert rows(db, "SELECT raw FROM deliveries WHERE id = 2") == [(poison.raw,)]
+    assert sorted(r.delivery_id for r in receipts) == [1, 2, 3, 4]
+
+
+def test_a_killed_extraction_worker_is_replaced(start_server: StartServer) -> None:
     runtime = start_server(smtp=RECEIVED)
     with client(runtime) as smtp:
         send(smtp, notification(74_000))
     settled(database(runtime))
     backlog = runtime.pipeline.backlog
     assert backlog is not None and backlog.pool is not None
-    for pid in list(backlog.pool._processes):  # type: ignore[attr-defined]
+    killed = set(backlog.pool._processes)  # type: ignore[attr-defined]
+    for pid in killed:
         os.kill(pid, signal.SIGKILL)
     with client(runtime) as smtp:
         for n in range(1, 6):
             assert send(smtp, notification(74_000 + n))[0] == 250
     assert [status for _, status, _, _ in settled(database(runtime))] == ["stored"] * 6
     assert rows(database(runtime), "SELECT count(*) FROM events") == [(6,)]
+    assert backlog.pool is not None and set(backlog.pool._processes).isdisjoint(killed)  # type: ignore[attr-defined]
