@@ -49,6 +49,14 @@ _KEEP_HEADERS = frozenset(
     }
 )
 _MAX_FIELD_BYTES = 16 * 1024
+_SHARED_BOUNDARY = b"mailhook.shared.boundary.0"
+# A top-level multipart Content-Type field's boundary made of inert characters, quoted or not.
+_CONTENT_TYPE_BOUNDARY = re.compile(
+    rb'\ncontent-type:[ \t]*multipart/[^\n]*(?:\n[ \t][^\n]*)*?[; \t]boundary="?([0-9A-Za-z._=+-]{1,70})(?:"|;|\s|$)',
+    re.IGNORECASE,
+)
+# What may follow the boundary on a delimiter line (email.feedparser's pattern, "--" when closing).
+_DELIMITER_TAIL = re.compile(rb"(--)?[ \t]*(?:\r\n|\n|\r|\Z)")
 
 _CONTAINER = re.compile(rb"boundary\s*=|message/rfc822", re.IGNORECASE)
 # email.feedparser's notion of a header line (an mbox "From " line counts too).
@@ -140,14 +148,65 @@ def parse_mail(raw: bytes) -> Mail:
             f" (limit {MAX_CONTAINERS}); not parsed"
         )
     try:
-        parsed = _MailParser.from_bytes(_trim_headers(raw))
-        return _read(parsed)
+        return _read(_parse(_trim_headers(raw)))
     except (MailParserError, RecursionError) as exc:
         raise Unreadable(f"MIME structure nested too deeply to parse: {exc}") from exc
     except Unreadable:
         raise
     except Exception as exc:  # hostile input must quarantine, never crash the door
         raise Unreadable(f"email could not be parsed: {type(exc).__name__}: {exc}") from exc
+
+
+def _parse(data: bytes) -> mailparser.MailParser:
+    """Parse with mail-parser, through the shared boundary when that cannot change the result."""
+    shared = _with_shared_boundary(data)
+    if shared is not None:
+        try:
+            parsed = _MailParser.from_bytes(shared)
+        except Exception:  # noqa: BLE001 - the email itself, parsed below, says what is wrong with it
+            parsed = None
+        if (
+            parsed is not None
+            and parsed.message.get_content_maintype() == "multipart"
+            and parsed.message.get_boundary() == _SHARED_BOUNDARY.decode()
+        ):
+            return parsed
+    return _MailParser.from_bytes(data)
+
+
+def _with_shared_boundary(data: bytes) -> bytes | None:
+    """Return `data` with its top-level multipart boundary renamed _SHARED_BOUNDARY, when that is safe.
+
+    The standard library compiles a regex for every multipart boundary it
+    meets (~80 us), and boundaries are unique per email, so its cache never
+    helps; under one shared name the pattern is compiled once. The rename
+    changes nothing else when the boundary is made of characters no header or
+    delimiter syntax gives a meaning to and occurs only as the Content-Type
+    parameter and at the start of whole delimiter lines up to the closing one
+    (never in content, a nested header or the epilogue). _parse keeps the
+    result only if the parsed email is a multipart with the shared boundary.
+    """
+    head_end = _header_end(data)
+    field = _CONTENT_TYPE_BOUNDARY.search(b"\n" + data[:head_end])
+    if field is None or _SHARED_BOUNDARY in data:
+        return None
+    boundary = field.group(1)
+    size = len(boundary)
+    # Every occurrence, found as bytes.replace will find them: left to right, not overlapping.
+    found: list[int] = []
+    at = data.find(boundary)
+    while at >= 0:
+        found.append(at)
+        at = data.find(boundary, at + size)
+    if not found or found[0] != field.start(1) - 1 or (len(found) > 1 and found[1] < head_end):
+        return None
+    closing = False
+    for at in found[1:]:
+        tail = _DELIMITER_TAIL.match(data, at + size)
+        if closing or tail is None or data[at - 3 : at] != b"\n--":
+            return None  # content, or a delimiter line after the closing one (epilogue)
+        closing = tail.group(1) is not None
+    return data.replace(boundary, _SHARED_BOUNDARY)
 
 
 def _read(parsed: mailparser.MailParser) -> Mail:

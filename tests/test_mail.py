@@ -22,8 +22,12 @@ from mailhook.mail import (
     _has_quoted_line,
     _header_end,
     _json_spans,
+    _MailParser,
+    _parse,
+    _read,
     _trim_header_lines,
     _trim_plain_headers,
+    _with_shared_boundary,
     find_documents,
     parse_mail,
 )
@@ -392,3 +396,47 @@ def test_ordinary_lf_and_crlf_header_blocks_take_the_plain_path() -> None:
     raw = email("x", head=HEAD + "Received: from a\n\tby b\nMessage-ID: <m@x>\n")
     for variant in (raw, raw.replace(b"\n", b"\r\n")):
         assert _trim_plain_headers(variant, _header_end(variant)) == _trim_header_lines(variant, _header_end(variant))
+
+
+def _multipart(boundary: str, lines: list[str], crlf: bool) -> bytes:
+    head = f'Subject: s\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="{boundary}"\n\n'
+    raw = (head + "\n".join(lines) + "\n").encode()
+    return raw.replace(b"\n", b"\r\n") if crlf else raw
+
+
+def _parsed_both_ways(raw: bytes) -> tuple[object, object]:
+    """Read `raw` through _parse and straight through mail-parser; a failure is a result too."""
+    results: list[object] = []
+    for parse in (_parse, _MailParser.from_bytes):
+        try:
+            results.append(_read(parse(raw)))
+        except Exception as exc:  # noqa: BLE001 - mail-parser's own errors must be the same both ways
+            results.append((type(exc), str(exc)))
+    return results[0], results[1]
+
+
+def test_an_ordinary_multipart_is_parsed_under_the_shared_boundary_with_the_same_result() -> None:
+    for crlf in (False, True):
+        raw = _multipart("mix-12", ["--mix-12", "Content-Type: application/json", "", JSON, "--mix-12--", ""], crlf)
+        assert _with_shared_boundary(raw) is not None
+        shared, direct = _parsed_both_ways(raw)
+        assert shared == direct
+        assert documents(shared) == [JSON.encode()]
+
+
+_BODY_LINES = st.lists(
+    st.sampled_from(["--B", "--B--", "--B  ", "--B---", "--B x", "text B here", "B", "", "Content-Type: text/plain",
+                     "Content-Type: multipart/mixed; boundary=B", JSON, "--mailhook.shared.boundary.0", "--C",
+                     "--C--"]),
+    max_size=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["B", "B-1", "----=_Part_0.1"]), _BODY_LINES, st.booleans())
+def test_a_boundary_also_found_in_content_or_after_the_end_parses_as_it_always_did(
+    boundary: str, lines: list[str], crlf: bool
+) -> None:
+    raw = _multipart(boundary, [line.replace("B", boundary) for line in lines], crlf)
+    shared, direct = _parsed_both_ways(raw)
+    assert shared == direct
