@@ -193,8 +193,15 @@ def _read_block(
     root, notification = _v1(kind, known, named)
     event = read_v1(root, notification, fmt, subscriptions)
     if event.event_type_source != "config" and named:
-        event = dataclasses.replace(event, event_type=named, event_type_source="payload")
-    return dataclasses.replace(event, payload={"fields": payload, **({"subject": subject} if subject else {})})
+        return dataclasses.replace(
+            event, event_type=named, event_type_source="payload", payload=_payload(payload, subject)
+        )
+    return dataclasses.replace(event, payload=_payload(payload, subject))
+
+
+def _payload(fields: dict[str, str], subject: str | None) -> dict[str, Any]:
+    """Return an event's payload as read from text: the fields exactly as read, and the subject."""
+    return {"fields": fields, **({"subject": subject} if subject else {})}
 
 
 _ID_FIELDS = ("text_id", "call_id", "resource_id", "broadcast_id")
