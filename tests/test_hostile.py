@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import closing
+from contextlib import closing, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,14 +44,23 @@ class Server:
     sent: int = 0
 
     def peak_rss_mb(self) -> float:
-        """The process's peak resident set size so far (VmHWM), in MB."""
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        raise AssertionError("no VmHWM in /proc")
+        """The largest peak resident set size (VmHWM) of the server and its extraction workers, in MB."""
+        peaks = []
+        for pid in [self.proc.pid, *_descendants(self.proc.pid)]:
+            with suppress(OSError):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peaks.append(int(line.split()[1]) / 1024)
+        assert peaks, "no VmHWM in /proc"
+        return max(peaks)
 
     def rows(self, sql: str, *params: object) -> list[tuple[object, ...]]:
+        """Query the database once nothing is pending (acknowledge=received extracts after the 250)."""
+        deadline = time.monotonic() + 60
         with closing(sqlite3.connect(self.db)) as conn:
+            while conn.execute("SELECT count(*) FROM deliveries WHERE status = 'pending'").fetchone() != (0,):
+                assert time.monotonic() < deadline, "deliveries still pending"
+                time.sleep(0.02)
             return conn.execute(sql, params).fetchall()
 
     def smtp(self) -> smtplib.SMTP:
@@ -99,6 +108,15 @@ class Server:
         return row  # type: ignore[return-value]
 
 
+def _descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    with suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                found += [int(child), *_descendants(int(child))]
+    return found
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -106,8 +124,9 @@ def _free_port() -> int:
         return port
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+# Both ways of acknowledging: after the events are stored, and once the bytes are (events after).
+@pytest.fixture(scope="module", params=["stored", "received"])
+def server(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("hostile")
     smtp_port, http_port = _free_port(), _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILHOOK_")}
@@ -117,7 +136,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         proc = subprocess.Popen(
             [sys.executable, "-m", "mailhook", "serve", "--db", str(tmp / "mailhook.db"),
              "--smtp-listen", f"127.0.0.1:{smtp_port}", "--http-listen", f"127.0.0.1:{http_port}",
-             "--max-message-size", str(LIMIT)],
+             "--max-message-size", str(LIMIT), "--smtp-acknowledge", request.param],
             cwd=ROOT, env=env, stdout=out, stderr=out,
         )
     srv = Server(proc, tmp / "mailhook.db", smtp_port, http_port, log)
