@@ -258,13 +258,14 @@ class Store:
 
     def _write_one(self, delivery: Delivery, extraction: Extraction | Rows | None) -> Receipt:
         now = utcnow()
+        sha256 = delivery.sha256  # a property: hashed on each use
         if extraction is None:
-            delivery_id = self._insert_delivery(delivery, now, "pending", None, delivery.raw)
+            delivery_id = self._insert_delivery(delivery, sha256, now, "pending", None, delivery.raw)
             return Receipt(delivery_id, "pending")
         found = rows(extraction)
-        seen, same_bytes = self._seen(found.message_id, delivery.sha256, None)
-        delivery_id = self._insert_delivery(delivery, now, "quarantined" if found.reason else "stored", found,
-                                            None if same_bytes else delivery.raw)
+        seen, same_bytes = self._seen(found.message_id, sha256, None)
+        delivery_id = self._insert_delivery(delivery, sha256, now, "quarantined" if found.reason else "stored",
+                                            found, None if same_bytes else delivery.raw)
         return self._finish(delivery_id, now, found, seen=seen, checkpoint=delivery.checkpoint)
 
     def _complete(self, completion: Completion) -> Receipt:
@@ -305,7 +306,7 @@ class Store:
         # Same bytes: the first delivery holds them already, so this one keeps no copy.
         return row is not None, row is not None and row[0] == sha256
 
-    def _insert_delivery(self, delivery: Delivery, now: str, status: Status, found: Rows | None,
+    def _insert_delivery(self, delivery: Delivery, sha256: str, now: str, status: Status, found: Rows | None,
                          raw: bytes | None) -> int:
         cursor = self.conn.execute(
             _INSERT_DELIVERY,
@@ -321,7 +322,7 @@ class Store:
                 delivery.content_type,
                 delivery.remote_addr,
                 len(delivery.raw),
-                delivery.sha256,
+                sha256,
                 raw,
                 found and found.notes,
                 delivery.source,
