@@ -9,6 +9,7 @@ exactly as read) differ.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import html as htmllib
 import re
 from collections.abc import Mapping
@@ -107,6 +108,7 @@ def html_to_lines(markup: str) -> str:
     return htmllib.unescape(_TAG.sub(" ", text))
 
 
+@functools.lru_cache(maxsize=1024)  # labels repeat within an email and across emails
 def _norm(label: str) -> str:
     """Lower-case a label and keep only its letters and digits (str.isalnum: what \\w is, less "_")."""
     return _NOT_ALNUM.sub("", label.lower())
