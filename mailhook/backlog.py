@@ -15,6 +15,8 @@ import functools
 import logging
 import multiprocessing
 import os
+import select
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
@@ -72,11 +74,38 @@ def worker_pool(workers: int) -> ProcessPoolExecutor:
     They come from a fork server, a clean process started for the purpose, so
     they never inherit the server's threads or locks, whenever they start.
     """
-    from mailhook.ingest import _worker_init
-
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["mailhook.backlog"])
-    return ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init)
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start, initargs=(os.getpid(),))
+
+
+def _worker_start(owner: int) -> None:
+    from mailhook.ingest import _worker_init
+
+    _worker_init()
+    threading.Thread(target=_exit_with, args=(owner,), name="owner-watch", daemon=True).start()
+
+
+def _exit_with(owner: int) -> None:
+    """Exit when `owner` (the mailhook process) does, however it ends (kill -9 included).
+
+    A worker's parent is the fork server, not mailhook, so PR_SET_PDEATHSIG
+    does not see mailhook die, and the fork server waits for its workers:
+    without this, both would outlive a killed mailhook.
+    """
+    try:
+        watch = os.pidfd_open(owner)
+    except OSError:  # a kernel without pidfds: look once a second
+        while True:
+            time.sleep(1)
+            try:
+                os.kill(owner, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:
+                pass
+    select.select([watch], [], [])
+    os._exit(0)
 
 
 class Backlog:

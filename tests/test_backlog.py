@@ -6,8 +6,12 @@ import asyncio
 import os
 import signal
 import smtplib
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -169,3 +173,47 @@ def test_a_killed_extraction_worker_is_replaced(start_server: StartServer) -> No
     assert [status for _, status, _, _ in settled(database(runtime))] == ["stored"] * 6
     assert rows(database(runtime), "SELECT count(*) FROM events") == [(6,)]
     assert backlog.pool is not None and set(backlog.pool._processes).isdisjoint(killed)  # type: ignore[attr-defined]
+
+
+def _descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with suppress(OSError):
+            for child in (task / "children").read_text().split():
+                found += [int(child), *_descendants(int(child))]
+    return found
+
+
+def test_killing_mailhook_with_sigkill_leaves_no_extraction_process_behind(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILHOOK_")} | {"MAILHOOK_CONFIG": ""}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mailhook", "serve", "--db", str(tmp_path / "m.db"), "--smtp-listen",
+         f"127.0.0.1:{port}", "--http-listen", "", "--smtp-acknowledge", "received"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                smtp = smtplib.SMTP("127.0.0.1", port, timeout=30)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.05)
+        with smtp:
+            assert send(smtp, notification(76_000))[0] == 250
+        settled(tmp_path / "m.db")
+        helpers = _descendants(proc.pid)
+        assert helpers, "no fork server or worker process found"
+    finally:
+        proc.kill()
+        proc.wait()
+    # The fork server and its worker are not mailhook's children's children for ever: they go too.
+    deadline = time.monotonic() + 10
+    while alive := [pid for pid in helpers if Path(f"/proc/{pid}").exists()
+                    and "Z" not in Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]]:
+        assert time.monotonic() < deadline, f"still running after mailhook was killed: {alive}"
+        time.sleep(0.05)
