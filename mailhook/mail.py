@@ -89,8 +89,11 @@ _QUOTE_PREFIX = re.compile(r"^(?:[ \t]*>)+[ \t]?", re.MULTILINE)
 _HTML_BREAK = re.compile(r"<\s*(?:br|/p|/div|/tr|/li|/h\d|/pre)\b[^<>]*>", re.IGNORECASE)
 _HTML_TAG = re.compile(r"<[^<>]*>")
 _HTML_HIDDEN = re.compile(r"<(script|style|head)\b|</(script|style|head)\s*>", re.IGNORECASE)
-# A brace, or a whole string (an unclosed one runs to the end; a backslash escapes the next character).
-_JSON_TOKEN = re.compile(r'[{}]|"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
+# Outside every object: the next brace (quotes there are prose). Inside one: the next brace that is
+# not in a string, skipping whole strings (an unclosed one runs to the end; a backslash escapes the
+# next character). Possessive, so a text without a brace costs one pass, not a backtracking search.
+_JSON_BRACE = re.compile(r"[{}]")
+_JSON_NEXT_BRACE = re.compile(r'(?:[^{}"]++|"[^"\\]*+(?:\\.[^"\\]*+)*+"?+)*+([{}])', re.DOTALL)
 _JSON_KEY_PATTERNS = tuple(re.compile(re.escape(k)) for k in _JSON_KEYS)
 _XML_ENCODING = re.compile(r"(<\?xml[^>]*?)\s+encoding\s*=\s*([\"'])[^\"']*\2")
 _DOC_TYPES = frozenset({"application/xml", "text/xml", "application/json", "text/json", "application/soap+xml"})
@@ -359,14 +362,19 @@ def _json_spans(text: str) -> list[tuple[int, int]]:
     closed: list[tuple[int, int]] = []
     opened: list[int] = []
     pos = 0
-    while (m := _JSON_TOKEN.search(text, pos)) is not None:
-        i = m.start()
-        ch = text[i]
-        pos = m.end()
-        if ch == '"':
-            if not opened:
-                pos = i + 1  # a quote outside every object is prose: what follows is still read
-        elif ch == "{":
+    while True:
+        if opened:
+            m = _JSON_NEXT_BRACE.match(text, pos)
+            if m is None:
+                break
+            i = m.start(1)
+        else:
+            m = _JSON_BRACE.search(text, pos)
+            if m is None:
+                break
+            i = m.start()
+        pos = i + 1
+        if text[i] == "{":
             opened.append(i)
         elif opened:
             begin = opened.pop()
