@@ -30,6 +30,7 @@ from mailhook.mail import (
     _with_shared_boundary,
     find_documents,
     parse_mail,
+    unescape,
 )
 
 XML = (
@@ -440,3 +441,10 @@ def test_a_boundary_also_found_in_content_or_after_the_end_parses_as_it_always_d
     raw = _multipart(boundary, [line.replace("B", boundary) for line in lines], crlf)
     shared, direct = _parsed_both_ways(raw)
     assert shared == direct
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["&lt;", "&gt;", "&quot;", "&#x27;", "&amp;", "&", "amp;", "lt;", "&lt", "&#39;",
+                                 "&nbsp;", "x", ";", "#", "<"]), max_size=12).map("".join))
+def test_unescape_reads_every_text_as_html_unescape_does(text: str) -> None:
+    assert unescape(text) == html.unescape(text)

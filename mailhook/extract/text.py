@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import html as htmllib
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -19,7 +18,7 @@ from typing import Any
 
 from mailhook.errors import Unreadable
 from mailhook.extract.v1 import read_v1
-from mailhook.mail import drop_hidden
+from mailhook.mail import drop_hidden, unescape
 from mailhook.models import Event
 
 # A text needs a resource id or this many known fields to count as a notification.
@@ -105,7 +104,7 @@ def html_to_lines(markup: str) -> str:
     """Return the visible text of HTML, one line per break, paragraph or table row."""
     # A tab between cells keeps "Duration</td><td>1:05" from reading as a field "Duration 1".
     text = _CELL_END.sub("\t", _BREAK.sub("\n", drop_hidden(markup)))
-    return htmllib.unescape(_TAG.sub(" ", text))
+    return unescape(_TAG.sub(" ", text))
 
 
 @functools.lru_cache(maxsize=1024)  # labels repeat within an email and across emails
@@ -149,7 +148,7 @@ def _cells(row: str) -> list[str]:
 
 
 def _cell_text(cell: str) -> str:
-    return " ".join(htmllib.unescape(_TAG.sub(" ", cell)).split())
+    return " ".join(unescape(_TAG.sub(" ", cell)).split())
 
 
 def _blocks(pairs: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
