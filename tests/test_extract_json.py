@@ -67,3 +67,8 @@ def test_an_integer_too_long_to_read_is_refused() -> None:
 def test_a_number_with_an_absurd_exponent_is_refused() -> None:
     with pytest.raises(Unreadable, match="out of range"):
         parse_json(b'{"x": 1e999999}')
+
+
+def test_a_second_byte_order_mark_is_refused_with_the_json_module_s_reason() -> None:
+    with pytest.raises(Unreadable, match="Unexpected UTF-8 BOM"):
+        parse_json(b"\xef\xbb\xbf\xef\xbb\xbf{}")

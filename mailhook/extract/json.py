@@ -39,12 +39,18 @@ def parse_json(data: bytes | str) -> Any:
     if text.count("[") + text.count("{") > MAX_DEPTH:
         _check_depth(text)
     try:
-        return json.loads(text, parse_int=int, parse_float=_decimal, parse_constant=_refuse_constant)
+        if text.startswith("\ufeff"):  # json.loads refuses it with its own message; keep that
+            return json.loads(text, parse_int=int, parse_float=_decimal, parse_constant=_refuse_constant)
+        return _DECODER.decode(text)  # what json.loads does with these arguments, minus building a decoder
     except json.JSONDecodeError as exc:
         raise Unreadable(f"malformed JSON: {exc}") from None
     except ValueError as exc:
         # e.g. an integer literal longer than Python's digit limit.
         raise Unreadable(f"unreadable JSON value: {exc}") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise Unreadable(f"JSON constant {name} is not a number CallFire sends")
 
 
 def _check_depth(text: str) -> None:
@@ -67,5 +73,4 @@ def _decimal(literal: str) -> Decimal:
     return value
 
 
-def _refuse_constant(name: str) -> Any:
-    raise Unreadable(f"JSON constant {name} is not a number CallFire sends")
+_DECODER = json.JSONDecoder(parse_int=int, parse_float=_decimal, parse_constant=_refuse_constant)
