@@ -55,6 +55,12 @@ _CONTENT_TYPE_BOUNDARY = re.compile(
     rb'\ncontent-type:[ \t]*multipart/[^\n]*(?:\n[ \t][^\n]*)*?[; \t]boundary="?([0-9A-Za-z._=+-]{1,70})(?:"|;|\s|$)',
     re.IGNORECASE,
 )
+_CONTENT_TYPE_NAME = re.compile(rb"\ncontent-type:", re.IGNORECASE)
+_PLAIN_CONTENT_TYPE = re.compile(
+    rb'\ncontent-type:[ \t]*multipart/[0-9A-Za-z.+-]+[ \t]*;(?:[ \t]*|\r?\n[ \t]+)'
+    rb'boundary=("?)([0-9A-Za-z._=+-]{1,70})\1[ \t]*\r?(?=\n[^ \t]|\Z)',
+    re.IGNORECASE,
+)
 # What may follow the boundary on a delimiter line (email.feedparser's pattern, "--" when closing).
 _DELIMITER_TAIL = re.compile(rb"(--)?[ \t]*(?:\r\n|\n|\r|\Z)")
 
@@ -164,22 +170,25 @@ def parse_mail(raw: bytes) -> Mail:
 
 def _parse(data: bytes) -> mailparser.MailParser:
     """Parse with mail-parser, through the shared boundary when that cannot change the result."""
-    shared = _with_shared_boundary(data)
-    if shared is not None:
+    renamed = _with_shared_boundary(data)
+    if renamed is not None:
+        shared, plain = renamed
         try:
             parsed = _MailParser.from_bytes(shared)
         except Exception:  # noqa: BLE001 - the email itself, parsed below, says what is wrong with it
             parsed = None
-        if (
-            parsed is not None
-            and parsed.message.get_content_maintype() == "multipart"
-            and parsed.message.get_boundary() == _SHARED_BOUNDARY.decode()
+        if parsed is not None and (
+            plain  # its one Content-Type is read as multipart with this boundary: no need to ask
+            or (
+                parsed.message.get_content_maintype() == "multipart"
+                and parsed.message.get_boundary() == _SHARED_BOUNDARY.decode()
+            )
         ):
             return parsed
     return _MailParser.from_bytes(data)
 
 
-def _with_shared_boundary(data: bytes) -> bytes | None:
+def _with_shared_boundary(data: bytes) -> tuple[bytes, bool] | None:
     """Return `data` with its top-level multipart boundary renamed _SHARED_BOUNDARY, when that is safe.
 
     The standard library compiles a regex for every multipart boundary it
@@ -189,10 +198,16 @@ def _with_shared_boundary(data: bytes) -> bytes | None:
     delimiter syntax gives a meaning to and occurs only as the Content-Type
     parameter and at the start of whole delimiter lines up to the closing one
     (never in content, a nested header or the epilogue). _parse keeps the
-    result only if the parsed email is a multipart with the shared boundary.
+    result only if the parsed email is a multipart with the shared boundary,
+    which needs no asking when the header is `plain` (returned with the bytes):
+    a block of header lines ending in LF or CRLF whose only Content-Type field
+    is `multipart/x; boundary=B` (B quoted or not, the parameter perhaps on a
+    continuation line) and nothing else, which email.message reads as that
+    multipart and that boundary.
     """
     head_end = _header_end(data)
-    field = _CONTENT_TYPE_BOUNDARY.search(b"\n" + data[:head_end])
+    lines = b"\n" + data[:head_end]
+    field = _CONTENT_TYPE_BOUNDARY.search(lines)
     if field is None or _SHARED_BOUNDARY in data:
         return None
     boundary = field.group(1)
@@ -211,7 +226,17 @@ def _with_shared_boundary(data: bytes) -> bytes | None:
         if closing or tail is None or data[at - 3 : at] != b"\n--":
             return None  # content, or a delimiter line after the closing one (epilogue)
         closing = tail.group(1) is not None
-    return data.replace(boundary, _SHARED_BOUNDARY)
+    plain = _PLAIN_CONTENT_TYPE.match(lines, field.start())
+    is_plain = (
+        plain is not None
+        and plain.start(2) == field.start(1)
+        and plain.group(2) == boundary
+        and len(_CONTENT_TYPE_NAME.findall(lines)) == 1
+        # and the standard library's header block is this block, line for line
+        and lines.count(b"\r") == lines.count(b"\r\n")
+        and _NOT_HEADER_LINE.search(lines) is None
+    )
+    return data.replace(boundary, _SHARED_BOUNDARY), is_plain
 
 
 def _read(parsed: mailparser.MailParser) -> Mail:

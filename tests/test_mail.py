@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import email as stdlib_email
 import html
 import quopri
 import re
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 from mailhook.errors import Unreadable
 from mailhook.mail import (
     _FORWARD_MARK,
+    _SHARED_BOUNDARY,
     MAX_CONTAINERS,
     MAX_DOCUMENTS,
     Mail,
@@ -448,3 +450,33 @@ def test_a_boundary_also_found_in_content_or_after_the_end_parses_as_it_always_d
                                  "&nbsp;", "x", ";", "#", "<"]), max_size=12).map("".join))
 def test_unescape_reads_every_text_as_html_unescape_does(text: str) -> None:
     assert unescape(text) == html.unescape(text)
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ['multipart/mixed; boundary="b-1"', "multipart/alternative; boundary=b-1", 'MULTIPART/Mixed;\n\tboundary="b-1"'],
+)
+@pytest.mark.parametrize("crlf", [False, True])
+def test_a_plain_multipart_header_is_known_to_be_read_with_the_shared_boundary(content_type: str, crlf: bool) -> None:
+    raw = f"Subject: s\nContent-Type: {content_type}\n\n--b-1\nContent-Type: text/plain\n\nx\n--b-1--\n".encode()
+    raw = raw.replace(b"\n", b"\r\n") if crlf else raw
+    renamed = _with_shared_boundary(raw)
+    assert renamed is not None and renamed[1]
+    message = stdlib_email.message_from_bytes(renamed[0])
+    assert (message.get_content_maintype(), message.get_boundary()) == ("multipart", _SHARED_BOUNDARY.decode())
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        "Subject: s\nContent-Type: multipart/mixed; boundary=b-1; charset=x\n",  # another parameter
+        "Subject: s\nContent-Type: text/plain\nContent-Type: multipart/mixed; boundary=b-1\n",  # two fields
+        "Subject: s\nMessage-\x1eID: x\nContent-Type: multipart/mixed; boundary=b-1\n",  # the body starts early
+    ],
+)
+def test_an_unusual_multipart_header_is_asked_about_not_assumed(head: str) -> None:
+    raw = f"{head}\n--b-1\nContent-Type: text/plain\n\nx\n--b-1--\n".encode()
+    renamed = _with_shared_boundary(raw)
+    assert renamed is None or not renamed[1]
+    shared, direct = _parsed_both_ways(raw)
+    assert shared == direct
