@@ -52,7 +52,7 @@ _MAX_FIELD_BYTES = 16 * 1024
 _SHARED_BOUNDARY = b"mailhook.shared.boundary.0"
 # A top-level multipart Content-Type field's boundary made of inert characters, quoted or not.
 _CONTENT_TYPE_BOUNDARY = re.compile(
-    rb'\ncontent-type:[ \t]*multipart/[^\n]*(?:\n[ \t][^\n]*)*?[; \t]boundary="?([0-9A-Za-z._=+-]{1,70})(?:"|;|\s|$)',
+    rb'\ncontent-type:[ \t]*multipart/(?:[^\n]|\n(?=[ \t]))*?[;\s]boundary="?([0-9A-Za-z._=+-]{1,70})(?:"|;|\s|$)',
     re.IGNORECASE,
 )
 _CONTENT_TYPE_NAME = re.compile(rb"\ncontent-type:", re.IGNORECASE)
