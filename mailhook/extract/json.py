@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from mailhook.errors import Unreadable
@@ -67,7 +67,10 @@ def _check_depth(text: str) -> None:
 
 def _decimal(literal: str) -> Decimal:
     """Read a fraction exactly; refuse exponents whose integer form no JSON encoder can write back."""
-    value = Decimal(literal)
+    try:
+        value = Decimal(literal)
+    except InvalidOperation:  # an exponent beyond what Decimal itself can hold
+        raise Unreadable(f"JSON number out of range: {literal[:40]}") from None
     if value and abs(value.adjusted()) > MAX_EXPONENT:
         raise Unreadable(f"JSON number out of range: {literal[:40]}")
     return value
