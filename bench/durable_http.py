@@ -20,6 +20,7 @@ import sys
 import threading
 
 from aiohttp import web
+from noop_http import serve
 
 _Waiting = tuple[bytes, asyncio.Future[int]]
 
@@ -73,12 +74,7 @@ async def main(port: int, path: str) -> None:
         delivery_id = await writer.store(body)
         return web.json_response({"delivery_id": delivery_id, "events": 0, "duplicates": 0, "size": len(body)})
 
-    app = web.Application()
-    app.router.add_post("/notifications", notifications)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    await asyncio.Event().wait()
+    await serve(port, notifications)
 
 
 if __name__ == "__main__":
