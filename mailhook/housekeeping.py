@@ -57,7 +57,7 @@ def run_check_config(args: argparse.Namespace, settings: Settings, env: Mapping[
 
 def run_prune(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
     """Delete what was received before the cutoff, in small transactions so serving goes on."""
-    from mailhook.store import prune
+    from mailhook.upkeep import prune
 
     cutoff = datetime.now(UTC) - args.older_than
     result = prune(settings.database(env), cutoff, keep_raw=args.keep_raw, dry_run=args.dry_run,
@@ -71,7 +71,7 @@ def run_prune(args: argparse.Namespace, settings: Settings, env: Mapping[str, st
 
 def run_backup(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
     """Write a consistent copy of the live database to PATH (a file, or a directory to put one in)."""
-    from mailhook.store import backup
+    from mailhook.upkeep import backup
 
     target = Path(args.path)
     if args.path.endswith("/") or target.is_dir():
@@ -97,7 +97,7 @@ def run_backup(args: argparse.Namespace, settings: Settings, env: Mapping[str, s
 
 def run_status(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
     """Report the database (and with --server the running doors); exit 0 only when healthy."""
-    from mailhook.store import status
+    from mailhook.upkeep import status
 
     problems: list[str] = []
     try:

@@ -21,7 +21,7 @@ from mailhook.cli import main
 from mailhook.housekeeping import EX_UNAVAILABLE, EX_UNHEALTHY, parse_age
 from mailhook.ingest import Pipeline
 from mailhook.models import Delivery
-from mailhook.store import backup, prune
+from mailhook.upkeep import backup, prune
 from mailhook.writer import Writer
 
 ROOT = Path(__file__).resolve().parent.parent
