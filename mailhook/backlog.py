@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import multiprocessing
 import os
 import select
@@ -26,7 +27,7 @@ from pathlib import Path
 from mailhook.errors import RetryLater
 from mailhook.extract import extract
 from mailhook.models import Delivery, Extraction, Receipt
-from mailhook.store import Completion, PendingReader, worker_rows
+from mailhook.store import Completion, PendingReader, pending_count, worker_rows
 from mailhook.writer import Writer
 
 log = logging.getLogger("mailhook.backlog")
@@ -137,6 +138,13 @@ class Backlog:
     def start(self) -> None:
         """Start taking up pending deliveries on the running loop."""
         self._task = asyncio.create_task(self._run(), name="mailhook-backlog")
+
+    def pending(self) -> float:
+        """Return how many deliveries wait for their events in the database (NaN if it cannot be read)."""
+        try:
+            return pending_count(self.path)
+        except RetryLater:
+            return math.nan
 
     def accepted(self, delivery_id: int, started: float) -> None:
         """Note that a delivery was just stored pending (at `started`, perf_counter), and wake the backlog."""

@@ -56,6 +56,10 @@ class Metrics:
         self.smtp_sessions = Gauge(
             "mailhook_smtp_sessions", "Open SMTP sessions", registry=self.registry
         )
+        self.pending = Gauge(
+            "mailhook_pending_deliveries", "Deliveries acknowledged whose events are not stored yet",
+            registry=self.registry,
+        )
         # Each labelled series once: `.labels()` validates and locks on every call,
         # which costs more than the increment it leads to.
         self._children: dict[tuple[Any, ...], Any] = {}
@@ -98,6 +102,10 @@ class Metrics:
     def track_queue(self, depth: Callable[[], int]) -> None:
         """Read the writer's queue depth whenever metrics are scraped."""
         self.queue_depth.set_function(depth)
+
+    def track_pending(self, count: Callable[[], float]) -> None:
+        """Count the pending deliveries (acknowledge=received's backlog) whenever metrics are scraped."""
+        self.pending.set_function(count)
 
     def render(self) -> bytes:
         """Return the metrics in the Prometheus text format."""

@@ -109,6 +109,7 @@ async def serve(settings: Settings, env: Mapping[str, str], *, started: asyncio.
     backlog = Backlog(writer, settings.subscriptions, pipeline.report,
                       pool=worker_pool(workers) if deferred else None, workers=workers)
     backlog.start()
+    metrics.track_pending(backlog.pending)
     if deferred:
         pipeline.backlog = backlog
     runtime = Runtime(settings, env, pipeline, writer, metrics, sockets=sockets)

@@ -513,6 +513,19 @@ class PendingReader:
             self._conn = None
 
 
+def pending_count(path: str | Path) -> int:
+    """Return how many deliveries are stored `pending`, on a read-only connection of its own."""
+    try:
+        conn = connect(path, readonly=True)
+        try:
+            count: int = conn.execute("SELECT count(*) FROM deliveries WHERE status = 'pending'").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise RetryLater(f"storage unavailable: {exc}") from exc
+    return count
+
+
 def committed_checkpoint(path: str | Path, account: str, folder: str) -> Checkpoint | None:
     """Return the committed IMAP checkpoint of `folder`, on a read-only connection of its own."""
     conn = connect(path, readonly=True)

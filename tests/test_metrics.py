@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mailhook.metrics import Metrics
 from mailhook.models import Channel, Delivery, Receipt
+from mailhook.store import Store
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -146,3 +147,17 @@ def test_metrics_are_served_as_openmetrics_when_the_scraper_asks(base: str) -> N
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("application/openmetrics-text")
     assert response.text.endswith("# EOF\n")
+
+
+def test_pending_deliveries_gauge_counts_what_waits_for_its_events(start_server: StartServer, tmp_path: Path) -> None:
+    runtime = start_server(http={"listen": "127.0.0.1:0"}, smtp={"listen": ""})
+    door = next(d for d in runtime.doors if d.name == "http")
+    base = f"http://{door.addresses()[0]}"
+    with httpx.Client(timeout=30) as client:
+        assert value(scrape(client, base), "mailhook_pending_deliveries") == 0
+        # Rows a writer of another process stored pending (as acknowledge=received does); nothing woke
+        # this server's backlog, so they wait, and the gauge shows them.
+        store = Store(tmp_path / "mailhook.db")
+        store.write([(_delivery("smtp"), None) for _ in range(3)])
+        store.close()
+        assert value(scrape(client, base), "mailhook_pending_deliveries") == 3
