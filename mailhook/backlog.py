@@ -272,10 +272,16 @@ class Backlog:
                 log.error("extraction workers cannot be started; extracting in a thread from now on")
                 self.pool = None
 
-    async def _crashed(self, delivery_id: int) -> list[tuple[Delivery, Completion]]:
+    async def _crashed(self, delivery_id: int) -> list[tuple[Delivery, Completion]] | None:
         """Quarantine a delivery whose extraction killed its worker (its bytes stay, for `reprocess`)."""
-        loop = asyncio.get_running_loop()
-        found = await loop.run_in_executor(None, self.reader.read, [delivery_id])
+        reader = PendingReader(self.path)  # not self.reader: that one may be in use in another thread
+        try:
+            found = await asyncio.get_running_loop().run_in_executor(None, reader.read, [delivery_id])
+        except RetryLater as exc:
+            self._retry([delivery_id], f"delivery {delivery_id} cannot be read: {exc}")
+            return None
+        finally:
+            reader.close()
         reason = "extraction crashed its worker process"
         log.error("delivery %d: %s; quarantined", delivery_id, reason)
         return [(delivery, Completion(delivery_id, delivery.sha256, Extraction(reason=reason)))

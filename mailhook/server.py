@@ -141,7 +141,10 @@ async def serve(settings: Settings, env: Mapping[str, str], *, started: asyncio.
                 await door.close()
             except Exception:
                 log.exception("error while closing %s", door.name)
-        await backlog.close(settings.smtp.shutdown_grace)
+        try:
+            await backlog.close(settings.smtp.shutdown_grace)
+        except Exception:  # what is still pending is taken up at the next start; the writer must still flush
+            log.exception("error while stopping the extraction backlog")
         if backlog.pool is not None:
             backlog.pool.shutdown(cancel_futures=True)
         await asyncio.get_running_loop().run_in_executor(None, writer.close)

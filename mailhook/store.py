@@ -490,14 +490,18 @@ class PendingReader:
             raise RetryLater(f"storage unavailable: {exc}") from exc
 
     def read(self, ids: Sequence[int]) -> list[tuple[int, Delivery]]:
-        """Read back the deliveries among `ids` that are still pending, as they were received."""
-        if self._conn is None:
-            self._conn = connect(self.path, readonly=True)
-        found = self._conn.execute(
-            "SELECT id, channel, received_at, raw, envelope_from, envelope_to, remote_addr, content_type, source"
-            " FROM deliveries WHERE id IN (SELECT value FROM json_each(?)) AND status = 'pending' ORDER BY id",
-            (json.dumps(list(ids)),),
-        ).fetchall()
+        """Read back the deliveries among `ids` that are still pending, as received; `RetryLater` if unreadable."""
+        try:
+            if self._conn is None:
+                self._conn = connect(self.path, readonly=True)
+            found = self._conn.execute(
+                "SELECT id, channel, received_at, raw, envelope_from, envelope_to, remote_addr, content_type, source"
+                " FROM deliveries WHERE id IN (SELECT value FROM json_each(?)) AND status = 'pending' ORDER BY id",
+                (json.dumps(list(ids)),),
+            ).fetchall()
+        except sqlite3.Error as exc:
+            self.close()
+            raise RetryLater(f"storage unavailable: {exc}") from exc
         return [
             (id_, Delivery(channel=channel, raw=raw, received_at=received_at, kind=_kind(channel, raw),
                            envelope_from=sender, envelope_to=tuple(json.loads(to)) if to else (),
