@@ -177,6 +177,9 @@ class Backlog:
             while True:
                 self._wake.clear()  # before looking, so an arrival during the look wakes the next wait
                 if self._retry_from is not None and not in_flight:
+                    # Back off before looking again: a full disk fails at once, and must not spin.
+                    await asyncio.sleep(self._delay)
+                    self._delay = min(self._delay * 2, RETRY_MAX)
                     cursor, self._retry_from = self._retry_from, None
                 try:
                     ids = await loop.run_in_executor(None, self.reader.ids, cursor, CHUNK * self.workers)
@@ -193,13 +196,11 @@ class Backlog:
                     continue
                 if self._closing and not in_flight and self._retry_from is None:
                     return
-                if self._retry_from is not None:
-                    await asyncio.sleep(self._delay)
-                    self._delay = min(self._delay * 2, RETRY_MAX)
-                else:
-                    await self._wake.wait()
-                    if not self._closing:
-                        await asyncio.sleep(LINGER)
+                if self._retry_from is not None and not in_flight:
+                    continue  # to the back-off above
+                await self._wake.wait()
+                if not self._closing:
+                    await asyncio.sleep(LINGER)
         finally:
             for task in in_flight:
                 task.cancel()

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from conftest import BackgroundServer, StartServer, make_settings
-from smtp_support import client, notification, rows
+from smtp_support import client, locked, notification, rows
 
 from mailhook.backlog import Backlog, extract_pending, worker_pool
 from mailhook.models import Delivery, Receipt
@@ -217,3 +217,18 @@ def test_killing_mailhook_with_sigkill_leaves_no_extraction_process_behind(tmp_p
                     and "Z" not in Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]]:
         assert time.monotonic() < deadline, f"still running after mailhook was killed: {alive}"
         time.sleep(0.05)
+
+
+def test_events_that_cannot_be_stored_yet_are_retried_until_they_are(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    runtime = start_server(smtp=RECEIVED, storage={"busy_timeout": 0.2})
+    with client(runtime) as smtp:
+        assert send(smtp, notification(77_000))[0] == 250
+        # Before the backlog's first look (it lingers 50 ms): its commit will find the database locked.
+        with locked(database(runtime)):
+            time.sleep(1.5)
+            assert rows(database(runtime), "SELECT status FROM deliveries") == [("pending",)]
+    assert [status for _, status, _, _ in settled(database(runtime))] == ["stored"]
+    assert rows(database(runtime), "SELECT count(*) FROM events") == [(1,)]
+    assert "events of delivery 1 not stored" in caplog.text
