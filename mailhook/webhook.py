@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import BasicAuth, HttpVersion11, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from mailhook.config import parse_address
 from mailhook.errors import RetryLater, Unreadable
@@ -32,6 +33,7 @@ from mailhook.models import Delivery, Receipt
 from mailhook.store import utcnow
 
 if TYPE_CHECKING:
+    from mailhook.metrics import Metrics
     from mailhook.server import Runtime
 
 log = logging.getLogger("mailhook.webhook")
@@ -184,6 +186,8 @@ class Receiver:
             raise Refused(400, "incomplete", "connection closed before the whole body arrived") from None
         except HttpProcessingError:
             raise Refused(400, "malformed", "malformed request body framing") from None
+        except RequestPayloadError as exc:  # e.g. Content-Encoding: gzip over bytes that are not gzip
+            raise Refused(400, "malformed", f"request body cannot be decoded: {_first_line(exc)}") from None
         body = bytearray()
         try:
             async with asyncio.timeout(BODY_TIMEOUT):
@@ -197,6 +201,8 @@ class Receiver:
             raise Refused(400, "incomplete", "connection closed before the whole body arrived") from None
         except HttpProcessingError:
             raise Refused(400, "malformed", "malformed request body framing") from None
+        except RequestPayloadError as exc:
+            raise Refused(400, "malformed", f"request body cannot be decoded: {_first_line(exc)}") from None
         return bytes(body)
 
     def _check_signature(self, request: web.Request, body: bytes) -> None:
@@ -236,6 +242,36 @@ class Receiver:
         except Exception:  # the client gets a bare 500; the log gets the traceback
             log.exception("unexpected error handling %s %s", request.method, request.path)
             return _error(500, "internal error")
+
+
+def _first_line(exc: BaseException) -> str:
+    """Return the reason an aiohttp protocol error gives, on one line."""
+    if not isinstance(exc, HttpProcessingError) and isinstance(exc.__cause__, HttpProcessingError):
+        exc = exc.__cause__  # a RequestPayloadError says only "400, message:"; its cause says why
+    text = (exc.message if isinstance(exc, HttpProcessingError) else str(exc)).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class _ProtocolLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's log for requests it refuses itself: one refusal line for a malformed request, not a traceback.
+
+    A hostile client sending broken HTTP would otherwise fill the journal with
+    multi-line tracebacks, one per request.
+    """
+
+    def __init__(self, logger: logging.Logger, metrics: Metrics) -> None:
+        super().__init__(logger, {})
+        self.metrics = metrics
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        if isinstance(exc_info, RequestPayloadError):
+            return  # a body the door refused already (and logged): aiohttp meets it again draining it
+        if isinstance(exc_info, HttpProcessingError) and 400 <= exc_info.code < 500:
+            self.metrics.on_rejected("http", "malformed")
+            self.logger.warning("request refused channel=http peer=%s status=%d reason=%s",
+                                args[0] if args else "-", exc_info.code, _first_line(exc_info))
+            return
+        self.logger.exception(msg, *args, exc_info=exc_info, **kwargs)
 
 
 def signature_matches(secret: str, body: bytes, signature: str) -> bool:
@@ -320,7 +356,10 @@ async def start(runtime: Runtime) -> WebhookDoor:
     Serves on the socket systemd passed for `http` when there is one
     (socket activation), otherwise binds `http.listen`.
     """
-    runner = web.AppRunner(Receiver(runtime).app(), access_log=None, handle_signals=False, shutdown_timeout=30.0)
+    runner = web.AppRunner(
+        Receiver(runtime).app(), access_log=None, handle_signals=False, shutdown_timeout=30.0,
+        logger=_ProtocolLog(log, runtime.metrics),
+    )
     await runner.setup()
     try:
         site: web.BaseSite

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import hashlib
 import hmac
 import json
@@ -585,3 +586,40 @@ def test_concurrent_posts_are_each_acknowledged_with_their_own_stored_event(webh
     assert [a["events"] for a in answers] == [1] * 24
     stored = dict(webhook.rows("SELECT d.id, e.resource_id FROM deliveries d JOIN events e ON e.delivery_id = d.id"))
     assert [stored[a["delivery_id"]] for a in answers] == [900 + n for n in range(24)]
+
+
+def test_a_gzip_body_that_is_not_gzip_is_400_with_the_reason_and_stores_nothing(webhook: Webhook) -> None:
+    response = webhook.post(b"not gzip at all", headers={"Content-Encoding": "gzip"})
+
+    assert response.status_code == 400
+    assert response.json() == {"error": "request body cannot be decoded: Can not decode content-encoding: gzip"}
+    assert webhook.deliveries() == 0
+    assert webhook.post(TEXT_XML).status_code == 200
+
+
+def test_a_gzip_bomb_is_413_after_reading_no_more_than_the_limit(webhook: Webhook) -> None:
+    bomb = gzip.compress(TEXT_XML + b" " * (64 * 1024 * 1024), 9)  # ~64 KiB on the wire
+
+    response = webhook.post(bomb, headers={"Content-Encoding": "gzip"})
+
+    assert response.status_code == 413
+    assert webhook.deliveries() == 0
+
+
+@pytest.mark.parametrize(
+    "head",
+    [b"Content-Length: abc", b"Content-Encoding: br\r\nContent-Length: 2", b"X: " + b"a" * 100_000],
+    ids=["bad-length", "unsupported-encoding", "huge-header"],
+)
+def test_malformed_http_is_refused_with_400_and_one_log_line_not_a_traceback(
+    webhook: Webhook, head: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    with socket.create_connection(_host_port(webhook), timeout=30) as sock:
+        sock.sendall(b"POST /notifications HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n\r\nxx")
+        reply = sock.recv(4096)
+
+    assert reply.startswith(b"HTTP/1.0 400 ")
+    refusals = [r for r in caplog.records if "request refused" in r.getMessage()]
+    assert len(refusals) == 1 and refusals[0].exc_info is None and refusals[0].name == "mailhook.webhook"
+    assert not [r for r in caplog.records if r.exc_info]
+    assert webhook.post(TEXT_XML).status_code == 200
