@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import bisect
 import codecs
-import html
 import logging
 import re
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ from dataclasses import dataclass
 import mailparser
 from mailparser.exceptions import MailParserError
 
+from mailhook.embedded import clean_text, documents_in_body, is_whole_document
 from mailhook.errors import Unreadable
 
 log = logging.getLogger("mailhook.mail")
@@ -75,35 +74,6 @@ _KEPT_FIELD = re.compile(
     rb":[^\n]*(?:\n[ \t][^\n]*)*)",
     re.IGNORECASE,
 )
-_XML_START = re.compile(r"<\?xml\b|<(?:[\w.-]+:)?(?:TextNotification|CallFinished|BroadcastNotification|Envelope)\b")
-_XML_DECL_END = re.compile(r"\?>")
-_ELEMENT = re.compile(r"\s*(?:<!--.*?-->\s*)*<([\w.:-]+)", re.DOTALL)
-_JSON_KEYS = ('"TextNotification"', '"CallFinished"', '"BroadcastNotification"', '"events"')
-_FORWARD_MARK = re.compile(
-    r"^[ \t]*(?:-{3,}\s*(?:Forwarded message|Original Message)\s*-*|Begin forwarded message:)[ \t]*$",
-    re.IGNORECASE | re.MULTILINE,
-)
-_FORWARD_HEADER = re.compile(r"^[ \t]*(?:From|Date|Sent|Subject|To|Cc|Reply-To)[ \t]*:", re.IGNORECASE)
-# A `^` pattern under MULTILINE is tried at every character; these find the same
-# lines by searching for the newline before them (a literal prefix the engine skips to).
-_FORWARD_HINT = re.compile(r"\n[ \t]*(?:---|[Bb])")  # every _FORWARD_MARK line after the first begins so
-_QUOTED_FIRST = re.compile(r"[ \t]*>")
-_QUOTED_NEXT = re.compile(r"\n[ \t]*>")
-_QUOTE_PREFIX = re.compile(r"^(?:[ \t]*>)+[ \t]?", re.MULTILINE)
-# Every HTML pattern stops at the next "<" ([^<>]*): an unclosed tag repeated
-# a million times must cost one pass, not one pass per tag.
-_HTML_BREAK = re.compile(r"<\s*(?:br|/p|/div|/tr|/li|/h\d|/pre)\b[^<>]*>", re.IGNORECASE)
-_HTML_TAG = re.compile(r"<[^<>]*>")
-_HTML_HIDDEN = re.compile(r"<(script|style|head)\b|</(script|style|head)\s*>", re.IGNORECASE)
-# Outside every object: the next brace (quotes there are prose). Inside one: the next brace that is
-# not in a string, skipping whole strings (an unclosed one runs to the end; a backslash escapes the
-# next character). Possessive, so a text without a brace costs one pass, not a backtracking search.
-_JSON_BRACE = re.compile(r"[{}]")
-_JSON_NEXT_BRACE = re.compile(r'(?:[^{}"]++|"[^"\\]*+(?:\\.[^"\\]*+)*+"?+)*+([{}])', re.DOTALL)
-_JSON_KEY_PATTERNS = tuple(re.compile(re.escape(k)) for k in _JSON_KEYS)
-_XML_ENCODING = re.compile(r"(<\?xml[^>]*?)\s+encoding\s*=\s*([\"'])[^\"']*\2")
-# The entities html.escape writes, "&amp;" last.
-_ESCAPE_ENTITIES = {"&lt;": "<", "&gt;": ">", "&quot;": '"', "&#x27;": "'", "&amp;": "&"}
 _DOC_TYPES = frozenset({"application/xml", "text/xml", "application/json", "text/json", "application/soap+xml"})
 
 
@@ -262,24 +232,24 @@ def _read(parsed: mailparser.MailParser) -> Mail:
         origin = f"attachment {name!r}"
         # A document's own bounds are searched even in a part that is wholly one:
         # mailers append signatures, footers and stray bytes after the root.
-        rank = 0 if _is_whole_document(text) else 2
-        for doc in _documents_in_body(text, ctype == "text/html"):
+        rank = 0 if is_whole_document(text) else 2
+        for doc in documents_in_body(text, ctype == "text/html"):
             add(rank, doc, origin)
         if ctype.startswith("text/") and ctype not in _DOC_TYPES:
-            texts.append(TextCandidate(_clean(text), ctype == "text/html", origin))
+            texts.append(TextCandidate(clean_text(text), ctype == "text/html", origin))
 
     bodies = [("text/plain", t, False) for t in parsed.text_plain]
     bodies += [("text/html", t, True) for t in parsed.text_html]
     bodies += [("other", t, False) for t in parsed.text_not_managed]
     for i, (kind, body, is_html) in enumerate(bodies, 1):
         origin = f"{kind} part {i}"
-        whole = _is_whole_document(body)
-        for doc in _documents_in_body(body, is_html):
+        whole = is_whole_document(body)
+        for doc in documents_in_body(body, is_html):
             add(1 if whole else 3, doc, origin)
         if whole:
             continue
         if kind != "other":
-            texts.append(TextCandidate(_clean(body) if not is_html else body, is_html, origin))
+            texts.append(TextCandidate(clean_text(body) if not is_html else body, is_html, origin))
 
     ranked.sort(key=lambda r: (r[0], r[1]))
     return Mail(
@@ -288,211 +258,6 @@ def _read(parsed: mailparser.MailParser) -> Mail:
         documents=tuple(c for _, _, c in ranked),
         texts=tuple(texts),
     )
-
-
-def find_documents(text: str) -> list[bytes]:
-    """Return every XML/SOAP/JSON notification embedded in `text`, in order, as UTF-8 bytes.
-
-    A document whose end is missing runs to the end of the text, so the
-    document reader can say precisely why it is truncated.
-    """
-    found: list[bytes] = []
-    spans: list[tuple[int, int]] = []
-    if "<" in text:
-        pos = 0
-        while (m := _XML_START.search(text, pos)) is not None:
-            start, end = m.start(), _xml_end(text, m.start())
-            spans.append((start, end))
-            found.append(_utf8_document(text[start:end]))
-            pos = end
-    if "{" in text and any(k in text for k in _JSON_KEYS):
-        xml_starts = [s for s, _ in spans]
-        for start, end in _json_spans(text):
-            k = bisect.bisect_right(xml_starts, start) - 1
-            if k < 0 or start >= spans[k][1]:  # not inside an XML document
-                spans.append((start, end))
-                found.append(text[start:end].encode("utf-8", "replace"))
-    if len(found) > 1:
-        order = sorted(range(len(found)), key=lambda k: spans[k][0])
-        found = [found[k] for k in order]
-    return found
-
-
-def _documents_in_body(body: str, is_html: bool) -> list[bytes]:
-    """Search a body (unquoted), and an HTML body also with tags removed and entities undone."""
-    variants = [body]
-    if is_html:
-        variants.append(html_to_text(body))
-    found: list[bytes] = []
-    for variant in variants:
-        if _has_quoted_line(variant):
-            # A quoted copy is only readable unquoted; an unquoted document in the
-            # same text loses nothing, as its lines do not start with ">".
-            variant = _QUOTE_PREFIX.sub("", variant)
-        found += find_documents(variant)
-    return found
-
-
-def html_to_text(markup: str) -> str:
-    """Turn HTML into its visible text, one line per break/paragraph/row, entities decoded."""
-    text = _HTML_BREAK.sub("\n", drop_hidden(markup))
-    return unescape(_HTML_TAG.sub("", text))
-
-
-def unescape(text: str) -> str:
-    """Return html.unescape(text), without its per-entity callback when only html.escape's entities occur."""
-    ampersands = text.count("&")
-    if not ampersands:
-        return text
-    if ampersands != sum(text.count(entity) for entity in _ESCAPE_ENTITIES):
-        return html.unescape(text)
-    # Every "&" starts one of these, so replacing them one kind at a time ("&amp;" last, so
-    # no "&" it yields is read again) gives what unescape's single left-to-right pass gives.
-    for entity, char in _ESCAPE_ENTITIES.items():
-        text = text.replace(entity, char)
-    return text
-
-
-def drop_hidden(markup: str) -> str:
-    """Remove <script>, <style> and <head> elements (an unclosed one runs to the end) in one pass."""
-    if "<" not in markup:
-        return markup
-    out: list[str] = []
-    pos = 0
-    hidden: str | None = None
-    for m in _HTML_HIDDEN.finditer(markup):
-        opening, closing = m.group(1), m.group(2)
-        if hidden is None and opening:
-            out.append(markup[pos : m.start()])
-            hidden = opening.lower()
-        elif hidden is not None and closing and closing.lower() == hidden:
-            hidden = None
-            pos = m.end()
-    if hidden is None:
-        out.append(markup[pos:])
-    return "".join(out)
-
-
-def _xml_end(text: str, start: int) -> int:
-    """Return the end of the XML document starting at `start` (its root's closing tag)."""
-    pos = start
-    if text.startswith("<?xml", start):
-        decl = _XML_DECL_END.search(text, start)
-        if decl is None:
-            return len(text)
-        pos = decl.end()
-    root = _ELEMENT.match(text, pos)
-    if root is None:
-        return len(text)
-    name = root.group(1)
-    opening = text.find(">", root.end())
-    if opening > 0 and text[opening - 1] == "/":
-        return opening + 1
-    close = re.compile(r"</" + re.escape(name) + r"\s*>").search(text, root.end())
-    return len(text) if close is None else close.end()
-
-
-def _json_spans(text: str) -> list[tuple[int, int]]:
-    """Return the outermost `{ … }` spans naming a CallFire notification, in one pass.
-
-    Strings are only tracked inside an object, so a stray quote in prose
-    cannot hide what follows. A notification still open at the end (truncated)
-    runs to the end, so the reader can say why it cannot be read.
-    """
-    keys = sorted(m.start() for pattern in _JSON_KEY_PATTERNS for m in pattern.finditer(text))
-    closed: list[tuple[int, int]] = []
-    opened: list[int] = []
-    pos = 0
-    while True:
-        if opened:
-            m = _JSON_NEXT_BRACE.match(text, pos)
-            if m is None:
-                break
-            i = m.start(1)
-        else:
-            m = _JSON_BRACE.search(text, pos)
-            if m is None:
-                break
-            i = m.start()
-        pos = i + 1
-        if text[i] == "{":
-            opened.append(i)
-        elif opened:
-            begin = opened.pop()
-            if _has_key(keys, begin, i + 1):
-                closed.append((begin, i + 1))
-    spans: list[tuple[int, int]] = []
-    for begin, finish in sorted(closed, key=lambda span: (span[0], -span[1])):
-        if not spans or begin >= spans[-1][1]:
-            spans.append((begin, finish))
-    after = spans[-1][1] if spans else 0
-    for begin in opened:
-        # A truncated object: the first unclosed "{" after the last whole one that opens with a key.
-        if (
-            begin >= after
-            and text[begin + 1 : begin + 40].lstrip().startswith('"')
-            and _has_key(keys, begin, len(text))
-        ):
-            spans.append((begin, len(text)))
-            break
-    return spans
-
-
-def _has_key(keys: list[int], start: int, end: int) -> bool:
-    """Say whether a notification key occurs in text[start:end] (keys: sorted positions)."""
-    k = bisect.bisect_left(keys, start)
-    return k < len(keys) and keys[k] < end
-
-
-def _is_whole_document(text: str) -> bool:
-    """Say whether a part is nothing but one document (it may still be malformed)."""
-    head = text.lstrip("\ufeff \t\r\n")[:512]
-    if head.startswith("{"):
-        return any(k in text for k in _JSON_KEYS)
-    return bool(head.startswith("<") and _XML_START.match(head)) and head[:5].lower() != "<html"
-
-
-def _utf8_document(text: str) -> bytes:
-    """Encode an already-decoded XML text as UTF-8, dropping its now-wrong encoding declaration."""
-    if text.startswith("<?xml"):
-        end = text.find("?>", 0, 512)
-        if end > 0:  # only the declaration itself is rewritten, never searched past
-            text = _XML_ENCODING.sub(r"\1", text[:end], count=1) + text[end:]
-    return text.encode("utf-8", "replace")
-
-
-def _clean(text: str) -> str:
-    """Remove inline-forward header blocks and `>` quote prefixes from a plain-text part."""
-    if _has_quoted_line(text):
-        text = _QUOTE_PREFIX.sub("", text)
-    if not _has_forward_mark(text):
-        return text
-    out: list[str] = []
-    in_block = False
-    for line in text.splitlines():
-        if _FORWARD_MARK.match(line):
-            in_block = True
-            continue
-        if in_block:
-            if _FORWARD_HEADER.match(line) or (line.startswith((" ", "\t")) and line.strip()):
-                continue
-            in_block = False
-            if not line.strip():
-                continue
-        out.append(line)
-    return "\n".join(out)
-
-
-def _has_quoted_line(text: str) -> bool:
-    """Say whether a line starts with `>` (after blanks), as `re.search("^[ \\t]*>", text, re.M)` would."""
-    return _QUOTED_FIRST.match(text) is not None or _QUOTED_NEXT.search(text) is not None
-
-
-def _has_forward_mark(text: str) -> bool:
-    """Say whether `_FORWARD_MARK.search(text)` matches, running it only where a mark line may start."""
-    if _FORWARD_MARK.match(text) is not None:
-        return True
-    return _FORWARD_HINT.search(text) is not None and _FORWARD_MARK.search(text) is not None
 
 
 def _attachment_bytes(att: dict[str, object]) -> bytes:

@@ -13,26 +13,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mailhook.embedded import _FORWARD_MARK, _has_forward_mark, _has_quoted_line, _json_spans, find_documents, unescape
 from mailhook.errors import Unreadable
 from mailhook.mail import (
-    _FORWARD_MARK,
     _SHARED_BOUNDARY,
     MAX_CONTAINERS,
     MAX_DOCUMENTS,
     Mail,
-    _has_forward_mark,
-    _has_quoted_line,
     _header_end,
-    _json_spans,
     _MailParser,
     _parse,
     _read,
     _trim_header_lines,
     _trim_plain_headers,
     _with_shared_boundary,
-    find_documents,
     parse_mail,
-    unescape,
 )
 
 XML = (

@@ -16,9 +16,9 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+from mailhook.embedded import drop_hidden, unescape
 from mailhook.errors import Unreadable
 from mailhook.extract.v1 import read_v1
-from mailhook.mail import drop_hidden, unescape
 from mailhook.models import Event
 
 # A text needs a resource id or this many known fields to count as a notification.
