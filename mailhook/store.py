@@ -278,7 +278,13 @@ class Store:
             (found.reason, found.message_id, found.subject, found.notes, same_bytes, delivery_id),
         ).fetchone()
         if row is None:
-            raise ValueError(f"delivery {delivery_id} is no longer pending")
+            # Completed already (by `mailhook reprocess`, say): report it as it stands, adding nothing.
+            current = self.conn.execute(
+                "SELECT status, error, message_id FROM deliveries WHERE id = ?", (delivery_id,)
+            ).fetchone()
+            if current is None:
+                raise ValueError(f"delivery {delivery_id} no longer exists")
+            return Receipt(delivery_id, current[0], error=current[1], message_id=current[2])
         # Its events carry the time it was received (and acknowledged), as they would have inline.
         return self._finish(delivery_id, row[0], found, seen=seen, checkpoint=None)
 
