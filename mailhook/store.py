@@ -485,29 +485,17 @@ class PendingReader:
 
     def ids(self, after: int, limit: int) -> list[int]:
         """Return the ids of pending deliveries after id `after`, oldest first; `RetryLater` if unreadable."""
-        try:
-            if self._conn is None:
-                self._conn = connect(self.path, readonly=True)
-            return [row[0] for row in self._conn.execute(
-                "SELECT id FROM deliveries WHERE status = 'pending' AND id > ? ORDER BY id LIMIT ?", (after, limit)
-            )]
-        except sqlite3.Error as exc:
-            self.close()
-            raise RetryLater(f"storage unavailable: {exc}") from exc
+        return [row[0] for row in self._query(
+            "SELECT id FROM deliveries WHERE status = 'pending' AND id > ? ORDER BY id LIMIT ?", (after, limit)
+        )]
 
     def read(self, ids: Sequence[int]) -> list[tuple[int, Delivery]]:
         """Read back the deliveries among `ids` that are still pending, as received; `RetryLater` if unreadable."""
-        try:
-            if self._conn is None:
-                self._conn = connect(self.path, readonly=True)
-            found = self._conn.execute(
-                "SELECT id, channel, received_at, raw, envelope_from, envelope_to, remote_addr, content_type, source"
-                " FROM deliveries WHERE id IN (SELECT value FROM json_each(?)) AND status = 'pending' ORDER BY id",
-                (json.dumps(list(ids)),),
-            ).fetchall()
-        except sqlite3.Error as exc:
-            self.close()
-            raise RetryLater(f"storage unavailable: {exc}") from exc
+        found = self._query(
+            "SELECT id, channel, received_at, raw, envelope_from, envelope_to, remote_addr, content_type, source"
+            " FROM deliveries WHERE id IN (SELECT value FROM json_each(?)) AND status = 'pending' ORDER BY id",
+            (json.dumps(list(ids)),),
+        )
         return [
             (id_, Delivery(channel=channel, raw=raw, received_at=received_at, kind=_kind(channel, raw),
                            envelope_from=sender, envelope_to=tuple(json.loads(to)) if to else (),
@@ -522,44 +510,49 @@ class PendingReader:
             self._conn.close()
             self._conn = None
 
+    def _query(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        try:
+            if self._conn is None:
+                self._conn = connect(self.path, readonly=True)
+            return self._conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            self.close()
+            raise RetryLater(f"storage unavailable: {exc}") from exc
+
+
+def _read_once(path: str | Path, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+    """Run one query on a read-only connection of its own, apart from any open write transaction."""
+    conn = connect(path, readonly=True)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
 
 def pending_count(path: str | Path) -> int:
-    """Return how many deliveries are stored `pending`, on a read-only connection of its own."""
+    """Return how many deliveries are stored `pending`."""
     try:
-        conn = connect(path, readonly=True)
-        try:
-            count: int = conn.execute("SELECT count(*) FROM deliveries WHERE status = 'pending'").fetchone()[0]
-        finally:
-            conn.close()
+        count: int = _read_once(path, "SELECT count(*) FROM deliveries WHERE status = 'pending'")[0][0]
     except sqlite3.Error as exc:
         raise RetryLater(f"storage unavailable: {exc}") from exc
     return count
 
 
 def committed_checkpoint(path: str | Path, account: str, folder: str) -> Checkpoint | None:
-    """Return the committed IMAP checkpoint of `folder`, on a read-only connection of its own."""
-    conn = connect(path, readonly=True)
-    try:
-        row = conn.execute(
-            "SELECT uidvalidity, last_uid FROM imap_checkpoints WHERE account = ? AND folder = ?",
-            (account, folder),
-        ).fetchone()
-    finally:
-        conn.close()
-    return None if row is None else Checkpoint(account, folder, row[0], row[1])
+    """Return the committed IMAP checkpoint of `folder`."""
+    found = _read_once(
+        path, "SELECT uidvalidity, last_uid FROM imap_checkpoints WHERE account = ? AND folder = ?", (account, folder)
+    )
+    return Checkpoint(account, folder, found[0][0], found[0][1]) if found else None
 
 
 def quarantined_sources(path: str | Path, sources: Sequence[str]) -> set[str]:
     """Return which of `sources` (deliveries.source) are stored and still quarantined."""
     if not sources:
         return set()
-    conn = connect(path, readonly=True)
-    try:
-        rows = conn.execute(
-            f"SELECT source FROM deliveries WHERE status = 'quarantined' AND source IN"
-            f" ({', '.join('?' * len(sources))})",
-            tuple(sources),
-        ).fetchall()
-    finally:
-        conn.close()
-    return {row[0] for row in rows}
+    found = _read_once(
+        path,
+        f"SELECT source FROM deliveries WHERE status = 'quarantined' AND source IN ({', '.join('?' * len(sources))})",
+        tuple(sources),
+    )
+    return {row[0] for row in found}
