@@ -108,12 +108,7 @@ def query(table: str, window: Window, types: Sequence[str] = ()) -> tuple[str, l
     if source.event_id is None:
         if types or window.broadcast_id is not None:
             raise ValueError(f"--type and --broadcast do not apply to {table}")
-        if window.since is not None:
-            conditions.append("v.received_at >= ?")
-            params.append(window.since)
-        if window.until is not None:
-            conditions.append("v.received_at < ?")
-            params.append(window.until)
+        conditions, params = window.between("v.received_at")
     elif types or window.since or window.until or window.broadcast_id is not None:
         # Filter on the owning event exactly as `mailhook stats` does, so the two agree.
         # CROSS JOIN keeps `v` the outer loop, read in key order: each page costs only its own rows.

@@ -77,16 +77,22 @@ class Window:
             return "e.received_at"
         return EVENT_TIME_E
 
-    def where(self) -> tuple[str, list[Any]]:
-        """Return a SQL condition on `events AS e` and its parameters."""
-        clauses: list[str] = ["1"]
+    def between(self, column: str) -> tuple[list[str], list[Any]]:
+        """Return the conditions putting `column` in [since, until), and their parameters."""
+        clauses: list[str] = []
         params: list[Any] = []
         if self.since is not None:
-            clauses.append(f"{self.column()} >= ?")
+            clauses.append(f"{column} >= ?")
             params.append(self.since)
         if self.until is not None:
-            clauses.append(f"{self.column()} < ?")
+            clauses.append(f"{column} < ?")
             params.append(self.until)
+        return clauses, params
+
+    def where(self) -> tuple[str, list[Any]]:
+        """Return a SQL condition on `events AS e` and its parameters."""
+        clauses, params = self.between(self.column())
+        clauses.insert(0, "1")
         if self.broadcast_id is not None:
             clauses.append(f"{CAMPAIGN_KEY} = ?")
             params.append(self.broadcast_id)
@@ -290,13 +296,8 @@ def _deliveries(db: Database, window: Window) -> dict[str, int] | None:
     """Count deliveries by status over the window's times of receipt (no campaign applies to them)."""
     if window.broadcast_id is not None:
         return None
-    clauses, params = ["1"], []
-    if window.since is not None:
-        clauses.append("received_at >= ?")
-        params.append(window.since)
-    if window.until is not None:
-        clauses.append("received_at < ?")
-        params.append(window.until)
+    clauses, params = window.between("received_at")
+    clauses.insert(0, "1")
     counts = {"stored": 0, "duplicate": 0, "quarantined": 0}
     for status, count in db.execute(
         f"SELECT status, count(*) FROM deliveries WHERE {' AND '.join(clauses)} GROUP BY status", params
