@@ -22,6 +22,7 @@ from pathlib import Path
 
 from imapclient import IMAPClient
 from outside import require
+from process_support import free_port
 
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 DOVEADM = shutil.which("doveadm") or "/usr/bin/doveadm"
@@ -83,14 +84,6 @@ def _has_user(name: str) -> bool:
     except KeyError:
         return False
     return True
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -6,17 +6,16 @@ import asyncio
 import os
 import signal
 import smtplib
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import BackgroundServer, StartServer, make_settings
+from process_support import descendants, free_port
 from smtp_support import client, locked, notification, rows
 
 from mailhook.backlog import Backlog, extract_pending, worker_pool
@@ -175,19 +174,8 @@ def test_a_killed_extraction_worker_is_replaced(start_server: StartServer) -> No
     assert backlog.pool is not None and set(backlog.pool._processes).isdisjoint(killed)  # type: ignore[attr-defined]
 
 
-def _descendants(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with suppress(OSError):
-            for child in (task / "children").read_text().split():
-                found += [int(child), *_descendants(int(child))]
-    return found
-
-
 def test_killing_mailhook_with_sigkill_leaves_no_extraction_process_behind(tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILHOOK_")} | {"MAILHOOK_CONFIG": ""}
     proc = subprocess.Popen(
         [sys.executable, "-m", "mailhook", "serve", "--db", str(tmp_path / "m.db"), "--smtp-listen",
@@ -206,7 +194,7 @@ def test_killing_mailhook_with_sigkill_leaves_no_extraction_process_behind(tmp_p
         with smtp:
             assert send(smtp, notification(76_000))[0] == 250
         settled(tmp_path / "m.db")
-        helpers = _descendants(proc.pid)
+        helpers = descendants(proc.pid)
         assert helpers, "no fork server or worker process found"
     finally:
         proc.kill()

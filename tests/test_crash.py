@@ -21,6 +21,7 @@ from contextlib import closing, suppress
 from pathlib import Path
 
 import pytest
+from process_support import free_port
 from smtp_support import notification
 
 pytestmark = pytest.mark.slow
@@ -30,14 +31,6 @@ DELIVERIES = 2000
 CLIENTS = 4
 KILLS = 4
 DEADLINE = 100.0  # seconds; every loop below gives up by then
-
-
-def _free_port() -> int:
-    # Port 0 cannot be used: the restarted server must come back on the same port.
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Server:
@@ -133,7 +126,8 @@ def test_kill_9_at_random_moments_loses_no_acknowledged_delivery_and_duplicates_
     rng = random.Random(seed)
     deadline = time.monotonic() + DEADLINE
     db, log = tmp_path / "mailhook.db", tmp_path / "serve.log"
-    server = Server(db, _free_port(), log, acknowledge)
+    # A fixed port, not 0: the restarted server must come back on the same one.
+    server = Server(db, free_port(), log, acknowledge)
     server.start(deadline)
 
     messages = [(f"<crash-{n}@callfire.test>", notification(900_000_000 + n, message_id=f"<crash-{n}@callfire.test>"))

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from process_support import descendants, free_port
 from smtp_support import FIXTURES, notification
 
 pytestmark = pytest.mark.slow
@@ -46,7 +47,7 @@ class Server:
     def peak_rss_mb(self) -> float:
         """The largest peak resident set size (VmHWM) of the server and its extraction workers, in MB."""
         peaks = []
-        for pid in [self.proc.pid, *_descendants(self.proc.pid)]:
+        for pid in [self.proc.pid, *descendants(self.proc.pid)]:
             with suppress(OSError):
                 for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                     if line.startswith("VmHWM:"):
@@ -108,27 +109,11 @@ class Server:
         return row  # type: ignore[return-value]
 
 
-def _descendants(pid: int) -> list[int]:
-    found: list[int] = []
-    with suppress(OSError):
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            for child in (task / "children").read_text().split():
-                found += [int(child), *_descendants(int(child))]
-    return found
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 # Both ways of acknowledging: after the events are stored, and once the bytes are (events after).
 @pytest.fixture(scope="module", params=["stored", "received"])
 def server(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("hostile")
-    smtp_port, http_port = _free_port(), _free_port()
+    smtp_port, http_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILHOOK_")}
     env["MAILHOOK_CONFIG"] = ""
     log = tmp / "serve.log"

@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from process_support import free_port
 
 from mailhook.cli import main
 from mailhook.housekeeping import EX_UNAVAILABLE, EX_UNHEALTHY, parse_age
@@ -250,13 +250,6 @@ def test_status_without_a_database_is_unavailable_and_creates_none(
     assert main(["status"], env) == EX_UNAVAILABLE
     assert "no database" in capsys.readouterr().out
     assert not (tmp_path / "none.db").exists()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.mark.slow

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -13,18 +12,12 @@ from pathlib import Path
 
 import pytest
 from outside import require
+from process_support import free_port
 from smtp_support import FIXTURES, ServerProcess, notification, rows
 
 pytestmark = pytest.mark.slow
 
 MASTER_CF = Path("/usr/share/postfix/master.cf.dist")  # shipped by the package, whatever debconf chose
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Postfix:
@@ -86,7 +79,7 @@ def relay() -> Iterator[tuple[Postfix, int]]:
     # private tmp_path does not allow; this directory is world-traversable.
     where = Path(tempfile.mkdtemp(prefix="mailhook-postfix-"))
     where.chmod(0o755)
-    port = _free_port()
+    port = free_port()
     try:
         postfix = Postfix(where, port)
         try:

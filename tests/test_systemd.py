@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from process_support import free_port
 
 from mailhook import server
 from mailhook.config import SECTIONS, load, options
@@ -261,13 +262,6 @@ def test_logs_carry_syslog_priorities_only_when_stderr_is_the_journal(tmp_path: 
         else:
             assert warning.startswith("WARNING mailhook.ingest: delivery ")
             assert info.startswith("INFO ")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.mark.slow
