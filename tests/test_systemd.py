@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from process_support import free_port
 
-from mailhook import server
+from mailhook import openfiles, server
 from mailhook.config import SECTIONS, load, options
 from mailhook.ingest import Pipeline
 from mailhook.metrics import Metrics
@@ -326,6 +326,14 @@ def test_service_runs_the_documented_program_as_a_notify_service() -> None:
         assert re.search(rf"^{re.escape(line)}$", text, re.M), line
     assert re.search(r"^WatchdogSec=\d+", text, re.M)
     assert EXEC_START in (ROOT / "docs" / "operations.md").read_text()
+
+
+def test_the_service_may_open_enough_files_for_the_default_connection_caps() -> None:
+    text = (UNITS / "mailhook.service").read_text()
+    match = re.search(r"^LimitNOFILE=(\d+)$", text, re.M)
+    assert match, "mailhook.service sets no LimitNOFILE=: a service gets 1024 open files"
+    defaults = load({}, {"MAILHOOK_CONFIG": ""})
+    assert int(match[1]) >= 2 * openfiles.needed(defaults, smtp=True, http=True)  # room to raise the caps
 
 
 @needs_analyze
