@@ -157,6 +157,7 @@ def test_past_the_per_address_cap_that_address_gets_503_while_others_are_served(
         assert door.post(source="127.0.0.2").status_code == 200  # at its cap again: served
 
 
+@pytest.mark.slow
 def test_1100_connections_dripping_header_bytes_are_capped_timed_out_and_never_stop_the_door(
     start_door: StartDoor, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -414,6 +415,7 @@ def test_asyncio_still_reports_accept_failures_with_the_message_openfiles_matche
 # --- binding ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_an_http_port_in_use_exits_78_with_one_line(tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
