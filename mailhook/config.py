@@ -108,6 +108,7 @@ class HttpSettings:
     # keepalive_timeout and client_body_timeout (docs/security.md).
     max_connections: int = option(512, "most concurrent HTTP connections; more get 503 at once")
     max_per_ip: int = option(100, "most concurrent HTTP connections from one address; more get 503 at once")
+    max_header_size: int = option(32768, "largest request line and headers together, in bytes; more get 400")
     header_timeout: float = option(60.0, "seconds a client may take to send a request's line and headers")
     keepalive_timeout: float = option(75.0, "seconds an HTTP connection may stay idle between requests")
     body_timeout: float = option(60.0, "seconds a client may take to send one request body")
@@ -427,6 +428,7 @@ def validate(settings: Settings) -> Settings:
         ),
         (settings.http.max_connections > 0, "http.max_connections must be positive"),
         (settings.http.max_per_ip > 0, "http.max_per_ip must be positive"),
+        (settings.http.max_header_size >= 1024, "http.max_header_size must be at least 1024"),
         (
             min(settings.http.header_timeout, settings.http.keepalive_timeout, settings.http.body_timeout) > 0,
             "http.header_timeout, http.keepalive_timeout and http.body_timeout must be positive",

@@ -11,7 +11,8 @@ replaces and why. `PRIVATE_NAMES` lists them; tests/test_httpwire.py fails
 naming the one an aiohttp upgrade renamed, and pyproject.toml caps aiohttp.
 
 The limits mirror nginx: `limit_conn` (total and per address, answered 503),
-`client_header_timeout` (408), `keepalive_timeout` (aiohttp's own knob).
+`client_header_timeout` (408), `large_client_header_buffers` (a cap on a
+request head's size, 400), `keepalive_timeout` (aiohttp's own knob).
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ class Gate:
                                            "Retry-After: 5")
         self._head_late = raw_response(
             408, f"request head not received within {settings.header_timeout:g} seconds")
+        self._head_large = raw_response(400, f"request head larger than {settings.max_header_size} bytes")
 
     def connection(self) -> Connection:
         """Build the protocol for one accepted connection (the factory given to `create_server`)."""
@@ -128,6 +130,13 @@ class Gate:
                            "within %g seconds", peer, self.settings.header_timeout)
         return self._head_late
 
+    def head_too_large(self, peer: str) -> bytes:
+        """Note a request head over `max_header_size`; return the 400 to send."""
+        self.metrics.on_rejected("http", "malformed")
+        self.refusals.note("request refused channel=http peer=%s status=400 reason=request head larger than %d bytes",
+                           peer, self.settings.max_header_size)
+        return self._head_large
+
     def close(self) -> None:
         """Log what the summaries still count."""
         self.refusals.close()
@@ -137,7 +146,7 @@ class Gate:
 class Connection(RequestHandler):
     """aiohttp's per-connection protocol, admitted under the caps and with a deadline for each request head."""
 
-    __slots__ = ("_admitted", "_gate", "_head_started", "_head_timer", "_peer")
+    __slots__ = ("_admitted", "_gate", "_head_size", "_head_started", "_head_timer", "_peer")
 
     def __init__(self, gate: Gate) -> None:
         super().__init__(gate.manager, loop=gate.loop, keepalive_timeout=gate.settings.keepalive_timeout,
@@ -147,6 +156,7 @@ class Connection(RequestHandler):
         self._admitted = False
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_started = False
+        self._head_size = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Admit the connection or answer 503 and close; start the deadline for the first request's head."""
@@ -173,14 +183,23 @@ class Connection(RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        """Feed aiohttp's parser; a head's first bytes start its deadline, a whole head stops it."""
+        """Feed aiohttp's parser; a head's first bytes start its deadline, a whole head stops it.
+
+        aiohttp bounds each header line (8190 bytes) and their number (128), so
+        one head could still hold ~1 MB while it trickles in; the head as a
+        whole is bounded here, as nginx's large_client_header_buffers do.
+        """
         if data and self._waiting_for_head():
             if self._head_timer is None:
                 self._arm_head_timer()
             self._head_started = True
+            self._head_size += len(data)
         super().data_received(data)
-        if self._head_timer is not None and not self._waiting_for_head():
+        if not self._waiting_for_head():
             self._disarm_head_timer()
+        elif self._head_size > self._gate.settings.max_header_size and self.transport is not None:
+            self.transport.write(self._gate.head_too_large(self._peer))
+            self.force_close()
 
     def _waiting_for_head(self) -> bool:
         # Private: aiohttp's start() awaits self._waiter exactly while it has no whole
@@ -197,6 +216,7 @@ class Connection(RequestHandler):
             self._head_timer.cancel()
             self._head_timer = None
         self._head_started = False
+        self._head_size = 0
 
     def _head_overdue(self) -> None:
         self._head_timer = None

@@ -323,6 +323,50 @@ def test_a_body_dripping_slower_than_the_body_timeout_gets_408_though_bytes_keep
     assert door.post().status_code == 200
 
 
+def test_a_request_head_is_served_up_to_max_header_size_and_refused_with_400_past_it(start_door: StartDoor) -> None:
+    door = start_door(max_header_size=4096)
+    start = b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+    line = b"X-Filler: " + b"f" * 990 + b"\r\n"  # 1002 bytes, each far below aiohttp's 8190 per line
+    at_limit = start + line * 3
+    at_limit += b"X-Last: " + b"l" * (4096 - len(at_limit) - 10) + b"\r\n"
+    assert len(at_limit) == 4096
+    with door.connect() as sock:
+        sock.sendall(at_limit)
+        time.sleep(0.3)  # kept waiting, incomplete, at the limit
+        sock.sendall(b"\r\n")
+        status, _, _ = head_and_body(sock.recv(65536))
+        assert status == "HTTP/1.1 200 OK"
+    with door.connect() as sock:
+        started = time.monotonic()
+        sock.sendall(at_limit + b"X")  # one byte past it, head still incomplete
+        reply = read_all(sock)
+        elapsed = time.monotonic() - started
+
+    status, headers, body = head_and_body(reply)
+    assert status == "HTTP/1.1 400 Bad Request" and headers["server"] == "mailhook"
+    assert json.loads(body) == {"error": "request head larger than 4096 bytes"}
+    assert elapsed < SLOW
+    assert door.post().status_code == 200
+
+
+def test_long_heads_on_many_connections_are_each_cut_off_past_max_header_size(start_door: StartDoor) -> None:
+    """500 connections each sending 120 header lines of 8 KB took ~1 GB of memory; each is now cut off at 32 KiB."""
+    door = start_door(max_per_ip=1000)
+    with ExitStack() as stack:
+        socks = [stack.enter_context(door.connect()) for _ in range(50)]
+        refused = 0
+        for sock in socks:
+            sock.sendall(b"POST /notifications HTTP/1.1\r\n")
+            try:
+                for n in range(120):
+                    sock.sendall(b"X-H%d: %s\r\n" % (n, b"a" * 8000))
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            refused += read_all(sock).startswith(b"HTTP/1.1 400 ")
+        assert refused == 50
+    assert door.post().status_code == 200
+
+
 # --- what aiohttp itself answers ----------------------------------------------------------------------
 
 MARK = b"ECHO-ME-<script>"
