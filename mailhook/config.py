@@ -112,6 +112,7 @@ class HttpSettings:
     header_timeout: float = option(60.0, "seconds a client may take to send a request's line and headers")
     keepalive_timeout: float = option(75.0, "seconds an HTTP connection may stay idle between requests")
     body_timeout: float = option(60.0, "seconds a client may take to send one request body")
+    send_timeout: float = option(60.0, "seconds a client may leave an answer unread before the connection is closed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -430,8 +431,9 @@ def validate(settings: Settings) -> Settings:
         (settings.http.max_per_ip > 0, "http.max_per_ip must be positive"),
         (settings.http.max_header_size >= 1024, "http.max_header_size must be at least 1024"),
         (
-            min(settings.http.header_timeout, settings.http.keepalive_timeout, settings.http.body_timeout) > 0,
-            "http.header_timeout, http.keepalive_timeout and http.body_timeout must be positive",
+            min(settings.http.header_timeout, settings.http.keepalive_timeout, settings.http.body_timeout,
+                settings.http.send_timeout) > 0,
+            "http.header_timeout, keepalive_timeout, body_timeout and send_timeout must be positive",
         ),
         (settings.storage.max_batch > 0, "storage.max_batch must be positive"),
         (settings.storage.busy_timeout >= 0, "storage.busy_timeout must not be negative"),

@@ -12,7 +12,8 @@ naming the one an aiohttp upgrade renamed, and pyproject.toml caps aiohttp.
 
 The limits mirror nginx: `limit_conn` (total and per address, answered 503),
 `client_header_timeout` (408), `large_client_header_buffers` (a cap on a
-request head's size, 400), `keepalive_timeout` (aiohttp's own knob).
+request head's size, 400), `send_timeout` (a client not reading its
+answers), `keepalive_timeout` (aiohttp's own knob).
 """
 
 from __future__ import annotations
@@ -137,6 +138,12 @@ class Gate:
                            peer, self.settings.max_header_size)
         return self._head_large
 
+    def send_overdue(self, peer: str) -> None:
+        """Note a connection closed because its client left an answer unread."""
+        self.metrics.on_rejected("http", "timeout")
+        self.timeouts.note("closed connection channel=http peer=%s: an answer stayed unread for %g seconds",
+                           peer, self.settings.send_timeout)
+
     def close(self) -> None:
         """Log what the summaries still count."""
         self.refusals.close()
@@ -146,7 +153,7 @@ class Gate:
 class Connection(RequestHandler):
     """aiohttp's per-connection protocol, admitted under the caps and with a deadline for each request head."""
 
-    __slots__ = ("_admitted", "_gate", "_head_size", "_head_started", "_head_timer", "_peer")
+    __slots__ = ("_admitted", "_gate", "_head_size", "_head_started", "_head_timer", "_peer", "_send_timer")
 
     def __init__(self, gate: Gate) -> None:
         super().__init__(gate.manager, loop=gate.loop, keepalive_timeout=gate.settings.keepalive_timeout,
@@ -157,6 +164,7 @@ class Connection(RequestHandler):
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_started = False
         self._head_size = 0
+        self._send_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Admit the connection or answer 503 and close; start the deadline for the first request's head."""
@@ -176,6 +184,9 @@ class Connection(RequestHandler):
     def connection_lost(self, exc: BaseException | None) -> None:
         """Release the connection's place under the caps."""
         self._disarm_head_timer()
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
         if not self._admitted:
             return  # aiohttp never saw it
         self._admitted = False
@@ -200,6 +211,29 @@ class Connection(RequestHandler):
         elif self._head_size > self._gate.settings.max_header_size and self.transport is not None:
             self.transport.write(self._gate.head_too_large(self._peer))
             self.force_close()
+
+    def pause_writing(self) -> None:
+        """The client stopped reading (the send buffer is full): it has `send_timeout` to read on.
+
+        aiohttp waits for the buffer to drain without a deadline, so a client
+        that never reads its answers would hold the connection for ever (nginx: send_timeout).
+        """
+        super().pause_writing()
+        if self._send_timer is None:
+            self._send_timer = self._loop.call_later(self._gate.settings.send_timeout, self._send_overdue)
+
+    def resume_writing(self) -> None:
+        """The client read enough for writing to go on."""
+        super().resume_writing()
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    def _send_overdue(self) -> None:
+        self._send_timer = None
+        if self.transport is not None:
+            self._gate.send_overdue(self._peer)
+            self.transport.abort()  # closing would wait for the unread answer to drain
 
     def _waiting_for_head(self) -> bool:
         # Private: aiohttp's start() awaits self._waiter exactly while it has no whole

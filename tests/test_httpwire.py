@@ -367,6 +367,29 @@ def test_long_heads_on_many_connections_are_each_cut_off_past_max_header_size(st
     assert door.post().status_code == 200
 
 
+def test_a_client_that_never_reads_its_answers_is_disconnected_after_the_send_timeout(start_door: StartDoor) -> None:
+    door = start_door(send_timeout=1.0, header_timeout=60.0)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fill up quickly
+    sock.settimeout(30)
+    with sock:
+        sock.connect((door.host, door.port))
+        door.wait_open(1)
+        sock.setblocking(False)
+        requests = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 20000
+        started = time.monotonic()
+        sent = 0
+        while door.gate.open and time.monotonic() - started < 30 + SLOW:
+            with suppress(BlockingIOError, InterruptedError):
+                sent += sock.send(requests[sent:sent + 65536]) if sent < len(requests) else 0
+            time.sleep(0.01)
+        elapsed = time.monotonic() - started
+
+    assert door.gate.open == 0, "the connection is still open"
+    assert elapsed < 1.0 + SLOW
+    assert door.post().status_code == 200
+
+
 # --- what aiohttp itself answers ----------------------------------------------------------------------
 
 MARK = b"ECHO-ME-<script>"
