@@ -259,7 +259,7 @@ def test_a_connection_that_sends_nothing_is_closed_silently_after_the_header_tim
 
 
 def test_each_request_head_on_a_kept_alive_connection_has_its_own_deadline(start_door: StartDoor) -> None:
-    """At the limit: heads sent slowly, but each within the header timeout, are all served."""
+    """At the limit heads sent slowly, but each within the header timeout, are all served; past it, 408."""
     door = start_door(header_timeout=1.5, keepalive_timeout=30.0)
     request = (b"POST /notifications HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml\r\n"
                b"Content-Length: %d\r\n\r\n" % len(TEXT_XML)) + TEXT_XML
@@ -272,6 +272,12 @@ def test_each_request_head_on_a_kept_alive_connection_has_its_own_deadline(start
             status, headers, _ = head_and_body(sock.recv(65536))
             assert status == "HTTP/1.1 200 OK"
             assert headers.get("connection") != "close"
+        sock.sendall(request[:10])  # a fourth head, never finished
+        started = time.monotonic()
+        status, _, _ = head_and_body(read_all(sock))
+        elapsed = time.monotonic() - started
+    assert status == "HTTP/1.1 408 Request Timeout"
+    assert 1.4 <= elapsed < SLOW
     assert door.deliveries() == 3
 
 
