@@ -104,6 +104,15 @@ class HttpSettings:
     webhook_secret_file: Path | None = option(
         None, "file holding http.webhook_secret (relative: in $CREDENTIALS_DIRECTORY)", flag="webhook-secret-file"
     )
+    # Connection limits and timeouts, after nginx's limit_conn, client_header_timeout,
+    # keepalive_timeout and client_body_timeout (docs/security.md).
+    max_connections: int = option(512, "most concurrent HTTP connections; more get 503 at once")
+    max_per_ip: int = option(100, "most concurrent HTTP connections from one address; more get 503 at once")
+    max_header_size: int = option(32768, "largest request line and headers together, in bytes; more get 400")
+    header_timeout: float = option(60.0, "seconds a client may take to send a request's line and headers")
+    keepalive_timeout: float = option(75.0, "seconds an HTTP connection may stay idle between requests")
+    body_timeout: float = option(60.0, "seconds a client may take to send one request body")
+    send_timeout: float = option(60.0, "seconds a client may leave an answer unread before the connection is closed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -417,6 +426,14 @@ def validate(settings: Settings) -> Settings:
         (
             min(settings.smtp.idle_timeout, settings.smtp.data_timeout) > 0,
             "smtp.idle_timeout and smtp.data_timeout must be positive",
+        ),
+        (settings.http.max_connections > 0, "http.max_connections must be positive"),
+        (settings.http.max_per_ip > 0, "http.max_per_ip must be positive"),
+        (settings.http.max_header_size >= 1024, "http.max_header_size must be at least 1024"),
+        (
+            min(settings.http.header_timeout, settings.http.keepalive_timeout, settings.http.body_timeout,
+                settings.http.send_timeout) > 0,
+            "http.header_timeout, keepalive_timeout, body_timeout and send_timeout must be positive",
         ),
         (settings.storage.max_batch > 0, "storage.max_batch must be positive"),
         (settings.storage.busy_timeout >= 0, "storage.busy_timeout must not be negative"),

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from mailhook import openfiles
 from mailhook.config import Settings, check_files, explain, parse_address, render
 from mailhook.errors import RetryLater
 
@@ -48,6 +49,10 @@ def run_check_config(args: argparse.Namespace, settings: Settings, env: Mapping[
     problems = check_files(effective.settings, env)
     for problem in problems:
         print(f"mailhook: configuration error: {problem}", file=sys.stderr)
+    shortfall = openfiles.shortfall(effective.settings, smtp=bool(effective.settings.smtp.listen),
+                                    http=bool(effective.settings.http.listen))
+    if shortfall:
+        print(f"mailhook: warning: {shortfall}", file=sys.stderr)
     folder = effective.settings.database(env).parent
     if not folder.is_dir():
         # Not an error: systemd's StateDirectory= creates it when the service starts.

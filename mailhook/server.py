@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from mailhook import systemd
+from mailhook import openfiles, systemd
 from mailhook.backlog import Backlog, worker_count, worker_pool
 from mailhook.config import Settings
 from mailhook.ingest import Pipeline
@@ -96,6 +96,11 @@ async def serve(settings: Settings, env: Mapping[str, str], *, started: asyncio.
     """
     notifier = systemd.Notifier(env)
     sockets = systemd.listen_sockets(env)
+    accept_failures = openfiles.guard_accept(asyncio.get_running_loop())
+    shortfall = openfiles.shortfall(settings, smtp=bool(settings.smtp.listen or "smtp" in sockets),
+                                    http=bool(settings.http.listen or "http" in sockets))
+    if shortfall:
+        log.warning("%s", shortfall)
     notifier.notify("STATUS=opening the database")
     metrics = Metrics()
     counters = Counters()
@@ -150,6 +155,7 @@ async def serve(settings: Settings, env: Mapping[str, str], *, started: asyncio.
         await asyncio.get_running_loop().run_in_executor(None, writer.close)
         if pipeline.executor is not None:
             pipeline.executor.shutdown()
+        accept_failures.close()
         notifier.close()
 
 

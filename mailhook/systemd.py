@@ -82,6 +82,20 @@ def watchdog_interval(env: Mapping[str, str]) -> float | None:
     return int(usec) / 2_000_000
 
 
+class PassedSocket(socket.socket):
+    """A listening socket systemd passed, which keeps the backlog the unit gave it (`Backlog=`).
+
+    asyncio's server calls `listen()` on every socket it serves, with its own
+    backlog (100, or aiohttp's 128), which would shrink the queue systemd set
+    up; a socket that already listens ignores that call.
+    """
+
+    def listen(self, backlog: int = socket.SOMAXCONN, /) -> None:
+        """Listen with `backlog`, unless the socket already listens (then keep the backlog it has)."""
+        if not self.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            super().listen(backlog)
+
+
 def listen_sockets(env: Mapping[str, str]) -> dict[str, socket.socket]:
     """Take the listening sockets systemd passed (LISTEN_FDS), keyed by door name: smtp, http.
 
@@ -101,7 +115,7 @@ def listen_sockets(env: Mapping[str, str]) -> dict[str, socket.socket]:
     for index in range(count):
         fd = LISTEN_FDS_START + index
         os.set_inheritable(fd, False)
-        sock = socket.socket(fileno=fd)
+        sock: socket.socket = PassedSocket(fileno=fd)
         name = names[index] if index < len(names) else ""
         if sock.type != socket.SOCK_STREAM:
             sock.close()

@@ -1,8 +1,9 @@
 """The HTTP door: receive CallFire's v1.1 XML/JSON/SOAP and v2 webhook POSTs on the server's loop.
 
-aiohttp's web server runs inside an already running asyncio loop (AppRunner +
-TCPSite, or SockSite on a socket systemd passed), so SMTP and HTTP share one
-loop and one writer. Bodies are streamed,
+aiohttp's web server runs inside an already running asyncio loop (an AppRunner
+served through `mailhook.httpwire`, which adds the connection caps and
+timeouts, on a socket of its own or one systemd passed), so SMTP and HTTP
+share one loop and one writer. Bodies are streamed,
 so the size limit is enforced while reading, and a request is authenticated
 (token) before its body is read at all. The door only translates: it checks
 credentials and size, hands the raw body to the pipeline as a `document`
@@ -25,10 +26,11 @@ from aiohttp import BasicAuth, HttpVersion11, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
-from mailhook.config import parse_address
+from mailhook import httpwire
 from mailhook.errors import RetryLater, Unreadable
 from mailhook.extract.json import parse_json
 from mailhook.extract.v1 import ROOTS
+from mailhook.logs import Summary
 from mailhook.models import Delivery, Receipt
 from mailhook.store import utcnow
 
@@ -42,8 +44,6 @@ PATH = "/notifications"
 SIGNATURE = "X-CallFire-Signature"
 # Seconds `GET /healthz` waits for the writer to prove the database writable.
 HEALTH_TIMEOUT = 10.0
-# Seconds a client may take to send one body; a stalled sender must not hold a connection forever.
-BODY_TIMEOUT = 120.0
 _BLANK = b" \t\r\n\xef\xbb\xbf"
 _CHUNK = 64 * 1024
 _ANSWER = b'{"delivery_id": %d, "status": "%s", "events": %d, "duplicates": %d}'
@@ -67,19 +67,17 @@ class WebhookDoor:
 
     name = "http"
 
-    def __init__(self, runner: web.AppRunner) -> None:
+    def __init__(self, runner: web.AppRunner, listener: httpwire.Listener) -> None:
         self.runner = runner
+        self.listener = listener
 
     def addresses(self) -> list[str]:
         """Return the bound HOST:PORT of every listening socket (the real port when 0 was asked)."""
-        result = []
-        for address in self.runner.addresses:
-            host, port = address[0], address[1]
-            result.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
-        return result
+        return self.listener.addresses()
 
     async def close(self) -> None:
         """Stop accepting, let requests in flight get their answer, and release the socket."""
+        self.listener.close()
         await self.runner.cleanup()
 
 
@@ -92,6 +90,8 @@ class Receiver:
         self.max_size = runtime.settings.smtp.max_message_size
         self.token = runtime.settings.http.token or None
         self.secret = runtime.settings.http.webhook_secret or None
+        # Seconds a client may take to send one body; a stalled sender must not hold a connection forever.
+        self.body_timeout = runtime.settings.http.body_timeout
 
     def app(self) -> web.Application:
         """Build the aiohttp application: three routes and a JSON error middleware."""
@@ -190,13 +190,13 @@ class Receiver:
             raise Refused(400, "malformed", f"request body cannot be decoded: {_first_line(exc)}") from None
         body = bytearray()
         try:
-            async with asyncio.timeout(BODY_TIMEOUT):
+            async with asyncio.timeout(self.body_timeout):
                 while chunk := await request.content.read(_CHUNK):
                     body += chunk
                     if len(body) > self.max_size:
                         raise Refused(413, "too_large", f"body larger than {self.max_size} bytes")
         except TimeoutError:
-            raise Refused(408, "timeout", f"body not received within {BODY_TIMEOUT:g} seconds") from None
+            raise Refused(408, "timeout", f"body not received within {self.body_timeout:g} seconds") from None
         except ConnectionError:
             raise Refused(400, "incomplete", "connection closed before the whole body arrived") from None
         except HttpProcessingError:
@@ -262,14 +262,16 @@ class _ProtocolLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     def __init__(self, logger: logging.Logger, metrics: Metrics) -> None:
         super().__init__(logger, {})
         self.metrics = metrics
+        # A client sending one broken request after another gets one line per interval, not one each.
+        self.refusals = Summary(logger, logging.WARNING, "malformed HTTP requests refused", httpwire.LOG_INTERVAL)
 
     def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
         if isinstance(exc_info, RequestPayloadError):
             return  # a body the door refused already (and logged): aiohttp meets it again draining it
         if isinstance(exc_info, HttpProcessingError) and 400 <= exc_info.code < 500:
             self.metrics.on_rejected("http", "malformed")
-            self.logger.warning("request refused channel=http peer=%s status=%d reason=%s",
-                                args[0] if args else "-", exc_info.code, _first_line(exc_info))
+            self.refusals.note("request refused channel=http peer=%s status=%d reason=%s",
+                               args[0] if args else "-", exc_info.code, _first_line(exc_info))
             return
         self.logger.exception(msg, *args, exc_info=exc_info, **kwargs)
 
@@ -303,7 +305,7 @@ def _is_v1(body: bytes) -> bool:
 
 async def _server_header(_request: web.Request, response: web.StreamResponse) -> None:
     # Name the service, not the library and Python versions behind it.
-    response.headers[hdrs.SERVER] = "mailhook"
+    response.headers[hdrs.SERVER] = httpwire.SERVER
 
 
 def _basic_password(request: web.Request) -> str | None:
@@ -354,22 +356,18 @@ async def start(runtime: Runtime) -> WebhookDoor:
     """Start listening in the running loop and return the door.
 
     Serves on the socket systemd passed for `http` when there is one
-    (socket activation), otherwise binds `http.listen`.
+    (socket activation), otherwise binds `http.listen`; raises `ConfigError`
+    when it cannot.
     """
+    protocol_log = _ProtocolLog(log, runtime.metrics)
     runner = web.AppRunner(
-        Receiver(runtime).app(), access_log=None, handle_signals=False, shutdown_timeout=30.0,
-        logger=_ProtocolLog(log, runtime.metrics),
+        Receiver(runtime).app(), access_log=None, handle_signals=False, shutdown_timeout=30.0, logger=protocol_log,
     )
     await runner.setup()
     try:
-        site: web.BaseSite
-        if "http" in runtime.sockets:
-            site = web.SockSite(runner, runtime.sockets["http"])
-        else:
-            host, port = parse_address(runtime.settings.http.listen, "http.listen")
-            site = web.TCPSite(runner, host, port)
-        await site.start()
+        listener = await httpwire.listen(runner, runtime.settings.http, runtime.metrics, log, protocol_log,
+                                         runtime.sockets.get("http"))
     except BaseException:
         await runner.cleanup()
         raise
-    return WebhookDoor(runner)
+    return WebhookDoor(runner, listener)

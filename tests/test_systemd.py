@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from process_support import free_port
 
-from mailhook import server
+from mailhook import openfiles, server
 from mailhook.config import SECTIONS, load, options
 from mailhook.ingest import Pipeline
 from mailhook.metrics import Metrics
@@ -305,6 +305,56 @@ def test_serve_uses_the_sockets_systemd_passes(tmp_path: Path, notify_socket: tu
             proc.wait()
 
 
+def backlog(port: int) -> int:
+    """Read a listening socket's backlog as the kernel has it: `ss` shows it as Send-Q."""
+    out = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=True).stdout
+    (line,) = out.splitlines()
+    return int(line.split()[2])
+
+
+@pytest.mark.slow
+@pytest.mark.needs("ss", "iproute2")
+def test_sockets_systemd_passes_keep_the_backlog_the_unit_gave_them(tmp_path: Path) -> None:
+    """As systemd does with Backlog=512: listening sockets at fd 3 and 4, LISTEN_PID set to the server's own pid."""
+    sockets = []
+    for _ in range(2):
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1000)  # not 100 (asyncio's), 128 (aiohttp's) nor 511 (mailhook's own)
+        sockets.append(sock)
+    smtp_port, http_port = (sock.getsockname()[1] for sock in sockets)
+    # The launcher puts the sockets at fd 3 and 4 and execs the server in its own process, as systemd would.
+    launcher = ("import os, sys; os.dup2(int(sys.argv[1]), 3); os.dup2(int(sys.argv[2]), 4); "
+                "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='2', LISTEN_FDNAMES='smtp:http'); "
+                "os.execv(sys.executable, [sys.executable, '-m', 'mailhook', 'serve'])")
+    env = {**serve_env(tmp_path), "MAILHOOK_SMTP_LISTEN": "", "MAILHOOK_HTTP_LISTEN": ""}
+    log = tmp_path / "serve.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen([sys.executable, "-c", launcher, *(str(s.fileno()) for s in sockets)],
+                                cwd=tmp_path, env=env, stderr=err, pass_fds=[s.fileno() for s in sockets])
+    for sock in sockets:
+        sock.close()  # the server holds them now
+    try:
+        for _ in range(600):
+            if len(listening(log)) == 2:
+                break
+            assert proc.poll() is None, log.read_text()
+            threading.Event().wait(0.05)
+        assert listening(log) == {"smtp": ("127.0.0.1", smtp_port), "http": ("127.0.0.1", http_port)}
+        request = urllib.request.Request(f"http://127.0.0.1:{http_port}/notifications", data=SAMPLE, method="POST")
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.status == 200
+
+        assert backlog(http_port) == 1000
+        assert backlog(smtp_port) == 1000
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 # --- the unit files -------------------------------------------------------------------------------
 
 
@@ -326,6 +376,14 @@ def test_service_runs_the_documented_program_as_a_notify_service() -> None:
         assert re.search(rf"^{re.escape(line)}$", text, re.M), line
     assert re.search(r"^WatchdogSec=\d+", text, re.M)
     assert EXEC_START in (ROOT / "docs" / "operations.md").read_text()
+
+
+def test_the_service_may_open_enough_files_for_the_default_connection_caps() -> None:
+    text = (UNITS / "mailhook.service").read_text()
+    match = re.search(r"^LimitNOFILE=(\d+)$", text, re.M)
+    assert match, "mailhook.service sets no LimitNOFILE=: a service gets 1024 open files"
+    defaults = load({}, {"MAILHOOK_CONFIG": ""})
+    assert int(match[1]) >= 2 * openfiles.needed(defaults, smtp=True, http=True)  # room to raise the caps
 
 
 @needs_analyze

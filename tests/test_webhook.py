@@ -555,8 +555,8 @@ def _host_port(webhook: Webhook) -> tuple[str, int]:
     return host, int(port)
 
 
-def test_a_body_that_stalls_is_408_and_stores_nothing(webhook: Webhook, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(webhook_module, "BODY_TIMEOUT", 0.2)
+def test_a_body_that_stalls_is_408_and_stores_nothing(start_webhook: StartWebhook) -> None:
+    webhook = start_webhook(http={"body_timeout": 0.2})
 
     with socket.create_connection(_host_port(webhook), timeout=30) as sock:
         sock.sendall(b"POST /notifications HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n<TextNotification>")

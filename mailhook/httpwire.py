@@ -1,0 +1,333 @@
+"""aiohttp's connection handling with mailhook's limits: connection caps, a request-head deadline, plain errors.
+
+aiohttp closes idle keep-alive connections but has no cap on connections and
+no deadline for a request head (a client dripping header bytes holds its
+connection, and an open file, for an hour), and it answers requests it cannot
+parse itself, echoing the bytes it choked on and naming the Python and aiohttp
+versions in `Server:`. The HTTP door (`mailhook.webhook`) serves through the
+`Connection` protocol here instead of aiohttp's sites; this is the one module
+that relies on aiohttp's private internals, each use commented with what it
+replaces and why. `PRIVATE_NAMES` lists them; tests/test_httpwire.py fails
+naming the one an aiohttp upgrade renamed, and pyproject.toml caps aiohttp.
+
+The limits mirror nginx: `limit_conn` (total and per address, answered 503),
+`client_header_timeout` (408), `large_client_header_buffers` (a cap on a
+request head's size, 400), `send_timeout` (a client not reading its
+answers), `keepalive_timeout` (aiohttp's own knob).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import os
+import socket
+from http import HTTPStatus
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from aiohttp.http_exceptions import LineTooLong
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+
+from mailhook.config import HttpSettings, parse_address
+from mailhook.errors import ConfigError
+from mailhook.logs import Summary
+
+if TYPE_CHECKING:
+    from mailhook.metrics import Metrics
+
+SERVER = "mailhook"
+# nginx's default listen backlog; a socket systemd passes keeps the unit's Backlog= instead.
+BACKLOG = 511
+# Seconds the unread rest of a refused request body is read and dropped after the answer, so the client
+# sees the answer rather than a reset (aiohttp's lingering_time, 10 s by default; nginx's lingering_timeout).
+LINGER = 5.0
+# How often a flood of refusals or timeouts is summed up in the log.
+LOG_INTERVAL = 60.0
+# aiohttp's private names this module relies on (checked by tests/test_httpwire.py):
+#   RequestHandler._waiter       the future start() awaits while no whole request head has arrived
+#   RequestHandler.handle_error  builds aiohttp's own error page (overridden below)
+PRIVATE_NAMES = ("RequestHandler._waiter", "RequestHandler.handle_error")
+
+
+def raw_response(status: int, message: str, *headers: str) -> bytes:
+    """Return a complete `Connection: close` HTTP/1.1 response with a JSON error body, as bytes."""
+    body = json.dumps({"error": message}).encode()
+    head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", f"Server: {SERVER}",
+            "Content-Type: application/json; charset=utf-8", f"Content-Length: {len(body)}", *headers,
+            "Connection: close"]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+def error_response(status: int, message: str) -> web.Response:
+    """Return a JSON error response that closes the connection."""
+    response = web.Response(status=status, text=json.dumps({"error": message}), content_type="application/json",
+                            headers={"Server": SERVER})
+    response.force_close()
+    return response
+
+
+class Gate:
+    """Counts connections in under the caps, and builds the protocol for each new one."""
+
+    def __init__(self, manager: web.Server, settings: HttpSettings, metrics: Metrics, logger: logging.Logger,
+                 protocol_log: logging.Logger | logging.LoggerAdapter) -> None:  # type: ignore[type-arg]
+        self.manager = manager
+        self.settings = settings
+        self.metrics = metrics
+        self.protocol_log = protocol_log
+        self.loop = asyncio.get_running_loop()
+        self.open = 0
+        self.per_ip: collections.Counter[str] = collections.Counter()
+        self.refusals = Summary(logger, logging.WARNING, "HTTP connections refused at the caps", LOG_INTERVAL)
+        self.timeouts = Summary(logger, logging.WARNING, "HTTP connections closed without a whole request head",
+                                LOG_INTERVAL)
+        self._too_many = raw_response(503, "too many connections; retry later", "Retry-After: 5")
+        self._too_many_here = raw_response(503, "too many connections from your address; retry later",
+                                           "Retry-After: 5")
+        self._head_late = raw_response(
+            408, f"request head not received within {settings.header_timeout:g} seconds")
+        self._head_large = raw_response(400, f"request head larger than {settings.max_header_size} bytes")
+
+    def connection(self) -> Connection:
+        """Build the protocol for one accepted connection (the factory given to `create_server`)."""
+        return Connection(self)
+
+    def admit(self, peer: str) -> bytes | None:
+        """Count a connection in, or return the 503 response that refuses it."""
+        if self.open >= self.settings.max_connections:
+            self.metrics.on_rejected("http", "too_many_connections")
+            self.refusals.note("refused connection channel=http peer=%s: %d connections open (http.max_connections)",
+                               peer, self.open)
+            return self._too_many
+        if self.per_ip[peer] >= self.settings.max_per_ip:
+            self.metrics.on_rejected("http", "too_many_from_address")
+            self.refusals.note("refused connection channel=http peer=%s: %d connections from it (http.max_per_ip)",
+                               peer, self.per_ip[peer])
+            return self._too_many_here
+        self.open += 1
+        self.per_ip[peer] += 1
+        return None
+
+    def release(self, peer: str) -> None:
+        """Count a connection out."""
+        self.open -= 1
+        self.per_ip[peer] -= 1
+        if self.per_ip[peer] <= 0:
+            del self.per_ip[peer]
+
+    def head_overdue(self, peer: str, started: bool) -> bytes | None:
+        """Note a connection closed for want of a whole request head; return the 408 to send, if any."""
+        self.metrics.on_rejected("http", "timeout")
+        if not started:
+            # Nothing was sent at all: closed without an answer, as nginx does.
+            self.timeouts.note("closed connection channel=http peer=%s: no request within %g seconds",
+                               peer, self.settings.header_timeout)
+            return None
+        self.timeouts.note("request refused channel=http peer=%s status=408 reason=request head not received "
+                           "within %g seconds", peer, self.settings.header_timeout)
+        return self._head_late
+
+    def head_too_large(self, peer: str) -> bytes:
+        """Note a request head over `max_header_size`; return the 400 to send."""
+        self.metrics.on_rejected("http", "malformed")
+        self.refusals.note("request refused channel=http peer=%s status=400 reason=request head larger than %d bytes",
+                           peer, self.settings.max_header_size)
+        return self._head_large
+
+    def send_overdue(self, peer: str) -> None:
+        """Note a connection closed because its client left an answer unread."""
+        self.metrics.on_rejected("http", "timeout")
+        self.timeouts.note("closed connection channel=http peer=%s: an answer stayed unread for %g seconds",
+                           peer, self.settings.send_timeout)
+
+    def close(self) -> None:
+        """Log what the summaries still count."""
+        self.refusals.close()
+        self.timeouts.close()
+
+
+class Connection(RequestHandler):
+    """aiohttp's per-connection protocol, admitted under the caps and with a deadline for each request head."""
+
+    __slots__ = ("_admitted", "_gate", "_head_size", "_head_started", "_head_timer", "_peer", "_send_timer")
+
+    def __init__(self, gate: Gate) -> None:
+        super().__init__(gate.manager, loop=gate.loop, keepalive_timeout=gate.settings.keepalive_timeout,
+                         logger=gate.protocol_log, access_log=None, lingering_time=LINGER)  # type: ignore[arg-type]
+        self._gate = gate
+        self._peer = "-"
+        self._admitted = False
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_started = False
+        self._head_size = 0
+        self._send_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Admit the connection or answer 503 and close; start the deadline for the first request's head."""
+        peer = transport.get_extra_info("peername")
+        self._peer = str(peer[0]) if peer else "-"
+        refusal = self._gate.admit(self._peer)
+        if refusal is not None:
+            assert isinstance(transport, asyncio.WriteTransport)
+            transport.write(refusal)
+            transport.close()
+            return
+        self._admitted = True
+        super().connection_made(transport)
+        # As nginx's client_header_timeout: the whole first head within the deadline from accept.
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        """Release the connection's place under the caps."""
+        self._disarm_head_timer()
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+        if not self._admitted:
+            return  # aiohttp never saw it
+        self._admitted = False
+        self._gate.release(self._peer)
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        """Feed aiohttp's parser; a head's first bytes start its deadline, a whole head stops it.
+
+        aiohttp bounds each header line (8190 bytes) and their number (128), so
+        one head could still hold ~1 MB while it trickles in; the head as a
+        whole is bounded here, as nginx's large_client_header_buffers do.
+        """
+        if data and self._waiting_for_head():
+            if self._head_timer is None:
+                self._arm_head_timer()
+            self._head_started = True
+            self._head_size += len(data)
+        super().data_received(data)
+        if not self._waiting_for_head():
+            self._disarm_head_timer()
+        elif self._head_size > self._gate.settings.max_header_size and self.transport is not None:
+            self.transport.write(self._gate.head_too_large(self._peer))
+            self.force_close()
+
+    def pause_writing(self) -> None:
+        """The client stopped reading (the send buffer is full): it has `send_timeout` to read on.
+
+        aiohttp waits for the buffer to drain without a deadline, so a client
+        that never reads its answers would hold the connection for ever (nginx: send_timeout).
+        """
+        super().pause_writing()
+        if self._send_timer is None:
+            self._send_timer = self._loop.call_later(self._gate.settings.send_timeout, self._send_overdue)
+
+    def resume_writing(self) -> None:
+        """The client read enough for writing to go on."""
+        super().resume_writing()
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    def _send_overdue(self) -> None:
+        self._send_timer = None
+        if self.transport is not None:
+            self._gate.send_overdue(self._peer)
+            self.transport.abort()  # closing would wait for the unread answer to drain
+
+    def _waiting_for_head(self) -> bool:
+        # Private: aiohttp's start() awaits self._waiter exactly while it has no whole
+        # request head to handle (aiohttp's own keep-alive check uses it the same way).
+        waiter = self._waiter
+        return waiter is not None and not waiter.done()
+
+    def _arm_head_timer(self) -> None:
+        self._disarm_head_timer()
+        self._head_timer = self._loop.call_later(self._gate.settings.header_timeout, self._head_overdue)
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        self._head_started = False
+        self._head_size = 0
+
+    def _head_overdue(self) -> None:
+        self._head_timer = None
+        transport = self.transport
+        if transport is None or transport.is_closing() or not self._waiting_for_head():
+            self._head_started = False
+            return  # a request is being handled: its body has its own timeout
+        answer = self._gate.head_overdue(self._peer, self._head_started)
+        if answer is not None:
+            transport.write(answer)
+        self.force_close()
+
+    def handle_error(
+        self, request: BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
+        """Answer a request aiohttp could not parse (or a handler crash) with JSON that repeats none of it.
+
+        Replaces RequestHandler.handle_error, whose text/plain page holds the
+        parser's message with the offending request bytes, and which is sent
+        without the application's on_response_prepare (so `Server:` named
+        Python and aiohttp). It still logs through the protocol logger and
+        refuses when part of a response was sent, as the original does.
+        """
+        self.logger.exception("Error handling request from %s", self._peer, exc_info=exc)
+        if request.writer.output_size > 0:
+            raise ConnectionError("Response is sent already, cannot send another response with the error message")
+        if isinstance(exc, LineTooLong):
+            reason = "request line or header too long"
+        elif status == 400:
+            reason = "malformed request"
+        else:
+            reason = HTTPStatus(status).phrase.lower()
+        return error_response(status, reason)
+
+
+class Listener:
+    """The HTTP door's listening socket and its gate."""
+
+    def __init__(self, server: asyncio.Server, gate: Gate) -> None:
+        self.server = server
+        self.gate = gate
+
+    def addresses(self) -> list[str]:
+        """Return the bound HOST:PORT of every listening socket (the real port when 0 was asked)."""
+        result = []
+        for sock in self.server.sockets:
+            host, port = sock.getsockname()[:2]
+            result.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        return result
+
+    def close(self) -> None:
+        """Stop accepting."""
+        self.server.close()
+        self.gate.close()
+
+
+async def listen(
+    runner: web.AppRunner, settings: HttpSettings, metrics: Metrics, logger: logging.Logger,
+    protocol_log: logging.Logger | logging.LoggerAdapter, sock: socket.socket | None = None,  # type: ignore[type-arg]
+) -> Listener:
+    """Serve `runner`'s application on `sock` (passed by systemd) or on `settings.listen`.
+
+    Raises `ConfigError` when the address cannot be bound, so `serve` exits 78
+    with one line as for the SMTP door.
+    """
+    loop = asyncio.get_running_loop()
+    assert runner.server is not None, "runner.setup() first"
+    gate = Gate(runner.server, settings, metrics, logger, protocol_log)
+    try:
+        if sock is not None:
+            server = await loop.create_server(gate.connection, sock=sock, backlog=BACKLOG)
+        else:
+            host, port = parse_address(settings.listen, "http.listen")
+            server = await loop.create_server(gate.connection, host, port, reuse_address=True, backlog=BACKLOG)
+    except OSError as exc:
+        where = settings.listen if sock is None else "the socket systemd passed"
+        # asyncio wraps bind errors in a long sentence; the errno says it in the usual words.
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ConfigError(f"http.listen: cannot listen on {where}: {reason}") from None
+    return Listener(server, gate)
