@@ -71,7 +71,7 @@ def run_prune(args: argparse.Namespace, settings: Settings, env: Mapping[str, st
 
 def run_backup(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
     """Write a consistent copy of the live database to PATH (a file, or a directory to put one in)."""
-    from mailhook.upkeep import backup
+    from mailhook.upkeep import CannotWrite, backup
 
     target = Path(args.path)
     if args.path.endswith("/") or target.is_dir():
@@ -82,11 +82,18 @@ def run_backup(args: argparse.Namespace, settings: Settings, env: Mapping[str, s
             return EX_CANTCREAT
         target = target / f"mailhook-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.db"
     try:
-        info = backup(settings.database(env), target, busy_timeout=settings.storage.busy_timeout)
+        info = backup(settings.database(env), target, busy_timeout=settings.storage.busy_timeout,
+                      mode=settings.storage.file_mode())
     except FileNotFoundError as exc:
         print(f"mailhook: {exc}", file=sys.stderr)
         return EX_UNAVAILABLE
-    except (OSError, ValueError) as exc:
+    except CannotWrite as exc:
+        print(f"mailhook: cannot write backup {target}: {exc}", file=sys.stderr)
+        return EX_CANTCREAT
+    except OSError as exc:
+        print(f"mailhook: cannot write backup {target}: {exc.strerror or exc}", file=sys.stderr)
+        return EX_CANTCREAT
+    except ValueError as exc:
         print(f"mailhook: cannot write backup {target}: {exc}", file=sys.stderr)
         return EX_CANTCREAT
     print(f"mailhook: backup written to {info.path}: {info.deliveries} deliveries, {info.events} events, "

@@ -18,14 +18,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mailhook import health
 from mailhook.errors import RetryLater
 from mailhook.models import Checkpoint, Delivery, Extraction, Receipt
+from mailhook.privileges import FILE_MODE
 from mailhook.store import Completion, Rows, Store, WalCheckpoint, Work, committed_checkpoint, quarantined_sources
 
 log = logging.getLogger("mailhook.writer")
 
 
 Observer = Callable[[int, float], None]
+# Seconds one health probe's answer is given again to whoever asks, so a /healthz flood costs little.
+HEALTH_REUSE = 0.1
 _STOP = object()
 
 
@@ -64,12 +68,19 @@ class Writer:
         max_batch: int = 256,
         observer: Observer | None = None,
         checkpoint_interval: float = 60.0,
+        mode: int = FILE_MODE,
     ) -> None:
-        self.store = Store(path, busy_timeout=busy_timeout)
+        self.store = Store(path, busy_timeout=busy_timeout, mode=mode)
         self.max_batch = max_batch
         self.observer = observer
         self.checkpoint_interval = checkpoint_interval
         self.last_checkpoint: WalCheckpoint | None = None
+        # The most recent failed commit, until one succeeds; and when the commit under way began.
+        self.last_failure: health.Failure | None = None
+        self._busy_since: float | None = None
+        self._stall = max(30.0, 3 * busy_timeout)
+        self._probing = threading.Lock()
+        self._probed: tuple[float, health.Failure | None, str | None] = (-HEALTH_REUSE, None, None)
         self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="mailhook-writer", daemon=True)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import BackgroundServer, StartServer, make_settings
-from process_support import descendants, free_port
+from process_support import ALLOW_ROOT, descendants, free_port
 from smtp_support import client, locked, notification, rows
 
 from mailhook.backlog import Backlog, extract_pending, worker_pool
@@ -176,7 +176,7 @@ def test_a_killed_extraction_worker_is_replaced(start_server: StartServer) -> No
 
 def test_killing_mailhook_with_sigkill_leaves_no_extraction_process_behind(tmp_path: Path) -> None:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILHOOK_")} | {"MAILHOOK_CONFIG": ""}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILHOOK_")} | {"MAILHOOK_CONFIG": ""} | ALLOW_ROOT
     proc = subprocess.Popen(
         [sys.executable, "-m", "mailhook", "serve", "--db", str(tmp_path / "m.db"), "--smtp-listen",
          f"127.0.0.1:{port}", "--http-listen", "", "--smtp-acknowledge", "received"],

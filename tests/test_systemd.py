@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from process_support import free_port
+from process_support import ALLOW_ROOT, free_port
 
 from mailhook import server
 from mailhook.config import SECTIONS, load, options
@@ -171,6 +171,7 @@ def serve_env(tmp_path: Path, **extra: str) -> dict[str, str]:
         "MAILHOOK_DB": str(tmp_path / "mailhook.db"),
         "MAILHOOK_SMTP_LISTEN": "127.0.0.1:0",
         "MAILHOOK_HTTP_LISTEN": "127.0.0.1:0",
+        **ALLOW_ROOT,
         **extra,
     }
 
@@ -269,7 +270,7 @@ def test_logs_carry_syslog_priorities_only_when_stderr_is_the_journal(tmp_path: 
 def test_serve_uses_the_sockets_systemd_passes(tmp_path: Path, notify_socket: tuple[socket.socket, str]) -> None:
     sock, path = notify_socket
     smtp_port, http_port, configured = free_port(), free_port(), free_port()
-    env = {"PYTHONPATH": str(ROOT), "MAILHOOK_CONFIG": "", "MAILHOOK_DB": str(tmp_path / "m.db"),
+    env = {"PYTHONPATH": str(ROOT), "MAILHOOK_CONFIG": "", "MAILHOOK_DB": str(tmp_path / "m.db"), **ALLOW_ROOT,
            # The configured addresses must be ignored: SMTP elsewhere, HTTP off.
            "MAILHOOK_SMTP_LISTEN": f"127.0.0.1:{configured}", "MAILHOOK_HTTP_LISTEN": "", "NOTIFY_SOCKET": path}
     command = ["systemd-socket-activate", f"--listen=127.0.0.1:{smtp_port}", f"--listen=127.0.0.1:{http_port}",
