@@ -149,9 +149,9 @@ def _probe(settings: Settings, timeout: float) -> dict[str, str]:
         try:
             with socket.create_connection((_connectable(host), port), timeout=timeout) as conn:
                 banner = conn.recv(512)
-            result["smtp"] = "ok" if banner.startswith(b"220") else f"unexpected banner {banner[:60]!r}"
+            result["smtp"] = "ok" if banner.startswith(b"220") else f"unexpected banner: {_printable(banner[:60])}"
         except OSError as exc:
-            result["smtp"] = f"unreachable ({exc})"
+            result["smtp"] = f"unreachable ({_why(exc)})"
     if settings.http.listen:
         host, port = parse_address(settings.http.listen, "http.listen")
         url = f"http://{_bracket(_connectable(host))}:{port}/healthz"
@@ -159,10 +159,44 @@ def _probe(settings: Settings, timeout: float) -> dict[str, str]:
             with urllib.request.urlopen(url, timeout=timeout) as response:
                 result["http"] = "ok" if response.status == 200 else f"HTTP {response.status}"
         except urllib.error.HTTPError as exc:
-            result["http"] = f"HTTP {exc.code}"
+            result["http"] = _unhealthy(exc)
+        except urllib.error.URLError as exc:
+            reason = exc.reason
+            result["http"] = f"unreachable ({_why(reason) if isinstance(reason, OSError) else _printable(str(reason))})"
         except OSError as exc:
-            result["http"] = f"unreachable ({exc})"
+            result["http"] = f"unreachable ({_why(exc)})"
     return result
+
+
+def _unhealthy(answer: urllib.error.HTTPError) -> str:
+    """Say what an error answer from /healthz means: its reason in words ("disk full"), or its status."""
+    try:
+        reason = json.loads(answer.read(4096)).get("reason")
+    except (OSError, ValueError, AttributeError):
+        reason = None
+    finally:
+        answer.close()
+    if isinstance(reason, str) and reason:
+        return _printable(reason[:80])
+    return f"HTTP {answer.code}"
+
+
+def _why(exc: OSError) -> str:
+    """Say in a few words why a connection failed, without Python's error text."""
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return "timed out"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused: is mailhook running?"
+    if isinstance(exc, socket.gaierror):
+        return "unknown host"
+    return (exc.strerror or type(exc).__name__).lower()
+
+
+def _printable(text: str | bytes) -> str:
+    """Return peer-supplied text with control characters made visible."""
+    from mailhook.logs import escape
+
+    return escape(text.decode("utf-8", "replace") if isinstance(text, bytes) else text)
 
 
 def _connectable(host: str) -> str:

@@ -109,8 +109,10 @@ class Pipeline:
         return receipt
 
     async def check(self) -> None:
-        """Raise `RetryLater` unless the database can take a write now."""
-        await asyncio.wrap_future(self.writer.check())
+        """Raise `RetryLater` saying in words ("disk full", "database locked", ...) why the store refuses writes."""
+        reason = await asyncio.get_running_loop().run_in_executor(None, self.writer.health)
+        if reason is not None:
+            raise RetryLater(reason)
 
     def _notify(self, delivery: Delivery, receipt: Receipt | None, started: float) -> None:
         self.report(delivery, receipt, time.perf_counter() - started)

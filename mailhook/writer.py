@@ -118,6 +118,28 @@ class Writer:
         self._queue.put(_Job(None, future))
         return future
 
+    def health(self) -> str | None:
+        """Say in words why the store refuses writes now ("disk full", "database locked", ...), or None.
+
+        Blocking (up to about a second): call it from a thread. It never waits
+        behind the writer's queue, so a writer stuck on a lock cannot make it late.
+        """
+        if not self.alive:
+            return health.UNAVAILABLE
+        asked = time.monotonic()
+        with self._probing:  # one probe at a time, its answer shared by whoever waited for it
+            at, seen, reason = self._probed
+            failure = self.last_failure
+            if failure is seen and asked - at < HEALTH_REUSE:  # `at`: when that probe began
+                return reason
+            began = time.monotonic()
+            reason = health.verdict(self.store.path, failure, busy_since=self._busy_since, stall=self._stall)
+            if reason is None and failure is not None and self.last_failure is failure:
+                log.info("storage accepts writes again (after %s)", failure.reason)
+                self.last_failure = None
+            self._probed = (began, self.last_failure, reason)
+        return reason
+
     def committed_checkpoint(self, account: str, folder: str) -> Checkpoint | None:
         """Return the committed IMAP checkpoint of `folder`, read apart from any open write transaction."""
         return committed_checkpoint(self.store.path, account, folder)
@@ -173,6 +195,11 @@ class Writer:
             if stop:
                 return
 
+    def _failed(self, exc: BaseException, jobs: list[_Job]) -> None:
+        works = [job.work for job in jobs]
+        size = sum(len(work[0].raw) for work in works if work is not None and not isinstance(work, Completion))
+        self.last_failure = health.Failure(health.in_words(exc), size, time.monotonic())
+
     def _checkpoint(self) -> WalCheckpoint | None:
         try:
             result = self.store.checkpoint_wal()
@@ -205,18 +232,24 @@ class Writer:
         if not jobs:
             return
         started = time.perf_counter()
+        self._busy_since = time.monotonic()
         try:
             results = self.store.write([job.work for job in jobs])  # type: ignore[misc]
         except RetryLater as exc:
+            self._failed(exc, jobs)
             log.warning("%s; %d deliveries answered with a temporary failure", exc, len(jobs))
             for job in jobs:
                 job.fail(RetryLater(str(exc)))
             return
         except Exception as exc:
+            self._failed(exc, jobs)
             log.exception("unexpected storage error")
             for job in jobs:
                 job.fail(RetryLater(f"storage error: {type(exc).__name__}"))
             return
+        finally:
+            self._busy_since = None
+        self.last_failure = None
         elapsed = time.perf_counter() - started
         if self.observer is not None:
             self.observer(len(jobs), elapsed)
