@@ -50,6 +50,8 @@ class Pipeline:
     executor: Executor | None = None
     listeners: list[Listener] = field(default_factory=list)
     backlog: Backlog | None = None
+    # The health probe under way, shared by every check that arrives meanwhile.
+    _probe: asyncio.Future[str | None] | None = field(default=None, init=False, repr=False)
 
     def submit(self, delivery: Delivery) -> Future[Receipt]:
         """Extract `delivery` in this thread and queue it for the next commit."""
@@ -110,7 +112,11 @@ class Pipeline:
 
     async def check(self) -> None:
         """Raise `RetryLater` saying in words ("disk full", "database locked", ...) why the store refuses writes."""
-        reason = await asyncio.get_running_loop().run_in_executor(None, self.writer.health)
+        if self._probe is None or self._probe.done():
+            # A /healthz flood (or a probe waiting a second on a held lock) then costs one
+            # probe at a time and one thread, never a thread per request.
+            self._probe = asyncio.get_running_loop().run_in_executor(None, self.writer.health)
+        reason = await asyncio.shield(self._probe)
         if reason is not None:
             raise RetryLater(reason)
 

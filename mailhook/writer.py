@@ -28,8 +28,6 @@ log = logging.getLogger("mailhook.writer")
 
 
 Observer = Callable[[int, float], None]
-# Seconds one health probe's answer is given again to whoever asks, so a /healthz flood costs little.
-HEALTH_REUSE = 0.1
 _STOP = object()
 
 
@@ -80,7 +78,6 @@ class Writer:
         self._busy_since: float | None = None
         self._stall = max(30.0, 3 * busy_timeout)
         self._probing = threading.Lock()
-        self._probed: tuple[float, health.Failure | None, str | None] = (-HEALTH_REUSE, None, None)
         self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="mailhook-writer", daemon=True)
@@ -126,18 +123,12 @@ class Writer:
         """
         if not self.alive:
             return health.UNAVAILABLE
-        asked = time.monotonic()
-        with self._probing:  # one probe at a time, its answer shared by whoever waited for it
-            at, seen, reason = self._probed
+        with self._probing:  # one probe at a time
             failure = self.last_failure
-            if failure is seen and asked - at < HEALTH_REUSE:  # `at`: when that probe began
-                return reason
-            began = time.monotonic()
             reason = health.verdict(self.store.path, failure, busy_since=self._busy_since, stall=self._stall)
             if reason is None and failure is not None and self.last_failure is failure:
                 log.info("storage accepts writes again (after %s)", failure.reason)
                 self.last_failure = None
-            self._probed = (began, self.last_failure, reason)
         return reason
 
     def committed_checkpoint(self, account: str, folder: str) -> Checkpoint | None:

@@ -3,6 +3,7 @@ while the store refuses writes, and recover by themselves once it takes them aga
 
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 import json
 import os
@@ -221,6 +222,25 @@ def test_a_held_write_lock_is_reported_as_database_locked_promptly_and_recovers(
         exit_code, output, _ = served.status()
         assert exit_code == 0, output
         assert served.send(3) == 250
+    finally:
+        blocker.close()
+        served.stop()
+
+
+def test_a_flood_of_healthz_during_a_held_lock_shares_one_probe_and_answers_promptly(tmp_path: Path) -> None:
+    served = Served(tmp_path / "mailhook.db", tmp_path / "serve.log")
+    blocker = sqlite3.connect(served.db, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(40) as pool:
+            answers = list(pool.map(lambda _: served.healthz()[:2], range(40)))
+        took = time.monotonic() - started
+        assert answers == [(503, {"status": "unavailable", "reason": LOCKED})] * 40
+        # Probes wait up to 1 s for the lock: one per request, one after another, would take 40 s.
+        assert took < 10.0
+        blocker.execute("ROLLBACK")
+        assert until(lambda: served.healthz()[:2] == (200, {"status": "ok"}), 5.0)
     finally:
         blocker.close()
         served.stop()
