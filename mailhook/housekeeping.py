@@ -104,6 +104,7 @@ def run_backup(args: argparse.Namespace, settings: Settings, env: Mapping[str, s
 
 def run_status(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
     """Report the database (and with --server the running doors); exit 0 only when healthy."""
+    from mailhook.health import probe
     from mailhook.upkeep import status
 
     problems: list[str] = []
@@ -113,6 +114,10 @@ def run_status(args: argparse.Namespace, settings: Settings, env: Mapping[str, s
         report = {"database": str(settings.database(env)), "error": str(exc)}
         problems.append(str(exc))
     if "error" not in report:
+        # Whether the store would take a write now, whichever doors run (SMTP only, or none).
+        report["storage"] = probe(settings.database(env)) or "ok"
+        if report["storage"] != "ok":
+            problems.append(f"storage: {report['storage']}")
         if report["schema_version"] != report["schema_expected"]:
             problems.append(f"schema version {report['schema_version']} but this mailhook expects "
                             f"{report['schema_expected']}: run `mailhook serve` once to migrate")

@@ -59,17 +59,18 @@ def test_probe_of_a_healthy_store_passes_and_never_creates_a_database(tmp_path: 
 class Served:
     """`mailhook serve` as a user runs it, SMTP and HTTP on loopback ports, stderr in a file."""
 
-    def __init__(self, db: Path, log: Path, *flags: str) -> None:
+    def __init__(self, db: Path, log: Path, *flags: str, http: bool = True) -> None:
         self.db = db
         self.log = log
         self.smtp, self.http = free_port(), free_port()
         self.env = {"MAILHOOK_CONFIG": "", "MAILHOOK_DB": str(db), "MAILHOOK_SMTP_LISTEN": f"127.0.0.1:{self.smtp}",
-                    "MAILHOOK_HTTP_LISTEN": f"127.0.0.1:{self.http}", "MAILHOOK_STORAGE_BUSY_TIMEOUT": "1"}
+                    "MAILHOOK_HTTP_LISTEN": f"127.0.0.1:{self.http}" if http else "",
+                    "MAILHOOK_STORAGE_BUSY_TIMEOUT": "1"}
         env = {k: v for k, v in os.environ.items() if not k.startswith("MAILHOOK_")} | ALLOW_ROOT | self.env
         with log.open("ab") as err:
             self.proc = subprocess.Popen([sys.executable, "-m", "mailhook", "serve", *flags], env=env, stderr=err)
         deadline = time.monotonic() + 60
-        while "http listening" not in log.read_text():
+        while f"{'http' if http else 'smtp'} listening" not in log.read_text():
             assert self.proc.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.05)
 
@@ -195,6 +196,24 @@ def test_a_full_disk_is_reported_even_before_any_delivery_fails(small_disk: Path
         assert served.healthz()[:2] == (503, {"status": "unavailable", "reason": DISK_FULL})
         filler.unlink()
         assert until(lambda: served.healthz()[:2] == (200, {"status": "ok"}), 5.0)
+    finally:
+        served.stop()
+
+
+def test_status_says_disk_full_even_with_no_http_door_and_with_no_server(small_disk: Path, tmp_path: Path) -> None:
+    # SMTP only: no /healthz to ask, so `status` probes the store itself.
+    served = Served(small_disk / "mailhook.db", tmp_path / "serve.log", http=False)
+    try:
+        filler = fill(small_disk)
+        exit_code, output, _ = served.status()
+        assert exit_code == 1, output
+        assert "server smtp: ok" in output and "problem: storage: disk full" in output
+        served.stop()
+        exit_code, output, _ = served.status()  # and with nothing running at all
+        assert exit_code == 1 and "problem: storage: disk full" in output
+        filler.unlink()
+        exit_code, output, _ = served.status()
+        assert "storage: ok" in output and "disk full" not in output
     finally:
         served.stop()
 
