@@ -66,7 +66,7 @@ def probe(path: Path, *, need: int = MIN_ROOM, lock_wait: float = LOCK_WAIT) -> 
 
 
 def _room(path: Path, need: int) -> str | None:
-    spare = path.with_name(f".{path.name}.health")
+    spare = path.with_name(f".{path.name}.{os.getpid()}.health")  # per process: status may probe beside serve
     try:
         fd = os.open(spare, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     except OSError as exc:
