@@ -126,6 +126,7 @@ def mailhook_serve(db: Path, *, smtp_port: int | None, http_port: int | None,
     http = f"{HOST}:{http_port}" if http_port else ""
     env = {**os.environ, "MAILHOOK_CONFIG": "", "PYTHONPATH": str(ROOT)}
     env = {k: v for k, v in env.items() if not k.startswith("MAILHOOK_") or k == "MAILHOOK_CONFIG"}
+    env["MAILHOOK_ALLOW_ROOT"] = "1"  # benchmarks may run as root
     out = log.open("ab") if log else subprocess.DEVNULL
     proc = subprocess.Popen(
         [sys.executable, "-m", "mailhook", "serve", "--db", str(db), "--smtp-listen", smtp,

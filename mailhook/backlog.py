@@ -76,14 +76,14 @@ def worker_pool(workers: int) -> ProcessPoolExecutor:
     they never inherit the server's threads or locks, whenever they start.
     """
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["mailhook.backlog"])
+    context.set_forkserver_preload(["mailhook.forkserver", "mailhook.backlog"])
     return ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start, initargs=(os.getpid(),))
 
 
 def _worker_start(owner: int) -> None:
     from mailhook.ingest import _worker_init
 
-    _worker_init()
+    _worker_init()  # SIGTERM is ignored already, as in the fork server (mailhook.forkserver)
     threading.Thread(target=_exit_with, args=(owner,), name="owner-watch", daemon=True).start()
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from mailhook import __version__
 from mailhook.config import Settings, load, options
 from mailhook.errors import ConfigError, RetryLater
+from mailhook.privileges import root_refusal, secret_flag_warnings
 
 EX_OK = 0
 EX_USAGE = 64
@@ -23,6 +24,7 @@ EX_DATAERR = 65
 EX_SOFTWARE = 70
 EX_CONFIG = 78
 EX_TEMPFAIL = 75
+EX_NOPERM = 77
 
 log = logging.getLogger("mailhook.cli")
 
@@ -30,11 +32,11 @@ Command = Callable[[argparse.Namespace, Settings, Mapping[str, str]], int]
 
 # Which option sections each subcommand reads; flags of the others would only confuse.
 COMMAND_SECTIONS: dict[str, tuple[str, ...]] = {
-    "serve": ("storage", "smtp", "http", "imap", "log"),
-    "ingest": ("storage", "log"),
-    "imap": ("storage", "imap", "log"),
+    "serve": ("storage", "smtp", "http", "imap", "log", "service"),
+    "ingest": ("storage", "log", "service"),
+    "imap": ("storage", "imap", "log", "service"),
     "reprocess": ("storage", "log"),
-    "check-config": ("storage", "smtp", "http", "imap", "log"),
+    "check-config": ("storage", "smtp", "http", "imap", "log", "service"),
     "prune": ("storage", "log"),
     "backup": ("storage", "log"),
     "status": ("storage", "smtp", "http", "log"),
@@ -178,6 +180,12 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         print(f"mailhook: configuration error: {exc}", file=sys.stderr)
         return EX_CONFIG
     configure_logging(settings, environ)
+    refusal = root_refusal(args.command, settings.service.allow_root)
+    if refusal is not None:
+        print(f"mailhook: {refusal}", file=sys.stderr)
+        return EX_NOPERM
+    for warning in secret_flag_warnings(flags, {o.flag: o.env for o in options() if o.secret}):
+        log.warning("%s", warning)
     try:
         code: int = args.run(args, settings, environ)
     except ConfigError as exc:
@@ -202,7 +210,8 @@ def _run_reprocess(args: argparse.Namespace, settings: Settings, env: Mapping[st
     from mailhook.ingest import reprocess
     from mailhook.store import Store
 
-    store = Store(settings.database(env), busy_timeout=settings.storage.busy_timeout)
+    store = Store(settings.database(env), busy_timeout=settings.storage.busy_timeout,
+                  mode=settings.storage.file_mode())
     try:
         receipts = reprocess(store, settings.subscriptions, quarantined_only=args.quarantined)
     finally:

@@ -63,6 +63,13 @@ class StorageSettings:
     checkpoint_interval: float = option(
         60.0, "seconds between the writer's WAL checkpoints, which keep the WAL file small (0: only SQLite's own)"
     )
+    group_readable: bool = option(
+        False, "create the database, its -wal/-shm and backups 0640 (group may read) instead of 0600"
+    )
+
+    def file_mode(self) -> int:
+        """Return the mode the database files and backups are created with."""
+        return 0o640 if self.group_readable else 0o600
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +152,14 @@ class LogSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ServiceSettings:
+    """How the process itself may run."""
+
+    allow_root: bool = option(False, "let serve, imap and ingest run as root (refused by default)",
+                              flag="allow-root")
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Every setting mailhook reads, grouped by section."""
 
@@ -153,6 +168,7 @@ class Settings:
     http: HttpSettings = field(default_factory=HttpSettings)
     imap: ImapSettings = field(default_factory=ImapSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    service: ServiceSettings = field(default_factory=ServiceSettings)
     subscriptions: Mapping[int, str] = field(default_factory=dict)
 
     def database(self, env: Mapping[str, str]) -> Path:
@@ -171,6 +187,7 @@ SECTIONS: dict[str, type] = {
     "http": HttpSettings,
     "imap": ImapSettings,
     "log": LogSettings,
+    "service": ServiceSettings,
 }
 
 

@@ -76,7 +76,7 @@ def run_prune(args: argparse.Namespace, settings: Settings, env: Mapping[str, st
 
 def run_backup(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
     """Write a consistent copy of the live database to PATH (a file, or a directory to put one in)."""
-    from mailhook.upkeep import backup
+    from mailhook.upkeep import CannotWrite, backup
 
     target = Path(args.path)
     if args.path.endswith("/") or target.is_dir():
@@ -87,11 +87,18 @@ def run_backup(args: argparse.Namespace, settings: Settings, env: Mapping[str, s
             return EX_CANTCREAT
         target = target / f"mailhook-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.db"
     try:
-        info = backup(settings.database(env), target, busy_timeout=settings.storage.busy_timeout)
+        info = backup(settings.database(env), target, busy_timeout=settings.storage.busy_timeout,
+                      mode=settings.storage.file_mode())
     except FileNotFoundError as exc:
         print(f"mailhook: {exc}", file=sys.stderr)
         return EX_UNAVAILABLE
-    except (OSError, ValueError) as exc:
+    except CannotWrite as exc:
+        print(f"mailhook: cannot write backup {target}: {exc}", file=sys.stderr)
+        return EX_CANTCREAT
+    except OSError as exc:
+        print(f"mailhook: cannot write backup {target}: {exc.strerror or exc}", file=sys.stderr)
+        return EX_CANTCREAT
+    except ValueError as exc:
         print(f"mailhook: cannot write backup {target}: {exc}", file=sys.stderr)
         return EX_CANTCREAT
     print(f"mailhook: backup written to {info.path}: {info.deliveries} deliveries, {info.events} events, "
@@ -102,6 +109,7 @@ def run_backup(args: argparse.Namespace, settings: Settings, env: Mapping[str, s
 
 def run_status(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
     """Report the database (and with --server the running doors); exit 0 only when healthy."""
+    from mailhook.health import probe
     from mailhook.upkeep import status
 
     problems: list[str] = []
@@ -111,6 +119,10 @@ def run_status(args: argparse.Namespace, settings: Settings, env: Mapping[str, s
         report = {"database": str(settings.database(env)), "error": str(exc)}
         problems.append(str(exc))
     if "error" not in report:
+        # Whether the store would take a write now, whichever doors run (SMTP only, or none).
+        report["storage"] = probe(settings.database(env)) or "ok"
+        if report["storage"] != "ok":
+            problems.append(f"storage: {report['storage']}")
         if report["schema_version"] != report["schema_expected"]:
             problems.append(f"schema version {report['schema_version']} but this mailhook expects "
                             f"{report['schema_expected']}: run `mailhook serve` once to migrate")
@@ -147,9 +159,9 @@ def _probe(settings: Settings, timeout: float) -> dict[str, str]:
         try:
             with socket.create_connection((_connectable(host), port), timeout=timeout) as conn:
                 banner = conn.recv(512)
-            result["smtp"] = "ok" if banner.startswith(b"220") else f"unexpected banner {banner[:60]!r}"
+            result["smtp"] = "ok" if banner.startswith(b"220") else f"unexpected banner: {_printable(banner[:60])}"
         except OSError as exc:
-            result["smtp"] = f"unreachable ({exc})"
+            result["smtp"] = f"unreachable ({_why(exc)})"
     if settings.http.listen:
         host, port = parse_address(settings.http.listen, "http.listen")
         url = f"http://{_bracket(_connectable(host))}:{port}/healthz"
@@ -157,10 +169,44 @@ def _probe(settings: Settings, timeout: float) -> dict[str, str]:
             with urllib.request.urlopen(url, timeout=timeout) as response:
                 result["http"] = "ok" if response.status == 200 else f"HTTP {response.status}"
         except urllib.error.HTTPError as exc:
-            result["http"] = f"HTTP {exc.code}"
+            result["http"] = _unhealthy(exc)
+        except urllib.error.URLError as exc:
+            reason = exc.reason
+            result["http"] = f"unreachable ({_why(reason) if isinstance(reason, OSError) else _printable(str(reason))})"
         except OSError as exc:
-            result["http"] = f"unreachable ({exc})"
+            result["http"] = f"unreachable ({_why(exc)})"
     return result
+
+
+def _unhealthy(answer: urllib.error.HTTPError) -> str:
+    """Say what an error answer from /healthz means: its reason in words ("disk full"), or its status."""
+    try:
+        reason = json.loads(answer.read(4096)).get("reason")
+    except (OSError, ValueError, AttributeError):
+        reason = None
+    finally:
+        answer.close()
+    if isinstance(reason, str) and reason:
+        return _printable(reason[:80])
+    return f"HTTP {answer.code}"
+
+
+def _why(exc: OSError) -> str:
+    """Say in a few words why a connection failed, without Python's error text."""
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return "timed out"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused: is mailhook running?"
+    if isinstance(exc, socket.gaierror):
+        return "unknown host"
+    return (exc.strerror or type(exc).__name__).lower()
+
+
+def _printable(text: str | bytes) -> str:
+    """Return peer-supplied text with control characters made visible."""
+    from mailhook.logs import escape
+
+    return escape(text.decode("utf-8", "replace") if isinstance(text, bytes) else text)
 
 
 def _connectable(host: str) -> str:

@@ -50,6 +50,8 @@ class Pipeline:
     executor: Executor | None = None
     listeners: list[Listener] = field(default_factory=list)
     backlog: Backlog | None = None
+    # The health probe under way, shared by every check that arrives meanwhile.
+    _probe: asyncio.Future[str | None] | None = field(default=None, init=False, repr=False)
 
     def submit(self, delivery: Delivery) -> Future[Receipt]:
         """Extract `delivery` in this thread and queue it for the next commit."""
@@ -109,8 +111,14 @@ class Pipeline:
         return receipt
 
     async def check(self) -> None:
-        """Raise `RetryLater` unless the database can take a write now."""
-        await asyncio.wrap_future(self.writer.check())
+        """Raise `RetryLater` saying in words ("disk full", "database locked", ...) why the store refuses writes."""
+        if self._probe is None or self._probe.done():
+            # A /healthz flood (or a probe waiting a second on a held lock) then costs one
+            # probe at a time and one thread, never a thread per request.
+            self._probe = asyncio.get_running_loop().run_in_executor(None, self.writer.health)
+        reason = await asyncio.shield(self._probe)
+        if reason is not None:
+            raise RetryLater(reason)
 
     def _notify(self, delivery: Delivery, receipt: Receipt | None, started: float) -> None:
         self.report(delivery, receipt, time.perf_counter() - started)

@@ -1,4 +1,12 @@
-"""Logging to stderr: one line per record, as text or JSON, so journald does the rest."""
+"""Logging to stderr: one line per record, as text or JSON, so journald does the rest.
+
+Peers control much of what is logged (envelope addresses, Message-IDs, HELO
+names, subjects, user names, HTTP paths and headers). The formatters escape
+every record's rendered message, so a CR, LF, NUL, other control character,
+DEL or invisible line separator (U+2028) shows as a visible escape (`\\r`,
+`\\x00`, `\\u2028`) and can never start a forged log line, whichever code
+path logged it. A traceback keeps its lines, each escaped on its own.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +15,46 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
+from typing import Any
+
+_NAMED = {"\r": "\\r", "\n": "\\n", "\t": "\\t"}
+
+
+def escape(text: str) -> str:
+    """Return `text` with every non-printable character (controls, DEL, U+2028, lone surrogates) escaped."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else _escaped(ch) for ch in text)
+
+
+def _escaped(ch: str) -> str:
+    code = ord(ch)
+    if ch in _NAMED:
+        return _NAMED[ch]
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def escape_lines(text: str) -> str:
+    """Escape each line of a multi-line text (a traceback) on its own, keeping the line breaks."""
+    return "\n".join(escape(line) for line in text.split("\n"))
+
+
+class TextFormatter(logging.Formatter):
+    """The text format: the message escaped onto one line; a traceback after it, each line escaped."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape(record.message)
+        return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:
+        return escape_lines(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return escape_lines(super().formatStack(stack_info))
 
 
 class JsonFormatter(logging.Formatter):
@@ -17,17 +65,21 @@ class JsonFormatter(logging.Formatter):
             "time": datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": escape(record.getMessage()),
         }
         delivery = getattr(record, "delivery", None)
         fields = getattr(delivery, "fields", None)
         if callable(fields):
-            data.update(fields())
+            data.update(_escape_values(fields()))
         elif isinstance(delivery, dict):
-            data.update(delivery)
+            data.update(_escape_values(delivery))
         if record.exc_info:
-            data["exception"] = self.formatException(record.exc_info)
+            data["exception"] = escape_lines(self.formatException(record.exc_info))
         return json.dumps(data, default=str)
+
+
+def _escape_values(fields: dict[str, object]) -> dict[str, object]:
+    return {key: escape(value) if isinstance(value, str) else value for key, value in fields.items()}
 
 
 class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -45,7 +97,7 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 _PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
 
-class JournalFormatter(logging.Formatter):
+class JournalFormatter(TextFormatter):
     """Prefix each line with its syslog priority (`<4>`), which journald turns into the entry's level."""
 
     def format(self, record: logging.LogRecord) -> str:
@@ -66,7 +118,7 @@ def setup(level: str, fmt: str, *, journal: bool = False) -> None:
     else:
         # journald adds its own timestamp; a terminal user still wants the level.
         text = "%(levelname)s %(name)s: %(message)s"
-        handler.setFormatter(JournalFormatter(text) if journal else logging.Formatter(text))
+        handler.setFormatter(JournalFormatter(text) if journal else TextFormatter(text))
     root = logging.getLogger("mailhook")
     for old in list(root.handlers):
         root.removeHandler(old)

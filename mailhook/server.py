@@ -15,14 +15,17 @@ import signal
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from mailhook import openfiles, systemd
 from mailhook.backlog import Backlog, worker_count, worker_pool
 from mailhook.config import Settings
+from mailhook.errors import RetryLater
 from mailhook.ingest import Pipeline
 from mailhook.metrics import Metrics
 from mailhook.models import Delivery, Receipt
+from mailhook.store import totals
 from mailhook.writer import Writer
 
 log = logging.getLogger("mailhook.server")
@@ -60,16 +63,33 @@ class Runtime:
 
 STATUS_EVERY = 5.0
 EXTEND_EVERY = 10.0
+# Seconds between recounts of the database's totals (a count over a large table is not free).
+TOTALS_EVERY = 60.0
 
 
 @dataclass
 class Counters:
-    """Running totals for the one-line status `systemctl status` shows."""
+    """Running totals for the one-line status `systemctl status` shows: the database's, and this run's.
+
+    The database's totals are counted now and then (`count()`), and this
+    run's deliveries since the last count are added to them in between.
+    """
 
     deliveries: int = 0
     quarantined: int = 0
     retried: int = 0
     events: int = 0
+    database: tuple[int, int, int] | None = None
+    counted_at: tuple[int, int, int] = (0, 0, 0)
+
+    def count(self, path: Path) -> None:
+        """Read the database's totals (blocking: call it from a thread); keep the last ones if it cannot."""
+        mine = (self.deliveries - self.retried, self.quarantined, self.events)
+        try:
+            self.database = totals(path)
+        except RetryLater:
+            return
+        self.counted_at = mine
 
     def on_delivery(self, delivery: Delivery, receipt: Receipt | None, elapsed: float) -> None:
         """Count one delivery (a pipeline listener)."""
@@ -82,9 +102,16 @@ class Counters:
             self.quarantined += 1
 
     def line(self, queued: int) -> str:
-        """Return the counters as one status line."""
-        return (f"{self.deliveries} deliveries ({self.quarantined} quarantined, {self.retried} retry-later), "
-                f"{self.events} events, {queued} queued")
+        """Return the counters as one status line, the database's totals first."""
+        run = (f"since start {self.deliveries} deliveries ({self.quarantined} quarantined, {self.retried} "
+               f"retry-later), {self.events} events; {queued} queued")
+        if self.database is None:
+            return run
+        mine = (self.deliveries - self.retried, self.quarantined, self.events)
+        deliveries, quarantined, events = (
+            total + now - then for total, now, then in zip(self.database, mine, self.counted_at, strict=True)
+        )
+        return f"{deliveries} deliveries ({quarantined} quarantined), {events} events in the database; {run}"
 
 
 async def serve(settings: Settings, env: Mapping[str, str], *, started: asyncio.Future[Runtime] | None = None) -> None:
@@ -132,6 +159,8 @@ async def serve(settings: Settings, env: Mapping[str, str], *, started: asyncio.
                 log.info("%s listening on %s", door.name, address)
         if started is not None:
             started.set_result(runtime)
+        if notifier.enabled:
+            await asyncio.get_running_loop().run_in_executor(None, counters.count, writer.store.path)
         notifier.ready(counters.line(writer.depth))
         if notifier.enabled:
             supervisor = asyncio.create_task(_supervise(runtime, notifier, counters))
@@ -175,6 +204,7 @@ async def _open_writer(
         max_batch=settings.storage.max_batch,
         observer=metrics.on_commit,
         checkpoint_interval=settings.storage.checkpoint_interval,
+        mode=settings.storage.file_mode(),
     ))
     while True:
         try:
@@ -188,7 +218,12 @@ async def _supervise(runtime: Runtime, notifier: systemd.Notifier, counters: Cou
     """Keep STATUS= current and ping the watchdog while the loop runs and the writer lives."""
     interval = notifier.watchdog_interval
     period = min(interval, STATUS_EVERY) if interval else STATUS_EVERY
+    loop = asyncio.get_running_loop()
+    counted = loop.time()
     while True:
+        if loop.time() - counted >= TOTALS_EVERY:
+            counted = loop.time()
+            await loop.run_in_executor(None, counters.count, runtime.writer.store.path)
         alive = runtime.writer.alive
         if not alive:
             # Without pings systemd restarts us; a server that cannot store must not look healthy.

@@ -22,6 +22,7 @@ import sqlite_utils
 
 from mailhook.errors import ConfigError, RetryLater
 from mailhook.models import Checkpoint, Delivery, Extraction, Kind, Receipt, Status, to_json
+from mailhook.privileges import FILE_MODE, create_private, database_files, restrict
 from mailhook.schema import ATTEMPT_COLUMNS, EVENT_COLUMNS, MIGRATIONS
 
 log = logging.getLogger("mailhook.store")
@@ -111,8 +112,15 @@ def _utc_second(second: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
 
 
-def connect(path: str | Path, *, busy_timeout: float = 5.0, readonly: bool = False) -> sqlite3.Connection:
-    """Open the database with mailhook's pragmas; read-only connections never write or migrate."""
+def connect(
+    path: str | Path, *, busy_timeout: float = 5.0, readonly: bool = False, mode: int = FILE_MODE
+) -> sqlite3.Connection:
+    """Open the database with mailhook's pragmas; read-only connections never write or migrate.
+
+    A new database is created with `mode` (0600 by default) before SQLite opens
+    it, so its -wal and -shm get the same mode; an existing one readable by
+    everyone is restricted to it.
+    """
     if readonly:
         conn = sqlite3.connect(
             f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, timeout=busy_timeout, check_same_thread=False
@@ -124,6 +132,11 @@ def connect(path: str | Path, *, busy_timeout: float = 5.0, readonly: bool = Fal
             folder.mkdir(mode=0o750, parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"storage.db: cannot create directory {folder}: {exc.strerror}") from None
+        try:
+            create_private(Path(path), mode)
+        except OSError as exc:
+            raise RetryLater(f"cannot create database {path}: {exc.strerror}") from exc
+        restrict(database_files(Path(path)), mode)
         try:
             conn = sqlite3.connect(str(path), timeout=busy_timeout, check_same_thread=False, isolation_level=None)
         except sqlite3.Error as exc:
@@ -206,10 +219,10 @@ class StoredDelivery:
 class Store:
     """Writes deliveries and their events on one connection, one transaction per batch."""
 
-    def __init__(self, path: str | Path, *, busy_timeout: float = 5.0) -> None:
+    def __init__(self, path: str | Path, *, busy_timeout: float = 5.0, mode: int = FILE_MODE) -> None:
         self.path = Path(path)
         self._busy_ms = int(busy_timeout * 1000)
-        self.conn = connect(path, busy_timeout=busy_timeout)
+        self.conn = connect(path, busy_timeout=busy_timeout, mode=mode)
         migrate(self.conn)
 
     def close(self) -> None:
@@ -536,6 +549,18 @@ def pending_count(path: str | Path) -> int:
     except sqlite3.Error as exc:
         raise RetryLater(f"storage unavailable: {exc}") from exc
     return count
+
+
+def totals(path: str | Path) -> tuple[int, int, int]:
+    """Return how many deliveries the database holds, how many of them are quarantined, and how many events."""
+    try:
+        found = _read_once(path, "SELECT (SELECT count(*) FROM deliveries),"
+                           " (SELECT count(*) FROM deliveries WHERE status = 'quarantined'),"
+                           " (SELECT count(*) FROM events)")
+    except sqlite3.Error as exc:
+        raise RetryLater(f"storage unavailable: {exc}") from exc
+    deliveries, quarantined, events = found[0]
+    return deliveries, quarantined, events
 
 
 def committed_checkpoint(path: str | Path, account: str, folder: str) -> Checkpoint | None:

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from mailhook.errors import RetryLater
+from mailhook.health import in_words
+from mailhook.privileges import FILE_MODE, create_private
 from mailhook.schema import MIGRATIONS
 from mailhook.store import connect
 
@@ -107,18 +109,30 @@ class BackupInfo:
     events: int
 
 
-def backup(path: str | Path, target: str | Path, *, busy_timeout: float = 5.0) -> BackupInfo:
+class CannotWrite(Exception):
+    """The backup file cannot be written where asked (a missing directory, no space, no permission)."""
+
+
+def backup(path: str | Path, target: str | Path, *, busy_timeout: float = 5.0, mode: int = FILE_MODE) -> BackupInfo:
     """Copy the database to `target` with SQLite's online backup API, consistent even while serving.
 
     The copy is made in one step (one read transaction, so one snapshot; in WAL
     mode the writer is never blocked), checked, made durable, and only then
-    renamed into place; the result is a single self-contained file.
+    renamed into place; the result is a single self-contained file, created
+    with `mode` (0600 by default) whatever the umask.
     """
     source_path = _existing(path)
     target = Path(target)
     if target.exists() and target.resolve() == source_path.resolve():
         raise ValueError("the backup would overwrite the database itself")
+    if not target.parent.is_dir():
+        raise CannotWrite(f"directory {target.parent} does not exist")
     temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        temporary.unlink(missing_ok=True)
+        create_private(temporary, mode)
+    except OSError as exc:
+        raise CannotWrite(f"cannot create {temporary}: {exc.strerror}") from None
     source = sqlite3.connect(str(source_path), timeout=busy_timeout)
     try:
         destination = sqlite3.connect(str(temporary), isolation_level=None)
@@ -141,6 +155,9 @@ def backup(path: str | Path, target: str | Path, *, busy_timeout: float = 5.0) -
             os.fsync(folder)
         finally:
             os.close(folder)
+    except sqlite3.Error as exc:
+        temporary.unlink(missing_ok=True)
+        raise CannotWrite(in_words(exc)) from exc
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
@@ -179,5 +196,5 @@ def status(path: str | Path, *, busy_timeout: float = 5.0) -> dict[str, Any]:
         finally:
             conn.close()
     except sqlite3.Error as exc:
-        raise RetryLater(f"database {db} unavailable: {exc}") from exc
+        raise RetryLater(f"database {db}: {in_words(exc)}") from exc
     return report

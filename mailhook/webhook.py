@@ -144,11 +144,13 @@ class Receiver:
         return _answer(receipt)
 
     async def healthz(self, request: web.Request) -> web.StreamResponse:
-        """Answer 200 only when the writer can start a write transaction now."""
+        """Answer 200 only when the store takes writes now; a 503 says why in words ("disk full", ...)."""
         try:
             await asyncio.wait_for(self.pipeline.check(), HEALTH_TIMEOUT)
-        except (RetryLater, TimeoutError):
-            return web.json_response({"status": "unavailable"}, status=503)
+        except RetryLater as exc:
+            return web.json_response({"status": "unavailable", "reason": str(exc)}, status=503)
+        except TimeoutError:
+            return web.json_response({"status": "unavailable", "reason": "storage unavailable"}, status=503)
         return web.json_response({"status": "ok"})
 
     async def render_metrics(self, request: web.Request) -> web.StreamResponse:

@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mailhook import health
 from mailhook.errors import RetryLater
 from mailhook.models import Checkpoint, Delivery, Extraction, Receipt
+from mailhook.privileges import FILE_MODE
 from mailhook.store import Completion, Rows, Store, WalCheckpoint, Work, committed_checkpoint, quarantined_sources
 
 log = logging.getLogger("mailhook.writer")
@@ -64,12 +66,18 @@ class Writer:
         max_batch: int = 256,
         observer: Observer | None = None,
         checkpoint_interval: float = 60.0,
+        mode: int = FILE_MODE,
     ) -> None:
-        self.store = Store(path, busy_timeout=busy_timeout)
+        self.store = Store(path, busy_timeout=busy_timeout, mode=mode)
         self.max_batch = max_batch
         self.observer = observer
         self.checkpoint_interval = checkpoint_interval
         self.last_checkpoint: WalCheckpoint | None = None
+        # The most recent failed commit, until one succeeds; and when the commit under way began.
+        self.last_failure: health.Failure | None = None
+        self._busy_since: float | None = None
+        self._stall = max(30.0, 3 * busy_timeout)
+        self._probing = threading.Lock()
         self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="mailhook-writer", daemon=True)
@@ -106,6 +114,22 @@ class Writer:
         future: Future[None] = Future()
         self._queue.put(_Job(None, future))
         return future
+
+    def health(self) -> str | None:
+        """Say in words why the store refuses writes now ("disk full", "database locked", ...), or None.
+
+        Blocking (up to about a second): call it from a thread. It never waits
+        behind the writer's queue, so a writer stuck on a lock cannot make it late.
+        """
+        if not self.alive:
+            return health.UNAVAILABLE
+        with self._probing:  # one probe at a time
+            failure = self.last_failure
+            reason = health.verdict(self.store.path, failure, busy_since=self._busy_since, stall=self._stall)
+            if reason is None and failure is not None and self.last_failure is failure:
+                log.info("storage accepts writes again (after %s)", failure.reason)
+                self.last_failure = None
+        return reason
 
     def committed_checkpoint(self, account: str, folder: str) -> Checkpoint | None:
         """Return the committed IMAP checkpoint of `folder`, read apart from any open write transaction."""
@@ -162,6 +186,11 @@ class Writer:
             if stop:
                 return
 
+    def _failed(self, exc: BaseException, jobs: list[_Job]) -> None:
+        works = [job.work for job in jobs]
+        size = sum(len(work[0].raw) for work in works if work is not None and not isinstance(work, Completion))
+        self.last_failure = health.Failure(health.in_words(exc), size, time.monotonic())
+
     def _checkpoint(self) -> WalCheckpoint | None:
         try:
             result = self.store.checkpoint_wal()
@@ -194,18 +223,24 @@ class Writer:
         if not jobs:
             return
         started = time.perf_counter()
+        self._busy_since = time.monotonic()
         try:
             results = self.store.write([job.work for job in jobs])  # type: ignore[misc]
         except RetryLater as exc:
+            self._failed(exc, jobs)
             log.warning("%s; %d deliveries answered with a temporary failure", exc, len(jobs))
             for job in jobs:
                 job.fail(RetryLater(str(exc)))
             return
         except Exception as exc:
+            self._failed(exc, jobs)
             log.exception("unexpected storage error")
             for job in jobs:
                 job.fail(RetryLater(f"storage error: {type(exc).__name__}"))
             return
+        finally:
+            self._busy_since = None
+        self.last_failure = None
         elapsed = time.perf_counter() - started
         if self.observer is not None:
             self.observer(len(jobs), elapsed)

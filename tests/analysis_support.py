@@ -7,6 +7,8 @@ from collections.abc import Iterable
 from decimal import Decimal
 from pathlib import Path
 
+from process_support import ALLOW_ROOT
+
 from mailhook.cli import main
 from mailhook.models import Attempt, Delivery, Event, Extraction
 from mailhook.store import Store
@@ -118,6 +120,6 @@ def fixture_files() -> list[str]:
 
 def fixture_database(path: Path) -> Path:
     """Load every fixture into a new database at `path` through `mailhook ingest`."""
-    code = main(["ingest", "--quiet", "--db", str(path), *fixture_files()], env={})
+    code = main(["ingest", "--quiet", "--db", str(path), *fixture_files()], env=ALLOW_ROOT)
     assert code in (0, 65)  # some fixtures are deliberately unreadable
     return path

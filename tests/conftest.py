@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -12,9 +13,13 @@ from typing import Any
 
 import pytest
 from outside import require
+from process_support import ALLOW_ROOT
 
 from mailhook.config import Settings, validate
 from mailhook.server import Runtime, serve
+
+# Subprocesses that inherit this environment (mailhook ingest, imap, serve) may run as root.
+os.environ.update(ALLOW_ROOT)
 
 
 class BackgroundServer:

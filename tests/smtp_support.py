@@ -16,6 +16,8 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+from process_support import ALLOW_ROOT
+
 from mailhook.server import Runtime
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -83,7 +85,7 @@ class ServerProcess:
     """`mailhook serve` run as a user would, with its stderr read line by line."""
 
     def __init__(self, db: Path, *flags: str, listen: str = "127.0.0.1:0") -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MAILHOOK_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MAILHOOK_")} | ALLOW_ROOT
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mailhook", "serve", "--db", str(db), "--smtp-listen", listen,
              "--http-listen", "", *flags],

@@ -8,6 +8,7 @@ import signal
 import smtplib
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 from conftest import BackgroundServer, StartServer, make_settings
-from process_support import descendants, free_port
+from process_support import ALLOW_ROOT, descendants, free_port
 from smtp_support import client, locked, notification, rows
 
 from mailhook.backlog import Backlog, extract_pending, worker_pool
@@ -176,7 +177,7 @@ def test_a_killed_extraction_worker_is_replaced(start_server: StartServer) -> No
 
 def test_killing_mailhook_with_sigkill_leaves_no_extraction_process_behind(tmp_path: Path) -> None:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILHOOK_")} | {"MAILHOOK_CONFIG": ""}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILHOOK_")} | {"MAILHOOK_CONFIG": ""} | ALLOW_ROOT
     proc = subprocess.Popen(
         [sys.executable, "-m", "mailhook", "serve", "--db", str(tmp_path / "m.db"), "--smtp-listen",
          f"127.0.0.1:{port}", "--http-listen", "", "--smtp-acknowledge", "received"],
@@ -205,6 +206,63 @@ def test_killing_mailhook_with_sigkill_leaves_no_extraction_process_behind(tmp_p
                     and "Z" not in Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]]:
         assert time.monotonic() < deadline, f"still running after mailhook was killed: {alive}"
         time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_a_stop_under_load_that_signals_every_process_kills_no_extraction_worker(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILHOOK_")} | {"MAILHOOK_CONFIG": ""} | ALLOW_ROOT
+    log = tmp_path / "serve.log"
+    with log.open("wb") as err:
+        # Its own process group, so that a signal to the group reaches the fork server and the
+        # workers too, as systemd's stop signals every process of the service's cgroup.
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mailhook", "serve", "--db", str(tmp_path / "m.db"), "--smtp-listen",
+             f"127.0.0.1:{port}", "--http-listen", "", "--smtp-acknowledge", "received"],
+            env=env, stderr=err, start_new_session=True,
+        )
+    stop = threading.Event()
+    accepted: list[int] = []
+
+    def load(first: int) -> None:
+        # Large enough that extraction lags behind the 250s: deliveries are pending at the stop.
+        padding = b"\n" + (b"-" * 76 + b"\n") * 6000
+        try:
+            with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
+                for number in range(first, first + 10_000):
+                    if stop.is_set():
+                        return
+                    smtp.sendmail("n@callfire.com", ["ops@example.com"], notification(number) + padding)
+                    accepted.append(number)
+        except (smtplib.SMTPException, OSError):
+            return  # the server stopped taking mail: expected
+
+    try:
+        deadline = time.monotonic() + 60
+        while b"smtp listening" not in log.read_bytes():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        senders = [threading.Thread(target=load, args=(n * 100_000,)) for n in range(1, 4)]
+        for sender in senders:
+            sender.start()
+        while len(accepted) < 60:
+            assert proc.poll() is None and time.monotonic() < deadline + 60, log.read_text()
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=90) == 0
+    finally:
+        stop.set()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    for sender in senders:
+        sender.join(timeout=60)
+    text = log.read_text()
+    assert "extraction worker died" not in text, text
+    assert "Traceback" not in text, text
+    # Nothing acknowledged was lost: each is stored, or pending for the next start.
+    stored = rows(tmp_path / "m.db", "SELECT count(*) FROM deliveries WHERE status IN ('stored', 'pending')")
+    assert stored[0][0] >= len(accepted)
 
 
 def test_events_that_cannot_be_stored_yet_are_retried_until_they_are(

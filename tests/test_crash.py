@@ -21,7 +21,7 @@ from contextlib import closing, suppress
 from pathlib import Path
 
 import pytest
-from process_support import free_port
+from process_support import ALLOW_ROOT, free_port
 from smtp_support import notification
 
 pytestmark = pytest.mark.slow
@@ -42,7 +42,7 @@ class Server:
         self.starts = 0
 
     def start(self, deadline: float) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MAILHOOK_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MAILHOOK_")} | ALLOW_ROOT
         env["MAILHOOK_CONFIG"] = ""
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(

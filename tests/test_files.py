@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from process_support import ALLOW_ROOT
 
 from mailhook.files import Unreadable, deliveries
 from mailhook.models import Delivery
@@ -150,7 +151,8 @@ def test_ingest_exits_75_when_the_database_is_locked(tmp_path: Path) -> None:
     try:
         result = subprocess.run(
             [sys.executable, "-m", "mailhook", "ingest", "--db", str(db), str(SEED / "campaign.json")],
-            capture_output=True, timeout=60, check=False, env={"MAILHOOK_STORAGE_BUSY_TIMEOUT": "0.2", "PATH": ""},
+            capture_output=True, timeout=60, check=False,
+            env={"MAILHOOK_STORAGE_BUSY_TIMEOUT": "0.2", "PATH": "", **ALLOW_ROOT},
         )
     finally:
         blocker.execute("ROLLBACK")

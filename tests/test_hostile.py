@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from process_support import descendants, free_port
+from process_support import ALLOW_ROOT, descendants, free_port
 from smtp_support import FIXTURES, notification
 
 pytestmark = pytest.mark.slow
@@ -114,7 +114,7 @@ class Server:
 def server(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("hostile")
     smtp_port, http_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILHOOK_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILHOOK_")} | ALLOW_ROOT
     env["MAILHOOK_CONFIG"] = ""
     log = tmp / "serve.log"
     with log.open("wb") as out:

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from process_support import free_port
+from process_support import ALLOW_ROOT, free_port
 
 from mailhook.cli import main
 from mailhook.housekeeping import EX_UNAVAILABLE, EX_UNHEALTHY, parse_age
@@ -261,7 +261,7 @@ def test_status_server_checks_the_running_doors(tmp_path: Path, capsys: pytest.C
     log = tmp_path / "serve.log"
     with log.open("wb") as err:
         proc = subprocess.Popen([sys.executable, "-m", "mailhook", "serve"], cwd=tmp_path, stderr=err,
-                                env={**env, "PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT)})
+                                env={**env, "PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), **ALLOW_ROOT})
     try:
         while "http listening on" not in log.read_text():
             assert proc.poll() is None, log.read_text()
@@ -274,3 +274,17 @@ def test_status_server_checks_the_running_doors(tmp_path: Path, capsys: pytest.C
         assert proc.wait(timeout=30) == 0
     assert main(["status", "--server", "--timeout", "2"], env) == EX_UNHEALTHY
     assert "smtp: unreachable" in capsys.readouterr().out
+
+
+def test_backup_into_a_missing_directory_exits_73_with_one_line(tmp_path: Path, pipeline: Pipeline) -> None:
+    store(pipeline, range(1))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILHOOK_")}
+    env |= {"MAILHOOK_CONFIG": "", "MAILHOOK_DB": str(tmp_path / "m.db")}
+    target = tmp_path / "missing" / "dir" / "copy.db"
+    done = subprocess.run([sys.executable, "-m", "mailhook", "backup", str(target)], env=env, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 73
+    assert done.stderr.splitlines() == [
+        f"mailhook: cannot write backup {target}: directory {target.parent} does not exist"
+    ]
+    assert not (tmp_path / "missing").exists()

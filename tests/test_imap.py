@@ -21,6 +21,7 @@ from typing import Any
 
 import dovecot
 import pytest
+from process_support import ALLOW_ROOT
 
 from mailhook.config import ImapSettings, Settings, SmtpSettings, StorageSettings, validate
 from mailhook.errors import ConfigError
@@ -479,4 +480,5 @@ def test_serve_runs_the_imap_door_beside_the_others(server: dovecot.Dovecot, tmp
 def test_mailhook_imap_without_a_host_is_a_configuration_error(tmp_path: Path) -> None:
     from mailhook.cli import EX_CONFIG, main
 
-    assert main(["imap"], env={"MAILHOOK_DB": str(tmp_path / "m.db"), "MAILHOOK_CONFIG": os.devnull}) == EX_CONFIG
+    assert main(["imap"], env={"MAILHOOK_DB": str(tmp_path / "m.db"), "MAILHOOK_CONFIG": os.devnull,
+                               **ALLOW_ROOT}) == EX_CONFIG

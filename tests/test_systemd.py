@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from process_support import free_port
+from process_support import ALLOW_ROOT, free_port
 
 from mailhook import openfiles, server
 from mailhook.config import SECTIONS, load, options
@@ -171,6 +171,7 @@ def serve_env(tmp_path: Path, **extra: str) -> dict[str, str]:
         "MAILHOOK_DB": str(tmp_path / "mailhook.db"),
         "MAILHOOK_SMTP_LISTEN": "127.0.0.1:0",
         "MAILHOOK_HTTP_LISTEN": "127.0.0.1:0",
+        **ALLOW_ROOT,
         **extra,
     }
 
@@ -213,6 +214,43 @@ def test_serve_notifies_ready_status_watchdog_and_stopping(
         proc.send_signal(signal.SIGTERM)
         stopping = receive_until(sock, "STOPPING=1", seen)
         assert any(line.startswith("STATUS=stopping") for line in stopping)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.slow
+def test_status_line_shows_the_databases_totals_not_only_this_runs(
+    tmp_path: Path, notify_socket: tuple[socket.socket, str]
+) -> None:
+    sock, path = notify_socket
+    env = serve_env(tmp_path, NOTIFY_SOCKET=path)
+    unreadable = tmp_path / "unreadable.json"
+    unreadable.write_text('{"not": "callfire"}')
+    seed = ROOT / "fixtures" / "seed"
+    # An earlier run stored three deliveries (one quarantined) with two events.
+    subprocess.run([sys.executable, "-m", "mailhook", "ingest", "-q", str(seed / "campaign.json"),
+                    str(seed / "text-inbound.json"), str(unreadable)], env=env, cwd=tmp_path, timeout=60,
+                   capture_output=True, check=False)
+    log = tmp_path / "serve.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "mailhook", "serve"], env=env, cwd=tmp_path, stderr=err)
+    try:
+        ready = receive_until(sock, "READY=1", [])
+        status = next(line for line in ready if line.startswith("STATUS="))
+        assert status.startswith("STATUS=3 deliveries (1 quarantined), 2 events in the database; "
+                                 "since start 0 deliveries"), status
+        host, port = listening(log)["http"]
+        request = urllib.request.Request(f"http://{host}:{port}/notifications", data=SAMPLE.replace(
+            b"826451071003", b"826451071099"), method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200
+        proc.send_signal(signal.SIGTERM)
+        stopping = receive_until(sock, "STOPPING=1", [])
+        assert any(line.startswith("STATUS=stopping: 4 deliveries (1 quarantined), 3 events in the database; "
+                                   "since start 1 deliveries") for line in stopping), stopping
         assert proc.wait(timeout=30) == 0
     finally:
         if proc.poll() is None:
@@ -269,7 +307,7 @@ def test_logs_carry_syslog_priorities_only_when_stderr_is_the_journal(tmp_path: 
 def test_serve_uses_the_sockets_systemd_passes(tmp_path: Path, notify_socket: tuple[socket.socket, str]) -> None:
     sock, path = notify_socket
     smtp_port, http_port, configured = free_port(), free_port(), free_port()
-    env = {"PYTHONPATH": str(ROOT), "MAILHOOK_CONFIG": "", "MAILHOOK_DB": str(tmp_path / "m.db"),
+    env = {"PYTHONPATH": str(ROOT), "MAILHOOK_CONFIG": "", "MAILHOOK_DB": str(tmp_path / "m.db"), **ALLOW_ROOT,
            # The configured addresses must be ignored: SMTP elsewhere, HTTP off.
            "MAILHOOK_SMTP_LISTEN": f"127.0.0.1:{configured}", "MAILHOOK_HTTP_LISTEN": "", "NOTIFY_SOCKET": path}
     command = ["systemd-socket-activate", f"--listen=127.0.0.1:{smtp_port}", f"--listen=127.0.0.1:{http_port}",

@@ -421,7 +421,7 @@ def test_storage_unavailable_is_503_and_healthz_says_so_until_it_recovers(start_
     assert during.status_code == 503
     assert during.json() == {"error": "storage unavailable; retry later"}
     assert "Retry-After" in during.headers
-    assert (health.status_code, health.json()) == (503, {"status": "unavailable"})
+    assert (health.status_code, health.json()) == (503, {"status": "unavailable", "reason": "database locked"})
     assert webhook.client.get(f"{webhook.base}/healthz").status_code == 200
     assert webhook.post(TEXT_XML).json()["events"] == 1
 
