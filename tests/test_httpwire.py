@@ -28,6 +28,7 @@ import pytest
 from aiohttp import __version__ as aiohttp_version
 from aiohttp.web_protocol import RequestHandler
 from conftest import StartServer
+from process_support import ALLOW_ROOT
 
 from mailhook import httpwire, openfiles
 from mailhook.server import Runtime
@@ -494,7 +495,7 @@ def test_an_http_port_in_use_exits_78_with_one_line(tmp_path: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "MAILHOOK_CONFIG": ""}
+        env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "MAILHOOK_CONFIG": ""} | ALLOW_ROOT
         done = subprocess.run(
             [sys.executable, "-m", "mailhook", "serve", "--db", str(tmp_path / "m.db"), "--smtp-listen", "",
              "--http-listen", f"127.0.0.1:{port}"],

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from process_support import free_port
+from process_support import ALLOW_ROOT, free_port
 
 from mailhook import openfiles
 from mailhook.config import load
@@ -30,7 +30,7 @@ def limited(files: int) -> None:
 
 
 def mailhook_env() -> dict[str, str]:
-    return {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "MAILHOOK_CONFIG": ""}
+    return {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "MAILHOOK_CONFIG": ""} | ALLOW_ROOT
 
 
 @pytest.mark.slow
@@ -94,7 +94,7 @@ def test_check_config_warns_when_the_caps_do_not_fit_the_open_file_limit(tmp_pat
 
 
 def test_the_files_needed_count_each_enabled_door_and_the_margin() -> None:
-    settings = load({"http-max-connections": "300", "smtp-max-sessions": "200"}, {"MAILHOOK_CONFIG": ""})
+    settings = load({"http-max-connections": "300", "smtp-max-sessions": "200"}, {"MAILHOOK_CONFIG": ""} | ALLOW_ROOT)
 
     assert openfiles.needed(settings, smtp=True, http=True) == 300 + 200 + openfiles.MARGIN
     assert openfiles.needed(settings, smtp=False, http=True) == 300 + openfiles.MARGIN
