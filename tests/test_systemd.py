@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from process_support import free_port
+from process_support import free_port, wait_until
 
 from mailhook import server
 from mailhook.config import SECTIONS, load, options
@@ -280,14 +280,11 @@ def test_serve_uses_the_sockets_systemd_passes(tmp_path: Path, notify_socket: tu
     try:
         # systemd-socket-activate listens first and starts mailhook on the first connection,
         # which then waits in the passed socket's backlog until mailhook accepts it.
-        for _ in range(200):
-            try:
-                smtp = smtplib.SMTP("127.0.0.1", smtp_port, timeout=30)
-                break
-            except ConnectionRefusedError:
-                assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-                threading.Event().wait(0.05)
-        with smtp:
+        def connected() -> smtplib.SMTP:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            return smtplib.SMTP("127.0.0.1", smtp_port, timeout=30)
+
+        with wait_until(connected, 10, "systemd-socket-activate listening") as smtp:
             assert smtp.noop()[0] == 250
         receive_until(sock, "READY=1", [])
         assert set(listening(tmp_path / "serve.log").values()) == {("127.0.0.1", smtp_port), ("127.0.0.1", http_port)}
