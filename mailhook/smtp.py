@@ -21,6 +21,7 @@ from mailhook.models import Delivery
 from mailhook.smtpauth import PasswordAuth, PasswordFile, tls_context
 from mailhook.smtpwire import PLAIN_ANGLE_ADDR, hook_names, read_body
 from mailhook.store import utcnow
+from mailhook.systemd import backlog
 
 if TYPE_CHECKING:
     from mailhook.server import Runtime
@@ -291,7 +292,7 @@ class SmtpDoor:
         activated = self.runtime.sockets.get("smtp")
         try:
             if activated is not None:
-                self.server = await loop.create_server(self._connection, sock=activated)
+                self.server = await loop.create_server(self._connection, sock=activated, backlog=backlog(activated))
             else:
                 host, port = parse_address(self.settings.listen, "smtp.listen")
                 self.server = await loop.create_server(self._connection, host, port, reuse_address=True)

@@ -10,12 +10,15 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import struct
 from collections.abc import Mapping
 
 log = logging.getLogger("mailhook.systemd")
 
 LISTEN_FDS_START = 3
 DOORS = ("smtp", "http")
+TCP_LISTEN = 10  # tcp_info.tcpi_state of a listening socket (include/net/tcp_states.h)
+DEFAULT_BACKLOG = 100  # asyncio's, for a socket whose backlog cannot be read
 
 
 class Notifier:
@@ -119,6 +122,23 @@ def listen_sockets(env: Mapping[str, str]) -> dict[str, socket.socket]:
         log.warning("ignoring an extra socket passed by systemd: %s", name or sock.fileno())
         sock.close()
     return result
+
+
+def backlog(sock: socket.socket) -> int:
+    """Return the listen backlog a passed socket already has (the unit's Backlog=), to listen again with it.
+
+    asyncio and aiohttp call listen() again on a socket they are handed, with their own default (100, 128),
+    which would silently replace the .socket unit's Backlog=. Linux reports a listening TCP socket's
+    backlog in TCP_INFO (tcpi_sacked, after eight one-byte fields and five 32-bit ones).
+    """
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 32)
+    except (OSError, AttributeError):
+        return DEFAULT_BACKLOG
+    if len(info) < 32 or info[0] != TCP_LISTEN:
+        return DEFAULT_BACKLOG
+    value: int = struct.unpack_from("=I", info, 28)[0]
+    return value or DEFAULT_BACKLOG
 
 
 def describe(sock: socket.socket) -> str:

@@ -31,6 +31,7 @@ from mailhook.extract.json import parse_json
 from mailhook.extract.v1 import ROOTS
 from mailhook.models import Delivery, Receipt
 from mailhook.store import utcnow
+from mailhook.systemd import backlog
 
 if TYPE_CHECKING:
     from mailhook.metrics import Metrics
@@ -364,7 +365,7 @@ async def start(runtime: Runtime) -> WebhookDoor:
     try:
         site: web.BaseSite
         if "http" in runtime.sockets:
-            site = web.SockSite(runner, runtime.sockets["http"])
+            site = web.SockSite(runner, runtime.sockets["http"], backlog=backlog(runtime.sockets["http"]))
         else:
             host, port = parse_address(runtime.settings.http.listen, "http.listen")
             site = web.TCPSite(runner, host, port)
