@@ -1,7 +1,7 @@
 """A Debian container booted with systemd as PID 1 (systemd-nspawn on a debootstrapped rootfs), for the unit tests.
 
 The rootfs is built once by debootstrap from the mirror apt already uses and cached outside the repository
-(`MAILHOOK_CI_ROOTFS`, default /var/cache/mailhook-ci-rootfs); each boot runs on a throw-away overlay of it
+(`$ROOTFS_CACHE`, default /var/cache/mailhook-ci-rootfs); each boot runs on a throw-away overlay of it
 (`--volatile=overlay`), with its own network namespace (loopback only), so ports 25 and 8080 are its own.
 The host needs no systemd of its own: the container is driven with `nsenter` into its PID 1's namespaces.
 """
@@ -22,7 +22,10 @@ SUITE = "bookworm"
 # curl as clients, sqlite3 to look into the database, iproute2 for `ss` (a listener's backlog).
 PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3-venv", "swaks", "curl", "sqlite3", "iproute2",
             "ca-certificates")
-CACHE = Path(os.environ.get("MAILHOOK_CI_ROOTFS", "/var/cache/mailhook-ci-rootfs"))
+# Not MAILHOOK_*: mailhook refuses variables of its prefix that it does not know.
+CACHE = Path(os.environ.get("ROOTFS_CACHE", "/var/cache/mailhook-ci-rootfs"))
+# Commands run inside get a root shell's environment, not the test's (whose MAILHOOK_*, PIP_* ... are the host's).
+ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root"}
 ROOT = Path(__file__).resolve().parent.parent
 HOST_CA = Path(os.environ.get("PIP_CERT") or "/etc/ssl/certs/ca-certificates.crt")
 
@@ -145,11 +148,15 @@ class Container:
     def run(self, *command: str, check: bool = True, timeout: float = 120,
             input: str | None = None) -> subprocess.CompletedProcess[str]:
         """Run `command` inside the booted container as root (all its namespaces) and return what it did."""
-        done = subprocess.run(["nsenter", "-t", str(self.pid), "-a", *command], capture_output=True, text=True,
-                              timeout=timeout, input=input)
+        done = subprocess.run(self.command(*command), capture_output=True, text=True, timeout=timeout, input=input,
+                              env=ENV)
         if check:
             assert done.returncode == 0, f"{command} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
         return done
+
+    def command(self, *command: str) -> list[str]:
+        """Return the host command line that runs `command` inside the container (with `env=ENV`)."""
+        return ["nsenter", "-t", str(self.pid), "-a", *command]
 
     def show(self, unit: str, *properties: str) -> dict[str, str]:
         """Return `systemctl show` properties of `unit`."""

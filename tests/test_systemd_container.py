@@ -163,7 +163,7 @@ def test_systemctl_stop_under_load_exits_cleanly_with_every_acknowledged_message
     box: nspawn.Container,
 ) -> None:
     acked = box.binds["/ci"] / "acked"
-    senders = subprocess.Popen(["nsenter", "-t", str(box.pid), "-a", "python3", "/ci/load.py"],
+    senders = subprocess.Popen(box.command("python3", "/ci/load.py"), env=nspawn.ENV,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_until(lambda: acked.exists() and len(acked.read_text().splitlines()) >= 200, 120,
