@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mailhook import __version__
-from mailhook.config import Settings, load, options
+from mailhook.config import CONFIG_NAME, DEFAULT_CONFIG, Option, Settings, load, options
 from mailhook.errors import ConfigError, RetryLater
 from mailhook.privileges import root_refusal, secret_flag_warnings
 
@@ -27,6 +27,21 @@ EX_TEMPFAIL = 75
 EX_NOPERM = 77
 
 log = logging.getLogger("mailhook.cli")
+
+CONFIG_HELP = (f"TOML config file (default: {DEFAULT_CONFIG}, or {CONFIG_NAME} in $CONFIGURATION_DIRECTORY when "
+               "systemd sets it; '' reads none; env MAILHOOK_CONFIG)")
+INGEST_EXIT_CODES = f"""\
+environment:
+  MAILHOOK_CONFIG, MAILHOOK_DB, MAILHOOK_MAX_MESSAGE_SIZE and the other MAILHOOK_* variables named above
+  (an MTA pipe transport sets them with its own environment)
+
+exit codes:
+  {EX_OK}   every input stored (duplicates and quarantined input too, with a warning)
+  {EX_DATAERR}  an input could not be read at all, or was too large (EX_DATAERR: do not retry)
+  {EX_TEMPFAIL}  storage unavailable (EX_TEMPFAIL: an MTA retries later)
+  {EX_CONFIG}  configuration error (EX_CONFIG)
+  2   bad command line
+"""
 
 Command = Callable[[argparse.Namespace, Settings, Mapping[str, str]], int]
 
@@ -57,10 +72,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
     serve = _command(sub, "serve", "receive notifications over SMTP and HTTP (and IMAP when configured)")
     serve.set_defaults(run=_lazy("mailhook.server", "run_serve"))
 
-    ingest = _command(sub, "ingest", "store notification files: .eml, mbox, Maildir, .xml, .json, or - for stdin")
+    ingest = _command(sub, "ingest", "store notification files: .eml, mbox, Maildir, .xml, .json, or - for stdin",
+                      epilog=INGEST_EXIT_CODES)
     ingest.add_argument("paths", nargs="+", metavar="PATH", help="files or directories; - reads one message from stdin")
+    (size,) = (opt for opt in options() if opt.flag == "max-message-size")
     ingest.add_argument("--max-message-size", dest="max_message_size", type=int, default=argparse.SUPPRESS,
-                        help="largest message in bytes (default 10 MiB)")
+                        metavar="BYTES", help=_option_help(size))
     ingest.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
     ingest.set_defaults(run=_run_ingest)
 
@@ -117,15 +134,17 @@ def _add_analysis(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _command(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help: str, sections: Sequence[str] = ()
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help: str, sections: Sequence[str] = (),
+    epilog: str | None = None,
 ) -> argparse.ArgumentParser:
-    parser = sub.add_parser(name, help=help, description=help)
-    parser.add_argument("--config", type=Path, default=None, help="TOML config file (env MAILHOOK_CONFIG)")
+    parser = sub.add_parser(name, help=help, description=help, epilog=epilog,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     for opt in options():
         if opt.section not in (COMMAND_SECTIONS.get(name) or sections):
             continue
         kwargs: dict[str, Any] = {"dest": f"opt:{opt.flag}", "default": argparse.SUPPRESS,
-                                  "help": f"{opt.help} [{opt.env}]"}
+                                  "help": _option_help(opt)}
         if opt.kind is bool and not opt.repeatable:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif opt.repeatable:
@@ -135,6 +154,24 @@ def _command(
             kwargs["metavar"] = opt.name.upper()
         parser.add_argument(f"--{opt.flag}", **kwargs)
     return parser
+
+
+def _option_help(opt: Option) -> str:
+    """Return an option's help with its default (unless the text already gives it) and its variable."""
+    if "default" in opt.help:
+        return f"{opt.help} (env {opt.env})"
+    value = opt.default
+    if value is None or value in ((), []):
+        shown = "none"
+    elif isinstance(value, bool):
+        shown = "on" if value else "off"
+    elif isinstance(value, float):
+        shown = f"{value:g}"
+    elif value == "":
+        shown = "empty"
+    else:
+        shown = str(value)
+    return f"{opt.help} (default: {shown.replace('%', '%%')}; env {opt.env})"
 
 
 def _lazy(module: str, name: str) -> Command:

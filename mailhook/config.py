@@ -78,7 +78,9 @@ class SmtpSettings:
 
     listen: str = option("127.0.0.1:2525", "SMTP address HOST:PORT ('' turns SMTP off)")
     hostname: str = option("mailhook", "name the server gives in its banner and EHLO")
-    accept: tuple[str, ...] = option((), "recipient ADDR or @DOMAIN to accept (repeatable)", flag="accept")
+    accept: tuple[str, ...] = option(
+        (), "recipient ADDR or @DOMAIN to accept (repeatable); empty accepts any recipient, but then SMTP may "
+        "listen on loopback addresses only", flag="accept")
     senders: tuple[str, ...] = option((), "envelope sender ADDR or @DOMAIN allowed (repeatable; default any)")
     max_message_size: int = option(10 * 1024 * 1024, "largest message or body in bytes",
                                    flag="max-message-size")
@@ -203,6 +205,7 @@ class Option:
     kind: type
     repeatable: bool
     secret: bool
+    default: Any = None
 
 
 def options() -> list[Option]:
@@ -223,6 +226,7 @@ def options() -> list[Option]:
                     kind=kind,
                     repeatable=repeatable,
                     secret=f.metadata.get("secret", False),
+                    default=f.default_factory() if callable(f.default_factory) else f.default,
                 )
             )
     return result

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from outside import require
+from outside import Certificate, require, self_signed
 from process_support import ALLOW_ROOT
 
 from mailhook.config import Settings, validate
@@ -126,3 +126,9 @@ def _outside_programs(request: pytest.FixtureRequest) -> None:
     """Honour `@pytest.mark.needs(command, package)`: skip locally, fail in CI, when it is missing."""
     for mark in request.node.iter_markers("needs"):
         require(*mark.args)
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
+    """One self-signed certificate and key for the whole run (mx.hooks.test, localhost, 127.0.0.1)."""
+    return self_signed(tmp_path_factory.mktemp("tls"))

@@ -15,14 +15,13 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from imapclient import IMAPClient
-from outside import require
-from process_support import free_port
+from outside import Certificate
+from process_support import free_port, wait_until
 
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 DOVEADM = shutil.which("doveadm") or "/usr/bin/doveadm"
@@ -150,11 +149,11 @@ class Dovecot:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def start(*, capabilities: str | None = None, tls: bool = False) -> Dovecot:
+def start(*, capabilities: str | None = None, tls: Certificate | None = None) -> Dovecot:
     """Start Dovecot in the foreground on free loopback ports and wait until it greets.
 
     `capabilities` replaces the advertised IMAP capabilities (to hide MOVE or
-    IDLE); `tls` adds a self-signed certificate for IMAPS and STARTTLS.
+    IDLE); `tls` (the session's self-signed certificate) adds IMAPS and STARTTLS.
     """
     root = Path(tempfile.mkdtemp(prefix="mailhook-dovecot-"))
     root.chmod(0o755)
@@ -165,7 +164,9 @@ def start(*, capabilities: str | None = None, tls: bool = False) -> Dovecot:
     extra = []
     ca_file = None
     if tls:
-        ca_file = _self_signed(root)
+        # Copies, readable by Dovecot's own users, of the session's certificate (its own CA file).
+        ca_file = Path(shutil.copy(tls.cert, root / "cert.pem"))
+        shutil.copy(tls.key, root / "key.pem")
         extra += ["ssl = yes", f"ssl_cert = <{root}/cert.pem", f"ssl_key = <{root}/key.pem"]
     else:
         extra.append("ssl = no")
@@ -181,7 +182,7 @@ def start(*, capabilities: str | None = None, tls: bool = False) -> Dovecot:
     server = Dovecot(root, conf, port, tls_port, process, ca_file)
     try:
         _wait_for_greeting(server)
-    except (OSError, RuntimeError):
+    except (AssertionError, RuntimeError):
         log = server.log()
         server.stop()
         raise RuntimeError(f"dovecot did not start:\n{log}") from None
@@ -189,28 +190,10 @@ def start(*, capabilities: str | None = None, tls: bool = False) -> Dovecot:
 
 
 def _wait_for_greeting(server: Dovecot, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
+    def greeted() -> bool:
         if server.process.poll() is not None:
             raise RuntimeError("dovecot exited")
-        try:
-            with socket.create_connection(("127.0.0.1", server.port), timeout=2) as sock:
-                if sock.recv(100).startswith(b"* OK"):
-                    return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-        time.sleep(0.02)  # the listener is not up yet; nothing to wait on but the port
+        with socket.create_connection(("127.0.0.1", server.port), timeout=2) as sock:
+            return sock.recv(100).startswith(b"* OK")
 
-
-def _self_signed(root: Path) -> Path:
-    """Write a self-signed certificate for 127.0.0.1 and its key; return the certificate (the CA file)."""
-    require("openssl", "openssl")
-    cert = root / "cert.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", str(root / "key.pem"), "-out", str(cert), "-days", "1", "-subj", "/CN=mailhook test IMAP",
-         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-        check=True, capture_output=True,
-    )
-    return cert
+    wait_until(greeted, timeout, "dovecot's greeting")

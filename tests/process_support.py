@@ -1,10 +1,15 @@
-"""Helpers for tests that run servers as processes: a free loopback port, and a process's descendants."""
+"""Helpers for tests that run servers as processes: a free loopback port, a process's descendants, waiting."""
 
 from __future__ import annotations
 
 import socket
+import time
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 # This machine and CI run the tests as root, which `mailhook serve`, `imap` and `ingest` refuse unless allowed.
 ALLOW_ROOT = {"MAILHOOK_ALLOW_ROOT": "1"}
@@ -26,3 +31,25 @@ def descendants(pid: int) -> list[int]:
             for child in (task / "children").read_text().split():
                 found += [int(child), *descendants(int(child))]
     return found
+
+
+def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.02) -> T:
+    """Poll `predicate` until it returns something true and return that; fail naming `what` after `timeout` s.
+
+    For state in another process or thread that cannot signal the test (a port that starts listening, a row
+    that appears); `predicate` may raise OSError while the state is not there yet.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        with suppress(OSError):
+            if result := predicate():
+                return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:g} s")
+        time.sleep(interval)
+
+
+def listening(port: int, host: str = "127.0.0.1") -> bool:
+    """Return whether something accepts TCP connections on `host:port` (raising OSError while nothing does)."""
+    socket.create_connection((host, port), timeout=1).close()
+    return True

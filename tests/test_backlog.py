@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from conftest import BackgroundServer, StartServer, make_settings
-from process_support import ALLOW_ROOT, descendants, free_port
+from process_support import ALLOW_ROOT, descendants, free_port, wait_until
 from smtp_support import client, locked, notification, rows
 
 from mailhook.backlog import Backlog, extract_pending, worker_pool
@@ -40,10 +40,8 @@ def send(smtp: smtplib.SMTP, raw: bytes) -> tuple[int, bytes]:
 
 def settled(db: Path, timeout: float = 30.0) -> list[tuple[object, ...]]:
     """Wait until no delivery is pending; return (id, status, message_id, event_count) of each."""
-    deadline = time.monotonic() + timeout
-    while rows(db, "SELECT count(*) FROM deliveries WHERE status = 'pending'") != [(0,)]:
-        assert time.monotonic() < deadline, "deliveries still pending"
-        time.sleep(0.05)
+    wait_until(lambda: rows(db, "SELECT count(*) FROM deliveries WHERE status = 'pending'") == [(0,)], timeout,
+               "no delivery pending")
     return rows(db, "SELECT id, status, message_id, event_count FROM deliveries ORDER BY id")
 
 
@@ -184,15 +182,11 @@ def test_killing_mailhook_with_sigkill_leaves_no_extraction_process_behind(tmp_p
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                smtp = smtplib.SMTP("127.0.0.1", port, timeout=30)
-                break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None
-                time.sleep(0.05)
-        with smtp:
+        def connected() -> smtplib.SMTP:
+            assert proc.poll() is None, f"mailhook serve exited with {proc.returncode}"
+            return smtplib.SMTP("127.0.0.1", port, timeout=30)
+
+        with wait_until(connected, 30, "mailhook's SMTP door") as smtp:
             assert send(smtp, notification(76_000))[0] == 250
         settled(tmp_path / "m.db")
         helpers = descendants(proc.pid)
@@ -201,11 +195,11 @@ def test_killing_mailhook_with_sigkill_leaves_no_extraction_process_behind(tmp_p
         proc.kill()
         proc.wait()
     # The fork server and its worker are not mailhook's children's children for ever: they go too.
-    deadline = time.monotonic() + 10
-    while alive := [pid for pid in helpers if Path(f"/proc/{pid}").exists()
-                    and "Z" not in Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]]:
-        assert time.monotonic() < deadline, f"still running after mailhook was killed: {alive}"
-        time.sleep(0.05)
+    def alive() -> list[int]:
+        return [pid for pid in helpers if Path(f"/proc/{pid}").exists()
+                and "Z" not in Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]]
+
+    wait_until(lambda: not alive(), 10, f"helpers {helpers} gone after mailhook was killed")
 
 
 @pytest.mark.slow
@@ -273,7 +267,7 @@ def test_events_that_cannot_be_stored_yet_are_retried_until_they_are(
         assert send(smtp, notification(77_000))[0] == 250
         # Before the backlog's first look (it lingers 50 ms): its commit will find the database locked.
         with locked(database(runtime)):
-            time.sleep(1.5)
+            wait_until(lambda: "events of delivery 1 not stored" in caplog.text, 30, "the backlog's failed try")
             assert rows(database(runtime), "SELECT status FROM deliveries") == [("pending",)]
     assert [status for _, status, _, _ in settled(database(runtime))] == ["stored"]
     assert rows(database(runtime), "SELECT count(*) FROM events") == [(1,)]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import random
 import smtplib
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from contextlib import closing, suppress
 from pathlib import Path
 
 import pytest
-from process_support import ALLOW_ROOT, free_port
+from process_support import ALLOW_ROOT, free_port, listening, wait_until
 from smtp_support import notification
 
 pytestmark = pytest.mark.slow
@@ -52,14 +51,13 @@ class Server:
                 cwd=ROOT, env=env, stdout=log, stderr=log,
             )
         self.starts += 1
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"mailhook serve exited with {self.proc.returncode}:\n{self._tail()}"
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.02)
-        raise AssertionError(f"mailhook serve did not listen on {self.port}:\n{self._tail()}")
+        proc = self.proc
+
+        def up() -> bool:
+            assert proc.poll() is None, f"mailhook serve exited with {proc.returncode}:\n{self._tail()}"
+            return listening(self.port)
+
+        wait_until(up, max(0.0, deadline - time.monotonic()), f"mailhook serve listening on {self.port}")
 
     def kill(self) -> None:
         assert self.proc is not None and self.proc.poll() is None, f"server died on its own:\n{self._tail()}"

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from process_support import ALLOW_ROOT, descendants, free_port
+from process_support import ALLOW_ROOT, descendants, free_port, listening, wait_until
 from smtp_support import FIXTURES, notification
 
 pytestmark = pytest.mark.slow
@@ -57,11 +57,9 @@ class Server:
 
     def rows(self, sql: str, *params: object) -> list[tuple[object, ...]]:
         """Query the database once nothing is pending (acknowledge=received extracts after the 250)."""
-        deadline = time.monotonic() + 60
         with closing(sqlite3.connect(self.db)) as conn:
-            while conn.execute("SELECT count(*) FROM deliveries WHERE status = 'pending'").fetchone() != (0,):
-                assert time.monotonic() < deadline, "deliveries still pending"
-                time.sleep(0.02)
+            wait_until(lambda: conn.execute("SELECT count(*) FROM deliveries WHERE status = 'pending'").fetchone()
+                       == (0,), 60, "no delivery pending")
             return conn.execute(sql, params).fetchall()
 
     def smtp(self) -> smtplib.SMTP:
@@ -125,16 +123,12 @@ def server(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequ
             cwd=ROOT, env=env, stdout=out, stderr=out,
         )
     srv = Server(proc, tmp / "mailhook.db", smtp_port, http_port, log)
-    deadline = time.monotonic() + 30
     for port in (smtp_port, http_port):
-        while True:
+        def up(port: int = port) -> bool:
             assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, f"not listening:\n{log.read_text()}"
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+            return listening(port)
+
+        wait_until(up, 30, f"mailhook serve listening on {port}")
     yield srv
     print(f"mailhook serve peak RSS over the hostile inputs: {srv.peak_rss_mb():.0f} MB")
     proc.terminate()
@@ -283,6 +277,7 @@ def test_slowloris_sessions_sending_byte_by_byte_do_not_hold_up_others(server: S
               + message[:400])
     stop = threading.Event()
     errors: list[BaseException] = []
+    begun: list[int] = []
 
     def slow() -> None:
         try:
@@ -291,6 +286,8 @@ def test_slowloris_sessions_sending_byte_by_byte_do_not_hold_up_others(server: S
                     if stop.is_set():
                         return
                     sock.sendall(script[i:i + 1])
+                    if i == 20:  # past EHLO: the session is under way
+                        begun.append(i)
                     time.sleep(0.005)
         except OSError as exc:
             errors.append(exc)
@@ -299,7 +296,7 @@ def test_slowloris_sessions_sending_byte_by_byte_do_not_hold_up_others(server: S
     for thread in threads:
         thread.start()
     try:
-        time.sleep(0.3)
+        wait_until(lambda: len(begun) == len(threads), 30, "thirty sessions trickling")
         for _ in range(3):
             server.assert_still_serving()  # while thirty sessions trickle bytes in
     finally:

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from process_support import ALLOW_ROOT, free_port
+from process_support import ALLOW_ROOT, free_port, wait_until
 
 from mailhook.cli import main
 from mailhook.housekeeping import EX_UNAVAILABLE, EX_UNHEALTHY, parse_age
@@ -207,10 +207,8 @@ def test_idle_writer_checkpoints_by_itself(tmp_path: Path) -> None:
         pipeline = Pipeline(writer)
         store(pipeline, range(20))
         wal = tmp_path / "idle.db-wal"
-        deadline = datetime.now(UTC) + timedelta(seconds=30)
         # The WAL is emptied inside the checkpoint and the writer records it just after: wait for both.
-        while (wal.stat().st_size or writer.last_checkpoint is None) and datetime.now(UTC) < deadline:
-            threading.Event().wait(0.02)
+        wait_until(lambda: wal.stat().st_size == 0 and writer.last_checkpoint is not None, 30, "a checkpoint")
         assert wal.stat().st_size == 0
         assert writer.last_checkpoint is not None
         assert writer.last_checkpoint.copied == writer.last_checkpoint.frames
@@ -263,9 +261,11 @@ def test_status_server_checks_the_running_doors(tmp_path: Path, capsys: pytest.C
         proc = subprocess.Popen([sys.executable, "-m", "mailhook", "serve"], cwd=tmp_path, stderr=err,
                                 env={**env, "PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), **ALLOW_ROOT})
     try:
-        while "http listening on" not in log.read_text():
+        def up() -> bool:
             assert proc.poll() is None, log.read_text()
-            threading.Event().wait(0.05)
+            return "http listening on" in log.read_text()
+
+        wait_until(up, 30, "mailhook serve listening")
         assert main(["status", "--server", "--json"], env) == 0
         report = json.loads(capsys.readouterr().out)
         assert report["server"] == {"smtp": "ok", "http": "ok"}

@@ -21,7 +21,8 @@ from typing import Any
 
 import dovecot
 import pytest
-from process_support import ALLOW_ROOT
+from outside import Certificate
+from process_support import ALLOW_ROOT, wait_until
 
 from mailhook.config import ImapSettings, Settings, SmtpSettings, StorageSettings, validate
 from mailhook.errors import ConfigError
@@ -290,8 +291,10 @@ def test_server_without_idle_is_polled(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("security", "port"), [("ssl", "tls_port"), ("starttls", "port")])
-def test_tls_verifies_the_server_against_the_ca_file(tmp_path: Path, security: str, port: str) -> None:
-    imap = dovecot.start(tls=True)
+def test_tls_verifies_the_server_against_the_ca_file(
+    tmp_path: Path, certificate: Certificate, security: str, port: str
+) -> None:
+    imap = dovecot.start(tls=certificate)
     try:
         imap.append("INBOX", notification(1))
         trusted = make_settings(imap, tmp_path / "m.db", security=security, port=getattr(imap, port),
@@ -376,16 +379,6 @@ def _mailhook(db: Path, imap: dovecot.Dovecot, log: Path) -> subprocess.Popen[by
                                 stdout=subprocess.DEVNULL, cwd=Path(__file__).resolve().parent.parent)
 
 
-def _wait_until(predicate: Any, timeout: float = WAIT) -> bool:
-    """Poll `predicate` (state in another process, which cannot signal us) until it holds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
 def fixture_emails() -> list[tuple[bytes, bool]]:
     """Return every fixture email as IMAP carries it (CRLF lines), each with whether it is quarantined."""
     return [
@@ -423,7 +416,7 @@ def test_mailhook_imap_killed_at_random_stores_every_message_once(server: doveco
         try:
             server.append("INBOX", *batch)
             appended += len(batch)
-            assert _wait_until(lambda: stored() >= target)  # noqa: B023 - used before the loop moves on
+            wait_until(lambda: stored() >= target, WAIT, f"{target} deliveries stored")  # noqa: B023 - used at once
             if rng.random() < 0.5:
                 time.sleep(rng.random() * 0.02)  # land the kill anywhere between commit and move
         finally:
@@ -431,9 +424,9 @@ def test_mailhook_imap_killed_at_random_stores_every_message_once(server: doveco
             process.wait()
     process = _mailhook(db, server, log)
     try:
-        assert _wait_until(lambda: ": watching" in log.read_text())  # SIGTERM is handled from here on
-        assert _wait_until(lambda: stored() >= len(emails))
-        assert _wait_until(lambda: server.messages("INBOX") == {})
+        wait_until(lambda: ": watching" in log.read_text(), WAIT, "the watcher")  # SIGTERM is handled from here
+        wait_until(lambda: stored() >= len(emails), WAIT, "every email stored")
+        wait_until(lambda: server.messages("INBOX") == {}, WAIT, "INBOX emptied")
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(WAIT) == 0

@@ -20,6 +20,7 @@ from aiosmtpd.smtp import SMTP, syntax
 from conftest import StartServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from process_support import wait_until
 from smtp_support import FIXTURES, client, locked, notification, on_the_wire, read_until_closed, rows, smtp_address
 
 from mailhook.errors import ConfigError
@@ -173,12 +174,13 @@ def test_connections_over_the_per_address_cap_get_421_while_other_addresses_conn
 
 def _eventually_connects(runtime: Runtime) -> smtplib.SMTP:
     """Connect once the server has counted a closed session out (it learns of the close asynchronously)."""
-    for _ in range(200):
+    def connected() -> smtplib.SMTP | None:
         try:
             return client(runtime)
         except smtplib.SMTPConnectError:
-            threading.Event().wait(0.01)
-    raise AssertionError("the server never released a closed session")
+            return None
+
+    return wait_until(connected, 2, "the server releasing a closed session")
 
 
 def test_a_silent_session_is_closed_with_421_after_the_idle_timeout(start_server: StartServer) -> None:

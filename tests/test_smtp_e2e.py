@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import StartServer
-from outside import require
+from outside import Certificate, require, require_swaks_starttls
 from smtp_support import (
     FIXTURES,
     ServerProcess,
@@ -61,11 +61,11 @@ def test_swaks_sees_550_for_a_recipient_outside_the_accept_list(start_server: St
     assert "<** 550 5.1.1" in done.stdout
 
 
-def test_swaks_with_starttls_and_auth_login(start_server: StartServer, tmp_path: Path) -> None:
-    require("openssl", "openssl")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-                    "/CN=mx.hooks.test", "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+def test_swaks_with_starttls_and_auth_login(
+    start_server: StartServer, certificate: Certificate, tmp_path: Path
+) -> None:
+    require_swaks_starttls()
+    cert, key = certificate.cert, certificate.key
     passwords = tmp_path / "passwords"
     passwords.write_text(f"callfire:{hash_password('hunter2', iterations=1000)}\n", encoding="utf-8")
     runtime = start_server(smtp={"tls_cert": cert, "tls_key": key, "auth_file": passwords, "require_starttls": True})

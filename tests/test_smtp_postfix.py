@@ -6,13 +6,12 @@ import json
 import shutil
 import subprocess
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from outside import require
-from process_support import free_port
+from process_support import free_port, wait_until
 from smtp_support import FIXTURES, ServerProcess, notification, rows
 
 pytestmark = pytest.mark.slow
@@ -115,11 +114,7 @@ def test_every_message_relayed_by_postfix_is_stored_exactly_once_across_a_crash(
         first.stop()
     second = ServerProcess(db, *flags, listen=f"127.0.0.1:{port}")
     try:
-        for _ in range(600):
-            if postfix.queue_is_empty():
-                break
-            threading.Event().wait(0.1)
-        assert postfix.queue_is_empty(), "Postfix still holds messages mailhook did not accept"
+        wait_until(postfix.queue_is_empty, 60, "Postfix's queue empty (it holds messages mailhook did not accept)")
     finally:
         second.proc.terminate()
         assert second.proc.wait(timeout=30) == 0

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import StartServer
-from outside import require
+from outside import Certificate
 from smtp_support import client, notification, rows
 
 from mailhook.errors import ConfigError
@@ -19,20 +19,6 @@ from mailhook.server import Runtime
 from mailhook.smtpauth import PasswordFile, check_password, hash_password
 
 FAST = 1000  # PBKDF2 iterations for test hashes; the file records them, so verification matches
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """Make a throwaway self-signed certificate and key for mx.hooks.test."""
-    require("openssl", "openssl")
-    where = tmp_path_factory.mktemp("tls")
-    cert, key = where / "cert.pem", where / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=mx.hooks.test",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )
-    return cert, key
 
 
 @pytest.fixture
@@ -90,9 +76,9 @@ def test_smtp_password_command_prints_a_line_the_password_file_accepts(tmp_path:
 
 
 def test_starttls_is_offered_and_mail_sent_over_it_is_stored(
-    start_server: StartServer, certificate: tuple[Path, Path]
+    start_server: StartServer, certificate: Certificate
 ) -> None:
-    cert, key = certificate
+    cert, key = certificate.cert, certificate.key
     runtime = start_server(smtp={"tls_cert": cert, "tls_key": key})
     with client(runtime) as smtp:
         smtp.ehlo()
@@ -105,8 +91,8 @@ def test_starttls_is_offered_and_mail_sent_over_it_is_stored(
     assert rows(runtime.settings.storage.db, "SELECT count(*) FROM events") == [(1,)]  # type: ignore[arg-type]
 
 
-def test_require_starttls_refuses_mail_before_tls(start_server: StartServer, certificate: tuple[Path, Path]) -> None:
-    cert, key = certificate
+def test_require_starttls_refuses_mail_before_tls(start_server: StartServer, certificate: Certificate) -> None:
+    cert, key = certificate.cert, certificate.key
     runtime = start_server(smtp={"tls_cert": cert, "tls_key": key, "require_starttls": True})
     with client(runtime) as smtp:
         smtp.ehlo()
@@ -116,14 +102,14 @@ def test_require_starttls_refuses_mail_before_tls(start_server: StartServer, cer
     assert rows(runtime.settings.storage.db, "SELECT count(*) FROM deliveries") == [(1,)]  # type: ignore[arg-type]
 
 
-def _auth_server(start_server: StartServer, certificate: tuple[Path, Path], password_file: Path) -> Runtime:
-    cert, key = certificate
+def _auth_server(start_server: StartServer, certificate: Certificate, password_file: Path) -> Runtime:
+    cert, key = certificate.cert, certificate.key
     return start_server(smtp={"tls_cert": cert, "tls_key": key, "auth_file": password_file})
 
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
 def test_auth_over_tls_with_the_right_password_lets_mail_through(
-    start_server: StartServer, certificate: tuple[Path, Path], password_file: Path, mechanism: str
+    start_server: StartServer, certificate: Certificate, password_file: Path, mechanism: str
 ) -> None:
     runtime = _auth_server(start_server, certificate, password_file)
     with client(runtime) as smtp:
@@ -139,7 +125,7 @@ def test_auth_over_tls_with_the_right_password_lets_mail_through(
 
 @pytest.mark.parametrize(("user", "password"), [("callfire", "wrong"), ("nobody", "correct horse")])
 def test_wrong_credentials_get_535_and_mail_stays_refused(
-    start_server: StartServer, certificate: tuple[Path, Path], password_file: Path, user: str, password: str
+    start_server: StartServer, certificate: Certificate, password_file: Path, user: str, password: str
 ) -> None:
     runtime = _auth_server(start_server, certificate, password_file)
     with client(runtime) as smtp:
@@ -152,7 +138,7 @@ def test_wrong_credentials_get_535_and_mail_stays_refused(
 
 
 def test_auth_is_neither_offered_nor_accepted_before_tls(
-    start_server: StartServer, certificate: tuple[Path, Path], password_file: Path
+    start_server: StartServer, certificate: Certificate, password_file: Path
 ) -> None:
     runtime = _auth_server(start_server, certificate, password_file)
     with client(runtime) as smtp:
@@ -168,7 +154,7 @@ def test_auth_without_tls_refuses_to_start(start_server: StartServer, password_f
 
 
 def test_auth_plain_takes_utf8_passwords(
-    start_server: StartServer, certificate: tuple[Path, Path], password_file: Path
+    start_server: StartServer, certificate: Certificate, password_file: Path
 ) -> None:
     runtime = _auth_server(start_server, certificate, password_file)
     with client(runtime) as smtp:

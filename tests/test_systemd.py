@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from process_support import ALLOW_ROOT, free_port
+from process_support import ALLOW_ROOT, free_port, wait_until
 
 from mailhook import openfiles, server
 from mailhook.config import SECTIONS, load, options
@@ -303,7 +303,15 @@ def test_logs_carry_syslog_priorities_only_when_stderr_is_the_journal(tmp_path: 
 
 
 @pytest.mark.slow
+def _backlogs(*ports: int) -> list[str]:
+    """Return the listen backlog (ss's Send-Q) of the listener on each port, '' where none listens."""
+    shown = subprocess.run(["ss", "-Hltn"], capture_output=True, text=True, check=True).stdout.splitlines()
+    found = {line.split()[3].rpartition(":")[2]: line.split()[2] for line in shown}
+    return [found.get(str(port), "") for port in ports]
+
+
 @pytest.mark.needs("systemd-socket-activate", "systemd")
+@pytest.mark.needs("ss", "iproute2")
 def test_serve_uses_the_sockets_systemd_passes(tmp_path: Path, notify_socket: tuple[socket.socket, str]) -> None:
     sock, path = notify_socket
     smtp_port, http_port, configured = free_port(), free_port(), free_port()
@@ -318,17 +326,19 @@ def test_serve_uses_the_sockets_systemd_passes(tmp_path: Path, notify_socket: tu
     try:
         # systemd-socket-activate listens first and starts mailhook on the first connection,
         # which then waits in the passed socket's backlog until mailhook accepts it.
-        for _ in range(200):
-            try:
-                smtp = smtplib.SMTP("127.0.0.1", smtp_port, timeout=30)
-                break
-            except ConnectionRefusedError:
-                assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-                threading.Event().wait(0.05)
-        with smtp:
+        def connected() -> smtplib.SMTP:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            return smtplib.SMTP("127.0.0.1", smtp_port, timeout=30)
+
+        backlogs = wait_until(lambda: all(_backlogs(smtp_port, http_port)) and _backlogs(smtp_port, http_port), 10,
+                              "systemd-socket-activate listening")
+
+        with wait_until(connected, 10, "systemd-socket-activate listening") as smtp:
             assert smtp.noop()[0] == 250
         receive_until(sock, "READY=1", [])
         assert set(listening(tmp_path / "serve.log").values()) == {("127.0.0.1", smtp_port), ("127.0.0.1", http_port)}
+        # asyncio and aiohttp listen() again on a socket they are given: with the backlog it came with.
+        assert _backlogs(smtp_port, http_port) == backlogs
         request = urllib.request.Request(f"http://127.0.0.1:{http_port}/notifications", data=SAMPLE, method="POST")
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.status == 200
