@@ -39,6 +39,7 @@ exit codes:
   {EX_OK}   every input stored (duplicates and quarantined input too, with a warning)
   {EX_DATAERR}  an input could not be read at all, or was too large (EX_DATAERR: do not retry)
   {EX_TEMPFAIL}  storage unavailable (EX_TEMPFAIL: an MTA retries later)
+  {EX_NOPERM}  run as root without --allow-root (EX_NOPERM)
   {EX_CONFIG}  configuration error (EX_CONFIG)
   2   bad command line
 """

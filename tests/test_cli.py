@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 import pytest
+from process_support import ALLOW_ROOT
 
 from mailhook.cli import COMMAND_SECTIONS, build_parser, main
 from mailhook.config import options
@@ -72,5 +73,18 @@ def test_an_ingest_exit_code_in_the_help_is_the_one_it_returns(
 ) -> None:
     text = helped(["ingest"], capsys, monkeypatch)
     missing = f"{tmp_path}/nothing-here.eml"
-    code = main(["ingest", "--quiet", "--db", f"{tmp_path}/m.db", missing], env={"MAILHOOK_CONFIG": ""})
+    code = main(["ingest", "--quiet", "--db", f"{tmp_path}/m.db", missing], env={"MAILHOOK_CONFIG": ""} | ALLOW_ROOT)
     assert f" {code} an input could not be read at all" in text
+
+
+def test_the_root_refusal_exit_code_in_the_ingest_help_is_the_one_it_returns(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("the refusal applies to root only")
+    text = helped(["ingest"], capsys, monkeypatch)
+    code = main(["ingest", "--quiet", "--db", f"{tmp_path}/m.db", "-"], env={"MAILHOOK_CONFIG": ""})
+    assert f" {code} run as root without --allow-root" in text
+    assert not (tmp_path / "m.db").exists()
