@@ -1,4 +1,7 @@
-"""Every fixture under fixtures/ is extracted into exactly the events its .expected.json lists."""
+"""Every fixture under fixtures/ is extracted into exactly the events its .expected.json lists.
+
+An expected file may name the `content_type` its sample comes with (fixtures/http: a POST's header).
+"""
 
 from __future__ import annotations
 
@@ -45,7 +48,7 @@ def test_fixture_extracts_to_its_expected_events(sample: Path, expected_path: Pa
     expected = json.loads(expected_path.read_text(encoding="utf-8"))
     assert sample.exists(), f"no single sample file beside {expected_path.name}"
     subscriptions = {int(k): v for k, v in expected.get("subscriptions", {}).items()}
-    result = extract(sample.read_bytes(), expected["kind"], subscriptions)
+    result = extract(sample.read_bytes(), expected["kind"], subscriptions, expected.get("content_type"))
 
     if expected["quarantined"] is None:
         assert result.reason is None, result.reason

@@ -8,22 +8,30 @@ failure becomes the `reason` of the returned `Extraction`.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from email.message import Message
 
 from mailhook.errors import Unreadable
 from mailhook.extract.document import read_document
-from mailhook.extract.text import read_text
+from mailhook.extract.text import read_text, read_text_noted
 from mailhook.mail import parse_mail
 from mailhook.models import Event, Extraction, Kind
 
-__all__ = ["extract", "read_document", "read_text"]
+__all__ = ["charset_of", "extract", "read_document", "read_text"]
 
 
-def extract(raw: bytes, kind: Kind, subscriptions: Mapping[int, str] | None = None) -> Extraction:
-    """Read every notification event in `raw`, or say why there is none."""
+def extract(
+    raw: bytes, kind: Kind, subscriptions: Mapping[int, str] | None = None, content_type: str | None = None
+) -> Extraction:
+    """Read every notification event in `raw`, or say why there is none.
+
+    `content_type` is the Content-Type a bare document came with (an HTTP
+    header): its `charset` is honoured as mailhook.extract.charset orders it.
+    An email carries its own, per part.
+    """
     subs = subscriptions or {}
     try:
         if kind == "document":
-            events, notes = read_document(raw, subs)
+            events, notes = read_document(raw, subs, charset_of(content_type))
             return Extraction(events=tuple(events), notes=tuple(notes))
         return _extract_email(raw, subs)
     except Unreadable as exc:
@@ -32,6 +40,16 @@ def extract(raw: bytes, kind: Kind, subscriptions: Mapping[int, str] | None = No
         return Extraction(reason="input nested too deeply to read")
     except Exception as exc:  # noqa: BLE001 - a parser bug must quarantine, never lose, the input
         return Extraction(reason=f"internal error while reading: {type(exc).__name__}: {exc}")
+
+
+def charset_of(content_type: str | None) -> str | None:
+    """Return the `charset` parameter of a Content-Type value (quoted or RFC 2231), or None."""
+    if not content_type or "charset" not in content_type.lower():
+        return None
+    header = Message()
+    header["Content-Type"] = content_type
+    charset = header.get_content_charset()
+    return charset or None
 
 
 def _extract_email(raw: bytes, subs: Mapping[int, str]) -> Extraction:
@@ -60,14 +78,16 @@ def _extract_email(raw: bytes, subs: Mapping[int, str]) -> Extraction:
         )
     for part in mail.texts:
         try:
-            events = read_text(part.text, subject=mail.subject, subscriptions=subs, html=part.html)
+            events, text_notes = read_text_noted(
+                part.text, subject=mail.subject, subscriptions=subs, html=part.html
+            )
         except Unreadable as exc:
             reasons.append(f"{part.origin}: {exc}")
             continue
         if events:
             return Extraction(
                 events=tuple(events),
-                notes=tuple(notes),
+                notes=(*notes, *(f"{part.origin}: {note}" for note in text_notes)),
                 message_id=mail.message_id,
                 subject=mail.subject,
             )
