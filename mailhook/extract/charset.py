@@ -117,6 +117,9 @@ def _family(data: bytes) -> str | None:
             return "utf-32-be"
         if zeros == (False, True, True, True):
             return "utf-32-le"
+        if zeros in ((True, True, False, True), (True, False, True, True)):
+            raise Unreadable("body is UCS-4 in an unusual byte order (2143 or 3412, XML 1.0 Appendix F);"
+                             " not supported")
     if zeros[:2] == (True, False):
         return "utf-16-be"
     if zeros[:2] == (False, True):

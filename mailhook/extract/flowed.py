@@ -23,7 +23,9 @@ def unflow(text: str, *, delsp: bool) -> str:
     out: list[str] = []
     paragraph: list[str] = []
     depth_open = -1  # the quote depth of the paragraph being joined, -1 when none is open
-    for raw in _LINE_END.split(text):
+    lines = _LINE_END.split(text)
+    ends_with_break = len(lines) > 1 and lines[-1] == ""
+    for raw in lines[:-1] if ends_with_break else lines:
         depth = len(raw) - len(raw.lstrip(">"))
         line = raw[depth:]
         if line.startswith(" "):
@@ -41,7 +43,7 @@ def unflow(text: str, *, delsp: bool) -> str:
             paragraph = []
     if paragraph:
         out.append(_quoted(depth_open, "".join(paragraph)))
-    return "\n".join(out)
+    return "\n".join(out) + ("\n" if ends_with_break else "")
 
 
 def _quoted(depth: int, text: str) -> str:
