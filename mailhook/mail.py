@@ -20,10 +20,10 @@ from email.message import Message
 import mailparser
 from mailparser.exceptions import MailParserError
 
+from mailhook.charset import decode_document
 from mailhook.embedded import clean_text, documents_in_body, is_whole_document
 from mailhook.errors import Unreadable
-from mailhook.extract.charset import decode_document
-from mailhook.extract.flowed import unflow
+from mailhook.flowed import unflow
 
 log = logging.getLogger("mailhook.mail")
 # mail-parser logs a WARNING for every part type it does not "handle" (xml, json,
@@ -95,7 +95,7 @@ class _MailParser(mailparser.MailParser):  # type: ignore[misc]  # mail-parser s
         """Decode a body part as mail-parser does, but an XML/JSON part by its own rules, and unflow flowed text.
 
         An XML or JSON part's text follows BOM > MIME charset > zero bytes or
-        XML declaration > UTF-8 (mailhook.extract.charset) instead of the MIME
+        XML declaration > UTF-8 (mailhook.charset) instead of the MIME
         charset alone; a `format=flowed` text/plain part is unflowed (RFC 3676)
         here, where its parameters are still at hand, before any field is read.
         """

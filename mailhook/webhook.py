@@ -25,10 +25,9 @@ from aiohttp import BasicAuth, HttpVersion11, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
+from mailhook.charset import charset_of, decode_document
 from mailhook.config import parse_address
 from mailhook.errors import RetryLater, Unreadable
-from mailhook.extract import charset_of
-from mailhook.extract.charset import decode_document
 from mailhook.extract.json import parse_json
 from mailhook.extract.v1 import ROOTS
 from mailhook.models import Delivery, Receipt

@@ -21,9 +21,9 @@ from typing import Any
 
 import xmltodict
 
+from mailhook.charset import charset_of, decode_document
 from mailhook.embedded import unescape
-from mailhook.extract.charset import decode_document
-from mailhook.extract.flowed import unflow
+from mailhook.flowed import unflow
 from mailhook.mail import parse_mail
 from mailhook.models import Event, Extraction
 
@@ -128,7 +128,7 @@ def assert_values_whole(result: Extraction, raw: bytes, kind: str, content_type:
     if not result.events:
         return
     if kind == "document":
-        leaves = document_leaves(raw, _charset(content_type))
+        leaves = document_leaves(raw, charset_of(content_type))
         sources: list[str] = []
     else:
         sources = email_sources(raw)
@@ -148,7 +148,3 @@ def assert_values_whole(result: Extraction, raw: bytes, kind: str, content_type:
                            for leaf in leaves), (where, value)
 
 
-def _charset(content_type: str | None) -> str | None:
-    from mailhook.extract import charset_of
-
-    return charset_of(content_type)

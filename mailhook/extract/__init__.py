@@ -8,15 +8,15 @@ failure becomes the `reason` of the returned `Extraction`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from email.message import Message
 
+from mailhook.charset import charset_of
 from mailhook.errors import Unreadable
 from mailhook.extract.document import read_document
 from mailhook.extract.text import read_text, read_text_noted
 from mailhook.mail import parse_mail
 from mailhook.models import Event, Extraction, Kind
 
-__all__ = ["charset_of", "extract", "read_document", "read_text"]
+__all__ = ["extract", "read_document", "read_text"]
 
 
 def extract(
@@ -25,7 +25,7 @@ def extract(
     """Read every notification event in `raw`, or say why there is none.
 
     `content_type` is the Content-Type a bare document came with (an HTTP
-    header): its `charset` is honoured as mailhook.extract.charset orders it.
+    header): its `charset` is honoured as mailhook.charset orders it.
     An email carries its own, per part.
     """
     subs = subscriptions or {}
@@ -40,16 +40,6 @@ def extract(
         return Extraction(reason="input nested too deeply to read")
     except Exception as exc:  # noqa: BLE001 - a parser bug must quarantine, never lose, the input
         return Extraction(reason=f"internal error while reading: {type(exc).__name__}: {exc}")
-
-
-def charset_of(content_type: str | None) -> str | None:
-    """Return the `charset` parameter of a Content-Type value (quoted or RFC 2231), or None."""
-    if not content_type or "charset" not in content_type.lower():
-        return None
-    header = Message()
-    header["Content-Type"] = content_type
-    charset = header.get_content_charset()
-    return charset or None
 
 
 def _extract_email(raw: bytes, subs: Mapping[int, str]) -> Extraction:

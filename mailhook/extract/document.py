@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from mailhook.charset import decode_document
 from mailhook.errors import Unreadable
-from mailhook.extract.charset import decode_document
 from mailhook.extract.json import parse_json
 from mailhook.extract.v1 import ROOTS, read_v1
 from mailhook.extract.v2 import is_v2, read_v2
@@ -17,7 +17,7 @@ from mailhook.models import Event
 def read_document(
     data: bytes | str, subscriptions: Mapping[int, str], charset: str | None = None
 ) -> tuple[list[Event], list[str]]:
-    """Decode bytes (mailhook.extract.charset), sniff (first non-blank char: '<' XML/SOAP, '{' or '[' JSON), read.
+    """Decode bytes (mailhook.charset), sniff (first non-blank char: '<' XML/SOAP, '{' or '[' JSON), read.
 
     `charset` is the one declared beside the bytes (HTTP or MIME Content-Type).
     Returns the events and notes on anything done to read it (such as a

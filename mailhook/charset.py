@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import codecs
 import re
+from email.message import Message
 
 from mailhook.errors import Unreadable
 
@@ -42,6 +43,15 @@ _DECLARATION = re.compile(rb"""<\?xml[ \t\r\n][^>]*?encoding[ \t\r\n]*=[ \t\r\n]
 _UNICODE = ("utf-8", "utf-16", "utf-32")
 _NAMES = {"utf-8": "UTF-8", "utf-16-le": "UTF-16LE", "utf-16-be": "UTF-16BE", "utf-32-le": "UTF-32LE",
           "utf-32-be": "UTF-32BE", "utf-16": "UTF-16", "utf-32": "UTF-32"}  # fmt: skip
+
+
+def charset_of(content_type: str | None) -> str | None:
+    """Return the `charset` parameter of a Content-Type value (quoted or RFC 2231), or None."""
+    if not content_type or "charset" not in content_type.lower():
+        return None
+    header = Message()
+    header["Content-Type"] = content_type
+    return header.get_content_charset() or None
 
 
 def decode_document(data: bytes, declared: str | None = None) -> tuple[str, list[str]]:
