@@ -8,6 +8,7 @@ import email as stdlib_email
 import html
 import quopri
 import re
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -39,6 +40,7 @@ XML = (
     "</n:TextNotification>"
 )
 JSON = '{"TextNotification": {"Text": {"@id": "9", "Message": "curly } brace { inside"}}}'
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 HEAD = "From: CallFire <notifications@callfire.com>\nTo: ops@example.com\nSubject: Outbound Text Finished\n"
 
 
@@ -527,3 +529,21 @@ def test_a_flowed_body_is_unflowed_before_its_fields_are_read() -> None:
             assert mail.texts[0].text == body
         else:
             assert f"Message: {want}\n" in mail.texts[0].text
+
+
+@pytest.mark.parametrize(
+    ("name", "subject", "message_id"),
+    [
+        ("text-attachment-flowed-rfc2047-2231.eml", "Inbound Text Finished — réponse", "<ts0006@example.org>"),
+        ("text-utf8-headers-rfc6532.eml", "Inbound Text Finished — réponse de Zoë", "<zoë.0008@example.org>"),
+    ],
+)
+def test_encoded_words_and_utf8_header_fields_are_read_as_text(name: str, subject: str, message_id: str) -> None:
+    mail = parse_mail((FIXTURES / "email" / name).read_bytes())
+    assert (mail.subject, mail.message_id) == (subject, message_id)
+
+
+def test_an_rfc2231_file_name_in_parts_names_the_flowed_attachment_it_unflows() -> None:
+    mail = parse_mail((FIXTURES / "email" / "text-attachment-flowed-rfc2047-2231.eml").read_bytes())
+    attachment = next(t for t in mail.texts if t.origin == "attachment 'notification réponse.txt'")
+    assert "Message: Réponse reçue : très bien, à jeudi ! Merci beaucoup pour le rappel — c'est noté" in attachment.text
