@@ -80,7 +80,8 @@ def decode_document(data: bytes, declared: str | None = None) -> tuple[str, list
                          " ASCII character; read by its own declaration or as UTF-8")
         else:
             codec = _endian(charset, family)
-            return _legacy_or_utf8(data, codec, f"{declared} (Content-Type charset)", notes), notes
+            label = f"{_NAMES.get(codec, declared)} (Content-Type charset)"
+            return _legacy_or_utf8(data, codec, label, notes), notes
     if family is not None:
         text = _decode(data, family, f"{_NAMES[family]} (found from its zero bytes)", data)
         return text, notes

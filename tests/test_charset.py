@@ -98,7 +98,7 @@ def test_a_legacy_charset_over_multibyte_utf8_is_read_as_utf8_with_a_note() -> N
         (b"{}", "punycode", "'punycode' declared in the Content-Type is not a character set"),
         (XML.format("x-nope", "a").encode(), None, "unknown charset 'x-nope' declared in the XML declaration"),
         (b'{"a": "\xe9"}', None, "JSON is not valid UTF-8: invalid continuation byte at byte 7"),
-        (b'{"a": "\xe9"}', "utf-8", "JSON is not valid utf-8 (Content-Type charset): invalid continuation byte"),
+        (b'{"a": "\xe9"}', "utf-8", "JSON is not valid UTF-8 (Content-Type charset): invalid continuation byte"),
         (b"<a>\xff</a>", None, "XML is not valid UTF-8: invalid start byte at byte 3"),
         (codecs.BOM_UTF16_LE + b"{\x00\x00\xd8", None, "JSON is not valid UTF-16LE (byte order mark)"),
         (b"\x00\x00{\x00", None, "UCS-4 in an unusual byte order (2143 or 3412"),
