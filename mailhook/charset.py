@@ -41,6 +41,8 @@ _BOMS = (
 _NOT_CHARSETS = frozenset({"unicode-escape", "raw-unicode-escape", "punycode", "idna", "undefined"})
 _DECLARATION = re.compile(rb"""<\?xml[ \t\r\n][^>]*?encoding[ \t\r\n]*=[ \t\r\n]*["']([A-Za-z0-9._:-]{1,40})["']""")
 _UNICODE = ("utf-8", "utf-16", "utf-32")
+# The characters an XML or JSON document (RFC 8259: any value) may start with, after a BOM.
+_FIRST = frozenset(b'<{[ \t\r\n"-0123456789tfn')
 _NAMES = {"utf-8": "UTF-8", "utf-16-le": "UTF-16LE", "utf-16-be": "UTF-16BE", "utf-32-le": "UTF-32LE",
           "utf-32-be": "UTF-32BE", "utf-16": "UTF-16", "utf-32": "UTF-32"}  # fmt: skip
 
@@ -94,7 +96,14 @@ def decode_document(data: bytes, declared: str | None = None) -> tuple[str, list
             notes.append(f"XML declaration says encoding={name} but the body is ASCII-compatible; read as UTF-8")
             return _decode(data, "utf-8", "UTF-8", data), notes
         return _legacy_or_utf8(data, codec, f"{name} (XML declaration)", notes), notes
-    return _decode(data, "utf-8", "UTF-8", data), notes
+    try:
+        return _decode(data, "utf-8", "UTF-8", data), notes
+    except Unreadable:
+        if _kind(data) != "body":
+            raise
+    # Bytes that are no text at all and start like no document: say that, as the format sniff would.
+    head = data.lstrip(b" \t\r\n\xef\xbb\xbf")[:1].decode("latin-1")
+    raise Unreadable(f"not XML or JSON: document starts with {head!r}")
 
 
 def _codec(name: str, where: str) -> str:
@@ -118,22 +127,29 @@ def _fits(charset: str, codec: str) -> bool:
 
 
 def _family(data: bytes) -> str | None:
-    """Name the UTF-16/32 encoding the zero bytes among the first four show (Appendix F), or None."""
+    """Name the UTF-16/32 encoding the zero bytes among the first four show (Appendix F), or None.
+
+    The one non-zero byte of the first character must be one a document can
+    start with, as Appendix F's and RFC 4627's patterns assume: arbitrary
+    bytes with a zero among them are no UTF-16.
+    """
     head = data[:4]
     if len(head) < 2:
         return None
     zeros = tuple(b == 0 for b in head)
     if len(head) == 4:
-        if zeros == (True, True, True, False):
+        if zeros == (True, True, True, False) and head[3] in _FIRST:
             return "utf-32-be"
-        if zeros == (False, True, True, True):
+        if zeros == (False, True, True, True) and head[0] in _FIRST:
             return "utf-32-le"
-        if zeros in ((True, True, False, True), (True, False, True, True)):
+        if (zeros == (True, True, False, True) and head[2] in _FIRST) or (
+            zeros == (True, False, True, True) and head[1] in _FIRST
+        ):
             raise Unreadable("body is UCS-4 in an unusual byte order (2143 or 3412, XML 1.0 Appendix F);"
                              " not supported")
-    if zeros[:2] == (True, False):
+    if zeros[:2] == (True, False) and head[1] in _FIRST:
         return "utf-16-be"
-    if zeros[:2] == (False, True):
+    if zeros[:2] == (False, True) and head[0] in _FIRST:
         return "utf-16-le"
     return None
 

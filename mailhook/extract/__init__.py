@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from mailhook.charset import charset_of
+from mailhook.charset import charset_of, decode_document
 from mailhook.errors import Unreadable
 from mailhook.extract.document import read_document
 from mailhook.extract.text import read_text, read_text_noted
@@ -31,7 +31,9 @@ def extract(
     subs = subscriptions or {}
     try:
         if kind == "document":
-            events, notes = read_document(raw, subs, charset_of(content_type))
+            text, notes = decode_document(raw, charset_of(content_type))
+            events, found = read_document(text, subs)
+            notes += found
             return Extraction(events=tuple(events), notes=tuple(notes))
         return _extract_email(raw, subs)
     except Unreadable as exc:

@@ -14,20 +14,19 @@ from mailhook.extract.xml import parse_xml
 from mailhook.models import Event
 
 
-def read_document(
-    data: bytes | str, subscriptions: Mapping[int, str], charset: str | None = None
-) -> tuple[list[Event], list[str]]:
+def read_document(data: bytes | str, subscriptions: Mapping[int, str]) -> tuple[list[Event], list[str]]:
     """Decode bytes (mailhook.charset), sniff (first non-blank char: '<' XML/SOAP, '{' or '[' JSON), read.
 
-    `charset` is the one declared beside the bytes (HTTP or MIME Content-Type).
+    Bytes are decoded with no charset declared beside them; a caller that has
+    one (extract(), for an HTTP body) decodes first and passes the text.
     Returns the events and notes on anything done to read it (such as a
-    repaired malformed XML, or a declared charset the bytes contradict);
+    repaired malformed XML, or a charset chosen against a declaration);
     raises `Unreadable` with a precise reason when the document cannot be
     decoded, is not a CallFire notification or holds no event.
     """
     notes: list[str] = []
     if isinstance(data, bytes):
-        data, notes = decode_document(data, charset)
+        data, notes = decode_document(data)
     head = data.lstrip("\ufeff \t\r\n")[:1]
     if not head:
         raise Unreadable("empty document")
