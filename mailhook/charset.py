@@ -63,6 +63,8 @@ def decode_document(data: bytes, declared: str | None = None) -> tuple[str, list
     did). Raises `Unreadable` for an unknown charset or bytes not valid in
     the charset the rules choose.
     """
+    if declared is None and data[:1] in (b"{", b"[") and data[1:2] != b"\x00":
+        return _decode(data, "utf-8", "UTF-8", data), []  # the common case, ahead of the steps that cannot apply
     notes: list[str] = []
     charset = _codec(declared, "Content-Type") if declared else None
     for bom, codec, name in _BOMS:
@@ -134,7 +136,7 @@ def _family(data: bytes) -> str | None:
     bytes with a zero among them are no UTF-16.
     """
     head = data[:4]
-    if len(head) < 2:
+    if len(head) < 2 or b"\x00" not in head:
         return None
     zeros = tuple(b == 0 for b in head)
     if len(head) == 4:
