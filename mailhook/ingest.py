@@ -55,7 +55,7 @@ class Pipeline:
 
     def submit(self, delivery: Delivery) -> Future[Receipt]:
         """Extract `delivery` in this thread and queue it for the next commit."""
-        extraction = extract(delivery.raw, delivery.kind, self.subscriptions)
+        extraction = extract(delivery.raw, delivery.kind, self.subscriptions, delivery.content_type)
         return self.writer.submit(delivery, extraction)
 
     def ingest(self, delivery: Delivery) -> Receipt:
@@ -76,16 +76,16 @@ class Pipeline:
         try:
             if self.executor is not None:
                 extraction: Extraction = await loop.run_in_executor(
-                    self.executor, extract, delivery.raw, delivery.kind, dict(self.subscriptions)
+                    self.executor, extract, delivery.raw, delivery.kind, dict(self.subscriptions), delivery.content_type
                 )
             elif len(delivery.raw) > INLINE_LIMIT:
                 # A large body can take seconds to read; in a thread the loop keeps serving
                 # every other session meanwhile (the GIL is handed over every few ms).
                 extraction = await loop.run_in_executor(
-                    None, extract, delivery.raw, delivery.kind, self.subscriptions
+                    None, extract, delivery.raw, delivery.kind, self.subscriptions, delivery.content_type
                 )
             else:
-                extraction = extract(delivery.raw, delivery.kind, self.subscriptions)
+                extraction = extract(delivery.raw, delivery.kind, self.subscriptions, delivery.content_type)
             receipt = await asyncio.wrap_future(self.writer.submit(delivery, extraction))
         except RetryLater:
             self._notify(delivery, None, started)
@@ -222,6 +222,8 @@ def reprocess(store: Store, subscriptions: Mapping[int, str], *, quarantined_onl
     """Re-extract stored raw deliveries with the current extractors, adding only new events."""
     receipts = []
     for stored in list(store.stored_deliveries(quarantined_only=quarantined_only)):
-        extraction = extract(stored.raw, "email" if stored.kind == "email" else "document", subscriptions)
+        extraction = extract(
+            stored.raw, "email" if stored.kind == "email" else "document", subscriptions, stored.content_type
+        )
         receipts.append(store.reextract(stored.id, extraction))
     return receipts

@@ -15,12 +15,15 @@ import codecs
 import logging
 import re
 from dataclasses import dataclass
+from email.message import Message
 
 import mailparser
 from mailparser.exceptions import MailParserError
 
+from mailhook.charset import decode_document
 from mailhook.embedded import clean_text, documents_in_body, is_whole_document
 from mailhook.errors import Unreadable
+from mailhook.flowed import unflow
 
 log = logging.getLogger("mailhook.mail")
 # mail-parser logs a WARNING for every part type it does not "handle" (xml, json,
@@ -87,6 +90,24 @@ class _MailParser(mailparser.MailParser):  # type: ignore[misc]  # mail-parser s
 
     def _make_mail(self, complete: bool = True) -> dict[str, object]:
         return {}
+
+    def _decode_body_payload(self, part: Message, charset: str, part_index: int) -> str:
+        """Decode a body part as mail-parser does, but an XML/JSON part by its own rules, and unflow flowed text.
+
+        An XML or JSON part's text follows BOM > MIME charset > zero bytes or
+        XML declaration > UTF-8 (mailhook.charset) instead of the MIME
+        charset alone; a `format=flowed` text/plain part is unflowed (RFC 3676)
+        here, where its parameters are still at hand, before any field is read.
+        """
+        ctype = part.get_content_type()
+        if ctype in _DOC_TYPES or ctype.endswith(("+xml", "+json")):
+            data = part.get_payload(decode=True)
+            if isinstance(data, bytes) and data:
+                return _decode(data, part.get_content_charset())
+        text: str = super()._decode_body_payload(part, charset, part_index)
+        if ctype == "text/plain" and str(part.get_param("format", "")).lower() == "flowed":
+            return unflow(text, delsp=str(part.get_param("delsp", "")).lower() == "yes")
+        return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +234,7 @@ def _read(parsed: mailparser.MailParser) -> Mail:
     ranked: list[tuple[int, int, DocumentCandidate]] = []
     texts: list[TextCandidate] = []
     seen: set[bytes] = set()
+    flowed = _flowed_attachments(parsed)
 
     def add(rank: int, data: bytes, origin: str) -> None:
         key = data.strip()
@@ -235,6 +257,8 @@ def _read(parsed: mailparser.MailParser) -> Mail:
         rank = 0 if is_whole_document(text) else 2
         for doc in documents_in_body(text, ctype == "text/html"):
             add(rank, doc, origin)
+        if ctype == "text/plain" and att.get("filename") in flowed:
+            text = unflow(text, delsp=flowed[str(att.get("filename"))])
         if ctype.startswith("text/") and ctype not in _DOC_TYPES:
             texts.append(TextCandidate(clean_text(text), ctype == "text/html", origin))
 
@@ -260,6 +284,18 @@ def _read(parsed: mailparser.MailParser) -> Mail:
     )
 
 
+def _flowed_attachments(parsed: mailparser.MailParser) -> dict[str, bool]:
+    """Map the file name of every format=flowed text/plain attachment to its DelSp (mail-parser keeps neither)."""
+    if not any(str(att.get("mail_content_type") or "").lower() == "text/plain" for att in parsed.attachments):
+        return {}
+    found: dict[str, bool] = {}
+    for part in parsed.message.walk():
+        name = part.get_filename()
+        if name and part.get_content_type() == "text/plain" and str(part.get_param("format", "")).lower() == "flowed":
+            found[str(name)] = str(part.get_param("delsp", "")).lower() == "yes"
+    return found
+
+
 def _attachment_bytes(att: dict[str, object]) -> bytes:
     payload = att.get("payload") or ""
     text = payload if isinstance(payload, str) else str(payload)
@@ -272,7 +308,13 @@ def _attachment_bytes(att: dict[str, object]) -> bytes:
 
 
 def _decode(data: bytes, charset: object) -> str:
-    """Decode bytes best-effort: BOM, declared charset, UTF-8, then Windows-1252; never raises."""
+    """Decode bytes best-effort, never raising: as a document is (BOM > MIME charset > zero bytes or
+    XML declaration > UTF-8), else by the declared charset, UTF-8, then Windows-1252."""
+    declared = charset if isinstance(charset, str) else ""
+    try:
+        return decode_document(data, declared or None)[0]
+    except Unreadable:
+        pass
     for bom, codec in (
         (codecs.BOM_UTF8, "utf-8-sig"),
         (codecs.BOM_UTF16_LE, "utf-16"),
@@ -280,7 +322,6 @@ def _decode(data: bytes, charset: object) -> str:
     ):
         if data.startswith(bom):
             return data.decode(codec, "replace")
-    declared = charset if isinstance(charset, str) else ""
     for codec in (declared, "utf-8"):
         if codec:
             try:

@@ -214,6 +214,7 @@ class StoredDelivery:
     kind: str
     raw: bytes
     status: str
+    content_type: str | None = None
 
 
 class Store:
@@ -404,14 +405,15 @@ class Store:
         last = 0
         while True:
             rows = self.conn.execute(
-                f"SELECT id, channel, raw, status FROM deliveries WHERE {where} AND id > ? ORDER BY id LIMIT 500",
+                f"SELECT id, channel, raw, status, content_type FROM deliveries WHERE {where} AND id > ?"
+                " ORDER BY id LIMIT 500",
                 (last,),
             ).fetchall()
             if not rows:
                 return
-            for id_, channel, raw, status in rows:
+            for id_, channel, raw, status, content_type in rows:
                 last = id_
-                yield StoredDelivery(id_, _kind(channel, raw), raw, status)
+                yield StoredDelivery(id_, _kind(channel, raw), raw, status, content_type)
 
     def reextract(self, delivery_id: int, extraction: Extraction) -> Receipt:
         """Add the events a new extraction finds for a stored delivery and update its status."""

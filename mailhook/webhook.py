@@ -27,6 +27,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from mailhook import httpwire
+from mailhook.charset import charset_of, decode_document
 from mailhook.errors import RetryLater, Unreadable
 from mailhook.extract.json import parse_json
 from mailhook.extract.v1 import ROOTS
@@ -213,7 +214,7 @@ class Receiver:
             return
         signature = request.headers.get(SIGNATURE)
         if signature is None:
-            if _is_v1(body):
+            if _is_v1(body, request.headers.get(hdrs.CONTENT_TYPE)):
                 return  # CallFire cannot sign v1.1 notifications; the token protects them.
             raise Refused(401, "unauthorized", f"missing {SIGNATURE}: only v1.1 bodies may be unsigned")
         if not signature_matches(self.secret, body, signature):
@@ -292,13 +293,16 @@ def signature_matches(secret: str, body: bytes, signature: str) -> bool:
     return hmac.compare_digest(offered, expected)
 
 
-def _is_v1(body: bytes) -> bool:
-    """Say whether a body is a v1.1 notification: XML/SOAP, or JSON under a v1.1 root key."""
-    head = body.lstrip(_BLANK)[:1]
-    if head == b"<" or body[:2] in (b"\xff\xfe", b"\xfe\xff"):
+def _is_v1(body: bytes, content_type: str | None) -> bool:
+    """Say whether a body is a v1.1 notification: XML/SOAP, or JSON under a v1.1 root key (in any charset)."""
+    try:
+        text, _ = decode_document(body, charset_of(content_type))
+    except Unreadable:
+        return body.lstrip(_BLANK)[:1] == b"<"  # XML that cannot be decoded is still no v2 body
+    if text.lstrip("\ufeff \t\r\n")[:1] == "<":
         return True  # v2 webhooks are JSON only.
     try:
-        document = parse_json(body)
+        document = parse_json(text)
     except Unreadable:
         return False
     items = document if isinstance(document, list) else [document]

@@ -6,13 +6,16 @@ The number of examples per property comes from FUZZ_EXAMPLES
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from fulltext_support import assert_values_whole
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from mailhook.errors import Unreadable
@@ -168,3 +171,115 @@ def test_bombs_are_refused_as_unreadable(bomb: bytes) -> None:
     assert result.reason is not None
     assert "internal error" not in result.reason
     assert "nested too deeply" not in result.reason
+
+
+# Words a notification's message may hold: plain, accented, CJK, emoji, URLs, times, colons, markup characters.
+_WORDS = st.sampled_from([
+    "the", "reply", "appointment", "is", "at", "10:30", "Note:", "café", "Grüße", "東京で", "😀", "—", "-", "&", "<b>",
+    "a", "I", "ok.", "https://example.com/reservations/confirm/AbCdEfGhIjKlMnOpQrStUvWxYz0123456789", "C'est",
+    "$5.00", "50%", "(see)", ">>", "From", "x=y", "Reply", "STOP", "«ok»", "¿Qué?", "tomorrow,", "late;",
+]) | st.text(alphabet="abcdefghijklmnopqrstuvwxyzéñ0123456789", min_size=1, max_size=12)
+
+
+def _shape_email(message: str, shape: str, width: int, cte: str, charset: str) -> bytes:
+    """Build a notification email whose Message: field is wrapped as `shape` says, then transfer-encoded."""
+    import base64
+    import quopri
+    import textwrap
+
+    head = ["Text ID: 44400000999", "From Number: +1 213 555 0100", "To Number: 67076", "State: FINISHED"]
+    tail = ["Billed Amount: 0.03", "Created: 2026-12-04T09:00:00Z"]
+    line = f"Message: {message}"
+    params = ""
+    if shape.startswith("flowed"):
+        delsp = shape.endswith("delsp")
+        params = "; format=flowed" + ("; delsp=yes" if delsp else "")
+        # Each line keeps the space it was broken after (a word longer than `width` gets a line of its own).
+        wrapped = [""]
+        for piece in re.findall(r"\S+ ?", line):
+            if wrapped[-1] and len(wrapped[-1]) + len(piece.rstrip()) > width:
+                wrapped.append("")
+            wrapped[-1] += piece
+        # RFC 3676: every line but the last ends in the soft-break space (one added when DelSp=yes).
+        lines = [w + " " if delsp and i < len(wrapped) - 1 else w for i, w in enumerate(wrapped)]
+        if shape.startswith("flowed-quoted"):
+            lines = ["> " + w for w in [*head, *lines, *tail]]  # the space after ">" stuffs every line
+            head, tail = [], []
+        else:
+            lines = [" " + w if w.startswith((" ", ">", "From ")) else w for w in lines]  # space-stuffing
+        body = "\n".join([*head, *lines, *tail]) + "\n"
+    elif shape == "hard":
+        body = "\n".join([*head, *textwrap.wrap(line, width, break_long_words=False, break_on_hyphens=False),
+                          *tail]) + "\n"
+    else:  # html: <br> runs or one paragraph per line (Outlook's plain-to-HTML)
+        esc = [html.escape(w, quote=False) for w in textwrap.wrap(line, width, break_long_words=False,
+                                                                  break_on_hyphens=False)]
+        rows = [*head, *esc, *tail]
+        body = ("<html><body><p>" + "<br>\n".join(rows) + "</p></body></html>\n" if shape == "html-br"
+                else "<html><body>\n" + "".join(f'<p class="MsoNormal">{r}</p>\n' for r in rows) + "</body></html>\n")
+    data = body.encode(charset)
+    payload = (base64.encodebytes(data) if cte == "base64" else quopri.encodestring(data) if cte == "quoted-printable"
+               else data)
+    subtype = "html" if shape.startswith("html") else "plain"
+    return (b"From: CallFire <notifications@callfire.com>\nTo: ops@example.com\nSubject: Inbound Text Finished\n"
+            b"MIME-Version: 1.0\n"
+            + f"Content-Type: text/{subtype}; charset={charset}{params}\nContent-Transfer-Encoding: {cte}\n\n".encode()
+            + payload)
+
+
+@FUZZ
+@given(
+    st.lists(_WORDS, min_size=1, max_size=40),
+    st.sampled_from(["flowed", "flowed-delsp", "flowed-quoted", "flowed-quoted-delsp", "hard", "html-br", "html-p"]),
+    st.integers(60, 78),
+    st.sampled_from(["8bit", "quoted-printable", "base64"]),
+    st.sampled_from(["utf-8", "iso-8859-1", "utf-16"]),
+)
+def test_a_wrapped_message_in_any_shape_and_encoding_is_stored_whole(
+    words: list[str], shape: str, width: int, cte: str, charset: str
+) -> None:
+    message = " ".join(words)
+    assume(message.lower() not in ("-", "--", "na", "none", "null"))  # placeholders that mean "no message"
+    try:
+        message.encode(charset)
+    except UnicodeEncodeError:
+        charset = "utf-8"
+    if charset == "utf-16" and cte == "8bit":
+        cte = "base64"  # 8bit is for line-oriented text, and UTF-16 is not
+    raw = _shape_email(message, shape, width, cte, charset)
+    result = extract(raw, "email", {})
+    assert result.reason is None, result.reason
+    assert [e.message for e in result.events] == [message]
+    assert_values_whole(result, raw, "email")
+
+
+@FUZZ
+@given(st.lists(_WORDS, min_size=1, max_size=30),
+       st.sampled_from(["utf-8", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be", "latin-1",
+                        "cp1252", "shift_jis", "koi8-r"]),
+       st.booleans(), st.booleans())
+def test_a_document_in_any_declared_charset_is_read_whole(
+    words: list[str], charset: str, as_xml: bool, declare: bool
+) -> None:
+    message = " ".join(words)
+    try:
+        message.encode(charset)
+    except UnicodeEncodeError:
+        message = "".join(ch for ch in message if ch.isascii())
+    if not message.strip():
+        message = "ok"
+    message = message.strip()
+    if as_xml:
+        text = (f'<?xml version="1.0" encoding="{charset}"?>\n<TextNotification><Text id="5"><FromNumber>1</FromNumber>'
+                f"<Message>{html.escape(message, quote=False)}</Message></Text></TextNotification>")
+    else:
+        text = json.dumps({"TextNotification": {"Text": {"@id": "5", "FromNumber": 1, "Message": message}}},
+                          ensure_ascii=False)
+    raw = text.encode(charset)
+    content_type = f"application/{'xml' if as_xml else 'json'}; charset={charset}" if declare else None
+    if not as_xml and not declare and not charset.startswith("utf"):
+        return  # JSON carries no declaration of its own: only Unicode is found without a charset (RFC 8259 §8.1)
+    result = extract(raw, "document", {}, content_type)
+    assert result.reason is None, result.reason
+    assert [e.message for e in result.events] == [message]
+    assert_values_whole(result, raw, "document", content_type)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from mailhook.errors import Unreadable
 from mailhook.extract import extract
 from mailhook.extract.document import read_document
-from mailhook.extract.text import _norm, read_text
+from mailhook.extract.text import _norm, read_text, read_text_noted
 from mailhook.models import Event
 
 NO_SUBS: dict[int, str] = {}
@@ -262,3 +262,68 @@ def test_us_time_zone_names_are_converted_to_utc() -> None:
 @given(st.text(max_size=30))
 def test_a_label_is_normalized_to_its_lower_case_letters_and_digits_in_any_script(label: str) -> None:
     assert _norm(label) == "".join(ch for ch in label.lower() if ch.isalnum())
+
+
+WRAPPED = (
+    "Text ID: 44400000001\nFrom Number: +1 213 555 0142\nTo Number: 67076\nState: FINISHED\n"
+    "Message: This is a long reply that the phone sent and the mail client\n"
+    "wrapped at seventy-two columns, so it spans several lines: none of it\n"
+    "may be lost.\nBilled Amount: 0.03\n"
+)
+WHOLE = ("This is a long reply that the phone sent and the mail client wrapped at seventy-two columns, so it spans"
+         " several lines: none of it may be lost.")
+
+
+def test_a_hard_wrapped_value_is_joined_to_its_continuation_lines() -> None:
+    event = one(WRAPPED, "Inbound Text Finished")
+    assert event.message == WHOLE
+    assert event.billed_amount == Decimal("0.03")
+    assert event.payload["fields"]["Message"] == WHOLE
+
+
+def test_a_wrapped_value_in_html_br_runs_and_source_lines_is_joined() -> None:
+    markup = "<p>" + WRAPPED.replace("\n", "<br>\n", 4).replace("client\n", "client<br>") + "</p>"
+    assert one(markup, "Inbound Text Finished", html=True).message == WHOLE
+    paragraphs = "".join(f"<p>{line}</p>\n" for line in WRAPPED.splitlines())
+    assert one(paragraphs, "Inbound Text Finished", html=True).message == WHOLE
+
+
+def test_a_value_on_the_lines_after_its_label_is_read() -> None:
+    text = "Text ID: 1\nFrom Number: 67076\nTo Number: 5551234\nMessage:\nSee you\nat five\n\nThanks"
+    assert one(text, "Outbound Text Finished").message == "See you at five"
+
+
+def test_a_folded_line_continues_any_field() -> None:
+    text = "Text ID: 1\nFrom Number: 67076\nTo Number: 5551234\nCreated: Dec 4, 2026\n  10:15 AM\nMessage: hi\n"
+    assert one(text, "Outbound Text Finished").created == "2026-12-04T10:15:00Z"
+
+
+def test_prose_after_a_short_typed_value_is_not_taken_into_it() -> None:
+    text = "Text ID: 1\nFrom Number: 67076\nTo Number: 5551234\nFinal Result: SENT\nThank you for using us\n"
+    event = one(text, "Outbound Text Finished")
+    assert event.final_result == "SENT"
+    assert event.payload["fields"]["Final Result"] == "SENT"
+
+
+def test_a_line_nothing_marks_is_kept_in_a_free_text_value_and_noted() -> None:
+    events, notes = read_text_noted(
+        "Text ID: 1\nFrom Number: 67076\nTo Number: 5551234\nMessage: Running late\nsee you at 5\n",
+        subject="Inbound Text Finished", subscriptions={}, html=False,
+    )
+    assert [e.message for e in events] == ["Running late see you at 5"]
+    assert notes == ["line 'see you at 5' joined to field 'Message' as its continuation:"
+                     " nothing marks it as one or as separate text"]
+
+
+def test_a_wrapped_line_with_a_colon_continues_the_message_instead_of_becoming_a_field() -> None:
+    text = ("Text ID: 1\nFrom Number: 67076\nTo Number: 5551234\n"
+            "Message: Your appointment with Dr. Rivera is confirmed for Monday at 10:30\n"
+            "AM. Note: bring your insurance card.\nBilled Amount: 0.03\n")
+    assert one(text, "Outbound Text Finished").message == (
+        "Your appointment with Dr. Rivera is confirmed for Monday at 10:30 AM. Note: bring your insurance card."
+    )
+
+
+def test_a_blank_line_ends_a_value() -> None:
+    text = "Text ID: 1\nFrom Number: 67076\nTo Number: 5551234\nMessage: hi there\n\nCallFire, Inc.\n"
+    assert one(text, "Outbound Text Finished").message == "hi there"

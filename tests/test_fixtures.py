@@ -1,4 +1,7 @@
-"""Every fixture under fixtures/ is extracted into exactly the events its .expected.json lists."""
+"""Every fixture under fixtures/ is extracted into exactly the events its .expected.json lists.
+
+An expected file may name the `content_type` its sample comes with (fixtures/http: a POST's header).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fulltext_support import assert_values_whole
 
 from mailhook.extract import extract
 
@@ -45,7 +49,7 @@ def test_fixture_extracts_to_its_expected_events(sample: Path, expected_path: Pa
     expected = json.loads(expected_path.read_text(encoding="utf-8"))
     assert sample.exists(), f"no single sample file beside {expected_path.name}"
     subscriptions = {int(k): v for k, v in expected.get("subscriptions", {}).items()}
-    result = extract(sample.read_bytes(), expected["kind"], subscriptions)
+    result = extract(sample.read_bytes(), expected["kind"], subscriptions, expected.get("content_type"))
 
     if expected["quarantined"] is None:
         assert result.reason is None, result.reason
@@ -56,3 +60,16 @@ def test_fixture_extracts_to_its_expected_events(sample: Path, expected_path: Pa
         assert expected["quarantined"] in result.reason
     for note in expected.get("notes", []):
         assert any(note in n for n in result.notes), (note, result.notes)
+
+
+@pytest.mark.parametrize(
+    ("sample", "expected_path"),
+    _cases(),
+    ids=[str(e.relative_to(FIXTURES))[: -len(EXPECTED_SUFFIX)] for _, e in _cases()],
+)
+def test_every_stored_text_value_appears_whole_in_the_decoded_fixture(sample: Path, expected_path: Path) -> None:
+    expected = json.loads(expected_path.read_text(encoding="utf-8"))
+    subscriptions = {int(k): v for k, v in expected.get("subscriptions", {}).items()}
+    raw = sample.read_bytes()
+    result = extract(raw, expected["kind"], subscriptions, expected.get("content_type"))
+    assert_values_whole(result, raw, expected["kind"], expected.get("content_type"))

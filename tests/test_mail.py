@@ -8,6 +8,7 @@ import email as stdlib_email
 import html
 import quopri
 import re
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 
 from mailhook.embedded import _FORWARD_MARK, _has_forward_mark, _has_quoted_line, _json_spans, find_documents, unescape
 from mailhook.errors import Unreadable
+from mailhook.extract import extract
 from mailhook.mail import (
     _SHARED_BOUNDARY,
     MAX_CONTAINERS,
@@ -38,6 +40,7 @@ XML = (
     "</n:TextNotification>"
 )
 JSON = '{"TextNotification": {"Text": {"@id": "9", "Message": "curly } brace { inside"}}}'
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 HEAD = "From: CallFire <notifications@callfire.com>\nTo: ops@example.com\nSubject: Outbound Text Finished\n"
 
 
@@ -475,3 +478,72 @@ def test_an_unusual_multipart_header_is_asked_about_not_assumed(head: str) -> No
     assert renamed is None or not renamed[1]
     shared, direct = _parsed_both_ways(raw)
     assert shared == direct
+
+
+def _xml_part(message: str, declaration: str) -> str:
+    return (f'<?xml version="1.0" encoding="{declaration}"?>\n<TextNotification><SubscriptionId>7</SubscriptionId>'
+            f'<Text id="123"><FromNumber>67076</FromNumber><Message>{message}</Message></Text></TextNotification>')
+
+
+def _part_email(ctype: str, data: bytes, disposition: str = "attachment; filename=n.xml") -> bytes:
+    return (HEAD + 'MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="XX"\n\n--XX\n'
+            "Content-Type: text/plain; charset=utf-8\n\nSee attached.\n--XX\n"
+            f"Content-Type: {ctype}\nContent-Disposition: {disposition}\nContent-Transfer-Encoding: base64\n\n"
+            ).encode() + base64.encodebytes(data) + b"--XX--\n"
+
+
+@pytest.mark.parametrize("disposition", ["attachment; filename=n.xml", "inline"])
+@pytest.mark.parametrize(
+    ("ctype", "data", "message"),
+    [
+        # No MIME charset: the XML declaration names the encoding (RFC 7303 §3.2, XML 1.0 §4.3.3).
+        ("application/xml", _xml_part("Привет", "KOI8-R").encode("koi8-r"), "Привет"),
+        # The MIME charset wins over the XML declaration.
+        ("application/xml; charset=koi8-r", _xml_part("Привет", "ISO-8859-1").encode("koi8-r"), "Привет"),
+        # A BOM wins over the MIME charset.
+        ("text/xml; charset=iso-8859-1", _xml_part("東京", "UTF-16").encode("utf-16"), "東京"),
+        # UTF-16 without a BOM, declared or found from its zero bytes.
+        ("application/xml; charset=utf-16", _xml_part("東京", "UTF-16").encode("utf-16-le"), "東京"),
+        ("application/xml", _xml_part("東京", "UTF-16").encode("utf-16-be"), "東京"),
+        ("application/json; charset=utf-32", '{"TextNotification": {"Text": {"@id": "123", "Message": "東京"}}}'
+         .encode("utf-32"), "東京"),
+    ],
+)
+def test_an_xml_or_json_part_is_decoded_bom_then_mime_charset_then_declaration(
+    ctype: str, data: bytes, message: str, disposition: str
+) -> None:
+    result = extract(_part_email(ctype, data, disposition), "email", {})
+    assert result.reason is None
+    assert [e.message for e in result.events] == [message]
+
+
+def test_a_flowed_body_is_unflowed_before_its_fields_are_read() -> None:
+    body = "Text ID: 5\nMessage: a long \nreply that \nwraps\nFrom Number: 67076\n"
+    for params, want in (
+        ("format=flowed", "a long reply that wraps"),
+        ("format=flowed; delsp=yes", "a longreply thatwraps"),
+        ("format=fixed", None),
+    ):
+        mail = parse_mail(email(body, ctype=f"text/plain; charset=utf-8; {params}"))
+        if want is None:
+            assert mail.texts[0].text == body
+        else:
+            assert f"Message: {want}\n" in mail.texts[0].text
+
+
+@pytest.mark.parametrize(
+    ("name", "subject", "message_id"),
+    [
+        ("text-attachment-flowed-rfc2047-2231.eml", "Inbound Text Finished — réponse", "<ts0006@example.org>"),
+        ("text-utf8-headers-rfc6532.eml", "Inbound Text Finished — réponse de Zoë", "<zoë.0008@example.org>"),
+    ],
+)
+def test_encoded_words_and_utf8_header_fields_are_read_as_text(name: str, subject: str, message_id: str) -> None:
+    mail = parse_mail((FIXTURES / "email" / name).read_bytes())
+    assert (mail.subject, mail.message_id) == (subject, message_id)
+
+
+def test_an_rfc2231_file_name_in_parts_names_the_flowed_attachment_it_unflows() -> None:
+    mail = parse_mail((FIXTURES / "email" / "text-attachment-flowed-rfc2047-2231.eml").read_bytes())
+    attachment = next(t for t in mail.texts if t.origin == "attachment 'notification réponse.txt'")
+    assert "Message: Réponse reçue : très bien, à jeudi ! Merci beaucoup pour le rappel — c'est noté" in attachment.text

@@ -9,21 +9,31 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from mailhook.charset import charset_of, decode_document
 from mailhook.errors import Unreadable
 from mailhook.extract.document import read_document
-from mailhook.extract.text import read_text
+from mailhook.extract.text import read_text, read_text_noted
 from mailhook.mail import parse_mail
 from mailhook.models import Event, Extraction, Kind
 
 __all__ = ["extract", "read_document", "read_text"]
 
 
-def extract(raw: bytes, kind: Kind, subscriptions: Mapping[int, str] | None = None) -> Extraction:
-    """Read every notification event in `raw`, or say why there is none."""
+def extract(
+    raw: bytes, kind: Kind, subscriptions: Mapping[int, str] | None = None, content_type: str | None = None
+) -> Extraction:
+    """Read every notification event in `raw`, or say why there is none.
+
+    `content_type` is the Content-Type a bare document came with (an HTTP
+    header): its `charset` is honoured as mailhook.charset orders it.
+    An email carries its own, per part.
+    """
     subs = subscriptions or {}
     try:
         if kind == "document":
-            events, notes = read_document(raw, subs)
+            text, notes = decode_document(raw, charset_of(content_type))
+            events, found = read_document(text, subs)
+            notes += found
             return Extraction(events=tuple(events), notes=tuple(notes))
         return _extract_email(raw, subs)
     except Unreadable as exc:
@@ -60,14 +70,16 @@ def _extract_email(raw: bytes, subs: Mapping[int, str]) -> Extraction:
         )
     for part in mail.texts:
         try:
-            events = read_text(part.text, subject=mail.subject, subscriptions=subs, html=part.html)
+            events, text_notes = read_text_noted(
+                part.text, subject=mail.subject, subscriptions=subs, html=part.html
+            )
         except Unreadable as exc:
             reasons.append(f"{part.origin}: {exc}")
             continue
         if events:
             return Extraction(
                 events=tuple(events),
-                notes=tuple(notes),
+                notes=(*notes, *(f"{part.origin}: {note}" for note in text_notes)),
                 message_id=mail.message_id,
                 subject=mail.subject,
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from mailhook.charset import decode_document
 from mailhook.errors import Unreadable
 from mailhook.extract.json import parse_json
 from mailhook.extract.v1 import ROOTS, read_v1
@@ -12,29 +13,28 @@ from mailhook.extract.v2 import is_v2, read_v2
 from mailhook.extract.xml import parse_xml
 from mailhook.models import Event
 
-_BLANK = b" \t\r\n\xef\xbb\xbf"
-
 
 def read_document(data: bytes | str, subscriptions: Mapping[int, str]) -> tuple[list[Event], list[str]]:
-    """Sniff (first non-blank char: '<' XML/SOAP, '{' or '[' JSON) and read one document.
+    """Decode bytes (mailhook.charset), sniff (first non-blank char: '<' XML/SOAP, '{' or '[' JSON), read.
 
+    Bytes are decoded with no charset declared beside them; a caller that has
+    one (extract(), for an HTTP body) decodes first and passes the text.
     Returns the events and notes on anything done to read it (such as a
-    repaired malformed XML); raises `Unreadable` with a precise reason when the
-    document is not a CallFire notification or holds no event.
+    repaired malformed XML, or a charset chosen against a declaration);
+    raises `Unreadable` with a precise reason when the document cannot be
+    decoded, is not a CallFire notification or holds no event.
     """
-    head = (
-        data.lstrip("\ufeff \t\r\n")[:1]
-        if isinstance(data, str)
-        else data.lstrip(_BLANK)[:1].decode("latin-1")
-    )
+    notes: list[str] = []
+    if isinstance(data, bytes):
+        data, notes = decode_document(data)
+    head = data.lstrip("\ufeff \t\r\n")[:1]
     if not head:
         raise Unreadable("empty document")
     if head == "<":
-        events, notes = _read_xml(data, subscriptions)
+        events, found = _read_xml(data, subscriptions)
+        notes += found
     elif head in "{[":
-        events, notes = _read_json(data, subscriptions), []
-    elif isinstance(data, bytes) and data[:2] in (b"\xff\xfe", b"\xfe\xff"):
-        events, notes = _read_xml(data, subscriptions)
+        events = _read_json(data, subscriptions)
     else:
         raise Unreadable(f"not XML or JSON: document starts with {head!r}")
     if not events:
@@ -42,7 +42,7 @@ def read_document(data: bytes | str, subscriptions: Mapping[int, str]) -> tuple[
     return events, notes
 
 
-def _read_xml(data: bytes | str, subscriptions: Mapping[int, str]) -> tuple[list[Event], list[str]]:
+def _read_xml(data: str, subscriptions: Mapping[int, str]) -> tuple[list[Event], list[str]]:
     document, notes = parse_xml(data)
     fmt = "xml"
     root, body = next(iter(document.items()))
@@ -68,7 +68,7 @@ def _soap_body(envelope: Any) -> tuple[str, Any]:
     return children[0]
 
 
-def _read_json(data: bytes | str, subscriptions: Mapping[int, str]) -> list[Event]:
+def _read_json(data: str, subscriptions: Mapping[int, str]) -> list[Event]:
     document = parse_json(data)
     items = document if isinstance(document, list) else [document]
     events: list[Event] = []

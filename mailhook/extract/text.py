@@ -69,7 +69,8 @@ _ROW_END = re.compile(r"</tr\s*>|</table\s*>", re.IGNORECASE)
 _CELL_START = re.compile(r"<t[dh]\b[^<>]*>", re.IGNORECASE)
 _CELL_END = re.compile(r"</t[dh]\s*>", re.IGNORECASE)
 _TAG = re.compile(r"<[^<>]*>")
-_BREAK = re.compile(r"<\s*(?:br|/p|/div|/tr|/li|/h\d)\b[^<>]*>", re.IGNORECASE)
+# A break tag takes the source line end after it: that is layout, and a blank line would end a value.
+_BREAK = re.compile(r"<\s*(?:br|/p|/div|/tr|/li|/h\d)\b[^<>]*>(?:[ \t]*\r?\n)?", re.IGNORECASE)
 _NOT_ALNUM = re.compile(r"[\W_]+")
 _WORDS = re.compile(r"[a-z]+")
 _NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
@@ -91,13 +92,24 @@ _CAMPAIGN_WORDS = {
 
 def read_text(text: str, *, subject: str | None, subscriptions: Mapping[int, str], html: bool) -> list[Event]:
     """Read the notifications in a plain-text or HTML part; [] when it holds none."""
-    pairs = _table_pairs(text) + _line_pairs(html_to_lines(text)) if html else _line_pairs(text)
+    return read_text_noted(text, subject=subject, subscriptions=subscriptions, html=html)[0]
+
+
+def read_text_noted(
+    text: str, *, subject: str | None, subscriptions: Mapping[int, str], html: bool
+) -> tuple[list[Event], list[str]]:
+    """Read the notifications in a plain-text or HTML part, with notes on lines whose place was a guess."""
+    notes: list[str] = []
+    if html:
+        pairs = _table_pairs(text) + _line_pairs(html_to_lines(text), notes, html=True)
+    else:
+        pairs = _line_pairs(text, notes, html=False)
     events: list[Event] = []
     for block in _blocks(pairs):
         event = _read_block(block, subject, subscriptions, "html" if html else "text")
         if event is not None:
             events.append(event)
-    return events
+    return events, notes
 
 
 def html_to_lines(markup: str) -> str:
@@ -113,19 +125,69 @@ def _norm(label: str) -> str:
     return _NOT_ALNUM.sub("", label.lower())
 
 
-def _line_pairs(text: str) -> list[tuple[str, str]]:
+def _line_pairs(text: str, notes: list[str] | None = None, *, html: bool = False) -> list[tuple[str, str]]:
+    """Read `Field: value` lines; a line that continues a value (see _continues) is joined to it."""
     pairs: list[tuple[str, str]] = []
+    previous = ""  # the last line of the open field (its own line or a continuation); "" when none is open
     for line in text.splitlines()[:_MAX_LINES]:
         m = _LINE.match(line)
-        if m is None:
+        if m is not None:
+            label, value = m.group(1).strip(), m.group(2)
+            if value.startswith("//"):
+                m = None  # a URL, not a field
+            elif " - " in line and ":" not in line and "=" not in line and _norm(label) not in FIELDS:
+                m = None  # a dash only separates a field we know; elsewhere it is prose
+            elif previous and _norm(label) not in FIELDS and _is_free_text(pairs[-1][0]) and (
+                _wrapped(previous, line, html) or not pairs[-1][1]
+            ):
+                m = None  # a wrapped value's next line that holds a colon, not a field
+        if m is not None:
+            pairs.append((label, value))
+            previous = line
             continue
-        label, value = m.group(1).strip(), m.group(2)
-        if value.startswith("//"):
-            continue  # a URL, not a field
-        if " - " in line and ":" not in line and "=" not in line and _norm(label) not in FIELDS:
-            continue  # a dash only separates a field we know; elsewhere it is prose
-        pairs.append((label, value))
+        if not line.strip():
+            previous = ""  # a blank line ends a value
+            continue
+        if not previous:
+            continue  # prose outside any field
+        label, value = pairs[-1]
+        certain = not value or _wrapped(previous, line, html)
+        if not certain and not _is_free_text(label):
+            previous = ""  # prose after an id, number, time or state: no such value is wrapped
+            continue
+        pairs[-1] = (label, f"{value} {line.strip()}" if value else line.strip())
+        previous = line
+        if not certain and notes is not None and FIELDS.get(_norm(label)) is not None:
+            notes.append(
+                f"line {_snippet(line)} joined to field {label!r} as its continuation:"
+                " nothing marks it as one or as separate text"
+            )
     return pairs
+
+
+# A line this long (with the next line's first word) was wrapped by the sender's mail client:
+# clients wrap at 66-78 columns, so shorter pairs of lines were broken on purpose.
+_WRAP_COLUMNS = 60
+_FREE_TEXT = frozenset({"message", "name", "labels"})
+
+
+def _wrapped(previous: str, line: str, html: bool) -> bool:
+    """Say whether `line` is surely the continuation of `previous`: folded (indented) text, or a wrap."""
+    if not html and line[:1] in (" ", "\t"):
+        return True  # folded, as RFC 5322 folds a header field
+    words = line.split()
+    return bool(words) and len(previous.rstrip()) + 1 + len(words[0]) > _WRAP_COLUMNS
+
+
+def _is_free_text(label: str) -> bool:
+    """Say whether a field holds free text (a message, a name, or a field mailhook does not know)."""
+    canon = FIELDS.get(_norm(label))
+    return canon is None or canon in _FREE_TEXT
+
+
+def _snippet(line: str) -> str:
+    text = " ".join(line.split())
+    return repr(text if len(text) <= 60 else text[:57] + "...")
 
 
 def _table_pairs(markup: str) -> list[tuple[str, str]]:
