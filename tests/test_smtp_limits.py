@@ -333,3 +333,29 @@ def test_slow_noop_sessions_filling_every_place_do_not_lock_out_a_client_that_se
     metrics = runtime.metrics.render().decode()
     assert 'mailhook_rejected_total{channel="smtp",reason="evicted"}' in metrics, metrics
     _deliver(runtime, 20)
+
+
+def test_no_control_character_or_undecodable_byte_from_a_peer_reaches_a_deliveries_column(
+    start_server: StartServer, mode: str
+) -> None:
+    runtime = start_server(smtp={"acknowledge": mode})
+    raw = (notification(30).replace(b"\n", b"\r\n")
+           .replace(b"Message-ID: <30.notify@callfire.test>", b"Message-ID: <30\x00\x1b.\xff@callfire.test>")
+           .replace(b"Subject: CallFire notification 30", b"Subject: a\x00b\x7f =?utf-8?q?c=00d=0De=1B?= \xed\xa0\x80"))
+    sock, f = _session(runtime)
+    with sock, f:
+        for line in (b"EHLO c", b"MAIL FROM:<a@callfire.com>", b"RCPT TO:<ops@example.com>", b"DATA"):
+            assert _say(f, line)[:1] in (b"2", b"3")
+        f.write(raw + b".\r\n")
+        f.flush()
+        assert _reply(f).startswith(b"250 ")
+    assert _stored(runtime, 30)
+    columns = [name for (name,) in rows(_db(runtime), "SELECT name FROM pragma_table_info('deliveries')")]
+    (row,) = rows(_db(runtime), "SELECT * FROM deliveries")
+    values = dict(zip(columns, row, strict=True))
+    assert values["raw"] == raw
+    texts = {k: v for k, v in values.items() if isinstance(v, str)}
+    assert {"subject", "message_id", "envelope_from", "envelope_to", "remote_addr"} <= set(texts)
+    for name, text in texts.items():
+        assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in text), (name, text)
+    assert texts["message_id"] == "<30\ufffd\ufffd.@callfire.test>"
