@@ -84,6 +84,9 @@ class SmtpSettings:
     idle_timeout: float = option(300.0, "seconds an SMTP session may stay silent")
     data_timeout: float = option(600.0, "seconds a client may take to send one message after DATA")
     shutdown_grace: float = option(30.0, "seconds a stopping server lets SMTP transactions in flight finish")
+    max_connection_rate: int = option(
+        0, "most connections one address may open per minute; more get 421 (0: no limit; Postfix "
+        "smtpd_client_connection_rate_limit)")
     max_session_time: float = option(1200.0, "seconds one SMTP session may last, whatever it does")
     max_junk_commands: int = option(
         100, "commands that carry no mail (NOOP, RSET, HELP, VRFY, EXPN, a third HELO/EHLO) one session may send "
@@ -438,6 +441,7 @@ def validate(settings: Settings) -> Settings:
             "smtp.idle_timeout and smtp.data_timeout must be positive",
         ),
         (settings.smtp.max_session_time > 0, "smtp.max_session_time must be positive"),
+        (settings.smtp.max_connection_rate >= 0, "smtp.max_connection_rate must not be negative"),
         (
             min(settings.smtp.max_junk_commands, settings.smtp.soft_error_limit, settings.smtp.hard_error_limit,
                 settings.smtp.max_auth_failures) > 0,

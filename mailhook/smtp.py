@@ -32,6 +32,7 @@ RETRY_LATER = "451 4.3.0 Storage temporarily unavailable, please try again later
 SHUTTING_DOWN = b"421 4.3.2 Service shutting down, please try again later\r\n"
 TOO_MANY_SESSIONS = b"421 4.3.2 Too many connections, please try again later\r\n"
 TOO_MANY_FROM_ADDRESS = b"421 4.7.0 Too many connections from your address, please try again later\r\n"
+TOO_FAST = b"421 4.7.0 Too many connections from your address in the last minute, please slow down\r\n"
 EVICTED = b"421 4.3.2 Too many connections; closing this session, which sent no mail command lately\r\n"
 SESSION_TIME = b"421 4.4.2 Session time limit reached, closing connection\r\n"
 TOO_MUCH_JUNK = b"421 4.7.0 Too many commands without mail, closing connection\r\n"
@@ -39,7 +40,9 @@ TOO_MANY_ERRORS = b"421 4.7.0 Too many errors, closing connection\r\n"
 TOO_MANY_AUTH_FAILURES = b"421 4.7.0 Too many authentication failures, closing connection\r\n"
 # An address's failed AUTH count is forgotten this many seconds after its last failure (as Dovecot's auth penalty).
 AUTH_PENALTY_MEMORY = 600.0
-# Most addresses remembered at once for the AUTH penalty and for the refusal summary.
+# The time unit of smtp.max_connection_rate, in seconds (Postfix's anvil_rate_time_unit).
+RATE_UNIT = 60.0
+# Most addresses remembered at once for the AUTH penalty, the connection rate and the refusal summary.
 MAX_REMEMBERED = 10_000
 # Replies that refuse something, by prefix (all 5xx), and the reason `mailhook_rejected_total` counts them under.
 REFUSALS = {"550 5.1.1": "recipient", "550 5.7.1": "sender", "552": "too_large", "535": "unauthorized",
@@ -464,6 +467,8 @@ class SmtpDoor:
         self.refused: collections.Counter[str] = collections.Counter()
         self.refused_from: collections.Counter[str] = collections.Counter()
         self.refusal_report: asyncio.TimerHandle | None = None
+        # Connections by address in the current rate unit: (loop time the unit started, count).
+        self.connection_rates: dict[str, tuple[float, int]] = {}
         # Failed AUTH attempts by address: (count, loop time of the last one).
         self.auth_penalties: dict[str, tuple[int, float]] = {}
         self._idle = asyncio.Event()
@@ -526,6 +531,8 @@ class SmtpDoor:
         """
         if self.closing:
             return SHUTTING_DOWN
+        if self.settings.max_connection_rate and self._too_fast(conn.peer_ip):
+            return self._refuse(conn, "too_fast", TOO_FAST)
         if self.per_ip[conn.peer_ip] >= self.settings.max_per_ip:
             return self._refuse(conn, "too_many_from_address", TOO_MANY_FROM_ADDRESS)
         if len(self.sessions) >= self.settings.max_sessions:
@@ -558,6 +565,19 @@ class SmtpDoor:
         )
         return min(candidates, key=lambda c: c.last_progress, default=None)
 
+    def _too_fast(self, peer: str) -> bool:
+        """Count a connection from `peer`; say whether it is over max_connection_rate in the current minute."""
+        now = asyncio.get_running_loop().time()
+        started, count = self.connection_rates.get(peer, (now, 0))
+        if now - started >= RATE_UNIT:
+            started, count = now, 0
+        elif peer not in self.connection_rates and len(self.connection_rates) >= MAX_REMEMBERED:
+            stale = [p for p, (at, _) in self.connection_rates.items() if now - at >= RATE_UNIT]
+            for p in stale or list(self.connection_rates)[: MAX_REMEMBERED // 2]:
+                del self.connection_rates[p]
+        self.connection_rates[peer] = (started, count + 1)
+        return count >= self.settings.max_connection_rate
+
     def _refuse(self, conn: Connection, reason: str, reply: bytes) -> bytes:
         """Count a connection refused at a cap, for the metrics and the next summary line; return the reply."""
         self.runtime.metrics.on_rejected("smtp", reason)
@@ -579,10 +599,10 @@ class SmtpDoor:
             return
         top, top_count = self.refused_from.most_common(1)[0]
         log.warning(
-            "refused %d connections in the last %.0f s: %d at smtp.max_sessions, %d at smtp.max_per_ip; "
-            "from %d addresses%s, most from %s (%d)",
+            "refused %d connections in the last %.0f s: %d at smtp.max_sessions, %d at smtp.max_per_ip, "
+            "%d at smtp.max_connection_rate; from %d addresses%s, most from %s (%d)",
             total, self.settings.refusal_log_interval, self.refused["too_many_sessions"],
-            self.refused["too_many_from_address"], len(self.refused_from),
+            self.refused["too_many_from_address"], self.refused["too_fast"], len(self.refused_from),
             "+" if len(self.refused_from) >= MAX_REMEMBERED else "", top, top_count,
         )
         self.refused.clear()

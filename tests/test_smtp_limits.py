@@ -256,7 +256,8 @@ def test_connections_refused_at_the_caps_are_logged_as_one_summary_line(
     lines = [r.getMessage() for r in caplog.records if r.name == "mailhook.smtp" and r.levelno >= logging.WARNING]
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"refused {refusals} connections in the last 1 s: 5 at smtp.max_sessions, "
-                               "25 at smtp.max_per_ip; from 2 addresses, most from 127.0.0.1 (25)"), lines[0]
+                               "25 at smtp.max_per_ip, 0 at smtp.max_connection_rate; "
+                               "from 2 addresses, most from 127.0.0.1 (25)"), lines[0]
     for smtp in (first, second, other):
         smtp.quit()
 
@@ -359,3 +360,17 @@ def test_no_control_character_or_undecodable_byte_from_a_peer_reaches_a_deliveri
     for name, text in texts.items():
         assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in text), (name, text)
     assert texts["message_id"] == "<30\ufffd\ufffd.@callfire.test>"
+
+
+def test_connections_past_the_rate_per_address_get_421_while_other_addresses_connect(
+    start_server: StartServer, mode: str
+) -> None:
+    runtime = start_server(smtp={"acknowledge": mode, "max_connection_rate": 3})
+    for _ in range(3):
+        client(runtime).quit()
+    with pytest.raises(smtplib.SMTPConnectError) as refused:
+        client(runtime)
+    assert (refused.value.smtp_code, refused.value.smtp_error[:5]) == (421, b"4.7.0")
+    _deliver(runtime, 40, source_address=("127.0.0.2", 0))
+    metrics = runtime.metrics.render().decode()
+    assert 'mailhook_rejected_total{channel="smtp",reason="too_fast"} 1.0' in metrics
