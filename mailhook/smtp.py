@@ -524,19 +524,24 @@ class SmtpDoor:
     def admit(self, conn: Connection) -> bytes | None:
         """Count a new session in, or return the 421 reply that refuses it.
 
-        With every session taken, a session that sent no mail command for
-        `evict_after` seconds, from an address holding more sessions than the
-        newcomer's, makes room (see `_idlest`): sessions that only idle or
-        send junk from a few addresses cannot lock out a client that sends mail.
+        At a cap, a session that sent no mail command for `evict_after`
+        seconds makes room (see `_idlest`): at max_per_ip one from the same
+        address, at max_sessions one from an address holding more sessions
+        than the newcomer's. So sessions that only idle or send junk cannot
+        lock out a client that sends mail, from another address or their own.
         """
         if self.closing:
             return SHUTTING_DOWN
         if self.settings.max_connection_rate and self._too_fast(conn.peer_ip):
             return self._refuse(conn, "too_fast", TOO_FAST)
         if self.per_ip[conn.peer_ip] >= self.settings.max_per_ip:
-            return self._refuse(conn, "too_many_from_address", TOO_MANY_FROM_ADDRESS)
+            idlest = self._idlest(conn, same_address=True)
+            if idlest is None:
+                return self._refuse(conn, "too_many_from_address", TOO_MANY_FROM_ADDRESS)
+            idlest.evict()
+            self.release(idlest)
         if len(self.sessions) >= self.settings.max_sessions:
-            idlest = self._idlest(conn)
+            idlest = self._idlest(conn, same_address=False)
             if idlest is None:
                 return self._refuse(conn, "too_many_sessions", TOO_MANY_SESSIONS)
             idlest.evict()
@@ -547,21 +552,23 @@ class SmtpDoor:
         self._idle.clear()
         return None
 
-    def _idlest(self, newcomer: Connection) -> Connection | None:
+    def _idlest(self, newcomer: Connection, *, same_address: bool) -> Connection | None:
         """Return the session that may make room for `newcomer`, if any.
 
         That is the one longest without a mail command, idle so for at least
-        evict_after seconds, not storing a message, and from an address that
-        holds more sessions than the newcomer's would: sessions from a few
+        evict_after seconds and not storing a message; from the newcomer's own
+        address (`same_address`), or else from an address that holds more
+        sessions than the newcomer's would, so that sessions from a few
         addresses cannot shut out a client from another, nor evict each other.
         """
         if not self.settings.evict_after:
             return None
         latest = asyncio.get_running_loop().time() - self.settings.evict_after
-        share = self.per_ip[newcomer.peer_ip] + 1
+        peer, share = newcomer.peer_ip, self.per_ip[newcomer.peer_ip] + 1
         candidates = (
             c for c in self.sessions
-            if c.last_progress <= latest and not c.storing and not c.ended and self.per_ip[c.peer_ip] > share
+            if c.last_progress <= latest and not c.storing and not c.ended
+            and (c.peer_ip == peer if same_address else self.per_ip[c.peer_ip] > share)
         )
         return min(candidates, key=lambda c: c.last_progress, default=None)
 

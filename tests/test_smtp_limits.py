@@ -172,7 +172,7 @@ def test_errors_past_the_soft_limit_are_delayed_and_the_hard_limit_closes_the_se
     start_server: StartServer, mode: str
 ) -> None:
     runtime = start_server(smtp={"acknowledge": mode, "soft_error_limit": 2, "hard_error_limit": 4,
-                                 "error_sleep_time": 0.5})
+                                 "error_sleep_time": 1.0})
     sock, f = _session(runtime)
     with sock, f:
         assert _say(f, b"EHLO c").startswith(b"250 ")
@@ -183,7 +183,7 @@ def test_errors_past_the_soft_limit_are_delayed_and_the_hard_limit_closes_the_se
             times.append(time.monotonic() - started)
         said = read_until_closed(f)
     assert all(r.startswith(b"503") for r in replies), replies
-    assert max(times[:2]) < 0.45 and min(times[2:]) >= 0.45, times
+    assert max(times[:2]) < 0.9 and min(times[2:]) >= 0.99, times
     assert said.startswith(b"421 4.7.0 Too many errors"), said
     _deliver(runtime, 6)
 
@@ -241,7 +241,7 @@ def test_connections_refused_at_the_caps_are_logged_as_one_summary_line(
     start_server: StartServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="mailhook")
-    runtime = start_server(smtp={"max_per_ip": 2, "max_sessions": 3, "evict_after": 0, "refusal_log_interval": 1.0})
+    runtime = start_server(smtp={"max_per_ip": 2, "max_sessions": 3, "evict_after": 0, "refusal_log_interval": 4.0})
     first, second = client(runtime), client(runtime)
     other = client(runtime, source_address=("127.0.0.2", 0))
     refusals = 0
@@ -250,12 +250,12 @@ def test_connections_refused_at_the_caps_are_logged_as_one_summary_line(
             client(runtime, source_address=(source, 0))
         assert refused.value.smtp_code == 421
         refusals += 1
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 20
     while not any("refused" in r.getMessage() for r in caplog.records) and time.monotonic() < deadline:
         time.sleep(0.05)
     lines = [r.getMessage() for r in caplog.records if r.name == "mailhook.smtp" and r.levelno >= logging.WARNING]
     assert len(lines) == 1, lines
-    assert lines[0].startswith(f"refused {refusals} connections in the last 1 s: 5 at smtp.max_sessions, "
+    assert lines[0].startswith(f"refused {refusals} connections in the last 4 s: 5 at smtp.max_sessions, "
                                "25 at smtp.max_per_ip, 0 at smtp.max_connection_rate; "
                                "from 2 addresses, most from 127.0.0.1 (25)"), lines[0]
     for smtp in (first, second, other):
@@ -291,8 +291,9 @@ async def _slow_noops(port: int, source: str, stop: threading.Event, closed: lis
             writer.close()
 
 
+@pytest.mark.parametrize("source", ["127.0.0.1", "127.0.0.2"], ids=["another-address", "an-attacking-address"])
 def test_slow_noop_sessions_filling_every_place_do_not_lock_out_a_client_that_sends_mail(
-    start_server: StartServer, mode: str
+    start_server: StartServer, mode: str, source: str
 ) -> None:
     # The idle timeout stays long: sessions are made room for because they sent no mail command lately.
     runtime = start_server(smtp={"acknowledge": mode, "max_sessions": 200, "max_per_ip": 20, "idle_timeout": 300,
@@ -320,20 +321,19 @@ def test_slow_noop_sessions_filling_every_place_do_not_lock_out_a_client_that_se
             assert time.monotonic() < deadline, "the attack never took every place"
             time.sleep(0.05)
         time.sleep(1.5)  # every attacking session has been without a mail command for longer than evict_after
-        with pytest.raises(smtplib.SMTPConnectError):  # the caps still hold for the attackers' own addresses
-            client(runtime, source_address=("127.0.0.2", 0))
         for n in range(3):  # during the attack, each within a bound the old code never met
             started = time.monotonic()
-            _deliver(runtime, 10 + n)
+            _deliver(runtime, 10 + n, source_address=(source, 0))
             assert time.monotonic() - started < 10
             assert len(door.sessions) >= 190  # type: ignore[attr-defined]  # the attack goes on
+            assert max(door.per_ip.values()) <= 20  # type: ignore[attr-defined]
     finally:
         stop.set()
         attacker.join(timeout=60)
     # A legitimate session took the place of an attacking one (the others found one freed by the one before).
     metrics = runtime.metrics.render().decode()
     assert 'mailhook_rejected_total{channel="smtp",reason="evicted"}' in metrics, metrics
-    _deliver(runtime, 20)
+    _deliver(runtime, 20, source_address=(source, 0))
 
 
 def test_no_control_character_or_undecodable_byte_from_a_peer_reaches_a_deliveries_column(
