@@ -281,8 +281,8 @@ class Connection(SMTP):
 
     def evict(self) -> None:
         """Close this session to make room for a new one."""
-        log.info("closing session peer=%s: no mail command for %.0f s and all sessions taken", self.peer_ip,
-                 self.loop.time() - self.last_progress)
+        log.info("closing session peer=%s: no mail command for %.0f s, its place given to a new connection",
+                 self.peer_ip, self.loop.time() - self.last_progress)
         self.door.runtime.metrics.on_rejected("smtp", "evicted")
         self.say_goodbye(EVICTED)
 
