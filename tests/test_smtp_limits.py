@@ -374,3 +374,28 @@ def test_connections_past_the_rate_per_address_get_421_while_other_addresses_con
     _deliver(runtime, 40, source_address=("127.0.0.2", 0))
     metrics = runtime.metrics.render().decode()
     assert 'mailhook_rejected_total{channel="smtp",reason="too_fast"} 1.0' in metrics
+
+
+def test_an_idle_session_makes_room_but_one_whose_message_is_being_stored_never_does(
+    start_server: StartServer, mode: str
+) -> None:
+    runtime = start_server(smtp={"acknowledge": mode, "max_per_ip": 2, "evict_after": 0.3},
+                           storage={"busy_timeout": 30})
+    idle_sock, idle = _session(runtime)
+    busy_sock, busy = _session(runtime)
+    with idle_sock, idle, busy_sock, busy:
+        for line in (b"EHLO busy", b"MAIL FROM:<a@callfire.com>", b"RCPT TO:<ops@example.com>", b"DATA"):
+            assert _say(busy, line)[:1] in (b"2", b"3")
+        with locked(_db(runtime)):
+            busy.write(notification(50).replace(b"\n", b"\r\n") + b".\r\n")
+            busy.flush()
+            time.sleep(0.3)
+            # The idle session's last command is newer than the busy one's DATA, so the busy one is the
+            # longest without a mail command; it is storing a message, so the idle one goes instead.
+            assert _say(idle, b"EHLO idle").startswith(b"250 ")
+            time.sleep(0.6)
+            with client(runtime) as newcomer:  # a third session from the same address, at max_per_ip 2
+                assert newcomer.noop()[0] == 250
+                assert read_until_closed(idle).startswith(b"421 4.3.2")
+        assert _reply(busy).startswith(b"250 2.0.0")
+    assert _stored(runtime, 50)
