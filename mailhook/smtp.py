@@ -19,6 +19,7 @@ from mailhook.config import SmtpSettings, parse_address, refuse_open_relay
 from mailhook.errors import ConfigError, Rejected, RetryLater, TooLarge
 from mailhook.models import Delivery
 from mailhook.smtpauth import PasswordAuth, PasswordFile, tls_context
+from mailhook.smtplimits import AuthPenalty, ConnectionRate, RefusalSummary
 from mailhook.smtpwire import PLAIN_ANGLE_ADDR, UNFIT_TEXT, hook_names, read_body
 from mailhook.store import utcnow
 
@@ -38,12 +39,6 @@ SESSION_TIME = b"421 4.4.2 Session time limit reached, closing connection\r\n"
 TOO_MUCH_JUNK = b"421 4.7.0 Too many commands without mail, closing connection\r\n"
 TOO_MANY_ERRORS = b"421 4.7.0 Too many errors, closing connection\r\n"
 TOO_MANY_AUTH_FAILURES = b"421 4.7.0 Too many authentication failures, closing connection\r\n"
-# An address's failed AUTH count is forgotten this many seconds after its last failure (as Dovecot's auth penalty).
-AUTH_PENALTY_MEMORY = 600.0
-# The time unit of smtp.max_connection_rate, in seconds (Postfix's anvil_rate_time_unit).
-RATE_UNIT = 60.0
-# Most addresses remembered at once for the AUTH penalty, the connection rate and the refusal summary.
-MAX_REMEMBERED = 10_000
 # Replies that refuse something, by prefix (all 5xx), and the reason `mailhook_rejected_total` counts them under.
 REFUSALS = {"550 5.1.1": "recipient", "550 5.7.1": "sender", "552": "too_large", "535": "unauthorized",
             "530": "unauthenticated", "501 5.1.7": "bad_address", "501 5.1.3": "bad_address"}
@@ -324,7 +319,7 @@ class Connection(SMTP):
     async def failed_auth(self, mechanism: str, user: str) -> None:
         """Log a failed AUTH and wait the address's growing penalty before its 535 is sent."""
         self.failed_auths += 1
-        delay, count = self.door.auth_penalty(self.peer_ip)
+        delay, count = self.door.auth_penalty.failed(self.peer_ip, self.loop.time())
         log.warning("auth failed peer=%s mechanism=%s user=%s failures=%d address_failures=%d delay=%.1fs",
                     self.peer_ip, mechanism, user, self.failed_auths, count, delay)
         await asyncio.sleep(delay)  # on the event loop's clock: other sessions go on meanwhile
@@ -334,7 +329,7 @@ class Connection(SMTP):
         """aiosmtpd's AUTH, closing the connection after too many failures on it."""
         await super().smtp_AUTH(arg)
         if self.session is not None and self.session.authenticated:
-            self.door.auth_penalties.pop(self.peer_ip, None)
+            self.door.auth_penalty.forgive(self.peer_ip)
         elif self.failed_auths >= self.door.settings.max_auth_failures:
             log.warning("closing session peer=%s: %d failed AUTH attempts", self.peer_ip, self.failed_auths)
             self.say_goodbye(TOO_MANY_AUTH_FAILURES)
@@ -463,14 +458,10 @@ class SmtpDoor:
         self.storing: set[asyncio.Future[Any]] = set()
         self.closing = False
         self.server: asyncio.Server | None = None
-        # Connections refused at the caps since the last summary line: by reason, and by address.
-        self.refused: collections.Counter[str] = collections.Counter()
-        self.refused_from: collections.Counter[str] = collections.Counter()
+        self.refused = RefusalSummary()
         self.refusal_report: asyncio.TimerHandle | None = None
-        # Connections by address in the current rate unit: (loop time the unit started, count).
-        self.connection_rates: dict[str, tuple[float, int]] = {}
-        # Failed AUTH attempts by address: (count, loop time of the last one).
-        self.auth_penalties: dict[str, tuple[int, float]] = {}
+        self.rate = ConnectionRate(self.settings.max_connection_rate)
+        self.auth_penalty = AuthPenalty(self.settings.auth_failure_delay, self.settings.auth_failure_delay_max)
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -532,7 +523,7 @@ class SmtpDoor:
         """
         if self.closing:
             return SHUTTING_DOWN
-        if self.settings.max_connection_rate and self._too_fast(conn.peer_ip):
+        if self.rate.too_fast(conn.peer_ip, asyncio.get_running_loop().time()):
             return self._refuse(conn, "too_fast", TOO_FAST)
         if self.per_ip[conn.peer_ip] >= self.settings.max_per_ip:
             idlest = self._idlest(conn, same_address=True)
@@ -572,26 +563,10 @@ class SmtpDoor:
         )
         return min(candidates, key=lambda c: c.last_progress, default=None)
 
-    def _too_fast(self, peer: str) -> bool:
-        """Count a connection from `peer`; say whether it is over max_connection_rate in the current minute."""
-        now = asyncio.get_running_loop().time()
-        started, count = self.connection_rates.get(peer, (now, 0))
-        if now - started >= RATE_UNIT:
-            started, count = now, 0
-        elif peer not in self.connection_rates and len(self.connection_rates) >= MAX_REMEMBERED:
-            stale = [p for p, (at, _) in self.connection_rates.items() if now - at >= RATE_UNIT]
-            for p in stale or list(self.connection_rates)[: MAX_REMEMBERED // 2]:
-                del self.connection_rates[p]
-        self.connection_rates[peer] = (started, count + 1)
-        return count >= self.settings.max_connection_rate
-
     def _refuse(self, conn: Connection, reason: str, reply: bytes) -> bytes:
         """Count a connection refused at a cap, for the metrics and the next summary line; return the reply."""
         self.runtime.metrics.on_rejected("smtp", reason)
-        self.refused[reason] += 1
-        if conn.peer_ip in self.refused_from or len(self.refused_from) < MAX_REMEMBERED:
-            self.refused_from[conn.peer_ip] += 1
-        if self.refusal_report is None:
+        if self.refused.add(conn.peer_ip, reason):
             self.refusal_report = asyncio.get_running_loop().call_later(
                 self.settings.refusal_log_interval, self.report_refusals)
         return reply
@@ -601,36 +576,9 @@ class SmtpDoor:
         if self.refusal_report is not None:
             self.refusal_report.cancel()
             self.refusal_report = None
-        total = sum(self.refused.values())
-        if not total:
-            return
-        top, top_count = self.refused_from.most_common(1)[0]
-        log.warning(
-            "refused %d connections in the last %.0f s: %d at smtp.max_sessions, %d at smtp.max_per_ip, "
-            "%d at smtp.max_connection_rate; from %d addresses%s, most from %s (%d)",
-            total, self.settings.refusal_log_interval, self.refused["too_many_sessions"],
-            self.refused["too_many_from_address"], self.refused["too_fast"], len(self.refused_from),
-            "+" if len(self.refused_from) >= MAX_REMEMBERED else "", top, top_count,
-        )
-        self.refused.clear()
-        self.refused_from.clear()
-
-    def auth_penalty(self, peer: str) -> tuple[float, int]:
-        """Count a failed AUTH from `peer`; return the delay before its 535 and the address's recent failures.
-
-        The delay doubles with each failure from the address (forgotten
-        AUTH_PENALTY_MEMORY seconds after the last), up to auth_failure_delay_max.
-        """
-        now = asyncio.get_running_loop().time()
-        count, last = self.auth_penalties.pop(peer, (0, now))
-        count = 1 if now - last > AUTH_PENALTY_MEMORY else count + 1
-        if len(self.auth_penalties) >= MAX_REMEMBERED:
-            stale = [p for p, (_, at) in self.auth_penalties.items() if now - at > AUTH_PENALTY_MEMORY]
-            for p in stale or list(self.auth_penalties)[: MAX_REMEMBERED // 2]:  # oldest first (insertion order)
-                del self.auth_penalties[p]
-        self.auth_penalties[peer] = (count, now)
-        delay = self.settings.auth_failure_delay * 2 ** min(count - 1, 32)
-        return min(delay, self.settings.auth_failure_delay_max), count
+        summary = self.refused.take(self.settings.refusal_log_interval)
+        if summary is not None:
+            log.warning(summary[0], *summary[1])
 
     def release(self, conn: Connection) -> None:
         """Count a finished session out."""
