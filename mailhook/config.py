@@ -98,10 +98,10 @@ class SmtpSettings:
     hard_error_limit: int = option(20, "error replies (5xx) in one session after which it is closed "
                                        "(Postfix smtpd_hard_error_limit)")
     evict_after: float = option(
-        10.0, "with every session taken, a new connection replaces the session longest without a mail command "
-        "if that is at least this many seconds (0: never; the newcomer gets 421)")
+        10.0, "at max_per_ip (same address) or max_sessions (an address with more sessions), a new connection "
+        "replaces the session longest without a mail command if that is at least this many seconds (0: never)")
     refusal_log_interval: float = option(60.0, "seconds between the summary lines logging connections refused at "
-                                               "max_sessions and max_per_ip")
+                                               "max_sessions, max_per_ip and max_connection_rate")
     max_auth_failures: int = option(3, "failed AUTH attempts on one connection before it is closed")
     auth_failure_delay: float = option(2.0, "seconds the first failed AUTH from an address waits before its 535; "
                                             "doubles with each further failure from that address")
