@@ -93,6 +93,28 @@ class SmtpSettings:
     idle_timeout: float = option(300.0, "seconds an SMTP session may stay silent")
     data_timeout: float = option(600.0, "seconds a client may take to send one message after DATA")
     shutdown_grace: float = option(30.0, "seconds a stopping server lets SMTP transactions in flight finish")
+    max_connection_rate: int = option(
+        0, "most connections one address may open per minute; more get 421 (0: no limit; Postfix "
+        "smtpd_client_connection_rate_limit)")
+    max_session_time: float = option(1200.0, "seconds one SMTP session may last, whatever it does")
+    max_junk_commands: int = option(
+        100, "commands that carry no mail (NOOP, RSET, HELP, VRFY, EXPN, a third HELO/EHLO) one session may send "
+        "before it is closed; reset by each message accepted (Postfix smtpd_junk_command_limit)")
+    soft_error_limit: int = option(10, "error replies (5xx) in one session after which each further one is "
+                                       "delayed by error_sleep_time (Postfix smtpd_soft_error_limit)")
+    error_sleep_time: float = option(1.0, "seconds each error reply past soft_error_limit is delayed "
+                                          "(Postfix smtpd_error_sleep_time)")
+    hard_error_limit: int = option(20, "error replies (5xx) in one session after which it is closed "
+                                       "(Postfix smtpd_hard_error_limit)")
+    evict_after: float = option(
+        10.0, "at max_per_ip (same address) or max_sessions (an address with more sessions), a new connection "
+        "replaces the session longest without a mail command if that is at least this many seconds (0: never)")
+    refusal_log_interval: float = option(60.0, "seconds between the summary lines logging connections refused at "
+                                               "max_sessions, max_per_ip and max_connection_rate")
+    max_auth_failures: int = option(3, "failed AUTH attempts on one connection before it is closed")
+    auth_failure_delay: float = option(2.0, "seconds the first failed AUTH from an address waits before its 535; "
+                                            "doubles with each further failure from that address")
+    auth_failure_delay_max: float = option(15.0, "longest delay before a failed AUTH's 535, in seconds")
     tls_cert: Path | None = option(None, "PEM certificate for STARTTLS")
     tls_key: Path | None = option(None, "PEM private key for STARTTLS")
     require_starttls: bool = option(False, "refuse mail transactions before STARTTLS")
@@ -456,6 +478,21 @@ def validate(settings: Settings) -> Settings:
                 settings.http.send_timeout) > 0,
             "http.header_timeout, keepalive_timeout, body_timeout and send_timeout must be positive",
         ),
+        (settings.smtp.max_session_time > 0, "smtp.max_session_time must be positive"),
+        (settings.smtp.max_connection_rate >= 0, "smtp.max_connection_rate must not be negative"),
+        (
+            min(settings.smtp.max_junk_commands, settings.smtp.soft_error_limit, settings.smtp.hard_error_limit,
+                settings.smtp.max_auth_failures) > 0,
+            "smtp.max_junk_commands, smtp.soft_error_limit, smtp.hard_error_limit and smtp.max_auth_failures "
+            "must be positive",
+        ),
+        (
+            min(settings.smtp.error_sleep_time, settings.smtp.evict_after, settings.smtp.auth_failure_delay) >= 0
+            and settings.smtp.auth_failure_delay_max >= settings.smtp.auth_failure_delay,
+            "smtp.error_sleep_time, smtp.evict_after and smtp.auth_failure_delay must not be negative, and "
+            "smtp.auth_failure_delay_max must be at least smtp.auth_failure_delay",
+        ),
+        (settings.smtp.refusal_log_interval > 0, "smtp.refusal_log_interval must be positive"),
         (settings.storage.max_batch > 0, "storage.max_batch must be positive"),
         (settings.storage.busy_timeout >= 0, "storage.busy_timeout must not be negative"),
         (settings.storage.checkpoint_interval >= 0, "storage.checkpoint_interval must not be negative"),

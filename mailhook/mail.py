@@ -393,13 +393,18 @@ def _header_end(raw: bytes) -> int:
     return first - 1 if first > 0 and raw[first - 1] == 0x0D else first
 
 
+# A control character or an undecodable byte (a lone surrogate) in a header
+# value never reaches a column (NUL cut text short in some tools): each becomes U+FFFD.
+_UNFIT_IN_COLUMN = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
 def _message_id(value: object) -> str | None:
     if value is None:
         return None
-    text = "".join(str(value).split())
+    text = _UNFIT_IN_COLUMN.sub("\ufffd", "".join(str(value).split()))
     return text or None
 
 
 def _subject(value: object) -> str | None:
-    """Return the subject mail-parser decoded (RFC 2047), whitespace collapsed."""
-    return " ".join(str(value).split()) or None if value else None
+    """Return the subject mail-parser decoded (RFC 2047), whitespace collapsed, control characters replaced."""
+    return _UNFIT_IN_COLUMN.sub("\ufffd", " ".join(str(value).split())) or None if value else None

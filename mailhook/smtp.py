@@ -19,7 +19,8 @@ from mailhook.config import SmtpSettings, parse_address, refuse_open_relay
 from mailhook.errors import ConfigError, Rejected, RetryLater, TooLarge
 from mailhook.models import Delivery
 from mailhook.smtpauth import PasswordAuth, PasswordFile, tls_context
-from mailhook.smtpwire import PLAIN_ANGLE_ADDR, hook_names, read_body
+from mailhook.smtplimits import AuthPenalty, ConnectionRate, RefusalSummary
+from mailhook.smtpwire import PLAIN_ANGLE_ADDR, UNFIT_TEXT, hook_names, read_body
 from mailhook.store import utcnow
 
 if TYPE_CHECKING:
@@ -30,9 +31,17 @@ log = logging.getLogger("mailhook.smtp")
 IDENT = "ESMTP mailhook"
 RETRY_LATER = "451 4.3.0 Storage temporarily unavailable, please try again later"
 SHUTTING_DOWN = b"421 4.3.2 Service shutting down, please try again later\r\n"
+TOO_MANY_SESSIONS = b"421 4.3.2 Too many connections, please try again later\r\n"
+TOO_MANY_FROM_ADDRESS = b"421 4.7.0 Too many connections from your address, please try again later\r\n"
+TOO_FAST = b"421 4.7.0 Too many connections from your address in the last minute, please slow down\r\n"
+EVICTED = b"421 4.3.2 Too many connections; closing this session, which sent no mail command lately\r\n"
+SESSION_TIME = b"421 4.4.2 Session time limit reached, closing connection\r\n"
+TOO_MUCH_JUNK = b"421 4.7.0 Too many commands without mail, closing connection\r\n"
+TOO_MANY_ERRORS = b"421 4.7.0 Too many errors, closing connection\r\n"
+TOO_MANY_AUTH_FAILURES = b"421 4.7.0 Too many authentication failures, closing connection\r\n"
 # Replies that refuse something, by prefix (all 5xx), and the reason `mailhook_rejected_total` counts them under.
 REFUSALS = {"550 5.1.1": "recipient", "550 5.7.1": "sender", "552": "too_large", "535": "unauthorized",
-            "530": "unauthenticated"}
+            "530": "unauthenticated", "501 5.1.7": "bad_address", "501 5.1.3": "bad_address"}
 def matches(address: str, patterns: tuple[str, ...]) -> bool:
     """Say whether `address` is one of `patterns`: an exact ADDR or any address @DOMAIN, ignoring case."""
     address = address.lower()
@@ -55,7 +64,11 @@ class Handler(PasswordAuth):
     async def handle_MAIL(
         self, server: Connection, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
-        """Refuse senders outside the sender allow-list (when there is one)."""
+        """Refuse senders that are not text, and those outside the sender allow-list (when there is one)."""
+        if UNFIT_TEXT.search(address):
+            # Permanent: the same bytes can never be stored; the address itself stays out of the log.
+            log.info("refused sender peer=%s: not UTF-8 or holds a control character", server.peer_ip)
+            return "501 5.1.7 Bad sender address syntax"
         if self.settings.senders and not matches(address, self.settings.senders):
             log.info("refused sender peer=%s from=%s", server.peer_ip, address)
             return "550 5.7.1 Sender not allowed"
@@ -66,7 +79,10 @@ class Handler(PasswordAuth):
     async def handle_RCPT(
         self, server: Connection, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
-        """Refuse recipients outside the recipient allow-list (an empty list is allowed on loopback only)."""
+        """Refuse recipients that are not text, or outside the allow-list (empty: allowed on loopback only)."""
+        if UNFIT_TEXT.search(address):
+            log.info("refused recipient peer=%s: not UTF-8 or holds a control character", server.peer_ip)
+            return "501 5.1.3 Bad recipient address syntax"
         if self.settings.accept and not matches(address, self.settings.accept):
             log.info("refused recipient peer=%s to=%s", server.peer_ip, address)
             return "550 5.1.1 Recipient not accepted here"
@@ -104,6 +120,7 @@ class Handler(PasswordAuth):
         except Exception:  # the client gets a retryable answer, never the exception text
             log.exception("unexpected error while storing a message from %s", server.peer_ip)
             return RETRY_LATER
+        server.accepted()
         return f"250 2.0.0 OK delivery {receipt.delivery_id} {receipt.status}"
 
     async def handle_exception(self, error: Exception) -> str:
@@ -124,7 +141,14 @@ class TlsWithoutAuthHandler(Handler):
 
 
 class Connection(SMTP):
-    """One SMTP session: admitted under the session caps, closable when the server stops."""
+    """One SMTP session: admitted under the session caps, bounded in time, junk, errors and AUTH failures.
+
+    Commands that carry no mail (NOOP, RSET, HELP, VRFY, EXPN, a third
+    HELO/EHLO) neither restart the idle timer nor count as progress, and only
+    so many are answered; every 5xx reply counts as an error (delayed past the
+    soft limit, the session closed at the hard limit); a message accepted
+    forgives both, as in Postfix. The whole session ends at max_session_time.
+    """
 
     def __init__(self, door: SmtpDoor, handler: Handler, **kwargs: Any) -> None:
         # RFC 5321 allows 1000 octets per line, but a notification email that
@@ -133,6 +157,17 @@ class Connection(SMTP):
         self.door = door
         self.peer_ip = "-"
         self.admitted = False
+        self.ended = False  # a final reply was sent: nothing more is written
+        self.storing = False  # a received message is being stored: never evicted, its reply still due
+        self.expired = False  # the lifetime ran out while storing: close once the reply is sent
+        self.last_progress = 0.0  # loop time of the last command that was not junk
+        self.idle_deadline = 0.0
+        self.rearmed_from = (0.0, 0.0)
+        self.junk = 0
+        self.greetings = 0
+        self.errors = 0
+        self.failed_auths = 0
+        self.lifetime: asyncio.TimerHandle | None = None
         super().__init__(handler, **kwargs)
 
     def __dir__(self) -> list[str]:
@@ -180,18 +215,71 @@ class Connection(SMTP):
             transport.close()
             return
         self.admitted = True
+        self.lifetime = self.loop.call_later(self.door.settings.max_session_time, self._lifetime_over)
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
         """Release the session's place under the caps."""
         if self.admitted:
+            if self.lifetime is not None:
+                self.lifetime.cancel()
             self.door.release(self)
             super().connection_lost(error)
 
     def hold_timeout(self) -> None:
         """Stop the idle/DATA timer while a received message is being stored."""
+        self.storing = True
         if self._timeout_handle is not None:
             self._timeout_handle.cancel()
+
+    def accepted(self) -> None:
+        """Forgive the session's errors and junk commands once a message is accepted (as Postfix does)."""
+        self.errors = self.junk = 0
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """Restart the idle (or DATA) timer, remembering the one before so that a junk command can put it back.
+
+        Overridden because aiosmtpd restarts the timer before running every
+        command it recognises, whatever the command; see `junk_command`.
+        """
+        self.rearmed_from = (self.idle_deadline, self.last_progress)
+        self.last_progress = self.loop.time()
+        self.idle_deadline = self.last_progress + (duration or self._timeout_duration)
+        super()._reset_timeout(duration)
+
+    def junk_command(self) -> bool:
+        """Count a command that carries no mail; True when that was one too many and the session is closed.
+
+        The idle timer aiosmtpd restarted for it is put back, so NOOPs (or
+        RSETs...) cannot keep a session open past the idle timeout.
+        """
+        self.idle_deadline, self.last_progress = self.rearmed_from
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()
+            self._timeout_handle = self.loop.call_at(self.idle_deadline, self._timeout_cb)
+        self.junk += 1
+        if self.junk <= self.door.settings.max_junk_commands:
+            return False
+        log.info("closing session peer=%s: more than %d commands without mail", self.peer_ip,
+                 self.door.settings.max_junk_commands)
+        self.door.runtime.metrics.on_rejected("smtp", "junk_commands")
+        self.say_goodbye(TOO_MUCH_JUNK)
+        return True
+
+    def _lifetime_over(self) -> None:
+        if self.storing:  # the message's reply is sent first (see smtp_DATA)
+            self.expired = True
+            return
+        log.info("closing session peer=%s: session time limit reached", self.peer_ip)
+        self.door.runtime.metrics.on_rejected("smtp", "session_time")
+        self.say_goodbye(SESSION_TIME)
+
+    def evict(self) -> None:
+        """Close this session to make room for a new one."""
+        log.info("closing session peer=%s: no mail command for %.0f s, its place given to a new connection",
+                 self.peer_ip, self.loop.time() - self.last_progress)
+        self.door.runtime.metrics.on_rejected("smtp", "evicted")
+        self.say_goodbye(EVICTED)
 
     def in_transaction(self) -> bool:
         """Say whether the client has started a mail transaction (MAIL accepted)."""
@@ -199,19 +287,102 @@ class Connection(SMTP):
 
     def say_goodbye(self, reply: bytes) -> None:
         """Send a final reply and close the connection."""
+        self.ended = True
         transport = self.transport
         if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
             transport.write(reply)
             transport.close()
 
     async def push(self, status: Any) -> None:
-        """Send a reply, counting refusals in the metrics."""
+        """Send a reply, counting refusals in the metrics and errors against the session's error limits."""
+        if self.ended:
+            return
         text = status if isinstance(status, str) else status.decode("utf-8", "replace")
-        if text.startswith("5"):  # every refusal counted is a 5xx
-            for prefix, reason in REFUSALS.items():
-                if text.startswith(prefix):
-                    self.door.runtime.metrics.on_rejected("smtp", reason)
+        if not text.startswith("5"):
+            await super().push(status)
+            return
+        for prefix, reason in REFUSALS.items():  # every refusal counted is a 5xx
+            if text.startswith(prefix):
+                self.door.runtime.metrics.on_rejected("smtp", reason)
+        settings = self.door.settings
+        self.errors += 1
+        if self.errors > settings.soft_error_limit and settings.error_sleep_time:
+            await asyncio.sleep(settings.error_sleep_time)  # Postfix's tarpit: slows a client that errs on
+            if self.transport is None or self.transport.is_closing():
+                return
         await super().push(status)
+        if self.errors >= settings.hard_error_limit:
+            log.info("closing session peer=%s: %d errors", self.peer_ip, self.errors)
+            self.door.runtime.metrics.on_rejected("smtp", "errors")
+            self.say_goodbye(TOO_MANY_ERRORS)
+
+    async def failed_auth(self, mechanism: str, user: str) -> None:
+        """Log a failed AUTH and wait the address's growing penalty before its 535 is sent."""
+        self.failed_auths += 1
+        delay, count = self.door.auth_penalty.failed(self.peer_ip, self.loop.time())
+        log.warning("auth failed peer=%s mechanism=%s user=%s failures=%d address_failures=%d delay=%.1fs",
+                    self.peer_ip, mechanism, user, self.failed_auths, count, delay)
+        await asyncio.sleep(delay)  # on the event loop's clock: other sessions go on meanwhile
+
+    @syntax("AUTH <mechanism>")
+    async def smtp_AUTH(self, arg: str) -> None:
+        """aiosmtpd's AUTH, closing the connection after too many failures on it."""
+        await super().smtp_AUTH(arg)
+        if self.session is not None and self.session.authenticated:
+            self.door.auth_penalty.forgive(self.peer_ip)
+        elif self.failed_auths >= self.door.settings.max_auth_failures:
+            log.warning("closing session peer=%s: %d failed AUTH attempts", self.peer_ip, self.failed_auths)
+            self.say_goodbye(TOO_MANY_AUTH_FAILURES)
+
+    async def _greeting(self, hostname: str) -> bool:
+        """Check a HELO/EHLO name; True when the command was answered (refused, or over the junk cap)."""
+        if hostname and UNFIT_TEXT.search(hostname):
+            await self.push("501 5.5.2 Invalid host name: not UTF-8 or holds a control character")
+            return True
+        self.greetings += 1
+        # One greeting, and one more after STARTTLS, are the protocol; any more carry no mail.
+        return self.greetings > 2 and self.junk_command()
+
+    @syntax("HELO hostname")
+    async def smtp_HELO(self, hostname: str) -> None:
+        """aiosmtpd's HELO, refusing names that are not text, and counted as junk past the second greeting."""
+        if not await self._greeting(hostname):
+            await super().smtp_HELO(hostname)
+
+    @syntax("EHLO hostname")
+    async def smtp_EHLO(self, hostname: str) -> None:
+        """aiosmtpd's EHLO, refusing names that are not text, and counted as junk past the second greeting."""
+        if not await self._greeting(hostname):
+            await super().smtp_EHLO(hostname)
+
+    @syntax("NOOP [ignored]")
+    async def smtp_NOOP(self, arg: str) -> None:
+        """aiosmtpd's NOOP, counted as junk."""
+        if not self.junk_command():
+            await super().smtp_NOOP(arg)
+
+    @syntax("RSET")
+    async def smtp_RSET(self, arg: str) -> None:
+        """aiosmtpd's RSET, counted as junk."""
+        if not self.junk_command():
+            await super().smtp_RSET(arg)
+
+    @syntax("HELP [command]")
+    async def smtp_HELP(self, arg: str) -> None:
+        """aiosmtpd's HELP, counted as junk."""
+        if not self.junk_command():
+            await super().smtp_HELP(arg)
+
+    @syntax("VRFY <address>")
+    async def smtp_VRFY(self, arg: str) -> None:
+        """aiosmtpd's VRFY, counted as junk."""
+        if not self.junk_command():
+            await super().smtp_VRFY(arg)
+
+    async def smtp_EXPN(self, arg: str) -> None:
+        """aiosmtpd's EXPN (not implemented: 502), counted as junk."""
+        if not self.junk_command():
+            await super().smtp_EXPN(arg)
 
     def _timeout_cb(self) -> None:
         log.info("timeout peer=%s", self.peer_ip)
@@ -230,10 +401,15 @@ class Connection(SMTP):
     async def smtp_DATA(self, arg: str | None) -> None:
         """Receive and store a message under the DATA timeout, then go back to the idle timeout."""
         self._reset_timeout(self.door.settings.data_timeout)
-        await self._receive(arg)
+        try:
+            await self._receive(arg)
+        finally:
+            self.storing = False
         self._reset_timeout()
         if self.door.closing:
             self.say_goodbye(SHUTTING_DOWN)
+        elif self.expired:
+            self._lifetime_over()
 
 
     async def _receive(self, arg: str | None) -> None:
@@ -282,6 +458,10 @@ class SmtpDoor:
         self.storing: set[asyncio.Future[Any]] = set()
         self.closing = False
         self.server: asyncio.Server | None = None
+        self.refused = RefusalSummary()
+        self.refusal_report: asyncio.TimerHandle | None = None
+        self.rate = ConnectionRate(self.settings.max_connection_rate)
+        self.auth_penalty = AuthPenalty(self.settings.auth_failure_delay, self.settings.auth_failure_delay_max)
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -333,22 +513,72 @@ class SmtpDoor:
         return result
 
     def admit(self, conn: Connection) -> bytes | None:
-        """Count a new session in, or return the 421 reply that refuses it."""
+        """Count a new session in, or return the 421 reply that refuses it.
+
+        At a cap, a session that sent no mail command for `evict_after`
+        seconds makes room (see `_idlest`): at max_per_ip one from the same
+        address, at max_sessions one from an address holding more sessions
+        than the newcomer's. So sessions that only idle or send junk cannot
+        lock out a client that sends mail, from another address or their own.
+        """
         if self.closing:
             return SHUTTING_DOWN
-        if len(self.sessions) >= self.settings.max_sessions:
-            log.warning("refused connection peer=%s: %d sessions open", conn.peer_ip, len(self.sessions))
-            self.runtime.metrics.on_rejected("smtp", "too_many_sessions")
-            return b"421 4.3.2 Too many connections, please try again later\r\n"
+        if self.rate.too_fast(conn.peer_ip, asyncio.get_running_loop().time()):
+            return self._refuse(conn, "too_fast", TOO_FAST)
         if self.per_ip[conn.peer_ip] >= self.settings.max_per_ip:
-            log.warning("refused connection peer=%s: too many sessions from it", conn.peer_ip)
-            self.runtime.metrics.on_rejected("smtp", "too_many_from_address")
-            return b"421 4.7.0 Too many connections from your address, please try again later\r\n"
+            idlest = self._idlest(conn, same_address=True)
+            if idlest is None:
+                return self._refuse(conn, "too_many_from_address", TOO_MANY_FROM_ADDRESS)
+            idlest.evict()
+            self.release(idlest)
+        if len(self.sessions) >= self.settings.max_sessions:
+            idlest = self._idlest(conn, same_address=False)
+            if idlest is None:
+                return self._refuse(conn, "too_many_sessions", TOO_MANY_SESSIONS)
+            idlest.evict()
+            self.release(idlest)
         self.sessions.add(conn)
         self.per_ip[conn.peer_ip] += 1
         self.runtime.metrics.smtp_sessions.inc()
         self._idle.clear()
         return None
+
+    def _idlest(self, newcomer: Connection, *, same_address: bool) -> Connection | None:
+        """Return the session that may make room for `newcomer`, if any.
+
+        That is the one longest without a mail command, idle so for at least
+        evict_after seconds and not storing a message; from the newcomer's own
+        address (`same_address`), or else from an address that holds more
+        sessions than the newcomer's would, so that sessions from a few
+        addresses cannot shut out a client from another, nor evict each other.
+        """
+        if not self.settings.evict_after:
+            return None
+        latest = asyncio.get_running_loop().time() - self.settings.evict_after
+        peer, share = newcomer.peer_ip, self.per_ip[newcomer.peer_ip] + 1
+        candidates = (
+            c for c in self.sessions
+            if c.last_progress <= latest and not c.storing and not c.ended
+            and (c.peer_ip == peer if same_address else self.per_ip[c.peer_ip] > share)
+        )
+        return min(candidates, key=lambda c: c.last_progress, default=None)
+
+    def _refuse(self, conn: Connection, reason: str, reply: bytes) -> bytes:
+        """Count a connection refused at a cap, for the metrics and the next summary line; return the reply."""
+        self.runtime.metrics.on_rejected("smtp", reason)
+        if self.refused.add(conn.peer_ip, reason):
+            self.refusal_report = asyncio.get_running_loop().call_later(
+                self.settings.refusal_log_interval, self.report_refusals)
+        return reply
+
+    def report_refusals(self) -> None:
+        """Log one line summing up the connections refused at the caps since the last such line."""
+        if self.refusal_report is not None:
+            self.refusal_report.cancel()
+            self.refusal_report = None
+        summary = self.refused.take(self.settings.refusal_log_interval)
+        if summary is not None:
+            log.warning(summary[0], *summary[1])
 
     def release(self, conn: Connection) -> None:
         """Count a finished session out."""
@@ -374,6 +604,7 @@ class SmtpDoor:
     async def close(self) -> None:
         """Stop accepting, let transactions in flight finish (within the grace period), then wait for stores."""
         self.closing = True
+        self.report_refusals()
         if self.server is not None:
             self.server.close()
         busy = [conn for conn in self.sessions if conn.in_transaction()]

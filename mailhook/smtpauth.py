@@ -117,7 +117,7 @@ class PasswordAuth:
         if len(parts) != 3:
             await server.push("501 5.5.2 Cannot split the PLAIN response")
             return AuthResult(success=False, handled=True)
-        return await self._check(parts[1], parts[2])
+        return await self._check(server, "PLAIN", parts[1], parts[2])
 
     async def auth_LOGIN(self, server: Any, args: list[str]) -> AuthResult:
         """Check `AUTH LOGIN [user]` with its user and password challenges."""
@@ -127,16 +127,20 @@ class PasswordAuth:
         password = await _response(server, None, "Password:")
         if password is None:
             return AuthResult(success=False, handled=True)
-        return await self._check(user, password)
+        return await self._check(server, "LOGIN", user, password)
 
-    async def _check(self, user: bytes, password: bytes) -> AuthResult:
+    async def _check(self, server: Any, mechanism: str, user: bytes, password: bytes) -> AuthResult:
+        """Verify a user and password; a failure is reported to the session (logged, delayed) before its 535."""
+        ok = False
         try:
             name, secret = user.decode(), password.decode()
         except UnicodeDecodeError:
-            return AuthResult(success=False, handled=False)
-        if self.passwords is None:
-            return AuthResult(success=False, handled=False)
-        ok = await asyncio.get_running_loop().run_in_executor(None, self.passwords.verify, name, secret)
+            name = user.decode("utf-8", "backslashreplace")
+        else:
+            if self.passwords is not None:
+                ok = await asyncio.get_running_loop().run_in_executor(None, self.passwords.verify, name, secret)
+        if not ok:
+            await server.failed_auth(mechanism, name)
         return AuthResult(success=ok, handled=False, auth_data=LoginPassword(user, password) if ok else None)
 
 

@@ -355,3 +355,41 @@ def test_a_line_longer_than_the_line_limit_gets_500_and_nothing_is_stored(server
     assert server.send_exactly(raw) == 500
     assert server.rows("SELECT count(*) FROM deliveries") == before
     server.assert_still_serving()
+
+
+def _talk(sock_file: object, line: bytes) -> bytes:
+    f = sock_file
+    f.write(line + b"\r\n")  # type: ignore[attr-defined]
+    f.flush()  # type: ignore[attr-defined]
+    reply: bytes = f.readline()  # type: ignore[attr-defined]
+    while reply[3:4] == b"-":
+        reply = f.readline()  # type: ignore[attr-defined]
+    return reply
+
+
+def test_envelope_addresses_with_invalid_utf8_or_control_characters_get_501_not_451(server: Server) -> None:
+    before = server.rows("SELECT count(*) FROM deliveries")
+    with closing(socket.create_connection(("127.0.0.1", server.smtp_port), timeout=30)) as sock:
+        f = sock.makefile("rwb")
+        assert f.readline().startswith(b"220")
+        assert _talk(f, b"EHLO hostile.test").startswith(b"250")
+        for bad in (b"\xff\xfe", b"\xc3\x28", b"\x00", b"\r", b"\x1b", b"\x7f"):
+            assert _talk(f, b"MAIL FROM:<a" + bad + b"@callfire.com>").startswith(b"501 5.1.7"), bad
+        assert _talk(f, b"MAIL FROM:<notifications@callfire.com>").startswith(b"250")
+        for bad in (b"\xff\xfe", b"\x00", b"\r"):
+            assert _talk(f, b"RCPT TO:<ops" + bad + b"@example.com>").startswith(b"501 5.1.3"), bad
+        assert _talk(f, b"QUIT").startswith(b"221")
+    assert server.rows("SELECT count(*) FROM deliveries") == before
+    server.assert_still_serving()
+
+
+def test_the_101st_command_without_mail_closes_the_session(server: Server) -> None:
+    with closing(socket.create_connection(("127.0.0.1", server.smtp_port), timeout=30)) as sock:
+        f = sock.makefile("rwb")
+        assert f.readline().startswith(b"220")
+        assert _talk(f, b"EHLO hostile.test").startswith(b"250")
+        replies = [_talk(f, b"NOOP") for _ in range(100)]
+        assert all(r.startswith(b"250") for r in replies)
+        assert _talk(f, b"NOOP").startswith(b"421 4.7.0")
+        assert f.readline() == b""
+    server.assert_still_serving()

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import base64
+import logging
 import smtplib
 import ssl
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -162,3 +165,100 @@ def test_auth_plain_takes_utf8_passwords(
         smtp.ehlo()
         response = base64.b64encode("\0relay\0pässwörd".encode()).decode()
         assert smtp.docmd("AUTH", f"PLAIN {response}")[0] == 235
+
+
+def _limited_auth_server(
+    start_server: StartServer, certificate: tuple[Path, Path], password_file: Path, **smtp: object
+) -> Runtime:
+    cert, key = certificate
+    return start_server(smtp={"tls_cert": cert, "tls_key": key, "auth_file": password_file, **smtp})
+
+
+def _tls_client(runtime: Runtime, source: str = "127.0.0.1") -> smtplib.SMTP:
+    smtp = client(runtime, source_address=(source, 0))
+    smtp.starttls(context=_unverified())
+    smtp.ehlo()
+    return smtp
+
+
+def _plain(user: str, password: str) -> str:
+    return "PLAIN " + base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+
+
+def _timed_failure(smtp: smtplib.SMTP) -> float:
+    """Send one wrong password; return how long its 535 took."""
+    started = time.monotonic()
+    code, _ = smtp.docmd("AUTH", _plain("callfire", "wrong"))
+    assert code == 535
+    return time.monotonic() - started
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
+def test_every_auth_failure_is_logged_with_peer_mechanism_and_user_never_the_password(
+    start_server: StartServer, certificate: tuple[Path, Path], password_file: Path, mechanism: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="mailhook")
+    runtime = _limited_auth_server(start_server, certificate, password_file, auth_failure_delay=0.0)
+    with _tls_client(runtime) as smtp:
+        for user in ("callfire", "nobody\r\nINFO fake"):
+            if mechanism == "PLAIN":
+                code, _ = smtp.docmd("AUTH", _plain(user, "s3cret-guess"))
+            else:
+                assert smtp.docmd("AUTH", "LOGIN " + base64.b64encode(user.encode()).decode())[0] == 334
+                code, _ = smtp.docmd(base64.b64encode(b"s3cret-guess").decode())
+            assert code == 535
+    failures = [r for r in caplog.records if r.name == "mailhook.smtp" and r.getMessage().startswith("auth failed")]
+    assert [(r.args[0], r.args[1], r.args[2]) for r in failures] == [  # type: ignore[index]
+        ("127.0.0.1", mechanism, "callfire"), ("127.0.0.1", mechanism, "nobody\r\nINFO fake")]
+    assert all(r.levelno == logging.WARNING for r in failures)
+    assert not any("s3cret-guess" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("mode", ["stored", "received"])
+def test_auth_failures_on_one_connection_get_535_up_to_the_limit_then_421_and_the_connection_closes(
+    start_server: StartServer, certificate: tuple[Path, Path], password_file: Path, mode: str
+) -> None:
+    runtime = _limited_auth_server(start_server, certificate, password_file, acknowledge=mode,
+                                   max_auth_failures=3, auth_failure_delay=0.0)
+    with _tls_client(runtime) as smtp:
+        assert [smtp.docmd("AUTH", _plain("callfire", f"guess{i}"))[0] for i in range(3)] == [535] * 3
+        assert smtp.noop() == (421, b"4.7.0 Too many authentication failures, closing connection")
+        with pytest.raises(smtplib.SMTPServerDisconnected):
+            smtp.noop()
+    with _tls_client(runtime) as smtp:  # the right password, from the same address, is still let in
+        assert smtp.docmd("AUTH", _plain("callfire", "correct horse"))[0] == 235
+        smtp.sendmail("a@callfire.com", ["ops@example.com"], notification(9))
+    db = runtime.settings.storage.db
+    assert db is not None
+    deadline = time.monotonic() + 30
+    while rows(db, "SELECT count(*) FROM events") != [(1,)]:
+        assert time.monotonic() < deadline, "the legitimate message was not stored"
+        time.sleep(0.05)
+
+
+def test_failed_auth_waits_grow_per_address_without_holding_up_other_sessions(
+    start_server: StartServer, certificate: tuple[Path, Path], password_file: Path
+) -> None:
+    runtime = _limited_auth_server(start_server, certificate, password_file, max_auth_failures=10,
+                                   auth_failure_delay=0.5, auth_failure_delay_max=2.0)
+    other = _tls_client(runtime, "127.0.0.2")
+    with _tls_client(runtime) as smtp:
+        assert [_timed_failure(smtp) >= wait for wait in (0.5, 1.0, 2.0)] == [True] * 3
+        # The fourth waits the longest delay, not more; meanwhile another session is answered at once.
+        waited: list[float] = []
+        attacker = threading.Thread(target=lambda: waited.append(_timed_failure(smtp)))
+        attacker.start()
+        time.sleep(0.2)
+        started = time.monotonic()
+        assert other.noop()[0] == 250
+        assert time.monotonic() - started < 1.2
+        attacker.join(timeout=30)
+        assert 2.0 <= waited[0] < 4.0
+    with _tls_client(runtime) as smtp:  # a new connection from the same address starts at the longest delay
+        assert _timed_failure(smtp) >= 2.0
+        assert smtp.docmd("AUTH", _plain("callfire", "correct horse"))[0] == 235
+    with _tls_client(runtime) as smtp:  # success forgave the address
+        assert _timed_failure(smtp) < 1.5
+    assert _timed_failure(other) < 1.5  # another address has its own count
+    other.quit()
