@@ -54,8 +54,8 @@ def extract_pending(
 ) -> list[tuple[Delivery, Completion]]:
     """Read the still-pending deliveries among `ids` and extract each (runs in a worker process)."""
     return [
-        (delivery, Completion(delivery_id, delivery.sha256, worker_rows(extract(delivery.raw, delivery.kind,
-                                                                                 subscriptions))))
+        (delivery, Completion(delivery_id, delivery.sha256, worker_rows(
+            extract(delivery.raw, delivery.kind, subscriptions), len(delivery.raw))))
         for delivery_id, delivery in _reader(path).read(ids)
     ]
 

@@ -215,5 +215,5 @@ def reprocess(store: Store, subscriptions: Mapping[int, str], *, quarantined_onl
     receipts = []
     for stored in list(store.stored_deliveries(quarantined_only=quarantined_only)):
         extraction = extract(stored.raw, "email" if stored.kind == "email" else "document", subscriptions)
-        receipts.append(store.reextract(stored.id, extraction))
+        receipts.append(store.reextract(stored.id, extraction, len(stored.raw)))
     return receipts
