@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from mailhook.errors import ConfigError
+from mailhook.models import MailLimits
 
 DEFAULT_CONFIG = Path("/etc/mailhook/mailhook.toml")
 CONFIG_NAME = "mailhook.toml"
@@ -128,6 +129,27 @@ class ImapSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ParsingSettings:
+    """How much an email may make the parser do, and how much extraction runs at once (docs/security.md)."""
+
+    max_containers: int = option(100, "most multipart and message/rfc822 containers in one email (bounds nesting)")
+    max_parts: int = option(1000, "most MIME parts (delimiter lines) in one email")
+    max_lines: int = option(250_000, "most lines in one email")
+    max_header_fields: int = option(10_000, "most header fields in all of one email's parts")
+    header_size_limit: int = option(102_400, "bytes of one header field kept; the excess is discarded")
+    extraction_budget: int = option(
+        16 * 1024 * 1024, "most bytes of deliveries larger than 64 KiB being extracted at once"
+    )
+
+    def mail_limits(self) -> MailLimits:
+        """Return the limits the email reader enforces."""
+        return MailLimits(
+            max_containers=self.max_containers, max_parts=self.max_parts, max_lines=self.max_lines,
+            max_header_fields=self.max_header_fields, header_size_limit=self.header_size_limit,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class LogSettings:
     """Logging."""
 
@@ -144,6 +166,7 @@ class Settings:
     http: HttpSettings = field(default_factory=HttpSettings)
     imap: ImapSettings = field(default_factory=ImapSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    parsing: ParsingSettings = field(default_factory=ParsingSettings)
     subscriptions: Mapping[int, str] = field(default_factory=dict)
 
     def database(self, env: Mapping[str, str]) -> Path:
@@ -162,6 +185,7 @@ SECTIONS: dict[str, type] = {
     "http": HttpSettings,
     "imap": ImapSettings,
     "log": LogSettings,
+    "parsing": ParsingSettings,
 }
 
 
@@ -419,6 +443,10 @@ def validate(settings: Settings) -> Settings:
             "smtp.idle_timeout and smtp.data_timeout must be positive",
         ),
         (settings.storage.max_batch > 0, "storage.max_batch must be positive"),
+        (
+            min(getattr(settings.parsing, f.name) for f in fields(ParsingSettings)) > 0,
+            "every parsing.* limit must be positive",
+        ),
         (settings.storage.busy_timeout >= 0, "storage.busy_timeout must not be negative"),
         (settings.storage.checkpoint_interval >= 0, "storage.checkpoint_interval must not be negative"),
         (settings.imap.poll_interval > 0, "imap.poll_interval must be positive"),

@@ -23,9 +23,10 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 from mailhook.backlog import Backlog
+from mailhook.budget import ByteBudget
 from mailhook.errors import RetryLater
 from mailhook.extract import extract
-from mailhook.models import Delivery, Extraction, Receipt
+from mailhook.models import Delivery, MailLimits, Receipt
 from mailhook.store import Store
 from mailhook.writer import Writer
 
@@ -42,7 +43,9 @@ class Pipeline:
     """Extracts deliveries and hands them to the group-commit writer.
 
     With an `executor` (a process pool), extraction runs beside the event loop
-    on another core; without one it runs in the caller's thread.
+    on another core; without one it runs in the caller's thread. From an event
+    loop, a delivery larger than INLINE_LIMIT is extracted only within the
+    `budget` (bytes being extracted at once; shared with the backlog).
     """
 
     writer: Writer
@@ -50,10 +53,12 @@ class Pipeline:
     executor: Executor | None = None
     listeners: list[Listener] = field(default_factory=list)
     backlog: Backlog | None = None
+    limits: MailLimits = field(default_factory=MailLimits)
+    budget: ByteBudget = field(default_factory=lambda: ByteBudget(16 * 1024 * 1024))
 
     def submit(self, delivery: Delivery) -> Future[Receipt]:
         """Extract `delivery` in this thread and queue it for the next commit."""
-        extraction = extract(delivery.raw, delivery.kind, self.subscriptions)
+        extraction = extract(delivery.raw, delivery.kind, self.subscriptions, self.limits)
         return self.writer.submit(delivery, extraction)
 
     def ingest(self, delivery: Delivery) -> Receipt:
@@ -72,19 +77,22 @@ class Pipeline:
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         try:
-            if self.executor is not None:
-                extraction: Extraction = await loop.run_in_executor(
-                    self.executor, extract, delivery.raw, delivery.kind, dict(self.subscriptions)
-                )
-            elif len(delivery.raw) > INLINE_LIMIT:
-                # A large body can take seconds to read; in a thread the loop keeps serving
-                # every other session meanwhile (the GIL is handed over every few ms).
-                extraction = await loop.run_in_executor(
-                    None, extract, delivery.raw, delivery.kind, self.subscriptions
-                )
+            size = len(delivery.raw)
+            if self.executor is None and size <= INLINE_LIMIT:
+                extraction = extract(delivery.raw, delivery.kind, self.subscriptions, self.limits)
+                receipt = await asyncio.wrap_future(self.writer.submit(delivery, extraction))
             else:
-                extraction = extract(delivery.raw, delivery.kind, self.subscriptions)
-            receipt = await asyncio.wrap_future(self.writer.submit(delivery, extraction))
+                # A large body can take seconds and many times its size in memory to read: only
+                # `budget` bytes of them at once (held until its events, parsed objects and all,
+                # are stored), each beside the loop, which keeps serving every other session
+                # meanwhile (in a thread the GIL is handed over every few ms).
+                async with self.budget.hold(size if size > INLINE_LIMIT else 0):
+                    extraction = await loop.run_in_executor(
+                        self.executor, extract, delivery.raw, delivery.kind,
+                        dict(self.subscriptions) if self.executor is not None else self.subscriptions, self.limits,
+                    )
+                    receipt = await asyncio.wrap_future(self.writer.submit(delivery, extraction))
+                    del extraction
         except RetryLater:
             self._notify(delivery, None, started)
             raise
@@ -210,10 +218,12 @@ class DeliveryLine:
         return text
 
 
-def reprocess(store: Store, subscriptions: Mapping[int, str], *, quarantined_only: bool) -> list[Receipt]:
+def reprocess(
+    store: Store, subscriptions: Mapping[int, str], *, quarantined_only: bool, limits: MailLimits | None = None
+) -> list[Receipt]:
     """Re-extract stored raw deliveries with the current extractors, adding only new events."""
     receipts = []
     for stored in list(store.stored_deliveries(quarantined_only=quarantined_only)):
-        extraction = extract(stored.raw, "email" if stored.kind == "email" else "document", subscriptions)
+        extraction = extract(stored.raw, "email" if stored.kind == "email" else "document", subscriptions, limits)
         receipts.append(store.reextract(stored.id, extraction, len(stored.raw)))
     return receipts

@@ -513,10 +513,10 @@ class PendingReader:
         self.path = Path(path)
         self._conn: sqlite3.Connection | None = None
 
-    def ids(self, after: int, limit: int) -> list[int]:
-        """Return the ids of pending deliveries after id `after`, oldest first; `RetryLater` if unreadable."""
-        return [row[0] for row in self._query(
-            "SELECT id FROM deliveries WHERE status = 'pending' AND id > ? ORDER BY id LIMIT ?", (after, limit)
+    def ids(self, after: int, limit: int) -> list[tuple[int, int]]:
+        """Return the ids and sizes of pending deliveries after id `after`, oldest first; `RetryLater` if unreadable."""
+        return [(row[0], row[1]) for row in self._query(
+            "SELECT id, size FROM deliveries WHERE status = 'pending' AND id > ? ORDER BY id LIMIT ?", (after, limit)
         )]
 
     def read(self, ids: Sequence[int]) -> list[tuple[int, Delivery]]:
