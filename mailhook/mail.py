@@ -173,9 +173,6 @@ def check_structure(raw: bytes, limits: MailLimits) -> None:
     Each count is a C scan (a few ms for 10 MB); a regex runs only where a
     cheap upper bound says the email may be over a limit.
     """
-    lines = raw.count(b"\n")
-    if lines > limits.max_lines:
-        raise Unreadable(f"email of {lines} lines (limit max_lines {limits.max_lines}); not parsed")
     # Every container match holds one of these words, so counting them bounds the matches.
     lowered = raw.lower()
     possible = lowered.count(b"boundary") + lowered.count(b"message/rfc822")
@@ -193,6 +190,9 @@ def check_structure(raw: bytes, limits: MailLimits) -> None:
             raise Unreadable(
                 f"MIME structure too large: {parts} part delimiters (limit max_parts {limits.max_parts}); not parsed"
             )
+    lines = raw.count(b"\n")
+    if lines > limits.max_lines:
+        raise Unreadable(f"email of {lines} lines (limit max_lines {limits.max_lines}); not parsed")
 
 
 def _parse(data: bytes, limits: MailLimits | None = None) -> mailparser.MailParser:
