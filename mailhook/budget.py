@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 
 class ByteBudget:
@@ -24,16 +24,42 @@ class ByteBudget:
         self.limit = limit
         self.used = 0
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop it serves: the one it is made on
+        with contextlib.suppress(RuntimeError):
+            self._loop = asyncio.get_running_loop()
 
     @contextlib.asynccontextmanager
     async def hold(self, size: int) -> AsyncIterator[None]:
         """Hold `size` bytes (at most the whole budget) while the block runs."""
+        self._loop = asyncio.get_running_loop()
         size = min(size, self.limit)
         await self._acquire(size)
         try:
             yield
         finally:
             self._release(size)
+
+    @contextlib.contextmanager
+    def hold_blocking(self, size: int) -> Iterator[None]:
+        """Hold `size` bytes from a thread beside the event loop that uses the budget (IMAP's watchers).
+
+        Without such a loop (`mailhook imap` alone, one thread per folder), or
+        on the loop's own thread (which must not block), this holds nothing.
+        """
+        loop = self._loop
+        try:
+            on_loop = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            on_loop = False
+        if loop is None or on_loop or loop.is_closed() or not loop.is_running():
+            yield
+            return
+        size = min(size, self.limit)
+        asyncio.run_coroutine_threadsafe(self._acquire(size), loop).result()
+        try:
+            yield
+        finally:
+            loop.call_soon_threadsafe(self._release, size)
 
     async def _acquire(self, size: int) -> None:
         if not self._waiters and self.used + size <= self.limit:

@@ -64,8 +64,10 @@ class Pipeline:
     def ingest(self, delivery: Delivery) -> Receipt:
         """Store one delivery and wait until it is durable; raises `RetryLater` on storage trouble."""
         started = time.perf_counter()
+        size = len(delivery.raw)
         try:
-            receipt = self.submit(delivery).result()
+            with self.budget.hold_blocking(size if size > INLINE_LIMIT else 0):
+                receipt = self.submit(delivery).result()
         except RetryLater:
             self._notify(delivery, None, started)
             raise

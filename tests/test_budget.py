@@ -94,3 +94,35 @@ def test_a_holder_cancelled_while_holding_gives_its_bytes_to_the_next() -> None:
         assert budget.used == 0
 
     asyncio.run(main())
+
+
+def test_a_thread_beside_the_loop_waits_for_its_turn_and_gives_the_bytes_back() -> None:
+    async def main() -> None:
+        budget = ByteBudget(10)
+        log: list[str] = []
+        gate = asyncio.Event()
+        first = asyncio.create_task(_hold(budget, 8, log, "loop", gate))
+        await asyncio.sleep(0)
+
+        def in_thread() -> None:
+            with budget.hold_blocking(5):
+                log.append("+thread")
+                assert budget.used == 5
+            log.append("-thread")
+
+        thread = asyncio.get_running_loop().run_in_executor(None, in_thread)
+        await asyncio.sleep(0.05)
+        assert log == ["+loop"]  # 8 + 5 > 10: the thread waits
+        gate.set()
+        await first
+        await thread
+        await asyncio.sleep(0)
+        assert log == ["+loop", "-loop", "+thread", "-thread"] and budget.used == 0
+
+    asyncio.run(main())
+
+
+def test_without_a_loop_a_thread_holds_nothing_and_never_blocks() -> None:
+    budget = ByteBudget(10)
+    with budget.hold_blocking(50):
+        assert budget.used == 0
