@@ -20,14 +20,15 @@ import signal
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 from mailhook.backlog import Backlog
 from mailhook.budget import ByteBudget
 from mailhook.errors import RetryLater
 from mailhook.extract import extract
-from mailhook.models import Delivery, MailLimits, Receipt
-from mailhook.store import Store
+from mailhook.models import Delivery, Extraction, Kind, MailLimits, Receipt
+from mailhook.store import Rows, Store, worker_rows
 from mailhook.writer import Writer
 
 log = logging.getLogger("mailhook.ingest")
@@ -42,10 +43,11 @@ Listener = Callable[[Delivery, Receipt | None, float], None]
 class Pipeline:
     """Extracts deliveries and hands them to the group-commit writer.
 
-    With an `executor` (a process pool), extraction runs beside the event loop
-    on another core; without one it runs in the caller's thread. From an event
-    loop, a delivery larger than INLINE_LIMIT is extracted only within the
-    `budget` (bytes being extracted at once; shared with the backlog).
+    From an event loop, a delivery larger than INLINE_LIMIT is extracted only
+    within the `budget` (bytes being extracted at once; shared with the
+    backlog), beside the loop: in the `executor` (`serve` gives it a worker
+    process, so a long parse in C, which holds the GIL, cannot stall the loop),
+    or without one in a thread. Smaller ones are extracted on the loop.
     """
 
     writer: Writer
@@ -55,6 +57,8 @@ class Pipeline:
     backlog: Backlog | None = None
     limits: MailLimits = field(default_factory=MailLimits)
     budget: ByteBudget = field(default_factory=lambda: ByteBudget(16 * 1024 * 1024))
+    # Makes a new `executor` when a worker of the old one died.
+    new_executor: Callable[[], Executor] | None = None
 
     def submit(self, delivery: Delivery) -> Future[Receipt]:
         """Extract `delivery` in this thread and queue it for the next commit."""
@@ -77,29 +81,56 @@ class Pipeline:
     async def ingest_async(self, delivery: Delivery) -> Receipt:
         """Store one delivery from an event loop; the loop keeps serving while it is made durable."""
         started = time.perf_counter()
-        loop = asyncio.get_running_loop()
         try:
-            size = len(delivery.raw)
-            if self.executor is None and size <= INLINE_LIMIT:
+            if len(delivery.raw) <= INLINE_LIMIT:
                 extraction = extract(delivery.raw, delivery.kind, self.subscriptions, self.limits)
                 receipt = await asyncio.wrap_future(self.writer.submit(delivery, extraction))
             else:
                 # A large body can take seconds and many times its size in memory to read: only
-                # `budget` bytes of them at once (held until its events, parsed objects and all,
-                # are stored), each beside the loop, which keeps serving every other session
-                # meanwhile (in a thread the GIL is handed over every few ms).
-                async with self.budget.hold(size if size > INLINE_LIMIT else 0):
-                    extraction = await loop.run_in_executor(
-                        self.executor, extract, delivery.raw, delivery.kind,
-                        dict(self.subscriptions) if self.executor is not None else self.subscriptions, self.limits,
-                    )
-                    receipt = await asyncio.wrap_future(self.writer.submit(delivery, extraction))
-                    del extraction
+                # `budget` bytes of them at once, held until its events are stored.
+                async with self.budget.hold(len(delivery.raw)):
+                    found = await self._extract_beside(delivery)
+                    receipt = await asyncio.wrap_future(self.writer.submit(delivery, found))
         except RetryLater:
             self._notify(delivery, None, started)
             raise
         self._notify(delivery, receipt, started)
         return receipt
+
+    async def _extract_beside(self, delivery: Delivery) -> Extraction | Rows:
+        """Extract a large delivery beside the loop: in the executor's worker process, else in a thread."""
+        loop = asyncio.get_running_loop()
+        pool = self.executor
+        if pool is None:
+            # In a thread the loop keeps serving (the GIL is handed over every few ms, if not in C).
+            return await loop.run_in_executor(
+                None, extract, delivery.raw, delivery.kind, self.subscriptions, self.limits
+            )
+        subscriptions = dict(self.subscriptions)
+        for _ in range(2):  # a second time on a new worker: the one before may be what killed it
+            try:
+                # Rows (strings, bounded by the payload ratio) cost far less to send back than Events.
+                return await loop.run_in_executor(
+                    pool, extract_rows, delivery.raw, delivery.kind, subscriptions, self.limits
+                )
+            except BrokenProcessPool:
+                # Its worker died (out of memory, killed, crashed by an input: this one or the one before).
+                pool = self._renew_executor(pool)
+                if pool is None:
+                    return extract(delivery.raw, delivery.kind, subscriptions, self.limits)
+        log.error("an extraction worker died twice on one delivery; quarantined")
+        return Extraction(reason="extraction crashed its worker process")
+
+    def _renew_executor(self, broken: Executor) -> Executor | None:
+        """Replace a broken process pool (once, whoever notices first); None when none can start."""
+        if self.executor is broken and isinstance(broken, ProcessPoolExecutor):
+            log.error("an extraction worker died; starting a new one")
+            broken.shutdown(wait=False, cancel_futures=True)
+            try:
+                self.executor = self.new_executor() if self.new_executor else None
+            except OSError:
+                self.executor = None
+        return self.executor
 
     async def accept_async(self, delivery: Delivery) -> Receipt:
         """Store one delivery's raw bytes durably as `pending` and leave its events to the backlog.
@@ -130,6 +161,13 @@ class Pipeline:
         log_delivery(delivery, receipt, elapsed)
         for listener in self.listeners:
             listener(delivery, receipt, elapsed)
+
+
+def extract_rows(
+    raw: bytes, kind: Kind, subscriptions: Mapping[int, str], limits: MailLimits
+) -> Extraction | Rows:
+    """Extract a delivery as the rows to store, bounded by the payload ratio (runs in a worker process)."""
+    return worker_rows(extract(raw, kind, subscriptions, limits), len(raw))
 
 
 def extraction_pool(workers: int | None = None) -> Executor | None:

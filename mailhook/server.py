@@ -105,8 +105,10 @@ async def serve(settings: Settings, env: Mapping[str, str], *, started: asyncio.
     # One budget for every extraction of a large delivery, in this process or in the backlog's workers.
     budget = ByteBudget(settings.parsing.extraction_budget)
     limits = settings.parsing.mail_limits()
+    # Large deliveries are extracted in a worker process: a parse in C holds the GIL, and must not hold the loop.
     pipeline = Pipeline(writer, settings.subscriptions, listeners=[metrics.on_delivery, counters.on_delivery],
-                        limits=limits, budget=budget)
+                        limits=limits, budget=budget, executor=worker_pool(worker_count()),
+                        new_executor=lambda: worker_pool(worker_count()))
     # The backlog always takes up deliveries an earlier run left pending; only with
     # acknowledge = "received" does the SMTP door add to it, and it gets worker processes.
     deferred = settings.smtp.acknowledge == "received" and bool(settings.smtp.listen or "smtp" in sockets)
