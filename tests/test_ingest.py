@@ -119,3 +119,49 @@ def test_large_deliveries_are_read_off_the_event_loop_small_ones_on_it(
     loop_thread, first, second = asyncio.run(both())
     assert threads[0] == loop_thread and threads[1] != loop_thread
     assert (first.status, second.status) == ("stored", "duplicate")
+
+
+def _die_on_poison(raw: bytes, kind: Any, subscriptions: Any, limits: Any) -> Any:
+    """Extract as the worker does, but die as a crashing worker would on a delivery that says so."""
+    import os
+
+    from mailhook.ingest import extract_rows
+
+    if b"KILL-THE-WORKER" in raw:
+        os._exit(70)
+    return extract_rows(raw, kind, subscriptions, limits)
+
+
+def test_a_large_delivery_is_extracted_in_the_worker_process_and_one_that_kills_it_is_quarantined(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mailhook.ingest
+    from mailhook.backlog import worker_pool
+
+    monkeypatch.setattr(mailhook.ingest, "extract_rows", _die_on_poison)
+    writer = Writer(tmp_path / "m.db")
+    pools = [worker_pool(1)]
+
+    def renew() -> Any:
+        pools.append(worker_pool(1))
+        return pools[-1]
+
+    pipeline = Pipeline(writer, {}, executor=pools[0], new_executor=renew)
+    padding = b" " * mailhook.ingest.INLINE_LIMIT
+    good = Delivery(channel="http", raw=document("call-outbound.json").raw + padding, received_at="x",
+                    kind="document")
+    poison = Delivery(channel="http", raw=b'{"KILL-THE-WORKER": 1}' + padding, received_at="x", kind="document")
+
+    async def run() -> list[Receipt]:
+        return [await pipeline.ingest_async(d) for d in (good, poison, good)]
+
+    try:
+        first, killed, again = asyncio.run(run())
+    finally:
+        writer.close()
+        for pool in pools:
+            pool.shutdown()
+    assert (first.status, first.events) == ("stored", 1)
+    assert (killed.status, killed.error) == ("quarantined", "extraction crashed its worker process")
+    assert again.status == "duplicate"
+    assert len(pools) == 3  # the first worker and its replacement both died on the poison
