@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 
 from mailhook.backlog import Backlog
 from mailhook.budget import ByteBudget
-from mailhook.errors import RetryLater
+from mailhook.errors import RetryLater, Unreadable
 from mailhook.extract import extract
+from mailhook.mail import check_structure
 from mailhook.models import Delivery, Extraction, Kind, MailLimits, Receipt
 from mailhook.store import Rows, Store, worker_rows
 from mailhook.writer import Writer
@@ -85,6 +86,8 @@ class Pipeline:
             if len(delivery.raw) <= INLINE_LIMIT:
                 extraction = extract(delivery.raw, delivery.kind, self.subscriptions, self.limits)
                 receipt = await asyncio.wrap_future(self.writer.submit(delivery, extraction))
+            elif (refused := self._refused_structure(delivery)) is not None:
+                receipt = await asyncio.wrap_future(self.writer.submit(delivery, refused))
             else:
                 # A large body can take seconds and many times its size in memory to read: only
                 # `budget` bytes of them at once, held until its events are stored.
@@ -96,6 +99,20 @@ class Pipeline:
             raise
         self._notify(delivery, receipt, started)
         return receipt
+
+    def _refused_structure(self, delivery: Delivery) -> Extraction | None:
+        """Return the quarantine of an email over a structure limit, found by counting its bytes (ms), else None.
+
+        Such an email is refused without waiting for the budget or a worker; the
+        reason is the one `extract` would give.
+        """
+        if delivery.kind != "email":
+            return None
+        try:
+            check_structure(delivery.raw, self.limits)
+        except Unreadable as exc:
+            return Extraction(reason=str(exc))
+        return None
 
     async def _extract_beside(self, delivery: Delivery) -> Extraction | Rows:
         """Extract a large delivery beside the loop: in the executor's worker process, else in a thread."""

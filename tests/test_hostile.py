@@ -85,12 +85,12 @@ class Server:
                 time.sleep(0.02)
             return conn.execute(sql, params).fetchall()
 
-    def smtp(self) -> smtplib.SMTP:
-        return smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=60)
+    def smtp(self, timeout: float = 60) -> smtplib.SMTP:
+        return smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=timeout)
 
-    def send_exactly(self, raw: bytes) -> int:
+    def send_exactly(self, raw: bytes, timeout: float = 60) -> int:
         """Send `raw` as one message's DATA, byte for byte (CRLF lines, no leading dots); return the reply code."""
-        with self.smtp() as smtp:
+        with self.smtp(timeout) as smtp:
             smtp.ehlo()
             smtp.mail("notifications@callfire.com")
             smtp.rcpt("ops@example.com")
@@ -503,16 +503,19 @@ def _heavy(n: int) -> bytes:
 
 def test_eight_hostile_emails_at_once_stay_within_the_memory_budget_while_others_are_served(big: Server) -> None:
     hostile = [_many_parts(270_000, "parts-a"), _many_parts(270_000, "parts-b"),
-               _email_with(_numbers(10_000_000), "numbers-a"), _email_with(_numbers(10_000_000), "numbers-b"),
-               *(_heavy(n) for n in range(4))]
+               *(_email_with(_numbers(10_000_000), f"numbers-{n}") for n in range(4)), *(_heavy(n) for n in range(2))]
     assert all(len(raw) < 10 * 1024 * 1024 for raw in hostile)
     codes: list[int] = []
     latencies: list[float] = []
     noops: list[float] = []
+    answers: list[float] = []
     stop = threading.Event()
 
     def attack(raw: bytes) -> None:
-        codes.append(big.send_exactly(raw))
+        # The heavy ones wait their turn for the budget: on a loaded machine that can take a while.
+        code, elapsed = _timed(lambda: big.send_exactly(raw, timeout=300))
+        codes.append(code)  # type: ignore[arg-type]
+        answers.append(elapsed)
 
     def legitimate() -> None:
         # One session that keeps asking (NOOP: the time to an answer is the time the loop was busy elsewhere),
@@ -538,16 +541,17 @@ def test_eight_hostile_emails_at_once_stay_within_the_memory_budget_while_others
     for thread in attackers:
         thread.start()
     for thread in attackers:
-        thread.join(timeout=300)
+        thread.join(timeout=600)
     big.rows("SELECT 1")  # and every pending delivery extracted (acknowledge = received)
     stop.set()
     client.join(timeout=60)
     assert codes == [250] * 8
     assert latencies and max(latencies) < LEGIT_S, latencies
     assert max(noops) < NOOP_S, sorted(noops)[-5:]
-    heavy = big.rows("SELECT count(*) FROM events WHERE resource_id BETWEEN 910000000 AND 910000003")
-    assert heavy == [(4,)]
+    heavy = big.rows("SELECT count(*) FROM events WHERE resource_id BETWEEN 910000000 AND 910000001")
+    assert heavy == [(2,)]
     print(f"peak RSS, all processes: {big.total_peak_rss_mb():.0f} MB (now {big.total_peak_rss_mb('VmRSS'):.0f} MB);"
           f" legitimate answers: max {max(latencies):.2f} s;"
-          f" NOOP: max {max(noops):.2f} s, {sum(n > 1 for n in noops)} of {len(noops)} over 1 s")
+          f" NOOP: max {max(noops):.2f} s, {sum(n > 1 for n in noops)} of {len(noops)} over 1 s;"
+          f" hostile answers: {', '.join(f'{a:.1f}' for a in sorted(answers))} s")
     big.assert_still_serving(peak_mb=BUDGET_PEAK_MB)
