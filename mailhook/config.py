@@ -443,10 +443,8 @@ def validate(settings: Settings) -> Settings:
             "smtp.idle_timeout and smtp.data_timeout must be positive",
         ),
         (settings.storage.max_batch > 0, "storage.max_batch must be positive"),
-        (
-            min(getattr(settings.parsing, f.name) for f in fields(ParsingSettings)) > 0,
-            "every parsing.* limit must be positive",
-        ),
+        *((getattr(settings.parsing, f.name) > 0, f"parsing.{f.name} must be positive")
+          for f in fields(ParsingSettings)),
         (settings.storage.busy_timeout >= 0, "storage.busy_timeout must not be negative"),
         (settings.storage.checkpoint_interval >= 0, "storage.checkpoint_interval must not be negative"),
         (settings.imap.poll_interval > 0, "imap.poll_interval must be positive"),

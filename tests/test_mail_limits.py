@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
+from contextlib import closing
+from typing import Any
 
 import pytest
 
@@ -108,3 +111,18 @@ def test_a_header_field_keeps_header_size_limit_bytes_and_the_excess_is_discarde
     assert mail.subject == "s" * 1000
     assert [d.data for d in mail.documents] == [JSON]
     assert parse_mail(raw, MailLimits(header_size_limit=5000)).subject == "s" * 5000
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", ["small", "large"])
+def test_serve_reads_email_with_the_configured_limits(start_server: Any, size: str) -> None:
+    from smtp_support import client
+
+    runtime = start_server(parsing={"max_parts": 5})
+    raw = _parts(10) if size == "small" else _parts(10).replace(b"x\r\n", (b"x" * 900 + b"\r\n") * 10)
+    assert (len(raw) > 64 * 1024) == (size == "large")
+    with client(runtime) as smtp:
+        smtp.sendmail("notifications@callfire.com", ["ops@example.com"], raw)
+    with closing(sqlite3.connect(runtime.settings.database({}))) as conn:
+        ((status, error),) = conn.execute("SELECT status, error FROM deliveries").fetchall()
+    assert status == "quarantined" and "(limit max_parts 5)" in error
