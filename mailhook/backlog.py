@@ -19,14 +19,15 @@ import os
 import select
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
+from mailhook.budget import ByteBudget
 from mailhook.errors import RetryLater
 from mailhook.extract import extract
-from mailhook.models import Delivery, Extraction, Receipt
+from mailhook.models import Delivery, Extraction, MailLimits, Receipt
 from mailhook.store import Completion, PendingReader, pending_count, worker_rows
 from mailhook.writer import Writer
 
@@ -50,13 +51,13 @@ def _reader(path: Path) -> PendingReader:
 
 
 def extract_pending(
-    path: Path, ids: Sequence[int], subscriptions: Mapping[int, str]
+    path: Path, ids: Sequence[int], subscriptions: Mapping[int, str], limits: MailLimits | None = None
 ) -> list[tuple[Delivery, Completion]]:
     """Read the still-pending deliveries among `ids` and extract each (runs in a worker process)."""
     return [
         (delivery, Completion(delivery_id, delivery.sha256, worker_rows(
-            extract(delivery.raw, delivery.kind, subscriptions, delivery.content_type)
-        )))
+            extract(delivery.raw, delivery.kind, subscriptions, content_type=delivery.content_type, limits=limits),
+            len(delivery.raw))))
         for delivery_id, delivery in _reader(path).read(ids)
     ]
 
@@ -114,12 +115,16 @@ class Backlog:
     """Extracts pending deliveries, oldest first, and stores their events through the writer.
 
     `accepted()` wakes it after each delivery stored pending; on `start()` it
-    also takes up whatever an earlier run left pending.
+    also takes up whatever an earlier run left pending. A chunk holds its
+    deliveries' bytes of the `budget` (shared with the doors) from before it is
+    extracted until its events are stored, and holds at most the whole budget
+    (or a single delivery larger than that).
     """
 
     def __init__(
         self, writer: Writer, subscriptions: Mapping[int, str], notify: Notify, *,
-        pool: Executor | None = None, workers: int = 1, extract: Extract = extract_pending,
+        pool: Executor | None = None, workers: int = 1, extract: Extract | None = None,
+        limits: MailLimits | None = None, budget: ByteBudget | None = None,
     ) -> None:
         self.writer = writer
         self.path = writer.store.path
@@ -128,7 +133,8 @@ class Backlog:
         self.notify = notify
         self.pool = pool
         self.workers = workers
-        self.extract = extract
+        self.extract = extract or functools.partial(extract_pending, limits=limits)
+        self.budget = budget or ByteBudget(16 * 1024 * 1024)
         self._accepted: dict[int, float] = {}
         self._wake = asyncio.Event()
         self._closing = False
@@ -188,10 +194,10 @@ class Backlog:
                     self._retry([cursor + 1], f"pending deliveries cannot be read: {exc}")
                     ids = []
                 if ids:
-                    cursor = ids[-1]
-                    for start in range(0, len(ids), CHUNK):
+                    cursor = ids[-1][0]
+                    for chunk, size in self._chunks(ids):
                         await slots.acquire()
-                        task = asyncio.create_task(self._extract(ids[start:start + CHUNK], slots))
+                        task = asyncio.create_task(self._extract(chunk, size, slots))
                         in_flight.add(task)
                         task.add_done_callback(self._finished(in_flight))
                     continue
@@ -207,12 +213,40 @@ class Backlog:
                 task.cancel()
             self.reader.close()
 
-    async def _extract(self, ids: list[int], slots: asyncio.Semaphore) -> None:
+    def _chunks(self, ids: list[tuple[int, int]]) -> Iterator[tuple[list[int], int]]:
+        """Split pending (id, size) pairs into chunks of at most CHUNK deliveries and the budget's bytes."""
+        chunk: list[int] = []
+        size = 0
+        for delivery_id, delivery_size in ids:
+            if chunk and (len(chunk) == CHUNK or size + delivery_size > self.budget.limit):
+                yield chunk, size
+                chunk, size = [], 0
+            chunk.append(delivery_id)
+            size += delivery_size
+        if chunk:
+            yield chunk, size
+
+    async def _extract(self, ids: list[int], size: int, slots: asyncio.Semaphore) -> None:
+        held = True
+
+        def free_slot() -> None:  # once the worker is done, or if this is cancelled before it is
+            nonlocal held
+            if held:
+                held = False
+                slots.release()
+
+        try:
+            async with self.budget.hold(size):
+                await self._extract_and_store(ids, free_slot)
+        finally:
+            free_slot()
+
+    async def _extract_and_store(self, ids: list[int], free_slot: Callable[[], None]) -> None:
         picked_up = time.perf_counter()
         try:
             found = await self._extract_in_worker(ids)
         finally:
-            slots.release()
+            free_slot()
         if found is None:
             return
         futures = [asyncio.wrap_future(self.writer.complete(completion)) for _, completion in found]

@@ -48,11 +48,11 @@ Command = Callable[[argparse.Namespace, Settings, Mapping[str, str]], int]
 
 # Which option sections each subcommand reads; flags of the others would only confuse.
 COMMAND_SECTIONS: dict[str, tuple[str, ...]] = {
-    "serve": ("storage", "smtp", "http", "imap", "log", "service"),
-    "ingest": ("storage", "log", "service"),
-    "imap": ("storage", "imap", "log", "service"),
-    "reprocess": ("storage", "log"),
-    "check-config": ("storage", "smtp", "http", "imap", "log", "service"),
+    "serve": ("storage", "smtp", "http", "imap", "log", "service", "parsing"),
+    "ingest": ("storage", "log", "service", "parsing"),
+    "imap": ("storage", "imap", "log", "service", "parsing"),
+    "reprocess": ("storage", "log", "parsing"),
+    "check-config": ("storage", "smtp", "http", "imap", "log", "service", "parsing"),
     "prune": ("storage", "log"),
     "backup": ("storage", "log"),
     "status": ("storage", "smtp", "http", "log"),
@@ -251,7 +251,8 @@ def _run_reprocess(args: argparse.Namespace, settings: Settings, env: Mapping[st
     store = Store(settings.database(env), busy_timeout=settings.storage.busy_timeout,
                   mode=settings.storage.file_mode())
     try:
-        receipts = reprocess(store, settings.subscriptions, quarantined_only=args.quarantined)
+        receipts = reprocess(store, settings.subscriptions, quarantined_only=args.quarantined,
+                             limits=settings.parsing.mail_limits())
     finally:
         store.close()
     new = sum(r.events for r in receipts)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from mailhook.errors import ConfigError
+from mailhook.models import MailLimits
 
 DEFAULT_CONFIG = Path("/etc/mailhook/mailhook.toml")
 CONFIG_NAME = "mailhook.toml"
@@ -168,6 +169,27 @@ class ImapSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ParsingSettings:
+    """How much an email may make the parser do, and how much extraction runs at once (docs/security.md)."""
+
+    max_containers: int = option(100, "most multipart and message/rfc822 containers in one email (bounds nesting)")
+    max_parts: int = option(1000, "most MIME parts (delimiter lines) in one email")
+    max_lines: int = option(250_000, "most lines in one email")
+    max_header_fields: int = option(10_000, "most header fields in all of one email's parts")
+    header_size_limit: int = option(102_400, "bytes of one header field kept; the excess is discarded")
+    extraction_budget: int = option(
+        16 * 1024 * 1024, "most bytes of deliveries larger than 64 KiB being extracted at once"
+    )
+
+    def mail_limits(self) -> MailLimits:
+        """Return the limits the email reader enforces."""
+        return MailLimits(
+            max_containers=self.max_containers, max_parts=self.max_parts, max_lines=self.max_lines,
+            max_header_fields=self.max_header_fields, header_size_limit=self.header_size_limit,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class LogSettings:
     """Logging."""
 
@@ -193,6 +215,7 @@ class Settings:
     imap: ImapSettings = field(default_factory=ImapSettings)
     log: LogSettings = field(default_factory=LogSettings)
     service: ServiceSettings = field(default_factory=ServiceSettings)
+    parsing: ParsingSettings = field(default_factory=ParsingSettings)
     subscriptions: Mapping[int, str] = field(default_factory=dict)
 
     def database(self, env: Mapping[str, str]) -> Path:
@@ -212,6 +235,7 @@ SECTIONS: dict[str, type] = {
     "imap": ImapSettings,
     "log": LogSettings,
     "service": ServiceSettings,
+    "parsing": ParsingSettings,
 }
 
 
@@ -494,6 +518,8 @@ def validate(settings: Settings) -> Settings:
         ),
         (settings.smtp.refusal_log_interval > 0, "smtp.refusal_log_interval must be positive"),
         (settings.storage.max_batch > 0, "storage.max_batch must be positive"),
+        *((getattr(settings.parsing, f.name) > 0, f"parsing.{f.name} must be positive")
+          for f in fields(ParsingSettings)),
         (settings.storage.busy_timeout >= 0, "storage.busy_timeout must not be negative"),
         (settings.storage.checkpoint_interval >= 0, "storage.checkpoint_interval must not be negative"),
         (settings.imap.poll_interval > 0, "imap.poll_interval must be positive"),

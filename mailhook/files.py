@@ -18,7 +18,7 @@ from mailhook.config import Settings
 from mailhook.errors import RetryLater, TooLarge
 from mailhook.extract import extract
 from mailhook.ingest import Pipeline, extraction_pool, log_delivery
-from mailhook.models import Delivery, Extraction, Kind, Receipt
+from mailhook.models import Delivery, Extraction, Kind, MailLimits, Receipt
 from mailhook.store import Rows, utcnow, worker_rows
 from mailhook.writer import Writer
 
@@ -203,7 +203,8 @@ def ingest_paths(
         settings.database(env), busy_timeout=settings.storage.busy_timeout, max_batch=settings.storage.max_batch,
         mode=settings.storage.file_mode(),
     )
-    pipeline = Pipeline(writer, settings.subscriptions)
+    limits = settings.parsing.mail_limits()
+    pipeline = Pipeline(writer, settings.subscriptions, limits=limits)
     totals = {"stored": 0, "duplicate": 0, "quarantined": 0, "events": 0, "unreadable": 0}
     pending: deque[tuple[Delivery, float, Future[Receipt]]] = deque()
     progress = _Progress(enabled=interactive and not quiet)
@@ -225,7 +226,7 @@ def ingest_paths(
 
     items = deliveries(paths, received_at=utcnow(), max_size=settings.smtp.max_message_size, stdin=stdin)
     try:
-        for item, extraction in _extracted(items, pool, settings.subscriptions):
+        for item, extraction in _extracted(items, pool, settings.subscriptions, limits):
             if isinstance(item, Unreadable):
                 totals["unreadable"] += 1
                 log.error("%s: cannot read: %s", item.source, item.reason)
@@ -279,17 +280,20 @@ def _extraction_pool(paths: list[str]) -> Executor | None:
     return extraction_pool() if total >= _PARALLEL_BYTES else None
 
 
-def _extract_chunk(chunk: list[tuple[bytes, Kind]], subscriptions: Mapping[int, str]) -> list[Extraction | Rows]:
+def _extract_chunk(
+    chunk: list[tuple[bytes, Kind]], subscriptions: Mapping[int, str], limits: MailLimits
+) -> list[Extraction | Rows]:
     """Extract a chunk of deliveries in a worker process, as the rows to store.
 
     Rows (plain tuples) cost the parent far less to unpickle than `Extraction`s,
     and building them here takes that work off the parent too.
     """
-    return [worker_rows(extract(raw, kind, subscriptions)) for raw, kind in chunk]
+    return [worker_rows(extract(raw, kind, subscriptions, limits=limits), len(raw)) for raw, kind in chunk]
 
 
 def _extracted(
-    items: Iterable[Delivery | Unreadable], pool: Executor | None, subscriptions: Mapping[int, str]
+    items: Iterable[Delivery | Unreadable], pool: Executor | None, subscriptions: Mapping[int, str],
+    limits: MailLimits,
 ) -> Iterator[tuple[Delivery | Unreadable, Extraction | Rows | None]]:
     """Pair each item with its extraction done in `pool`, in input order (None: extract in this thread)."""
     if pool is None:
@@ -301,7 +305,7 @@ def _extracted(
 
     def send(chunk: list[Delivery | Unreadable]) -> None:
         work = [(d.raw, d.kind) for d in chunk if isinstance(d, Delivery)]
-        in_flight.append((chunk, pool.submit(_extract_chunk, work, subs)))
+        in_flight.append((chunk, pool.submit(_extract_chunk, work, subs, limits)))
 
     def receive() -> Iterator[tuple[Delivery | Unreadable, Extraction | Rows | None]]:
         chunk, future = in_flight.popleft()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import logging
 import multiprocessing
 import os
@@ -20,13 +21,16 @@ import signal
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 from mailhook.backlog import Backlog
-from mailhook.errors import RetryLater
+from mailhook.budget import ByteBudget
+from mailhook.errors import RetryLater, Unreadable
 from mailhook.extract import extract
-from mailhook.models import Delivery, Extraction, Receipt
-from mailhook.store import Store
+from mailhook.mail import check_structure
+from mailhook.models import Delivery, Extraction, Kind, MailLimits, Receipt
+from mailhook.store import Rows, Store, worker_rows
 from mailhook.writer import Writer
 
 log = logging.getLogger("mailhook.ingest")
@@ -41,8 +45,11 @@ Listener = Callable[[Delivery, Receipt | None, float], None]
 class Pipeline:
     """Extracts deliveries and hands them to the group-commit writer.
 
-    With an `executor` (a process pool), extraction runs beside the event loop
-    on another core; without one it runs in the caller's thread.
+    From an event loop, a delivery larger than INLINE_LIMIT is extracted only
+    within the `budget` (bytes being extracted at once; shared with the
+    backlog), beside the loop: in the `executor` (`serve` gives it a worker
+    process, so a long parse in C, which holds the GIL, cannot stall the loop),
+    or without one in a thread. Smaller ones are extracted on the loop.
     """
 
     writer: Writer
@@ -52,17 +59,24 @@ class Pipeline:
     backlog: Backlog | None = None
     # The health probe under way, shared by every check that arrives meanwhile.
     _probe: asyncio.Future[str | None] | None = field(default=None, init=False, repr=False)
+    limits: MailLimits = field(default_factory=MailLimits)
+    budget: ByteBudget = field(default_factory=lambda: ByteBudget(16 * 1024 * 1024))
+    # Makes a new `executor` when a worker of the old one died.
+    new_executor: Callable[[], Executor] | None = None
 
     def submit(self, delivery: Delivery) -> Future[Receipt]:
         """Extract `delivery` in this thread and queue it for the next commit."""
-        extraction = extract(delivery.raw, delivery.kind, self.subscriptions, delivery.content_type)
+        extraction = extract(delivery.raw, delivery.kind, self.subscriptions, content_type=delivery.content_type,
+                             limits=self.limits)
         return self.writer.submit(delivery, extraction)
 
     def ingest(self, delivery: Delivery) -> Receipt:
         """Store one delivery and wait until it is durable; raises `RetryLater` on storage trouble."""
         started = time.perf_counter()
+        size = len(delivery.raw)
         try:
-            receipt = self.submit(delivery).result()
+            with self.budget.hold_blocking(size if size > INLINE_LIMIT else 0):
+                receipt = self.submit(delivery).result()
         except RetryLater:
             self._notify(delivery, None, started)
             raise
@@ -72,26 +86,75 @@ class Pipeline:
     async def ingest_async(self, delivery: Delivery) -> Receipt:
         """Store one delivery from an event loop; the loop keeps serving while it is made durable."""
         started = time.perf_counter()
-        loop = asyncio.get_running_loop()
         try:
-            if self.executor is not None:
-                extraction: Extraction = await loop.run_in_executor(
-                    self.executor, extract, delivery.raw, delivery.kind, dict(self.subscriptions), delivery.content_type
-                )
-            elif len(delivery.raw) > INLINE_LIMIT:
-                # A large body can take seconds to read; in a thread the loop keeps serving
-                # every other session meanwhile (the GIL is handed over every few ms).
-                extraction = await loop.run_in_executor(
-                    None, extract, delivery.raw, delivery.kind, self.subscriptions, delivery.content_type
-                )
+            if len(delivery.raw) <= INLINE_LIMIT:
+                extraction = extract(delivery.raw, delivery.kind, self.subscriptions,
+                                     content_type=delivery.content_type, limits=self.limits)
+                receipt = await asyncio.wrap_future(self.writer.submit(delivery, extraction))
+            elif (refused := self._refused_structure(delivery)) is not None:
+                receipt = await asyncio.wrap_future(self.writer.submit(delivery, refused))
             else:
-                extraction = extract(delivery.raw, delivery.kind, self.subscriptions, delivery.content_type)
-            receipt = await asyncio.wrap_future(self.writer.submit(delivery, extraction))
+                # A large body can take seconds and many times its size in memory to read: only
+                # `budget` bytes of them at once, held until its events are stored.
+                async with self.budget.hold(len(delivery.raw)):
+                    found = await self._extract_beside(delivery)
+                    receipt = await asyncio.wrap_future(self.writer.submit(delivery, found))
         except RetryLater:
             self._notify(delivery, None, started)
             raise
         self._notify(delivery, receipt, started)
         return receipt
+
+    def _refused_structure(self, delivery: Delivery) -> Extraction | None:
+        """Return the quarantine of an email over a structure limit, found by counting its bytes (ms), else None.
+
+        Such an email is refused without waiting for the budget or a worker; the
+        reason is the one `extract` would give.
+        """
+        if delivery.kind != "email":
+            return None
+        try:
+            check_structure(delivery.raw, self.limits)
+        except Unreadable as exc:
+            return Extraction(reason=str(exc))
+        return None
+
+    async def _extract_beside(self, delivery: Delivery) -> Extraction | Rows:
+        """Extract a large delivery beside the loop: in the executor's worker process, else in a thread."""
+        loop = asyncio.get_running_loop()
+        pool = self.executor
+        if pool is None:
+            # In a thread the loop keeps serving (the GIL is handed over every few ms, if not in C).
+            return await loop.run_in_executor(None, functools.partial(
+                extract, delivery.raw, delivery.kind, self.subscriptions, content_type=delivery.content_type,
+                limits=self.limits,
+            ))
+        subscriptions = dict(self.subscriptions)
+        for _ in range(2):  # a second time on a new worker: the one before may be what killed it
+            try:
+                # Rows (strings, bounded by the payload ratio) cost far less to send back than Events.
+                return await loop.run_in_executor(
+                    pool, extract_rows, delivery.raw, delivery.kind, subscriptions, self.limits, delivery.content_type
+                )
+            except BrokenProcessPool:
+                # Its worker died (out of memory, killed, crashed by an input: this one or the one before).
+                pool = self._renew_executor(pool)
+                if pool is None:
+                    return extract(delivery.raw, delivery.kind, subscriptions, content_type=delivery.content_type,
+                                   limits=self.limits)
+        log.error("an extraction worker died twice on one delivery; quarantined")
+        return Extraction(reason="extraction crashed its worker process")
+
+    def _renew_executor(self, broken: Executor) -> Executor | None:
+        """Replace a broken process pool (once, whoever notices first); None when none can start."""
+        if self.executor is broken and isinstance(broken, ProcessPoolExecutor):
+            log.error("an extraction worker died; starting a new one")
+            broken.shutdown(wait=False, cancel_futures=True)
+            try:
+                self.executor = self.new_executor() if self.new_executor else None
+            except OSError:
+                self.executor = None
+        return self.executor
 
     async def accept_async(self, delivery: Delivery) -> Receipt:
         """Store one delivery's raw bytes durably as `pending` and leave its events to the backlog.
@@ -128,6 +191,13 @@ class Pipeline:
         log_delivery(delivery, receipt, elapsed)
         for listener in self.listeners:
             listener(delivery, receipt, elapsed)
+
+
+def extract_rows(
+    raw: bytes, kind: Kind, subscriptions: Mapping[int, str], limits: MailLimits, content_type: str | None = None
+) -> Extraction | Rows:
+    """Extract a delivery as the rows to store, bounded by the payload ratio (runs in a worker process)."""
+    return worker_rows(extract(raw, kind, subscriptions, content_type=content_type, limits=limits), len(raw))
 
 
 def extraction_pool(workers: int | None = None) -> Executor | None:
@@ -218,12 +288,13 @@ class DeliveryLine:
         return text
 
 
-def reprocess(store: Store, subscriptions: Mapping[int, str], *, quarantined_only: bool) -> list[Receipt]:
+def reprocess(
+    store: Store, subscriptions: Mapping[int, str], *, quarantined_only: bool, limits: MailLimits | None = None
+) -> list[Receipt]:
     """Re-extract stored raw deliveries with the current extractors, adding only new events."""
     receipts = []
     for stored in list(store.stored_deliveries(quarantined_only=quarantined_only)):
-        extraction = extract(
-            stored.raw, "email" if stored.kind == "email" else "document", subscriptions, stored.content_type
-        )
-        receipts.append(store.reextract(stored.id, extraction))
+        extraction = extract(stored.raw, "email" if stored.kind == "email" else "document", subscriptions,
+                             content_type=stored.content_type, limits=limits)
+        receipts.append(store.reextract(stored.id, extraction, len(stored.raw)))
     return receipts

@@ -12,6 +12,8 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import email
+import email.policy
 import logging
 import re
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from mailhook.charset import decode_document
 from mailhook.embedded import clean_text, documents_in_body, is_whole_document
 from mailhook.errors import Unreadable
 from mailhook.flowed import unflow
+from mailhook.models import MailLimits
 
 log = logging.getLogger("mailhook.mail")
 # mail-parser logs a WARNING for every part type it does not "handle" (xml, json,
@@ -31,15 +34,11 @@ log = logging.getLogger("mailhook.mail")
 # thousands a second, and mailhook logs one line per delivery.
 logging.getLogger("mailparser").setLevel(logging.ERROR)
 
-# A notification email has a handful of multipart/message containers. The stdlib parser
-# recurses once per nesting level, so a MIME bomb costs time and stack before it
-# fails; refuse early and say why instead.
-MAX_CONTAINERS = 200
-# mail-parser eagerly parses every address header (a 100k-address header takes
-# seconds) and every Received line: only the headers we read are handed to it.
 # More embedded notifications than this in one email is an attack or a bug;
 # the raw email is quarantined (and can be reprocessed) rather than read.
 MAX_DOCUMENTS = 1000
+# mail-parser eagerly parses every address header (a 100k-address header takes
+# seconds) and every Received line: only the headers we read are handed to it.
 _KEEP_HEADERS = frozenset(
     {
         b"subject",
@@ -67,6 +66,8 @@ _PLAIN_CONTENT_TYPE = re.compile(
 _DELIMITER_TAIL = re.compile(rb"(--)?[ \t]*(?:\r\n|\n|\r|\Z)")
 
 _CONTAINER = re.compile(rb"boundary\s*=|message/rfc822", re.IGNORECASE)
+# A declared boundary, as email.message's get_boundary() would read it (quoted or not).
+_BOUNDARY = re.compile(rb'boundary\s*=\s*(?:"([^"\r\n]{1,200})"|([^\s;"]{1,200}))', re.IGNORECASE)
 # email.feedparser's notion of a header line (an mbox "From " line counts too).
 _HEADER_LINE = re.compile(rb"From |[\x21-\x39\x3b-\x7e]*:")
 # In a header block with a "\n" put in front: a line that is neither a header nor a continuation line,
@@ -78,6 +79,33 @@ _KEPT_FIELD = re.compile(
     re.IGNORECASE,
 )
 _DOC_TYPES = frozenset({"application/xml", "text/xml", "application/json", "text/json", "application/soap+xml"})
+
+
+MAX_CONTAINERS = MailLimits().max_containers
+
+
+class _LimitedPolicy(email.policy.Compat32):
+    """The compat32 policy (what mail-parser parses with) that counts header fields as the parser reads them."""
+
+    limits: MailLimits
+    count: list[int]  # [header fields read so far]
+
+    def __init__(self, limits: MailLimits) -> None:
+        super().__init__()
+        # A policy's attributes are read-only once made (_PolicyBase.__setattr__): set as it sets its own.
+        object.__setattr__(self, "limits", limits)
+        object.__setattr__(self, "count", [0])
+
+    def header_source_parse(self, sourcelines: list[str]) -> tuple[str, str]:
+        """Read one header field as compat32 does, refusing the email past max_header_fields."""
+        self.count[0] += 1
+        if self.count[0] > self.limits.max_header_fields:
+            raise Unreadable(
+                f"more than {self.limits.max_header_fields} MIME header fields (limit max_header_fields); not parsed"
+            )
+        name, value = super().header_source_parse(sourcelines)
+        # Postfix keeps a header's first header_size_limit bytes and discards the rest; so does this.
+        return name, value[: self.limits.header_size_limit]
 
 
 class _MailParser(mailparser.MailParser):  # type: ignore[misc]  # mail-parser ships no type hints
@@ -109,6 +137,15 @@ class _MailParser(mailparser.MailParser):  # type: ignore[misc]  # mail-parser s
             return unflow(text, delsp=str(part.get_param("delsp", "")).lower() == "yes")
         return text
 
+    @classmethod
+    def from_limited_bytes(cls, data: bytes, limits: MailLimits) -> mailparser.MailParser:
+        """Do what `from_bytes` does, parsing with a policy that enforces `limits` as headers are read."""
+        policy = _LimitedPolicy(limits)
+        # mail-parser's from_bytes is `cls._parse_guarded(lambda: email.message_from_bytes(bt))`, with no way
+        # to pass a policy: the same, through its private _parse_guarded (which turns RecursionError into
+        # MailParserRecursionError), with ours.
+        return cls._parse_guarded(lambda: email.message_from_bytes(data, policy=policy))
+
 
 @dataclass(frozen=True, slots=True)
 class DocumentCandidate:
@@ -137,20 +174,12 @@ class Mail:
     texts: tuple[TextCandidate, ...]
 
 
-def parse_mail(raw: bytes) -> Mail:
+def parse_mail(raw: bytes, limits: MailLimits | None = None) -> Mail:
     """Parse `raw` RFC 5322 bytes into candidates, raising only `Unreadable`."""
-    # Every container match holds one of these words, so counting them (fast, in C) bounds the
-    # matches; the regex only runs on the rare email that might be over the limit.
-    lowered = raw.lower()
-    possible = lowered.count(b"boundary") + lowered.count(b"message/rfc822")
-    containers = len(_CONTAINER.findall(raw)) if possible > MAX_CONTAINERS else possible
-    if containers > MAX_CONTAINERS:
-        raise Unreadable(
-            f"MIME structure too deep or too large: {containers} multipart/message containers"
-            f" (limit {MAX_CONTAINERS}); not parsed"
-        )
+    limits = limits or MailLimits()
+    check_structure(raw, limits)
     try:
-        return _read(_parse(_trim_headers(raw)))
+        return _read(_parse(_trim_headers(raw), limits))
     except (MailParserError, RecursionError) as exc:
         raise Unreadable(f"MIME structure nested too deeply to parse: {exc}") from exc
     except Unreadable:
@@ -159,13 +188,44 @@ def parse_mail(raw: bytes) -> Mail:
         raise Unreadable(f"email could not be parsed: {type(exc).__name__}: {exc}") from exc
 
 
-def _parse(data: bytes) -> mailparser.MailParser:
+def check_structure(raw: bytes, limits: MailLimits) -> None:
+    """Refuse an email with more lines, containers or parts than `limits` allow, by counting over its bytes.
+
+    Each count is a C scan (a few ms for 10 MB); a regex runs only where a
+    cheap upper bound says the email may be over a limit.
+    """
+    # Every container match holds one of these words, so counting them bounds the matches.
+    lowered = raw.lower()
+    possible = lowered.count(b"boundary") + lowered.count(b"message/rfc822")
+    containers = len(_CONTAINER.findall(raw)) if possible > limits.max_containers else possible
+    if containers > limits.max_containers:
+        raise Unreadable(
+            f"MIME structure too deep or too large: {containers} multipart/message containers"
+            f" (limit {limits.max_containers}); not parsed"
+        )
+    # A part starts at a delimiter line, "--" and a declared boundary: lines starting "--" bound them.
+    if raw.count(b"\n--") > limits.max_parts:
+        boundaries = {quoted or bare for quoted, bare in _BOUNDARY.findall(raw)}
+        parts = sum(raw.count(b"\n--" + boundary) for boundary in boundaries)
+        if parts > limits.max_parts:
+            raise Unreadable(
+                f"MIME structure too large: {parts} part delimiters (limit max_parts {limits.max_parts}); not parsed"
+            )
+    lines = raw.count(b"\n")
+    if lines > limits.max_lines:
+        raise Unreadable(f"email of {lines} lines (limit max_lines {limits.max_lines}); not parsed")
+
+
+def _parse(data: bytes, limits: MailLimits | None = None) -> mailparser.MailParser:
     """Parse with mail-parser, through the shared boundary when that cannot change the result."""
+    limits = limits or MailLimits()
     renamed = _with_shared_boundary(data)
     if renamed is not None:
         shared, plain = renamed
         try:
-            parsed = _MailParser.from_bytes(shared)
+            parsed = _MailParser.from_limited_bytes(shared, limits)
+        except Unreadable:
+            raise  # a limit: the same email under its own boundary is no smaller
         except Exception:  # noqa: BLE001 - the email itself, parsed below, says what is wrong with it
             parsed = None
         if parsed is not None and (
@@ -176,7 +236,7 @@ def _parse(data: bytes) -> mailparser.MailParser:
             )
         ):
             return parsed
-    return _MailParser.from_bytes(data)
+    return _MailParser.from_limited_bytes(data, limits)
 
 
 def _with_shared_boundary(data: bytes) -> tuple[bytes, bool] | None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
@@ -80,18 +82,76 @@ class Attempt:
 
 
 def to_json(value: Any) -> str:
-    """Serialize a payload to compact JSON, keeping Decimals' exact digits."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=_json_default)
+    """Serialize a payload to compact JSON, writing each Decimal as no longer than it was sent.
+
+    A number whose plain integer or float form says the same value in about as
+    many characters is written that way (what nearly every notification holds);
+    any other (`1e300`'s 301 digits, `1e-999` that a float turns into 0.0) is
+    written as its own exponent form, `1E+300`, so a payload never grows past
+    the text it was read from.
+    """
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=_json_default)
+    except _ExactNumber:
+        return "".join(_encode(value))
+
+
+# A Decimal's integer form is written only up to this exponent: "1e3" (3 characters) is at most "1000".
+_MAX_PLAIN_EXPONENT = 3
+
+
+class _ExactNumber(Exception):
+    """A Decimal that neither an int nor a float writes as it was sent: the payload is encoded by `_encode`."""
 
 
 def _json_default(value: Any) -> Any:
     if isinstance(value, Decimal):
-        # Integral amounts stay ints; others as the shortest float that round-trips
-        # (exact for the few significant digits CallFire sends, e.g. 1.6667).
-        return int(value) if value.as_tuple().exponent >= 0 else float(value)  # type: ignore[operator]
+        return _plain_number(value)
     if isinstance(value, tuple | set | frozenset):
         return list(value)
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def _plain_number(value: Decimal) -> int | float:
+    """Return the int or float json writes for `value`; raise `_ExactNumber` if neither is exact and short."""
+    exponent = value.as_tuple().exponent
+    if isinstance(exponent, int) and 0 <= exponent <= _MAX_PLAIN_EXPONENT:
+        return int(value)  # integral amounts stay ints
+    # Others as the shortest float that round-trips (e.g. 1.6667), when that is the very value sent.
+    number = float(value)
+    if math.isfinite(number) and Decimal(repr(number)) == value:
+        return number
+    raise _ExactNumber
+
+
+def _encode(value: Any) -> Iterator[str]:
+    """Yield `value` as the compact JSON `to_json` writes, each Decimal in the form `_number_text` gives."""
+    if isinstance(value, dict):
+        yield "{"
+        for i, (key, item) in enumerate(value.items()):
+            yield ("," if i else "") + json.dumps(key if isinstance(key, str) else str(key), ensure_ascii=False) + ":"
+            yield from _encode(item)
+        yield "}"
+    elif isinstance(value, list | tuple | set | frozenset):
+        yield "["
+        for i, item in enumerate(value):
+            if i:
+                yield ","
+            yield from _encode(item)
+        yield "]"
+    elif isinstance(value, Decimal):
+        yield _number_text(value)
+    else:
+        yield json.dumps(value, ensure_ascii=False, default=_json_default)
+
+
+def _number_text(value: Decimal) -> str:
+    try:
+        return json.dumps(_plain_number(value))
+    except _ExactNumber:
+        # Decimal's own exponent form: the digits and exponent as sent, valid JSON (NaN and
+        # infinities never get here: the JSON reader refuses them).
+        return str(value)
 
 
 def _number(value: Decimal | None) -> float | None:
@@ -224,3 +284,25 @@ class Receipt:
     message_id: str | None = None
     # The event types of the new events, in order (for metrics by type).
     event_types: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MailLimits:
+    """How much structure one email may have; past a limit it is quarantined unparsed, with the limit named.
+
+    Checked on the raw bytes before the email reaches the parser (lines,
+    parts, containers: a count in C over the bytes), or by the parser's policy
+    as each header is read (header fields), so a hostile email costs a scan,
+    not a parse. The settings are `[parsing]` in mailhook.toml; mailhook.mail enforces them.
+    """
+
+    # Multipart and message/rfc822 containers: they bound how deep parts nest (Postfix mime_nesting_limit).
+    max_containers: int = 100
+    # MIME parts: delimiter lines of the declared boundaries.
+    max_parts: int = 1000
+    # Lines in the whole email: the standard library's parser makes an object of each.
+    max_lines: int = 250_000
+    # Header fields in all the email's parts (its own top-level ones, which mailhook trims to six first, included).
+    max_header_fields: int = 10_000
+    # Bytes one header field keeps; the excess is discarded (Postfix header_size_limit).
+    header_size_limit: int = 102_400

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from mailhook import openfiles, systemd
 from mailhook.backlog import Backlog, worker_count, worker_pool
+from mailhook.budget import ByteBudget
 from mailhook.config import Settings
 from mailhook.errors import RetryLater
 from mailhook.ingest import Pipeline
@@ -133,13 +134,19 @@ async def serve(settings: Settings, env: Mapping[str, str], *, started: asyncio.
     counters = Counters()
     writer = await _open_writer(settings, env, metrics, notifier)
     metrics.track_queue(lambda: writer.depth)
-    pipeline = Pipeline(writer, settings.subscriptions, listeners=[metrics.on_delivery, counters.on_delivery])
+    # One budget for every extraction of a large delivery, in this process or in the backlog's workers.
+    budget = ByteBudget(settings.parsing.extraction_budget)
+    limits = settings.parsing.mail_limits()
+    # Large deliveries are extracted in a worker process: a parse in C holds the GIL, and must not hold the loop.
+    pipeline = Pipeline(writer, settings.subscriptions, listeners=[metrics.on_delivery, counters.on_delivery],
+                        limits=limits, budget=budget, executor=worker_pool(worker_count()),
+                        new_executor=lambda: worker_pool(worker_count()))
     # The backlog always takes up deliveries an earlier run left pending; only with
     # acknowledge = "received" does the SMTP door add to it, and it gets worker processes.
     deferred = settings.smtp.acknowledge == "received" and bool(settings.smtp.listen or "smtp" in sockets)
     workers = worker_count() if deferred else 1
     backlog = Backlog(writer, settings.subscriptions, pipeline.report,
-                      pool=worker_pool(workers) if deferred else None, workers=workers)
+                      pool=worker_pool(workers) if deferred else None, workers=workers, limits=limits, budget=budget)
     backlog.start()
     metrics.track_pending(backlog.pending)
     if deferred:

@@ -28,6 +28,12 @@ from mailhook.schema import ATTEMPT_COLUMNS, EVENT_COLUMNS, MIGRATIONS
 log = logging.getLogger("mailhook.store")
 
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
+# What a delivery's events may store as payloads (events.payload and attempts.payload together),
+# at most, per byte received: a notification's payloads take about its size once (measured on
+# the fixtures: 0.4-1.4x), so more means the input was built to be amplified; it is quarantined.
+PAYLOAD_RATIO = 2
+_PAYLOAD = EVENT_COLUMNS.index("payload")
+_ATTEMPT_PAYLOAD = ATTEMPT_COLUMNS.index("payload")
 
 _INSERT_EVENT = (
     f"INSERT INTO events (delivery_id, received_at, {', '.join(EVENT_COLUMNS)}) "
@@ -70,10 +76,14 @@ class Completion(NamedTuple):
 Work = tuple[Delivery, Extraction | Rows | None] | Completion
 
 
-def rows(extraction: Extraction | Rows) -> Rows:
-    """Turn an extraction into the rows stored for it (pure: extraction workers call it too)."""
+def rows(extraction: Extraction | Rows, size: int | None = None) -> Rows:
+    """Turn an extraction into the rows stored for it (pure: extraction workers call it too).
+
+    Given the `size` of the raw delivery, payloads of more than PAYLOAD_RATIO
+    times that many bytes turn the rows into a quarantine with the reason.
+    """
     if isinstance(extraction, Rows):
-        return extraction
+        return extraction if size is None else _bounded(extraction, size)
     events = []
     for event in extraction.events:
         row = event.row()
@@ -82,19 +92,35 @@ def rows(extraction: Extraction | Rows) -> Rows:
             values = attempt.row()
             attempts.append(tuple([values[c] for c in ATTEMPT_COLUMNS]))
         events.append((event.event_type, tuple([row[c] for c in EVENT_COLUMNS]), tuple(attempts)))
-    return Rows(
+    found = Rows(
         extraction.reason, "\n".join(extraction.notes) or None, extraction.message_id, extraction.subject,
         tuple(events),
     )
+    return found if size is None else _bounded(found, size)
 
 
-def worker_rows(extraction: Extraction) -> Extraction | Rows:
+def _bounded(found: Rows, size: int) -> Rows:
+    """Return `found`, or a quarantine without events when its payloads exceed PAYLOAD_RATIO x `size` bytes."""
+    stored = 0
+    for _, values, attempts in found.events:
+        stored += len(values[_PAYLOAD].encode())
+        for attempt in attempts:
+            stored += len(attempt[_ATTEMPT_PAYLOAD].encode())
+    if stored <= PAYLOAD_RATIO * size:
+        return found
+    reason = (
+        f"payloads of {stored} bytes would exceed {PAYLOAD_RATIO}x the {size} bytes received; events not stored"
+    )
+    return found._replace(reason=reason, events=())
+
+
+def worker_rows(extraction: Extraction, size: int | None = None) -> Extraction | Rows:
     """Return an extraction as rows for the parent process, or as itself when its values cannot be rows.
 
     The writer then meets the same error and fails (or quarantines) that delivery alone.
     """
     try:
-        return rows(extraction)
+        return rows(extraction, size)
     except (ValueError, OverflowError, TypeError):
         return extraction
 
@@ -275,7 +301,7 @@ class Store:
         if extraction is None:
             delivery_id = self._insert_delivery(delivery, sha256, now, "pending", None, delivery.raw)
             return Receipt(delivery_id, "pending")
-        found = rows(extraction)
+        found = rows(extraction, len(delivery.raw))
         seen, same_bytes = self._seen(found.message_id, sha256, None)
         delivery_id = self._insert_delivery(delivery, sha256, now, "quarantined" if found.reason else "stored",
                                             found, None if same_bytes else delivery.raw)
@@ -283,8 +309,11 @@ class Store:
 
     def _complete(self, completion: Completion) -> Receipt:
         """Store the events of a delivery stored `pending`, and give it its final status."""
-        found = rows(completion.extraction)
         delivery_id = completion.delivery_id
+        found = completion.extraction
+        if not isinstance(found, Rows):  # a worker bounds the rows it makes; these it could not make
+            (size,) = self.conn.execute("SELECT size FROM deliveries WHERE id = ?", (delivery_id,)).fetchone() or (0,)
+            found = rows(found, size)
         seen, same_bytes = self._seen(found.message_id, completion.sha256, delivery_id)
         row = self.conn.execute(
             "UPDATE deliveries SET error = ?, message_id = ?, subject = ?, notes = ?,"
@@ -415,19 +444,20 @@ class Store:
                 last = id_
                 yield StoredDelivery(id_, _kind(channel, raw), raw, status, content_type)
 
-    def reextract(self, delivery_id: int, extraction: Extraction) -> Receipt:
-        """Add the events a new extraction finds for a stored delivery and update its status."""
+    def reextract(self, delivery_id: int, extraction: Extraction, size: int | None = None) -> Receipt:
+        """Add the events a new extraction finds for a stored delivery (of `size` raw bytes) and update its status."""
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
             now = utcnow()
-            new, duplicates, types = self._insert_events(delivery_id, now, rows(extraction))
+            found = rows(extraction, size)
+            new, duplicates, types = self._insert_events(delivery_id, now, found)
             old_status, old_new = conn.execute(
                 "SELECT status, event_count FROM deliveries WHERE id = ?", (delivery_id,)
             ).fetchone()
             status: Status
-            if extraction.reason:
-                status, error = ("duplicate" if old_status == "duplicate" else "quarantined"), extraction.reason
+            if found.reason:
+                status, error = ("duplicate" if old_status == "duplicate" else "quarantined"), found.reason
             else:
                 status, error = ("stored" if new or old_new else "duplicate"), None
             conn.execute(
@@ -440,7 +470,7 @@ class Store:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        return Receipt(delivery_id, status, new, duplicates, extraction.reason, event_types=types)
+        return Receipt(delivery_id, status, new, duplicates, found.reason, event_types=types)
 
     def checkpoint_wal(self) -> WalCheckpoint:
         """Copy the WAL back into the database, and empty the WAL file when no reader still needs it.
@@ -498,10 +528,10 @@ class PendingReader:
         self.path = Path(path)
         self._conn: sqlite3.Connection | None = None
 
-    def ids(self, after: int, limit: int) -> list[int]:
-        """Return the ids of pending deliveries after id `after`, oldest first; `RetryLater` if unreadable."""
-        return [row[0] for row in self._query(
-            "SELECT id FROM deliveries WHERE status = 'pending' AND id > ? ORDER BY id LIMIT ?", (after, limit)
+    def ids(self, after: int, limit: int) -> list[tuple[int, int]]:
+        """Return the ids and sizes of pending deliveries after id `after`, oldest first; `RetryLater` if unreadable."""
+        return [(row[0], row[1]) for row in self._query(
+            "SELECT id, size FROM deliveries WHERE status = 'pending' AND id > ? ORDER BY id LIMIT ?", (after, limit)
         )]
 
     def read(self, ids: Sequence[int]) -> list[tuple[int, Delivery]]:

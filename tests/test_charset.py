@@ -113,7 +113,7 @@ def test_unknown_charsets_and_undecodable_bytes_get_a_precise_reason(data: bytes
 
 
 def test_the_http_reason_for_a_bogus_charset_is_the_quarantine_reason() -> None:
-    result = extract(DOC.encode(), "document", {}, "application/json; charset=no-such")
+    result = extract(DOC.encode(), "document", {}, content_type="application/json; charset=no-such")
     assert result.reason == "unknown charset 'no-such' declared in the Content-Type"
 
 

@@ -144,6 +144,8 @@ def test_flag_errors_name_the_flag() -> None:
         ({"MAILHOOK_IMAP_PORT": "70000"}, "imap.port"),
         ({"MAILHOOK_IMAP_POLL_INTERVAL": "0"}, "imap.poll_interval"),
         ({"MAILHOOK_LOG_FORMAT": "xml"}, "log.format"),
+        ({"MAILHOOK_PARSING_MAX_PARTS": "0"}, "parsing.max_parts"),
+        ({"MAILHOOK_PARSING_EXTRACTION_BUDGET": "-1"}, "parsing.extraction_budget"),
         ({"MAILHOOK_LOG_LEVEL": "LOUD"}, "log.level"),
         ({"MAILHOOK_SMTP_TLS_CERT": "/c.pem"}, "smtp.tls_cert"),
         ({"MAILHOOK_SMTP_REQUIRE_STARTTLS": "yes"}, "smtp.require_starttls"),
@@ -275,3 +277,12 @@ def test_public_smtp_without_an_accept_list_is_refused_before_anything_is_create
     assert load({"smtp-listen": "0.0.0.0:2525", "accept": ["@example.com"]}, {}, None).smtp.accept == ("@example.com",)
     assert main(["serve", "--smtp-listen", "0.0.0.0:0", "--db", str(db)], env={}) == 78
     assert not db.exists()
+
+
+def test_parsing_limits_are_read_from_flags_environment_and_file(tmp_path: Path) -> None:
+    toml = tmp_path / "m.toml"
+    toml.write_text("[parsing]\nmax_lines = 7\nheader_size_limit = 9\n")
+    settings = load({"parsing-max-parts": 5}, {**NO_FILE, "MAILHOOK_PARSING_MAX_CONTAINERS": "3"}, toml)
+    limits = settings.parsing.mail_limits()
+    assert (limits.max_parts, limits.max_containers, limits.max_lines, limits.header_size_limit) == (5, 3, 7, 9)
+    assert limits.max_header_fields == 10_000 and settings.parsing.extraction_budget == 16 * 1024 * 1024

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from decimal import Decimal
 
 import pytest
 
 from mailhook.errors import Unreadable
-from mailhook.extract.json import MAX_DEPTH, parse_json
+from mailhook.extract.json import MAX_DEPTH, MAX_FRACTIONS, parse_json
 
 
 def test_integers_stay_exact_above_2_pow_53() -> None:
@@ -74,3 +75,34 @@ def test_a_number_with_an_absurd_exponent_is_refused(number: bytes) -> None:
 def test_a_second_byte_order_mark_is_refused_with_the_json_module_s_reason() -> None:
     with pytest.raises(Unreadable, match="Unexpected UTF-8 BOM"):
         parse_json(b"\xef\xbb\xbf\xef\xbb\xbf{}")
+
+
+@pytest.mark.parametrize("number", [b"1e999", b"1e309", b"-2E+400", b"1e-325", b"0.5e-324"])
+def test_a_number_beyond_a_double_s_range_is_refused_with_the_range(number: bytes) -> None:
+    with pytest.raises(Unreadable, match=r"out of range: .* beyond a double's -324\.\.308"):
+        parse_json(b'{"x": ' + number + b"}")
+
+
+@pytest.mark.parametrize("number", [b"1e308", b"1.7976931348623157e308", b"5e-324", b"-0e999999"])
+def test_a_number_at_the_edge_of_a_double_s_range_is_read_exactly(number: bytes) -> None:
+    assert parse_json(b'{"x": ' + number + b"}") == {"x": Decimal(number.decode())}
+
+
+def test_a_document_may_hold_max_fractions_non_integer_numbers_and_not_one_more() -> None:
+    numbers = ",".join(["1.5"] * MAX_FRACTIONS)
+    assert len(parse_json(f'{{"x": [{numbers}], "e": "eeeeeeeeee"}}')["x"]) == MAX_FRACTIONS
+    with pytest.raises(Unreadable, match=f"more than {MAX_FRACTIONS} non-integer numbers"):
+        parse_json(f'{{"x": [{numbers},1e3]}}')
+
+
+def test_a_large_document_of_numbers_is_refused_at_the_first_number_past_the_limit() -> None:
+    document = b'{"x": [' + b",".join([b"1.5"] * 2_000_000) + b"]}"
+    started = time.perf_counter()
+    with pytest.raises(Unreadable, match="non-integer numbers"):
+        parse_json(document)
+    assert time.perf_counter() - started < 1.0  # reading all 2 million took 2.5 s
+
+
+def test_integers_and_letters_in_strings_are_not_counted_as_fractions() -> None:
+    document = "[" + "15," * (MAX_FRACTIONS + 5) + '"' + "e." * MAX_FRACTIONS + '"]'
+    assert len(parse_json(document)) == MAX_FRACTIONS + 6

@@ -10,6 +10,7 @@ import html
 import json
 import os
 import re
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -227,6 +228,16 @@ def _shape_email(message: str, shape: str, width: int, cte: str, charset: str) -
             + payload)
 
 
+number_literals = st.builds(
+    lambda sign, whole, fraction, exponent: sign + whole + fraction + exponent,
+    st.sampled_from(["", "-"]),
+    st.from_regex(r"0|[1-9][0-9]{0,24}", fullmatch=True),
+    st.sampled_from(["", ".0", ".5", ".000001"]) | st.from_regex(r"\.[0-9]{1,24}", fullmatch=True),
+    st.sampled_from(["", "e3", "E+4", "e-6", "e308", "e-324", "e999"])
+    | st.from_regex(r"[eE][+-]?[0-9]{1,4}", fullmatch=True),
+)
+
+
 @FUZZ
 @given(
     st.lists(_WORDS, min_size=1, max_size=40),
@@ -279,7 +290,33 @@ def test_a_document_in_any_declared_charset_is_read_whole(
     content_type = f"application/{'xml' if as_xml else 'json'}; charset={charset}" if declare else None
     if not as_xml and not declare and not charset.startswith("utf"):
         return  # JSON carries no declaration of its own: only Unicode is found without a charset (RFC 8259 §8.1)
-    result = extract(raw, "document", {}, content_type)
+    result = extract(raw, "document", {}, content_type=content_type)
     assert result.reason is None, result.reason
     assert [e.message for e in result.events] == [message]
     assert_values_whole(result, raw, "document", content_type)
+
+
+@FUZZ
+@given(
+    st.lists(number_literals, min_size=1, max_size=40),
+    st.sampled_from(["BilledAmount", "Duration", "SubscriptionId", "@id", "Created"]),
+    number_literals,
+)
+def test_numbers_in_any_form_are_stored_with_their_exact_value_and_never_expanded(
+    numbers: list[str], column: str, value: str
+) -> None:
+    fields = f'"{column}":{value},' if column != "SubscriptionId" else ""
+    raw = (
+        '{"TextNotification":{"SubscriptionId":' + (value if column == "SubscriptionId" else "1")
+        + ',"Text":{' + (f'"@id":{value}' if column == "@id" else '"@id":"5"') + ","
+        + (fields if column != "@id" else "") + '"x":[' + ",".join(numbers) + "]}}}"
+    ).encode()
+    result = extract(raw, "document", {})
+    if result.reason is not None:
+        assert result.reason and "internal error" not in result.reason
+        return
+    (event,) = result.events
+    payload = event.row()["payload"]
+    assert len(payload.encode()) <= 2 * len(raw)
+    stored = json.loads(payload, parse_float=Decimal, parse_int=Decimal)
+    assert stored["TextNotification"]["Text"]["x"] == [Decimal(n) for n in numbers]

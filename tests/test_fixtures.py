@@ -49,7 +49,7 @@ def test_fixture_extracts_to_its_expected_events(sample: Path, expected_path: Pa
     expected = json.loads(expected_path.read_text(encoding="utf-8"))
     assert sample.exists(), f"no single sample file beside {expected_path.name}"
     subscriptions = {int(k): v for k, v in expected.get("subscriptions", {}).items()}
-    result = extract(sample.read_bytes(), expected["kind"], subscriptions, expected.get("content_type"))
+    result = extract(sample.read_bytes(), expected["kind"], subscriptions, content_type=expected.get("content_type"))
 
     if expected["quarantined"] is None:
         assert result.reason is None, result.reason
@@ -71,5 +71,5 @@ def test_every_stored_text_value_appears_whole_in_the_decoded_fixture(sample: Pa
     expected = json.loads(expected_path.read_text(encoding="utf-8"))
     subscriptions = {int(k): v for k, v in expected.get("subscriptions", {}).items()}
     raw = sample.read_bytes()
-    result = extract(raw, expected["kind"], subscriptions, expected.get("content_type"))
+    result = extract(raw, expected["kind"], subscriptions, content_type=expected.get("content_type"))
     assert_values_whole(result, raw, expected["kind"], expected.get("content_type"))

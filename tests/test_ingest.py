@@ -119,3 +119,88 @@ def test_large_deliveries_are_read_off_the_event_loop_small_ones_on_it(
     loop_thread, first, second = asyncio.run(both())
     assert threads[0] == loop_thread and threads[1] != loop_thread
     assert (first.status, second.status) == ("stored", "duplicate")
+
+
+def _die_on_poison(raw: bytes, kind: Any, subscriptions: Any, limits: Any) -> Any:
+    """Extract as the worker does, but die as a crashing worker would on a delivery that says so."""
+    import os
+
+    from mailhook.ingest import extract_rows
+
+    if b"KILL-THE-WORKER" in raw:
+        os._exit(70)
+    return extract_rows(raw, kind, subscriptions, limits)
+
+
+def test_a_large_delivery_is_extracted_in_the_worker_process_and_one_that_kills_it_is_quarantined(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mailhook.ingest
+    from mailhook.backlog import worker_pool
+
+    monkeypatch.setattr(mailhook.ingest, "extract_rows", _die_on_poison)
+    writer = Writer(tmp_path / "m.db")
+    pools = [worker_pool(1)]
+
+    def renew() -> Any:
+        pools.append(worker_pool(1))
+        return pools[-1]
+
+    pipeline = Pipeline(writer, {}, executor=pools[0], new_executor=renew)
+    padding = b" " * mailhook.ingest.INLINE_LIMIT
+    good = Delivery(channel="http", raw=document("call-outbound.json").raw + padding, received_at="x",
+                    kind="document")
+    poison = Delivery(channel="http", raw=b'{"KILL-THE-WORKER": 1}' + padding, received_at="x", kind="document")
+
+    async def run() -> list[Receipt]:
+        return [await pipeline.ingest_async(d) for d in (good, poison, good)]
+
+    try:
+        first, killed, again = asyncio.run(run())
+    finally:
+        writer.close()
+        for pool in pools:
+            pool.shutdown()
+    assert (first.status, first.events) == ("stored", 1)
+    assert (killed.status, killed.error) == ("quarantined", "extraction crashed its worker process")
+    assert again.status == "duplicate"
+    assert len(pools) == 3  # the first worker and its replacement both died on the poison
+
+
+def test_a_large_email_over_a_structure_limit_is_refused_without_waiting_for_the_budget(tmp_path: Path) -> None:
+    import mailhook.ingest
+    from mailhook.budget import ByteBudget
+    from mailhook.models import MailLimits
+
+    writer = Writer(tmp_path / "m.db")
+    pipeline = Pipeline(writer, {}, limits=MailLimits(max_parts=5), budget=ByteBudget(1000))
+    padding = b"x" * mailhook.ingest.INLINE_LIMIT + b"\r\n"
+    parts = b"".join(b"--b\r\n\r\n%d\r\n" % i for i in range(10))
+    over = Delivery(channel="smtp", received_at="x", raw=b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n'
+                    + padding + parts + b"--b--\r\n")
+    within = Delivery(channel="smtp", received_at="x", raw=b"Subject: big\r\n\r\n" + padding)
+
+    async def run() -> tuple[Receipt, bool]:
+        gate = asyncio.Event()
+
+        async def hog() -> None:
+            async with pipeline.budget.hold(1000):
+                await gate.wait()
+
+        hogging = asyncio.create_task(hog())
+        await asyncio.sleep(0)
+        refused = await asyncio.wait_for(pipeline.ingest_async(over), 10)
+        waiting = asyncio.create_task(pipeline.ingest_async(within))
+        await asyncio.sleep(0.3)
+        waited = not waiting.done()  # an email within the limits waits for its turn
+        gate.set()
+        await hogging
+        await waiting
+        return refused, waited
+
+    try:
+        refused, waited = asyncio.run(run())
+    finally:
+        writer.close()
+    assert refused.status == "quarantined" and refused.error and "(limit max_parts 5)" in refused.error
+    assert waited

@@ -12,7 +12,7 @@ import pytest
 from mailhook.errors import RetryLater
 from mailhook.models import Attempt, Checkpoint, Delivery, Event, Extraction
 from mailhook.schema import MIGRATIONS
-from mailhook.store import Completion, Store, migrate, open_readonly
+from mailhook.store import PAYLOAD_RATIO, Completion, Store, migrate, open_readonly, worker_rows
 from mailhook.writer import Writer
 
 
@@ -85,7 +85,9 @@ def test_delivery_and_events_are_stored_with_exact_values(db: Path, writer: Writ
 def test_same_event_in_a_second_delivery_adds_no_row(db: Path, writer: Writer) -> None:
     writer.submit(email("<a@x>"), Extraction(events=(text_event(),), message_id="<a@x>")).result()
     second = writer.submit(
-        Delivery(channel="http", raw=b"<doc/>", received_at="x", kind="document"),
+        # (a document its event could come from: payloads are bounded by the bytes received)
+        Delivery(channel="http", raw=b'<TextNotification><Text id="11111111111"/></TextNotification>',
+                 received_at="x", kind="document"),
         Extraction(events=(text_event(),)),
     ).result()
     assert (second.status, second.events, second.duplicates) == ("duplicate", 0, 1)
@@ -258,4 +260,41 @@ def test_completion_whose_events_cannot_be_stored_quarantines_the_acknowledged_d
     done = writer.complete(Completion(pending.delivery_id, email().sha256, extraction)).result()
     assert done.status == "quarantined" and done.error and "events could not be stored" in done.error
     assert rows(db, "SELECT status, raw IS NOT NULL FROM deliveries") == [("quarantined", 1)]
+    assert rows(db, "SELECT count(*) FROM events") == [(0,)]
+
+
+def _amplified(size: int) -> Extraction:
+    """An extraction whose payloads take just over PAYLOAD_RATIO x `size` bytes."""
+    return Extraction(events=(text_event(payload={"x": "y" * (PAYLOAD_RATIO * size)}),))
+
+
+def test_payloads_up_to_the_ratio_are_stored(db: Path, writer: Writer) -> None:
+    delivery = email()
+    event = text_event(payload={"x": "y" * (PAYLOAD_RATIO * len(delivery.raw) - len('{"x":""}') - 2)})
+    assert writer.submit(delivery, Extraction(events=(event,))).result().status == "stored"
+
+
+def test_payloads_beyond_the_ratio_quarantine_the_delivery_with_the_reason(db: Path, writer: Writer) -> None:
+    delivery = email()
+    receipt = writer.submit(delivery, _amplified(len(delivery.raw))).result()
+    assert receipt.status == "quarantined"
+    assert receipt.error and f"exceed {PAYLOAD_RATIO}x the {len(delivery.raw)} bytes received" in receipt.error
+    assert rows(db, "SELECT status, raw IS NOT NULL FROM deliveries") == [("quarantined", 1)]
+    assert rows(db, "SELECT count(*) FROM events") == [(0,)]
+
+
+def test_payloads_beyond_the_ratio_quarantine_a_pending_delivery_when_completed(db: Path, writer: Writer) -> None:
+    pending = writer.submit(email(), None).result()
+    extraction = _amplified(len(email().raw))
+    for found in (extraction, worker_rows(extraction, len(email().raw))):
+        done = writer.complete(Completion(pending.delivery_id, email().sha256, found)).result()
+        assert done.status == "quarantined" and done.error and "events not stored" in done.error
+    assert rows(db, "SELECT count(*) FROM events") == [(0,)]
+
+
+def test_reextract_keeps_the_payload_bound(db: Path, writer: Writer) -> None:
+    delivery = email()
+    receipt = writer.submit(delivery, Extraction(reason="unknown shape")).result()
+    again = writer.store.reextract(receipt.delivery_id, _amplified(len(delivery.raw)), len(delivery.raw))
+    assert again.status == "quarantined" and again.error and "events not stored" in again.error
     assert rows(db, "SELECT count(*) FROM events") == [(0,)]

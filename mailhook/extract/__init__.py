@@ -14,15 +14,20 @@ from mailhook.errors import Unreadable
 from mailhook.extract.document import read_document
 from mailhook.extract.text import read_text, read_text_noted
 from mailhook.mail import parse_mail
-from mailhook.models import Event, Extraction, Kind
+from mailhook.models import Event, Extraction, Kind, MailLimits
 
 __all__ = ["extract", "read_document", "read_text"]
 
 
 def extract(
-    raw: bytes, kind: Kind, subscriptions: Mapping[int, str] | None = None, content_type: str | None = None
+    raw: bytes,
+    kind: Kind,
+    subscriptions: Mapping[int, str] | None = None,
+    *,
+    content_type: str | None = None,
+    limits: MailLimits | None = None,
 ) -> Extraction:
-    """Read every notification event in `raw`, or say why there is none.
+    """Read every notification event in `raw` (an email read within `limits`), or say why there is none.
 
     `content_type` is the Content-Type a bare document came with (an HTTP
     header): its `charset` is honoured as mailhook.charset orders it.
@@ -35,7 +40,7 @@ def extract(
             events, found = read_document(text, subs)
             notes += found
             return Extraction(events=tuple(events), notes=tuple(notes))
-        return _extract_email(raw, subs)
+        return _extract_email(raw, subs, limits)
     except Unreadable as exc:
         return Extraction(reason=str(exc))
     except RecursionError:
@@ -44,9 +49,9 @@ def extract(
         return Extraction(reason=f"internal error while reading: {type(exc).__name__}: {exc}")
 
 
-def _extract_email(raw: bytes, subs: Mapping[int, str]) -> Extraction:
+def _extract_email(raw: bytes, subs: Mapping[int, str], limits: MailLimits | None) -> Extraction:
     """Look for an embedded document in every part first, then for human-readable fields."""
-    mail = parse_mail(raw)
+    mail = parse_mail(raw, limits)
     reasons: list[str] = []
     notes: list[str] = []
     # One email may carry several notifications, and the same one twice (the

@@ -2,7 +2,11 @@
 
 Input must be UTF-8 (a BOM is allowed); size and nesting depth are bounded
 and checked before parsing, so a deeply nested document is refused without
-recursing.
+recursing. Numbers are bounded too: none beyond a double's range (no CallFire
+serializer writes one, and `1e999` is the cheapest way to ask for a thousand
+digits), and at most MAX_FRACTIONS non-integer numbers per document, since each
+costs a Decimal (a hundred bytes and a Python call) where it took a few bytes
+to send.
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ from mailhook.errors import Unreadable
 
 MAX_BYTES = 16 * 1024 * 1024
 MAX_DEPTH = 64
-MAX_EXPONENT = 1000
+# A double's range (1.8e308 down to 5e-324): the adjusted exponents a number may have.
+MAX_EXPONENT = 308
+MIN_EXPONENT = -324
+MAX_FRACTIONS = 10_000
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _BRACKET = re.compile(r"[\[\]{}]")
 
@@ -41,7 +48,12 @@ def parse_json(data: bytes | str) -> Any:
     try:
         if text.startswith("\ufeff"):  # json.loads refuses it with its own message; keep that
             return json.loads(text, parse_int=int, parse_float=_decimal, parse_constant=_refuse_constant)
-        return _DECODER.decode(text)  # what json.loads does with these arguments, minus building a decoder
+        if text.count(".") + text.count("e") + text.count("E") <= MAX_FRACTIONS:
+            return _DECODER.decode(text)  # what json.loads does with these arguments, minus building a decoder
+        # Possibly more non-integer numbers than allowed: count them as they are read, stopping at the first too many.
+        return json.JSONDecoder(
+            parse_int=int, parse_float=_Counted(), parse_constant=_refuse_constant
+        ).decode(text)
     except json.JSONDecodeError as exc:
         raise Unreadable(f"malformed JSON: {exc}") from None
     except ValueError as exc:
@@ -66,14 +78,29 @@ def _check_depth(text: str) -> None:
 
 
 def _decimal(literal: str) -> Decimal:
-    """Read a fraction exactly; refuse exponents whose integer form no JSON encoder can write back."""
+    """Read a fraction exactly; refuse a number beyond a double's range, which no CallFire serializer writes."""
     try:
         value = Decimal(literal)
     except InvalidOperation:  # an exponent beyond what Decimal itself can hold
         raise Unreadable(f"JSON number out of range: {literal[:40]}") from None
-    if value and abs(value.adjusted()) > MAX_EXPONENT:
-        raise Unreadable(f"JSON number out of range: {literal[:40]}")
+    if value and not MIN_EXPONENT <= value.adjusted() <= MAX_EXPONENT:
+        raise Unreadable(
+            f"JSON number out of range: {literal[:40]} (exponent beyond a double's {MIN_EXPONENT}..{MAX_EXPONENT})"
+        )
     return value
+
+
+class _Counted:
+    """`_decimal` that refuses the document at its (MAX_FRACTIONS + 1)th non-integer number."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, literal: str) -> Decimal:
+        self.count += 1
+        if self.count > MAX_FRACTIONS:
+            raise Unreadable(f"JSON document with more than {MAX_FRACTIONS} non-integer numbers")
+        return _decimal(literal)
 
 
 _DECODER = json.JSONDecoder(parse_int=int, parse_float=_decimal, parse_constant=_refuse_constant)
