@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -100,8 +100,10 @@ class ServerProcess:
 
     def _read(self) -> None:
         assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.put(line)
+        # stop() closes the pipe under this thread once the process is gone: the end of its output.
+        with suppress(ValueError, OSError):
+            for line in self.proc.stderr:
+                self.lines.put(line)
         self.lines.put("")
 
     def wait_for(self, text: str) -> str:

@@ -104,9 +104,9 @@ def test_large_deliveries_are_read_off_the_event_loop_small_ones_on_it(
     threads: list[int] = []
     real = mailhook.ingest.extract
 
-    def spy(*args: Any) -> Extraction:
+    def spy(*args: Any, **kwargs: Any) -> Extraction:
         threads.append(threading.get_ident())
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(mailhook.ingest, "extract", spy)
     small = document("call-outbound.json")
@@ -121,7 +121,7 @@ def test_large_deliveries_are_read_off_the_event_loop_small_ones_on_it(
     assert (first.status, second.status) == ("stored", "duplicate")
 
 
-def _die_on_poison(raw: bytes, kind: Any, subscriptions: Any, limits: Any) -> Any:
+def _die_on_poison(raw: bytes, kind: Any, subscriptions: Any, limits: Any, content_type: str | None = None) -> Any:
     """Extract as the worker does, but die as a crashing worker would on a delivery that says so."""
     import os
 
@@ -129,7 +129,7 @@ def _die_on_poison(raw: bytes, kind: Any, subscriptions: Any, limits: Any) -> An
 
     if b"KILL-THE-WORKER" in raw:
         os._exit(70)
-    return extract_rows(raw, kind, subscriptions, limits)
+    return extract_rows(raw, kind, subscriptions, limits, content_type)
 
 
 def test_a_large_delivery_is_extracted_in_the_worker_process_and_one_that_kills_it_is_quarantined(

@@ -168,9 +168,9 @@ def test_auth_plain_takes_utf8_passwords(
 
 
 def _limited_auth_server(
-    start_server: StartServer, certificate: tuple[Path, Path], password_file: Path, **smtp: object
+    start_server: StartServer, certificate: Certificate, password_file: Path, **smtp: object
 ) -> Runtime:
-    cert, key = certificate
+    cert, key = certificate.cert, certificate.key
     return start_server(smtp={"tls_cert": cert, "tls_key": key, "auth_file": password_file, **smtp})
 
 
@@ -195,7 +195,7 @@ def _timed_failure(smtp: smtplib.SMTP) -> float:
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
 def test_every_auth_failure_is_logged_with_peer_mechanism_and_user_never_the_password(
-    start_server: StartServer, certificate: tuple[Path, Path], password_file: Path, mechanism: str,
+    start_server: StartServer, certificate: Certificate, password_file: Path, mechanism: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="mailhook")
@@ -217,7 +217,7 @@ def test_every_auth_failure_is_logged_with_peer_mechanism_and_user_never_the_pas
 
 @pytest.mark.parametrize("mode", ["stored", "received"])
 def test_auth_failures_on_one_connection_get_535_up_to_the_limit_then_421_and_the_connection_closes(
-    start_server: StartServer, certificate: tuple[Path, Path], password_file: Path, mode: str
+    start_server: StartServer, certificate: Certificate, password_file: Path, mode: str
 ) -> None:
     runtime = _limited_auth_server(start_server, certificate, password_file, acknowledge=mode,
                                    max_auth_failures=3, auth_failure_delay=0.0)
@@ -238,7 +238,7 @@ def test_auth_failures_on_one_connection_get_535_up_to_the_limit_then_421_and_th
 
 
 def test_failed_auth_waits_grow_per_address_without_holding_up_other_sessions(
-    start_server: StartServer, certificate: tuple[Path, Path], password_file: Path
+    start_server: StartServer, certificate: Certificate, password_file: Path
 ) -> None:
     runtime = _limited_auth_server(start_server, certificate, password_file, max_auth_failures=10,
                                    auth_failure_delay=0.5, auth_failure_delay_max=2.0)
