@@ -24,6 +24,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
+from mailhook.backoff import Backoff
 from mailhook.budget import ByteBudget
 from mailhook.errors import RetryLater
 from mailhook.extract import extract
@@ -139,7 +140,7 @@ class Backlog:
         self._wake = asyncio.Event()
         self._closing = False
         self._retry_from: int | None = None
-        self._delay = RETRY_FIRST
+        self._backoff = Backoff(RETRY_FIRST, RETRY_MAX, jitter=False)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -185,8 +186,7 @@ class Backlog:
                 self._wake.clear()  # before looking, so an arrival during the look wakes the next wait
                 if self._retry_from is not None and not in_flight:
                     # Back off before looking again: a full disk fails at once, and must not spin.
-                    await asyncio.sleep(self._delay)
-                    self._delay = min(self._delay * 2, RETRY_MAX)
+                    await asyncio.sleep(self._backoff.next())
                     cursor, self._retry_from = self._retry_from, None
                 try:
                     ids = await loop.run_in_executor(None, self.reader.ids, cursor, CHUNK * self.workers)
@@ -256,7 +256,7 @@ class Backlog:
             except RetryLater as exc:
                 self._retry([completion.delivery_id], f"events of delivery {completion.delivery_id} not stored: {exc}")
                 continue
-            self._delay = RETRY_FIRST
+            self._backoff.reset()
             started = self._accepted.pop(completion.delivery_id, picked_up)
             self.notify(delivery, receipt, time.perf_counter() - started)
 
@@ -331,6 +331,6 @@ class Backlog:
         return done
 
     def _retry(self, ids: list[int], reason: str) -> None:
-        log.warning("%s; retrying in %.0f s", reason, self._delay)
+        log.warning("%s; retrying in %.0f s", reason, self._backoff.upcoming())
         first = ids[0] - 1
         self._retry_from = first if self._retry_from is None else min(self._retry_from, first)

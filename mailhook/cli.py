@@ -83,7 +83,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
     ingest.set_defaults(run=_run_ingest)
 
     imap = _command(sub, "imap", "poll an IMAP mailbox for notification emails")
-    imap.set_defaults(run=_lazy("mailhook.imap", "run_imap"))
+    imap.set_defaults(run=_lazy("mailhook.imap.door", "run_imap"))
 
     reprocess = _command(sub, "reprocess", "re-read stored raw deliveries with the current extractors")
     reprocess.add_argument("--quarantined", action="store_true", help="only deliveries that are quarantined")
@@ -91,7 +91,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
 
     password = _command(sub, "smtp-password", "print a smtp.auth_file line for USER; reads the password from stdin")
     password.add_argument("user", metavar="USER", help="the SMTP AUTH user name")
-    password.set_defaults(run=_lazy("mailhook.smtpauth", "run_smtp_password"))
+    password.set_defaults(run=_lazy("mailhook.smtp.auth", "run_smtp_password"))
     _add_housekeeping(sub)
     _add_analysis(sub)
     return parser, sub

@@ -28,7 +28,7 @@ from mailhook.backlog import Backlog
 from mailhook.budget import ByteBudget
 from mailhook.errors import RetryLater, Unreadable
 from mailhook.extract import extract
-from mailhook.mail import check_structure
+from mailhook.extract.mail import check_structure
 from mailhook.models import Delivery, Extraction, Kind, MailLimits, Receipt
 from mailhook.store import Rows, Store, worker_rows
 from mailhook.writer import Writer

@@ -293,7 +293,7 @@ class MailLimits:
     Checked on the raw bytes before the email reaches the parser (lines,
     parts, containers: a count in C over the bytes), or by the parser's policy
     as each header is read (header fields), so a hostile email costs a scan,
-    not a parse. The settings are `[parsing]` in mailhook.toml; mailhook.mail enforces them.
+    not a parse. The settings are `[parsing]` in mailhook.toml; mailhook.extract.mail enforces them.
     """
 
     # Multipart and message/rfc822 containers: they bound how deep parts nest (Postfix mime_nesting_limit).

@@ -155,9 +155,9 @@ async def serve(settings: Settings, env: Mapping[str, str], *, started: asyncio.
     supervisor: asyncio.Task[None] | None = None
     try:
         for module, enabled in (
-            ("mailhook.smtp", bool(settings.smtp.listen) or "smtp" in sockets),
-            ("mailhook.webhook", bool(settings.http.listen) or "http" in sockets),
-            ("mailhook.imap", bool(settings.imap.host)),
+            ("mailhook.smtp.door", bool(settings.smtp.listen) or "smtp" in sockets),
+            ("mailhook.http.door", bool(settings.http.listen) or "http" in sockets),
+            ("mailhook.imap.door", bool(settings.imap.host)),
         ):
             if enabled:
                 runtime.doors.append(await _start(module, runtime))

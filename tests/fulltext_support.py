@@ -21,10 +21,10 @@ from typing import Any
 
 import xmltodict
 
-from mailhook.charset import charset_of, decode_document
-from mailhook.embedded import unescape
-from mailhook.flowed import unflow
-from mailhook.mail import parse_mail
+from mailhook.extract.charset import charset_of, decode_document
+from mailhook.extract.embedded import unescape
+from mailhook.extract.flowed import unflow
+from mailhook.extract.mail import parse_mail
 from mailhook.models import Event, Extraction
 
 _TAG = re.compile(r"<[^<>]*>")

@@ -24,7 +24,7 @@ from smtp_support import (
     smtp_address,
 )
 
-from mailhook.smtpauth import hash_password
+from mailhook.smtp.auth import hash_password
 
 pytestmark = pytest.mark.slow
 

@@ -1,401 +1,61 @@
-"""The SMTP door's session limits, each at and past its limit, in both acknowledge modes.
-
-Lifetime, idle time that junk commands no longer extend, the junk-command cap,
-the soft and hard error limits, eviction of idle sessions when every place is
-taken, one summary line for connections refused at the caps, and envelope
-addresses or HELO names that are not text.
-"""
+"""The SMTP door's per-address tables: connection rate, AUTH penalty, refusal summary, and their bounds."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import smtplib
-import socket
-import threading
-import time
-from pathlib import Path
-from typing import Any, BinaryIO
-
 import pytest
-from conftest import StartServer
-from smtp_support import client, locked, notification, read_until_closed, rows, smtp_address
 
-from mailhook.server import Runtime
-
-pytestmark = pytest.mark.slow
-
-MODES = ["stored", "received"]
+from mailhook.smtp import limits as smtplimits
+from mailhook.smtp.limits import AUTH_PENALTY_MEMORY, RATE_UNIT, AuthPenalty, ConnectionRate, RefusalSummary
 
 
-@pytest.fixture(params=MODES)
-def mode(request: pytest.FixtureRequest) -> str:
-    """Both ways of acknowledging a message: once its events are stored, or once its raw bytes are."""
-    return str(request.param)
+def test_connections_up_to_the_rate_pass_and_past_it_are_too_fast_until_the_unit_ends() -> None:
+    rate = ConnectionRate(3)
+    assert [rate.too_fast("192.0.2.1", t) for t in (0.0, 1.0, 2.0, 3.0, 4.0)] == [False] * 3 + [True] * 2
+    assert not rate.too_fast("192.0.2.2", 5.0)  # each address has its own count
+    assert not rate.too_fast("192.0.2.1", RATE_UNIT)  # a new unit
+    assert not ConnectionRate(0).too_fast("192.0.2.1", 0.0)  # 0: no limit
 
 
-def _db(runtime: Runtime) -> Path:
-    db = runtime.settings.storage.db
-    assert db is not None
-    return db
+def test_auth_delays_double_per_failure_from_an_address_up_to_the_longest() -> None:
+    penalty = AuthPenalty(2.0, 15.0)
+    assert [penalty.failed("192.0.2.1", t) for t in range(6)] == [
+        (2.0, 1), (4.0, 2), (8.0, 3), (15.0, 4), (15.0, 5), (15.0, 6)]
+    assert penalty.failed("192.0.2.2", 6.0) == (2.0, 1)
+    assert penalty.failed("192.0.2.1", 6.0 + AUTH_PENALTY_MEMORY + 1) == (2.0, 1)  # forgotten
+    penalty.failed("192.0.2.1", 700.0)
+    penalty.forgive("192.0.2.1")
+    assert penalty.failed("192.0.2.1", 701.0) == (2.0, 1)
+    assert AuthPenalty(2.0, 15.0).failed("x", 0.0) == (2.0, 1)
+    assert all(AuthPenalty(1.0, 30.0).failed("x", 0.0)[0] <= 30.0 for _ in range(100))
 
 
-def _stored(runtime: Runtime, text_id: int) -> bool:
-    """Wait for pending extraction, then say whether the notification about text `text_id` is an event."""
-    deadline = time.monotonic() + 30
-    while rows(_db(runtime), "SELECT count(*) FROM deliveries WHERE status = 'pending'") != [(0,)]:
-        assert time.monotonic() < deadline, "deliveries still pending"
-        time.sleep(0.02)
-    return rows(_db(runtime), "SELECT count(*) FROM events WHERE resource_id = ?", text_id) == [(1,)]
+def test_the_tables_remember_a_bounded_number_of_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(smtplimits, "MAX_REMEMBERED", 4)
+    rate, penalty, summary = ConnectionRate(1), AuthPenalty(1.0, 8.0), RefusalSummary()
+    for i in range(100):
+        rate.too_fast(f"192.0.2.{i}", float(i))
+        penalty.failed(f"192.0.2.{i}", float(i))
+        summary.add(f"192.0.2.{i}", "too_many_sessions")
+    assert len(rate.seen) <= 4 and len(penalty.failures) <= 4 and len(summary.peers) <= 4
+    assert rate.too_fast("192.0.2.99", 99.5)  # the newest are kept
+    assert sum(summary.reasons.values()) == 100  # every refusal is still counted
+    line = summary.take(60.0)
+    assert line is not None and (line[0] % line[1]).startswith(
+        "refused 100 connections in the last 60 s: 100 at smtp.max_sessions, 0 at smtp.max_per_ip, "
+        "0 at smtp.max_connection_rate; from 4 addresses+, most from")
 
 
-def _deliver(runtime: Runtime, text_id: int, **kwargs: Any) -> None:
-    """Send one notification as a legitimate client does and check that it is stored."""
-    with client(runtime, **kwargs) as smtp:
-        smtp.sendmail("notifications@callfire.com", ["ops@example.com"], notification(text_id))
-    assert _stored(runtime, text_id)
-
-
-def _reply(f: BinaryIO) -> bytes:
-    """Read one (possibly multi-line) reply; b"" when the server has closed the connection."""
-    line = f.readline()
-    while line[3:4] == b"-":
-        line = f.readline()
-    return line
-
-
-def _session(runtime: Runtime, source: str = "127.0.0.1") -> tuple[socket.socket, BinaryIO]:
-    sock = socket.create_connection(smtp_address(runtime), timeout=30, source_address=(source, 0))
-    f = sock.makefile("rwb")
-    assert f.readline().startswith(b"220 ")
-    return sock, f
-
-
-def _say(f: BinaryIO, line: bytes) -> bytes:
-    f.write(line + b"\r\n")
-    f.flush()
-    return _reply(f)
-
-
-def test_noops_no_longer_keep_a_session_open_past_the_idle_timeout(start_server: StartServer, mode: str) -> None:
-    runtime = start_server(smtp={"acknowledge": mode, "idle_timeout": 0.6})
-    sock, f = _session(runtime)
-    with sock, f:
-        assert _say(f, b"EHLO client.test").startswith(b"250 ")
-        started = time.monotonic()
-        replies = []
-        # A NOOP every 0.1 s for up to 10 s: before, each one restarted the idle timer for ever.
-        while time.monotonic() - started < 10 and not (replies and replies[-1][:3] != b"250"):
-            time.sleep(0.1)
-            try:
-                replies.append(_say(f, b"NOOP"))
-            except OSError:
-                break
-        closed_after = time.monotonic() - started
-        replies.append(read_until_closed(f))
-    assert closed_after < 5, f"still open after {closed_after:.1f} s of NOOPs"
-    assert b"421 4.4.2" in b"".join(replies)
-    _deliver(runtime, 1)
-
-
-def test_a_session_is_closed_at_its_time_limit_even_while_it_sends_mail(start_server: StartServer, mode: str) -> None:
-    runtime = start_server(smtp={"acknowledge": mode, "max_session_time": 1.5})
-    with client(runtime) as smtp:
-        smtp.ehlo()
-        started, sent, ended = time.monotonic(), 0, None
-        while ended is None and time.monotonic() - started < 15:
-            try:
-                smtp.sendmail("notifications@callfire.com", ["ops@example.com"], notification(100 + sent))
-            except smtplib.SMTPException as exc:
-                ended = exc
-            else:
-                sent += 1
-                time.sleep(0.05)
-        lasted = time.monotonic() - started
-    assert 1.3 < lasted < 8, lasted
-    assert isinstance(ended, smtplib.SMTPServerDisconnected) or getattr(ended, "smtp_code", 0) == 421, ended
-    assert sent > 3
-    assert all(_stored(runtime, 100 + i) for i in range(sent))  # everything acknowledged was kept
-    _deliver(runtime, 2)
-
-
-def test_the_time_limit_lets_a_message_being_stored_get_its_reply_first(start_server: StartServer, mode: str) -> None:
-    runtime = start_server(smtp={"acknowledge": mode, "max_session_time": 0.5}, storage={"busy_timeout": 30})
-    sock, f = _session(runtime)
-    with sock, f:
-        for line in (b"EHLO c", b"MAIL FROM:<a@callfire.com>", b"RCPT TO:<ops@example.com>", b"DATA"):
-            assert _say(f, line)[:1] in (b"2", b"3")
-        with locked(_db(runtime)):
-            f.write(notification(3).replace(b"\n", b"\r\n") + b".\r\n")
-            f.flush()
-            time.sleep(1.2)  # past the time limit while the store waits for the lock
-        said = read_until_closed(f)
-    lines = said.splitlines()
-    assert lines[0].startswith(b"250 2.0.0"), said
-    assert lines[-1].startswith(b"421 4.4.2 Session time limit"), said
-    assert _stored(runtime, 3)
-
-
-JUNK = [b"NOOP", b"RSET", b"HELP", b"VRFY <ops@example.com>", b"EXPN staff"]
-
-
-def test_junk_commands_are_answered_up_to_the_cap_and_the_next_one_closes_the_session(
-    start_server: StartServer, mode: str
-) -> None:
-    runtime = start_server(smtp={"acknowledge": mode, "max_junk_commands": 5})
-    sock, f = _session(runtime)
-    with sock, f:
-        assert _say(f, b"EHLO c").startswith(b"250 ")
-        assert [_say(f, c)[:3] for c in JUNK] == [b"250", b"250", b"250", b"252", b"502"]
-        assert _say(f, b"NOOP").startswith(b"421 4.7.0 Too many commands without mail")
-        assert read_until_closed(f) == b""
-    _deliver(runtime, 4)
-
-
-def test_an_accepted_message_resets_the_junk_count_and_a_third_ehlo_is_junk(
-    start_server: StartServer, mode: str
-) -> None:
-    runtime = start_server(smtp={"acknowledge": mode, "max_junk_commands": 3})
-    with client(runtime) as smtp:
-        smtp.ehlo()
-        assert [smtp.noop()[0] for _ in range(3)] == [250] * 3
-        smtp.sendmail("notifications@callfire.com", ["ops@example.com"], notification(5))
-        assert [smtp.rset()[0] for _ in range(2)] == [250] * 2
-        assert smtp.ehlo()[0] == 250  # the second greeting is the protocol (as after STARTTLS)
-        assert smtp.ehlo()[0] == 250  # the third is junk number 3
-        code, text = smtp.docmd("EHLO", "again")
-        assert (code, text[:5]) == (421, b"4.7.0")
-    assert _stored(runtime, 5)
-
-
-def test_errors_past_the_soft_limit_are_delayed_and_the_hard_limit_closes_the_session(
-    start_server: StartServer, mode: str
-) -> None:
-    runtime = start_server(smtp={"acknowledge": mode, "soft_error_limit": 2, "hard_error_limit": 4,
-                                 "error_sleep_time": 1.0})
-    sock, f = _session(runtime)
-    with sock, f:
-        assert _say(f, b"EHLO c").startswith(b"250 ")
-        times, replies = [], []
-        for _ in range(4):
-            started = time.monotonic()
-            replies.append(_say(f, b"RCPT TO:<ops@example.com>"))  # no MAIL yet: 503
-            times.append(time.monotonic() - started)
-        said = read_until_closed(f)
-    assert all(r.startswith(b"503") for r in replies), replies
-    assert max(times[:2]) < 0.9 and min(times[2:]) >= 0.99, times
-    assert said.startswith(b"421 4.7.0 Too many errors"), said
-    _deliver(runtime, 6)
-
-
-def test_an_accepted_message_forgives_earlier_errors(start_server: StartServer, mode: str) -> None:
-    runtime = start_server(smtp={"acknowledge": mode, "hard_error_limit": 3})
-    with client(runtime) as smtp:
-        smtp.ehlo()
-        assert [smtp.rcpt("ops@example.com")[0] for _ in range(2)] == [503, 503]
-        smtp.sendmail("notifications@callfire.com", ["ops@example.com"], notification(7))
-        assert [smtp.rcpt("ops@example.com")[0] for _ in range(2)] == [503, 503]
-        assert smtp.noop()[0] == 250
-        assert smtp.rcpt("ops@example.com")[0] == 503  # the third since the message: the session ends
-        code, text = smtp.noop()  # the 421 sent right after that 503 is the answer read now
-        assert (code, text) == (421, b"4.7.0 Too many errors, closing connection")
-    assert _stored(runtime, 7)
-
-
-BAD_ADDRESSES = [b"a\xff@example.com", b"\xc3\x28@example.com", b"a\x00b@example.com", b"a\rb@example.com",
-                 b"a\x01@example.com", b"a\x7f@example.com", b"ops@exa\x00mple.com", b"a@b\xed\xa0\x80.com"]
-
-
-@pytest.mark.parametrize("address", BAD_ADDRESSES, ids=[repr(a)[2:-1] for a in BAD_ADDRESSES])
-def test_addresses_that_are_not_utf8_or_hold_control_characters_get_501_never_451(
-    start_server: StartServer, mode: str, address: bytes
-) -> None:
-    runtime = start_server(smtp={"acknowledge": mode})
-    sock, f = _session(runtime)
-    with sock, f:
-        assert _say(f, b"EHLO c").startswith(b"250 ")
-        assert _say(f, b"MAIL FROM:<" + address + b"> SMTPUTF8").startswith(b"501 5.1.7 ")
-        assert _say(f, b"MAIL FROM:<a@callfire.com>").startswith(b"250 ")
-        assert _say(f, b"RCPT TO:<" + address + b">").startswith(b"501 5.1.3 ")
-        assert _say(f, b"RCPT TO:<ops@example.com>").startswith(b"250 ")
-        assert _say(f, b"DATA").startswith(b"354 ")
-        f.write(notification(8).replace(b"\n", b"\r\n") + b".\r\n")
-        f.flush()
-        assert _reply(f).startswith(b"250 ")
-    assert _stored(runtime, 8)
-    assert rows(_db(runtime), "SELECT envelope_from, envelope_to FROM deliveries") == [
-        ("a@callfire.com", '["ops@example.com"]')]
-
-
-def test_a_helo_name_that_is_not_utf8_or_holds_control_characters_gets_501(start_server: StartServer) -> None:
-    runtime = start_server()
-    sock, f = _session(runtime)
-    with sock, f:
-        for name in (b"h\x00st", b"h\xffst", b"h\x1bst"):
-            assert _say(f, b"EHLO " + name).startswith(b"501 5.5.2 ")
-            assert _say(f, b"HELO " + name).startswith(b"501 5.5.2 ")
-        assert _say(f, b"EHLO good.example").startswith(b"250 ")
-
-
-def test_connections_refused_at_the_caps_are_logged_as_one_summary_line(
-    start_server: StartServer, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.INFO, logger="mailhook")
-    runtime = start_server(smtp={"max_per_ip": 2, "max_sessions": 3, "evict_after": 0, "refusal_log_interval": 4.0})
-    first, second = client(runtime), client(runtime)
-    other = client(runtime, source_address=("127.0.0.2", 0))
-    refusals = 0
-    for source in ["127.0.0.1"] * 25 + ["127.0.0.3"] * 5:
-        with pytest.raises(smtplib.SMTPConnectError) as refused:
-            client(runtime, source_address=(source, 0))
-        assert refused.value.smtp_code == 421
-        refusals += 1
-    deadline = time.monotonic() + 20
-    while not any("refused" in r.getMessage() for r in caplog.records) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    lines = [r.getMessage() for r in caplog.records if r.name == "mailhook.smtp" and r.levelno >= logging.WARNING]
-    assert len(lines) == 1, lines
-    assert lines[0].startswith(f"refused {refusals} connections in the last 4 s: 5 at smtp.max_sessions, "
-                               "25 at smtp.max_per_ip, 0 at smtp.max_connection_rate; "
-                               "from 2 addresses, most from 127.0.0.1 (25)"), lines[0]
-    for smtp in (first, second, other):
-        smtp.quit()
-
-
-async def _slow_noops(port: int, source: str, stop: threading.Event, closed: list[bytes]) -> None:
-    """One attacker: connect, EHLO, then a NOOP every 0.2 s; when the server closes the session, come back."""
-    while not stop.is_set():
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
-        except OSError:
-            await asyncio.sleep(0.05)
-            continue
-        try:
-            banner = await reader.readline()
-            if banner.startswith(b"220"):
-                writer.write(b"EHLO attacker.test\r\n")
-                while not stop.is_set():
-                    await asyncio.sleep(0.2)
-                    writer.write(b"NOOP\r\n")
-                    await writer.drain()
-                    while (line := await reader.readline())[3:4] == b"-":
-                        pass
-                    if not line.startswith(b"250"):
-                        closed.append(line)
-                        break
-            else:
-                await asyncio.sleep(0.05)
-        except OSError:
-            pass
-        finally:
-            writer.close()
-
-
-@pytest.mark.parametrize("source", ["127.0.0.1", "127.0.0.2"], ids=["another-address", "an-attacking-address"])
-def test_slow_noop_sessions_filling_every_place_do_not_lock_out_a_client_that_sends_mail(
-    start_server: StartServer, mode: str, source: str
-) -> None:
-    # The idle timeout stays long: sessions are made room for because they sent no mail command lately.
-    runtime = start_server(smtp={"acknowledge": mode, "max_sessions": 200, "max_per_ip": 20, "idle_timeout": 300,
-                                 "evict_after": 1.0})
-    stop, closed = threading.Event(), []
-    ready = threading.Event()
-
-    def attack() -> None:
-        async def main() -> None:
-            port = smtp_address(runtime)[1]
-            tasks = [asyncio.create_task(_slow_noops(port, f"127.0.0.{2 + i % 10}", stop, closed)) for i in range(200)]
-            await asyncio.sleep(1.0)
-            ready.set()
-            await asyncio.gather(*tasks)
-
-        asyncio.run(main())
-
-    attacker = threading.Thread(target=attack, daemon=True)
-    attacker.start()
-    try:
-        assert ready.wait(30)
-        door = next(d for d in runtime.doors if d.name == "smtp")
-        deadline = time.monotonic() + 30
-        while len(door.sessions) < 200:  # type: ignore[attr-defined]
-            assert time.monotonic() < deadline, "the attack never took every place"
-            time.sleep(0.05)
-        time.sleep(1.5)  # every attacking session has been without a mail command for longer than evict_after
-        for n in range(3):  # during the attack, each within a bound the old code never met
-            started = time.monotonic()
-            _deliver(runtime, 10 + n, source_address=(source, 0))
-            assert time.monotonic() - started < 10
-            assert len(door.sessions) >= 190  # type: ignore[attr-defined]  # the attack goes on
-            assert max(door.per_ip.values()) <= 20  # type: ignore[attr-defined]
-    finally:
-        stop.set()
-        attacker.join(timeout=60)
-    # A legitimate session took the place of an attacking one (the others found one freed by the one before).
-    metrics = runtime.metrics.render().decode()
-    assert 'mailhook_rejected_total{channel="smtp",reason="evicted"}' in metrics, metrics
-    _deliver(runtime, 20, source_address=(source, 0))
-
-
-def test_no_control_character_or_undecodable_byte_from_a_peer_reaches_a_deliveries_column(
-    start_server: StartServer, mode: str
-) -> None:
-    runtime = start_server(smtp={"acknowledge": mode})
-    raw = (notification(30).replace(b"\n", b"\r\n")
-           .replace(b"Message-ID: <30.notify@callfire.test>", b"Message-ID: <30\x00\x1b.\xff@callfire.test>")
-           .replace(b"Subject: CallFire notification 30", b"Subject: a\x00b\x7f =?utf-8?q?c=00d=0De=1B?= \xed\xa0\x80"))
-    sock, f = _session(runtime)
-    with sock, f:
-        for line in (b"EHLO c", b"MAIL FROM:<a@callfire.com>", b"RCPT TO:<ops@example.com>", b"DATA"):
-            assert _say(f, line)[:1] in (b"2", b"3")
-        f.write(raw + b".\r\n")
-        f.flush()
-        assert _reply(f).startswith(b"250 ")
-    assert _stored(runtime, 30)
-    columns = [name for (name,) in rows(_db(runtime), "SELECT name FROM pragma_table_info('deliveries')")]
-    (row,) = rows(_db(runtime), "SELECT * FROM deliveries")
-    values = dict(zip(columns, row, strict=True))
-    assert values["raw"] == raw
-    texts = {k: v for k, v in values.items() if isinstance(v, str)}
-    assert not [name for name, text in texts.items() if "\0" in text]
-    for name in ("subject", "message_id", "envelope_from", "envelope_to", "remote_addr"):  # what the peer sent
-        assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in texts[name]), (name, texts[name])
-    assert texts["message_id"] == "<30\ufffd\ufffd.@callfire.test>"
-
-
-def test_connections_past_the_rate_per_address_get_421_while_other_addresses_connect(
-    start_server: StartServer, mode: str
-) -> None:
-    runtime = start_server(smtp={"acknowledge": mode, "max_connection_rate": 3})
-    for _ in range(3):
-        client(runtime).quit()
-    with pytest.raises(smtplib.SMTPConnectError) as refused:
-        client(runtime)
-    assert (refused.value.smtp_code, refused.value.smtp_error[:5]) == (421, b"4.7.0")
-    _deliver(runtime, 40, source_address=("127.0.0.2", 0))
-    metrics = runtime.metrics.render().decode()
-    assert 'mailhook_rejected_total{channel="smtp",reason="too_fast"} 1.0' in metrics
-
-
-def test_an_idle_session_makes_room_but_one_whose_message_is_being_stored_never_does(
-    start_server: StartServer, mode: str
-) -> None:
-    runtime = start_server(smtp={"acknowledge": mode, "max_per_ip": 2, "evict_after": 0.3},
-                           storage={"busy_timeout": 30})
-    idle_sock, idle = _session(runtime)
-    busy_sock, busy = _session(runtime)
-    with idle_sock, idle, busy_sock, busy:
-        for line in (b"EHLO busy", b"MAIL FROM:<a@callfire.com>", b"RCPT TO:<ops@example.com>", b"DATA"):
-            assert _say(busy, line)[:1] in (b"2", b"3")
-        with locked(_db(runtime)):
-            busy.write(notification(50).replace(b"\n", b"\r\n") + b".\r\n")
-            busy.flush()
-            time.sleep(0.3)
-            # The idle session's last command is newer than the busy one's DATA, so the busy one is the
-            # longest without a mail command; it is storing a message, so the idle one goes instead.
-            assert _say(idle, b"EHLO idle").startswith(b"250 ")
-            time.sleep(0.6)
-            with client(runtime) as newcomer:  # a third session from the same address, at max_per_ip 2
-                assert newcomer.noop()[0] == 250
-                assert read_until_closed(idle).startswith(b"421 4.3.2")
-        assert _reply(busy).startswith(b"250 2.0.0")
-    assert _stored(runtime, 50)
+def test_a_refusal_summary_counts_reasons_and_addresses_then_starts_afresh() -> None:
+    summary = RefusalSummary()
+    assert summary.take(60.0) is None
+    assert summary.add("192.0.2.1", "too_many_from_address") is True  # the first: plan a summary
+    assert summary.add("192.0.2.1", "too_many_from_address") is False
+    summary.add("192.0.2.2", "too_many_sessions")
+    summary.add("192.0.2.3", "too_fast")
+    line = summary.take(60.0)
+    assert line is not None
+    assert line[0] % line[1] == (
+        "refused 4 connections in the last 60 s: 1 at smtp.max_sessions, 2 at smtp.max_per_ip, "
+        "1 at smtp.max_connection_rate; from 3 addresses, most from 192.0.2.1 (2)")
+    assert summary.take(60.0) is None
+    assert summary.add("192.0.2.1", "too_fast") is True

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from mailhook.charset import charset_of, decode_document
 from mailhook.errors import Unreadable
+from mailhook.extract.charset import charset_of, decode_document
 from mailhook.extract.document import read_document
+from mailhook.extract.mail import parse_mail
 from mailhook.extract.text import read_text, read_text_noted
-from mailhook.mail import parse_mail
 from mailhook.models import Event, Extraction, Kind, MailLimits
 
 __all__ = ["extract", "read_document", "read_text"]
@@ -30,7 +30,7 @@ def extract(
     """Read every notification event in `raw` (an email read within `limits`), or say why there is none.
 
     `content_type` is the Content-Type a bare document came with (an HTTP
-    header): its `charset` is honoured as mailhook.charset orders it.
+    header): its `charset` is honoured as mailhook.extract.charset orders it.
     An email carries its own, per part.
     """
     subs = subscriptions or {}

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from mailhook.charset import decode_document
 from mailhook.errors import Unreadable
+from mailhook.extract.charset import decode_document
 from mailhook.extract.json import parse_json
 from mailhook.extract.v1 import ROOTS, read_v1
 from mailhook.extract.v2 import is_v2, read_v2
@@ -15,7 +15,7 @@ from mailhook.models import Event
 
 
 def read_document(data: bytes | str, subscriptions: Mapping[int, str]) -> tuple[list[Event], list[str]]:
-    """Decode bytes (mailhook.charset), sniff (first non-blank char: '<' XML/SOAP, '{' or '[' JSON), read.
+    """Decode bytes (mailhook.extract.charset), sniff (first non-blank char: '<' XML/SOAP, '{' or '[' JSON), read.
 
     Bytes are decoded with no charset declared beside them; a caller that has
     one (extract(), for an HTTP body) decodes first and passes the text.

@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from mailhook.embedded import drop_hidden, unescape
 from mailhook.errors import Unreadable
+from mailhook.extract.embedded import drop_hidden, unescape
 from mailhook.extract.v1 import read_v1
 from mailhook.models import Event
 

@@ -1,6 +1,6 @@
 """Find CallFire documents embedded in an email's text: XML, SOAP or JSON, escaped, quoted or forwarded.
 
-Pure text work for `mailhook.mail`: a document is found wherever it starts,
+Pure text work for `mailhook.extract.mail`: a document is found wherever it starts,
 in HTML (tags removed, entities undone), behind `>` quote prefixes and after
 inline-forward header blocks, and cut at its own end whatever follows it.
 """

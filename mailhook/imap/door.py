@@ -9,7 +9,7 @@ passes a message that is not durable. A message stored but not yet moved
 (crash in between) lies at or below the checkpoint; the next session moves
 it without storing it again.
 
-`imapaccount` resolves settings and connects; `imapwatcher` holds the
+`imap.account` resolves settings and connects; `imap.watcher` holds the
 per-folder thread; this module starts them as a door of `serve` or alone.
 """
 
@@ -26,15 +26,15 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from mailhook.config import Settings
-from mailhook.imapaccount import Account, Backoff, connect
-from mailhook.imapwatcher import Watcher
+from mailhook.imap.account import Account, connect
+from mailhook.imap.watcher import Watcher
 from mailhook.ingest import Pipeline
 from mailhook.writer import Writer
 
 if TYPE_CHECKING:
     from mailhook.server import Runtime
 
-__all__ = ["Account", "Backoff", "ImapDoor", "Watcher", "connect", "run_imap", "start", "start_watchers",
+__all__ = ["Account", "ImapDoor", "Watcher", "connect", "run_imap", "start", "start_watchers",
            "stop_watchers"]
 
 log = logging.getLogger("mailhook.imap")

@@ -19,7 +19,7 @@ from smtp_support import client, notification, rows
 
 from mailhook.errors import ConfigError
 from mailhook.server import Runtime
-from mailhook.smtpauth import PasswordFile, check_password, hash_password
+from mailhook.smtp.auth import PasswordFile, check_password, hash_password
 
 FAST = 1000  # PBKDF2 iterations for test hashes; the file records them, so verification matches
 

@@ -3,7 +3,7 @@
 aiosmtpd reads DATA one line at a time, runs the full RFC 5322 address
 parser on every MAIL and RCPT, and lists a session's attributes with `dir()`
 on every connection; together that was most of the SMTP door's own CPU. The
-door (`mailhook.smtp`) uses these instead, and falls back to aiosmtpd
+door (`mailhook.smtp.door`) uses these instead, and falls back to aiosmtpd
 wherever an input is not the plain common case.
 """
 

@@ -1,6 +1,6 @@
 """Bodies in every charset the standards allow, POSTed through a running server with their Content-Type.
 
-(The HTTP door's charset cases, beside tests/test_webhook.py whose server fixtures they use.)
+(The HTTP door's charset cases, beside tests/test_http_door.py whose server fixtures they use.)
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_webhook import SECRET, StartWebhook, start_webhook  # noqa: F401 - start_webhook is a fixture
+from test_http_door import SECRET, StartWebhook, start_webhook  # noqa: F401 - start_webhook is a fixture
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 

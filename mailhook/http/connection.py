@@ -4,10 +4,10 @@ aiohttp closes idle keep-alive connections but has no cap on connections and
 no deadline for a request head (a client dripping header bytes holds its
 connection, and an open file, for an hour), and it answers requests it cannot
 parse itself, echoing the bytes it choked on and naming the Python and aiohttp
-versions in `Server:`. The HTTP door (`mailhook.webhook`) serves through the
+versions in `Server:`. The HTTP door (`mailhook.http.door`) serves through the
 `Connection` protocol here instead of aiohttp's sites; this is the one module
 that relies on aiohttp's private internals, each use commented with what it
-replaces and why. `PRIVATE_NAMES` lists them; tests/test_httpwire.py fails
+replaces and why. `PRIVATE_NAMES` lists them; tests/test_http_connection.py fails
 naming the one an aiohttp upgrade renamed, and pyproject.toml caps aiohttp.
 
 The limits mirror nginx: `limit_conn` (total and per address, answered 503),
@@ -47,7 +47,7 @@ BACKLOG = 511
 LINGER = 5.0
 # How often a flood of refusals or timeouts is summed up in the log.
 LOG_INTERVAL = 60.0
-# aiohttp's private names this module relies on (checked by tests/test_httpwire.py):
+# aiohttp's private names this module relies on (checked by tests/test_http_connection.py):
 #   RequestHandler._waiter       the future start() awaits while no whole request head has arrived
 #   RequestHandler.handle_error  builds aiohttp's own error page (overridden below)
 PRIVATE_NAMES = ("RequestHandler._waiter", "RequestHandler.handle_error")

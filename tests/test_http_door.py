@@ -25,7 +25,7 @@ import pytest
 from conftest import StartServer, make_settings
 from outside import require
 
-from mailhook import webhook as webhook_module
+from mailhook.http import door as webhook_module
 from mailhook.ingest import Pipeline
 from mailhook.metrics import Metrics
 from mailhook.server import Runtime

@@ -11,7 +11,7 @@ import pytest
 
 from mailhook.errors import Unreadable
 from mailhook.extract import extract
-from mailhook.mail import parse_mail
+from mailhook.extract.mail import parse_mail
 from mailhook.models import MailLimits
 
 JSON = b'{"TextNotification": {"SubscriptionId": 1, "Text": {"@id": "9", "Message": "hi"}}}'

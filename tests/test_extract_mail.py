@@ -14,10 +14,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailhook.embedded import _FORWARD_MARK, _has_forward_mark, _has_quoted_line, _json_spans, find_documents, unescape
 from mailhook.errors import Unreadable
 from mailhook.extract import extract
-from mailhook.mail import (
+from mailhook.extract.embedded import (
+    _FORWARD_MARK,
+    _has_forward_mark,
+    _has_quoted_line,
+    _json_spans,
+    find_documents,
+    unescape,
+)
+from mailhook.extract.mail import (
     _SHARED_BOUNDARY,
     MAX_CONTAINERS,
     MAX_DOCUMENTS,

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailhook.charset import charset_of, decode_document
 from mailhook.errors import Unreadable
 from mailhook.extract import extract
+from mailhook.extract.charset import charset_of, decode_document
 
 DOC = '{"TextNotification": {"Text": {"@id": "5", "Message": "Grüße ☃ 😀"}}}'
 XML = (

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import random
 import ssl
 from dataclasses import dataclass, field
 from urllib.parse import quote
@@ -86,22 +85,3 @@ def connect(account: Account) -> IMAPClient:
             client.shutdown()
         raise
     return client
-
-
-@dataclass(slots=True)
-class Backoff:
-    """Capped exponential delays with jitter: each is within [half, all] of first * 2**failures."""
-
-    first: float
-    cap: float
-    failures: int = 0
-
-    def next(self) -> float:
-        """Return the delay before the next attempt and count one more failure."""
-        delay: float = min(self.cap, self.first * 2.0 ** min(self.failures, 32))
-        self.failures += 1
-        return delay * random.uniform(0.5, 1.0)
-
-    def reset(self) -> None:
-        """Start again from the first delay after a healthy session."""
-        self.failures = 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mailhook.flowed import unflow
+from mailhook.extract.flowed import unflow
 
 
 def test_soft_breaks_are_joined_keeping_the_space_with_delsp_no() -> None:

@@ -22,10 +22,10 @@ from email.message import Message
 import mailparser
 from mailparser.exceptions import MailParserError
 
-from mailhook.charset import decode_document
-from mailhook.embedded import clean_text, documents_in_body, is_whole_document
 from mailhook.errors import Unreadable
-from mailhook.flowed import unflow
+from mailhook.extract.charset import decode_document
+from mailhook.extract.embedded import clean_text, documents_in_body, is_whole_document
+from mailhook.extract.flowed import unflow
 from mailhook.models import MailLimits
 
 log = logging.getLogger("mailhook.mail")
@@ -123,7 +123,7 @@ class _MailParser(mailparser.MailParser):  # type: ignore[misc]  # mail-parser s
         """Decode a body part as mail-parser does, but an XML/JSON part by its own rules, and unflow flowed text.
 
         An XML or JSON part's text follows BOM > MIME charset > zero bytes or
-        XML declaration > UTF-8 (mailhook.charset) instead of the MIME
+        XML declaration > UTF-8 (mailhook.extract.charset) instead of the MIME
         charset alone; a `format=flowed` text/plain part is unflowed (RFC 3676)
         here, where its parameters are still at hand, before any field is read.
         """

@@ -25,7 +25,8 @@ from smtp_support import FIXTURES, client, locked, notification, on_the_wire, re
 
 from mailhook.errors import ConfigError
 from mailhook.server import Runtime
-from mailhook.smtp import Connection, SmtpDoor
+from mailhook.smtp.door import SmtpDoor
+from mailhook.smtp.session import Connection
 
 EXPECTED = ".expected.json"
 

@@ -30,7 +30,8 @@ from aiohttp.web_protocol import RequestHandler
 from conftest import StartServer
 from process_support import ALLOW_ROOT
 
-from mailhook import httpwire, openfiles
+from mailhook import openfiles
+from mailhook.http import connection as http_connection
 from mailhook.server import Runtime
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,9 +50,9 @@ class Door:
     port: int
 
     @property
-    def gate(self) -> httpwire.Gate:
+    def gate(self) -> http_connection.Gate:
         door = next(d for d in self.runtime.doors if d.name == "http")
-        gate: httpwire.Gate = door.listener.gate  # type: ignore[attr-defined]
+        gate: http_connection.Gate = door.listener.gate  # type: ignore[attr-defined]
         return gate
 
     def post(self, body: bytes = TEXT_XML, *, source: str = "127.0.0.1") -> httpx.Response:
@@ -325,7 +326,7 @@ def test_a_body_dripping_slower_than_the_body_timeout_gets_408_though_bytes_keep
     assert b"body not received within 1 seconds" in reply
     assert answered is not None and 0.9 <= answered < SLOW
     # After the answer the rest of the body is read and dropped for a while, so the client sees the answer.
-    assert closed < answered + httpwire.LINGER + SLOW
+    assert closed < answered + http_connection.LINGER + SLOW
     assert door.deliveries() == 0
     assert door.post().status_code == 200
 
@@ -466,8 +467,8 @@ def test_every_answer_names_only_mailhook_as_server(start_door: StartDoor) -> No
 # --- aiohttp's private internals ------------------------------------------------------------------
 
 
-def test_the_private_aiohttp_names_httpwire_relies_on_still_exist() -> None:
-    advice = (f"aiohttp {aiohttp_version} changed %s, which mailhook/httpwire.py relies on: re-check every "
+def test_the_private_aiohttp_names_http_connection_relies_on_still_exist() -> None:
+    advice = (f"aiohttp {aiohttp_version} changed %s, which mailhook/http/connection.py relies on: re-check every "
               "override there before raising the aiohttp cap in pyproject.toml")
     slots = {name for cls in RequestHandler.__mro__ for name in getattr(cls, "__slots__", ())}
     assert "_waiter" in slots, advice % "RequestHandler._waiter"
@@ -476,7 +477,7 @@ def test_the_private_aiohttp_names_httpwire_relies_on_still_exist() -> None:
     assert parameters == ["self", "request", "status", "exc", "message"], advice % "RequestHandler.handle_error"
     assert "handle_error" in inspect.getsource(RequestHandler._make_error_handler), (
         advice % "RequestHandler._make_error_handler (calling handle_error)")
-    assert set(httpwire.PRIVATE_NAMES) == {"RequestHandler._waiter", "RequestHandler.handle_error"}
+    assert set(http_connection.PRIVATE_NAMES) == {"RequestHandler._waiter", "RequestHandler.handle_error"}
 
 
 def test_asyncio_still_reports_accept_failures_with_the_message_openfiles_matches() -> None:

@@ -27,7 +27,7 @@ from process_support import ALLOW_ROOT, wait_until
 from mailhook.config import ImapSettings, Settings, SmtpSettings, StorageSettings, validate
 from mailhook.errors import ConfigError
 from mailhook.extract import extract
-from mailhook.imap import Account, Backoff, Watcher, start_watchers, stop_watchers
+from mailhook.imap.door import Account, Watcher, start_watchers, stop_watchers
 from mailhook.ingest import Pipeline
 from mailhook.store import connect, open_readonly
 from mailhook.writer import Writer
@@ -353,15 +353,6 @@ def test_account_settings_are_checked() -> None:
             Account.from_settings(Settings(imap=replace(base, **changes)))
 
 
-def test_backoff_doubles_up_to_the_cap_with_jitter() -> None:
-    backoff = Backoff(first=1.0, cap=8.0)
-    delays = [backoff.next() for _ in range(6)]
-    for n, delay in enumerate(delays):
-        assert min(8.0, 2.0**n) / 2 <= delay <= min(8.0, 2.0**n)
-    backoff.reset()
-    assert backoff.next() <= 1.0
-
-
 def _mailhook(db: Path, imap: dovecot.Dovecot, log: Path) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
@@ -444,7 +435,7 @@ def test_mailhook_imap_killed_at_random_stores_every_message_once(server: doveco
 
 
 def test_serve_runs_the_imap_door_beside_the_others(server: dovecot.Dovecot, tmp_path: Path) -> None:
-    from mailhook.imap import ImapDoor
+    from mailhook.imap.door import ImapDoor
     from mailhook.server import Runtime, serve
 
     base = make_settings(server, tmp_path / "m.db")

@@ -16,8 +16,9 @@ from typing import Any
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError
 
+from mailhook.backoff import Backoff
 from mailhook.errors import RetryLater
-from mailhook.imapaccount import READ_TIMEOUT, Account, Backoff, connect
+from mailhook.imap.account import READ_TIMEOUT, Account, connect
 from mailhook.ingest import Pipeline
 from mailhook.models import Checkpoint, Delivery
 from mailhook.store import utcnow

@@ -1,7 +1,7 @@
 """The HTTP door: receive CallFire's v1.1 XML/JSON/SOAP and v2 webhook POSTs on the server's loop.
 
 aiohttp's web server runs inside an already running asyncio loop (an AppRunner
-served through `mailhook.httpwire`, which adds the connection caps and
+served through `mailhook.http.connection`, which adds the connection caps and
 timeouts, on a socket of its own or one systemd passed), so SMTP and HTTP
 share one loop and one writer. Bodies are streamed,
 so the size limit is enforced while reading, and a request is authenticated
@@ -26,11 +26,11 @@ from aiohttp import BasicAuth, HttpVersion11, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
-from mailhook import httpwire
-from mailhook.charset import charset_of, decode_document
 from mailhook.errors import RetryLater, Unreadable
+from mailhook.extract.charset import charset_of, decode_document
 from mailhook.extract.json import parse_json
 from mailhook.extract.v1 import ROOTS
+from mailhook.http import connection as http_connection
 from mailhook.logs import Summary
 from mailhook.models import Delivery, Receipt
 from mailhook.store import utcnow
@@ -68,7 +68,7 @@ class WebhookDoor:
 
     name = "http"
 
-    def __init__(self, runner: web.AppRunner, listener: httpwire.Listener) -> None:
+    def __init__(self, runner: web.AppRunner, listener: http_connection.Listener) -> None:
         self.runner = runner
         self.listener = listener
 
@@ -266,7 +266,8 @@ class _ProtocolLog(logging.LoggerAdapter):  # type: ignore[type-arg]
         super().__init__(logger, {})
         self.metrics = metrics
         # A client sending one broken request after another gets one line per interval, not one each.
-        self.refusals = Summary(logger, logging.WARNING, "malformed HTTP requests refused", httpwire.LOG_INTERVAL)
+        self.refusals = Summary(logger, logging.WARNING, "malformed HTTP requests refused",
+                                http_connection.LOG_INTERVAL)
 
     def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
         if isinstance(exc_info, RequestPayloadError):
@@ -311,7 +312,7 @@ def _is_v1(body: bytes, content_type: str | None) -> bool:
 
 async def _server_header(_request: web.Request, response: web.StreamResponse) -> None:
     # Name the service, not the library and Python versions behind it.
-    response.headers[hdrs.SERVER] = httpwire.SERVER
+    response.headers[hdrs.SERVER] = http_connection.SERVER
 
 
 def _basic_password(request: web.Request) -> str | None:
@@ -371,7 +372,7 @@ async def start(runtime: Runtime) -> WebhookDoor:
     )
     await runner.setup()
     try:
-        listener = await httpwire.listen(runner, runtime.settings.http, runtime.metrics, log, protocol_log,
+        listener = await http_connection.listen(runner, runtime.settings.http, runtime.metrics, log, protocol_log,
                                          runtime.sockets.get("http"))
     except BaseException:
         await runner.cleanup()

@@ -1,0 +1,330 @@
+"""The SMTP session: aiosmtpd's `SMTP` subclass, the one place mailhook touches aiosmtpd's private names.
+
+Every override of a private method (or read of a private attribute) is
+listed in `PRIVATE_NAMES` and checked against the installed aiosmtpd by
+tests/test_smtp_session.py; each carries a comment saying what it replaces and why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from aiosmtpd.smtp import MISSING, SMTP, syntax
+
+from mailhook.smtp.fastpath import PLAIN_ANGLE_ADDR, UNFIT_TEXT, hook_names, read_body
+
+if TYPE_CHECKING:
+    from mailhook.smtp.door import Handler, SmtpDoor
+
+log = logging.getLogger("mailhook.smtp")
+
+SHUTTING_DOWN = b"421 4.3.2 Service shutting down, please try again later\r\n"
+EVICTED = b"421 4.3.2 Too many connections; closing this session, which sent no mail command lately\r\n"
+SESSION_TIME = b"421 4.4.2 Session time limit reached, closing connection\r\n"
+TOO_MUCH_JUNK = b"421 4.7.0 Too many commands without mail, closing connection\r\n"
+TOO_MANY_ERRORS = b"421 4.7.0 Too many errors, closing connection\r\n"
+TOO_MANY_AUTH_FAILURES = b"421 4.7.0 Too many authentication failures, closing connection\r\n"
+# Replies that refuse something, by prefix (all 5xx), and the reason `mailhook_rejected_total` counts them under.
+REFUSALS = {"550 5.1.1": "recipient", "550 5.7.1": "sender", "552": "too_large", "535": "unauthorized",
+            "530": "unauthenticated", "501 5.1.7": "bad_address", "501 5.1.3": "bad_address"}
+
+
+class Connection(SMTP):
+    """One SMTP session: admitted under the session caps, bounded in time, junk, errors and AUTH failures.
+
+    Commands that carry no mail (NOOP, RSET, HELP, VRFY, EXPN, a third
+    HELO/EHLO) neither restart the idle timer nor count as progress, and only
+    so many are answered; every 5xx reply counts as an error (delayed past the
+    soft limit, the session closed at the hard limit); a message accepted
+    forgives both, as in Postfix. The whole session ends at max_session_time.
+    """
+
+    def __init__(self, door: SmtpDoor, handler: Handler, **kwargs: Any) -> None:
+        # RFC 5321 allows 1000 octets per line, but a notification email that
+        # breaks it must still be stored rather than bounced, so accept long lines.
+        self.line_length_limit = max(SMTP.line_length_limit, min(door.settings.max_message_size, 1 << 20))
+        self.door = door
+        self.peer_ip = "-"
+        self.admitted = False
+        self.ended = False  # a final reply was sent: nothing more is written
+        self.storing = False  # a received message is being stored: never evicted, its reply still due
+        self.expired = False  # the lifetime ran out while storing: close once the reply is sent
+        self.last_progress = 0.0  # loop time of the last command that was not junk
+        self.idle_deadline = 0.0
+        self.rearmed_from = (0.0, 0.0)
+        self.junk = 0
+        self.greetings = 0
+        self.errors = 0
+        self.failed_auths = 0
+        self.lifetime: asyncio.TimerHandle | None = None
+        super().__init__(handler, **kwargs)
+
+    def __dir__(self) -> list[str]:
+        """List only the commands and AUTH mechanisms.
+
+        aiosmtpd finds them with dir() and inspect.getmembers() on every new
+        connection; over all ~200 attributes that was a third of setting one up.
+        """
+        return hook_names(type(self))
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """Split MAIL/RCPT's argument into address and parameters, plainly when the address is plain.
+
+        aiosmtpd runs the full RFC 5322 parser (and defines a class) on every
+        call, ~50 us; a plain `<local@domain>` is returned as that parser would.
+        """
+        match = PLAIN_ANGLE_ADDR.match(arg)
+        if match is None or "=?" in arg:
+            return super()._getaddr(arg)
+        rest = arg[match.end():]
+        if rest[:1] in (" ", "\t"):
+            rest = rest.lstrip()
+        address = match.group(1)
+        if rest.startswith("(") or (self.local_part_limit and address.rindex("@") > self.local_part_limit):
+            return super()._getaddr(arg)
+        return address, rest
+
+    def _syntax_available(self, method: Any) -> bool:
+        """Leave AUTH out of HELP when no password file is configured, as EHLO does."""
+        if getattr(method, "__name__", "") == "smtp_AUTH" and self.door.passwords is None:
+            return False
+        return bool(super()._syntax_available(method))
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Admit or refuse a new connection; after STARTTLS, just switch transports."""
+        if self.admitted:
+            super().connection_made(transport)
+            return
+        peer = transport.get_extra_info("peername")
+        self.peer_ip = str(peer[0]) if peer else "-"
+        refusal = self.door.admit(self)
+        if refusal is not None:
+            assert isinstance(transport, asyncio.WriteTransport)
+            transport.write(refusal)
+            transport.close()
+            return
+        self.admitted = True
+        self.lifetime = self.loop.call_later(self.door.settings.max_session_time, self._lifetime_over)
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        """Release the session's place under the caps."""
+        if self.admitted:
+            if self.lifetime is not None:
+                self.lifetime.cancel()
+            self.door.release(self)
+            super().connection_lost(error)
+
+    def hold_timeout(self) -> None:
+        """Stop the idle/DATA timer while a received message is being stored."""
+        self.storing = True
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()
+
+    def accepted(self) -> None:
+        """Forgive the session's errors and junk commands once a message is accepted (as Postfix does)."""
+        self.errors = self.junk = 0
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """Restart the idle (or DATA) timer, remembering the one before so that a junk command can put it back.
+
+        Overridden because aiosmtpd restarts the timer before running every
+        command it recognises, whatever the command; see `junk_command`.
+        """
+        self.rearmed_from = (self.idle_deadline, self.last_progress)
+        self.last_progress = self.loop.time()
+        self.idle_deadline = self.last_progress + (duration or self._timeout_duration)
+        super()._reset_timeout(duration)
+
+    def junk_command(self) -> bool:
+        """Count a command that carries no mail; True when that was one too many and the session is closed.
+
+        The idle timer aiosmtpd restarted for it is put back, so NOOPs (or
+        RSETs...) cannot keep a session open past the idle timeout.
+        """
+        self.idle_deadline, self.last_progress = self.rearmed_from
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()
+            self._timeout_handle = self.loop.call_at(self.idle_deadline, self._timeout_cb)
+        self.junk += 1
+        if self.junk <= self.door.settings.max_junk_commands:
+            return False
+        log.info("closing session peer=%s: more than %d commands without mail", self.peer_ip,
+                 self.door.settings.max_junk_commands)
+        self.door.runtime.metrics.on_rejected("smtp", "junk_commands")
+        self.say_goodbye(TOO_MUCH_JUNK)
+        return True
+
+    def _lifetime_over(self) -> None:
+        if self.storing:  # the message's reply is sent first (see smtp_DATA)
+            self.expired = True
+            return
+        log.info("closing session peer=%s: session time limit reached", self.peer_ip)
+        self.door.runtime.metrics.on_rejected("smtp", "session_time")
+        self.say_goodbye(SESSION_TIME)
+
+    def evict(self) -> None:
+        """Close this session to make room for a new one."""
+        log.info("closing session peer=%s: no mail command for %.0f s, its place given to a new connection",
+                 self.peer_ip, self.loop.time() - self.last_progress)
+        self.door.runtime.metrics.on_rejected("smtp", "evicted")
+        self.say_goodbye(EVICTED)
+
+    def in_transaction(self) -> bool:
+        """Say whether the client has started a mail transaction (MAIL accepted)."""
+        return self.envelope is not None and self.envelope.mail_from is not None
+
+    def say_goodbye(self, reply: bytes) -> None:
+        """Send a final reply and close the connection."""
+        self.ended = True
+        transport = self.transport
+        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+            transport.write(reply)
+            transport.close()
+
+    async def push(self, status: Any) -> None:
+        """Send a reply, counting refusals in the metrics and errors against the session's error limits."""
+        if self.ended:
+            return
+        text = status if isinstance(status, str) else status.decode("utf-8", "replace")
+        if not text.startswith("5"):
+            await super().push(status)
+            return
+        for prefix, reason in REFUSALS.items():  # every refusal counted is a 5xx
+            if text.startswith(prefix):
+                self.door.runtime.metrics.on_rejected("smtp", reason)
+        settings = self.door.settings
+        self.errors += 1
+        if self.errors > settings.soft_error_limit and settings.error_sleep_time:
+            await asyncio.sleep(settings.error_sleep_time)  # Postfix's tarpit: slows a client that errs on
+            if self.transport is None or self.transport.is_closing():
+                return
+        await super().push(status)
+        if self.errors >= settings.hard_error_limit:
+            log.info("closing session peer=%s: %d errors", self.peer_ip, self.errors)
+            self.door.runtime.metrics.on_rejected("smtp", "errors")
+            self.say_goodbye(TOO_MANY_ERRORS)
+
+    async def failed_auth(self, mechanism: str, user: str) -> None:
+        """Log a failed AUTH and wait the address's growing penalty before its 535 is sent."""
+        self.failed_auths += 1
+        delay, count = self.door.auth_penalty.failed(self.peer_ip, self.loop.time())
+        log.warning("auth failed peer=%s mechanism=%s user=%s failures=%d address_failures=%d delay=%.1fs",
+                    self.peer_ip, mechanism, user, self.failed_auths, count, delay)
+        await asyncio.sleep(delay)  # on the event loop's clock: other sessions go on meanwhile
+
+    @syntax("AUTH <mechanism>")
+    async def smtp_AUTH(self, arg: str) -> None:
+        """aiosmtpd's AUTH, closing the connection after too many failures on it."""
+        await super().smtp_AUTH(arg)
+        if self.session is not None and self.session.authenticated:
+            self.door.auth_penalty.forgive(self.peer_ip)
+        elif self.failed_auths >= self.door.settings.max_auth_failures:
+            log.warning("closing session peer=%s: %d failed AUTH attempts", self.peer_ip, self.failed_auths)
+            self.say_goodbye(TOO_MANY_AUTH_FAILURES)
+
+    async def _greeting(self, hostname: str) -> bool:
+        """Check a HELO/EHLO name; True when the command was answered (refused, or over the junk cap)."""
+        if hostname and UNFIT_TEXT.search(hostname):
+            await self.push("501 5.5.2 Invalid host name: not UTF-8 or holds a control character")
+            return True
+        self.greetings += 1
+        # One greeting, and one more after STARTTLS, are the protocol; any more carry no mail.
+        return self.greetings > 2 and self.junk_command()
+
+    @syntax("HELO hostname")
+    async def smtp_HELO(self, hostname: str) -> None:
+        """aiosmtpd's HELO, refusing names that are not text, and counted as junk past the second greeting."""
+        if not await self._greeting(hostname):
+            await super().smtp_HELO(hostname)
+
+    @syntax("EHLO hostname")
+    async def smtp_EHLO(self, hostname: str) -> None:
+        """aiosmtpd's EHLO, refusing names that are not text, and counted as junk past the second greeting."""
+        if not await self._greeting(hostname):
+            await super().smtp_EHLO(hostname)
+
+    @syntax("NOOP [ignored]")
+    async def smtp_NOOP(self, arg: str) -> None:
+        """aiosmtpd's NOOP, counted as junk."""
+        if not self.junk_command():
+            await super().smtp_NOOP(arg)
+
+    @syntax("RSET")
+    async def smtp_RSET(self, arg: str) -> None:
+        """aiosmtpd's RSET, counted as junk."""
+        if not self.junk_command():
+            await super().smtp_RSET(arg)
+
+    @syntax("HELP [command]")
+    async def smtp_HELP(self, arg: str) -> None:
+        """aiosmtpd's HELP, counted as junk."""
+        if not self.junk_command():
+            await super().smtp_HELP(arg)
+
+    @syntax("VRFY <address>")
+    async def smtp_VRFY(self, arg: str) -> None:
+        """aiosmtpd's VRFY, counted as junk."""
+        if not self.junk_command():
+            await super().smtp_VRFY(arg)
+
+    async def smtp_EXPN(self, arg: str) -> None:
+        """aiosmtpd's EXPN (not implemented: 502), counted as junk."""
+        if not self.junk_command():
+            await super().smtp_EXPN(arg)
+
+    def _timeout_cb(self) -> None:
+        log.info("timeout peer=%s", self.peer_ip)
+        self.door.runtime.metrics.on_rejected("smtp", "timeout")
+        self.say_goodbye(b"421 4.4.2 Timeout, closing connection\r\n")
+
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        """Start a transaction, unless the server is stopping."""
+        if self.door.closing:
+            self.say_goodbye(SHUTTING_DOWN)
+            return
+        await super().smtp_MAIL(arg)
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str | None) -> None:
+        """Receive and store a message under the DATA timeout, then go back to the idle timeout."""
+        self._reset_timeout(self.door.settings.data_timeout)
+        try:
+            await self._receive(arg)
+        finally:
+            self.storing = False
+        self._reset_timeout()
+        if self.door.closing:
+            self.say_goodbye(SHUTTING_DOWN)
+        elif self.expired:
+            self._lifetime_over()
+
+
+    async def _receive(self, arg: str | None) -> None:
+        """aiosmtpd's DATA, with the body read by `read_body`."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            content, refusal = await read_body(self._reader, self.line_length_limit, self.data_size_limit or 0)
+        except asyncio.CancelledError:  # the connection was lost meanwhile
+            self._writer.close()
+            raise
+        if refusal is not None:
+            await self.push(refusal)
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            return
+        self.envelope.content = self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push("250 OK" if status is MISSING else status)
