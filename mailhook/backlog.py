@@ -14,27 +14,24 @@ import asyncio
 import functools
 import logging
 import math
-import multiprocessing
-import os
-import select
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mailhook.backoff import Backoff
-from mailhook.budget import ByteBudget
 from mailhook.errors import RetryLater
 from mailhook.extract import extract
-from mailhook.models import Delivery, Extraction, MailLimits, Receipt
+from mailhook.models import Delivery, Extraction, MailLimits
 from mailhook.store import Completion, PendingReader, pending_count, worker_rows
-from mailhook.writer import Writer
+from mailhook.workers import worker_pool
+
+if TYPE_CHECKING:
+    from mailhook.pipeline import Pipeline
 
 log = logging.getLogger("mailhook.backlog")
-
-Notify = Callable[[Delivery, Receipt, float], None]
 
 # Small enough that a chunk's events add little to the commit acknowledging new mail.
 CHUNK = 16
@@ -67,51 +64,6 @@ def extract_pending(
 Extract = Callable[[Path, Sequence[int], Mapping[int, str]], list[tuple[Delivery, Completion]]]
 
 
-def worker_count() -> int:
-    """Return how many extraction processes to run: one per core beyond the event loop's own, at least one."""
-    return max(1, len(os.sched_getaffinity(0)) - 1)
-
-
-def worker_pool(workers: int) -> ProcessPoolExecutor:
-    """Start `workers` extraction processes.
-
-    They come from a fork server, a clean process started for the purpose, so
-    they never inherit the server's threads or locks, whenever they start.
-    """
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["mailhook.forkserver", "mailhook.backlog"])
-    return ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start, initargs=(os.getpid(),))
-
-
-def _worker_start(owner: int) -> None:
-    from mailhook.ingest import _worker_init
-
-    _worker_init()  # SIGTERM is ignored already, as in the fork server (mailhook.forkserver)
-    threading.Thread(target=_exit_with, args=(owner,), name="owner-watch", daemon=True).start()
-
-
-def _exit_with(owner: int) -> None:
-    """Exit when `owner` (the mailhook process) does, however it ends (kill -9 included).
-
-    A worker's parent is the fork server, not mailhook, so PR_SET_PDEATHSIG
-    does not see mailhook die, and the fork server waits for its workers:
-    without this, both would outlive a killed mailhook.
-    """
-    try:
-        watch = os.pidfd_open(owner)
-    except OSError:  # a kernel without pidfds: look once a second
-        while True:
-            time.sleep(1)
-            try:
-                os.kill(owner, 0)
-            except ProcessLookupError:
-                os._exit(0)
-            except PermissionError:
-                pass
-    select.select([watch], [], [])
-    os._exit(0)
-
-
 class Backlog:
     """Extracts pending deliveries, oldest first, and stores their events through the writer.
 
@@ -123,19 +75,17 @@ class Backlog:
     """
 
     def __init__(
-        self, writer: Writer, subscriptions: Mapping[int, str], notify: Notify, *,
-        pool: Executor | None = None, workers: int = 1, extract: Extract | None = None,
-        limits: MailLimits | None = None, budget: ByteBudget | None = None,
+        self, pipeline: Pipeline, *, pool: Executor | None = None, workers: int = 1, extract: Extract | None = None,
     ) -> None:
-        self.writer = writer
-        self.path = writer.store.path
+        self.pipeline = pipeline
+        self.writer = pipeline.writer
+        self.path = pipeline.writer.store.path
         self.reader = PendingReader(self.path)
-        self.subscriptions = dict(subscriptions)
-        self.notify = notify
+        self.subscriptions = dict(pipeline.subscriptions)
         self.pool = pool
         self.workers = workers
-        self.extract = extract or functools.partial(extract_pending, limits=limits)
-        self.budget = budget or ByteBudget(16 * 1024 * 1024)
+        self.extract = extract or functools.partial(extract_pending, limits=pipeline.limits)
+        self.budget = pipeline.budget
         self._accepted: dict[int, float] = {}
         self._wake = asyncio.Event()
         self._closing = False
@@ -249,16 +199,19 @@ class Backlog:
             free_slot()
         if found is None:
             return
-        futures = [asyncio.wrap_future(self.writer.complete(completion)) for _, completion in found]
-        for (delivery, completion), future in zip(found, futures, strict=True):
+        futures = [
+            asyncio.wrap_future(self.pipeline.complete(
+                delivery, completion, self._accepted.get(completion.delivery_id, picked_up)))
+            for delivery, completion in found
+        ]
+        for (_, completion), future in zip(found, futures, strict=True):
             try:
-                receipt = await future
+                await future
             except RetryLater as exc:
                 self._retry([completion.delivery_id], f"events of delivery {completion.delivery_id} not stored: {exc}")
                 continue
             self._backoff.reset()
-            started = self._accepted.pop(completion.delivery_id, picked_up)
-            self.notify(delivery, receipt, time.perf_counter() - started)
+            self._accepted.pop(completion.delivery_id, None)
 
     async def _extract_in_worker(
         self, ids: list[int], *, suspect: bool = False

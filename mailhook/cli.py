@@ -16,15 +16,8 @@ from typing import Any
 from mailhook import __version__
 from mailhook.config import CONFIG_NAME, DEFAULT_CONFIG, Option, Settings, load, options
 from mailhook.errors import ConfigError, RetryLater
+from mailhook.exitcodes import EX_CONFIG, EX_DATAERR, EX_INTERRUPTED, EX_NOPERM, EX_OK, EX_TEMPFAIL
 from mailhook.privileges import root_refusal, secret_flag_warnings
-
-EX_OK = 0
-EX_USAGE = 64
-EX_DATAERR = 65
-EX_SOFTWARE = 70
-EX_CONFIG = 78
-EX_TEMPFAIL = 75
-EX_NOPERM = 77
 
 log = logging.getLogger("mailhook.cli")
 
@@ -233,7 +226,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         print(f"mailhook: {exc}; try again later", file=sys.stderr)
         return EX_TEMPFAIL
     except KeyboardInterrupt:
-        return 130
+        return EX_INTERRUPTED
     return code
 
 
@@ -245,7 +238,7 @@ def _run_ingest(args: argparse.Namespace, settings: Settings, env: Mapping[str, 
 
 
 def _run_reprocess(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
-    from mailhook.ingest import reprocess
+    from mailhook.pipeline import reprocess
     from mailhook.store import Store
 
     store = Store(settings.database(env), busy_timeout=settings.storage.busy_timeout,

@@ -8,15 +8,36 @@ class MailhookError(Exception):
 
 
 class Rejected(MailhookError):
-    """A permanent refusal: the sender must not retry the same input."""
+    """A door refused the input before anything was stored; the message says why, `reason` labels it.
+
+    `reason` is the label `mailhook_rejected_total` counts it under. The HTTP
+    door maps each class to its status once (`mailhook.http.door.STATUS`).
+    """
+
+    reason = "malformed"
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
 
 
 class TooLarge(Rejected):
-    """The input is over the configured size limit; nothing was stored."""
+    """The input is over the configured size limit."""
+
+    reason = "too_large"
 
 
 class Unauthorized(Rejected):
-    """The request lacks valid credentials; nothing was stored."""
+    """The request lacks valid credentials (token, password or signature)."""
+
+    reason = "unauthorized"
+
+
+class TimedOut(Rejected):
+    """The client did not send the whole input within its time limit."""
+
+    reason = "timeout"
 
 
 class RetryLater(MailhookError):

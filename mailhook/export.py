@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
+from mailhook.exitcodes import EX_NOINPUT, EX_OK, EX_USAGE
 from mailhook.stats import (
     CALL_TYPES,
     CAMPAIGN_TYPES,
-    EX_NOINPUT,
     TEXT_TYPES,
     Window,
     add_window_arguments,
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 Format = Literal["csv", "jsonl"]
 FORMATS: tuple[Format, ...] = ("csv", "jsonl")
 PAGE = 2000
-EX_USAGE = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +210,7 @@ def run_export(args: argparse.Namespace, settings: Settings, env: Mapping[str, s
     finally:
         db.close()
     print(f"exported {count} {args.table} rows", file=sys.stderr)
-    return 0
+    return EX_OK
 
 
 def _to_stdout(fmt: Format, columns: Sequence[str], records: Iterable[tuple[Any, ...]]) -> int:

@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 from mailhook.config import Settings
-from mailhook.errors import RetryLater, TooLarge
+from mailhook.errors import RetryLater
+from mailhook.exitcodes import EX_DATAERR, EX_OK, EX_TEMPFAIL
 from mailhook.extract import extract
-from mailhook.ingest import Pipeline, extraction_pool, log_delivery
-from mailhook.models import Delivery, Extraction, Kind, MailLimits, Receipt
-from mailhook.store import Rows, utcnow, worker_rows
+from mailhook.models import Delivery, Extraction, Kind, MailLimits, Receipt, kind_of, utcnow
+from mailhook.pipeline import Pipeline
+from mailhook.store import Rows, worker_rows
+from mailhook.workers import extraction_pool
 from mailhook.writer import Writer
 
 log = logging.getLogger("mailhook.files")
@@ -61,12 +63,12 @@ def deliveries(
 def _checked(raw: bytes, source: str, received_at: str, max_size: int, kind: Kind | None = None,
              envelope_from: str | None = None) -> Delivery | Unreadable:
     if len(raw) > max_size:
-        return Unreadable(source, str(TooLarge(f"larger than the limit of {max_size} bytes")))
+        return Unreadable(source, f"larger than the limit of {max_size} bytes")
     return Delivery(
         channel="file",
         raw=raw,
         received_at=received_at,
-        kind=kind or sniff(raw),
+        kind=kind or kind_of(raw),
         source=source,
         envelope_from=envelope_from,
     )
@@ -79,11 +81,6 @@ def _envelope_line(raw: bytes) -> tuple[bytes, str | None]:
     line, _, rest = raw.partition(b"\n")
     sender = line[5:].split(b" ", 1)[0].decode("ascii", "replace").strip()
     return rest, sender or None
-
-
-def sniff(raw: bytes) -> Kind:
-    """Say whether bytes are a bare notification document or an email, from the first non-blank byte."""
-    return "document" if raw.lstrip()[:1] in (b"<", b"{", b"[") else "email"
 
 
 def _directory(path: Path, *, received_at: str, max_size: int) -> Iterator[Delivery | Unreadable]:
@@ -116,7 +113,7 @@ def _file(
             return
         raw = fh.read()
     if kind is None:
-        kind = "document" if path.suffix.lower() in _DOCUMENT_SUFFIXES else sniff(raw)
+        kind = "document" if path.suffix.lower() in _DOCUMENT_SUFFIXES else kind_of(raw)
     yield _checked(raw, str(path), received_at, max_size, kind)
 
 
@@ -196,7 +193,7 @@ def ingest_paths(
     stdin: BinaryIO | None,
     interactive: bool,
 ) -> int:
-    """Store every message under `paths`; return the exit code (0, 65 unreadable input, 75 retry)."""
+    """Store every message under `paths`; return the exit code (EX_OK; EX_DATAERR unreadable; EX_TEMPFAIL retry)."""
     # The pool is forked before the writer thread starts, so no worker inherits a lock held mid-write.
     pool = _extraction_pool(paths)
     writer = Writer(
@@ -206,20 +203,18 @@ def ingest_paths(
     limits = settings.parsing.mail_limits()
     pipeline = Pipeline(writer, settings.subscriptions, limits=limits)
     totals = {"stored": 0, "duplicate": 0, "quarantined": 0, "events": 0, "unreadable": 0}
-    pending: deque[tuple[Delivery, float, Future[Receipt]]] = deque()
+    pending: deque[tuple[Delivery, Future[Receipt]]] = deque()
     progress = _Progress(enabled=interactive and not quiet)
     retry = False
 
-    def settle(delivery: Delivery, started: float, future: Future[Receipt]) -> None:
+    def settle(delivery: Delivery, future: Future[Receipt]) -> None:
         nonlocal retry
         try:
-            receipt = future.result()
+            receipt = future.result()  # its log line is written by then, as for every door's delivery
         except RetryLater as exc:
             retry = True
-            log_delivery(delivery, None, time.perf_counter() - started)
             log.error("%s: not stored: %s", delivery.source, exc)
             return
-        log_delivery(delivery, receipt, time.perf_counter() - started)
         totals[receipt.status] += 1
         totals["events"] += receipt.events
         progress.tick()
@@ -231,8 +226,7 @@ def ingest_paths(
                 totals["unreadable"] += 1
                 log.error("%s: cannot read: %s", item.source, item.reason)
                 continue
-            future = pipeline.submit(item) if extraction is None else writer.submit(item, extraction)
-            pending.append((item, time.perf_counter(), future))
+            pending.append((item, pipeline.submit(item, extraction)))
             # A bounded window keeps memory flat on huge mboxes while commits stay grouped.
             while len(pending) > _WINDOW:
                 settle(*pending.popleft())
@@ -253,10 +247,10 @@ def ingest_paths(
     if totals["quarantined"]:
         log.warning("%d deliveries quarantined: see deliveries.error", totals["quarantined"])
     if retry:
-        return 75
+        return EX_TEMPFAIL
     if totals["unreadable"]:
-        return 65
-    return 0
+        return EX_DATAERR
+    return EX_OK
 
 
 _WINDOW = 2000

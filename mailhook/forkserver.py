@@ -5,7 +5,7 @@ fork server and the workers it forks must live through that stop's grace
 period: a dead fork server breaks the worker pool (its workers' exit statuses
 come through it), and the backlog would log a worker's death and start a new
 pool while it finishes extracting what is pending. They end when mailhook
-shuts the pool down, or with mailhook however it ends (see `backlog._exit_with`).
+shuts the pool down, or with mailhook however it ends (see `workers._exit_with`).
 """
 
 from __future__ import annotations

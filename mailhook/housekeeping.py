@@ -21,13 +21,7 @@ from pathlib import Path
 from mailhook import openfiles
 from mailhook.config import Settings, check_files, explain, parse_address, render
 from mailhook.errors import RetryLater
-
-EX_OK = 0
-EX_UNHEALTHY = 1
-EX_USAGE = 64
-EX_UNAVAILABLE = 69
-EX_CANTCREAT = 73
-EX_CONFIG = 78
+from mailhook.exitcodes import EX_CANTCREAT, EX_CONFIG, EX_OK, EX_UNAVAILABLE, EX_UNHEALTHY
 
 _AGE = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}

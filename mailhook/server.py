@@ -19,14 +19,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mailhook import openfiles, systemd
-from mailhook.backlog import Backlog, worker_count, worker_pool
+from mailhook.backlog import Backlog
 from mailhook.budget import ByteBudget
 from mailhook.config import Settings
 from mailhook.errors import RetryLater
-from mailhook.ingest import Pipeline
+from mailhook.exitcodes import EX_OK
 from mailhook.metrics import Metrics
 from mailhook.models import Delivery, Receipt
+from mailhook.pipeline import Pipeline
 from mailhook.store import totals
+from mailhook.workers import worker_count, worker_pool
 from mailhook.writer import Writer
 
 log = logging.getLogger("mailhook.server")
@@ -60,6 +62,8 @@ class Runtime:
     # Listening sockets passed by systemd (socket activation), by door name: a door
     # given one serves on it instead of binding its configured address.
     sockets: dict[str, socket.socket] = field(default_factory=dict)
+    # Extracts what the SMTP door acknowledged on receipt (and what an earlier run left pending).
+    backlog: Backlog | None = None
 
 
 STATUS_EVERY = 5.0
@@ -138,20 +142,20 @@ async def serve(settings: Settings, env: Mapping[str, str], *, started: asyncio.
     budget = ByteBudget(settings.parsing.extraction_budget)
     limits = settings.parsing.mail_limits()
     # Large deliveries are extracted in a worker process: a parse in C holds the GIL, and must not hold the loop.
-    pipeline = Pipeline(writer, settings.subscriptions, listeners=[metrics.on_delivery, counters.on_delivery],
-                        limits=limits, budget=budget, executor=worker_pool(worker_count()),
-                        new_executor=lambda: worker_pool(worker_count()))
     # The backlog always takes up deliveries an earlier run left pending; only with
     # acknowledge = "received" does the SMTP door add to it, and it gets worker processes.
     deferred = settings.smtp.acknowledge == "received" and bool(settings.smtp.listen or "smtp" in sockets)
+    pipeline = Pipeline(writer, settings.subscriptions, listeners=[metrics.on_delivery, counters.on_delivery],
+                        limits=limits, budget=budget, executor=worker_pool(worker_count()),
+                        new_executor=lambda: worker_pool(worker_count()),
+                        deferred=frozenset({"smtp"}) if deferred else frozenset())
     workers = worker_count() if deferred else 1
-    backlog = Backlog(writer, settings.subscriptions, pipeline.report,
-                      pool=worker_pool(workers) if deferred else None, workers=workers, limits=limits, budget=budget)
+    backlog = Backlog(pipeline, pool=worker_pool(workers) if deferred else None, workers=workers)
     backlog.start()
     metrics.track_pending(backlog.pending)
     if deferred:
-        pipeline.backlog = backlog
-    runtime = Runtime(settings, env, pipeline, writer, metrics, sockets=sockets)
+        pipeline.pending_listeners.append(backlog.accepted)
+    runtime = Runtime(settings, env, pipeline, writer, metrics, sockets=sockets, backlog=backlog)
     supervisor: asyncio.Task[None] | None = None
     try:
         for module, enabled in (
@@ -264,4 +268,4 @@ def run_serve(args: argparse.Namespace, settings: Settings, env: Mapping[str, st
         await task
 
     asyncio.run(main())
-    return 0
+    return EX_OK

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
+from mailhook.exitcodes import EX_NOINPUT, EX_OK
 from mailhook.schema import EVENT_TIME
 
 if TYPE_CHECKING:
@@ -386,7 +387,6 @@ def _cut(text: str, width: int = 24) -> str:
 
 
 HELP = "summarize events: by type and result, per campaign, per day"
-EX_NOINPUT = 66
 
 
 def bound_since(text: str) -> str:
@@ -453,4 +453,4 @@ def run_stats(args: argparse.Namespace, settings: Settings, env: Mapping[str, st
     finally:
         db.close()
     sys.stdout.write(to_json(report) + "\n" if args.json else render(report))
-    return 0
+    return EX_OK

@@ -19,10 +19,12 @@ from conftest import BackgroundServer, StartServer, make_settings
 from process_support import ALLOW_ROOT, descendants, free_port, wait_until
 from smtp_support import client, locked, notification, rows
 
-from mailhook.backlog import Backlog, extract_pending, worker_pool
+from mailhook.backlog import Backlog, extract_pending
 from mailhook.models import Delivery, Receipt
+from mailhook.pipeline import Pipeline
 from mailhook.server import Runtime
 from mailhook.store import Store
+from mailhook.workers import worker_pool
 from mailhook.writer import Writer
 
 pytestmark = pytest.mark.slow
@@ -137,8 +139,8 @@ def test_a_delivery_that_kills_its_worker_is_quarantined_and_the_others_are_stor
     receipts: list[Receipt] = []
 
     async def run_backlog() -> None:
-        backlog = Backlog(writer, {}, lambda delivery, receipt, elapsed: receipts.append(receipt),
-                          pool=worker_pool(1), workers=1, extract=extract_or_die)
+        pipeline = Pipeline(writer, {}, listeners=[lambda delivery, receipt, elapsed: receipts.append(receipt)])
+        backlog = Backlog(pipeline, pool=worker_pool(1), workers=1, extract=extract_or_die)
         backlog.start()
         await backlog.close(60)  # a stop first extracts everything pending
         assert backlog.pool is not None
@@ -160,7 +162,7 @@ def test_a_killed_extraction_worker_is_replaced(start_server: StartServer) -> No
     with client(runtime) as smtp:
         send(smtp, notification(74_000))
     settled(database(runtime))
-    backlog = runtime.pipeline.backlog
+    backlog = runtime.backlog
     assert backlog is not None and backlog.pool is not None
     killed = set(backlog.pool._processes)  # type: ignore[attr-defined]
     for pid in killed:

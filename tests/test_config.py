@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from mailhook import config
-from mailhook.cli import EX_CONFIG, main
+from mailhook.cli import main
 from mailhook.config import MASK, SECTIONS, explain, load, options
 from mailhook.errors import ConfigError
+from mailhook.exitcodes import EX_CONFIG
 
 NO_FILE = {"MAILHOOK_CONFIG": ""}
 

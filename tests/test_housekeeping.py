@@ -18,9 +18,10 @@ import pytest
 from process_support import ALLOW_ROOT, free_port, wait_until
 
 from mailhook.cli import main
-from mailhook.housekeeping import EX_UNAVAILABLE, EX_UNHEALTHY, parse_age
-from mailhook.ingest import Pipeline
+from mailhook.exitcodes import EX_UNAVAILABLE, EX_UNHEALTHY
+from mailhook.housekeeping import parse_age
 from mailhook.models import Delivery
+from mailhook.pipeline import Pipeline
 from mailhook.upkeep import backup, prune
 from mailhook.writer import Writer
 

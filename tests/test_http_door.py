@@ -26,8 +26,8 @@ from conftest import StartServer, make_settings
 from outside import require
 
 from mailhook.http import door as webhook_module
-from mailhook.ingest import Pipeline
 from mailhook.metrics import Metrics
+from mailhook.pipeline import Pipeline
 from mailhook.server import Runtime
 from mailhook.writer import Writer
 

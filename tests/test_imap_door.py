@@ -28,7 +28,7 @@ from mailhook.config import ImapSettings, Settings, SmtpSettings, StorageSetting
 from mailhook.errors import ConfigError
 from mailhook.extract import extract
 from mailhook.imap.door import Account, Watcher, start_watchers, stop_watchers
-from mailhook.ingest import Pipeline
+from mailhook.pipeline import Pipeline
 from mailhook.store import connect, open_readonly
 from mailhook.writer import Writer
 
@@ -462,7 +462,8 @@ def test_serve_runs_the_imap_door_beside_the_others(server: dovecot.Dovecot, tmp
 
 
 def test_mailhook_imap_without_a_host_is_a_configuration_error(tmp_path: Path) -> None:
-    from mailhook.cli import EX_CONFIG, main
+    from mailhook.cli import main
+    from mailhook.exitcodes import EX_CONFIG
 
     assert main(["imap"], env={"MAILHOOK_DB": str(tmp_path / "m.db"), "MAILHOOK_CONFIG": os.devnull,
                                **ALLOW_ROOT}) == EX_CONFIG

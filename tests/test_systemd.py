@@ -22,8 +22,8 @@ from process_support import ALLOW_ROOT, free_port, wait_until
 
 from mailhook import openfiles, server
 from mailhook.config import SECTIONS, load, options
-from mailhook.ingest import Pipeline
 from mailhook.metrics import Metrics
+from mailhook.pipeline import Pipeline
 from mailhook.server import Counters, Runtime, _supervise
 from mailhook.systemd import Notifier, listen_sockets, watchdog_interval
 from mailhook.writer import Writer

@@ -13,6 +13,42 @@ from mailhook.extract.v2 import is_v2, read_v2
 from mailhook.extract.xml import parse_xml
 from mailhook.models import Event
 
+# What may come before a document's first character: a byte-order mark and blanks.
+_BLANK = "\ufeff \t\r\n"
+_BLANK_BYTES = b" \t\r\n\xef\xbb\xbf"
+
+
+def sniff(text: str) -> str:
+    """Name a decoded document's format from its first non-blank character: "xml", "json", "" (empty), else that char.
+
+    The one format sniff: extraction reads by it, the HTTP door's signature
+    check (`is_v1`) decides by it.
+    """
+    head = text.lstrip(_BLANK)[:1]
+    if head == "<":
+        return "xml"
+    return "json" if head and head in "{[" else head
+
+
+def is_v1(body: bytes, charset: str | None) -> bool:
+    """Say whether a body is a v1.1 notification: XML/SOAP, or JSON under a v1.1 root key (in any charset).
+
+    v2 webhooks are JSON only; `charset` is the one declared beside the body (Content-Type), if any.
+    """
+    try:
+        text, _ = decode_document(body, charset)
+    except Unreadable:
+        return body.lstrip(_BLANK_BYTES)[:1] == b"<"  # XML that cannot be decoded is still no v2 body
+    shape = sniff(text)
+    if shape != "json":
+        return shape == "xml"
+    try:
+        document = parse_json(text)
+    except Unreadable:
+        return False
+    items = document if isinstance(document, list) else [document]
+    return bool(items) and all(isinstance(item, dict) and any(k in ROOTS for k in item) for item in items)
+
 
 def read_document(data: bytes | str, subscriptions: Mapping[int, str]) -> tuple[list[Event], list[str]]:
     """Decode bytes (mailhook.extract.charset), sniff (first non-blank char: '<' XML/SOAP, '{' or '[' JSON), read.
@@ -27,16 +63,16 @@ def read_document(data: bytes | str, subscriptions: Mapping[int, str]) -> tuple[
     notes: list[str] = []
     if isinstance(data, bytes):
         data, notes = decode_document(data)
-    head = data.lstrip("\ufeff \t\r\n")[:1]
-    if not head:
+    shape = sniff(data)
+    if not shape:
         raise Unreadable("empty document")
-    if head == "<":
+    if shape == "xml":
         events, found = _read_xml(data, subscriptions)
         notes += found
-    elif head in "{[":
+    elif shape == "json":
         events = _read_json(data, subscriptions)
     else:
-        raise Unreadable(f"not XML or JSON: document starts with {head!r}")
+        raise Unreadable(f"not XML or JSON: document starts with {shape!r}")
     if not events:
         raise Unreadable("document holds no notification event")
     return events, notes

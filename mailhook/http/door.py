@@ -26,14 +26,12 @@ from aiohttp import BasicAuth, HttpVersion11, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
-from mailhook.errors import RetryLater, Unreadable
-from mailhook.extract.charset import charset_of, decode_document
-from mailhook.extract.json import parse_json
-from mailhook.extract.v1 import ROOTS
+from mailhook.errors import Rejected, RetryLater, TimedOut, TooLarge, Unauthorized
+from mailhook.extract.charset import charset_of
+from mailhook.extract.document import is_v1
 from mailhook.http import connection as http_connection
 from mailhook.logs import Summary
-from mailhook.models import Delivery, Receipt
-from mailhook.store import utcnow
+from mailhook.models import Delivery, Receipt, utcnow
 
 if TYPE_CHECKING:
     from mailhook.metrics import Metrics
@@ -45,7 +43,6 @@ PATH = "/notifications"
 SIGNATURE = "X-CallFire-Signature"
 # Seconds `GET /healthz` waits for the writer to prove the database writable.
 HEALTH_TIMEOUT = 10.0
-_BLANK = b" \t\r\n\xef\xbb\xbf"
 _CHUNK = 64 * 1024
 _ANSWER = b'{"delivery_id": %d, "status": "%s", "events": %d, "duplicates": %d}'
 _JSON_HEADERS = {hdrs.CONTENT_TYPE: "application/json; charset=utf-8"}
@@ -53,14 +50,10 @@ _JSON_HEADERS = {hdrs.CONTENT_TYPE: "application/json; charset=utf-8"}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class Refused(Exception):
-    """A request answered with an error status before anything was stored."""
-
-    def __init__(self, status: int, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.reason = reason
-        self.message = message
+# Each refusal's answer, mapped once: the first class an exception is an instance of.
+STATUS: tuple[tuple[type[Rejected], int], ...] = (
+    (Unauthorized, 401), (TooLarge, 413), (TimedOut, 408), (Rejected, 400),
+)
 
 
 class WebhookDoor:
@@ -108,7 +101,7 @@ class Receiver:
         try:
             self._check_token(request)
             self._check_length(request)
-        except Refused as exc:
+        except Rejected as exc:
             response = self._refused(request, exc)
             # The client has not sent the body; closing avoids waiting for one.
             response.force_close()
@@ -128,7 +121,7 @@ class Receiver:
             self._check_length(request)
             body = await self._read_body(request)
             self._check_signature(request, body)
-        except Refused as exc:
+        except Rejected as exc:
             return self._refused(request, exc)
         delivery = Delivery(
             channel="http",
@@ -168,12 +161,12 @@ class Receiver:
         matches = [hmac.compare_digest(value.encode(), expected) for value in offered if value is not None]
         if not any(matches):
             reason = "wrong token" if matches else "missing token: pass ?token= or the basic-auth password"
-            raise Refused(401, "unauthorized", reason)
+            raise Unauthorized(reason)
 
     def _check_length(self, request: web.Request) -> None:
         length = request.content_length
         if length is not None and length > self.max_size:
-            raise Refused(413, "too_large", f"body larger than {self.max_size} bytes")
+            raise TooLarge(f"body larger than {self.max_size} bytes")
 
     async def _read_body(self, request: web.Request) -> bytes:
         content = request.content
@@ -183,29 +176,29 @@ class Receiver:
                 # as it is, without arming a timer or copying it through a buffer.
                 whole = content.read_nowait()
                 if len(whole) > self.max_size:
-                    raise Refused(413, "too_large", f"body larger than {self.max_size} bytes")
+                    raise TooLarge(f"body larger than {self.max_size} bytes")
                 return whole
         except ConnectionError:
-            raise Refused(400, "incomplete", "connection closed before the whole body arrived") from None
+            raise Rejected("connection closed before the whole body arrived", "incomplete") from None
         except HttpProcessingError:
-            raise Refused(400, "malformed", "malformed request body framing") from None
+            raise Rejected("malformed request body framing") from None
         except RequestPayloadError as exc:  # e.g. Content-Encoding: gzip over bytes that are not gzip
-            raise Refused(400, "malformed", f"request body cannot be decoded: {_first_line(exc)}") from None
+            raise Rejected(f"request body cannot be decoded: {_first_line(exc)}") from None
         body = bytearray()
         try:
             async with asyncio.timeout(self.body_timeout):
                 while chunk := await request.content.read(_CHUNK):
                     body += chunk
                     if len(body) > self.max_size:
-                        raise Refused(413, "too_large", f"body larger than {self.max_size} bytes")
+                        raise TooLarge(f"body larger than {self.max_size} bytes")
         except TimeoutError:
-            raise Refused(408, "timeout", f"body not received within {self.body_timeout:g} seconds") from None
+            raise TimedOut(f"body not received within {self.body_timeout:g} seconds") from None
         except ConnectionError:
-            raise Refused(400, "incomplete", "connection closed before the whole body arrived") from None
+            raise Rejected("connection closed before the whole body arrived", "incomplete") from None
         except HttpProcessingError:
-            raise Refused(400, "malformed", "malformed request body framing") from None
+            raise Rejected("malformed request body framing") from None
         except RequestPayloadError as exc:
-            raise Refused(400, "malformed", f"request body cannot be decoded: {_first_line(exc)}") from None
+            raise Rejected(f"request body cannot be decoded: {_first_line(exc)}") from None
         return bytes(body)
 
     def _check_signature(self, request: web.Request, body: bytes) -> None:
@@ -214,21 +207,22 @@ class Receiver:
             return
         signature = request.headers.get(SIGNATURE)
         if signature is None:
-            if _is_v1(body, request.headers.get(hdrs.CONTENT_TYPE)):
+            if is_v1(body, charset_of(request.headers.get(hdrs.CONTENT_TYPE))):
                 return  # CallFire cannot sign v1.1 notifications; the token protects them.
-            raise Refused(401, "unauthorized", f"missing {SIGNATURE}: only v1.1 bodies may be unsigned")
+            raise Unauthorized(f"missing {SIGNATURE}: only v1.1 bodies may be unsigned")
         if not signature_matches(self.secret, body, signature):
-            raise Refused(401, "unauthorized", f"{SIGNATURE} does not match the body")
+            raise Unauthorized(f"{SIGNATURE} does not match the body")
 
-    def _refused(self, request: web.Request, refusal: Refused) -> web.Response:
+    def _refused(self, request: web.Request, refusal: Rejected) -> web.Response:
+        status = next(code for kind, code in STATUS if isinstance(refusal, kind))
         self.metrics.on_rejected("http", refusal.reason)
         log.warning(
             "request refused channel=http peer=%s status=%d reason=%s",
-            request.remote or "-", refusal.status, refusal.message,
+            request.remote or "-", status, refusal,
         )
-        headers = {"WWW-Authenticate": 'Basic realm="mailhook"'} if refusal.status == 401 else None
-        response = _error(refusal.status, refusal.message, headers=headers)
-        if refusal.status in (400, 408):
+        headers = {"WWW-Authenticate": 'Basic realm="mailhook"'} if status == 401 else None
+        response = _error(status, str(refusal), headers=headers)
+        if status in (400, 408):
             response.force_close()  # the rest of the body is not coming, or cannot be framed
         return response
 
@@ -292,22 +286,6 @@ def signature_matches(secret: str, body: bytes, signature: str) -> bool:
     except (ValueError, binascii.Error):
         return False
     return hmac.compare_digest(offered, expected)
-
-
-def _is_v1(body: bytes, content_type: str | None) -> bool:
-    """Say whether a body is a v1.1 notification: XML/SOAP, or JSON under a v1.1 root key (in any charset)."""
-    try:
-        text, _ = decode_document(body, charset_of(content_type))
-    except Unreadable:
-        return body.lstrip(_BLANK)[:1] == b"<"  # XML that cannot be decoded is still no v2 body
-    if text.lstrip("\ufeff \t\r\n")[:1] == "<":
-        return True  # v2 webhooks are JSON only.
-    try:
-        document = parse_json(text)
-    except Unreadable:
-        return False
-    items = document if isinstance(document, list) else [document]
-    return bool(items) and all(isinstance(item, dict) and any(k in ROOTS for k in item) for item in items)
 
 
 async def _server_header(_request: web.Request, response: web.StreamResponse) -> None:

@@ -26,9 +26,10 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from mailhook.config import Settings
+from mailhook.exitcodes import EX_OK
 from mailhook.imap.account import Account, connect
 from mailhook.imap.watcher import Watcher
-from mailhook.ingest import Pipeline
+from mailhook.pipeline import Pipeline
 from mailhook.writer import Writer
 
 if TYPE_CHECKING:
@@ -101,4 +102,4 @@ def run_imap(args: argparse.Namespace, settings: Settings, env: Mapping[str, str
         writer.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return 0
+    return EX_OK

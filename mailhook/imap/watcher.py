@@ -19,9 +19,8 @@ from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginEr
 from mailhook.backoff import Backoff
 from mailhook.errors import RetryLater
 from mailhook.imap.account import READ_TIMEOUT, Account, connect
-from mailhook.ingest import Pipeline
-from mailhook.models import Checkpoint, Delivery
-from mailhook.store import utcnow
+from mailhook.models import Checkpoint, Delivery, utcnow
+from mailhook.pipeline import Pipeline
 from mailhook.writer import Writer
 
 log = logging.getLogger("mailhook.imap")

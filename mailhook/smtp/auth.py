@@ -26,6 +26,7 @@ from typing import Any
 from aiosmtpd.smtp import MISSING, AuthResult, LoginPassword
 
 from mailhook.errors import ConfigError
+from mailhook.exitcodes import EX_DATAERR, EX_OK
 
 SCHEME = "pbkdf2_sha256"
 ITERATIONS = 600_000
@@ -166,6 +167,6 @@ def run_smtp_password(args: argparse.Namespace, settings: Any, env: Mapping[str,
         password = sys.stdin.readline().rstrip("\r\n")
     if not password:
         print("mailhook: empty password", file=sys.stderr)
-        return 65
+        return EX_DATAERR
     print(f"{args.user}:{hash_password(password)}")
-    return 0
+    return EX_OK

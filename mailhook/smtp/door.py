@@ -16,13 +16,12 @@ from typing import TYPE_CHECKING, Any
 from aiosmtpd.smtp import Envelope, Session
 
 from mailhook.config import SmtpSettings, parse_address, refuse_open_relay
-from mailhook.errors import ConfigError, Rejected, RetryLater, TooLarge
-from mailhook.models import Delivery
+from mailhook.errors import ConfigError, RetryLater
+from mailhook.models import Delivery, utcnow
 from mailhook.smtp.auth import PasswordAuth, PasswordFile, tls_context
 from mailhook.smtp.fastpath import UNFIT_TEXT, hook_names
 from mailhook.smtp.limits import AuthPenalty, ConnectionRate, RefusalSummary
 from mailhook.smtp.session import SHUTTING_DOWN, Connection
-from mailhook.store import utcnow
 
 if TYPE_CHECKING:
     from mailhook.server import Runtime
@@ -99,16 +98,12 @@ class Handler(PasswordAuth):
         )
         # The store goes on even if the client vanishes or times out meanwhile:
         # the door waits for these tasks before the writer is closed.
-        task = asyncio.ensure_future(self.door.runtime.pipeline.accept_async(delivery))
+        task = asyncio.ensure_future(self.door.runtime.pipeline.ingest_async(delivery))
         self.door.track(task)
         try:
             receipt = await asyncio.shield(task)
         except RetryLater:
             return RETRY_LATER
-        except TooLarge:
-            return "552 5.3.4 Message too big"
-        except Rejected:
-            return "554 5.6.0 Message refused"
         except Exception:  # the client gets a retryable answer, never the exception text
             log.exception("unexpected error while storing a message from %s", server.peer_ip)
             return RETRY_LATER

@@ -1,36 +1,33 @@
 """The pipeline every door calls: extract a delivery, then store it durably.
 
-`Pipeline.submit()` is the one ingest function. Doors build a `Delivery`,
-submit it, and answer their client only when the returned future resolves:
-by then the raw bytes and the extracted events are committed together.
-`Pipeline.accept_async()` is its variant for a pipeline with a backlog: it
-answers once the raw bytes are committed, and the backlog stores the events
-moments later (see `mailhook.backlog`).
+`Pipeline.submit()` is the one way into the store: every door's deliveries
+(SMTP, HTTP, IMAP, files) go through it, and the future it returns resolves
+only after the delivery's one log line is written and the listeners (metrics,
+status counters) are told. `ingest()` waits for it from a thread,
+`ingest_async()` from the event loop; a door never calls the writer itself.
+For a channel in `deferred` (`smtp.acknowledge = "received"`),
+`ingest_async()` stores only the raw bytes, as `pending`, and tells the
+`pending` listeners (the backlog, `mailhook.backlog`); the backlog, a client
+of the pipeline, later stores their events through `complete()`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import functools
 import logging
-import multiprocessing
-import os
-import signal
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
-from mailhook.backlog import Backlog
 from mailhook.budget import ByteBudget
 from mailhook.errors import RetryLater, Unreadable
 from mailhook.extract import extract
 from mailhook.extract.mail import check_structure
 from mailhook.models import Delivery, Extraction, Kind, MailLimits, Receipt
-from mailhook.store import Rows, Store, worker_rows
+from mailhook.store import Completion, Rows, Store, worker_rows
 from mailhook.writer import Writer
 
 log = logging.getLogger("mailhook.ingest")
@@ -39,11 +36,13 @@ log = logging.getLogger("mailhook.ingest")
 INLINE_LIMIT = 64 * 1024
 
 Listener = Callable[[Delivery, Receipt | None, float], None]
+# Told the id and start time of each delivery stored `pending`, its events left for later.
+PendingListener = Callable[[int, float], None]
 
 
 @dataclass
 class Pipeline:
-    """Extracts deliveries and hands them to the group-commit writer.
+    """Extracts deliveries and hands them to the group-commit writer; reports each one once it is stored.
 
     From an event loop, a delivery larger than INLINE_LIMIT is extracted only
     within the `budget` (bytes being extracted at once; shared with the
@@ -56,7 +55,9 @@ class Pipeline:
     subscriptions: Mapping[int, str] = field(default_factory=dict)
     executor: Executor | None = None
     listeners: list[Listener] = field(default_factory=list)
-    backlog: Backlog | None = None
+    # Channels acknowledged once their raw bytes are durable (`smtp.acknowledge = "received"`).
+    deferred: frozenset[str] = frozenset()
+    pending_listeners: list[PendingListener] = field(default_factory=list)
     # The health probe under way, shared by every check that arrives meanwhile.
     _probe: asyncio.Future[str | None] | None = field(default=None, init=False, repr=False)
     limits: MailLimits = field(default_factory=MailLimits)
@@ -64,45 +65,89 @@ class Pipeline:
     # Makes a new `executor` when a worker of the old one died.
     new_executor: Callable[[], Executor] | None = None
 
-    def submit(self, delivery: Delivery) -> Future[Receipt]:
-        """Extract `delivery` in this thread and queue it for the next commit."""
-        extraction = extract(delivery.raw, delivery.kind, self.subscriptions, content_type=delivery.content_type,
-                             limits=self.limits)
-        return self.writer.submit(delivery, extraction)
+    def submit(
+        self, delivery: Delivery, found: Extraction | Rows | None = None, *, started: float | None = None
+    ) -> Future[Receipt]:
+        """Queue `delivery` for the next commit, extracted here unless `found` already holds its extraction.
+
+        The one way into the store. The returned future resolves (or raises
+        `RetryLater`) after the delivery's log line is written and every
+        listener told, `started` (perf_counter) being when it arrived.
+        """
+        started = time.perf_counter() if started is None else started
+        if found is None:
+            found = extract(delivery.raw, delivery.kind, self.subscriptions, content_type=delivery.content_type,
+                            limits=self.limits)
+        return self._reported(delivery, self.writer.submit(delivery, found), started, on_failure=True)
+
+    def complete(self, delivery: Delivery, completion: Completion, started: float) -> Future[Receipt]:
+        """Store the events of a delivery stored `pending` before (the backlog's way in), and report it.
+
+        A failure (`RetryLater`) is not reported: the backlog retries it, and
+        the delivery gets its one log line once its events are stored.
+        """
+        return self._reported(delivery, self.writer.complete(completion), started, on_failure=False)
+
+    def _reported(
+        self, delivery: Delivery, stored: Future[Receipt], started: float, *, on_failure: bool
+    ) -> Future[Receipt]:
+        """Return a future that resolves as `stored` does, once the delivery has been reported."""
+        reported: Future[Receipt] = Future()
+
+        def report(done: Future[Receipt]) -> None:
+            try:
+                receipt = done.result()
+            except RetryLater as exc:
+                if on_failure:
+                    self.report(delivery, None, time.perf_counter() - started)
+                reported.set_exception(exc)
+                return
+            except BaseException as exc:  # noqa: BLE001 - handed on to whoever waits, as it came
+                reported.set_exception(exc)
+                return
+            try:
+                self.report(delivery, receipt, time.perf_counter() - started)
+            finally:
+                reported.set_result(receipt)
+
+        stored.add_done_callback(report)
+        return reported
 
     def ingest(self, delivery: Delivery) -> Receipt:
         """Store one delivery and wait until it is durable; raises `RetryLater` on storage trouble."""
         started = time.perf_counter()
         size = len(delivery.raw)
-        try:
-            with self.budget.hold_blocking(size if size > INLINE_LIMIT else 0):
-                receipt = self.submit(delivery).result()
-        except RetryLater:
-            self._notify(delivery, None, started)
-            raise
-        self._notify(delivery, receipt, started)
-        return receipt
+        with self.budget.hold_blocking(size if size > INLINE_LIMIT else 0):
+            return self.submit(delivery, started=started).result()
 
     async def ingest_async(self, delivery: Delivery) -> Receipt:
-        """Store one delivery from an event loop; the loop keeps serving while it is made durable."""
+        """Store one delivery from an event loop; the loop keeps serving while it is made durable.
+
+        For a `deferred` channel only its raw bytes are stored now, as
+        `pending`; the backlog stores its events and writes its log line.
+        """
         started = time.perf_counter()
+        if delivery.channel in self.deferred:
+            return await self._accept(delivery, started)
+        if len(delivery.raw) <= INLINE_LIMIT:
+            return await asyncio.wrap_future(self.submit(delivery, started=started))
+        if (refused := self._refused_structure(delivery)) is not None:
+            return await asyncio.wrap_future(self.submit(delivery, refused, started=started))
+        # A large body can take seconds and many times its size in memory to read: only
+        # `budget` bytes of them at once, held until its events are stored.
+        async with self.budget.hold(len(delivery.raw)):
+            found = await self._extract_beside(delivery)
+            return await asyncio.wrap_future(self.submit(delivery, found, started=started))
+
+    async def _accept(self, delivery: Delivery, started: float) -> Receipt:
+        """Store a delivery's raw bytes durably as `pending` and tell the pending listeners (the backlog)."""
         try:
-            if len(delivery.raw) <= INLINE_LIMIT:
-                extraction = extract(delivery.raw, delivery.kind, self.subscriptions,
-                                     content_type=delivery.content_type, limits=self.limits)
-                receipt = await asyncio.wrap_future(self.writer.submit(delivery, extraction))
-            elif (refused := self._refused_structure(delivery)) is not None:
-                receipt = await asyncio.wrap_future(self.writer.submit(delivery, refused))
-            else:
-                # A large body can take seconds and many times its size in memory to read: only
-                # `budget` bytes of them at once, held until its events are stored.
-                async with self.budget.hold(len(delivery.raw)):
-                    found = await self._extract_beside(delivery)
-                    receipt = await asyncio.wrap_future(self.writer.submit(delivery, found))
+            receipt = await asyncio.wrap_future(self.writer.submit(delivery, None))
         except RetryLater:
-            self._notify(delivery, None, started)
+            self.report(delivery, None, time.perf_counter() - started)
             raise
-        self._notify(delivery, receipt, started)
+        for listener in self.pending_listeners:
+            listener(receipt.delivery_id, started)
         return receipt
 
     def _refused_structure(self, delivery: Delivery) -> Extraction | None:
@@ -156,23 +201,6 @@ class Pipeline:
                 self.executor = None
         return self.executor
 
-    async def accept_async(self, delivery: Delivery) -> Receipt:
-        """Store one delivery's raw bytes durably as `pending` and leave its events to the backlog.
-
-        Without a backlog this is `ingest_async`. The receipt says `pending`;
-        the delivery's log line is written once its events are stored.
-        """
-        if self.backlog is None:
-            return await self.ingest_async(delivery)
-        started = time.perf_counter()
-        try:
-            receipt = await asyncio.wrap_future(self.writer.submit(delivery, None))
-        except RetryLater:
-            self._notify(delivery, None, started)
-            raise
-        self.backlog.accepted(receipt.delivery_id, started)
-        return receipt
-
     async def check(self) -> None:
         """Raise `RetryLater` saying in words ("disk full", "database locked", ...) why the store refuses writes."""
         if self._probe is None or self._probe.done():
@@ -182,9 +210,6 @@ class Pipeline:
         reason = await asyncio.shield(self._probe)
         if reason is not None:
             raise RetryLater(reason)
-
-    def _notify(self, delivery: Delivery, receipt: Receipt | None, started: float) -> None:
-        self.report(delivery, receipt, time.perf_counter() - started)
 
     def report(self, delivery: Delivery, receipt: Receipt | None, elapsed: float) -> None:
         """Write a finished delivery's log line and tell the listeners (metrics, status counters)."""
@@ -198,31 +223,6 @@ def extract_rows(
 ) -> Extraction | Rows:
     """Extract a delivery as the rows to store, bounded by the payload ratio (runs in a worker process)."""
     return worker_rows(extract(raw, kind, subscriptions, content_type=content_type, limits=limits), len(raw))
-
-
-def extraction_pool(workers: int | None = None) -> Executor | None:
-    """Start a pool of extraction processes, one per usable core, or return None on a single core.
-
-    Call it before any other thread starts: the workers are forked, and a fork
-    copies only the calling thread, so no worker may inherit a lock held mid-use.
-    """
-    count = workers if workers is not None else len(os.sched_getaffinity(0))
-    if count < 2:
-        return None
-    pool = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("fork"), initializer=_worker_init)
-    for future in [pool.submit(int) for _ in range(count)]:
-        future.result()  # fork every worker now, from this thread
-    return pool
-
-
-def _worker_init() -> None:
-    # A worker must not outlive mailhook when it is killed (kill -9 leaves no chance to stop the pool).
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() == 1:
-        os._exit(0)
-    # Ctrl-C reaches the whole process group; the parent decides when workers stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def log_delivery(delivery: Delivery, receipt: Receipt | None, elapsed: float) -> None:

@@ -12,8 +12,9 @@ import pytest
 
 from mailhook.cli import main
 from mailhook.errors import RetryLater
-from mailhook.ingest import Pipeline
+from mailhook.extract import extract
 from mailhook.models import Delivery, Extraction, Receipt
+from mailhook.pipeline import Pipeline
 from mailhook.writer import Writer
 
 SEED = Path(__file__).parent.parent / "fixtures" / "seed"
@@ -63,6 +64,45 @@ def test_each_delivery_gets_one_log_line(pipeline: Pipeline, caplog: pytest.LogC
     assert " events=1 " in lines[0] and " ms=" in lines[0]
 
 
+def test_a_delivery_extracted_elsewhere_gets_the_same_log_line_and_listeners(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The file door's parallel path: extraction done in worker processes, storing through the pipeline.
+    caplog.set_level(logging.INFO, logger="mailhook")
+    heard: list[tuple[Delivery, Receipt | None]] = []
+    writer = Writer(tmp_path / "m.db")
+    pipeline = Pipeline(writer, listeners=[lambda delivery, receipt, _: heard.append((delivery, receipt))])
+    try:
+        delivery = document("text-outbound.xml", channel="file")
+        found = extract(delivery.raw, delivery.kind, {})
+        receipt = pipeline.submit(delivery, found).result()
+        # Told before the receipt is handed back: a door answers only after its delivery is reported.
+        assert heard == [(delivery, receipt)]
+        lines = [r.getMessage() for r in caplog.records if r.name == "mailhook.ingest"]
+        assert len(lines) == 1 and lines[0].startswith("delivery channel=file ")
+    finally:
+        writer.close()
+
+
+def test_a_deferred_channel_is_stored_pending_and_handed_to_the_pending_listeners(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mailhook")
+    pending: list[int] = []
+    writer = Writer(tmp_path / "m.db")
+    pipeline = Pipeline(writer, deferred=frozenset({"smtp"}), pending_listeners=[lambda id, _: pending.append(id)])
+    try:
+        email = Delivery(channel="smtp", raw=b"Subject: x\r\n\r\nx\r\n", received_at="x")
+        accepted = asyncio.run(pipeline.ingest_async(email))
+        assert accepted.status == "pending" and pending == [accepted.delivery_id]
+        # Its log line comes once the backlog has stored its events; other channels are stored at once.
+        assert not [r for r in caplog.records if r.name == "mailhook.ingest"]
+        assert asyncio.run(pipeline.ingest_async(document("text-inbound.json"))).status == "stored"
+        assert pending == [accepted.delivery_id]
+    finally:
+        writer.close()
+
+
 def test_storage_trouble_raises_retry_later_and_is_logged(
     pipeline: Pipeline, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -99,18 +139,18 @@ def test_large_deliveries_are_read_off_the_event_loop_small_ones_on_it(
 ) -> None:
     import threading
 
-    import mailhook.ingest
+    import mailhook.pipeline
 
     threads: list[int] = []
-    real = mailhook.ingest.extract
+    real = mailhook.pipeline.extract
 
     def spy(*args: Any, **kwargs: Any) -> Extraction:
         threads.append(threading.get_ident())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(mailhook.ingest, "extract", spy)
+    monkeypatch.setattr(mailhook.pipeline, "extract", spy)
     small = document("call-outbound.json")
-    large = Delivery(channel="http", raw=small.raw + b" " * mailhook.ingest.INLINE_LIMIT, received_at="x",
+    large = Delivery(channel="http", raw=small.raw + b" " * mailhook.pipeline.INLINE_LIMIT, received_at="x",
                      kind="document")
 
     async def both() -> tuple[int, Receipt, Receipt]:
@@ -125,7 +165,7 @@ def _die_on_poison(raw: bytes, kind: Any, subscriptions: Any, limits: Any, conte
     """Extract as the worker does, but die as a crashing worker would on a delivery that says so."""
     import os
 
-    from mailhook.ingest import extract_rows
+    from mailhook.pipeline import extract_rows
 
     if b"KILL-THE-WORKER" in raw:
         os._exit(70)
@@ -135,10 +175,10 @@ def _die_on_poison(raw: bytes, kind: Any, subscriptions: Any, limits: Any, conte
 def test_a_large_delivery_is_extracted_in_the_worker_process_and_one_that_kills_it_is_quarantined(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import mailhook.ingest
+    import mailhook.pipeline
     from mailhook.backlog import worker_pool
 
-    monkeypatch.setattr(mailhook.ingest, "extract_rows", _die_on_poison)
+    monkeypatch.setattr(mailhook.pipeline, "extract_rows", _die_on_poison)
     writer = Writer(tmp_path / "m.db")
     pools = [worker_pool(1)]
 
@@ -147,7 +187,7 @@ def test_a_large_delivery_is_extracted_in_the_worker_process_and_one_that_kills_
         return pools[-1]
 
     pipeline = Pipeline(writer, {}, executor=pools[0], new_executor=renew)
-    padding = b" " * mailhook.ingest.INLINE_LIMIT
+    padding = b" " * mailhook.pipeline.INLINE_LIMIT
     good = Delivery(channel="http", raw=document("call-outbound.json").raw + padding, received_at="x",
                     kind="document")
     poison = Delivery(channel="http", raw=b'{"KILL-THE-WORKER": 1}' + padding, received_at="x", kind="document")
@@ -168,13 +208,13 @@ def test_a_large_delivery_is_extracted_in_the_worker_process_and_one_that_kills_
 
 
 def test_a_large_email_over_a_structure_limit_is_refused_without_waiting_for_the_budget(tmp_path: Path) -> None:
-    import mailhook.ingest
+    import mailhook.pipeline
     from mailhook.budget import ByteBudget
     from mailhook.models import MailLimits
 
     writer = Writer(tmp_path / "m.db")
     pipeline = Pipeline(writer, {}, limits=MailLimits(max_parts=5), budget=ByteBudget(1000))
-    padding = b"x" * mailhook.ingest.INLINE_LIMIT + b"\r\n"
+    padding = b"x" * mailhook.pipeline.INLINE_LIMIT + b"\r\n"
     parts = b"".join(b"--b\r\n\r\n%d\r\n" % i for i in range(10))
     over = Delivery(channel="smtp", received_at="x", raw=b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n'
                     + padding + parts + b"--b--\r\n")
