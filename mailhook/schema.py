@@ -35,6 +35,7 @@ EVENT_COLUMNS = (
     "created",
     "modified",
     "payload",
+    "transfer_duration",
 )
 
 ATTEMPT_COLUMNS = (
@@ -209,4 +210,55 @@ DROP INDEX IF EXISTS events_event_type;
 DROP INDEX IF EXISTS events_broadcast_id;
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2_ANALYSIS, _V3_LEANER)
+REPLY_WINDOW_DAYS = 7
+"""How long after an outbound text an inbound text from its number to its sender counts as a reply to it."""
+
+# Figures analysts can trust (issue 14): a transferred call's customer seconds apart from its
+# transferred leg's, tries without XFER_LEG records, and each reply attributed to one text.
+_V4_FIGURES = f"""
+ALTER TABLE events ADD COLUMN transfer_duration INTEGER;
+UPDATE events SET transfer_duration =
+    (SELECT sum(a.duration) FROM attempts AS a WHERE a.event_id = events.id AND a.result = 'XFER_LEG')
+WHERE id IN (SELECT event_id FROM attempts WHERE result = 'XFER_LEG' AND duration IS NOT NULL);
+-- Only where the old duration was the sum over every record (CallFire sent none of its own).
+UPDATE events SET duration = duration - transfer_duration
+WHERE transfer_duration IS NOT NULL
+  AND duration = (SELECT sum(a.duration) FROM attempts AS a WHERE a.event_id = events.id);
+
+DROP VIEW IF EXISTS texts;
+CREATE VIEW texts AS
+SELECT id, delivery_id, event_type, event_type_source, api_version, resource_type, resource_id AS text_id,
+       subscription_id, account_id, from_number, to_number, inbound, state, final_result, message,
+       billed_amount, batch_id, broadcast_id, contact_id, labels, created, modified, received_at
+FROM events
+WHERE event_type IN ('OUTBOUND_TEXT_FINISHED', 'INBOUND_TEXT_FINISHED');
+
+DROP VIEW IF EXISTS calls;
+CREATE VIEW calls AS
+SELECT id, delivery_id, event_type, event_type_source, api_version, resource_type, resource_id AS call_id,
+       subscription_id, account_id, from_number, to_number, inbound, state, final_result, billed_amount,
+       duration, transfer_duration,
+       (SELECT count(*) FROM attempts AS a WHERE a.event_id = events.id AND a.result IS NOT 'XFER_LEG') AS tries,
+       batch_id, broadcast_id, contact_id, labels, created, modified, received_at
+FROM events
+WHERE event_type IN ('OUTBOUND_CALL_FINISHED', 'INBOUND_CALL_FINISHED');
+
+CREATE INDEX IF NOT EXISTS events_text_pair ON events(event_type, to_number, from_number);
+
+CREATE VIEW IF NOT EXISTS replies AS
+SELECT r.id, r.from_number, r.to_number, r.message, r.replied_at, o.id AS text_event_id,
+       o.broadcast_id, o.message AS text_message, COALESCE(o.modified, o.created, o.received_at) AS texted_at
+FROM (SELECT i.*, COALESCE(i.modified, i.created, i.received_at) AS replied_at,
+             (SELECT o.id FROM events AS o
+              WHERE o.event_type = 'OUTBOUND_TEXT_FINISHED'
+                AND o.to_number = i.from_number AND o.from_number = i.to_number
+                AND COALESCE(o.modified, o.created, o.received_at) <= COALESCE(i.modified, i.created, i.received_at)
+                AND COALESCE(o.modified, o.created, o.received_at) >=
+                    strftime('%Y-%m-%dT%H:%M:%S', COALESCE(i.modified, i.created, i.received_at),
+                             '-{REPLY_WINDOW_DAYS} days')
+              ORDER BY COALESCE(o.modified, o.created, o.received_at) DESC, o.id DESC LIMIT 1) AS text_id
+      FROM events AS i WHERE i.event_type = 'INBOUND_TEXT_FINISHED') AS r
+LEFT JOIN events AS o ON o.id = r.text_id;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2_ANALYSIS, _V3_LEANER, _V4_FIGURES)

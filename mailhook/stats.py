@@ -39,6 +39,9 @@ def _in(types: tuple[str, ...]) -> str:
 EVENT_TIME_E = EVENT_TIME.replace("(", "(e.").replace(", ", ", e.")
 CAMPAIGN_KEY = f"COALESCE(e.broadcast_id, CASE WHEN e.event_type IN {_in(CAMPAIGN_TYPES)} THEN e.resource_id END)"
 
+# A try is an attempt that dialled (or texted) the contact; a transfer's XFER_LEG record is not one.
+TRY = "a.result IS NOT 'XFER_LEG'"
+
 _MEASURES = f"""
     count(*),
     coalesce(sum(e.event_type IN {_in(CALL_TYPES)}), 0),
@@ -52,8 +55,9 @@ _MEASURES = f"""
     coalesce(sum(e.event_type = 'OUTBOUND_TEXT_FINISHED' AND ifnull(e.final_result, '') NOT IN ('SENT', 'DNT')), 0),
     coalesce(sum(e.event_type = 'INBOUND_TEXT_FINISHED'), 0),
     coalesce(sum(e.event_type IN {_in(CAMPAIGN_TYPES)}), 0),
-    coalesce(sum((SELECT count(*) FROM attempts AS a WHERE a.event_id = e.id)), 0),
+    coalesce(sum((SELECT count(*) FROM attempts AS a WHERE a.event_id = e.id AND {TRY})), 0),
     coalesce(sum(e.duration), 0),
+    coalesce(sum(e.transfer_duration), 0),
     coalesce(sum(e.billed_amount), 0.0)
 """
 
@@ -145,6 +149,7 @@ class Measures:
     campaign_events: int = 0
     attempts: int = 0
     duration: int = 0
+    transfer_duration: int = 0
     billed_amount: float = 0.0
     other_calls: int = field(init=False)
     other_events: int = field(init=False)
@@ -175,7 +180,7 @@ def _rate(part: int, whole: int) -> float | None:
 
 _MEASURE_FIELDS = (
     "events", "calls", "live_answers", "machines", "no_answer", "busy", "texts", "sent", "dnt", "failed",
-    "received", "campaign_events", "attempts", "duration", "billed_amount",
+    "received", "campaign_events", "attempts", "duration", "transfer_duration", "billed_amount",
 )
 
 
@@ -192,6 +197,7 @@ class TypeResult:
     events: int
     attempts: int
     duration: int
+    transfer_duration: int
     billed_amount: float
 
 
@@ -204,6 +210,12 @@ class Campaign:
     status: str | None
     type: str | None
     measures: Measures
+    replies: int = 0
+    replied_texts: int = 0
+    reply_rate: float | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reply_rate", _rate(self.replied_texts, self.measures.sent))
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,16 +264,26 @@ def _collect(db: Database, window: Window) -> Report:
         TypeResult(*row)
         for row in db.execute(
             f"""SELECT e.event_type, e.final_result, count(*),
-                       coalesce(sum((SELECT count(*) FROM attempts AS a WHERE a.event_id = e.id)), 0),
-                       coalesce(sum(e.duration), 0), coalesce(sum(e.billed_amount), 0.0)
+                       coalesce(sum((SELECT count(*) FROM attempts AS a WHERE a.event_id = e.id AND {TRY})), 0),
+                       coalesce(sum(e.duration), 0), coalesce(sum(e.transfer_duration), 0),
+                       coalesce(sum(e.billed_amount), 0.0)
                 FROM events AS e WHERE {where}
                 GROUP BY e.event_type, e.final_result ORDER BY e.event_type, e.final_result""",
             params,
         )
     )
     names = _campaign_names(db)
+    replies = {
+        row[0]: (row[1], row[2])
+        for row in db.execute(
+            f"""SELECT e.broadcast_id, count(*), count(DISTINCT r.text_event_id)
+                FROM replies AS r JOIN events AS e ON e.id = r.text_event_id WHERE {where}
+                GROUP BY e.broadcast_id""",
+            params,
+        )
+    }
     campaigns = tuple(
-        Campaign(row[0], *names.get(row[0], (None, None, None)), _measures(row[1:]))
+        Campaign(row[0], *names.get(row[0], (None, None, None)), _measures(row[1:]), *replies.get(row[0], (0, 0)))
         for row in db.execute(
             f"""SELECT {CAMPAIGN_KEY} AS campaign, {_MEASURES} FROM events AS e WHERE {where}
                 GROUP BY campaign ORDER BY campaign IS NULL, campaign""",
@@ -325,7 +347,8 @@ def render(report: Report) -> str:
     lines = [
         "mailhook stats: " + ", ".join(scope),
         f"{t.events} events ({t.calls} calls, {t.texts} texts, {t.campaign_events} campaign events, "
-        f"{t.other_events} other), {t.attempts} attempts, {t.duration} s, billed {_money(t.billed_amount)}",
+        f"{t.other_events} other), {t.attempts} tries, {t.duration} s of calls "
+        f"(+ {t.transfer_duration} s transferred legs), billed {_money(t.billed_amount)}",
     ]
     if report.deliveries is not None:
         counts = ", ".join(f"{v} {k}" for k, v in report.deliveries.items())
@@ -333,24 +356,26 @@ def render(report: Report) -> str:
         lines.append(f"deliveries{period}: {counts}")
     lines += ["", "Events by type and result"]
     lines += _table(
-        ("event type", "result", "events", "attempts", "duration s", "billed"),
-        [(r.event_type, r.final_result or "-", r.events, r.attempts, r.duration, _money(r.billed_amount))
+        ("event type", "result", "events", "tries", "duration s", "xfer leg s", "billed"),
+        [(r.event_type, r.final_result or "-", r.events, r.attempts, r.duration, r.transfer_duration,
+          _money(r.billed_amount))
          for r in report.by_type],
     )
     lines += ["", "Campaigns"]
     lines += _table(
         ("campaign", "name", "calls", "LA", "AM", "NO_ANS", "BUSY", "texts", "sent", "failed", "DNT",
-         "replies", "attempts", "duration s", "billed"),
+         "inbound", "replies", "replied", "tries", "duration s", "xfer leg s", "billed"),
         [(c.broadcast_id if c.broadcast_id is not None else "(none)", _cut(c.name or "-"), m.calls,
           _pct(m.live_answer_rate), _pct(m.machine_rate), _pct(m.no_answer_rate), _pct(m.busy_rate),
-          m.texts, m.sent, m.failed, m.dnt, m.received, m.attempts, m.duration, _money(m.billed_amount))
+          m.texts, m.sent, m.failed, m.dnt, m.received, c.replies, _pct(c.reply_rate), m.attempts, m.duration,
+          m.transfer_duration, _money(m.billed_amount))
          for c in report.campaigns for m in (c.measures,)],
     )
     lines += ["", "By day (UTC)"]
     lines += _table(
-        ("day", "events", "calls", "texts", "campaign", "other", "attempts", "duration s", "billed"),
+        ("day", "events", "calls", "texts", "campaign", "other", "tries", "duration s", "xfer leg s", "billed"),
         [(d.day, m.events, m.calls, m.texts, m.campaign_events, m.other_events, m.attempts, m.duration,
-          _money(m.billed_amount)) for d in report.days for m in (d.measures,)],
+          m.transfer_duration, _money(m.billed_amount)) for d in report.days for m in (d.measures,)],
     )
     return "\n".join(lines) + "\n"
 

@@ -295,3 +295,36 @@ def test_failures_by_reason_counts_what_did_not_reach_anyone(sample: Path, broad
     finally:
         db.close()
     assert {(r[0], r[1]): r[2] for r in rows} == expected
+
+
+def v3_database(path: Path) -> Path:
+    """Build a schema-3 database as mailhook 3 left it: a transferred call whose duration adds its leg."""
+    with closing(sqlite3.connect(path)) as conn, conn:
+        for script in MIGRATIONS[:3]:
+            conn.executescript(script)
+        conn.execute("PRAGMA user_version=3")
+        conn.execute("INSERT INTO deliveries (id, channel, received_at, status, size, sha256)"
+                     " VALUES (1, 'file', '2024-01-01T00:00:00.000Z', 'stored', 1, 'x')")
+        for id_, key, duration, records in ((1, "xfer", 412, (("XFER", 161), ("XFER_LEG", 251))),
+                                            (2, "own", 500, (("XFER", 161), ("XFER_LEG", 251))),
+                                            (3, "plain", 30, (("NO_ANS", 0), ("LA", 30)))):
+            conn.execute("INSERT INTO events (id, delivery_id, dedupe_key, event_type, event_type_source, api_version,"
+                         " format, duration, from_number, to_number, modified, received_at, payload)"
+                         " VALUES (?, 1, ?, 'OUTBOUND_CALL_FINISHED', 'inferred', '1.1', 'xml', ?, '67076',"
+                         " '+1 (310) 555-0003', '2024-01-01T10:00:00Z', '2024-01-02T00:00:00.000Z', '{}')",
+                         (id_, key, duration))
+            conn.executemany("INSERT INTO attempts (event_id, result, duration, payload) VALUES (?, ?, ?, '{}')",
+                             [(id_, result, seconds) for result, seconds in records])
+    return path
+
+
+def test_migrating_a_version_3_database_takes_the_transferred_leg_out_of_call_seconds(tmp_path: Path) -> None:
+    path = v3_database(tmp_path / "v3.db")
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        migrate(conn)
+    finally:
+        conn.close()
+    # The summed duration is split; a duration CallFire sent itself (500) is kept; no leg, no change.
+    assert query(path, "SELECT id, duration, transfer_duration, tries FROM calls ORDER BY id") == [
+        (1, 161, 251, 1), (2, 500, 251, 1), (3, 30, None, 2)]
