@@ -59,7 +59,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
     ingest.add_argument("paths", nargs="+", metavar="PATH", help="files or directories; - reads one message from stdin")
     ingest.add_argument("--max-message-size", dest="max_message_size", type=int, default=argparse.SUPPRESS,
                         help="largest message in bytes (default 10 MiB)")
-    ingest.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
+    ingest.add_argument("--quiet", "-q", action="store_true",
+                        help="print only warnings and errors: no progress bar, summary or migration lines")
+    ingest.add_argument("--verbose", "-v", action="store_true",
+                        help="log one line per delivery (at INFO; otherwise they are DEBUG)")
     ingest.set_defaults(run=_run_ingest)
 
     imap = _command(sub, "imap", "poll an IMAP mailbox for notification emails")
@@ -194,8 +197,11 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 def _run_ingest(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
     from mailhook.files import ingest_paths
 
+    if args.quiet:
+        root = logging.getLogger("mailhook")
+        root.setLevel(max(root.level, logging.WARNING))
     return ingest_paths(args.paths, settings, env, quiet=args.quiet, stdin=sys.stdin.buffer,
-                        interactive=sys.stderr.isatty())
+                        interactive=sys.stderr.isatty(), verbose=args.verbose)
 
 
 def _run_reprocess(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:

@@ -140,6 +140,7 @@ def connect(path: str | Path, *, busy_timeout: float = 5.0, readonly: bool = Fal
 def migrate(conn: sqlite3.Connection) -> int:
     """Apply the migrations not yet applied, each in its own transaction; return the schema version."""
     version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+    applied = 0
     for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -154,7 +155,11 @@ def migrate(conn: sqlite3.Connection) -> int:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        log.info("database migrated to schema version %d", number)
+        applied = number
+    if applied and version:
+        log.info("database upgraded from schema version %d to %d", version, applied)
+    elif applied:
+        log.info("database created (schema version %d)", applied)
     return len(MIGRATIONS)
 
 
