@@ -208,7 +208,8 @@ def _run_reprocess(args: argparse.Namespace, settings: Settings, env: Mapping[st
     from mailhook.ingest import reprocess
     from mailhook.store import Store
 
-    store = Store(settings.database(env), busy_timeout=settings.storage.busy_timeout)
+    store = Store(settings.database(env), busy_timeout=settings.storage.busy_timeout,
+                  phone_region=settings.storage.phone_region)
     try:
         receipts = reprocess(store, settings.subscriptions, quarantined_only=args.quarantined)
     finally:

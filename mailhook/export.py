@@ -49,6 +49,8 @@ class Source:
     relation: str
     key_table: str
     event_id: str | None
+    # What --since/--until compare for a source with no event (deliveries: when received).
+    time: str = "v.received_at"
 
     def select(self) -> str:
         """Return the SELECT and FROM that read rows in key order from the key table itself."""
@@ -63,7 +65,9 @@ SOURCES: dict[str, Source] = {
     "events": Source("v.*", "events", "events", "v.id"),
     "texts": Source("v.*", "texts", "events", "v.id"),
     "calls": Source("v.*", "calls", "events", "v.id"),
-    "campaigns": Source("v.*", "campaigns", "events", "v.id"),
+    "campaign_events": Source("v.*", "campaign_events", "events", "v.id"),
+    # One row per campaign, kept current on ingest; --since/--until select by when it was last seen.
+    "campaigns": Source("v.*", "campaigns", "campaigns", None, "v.last_seen"),
     "attempts": Source("v.*", "attempts_detail", "attempts", "v.event_id"),
     # The raw bytes stay in the database: they are binary and can be megabytes each.
     "deliveries": Source(
@@ -108,7 +112,7 @@ def query(table: str, window: Window, types: Sequence[str] = ()) -> tuple[str, l
     if source.event_id is None:
         if types or window.broadcast_id is not None:
             raise ValueError(f"--type and --broadcast do not apply to {table}")
-        conditions, params = window.between("v.received_at")
+        conditions, params = window.between(source.time)
     elif types or window.since or window.until or window.broadcast_id is not None:
         # Filter on the owning event exactly as `mailhook stats` does, so the two agree.
         # CROSS JOIN keeps `v` the outer loop, read in key order: each page costs only its own rows.

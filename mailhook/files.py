@@ -205,7 +205,8 @@ def ingest_paths(
     # The pool is forked before the writer thread starts, so no worker inherits a lock held mid-write.
     pool = _extraction_pool(paths)
     writer = Writer(
-        settings.database(env), busy_timeout=settings.storage.busy_timeout, max_batch=settings.storage.max_batch
+        settings.database(env), busy_timeout=settings.storage.busy_timeout, max_batch=settings.storage.max_batch,
+        phone_region=settings.storage.phone_region,
     )
     pipeline = Pipeline(writer, settings.subscriptions)
     totals = {"stored": 0, "duplicate": 0, "quarantined": 0, "events": 0, "unreadable": 0}

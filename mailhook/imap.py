@@ -82,7 +82,8 @@ def run_imap(args: argparse.Namespace, settings: Settings, env: Mapping[str, str
     """Run `mailhook imap`: watch the folders until SIGTERM or SIGINT, then stop cleanly and exit 0."""
     account = Account.from_settings(settings)
     writer = Writer(settings.database(env), busy_timeout=settings.storage.busy_timeout,
-                    max_batch=settings.storage.max_batch, checkpoint_interval=settings.storage.checkpoint_interval)
+                    max_batch=settings.storage.max_batch, checkpoint_interval=settings.storage.checkpoint_interval,
+                    phone_region=settings.storage.phone_region)
     pipeline = Pipeline(writer, settings.subscriptions)
     stopping = threading.Event()
 

@@ -6,6 +6,8 @@ run. Append new migrations at the end, never edit a released one.
 
 from __future__ import annotations
 
+from mailhook import figures
+
 EVENT_COLUMNS = (
     "dedupe_key",
     "event_type",
@@ -210,13 +212,16 @@ DROP INDEX IF EXISTS events_event_type;
 DROP INDEX IF EXISTS events_broadcast_id;
 """
 
-REPLY_WINDOW_DAYS = 7
-"""How long after an outbound text an inbound text from its number to its sender counts as a reply to it."""
-
-# Figures analysts can trust (issue 14): a transferred call's customer seconds apart from its
-# transferred leg's, tries without XFER_LEG records, and each reply attributed to one text.
-_V4_FIGURES = f"""
+# Figures analysts can trust, and columns they ask for (issue 14). Statements marked with a
+# `mailhook_*` function are filled by Python functions `migrate` registers (phonenumbers, email dates).
+_V4_ANALYSTS = f"""
 ALTER TABLE events ADD COLUMN transfer_duration INTEGER;
+ALTER TABLE events ADD COLUMN event_time TEXT;
+ALTER TABLE events ADD COLUMN from_e164 TEXT;
+ALTER TABLE events ADD COLUMN to_e164 TEXT;
+ALTER TABLE events ADD COLUMN reply_to INTEGER;
+ALTER TABLE deliveries ADD COLUMN sent_at TEXT;
+
 UPDATE events SET transfer_duration =
     (SELECT sum(a.duration) FROM attempts AS a WHERE a.event_id = events.id AND a.result = 'XFER_LEG')
 WHERE id IN (SELECT event_id FROM attempts WHERE result = 'XFER_LEG' AND duration IS NOT NULL);
@@ -224,41 +229,71 @@ WHERE id IN (SELECT event_id FROM attempts WHERE result = 'XFER_LEG' AND duratio
 UPDATE events SET duration = duration - transfer_duration
 WHERE transfer_duration IS NOT NULL
   AND duration = (SELECT sum(a.duration) FROM attempts AS a WHERE a.event_id = events.id);
+UPDATE events SET event_time = COALESCE(modified, created, received_at),
+                  from_e164 = mailhook_e164(from_number), to_e164 = mailhook_e164(to_number);
+UPDATE deliveries SET sent_at = mailhook_sent_at(channel, raw) WHERE raw IS NOT NULL;
+UPDATE deliveries SET sent_at = (SELECT f.sent_at FROM deliveries AS f
+                                 WHERE f.message_id = deliveries.message_id AND f.raw IS NOT NULL ORDER BY f.id LIMIT 1)
+WHERE raw IS NULL AND message_id IS NOT NULL;
+
+DROP INDEX IF EXISTS events_occurred_at;
+CREATE INDEX IF NOT EXISTS events_event_time ON events(event_time);
+CREATE INDEX IF NOT EXISTS events_from_e164 ON events(from_e164);
+CREATE INDEX IF NOT EXISTS events_to_e164 ON events(to_e164);
+CREATE INDEX IF NOT EXISTS events_text_to ON events(event_type, to_e164, from_e164, event_time);
+CREATE INDEX IF NOT EXISTS events_text_from ON events(event_type, from_e164, to_e164, event_time);
+CREATE INDEX IF NOT EXISTS events_reply_to ON events(reply_to) WHERE reply_to IS NOT NULL;
+CREATE INDEX IF NOT EXISTS deliveries_sent_at ON deliveries(sent_at);
+
+DROP VIEW IF EXISTS campaigns;
+CREATE VIEW IF NOT EXISTS campaign_events AS
+SELECT id, delivery_id, event_type, event_type_source, api_version, resource_type,
+       COALESCE(broadcast_id, resource_id) AS broadcast_id, subscription_id, account_id,
+       broadcast_name, broadcast_status, broadcast_type, labels, created, modified, event_time, received_at
+FROM events
+WHERE event_type IN ('CAMPAIGN_STARTED', 'CAMPAIGN_STOPPED', 'CAMPAIGN_FINISHED');
+{figures.TABLES}
+{figures.FULL_SCAN}
+{figures.TRIGGERS}
 
 DROP VIEW IF EXISTS texts;
 CREATE VIEW texts AS
-SELECT id, delivery_id, event_type, event_type_source, api_version, resource_type, resource_id AS text_id,
-       subscription_id, account_id, from_number, to_number, inbound, state, final_result, message,
-       billed_amount, batch_id, broadcast_id, contact_id, labels, created, modified, received_at
-FROM events
-WHERE event_type IN ('OUTBOUND_TEXT_FINISHED', 'INBOUND_TEXT_FINISHED');
+SELECT e.id, e.delivery_id, e.event_type, e.event_type_source, e.api_version, e.resource_type,
+       e.resource_id AS text_id, e.subscription_id, e.account_id, e.from_number, e.to_number, e.from_e164,
+       e.to_e164, e.inbound, e.state, e.final_result, e.message, e.billed_amount, e.batch_id, e.broadcast_id,
+       c.name AS campaign_name, e.contact_id, e.labels, e.reply_to, e.created, e.modified, e.event_time,
+       e.received_at
+FROM events AS e LEFT JOIN campaigns AS c ON c.id = e.broadcast_id
+WHERE e.event_type IN ('OUTBOUND_TEXT_FINISHED', 'INBOUND_TEXT_FINISHED');
 
 DROP VIEW IF EXISTS calls;
 CREATE VIEW calls AS
-SELECT id, delivery_id, event_type, event_type_source, api_version, resource_type, resource_id AS call_id,
-       subscription_id, account_id, from_number, to_number, inbound, state, final_result, billed_amount,
-       duration, transfer_duration,
-       (SELECT count(*) FROM attempts AS a WHERE a.event_id = events.id AND a.result IS NOT 'XFER_LEG') AS tries,
-       batch_id, broadcast_id, contact_id, labels, created, modified, received_at
-FROM events
-WHERE event_type IN ('OUTBOUND_CALL_FINISHED', 'INBOUND_CALL_FINISHED');
-
-CREATE INDEX IF NOT EXISTS events_text_pair ON events(event_type, to_number, from_number);
+SELECT e.id, e.delivery_id, e.event_type, e.event_type_source, e.api_version, e.resource_type,
+       e.resource_id AS call_id, e.subscription_id, e.account_id, e.from_number, e.to_number, e.from_e164,
+       e.to_e164, e.inbound, e.state, e.final_result, e.billed_amount, e.duration, e.transfer_duration,
+       (SELECT count(*) FROM attempts AS a WHERE a.event_id = e.id AND a.result IS NOT 'XFER_LEG') AS tries,
+       e.batch_id, e.broadcast_id, c.name AS campaign_name, e.contact_id, e.labels, e.created, e.modified,
+       e.event_time, e.received_at
+FROM events AS e LEFT JOIN campaigns AS c ON c.id = e.broadcast_id
+WHERE e.event_type IN ('OUTBOUND_CALL_FINISHED', 'INBOUND_CALL_FINISHED');
 
 CREATE VIEW IF NOT EXISTS replies AS
-SELECT r.id, r.from_number, r.to_number, r.message, r.replied_at, o.id AS text_event_id,
-       o.broadcast_id, o.message AS text_message, COALESCE(o.modified, o.created, o.received_at) AS texted_at
-FROM (SELECT i.*, COALESCE(i.modified, i.created, i.received_at) AS replied_at,
-             (SELECT o.id FROM events AS o
-              WHERE o.event_type = 'OUTBOUND_TEXT_FINISHED'
-                AND o.to_number = i.from_number AND o.from_number = i.to_number
-                AND COALESCE(o.modified, o.created, o.received_at) <= COALESCE(i.modified, i.created, i.received_at)
-                AND COALESCE(o.modified, o.created, o.received_at) >=
-                    strftime('%Y-%m-%dT%H:%M:%S', COALESCE(i.modified, i.created, i.received_at),
-                             '-{REPLY_WINDOW_DAYS} days')
-              ORDER BY COALESCE(o.modified, o.created, o.received_at) DESC, o.id DESC LIMIT 1) AS text_id
-      FROM events AS i WHERE i.event_type = 'INBOUND_TEXT_FINISHED') AS r
-LEFT JOIN events AS o ON o.id = r.text_id;
+SELECT r.id, r.from_number, r.to_number, r.from_e164, r.to_e164, r.message, r.event_time AS replied_at,
+       r.reply_to AS text_event_id, o.broadcast_id, c.name AS campaign_name, o.message AS text_message,
+       o.event_time AS texted_at
+FROM events AS r
+LEFT JOIN events AS o ON o.id = r.reply_to
+LEFT JOIN campaigns AS c ON c.id = o.broadcast_id
+WHERE r.event_type = 'INBOUND_TEXT_FINISHED';
+
+DROP VIEW IF EXISTS attempts_detail;
+CREATE VIEW attempts_detail AS
+SELECT a.id, a.event_id, e.event_type, e.api_version, e.resource_type, e.resource_id, e.broadcast_id,
+       e.batch_id, e.contact_id, e.from_number, e.to_number, e.to_e164, e.inbound, e.final_result, a.record_id,
+       a.result, a.finish_time, a.billed_amount, a.duration, a.originate_time, a.answer_time, a.message,
+       e.event_time, e.received_at
+FROM attempts AS a
+JOIN events AS e ON e.id = a.event_id;
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2_ANALYSIS, _V3_LEANER, _V4_FIGURES)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2_ANALYSIS, _V3_LEANER, _V4_ANALYSTS)

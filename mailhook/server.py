@@ -169,6 +169,7 @@ async def _open_writer(
         max_batch=settings.storage.max_batch,
         observer=metrics.on_commit,
         checkpoint_interval=settings.storage.checkpoint_interval,
+        phone_region=settings.storage.phone_region,
     ))
     while True:
         try:

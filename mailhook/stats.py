@@ -16,8 +16,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-from mailhook.schema import EVENT_TIME
-
 if TYPE_CHECKING:
     from sqlite_utils import Database
 
@@ -35,8 +33,8 @@ def _in(types: tuple[str, ...]) -> str:
 
 
 # The campaign an event belongs to: its broadcast id, or for a campaign event the broadcast itself.
-# EVENT_TIME over `events AS e`; the same expression, so the events_occurred_at index applies.
-EVENT_TIME_E = EVENT_TIME.replace("(", "(e.").replace(", ", ", e.")
+# The event time (COALESCE(modified, created, received_at), stored as events.event_time, indexed).
+EVENT_TIME_E = "e.event_time"
 CAMPAIGN_KEY = f"COALESCE(e.broadcast_id, CASE WHEN e.event_type IN {_in(CAMPAIGN_TYPES)} THEN e.resource_id END)"
 
 # A try is an attempt that dialled (or texted) the contact; a transfer's XFER_LEG record is not one.

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 import sqlite_utils
 
+from mailhook.derived import e164, sent_at
 from mailhook.errors import ConfigError, RetryLater
 from mailhook.models import Checkpoint, Delivery, Extraction, Kind, Receipt, Status, to_json
 from mailhook.schema import ATTEMPT_COLUMNS, EVENT_COLUMNS, MIGRATIONS
@@ -29,17 +30,20 @@ log = logging.getLogger("mailhook.store")
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 _INSERT_EVENT = (
-    f"INSERT INTO events (delivery_id, received_at, {', '.join(EVENT_COLUMNS)}) "
-    f"VALUES (?, ?, {', '.join('?' * len(EVENT_COLUMNS))}) ON CONFLICT(dedupe_key) DO NOTHING"
+    f"INSERT INTO events (delivery_id, received_at, event_time, from_e164, to_e164, {', '.join(EVENT_COLUMNS)}) "
+    f"VALUES (?, ?, ?, ?, ?, {', '.join('?' * len(EVENT_COLUMNS))}) ON CONFLICT(dedupe_key) DO NOTHING"
 )
+# Where the columns mailhook derives from take their values in an event's row.
+_MODIFIED, _CREATED = EVENT_COLUMNS.index("modified"), EVENT_COLUMNS.index("created")
+_FROM, _TO = EVENT_COLUMNS.index("from_number"), EVENT_COLUMNS.index("to_number")
 _INSERT_ATTEMPT = (
     f"INSERT INTO attempts (event_id, {', '.join(ATTEMPT_COLUMNS)}) "
     f"VALUES (?, {', '.join('?' * len(ATTEMPT_COLUMNS))})"
 )
 _INSERT_DELIVERY = """
 INSERT INTO deliveries (channel, received_at, status, error, message_id, envelope_from, envelope_to,
-    subject, content_type, remote_addr, size, sha256, raw, notes, source, event_count, duplicate_count)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    subject, content_type, remote_addr, size, sha256, raw, notes, source, event_count, duplicate_count, sent_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 
@@ -137,9 +141,17 @@ def connect(path: str | Path, *, busy_timeout: float = 5.0, readonly: bool = Fal
     return conn
 
 
-def migrate(conn: sqlite3.Connection) -> int:
-    """Apply the migrations not yet applied, each in its own transaction; return the schema version."""
+def migrate(conn: sqlite3.Connection, *, phone_region: str = "US") -> int:
+    """Apply the migrations not yet applied, each in its own transaction; return the schema version.
+
+    Backfills that need Python (E.164 numbers, the emails' Date) call the
+    `mailhook_*` SQL functions registered here for the migration only.
+    """
     version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version < len(MIGRATIONS):
+        conn.create_function("mailhook_e164", 1, lambda number: e164(number, phone_region), deterministic=True)
+        conn.create_function("mailhook_sent_at", 2, lambda channel, raw: (
+            sent_at(raw) if _kind(channel, raw) == "email" else None), deterministic=True)
     applied = 0
     for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
         conn.execute("BEGIN IMMEDIATE")
@@ -211,11 +223,12 @@ class StoredDelivery:
 class Store:
     """Writes deliveries and their events on one connection, one transaction per batch."""
 
-    def __init__(self, path: str | Path, *, busy_timeout: float = 5.0) -> None:
+    def __init__(self, path: str | Path, *, busy_timeout: float = 5.0, phone_region: str = "US") -> None:
         self.path = Path(path)
         self._busy_ms = int(busy_timeout * 1000)
+        self.phone_region = phone_region
         self.conn = connect(path, busy_timeout=busy_timeout)
-        migrate(self.conn)
+        migrate(self.conn, phone_region=phone_region)
 
     def close(self) -> None:
         """Close the connection."""
@@ -338,6 +351,7 @@ class Store:
                 delivery.source,
                 0,
                 0,
+                sent_at(delivery.raw) if delivery.kind == "email" else None,
             ),
         )
         assert cursor.lastrowid is not None
@@ -358,8 +372,11 @@ class Store:
         conn = self.conn
         new = duplicates = 0
         types: list[str] = []
+        region = self.phone_region
         for event_type, values, attempts in extraction.events:
-            cursor = conn.execute(_INSERT_EVENT, (delivery_id, now, *values))
+            event_time = values[_MODIFIED] or values[_CREATED] or now
+            cursor = conn.execute(_INSERT_EVENT, (delivery_id, now, event_time, e164(values[_FROM], region),
+                                                  e164(values[_TO], region), *values))
             if cursor.rowcount != 1:
                 duplicates += 1
                 continue

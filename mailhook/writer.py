@@ -64,8 +64,9 @@ class Writer:
         max_batch: int = 256,
         observer: Observer | None = None,
         checkpoint_interval: float = 60.0,
+        phone_region: str = "US",
     ) -> None:
-        self.store = Store(path, busy_timeout=busy_timeout)
+        self.store = Store(path, busy_timeout=busy_timeout, phone_region=phone_region)
         self.max_batch = max_batch
         self.observer = observer
         self.checkpoint_interval = checkpoint_interval

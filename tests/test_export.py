@@ -168,10 +168,18 @@ def test_command_writes_a_file_only_when_complete(sample: Path, tmp_path: Path,
 
 
 def test_command_streams_jsonl_to_stdout(sample: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["export", "--db", str(sample), "--format", "jsonl", "--table", "campaigns"], env={}) == 0
+    # Schema 4: the campaign events view is `campaign_events`; `campaigns` is one row per campaign.
+    assert main(["export", "--db", str(sample), "--format", "jsonl", "--table", "campaign_events"], env={}) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(x["event_type"], x["broadcast_id"]) for x in lines] == [
         ("CAMPAIGN_STARTED", 100), ("CAMPAIGN_FINISHED", 100)]
+
+
+def test_command_exports_one_row_per_campaign(sample: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["export", "--db", str(sample), "--format", "jsonl", "--table", "campaigns"], env={}) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(x["id"], x["name"], x["status"], x["calls"], x["sent"]) for x in lines] == [
+        (100, "Spring", "FINISHED", 5, 0), (200, None, None, 0, 2)]
 
 
 def test_command_rejects_event_filters_on_deliveries(sample: Path, capsys: pytest.CaptureFixture[str]) -> None:

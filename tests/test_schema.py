@@ -54,7 +54,7 @@ def search(path: Path, words: str) -> list[int]:
                                 (words,))]
 
 
-@pytest.mark.parametrize(("view", "types"), [("texts", TEXTS), ("calls", CALLS), ("campaigns", CAMPAIGNS)])
+@pytest.mark.parametrize(("view", "types"), [("texts", TEXTS), ("calls", CALLS), ("campaign_events", CAMPAIGNS)])
 def test_each_view_holds_exactly_the_events_of_its_kind(fixtures_db: Path, view: str, types: tuple[str, ...]) -> None:
     in_view = query(fixtures_db, f"SELECT id FROM {view} ORDER BY id")
     marks = ", ".join("?" * len(types))
@@ -124,7 +124,7 @@ def test_upgrading_an_older_database_indexes_the_messages_it_already_has(tmp_pat
 @pytest.mark.parametrize(
     ("where", "params", "index"),
     [
-        (f"{EVENT_TIME_E} >= ?", ("2024-03-02",), "events_occurred_at"),
+        (f"{EVENT_TIME_E} >= ?", ("2024-03-02",), "events_event_time"),
         ("e.event_type = ? AND e.final_result = ?", ("OUTBOUND_CALL_FINISHED", "BUSY"), "events_type_result"),
         ("e.broadcast_id = ? AND e.event_type = ?", (100, "OUTBOUND_CALL_FINISHED"), "events_broadcast_type"),
         ("e.received_at >= ?", ("2024-03-02",), "events_received_at"),
@@ -247,7 +247,8 @@ def test_datasette_search_box_works_on_the_texts_view(datasette: str, fixtures_d
 
 def test_metadata_describes_every_column_of_every_table_and_view(fixtures_db: Path) -> None:
     tables = json.loads(METADATA.read_text())["databases"]["mailhook"]["tables"]
-    for name in ("deliveries", "events", "attempts", "texts", "calls", "campaigns", "attempts_detail"):
+    for name in ("deliveries", "events", "attempts", "texts", "calls", "campaign_events", "campaigns", "replies",
+                 "attempts_detail"):
         columns = [r[1] for r in query(fixtures_db, f"PRAGMA table_info({name})")]
         described = tables[name]["columns"]
         assert [c for c in columns if not described.get(c)] == [], name
@@ -328,3 +329,43 @@ def test_migrating_a_version_3_database_takes_the_transferred_leg_out_of_call_se
     # The summed duration is split; a duration CallFire sent itself (500) is kept; no leg, no change.
     assert query(path, "SELECT id, duration, transfer_duration, tries FROM calls ORDER BY id") == [
         (1, 161, 251, 1), (2, 500, 251, 1), (3, 30, None, 2)]
+
+
+def test_migrating_a_version_3_database_fills_the_new_columns_and_tables(tmp_path: Path) -> None:
+    path = v3_database(tmp_path / "v3.db")
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("INSERT INTO deliveries (id, channel, received_at, status, size, sha256, raw, message_id)"
+                     " VALUES (2, 'imap', '2024-01-05T00:00:00.000Z', 'stored', 9, 'y',"
+                     " X'446174653a205475652c2031204d617220323031362031303a30303a3030202b303230300d0a0d0a78', '<a@b>')")
+        conn.execute("INSERT INTO deliveries (id, channel, received_at, status, size, sha256, raw, message_id)"
+                     " VALUES (3, 'imap', '2024-01-06T00:00:00.000Z', 'duplicate', 9, 'y', NULL, '<a@b>')")
+        conn.execute("UPDATE events SET broadcast_id = 77")
+        rows = [(10, "c", "CAMPAIGN_STARTED", None, None, "Old name", "RUNNING", "2024-01-01T09:00:00Z", None),
+                (11, "t", "OUTBOUND_TEXT_FINISHED", "67076", "13105550009", None, None, "2024-01-01T11:00:00Z", "SENT"),
+                (12, "r", "INBOUND_TEXT_FINISHED", "+1 310 555 0009", "67076", None, None, "2024-01-02T11:00:00Z",
+                 "RECEIVED")]
+        for id_, key, kind, sender, to, name, status, modified, result in rows:
+            conn.execute("INSERT INTO events (id, delivery_id, dedupe_key, event_type, event_type_source, api_version,"
+                         " format, resource_id, broadcast_id, from_number, to_number, broadcast_name, broadcast_status,"
+                         " modified, final_result, received_at, payload)"
+                         " VALUES (?, 1, ?, ?, 'inferred', '1.1', 'xml', 77, ?, ?, ?, ?, ?, ?, ?, '2024-01-02', '{}')",
+                         (id_, key, kind, None if kind.startswith("INBOUND") else 77, sender, to, name, status,
+                          modified, result))
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        migrate(conn)
+    finally:
+        conn.close()
+    assert query(path, "SELECT id, sent_at FROM deliveries ORDER BY id") == [
+        (1, None), (2, "2016-03-01T08:00:00Z"), (3, "2016-03-01T08:00:00Z")]
+    assert query(path, "SELECT event_time, to_e164 FROM events WHERE id = 1") == [
+        ("2024-01-01T10:00:00Z", "+13105550003")]
+    assert query(path, "SELECT id, name, status, calls, sent, tries, duration, transfer_duration, replies,"
+                       " replied_texts, first_seen FROM campaigns") == [
+        (77, "Old name", "RUNNING", 3, 1, 1 + 1 + 2, 161 + 500 + 30, 502, 1, 1, "2024-01-01T09:00:00Z")]
+    assert query(path, "SELECT reply_to FROM events WHERE id = 12") == [(11,)]
+    assert query(path, "SELECT campaign_name FROM calls") == [("Old name",)] * 3
+    # The triggers are in place: a new call counts at once.
+    store_events(path, [event("OUTBOUND_CALL_FINISHED", 99, result="LA", broadcast=77, duration=5,
+                              attempts=["LA"])])
+    assert query(path, "SELECT calls, live_answers, tries, duration FROM campaigns") == [(4, 1, 5, 696)]
