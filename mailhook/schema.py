@@ -212,6 +212,9 @@ DROP INDEX IF EXISTS events_event_type;
 DROP INDEX IF EXISTS events_broadcast_id;
 """
 
+FTS_TOKENIZER = "unicode61 remove_diacritics 2 categories 'L* N* Co So Sk'"
+"""Words are letters and digits (case and accents folded) and, so that 👍 can be searched, emoji."""
+
 # Figures analysts can trust, and columns they ask for (issue 14). Statements marked with a
 # `mailhook_*` function are filled by Python functions `migrate` registers (phonenumbers, email dates).
 _V4_ANALYSTS = f"""
@@ -244,6 +247,30 @@ CREATE INDEX IF NOT EXISTS events_text_to ON events(event_type, to_e164, from_e1
 CREATE INDEX IF NOT EXISTS events_text_from ON events(event_type, from_e164, to_e164, event_time);
 CREATE INDEX IF NOT EXISTS events_reply_to ON events(reply_to) WHERE reply_to IS NOT NULL;
 CREATE INDEX IF NOT EXISTS deliveries_sent_at ON deliveries(sent_at);
+
+-- Full-text search as sqlite-utils names it (events_fts, events_ai/_ad/_au, quoted names), so its
+-- enable-fts/disable-fts/rebuild-fts work on it; emoji (So, skin tones Sk) are words of their own.
+DROP TRIGGER IF EXISTS events_fts_insert;
+DROP TRIGGER IF EXISTS events_fts_delete;
+DROP TRIGGER IF EXISTS events_fts_update;
+DROP TABLE IF EXISTS events_fts;
+CREATE VIRTUAL TABLE "events_fts" USING FTS5 (
+    "message",
+    tokenize='{FTS_TOKENIZER.replace("'", "''")}',
+    content="events"
+);
+INSERT INTO "events_fts" (rowid, "message") SELECT id, message FROM events WHERE message IS NOT NULL;
+CREATE TRIGGER "events_ai" AFTER INSERT ON "events" WHEN new."message" IS NOT NULL BEGIN
+  INSERT INTO "events_fts" (rowid, "message") VALUES (new.rowid, new."message");
+END;
+CREATE TRIGGER "events_ad" AFTER DELETE ON "events" WHEN old."message" IS NOT NULL BEGIN
+  INSERT INTO "events_fts" ("events_fts", rowid, "message") VALUES('delete', old.rowid, old."message");
+END;
+CREATE TRIGGER "events_au" AFTER UPDATE OF "message" ON "events" BEGIN
+  INSERT INTO "events_fts" ("events_fts", rowid, "message")
+    SELECT 'delete', old.rowid, old."message" WHERE old."message" IS NOT NULL;
+  INSERT INTO "events_fts" (rowid, "message") SELECT new.rowid, new."message" WHERE new."message" IS NOT NULL;
+END;
 
 DROP VIEW IF EXISTS campaigns;
 CREATE VIEW IF NOT EXISTS campaign_events AS

@@ -369,3 +369,49 @@ def test_migrating_a_version_3_database_fills_the_new_columns_and_tables(tmp_pat
     store_events(path, [event("OUTBOUND_CALL_FINISHED", 99, result="LA", broadcast=77, duration=5,
                               attempts=["LA"])])
     assert query(path, "SELECT calls, live_answers, tries, duration FROM campaigns") == [(4, 1, 5, 696)]
+
+
+def test_emoji_can_be_searched_and_words_still_fold_case_and_accents(tmp_path: Path) -> None:
+    path = tmp_path / "m.db"
+    messages = ["Thanks 👍", "👍", "yes!👍", "👍🏽 sure", "Café at noon", "❤️ it", "no emoji here"]
+    store_events(path, [event("INBOUND_TEXT_FINISHED", 500 + n, message=m) for n, m in enumerate(messages)])
+
+    def found(words: str) -> list[str]:
+        return [messages[i - 1] for i in search(path, words)]
+
+    assert found('"👍"') == ["Thanks 👍", "👍", "yes!👍"]
+    assert found('"👍" *') == ["Thanks 👍", "👍", "yes!👍", "👍🏽 sure"]  # with a skin tone too
+    assert found('"❤"') == found('"❤️"') == ["❤️ it"]
+    assert found("cafe") == ["Café at noon"] and found("THANKS") == ["Thanks 👍"]
+
+
+def sqlite_utils_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sqlite_utils", *args], capture_output=True, text=True, check=False,
+                          timeout=60)
+
+
+def test_sqlite_utils_disable_and_enable_fts_work_on_the_search_index(fixtures_db: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy.db"
+    with closing(sqlite3.connect(fixtures_db)) as source, closing(sqlite3.connect(copy)) as target:
+        source.backup(target)
+    before = search(copy, "callfire")
+    assert before
+    assert sqlite_utils_cli("disable-fts", str(copy), "events").returncode == 0
+    # No trigger is left writing to the dropped index, so every later write still works.
+    assert query(copy, "SELECT name FROM sqlite_master WHERE type = 'trigger' AND sql LIKE '%events_fts%'") == []
+    query(copy, "UPDATE events SET message = message || '.' WHERE message IS NOT NULL")
+    store_events(copy, [event("INBOUND_TEXT_FINISHED", 777, message="callfire again")])
+    done = sqlite_utils_cli("enable-fts", str(copy), "events", "message", "--fts5", "--create-triggers")
+    assert done.returncode == 0, done.stderr
+    assert len(search(copy, "callfire")) == len(before) + 1
+    assert sqlite_utils_cli("rebuild-fts", str(copy), "events").returncode == 0
+
+
+def test_the_index_and_triggers_have_sqlite_utils_names(fixtures_db: Path) -> None:
+    db = open_readonly(fixtures_db)
+    try:
+        assert db["events"].detect_fts() == "events_fts"
+        triggers = {t.name for t in db["events"].triggers if "events_fts" in t.sql}
+    finally:
+        db.close()
+    assert triggers == {"events_ai", "events_ad", "events_au"}
