@@ -9,7 +9,8 @@
 `time` serves DB with Datasette as documented, requests each page's JSON the
 way a browser's first visit computes it (rows, count, the configured facets),
 and reports the slowest of three requests, whether Datasette gave up on
-anything (SQL time limit 1 s, facet time limit 200 ms: its defaults), and
+anything (SQL time limit 1 s, facet time limit 200 ms: its defaults; facet
+suggestions off, as docs/schema.md says to serve it), and
 the time of `mailhook stats` with and without a date window.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+import resource
 import signal
 import sqlite3
 import subprocess
@@ -98,7 +100,7 @@ def time_all(db: Path) -> int:
     link = Path(tempfile.mkdtemp()) / "mailhook.db"
     link.symlink_to(db.resolve())
     proc = subprocess.Popen([sys.executable, "-m", "datasette", "serve", str(link), "-m", str(METADATA),
-                             "-p", str(port), "--setting", "num_sql_threads", "3"],
+                             "-p", str(port), "--setting", "suggest_facets", "off"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     results: list[tuple[str, float, str]] = []
     try:
@@ -124,18 +126,23 @@ def time_all(db: Path) -> int:
         stop(proc)
     for label, args in (("mailhook stats", []), ("mailhook stats --since 2025-03 --until 2025-03", [
             "--since", "2025-03", "--until", "2025-03"]), ("mailhook stats --json", ["--json"])):
-        worst = 0.0
+        worst = cpu = 0.0
         for _ in range(3):
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             started = time.perf_counter()
             subprocess.run([sys.executable, "-m", "mailhook", "stats", "--db", str(db), *args], check=True,
                            stdout=subprocess.DEVNULL)
             worst = max(worst, time.perf_counter() - started)
-        results.append((label, worst, "ok"))
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = max(cpu, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+        # On a shared machine the wall time includes waiting for a core; the CPU time does not.
+        results.append((label, worst, f"ok (CPU {cpu:.3f} s)"))
     width = max(len(r[0]) for r in results)
     print(f"{'what':<{width}}  seconds  within 1 s  notes")
     for label, seconds, note in results:
-        print(f"{label:<{width}}  {seconds:7.3f}  {'yes' if seconds < LIMIT and note == 'ok' else 'NO':>9}  {note}")
-    return 0 if all(s < LIMIT and n == "ok" for _, s, n in results) else 1
+        fine = seconds < LIMIT and note.startswith("ok")
+        print(f"{label:<{width}}  {seconds:7.3f}  {'yes' if fine else 'NO':>9}  {note}")
+    return 0 if all(s < LIMIT and n.startswith("ok") for _, s, n in results) else 1
 
 
 def main(argv: list[str]) -> int:
