@@ -323,7 +323,7 @@ FROM attempts AS a
 JOIN events AS e ON e.id = a.event_id;
 
 -- Statistics for the query planner: without them it sorts every call to show the latest 100.
-ANALYZE;
+ANALYZE events;
 """
 
 MIGRATIONS: tuple[str, ...] = (_V1, _V2_ANALYSIS, _V3_LEANER, _V4_ANALYSTS)
