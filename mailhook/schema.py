@@ -305,12 +305,16 @@ FROM events AS e
 WHERE e.event_type IN ('OUTBOUND_CALL_FINISHED', 'INBOUND_CALL_FINISHED');
 
 CREATE VIEW IF NOT EXISTS replies AS
+-- The text's columns by scalar subqueries, not a join: counting the replies and showing the newest
+-- then read only the rows they need.
 SELECT r.id, r.from_number, r.to_number, r.from_e164, r.to_e164, r.message, r.event_time AS replied_at,
-       r.reply_to AS text_event_id, o.broadcast_id,
-       (SELECT c.name FROM campaigns AS c WHERE c.id = o.broadcast_id) AS campaign_name, o.message AS text_message,
-       o.event_time AS texted_at
+       r.reply_to AS text_event_id,
+       (SELECT o.broadcast_id FROM events AS o WHERE o.id = r.reply_to) AS broadcast_id,
+       (SELECT c.name FROM events AS o JOIN campaigns AS c ON c.id = o.broadcast_id WHERE o.id = r.reply_to)
+           AS campaign_name,
+       (SELECT o.message FROM events AS o WHERE o.id = r.reply_to) AS text_message,
+       (SELECT o.event_time FROM events AS o WHERE o.id = r.reply_to) AS texted_at
 FROM events AS r
-LEFT JOIN events AS o ON o.id = r.reply_to
 WHERE r.event_type = 'INBOUND_TEXT_FINISHED';
 
 DROP VIEW IF EXISTS attempts_detail;

@@ -247,10 +247,11 @@ class Store:
         misjudges event_type as selective, so it reads them all: ~1 s at a
         million events, once per doubling.
         """
-        found = self.conn.execute(
-            "SELECT stat FROM sqlite_stat1 WHERE tbl = 'events' AND idx IS NOT NULL LIMIT 1"
-        ).fetchone() if self._has_stats() else None
-        analyzed = int(found[0].split()[0]) if found else 0
+        # Each index's row gives its entries first; a partial index has fewer, so take the largest.
+        stats = self.conn.execute(
+            "SELECT stat FROM sqlite_stat1 WHERE tbl = 'events' AND idx IS NOT NULL"
+        ).fetchall() if self._has_stats() else []
+        analyzed = max((int(row[0].split()[0]) for row in stats), default=0)
         events = self.conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
         if events < 1000 or events < 2 * analyzed:
             return False
