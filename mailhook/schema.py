@@ -241,6 +241,8 @@ WHERE raw IS NULL AND message_id IS NOT NULL;
 
 DROP INDEX IF EXISTS events_occurred_at;
 CREATE INDEX IF NOT EXISTS events_event_time ON events(event_time);
+-- The newest events of one type (replies: inbound texts) without sorting all of that type.
+CREATE INDEX IF NOT EXISTS events_type_time ON events(event_type, event_time);
 CREATE INDEX IF NOT EXISTS events_from_e164 ON events(from_e164);
 CREATE INDEX IF NOT EXISTS events_to_e164 ON events(to_e164);
 CREATE INDEX IF NOT EXISTS events_text_to ON events(event_type, to_e164, from_e164, event_time);
