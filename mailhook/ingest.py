@@ -225,9 +225,13 @@ def _worker_init() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def log_delivery(delivery: Delivery, receipt: Receipt | None, elapsed: float) -> None:
-    """Write the one log line a delivery gets: channel, peer, message id, outcome, events, milliseconds."""
-    level = logging.WARNING if receipt is None or receipt.status == "quarantined" else logging.INFO
+def log_delivery(delivery: Delivery, receipt: Receipt | None, elapsed: float, *, level: int = logging.INFO) -> None:
+    """Write the one log line a delivery gets: channel, peer, message id, outcome, events, milliseconds.
+
+    A delivery stored well is logged at `level`; one quarantined or not stored always as a warning.
+    """
+    if receipt is None or receipt.status == "quarantined":
+        level = logging.WARNING
     if log.isEnabledFor(level):
         # Formatted only when a handler writes it: the text for text logs, the fields for JSON.
         line = DeliveryLine(delivery, receipt, elapsed)
