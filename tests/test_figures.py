@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from process_support import ALLOW_ROOT
 
 from mailhook.cli import main
 from mailhook.stats import Window, collect
@@ -37,7 +38,7 @@ def cookbook() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def figures_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("figures") / "figures.db"
-    assert main(["ingest", "--quiet", "--db", str(path), str(DATA)], env={}) == 0
+    assert main(["ingest", "--quiet", "--db", str(path), str(DATA)], env=ALLOW_ROOT) == 0
     return path
 
 
@@ -217,7 +218,7 @@ def test_the_configured_region_reads_national_numbers_and_emails_keep_their_date
     (tmp_path / "in.eml").write_bytes(email)
     path = tmp_path / "m.db"
     assert main(["ingest", "-q", "--db", str(path), str(tmp_path / "in.eml")],
-                env={"MAILHOOK_STORAGE_PHONE_REGION": "GB"}) == 0
+                env={"MAILHOOK_STORAGE_PHONE_REGION": "GB"} | ALLOW_ROOT) == 0
     with closing(sqlite3.connect(path)) as conn:
         assert conn.execute("SELECT from_number, from_e164 FROM events").fetchall() == [
             ("020 7946 0958", "+442079460958")]
@@ -226,7 +227,7 @@ def test_the_configured_region_reads_national_numbers_and_emails_keep_their_date
 
 def test_an_unknown_region_is_a_configuration_error(tmp_path: Path) -> None:
     assert main(["ingest", "-q", "--db", str(tmp_path / "m.db"), "--storage-phone-region", "XX", str(DATA)],
-                env={}) == 78
+                env=ALLOW_ROOT) == 78
 
 
 @pytest.mark.parametrize("window", [Window(), Window(since="2024-05-01T00:00:00", until="2024-05-03T00:00:00"),
