@@ -52,6 +52,7 @@ class Emails:
         self.rng = random.Random(seed)
         self.docs = Documents(seed)
         self.n = 0
+        self.ids: list[int] = []  # the resource id of every event sent so far, in order
         self.start = datetime(2026, 11, 1, tzinfo=UTC)
         self.shapes: list[tuple[Callable[[], bytes], int]] = [
             (self._plain_body, 22),
@@ -76,6 +77,11 @@ class Emails:
             yield self.message()
 
     # --- pieces -----------------------------------------------------------
+
+    def _take(self, *, readable: bool = False) -> Notification:
+        note = self.docs.readable() if readable else self.docs.next()
+        self.ids.extend(note.ids)
+        return note
 
     def _date(self) -> str:
         return format_datetime(self.start + timedelta(seconds=self.n * 7))
@@ -110,12 +116,12 @@ class Emails:
     # --- shapes -----------------------------------------------------------
 
     def _plain_body(self) -> bytes:
-        note = self.docs.next()
+        note = self._take()
         head = self._headers(note.subject, "text/plain; charset=utf-8", "Content-Transfer-Encoding: 8bit\n")
         return f"{head}\n{_PROSE}\n{note.body}{_FOOTER}".encode()
 
     def _attachment(self) -> bytes:
-        note = self.docs.next()
+        note = self._take()
         boundary = f"mix-{self.n}-{self.rng.randrange(10**6)}"
         ext, mime = ("xml", "application/xml") if note.format == "xml" else ("json", "application/json")
         b64 = base64.encodebytes(note.body.encode()).decode()
@@ -131,7 +137,7 @@ class Emails:
         return (head + body).encode()
 
     def _escaped_html(self) -> bytes:
-        note = self.docs.next()
+        note = self._take()
         boundary = f"alt-{self.n}-{self.rng.randrange(10**6)}"
         page = (
             "<html><body><p>" + html.escape(_PROSE).replace("\n", "<br>") + "</p><pre>"
@@ -148,19 +154,19 @@ class Emails:
         return (head + body).encode()
 
     def _quoted_printable(self) -> bytes:
-        note = self.docs.next()
+        note = self._take()
         qp = quopri.encodestring(f"{_PROSE}\n{note.body}{_FOOTER}".encode()).decode()
         head = self._headers(note.subject, "text/plain; charset=utf-8", "Content-Transfer-Encoding: quoted-printable\n")
         return f"{head}\n{qp}".encode()
 
     def _text_fields(self) -> bytes:
-        note = self.docs.readable()
+        note = self._take(readable=True)
         head = self._headers(note.subject, "text/plain; charset=utf-8", "Content-Transfer-Encoding: 8bit\n")
         intro = f"Your {note.kind} notification:\n\n"
         return f"{head}\n{_PROSE}\n{intro}{self._lines(note)}{_FOOTER}".encode()
 
     def _html_table(self) -> bytes:
-        note = self.docs.readable()
+        note = self._take(readable=True)
         rows = "".join(f"<tr><td><b>{html.escape(k)}</b></td><td>{html.escape(v)}</td></tr>\n" for k, v in note.fields)
         page = (
             '<html><head><style>td{padding:4px;font-family:Arial}</style></head><body>'
@@ -173,7 +179,7 @@ class Emails:
         return f"{head}\n{qp}".encode()
 
     def _forwarded_inline(self) -> bytes:
-        note = self.docs.readable()
+        note = self._take(readable=True)
         head = self._headers(f"Fwd: {note.subject}", "text/plain; charset=utf-8",
                              "Content-Transfer-Encoding: 8bit\n", sender=self.rng.choice(_PEOPLE))
         body = (
@@ -184,7 +190,7 @@ class Emails:
         return (head + body).encode()
 
     def _forwarded_rfc822(self) -> bytes:
-        note = self.docs.next()
+        note = self._take()
         boundary = f"fwd-{self.n}-{self.rng.randrange(10**6)}"
         head = self._headers(f"Fwd: {note.subject}", f'multipart/mixed; boundary="{boundary}"',
                              sender=self.rng.choice(_PEOPLE))
@@ -203,7 +209,7 @@ class Emails:
         return (head + body).encode()
 
     def _quoted_reply(self) -> bytes:
-        note = self.docs.readable()
+        note = self._take(readable=True)
         head = self._headers(f"Re: {note.subject}", "text/plain; charset=utf-8",
                              "Content-Transfer-Encoding: 8bit\n", sender=self.rng.choice(_PEOPLE))
         body = (
