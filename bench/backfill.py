@@ -1,9 +1,21 @@
-"""Backfill: `mailhook ingest` of a large mbox of unique notification emails; msgs/s and peak RSS.
+"""Backfill: `mailhook ingest` of an mbox of distinct notifications, beside mbox-to-sqlite on the same mbox.
 
-    python bench/backfill.py [--count 100000] [--workdir /tmp/mailhook-bench]
+    python bench/backfill.py [--count 20000] [--repeats 3] [--workdir /tmp/mailhook-bench]
 
-The mbox is generated once (bench/corpus.py) and reused. mailhook's log
-lines go to a file, as under systemd with a journal, not to a terminal.
+The mbox is generated once by bench/distinct.py (every email its own
+Message-ID and notification ids, all shapes, ~2.2 KB) and reused. Each round
+runs each loader once into a fresh database, in turn (A B, A B, ...):
+
+- `mailhook ingest` (extracts every event; its log lines go to a file, as
+  under systemd with a journal, not to a terminal);
+- mbox-to-sqlite (PyPI, stores each message's headers and body in one table,
+  extracts nothing), when installed (bench/peers.py).
+
+Per loader: median msgs/s, CPU per message of the process and all its
+children (`os.wait4`, which counts every waited-for descendant), peak RSS of
+its process group (sampled) and of its largest process, and mailhook's
+per-round ratio to the peer. mailhook's database is checked to hold every
+email as a stored delivery with its events.
 """
 
 from __future__ import annotations
@@ -11,73 +23,109 @@ from __future__ import annotations
 import argparse
 import os
 import sqlite3
+import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import ROOT, Table, machine
-from corpus import write_mbox
+import peers
+from common import ROOT, PeakRss, Table, machine
+from distinct import write_mbox
 
-TARGET = 3000.0
+
+@dataclass
+class Loader:
+    """A program that loads an mbox into a database, and what each of its runs measured."""
+
+    name: str
+    command: list[str]  # "{db}" and "{mbox}" are replaced
+    mailhook: bool = False
+    runs: list[tuple[float, float, float, float]] = field(default_factory=list)  # rate, cpu ms, group MB, max MB
 
 
 def ensure_mbox(workdir: Path, count: int) -> Path:
-    """Return an mbox of `count` generated messages, writing it on first use."""
-    path = workdir / f"corpus-{count}.mbox"
+    """Return an mbox of `count` distinct emails, writing it on first use."""
+    path = workdir / f"distinct-{count}.mbox"
     if not path.exists():
         tmp = path.with_suffix(".tmp")
-        write_mbox(tmp, count)
+        write_mbox(tmp, count, seed=300)
         tmp.rename(path)
     return path
 
 
-def run_backfill(mbox: Path, workdir: Path, extra: list[str]) -> tuple[float, int, int, int]:
-    """Ingest `mbox` into a fresh database; return (seconds, peak RSS KiB, deliveries, events)."""
-    db = workdir / "backfill.db"
+def run_once(loader: Loader, mbox: Path, count: int, workdir: Path) -> tuple[float, float, float, float]:
+    """Load `mbox` into a fresh database; return (msgs/s, CPU ms per message, group peak MB, largest process MB)."""
+    db = workdir / f"backfill-{'mailhook' if loader.mailhook else 'peer'}.db"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILHOOK_")}
     env.update(MAILHOOK_CONFIG="", PYTHONPATH=str(ROOT), MAILHOOK_ALLOW_ROOT="1")  # benchmarks may run as root
-    with (workdir / "backfill.log").open("wb") as log:
+    command = [part.replace("{db}", str(db)).replace("{mbox}", str(mbox)) for part in loader.command]
+    with (workdir / "backfill.log").open("ab") as log:
         started = time.perf_counter()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mailhook", "ingest", "--db", str(db), "--quiet", *extra, str(mbox)],
-            cwd=ROOT, env=env, stdout=log, stderr=log,
-        )
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log, start_new_session=True)
+        rss = PeakRss(proc.pid, interval=0.05)
         _, status, usage = os.wait4(proc.pid, 0)
         elapsed = time.perf_counter() - started
+        rss.close()
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
-        raise SystemExit(f"mailhook ingest exited with {code}; see {workdir / 'backfill.log'}")
+        raise SystemExit(f"{loader.name} exited with {code}; see {workdir / 'backfill.log'}")
+    if loader.mailhook:
+        check_stored(db, count)
+    cpu_ms = (usage.ru_utime + usage.ru_stime) / count * 1000
+    return count / elapsed, cpu_ms, rss.peak_kb / 1024, usage.ru_maxrss / 1024
+
+
+def check_stored(db: Path, count: int) -> None:
+    """Fail unless every email is a stored delivery with at least one event."""
     with sqlite3.connect(db) as conn:
-        deliveries = conn.execute("SELECT count(*) FROM deliveries").fetchone()[0]
-        events = conn.execute("SELECT count(*) FROM events").fetchone()[0]
-    # ru_maxrss of the children covers the process pool's workers too (each its own peak).
-    return elapsed, usage.ru_maxrss, deliveries, events
+        stored = conn.execute("SELECT count(*) FROM deliveries WHERE status = 'stored' AND id IN "
+                              "(SELECT delivery_id FROM events)").fetchone()[0]
+    if stored != count:
+        raise SystemExit(f"mailhook ingest stored {stored} deliveries with events, expected {count}")
 
 
-def bench(count: int, workdir: Path, extra: list[str] | None = None) -> Table:
+def bench(count: int, repeats: int, workdir: Path) -> Table:
     workdir.mkdir(parents=True, exist_ok=True)
     mbox = ensure_mbox(workdir, count)
     size = mbox.stat().st_size
-    elapsed, peak_kb, deliveries, events = run_backfill(mbox, workdir, extra or [])
-    rate = count / elapsed
-    table = Table(f"Backfill: mailhook ingest of a {count:,}-message mbox ({size / 2**20:.0f} MiB)")
-    verdict = "meets" if rate >= TARGET else "MISSES"
-    table.add("backfill msgs/s", f"{rate:,.0f}", f"{verdict} target {TARGET:,.0f}/s; {elapsed:.1f} s")
-    table.add("backfill peak RSS", f"{peak_kb / 1024:.0f} MB", "largest single process (os.wait4 ru_maxrss)")
-    table.add("backfill stored", f"{deliveries:,} / {events:,}", "deliveries / events (every message is new)")
+    loaders = [Loader("mailhook ingest", [sys.executable, "-m", "mailhook", "ingest", "--db", "{db}", "--quiet",
+                                          "{mbox}"], mailhook=True)]
+    found = peers.mbox_to_sqlite()
+    if found:
+        path, version = found
+        loaders.append(Loader(f"mbox-to-sqlite {version}", [str(path), "mbox", "{db}", "{mbox}"]))
+    for round_ in range(repeats):
+        for loader in loaders:
+            result = run_once(loader, mbox, count, workdir)
+            loader.runs.append(result)
+            print(f"  round {round_ + 1} {loader.name:>22}: {result[0]:8,.0f} msgs/s, {result[1]:.2f} ms/msg, "
+                  f"group peak {result[2]:.0f} MB", file=sys.stderr, flush=True)
+    table = Table(f"Backfill of a {count:,}-email mbox of distinct notifications ({size / 2**20:.0f} MiB), "
+                  f"median of {repeats} interleaved rounds")
+    for loader in loaders:
+        rate, cpu, group, largest = (statistics.median(r[i] for r in loader.runs) for i in range(4))
+        note = f"CPU {cpu:.2f} ms/msg, peak RSS {group:.0f} MB (group; largest process {largest:.0f} MB)"
+        if loader.mailhook:
+            for peer in loaders[1:]:
+                ratios = [a[0] / b[0] for a, b in zip(loader.runs, peer.runs, strict=True)]
+                spread = f" ({min(ratios):.2f}-{max(ratios):.2f})" if len(ratios) > 1 else ""
+                note += f"; {statistics.median(ratios):.2f}x{spread} {peer.name}"
+        table.add(loader.name, f"{rate:,.0f}/s", note)
     return table
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=100_000)
+    parser.add_argument("--count", type=int, default=20_000)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mailhook-bench"))
     args = parser.parse_args()
     print(machine())
-    print(bench(args.count, args.workdir).render())
+    print(bench(args.count, args.repeats, args.workdir).render())
     return 0
 
 

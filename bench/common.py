@@ -8,6 +8,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -115,13 +116,81 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """Return the CPU time (user + system) of `pid` and all its descendants, live or already reaped.
+
+    Live processes count their own utime + stime; a descendant that exited and
+    was waited for is in its parent's cutime + cstime, so nothing is missed.
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for proc in [pid, *descendants(pid)]:
+        try:
+            fields = Path(f"/proc/{proc}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+    return total / tick
+
+
+def group_rss_kb(pgid: int) -> int:
+    """Return the summed RSS (KiB) of every live process in process group `pgid`."""
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry.name}/stat").read_text().rpartition(")")[2].split()
+            if int(fields[2]) == pgid:
+                total += int(fields[21]) * os.sysconf("SC_PAGE_SIZE") // 1024  # rss in pages
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+class PeakRss:
+    """Sample the summed RSS of a process group every `interval` s in a thread; keep the peak.
+
+    Use `reset()` at the start of a round and `peak_kb` at its end.
+    """
+
+    def __init__(self, pgid: int, interval: float = 0.1) -> None:
+        self.pgid = pgid
+        self.interval = interval
+        self.peak_kb = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"rss-{pgid}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_kb = max(self.peak_kb, group_rss_kb(self.pgid))
+            self._stop.wait(self.interval)
+
+    def reset(self) -> None:
+        self.peak_kb = group_rss_kb(self.pgid)
+
+    def sample(self) -> int:
+        """Take one sample now (also at the end of a round, so a short round has at least one); return the peak."""
+        self.peak_kb = max(self.peak_kb, group_rss_kb(self.pgid))
+        return self.peak_kb
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
 def mailhook_serve(db: Path, *, smtp_port: int | None, http_port: int | None,
-                   extra: Sequence[str] = (), log: Path | None = None) -> subprocess.Popen[bytes]:
-    """Start `python -m mailhook serve` on the given ports (None turns a door off) and wait for it."""
+                   extra: Sequence[str] = (), log: Path | None = None,
+                   new_session: bool = False) -> subprocess.Popen[bytes]:
+    """Start `python -m mailhook serve` on the given ports (None turns a door off) and wait for it.
+
+    With `new_session` it leads its own process group (for PeakRss).
+    """
     smtp = f"{HOST}:{smtp_port}" if smtp_port else ""
     http = f"{HOST}:{http_port}" if http_port else ""
     env = {**os.environ, "MAILHOOK_CONFIG": "", "PYTHONPATH": str(ROOT)}
@@ -131,7 +200,7 @@ def mailhook_serve(db: Path, *, smtp_port: int | None, http_port: int | None,
     proc = subprocess.Popen(
         [sys.executable, "-m", "mailhook", "serve", "--db", str(db), "--smtp-listen", smtp,
          "--http-listen", http, *extra],
-        cwd=ROOT, env=env, stdout=out, stderr=out,
+        cwd=ROOT, env=env, stdout=out, stderr=out, start_new_session=new_session,
     )
     for port in (smtp_port, http_port):
         if port:

@@ -1,15 +1,22 @@
-"""HTTP ingest: wrk POSTing notifications to mailhook, a durable no-op and a no-op aiohttp handler.
+"""HTTP ingest of distinct notifications: mailhook beside a durable no-op and a no-op aiohttp handler.
 
-    python bench/http_ingest.py [--seconds 10] [--repeats 3] [--connections 8]
+    python bench/http_ingest.py [--requests 3000] [--repeats 3] [--connections 8] [--bodies mix,call-xml]
 
-wrk (Debian package `wrk`) keeps `--connections` connections (8 by default)
-busy from 2 threads; a Lua script gives every request new ids, so each POST
-is a new notification (v1.1 XML and v1.1 JSON in turn). Three servers take
-turns, round by round: mailhook, `durable_http.py` (aiohttp that answers only
-once the body is committed to a SQLite table, WAL and synchronous=FULL, by a
-group-commit thread: the durability floor of this disk) and `noop_http.py`
-(aiohttp answering at once). The table shows the median requests/s and server
-CPU per request of each, and mailhook's ratio to both baselines.
+Every round, bench/distinct.py writes `--requests` distinct notifications as
+CallFire would POST them (each its own ids), and bench/load.py, an asyncio
+client in its own process, sends them over `--connections` HTTP/1.1
+keep-alive connections to each server in turn, the same requests to every
+server of a round (after one untimed warm-up turn each). Bodies: `mix`, the
+realistic mix of v1.1 XML and JSON texts, calls and campaigns and v2 webhooks;
+`call-xml`, only v1.1 XML call notifications. Servers: mailhook,
+`durable_http.py` (aiohttp answering only once the body is committed to a
+SQLite table by a group-commit thread, WAL and synchronous=FULL: the
+durability floor of this disk) and `noop_http.py` (aiohttp answering at
+once). The table gives median requests/s, CPU per request of each server's
+process tree, peak RSS of its process group, and mailhook's per-round ratios.
+
+`--wrk SECONDS` adds the earlier measurement: wrk (C, 2 threads) with a Lua
+script alternating one XML and one JSON template with fresh ids.
 """
 
 from __future__ import annotations
@@ -22,18 +29,19 @@ import sys
 import tempfile
 from pathlib import Path
 
+import peers
 from common import (
     HOST,
     ROOT,
     Table,
-    cpu_seconds,
     free_port,
     machine,
     mailhook_serve,
     median,
-    stop,
     wait_port,
 )
+from distinct import http_file
+from rounds import Contender, report, run_client, spawn, turn
 
 FIXTURES = ROOT / "fixtures"
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
@@ -84,62 +92,92 @@ def run_wrk(port: int, script: Path, seconds: int, connections: int = CONNECTION
     return rate, total, int(bad.group(1)) if bad else 0
 
 
-def bench(seconds: int, repeats: int, workdir: Path, connections: int = CONNECTIONS) -> Table:
-    if not Path(WRK).exists():
-        raise SystemExit("wrk not found: apt-get install -y wrk (see docs/performance.md)")
-    workdir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="http-", dir=workdir))
+def wrk_table(contenders: list[Contender], tmp: Path, seconds: int, repeats: int, connections: int) -> Table:
+    """The earlier measurement: wrk against every server, round by round."""
     script = tmp / "post.lua"
     write_script(script)
-    ports = {"mailhook": free_port(), DURABLE: free_port(), NOOP: free_port()}
-    servers = [
-        mailhook_serve(tmp / "mailhook.db", smtp_port=None, http_port=ports["mailhook"], log=tmp / "mailhook.log"),
-        subprocess.Popen([sys.executable, str(ROOT / "bench" / "durable_http.py"), str(ports[DURABLE]),
-                          str(tmp / "durable.db")]),
-        subprocess.Popen([sys.executable, str(ROOT / "bench" / "noop_http.py"), str(ports[NOOP])]),
-    ]
     results: dict[str, list[float]] = {}
-    cpu: dict[str, list[float]] = {}
-    failures: dict[str, int] = {}
-    pids = dict(zip(ports, (proc.pid for proc in servers), strict=True))
-    try:
-        for port in ports.values():
-            wait_port(port)
-        for round_ in range(repeats):
-            for name, port in ports.items():
-                before = cpu_seconds(pids[name])
-                rate, total, bad = run_wrk(port, script, seconds, connections)
-                cpu.setdefault(name, []).append((cpu_seconds(pids[name]) - before) / max(total, 1) * 1000)
-                results.setdefault(name, []).append(rate)
-                failures[name] = failures.get(name, 0) + bad
-                print(f"  round {round_ + 1} {name:>14}: {rate:8,.0f} req/s ({bad} non-2xx)", file=sys.stderr)
-    finally:
-        for proc in servers:
-            stop(proc)
-    table = Table(f"HTTP ingest: wrk, {connections} connections, {seconds} s per run, median of {repeats}")
-    noop, durable = median(results[NOOP]), median(results[DURABLE])
-    for name in ports:
-        rate = median(results[name])
-        note = f"server CPU {median(cpu[name]):.3f} ms/req; {failures[name]} non-2xx"
-        if name == "mailhook":
-            note += f"; {rate / durable:.2f}x the durable no-op, {rate / noop:.2f}x the no-op server"
-        elif name == DURABLE:
-            note += f"; {rate / noop:.2f}x the no-op server"
-        table.add(f"http POST: {name}", f"{rate:,.0f}/s", note)
-    shutil.rmtree(tmp, ignore_errors=True)
+    for round_ in range(repeats):
+        for c in contenders:
+            rate, total, bad = run_wrk(c.port, script, seconds, connections)
+            results.setdefault(c.name, []).append(rate)
+            print(f"  wrk round {round_ + 1} {c.name:>24}: {rate:8,.0f} req/s ({bad} non-2xx of {total})",
+                  file=sys.stderr, flush=True)
+    table = Table(f"HTTP, wrk: {connections} connections, {seconds} s per turn, median of {repeats}")
+    noop = results[NOOP]
+    for name, rates in results.items():
+        note = "" if name == NOOP else f"{median([a / b for a, b in zip(rates, noop, strict=True)]):.2f}x {NOOP}"
+        table.add(name, f"{median(rates):,.0f}/s", note)
     return table
+
+
+def bench(requests: int, repeats: int, workdir: Path, connections: int = CONNECTIONS,
+          bodies: tuple[str, ...] = ("mix", "call-xml"), wrk_seconds: int = 0, warmup: int = 300) -> list[Table]:
+    if wrk_seconds and not Path(WRK).exists():
+        peers.skip("wrk", "apt-get install -y wrk")
+        wrk_seconds = 0
+    workdir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="http-", dir=workdir))
+    py = sys.executable
+    tables: list[Table] = []
+    contenders: list[Contender] = []
+    try:
+        port = free_port()
+        contenders.append(Contender("mailhook", mailhook_serve(
+            tmp / "mailhook.db", smtp_port=None, http_port=port, log=tmp / "mailhook.log", new_session=True),
+            port, mailhook=True))
+        port = free_port()
+        contenders.append(Contender(DURABLE, spawn([py, str(ROOT / "bench" / "durable_http.py"), str(port),
+                                                    str(tmp / "durable.db")]), port))
+        port = free_port()
+        contenders.append(Contender(NOOP, spawn([py, str(ROOT / "bench" / "noop_http.py"), str(port)]), port))
+        for c in contenders:
+            wait_port(c.port, proc=c.proc)
+        if warmup:
+            payloads = tmp / "warmup.bin"
+            http_file(payloads, warmup, seed=199)
+            for c in contenders:
+                run_client("http", c.port, payloads, connections)
+        for b, kind in enumerate(bodies):
+            for c in contenders:
+                c.samples.clear()
+            for round_ in range(repeats):
+                payloads = tmp / f"{kind}-r{round_}.bin"
+                http_file(payloads, requests, seed=200 + 10 * b + round_, kind=kind)
+                for c in contenders:
+                    sample = turn(c, "http", payloads, connections)
+                    print(f"  {kind} round {round_ + 1} {c.name:>16}: {sample.rate:8,.0f} req/s, "
+                          f"{sample.cpu_ms:.3f} ms/req, {sample.rss_mb:.0f} MB", file=sys.stderr, flush=True)
+                payloads.unlink()
+            what = "the realistic mix of documents" if kind == "mix" else "v1.1 XML call notifications"
+            tables.append(report(f"HTTP, distinct notifications ({what}): asyncio client, {connections} keep-alive "
+                                 f"connections, {requests:,} requests per turn, median of {repeats} interleaved "
+                                 "rounds", contenders, unit="req"))
+        if wrk_seconds:
+            tables.append(wrk_table(contenders, tmp, wrk_seconds, repeats, connections))
+    finally:
+        for c in contenders:
+            c.close()
+    shutil.rmtree(tmp, ignore_errors=True)
+    return tables
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--connections", type=int, default=CONNECTIONS,
-                        help="connections wrk keeps busy (default %(default)s); e.g. 8, 32, 64 for a sweep")
+    parser.add_argument("--requests", type=int, default=3000, help="distinct requests per turn")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
+    parser.add_argument("--connections", type=int, default=CONNECTIONS, help="keep-alive connections")
+    parser.add_argument("--bodies", default="mix,call-xml", help="comma-separated: mix, call-xml")
+    parser.add_argument("--wrk", type=int, default=0, metavar="SECONDS", help="also run wrk for SECONDS per turn")
+    parser.add_argument("--warmup", type=int, default=300, help="untimed requests per server first")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mailhook-bench"))
     args = parser.parse_args()
+    bodies = tuple(b for b in args.bodies.split(",") if b)
+    if set(bodies) - {"mix", "call-xml"}:
+        parser.error("--bodies takes mix and/or call-xml")
     print(machine())
-    print(bench(args.seconds, args.repeats, args.workdir, args.connections).render())
+    tables = bench(args.requests, args.repeats, args.workdir, args.connections, bodies, args.wrk, args.warmup)
+    print("\n\n".join(t.render() for t in tables))
     return 0
 
 

@@ -22,9 +22,10 @@ SCRIPTS = {"http": "http_ingest"}
 
 SCENARIOS: dict[str, tuple[list[str], list[str]]] = {
     # name: (full arguments, --quick arguments)
-    "smtp": (["--messages", "4000", "--repeats", "3"], ["--messages", "800", "--repeats", "1"]),
-    "http": (["--seconds", "10", "--repeats", "3"], ["--seconds", "3", "--repeats", "1"]),
-    "backfill": (["--count", "100000"], ["--count", "5000"]),
+    "smtp": (["--messages", "3000", "--repeats", "3"],
+             ["--messages", "400", "--repeats", "1", "--source-messages", "200", "--warmup", "50"]),
+    "http": (["--requests", "4000", "--repeats", "3"], ["--requests", "500", "--repeats", "1", "--warmup", "50"]),
+    "backfill": (["--count", "20000", "--repeats", "3"], ["--count", "2000", "--repeats", "1"]),
     "sessions": (["--idle", "500", "--active", "50", "--seconds", "15"], ["--seconds", "5"]),
     "readwrite": (["--preload", "20000", "--messages", "4000"], ["--preload", "3000", "--messages", "800"]),
 }

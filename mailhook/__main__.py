@@ -1,3 +1,3 @@
-from mailhook.cli import main
+from mailhook.cli import console
 
-raise SystemExit(main())
+raise SystemExit(console())

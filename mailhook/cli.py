@@ -72,7 +72,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
     (size,) = (opt for opt in options() if opt.flag == "max-message-size")
     ingest.add_argument("--max-message-size", dest="max_message_size", type=int, default=argparse.SUPPRESS,
                         metavar="BYTES", help=_option_help(size))
-    ingest.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
+    ingest.add_argument("--quiet", "-q", action="store_true",
+                        help="print only warnings and errors: no progress bar, summary or migration lines")
+    ingest.add_argument("--verbose", "-v", action="store_true",
+                        help="log one line per delivery (at INFO; otherwise they are DEBUG)")
     ingest.set_defaults(run=_run_ingest)
 
     imap = _command(sub, "imap", "poll an IMAP mailbox for notification emails")
@@ -197,6 +200,16 @@ def _stderr_is_journal(env: Mapping[str, str]) -> bool:
     return (stat.st_dev, stat.st_ino) == (device, inode)
 
 
+def console() -> int:
+    """Run the `mailhook` command in a process of its own (the console script and `python -m mailhook`)."""
+    # sqlite-utils imports pandas and numpy whenever they are installed, for helpers mailhook never
+    # calls: ~0.5 s of CPU on every start of `mailhook stats` or `export`. None in sys.modules makes
+    # their import fail, which sqlite-utils expects; only here, where nothing else shares the process.
+    for name in ("pandas", "numpy"):
+        sys.modules.setdefault(name, None)  # type: ignore[arg-type]
+    return main()
+
+
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     """Run the command line and return its exit code (the console script exits with it)."""
     environ = dict(os.environ if env is None else env)
@@ -233,8 +246,11 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 def _run_ingest(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
     from mailhook.files import ingest_paths
 
+    if args.quiet:
+        root = logging.getLogger("mailhook")
+        root.setLevel(max(root.level, logging.WARNING))
     return ingest_paths(args.paths, settings, env, quiet=args.quiet, stdin=sys.stdin.buffer,
-                        interactive=sys.stderr.isatty())
+                        interactive=sys.stderr.isatty(), verbose=args.verbose)
 
 
 def _run_reprocess(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
@@ -242,7 +258,7 @@ def _run_reprocess(args: argparse.Namespace, settings: Settings, env: Mapping[st
     from mailhook.store import Store
 
     store = Store(settings.database(env), busy_timeout=settings.storage.busy_timeout,
-                  mode=settings.storage.file_mode())
+                  mode=settings.storage.file_mode(), phone_region=settings.storage.phone_region)
     try:
         receipts = reprocess(store, settings.subscriptions, quarantined_only=args.quarantined,
                              limits=settings.parsing.mail_limits())

@@ -64,6 +64,9 @@ class StorageSettings:
     checkpoint_interval: float = option(
         60.0, "seconds between the writer's WAL checkpoints, which keep the WAL file small (0: only SQLite's own)"
     )
+    phone_region: str = option(
+        "US", "region (ISO 3166 code) for reading phone numbers written without a country code into E.164"
+    )
     group_readable: bool = option(
         False, "create the database, its -wal/-shm and backups 0640 (group may read) instead of 0600"
     )
@@ -522,6 +525,7 @@ def validate(settings: Settings) -> Settings:
           for f in fields(ParsingSettings)),
         (settings.storage.busy_timeout >= 0, "storage.busy_timeout must not be negative"),
         (settings.storage.checkpoint_interval >= 0, "storage.checkpoint_interval must not be negative"),
+        (_known_region(settings.storage.phone_region), "storage.phone_region must be a region code such as US or GB"),
         (settings.imap.poll_interval > 0, "imap.poll_interval must be positive"),
         (0 < settings.imap.idle_timeout <= 29 * 60, "imap.idle_timeout must be between 0 and 1740 seconds"),
         (
@@ -646,3 +650,9 @@ def refuse_open_relay(smtp: SmtpSettings, addresses: list[str]) -> None:
                 "allow-list mailhook accepts mail on a loopback address only; "
                 "give --accept ADDR or --accept @DOMAIN (repeatable)"
             )
+
+
+def _known_region(region: str) -> bool:
+    from mailhook.derived import valid_region
+
+    return valid_region(region)

@@ -48,21 +48,26 @@ class Source:
     relation: str
     key_table: str
     event_id: str | None
+    # What --since/--until compare for a source with no event (deliveries: when received).
+    time: str = "v.received_at"
 
-    def select(self) -> str:
-        """Return the SELECT and FROM that read rows in key order from the key table itself."""
+    def select(self, columns: str | None = None) -> str:
+        """Return the SELECT (of `columns`, default all) and FROM that read rows in key order from the key table."""
+        columns = columns or self.columns
         if self.relation == self.key_table:
-            return f"SELECT {self.columns} FROM {self.relation} AS v"
+            return f"SELECT {columns} FROM {self.relation} AS v"
         # Driving from the key table keeps every page a short rowid range scan; reading the
         # view directly lets SQLite pick its event_type index and sort all remaining rows per page.
-        return f"SELECT {self.columns} FROM {self.key_table} AS k CROSS JOIN {self.relation} AS v ON v.id = k.id"
+        return f"SELECT {columns} FROM {self.key_table} AS k CROSS JOIN {self.relation} AS v ON v.id = k.id"
 
 
 SOURCES: dict[str, Source] = {
     "events": Source("v.*", "events", "events", "v.id"),
     "texts": Source("v.*", "texts", "events", "v.id"),
     "calls": Source("v.*", "calls", "events", "v.id"),
-    "campaigns": Source("v.*", "campaigns", "events", "v.id"),
+    "campaign_events": Source("v.*", "campaign_events", "events", "v.id"),
+    # One row per campaign, kept current on ingest; --since/--until select by when it was last seen.
+    "campaigns": Source("v.*", "campaigns", "campaigns", None, "v.last_seen"),
     "attempts": Source("v.*", "attempts_detail", "attempts", "v.event_id"),
     # The raw bytes stay in the database: they are binary and can be megabytes each.
     "deliveries": Source(
@@ -93,21 +98,21 @@ def event_types(values: Iterable[str]) -> tuple[str, ...]:
     return tuple(result)
 
 
-def query(table: str, window: Window, types: Sequence[str] = ()) -> tuple[str, list[Any]]:
-    """Return the paged SELECT for `table` and its filter parameters.
+def query(table: str, window: Window, types: Sequence[str] = (), columns: str | None = None) -> tuple[str, list[Any]]:
+    """Return the paged SELECT (of `columns`, default all) for `table` and its filter parameters.
 
     The statement takes three more parameters after those: the last key read,
     the newest key to include, and the page size.
     """
     source = SOURCES[table]
-    sql = source.select()
+    sql = source.select(columns)
     key = "v.id" if source.relation == source.key_table else "k.id"
     conditions: list[str] = []
     params: list[Any] = []
     if source.event_id is None:
         if types or window.broadcast_id is not None:
             raise ValueError(f"--type and --broadcast do not apply to {table}")
-        conditions, params = window.between("v.received_at")
+        conditions, params = window.between(source.time)
     elif types or window.since or window.until or window.broadcast_id is not None:
         # Filter on the owning event exactly as `mailhook stats` does, so the two agree.
         # CROSS JOIN keeps `v` the outer loop, read in key order: each page costs only its own rows.
@@ -122,15 +127,36 @@ def query(table: str, window: Window, types: Sequence[str] = ()) -> tuple[str, l
     return f"{sql} WHERE {' AND '.join(conditions)} ORDER BY {key} LIMIT ?", params
 
 
-def rows(db: Database, table: str, window: Window, types: Sequence[str] = (),
-         page: int = PAGE) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
-    """Return the column names and a lazy iterator over the matching rows, oldest first."""
+# Left out unless asked for: the whole notification as JSON, two thirds of a CSV's bytes.
+UNLESS_ASKED = ("payload",)
+
+
+def rows(db: Database, table: str, window: Window, types: Sequence[str] = (), page: int = PAGE,
+         columns: Sequence[str] | None = None) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
+    """Return the column names and a lazy iterator over the matching rows, oldest first.
+
+    `columns` chooses and orders the columns (`*`: every one); by default every
+    column but `payload`. Raises ValueError naming a column the table lacks.
+    """
     sql, params = query(table, window, types)
-    newest = db.execute(f"SELECT coalesce(max(id), 0) FROM {SOURCES[table].key_table}").fetchone()[0]
     cursor = db.execute(sql, [*params, 0, 0, 0])
-    columns = [d[0] for d in cursor.description]
+    available = [d[0] for d in cursor.description]
     cursor.close()
-    id_index = columns.index("id")
+    if columns is None:
+        chosen = [c for c in available if c not in UNLESS_ASKED]
+    elif list(columns) == ["*"]:
+        chosen = available
+    else:
+        chosen = list(dict.fromkeys(columns))
+        unknown = [c for c in chosen if c not in available]
+        if unknown:
+            raise ValueError(f"{table} has no column {', '.join(unknown)} (it has: {', '.join(available)})")
+    # Pages are keyed on id: read it along, and leave it out of the output when not chosen.
+    hidden = "id" not in chosen
+    select = ", ".join(f'v."{c}"' for c in [*chosen, *(["id"] if hidden else [])])
+    sql, params = query(table, window, types, select)
+    newest = db.execute(f"SELECT coalesce(max(id), 0) FROM {SOURCES[table].key_table}").fetchone()[0]
+    id_index = len(chosen) if hidden else chosen.index("id")
 
     def pages() -> Iterator[tuple[Any, ...]]:
         last = 0
@@ -138,10 +164,10 @@ def rows(db: Database, table: str, window: Window, types: Sequence[str] = (),
             batch = db.execute(sql, [*params, last, newest, page]).fetchall()
             if not batch:
                 return
-            yield from batch
+            yield from ([row[:-1] for row in batch] if hidden else batch)
             last = batch[-1][id_index]
 
-    return columns, pages()
+    return chosen, pages()
 
 
 def write(out: TextIO, fmt: Format, columns: Sequence[str], records: Iterable[tuple[Any, ...]]) -> int:
@@ -162,10 +188,10 @@ def write(out: TextIO, fmt: Format, columns: Sequence[str], records: Iterable[tu
 
 
 def export(db: Database, out: TextIO, *, fmt: Format = "csv", table: str = "events",
-           window: Window | None = None, types: Sequence[str] = ()) -> int:
+           window: Window | None = None, types: Sequence[str] = (), columns: Sequence[str] | None = None) -> int:
     """Stream `table`'s rows inside `window` (and of `types`) to `out` as `fmt`; return the row count."""
-    columns, records = rows(db, table, window or Window(), types)
-    return write(out, fmt, columns, records)
+    names, records = rows(db, table, window or Window(), types, columns=columns)
+    return write(out, fmt, names, records)
 
 
 HELP = "write events (or texts, calls, campaigns, attempts, deliveries) as CSV or JSON Lines"
@@ -178,6 +204,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="what to export (default events; attempts come with their event's columns)")
     parser.add_argument("--type", action="append", default=[], metavar="TYPE",
                         help="only these event types (repeatable, comma-separated; also calls, texts, campaigns)")
+    parser.add_argument("--columns", action="append", metavar="COLUMNS",
+                        help="only these columns, in this order (repeatable, comma-separated; '*' for all); "
+                             "by default every column but payload")
     add_window_arguments(parser)
     parser.add_argument("--output", "-o", type=Path, metavar="FILE",
                         help="write to FILE (appearing only when complete) instead of standard output")
@@ -196,7 +225,8 @@ def run_export(args: argparse.Namespace, settings: Settings, env: Mapping[str, s
                   "(serve, ingest) to upgrade its schema", file=sys.stderr)
             return EX_NOINPUT
         try:
-            columns, records = rows(db, args.table, window_from(args), event_types(args.type))
+            chosen = [c.strip() for value in args.columns or () for c in value.split(",") if c.strip()] or None
+            columns, records = rows(db, args.table, window_from(args), event_types(args.type), columns=chosen)
         except ValueError as exc:
             print(f"mailhook: {exc}", file=sys.stderr)
             return EX_USAGE

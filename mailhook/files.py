@@ -192,19 +192,27 @@ def ingest_paths(
     quiet: bool,
     stdin: BinaryIO | None,
     interactive: bool,
+    verbose: bool = False,
 ) -> int:
-    """Store every message under `paths`; return the exit code (EX_OK; EX_DATAERR unreadable; EX_TEMPFAIL retry)."""
+    """Store every message under `paths`; return the exit code (EX_OK; EX_DATAERR unreadable; EX_TEMPFAIL retry).
+
+    A backfill is quiet: a progress bar on a terminal and one summary line; each
+    delivery's log line only at DEBUG, or at INFO with `verbose`.
+    """
     # The pool is forked before the writer thread starts, so no worker inherits a lock held mid-write.
     pool = _extraction_pool(paths)
     writer = Writer(
         settings.database(env), busy_timeout=settings.storage.busy_timeout, max_batch=settings.storage.max_batch,
         mode=settings.storage.file_mode(),
+        phone_region=settings.storage.phone_region,
     )
     limits = settings.parsing.mail_limits()
-    pipeline = Pipeline(writer, settings.subscriptions, limits=limits)
+    # Each delivery's log line only at DEBUG, unless --verbose: a backfill is quiet.
+    pipeline = Pipeline(writer, settings.subscriptions, limits=limits,
+                        log_level=logging.INFO if verbose else logging.DEBUG)
     totals = {"stored": 0, "duplicate": 0, "quarantined": 0, "events": 0, "unreadable": 0}
     pending: deque[tuple[Delivery, Future[Receipt]]] = deque()
-    progress = _Progress(enabled=interactive and not quiet)
+    progress = _Progress(enabled=interactive and not quiet, total_bytes=_input_bytes(paths))
     retry = False
 
     def settle(delivery: Delivery, future: Future[Receipt]) -> None:
@@ -217,7 +225,7 @@ def ingest_paths(
             return
         totals[receipt.status] += 1
         totals["events"] += receipt.events
-        progress.tick()
+        progress.tick(len(delivery.raw))
 
     items = deliveries(paths, received_at=utcnow(), max_size=settings.smtp.max_message_size, stdin=stdin)
     try:
@@ -257,6 +265,23 @@ _WINDOW = 2000
 # Parallel extraction pays off from about a megabyte of input (a few hundred emails).
 _PARALLEL_BYTES = 1 << 20
 _CHUNK = 64
+
+
+def _input_bytes(paths: list[str]) -> int | None:
+    """Return the total size of the input files, walking directories; None when unknown (stdin)."""
+    total = 0
+    for name in paths:
+        if name == "-":
+            return None
+        path = Path(name)
+        try:
+            if path.is_dir():
+                total += sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+            else:
+                total += path.stat().st_size
+        except OSError:
+            continue
+    return total
 
 
 def _extraction_pool(paths: list[str]) -> Executor | None:
@@ -323,19 +348,43 @@ def _extracted(
 
 
 class _Progress:
-    """A one-line counter on stderr for large inputs, only on a terminal."""
+    """A progress bar redrawn in place on stderr, only on a terminal: share of the input bytes, count, rate.
 
-    def __init__(self, *, enabled: bool) -> None:
+    Redrawn at most five times a second, so it costs nothing next to storing.
+    """
+
+    WIDTH = 30
+    EVERY = 0.2
+
+    def __init__(self, *, enabled: bool, total_bytes: int | None = None) -> None:
         self.enabled = enabled
+        self.total = total_bytes
         self.count = 0
-        self.started = time.monotonic()
+        self.bytes = 0
+        self.started = self.drawn = time.monotonic()
+        self.shown = False
 
-    def tick(self) -> None:
+    def tick(self, size: int = 0) -> None:
         self.count += 1
-        if self.enabled and self.count % 500 == 0:
-            rate = self.count / max(time.monotonic() - self.started, 1e-9)
-            print(f"\r{self.count} messages ({rate:,.0f}/s)", end="", file=sys.stderr, flush=True)
+        self.bytes += size
+        if self.enabled and self.count % 64 == 0 and (
+            not self.shown or (now := time.monotonic()) - self.drawn >= self.EVERY
+        ):
+            now = time.monotonic()
+            self.drawn = now
+            self._draw(now)
+
+    def _draw(self, now: float) -> None:
+        rate = self.count / max(now - self.started, 1e-9)
+        text = f"{self.count:,} messages ({rate:,.0f}/s)"
+        if self.total:
+            share = min(self.bytes / self.total, 1.0)
+            filled = int(share * self.WIDTH)
+            text = f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {share:4.0%} " + text
+        print(f"\r{text}\x1b[K", end="", file=sys.stderr, flush=True)
+        self.shown = True
 
     def done(self) -> None:
-        if self.enabled and self.count >= 500:
-            print(file=sys.stderr)
+        if self.shown:
+            # The summary line follows on the same line, replacing the bar.
+            print("\r\x1b[K", end="", file=sys.stderr, flush=True)

@@ -242,7 +242,14 @@ class Event:
             "created": self.created,
             "modified": self.modified,
             "payload": to_json(self.payload),
+            "transfer_duration": self.transfer_duration,
         }
+
+    @property
+    def transfer_duration(self) -> int | None:
+        """Return the seconds of the transferred legs (XFER_LEG attempts), None for a call never transferred."""
+        legs = [a.duration for a in self.attempts if a.result == "XFER_LEG" and a.duration is not None]
+        return sum(legs) if legs else None
 
     @property
     def dedupe_key(self) -> str:

@@ -64,6 +64,8 @@ class Pipeline:
     budget: ByteBudget = field(default_factory=lambda: ByteBudget(16 * 1024 * 1024))
     # Makes a new `executor` when a worker of the old one died.
     new_executor: Callable[[], Executor] | None = None
+    # The level of a delivery's log line when it is stored well (a backfill's are DEBUG); trouble is a warning.
+    log_level: int = logging.INFO
 
     def submit(
         self, delivery: Delivery, found: Extraction | Rows | None = None, *, started: float | None = None
@@ -213,7 +215,7 @@ class Pipeline:
 
     def report(self, delivery: Delivery, receipt: Receipt | None, elapsed: float) -> None:
         """Write a finished delivery's log line and tell the listeners (metrics, status counters)."""
-        log_delivery(delivery, receipt, elapsed)
+        log_delivery(delivery, receipt, elapsed, level=self.log_level)
         for listener in self.listeners:
             listener(delivery, receipt, elapsed)
 
@@ -225,9 +227,13 @@ def extract_rows(
     return worker_rows(extract(raw, kind, subscriptions, content_type=content_type, limits=limits), len(raw))
 
 
-def log_delivery(delivery: Delivery, receipt: Receipt | None, elapsed: float) -> None:
-    """Write the one log line a delivery gets: channel, peer, message id, outcome, events, milliseconds."""
-    level = logging.WARNING if receipt is None or receipt.status == "quarantined" else logging.INFO
+def log_delivery(delivery: Delivery, receipt: Receipt | None, elapsed: float, *, level: int = logging.INFO) -> None:
+    """Write the one log line a delivery gets: channel, peer, message id, outcome, events, milliseconds.
+
+    A delivery stored well is logged at `level`; one quarantined or not stored always as a warning.
+    """
+    if receipt is None or receipt.status == "quarantined":
+        level = logging.WARNING
     if log.isEnabledFor(level):
         # Formatted only when a handler writes it: the text for text logs, the fields for JSON.
         line = DeliveryLine(delivery, receipt, elapsed)

@@ -216,6 +216,7 @@ async def _open_writer(
         observer=metrics.on_commit,
         checkpoint_interval=settings.storage.checkpoint_interval,
         mode=settings.storage.file_mode(),
+        phone_region=settings.storage.phone_region,
     ))
     while True:
         try:

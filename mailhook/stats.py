@@ -17,7 +17,6 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from mailhook.exitcodes import EX_NOINPUT, EX_OK
-from mailhook.schema import EVENT_TIME
 
 if TYPE_CHECKING:
     from sqlite_utils import Database
@@ -36,27 +35,48 @@ def _in(types: tuple[str, ...]) -> str:
 
 
 # The campaign an event belongs to: its broadcast id, or for a campaign event the broadcast itself.
-# EVENT_TIME over `events AS e`; the same expression, so the events_occurred_at index applies.
-EVENT_TIME_E = EVENT_TIME.replace("(", "(e.").replace(", ", ", e.")
+# The event time (COALESCE(modified, created, received_at), stored as events.event_time, indexed).
+EVENT_TIME_E = "e.event_time"
 CAMPAIGN_KEY = f"COALESCE(e.broadcast_id, CASE WHEN e.event_type IN {_in(CAMPAIGN_TYPES)} THEN e.resource_id END)"
 
-_MEASURES = f"""
-    count(*),
-    coalesce(sum(e.event_type IN {_in(CALL_TYPES)}), 0),
-    coalesce(sum(e.event_type IN {_in(CALL_TYPES)} AND e.final_result = 'LA'), 0),
-    coalesce(sum(e.event_type IN {_in(CALL_TYPES)} AND e.final_result = 'AM'), 0),
-    coalesce(sum(e.event_type IN {_in(CALL_TYPES)} AND e.final_result = 'NO_ANS'), 0),
-    coalesce(sum(e.event_type IN {_in(CALL_TYPES)} AND e.final_result = 'BUSY'), 0),
-    coalesce(sum(e.event_type IN {_in(TEXT_TYPES)}), 0),
-    coalesce(sum(e.event_type = 'OUTBOUND_TEXT_FINISHED' AND e.final_result = 'SENT'), 0),
-    coalesce(sum(e.event_type = 'OUTBOUND_TEXT_FINISHED' AND e.final_result = 'DNT'), 0),
-    coalesce(sum(e.event_type = 'OUTBOUND_TEXT_FINISHED' AND ifnull(e.final_result, '') NOT IN ('SENT', 'DNT')), 0),
-    coalesce(sum(e.event_type = 'INBOUND_TEXT_FINISHED'), 0),
-    coalesce(sum(e.event_type IN {_in(CAMPAIGN_TYPES)}), 0),
-    coalesce(sum((SELECT count(*) FROM attempts AS a WHERE a.event_id = e.id)), 0),
-    coalesce(sum(e.duration), 0),
-    coalesce(sum(e.billed_amount), 0.0)
-"""
+# A try is an attempt that dialled (or texted) the contact; a transfer's XFER_LEG record is not one.
+TRY = "a.result IS NOT 'XFER_LEG'"
+
+# What each event adds to each counted figure, as a condition on event `e` (see Measures).
+_COUNTED = (
+    f"e.event_type IN {_in(CALL_TYPES)}",
+    f"e.event_type IN {_in(CALL_TYPES)} AND e.final_result = 'LA'",
+    f"e.event_type IN {_in(CALL_TYPES)} AND e.final_result = 'AM'",
+    f"e.event_type IN {_in(CALL_TYPES)} AND e.final_result = 'NO_ANS'",
+    f"e.event_type IN {_in(CALL_TYPES)} AND e.final_result = 'BUSY'",
+    f"e.event_type IN {_in(TEXT_TYPES)}",
+    "e.event_type = 'OUTBOUND_TEXT_FINISHED' AND e.final_result = 'SENT'",
+    "e.event_type = 'OUTBOUND_TEXT_FINISHED' AND e.final_result = 'DNT'",
+    "e.event_type = 'OUTBOUND_TEXT_FINISHED' AND ifnull(e.final_result, '') NOT IN ('SENT', 'DNT')",
+    "e.event_type = 'INBOUND_TEXT_FINISHED'",
+    f"e.event_type IN {_in(CAMPAIGN_TYPES)}",
+)
+
+# The figures over events scanned one by one ...
+_MEASURES = ",\n".join([
+    "count(*)",
+    *(f"coalesce(sum({condition}), 0)" for condition in _COUNTED),
+    f"coalesce(sum((SELECT count(*) FROM attempts AS a WHERE a.event_id = e.id AND {TRY})), 0)",
+    "coalesce(sum(e.duration), 0)",
+    "coalesce(sum(e.transfer_duration), 0)",
+    "coalesce(sum(e.billed_amount), 0.0)",
+])
+
+# ... and the same figures over the per-day totals kept on ingest (mailhook.figures), aliased `e` too:
+# each row stands for `events` events of one type and result, so a condition counts them all.
+_TOTALS = ",\n".join([
+    "coalesce(sum(e.events), 0)",
+    *(f"coalesce(sum(e.events * ({condition})), 0)" for condition in _COUNTED),
+    "coalesce(sum(e.tries), 0)",
+    "coalesce(sum(e.duration), 0)",
+    "coalesce(sum(e.transfer_duration), 0)",
+    "coalesce(sum(e.billed_amount), 0.0)",
+])
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +109,25 @@ class Window:
             clauses.append(f"{column} < ?")
             params.append(self.until)
         return clauses, params
+
+    def by_day(self) -> bool:
+        """Say whether the per-day totals answer this window: event time, bounds at midnight (or none)."""
+        return self.time == "event" and all(b is None or b.endswith("T00:00:00") for b in (self.since, self.until))
+
+    def totals_where(self) -> tuple[str, list[Any]]:
+        """Return a SQL condition on `event_totals AS e` selecting this window's days, and its parameters."""
+        clauses: list[str] = ["1"]
+        params: list[Any] = []
+        if self.since is not None:
+            clauses.append("e.day >= ?")
+            params.append(self.since[:10])
+        if self.until is not None:
+            clauses.append("e.day < ?")
+            params.append(self.until[:10])
+        if self.broadcast_id is not None:
+            clauses.append("e.campaign_id = ?")
+            params.append(self.broadcast_id)
+        return " AND ".join(clauses), params
 
     def where(self) -> tuple[str, list[Any]]:
         """Return a SQL condition on `events AS e` and its parameters."""
@@ -146,6 +185,7 @@ class Measures:
     campaign_events: int = 0
     attempts: int = 0
     duration: int = 0
+    transfer_duration: int = 0
     billed_amount: float = 0.0
     other_calls: int = field(init=False)
     other_events: int = field(init=False)
@@ -176,7 +216,7 @@ def _rate(part: int, whole: int) -> float | None:
 
 _MEASURE_FIELDS = (
     "events", "calls", "live_answers", "machines", "no_answer", "busy", "texts", "sent", "dnt", "failed",
-    "received", "campaign_events", "attempts", "duration", "billed_amount",
+    "received", "campaign_events", "attempts", "duration", "transfer_duration", "billed_amount",
 )
 
 
@@ -193,6 +233,7 @@ class TypeResult:
     events: int
     attempts: int
     duration: int
+    transfer_duration: int
     billed_amount: float
 
 
@@ -205,6 +246,12 @@ class Campaign:
     status: str | None
     type: str | None
     measures: Measures
+    replies: int = 0
+    replied_texts: int = 0
+    reply_rate: float | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reply_rate", _rate(self.replied_texts, self.measures.sent))
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,24 +294,35 @@ def collect(db: Database, window: Window) -> Report:
 
 
 def _collect(db: Database, window: Window) -> Report:
-    where, params = window.where()
-    totals = _measures(db.execute(f"SELECT {_MEASURES} FROM events AS e WHERE {where}", params).fetchone())
+    if window.by_day():
+        # Whole days of event time: read the totals kept on ingest instead of scanning every event.
+        where, params = window.totals_where()
+        source, measures, key, tries, day = "event_totals AS e", _TOTALS, "e.campaign_id", "e.tries", "e.day"
+        count = "sum(e.events)"
+    else:
+        where, params = window.where()
+        source, measures, key, day = "events AS e", _MEASURES, CAMPAIGN_KEY, f"substr({window.column()}, 1, 10)"
+        tries = f"(SELECT count(*) FROM attempts AS a WHERE a.event_id = e.id AND {TRY})"
+        count = "count(*)"
+    totals = _measures(db.execute(f"SELECT {measures} FROM {source} WHERE {where}", params).fetchone())
     by_type = tuple(
         TypeResult(*row)
         for row in db.execute(
-            f"""SELECT e.event_type, e.final_result, count(*),
-                       coalesce(sum((SELECT count(*) FROM attempts AS a WHERE a.event_id = e.id)), 0),
-                       coalesce(sum(e.duration), 0), coalesce(sum(e.billed_amount), 0.0)
-                FROM events AS e WHERE {where}
+            f"""SELECT e.event_type, e.final_result, {count}, coalesce(sum({tries}), 0),
+                       coalesce(sum(e.duration), 0), coalesce(sum(e.transfer_duration), 0),
+                       coalesce(sum(e.billed_amount), 0.0)
+                FROM {source} WHERE {where}
                 GROUP BY e.event_type, e.final_result ORDER BY e.event_type, e.final_result""",
             params,
         )
     )
-    names = _campaign_names(db)
+    names: dict[int, tuple[str | None, str | None, str | None]] = {
+        row[0]: (row[1], row[2], row[3]) for row in db.execute("SELECT id, name, status, type FROM campaigns")}
+    replies = _replies(db, window)
     campaigns = tuple(
-        Campaign(row[0], *names.get(row[0], (None, None, None)), _measures(row[1:]))
+        Campaign(row[0], *names.get(row[0], (None, None, None)), _measures(row[1:]), *replies.get(row[0], (0, 0)))
         for row in db.execute(
-            f"""SELECT {CAMPAIGN_KEY} AS campaign, {_MEASURES} FROM events AS e WHERE {where}
+            f"""SELECT {key} AS campaign, {measures} FROM {source} WHERE {where}
                 GROUP BY campaign ORDER BY campaign IS NULL, campaign""",
             params,
         )
@@ -272,25 +330,26 @@ def _collect(db: Database, window: Window) -> Report:
     days = tuple(
         Day(row[0], _measures(row[1:]))
         for row in db.execute(
-            f"""SELECT substr({window.column()}, 1, 10) AS day, {_MEASURES} FROM events AS e WHERE {where}
-                GROUP BY day ORDER BY day""",
-            params,
+            f"SELECT {day} AS day, {measures} FROM {source} WHERE {where} GROUP BY day ORDER BY day", params
         )
     )
     return Report(window, totals, _deliveries(db, window), by_type, campaigns, days)
 
 
-def _campaign_names(db: Database) -> dict[int, tuple[str | None, str | None, str | None]]:
-    """Return each campaign's latest known name, status and type, from its campaign events."""
-    latest: dict[int, tuple[str | None, str | None, str | None]] = {}
-    for key, name, status, kind in db.execute(
-        f"""SELECT {CAMPAIGN_KEY}, e.broadcast_name, e.broadcast_status, e.broadcast_type FROM events AS e
-            WHERE e.event_type IN {_in(CAMPAIGN_TYPES)} ORDER BY {Window().column()}, e.id"""
-    ):
-        if key is not None:
-            old = latest.get(key, (None, None, None))
-            latest[key] = (name or old[0], status or old[1], kind or old[2])
-    return latest
+def _replies(db: Database, window: Window) -> dict[int | None, tuple[int, int]]:
+    """Return per campaign the replies to its texts inside `window`, and how many of those texts got one."""
+    if window.since is None and window.until is None:
+        # Every text: the campaigns table keeps these counts current.
+        return {row[0]: (row[1], row[2]) for row in db.execute(
+            "SELECT id, replies, replied_texts FROM campaigns WHERE (? IS NULL OR id = ?)",
+            (window.broadcast_id, window.broadcast_id))}
+    where, params = window.where()
+    return {row[0]: (row[1], row[2]) for row in db.execute(
+        f"""SELECT e.broadcast_id, count(*), count(DISTINCT r.reply_to)
+            FROM events AS r JOIN events AS e ON e.id = r.reply_to
+            WHERE r.reply_to IS NOT NULL AND {where} GROUP BY e.broadcast_id""",
+        params,
+    )}
 
 
 def _deliveries(db: Database, window: Window) -> dict[str, int] | None:
@@ -326,7 +385,8 @@ def render(report: Report) -> str:
     lines = [
         "mailhook stats: " + ", ".join(scope),
         f"{t.events} events ({t.calls} calls, {t.texts} texts, {t.campaign_events} campaign events, "
-        f"{t.other_events} other), {t.attempts} attempts, {t.duration} s, billed {_money(t.billed_amount)}",
+        f"{t.other_events} other), {t.attempts} tries, {t.duration} s of calls "
+        f"(+ {t.transfer_duration} s transferred legs), billed {_money(t.billed_amount)}",
     ]
     if report.deliveries is not None:
         counts = ", ".join(f"{v} {k}" for k, v in report.deliveries.items())
@@ -334,24 +394,26 @@ def render(report: Report) -> str:
         lines.append(f"deliveries{period}: {counts}")
     lines += ["", "Events by type and result"]
     lines += _table(
-        ("event type", "result", "events", "attempts", "duration s", "billed"),
-        [(r.event_type, r.final_result or "-", r.events, r.attempts, r.duration, _money(r.billed_amount))
+        ("event type", "result", "events", "tries", "duration s", "xfer leg s", "billed"),
+        [(r.event_type, r.final_result or "-", r.events, r.attempts, r.duration, r.transfer_duration,
+          _money(r.billed_amount))
          for r in report.by_type],
     )
     lines += ["", "Campaigns"]
     lines += _table(
         ("campaign", "name", "calls", "LA", "AM", "NO_ANS", "BUSY", "texts", "sent", "failed", "DNT",
-         "replies", "attempts", "duration s", "billed"),
+         "inbound", "replies", "replied", "tries", "duration s", "xfer leg s", "billed"),
         [(c.broadcast_id if c.broadcast_id is not None else "(none)", _cut(c.name or "-"), m.calls,
           _pct(m.live_answer_rate), _pct(m.machine_rate), _pct(m.no_answer_rate), _pct(m.busy_rate),
-          m.texts, m.sent, m.failed, m.dnt, m.received, m.attempts, m.duration, _money(m.billed_amount))
+          m.texts, m.sent, m.failed, m.dnt, m.received, c.replies, _pct(c.reply_rate), m.attempts, m.duration,
+          m.transfer_duration, _money(m.billed_amount))
          for c in report.campaigns for m in (c.measures,)],
     )
     lines += ["", "By day (UTC)"]
     lines += _table(
-        ("day", "events", "calls", "texts", "campaign", "other", "attempts", "duration s", "billed"),
+        ("day", "events", "calls", "texts", "campaign", "other", "tries", "duration s", "xfer leg s", "billed"),
         [(d.day, m.events, m.calls, m.texts, m.campaign_events, m.other_events, m.attempts, m.duration,
-          _money(m.billed_amount)) for d in report.days for m in (d.measures,)],
+          m.transfer_duration, _money(m.billed_amount)) for d in report.days for m in (d.measures,)],
     )
     return "\n".join(lines) + "\n"
 

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 import sqlite_utils
 
+from mailhook.derived import e164, sent_at
 from mailhook.errors import ConfigError, RetryLater
 from mailhook.models import Checkpoint, Delivery, Extraction, Kind, Receipt, Status, kind_of, to_json, utcnow
 from mailhook.privileges import FILE_MODE, create_private, database_files, restrict
@@ -34,17 +35,20 @@ _PAYLOAD = EVENT_COLUMNS.index("payload")
 _ATTEMPT_PAYLOAD = ATTEMPT_COLUMNS.index("payload")
 
 _INSERT_EVENT = (
-    f"INSERT INTO events (delivery_id, received_at, {', '.join(EVENT_COLUMNS)}) "
-    f"VALUES (?, ?, {', '.join('?' * len(EVENT_COLUMNS))}) ON CONFLICT(dedupe_key) DO NOTHING"
+    f"INSERT INTO events (delivery_id, received_at, event_time, from_e164, to_e164, {', '.join(EVENT_COLUMNS)}) "
+    f"VALUES (?, ?, ?, ?, ?, {', '.join('?' * len(EVENT_COLUMNS))}) ON CONFLICT(dedupe_key) DO NOTHING"
 )
+# Where the columns mailhook derives from take their values in an event's row.
+_MODIFIED, _CREATED = EVENT_COLUMNS.index("modified"), EVENT_COLUMNS.index("created")
+_FROM, _TO = EVENT_COLUMNS.index("from_number"), EVENT_COLUMNS.index("to_number")
 _INSERT_ATTEMPT = (
     f"INSERT INTO attempts (event_id, {', '.join(ATTEMPT_COLUMNS)}) "
     f"VALUES (?, {', '.join('?' * len(ATTEMPT_COLUMNS))})"
 )
 _INSERT_DELIVERY = """
 INSERT INTO deliveries (channel, received_at, status, error, message_id, envelope_from, envelope_to,
-    subject, content_type, remote_addr, size, sha256, raw, notes, source, event_count, duplicate_count)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    subject, content_type, remote_addr, size, sha256, raw, notes, source, event_count, duplicate_count, sent_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 
@@ -161,9 +165,18 @@ def connect(
     return conn
 
 
-def migrate(conn: sqlite3.Connection) -> int:
-    """Apply the migrations not yet applied, each in its own transaction; return the schema version."""
+def migrate(conn: sqlite3.Connection, *, phone_region: str = "US") -> int:
+    """Apply the migrations not yet applied, each in its own transaction; return the schema version.
+
+    Backfills that need Python (E.164 numbers, the emails' Date) call the
+    `mailhook_*` SQL functions registered here for the migration only.
+    """
     version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version < len(MIGRATIONS):
+        conn.create_function("mailhook_e164", 1, lambda number: e164(number, phone_region), deterministic=True)
+        conn.create_function("mailhook_sent_at", 2, lambda channel, raw: (
+            sent_at(raw) if _kind(channel, raw) == "email" else None), deterministic=True)
+    applied = 0
     for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -178,7 +191,11 @@ def migrate(conn: sqlite3.Connection) -> int:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        log.info("database migrated to schema version %d", number)
+        applied = number
+    if applied and version:
+        log.info("database upgraded from schema version %d to %d", version, applied)
+    elif applied:
+        log.info("database created (schema version %d)", applied)
     return len(MIGRATIONS)
 
 
@@ -231,15 +248,45 @@ class StoredDelivery:
 class Store:
     """Writes deliveries and their events on one connection, one transaction per batch."""
 
-    def __init__(self, path: str | Path, *, busy_timeout: float = 5.0, mode: int = FILE_MODE) -> None:
+    def __init__(
+        self, path: str | Path, *, busy_timeout: float = 5.0, mode: int = FILE_MODE, phone_region: str = "US"
+    ) -> None:
         self.path = Path(path)
         self._busy_ms = int(busy_timeout * 1000)
+        self.phone_region = phone_region
         self.conn = connect(path, busy_timeout=busy_timeout, mode=mode)
-        migrate(self.conn)
+        migrate(self.conn, phone_region=phone_region)
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connection, refreshing the query planner's statistics first if the events have grown."""
+        try:
+            self.analyze_if_grown()
+        except sqlite3.Error as exc:
+            log.debug("statistics not refreshed: %s", exc)
         self.conn.close()
+
+    def analyze_if_grown(self) -> bool:
+        """Refresh the planner's statistics of `events` once they have doubled since the last time; say if it ran.
+
+        Analysts' views sort by event_time; without statistics SQLite reads every
+        matching row and sorts them instead of walking the event_time index. A
+        sampled ANALYZE (analysis_limit) reads only the start of each index and
+        misjudges event_type as selective, so it reads them all: ~1 s at a
+        million events, once per doubling.
+        """
+        # Each index's row gives its entries first; a partial index has fewer, so take the largest.
+        stats = self.conn.execute(
+            "SELECT stat FROM sqlite_stat1 WHERE tbl = 'events' AND idx IS NOT NULL"
+        ).fetchall() if self._has_stats() else []
+        analyzed = max((int(row[0].split()[0]) for row in stats), default=0)
+        events = self.conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
+        if events < 1000 or events < 2 * analyzed:
+            return False
+        self.conn.execute("ANALYZE events")
+        return True
+
+    def _has_stats(self) -> bool:
+        return self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_stat1'").fetchone() is not None
 
     def write(self, items: Sequence[Work]) -> list[Receipt | Exception]:
         """Store a batch in one durable transaction; return each item's receipt or its own error.
@@ -361,6 +408,7 @@ class Store:
                 delivery.source,
                 0,
                 0,
+                sent_at(delivery.raw) if delivery.kind == "email" else None,
             ),
         )
         assert cursor.lastrowid is not None
@@ -381,8 +429,11 @@ class Store:
         conn = self.conn
         new = duplicates = 0
         types: list[str] = []
+        region = self.phone_region
         for event_type, values, attempts in extraction.events:
-            cursor = conn.execute(_INSERT_EVENT, (delivery_id, now, *values))
+            event_time = values[_MODIFIED] or values[_CREATED] or now
+            cursor = conn.execute(_INSERT_EVENT, (delivery_id, now, event_time, e164(values[_FROM], region),
+                                                  e164(values[_TO], region), *values))
             if cursor.rowcount != 1:
                 duplicates += 1
                 continue
@@ -465,6 +516,7 @@ class Store:
         waiting, once everything is copied, so the writer is never stalled.
         """
         try:
+            self.analyze_if_grown()
             busy, frames, copied = self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error as exc:
             raise RetryLater(f"storage unavailable: {exc}") from exc

@@ -67,8 +67,9 @@ class Writer:
         observer: Observer | None = None,
         checkpoint_interval: float = 60.0,
         mode: int = FILE_MODE,
+        phone_region: str = "US",
     ) -> None:
-        self.store = Store(path, busy_timeout=busy_timeout, mode=mode)
+        self.store = Store(path, busy_timeout=busy_timeout, mode=mode, phone_region=phone_region)
         self.max_batch = max_batch
         self.observer = observer
         self.checkpoint_interval = checkpoint_interval

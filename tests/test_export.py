@@ -50,7 +50,7 @@ def exported(path: Path, **options: Any) -> str:
 
 
 def test_jsonl_round_trips_every_event_column_exactly(fixtures_db: Path, tmp_path: Path) -> None:
-    text = exported(fixtures_db, fmt="jsonl")
+    text = exported(fixtures_db, fmt="jsonl", columns=["*"])  # payload too: it is left out unless asked for
     copy = sqlite_utils.Database(tmp_path / "copy.db")
     _, schema = table(fixtures_db, "SELECT sql FROM sqlite_master WHERE name = 'events'")
     copy.execute(schema[0][0])
@@ -168,12 +168,87 @@ def test_command_writes_a_file_only_when_complete(sample: Path, tmp_path: Path,
 
 
 def test_command_streams_jsonl_to_stdout(sample: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["export", "--db", str(sample), "--format", "jsonl", "--table", "campaigns"], env={}) == 0
+    # Schema 4: the campaign events view is `campaign_events`; `campaigns` is one row per campaign.
+    assert main(["export", "--db", str(sample), "--format", "jsonl", "--table", "campaign_events"], env={}) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(x["event_type"], x["broadcast_id"]) for x in lines] == [
         ("CAMPAIGN_STARTED", 100), ("CAMPAIGN_FINISHED", 100)]
 
 
+def test_command_exports_one_row_per_campaign(sample: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["export", "--db", str(sample), "--format", "jsonl", "--table", "campaigns"], env={}) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(x["id"], x["name"], x["status"], x["calls"], x["sent"]) for x in lines] == [
+        (100, "Spring", "FINISHED", 5, 0), (200, None, None, 0, 2)]
+
+
 def test_command_rejects_event_filters_on_deliveries(sample: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["export", "--db", str(sample), "--table", "deliveries", "--broadcast", "1"], env={}) == 64
     assert "do not apply" in capsys.readouterr().err
+
+
+def test_payload_is_left_out_unless_asked_for(fixtures_db: Path) -> None:
+    header = exported(fixtures_db).splitlines()[0].split(",")
+    assert "payload" not in header and "message" in header and header[0] == "id"
+    assert "payload" in exported(fixtures_db, columns=["id", "payload"]).splitlines()[0]
+
+
+def test_columns_are_chosen_and_ordered_and_paging_works_without_id(fixtures_db: Path) -> None:
+    lines = exported(fixtures_db, fmt="jsonl", table="texts", columns=["to_number", "final_result"])
+    found = [json.loads(line) for line in lines.splitlines()]
+    assert all(list(r) == ["to_number", "final_result"] for r in found)
+    expected = query_all(fixtures_db, "SELECT to_number, final_result FROM texts ORDER BY id")
+    assert [(r["to_number"], r["final_result"]) for r in found] == expected
+    # Paged in twos, rows still come once each, in id order.
+    db = open_readonly(fixtures_db)
+    try:
+        names, records = rows(db, "texts", Window(), page=2, columns=["message"])
+        assert names == ["message"] and [r[0] for r in records] == [
+            r[0] for r in query_all(fixtures_db, "SELECT message FROM texts ORDER BY id")]
+    finally:
+        db.close()
+
+
+def test_an_unknown_column_is_a_usage_error(fixtures_db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["export", "--db", str(fixtures_db), "--columns", "id,nope"], env={}) == 64
+    assert "events has no column nope" in capsys.readouterr().err
+
+
+def test_command_takes_columns_as_a_comma_list(fixtures_db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["export", "--db", str(fixtures_db), "--table", "calls", "--columns", "call_id, duration",
+                 "--columns", "transfer_duration"], env={}) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "call_id,duration,transfer_duration"
+
+
+def query_all(path: Path, sql: str) -> list[tuple[Any, ...]]:
+    with closing(sqlite3.connect(path)) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def test_the_documented_pandas_readers_keep_numbers_as_text_and_ids_exact(
+    fixtures_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import re
+
+    pd = pytest.importorskip("pandas")  # in the dev extra; skipped only where it cannot be installed
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "schema.md").read_text()
+    section = docs[docs.index("### Reading exports into pandas"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)  # type: ignore[union-attr]
+    monkeypatch.chdir(tmp_path)
+    for args in (["--table", "calls", "-o", "calls.csv"],
+                 ["--table", "texts", "--format", "jsonl", "-o", "texts.jsonl"],
+                 ["-o", "events.csv"], ["--format", "jsonl", "-o", "events.jsonl"]):
+        assert main(["export", "--db", str(fixtures_db), *args], env={}) == 0
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "schema.md", "exec"), namespace)  # the documented code, as an analyst runs it
+    texts, calls = namespace["texts"], namespace["calls"]
+    expected = query_all(fixtures_db, "SELECT to_number, contact_id FROM texts ORDER BY id")
+    assert list(texts["to_number"].astype(object).where(texts["to_number"].notna(), None)) == [e[0] for e in expected]
+    assert "67076" in set(texts["to_number"].dropna())
+    assert str(texts["id"].dtype) == "Int64" and str(texts["contact_id"].dtype) == "Int64"
+    assert texts["contact_id"].isna().any() and texts["contact_id"].notna().any()
+    assert str(calls["from_number"].dtype).startswith("string") and str(calls["duration"].dtype) == "Int64"
+    for name in ("events.csv", "events.jsonl"):
+        frame = namespace["read_mailhook_csv" if name.endswith("csv") else "read_mailhook_jsonl"](name)
+        assert 9007199254740993 in set(frame["resource_id"].dropna().tolist()), name
+        assert isinstance(frame, pd.DataFrame)

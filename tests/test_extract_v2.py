@@ -109,7 +109,8 @@ def test_records_become_attempts_and_sum_into_the_event() -> None:
     body = json.dumps(_envelope(_event("OutboundCall", "Finished", records=records)))
     [event], _ = read_document(body, {})
     assert [(a.record_id, a.result) for a in event.attempts] == [(10, "LA"), (11, "XFER_LEG")]
-    assert (str(event.billed_amount), event.duration) == ("1.5", 25)
+    # Both legs are billed; the transferred leg's seconds are its own measure, not the customer's call.
+    assert (str(event.billed_amount), event.duration, event.transfer_duration) == ("1.5", 20, 5)
 
 
 def test_a_bare_v2_event_without_envelope_is_read() -> None:

@@ -191,3 +191,78 @@ def test_a_large_mbox_extracted_in_parallel_is_stored_in_order_as_one_process_wo
         rows = conn.execute("SELECT id, source, status FROM deliveries ORDER BY id").fetchall()
     assert [int(source.rpartition("#")[2]) for _, source, _ in rows] == list(range(1, unique + 102))
     assert [status for _, _, status in rows] == ["stored"] * unique + ["duplicate"] * 100 + ["quarantined"]
+
+
+def mbox_of(count: int) -> bytes:
+    """Return an mbox of `count` distinct notification emails."""
+    return b"".join(b"From sender@x Mon Jan  1 00:00:00 2024\n" + notification_email(f"<m{n}@x>") + b"\n"
+                    for n in range(count))
+
+
+def test_a_backfill_off_a_terminal_prints_one_summary_line_and_no_line_per_delivery(tmp_path: Path) -> None:
+    (tmp_path / "in.mbox").write_bytes(mbox_of(30))
+    result = run("ingest", "--db", str(tmp_path / "m.db"), str(tmp_path / "in.mbox"))
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.decode().splitlines()
+    # The database is new: one brief line says so; then the summary, nothing per delivery.
+    assert lines == ["INFO mailhook.store: database created (schema version 4)",
+                     "mailhook: 1 stored, 29 duplicates, 0 quarantined, 1 events"]
+
+
+def test_quiet_ingest_prints_nothing_but_warnings(tmp_path: Path) -> None:
+    (tmp_path / "in.mbox").write_bytes(mbox_of(5))
+    result = run("ingest", "-q", "--db", str(tmp_path / "m.db"), str(tmp_path / "in.mbox"))
+    assert (result.returncode, result.stderr) == (0, b"")
+    junk = b"Subject: lunch?\nMessage-ID: <lunch@x>\n\nAre we still on for noon?\n"
+    result = run("ingest", "-q", "--db", str(tmp_path / "m.db"), "-", stdin=junk)
+    lines = result.stderr.decode().splitlines()
+    assert len(lines) == 2 and all(line.startswith("WARNING") for line in lines)
+    assert "quarantined" in lines[0] and "1 deliveries quarantined" in lines[1]
+
+
+def test_verbose_ingest_logs_one_line_per_delivery(tmp_path: Path) -> None:
+    (tmp_path / "in.mbox").write_bytes(mbox_of(4))
+    result = run("ingest", "--verbose", "--db", str(tmp_path / "m.db"), str(tmp_path / "in.mbox"))
+    lines = result.stderr.decode().splitlines()
+    assert sum(line.startswith("INFO mailhook.ingest: delivery ") for line in lines) == 4
+
+
+def test_upgrading_an_old_database_says_so_in_one_line(tmp_path: Path) -> None:
+    from mailhook.schema import MIGRATIONS
+
+    db = tmp_path / "m.db"
+    with sqlite3.connect(db) as conn:
+        for script in MIGRATIONS[:2]:
+            conn.executescript(script)
+        conn.execute("PRAGMA user_version=2")
+    result = run("ingest", "--db", str(db), str(SEED / "text-outbound.xml"))
+    assert [line for line in result.stderr.decode().splitlines() if "schema" in line] == [
+        f"INFO mailhook.store: database upgraded from schema version 2 to {len(MIGRATIONS)}"]
+
+
+def test_ingest_on_a_terminal_draws_a_progress_bar_then_the_summary(tmp_path: Path) -> None:
+    import os
+    import pty
+
+    (tmp_path / "in.mbox").write_bytes(mbox_of(300))
+    primary, secondary = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mailhook", "ingest", "--db", str(tmp_path / "m.db"), str(tmp_path / "in.mbox")],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=secondary,
+    )
+    os.close(secondary)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    assert process.wait(timeout=60) == 0
+    os.close(primary)
+    text = seen.decode()
+    assert "] " in text and "%" in text and "messages (" in text  # the bar
+    assert text.rstrip().endswith("mailhook: 1 stored, 299 duplicates, 0 quarantined, 1 events")
+    assert "delivery channel=" not in text

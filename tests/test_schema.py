@@ -54,7 +54,7 @@ def search(path: Path, words: str) -> list[int]:
                                 (words,))]
 
 
-@pytest.mark.parametrize(("view", "types"), [("texts", TEXTS), ("calls", CALLS), ("campaigns", CAMPAIGNS)])
+@pytest.mark.parametrize(("view", "types"), [("texts", TEXTS), ("calls", CALLS), ("campaign_events", CAMPAIGNS)])
 def test_each_view_holds_exactly_the_events_of_its_kind(fixtures_db: Path, view: str, types: tuple[str, ...]) -> None:
     in_view = query(fixtures_db, f"SELECT id FROM {view} ORDER BY id")
     marks = ", ".join("?" * len(types))
@@ -124,13 +124,14 @@ def test_upgrading_an_older_database_indexes_the_messages_it_already_has(tmp_pat
 @pytest.mark.parametrize(
     ("where", "params", "index"),
     [
-        (f"{EVENT_TIME_E} >= ?", ("2024-03-02",), "events_occurred_at"),
+        (f"{EVENT_TIME_E} >= ?", ("2024-03-02",), "events_event_time"),
         ("e.event_type = ? AND e.final_result = ?", ("OUTBOUND_CALL_FINISHED", "BUSY"), "events_type_result"),
         ("e.broadcast_id = ? AND e.event_type = ?", (100, "OUTBOUND_CALL_FINISHED"), "events_broadcast_type"),
         ("e.received_at >= ?", ("2024-03-02",), "events_received_at"),
         ("e.to_number = ?", ("12135550001",), "events_to_number"),
         # Version 3 dropped the single-column indexes that were prefixes of these two.
-        ("e.event_type = ?", ("OUTBOUND_CALL_FINISHED",), "events_type_result"),
+        # (Version 4 added events_type_time, which serves event_type alone as well: either will do.)
+        ("e.event_type = ?", ("OUTBOUND_CALL_FINISHED",), "events_type_"),
         ("e.broadcast_id = ?", (100,), "events_broadcast_type"),
     ],
 )
@@ -247,7 +248,8 @@ def test_datasette_search_box_works_on_the_texts_view(datasette: str, fixtures_d
 
 def test_metadata_describes_every_column_of_every_table_and_view(fixtures_db: Path) -> None:
     tables = json.loads(METADATA.read_text())["databases"]["mailhook"]["tables"]
-    for name in ("deliveries", "events", "attempts", "texts", "calls", "campaigns", "attempts_detail"):
+    for name in ("deliveries", "events", "attempts", "texts", "calls", "campaign_events", "campaigns", "replies",
+                 "attempts_detail"):
         columns = [r[1] for r in query(fixtures_db, f"PRAGMA table_info({name})")]
         described = tables[name]["columns"]
         assert [c for c in columns if not described.get(c)] == [], name
@@ -295,3 +297,143 @@ def test_failures_by_reason_counts_what_did_not_reach_anyone(sample: Path, broad
     finally:
         db.close()
     assert {(r[0], r[1]): r[2] for r in rows} == expected
+
+
+def v3_database(path: Path) -> Path:
+    """Build a schema-3 database as mailhook 3 left it: a transferred call whose duration adds its leg."""
+    with closing(sqlite3.connect(path)) as conn, conn:
+        for script in MIGRATIONS[:3]:
+            conn.executescript(script)
+        conn.execute("PRAGMA user_version=3")
+        conn.execute("INSERT INTO deliveries (id, channel, received_at, status, size, sha256)"
+                     " VALUES (1, 'file', '2024-01-01T00:00:00.000Z', 'stored', 1, 'x')")
+        for id_, key, duration, records in ((1, "xfer", 412, (("XFER", 161), ("XFER_LEG", 251))),
+                                            (2, "own", 500, (("XFER", 161), ("XFER_LEG", 251))),
+                                            (3, "plain", 30, (("NO_ANS", 0), ("LA", 30)))):
+            conn.execute("INSERT INTO events (id, delivery_id, dedupe_key, event_type, event_type_source, api_version,"
+                         " format, duration, from_number, to_number, modified, received_at, payload)"
+                         " VALUES (?, 1, ?, 'OUTBOUND_CALL_FINISHED', 'inferred', '1.1', 'xml', ?, '67076',"
+                         " '+1 (310) 555-0003', '2024-01-01T10:00:00Z', '2024-01-02T00:00:00.000Z', '{}')",
+                         (id_, key, duration))
+            conn.executemany("INSERT INTO attempts (event_id, result, duration, payload) VALUES (?, ?, ?, '{}')",
+                             [(id_, result, seconds) for result, seconds in records])
+    return path
+
+
+def test_migrating_a_version_3_database_takes_the_transferred_leg_out_of_call_seconds(tmp_path: Path) -> None:
+    path = v3_database(tmp_path / "v3.db")
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        migrate(conn)
+    finally:
+        conn.close()
+    # The summed duration is split; a duration CallFire sent itself (500) is kept; no leg, no change.
+    assert query(path, "SELECT id, duration, transfer_duration, tries FROM calls ORDER BY id") == [
+        (1, 161, 251, 1), (2, 500, 251, 1), (3, 30, None, 2)]
+
+
+def test_migrating_a_version_3_database_fills_the_new_columns_and_tables(tmp_path: Path) -> None:
+    path = v3_database(tmp_path / "v3.db")
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("INSERT INTO deliveries (id, channel, received_at, status, size, sha256, raw, message_id)"
+                     " VALUES (2, 'imap', '2024-01-05T00:00:00.000Z', 'stored', 9, 'y',"
+                     " X'446174653a205475652c2031204d617220323031362031303a30303a3030202b303230300d0a0d0a78', '<a@b>')")
+        conn.execute("INSERT INTO deliveries (id, channel, received_at, status, size, sha256, raw, message_id)"
+                     " VALUES (3, 'imap', '2024-01-06T00:00:00.000Z', 'duplicate', 9, 'y', NULL, '<a@b>')")
+        conn.execute("UPDATE events SET broadcast_id = 77")
+        rows = [(10, "c", "CAMPAIGN_STARTED", None, None, "Old name", "RUNNING", "2024-01-01T09:00:00Z", None),
+                (11, "t", "OUTBOUND_TEXT_FINISHED", "67076", "13105550009", None, None, "2024-01-01T11:00:00Z", "SENT"),
+                (12, "r", "INBOUND_TEXT_FINISHED", "+1 310 555 0009", "67076", None, None, "2024-01-02T11:00:00Z",
+                 "RECEIVED")]
+        for id_, key, kind, sender, to, name, status, modified, result in rows:
+            conn.execute("INSERT INTO events (id, delivery_id, dedupe_key, event_type, event_type_source, api_version,"
+                         " format, resource_id, broadcast_id, from_number, to_number, broadcast_name, broadcast_status,"
+                         " modified, final_result, received_at, payload)"
+                         " VALUES (?, 1, ?, ?, 'inferred', '1.1', 'xml', 77, ?, ?, ?, ?, ?, ?, ?, '2024-01-02', '{}')",
+                         (id_, key, kind, None if kind.startswith("INBOUND") else 77, sender, to, name, status,
+                          modified, result))
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        migrate(conn)
+    finally:
+        conn.close()
+    assert query(path, "SELECT id, sent_at FROM deliveries ORDER BY id") == [
+        (1, None), (2, "2016-03-01T08:00:00Z"), (3, "2016-03-01T08:00:00Z")]
+    assert query(path, "SELECT event_time, to_e164 FROM events WHERE id = 1") == [
+        ("2024-01-01T10:00:00Z", "+13105550003")]
+    assert query(path, "SELECT id, name, status, calls, sent, tries, duration, transfer_duration, replies,"
+                       " replied_texts, first_seen FROM campaigns") == [
+        (77, "Old name", "RUNNING", 3, 1, 1 + 1 + 2, 161 + 500 + 30, 502, 1, 1, "2024-01-01T09:00:00Z")]
+    assert query(path, "SELECT reply_to FROM events WHERE id = 12") == [(11,)]
+    assert query(path, "SELECT campaign_name FROM calls") == [("Old name",)] * 3
+    # The triggers are in place: a new call counts at once.
+    store_events(path, [event("OUTBOUND_CALL_FINISHED", 99, result="LA", broadcast=77, duration=5,
+                              attempts=["LA"])])
+    assert query(path, "SELECT calls, live_answers, tries, duration FROM campaigns") == [(4, 1, 5, 696)]
+
+
+def test_emoji_can_be_searched_and_words_still_fold_case_and_accents(tmp_path: Path) -> None:
+    path = tmp_path / "m.db"
+    messages = ["Thanks 👍", "👍", "yes!👍", "👍🏽 sure", "Café at noon", "❤️ it", "no emoji here"]
+    store_events(path, [event("INBOUND_TEXT_FINISHED", 500 + n, message=m) for n, m in enumerate(messages)])
+
+    def found(words: str) -> list[str]:
+        return [messages[i - 1] for i in search(path, words)]
+
+    assert found('"👍"') == ["Thanks 👍", "👍", "yes!👍"]
+    assert found('"👍" *') == ["Thanks 👍", "👍", "yes!👍", "👍🏽 sure"]  # with a skin tone too
+    assert found('"❤"') == found('"❤️"') == ["❤️ it"]
+    assert found("cafe") == ["Café at noon"] and found("THANKS") == ["Thanks 👍"]
+
+
+def sqlite_utils_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sqlite_utils", *args], capture_output=True, text=True, check=False,
+                          timeout=60)
+
+
+def test_sqlite_utils_disable_and_enable_fts_work_on_the_search_index(fixtures_db: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy.db"
+    with closing(sqlite3.connect(fixtures_db)) as source, closing(sqlite3.connect(copy)) as target:
+        source.backup(target)
+    before = search(copy, "callfire")
+    assert before
+    assert sqlite_utils_cli("disable-fts", str(copy), "events").returncode == 0
+    # No trigger is left writing to the dropped index, so every later write still works.
+    assert query(copy, "SELECT name FROM sqlite_master WHERE type = 'trigger' AND sql LIKE '%events_fts%'") == []
+    query(copy, "UPDATE events SET message = message || '.' WHERE message IS NOT NULL")
+    store_events(copy, [event("INBOUND_TEXT_FINISHED", 777, message="callfire again")])
+    done = sqlite_utils_cli("enable-fts", str(copy), "events", "message", "--fts5", "--create-triggers")
+    assert done.returncode == 0, done.stderr
+    assert len(search(copy, "callfire")) == len(before) + 1
+    assert sqlite_utils_cli("rebuild-fts", str(copy), "events").returncode == 0
+
+
+def test_the_index_and_triggers_have_sqlite_utils_names(fixtures_db: Path) -> None:
+    db = open_readonly(fixtures_db)
+    try:
+        assert db["events"].detect_fts() == "events_fts"
+        triggers = {t.name for t in db["events"].triggers if "events_fts" in t.sql}
+    finally:
+        db.close()
+    assert triggers == {"events_ai", "events_ad", "events_au"}
+
+
+def test_the_views_newest_rows_come_from_the_event_time_index_once_statistics_exist(tmp_path: Path) -> None:
+    path = tmp_path / "m.db"
+    # As in an account: calls and texts sent by the thousand, a few replies, rare campaign events.
+    kinds = ("OUTBOUND_CALL_FINISHED", "OUTBOUND_TEXT_FINISHED") * 9 + ("INBOUND_TEXT_FINISHED", "CAMPAIGN_STARTED")
+    store_events(path, [event(kinds[n % 20], 10_000 + n, modified=f"2024-03-{1 + n % 28:02d}T10:{n % 60:02d}:00Z",
+                              result="LA" if n % 2 == 0 else None, broadcast=n % 8 or None)
+                        for n in range(4000)])  # the writer refreshes statistics when it closes
+    assert query(path, "SELECT count(*) FROM sqlite_stat1 WHERE tbl = 'events'")[0][0] > 0
+    for view in ("calls", "texts"):
+        plan = " | ".join(r[3] for r in query(path, f"EXPLAIN QUERY PLAN SELECT * FROM {view}"
+                                                    " ORDER BY event_time DESC LIMIT 101"))
+        assert "events_event_time" in plan and "TEMP B-TREE" not in plan, plan
+    plan = " | ".join(r[3] for r in query(path, "EXPLAIN QUERY PLAN SELECT * FROM replies"
+                                                " ORDER BY replied_at DESC LIMIT 101"))
+    assert "TEMP B-TREE" not in plan, plan
+    # Campaign events are rare: sorting them starts from their type, not from every event's time.
+    plan = " | ".join(r[3] for r in query(path, "EXPLAIN QUERY PLAN SELECT * FROM campaign_events"
+                                                " ORDER BY event_time DESC LIMIT 101"))
+    assert "events_event_time" not in plan, plan

@@ -298,3 +298,32 @@ def test_reextract_keeps_the_payload_bound(db: Path, writer: Writer) -> None:
     again = writer.store.reextract(receipt.delivery_id, _amplified(len(delivery.raw)), len(delivery.raw))
     assert again.status == "quarantined" and again.error and "events not stored" in again.error
     assert rows(db, "SELECT count(*) FROM events") == [(0,)]
+
+
+def test_statistics_are_refreshed_once_per_doubling_of_the_events(tmp_path: Path) -> None:
+    from analysis_support import event, store_events
+
+    path = tmp_path / "m.db"
+    texts = [event("OUTBOUND_TEXT_FINISHED", 100 + n, modified="2024-03-01T10:00:00Z") for n in range(1200)]
+    # 50 replies fill the partial index on reply_to: its statistics count 50 rows, not 1,250.
+    replies = [event("INBOUND_TEXT_FINISHED", 9000 + n, from_number=f"1213555{100 + n:04d}", to_number="67076",
+                     modified="2024-03-01T11:00:00Z") for n in range(50)]
+    store_events(path, texts + replies)
+    assert query_one(path, "SELECT count(*) FROM events WHERE reply_to IS NOT NULL") == 50
+    store = Store(path)
+    try:
+        # Just analyzed at close: not again (a partial index's smaller count must not fool it) ...
+        assert store.analyze_if_grown() is False
+    finally:
+        store.close()
+    store_events(path, [event("OUTBOUND_TEXT_FINISHED", 5000 + n) for n in range(1300)])
+    store = Store(path)
+    try:
+        assert store.analyze_if_grown() is False  # ... and the close after 2,500 events (> 2 x 1,200) did it
+    finally:
+        store.close()
+
+
+def query_one(path: Path, sql: str) -> object:
+    with sqlite3.connect(path) as conn:
+        return conn.execute(sql).fetchone()[0]

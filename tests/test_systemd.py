@@ -289,8 +289,10 @@ def test_logs_carry_syslog_priorities_only_when_stderr_is_the_journal(tmp_path: 
             env = serve_env(tmp_path, MAILHOOK_DB=str(tmp_path / f"j-{journal}.db"))
             if journal:
                 env["JOURNAL_STREAM"] = f"{stat.st_dev}:{stat.st_ino}"
-            subprocess.run([sys.executable, "-m", "mailhook", "ingest", "-q", str(document), str(ROOT / "fixtures"
-                            / "seed" / "campaign.json")], env=env, cwd=tmp_path, stderr=err, timeout=60, check=True)
+            # --verbose: a backfill logs its deliveries at INFO only when asked (-q keeps only warnings).
+            subprocess.run([sys.executable, "-m", "mailhook", "ingest", "--verbose", str(document),
+                            str(ROOT / "fixtures" / "seed" / "campaign.json")],
+                           env=env, cwd=tmp_path, stderr=err, timeout=60, check=True)
         lines = log.read_text().splitlines()
         warning = next(line for line in lines if "status=quarantined" in line)
         info = next(line for line in lines if "status=stored" in line)

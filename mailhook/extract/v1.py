@@ -86,7 +86,7 @@ def _action_fields(resource: Mapping[str, Any], record_name: str, noun: str) -> 
         "final_result": to_text(resource.get("FinalResult"), "FinalResult"),
         "message": message,
         "billed_amount": billed if billed is not None else sum_amounts(a.billed_amount for a in attempts),
-        "duration": duration if duration is not None else sum_ints(a.duration for a in attempts),
+        "duration": duration if duration is not None else call_seconds(attempts),
         "batch_id": to_int(resource.get("BatchId"), "BatchId"),
         "broadcast_id": to_int(resource.get("BroadcastId"), "BroadcastId"),
         "contact_id": to_int(resource.get("ContactId"), "ContactId"),
@@ -151,6 +151,11 @@ def sum_amounts(values: Any) -> Decimal | None:
     """Sum the present amounts, or None when there are none."""
     present = [v for v in values if v is not None]
     return sum(present, Decimal(0)) if present else None
+
+
+def call_seconds(attempts: tuple[Attempt, ...]) -> int | None:
+    """Sum the seconds of the attempts that dialled the contact; a transfer's XFER_LEG is not one of them."""
+    return sum_ints(a.duration for a in attempts if a.result != "XFER_LEG")
 
 
 def sum_ints(values: Any) -> int | None:

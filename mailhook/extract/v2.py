@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from mailhook.errors import Unreadable
-from mailhook.extract.v1 import sum_amounts, sum_ints
+from mailhook.extract.v1 import call_seconds, sum_amounts
 from mailhook.extract.values import (
     as_list,
     to_bool,
@@ -142,7 +142,7 @@ def _resource_fields(resource: Mapping[str, Any], resource_type: str, where: str
         ),
         "message": message,
         "billed_amount": billed if billed is not None else sum_amounts(a.billed_amount for a in attempts),
-        "duration": duration if duration is not None else sum_ints(a.duration for a in attempts),
+        "duration": duration if duration is not None else call_seconds(attempts),
         "batch_id": to_int(resource.get("batchId"), f"{where}.batchId"),
         "broadcast_id": to_int(
             resource.get("id") if campaign else resource.get("campaignId"), f"{where}.campaignId"

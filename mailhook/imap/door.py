@@ -84,7 +84,7 @@ def run_imap(args: argparse.Namespace, settings: Settings, env: Mapping[str, str
     account = Account.from_settings(settings)
     writer = Writer(settings.database(env), busy_timeout=settings.storage.busy_timeout,
                     max_batch=settings.storage.max_batch, checkpoint_interval=settings.storage.checkpoint_interval,
-                    mode=settings.storage.file_mode())
+                    mode=settings.storage.file_mode(), phone_region=settings.storage.phone_region)
     pipeline = Pipeline(writer, settings.subscriptions, limits=settings.parsing.mail_limits())
     stopping = threading.Event()
 

@@ -1,0 +1,250 @@
+"""The figures kept current on ingest: one row per campaign, totals per day, and reply attribution.
+
+Analysts' questions aggregate millions of events; scanning them at read time
+takes seconds. These tables are maintained by triggers in the same
+transaction as each insert or delete, so every write path (the writer,
+`mailhook reprocess`, `mailhook prune`, a hand-written DELETE) keeps them
+exact. `FULL_SCAN` computes the same tables from scratch: the schema
+migration backfills with it, and the tests compare it with what the
+triggers maintained.
+
+Decided definitions (docs/schema.md, "Calls, tries and replies"): a try is an
+attempt that is not a transfer's `XFER_LEG`; a reply belongs to the latest
+outbound text sent to its sender from the number it was sent to, at most
+`REPLY_WINDOW_DAYS` before it; a campaign's name, status, type and labels are
+the latest known (by event time, then id) among its campaign events.
+"""
+
+from __future__ import annotations
+
+REPLY_WINDOW_DAYS = 7
+
+CALLS = "('OUTBOUND_CALL_FINISHED', 'INBOUND_CALL_FINISHED')"
+TEXTS = "('OUTBOUND_TEXT_FINISHED', 'INBOUND_TEXT_FINISHED')"
+CAMPAIGN_EVENTS = "('CAMPAIGN_STARTED', 'CAMPAIGN_STOPPED', 'CAMPAIGN_FINISHED')"
+
+
+def campaign_key(e: str) -> str:
+    """Return the campaign an event of alias `e` belongs to: its broadcast, or for a campaign event the campaign."""
+    return f"COALESCE({e}.broadcast_id, CASE WHEN {e}.event_type IN {CAMPAIGN_EVENTS} THEN {e}.resource_id END)"
+
+
+# The counters of a campaigns row: (column, what one event of alias `e` adds to it).
+COUNTERS: tuple[tuple[str, str], ...] = (
+    ("events", "1"),
+    ("campaign_events", f"{{e}}.event_type IN {CAMPAIGN_EVENTS}"),
+    ("calls", f"{{e}}.event_type IN {CALLS}"),
+    ("live_answers", f"{{e}}.event_type IN {CALLS} AND {{e}}.final_result IS 'LA'"),
+    ("machines", f"{{e}}.event_type IN {CALLS} AND {{e}}.final_result IS 'AM'"),
+    ("no_answer", f"{{e}}.event_type IN {CALLS} AND {{e}}.final_result IS 'NO_ANS'"),
+    ("busy", f"{{e}}.event_type IN {CALLS} AND {{e}}.final_result IS 'BUSY'"),
+    ("transferred", f"{{e}}.event_type IN {CALLS} AND {{e}}.final_result IS 'XFER'"),
+    ("texts", f"{{e}}.event_type IN {TEXTS}"),
+    ("sent", "{e}.event_type = 'OUTBOUND_TEXT_FINISHED' AND {e}.final_result IS 'SENT'"),
+    ("dnt", "{e}.event_type = 'OUTBOUND_TEXT_FINISHED' AND {e}.final_result IS 'DNT'"),
+    ("failed", "{e}.event_type = 'OUTBOUND_TEXT_FINISHED' AND ifnull({e}.final_result, '') NOT IN ('SENT', 'DNT')"),
+    ("inbound_texts", "{e}.event_type = 'INBOUND_TEXT_FINISHED'"),
+    ("duration", "ifnull({e}.duration, 0)"),
+    ("transfer_duration", "ifnull({e}.transfer_duration, 0)"),
+    ("billed_amount", "ifnull({e}.billed_amount, 0)"),
+)
+
+TABLES = """
+CREATE TABLE IF NOT EXISTS campaigns (
+    id INTEGER PRIMARY KEY,
+    name TEXT,
+    type TEXT,
+    labels TEXT,
+    status TEXT,
+    status_at TEXT,
+    first_seen TEXT,
+    last_seen TEXT,
+    events INTEGER NOT NULL DEFAULT 0,
+    campaign_events INTEGER NOT NULL DEFAULT 0,
+    calls INTEGER NOT NULL DEFAULT 0,
+    live_answers INTEGER NOT NULL DEFAULT 0,
+    machines INTEGER NOT NULL DEFAULT 0,
+    no_answer INTEGER NOT NULL DEFAULT 0,
+    busy INTEGER NOT NULL DEFAULT 0,
+    transferred INTEGER NOT NULL DEFAULT 0,
+    texts INTEGER NOT NULL DEFAULT 0,
+    sent INTEGER NOT NULL DEFAULT 0,
+    dnt INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0,
+    inbound_texts INTEGER NOT NULL DEFAULT 0,
+    duration INTEGER NOT NULL DEFAULT 0,
+    transfer_duration INTEGER NOT NULL DEFAULT 0,
+    billed_amount REAL NOT NULL DEFAULT 0,
+    tries INTEGER NOT NULL DEFAULT 0,
+    replies INTEGER NOT NULL DEFAULT 0,
+    replied_texts INTEGER NOT NULL DEFAULT 0
+);
+
+CREATE TABLE IF NOT EXISTS event_totals (
+    day TEXT NOT NULL,
+    campaign_id INTEGER,
+    event_type TEXT NOT NULL,
+    final_result TEXT,
+    events INTEGER NOT NULL DEFAULT 0,
+    tries INTEGER NOT NULL DEFAULT 0,
+    duration INTEGER NOT NULL DEFAULT 0,
+    transfer_duration INTEGER NOT NULL DEFAULT 0,
+    billed_amount REAL NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX IF NOT EXISTS event_totals_bucket
+    ON event_totals(day, ifnull(campaign_id, 0), event_type, ifnull(final_result, ''));
+CREATE INDEX IF NOT EXISTS event_totals_campaign ON event_totals(campaign_id);
+"""
+
+def _attributed_text(r: str) -> str:
+    """Return the subquery giving the outbound text that the inbound text `r` (a row alias) replies to."""
+    return f"""(SELECT o.id FROM events AS o
+        WHERE o.event_type = 'OUTBOUND_TEXT_FINISHED' AND o.to_e164 = {r}.from_e164 AND o.from_e164 = {r}.to_e164
+          AND substr(o.event_time, 1, 19) <= substr({r}.event_time, 1, 19)
+          AND substr(o.event_time, 1, 19) >=
+              strftime('%Y-%m-%dT%H:%M:%S', {r}.event_time, '-{REPLY_WINDOW_DAYS} days')
+        ORDER BY substr(o.event_time, 1, 19) DESC, o.id DESC LIMIT 1)"""
+
+
+def _bucket_where(e: str) -> str:
+    return (f"day = substr({e}.event_time, 1, 10) AND ifnull(campaign_id, 0) = ifnull({campaign_key(e)}, 0)"
+            f" AND event_type = {e}.event_type AND ifnull(final_result, '') = ifnull({e}.final_result, '')")
+
+
+def _bucket_of(e: str) -> str:
+    """Return the condition joining `event_totals AS t` to the bucket of event `e`."""
+    return (f"t.day = substr({e}.event_time, 1, 10) AND ifnull(t.campaign_id, 0) = ifnull({campaign_key(e)}, 0)"
+            f" AND t.event_type = {e}.event_type AND ifnull(t.final_result, '') = ifnull({e}.final_result, '')")
+
+
+def _labels_update(key: str) -> str:
+    """Return the UPDATE giving campaign `key` the latest known name, type, labels and status."""
+    def latest(column: str) -> str:
+        return (f"(SELECT x.{column} FROM events AS x WHERE x.event_type IN {CAMPAIGN_EVENTS}"
+                f" AND {campaign_key('x')} = campaigns.id AND x.{column} IS NOT NULL"
+                f" ORDER BY x.event_time DESC, x.id DESC LIMIT 1)")
+    return f"""UPDATE campaigns SET name = {latest('broadcast_name')}, type = {latest('broadcast_type')},
+        labels = {latest('labels')}, status = {latest('broadcast_status')},
+        status_at = (SELECT max(x.event_time) FROM events AS x
+                     WHERE x.event_type IN {CAMPAIGN_EVENTS} AND {campaign_key('x')} = campaigns.id)
+    WHERE id = {key}"""
+
+
+def _counters(sign: str, e: str) -> str:
+    return ", ".join(f"{column} = {column} {sign} ({adds.format(e=e)})" for column, adds in COUNTERS)
+
+
+_NEW_KEY = campaign_key("new")
+_OLD_KEY = campaign_key("old")
+
+TRIGGERS = f"""
+CREATE TRIGGER IF NOT EXISTS events_figures_insert AFTER INSERT ON events BEGIN
+    INSERT INTO event_totals (day, campaign_id, event_type, final_result, events, duration, transfer_duration,
+                              billed_amount)
+    VALUES (substr(new.event_time, 1, 10), {_NEW_KEY}, new.event_type, new.final_result, 1,
+            ifnull(new.duration, 0), ifnull(new.transfer_duration, 0), ifnull(new.billed_amount, 0))
+    ON CONFLICT (day, ifnull(campaign_id, 0), event_type, ifnull(final_result, '')) DO UPDATE SET
+        events = events + 1, duration = duration + excluded.duration,
+        transfer_duration = transfer_duration + excluded.transfer_duration,
+        billed_amount = billed_amount + excluded.billed_amount;
+    INSERT INTO campaigns (id, first_seen, last_seen) SELECT {_NEW_KEY}, new.event_time, new.event_time
+        WHERE {_NEW_KEY} IS NOT NULL
+    ON CONFLICT (id) DO UPDATE SET first_seen = min(first_seen, excluded.first_seen),
+                                   last_seen = max(last_seen, excluded.last_seen);
+    UPDATE campaigns SET {_counters('+', 'new')} WHERE id = {_NEW_KEY};
+    {_labels_update(_NEW_KEY)} AND new.event_type IN {CAMPAIGN_EVENTS};
+    UPDATE events SET reply_to = {_attributed_text('new')}
+    WHERE id = new.id AND new.event_type = 'INBOUND_TEXT_FINISHED';
+    -- A text that arrives after replies to it (a backfill out of order) takes them from an older text.
+    UPDATE events SET reply_to = new.id
+    WHERE new.event_type = 'OUTBOUND_TEXT_FINISHED' AND event_type = 'INBOUND_TEXT_FINISHED'
+      AND from_e164 = new.to_e164 AND to_e164 = new.from_e164
+      AND substr(event_time, 1, 19) >= substr(new.event_time, 1, 19)
+      AND substr(event_time, 1, 19) <= strftime('%Y-%m-%dT%H:%M:%S', new.event_time, '+{REPLY_WINDOW_DAYS} days')
+      AND (reply_to IS NULL OR (SELECT (substr(t.event_time, 1, 19), t.id) < (substr(new.event_time, 1, 19), new.id)
+                                FROM events AS t WHERE t.id = events.reply_to));
+END;
+
+CREATE TRIGGER IF NOT EXISTS events_figures_before_delete BEFORE DELETE ON events BEGIN
+    -- Its attempts go first, while the event is still there to say which figures their tries were in.
+    DELETE FROM attempts WHERE event_id = old.id;
+END;
+
+CREATE TRIGGER IF NOT EXISTS events_figures_delete AFTER DELETE ON events BEGIN
+    UPDATE event_totals SET events = events - 1, duration = duration - ifnull(old.duration, 0),
+        transfer_duration = transfer_duration - ifnull(old.transfer_duration, 0),
+        billed_amount = billed_amount - ifnull(old.billed_amount, 0)
+    WHERE {_bucket_where('old')};
+    DELETE FROM event_totals WHERE events = 0 AND {_bucket_where('old')};
+    UPDATE campaigns SET {_counters('-', 'old')} WHERE id = {_OLD_KEY};
+    UPDATE campaigns SET
+        first_seen = (SELECT min(x.event_time) FROM events AS x WHERE {campaign_key('x')} = campaigns.id),
+        last_seen = (SELECT max(x.event_time) FROM events AS x WHERE {campaign_key('x')} = campaigns.id)
+    WHERE id = {_OLD_KEY} AND (old.event_time <= first_seen OR old.event_time >= last_seen);
+    DELETE FROM campaigns WHERE id = {_OLD_KEY} AND events = 0;
+    {_labels_update(_OLD_KEY)} AND old.event_type IN {CAMPAIGN_EVENTS};
+    -- A deleted reply leaves its text; a deleted text's replies go to the next latest text, if any.
+    UPDATE campaigns SET replies = replies - 1,
+        replied_texts = replied_texts - NOT EXISTS (SELECT 1 FROM events WHERE reply_to = old.reply_to)
+    WHERE old.reply_to IS NOT NULL AND id = (SELECT broadcast_id FROM events WHERE id = old.reply_to);
+    UPDATE campaigns SET replies = replies - (SELECT count(*) FROM events WHERE reply_to = old.id),
+        replied_texts = replied_texts - EXISTS (SELECT 1 FROM events WHERE reply_to = old.id)
+    WHERE old.event_type = 'OUTBOUND_TEXT_FINISHED' AND id = old.broadcast_id;
+    UPDATE events SET reply_to = {_attributed_text('events')}
+    WHERE old.event_type = 'OUTBOUND_TEXT_FINISHED' AND reply_to = old.id;
+END;
+
+CREATE TRIGGER IF NOT EXISTS events_reply_to AFTER UPDATE OF reply_to ON events
+WHEN old.reply_to IS NOT new.reply_to BEGIN
+    UPDATE campaigns SET replies = replies - 1,
+        replied_texts = replied_texts - NOT EXISTS (SELECT 1 FROM events WHERE reply_to = old.reply_to)
+    WHERE old.reply_to IS NOT NULL AND id = (SELECT broadcast_id FROM events WHERE id = old.reply_to);
+    UPDATE campaigns SET replies = replies + 1,
+        replied_texts = replied_texts + ((SELECT count(*) FROM events WHERE reply_to = new.reply_to) = 1)
+    WHERE new.reply_to IS NOT NULL AND id = (SELECT broadcast_id FROM events WHERE id = new.reply_to);
+END;
+
+CREATE TRIGGER IF NOT EXISTS attempts_figures_insert AFTER INSERT ON attempts
+WHEN new.result IS NOT 'XFER_LEG' BEGIN
+    UPDATE event_totals SET tries = tries + 1
+    WHERE rowid = (SELECT t.rowid FROM events AS e JOIN event_totals AS t ON {_bucket_of('e')}
+                   WHERE e.id = new.event_id);
+    UPDATE campaigns SET tries = tries + 1
+    WHERE id = (SELECT {campaign_key('e')} FROM events AS e WHERE e.id = new.event_id);
+END;
+
+CREATE TRIGGER IF NOT EXISTS attempts_figures_delete AFTER DELETE ON attempts
+WHEN old.result IS NOT 'XFER_LEG' BEGIN
+    UPDATE event_totals SET tries = tries - 1
+    WHERE rowid = (SELECT t.rowid FROM events AS e JOIN event_totals AS t ON {_bucket_of('e')}
+                   WHERE e.id = old.event_id);
+    UPDATE campaigns SET tries = tries - 1
+    WHERE id = (SELECT {campaign_key('e')} FROM events AS e WHERE e.id = old.event_id);
+END;
+"""
+
+_TRY = "a.result IS NOT 'XFER_LEG'"
+
+# The same figures computed from scratch, as a backfill (and as the tests' reference).
+FULL_SCAN = f"""
+UPDATE events SET reply_to = {_attributed_text('events')} WHERE event_type = 'INBOUND_TEXT_FINISHED';
+DELETE FROM event_totals;
+INSERT INTO event_totals (day, campaign_id, event_type, final_result, events, tries, duration, transfer_duration,
+                          billed_amount)
+SELECT substr(e.event_time, 1, 10), {campaign_key('e')}, e.event_type, e.final_result, count(*),
+       sum((SELECT count(*) FROM attempts AS a WHERE a.event_id = e.id AND {_TRY})),
+       sum(ifnull(e.duration, 0)), sum(ifnull(e.transfer_duration, 0)), sum(ifnull(e.billed_amount, 0))
+FROM events AS e GROUP BY 1, 2, 3, 4;
+DELETE FROM campaigns;
+INSERT INTO campaigns (id, first_seen, last_seen, {', '.join(c for c, _ in COUNTERS)}, tries)
+SELECT {campaign_key('e')} AS campaign, min(e.event_time), max(e.event_time),
+       {', '.join(f"sum({adds.format(e='e')})" for _, adds in COUNTERS)},
+       sum((SELECT count(*) FROM attempts AS a WHERE a.event_id = e.id AND {_TRY}))
+FROM events AS e WHERE campaign IS NOT NULL GROUP BY campaign;
+{_labels_update('campaigns.id')};
+UPDATE campaigns SET
+    replies = (SELECT count(*) FROM events AS r JOIN events AS o ON o.id = r.reply_to
+               WHERE o.broadcast_id = campaigns.id),
+    replied_texts = (SELECT count(DISTINCT r.reply_to) FROM events AS r JOIN events AS o ON o.id = r.reply_to
+                     WHERE o.broadcast_id = campaigns.id);
+"""

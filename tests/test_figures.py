@@ -1,0 +1,248 @@
+"""The decided figures (call seconds, tries, replies) against answers worked out by hand.
+
+fixtures/analysts/figures.json holds transfers, retries and replies; the
+answers beside it were computed by hand, and every cookbook query of
+docs/schema.md is run exactly as printed there (with its example ids replaced).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from contextlib import closing
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from process_support import ALLOW_ROOT
+
+from mailhook.cli import main
+from mailhook.stats import Window, collect
+from mailhook.store import open_readonly
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "fixtures" / "analysts" / "figures.json"
+ANSWERS = json.loads((ROOT / "fixtures" / "analysts" / "figures.expected-answers.json").read_text())
+
+
+def cookbook() -> dict[str, str]:
+    """Return each numbered cookbook query of docs/schema.md by its number."""
+    docs = (ROOT / "docs" / "schema.md").read_text()
+    parts = re.split(r"\n\*\*(\d+)\. ", docs[docs.index("## Cookbook"):])
+    return {number: re.search(r"```sql\n(.*?)```", text, re.S).group(1)  # type: ignore[union-attr]
+            for number, text in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+@pytest.fixture(scope="module")
+def figures_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("figures") / "figures.db"
+    assert main(["ingest", "--quiet", "--db", str(path), str(DATA)], env=ALLOW_ROOT) == 0
+    return path
+
+
+def run(path: Path, sql: str) -> list[list[Any]]:
+    for old, new in ANSWERS["replace"].items():
+        sql = sql.replace(old, new)
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+        return [list(row) for row in conn.execute(sql)]
+
+
+def test_every_cookbook_query_with_an_answer_is_found_in_the_docs() -> None:
+    assert set(ANSWERS["cookbook"]) <= set(cookbook())
+
+
+@pytest.mark.parametrize("number", sorted(ANSWERS["cookbook"], key=int))
+def test_cookbook_query_gives_the_hand_computed_answer(figures_db: Path, number: str) -> None:
+    assert run(figures_db, cookbook()[number]) == ANSWERS["cookbook"][number]
+
+
+def test_a_transferred_call_keeps_its_leg_apart(figures_db: Path) -> None:
+    rows = run(figures_db, "SELECT duration, transfer_duration, tries, billed_amount FROM calls"
+                           " WHERE call_id = 7700000002")
+    assert rows == [[161, 251, 1, 5.0]]
+
+
+def test_each_reply_is_attributed_once_within_the_window(figures_db: Path) -> None:
+    rows = run(figures_db, "SELECT message, broadcast_id FROM replies ORDER BY id")
+    assert rows == [["YES please", 900002], ["yes again", 900003], ["YES", 900002], ["and a question", 900002],
+                    ["late yes", None], ["who is this", None], ["wrong line", None]]
+
+
+def test_stats_give_the_hand_computed_figures(figures_db: Path) -> None:
+    db = open_readonly(figures_db)
+    try:
+        report = collect(db, Window())
+    finally:
+        db.close()
+    totals = report.totals
+    assert {k: getattr(totals, k) for k in ANSWERS["stats"]["totals"]} == ANSWERS["stats"]["totals"]
+    campaigns = {str(c.broadcast_id): c for c in report.campaigns}
+    for key, expected in ANSWERS["stats"]["campaigns"].items():
+        c = campaigns[key]
+        got = {k: getattr(c, k) if hasattr(c, k) and k in ("replies", "replied_texts", "reply_rate")
+               else getattr(c.measures, k) for k in expected}
+        assert got == expected, key
+
+
+def test_iso_week_formula_agrees_with_python_on_every_day_of_ten_years() -> None:
+    sql = cookbook()["4"]
+    formula = re.search(r"SELECT (printf\(.*?\)) AS week", sql, re.S)
+    thursday = re.search(r"(date\(event_time, 'weekday 0', '-3 days'\))", sql)
+    assert formula and thursday
+    expression = formula.group(1).replace("thursday", thursday.group(1).replace("event_time", "d"))
+    days = [date(2015, 12, 25) + timedelta(days=n) for n in range(3700)]
+    with closing(sqlite3.connect(":memory:")) as conn:
+        got = [conn.execute(f"SELECT {expression} FROM (SELECT ? AS d)", (d.isoformat() + "T12:00:00Z",)).fetchone()[0]
+               for d in days]
+    assert got == [f"{d.isocalendar().year}-W{d.isocalendar().week:02d}" for d in days]
+
+
+def documents() -> list[bytes]:
+    """Return each notification of the fixture as a document of its own."""
+    return [json.dumps(item).encode() for item in json.loads(DATA.read_text())]
+
+
+def store_documents(path: Path, items: list[bytes], *, batch: int) -> None:
+    """Store each document as a file delivery, `batch` per transaction, through the real write path."""
+    from mailhook.extract import extract
+    from mailhook.models import Delivery
+    from mailhook.store import Store
+
+    store = Store(path)
+    try:
+        for start in range(0, len(items), batch):
+            work = [(Delivery(channel="file", raw=raw, received_at="2026-01-01T00:00:00Z", kind="document",
+                              source=f"doc{start + n}"), extract(raw, "document", {}))
+                    for n, raw in enumerate(items[start:start + batch])]
+            assert not [r for r in store.write(work) if isinstance(r, Exception)]
+    finally:
+        store.close()
+
+
+def snapshot(conn: sqlite3.Connection) -> tuple[list[Any], ...]:
+    campaigns = conn.execute("SELECT * FROM campaigns ORDER BY id").fetchall()
+    totals = conn.execute("SELECT * FROM event_totals ORDER BY 1, 2, 3, 4").fetchall()
+    replies = conn.execute("SELECT id, reply_to FROM events WHERE event_type = 'INBOUND_TEXT_FINISHED'"
+                           " ORDER BY id").fetchall()
+    # Sums of credits may differ in the last bit with the order of addition.
+    def rounded(rows: list[Any]) -> list[Any]:
+        return [tuple(round(v, 6) if isinstance(v, float) else v for v in row) for row in rows]
+    return rounded(campaigns), rounded(totals), replies
+
+
+def full_scan(path: Path) -> tuple[list[Any], ...]:
+    """Compute the maintained figures from scratch (as the schema upgrade does), and roll back."""
+    from mailhook.figures import FULL_SCAN
+    from mailhook.store import _statements
+
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute("BEGIN")
+        for statement in _statements(FULL_SCAN):
+            conn.execute(statement)
+        scanned = snapshot(conn)
+        conn.execute("ROLLBACK")
+    return scanned
+
+
+def maintained(path: Path) -> tuple[list[Any], ...]:
+    with closing(sqlite3.connect(path)) as conn:
+        return snapshot(conn)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_figures_kept_on_ingest_in_any_order_equal_a_full_scan(tmp_path: Path, seed: int) -> None:
+    import random
+
+    items = documents()
+    random.Random(seed).shuffle(items)
+    path = tmp_path / "m.db"
+    store_documents(path, items, batch=1 + seed * 3)
+    kept = maintained(path)
+    assert kept == full_scan(path)
+    campaigns = {row[0]: row for row in kept[0]}
+    assert set(campaigns) == {900001, 900002, 900003}
+    # Replies go to the latest text whatever order things arrived in (hand-computed, as above).
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT message, broadcast_id FROM replies ORDER BY message").fetchall() == [
+            ("YES", 900002), ("YES please", 900002), ("and a question", 900002), ("late yes", None),
+            ("who is this", None), ("wrong line", None), ("yes again", 900003)]
+        assert conn.execute("SELECT id, sent, replies, replied_texts, tries, duration, transfer_duration"
+                            " FROM campaigns ORDER BY id").fetchall() == [
+            (900001, 0, 0, 0, 12, 351, 301), (900002, 3, 3, 2, 5, 0, 0), (900003, 1, 1, 1, 1, 0, 0)]
+
+
+def test_figures_stay_equal_to_a_full_scan_after_deletes(tmp_path: Path) -> None:
+    from mailhook.upkeep import prune
+
+    path = tmp_path / "m.db"
+    store_documents(path, documents(), batch=5)
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute("PRAGMA foreign_keys=ON")
+        # A text with replies (they move to no text: none older in the window), a reply, a transferred call.
+        for resource in (6600000004, 6600000023, 7700000002):
+            conn.execute("DELETE FROM events WHERE resource_id = ?", (resource,))
+        assert conn.execute("SELECT reply_to IS NULL FROM events WHERE resource_id = 6600000022").fetchone() == (0,)
+    assert maintained(path) == full_scan(path)
+    # The text sent later took reply 22 ("yes again"); with it gone, the earlier text within 7 days has it back.
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT broadcast_id FROM replies WHERE message = 'yes again'").fetchone() == (900002,)
+    prune(path, datetime.now(UTC) + timedelta(days=1))
+    assert maintained(path) == full_scan(path) == ([], [], [])
+
+
+def test_calls_and_texts_name_their_campaign(figures_db: Path) -> None:
+    assert run(figures_db, "SELECT DISTINCT campaign_name FROM calls") == [["Fall calls"]]
+    assert run(figures_db, "SELECT campaign_name, count(*) FROM texts GROUP BY 1 ORDER BY 1") == [
+        [None, 7], ["Fall texts", 5], ["Follow-up", 1]]
+
+
+def test_numbers_are_kept_as_sent_and_also_in_e164(figures_db: Path) -> None:
+    assert run(figures_db, "SELECT from_number, from_e164, to_number, to_e164 FROM texts WHERE text_id = 6600000021"
+               ) == [["+1 (310) 555-0001", "+13105550001", "67076", "67076"]]
+
+
+def test_event_time_is_the_events_own_time(figures_db: Path) -> None:
+    rows = run(figures_db, "SELECT count(*) FROM events WHERE event_time IS COALESCE(modified, created, received_at)")
+    assert rows == run(figures_db, "SELECT count(*) FROM events")
+
+
+def test_the_configured_region_reads_national_numbers_and_emails_keep_their_date(tmp_path: Path) -> None:
+    document = {"TextNotification": {"Text": {
+        "@id": "42", "FromNumber": "020 7946 0958", "ToNumber": "67076", "Inbound": True,
+        "FinalResult": "RECEIVED", "Message": "hello", "Modified": "2024-05-01T10:00:00Z"}}}
+    email = (b"From: CallFire <n@callfire.test>\r\nDate: Wed, 1 May 2024 12:00:05 +0200\r\n"
+             b"Subject: Text\r\nMessage-ID: <r1@x>\r\nContent-Type: application/json\r\n\r\n"
+             + json.dumps(document).encode())
+    (tmp_path / "in.eml").write_bytes(email)
+    path = tmp_path / "m.db"
+    assert main(["ingest", "-q", "--db", str(path), str(tmp_path / "in.eml")],
+                env={"MAILHOOK_STORAGE_PHONE_REGION": "GB"} | ALLOW_ROOT) == 0
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT from_number, from_e164 FROM events").fetchall() == [
+            ("020 7946 0958", "+442079460958")]
+        assert conn.execute("SELECT sent_at FROM deliveries").fetchall() == [("2024-05-01T10:00:05Z",)]
+
+
+def test_an_unknown_region_is_a_configuration_error(tmp_path: Path) -> None:
+    assert main(["ingest", "-q", "--db", str(tmp_path / "m.db"), "--storage-phone-region", "XX", str(DATA)],
+                env=ALLOW_ROOT) == 78
+
+
+@pytest.mark.parametrize("window", [Window(), Window(since="2024-05-01T00:00:00", until="2024-05-03T00:00:00"),
+                                    Window(broadcast_id=900002), Window(until="2024-05-02T00:00:00")])
+def test_stats_from_kept_totals_and_replies_equal_a_full_scan(
+    figures_db: Path, window: Window, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = open_readonly(figures_db)
+    try:
+        kept = collect(db, window)
+        monkeypatch.setattr(Window, "by_day", lambda self: False)
+        # A bound at 00:00:00.000 still scans, and takes the windowed reply count.
+        scanned = collect(db, Window(since=window.since or "0000-01-01T00:00:00", until=window.until,
+                                     broadcast_id=window.broadcast_id))
+    finally:
+        db.close()
+    assert kept.totals == scanned.totals and kept.by_type == scanned.by_type and kept.days == scanned.days
+    assert kept.campaigns == scanned.campaigns  # credits here are whole numbers: exact in any order
