@@ -145,6 +145,10 @@ class HttpSettings:
     max_per_ip: int = option(100, "most concurrent HTTP connections from one address; more get 503 at once")
     max_header_size: int = option(32768, "largest request line and headers together, in bytes; more get 400")
     header_timeout: float = option(60.0, "seconds a client may take to send a request's line and headers")
+    evict_after: float = option(
+        0.0, "at max_connections, a new connection replaces the one longest without a whole request head (an "
+        "incomplete head or an idle keep-alive) from the address holding the most, if waiting at least this many "
+        "seconds")
     keepalive_timeout: float = option(75.0, "seconds an HTTP connection may stay idle between requests")
     body_timeout: float = option(60.0, "seconds a client may take to send one request body")
     send_timeout: float = option(60.0, "seconds a client may leave an answer unread before the connection is closed")
@@ -505,6 +509,7 @@ def validate(settings: Settings) -> Settings:
                 settings.http.send_timeout) > 0,
             "http.header_timeout, keepalive_timeout, body_timeout and send_timeout must be positive",
         ),
+        (settings.http.evict_after >= 0, "http.evict_after must not be negative"),
         (settings.smtp.max_session_time > 0, "smtp.max_session_time must be positive"),
         (settings.smtp.max_connection_rate >= 0, "smtp.max_connection_rate must not be negative"),
         (

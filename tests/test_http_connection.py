@@ -8,14 +8,17 @@ clients' addresses.
 
 from __future__ import annotations
 
+import collections
 import inspect
 import json
+import logging
 import os
 import resource
 import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack, suppress
@@ -121,11 +124,19 @@ def head_and_body(reply: bytes) -> tuple[str, dict[str, str], bytes]:
 
 def test_past_the_total_cap_a_connection_gets_503_at_once_and_a_freed_place_serves_again(start_door: StartDoor) -> None:
     door = start_door(max_connections=4, max_per_ip=100)
+    head = b"POST /notifications HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n"
+
+    def busy() -> socket.socket:
+        """A connection whose request is being read: it never makes room for a newcomer."""
+        sock = stack.enter_context(door.connect())
+        sock.sendall(head)
+        return sock
+
     with ExitStack() as stack:
-        held = [stack.enter_context(door.connect()) for _ in range(3)]
+        held = [busy() for _ in range(3)]
         door.wait_open(3)
         assert door.post().status_code == 200  # the fourth place: at the cap, served
-        held.append(stack.enter_context(door.connect()))
+        held.append(busy())
         door.wait_open(4)
 
         started = time.monotonic()
@@ -157,6 +168,135 @@ def test_past_the_per_address_cap_that_address_gets_503_while_others_are_served(
         held.pop().close()
         door.wait_open(2)
         assert door.post(source="127.0.0.2").status_code == 200  # at its cap again: served
+
+
+class Drippers:
+    """Hostile clients holding `per_address` connections from each address, dripping header bytes, reconnecting."""
+
+    def __init__(self, door: Door, addresses: list[str], per_address: int) -> None:
+        self.door = door
+        self.wanted = [address for address in addresses for _ in range(per_address)]
+        self.socks: dict[socket.socket, str] = {}
+        self.replies: list[bytes] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            held = collections.Counter(self.socks.values())
+            for address in set(self.wanted):
+                for _ in range(self.wanted.count(address) - held[address]):
+                    with suppress(OSError):
+                        sock = self.door.connect(address)
+                        sock.sendall(b"POST /notifications HTTP/1.1\r\nHost: x\r\n")
+                        sock.setblocking(False)
+                        self.socks[sock] = address
+            for sock in list(self.socks):
+                try:
+                    data = sock.recv(4096)
+                except BlockingIOError:
+                    with suppress(OSError):
+                        sock.send(b"X: y\r\n")
+                    continue
+                except OSError:
+                    data = b""
+                self.replies.append(data)
+                del self.socks[sock]
+                sock.close()
+            time.sleep(0.1)
+
+    def __enter__(self) -> Drippers:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(30)
+        for sock in self.socks:
+            sock.close()
+
+
+def test_connections_dripping_from_many_addresses_at_the_total_cap_make_room_for_a_request(
+    start_door: StartDoor, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Audit F2 at small scale: 7 addresses each dripping 5 heads fill a cap of 20; requests are still served."""
+    caplog.set_level(logging.INFO, "mailhook.webhook")
+    door = start_door(max_connections=20, max_per_ip=5, header_timeout=60.0)
+    attackers = [f"127.0.0.{n}" for n in range(2, 9)]
+    with Drippers(door, attackers, 5) as drippers:
+        door.wait_open(20)
+        for source in ("127.0.0.100", "127.0.0.2", "127.0.0.100", "127.0.0.5"):
+            assert door.gate.open == 20, "the attack no longer fills the cap"
+            started = time.monotonic()
+            assert door.post(source=source).status_code == 200, source
+            assert time.monotonic() - started < SLOW
+            time.sleep(0.5)
+    evicted = [reply for reply in drippers.replies if b"make room" in reply]
+    assert evicted, "no dripping connection was told why it was closed"
+    status, headers, body = head_and_body(evicted[0])
+    assert status == "HTTP/1.1 503 Service Unavailable" and headers["retry-after"] == "5"
+    assert json.loads(body) == {"error": "connection closed to make room for others; retry later"}
+    assert door.deliveries() == 4
+    # The first eviction is logged; the rest are summed up once a minute.
+    lines = [r.getMessage() for r in caplog.records if "its place given" in r.getMessage()]
+    assert len(lines) == 1, lines
+
+
+def test_at_the_total_cap_the_address_holding_most_makes_room_and_busy_requests_are_never_evicted(
+    start_door: StartDoor,
+) -> None:
+    door = start_door(max_connections=6, max_per_ip=10)
+    request_head = b"POST /notifications HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml\r\nContent-Length: %d\r\n\r\n"
+    with ExitStack() as stack:
+        busy = stack.enter_context(door.connect("127.0.0.2"))  # its body is being read: never evicted
+        busy.sendall(request_head % len(TEXT_XML))
+        lone = stack.enter_context(door.connect("127.0.0.3"))  # one idle connection from its address
+        crowd = [stack.enter_context(door.connect("127.0.0.4")) for _ in range(4)]
+        door.wait_open(6)
+        for sock in crowd:
+            sock.sendall(b"POST /notif")  # incomplete heads
+        assert door.post(source="127.0.0.5").status_code == 200
+        door.wait_open(5)  # the POST's connection closed
+        newcomers = [stack.enter_context(door.connect("127.0.0.5")) for _ in range(3)]
+        for sock in newcomers:
+            sock.sendall(request_head % len(TEXT_XML))  # held busy: the first takes the free place, two make room
+        door.wait_open(6)
+        # Three of the crowd made room (closed with a 503); the lone connection and the busy requests were kept.
+        replies = []
+        for sock in crowd:
+            sock.settimeout(2)
+            try:
+                replies.append(read_all(sock))
+            except TimeoutError:
+                replies.append(None)
+        assert replies.count(None) == 1
+        assert all(reply.startswith(b"HTTP/1.1 503 ") for reply in replies if reply is not None)
+        for sock in [busy, *newcomers]:
+            sock.sendall(TEXT_XML)
+            status, _, _ = head_and_body(sock.recv(65536))
+            assert status == "HTTP/1.1 200 OK"
+        lone.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, _, _ = head_and_body(lone.recv(65536))
+        assert status == "HTTP/1.1 200 OK"
+    assert door.deliveries() == 5
+
+
+def test_an_idle_kept_alive_connection_makes_room_silently_at_the_total_cap(start_door: StartDoor) -> None:
+    door = start_door(max_connections=2, max_per_ip=10, keepalive_timeout=60.0)
+    with ExitStack() as stack:
+        idle = [stack.enter_context(door.connect("127.0.0.2")) for _ in range(2)]
+        for sock in idle:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+        assert door.post(source="127.0.0.3").status_code == 200
+        replies = []
+        for sock in idle:
+            sock.settimeout(0.5)
+            try:
+                replies.append(sock.recv(65536))
+            except TimeoutError:
+                replies.append(None)
+    assert replies.count(b"") == 1 and replies.count(None) == 1  # one closed without a word, one kept
 
 
 @pytest.mark.slow
@@ -451,12 +591,16 @@ def test_every_answer_names_only_mailhook_as_server(start_door: StartDoor) -> No
             client.post(f"{url}/notifications?token=t0k", content=b"x", headers={"Expect": "200-ok"}),  # 417
         ]
     with door.connect() as one, door.connect() as two:
+        for sock in (one, two):  # requests being read: they do not make room for a third
+            sock.sendall(b"POST /notifications?token=t0k HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
         door.wait_open(2)
         with door.connect() as three:
             over_cap = read_all(three)  # 503
-        one.sendall(b"GET / HTTP/1.1\r\n")
-        head_late = read_all(one)  # 408
         two.close()
+        door.wait_open(1)
+        with door.connect() as four:
+            four.sendall(b"GET / HTTP/1.1\r\n")
+            head_late = read_all(four)  # 408
     assert sorted({a.status_code for a in answers}) == [200, 401, 404, 405, 417, 422]
     assert {a.headers["Server"] for a in answers} == {"mailhook"}
     for raw, status in ((over_cap, "503"), (head_late, "408")):

@@ -25,6 +25,7 @@ import pytest
 from conftest import StartServer, make_settings
 from outside import require
 
+from mailhook.http import connection as http_connection
 from mailhook.http import door as webhook_module
 from mailhook.metrics import Metrics
 from mailhook.pipeline import Pipeline
@@ -623,3 +624,29 @@ def test_malformed_http_is_refused_with_400_and_one_log_line_not_a_traceback(
     assert len(refusals) == 1 and refusals[0].exc_info is None and refusals[0].name == "mailhook.webhook"
     assert not [r for r in caplog.records if r.exc_info]
     assert webhook.post(TEXT_XML).status_code == 200
+
+
+def test_token_and_signature_guesses_are_logged_once_then_summed_up_per_interval(
+    start_webhook: StartWebhook, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http_connection, "LOG_INTERVAL", 1.0)
+    webhook = start_webhook(http={"token": TOKEN, "webhook_secret": SECRET})
+    signed = {"X-CallFire-Signature": sign_base64(b"something else")}
+
+    for guess in range(30):
+        assert webhook.post(V2_JSON, params={"token": f"guess{guess}"}).status_code == 401
+    for _ in range(10):
+        assert webhook.post(V2_JSON, params={"token": TOKEN}, headers=signed).status_code == 401
+
+    def refusals() -> list[str]:
+        messages = [r.getMessage() for r in caplog.records if r.name == "mailhook.webhook"]
+        return [m for m in messages if "status=401" in m]
+
+    assert refusals() == ["request refused channel=http peer=127.0.0.1 status=401 reason=wrong token"]
+    deadline = time.monotonic() + 30
+    while len(refusals()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    summary = refusals()[1]
+    assert summary.startswith("HTTP requests refused for a missing or wrong token or signature: 39 more in the "
+                              "last 1 s")
+    assert "X-CallFire-Signature does not match the body" in summary  # the last one

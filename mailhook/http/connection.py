@@ -10,7 +10,9 @@ that relies on aiohttp's private internals, each use commented with what it
 replaces and why. `PRIVATE_NAMES` lists them; tests/test_http_connection.py fails
 naming the one an aiohttp upgrade renamed, and pyproject.toml caps aiohttp.
 
-The limits mirror nginx: `limit_conn` (total and per address, answered 503),
+The limits mirror nginx: `limit_conn` (total and per address, answered 503;
+at the total cap a connection still waiting for a request head makes room, as
+nginx reuses its idle connections when `worker_connections` run out),
 `client_header_timeout` (408), `large_client_header_buffers` (a cap on a
 request head's size, 400), `send_timeout` (a client not reading its
 answers), `keepalive_timeout` (aiohttp's own knob).
@@ -82,9 +84,13 @@ class Gate:
         self.loop = asyncio.get_running_loop()
         self.open = 0
         self.per_ip: collections.Counter[str] = collections.Counter()
+        self.connections: set[Connection] = set()
         self.refusals = Summary(logger, logging.WARNING, "HTTP connections refused at the caps", LOG_INTERVAL)
         self.timeouts = Summary(logger, logging.WARNING, "HTTP connections closed without a whole request head",
                                 LOG_INTERVAL)
+        self.evictions = Summary(logger, logging.INFO, "HTTP connections closed to make room at the total cap",
+                                 LOG_INTERVAL)
+        self._evicted = raw_response(503, "connection closed to make room for others; retry later", "Retry-After: 5")
         self._too_many = raw_response(503, "too many connections; retry later", "Retry-After: 5")
         self._too_many_here = raw_response(503, "too many connections from your address; retry later",
                                            "Retry-After: 5")
@@ -96,8 +102,19 @@ class Gate:
         """Build the protocol for one accepted connection (the factory given to `create_server`)."""
         return Connection(self)
 
-    def admit(self, peer: str) -> bytes | None:
-        """Count a connection in, or return the 503 response that refuses it."""
+    def admit(self, conn: Connection) -> bytes | None:
+        """Count a connection in, or return the 503 response that refuses it.
+
+        At `max_connections`, a connection waiting for a request head makes
+        room (see `_idlest`), so connections that never complete a request
+        cannot shut out one that does. `max_per_ip` stays a hard cap, as
+        nginx's `limit_conn`: past it an address competes only with itself.
+        """
+        peer = conn.peer
+        if self.per_ip[peer] < self.settings.max_per_ip and self.open >= self.settings.max_connections:
+            idlest = self._idlest()
+            if idlest is not None:
+                idlest.evict()
         if self.open >= self.settings.max_connections:
             self.metrics.on_rejected("http", "too_many_connections")
             self.refusals.note("refused connection channel=http peer=%s: %d connections open (http.max_connections)",
@@ -110,14 +127,40 @@ class Gate:
             return self._too_many_here
         self.open += 1
         self.per_ip[peer] += 1
+        self.connections.add(conn)
         return None
 
-    def release(self, peer: str) -> None:
+    def release(self, conn: Connection) -> None:
         """Count a connection out."""
+        self.connections.discard(conn)
         self.open -= 1
-        self.per_ip[peer] -= 1
-        if self.per_ip[peer] <= 0:
-            del self.per_ip[peer]
+        self.per_ip[conn.peer] -= 1
+        if self.per_ip[conn.peer] <= 0:
+            del self.per_ip[conn.peer]
+
+    def _idlest(self) -> Connection | None:
+        """Return the connection that makes room at `max_connections`, if any.
+
+        That is one waiting for a request head (none sent yet, one still
+        incomplete, or idle between kept-alive requests) for at least
+        `evict_after` seconds, from the address holding the most connections,
+        and of those the one waiting longest. A connection whose request is
+        being read, handled or answered is never chosen. Preferring the
+        address holding the most means that a client holding a place or two
+        is not displaced by a flood from a few addresses; the flood displaces itself.
+        """
+        latest = self.loop.time() - self.settings.evict_after
+        candidates = (c for c in self.connections if c.waiting_since(latest))
+        return min(candidates, key=lambda c: (-self.per_ip[c.peer], c.since), default=None)
+
+    def evicted(self, peer: str, waited: float, started: bool) -> bytes | None:
+        """Note a connection closed to make room; return the 503 to send, if any."""
+        self.metrics.on_rejected("http", "evicted")
+        self.evictions.note("closed connection channel=http peer=%s: no whole request head for %.1f s, its place "
+                            "given to a new connection (http.max_connections)", peer, waited)
+        # A client mid-head is told to retry; one idle (or silent) since its last request is closed
+        # silently, as nginx closes reusable connections and as any keep-alive client expects.
+        return self._evicted if started else None
 
     def head_overdue(self, peer: str, started: bool) -> bytes | None:
         """Note a connection closed for want of a whole request head; return the 408 to send, if any."""
@@ -148,19 +191,24 @@ class Gate:
         """Log what the summaries still count."""
         self.refusals.close()
         self.timeouts.close()
+        self.evictions.close()
 
 
 class Connection(RequestHandler):
     """aiohttp's per-connection protocol, admitted under the caps and with a deadline for each request head."""
 
-    __slots__ = ("_admitted", "_gate", "_head_size", "_head_started", "_head_timer", "_peer", "_send_timer")
+    __slots__ = ("_admitted", "_counted", "_gate", "_head_size", "_head_started", "_head_timer", "_send_timer",
+                 "peer", "since")
 
     def __init__(self, gate: Gate) -> None:
         super().__init__(gate.manager, loop=gate.loop, keepalive_timeout=gate.settings.keepalive_timeout,
                          logger=gate.protocol_log, access_log=None, lingering_time=LINGER)  # type: ignore[arg-type]
         self._gate = gate
-        self._peer = "-"
+        self.peer = "-"
         self._admitted = False
+        self._counted = False  # holds a place under the caps
+        # Loop time of accept, then of each whole request head: a connection waiting for a head has waited since.
+        self.since = gate.loop.time()
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_started = False
         self._head_size = 0
@@ -169,14 +217,14 @@ class Connection(RequestHandler):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Admit the connection or answer 503 and close; start the deadline for the first request's head."""
         peer = transport.get_extra_info("peername")
-        self._peer = str(peer[0]) if peer else "-"
-        refusal = self._gate.admit(self._peer)
+        self.peer = str(peer[0]) if peer else "-"
+        refusal = self._gate.admit(self)
         if refusal is not None:
             assert isinstance(transport, asyncio.WriteTransport)
             transport.write(refusal)
             transport.close()
             return
-        self._admitted = True
+        self._admitted = self._counted = True
         super().connection_made(transport)
         # As nginx's client_header_timeout: the whole first head within the deadline from accept.
         self._arm_head_timer()
@@ -190,8 +238,28 @@ class Connection(RequestHandler):
         if not self._admitted:
             return  # aiohttp never saw it
         self._admitted = False
-        self._gate.release(self._peer)
+        self._release()
         super().connection_lost(exc)
+
+    def _release(self) -> None:
+        if self._counted:
+            self._counted = False
+            self._gate.release(self)
+
+    def waiting_since(self, latest: float) -> bool:
+        """Say whether this connection has waited for a request head since `latest` or earlier (may make room)."""
+        transport = self.transport
+        return (self._counted and self.since <= latest and transport is not None and not transport.is_closing()
+                and self._waiting_for_head())
+
+    def evict(self) -> None:
+        """Close this connection, waiting for a request head, to make room for a new one; give up its place now."""
+        answer = self._gate.evicted(self.peer, self._loop.time() - self.since, self._head_started)
+        self._release()
+        self._disarm_head_timer()
+        if answer is not None and self.transport is not None:
+            self.transport.write(answer)
+        self.force_close()
 
     def data_received(self, data: bytes) -> None:
         """Feed aiohttp's parser; a head's first bytes start its deadline, a whole head stops it.
@@ -200,16 +268,19 @@ class Connection(RequestHandler):
         one head could still hold ~1 MB while it trickles in; the head as a
         whole is bounded here, as nginx's large_client_header_buffers do.
         """
-        if data and self._waiting_for_head():
+        waiting = self._waiting_for_head()
+        if data and waiting:
             if self._head_timer is None:
                 self._arm_head_timer()
             self._head_started = True
             self._head_size += len(data)
         super().data_received(data)
         if not self._waiting_for_head():
+            if waiting:
+                self.since = self._loop.time()  # a whole head: no longer a candidate to make room
             self._disarm_head_timer()
         elif self._head_size > self._gate.settings.max_header_size and self.transport is not None:
-            self.transport.write(self._gate.head_too_large(self._peer))
+            self.transport.write(self._gate.head_too_large(self.peer))
             self.force_close()
 
     def pause_writing(self) -> None:
@@ -232,7 +303,7 @@ class Connection(RequestHandler):
     def _send_overdue(self) -> None:
         self._send_timer = None
         if self.transport is not None:
-            self._gate.send_overdue(self._peer)
+            self._gate.send_overdue(self.peer)
             self.transport.abort()  # closing would wait for the unread answer to drain
 
     def _waiting_for_head(self) -> bool:
@@ -258,7 +329,7 @@ class Connection(RequestHandler):
         if transport is None or transport.is_closing() or not self._waiting_for_head():
             self._head_started = False
             return  # a request is being handled: its body has its own timeout
-        answer = self._gate.head_overdue(self._peer, self._head_started)
+        answer = self._gate.head_overdue(self.peer, self._head_started)
         if answer is not None:
             transport.write(answer)
         self.force_close()
@@ -274,7 +345,7 @@ class Connection(RequestHandler):
         Python and aiohttp). It still logs through the protocol logger and
         refuses when part of a response was sent, as the original does.
         """
-        self.logger.exception("Error handling request from %s", self._peer, exc_info=exc)
+        self.logger.exception("Error handling request from %s", self.peer, exc_info=exc)
         if request.writer.output_size > 0:
             raise ConnectionError("Response is sent already, cannot send another response with the error message")
         if isinstance(exc, LineTooLong):

@@ -86,6 +86,9 @@ class Receiver:
         self.secret = runtime.settings.http.webhook_secret or None
         # Seconds a client may take to send one body; a stalled sender must not hold a connection forever.
         self.body_timeout = runtime.settings.http.body_timeout
+        # Guessing tokens or signatures gets one line for the first refusal and one per interval summing up the rest.
+        self.auth_refusals = Summary(log, logging.WARNING, "HTTP requests refused for a missing or wrong token or "
+                                     "signature", http_connection.LOG_INTERVAL)
 
     def app(self) -> web.Application:
         """Build the aiohttp application: three routes and a JSON error middleware."""
@@ -94,7 +97,11 @@ class Receiver:
         app.router.add_get("/healthz", self.healthz, allow_head=True)
         app.router.add_get("/metrics", self.render_metrics, allow_head=True)
         app.on_response_prepare.append(_server_header)
+        app.on_cleanup.append(self._close_logs)
         return app
+
+    async def _close_logs(self, app: web.Application) -> None:
+        self.auth_refusals.close()
 
     async def expect(self, request: web.Request) -> web.StreamResponse | None:
         """Answer `Expect: 100-continue`: refuse a bad token or a too-large body before it is sent."""
@@ -216,10 +223,11 @@ class Receiver:
     def _refused(self, request: web.Request, refusal: Rejected) -> web.Response:
         status = next(code for kind, code in STATUS if isinstance(refusal, kind))
         self.metrics.on_rejected("http", refusal.reason)
-        log.warning(
-            "request refused channel=http peer=%s status=%d reason=%s",
-            request.remote or "-", status, refusal,
-        )
+        args = ("request refused channel=http peer=%s status=%d reason=%s", request.remote or "-", status, refusal)
+        if status == 401:
+            self.auth_refusals.note(*args)
+        else:
+            log.warning(*args)
         headers = {"WWW-Authenticate": 'Basic realm="mailhook"'} if status == 401 else None
         response = _error(status, str(refusal), headers=headers)
         if status in (400, 408):
