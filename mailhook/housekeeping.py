@@ -21,6 +21,7 @@ from pathlib import Path
 from mailhook import openfiles
 from mailhook.config import Settings, check_files, explain, parse_address, render
 from mailhook.errors import RetryLater
+from mailhook.privileges import make_directories
 
 EX_OK = 0
 EX_UNHEALTHY = 1
@@ -81,7 +82,7 @@ def run_backup(args: argparse.Namespace, settings: Settings, env: Mapping[str, s
     target = Path(args.path)
     if args.path.endswith("/") or target.is_dir():
         try:
-            target.mkdir(parents=True, exist_ok=True)
+            make_directories(target)
         except OSError as exc:
             print(f"mailhook: cannot create backup directory {target}: {exc.strerror}", file=sys.stderr)
             return EX_CANTCREAT
