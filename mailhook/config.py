@@ -178,7 +178,7 @@ class ParsingSettings:
     max_header_fields: int = option(10_000, "most header fields in all of one email's parts")
     header_size_limit: int = option(102_400, "bytes of one header field kept; the excess is discarded")
     extraction_budget: int = option(
-        16 * 1024 * 1024, "most bytes of deliveries larger than 64 KiB being extracted at once"
+        10 * 1024 * 1024, "most bytes of deliveries larger than 64 KiB being extracted at once"
     )
 
     def mail_limits(self) -> MailLimits:

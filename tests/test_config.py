@@ -285,7 +285,7 @@ def test_parsing_limits_are_read_from_flags_environment_and_file(tmp_path: Path)
     settings = load({"parsing-max-parts": 5}, {**NO_FILE, "MAILHOOK_PARSING_MAX_CONTAINERS": "3"}, toml)
     limits = settings.parsing.mail_limits()
     assert (limits.max_parts, limits.max_containers, limits.max_lines, limits.header_size_limit) == (5, 3, 7, 9)
-    assert limits.max_header_fields == 10_000 and settings.parsing.extraction_budget == 16 * 1024 * 1024
+    assert limits.max_header_fields == 10_000 and settings.parsing.extraction_budget == 10 * 1024 * 1024
 
 
 def test_an_empty_config_flag_reads_no_file_like_an_empty_variable(
