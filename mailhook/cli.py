@@ -10,7 +10,6 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from mailhook import __version__
@@ -136,7 +135,7 @@ def _command(
 ) -> argparse.ArgumentParser:
     parser = sub.add_parser(name, help=help, description=help, epilog=epilog,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
+    parser.add_argument("--config", default=None, metavar="FILE", help=CONFIG_HELP)  # a str: '' means none
     for opt in options():
         if opt.section not in (COMMAND_SECTIONS.get(name) or sections):
             continue

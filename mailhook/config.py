@@ -185,7 +185,7 @@ class ParsingSettings:
     max_header_fields: int = option(10_000, "most header fields in all of one email's parts")
     header_size_limit: int = option(102_400, "bytes of one header field kept; the excess is discarded")
     extraction_budget: int = option(
-        16 * 1024 * 1024, "most bytes of deliveries larger than 64 KiB being extracted at once"
+        10 * 1024 * 1024, "most bytes of deliveries larger than 64 KiB being extracted at once"
     )
 
     def mail_limits(self) -> MailLimits:
@@ -342,7 +342,7 @@ class Effective:
 def load(
     flags: Mapping[str, Any],
     env: Mapping[str, str],
-    config_file: Path | None = None,
+    config_file: str | Path | None = None,
 ) -> Settings:
     """Build the settings from explicit flags, the environment and the TOML file.
 
@@ -351,10 +351,11 @@ def load(
     return explain(flags, env, config_file).settings
 
 
-def config_path(env: Mapping[str, str], config_file: Path | None = None) -> Path | None:
-    """Return the config file to read: --config, $MAILHOOK_CONFIG ('' for none), or the first default present."""
+def config_path(env: Mapping[str, str], config_file: str | Path | None = None) -> Path | None:
+    """Return the config file to read: --config or $MAILHOOK_CONFIG ('' for none), or the first default present."""
     if config_file is not None:
-        return config_file
+        # `--config ''` reads no file, like MAILHOOK_CONFIG=; Path('') would be '.', the current directory.
+        return Path(config_file) if str(config_file) else None
     if "MAILHOOK_CONFIG" in env:
         return Path(env["MAILHOOK_CONFIG"]) if env["MAILHOOK_CONFIG"] else None
     candidates = [DEFAULT_CONFIG]
@@ -367,7 +368,7 @@ def config_path(env: Mapping[str, str], config_file: Path | None = None) -> Path
 def explain(
     flags: Mapping[str, Any],
     env: Mapping[str, str],
-    config_file: Path | None = None,
+    config_file: str | Path | None = None,
 ) -> Effective:
     """Like `load`, but also say which flag, variable or file set each option."""
     path = config_path(env, config_file)

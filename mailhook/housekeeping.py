@@ -22,6 +22,7 @@ from mailhook import openfiles
 from mailhook.config import Settings, check_files, explain, parse_address, render
 from mailhook.errors import RetryLater
 from mailhook.exitcodes import EX_CANTCREAT, EX_CONFIG, EX_OK, EX_UNAVAILABLE, EX_UNHEALTHY
+from mailhook.privileges import make_directories
 
 _AGE = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -75,7 +76,7 @@ def run_backup(args: argparse.Namespace, settings: Settings, env: Mapping[str, s
     target = Path(args.path)
     if args.path.endswith("/") or target.is_dir():
         try:
-            target.mkdir(parents=True, exist_ok=True)
+            make_directories(target)
         except OSError as exc:
             print(f"mailhook: cannot create backup directory {target}: {exc.strerror}", file=sys.stderr)
             return EX_CANTCREAT

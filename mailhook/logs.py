@@ -38,6 +38,23 @@ def _escaped(ch: str) -> str:
     return f"\\U{code:08x}"
 
 
+_SPECIAL = frozenset(' "=\\')
+
+
+def logfmt(value: object) -> str:
+    """Return `value` as one unambiguous logfmt value: bare when plain, else quoted with `\\` and `"` escaped.
+
+    A peer's value with a space, quote or `=` (`"x status=stored"@example.com`)
+    would otherwise read as extra `key=value` fields of the line; quoted, it
+    stays one value. Non-printable characters are escaped inside the quotes
+    too, so a literal backslash (doubled) never looks like an escape.
+    """
+    text = "" if value is None else str(value)
+    if text and text.isprintable() and _SPECIAL.isdisjoint(text):
+        return text
+    return '"' + escape(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
+
+
 def escape_lines(text: str) -> str:
     """Escape each line of a multi-line text (a traceback) on its own, keeping the line breaks."""
     return "\n".join(escape(line) for line in text.split("\n"))

@@ -26,6 +26,7 @@ from mailhook.budget import ByteBudget
 from mailhook.errors import RetryLater, Unreadable
 from mailhook.extract import extract
 from mailhook.extract.mail import check_structure
+from mailhook.logs import logfmt
 from mailhook.models import Delivery, Extraction, Kind, MailLimits, Receipt
 from mailhook.store import Completion, Rows, Store, worker_rows
 from mailhook.writer import Writer
@@ -272,15 +273,16 @@ class DeliveryLine:
 
     def __str__(self) -> str:
         delivery, receipt = self.delivery, self.receipt
-        text = f"channel={delivery.channel} peer={delivery.remote_addr or delivery.source or '-'}"
+        # Every value a peer controls goes through logfmt(): a space, quote or `=` in it cannot forge a field.
+        text = f"channel={delivery.channel} peer={logfmt(delivery.remote_addr or delivery.source or '-')}"
         if receipt is None:
             text += " message_id=-"
         else:
-            text += f" message_id={receipt.message_id or '-'}"
+            text += f" message_id={logfmt(receipt.message_id or '-')}"
         if delivery.envelope_from is not None:
-            text += f" from={delivery.envelope_from}"
+            text += f" from={logfmt(delivery.envelope_from)}"
         if delivery.envelope_to:
-            text += f" to={','.join(delivery.envelope_to)}"
+            text += f" to={logfmt(','.join(delivery.envelope_to))}"
         if receipt is None:
             text += " status=retry-later events=0 duplicates=0"
         else:
@@ -290,7 +292,7 @@ class DeliveryLine:
             )
         text += f" size={len(delivery.raw)} ms={round(self.elapsed * 1000, 1)}"
         if receipt is not None and receipt.error:
-            text += f" error={receipt.error}"
+            text += f" error={logfmt(receipt.error)}"
         return text
 
 

@@ -19,6 +19,8 @@ log = logging.getLogger("mailhook.privileges")
 
 FILE_MODE = 0o600
 GROUP_READABLE_MODE = 0o640
+# Directories mailhook creates (a state directory by hand, a backup folder): never world-accessible.
+DIR_MODE = 0o750
 # The commands that serve or write for a long time; the admin's one-off commands may run as root.
 ROOT_REFUSED = ("serve", "imap", "ingest")
 ALLOW_ROOT_HINT = "pass --allow-root, set MAILHOOK_ALLOW_ROOT=1 or service.allow_root = true to run as root anyway"
@@ -39,6 +41,25 @@ def create_private(path: Path, mode: int) -> None:
         os.fchmod(fd, mode)
     finally:
         os.close(fd)
+
+
+def make_directories(path: Path, mode: int = DIR_MODE) -> None:
+    """Create `path` and every missing parent with `mode` (less what the umask takes away, never more).
+
+    `Path.mkdir(parents=True)` gives the parents 0777 less the umask: 0777
+    under umask 000. Existing directories are left as they are.
+    """
+    missing = []
+    for folder in [path, *path.parents]:
+        if folder.is_dir():
+            break
+        missing.append(folder)
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder, mode)
+        except FileExistsError:
+            if not folder.is_dir():
+                raise
 
 
 def restrict(paths: Iterable[Path], mode: int) -> None:

@@ -21,7 +21,7 @@ import sqlite_utils
 from mailhook.derived import e164, sent_at
 from mailhook.errors import ConfigError, RetryLater
 from mailhook.models import Checkpoint, Delivery, Extraction, Kind, Receipt, Status, kind_of, to_json, utcnow
-from mailhook.privileges import FILE_MODE, create_private, database_files, restrict
+from mailhook.privileges import FILE_MODE, create_private, database_files, make_directories, restrict
 from mailhook.schema import ATTEMPT_COLUMNS, EVENT_COLUMNS, MIGRATIONS
 
 log = logging.getLogger("mailhook.store")
@@ -144,7 +144,7 @@ def connect(
         folder = Path(path).parent
         try:
             # Run by hand before systemd ever created the StateDirectory; systemd adopts it later.
-            folder.mkdir(mode=0o750, parents=True, exist_ok=True)
+            make_directories(folder)
         except OSError as exc:
             raise ConfigError(f"storage.db: cannot create directory {folder}: {exc.strerror}") from None
         try:

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sqlite3
+import stat
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -113,13 +114,45 @@ class CannotWrite(Exception):
     """The backup file cannot be written where asked (a missing directory, no space, no permission)."""
 
 
+_KINDS = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _check_replaceable(target: Path) -> None:
+    """Refuse to replace anything but an empty file or an SQLite database (an earlier backup) at `target`.
+
+    The copy is renamed into place, which would silently swap a device node,
+    FIFO, socket or symbolic link (run as root: `/dev/full`) or any other file
+    (`/etc/passwd`) for a database file.
+    """
+    try:
+        info = os.lstat(target)
+    except FileNotFoundError:
+        return
+    for test, kind in _KINDS:
+        if test(info.st_mode):
+            raise CannotWrite(f"{target} exists and is {kind}, not a regular file; not replaced")
+    if info.st_size:
+        try:
+            with target.open("rb") as fh:
+                header = fh.read(len(SQLITE_HEADER))
+        except OSError as exc:
+            raise CannotWrite(f"cannot read {target}: {exc.strerror}") from None
+        if header != SQLITE_HEADER:
+            raise CannotWrite(f"{target} exists and is not an SQLite database; not replaced")
+
+
 def backup(path: str | Path, target: str | Path, *, busy_timeout: float = 5.0, mode: int = FILE_MODE) -> BackupInfo:
     """Copy the database to `target` with SQLite's online backup API, consistent even while serving.
 
     The copy is made in one step (one read transaction, so one snapshot; in WAL
     mode the writer is never blocked), checked, made durable, and only then
     renamed into place; the result is a single self-contained file, created
-    with `mode` (0600 by default) whatever the umask.
+    with `mode` (0600 by default) whatever the umask. An existing `target` is
+    replaced only when it is an empty regular file or an SQLite database (an
+    earlier backup); anything else (device, FIFO, symbolic link, other file)
+    is refused with `CannotWrite`.
     """
     source_path = _existing(path)
     target = Path(target)
@@ -127,6 +160,7 @@ def backup(path: str | Path, target: str | Path, *, busy_timeout: float = 5.0, m
         raise ValueError("the backup would overwrite the database itself")
     if not target.parent.is_dir():
         raise CannotWrite(f"directory {target.parent} does not exist")
+    _check_replaceable(target)
     temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         temporary.unlink(missing_ok=True)
@@ -149,6 +183,7 @@ def backup(path: str | Path, target: str | Path, *, busy_timeout: float = 5.0, m
             destination.close()
         with temporary.open("rb+") as fh:
             os.fsync(fh.fileno())
+        _check_replaceable(target)  # again: the copy took a while, and the rename would replace anything
         os.replace(temporary, target)
         folder = os.open(target.parent, os.O_RDONLY)
         try:

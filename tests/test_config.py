@@ -286,4 +286,15 @@ def test_parsing_limits_are_read_from_flags_environment_and_file(tmp_path: Path)
     settings = load({"parsing-max-parts": 5}, {**NO_FILE, "MAILHOOK_PARSING_MAX_CONTAINERS": "3"}, toml)
     limits = settings.parsing.mail_limits()
     assert (limits.max_parts, limits.max_containers, limits.max_lines, limits.header_size_limit) == (5, 3, 7, 9)
-    assert limits.max_header_fields == 10_000 and settings.parsing.extraction_budget == 16 * 1024 * 1024
+    assert limits.max_header_fields == 10_000 and settings.parsing.extraction_budget == 10 * 1024 * 1024
+
+
+def test_an_empty_config_flag_reads_no_file_like_an_empty_variable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = write(tmp_path / "other.toml", '[log]\nlevel = "ERROR"\n')
+    monkeypatch.chdir(tmp_path)  # '' must not be read as '.', the current directory
+    assert main(["check-config", "--config", ""], {"MAILHOOK_CONFIG": str(other)}) == 0
+    captured = capsys.readouterr()
+    assert "# config file: (none)" in captured.out and 'level = "INFO"' in captured.out, captured
+    assert load({}, {"MAILHOOK_CONFIG": str(other)}, "").log.level == "INFO"

@@ -65,6 +65,12 @@ def test_an_integer_too_long_to_read_is_refused() -> None:
         parse_json(b'{"id": ' + b"9" * 5000 + b"}")
 
 
+def test_an_integer_too_long_to_read_is_refused_in_mailhook_s_words_not_python_s() -> None:
+    with pytest.raises(Unreadable) as refused:
+        parse_json(b'{"id": ' + b"9" * 5000 + b"}")
+    assert str(refused.value) == "unreadable JSON value: an integer of more than 4300 digits"
+
+
 @pytest.mark.parametrize("number", [b"1e999999", b"1e5000999999999999999999", b"-1.5E-99999999999999999999"])
 def test_a_number_with_an_absurd_exponent_is_refused(number: bytes) -> None:
     # The last two are beyond even what Decimal can hold (it raises InvalidOperation, not a reason).

@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import threading
@@ -289,3 +290,50 @@ def test_backup_into_a_missing_directory_exits_73_with_one_line(tmp_path: Path, 
         f"mailhook: cannot write backup {target}: directory {target.parent} does not exist"
     ]
     assert not (tmp_path / "missing").exists()
+
+
+def backup_to(target: Path, db: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILHOOK_")}
+    env |= {"MAILHOOK_CONFIG": "", "MAILHOOK_DB": str(db)}
+    return subprocess.run([sys.executable, "-m", "mailhook", "backup", str(target)], env=env, capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+def test_backup_refuses_to_replace_a_fifo_or_a_symlink_to_one_exit_73_one_line(
+    tmp_path: Path, pipeline: Pipeline
+) -> None:
+    # As root, `mailhook backup /dev/full` used to rename a database over the device node.
+    store(pipeline, range(1))
+    fifo = tmp_path / "device-like"
+    os.mkfifo(fifo)
+    link = tmp_path / "link.db"
+    link.symlink_to(fifo)
+    for target, kind in ((fifo, "a FIFO"), (link, "a symbolic link")):
+        done = backup_to(target, tmp_path / "m.db")
+        assert done.returncode == 73
+        assert done.stderr.splitlines() == [
+            f"mailhook: cannot write backup {target}: {target} exists and is {kind}, not a regular file; not replaced"
+        ]
+    assert stat.S_ISFIFO(fifo.lstat().st_mode) and link.is_symlink()
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_backup_replaces_an_earlier_backup_or_an_empty_file_but_no_other_file(
+    tmp_path: Path, pipeline: Pipeline
+) -> None:
+    store(pipeline, range(2))
+    other = tmp_path / "notes.txt"
+    other.write_text("not a database\n")
+    done = backup_to(other, tmp_path / "m.db")
+    assert done.returncode == 73
+    assert done.stderr.splitlines() == [
+        f"mailhook: cannot write backup {other}: {other} exists and is not an SQLite database; not replaced"
+    ]
+    assert other.read_text() == "not a database\n"
+    earlier, empty = tmp_path / "nightly.db", tmp_path / "empty.db"
+    backup(tmp_path / "m.db", earlier)
+    empty.touch()
+    store(pipeline, range(2, 5))
+    for target in (earlier, empty):
+        assert backup_to(target, tmp_path / "m.db").returncode == 0
+        assert counts(target) == (5, 5, 5)

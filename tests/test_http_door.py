@@ -463,7 +463,8 @@ HOSTILE = {
     "invalid-utf8-json": (b'{"TextNotification": {"Text": {"@id": "1", "Message": "\xff\xfe"}}}', "UTF-8"),
     "invalid-utf8-xml": (b'<?xml version="1.0" encoding="UTF-8"?><TextNotification>\xc3\x28</TextNotification>',
                          "UTF-8"),
-    "huge-integer": (b'{"TextNotification": {"Text": {"@id": ' + b"9" * 50_000 + b"}}}", ""),
+    "huge-integer": (b'{"TextNotification": {"Text": {"@id": ' + b"9" * 50_000 + b"}}}",
+                     "an integer of more than 4300 digits"),
     "binary": (bytes(range(256)) * 64, "not XML or JSON"),
 }
 

@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -19,7 +20,9 @@ from pathlib import Path
 import pytest
 from process_support import ALLOW_ROOT, free_port
 
-from mailhook.logs import JournalFormatter, JsonFormatter, Summary, TextFormatter, escape
+from mailhook.logs import JournalFormatter, JsonFormatter, Summary, TextFormatter, escape, logfmt
+from mailhook.models import Delivery
+from mailhook.pipeline import DeliveryLine
 
 HOSTILE = "a\rINFO mailhook.ingest: forged\x00\n\x1b[31m\x7f\x85\u2028\u2029\ufeff end"
 
@@ -33,6 +36,44 @@ HOSTILE = "a\rINFO mailhook.ingest: forged\x00\n\x1b[31m\x7f\x85\u2028\u2029\ufe
 ])
 def test_escape_makes_every_invisible_character_visible(raw: str, shown: str) -> None:
     assert escape(raw) == shown
+
+
+_VALUE = r'(?:"(?:[^"\\]|\\.)*"|[^\s"=\\]+)'
+_FIELD = re.compile(rf"(\w+)=({_VALUE})")
+
+
+def fields(line: str) -> list[tuple[str, str]]:
+    """Split a logfmt line strictly (single spaces between key=value, quoted values unescaped), or fail."""
+    assert re.fullmatch(rf"\w+={_VALUE}(?: \w+={_VALUE})*", line), f"not one logfmt field per value: {line}"
+    return [(key, re.sub(r'\\(.)', r"\1", value[1:-1]) if value.startswith('"') else value)
+            for key, value in _FIELD.findall(line)]
+
+
+@pytest.mark.parametrize(("value", "logged"), [
+    ("ops@example.com", "ops@example.com"),
+    ('"x status=stored delivery_id=1"@callfire.com', '"\\"x status=stored delivery_id=1\\"@callfire.com"'),
+    ("a b", '"a b"'),
+    ("k=v", '"k=v"'),
+    ("back\\slash", '"back\\\\slash"'),
+    ("cr\rnul\x00", '"cr\\rnul\\x00"'),
+    ("", '""'),
+])
+def test_logfmt_quotes_every_value_that_could_read_as_more_than_one_field(value: str, logged: str) -> None:
+    assert logfmt(value) == logged
+    if value.isprintable():  # read back by a logfmt parser, it is the peer's value, whole
+        assert fields(f"k={logged}") == [("k", value)]
+
+
+def test_a_delivery_line_keeps_each_peer_value_in_its_own_field() -> None:
+    hostile = '"x status=stored delivery_id=1"@callfire.com'
+    delivery = Delivery(channel="smtp", raw=b"x", received_at="2024-01-01T00:00:00.000Z", envelope_from=hostile,
+                        envelope_to=("a b@example.com", 'c"=d@example.com'), remote_addr="127.0.0.1")
+    parsed = fields(str(DeliveryLine(delivery, None, 0.001)))
+    assert [key for key, _ in parsed] == ["channel", "peer", "message_id", "from", "to", "status", "events",
+                                          "duplicates", "size", "ms"]
+    assert dict(parsed)["from"] == hostile
+    assert dict(parsed)["to"] == 'a b@example.com,c"=d@example.com'
+    assert dict(parsed)["status"] == "retry-later"
 
 
 def record(message: str, *args: object, exc: BaseException | None = None) -> logging.LogRecord:
@@ -174,6 +215,33 @@ def test_cr_and_nul_in_envelope_addresses_message_id_and_http_cannot_forge_a_log
     if "json" in served.log.name:
         for line in text.splitlines():
             json.loads(line)  # every line one JSON object
+
+
+def test_a_peer_cannot_forge_fields_of_the_delivery_line_over_smtp(tmp_path: Path) -> None:
+    served = Served(tmp_path, "text")
+    try:
+        replies = chat(served.smtp, [
+            b"EHLO client.example\r\n",
+            b'MAIL FROM:<"x status=stored delivery_id=1"@callfire.com>\r\n',
+            b"RCPT TO:<ok@example.com>\r\n",
+            b"DATA\r\n",
+            b"Message-ID: <id status=stored@example.com>\r\nSubject: s\r\n\r\nno notification\r\n.\r\n",
+            b"QUIT\r\n",
+        ])
+        log = served.stop()
+    finally:
+        if served.proc.poll() is None:
+            served.proc.kill()
+            served.proc.wait()
+    assert [reply[:3] for reply in replies] == [b"250", b"250", b"250", b"354", b"250", b"221"], replies
+    lines = [line for line in log.decode().splitlines() if "mailhook.ingest: delivery " in line]
+    assert len(lines) == 1, log.decode()
+    parsed = fields(lines[0].split("mailhook.ingest: delivery ", 1)[1])
+    keys = [key for key, _ in parsed]
+    assert len(keys) == len(set(keys)), keys
+    assert dict(parsed)["from"] == '"x status=stored delivery_id=1"@callfire.com'
+    assert "status=stored" in dict(parsed)["message_id"]  # mailhook reads it without the space
+    assert dict(parsed)["status"] == "quarantined"
 
 
 def test_the_text_formatter_is_what_setup_installs() -> None:

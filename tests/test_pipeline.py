@@ -244,3 +244,11 @@ def test_a_large_email_over_a_structure_limit_is_refused_without_waiting_for_the
         writer.close()
     assert refused.status == "quarantined" and refused.error and "(limit max_parts 5)" in refused.error
     assert waited
+
+
+def test_a_huge_json_integer_is_quarantined_with_mailhook_s_reason_not_python_s(pipeline: Pipeline) -> None:
+    raw = b'{"TextNotification": {"SubscriptionId": 1, "Text": {"id": ' + b"9" * 5000 + b"}}}"
+    receipt = pipeline.ingest(Delivery(channel="http", raw=raw, received_at="x", kind="document"))
+    assert receipt.status == "quarantined"
+    assert receipt.error is not None and "an integer of more than 4300 digits" in receipt.error
+    assert "sys.set_int_max_str_digits" not in receipt.error and "Exceeds the limit" not in receipt.error

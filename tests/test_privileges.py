@@ -96,6 +96,20 @@ def test_backups_are_0600_whatever_the_umask(tmp_path: Path, capsys: pytest.Capt
     assert (mode(tmp_path / "copy.db"), mode(dated)) == (0o600, 0o600)
 
 
+def test_missing_parent_directories_are_created_0750_under_umask_0(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "state" / "sub" / "m.db"
+    with umask(0):
+        written(db).close()  # what `serve --db /new/sub/m.db` does first
+        env = {"MAILHOOK_CONFIG": "", "MAILHOOK_DB": str(db)}
+        assert main(["backup", f"{tmp_path}/backups/x/y/"], env) == 0
+    capsys.readouterr()
+    made = [tmp_path / "state", tmp_path / "state" / "sub", tmp_path / "backups", tmp_path / "backups" / "x",
+            tmp_path / "backups" / "x" / "y"]
+    assert {str(path): mode(path) for path in made} == {str(path): 0o750 for path in made}
+
+
 def test_world_readable_files_of_an_older_mailhook_are_restricted_on_open(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

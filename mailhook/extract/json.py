@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -57,7 +58,9 @@ def parse_json(data: bytes | str) -> Any:
     except json.JSONDecodeError as exc:
         raise Unreadable(f"malformed JSON: {exc}") from None
     except ValueError as exc:
-        # e.g. an integer literal longer than Python's digit limit.
+        if "integer string conversion" in str(exc):  # Python's own text advises sys.set_int_max_str_digits()
+            raise Unreadable(f"unreadable JSON value: an integer of more than {sys.get_int_max_str_digits()} digits") \
+                from None
         raise Unreadable(f"unreadable JSON value: {exc}") from None
 
 
