@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from mailhook import openfiles, systemd
 from mailhook.backlog import Backlog, worker_count, worker_pool
-from mailhook.budget import ByteBudget
+from mailhook.budget import ByteBudget, InflightBudget
 from mailhook.config import Settings
 from mailhook.errors import RetryLater
 from mailhook.ingest import Pipeline
@@ -60,6 +60,8 @@ class Runtime:
     # Listening sockets passed by systemd (socket activation), by door name: a door
     # given one serves on it instead of binding its configured address.
     sockets: dict[str, socket.socket] = field(default_factory=dict)
+    # Bytes of messages still being received, both doors together (parsing.inflight_budget).
+    inflight: InflightBudget = field(default_factory=lambda: InflightBudget(256 * 1024 * 1024))
 
 
 STATUS_EVERY = 5.0
@@ -151,7 +153,8 @@ async def serve(settings: Settings, env: Mapping[str, str], *, started: asyncio.
     metrics.track_pending(backlog.pending)
     if deferred:
         pipeline.backlog = backlog
-    runtime = Runtime(settings, env, pipeline, writer, metrics, sockets=sockets)
+    runtime = Runtime(settings, env, pipeline, writer, metrics, sockets=sockets,
+                      inflight=InflightBudget(settings.parsing.inflight_budget))
     supervisor: asyncio.Task[None] | None = None
     try:
         for module, enabled in (

@@ -36,6 +36,7 @@ from mailhook.models import Delivery, Receipt
 from mailhook.store import utcnow
 
 if TYPE_CHECKING:
+    from mailhook.budget import InflightHold
     from mailhook.metrics import Metrics
     from mailhook.server import Runtime
 
@@ -93,6 +94,8 @@ class Receiver:
         self.secret = runtime.settings.http.webhook_secret or None
         # Seconds a client may take to send one body; a stalled sender must not hold a connection forever.
         self.body_timeout = runtime.settings.http.body_timeout
+        # Bytes of bodies still being received count here, with the SMTP door's messages (parsing.inflight_budget).
+        self.inflight = runtime.inflight
 
     def app(self) -> web.Application:
         """Build the aiohttp application: three routes and a JSON error middleware."""
@@ -123,25 +126,30 @@ class Receiver:
 
     async def notifications(self, request: web.Request) -> web.StreamResponse:
         """Store one POSTed notification body and say what became of it."""
-        try:
-            self._check_token(request)
-            self._check_length(request)
-            body = await self._read_body(request)
-            self._check_signature(request, body)
-        except Refused as exc:
-            return self._refused(request, exc)
-        delivery = Delivery(
-            channel="http",
-            raw=body,
-            received_at=utcnow(),
-            kind="document",
-            remote_addr=request.remote,
-            content_type=request.headers.get(hdrs.CONTENT_TYPE),
-        )
-        try:
-            receipt = await self.pipeline.ingest_async(delivery)
-        except RetryLater:
-            return _error(503, "storage unavailable; retry later", headers={hdrs.RETRY_AFTER: "30"})
+        # The body's bytes count in the server's in-flight budget from arrival until the answer.
+        with self.inflight.hold() as hold:
+            try:
+                self._check_token(request)
+                self._check_length(request)
+                body = await self._read_body(request, hold)
+                self._check_signature(request, body)
+            except Refused as exc:
+                return self._refused(request, exc)
+            delivery = Delivery(
+                channel="http",
+                raw=body,
+                received_at=utcnow(),
+                kind="document",
+                remote_addr=request.remote,
+                content_type=request.headers.get(hdrs.CONTENT_TYPE),
+            )
+            del body
+            try:
+                receipt = await self.pipeline.ingest_async(delivery)
+            except RetryLater:
+                return _error(503, "storage unavailable; retry later", headers={hdrs.RETRY_AFTER: "30"})
+            finally:
+                del delivery
         return _answer(receipt)
 
     async def healthz(self, request: web.Request) -> web.StreamResponse:
@@ -175,7 +183,12 @@ class Receiver:
         if length is not None and length > self.max_size:
             raise Refused(413, "too_large", f"body larger than {self.max_size} bytes")
 
-    async def _read_body(self, request: web.Request) -> bytes:
+    def _no_room(self, request: web.Request, hold: InflightHold) -> Refused:
+        """The in-flight budget is spent: refuse the body with 503 (the client retries), log it (summarised)."""
+        self.inflight.refused("http", request.remote or "-", hold.received)
+        return Refused(503, "busy", "too many bodies being received; retry later")
+
+    async def _read_body(self, request: web.Request, hold: InflightHold) -> bytes:
         content = request.content
         try:
             if content.is_eof():
@@ -184,6 +197,8 @@ class Receiver:
                 whole = content.read_nowait()
                 if len(whole) > self.max_size:
                     raise Refused(413, "too_large", f"body larger than {self.max_size} bytes")
+                if not hold.grow(len(whole)):
+                    raise self._no_room(request, hold)
                 return whole
         except ConnectionError:
             raise Refused(400, "incomplete", "connection closed before the whole body arrived") from None
@@ -195,6 +210,10 @@ class Receiver:
         try:
             async with asyncio.timeout(self.body_timeout):
                 while chunk := await request.content.read(_CHUNK):
+                    if not hold.grow(len(chunk)):
+                        body = bytearray()  # freed now, not when the refusal is answered
+                        hold.close()
+                        raise self._no_room(request, hold)
                     body += chunk
                     if len(body) > self.max_size:
                         raise Refused(413, "too_large", f"body larger than {self.max_size} bytes")
@@ -227,9 +246,11 @@ class Receiver:
             request.remote or "-", refusal.status, refusal.message,
         )
         headers = {"WWW-Authenticate": 'Basic realm="mailhook"'} if refusal.status == 401 else None
+        if refusal.status == 503:
+            headers = {hdrs.RETRY_AFTER: "30"}
         response = _error(refusal.status, refusal.message, headers=headers)
-        if refusal.status in (400, 408):
-            response.force_close()  # the rest of the body is not coming, or cannot be framed
+        if refusal.status in (400, 408, 503):
+            response.force_close()  # the rest of the body is not coming, cannot be framed, or is not wanted
         return response
 
     @web.middleware
