@@ -192,6 +192,25 @@ def release_memory() -> None:
         libc.malloc_trim(0)
 
 
+# Allocations at least this big get pages of their own from the system, returned the moment they are freed.
+MMAP_THRESHOLD = 1024 * 1024
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt() parameter number
+
+
+def return_big_frees() -> None:
+    """Make glibc hand every allocation of 1 MiB or more straight back to the system when it is freed.
+
+    By default glibc raises its mmap threshold (up to 32 MiB) the first time
+    such a block is freed, so message-sized buffers afterwards come from the
+    heap and stay in the process once freed; wherever they are freed (the
+    doors, the writer's thread, the backlog), the server's RSS would stay at
+    its peak. A fixed threshold stops that. Nothing happens without glibc.
+    """
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+
+
 _LIBC: list[Any] = []
 
 
@@ -200,6 +219,7 @@ def _libc() -> Any:
         try:
             libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
             libc.malloc_trim.argtypes = [ctypes.c_size_t]
+            libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
             _LIBC.append(libc)
         except (OSError, AttributeError):
             _LIBC.append(None)  # not glibc (musl, macOS): nothing to trim

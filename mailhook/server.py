@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from mailhook import openfiles, systemd
 from mailhook.backlog import Backlog, worker_count, worker_pool
-from mailhook.budget import ByteBudget, InflightBudget
+from mailhook.budget import ByteBudget, InflightBudget, return_big_frees
 from mailhook.config import Settings
 from mailhook.errors import RetryLater
 from mailhook.ingest import Pipeline
@@ -138,6 +138,7 @@ async def serve(settings: Settings, env: Mapping[str, str], *, started: asyncio.
     metrics.track_queue(lambda: writer.depth)
     # One budget for every extraction of a large delivery, in this process or in the backlog's workers.
     budget = ByteBudget(settings.parsing.extraction_budget)
+    return_big_frees()  # a burst of big messages must not leave the process at its peak RSS
     limits = settings.parsing.mail_limits()
     # Large deliveries are extracted in a worker process: a parse in C holds the GIL, and must not hold the loop.
     pipeline = Pipeline(writer, settings.subscriptions, listeners=[metrics.on_delivery, counters.on_delivery],

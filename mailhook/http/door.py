@@ -184,8 +184,7 @@ class Receiver:
             raise Refused(413, "too_large", f"body larger than {self.max_size} bytes")
 
     def _no_room(self, request: web.Request, hold: InflightHold) -> Refused:
-        """The in-flight budget is spent: refuse the body with 503 (the client retries), log it (summarised)."""
-        self.inflight.refused("http", request.remote or "-", hold.received)
+        """The in-flight budget is spent: refuse the body with 503 (the client retries)."""
         return Refused(503, "busy", "too many bodies being received; retry later")
 
     async def _read_body(self, request: web.Request, hold: InflightHold) -> bytes:
@@ -209,14 +208,18 @@ class Receiver:
         body = bytearray()
         try:
             async with asyncio.timeout(self.body_timeout):
-                while chunk := await request.content.read(_CHUNK):
-                    if not hold.grow(len(chunk)):
-                        body = bytearray()  # freed now, not when the refusal is answered
-                        hold.close()
-                        raise self._no_room(request, hold)
-                    body += chunk
-                    if len(body) > self.max_size:
-                        raise Refused(413, "too_large", f"body larger than {self.max_size} bytes")
+                try:
+                    while chunk := await request.content.read(_CHUNK):
+                        if not hold.grow(len(chunk)):
+                            hold.close()
+                            raise self._no_room(request, hold)
+                        body += chunk
+                        if len(body) > self.max_size:
+                            raise Refused(413, "too_large", f"body larger than {self.max_size} bytes")
+                except BaseException:
+                    # Freed now: the exception's traceback keeps this frame, maybe until the next garbage collection.
+                    body = bytearray()
+                    raise
         except TimeoutError:
             raise Refused(408, "timeout", f"body not received within {self.body_timeout:g} seconds") from None
         except ConnectionError:

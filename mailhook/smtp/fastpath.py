@@ -60,47 +60,54 @@ async def read_body(
     """
     data = bytearray()
     refusal: str | None = None
-    while True:
-        overran = False
-        try:
-            chunk = await reader.readuntil(b".\r\n")
-        except asyncio.LimitOverrunError as exc:
-            chunk, overran = await reader.read(exc.consumed), True
-        data += chunk
-        if refusal is None and hold is not None and not hold.grow(len(chunk)):
-            refusal = NO_ROOM
-            ended = data.endswith(b"\r\n.\r\n") or data == b".\r\n"
-            data = bytearray(data[-4:])  # a new buffer: the big one is freed now, not at the end of DATA
-            hold.close()
-            if ended:
+    chunk = b""
+    try:
+        while True:
+            overran = False
+            try:
+                chunk = await reader.readuntil(b".\r\n")
+            except asyncio.LimitOverrunError as exc:
+                chunk, overran = await reader.read(exc.consumed), True
+            data += chunk
+            if refusal is None and hold is not None and not hold.grow(len(chunk)):
+                refusal = NO_ROOM
+                ended = data.endswith(b"\r\n.\r\n") or data == b".\r\n"
+                data = bytearray(data[-4:])  # a new buffer: the big one is freed now, not at the end of DATA
+                hold.close()
+                if ended:
+                    break
+                continue
+            if data.endswith(b"\r\n.\r\n") or (refusal is None and data == b".\r\n"):
                 break
-            continue
-        if data.endswith(b"\r\n.\r\n") or (refusal is None and data == b".\r\n"):
-            break
+            if refusal is not None:
+                del data[:-4]  # refused already: keep only what may start the end marker
+            elif (size_limit and len(data) > size_limit + line_limit + 2) or (
+                overran and _open_line(data) > line_limit + 1
+            ):
+                # Over one limit or the other, so refused whatever follows: stop keeping it.
+                refusal = first_refusal(data, line_limit, size_limit)
+                assert refusal is not None
+                data = bytearray(data[-4:])
+                if hold is not None:
+                    hold.close()
+        if refusal is None and len(data) > min(line_limit, size_limit or line_limit):
+            refusal = first_refusal(data[:-3], line_limit, size_limit)
         if refusal is not None:
-            del data[:-4]  # refused already: keep only what may start the end marker
-        elif (size_limit and len(data) > size_limit + line_limit + 2) or (
-            overran and _open_line(data) > line_limit + 1
-        ):
-            # Over one limit or the other, so refused whatever follows: stop keeping it.
-            refusal = first_refusal(data, line_limit, size_limit)
-            assert refusal is not None
-            data = bytearray(data[-4:])
             if hold is not None:
                 hold.close()
-    if refusal is None and len(data) > min(line_limit, size_limit or line_limit):
-        refusal = first_refusal(data[:-3], line_limit, size_limit)
-    if refusal is not None:
-        if hold is not None:
-            hold.close()
-        return b"", refusal
-    # Unstuffed in place where possible: at most one copy of a big body besides the one returned.
-    del data[-3:]
-    if data.startswith(b"."):
-        del data[:1]
-    if b"\r\n." in data:
-        data = data.replace(b"\r\n.", b"\r\n")
-    return bytes(data), None
+            return b"", refusal
+        # Unstuffed in place where possible: at most one copy of a big body besides the one returned.
+        del data[-3:]
+        if data.startswith(b"."):
+            del data[:1]
+        if b"\r\n." in data:
+            data = data.replace(b"\r\n.", b"\r\n")
+        return bytes(data), None
+    finally:
+        # A session closed mid-DATA raises here, and the cancelled task's traceback keeps this frame until the
+        # next garbage collection: free the buffers now.
+        data = bytearray()
+        chunk = b""
 
 
 def _open_line(data: bytearray) -> int:
