@@ -175,12 +175,14 @@ def trim_soon() -> None:
     its peak after a burst of large messages; `malloc_trim(0)` gives it back.
     """
     global _trim
-    if _trim is not None and not _trim.cancelled() and _trim.when() >= asyncio.get_running_loop().time():
-        return
     try:
-        _trim = asyncio.get_running_loop().call_later(TRIM_DELAY, release_memory)
-    except RuntimeError:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # not on an event loop: at once
         release_memory()
+        return
+    if _trim is not None and not _trim.cancelled() and _trim.when() >= loop.time():
+        return  # one is due soon, and covers this message too
+    _trim = loop.call_later(TRIM_DELAY, release_memory)
 
 
 def release_memory() -> None:
