@@ -187,6 +187,10 @@ class ParsingSettings:
     extraction_budget: int = option(
         10 * 1024 * 1024, "most bytes of deliveries larger than 64 KiB being extracted at once"
     )
+    inflight_budget: int = option(
+        256 * 1024 * 1024, "most bytes of messages and bodies still being received, both doors together; "
+        "past it SMTP answers 452 4.3.1 and HTTP 503 (try again later)"
+    )
 
     def mail_limits(self) -> MailLimits:
         """Return the limits the email reader enforces."""

@@ -40,6 +40,12 @@ class TimedOut(Rejected):
     reason = "timeout"
 
 
+class Busy(Rejected):
+    """The server has no room for the input right now (a budget is spent); the sender should retry soon."""
+
+    reason = "busy"
+
+
 class RetryLater(MailhookError):
     """A temporary failure (storage unavailable): the sender should retry."""
 

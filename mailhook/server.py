@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from mailhook import openfiles, systemd
 from mailhook.backlog import Backlog
-from mailhook.budget import ByteBudget
+from mailhook.budget import ByteBudget, InflightBudget, return_big_frees
 from mailhook.config import Settings
 from mailhook.errors import RetryLater
 from mailhook.exitcodes import EX_OK
@@ -64,6 +64,8 @@ class Runtime:
     sockets: dict[str, socket.socket] = field(default_factory=dict)
     # Extracts what the SMTP door acknowledged on receipt (and what an earlier run left pending).
     backlog: Backlog | None = None
+    # Bytes of messages still being received, both doors together (parsing.inflight_budget).
+    inflight: InflightBudget = field(default_factory=lambda: InflightBudget(256 * 1024 * 1024))
 
 
 STATUS_EVERY = 5.0
@@ -140,6 +142,7 @@ async def serve(settings: Settings, env: Mapping[str, str], *, started: asyncio.
     metrics.track_queue(lambda: writer.depth)
     # One budget for every extraction of a large delivery, in this process or in the backlog's workers.
     budget = ByteBudget(settings.parsing.extraction_budget)
+    return_big_frees()  # a burst of big messages must not leave the process at its peak RSS
     limits = settings.parsing.mail_limits()
     # Large deliveries are extracted in a worker process: a parse in C holds the GIL, and must not hold the loop.
     # The backlog always takes up deliveries an earlier run left pending; only with
@@ -155,7 +158,8 @@ async def serve(settings: Settings, env: Mapping[str, str], *, started: asyncio.
     metrics.track_pending(backlog.pending)
     if deferred:
         pipeline.pending_listeners.append(backlog.accepted)
-    runtime = Runtime(settings, env, pipeline, writer, metrics, sockets=sockets, backlog=backlog)
+    runtime = Runtime(settings, env, pipeline, writer, metrics, sockets=sockets, backlog=backlog,
+                      inflight=InflightBudget(settings.parsing.inflight_budget))
     supervisor: asyncio.Task[None] | None = None
     try:
         for module, enabled in (

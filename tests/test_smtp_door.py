@@ -11,6 +11,7 @@ import logging
 import smtplib
 import socket
 import threading
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from hypothesis import strategies as st
 from process_support import wait_until
 from smtp_support import FIXTURES, client, locked, notification, on_the_wire, read_until_closed, rows, smtp_address
 
+from mailhook.budget import InflightBudget
 from mailhook.errors import ConfigError
 from mailhook.server import Runtime
 from mailhook.smtp.door import SmtpDoor
@@ -375,7 +377,10 @@ def _small_limits(base: type[SMTP]) -> type[SMTP]:
     return type("Small", (base,), {"line_length_limit": 40})
 
 
-BLOCK_READING = _small_limits(type("BlockReading", (SMTP,), {"smtp_DATA": syntax("DATA")(Connection._receive)}))
+# `_receive` counts the body in its door's in-flight budget: one that never runs out here.
+_DOOR = types.SimpleNamespace(runtime=types.SimpleNamespace(inflight=InflightBudget(1 << 40)))
+BLOCK_READING = _small_limits(type("BlockReading", (SMTP,), {"smtp_DATA": syntax("DATA")(Connection._receive),
+                                                             "door": _DOOR}))
 LINE_READING = _small_limits(SMTP)
 
 

@@ -26,7 +26,7 @@ from aiohttp import BasicAuth, HttpVersion11, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
-from mailhook.errors import Rejected, RetryLater, TimedOut, TooLarge, Unauthorized
+from mailhook.errors import Busy, Rejected, RetryLater, TimedOut, TooLarge, Unauthorized
 from mailhook.extract.charset import charset_of
 from mailhook.extract.document import is_v1
 from mailhook.http import connection as http_connection
@@ -34,6 +34,7 @@ from mailhook.logs import Summary
 from mailhook.models import Delivery, Receipt, utcnow
 
 if TYPE_CHECKING:
+    from mailhook.budget import InflightHold
     from mailhook.metrics import Metrics
     from mailhook.server import Runtime
 
@@ -52,7 +53,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Each refusal's answer, mapped once: the first class an exception is an instance of.
 STATUS: tuple[tuple[type[Rejected], int], ...] = (
-    (Unauthorized, 401), (TooLarge, 413), (TimedOut, 408), (Rejected, 400),
+    (Unauthorized, 401), (TooLarge, 413), (TimedOut, 408), (Busy, 503), (Rejected, 400),
 )
 
 
@@ -89,6 +90,8 @@ class Receiver:
         # Guessing tokens or signatures gets one line for the first refusal and one per interval summing up the rest.
         self.auth_refusals = Summary(log, logging.WARNING, "HTTP requests refused for a missing or wrong token or "
                                      "signature", http_connection.LOG_INTERVAL)
+        # Bytes of bodies still being received count here, with the SMTP door's messages (parsing.inflight_budget).
+        self.inflight = runtime.inflight
 
     def app(self) -> web.Application:
         """Build the aiohttp application: three routes and a JSON error middleware."""
@@ -123,25 +126,30 @@ class Receiver:
 
     async def notifications(self, request: web.Request) -> web.StreamResponse:
         """Store one POSTed notification body and say what became of it."""
-        try:
-            self._check_token(request)
-            self._check_length(request)
-            body = await self._read_body(request)
-            self._check_signature(request, body)
-        except Rejected as exc:
-            return self._refused(request, exc)
-        delivery = Delivery(
-            channel="http",
-            raw=body,
-            received_at=utcnow(),
-            kind="document",
-            remote_addr=request.remote,
-            content_type=request.headers.get(hdrs.CONTENT_TYPE),
-        )
-        try:
-            receipt = await self.pipeline.ingest_async(delivery)
-        except RetryLater:
-            return _error(503, "storage unavailable; retry later", headers={hdrs.RETRY_AFTER: "30"})
+        # The body's bytes count in the server's in-flight budget from arrival until the answer.
+        with self.inflight.hold() as hold:
+            try:
+                self._check_token(request)
+                self._check_length(request)
+                body = await self._read_body(request, hold)
+                self._check_signature(request, body)
+            except Rejected as exc:
+                return self._refused(request, exc)
+            delivery = Delivery(
+                channel="http",
+                raw=body,
+                received_at=utcnow(),
+                kind="document",
+                remote_addr=request.remote,
+                content_type=request.headers.get(hdrs.CONTENT_TYPE),
+            )
+            del body
+            try:
+                receipt = await self.pipeline.ingest_async(delivery)
+            except RetryLater:
+                return _error(503, "storage unavailable; retry later", headers={hdrs.RETRY_AFTER: "30"})
+            finally:
+                del delivery
         return _answer(receipt)
 
     async def healthz(self, request: web.Request) -> web.StreamResponse:
@@ -175,7 +183,11 @@ class Receiver:
         if length is not None and length > self.max_size:
             raise TooLarge(f"body larger than {self.max_size} bytes")
 
-    async def _read_body(self, request: web.Request) -> bytes:
+    def _no_room(self, request: web.Request, hold: InflightHold) -> Busy:
+        """The in-flight budget is spent: refuse the body with 503 (the client retries)."""
+        return Busy("too many bodies being received; retry later")
+
+    async def _read_body(self, request: web.Request, hold: InflightHold) -> bytes:
         content = request.content
         try:
             if content.is_eof():
@@ -184,6 +196,8 @@ class Receiver:
                 whole = content.read_nowait()
                 if len(whole) > self.max_size:
                     raise TooLarge(f"body larger than {self.max_size} bytes")
+                if not hold.grow(len(whole)):
+                    raise self._no_room(request, hold)
                 return whole
         except ConnectionError:
             raise Rejected("connection closed before the whole body arrived", "incomplete") from None
@@ -194,10 +208,18 @@ class Receiver:
         body = bytearray()
         try:
             async with asyncio.timeout(self.body_timeout):
-                while chunk := await request.content.read(_CHUNK):
-                    body += chunk
-                    if len(body) > self.max_size:
-                        raise TooLarge(f"body larger than {self.max_size} bytes")
+                try:
+                    while chunk := await request.content.read(_CHUNK):
+                        if not hold.grow(len(chunk)):
+                            hold.close()
+                            raise self._no_room(request, hold)
+                        body += chunk
+                        if len(body) > self.max_size:
+                            raise TooLarge(f"body larger than {self.max_size} bytes")
+                except BaseException:
+                    # Freed now: the exception's traceback keeps this frame, maybe until the next garbage collection.
+                    body = bytearray()
+                    raise
         except TimeoutError:
             raise TimedOut(f"body not received within {self.body_timeout:g} seconds") from None
         except ConnectionError:
@@ -229,9 +251,11 @@ class Receiver:
         else:
             log.warning(*args)
         headers = {"WWW-Authenticate": 'Basic realm="mailhook"'} if status == 401 else None
+        if status == 503:
+            headers = {hdrs.RETRY_AFTER: "30"}
         response = _error(status, str(refusal), headers=headers)
-        if status in (400, 408):
-            response.force_close()  # the rest of the body is not coming, or cannot be framed
+        if status in (400, 408, 503):
+            response.force_close()  # the rest of the body is not coming, cannot be framed, or is not wanted
         return response
 
     @web.middleware

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mailhook.budget import InflightHold
 
 # `<local@domain>` with both parts plain dot-atoms (ASCII, no quoting, comments,
 # literals or encoded words): what the standard library's address parser would
@@ -37,41 +41,73 @@ def hook_names(cls: type) -> list[str]:
 
 TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
 TOO_MUCH = "552 Error: Too much mail data"
+# The in-flight budget is spent (parsing.inflight_budget): temporary, the sender retries (Postfix's answer
+# when its queue file system is short of space).
+NO_ROOM = "452 4.3.1 Insufficient system storage"
 
 
-async def read_body(reader: asyncio.StreamReader, line_limit: int, size_limit: int) -> tuple[bytes, str | None]:
+async def read_body(
+    reader: asyncio.StreamReader, line_limit: int, size_limit: int, hold: InflightHold | None = None,
+) -> tuple[bytes, str | None]:
     """Read a DATA body through its lone-dot line: the content (dots unstuffed), or the reply refusing it.
 
     The replies and the content are aiosmtpd's, but the body is read in blocks
     ending in ".CRLF" rather than one line at a time (a third of the door's CPU
     per message); only a body too big for the limits is checked line by line.
+    Each block is counted in `hold` (the server's in-flight budget) as it
+    arrives; one that does not fit refuses the message with `NO_ROOM`, and the
+    rest of it is read and dropped. A refused message gives its bytes back at once.
     """
     data = bytearray()
     refusal: str | None = None
-    while True:
-        overran = False
-        try:
-            chunk = await reader.readuntil(b".\r\n")
-        except asyncio.LimitOverrunError as exc:
-            chunk, overran = await reader.read(exc.consumed), True
-        data += chunk
-        if data.endswith(b"\r\n.\r\n") or (refusal is None and data == b".\r\n"):
-            break
+    chunk = b""
+    try:
+        while True:
+            overran = False
+            try:
+                chunk = await reader.readuntil(b".\r\n")
+            except asyncio.LimitOverrunError as exc:
+                chunk, overran = await reader.read(exc.consumed), True
+            data += chunk
+            if refusal is None and hold is not None and not hold.grow(len(chunk)):
+                refusal = NO_ROOM
+                ended = data.endswith(b"\r\n.\r\n") or data == b".\r\n"
+                data = bytearray(data[-4:])  # a new buffer: the big one is freed now, not at the end of DATA
+                hold.close()
+                if ended:
+                    break
+                continue
+            if data.endswith(b"\r\n.\r\n") or (refusal is None and data == b".\r\n"):
+                break
+            if refusal is not None:
+                del data[:-4]  # refused already: keep only what may start the end marker
+            elif (size_limit and len(data) > size_limit + line_limit + 2) or (
+                overran and _open_line(data) > line_limit + 1
+            ):
+                # Over one limit or the other, so refused whatever follows: stop keeping it.
+                refusal = first_refusal(data, line_limit, size_limit)
+                assert refusal is not None
+                data = bytearray(data[-4:])
+                if hold is not None:
+                    hold.close()
+        if refusal is None and len(data) > min(line_limit, size_limit or line_limit):
+            refusal = first_refusal(data[:-3], line_limit, size_limit)
         if refusal is not None:
-            del data[:-4]  # refused already: keep only what may start the end marker
-        elif (size_limit and len(data) > size_limit + line_limit + 2) or (
-            overran and _open_line(data) > line_limit + 1
-        ):
-            # Over one limit or the other, so refused whatever follows: stop keeping it.
-            refusal = first_refusal(data, line_limit, size_limit)
-            assert refusal is not None
-            del data[:-4]
-    if refusal is None and len(data) > min(line_limit, size_limit or line_limit):
-        refusal = first_refusal(data[:-3], line_limit, size_limit)
-    if refusal is not None:
-        return b"", refusal
-    body = bytes(data[1:-3] if data.startswith(b".") else data[:-3])
-    return body.replace(b"\r\n.", b"\r\n"), None
+            if hold is not None:
+                hold.close()
+            return b"", refusal
+        # Unstuffed in place where possible: at most one copy of a big body besides the one returned.
+        del data[-3:]
+        if data.startswith(b"."):
+            del data[:1]
+        if b"\r\n." in data:
+            data = data.replace(b"\r\n.", b"\r\n")
+        return bytes(data), None
+    finally:
+        # A session closed mid-DATA raises here, and the cancelled task's traceback keeps this frame until the
+        # next garbage collection: free the buffers now.
+        data = bytearray()
+        chunk = b""
 
 
 def _open_line(data: bytearray) -> int:

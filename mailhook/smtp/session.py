@@ -315,16 +315,23 @@ class Connection(SMTP):
             await self.push("501 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
-        try:
-            content, refusal = await read_body(self._reader, self.line_length_limit, self.data_size_limit or 0)
-        except asyncio.CancelledError:  # the connection was lost meanwhile
-            self._writer.close()
-            raise
-        if refusal is not None:
-            await self.push(refusal)
+        # The message's bytes count in the server's in-flight budget from arrival until its reply.
+        with self.door.runtime.inflight.hold() as hold:
+            try:
+                content, refusal = await read_body(self._reader, self.line_length_limit,
+                                                   self.data_size_limit or 0, hold)
+            except asyncio.CancelledError:  # the connection was lost meanwhile
+                self._writer.close()
+                raise
+            if refusal is not None:
+                if hold.refused:
+                    self.door.runtime.metrics.on_rejected("smtp", "busy")
+                    self.door.runtime.inflight.refused("smtp", self.peer_ip, hold.received)
+                await self.push(refusal)
+                self._set_post_data_state()  # type: ignore[no-untyped-call]
+                return
+            self.envelope.content = self.envelope.original_content = content
+            del content
+            status = await self._call_handler_hook("DATA")
             self._set_post_data_state()  # type: ignore[no-untyped-call]
-            return
-        self.envelope.content = self.envelope.original_content = content
-        status = await self._call_handler_hook("DATA")
-        self._set_post_data_state()  # type: ignore[no-untyped-call]
         await self.push("250 OK" if status is MISSING else status)
