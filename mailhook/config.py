@@ -91,6 +91,9 @@ class SmtpSettings:
     max_sessions: int = option(1000, "most concurrent SMTP sessions")
     max_per_ip: int = option(100, "most concurrent SMTP sessions from one address")
     max_recipients: int = option(100, "most envelope recipients of one message (RFC 5321's minimum)")
+    max_recipient_overshoot: int = option(
+        1000, "RCPTs refused with 452 past max_recipients before each further one counts as an error toward "
+        "hard_error_limit; reset by each message accepted (Postfix smtpd_recipient_overshoot_limit)")
     acknowledge: str = option(
         "stored", "when 250 is sent: 'stored' (raw bytes and events committed) or 'received' (raw bytes "
         "committed; events extracted moments later in worker processes, for high volume)")
@@ -119,6 +122,8 @@ class SmtpSettings:
     auth_failure_delay: float = option(2.0, "seconds the first failed AUTH from an address waits before its 535; "
                                             "doubles with each further failure from that address")
     auth_failure_delay_max: float = option(15.0, "longest delay before a failed AUTH's 535, in seconds")
+    max_auth_checks: int = option(
+        2, "password checks (PBKDF2, ~0.15 s CPU each) run at once, in threads; one address gets one at a time")
     tls_cert: Path | None = option(None, "PEM certificate for STARTTLS")
     tls_key: Path | None = option(None, "PEM private key for STARTTLS")
     require_starttls: bool = option(False, "refuse mail transactions before STARTTLS")
@@ -530,6 +535,8 @@ def validate(settings: Settings) -> Settings:
             "smtp.auth_failure_delay_max must be at least smtp.auth_failure_delay",
         ),
         (settings.smtp.refusal_log_interval > 0, "smtp.refusal_log_interval must be positive"),
+        (settings.smtp.max_recipient_overshoot >= 0, "smtp.max_recipient_overshoot must not be negative"),
+        (settings.smtp.max_auth_checks > 0, "smtp.max_auth_checks must be positive"),
         (settings.storage.max_batch > 0, "storage.max_batch must be positive"),
         *((getattr(settings.parsing, f.name) > 0, f"parsing.{f.name} must be positive")
           for f in fields(ParsingSettings)),

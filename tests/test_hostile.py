@@ -224,14 +224,21 @@ def test_a_to_header_with_10000_addresses_is_stored_with_its_event(server: Serve
     server.assert_still_serving()
 
 
-def test_10000_envelope_recipients_past_the_cap_get_452_and_the_message_is_stored(server: Server) -> None:
+def test_recipients_past_the_cap_get_452_and_past_the_overshoot_limit_count_as_errors(server: Server) -> None:
+    # Defaults: max_recipients 100, max_recipient_overshoot 1000 (as Postfix), hard_error_limit 20.
     with server.smtp() as smtp:
         smtp.ehlo()
         assert smtp.mail("notifications@callfire.com")[0] == 250
-        codes = [smtp.rcpt(f"user{i}@example.com")[0] for i in range(10_000)]
-        assert codes == [250] * 100 + [452] * 9_900
+        codes = [smtp.rcpt(f"user{i}@example.com")[0] for i in range(1_100)]
+        assert codes == [250] * 100 + [452] * 1_000  # at the overshoot limit: no error, the message goes on
         code, _ = smtp.data(notification(800_000_003))
         assert code == 250
+        assert smtp.mail("notifications@callfire.com")[0] == 250
+        codes = []
+        with suppress(smtplib.SMTPServerDisconnected):
+            for i in range(10_000):  # before: 9,900 x 452 and the session stayed open
+                codes.append(smtp.rcpt(f"user{i}@example.com")[0])
+        assert codes == [250] * 100 + [452] * 1_020 + [421]
     server.assert_still_serving()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import smtplib
 import ssl
@@ -262,3 +263,44 @@ def test_failed_auth_waits_grow_per_address_without_holding_up_other_sessions(
         assert _timed_failure(smtp) < 1.5
     assert _timed_failure(other) < 1.5  # another address has its own count
     other.quit()
+
+
+def test_parallel_wrong_guesses_from_one_address_do_not_delay_a_login_from_another(
+    start_server: StartServer, certificate: Certificate, tmp_path: Path
+) -> None:
+    # Real-cost hashes here: the attack is about the CPU each check takes.
+    started = time.monotonic()
+    path = tmp_path / "smtp-passwords"
+    path.write_text(f"callfire:{hash_password('correct horse')}\n", encoding="utf-8")
+    one_check = time.monotonic() - started
+    runtime = _limited_auth_server(start_server, certificate, path, max_auth_failures=10, auth_failure_delay=0.1,
+                                   auth_failure_delay_max=0.5)
+    guessers = [_tls_client(runtime, "127.0.0.2") for _ in range(30)]
+    legit, other = _tls_client(runtime), _tls_client(runtime, "127.0.0.3")
+    go = threading.Barrier(len(guessers) + 1)
+
+    def guess(smtp: smtplib.SMTP) -> None:
+        go.wait()
+        with contextlib.suppress(smtplib.SMTPException):
+            smtp.docmd("AUTH", _plain("callfire", "wrong"))
+
+    threads = [threading.Thread(target=guess, args=(smtp,), daemon=True) for smtp in guessers]
+    for thread in threads:
+        thread.start()
+    go.wait()
+    time.sleep(0.3)  # every guess is in; before, each one's check was queued ahead of the login below
+    started = time.monotonic()
+    assert other.noop()[0] == 250
+    noop = time.monotonic() - started
+    started = time.monotonic()
+    assert legit.docmd("AUTH", _plain("callfire", "correct horse"))[0] == 235
+    login = time.monotonic() - started
+    legit.sendmail("a@callfire.com", ["ops@example.com"], notification(11))
+    # Before: 30 checks at ~one_check of CPU each, on every core, ahead of it (>= 15 x one_check on 2 cores).
+    print(f"login {login:.2f} s, one check {one_check:.2f} s")
+    assert login < 1.0 + 5 * one_check, (login, one_check)
+    assert noop < 1.0, noop
+    for thread in threads:
+        thread.join(timeout=120)
+    for smtp in [legit, other, *guessers]:
+        smtp.close()

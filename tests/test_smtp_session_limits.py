@@ -204,6 +204,10 @@ def test_an_accepted_message_forgives_earlier_errors(start_server: StartServer, 
 
 BAD_ADDRESSES = [b"a\xff@example.com", b"\xc3\x28@example.com", b"a\x00b@example.com", b"a\rb@example.com",
                  b"a\x01@example.com", b"a\x7f@example.com", b"ops@exa\x00mple.com", b"a@b\xed\xa0\x80.com"]
+# Line and paragraph separators and bidi controls: a log or a display reading them would show something else.
+INVISIBLE = ["\u2028", "\u2029", "\u202a", "\u202b", "\u202c", "\u202d", "\u202e", "\u2066", "\u2067", "\u2068",
+             "\u2069"]
+BAD_ADDRESSES += [f"a{c}b@example.com".encode() for c in INVISIBLE]
 
 
 @pytest.mark.parametrize("address", BAD_ADDRESSES, ids=[repr(a)[2:-1] for a in BAD_ADDRESSES])
@@ -235,6 +239,44 @@ def test_a_helo_name_that_is_not_utf8_or_holds_control_characters_gets_501(start
             assert _say(f, b"EHLO " + name).startswith(b"501 5.5.2 ")
             assert _say(f, b"HELO " + name).startswith(b"501 5.5.2 ")
         assert _say(f, b"EHLO good.example").startswith(b"250 ")
+
+
+def test_a_helo_name_holding_a_line_separator_or_bidi_control_gets_501(start_server: StartServer) -> None:
+    runtime = start_server(smtp={"hard_error_limit": 100, "error_sleep_time": 0})
+    sock, f = _session(runtime)
+    with sock, f:
+        for c in INVISIBLE:
+            name = f"mx{c}.example".encode()
+            assert _say(f, b"EHLO " + name).startswith(b"501 5.5.2 "), c
+            assert _say(f, b"HELO " + name).startswith(b"501 5.5.2 "), c
+        assert _say(f, "EHLO mx.\u00e9xample".encode()).startswith(b"250 ")  # other non-ASCII text is fine
+
+
+def test_rcpts_past_max_recipients_count_as_errors_past_the_overshoot_limit(
+    start_server: StartServer, mode: str
+) -> None:
+    runtime = start_server(smtp={"acknowledge": mode, "max_recipients": 3, "max_recipient_overshoot": 2,
+                                 "hard_error_limit": 3, "error_sleep_time": 0})
+    sock, f = _session(runtime)
+    with sock, f:
+        assert _say(f, b"EHLO c").startswith(b"250 ")
+        assert _say(f, b"MAIL FROM:<a@callfire.com>").startswith(b"250 ")
+        rcpts = [_say(f, b"RCPT TO:<ops@example.com>")[:3] for _ in range(5)]
+        assert rcpts == [b"250"] * 3 + [b"452"] * 2  # at the overshoot limit: no error yet
+        assert _say(f, b"DATA").startswith(b"354 ")
+        f.write(notification(60).replace(b"\n", b"\r\n") + b".\r\n")
+        f.flush()
+        assert _reply(f).startswith(b"250 ")  # the accepted message forgives the overshoot
+        assert _say(f, b"MAIL FROM:<a@callfire.com>").startswith(b"250 ")
+        # Pipelined, as a RCPT flood comes: past the overshoot limit each 452 is an error; the third closes.
+        f.write(b"RCPT TO:<ops@example.com>\r\n" * 100)
+        f.flush()
+        said = read_until_closed(f)
+    replies = said.splitlines()
+    assert [r[:3] for r in replies] == [b"250"] * 3 + [b"452"] * 5 + [b"421"], said
+    assert replies[-1].startswith(b"421 4.7.0 Too many errors"), said
+    assert _stored(runtime, 60)
+    _deliver(runtime, 61)
 
 
 def test_connections_refused_at_the_caps_are_logged_as_one_summary_line(
@@ -336,6 +378,78 @@ def test_slow_noop_sessions_filling_every_place_do_not_lock_out_a_client_that_se
     _deliver(runtime, 20, source_address=(source, 0))
 
 
+async def _slow_rcpts(port: int, source: str, stop: threading.Event) -> None:
+    """One attacker: connect, EHLO, MAIL, then a RCPT every 0.2 s, never DATA; when closed, come back."""
+    while not stop.is_set():
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        try:
+            if (await reader.readline()).startswith(b"220"):
+                writer.write(b"EHLO attacker.test\r\nMAIL FROM:<a@callfire.com>\r\n")
+                while not stop.is_set():
+                    await asyncio.sleep(0.2)
+                    writer.write(b"RCPT TO:<ops@example.com>\r\n")
+                    await writer.drain()
+                    line = await reader.readline()
+                    while line[3:4] == b"-" or line.startswith(b"250 2.1.0"):  # EHLO's lines, MAIL's 250
+                        line = await reader.readline()
+                    if not line.startswith((b"250", b"452")):
+                        break
+            else:
+                await asyncio.sleep(0.05)
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.mark.parametrize("source", ["127.0.0.1", "127.0.0.2"], ids=["another-address", "an-attacking-address"])
+def test_sessions_that_keep_sending_rcpt_do_not_lock_out_a_client_that_sends_mail(
+    start_server: StartServer, mode: str, source: str
+) -> None:
+    # Each RCPT is a mail command: eviction looks at the time since a session's last accepted message.
+    runtime = start_server(smtp={"acknowledge": mode, "max_sessions": 40, "max_per_ip": 8, "idle_timeout": 300,
+                                 "evict_after": 1.0})
+    stop = threading.Event()
+    ready = threading.Event()
+
+    def attack() -> None:
+        async def main() -> None:
+            port = smtp_address(runtime)[1]
+            tasks = [asyncio.create_task(_slow_rcpts(port, f"127.0.0.{2 + i % 5}", stop)) for i in range(40)]
+            await asyncio.sleep(1.0)
+            ready.set()
+            await asyncio.gather(*tasks)
+
+        asyncio.run(main())
+
+    attacker = threading.Thread(target=attack, daemon=True)
+    attacker.start()
+    try:
+        assert ready.wait(30)
+        door = next(d for d in runtime.doors if d.name == "smtp")
+        deadline = time.monotonic() + 30
+        while len(door.sessions) < 40:  # type: ignore[attr-defined]
+            assert time.monotonic() < deadline, "the attack never took every place"
+            time.sleep(0.05)
+        time.sleep(1.5)  # every attacking session started longer than evict_after ago, and sent RCPTs since
+        for n in range(3):
+            started = time.monotonic()
+            _deliver(runtime, 70 + n, source_address=(source, 0))
+            assert time.monotonic() - started < 10
+            assert len(door.sessions) >= 35  # type: ignore[attr-defined]  # the attack goes on
+            assert max(door.per_ip.values()) <= 8  # type: ignore[attr-defined]
+    finally:
+        stop.set()
+        attacker.join(timeout=60)
+    metrics = runtime.metrics.render().decode()
+    assert 'mailhook_rejected_total{channel="smtp",reason="evicted"}' in metrics, metrics
+    _deliver(runtime, 80, source_address=(source, 0))
+
+
 def test_no_control_character_or_undecodable_byte_from_a_peer_reaches_a_deliveries_column(
     start_server: StartServer, mode: str
 ) -> None:
@@ -381,8 +495,8 @@ def test_an_idle_session_makes_room_but_one_whose_message_is_being_stored_never_
 ) -> None:
     runtime = start_server(smtp={"acknowledge": mode, "max_per_ip": 2, "evict_after": 0.3},
                            storage={"busy_timeout": 30})
+    busy_sock, busy = _session(runtime)  # the older session: the first to go, were it not storing
     idle_sock, idle = _session(runtime)
-    busy_sock, busy = _session(runtime)
     with idle_sock, idle, busy_sock, busy:
         for line in (b"EHLO busy", b"MAIL FROM:<a@callfire.com>", b"RCPT TO:<ops@example.com>", b"DATA"):
             assert _say(busy, line)[:1] in (b"2", b"3")
@@ -390,8 +504,8 @@ def test_an_idle_session_makes_room_but_one_whose_message_is_being_stored_never_
             busy.write(notification(50).replace(b"\n", b"\r\n") + b".\r\n")
             busy.flush()
             time.sleep(0.3)
-            # The idle session's last command is newer than the busy one's DATA, so the busy one is the
-            # longest without a mail command; it is storing a message, so the idle one goes instead.
+            # Neither had a message accepted and the busy one started first, so it is the longest
+            # without one; it is storing a message, so the idle one goes instead.
             assert _say(idle, b"EHLO idle").startswith(b"250 ")
             time.sleep(0.6)
             with client(runtime) as newcomer:  # a third session from the same address, at max_per_ip 2

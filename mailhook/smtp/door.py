@@ -18,10 +18,10 @@ from aiosmtpd.smtp import Envelope, Session
 from mailhook.config import SmtpSettings, parse_address, refuse_open_relay
 from mailhook.errors import ConfigError, RetryLater
 from mailhook.models import Delivery, utcnow
-from mailhook.smtp.auth import PasswordAuth, PasswordFile, tls_context
-from mailhook.smtp.fastpath import UNFIT_TEXT, hook_names
-from mailhook.smtp.limits import AuthPenalty, ConnectionRate, RefusalSummary
-from mailhook.smtp.session import SHUTTING_DOWN, Connection
+from mailhook.smtp.auth import AuthChecks, PasswordAuth, PasswordFile, tls_context
+from mailhook.smtp.fastpath import hook_names
+from mailhook.smtp.limits import UNFIT_TEXT, AuthPenalty, ConnectionRate, RefusalSummary
+from mailhook.smtp.session import RCPT_OVERSHOOT, SHUTTING_DOWN, Connection
 
 if TYPE_CHECKING:
     from mailhook.server import Runtime
@@ -79,7 +79,8 @@ class Handler(PasswordAuth):
             return "550 5.1.1 Recipient not accepted here"
         if len(envelope.rcpt_tos) >= self.settings.max_recipients:
             # Temporary on purpose: the sender delivers the rest in another transaction.
-            return "452 4.5.3 Too many recipients"
+            server.recipient_overshoot()
+            return RCPT_OVERSHOOT
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
         return "250 2.1.5 OK"
@@ -151,6 +152,7 @@ class SmtpDoor:
         self.refusal_report: asyncio.TimerHandle | None = None
         self.rate = ConnectionRate(self.settings.max_connection_rate)
         self.auth_penalty = AuthPenalty(self.settings.auth_failure_delay, self.settings.auth_failure_delay_max)
+        self.auth_checks = AuthChecks(self.settings.max_auth_checks)
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -204,11 +206,13 @@ class SmtpDoor:
     def admit(self, conn: Connection) -> bytes | None:
         """Count a new session in, or return the 421 reply that refuses it.
 
-        At a cap, a session that sent no mail command for `evict_after`
-        seconds makes room (see `_idlest`): at max_per_ip one from the same
-        address, at max_sessions one from an address holding more sessions
-        than the newcomer's. So sessions that only idle or send junk cannot
-        lock out a client that sends mail, from another address or their own.
+        At a cap, a session that had no message accepted for `evict_after`
+        seconds (since it started, if none) makes room (see `_idlest`): at
+        max_per_ip one from the same address, at max_sessions one from an
+        address holding more sessions than the newcomer's. So sessions that
+        only idle, send junk or loop on commands (RCPT...) without ever
+        delivering cannot lock out a client that sends mail, from another
+        address or their own.
         """
         if self.closing:
             return SHUTTING_DOWN
@@ -235,8 +239,9 @@ class SmtpDoor:
     def _idlest(self, newcomer: Connection, *, same_address: bool) -> Connection | None:
         """Return the session that may make room for `newcomer`, if any.
 
-        That is the one longest without a mail command, idle so for at least
-        evict_after seconds and not storing a message; from the newcomer's own
+        That is the one longest without a message accepted (or since its
+        start), so for at least evict_after seconds, and not storing a
+        message, whose reply is still due; from the newcomer's own
         address (`same_address`), or else from an address that holds more
         sessions than the newcomer's would, so that sessions from a few
         addresses cannot shut out a client from another, nor evict each other.
@@ -247,10 +252,10 @@ class SmtpDoor:
         peer, share = newcomer.peer_ip, self.per_ip[newcomer.peer_ip] + 1
         candidates = (
             c for c in self.sessions
-            if c.last_progress <= latest and not c.storing and not c.ended
+            if c.last_accepted <= latest and not c.storing and not c.ended
             and (c.peer_ip == peer if same_address else self.per_ip[c.peer_ip] > share)
         )
-        return min(candidates, key=lambda c: c.last_progress, default=None)
+        return min(candidates, key=lambda c: c.last_accepted, default=None)
 
     def _refuse(self, conn: Connection, reason: str, reply: bytes) -> bytes:
         """Count a connection refused at a cap, for the metrics and the next summary line; return the reply."""
@@ -308,6 +313,7 @@ class SmtpDoor:
                 conn.say_goodbye(SHUTTING_DOWN)
         if self.storing:
             await asyncio.wait(set(self.storing))
+        self.auth_checks.close()
         if self.server is not None:
             await self.server.wait_closed()
 

@@ -22,11 +22,6 @@ if TYPE_CHECKING:
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 PLAIN_ANGLE_ADDR = re.compile(rf"<({_ATEXT}(?:\.{_ATEXT})*@{_ATEXT}(?:\.{_ATEXT})*)>", re.ASCII)
 
-# What an envelope address or HELO name must not hold: a control character (C0,
-# DEL, C1) or a byte that was not UTF-8 (aiosmtpd decodes arguments with
-# surrogateescape, so such a byte arrives as a lone surrogate).
-UNFIT_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-
 
 _hook_names: dict[type, list[str]] = {}
 

@@ -9,6 +9,14 @@ without bound.
 from __future__ import annotations
 
 import collections
+import re
+
+# What an envelope address or HELO name must not hold: a control character (C0,
+# DEL, C1), a line or paragraph separator (U+2028, U+2029), a bidi embedding,
+# override or isolate (U+202A-U+202E, U+2066-U+2069), which can make a logged or
+# displayed address read as another, or a byte that was not UTF-8 (aiosmtpd
+# decodes arguments with surrogateescape, so such a byte arrives as a lone surrogate).
+UNFIT_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
 
 # Most addresses one table remembers at once.
 MAX_REMEMBERED = 10_000
@@ -64,6 +72,17 @@ class AuthPenalty:
             _make_room(self.failures, now - AUTH_PENALTY_MEMORY)
         self.failures[peer] = (now, count)
         return min(self.first * 2 ** min(count - 1, 32), self.longest), count
+
+    def pending(self, peer: str, now: float) -> float:
+        """Return the delay `peer`'s next failure would wait: 0 unless the address failed lately.
+
+        An address already penalised waits this long before its password is
+        even checked, so that parallel guesses cannot buy hashing time.
+        """
+        last, count = self.failures.get(peer, (now, 0))
+        if not count or now - last > AUTH_PENALTY_MEMORY:
+            return 0.0
+        return float(min(self.first * 2 ** min(count, 32), self.longest))
 
     def forgive(self, peer: str) -> None:
         """Forget `peer`'s failures (it authenticated)."""

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import MISSING, SMTP, syntax
 
-from mailhook.smtp.fastpath import PLAIN_ANGLE_ADDR, UNFIT_TEXT, hook_names, read_body
+from mailhook.smtp.fastpath import PLAIN_ANGLE_ADDR, hook_names, read_body
+from mailhook.smtp.limits import UNFIT_TEXT
 
 if TYPE_CHECKING:
     from mailhook.smtp.door import Handler, SmtpDoor
@@ -21,11 +23,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("mailhook.smtp")
 
 SHUTTING_DOWN = b"421 4.3.2 Service shutting down, please try again later\r\n"
-EVICTED = b"421 4.3.2 Too many connections; closing this session, which sent no mail command lately\r\n"
+EVICTED = b"421 4.3.2 Too many connections; closing this session, which delivered no message lately\r\n"
 SESSION_TIME = b"421 4.4.2 Session time limit reached, closing connection\r\n"
 TOO_MUCH_JUNK = b"421 4.7.0 Too many commands without mail, closing connection\r\n"
 TOO_MANY_ERRORS = b"421 4.7.0 Too many errors, closing connection\r\n"
 TOO_MANY_AUTH_FAILURES = b"421 4.7.0 Too many authentication failures, closing connection\r\n"
+RCPT_OVERSHOOT = "452 4.5.3 Too many recipients"
 # Replies that refuse something, by prefix (all 5xx), and the reason `mailhook_rejected_total` counts them under.
 REFUSALS = {"550 5.1.1": "recipient", "550 5.7.1": "sender", "552": "too_large", "535": "unauthorized",
             "530": "unauthenticated", "501 5.1.7": "bad_address", "501 5.1.3": "bad_address"}
@@ -37,8 +40,10 @@ class Connection(SMTP):
     Commands that carry no mail (NOOP, RSET, HELP, VRFY, EXPN, a third
     HELO/EHLO) neither restart the idle timer nor count as progress, and only
     so many are answered; every 5xx reply counts as an error (delayed past the
-    soft limit, the session closed at the hard limit); a message accepted
-    forgives both, as in Postfix. The whole session ends at max_session_time.
+    soft limit, the session closed at the hard limit), and so does every
+    RCPT refused with 452 past max_recipients once more than
+    max_recipient_overshoot were; a message accepted forgives all three, as in
+    Postfix. The whole session ends at max_session_time.
     """
 
     def __init__(self, door: SmtpDoor, handler: Handler, **kwargs: Any) -> None:
@@ -52,12 +57,15 @@ class Connection(SMTP):
         self.storing = False  # a received message is being stored: never evicted, its reply still due
         self.expired = False  # the lifetime ran out while storing: close once the reply is sent
         self.last_progress = 0.0  # loop time of the last command that was not junk
+        self.last_accepted = 0.0  # loop time of the last message accepted (the session's start before one)
         self.idle_deadline = 0.0
         self.rearmed_from = (0.0, 0.0)
         self.junk = 0
         self.greetings = 0
         self.errors = 0
+        self.overshoot = 0  # RCPTs refused with 452 past max_recipients since the last message accepted
         self.failed_auths = 0
+        self.auth_waited = False  # the current AUTH attempt already waited its address's penalty
         self.lifetime: asyncio.TimerHandle | None = None
         super().__init__(handler, **kwargs)
 
@@ -106,6 +114,7 @@ class Connection(SMTP):
             transport.close()
             return
         self.admitted = True
+        self.last_accepted = self.loop.time()
         self.lifetime = self.loop.call_later(self.door.settings.max_session_time, self._lifetime_over)
         super().connection_made(transport)
 
@@ -124,8 +133,16 @@ class Connection(SMTP):
             self._timeout_handle.cancel()
 
     def accepted(self) -> None:
-        """Forgive the session's errors and junk commands once a message is accepted (as Postfix does)."""
-        self.errors = self.junk = 0
+        """Forgive the session's errors, junk commands and recipient overshoot once a message is accepted.
+
+        As Postfix does; the time is what eviction at the caps looks at.
+        """
+        self.errors = self.junk = self.overshoot = 0
+        self.last_accepted = self.loop.time()
+
+    def recipient_overshoot(self) -> None:
+        """Count a RCPT refused past max_recipients; past max_recipient_overshoot its 452 counts as an error."""
+        self.overshoot += 1
 
     def _reset_timeout(self, duration: float | None = None) -> None:
         """Restart the idle (or DATA) timer, remembering the one before so that a junk command can put it back.
@@ -167,8 +184,8 @@ class Connection(SMTP):
 
     def evict(self) -> None:
         """Close this session to make room for a new one."""
-        log.info("closing session peer=%s: no mail command for %.0f s, its place given to a new connection",
-                 self.peer_ip, self.loop.time() - self.last_progress)
+        log.info("closing session peer=%s: no message accepted for %.0f s, its place given to a new connection",
+                 self.peer_ip, self.loop.time() - self.last_accepted)
         self.door.runtime.metrics.on_rejected("smtp", "evicted")
         self.say_goodbye(EVICTED)
 
@@ -189,13 +206,16 @@ class Connection(SMTP):
         if self.ended:
             return
         text = status if isinstance(status, str) else status.decode("utf-8", "replace")
-        if not text.startswith("5"):
+        settings = self.door.settings
+        # A 452 for one recipient too many is no error, but past the overshoot limit each one is
+        # (Postfix's smtpd_recipient_overshoot_limit): pipelined or slow RCPT loops end at the hard limit.
+        overshot = text.startswith(RCPT_OVERSHOOT) and self.overshoot > settings.max_recipient_overshoot
+        if not text.startswith("5") and not overshot:
             await super().push(status)
             return
         for prefix, reason in REFUSALS.items():  # every refusal counted is a 5xx
             if text.startswith(prefix):
                 self.door.runtime.metrics.on_rejected("smtp", reason)
-        settings = self.door.settings
         self.errors += 1
         if self.errors > settings.soft_error_limit and settings.error_sleep_time:
             await asyncio.sleep(settings.error_sleep_time)  # Postfix's tarpit: slows a client that errs on
@@ -207,13 +227,29 @@ class Connection(SMTP):
             self.door.runtime.metrics.on_rejected("smtp", "errors")
             self.say_goodbye(TOO_MANY_ERRORS)
 
+    async def check_password(self, check: Callable[[str, str], bool], user: str, password: str) -> bool:
+        """Check a password, first waiting the address's penalty if it failed lately.
+
+        Waiting before the (costly) check, not only before the 535, means that
+        guesses sent in parallel cannot make the door hash any faster; the
+        check itself runs off the event loop, one per address at a time and
+        smtp.max_auth_checks in all (`AuthChecks`).
+        """
+        delay = self.door.auth_penalty.pending(self.peer_ip, self.loop.time())
+        self.auth_waited = delay > 0
+        if delay:
+            await asyncio.sleep(delay)  # on the event loop's clock: other sessions go on meanwhile
+        return await self.door.auth_checks.run(self.peer_ip, check, user, password)
+
     async def failed_auth(self, mechanism: str, user: str) -> None:
-        """Log a failed AUTH and wait the address's growing penalty before its 535 is sent."""
+        """Log a failed AUTH and, unless it waited before the check, wait the address's growing penalty now."""
         self.failed_auths += 1
         delay, count = self.door.auth_penalty.failed(self.peer_ip, self.loop.time())
         log.warning("auth failed peer=%s mechanism=%s user=%s failures=%d address_failures=%d delay=%.1fs",
                     self.peer_ip, mechanism, user, self.failed_auths, count, delay)
-        await asyncio.sleep(delay)  # on the event loop's clock: other sessions go on meanwhile
+        waited, self.auth_waited = self.auth_waited, False
+        if not waited:
+            await asyncio.sleep(delay)
 
     @syntax("AUTH <mechanism>")
     async def smtp_AUTH(self, arg: str) -> None:
