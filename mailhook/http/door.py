@@ -52,6 +52,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 # Each refusal's answer, mapped once: the first class an exception is an instance of.
+# The in-flight budget is spent: the body is refused with 503, and the client retries.
+NO_ROOM = "too many bodies being received; retry later"
 STATUS: tuple[tuple[type[Rejected], int], ...] = (
     (Unauthorized, 401), (TooLarge, 413), (TimedOut, 408), (Busy, 503), (Rejected, 400),
 )
@@ -183,10 +185,6 @@ class Receiver:
         if length is not None and length > self.max_size:
             raise TooLarge(f"body larger than {self.max_size} bytes")
 
-    def _no_room(self, request: web.Request, hold: InflightHold) -> Busy:
-        """The in-flight budget is spent: refuse the body with 503 (the client retries)."""
-        return Busy("too many bodies being received; retry later")
-
     async def _read_body(self, request: web.Request, hold: InflightHold) -> bytes:
         content = request.content
         try:
@@ -197,7 +195,7 @@ class Receiver:
                 if len(whole) > self.max_size:
                     raise TooLarge(f"body larger than {self.max_size} bytes")
                 if not hold.grow(len(whole)):
-                    raise self._no_room(request, hold)
+                    raise Busy(NO_ROOM)
                 return whole
         except ConnectionError:
             raise Rejected("connection closed before the whole body arrived", "incomplete") from None
@@ -212,7 +210,7 @@ class Receiver:
                     while chunk := await request.content.read(_CHUNK):
                         if not hold.grow(len(chunk)):
                             hold.close()
-                            raise self._no_room(request, hold)
+                            raise Busy(NO_ROOM)
                         body += chunk
                         if len(body) > self.max_size:
                             raise TooLarge(f"body larger than {self.max_size} bytes")
