@@ -113,7 +113,10 @@ def test_a_session_is_closed_at_its_time_limit_even_while_it_sends_mail(start_se
                 time.sleep(0.05)
         lasted = time.monotonic() - started
     assert 1.3 < lasted < 8, lasted
-    assert isinstance(ended, smtplib.SMTPServerDisconnected) or getattr(ended, "smtp_code", 0) == 421, ended
+    # The 421 comes at whichever command the limit falls on; at RCPT smtplib reports it per recipient.
+    codes = ({code for code, _ in ended.recipients.values()} if isinstance(ended, smtplib.SMTPRecipientsRefused)
+             else {getattr(ended, "smtp_code", 0)})
+    assert isinstance(ended, smtplib.SMTPServerDisconnected) or codes == {421}, ended
     assert sent > 3
     assert all(_stored(runtime, 100 + i) for i in range(sent))  # everything acknowledged was kept
     _deliver(runtime, 2)
