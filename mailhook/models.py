@@ -30,7 +30,7 @@ def utcnow() -> str:
 
 @functools.lru_cache(maxsize=2)
 def _utc_second(second: int) -> str:
-    # Called twice per delivery: formatting each second once makes it ~6x cheaper.
+    # Called twice per delivery: each second is formatted once (docs/performance.md).
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
 # `pending`: the raw bytes are stored and acknowledged, their events not yet extracted.
 Status = Literal["stored", "duplicate", "quarantined", "pending"]

@@ -36,6 +36,8 @@ log = logging.getLogger("mailhook.ingest")
 INLINE_LIMIT = 64 * 1024
 
 Listener = Callable[[Delivery, Receipt | None, float], None]
+# A delivery's extraction: as `extract` returns it, or as the rows to store (built in a worker process).
+Found = Extraction | Rows
 # Told the id and start time of each delivery stored `pending`, its events left for later.
 PendingListener = Callable[[int, float], None]
 
@@ -68,7 +70,7 @@ class Pipeline:
     log_level: int = logging.INFO
 
     def submit(
-        self, delivery: Delivery, found: Extraction | Rows | None = None, *, started: float | None = None
+        self, delivery: Delivery, found: Found | None = None, *, started: float | None = None
     ) -> Future[Receipt]:
         """Queue `delivery` for the next commit, extracted here unless `found` already holds its extraction.
 
@@ -222,7 +224,7 @@ class Pipeline:
 
 def extract_rows(
     raw: bytes, kind: Kind, subscriptions: Mapping[int, str], limits: MailLimits, content_type: str | None = None
-) -> Extraction | Rows:
+) -> Found:
     """Extract a delivery as the rows to store, bounded by the payload ratio (runs in a worker process)."""
     return worker_rows(extract(raw, kind, subscriptions, content_type=content_type, limits=limits), len(raw))
 

@@ -18,7 +18,7 @@ from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginEr
 
 from mailhook.backoff import Backoff
 from mailhook.errors import RetryLater
-from mailhook.imap.account import READ_TIMEOUT, Account, connect
+from mailhook.imap.account import Account, buffered, connect
 from mailhook.models import Checkpoint, Delivery, utcnow
 from mailhook.pipeline import Pipeline
 from mailhook.writer import Writer
@@ -303,7 +303,7 @@ class Watcher:
             deadline = time.monotonic() + self.account.settings.idle_timeout
             while not self._stop.is_set():
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or _pending(client):
+                if remaining <= 0 or buffered(client):
                     break
                 readable, _, _ = select.select([client.socket(), self._wake_r], [], [], remaining)
                 if self._wake_r in readable:
@@ -318,24 +318,6 @@ class Watcher:
         finally:
             self._announce(waiting=False, idling=False)
         client.idle_done()
-
-
-def _pending(client: IMAPClient) -> bool:
-    """Say whether server data already waits in a read buffer, where select() cannot see it.
-
-    The server may send EXISTS right behind its IDLE continuation, in one packet
-    that imaplib's buffered reader swallows whole.
-    """
-    sock = client.socket()
-    if isinstance(sock, ssl.SSLSocket) and sock.pending():
-        return True
-    sock.setblocking(False)
-    try:
-        return bool(client._imap.file.peek(1))
-    except (OSError, ValueError):
-        return False  # nothing buffered and nothing (complete) on the socket yet
-    finally:
-        sock.settimeout(READ_TIMEOUT)
 
 
 def _wakes(response: Any) -> bool:

@@ -43,8 +43,8 @@ async def read_body(reader: asyncio.StreamReader, line_limit: int, size_limit: i
     """Read a DATA body through its lone-dot line: the content (dots unstuffed), or the reply refusing it.
 
     The replies and the content are aiosmtpd's, but the body is read in blocks
-    ending in ".CRLF" rather than one line at a time (a third of the door's CPU
-    per message); only a body too big for the limits is checked line by line.
+    ending in ".CRLF" rather than one line at a time (the door's largest CPU cost
+    per message; docs/performance.md); only a body too big for the limits is checked line by line.
     """
     data = bytearray()
     refusal: str | None = None
