@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from mailhook.config import Settings
+from mailhook.config.settings import Settings
 from mailhook.errors import RetryLater
 from mailhook.exitcodes import EX_DATAERR, EX_OK, EX_TEMPFAIL
 from mailhook.models import Delivery, Kind, MailLimits, Receipt, kind_of, utcnow
 from mailhook.pipeline import Found, Pipeline, extract_rows
+from mailhook.store.writer import Writer
 from mailhook.workers import extraction_pool
-from mailhook.writer import Writer
 
 log = logging.getLogger("mailhook.files")
 

@@ -38,7 +38,7 @@ TypeSource = Literal["payload", "config", "inferred"]
 
 
 @dataclass(frozen=True, slots=True)
-class Checkpoint:
+class FolderPosition:
     """How far an IMAP folder has been read; stored in the same transaction as the delivery."""
 
     account: str
@@ -64,7 +64,7 @@ class Delivery:
     remote_addr: str | None = None
     content_type: str | None = None
     source: str | None = None
-    checkpoint: Checkpoint | None = None
+    position: FolderPosition | None = None
 
     @property
     def sha256(self) -> str:

@@ -27,8 +27,9 @@ from mailhook.errors import RetryLater, Unreadable
 from mailhook.extract import extract
 from mailhook.extract.mail import check_structure
 from mailhook.models import Delivery, Extraction, Kind, MailLimits, Receipt
-from mailhook.store import Completion, Rows, Store, worker_rows
-from mailhook.writer import Writer
+from mailhook.store.interface import Storage
+from mailhook.store.rows import Completion, Rows, worker_rows
+from mailhook.store.write import Store
 
 log = logging.getLogger("mailhook.ingest")
 
@@ -53,7 +54,8 @@ class Pipeline:
     or without one in a thread. Smaller ones are extracted on the loop.
     """
 
-    writer: Writer
+    # The store (store.writer.Writer for SQLite); named for what it does here: takes writes.
+    writer: Storage
     subscriptions: Mapping[int, str] = field(default_factory=dict)
     executor: Executor | None = None
     listeners: list[Listener] = field(default_factory=list)

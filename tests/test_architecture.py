@@ -9,7 +9,7 @@ ROOT = Path(__file__).parent.parent / "mailhook"
 
 # docs/architecture.md, "Who may import whom".
 CORE = ("mailhook.models", "mailhook.errors", "mailhook.extract", "mailhook.derived")
-STORE = ("mailhook.store", "mailhook.schema", "mailhook.figures", "mailhook.writer", "mailhook.upkeep")
+STORE = ("mailhook.store",)
 DOORS = ("mailhook.smtp", "mailhook.http", "mailhook.imap", "mailhook.files")
 # What the pure core must never touch: sockets, the database, the event loop, other processes.
 IMPURE = ("socket", "ssl", "selectors", "asyncio", "sqlite3", "sqlite_utils", "subprocess", "multiprocessing",
@@ -77,14 +77,30 @@ def test_the_store_knows_nothing_of_the_pipeline_the_doors_or_the_commands() -> 
 
 def test_the_pipeline_knows_no_door_and_the_backlog_is_its_client() -> None:
     found = [f"mailhook.pipeline -> {i}" for i in GRAPH["mailhook.pipeline"]
-             if _in(i, DOORS) or i in ("mailhook.backlog", "mailhook.server", "mailhook.cli", "mailhook.config")]
+             if _in(i, (*DOORS, "mailhook.backlog", "mailhook.server", "mailhook.cli", "mailhook.config"))]
     assert not found, _broken("the pipeline imports no door, backlog, server or configuration", found)
 
 
-def test_doors_reach_the_store_only_through_the_pipeline_and_writer() -> None:
+def test_doors_know_the_store_only_by_its_interface() -> None:
+    allowed = ("mailhook.store.interface", "mailhook.store.writer")  # the writer: where a door's command builds one
     found = [f"{m} -> {i}" for m, imports in GRAPH.items() if _in(m, DOORS) for i in imports
-             if i in ("mailhook.store", "mailhook.schema", "mailhook.upkeep", "sqlite3", "sqlite_utils")]
-    assert not found, _broken("a door never imports the SQLite store, its schema or sqlite3", found)
+             if (_in(i, STORE) and i not in allowed) or i in ("sqlite3", "sqlite_utils")]
+    assert not found, _broken("a door imports from the store only its interface (and the writer to build)", found)
+
+
+def test_the_store_interface_needs_nothing_of_sqlite() -> None:
+    found = [i for i in GRAPH["mailhook.store.interface"]
+             if i in ("sqlite3", "sqlite_utils") or (_in(i, STORE) and i != "mailhook.store.rows")]
+    assert not found, _broken("store.interface names no SQLite part", found)
+
+
+def test_the_settings_are_apart_from_their_loading() -> None:
+    found = [f"mailhook.config.settings -> {i}" for i in GRAPH["mailhook.config.settings"]
+             if i in ("os", "tomllib", "mailhook.config.load", "mailhook.config.render")]
+    found += ["mailhook.config.settings reads the environment"] * _uses_environment(ROOT / "config" / "settings.py")
+    found += [f"{m} -> {i}" for m, imports in GRAPH.items() if _in(m, DOORS) or _in(m, CORE) or _in(m, STORE)
+              for i in imports if i == "mailhook.config.load"]
+    assert not found, _broken("settings.py declares, load.py reads; doors and the store never load settings", found)
 
 
 def test_no_door_imports_another_door() -> None:

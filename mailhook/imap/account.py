@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 from imapclient import IMAPClient, SocketTimeout
 
-from mailhook.config import ImapSettings, Settings
+from mailhook.config.settings import ImapSettings, Settings
 from mailhook.errors import ConfigError
 
 CONNECT_TIMEOUT = 30.0
@@ -56,7 +56,7 @@ class Account:
 
     @property
     def key(self) -> str:
-        """Return the account name checkpoints are stored under."""
+        """Return the account name folder positions are stored under."""
         return f"{self.user}@{self.host}"
 
     def url(self, folder: str, uidvalidity: int | None = None, uid: int | None = None) -> str:

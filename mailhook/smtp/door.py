@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import Envelope, Session
 
-from mailhook.config import SmtpSettings, parse_address, refuse_open_relay
+from mailhook.config.addresses import parse_address, refuse_open_relay
+from mailhook.config.settings import SmtpSettings
 from mailhook.errors import ConfigError, RetryLater
 from mailhook.models import Delivery, utcnow
 from mailhook.smtp.auth import PasswordAuth, PasswordFile, tls_context
