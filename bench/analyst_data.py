@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mailhook.models import Attempt, Delivery, Event, Extraction
-from mailhook.store import Store
+from mailhook.store.write import Store
 
 CAMPAIGNS = [
     (1001, "Spring appointments", "VOICE"), (1002, "Renewal reminders", "VOICE"), (1003, "Survey", "IVR"),

@@ -25,7 +25,9 @@ from mailhook.backoff import Backoff
 from mailhook.errors import RetryLater
 from mailhook.extract import extract
 from mailhook.models import Delivery, Extraction, MailLimits
-from mailhook.store import Completion, PendingReader, pending_count, worker_rows
+from mailhook.store.reads import PendingReader, pending_count
+from mailhook.store.rows import Completion, worker_rows
+from mailhook.store.writer import Writer
 from mailhook.workers import worker_pool
 
 if TYPE_CHECKING:
@@ -79,6 +81,8 @@ class Backlog:
     ) -> None:
         self.pipeline = pipeline
         self.writer = pipeline.writer
+        # The backlog reads pending deliveries from the SQLite file itself (in worker processes too).
+        assert isinstance(pipeline.writer, Writer), "the backlog needs the SQLite store"
         self.path = pipeline.writer.store.path
         self.reader = PendingReader(self.path)
         self.subscriptions = dict(pipeline.subscriptions)

@@ -13,7 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from mailhook import __version__
-from mailhook.config import CONFIG_NAME, DEFAULT_CONFIG, Option, Settings, load, options
+from mailhook.config.load import Option, load, options
+from mailhook.config.settings import CONFIG_NAME, DEFAULT_CONFIG, Settings
 from mailhook.errors import ConfigError, RetryLater
 from mailhook.exitcodes import EX_CONFIG, EX_DATAERR, EX_INTERRUPTED, EX_NOPERM, EX_OK, EX_TEMPFAIL
 from mailhook.privileges import root_refusal, secret_flag_warnings
@@ -94,10 +95,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
 
 def _add_housekeeping(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the admin's commands: check-config, prune, backup, status."""
-    from mailhook.housekeeping import parse_age
+    from mailhook.admin import parse_age
 
     check = _command(sub, "check-config", "print the effective configuration (secrets masked); exit 78 on errors")
-    check.set_defaults(run=_lazy("mailhook.housekeeping", "run_check_config"))
+    check.set_defaults(run=_lazy("mailhook.admin", "run_check_config"))
 
     prune = _command(sub, "prune", "delete deliveries and events received before a cutoff")
     prune.add_argument("--older-than", type=parse_age, required=True, metavar="AGE",
@@ -105,12 +106,12 @@ def _add_housekeeping(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     prune.add_argument("--keep-raw", action="store_true",
                        help="delete only events and attempts; keep the deliveries with their raw bytes")
     prune.add_argument("--dry-run", action="store_true", help="count what would be deleted, delete nothing")
-    prune.set_defaults(run=_lazy("mailhook.housekeeping", "run_prune"))
+    prune.set_defaults(run=_lazy("mailhook.admin", "run_prune"))
 
     backup = _command(sub, "backup", "write a consistent copy of the database, also while serving")
     backup.add_argument("path", metavar="PATH",
                         help="backup file, or a directory (existing, or ending in /) to put a dated one in")
-    backup.set_defaults(run=_lazy("mailhook.housekeeping", "run_backup"))
+    backup.set_defaults(run=_lazy("mailhook.admin", "run_backup"))
 
     status = _command(sub, "status", "report database health (and with --server the running doors)")
     status.add_argument("--server", action="store_true", help="also check the SMTP banner and HTTP /healthz")
@@ -118,12 +119,13 @@ def _add_housekeeping(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
                         help="unhealthy when the newest delivery is older than AGE")
     status.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each door (default 5)")
     status.add_argument("--json", action="store_true", help="print one JSON object")
-    status.set_defaults(run=_lazy("mailhook.housekeeping", "run_status"))
+    status.set_defaults(run=_lazy("mailhook.admin", "run_status"))
 
 
 def _add_analysis(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the analysts' read-only commands: stats and export (their flags live in their modules)."""
-    from mailhook import export, stats
+    from mailhook import export
+    from mailhook.stats import command as stats
 
     stats.add_arguments(_command(sub, "stats", stats.HELP))
     export.add_arguments(_command(sub, "export", export.HELP))
@@ -254,7 +256,7 @@ def _run_ingest(args: argparse.Namespace, settings: Settings, env: Mapping[str, 
 
 def _run_reprocess(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
     from mailhook.pipeline import reprocess
-    from mailhook.store import Store
+    from mailhook.store.write import Store
 
     store = Store(settings.database(env), busy_timeout=settings.storage.busy_timeout,
                   mode=settings.storage.file_mode(), phone_region=settings.storage.phone_region)

@@ -20,20 +20,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from mailhook.exitcodes import EX_NOINPUT, EX_OK, EX_USAGE
-from mailhook.stats import (
-    CALL_TYPES,
-    CAMPAIGN_TYPES,
-    TEXT_TYPES,
-    Window,
-    add_window_arguments,
-    open_for_reading,
-    window_from,
-)
+from mailhook.stats.command import add_window_arguments, open_for_reading, window_from
+from mailhook.stats.queries import CALL_TYPES, CAMPAIGN_TYPES, TEXT_TYPES, Window
 
 if TYPE_CHECKING:
     from sqlite_utils import Database
 
-    from mailhook.config import Settings
+    from mailhook.config.settings import Settings
 
 Format = Literal["csv", "jsonl"]
 FORMATS: tuple[Format, ...] = ("csv", "jsonl")

@@ -14,15 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from mailhook.config import Settings
+from mailhook.config.settings import Settings
 from mailhook.errors import RetryLater
 from mailhook.exitcodes import EX_DATAERR, EX_OK, EX_TEMPFAIL
-from mailhook.extract import extract
-from mailhook.models import Delivery, Extraction, Kind, MailLimits, Receipt, kind_of, utcnow
-from mailhook.pipeline import Pipeline
-from mailhook.store import Rows, worker_rows
+from mailhook.models import Delivery, Kind, MailLimits, Receipt, kind_of, utcnow
+from mailhook.pipeline import Found, Pipeline, extract_rows
+from mailhook.store.writer import Writer
 from mailhook.workers import extraction_pool
-from mailhook.writer import Writer
 
 log = logging.getLogger("mailhook.files")
 
@@ -301,32 +299,32 @@ def _extraction_pool(paths: list[str]) -> Executor | None:
 
 def _extract_chunk(
     chunk: list[tuple[bytes, Kind]], subscriptions: Mapping[int, str], limits: MailLimits
-) -> list[Extraction | Rows]:
+) -> list[Found]:
     """Extract a chunk of deliveries in a worker process, as the rows to store.
 
     Rows (plain tuples) cost the parent far less to unpickle than `Extraction`s,
     and building them here takes that work off the parent too.
     """
-    return [worker_rows(extract(raw, kind, subscriptions, limits=limits), len(raw)) for raw, kind in chunk]
+    return [extract_rows(raw, kind, subscriptions, limits) for raw, kind in chunk]
 
 
 def _extracted(
     items: Iterable[Delivery | Unreadable], pool: Executor | None, subscriptions: Mapping[int, str],
     limits: MailLimits,
-) -> Iterator[tuple[Delivery | Unreadable, Extraction | Rows | None]]:
+) -> Iterator[tuple[Delivery | Unreadable, Found | None]]:
     """Pair each item with its extraction done in `pool`, in input order (None: extract in this thread)."""
     if pool is None:
         for item in items:
             yield item, None
         return
     subs = dict(subscriptions)
-    in_flight: deque[tuple[list[Delivery | Unreadable], Future[list[Extraction | Rows]]]] = deque()
+    in_flight: deque[tuple[list[Delivery | Unreadable], Future[list[Found]]]] = deque()
 
     def send(chunk: list[Delivery | Unreadable]) -> None:
         work = [(d.raw, d.kind) for d in chunk if isinstance(d, Delivery)]
         in_flight.append((chunk, pool.submit(_extract_chunk, work, subs, limits)))
 
-    def receive() -> Iterator[tuple[Delivery | Unreadable, Extraction | Rows | None]]:
+    def receive() -> Iterator[tuple[Delivery | Unreadable, Found | None]]:
         chunk, future = in_flight.popleft()
         results = iter(future.result())
         for item in chunk:

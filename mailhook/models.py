@@ -30,7 +30,7 @@ def utcnow() -> str:
 
 @functools.lru_cache(maxsize=2)
 def _utc_second(second: int) -> str:
-    # Called twice per delivery: formatting each second once makes it ~6x cheaper.
+    # Called twice per delivery: each second is formatted once (docs/performance.md).
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
 # `pending`: the raw bytes are stored and acknowledged, their events not yet extracted.
 Status = Literal["stored", "duplicate", "quarantined", "pending"]
@@ -38,7 +38,7 @@ TypeSource = Literal["payload", "config", "inferred"]
 
 
 @dataclass(frozen=True, slots=True)
-class Checkpoint:
+class FolderPosition:
     """How far an IMAP folder has been read; stored in the same transaction as the delivery."""
 
     account: str
@@ -64,7 +64,7 @@ class Delivery:
     remote_addr: str | None = None
     content_type: str | None = None
     source: str | None = None
-    checkpoint: Checkpoint | None = None
+    position: FolderPosition | None = None
 
     @property
     def sha256(self) -> str:

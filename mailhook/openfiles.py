@@ -18,7 +18,7 @@ import logging
 import resource
 from typing import Any
 
-from mailhook.config import Settings
+from mailhook.config.settings import Settings
 from mailhook.logs import Summary
 
 log = logging.getLogger("mailhook.server")

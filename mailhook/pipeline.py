@@ -28,8 +28,9 @@ from mailhook.extract import extract
 from mailhook.extract.mail import check_structure
 from mailhook.logs import logfmt
 from mailhook.models import Delivery, Extraction, Kind, MailLimits, Receipt
-from mailhook.store import Completion, Rows, Store, worker_rows
-from mailhook.writer import Writer
+from mailhook.store.interface import Storage
+from mailhook.store.rows import Completion, Rows, worker_rows
+from mailhook.store.write import Store
 
 log = logging.getLogger("mailhook.ingest")
 
@@ -37,6 +38,8 @@ log = logging.getLogger("mailhook.ingest")
 INLINE_LIMIT = 64 * 1024
 
 Listener = Callable[[Delivery, Receipt | None, float], None]
+# A delivery's extraction: as `extract` returns it, or as the rows to store (built in a worker process).
+Found = Extraction | Rows
 # Told the id and start time of each delivery stored `pending`, its events left for later.
 PendingListener = Callable[[int, float], None]
 
@@ -52,7 +55,8 @@ class Pipeline:
     or without one in a thread. Smaller ones are extracted on the loop.
     """
 
-    writer: Writer
+    # The store (store.writer.Writer for SQLite); named for what it does here: takes writes.
+    writer: Storage
     subscriptions: Mapping[int, str] = field(default_factory=dict)
     executor: Executor | None = None
     listeners: list[Listener] = field(default_factory=list)
@@ -69,7 +73,7 @@ class Pipeline:
     log_level: int = logging.INFO
 
     def submit(
-        self, delivery: Delivery, found: Extraction | Rows | None = None, *, started: float | None = None
+        self, delivery: Delivery, found: Found | None = None, *, started: float | None = None
     ) -> Future[Receipt]:
         """Queue `delivery` for the next commit, extracted here unless `found` already holds its extraction.
 
@@ -223,7 +227,7 @@ class Pipeline:
 
 def extract_rows(
     raw: bytes, kind: Kind, subscriptions: Mapping[int, str], limits: MailLimits, content_type: str | None = None
-) -> Extraction | Rows:
+) -> Found:
     """Extract a delivery as the rows to store, bounded by the payload ratio (runs in a worker process)."""
     return worker_rows(extract(raw, kind, subscriptions, content_type=content_type, limits=limits), len(raw))
 

@@ -21,15 +21,15 @@ from typing import Any, Protocol
 from mailhook import openfiles, systemd
 from mailhook.backlog import Backlog
 from mailhook.budget import ByteBudget, InflightBudget, return_big_frees
-from mailhook.config import Settings
+from mailhook.config.settings import Settings
 from mailhook.errors import RetryLater
 from mailhook.exitcodes import EX_OK
 from mailhook.metrics import Metrics
 from mailhook.models import Delivery, Receipt
 from mailhook.pipeline import Pipeline
-from mailhook.store import totals
+from mailhook.store.reads import totals
+from mailhook.store.writer import Writer
 from mailhook.workers import worker_count, worker_pool
-from mailhook.writer import Writer
 
 log = logging.getLogger("mailhook.server")
 

@@ -11,7 +11,7 @@ from process_support import ALLOW_ROOT
 
 from mailhook.cli import main
 from mailhook.models import Attempt, Delivery, Event, Extraction
-from mailhook.store import Store
+from mailhook.store.write import Store
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 

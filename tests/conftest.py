@@ -15,7 +15,8 @@ import pytest
 from outside import Certificate, require, self_signed
 from process_support import ALLOW_ROOT
 
-from mailhook.config import Settings, validate
+from mailhook.config.load import validate
+from mailhook.config.settings import Settings
 from mailhook.server import Runtime, serve
 
 # Subprocesses that inherit this environment (mailhook ingest, imap, serve) may run as root.

@@ -23,9 +23,9 @@ from mailhook.backlog import Backlog, extract_pending
 from mailhook.models import Delivery, Receipt
 from mailhook.pipeline import Pipeline
 from mailhook.server import Runtime
-from mailhook.store import Store
+from mailhook.store.write import Store
+from mailhook.store.writer import Writer
 from mailhook.workers import worker_pool
-from mailhook.writer import Writer
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ import pytest
 from process_support import ALLOW_ROOT
 
 from mailhook.cli import COMMAND_SECTIONS, build_parser, main
-from mailhook.config import options
+from mailhook.config.load import options
 
 COMMANDS = build_parser()[1].choices
 

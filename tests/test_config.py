@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from mailhook import config
 from mailhook.cli import main
-from mailhook.config import MASK, SECTIONS, explain, load, options
+from mailhook.config import settings as config
+from mailhook.config.load import explain, load, options
+from mailhook.config.settings import MASK, SECTIONS
 from mailhook.errors import ConfigError
 from mailhook.exitcodes import EX_CONFIG
 

@@ -17,8 +17,8 @@ from analysis_support import SAMPLE, event, fixture_database, store_events
 
 from mailhook.cli import main
 from mailhook.export import event_types, export, rows, write
-from mailhook.stats import Window, collect, parse_bound
-from mailhook.store import open_readonly
+from mailhook.stats.queries import Window, collect, parse_bound
+from mailhook.store.connection import open_readonly
 
 
 @pytest.fixture(scope="module")

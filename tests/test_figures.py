@@ -19,8 +19,8 @@ import pytest
 from process_support import ALLOW_ROOT
 
 from mailhook.cli import main
-from mailhook.stats import Window, collect
-from mailhook.store import open_readonly
+from mailhook.stats.queries import Window, collect
+from mailhook.store.connection import open_readonly
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "fixtures" / "analysts" / "figures.json"
@@ -108,7 +108,7 @@ def store_documents(path: Path, items: list[bytes], *, batch: int) -> None:
     """Store each document as a file delivery, `batch` per transaction, through the real write path."""
     from mailhook.extract import extract
     from mailhook.models import Delivery
-    from mailhook.store import Store
+    from mailhook.store.write import Store
 
     store = Store(path)
     try:
@@ -134,8 +134,8 @@ def snapshot(conn: sqlite3.Connection) -> tuple[list[Any], ...]:
 
 def full_scan(path: Path) -> tuple[list[Any], ...]:
     """Compute the maintained figures from scratch (as the schema upgrade does), and roll back."""
-    from mailhook.figures import FULL_SCAN
-    from mailhook.store import _statements
+    from mailhook.store.connection import _statements
+    from mailhook.store.figures import FULL_SCAN
 
     with closing(sqlite3.connect(path, isolation_level=None)) as conn:
         conn.execute("BEGIN")
@@ -174,7 +174,7 @@ def test_figures_kept_on_ingest_in_any_order_equal_a_full_scan(tmp_path: Path, s
 
 
 def test_figures_stay_equal_to_a_full_scan_after_deletes(tmp_path: Path) -> None:
-    from mailhook.upkeep import prune
+    from mailhook.store.maintenance import prune
 
     path = tmp_path / "m.db"
     store_documents(path, documents(), batch=5)

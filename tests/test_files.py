@@ -228,7 +228,7 @@ def test_verbose_ingest_logs_one_line_per_delivery(tmp_path: Path) -> None:
 
 
 def test_upgrading_an_old_database_says_so_in_one_line(tmp_path: Path) -> None:
-    from mailhook.schema import MIGRATIONS
+    from mailhook.store.schema import MIGRATIONS
 
     db = tmp_path / "m.db"
     with sqlite3.connect(db) as conn:

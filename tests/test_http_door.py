@@ -30,7 +30,7 @@ from mailhook.http import door as webhook_module
 from mailhook.metrics import Metrics
 from mailhook.pipeline import Pipeline
 from mailhook.server import Runtime
-from mailhook.writer import Writer
+from mailhook.store.writer import Writer
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 TEXT_XML = (FIXTURES / "seed" / "text-outbound.xml").read_bytes()

@@ -24,13 +24,14 @@ import pytest
 from outside import Certificate
 from process_support import ALLOW_ROOT, wait_until
 
-from mailhook.config import ImapSettings, Settings, SmtpSettings, StorageSettings, validate
+from mailhook.config.load import validate
+from mailhook.config.settings import ImapSettings, Settings, SmtpSettings, StorageSettings
 from mailhook.errors import ConfigError
 from mailhook.extract import extract
 from mailhook.imap.door import Account, Watcher, start_watchers, stop_watchers
 from mailhook.pipeline import Pipeline
-from mailhook.store import connect, open_readonly
-from mailhook.writer import Writer
+from mailhook.store.connection import connect, open_readonly
+from mailhook.store.writer import Writer
 
 pytestmark = [
     pytest.mark.slow,

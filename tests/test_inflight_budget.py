@@ -11,7 +11,7 @@ from conftest import StartServer
 from smtp_support import FIXTURES, notification, rows, smtp_address
 
 from mailhook.budget import InflightBudget
-from mailhook.config import Settings
+from mailhook.config.settings import Settings
 from mailhook.smtp.fastpath import NO_ROOM, read_body
 
 TEXT_XML = (FIXTURES / "seed" / "text-outbound.xml").read_bytes()

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mailhook.metrics import Metrics
 from mailhook.models import Channel, Delivery, Receipt
-from mailhook.store import Store
+from mailhook.store.write import Store
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

@@ -17,7 +17,7 @@ import pytest
 from process_support import ALLOW_ROOT, free_port
 
 from mailhook import openfiles
-from mailhook.config import load
+from mailhook.config.load import load
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = (ROOT / "fixtures" / "seed" / "text-outbound.xml").read_bytes()

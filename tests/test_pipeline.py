@@ -15,7 +15,7 @@ from mailhook.errors import RetryLater
 from mailhook.extract import extract
 from mailhook.models import Delivery, Extraction, Receipt
 from mailhook.pipeline import Pipeline
-from mailhook.writer import Writer
+from mailhook.store.writer import Writer
 
 SEED = Path(__file__).parent.parent / "fixtures" / "seed"
 

@@ -18,7 +18,7 @@ from process_support import ALLOW_ROOT
 from mailhook.cli import EX_NOPERM, main
 from mailhook.models import Delivery
 from mailhook.privileges import root_refusal
-from mailhook.writer import Writer
+from mailhook.store.writer import Writer
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = (ROOT / "fixtures" / "seed" / "text-inbound.json").read_bytes()

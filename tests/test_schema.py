@@ -21,10 +21,10 @@ from analysis_support import SAMPLE, delivery_for, event, fixture_database, stor
 
 from mailhook.export import rows
 from mailhook.models import Extraction
-from mailhook.schema import MIGRATIONS
-from mailhook.stats import EVENT_TIME_E, Window, collect
-from mailhook.store import migrate, open_readonly
-from mailhook.writer import Writer
+from mailhook.stats.queries import EVENT_TIME_E, Window, collect
+from mailhook.store.connection import migrate, open_readonly
+from mailhook.store.schema import MIGRATIONS
+from mailhook.store.writer import Writer
 
 METADATA = Path(__file__).resolve().parent.parent / "docs" / "datasette-metadata.json"
 CALLS = ("OUTBOUND_CALL_FINISHED", "INBOUND_CALL_FINISHED")

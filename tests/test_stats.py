@@ -12,8 +12,9 @@ import pytest
 from analysis_support import SAMPLE, fixture_database, store_events
 
 from mailhook.cli import main
-from mailhook.stats import Window, collect, parse_bound, render
-from mailhook.store import open_readonly
+from mailhook.stats.queries import Window, collect, parse_bound
+from mailhook.stats.render import render
+from mailhook.store.connection import open_readonly
 
 # Worked out by hand from analysis_support.SAMPLE.
 BILLED_TOTAL = 1.0 + 0.5 + 0 + 2.5 + 0.03 + 0.03 + 0 + 0.03 + 1.5

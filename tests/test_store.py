@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 
 from mailhook.errors import RetryLater
-from mailhook.models import Attempt, Checkpoint, Delivery, Event, Extraction
-from mailhook.schema import MIGRATIONS
-from mailhook.store import PAYLOAD_RATIO, Completion, Store, migrate, open_readonly, worker_rows
-from mailhook.writer import Writer
+from mailhook.models import Attempt, Delivery, Event, Extraction, FolderPosition
+from mailhook.store.connection import migrate, open_readonly
+from mailhook.store.rows import PAYLOAD_RATIO, Completion, worker_rows
+from mailhook.store.schema import MIGRATIONS
+from mailhook.store.write import Store
+from mailhook.store.writer import Writer
 
 
 def text_event(resource_id: int = 11111111111, **changes: object) -> Event:
@@ -178,15 +180,15 @@ def test_imap_checkpoint_is_advanced_with_the_delivery(db: Path, writer: Writer)
     for uid in (3, 9, 5):
         delivery = Delivery(
             channel="imap", raw=email(f"<{uid}@x>").raw, received_at="x",
-            checkpoint=Checkpoint("me@example.com", "INBOX", 77, uid),
+            position=FolderPosition("me@example.com", "INBOX", 77, uid),
         )
         writer.submit(delivery, Extraction(events=(text_event(uid),))).result()
-    assert writer.store.checkpoint("me@example.com", "INBOX") == Checkpoint("me@example.com", "INBOX", 77, 9)
+    assert writer.store.position("me@example.com", "INBOX") == FolderPosition("me@example.com", "INBOX", 77, 9)
     changed = Delivery(
-        channel="imap", raw=b"x", received_at="x", checkpoint=Checkpoint("me@example.com", "INBOX", 78, 1)
+        channel="imap", raw=b"x", received_at="x", position=FolderPosition("me@example.com", "INBOX", 78, 1)
     )
     writer.submit(changed, Extraction(reason="unreadable")).result()
-    assert writer.store.checkpoint("me@example.com", "INBOX") == Checkpoint("me@example.com", "INBOX", 78, 1)
+    assert writer.store.position("me@example.com", "INBOX") == FolderPosition("me@example.com", "INBOX", 78, 1)
 
 
 def test_reextract_turns_a_quarantined_delivery_into_stored_once(db: Path, writer: Writer) -> None:

@@ -21,12 +21,13 @@ import pytest
 from process_support import ALLOW_ROOT, free_port, wait_until
 
 from mailhook import openfiles, server
-from mailhook.config import SECTIONS, load, options
+from mailhook.config.load import load, options
+from mailhook.config.settings import SECTIONS
 from mailhook.metrics import Metrics
 from mailhook.pipeline import Pipeline
 from mailhook.server import Counters, Runtime, _supervise
+from mailhook.store.writer import Writer
 from mailhook.systemd import Notifier, listen_sockets, watchdog_interval
-from mailhook.writer import Writer
 
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ROOT / "systemd"

@@ -108,17 +108,24 @@ class _LimitedPolicy(email.policy.Compat32):
         return name, value[: self.limits.header_size_limit]
 
 
+# mail-parser's private names mailhook relies on, all in `_MailParser` below; tests/test_library_internals.py checks
+# them against the installed mail-parser, and pyproject.toml caps it.
+PRIVATE_NAMES = ("MailParser._make_mail", "MailParser._decode_body_payload", "MailParser._parse_guarded")
+
+
 class _MailParser(mailparser.MailParser):  # type: ignore[misc]  # mail-parser ships no type hints
     """mail-parser without the summary dicts (`mail`, `mail_partial`) that mailhook never reads.
 
     `parse()` builds them twice per email, decoding every header and joining
-    every body again: about a tenth of extraction. The parts, attachments and
+    every body again, a cost measured in docs/performance.md. The parts, attachments and
     headers mailhook reads are built exactly as before.
     """
 
+    # Private override: MailParser._make_mail (builds the summary dicts) — skipped, mailhook never reads them.
     def _make_mail(self, complete: bool = True) -> dict[str, object]:
         return {}
 
+    # Private override: MailParser._decode_body_payload (one part's text), for document charsets and flowed text.
     def _decode_body_payload(self, part: Message, charset: str, part_index: int) -> str:
         """Decode a body part as mail-parser does, but an XML/JSON part by its own rules, and unflow flowed text.
 
@@ -243,7 +250,7 @@ def _with_shared_boundary(data: bytes) -> tuple[bytes, bool] | None:
     """Return `data` with its top-level multipart boundary renamed _SHARED_BOUNDARY, when that is safe.
 
     The standard library compiles a regex for every multipart boundary it
-    meets (~80 us), and boundaries are unique per email, so its cache never
+    meets (see docs/performance.md), and boundaries are unique per email, so its cache never
     helps; under one shared name the pattern is compiled once. The rename
     changes nothing else when the boundary is made of characters no header or
     delimiter syntax gives a meaning to and occurs only as the Content-Type

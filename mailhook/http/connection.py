@@ -34,7 +34,8 @@ from aiohttp.http_exceptions import LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from mailhook.config import HttpSettings, parse_address
+from mailhook.config.addresses import parse_address
+from mailhook.config.settings import HttpSettings
 from mailhook.errors import ConfigError
 from mailhook.logs import Summary
 

@@ -1,4 +1,7 @@
-"""How to reach one mailbox: its resolved settings, a verified connection, and reconnect delays."""
+"""How to reach one mailbox: its resolved settings, a verified connection, and a look into its read buffer.
+
+The one module that touches imapclient's private internals (`PRIVATE_NAMES`), each use commented.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +12,14 @@ from urllib.parse import quote
 
 from imapclient import IMAPClient, SocketTimeout
 
-from mailhook.config import ImapSettings, Settings
+from mailhook.config.settings import ImapSettings, Settings
 from mailhook.errors import ConfigError
 
 CONNECT_TIMEOUT = 30.0
 READ_TIMEOUT = 120.0
+# imapclient's private names mailhook relies on (here only); tests/test_library_internals.py checks them against the
+# installed imapclient, and pyproject.toml caps it.
+PRIVATE_NAMES = ("IMAPClient._imap", "IMAP4.file")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +56,7 @@ class Account:
 
     @property
     def key(self) -> str:
-        """Return the account name checkpoints are stored under."""
+        """Return the account name folder positions are stored under."""
         return f"{self.user}@{self.host}"
 
     def url(self, folder: str, uidvalidity: int | None = None, uid: int | None = None) -> str:
@@ -85,3 +91,23 @@ def connect(account: Account) -> IMAPClient:
             client.shutdown()
         raise
     return client
+
+
+def buffered(client: IMAPClient) -> bool:
+    """Say whether server data already waits in a read buffer, where select() cannot see it.
+
+    The server may send EXISTS right behind its IDLE continuation, in one packet
+    that imaplib's buffered reader swallows whole.
+    """
+    sock = client.socket()
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True
+    sock.setblocking(False)
+    try:
+        # Private: IMAPClient._imap (its imaplib connection) and imaplib's .file (the buffered reader);
+        # neither library offers a look at its read buffer.
+        return bool(client._imap.file.peek(1))
+    except (OSError, ValueError):
+        return False  # nothing buffered and nothing (complete) on the socket yet
+    finally:
+        sock.settimeout(READ_TIMEOUT)

@@ -1,12 +1,12 @@
-"""The IMAP door: watch mailbox folders and store each message once, checkpointed by UID.
+"""The IMAP door: watch mailbox folders and store each message once, its position kept by UID.
 
 One `Watcher` thread per folder (IMAPClient is blocking, and IDLE watches
 only the selected folder). Each message is fetched with BODY.PEEK[], stored
-through the pipeline together with its checkpoint `(account, folder,
+through the pipeline together with its folder position `(account, folder,
 UIDVALIDITY, UID)`, and only then moved or flagged. Messages are stored in
-UID order and processing stops at the first failure, so the checkpoint never
+UID order and processing stops at the first failure, so the position never
 passes a message that is not durable. A message stored but not yet moved
-(crash in between) lies at or below the checkpoint; the next session moves
+(crash in between) lies at or below the position; the next session moves
 it without storing it again.
 
 `imap.account` resolves settings and connects; `imap.watcher` holds the
@@ -25,12 +25,13 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from mailhook.config import Settings
+from mailhook.config.settings import Settings
 from mailhook.exitcodes import EX_OK
 from mailhook.imap.account import Account, connect
 from mailhook.imap.watcher import Watcher
 from mailhook.pipeline import Pipeline
-from mailhook.writer import Writer
+from mailhook.store.interface import Storage
+from mailhook.store.writer import Writer
 
 if TYPE_CHECKING:
     from mailhook.server import Runtime
@@ -41,7 +42,7 @@ __all__ = ["Account", "ImapDoor", "Watcher", "connect", "run_imap", "start", "st
 log = logging.getLogger("mailhook.imap")
 
 
-def start_watchers(account: Account, pipeline: Pipeline, writer: Writer) -> list[Watcher]:
+def start_watchers(account: Account, pipeline: Pipeline, writer: Storage) -> list[Watcher]:
     """Start one watcher per configured folder."""
     watchers = [Watcher(account, folder, pipeline, writer) for folder in account.settings.folders]
     for watcher in watchers:

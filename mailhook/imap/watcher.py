@@ -18,10 +18,10 @@ from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginEr
 
 from mailhook.backoff import Backoff
 from mailhook.errors import RetryLater
-from mailhook.imap.account import READ_TIMEOUT, Account, connect
-from mailhook.models import Checkpoint, Delivery, utcnow
+from mailhook.imap.account import Account, buffered, connect
+from mailhook.models import Delivery, FolderPosition, utcnow
 from mailhook.pipeline import Pipeline
-from mailhook.writer import Writer
+from mailhook.store.interface import Storage
 
 log = logging.getLogger("mailhook.imap")
 
@@ -39,7 +39,7 @@ class Watcher:
     change is announced on a condition that `wait_for` waits on.
     """
 
-    def __init__(self, account: Account, folder: str, pipeline: Pipeline, writer: Writer) -> None:
+    def __init__(self, account: Account, folder: str, pipeline: Pipeline, writer: Storage) -> None:
         self.account = account
         self.folder = folder
         self.pipeline = pipeline
@@ -178,15 +178,15 @@ class Watcher:
 
     def _resume_after(self, uidvalidity: int) -> int:
         """Return the last stored UID of this folder, or 0 to (re)scan it from the start."""
-        checkpoint = self.writer.committed_checkpoint(self.account.key, self.folder)
-        if checkpoint is None:
+        position = self.writer.committed_position(self.account.key, self.folder)
+        if position is None:
             return 0
-        if checkpoint.uidvalidity != uidvalidity:
+        if position.uidvalidity != uidvalidity:
             log.warning("%s: UIDVALIDITY changed from %d to %d; rescanning the folder "
                         "(messages already stored are recognised by Message-ID)",
-                        self._where, checkpoint.uidvalidity, uidvalidity)
+                        self._where, position.uidvalidity, uidvalidity)
             return 0
-        return checkpoint.uid
+        return position.uid
 
     def _store_new(self, client: IMAPClient, uidvalidity: int, last: int, targets: Mapping[str, str]) -> int:
         """Store every message after UID `last` in UID order, act on them; return the new last UID."""
@@ -229,7 +229,7 @@ class Watcher:
             received_at=utcnow(),
             kind="email",
             source=self.account.url(self.folder, uidvalidity, uid),
-            checkpoint=Checkpoint(self.account.key, self.folder, uidvalidity, uid),
+            position=FolderPosition(self.account.key, self.folder, uidvalidity, uid),
         )
         receipt = self.pipeline.ingest(delivery)
         self._announce(stored=self.stored + 1)
@@ -303,7 +303,7 @@ class Watcher:
             deadline = time.monotonic() + self.account.settings.idle_timeout
             while not self._stop.is_set():
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or _pending(client):
+                if remaining <= 0 or buffered(client):
                     break
                 readable, _, _ = select.select([client.socket(), self._wake_r], [], [], remaining)
                 if self._wake_r in readable:
@@ -318,24 +318,6 @@ class Watcher:
         finally:
             self._announce(waiting=False, idling=False)
         client.idle_done()
-
-
-def _pending(client: IMAPClient) -> bool:
-    """Say whether server data already waits in a read buffer, where select() cannot see it.
-
-    The server may send EXISTS right behind its IDLE continuation, in one packet
-    that imaplib's buffered reader swallows whole.
-    """
-    sock = client.socket()
-    if isinstance(sock, ssl.SSLSocket) and sock.pending():
-        return True
-    sock.setblocking(False)
-    try:
-        return bool(client._imap.file.peek(1))
-    except (OSError, ValueError):
-        return False  # nothing buffered and nothing (complete) on the socket yet
-    finally:
-        sock.settimeout(READ_TIMEOUT)
 
 
 def _wakes(response: Any) -> bool:

@@ -47,8 +47,8 @@ async def read_body(
     """Read a DATA body through its lone-dot line: the content (dots unstuffed), or the reply refusing it.
 
     The replies and the content are aiosmtpd's, but the body is read in blocks
-    ending in ".CRLF" rather than one line at a time (a third of the door's CPU
-    per message); only a body too big for the limits is checked line by line.
+    ending in ".CRLF" rather than one line at a time (the door's largest CPU cost
+    per message; docs/performance.md); only a body too big for the limits is checked line by line.
     Each block is counted in `hold` (the server's in-flight budget) as it
     arrives; one that does not fit refuses the message with `NO_ROOM`, and the
     rest of it is read and dropped. A refused message gives its bytes back at once.

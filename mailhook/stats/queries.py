@@ -8,25 +8,24 @@ opened by `mailhook.store`; this module never opens connections itself.
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-from mailhook.exitcodes import EX_NOINPUT, EX_OK
-
 if TYPE_CHECKING:
     from sqlite_utils import Database
 
-    from mailhook.config import Settings
+
 
 TimeBasis = Literal["event", "received"]
 
+
 CALL_TYPES = ("OUTBOUND_CALL_FINISHED", "INBOUND_CALL_FINISHED")
+
+
 TEXT_TYPES = ("OUTBOUND_TEXT_FINISHED", "INBOUND_TEXT_FINISHED")
+
+
 CAMPAIGN_TYPES = ("CAMPAIGN_STARTED", "CAMPAIGN_STOPPED", "CAMPAIGN_FINISHED")
 
 
@@ -37,10 +36,14 @@ def _in(types: tuple[str, ...]) -> str:
 # The campaign an event belongs to: its broadcast id, or for a campaign event the broadcast itself.
 # The event time (COALESCE(modified, created, received_at), stored as events.event_time, indexed).
 EVENT_TIME_E = "e.event_time"
+
+
 CAMPAIGN_KEY = f"COALESCE(e.broadcast_id, CASE WHEN e.event_type IN {_in(CAMPAIGN_TYPES)} THEN e.resource_id END)"
+
 
 # A try is an attempt that dialled (or texted) the contact; a transfer's XFER_LEG record is not one.
 TRY = "a.result IS NOT 'XFER_LEG'"
+
 
 # What each event adds to each counted figure, as a condition on event `e` (see Measures).
 _COUNTED = (
@@ -57,6 +60,7 @@ _COUNTED = (
     f"e.event_type IN {_in(CAMPAIGN_TYPES)}",
 )
 
+
 # The figures over events scanned one by one ...
 _MEASURES = ",\n".join([
     "count(*)",
@@ -67,7 +71,8 @@ _MEASURES = ",\n".join([
     "coalesce(sum(e.billed_amount), 0.0)",
 ])
 
-# ... and the same figures over the per-day totals kept on ingest (mailhook.figures), aliased `e` too:
+
+# ... and the same figures over the per-day totals kept on ingest (mailhook.store.figures), aliased `e` too:
 # each row stands for `events` events of one type and result, so a condition counts them all.
 _TOTALS = ",\n".join([
     "coalesce(sum(e.events), 0)",
@@ -364,155 +369,3 @@ def _deliveries(db: Database, window: Window) -> dict[str, int] | None:
     ):
         counts[status] = count
     return counts
-
-
-def to_json(report: Report) -> str:
-    """Return the report as indented JSON for scripts."""
-    return json.dumps(report.as_dict(), indent=2, ensure_ascii=False)
-
-
-def render(report: Report) -> str:
-    """Return the report as aligned plain-text tables for a terminal."""
-    w = report.window
-    scope = [f"time basis: {w.time}"]
-    if w.since:
-        scope.append(f"since {w.since}")
-    if w.until:
-        scope.append(f"until {w.until} (exclusive)")
-    if w.broadcast_id is not None:
-        scope.append(f"campaign {w.broadcast_id}")
-    t = report.totals
-    lines = [
-        "mailhook stats: " + ", ".join(scope),
-        f"{t.events} events ({t.calls} calls, {t.texts} texts, {t.campaign_events} campaign events, "
-        f"{t.other_events} other), {t.attempts} tries, {t.duration} s of calls "
-        f"(+ {t.transfer_duration} s transferred legs), billed {_money(t.billed_amount)}",
-    ]
-    if report.deliveries is not None:
-        counts = ", ".join(f"{v} {k}" for k, v in report.deliveries.items())
-        period = " received in this period" if w.since or w.until else ""
-        lines.append(f"deliveries{period}: {counts}")
-    lines += ["", "Events by type and result"]
-    lines += _table(
-        ("event type", "result", "events", "tries", "duration s", "xfer leg s", "billed"),
-        [(r.event_type, r.final_result or "-", r.events, r.attempts, r.duration, r.transfer_duration,
-          _money(r.billed_amount))
-         for r in report.by_type],
-    )
-    lines += ["", "Campaigns"]
-    lines += _table(
-        ("campaign", "name", "calls", "LA", "AM", "NO_ANS", "BUSY", "texts", "sent", "failed", "DNT",
-         "inbound", "replies", "replied", "tries", "duration s", "xfer leg s", "billed"),
-        [(c.broadcast_id if c.broadcast_id is not None else "(none)", _cut(c.name or "-"), m.calls,
-          _pct(m.live_answer_rate), _pct(m.machine_rate), _pct(m.no_answer_rate), _pct(m.busy_rate),
-          m.texts, m.sent, m.failed, m.dnt, m.received, c.replies, _pct(c.reply_rate), m.attempts, m.duration,
-          m.transfer_duration, _money(m.billed_amount))
-         for c in report.campaigns for m in (c.measures,)],
-    )
-    lines += ["", "By day (UTC)"]
-    lines += _table(
-        ("day", "events", "calls", "texts", "campaign", "other", "tries", "duration s", "xfer leg s", "billed"),
-        [(d.day, m.events, m.calls, m.texts, m.campaign_events, m.other_events, m.attempts, m.duration,
-          m.transfer_duration, _money(m.billed_amount)) for d in report.days for m in (d.measures,)],
-    )
-    return "\n".join(lines) + "\n"
-
-
-def _table(headers: tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[str]:
-    if not rows:
-        return ["  (no events)"]
-    cells = [[str(c) for c in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
-    numeric = [all(_numeric(r[i]) for r in cells) for i in range(len(headers))]
-
-    def line(values: list[str]) -> str:
-        return "  ".join(v.rjust(wd) if num else v.ljust(wd)
-                         for v, wd, num in zip(values, widths, numeric, strict=True)).rstrip()
-
-    return [line(list(headers)), line(["-" * wd for wd in widths]), *(line(r) for r in cells)]
-
-
-def _numeric(text: str) -> bool:
-    return text == "-" or text.replace(".", "", 1).replace("%", "").lstrip("-").isdigit()
-
-
-def _pct(rate: float | None) -> str:
-    return "-" if rate is None else f"{rate * 100:.1f}%"
-
-
-def _money(amount: float) -> str:
-    return f"{amount:.4f}".rstrip("0").rstrip(".") if amount else "0"
-
-
-def _cut(text: str, width: int = 24) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-HELP = "summarize events: by type and result, per campaign, per day"
-
-
-def bound_since(text: str) -> str:
-    """Parse `--since` for argparse."""
-    return _bound(text, until=False)
-
-
-def bound_until(text: str) -> str:
-    """Parse `--until` for argparse."""
-    return _bound(text, until=True)
-
-
-def _bound(text: str, *, until: bool) -> str:
-    try:
-        return parse_bound(text, until=until)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not YYYY, YYYY-MM, YYYY-MM-DD or an ISO 8601 time (YYYY-MM-DDTHH:MM[:SS][Z|±HH:MM])"
-        ) from None
-
-
-def add_window_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the flags that choose which events a command covers."""
-    parser.add_argument("--since", type=bound_since, metavar="WHEN",
-                        help="from this year, month, date or time on (inclusive; UTC unless an offset is given)")
-    parser.add_argument("--until", type=bound_until, metavar="WHEN",
-                        help="up to this time (exclusive); a year, month or date includes that whole period")
-    parser.add_argument("--broadcast", type=int, metavar="ID", help="only the campaign with this broadcast id")
-    parser.add_argument("--time", choices=("event", "received"), default="event",
-                        help="which time --since/--until and days use: the event's own time "
-                             "(modified, else created) or when mailhook received it (default: event)")
-
-
-def window_from(args: argparse.Namespace) -> Window:
-    """Build the window the parsed flags describe."""
-    return Window(since=args.since, until=args.until, broadcast_id=args.broadcast, time=args.time)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add `mailhook stats`' flags and its run function to its subparser."""
-    add_window_arguments(parser)
-    parser.add_argument("--json", action="store_true", help="print one JSON object for scripts")
-    parser.set_defaults(run=run_stats)
-
-
-def open_for_reading(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> Database | None:
-    """Open the configured database read-only, or say why not and return None."""
-    from mailhook.store import open_readonly
-
-    path = settings.database(env)
-    if not path.is_file():
-        print(f"mailhook: no database at {path}", file=sys.stderr)
-        return None
-    return open_readonly(path, busy_timeout=settings.storage.busy_timeout)
-
-
-def run_stats(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
-    """Run `mailhook stats`: print the report as tables, or as JSON with --json."""
-    db = open_for_reading(args, settings, env)
-    if db is None:
-        return EX_NOINPUT
-    try:
-        report = collect(db, window_from(args))
-    finally:
-        db.close()
-    sys.stdout.write(to_json(report) + "\n" if args.json else render(report))
-    return EX_OK

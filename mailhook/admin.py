@@ -19,7 +19,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from mailhook import openfiles
-from mailhook.config import Settings, check_files, explain, parse_address, render
+from mailhook.config.addresses import parse_address
+from mailhook.config.load import check_files, explain
+from mailhook.config.render import render
+from mailhook.config.settings import Settings
 from mailhook.errors import RetryLater
 from mailhook.exitcodes import EX_CANTCREAT, EX_CONFIG, EX_OK, EX_UNAVAILABLE, EX_UNHEALTHY
 from mailhook.privileges import make_directories
@@ -57,7 +60,7 @@ def run_check_config(args: argparse.Namespace, settings: Settings, env: Mapping[
 
 def run_prune(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
     """Delete what was received before the cutoff, in small transactions so serving goes on."""
-    from mailhook.upkeep import prune
+    from mailhook.store.maintenance import prune
 
     cutoff = datetime.now(UTC) - args.older_than
     result = prune(settings.database(env), cutoff, keep_raw=args.keep_raw, dry_run=args.dry_run,
@@ -71,7 +74,7 @@ def run_prune(args: argparse.Namespace, settings: Settings, env: Mapping[str, st
 
 def run_backup(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
     """Write a consistent copy of the live database to PATH (a file, or a directory to put one in)."""
-    from mailhook.upkeep import CannotWrite, backup
+    from mailhook.store.maintenance import CannotWrite, backup
 
     target = Path(args.path)
     if args.path.endswith("/") or target.is_dir():
@@ -105,7 +108,7 @@ def run_backup(args: argparse.Namespace, settings: Settings, env: Mapping[str, s
 def run_status(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
     """Report the database (and with --server the running doors); exit 0 only when healthy."""
     from mailhook.health import probe
-    from mailhook.upkeep import status
+    from mailhook.store.maintenance import status
 
     problems: list[str] = []
     try:

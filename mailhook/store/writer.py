@@ -3,7 +3,7 @@
 Producers (every door, through `Pipeline`) call `submit()` from any thread
 and get a future; the thread gathers everything queued while the previous
 transaction was being made durable and commits it together, then answers
-each future. The SQL itself lives in `mailhook.store`.
+each future. The SQL itself lives in `store.write` (`Store`); this is the SQLite `store.interface.Storage`.
 """
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ from typing import Any
 
 from mailhook import health
 from mailhook.errors import RetryLater
-from mailhook.models import Checkpoint, Delivery, Extraction, Receipt
+from mailhook.models import Delivery, Extraction, FolderPosition, Receipt
 from mailhook.privileges import FILE_MODE
-from mailhook.store import Completion, Rows, Store, WalCheckpoint, Work, committed_checkpoint, quarantined_sources
+from mailhook.store.reads import committed_position, quarantined_sources
+from mailhook.store.rows import Completion, Rows, Work
+from mailhook.store.write import Store, WalCheckpoint
 
 log = logging.getLogger("mailhook.writer")
 
@@ -132,9 +134,9 @@ class Writer:
                 self.last_failure = None
         return reason
 
-    def committed_checkpoint(self, account: str, folder: str) -> Checkpoint | None:
-        """Return the committed IMAP checkpoint of `folder`, read apart from any open write transaction."""
-        return committed_checkpoint(self.store.path, account, folder)
+    def committed_position(self, account: str, folder: str) -> FolderPosition | None:
+        """Return the committed IMAP position of `folder`, read apart from any open write transaction."""
+        return committed_position(self.store.path, account, folder)
 
     def quarantined_sources(self, sources: Sequence[str]) -> set[str]:
         """Return which of `sources` (deliveries.source) were stored as quarantined and are still so."""

@@ -1,6 +1,6 @@
-"""The database's upkeep: prune, online backup and health status, for the admin's commands.
+"""Database maintenance behind the admin commands: prune, online backup and health status.
 
-Each opens its own connection (through `mailhook.store.connect`) beside a
+Each opens its own connection (through `mailhook.store.connection.connect`) beside a
 running server, and keeps its transactions short so the server's commits
 wait only briefly.
 """
@@ -20,8 +20,8 @@ from typing import Any
 from mailhook.errors import RetryLater
 from mailhook.health import in_words
 from mailhook.privileges import FILE_MODE, create_private
-from mailhook.schema import MIGRATIONS
-from mailhook.store import connect
+from mailhook.store.connection import connect
+from mailhook.store.schema import MIGRATIONS
 
 log = logging.getLogger("mailhook.upkeep")
 

@@ -6,7 +6,7 @@ run. Append new migrations at the end, never edit a released one.
 
 from __future__ import annotations
 
-from mailhook import figures
+from mailhook.store import figures
 
 EVENT_COLUMNS = (
     "dedupe_key",

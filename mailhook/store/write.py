@@ -1,227 +1,48 @@
-"""The SQLite store: connections, schema migrations, the write path and the reads it needs.
-
-Every connection is opened here. `Store.write` puts a batch of deliveries
-and their events in one durable transaction; the group-commit thread that
-feeds it lives in `mailhook.writer`, the admin's prune/backup/status in
-`mailhook.upkeep`.
-"""
+"""The write path: `Store.write` puts a batch of deliveries and their events in one durable transaction."""
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
-
-import sqlite_utils
 
 from mailhook.derived import e164, sent_at
-from mailhook.errors import ConfigError, RetryLater
-from mailhook.models import Checkpoint, Delivery, Extraction, Kind, Receipt, Status, kind_of, to_json, utcnow
-from mailhook.privileges import FILE_MODE, create_private, database_files, make_directories, restrict
-from mailhook.schema import ATTEMPT_COLUMNS, EVENT_COLUMNS, MIGRATIONS
+from mailhook.errors import RetryLater
+from mailhook.models import Delivery, Extraction, FolderPosition, Receipt, Status, to_json, utcnow
+from mailhook.privileges import FILE_MODE
+from mailhook.store.connection import connect, migrate, stored_kind
+from mailhook.store.rows import Completion, Rows, Work, rows
+from mailhook.store.schema import ATTEMPT_COLUMNS, EVENT_COLUMNS
 
 log = logging.getLogger("mailhook.store")
 
-WAL_SIZE_LIMIT = 64 * 1024 * 1024
-# What a delivery's events may store as payloads (events.payload and attempts.payload together),
-# at most, per byte received: a notification's payloads take about its size once (measured on
-# the fixtures: 0.4-1.4x), so more means the input was built to be amplified; it is quarantined.
-PAYLOAD_RATIO = 2
-_PAYLOAD = EVENT_COLUMNS.index("payload")
-_ATTEMPT_PAYLOAD = ATTEMPT_COLUMNS.index("payload")
 
 _INSERT_EVENT = (
     f"INSERT INTO events (delivery_id, received_at, event_time, from_e164, to_e164, {', '.join(EVENT_COLUMNS)}) "
     f"VALUES (?, ?, ?, ?, ?, {', '.join('?' * len(EVENT_COLUMNS))}) ON CONFLICT(dedupe_key) DO NOTHING"
 )
+
+
 # Where the columns mailhook derives from take their values in an event's row.
 _MODIFIED, _CREATED = EVENT_COLUMNS.index("modified"), EVENT_COLUMNS.index("created")
+
+
 _FROM, _TO = EVENT_COLUMNS.index("from_number"), EVENT_COLUMNS.index("to_number")
+
+
 _INSERT_ATTEMPT = (
     f"INSERT INTO attempts (event_id, {', '.join(ATTEMPT_COLUMNS)}) "
     f"VALUES (?, {', '.join('?' * len(ATTEMPT_COLUMNS))})"
 )
+
+
 _INSERT_DELIVERY = """
 INSERT INTO deliveries (channel, received_at, status, error, message_id, envelope_from, envelope_to,
     subject, content_type, remote_addr, size, sha256, raw, notes, source, event_count, duplicate_count, sent_at)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
-
-
-class Rows(NamedTuple):
-    """An extraction as the values `Store.write` inserts; a tuple, so it pickles cheaply between processes.
-
-    `events` holds, per event, its type, its `events` columns (EVENT_COLUMNS
-    order) and its attempts' `attempts` columns (ATTEMPT_COLUMNS order).
-    """
-
-    reason: str | None
-    notes: str | None
-    message_id: str | None
-    subject: str | None
-    events: tuple[tuple[str, tuple[Any, ...], tuple[tuple[Any, ...], ...]], ...]
-
-
-class Completion(NamedTuple):
-    """The extraction of a delivery stored `pending`, to be stored as its events."""
-
-    delivery_id: int
-    sha256: str
-    extraction: Extraction | Rows
-
-
-# What `Store.write` takes: a delivery with its extraction (None: store it pending), or a completion.
-Work = tuple[Delivery, Extraction | Rows | None] | Completion
-
-
-def rows(extraction: Extraction | Rows, size: int | None = None) -> Rows:
-    """Turn an extraction into the rows stored for it (pure: extraction workers call it too).
-
-    Given the `size` of the raw delivery, payloads of more than PAYLOAD_RATIO
-    times that many bytes turn the rows into a quarantine with the reason.
-    """
-    if isinstance(extraction, Rows):
-        return extraction if size is None else _bounded(extraction, size)
-    events = []
-    for event in extraction.events:
-        row = event.row()
-        attempts = []
-        for attempt in event.attempts:
-            values = attempt.row()
-            attempts.append(tuple([values[c] for c in ATTEMPT_COLUMNS]))
-        events.append((event.event_type, tuple([row[c] for c in EVENT_COLUMNS]), tuple(attempts)))
-    found = Rows(
-        extraction.reason, "\n".join(extraction.notes) or None, extraction.message_id, extraction.subject,
-        tuple(events),
-    )
-    return found if size is None else _bounded(found, size)
-
-
-def _bounded(found: Rows, size: int) -> Rows:
-    """Return `found`, or a quarantine without events when its payloads exceed PAYLOAD_RATIO x `size` bytes."""
-    stored = 0
-    for _, values, attempts in found.events:
-        stored += len(values[_PAYLOAD].encode())
-        for attempt in attempts:
-            stored += len(attempt[_ATTEMPT_PAYLOAD].encode())
-    if stored <= PAYLOAD_RATIO * size:
-        return found
-    reason = (
-        f"payloads of {stored} bytes would exceed {PAYLOAD_RATIO}x the {size} bytes received; events not stored"
-    )
-    return found._replace(reason=reason, events=())
-
-
-def worker_rows(extraction: Extraction, size: int | None = None) -> Extraction | Rows:
-    """Return an extraction as rows for the parent process, or as itself when its values cannot be rows.
-
-    The writer then meets the same error and fails (or quarantines) that delivery alone.
-    """
-    try:
-        return rows(extraction, size)
-    except (ValueError, OverflowError, TypeError):
-        return extraction
-
-
-def connect(
-    path: str | Path, *, busy_timeout: float = 5.0, readonly: bool = False, mode: int = FILE_MODE
-) -> sqlite3.Connection:
-    """Open the database with mailhook's pragmas; read-only connections never write or migrate.
-
-    A new database is created with `mode` (0600 by default) before SQLite opens
-    it, so its -wal and -shm get the same mode; an existing one readable by
-    everyone is restricted to it.
-    """
-    if readonly:
-        conn = sqlite3.connect(
-            f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, timeout=busy_timeout, check_same_thread=False
-        )
-    else:
-        folder = Path(path).parent
-        try:
-            # Run by hand before systemd ever created the StateDirectory; systemd adopts it later.
-            make_directories(folder)
-        except OSError as exc:
-            raise ConfigError(f"storage.db: cannot create directory {folder}: {exc.strerror}") from None
-        try:
-            create_private(Path(path), mode)
-        except OSError as exc:
-            raise RetryLater(f"cannot create database {path}: {exc.strerror}") from exc
-        restrict(database_files(Path(path)), mode)
-        try:
-            conn = sqlite3.connect(str(path), timeout=busy_timeout, check_same_thread=False, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise RetryLater(f"cannot open database {path}: {exc}") from exc
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        # After a checkpoint resets the WAL, shrink the file back instead of keeping its peak size.
-        conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
-        conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
-    return conn
-
-
-def migrate(conn: sqlite3.Connection, *, phone_region: str = "US") -> int:
-    """Apply the migrations not yet applied, each in its own transaction; return the schema version.
-
-    Backfills that need Python (E.164 numbers, the emails' Date) call the
-    `mailhook_*` SQL functions registered here for the migration only.
-    """
-    version: int = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version < len(MIGRATIONS):
-        conn.create_function("mailhook_e164", 1, lambda number: e164(number, phone_region), deterministic=True)
-        conn.create_function("mailhook_sent_at", 2, lambda channel, raw: (
-            sent_at(raw) if _kind(channel, raw) == "email" else None), deterministic=True)
-    applied = 0
-    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            # A second process may have migrated while we waited for the lock.
-            if conn.execute("PRAGMA user_version").fetchone()[0] >= number:
-                conn.execute("ROLLBACK")
-                continue
-            for statement in _statements(script):
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version={number}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        applied = number
-    if applied and version:
-        log.info("database upgraded from schema version %d to %d", version, applied)
-    elif applied:
-        log.info("database created (schema version %d)", applied)
-    return len(MIGRATIONS)
-
-
-def _statements(script: str) -> Iterator[str]:
-    """Split a migration script into complete statements (triggers contain semicolons)."""
-    pending = ""
-    for line in script.splitlines(keepends=True):
-        pending += line
-        if sqlite3.complete_statement(pending):
-            if pending.strip():
-                yield pending
-            pending = ""
-    if pending.strip():
-        yield pending
-
-
-def open_database(path: str | Path, *, busy_timeout: float = 5.0) -> sqlite_utils.Database:
-    """Open (creating and migrating as needed) the database for reading and housekeeping."""
-    conn = connect(path, busy_timeout=busy_timeout)
-    migrate(conn)
-    return sqlite_utils.Database(conn)
-
-
-def open_readonly(path: str | Path, *, busy_timeout: float = 5.0) -> sqlite_utils.Database:
-    """Open the database read-only (`mode=ro`), as an analyst's tool should."""
-    return sqlite_utils.Database(connect(path, busy_timeout=busy_timeout, readonly=True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,7 +158,7 @@ class Store:
         seen, same_bytes = self._seen(found.message_id, sha256, None)
         delivery_id = self._insert_delivery(delivery, sha256, now, "quarantined" if found.reason else "stored",
                                             found, None if same_bytes else delivery.raw)
-        return self._finish(delivery_id, now, found, seen=seen, checkpoint=delivery.checkpoint)
+        return self._finish(delivery_id, now, found, seen=seen, position=delivery.position)
 
     def _complete(self, completion: Completion) -> Receipt:
         """Store the events of a delivery stored `pending`, and give it its final status."""
@@ -361,7 +182,7 @@ class Store:
                 raise ValueError(f"delivery {delivery_id} no longer exists")
             return Receipt(delivery_id, current[0], error=current[1], message_id=current[2])
         # Its events carry the time it was received (and acknowledged), as they would have inline.
-        return self._finish(delivery_id, row[0], found, seen=seen, checkpoint=None)
+        return self._finish(delivery_id, row[0], found, seen=seen, position=None)
 
     def _quarantine(self, delivery_id: int, exc: Exception) -> Receipt | None:
         """Quarantine a pending delivery whose events cannot be stored (it was acknowledged; keep it)."""
@@ -414,15 +235,17 @@ class Store:
         assert cursor.lastrowid is not None
         return cursor.lastrowid
 
-    def _finish(self, delivery_id: int, now: str, found: Rows, *, seen: bool, checkpoint: Checkpoint | None) -> Receipt:
+    def _finish(
+        self, delivery_id: int, now: str, found: Rows, *, seen: bool, position: FolderPosition | None
+    ) -> Receipt:
         new, duplicates, types = self._insert_events(delivery_id, now, found)
         status = _status(found, seen=seen, new=new, duplicates=duplicates)
         self.conn.execute(
             "UPDATE deliveries SET status = ?, event_count = ?, duplicate_count = ? WHERE id = ?",
             (status, new, duplicates, delivery_id),
         )
-        if checkpoint is not None:
-            self._advance(checkpoint, now)
+        if position is not None:
+            self._advance(position, now)
         return Receipt(delivery_id, status, new, duplicates, found.reason, found.message_id, types)
 
     def _insert_events(self, delivery_id: int, now: str, extraction: Rows) -> tuple[int, int, tuple[str, ...]]:
@@ -444,7 +267,7 @@ class Store:
                 conn.executemany(_INSERT_ATTEMPT, [(event_id, *values) for values in attempts])
         return new, duplicates, tuple(types)
 
-    def _advance(self, checkpoint: Checkpoint, now: str) -> None:
+    def _advance(self, position: FolderPosition, now: str) -> None:
         self.conn.execute(
             """INSERT INTO imap_checkpoints (account, folder, uidvalidity, last_uid, updated_at)
                VALUES (?, ?, ?, ?, ?)
@@ -453,16 +276,16 @@ class Store:
                                    THEN max(last_uid, excluded.last_uid) ELSE excluded.last_uid END,
                    uidvalidity = excluded.uidvalidity,
                    updated_at = excluded.updated_at""",
-            (checkpoint.account, checkpoint.folder, checkpoint.uidvalidity, checkpoint.uid, now),
+            (position.account, position.folder, position.uidvalidity, position.uid, now),
         )
 
-    def checkpoint(self, account: str, folder: str) -> Checkpoint | None:
+    def position(self, account: str, folder: str) -> FolderPosition | None:
         """Return how far `folder` of `account` has been stored, if at all."""
         row = self.conn.execute(
             "SELECT uidvalidity, last_uid FROM imap_checkpoints WHERE account = ? AND folder = ?",
             (account, folder),
         ).fetchone()
-        return None if row is None else Checkpoint(account, folder, row[0], row[1])
+        return None if row is None else FolderPosition(account, folder, row[0], row[1])
 
     def stored_deliveries(self, *, quarantined_only: bool) -> Iterator[StoredDelivery]:
         """Yield stored deliveries that still hold their raw bytes, oldest first."""
@@ -478,7 +301,7 @@ class Store:
                 return
             for id_, channel, raw, status, content_type in rows:
                 last = id_
-                yield StoredDelivery(id_, _kind(channel, raw), raw, status, content_type)
+                yield StoredDelivery(id_, stored_kind(channel, raw), raw, status, content_type)
 
     def reextract(self, delivery_id: int, extraction: Extraction, size: int | None = None) -> Receipt:
         """Add the events a new extraction finds for a stored delivery (of `size` raw bytes) and update its status."""
@@ -541,112 +364,9 @@ class Store:
             raise RetryLater(f"storage unavailable: {exc}") from exc
 
 
-def _kind(channel: str, raw: bytes) -> Kind:
-    """Say how a stored delivery's raw bytes are read: emails, or bare documents (HTTP, .xml/.json)."""
-    if channel in ("smtp", "imap"):
-        return "email"
-    if channel == "http":
-        return "document"
-    return kind_of(raw)
-
-
 def _status(extraction: Rows, *, seen: bool, new: int, duplicates: int) -> Status:
     if extraction.reason:
         return "duplicate" if seen else "quarantined"
     if new == 0 and (seen or duplicates):
         return "duplicate"
     return "stored"
-
-
-class PendingReader:
-    """Reads deliveries stored `pending` on a read-only connection of its own, for the extraction backlog."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._conn: sqlite3.Connection | None = None
-
-    def ids(self, after: int, limit: int) -> list[tuple[int, int]]:
-        """Return the ids and sizes of pending deliveries after id `after`, oldest first; `RetryLater` if unreadable."""
-        return [(row[0], row[1]) for row in self._query(
-            "SELECT id, size FROM deliveries WHERE status = 'pending' AND id > ? ORDER BY id LIMIT ?", (after, limit)
-        )]
-
-    def read(self, ids: Sequence[int]) -> list[tuple[int, Delivery]]:
-        """Read back the deliveries among `ids` that are still pending, as received; `RetryLater` if unreadable."""
-        found = self._query(
-            "SELECT id, channel, received_at, raw, envelope_from, envelope_to, remote_addr, content_type, source"
-            " FROM deliveries WHERE id IN (SELECT value FROM json_each(?)) AND status = 'pending' ORDER BY id",
-            (json.dumps(list(ids)),),
-        )
-        return [
-            (id_, Delivery(channel=channel, raw=raw, received_at=received_at, kind=_kind(channel, raw),
-                           envelope_from=sender, envelope_to=tuple(json.loads(to)) if to else (),
-                           remote_addr=peer, content_type=content_type, source=source))
-            for id_, channel, received_at, raw, sender, to, peer, content_type, source in found
-            if raw is not None
-        ]
-
-    def close(self) -> None:
-        """Close the connection, if open."""
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-    def _query(self, sql: str, params: Sequence[Any]) -> list[Any]:
-        try:
-            if self._conn is None:
-                self._conn = connect(self.path, readonly=True)
-            return self._conn.execute(sql, params).fetchall()
-        except sqlite3.Error as exc:
-            self.close()
-            raise RetryLater(f"storage unavailable: {exc}") from exc
-
-
-def _read_once(path: str | Path, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-    """Run one query on a read-only connection of its own, apart from any open write transaction."""
-    conn = connect(path, readonly=True)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
-
-
-def pending_count(path: str | Path) -> int:
-    """Return how many deliveries are stored `pending`."""
-    try:
-        count: int = _read_once(path, "SELECT count(*) FROM deliveries WHERE status = 'pending'")[0][0]
-    except sqlite3.Error as exc:
-        raise RetryLater(f"storage unavailable: {exc}") from exc
-    return count
-
-
-def totals(path: str | Path) -> tuple[int, int, int]:
-    """Return how many deliveries the database holds, how many of them are quarantined, and how many events."""
-    try:
-        found = _read_once(path, "SELECT (SELECT count(*) FROM deliveries),"
-                           " (SELECT count(*) FROM deliveries WHERE status = 'quarantined'),"
-                           " (SELECT count(*) FROM events)")
-    except sqlite3.Error as exc:
-        raise RetryLater(f"storage unavailable: {exc}") from exc
-    deliveries, quarantined, events = found[0]
-    return deliveries, quarantined, events
-
-
-def committed_checkpoint(path: str | Path, account: str, folder: str) -> Checkpoint | None:
-    """Return the committed IMAP checkpoint of `folder`."""
-    found = _read_once(
-        path, "SELECT uidvalidity, last_uid FROM imap_checkpoints WHERE account = ? AND folder = ?", (account, folder)
-    )
-    return Checkpoint(account, folder, found[0][0], found[0][1]) if found else None
-
-
-def quarantined_sources(path: str | Path, sources: Sequence[str]) -> set[str]:
-    """Return which of `sources` (deliveries.source) are stored and still quarantined."""
-    if not sources:
-        return set()
-    found = _read_once(
-        path,
-        f"SELECT source FROM deliveries WHERE status = 'quarantined' AND source IN ({', '.join('?' * len(sources))})",
-        tuple(sources),
-    )
-    return {row[0] for row in found}

@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 from process_support import ALLOW_ROOT, free_port, wait_until
 
+from mailhook.admin import parse_age
 from mailhook.cli import main
 from mailhook.exitcodes import EX_UNAVAILABLE, EX_UNHEALTHY
-from mailhook.housekeeping import parse_age
 from mailhook.models import Delivery
 from mailhook.pipeline import Pipeline
-from mailhook.upkeep import backup, prune
-from mailhook.writer import Writer
+from mailhook.store.maintenance import backup, prune
+from mailhook.store.writer import Writer
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = json.loads((ROOT / "fixtures" / "seed" / "text-inbound.json").read_text())

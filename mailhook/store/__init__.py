@@ -1,0 +1,10 @@
+"""The store: the only place with SQL. SQLite today; the doors and the pipeline see only `interface.Storage`.
+
+- connection.py: opening the database (pragmas, file modes) and the schema migrations
+- schema.py, figures.py: the schema, and the figure tables triggers keep current
+- rows.py: an extraction as the rows to insert (built in worker processes too)
+- write.py: `Store`, the write path (one transaction per batch)
+- writer.py: `Writer`, the group-commit thread in front of `Store` (implements `interface.Storage`)
+- reads.py: reads beside the writer (pending deliveries, totals, IMAP folder positions)
+- maintenance.py: prune, backup and status, behind the admin commands
+"""

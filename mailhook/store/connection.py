@@ -1,0 +1,129 @@
+"""Opening the database: mailhook's pragmas, file modes, and the schema migrations; read-only handles for reports."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import sqlite_utils
+
+from mailhook.derived import e164, sent_at
+from mailhook.errors import ConfigError, RetryLater
+from mailhook.models import Kind, kind_of
+from mailhook.privileges import FILE_MODE, create_private, database_files, make_directories, restrict
+from mailhook.store.schema import MIGRATIONS
+
+log = logging.getLogger("mailhook.store")
+
+log = logging.getLogger("mailhook.store")
+
+
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
+
+
+def connect(
+    path: str | Path, *, busy_timeout: float = 5.0, readonly: bool = False, mode: int = FILE_MODE
+) -> sqlite3.Connection:
+    """Open the database with mailhook's pragmas; read-only connections never write or migrate.
+
+    A new database is created with `mode` (0600 by default) before SQLite opens
+    it, so its -wal and -shm get the same mode; an existing one readable by
+    everyone is restricted to it.
+    """
+    if readonly:
+        conn = sqlite3.connect(
+            f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, timeout=busy_timeout, check_same_thread=False
+        )
+    else:
+        folder = Path(path).parent
+        try:
+            # Run by hand before systemd ever created the StateDirectory; systemd adopts it later.
+            make_directories(folder)
+        except OSError as exc:
+            raise ConfigError(f"storage.db: cannot create directory {folder}: {exc.strerror}") from None
+        try:
+            create_private(Path(path), mode)
+        except OSError as exc:
+            raise RetryLater(f"cannot create database {path}: {exc.strerror}") from exc
+        restrict(database_files(Path(path)), mode)
+        try:
+            conn = sqlite3.connect(str(path), timeout=busy_timeout, check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise RetryLater(f"cannot open database {path}: {exc}") from exc
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        # After a checkpoint resets the WAL, shrink the file back instead of keeping its peak size.
+        conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+        conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection, *, phone_region: str = "US") -> int:
+    """Apply the migrations not yet applied, each in its own transaction; return the schema version.
+
+    Backfills that need Python (E.164 numbers, the emails' Date) call the
+    `mailhook_*` SQL functions registered here for the migration only.
+    """
+    version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version < len(MIGRATIONS):
+        conn.create_function("mailhook_e164", 1, lambda number: e164(number, phone_region), deterministic=True)
+        conn.create_function("mailhook_sent_at", 2, lambda channel, raw: (
+            sent_at(raw) if stored_kind(channel, raw) == "email" else None), deterministic=True)
+    applied = 0
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # A second process may have migrated while we waited for the lock.
+            if conn.execute("PRAGMA user_version").fetchone()[0] >= number:
+                conn.execute("ROLLBACK")
+                continue
+            for statement in _statements(script):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={number}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        applied = number
+    if applied and version:
+        log.info("database upgraded from schema version %d to %d", version, applied)
+    elif applied:
+        log.info("database created (schema version %d)", applied)
+    return len(MIGRATIONS)
+
+
+def _statements(script: str) -> Iterator[str]:
+    """Split a migration script into complete statements (triggers contain semicolons)."""
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            if pending.strip():
+                yield pending
+            pending = ""
+    if pending.strip():
+        yield pending
+
+
+def open_database(path: str | Path, *, busy_timeout: float = 5.0) -> sqlite_utils.Database:
+    """Open (creating and migrating as needed) the database for reading and housekeeping."""
+    conn = connect(path, busy_timeout=busy_timeout)
+    migrate(conn)
+    return sqlite_utils.Database(conn)
+
+
+def open_readonly(path: str | Path, *, busy_timeout: float = 5.0) -> sqlite_utils.Database:
+    """Open the database read-only (`mode=ro`), as an analyst's tool should."""
+    return sqlite_utils.Database(connect(path, busy_timeout=busy_timeout, readonly=True))
+
+
+def stored_kind(channel: str, raw: bytes) -> Kind:
+    """Say how a stored delivery's raw bytes are read: emails, or bare documents (HTTP, .xml/.json)."""
+    if channel in ("smtp", "imap"):
+        return "email"
+    if channel == "http":
+        return "document"
+    return kind_of(raw)

@@ -1,0 +1,48 @@
+"""What the pipeline and the doors need of a store: the whole interface a second backend implements.
+
+`mailhook.store.writer.Writer` (SQLite, group commit) is the one backend
+today. A PostgreSQL store for several nodes would implement `Storage` beside
+it; the doors and the pipeline, typed against this Protocol, would not
+change. (The backlog, the admin commands and the reports still read the
+SQLite file directly.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import Future
+from typing import Protocol
+
+from mailhook.models import Delivery, Extraction, FolderPosition, Receipt
+from mailhook.store.rows import Completion, Rows
+
+
+class Storage(Protocol):
+    """Stores deliveries durably, each with its events, and answers the few reads the doors need."""
+
+    def submit(self, delivery: Delivery, extraction: Extraction | Rows | None) -> Future[Receipt]:
+        """Store `delivery` with its extraction (None: raw bytes only, as `pending`); resolves once durable.
+
+        The future raises `RetryLater` when the store cannot take it now.
+        """
+        ...
+
+    def complete(self, completion: Completion) -> Future[Receipt]:
+        """Store the events of a delivery stored `pending` before, and its final status."""
+        ...
+
+    def health(self) -> str | None:
+        """Return why the store refuses writes now ("disk full", ...), or None when it takes them."""
+        ...
+
+    def committed_position(self, account: str, folder: str) -> FolderPosition | None:
+        """Return how far an IMAP folder's messages are durably stored (the IMAP door resumes there)."""
+        ...
+
+    def quarantined_sources(self, sources: Sequence[str]) -> set[str]:
+        """Return which of these IMAP message sources were stored quarantined."""
+        ...
+
+    def close(self) -> None:
+        """Finish what is queued and release the store."""
+        ...

@@ -1,0 +1,135 @@
+"""The import graph keeps the rules docs/architecture.md states (module-level imports, walked with `ast`)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent / "mailhook"
+
+# docs/architecture.md, "Who may import whom".
+CORE = ("mailhook.models", "mailhook.errors", "mailhook.extract", "mailhook.derived")
+STORE = ("mailhook.store",)
+DOORS = ("mailhook.smtp", "mailhook.http", "mailhook.imap", "mailhook.files")
+# What the pure core must never touch: sockets, the database, the event loop, other processes.
+IMPURE = ("socket", "ssl", "selectors", "asyncio", "sqlite3", "sqlite_utils", "subprocess", "multiprocessing",
+          "aiohttp", "aiosmtpd", "imapclient", "urllib.request", "http.client")
+
+
+def _name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _in(module: str, family: tuple[str, ...]) -> bool:
+    return any(module == f or module.startswith(f + ".") for f in family)
+
+
+def _graph() -> dict[str, set[str]]:
+    """Map each mailhook module to what it imports at module level (lazy and TYPE_CHECKING imports aside)."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted(ROOT.rglob("*.py")):
+        imports: set[str] = set()
+        for node in ast.parse(path.read_text(), str(path)).body:
+            if isinstance(node, ast.Import):
+                imports |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                if node.module == "mailhook" or (node.module.startswith("mailhook.") and _is_package(node.module)):
+                    imports |= {f"{node.module}.{alias.name}" for alias in node.names}
+                else:
+                    imports.add(node.module)
+        graph[_name(path)] = imports
+    return graph
+
+
+def _is_package(module: str) -> bool:
+    return (ROOT.parent / module.replace(".", "/") / "__init__.py").is_file()
+
+
+def _uses_environment(path: Path) -> bool:
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv", "environb"):
+            return True
+    return False
+
+
+GRAPH = _graph()
+
+
+def _broken(rule: str, found: list[str]) -> str:
+    return f"{rule} (docs/architecture.md); broken by: {', '.join(found)}"
+
+
+def test_the_pure_core_imports_only_the_core_and_touches_no_socket_database_or_environment() -> None:
+    found = [f"{m} -> {i}" for m, imports in GRAPH.items() if _in(m, CORE) for i in imports
+             if (i.startswith("mailhook") and not _in(i, CORE)) or _in(i, IMPURE)]
+    found += [f"{_name(path)} reads the environment" for path in sorted(ROOT.rglob("*.py"))
+              if _in(_name(path), CORE) and _uses_environment(path)]
+    assert not found, _broken("the core (models, errors, extract, derived) imports only itself", found)
+
+
+def test_the_store_knows_nothing_of_the_pipeline_the_doors_or_the_commands() -> None:
+    found = [f"{m} -> {i}" for m, imports in GRAPH.items() if _in(m, STORE) for i in imports
+             if i.startswith("mailhook") and not (_in(i, CORE) or _in(i, STORE)
+                                                  or i in ("mailhook.privileges", "mailhook.health"))]
+    assert not found, _broken("the store imports only the core and itself", found)
+
+
+def test_the_pipeline_knows_no_door_and_the_backlog_is_its_client() -> None:
+    found = [f"mailhook.pipeline -> {i}" for i in GRAPH["mailhook.pipeline"]
+             if _in(i, (*DOORS, "mailhook.backlog", "mailhook.server", "mailhook.cli", "mailhook.config"))]
+    assert not found, _broken("the pipeline imports no door, backlog, server or configuration", found)
+
+
+def test_doors_know_the_store_only_by_its_interface() -> None:
+    allowed = ("mailhook.store.interface", "mailhook.store.writer")  # the writer: where a door's command builds one
+    found = [f"{m} -> {i}" for m, imports in GRAPH.items() if _in(m, DOORS) for i in imports
+             if (_in(i, STORE) and i not in allowed) or i in ("sqlite3", "sqlite_utils")]
+    assert not found, _broken("a door imports from the store only its interface (and the writer to build)", found)
+
+
+def test_the_store_interface_needs_nothing_of_sqlite() -> None:
+    found = [i for i in GRAPH["mailhook.store.interface"]
+             if i in ("sqlite3", "sqlite_utils") or (_in(i, STORE) and i != "mailhook.store.rows")]
+    assert not found, _broken("store.interface names no SQLite part", found)
+
+
+def test_the_settings_are_apart_from_their_loading() -> None:
+    found = [f"mailhook.config.settings -> {i}" for i in GRAPH["mailhook.config.settings"]
+             if i in ("os", "tomllib", "mailhook.config.load", "mailhook.config.render")]
+    found += ["mailhook.config.settings reads the environment"] * _uses_environment(ROOT / "config" / "settings.py")
+    found += [f"{m} -> {i}" for m, imports in GRAPH.items() if _in(m, DOORS) or _in(m, CORE) or _in(m, STORE)
+              for i in imports if i == "mailhook.config.load"]
+    assert not found, _broken("settings.py declares, load.py reads; doors and the store never load settings", found)
+
+
+def test_no_door_imports_another_door() -> None:
+    def family(module: str) -> str:
+        return next(f for f in DOORS if _in(module, (f,)))
+
+    found = [f"{m} -> {i}" for m, imports in GRAPH.items() if _in(m, DOORS) for i in imports
+             if _in(i, DOORS) and family(i) != family(m)]
+    assert not found, _broken("doors are independent", found)
+
+
+def test_the_module_graph_has_no_cycle() -> None:
+    internal = {m: {i for i in imports if i in GRAPH and i != m} for m, imports in GRAPH.items()}
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> list[str] | None:
+        if module in path:
+            return [*path[path.index(module):], module]
+        if module in done:
+            return None
+        for dependency in sorted(internal[module]):
+            if module.startswith(dependency + ".") or dependency == "mailhook":
+                continue  # a package's own __init__
+            cycle = visit(dependency, [*path, module])
+            if cycle:
+                return cycle
+        done.add(module)
+        return None
+
+    for module in sorted(internal):
+        cycle = visit(module, [])
+        assert cycle is None, _broken("module-level imports form no cycle", [" -> ".join(cycle)])
