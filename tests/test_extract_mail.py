@@ -554,3 +554,25 @@ def test_an_rfc2231_file_name_in_parts_names_the_flowed_attachment_it_unflows() 
     mail = parse_mail((FIXTURES / "email" / "text-attachment-flowed-rfc2047-2231.eml").read_bytes())
     attachment = next(t for t in mail.texts if t.origin == "attachment 'notification réponse.txt'")
     assert "Message: Réponse reçue : très bien, à jeudi ! Merci beaucoup pour le rappel — c'est noté" in attachment.text
+
+
+_WRAPPED_AT_QUOTE_MARKS = (
+    b"From: CallFire <notifications@callfire.com>\nTo: ops@example.com\nSubject: Inbound Text Finished\n"
+    b"MIME-Version: 1.0\nContent-Type: text/plain; charset=utf-8\n\n"
+    b"Text ID: 44400000999\nFrom Number: +1 213 555 0100\nTo Number: 67076\nState: FINISHED\n"
+    b"Message: the reply quoted what it answered\n>> see you soon\nCreated: 2026-12-04T09:00:00Z\n"
+)
+
+
+def test_a_wrapped_line_that_starts_with_quote_marks_in_an_unquoted_body_stays_in_the_value() -> None:
+    (event,) = extract(_WRAPPED_AT_QUOTE_MARKS, "email", {}).events
+    assert event.message == "the reply quoted what it answered >> see you soon"
+
+
+def test_a_quoted_notification_is_still_read_unquoted() -> None:
+    head, _, body = _WRAPPED_AT_QUOTE_MARKS.partition(b"\n\n")
+    quoted = head + b"\n\nSee below.\n\n" + b"".join(b"> " + line + b"\n" for line in body.splitlines())
+    (event,) = extract(quoted, "email", {}).events
+    # Quoted as a whole, every level of quote marks is the quoting's, not the message's.
+    assert event.message == "the reply quoted what it answered see you soon"
+    assert event.resource_id == 44400000999

@@ -26,6 +26,10 @@ _FORWARD_HINT = re.compile(r"\n[ \t]*(?:---|[Bb])")  # every _FORWARD_MARK line 
 _QUOTED_FIRST = re.compile(r"[ \t]*>")
 _QUOTED_NEXT = re.compile(r"\n[ \t]*>")
 _QUOTE_PREFIX = re.compile(r"^(?:[ \t]*>)+[ \t]?", re.MULTILINE)
+# A quoted line that carries a notification: a `Field: value` line or the start of a document. Only then is
+# the text a quoted notification; a lone `>` line in an unquoted body is the body's own text (a wrapped
+# message's continuation can start with `>>`), and unquoting it would cut the value.
+_QUOTED_CONTENT = re.compile(r"^(?:[ \t]*>)+[ \t]*(?:[A-Za-z][A-Za-z0-9 _/-]{0,40}:|<|\{)", re.MULTILINE)
 # Every HTML pattern stops at the next "<" ([^<>]*): an unclosed tag repeated
 # a million times must cost one pass, not one pass per tag.
 _HTML_BREAK = re.compile(r"<\s*(?:br|/p|/div|/tr|/li|/h\d|/pre)\b[^<>]*>", re.IGNORECASE)
@@ -214,8 +218,8 @@ def _utf8_document(text: str) -> bytes:
 
 
 def clean_text(text: str) -> str:
-    """Remove inline-forward header blocks and `>` quote prefixes from a plain-text part."""
-    if _has_quoted_line(text):
+    """Remove inline-forward header blocks and `>` quote prefixes from a plain-text part that quotes a notification."""
+    if _has_quoted_line(text) and _QUOTED_CONTENT.search(text) is not None:
         text = _QUOTE_PREFIX.sub("", text)
     if not _has_forward_mark(text):
         return text
