@@ -39,9 +39,22 @@ def needed(settings: Settings, *, smtp: bool, http: bool) -> int:
 
 
 def limit() -> int:
-    """Return this process's open-file soft limit."""
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return soft if soft != resource.RLIM_INFINITY else 1 << 30
+    """Return how many files this process may open: its hard limit, up to which `raise_limit` lifts the soft one."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return hard if hard != resource.RLIM_INFINITY else 1 << 30
+
+
+def raise_limit(need: int) -> None:
+    """Lift the open-file soft limit to `need`, as far as the hard limit allows.
+
+    A login shell's soft limit (and systemd's default for services) is 1024 on
+    purpose, for programs that still use select(); the hard limit is the one
+    meant for servers that need more, as asyncio's epoll loop does.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = min(need, limit())
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 def shortfall(settings: Settings, *, smtp: bool, http: bool) -> str | None:
@@ -54,8 +67,8 @@ def shortfall(settings: Settings, *, smtp: bool, http: bool) -> str | None:
              *([f"http.max_connections {settings.http.max_connections}"] if http else []),
              f"{MARGIN} for mailhook itself"]
     return (f"the connection caps need up to {need} open files ({' + '.join(parts)}) but this process may "
-            f"open only {have} (RLIMIT_NOFILE); raise LimitNOFILE= in the unit or `ulimit -n`, or lower the "
-            "caps, or connections beyond the limit wait unaccepted")
+            f"open only {have} (RLIMIT_NOFILE's hard limit); raise LimitNOFILE= in the unit or `ulimit -Hn`, "
+            "or lower the caps, or connections beyond the limit wait unaccepted")
 
 
 def guard_accept(loop: asyncio.AbstractEventLoop, interval: float = 60.0) -> Summary:

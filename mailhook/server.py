@@ -131,8 +131,10 @@ async def serve(settings: Settings, env: Mapping[str, str], *, started: asyncio.
     notifier = systemd.Notifier(env)
     sockets = systemd.listen_sockets(env)
     accept_failures = openfiles.guard_accept(asyncio.get_running_loop())
-    shortfall = openfiles.shortfall(settings, smtp=bool(settings.smtp.listen or "smtp" in sockets),
-                                    http=bool(settings.http.listen or "http" in sockets))
+    doors = {"smtp": bool(settings.smtp.listen or "smtp" in sockets),
+             "http": bool(settings.http.listen or "http" in sockets)}
+    openfiles.raise_limit(openfiles.needed(settings, **doors))
+    shortfall = openfiles.shortfall(settings, **doors)
     if shortfall:
         log.warning("%s", shortfall)
     notifier.notify("STATUS=opening the database")

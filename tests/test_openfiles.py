@@ -99,3 +99,33 @@ def test_the_files_needed_count_each_enabled_door_and_the_margin() -> None:
     assert openfiles.needed(settings, smtp=True, http=True) == 300 + 200 + openfiles.MARGIN
     assert openfiles.needed(settings, smtp=False, http=True) == 300 + openfiles.MARGIN
     assert openfiles.needed(settings, smtp=True, http=False) == 200 + openfiles.MARGIN
+
+
+@pytest.mark.slow
+def test_serve_lifts_its_soft_open_file_limit_to_what_the_caps_need_within_the_hard_limit(tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "serve.log"
+
+    def shell_like() -> None:  # a login shell's 1024, with room below the hard limit
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 4096))
+
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mailhook", "serve", "--db", str(tmp_path / "m.db"), "--smtp-listen",
+             f"127.0.0.1:{free_port()}",
+             "--http-listen", f"127.0.0.1:{port}"],
+            cwd=tmp_path, env=mailhook_env(), stdout=out, stderr=out, preexec_fn=shell_like,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while "http listening" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        limits = Path(f"/proc/{proc.pid}/limits").read_text()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    (line,) = [line for line in limits.splitlines() if line.startswith("Max open files")]
+    soft, hard = (int(n) for n in line.split()[3:5])
+    assert (soft, hard) == (1640, 4096)  # 1000 SMTP sessions + 512 HTTP connections + 128: what the caps need
+    assert "open files" not in log.read_text()  # no warning: the caps fit
