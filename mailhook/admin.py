@@ -90,14 +90,9 @@ def run_backup(args: argparse.Namespace, settings: Settings, env: Mapping[str, s
     except FileNotFoundError as exc:
         print(f"mailhook: {exc}", file=sys.stderr)
         return EX_UNAVAILABLE
-    except CannotWrite as exc:
-        print(f"mailhook: cannot write backup {target}: {exc}", file=sys.stderr)
-        return EX_CANTCREAT
-    except OSError as exc:
-        print(f"mailhook: cannot write backup {target}: {exc.strerror or exc}", file=sys.stderr)
-        return EX_CANTCREAT
-    except ValueError as exc:
-        print(f"mailhook: cannot write backup {target}: {exc}", file=sys.stderr)
+    except (CannotWrite, ValueError, OSError) as exc:
+        reason = (exc.strerror or exc) if isinstance(exc, OSError) else exc
+        print(f"mailhook: cannot write backup {target}: {reason}", file=sys.stderr)
         return EX_CANTCREAT
     print(f"mailhook: backup written to {info.path}: {info.deliveries} deliveries, {info.events} events, "
           f"{info.size} bytes", file=sys.stderr)
