@@ -9,7 +9,6 @@ import smtplib
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -234,16 +233,20 @@ def test_a_stop_under_load_that_signals_every_process_kills_no_extraction_worker
             return  # the server stopped taking mail: expected
 
     try:
-        deadline = time.monotonic() + 60
-        while b"smtp listening" not in log.read_bytes():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
+        def up() -> bool:
+            assert proc.poll() is None, log.read_text()
+            return b"smtp listening" in log.read_bytes()
+
+        wait_until(up, 60, "mailhook serve listening")
         senders = [threading.Thread(target=load, args=(n * 100_000,)) for n in range(1, 4)]
         for sender in senders:
             sender.start()
-        while len(accepted) < 60:
-            assert proc.poll() is None and time.monotonic() < deadline + 60, log.read_text()
-            time.sleep(0.05)
+
+        def taking_mail() -> bool:
+            assert proc.poll() is None, log.read_text()
+            return len(accepted) >= 60
+
+        wait_until(taking_mail, 60, "60 messages accepted")
         os.killpg(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=90) == 0
     finally:

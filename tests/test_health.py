@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from process_support import ALLOW_ROOT, free_port
+from process_support import ALLOW_ROOT, free_port, wait_until
 from smtp_support import notification
 
 from mailhook.health import DISK_FULL, LOCKED, UNAVAILABLE, in_words, probe
@@ -69,10 +69,11 @@ class Served:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MAILHOOK_")} | ALLOW_ROOT | self.env
         with log.open("ab") as err:
             self.proc = subprocess.Popen([sys.executable, "-m", "mailhook", "serve", *flags], env=env, stderr=err)
-        deadline = time.monotonic() + 60
-        while f"{'http' if http else 'smtp'} listening" not in log.read_text():
-            assert self.proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
+        def up() -> bool:
+            assert self.proc.poll() is None, log.read_text()
+            return f"{'http' if http else 'smtp'} listening" in log.read_text()
+
+        wait_until(up, 60, "mailhook serve listening")
 
     def healthz(self) -> tuple[int, dict[str, Any], float]:
         started = time.monotonic()
@@ -113,15 +114,6 @@ class Served:
                 self.proc.wait()
 
 
-def until(check: Any, seconds: float = 15.0) -> Any:
-    """Return the first truthy `check()` within `seconds`, else fail with the last value."""
-    deadline = time.monotonic() + seconds
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            assert value, value
-            return value
-        time.sleep(0.2)
 
 
 @pytest.fixture
@@ -180,7 +172,7 @@ def test_a_full_disk_makes_healthz_503_and_status_fail_with_disk_full_until_spac
 
         # Space comes back: health recovers by itself, with no delivery needed to prove it.
         filler.unlink()
-        assert until(lambda: served.healthz()[0] == 200)
+        assert wait_until(lambda: served.healthz()[0] == 200, 15, "/healthz 200", interval=0.2)
         exit_code, output, _ = served.status()
         assert exit_code == 0, output
         assert served.send(3, size=200_000) == 250
@@ -195,7 +187,7 @@ def test_a_full_disk_is_reported_even_before_any_delivery_fails(small_disk: Path
         filler = fill(small_disk)
         assert served.healthz()[:2] == (503, {"status": "unavailable", "reason": DISK_FULL})
         filler.unlink()
-        assert until(lambda: served.healthz()[:2] == (200, {"status": "ok"}), 5.0)
+        assert wait_until(lambda: served.healthz()[:2] == (200, {"status": "ok"}), 5, "/healthz ok", interval=0.2)
     finally:
         served.stop()
 
@@ -259,7 +251,7 @@ def test_a_flood_of_healthz_during_a_held_lock_shares_one_probe_and_answers_prom
         # Probes wait up to 1 s for the lock: one per request, one after another, would take 40 s.
         assert took < 10.0
         blocker.execute("ROLLBACK")
-        assert until(lambda: served.healthz()[:2] == (200, {"status": "ok"}), 5.0)
+        assert wait_until(lambda: served.healthz()[:2] == (200, {"status": "ok"}), 5, "/healthz ok", interval=0.2)
     finally:
         blocker.close()
         served.stop()

@@ -31,7 +31,7 @@ import pytest
 from aiohttp import __version__ as aiohttp_version
 from aiohttp.web_protocol import RequestHandler
 from conftest import StartServer
-from process_support import ALLOW_ROOT
+from process_support import ALLOW_ROOT, wait_until
 
 from mailhook import openfiles
 from mailhook.http import connection as http_connection
@@ -73,10 +73,7 @@ class Door:
 
     def wait_open(self, count: int) -> None:
         """Wait until the door counts `count` connections open (accepting happens on the server's loop)."""
-        deadline = time.monotonic() + 30
-        while self.gate.open != count:
-            assert time.monotonic() < deadline, f"{self.gate.open} connections open, expected {count}"
-            time.sleep(0.01)
+        wait_until(lambda: self.gate.open == count, 30, f"{count} connections open", interval=0.01)
 
     def deliveries(self) -> int:
         conn = sqlite3.connect(self.runtime.writer.store.path)

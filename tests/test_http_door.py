@@ -24,6 +24,7 @@ import httpx
 import pytest
 from conftest import StartServer, make_settings
 from outside import require
+from process_support import wait_until
 
 from mailhook.http import connection as http_connection
 from mailhook.http import door as webhook_module
@@ -644,9 +645,7 @@ def test_token_and_signature_guesses_are_logged_once_then_summed_up_per_interval
         return [m for m in messages if "status=401" in m]
 
     assert refusals() == ["request refused channel=http peer=127.0.0.1 status=401 reason=wrong token"]
-    deadline = time.monotonic() + 30
-    while len(refusals()) < 2 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until(lambda: len(refusals()) >= 2, 30, "the summary line", interval=0.1)
     summary = refusals()[1]
     assert summary.startswith("HTTP requests refused for a missing or wrong token or signature: 39 more in the "
                               "last 1 s")

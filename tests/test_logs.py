@@ -13,12 +13,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from process_support import ALLOW_ROOT, free_port
+from process_support import ALLOW_ROOT, free_port, wait_until
 
 from mailhook.logs import JournalFormatter, JsonFormatter, Summary, TextFormatter, escape, logfmt
 from mailhook.models import Delivery
@@ -134,10 +133,11 @@ class Served:
                  "--smtp-listen", f"127.0.0.1:{self.smtp}", "--http-listen", f"127.0.0.1:{self.http}"],
                 env=env, stderr=err,
             )
-        deadline = time.monotonic() + 60
-        while b"http listening" not in self.log.read_bytes():
-            assert self.proc.poll() is None and time.monotonic() < deadline, self.log.read_text()
-            time.sleep(0.05)
+        def up() -> bool:
+            assert self.proc.poll() is None, self.log.read_text()
+            return b"http listening" in self.log.read_bytes()
+
+        wait_until(up, 60, "mailhook serve listening")
 
     def stop(self) -> bytes:
         self.proc.send_signal(signal.SIGTERM)

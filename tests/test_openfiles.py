@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from process_support import ALLOW_ROOT, free_port
+from process_support import ALLOW_ROOT, free_port, wait_until
 
 from mailhook import openfiles
 from mailhook.config.load import load
@@ -27,6 +27,12 @@ FILES = 64  # the server's open-file limit in these tests: far below what its ca
 def limited(files: int) -> None:
     """Run in the child before exec: give it `files` open files at most (soft and hard)."""
     resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
+
+
+def served(proc: subprocess.Popen[bytes], log: Path) -> bool:
+    """Say whether `mailhook serve` logged that HTTP listens; fail if it ended first."""
+    assert proc.poll() is None, log.read_text()
+    return "http listening" in log.read_text()
 
 
 def mailhook_env() -> dict[str, str]:
@@ -45,10 +51,7 @@ def test_running_out_of_files_logs_one_line_not_a_traceback_flood_and_serving_re
         )
     try:
         url = f"http://127.0.0.1:{port}/notifications"
-        deadline = time.monotonic() + 30
-        while "http listening" not in log.read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
+        wait_until(lambda: served(proc, log), 30, "mailhook serve listening")
         assert "need up to 640 open files" in log.read_text()  # the warning at start: 512 + 128 > 64
         with ExitStack() as stack:
             # More connections than files: the kernel completes them all; the server cannot accept the rest.
@@ -117,10 +120,7 @@ def test_serve_lifts_its_soft_open_file_limit_to_what_the_caps_need_within_the_h
             cwd=tmp_path, env=mailhook_env(), stdout=out, stderr=out, preexec_fn=shell_like,
         )
     try:
-        deadline = time.monotonic() + 30
-        while "http listening" not in log.read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
+        wait_until(lambda: served(proc, log), 30, "mailhook serve listening")
         limits = Path(f"/proc/{proc.pid}/limits").read_text()
     finally:
         proc.terminate()

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import StartServer
 from outside import Certificate
+from process_support import wait_until
 from smtp_support import client, notification, rows
 
 from mailhook.errors import ConfigError
@@ -232,10 +233,7 @@ def test_auth_failures_on_one_connection_get_535_up_to_the_limit_then_421_and_th
         smtp.sendmail("a@callfire.com", ["ops@example.com"], notification(9))
     db = runtime.settings.storage.db
     assert db is not None
-    deadline = time.monotonic() + 30
-    while rows(db, "SELECT count(*) FROM events") != [(1,)]:
-        assert time.monotonic() < deadline, "the legitimate message was not stored"
-        time.sleep(0.05)
+    wait_until(lambda: rows(db, "SELECT count(*) FROM events") == [(1,)], 30, "the legitimate message stored")
 
 
 def test_failed_auth_waits_grow_per_address_without_holding_up_other_sessions(

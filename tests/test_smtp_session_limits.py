@@ -19,6 +19,7 @@ from typing import Any, BinaryIO
 
 import pytest
 from conftest import StartServer
+from process_support import wait_until
 from smtp_support import client, locked, notification, read_until_closed, rows, smtp_address
 
 from mailhook.server import Runtime
@@ -42,10 +43,8 @@ def _db(runtime: Runtime) -> Path:
 
 def _stored(runtime: Runtime, text_id: int) -> bool:
     """Wait for pending extraction, then say whether the notification about text `text_id` is an event."""
-    deadline = time.monotonic() + 30
-    while rows(_db(runtime), "SELECT count(*) FROM deliveries WHERE status = 'pending'") != [(0,)]:
-        assert time.monotonic() < deadline, "deliveries still pending"
-        time.sleep(0.02)
+    wait_until(lambda: rows(_db(runtime), "SELECT count(*) FROM deliveries WHERE status = 'pending'") == [(0,)],
+               30, "no delivery pending")
     return rows(_db(runtime), "SELECT count(*) FROM events WHERE resource_id = ?", text_id) == [(1,)]
 
 
@@ -295,9 +294,7 @@ def test_connections_refused_at_the_caps_are_logged_as_one_summary_line(
             client(runtime, source_address=(source, 0))
         assert refused.value.smtp_code == 421
         refusals += 1
-    deadline = time.monotonic() + 20
-    while not any("refused" in r.getMessage() for r in caplog.records) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: any("refused" in r.getMessage() for r in caplog.records), 20, "the refusal summary line")
     lines = [r.getMessage() for r in caplog.records if r.name == "mailhook.smtp" and r.levelno >= logging.WARNING]
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"refused {refusals} connections in the last 4 s: 5 at smtp.max_sessions, "
@@ -361,10 +358,7 @@ def test_slow_noop_sessions_filling_every_place_do_not_lock_out_a_client_that_se
     try:
         assert ready.wait(30)
         door = next(d for d in runtime.doors if d.name == "smtp")
-        deadline = time.monotonic() + 30
-        while len(door.sessions) < 200:  # type: ignore[attr-defined]
-            assert time.monotonic() < deadline, "the attack never took every place"
-            time.sleep(0.05)
+        wait_until(lambda: len(door.sessions) >= 200, 30, "the attack taking every place")  # type: ignore[attr-defined]
         time.sleep(1.5)  # every attacking session has been without a mail command for longer than evict_after
         for n in range(3):  # during the attack, each within a bound the old code never met
             started = time.monotonic()
@@ -434,10 +428,7 @@ def test_sessions_that_keep_sending_rcpt_do_not_lock_out_a_client_that_sends_mai
     try:
         assert ready.wait(30)
         door = next(d for d in runtime.doors if d.name == "smtp")
-        deadline = time.monotonic() + 30
-        while len(door.sessions) < 40:  # type: ignore[attr-defined]
-            assert time.monotonic() < deadline, "the attack never took every place"
-            time.sleep(0.05)
+        wait_until(lambda: len(door.sessions) >= 40, 30, "the attack taking every place")  # type: ignore[attr-defined]
         time.sleep(1.5)  # every attacking session started longer than evict_after ago, and sent RCPTs since
         for n in range(3):
             started = time.monotonic()
