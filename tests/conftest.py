@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from outside import Certificate, require, self_signed
+from postgres_support import Cluster, start_cluster
 from process_support import ALLOW_ROOT
 
 from mailhook.config.load import validate
@@ -133,3 +134,25 @@ def _outside_programs(request: pytest.FixtureRequest) -> None:
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
     """One self-signed certificate and key for the whole run (mx.hooks.test, localhost, 127.0.0.1)."""
     return self_signed(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One throwaway PostgreSQL cluster for the whole run (Debian's postgresql, on a loopback port)."""
+    cluster = start_cluster(tmp_path_factory.mktemp("postgres"))
+    try:
+        yield cluster
+    finally:
+        cluster.stop("immediate")
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: Cluster) -> Iterator[str]:
+    """The URL of a new, empty database on the test cluster (password included), dropped afterwards."""
+    if not postgres_cluster.running():
+        postgres_cluster.start()
+    url = postgres_cluster.create_database()
+    yield url
+    if not postgres_cluster.running():
+        postgres_cluster.start()
+    postgres_cluster.drop_database(url.rsplit("/", 1)[1])
