@@ -22,6 +22,7 @@ from mailhook.errors import RetryLater
 from mailhook.extract import extract
 from mailhook.models import Delivery, Event, Extraction, FolderPosition, Receipt
 from mailhook.store.open import open_storage
+from mailhook.store.pg.schema import MIGRATIONS
 from mailhook.store.pg.write import PgStore
 from mailhook.store.pg.writer import PgWriter
 from mailhook.store.rows import Completion, rows
@@ -308,3 +309,25 @@ def test_a_message_id_repeated_within_one_batch_is_a_duplicate_and_keeps_no_seco
     assert [r.status for r in results if isinstance(r, Receipt)] == ["quarantined", "duplicate"]
     assert pg_rows(postgres_url, "SELECT raw IS NULL AS dropped FROM deliveries ORDER BY id") == [
         {"dropped": False}, {"dropped": True}]
+
+
+def test_two_ingest_processes_racing_the_fixtures_into_an_empty_database_store_each_event_once(
+    postgres_url: str,
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    files = fixture_files()
+    env = {**os.environ, **ALLOW_ROOT, "MAILHOOK_CONFIG": ""}
+    command = [sys.executable, "-m", "mailhook", "ingest", "--quiet", "--db", postgres_url]
+    # Both start on an empty database: they migrate it together, then store the same corpus (one in reverse).
+    racing = [subprocess.Popen([*command, *order], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True) for order in (files, list(reversed(files)))]
+    outcomes = [process.communicate(timeout=300) for process in racing]
+    assert all(p.returncode in (0, 65) for p in racing), [err[-2000:] for _, err in outcomes]
+    assert all(PASSWORD not in err for _, err in outcomes)
+    keys = pg_rows(postgres_url, "SELECT count(*) AS events, count(DISTINCT dedupe_key) AS keys FROM events")[0]
+    new = pg_rows(postgres_url, "SELECT sum(event_count) AS new FROM deliveries")[0]["new"]
+    assert keys["events"] == keys["keys"] == new > 0
+    assert pg_rows(postgres_url, "SELECT count(*) AS n FROM schema_migrations")[0]["n"] == len(MIGRATIONS)
