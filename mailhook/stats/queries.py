@@ -42,7 +42,7 @@ CAMPAIGN_KEY = f"COALESCE(e.broadcast_id, CASE WHEN e.event_type IN {_in(CAMPAIG
 
 
 # A try is an attempt that dialled (or texted) the contact; a transfer's XFER_LEG record is not one.
-TRY = "a.result IS NOT 'XFER_LEG'"
+TRY = "coalesce(a.result, '') <> 'XFER_LEG'"
 
 
 # What each event adds to each counted figure, as a condition on event `e` (see Measures).
@@ -55,16 +55,17 @@ _COUNTED = (
     f"e.event_type IN {_in(TEXT_TYPES)}",
     "e.event_type = 'OUTBOUND_TEXT_FINISHED' AND e.final_result = 'SENT'",
     "e.event_type = 'OUTBOUND_TEXT_FINISHED' AND e.final_result = 'DNT'",
-    "e.event_type = 'OUTBOUND_TEXT_FINISHED' AND ifnull(e.final_result, '') NOT IN ('SENT', 'DNT')",
+    "e.event_type = 'OUTBOUND_TEXT_FINISHED' AND coalesce(e.final_result, '') NOT IN ('SENT', 'DNT')",
     "e.event_type = 'INBOUND_TEXT_FINISHED'",
     f"e.event_type IN {_in(CAMPAIGN_TYPES)}",
 )
 
 
+# The SQL is the subset SQLite and PostgreSQL both run (a condition counts through CASE, not as a number).
 # The figures over events scanned one by one ...
 _MEASURES = ",\n".join([
     "count(*)",
-    *(f"coalesce(sum({condition}), 0)" for condition in _COUNTED),
+    *(f"coalesce(sum(CASE WHEN {condition} THEN 1 ELSE 0 END), 0)" for condition in _COUNTED),
     f"coalesce(sum((SELECT count(*) FROM attempts AS a WHERE a.event_id = e.id AND {TRY})), 0)",
     "coalesce(sum(e.duration), 0)",
     "coalesce(sum(e.transfer_duration), 0)",
@@ -76,7 +77,7 @@ _MEASURES = ",\n".join([
 # each row stands for `events` events of one type and result, so a condition counts them all.
 _TOTALS = ",\n".join([
     "coalesce(sum(e.events), 0)",
-    *(f"coalesce(sum(e.events * ({condition})), 0)" for condition in _COUNTED),
+    *(f"coalesce(sum(CASE WHEN {condition} THEN e.events ELSE 0 END), 0)" for condition in _COUNTED),
     "coalesce(sum(e.tries), 0)",
     "coalesce(sum(e.duration), 0)",
     "coalesce(sum(e.transfer_duration), 0)",
@@ -121,7 +122,7 @@ class Window:
 
     def totals_where(self) -> tuple[str, list[Any]]:
         """Return a SQL condition on `event_totals AS e` selecting this window's days, and its parameters."""
-        clauses: list[str] = ["1"]
+        clauses: list[str] = ["1 = 1"]
         params: list[Any] = []
         if self.since is not None:
             clauses.append("e.day >= ?")
@@ -137,7 +138,7 @@ class Window:
     def where(self) -> tuple[str, list[Any]]:
         """Return a SQL condition on `events AS e` and its parameters."""
         clauses, params = self.between(self.column())
-        clauses.insert(0, "1")
+        clauses.insert(0, "1 = 1")
         if self.broadcast_id is not None:
             clauses.append(f"{CAMPAIGN_KEY} = ?")
             params.append(self.broadcast_id)
@@ -310,17 +311,18 @@ def _collect(db: Database, window: Window) -> Report:
         tries = f"(SELECT count(*) FROM attempts AS a WHERE a.event_id = e.id AND {TRY})"
         count = "count(*)"
     totals = _measures(db.execute(f"SELECT {measures} FROM {source} WHERE {where}", params).fetchone())
-    by_type = tuple(
+    # Ordered here, not by the database: PostgreSQL sorts NULL last and text by the database's collation.
+    by_type = tuple(sorted((
         TypeResult(*row)
         for row in db.execute(
             f"""SELECT e.event_type, e.final_result, {count}, coalesce(sum({tries}), 0),
                        coalesce(sum(e.duration), 0), coalesce(sum(e.transfer_duration), 0),
                        coalesce(sum(e.billed_amount), 0.0)
                 FROM {source} WHERE {where}
-                GROUP BY e.event_type, e.final_result ORDER BY e.event_type, e.final_result""",
+                GROUP BY e.event_type, e.final_result""",
             params,
         )
-    )
+    ), key=lambda r: (r.event_type, r.final_result is not None, r.final_result or "")))
     names: dict[int, tuple[str | None, str | None, str | None]] = {
         row[0]: (row[1], row[2], row[3]) for row in db.execute("SELECT id, name, status, type FROM campaigns")}
     replies = _replies(db, window)
@@ -332,12 +334,10 @@ def _collect(db: Database, window: Window) -> Report:
             params,
         )
     )
-    days = tuple(
+    days = tuple(sorted((
         Day(row[0], _measures(row[1:]))
-        for row in db.execute(
-            f"SELECT {day} AS day, {measures} FROM {source} WHERE {where} GROUP BY day ORDER BY day", params
-        )
-    )
+        for row in db.execute(f"SELECT {day} AS day, {measures} FROM {source} WHERE {where} GROUP BY day", params)
+    ), key=lambda d: (d.day is not None, d.day or "")))
     return Report(window, totals, _deliveries(db, window), by_type, campaigns, days)
 
 
@@ -345,9 +345,10 @@ def _replies(db: Database, window: Window) -> dict[int | None, tuple[int, int]]:
     """Return per campaign the replies to its texts inside `window`, and how many of those texts got one."""
     if window.since is None and window.until is None:
         # Every text: the campaigns table keeps these counts current.
+        one = window.broadcast_id is not None
         return {row[0]: (row[1], row[2]) for row in db.execute(
-            "SELECT id, replies, replied_texts FROM campaigns WHERE (? IS NULL OR id = ?)",
-            (window.broadcast_id, window.broadcast_id))}
+            "SELECT id, replies, replied_texts FROM campaigns" + (" WHERE id = ?" if one else ""),
+            (window.broadcast_id,) if one else ())}
     where, params = window.where()
     return {row[0]: (row[1], row[2]) for row in db.execute(
         f"""SELECT e.broadcast_id, count(*), count(DISTINCT r.reply_to)
@@ -362,7 +363,7 @@ def _deliveries(db: Database, window: Window) -> dict[str, int] | None:
     if window.broadcast_id is not None:
         return None
     clauses, params = window.between("received_at")
-    clauses.insert(0, "1")
+    clauses.insert(0, "1 = 1")
     counts = {"stored": 0, "duplicate": 0, "quarantined": 0}
     for status, count in db.execute(
         f"SELECT status, count(*) FROM deliveries WHERE {' AND '.join(clauses)} GROUP BY status", params
