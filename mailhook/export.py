@@ -21,11 +21,9 @@ from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from mailhook.exitcodes import EX_NOINPUT, EX_OK, EX_USAGE
 from mailhook.stats.command import add_window_arguments, open_for_reading, window_from
-from mailhook.stats.queries import CALL_TYPES, CAMPAIGN_TYPES, TEXT_TYPES, Window
+from mailhook.stats.queries import CALL_TYPES, CAMPAIGN_TYPES, TEXT_TYPES, Reader, Window
 
 if TYPE_CHECKING:
-    from sqlite_utils import Database
-
     from mailhook.config.settings import Settings
 
 Format = Literal["csv", "jsonl"]
@@ -125,9 +123,11 @@ def query(table: str, window: Window, types: Sequence[str] = (), columns: str | 
 
 # Left out unless asked for: the whole notification as JSON, two thirds of a CSV's bytes.
 UNLESS_ASKED = ("payload",)
+# Never exported: PostgreSQL's full-text index column (SQLite keeps its index apart, in events_fts).
+INTERNAL = ("message_tsv",)
 
 
-def rows(db: Database, table: str, window: Window, types: Sequence[str] = (), page: int = PAGE,
+def rows(db: Reader, table: str, window: Window, types: Sequence[str] = (), page: int = PAGE,
          columns: Sequence[str] | None = None) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
     """Return the column names and a lazy iterator over the matching rows, oldest first.
 
@@ -138,7 +138,7 @@ def rows(db: Database, table: str, window: Window, types: Sequence[str] = (), pa
     dialect = getattr(db, "dialect", "sqlite")
     sql, params = query(table, window, types, dialect=dialect)
     cursor = db.execute(sql, [*params, 0, 0, 0])
-    available = [d[0] for d in cursor.description]
+    available = [d[0] for d in cursor.description if d[0] not in INTERNAL]
     cursor.close()
     if columns is None:
         chosen = [c for c in available if c not in UNLESS_ASKED]
@@ -185,7 +185,7 @@ def write(out: TextIO, fmt: Format, columns: Sequence[str], records: Iterable[tu
     return count
 
 
-def export(db: Database, out: TextIO, *, fmt: Format = "csv", table: str = "events",
+def export(db: Reader, out: TextIO, *, fmt: Format = "csv", table: str = "events",
            window: Window | None = None, types: Sequence[str] = (), columns: Sequence[str] | None = None) -> int:
     """Stream `table`'s rows inside `window` (and of `types`) to `out` as `fmt`; return the row count."""
     names, records = rows(db, table, window or Window(), types, columns=columns)

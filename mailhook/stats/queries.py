@@ -2,18 +2,46 @@
 
 Every figure is one SQL aggregate over `events` (and `attempts` for attempt
 counts), filtered by a `Window`, so an analyst can reproduce any number with
-the SQL in docs/schema.md. The database arrives as a `sqlite_utils.Database`
-opened by `mailhook.store`; this module never opens connections itself.
+the SQL in docs/schema.md. The database arrives as a `Reader` opened by `mailhook.store`
+(a `sqlite_utils.Database`, or `mailhook.store.pg.reads.Reader` for
+PostgreSQL); this module never opens connections itself. The SQL is the
+subset both stores run the same way, and the rows are ordered here, so both
+give the same report for the same events.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
-if TYPE_CHECKING:
-    from sqlite_utils import Database
+
+class _State(Protocol):
+    @property
+    def in_transaction(self) -> bool: ...
+
+
+class Reader(Protocol):
+    """What the reports read through: `sqlite_utils.Database`, or the PostgreSQL reader in `mailhook.store.pg`."""
+
+    @property
+    def conn(self) -> _State: ...
+
+    def execute(self, sql: str, parameters: Any = None) -> Any:
+        """Run one statement with `?` parameters and return its cursor."""
+        ...
+
+    def table_names(self) -> list[str]:
+        """Return the database's tables."""
+        ...
+
+    def view_names(self) -> list[str]:
+        """Return the database's views."""
+        ...
+
+    def close(self) -> None:
+        """Close the connection."""
+        ...
 
 
 
@@ -284,7 +312,7 @@ class Report:
         return asdict(self)
 
 
-def collect(db: Database, window: Window) -> Report:
+def collect(db: Reader, window: Window) -> Report:
     """Compute every figure of the report for the events inside `window`, all from one snapshot.
 
     The queries share one short read transaction, so totals, campaigns and days
@@ -299,7 +327,7 @@ def collect(db: Database, window: Window) -> Report:
         db.execute("COMMIT")
 
 
-def _collect(db: Database, window: Window) -> Report:
+def _collect(db: Reader, window: Window) -> Report:
     if window.by_day():
         # Whole days of event time: read the totals kept on ingest instead of scanning every event.
         where, params = window.totals_where()
@@ -341,7 +369,7 @@ def _collect(db: Database, window: Window) -> Report:
     return Report(window, totals, _deliveries(db, window), by_type, campaigns, days)
 
 
-def _replies(db: Database, window: Window) -> dict[int | None, tuple[int, int]]:
+def _replies(db: Reader, window: Window) -> dict[int | None, tuple[int, int]]:
     """Return per campaign the replies to its texts inside `window`, and how many of those texts got one."""
     if window.since is None and window.until is None:
         # Every text: the campaigns table keeps these counts current.
@@ -358,7 +386,7 @@ def _replies(db: Database, window: Window) -> dict[int | None, tuple[int, int]]:
     )}
 
 
-def _deliveries(db: Database, window: Window) -> dict[str, int] | None:
+def _deliveries(db: Reader, window: Window) -> dict[str, int] | None:
     """Count deliveries by status over the window's times of receipt (no campaign applies to them)."""
     if window.broadcast_id is not None:
         return None

@@ -1,7 +1,7 @@
-"""Which store a database target names, and the one place the commands get that store's operations.
+"""The one place the commands get the operations of the store a database target names.
 
-A target is an SQLite file (a path) or a PostgreSQL database (a `postgresql://`
-or `postgres://` URL). `operations(target)` returns the store's operations
+A target (`mailhook.store.target`) is an SQLite file (a `Path`) or a
+PostgreSQL database (`PostgresTarget`). `operations(target)` returns the store's operations
 the commands need (reading for reports, prune, status, backup, reprocess,
 describing it for check-config); the commands call them without knowing
 which store they talk to. Each store's modules are imported only when its
@@ -15,27 +15,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from mailhook.privileges import FILE_MODE  # noqa: F401
-
-POSTGRES_SCHEMES = ("postgresql://", "postgres://")
-
-Target = Path | str
-
-
-def is_postgres(target: Target) -> bool:
-    """Say whether `target` names a PostgreSQL database (a URL) rather than an SQLite file."""
-    return isinstance(target, str) and target.startswith(POSTGRES_SCHEMES)
+from mailhook.store.target import PostgresTarget, Target
 
 
 class Pruned(Protocol):
     """How many rows a prune deleted (or would delete)."""
 
-    deliveries: int
-    events: int
-    attempts: int
+    @property
+    def deliveries(self) -> int: ...
+
+    @property
+    def events(self) -> int: ...
+
+    @property
+    def attempts(self) -> int: ...
 
 
 class Unsupported(Exception):
@@ -57,61 +52,71 @@ class Operations:
 
 def operations(target: Target) -> Operations:
     """Return the operations of the store `target` names: PostgreSQL for a URL, else the SQLite file."""
-    return _POSTGRES if is_postgres(target) else _SQLITE
+    return _POSTGRES if isinstance(target, PostgresTarget) else _SQLITE
 
 
 def _sqlite_reader(target: Target, *, busy_timeout: float = 5.0) -> Any:
     from mailhook.store.connection import open_readonly
 
-    return open_readonly(target, busy_timeout=busy_timeout)
+    return open_readonly(_file(target), busy_timeout=busy_timeout)
 
 
 def _sqlite_prune(target: Target, cutoff: datetime, **options: Any) -> Pruned:
     from mailhook.store.maintenance import prune
 
-    return prune(target, cutoff, **options)
+    return prune(_file(target), cutoff, **options)
 
 
 def _sqlite_status(target: Target, **options: Any) -> dict[str, Any]:
     from mailhook.store.maintenance import status
 
-    return status(target, **options)
+    return status(_file(target), **options)
 
 
 def _sqlite_backup(target: Target, destination: Path, **options: Any) -> Any:
     from mailhook.store.maintenance import backup
 
-    return backup(target, destination, **options)
+    return backup(_file(target), destination, **options)
 
 
 def _sqlite_writable(target: Target) -> str | None:
     from mailhook.health import probe
 
-    return probe(Path(target))
+    return probe(_file(target))
 
 
 def _sqlite_store(target: Target, **options: Any) -> Any:
     from mailhook.store.write import Store
 
-    return Store(target, **options)
+    return Store(_file(target), **options)
+
+
+def _pg(target: Target) -> PostgresTarget:
+    assert isinstance(target, PostgresTarget)
+    return target
+
+
+def _file(target: Target) -> Path:
+    assert isinstance(target, Path)
+    return target
 
 
 def _pg_reader(target: Target, *, busy_timeout: float = 5.0) -> Any:
     from mailhook.store.pg.reads import open_reader
 
-    return open_reader(str(target), busy_timeout=busy_timeout)
+    return open_reader(_pg(target), busy_timeout=busy_timeout)
 
 
 def _pg_prune(target: Target, cutoff: datetime, **options: Any) -> Pruned:
     from mailhook.store.pg.maintenance import prune
 
-    return prune(str(target), cutoff, **options)
+    return prune(_pg(target), cutoff, **options)
 
 
 def _pg_status(target: Target, **options: Any) -> dict[str, Any]:
     from mailhook.store.pg.maintenance import status
 
-    return status(str(target), **options)
+    return status(_pg(target), **options)
 
 
 def _pg_backup(target: Target, destination: Path, **options: Any) -> Any:
@@ -123,13 +128,13 @@ def _pg_backup(target: Target, destination: Path, **options: Any) -> Any:
 def _pg_writable(target: Target) -> str | None:
     from mailhook.store.pg.maintenance import writable
 
-    return writable(str(target))
+    return writable(_pg(target))
 
 
 def _pg_store(target: Target, **options: Any) -> Any:
     from mailhook.store.pg.maintenance import open_store
 
-    return open_store(str(target), **options)
+    return open_store(_pg(target), **options)
 
 
 _SQLITE = Operations("sqlite", _sqlite_reader, _sqlite_prune, _sqlite_status, _sqlite_backup, _sqlite_writable,

@@ -22,10 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import errors
 
 # Computed by the PostgreSQL triggers from the rows copied, as the SQLite ones computed them.
 COMPUTED = {"events": ("reply_to",)}
 TABLES = ("deliveries", "events", "attempts")
+RETRIES = 5
 
 
 class CannotCopy(Exception):
@@ -69,7 +71,8 @@ def _resume_point(source: sqlite3.Connection, target: psycopg.Connection[Any], t
     if found is None:
         return 0
     last, sha256, received_at = found
-    (theirs,) = target.execute("SELECT count(*) FROM deliveries WHERE id <= %s", (last,)).fetchone()
+    counted = target.execute("SELECT count(*) FROM deliveries WHERE id <= %s", (last,)).fetchone()
+    theirs = counted[0] if counted else 0
     mine = source.execute("SELECT sha256, received_at, (SELECT count(*) FROM deliveries WHERE id <= ?)"
                           " FROM deliveries WHERE id = ?", (last, last)).fetchone()
     if mine is None or (mine[0], mine[1], mine[2]) != (sha256, received_at, theirs):
@@ -128,14 +131,14 @@ def _copy(source: sqlite3.Connection, target: psycopg.Connection[Any], batch: in
         attempts = source.execute(f"SELECT {', '.join(columns['attempts'])} FROM attempts WHERE event_id IN"
                                   " (SELECT id FROM events WHERE delivery_id IN (SELECT value FROM json_each(?)))"
                                   " ORDER BY id", (ids,)).fetchall()
-        with target.transaction(), target.cursor() as cursor:
-            cursor.executemany(inserts["deliveries"], rows)
-            cursor.executemany(inserts["events"], events)
-            present = {row[0] for row in cursor.execute(
-                "SELECT id FROM events WHERE id = ANY(%s::bigint[])", ([row[0] for row in events],))}
-            event_at = columns["attempts"].index("event_id")
-            kept = [row for row in attempts if row[event_at] in present]
-            cursor.executemany(inserts["attempts"], kept)
+        for attempt in range(RETRIES):
+            try:
+                present, kept = _copy_batch(target, inserts, columns, rows, events, attempts)
+                break
+            except (errors.DeadlockDetected, errors.SerializationFailure):
+                # A node's transaction held the same campaign or numbers; PostgreSQL chose this one to abort.
+                if attempt == RETRIES - 1:
+                    raise
         last = rows[-1][0]
         copied = Progress(copied.deliveries + len(rows), copied.events + len(present),
                           copied.attempts + len(kept), last, total,
@@ -144,6 +147,20 @@ def _copy(source: sqlite3.Connection, target: psycopg.Connection[Any], batch: in
             progress(copied)
     _positions(source, target)
     return copied
+
+
+def _copy_batch(target: psycopg.Connection[Any], inserts: dict[str, str], columns: dict[str, list[str]],
+                deliveries: list[Any], events: list[Any], attempts: list[Any]) -> tuple[set[int], list[Any]]:
+    """Insert one batch in one transaction; return the ids of its events now stored, and the attempts kept."""
+    with target.transaction(), target.cursor() as cursor:
+        cursor.executemany(inserts["deliveries"], deliveries)
+        cursor.executemany(inserts["events"], events)
+        present = {row[0] for row in cursor.execute(
+            "SELECT id FROM events WHERE id = ANY(%s::bigint[])", ([row[0] for row in events],))}
+        event_at = columns["attempts"].index("event_id")
+        kept = [row for row in attempts if row[event_at] in present]
+        cursor.executemany(inserts["attempts"], kept)
+    return present, kept
 
 
 def _positions(source: sqlite3.Connection, target: psycopg.Connection[Any]) -> None:

@@ -19,6 +19,8 @@ from psycopg.adapt import Loader
 from psycopg.types.string import TextLoader
 
 from mailhook.errors import RetryLater
+from mailhook.store.pg.connection import connect
+from mailhook.store.target import PostgresTarget
 
 DIALECT = "postgresql"
 
@@ -47,8 +49,9 @@ class Reader:
 
     dialect = DIALECT
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], target: PostgresTarget) -> None:
         self._pg = conn
+        self._target = target
         conn.adapters.register_loader("numeric", _NumberLoader)
         conn.adapters.register_loader("jsonb", TextLoader)
         conn.adapters.register_loader("json", TextLoader)
@@ -61,7 +64,7 @@ class Reader:
         try:
             return self._pg.execute(sql.replace("%", "%%").replace("?", "%s"), parameters or None)
         except psycopg.OperationalError as exc:
-            raise RetryLater(f"storage unavailable: {exc}".strip()) from exc
+            raise RetryLater(f"storage unavailable ({self._target}): {self._target.scrub(str(exc).strip())}") from None
 
     def table_names(self) -> list[str]:
         """Return the tables of the current schema."""
@@ -79,10 +82,11 @@ class Reader:
         self._pg.close()
 
 
-def open_reader(target: str, *, busy_timeout: float = 5.0) -> Reader:
-    """Connect to the PostgreSQL database `target` (a URL or conninfo) for reading; `RetryLater` if unreachable."""
-    try:
-        conn = psycopg.connect(target, autocommit=True, connect_timeout=max(1, round(busy_timeout)))
-    except psycopg.OperationalError as exc:
-        raise RetryLater(f"storage unavailable: {exc}".strip()) from exc
-    return Reader(conn)
+def open_reader(target: PostgresTarget, *, busy_timeout: float = 5.0) -> Reader:
+    """Connect to `target` for reading (each statement its own transaction unless `BEGIN`); `RetryLater` if down.
+
+    Reading never migrates: a database older than this mailhook is read as it is.
+    """
+    conn = connect(target, connect_timeout=max(busy_timeout, 1.0))
+    conn.autocommit = True
+    return Reader(conn, target)
