@@ -255,7 +255,16 @@ _MEASURE_FIELDS = (
 
 
 def _measures(row: tuple[Any, ...]) -> Measures:
-    return Measures(**dict(zip(_MEASURE_FIELDS, row, strict=True)))
+    return Measures(**dict(zip(_MEASURE_FIELDS, (*row[:-1], credits(row[-1])), strict=True)))
+
+
+def credits(total: float) -> float:
+    """Return a sum of credits without the noise of binary floating point (8.149999999999999 is 8.15).
+
+    Credits have at most a few decimals; the last bits of a float sum depend on
+    the order of addition, which differs between the stores and query plans.
+    """
+    return round(total, 9)
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,7 +350,7 @@ def _collect(db: Reader, window: Window) -> Report:
     totals = _measures(db.execute(f"SELECT {measures} FROM {source} WHERE {where}", params).fetchone())
     # Ordered here, not by the database: PostgreSQL sorts NULL last and text by the database's collation.
     by_type = tuple(sorted((
-        TypeResult(*row)
+        TypeResult(*row[:-1], credits(row[-1]))
         for row in db.execute(
             f"""SELECT e.event_type, e.final_result, {count}, coalesce(sum({tries}), 0),
                        coalesce(sum(e.duration), 0), coalesce(sum(e.transfer_duration), 0),
@@ -354,14 +363,11 @@ def _collect(db: Reader, window: Window) -> Report:
     names: dict[int, tuple[str | None, str | None, str | None]] = {
         row[0]: (row[1], row[2], row[3]) for row in db.execute("SELECT id, name, status, type FROM campaigns")}
     replies = _replies(db, window)
-    campaigns = tuple(
+    campaigns = tuple(sorted((
         Campaign(row[0], *names.get(row[0], (None, None, None)), _measures(row[1:]), *replies.get(row[0], (0, 0)))
-        for row in db.execute(
-            f"""SELECT {key} AS campaign, {measures} FROM {source} WHERE {where}
-                GROUP BY campaign ORDER BY campaign IS NULL, campaign""",
-            params,
-        )
-    )
+        for row in db.execute(f"SELECT {key} AS campaign, {measures} FROM {source} WHERE {where} GROUP BY campaign",
+                              params)
+    ), key=lambda c: (c.broadcast_id is None, c.broadcast_id or 0)))
     days = tuple(sorted((
         Day(row[0], _measures(row[1:]))
         for row in db.execute(f"SELECT {day} AS day, {measures} FROM {source} WHERE {where} GROUP BY day", params)

@@ -93,6 +93,8 @@ def copy_database(
     if not path.is_file():
         raise CannotCopy(f"no database at {path}")
     source = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    # Each `transaction()` below is then a transaction of its own, not a savepoint of one left open.
+    target.autocommit = True
     try:
         return _copy(source, target, batch, progress)
     except sqlite3.Error as exc:
@@ -155,7 +157,8 @@ def _copy_batch(target: psycopg.Connection[Any], inserts: dict[str, str], column
     with target.transaction(), target.cursor() as cursor:
         cursor.executemany(inserts["deliveries"], deliveries)
         cursor.executemany(inserts["events"], events)
-        present = {row[0] for row in cursor.execute(
+        # A cursor of its own: psycopg 3.3's binary build fails to dump an int list on a cursor after executemany.
+        present = {row[0] for row in target.execute(
             "SELECT id FROM events WHERE id = ANY(%s::bigint[])", ([row[0] for row in events],))}
         event_at = columns["attempts"].index("event_id")
         kept = [row for row in attempts if row[event_at] in present]

@@ -50,6 +50,7 @@ def prune(
     totals = [0, 0, 0]
     last = 0
     conn = connect(target, connect_timeout=max(busy_timeout, 1.0))
+    conn.autocommit = True  # each chunk's `transaction()` commits on its own
     try:
         while True:
             with conn.transaction(force_rollback=dry_run):

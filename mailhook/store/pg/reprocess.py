@@ -70,6 +70,7 @@ class ReprocessStore:
         self.target = target
         self.phone_region = phone_region
         self.conn = open_database(target, connect_timeout=max(busy_timeout, 1.0))
+        self.conn.autocommit = True  # each `transaction()` below commits on its own
 
     def close(self) -> None:
         """Close the connection."""
