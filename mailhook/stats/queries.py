@@ -350,7 +350,7 @@ def _collect(db: Reader, window: Window) -> Report:
     totals = _measures(db.execute(f"SELECT {measures} FROM {source} WHERE {where}", params).fetchone())
     # Ordered here, not by the database: PostgreSQL sorts NULL last and text by the database's collation.
     by_type = tuple(sorted((
-        TypeResult(*row[:-1], credits(row[-1]))
+        TypeResult(row[0], row[1], row[2], row[3], row[4], row[5], credits(row[6]))
         for row in db.execute(
             f"""SELECT e.event_type, e.final_result, {count}, coalesce(sum({tries}), 0),
                        coalesce(sum(e.duration), 0), coalesce(sum(e.transfer_duration), 0),
