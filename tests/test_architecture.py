@@ -133,3 +133,13 @@ def test_the_module_graph_has_no_cycle() -> None:
     for module in sorted(internal):
         cycle = visit(module, [])
         assert cycle is None, _broken("module-level imports form no cycle", [" -> ".join(cycle)])
+
+
+def test_the_postgresql_store_and_the_command_dispatch_load_nothing_of_sqlite() -> None:
+    sqlite_side = ("sqlite3", "sqlite_utils", "mailhook.health", "mailhook.store.connection", "mailhook.store.write",
+                   "mailhook.store.writer", "mailhook.store.reads", "mailhook.store.maintenance")
+    # copy.py reads the SQLite file migrate-to copies from, with sqlite3 itself.
+    found = [f"{m} -> {i}" for m, imports in GRAPH.items()
+             if (_in(m, ("mailhook.store.pg",)) and m != "mailhook.store.pg.copy") or m == "mailhook.store.operations"
+             for i in imports if _in(i, sqlite_side)]
+    assert not found, _broken("store.pg (but copy) and store.operations import no SQLite part", found)
