@@ -134,7 +134,7 @@ def rows(db: Reader, table: str, window: Window, types: Sequence[str] = (), page
     `columns` chooses and orders the columns (`*`: every one); by default every
     column but `payload`. Raises ValueError naming a column the table lacks.
     """
-    # A PostgreSQL reader (mailhook.store.pg.reads) says so; a sqlite_utils.Database has no dialect.
+    # A PostgreSQL reader (mailhook.store.pg.reports) says so; a sqlite_utils.Database has no dialect.
     dialect = getattr(db, "dialect", "sqlite")
     sql, params = query(table, window, types, dialect=dialect)
     cursor = db.execute(sql, [*params, 0, 0, 0])

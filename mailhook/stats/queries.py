@@ -3,7 +3,7 @@
 Every figure is one SQL aggregate over `events` (and `attempts` for attempt
 counts), filtered by a `Window`, so an analyst can reproduce any number with
 the SQL in docs/schema.md. The database arrives as a `Reader` opened by `mailhook.store`
-(a `sqlite_utils.Database`, or `mailhook.store.pg.reads.Reader` for
+(a `sqlite_utils.Database`, or `mailhook.store.pg.reports.Reader` for
 PostgreSQL); this module never opens connections itself. The SQL is the
 subset both stores run the same way, and the rows are ordered here, so both
 give the same report for the same events.

@@ -102,7 +102,7 @@ def _file(target: Target) -> Path:
 
 
 def _pg_reader(target: Target, *, busy_timeout: float = 5.0) -> Any:
-    from mailhook.store.pg.reads import open_reader
+    from mailhook.store.pg.reports import open_reader
 
     return open_reader(_pg(target), busy_timeout=busy_timeout)
 
