@@ -317,8 +317,8 @@ def validate(settings: Settings) -> Settings:
         (settings.smtp.max_auth_checks > 0, "smtp.max_auth_checks must be positive"),
         (settings.storage.max_batch > 0, "storage.max_batch must be positive"),
         (
-            settings.storage.password is None or (settings.storage.db is not None and is_url(settings.storage.db)),
-            "storage.password is for a PostgreSQL storage.db (postgresql://...); an SQLite file has none",
+            settings.smtp.acknowledge == "stored" or settings.storage.db is None or not is_url(settings.storage.db),
+            "smtp.acknowledge = \"received\" works on an SQLite storage.db only, not yet on PostgreSQL",
         ),
         *((getattr(settings.parsing, f.name) > 0, f"parsing.{f.name} must be positive")
           for f in fields(ParsingSettings)),
