@@ -99,3 +99,66 @@ def test_a_text_and_its_replies_stored_in_one_statement_count_once(postgres_url:
         assert snapshot(conn) == before
         kept, scanned = maintained_and_scanned(postgres_url)
         assert kept == scanned
+
+
+def store_on_postgresql(url: str, items: list[bytes], *, batch: int, tag: str = "doc") -> None:
+    """Store each document as a file delivery, `batch` per transaction, through the nodes' write path."""
+    from mailhook.extract import extract
+    from mailhook.models import Delivery
+    from mailhook.store.pg.write import PgStore
+    from mailhook.store.target import PostgresTarget
+
+    store = PgStore(PostgresTarget(url))
+    try:
+        for start in range(0, len(items), batch):
+            work = [(Delivery(channel="file", raw=raw, received_at="2026-01-01T00:00:00Z", kind="document",
+                              source=f"{tag}{start + n}"), extract(raw, "document", {}))
+                    for n, raw in enumerate(items[start:start + batch])]
+            assert not [r for r in store.write(work) if isinstance(r, Exception)]
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_figures_kept_by_the_nodes_write_path_equal_a_full_scan_and_sqlite(tmp_path: Path, postgres_url: str,
+                                                                           seed: int) -> None:
+    items = documents()
+    random.Random(seed).shuffle(items)
+    store_on_postgresql(postgres_url, items, batch=1 + seed * 3)
+    kept, scanned = maintained_and_scanned(postgres_url)
+    assert kept == scanned
+    path = tmp_path / "m.db"
+    store_documents(path, items, batch=1 + seed * 3)
+    # The same notifications in the same order: the same ids, so the same figures row for row.
+    assert kept == sqlite_snapshot(path)
+
+
+def test_two_nodes_storing_one_corpus_in_opposite_orders_keep_the_figures_exact(postgres_url: str) -> None:
+    import threading
+
+    items = documents()
+    failures: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def node(index: int) -> None:
+        try:
+            start.wait()
+            store_on_postgresql(postgres_url, items if index == 0 else items[::-1], batch=3, tag=f"n{index}-")
+        except BaseException as exc:  # noqa: BLE001 - reported by the test thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=node, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not failures
+    kept, scanned = maintained_and_scanned(postgres_url)
+    assert kept == scanned
+    with psycopg.connect(postgres_url) as conn:
+        assert sorted(conn.execute("SELECT message, broadcast_id FROM replies").fetchall()) == [
+            ("YES", 900002), ("YES please", 900002), ("and a question", 900002), ("late yes", None),
+            ("who is this", None), ("wrong line", None), ("yes again", 900003)]
+        assert conn.execute("SELECT id, sent, replies, replied_texts, tries, duration, transfer_duration"
+                            " FROM campaigns ORDER BY id").fetchall() == [
+            (900001, 0, 0, 0, 12, 351, 301), (900002, 3, 3, 2, 5, 0, 0), (900003, 1, 1, 1, 1, 0, 0)]
