@@ -203,3 +203,24 @@ def test_no_command_on_postgresql_loads_sqlite3(command_lines: list[list[str]]) 
                               env={**ALLOW_ROOT, "PATH": "/usr/bin:/bin"}, cwd=ROOT)
         assert done.returncode in (EX_OK, EX_USAGE), (argv, done.stderr)
         assert done.stderr.endswith("sqlite3 not loaded\n"), (argv, done.stderr)
+
+
+def test_the_report_reader_takes_sqlite_style_sql_and_gives_sqlite_style_values(copied: str) -> None:
+    from mailhook.store.pg.reports import open_reader
+    from mailhook.store.target import PostgresTarget
+
+    reader = open_reader(PostgresTarget(copied))
+    try:
+        calls = "SELECT count(*), sum(duration), '100%' FROM events WHERE event_type LIKE '%CALL%'"
+        plain_row = reader.execute(calls).fetchone()
+        bound_row = reader.execute(calls + " AND id > ?", [0]).fetchone()
+        payload = reader.execute("SELECT payload FROM events ORDER BY id LIMIT 1").fetchone()[0]
+        assert not reader.conn.in_transaction
+        reader.execute("BEGIN")
+        assert reader.conn.in_transaction
+        reader.execute("COMMIT")
+    finally:
+        reader.close()
+    assert plain_row == bound_row and plain_row[0] > 0
+    assert type(plain_row[1]) is int and plain_row[2] == "100%"  # numeric sums come back as int, as on SQLite
+    assert isinstance(payload, str) and json.loads(payload)  # jsonb as its text, as SQLite's TEXT

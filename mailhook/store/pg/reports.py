@@ -62,7 +62,9 @@ class Reader:
         if sql.strip().upper() == "BEGIN":
             sql = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
         try:
-            return self._pg.execute(sql.replace("%", "%%").replace("?", "%s"), parameters or None)
+            if not parameters:
+                return self._pg.execute(sql)  # no placeholders: psycopg leaves the text alone, % included
+            return self._pg.execute(sql.replace("%", "%%").replace("?", "%s"), parameters)
         except psycopg.OperationalError as exc:
             raise RetryLater(f"storage unavailable ({self._target}): {self._target.scrub(str(exc).strip())}") from None
 

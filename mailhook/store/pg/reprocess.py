@@ -11,6 +11,7 @@ pairs of numbers) is retried.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,20 @@ _INSERT_ATTEMPT = (
 _MODIFIED, _CREATED = EVENT_COLUMNS.index("modified"), EVENT_COLUMNS.index("created")
 _FROM, _TO = EVENT_COLUMNS.index("from_number"), EVENT_COLUMNS.index("to_number")
 RETRIES = 3
+_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+
+
+def _clean(value: Any, column: str = "") -> Any:
+    """Return a value PostgreSQL can hold, as the nodes' write path stores it (store/pg/write.py `clean`).
+
+    Text cannot hold NUL, jsonb no escaped NUL: both become U+FFFD. (Not imported from write.py, which
+    loads the SQLite store for its writer; `mailhook reprocess` on PostgreSQL never loads sqlite3.)
+    """
+    if not isinstance(value, str):
+        return value
+    if column == "payload":
+        return _NUL_ESCAPE.sub(r"\1\\ufffd", value) if "\\u0000" in value else value
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
 
 
 def stored_kind(channel: str, raw: bytes) -> Kind:
@@ -136,13 +151,16 @@ class ReprocessStore:
         with self.conn.cursor() as cursor:
             for event_type, values, attempts in extraction.events:
                 event_time = values[_MODIFIED] or values[_CREATED] or now
-                inserted = cursor.execute(_INSERT_EVENT, (delivery_id, now, event_time, e164(values[_FROM], region),
-                                                          e164(values[_TO], region), *values)).fetchone()
+                inserted = cursor.execute(_INSERT_EVENT, (
+                    delivery_id, now, _clean(event_time), e164(values[_FROM], region), e164(values[_TO], region),
+                    *(_clean(v, c) for v, c in zip(values, EVENT_COLUMNS, strict=True)))).fetchone()
                 if inserted is None:
                     duplicates += 1
                     continue
                 new += 1
                 types.append(event_type)
                 if attempts:
-                    cursor.executemany(_INSERT_ATTEMPT, [(inserted[0], *values) for values in attempts])
+                    cursor.executemany(_INSERT_ATTEMPT, [
+                        (inserted[0], *(_clean(v, c) for v, c in zip(values, ATTEMPT_COLUMNS, strict=True)))
+                        for values in attempts])
         return new, duplicates, tuple(types)
