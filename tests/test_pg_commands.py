@@ -224,3 +224,17 @@ def test_the_report_reader_takes_sqlite_style_sql_and_gives_sqlite_style_values(
     assert plain_row == bound_row and plain_row[0] > 0
     assert type(plain_row[1]) is int and plain_row[2] == "100%"  # numeric sums come back as int, as on SQLite
     assert isinstance(payload, str) and json.loads(payload)  # jsonb as its text, as SQLite's TEXT
+
+
+def test_prune_keep_raw_on_postgresql_keeps_the_deliveries_for_reprocess(copied: str) -> None:
+    with psycopg.connect(copied, autocommit=True) as conn:
+        deliveries = conn.execute("SELECT count(*) FROM deliveries").fetchone()
+        events = conn.execute("SELECT count(*) FROM events").fetchone()
+        conn.execute("UPDATE events SET received_at = '2020-01-01T00:00:00.000Z'")
+    assert events is not None and events[0] > 0
+    code, _, err = run(["prune", "--older-than", "30d", "--keep-raw", "--db", copied])
+    assert code == EX_OK and f"deleted {events[0]} events" in err and "deliveries" not in err.split("deleted")[1]
+    with psycopg.connect(copied) as conn:
+        assert conn.execute("SELECT count(*) FROM deliveries").fetchone() == deliveries
+        assert conn.execute("SELECT count(*), (SELECT count(*) FROM attempts), (SELECT count(*) FROM campaigns),"
+                            " (SELECT count(*) FROM event_totals) FROM events").fetchone() == (0, 0, 0, 0)
