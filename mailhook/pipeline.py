@@ -28,9 +28,8 @@ from mailhook.extract import extract
 from mailhook.extract.mail import check_structure
 from mailhook.logs import logfmt
 from mailhook.models import Delivery, Extraction, Kind, MailLimits, Receipt
-from mailhook.store.interface import Storage
+from mailhook.store.interface import Rereading, Storage
 from mailhook.store.rows import Completion, Rows, worker_rows
-from mailhook.store.write import Store
 
 log = logging.getLogger("mailhook.ingest")
 
@@ -301,7 +300,7 @@ class DeliveryLine:
 
 
 def reprocess(
-    store: Store, subscriptions: Mapping[int, str], *, quarantined_only: bool, limits: MailLimits | None = None
+    store: Rereading, subscriptions: Mapping[int, str], *, quarantined_only: bool, limits: MailLimits | None = None
 ) -> list[Receipt]:
     """Re-extract stored raw deliveries with the current extractors, adding only new events."""
     receipts = []

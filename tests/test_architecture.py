@@ -143,3 +143,14 @@ def test_the_module_graph_has_no_cycle() -> None:
     for module in sorted(internal):
         cycle = visit(module, [])
         assert cycle is None, _broken("module-level imports form no cycle", [" -> ".join(cycle)])
+
+
+def test_the_commands_path_to_postgresql_loads_nothing_of_sqlite() -> None:
+    sqlite_side = ("sqlite3", "sqlite_utils", "mailhook.health", "mailhook.store.connection", "mailhook.store.write",
+                   "mailhook.store.writer", "mailhook.store.reads", "mailhook.store.maintenance")
+    # What the commands reach on PostgreSQL (the writer, a subclass of SQLite's Writer, is serve's and ingest's).
+    commands_path = ("mailhook.store.operations", "mailhook.store.target", "mailhook.store.pg",
+                     "mailhook.store.pg.connection", "mailhook.store.pg.schema", "mailhook.store.pg.figures",
+                     "mailhook.store.pg.reports", "mailhook.store.pg.maintenance", "mailhook.store.pg.reprocess")
+    found = [f"{m} -> {i}" for m in commands_path for i in GRAPH[m] if _in(i, sqlite_side)]
+    assert not found, _broken("the commands' PostgreSQL modules import no SQLite part", found)

@@ -17,8 +17,8 @@ from mailhook.store.pg.connection import MIGRATION_LOCK, connect, migrate, open_
 from mailhook.store.pg.schema import MIGRATIONS
 from mailhook.store.target import PostgresTarget
 
-# Left to the figures' migration (campaigns, event_totals); SQLite's own search index and statistics.
-SQLITE_ONLY = {"campaigns", "event_totals", "sqlite_stat1", "events_fts", "events_fts_config", "events_fts_data",
+# SQLite's own search index and statistics.
+SQLITE_ONLY = {"sqlite_stat1", "events_fts", "events_fts_config", "events_fts_data",
                "events_fts_docsize", "events_fts_idx"}
 # The search column PostgreSQL has where SQLite has the events_fts table; the migrations' own record.
 POSTGRES_ONLY_COLUMNS = {("events", "message_tsv")}
@@ -143,8 +143,8 @@ def test_full_text_search_finds_a_word_of_a_message_whatever_its_case(postgres_u
     for key, message in (("a", "Please STOP texting me"), ("b", "see you tomorrow"), ("c", None)):
         conn.execute(
             "INSERT INTO events (delivery_id, dedupe_key, event_type, event_type_source, api_version, format,"
-            " received_at, payload, message) VALUES (1, %s, 'INBOUND_TEXT_FINISHED', 'x', 'v1', 'xml',"
-            " '2026-01-01T00:00:00Z', '{}', %s)", (key, message))
+            " received_at, event_time, payload, message) VALUES (1, %s, 'INBOUND_TEXT_FINISHED', 'x', 'v1', 'xml',"
+            " '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z', '{}', %s)", (key, message))
     found = conn.execute("SELECT dedupe_key FROM events WHERE message_tsv @@ plainto_tsquery('simple', 'stop')")
     assert found.fetchall() == [("a",)]
     conn.execute("SET LOCAL enable_seqscan = off")  # three rows: without this the planner rightly scans them

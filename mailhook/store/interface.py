@@ -10,7 +10,7 @@ still read the SQLite file directly.)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from typing import Protocol
 
@@ -60,4 +60,32 @@ class Storage(Protocol):
 
     def close(self) -> None:
         """Finish what is queued and release the store."""
+        ...
+
+
+class StoredRaw(Protocol):
+    """A stored delivery's raw bytes, read back for `mailhook reprocess`."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def raw(self) -> bytes: ...
+
+    @property
+    def content_type(self) -> str | None: ...
+
+
+class Rereading(Protocol):
+    """What `mailhook reprocess` needs of a store (SQLite's `Store`, PostgreSQL's `ReprocessStore`)."""
+
+    def stored_deliveries(self, *, quarantined_only: bool) -> Iterator[StoredRaw]:
+        """Yield stored deliveries that still hold their raw bytes, oldest first."""
+        ...
+
+    def reextract(self, delivery_id: int, extraction: Extraction, size: int | None = None) -> Receipt:
+        """Add the events a new extraction finds for a stored delivery and update its status."""
         ...

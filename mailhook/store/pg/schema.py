@@ -21,6 +21,8 @@ views' `campaign_name` is NULL, and that migration replaces the views
 
 from __future__ import annotations
 
+from mailhook.store.pg import figures
+
 TS_CONFIG = "simple"
 """The text search configuration: words as written (lower-cased), no stemming, for any language."""
 
@@ -182,4 +184,4 @@ FROM attempts AS a
 JOIN events AS e ON e.id = a.event_id;
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1,)
+MIGRATIONS: tuple[str, ...] = (_V1, figures.MIGRATION)
