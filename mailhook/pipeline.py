@@ -242,7 +242,8 @@ def log_delivery(delivery: Delivery, receipt: Receipt | None, elapsed: float, *,
     if log.isEnabledFor(level):
         # Formatted only when a handler writes it: the text for text logs, the fields for JSON.
         line = DeliveryLine(delivery, receipt, elapsed)
-        log.log(level, "delivery %s", line, extra={"delivery": line})
+        # The record made directly: Logger.log would walk the stack for a file and line no format shows.
+        log.handle(log.makeRecord(log.name, level, "", 0, "delivery %s", (line,), None, extra={"delivery": line}))
 
 
 class DeliveryLine:
