@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import os
 import statistics
@@ -170,11 +171,17 @@ def child(args: argparse.Namespace) -> int:
                 await _load(kind, port, warmup, args.sessions)
                 await asyncio.sleep(0.2)  # the last commit's callbacks
                 clock.reset()
+                profiler = cProfile.Profile(time.thread_time_ns, 1e-9) if args.cprofile else None
+                if profiler is not None:
+                    profiler.enable()
                 main0, others0 = thread_cpu_ns()
                 process0 = time.process_time_ns()
                 messages = await _load(kind, port, payloads, args.sessions)
                 await asyncio.sleep(0.2)
                 main1, others1 = thread_cpu_ns()
+                if profiler is not None:
+                    profiler.disable()
+                    profiler.dump_stats(str(args.cprofile / f"{kind}.pstats"))
                 process = time.process_time_ns() - process0
                 ns = dict(clock.ns)
                 on_main = sum(v for (_, m), v in ns.items() if m)
@@ -196,14 +203,15 @@ def child(args: argparse.Namespace) -> int:
     return 0
 
 
-def turn(tree: Path, files: dict[str, Path], sessions: int) -> dict[str, Any]:
+def turn(tree: Path, files: dict[str, Path], sessions: int, cprofile: Path | None = None) -> dict[str, Any]:
     """Run one child turn on `tree`; return its JSON."""
     with tempfile.TemporaryDirectory(prefix="mailhook-profile-") as work:
         log = Path(work) / "mailhook.log"
         with log.open("wb") as err:
             done = subprocess.run(
                 [sys.executable, __file__, "--child", "--tree", str(tree), "--workdir", work,
-                 "--sessions", str(sessions), *(x for k, v in files.items() for x in (f"--{k}", str(v)))],
+                 "--sessions", str(sessions), *(x for k, v in files.items() for x in (f"--{k}", str(v))),
+                 *(["--cprofile", str(cprofile)] if cprofile else [])],
                 stdout=subprocess.PIPE, stderr=err, cwd=tree, timeout=1800,
                 env={**{k: v for k, v in os.environ.items() if not k.startswith("MAILHOOK_")},
                      "PYTHONPATH": str(tree)},
@@ -250,6 +258,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sessions", type=int, default=8)
     parser.add_argument("--seed", type=int, default=7000)
+    parser.add_argument("--cprofile", type=Path,
+                        help="profile the event-loop thread of one turn (no --before) into DIR/{smtp,http}.pstats")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--tree", type=Path, default=ROOT, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
@@ -275,7 +285,7 @@ def main() -> int:
             http_file(files["http-warmup"], args.warmup, seed + 3)
             order = list(trees.items()) if n % 2 == 0 else list(reversed(trees.items()))
             for name, tree in order:
-                result = turn(tree, files, args.sessions)
+                result = turn(tree, files, args.sessions, args.cprofile)
                 results[name].append(result)
                 print(f"round {n + 1} {name}: SMTP {result['smtp']['total']:.0f} µs/msg, "
                       f"HTTP {result['http']['total']:.0f} µs/req (wrapped: {', '.join(result['wrapped'])})",
