@@ -23,6 +23,11 @@ A wrapper costs ~0.5 µs per call; the total is the process's own CPU, measured
 apart. With `--before REV` the same turns run on `git archive REV` too, the two
 trees alternating within each round on the same emails; figures are medians of
 the rounds, in µs of CPU per message.
+
+`--stages` times parse, extract, derive, payload JSON, log line and metrics
+in one process instead, each over a list of new messages with
+`time.process_time` (less noisy on a shared machine than a server under load;
+the door and the store commit need the server).
 """
 
 from __future__ import annotations
@@ -203,6 +208,130 @@ def child(args: argparse.Namespace) -> int:
     return 0
 
 
+ISOLATED = ("parse", "extract", "derive", "payload JSON", "log line", "metrics")
+
+
+def stages_child(args: argparse.Namespace) -> int:
+    """Time the steps that need no server, in this process, on `--messages` new emails and documents; print JSON."""
+    sys.path.insert(0, str(args.tree))
+    import logging
+
+    from distinct import Emails
+    from notifications import Documents
+
+    import mailhook.derived as derived
+    from mailhook import logs
+    from mailhook.extract import extract
+    from mailhook.extract.mail import parse_mail
+    from mailhook.metrics import Metrics
+    from mailhook.models import Delivery, Receipt
+    from mailhook.pipeline import log_delivery
+    from mailhook.server import Counters
+    from mailhook.store.rows import rows
+    from mailhook.store.schema import EVENT_COLUMNS
+
+    number_columns = (EVENT_COLUMNS.index("from_number"), EVENT_COLUMNS.index("to_number"))
+    log_file = (args.workdir / "log.txt").open("w")
+    sys.stderr = log_file  # the log line is written to a file, as `serve` writes it to stderr
+    logs.setup("info", "text")
+    metrics, counters = Metrics(), Counters()
+    clock = time.process_time_ns
+
+    def timed(step: str, out: dict[str, float], count: int, work: Callable[[], Any]) -> Any:
+        started = clock()
+        result = work()
+        out[step] = out.get(step, 0.0) + (clock() - started) / count / 1000
+        return result
+
+    def one_pass(kind: str, emails: list[bytes], docs: list[tuple[bytes, str]]) -> dict[str, float]:
+        us: dict[str, float] = {}
+        count = len(emails)
+        if kind == "smtp":
+            timed("parse", us, count, lambda: [parse_mail(raw) for raw in emails])
+            found = timed("extract", us, count, lambda: [extract(raw, "email") for raw in emails])
+            us["extract"] -= us["parse"]
+            raws = emails
+            deliveries = [Delivery("smtp", raw, "x", envelope_from="bounce@callfire.com",
+                                   envelope_to=("ops@example.com",), remote_addr="127.0.0.1") for raw in raws]
+        else:
+            us["parse"] = 0.0
+            found = timed("extract", us, count,
+                          lambda: [extract(body, "document", content_type=ctype) for body, ctype in docs])
+            raws = [body for body, _ in docs]
+            deliveries = [Delivery("http", body, "x", kind="document", remote_addr="127.0.0.1", content_type=ctype)
+                          for body, ctype in docs]
+        made = timed("payload JSON", us, count,
+                     lambda: [rows(x, len(raw)) for x, raw in zip(found, raws, strict=True)])
+        derived.e164.cache_clear()
+
+        def derive() -> None:
+            for delivery, row in zip(deliveries, made, strict=True):
+                if delivery.kind == "email":
+                    derived.sent_at(delivery.raw)
+                for _, values, _ in row.events:
+                    for column in number_columns:
+                        derived.e164(values[column], "US")
+
+        timed("derive", us, count, derive)
+        pairs = [(d, Receipt(i, "stored", len(r.events), 0, None, r.message_id, tuple(e[0] for e in r.events)))
+                 for i, (d, r) in enumerate(zip(deliveries, made, strict=True), 1)]
+        timed("log line", us, count, lambda: [log_delivery(d, r, 0.0123, level=logging.INFO) for d, r in pairs])
+        timed("metrics", us, count, lambda: [(metrics.on_delivery(d, r, 0.0123), counters.on_delivery(d, r, 0.0123))
+                                              for d, r in pairs])
+        return us
+
+    results: dict[str, list[dict[str, float]]] = {"smtp": [], "http": []}
+    emails_made, docs_made = Emails(args.seed), Documents(args.seed + 1)
+    for n in range(args.passes + 1):  # the first is a warm-up; every pass new messages, as a server sees them
+        emails = [emails_made.message() for _ in range(args.messages)]
+        notes = [docs_made.next() for _ in range(args.messages)]
+        docs = [(note.body.encode(), "text/xml; charset=UTF-8" if note.format == "xml"
+                 else "application/json; charset=UTF-8") for note in notes]
+        for kind in ("smtp", "http"):
+            us = one_pass(kind, emails, docs)
+            if n:
+                results[kind].append(us)
+    log_file.close()
+    print(json.dumps(results), file=sys.__stdout__)
+    return 0
+
+
+def stages(args: argparse.Namespace, trees: dict[str, Path], work: Path) -> str:
+    """Run the isolated steps for every tree, alternating, `--rounds` times; return the table of medians."""
+    results: dict[str, dict[str, list[dict[str, float]]]] = {name: {"smtp": [], "http": []} for name in trees}
+    for n in range(args.rounds):
+        order = list(trees.items()) if n % 2 == 0 else list(reversed(trees.items()))
+        for name, tree in order:
+            done = subprocess.run(
+                [sys.executable, __file__, "--stages-child", "--tree", str(tree), "--workdir", str(work),
+                 "--messages", str(args.messages), "--passes", str(args.passes), "--seed", str(args.seed + 100 * n)],
+                capture_output=True, cwd=tree, timeout=1800,
+                env={**{k: v for k, v in os.environ.items() if not k.startswith("MAILHOOK_")}, "PYTHONPATH": str(tree)},
+            )
+            if done.returncode:
+                raise RuntimeError(f"stages on {tree} failed: {done.stderr.decode()[-3000:]}")
+            got = json.loads(done.stdout.decode().strip().splitlines()[-1])
+            for kind in ("smtp", "http"):
+                results[name][kind] += got[kind]
+            print(f"stages round {n + 1} {name} done", file=sys.stderr, flush=True)
+    names = list(trees)
+    head = "| step (in isolation) | " + " | ".join(f"{k.upper()} {n}" for k in ("smtp", "http") for n in names) + " |"
+    lines = [head, "|---|" + "---:|" * (2 * len(names))]
+
+    def cell(name: str, kind: str, step: str | None) -> float:
+        passes = results[name][kind]
+        if step is None:
+            return statistics.median(sum(p[s] for s in ISOLATED) for p in passes)
+        return statistics.median(p[step] for p in passes)
+
+    for step in (*ISOLATED, None):
+        label = step or "**these steps**"
+        lines.append(f"| {label} | " + " | ".join(f"{cell(n, k, step):,.1f}" for k in ("smtp", "http")
+                                                   for n in names) + " |")
+    return (f"CPU µs per message in one process, median of {args.rounds} x {args.passes} passes of "
+            f"{args.messages:,} new messages each\n" + "\n".join(lines))
+
+
 def turn(tree: Path, files: dict[str, Path], sessions: int, cprofile: Path | None = None) -> dict[str, Any]:
     """Run one child turn on `tree`; return its JSON."""
     with tempfile.TemporaryDirectory(prefix="mailhook-profile-") as work:
@@ -260,7 +389,11 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=7000)
     parser.add_argument("--cprofile", type=Path,
                         help="profile the event-loop thread of one turn (no --before) into DIR/{smtp,http}.pstats")
+    parser.add_argument("--stages", action="store_true",
+                        help="time the steps that need no server in one process (less noisy; no door, no store)")
+    parser.add_argument("--passes", type=int, default=3, help="with --stages: timed passes per round")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--stages-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--tree", type=Path, default=ROOT, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     for name in ("smtp", "http", "smtp-warmup", "http-warmup"):
@@ -268,12 +401,17 @@ def main() -> int:
     args = parser.parse_args()
     if args.child:
         return child(args)
+    if args.stages_child:
+        return stages_child(args)
     with tempfile.TemporaryDirectory(prefix="mailhook-profile-") as tmp:
         work = Path(tmp)
         trees = {"after": ROOT}
         if args.before:
             (work / "before").mkdir()
             trees = {"before": export(args.before, work / "before"), "after": ROOT}
+        if args.stages:
+            print(stages(args, trees, work))
+            return 0
         results: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
         for n in range(args.rounds):
             seed = args.seed + 10 * n
