@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import itertools
 import json
 import os
 import statistics
@@ -44,7 +45,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -211,6 +212,106 @@ def child(args: argparse.Namespace) -> int:
 ISOLATED = ("parse", "extract", "derive", "payload JSON", "log line", "metrics")
 
 
+def _in_starmap(work: Callable[[], Any]) -> Any:
+    return next(itertools.starmap(work, [()]))
+
+
+def _in_takewhile(work: Callable[[], Any]) -> Any:
+    out: list[Any] = []
+    for _ in itertools.takewhile(lambda _: out.append(work()) or False, (0,)):
+        pass
+    return out[0]
+
+
+def _in_dropwhile(work: Callable[[], Any]) -> Any:
+    out: list[Any] = []
+    for _ in itertools.dropwhile(lambda _: out.append(work()) or True, (0,)):
+        pass
+    return out[0]
+
+
+def _in_filterfalse(work: Callable[[], Any]) -> Any:
+    out: list[Any] = []
+    for _ in itertools.filterfalse(lambda _: out.append(work()) or True, (0,)):
+        pass
+    return out[0]
+
+
+def _in_groupby(work: Callable[[], Any]) -> Any:
+    out: list[Any] = []
+    for _ in itertools.groupby((0,), key=lambda _: out.append(work())):
+        pass
+    return out[0]
+
+
+def _in_pairwise(work: Callable[[], Any]) -> Any:
+    out: list[Any] = []
+
+    def items() -> Iterator[int]:
+        yield 0
+        out.append(work())
+        yield 1
+
+    for _ in itertools.pairwise(items()):
+        pass
+    return out[0]
+
+
+# Each step runs inside its own C function of itertools, which nothing on the measured path uses, so
+# that `valgrind --tool=callgrind` gives the step's instructions as that function's inclusive cost.
+MARKERS: dict[str, Callable[[Callable[[], Any]], Any]] = {
+    "parse": _in_starmap, "extract": _in_takewhile, "derive": _in_dropwhile, "payload JSON": _in_filterfalse,
+    "log line": _in_groupby, "metrics": _in_pairwise,
+}
+MARKER_FUNCTIONS = {"parse": "starmap_next", "extract": "takewhile_next", "derive": "dropwhile_next",
+                    "payload JSON": "filterfalse_next", "log line": "groupby_next", "metrics": "pairwise_next"}
+
+
+def callgrind(args: argparse.Namespace, trees: dict[str, Path], work: Path) -> str:
+    """Count each isolated step's instructions per message under callgrind (deterministic); return the table."""
+    counts: dict[str, dict[str, dict[str, float]]] = {name: {} for name in trees}
+    for name, tree in trees.items():
+        for kind in ("smtp", "http"):
+            out = work / f"callgrind.{name}.{kind}"
+            done = subprocess.run(
+                ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, __file__,
+                 "--stages-child", "--tree", str(tree), "--workdir", str(work), "--messages", str(args.messages),
+                 "--passes", "1", "--seed", str(args.seed), "--kinds", kind],
+                capture_output=True, cwd=tree, timeout=3600,
+                env={**{k: v for k, v in os.environ.items() if not k.startswith("MAILHOOK_")},
+                     "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"},
+            )
+            if done.returncode:
+                raise RuntimeError(f"callgrind on {tree} failed: {done.stderr.decode()[-3000:]}")
+            annotated = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100", str(out)],
+                                       capture_output=True, text=True, check=True).stdout
+            found: dict[str, float] = {}
+            for step, function in MARKER_FUNCTIONS.items():
+                for line in annotated.splitlines():
+                    if line.rstrip().endswith("]") and f":{function} [" in line:
+                        found[step] = int(line.split()[0].replace(",", "")) / args.messages
+                        break
+                else:
+                    found[step] = 0.0
+            if kind == "smtp":
+                found["extract"] -= found["parse"]  # extract() parses the email again
+            counts[name][kind] = found
+            print(f"callgrind {name} {kind} done", file=sys.stderr, flush=True)
+    names = list(trees)
+    lines = ["| step (instructions per message) | " + " | ".join(f"{k.upper()} {n}" for k in ("smtp", "http")
+                                                              for n in names) + " |",
+             "|---|" + "---:|" * (2 * len(names))]
+    for step in (*ISOLATED, None):
+        cells = []
+        for kind in ("smtp", "http"):
+            for name in names:
+                value = counts[name][kind].get(step, 0.0) if step else sum(counts[name][kind].values())
+                cells.append(f"{value / 1000:,.0f} k")
+        lines.append(f"| {step or '**these steps**'} | " + " | ".join(cells) + " |")
+    return (f"Instructions per message (valgrind --tool=callgrind), {args.messages:,} new messages after as many "
+            "for warm-up\n" + "\n".join(lines))
+
+
 def stages_child(args: argparse.Namespace) -> int:
     """Time the steps that need no server, in this process, on `--messages` new emails and documents; print JSON."""
     sys.path.insert(0, str(args.tree))
@@ -237,9 +338,11 @@ def stages_child(args: argparse.Namespace) -> int:
     metrics, counters = Metrics(), Counters()
     clock = time.process_time_ns
 
+    marked = [False]
+
     def timed(step: str, out: dict[str, float], count: int, work: Callable[[], Any]) -> Any:
         started = clock()
-        result = work()
+        result = MARKERS[step](work) if marked[0] else work()
         out[step] = out.get(step, 0.0) + (clock() - started) / count / 1000
         return result
 
@@ -287,7 +390,8 @@ def stages_child(args: argparse.Namespace) -> int:
         notes = [docs_made.next() for _ in range(args.messages)]
         docs = [(note.body.encode(), "text/xml; charset=UTF-8" if note.format == "xml"
                  else "application/json; charset=UTF-8") for note in notes]
-        for kind in ("smtp", "http"):
+        marked[0] = n > 0
+        for kind in args.kinds.split(","):
             us = one_pass(kind, emails, docs)
             if n:
                 results[kind].append(us)
@@ -392,6 +496,9 @@ def main() -> int:
     parser.add_argument("--stages", action="store_true",
                         help="time the steps that need no server in one process (less noisy; no door, no store)")
     parser.add_argument("--passes", type=int, default=3, help="with --stages: timed passes per round")
+    parser.add_argument("--callgrind", action="store_true",
+                        help="count the --stages steps' instructions under valgrind instead (deterministic, slow)")
+    parser.add_argument("--kinds", default="smtp,http", help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--stages-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--tree", type=Path, default=ROOT, help=argparse.SUPPRESS)
@@ -409,6 +516,9 @@ def main() -> int:
         if args.before:
             (work / "before").mkdir()
             trees = {"before": export(args.before, work / "before"), "after": ROOT}
+        if args.callgrind:
+            print(callgrind(args, trees, work))
+            return 0
         if args.stages:
             print(stages(args, trees, work))
             return 0
