@@ -58,7 +58,12 @@ def sent_at(raw: bytes | None) -> str | None:
     if not raw:
         return None
     end = _header_end(raw, 1 << 20)
-    found = _DATE.search(raw, 0, end if end >= 0 else min(len(raw), 1 << 16))
+    limit = end if end >= 0 else min(len(raw), 1 << 16)
+    # The first line starting "Date:" in any case, found in the lowered block (bytes.lower is ASCII-only,
+    # as the pattern's IGNORECASE is): the pattern is then tried there alone, not at every position.
+    head = raw[:limit].lower()
+    at = 0 if head.startswith(b"date:") else head.find(b"\ndate:") + 1
+    found = _DATE.match(raw, at, limit) if at or head.startswith(b"date:") else None
     if found is None:
         return None
     text = " ".join(found.group(1).decode("ascii", "replace").split())

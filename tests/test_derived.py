@@ -116,5 +116,8 @@ def test_common_dates_read_without_the_library_as_the_library_reads_them() -> No
         for raw in (f"From: a\r\nDate: {date}\r\n\r\nbody".encode(), f"Date:{date}\n\n".encode()):
             assert sent_at(raw) == _library_sent_at(raw), raw
     for raw in (b"Date: Fri, 27 Nov 2026 10:00:00 +0000", b"X: 1\n\r\nDate: Fri, 27 Nov 2026 10:00:00 +0000\n\n",
-                b"Date: Fri, 27 Nov 2026 10:00:00 +0000\r\r\n\r\n", b"\n\nDate: Fri, 27 Nov 2026 10:00:00 +0000"):
+                b"Date: Fri, 27 Nov 2026 10:00:00 +0000\r\r\n\r\n", b"\n\nDate: Fri, 27 Nov 2026 10:00:00 +0000",
+                b"X-Date: Fri, 27 Nov 2026 10:00:00 +0000\nDATE: Sat, 28 Nov 2026 10:00:00 +0100\n\n",
+                b"X-Date: Fri, 27 Nov 2026 10:00:00 +0000\n\nDate: Sat, 28 Nov 2026 10:00:00 +0100\n",
+                b"date:Sat, 28 Nov 2026 10:00:00 +0100\nDate: Fri, 27 Nov 2026 10:00:00 +0000\n\n"):
         assert sent_at(raw) == _library_sent_at(raw), raw
