@@ -299,3 +299,28 @@ def test_a_batch_settles_figures_around_an_item_that_fails(tmp_path: Path, monke
         store.close()
     assert [n for n, r in enumerate(results) if isinstance(r, Exception)] == [5]
     assert maintained(path) == full_scan(path)
+
+
+def test_a_version_4_database_upgraded_to_5_keeps_exact_figures_row_by_row_and_per_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mailhook.store import connection
+    from mailhook.store.schema import MIGRATIONS
+    from mailhook.store.write import DEFER_FIGURES_AT
+
+    items = documents()
+    path = tmp_path / "m.db"
+    with monkeypatch.context() as patch:
+        patch.setattr(connection, "MIGRATIONS", MIGRATIONS[:4])
+        store_documents(path, items[:5], batch=3)
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (4,)
+    store_documents(path, items[5:8], batch=1)  # upgraded on open; row by row
+    assert len(items[8:]) >= DEFER_FIGURES_AT
+    store_documents(path, items[8:], batch=len(items))  # one batch that settles its figures at its end
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (5,)
+        triggers = dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'").fetchall())
+    assert "figures_deferred" in triggers["events_figures_insert"]
+    assert "figures_deferred" in triggers["attempts_figures_insert"]
+    assert maintained(path) == full_scan(path)
