@@ -294,10 +294,17 @@ def test_a_batch_settles_figures_around_an_item_that_fails(tmp_path: Path, monke
                 found = found._replace(events=((kind, (*values[:-1], 2**70), attempts),))
             work.append((Delivery(channel="file", raw=raw, received_at="2026-01-01T00:00:00Z", kind="document",
                                   source=f"doc{n}"), found))
+        executed: list[str] = []
+        store.conn.set_trace_callback(executed.append)
         results = store.write(work)
+        store.conn.set_trace_callback(None)
     finally:
         store.close()
     assert [n for n, r in enumerate(results) if isinstance(r, Exception)] == [5]
+    # The batch deferred its figures and settled them before its commit.
+    settled = [n for n, sql in enumerate(executed) if sql.startswith(("INSERT INTO figures_deferred",
+                                                                      "DELETE FROM figures_deferred", "COMMIT"))]
+    assert [executed[n].split()[0] for n in settled] == ["INSERT", "DELETE", "COMMIT"]
     assert maintained(path) == full_scan(path)
 
 
