@@ -1,6 +1,6 @@
 """Backfill: `mailhook ingest` of an mbox of distinct notifications, beside mbox-to-sqlite on the same mbox.
 
-    python bench/backfill.py [--count 20000] [--repeats 3] [--workdir /tmp/mailhook-bench]
+    python bench/backfill.py [--count 20000] [--repeats 3] [--workdir /tmp/mailhook-bench] [--baseline OLD_CHECKOUT]
 
 The mbox is generated once by bench/distinct.py (every email its own
 Message-ID and notification ids, all shapes, ~2.2 KB) and reused. Each round
@@ -42,6 +42,7 @@ class Loader:
     name: str
     command: list[str]  # "{db}" and "{mbox}" are replaced
     mailhook: bool = False
+    root: Path = ROOT  # the checkout of mailhook it runs (--baseline: another one, e.g. main)
     runs: list[tuple[float, float, float, float]] = field(default_factory=list)  # rate, cpu ms, group MB, max MB
 
 
@@ -61,11 +62,11 @@ def run_once(loader: Loader, mbox: Path, count: int, workdir: Path) -> tuple[flo
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILHOOK_")}
-    env.update(MAILHOOK_CONFIG="", PYTHONPATH=str(ROOT), MAILHOOK_ALLOW_ROOT="1")  # benchmarks may run as root
+    env.update(MAILHOOK_CONFIG="", PYTHONPATH=str(loader.root), MAILHOOK_ALLOW_ROOT="1")  # benchmarks may run as root
     command = [part.replace("{db}", str(db)).replace("{mbox}", str(mbox)) for part in loader.command]
     with (workdir / "backfill.log").open("ab") as log:
         started = time.perf_counter()
-        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log, start_new_session=True)
+        proc = subprocess.Popen(command, cwd=loader.root, env=env, stdout=log, stderr=log, start_new_session=True)
         rss = PeakRss(proc.pid, interval=0.05)
         _, status, usage = os.wait4(proc.pid, 0)
         elapsed = time.perf_counter() - started
@@ -88,12 +89,14 @@ def check_stored(db: Path, count: int) -> None:
         raise SystemExit(f"mailhook ingest stored {stored} deliveries with events, expected {count}")
 
 
-def bench(count: int, repeats: int, workdir: Path) -> Table:
+def bench(count: int, repeats: int, workdir: Path, baselines: tuple[Path, ...] = ()) -> Table:
     workdir.mkdir(parents=True, exist_ok=True)
     mbox = ensure_mbox(workdir, count)
     size = mbox.stat().st_size
     loaders = [Loader("mailhook ingest", [sys.executable, "-m", "mailhook", "ingest", "--db", "{db}", "--quiet",
                                           "{mbox}"], mailhook=True)]
+    for root in baselines:
+        loaders.append(Loader(f"mailhook ingest ({root.name})", loaders[0].command, mailhook=True, root=root))
     found = peers.mbox_to_sqlite()
     if found:
         path, version = found
@@ -110,7 +113,7 @@ def bench(count: int, repeats: int, workdir: Path) -> Table:
         rate, cpu, group, largest = (statistics.median(r[i] for r in loader.runs) for i in range(4))
         note = f"CPU {cpu:.2f} ms/msg, peak RSS {group:.0f} MB (group; largest process {largest:.0f} MB)"
         if loader.mailhook:
-            for peer in loaders[1:]:
+            for peer in [other for other in loaders if not other.mailhook]:
                 ratios = [a[0] / b[0] for a, b in zip(loader.runs, peer.runs, strict=True)]
                 spread = f" ({min(ratios):.2f}-{max(ratios):.2f})" if len(ratios) > 1 else ""
                 note += f"; {statistics.median(ratios):.2f}x{spread} {peer.name}"
@@ -123,9 +126,11 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mailhook-bench"))
+    parser.add_argument("--baseline", type=Path, action="append", default=[],
+                        help="another checkout of mailhook to run beside this one (e.g. a worktree of main)")
     args = parser.parse_args()
     print(machine())
-    print(bench(args.count, args.repeats, args.workdir).render())
+    print(bench(args.count, args.repeats, args.workdir, tuple(p.resolve() for p in args.baseline)).render())
     return 0
 
 

@@ -186,21 +186,21 @@ def median(values: Sequence[float]) -> float:
 
 def mailhook_serve(db: Path, *, smtp_port: int | None, http_port: int | None,
                    extra: Sequence[str] = (), log: Path | None = None,
-                   new_session: bool = False) -> subprocess.Popen[bytes]:
+                   new_session: bool = False, root: Path = ROOT) -> subprocess.Popen[bytes]:
     """Start `python -m mailhook serve` on the given ports (None turns a door off) and wait for it.
 
-    With `new_session` it leads its own process group (for PeakRss).
+    With `new_session` it leads its own process group (for PeakRss); `root` is the checkout it runs.
     """
     smtp = f"{HOST}:{smtp_port}" if smtp_port else ""
     http = f"{HOST}:{http_port}" if http_port else ""
-    env = {**os.environ, "MAILHOOK_CONFIG": "", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "MAILHOOK_CONFIG": "", "PYTHONPATH": str(root)}
     env = {k: v for k, v in env.items() if not k.startswith("MAILHOOK_") or k == "MAILHOOK_CONFIG"}
     env["MAILHOOK_ALLOW_ROOT"] = "1"  # benchmarks may run as root
     out = log.open("ab") if log else subprocess.DEVNULL
     proc = subprocess.Popen(
         [sys.executable, "-m", "mailhook", "serve", "--db", str(db), "--smtp-listen", smtp,
          "--http-listen", http, *extra],
-        cwd=ROOT, env=env, stdout=out, stderr=out, start_new_session=new_session,
+        cwd=root, env=env, stdout=out, stderr=out, start_new_session=new_session,
     )
     for port in (smtp_port, http_port):
         if port:

@@ -1,6 +1,7 @@
 """SMTP ingest of distinct notifications: mailhook beside no-op, durable no-op, MailDev and smtp-sink servers.
 
     python bench/smtp.py [--messages 2000] [--repeats 3] [--sessions 8] [--source-messages 2000]
+                         [--baseline OLD_CHECKOUT] [--mailhook-only]
 
 **Distinct** (the measurement): every round, bench/distinct.py writes
 `--messages` distinct notification emails (each its own Message-ID and
@@ -120,8 +121,12 @@ def source_table(results: dict[str, list[tuple[float, float]]], messages: int, r
     return table
 
 
-def start_servers(tmp: Path) -> list[Contender]:
-    """Start every server of the comparison, each in its own process group, and wait until each listens."""
+def start_servers(tmp: Path, baselines: tuple[Path, ...] = (), mailhook_only: bool = False) -> list[Contender]:
+    """Start every server of the comparison, each in its own process group, and wait until each listens.
+
+    Each of `baselines` (another checkout, e.g. a worktree of main) runs as one more mailhook in the
+    default mode; `mailhook_only` leaves out `received` mode and the peers.
+    """
     py = sys.executable
     contenders: list[Contender] = []
 
@@ -132,6 +137,13 @@ def start_servers(tmp: Path) -> list[Contender]:
     port = free_port()
     add(MAILHOOK, mailhook_serve(tmp / "mailhook.db", smtp_port=port, http_port=None, log=tmp / "mailhook.log",
                                  new_session=True), port, mailhook=True)
+    for root in baselines:
+        port = free_port()
+        add(f"{MAILHOOK} ({root.name})", mailhook_serve(tmp / f"{root.name}.db", smtp_port=port, http_port=None,
+                                                       log=tmp / f"{root.name}.log", new_session=True, root=root),
+            port, mailhook=True)
+    if mailhook_only:
+        return contenders
     port = free_port()
     received_db = tmp / "received.db"
     add(RECEIVED, mailhook_serve(received_db, smtp_port=port, http_port=None, log=tmp / "received.log",
@@ -158,7 +170,8 @@ def start_servers(tmp: Path) -> list[Contender]:
 
 
 def bench(messages: int, repeats: int, workdir: Path, sessions: int = SESSIONS,
-          source_messages: int = 2000, warmup: int = 200) -> list[Table]:
+          source_messages: int = 2000, warmup: int = 200, baselines: tuple[Path, ...] = (),
+          mailhook_only: bool = False) -> list[Table]:
     if source_messages and not Path(SMTP_SOURCE).exists():
         peers.skip("smtp-source", "apt-get install -y postfix")
         source_messages = 0
@@ -167,7 +180,7 @@ def bench(messages: int, repeats: int, workdir: Path, sessions: int = SESSIONS,
     contenders: list[Contender] = []
     source: dict[str, list[tuple[float, float]]] = {}
     try:
-        contenders = start_servers(tmp)
+        contenders = start_servers(tmp, baselines, mailhook_only)
         gen = Generator(seed=7)
         if warmup:
             # One untimed turn each, so no round 1 pays for imports, JIT, caches or a new database.
@@ -231,9 +244,13 @@ def main() -> int:
                         help="messages per smtp-source turn (0: skip the smtp-source comparison)")
     parser.add_argument("--warmup", type=int, default=200, help="untimed distinct messages per server first")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mailhook-bench"))
+    parser.add_argument("--baseline", type=Path, action="append", default=[],
+                        help="another checkout of mailhook to run beside this one, default mode (e.g. main)")
+    parser.add_argument("--mailhook-only", action="store_true", help="no received mode, no peers")
     args = parser.parse_args()
     print(machine())
-    tables = bench(args.messages, args.repeats, args.workdir, args.sessions, args.source_messages, args.warmup)
+    tables = bench(args.messages, args.repeats, args.workdir, args.sessions, args.source_messages, args.warmup,
+                   tuple(p.resolve() for p in args.baseline), args.mailhook_only)
     print("\n\n".join(t.render() for t in tables))
     return 0
 

@@ -246,3 +246,88 @@ def test_stats_from_kept_totals_and_replies_equal_a_full_scan(
         db.close()
     assert kept.totals == scanned.totals and kept.by_type == scanned.by_type and kept.days == scanned.days
     assert kept.campaigns == scanned.campaigns  # credits here are whole numbers: exact in any order
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_figures_settled_at_the_end_of_large_batches_equal_a_full_scan(
+    tmp_path: Path, seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import random
+
+    from mailhook.store import write
+
+    items = documents()
+    random.Random(seed).shuffle(items)
+    row_by_row = tmp_path / "rows.db"
+    store_documents(row_by_row, items, batch=1)
+    # Batches of 2 and more settle their figures at their end, after some counted row by row.
+    monkeypatch.setattr(write, "DEFER_FIGURES_AT", 2)
+    path = tmp_path / "m.db"
+    store_documents(path, items[:seed * 3], batch=1)
+    store_documents(path, items[seed * 3:], batch=2 + seed * 4)
+    kept = maintained(path)
+    assert kept == full_scan(path) == maintained(row_by_row)
+    assert {row[0] for row in kept[0]} == {900001, 900002, 900003}
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT count(*) FROM figures_deferred").fetchone() == (0,)
+        assert conn.execute("SELECT id, sent, replies, replied_texts, tries, duration, transfer_duration"
+                            " FROM campaigns ORDER BY id").fetchall() == [
+            (900001, 0, 0, 0, 12, 351, 301), (900002, 3, 3, 2, 5, 0, 0), (900003, 1, 1, 1, 1, 0, 0)]
+
+
+def test_a_batch_settles_figures_around_an_item_that_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mailhook.extract import extract
+    from mailhook.models import Delivery
+    from mailhook.store import write
+    from mailhook.store.rows import rows
+
+    monkeypatch.setattr(write, "DEFER_FIGURES_AT", 2)
+    items = documents()
+    path = tmp_path / "m.db"
+    store = write.Store(path)
+    try:
+        work: list[Any] = []
+        for n, raw in enumerate(items):
+            found = rows(extract(raw, "document", {}))
+            if n == 5:  # a value SQLite cannot store fails this item alone, rolled back to its savepoint
+                kind, values, attempts = found.events[0]
+                found = found._replace(events=((kind, (*values[:-1], 2**70), attempts),))
+            work.append((Delivery(channel="file", raw=raw, received_at="2026-01-01T00:00:00Z", kind="document",
+                                  source=f"doc{n}"), found))
+        executed: list[str] = []
+        store.conn.set_trace_callback(executed.append)
+        results = store.write(work)
+        store.conn.set_trace_callback(None)
+    finally:
+        store.close()
+    assert [n for n, r in enumerate(results) if isinstance(r, Exception)] == [5]
+    # The batch deferred its figures and settled them before its commit.
+    settled = [n for n, sql in enumerate(executed) if sql.startswith(("INSERT INTO figures_deferred",
+                                                                      "DELETE FROM figures_deferred", "COMMIT"))]
+    assert [executed[n].split()[0] for n in settled] == ["INSERT", "DELETE", "COMMIT"]
+    assert maintained(path) == full_scan(path)
+
+
+def test_a_version_4_database_upgraded_to_5_keeps_exact_figures_row_by_row_and_per_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mailhook.store import connection
+    from mailhook.store.schema import MIGRATIONS
+    from mailhook.store.write import DEFER_FIGURES_AT
+
+    items = documents()
+    path = tmp_path / "m.db"
+    with monkeypatch.context() as patch:
+        patch.setattr(connection, "MIGRATIONS", MIGRATIONS[:4])
+        store_documents(path, items[:5], batch=3)
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (4,)
+    store_documents(path, items[5:8], batch=1)  # upgraded on open; row by row
+    assert len(items[8:]) >= DEFER_FIGURES_AT
+    store_documents(path, items[8:], batch=len(items))  # one batch that settles its figures at its end
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (5,)
+        triggers = dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'").fetchall())
+    assert "figures_deferred" in triggers["events_figures_insert"]
+    assert "figures_deferred" in triggers["attempts_figures_insert"]
+    assert maintained(path) == full_scan(path)

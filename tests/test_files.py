@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import sqlite3
 import subprocess
 import sys
@@ -205,7 +206,7 @@ def test_a_backfill_off_a_terminal_prints_one_summary_line_and_no_line_per_deliv
     assert result.returncode == 0, result.stderr
     lines = result.stderr.decode().splitlines()
     # The database is new: one brief line says so; then the summary, nothing per delivery.
-    assert lines == ["INFO mailhook.store: database created (schema version 4)",
+    assert lines == ["INFO mailhook.store: database created (schema version 5)",
                      "mailhook: 1 stored, 29 duplicates, 0 quarantined, 1 events"]
 
 
@@ -266,3 +267,121 @@ def test_ingest_on_a_terminal_draws_a_progress_bar_then_the_summary(tmp_path: Pa
     assert "] " in text and "%" in text and "messages (" in text  # the bar
     assert text.rstrip().endswith("mailhook: 1 stored, 299 duplicates, 0 quarantined, 1 events")
     assert "delivery channel=" not in text
+
+
+def distinct_mbox(path: Path, count: int, repeats: int = 0) -> Path:
+    """Write `count` distinct notification emails of every shape (bench/distinct.py), then `repeats` of them again."""
+    sys.path.insert(0, str(FIXTURES.parent / "bench"))
+    try:
+        import distinct
+    finally:
+        sys.path.remove(str(FIXTURES.parent / "bench"))
+    emails = distinct.Emails(15)
+    messages = [emails.message() for _ in range(count)]
+    with path.open("wb") as fh:
+        for raw in messages + messages[:repeats]:
+            fh.write(distinct.mbox_chunk(raw))
+    return path
+
+
+def ingest_with(db: Path, mbox: Path, workers: int) -> None:
+    code = ("import os, sys; from mailhook.config.load import load; from mailhook.files import ingest_paths;"
+            f"sys.exit(ingest_paths([{str(mbox)!r}], load({{}}, os.environ), os.environ, quiet=True, stdin=None,"
+            f" interactive=False, workers={workers}))")
+    env = {**os.environ, **ALLOW_ROOT, "MAILHOOK_CONFIG": "", "MAILHOOK_DB": str(db)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=300, check=False, env=env)
+    assert result.returncode == 0, result.stderr
+
+
+def figures_and_full_scan(db: Path) -> tuple[list[object], list[object]]:
+    """Return the figures as the writer kept them and as a full scan computes them (rolled back)."""
+    from mailhook.store.connection import statements
+    from mailhook.store.figures import FULL_SCAN
+
+    def snapshot(conn: sqlite3.Connection) -> list[object]:
+        return [[tuple(round(v, 6) if isinstance(v, float) else v for v in row)
+                 for row in conn.execute(sql).fetchall()]
+                for sql in ("SELECT * FROM campaigns ORDER BY id", "SELECT * FROM event_totals ORDER BY 1, 2, 3, 4",
+                            "SELECT id, reply_to FROM events ORDER BY id")]
+
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        kept = snapshot(conn)
+        conn.execute("BEGIN")
+        for statement in statements(FULL_SCAN):
+            conn.execute(statement)
+        scanned = snapshot(conn)
+        conn.execute("ROLLBACK")
+    finally:
+        conn.close()
+    return kept, scanned
+
+
+def contents(db: Path) -> list[list[tuple[object, ...]]]:
+    """Return every stored row but the time of storing (an event without a time of its own takes it)."""
+    with sqlite3.connect(db) as conn:
+        tables = [conn.execute(
+            "SELECT id, channel, status, error, message_id, envelope_from, subject, size, sha256, raw, notes, source,"
+            " event_count, duplicate_count, sent_at FROM deliveries ORDER BY id").fetchall()]
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(events)") if row[1] != "received_at"]
+        tables.append(conn.execute(
+            f"SELECT {', '.join(columns)}, event_time = received_at FROM events ORDER BY id").fetchall())
+        tables.append(conn.execute("SELECT * FROM attempts ORDER BY id").fetchall())
+        tables.append(conn.execute("SELECT * FROM campaigns ORDER BY id").fetchall())
+        tables.append(conn.execute("SELECT rowid, message FROM events_fts ORDER BY rowid").fetchall())
+    return [[tuple("(now)" if isinstance(v, str) and v.startswith("20") and len(v) == 24 else v for v in row)
+             for row in rows] for rows in tables]
+
+
+def test_a_backfill_in_two_worker_processes_stores_exactly_what_one_process_stores(tmp_path: Path) -> None:
+    # About 450 KB: extracted in parallel (the threshold was 1 MiB), with duplicates across chunks.
+    mbox = distinct_mbox(tmp_path / "in.mbox", 200, repeats=40)
+    one, two = tmp_path / "one.db", tmp_path / "two.db"
+    ingest_with(one, mbox, workers=1)
+    ingest_with(two, mbox, workers=2)
+    stored = contents(one)
+    assert len(stored[0]) == 240 and len(stored[1]) >= 200
+    assert contents(two) == stored
+    for db in (one, two):
+        kept, scanned = figures_and_full_scan(db)
+        assert kept == scanned
+
+
+def test_kill_9_in_the_middle_of_a_backfill_leaves_figures_equal_to_a_full_scan(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    mbox = distinct_mbox(tmp_path / "in.mbox", 3000)
+    db = tmp_path / "m.db"
+    env = {**os.environ, **ALLOW_ROOT, "MAILHOOK_CONFIG": "", "MAILHOOK_DB": str(db)}
+    proc = subprocess.Popen([sys.executable, "-m", "mailhook", "ingest", "-q", str(mbox)], env=env,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        stored = 0
+        while stored < 600 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+            try:
+                with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+                    stored = conn.execute("SELECT count(*) FROM deliveries").fetchone()[0]
+            except sqlite3.Error:
+                continue
+        assert proc.poll() is None, "the backfill ended before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)  # the ingest and its extraction workers, mid-batch
+    finally:
+        proc.wait(timeout=60)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert conn.execute("SELECT count(*) FROM figures_deferred").fetchone() == (0,)
+        assert 600 <= conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] < 3000
+    kept, scanned = figures_and_full_scan(db)
+    assert kept == scanned
+    # Run again, it stores the rest; the figures stay exact.
+    result = subprocess.run([sys.executable, "-m", "mailhook", "ingest", "-q", str(mbox)], env=env,
+                            capture_output=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(DISTINCT message_id) FROM deliveries WHERE status = 'stored'"
+                            " AND event_count > 0").fetchone() == (3000,)
+    kept, scanned = figures_and_full_scan(db)
+    assert kept == scanned

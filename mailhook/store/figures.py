@@ -137,8 +137,7 @@ def _counters(sign: str, e: str) -> str:
 _NEW_KEY = campaign_key("new")
 _OLD_KEY = campaign_key("old")
 
-TRIGGERS = f"""
-CREATE TRIGGER IF NOT EXISTS events_figures_insert AFTER INSERT ON events BEGIN
+_EVENT_INSERTED = f"""
     INSERT INTO event_totals (day, campaign_id, event_type, final_result, events, duration, transfer_duration,
                               billed_amount)
     VALUES (substr(new.event_time, 1, 10), {_NEW_KEY}, new.event_type, new.final_result, 1,
@@ -163,7 +162,18 @@ CREATE TRIGGER IF NOT EXISTS events_figures_insert AFTER INSERT ON events BEGIN
       AND substr(event_time, 1, 19) <= strftime('%Y-%m-%dT%H:%M:%S', new.event_time, '+{REPLY_WINDOW_DAYS} days')
       AND (reply_to IS NULL OR (SELECT (substr(t.event_time, 1, 19), t.id) < (substr(new.event_time, 1, 19), new.id)
                                 FROM events AS t WHERE t.id = events.reply_to));
-END;
+"""
+
+_ATTEMPT_INSERTED = f"""
+    UPDATE event_totals SET tries = tries + 1
+    WHERE rowid = (SELECT t.rowid FROM events AS e JOIN event_totals AS t ON {_bucket_of('e')}
+                   WHERE e.id = new.event_id);
+    UPDATE campaigns SET tries = tries + 1
+    WHERE id = (SELECT {campaign_key('e')} FROM events AS e WHERE e.id = new.event_id);
+"""
+
+TRIGGERS = f"""
+CREATE TRIGGER IF NOT EXISTS events_figures_insert AFTER INSERT ON events BEGIN{_EVENT_INSERTED}END;
 
 CREATE TRIGGER IF NOT EXISTS events_figures_before_delete BEFORE DELETE ON events BEGIN
     -- Its attempts go first, while the event is still there to say which figures their tries were in.
@@ -205,13 +215,7 @@ WHEN old.reply_to IS NOT new.reply_to BEGIN
 END;
 
 CREATE TRIGGER IF NOT EXISTS attempts_figures_insert AFTER INSERT ON attempts
-WHEN new.result IS NOT 'XFER_LEG' BEGIN
-    UPDATE event_totals SET tries = tries + 1
-    WHERE rowid = (SELECT t.rowid FROM events AS e JOIN event_totals AS t ON {_bucket_of('e')}
-                   WHERE e.id = new.event_id);
-    UPDATE campaigns SET tries = tries + 1
-    WHERE id = (SELECT {campaign_key('e')} FROM events AS e WHERE e.id = new.event_id);
-END;
+WHEN new.result IS NOT 'XFER_LEG' BEGIN{_ATTEMPT_INSERTED}END;
 
 CREATE TRIGGER IF NOT EXISTS attempts_figures_delete AFTER DELETE ON attempts
 WHEN old.result IS NOT 'XFER_LEG' BEGIN
@@ -247,4 +251,78 @@ UPDATE campaigns SET
                WHERE o.broadcast_id = campaigns.id),
     replied_texts = (SELECT count(DISTINCT r.reply_to) FROM events AS r JOIN events AS o ON o.id = r.reply_to
                      WHERE o.broadcast_id = campaigns.id);
+"""
+
+# Schema 5's insert trigger: the same work with one statement less per event, the campaign's row
+# created and counted in one upsert instead of an upsert and an UPDATE.
+_LEAN_EVENT_INSERTED = _EVENT_INSERTED.replace(
+    f"""    INSERT INTO campaigns (id, first_seen, last_seen) SELECT {_NEW_KEY}, new.event_time, new.event_time
+        WHERE {_NEW_KEY} IS NOT NULL
+    ON CONFLICT (id) DO UPDATE SET first_seen = min(first_seen, excluded.first_seen),
+                                   last_seen = max(last_seen, excluded.last_seen);
+    UPDATE campaigns SET {_counters('+', 'new')} WHERE id = {_NEW_KEY};
+""", f"""    INSERT INTO campaigns (id, first_seen, last_seen, {', '.join(c for c, _ in COUNTERS)})
+    SELECT {_NEW_KEY}, new.event_time, new.event_time, {', '.join(adds.format(e='new') for _, adds in COUNTERS)}
+    WHERE {_NEW_KEY} IS NOT NULL
+    ON CONFLICT (id) DO UPDATE SET first_seen = min(first_seen, excluded.first_seen),
+        last_seen = max(last_seen, excluded.last_seen), {', '.join(f"{c} = {c} + excluded.{c}" for c, _ in COUNTERS)};
+""")
+assert _LEAN_EVENT_INSERTED != _EVENT_INSERTED
+
+# Schema 5: a writer storing a large batch may defer the two insert triggers' work to one
+# set-based pass at the end of its transaction (`SETTLE`). While the one row of
+# `figures_deferred` exists the triggers do nothing; the row is inserted and deleted inside
+# that same write transaction, so no other connection ever sees it, and a crash before the
+# commit rolls back the rows and the deferral together.
+DEFERRAL = f"""
+CREATE TABLE IF NOT EXISTS figures_deferred (
+    since INTEGER NOT NULL  -- the figures of events with a larger id are not counted yet
+);
+DROP TRIGGER IF EXISTS events_figures_insert;
+CREATE TRIGGER events_figures_insert AFTER INSERT ON events
+WHEN NOT EXISTS (SELECT 1 FROM figures_deferred) BEGIN{_LEAN_EVENT_INSERTED}END;
+DROP TRIGGER IF EXISTS attempts_figures_insert;
+CREATE TRIGGER attempts_figures_insert AFTER INSERT ON attempts
+WHEN new.result IS NOT 'XFER_LEG' AND NOT EXISTS (SELECT 1 FROM figures_deferred) BEGIN{_ATTEMPT_INSERTED}END;
+"""
+
+_NEW = "e.id > (SELECT since FROM figures_deferred)"
+
+# What the deferred triggers would have done for every event with an id above `since`, in one
+# pass per table: counters first (creating the campaigns rows the reply counts update), then
+# names, then the replies, recomputed as FULL_SCAN defines them (the `events_reply_to` trigger
+# counts each change), for the new inbound texts and for older ones a new outbound text may take.
+# `+event_type` and CROSS JOIN: the new events are found by their ids, not among every event of their type;
+# `+r.to_e164`: a reply is found by its sender, not among everything sent to a short code.
+SETTLE = f"""
+INSERT INTO event_totals (day, campaign_id, event_type, final_result, events, tries, duration, transfer_duration,
+                          billed_amount)
+SELECT substr(e.event_time, 1, 10), {campaign_key('e')}, e.event_type, e.final_result, count(*),
+       sum((SELECT count(*) FROM attempts AS a WHERE a.event_id = e.id AND {_TRY})),
+       sum(ifnull(e.duration, 0)), sum(ifnull(e.transfer_duration, 0)), sum(ifnull(e.billed_amount, 0))
+FROM events AS e WHERE {_NEW} GROUP BY 1, 2, 3, 4
+ON CONFLICT (day, ifnull(campaign_id, 0), event_type, ifnull(final_result, '')) DO UPDATE SET
+    events = events + excluded.events, tries = tries + excluded.tries, duration = duration + excluded.duration,
+    transfer_duration = transfer_duration + excluded.transfer_duration,
+    billed_amount = billed_amount + excluded.billed_amount;
+INSERT INTO campaigns (id, first_seen, last_seen, {', '.join(c for c, _ in COUNTERS)}, tries)
+SELECT {campaign_key('e')} AS campaign, min(e.event_time), max(e.event_time),
+       {', '.join(f"sum({adds.format(e='e')})" for _, adds in COUNTERS)},
+       sum((SELECT count(*) FROM attempts AS a WHERE a.event_id = e.id AND {_TRY}))
+FROM events AS e WHERE {_NEW} AND campaign IS NOT NULL GROUP BY campaign
+ON CONFLICT (id) DO UPDATE SET first_seen = min(first_seen, excluded.first_seen),
+    last_seen = max(last_seen, excluded.last_seen),
+    {', '.join(f"{c} = {c} + excluded.{c}" for c, _ in COUNTERS)}, tries = tries + excluded.tries;
+{_labels_update('campaigns.id')} AND id IN (SELECT {campaign_key('e')} FROM events AS e
+    WHERE {_NEW} AND +e.event_type IN {CAMPAIGN_EVENTS});
+UPDATE events SET reply_to = {_attributed_text('events')}
+WHERE id > (SELECT since FROM figures_deferred) AND +event_type = 'INBOUND_TEXT_FINISHED';
+UPDATE events SET reply_to = {_attributed_text('events')}
+WHERE id IN (SELECT r.id FROM events AS e CROSS JOIN events AS r
+             ON r.event_type = 'INBOUND_TEXT_FINISHED' AND r.from_e164 = e.to_e164 AND +r.to_e164 = e.from_e164
+                AND substr(r.event_time, 1, 19) >= substr(e.event_time, 1, 19)
+                AND substr(r.event_time, 1, 19) <=
+                    strftime('%Y-%m-%dT%H:%M:%S', e.event_time, '+{REPLY_WINDOW_DAYS} days')
+             WHERE {_NEW} AND +e.event_type = 'OUTBOUND_TEXT_FINISHED'
+               AND r.id <= (SELECT since FROM figures_deferred));
 """
