@@ -17,9 +17,10 @@ from mailhook.store.pg.connection import MIGRATION_LOCK, connect, migrate, open_
 from mailhook.store.pg.schema import MIGRATIONS
 from mailhook.store.target import PostgresTarget
 
-# SQLite's own search index and statistics.
+# SQLite's own search index and statistics, and the SQLite writer's marker that defers the figure
+# triggers to one settling pass per batch (never visible outside its write transaction).
 SQLITE_ONLY = {"sqlite_stat1", "events_fts", "events_fts_config", "events_fts_data",
-               "events_fts_docsize", "events_fts_idx"}
+               "events_fts_docsize", "events_fts_idx", "figures_deferred"}
 # The search column PostgreSQL has where SQLite has the events_fts table; the migrations' own record.
 POSTGRES_ONLY_COLUMNS = {("events", "message_tsv")}
 POSTGRES_ONLY = {"schema_migrations"}
