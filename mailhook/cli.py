@@ -41,11 +41,11 @@ Command = Callable[[argparse.Namespace, Settings, Mapping[str, str]], int]
 
 # Which option sections each subcommand reads; flags of the others would only confuse.
 COMMAND_SECTIONS: dict[str, tuple[str, ...]] = {
-    "serve": ("storage", "smtp", "http", "imap", "log", "service", "parsing"),
+    "serve": ("storage", "smtp", "http", "imap", "log", "service", "parsing", "server"),
     "ingest": ("storage", "log", "service", "parsing"),
     "imap": ("storage", "imap", "log", "service", "parsing"),
     "reprocess": ("storage", "log", "parsing"),
-    "check-config": ("storage", "smtp", "http", "imap", "log", "service", "parsing"),
+    "check-config": ("storage", "smtp", "http", "imap", "log", "service", "parsing", "server"),
     "prune": ("storage", "log"),
     "backup": ("storage", "log"),
     "status": ("storage", "smtp", "http", "log"),

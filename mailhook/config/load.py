@@ -315,6 +315,7 @@ def validate(settings: Settings) -> Settings:
         (settings.smtp.max_recipient_overshoot >= 0, "smtp.max_recipient_overshoot must not be negative"),
         (settings.smtp.max_auth_checks > 0, "smtp.max_auth_checks must be positive"),
         (settings.storage.max_batch > 0, "storage.max_batch must be positive"),
+        (settings.server.workers >= 0, "server.workers must not be negative"),
         *((getattr(settings.parsing, f.name) > 0, f"parsing.{f.name} must be positive")
           for f in fields(ParsingSettings)),
         (settings.storage.busy_timeout >= 0, "storage.busy_timeout must not be negative"),

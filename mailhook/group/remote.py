@@ -1,0 +1,124 @@
+"""The store as a worker process sees it: a `Storage` whose writes the parent commits.
+
+A worker of `serve --workers N` sends each delivery (with its extraction, or
+None to store it `pending`) to the parent, whose one group-commit writer
+commits it; the future resolves only when the parent's answer arrives, after
+the commit. So a worker's door answers 250 or 200 only for what is durable,
+and nothing a worker acknowledged depends on the worker staying alive.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import Any
+
+from mailhook.errors import RetryLater
+from mailhook.group.channel import Channel
+from mailhook.models import Delivery, Extraction, FolderPosition, Receipt
+from mailhook.store.rows import Completion, Rows
+
+log = logging.getLogger("mailhook.group")
+
+# Seconds a read (health, positions) waits for the parent before giving up.
+ASK_TIMEOUT = 10.0
+GONE = "the mailhook supervisor process is gone"
+
+
+class RemoteStorage:
+    """A `store.interface.Storage` that sends writes and reads to the parent over a `Channel`.
+
+    `on_ping(n)` is called (on the reader thread) for each heartbeat the
+    parent sends; the worker answers it from its event loop. `on_lost()` is
+    called once when the parent's end closes: every write still waiting fails
+    with `RetryLater`, so no session is told its message is stored.
+    """
+
+    def __init__(
+        self, channel: Channel, *, on_ping: Callable[[int], None], on_lost: Callable[[], None]
+    ) -> None:
+        self.channel = channel
+        self.on_ping = on_ping
+        self.on_lost = on_lost
+        self._waiting: dict[int, Future[Any]] = {}
+        self._ids = itertools.count()
+        self._lock = threading.Lock()
+        self._lost = False
+        self._thread = threading.Thread(target=self._read, name="mailhook-remote-store", daemon=True)
+        self._thread.start()
+
+    @property
+    def waiting(self) -> int:
+        """Return how many requests wait for the parent's answer."""
+        return len(self._waiting)
+
+    def submit(self, delivery: Delivery, extraction: Extraction | Rows | None) -> Future[Receipt]:
+        """Send a delivery to the parent's writer; the future resolves once it is committed."""
+        return self._ask("submit", delivery, extraction)
+
+    def complete(self, completion: Completion) -> Future[Receipt]:
+        """Send the events of a delivery stored pending to the parent's writer."""
+        return self._ask("complete", completion)
+
+    def health(self) -> str | None:
+        """Return why the parent's store refuses writes now, or None (blocking: call it from a thread)."""
+        try:
+            answer: str | None = self._ask("health").result(ASK_TIMEOUT)
+        except (RetryLater, TimeoutError):
+            return GONE if self._lost else "the store does not answer"
+        return answer
+
+    def committed_position(self, account: str, folder: str) -> FolderPosition | None:
+        """Return how far an IMAP folder is stored (the IMAP poller runs in the parent; asked for completeness)."""
+        answer: FolderPosition | None = self._ask("position", account, folder).result(ASK_TIMEOUT)
+        return answer
+
+    def quarantined_sources(self, sources: Sequence[str]) -> set[str]:
+        """Return which of these IMAP message sources were stored quarantined."""
+        answer: set[str] = self._ask("quarantined", list(sources)).result(ASK_TIMEOUT)
+        return answer
+
+    def close(self) -> None:
+        """Close the channel: the doors are closed and every write answered before this is called."""
+        self.channel.close()
+        self._thread.join(timeout=5)
+
+    def _ask(self, kind: str, *args: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        with self._lock:
+            if self._lost:
+                future.set_exception(RetryLater(GONE))
+                return future
+            number = next(self._ids)
+            self._waiting[number] = future
+        try:
+            self.channel.send((kind, number, *args))
+        except OSError:
+            with self._lock:
+                self._waiting.pop(number, None)
+            future.set_exception(RetryLater(GONE))
+        return future
+
+    def _read(self) -> None:
+        while (message := self.channel.receive()) is not None:
+            kind, number, *rest = message
+            if kind == "ping":
+                self.on_ping(number)
+                continue
+            with self._lock:
+                future = self._waiting.pop(number, None)
+            if future is None:
+                continue
+            if kind == "done":
+                future.set_result(rest[0])
+            else:  # "failed": the parent's writer said RetryLater (its reason in words)
+                future.set_exception(RetryLater(rest[0]))
+        with self._lock:
+            self._lost = True
+            waiting, self._waiting = self._waiting, {}
+        for future in waiting.values():
+            future.set_exception(RetryLater(GONE))
+        self.on_lost()

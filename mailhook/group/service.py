@@ -1,0 +1,115 @@
+"""The parent's side of a worker's channel: commits what the worker sends, answers after each commit.
+
+One thread per worker reads its requests and hands each write to the
+parent's one writer (`store.interface.Storage`); the answer goes back from
+the writer's commit callback, so a worker learns a delivery is stored only
+once it is durable. The parent's listeners (metrics, the STATUS= counters)
+are told of every delivery, so they count the whole group; a delivery
+stored `pending` wakes the parent's backlog, which extracts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+from mailhook.errors import RetryLater
+from mailhook.group.channel import Channel
+from mailhook.models import Delivery, Receipt
+from mailhook.pipeline import Pipeline
+
+log = logging.getLogger("mailhook.group")
+
+
+class StoreService:
+    """Serves one worker's requests against the pipeline's store until the worker's end closes."""
+
+    def __init__(self, channel: Channel, pipeline: Pipeline, loop: asyncio.AbstractEventLoop, name: str) -> None:
+        self.channel = channel
+        self.pipeline = pipeline
+        self.loop = loop
+        self.name = name
+        self.pong = 0  # the last heartbeat the worker's event loop answered
+        self.ready: asyncio.Future[list[str]] = loop.create_future()
+        self.ended: asyncio.Future[None] = loop.create_future()
+        self._thread = threading.Thread(target=self._serve, name=f"mailhook-{name}", daemon=True)
+
+    def start(self) -> None:
+        """Start reading the worker's requests."""
+        self._thread.start()
+
+    def ping(self, number: int) -> None:
+        """Send a heartbeat; the worker's event loop answers it with a pong."""
+        with contextlib.suppress(OSError):
+            self.channel.send(("ping", number))
+
+    def _serve(self) -> None:
+        try:
+            while (message := self.channel.receive()) is not None:
+                self._handle(message)
+        except Exception:
+            log.exception("%s: unexpected error serving its requests", self.name)
+        finally:
+            self.channel.close()
+            self.loop.call_soon_threadsafe(_settle, self.ended, None)
+
+    def _handle(self, message: tuple[Any, ...]) -> None:
+        kind, number, *args = message
+        storage = self.pipeline.writer
+        if kind == "submit":
+            delivery, extraction = args
+            started = time.perf_counter()
+            stored = storage.submit(delivery, extraction)
+            stored.add_done_callback(lambda done: self._stored(number, delivery, extraction is None, done, started))
+        elif kind == "complete":
+            storage.complete(args[0]).add_done_callback(lambda done: self._answer(number, done))
+        elif kind == "pong":
+            self.pong = number
+        elif kind == "listening":
+            self.loop.call_soon_threadsafe(_settle, self.ready, args[0])
+        else:  # the reads: blocking, so not on this thread, which must keep taking writes
+            read: Callable[[], Any] = {
+                "health": storage.health,
+                "position": lambda: storage.committed_position(*args),
+                "quarantined": lambda: storage.quarantined_sources(*args),
+            }[kind]
+            self.loop.run_in_executor(None, self._read, number, read)
+
+    def _read(self, number: int, read: Callable[[], Any]) -> None:
+        done: Future[Any] = Future()
+        try:
+            done.set_result(read())
+        except Exception as exc:  # noqa: BLE001 - answered as a temporary failure
+            done.set_exception(exc)
+        self._answer(number, done)
+
+    def _stored(self, number: int, delivery: Delivery, pending: bool, done: Future[Receipt], started: float) -> None:
+        self._answer(number, done)
+        # As the pipeline would in one process: the worker wrote the delivery's log line.
+        elapsed = time.perf_counter() - started
+        receipt = done.result() if done.exception() is None else None
+        if pending and receipt is not None:
+            for wake in self.pipeline.pending_listeners:
+                self.loop.call_soon_threadsafe(wake, receipt.delivery_id, started)
+            return
+        for listener in self.pipeline.listeners:
+            listener(delivery, receipt, elapsed)
+
+    def _answer(self, number: int, done: Future[Any]) -> None:
+        exc = done.exception()
+        reply = ("done", number, done.result()) if exc is None else (
+            "failed", number, str(exc) if isinstance(exc, RetryLater) else f"storage error: {type(exc).__name__}")
+        # OSError: the worker died; its client got no answer and sends again (a duplicate, stored once).
+        with contextlib.suppress(OSError):
+            self.channel.send(reply)
+
+
+def _settle(future: asyncio.Future[Any], value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
