@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -32,7 +33,7 @@ from mailhook.errors import ConfigError
 from mailhook.group.channel import Channel
 from mailhook.group.service import StoreService
 from mailhook.group.shares import worker_count, worker_settings
-from mailhook.systemd import describe
+from mailhook.systemd import describe, watchdog_interval
 
 if TYPE_CHECKING:
     from mailhook.server import Runtime
@@ -44,6 +45,7 @@ HEARTBEAT = 1.0
 # service's watchdog ping is withheld.
 STALL = 10.0
 START_TIMEOUT = 60.0
+BIND_RETRY = 2.0
 # What a worker must not inherit: it speaks neither to systemd nor takes its sockets itself.
 PRIVATE = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
 
@@ -73,12 +75,15 @@ class Group:
         self._loop = asyncio.get_running_loop()
         self._tasks: set[asyncio.Task[None]] = set()
         self._backoff = Backoff(0.1, 10.0, jitter=False)
+        # A hung worker must withhold the ping well before systemd's WatchdogSec= runs out.
+        interval = watchdog_interval(runtime.env)
+        self.stall = max(3 * HEARTBEAT, min(STALL, interval)) if interval else STALL
 
     async def open(self) -> None:
         """Bind (or take systemd's) sockets, start every worker and wait until each one listens."""
         self.sockets = self._listening()
         for door, sock in self.sockets.items():
-            log.info("%s listening on %s (%d worker processes)", door, describe(sock), self.count)
+            log.info("%s listening on %s", door, describe(sock))
         started = [self._spawn(index) for index in range(self.count)]
         try:
             for worker in started:
@@ -86,6 +91,8 @@ class Group:
         except BaseException:
             await self.close()
             raise
+        pids = ", ".join(str(worker.process.pid) for worker in started)
+        log.info("%d worker processes serving (pids %s)", self.count, pids)
         self._keep(self._heartbeat())
 
     def addresses(self) -> list[str]:
@@ -98,7 +105,7 @@ class Group:
         missing = self.count - len(self.workers)
         if missing:
             return f"{missing} of {self.count} worker processes not running"
-        late = [worker.index for worker in self.workers.values() if now - worker.answered > STALL]
+        late = [worker.index for worker in self.workers.values() if now - worker.answered > self.stall]
         if late:
             return f"worker processes {late} do not answer the heartbeat"
         return None
@@ -211,17 +218,34 @@ class Group:
 def _bind(listen: str, name: str) -> socket.socket:
     """Bind and listen on HOST:PORT once, for every worker to accept on."""
     host, port = parse_address(listen, name)
+    # The workers of a predecessor killed a moment ago (restarted by systemd, kill -9 included) may
+    # hold the port for a few milliseconds more, until the kernel delivers their PR_SET_PDEATHSIG.
+    for _ in range(int(BIND_RETRY / 0.05)):
+        try:
+            return _listen(host, port, listen, name)
+        except ConfigError as exc:
+            if exc.__cause__ is None or getattr(exc.__cause__, "errno", None) != errno.EADDRINUSE:
+                raise
+        time.sleep(0.05)
+    return _listen(host, port, listen, name)
+
+
+def _listen(host: str, port: int, listen: str, name: str) -> socket.socket:
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
         sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot listen on {listen}: {exc.strerror or exc}") from exc
+    try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(address)
         sock.listen(socket.SOMAXCONN)
     except OSError as exc:
-        raise ConfigError(f"{name}: cannot listen on {listen}: {exc.strerror or exc}") from None
+        sock.close()
+        raise ConfigError(f"{name}: cannot listen on {listen}: {exc.strerror or exc}") from exc
     return sock
 
 
