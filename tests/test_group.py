@@ -55,7 +55,7 @@ class Served:
 
     def workers(self) -> list[int]:
         """Return the pids of the worker processes now running (the parent's children running the worker)."""
-        return [pid for pid in descendants(self.proc.pid) if b"mailhook.group.worker" in _cmdline(pid)]
+        return [pid for pid in descendants(self.proc.pid) if b"mailhook.group" in _cmdline(pid)]
 
     def pids(self, channel: str) -> set[int]:
         """Return the pids whose log lines show a delivery on `channel`."""
@@ -304,7 +304,7 @@ def test_ready_after_every_worker_listens_status_sums_the_group_and_a_stuck_work
         while "READY=1" not in lines:
             lines += sock.recv(4096).decode().split("\n")
         assert "2 worker processes serving" in log.read_text()
-        workers = [pid for pid in descendants(proc.pid) if b"mailhook.group.worker" in _cmdline(pid)]
+        workers = [pid for pid in descendants(proc.pid) if b"mailhook.group" in _cmdline(pid)]
         assert len(workers) == 2
         sent = 0
         while len({int(pid) for pid, _ in PID.findall(log.read_text())}) < 2 and sent < 100:

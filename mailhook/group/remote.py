@@ -9,13 +9,16 @@ and nothing a worker acknowledged depends on the worker staying alive.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
+from mailhook.budget import ByteBudget
 from mailhook.errors import RetryLater
 from mailhook.group.channel import Channel
 from mailhook.models import Delivery, Extraction, FolderPosition, Receipt
@@ -87,12 +90,16 @@ class RemoteStorage:
         self._thread.join(timeout=5)
 
     def _ask(self, kind: str, *args: Any) -> Future[Any]:
+        return self.ask(kind, *args)[1]
+
+    def ask(self, kind: str, *args: Any) -> tuple[int, Future[Any]]:
+        """Send a request; return its number and a future for the parent's answer."""
         future: Future[Any] = Future()
         with self._lock:
+            number = next(self._ids)
             if self._lost:
                 future.set_exception(RetryLater(GONE))
-                return future
-            number = next(self._ids)
+                return number, future
             self._waiting[number] = future
         try:
             self.channel.send((kind, number, *args))
@@ -100,7 +107,13 @@ class RemoteStorage:
             with self._lock:
                 self._waiting.pop(number, None)
             future.set_exception(RetryLater(GONE))
-        return future
+        return number, future
+
+    def tell(self, kind: str, number: int) -> None:
+        """Send a message that needs no answer (a release of budget held under request `number`)."""
+        with contextlib.suppress(OSError):
+            self.channel.send((kind, number))
+
 
     def _read(self) -> None:
         while (message := self.channel.receive()) is not None:
@@ -122,3 +135,27 @@ class RemoteStorage:
         for future in waiting.values():
             future.set_exception(RetryLater(GONE))
         self.on_lost()
+
+
+class SharedBudget(ByteBudget):
+    """The parent's extraction budget, held from a worker: one budget for the whole group, as in one process.
+
+    Each worker's share of a byte budget would let N deliveries larger than a
+    share be extracted at once (one per worker) where one process extracts
+    one; holding the parent's budget keeps `parsing.extraction_budget` whole.
+    """
+
+    def __init__(self, storage: RemoteStorage, limit: int) -> None:
+        super().__init__(limit)
+        self.storage = storage
+
+    @contextlib.asynccontextmanager
+    async def hold(self, size: int) -> AsyncIterator[None]:
+        """Hold `size` bytes of the parent's budget while the block runs."""
+        number, granted = self.storage.ask("hold", size)
+        try:
+            await asyncio.wrap_future(granted)
+            yield
+        finally:
+            # Also when cancelled while waiting: the parent then gives the bytes back as soon as they are granted.
+            self.storage.tell("release", number)

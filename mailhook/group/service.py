@@ -39,6 +39,9 @@ class StoreService:
         self.ready: asyncio.Future[list[str]] = loop.create_future()
         self.ended: asyncio.Future[None] = loop.create_future()
         self._thread = threading.Thread(target=self._serve, name=f"mailhook-{name}", daemon=True)
+        # Extraction budget the worker holds (or waits for), by request number: set when it gives it back.
+        self._holds: dict[int, asyncio.Event] = {}
+        self._holding: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         """Start reading the worker's requests."""
@@ -57,7 +60,12 @@ class StoreService:
             log.exception("%s: unexpected error serving its requests", self.name)
         finally:
             self.channel.close()
-            self.loop.call_soon_threadsafe(_settle, self.ended, None)
+            self.loop.call_soon_threadsafe(self._end)
+
+    def _end(self) -> None:
+        for release in self._holds.values():  # a dead worker's budget goes back
+            release.set()
+        _settle(self.ended, None)
 
     def _handle(self, message: tuple[Any, ...]) -> None:
         kind, number, *args = message
@@ -69,6 +77,10 @@ class StoreService:
             stored.add_done_callback(lambda done: self._stored(number, delivery, extraction is None, done, started))
         elif kind == "complete":
             storage.complete(args[0]).add_done_callback(lambda done: self._answer(number, done))
+        elif kind == "hold":
+            self.loop.call_soon_threadsafe(self._hold, number, args[0])
+        elif kind == "release":
+            self.loop.call_soon_threadsafe(self._release, number)
         elif kind == "pong":
             self.pong = number
         elif kind == "listening":
@@ -80,6 +92,24 @@ class StoreService:
                 "quarantined": lambda: storage.quarantined_sources(*args),
             }[kind]
             self.loop.run_in_executor(None, self._read, number, read)
+
+    def _hold(self, number: int, size: int) -> None:
+        task = self.loop.create_task(self._held(number, size))
+        self._holding.add(task)
+        task.add_done_callback(self._holding.discard)
+
+    async def _held(self, number: int, size: int) -> None:
+        release = self._holds.setdefault(number, asyncio.Event())
+        try:
+            async with self.pipeline.budget.hold(size):
+                with contextlib.suppress(OSError):
+                    self.channel.send(("done", number, None))
+                await release.wait()
+        finally:
+            self._holds.pop(number, None)
+
+    def _release(self, number: int) -> None:
+        self._holds.setdefault(number, asyncio.Event()).set()
 
     def _read(self, number: int, read: Callable[[], Any]) -> None:
         done: Future[Any] = Future()

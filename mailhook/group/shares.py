@@ -24,8 +24,8 @@ DIVIDED = (
     ("http", "max_connections"),
     ("http", "max_per_ip"),
     ("parsing", "inflight_budget"),
-    ("parsing", "extraction_budget"),
 )
+# parsing.extraction_budget is not divided: the workers hold the parent's (group.remote.SharedBudget).
 
 
 def worker_count(settings: Settings) -> int:

@@ -143,7 +143,7 @@ class Group:
     def _spawn(self, index: int) -> Worker:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         fds = {door: sock.fileno() for door, sock in self.sockets.items()}
-        argv = [sys.executable, "-m", "mailhook.group.worker", str(os.getpid()), str(child.fileno()),
+        argv = [sys.executable, "-m", "mailhook.group", str(os.getpid()), str(child.fileno()),
                 str(fds.get("smtp", -1)), str(fds.get("http", -1))]
         # Spawned from the loop's thread, which lives as long as serve: the workers' PR_SET_PDEATHSIG
         # fires when the thread that started them ends.

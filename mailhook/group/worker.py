@@ -1,6 +1,6 @@
 """A worker process of `serve --workers N`: the SMTP and HTTP doors on an event loop of its own.
 
-Started by `group.supervisor` as `python -m mailhook.group.worker PARENT CHANNEL SMTP HTTP` (file
+Started by `group.supervisor` as `python -m mailhook.group PARENT CHANNEL SMTP HTTP` (file
 descriptors: the channel to the parent, the listening sockets, -1 for a door
 that is off); its settings (with its share of every cap) arrive as the
 channel's first message. It stores through `RemoteStorage`, so the doors and
@@ -23,12 +23,12 @@ from collections.abc import Callable, Mapping
 from typing import cast
 
 from mailhook import openfiles
-from mailhook.budget import ByteBudget, InflightBudget, return_big_frees
+from mailhook.budget import InflightBudget, return_big_frees
 from mailhook.config.settings import Settings
 from mailhook.errors import ConfigError
 from mailhook.exitcodes import EX_CONFIG, EX_OK, EX_SOFTWARE
 from mailhook.group.channel import Channel
-from mailhook.group.remote import RemoteStorage
+from mailhook.group.remote import RemoteStorage, SharedBudget
 from mailhook.metrics import Metrics
 from mailhook.pipeline import Pipeline
 from mailhook.server import Door, Runtime
@@ -90,8 +90,9 @@ async def serve(
     deferred = settings.smtp.acknowledge == "received" and "smtp" in sockets
     # One extraction process per worker for large deliveries (started on the first): N workers already
     # take every core, and a process each per core would be N * N of them.
+    budget = SharedBudget(storage, settings.parsing.extraction_budget)
     pipeline = Pipeline(storage, settings.subscriptions, listeners=[metrics.on_delivery],
-                        limits=settings.parsing.mail_limits(), budget=ByteBudget(settings.parsing.extraction_budget),
+                        limits=settings.parsing.mail_limits(), budget=budget,
                         executor=worker_pool(1), new_executor=lambda: worker_pool(1),
                         deferred=frozenset({"smtp"}) if deferred else frozenset())
     # The doors use the runtime's pipeline, never runtime.writer (the parent's Writer in one process).
@@ -142,6 +143,3 @@ def _die_with(parent: int) -> None:
     if os.getppid() != parent:
         os._exit(EX_SOFTWARE)
 
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
