@@ -133,3 +133,14 @@ def test_the_module_graph_has_no_cycle() -> None:
     for module in sorted(internal):
         cycle = visit(module, [])
         assert cycle is None, _broken("module-level imports form no cycle", [" -> ".join(cycle)])
+
+
+GROUP = ("mailhook.group",)
+
+
+def test_the_group_reaches_the_store_only_through_its_interface_and_nothing_imports_the_group() -> None:
+    allowed = ("mailhook.store.interface", "mailhook.store.rows", "mailhook.store.writer")
+    found = [f"{m} -> {i}" for m, imports in GRAPH.items() if _in(m, GROUP) for i in imports
+             if (_in(i, STORE) and i not in allowed) or i in ("sqlite3", "sqlite_utils")]
+    found += [f"{m} -> {i}" for m, imports in GRAPH.items() if not _in(m, GROUP) for i in imports if _in(i, GROUP)]
+    assert not found, _broken("the group stores through store.interface; only server.py starts it, by name", found)
