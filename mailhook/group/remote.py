@@ -15,7 +15,8 @@ import itertools
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Executor, Future
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from mailhook.budget import ByteBudget
@@ -127,6 +128,8 @@ class RemoteStorage:
                 continue
             if kind == "done":
                 future.set_result(rest[0])
+            elif kind == "broken":  # the parent's extraction process died on it (or before it)
+                future.set_exception(BrokenProcessPool(rest[0]))
             else:  # "failed": the parent's writer said RetryLater (its reason in words)
                 future.set_exception(RetryLater(rest[0]))
         with self._lock:
@@ -159,3 +162,22 @@ class SharedBudget(ByteBudget):
         finally:
             # Also when cancelled while waiting: the parent then gives the bytes back as soon as they are granted.
             self.storage.tell("release", number)
+
+
+class RemoteExtraction(Executor):
+    """The parent's extraction processes, used from a worker for deliveries larger than INLINE_LIMIT.
+
+    The pipeline submits only `pipeline.extract_rows` to its executor. One
+    pool for the whole group (the parent's, one process per core beside the
+    loop) keeps the memory of large extractions what it is in one process:
+    N pools would each keep the heap of the largest parse they ever made.
+    """
+
+    def __init__(self, storage: RemoteStorage) -> None:
+        self.storage = storage
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Send the extraction's arguments to the parent; the future resolves with its rows."""
+        assert fn.__name__ == "extract_rows" and not kwargs, "only the pipeline's extract_rows runs remotely"
+        return self.storage.ask("extract", args)[1]
+

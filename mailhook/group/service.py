@@ -15,14 +15,15 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from mailhook.errors import RetryLater
 from mailhook.group.channel import Channel
 from mailhook.models import Delivery, Receipt
-from mailhook.pipeline import Pipeline
+from mailhook.pipeline import Pipeline, extract_rows
 
 log = logging.getLogger("mailhook.group")
 
@@ -77,6 +78,8 @@ class StoreService:
             stored.add_done_callback(lambda done: self._stored(number, delivery, extraction is None, done, started))
         elif kind == "complete":
             storage.complete(args[0]).add_done_callback(lambda done: self._answer(number, done))
+        elif kind == "extract":
+            self.loop.call_soon_threadsafe(self._extract, number, args[0])
         elif kind == "hold":
             self.loop.call_soon_threadsafe(self._hold, number, args[0])
         elif kind == "release":
@@ -94,9 +97,33 @@ class StoreService:
             self.loop.run_in_executor(None, self._read, number, read)
 
     def _hold(self, number: int, size: int) -> None:
-        task = self.loop.create_task(self._held(number, size))
+        self._keep(self._held(number, size))
+
+    def _extract(self, number: int, args: tuple[Any, ...]) -> None:
+        self._keep(self._extracted(number, args))
+
+    def _keep(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = self.loop.create_task(coroutine)
         self._holding.add(task)
         task.add_done_callback(self._holding.discard)
+
+    async def _extracted(self, number: int, args: tuple[Any, ...]) -> None:
+        """Extract a worker's large delivery in the parent's extraction processes and send back its rows."""
+        pool = self.pipeline.executor
+        try:
+            rows = await self.loop.run_in_executor(pool, extract_rows, *args)
+        except BrokenProcessPool:
+            # As the pipeline does for its own deliveries; the worker tries once more, then quarantines.
+            if pool is not None:
+                self.pipeline._renew_executor(pool)  # the pipeline's one way to replace its pool
+            reply: tuple[Any, ...] = ("broken", number, "an extraction process died")
+        except Exception as exc:  # answered as a temporary failure
+            log.exception("%s: extraction failed", self.name)
+            reply = ("failed", number, f"extraction error: {type(exc).__name__}")
+        else:
+            reply = ("done", number, rows)
+        with contextlib.suppress(OSError):
+            self.channel.send(reply)
 
     async def _held(self, number: int, size: int) -> None:
         release = self._holds.setdefault(number, asyncio.Event())

@@ -28,13 +28,12 @@ from mailhook.config.settings import Settings
 from mailhook.errors import ConfigError
 from mailhook.exitcodes import EX_CONFIG, EX_OK, EX_SOFTWARE
 from mailhook.group.channel import Channel
-from mailhook.group.remote import RemoteStorage, SharedBudget
+from mailhook.group.remote import RemoteExtraction, RemoteStorage, SharedBudget
 from mailhook.metrics import Metrics
 from mailhook.pipeline import Pipeline
 from mailhook.server import Door, Runtime
 from mailhook.store.writer import Writer
 from mailhook.systemd import PassedSocket
-from mailhook.workers import worker_pool
 
 log = logging.getLogger("mailhook.group")
 
@@ -88,12 +87,11 @@ async def serve(
     metrics.track_queue(lambda: storage.waiting)
     return_big_frees()
     deferred = settings.smtp.acknowledge == "received" and "smtp" in sockets
-    # One extraction process per worker for large deliveries (started on the first): N workers already
-    # take every core, and a process each per core would be N * N of them.
+    # Large deliveries are extracted in the parent's pool, within the parent's budget: as in one process.
     budget = SharedBudget(storage, settings.parsing.extraction_budget)
     pipeline = Pipeline(storage, settings.subscriptions, listeners=[metrics.on_delivery],
                         limits=settings.parsing.mail_limits(), budget=budget,
-                        executor=worker_pool(1), new_executor=lambda: worker_pool(1),
+                        executor=RemoteExtraction(storage),
                         deferred=frozenset({"smtp"}) if deferred else frozenset())
     # The doors use the runtime's pipeline, never runtime.writer (the parent's Writer in one process).
     runtime = Runtime(settings, env, pipeline, cast(Writer, storage), metrics, sockets=sockets,
@@ -113,8 +111,6 @@ async def serve(
             except Exception:
                 log.exception("error while closing %s", door.name)
         storage.close()
-        if pipeline.executor is not None:
-            pipeline.executor.shutdown(cancel_futures=True)
         accept_failures.close()
 
 
