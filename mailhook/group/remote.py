@@ -23,7 +23,7 @@ from mailhook.budget import ByteBudget
 from mailhook.errors import RetryLater
 from mailhook.group.channel import Channel
 from mailhook.models import Delivery, Extraction, FolderPosition, Receipt
-from mailhook.store.rows import Completion, Rows
+from mailhook.store.rows import Completion, Rows, worker_rows
 
 log = logging.getLogger("mailhook.group")
 
@@ -60,7 +60,15 @@ class RemoteStorage:
         return len(self._waiting)
 
     def submit(self, delivery: Delivery, extraction: Extraction | Rows | None) -> Future[Receipt]:
-        """Send a delivery to the parent's writer; the future resolves once it is committed."""
+        """Send a delivery to the parent's writer; the future resolves once it is committed.
+
+        An extraction goes as its rows, made here (as the extraction processes
+        make them): the payload JSON and the row tuples are built on this
+        worker's core, not in the parent's one writer thread, and tuples of
+        strings cost less to pickle than events.
+        """
+        if isinstance(extraction, Extraction):
+            extraction = worker_rows(extraction, len(delivery.raw))
         return self._ask("submit", delivery, extraction)
 
     def complete(self, completion: Completion) -> Future[Receipt]:
