@@ -184,11 +184,11 @@ def _lazy(module: str, name: str) -> Command:
     return run
 
 
-def configure_logging(settings: Settings, env: Mapping[str, str] | None = None) -> None:
-    """Send logs to stderr, one line per record, at the configured level."""
+def configure_logging(settings: Settings, env: Mapping[str, str] | None = None, *, pid: bool = False) -> None:
+    """Send logs to stderr, one line per record, at the configured level (naming the process, with `pid`)."""
     from mailhook.logs import setup
 
-    setup(settings.log.level, settings.log.format, journal=env is not None and _stderr_is_journal(env))
+    setup(settings.log.level, settings.log.format, journal=env is not None and _stderr_is_journal(env), pid=pid)
 
 
 def _stderr_is_journal(env: Mapping[str, str]) -> bool:

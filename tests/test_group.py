@@ -26,7 +26,7 @@ from mailhook.config.settings import Settings
 from mailhook.group.shares import share, worker_count, worker_settings
 
 ROOT = Path(__file__).resolve().parent.parent
-PID = re.compile(r"mailhook\.ingest\[(\d+)\]: delivery channel=(\w+)")
+PID = re.compile(r"\[(\d+)\] mailhook\.ingest: delivery channel=(\w+)")
 
 
 class Served:
@@ -131,6 +131,10 @@ def test_smtp_and_http_are_served_by_every_worker_and_duplicates_across_workers_
         assert post(server.http, document(600_000 + sent)) == 200
         sent += 1
     assert server.pids("smtp") == server.pids("http") == set(workers), server.text()[-2000:]
+    # A worker asks the parent's store whether it takes writes.
+    for _ in range(4):
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.http}/healthz", timeout=30) as response:
+            assert response.status == 200
     # The same notification sent again and again, over both doors, lands on both workers: stored once.
     for _ in range(10):
         send_mail(server.smtp, notification(777))
@@ -258,7 +262,7 @@ def test_one_worker_is_the_single_process_of_before(serve: type[Served]) -> None
     assert server.workers() == []
     send_mail(server.smtp, notification(4242))
     assert server.stop() == 0
-    assert "mailhook.ingest: delivery channel=smtp" in server.text()
+    assert "INFO mailhook.ingest: delivery channel=smtp" in server.text()  # no [pid]
     assert "worker" not in server.text()
 
 

@@ -36,16 +36,19 @@ class RemoteStorage:
     """A `store.interface.Storage` that sends writes and reads to the parent over a `Channel`.
 
     `on_ping(n)` is called (on the reader thread) for each heartbeat the
-    parent sends; the worker answers it from its event loop. `on_lost()` is
+    parent sends, the worker answering it from its event loop; `on_go()` when
+    the parent lets the worker start accepting. `on_lost()` is
     called once when the parent's end closes: every write still waiting fails
     with `RetryLater`, so no session is told its message is stored.
     """
 
     def __init__(
-        self, channel: Channel, *, on_ping: Callable[[int], None], on_lost: Callable[[], None]
+        self, channel: Channel, *, on_ping: Callable[[int], None], on_lost: Callable[[], None],
+        on_go: Callable[[], None] = lambda: None,
     ) -> None:
         self.channel = channel
         self.on_ping = on_ping
+        self.on_go = on_go
         self.on_lost = on_lost
         self._waiting: dict[int, Future[Any]] = {}
         self._ids = itertools.count()
@@ -129,6 +132,9 @@ class RemoteStorage:
             kind, number, *rest = message
             if kind == "ping":
                 self.on_ping(number)
+                continue
+            if kind == "go":
+                self.on_go()
                 continue
             with self._lock:
                 future = self._waiting.pop(number, None)

@@ -37,6 +37,7 @@ class StoreService:
         self.loop = loop
         self.name = name
         self.pong = 0  # the last heartbeat the worker's event loop answered
+        self.prepared: asyncio.Future[None] = loop.create_future()
         self.ready: asyncio.Future[list[str]] = loop.create_future()
         self.ended: asyncio.Future[None] = loop.create_future()
         self._thread = threading.Thread(target=self._serve, name=f"mailhook-{name}", daemon=True)
@@ -52,6 +53,11 @@ class StoreService:
         """Send a heartbeat; the worker's event loop answers it with a pong."""
         with contextlib.suppress(OSError):
             self.channel.send(("ping", number))
+
+    def go(self) -> None:
+        """Tell the worker to start accepting (every worker is prepared)."""
+        with contextlib.suppress(OSError):
+            self.channel.send(("go", 0))
 
     def _serve(self) -> None:
         try:
@@ -86,6 +92,8 @@ class StoreService:
             self.loop.call_soon_threadsafe(self._release, number)
         elif kind == "pong":
             self.pong = number
+        elif kind == "prepared":
+            self.loop.call_soon_threadsafe(_settle, self.prepared, None)
         elif kind == "listening":
             self.loop.call_soon_threadsafe(_settle, self.ready, args[0])
         else:  # the reads: blocking, so not on this thread, which must keep taking writes
@@ -94,7 +102,8 @@ class StoreService:
                 "position": lambda: storage.committed_position(*args),
                 "quarantined": lambda: storage.quarantined_sources(*args),
             }[kind]
-            self.loop.run_in_executor(None, self._read, number, read)
+            # From the loop's thread: run_in_executor is not safe from this one.
+            self.loop.call_soon_threadsafe(self.loop.run_in_executor, None, self._read, number, read)
 
     def _hold(self, number: int, size: int) -> None:
         self._keep(self._held(number, size))

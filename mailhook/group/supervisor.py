@@ -82,15 +82,21 @@ class Group:
     async def open(self) -> None:
         """Bind (or take systemd's) sockets, start every worker and wait until each one listens."""
         self.sockets = self._listening()
-        for door, sock in self.sockets.items():
-            log.info("%s listening on %s", door, describe(sock))
         started = [self._spawn(index) for index in range(self.count)]
         try:
+            # Every worker prepared (imported, connected) before any accepts: a connection systemd's
+            # socket activation queued then meets a worker only moments before READY=1, not seconds.
             for worker in started:
-                await self._ready(worker)
+                await self._step(worker, worker.service.prepared)
+            for worker in started:
+                worker.service.go()
+            for worker in started:
+                await self._step(worker, worker.service.ready)
         except BaseException:
             await self.close()
             raise
+        for door, sock in self.sockets.items():
+            log.info("%s listening on %s", door, describe(sock))
         pids = ", ".join(str(worker.process.pid) for worker in started)
         log.info("%d worker processes serving (pids %s)", self.count, pids)
         self._keep(self._heartbeat())
@@ -115,6 +121,9 @@ class Group:
         self.closing = True
         for task in self._tasks:
             task.cancel()
+        # Ours first: once each worker has closed its copy too, new connections are refused at once.
+        for sock in self.sockets.values():
+            sock.close()
         for worker in self.workers.values():
             _signal(worker.process, signal.SIGTERM)
         settings = self.runtime.settings
@@ -129,8 +138,6 @@ class Group:
                 _signal(worker.process, signal.SIGKILL)
             await self._loop.run_in_executor(None, worker.process.wait)
         self.workers.clear()
-        for sock in self.sockets.values():
-            sock.close()
 
     def _listening(self) -> dict[str, socket.socket]:
         settings, passed = self.runtime.settings, self.runtime.sockets
@@ -160,16 +167,14 @@ class Group:
         threading.Thread(target=self._reap, args=(worker,), name=f"mailhook-reap-{index}", daemon=True).start()
         return worker
 
-    async def _ready(self, worker: Worker) -> None:
-        """Wait until `worker` listens; raise if it ends first (its log lines say why)."""
-        waiting: list[asyncio.Future[Any]] = [worker.service.ready, worker.service.ended]
-        done, _ = await asyncio.wait(waiting, timeout=START_TIMEOUT,
-                                     return_when=asyncio.FIRST_COMPLETED)
-        if worker.service.ready not in done:
+    async def _step(self, worker: Worker, step: asyncio.Future[Any]) -> None:
+        """Wait until `worker` reaches `step` (prepared, listening); raise if it ends first (its log says why)."""
+        waiting: list[asyncio.Future[Any]] = [step, worker.service.ended]
+        done, _ = await asyncio.wait(waiting, timeout=START_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+        if step not in done:
             code = await self._loop.run_in_executor(None, worker.process.wait)
             raise ConfigError(f"worker process {worker.index} did not start (exit status {code}); see the lines above")
         worker.answered = time.monotonic()
-        log.debug("worker %d (pid %d) listening", worker.index, worker.process.pid)
 
     def _reap(self, worker: Worker) -> None:
         code = worker.process.wait()
@@ -191,7 +196,9 @@ class Group:
             return
         worker = self._spawn(index)
         try:
-            await self._ready(worker)
+            await self._step(worker, worker.service.prepared)
+            worker.service.go()
+            await self._step(worker, worker.service.ready)
         except ConfigError as exc:
             log.error("%s", exc)  # _ended starts another after a longer pause
             return

@@ -46,7 +46,7 @@ def main(argv: list[str]) -> int:
     _die_with(parent)
     for fd in (channel_fd, smtp_fd, http_fd):
         if fd >= 0:
-            os.set_inheritable(fd, False)  # not into the extraction processes
+            os.set_inheritable(fd, False)  # into nothing this worker might start
     channel = Channel(socket.socket(fileno=channel_fd))
     hello = channel.receive()
     if hello is None or hello[0] != "hello":
@@ -54,9 +54,7 @@ def main(argv: list[str]) -> int:
     _, settings, env, index = hello
     from mailhook.cli import configure_logging
 
-    configure_logging(settings, os.environ)
-    for handler in logging.getLogger("mailhook").handlers:
-        handler.addFilter(_tag_pid)
+    configure_logging(settings, os.environ, pid=True)
     # Ctrl-C reaches the whole process group; the parent decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     passed = (("smtp", smtp_fd), ("http", http_fd))
@@ -74,12 +72,13 @@ async def serve(
 ) -> None:
     """Run the SMTP and HTTP doors on `sockets`, storing through the parent, until SIGTERM or the parent's end."""
     loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
+    stopping, go = asyncio.Event(), asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
     storage = RemoteStorage(
         channel,
         on_ping=lambda number: _soon(loop, _pong, channel, number),
         on_lost=lambda: _soon(loop, stopping.set),
+        on_go=lambda: _soon(loop, go.set),
     )
     accept_failures = openfiles.guard_accept(loop)
     openfiles.raise_limit(openfiles.needed(settings, smtp="smtp" in sockets, http="http" in sockets))
@@ -98,9 +97,15 @@ async def serve(
                       stopping=stopping, inflight=InflightBudget(settings.parsing.inflight_budget))
     doors: list[Door] = []
     try:
-        for module, name in (("mailhook.smtp.door", "smtp"), ("mailhook.http.door", "http")):
-            if name in sockets:
-                doors.append(await importlib.import_module(module).start(runtime))
+        modules = [importlib.import_module(module) for module, name in
+                   (("mailhook.smtp.door", "smtp"), ("mailhook.http.door", "http")) if name in sockets]
+        channel.send(("prepared", 0))
+        await asyncio.wait([asyncio.ensure_future(go.wait()), asyncio.ensure_future(stopping.wait())],
+                           return_when=asyncio.FIRST_COMPLETED)
+        if stopping.is_set():
+            return
+        for module in modules:
+            doors.append(await module.start(runtime))
         runtime.doors = doors
         channel.send(("listening", 0, [address for door in doors for address in door.addresses()]))
         await stopping.wait()
@@ -123,13 +128,6 @@ def _pong(channel: Channel, number: int) -> None:
     # Sent from the event loop: an answer proves the loop runs, not only the reader thread.
     with contextlib.suppress(OSError):
         channel.send(("pong", number))
-
-
-def _tag_pid(record: logging.LogRecord) -> bool:
-    # A worker's lines name it, as syslog does: mailhook.ingest[1234].
-    if not record.name.endswith("]"):
-        record.name = f"{record.name}[{record.process}]"
-    return True
 
 
 def _die_with(parent: int) -> None:
