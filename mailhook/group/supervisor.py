@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 from mailhook.backoff import Backoff
 from mailhook.config.addresses import parse_address
-from mailhook.errors import ConfigError
+from mailhook.errors import ConfigError, RetryLater
+from mailhook.exitcodes import EX_CONFIG
 from mailhook.group.channel import Channel
 from mailhook.group.service import StoreService
 from mailhook.group.shares import worker_count, worker_settings
@@ -173,7 +174,10 @@ class Group:
         done, _ = await asyncio.wait(waiting, timeout=START_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
         if step not in done:
             code = await self._loop.run_in_executor(None, worker.process.wait)
-            raise ConfigError(f"worker process {worker.index} did not start (exit status {code}); see the lines above")
+            message = f"worker process {worker.index} did not start (exit status {code}); see the lines above"
+            # Exit 78 only for what a restart cannot mend (systemd's RestartPreventExitStatus=78).
+            # Anything else: exit 75, and systemd starts the service again (Restart=on-failure).
+            raise ConfigError(message) if code == EX_CONFIG else RetryLater(message)
         worker.answered = time.monotonic()
 
     def _reap(self, worker: Worker) -> None:
@@ -199,7 +203,7 @@ class Group:
             await self._step(worker, worker.service.prepared)
             worker.service.go()
             await self._step(worker, worker.service.ready)
-        except ConfigError as exc:
+        except (ConfigError, RetryLater) as exc:
             log.error("%s", exc)  # _ended starts another after a longer pause
             return
         log.info("worker %d (pid %d) listening again", index, worker.process.pid)
