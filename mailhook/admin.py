@@ -23,9 +23,10 @@ from mailhook.config.addresses import parse_address
 from mailhook.config.load import check_files, explain
 from mailhook.config.render import render
 from mailhook.config.settings import Settings
-from mailhook.errors import RetryLater
-from mailhook.exitcodes import EX_CANTCREAT, EX_CONFIG, EX_OK, EX_UNAVAILABLE, EX_UNHEALTHY
+from mailhook.errors import ConfigError, RetryLater
+from mailhook.exitcodes import EX_CANTCREAT, EX_CONFIG, EX_OK, EX_UNAVAILABLE, EX_UNHEALTHY, EX_USAGE
 from mailhook.privileges import make_directories
+from mailhook.store.target import PostgresTarget
 
 _AGE = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -51,20 +52,43 @@ def run_check_config(args: argparse.Namespace, settings: Settings, env: Mapping[
                                     http=bool(effective.settings.http.listen))
     if shortfall:
         print(f"mailhook: warning: {shortfall}", file=sys.stderr)
-    folder = effective.settings.database(env).parent
-    if not folder.is_dir():
+    database = effective.settings.database(env)
+    folder = database.parent if isinstance(database, Path) else None
+    if folder is not None and not folder.is_dir():
         # Not an error: systemd's StateDirectory= creates it when the service starts.
         print(f"mailhook: note: storage.db: directory {folder} does not exist yet", file=sys.stderr)
+    if not isinstance(database, Path) and not problems:
+        problems += _check_postgres(database, effective.settings.storage.busy_timeout)
     return EX_CONFIG if problems else EX_OK
+
+
+def _check_postgres(database: PostgresTarget, timeout: float) -> list[str]:
+    """Connect to the configured PostgreSQL database and say what it holds; return the configuration problems."""
+    from mailhook.store.pg.maintenance import describe
+
+    try:
+        found = describe(database, timeout=timeout)
+    except ConfigError as exc:
+        print(f"mailhook: configuration error: {exc}", file=sys.stderr)
+        return [str(exc)]
+    except RetryLater as exc:
+        # Not a configuration error: the server may be down or failing over right now.
+        print(f"mailhook: warning: {exc}", file=sys.stderr)
+        return []
+    print(f"mailhook: note: storage.db: connected to PostgreSQL {found['server_version']} at {database};"
+          f" schema version {found['schema_version']} (this mailhook: {found['schema_expected']})"
+          + (", a read-only standby" if found["standby"] else ""), file=sys.stderr)
+    return []
 
 
 def run_prune(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
     """Delete what was received before the cutoff, in small transactions so serving goes on."""
-    from mailhook.store.maintenance import prune
+    from mailhook.store.operations import operations
 
     cutoff = datetime.now(UTC) - args.older_than
-    result = prune(settings.database(env), cutoff, keep_raw=args.keep_raw, dry_run=args.dry_run,
-                   busy_timeout=settings.storage.busy_timeout)
+    database = settings.database(env)
+    result = operations(database).prune(database, cutoff, keep_raw=args.keep_raw, dry_run=args.dry_run,
+                                        busy_timeout=settings.storage.busy_timeout)
     verb = "would delete" if args.dry_run else "deleted"
     what = "" if args.keep_raw else f"{result.deliveries} deliveries, "
     print(f"mailhook: {verb} {what}{result.events} events and {result.attempts} attempts received before "
@@ -74,7 +98,17 @@ def run_prune(args: argparse.Namespace, settings: Settings, env: Mapping[str, st
 
 def run_backup(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
     """Write a consistent copy of the live database to PATH (a file, or a directory to put one in)."""
-    from mailhook.store.maintenance import CannotWrite, backup
+    from mailhook.store.operations import Unsupported, operations
+
+    database = settings.database(env)
+    store = operations(database)
+    if store.kind != "sqlite":
+        try:
+            store.backup(database, Path(args.path))
+        except Unsupported as exc:
+            print(f"mailhook: {exc}", file=sys.stderr)
+            return EX_USAGE
+    from mailhook.store.maintenance import CannotWrite
 
     target = Path(args.path)
     if args.path.endswith("/") or target.is_dir():
@@ -85,8 +119,8 @@ def run_backup(args: argparse.Namespace, settings: Settings, env: Mapping[str, s
             return EX_CANTCREAT
         target = target / f"mailhook-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.db"
     try:
-        info = backup(settings.database(env), target, busy_timeout=settings.storage.busy_timeout,
-                      mode=settings.storage.file_mode())
+        info = store.backup(database, target, busy_timeout=settings.storage.busy_timeout,
+                            mode=settings.storage.file_mode())
     except FileNotFoundError as exc:
         print(f"mailhook: {exc}", file=sys.stderr)
         return EX_UNAVAILABLE
@@ -102,18 +136,19 @@ def run_backup(args: argparse.Namespace, settings: Settings, env: Mapping[str, s
 
 def run_status(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
     """Report the database (and with --server the running doors); exit 0 only when healthy."""
-    from mailhook.health import probe
-    from mailhook.store.maintenance import status
+    from mailhook.store.operations import operations
 
     problems: list[str] = []
+    database = settings.database(env)
+    store = operations(database)
     try:
-        report = status(settings.database(env), busy_timeout=settings.storage.busy_timeout)
+        report = store.status(database, busy_timeout=settings.storage.busy_timeout)
     except (FileNotFoundError, RetryLater) as exc:
-        report = {"database": str(settings.database(env)), "error": str(exc)}
+        report = {"database": str(database), "error": str(exc)}
         problems.append(str(exc))
     if "error" not in report:
         # Whether the store would take a write now, whichever doors run (SMTP only, or none).
-        report["storage"] = probe(settings.database(env)) or "ok"
+        report["storage"] = store.writable(database) or "ok"
         if report["storage"] != "ok":
             problems.append(f"storage: {report['storage']}")
         if report["schema_version"] != report["schema_expected"]:

@@ -51,6 +51,7 @@ COMMAND_SECTIONS: dict[str, tuple[str, ...]] = {
     "status": ("storage", "smtp", "http", "log"),
     "stats": ("storage", "log"),
     "export": ("storage", "log"),
+    "migrate-to": ("storage", "log"),
 }
 
 
@@ -129,6 +130,9 @@ def _add_analysis(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
     stats.add_arguments(_command(sub, "stats", stats.HELP))
     export.add_arguments(_command(sub, "export", export.HELP))
+    from mailhook import migrate
+
+    migrate.add_arguments(_command(sub, "migrate-to", migrate.HELP))
 
 
 def _command(
@@ -256,10 +260,12 @@ def _run_ingest(args: argparse.Namespace, settings: Settings, env: Mapping[str, 
 
 def _run_reprocess(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
     from mailhook.pipeline import reprocess
-    from mailhook.store.write import Store
+    from mailhook.store.operations import operations
 
-    store = Store(settings.database(env), busy_timeout=settings.storage.busy_timeout,
-                  mode=settings.storage.file_mode(), phone_region=settings.storage.phone_region)
+    database = settings.database(env)
+    store = operations(database).open_store(database, busy_timeout=settings.storage.busy_timeout,
+                                            mode=settings.storage.file_mode(),
+                                            phone_region=settings.storage.phone_region)
     try:
         receipts = reprocess(store, settings.subscriptions, quarantined_only=args.quarantined,
                              limits=settings.parsing.mail_limits())

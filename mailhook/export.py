@@ -21,11 +21,9 @@ from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from mailhook.exitcodes import EX_NOINPUT, EX_OK, EX_USAGE
 from mailhook.stats.command import add_window_arguments, open_for_reading, window_from
-from mailhook.stats.queries import CALL_TYPES, CAMPAIGN_TYPES, TEXT_TYPES, Window
+from mailhook.stats.queries import CALL_TYPES, CAMPAIGN_TYPES, TEXT_TYPES, Reader, Window
 
 if TYPE_CHECKING:
-    from sqlite_utils import Database
-
     from mailhook.config.settings import Settings
 
 Format = Literal["csv", "jsonl"]
@@ -44,10 +42,11 @@ class Source:
     # What --since/--until compare for a source with no event (deliveries: when received).
     time: str = "v.received_at"
 
-    def select(self, columns: str | None = None) -> str:
+    def select(self, columns: str | None = None, dialect: str = "sqlite") -> str:
         """Return the SELECT (of `columns`, default all) and FROM that read rows in key order from the key table."""
         columns = columns or self.columns
-        if self.relation == self.key_table:
+        if self.relation == self.key_table or dialect != "sqlite":
+            # PostgreSQL's planner reads a view's rows in key order by itself (and has no CROSS JOIN ... ON).
             return f"SELECT {columns} FROM {self.relation} AS v"
         # Driving from the key table keeps every page a short rowid range scan; reading the
         # view directly lets SQLite pick its event_type index and sort all remaining rows per page.
@@ -91,15 +90,17 @@ def event_types(values: Iterable[str]) -> tuple[str, ...]:
     return tuple(result)
 
 
-def query(table: str, window: Window, types: Sequence[str] = (), columns: str | None = None) -> tuple[str, list[Any]]:
-    """Return the paged SELECT (of `columns`, default all) for `table` and its filter parameters.
+def query(table: str, window: Window, types: Sequence[str] = (), columns: str | None = None,
+          dialect: str = "sqlite") -> tuple[str, list[Any]]:
+    """Return the paged SELECT (of `columns`, default all) for `table` in `dialect`, and its filter parameters.
 
     The statement takes three more parameters after those: the last key read,
     the newest key to include, and the page size.
     """
     source = SOURCES[table]
-    sql = source.select(columns)
-    key = "v.id" if source.relation == source.key_table else "k.id"
+    sql = source.select(columns, dialect)
+    key = "v.id" if source.relation == source.key_table or dialect != "sqlite" else "k.id"
+    join = "CROSS JOIN" if dialect == "sqlite" else "JOIN"
     conditions: list[str] = []
     params: list[Any] = []
     if source.event_id is None:
@@ -109,7 +110,7 @@ def query(table: str, window: Window, types: Sequence[str] = (), columns: str | 
     elif types or window.since or window.until or window.broadcast_id is not None:
         # Filter on the owning event exactly as `mailhook stats` does, so the two agree.
         # CROSS JOIN keeps `v` the outer loop, read in key order: each page costs only its own rows.
-        sql += f" CROSS JOIN events AS e ON e.id = {source.event_id}"
+        sql += f" {join} events AS e ON e.id = {source.event_id}"
         where, where_params = window.where()
         conditions.append(where)
         params += where_params
@@ -122,18 +123,22 @@ def query(table: str, window: Window, types: Sequence[str] = (), columns: str | 
 
 # Left out unless asked for: the whole notification as JSON, two thirds of a CSV's bytes.
 UNLESS_ASKED = ("payload",)
+# Never exported: PostgreSQL's full-text index column (SQLite keeps its index apart, in events_fts).
+INTERNAL = ("message_tsv",)
 
 
-def rows(db: Database, table: str, window: Window, types: Sequence[str] = (), page: int = PAGE,
+def rows(db: Reader, table: str, window: Window, types: Sequence[str] = (), page: int = PAGE,
          columns: Sequence[str] | None = None) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
     """Return the column names and a lazy iterator over the matching rows, oldest first.
 
     `columns` chooses and orders the columns (`*`: every one); by default every
     column but `payload`. Raises ValueError naming a column the table lacks.
     """
-    sql, params = query(table, window, types)
+    # A PostgreSQL reader (mailhook.store.pg.reports) says so; a sqlite_utils.Database has no dialect.
+    dialect = getattr(db, "dialect", "sqlite")
+    sql, params = query(table, window, types, dialect=dialect)
     cursor = db.execute(sql, [*params, 0, 0, 0])
-    available = [d[0] for d in cursor.description]
+    available = [d[0] for d in cursor.description if d[0] not in INTERNAL]
     cursor.close()
     if columns is None:
         chosen = [c for c in available if c not in UNLESS_ASKED]
@@ -147,7 +152,7 @@ def rows(db: Database, table: str, window: Window, types: Sequence[str] = (), pa
     # Pages are keyed on id: read it along, and leave it out of the output when not chosen.
     hidden = "id" not in chosen
     select = ", ".join(f'v."{c}"' for c in [*chosen, *(["id"] if hidden else [])])
-    sql, params = query(table, window, types, select)
+    sql, params = query(table, window, types, select, dialect)
     newest = db.execute(f"SELECT coalesce(max(id), 0) FROM {SOURCES[table].key_table}").fetchone()[0]
     id_index = len(chosen) if hidden else chosen.index("id")
 
@@ -180,7 +185,7 @@ def write(out: TextIO, fmt: Format, columns: Sequence[str], records: Iterable[tu
     return count
 
 
-def export(db: Database, out: TextIO, *, fmt: Format = "csv", table: str = "events",
+def export(db: Reader, out: TextIO, *, fmt: Format = "csv", table: str = "events",
            window: Window | None = None, types: Sequence[str] = (), columns: Sequence[str] | None = None) -> int:
     """Stream `table`'s rows inside `window` (and of `types`) to `out` as `fmt`; return the row count."""
     names, records = rows(db, table, window or Window(), types, columns=columns)

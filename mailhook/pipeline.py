@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
@@ -28,9 +29,8 @@ from mailhook.extract import extract
 from mailhook.extract.mail import check_structure
 from mailhook.logs import logfmt
 from mailhook.models import Delivery, Extraction, Kind, MailLimits, Receipt
-from mailhook.store.interface import Storage
+from mailhook.store.interface import Rereading, Storage
 from mailhook.store.rows import Completion, Rows, worker_rows
-from mailhook.store.write import Store
 
 log = logging.getLogger("mailhook.ingest")
 
@@ -71,6 +71,8 @@ class Pipeline:
     new_executor: Callable[[], Executor] | None = None
     # The level of a delivery's log line when it is stored well (a backfill's are DEBUG); trouble is a warning.
     log_level: int = logging.INFO
+    # Hands finished deliveries back to the event loop, a batch at a time (see `_on_loop`).
+    _mailbox: _Mailbox | None = field(default=None, init=False, repr=False)
 
     def submit(
         self, delivery: Delivery, found: Found | None = None, *, started: float | None = None
@@ -137,19 +139,34 @@ class Pipeline:
         if delivery.channel in self.deferred:
             return await self._accept(delivery, started)
         if len(delivery.raw) <= INLINE_LIMIT:
-            return await asyncio.wrap_future(self.submit(delivery, started=started))
+            return await self._on_loop(self.submit(delivery, started=started))
         if (refused := self._refused_structure(delivery)) is not None:
-            return await asyncio.wrap_future(self.submit(delivery, refused, started=started))
+            return await self._on_loop(self.submit(delivery, refused, started=started))
         # A large body can take seconds and many times its size in memory to read: only
         # `budget` bytes of them at once, held until its events are stored.
         async with self.budget.hold(len(delivery.raw)):
             found = await self._extract_beside(delivery)
-            return await asyncio.wrap_future(self.submit(delivery, found, started=started))
+            return await self._on_loop(self.submit(delivery, found, started=started))
+
+    def _on_loop(self, source: Future[Receipt]) -> asyncio.Future[Receipt]:
+        """Return an asyncio future of the running loop that resolves as `source` does (`asyncio.wrap_future`).
+
+        Resolved in batches: a group commit completes many deliveries at once
+        in the writer's thread, and `wrap_future` wakes the loop (a write to its
+        self-pipe, a `Handle`) once per delivery; this once per batch.
+        """
+        loop = asyncio.get_running_loop()
+        mailbox = self._mailbox
+        if mailbox is None or mailbox.loop is not loop:
+            mailbox = self._mailbox = _Mailbox(loop)
+        waiter: asyncio.Future[Receipt] = loop.create_future()
+        source.add_done_callback(functools.partial(mailbox.put, waiter))
+        return waiter
 
     async def _accept(self, delivery: Delivery, started: float) -> Receipt:
         """Store a delivery's raw bytes durably as `pending` and tell the pending listeners (the backlog)."""
         try:
-            receipt = await asyncio.wrap_future(self.writer.submit(delivery, None))
+            receipt = await self._on_loop(self.writer.submit(delivery, None))
         except RetryLater:
             self.report(delivery, None, time.perf_counter() - started)
             raise
@@ -225,6 +242,38 @@ class Pipeline:
             listener(delivery, receipt, elapsed)
 
 
+class _Mailbox:
+    """Futures finished in other threads, handed to one event loop with one wake-up for all that arrive together."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._lock = threading.Lock()
+        self._done: list[tuple[asyncio.Future[Receipt], Future[Receipt]]] = []
+
+    def put(self, waiter: asyncio.Future[Receipt], source: Future[Receipt]) -> None:
+        """Queue `waiter` to take the outcome of `source`; wake the loop unless a wake-up is already on its way."""
+        with self._lock:
+            self._done.append((waiter, source))
+            if len(self._done) > 1:
+                return
+        if self.loop.is_closed():
+            return  # as asyncio.wrap_future: nobody is left to tell
+        self.loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self._lock:
+            done, self._done = self._done, []
+        for waiter, source in done:
+            if waiter.cancelled():
+                continue
+            if source.cancelled():
+                waiter.cancel()
+            elif (exc := source.exception()) is not None:
+                waiter.set_exception(exc)
+            else:
+                waiter.set_result(source.result())
+
+
 def extract_rows(
     raw: bytes, kind: Kind, subscriptions: Mapping[int, str], limits: MailLimits, content_type: str | None = None
 ) -> Found:
@@ -242,7 +291,8 @@ def log_delivery(delivery: Delivery, receipt: Receipt | None, elapsed: float, *,
     if log.isEnabledFor(level):
         # Formatted only when a handler writes it: the text for text logs, the fields for JSON.
         line = DeliveryLine(delivery, receipt, elapsed)
-        log.log(level, "delivery %s", line, extra={"delivery": line})
+        # The record made directly: Logger.log would walk the stack for a file and line no format shows.
+        log.handle(log.makeRecord(log.name, level, "", 0, "delivery %s", (line,), None, extra={"delivery": line}))
 
 
 class DeliveryLine:
@@ -301,7 +351,7 @@ class DeliveryLine:
 
 
 def reprocess(
-    store: Store, subscriptions: Mapping[int, str], *, quarantined_only: bool, limits: MailLimits | None = None
+    store: Rereading, subscriptions: Mapping[int, str], *, quarantined_only: bool, limits: MailLimits | None = None
 ) -> list[Receipt]:
     """Re-extract stored raw deliveries with the current extractors, adding only new events."""
     receipts = []

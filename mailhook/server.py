@@ -28,8 +28,8 @@ from mailhook.exitcodes import EX_OK
 from mailhook.metrics import Metrics
 from mailhook.models import Delivery, Receipt
 from mailhook.pipeline import Pipeline
-from mailhook.store.reads import totals
-from mailhook.store.writer import Writer
+from mailhook.store.interface import Storage
+from mailhook.store.open import open_storage
 from mailhook.workers import worker_count, worker_pool
 
 log = logging.getLogger("mailhook.server")
@@ -56,7 +56,7 @@ class Runtime:
     settings: Settings
     env: Mapping[str, str]
     pipeline: Pipeline
-    writer: Writer
+    writer: Storage
     metrics: Metrics
     doors: list[Door] = field(default_factory=list)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -92,11 +92,11 @@ class Counters:
     database: tuple[int, int, int] | None = None
     counted_at: tuple[int, int, int] = (0, 0, 0)
 
-    def count(self, path: Path) -> None:
+    def count(self, storage: Storage) -> None:
         """Read the database's totals (blocking: call it from a thread); keep the last ones if it cannot."""
         mine = (self.deliveries - self.retried, self.quarantined, self.events)
         try:
-            self.database = totals(path)
+            self.database = storage.totals()
         except RetryLater:
             return
         self.counted_at = mine
@@ -158,10 +158,13 @@ async def serve(settings: Settings, env: Mapping[str, str], *, started: asyncio.
                         new_executor=lambda: worker_pool(worker_count()),
                         deferred=frozenset({"smtp"}) if deferred else frozenset())
     workers = worker_count() if deferred else 1
-    backlog = Backlog(pipeline, pool=worker_pool(workers) if deferred else None, workers=workers)
-    backlog.start()
-    metrics.track_pending(backlog.pending)
-    if deferred:
+    # The backlog reads pending deliveries from the SQLite file; on PostgreSQL `received` is refused (settings).
+    backlog = Backlog(pipeline, pool=worker_pool(workers) if deferred else None,
+                      workers=workers) if isinstance(settings.database(env), Path) else None
+    if backlog is not None:
+        backlog.start()
+        metrics.track_pending(backlog.pending)
+    if deferred and backlog is not None:
         pipeline.pending_listeners.append(backlog.accepted)
     runtime = Runtime(settings, env, pipeline, writer, metrics, sockets=sockets, backlog=backlog,
                       inflight=InflightBudget(settings.parsing.inflight_budget))
@@ -183,7 +186,7 @@ async def serve(settings: Settings, env: Mapping[str, str], *, started: asyncio.
         if started is not None:
             started.set_result(runtime)
         if notifier.enabled:
-            await asyncio.get_running_loop().run_in_executor(None, counters.count, writer.store.path)
+            await asyncio.get_running_loop().run_in_executor(None, counters.count, writer)
         notifier.ready(counters.line(writer.depth))
         if notifier.enabled:
             supervisor = asyncio.create_task(_supervise(runtime, notifier, counters))
@@ -199,10 +202,11 @@ async def serve(settings: Settings, env: Mapping[str, str], *, started: asyncio.
             except Exception:
                 log.exception("error while closing %s", door.name)
         try:
-            await backlog.close(settings.smtp.shutdown_grace)
+            if backlog is not None:
+                await backlog.close(settings.smtp.shutdown_grace)
         except Exception:  # what is still pending is taken up at the next start; the writer must still flush
             log.exception("error while stopping the extraction backlog")
-        if backlog.pool is not None:
+        if backlog is not None and backlog.pool is not None:
             backlog.pool.shutdown(cancel_futures=True)
         await asyncio.get_running_loop().run_in_executor(None, writer.close)
         if pipeline.executor is not None:
@@ -213,7 +217,7 @@ async def serve(settings: Settings, env: Mapping[str, str], *, started: asyncio.
 
 async def _open_writer(
     settings: Settings, env: Mapping[str, str], metrics: Metrics, notifier: systemd.Notifier
-) -> Writer:
+) -> Storage:
     """Open (and migrate) the database beside the loop, asking systemd for more start-up time meanwhile.
 
     A migration of a large database can outlast TimeoutStartSec=; being killed
@@ -221,7 +225,7 @@ async def _open_writer(
     """
     loop = asyncio.get_running_loop()
     opening = loop.run_in_executor(None, functools.partial(
-        Writer,
+        open_storage,
         settings.database(env),
         busy_timeout=settings.storage.busy_timeout,
         max_batch=settings.storage.max_batch,
@@ -247,7 +251,7 @@ async def _supervise(runtime: Runtime, notifier: systemd.Notifier, counters: Cou
     while True:
         if loop.time() - counted >= TOTALS_EVERY:
             counted = loop.time()
-            await loop.run_in_executor(None, counters.count, runtime.writer.store.path)
+            await loop.run_in_executor(None, counters.count, runtime.writer)
         alive = runtime.writer.alive
         if not alive:
             # Without pings systemd restarts us; a server that cannot store must not look healthy.

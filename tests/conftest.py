@@ -6,6 +6,8 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -139,13 +141,17 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
 
 
 @pytest.fixture(scope="session")
-def postgres_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def postgres_cluster() -> Iterator[Cluster]:
     """One throwaway PostgreSQL cluster for the whole run (Debian's postgresql, on a loopback port)."""
-    cluster = start_cluster(tmp_path_factory.mktemp("postgres"))
+    # Outside pytest's base directory: the server runs as another user, and pytest keeps its
+    # directories 0700 (and another run may remove or recreate them meanwhile).
+    directory = Path(tempfile.mkdtemp(prefix="mailhook-pg-"))
+    cluster = start_cluster(directory)
     try:
         yield cluster
     finally:
         cluster.stop("immediate")
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture

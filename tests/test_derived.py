@@ -46,3 +46,78 @@ def test_regions_are_checked_against_libphonenumbers_list() -> None:
 )
 def test_the_date_header_is_read_as_utc(raw: bytes, expected: str | None) -> None:
     assert sent_at(raw) == expected
+
+
+def _library_e164(number: str, region: str) -> str | None:
+    """What libphonenumber alone makes of `number` (e164's answer without its shortcuts)."""
+    import phonenumbers
+
+    try:
+        parsed = phonenumbers.parse(number, region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_possible_number(parsed):
+        return None
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+def test_north_american_numbers_read_without_the_library_as_the_library_reads_them() -> None:
+    # Every area code (and every 0/1 first digit the shortcut must leave alone), in each way CallFire writes them.
+    import random
+
+    rng = random.Random(15)
+    e164.cache_clear()
+    for area in range(1000):
+        rest = f"{rng.randrange(10**7):07d}"
+        for number in (f"1{area:03d}{rest}", f"+1{area:03d}{rest}", f"{area:03d}{rest}", f"+{area:03d}{rest}",
+                       f"11{area:03d}{rest}", f"{area:03d}{rest}1"):
+            assert e164(number, "US") == _library_e164(number, "US"), number
+    assert e164("\u0663105550003", "US") == _library_e164("\u0663105550003", "US")  # non-ASCII digits
+
+
+def _library_sent_at(raw: bytes) -> str | None:
+    """sent_at as the standard library alone reads it (the regex scan and parsedate_to_datetime, no shortcut)."""
+    import email.utils
+    import re
+    from datetime import UTC
+
+    end = re.search(rb"\r?\n\r?\n", raw[: 1 << 20])
+    found = re.search(rb"^Date:[ \t]*(.*(?:\r?\n[ \t].*)*)", raw[: end.start() if end else min(len(raw), 1 << 16)],
+                      re.IGNORECASE | re.MULTILINE)
+    if found is None:
+        return None
+    text = re.sub(r"\s+", " ", found.group(1).decode("ascii", "replace")).strip()
+    try:
+        moment = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, ValueError):
+        return None
+
+
+def test_common_dates_read_without_the_library_as_the_library_reads_them() -> None:
+    import random
+
+    rng = random.Random(15)
+    days = ("Mon, ", "Sun, ", "", "Xyz, ", "mon, ")
+    months = ("Jan", "Feb", "Jun", "Dec", "dec", "Foo")
+    for _ in range(20000):
+        day = rng.choice(("1", "01", "28", "29", "30", "31", "00", "32", "7"))
+        year = rng.choice(("2026", "2024", "2100", "1000", "9999", "0099", "1970", "26"))
+        clock = rng.choice(("10:00:00", "00:00:00", "23:59:59", "24:00:00", "12:60:00", "12:00:61", "10:00"))
+        zone = rng.choice(("+0000", "-0000", "+0200", "-0500", "+2359", "-2359", "+2400", "+0099", "-9999", "GMT",
+                           "+0530 (IST)", "+05"))
+        space = rng.choice((" ", "  ", "\r\n ", "\t", "\x1c"))
+        date = f"{rng.choice(days)}{day}{space}{rng.choice(months)} {year} {clock} {zone}"
+        for raw in (f"From: a\r\nDate: {date}\r\n\r\nbody".encode(), f"Date:{date}\n\n".encode()):
+            assert sent_at(raw) == _library_sent_at(raw), raw
+    for raw in (b"Date: Fri, 27 Nov 2026 10:00:00 +0000", b"X: 1\n\r\nDate: Fri, 27 Nov 2026 10:00:00 +0000\n\n",
+                b"Date: Fri, 27 Nov 2026 10:00:00 +0000\r\r\n\r\n", b"\n\nDate: Fri, 27 Nov 2026 10:00:00 +0000",
+                b"X-Date: Fri, 27 Nov 2026 10:00:00 +0000\nDATE: Sat, 28 Nov 2026 10:00:00 +0100\n\n",
+                b"X-Date: Fri, 27 Nov 2026 10:00:00 +0000\n\nDate: Sat, 28 Nov 2026 10:00:00 +0100\n",
+                b"date:Sat, 28 Nov 2026 10:00:00 +0100\nDate: Fri, 27 Nov 2026 10:00:00 +0000\n\n"):
+        assert sent_at(raw) == _library_sent_at(raw), raw

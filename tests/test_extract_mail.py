@@ -529,7 +529,10 @@ def test_a_flowed_body_is_unflowed_before_its_fields_are_read() -> None:
     for params, want in (
         ("format=flowed", "a long reply that wraps"),
         ("format=flowed; delsp=yes", "a longreply thatwraps"),
+        ("FORMAT=Flowed", "a long reply that wraps"),
+        ('Format="flowed"', "a long reply that wraps"),
         ("format=fixed", None),
+        ("name=format.txt", None),
     ):
         mail = parse_mail(email(body, ctype=f"text/plain; charset=utf-8; {params}"))
         if want is None:

@@ -188,3 +188,18 @@ def test_to_int_refuses_a_digit_string_of_forty_characters_naming_the_field() ->
 @given(st.datetimes(timezones=st.just(UTC)))
 def test_to_time_writes_every_year_as_strftime_does(moment: datetime) -> None:
     assert to_time(moment.isoformat(), "Created") == moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2026-11-01T00:00:11Z", "2026-11-01T00:00:11Z"),
+        ("2026-11-01T02:00:11+02:00", "2026-11-01T00:00:11Z"),
+        ("1700000000000 ", "2023-11-14T22:13:20Z"),  # digits with a trailing blank are still epoch milliseconds
+        ("\t1700000000000\n", "2023-11-14T22:13:20Z"),
+        ("2026-11-01T00:00:11Z\n", "2026-11-01T00:00:11Z"),
+        (" \t", None),
+    ],
+)
+def test_times_read_the_same_whichever_way_their_text_ends(value: str, expected: str | None) -> None:
+    assert to_time(value, "Modified") == expected

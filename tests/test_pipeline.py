@@ -252,3 +252,42 @@ def test_a_huge_json_integer_is_quarantined_with_mailhook_s_reason_not_python_s(
     assert receipt.status == "quarantined"
     assert receipt.error is not None and "an integer of more than 4300 digits" in receipt.error
     assert "sys.set_int_max_str_digits" not in receipt.error and "Exceeds the limit" not in receipt.error
+
+
+def test_deliveries_finished_together_are_handed_to_the_loop_with_one_wake_up(pipeline: Pipeline) -> None:
+    # A group commit finishes many deliveries at once in the writer's thread; each used to wake the
+    # event loop on its own (asyncio.wrap_future: a self-pipe write and a Handle per delivery).
+    import threading
+    from concurrent.futures import Future
+
+    async def scenario() -> tuple[int, list[object]]:
+        loop = asyncio.get_running_loop()
+        wakeups = 0
+        original = loop.call_soon_threadsafe
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            nonlocal wakeups
+            wakeups += 1
+            return original(*args, **kwargs)
+
+        loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+        sources: list[Future[Receipt]] = [Future() for _ in range(8)]
+        waiters = [pipeline._on_loop(source) for source in sources]
+
+        def commit() -> None:  # as the writer does: every future of the batch, one after another
+            for i, source in enumerate(sources[:6]):
+                source.set_result(Receipt(i + 1, "stored", 1))
+            sources[6].set_exception(RetryLater("disk full"))
+            sources[7].cancel()
+
+        writer = threading.Thread(target=commit)
+        writer.start()
+        writer.join()  # the loop is held meanwhile, as it is while it extracts
+        outcomes = await asyncio.gather(*waiters, return_exceptions=True)
+        return wakeups, outcomes
+
+    wakeups, outcomes = asyncio.run(scenario())
+    assert wakeups == 1
+    assert [o.delivery_id for o in outcomes[:6]] == [1, 2, 3, 4, 5, 6]  # type: ignore[union-attr]
+    assert isinstance(outcomes[6], RetryLater)
+    assert isinstance(outcomes[7], asyncio.CancelledError)

@@ -97,6 +97,27 @@ def test_noops_no_longer_keep_a_session_open_past_the_idle_timeout(start_server:
     _deliver(runtime, 1)
 
 
+def test_the_idle_timeout_counts_from_the_last_command_though_the_timer_is_kept_between_commands(
+    start_server: StartServer, mode: str
+) -> None:
+    # The timer armed at one command is kept when the next one comes and re-armed when it fires early:
+    # the session must still live `idle_timeout` after its last command, and no longer.
+    runtime = start_server(smtp={"acknowledge": mode, "idle_timeout": 1.0})
+    sock, f = _session(runtime)
+    with sock, f:
+        assert _say(f, b"EHLO client.test").startswith(b"250 ")  # the timer: at 1.0 s from here
+        time.sleep(0.6)
+        assert _say(f, b"MAIL FROM:<notifications@callfire.com>").startswith(b"250 ")  # idle until 1.6 s
+        time.sleep(0.7)  # past the first timer (1.0 s), before the deadline it was kept for
+        assert _say(f, b"RCPT TO:<ops@example.com>").startswith(b"250 ")  # idle until ~2.3 s
+        last = time.monotonic()
+        closing = read_until_closed(f)
+        idle = time.monotonic() - last
+    assert b"421 4.4.2 Timeout" in closing
+    assert 0.9 < idle < 5, idle
+    _deliver(runtime, 3)
+
+
 def test_a_session_is_closed_at_its_time_limit_even_while_it_sends_mail(start_server: StartServer, mode: str) -> None:
     runtime = start_server(smtp={"acknowledge": mode, "max_session_time": 1.5})
     with client(runtime) as smtp:

@@ -23,6 +23,7 @@ than there are bytes, and that is checked.
 from __future__ import annotations
 
 import codecs
+import functools
 import re
 from email.message import Message
 
@@ -47,8 +48,12 @@ _NAMES = {"utf-8": "UTF-8", "utf-16-le": "UTF-16LE", "utf-16-be": "UTF-16BE", "u
           "utf-32-be": "UTF-32BE", "utf-16": "UTF-16", "utf-32": "UTF-32"}  # fmt: skip
 
 
+@functools.lru_cache(maxsize=256)
 def charset_of(content_type: str | None) -> str | None:
-    """Return the `charset` parameter of a Content-Type value (quoted or RFC 2231), or None."""
+    """Return the `charset` parameter of a Content-Type value (quoted or RFC 2231), or None.
+
+    Cached: a sender posts with one Content-Type, and reading it through `email.message` costs ~30 µs.
+    """
     if not content_type or "charset" not in content_type.lower():
         return None
     header = Message()

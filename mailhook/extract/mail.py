@@ -140,7 +140,9 @@ class _MailParser(mailparser.MailParser):  # type: ignore[misc]  # mail-parser s
             if isinstance(data, bytes) and data:
                 return _decode(data, part.get_content_charset())
         text: str = super()._decode_body_payload(part, charset, part_index)
-        if ctype == "text/plain" and str(part.get_param("format", "")).lower() == "flowed":
+        # get_param parses every parameter (~9 µs): only where the field names one called format at all.
+        if (ctype == "text/plain" and "format" in str(part.get("content-type", "")).lower()
+                and str(part.get_param("format", "")).lower() == "flowed"):
             return unflow(text, delsp=str(part.get_param("delsp", "")).lower() == "yes")
         return text
 

@@ -125,6 +125,9 @@ def to_bool(value: Any, name: str) -> bool | None:
 
 def to_time(value: Any, name: str) -> str | None:
     """Normalize an ISO 8601 time (Z, ±hh:mm or none = UTC) or epoch milliseconds to UTC `...Z`."""
+    # XML's usual: text ending in a zone ("...Z"), neither blank nor digits alone (epoch milliseconds).
+    if type(value) is str and value and not (value[-1].isdigit() or value[-1].isspace()):
+        return _iso_time(value, name)
     value = text_of(value)
     if is_blank(value):
         return None
@@ -137,18 +140,28 @@ def to_time(value: Any, name: str) -> str | None:
             raise Unreadable(f"{name}: epoch milliseconds out of range: {value}")
         moment = datetime.fromtimestamp(int(value) // 1000, tz=UTC)
     elif isinstance(value, str):
-        try:
-            moment = datetime.fromisoformat(value.strip())
-        except ValueError:
-            raise Unreadable(f"{name}: not an ISO 8601 time: {_show(value)}") from None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        try:
-            moment = moment.astimezone(UTC)
-        except OverflowError:
-            raise Unreadable(f"{name}: time out of range: {_show(value)}") from None
+        return _iso_time(value, name)
     else:
         raise Unreadable(f"{name}: expected a time, got {_show(value)}")
+    return _utc_text(moment)
+
+
+def _iso_time(value: str, name: str) -> str:
+    """Normalize an ISO 8601 time given as text (not blank, not digits alone) to UTC `...Z`."""
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise Unreadable(f"{name}: not an ISO 8601 time: {_show(value)}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    try:
+        moment = moment.astimezone(UTC)
+    except OverflowError:
+        raise Unreadable(f"{name}: time out of range: {_show(value)}") from None
+    return _utc_text(moment)
+
+
+def _utc_text(moment: datetime) -> str:
     if moment.year >= 1000:  # isoformat() is faster, and the same where strftime's %Y has four digits
         return moment.isoformat()[:19] + "Z"
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -96,6 +96,21 @@ class RemoteStorage:
         answer: set[str] = self._ask("quarantined", list(sources)).result(ASK_TIMEOUT)
         return answer
 
+    def totals(self) -> tuple[int, int, int]:
+        """Return the database's totals, as the parent's store counts them (blocking)."""
+        answer: tuple[int, int, int] = self._ask("totals").result(ASK_TIMEOUT)
+        return answer
+
+    @property
+    def depth(self) -> int:
+        """Return how many of this worker's requests wait for the parent's answer."""
+        return len(self._waiting)
+
+    @property
+    def alive(self) -> bool:
+        """Say whether the parent still answers (its end of the channel is open)."""
+        return not self._lost
+
     def close(self) -> None:
         """Close the channel: the doors are closed and every write answered before this is called."""
         self.channel.close()

@@ -101,6 +101,7 @@ class StoreService:
                 "health": storage.health,
                 "position": lambda: storage.committed_position(*args),
                 "quarantined": lambda: storage.quarantined_sources(*args),
+                "totals": storage.totals,
             }[kind]
             # From the loop's thread: run_in_executor is not safe from this one.
             self.loop.call_soon_threadsafe(self.loop.run_in_executor, None, self._read, number, read)
@@ -156,16 +157,17 @@ class StoreService:
         self._answer(number, done)
 
     def _stored(self, number: int, delivery: Delivery, pending: bool, done: Future[Receipt], started: float) -> None:
-        self._answer(number, done)
-        # As the pipeline would in one process: the worker wrote the delivery's log line.
+        # As the pipeline does in one process, the listeners (STATUS= counters, metrics) are told before the
+        # answer goes: whoever got a 250 or 200 finds the delivery counted. The worker wrote its log line.
         elapsed = time.perf_counter() - started
         receipt = done.result() if done.exception() is None else None
         if pending and receipt is not None:
             for wake in self.pipeline.pending_listeners:
                 self.loop.call_soon_threadsafe(wake, receipt.delivery_id, started)
-            return
-        for listener in self.pipeline.listeners:
-            listener(delivery, receipt, elapsed)
+        else:
+            for listener in self.pipeline.listeners:
+                listener(delivery, receipt, elapsed)
+        self._answer(number, done)
 
     def _answer(self, number: int, done: Future[Any]) -> None:
         exc = done.exception()

@@ -20,7 +20,6 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Mapping
-from typing import cast
 
 from mailhook import openfiles
 from mailhook.budget import InflightBudget, return_big_frees
@@ -32,7 +31,6 @@ from mailhook.group.remote import RemoteExtraction, RemoteStorage, SharedBudget
 from mailhook.metrics import Metrics
 from mailhook.pipeline import Pipeline
 from mailhook.server import Door, Runtime
-from mailhook.store.writer import Writer
 from mailhook.systemd import PassedSocket
 
 log = logging.getLogger("mailhook.group")
@@ -92,8 +90,7 @@ async def serve(
                         limits=settings.parsing.mail_limits(), budget=budget,
                         executor=RemoteExtraction(storage),
                         deferred=frozenset({"smtp"}) if deferred else frozenset())
-    # The doors use the runtime's pipeline, never runtime.writer (the parent's Writer in one process).
-    runtime = Runtime(settings, env, pipeline, cast(Writer, storage), metrics, sockets=sockets,
+    runtime = Runtime(settings, env, pipeline, storage, metrics, sockets=sockets,
                       stopping=stopping, inflight=InflightBudget(settings.parsing.inflight_budget))
     doors: list[Door] = []
     try:

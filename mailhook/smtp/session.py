@@ -166,7 +166,15 @@ class Connection(SMTP):
         self.rearmed_from = (self.idle_deadline, self.last_progress)
         self.last_progress = self.loop.time()
         self.idle_deadline = self.last_progress + (duration or self._timeout_duration)
-        super()._reset_timeout(duration)
+        # aiosmtpd cancels the timer and schedules a new one for every command (5 per message, each a
+        # heap entry): a timer still armed for no later than the new deadline is kept instead, and
+        # `_timeout_cb` re-arms it for the rest of the time when it fires early.
+        handle = self._timeout_handle
+        if handle is not None and not handle.cancelled() and self.last_progress < handle.when() <= self.idle_deadline:
+            return
+        if handle is not None:
+            handle.cancel()
+        self._timeout_handle = self.loop.call_at(self.idle_deadline, self._timeout_cb)
 
     # Re-arms the private SMTP._timeout_handle with SMTP._timeout_cb, as _reset_timeout does, at the old deadline.
     def junk_command(self) -> bool:
@@ -327,6 +335,9 @@ class Connection(SMTP):
 
     # Private override: SMTP._timeout_cb (the idle timer's callback), to log, count and send a 421 before closing.
     def _timeout_cb(self) -> None:
+        if self.loop.time() < self.idle_deadline:  # armed for an earlier deadline (see _reset_timeout)
+            self._timeout_handle = self.loop.call_at(self.idle_deadline, self._timeout_cb)
+            return
         log.info("timeout peer=%s", self.peer_ip)
         self.door.runtime.metrics.on_rejected("smtp", "timeout")
         self.say_goodbye(b"421 4.4.2 Timeout, closing connection\r\n")

@@ -10,9 +10,8 @@ from typing import TYPE_CHECKING
 from mailhook.exitcodes import EX_NOINPUT, EX_OK
 
 if TYPE_CHECKING:
-    from sqlite_utils import Database
-
     from mailhook.config.settings import Settings
+    from mailhook.stats.queries import Reader
 from mailhook.stats.queries import Window, collect, parse_bound
 from mailhook.stats.render import render, to_json
 
@@ -62,15 +61,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(run=run_stats)
 
 
-def open_for_reading(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> Database | None:
-    """Open the configured database read-only, or say why not and return None."""
-    from mailhook.store.connection import open_readonly
+def open_for_reading(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> Reader | None:
+    """Open the configured database (SQLite file or PostgreSQL) for reading, or say why not and return None."""
+    from pathlib import Path
 
-    path = settings.database(env)
-    if not path.is_file():
-        print(f"mailhook: no database at {path}", file=sys.stderr)
+    from mailhook.store.operations import operations
+
+    target = settings.database(env)
+    if isinstance(target, Path) and not target.is_file():
+        print(f"mailhook: no database at {target}", file=sys.stderr)
         return None
-    return open_readonly(path, busy_timeout=settings.storage.busy_timeout)
+    db: Reader = operations(target).open_reader(target, busy_timeout=settings.storage.busy_timeout)
+    if "events" not in db.table_names():
+        db.close()
+        print(f"mailhook: {target} holds no mailhook tables yet; start `mailhook serve` (or `mailhook ingest`) on it"
+              " once to create them", file=sys.stderr)
+        return None
+    return db
 
 
 def run_stats(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:

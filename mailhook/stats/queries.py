@@ -2,18 +2,46 @@
 
 Every figure is one SQL aggregate over `events` (and `attempts` for attempt
 counts), filtered by a `Window`, so an analyst can reproduce any number with
-the SQL in docs/schema.md. The database arrives as a `sqlite_utils.Database`
-opened by `mailhook.store`; this module never opens connections itself.
+the SQL in docs/schema.md. The database arrives as a `Reader` opened by `mailhook.store`
+(a `sqlite_utils.Database`, or `mailhook.store.pg.reports.Reader` for
+PostgreSQL); this module never opens connections itself. The SQL is the
+subset both stores run the same way, and the rows are ordered here, so both
+give the same report for the same events.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
-if TYPE_CHECKING:
-    from sqlite_utils import Database
+
+class _State(Protocol):
+    @property
+    def in_transaction(self) -> bool: ...
+
+
+class Reader(Protocol):
+    """What the reports read through: `sqlite_utils.Database`, or the PostgreSQL reader in `mailhook.store.pg`."""
+
+    @property
+    def conn(self) -> _State: ...
+
+    def execute(self, sql: str, parameters: Any = None) -> Any:
+        """Run one statement with `?` parameters and return its cursor."""
+        ...
+
+    def table_names(self) -> list[str]:
+        """Return the database's tables."""
+        ...
+
+    def view_names(self) -> list[str]:
+        """Return the database's views."""
+        ...
+
+    def close(self) -> None:
+        """Close the connection."""
+        ...
 
 
 
@@ -42,7 +70,7 @@ CAMPAIGN_KEY = f"COALESCE(e.broadcast_id, CASE WHEN e.event_type IN {_in(CAMPAIG
 
 
 # A try is an attempt that dialled (or texted) the contact; a transfer's XFER_LEG record is not one.
-TRY = "a.result IS NOT 'XFER_LEG'"
+TRY = "coalesce(a.result, '') <> 'XFER_LEG'"
 
 
 # What each event adds to each counted figure, as a condition on event `e` (see Measures).
@@ -55,16 +83,17 @@ _COUNTED = (
     f"e.event_type IN {_in(TEXT_TYPES)}",
     "e.event_type = 'OUTBOUND_TEXT_FINISHED' AND e.final_result = 'SENT'",
     "e.event_type = 'OUTBOUND_TEXT_FINISHED' AND e.final_result = 'DNT'",
-    "e.event_type = 'OUTBOUND_TEXT_FINISHED' AND ifnull(e.final_result, '') NOT IN ('SENT', 'DNT')",
+    "e.event_type = 'OUTBOUND_TEXT_FINISHED' AND coalesce(e.final_result, '') NOT IN ('SENT', 'DNT')",
     "e.event_type = 'INBOUND_TEXT_FINISHED'",
     f"e.event_type IN {_in(CAMPAIGN_TYPES)}",
 )
 
 
+# The SQL is the subset SQLite and PostgreSQL both run (a condition counts through CASE, not as a number).
 # The figures over events scanned one by one ...
 _MEASURES = ",\n".join([
     "count(*)",
-    *(f"coalesce(sum({condition}), 0)" for condition in _COUNTED),
+    *(f"coalesce(sum(CASE WHEN {condition} THEN 1 ELSE 0 END), 0)" for condition in _COUNTED),
     f"coalesce(sum((SELECT count(*) FROM attempts AS a WHERE a.event_id = e.id AND {TRY})), 0)",
     "coalesce(sum(e.duration), 0)",
     "coalesce(sum(e.transfer_duration), 0)",
@@ -76,7 +105,7 @@ _MEASURES = ",\n".join([
 # each row stands for `events` events of one type and result, so a condition counts them all.
 _TOTALS = ",\n".join([
     "coalesce(sum(e.events), 0)",
-    *(f"coalesce(sum(e.events * ({condition})), 0)" for condition in _COUNTED),
+    *(f"coalesce(sum(CASE WHEN {condition} THEN e.events ELSE 0 END), 0)" for condition in _COUNTED),
     "coalesce(sum(e.tries), 0)",
     "coalesce(sum(e.duration), 0)",
     "coalesce(sum(e.transfer_duration), 0)",
@@ -121,7 +150,7 @@ class Window:
 
     def totals_where(self) -> tuple[str, list[Any]]:
         """Return a SQL condition on `event_totals AS e` selecting this window's days, and its parameters."""
-        clauses: list[str] = ["1"]
+        clauses: list[str] = ["1 = 1"]
         params: list[Any] = []
         if self.since is not None:
             clauses.append("e.day >= ?")
@@ -137,7 +166,7 @@ class Window:
     def where(self) -> tuple[str, list[Any]]:
         """Return a SQL condition on `events AS e` and its parameters."""
         clauses, params = self.between(self.column())
-        clauses.insert(0, "1")
+        clauses.insert(0, "1 = 1")
         if self.broadcast_id is not None:
             clauses.append(f"{CAMPAIGN_KEY} = ?")
             params.append(self.broadcast_id)
@@ -226,7 +255,16 @@ _MEASURE_FIELDS = (
 
 
 def _measures(row: tuple[Any, ...]) -> Measures:
-    return Measures(**dict(zip(_MEASURE_FIELDS, row, strict=True)))
+    return Measures(**dict(zip(_MEASURE_FIELDS, (*row[:-1], credits(row[-1])), strict=True)))
+
+
+def credits(total: float) -> float:
+    """Return a sum of credits without the noise of binary floating point (8.149999999999999 is 8.15).
+
+    Credits have at most a few decimals; the last bits of a float sum depend on
+    the order of addition, which differs between the stores and query plans.
+    """
+    return round(total, 9)
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,7 +321,7 @@ class Report:
         return asdict(self)
 
 
-def collect(db: Database, window: Window) -> Report:
+def collect(db: Reader, window: Window) -> Report:
     """Compute every figure of the report for the events inside `window`, all from one snapshot.
 
     The queries share one short read transaction, so totals, campaigns and days
@@ -298,7 +336,7 @@ def collect(db: Database, window: Window) -> Report:
         db.execute("COMMIT")
 
 
-def _collect(db: Database, window: Window) -> Report:
+def _collect(db: Reader, window: Window) -> Report:
     if window.by_day():
         # Whole days of event time: read the totals kept on ingest instead of scanning every event.
         where, params = window.totals_where()
@@ -310,44 +348,41 @@ def _collect(db: Database, window: Window) -> Report:
         tries = f"(SELECT count(*) FROM attempts AS a WHERE a.event_id = e.id AND {TRY})"
         count = "count(*)"
     totals = _measures(db.execute(f"SELECT {measures} FROM {source} WHERE {where}", params).fetchone())
-    by_type = tuple(
-        TypeResult(*row)
+    # Ordered here, not by the database: PostgreSQL sorts NULL last and text by the database's collation.
+    by_type = tuple(sorted((
+        TypeResult(row[0], row[1], row[2], row[3], row[4], row[5], credits(row[6]))
         for row in db.execute(
             f"""SELECT e.event_type, e.final_result, {count}, coalesce(sum({tries}), 0),
                        coalesce(sum(e.duration), 0), coalesce(sum(e.transfer_duration), 0),
                        coalesce(sum(e.billed_amount), 0.0)
                 FROM {source} WHERE {where}
-                GROUP BY e.event_type, e.final_result ORDER BY e.event_type, e.final_result""",
+                GROUP BY e.event_type, e.final_result""",
             params,
         )
-    )
+    ), key=lambda r: (r.event_type, r.final_result is not None, r.final_result or "")))
     names: dict[int, tuple[str | None, str | None, str | None]] = {
         row[0]: (row[1], row[2], row[3]) for row in db.execute("SELECT id, name, status, type FROM campaigns")}
     replies = _replies(db, window)
-    campaigns = tuple(
+    campaigns = tuple(sorted((
         Campaign(row[0], *names.get(row[0], (None, None, None)), _measures(row[1:]), *replies.get(row[0], (0, 0)))
-        for row in db.execute(
-            f"""SELECT {key} AS campaign, {measures} FROM {source} WHERE {where}
-                GROUP BY campaign ORDER BY campaign IS NULL, campaign""",
-            params,
-        )
-    )
-    days = tuple(
+        for row in db.execute(f"SELECT {key} AS campaign, {measures} FROM {source} WHERE {where} GROUP BY campaign",
+                              params)
+    ), key=lambda c: (c.broadcast_id is None, c.broadcast_id or 0)))
+    days = tuple(sorted((
         Day(row[0], _measures(row[1:]))
-        for row in db.execute(
-            f"SELECT {day} AS day, {measures} FROM {source} WHERE {where} GROUP BY day ORDER BY day", params
-        )
-    )
+        for row in db.execute(f"SELECT {day} AS day, {measures} FROM {source} WHERE {where} GROUP BY day", params)
+    ), key=lambda d: (d.day is not None, d.day or "")))
     return Report(window, totals, _deliveries(db, window), by_type, campaigns, days)
 
 
-def _replies(db: Database, window: Window) -> dict[int | None, tuple[int, int]]:
+def _replies(db: Reader, window: Window) -> dict[int | None, tuple[int, int]]:
     """Return per campaign the replies to its texts inside `window`, and how many of those texts got one."""
     if window.since is None and window.until is None:
         # Every text: the campaigns table keeps these counts current.
+        one = window.broadcast_id is not None
         return {row[0]: (row[1], row[2]) for row in db.execute(
-            "SELECT id, replies, replied_texts FROM campaigns WHERE (? IS NULL OR id = ?)",
-            (window.broadcast_id, window.broadcast_id))}
+            "SELECT id, replies, replied_texts FROM campaigns" + (" WHERE id = ?" if one else ""),
+            (window.broadcast_id,) if one else ())}
     where, params = window.where()
     return {row[0]: (row[1], row[2]) for row in db.execute(
         f"""SELECT e.broadcast_id, count(*), count(DISTINCT r.reply_to)
@@ -357,12 +392,12 @@ def _replies(db: Database, window: Window) -> dict[int | None, tuple[int, int]]:
     )}
 
 
-def _deliveries(db: Database, window: Window) -> dict[str, int] | None:
+def _deliveries(db: Reader, window: Window) -> dict[str, int] | None:
     """Count deliveries by status over the window's times of receipt (no campaign applies to them)."""
     if window.broadcast_id is not None:
         return None
     clauses, params = window.between("received_at")
-    clauses.insert(0, "1")
+    clauses.insert(0, "1 = 1")
     counts = {"stored": 0, "duplicate": 0, "quarantined": 0}
     for status, count in db.execute(
         f"SELECT status, count(*) FROM deliveries WHERE {' AND '.join(clauses)} GROUP BY status", params

@@ -1,0 +1,166 @@
+"""`mailhook reprocess` on PostgreSQL: read stored raw deliveries back, and store what a new extraction finds.
+
+The same as `Store.stored_deliveries` and `Store.reextract` on SQLite: events
+already stored (by dedupe key) are left alone, new ones are added to the
+delivery they came in, and the delivery's status and counts are updated, one
+transaction per delivery, beside running nodes. A transaction PostgreSQL
+aborts for a deadlock with a node's (the figure triggers lock campaigns and
+pairs of numbers) is retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import errors
+
+from mailhook.derived import e164
+from mailhook.errors import RetryLater
+from mailhook.models import Extraction, Kind, Receipt, Status, kind_of, utcnow
+from mailhook.store.pg.connection import open_database
+from mailhook.store.rows import Rows, rows
+from mailhook.store.schema import ATTEMPT_COLUMNS, EVENT_COLUMNS
+from mailhook.store.target import PostgresTarget
+
+log = logging.getLogger("mailhook.store")
+
+_INSERT_EVENT = (
+    f"INSERT INTO events (delivery_id, received_at, event_time, from_e164, to_e164, {', '.join(EVENT_COLUMNS)})"
+    f" VALUES (%s, %s, %s, %s, %s, {', '.join(['%s'] * len(EVENT_COLUMNS))})"
+    " ON CONFLICT (dedupe_key) DO NOTHING RETURNING id"
+)
+_INSERT_ATTEMPT = (
+    f"INSERT INTO attempts (event_id, {', '.join(ATTEMPT_COLUMNS)})"
+    f" VALUES (%s, {', '.join(['%s'] * len(ATTEMPT_COLUMNS))})"
+)
+_MODIFIED, _CREATED = EVENT_COLUMNS.index("modified"), EVENT_COLUMNS.index("created")
+_FROM, _TO = EVENT_COLUMNS.index("from_number"), EVENT_COLUMNS.index("to_number")
+RETRIES = 3
+_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+
+
+def _clean(value: Any, column: str = "") -> Any:
+    """Return a value PostgreSQL can hold, as the nodes' write path stores it (store/pg/write.py `clean`).
+
+    Text cannot hold NUL, jsonb no escaped NUL: both become U+FFFD. (Not imported from write.py, which
+    loads the SQLite store for its writer; `mailhook reprocess` on PostgreSQL never loads sqlite3.)
+    """
+    if not isinstance(value, str):
+        return value
+    if column == "payload":
+        return _NUL_ESCAPE.sub(r"\1\\ufffd", value) if "\\u0000" in value else value
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
+
+
+def stored_kind(channel: str, raw: bytes) -> Kind:
+    """Say how a stored delivery's raw bytes are read (as `mailhook.store.connection.stored_kind`)."""
+    if channel in ("smtp", "imap"):
+        return "email"
+    if channel == "http":
+        return "document"
+    return kind_of(raw)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDelivery:
+    """A delivery as stored, for reprocessing."""
+
+    id: int
+    kind: str
+    raw: bytes
+    status: str
+    content_type: str | None = None
+
+
+class ReprocessStore:
+    """Reads stored deliveries back and adds what a new extraction finds, on PostgreSQL."""
+
+    def __init__(self, target: PostgresTarget, *, busy_timeout: float = 5.0, phone_region: str = "US",
+                 **_: Any) -> None:
+        self.target = target
+        self.phone_region = phone_region
+        self.conn = open_database(target, connect_timeout=max(busy_timeout, 1.0))
+        self.conn.autocommit = True  # each `transaction()` below commits on its own
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.conn.close()
+
+    def stored_deliveries(self, *, quarantined_only: bool) -> Iterator[StoredDelivery]:
+        """Yield stored deliveries that still hold their raw bytes, oldest first, 500 per read."""
+        where = "raw IS NOT NULL" + (" AND status = 'quarantined'" if quarantined_only else "")
+        last = 0
+        while True:
+            try:
+                with self.conn.transaction():
+                    found = self.conn.execute(
+                        f"SELECT id, channel, raw, status, content_type FROM deliveries WHERE {where} AND id > %s"
+                        " ORDER BY id LIMIT 500", (last,)).fetchall()
+            except psycopg.OperationalError as exc:
+                raise RetryLater(f"database {self.target}: {self.target.scrub(str(exc).strip())}") from None
+            if not found:
+                return
+            for id_, channel, raw, status, content_type in found:
+                last = id_
+                yield StoredDelivery(id_, stored_kind(channel, bytes(raw)), bytes(raw), status, content_type)
+
+    def reextract(self, delivery_id: int, extraction: Extraction, size: int | None = None) -> Receipt:
+        """Add the events a new extraction finds for a stored delivery (of `size` raw bytes) and update its status."""
+        for attempt in range(RETRIES):
+            try:
+                return self._reextract(delivery_id, extraction, size)
+            except (errors.DeadlockDetected, errors.SerializationFailure):
+                if attempt == RETRIES - 1:
+                    raise RetryLater(f"delivery {delivery_id}: deadlocked with other writers {RETRIES} times") from None
+                log.debug("delivery %d: deadlock with another writer, retrying", delivery_id)
+            except psycopg.OperationalError as exc:
+                raise RetryLater(f"database {self.target}: {self.target.scrub(str(exc).strip())}") from None
+        raise AssertionError("unreachable")
+
+    def _reextract(self, delivery_id: int, extraction: Extraction, size: int | None) -> Receipt:
+        conn = self.conn
+        with conn.transaction():
+            now = utcnow()
+            found = rows(extraction, size)
+            new, duplicates, types = self._insert_events(delivery_id, now, found)
+            row = conn.execute("SELECT status, event_count FROM deliveries WHERE id = %s FOR UPDATE",
+                               (delivery_id,)).fetchone()
+            assert row is not None
+            old_status, old_new = row
+            status: Status
+            if found.reason:
+                status, error = ("duplicate" if old_status == "duplicate" else "quarantined"), found.reason
+            else:
+                status, error = ("stored" if new or old_new else "duplicate"), None
+            conn.execute(
+                "UPDATE deliveries SET status = %s, error = %s, notes = %s, event_count = event_count + %s,"
+                " duplicate_count = %s WHERE id = %s",
+                (status, error, "\n".join(extraction.notes) or None, new, duplicates, delivery_id),
+            )
+        return Receipt(delivery_id, status, new, duplicates, found.reason, event_types=types)
+
+    def _insert_events(self, delivery_id: int, now: str, extraction: Rows) -> tuple[int, int, tuple[str, ...]]:
+        new = duplicates = 0
+        types: list[str] = []
+        region = self.phone_region
+        with self.conn.cursor() as cursor:
+            for event_type, values, attempts in extraction.events:
+                event_time = values[_MODIFIED] or values[_CREATED] or now
+                inserted = cursor.execute(_INSERT_EVENT, (
+                    delivery_id, now, _clean(event_time), e164(values[_FROM], region), e164(values[_TO], region),
+                    *(_clean(v, c) for v, c in zip(values, EVENT_COLUMNS, strict=True)))).fetchone()
+                if inserted is None:
+                    duplicates += 1
+                    continue
+                new += 1
+                types.append(event_type)
+                if attempts:
+                    cursor.executemany(_INSERT_ATTEMPT, [
+                        (inserted[0], *(_clean(v, c) for v, c in zip(values, ATTEMPT_COLUMNS, strict=True)))
+                        for values in attempts])
+        return new, duplicates, tuple(types)
