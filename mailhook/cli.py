@@ -41,11 +41,11 @@ Command = Callable[[argparse.Namespace, Settings, Mapping[str, str]], int]
 
 # Which option sections each subcommand reads; flags of the others would only confuse.
 COMMAND_SECTIONS: dict[str, tuple[str, ...]] = {
-    "serve": ("storage", "smtp", "http", "imap", "log", "service", "parsing"),
+    "serve": ("storage", "smtp", "http", "imap", "log", "service", "parsing", "server"),
     "ingest": ("storage", "log", "service", "parsing"),
     "imap": ("storage", "imap", "log", "service", "parsing"),
     "reprocess": ("storage", "log", "parsing"),
-    "check-config": ("storage", "smtp", "http", "imap", "log", "service", "parsing"),
+    "check-config": ("storage", "smtp", "http", "imap", "log", "service", "parsing", "server"),
     "prune": ("storage", "log"),
     "backup": ("storage", "log"),
     "status": ("storage", "smtp", "http", "log"),
@@ -188,11 +188,11 @@ def _lazy(module: str, name: str) -> Command:
     return run
 
 
-def configure_logging(settings: Settings, env: Mapping[str, str] | None = None) -> None:
-    """Send logs to stderr, one line per record, at the configured level."""
+def configure_logging(settings: Settings, env: Mapping[str, str] | None = None, *, pid: bool = False) -> None:
+    """Send logs to stderr, one line per record, at the configured level (naming the process, with `pid`)."""
     from mailhook.logs import setup
 
-    setup(settings.log.level, settings.log.format, journal=env is not None and _stderr_is_journal(env))
+    setup(settings.log.level, settings.log.format, journal=env is not None and _stderr_is_journal(env), pid=pid)
 
 
 def _stderr_is_journal(env: Mapping[str, str]) -> bool:

@@ -75,7 +75,11 @@ class TextFormatter(logging.Formatter):
 
 
 class JsonFormatter(logging.Formatter):
-    """Format a record as one JSON object, with a delivery's fields at the top level."""
+    """Format a record as one JSON object, with a delivery's fields at the top level (and the pid, if asked)."""
+
+    def __init__(self, *, pid: bool = False) -> None:
+        super().__init__()
+        self.pid = pid
 
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, object] = {
@@ -84,6 +88,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": escape(record.getMessage()),
         }
+        if self.pid:
+            data["pid"] = record.process
         delivery = getattr(record, "delivery", None)
         fields = getattr(delivery, "fields", None)
         if callable(fields):
@@ -123,18 +129,20 @@ class JournalFormatter(TextFormatter):
         return "\n".join(f"<{priority}>{line}" for line in super().format(record).split("\n"))
 
 
-def setup(level: str, fmt: str, *, journal: bool = False) -> None:
+def setup(level: str, fmt: str, *, journal: bool = False, pid: bool = False) -> None:
     """Route mailhook's logs to stderr at `level` in `fmt` (text or json); idempotent.
 
     With `journal` (stderr is connected to journald), text lines carry their
     syslog priority so `journalctl -p warning` finds warnings and errors.
+    With `pid` (a worker of `serve --workers N`), every line names its process.
     """
     handler = StderrHandler()
     if fmt == "json":
-        handler.setFormatter(JsonFormatter())
+        handler.setFormatter(JsonFormatter(pid=pid))
     else:
-        # journald adds its own timestamp; a terminal user still wants the level.
-        text = "%(levelname)s %(name)s: %(message)s"
+        # journald adds its own timestamp; a terminal user still wants the level. A worker's pid
+        # goes before the logger's name, so `mailhook.ingest: delivery` reads the same from any process.
+        text = "%(levelname)s " + ("[%(process)d] " if pid else "") + "%(name)s: %(message)s"
         handler.setFormatter(JournalFormatter(text) if journal else TextFormatter(text))
     root = logging.getLogger("mailhook")
     for old in list(root.handlers):

@@ -11,9 +11,10 @@ import argparse
 import asyncio
 import functools
 import logging
+import os
 import signal
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -66,6 +67,8 @@ class Runtime:
     backlog: Backlog | None = None
     # Bytes of messages still being received, both doors together (parsing.inflight_budget).
     inflight: InflightBudget = field(default_factory=lambda: InflightBudget(256 * 1024 * 1024))
+    # Each says why the service is unhealthy (or None); any reason withholds the watchdog ping.
+    checks: list[Callable[[], str | None]] = field(default_factory=list)
 
 
 STATUS_EVERY = 5.0
@@ -166,10 +169,13 @@ async def serve(settings: Settings, env: Mapping[str, str], *, started: asyncio.
     runtime = Runtime(settings, env, pipeline, writer, metrics, sockets=sockets, backlog=backlog,
                       inflight=InflightBudget(settings.parsing.inflight_budget))
     supervisor: asyncio.Task[None] | None = None
+    # With several processes (server.workers), worker processes serve SMTP and HTTP (mailhook.group).
+    group = (settings.server.workers or len(os.sched_getaffinity(0))) > 1 and (doors["smtp"] or doors["http"])
     try:
         for module, enabled in (
-            ("mailhook.smtp.door", bool(settings.smtp.listen) or "smtp" in sockets),
-            ("mailhook.http.door", bool(settings.http.listen) or "http" in sockets),
+            ("mailhook.group.supervisor", group),
+            ("mailhook.smtp.door", doors["smtp"] and not group),
+            ("mailhook.http.door", doors["http"] and not group),
             ("mailhook.imap.door", bool(settings.imap.host)),
         ):
             if enabled:
@@ -250,6 +256,9 @@ async def _supervise(runtime: Runtime, notifier: systemd.Notifier, counters: Cou
         if not alive:
             # Without pings systemd restarts us; a server that cannot store must not look healthy.
             log.error("the database writer has stopped; withholding the watchdog ping")
+        for trouble in filter(None, (check() for check in runtime.checks)):
+            log.error("%s; withholding the watchdog ping", trouble)
+            alive = False
         notifier.status(counters.line(runtime.writer.depth), watchdog=bool(interval) and alive)
         await asyncio.sleep(period)
 

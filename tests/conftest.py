@@ -22,8 +22,9 @@ from mailhook.config.load import validate
 from mailhook.config.settings import Settings
 from mailhook.server import Runtime, serve
 
-# Subprocesses that inherit this environment (mailhook ingest, imap, serve) may run as root.
-os.environ.update(ALLOW_ROOT)
+# Subprocesses that inherit this environment (mailhook ingest, imap, serve) may run as root; a test
+# of `serve` runs one process unless it asks for workers (--workers N beats MAILHOOK_WORKERS).
+os.environ.update(ALLOW_ROOT, MAILHOOK_WORKERS="1")
 
 
 class BackgroundServer:
@@ -74,10 +75,11 @@ class BackgroundServer:
 
 
 def make_settings(db: Path, **sections: Mapping[str, Any]) -> Settings:
-    """Build test settings: SMTP on 127.0.0.1:0, HTTP off, IMAP off, then each section's overrides."""
+    """Build test settings: SMTP on 127.0.0.1:0, HTTP off, IMAP off, one process, then each section's overrides."""
     settings = Settings()
     settings = dataclasses.replace(
         settings,
+        server=dataclasses.replace(settings.server, workers=1),
         storage=dataclasses.replace(settings.storage, db=db),
         smtp=dataclasses.replace(settings.smtp, listen="127.0.0.1:0"),
         http=dataclasses.replace(settings.http, listen=""),

@@ -145,6 +145,16 @@ def test_the_module_graph_has_no_cycle() -> None:
         assert cycle is None, _broken("module-level imports form no cycle", [" -> ".join(cycle)])
 
 
+GROUP = ("mailhook.group",)
+
+
+def test_the_group_reaches_the_store_only_through_its_interface_and_nothing_imports_the_group() -> None:
+    allowed = ("mailhook.store.interface", "mailhook.store.rows")
+    found = [f"{m} -> {i}" for m, imports in GRAPH.items() if _in(m, GROUP) for i in imports
+             if (_in(i, STORE) and i not in allowed) or i in ("sqlite3", "sqlite_utils")]
+    found += [f"{m} -> {i}" for m, imports in GRAPH.items() if not _in(m, GROUP) for i in imports if _in(i, GROUP)]
+    assert not found, _broken("the group stores through store.interface; only server.py starts it, by name", found)
+
 def test_the_commands_path_to_postgresql_loads_nothing_of_sqlite() -> None:
     sqlite_side = ("sqlite3", "sqlite_utils", "mailhook.health", "mailhook.store.connection", "mailhook.store.write",
                    "mailhook.store.writer", "mailhook.store.reads", "mailhook.store.maintenance")

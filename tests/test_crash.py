@@ -35,8 +35,8 @@ DEADLINE = 100.0  # seconds; every loop below gives up by then
 class Server:
     """`python -m mailhook serve` as a subprocess on a fixed port, restartable after a kill."""
 
-    def __init__(self, db: Path, port: int, log: Path, acknowledge: str) -> None:
-        self.db, self.port, self.log, self.acknowledge = db, port, log, acknowledge
+    def __init__(self, db: Path, port: int, log: Path, acknowledge: str, workers: int) -> None:
+        self.db, self.port, self.log, self.acknowledge, self.workers = db, port, log, acknowledge, workers
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -47,7 +47,7 @@ class Server:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "mailhook", "serve", "--db", str(self.db),
                  "--smtp-listen", f"127.0.0.1:{self.port}", "--http-listen", "", "--smtp-acknowledge",
-                 self.acknowledge],
+                 self.acknowledge, "--workers", str(self.workers)],
                 cwd=ROOT, env=env, stdout=log, stderr=log,
             )
         self.starts += 1
@@ -116,16 +116,18 @@ def _drop(smtp: smtplib.SMTP | None) -> None:
 
 
 # "received": the 250 comes once the raw bytes are durable, the events after it (mailhook.backlog).
+# In one process, and with two worker processes around the parent's writer (kill -9 hits the parent).
+@pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("acknowledge", ["stored", "received"])
 def test_kill_9_at_random_moments_loses_no_acknowledged_delivery_and_duplicates_no_event(
-    tmp_path: Path, acknowledge: str
+    tmp_path: Path, acknowledge: str, workers: int
 ) -> None:
     seed = random.randrange(2**32)
     rng = random.Random(seed)
     deadline = time.monotonic() + DEADLINE
     db, log = tmp_path / "mailhook.db", tmp_path / "serve.log"
     # A fixed port, not 0: the restarted server must come back on the same one.
-    server = Server(db, free_port(), log, acknowledge)
+    server = Server(db, free_port(), log, acknowledge, workers)
     server.start(deadline)
 
     messages = [(f"<crash-{n}@callfire.test>", notification(900_000_000 + n, message_id=f"<crash-{n}@callfire.test>"))

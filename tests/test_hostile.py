@@ -131,7 +131,7 @@ class Server:
         return row  # type: ignore[return-value]
 
 
-def _start(tmp: Path, acknowledge: str, *args: str) -> Server:
+def _start(tmp: Path, acknowledge: str, workers: int, *args: str) -> Server:
     """Start `mailhook serve` on free loopback ports and wait until both doors listen."""
     smtp_port, http_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILHOOK_")} | ALLOW_ROOT
@@ -141,7 +141,7 @@ def _start(tmp: Path, acknowledge: str, *args: str) -> Server:
         proc = subprocess.Popen(
             [sys.executable, "-m", "mailhook", "serve", "--db", str(tmp / "mailhook.db"),
              "--smtp-listen", f"127.0.0.1:{smtp_port}", "--http-listen", f"127.0.0.1:{http_port}",
-             "--smtp-acknowledge", acknowledge, *args],
+             "--smtp-acknowledge", acknowledge, "--workers", str(workers), *args],
             cwd=ROOT, env=env, stdout=out, stderr=out,
         )
     srv = Server(proc, tmp / "mailhook.db", smtp_port, http_port, log)
@@ -160,10 +160,13 @@ def _stop(srv: Server) -> None:
     assert srv.proc.wait(timeout=30) == 0, srv.log.read_text()[-3000:]
 
 
-# Both ways of acknowledging: after the events are stored, and once the bytes are (events after).
-@pytest.fixture(scope="module", params=["stored", "received"])
+# Both ways of acknowledging: after the events are stored, and once the bytes are (events after); and
+# both ways of serving: one process, and two workers around the parent's writer (serve --workers).
+# Each fixture pairs them the other way round, so every pairing runs once without doubling the suite.
+@pytest.fixture(scope="module", params=[("stored", 1), ("received", 2)], ids=["stored-1", "received-2"])
 def server(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Server]:
-    srv = _start(tmp_path_factory.mktemp("hostile"), request.param, "--max-message-size", str(LIMIT))
+    acknowledge, workers = request.param
+    srv = _start(tmp_path_factory.mktemp("hostile"), acknowledge, workers, "--max-message-size", str(LIMIT))
     yield srv
     _stop(srv)
 
@@ -444,9 +447,9 @@ NOOP_S = 3.0  # an idle session's command is answered "within a second" while ot
 LEGIT_S = 10.0  # a whole legitimate delivery through each door, committed beside 80 MB of hostile bytes
 
 
-@pytest.fixture(scope="module", params=["stored", "received"])
+@pytest.fixture(scope="module", params=[("stored", 2), ("received", 1)], ids=["stored-2", "received-1"])
 def big(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Server]:
-    srv = _start(tmp_path_factory.mktemp("hostile-big"), request.param)
+    srv = _start(tmp_path_factory.mktemp("hostile-big"), *request.param)
     yield srv
     _stop(srv)
 

@@ -45,8 +45,9 @@ def test_running_out_of_files_logs_one_line_not_a_traceback_flood_and_serving_re
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
+            # One process: its log lines carry no worker pid (a worker runs the same accept guard).
             [sys.executable, "-m", "mailhook", "serve", "--db", str(tmp_path / "m.db"), "--smtp-listen", "",
-             "--http-listen", f"127.0.0.1:{port}"],
+             "--http-listen", f"127.0.0.1:{port}", "--workers", "1"],
             cwd=tmp_path, env=mailhook_env(), stdout=out, stderr=out, preexec_fn=lambda: limited(FILES),
         )
     try:

@@ -316,6 +316,7 @@ def validate(settings: Settings) -> Settings:
         (settings.smtp.max_recipient_overshoot >= 0, "smtp.max_recipient_overshoot must not be negative"),
         (settings.smtp.max_auth_checks > 0, "smtp.max_auth_checks must be positive"),
         (settings.storage.max_batch > 0, "storage.max_batch must be positive"),
+        (settings.server.workers >= 0, "server.workers must not be negative"),
         (
             settings.smtp.acknowledge == "stored" or settings.storage.db is None or not is_url(settings.storage.db),
             "smtp.acknowledge = \"received\" works on an SQLite storage.db only, not yet on PostgreSQL",

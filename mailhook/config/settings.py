@@ -222,6 +222,15 @@ class ServiceSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """How `serve` spreads its work over processes."""
+
+    workers: int = option(
+        0, "processes serving SMTP and HTTP, around one writer (0: one per usable core; 1: a single process)",
+        flag="workers")
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Every setting mailhook reads, grouped by section."""
 
@@ -232,6 +241,7 @@ class Settings:
     log: LogSettings = field(default_factory=LogSettings)
     service: ServiceSettings = field(default_factory=ServiceSettings)
     parsing: ParsingSettings = field(default_factory=ParsingSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
     subscriptions: Mapping[int, str] = field(default_factory=dict)
 
     def database(self, env: Mapping[str, str]) -> Target:
@@ -259,6 +269,7 @@ SECTIONS: dict[str, type] = {
     "log": LogSettings,
     "service": ServiceSettings,
     "parsing": ParsingSettings,
+    "server": ServerSettings,
 }
 
 

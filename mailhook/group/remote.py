@@ -1,0 +1,212 @@
+"""The store as a worker process sees it: a `Storage` whose writes the parent commits.
+
+A worker of `serve --workers N` sends each delivery (with its extraction, or
+None to store it `pending`) to the parent, whose one group-commit writer
+commits it; the future resolves only when the parent's answer arrives, after
+the commit. So a worker's door answers 250 or 200 only for what is durable,
+and nothing a worker acknowledged depends on the worker staying alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import Executor, Future
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from mailhook.budget import ByteBudget
+from mailhook.errors import RetryLater
+from mailhook.group.channel import Channel
+from mailhook.models import Delivery, Extraction, FolderPosition, Receipt
+from mailhook.store.rows import Completion, Rows, worker_rows
+
+log = logging.getLogger("mailhook.group")
+
+# Seconds a read (health, positions) waits for the parent before giving up.
+ASK_TIMEOUT = 10.0
+GONE = "the mailhook supervisor process is gone"
+
+
+class RemoteStorage:
+    """A `store.interface.Storage` that sends writes and reads to the parent over a `Channel`.
+
+    `on_ping(n)` is called (on the reader thread) for each heartbeat the
+    parent sends, the worker answering it from its event loop; `on_go()` when
+    the parent lets the worker start accepting. `on_lost()` is
+    called once when the parent's end closes: every write still waiting fails
+    with `RetryLater`, so no session is told its message is stored.
+    """
+
+    def __init__(
+        self, channel: Channel, *, on_ping: Callable[[int], None], on_lost: Callable[[], None],
+        on_go: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.channel = channel
+        self.on_ping = on_ping
+        self.on_go = on_go
+        self.on_lost = on_lost
+        self._waiting: dict[int, Future[Any]] = {}
+        self._ids = itertools.count()
+        self._lock = threading.Lock()
+        self._lost = False
+        self._thread = threading.Thread(target=self._read, name="mailhook-remote-store", daemon=True)
+        self._thread.start()
+
+    @property
+    def waiting(self) -> int:
+        """Return how many requests wait for the parent's answer."""
+        return len(self._waiting)
+
+    def submit(self, delivery: Delivery, extraction: Extraction | Rows | None) -> Future[Receipt]:
+        """Send a delivery to the parent's writer; the future resolves once it is committed.
+
+        An extraction goes as its rows, made here (as the extraction processes
+        make them): the payload JSON and the row tuples are built on this
+        worker's core, not in the parent's one writer thread, and tuples of
+        strings cost less to pickle than events.
+        """
+        if isinstance(extraction, Extraction):
+            extraction = worker_rows(extraction, len(delivery.raw))
+        return self._ask("submit", delivery, extraction)
+
+    def complete(self, completion: Completion) -> Future[Receipt]:
+        """Send the events of a delivery stored pending to the parent's writer."""
+        return self._ask("complete", completion)
+
+    def health(self) -> str | None:
+        """Return why the parent's store refuses writes now, or None (blocking: call it from a thread)."""
+        try:
+            answer: str | None = self._ask("health").result(ASK_TIMEOUT)
+        except (RetryLater, TimeoutError):
+            return GONE if self._lost else "the store does not answer"
+        return answer
+
+    def committed_position(self, account: str, folder: str) -> FolderPosition | None:
+        """Return how far an IMAP folder is stored (the IMAP poller runs in the parent; asked for completeness)."""
+        answer: FolderPosition | None = self._ask("position", account, folder).result(ASK_TIMEOUT)
+        return answer
+
+    def quarantined_sources(self, sources: Sequence[str]) -> set[str]:
+        """Return which of these IMAP message sources were stored quarantined."""
+        answer: set[str] = self._ask("quarantined", list(sources)).result(ASK_TIMEOUT)
+        return answer
+
+    def totals(self) -> tuple[int, int, int]:
+        """Return the database's totals, as the parent's store counts them (blocking)."""
+        answer: tuple[int, int, int] = self._ask("totals").result(ASK_TIMEOUT)
+        return answer
+
+    @property
+    def depth(self) -> int:
+        """Return how many of this worker's requests wait for the parent's answer."""
+        return len(self._waiting)
+
+    @property
+    def alive(self) -> bool:
+        """Say whether the parent still answers (its end of the channel is open)."""
+        return not self._lost
+
+    def close(self) -> None:
+        """Close the channel: the doors are closed and every write answered before this is called."""
+        self.channel.close()
+        self._thread.join(timeout=5)
+
+    def _ask(self, kind: str, *args: Any) -> Future[Any]:
+        return self.ask(kind, *args)[1]
+
+    def ask(self, kind: str, *args: Any) -> tuple[int, Future[Any]]:
+        """Send a request; return its number and a future for the parent's answer."""
+        future: Future[Any] = Future()
+        with self._lock:
+            number = next(self._ids)
+            if self._lost:
+                future.set_exception(RetryLater(GONE))
+                return number, future
+            self._waiting[number] = future
+        try:
+            self.channel.send((kind, number, *args))
+        except OSError:
+            with self._lock:
+                self._waiting.pop(number, None)
+            future.set_exception(RetryLater(GONE))
+        return number, future
+
+    def tell(self, kind: str, number: int) -> None:
+        """Send a message that needs no answer (a release of budget held under request `number`)."""
+        with contextlib.suppress(OSError):
+            self.channel.send((kind, number))
+
+
+    def _read(self) -> None:
+        while (message := self.channel.receive()) is not None:
+            kind, number, *rest = message
+            if kind == "ping":
+                self.on_ping(number)
+                continue
+            if kind == "go":
+                self.on_go()
+                continue
+            with self._lock:
+                future = self._waiting.pop(number, None)
+            if future is None:
+                continue
+            if kind == "done":
+                future.set_result(rest[0])
+            elif kind == "broken":  # the parent's extraction process died on it (or before it)
+                future.set_exception(BrokenProcessPool(rest[0]))
+            else:  # "failed": the parent's writer said RetryLater (its reason in words)
+                future.set_exception(RetryLater(rest[0]))
+        with self._lock:
+            self._lost = True
+            waiting, self._waiting = self._waiting, {}
+        for future in waiting.values():
+            future.set_exception(RetryLater(GONE))
+        self.on_lost()
+
+
+class SharedBudget(ByteBudget):
+    """The parent's extraction budget, held from a worker: one budget for the whole group, as in one process.
+
+    Each worker's share of a byte budget would let N deliveries larger than a
+    share be extracted at once (one per worker) where one process extracts
+    one; holding the parent's budget keeps `parsing.extraction_budget` whole.
+    """
+
+    def __init__(self, storage: RemoteStorage, limit: int) -> None:
+        super().__init__(limit)
+        self.storage = storage
+
+    @contextlib.asynccontextmanager
+    async def hold(self, size: int) -> AsyncIterator[None]:
+        """Hold `size` bytes of the parent's budget while the block runs."""
+        number, granted = self.storage.ask("hold", size)
+        try:
+            await asyncio.wrap_future(granted)
+            yield
+        finally:
+            # Also when cancelled while waiting: the parent then gives the bytes back as soon as they are granted.
+            self.storage.tell("release", number)
+
+
+class RemoteExtraction(Executor):
+    """The parent's extraction processes, used from a worker for deliveries larger than INLINE_LIMIT.
+
+    The pipeline submits only `pipeline.extract_rows` to its executor. One
+    pool for the whole group (the parent's, one process per core beside the
+    loop) keeps the memory of large extractions what it is in one process:
+    N pools would each keep the heap of the largest parse they ever made.
+    """
+
+    def __init__(self, storage: RemoteStorage) -> None:
+        self.storage = storage
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Send the extraction's arguments to the parent; the future resolves with its rows."""
+        assert fn.__name__ == "extract_rows" and not kwargs, "only the pipeline's extract_rows runs remotely"
+        return self.storage.ask("extract", args)[1]
+

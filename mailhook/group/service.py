@@ -1,0 +1,183 @@
+"""The parent's side of a worker's channel: commits what the worker sends, answers after each commit.
+
+One thread per worker reads its requests and hands each write to the
+parent's one writer (`store.interface.Storage`); the answer goes back from
+the writer's commit callback, so a worker learns a delivery is stored only
+once it is durable. The parent's listeners (metrics, the STATUS= counters)
+are told of every delivery, so they count the whole group; a delivery
+stored `pending` wakes the parent's backlog, which extracts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from mailhook.errors import RetryLater
+from mailhook.group.channel import Channel
+from mailhook.models import Delivery, Receipt
+from mailhook.pipeline import Pipeline, extract_rows
+
+log = logging.getLogger("mailhook.group")
+
+
+class StoreService:
+    """Serves one worker's requests against the pipeline's store until the worker's end closes."""
+
+    def __init__(self, channel: Channel, pipeline: Pipeline, loop: asyncio.AbstractEventLoop, name: str) -> None:
+        self.channel = channel
+        self.pipeline = pipeline
+        self.loop = loop
+        self.name = name
+        self.pong = 0  # the last heartbeat the worker's event loop answered
+        self.prepared: asyncio.Future[None] = loop.create_future()
+        self.ready: asyncio.Future[list[str]] = loop.create_future()
+        self.ended: asyncio.Future[None] = loop.create_future()
+        self._thread = threading.Thread(target=self._serve, name=f"mailhook-{name}", daemon=True)
+        # Extraction budget the worker holds (or waits for), by request number: set when it gives it back.
+        self._holds: dict[int, asyncio.Event] = {}
+        self._holding: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        """Start reading the worker's requests."""
+        self._thread.start()
+
+    def ping(self, number: int) -> None:
+        """Send a heartbeat; the worker's event loop answers it with a pong."""
+        with contextlib.suppress(OSError):
+            self.channel.send(("ping", number))
+
+    def go(self) -> None:
+        """Tell the worker to start accepting (every worker is prepared)."""
+        with contextlib.suppress(OSError):
+            self.channel.send(("go", 0))
+
+    def _serve(self) -> None:
+        try:
+            while (message := self.channel.receive()) is not None:
+                self._handle(message)
+        except Exception:
+            log.exception("%s: unexpected error serving its requests", self.name)
+        finally:
+            self.channel.close()
+            self.loop.call_soon_threadsafe(self._end)
+
+    def _end(self) -> None:
+        for release in self._holds.values():  # a dead worker's budget goes back
+            release.set()
+        _settle(self.ended, None)
+
+    def _handle(self, message: tuple[Any, ...]) -> None:
+        kind, number, *args = message
+        storage = self.pipeline.writer
+        if kind == "submit":
+            delivery, extraction = args
+            started = time.perf_counter()
+            stored = storage.submit(delivery, extraction)
+            stored.add_done_callback(lambda done: self._stored(number, delivery, extraction is None, done, started))
+        elif kind == "complete":
+            storage.complete(args[0]).add_done_callback(lambda done: self._answer(number, done))
+        elif kind == "extract":
+            self.loop.call_soon_threadsafe(self._extract, number, args[0])
+        elif kind == "hold":
+            self.loop.call_soon_threadsafe(self._hold, number, args[0])
+        elif kind == "release":
+            self.loop.call_soon_threadsafe(self._release, number)
+        elif kind == "pong":
+            self.pong = number
+        elif kind == "prepared":
+            self.loop.call_soon_threadsafe(_settle, self.prepared, None)
+        elif kind == "listening":
+            self.loop.call_soon_threadsafe(_settle, self.ready, args[0])
+        else:  # the reads: blocking, so not on this thread, which must keep taking writes
+            read: Callable[[], Any] = {
+                "health": storage.health,
+                "position": lambda: storage.committed_position(*args),
+                "quarantined": lambda: storage.quarantined_sources(*args),
+                "totals": storage.totals,
+            }[kind]
+            # From the loop's thread: run_in_executor is not safe from this one.
+            self.loop.call_soon_threadsafe(self.loop.run_in_executor, None, self._read, number, read)
+
+    def _hold(self, number: int, size: int) -> None:
+        self._keep(self._held(number, size))
+
+    def _extract(self, number: int, args: tuple[Any, ...]) -> None:
+        self._keep(self._extracted(number, args))
+
+    def _keep(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = self.loop.create_task(coroutine)
+        self._holding.add(task)
+        task.add_done_callback(self._holding.discard)
+
+    async def _extracted(self, number: int, args: tuple[Any, ...]) -> None:
+        """Extract a worker's large delivery in the parent's extraction processes and send back its rows."""
+        pool = self.pipeline.executor
+        try:
+            rows = await self.loop.run_in_executor(pool, extract_rows, *args)
+        except BrokenProcessPool:
+            # As the pipeline does for its own deliveries; the worker tries once more, then quarantines.
+            if pool is not None:
+                self.pipeline._renew_executor(pool)  # the pipeline's one way to replace its pool
+            reply: tuple[Any, ...] = ("broken", number, "an extraction process died")
+        except Exception as exc:  # answered as a temporary failure
+            log.exception("%s: extraction failed", self.name)
+            reply = ("failed", number, f"extraction error: {type(exc).__name__}")
+        else:
+            reply = ("done", number, rows)
+        with contextlib.suppress(OSError):
+            self.channel.send(reply)
+
+    async def _held(self, number: int, size: int) -> None:
+        release = self._holds.setdefault(number, asyncio.Event())
+        try:
+            async with self.pipeline.budget.hold(size):
+                with contextlib.suppress(OSError):
+                    self.channel.send(("done", number, None))
+                await release.wait()
+        finally:
+            self._holds.pop(number, None)
+
+    def _release(self, number: int) -> None:
+        self._holds.setdefault(number, asyncio.Event()).set()
+
+    def _read(self, number: int, read: Callable[[], Any]) -> None:
+        done: Future[Any] = Future()
+        try:
+            done.set_result(read())
+        except Exception as exc:  # noqa: BLE001 - answered as a temporary failure
+            done.set_exception(exc)
+        self._answer(number, done)
+
+    def _stored(self, number: int, delivery: Delivery, pending: bool, done: Future[Receipt], started: float) -> None:
+        # As the pipeline does in one process, the listeners (STATUS= counters, metrics) are told before the
+        # answer goes: whoever got a 250 or 200 finds the delivery counted. The worker wrote its log line.
+        elapsed = time.perf_counter() - started
+        receipt = done.result() if done.exception() is None else None
+        if pending and receipt is not None:
+            for wake in self.pipeline.pending_listeners:
+                self.loop.call_soon_threadsafe(wake, receipt.delivery_id, started)
+        else:
+            for listener in self.pipeline.listeners:
+                listener(delivery, receipt, elapsed)
+        self._answer(number, done)
+
+    def _answer(self, number: int, done: Future[Any]) -> None:
+        exc = done.exception()
+        reply = ("done", number, done.result()) if exc is None else (
+            "failed", number, str(exc) if isinstance(exc, RetryLater) else f"storage error: {type(exc).__name__}")
+        # OSError: the worker died; its client got no answer and sends again (a duplicate, stored once).
+        with contextlib.suppress(OSError):
+            self.channel.send(reply)
+
+
+def _settle(future: asyncio.Future[Any], value: Any) -> None:
+    if not future.done():
+        future.set_result(value)

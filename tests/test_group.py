@@ -1,0 +1,354 @@
+"""`mailhook serve --workers N`: several processes serve SMTP and HTTP around one writer, with every guarantee kept."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import smtplib
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import closing, suppress
+from pathlib import Path
+
+import pytest
+from process_support import ALLOW_ROOT, descendants, free_port, wait_until
+from smtp_support import SEED, notification
+
+from mailhook.config.settings import Settings
+from mailhook.group.shares import share, worker_count, worker_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+PID = re.compile(r"\[(\d+)\] mailhook\.ingest: delivery channel=(\w+)")
+
+
+class Served:
+    """`mailhook serve` as a subprocess on fixed loopback ports, its stderr in a file."""
+
+    def __init__(self, tmp: Path, workers: int, *flags: str, env: dict[str, str] | None = None) -> None:
+        self.db, self.log = tmp / "mailhook.db", tmp / "serve.log"
+        self.smtp, self.http = free_port(), free_port()
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("MAILHOOK_")} | ALLOW_ROOT
+        environ |= {"MAILHOOK_CONFIG": "", **(env or {})}
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "mailhook", "serve", "--workers", str(workers), "--db", str(self.db),
+                 "--smtp-listen", f"127.0.0.1:{self.smtp}", "--http-listen", f"127.0.0.1:{self.http}", *flags],
+                cwd=ROOT, env=environ, stdout=log, stderr=log,
+            )
+        ready = "worker processes serving" if workers > 1 else "http listening on"
+        wait_until(lambda: self._alive() and ready in self.text(), 60, f"mailhook serve --workers {workers} up")
+
+    def _alive(self) -> bool:
+        assert self.proc.poll() is None, f"mailhook serve exited with {self.proc.returncode}:\n{self.text()}"
+        return True
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def workers(self) -> list[int]:
+        """Return the pids of the worker processes now running (the parent's children running the worker)."""
+        return [pid for pid in descendants(self.proc.pid) if b"mailhook.group" in _cmdline(pid)]
+
+    def pids(self, channel: str) -> set[int]:
+        """Return the pids whose log lines show a delivery on `channel`."""
+        return {int(pid) for pid, seen in PID.findall(self.text()) if seen == channel}
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=90)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[type[Served]]:
+    started: list[Served] = []
+
+    def start(workers: int, *flags: str, env: dict[str, str] | None = None) -> Served:
+        server = Served(tmp_path, workers, *flags, env=env)
+        started.append(server)
+        return server
+
+    yield start  # type: ignore[misc]
+    for server in started:
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait()
+
+
+def send_mail(port: int, raw: bytes, timeout: float = 30) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=timeout) as smtp:
+        smtp.sendmail("notifications@callfire.com", ["ops@example.com"], raw)
+
+
+def post(port: int, body: bytes) -> int:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/notifications", data=body, method="POST",
+                                     headers={"Content-Type": "application/json", "Connection": "close"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        status: int = response.status
+        return status
+
+
+def document(text_id: int) -> bytes:
+    data = json.loads(SEED.read_text(encoding="utf-8"))
+    data["TextNotification"]["Text"]["@id"] = str(text_id)
+    return json.dumps(data).encode()
+
+
+def query(db: Path, sql: str) -> list[tuple[object, ...]]:
+    with closing(sqlite3.connect(db)) as conn:
+        return conn.execute(sql).fetchall()
+
+
+# --- sharing the work -----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_smtp_and_http_are_served_by_every_worker_and_duplicates_across_workers_are_stored_once(
+    serve: type[Served],
+) -> None:
+    server = serve(2)
+    workers = server.workers()
+    assert len(workers) == 2
+    sent = 0
+    # Each delivery on a connection of its own, until both workers have served both doors.
+    while (len(server.pids("smtp")) < 2 or len(server.pids("http")) < 2) and sent < 200:
+        send_mail(server.smtp, notification(500_000 + sent))
+        assert post(server.http, document(600_000 + sent)) == 200
+        sent += 1
+    assert server.pids("smtp") == server.pids("http") == set(workers), server.text()[-2000:]
+    # A worker asks the parent's store whether it takes writes.
+    for _ in range(4):
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.http}/healthz", timeout=30) as response:
+            assert response.status == 200
+    # The same notification sent again and again, over both doors, lands on both workers: stored once.
+    for _ in range(10):
+        send_mail(server.smtp, notification(777))
+        assert post(server.http, document(778)) == 200
+    assert server.stop() == 0
+    assert query(server.db, "SELECT count(*) FROM events WHERE resource_id IN ('777', '778')") == [(2,)]
+    assert query(server.db, "SELECT count(*) FROM events") == [(2 * sent + 2,)]
+    assert query(server.db, "PRAGMA integrity_check") == [("ok",)]
+
+
+@pytest.mark.slow
+def test_the_session_cap_holds_for_the_whole_service_not_for_each_worker(serve: type[Served]) -> None:
+    server = serve(2, "--smtp-max-sessions", "4", "--smtp-evict-after", "0")
+    banners: list[bytes] = []
+    held: list[socket.socket] = []
+    try:
+        for _ in range(10):
+            sock = socket.create_connection(("127.0.0.1", server.smtp), timeout=30)
+            held.append(sock)
+            banners.append(sock.recv(1024)[:3])
+        # Each worker takes its share, 4 // 2: the service never holds more than 4 sessions.
+        assert banners.count(b"220") <= 4
+        assert banners.count(b"421") >= 6
+    finally:
+        for sock in held:
+            sock.close()
+    assert server.stop() == 0
+
+
+# --- stopping and crashing ------------------------------------------------------------------------
+
+
+def _open_transaction(port: int, number: int) -> smtplib.SMTP:
+    """Open a session and send everything of one message but the final dot."""
+    smtp = smtplib.SMTP("127.0.0.1", port, timeout=60)
+    smtp.ehlo()
+    smtp.mail("notifications@callfire.com")
+    smtp.rcpt("ops@example.com")
+    smtp.putcmd("data")
+    assert smtp.getreply()[0] == 354
+    raw = notification(number).replace(b"\n", b"\r\n")
+    smtp.send(raw + b"\r\n")
+    return smtp
+
+
+@pytest.mark.slow
+def test_sigterm_drains_the_sessions_in_flight_on_every_worker_then_exits_0(serve: type[Served]) -> None:
+    server = serve(2)
+    sessions = [_open_transaction(server.smtp, 800 + n) for n in range(8)]
+    workers = server.workers()
+    server.proc.send_signal(signal.SIGTERM)
+    wait_until(lambda: server.text().count("stopped accepting") == 2, 30, "both workers stop accepting")
+    for smtp in sessions:
+        smtp.send(b".\r\n")
+        assert smtp.getreply()[0] == 250
+        smtp.close()
+    assert server.proc.wait(timeout=60) == 0
+    assert query(server.db, "SELECT count(*) FROM events") == [(8,)]
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+
+
+@pytest.mark.slow
+def test_kill_9_of_a_worker_under_load_loses_nothing_acknowledged_and_it_is_restarted(serve: type[Served]) -> None:
+    server = serve(2)
+    workers = server.workers()
+    victim = workers[0]
+    acked: list[int] = []
+    stop = threading.Event()
+
+    def deliver(first: int) -> None:
+        number = first
+        while not stop.is_set():
+            try:
+                send_mail(server.smtp, notification(number), timeout=10)
+            except (smtplib.SMTPException, OSError):
+                continue  # cut by the kill: sent again, as an MTA would
+            acked.append(number)
+            number += 1
+
+    clients = [threading.Thread(target=deliver, args=(n * 100_000,), daemon=True) for n in range(1, 5)]
+    for client in clients:
+        client.start()
+    wait_until(lambda: len(acked) >= 40, 60, "deliveries under way")
+    os.kill(victim, signal.SIGKILL)
+    line = wait_until(lambda: re.search(rf"worker \d \(pid {victim}\) was killed by signal 9.*", server.text()),
+                      30, "the parent noticing the dead worker")
+    again = wait_until(lambda: re.search(r"worker \d \(pid (\d+)\) listening again", server.text()), 60,
+                       "a new worker listening")
+    assert set(server.workers()) == {int(again.group(1)), *workers} - {victim}
+    before = len(acked)
+    wait_until(lambda: len(acked) >= before + 40, 60, "deliveries after the restart")
+    stop.set()
+    for client in clients:
+        client.join(timeout=30)
+    assert server.stop() == 0
+    stored = {int(row[0]) for row in query(server.db, "SELECT resource_id FROM events")}
+    assert not set(acked) - stored, f"acknowledged but not stored after {line.group(0)!r}"
+    assert query(server.db, "SELECT count(*), count(DISTINCT dedupe_key) FROM events")[0][0] == len(stored)
+    assert server.pids("smtp") >= set(workers)  # both served before the kill
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_parent_ends_every_worker_and_no_session_in_flight_gets_250(serve: type[Served]) -> None:
+    server = serve(2)
+    workers = server.workers()
+    sessions = [_open_transaction(server.smtp, 900 + n) for n in range(4)]
+    server.proc.kill()
+    server.proc.wait(timeout=10)
+    wait_until(lambda: not [pid for pid in workers if Path(f"/proc/{pid}").exists()], 10, "workers ending")
+    for smtp in sessions:
+        with suppress(OSError, smtplib.SMTPServerDisconnected):
+            smtp.send(b".\r\n")
+        try:
+            # smtplib drops its socket when the send already found the connection gone.
+            code: int | None = smtp.getreply()[0] if smtp.sock is not None else None
+        except (OSError, smtplib.SMTPServerDisconnected):
+            code = None  # the connection died with its worker
+        assert code != 250
+        smtp.close()
+    assert query(server.db, "SELECT count(*) FROM events") == [(0,)]
+
+
+@pytest.mark.slow
+def test_one_worker_is_the_single_process_of_before(serve: type[Served]) -> None:
+    server = serve(1)
+    assert server.workers() == []
+    send_mail(server.smtp, notification(4242))
+    assert server.stop() == 0
+    assert "INFO mailhook.ingest: delivery channel=smtp" in server.text()  # no [pid]
+    assert "worker" not in server.text()
+
+
+# --- systemd -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(30)
+    yield sock, path
+    sock.close()
+
+
+def _messages(sock: socket.socket, seconds: float) -> list[str]:
+    """Return the lines of every datagram received within `seconds`."""
+    lines: list[str] = []
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        with suppress(TimeoutError):
+            lines += sock.recv(4096).decode().split("\n")
+    return lines
+
+
+@pytest.mark.slow
+def test_ready_after_every_worker_listens_status_sums_the_group_and_a_stuck_worker_withholds_the_watchdog(
+    tmp_path: Path, notify_socket: tuple[socket.socket, str]
+) -> None:
+    sock, path = notify_socket
+    log = tmp_path / "serve.log"
+    smtp_port, http_port = free_port(), free_port()
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(ROOT), "MAILHOOK_CONFIG": "",
+           "MAILHOOK_DB": str(tmp_path / "mailhook.db"), "MAILHOOK_WORKERS": "2", **ALLOW_ROOT,
+           "MAILHOOK_SMTP_LISTEN": f"127.0.0.1:{smtp_port}", "MAILHOOK_HTTP_LISTEN": f"127.0.0.1:{http_port}",
+           "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "2000000"}
+    with log.open("wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "mailhook", "serve"], env=env, cwd=tmp_path, stderr=err)
+    try:
+        lines: list[str] = []
+        while "READY=1" not in lines:
+            lines += sock.recv(4096).decode().split("\n")
+        assert "2 worker processes serving" in log.read_text()
+        workers = [pid for pid in descendants(proc.pid) if b"mailhook.group" in _cmdline(pid)]
+        assert len(workers) == 2
+        sent = 0
+        while len({int(pid) for pid, _ in PID.findall(log.read_text())}) < 2 and sent < 100:
+            send_mail(smtp_port, notification(300 + sent))
+            sent += 1
+        assert post(http_port, document(299)) == 200
+        # Counted in the parent, whichever worker took each delivery.
+        wait_until(lambda: any(re.match(rf"STATUS=.*since start {sent + 1} deliveries", line)
+                               for line in _messages(sock, 1.5)), 20, "the group's total in STATUS=")
+        assert "WATCHDOG=1" in _messages(sock, 2.5)
+        os.kill(workers[1], signal.SIGSTOP)  # its event loop answers no heartbeat
+        try:
+            wait_until(lambda: "WATCHDOG=1" not in _messages(sock, 2.5), 20, "pings withheld")
+            assert "do not answer the heartbeat; withholding the watchdog ping" in log.read_text()
+        finally:
+            os.kill(workers[1], signal.SIGCONT)
+        wait_until(lambda: "WATCHDOG=1" in _messages(sock, 2.5), 20, "pings again")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+# --- shares of the limits -------------------------------------------------------------------------
+
+
+def test_every_cap_is_divided_among_the_workers_so_the_service_keeps_it() -> None:
+    settings = Settings()
+    mine = worker_settings(settings, 3)
+    assert mine.smtp.max_sessions == 1000 // 3
+    assert mine.smtp.max_per_ip == 100 // 3
+    assert mine.http.max_connections == 512 // 3
+    assert mine.parsing.inflight_budget == settings.parsing.inflight_budget // 3
+    assert mine.smtp.max_connection_rate == 0  # no limit stays no limit
+    assert share(1, 4) == 1
+    assert mine.smtp.max_message_size == settings.smtp.max_message_size  # a size is not a count
+
+
+def test_the_default_is_one_worker_per_usable_core() -> None:
+    assert worker_count(Settings()) == len(os.sched_getaffinity(0))
