@@ -7,12 +7,18 @@ import json
 import os
 import smtplib
 import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import psycopg
+import psycopg.sql
 import pytest
 from postgres_support import PASSWORD
+from process_support import ALLOW_ROOT
 from smtp_support import ServerProcess, notification
 
 from mailhook.extract import extract
@@ -209,3 +215,52 @@ def test_serve_on_postgresql_accepts_a_long_message_id_over_smtp_instead_of_451_
     assert pg_rows(postgres_url, "SELECT length(message_id), status FROM deliveries ORDER BY id") == [
         (len(long_id), "stored"), (len(long_id), "duplicate"), (len("<82.notify@callfire.test>"), "stored")]
     assert PASSWORD not in "".join(server.log)
+
+
+ODD_PASSWORD = "p@ss:w/rd#?%&x y"
+
+
+@pytest.fixture
+def odd_role(postgres_url: str) -> Iterator[str]:
+    """A role whose password holds every character a URL gives a meaning to."""
+    name = f"odd_{os.urandom(4).hex()}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(psycopg.sql.SQL("CREATE ROLE {} LOGIN SUPERUSER PASSWORD {}").format(
+            psycopg.sql.Identifier(name), psycopg.sql.Literal(ODD_PASSWORD)))
+    yield name
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(psycopg.sql.SQL("DROP ROLE {}").format(psycopg.sql.Identifier(name)))
+
+
+def run_mailhook(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILHOOK_")} | ALLOW_ROOT | {"MAILHOOK_CONFIG": ""}
+    return subprocess.run([sys.executable, "-m", "mailhook", *args], env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_a_percent_encoded_password_with_url_characters_connects_and_never_shows(
+    postgres_url: str, odd_role: str
+) -> None:
+    server = postgres_url.split("@", 1)[1]
+    url = f"postgresql://{odd_role}:{quote(ODD_PASSWORD, safe='')}@{server}"
+    done = run_mailhook("status", "--db", url)
+    assert "schema_version" in done.stdout, done.stderr
+    assert "error:" not in done.stdout
+    assert f"postgresql://{odd_role}:********@{server}" in done.stdout
+    for text in (done.stdout + done.stderr, str(PostgresTarget(url)), repr(PostgresTarget(url))):
+        assert quote(ODD_PASSWORD, safe="") not in text and "rd#" not in text and "x y" not in text
+
+
+def test_a_password_written_unencoded_in_the_url_is_refused_without_showing_any_of_it(
+    postgres_url: str, odd_role: str
+) -> None:
+    url = f"postgresql://{odd_role}:{ODD_PASSWORD}@{postgres_url.split('@', 1)[1]}"
+    for command in ("status", "check-config"):
+        done = run_mailhook(command, "--db", url)
+        assert done.returncode == 78, (command, done.stdout, done.stderr)  # EX_CONFIG
+        shown = done.stdout + done.stderr
+        assert "must be percent-encoded" in shown
+        # Before: "postgresql://odd:********@ss:w/rd#?%&x y@..." and libpq's quote of a piece of it.
+        for piece in ("ss:w", "rd#", "x y", '"%"'):
+            assert piece not in shown, (command, shown)
+    assert str(PostgresTarget(url)).startswith(f"postgresql://{odd_role}:********@127.0.0.1:")
