@@ -22,7 +22,7 @@ from process_support import ALLOW_ROOT
 from smtp_support import ServerProcess, notification
 
 from mailhook.extract import extract
-from mailhook.models import Delivery, Event, Extraction, Kind, Receipt
+from mailhook.models import Delivery, Event, Extraction, FolderPosition, Kind, Receipt
 from mailhook.store.pg.copy import copy_database
 from mailhook.store.pg.schema import TSV_CHARACTERS
 from mailhook.store.pg.write import PgStore, clean_json
@@ -275,3 +275,17 @@ def test_a_wrong_password_stops_serve_with_exit_75_and_a_line_without_the_passwo
     status = run_mailhook("status", "--db", wrong)
     assert status.returncode == 69
     assert "wrong-secret-123" not in status.stderr + status.stdout
+
+
+def test_an_imap_delivery_kept_quarantined_moves_its_folder_past_it(postgres_url: str) -> None:
+    raw = text_notification(6, FinalResult=noise(6000))
+    delivery = Delivery(channel="imap", raw=raw, received_at="x", kind="document",
+                        position=FolderPosition("acct", "INBOX", 42, 9), source="imap:INBOX:42:9")
+    store = PgStore(PostgresTarget(postgres_url))
+    try:
+        (receipt,) = store.write([(delivery, extract(raw, kind="document"))])
+        assert isinstance(receipt, Receipt) and receipt.status == "quarantined"
+        # Not moved, the poller would fetch and keep it again on every poll.
+        assert store.position("acct", "INBOX") == FolderPosition("acct", "INBOX", 42, 9)
+    finally:
+        store.close()

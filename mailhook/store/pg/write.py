@@ -351,8 +351,12 @@ class PgStore:
         reason = f"not stored on PostgreSQL: {words}; raw bytes kept, events not stored"
         try:
             with conn.transaction():
-                delivery_id = self._insert_delivery(conn, delivery, delivery.sha256, utcnow(), "quarantined",
+                now = utcnow()
+                delivery_id = self._insert_delivery(conn, delivery, delivery.sha256, now, "quarantined",
                                                     Rows(reason, None, None, None, ()), delivery.raw)
+                position = delivery.position
+                if position is not None:  # kept, so the folder moves past it: the poller must not fetch it again
+                    conn.execute(_ADVANCE, (position.account, position.folder, position.uidvalidity, position.uid, now))
         except _ITEM_ERRORS as again:
             log.error("delivery could not be kept either: %s", again)
             return None
