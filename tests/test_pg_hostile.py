@@ -289,3 +289,26 @@ def test_an_imap_delivery_kept_quarantined_moves_its_folder_past_it(postgres_url
         assert store.position("acct", "INBOX") == FolderPosition("acct", "INBOX", 42, 9)
     finally:
         store.close()
+
+
+def test_reprocess_on_postgresql_stores_nul_and_lone_surrogates_as_replacement_characters(postgres_url: str) -> None:
+    from mailhook.store.pg.reprocess import ReprocessStore
+
+    raw = b"x" * 400
+    store = PgStore(PostgresTarget(postgres_url))
+    try:
+        (kept,) = store.write([(Delivery(channel="file", raw=raw, received_at="x", kind="document"),
+                                Extraction(reason="not read yet"))])
+    finally:
+        store.close()
+    assert isinstance(kept, Receipt)
+    event = Event(event_type="INBOUND_TEXT_FINISHED", event_type_source="payload", api_version="1.1", format="json",
+                  resource_type="Text", resource_id=77, message="a\udc80b\x00c", payload={"Text": {"M": "a\udc80b"}})
+    again = ReprocessStore(PostgresTarget(postgres_url))
+    try:
+        receipt = again.reextract(kept.delivery_id, Extraction(events=(event,), notes=("note\x00",)))
+    finally:
+        again.close()
+    assert receipt.status == "stored"
+    assert pg_rows(postgres_url, "SELECT e.message, e.payload, d.notes FROM events AS e JOIN deliveries AS d"
+                   " ON d.id = e.delivery_id") == [("a\ufffdb\ufffdc", {"Text": {"M": "a\ufffdb"}}, "note\ufffd")]
