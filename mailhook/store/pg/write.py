@@ -130,7 +130,8 @@ def clean_json(text: str) -> str:
 
 def _lone(match: re.Match[str]) -> str:
     """Replace an escaped surrogate unless it is the low half following a high one."""
-    if match.group(0)[len(match.group(1)) + 2] in "cCdDeEfF" and _AFTER_HIGH.search(match.string, 0, match.start()):
+    start = match.start() + len(match.group(1))  # the escape's backslash; a high escape before it is 6 characters
+    if match.group(0)[len(match.group(1)) + 2] in "cCdDeEfF" and _AFTER_HIGH.search(match.string, start - 6, start):
         return match.group(0)
     return match.group(1) + "\\ufffd"
 
