@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import httpx
 import psycopg
 import psycopg.sql
 import pytest
 from postgres_support import PASSWORD
-from process_support import ALLOW_ROOT
+from process_support import ALLOW_ROOT, free_port
 from smtp_support import ServerProcess, notification
 
 from mailhook.extract import extract
@@ -195,11 +196,18 @@ def test_migrate_to_copies_nul_characters_that_sqlite_holds_as_replacement_chara
 
 
 @pytest.mark.slow
-def test_serve_on_postgresql_accepts_a_long_message_id_over_smtp_instead_of_451_forever(
+def test_serve_on_postgresql_accepts_a_long_message_id_over_smtp_and_a_lone_surrogate_over_http(
     postgres_url: str
 ) -> None:
-    server = ServerProcess(postgres_url)  # type: ignore[arg-type]
+    port = free_port()
+    server = ServerProcess(postgres_url, "--http-listen", f"127.0.0.1:{port}")  # type: ignore[arg-type]
     try:
+        # Over HTTP, a JSON "\udc80" escape (a lone surrogate once decoded): 200, where it was 503 on every retry.
+        surrogate = b'{"TextNotification": {"Text": {"@id": 83, "Message": "a\\udc80b"}}}'
+        with httpx.Client(timeout=60) as http:
+            answer = http.post(f"http://127.0.0.1:{port}/notifications", content=surrogate,
+                               headers={"Content-Type": "application/json"})
+        assert answer.status_code == 200, answer.text
         long_id = f"<{noise(6000)}@callfire.test>"
         # Folded over lines of 900 characters (SMTP's lines hold 1,000); unfolded it is one 6 KB Message-ID.
         folded = "\n ".join(long_id[i:i + 900] for i in range(0, len(long_id), 900)).encode()
@@ -212,8 +220,10 @@ def test_serve_on_postgresql_accepts_a_long_message_id_over_smtp_instead_of_451_
             smtp.sendmail("notifications@callfire.com", ["ops@example.com"], notification(82))
     finally:
         server.stop()
-    assert pg_rows(postgres_url, "SELECT length(message_id), status FROM deliveries ORDER BY id") == [
+    assert pg_rows(postgres_url, "SELECT length(message_id), status FROM deliveries WHERE channel = 'smtp'"
+                   " ORDER BY id") == [
         (len(long_id), "stored"), (len(long_id), "duplicate"), (len("<82.notify@callfire.test>"), "stored")]
+    assert pg_rows(postgres_url, "SELECT message FROM events WHERE resource_id = 83") == [("a\ufffdb",)]
     assert PASSWORD not in "".join(server.log)
 
 
