@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 SCHEMES = ("postgresql", "postgres")
 MASK = "********"
@@ -36,13 +36,16 @@ class PostgresTarget:
         return f"PostgresTarget({mask_url(self.url)!r})"
 
     def secrets(self) -> tuple[str, ...]:
-        """Return every password this target carries (to scrub from a driver's error message)."""
+        """Return every password this target carries, as written and decoded (to scrub from a driver's message)."""
         found = [self.password] if self.password else []
-        parts = urlsplit(self.url)
-        if parts.password:
-            found.append(parts.password)
-        found += [value for key, value in parse_qsl(parts.query) if key == "password" and value]
-        return tuple(found)
+        written = _userinfo_password(self.url)
+        if written:
+            found += [written, unquote(written)]
+        query = urlsplit(self.url).query if "?" in self.url else ""
+        found += [value for key, value in parse_qsl(query) if key == "password" and value]
+        found += re.findall(r"(?i)[?&]password=([^&#]+)", self.url)
+        # Longest first: a password that holds another one's text is masked whole.
+        return tuple(sorted(set(found), key=len, reverse=True))
 
     def scrub(self, text: str) -> str:
         """Return `text` with this target's passwords masked."""
@@ -67,20 +70,23 @@ def target(value: str | Path, password: str | None = None) -> Target:
 
 
 def mask_url(url: str) -> str:
-    """Return a connection URL with its password (in the authority or as `?password=`) masked."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, _, hosts = netloc.rpartition("@")
-            if ":" in userinfo:
-                userinfo = userinfo.split(":", 1)[0] + ":" + MASK
-            netloc = f"{userinfo}@{hosts}"
-        query = parts.query
-        if query:
-            pairs = parse_qsl(query, keep_blank_values=True)
-            query = urlencode([(k, MASK if k == "password" else v) for k, v in pairs], safe="*/:")
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    except ValueError:
-        # Unparseable: show the scheme only rather than risk printing a password.
-        return url.split("://", 1)[0] + "://" + MASK
+    """Return a connection URL with its password (in the authority or as `?password=`) masked.
+
+    The authority's user information runs to the last `@`, not to the first
+    `/`, `?` or `#`: a password written with those unencoded (which libpq
+    cannot read either) is masked whole instead of shown from that character on.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    userinfo, at, hosts = rest.rpartition("@")
+    if at and ":" in userinfo:
+        rest = userinfo.split(":", 1)[0] + ":" + MASK + "@" + hosts
+    return scheme + "://" + re.sub(r"(?i)([?&]password=)[^&#]*", lambda m: m.group(1) + MASK, rest)
+
+
+def _userinfo_password(url: str) -> str | None:
+    """Return the password in a URL's user information as written (to the last `@`), if any."""
+    rest = url.partition("://")[2]
+    userinfo, at, _ = rest.rpartition("@")
+    return userinfo.split(":", 1)[1] or None if at and ":" in userinfo else None

@@ -42,7 +42,10 @@ def connection_string(target: PostgresTarget, *, connect_timeout: float = CONNEC
     try:
         given = conninfo.conninfo_to_dict(target.url)
     except psycopg.ProgrammingError as exc:
-        raise ConfigError(f"storage.db: not a valid PostgreSQL URL {target}: {target.scrub(str(exc))}") from None
+        # libpq quotes the part it could not read, which may be a piece of the password: not shown then.
+        detail = target.scrub(str(exc)) if not target.secrets() else (
+            "a password holding @ : / ? # % or a space must be percent-encoded (or given in storage.password_file)")
+        raise ConfigError(f"storage.db: not a valid PostgreSQL URL {target}: {detail}") from None
     extra: dict[str, Any] = {}
     if "connect_timeout" not in given:
         extra["connect_timeout"] = max(1, round(connect_timeout))

@@ -24,6 +24,8 @@ from typing import Any
 import psycopg
 from psycopg import errors
 
+from mailhook.store.pg.write import clean, clean_json
+
 # Computed by the PostgreSQL triggers from the rows copied, as the SQLite ones computed them.
 COMPUTED = {"events": ("reply_to",)}
 TABLES = ("deliveries", "events", "attempts")
@@ -133,6 +135,9 @@ def _copy(source: sqlite3.Connection, target: psycopg.Connection[Any], batch: in
         attempts = source.execute(f"SELECT {', '.join(columns['attempts'])} FROM attempts WHERE event_id IN"
                                   " (SELECT id FROM events WHERE delivery_id IN (SELECT value FROM json_each(?)))"
                                   " ORDER BY id", (ids,)).fetchall()
+        # SQLite text may hold NUL (a JSON "\u0000" in a message), payloads its escape: stored as the nodes store them.
+        rows, events, attempts = (_fit(rows, columns["deliveries"]), _fit(events, columns["events"]),
+                                  _fit(attempts, columns["attempts"]))
         for attempt in range(RETRIES):
             try:
                 present, kept = _copy_batch(target, inserts, columns, rows, events, attempts)
@@ -149,6 +154,12 @@ def _copy(source: sqlite3.Connection, target: psycopg.Connection[Any], batch: in
             progress(copied)
     _positions(source, target)
     return copied
+
+
+def _fit(found: list[Any], columns: list[str]) -> list[Any]:
+    """Return SQLite rows as PostgreSQL can hold them: NUL and lone surrogates in text (and payloads) as U+FFFD."""
+    return [tuple(clean_json(v) if c == "payload" and isinstance(v, str) else clean(v)
+                  for v, c in zip(row, columns, strict=True)) for row in found]
 
 
 def _copy_batch(target: psycopg.Connection[Any], inserts: dict[str, str], columns: dict[str, list[str]],

@@ -42,6 +42,7 @@ _MODIFIED, _CREATED = EVENT_COLUMNS.index("modified"), EVENT_COLUMNS.index("crea
 _FROM, _TO = EVENT_COLUMNS.index("from_number"), EVENT_COLUMNS.index("to_number")
 RETRIES = 3
 _NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+_UNFIT = re.compile("[\x00\ud800-\udfff]")
 
 
 def _clean(value: Any, column: str = "") -> Any:
@@ -52,9 +53,10 @@ def _clean(value: Any, column: str = "") -> Any:
     """
     if not isinstance(value, str):
         return value
-    if column == "payload":
-        return _NUL_ESCAPE.sub(r"\1\\ufffd", value) if "\\u0000" in value else value
-    return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if column == "payload" and "\\u0000" in value:
+        value = _NUL_ESCAPE.sub(r"\1\\ufffd", value)
+    # NUL, and lone surrogates (undecodable bytes, a JSON "\udc80" escape) that psycopg cannot encode.
+    return _UNFIT.sub("\ufffd", value) if _UNFIT.search(value) else value
 
 
 def stored_kind(channel: str, raw: bytes) -> Kind:
@@ -140,7 +142,7 @@ class ReprocessStore:
             conn.execute(
                 "UPDATE deliveries SET status = %s, error = %s, notes = %s, event_count = event_count + %s,"
                 " duplicate_count = %s WHERE id = %s",
-                (status, error, "\n".join(extraction.notes) or None, new, duplicates, delivery_id),
+                (status, _clean(error), _clean("\n".join(extraction.notes) or None), new, duplicates, delivery_id),
             )
         return Receipt(delivery_id, status, new, duplicates, found.reason, event_types=types)
 

@@ -25,6 +25,9 @@ from mailhook.store.pg import figures
 
 TS_CONFIG = "simple"
 """The text search configuration: words as written (lower-cased), no stemming, for any language."""
+TSV_CHARACTERS = 100_000
+"""How much of a message is searchable: a tsvector holds at most 1 MiB of words, and 100,000 characters
+(at most 400 KB of UTF-8) always fit, where a longer text failed the insert ("string is too long for tsvector")."""
 
 _V1 = f"""
 CREATE TABLE deliveries (
@@ -48,7 +51,9 @@ CREATE TABLE deliveries (
     duplicate_count bigint NOT NULL DEFAULT 0,
     sent_at text
 );
-CREATE INDEX deliveries_message_id ON deliveries(message_id) WHERE message_id IS NOT NULL;
+-- Hash, not btree: a btree entry holds at most ~2,700 bytes, and a Message-ID may have 16 KiB (a hash index
+-- keeps 4 bytes per row and answers the equality lookups dedupe makes).
+CREATE INDEX deliveries_message_id ON deliveries USING hash (message_id) WHERE message_id IS NOT NULL;
 CREATE INDEX deliveries_received_at ON deliveries(received_at);
 CREATE INDEX deliveries_status ON deliveries(status);
 CREATE INDEX deliveries_sent_at ON deliveries(sent_at);
@@ -92,12 +97,14 @@ CREATE TABLE events (
     from_e164 text,
     to_e164 text,
     reply_to bigint,
-    message_tsv tsvector GENERATED ALWAYS AS (to_tsvector('{TS_CONFIG}', coalesce(message, ''))) STORED
+    message_tsv tsvector GENERATED ALWAYS AS (
+        to_tsvector('{TS_CONFIG}', left(coalesce(message, ''), {TSV_CHARACTERS}))) STORED
 );
 CREATE INDEX events_delivery_id ON events(delivery_id);
 CREATE INDEX events_received_at ON events(received_at);
-CREATE INDEX events_from_number ON events(from_number);
-CREATE INDEX events_to_number ON events(to_number);
+-- Numbers as sent are any text (a 5 KB "number" is stored as on SQLite): hash, which has no size limit.
+CREATE INDEX events_from_number ON events USING hash (from_number);
+CREATE INDEX events_to_number ON events USING hash (to_number);
 CREATE INDEX events_final_result ON events(final_result);
 CREATE INDEX events_resource ON events(resource_type, resource_id);
 CREATE INDEX events_type_result ON events(event_type, final_result);

@@ -19,8 +19,13 @@ nodes writing at once:
   storage failure raises `RetryLater` for the whole batch and the next batch
   reconnects, with capped exponential back-off between attempts.
 
-PostgreSQL's text cannot hold the NUL character: in text columns and payloads
-it is stored as U+FFFD (the raw bytes, `bytea`, keep it).
+PostgreSQL's text cannot hold the NUL character, nor a lone surrogate (an
+undecodable byte kept by `surrogateescape`): in text columns and payloads each
+is stored as U+FFFD (the raw bytes, `bytea`, keep them). A delivery that
+PostgreSQL still refuses (a value too long for an index, say) is not answered
+with a temporary failure it would meet again on every retry: it is stored
+quarantined with its raw bytes and the refusal as its `error`, so it is
+acknowledged, kept, and can be reprocessed (docs/security.md, "PostgreSQL store").
 """
 
 from __future__ import annotations
@@ -86,7 +91,9 @@ ON CONFLICT (account, folder) DO UPDATE SET
 """
 
 # One delivery's error that fails (or quarantines) only that delivery; anything else fails the batch.
-_ITEM_ERRORS = (psycopg.IntegrityError, psycopg.DataError, ValueError, OverflowError)
+# ProgramLimitExceeded (class 54: an index row or a tsvector too large) is the item's own values, never the server's
+# state: it is an OperationalError in psycopg, which the batch would otherwise meet as "storage unavailable".
+_ITEM_ERRORS = (psycopg.IntegrityError, psycopg.DataError, pg_errors.ProgramLimitExceeded, ValueError, OverflowError)
 # Failures after which the same batch, tried again at once, should succeed.
 _TRANSIENT = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure, pg_errors.LockNotAvailable)
 _First = tuple[int, str]
@@ -97,18 +104,36 @@ class _Redo(Exception):
 
 
 _NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+# What PostgreSQL text cannot hold: NUL, and lone surrogates (psycopg cannot encode them to UTF-8).
+_UNFIT = re.compile("[\x00\ud800-\udfff]")
+# An escaped lone surrogate in JSON text (jsonb refuses it; a pair of escapes is one character and stays).
+_LONE_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u(?:[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])"
+                          r"|[dD][c-fC-F][0-9a-fA-F]{2})")
+_AFTER_HIGH = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}$")
 
 
 def clean(value: Any) -> Any:
-    """Return a value PostgreSQL text can hold: NUL characters become U+FFFD."""
-    if isinstance(value, str) and "\x00" in value:
-        return value.replace("\x00", "\ufffd")
+    """Return a value PostgreSQL text can hold: NUL characters and lone surrogates become U+FFFD."""
+    if isinstance(value, str) and _UNFIT.search(value):
+        return _UNFIT.sub("\ufffd", value)
     return value
 
 
 def clean_json(text: str) -> str:
-    """Return JSON text jsonb accepts: each escaped NUL (`\\u0000`) becomes U+FFFD's escape."""
-    return _NUL_ESCAPE.sub(r"\1\\ufffd", text) if "\\u0000" in text else text
+    """Return JSON text jsonb accepts: NUL and lone surrogates, raw or escaped (`\\u0000`), become U+FFFD."""
+    if "\\u0000" in text:
+        text = _NUL_ESCAPE.sub(r"\1\\ufffd", text)
+    if "\\ud" in text or "\\uD" in text:
+        text = _LONE_ESCAPE.sub(_lone, text)
+    return clean(text)  # type: ignore[no-any-return]
+
+
+def _lone(match: re.Match[str]) -> str:
+    """Replace an escaped surrogate unless it is the low half following a high one."""
+    start = match.start() + len(match.group(1))  # the escape's backslash; a high escape before it is 6 characters
+    if match.group(0)[len(match.group(1)) + 2] in "cCdDeEfF" and _AFTER_HIGH.search(match.string, start - 6, start):
+        return match.group(0)
+    return match.group(1) + "\\ufffd"
 
 
 def _cleaned(values: Iterable[Any], columns: Sequence[str]) -> list[Any]:
@@ -309,8 +334,35 @@ class PgStore:
             kept = self._quarantine(conn, item.delivery_id, exc)
             if kept is not None:
                 return kept
+        else:
+            kept = self._keep(conn, item[0], exc)
+            if kept is not None:
+                return kept
         log.error("delivery could not be stored: %s", exc)
         return exc
+
+    def _keep(self, conn: Connection, delivery: Delivery, exc: Exception) -> Receipt | None:
+        """Store a delivery PostgreSQL refused as it came, quarantined with the refusal; None if that fails too.
+
+        A temporary failure instead would be met again on every retry (a 451
+        or 503 loop): what SQLite would have stored must at least be kept here.
+        """
+        words = self._words(exc)
+        words = words if len(words) <= 300 else words[:300] + "..."  # a driver's message may quote the whole value
+        reason = f"not stored on PostgreSQL: {words}; raw bytes kept, events not stored"
+        try:
+            with conn.transaction():
+                now = utcnow()
+                delivery_id = self._insert_delivery(conn, delivery, delivery.sha256, now, "quarantined",
+                                                    Rows(reason, None, None, None, ()), delivery.raw)
+                position = delivery.position
+                if position is not None:  # kept, so the folder moves past it: the poller must not fetch it again
+                    conn.execute(_ADVANCE, (position.account, position.folder, position.uidvalidity, position.uid, now))
+        except _ITEM_ERRORS as again:
+            log.error("delivery could not be kept either: %s", again)
+            return None
+        log.error("delivery %d quarantined: %s", delivery_id, reason)
+        return Receipt(delivery_id, "quarantined", error=reason)
 
     def _write_one(self, conn: Connection, delivery: Delivery, found: Rows | None) -> Receipt:
         """Store one delivery with its rows (bounded already), or pending when it has none yet."""
@@ -468,9 +520,24 @@ def _prepare(item: Work) -> Rows | Exception | None:
         if isinstance(item, Completion):
             return item.extraction if isinstance(item.extraction, Rows) else rows(item.extraction)
         delivery, extraction = item
-        return None if extraction is None else rows(extraction, len(delivery.raw))
+        if extraction is None:
+            return None
+        try:
+            return rows(extraction, len(delivery.raw))
+        except UnicodeEncodeError:
+            # A lone surrogate (an escaped one in JSON, `"\udc80"`) cannot be measured in UTF-8: measure the
+            # values as they will be stored, with U+FFFD for it, as every text column stores it.
+            return rows(_fit(rows(extraction)), len(delivery.raw))
     except _ITEM_ERRORS as exc:
         return exc
+
+
+def _fit(found: Rows) -> Rows:
+    """Return rows with every text value as PostgreSQL stores it (`clean`, `clean_json`)."""
+    return Rows(clean(found.reason), clean(found.notes), clean(found.message_id), clean(found.subject), tuple(
+        (event_type, tuple(_cleaned(values, EVENT_COLUMNS)), tuple(tuple(_cleaned(a, ATTEMPT_COLUMNS))
+                                                                   for a in attempts))
+        for event_type, values, attempts in found.events))
 
 
 def _status(extraction: Rows, *, seen: bool, new: int, duplicates: int) -> Status:
