@@ -6,6 +6,10 @@ pending deliveries back from the database, extracts them in worker processes
 (beside the event loop, on other cores) and commits their events and final
 status through the same writer. The database is the queue: a delivery
 acknowledged just before a crash or a stop is extracted after the restart.
+On a database several nodes share, each node's backlog claims what it
+extracts (`Storage.pending_queue()`), so no two nodes extract the same
+delivery, and looks again every `RESCAN` seconds for deliveries other nodes
+stored, or claimed and then left behind when they died.
 """
 
 from __future__ import annotations
@@ -25,9 +29,9 @@ from mailhook.backoff import Backoff
 from mailhook.errors import RetryLater
 from mailhook.extract import extract
 from mailhook.models import Delivery, Extraction, MailLimits
-from mailhook.store.reads import PendingReader, pending_count
+from mailhook.store.interface import PendingQueue
+from mailhook.store.reads import Reader, open_pending_reader
 from mailhook.store.rows import Completion, worker_rows
-from mailhook.store.writer import Writer
 from mailhook.workers import worker_pool
 
 if TYPE_CHECKING:
@@ -42,16 +46,18 @@ CHUNK = 16
 LINGER = 0.05
 RETRY_FIRST = 1.0
 RETRY_MAX = 60.0
+# On a shared database: seconds between looks for pending deliveries no wake-up announced.
+RESCAN = 2.0
 
 
 @functools.cache
-def _reader(path: Path) -> PendingReader:
+def _reader(source: Path | str) -> Reader:
     # One connection per worker process for its whole life, not one per chunk.
-    return PendingReader(path)
+    return open_pending_reader(source)
 
 
 def extract_pending(
-    path: Path, ids: Sequence[int], subscriptions: Mapping[int, str], limits: MailLimits | None = None
+    path: Path | str, ids: Sequence[int], subscriptions: Mapping[int, str], limits: MailLimits | None = None
 ) -> list[tuple[Delivery, Completion]]:
     """Read the still-pending deliveries among `ids` and extract each (runs in a worker process)."""
     return [
@@ -63,7 +69,7 @@ def extract_pending(
 
 
 # What runs in a worker: read pending deliveries by id and extract them.
-Extract = Callable[[Path, Sequence[int], Mapping[int, str]], list[tuple[Delivery, Completion]]]
+Extract = Callable[[Path | str, Sequence[int], Mapping[int, str]], list[tuple[Delivery, Completion]]]
 
 
 class Backlog:
@@ -81,10 +87,9 @@ class Backlog:
     ) -> None:
         self.pipeline = pipeline
         self.writer = pipeline.writer
-        # The backlog reads pending deliveries from the SQLite file itself (in worker processes too).
-        assert isinstance(pipeline.writer, Writer), "the backlog needs the SQLite store"
-        self.path = pipeline.writer.store.path
-        self.reader = PendingReader(self.path)
+        # Pending deliveries come from the store's queue; worker processes read their bytes from `path`.
+        self.queue: PendingQueue = pipeline.writer.pending_queue()
+        self.path = self.queue.source
         self.subscriptions = dict(pipeline.subscriptions)
         self.pool = pool
         self.workers = workers
@@ -104,7 +109,7 @@ class Backlog:
     def pending(self) -> float:
         """Return how many deliveries wait for their events in the database (NaN if it cannot be read)."""
         try:
-            return pending_count(self.path)
+            return self.queue.count()
         except RetryLater:
             return math.nan
 
@@ -143,7 +148,7 @@ class Backlog:
                     await asyncio.sleep(self._backoff.next())
                     cursor, self._retry_from = self._retry_from, None
                 try:
-                    ids = await loop.run_in_executor(None, self.reader.ids, cursor, CHUNK * self.workers)
+                    ids = await loop.run_in_executor(None, self.queue.claim, cursor, CHUNK * self.workers)
                 except RetryLater as exc:
                     self._retry([cursor + 1], f"pending deliveries cannot be read: {exc}")
                     ids = []
@@ -159,13 +164,26 @@ class Backlog:
                     return
                 if self._retry_from is not None and not in_flight:
                     continue  # to the back-off above
-                await self._wake.wait()
+                if not self.queue.shared:
+                    await self._wake.wait()
+                elif not await self._woken(RESCAN):
+                    cursor = 0  # others' deliveries, and claims a dead node let go, may lie behind the cursor
+                    continue
                 if not self._closing:
                     await asyncio.sleep(LINGER)
         finally:
             for task in in_flight:
                 task.cancel()
-            self.reader.close()
+            await asyncio.gather(*in_flight, return_exceptions=True)
+            await loop.run_in_executor(None, self.queue.close)
+
+    async def _woken(self, timeout: float) -> bool:
+        """Wait for a wake-up for up to `timeout` seconds; say whether one came."""
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     def _chunks(self, ids: list[tuple[int, int]]) -> Iterator[tuple[list[int], int]]:
         """Split pending (id, size) pairs into chunks of at most CHUNK deliveries and the budget's bytes."""
@@ -194,6 +212,11 @@ class Backlog:
                 await self._extract_and_store(ids, free_slot)
         finally:
             free_slot()
+            # Done or to be retried: either way another node (or this one, later) may take them now.
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, self.queue.release, ids)
+            except RetryLater as exc:  # the session is gone, and its claims with it
+                log.debug("claims not released: %s", exc)
 
     async def _extract_and_store(self, ids: list[int], free_slot: Callable[[], None]) -> None:
         picked_up = time.perf_counter()
@@ -267,7 +290,7 @@ class Backlog:
 
     async def _crashed(self, delivery_id: int) -> list[tuple[Delivery, Completion]] | None:
         """Quarantine a delivery whose extraction killed its worker (its bytes stay, for `reprocess`)."""
-        reader = PendingReader(self.path)  # not self.reader: that one may be in use in another thread
+        reader = open_pending_reader(self.path)  # a connection of its own, for this one read
         try:
             found = await asyncio.get_running_loop().run_in_executor(None, reader.read, [delivery_id])
         except RetryLater as exc:

@@ -14,7 +14,8 @@ MEMBERS = {name for name, _ in inspect.getmembers(Storage, inspect.isfunction) i
 
 
 def test_the_sqlite_writer_implements_every_method_of_the_interface() -> None:
-    assert {"submit", "complete", "health", "committed_position", "quarantined_sources", "close"} == MEMBERS
+    assert {"submit", "complete", "health", "committed_position", "quarantined_sources", "lease", "pending_queue",
+            "close"} == MEMBERS
     for name in MEMBERS:
         wanted = list(inspect.signature(getattr(Storage, name)).parameters)
         assert list(inspect.signature(getattr(Writer, name)).parameters) == wanted, name
