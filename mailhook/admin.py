@@ -51,8 +51,9 @@ def run_check_config(args: argparse.Namespace, settings: Settings, env: Mapping[
                                     http=bool(effective.settings.http.listen))
     if shortfall:
         print(f"mailhook: warning: {shortfall}", file=sys.stderr)
-    folder = effective.settings.database(env).parent
-    if not folder.is_dir():
+    database = effective.settings.database(env)
+    folder = database.parent if isinstance(database, Path) else None
+    if folder is not None and not folder.is_dir():
         # Not an error: systemd's StateDirectory= creates it when the service starts.
         print(f"mailhook: note: storage.db: directory {folder} does not exist yet", file=sys.stderr)
     return EX_CONFIG if problems else EX_OK
@@ -63,8 +64,8 @@ def run_prune(args: argparse.Namespace, settings: Settings, env: Mapping[str, st
     from mailhook.store.maintenance import prune
 
     cutoff = datetime.now(UTC) - args.older_than
-    result = prune(settings.database(env), cutoff, keep_raw=args.keep_raw, dry_run=args.dry_run,
-                   busy_timeout=settings.storage.busy_timeout)
+    result = prune(settings.sqlite_database(env, "mailhook prune"), cutoff, keep_raw=args.keep_raw,
+                   dry_run=args.dry_run, busy_timeout=settings.storage.busy_timeout)
     verb = "would delete" if args.dry_run else "deleted"
     what = "" if args.keep_raw else f"{result.deliveries} deliveries, "
     print(f"mailhook: {verb} {what}{result.events} events and {result.attempts} attempts received before "
@@ -85,8 +86,8 @@ def run_backup(args: argparse.Namespace, settings: Settings, env: Mapping[str, s
             return EX_CANTCREAT
         target = target / f"mailhook-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.db"
     try:
-        info = backup(settings.database(env), target, busy_timeout=settings.storage.busy_timeout,
-                      mode=settings.storage.file_mode())
+        info = backup(settings.sqlite_database(env, "mailhook backup"), target,
+                      busy_timeout=settings.storage.busy_timeout, mode=settings.storage.file_mode())
     except FileNotFoundError as exc:
         print(f"mailhook: {exc}", file=sys.stderr)
         return EX_UNAVAILABLE
@@ -106,14 +107,15 @@ def run_status(args: argparse.Namespace, settings: Settings, env: Mapping[str, s
     from mailhook.store.maintenance import status
 
     problems: list[str] = []
+    database = settings.sqlite_database(env, "mailhook status")
     try:
-        report = status(settings.database(env), busy_timeout=settings.storage.busy_timeout)
+        report = status(database, busy_timeout=settings.storage.busy_timeout)
     except (FileNotFoundError, RetryLater) as exc:
-        report = {"database": str(settings.database(env)), "error": str(exc)}
+        report = {"database": str(database), "error": str(exc)}
         problems.append(str(exc))
     if "error" not in report:
         # Whether the store would take a write now, whichever doors run (SMTP only, or none).
-        report["storage"] = probe(settings.database(env)) or "ok"
+        report["storage"] = probe(database) or "ok"
         if report["storage"] != "ok":
             problems.append(f"storage: {report['storage']}")
         if report["schema_version"] != report["schema_expected"]:

@@ -258,7 +258,7 @@ def _run_reprocess(args: argparse.Namespace, settings: Settings, env: Mapping[st
     from mailhook.pipeline import reprocess
     from mailhook.store.write import Store
 
-    store = Store(settings.database(env), busy_timeout=settings.storage.busy_timeout,
+    store = Store(settings.sqlite_database(env, "mailhook reprocess"), busy_timeout=settings.storage.busy_timeout,
                   mode=settings.storage.file_mode(), phone_region=settings.storage.phone_region)
     try:
         receipts = reprocess(store, settings.subscriptions, quarantined_only=args.quarantined,

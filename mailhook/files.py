@@ -200,7 +200,8 @@ def ingest_paths(
     # The pool is forked before the writer thread starts, so no worker inherits a lock held mid-write.
     pool = _extraction_pool(paths)
     writer = Writer(
-        settings.database(env), busy_timeout=settings.storage.busy_timeout, max_batch=settings.storage.max_batch,
+        settings.sqlite_database(env, "mailhook ingest"), busy_timeout=settings.storage.busy_timeout,
+        max_batch=settings.storage.max_batch,
         mode=settings.storage.file_mode(),
         phone_region=settings.storage.phone_region,
     )

@@ -216,7 +216,7 @@ async def _open_writer(
     loop = asyncio.get_running_loop()
     opening = loop.run_in_executor(None, functools.partial(
         Writer,
-        settings.database(env),
+        settings.sqlite_database(env, "mailhook serve"),
         busy_timeout=settings.storage.busy_timeout,
         max_batch=settings.storage.max_batch,
         observer=metrics.on_commit,

@@ -14,6 +14,7 @@ from mailhook.config.settings import (
     MASK,
     SECTIONS,
 )
+from mailhook.store.target import is_url, mask_url
 
 
 def render(effective: Effective, env: Mapping[str, str]) -> str:
@@ -32,7 +33,12 @@ def render(effective: Effective, env: Mapping[str, str]) -> str:
             if value is None:
                 lines.append(f"# {opt.name} =  (not set)")
                 continue
-            shown = json.dumps(MASK) if opt.secret else _toml_value(value)
+            if opt.secret:
+                shown = json.dumps(MASK)
+            elif is_url(value):  # storage.db: a PostgreSQL URL may hold the password
+                shown = json.dumps(mask_url(value))
+            else:
+                shown = _toml_value(value)
             lines.append(f"{opt.name} = {shown}  # {source}")
     lines += ["", "[subscriptions]"]
     lines += [f'{sub_id} = "{event}"' for sub_id, event in sorted(settings.subscriptions.items())]

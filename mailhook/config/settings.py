@@ -12,7 +12,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from mailhook.errors import ConfigError
 from mailhook.models import MailLimits
+from mailhook.store.target import PostgresTarget, Target, target
 
 DEFAULT_CONFIG = Path("/etc/mailhook/mailhook.toml")
 CONFIG_NAME = "mailhook.toml"
@@ -30,21 +32,32 @@ TRIGGER_EVENTS = frozenset(
 )
 
 
-def option(default: Any, help: str, *, flag: str | None = None, secret: bool = False) -> Any:
-    """Declare a setting: its default, its help text, and optionally a shorter flag name."""
+def option(
+    default: Any, help: str, *, flag: str | None = None, secret: bool = False, shown: bool = True
+) -> Any:
+    """Declare a setting: its default, its help text, and optionally a shorter flag name.
+
+    `shown=False` keeps a value that may contain a secret (a URL) out of repr() too.
+    """
     meta = {"help": help, "flag": flag, "secret": secret}
     # Secrets stay out of repr() so a logged or printed Settings never shows them.
     if isinstance(default, list | dict):
-        return field(default_factory=lambda: type(default)(default), metadata=meta, repr=not secret)
-    return field(default=default, metadata=meta, repr=not secret)
+        return field(default_factory=lambda: type(default)(default), metadata=meta, repr=not secret and shown)
+    return field(default=default, metadata=meta, repr=not secret and shown)
 
 
 @dataclass(frozen=True, slots=True)
 class StorageSettings:
     """Where and how events are stored."""
 
-    db: Path | None = option(None, "SQLite database file (default: mailhook.db here, or in $STATE_DIRECTORY)",
-                             flag="db")
+    # str first: a URL must reach `target()` as written (a Path would fold its '//').
+    db: str | Path | None = option(
+        None, "SQLite database file (default: mailhook.db here, or in $STATE_DIRECTORY), or a PostgreSQL URL "
+        "postgresql://USER@HOST:PORT/DB", flag="db", shown=False)
+    password: str | None = option(
+        None, "PostgreSQL password (prefer password_file; or libpq's PGPASSFILE/PGPASSWORD)", secret=True)
+    password_file: Path | None = option(
+        None, "file holding storage.password (relative: in $CREDENTIALS_DIRECTORY)")
     busy_timeout: float = option(5.0, "seconds to wait for a locked database before answering 'retry later'")
     max_batch: int = option(256, "most deliveries committed in one transaction")
     checkpoint_interval: float = option(
@@ -220,14 +233,21 @@ class Settings:
     parsing: ParsingSettings = field(default_factory=ParsingSettings)
     subscriptions: Mapping[int, str] = field(default_factory=dict)
 
-    def database(self, env: Mapping[str, str]) -> Path:
-        """Return the database path: configured, or in systemd's state directory, or here."""
+    def database(self, env: Mapping[str, str]) -> Target:
+        """Return the database: a PostgreSQL URL, or an SQLite file (configured, in $STATE_DIRECTORY, or here)."""
         if self.storage.db is not None:
-            return self.storage.db
+            return target(self.storage.db, self.storage.password)
         state = env.get("STATE_DIRECTORY")
         if state:
             return Path(state.split(":")[0]) / "mailhook.db"
         return Path("mailhook.db")
+
+    def sqlite_database(self, env: Mapping[str, str], command: str) -> Path:
+        """Return the SQLite database path for a `command` that works on SQLite only; ConfigError for PostgreSQL."""
+        found = self.database(env)
+        if isinstance(found, PostgresTarget):
+            raise ConfigError(f"{command} works on an SQLite database only, not on {found}")
+        return found
 
 
 SECTIONS: dict[str, type] = {

@@ -83,7 +83,7 @@ async def start(runtime: Runtime) -> ImapDoor:
 def run_imap(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
     """Run `mailhook imap`: watch the folders until SIGTERM or SIGINT, then stop cleanly and exit 0."""
     account = Account.from_settings(settings)
-    writer = Writer(settings.database(env), busy_timeout=settings.storage.busy_timeout,
+    writer = Writer(settings.sqlite_database(env, "mailhook imap"), busy_timeout=settings.storage.busy_timeout,
                     max_batch=settings.storage.max_batch, checkpoint_interval=settings.storage.checkpoint_interval,
                     mode=settings.storage.file_mode(), phone_region=settings.storage.phone_region)
     pipeline = Pipeline(writer, settings.subscriptions, limits=settings.parsing.mail_limits())

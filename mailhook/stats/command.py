@@ -66,7 +66,7 @@ def open_for_reading(args: argparse.Namespace, settings: Settings, env: Mapping[
     """Open the configured database read-only, or say why not and return None."""
     from mailhook.store.connection import open_readonly
 
-    path = settings.database(env)
+    path = settings.sqlite_database(env, f"mailhook {args.command}")
     if not path.is_file():
         print(f"mailhook: no database at {path}", file=sys.stderr)
         return None

@@ -1,0 +1,115 @@
+"""Connecting to PostgreSQL (psycopg 3), and the migrations, safe when several nodes start at once.
+
+Every connection is a transaction-per-batch connection (autocommit off),
+named `mailhook` in `pg_stat_activity`, and gives up connecting after
+`CONNECT_TIMEOUT` seconds unless the URL says otherwise. A password given
+apart from the URL (`storage.password`, `storage.password_file`) is passed
+to libpq as its `password` parameter; without one libpq reads its own
+`PGPASSWORD` or `PGPASSFILE` (~/.pgpass). Error messages are scrubbed of
+the password before they are raised.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import psycopg
+from psycopg import conninfo
+
+from mailhook.errors import ConfigError, RetryLater
+from mailhook.models import utcnow
+from mailhook.store.pg.schema import MIGRATIONS
+from mailhook.store.target import PostgresTarget
+
+log = logging.getLogger("mailhook.store")
+
+CONNECT_TIMEOUT = 10
+APPLICATION_NAME = "mailhook"
+MIGRATION_LOCK = int.from_bytes(b"mailhook", "big")
+"""The advisory lock (one bigint) held while migrating: nodes starting together migrate one at a time."""
+
+Connection = psycopg.Connection[Any]
+
+
+def connection_string(target: PostgresTarget, *, connect_timeout: float = CONNECT_TIMEOUT) -> str:
+    """Return the libpq connection string for `target`, with mailhook's defaults where the URL sets none."""
+    try:
+        given = conninfo.conninfo_to_dict(target.url)
+    except psycopg.ProgrammingError as exc:
+        raise ConfigError(f"storage.db: not a valid PostgreSQL URL {target}: {target.scrub(str(exc))}") from None
+    extra: dict[str, Any] = {}
+    if "connect_timeout" not in given:
+        extra["connect_timeout"] = max(1, round(connect_timeout))
+    if "application_name" not in given:
+        extra["application_name"] = APPLICATION_NAME
+    if target.password is not None:
+        extra["password"] = target.password
+    return conninfo.make_conninfo(target.url, **extra)
+
+
+def connect(target: PostgresTarget, *, connect_timeout: float = CONNECT_TIMEOUT) -> Connection:
+    """Open a connection (autocommit off); `RetryLater` naming the server, never the password, when it cannot."""
+    try:
+        return psycopg.connect(connection_string(target, connect_timeout=connect_timeout), autocommit=False)
+    except psycopg.Error as exc:
+        raise RetryLater(f"database unreachable ({target}): {target.scrub(_first_line(exc))}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def schema_version(conn: Connection) -> int:
+    """Return how many migrations the database has had (0 for an empty one)."""
+    try:
+        exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
+        row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone() if (
+            exists and exists[0]) else (0,)
+    finally:
+        conn.rollback()
+    return int(row[0]) if row else 0
+
+
+def migrate(conn: Connection) -> int:
+    """Apply the migrations not yet applied, each in its own transaction; return the schema version.
+
+    Each transaction first takes `pg_advisory_xact_lock(MIGRATION_LOCK)`, so
+    of several nodes starting on one empty database one creates the schema
+    and the others, once it commits, find it there and apply nothing.
+    """
+    before = schema_version(conn)
+    applied = 0
+    for number, script in enumerate(MIGRATIONS, start=1):
+        if number <= before:
+            continue
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations"
+                         " (version integer PRIMARY KEY, applied_at text NOT NULL)")
+            row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
+            if row is not None and row[0] >= number:
+                continue  # another node migrated while we waited for the lock
+            conn.execute(script)
+            conn.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (%s, %s)", (number, utcnow()))
+        applied = number
+    if applied and before:
+        log.info("database upgraded from schema version %d to %d", before, applied)
+    elif applied:
+        log.info("database created (schema version %d)", applied)
+    return len(MIGRATIONS)
+
+
+def open_database(target: PostgresTarget, *, connect_timeout: float = CONNECT_TIMEOUT) -> Connection:
+    """Connect and migrate; `RetryLater` when the server cannot be reached."""
+    conn = connect(target, connect_timeout=connect_timeout)
+    try:
+        migrate(conn)
+    except psycopg.OperationalError as exc:
+        conn.close()
+        raise RetryLater(f"database unreachable ({target}): {target.scrub(_first_line(exc))}") from None
+    except BaseException:
+        conn.close()
+        raise
+    return conn

@@ -1,0 +1,161 @@
+"""The PostgreSQL schema: the SQLite schema's tables, columns and views, migrated once however many nodes start."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from mailhook.store.connection import connect as sqlite_connect
+from mailhook.store.connection import migrate as sqlite_migrate
+from mailhook.store.pg.connection import MIGRATION_LOCK, connect, migrate, open_database, schema_version
+from mailhook.store.pg.schema import MIGRATIONS
+from mailhook.store.target import PostgresTarget
+
+# Left to the figures' migration (campaigns, event_totals); SQLite's own search index and statistics.
+SQLITE_ONLY = {"campaigns", "event_totals", "sqlite_stat1", "events_fts", "events_fts_config", "events_fts_data",
+               "events_fts_docsize", "events_fts_idx"}
+# The search column PostgreSQL has where SQLite has the events_fts table; the migrations' own record.
+POSTGRES_ONLY_COLUMNS = {("events", "message_tsv")}
+POSTGRES_ONLY = {"schema_migrations"}
+
+
+def sqlite_shape(tmp_path: Path) -> dict[str, tuple[str, list[str]]]:
+    conn = sqlite_connect(tmp_path / "shape.db")
+    sqlite_migrate(conn)
+    shape = {}
+    for name, kind in conn.execute("SELECT name, type FROM sqlite_master WHERE type IN ('table', 'view')"):
+        if name not in SQLITE_ONLY:
+            shape[name] = (kind, [row[1] for row in conn.execute(f'PRAGMA table_info("{name}")')])
+    conn.close()
+    return shape
+
+
+def postgres_shape(url: str) -> dict[str, tuple[str, list[str]]]:
+    with psycopg.connect(url) as conn:
+        kinds = dict(conn.execute(
+            "SELECT table_name, CASE table_type WHEN 'VIEW' THEN 'view' ELSE 'table' END"
+            " FROM information_schema.tables WHERE table_schema = 'public'").fetchall())
+        shape: dict[str, tuple[str, list[str]]] = {name: (kind, []) for name, kind in kinds.items()
+                                                   if name not in POSTGRES_ONLY}
+        for table, column in conn.execute(
+            "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'public'"
+            " ORDER BY table_name, ordinal_position"
+        ):
+            if table in shape and (table, column) not in POSTGRES_ONLY_COLUMNS:
+                shape[table][1].append(column)
+    return shape
+
+
+def test_postgres_has_the_tables_columns_and_views_of_sqlite_in_the_same_order(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    conn = open_database(PostgresTarget(postgres_url))
+    conn.close()
+    assert postgres_shape(postgres_url) == sqlite_shape(tmp_path)
+
+
+def test_migrating_again_changes_nothing(postgres_url: str) -> None:
+    conn = open_database(PostgresTarget(postgres_url))
+    conn.execute("INSERT INTO deliveries (channel, received_at, status, size, sha256) VALUES"
+                 " ('http', '2026-01-01T00:00:00Z', 'stored', 1, 'x')")
+    conn.commit()
+    assert migrate(conn) == len(MIGRATIONS)
+    assert migrate(conn) == len(MIGRATIONS)
+    assert conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall() == [
+        (n,) for n in range(1, len(MIGRATIONS) + 1)]
+    assert conn.execute("SELECT count(*) FROM deliveries").fetchone() == (1,)
+    conn.close()
+
+
+def test_threads_starting_together_on_an_empty_database_create_one_schema(postgres_url: str) -> None:
+    target = PostgresTarget(postgres_url)
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(6)
+
+    def start() -> None:
+        try:
+            conn = connect(target)
+            barrier.wait()
+            migrate(conn)
+            conn.close()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    conn = connect(target)
+    assert schema_version(conn) == len(MIGRATIONS)
+    assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (len(MIGRATIONS),)
+    conn.close()
+
+
+def test_processes_starting_together_on_an_empty_database_create_one_schema(postgres_url: str) -> None:
+    script = (
+        "import sys, time\n"
+        "from mailhook.store.pg.connection import connect, migrate\n"
+        "from mailhook.store.target import PostgresTarget\n"
+        "conn = connect(PostgresTarget(sys.argv[1]))\n"
+        "while time.time() < float(sys.argv[2]): time.sleep(0.005)\n"
+        "print(migrate(conn))\n"
+    )
+    import time
+
+    at = str(time.time() + 3)
+    processes = [subprocess.Popen([sys.executable, "-c", script, postgres_url, at], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outcomes = [process.communicate(timeout=60) for process in processes]
+    assert [p.returncode for p in processes] == [0] * 4, [err for _, err in outcomes]
+    assert {out.strip() for out, _ in outcomes} == {str(len(MIGRATIONS))}
+    with psycopg.connect(postgres_url) as conn:
+        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (len(MIGRATIONS),)
+
+
+def test_a_node_waits_for_another_nodes_migration_instead_of_failing(postgres_url: str) -> None:
+    holder = psycopg.connect(postgres_url)
+    holder.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+    done = threading.Event()
+    conn = connect(PostgresTarget(postgres_url))
+    waiting = threading.Thread(target=lambda: (migrate(conn), done.set()))
+    waiting.start()
+    assert not done.wait(1.0), "migrated while another node held the migration lock"
+    holder.rollback()
+    holder.close()
+    waiting.join(30)
+    assert done.is_set()
+    assert schema_version(conn) == len(MIGRATIONS)
+    conn.close()
+
+
+def test_full_text_search_finds_a_word_of_a_message_whatever_its_case(postgres_url: str) -> None:
+    conn = open_database(PostgresTarget(postgres_url))
+    conn.execute("INSERT INTO deliveries (id, channel, received_at, status, size, sha256) VALUES"
+                 " (1, 'http', '2026-01-01T00:00:00Z', 'stored', 1, 'x')")
+    for key, message in (("a", "Please STOP texting me"), ("b", "see you tomorrow"), ("c", None)):
+        conn.execute(
+            "INSERT INTO events (delivery_id, dedupe_key, event_type, event_type_source, api_version, format,"
+            " received_at, payload, message) VALUES (1, %s, 'INBOUND_TEXT_FINISHED', 'x', 'v1', 'xml',"
+            " '2026-01-01T00:00:00Z', '{}', %s)", (key, message))
+    found = conn.execute("SELECT dedupe_key FROM events WHERE message_tsv @@ plainto_tsquery('simple', 'stop')")
+    assert found.fetchall() == [("a",)]
+    conn.execute("SET LOCAL enable_seqscan = off")  # three rows: without this the planner rightly scans them
+    plan = "\n".join(row[0] for row in conn.execute(
+        "EXPLAIN SELECT id FROM events WHERE message_tsv @@ plainto_tsquery('simple', 'stop')"))
+    conn.rollback()
+    conn.close()
+    assert "events_message_tsv" in plan
+
+
+@pytest.mark.parametrize("view", ["texts", "calls", "campaign_events", "replies", "attempts_detail"])
+def test_every_view_answers_on_an_empty_database(postgres_url: str, view: str) -> None:
+    conn = open_database(PostgresTarget(postgres_url))
+    assert conn.execute(f"SELECT count(*) FROM {view}").fetchone() == (0,)
+    conn.close()
