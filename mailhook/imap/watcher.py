@@ -122,7 +122,14 @@ class Watcher:
         try:
             taken = lease.acquire()
         except RetryLater as exc:
-            self._failed(f"{exc}; cannot tell whether another node polls this folder", logging.WARNING)
+            # Not the growing back-off: once the database answers again, a poller must be back within seconds.
+            reason = f"{exc}; cannot tell whether another node polls this folder"
+            if not self.errors or self.errors[-1] != reason:
+                log.warning("%s: %s; trying again every %.0fs", self._where, reason, LEASE_RETRY)
+            self._announce(leading=False)
+            with self._changed:
+                self.errors.append(reason)
+            self._stop.wait(LEASE_RETRY)
             return False
         if taken:
             log.info("%s: this node polls the folder now", self._where)
