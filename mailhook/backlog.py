@@ -152,6 +152,10 @@ class Backlog:
                 except RetryLater as exc:
                     self._retry([cursor + 1], f"pending deliveries cannot be read: {exc}")
                     ids = []
+                except Exception as exc:  # a bug must not stop the backlog for good: log it, back off, retry
+                    log.exception("pending deliveries cannot be claimed")
+                    self._retry([cursor + 1], f"pending deliveries cannot be claimed: {type(exc).__name__}")
+                    ids = []
                 if ids:
                     cursor = ids[-1][0]
                     for chunk, size in self._chunks(ids):

@@ -208,7 +208,7 @@ class Feeder(threading.Thread):
                 broken.close()
             self.tally.refused("connection")
             return "retry"
-        if 200 <= response.status < 300:
+        if 200 <= response.status < 300 or response.status == 422:  # 422: stored, quarantined
             return "acked"
         if response.status in (503, 429) or response.status >= 500:
             self.tally.refused(str(response.status))
@@ -259,3 +259,28 @@ def feed(feeders: Sequence[Feeder]) -> None:
 def join(feeders: Sequence[Feeder], deadline: float) -> None:
     for feeder in feeders:
         feeder.join(timeout=max(1.0, deadline - time.monotonic()))
+
+
+def expected_keys(items: Sequence[Item]) -> set[str]:
+    """Return the dedupe key of every event the items carry, as extraction finds them (no subscriptions)."""
+    from mailhook.extract import extract
+
+    keys: set[str] = set()
+    for item in items:
+        kind = "email" if item.channel == "smtp" else "document"
+        extraction = extract(item.payload, kind, {}, content_type=None if kind == "email" else item.content_type)
+        keys |= {event.dedupe_key for event in extraction.events}
+    return keys
+
+
+def split(items: Sequence[Item], nodes: Sequence[Node], deadline: float) -> list[Feeder]:
+    """Two clients per channel, each sending half of that channel's items, one to each node first."""
+    feeders = []
+    for channel in ("smtp", "http"):
+        mine = [i for i in items if i.channel == channel]
+        feeders += [Feeder(nodes, mine[0::2], deadline, first=0), Feeder(nodes, mine[1::2], deadline, first=1)]
+    return feeders
+
+
+def acked(feeders: Sequence[Feeder]) -> int:
+    return sum(len(f.tally.acked) for f in feeders)

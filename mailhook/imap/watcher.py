@@ -209,10 +209,15 @@ class Watcher:
         if last:
             self._settle(client, uidvalidity, last, targets)
         while not self._stop.is_set():
-            last = self._store_new(client, uidvalidity, last, targets)
+            newer = self._store_new(client, uidvalidity, last, targets)
             if self._stop.is_set():
                 break
             self._backoff.reset()
+            if newer != last:
+                # Look again before waiting: the EXISTS of mail that arrived meanwhile came with the answer
+                # to MOVE (or STORE) and was consumed there; IDLE would not announce it again.
+                last = newer
+                continue
             if idle:
                 self._idle(client)
             else:
@@ -266,6 +271,7 @@ class Watcher:
                 for uid in chunk:
                     if self._stop.is_set():
                         break
+                    self._check_lease()
                     raw = fetched.get(uid, {}).get(b"BODY[]")
                     if raw is None:
                         continue  # expunged by someone else meanwhile

@@ -52,8 +52,15 @@ class PendingQueue(Protocol):
     for deliveries other nodes stored or left behind when they died).
     """
 
-    source: Path | str
-    shared: bool
+    @property
+    def source(self) -> Path | str:
+        """What a worker process opens to read claimed deliveries (a SQLite file, or PostgreSQL's conninfo)."""
+        ...
+
+    @property
+    def shared(self) -> bool:
+        """Whether other nodes take from the same queue."""
+        ...
 
     def claim(self, after: int, limit: int) -> list[tuple[int, int]]:
         """Claim up to `limit` pending deliveries after id `after`, oldest first: their (id, size).

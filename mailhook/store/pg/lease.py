@@ -15,11 +15,12 @@ import hashlib
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 
 from mailhook.errors import RetryLater
+from mailhook.models import FolderPosition, Receipt, Status
 from mailhook.store.pg.session import PING, TIMEOUT, close_quietly, open_session
 
 log = logging.getLogger("mailhook.store")
@@ -105,3 +106,35 @@ class AdvisoryLease:
                     log.warning("lease %s lost: its database session ended (%s)", self.name, exc)
                     self._drop()
                     return
+
+
+# The advisory lock space (two-int4 form) of the folders' write fence; apart from the lease's own key, which
+# the poller's lease session holds while its writer's transactions take this one.
+FENCE = 0x6D68_0002
+
+
+def passed(conn: psycopg.Connection[Any], position: FolderPosition, source: str | None) -> Receipt | None:
+    """Say whether a folder's committed position has passed this message already: its delivery, if so.
+
+    Called in the transaction that would store the message. Two pollers of one
+    folder overlap only when one lost its lease without knowing (frozen while
+    a message waited for the writer); the folder's transaction lock orders
+    their writes, and the later one finds the message stored and stores it
+    again never. Returns the stored delivery's receipt, found by its `source`
+    (the message's IMAP URL, UIDVALIDITY and UID in it), or None to store it.
+    """
+    folder_key = int.from_bytes(hashlib.blake2b(f"{position.account}\0{position.folder}".encode(),
+                                                digest_size=4).digest(), "big", signed=True)
+    conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (FENCE, folder_key))
+    row = conn.execute(
+        "SELECT last_uid FROM imap_checkpoints WHERE account = %s AND folder = %s AND uidvalidity = %s",
+        (position.account, position.folder, position.uidvalidity),
+    ).fetchone()
+    if row is None or row[0] < position.uid:
+        return None
+    stored = conn.execute(
+        "SELECT id, status, error, message_id FROM deliveries WHERE source = %s ORDER BY id LIMIT 1", (source,),
+    ).fetchone()
+    if stored is None:
+        return None  # passed without a delivery (a message too large, say): storing it now loses nothing
+    return Receipt(int(stored[0]), cast(Status, stored[1]), error=stored[2], message_id=stored[3])

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC
 from typing import Any
 
@@ -32,13 +32,14 @@ CLAIMS = 0x6D68_0001
 _CLAIM = """
 WITH candidates AS MATERIALIZED (
     SELECT id, size FROM deliveries
-    WHERE status = 'pending' AND id > %(after)s AND NOT (id = ANY(%(mine)s::bigint[]))
+    WHERE status = 'pending' AND id > %(after)s AND NOT (id = ANY(string_to_array(%(mine)s, ',')::bigint[]))
     ORDER BY id LIMIT %(limit)s
 )
 SELECT id, size FROM candidates WHERE pg_try_advisory_lock(%(space)s, (id %% 2147483647)::int) ORDER BY id
 """
 
-_RELEASE = "SELECT pg_advisory_unlock(%(space)s, (id %% 2147483647)::int) FROM unnest(%(ids)s::bigint[]) AS id"
+_RELEASE = ("SELECT pg_advisory_unlock(%(space)s, (id %% 2147483647)::int)"
+            " FROM unnest(string_to_array(%(ids)s, ',')::bigint[]) AS id")
 
 
 class PgPendingQueue:
@@ -55,7 +56,7 @@ class PgPendingQueue:
     def claim(self, after: int, limit: int) -> list[tuple[int, int]]:
         """Claim up to `limit` pending deliveries after id `after` that no node has claimed (this one included)."""
         with self._lock:
-            rows = self._query(_CLAIM, {"after": after, "mine": sorted(self._mine), "limit": limit, "space": CLAIMS})
+            rows = self._query(_CLAIM, {"after": after, "mine": _ids(self._mine), "limit": limit, "space": CLAIMS})
             found = [(int(id_), int(size)) for id_, size in rows]
             self._mine.update(id_ for id_, _ in found)
             return found
@@ -66,7 +67,7 @@ class PgPendingQueue:
             mine = [id_ for id_ in ids if id_ in self._mine]
             self._mine.difference_update(mine)
             if mine and self._conn is not None:
-                self._query(_RELEASE, {"space": CLAIMS, "ids": mine})
+                self._query(_RELEASE, {"space": CLAIMS, "ids": _ids(mine)})
 
     def count(self) -> int:
         """Return how many deliveries wait for their events, on every node."""
@@ -108,7 +109,9 @@ class PgPendingReader:
                 self._conn = psycopg.connect(self.conninfo, autocommit=True, application_name="mailhook backlog")
             found = self._conn.execute(
                 "SELECT id, channel, received_at, raw, envelope_from, envelope_to, remote_addr, content_type, source"
-                " FROM deliveries WHERE id = ANY(%s::bigint[]) AND status = 'pending' ORDER BY id", (list(ids),),
+                " FROM deliveries WHERE id = ANY(string_to_array(%s, ',')::bigint[]) AND status = 'pending'"
+                " ORDER BY id",
+                (_ids(ids),),
             ).fetchall()
         except psycopg.Error as exc:
             self.close()
@@ -126,6 +129,12 @@ class PgPendingReader:
         """Close the connection, if open."""
         close_quietly(self._conn)
         self._conn = None
+
+
+def _ids(ids: Iterable[int]) -> str:
+    """Return ids as one text parameter: psycopg's dumper of a list of ints fails inside `serve`
+    ('NoneType' object has no attribute 'integer'; seen by the write path too), and text needs none."""
+    return ",".join(str(int(id_)) for id_ in sorted(ids))
 
 
 def _list(value: Any) -> list[str]:

@@ -56,3 +56,18 @@ def close_quietly(conn: psycopg.Connection[Any] | None) -> None:
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+# Seconds a writer's session may sit inside a transaction without a statement before the server ends it.
+# A node frozen mid-batch (stopped, a hung VM) would otherwise hold its row and advisory locks for ever (its
+# kernel still answers keepalives), and every other node's commits touching the same rows would wait behind
+# it; its batch was not committed, so nothing it acknowledged is lost. A live writer never idles in a
+# transaction: extraction is done before the batch starts.
+IDLE_IN_TRANSACTION = 10.0
+
+
+def bound_transactions(conn: psycopg.Connection[Any]) -> None:
+    """Have the server end this session if it idles inside a transaction (a writer's connection)."""
+    conn.execute(f"SET idle_in_transaction_session_timeout = {int(IDLE_IN_TRANSACTION * 1000)}")
+    if not conn.autocommit:
+        conn.commit()
