@@ -19,7 +19,7 @@ from mailhook.errors import RetryLater
 from mailhook.exitcodes import EX_DATAERR, EX_OK, EX_TEMPFAIL
 from mailhook.models import Delivery, Kind, MailLimits, Receipt, kind_of, utcnow
 from mailhook.pipeline import Found, Pipeline, extract_rows
-from mailhook.store.writer import Writer
+from mailhook.store.open import open_storage
 from mailhook.workers import extraction_pool
 
 log = logging.getLogger("mailhook.files")
@@ -199,8 +199,8 @@ def ingest_paths(
     """
     # The pool is forked before the writer thread starts, so no worker inherits a lock held mid-write.
     pool = _extraction_pool(paths)
-    writer = Writer(
-        settings.sqlite_database(env, "mailhook ingest"), busy_timeout=settings.storage.busy_timeout,
+    writer = open_storage(
+        settings.database(env), busy_timeout=settings.storage.busy_timeout,
         max_batch=settings.storage.max_batch,
         mode=settings.storage.file_mode(),
         phone_region=settings.storage.phone_region,

@@ -15,7 +15,6 @@ import signal
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 from mailhook import openfiles, systemd
@@ -27,8 +26,8 @@ from mailhook.exitcodes import EX_OK
 from mailhook.metrics import Metrics
 from mailhook.models import Delivery, Receipt
 from mailhook.pipeline import Pipeline
-from mailhook.store.reads import totals
-from mailhook.store.writer import Writer
+from mailhook.store.interface import Storage
+from mailhook.store.open import open_storage
 from mailhook.workers import worker_count, worker_pool
 
 log = logging.getLogger("mailhook.server")
@@ -55,7 +54,7 @@ class Runtime:
     settings: Settings
     env: Mapping[str, str]
     pipeline: Pipeline
-    writer: Writer
+    writer: Storage
     metrics: Metrics
     doors: list[Door] = field(default_factory=list)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -89,11 +88,11 @@ class Counters:
     database: tuple[int, int, int] | None = None
     counted_at: tuple[int, int, int] = (0, 0, 0)
 
-    def count(self, path: Path) -> None:
+    def count(self, storage: Storage) -> None:
         """Read the database's totals (blocking: call it from a thread); keep the last ones if it cannot."""
         mine = (self.deliveries - self.retried, self.quarantined, self.events)
         try:
-            self.database = totals(path)
+            self.database = storage.totals()
         except RetryLater:
             return
         self.counted_at = mine
@@ -155,10 +154,12 @@ async def serve(settings: Settings, env: Mapping[str, str], *, started: asyncio.
                         new_executor=lambda: worker_pool(worker_count()),
                         deferred=frozenset({"smtp"}) if deferred else frozenset())
     workers = worker_count() if deferred else 1
-    backlog = Backlog(pipeline, pool=worker_pool(workers) if deferred else None, workers=workers)
-    backlog.start()
-    metrics.track_pending(backlog.pending)
-    if deferred:
+    # On a database several nodes share, each node's backlog claims the pending deliveries it extracts.
+    backlog: Backlog | None = Backlog(pipeline, pool=worker_pool(workers) if deferred else None, workers=workers)
+    if backlog is not None:
+        backlog.start()
+        metrics.track_pending(backlog.pending)
+    if deferred and backlog is not None:
         pipeline.pending_listeners.append(backlog.accepted)
     runtime = Runtime(settings, env, pipeline, writer, metrics, sockets=sockets, backlog=backlog,
                       inflight=InflightBudget(settings.parsing.inflight_budget))
@@ -177,7 +178,7 @@ async def serve(settings: Settings, env: Mapping[str, str], *, started: asyncio.
         if started is not None:
             started.set_result(runtime)
         if notifier.enabled:
-            await asyncio.get_running_loop().run_in_executor(None, counters.count, writer.store.path)
+            await asyncio.get_running_loop().run_in_executor(None, counters.count, writer)
         notifier.ready(counters.line(writer.depth))
         if notifier.enabled:
             supervisor = asyncio.create_task(_supervise(runtime, notifier, counters))
@@ -193,10 +194,11 @@ async def serve(settings: Settings, env: Mapping[str, str], *, started: asyncio.
             except Exception:
                 log.exception("error while closing %s", door.name)
         try:
-            await backlog.close(settings.smtp.shutdown_grace)
+            if backlog is not None:
+                await backlog.close(settings.smtp.shutdown_grace)
         except Exception:  # what is still pending is taken up at the next start; the writer must still flush
             log.exception("error while stopping the extraction backlog")
-        if backlog.pool is not None:
+        if backlog is not None and backlog.pool is not None:
             backlog.pool.shutdown(cancel_futures=True)
         await asyncio.get_running_loop().run_in_executor(None, writer.close)
         if pipeline.executor is not None:
@@ -207,7 +209,7 @@ async def serve(settings: Settings, env: Mapping[str, str], *, started: asyncio.
 
 async def _open_writer(
     settings: Settings, env: Mapping[str, str], metrics: Metrics, notifier: systemd.Notifier
-) -> Writer:
+) -> Storage:
     """Open (and migrate) the database beside the loop, asking systemd for more start-up time meanwhile.
 
     A migration of a large database can outlast TimeoutStartSec=; being killed
@@ -215,8 +217,8 @@ async def _open_writer(
     """
     loop = asyncio.get_running_loop()
     opening = loop.run_in_executor(None, functools.partial(
-        Writer,
-        settings.sqlite_database(env, "mailhook serve"),
+        open_storage,
+        settings.database(env),
         busy_timeout=settings.storage.busy_timeout,
         max_batch=settings.storage.max_batch,
         observer=metrics.on_commit,
@@ -241,7 +243,7 @@ async def _supervise(runtime: Runtime, notifier: systemd.Notifier, counters: Cou
     while True:
         if loop.time() - counted >= TOTALS_EVERY:
             counted = loop.time()
-            await loop.run_in_executor(None, counters.count, runtime.writer.store.path)
+            await loop.run_in_executor(None, counters.count, runtime.writer)
         alive = runtime.writer.alive
         if not alive:
             # Without pings systemd restarts us; a server that cannot store must not look healthy.

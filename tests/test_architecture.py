@@ -69,9 +69,9 @@ def test_the_pure_core_imports_only_the_core_and_touches_no_socket_database_or_e
 
 
 def test_the_store_knows_nothing_of_the_pipeline_the_doors_or_the_commands() -> None:
+    allowed = ("mailhook.privileges", "mailhook.health", "mailhook.backoff")
     found = [f"{m} -> {i}" for m, imports in GRAPH.items() if _in(m, STORE) for i in imports
-             if i.startswith("mailhook") and not (_in(i, CORE) or _in(i, STORE)
-                                                  or i in ("mailhook.privileges", "mailhook.health"))]
+             if i.startswith("mailhook") and not (_in(i, CORE) or _in(i, STORE) or i in allowed)]
     assert not found, _broken("the store imports only the core and itself", found)
 
 
@@ -82,16 +82,26 @@ def test_the_pipeline_knows_no_door_and_the_backlog_is_its_client() -> None:
 
 
 def test_doors_know_the_store_only_by_its_interface() -> None:
-    allowed = ("mailhook.store.interface", "mailhook.store.writer")  # the writer: where a door's command builds one
+    # The opener (and the writer): where a door's own command builds its store.
+    allowed = ("mailhook.store.interface", "mailhook.store.open", "mailhook.store.writer")
     found = [f"{m} -> {i}" for m, imports in GRAPH.items() if _in(m, DOORS) for i in imports
              if (_in(i, STORE) and i not in allowed) or i in ("sqlite3", "sqlite_utils")]
-    assert not found, _broken("a door imports from the store only its interface (and the writer to build)", found)
+    assert not found, _broken("a door imports from the store only its interface (and the opener to build)", found)
 
 
-def test_the_store_interface_needs_nothing_of_sqlite() -> None:
+def test_the_store_interface_needs_nothing_of_sqlite_or_postgresql() -> None:
     found = [i for i in GRAPH["mailhook.store.interface"]
-             if i in ("sqlite3", "sqlite_utils") or (_in(i, STORE) and i != "mailhook.store.rows")]
-    assert not found, _broken("store.interface names no SQLite part", found)
+             if i in ("sqlite3", "sqlite_utils") or _in(i, ("psycopg",))
+             or (_in(i, STORE) and i != "mailhook.store.rows")]
+    assert not found, _broken("store.interface names no SQLite or PostgreSQL part", found)
+
+
+def test_only_the_postgresql_store_imports_psycopg_so_it_stays_an_optional_extra() -> None:
+    found = [f"{m} -> {i}" for m, imports in GRAPH.items() for i in imports
+             if _in(i, ("psycopg",)) and not _in(m, ("mailhook.store.pg",))]
+    found += [f"{m} -> {i}" for m, imports in GRAPH.items() for i in imports
+              if _in(i, ("mailhook.store.pg",)) and not _in(m, ("mailhook.store.pg",))]
+    assert not found, _broken("psycopg and store.pg are imported (lazily) only where PostgreSQL is chosen", found)
 
 
 def test_the_settings_are_apart_from_their_loading() -> None:

@@ -51,11 +51,6 @@ def test_the_password_file_gives_the_password_apart_from_the_url(tmp_path: Path)
     assert found.password == "from-credentials"
 
 
-def test_a_password_for_an_sqlite_file_is_a_configuration_error() -> None:
-    with pytest.raises(ConfigError, match=r"storage\.password is for a PostgreSQL"):
-        load({"db": "m.db"}, {**NO_FILE, "MAILHOOK_STORAGE_PASSWORD": "x"})
-
-
 def test_the_password_never_shows_in_str_repr_or_the_settings() -> None:
     found = target(URL, "other-secret")
     settings = load({"db": URL}, {**NO_FILE, "MAILHOOK_STORAGE_PASSWORD": "other-secret"})
@@ -122,3 +117,9 @@ def test_a_refused_login_says_so_without_the_password(postgres_url: str) -> None
     with pytest.raises(RetryLater) as refused:
         connect(PostgresTarget(_without_password(wrong), "wrong-secret-123"))
     assert "wrong-secret-123" not in str(refused.value)
+
+
+def test_acknowledging_on_receipt_is_accepted_on_postgresql_too() -> None:
+    # Each node's backlog claims the pending deliveries it extracts (tests/test_pg_claims.py, test_pg_nodes.py).
+    assert load({"db": URL}, {**NO_FILE, "MAILHOOK_SMTP_ACKNOWLEDGE": "received"}).smtp.acknowledge == "received"
+    assert load({"db": "m.db"}, {**NO_FILE, "MAILHOOK_SMTP_ACKNOWLEDGE": "received"}).smtp.acknowledge == "received"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import threading
@@ -159,3 +160,15 @@ def test_every_view_answers_on_an_empty_database(postgres_url: str, view: str) -
     conn = open_database(PostgresTarget(postgres_url))
     assert conn.execute(f"SELECT count(*) FROM {view}").fetchone() == (0,)
     conn.close()
+
+
+def test_every_postgresql_query_in_the_schema_docs_runs_on_a_real_database(postgres_url: str) -> None:
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "schema.md").read_text()
+    blocks = [b for b in re.findall(r"```sql\n(.*?)```", docs, re.S) if b.startswith("-- PostgreSQL")]
+    assert blocks
+    conn = open_database(PostgresTarget(postgres_url))
+    try:
+        for sql in blocks:
+            conn.execute(sql).fetchall()
+    finally:
+        conn.close()

@@ -26,6 +26,8 @@ from mailhook.config.settings import SECTIONS
 from mailhook.metrics import Metrics
 from mailhook.pipeline import Pipeline
 from mailhook.server import Counters, Runtime, _supervise
+from mailhook.store.interface import Storage
+from mailhook.store.open import open_storage
 from mailhook.store.writer import Writer
 from mailhook.systemd import Notifier, listen_sockets, watchdog_interval
 
@@ -138,17 +140,17 @@ def test_a_slow_database_open_asks_for_more_start_time(
     sock, path = notify_socket
     opened = threading.Event()
 
-    def slow_writer(*args: object, **kwargs: object) -> Writer:
+    def slow_writer(*args: object, **kwargs: object) -> Storage:
         # Stands in for a long migration: the database opens only once systemd was asked for time.
         assert opened.wait(30)
-        return Writer(*args, **kwargs)  # type: ignore[arg-type]
+        return open_storage(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(server, "Writer", slow_writer)
+    monkeypatch.setattr(server, "open_storage", slow_writer)
     monkeypatch.setattr(server, "EXTEND_EVERY", 0.05)
     settings = load({"db": str(tmp_path / "slow.db"), "storage-checkpoint-interval": "0"}, {"MAILHOOK_CONFIG": ""})
     notifier = Notifier({"NOTIFY_SOCKET": path})
 
-    async def open_it() -> Writer:
+    async def open_it() -> Storage:
         task = asyncio.create_task(server._open_writer(settings, {}, Metrics(), notifier))
         lines = (await asyncio.get_running_loop().run_in_executor(None, sock.recv, 4096)).decode().split("\n")
         assert lines == ["EXTEND_TIMEOUT_USEC=150000", "STATUS=opening the database (migrating)"]

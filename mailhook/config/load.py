@@ -30,7 +30,6 @@ from mailhook.config.settings import (
     Settings,
 )
 from mailhook.errors import ConfigError
-from mailhook.store.target import is_url
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,10 +315,6 @@ def validate(settings: Settings) -> Settings:
         (settings.smtp.max_recipient_overshoot >= 0, "smtp.max_recipient_overshoot must not be negative"),
         (settings.smtp.max_auth_checks > 0, "smtp.max_auth_checks must be positive"),
         (settings.storage.max_batch > 0, "storage.max_batch must be positive"),
-        (
-            settings.storage.password is None or (settings.storage.db is not None and is_url(settings.storage.db)),
-            "storage.password is for a PostgreSQL storage.db (postgresql://...); an SQLite file has none",
-        ),
         *((getattr(settings.parsing, f.name) > 0, f"parsing.{f.name} must be positive")
           for f in fields(ParsingSettings)),
         (settings.storage.busy_timeout >= 0, "storage.busy_timeout must not be negative"),

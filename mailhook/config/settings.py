@@ -55,7 +55,8 @@ class StorageSettings:
         None, "SQLite database file (default: mailhook.db here, or in $STATE_DIRECTORY), or a PostgreSQL URL "
         "postgresql://USER@HOST:PORT/DB", flag="db", shown=False)
     password: str | None = option(
-        None, "PostgreSQL password (prefer password_file; or libpq's PGPASSFILE/PGPASSWORD)", secret=True)
+        None, "PostgreSQL password (prefer password_file; or libpq's PGPASSFILE/PGPASSWORD); unused for SQLite",
+        secret=True)
     password_file: Path | None = option(
         None, "file holding storage.password (relative: in $CREDENTIALS_DIRECTORY)")
     busy_timeout: float = option(5.0, "seconds to wait for a locked database before answering 'retry later'")

@@ -31,7 +31,7 @@ from mailhook.imap.account import Account, connect
 from mailhook.imap.watcher import Watcher
 from mailhook.pipeline import Pipeline
 from mailhook.store.interface import Storage
-from mailhook.store.writer import Writer
+from mailhook.store.open import open_storage
 
 if TYPE_CHECKING:
     from mailhook.server import Runtime
@@ -83,9 +83,10 @@ async def start(runtime: Runtime) -> ImapDoor:
 def run_imap(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
     """Run `mailhook imap`: watch the folders until SIGTERM or SIGINT, then stop cleanly and exit 0."""
     account = Account.from_settings(settings)
-    writer = Writer(settings.sqlite_database(env, "mailhook imap"), busy_timeout=settings.storage.busy_timeout,
-                    max_batch=settings.storage.max_batch, checkpoint_interval=settings.storage.checkpoint_interval,
-                    mode=settings.storage.file_mode(), phone_region=settings.storage.phone_region)
+    writer = open_storage(settings.database(env), busy_timeout=settings.storage.busy_timeout,
+                          max_batch=settings.storage.max_batch,
+                          checkpoint_interval=settings.storage.checkpoint_interval,
+                          mode=settings.storage.file_mode(), phone_region=settings.storage.phone_region)
     pipeline = Pipeline(writer, settings.subscriptions, limits=settings.parsing.mail_limits())
     stopping = threading.Event()
 

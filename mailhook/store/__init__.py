@@ -1,4 +1,4 @@
-"""The store: the only place with SQL. SQLite today; the doors and the pipeline see only `interface.Storage`.
+"""The store: the only place with SQL. SQLite, or PostgreSQL (pg/); the doors and the pipeline see `interface.Storage`.
 
 - connection.py: opening the database (pragmas, file modes) and the schema migrations
 - schema.py, figures.py: the schema, and the figure tables triggers keep current
@@ -7,4 +7,7 @@
 - writer.py: `Writer`, the group-commit thread in front of `Store` (implements `interface.Storage`)
 - reads.py: reads beside the writer (pending deliveries, totals, IMAP folder positions)
 - maintenance.py: prune, backup and status, behind the admin commands
+- target.py: which database `storage.db` names (a Path, or a PostgresTarget whose password never shows)
+- open.py: `open_storage`, the writer for a target (SQLite's, or PostgreSQL's from pg/)
+- pg/: the PostgreSQL store (connection and migrations, schema, write path, writer, reads)
 """

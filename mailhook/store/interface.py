@@ -1,12 +1,13 @@
-"""What the pipeline and the doors need of a store: the whole interface a second backend implements.
+"""What the pipeline, the doors and the server need of a store: the whole interface a backend implements.
 
-`mailhook.store.writer.Writer` (SQLite, group commit) is the one backend
-today. A PostgreSQL store for several nodes would implement `Storage` beside
-it; the doors and the pipeline, typed against this Protocol, would not
-change. Two parts concern several nodes on one database: a `Lease` keeps
-an IMAP folder's poller on one node at a time, and a `PendingQueue` hands
-each `pending` delivery to one node's backlog. (The admin commands and the
-reports still read the SQLite file directly.)
+`mailhook.store.writer.Writer` (SQLite, group commit) and
+`mailhook.store.pg.writer.PgWriter` (PostgreSQL, the same group commit, for
+several nodes) implement it; `mailhook.store.open.open_storage` picks one for
+the configured database. The doors and the pipeline, typed against this
+Protocol, do not know which. Two parts concern several nodes on one
+database: a `Lease` keeps an IMAP folder's poller on one node at a time, and
+a `PendingQueue` hands each `pending` delivery to one node's backlog. (The
+admin commands and the reports still read the SQLite file directly.)
 """
 
 from __future__ import annotations
@@ -107,6 +108,20 @@ class Storage(Protocol):
 
     def quarantined_sources(self, sources: Sequence[str]) -> set[str]:
         """Return which of these IMAP message sources were stored quarantined."""
+        ...
+
+    def totals(self) -> tuple[int, int, int]:
+        """Return how many deliveries the database holds, how many are quarantined, and how many events (blocking)."""
+        ...
+
+    @property
+    def depth(self) -> int:
+        """Return how many deliveries wait for the next commit."""
+        ...
+
+    @property
+    def alive(self) -> bool:
+        """Say whether the store still commits (its writer thread runs)."""
         ...
 
     def lease(self, account: str, folder: str) -> Lease:

@@ -23,7 +23,7 @@ from mailhook.errors import RetryLater
 from mailhook.models import Delivery, Extraction, FolderPosition, Receipt
 from mailhook.privileges import FILE_MODE
 from mailhook.store.local import LocalPendingQueue, SoleLease
-from mailhook.store.reads import committed_position, quarantined_sources
+from mailhook.store.reads import committed_position, quarantined_sources, totals
 from mailhook.store.rows import Completion, Rows, Work
 from mailhook.store.write import Store, WalCheckpoint
 
@@ -71,8 +71,11 @@ class Writer:
         checkpoint_interval: float = 60.0,
         mode: int = FILE_MODE,
         phone_region: str = "US",
+        store: Store | None = None,
     ) -> None:
-        self.store = Store(path, busy_timeout=busy_timeout, mode=mode, phone_region=phone_region)
+        # Another backend (store.pg.writer) hands in its own store, which `write`s batches the same way.
+        self.store = store if store is not None else Store(
+            path, busy_timeout=busy_timeout, mode=mode, phone_region=phone_region)
         self.max_batch = max_batch
         self.observer = observer
         self.checkpoint_interval = checkpoint_interval
@@ -150,6 +153,10 @@ class Writer:
     def pending_queue(self) -> LocalPendingQueue:
         """Return a queue of the file's pending deliveries, read on a read-only connection of its own."""
         return LocalPendingQueue(self.store.path)
+
+    def totals(self) -> tuple[int, int, int]:
+        """Return how many deliveries the database holds, how many are quarantined, and how many events."""
+        return totals(self.store.path)
 
     def checkpoint(self) -> Future[WalCheckpoint]:
         """Return a future for a WAL checkpoint made by the writer thread after what is queued now."""

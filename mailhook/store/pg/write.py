@@ -1,0 +1,422 @@
+"""The PostgreSQL write path: `PgStore.write` puts a batch in one transaction, as `store.write.Store` does.
+
+The same semantics as the SQLite store (deliveries, events deduplicated by
+`dedupe_key`, a repeated Message-ID stored as a duplicate, attempts, the
+quarantine, `pending` deliveries and their completion, IMAP folder positions
+in the same transaction as the deliveries they cover), made safe for several
+nodes writing at once:
+
+- an event is inserted `ON CONFLICT (dedupe_key) DO NOTHING RETURNING id`:
+  of two nodes storing the same notification at the same instant, one
+  inserts it and the other, once the first commits, counts a duplicate;
+- before its first statement a batch takes transaction advisory locks on its
+  Message-IDs and dedupe keys (hashed), in sorted order, so a Message-ID
+  stored by another node moments ago is seen, and two batches holding the
+  same notifications in different orders wait for each other instead of
+  deadlocking;
+- a connection lost before COMMIT is retried once on a new connection (nothing
+  was committed); a deadlock or serialization failure is retried; any other
+  storage failure raises `RetryLater` for the whole batch and the next batch
+  reconnects, with capped exponential back-off between attempts.
+
+PostgreSQL's text cannot hold the NUL character: in text columns and payloads
+it is stored as U+FFFD (the raw bytes, `bytea`, keep it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import re
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+
+from mailhook.backoff import Backoff
+from mailhook.derived import e164, sent_at
+from mailhook.errors import RetryLater
+from mailhook.models import Delivery, FolderPosition, Receipt, Status, to_json, utcnow
+from mailhook.store.pg.connection import Connection, connect, migrate
+from mailhook.store.pg.lease import passed
+from mailhook.store.pg.session import bound_transactions
+from mailhook.store.rows import Completion, Rows, Work, rows
+from mailhook.store.schema import ATTEMPT_COLUMNS, EVENT_COLUMNS
+from mailhook.store.target import PostgresTarget
+from mailhook.store.write import WalCheckpoint
+
+log = logging.getLogger("mailhook.store")
+
+KEY_LOCKS = 1 + int.from_bytes(b"mhk", "big")
+"""The advisory lock class (first int4) of the locks on Message-IDs and dedupe keys."""
+MAX_KEY_LOCKS = 1000
+"""Most key locks one batch takes (each uses a slot of the server's lock table); past it, unique keys alone."""
+RETRIES = 3
+
+_MODIFIED, _CREATED = EVENT_COLUMNS.index("modified"), EVENT_COLUMNS.index("created")
+_FROM, _TO = EVENT_COLUMNS.index("from_number"), EVENT_COLUMNS.index("to_number")
+_DEDUPE = EVENT_COLUMNS.index("dedupe_key")
+
+
+def _placeholders(columns: Sequence[str]) -> str:
+    return ", ".join("%s::jsonb" if column == "payload" else "%s" for column in columns)
+
+
+_INSERT_EVENT = (
+    f"INSERT INTO events (delivery_id, received_at, event_time, from_e164, to_e164, {', '.join(EVENT_COLUMNS)}) "
+    f"VALUES (%s, %s, %s, %s, %s, {_placeholders(EVENT_COLUMNS)}) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id"
+)
+_INSERT_ATTEMPT = (
+    f"INSERT INTO attempts (event_id, {', '.join(ATTEMPT_COLUMNS)}) VALUES (%s, {_placeholders(ATTEMPT_COLUMNS)})"
+)
+_INSERT_DELIVERY = """
+INSERT INTO deliveries (channel, received_at, status, error, message_id, envelope_from, envelope_to,
+    subject, content_type, remote_addr, size, sha256, raw, notes, source, event_count, duplicate_count, sent_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id
+"""
+_ADVANCE = """
+INSERT INTO imap_checkpoints AS c (account, folder, uidvalidity, last_uid, updated_at) VALUES (%s, %s, %s, %s, %s)
+ON CONFLICT (account, folder) DO UPDATE SET
+    last_uid = CASE WHEN c.uidvalidity = excluded.uidvalidity
+                    THEN greatest(c.last_uid, excluded.last_uid) ELSE excluded.last_uid END,
+    uidvalidity = excluded.uidvalidity,
+    updated_at = excluded.updated_at
+"""
+
+# One delivery's error that fails (or quarantines) only that delivery; anything else fails the batch.
+_ITEM_ERRORS = (psycopg.IntegrityError, psycopg.DataError, ValueError, OverflowError)
+# Failures after which the same batch, tried again at once, should succeed.
+_TRANSIENT = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure, pg_errors.LockNotAvailable)
+_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+
+
+def clean(value: Any) -> Any:
+    """Return a value PostgreSQL text can hold: NUL characters become U+FFFD."""
+    if isinstance(value, str) and "\x00" in value:
+        return value.replace("\x00", "\ufffd")
+    return value
+
+
+def clean_json(text: str) -> str:
+    """Return JSON text jsonb accepts: each escaped NUL (`\\u0000`) becomes U+FFFD's escape."""
+    return _NUL_ESCAPE.sub(r"\1\\ufffd", text) if "\\u0000" in text else text
+
+
+def _cleaned(values: Iterable[Any], columns: Sequence[str]) -> list[Any]:
+    return [clean_json(v) if c == "payload" and isinstance(v, str) else clean(v)
+            for v, c in zip(values, columns, strict=True)]
+
+
+def lock_key(text: str) -> int:
+    """Return the advisory lock number (int4) of a Message-ID or dedupe key: the same on every node."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=4).digest(), "big",
+                          signed=True)
+
+
+class PgStore:
+    """Writes deliveries and their events to PostgreSQL on one connection, one transaction per batch."""
+
+    def __init__(self, target: PostgresTarget, *, phone_region: str = "US", connect_timeout: float = 10.0,
+                 backoff: Backoff | None = None) -> None:
+        self.target = target
+        self.phone_region = phone_region
+        self.connect_timeout = connect_timeout
+        self.backoff = backoff or Backoff(0.25, 10.0)
+        self._retry_at = 0.0
+        self._last_error = ""
+        # Connect and migrate now: a node that cannot reach its database at start says so at once.
+        self.conn: Connection | None = connect(target, connect_timeout=connect_timeout)
+        try:
+            bound_transactions(self.conn)
+            migrate(self.conn)
+        except psycopg.Error as exc:
+            self.conn.close()
+            raise RetryLater(f"database unreachable ({target}): {self._words(exc)}") from None
+
+    # -- the connection ------------------------------------------------------------------------
+
+    def connection(self) -> Connection:
+        """Return the open connection, reconnecting (no sooner than the back-off allows) when it was lost."""
+        if self.conn is not None and not self.conn.closed:
+            return self.conn
+        self.conn = None
+        now = time.monotonic()
+        if now < self._retry_at:
+            raise RetryLater(f"database unreachable ({self.target}): {self._last_error}")
+        try:
+            conn = connect(self.target, connect_timeout=self.connect_timeout)
+            bound_transactions(conn)
+            migrate(conn)
+        except (RetryLater, psycopg.Error) as exc:
+            self._last_error = exc.args[0].split("): ", 1)[-1] if isinstance(exc, RetryLater) else self._words(exc)
+            self._retry_at = time.monotonic() + self.backoff.next()
+            raise RetryLater(f"database unreachable ({self.target}): {self._last_error}") from None
+        self.backoff.reset()
+        self._retry_at = 0.0
+        log.info("connected to the database %s", self.target)
+        self.conn = conn
+        return conn
+
+    @property
+    def reachable(self) -> bool:
+        """Say whether the store holds a live connection (not whether the server still answers)."""
+        return self.conn is not None and not self.conn.closed
+
+    def _lost(self) -> None:
+        """Forget a connection that failed; the next batch reconnects."""
+        if self.conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self.conn.close()
+        self.conn = None
+
+    def _words(self, exc: BaseException) -> str:
+        text = str(exc).strip()
+        return self.target.scrub(text.splitlines()[0] if text else type(exc).__name__)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._lost()
+
+    def retry_now(self) -> None:
+        """Let the next batch reconnect at once (a health probe just reached the server)."""
+        self._retry_at = 0.0
+
+    def checkpoint_wal(self) -> WalCheckpoint:
+        """Do nothing: the server manages its own WAL (the SQLite writer's periodic checkpoint has no work here)."""
+        return WalCheckpoint(busy=False, frames=0, copied=0, truncated=False)
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def write(self, items: Sequence[Work]) -> list[Receipt | Exception]:
+        """Store a batch in one transaction; return each item's receipt or its own error.
+
+        As `Store.write`: a storage failure raises `RetryLater` for the whole
+        batch (and nothing of it is committed); an error confined to one item
+        fails only that item. Receipts are returned only after COMMIT returned.
+        """
+        retried = 0
+        fresh = self.conn is None or self.conn.closed
+        while True:
+            conn = self.connection()
+            committing = False
+            try:
+                with conn.transaction():
+                    found = [_prepare(item) for item in items]
+                    self._lock_keys(conn, found)
+                    results = [self._write_item(conn, item, rows) for item, rows in zip(items, found, strict=True)]
+                    committing = True
+                return results
+            except _TRANSIENT as exc:
+                retried += 1
+                if retried > RETRIES:
+                    raise RetryLater(f"storage busy: {self._words(exc)}") from None
+                log.info("batch retried after %s", type(exc).__name__)
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                lost = conn.closed or conn.broken
+                if lost:
+                    self._lost()
+                # A connection lost before COMMIT committed nothing: try once more on a new one.
+                if lost and not committing and not fresh and retried == 0:
+                    retried += 1
+                    fresh = True
+                    log.info("database connection lost (%s); reconnecting", self._words(exc))
+                    continue
+                if lost:
+                    self._retry_at = time.monotonic() + self.backoff.next()
+                    self._last_error = self._words(exc)
+                    raise RetryLater(f"database unreachable ({self.target}): {self._words(exc)}") from None
+                raise RetryLater(f"storage unavailable: {self._words(exc)}") from None
+            except psycopg.Error as exc:
+                if conn.closed or conn.broken:
+                    self._lost()
+                raise RetryLater(f"storage unavailable: {self._words(exc)}") from None
+
+    def _lock_keys(self, conn: Connection, batch: Sequence[Rows | Exception | None]) -> None:
+        """Take the batch's key locks in one statement, in sorted order (the order every node takes them in)."""
+        keys: set[int] = set()
+        for found in batch:
+            if not isinstance(found, Rows):
+                continue  # stored pending (no keys yet), or an item that fails on its own
+            if found.message_id:
+                keys.add(lock_key("m:" + found.message_id))
+            keys.update(lock_key("e:" + str(values[_DEDUPE])) for _, values, _ in found.events)
+            if len(keys) >= MAX_KEY_LOCKS:
+                break
+        if keys:
+            # The numbers as one text parameter: psycopg's array dumper for a list of ints failed inside
+            # `serve` ('NoneType' object has no attribute 'integer'), so no array adapter is needed.
+            conn.execute(
+                "SELECT count(pg_advisory_xact_lock(%s, k))"
+                " FROM (SELECT k FROM unnest(string_to_array(%s, ',')::int4[]) AS k ORDER BY k) AS s",
+                (KEY_LOCKS, ",".join(str(k) for k in sorted(keys)[:MAX_KEY_LOCKS])),
+            )
+
+    def _write_item(self, conn: Connection, item: Work, found: Rows | Exception | None) -> Receipt | Exception:
+        try:
+            with conn.transaction():  # a savepoint: this item's failure leaves the others
+                if isinstance(found, Exception):
+                    raise found
+                if isinstance(item, Completion):
+                    return self._complete(conn, item)
+                return self._write_one(conn, item[0], found)
+        except _ITEM_ERRORS as exc:
+            if isinstance(item, Completion):
+                kept = self._quarantine(conn, item.delivery_id, exc)
+                if kept is not None:
+                    return kept
+            log.error("delivery could not be stored: %s", exc)
+            return exc
+
+    def _write_one(self, conn: Connection, delivery: Delivery, found: Rows | None) -> Receipt:
+        """Store one delivery with its rows (bounded already), or pending when it has none yet."""
+        now = utcnow()
+        sha256 = delivery.sha256
+        if found is None:
+            return Receipt(self._insert_delivery(conn, delivery, sha256, now, "pending", None, delivery.raw), "pending")
+        if delivery.position is not None and (stored := passed(conn, delivery.position, delivery.source)):
+            return stored  # another poller of the folder stored it already (mailhook.store.pg.lease)
+        seen, same_bytes = self._seen(conn, found.message_id, sha256, None)
+        delivery_id = self._insert_delivery(conn, delivery, sha256, now, "quarantined" if found.reason else "stored",
+                                            found, None if same_bytes else delivery.raw)
+        return self._finish(conn, delivery_id, now, found, seen=seen, position=delivery.position)
+
+    def _complete(self, conn: Connection, completion: Completion) -> Receipt:
+        delivery_id = completion.delivery_id
+        found = completion.extraction
+        if not isinstance(found, Rows):
+            row = conn.execute("SELECT size FROM deliveries WHERE id = %s", (delivery_id,)).fetchone()
+            found = rows(found, row[0] if row else 0)
+        seen, same_bytes = self._seen(conn, found.message_id, completion.sha256, delivery_id)
+        row = conn.execute(
+            "UPDATE deliveries SET error = %s, message_id = %s, subject = %s, notes = %s,"
+            " raw = CASE WHEN %s THEN NULL ELSE raw END WHERE id = %s AND status = 'pending' RETURNING received_at",
+            (clean(found.reason), clean(found.message_id), clean(found.subject), clean(found.notes), same_bytes,
+             delivery_id),
+        ).fetchone()
+        if row is None:
+            current = conn.execute(
+                "SELECT status, error, message_id FROM deliveries WHERE id = %s", (delivery_id,)
+            ).fetchone()
+            if current is None:
+                raise ValueError(f"delivery {delivery_id} no longer exists")
+            return Receipt(delivery_id, current[0], error=current[1], message_id=current[2])
+        return self._finish(conn, delivery_id, row[0], found, seen=seen, position=None)
+
+    def _quarantine(self, conn: Connection, delivery_id: int, exc: Exception) -> Receipt | None:
+        reason = f"events could not be stored: {exc}"
+        done = conn.execute(
+            "UPDATE deliveries SET status = 'quarantined', error = %s WHERE id = %s AND status = 'pending'",
+            (clean(reason), delivery_id),
+        ).rowcount
+        if not done:
+            return None
+        log.error("delivery %d quarantined: %s", delivery_id, reason)
+        return Receipt(delivery_id, "quarantined", error=reason)
+
+    def _seen(self, conn: Connection, message_id: str | None, sha256: str, own_id: int | None) -> tuple[bool, bool]:
+        if not message_id:
+            return False, False
+        row = conn.execute(
+            "SELECT sha256 FROM deliveries WHERE message_id = %s AND id IS DISTINCT FROM %s::bigint"
+            " ORDER BY id LIMIT 1",
+            (clean(message_id), own_id),
+        ).fetchone()
+        return row is not None, row is not None and row[0] == sha256
+
+    def _insert_delivery(self, conn: Connection, delivery: Delivery, sha256: str, now: str, status: Status,
+                         found: Rows | None, raw: bytes | None) -> int:
+        row = conn.execute(_INSERT_DELIVERY, (
+            delivery.channel, now, status,
+            clean(found and found.reason), clean(found and found.message_id),
+            clean(delivery.envelope_from),
+            clean(to_json(list(delivery.envelope_to))) if delivery.envelope_to else None,
+            clean(found and found.subject), clean(delivery.content_type), clean(delivery.remote_addr),
+            len(delivery.raw), sha256, raw, clean(found and found.notes), clean(delivery.source), 0, 0,
+            clean(sent_at(delivery.raw)) if delivery.kind == "email" else None,
+        )).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def _finish(self, conn: Connection, delivery_id: int, now: str, found: Rows, *, seen: bool,
+                position: FolderPosition | None) -> Receipt:
+        new, duplicates, types = self._insert_events(conn, delivery_id, now, found)
+        status = _status(found, seen=seen, new=new, duplicates=duplicates)
+        conn.execute("UPDATE deliveries SET status = %s, event_count = %s, duplicate_count = %s WHERE id = %s",
+                     (status, new, duplicates, delivery_id))
+        if position is not None:
+            conn.execute(_ADVANCE, (position.account, position.folder, position.uidvalidity, position.uid, now))
+        return Receipt(delivery_id, status, new, duplicates, found.reason, found.message_id, types)
+
+    def _insert_events(self, conn: Connection, delivery_id: int, now: str,
+                       found: Rows) -> tuple[int, int, tuple[str, ...]]:
+        new = duplicates = 0
+        types: list[str] = []
+        region = self.phone_region
+        for event_type, values, attempts in found.events:
+            event_time = values[_MODIFIED] or values[_CREATED] or now
+            row = conn.execute(_INSERT_EVENT, (
+                delivery_id, now, clean(event_time), e164(values[_FROM], region), e164(values[_TO], region),
+                *_cleaned(values, EVENT_COLUMNS),
+            )).fetchone()
+            if row is None:
+                duplicates += 1
+                continue
+            new += 1
+            types.append(event_type)
+            if attempts:
+                with conn.cursor() as cursor:
+                    cursor.executemany(_INSERT_ATTEMPT, [(row[0], *_cleaned(a, ATTEMPT_COLUMNS)) for a in attempts])
+        return new, duplicates, tuple(types)
+
+    # -- reads on the writer's connection --------------------------------------------------------
+
+    def position(self, account: str, folder: str) -> FolderPosition | None:
+        """Return how far `folder` of `account` has been stored, if at all (a committed read)."""
+        conn = self.connection()
+        try:
+            row = conn.execute("SELECT uidvalidity, last_uid FROM imap_checkpoints WHERE account = %s AND folder = %s",
+                               (account, folder)).fetchone()
+            conn.rollback()
+        except psycopg.Error as exc:
+            if conn.closed or conn.broken:
+                self._lost()
+            raise RetryLater(f"storage unavailable: {self._words(exc)}") from None
+        return None if row is None else FolderPosition(account, folder, row[0], row[1])
+
+    def check_writable(self) -> None:
+        """Raise `RetryLater` unless the database takes writes now (reachable, and not a read-only standby)."""
+        conn = self.connection()
+        try:
+            row = conn.execute("SELECT current_setting('transaction_read_only')").fetchone()
+            conn.rollback()
+        except psycopg.Error as exc:
+            if conn.closed or conn.broken:
+                self._lost()
+            raise RetryLater(f"database unreachable ({self.target}): {self._words(exc)}") from None
+        if row is not None and row[0] == "on":
+            raise RetryLater(f"database read-only ({self.target}): a standby, not the primary")
+
+
+def _prepare(item: Work) -> Rows | Exception | None:
+    """Return the rows an item stores (None: a delivery stored pending), or the error that fails it alone.
+
+    A completion's rows are bounded when written (by the size stored); here they only name its keys.
+    """
+    try:
+        if isinstance(item, Completion):
+            return item.extraction if isinstance(item.extraction, Rows) else rows(item.extraction)
+        delivery, extraction = item
+        return None if extraction is None else rows(extraction, len(delivery.raw))
+    except _ITEM_ERRORS as exc:
+        return exc
+
+
+def _status(extraction: Rows, *, seen: bool, new: int, duplicates: int) -> Status:
+    if extraction.reason:
+        return "duplicate" if seen else "quarantined"
+    if new == 0 and (seen or duplicates):
+        return "duplicate"
+    return "stored"
