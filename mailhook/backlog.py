@@ -101,17 +101,33 @@ class Backlog:
         self._retry_from: int | None = None
         self._backoff = Backoff(RETRY_FIRST, RETRY_MAX, jitter=False)
         self._task: asyncio.Task[None] | None = None
+        self._counted = math.nan  # on a shared database: pending deliveries at the last count, and when
+        self._counted_at = -math.inf
 
     def start(self) -> None:
         """Start taking up pending deliveries on the running loop."""
         self._task = asyncio.create_task(self._run(), name="mailhook-backlog")
 
     def pending(self) -> float:
-        """Return how many deliveries wait for their events in the database (NaN if it cannot be read)."""
+        """Return how many deliveries wait for their events in the database (NaN if it cannot be read).
+
+        On a shared database this is the count the backlog last took (every `RESCAN` seconds, beside
+        the loop): `/metrics` asks from the event loop, which must not wait on the network.
+        """
+        if self.queue.shared:
+            return self._counted
         try:
             return self.queue.count()
         except RetryLater:
             return math.nan
+
+    def _count(self) -> None:
+        """Count the pending deliveries of a shared database for `pending()` (blocking: runs beside the loop)."""
+        self._counted_at = time.monotonic()
+        try:
+            self._counted = float(self.queue.count())
+        except RetryLater:
+            self._counted = math.nan
 
     def accepted(self, delivery_id: int, started: float) -> None:
         """Note that a delivery was just stored pending (at `started`, perf_counter), and wake the backlog."""
@@ -147,6 +163,8 @@ class Backlog:
                     # Back off before looking again: a full disk fails at once, and must not spin.
                     await asyncio.sleep(self._backoff.next())
                     cursor, self._retry_from = self._retry_from, None
+                if self.queue.shared and time.monotonic() - self._counted_at >= RESCAN:
+                    await loop.run_in_executor(None, self._count)
                 try:
                     ids = await loop.run_in_executor(None, self.queue.claim, cursor, CHUNK * self.workers)
                 except RetryLater as exc:

@@ -44,6 +44,21 @@ class Item:
     content_type: str = "text/xml; charset=UTF-8"
 
 
+# Every node process started, so that a failed test leaves none running (`reap`).
+STARTED: list[subprocess.Popen[bytes]] = []
+
+
+def reap() -> None:
+    """Kill and wait for every node process still running (after a test, whatever its outcome)."""
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            with suppress(OSError):
+                os.kill(proc.pid, signal.SIGCONT)
+            proc.kill()
+        proc.wait()
+
+
 class Node:
     """`python -m mailhook serve` on one database, with fixed SMTP and HTTP ports; restartable after a kill."""
 
@@ -66,6 +81,7 @@ class Node:
                  "--smtp-acknowledge", self.acknowledge],
                 cwd=ROOT, env=env, stdout=log, stderr=log,
             )
+        STARTED.append(self.proc)
         if self.smtp_port:
             wait_until(self._up, timeout, f"node {self.name} listening")
 

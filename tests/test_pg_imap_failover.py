@@ -12,8 +12,15 @@ from pathlib import Path
 import dovecot
 import psycopg
 import pytest
-from nodes_support import Node, distinct_items
+from nodes_support import Node, distinct_items, reap
 from process_support import wait_until
+
+
+@pytest.fixture(autouse=True)
+def _no_node_left() -> Iterator[None]:
+    yield
+    reap()
+
 
 pytestmark = [
     pytest.mark.slow,
@@ -66,8 +73,8 @@ def _emails(count: int, seed: int) -> list[bytes]:
 def test_the_poller_runs_on_one_node_and_another_takes_over_within_30_s_when_it_dies(
     tmp_path: Path, postgres_url: str, server: dovecot.Dovecot, how: str
 ) -> None:
-    emails = _emails(240, seed=41)
-    server.append("INBOX", *emails[:160])
+    emails = _emails(200, seed=41)
+    server.append("INBOX", *emails[:140])
     nodes = _pollers(tmp_path, postgres_url, server)
     try:
         for node in nodes:
@@ -83,10 +90,10 @@ def test_the_poller_runs_on_one_node_and_another_takes_over_within_30_s_when_it_
         else:
             leader.signal(signal.SIGSTOP)
         killed_at = time.monotonic()
-        assert _stored(postgres_url) < 160, "the poller finished before it died; make it die sooner"
+        assert _stored(postgres_url) < 140, "the poller finished before it died; make it die sooner"
         wait_until(lambda: LEADS in standby.tail(10**9), TAKEOVER, "the standby node taking over")
         assert time.monotonic() - killed_at < TAKEOVER
-        server.append("INBOX", *emails[160:])
+        server.append("INBOX", *emails[140:])
         wait_until(lambda: _stored(postgres_url) >= len(emails), 60, "every message stored")
         before = leader.tail(10**9).count("standing by")
         if how == "kill":

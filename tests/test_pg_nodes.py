@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Iterator
 from contextlib import closing
 from decimal import Decimal
 from pathlib import Path
@@ -28,11 +29,19 @@ from nodes_support import (
     feed,
     fixture_items,
     join,
+    reap,
     shuffled,
     split,
 )
 from postgres_support import Cluster
 from process_support import wait_until
+
+
+@pytest.fixture(autouse=True)
+def _no_node_left() -> Iterator[None]:
+    yield
+    reap()
+
 
 pytestmark = pytest.mark.slow
 
@@ -101,7 +110,7 @@ def _both_ways(nodes: list[Node], items: list[Item], deadline: float) -> list[Fe
 def test_two_nodes_fed_the_same_corpus_store_each_notification_once_as_sqlite_does(
     tmp_path: Path, postgres_url: str
 ) -> None:
-    items = fixture_items() + distinct_items(150, 150, seed=11)
+    items = fixture_items() + distinct_items(80, 80, seed=11)
     reference = _reference(tmp_path, items)
     nodes = [Node(name, postgres_url, tmp_path / f"{name}.log") for name in ("a", "b")]
     for node in nodes:
@@ -142,7 +151,7 @@ def _unhealthy(node: Node) -> dict[str, Any] | None:
 
 def test_a_node_killed_with_9_under_load_loses_nothing_it_acknowledged(tmp_path: Path, postgres_url: str) -> None:
     # acknowledge = received: the killed node leaves deliveries pending; the other node's backlog takes them up.
-    items = distinct_items(500, 250, seed=21)
+    items = distinct_items(300, 150, seed=21)
     expected = expected_keys(items)
     nodes = [Node(name, postgres_url, tmp_path / f"{name}.log", acknowledge="received") for name in ("a", "b")]
     for node in nodes:
@@ -168,7 +177,7 @@ def test_a_node_killed_with_9_under_load_loses_nothing_it_acknowledged(tmp_path:
 def test_postgresql_stopped_under_load_is_answered_451_and_503_and_every_node_recovers_by_itself(
     tmp_path: Path, postgres_cluster: Cluster, postgres_url: str
 ) -> None:
-    items = distinct_items(500, 250, seed=31)
+    items = distinct_items(300, 150, seed=31)
     expected = expected_keys(items)
     nodes = [Node(name, postgres_url, tmp_path / f"{name}.log") for name in ("a", "b")]
     for node in nodes:

@@ -6,7 +6,8 @@ nodes never extract the same delivery at once, and a node that dies lets go
 of its claims with its session, at once when killed and within
 `session.TIMEOUT` seconds when it hangs (see `mailhook.store.pg.session`).
 The candidates are chosen first, in a materialised CTE, so that the lock
-function runs on them alone and no lock is taken on a row not returned.
+function runs on them alone and no lock is taken on a row not returned; a
+window of candidates other nodes hold whole is passed, and the next looked at.
 Completing a delivery (`UPDATE ... WHERE status = 'pending'` in the write
 path) stays the final guard: a delivery completed twice gets its events once.
 """
@@ -35,8 +36,10 @@ WITH candidates AS MATERIALIZED (
     WHERE status = 'pending' AND id > %(after)s AND NOT (id = ANY(string_to_array(%(mine)s, ',')::bigint[]))
     ORDER BY id LIMIT %(limit)s
 )
-SELECT id, size FROM candidates WHERE pg_try_advisory_lock(%(space)s, (id %% 2147483647)::int) ORDER BY id
+SELECT id, size, pg_try_advisory_lock(%(space)s, (id %% 2147483647)::int) FROM candidates ORDER BY id
 """
+# Windows of candidates one claim looks through before it gives up (others hold every one of them).
+WINDOWS = 64
 
 _RELEASE = ("SELECT pg_advisory_unlock(%(space)s, (id %% 2147483647)::int)"
             " FROM unnest(string_to_array(%(ids)s, ',')::bigint[]) AS id")
@@ -56,10 +59,15 @@ class PgPendingQueue:
     def claim(self, after: int, limit: int) -> list[tuple[int, int]]:
         """Claim up to `limit` pending deliveries after id `after` that no node has claimed (this one included)."""
         with self._lock:
-            rows = self._query(_CLAIM, {"after": after, "mine": _ids(self._mine), "limit": limit, "space": CLAIMS})
-            found = [(int(id_), int(size)) for id_, size in rows]
-            self._mine.update(id_ for id_, _ in found)
-            return found
+            for _ in range(WINDOWS):
+                rows = self._query(_CLAIM, {"after": after, "mine": _ids(self._mine), "limit": limit,
+                                            "space": CLAIMS})
+                found = [(int(id_), int(size)) for id_, size, claimed in rows if claimed]
+                self._mine.update(id_ for id_, _ in found)
+                if found or len(rows) < limit:
+                    return found
+                after = int(rows[-1][0])  # a window other nodes claimed whole: look past it
+            return []
 
     def release(self, ids: Sequence[int]) -> None:
         """Let go of claims; nothing to do for those the session lost with itself."""
