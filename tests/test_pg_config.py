@@ -123,3 +123,16 @@ def test_acknowledging_on_receipt_is_accepted_on_postgresql_too() -> None:
     # Each node's backlog claims the pending deliveries it extracts (tests/test_pg_claims.py, test_pg_nodes.py).
     assert load({"db": URL}, {**NO_FILE, "MAILHOOK_SMTP_ACKNOWLEDGE": "received"}).smtp.acknowledge == "received"
     assert load({"db": "m.db"}, {**NO_FILE, "MAILHOOK_SMTP_ACKNOWLEDGE": "received"}).smtp.acknowledge == "received"
+
+
+def test_connections_notice_a_vanished_server_within_half_a_minute_unless_the_url_says_otherwise() -> None:
+    from psycopg.conninfo import conninfo_to_dict
+
+    from mailhook.store.pg.connection import connection_string
+
+    mine = conninfo_to_dict(connection_string(PostgresTarget("postgresql://u@db/mail")))
+    assert (mine["keepalives_idle"], mine["tcp_user_timeout"], mine["connect_timeout"]) == ("10", "30000", "10")
+    assert mine["application_name"] == "mailhook"
+    theirs = conninfo_to_dict(connection_string(
+        PostgresTarget("postgresql://u@db/mail?tcp_user_timeout=5000&application_name=x&connect_timeout=3")))
+    assert (theirs["tcp_user_timeout"], theirs["application_name"], theirs["connect_timeout"]) == ("5000", "x", "3")

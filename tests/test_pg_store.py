@@ -22,6 +22,8 @@ from mailhook.errors import RetryLater
 from mailhook.extract import extract
 from mailhook.models import Delivery, Event, Extraction, FolderPosition, Receipt
 from mailhook.store.open import open_storage
+from mailhook.store.pg.schema import MIGRATIONS
+from mailhook.store.pg.write import PgStore
 from mailhook.store.pg.writer import PgWriter
 from mailhook.store.rows import Completion, rows
 from mailhook.store.target import PostgresTarget
@@ -264,3 +266,68 @@ def test_open_storage_gives_the_sqlite_writer_for_a_file_and_the_postgresql_one_
     finally:
         lite.close()
         pg.close()
+
+
+def _text_event(resource_id: int, message: str = "hi") -> Event:
+    return Event(event_type="OUTBOUND_TEXT_FINISHED", event_type_source="payload", api_version="1.1", format="xml",
+                 resource_type="Text", resource_id=resource_id, message=message, payload={"Text": {"@id": "1"}})
+
+
+def test_an_item_postgresql_refuses_fails_alone_and_the_rest_of_its_batch_is_stored(postgres_url: str) -> None:
+    store = PgStore(PostgresTarget(postgres_url))
+    try:
+        items: list[Any] = [
+            (Delivery(channel="file", raw=f"d{i}".encode() * 200, received_at="x", kind="document", source=f"s{i}"),
+             Extraction(events=(_text_event(2**70 if i == 1 else 100 + i),)))
+            for i in range(3)
+        ]
+        pending = Delivery(channel="smtp", raw=b"Subject: x\r\n\r\n" + b"x" * 500, received_at="x", kind="email")
+        (kept,) = store.write([(pending, None)])
+        assert isinstance(kept, Receipt) and kept.status == "pending"
+        items.append(Completion(kept.delivery_id, pending.sha256, Extraction(events=(_text_event(2**70),))))
+        results = store.write(items)
+    finally:
+        store.close()
+    assert [r.status if isinstance(r, Receipt) else "failed" for r in results] == [
+        "stored", "failed", "stored", "quarantined"]
+    assert isinstance(results[1], psycopg.DataError)
+    assert isinstance(results[3], Receipt) and (results[3].error or "").startswith("events could not be stored")
+    stored = pg_rows(postgres_url, "SELECT source, status, event_count FROM deliveries ORDER BY id")
+    assert stored == [{"source": None, "status": "quarantined", "event_count": 0},
+                      {"source": "s0", "status": "stored", "event_count": 1},
+                      {"source": "s2", "status": "stored", "event_count": 1}]
+
+
+def test_a_message_id_repeated_within_one_batch_is_a_duplicate_and_keeps_no_second_copy(postgres_url: str) -> None:
+    raw = b"Message-ID: <twice@example.com>\r\nSubject: nothing\r\n\r\nhello\r\n"
+    store = PgStore(PostgresTarget(postgres_url))
+    try:
+        results = store.write([(Delivery(channel="smtp", raw=raw, received_at="x", kind="email"),
+                                extract(raw, kind="email")) for _ in range(2)])
+    finally:
+        store.close()
+    assert [r.status for r in results if isinstance(r, Receipt)] == ["quarantined", "duplicate"]
+    assert pg_rows(postgres_url, "SELECT raw IS NULL AS dropped FROM deliveries ORDER BY id") == [
+        {"dropped": False}, {"dropped": True}]
+
+
+def test_two_ingest_processes_racing_the_fixtures_into_an_empty_database_store_each_event_once(
+    postgres_url: str,
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    files = fixture_files()
+    env = {**os.environ, **ALLOW_ROOT, "MAILHOOK_CONFIG": ""}
+    command = [sys.executable, "-m", "mailhook", "ingest", "--quiet", "--db", postgres_url]
+    # Both start on an empty database: they migrate it together, then store the same corpus (one in reverse).
+    racing = [subprocess.Popen([*command, *order], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True) for order in (files, list(reversed(files)))]
+    outcomes = [process.communicate(timeout=300) for process in racing]
+    assert all(p.returncode in (0, 65) for p in racing), [err[-2000:] for _, err in outcomes]
+    assert all(PASSWORD not in err for _, err in outcomes)
+    keys = pg_rows(postgres_url, "SELECT count(*) AS events, count(DISTINCT dedupe_key) AS keys FROM events")[0]
+    new = pg_rows(postgres_url, "SELECT sum(event_count) AS new FROM deliveries")[0]["new"]
+    assert keys["events"] == keys["keys"] == new > 0
+    assert pg_rows(postgres_url, "SELECT count(*) AS n FROM schema_migrations")[0]["n"] == len(MIGRATIONS)

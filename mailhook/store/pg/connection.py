@@ -26,6 +26,11 @@ log = logging.getLogger("mailhook.store")
 
 CONNECT_TIMEOUT = 10
 APPLICATION_NAME = "mailhook"
+# A server that vanished without closing the connection (power loss, a partition, a failover to another host)
+# is noticed within about 30 s instead of the kernel's two hours: a commit then fails (RetryLater) instead of
+# holding every delivery in the batch. libpq names; a URL that sets one keeps its own.
+LIVENESS = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+            "tcp_user_timeout": 30_000}
 MIGRATION_LOCK = int.from_bytes(b"mailhook", "big")
 """The advisory lock (one bigint) held while migrating: nodes starting together migrate one at a time."""
 
@@ -43,6 +48,7 @@ def connection_string(target: PostgresTarget, *, connect_timeout: float = CONNEC
         extra["connect_timeout"] = max(1, round(connect_timeout))
     if "application_name" not in given:
         extra["application_name"] = APPLICATION_NAME
+    extra.update({k: v for k, v in LIVENESS.items() if k not in given})  # libpq ignores them on Unix sockets
     if target.password is not None:
         extra["password"] = target.password
     return conninfo.make_conninfo(target.url, **extra)

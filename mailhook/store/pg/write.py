@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import re
 import time
@@ -90,6 +91,13 @@ ON CONFLICT (account, folder) DO UPDATE SET
 _ITEM_ERRORS = (psycopg.IntegrityError, psycopg.DataError, ValueError, OverflowError)
 # Failures after which the same batch, tried again at once, should succeed.
 _TRANSIENT = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure, pg_errors.LockNotAvailable)
+_First = tuple[int, str]
+
+
+class _Redo(Exception):
+    """An item failed in a batch written without savepoints: write the batch again with them."""
+
+
 _NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
 
 
@@ -127,6 +135,9 @@ class PgStore:
         self.backoff = backoff or Backoff(0.25, 10.0)
         self._retry_at = 0.0
         self._last_error = ""
+        # The batch under way: each Message-ID's first delivery, and those the current item added.
+        self._first: dict[str, _First] = {}
+        self._added: list[str] = []
         # Connect and migrate now: a node that cannot reach its database at start says so at once.
         self.conn: Connection | None = connect(target, connect_timeout=connect_timeout)
         try:
@@ -199,16 +210,24 @@ class PgStore:
         """
         retried = 0
         fresh = self.conn is None or self.conn.closed
+        found = [_prepare(item) for item in items]
+        # Without a savepoint per item (two round trips each) unless an item fails: then the batch is
+        # rolled back and written again, each item in its own savepoint.
+        careful = False
         while True:
             conn = self.connection()
             committing = False
             try:
                 with conn.transaction():
-                    found = [_prepare(item) for item in items]
                     self._lock_keys(conn, found)
-                    results = [self._write_item(conn, item, rows) for item, rows in zip(items, found, strict=True)]
+                    self._first = self._first_deliveries(conn, found)
+                    results = [self._write_item(conn, item, rows, careful=careful)
+                               for item, rows in zip(items, found, strict=True)]
                     committing = True
                 return results
+            except _Redo:
+                careful = True
+                continue
             except _TRANSIENT as exc:
                 retried += 1
                 if retried > RETRIES:
@@ -254,21 +273,48 @@ class PgStore:
                 (KEY_LOCKS, ",".join(str(k) for k in sorted(keys)[:MAX_KEY_LOCKS])),
             )
 
-    def _write_item(self, conn: Connection, item: Work, found: Rows | Exception | None) -> Receipt | Exception:
+    def _first_deliveries(self, conn: Connection, batch: Sequence[Rows | Exception | None]) -> dict[str, _First]:
+        """Return the first stored delivery (id, sha256) of each Message-ID in the batch, in one query."""
+        ids = sorted({found.message_id for found in batch if isinstance(found, Rows) and found.message_id})
+        if not ids:
+            return {}
+        rows_ = conn.execute(
+            "SELECT DISTINCT ON (message_id) message_id, id, sha256 FROM deliveries"
+            " WHERE message_id IN (SELECT jsonb_array_elements_text(%s::jsonb)) ORDER BY message_id, id",
+            (json.dumps([clean(i) for i in ids]),),
+        ).fetchall()
+        return {message_id: (id_, sha256) for message_id, id_, sha256 in rows_}
+
+    def _write_item(self, conn: Connection, item: Work, found: Rows | Exception | None, *,
+                    careful: bool) -> Receipt | Exception:
+        if isinstance(found, Exception):  # failed before any statement: nothing to undo
+            return self._failed(conn, item, found)
+        added = self._added = []
         try:
+            if not careful:
+                return self._write_item_now(conn, item, found)
             with conn.transaction():  # a savepoint: this item's failure leaves the others
-                if isinstance(found, Exception):
-                    raise found
-                if isinstance(item, Completion):
-                    return self._complete(conn, item)
-                return self._write_one(conn, item[0], found)
+                return self._write_item_now(conn, item, found)
         except _ITEM_ERRORS as exc:
-            if isinstance(item, Completion):
-                kept = self._quarantine(conn, item.delivery_id, exc)
-                if kept is not None:
-                    return kept
-            log.error("delivery could not be stored: %s", exc)
-            return exc
+            if not careful:
+                raise _Redo from exc
+            for message_id in added:  # rolled back: the batch has not stored it after all
+                self._first.pop(message_id, None)
+            return self._failed(conn, item, exc)
+
+    def _write_item_now(self, conn: Connection, item: Work, found: Rows | None) -> Receipt:
+        if isinstance(item, Completion):
+            return self._complete(conn, item)
+        return self._write_one(conn, item[0], found)
+
+    def _failed(self, conn: Connection, item: Work, exc: Exception) -> Receipt | Exception:
+        """Answer an item that could not be stored: a pending delivery is quarantined (kept), anything else fails."""
+        if isinstance(item, Completion):
+            kept = self._quarantine(conn, item.delivery_id, exc)
+            if kept is not None:
+                return kept
+        log.error("delivery could not be stored: %s", exc)
+        return exc
 
     def _write_one(self, conn: Connection, delivery: Delivery, found: Rows | None) -> Receipt:
         """Store one delivery with its rows (bounded already), or pending when it has none yet."""
@@ -303,6 +349,8 @@ class PgStore:
             if current is None:
                 raise ValueError(f"delivery {delivery_id} no longer exists")
             return Receipt(delivery_id, current[0], error=current[1], message_id=current[2])
+        if found.message_id:
+            self._stored_first(clean(found.message_id), delivery_id, completion.sha256)
         return self._finish(conn, delivery_id, row[0], found, seen=seen, position=None)
 
     def _quarantine(self, conn: Connection, delivery_id: int, exc: Exception) -> Receipt | None:
@@ -317,8 +365,17 @@ class PgStore:
         return Receipt(delivery_id, "quarantined", error=reason)
 
     def _seen(self, conn: Connection, message_id: str | None, sha256: str, own_id: int | None) -> tuple[bool, bool]:
+        """Say whether another delivery has this Message-ID, and whether the first one has these exact bytes.
+
+        From the batch's first deliveries (`_first_deliveries`, kept current as
+        the batch stores more); the database is asked only when the first one
+        is the delivery itself.
+        """
         if not message_id:
             return False, False
+        first = self._first.get(clean(message_id))
+        if first is None or first[0] != own_id:
+            return first is not None, first is not None and first[1] == sha256
         row = conn.execute(
             "SELECT sha256 FROM deliveries WHERE message_id = %s AND id IS DISTINCT FROM %s::bigint"
             " ORDER BY id LIMIT 1",
@@ -338,7 +395,15 @@ class PgStore:
             clean(sent_at(delivery.raw)) if delivery.kind == "email" else None,
         )).fetchone()
         assert row is not None
+        if found is not None and found.message_id:
+            self._stored_first(clean(found.message_id), int(row[0]), sha256)
         return int(row[0])
+
+    def _stored_first(self, message_id: str, delivery_id: int, sha256: str) -> None:
+        """Note a delivery this batch stored with a Message-ID, if it is that Message-ID's first."""
+        if message_id not in self._first:
+            self._first[message_id] = (delivery_id, sha256)
+            self._added.append(message_id)
 
     def _finish(self, conn: Connection, delivery_id: int, now: str, found: Rows, *, seen: bool,
                 position: FolderPosition | None) -> Receipt:
