@@ -18,6 +18,7 @@ import asyncio
 import functools
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
@@ -50,10 +51,26 @@ RETRY_MAX = 60.0
 RESCAN = 2.0
 
 
-@functools.cache
+_readers: dict[Path | str, Reader] = {}
+_readers_lock = threading.Lock()
+
+
 def _reader(source: Path | str) -> Reader:
-    # One connection per worker process for its whole life, not one per chunk.
-    return open_pending_reader(source)
+    # One connection per worker process for its whole life, not one per chunk; made once even when
+    # threads (extraction without worker processes) ask at the same moment.
+    with _readers_lock:
+        reader = _readers.get(source)
+        if reader is None:
+            reader = _readers[source] = open_pending_reader(source)
+        return reader
+
+
+def close_readers() -> None:
+    """Close the connections `extract_pending` keeps in this process (its life's, in a worker)."""
+    with _readers_lock:
+        for reader in _readers.values():
+            reader.close()
+        _readers.clear()
 
 
 def extract_pending(

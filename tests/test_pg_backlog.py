@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from smtp_support import notification
 
-from mailhook.backlog import Backlog, _reader, extract_pending
+from mailhook.backlog import Backlog, close_readers, extract_pending
 from mailhook.models import Delivery, utcnow
 from mailhook.pipeline import Pipeline
 from mailhook.store.pg.writer import PgWriter
@@ -73,9 +73,7 @@ def test_two_nodes_backlogs_extract_every_pending_delivery_once_between_them(pos
                 await backlog.close(10)
             for writer in writers:
                 writer.close()
-            # extract_pending's reader lives as long as its (worker) process: here, this test's.
-            _reader(backlogs[0].path).close()
-            _reader.cache_clear()
+            close_readers()  # extract_pending's readers live as long as their (worker) process: here, this test's
 
     pending = asyncio.run(asyncio.wait_for(main(), 60))
     a, b = extracted["a"], extracted["b"]

@@ -109,9 +109,14 @@ class PgPendingReader:
     def __init__(self, conninfo: str) -> None:
         self.conninfo = conninfo
         self._conn: psycopg.Connection[Any] | None = None
+        self._lock = threading.Lock()  # extraction threads (no worker processes) share one reader
 
     def read(self, ids: Sequence[int]) -> list[tuple[int, Delivery]]:
         """Read back the deliveries among `ids` that are still pending; `RetryLater` if unreadable."""
+        with self._lock:
+            return self._read(ids)
+
+    def _read(self, ids: Sequence[int]) -> list[tuple[int, Delivery]]:
         try:
             if self._conn is None:
                 self._conn = psycopg.connect(self.conninfo, autocommit=True, application_name="mailhook backlog")
@@ -122,7 +127,8 @@ class PgPendingReader:
                 (_ids(ids),),
             ).fetchall()
         except psycopg.Error as exc:
-            self.close()
+            close_quietly(self._conn)
+            self._conn = None
             raise RetryLater(f"database unreachable: {exc}") from exc
         return [
             (int(id_), Delivery(channel=channel, raw=bytes(raw), received_at=_text_time(received_at),
@@ -135,8 +141,9 @@ class PgPendingReader:
 
     def close(self) -> None:
         """Close the connection, if open."""
-        close_quietly(self._conn)
-        self._conn = None
+        with self._lock:
+            close_quietly(self._conn)
+            self._conn = None
 
 
 def _ids(ids: Iterable[int]) -> str:
