@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from postgres_support import PASSWORD, USER, Cluster
 from process_support import ALLOW_ROOT, descendants, free_port, wait_until
+from prometheus_client.parser import text_string_to_metric_families
 from smtp_support import SEED, notification
 
 from mailhook.config.settings import Settings
@@ -335,6 +336,70 @@ def test_ready_after_every_worker_listens_status_sums_the_group_and_a_stuck_work
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Scrape /metrics on a connection of its own (the kernel hands it to either worker)."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"Connection": "close"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        text = response.read().decode()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def _totals(port: int) -> tuple[float, float, float, float]:
+    """Return (SMTP stored, HTTP stored, HTTP refusals for a wrong token, open SMTP sessions) from one scrape."""
+    samples = _scrape(port)
+    return (samples.get(("mailhook_deliveries_total", (("channel", "smtp"), ("status", "stored"))), 0.0),
+            samples.get(("mailhook_deliveries_total", (("channel", "http"), ("status", "stored"))), 0.0),
+            samples.get(("mailhook_rejected_total", (("channel", "http"), ("reason", "unauthorized"))), 0.0),
+            samples.get(("mailhook_smtp_sessions", ()), 0.0))
+
+
+def _post_token(port: int, body: bytes, token: str) -> int:
+    return _status(port, f"/notifications?token={token}", body)
+
+
+@pytest.mark.slow
+def test_metrics_count_the_whole_group_on_every_scrape_and_survive_a_worker_restart(serve: type[Served]) -> None:
+    server = serve(2, "--http-token", "sesame")
+    workers = server.workers()
+    sent = refused = 0
+    while (len(server.pids("smtp")) < 2 or len(server.pids("http")) < 2) and sent < 200:
+        send_mail(server.smtp, notification(400_000 + sent))
+        assert _post_token(server.http, document(450_000 + sent), "sesame") == 200
+        assert _post_token(server.http, document(1), "wrong") == 401
+        sent += 1
+        refused += 1
+    assert server.pids("smtp") == server.pids("http") == set(workers), server.text()[-2000:]
+    # Every scrape, whichever worker takes it, counts what both workers took.
+    for _ in range(8):
+        assert _totals(server.http)[:3] == (sent, sent, refused)
+    # Open SMTP sessions, summed over the workers (each tells its own with the next heartbeat).
+    held = [socket.create_connection(("127.0.0.1", server.smtp), timeout=30) for _ in range(4)]
+    try:
+        for sock in held:
+            assert sock.recv(1024).startswith(b"220")
+        wait_until(lambda: all(_totals(server.http)[3] == 4 for _ in range(4)), 20, "4 sessions in the gauge")
+    finally:
+        for sock in held:
+            sock.close()
+
+    victim = workers[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: f"(pid {victim}) was killed by signal 9" in server.text(), 30, "the parent noticing")
+    wait_until(lambda: "listening again" in server.text(), 60, "a new worker listening")
+    # Neither reset by the restart nor counted twice; the dead worker's sessions are gone from the gauge.
+    for _ in range(8):
+        assert _totals(server.http)[:3] == (sent, sent, refused)
+    wait_until(lambda: all(_totals(server.http)[3] == 0 for _ in range(4)), 20, "no sessions in the gauge")
+    for n in range(6):
+        send_mail(server.smtp, notification(490_000 + n))
+        assert _post_token(server.http, document(495_000 + n), "sesame") == 200
+        assert _post_token(server.http, document(1), "wrong") == 401
+    for _ in range(8):
+        assert _totals(server.http)[:3] == (sent + 6, sent + 6, refused + 6)
+    assert server.stop() == 0
 
 
 # --- shares of the limits -------------------------------------------------------------------------
