@@ -118,3 +118,7 @@ class Metrics:
         """
         encoder, content_type = choose_encoder(accept or "")
         return encoder(self.registry), content_type
+
+    async def scrape(self, accept: str | None) -> tuple[bytes, str]:
+        """Return what `GET /metrics` answers: this registry's `exposition` (a group worker asks its parent's)."""
+        return self.exposition(accept)

@@ -13,13 +13,16 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import closing, suppress
 from pathlib import Path
 
 import pytest
+from postgres_support import PASSWORD, USER, Cluster
 from process_support import ALLOW_ROOT, descendants, free_port, wait_until
+from prometheus_client.parser import text_string_to_metric_families
 from smtp_support import SEED, notification
 
 from mailhook.config.settings import Settings
@@ -335,6 +338,70 @@ def test_ready_after_every_worker_listens_status_sums_the_group_and_a_stuck_work
             proc.wait()
 
 
+def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Scrape /metrics on a connection of its own (the kernel hands it to either worker)."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"Connection": "close"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        text = response.read().decode()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def _totals(port: int) -> tuple[float, float, float, float]:
+    """Return (SMTP stored, HTTP stored, HTTP refusals for a wrong token, open SMTP sessions) from one scrape."""
+    samples = _scrape(port)
+    return (samples.get(("mailhook_deliveries_total", (("channel", "smtp"), ("status", "stored"))), 0.0),
+            samples.get(("mailhook_deliveries_total", (("channel", "http"), ("status", "stored"))), 0.0),
+            samples.get(("mailhook_rejected_total", (("channel", "http"), ("reason", "unauthorized"))), 0.0),
+            samples.get(("mailhook_smtp_sessions", ()), 0.0))
+
+
+def _post_token(port: int, body: bytes, token: str) -> int:
+    return _status(port, f"/notifications?token={token}", body)
+
+
+@pytest.mark.slow
+def test_metrics_count_the_whole_group_on_every_scrape_and_survive_a_worker_restart(serve: type[Served]) -> None:
+    server = serve(2, "--http-token", "sesame")
+    workers = server.workers()
+    sent = refused = 0
+    while (len(server.pids("smtp")) < 2 or len(server.pids("http")) < 2) and sent < 200:
+        send_mail(server.smtp, notification(400_000 + sent))
+        assert _post_token(server.http, document(450_000 + sent), "sesame") == 200
+        assert _post_token(server.http, document(1), "wrong") == 401
+        sent += 1
+        refused += 1
+    assert server.pids("smtp") == server.pids("http") == set(workers), server.text()[-2000:]
+    # Every scrape, whichever worker takes it, counts what both workers took.
+    for _ in range(8):
+        assert _totals(server.http)[:3] == (sent, sent, refused)
+    # Open SMTP sessions, summed over the workers (each tells its own with the next heartbeat).
+    held = [socket.create_connection(("127.0.0.1", server.smtp), timeout=30) for _ in range(4)]
+    try:
+        for sock in held:
+            assert sock.recv(1024).startswith(b"220")
+        wait_until(lambda: all(_totals(server.http)[3] == 4 for _ in range(4)), 20, "4 sessions in the gauge")
+    finally:
+        for sock in held:
+            sock.close()
+
+    victim = workers[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: f"(pid {victim}) was killed by signal 9" in server.text(), 30, "the parent noticing")
+    wait_until(lambda: "listening again" in server.text(), 60, "a new worker listening")
+    # Neither reset by the restart nor counted twice; the dead worker's sessions are gone from the gauge.
+    for _ in range(8):
+        assert _totals(server.http)[:3] == (sent, sent, refused)
+    wait_until(lambda: all(_totals(server.http)[3] == 0 for _ in range(4)), 20, "no sessions in the gauge")
+    for n in range(6):
+        send_mail(server.smtp, notification(490_000 + n))
+        assert _post_token(server.http, document(495_000 + n), "sesame") == 200
+        assert _post_token(server.http, document(1), "wrong") == 401
+    for _ in range(8):
+        assert _totals(server.http)[:3] == (sent + 6, sent + 6, refused + 6)
+    assert server.stop() == 0
+
+
 # --- shares of the limits -------------------------------------------------------------------------
 
 
@@ -352,3 +419,74 @@ def test_every_cap_is_divided_among_the_workers_so_the_service_keeps_it() -> Non
 
 def test_the_default_is_one_worker_per_usable_core() -> None:
     assert worker_count(Settings()) == len(os.sched_getaffinity(0))
+
+
+# --- on PostgreSQL --------------------------------------------------------------------------------
+
+
+def _pg_count(url: str, sql: str) -> int:
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        row = conn.execute(sql).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _status(port: int, path: str, body: bytes | None = None) -> int:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body,
+                                     headers={"Content-Type": "application/json", "Connection": "close"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            status: int = response.status
+    except urllib.error.HTTPError as refused:
+        status = refused.code
+    return status
+
+
+@pytest.mark.slow
+def test_the_group_on_postgresql_stores_through_every_worker_once_and_waits_out_an_outage(
+    serve: type[Served], postgres_cluster: Cluster, postgres_url: str, tmp_path: Path,
+) -> None:
+    password_file = tmp_path / "db-password"
+    password_file.write_text(PASSWORD + "\n")
+    url = postgres_url.replace(f"{USER}:{PASSWORD}@", f"{USER}@")  # the password from the file
+    server = serve(2, "--db", url, "--storage-password-file", str(password_file))
+    workers = server.workers()
+    assert len(workers) == 2
+    try:
+        sent = 0
+        while (len(server.pids("smtp")) < 2 or len(server.pids("http")) < 2) and sent < 200:
+            send_mail(server.smtp, notification(500_000 + sent))
+            assert post(server.http, document(600_000 + sent)) == 200
+            sent += 1
+        assert server.pids("smtp") == server.pids("http") == set(workers), server.text()[-2000:]
+        for _ in range(4):  # the same notification over both doors, landing on both workers: stored once
+            send_mail(server.smtp, notification(777))
+            assert post(server.http, document(778)) == 200
+        assert _pg_count(postgres_url, "SELECT count(*) FROM deliveries") == 2 * sent + 8
+        assert _pg_count(postgres_url, "SELECT count(*) FROM deliveries WHERE status = 'duplicate'") == 6
+        assert _pg_count(postgres_url, "SELECT count(*) FROM events") == 2 * sent + 2
+        assert _pg_count(postgres_url, "SELECT count(DISTINCT dedupe_key) FROM events") == 2 * sent + 2
+
+        postgres_cluster.stop()
+        for attempt in range(4):  # connections land on either worker: each one answers "later"
+            with (smtplib.SMTP("127.0.0.1", server.smtp, timeout=30) as smtp,
+                  pytest.raises(smtplib.SMTPDataError) as refused):
+                smtp.sendmail("notifications@callfire.com", ["ops@example.com"], notification(900 + attempt))
+            assert refused.value.smtp_code == 451
+            assert refused.value.smtp_error.startswith(b"4.3.0")
+            assert _status(server.http, "/notifications", document(950 + attempt)) == 503
+            assert _status(server.http, "/healthz") == 503
+
+        postgres_cluster.start()
+        wait_until(lambda: all(_status(server.http, "/healthz") == 200 for _ in range(4)), 60, "/healthz to recover")
+        for attempt in range(4):
+            send_mail(server.smtp, notification(900 + attempt))
+            assert post(server.http, document(950 + attempt)) == 200
+        assert _pg_count(postgres_url, "SELECT count(*) FROM events") == 2 * sent + 2 + 8
+        assert server.stop() == 0
+    finally:
+        if not postgres_cluster.running():
+            postgres_cluster.start()
+    assert PASSWORD not in server.text()

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from mailhook.budget import ByteBudget
 from mailhook.errors import RetryLater
 from mailhook.group.channel import Channel
+from mailhook.metrics import Metrics
 from mailhook.models import Delivery, Extraction, FolderPosition, Receipt
 from mailhook.store.rows import Completion, Rows, worker_rows
 
@@ -147,10 +148,10 @@ class RemoteStorage:
             future.set_exception(RetryLater(GONE))
         return number, future
 
-    def tell(self, kind: str, number: int) -> None:
-        """Send a message that needs no answer (a release of budget held under request `number`)."""
+    def tell(self, kind: str, number: int, *args: Any) -> None:
+        """Send a message that needs no answer (a release of budget held under request `number`, a refusal)."""
         with contextlib.suppress(OSError):
-            self.channel.send((kind, number))
+            self.channel.send((kind, number, *args))
 
 
     def _read(self) -> None:
@@ -221,3 +222,31 @@ class RemoteExtraction(Executor):
         assert fn.__name__ == "extract_rows" and not kwargs, "only the pipeline's extract_rows runs remotely"
         return self.storage.ask("extract", args)[1]
 
+
+
+class GroupMetrics(Metrics):
+    """A worker's metrics: `GET /metrics` answers with the parent's registry, which counts the whole group.
+
+    The parent counts every delivery (it sees each one's receipt), every
+    commit and the writer's queue; a worker tells it each request its doors
+    refuse, and its open SMTP sessions with each heartbeat. The counters
+    live in the parent, which outlives every worker: a scrape on any worker
+    gives the same totals, and a worker's restart neither resets nor doubles them.
+    """
+
+    def __init__(self, storage: RemoteStorage) -> None:
+        super().__init__()
+        self.storage = storage
+
+    def on_rejected(self, channel: str, reason: str) -> None:
+        """Count a refusal in the parent's registry (no answer awaited)."""
+        self.storage.tell("rejected", 0, channel, reason)
+
+    async def scrape(self, accept: str | None) -> tuple[bytes, str]:
+        """Return the parent's exposition of the group's metrics; raises `RetryLater` if it does not answer."""
+        try:
+            answer: tuple[bytes, str] = await asyncio.wait_for(
+                asyncio.wrap_future(self.storage.ask("metrics", accept)[1]), ASK_TIMEOUT)
+        except TimeoutError:
+            raise RetryLater("the mailhook supervisor process does not answer") from None
+        return answer

@@ -4,7 +4,9 @@ One thread per worker reads its requests and hands each write to the
 parent's one writer (`store.interface.Storage`); the answer goes back from
 the writer's commit callback, so a worker learns a delivery is stored only
 once it is durable. The parent's listeners (metrics, the STATUS= counters)
-are told of every delivery, so they count the whole group; a delivery
+are told of every delivery, so they count the whole group (the worker's
+refusals and open SMTP sessions reach the parent's metrics too, and a
+worker's `/metrics` answers with them); a delivery
 stored `pending` wakes the parent's backlog, which extracts it.
 """
 
@@ -22,6 +24,7 @@ from typing import Any
 
 from mailhook.errors import RetryLater
 from mailhook.group.channel import Channel
+from mailhook.metrics import Metrics
 from mailhook.models import Delivery, Receipt
 from mailhook.pipeline import Pipeline, extract_rows
 
@@ -31,9 +34,13 @@ log = logging.getLogger("mailhook.group")
 class StoreService:
     """Serves one worker's requests against the pipeline's store until the worker's end closes."""
 
-    def __init__(self, channel: Channel, pipeline: Pipeline, loop: asyncio.AbstractEventLoop, name: str) -> None:
+    def __init__(
+        self, channel: Channel, pipeline: Pipeline, loop: asyncio.AbstractEventLoop, name: str, metrics: Metrics,
+    ) -> None:
         self.channel = channel
         self.pipeline = pipeline
+        self.metrics = metrics
+        self.sessions = 0.0  # the worker's open SMTP sessions, as of its last pong
         self.loop = loop
         self.name = name
         self.pong = 0  # the last heartbeat the worker's event loop answered
@@ -92,6 +99,9 @@ class StoreService:
             self.loop.call_soon_threadsafe(self._release, number)
         elif kind == "pong":
             self.pong = number
+            self.sessions = args[0]
+        elif kind == "rejected":
+            self.metrics.on_rejected(*args)
         elif kind == "prepared":
             self.loop.call_soon_threadsafe(_settle, self.prepared, None)
         elif kind == "listening":
@@ -102,6 +112,7 @@ class StoreService:
                 "position": lambda: storage.committed_position(*args),
                 "quarantined": lambda: storage.quarantined_sources(*args),
                 "totals": storage.totals,
+                "metrics": lambda: self.metrics.exposition(*args),
             }[kind]
             # From the loop's thread: run_in_executor is not safe from this one.
             self.loop.call_soon_threadsafe(self.loop.run_in_executor, None, self._read, number, read)

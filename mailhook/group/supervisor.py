@@ -83,6 +83,9 @@ class Group:
     async def open(self) -> None:
         """Bind (or take systemd's) sockets, start every worker and wait until each one listens."""
         self.sockets = self._listening()
+        # The SMTP sessions open now, over the workers running (each tells its own with every heartbeat).
+        self.runtime.metrics.smtp_sessions.set_function(
+            lambda: sum(worker.service.sessions for worker in list(self.workers.values())))
         started = [self._spawn(index) for index in range(self.count)]
         try:
             # Every worker prepared (imported, connected) before any accepts: a connection systemd's
@@ -161,7 +164,7 @@ class Group:
         channel = Channel(parent)
         settings = worker_settings(self.runtime.settings, self.count)
         channel.send(("hello", settings, environment(self.runtime.env), index))
-        service = StoreService(channel, self.runtime.pipeline, self._loop, f"worker-{index}")
+        service = StoreService(channel, self.runtime.pipeline, self._loop, f"worker-{index}", self.runtime.metrics)
         service.start()
         worker = Worker(index, process, service)
         self.workers[index] = worker

@@ -27,8 +27,7 @@ from mailhook.config.settings import Settings
 from mailhook.errors import ConfigError
 from mailhook.exitcodes import EX_CONFIG, EX_OK, EX_SOFTWARE
 from mailhook.group.channel import Channel
-from mailhook.group.remote import RemoteExtraction, RemoteStorage, SharedBudget
-from mailhook.metrics import Metrics
+from mailhook.group.remote import GroupMetrics, RemoteExtraction, RemoteStorage, SharedBudget
 from mailhook.pipeline import Pipeline
 from mailhook.server import Door, Runtime
 from mailhook.systemd import PassedSocket
@@ -72,21 +71,22 @@ async def serve(
     loop = asyncio.get_running_loop()
     stopping, go = asyncio.Event(), asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
+    metrics: GroupMetrics | None = None
     storage = RemoteStorage(
         channel,
-        on_ping=lambda number: _soon(loop, _pong, channel, number),
+        on_ping=lambda number: _soon(loop, _pong, channel, number, metrics),
         on_lost=lambda: _soon(loop, stopping.set),
         on_go=lambda: _soon(loop, go.set),
     )
     accept_failures = openfiles.guard_accept(loop)
     openfiles.raise_limit(openfiles.needed(settings, smtp="smtp" in sockets, http="http" in sockets))
-    metrics = Metrics()
-    metrics.track_queue(lambda: storage.waiting)
+    # The deliveries are counted in the parent (it sees every receipt): no listener here.
+    metrics = GroupMetrics(storage)
     return_big_frees()
     deferred = settings.smtp.acknowledge == "received" and "smtp" in sockets
     # Large deliveries are extracted in the parent's pool, within the parent's budget: as in one process.
     budget = SharedBudget(storage, settings.parsing.extraction_budget)
-    pipeline = Pipeline(storage, settings.subscriptions, listeners=[metrics.on_delivery],
+    pipeline = Pipeline(storage, settings.subscriptions,
                         limits=settings.parsing.mail_limits(), budget=budget,
                         executor=RemoteExtraction(storage),
                         deferred=frozenset({"smtp"}) if deferred else frozenset())
@@ -121,10 +121,12 @@ def _soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., object], *arg
         loop.call_soon_threadsafe(callback, *args)
 
 
-def _pong(channel: Channel, number: int) -> None:
-    # Sent from the event loop: an answer proves the loop runs, not only the reader thread.
+def _pong(channel: Channel, number: int, metrics: GroupMetrics | None) -> None:
+    # Sent from the event loop: an answer proves the loop runs, not only the reader thread. With it,
+    # the worker's open SMTP sessions, which the parent's gauge sums over the workers now running.
+    sessions = (metrics.registry.get_sample_value("mailhook_smtp_sessions") or 0.0) if metrics is not None else 0.0
     with contextlib.suppress(OSError):
-        channel.send(("pong", number))
+        channel.send(("pong", number, sessions))
 
 
 def _die_with(parent: int) -> None:

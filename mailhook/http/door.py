@@ -165,8 +165,11 @@ class Receiver:
         return web.json_response({"status": "ok"})
 
     async def render_metrics(self, request: web.Request) -> web.StreamResponse:
-        """Serve the metrics in Prometheus text format."""
-        body, content_type = self.metrics.exposition(request.headers.get(hdrs.ACCEPT))
+        """Serve the metrics in Prometheus text format (with `--workers N`, the whole group's)."""
+        try:
+            body, content_type = await self.metrics.scrape(request.headers.get(hdrs.ACCEPT))
+        except RetryLater as exc:
+            return _error(503, f"metrics unavailable: {exc}", headers={hdrs.RETRY_AFTER: "30"})
         return web.Response(body=body, headers={hdrs.CONTENT_TYPE: content_type})
 
     def _check_token(self, request: web.Request) -> None:
