@@ -268,12 +268,23 @@ async def _start(module: str, runtime: Runtime) -> Door:
     return door
 
 
+async def _relay(signalled: asyncio.Event, stopping: asyncio.Event) -> None:
+    """Set `stopping` once a signal has come (before or after the server started)."""
+    await signalled.wait()
+    stopping.set()
+
+
 def run_serve(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
     """Run `mailhook serve` until SIGTERM or SIGINT; exit 0 after a clean shutdown."""
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
         started: asyncio.Future[Runtime] = loop.create_future()
+        # Handled from the first instant: a SIGTERM while the doors start (the listening
+        # socket already accepts) must stop the server cleanly once it has started, not kill it.
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
         task = asyncio.create_task(serve(settings, env, started=started))
         waiting: list[asyncio.Future[Any]] = [task, started]
         done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
@@ -281,9 +292,11 @@ def run_serve(args: argparse.Namespace, settings: Settings, env: Mapping[str, st
             task.result()
             return
         runtime = started.result()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, runtime.stopping.set)
-        await task
+        relay = asyncio.create_task(_relay(stop, runtime.stopping))
+        try:
+            await task
+        finally:
+            relay.cancel()
 
     asyncio.run(main())
     return EX_OK

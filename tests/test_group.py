@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from postgres_support import PASSWORD, USER, Cluster
-from process_support import ALLOW_ROOT, descendants, free_port, wait_until
+from process_support import ALLOW_ROOT, descendants, free_port, listening, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 from smtp_support import SEED, notification
 
@@ -490,3 +490,26 @@ def test_the_group_on_postgresql_stores_through_every_worker_once_and_waits_out_
         if not postgres_cluster.running():
             postgres_cluster.start()
     assert PASSWORD not in server.text()
+
+
+def test_a_sigterm_while_the_workers_start_stops_the_group_cleanly(tmp_path: Path) -> None:
+    # The parent binds the sockets before its workers run, so a client (or systemd) can see the port
+    # open and send SIGTERM before the server has started: that must be a clean stop, not a death by signal.
+    smtp, http = free_port(), free_port()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("MAILHOOK_")} | ALLOW_ROOT
+    with (tmp_path / "serve.log").open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mailhook", "serve", "--workers", "2", "--db", str(tmp_path / "mailhook.db"),
+             "--smtp-listen", f"127.0.0.1:{smtp}", "--http-listen", f"127.0.0.1:{http}"],
+            cwd=ROOT, env=environ | {"MAILHOOK_CONFIG": ""}, stdout=log, stderr=log,
+        )
+    try:
+        wait_until(lambda: proc.poll() is not None or listening(smtp), 60, "the SMTP port open")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=90) == 0, (tmp_path / "serve.log").read_text(errors="replace")
+        wait_until(lambda: not [p for p in descendants(proc.pid) if b"mailhook.group" in _cmdline(p)], 10,
+                   "no worker left")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
