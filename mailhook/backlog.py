@@ -6,6 +6,10 @@ pending deliveries back from the database, extracts them in worker processes
 (beside the event loop, on other cores) and commits their events and final
 status through the same writer. The database is the queue: a delivery
 acknowledged just before a crash or a stop is extracted after the restart.
+On a database several nodes share, each node's backlog claims what it
+extracts (`Storage.pending_queue()`), so no two nodes extract the same
+delivery, and looks again every `RESCAN` seconds for deliveries other nodes
+stored, or claimed and then left behind when they died.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import asyncio
 import functools
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
@@ -25,9 +30,9 @@ from mailhook.backoff import Backoff
 from mailhook.errors import RetryLater
 from mailhook.extract import extract
 from mailhook.models import Delivery, Extraction, MailLimits
-from mailhook.store.reads import PendingReader, pending_count
+from mailhook.store.interface import PendingQueue
+from mailhook.store.reads import Reader, open_pending_reader
 from mailhook.store.rows import Completion, worker_rows
-from mailhook.store.writer import Writer
 from mailhook.workers import worker_pool
 
 if TYPE_CHECKING:
@@ -42,16 +47,34 @@ CHUNK = 16
 LINGER = 0.05
 RETRY_FIRST = 1.0
 RETRY_MAX = 60.0
+# On a shared database: seconds between looks for pending deliveries no wake-up announced.
+RESCAN = 2.0
 
 
-@functools.cache
-def _reader(path: Path) -> PendingReader:
-    # One connection per worker process for its whole life, not one per chunk.
-    return PendingReader(path)
+_readers: dict[Path | str, Reader] = {}
+_readers_lock = threading.Lock()
+
+
+def _reader(source: Path | str) -> Reader:
+    # One connection per worker process for its whole life, not one per chunk; made once even when
+    # threads (extraction without worker processes) ask at the same moment.
+    with _readers_lock:
+        reader = _readers.get(source)
+        if reader is None:
+            reader = _readers[source] = open_pending_reader(source)
+        return reader
+
+
+def close_readers() -> None:
+    """Close the connections `extract_pending` keeps in this process (its life's, in a worker)."""
+    with _readers_lock:
+        for reader in _readers.values():
+            reader.close()
+        _readers.clear()
 
 
 def extract_pending(
-    path: Path, ids: Sequence[int], subscriptions: Mapping[int, str], limits: MailLimits | None = None
+    path: Path | str, ids: Sequence[int], subscriptions: Mapping[int, str], limits: MailLimits | None = None
 ) -> list[tuple[Delivery, Completion]]:
     """Read the still-pending deliveries among `ids` and extract each (runs in a worker process)."""
     return [
@@ -63,7 +86,7 @@ def extract_pending(
 
 
 # What runs in a worker: read pending deliveries by id and extract them.
-Extract = Callable[[Path, Sequence[int], Mapping[int, str]], list[tuple[Delivery, Completion]]]
+Extract = Callable[[Path | str, Sequence[int], Mapping[int, str]], list[tuple[Delivery, Completion]]]
 
 
 class Backlog:
@@ -81,10 +104,9 @@ class Backlog:
     ) -> None:
         self.pipeline = pipeline
         self.writer = pipeline.writer
-        # The backlog reads pending deliveries from the SQLite file itself (in worker processes too).
-        assert isinstance(pipeline.writer, Writer), "the backlog needs the SQLite store"
-        self.path = pipeline.writer.store.path
-        self.reader = PendingReader(self.path)
+        # Pending deliveries come from the store's queue; worker processes read their bytes from `path`.
+        self.queue: PendingQueue = pipeline.writer.pending_queue()
+        self.path = self.queue.source
         self.subscriptions = dict(pipeline.subscriptions)
         self.pool = pool
         self.workers = workers
@@ -96,17 +118,33 @@ class Backlog:
         self._retry_from: int | None = None
         self._backoff = Backoff(RETRY_FIRST, RETRY_MAX, jitter=False)
         self._task: asyncio.Task[None] | None = None
+        self._counted = math.nan  # on a shared database: pending deliveries at the last count, and when
+        self._counted_at = -math.inf
 
     def start(self) -> None:
         """Start taking up pending deliveries on the running loop."""
         self._task = asyncio.create_task(self._run(), name="mailhook-backlog")
 
     def pending(self) -> float:
-        """Return how many deliveries wait for their events in the database (NaN if it cannot be read)."""
+        """Return how many deliveries wait for their events in the database (NaN if it cannot be read).
+
+        On a shared database this is the count the backlog last took (every `RESCAN` seconds, beside
+        the loop): `/metrics` asks from the event loop, which must not wait on the network.
+        """
+        if self.queue.shared:
+            return self._counted
         try:
-            return pending_count(self.path)
+            return self.queue.count()
         except RetryLater:
             return math.nan
+
+    def _count(self) -> None:
+        """Count the pending deliveries of a shared database for `pending()` (blocking: runs beside the loop)."""
+        self._counted_at = time.monotonic()
+        try:
+            self._counted = float(self.queue.count())
+        except RetryLater:
+            self._counted = math.nan
 
     def accepted(self, delivery_id: int, started: float) -> None:
         """Note that a delivery was just stored pending (at `started`, perf_counter), and wake the backlog."""
@@ -142,10 +180,16 @@ class Backlog:
                     # Back off before looking again: a full disk fails at once, and must not spin.
                     await asyncio.sleep(self._backoff.next())
                     cursor, self._retry_from = self._retry_from, None
+                if self.queue.shared and time.monotonic() - self._counted_at >= RESCAN:
+                    await loop.run_in_executor(None, self._count)
                 try:
-                    ids = await loop.run_in_executor(None, self.reader.ids, cursor, CHUNK * self.workers)
+                    ids = await loop.run_in_executor(None, self.queue.claim, cursor, CHUNK * self.workers)
                 except RetryLater as exc:
                     self._retry([cursor + 1], f"pending deliveries cannot be read: {exc}")
+                    ids = []
+                except Exception as exc:  # a bug must not stop the backlog for good: log it, back off, retry
+                    log.exception("pending deliveries cannot be claimed")
+                    self._retry([cursor + 1], f"pending deliveries cannot be claimed: {type(exc).__name__}")
                     ids = []
                 if ids:
                     cursor = ids[-1][0]
@@ -159,13 +203,26 @@ class Backlog:
                     return
                 if self._retry_from is not None and not in_flight:
                     continue  # to the back-off above
-                await self._wake.wait()
+                if not self.queue.shared:
+                    await self._wake.wait()
+                elif not await self._woken(RESCAN):
+                    cursor = 0  # others' deliveries, and claims a dead node let go, may lie behind the cursor
+                    continue
                 if not self._closing:
                     await asyncio.sleep(LINGER)
         finally:
             for task in in_flight:
                 task.cancel()
-            self.reader.close()
+            await asyncio.gather(*in_flight, return_exceptions=True)
+            await loop.run_in_executor(None, self.queue.close)
+
+    async def _woken(self, timeout: float) -> bool:
+        """Wait for a wake-up for up to `timeout` seconds; say whether one came."""
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     def _chunks(self, ids: list[tuple[int, int]]) -> Iterator[tuple[list[int], int]]:
         """Split pending (id, size) pairs into chunks of at most CHUNK deliveries and the budget's bytes."""
@@ -194,6 +251,11 @@ class Backlog:
                 await self._extract_and_store(ids, free_slot)
         finally:
             free_slot()
+            # Done or to be retried: either way another node (or this one, later) may take them now.
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, self.queue.release, ids)
+            except RetryLater as exc:  # the session is gone, and its claims with it
+                log.debug("claims not released: %s", exc)
 
     async def _extract_and_store(self, ids: list[int], free_slot: Callable[[], None]) -> None:
         picked_up = time.perf_counter()
@@ -267,7 +329,7 @@ class Backlog:
 
     async def _crashed(self, delivery_id: int) -> list[tuple[Delivery, Completion]] | None:
         """Quarantine a delivery whose extraction killed its worker (its bytes stay, for `reprocess`)."""
-        reader = PendingReader(self.path)  # not self.reader: that one may be in use in another thread
+        reader = open_pending_reader(self.path)  # a connection of its own, for this one read
         try:
             found = await asyncio.get_running_loop().run_in_executor(None, reader.read, [delivery_id])
         except RetryLater as exc:

@@ -16,7 +16,6 @@ import signal
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 from mailhook import openfiles, systemd
@@ -158,9 +157,8 @@ async def serve(settings: Settings, env: Mapping[str, str], *, started: asyncio.
                         new_executor=lambda: worker_pool(worker_count()),
                         deferred=frozenset({"smtp"}) if deferred else frozenset())
     workers = worker_count() if deferred else 1
-    # The backlog reads pending deliveries from the SQLite file; on PostgreSQL `received` is refused (settings).
-    backlog = Backlog(pipeline, pool=worker_pool(workers) if deferred else None,
-                      workers=workers) if isinstance(settings.database(env), Path) else None
+    # On a database several nodes share, each node's backlog claims the pending deliveries it extracts.
+    backlog: Backlog | None = Backlog(pipeline, pool=worker_pool(workers) if deferred else None, workers=workers)
     if backlog is not None:
         backlog.start()
         metrics.track_pending(backlog.pending)

@@ -22,7 +22,7 @@ PROPERTIES = {name for name, _ in inspect.getmembers(Storage, lambda m: isinstan
 @pytest.mark.parametrize("backend", [Writer, PgWriter])
 def test_both_stores_implement_every_method_of_the_interface(backend: type) -> None:
     assert {"submit", "complete", "health", "committed_position", "quarantined_sources", "totals",
-            "close"} == MEMBERS
+            "lease", "pending_queue", "close"} == MEMBERS
     assert {"depth", "alive"} == PROPERTIES
     for name in MEMBERS:
         wanted = list(inspect.signature(getattr(Storage, name)).parameters)

@@ -30,7 +30,6 @@ from mailhook.config.settings import (
     Settings,
 )
 from mailhook.errors import ConfigError
-from mailhook.store.target import is_url
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,10 +316,6 @@ def validate(settings: Settings) -> Settings:
         (settings.smtp.max_auth_checks > 0, "smtp.max_auth_checks must be positive"),
         (settings.storage.max_batch > 0, "storage.max_batch must be positive"),
         (settings.server.workers >= 0, "server.workers must not be negative"),
-        (
-            settings.smtp.acknowledge == "stored" or settings.storage.db is None or not is_url(settings.storage.db),
-            "smtp.acknowledge = \"received\" works on an SQLite storage.db only, not yet on PostgreSQL",
-        ),
         *((getattr(settings.parsing, f.name) > 0, f"parsing.{f.name} must be positive")
           for f in fields(ParsingSettings)),
         (settings.storage.busy_timeout >= 0, "storage.busy_timeout must not be negative"),

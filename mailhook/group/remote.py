@@ -17,13 +17,16 @@ import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor, Future
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mailhook.budget import ByteBudget
 from mailhook.errors import RetryLater
 from mailhook.group.channel import Channel
 from mailhook.models import Delivery, Extraction, FolderPosition, Receipt
 from mailhook.store.rows import Completion, Rows, worker_rows
+
+if TYPE_CHECKING:
+    from mailhook.store.interface import Lease, PendingQueue
 
 log = logging.getLogger("mailhook.group")
 
@@ -95,6 +98,14 @@ class RemoteStorage:
         """Return which of these IMAP message sources were stored quarantined."""
         answer: set[str] = self._ask("quarantined", list(sources)).result(ASK_TIMEOUT)
         return answer
+
+    def lease(self, account: str, folder: str) -> Lease:
+        """Refuse: the IMAP pollers run in the main process, which holds their leases, never in a worker."""
+        raise RuntimeError("a worker polls no IMAP folder: the main process holds the folder leases")
+
+    def pending_queue(self) -> PendingQueue:
+        """Refuse: the extraction backlog runs in the main process, never in a worker."""
+        raise RuntimeError("a worker has no extraction backlog: the main process takes up pending deliveries")
 
     def totals(self) -> tuple[int, int, int]:
         """Return the database's totals, as the parent's store counts them (blocking)."""

@@ -21,13 +21,17 @@ from mailhook.errors import RetryLater
 from mailhook.imap.account import Account, buffered, connect
 from mailhook.models import Delivery, FolderPosition, utcnow
 from mailhook.pipeline import Pipeline
-from mailhook.store.interface import Storage
+from mailhook.store.interface import Lease, Storage
 
 log = logging.getLogger("mailhook.imap")
 
 STOP_GRACE = 10.0
 FETCH_BYTES = 16 * 1024 * 1024  # most message bytes asked for in one FETCH
 FETCH_COUNT = 100
+# Seconds between tries at the folder's lease while another node polls it, and between checks that it is
+# still held while polling: a poller whose node died is replaced within about this plus the lease's timeout.
+LEASE_RETRY = 3.0
+LEASE_CHECK = 2.0
 SEEN = b"\\Seen"
 DELETED = b"\\Deleted"
 
@@ -46,6 +50,9 @@ class Watcher:
         self.writer = writer
         self.sessions = 0
         self.stored = 0
+        # Whether this node holds the folder's lease (on one node always, once started).
+        self.leading = False
+        self.standby = False  # waiting while another node holds the lease
         self.waiting = False
         self.idling = False
         self.errors: collections.deque[str] = collections.deque(maxlen=100)
@@ -57,6 +64,7 @@ class Watcher:
         self._backoff = Backoff(account.settings.reconnect_delay, account.settings.reconnect_max)
         self._too_large: set[tuple[int, int]] = set()
         self._caps: frozenset[bytes] = frozenset()
+        self._lease: Lease | None = None
         self._thread = threading.Thread(target=self._run, name=f"mailhook-imap-{folder}", daemon=True)
         self._where = account.url(folder)
 
@@ -98,7 +106,46 @@ class Watcher:
             self._changed.notify_all()
 
     def _run(self) -> None:
+        lease = self.writer.lease(self.account.key, self.folder)
+        try:
+            self._watch(lease)
+        finally:
+            with contextlib.suppress(Exception):
+                lease.release()
+            self._announce(leading=False)
+        log.info("%s: stopped", self._where)
+
+    def _take(self, lease: Lease) -> bool:
+        """Hold the folder's lease, or wait a little and say no: another node polls the folder meanwhile."""
+        if lease.held():
+            return True
+        try:
+            taken = lease.acquire()
+        except RetryLater as exc:
+            # Not the growing back-off: once the database answers again, a poller must be back within seconds.
+            reason = f"{exc}; cannot tell whether another node polls this folder"
+            if not self.errors or self.errors[-1] != reason:
+                log.warning("%s: %s; trying again every %.0fs", self._where, reason, LEASE_RETRY)
+            self._announce(leading=False)
+            with self._changed:
+                self.errors.append(reason)
+            self._stop.wait(LEASE_RETRY)
+            return False
+        if taken:
+            log.info("%s: this node polls the folder now", self._where)
+            self._announce(leading=True, standby=False)
+            return True
+        if not self.standby:
+            log.info("%s: another node polls this folder; standing by", self._where)
+        self._announce(leading=False, standby=True)
+        self._stop.wait(LEASE_RETRY)
+        return False
+
+    def _watch(self, lease: Lease) -> None:
+        self._lease = lease
         while not self._stop.is_set():
+            if not self._take(lease):
+                continue
             try:
                 client = connect(self.account)
             except LoginError as exc:
@@ -130,7 +177,6 @@ class Watcher:
                 self._client = None
                 self._announce(waiting=False, idling=False)
                 _close(client)
-        log.info("%s: stopped", self._where)
 
     def _failed(self, reason: str, level: int) -> None:
         """Log one line for the failure and wait the next backoff delay (or until stopped)."""
@@ -163,18 +209,32 @@ class Watcher:
         if last:
             self._settle(client, uidvalidity, last, targets)
         while not self._stop.is_set():
-            last = self._store_new(client, uidvalidity, last, targets)
+            newer = self._store_new(client, uidvalidity, last, targets)
             if self._stop.is_set():
                 break
             self._backoff.reset()
+            if newer != last:
+                # Look again before waiting: the EXISTS of mail that arrived meanwhile came with the answer
+                # to MOVE (or STORE) and was consumed there; IDLE would not announce it again.
+                last = newer
+                continue
             if idle:
                 self._idle(client)
             else:
                 self._announce(waiting=True)
-                self._stop.wait(imap.poll_interval)
+                deadline = time.monotonic() + imap.poll_interval
+                while not self._stop.wait(max(0.0, min(LEASE_CHECK, deadline - time.monotonic()))):
+                    self._check_lease()
+                    if time.monotonic() >= deadline:
+                        break
                 self._announce(waiting=False)
                 if not self._stop.is_set():
                     client.noop()
+
+    def _check_lease(self) -> None:
+        """Raise `RetryLater` once this node no longer holds the folder's lease: another node may poll it now."""
+        if self._lease is not None and not self._lease.held():
+            raise RetryLater("lost this folder's lease (the database session ended)")
 
     def _resume_after(self, uidvalidity: int) -> int:
         """Return the last stored UID of this folder, or 0 to (re)scan it from the start."""
@@ -204,12 +264,14 @@ class Watcher:
         for chunk in _chunks(wanted, sizes):
             if self._stop.is_set():
                 break
+            self._check_lease()
             fetched = client.fetch(chunk, ["BODY.PEEK[]"])
             outcome: dict[int, str] = {}
             try:
                 for uid in chunk:
                     if self._stop.is_set():
                         break
+                    self._check_lease()
                     raw = fetched.get(uid, {}).get(b"BODY[]")
                     if raw is None:
                         continue  # expunged by someone else meanwhile
@@ -303,9 +365,9 @@ class Watcher:
             deadline = time.monotonic() + self.account.settings.idle_timeout
             while not self._stop.is_set():
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or buffered(client):
+                if remaining <= 0 or buffered(client) or not (self._lease is None or self._lease.held()):
                     break
-                readable, _, _ = select.select([client.socket(), self._wake_r], [], [], remaining)
+                readable, _, _ = select.select([client.socket(), self._wake_r], [], [], min(remaining, LEASE_CHECK))
                 if self._wake_r in readable:
                     with contextlib.suppress(OSError):
                         self._wake_r.recv(64)
@@ -318,6 +380,7 @@ class Watcher:
         finally:
             self._announce(waiting=False, idling=False)
         client.idle_done()
+        self._check_lease()
 
 
 def _wakes(response: Any) -> bool:

@@ -4,18 +4,84 @@
 `mailhook.store.pg.writer.PgWriter` (PostgreSQL, the same group commit, for
 several nodes) implement it; `mailhook.store.open.open_storage` picks one for
 the configured database. The doors and the pipeline, typed against this
-Protocol, do not know which. (The backlog, the admin commands and the reports
-still read the SQLite file directly.)
+Protocol, do not know which. Two parts concern several nodes on one
+database: a `Lease` keeps an IMAP folder's poller on one node at a time, and
+a `PendingQueue` hands each `pending` delivery to one node's backlog. (The
+admin commands and the reports still read the SQLite file directly.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Protocol
 
 from mailhook.models import Delivery, Extraction, FolderPosition, Receipt
 from mailhook.store.rows import Completion, Rows
+
+
+class Lease(Protocol):
+    """The right to poll one IMAP folder, held by at most one node at a time.
+
+    On one node (SQLite) it is always granted; on a shared database a node
+    that dies or loses the database loses it, and another node takes it.
+    """
+
+    def acquire(self) -> bool:
+        """Try to take the lease without waiting; True when this node holds it now.
+
+        Raises `RetryLater` when the database cannot be asked.
+        """
+        ...
+
+    def held(self) -> bool:
+        """Say whether this node still holds the lease (False once its database session is gone)."""
+        ...
+
+    def release(self) -> None:
+        """Give the lease up (another node may take it at once)."""
+        ...
+
+
+class PendingQueue(Protocol):
+    """The deliveries stored `pending`, handed out to the extraction backlog, each to one node at a time.
+
+    `source` is what a worker process opens to read a claimed delivery's
+    bytes (`store.reads.open_pending_reader`); `shared` says whether other
+    nodes take from the same queue (then a node looks again now and then,
+    for deliveries other nodes stored or left behind when they died).
+    """
+
+    @property
+    def source(self) -> Path | str:
+        """What a worker process opens to read claimed deliveries (a SQLite file, or PostgreSQL's conninfo)."""
+        ...
+
+    @property
+    def shared(self) -> bool:
+        """Whether other nodes take from the same queue."""
+        ...
+
+    def claim(self, after: int, limit: int) -> list[tuple[int, int]]:
+        """Claim up to `limit` pending deliveries after id `after`, oldest first: their (id, size).
+
+        A delivery claimed here is not handed to another node until released
+        (or until this node's database session ends). Raises `RetryLater`.
+        """
+        ...
+
+    def release(self, ids: Sequence[int]) -> None:
+        """Give claimed deliveries back (done, or to be tried again later)."""
+        ...
+
+    def count(self) -> int:
+        """Return how many deliveries wait for their events, on every node; raises `RetryLater`."""
+        ...
+
+    def close(self) -> None:
+        """Release every claim and the connection."""
+        ...
 
 
 class Storage(Protocol):
@@ -56,6 +122,14 @@ class Storage(Protocol):
     @property
     def alive(self) -> bool:
         """Say whether the store still commits (its writer thread runs)."""
+        ...
+
+    def lease(self, account: str, folder: str) -> Lease:
+        """Return the lease that lets one node at a time poll `folder` of `account` (not yet taken)."""
+        ...
+
+    def pending_queue(self) -> PendingQueue:
+        """Return a new queue of the deliveries stored `pending` (for the extraction backlog)."""
         ...
 
     def close(self) -> None:

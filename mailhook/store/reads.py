@@ -7,7 +7,7 @@ import logging
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from mailhook.errors import RetryLater
 from mailhook.models import Delivery, FolderPosition
@@ -16,6 +16,25 @@ from mailhook.store.connection import connect, stored_kind
 log = logging.getLogger("mailhook.store")
 
 
+class Reader(Protocol):
+    """Reads claimed pending deliveries back, as received (in a worker process too)."""
+
+    def read(self, ids: Sequence[int]) -> list[tuple[int, Delivery]]:
+        """Read back the deliveries among `ids` that are still pending; `RetryLater` if unreadable."""
+        ...
+
+    def close(self) -> None:
+        """Close the connection, if open."""
+        ...
+
+
+def open_pending_reader(source: Path | str) -> Reader:
+    """Return a reader of pending deliveries for a queue's `source`: a SQLite file's Path, or PostgreSQL's conninfo."""
+    if isinstance(source, str):
+        from mailhook.store.pg.pending import PgPendingReader  # psycopg is an optional extra
+
+        return PgPendingReader(source)
+    return PendingReader(source)
 
 
 class PendingReader:

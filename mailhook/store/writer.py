@@ -22,6 +22,7 @@ from mailhook import health
 from mailhook.errors import RetryLater
 from mailhook.models import Delivery, Extraction, FolderPosition, Receipt
 from mailhook.privileges import FILE_MODE
+from mailhook.store.local import LocalPendingQueue, SoleLease
 from mailhook.store.reads import committed_position, quarantined_sources, totals
 from mailhook.store.rows import Completion, Rows, Work
 from mailhook.store.write import Store, WalCheckpoint
@@ -144,6 +145,14 @@ class Writer:
     def quarantined_sources(self, sources: Sequence[str]) -> set[str]:
         """Return which of `sources` (deliveries.source) were stored as quarantined and are still so."""
         return quarantined_sources(self.store.path, sources)
+
+    def lease(self, account: str, folder: str) -> SoleLease:
+        """Return the lease of an IMAP folder: one node (this one) writes a SQLite file, so always granted."""
+        return SoleLease()
+
+    def pending_queue(self) -> LocalPendingQueue:
+        """Return a queue of the file's pending deliveries, read on a read-only connection of its own."""
+        return LocalPendingQueue(self.store.path)
 
     def totals(self) -> tuple[int, int, int]:
         """Return how many deliveries the database holds, how many are quarantined, and how many events."""

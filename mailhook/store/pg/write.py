@@ -47,6 +47,8 @@ from mailhook.derived import e164, sent_at
 from mailhook.errors import RetryLater
 from mailhook.models import Delivery, FolderPosition, Receipt, Status, to_json, utcnow
 from mailhook.store.pg.connection import Connection, connect, migrate
+from mailhook.store.pg.lease import passed
+from mailhook.store.pg.session import bound_transactions
 from mailhook.store.rows import Completion, Rows, Work, mend_json, rows
 from mailhook.store.schema import ATTEMPT_COLUMNS, EVENT_COLUMNS
 from mailhook.store.target import PostgresTarget
@@ -151,6 +153,7 @@ class PgStore:
         # Connect and migrate now: a node that cannot reach its database at start says so at once.
         self.conn: Connection | None = connect(target, connect_timeout=connect_timeout)
         try:
+            bound_transactions(self.conn)
             migrate(self.conn)
         except psycopg.Error as exc:
             self.conn.close()
@@ -168,6 +171,7 @@ class PgStore:
             raise RetryLater(f"database unreachable ({self.target}): {self._last_error}")
         try:
             conn = connect(self.target, connect_timeout=self.connect_timeout)
+            bound_transactions(conn)
             migrate(conn)
         except (RetryLater, psycopg.Error) as exc:
             self._last_error = exc.args[0].split("): ", 1)[-1] if isinstance(exc, RetryLater) else self._words(exc)
@@ -357,6 +361,8 @@ class PgStore:
         sha256 = delivery.sha256
         if found is None:
             return Receipt(self._insert_delivery(conn, delivery, sha256, now, "pending", None, delivery.raw), "pending")
+        if delivery.position is not None and (stored := passed(conn, delivery.position, delivery.source)):
+            return stored  # another poller of the folder stored it already (mailhook.store.pg.lease)
         seen, same_bytes = self._seen(conn, found.message_id, sha256, None)
         delivery_id = self._insert_delivery(conn, delivery, sha256, now, "quarantined" if found.reason else "stored",
                                             found, None if same_bytes else delivery.raw)

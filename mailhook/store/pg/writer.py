@@ -16,6 +16,9 @@ from typing import cast
 
 from mailhook import health
 from mailhook.models import FolderPosition
+from mailhook.store.pg.connection import connection_string
+from mailhook.store.pg.lease import AdvisoryLease
+from mailhook.store.pg.pending import PgPendingQueue
 from mailhook.store.pg.reads import PgReads
 from mailhook.store.pg.write import PgStore
 from mailhook.store.target import PostgresTarget
@@ -83,3 +86,11 @@ class PgWriter(Writer):
         """Commit everything queued, then close both connections."""
         super().close()
         self.reads.close()
+
+    def lease(self, account: str, folder: str) -> AdvisoryLease:  # type: ignore[override]
+        """Return a folder's lease: an advisory lock on a session of its own, so one node at a time polls it."""
+        return AdvisoryLease(connection_string(self.target), account, folder)
+
+    def pending_queue(self) -> PgPendingQueue:  # type: ignore[override]
+        """Return the database's pending deliveries, each claimed by one node's backlog at a time."""
+        return PgPendingQueue(connection_string(self.target))
