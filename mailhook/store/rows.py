@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, NamedTuple
 
 from mailhook.models import Delivery, Extraction
 from mailhook.store.schema import ATTEMPT_COLUMNS, EVENT_COLUMNS
-
-log = logging.getLogger("mailhook.store")
 
 log = logging.getLogger("mailhook.store")
 
@@ -23,6 +22,14 @@ _PAYLOAD = EVENT_COLUMNS.index("payload")
 
 
 _ATTEMPT_PAYLOAD = ATTEMPT_COLUMNS.index("payload")
+
+# A lone surrogate: an undecodable byte kept by `surrogateescape`, or a JSON "\udc80" escape once decoded.
+# Neither SQLite nor PostgreSQL can encode one to UTF-8; both stores hold U+FFFD instead (the raw bytes keep it).
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# An escaped lone surrogate in JSON text (a pair of escapes is one character and stays).
+_LONE_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u(?:[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])"
+                          r"|[dD][c-fC-F][0-9a-fA-F]{2})")
+_AFTER_HIGH = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}$")
 
 
 class Rows(NamedTuple):
@@ -74,8 +81,53 @@ def rows(extraction: Extraction | Rows, size: int | None = None) -> Rows:
     return found if size is None else _bounded(found, size)
 
 
+def mend(value: Any) -> Any:
+    """Return a value with each lone surrogate (which no store can encode) replaced by U+FFFD; others unchanged."""
+    if isinstance(value, str) and _SURROGATE.search(value):
+        return _SURROGATE.sub("\ufffd", value)
+    return value
+
+
+def mend_json(text: str) -> str:
+    """Return JSON text with each lone surrogate, raw or escaped (`"\\udc80"`), as U+FFFD; an escaped pair stays."""
+    if "\\ud" in text or "\\uD" in text:
+        text = _LONE_ESCAPE.sub(_lone, text)
+    return mend(text)  # type: ignore[no-any-return]
+
+
+def _lone(match: re.Match[str]) -> str:
+    """Replace an escaped surrogate unless it is the low half following a high one."""
+    start = match.start() + len(match.group(1))  # the escape's backslash; a high escape before it is 6 characters
+    if match.group(0)[len(match.group(1)) + 2] in "cCdDeEfF" and _AFTER_HIGH.search(match.string, start - 6, start):
+        return match.group(0)
+    return match.group(1) + "\\ufffd"
+
+
+def mend_values(values: tuple[Any, ...], payload: int) -> tuple[Any, ...]:
+    """Return a row's values mended (`mend`; `mend_json` for the one at index `payload`)."""
+    return tuple(mend_json(v) if i == payload and isinstance(v, str) else mend(v) for i, v in enumerate(values))
+
+
+def mended(found: Rows) -> Rows:
+    """Return rows with every text value as both stores hold it: each lone surrogate as U+FFFD."""
+    return Rows(mend(found.reason), mend(found.notes), mend(found.message_id), mend(found.subject), tuple(
+        (mend(event_type), mend_values(values, _PAYLOAD), tuple(mend_values(a, _ATTEMPT_PAYLOAD) for a in attempts))
+        for event_type, values, attempts in found.events))
+
+
 def _bounded(found: Rows, size: int) -> Rows:
-    """Return `found`, or a quarantine without events when its payloads exceed PAYLOAD_RATIO x `size` bytes."""
+    """Return `found`, or a quarantine without events when its payloads exceed PAYLOAD_RATIO x `size` bytes.
+
+    Rows holding a lone surrogate (which cannot be measured in UTF-8) are
+    measured, and returned, `mended`: as every store holds them.
+    """
+    try:
+        return _within(found, size)
+    except UnicodeEncodeError:
+        return _within(mended(found), size)
+
+
+def _within(found: Rows, size: int) -> Rows:
     stored = 0
     for _, values, attempts in found.events:
         stored += len(values[_PAYLOAD].encode())

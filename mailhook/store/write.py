@@ -14,7 +14,7 @@ from mailhook.models import Delivery, Extraction, FolderPosition, Receipt, Statu
 from mailhook.privileges import FILE_MODE
 from mailhook.store import figures
 from mailhook.store.connection import connect, migrate, statements, stored_kind
-from mailhook.store.rows import Completion, Rows, Work, rows
+from mailhook.store.rows import Completion, Rows, Work, mend, mended, rows
 from mailhook.store.schema import ATTEMPT_COLUMNS, EVENT_COLUMNS
 
 log = logging.getLogger("mailhook.store")
@@ -139,10 +139,13 @@ class Store:
                 for item in items:
                     conn.execute("SAVEPOINT item")
                     try:
-                        if isinstance(item, Completion):
-                            results.append(self._complete(item))
-                        else:
-                            results.append(self._write_one(item[0], item[1]))
+                        try:
+                            results.append(self._write_item(item, mending=False))
+                        except UnicodeEncodeError:
+                            # A lone surrogate sqlite3 cannot encode (an undecodable byte, a JSON "\udc80"): store
+                            # every value as PostgreSQL does, with U+FFFD for it (`raw` keeps the bytes).
+                            conn.execute("ROLLBACK TO item")
+                            results.append(self._write_item(item, mending=True))
                         conn.execute("RELEASE item")
                     except (sqlite3.IntegrityError, sqlite3.InterfaceError, ValueError, OverflowError) as exc:
                         conn.execute("ROLLBACK TO item")
@@ -165,25 +168,35 @@ class Store:
             raise RetryLater(f"storage unavailable: {exc}") from exc
         return results
 
-    def _write_one(self, delivery: Delivery, extraction: Extraction | Rows | None) -> Receipt:
+    def _write_item(self, item: Work, *, mending: bool) -> Receipt:
+        """Store one item; with `mending`, every text value with its lone surrogates as U+FFFD (`rows.mended`)."""
+        if isinstance(item, Completion):
+            return self._complete(item, mending=mending)
+        return self._write_one(item[0], item[1], mending=mending)
+
+    def _write_one(self, delivery: Delivery, extraction: Extraction | Rows | None, *, mending: bool = False) -> Receipt:
         now = utcnow()
         sha256 = delivery.sha256  # a property: hashed on each use
         if extraction is None:
-            delivery_id = self._insert_delivery(delivery, sha256, now, "pending", None, delivery.raw)
+            delivery_id = self._insert_delivery(delivery, sha256, now, "pending", None, delivery.raw, mending=mending)
             return Receipt(delivery_id, "pending")
         found = rows(extraction, len(delivery.raw))
+        if mending:
+            found = mended(found)
         seen, same_bytes = self._seen(found.message_id, sha256, None)
         delivery_id = self._insert_delivery(delivery, sha256, now, "quarantined" if found.reason else "stored",
-                                            found, None if same_bytes else delivery.raw)
+                                            found, None if same_bytes else delivery.raw, mending=mending)
         return self._finish(delivery_id, now, found, seen=seen, position=delivery.position)
 
-    def _complete(self, completion: Completion) -> Receipt:
+    def _complete(self, completion: Completion, *, mending: bool = False) -> Receipt:
         """Store the events of a delivery stored `pending`, and give it its final status."""
         delivery_id = completion.delivery_id
         found = completion.extraction
         if not isinstance(found, Rows):  # a worker bounds the rows it makes; these it could not make
             (size,) = self.conn.execute("SELECT size FROM deliveries WHERE id = ?", (delivery_id,)).fetchone() or (0,)
             found = rows(found, size)
+        if mending:
+            found = mended(found)
         seen, same_bytes = self._seen(found.message_id, completion.sha256, delivery_id)
         row = self.conn.execute(
             "UPDATE deliveries SET error = ?, message_id = ?, subject = ?, notes = ?,"
@@ -225,30 +238,28 @@ class Store:
         return row is not None, row is not None and row[0] == sha256
 
     def _insert_delivery(self, delivery: Delivery, sha256: str, now: str, status: Status, found: Rows | None,
-                         raw: bytes | None) -> int:
-        cursor = self.conn.execute(
-            _INSERT_DELIVERY,
-            (
-                delivery.channel,
-                now,
-                status,
-                found and found.reason,
-                found and found.message_id,
-                delivery.envelope_from,
-                to_json(list(delivery.envelope_to)) if delivery.envelope_to else None,
-                found and found.subject,
-                delivery.content_type,
-                delivery.remote_addr,
-                len(delivery.raw),
-                sha256,
-                raw,
-                found and found.notes,
-                delivery.source,
-                0,
-                0,
-                sent_at(delivery.raw) if delivery.kind == "email" else None,
-            ),
+                         raw: bytes | None, *, mending: bool = False) -> int:
+        values = (
+            delivery.channel,
+            now,
+            status,
+            found and found.reason,
+            found and found.message_id,
+            delivery.envelope_from,
+            to_json(list(delivery.envelope_to)) if delivery.envelope_to else None,
+            found and found.subject,
+            delivery.content_type,
+            delivery.remote_addr,
+            len(delivery.raw),
+            sha256,
+            raw,
+            found and found.notes,
+            delivery.source,
+            0,
+            0,
+            sent_at(delivery.raw) if delivery.kind == "email" else None,
         )
+        cursor = self.conn.execute(_INSERT_DELIVERY, tuple(map(mend, values)) if mending else values)
         assert cursor.lastrowid is not None
         return cursor.lastrowid
 
@@ -326,7 +337,7 @@ class Store:
         conn.execute("BEGIN IMMEDIATE")
         try:
             now = utcnow()
-            found = rows(extraction, size)
+            found = mended(rows(extraction, size))  # reprocessing is rare: no need to try unmended first
             new, duplicates, types = self._insert_events(delivery_id, now, found)
             old_status, old_new = conn.execute(
                 "SELECT status, event_count FROM deliveries WHERE id = ?", (delivery_id,)
@@ -339,7 +350,7 @@ class Store:
             conn.execute(
                 "UPDATE deliveries SET status = ?, error = ?, notes = ?, event_count = event_count + ?,"
                 " duplicate_count = ? WHERE id = ?",
-                (status, error, "\n".join(extraction.notes) or None, new, duplicates, delivery_id),
+                (status, error, found.notes, new, duplicates, delivery_id),
             )
             conn.execute("COMMIT")
         except BaseException:

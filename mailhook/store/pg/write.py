@@ -49,7 +49,7 @@ from mailhook.models import Delivery, FolderPosition, Receipt, Status, to_json, 
 from mailhook.store.pg.connection import Connection, connect, migrate
 from mailhook.store.pg.lease import passed
 from mailhook.store.pg.session import bound_transactions
-from mailhook.store.rows import Completion, Rows, Work, rows
+from mailhook.store.rows import Completion, Rows, Work, mend_json, rows
 from mailhook.store.schema import ATTEMPT_COLUMNS, EVENT_COLUMNS
 from mailhook.store.target import PostgresTarget
 from mailhook.store.write import WalCheckpoint
@@ -108,10 +108,6 @@ class _Redo(Exception):
 _NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
 # What PostgreSQL text cannot hold: NUL, and lone surrogates (psycopg cannot encode them to UTF-8).
 _UNFIT = re.compile("[\x00\ud800-\udfff]")
-# An escaped lone surrogate in JSON text (jsonb refuses it; a pair of escapes is one character and stays).
-_LONE_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u(?:[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])"
-                          r"|[dD][c-fC-F][0-9a-fA-F]{2})")
-_AFTER_HIGH = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}$")
 
 
 def clean(value: Any) -> Any:
@@ -125,17 +121,8 @@ def clean_json(text: str) -> str:
     """Return JSON text jsonb accepts: NUL and lone surrogates, raw or escaped (`\\u0000`), become U+FFFD."""
     if "\\u0000" in text:
         text = _NUL_ESCAPE.sub(r"\1\\ufffd", text)
-    if "\\ud" in text or "\\uD" in text:
-        text = _LONE_ESCAPE.sub(_lone, text)
-    return clean(text)  # type: ignore[no-any-return]
-
-
-def _lone(match: re.Match[str]) -> str:
-    """Replace an escaped surrogate unless it is the low half following a high one."""
-    start = match.start() + len(match.group(1))  # the escape's backslash; a high escape before it is 6 characters
-    if match.group(0)[len(match.group(1)) + 2] in "cCdDeEfF" and _AFTER_HIGH.search(match.string, start - 6, start):
-        return match.group(0)
-    return match.group(1) + "\\ufffd"
+    # Lone surrogates as the SQLite store mends them (store/rows.py, shared); jsonb refuses an escaped one too.
+    return clean(mend_json(text))  # type: ignore[no-any-return]
 
 
 def _cleaned(values: Iterable[Any], columns: Sequence[str]) -> list[Any]:
@@ -528,22 +515,10 @@ def _prepare(item: Work) -> Rows | Exception | None:
         delivery, extraction = item
         if extraction is None:
             return None
-        try:
-            return rows(extraction, len(delivery.raw))
-        except UnicodeEncodeError:
-            # A lone surrogate (an escaped one in JSON, `"\udc80"`) cannot be measured in UTF-8: measure the
-            # values as they will be stored, with U+FFFD for it, as every text column stores it.
-            return rows(_fit(rows(extraction)), len(delivery.raw))
+        # Rows holding a lone surrogate (a JSON `"\udc80"` escape) come back mended, as every store holds them.
+        return rows(extraction, len(delivery.raw))
     except _ITEM_ERRORS as exc:
         return exc
-
-
-def _fit(found: Rows) -> Rows:
-    """Return rows with every text value as PostgreSQL stores it (`clean`, `clean_json`)."""
-    return Rows(clean(found.reason), clean(found.notes), clean(found.message_id), clean(found.subject), tuple(
-        (event_type, tuple(_cleaned(values, EVENT_COLUMNS)), tuple(tuple(_cleaned(a, ATTEMPT_COLUMNS))
-                                                                   for a in attempts))
-        for event_type, values, attempts in found.events))
 
 
 def _status(extraction: Rows, *, seen: bool, new: int, duplicates: int) -> Status:
