@@ -89,11 +89,12 @@ def processes() -> Iterator[list[ServerProcess]]:
         proc.stop()
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_sigterm_finishes_the_transaction_in_flight_refuses_new_ones_and_exits_0(
-    tmp_path: Path, processes: list[ServerProcess]
+    tmp_path: Path, processes: list[ServerProcess], workers: int
 ) -> None:
     db = tmp_path / "mailhook.db"
-    server = ServerProcess(db, "--storage-busy-timeout", "60")
+    server = ServerProcess(db, "--storage-busy-timeout", "60", "--workers", str(workers))
     processes.append(server)
     reply: list[tuple[int, bytes]] = []
     with (
@@ -109,7 +110,9 @@ def test_sigterm_finishes_the_transaction_in_flight_refuses_new_ones_and_exits_0
             sender = threading.Thread(target=lambda: reply.append(busy.data(notification(77))))
             sender.start()
             server.proc.send_signal(signal.SIGTERM)
-            server.wait_for("smtp stopped accepting")
+            # Each worker closes its own copy of the listening socket: new connections are refused once all have.
+            for _ in range(workers):
+                server.wait_for("smtp stopped accepting")
             with pytest.raises(ConnectionRefusedError):
                 socket.create_connection(server.address, timeout=5)
             assert read_until_closed(idle_file).startswith(b"421 4.3.2")
