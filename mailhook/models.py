@@ -21,6 +21,15 @@ def kind_of(raw: bytes) -> Kind:
     return "document" if raw.lstrip()[:1] in (b"<", b"{", b"[") else "email"
 
 
+def stored_kind(channel: str, raw: bytes) -> Kind:
+    """Say how a stored delivery's raw bytes are read: emails, or bare documents (HTTP, .xml/.json)."""
+    if channel in ("smtp", "imap"):
+        return "email"
+    if channel == "http":
+        return "document"
+    return kind_of(raw)
+
+
 def utcnow() -> str:
     """Return the current UTC time as ISO 8601 with milliseconds and a Z."""
     now = time.time()

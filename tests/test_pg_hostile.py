@@ -26,7 +26,8 @@ from mailhook.extract import extract
 from mailhook.models import Delivery, Event, Extraction, FolderPosition, Kind, Receipt
 from mailhook.store.pg.copy import copy_database
 from mailhook.store.pg.schema import TSV_CHARACTERS
-from mailhook.store.pg.write import PgStore, clean_json
+from mailhook.store.pg.text import clean_json
+from mailhook.store.pg.write import PgStore
 from mailhook.store.pg.writer import PgWriter
 from mailhook.store.target import PostgresTarget
 from mailhook.store.write import Store

@@ -11,7 +11,7 @@ import sqlite_utils
 
 from mailhook.derived import e164, sent_at
 from mailhook.errors import ConfigError, RetryLater
-from mailhook.models import Kind, kind_of
+from mailhook.models import stored_kind
 from mailhook.privileges import FILE_MODE, create_private, database_files, make_directories, restrict
 from mailhook.store.schema import MIGRATIONS
 
@@ -122,11 +122,3 @@ def open_readonly(path: str | Path, *, busy_timeout: float = 5.0) -> sqlite_util
     """Open the database read-only (`mode=ro`), as an analyst's tool should."""
     return sqlite_utils.Database(connect(path, busy_timeout=busy_timeout, readonly=True))
 
-
-def stored_kind(channel: str, raw: bytes) -> Kind:
-    """Say how a stored delivery's raw bytes are read: emails, or bare documents (HTTP, .xml/.json)."""
-    if channel in ("smtp", "imap"):
-        return "email"
-    if channel == "http":
-        return "document"
-    return kind_of(raw)

@@ -14,11 +14,32 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from mailhook.models import Delivery, Extraction, FolderPosition, Receipt
 from mailhook.store.rows import Completion, Rows
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDelivery:
+    """A delivery as stored, read back for reprocessing (a `StoredRaw`, on either store)."""
+
+    id: int
+    kind: str
+    raw: bytes
+    status: str
+    content_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PruneResult:
+    """How many rows a prune deleted (or would delete)."""
+
+    deliveries: int
+    events: int
+    attempts: int
 
 
 class Lease(Protocol):

@@ -21,18 +21,10 @@ from mailhook.errors import RetryLater
 from mailhook.health import in_words
 from mailhook.privileges import FILE_MODE, create_private
 from mailhook.store.connection import connect
+from mailhook.store.interface import PruneResult
 from mailhook.store.schema import MIGRATIONS
 
 log = logging.getLogger("mailhook.upkeep")
-
-
-@dataclass(frozen=True, slots=True)
-class PruneResult:
-    """How many rows a prune deleted (or would delete)."""
-
-    deliveries: int
-    events: int
-    attempts: int
 
 
 def _existing(path: str | Path) -> Path:

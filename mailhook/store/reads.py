@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mailhook.errors import RetryLater
-from mailhook.models import Delivery, FolderPosition
-from mailhook.store.connection import connect, stored_kind
+from mailhook.models import Delivery, FolderPosition, stored_kind
+from mailhook.store.connection import connect
 
 log = logging.getLogger("mailhook.store")
 

@@ -6,7 +6,7 @@ import logging
 import re
 from typing import Any, NamedTuple
 
-from mailhook.models import Delivery, Extraction
+from mailhook.models import Delivery, Extraction, Status
 from mailhook.store.schema import ATTEMPT_COLUMNS, EVENT_COLUMNS
 
 log = logging.getLogger("mailhook.store")
@@ -150,3 +150,12 @@ def worker_rows(extraction: Extraction, size: int | None = None) -> Extraction |
         return rows(extraction, size)
     except (ValueError, OverflowError, TypeError):
         return extraction
+
+
+def delivery_status(extraction: Rows, *, seen: bool, new: int, duplicates: int) -> Status:
+    """Return a written delivery's status: quarantined, duplicate (nothing new, or its Message-ID seen) or stored."""
+    if extraction.reason:
+        return "duplicate" if seen else "quarantined"
+    if new == 0 and (seen or duplicates):
+        return "duplicate"
+    return "stored"

@@ -10,11 +10,12 @@ from pathlib import Path
 
 from mailhook.derived import e164, sent_at
 from mailhook.errors import RetryLater
-from mailhook.models import Delivery, Extraction, FolderPosition, Receipt, Status, to_json, utcnow
+from mailhook.models import Delivery, Extraction, FolderPosition, Receipt, Status, stored_kind, to_json, utcnow
 from mailhook.privileges import FILE_MODE
 from mailhook.store import figures
-from mailhook.store.connection import connect, migrate, statements, stored_kind
-from mailhook.store.rows import Completion, Rows, Work, mend, mended, rows
+from mailhook.store.connection import connect, migrate, statements
+from mailhook.store.interface import StoredDelivery
+from mailhook.store.rows import Completion, Rows, Work, delivery_status, mend, mended, rows
 from mailhook.store.schema import ATTEMPT_COLUMNS, EVENT_COLUMNS
 
 log = logging.getLogger("mailhook.store")
@@ -62,17 +63,6 @@ class WalCheckpoint:
     frames: int
     copied: int
     truncated: bool
-
-
-@dataclass(frozen=True, slots=True)
-class StoredDelivery:
-    """A delivery as stored, for reprocessing."""
-
-    id: int
-    kind: str
-    raw: bytes
-    status: str
-    content_type: str | None = None
 
 
 class Store:
@@ -267,7 +257,7 @@ class Store:
         self, delivery_id: int, now: str, found: Rows, *, seen: bool, position: FolderPosition | None
     ) -> Receipt:
         new, duplicates, types = self._insert_events(delivery_id, now, found)
-        status = _status(found, seen=seen, new=new, duplicates=duplicates)
+        status = delivery_status(found, seen=seen, new=new, duplicates=duplicates)
         self.conn.execute(
             "UPDATE deliveries SET status = ?, event_count = ?, duplicate_count = ? WHERE id = ?",
             (status, new, duplicates, delivery_id),
@@ -391,10 +381,3 @@ class Store:
         except sqlite3.Error as exc:
             raise RetryLater(f"storage unavailable: {exc}") from exc
 
-
-def _status(extraction: Rows, *, seen: bool, new: int, duplicates: int) -> Status:
-    if extraction.reason:
-        return "duplicate" if seen else "quarantined"
-    if new == 0 and (seen or duplicates):
-        return "duplicate"
-    return "stored"

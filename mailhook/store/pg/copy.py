@@ -24,7 +24,7 @@ from typing import Any
 import psycopg
 from psycopg import errors
 
-from mailhook.store.pg.write import clean, clean_json
+from mailhook.store.pg.text import clean, clean_json
 
 # Computed by the PostgreSQL triggers from the rows copied, as the SQLite ones computed them.
 COMPUTED = {"events": ("reply_to",)}

@@ -10,27 +10,18 @@ exact through every delete.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 
 from mailhook.errors import RetryLater
+from mailhook.store.interface import PruneResult
 from mailhook.store.pg.connection import connect, schema_version
 from mailhook.store.pg.schema import MIGRATIONS
 from mailhook.store.target import PostgresTarget
 
 log = logging.getLogger("mailhook.upkeep")
-
-
-@dataclass(frozen=True, slots=True)
-class PruneResult:
-    """How many rows a prune deleted (or would delete)."""
-
-    deliveries: int
-    events: int
-    attempts: int
 
 
 def _unavailable(target: PostgresTarget, exc: psycopg.Error) -> RetryLater:

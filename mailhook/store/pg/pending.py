@@ -23,8 +23,7 @@ from typing import Any
 import psycopg
 
 from mailhook.errors import RetryLater
-from mailhook.models import Delivery
-from mailhook.store.connection import stored_kind
+from mailhook.models import Delivery, stored_kind
 from mailhook.store.pg.session import close_quietly, open_session
 
 # The advisory lock space of claims (the two-int4 form: this, and the id folded into an int4).

@@ -11,9 +11,7 @@ pairs of numbers) is retried.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -21,8 +19,10 @@ from psycopg import errors
 
 from mailhook.derived import e164
 from mailhook.errors import RetryLater
-from mailhook.models import Extraction, Kind, Receipt, Status, kind_of, utcnow
+from mailhook.models import Extraction, Receipt, Status, stored_kind, utcnow
+from mailhook.store.interface import StoredDelivery
 from mailhook.store.pg.connection import open_database
+from mailhook.store.pg.text import clean, cleaned
 from mailhook.store.rows import Rows, rows
 from mailhook.store.schema import ATTEMPT_COLUMNS, EVENT_COLUMNS
 from mailhook.store.target import PostgresTarget
@@ -41,44 +41,6 @@ _INSERT_ATTEMPT = (
 _MODIFIED, _CREATED = EVENT_COLUMNS.index("modified"), EVENT_COLUMNS.index("created")
 _FROM, _TO = EVENT_COLUMNS.index("from_number"), EVENT_COLUMNS.index("to_number")
 RETRIES = 3
-_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
-_UNFIT = re.compile("[\x00\ud800-\udfff]")
-
-
-def _clean(value: Any, column: str = "") -> Any:
-    """Return a value PostgreSQL can hold, as the nodes' write path stores it (store/pg/write.py `clean`).
-
-    Text cannot hold NUL, jsonb no escaped NUL: both become U+FFFD. (Not imported from write.py, which
-    loads the SQLite store for its writer; `mailhook reprocess` on PostgreSQL never loads sqlite3.)
-    """
-    if not isinstance(value, str):
-        return value
-    if column == "payload" and "\\u0000" in value:
-        value = _NUL_ESCAPE.sub(r"\1\\ufffd", value)
-    # NUL, and lone surrogates (undecodable bytes, a JSON "\udc80" escape) that psycopg cannot encode.
-    return _UNFIT.sub("\ufffd", value) if _UNFIT.search(value) else value
-
-
-def stored_kind(channel: str, raw: bytes) -> Kind:
-    """Say how a stored delivery's raw bytes are read (as `mailhook.store.connection.stored_kind`)."""
-    if channel in ("smtp", "imap"):
-        return "email"
-    if channel == "http":
-        return "document"
-    return kind_of(raw)
-
-
-@dataclass(frozen=True, slots=True)
-class StoredDelivery:
-    """A delivery as stored, for reprocessing."""
-
-    id: int
-    kind: str
-    raw: bytes
-    status: str
-    content_type: str | None = None
-
-
 class ReprocessStore:
     """Reads stored deliveries back and adds what a new extraction finds, on PostgreSQL."""
 
@@ -142,7 +104,7 @@ class ReprocessStore:
             conn.execute(
                 "UPDATE deliveries SET status = %s, error = %s, notes = %s, event_count = event_count + %s,"
                 " duplicate_count = %s WHERE id = %s",
-                (status, _clean(error), _clean("\n".join(extraction.notes) or None), new, duplicates, delivery_id),
+                (status, clean(error), clean("\n".join(extraction.notes) or None), new, duplicates, delivery_id),
             )
         return Receipt(delivery_id, status, new, duplicates, found.reason, event_types=types)
 
@@ -154,8 +116,8 @@ class ReprocessStore:
             for event_type, values, attempts in extraction.events:
                 event_time = values[_MODIFIED] or values[_CREATED] or now
                 inserted = cursor.execute(_INSERT_EVENT, (
-                    delivery_id, now, _clean(event_time), e164(values[_FROM], region), e164(values[_TO], region),
-                    *(_clean(v, c) for v, c in zip(values, EVENT_COLUMNS, strict=True)))).fetchone()
+                    delivery_id, now, clean(event_time), e164(values[_FROM], region), e164(values[_TO], region),
+                    *cleaned(values, EVENT_COLUMNS))).fetchone()
                 if inserted is None:
                     duplicates += 1
                     continue
@@ -163,6 +125,6 @@ class ReprocessStore:
                 types.append(event_type)
                 if attempts:
                     cursor.executemany(_INSERT_ATTEMPT, [
-                        (inserted[0], *(_clean(v, c) for v, c in zip(values, ATTEMPT_COLUMNS, strict=True)))
+                        (inserted[0], *cleaned(values, ATTEMPT_COLUMNS))
                         for values in attempts])
         return new, duplicates, tuple(types)

@@ -34,10 +34,8 @@ import contextlib
 import hashlib
 import json
 import logging
-import re
 import time
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -49,7 +47,8 @@ from mailhook.models import Delivery, FolderPosition, Receipt, Status, to_json, 
 from mailhook.store.pg.connection import Connection, connect, migrate
 from mailhook.store.pg.lease import passed
 from mailhook.store.pg.session import bound_transactions
-from mailhook.store.rows import Completion, Rows, Work, mend_json, rows
+from mailhook.store.pg.text import clean, cleaned
+from mailhook.store.rows import Completion, Rows, Work, delivery_status, rows
 from mailhook.store.schema import ATTEMPT_COLUMNS, EVENT_COLUMNS
 from mailhook.store.target import PostgresTarget
 from mailhook.store.write import WalCheckpoint
@@ -103,31 +102,6 @@ _First = tuple[int, str]
 
 class _Redo(Exception):
     """An item failed in a batch written without savepoints: write the batch again with them."""
-
-
-_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
-# What PostgreSQL text cannot hold: NUL, and lone surrogates (psycopg cannot encode them to UTF-8).
-_UNFIT = re.compile("[\x00\ud800-\udfff]")
-
-
-def clean(value: Any) -> Any:
-    """Return a value PostgreSQL text can hold: NUL characters and lone surrogates become U+FFFD."""
-    if isinstance(value, str) and _UNFIT.search(value):
-        return _UNFIT.sub("\ufffd", value)
-    return value
-
-
-def clean_json(text: str) -> str:
-    """Return JSON text jsonb accepts: NUL and lone surrogates, raw or escaped (`\\u0000`), become U+FFFD."""
-    if "\\u0000" in text:
-        text = _NUL_ESCAPE.sub(r"\1\\ufffd", text)
-    # Lone surrogates as the SQLite store mends them (store/rows.py, shared); jsonb refuses an escaped one too.
-    return clean(mend_json(text))  # type: ignore[no-any-return]
-
-
-def _cleaned(values: Iterable[Any], columns: Sequence[str]) -> list[Any]:
-    return [clean_json(v) if c == "payload" and isinstance(v, str) else clean(v)
-            for v, c in zip(values, columns, strict=True)]
 
 
 def lock_key(text: str) -> int:
@@ -447,7 +421,7 @@ class PgStore:
     def _finish(self, conn: Connection, delivery_id: int, now: str, found: Rows, *, seen: bool,
                 position: FolderPosition | None) -> Receipt:
         new, duplicates, types = self._insert_events(conn, delivery_id, now, found)
-        status = _status(found, seen=seen, new=new, duplicates=duplicates)
+        status = delivery_status(found, seen=seen, new=new, duplicates=duplicates)
         conn.execute("UPDATE deliveries SET status = %s, event_count = %s, duplicate_count = %s WHERE id = %s",
                      (status, new, duplicates, delivery_id))
         if position is not None:
@@ -463,7 +437,7 @@ class PgStore:
             event_time = values[_MODIFIED] or values[_CREATED] or now
             row = conn.execute(_INSERT_EVENT, (
                 delivery_id, now, clean(event_time), e164(values[_FROM], region), e164(values[_TO], region),
-                *_cleaned(values, EVENT_COLUMNS),
+                *cleaned(values, EVENT_COLUMNS),
             )).fetchone()
             if row is None:
                 duplicates += 1
@@ -472,7 +446,7 @@ class PgStore:
             types.append(event_type)
             if attempts:
                 with conn.cursor() as cursor:
-                    cursor.executemany(_INSERT_ATTEMPT, [(row[0], *_cleaned(a, ATTEMPT_COLUMNS)) for a in attempts])
+                    cursor.executemany(_INSERT_ATTEMPT, [(row[0], *cleaned(a, ATTEMPT_COLUMNS)) for a in attempts])
         return new, duplicates, tuple(types)
 
     # -- reads on the writer's connection --------------------------------------------------------
@@ -520,10 +494,3 @@ def _prepare(item: Work) -> Rows | Exception | None:
     except _ITEM_ERRORS as exc:
         return exc
 
-
-def _status(extraction: Rows, *, seen: bool, new: int, duplicates: int) -> Status:
-    if extraction.reason:
-        return "duplicate" if seen else "quarantined"
-    if new == 0 and (seen or duplicates):
-        return "duplicate"
-    return "stored"
