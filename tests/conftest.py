@@ -7,6 +7,7 @@ import concurrent.futures
 import dataclasses
 import os
 import shutil
+import socket
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -164,3 +165,14 @@ def postgres_url(postgres_cluster: Cluster) -> Iterator[str]:
     if not postgres_cluster.running():
         postgres_cluster.start()
     postgres_cluster.drop_database(url.rsplit("/", 1)[1])
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
+    """A datagram socket listening where NOTIFY_SOCKET will point, as systemd's would."""
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(30)
+    yield sock, path
+    sock.close()

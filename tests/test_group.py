@@ -273,16 +273,6 @@ def test_one_worker_is_the_single_process_of_before(serve: type[Served]) -> None
 # --- systemd -------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
-    path = str(tmp_path / "notify.sock")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(path)
-    sock.settimeout(30)
-    yield sock, path
-    sock.close()
-
-
 def _messages(sock: socket.socket, seconds: float) -> list[str]:
     """Return the lines of every datagram received within `seconds`."""
     lines: list[str] = []

@@ -14,7 +14,6 @@ import sys
 import threading
 import tomllib
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,17 +36,6 @@ EXEC_START = "/opt/mailhook/bin/mailhook"
 SAMPLE = (ROOT / "fixtures" / "seed" / "text-inbound.json").read_bytes()
 
 needs_analyze = pytest.mark.needs("systemd-analyze", "systemd")
-
-
-@pytest.fixture
-def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
-    """A datagram socket listening where NOTIFY_SOCKET will point, as systemd's would."""
-    path = str(tmp_path / "notify.sock")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(path)
-    sock.settimeout(30)
-    yield sock, path
-    sock.close()
 
 
 def receive_until(sock: socket.socket, wanted: str, seen: list[str]) -> list[str]:
