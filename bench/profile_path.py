@@ -142,6 +142,10 @@ def child(args: argparse.Namespace) -> int:
     import mailhook.store.write
     from mailhook import logs
     from mailhook.config.load import load
+    try:
+        from mailhook.config.settings import ServerSettings
+    except ImportError:  # a tree from before `serve --workers`
+        ServerSettings = object
     from mailhook.server import Runtime, serve
 
     clock = Clock()
@@ -156,6 +160,10 @@ def child(args: argparse.Namespace) -> int:
     smtp_port, http_port = free_port(), free_port()
     env = {"MAILHOOK_CONFIG": "", "MAILHOOK_DB": str(args.workdir / "mailhook.db"),
            "MAILHOOK_SMTP_LISTEN": f"127.0.0.1:{smtp_port}", "MAILHOOK_HTTP_LISTEN": f"127.0.0.1:{http_port}"}
+    if hasattr(ServerSettings, "workers"):
+        # One process: the steps are timed in this process's threads, and the
+        # default (one worker per core) would move the doors out of sight.
+        env["MAILHOOK_WORKERS"] = "1"
     settings = load({}, env)
     logs.setup(settings.log.level, settings.log.format)
     results: dict[str, Any] = {"wrapped": [k for k, v in found.items() if v], "from": mailhook.__file__}
