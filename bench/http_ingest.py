@@ -1,6 +1,7 @@
 """HTTP ingest of distinct notifications: mailhook beside a durable no-op and a no-op aiohttp handler.
 
     python bench/http_ingest.py [--requests 3000] [--repeats 3] [--connections 8] [--bodies mix,call-xml]
+                                [--baseline OLD_CHECKOUT]
 
 Every round, bench/distinct.py writes `--requests` distinct notifications as
 CallFire would POST them (each its own ids), and bench/load.py, an asyncio
@@ -112,7 +113,8 @@ def wrk_table(contenders: list[Contender], tmp: Path, seconds: int, repeats: int
 
 
 def bench(requests: int, repeats: int, workdir: Path, connections: int = CONNECTIONS,
-          bodies: tuple[str, ...] = ("mix", "call-xml"), wrk_seconds: int = 0, warmup: int = 300) -> list[Table]:
+          bodies: tuple[str, ...] = ("mix", "call-xml"), wrk_seconds: int = 0, warmup: int = 300,
+          baselines: tuple[Path, ...] = ()) -> list[Table]:
     if wrk_seconds and not Path(WRK).exists():
         peers.skip("wrk", "apt-get install -y wrk")
         wrk_seconds = 0
@@ -126,6 +128,11 @@ def bench(requests: int, repeats: int, workdir: Path, connections: int = CONNECT
         contenders.append(Contender("mailhook", mailhook_serve(
             tmp / "mailhook.db", smtp_port=None, http_port=port, log=tmp / "mailhook.log", new_session=True),
             port, mailhook=True))
+        for root in baselines:  # another checkout (e.g. a worktree of main), beside this one
+            port = free_port()
+            contenders.append(Contender(f"mailhook ({root.name})", mailhook_serve(
+                tmp / f"{root.name}.db", smtp_port=None, http_port=port, log=tmp / f"{root.name}.log",
+                new_session=True, root=root), port, mailhook=True))
         port = free_port()
         contenders.append(Contender(DURABLE, spawn([py, str(ROOT / "bench" / "durable_http.py"), str(port),
                                                     str(tmp / "durable.db")]), port))
@@ -171,12 +178,15 @@ def main() -> int:
     parser.add_argument("--wrk", type=int, default=0, metavar="SECONDS", help="also run wrk for SECONDS per turn")
     parser.add_argument("--warmup", type=int, default=300, help="untimed requests per server first")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mailhook-bench"))
+    parser.add_argument("--baseline", type=Path, action="append", default=[],
+                        help="another checkout of mailhook to run beside this one (e.g. a worktree of main)")
     args = parser.parse_args()
     bodies = tuple(b for b in args.bodies.split(",") if b)
     if set(bodies) - {"mix", "call-xml"}:
         parser.error("--bodies takes mix and/or call-xml")
     print(machine())
-    tables = bench(args.requests, args.repeats, args.workdir, args.connections, bodies, args.wrk, args.warmup)
+    tables = bench(args.requests, args.repeats, args.workdir, args.connections, bodies, args.wrk, args.warmup,
+                   tuple(p.resolve() for p in args.baseline))
     print("\n\n".join(t.render() for t in tables))
     return 0
 
