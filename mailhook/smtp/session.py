@@ -223,6 +223,7 @@ class Connection(SMTP):
             transport.write(reply)
             transport.close()
 
+    # Reads the private SMTP._writer (the session's StreamWriter), as aiosmtpd's push does.
     async def push(self, status: Any) -> None:
         """Send a reply, counting refusals in the metrics and errors against the session's error limits."""
         if self.ended:
@@ -233,7 +234,15 @@ class Connection(SMTP):
         # (Postfix's smtpd_recipient_overshoot_limit): pipelined or slow RCPT loops end at the hard limit.
         overshot = text.startswith(RCPT_OVERSHOOT) and self.overshoot > settings.max_recipient_overshoot
         if not text.startswith("5") and not overshot:
-            await super().push(status)
+            # aiosmtpd's push, written directly (four replies per message): the same bytes, and
+            # `drain()` (two coroutines deep) only when there is something to wait for: unsent
+            # bytes (the client reads slowly) or a closing transport (it raises as aiosmtpd's would).
+            writer = self._writer
+            writer.write(status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii") + b"\r\n"
+                         if isinstance(status, str) else status + b"\r\n")
+            transport = writer.transport
+            if transport.get_write_buffer_size() or transport.is_closing():
+                await writer.drain()
             return
         for prefix, reason in REFUSALS.items():  # every refusal counted is a 5xx
             if text.startswith(prefix):
