@@ -136,12 +136,13 @@ class Connection(SMTP):
             self.door.release(self)
             super().connection_lost(error)
 
-    # Reads the private SMTP._timeout_handle (the idle timer aiosmtpd arms): no public way to pause it.
     def hold_timeout(self) -> None:
-        """Stop the idle/DATA timer while a received message is being stored."""
+        """Hold off the idle/DATA timeout while a received message is being stored (see `_timeout_cb`).
+
+        The timer itself stays armed: cancelling it here cost a new TimerHandle
+        (and heap entry) per message when `smtp_DATA` restarted it after the reply.
+        """
         self.storing = True
-        if self._timeout_handle is not None:
-            self._timeout_handle.cancel()
 
     def accepted(self) -> None:
         """Forgive the session's errors, junk commands and recipient overshoot once a message is accepted.
@@ -346,6 +347,9 @@ class Connection(SMTP):
     def _timeout_cb(self) -> None:
         if self.loop.time() < self.idle_deadline:  # armed for an earlier deadline (see _reset_timeout)
             self._timeout_handle = self.loop.call_at(self.idle_deadline, self._timeout_cb)
+            return
+        if self.storing:  # no timeout while a message is stored: looked at again later, restarted after its reply
+            self._timeout_handle = self.loop.call_later(self._timeout_duration, self._timeout_cb)
             return
         log.info("timeout peer=%s", self.peer_ip)
         self.door.runtime.metrics.on_rejected("smtp", "timeout")
