@@ -139,7 +139,7 @@ class Pipeline:
         if delivery.channel in self.deferred:
             return await self._accept(delivery, started)
         if len(delivery.raw) <= INLINE_LIMIT:
-            return await self._on_loop(self.submit(delivery, started=started))
+            return await self._stored_on_loop(delivery, started)
         if (refused := self._refused_structure(delivery)) is not None:
             return await self._on_loop(self.submit(delivery, refused, started=started))
         # A large body can take seconds and many times its size in memory to read: only
@@ -148,6 +148,55 @@ class Pipeline:
             found = await self._extract_beside(delivery)
             return await self._on_loop(self.submit(delivery, found, started=started))
 
+    def ingest_soon(self, delivery: Delivery) -> asyncio.Future[Receipt]:
+        """Start storing one delivery from the event loop; return a future of the loop that resolves as `ingest_async`.
+
+        The common case (a small delivery of a channel acknowledged once
+        stored) is extracted now and costs no coroutine or task of its own:
+        the SMTP door's per-message path. Any other runs `ingest_async` in a task.
+        """
+        if delivery.channel in self.deferred or len(delivery.raw) > INLINE_LIMIT:
+            return asyncio.ensure_future(self.ingest_async(delivery))
+        return self._stored_on_loop(delivery, time.perf_counter())
+
+    def _stored_on_loop(self, delivery: Delivery, started: float) -> asyncio.Future[Receipt]:
+        """Extract and queue `delivery`; return a future of the running loop that resolves once it is reported.
+
+        As `_on_loop(submit(...))`, but the delivery is reported in the same
+        callback of the writer's future that hands it to the loop: no second
+        `concurrent.futures.Future` (a `Condition` and its lock) and no second
+        callback per delivery. The report still comes first, as with `submit`.
+        """
+        found = extract(delivery.raw, delivery.kind, self.subscriptions, content_type=delivery.content_type,
+                        limits=self.limits)
+        stored = self.writer.submit(delivery, found)
+        waiter, mailbox = self._waiter()
+        stored.add_done_callback(functools.partial(self._report_to_loop, delivery, started, mailbox, waiter))
+        return waiter
+
+    def _report_to_loop(
+        self, delivery: Delivery, started: float, mailbox: _Mailbox, waiter: asyncio.Future[Receipt],
+        done: Future[Receipt],
+    ) -> None:
+        """Report a stored (or refused) delivery as `_reported` does, then hand its outcome to the loop."""
+        try:
+            if done.cancelled():
+                pass
+            elif (exc := done.exception()) is None:
+                self.report(delivery, done.result(), time.perf_counter() - started)
+            elif isinstance(exc, RetryLater):
+                self.report(delivery, None, time.perf_counter() - started)
+        finally:
+            mailbox.put(waiter, done)
+
+    def _waiter(self) -> tuple[asyncio.Future[Receipt], _Mailbox]:
+        """Return a new future of the running loop and the mailbox that resolves it."""
+        loop = asyncio.get_running_loop()
+        mailbox = self._mailbox
+        if mailbox is None or mailbox.loop is not loop:
+            mailbox = self._mailbox = _Mailbox(loop)
+        return loop.create_future(), mailbox
+
     def _on_loop(self, source: Future[Receipt]) -> asyncio.Future[Receipt]:
         """Return an asyncio future of the running loop that resolves as `source` does (`asyncio.wrap_future`).
 
@@ -155,11 +204,7 @@ class Pipeline:
         in the writer's thread, and `wrap_future` wakes the loop (a write to its
         self-pipe, a `Handle`) once per delivery; this once per batch.
         """
-        loop = asyncio.get_running_loop()
-        mailbox = self._mailbox
-        if mailbox is None or mailbox.loop is not loop:
-            mailbox = self._mailbox = _Mailbox(loop)
-        waiter: asyncio.Future[Receipt] = loop.create_future()
+        waiter, mailbox = self._waiter()
         source.add_done_callback(functools.partial(mailbox.put, waiter))
         return waiter
 

@@ -291,3 +291,35 @@ def test_deliveries_finished_together_are_handed_to_the_loop_with_one_wake_up(pi
     assert [o.delivery_id for o in outcomes[:6]] == [1, 2, 3, 4, 5, 6]  # type: ignore[union-attr]
     assert isinstance(outcomes[6], RetryLater)
     assert isinstance(outcomes[7], asyncio.CancelledError)
+
+
+def test_a_delivery_started_from_the_loop_resolves_only_after_its_log_line_and_listeners(
+    pipeline: Pipeline, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The SMTP door's path (`ingest_soon`): reported in the writer's callback that hands it to the loop.
+    caplog.set_level(logging.INFO, logger="mailhook")
+    told: list[str | None] = []
+    pipeline.listeners.append(lambda delivery, receipt, elapsed: told.append(receipt.status if receipt else None))
+
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "mailhook.ingest"]
+
+    async def scenario() -> None:
+        receipt = await pipeline.ingest_soon(document("text-outbound.xml"))
+        assert (receipt.status, receipt.events) == ("stored", 1)
+        assert told == ["stored"] and len(lines()) == 1 and "status=stored" in lines()[0]
+        blocker = sqlite3.connect(tmp_path / "m.db", isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+        try:
+            with pytest.raises(RetryLater):
+                await pipeline.ingest_soon(document("campaign.json"))
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert told == ["stored", None] and len(lines()) == 2 and "status=retry-later" in lines()[1]
+        # Anything but a small delivery of a channel acknowledged once stored goes through ingest_async.
+        pipeline.deferred = frozenset({"http"})
+        accepted = await pipeline.ingest_soon(document("campaign.json"))
+        assert accepted.status == "pending" and told == ["stored", None]
+
+    asyncio.run(scenario())

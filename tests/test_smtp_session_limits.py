@@ -528,3 +528,19 @@ def test_an_idle_session_makes_room_but_one_whose_message_is_being_stored_never_
                 assert read_until_closed(idle).startswith(b"421 4.3.2")
         assert _reply(busy).startswith(b"250 2.0.0")
     assert _stored(runtime, 50)
+
+
+def test_a_session_s_idle_timer_outlives_the_messages_it_stores(start_server: StartServer) -> None:
+    # Storing a message used to cancel the timer, and the reply made a new one: a TimerHandle and a
+    # heap entry per message. The timer is kept (it holds off while a message is stored) instead.
+    runtime = start_server(smtp={"idle_timeout": 60})
+    door = next(d for d in runtime.doors if d.name == "smtp")
+    with client(runtime) as smtp:
+        smtp.ehlo()
+        smtp.sendmail("notifications@callfire.com", ["ops@example.com"], notification(501))
+        (session,) = door.sessions  # type: ignore[attr-defined]
+        timer = session._timeout_handle
+        for n in range(502, 505):
+            smtp.sendmail("notifications@callfire.com", ["ops@example.com"], notification(n))
+        assert session._timeout_handle is timer and not timer.cancelled()
+    assert rows(_db(runtime), "SELECT count(*) FROM deliveries") == [(4,)]

@@ -271,8 +271,6 @@ class Connection(RequestHandler):
         """
         waiting = self._waiting_for_head()
         if data and waiting:
-            if self._head_timer is None:
-                self._arm_head_timer()
             self._head_started = True
             self._head_size += len(data)
         super().data_received(data)
@@ -283,6 +281,11 @@ class Connection(RequestHandler):
         elif self._head_size > self._gate.settings.max_header_size and self.transport is not None:
             self.transport.write(self._gate.head_too_large(self.peer))
             self.force_close()
+        elif self._head_started and self._head_timer is None:
+            # Armed only for a head still incomplete after these bytes: a kept-alive request's
+            # head usually comes whole in one read, and a timer for it would be cancelled at once
+            # (a TimerHandle and a heap entry per request). Same loop time as before the parse.
+            self._head_timer = self._loop.call_later(self._gate.settings.header_timeout, self._head_overdue)
 
     def pause_writing(self) -> None:
         """The client stopped reading (the send buffer is full): it has `send_timeout` to read on.

@@ -147,7 +147,7 @@ class Receiver:
             )
             del body
             try:
-                receipt = await self.pipeline.ingest_async(delivery)
+                receipt = await self.pipeline.ingest_soon(delivery)  # as ingest_async, without its coroutine
             except RetryLater:
                 return _error(503, "storage unavailable; retry later", headers={hdrs.RETRY_AFTER: "30"})
             finally:

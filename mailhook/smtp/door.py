@@ -98,12 +98,12 @@ class Handler(PasswordAuth):
             envelope_to=tuple(envelope.rcpt_tos),
             remote_addr=server.peer_ip,
         )
-        # The store goes on even if the client vanishes or times out meanwhile:
-        # the door waits for these tasks before the writer is closed.
-        task = asyncio.ensure_future(self.door.runtime.pipeline.ingest_async(delivery))
-        self.door.track(task)
         try:
-            receipt = await asyncio.shield(task)
+            # The store goes on even if the client vanishes or times out meanwhile:
+            # the door waits for these futures before the writer is closed.
+            stored = self.door.runtime.pipeline.ingest_soon(delivery)
+            self.door.track(stored)
+            receipt = await asyncio.shield(stored)
         except RetryLater:
             return RETRY_LATER
         except Exception:  # the client gets a retryable answer, never the exception text

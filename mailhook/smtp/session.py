@@ -136,12 +136,13 @@ class Connection(SMTP):
             self.door.release(self)
             super().connection_lost(error)
 
-    # Reads the private SMTP._timeout_handle (the idle timer aiosmtpd arms): no public way to pause it.
     def hold_timeout(self) -> None:
-        """Stop the idle/DATA timer while a received message is being stored."""
+        """Hold off the idle/DATA timeout while a received message is being stored (see `_timeout_cb`).
+
+        The timer itself stays armed: cancelling it here cost a new TimerHandle
+        (and heap entry) per message when `smtp_DATA` restarted it after the reply.
+        """
         self.storing = True
-        if self._timeout_handle is not None:
-            self._timeout_handle.cancel()
 
     def accepted(self) -> None:
         """Forgive the session's errors, junk commands and recipient overshoot once a message is accepted.
@@ -223,6 +224,7 @@ class Connection(SMTP):
             transport.write(reply)
             transport.close()
 
+    # Reads the private SMTP._writer (the session's StreamWriter), as aiosmtpd's push does.
     async def push(self, status: Any) -> None:
         """Send a reply, counting refusals in the metrics and errors against the session's error limits."""
         if self.ended:
@@ -233,7 +235,15 @@ class Connection(SMTP):
         # (Postfix's smtpd_recipient_overshoot_limit): pipelined or slow RCPT loops end at the hard limit.
         overshot = text.startswith(RCPT_OVERSHOOT) and self.overshoot > settings.max_recipient_overshoot
         if not text.startswith("5") and not overshot:
-            await super().push(status)
+            # aiosmtpd's push, written directly (four replies per message): the same bytes, and
+            # `drain()` (two coroutines deep) only when there is something to wait for: unsent
+            # bytes (the client reads slowly) or a closing transport (it raises as aiosmtpd's would).
+            writer = self._writer
+            writer.write(status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii") + b"\r\n"
+                         if isinstance(status, str) else status + b"\r\n")
+            transport = writer.transport
+            if transport.get_write_buffer_size() or transport.is_closing():
+                await writer.drain()
             return
         for prefix, reason in REFUSALS.items():  # every refusal counted is a 5xx
             if text.startswith(prefix):
@@ -337,6 +347,9 @@ class Connection(SMTP):
     def _timeout_cb(self) -> None:
         if self.loop.time() < self.idle_deadline:  # armed for an earlier deadline (see _reset_timeout)
             self._timeout_handle = self.loop.call_at(self.idle_deadline, self._timeout_cb)
+            return
+        if self.storing:  # no timeout while a message is stored: looked at again later, restarted after its reply
+            self._timeout_handle = self.loop.call_later(self._timeout_duration, self._timeout_cb)
             return
         log.info("timeout peer=%s", self.peer_ip)
         self.door.runtime.metrics.on_rejected("smtp", "timeout")
