@@ -26,7 +26,7 @@ from mailhook.errors import Unreadable
 from mailhook.extract.charset import decode_document
 from mailhook.extract.embedded import clean_text, documents_in_body, is_whole_document
 from mailhook.extract.flowed import unflow
-from mailhook.extract.single_part import read_single_part
+from mailhook.extract.simple_mail import read_simple_mail
 from mailhook.models import MailLimits
 
 log = logging.getLogger("mailhook.mail")
@@ -190,11 +190,11 @@ def parse_mail(raw: bytes, limits: MailLimits | None = None) -> Mail:
     check_structure(raw, limits)
     try:
         trimmed = _trim_headers(raw)
-        simple = read_single_part(trimmed, limits)
+        simple = read_simple_mail(trimmed, limits)
         if simple is not None:  # the same Mail, read without building a Message (docs/performance.md)
-            body = [simple.text] if simple.text else []
             return _candidates(
-                [], {}, [] if simple.html else body, body if simple.html else [], [], simple.message_id, simple.subject
+                list(simple.attachments), {}, list(simple.text_plain), list(simple.text_html), [],
+                simple.message_id, simple.subject,
             )
         return _read(_parse(trimmed, limits))
     except (MailParserError, RecursionError) as exc:
