@@ -26,6 +26,7 @@ from mailhook.errors import Unreadable
 from mailhook.extract.charset import decode_document
 from mailhook.extract.embedded import clean_text, documents_in_body, is_whole_document
 from mailhook.extract.flowed import unflow
+from mailhook.extract.simple_mail import read_simple_mail
 from mailhook.models import MailLimits
 
 log = logging.getLogger("mailhook.mail")
@@ -188,7 +189,14 @@ def parse_mail(raw: bytes, limits: MailLimits | None = None) -> Mail:
     limits = limits or MailLimits()
     check_structure(raw, limits)
     try:
-        return _read(_parse(_trim_headers(raw), limits))
+        trimmed = _trim_headers(raw)
+        simple = read_simple_mail(trimmed, limits)
+        if simple is not None:  # the same Mail, read without building a Message (docs/performance.md)
+            return _candidates(
+                list(simple.attachments), {}, list(simple.text_plain), list(simple.text_html), [],
+                simple.message_id, simple.subject,
+            )
+        return _read(_parse(trimmed, limits))
     except (MailParserError, RecursionError) as exc:
         raise Unreadable(f"MIME structure nested too deeply to parse: {exc}") from exc
     except Unreadable:
@@ -300,10 +308,30 @@ def _with_shared_boundary(data: bytes) -> tuple[bytes, bool] | None:
 
 
 def _read(parsed: mailparser.MailParser) -> Mail:
+    return _candidates(
+        parsed.attachments,
+        _flowed_attachments(parsed),
+        parsed.text_plain,
+        parsed.text_html,
+        parsed.text_not_managed,
+        parsed.message_id,
+        parsed.subject,
+    )
+
+
+def _candidates(
+    attachments: list[dict[str, object]],
+    flowed: dict[str, bool],
+    text_plain: list[str],
+    text_html: list[str],
+    text_not_managed: list[str],
+    message_id: object,
+    subject: object,
+) -> Mail:
+    """Build the Mail from what mail-parser (or read_single_part, for a simple email) read."""
     ranked: list[tuple[int, int, DocumentCandidate]] = []
     texts: list[TextCandidate] = []
     seen: set[bytes] = set()
-    flowed = _flowed_attachments(parsed)
 
     def add(rank: int, data: bytes, origin: str) -> None:
         key = data.strip()
@@ -313,7 +341,7 @@ def _read(parsed: mailparser.MailParser) -> Mail:
             seen.add(key)
             ranked.append((rank, len(ranked), DocumentCandidate(data, origin)))
 
-    for i, att in enumerate(parsed.attachments, 1):
+    for i, att in enumerate(attachments, 1):
         ctype = str(att.get("mail_content_type") or "").lower()
         if ctype == "message/rfc822":
             continue  # its parts were walked too and appear below as parts of their own
@@ -331,9 +359,9 @@ def _read(parsed: mailparser.MailParser) -> Mail:
         if ctype.startswith("text/") and ctype not in _DOC_TYPES:
             texts.append(TextCandidate(clean_text(text), ctype == "text/html", origin))
 
-    bodies = [("text/plain", t, False) for t in parsed.text_plain]
-    bodies += [("text/html", t, True) for t in parsed.text_html]
-    bodies += [("other", t, False) for t in parsed.text_not_managed]
+    bodies = [("text/plain", t, False) for t in text_plain]
+    bodies += [("text/html", t, True) for t in text_html]
+    bodies += [("other", t, False) for t in text_not_managed]
     for i, (kind, body, is_html) in enumerate(bodies, 1):
         origin = f"{kind} part {i}"
         whole = is_whole_document(body)
@@ -346,8 +374,8 @@ def _read(parsed: mailparser.MailParser) -> Mail:
 
     ranked.sort(key=lambda r: (r[0], r[1]))
     return Mail(
-        message_id=_message_id(parsed.message_id),
-        subject=_subject(parsed.subject),
+        message_id=_message_id(message_id),
+        subject=_subject(subject),
         documents=tuple(c for _, _, c in ranked),
         texts=tuple(texts),
     )

@@ -1,0 +1,306 @@
+"""Read a simple email straight from its bytes, as mail-parser would, or decline.
+
+mail-parser builds a full `email.message.Message` and walks it (~350 µs per
+email, docs/performance.md); most notification emails are one text part, or a
+multipart of text parts and a base64 document attachment, whose reading needs
+none of that. `read_simple_mail` accepts only a shape whose every step through
+email.feedparser, the compat32 policy and mail-parser's `parse()` it repeats
+exactly, and returns None for anything else, which the caller then reads the
+slow way. What it accepts:
+
+- header blocks (the top one as `mail._trim_headers` leaves it) of printable
+  ASCII and tabs, lines ending in LF or CRLF, each a field `name: value` or a
+  continuation line after one, no field name twice in a block, every value
+  within `header_size_limit`, no more fields in all than `max_header_fields`;
+- at the top: no `=?` (RFC 2047 words) in Subject or Message-ID;
+- a text part: Content-Type absent, or one line `text/plain` or `text/html` with
+  at most the parameters charset, format and delsp, each once, as a token
+  (quoted or not); Content-Transfer-Encoding absent, or one line 7bit, 8bit,
+  quoted-printable or base64 (base64 only when it decodes strictly); a charset,
+  when named, from `_CHARSETS`; no Content-Disposition;
+- or, at the top, `multipart/mixed|alternative|related; boundary=B` (B a
+  token), a body of ASCII lines ending in LF or CRLF, where B occurs only in
+  delimiter lines `--B` and one closing `--B--` at the end of a line, at least
+  one part, no two delimiters in a row, each part a text part as above or a
+  document attachment: `application/xml|json` (perhaps `name=` a token),
+  base64, `Content-Disposition: attachment; filename=` a token.
+
+tests/test_extract_simple_mail.py checks that every email it accepts reads to
+the same `Mail` as the slow path, over the fixtures, the bench corpus and
+generated variants.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import quopri
+import re
+from dataclasses import dataclass
+
+from mailhook.extract.flowed import unflow
+from mailhook.models import MailLimits
+
+# Charsets whose codec decodes any bytes the same way every time (or fails the
+# same way, caught as mail-parser catches it); any other name is left to the slow path.
+_CHARSETS = frozenset(
+    {"us-ascii", "ascii", "utf-8", "utf8", "latin1", "latin-1", "cp1252"}
+    | {f"iso-8859-{n}" for n in (1, 2, 3, 4, 5, 7, 9, 13, 15)}
+    | {f"windows-{n}" for n in range(1250, 1259)}
+)
+_FIELD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]*:")
+# The fields mail._trim_headers keeps at the top; in a part, the ones whose meaning is read here.
+_TOP_FIELDS = frozenset(
+    {"subject", "message-id", "mime-version", "content-type", "content-transfer-encoding", "content-disposition"}
+)
+_PART_FIELDS = frozenset({"mime-version", "content-type", "content-transfer-encoding", "content-disposition"})
+# Header bytes the fast path takes: printable ASCII, tab, and CR only before LF.
+_ODD_HEADER_BYTE = re.compile(rb"[^\t\n\r\x20-\x7e]|\r(?!\n)")
+_TOKEN = r'(?:"[A-Za-z0-9._:+-]+"|[A-Za-z0-9._:+-]+)'
+_PARAMETERS = rf"((?:;[ \t]*[A-Za-z]+[ \t]*=[ \t]*{_TOKEN}[ \t]*)*)"
+_MEDIA_TYPE = re.compile(rf"([A-Za-z]+)/([A-Za-z]+)[ \t]*{_PARAMETERS}")
+_DISPOSITION = re.compile(rf"(attachment)[ \t]*{_PARAMETERS}", re.IGNORECASE)
+_PARAMETER = re.compile(r';[ \t]*([A-Za-z]+)[ \t]*=[ \t]*(?:"([^"]+)"|([^ \t;]+))[ \t]*')
+_ENCODINGS = frozenset({"", "7bit", "8bit", "quoted-printable", "base64"})
+_MULTIPART = frozenset({"mixed", "alternative", "related"})
+_DOCUMENT_TYPES = frozenset({"application/xml", "application/json"})
+_BOUNDARY = re.compile(r"[0-9A-Za-z._=+-]{1,70}")
+_LAST_LINE_END = re.compile(rb"(?:\r\n|\n)\Z")
+
+
+@dataclass(frozen=True, slots=True)
+class SimpleMail:
+    """What mail-parser reads from a simple email: header values as it returns them, its bodies and attachments."""
+
+    message_id: str
+    subject: str
+    text_plain: tuple[str, ...]
+    text_html: tuple[str, ...]
+    # Each with the keys mail._read reads, valued as mail-parser values them.
+    attachments: tuple[dict[str, object], ...]
+
+
+def read_simple_mail(data: bytes, limits: MailLimits) -> SimpleMail | None:
+    """Read `data` (an email with its headers trimmed) as mail-parser would, or return None when not sure."""
+    split = _header_and_body(data)
+    if split is None:
+        return None
+    count = [0]
+    fields = _fields(split[0], _TOP_FIELDS, limits, count)
+    if fields is None:
+        return None
+    subject = fields.get("subject", "")
+    message_id = fields.get("message-id", "")
+    if "=?" in subject or "=?" in message_id:
+        return None
+    plain: list[str] = []
+    html: list[str] = []
+    attachments: list[dict[str, object]] = []
+    media = _MEDIA_TYPE.fullmatch(fields.get("content-type", "text/plain"))
+    if media is not None and media.group(1).lower() == "multipart":
+        parts = _multipart(media, fields, split[1])
+        if parts is None:
+            return None
+        for part in parts:
+            part_split = _header_and_body(part)
+            part_fields = _fields(part_split[0], _PART_FIELDS, limits, count) if part_split is not None else None
+            if part_split is None or part_fields is None:
+                return None
+            # RFC 2046: the line end before a delimiter belongs to it, so email.feedparser takes it off the payload.
+            payload = _LAST_LINE_END.sub(b"", part_split[1], count=1)
+            if not _add_part(part_fields, payload, plain, html, attachments):
+                return None
+    elif not _add_part(fields, split[1], plain, html, attachments) or attachments:
+        return None
+    if count[0] > limits.max_header_fields:
+        return None
+    # mail-parser returns a lone header's decoded value stripped (decode_headers).
+    return SimpleMail(message_id.strip(), subject.strip(), tuple(plain), tuple(html), tuple(attachments))
+
+
+def _header_and_body(data: bytes) -> tuple[bytes, bytes] | None:
+    """Split `data` at its first blank line (email.feedparser's header end), or None where it has none."""
+    if data.startswith(b"\n"):
+        return b"", data[1:]
+    if data.startswith(b"\r\n"):
+        return b"", data[2:]
+    first = min((i for i in (data.find(b"\n\n"), data.find(b"\n\r\n")) if i >= 0), default=-1)
+    if first < 0:
+        return None  # headers only: left to the slow path
+    # The block runs up to the last field's LF (a CR before it stays, and _store strips it).
+    return data[:first], data[first + 2 :] if data[first + 1] == 0x0A else data[first + 3 :]
+
+
+def _fields(block: bytes, names: frozenset[str], limits: MailLimits, count: list[int]) -> dict[str, str] | None:
+    """Read a header block into its fields (lower-case name -> compat32 value), counting them, or None."""
+    if _ODD_HEADER_BYTE.search(block.removesuffix(b"\r")) is not None or block.startswith((b" ", b"\t")):
+        return None
+    fields: dict[str, str] = {}
+    if not block:
+        return fields
+    name = ""
+    lines: list[str] = []
+    for line in block.decode("ascii").split("\n"):
+        if line[:1] in (" ", "\t"):
+            lines.append("\n" + line)
+            continue
+        if name and not _store(fields, name, lines, names, limits):
+            return None
+        match = _FIELD_NAME.match(line)
+        if match is None:
+            return None
+        name = line[: match.end() - 1]
+        lines = [line[match.end() :].lstrip(" \t")]
+    if not _store(fields, name, lines, names, limits):
+        return None
+    count[0] += len(fields)
+    return fields
+
+
+def _store(fields: dict[str, str], name: str, lines: list[str], names: frozenset[str], limits: MailLimits) -> bool:
+    """Record one field's value as compat32's header_source_parse makes it; False where the slow path must decide."""
+    key = name.lower()
+    # Lines were split on LF, so a CR ending a line sits at its end, before the LF put back in front of the next.
+    value = "".join(lines).rstrip("\r\n")
+    if key in fields or key not in names or len(value) > limits.header_size_limit:
+        return False
+    if key != "subject" and key != "message-id" and "\n" in value:
+        return False  # a folded MIME field: its parameters are left to email.message
+    fields[key] = value
+    return True
+
+
+def _parameters(text: str, allowed: frozenset[str]) -> dict[str, str] | None:
+    """Read `; name=value` parameters (already matched as tokens) as email.message's get_param reads them."""
+    params: dict[str, str] = {}
+    for param in _PARAMETER.finditer(text):
+        name = param.group(1).lower()
+        if name not in allowed or name in params:
+            return None
+        params[name] = param.group(2) or param.group(3)
+    return params
+
+
+def _multipart(media: re.Match[str], fields: dict[str, str], body: bytes) -> list[bytes] | None:
+    """Cut a multipart body into its parts' bytes as email.feedparser does, or None unless its shape is plain."""
+    params = _parameters(media.group(3), frozenset({"boundary"}))
+    if (
+        params is None
+        or media.group(2).lower() not in _MULTIPART
+        or "content-disposition" in fields
+        or fields.get("content-transfer-encoding", "7bit").lower() not in ("7bit", "8bit")
+        or not body.isascii()
+        or body.count(b"\r") != body.count(b"\r\n")
+    ):
+        return None
+    boundary = params.get("boundary", "")
+    if _BOUNDARY.fullmatch(boundary) is None:
+        return None
+    delimiter = b"--" + boundary.encode("ascii")
+    size = len(delimiter)
+    parts: list[bytes] = []
+    start = -1  # where the current part's bytes begin (after its delimiter line), -1 in the preamble
+    at = body.find(boundary.encode("ascii"))
+    while at >= 0:
+        at -= 2  # the delimiter line starts at its dashes
+        if at < 0 or body[at : at + 2] != b"--" or (at > 0 and body[at - 1] != 0x0A):
+            return None  # the boundary inside content
+        tail = body[at + size : at + size + 4]
+        closing = tail.startswith(b"--")
+        end = tail[2:] if closing else tail
+        if end.startswith(b"\r\n"):
+            line_end = at + size + (2 if closing else 0) + 2
+        elif end.startswith(b"\n"):
+            line_end = at + size + (2 if closing else 0) + 1
+        elif closing and at + size + 2 == len(body):
+            line_end = len(body)
+        else:
+            return None
+        if start >= 0:
+            if start == at:
+                return None  # two delimiters in a row: email.feedparser skips the second
+            # RFC 2046: the line end before a delimiter belongs to it (the part's payload loses it).
+            parts.append(body[start:at])
+        elif closing:
+            return None  # a closing delimiter with no part before it
+        if closing:
+            return parts if body.find(boundary.encode("ascii"), line_end) < 0 else None
+        start = line_end
+        at = body.find(boundary.encode("ascii"), line_end)
+    return None  # no closing delimiter
+
+
+def _add_part(
+    fields: dict[str, str], body: bytes, plain: list[str], html: list[str], attachments: list[dict[str, object]]
+) -> bool:
+    """Add a leaf part's text or attachment as mail-parser's parse() would; False when the slow path must read it."""
+    media = _MEDIA_TYPE.fullmatch(fields.get("content-type", "text/plain"))
+    cte = fields.get("content-transfer-encoding", "").lower()
+    if media is None or cte not in _ENCODINGS:
+        return False
+    ctype = f"{media.group(1)}/{media.group(2)}".lower()
+    disposition = fields.get("content-disposition")
+    if ctype in _DOCUMENT_TYPES:
+        return _add_attachment(ctype, media.group(3), cte, disposition, body, attachments)
+    params = _parameters(media.group(3), frozenset({"charset", "format", "delsp"}))
+    if params is None or disposition is not None or ctype not in ("text/plain", "text/html"):
+        return False
+    charset = params.get("charset", "utf-8").lower()
+    if charset not in _CHARSETS:
+        return False
+    text = _body_text(body, cte, charset)
+    if text is None:
+        return False
+    if ctype == "text/plain" and params.get("format", "").lower() == "flowed":
+        text = unflow(text, delsp=params.get("delsp", "").lower() == "yes")
+    if text:
+        (html if ctype == "text/html" else plain).append(text)
+    return True
+
+
+def _add_attachment(
+    ctype: str, parameters: str, cte: str, disposition: str | None, body: bytes, attachments: list[dict[str, object]]
+) -> bool:
+    """Add a base64 document attachment as mail-parser lists it (the keys mail._read reads)."""
+    params = _parameters(parameters, frozenset({"name"}))
+    match = _DISPOSITION.fullmatch(disposition or "")
+    disposition_params = _parameters(match.group(2), frozenset({"filename"})) if match is not None else None
+    if params is None or disposition_params is None or cte != "base64" or "filename" not in disposition_params:
+        return False
+    attachments.append(
+        {
+            "filename": disposition_params["filename"],
+            "payload": body.decode("ascii"),
+            "binary": True,
+            "mail_content_type": ctype,
+            "charset": None,
+        }
+    )
+    return True
+
+
+def _body_text(body: bytes, cte: str, charset: str) -> str | None:
+    """Decode the body as mail-parser's _decode_body_payload does, or None when base64 needs repair."""
+    if cte in ("", "7bit", "8bit"):
+        if body.isascii():
+            return body.decode("ascii")
+        payload = body
+    elif cte == "quoted-printable":
+        payload = quopri.decodestring(body)
+    else:
+        joined = b"".join(body.splitlines())
+        try:
+            payload = base64.b64decode(joined, validate=True)
+        except binascii.Error:
+            return None
+    if not payload:
+        return ""
+    try:
+        text = payload.decode(charset)
+        text.encode("utf-8")
+    except (LookupError, UnicodeError):
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError:
+            text = payload.decode("utf-8", "replace")
+    return text

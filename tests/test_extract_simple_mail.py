@@ -1,0 +1,375 @@
+"""read_simple_mail reads every email it accepts into the Mail mail-parser's path reads, and accepts the common ones."""
+
+from __future__ import annotations
+
+import base64
+import os
+import quopri
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from mailparser.exceptions import MailParserError
+
+from mailhook.errors import Unreadable
+from mailhook.extract.mail import Mail, _parse, _read, _trim_headers, check_structure, parse_mail
+from mailhook.extract.simple_mail import read_simple_mail
+from mailhook.models import MailLimits
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
+FUZZ = settings(
+    max_examples=EXAMPLES * 5,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+LIMITS = MailLimits()
+
+
+def _slow(raw: bytes, limits: MailLimits = LIMITS) -> Mail | str:
+    """Read `raw` the way parse_mail did before the fast path: mail-parser under the trimmed headers."""
+    try:
+        check_structure(raw, limits)
+        return _read(_parse(_trim_headers(raw), limits))
+    except Unreadable as exc:
+        return f"Unreadable: {exc}"
+    except (MailParserError, RecursionError) as exc:
+        return f"Unreadable: MIME structure nested too deeply to parse: {exc}"
+    except Exception as exc:  # noqa: BLE001 - parse_mail's own mapping, compared as text
+        return f"Unreadable: email could not be parsed: {type(exc).__name__}: {exc}"
+
+
+def _fast(raw: bytes, limits: MailLimits = LIMITS) -> Mail | str | None:
+    """Read `raw` through parse_mail when the fast path accepts it, else None."""
+    if read_simple_mail(_trim_headers(raw), limits) is None:
+        return None
+    try:
+        return parse_mail(raw, limits)
+    except Unreadable as exc:
+        return f"Unreadable: {exc}"
+
+
+def _assert_same_when_accepted(raw: bytes, limits: MailLimits = LIMITS) -> bool:
+    fast = _fast(raw, limits)
+    if fast is not None:
+        assert fast == _slow(raw, limits), raw
+    return fast is not None
+
+
+def _fixture_emails() -> list[Path]:
+    return sorted(
+        p for p in (ROOT / "fixtures").rglob("*") if p.is_file() and (p.suffix == ".eml" or p.parent.name == "email")
+        and not p.name.endswith(".json")
+    )
+
+
+def _bench_emails(count: int) -> Iterator[bytes]:
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import distinct
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    emails = distinct.Emails(7)
+    for _ in range(count):
+        yield emails.message()
+
+
+@pytest.mark.parametrize("path", _fixture_emails(), ids=lambda p: p.name)
+def test_every_fixture_email_the_fast_path_accepts_reads_as_mail_parser_reads_it(path: Path) -> None:
+    raw = path.read_bytes()
+    _assert_same_when_accepted(raw)
+    _assert_same_when_accepted(raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
+
+
+def test_the_fast_path_accepts_single_part_fixture_emails() -> None:
+    accepted = [p.name for p in _fixture_emails() if _assert_same_when_accepted(p.read_bytes())]
+    assert len(accepted) >= 10, accepted
+
+
+def test_the_fast_path_reads_every_bench_email_it_accepts_alike_and_accepts_all_but_rfc822_forwards() -> None:
+    accepted = total = forwarded = 0
+    for raw in _bench_emails(3000):
+        total += 1
+        forwarded += b"message/rfc822" in raw
+        for variant in (raw, raw.replace(b"\n", b"\r\n")):
+            took = _assert_same_when_accepted(variant)
+            accepted += took
+            # Every shape of the mix but the forward as message/rfc822 (plain, attachment, HTML alternative,
+            # quoted-printable, Field: value, HTML table, inline forward, quoted reply).
+            assert took == (b"message/rfc822" not in raw)
+    assert accepted == 2 * (total - forwarded) > total
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"Subject: hi\nMessage-ID: <a@b>\nContent-Type: text/plain; charset=utf-8\n"
+        b"Content-Transfer-Encoding: 8bit\n\nCallId: 12\nState: FINISHED\n",
+        b"Subject: hi\r\nContent-Type: text/html; charset=\"iso-8859-1\"\r\n"
+        b"Content-Transfer-Encoding: quoted-printable\r\n\r\n<p>caf=E9 =\r\nx</p>\r\n",
+        b"Subject: hi\nContent-Type: text/plain\nContent-Transfer-Encoding: base64\n\n"
+        + base64.encodebytes(b"<TextNotification/>\n") ,
+        b"Subject: no content type\n\nhello\n",
+        b"Subject: flowed\nContent-Type: text/plain; format=flowed; delsp=yes\n\nab \ncd\n",
+        b"Received: from x\n\tby y\nSubject: folded\n  subject\nMIME-Version: 1.0\n\n\xc3\xa9t\xc3\xa9\n",
+    ],
+    ids=["8bit", "qp-latin1-crlf", "base64", "no-content-type", "flowed", "folded-8bit"],
+)
+def test_the_fast_path_accepts_common_simple_emails_and_reads_them_as_mail_parser_does(raw: bytes) -> None:
+    assert _assert_same_when_accepted(raw)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"Subject: =?utf-8?q?caf=C3=A9?=\n\nx\n",
+        b"Subject: a\nSubject: b\n\nx\n",
+        b"Content-Type: text/plain\nContent-Type: text/html\n\nx\n",
+        b"Content-Type: text/plain;\n charset=utf-8\n\nx\n",
+        b"Content-Type: text/plain; name=a.txt\n\nx\n",
+        b"Content-Type: application/json\n\n{}\n",
+        b"Content-Disposition: attachment\n\nx\n",
+        b"Content-Transfer-Encoding: base64\n\nnot base64!\n",
+        b"Content-Transfer-Encoding: x-uuencode\n\nx\n",
+        b"Content-Type: text/plain; charset=x-unknown\n\nx\n",
+        b"Subject: only headers\n",
+        b"Subject: caf\xc3\xa9\n\nx\n",
+    ],
+)
+def test_the_fast_path_declines_what_it_cannot_prove_it_reads_alike(raw: bytes) -> None:
+    assert read_simple_mail(_trim_headers(raw), LIMITS) is None
+
+
+MULTIPART = (
+    b"Subject: hi\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=\"b1\"\n\npreamble\n--b1\n"
+    b"Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 7bit\n\nSee the attached file.\n\n--b1\n"
+    b"Content-Type: application/xml; name=\"n.xml\"\nContent-Transfer-Encoding: base64\n"
+    b"Content-Disposition: attachment; filename=\"n.xml\"\n\n"
+    + base64.encodebytes(
+        b"<TextNotification><Text><TextRecord><Message>hi</Message></TextRecord></Text></TextNotification>"
+    )
+    + b"\n--b1--\n"
+)
+
+
+def test_the_fast_path_reads_a_text_part_and_a_base64_document_attachment_as_mail_parser_does() -> None:
+    assert _assert_same_when_accepted(MULTIPART)
+    assert _assert_same_when_accepted(MULTIPART.replace(b"\n", b"\r\n"))
+    mail = parse_mail(MULTIPART)
+    assert [d.origin for d in mail.documents] == ["attachment 'n.xml'"]
+    assert [t.text for t in mail.texts] == ["See the attached file.\n"]
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (b"\n--b1--\n", b"\n"),  # no closing delimiter
+        (b"\n--b1--\n", b"\n--b1-- \n"),  # a closing delimiter with a space
+        (b"\n--b1\nContent-Type: application", b"\n--b1\n--b1\nContent-Type: application"),  # two in a row
+        (b"preamble", b"preamble --b1"),  # the boundary in content
+        (b"\nContent-Transfer-Encoding: 7bit", b"\nContent-ID: <a@b>"),  # a field read elsewhere
+        (b"filename=\"n.xml\"", b"filename=\"=?utf-8?q?n?=.xml\""),  # an encoded file name
+        (b"multipart/mixed", b"multipart/digest"),
+        (b"\n\npreamble", b"\nContent-Transfer-Encoding: base64\n\npreamble"),
+        (b"file.\n", b"file. \xc3\xa9\n"),  # 8-bit bytes in a multipart
+    ],
+)
+def test_the_fast_path_declines_a_multipart_it_cannot_prove_it_reads_alike(old: bytes, new: bytes) -> None:
+    raw = MULTIPART.replace(old, new, 1)
+    assert raw != MULTIPART
+    assert read_simple_mail(_trim_headers(raw), LIMITS) is None
+
+
+def test_an_email_over_a_header_limit_gets_the_slow_path_s_answer() -> None:
+    raw = b"Subject: " + b"s" * 500 + b"\nMessage-ID: <a@b>\nContent-Type: text/plain\n\nhello\n"
+    cut = MailLimits(header_size_limit=100)
+    assert read_simple_mail(_trim_headers(raw), cut) is None
+    assert parse_mail(raw, cut).subject == "s" * 100 == _slow(raw, cut).subject  # type: ignore[union-attr]
+    few = MailLimits(max_header_fields=2)
+    assert read_simple_mail(_trim_headers(raw), few) is None
+    with pytest.raises(Unreadable, match=r"more than 2 MIME header fields \(limit max_header_fields\)"):
+        parse_mail(raw, few)
+    assert _slow(raw, few) == "Unreadable: more than 2 MIME header fields (limit max_header_fields); not parsed"
+
+
+# --- generated variants of single-part emails --------------------------------------------------------------------
+
+DOCUMENT = (ROOT / "fixtures" / "seed").glob("*")
+SAMPLE = next(p.read_bytes() for p in sorted(DOCUMENT) if not p.name.endswith(".json"))
+TEXTS = st.sampled_from(
+    [
+        b"",
+        b"hello\n",
+        SAMPLE,
+        b"CallId: 123\nState: FINISHED\nFromNumber: 12135551234\n",
+        b"<table><tr><td>State</td><td>FINISHED</td></tr></table>\n",
+        b"> On Monday someone wrote:\n> CallId: 5\n",
+        b"caf\xc3\xa9 \xe9 \x00\x01 end",
+        b"soft = break and long line " * 5,
+        b"flowed line \nnext\n-- \nsig\n",
+        b"\xef\xbb\xbf<?xml version='1.0'?><a/>",
+    ]
+)
+HEADER_VALUES = st.sampled_from(
+    ["", " ", "plain", "folded\n more", "folded\n\tmore ", "=?utf-8?q?x?=", "trailing  ", "<id@x>", "a\x7fb",
+     "caf\udce9"]
+)
+CONTENT_TYPES = st.sampled_from(
+    [None, "text/plain", "TEXT/HTML", "text/plain; charset=utf-8", 'text/plain; charset="UTF-8"',
+     "text/html;charset=iso-8859-1", "text/plain; charset=us-ascii", "text/plain; charset=x-unknown",
+     "text/plain; charset=utf-7", "text/plain; charset=\"\"", "text/plain; charset=", "text/plain; format=flowed",
+     "text/plain; format=\"Flowed\"; DelSp=Yes", "text/html; format=flowed",
+     "text/plain; charset=utf-8; charset=latin1",
+     "text/plain ; charset = utf-8 ", "text/plain;\n charset=utf-8", "text/plain; name=x.txt", "text", "text/plain/x",
+     "application/json", "text/xml", "text/plain; charset=<utf-8>", "text/plain;", "text/plain; charset*=utf-8''x",
+     "multipart/mixed; boundary=b"]
+)
+ENCODINGS = st.sampled_from(
+    [None, "7bit", "8bit", "quoted-printable", "base64", "Base64", "BASE64 ", " base64", "binary", "x-uuencode", "8Bit"]
+)
+
+
+@st.composite
+def single_part_emails(draw: st.DrawFn) -> bytes:
+    newline = draw(st.sampled_from(["\n", "\r\n"]))
+    fields: list[str] = []
+    if draw(st.booleans()):
+        fields.append("Received: from a\n\tby b")
+    for name in ("Subject", "Message-ID", "MIME-Version"):
+        if draw(st.booleans()):
+            fields.append(f"{draw(st.sampled_from([name, name.lower(), name.upper()]))}: {draw(HEADER_VALUES)}")
+    ctype = draw(CONTENT_TYPES)
+    if ctype is not None:
+        fields.append(f"Content-Type: {ctype}")
+    if draw(st.integers(0, 9)) == 0:
+        fields.append(f"Content-Type: {draw(CONTENT_TYPES) or 'text/html'}")
+    cte = draw(ENCODINGS)
+    if cte is not None:
+        fields.append(f"Content-Transfer-Encoding: {cte}")
+    if draw(st.integers(0, 9)) == 0:
+        fields.append(draw(st.sampled_from(["Content-Disposition: inline", "Content-Disposition: attachment",
+                                            'Content-Disposition: inline; filename="a.txt"'])))
+    if draw(st.integers(0, 9)) == 0:
+        fields.append(draw(st.sampled_from(["no colon here", "From someone", ": empty name", " leading space",
+                                            "X-Odd: \udcff byte", "Bare: cr\r here"])))
+    draw(st.randoms()).shuffle(fields)
+    body = draw(TEXTS) + draw(st.binary(max_size=40))
+    encode = draw(st.sampled_from(["as is", "qp", "base64", "bad base64"]))
+    if encode == "qp":
+        body = quopri.encodestring(body)
+    elif encode == "base64":
+        body = base64.encodebytes(body)
+    elif encode == "bad base64":
+        body = base64.encodebytes(body)[: draw(st.integers(0, 30))] + draw(st.sampled_from([b"", b"=", b"!", b"\n="]))
+    if newline == "\r\n":
+        body = body.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    head = newline.join(fields).replace("\n", newline).encode("ascii", "surrogateescape")
+    if draw(st.integers(0, 19)) == 0:
+        return head + (newline.encode() if head and draw(st.booleans()) else b"")  # headers only
+    return head + (newline.encode() if head else b"") + newline.encode() + body
+
+
+@FUZZ
+@given(raw=single_part_emails(), limits=st.sampled_from([LIMITS, MailLimits(max_header_fields=2),
+                                                          MailLimits(header_size_limit=4)]))
+def test_every_generated_single_part_email_the_fast_path_accepts_reads_as_mail_parser_reads_it(
+    raw: bytes, limits: MailLimits
+) -> None:
+    _assert_same_when_accepted(raw, limits)
+
+
+ATTACHMENT_FIELDS = st.sampled_from(
+    [
+        ['Content-Type: application/xml; name="notification.xml"', "Content-Transfer-Encoding: base64",
+         'Content-Disposition: attachment; filename="notification.xml"'],
+        ["Content-Type: application/json", "Content-Transfer-Encoding: base64",
+         "Content-Disposition: attachment; filename=n.json"],
+        ["Content-Type: application/json", "Content-Transfer-Encoding: base64", "Content-Disposition: attachment"],
+        ["Content-Type: application/xml; charset=utf-8", "Content-Transfer-Encoding: base64",
+         "Content-Disposition: attachment; filename=a.xml"],
+        ["Content-Type: application/xml", "Content-Transfer-Encoding: 7bit",
+         "Content-Disposition: attachment; filename=a.xml"],
+        ["Content-Type: application/xml", "Content-Transfer-Encoding: base64",
+         "Content-Disposition: inline; filename=a.xml"],
+        ["Content-Type: application/xml", "Content-Transfer-Encoding: base64",
+         "Content-Disposition: attachment; filename==?utf-8?q?a?=.xml"],
+        ["Content-Type: text/plain", "Content-Transfer-Encoding: base64",
+         "Content-Disposition: attachment; filename=a.txt"],
+        ["Content-Type: application/xml", "Content-Transfer-Encoding: base64", "Content-ID: <x@y>",
+         "Content-Disposition: attachment; filename=a.xml"],
+        ["Content-Type: message/rfc822"],
+        ["Content-Type: multipart/alternative; boundary=inner"],
+    ]
+)
+
+
+USUAL_CONTENT_TYPES = st.sampled_from([None, "text/plain; charset=utf-8", "text/html; charset=utf-8", "text/plain"])
+USUAL_ENCODINGS = st.sampled_from([None, "7bit", "8bit", "quoted-printable", "base64"])
+USUAL_ATTACHMENT_FIELDS = st.sampled_from([
+    ['Content-Type: application/xml; name="notification.xml"', "Content-Transfer-Encoding: base64",
+     'Content-Disposition: attachment; filename="notification.xml"'],
+    ["Content-Type: application/json", "Content-Transfer-Encoding: base64",
+     "Content-Disposition: attachment; filename=n.json"],
+])
+
+
+@st.composite
+def parts(draw: st.DrawFn, newline: str) -> bytes:
+    """One part of a multipart: a text part like the single-part emails' bodies, or a document attachment."""
+    body = draw(TEXTS) + (draw(st.binary(max_size=20)) if draw(st.integers(0, 3)) == 0 else b"")
+    if draw(st.booleans()):
+        fields = list(draw(ATTACHMENT_FIELDS if draw(st.booleans()) else USUAL_ATTACHMENT_FIELDS))
+        body = draw(st.sampled_from([base64.encodebytes(body), base64.encodebytes(body)[:-3], body]))
+    else:
+        fields = []
+        usual = draw(st.integers(0, 3)) > 0
+        ctype = draw(USUAL_CONTENT_TYPES if usual else CONTENT_TYPES)
+        if ctype is not None:
+            fields.append(f"Content-Type: {ctype}")
+        cte = draw(USUAL_ENCODINGS if usual else ENCODINGS)
+        if cte is not None:
+            fields.append(f"Content-Transfer-Encoding: {cte}")
+        encode = draw(st.sampled_from(["as is", "qp", "base64"]))
+        body = quopri.encodestring(body) if encode == "qp" else base64.encodebytes(body) if encode == "base64" else body
+    if draw(st.integers(0, 9)) == 0:
+        fields.append(draw(st.sampled_from(["Content-ID: <a@b>", "X-Other: 1", "no colon", " folded", "Subject: x"])))
+    head = newline.join(fields).encode("ascii")
+    if draw(st.integers(0, 19)) == 0:
+        return head + newline.encode()  # headers only
+    return head + (newline.encode() if head else b"") + newline.encode() + body.replace(b"\n", newline.encode())
+
+
+@st.composite
+def multipart_emails(draw: st.DrawFn) -> bytes:
+    newline = draw(st.sampled_from(["\n", "\r\n"]))
+    nl = newline.encode()
+    boundary = draw(st.sampled_from(["b", "mix-1-2", "=_Part_1.2", "alt-9-9", "a b", "x:y", "inner", "FYI", "--"]))
+    quote = draw(st.sampled_from(['"', ""]))
+    subtype = draw(st.sampled_from(["mixed", "alternative", "mixed", "alternative", "related", "digest", "MIXED"]))
+    fields = [f"Subject: {draw(HEADER_VALUES)}", "MIME-Version: 1.0",
+              f"Content-Type: multipart/{subtype}; boundary={quote}{boundary}{quote}"]
+    if draw(st.integers(0, 9)) == 0:
+        fields.append(draw(st.sampled_from(["Content-Transfer-Encoding: base64", "Content-Transfer-Encoding: 8bit",
+                                            "Content-Disposition: attachment", "Content-Type: text/plain"])))
+    delimiter = b"--" + boundary.encode()
+    body = draw(st.sampled_from([b"", b"This is a multi-part message in MIME format." + nl, nl]))
+    for part in draw(st.lists(parts(newline), min_size=int(draw(st.integers(0, 9)) > 0), max_size=3)):
+        body += delimiter + draw(st.sampled_from([b""] * 8 + [b" ", b"x"])) + nl + part + nl
+        if draw(st.integers(0, 19)) == 0:
+            body += delimiter + nl  # two delimiters in a row
+    closing = draw(st.sampled_from([delimiter + b"--" + nl] * 4 + [delimiter + b"--", b"", delimiter + b"-- " + nl]))
+    body += closing + draw(st.sampled_from([b""] * 4 + [b"epilogue" + nl, delimiter + nl, nl]))
+    head = newline.join(fields).encode("ascii", "surrogateescape")
+    return head + nl + nl + body
+
+
+@FUZZ
+@given(raw=multipart_emails(), limits=st.sampled_from([LIMITS, MailLimits(max_header_fields=4),
+                                                        MailLimits(header_size_limit=12)]))
+def test_every_generated_multipart_email_the_fast_path_accepts_reads_as_mail_parser_reads_it(
+    raw: bytes, limits: MailLimits
+) -> None:
+    _assert_same_when_accepted(raw, limits)
