@@ -1,8 +1,10 @@
 """Pickled messages over a Unix stream socket between the `serve` parent and one of its workers.
 
-Each message is a tuple, sent as a 4-byte length and its pickle. Only the
-two processes of one `mailhook serve` hold the socket (a socketpair made by
-the parent), so a pickle comes from mailhook's own code, never from a peer.
+Each frame is a 4-byte length and a pickle: of one message (a tuple), or of a
+list of messages sent together (`send_all`: one pickle, one system call and
+one wake-up of the reader for all of them). Only the two processes of one
+`mailhook serve` hold the socket (a socketpair made by the parent), so a
+pickle comes from mailhook's own code, never from a peer.
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ import pickle
 import socket
 import struct
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 _HEADER = struct.Struct("!I")
 
 
 class Channel:
-    """Sends messages from any thread (one at a time) and receives them on one thread."""
+    """Sends messages from any thread (one frame at a time) and receives them on one thread."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -27,12 +30,26 @@ class Channel:
 
     def send(self, message: tuple[Any, ...]) -> None:
         """Send one message; raises OSError when the other side is gone."""
-        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        self._send(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def send_all(self, messages: Sequence[tuple[Any, ...]]) -> None:
+        """Send several messages in one frame, received together and in order; OSError if the other side is gone."""
+        if len(messages) == 1:
+            self.send(messages[0])
+        elif messages:
+            self._send(pickle.dumps(list(messages), protocol=pickle.HIGHEST_PROTOCOL))
+
+    def _send(self, data: bytes) -> None:
         with self._sending:
             self.sock.sendall(_HEADER.pack(len(data)) + data)
 
     def receive(self) -> tuple[Any, ...] | None:
-        """Return the next message, or None once the other side closed its end (or died)."""
+        """Return the next frame's first message (for frames of one), or None once the other side closed its end."""
+        messages = self.receive_all()
+        return None if messages is None else messages[0]
+
+    def receive_all(self) -> list[tuple[Any, ...]] | None:
+        """Return the messages of the next frame, or None once the other side closed its end (or died)."""
         try:
             header = self._reader.read(_HEADER.size)
             if len(header) < _HEADER.size:
@@ -43,8 +60,8 @@ class Channel:
             return None
         if len(data) < size:
             return None
-        message: tuple[Any, ...] = pickle.loads(data)  # from our own other process only
-        return message
+        message: tuple[Any, ...] | list[tuple[Any, ...]] = pickle.loads(data)  # from our own other process only
+        return message if isinstance(message, list) else [message]
 
     def close(self) -> None:
         """Close this end: the other side's `receive()` returns None."""

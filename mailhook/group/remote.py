@@ -43,14 +43,22 @@ class RemoteStorage:
     parent sends, the worker answering it from its event loop; `on_go()` when
     the parent lets the worker start accepting. `on_lost()` is
     called once when the parent's end closes: every write still waiting fails
-    with `RetryLater`, so no session is told its message is stored.
+    with `RetryLater`, so no session is told its message is stored. Given the
+    worker's event `loop` (built on its thread), what the loop sends in one
+    turn goes to the parent in one frame, at the end of the turn.
     """
 
     def __init__(
         self, channel: Channel, *, on_ping: Callable[[int], None], on_lost: Callable[[], None],
-        on_go: Callable[[], None] = lambda: None,
+        on_go: Callable[[], None] = lambda: None, loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.channel = channel
+        # Sent from `loop`'s thread, requests wait in the outbox until the loop turn ends: the deliveries
+        # of one turn go in one frame (one pickle, one system call, one wake-up of the parent's reader).
+        self._loop = loop
+        self._loop_thread = threading.get_ident() if loop is not None else None
+        self._outbox: list[tuple[Any, ...]] = []
+        self._asked: list[int] = []  # the outbox's requests that wait for an answer
         self.on_ping = on_ping
         self.on_go = on_go
         self.on_lost = on_lost
@@ -125,6 +133,7 @@ class RemoteStorage:
 
     def close(self) -> None:
         """Close the channel: the doors are closed and every write answered before this is called."""
+        self._flush()
         self.channel.close()
         self._thread.join(timeout=5)
 
@@ -140,39 +149,69 @@ class RemoteStorage:
                 future.set_exception(RetryLater(GONE))
                 return number, future
             self._waiting[number] = future
+        if self._queued((kind, number, *args)):
+            self._asked.append(number)
+            return number, future
         try:
             self.channel.send((kind, number, *args))
         except OSError:
-            with self._lock:
-                self._waiting.pop(number, None)
-            future.set_exception(RetryLater(GONE))
+            self._gone([number])
         return number, future
 
     def tell(self, kind: str, number: int, *args: Any) -> None:
         """Send a message that needs no answer (a release of budget held under request `number`, a refusal)."""
+        if self._queued((kind, number, *args)):
+            return
         with contextlib.suppress(OSError):
             self.channel.send((kind, number, *args))
 
+    def _queued(self, message: tuple[Any, ...]) -> bool:
+        """Put `message` in the outbox if this is the loop's thread (sent when the turn ends); say whether it was."""
+        if self._loop_thread != threading.get_ident():
+            return False
+        self._outbox.append(message)
+        if len(self._outbox) == 1:
+            assert self._loop is not None
+            self._loop.call_soon(self._flush)
+        return True
 
-    def _read(self) -> None:
-        while (message := self.channel.receive()) is not None:
-            kind, number, *rest = message
-            if kind == "ping":
-                self.on_ping(number)
-                continue
-            if kind == "go":
-                self.on_go()
-                continue
+    def _flush(self) -> None:
+        """Send the outbox in one frame (on the loop's thread)."""
+        messages, self._outbox = self._outbox, []
+        asked, self._asked = self._asked, []
+        try:
+            self.channel.send_all(messages)
+        except OSError:
+            self._gone(asked)
+
+    def _gone(self, numbers: list[int]) -> None:
+        """Fail the requests `numbers`, which could not be sent: the parent is gone."""
+        for number in numbers:
             with self._lock:
                 future = self._waiting.pop(number, None)
-            if future is None:
-                continue
-            if kind == "done":
-                future.set_result(rest[0])
-            elif kind == "broken":  # the parent's extraction process died on it (or before it)
-                future.set_exception(BrokenProcessPool(rest[0]))
-            else:  # "failed": the parent's writer said RetryLater (its reason in words)
-                future.set_exception(RetryLater(rest[0]))
+            if future is not None:
+                future.set_exception(RetryLater(GONE))
+
+    def _read(self) -> None:
+        # One frame: the answers to the deliveries of one of the parent's commits (or a ping, a read's answer).
+        while (messages := self.channel.receive_all()) is not None:
+            for kind, number, *rest in messages:
+                if kind == "ping":
+                    self.on_ping(number)
+                    continue
+                if kind == "go":
+                    self.on_go()
+                    continue
+                with self._lock:
+                    future = self._waiting.pop(number, None)
+                if future is None:
+                    continue
+                if kind == "done":
+                    future.set_result(rest[0])
+                elif kind == "broken":  # the parent's extraction process died on it (or before it)
+                    future.set_exception(BrokenProcessPool(rest[0]))
+                else:  # "failed": the parent's writer said RetryLater (its reason in words)
+                    future.set_exception(RetryLater(rest[0]))
         with self._lock:
             self._lost = True
             waiting, self._waiting = self._waiting, {}
