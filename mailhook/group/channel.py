@@ -14,10 +14,12 @@ import pickle
 import socket
 import struct
 import threading
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
 _HEADER = struct.Struct("!I")
+_CHUNK = 256 * 1024  # read at most this much at a time (a large delivery takes several reads)
 
 
 class Channel:
@@ -26,7 +28,8 @@ class Channel:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self._sending = threading.Lock()
-        self._reader = sock.makefile("rb", buffering=256 * 1024)
+        self._received = bytearray()  # read from the socket, not yet taken as messages
+        self._frames: deque[list[tuple[Any, ...]]] = deque()
 
     def send(self, message: tuple[Any, ...]) -> None:
         """Send one message; raises OSError when the other side is gone."""
@@ -50,18 +53,31 @@ class Channel:
 
     def receive_all(self) -> list[tuple[Any, ...]] | None:
         """Return the messages of the next frame, or None once the other side closed its end (or died)."""
-        try:
-            header = self._reader.read(_HEADER.size)
-            if len(header) < _HEADER.size:
+        while not self._frames:
+            try:
+                data = self.sock.recv(_CHUNK)
+            except OSError:  # closed here, or reset
                 return None
-            (size,) = _HEADER.unpack(header)
-            data = self._reader.read(size)
-        except (OSError, ValueError):  # ValueError: read after close()
-            return None
-        if len(data) < size:
-            return None
-        message: tuple[Any, ...] | list[tuple[Any, ...]] = pickle.loads(data)  # from our own other process only
-        return message if isinstance(message, list) else [message]
+            if not data:
+                return None
+            self._split(data)
+        return self._frames.popleft()
+
+    def _split(self, data: bytes) -> None:
+        """Add what was read; take every whole frame out of it."""
+        received = self._received
+        received += data
+        start = 0
+        while len(received) - start >= _HEADER.size:
+            (size,) = _HEADER.unpack_from(received, start)
+            end = start + _HEADER.size + size
+            if end > len(received):
+                break
+            # From our own other process only.
+            message: tuple[Any, ...] | list[tuple[Any, ...]] = pickle.loads(received[start + _HEADER.size:end])
+            self._frames.append(message if isinstance(message, list) else [message])
+            start = end
+        del received[:start]
 
     def close(self) -> None:
         """Close this end: the other side's `receive()` returns None."""
