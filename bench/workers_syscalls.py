@@ -17,6 +17,7 @@ message (user + system) in the same run, per checkout and door.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import signal
 import subprocess
@@ -34,6 +35,12 @@ CALLS = ("sendto", "recvfrom", "sendmsg", "recvmsg", "write", "read", "futex", "
          "fdatasync", "getpid")
 
 
+def own_cpu_seconds(pid: int) -> float:
+    """Return the CPU time (user + system) of `pid` alone, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def count(root: Path, door: str, workers: int, payloads: Path, warm: Path, tmp: Path) -> dict[str, float]:
     """Return the system calls of one server's tree by name (and "total") while the client sends `payloads`."""
     port = free_port()
@@ -45,22 +52,24 @@ def count(root: Path, door: str, workers: int, payloads: Path, warm: Path, tmp: 
         run_client(door, port, warm, SESSIONS)
         pids = [proc.pid, *descendants(proc.pid)]
         out = tmp / "perf.txt"
-        events = ",".join(["raw_syscalls:sys_enter", *(f"syscalls:sys_enter_{name}" for name in CALLS)])
+        events = ",".join(["raw_syscalls:sys_enter", "context-switches",
+                           *(f"syscalls:sys_enter_{name}" for name in CALLS)])
         tracer = subprocess.Popen(["perf", "stat", "-x", ",", "-o", str(out), "-e", events,
                                    "-p", ",".join(str(pid) for pid in pids)], stderr=subprocess.DEVNULL)
         time.sleep(1.0)  # attached
-        before = tree_cpu_seconds(proc.pid)
+        before, parent = tree_cpu_seconds(proc.pid), own_cpu_seconds(proc.pid)
         messages, _, _ = run_client(door, port, payloads, SESSIONS)
-        cpu = tree_cpu_seconds(proc.pid) - before
+        cpu, parent = tree_cpu_seconds(proc.pid) - before, own_cpu_seconds(proc.pid) - parent
         tracer.send_signal(signal.SIGINT)
         tracer.wait(30)
     finally:
         stop(proc)
-    calls: dict[str, float] = {"messages": messages, "cpu_ms": cpu * 1000}
+    calls: dict[str, float] = {"messages": messages, "cpu_ms": cpu * 1000, "parent_ms": parent * 1000}
     for line in out.read_text().splitlines():
         fields = line.split(",")
         if len(fields) > 2 and fields[0].isdigit():
-            name = fields[2].rpartition("sys_enter")[2].lstrip("_") or "total"
+            name = "switches" if fields[2] == "context-switches" else (
+                fields[2].rpartition("sys_enter")[2].lstrip("_") or "total")
             calls[name] = int(fields[0])
     return calls
 
@@ -91,11 +100,12 @@ def main() -> int:
             for root in roots:
                 calls = count(root, door, args.workers, tmp / f"{door}.bin", tmp / f"warm-{door}.bin", tmp)
                 n = calls.pop("messages")
-                cpu = calls.pop("cpu_ms") / n
-                total = calls.pop("total")
+                cpu, parent = calls.pop("cpu_ms") / n, calls.pop("parent_ms") / n
+                total, switches = calls.pop("total"), calls.pop("switches")
                 kinds = ", ".join(f"{name} {c / n:.1f}" for name, c in sorted(calls.items(), key=lambda kv: -kv[1])
                                   if c / n >= 0.05)
-                table.add(f"{root} (round {round_ + 1})", f"{total / n:.1f}", f"CPU {cpu:.2f} ms/msg; {kinds}")
+                note = f"CPU {cpu:.2f} ms/msg (parent {parent:.2f}); {switches / n:.1f} context switches; {kinds}"
+                table.add(f"{root} (round {round_ + 1})", f"{total / n:.1f}", note)
         tables.append(table)
     for table in tables:
         print(table.render(), flush=True)
