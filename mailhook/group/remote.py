@@ -34,6 +34,8 @@ log = logging.getLogger("mailhook.group")
 # Seconds a read (health, positions) waits for the parent before giving up.
 ASK_TIMEOUT = 10.0
 GONE = "the mailhook supervisor process is gone"
+# The requests kept in the outbox until the loop turn ends: those whose answer the sender waits for.
+_BATCHED = frozenset({"submit", "complete"})
 
 
 class RemoteStorage:
@@ -44,8 +46,8 @@ class RemoteStorage:
     the parent lets the worker start accepting. `on_lost()` is
     called once when the parent's end closes: every write still waiting fails
     with `RetryLater`, so no session is told its message is stored. Given the
-    worker's event `loop` (built on its thread), what the loop sends in one
-    turn goes to the parent in one frame, at the end of the turn.
+    worker's event `loop` (built on its thread), the deliveries the loop
+    submits in one turn go to the parent in one frame, at the end of the turn.
     """
 
     def __init__(
@@ -53,7 +55,7 @@ class RemoteStorage:
         on_go: Callable[[], None] = lambda: None, loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.channel = channel
-        # Sent from `loop`'s thread, requests wait in the outbox until the loop turn ends: the deliveries
+        # Sent from `loop`'s thread, deliveries wait in the outbox until the loop turn ends: the deliveries
         # of one turn go in one frame (one pickle, one system call, one wake-up of the parent's reader).
         self._loop = loop
         self._loop_thread = threading.get_ident() if loop is not None else None
@@ -149,7 +151,7 @@ class RemoteStorage:
                 future.set_exception(RetryLater(GONE))
                 return number, future
             self._waiting[number] = future
-        if self._queued((kind, number, *args)):
+        if kind in _BATCHED and self._queued((kind, number, *args)):
             self._asked.append(number)
             return number, future
         try:
@@ -159,9 +161,11 @@ class RemoteStorage:
         return number, future
 
     def tell(self, kind: str, number: int, *args: Any) -> None:
-        """Send a message that needs no answer (a release of budget held under request `number`, a refusal)."""
-        if self._queued((kind, number, *args)):
-            return
+        """Send a message that needs no answer (a release of budget held under request `number`, a refusal).
+
+        Sent at once, never kept for the end of the loop turn: a peer told of a
+        refusal may scrape `/metrics` next, on another worker, and find it counted.
+        """
         with contextlib.suppress(OSError):
             self.channel.send((kind, number, *args))
 
