@@ -63,6 +63,25 @@ class Channel:
             self._split(data)
         return self._frames.popleft()
 
+    def receive_ready(self) -> list[list[tuple[Any, ...]]] | None:
+        """Return the frames complete now, reading only what has arrived (never waits); None once the other side closed.
+
+        For an event loop's reader callback; sends may still block (the socket stays blocking for them).
+        """
+        try:
+            data = self.sock.recv(_CHUNK, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            data = None
+        except OSError:
+            return None
+        if data is not None:
+            if not data and not self._frames:
+                return None
+            self._split(data)
+        frames = list(self._frames)
+        self._frames.clear()
+        return frames
+
     def _split(self, data: bytes) -> None:
         """Add what was read; take every whole frame out of it."""
         received = self._received

@@ -68,8 +68,15 @@ class RemoteStorage:
         self._ids = itertools.count()
         self._lock = threading.Lock()
         self._lost = False
-        self._thread = threading.Thread(target=self._read, name="mailhook-remote-store", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if loop is None:
+            self._thread = threading.Thread(target=self._read, name="mailhook-remote-store", daemon=True)
+            self._thread.start()
+        else:
+            # The loop reads the parent's answers itself: no reader thread to wake, and no hop from it to the
+            # loop, per frame. Frames read before (with the first message) are taken at the first turn.
+            loop.add_reader(channel.sock.fileno(), self._readable)
+            loop.call_soon(self._readable)
 
     @property
     def waiting(self) -> int:
@@ -136,8 +143,14 @@ class RemoteStorage:
     def close(self) -> None:
         """Close the channel: the doors are closed and every write answered before this is called."""
         self._flush()
+        if self._thread is None:
+            assert self._loop is not None
+            self._loop.remove_reader(self.channel.sock.fileno())
         self.channel.close()
-        self._thread.join(timeout=5)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        else:
+            self._end()
 
     def _ask(self, kind: str, *args: Any) -> Future[Any]:
         return self.ask(kind, *args)[1]
@@ -197,26 +210,46 @@ class RemoteStorage:
                 future.set_exception(RetryLater(GONE))
 
     def _read(self) -> None:
-        # One frame: the answers to the deliveries of one of the parent's commits (or a ping, a read's answer).
         while (messages := self.channel.receive_all()) is not None:
-            for kind, number, *rest in messages:
-                if kind == "ping":
-                    self.on_ping(number)
-                    continue
-                if kind == "go":
-                    self.on_go()
-                    continue
-                with self._lock:
-                    future = self._waiting.pop(number, None)
-                if future is None:
-                    continue
-                if kind == "done":
-                    future.set_result(rest[0])
-                elif kind == "broken":  # the parent's extraction process died on it (or before it)
-                    future.set_exception(BrokenProcessPool(rest[0]))
-                else:  # "failed": the parent's writer said RetryLater (its reason in words)
-                    future.set_exception(RetryLater(rest[0]))
+            self._take(messages)
+        self._end()
+
+    def _readable(self) -> None:
+        """Take what the parent sent (on the loop, when the channel is readable)."""
+        frames = self.channel.receive_ready()
+        if frames is None:
+            assert self._loop is not None
+            self._loop.remove_reader(self.channel.sock.fileno())
+            self._end()
+            return
+        for messages in frames:
+            self._take(messages)
+
+    def _take(self, messages: list[tuple[Any, ...]]) -> None:
+        # One frame: the answers to the deliveries of one of the parent's commits (or a ping, a read's answer).
+        for kind, number, *rest in messages:
+            if kind == "ping":
+                self.on_ping(number)
+                continue
+            if kind == "go":
+                self.on_go()
+                continue
+            with self._lock:
+                future = self._waiting.pop(number, None)
+            if future is None:
+                continue
+            if kind == "done":
+                future.set_result(rest[0])
+            elif kind == "broken":  # the parent's extraction process died on it (or before it)
+                future.set_exception(BrokenProcessPool(rest[0]))
+            else:  # "failed": the parent's writer said RetryLater (its reason in words)
+                future.set_exception(RetryLater(rest[0]))
+
+    def _end(self) -> None:
+        """The parent's end closed (or this one): fail every request still waiting, once, and say so."""
         with self._lock:
+            if self._lost:
+                return
             self._lost = True
             waiting, self._waiting = self._waiting, {}
         for future in waiting.values():
