@@ -87,15 +87,17 @@ class Channel:
         received = self._received
         received += data
         start = 0
-        while len(received) - start >= _HEADER.size:
-            (size,) = _HEADER.unpack_from(received, start)
-            end = start + _HEADER.size + size
-            if end > len(received):
-                break
-            # From our own other process only.
-            message: tuple[Any, ...] | list[tuple[Any, ...]] = pickle.loads(received[start + _HEADER.size:end])
-            self._frames.append(message if isinstance(message, list) else [message])
-            start = end
+        # Unpickled from a view, not a copy: a frame of large deliveries is held once, not twice.
+        with memoryview(received) as view:
+            while len(view) - start >= _HEADER.size:
+                (size,) = _HEADER.unpack_from(view, start)
+                end = start + _HEADER.size + size
+                if end > len(view):
+                    break
+                with view[start + _HEADER.size:end] as frame:
+                    message: tuple[Any, ...] | list[tuple[Any, ...]] = pickle.loads(frame)  # from our own process
+                self._frames.append(message if isinstance(message, list) else [message])
+                start = end
         del received[:start]
 
     def close(self) -> None:

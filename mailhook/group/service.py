@@ -8,7 +8,8 @@ its loop) are answered in one frame, once the last of them is committed.
 The parent's listeners (metrics, the STATUS= counters) are told of every
 delivery, so they count the whole group (the worker's refusals and open
 SMTP sessions reach the parent's metrics too, and a worker's `/metrics`
-answers with them); a delivery stored `pending` wakes the parent's backlog, which extracts it.
+answers with them); a delivery stored `pending` wakes the parent's backlog,
+which extracts it.
 """
 
 from __future__ import annotations
