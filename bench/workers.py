@@ -1,6 +1,6 @@
 """Every core: `mailhook serve --workers 1` against `--workers N` on distinct notifications, in one interleaved run.
 
-    python bench/workers.py [--workers 2] [--messages 3000] [--requests 4000] [--repeats 5]
+    python bench/workers.py [--workers 2] [--messages 3000] [--requests 4000] [--repeats 5] [--before OLD_CHECKOUT]
 
 Three comparisons, each round giving every server a turn with the same payloads
 (bench/distinct.py, the asyncio client bench/load.py, 8 sessions or keep-alive
@@ -9,7 +9,10 @@ connections): SMTP in the default mode (`stored`), SMTP with
 HTTP. The no-op aiosmtpd and aiohttp servers run beside as the yardstick. CPU
 is user + system of each server's whole process tree (parent, workers, fork
 servers, extraction processes); memory is the peak of its process group's
-summed RSS. The ratios are medians of per-round ratios.
+summed RSS. The ratios are medians of per-round ratios. With `--before` (a
+checkout of an older mailhook, e.g. `git archive main | tar -x -C /tmp/base`)
+that checkout's `--workers N` takes its turn in every round too, and each
+table gives this checkout's ratio to it.
 """
 
 from __future__ import annotations
@@ -31,11 +34,12 @@ SESSIONS = 8
 
 
 def _mailhook(tmp: Path, name: str, workers: int, door: str, *extra: str,
-              drained: Callable[[Path], float] | None = None) -> Contender:
+              drained: Callable[[Path], float] | None = None, root: Path = ROOT) -> Contender:
     port = free_port()
     db = tmp / f"{name}.db"
     proc = mailhook_serve(db, smtp_port=port if door == "smtp" else None, http_port=port if door == "http" else None,
-                          log=tmp / f"{name}.log", extra=("--workers", str(workers), *extra), new_session=True)
+                          log=tmp / f"{name}.log", extra=("--workers", str(workers), *extra), new_session=True,
+                          root=root)
     return Contender(name, proc, port, mailhook=True,
                      drained=(lambda: drained(db)) if drained is not None else None)
 
@@ -45,7 +49,8 @@ def _ratio(a: Contender, b: Contender, what: Callable[[Contender, int], float]) 
     return f"{statistics.median(per_round):.2f}x ({min(per_round):.2f}-{max(per_round):.2f})"
 
 
-def bench(workers: int, messages: int, requests: int, repeats: int, workdir: Path) -> list[Table]:
+def bench(workers: int, messages: int, requests: int, repeats: int, workdir: Path,
+          before: Path | None = None) -> list[Table]:
     workdir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="workers-", dir=workdir))
     py = sys.executable
@@ -56,6 +61,11 @@ def bench(workers: int, messages: int, requests: int, repeats: int, workdir: Pat
             groups["received"].append(_mailhook(tmp, f"received-w{n}", n, "smtp", "--smtp-acknowledge", "received",
                                                 drained=wait_drained))
             groups["http"].append(_mailhook(tmp, f"http-w{n}", n, "http"))
+        if before is not None:  # third in each group, before the no-op yardstick
+            groups["smtp"].append(_mailhook(tmp, f"smtp-w{workers}-before", workers, "smtp", root=before))
+            groups["received"].append(_mailhook(tmp, f"received-w{workers}-before", workers, "smtp",
+                                                "--smtp-acknowledge", "received", drained=wait_drained, root=before))
+            groups["http"].append(_mailhook(tmp, f"http-w{workers}-before", workers, "http", root=before))
         port = free_port()
         groups["smtp"].append(Contender("no-op aiosmtpd", spawn([py, str(ROOT / "bench" / "noop_smtp.py"),
                                                                  str(port)]), port))
@@ -94,11 +104,11 @@ def bench(workers: int, messages: int, requests: int, repeats: int, workdir: Pat
             for c in group:
                 c.close()
     shutil.rmtree(tmp, ignore_errors=True)
-    return [_table(kind, group, workers, messages if kind != "http" else requests, repeats)
+    return [_table(kind, group, workers, messages if kind != "http" else requests, repeats, before is not None)
             for kind, group in groups.items()]
 
 
-def _table(kind: str, group: list[Contender], workers: int, count: int, repeats: int) -> Table:
+def _table(kind: str, group: list[Contender], workers: int, count: int, repeats: int, before: bool) -> Table:
     title = {"smtp": "SMTP, default (stored)", "received": "SMTP, acknowledge=received",
              "http": "HTTP, the mix of documents"}[kind]
     table = Table(f"{title}: --workers 1 vs --workers {workers}, {SESSIONS} sessions, {count:,} per turn, "
@@ -114,8 +124,12 @@ def _table(kind: str, group: list[Contender], workers: int, count: int, repeats:
     one, many = group[0], group[1]
     table.add(f"--workers {workers} / --workers 1", _ratio(many, one, lambda c, i: c.samples[i].rate),
               "rate; CPU per msg " + _ratio(many, one, lambda c, i: c.samples[i].cpu_ms))
-    if len(group) > 2:
-        noop = group[2]
+    if before:
+        old = group[2]
+        table.add(f"--workers {workers} / before", _ratio(many, old, lambda c, i: c.samples[i].rate),
+                  "rate; CPU per msg " + _ratio(many, old, lambda c, i: c.samples[i].cpu_ms))
+    if len(group) > 2 + before:
+        noop = group[2 + before]
         table.add(f"÷ {noop.name}", f"w1 {_ratio(one, noop, lambda c, i: c.samples[i].rate)}",
                   f"w{workers} {_ratio(many, noop, lambda c, i: c.samples[i].rate)}")
     if drained:
@@ -131,9 +145,10 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=4000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mailhook-bench"))
+    parser.add_argument("--before", type=Path, help="an older checkout whose --workers N runs in every round too")
     args = parser.parse_args()
     print(machine())
-    for table in bench(args.workers, args.messages, args.requests, args.repeats, args.workdir):
+    for table in bench(args.workers, args.messages, args.requests, args.repeats, args.workdir, args.before):
         print(table.render())
     return 0
 

@@ -34,6 +34,8 @@ log = logging.getLogger("mailhook.group")
 # Seconds a read (health, positions) waits for the parent before giving up.
 ASK_TIMEOUT = 10.0
 GONE = "the mailhook supervisor process is gone"
+# The requests kept in the outbox until the loop turn ends: those whose answer the sender waits for.
+_BATCHED = frozenset({"submit", "complete"})
 
 
 class RemoteStorage:
@@ -43,14 +45,22 @@ class RemoteStorage:
     parent sends, the worker answering it from its event loop; `on_go()` when
     the parent lets the worker start accepting. `on_lost()` is
     called once when the parent's end closes: every write still waiting fails
-    with `RetryLater`, so no session is told its message is stored.
+    with `RetryLater`, so no session is told its message is stored. Given the
+    worker's event `loop` (built on its thread), the deliveries the loop
+    submits in one turn go to the parent in one frame, at the end of the turn.
     """
 
     def __init__(
         self, channel: Channel, *, on_ping: Callable[[int], None], on_lost: Callable[[], None],
-        on_go: Callable[[], None] = lambda: None,
+        on_go: Callable[[], None] = lambda: None, loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.channel = channel
+        # Sent from `loop`'s thread, deliveries wait in the outbox until the loop turn ends: the deliveries
+        # of one turn go in one frame (one pickle, one system call, one wake-up of the parent's reader).
+        self._loop = loop
+        self._loop_thread = threading.get_ident() if loop is not None else None
+        self._outbox: list[tuple[Any, ...]] = []
+        self._asked: list[int] = []  # the outbox's requests that wait for an answer
         self.on_ping = on_ping
         self.on_go = on_go
         self.on_lost = on_lost
@@ -58,8 +68,15 @@ class RemoteStorage:
         self._ids = itertools.count()
         self._lock = threading.Lock()
         self._lost = False
-        self._thread = threading.Thread(target=self._read, name="mailhook-remote-store", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if loop is None:
+            self._thread = threading.Thread(target=self._read, name="mailhook-remote-store", daemon=True)
+            self._thread.start()
+        else:
+            # The loop reads the parent's answers itself: no reader thread to wake, and no hop from it to the
+            # loop, per frame. Frames read before (with the first message) are taken at the first turn.
+            loop.add_reader(channel.sock.fileno(), self._readable)
+            loop.call_soon(self._readable)
 
     @property
     def waiting(self) -> int:
@@ -125,8 +142,15 @@ class RemoteStorage:
 
     def close(self) -> None:
         """Close the channel: the doors are closed and every write answered before this is called."""
+        self._flush()
+        if self._thread is None:
+            assert self._loop is not None
+            self._loop.remove_reader(self.channel.sock.fileno())
         self.channel.close()
-        self._thread.join(timeout=5)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        else:
+            self._end()
 
     def _ask(self, kind: str, *args: Any) -> Future[Any]:
         return self.ask(kind, *args)[1]
@@ -140,23 +164,70 @@ class RemoteStorage:
                 future.set_exception(RetryLater(GONE))
                 return number, future
             self._waiting[number] = future
+        if kind in _BATCHED and self._queued((kind, number, *args)):
+            self._asked.append(number)
+            return number, future
         try:
             self.channel.send((kind, number, *args))
         except OSError:
-            with self._lock:
-                self._waiting.pop(number, None)
-            future.set_exception(RetryLater(GONE))
+            self._gone([number])
         return number, future
 
     def tell(self, kind: str, number: int, *args: Any) -> None:
-        """Send a message that needs no answer (a release of budget held under request `number`, a refusal)."""
+        """Send a message that needs no answer (a release of budget held under request `number`, a refusal).
+
+        Sent at once, never kept for the end of the loop turn: a peer told of a
+        refusal may scrape `/metrics` next, on another worker, and find it counted.
+        """
         with contextlib.suppress(OSError):
             self.channel.send((kind, number, *args))
 
+    def _queued(self, message: tuple[Any, ...]) -> bool:
+        """Put `message` in the outbox if this is the loop's thread (sent when the turn ends); say whether it was."""
+        if self._loop_thread != threading.get_ident():
+            return False
+        self._outbox.append(message)
+        if len(self._outbox) == 1:
+            assert self._loop is not None
+            self._loop.call_soon(self._flush)
+        return True
+
+    def _flush(self) -> None:
+        """Send the outbox in one frame (on the loop's thread)."""
+        messages, self._outbox = self._outbox, []
+        asked, self._asked = self._asked, []
+        try:
+            self.channel.send_all(messages)
+        except OSError:
+            self._gone(asked)
+
+    def _gone(self, numbers: list[int]) -> None:
+        """Fail the requests `numbers`, which could not be sent: the parent is gone."""
+        for number in numbers:
+            with self._lock:
+                future = self._waiting.pop(number, None)
+            if future is not None:
+                future.set_exception(RetryLater(GONE))
 
     def _read(self) -> None:
-        while (message := self.channel.receive()) is not None:
-            kind, number, *rest = message
+        while (messages := self.channel.receive_all()) is not None:
+            self._take(messages)
+        self._end()
+
+    def _readable(self) -> None:
+        """Take what the parent sent (on the loop, when the channel is readable)."""
+        frames = self.channel.receive_ready()
+        if frames is None:
+            assert self._loop is not None
+            self._loop.remove_reader(self.channel.sock.fileno())
+            self._end()
+            return
+        for messages in frames:
+            self._take(messages)
+
+    def _take(self, messages: list[tuple[Any, ...]]) -> None:
+        # One frame: the answers to the deliveries of one of the parent's commits (or a ping, a read's answer).
+        for kind, number, *rest in messages:
             if kind == "ping":
                 self.on_ping(number)
                 continue
@@ -173,7 +244,12 @@ class RemoteStorage:
                 future.set_exception(BrokenProcessPool(rest[0]))
             else:  # "failed": the parent's writer said RetryLater (its reason in words)
                 future.set_exception(RetryLater(rest[0]))
+
+    def _end(self) -> None:
+        """The parent's end closed (or this one): fail every request still waiting, once, and say so."""
         with self._lock:
+            if self._lost:
+                return
             self._lost = True
             waiting, self._waiting = self._waiting, {}
         for future in waiting.values():

@@ -3,11 +3,13 @@
 One thread per worker reads its requests and hands each write to the
 parent's one writer (`store.interface.Storage`); the answer goes back from
 the writer's commit callback, so a worker learns a delivery is stored only
-once it is durable. The parent's listeners (metrics, the STATUS= counters)
-are told of every delivery, so they count the whole group (the worker's
-refusals and open SMTP sessions reach the parent's metrics too, and a
-worker's `/metrics` answers with them); a delivery
-stored `pending` wakes the parent's backlog, which extracts it.
+once it is durable. The deliveries a worker sent in one frame (one turn of
+its loop) are answered in one frame, once the last of them is committed.
+The parent's listeners (metrics, the STATUS= counters) are told of every
+delivery, so they count the whole group (the worker's refusals and open
+SMTP sessions reach the parent's metrics too, and a worker's `/metrics`
+answers with them); a delivery stored `pending` wakes the parent's backlog,
+which extracts it.
 """
 
 from __future__ import annotations
@@ -68,8 +70,11 @@ class StoreService:
 
     def _serve(self) -> None:
         try:
-            while (message := self.channel.receive()) is not None:
-                self._handle(message)
+            while (messages := self.channel.receive_all()) is not None:
+                deliveries = sum(1 for message in messages if message[0] == "submit")
+                replies = _Replies(self, deliveries) if deliveries else None
+                for message in messages:
+                    self._handle(message, replies)
         except Exception:
             log.exception("%s: unexpected error serving its requests", self.name)
         finally:
@@ -81,14 +86,16 @@ class StoreService:
             release.set()
         _settle(self.ended, None)
 
-    def _handle(self, message: tuple[Any, ...]) -> None:
+    def _handle(self, message: tuple[Any, ...], replies: _Replies | None = None) -> None:
         kind, number, *args = message
         storage = self.pipeline.writer
         if kind == "submit":
+            assert replies is not None
             delivery, extraction = args
             started = time.perf_counter()
             stored = storage.submit(delivery, extraction)
-            stored.add_done_callback(lambda done: self._stored(number, delivery, extraction is None, done, started))
+            stored.add_done_callback(
+                lambda done: self._stored(number, delivery, extraction is None, done, started, replies))
         elif kind == "complete":
             storage.complete(args[0]).add_done_callback(lambda done: self._answer(number, done))
         elif kind == "extract":
@@ -167,26 +174,69 @@ class StoreService:
             done.set_exception(exc)
         self._answer(number, done)
 
-    def _stored(self, number: int, delivery: Delivery, pending: bool, done: Future[Receipt], started: float) -> None:
+    def _stored(self, number: int, delivery: Delivery, pending: bool, done: Future[Receipt], started: float,
+                replies: _Replies) -> None:
         # As the pipeline does in one process, the listeners (STATUS= counters, metrics) are told before the
         # answer goes: whoever got a 250 or 200 finds the delivery counted. The worker wrote its log line.
         elapsed = time.perf_counter() - started
         receipt = done.result() if done.exception() is None else None
         if pending and receipt is not None:
+            replies.add(_reply(number, done), (receipt.delivery_id, started))
+            return
+        for listener in self.pipeline.listeners:
+            listener(delivery, receipt, elapsed)
+        replies.add(_reply(number, done))
+
+    def _answered(self, replies: list[tuple[Any, ...]], pending: list[tuple[int, float]]) -> None:
+        """Send a frame's answers in one frame, after waking the backlog for those stored pending (once)."""
+        if pending:
+            self.loop.call_soon_threadsafe(self._wake, pending)
+        # OSError: the worker died; its clients got no answer and send again (duplicates, stored once).
+        with contextlib.suppress(OSError):
+            self.channel.send_all(replies)
+
+    def _wake(self, pending: list[tuple[int, float]]) -> None:
+        for delivery_id, started in pending:
             for wake in self.pipeline.pending_listeners:
-                self.loop.call_soon_threadsafe(wake, receipt.delivery_id, started)
-        else:
-            for listener in self.pipeline.listeners:
-                listener(delivery, receipt, elapsed)
-        self._answer(number, done)
+                wake(delivery_id, started)
 
     def _answer(self, number: int, done: Future[Any]) -> None:
-        exc = done.exception()
-        reply = ("done", number, done.result()) if exc is None else (
-            "failed", number, str(exc) if isinstance(exc, RetryLater) else f"storage error: {type(exc).__name__}")
         # OSError: the worker died; its client got no answer and sends again (a duplicate, stored once).
         with contextlib.suppress(OSError):
-            self.channel.send(reply)
+            self.channel.send(_reply(number, done))
+
+
+class _Replies:
+    """The answers to the deliveries of one frame, sent together once the last of them is committed.
+
+    The writer commits a frame's deliveries together (they reach its queue at
+    once), so this costs no latency, and the worker gets one frame, one system
+    call and one wake-up per commit instead of one per delivery.
+    """
+
+    def __init__(self, service: StoreService, count: int) -> None:
+        self.service = service
+        self.left = count
+        self.replies: list[tuple[Any, ...]] = []
+        self.pending: list[tuple[int, float]] = []
+        self._lock = threading.Lock()  # answers come from the writer's thread, a refusal at once from the reader's
+
+    def add(self, reply: tuple[Any, ...], pending: tuple[int, float] | None = None) -> None:
+        """Keep one delivery's answer (and its pending id and start); send them all with the last one."""
+        with self._lock:
+            self.replies.append(reply)
+            if pending is not None:
+                self.pending.append(pending)
+            self.left -= 1
+            if self.left:
+                return
+        self.service._answered(self.replies, self.pending)
+
+
+def _reply(number: int, done: Future[Any]) -> tuple[Any, ...]:
+    exc = done.exception()
+    return ("done", number, done.result()) if exc is None else (
+        "failed", number, str(exc) if isinstance(exc, RetryLater) else f"storage error: {type(exc).__name__}")
 
 
 def _settle(future: asyncio.Future[Any], value: Any) -> None:

@@ -77,6 +77,7 @@ async def serve(
         on_ping=lambda number: _soon(loop, _pong, channel, number, metrics),
         on_lost=lambda: _soon(loop, stopping.set),
         on_go=lambda: _soon(loop, go.set),
+        loop=loop,
     )
     accept_failures = openfiles.guard_accept(loop)
     openfiles.raise_limit(openfiles.needed(settings, smtp="smtp" in sockets, http="http" in sockets))
