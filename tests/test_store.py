@@ -383,3 +383,23 @@ def test_the_writers_journals_stay_in_memory_not_in_a_temporary_file_per_commit(
         assert store.conn.execute("PRAGMA temp_store").fetchone() == (2,)  # MEMORY
     finally:
         store.close()
+
+
+def test_the_wal_is_checkpointed_every_16_mib_and_stays_bounded(db: Path) -> None:
+    from mailhook.store.connection import WAL_SIZE_LIMIT
+    from mailhook.store.write import CHECKPOINT_PAGES
+
+    store = Store(db)
+    try:
+        assert store.conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (CHECKPOINT_PAGES,) == (4000,)
+        big = "x" * 3000  # about a page per delivery, with its indexes a few more
+        for start in range(0, 6000, 100):
+            store.write([(email(f"<{n}@t>", big.encode()), Extraction(message_id=f"<{n}@t>",
+                                                                     events=(text_event(n),)))
+                         for n in range(start, start + 100)])
+        wal = Path(f"{db}-wal").stat().st_size
+    finally:
+        store.close()
+    # More than a checkpoint's worth was written: the WAL was reset, not grown past its bound.
+    assert (db.stat().st_size + wal) > 2 * CHECKPOINT_PAGES * 4096
+    assert wal < min(WAL_SIZE_LIMIT, (CHECKPOINT_PAGES + 2000) * (4096 + 24))
