@@ -56,8 +56,8 @@ _SETTLE = tuple(statements(figures.SETTLE))
 
 # The WAL is copied back into the database once it holds this many pages (16 MiB; SQLite's default
 # is 1,000). A page that many commits change (the right-most leaves, the figures, full-text
-# structure) is copied once per checkpoint: bench/store_frames.py --checkpoints counts 7.4
-# pages copied per distinct email at 1,000, 3.4 at 4,000. The file stays below journal_size_limit.
+# structure) is copied once per checkpoint: bench/store_frames.py --checkpoints counts 4.7
+# pages copied per distinct email at 1,000, 2.4 at 4,000. The file stays below journal_size_limit.
 CHECKPOINT_PAGES = 4000
 
 # What fails one item of a batch alone (a UnicodeEncodeError, mended and written again, is a ValueError).
