@@ -201,6 +201,8 @@ def mbox_of(count: int) -> bytes:
 
 
 def test_a_backfill_off_a_terminal_prints_one_summary_line_and_no_line_per_delivery(tmp_path: Path) -> None:
+    from mailhook.store.schema import MIGRATIONS
+
     (tmp_path / "in.mbox").write_bytes(mbox_of(30))
     result = run("ingest", "--db", str(tmp_path / "m.db"), str(tmp_path / "in.mbox"))
     assert result.returncode == 0, result.stderr
