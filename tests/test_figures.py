@@ -326,8 +326,28 @@ def test_a_version_4_database_upgraded_to_5_keeps_exact_figures_row_by_row_and_p
     assert len(items[8:]) >= DEFER_FIGURES_AT
     store_documents(path, items[8:], batch=len(items))  # one batch that settles its figures at its end
     with closing(sqlite3.connect(path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (5,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
         triggers = dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'").fetchall())
     assert "figures_deferred" in triggers["events_figures_insert"]
     assert "figures_deferred" in triggers["attempts_figures_insert"]
+    assert maintained(path) == full_scan(path)
+
+
+def test_a_version_5_database_upgraded_to_6_attributes_replies_and_keeps_exact_figures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mailhook.store import connection
+    from mailhook.store.schema import MIGRATIONS
+
+    items = documents()
+    path = tmp_path / "m.db"
+    with monkeypatch.context() as patch:
+        patch.setattr(connection, "MIGRATIONS", MIGRATIONS[:5])
+        store_documents(path, items[:6], batch=3)
+    store_documents(path, items[6:9], batch=1)  # upgraded on open; reply lookups by the partial indexes
+    store_documents(path, items[9:], batch=len(items))
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),) >= (6,)
+        replies = conn.execute("SELECT count(*) FROM events WHERE reply_to IS NOT NULL").fetchone()[0]
+    assert replies > 0
     assert maintained(path) == full_scan(path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import smtplib
 import sqlite3
 import subprocess
@@ -133,7 +134,7 @@ def test_a_value_postgresql_cannot_index_keeps_its_delivery_quarantined_and_the_
     kept = pg[0][1]
     assert isinstance(kept, Receipt) and kept.error is not None
     assert kept.error.startswith("not stored on PostgreSQL: index row size")
-    assert "events_final_result" in kept.error
+    assert re.search(r'index "events_(type_result|broadcast_type)"', kept.error)  # final_result has no index alone
     raw = pg_rows(postgres_url, "SELECT raw, status, error FROM deliveries WHERE status = 'quarantined'")
     assert [(bytes(r[0]), r[1], r[2]) for r in raw] == [(batch[1][0].raw, "quarantined", kept.error)]
     assert pg_rows(postgres_url, "SELECT resource_id FROM events ORDER BY resource_id") == [(1,), (3,)]

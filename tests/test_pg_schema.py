@@ -156,6 +156,23 @@ def test_full_text_search_finds_a_word_of_a_message_whatever_its_case(postgres_u
     assert "events_message_tsv" in plan
 
 
+def test_reply_lookups_use_the_indexes_of_their_own_kind_of_text_and_raw_numbers_have_none(postgres_url: str) -> None:
+    conn = open_database(PostgresTarget(postgres_url))
+    indexes = dict(conn.execute("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'events'").fetchall())
+    assert not {"events_from_number", "events_to_number", "events_final_result"} & set(indexes)
+    assert indexes["events_text_to"].endswith("WHERE (event_type = 'OUTBOUND_TEXT_FINISHED'::text)")
+    assert indexes["events_text_from"].endswith("WHERE (event_type = 'INBOUND_TEXT_FINISHED'::text)")
+    conn.execute("SET LOCAL enable_seqscan = off")  # an empty table: without this the planner rightly scans it
+    plans = ["\n".join(row[0] for row in conn.execute(f"EXPLAIN {sql}")) for sql in (
+        "SELECT id FROM events WHERE event_type = 'OUTBOUND_TEXT_FINISHED' AND to_e164 = '+1' AND from_e164 = '+2'",
+        "SELECT id FROM events WHERE event_type = 'INBOUND_TEXT_FINISHED' AND from_e164 = '+1' AND to_e164 = '+2'",
+    )]
+    conn.rollback()
+    conn.close()
+    assert "events_text_to" in plans[0]
+    assert "events_text_from" in plans[1]
+
+
 @pytest.mark.parametrize("view", ["texts", "calls", "campaign_events", "replies", "attempts_detail"])
 def test_every_view_answers_on_an_empty_database(postgres_url: str, view: str) -> None:
     conn = open_database(PostgresTarget(postgres_url))

@@ -22,7 +22,8 @@ from analysis_support import SAMPLE, delivery_for, event, fixture_database, stor
 from mailhook.export import rows
 from mailhook.models import Extraction
 from mailhook.stats.queries import EVENT_TIME_E, Window, collect
-from mailhook.store.connection import migrate, open_readonly
+from mailhook.store.connection import migrate, open_readonly, statements
+from mailhook.store.figures import SETTLE
 from mailhook.store.schema import MIGRATIONS
 from mailhook.store.writer import Writer
 
@@ -128,7 +129,12 @@ def test_upgrading_an_older_database_indexes_the_messages_it_already_has(tmp_pat
         ("e.event_type = ? AND e.final_result = ?", ("OUTBOUND_CALL_FINISHED", "BUSY"), "events_type_result"),
         ("e.broadcast_id = ? AND e.event_type = ?", (100, "OUTBOUND_CALL_FINISHED"), "events_broadcast_type"),
         ("e.received_at >= ?", ("2024-03-02",), "events_received_at"),
-        ("e.to_number = ?", ("12135550001",), "events_to_number"),
+        # Version 6 dropped the indexes on the numbers as sent: their E.164 forms are indexed.
+        ("e.to_e164 = ?", ("+12135550001",), "events_to_e164"),
+        ("e.from_e164 = ?", ("+12135550001",), "events_from_e164"),
+        # ... and on final_result alone: with the event types (as every view and figure filters), this one.
+        ("e.event_type IN ('OUTBOUND_CALL_FINISHED', 'INBOUND_CALL_FINISHED') AND e.final_result = ?", ("LA",),
+         "events_type_result"),
         # Version 3 dropped the single-column indexes that were prefixes of these two.
         # (Version 4 added events_type_time, which serves event_type alone as well: either will do.)
         ("e.event_type = ?", ("OUTBOUND_CALL_FINISHED",), "events_type_"),
@@ -138,6 +144,47 @@ def test_upgrading_an_older_database_indexes_the_messages_it_already_has(tmp_pat
 def test_common_filters_use_an_index(sample: Path, where: str, params: tuple[Any, ...], index: str) -> None:
     plan = " ".join(r[3] for r in query(sample, f"EXPLAIN QUERY PLAN SELECT * FROM events AS e WHERE {where}", params))
     assert f"USING INDEX {index}" in plan or f"USING COVERING INDEX {index}" in plan
+
+
+def test_only_the_indexes_a_query_needs_are_kept_each_reply_lookup_on_its_own_kind_of_text(sample: Path) -> None:
+    indexes = {row[1]: row[4] for row in query(sample, "PRAGMA index_list(events)")}  # name: partial
+    assert not {"events_from_number", "events_to_number", "events_final_result"} & set(indexes)
+    assert indexes["events_text_to"] == indexes["events_text_from"] == 1
+    where = {name: sql.split(" WHERE ")[-1].strip() for name, sql in query(
+        sample, "SELECT name, sql FROM sqlite_master WHERE name IN ('events_text_to', 'events_text_from')")}
+    assert where == {"events_text_to": "event_type = 'OUTBOUND_TEXT_FINISHED'",
+                     "events_text_from": "event_type = 'INBOUND_TEXT_FINISHED'"}
+
+
+def _statements_of_trigger(conn: sqlite3.Connection, name: str) -> list[str]:
+    """Return a trigger's statements with each `new.column` as a parameter, to be EXPLAINed alone."""
+    (sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = ?", (name,)).fetchone()
+    body = sql[sql.index(" BEGIN") + len(" BEGIN"):sql.rindex("END")]
+    return [re.sub(r"\b(new|old)\.(\w+)", r":\1_\2", s) for s in statements(body)]
+
+
+def _plan(conn: sqlite3.Connection, sql: str) -> list[str]:
+    names = dict.fromkeys(re.findall(r":(\w+)", sql))
+    return [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", names)]
+
+
+def test_figures_kept_on_ingest_and_settled_per_batch_search_indexes_and_never_scan_events(sample: Path) -> None:
+    with closing(sqlite3.connect(sample, isolation_level=None)) as conn:
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO figures_deferred (since) VALUES (0)")  # as Store.write does before SETTLE
+        work = _statements_of_trigger(conn, "events_figures_insert") + list(statements(SETTLE))
+        plans = [_plan(conn, sql) for sql in work]
+        conn.execute("ROLLBACK")
+    for sql, plan in zip(work, plans, strict=True):
+        scans = [step for step in plan if step.startswith("SCAN ") and step not in SMALL_SCANS]
+        assert scans == [], (sql, plan)
+    steps = " ".join(step for plan in plans for step in plan)
+    # A reply finds its text by the outbound texts' index; a late text its replies by the inbound ones'.
+    assert "SEARCH o USING INDEX events_text_to (to_e164=? AND from_e164=?)" in steps
+    assert "SEARCH events USING INDEX events_text_from (from_e164=? AND to_e164=?)" in steps
+
+
+SMALL_SCANS = ("SCAN CONSTANT ROW", "SCAN figures_deferred")
 
 
 def test_readonly_connection_reads_but_cannot_write(sample: Path) -> None:

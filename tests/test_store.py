@@ -329,3 +329,77 @@ def test_statistics_are_refreshed_once_per_doubling_of_the_events(tmp_path: Path
 def query_one(path: Path, sql: str) -> object:
     with sqlite3.connect(path) as conn:
         return conn.execute(sql).fetchone()[0]
+
+
+def _batch_with_failures() -> list[tuple[Delivery, Extraction | None]]:
+    """Good items around one SQLite cannot store (an integer past 64 bits) and one with a lone surrogate."""
+    return [
+        (email("<a@t>"), Extraction(message_id="<a@t>", events=(text_event(1),))),
+        (email("<b@t>"), Extraction(message_id="<b@t>", events=(text_event(2, duration=2**70),))),
+        (email("<c@t>"), Extraction(message_id="<c@t>", events=(text_event(3, message="bad \udc80 byte"),))),
+        (email("<a@t>"), Extraction(message_id="<a@t>", events=(text_event(1),))),  # a duplicate of the first
+        (email("<d@t>"), None),  # stored pending
+        (email("<e@t>"), Extraction(message_id="<e@t>", events=(text_event(5),))),
+    ]
+
+
+_STORED = ("SELECT d.id, d.status, d.error, d.message_id, d.event_count, d.duplicate_count, e.resource_id, e.message"
+           " FROM deliveries AS d LEFT JOIN events AS e ON e.delivery_id = d.id ORDER BY d.id")
+
+
+def test_a_batch_with_failing_items_stores_what_each_item_written_alone_would(tmp_path: Path) -> None:
+    together, alone = Store(tmp_path / "together.db"), Store(tmp_path / "alone.db")
+    try:
+        results = together.write(_batch_with_failures())
+        one_by_one = [alone.write([item])[0] for item in _batch_with_failures()]
+    finally:
+        together.close()
+        alone.close()
+    assert [type(r).__name__ for r in results] == [type(r).__name__ for r in one_by_one] == [
+        "Receipt", "OverflowError", "Receipt", "Receipt", "Receipt", "Receipt"]
+    assert [getattr(r, "status", None) for r in results] == ["stored", None, "stored", "duplicate", "pending", "stored"]
+    assert rows(tmp_path / "together.db", _STORED) == rows(tmp_path / "alone.db", _STORED)
+    assert ("bad \ufffd byte",) in rows(tmp_path / "together.db", "SELECT message FROM events")
+
+
+def test_a_batch_no_item_of_which_fails_takes_one_savepoint_not_one_per_item(db: Path) -> None:
+    store = Store(db)
+    executed: list[str] = []
+    try:
+        store.conn.set_trace_callback(executed.append)
+        results = store.write([(email(f"<{n}@t>"), Extraction(message_id=f"<{n}@t>", events=(text_event(n),)))
+                               for n in range(6)])
+        store.conn.set_trace_callback(None)
+    finally:
+        store.close()
+    assert [getattr(r, "status", None) for r in results] == ["stored"] * 6
+    assert [sql for sql in executed if sql.startswith(("SAVEPOINT", "RELEASE", "ROLLBACK"))] == [
+        "SAVEPOINT batch", "RELEASE batch"]
+
+
+def test_the_writers_journals_stay_in_memory_not_in_a_temporary_file_per_commit(db: Path) -> None:
+    store = Store(db)
+    try:
+        assert store.conn.execute("PRAGMA temp_store").fetchone() == (2,)  # MEMORY
+    finally:
+        store.close()
+
+
+def test_the_wal_is_checkpointed_every_16_mib_and_stays_bounded(db: Path) -> None:
+    from mailhook.store.connection import WAL_SIZE_LIMIT
+    from mailhook.store.write import CHECKPOINT_PAGES
+
+    store = Store(db)
+    try:
+        assert store.conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (CHECKPOINT_PAGES,) == (4000,)
+        big = "x" * 3000  # about a page per delivery, with its indexes a few more
+        for start in range(0, 6000, 100):
+            store.write([(email(f"<{n}@t>", big.encode()), Extraction(message_id=f"<{n}@t>",
+                                                                     events=(text_event(n),)))
+                         for n in range(start, start + 100)])
+        wal = Path(f"{db}-wal").stat().st_size
+    finally:
+        store.close()
+    # More than a checkpoint's worth was written: the WAL was reset, not grown past its bound.
+    assert (db.stat().st_size + wal) > 2 * CHECKPOINT_PAGES * 4096
+    assert wal < min(WAL_SIZE_LIMIT, (CHECKPOINT_PAGES + 2000) * (4096 + 24))

@@ -339,4 +339,21 @@ ANALYZE events;
 # the table `figures_deferred` and the two insert triggers made to skip their work while it has a row.
 _V5_DEFERRABLE = figures.DEFERRAL
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2_ANALYSIS, _V3_LEANER, _V4_ANALYSTS, _V5_DEFERRABLE)
+# Fewer pages per message (issue 15): every index is a page of the WAL per event, written on
+# commit and again at the checkpoint. The raw-number indexes (the E.164 ones find the same
+# numbers), final_result alone (no query of mailhook's filters on it without the event type,
+# which (event_type, final_result) serves), and the reply-attribution indexes over every event
+# where only outbound texts (to, from) and inbound texts (from, to) are ever looked up.
+_V6_FEWER_PAGES = """
+DROP INDEX IF EXISTS events_from_number;
+DROP INDEX IF EXISTS events_to_number;
+DROP INDEX IF EXISTS events_final_result;
+DROP INDEX IF EXISTS events_text_to;
+DROP INDEX IF EXISTS events_text_from;
+CREATE INDEX IF NOT EXISTS events_text_to ON events(to_e164, from_e164, event_time)
+    WHERE event_type = 'OUTBOUND_TEXT_FINISHED';
+CREATE INDEX IF NOT EXISTS events_text_from ON events(from_e164, to_e164, event_time)
+    WHERE event_type = 'INBOUND_TEXT_FINISHED';
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2_ANALYSIS, _V3_LEANER, _V4_ANALYSTS, _V5_DEFERRABLE, _V6_FEWER_PAGES)
