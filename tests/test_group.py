@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from smtp_support import SEED, notification
 
 from mailhook.config.settings import Settings
+from mailhook.group.remote import ASK_TIMEOUT
 from mailhook.group.shares import share, worker_count, worker_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -389,6 +390,28 @@ def test_metrics_count_the_whole_group_on_every_scrape_and_survive_a_worker_rest
         assert _post_token(server.http, document(1), "wrong") == 401
     for _ in range(8):
         assert _totals(server.http)[:3] == (sent + 6, sent + 6, refused + 6)
+    assert server.stop() == 0
+
+
+def test_a_scrape_the_silent_main_process_does_not_answer_gets_503_and_the_next_one_200(
+    serve: type[Served],
+) -> None:
+    server = serve(2)
+    assert _status(server.http, "/metrics") == 200
+    os.kill(server.proc.pid, signal.SIGSTOP)  # the main process holds the counters; it says nothing now
+    try:
+        started = time.monotonic()
+        request = urllib.request.Request(f"http://127.0.0.1:{server.http}/metrics",
+                                         headers={"Connection": "close"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=60)
+        waited = time.monotonic() - started
+        assert refused.value.code == 503
+        assert "supervisor process does not answer" in refused.value.read().decode()
+        assert waited >= ASK_TIMEOUT - 1  # it waited its bound, then gave up
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    wait_until(lambda: _status(server.http, "/metrics") == 200, 30, "scrapes answered again")
     assert server.stop() == 0
 
 
