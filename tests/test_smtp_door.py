@@ -446,3 +446,57 @@ EDGE_STREAMS = [
 @pytest.mark.parametrize("stream", EDGE_STREAMS)
 def test_data_bodies_at_the_limits_get_the_replies_aiosmtpd_gives_them(stream: list[bytes]) -> None:
     assert _transactions(BLOCK_READING, stream) == _transactions(LINE_READING, stream)
+
+
+def _conversation(runtime: Runtime, commands: list[str]) -> list[str]:
+    """Send `commands` one by one in a fresh session; return each reply as `code text`."""
+    with client(runtime) as smtp:
+        replies = []
+        for command in commands:
+            code, text = smtp.docmd(command)
+            replies.append(f"{code} {text.decode()}")
+    return replies
+
+
+@pytest.mark.parametrize(("commands", "expected"), [
+    (["MAIL FROM:<a@example.com>"], ["503 Error: send HELO first"]),
+    (["RCPT TO:<b@example.com>"], ["503 Error: send HELO first"]),
+    (["DATA"], ["503 Error: send HELO first"]),
+    (["EHLO c.test", "RCPT TO:<b@example.com>"], ["", "503 Error: need MAIL command"]),
+    (["EHLO c.test", "mail from:<a@example.com>", "rcpt to:<b@example.com>"],
+     ["", "250 2.1.0 OK", "250 2.1.5 OK"]),
+    (["EHLO c.test", "MAIL FROM: <a@example.com>", "RCPT TO:   <b@example.com>  "],
+     ["", "250 2.1.0 OK", "250 2.1.5 OK"]),
+    (["EHLO c.test", "MAIL FROM:<a@example.com>", "MAIL FROM:<a@example.com>"],
+     ["", "250 2.1.0 OK", "503 Error: nested MAIL command"]),
+    (["EHLO c.test", "MAIL FROM:<a@example.com> SIZE=10 BODY=8BITMIME", "RCPT TO:<b@example.com> X=1"],
+     ["", "250 2.1.0 OK", "555 RCPT TO parameters not recognized or not implemented"]),
+    (["EHLO c.test", "MAIL FROM:<a@example.com> SIZE=999999999999"],
+     ["", "552 Error: message size exceeds fixed maximum message size"]),
+    (["EHLO c.test", "MAIL FROM:<>"], ["", "250 2.1.0 OK"]),  # the null sender, as aiosmtpd reads it
+    (["HELO c.test", "MAIL FROM:<a@example.com> SIZE=10"], ["", "501 Syntax: MAIL FROM: <address>"]),
+    (["EHLO c.test", "MAIL TO:<a@example.com>"], ["", "501 Syntax: MAIL FROM: <address> [SP <mail-parameters>]"]),
+    (["EHLO c.test", "MAIL FROM:<a@example.com>", "RCPT FROM:<b@example.com>"],
+     ["", "250 2.1.0 OK", "501 Syntax: RCPT TO: <address> [SP <mail-parameters>]"]),
+    (["EHLO c.test", "MAIL FROM:<a\x01@example.com>"], ["", "501 5.1.7 Bad sender address syntax"]),
+    (["EHLO c.test", "MAIL FROM:<a@example.com>", "RCPT TO:<b\x7f@example.com>"],
+     ["", "250 2.1.0 OK", "501 5.1.3 Bad recipient address syntax"]),
+])
+def test_mail_and_rcpt_answer_as_aiosmtpd_in_the_plain_case_and_every_other(
+    server: Runtime, commands: list[str], expected: list[str],
+) -> None:
+    replies = _conversation(server, commands)
+    assert [r if e else "" for r, e in zip(replies, expected, strict=True)] == expected
+
+
+def test_plain_mail_and_rcpt_fill_the_envelope_that_is_stored(server: Runtime) -> None:
+    with client(server) as smtp:
+        smtp.ehlo("c.test")
+        assert smtp.docmd("MAIL FROM:<a@example.com>")[0] == 250
+        assert smtp.docmd("RCPT TO:<b@example.com>")[0] == 250
+        assert smtp.docmd("RCPT TO:<c@example.com>")[0] == 250
+        assert smtp.data(notification(4242))[0] == 250
+    stored = rows(server.settings.storage.db, "SELECT envelope_from, envelope_to FROM deliveries")
+    assert len(stored) == 1
+    assert stored[0][0] == "a@example.com"
+    assert "b@example.com" in stored[0][1] and "c@example.com" in stored[0][1]
