@@ -500,3 +500,63 @@ def test_plain_mail_and_rcpt_fill_the_envelope_that_is_stored(server: Runtime) -
     assert len(stored) == 1
     assert stored[0][0] == "a@example.com"
     assert "b@example.com" in stored[0][1] and "c@example.com" in stored[0][1]
+
+
+def _raw_session(runtime: Runtime) -> tuple[socket.socket, Any]:
+    sock = socket.create_connection(smtp_address(runtime), timeout=30)
+    f = sock.makefile("rwb")
+    assert f.readline().startswith(b"220 ")
+    return sock, f
+
+
+def _answer(f: Any, line: bytes) -> bytes:
+    """Send one raw line (CRLF added) and return the last line of its reply; b"" once the server closed."""
+    f.write(line + b"\r\n")
+    f.flush()
+    reply = f.readline()
+    while reply[3:4] == b"-":
+        reply = f.readline()
+    return reply.rstrip(b"\r\n")
+
+
+def test_command_lines_at_their_size_limit_are_taken_and_one_byte_longer_refused(server: Runtime) -> None:
+    # aiosmtpd's limits: 512 octets a command line (CRLF excluded), MAIL 26 more with SIZE and 10 with SMTPUTF8.
+    def mail(length: int) -> bytes:
+        head, tail = b"MAIL FROM:<", b"@example.com>"
+        return head + b"a" * (length - len(head) - len(tail)) + tail
+
+    def rcpt(length: int) -> bytes:
+        head, tail = b"RCPT TO:<", b"@example.com>"
+        return head + b"b" * (length - len(head) - len(tail)) + tail
+
+    sock, f = _raw_session(server)
+    with sock, f:
+        assert _answer(f, b"EHLO client.test").startswith(b"250 ")
+        assert _answer(f, mail(549)) == b"500 Command line too long"
+        assert _answer(f, mail(548)) == b"250 2.1.0 OK"
+        assert _answer(f, rcpt(513)) == b"500 Command line too long"
+        assert _answer(f, rcpt(512)) == b"250 2.1.5 OK"
+
+
+def test_a_command_line_past_the_stream_limit_is_read_to_its_end_and_refused(start_server: StartServer) -> None:
+    runtime = start_server(smtp={"max_message_size": 20_000})  # the session's line limit: 20,000 bytes
+    sock, f = _raw_session(runtime)
+    with sock, f:
+        assert _answer(f, b"EHLO client.test").startswith(b"250 ")
+        for length in (19_999, 20_000, 20_001, 20_002, 65_000):
+            assert _answer(f, b"NOOP " + b"x" * (length - 5)) == b"500 Command line too long", length
+        assert _answer(f, b"MAIL FROM:<a@example.com>") == b"250 2.1.0 OK"
+
+
+def test_empty_and_non_ascii_command_lines_and_unknown_commands_are_answered_as_aiosmtpd_does(
+    server: Runtime,
+) -> None:
+    sock, f = _raw_session(server)
+    with sock, f:
+        assert _answer(f, b"") == b"500 Error: bad syntax"
+        assert _answer(f, b"\xc3\xa9HLO client.test") == b"500 Error: bad syntax"
+        assert _answer(f, b"EHLO client.test").startswith(b"250 ")
+        replies = [_answer(f, b"XYZZY") for _ in range(5)]
+        assert replies[:4] == [b'500 Error: command "XYZZY" not recognized'] * 4
+        assert replies[4] == b"502 5.5.1 Too many unrecognized commands, goodbye."
+        assert f.readline() == b""
