@@ -68,7 +68,7 @@ def test_the_private_aiosmtpd_names_the_smtp_session_relies_on_still_exist() -> 
             _advice("aiosmtpd", f"SMTP.{name}'s parameters", where))
     attributes = ("_timeout_handle", "_timeout_duration", "_reader", "_writer", "_proxy_timeout",
                   "_enforce_call_limit", "_call_limit_default", "_call_limit_base", "_tls_handshake_okay",
-                  "_tls_protocol", "_smtp_methods")
+                  "_tls_protocol", "_smtp_methods", "_auth_required")
     for attribute in attributes:
         assert _assigned(SMTP, attribute), _advice("aiosmtpd", f"SMTP.{attribute}", where)
     assert {n.split(".")[1] for n in session.PRIVATE_NAMES} == {*methods, *attributes}

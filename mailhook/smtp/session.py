@@ -31,7 +31,7 @@ PRIVATE_NAMES = (
     "SMTP._timeout_handle", "SMTP._timeout_duration", "SMTP._reader", "SMTP._writer",
     "SMTP._set_post_data_state", "SMTP._call_handler_hook", "SMTP._handle_client", "SMTP._proxy_timeout",
     "SMTP._enforce_call_limit", "SMTP._call_limit_default", "SMTP._call_limit_base", "SMTP._tls_handshake_okay",
-    "SMTP._tls_protocol", "SMTP._smtp_methods",
+    "SMTP._tls_protocol", "SMTP._smtp_methods", "SMTP._auth_required",
 )
 
 SHUTTING_DOWN = b"421 4.3.2 Service shutting down, please try again later\r\n"
@@ -541,6 +541,7 @@ class Connection(SMTP):
         aiosmtpd_log.info("%r recip: %s", self.session.peer, address)
         await self.push(status)
 
+    # Reads the private SMTP._auth_required, as aiosmtpd's check_auth_needed does.
     def _plain_address(self, arg: str | None, keyword: str) -> str | None:
         """Return MAIL's or RCPT's address when aiosmtpd would take it with no check failing and no parameters.
 
@@ -551,7 +552,7 @@ class Connection(SMTP):
         session = self.session
         if arg is None or session is None or not session.host_name:
             return None
-        if self.door.passwords is not None and not session.authenticated:
+        if self._auth_required and not session.authenticated:  # read as check_auth_needed reads it
             return None
         if arg[:len(keyword)].upper() != keyword:
             return None
@@ -574,14 +575,16 @@ class Connection(SMTP):
 
 
     # A copy of aiosmtpd's SMTP.smtp_DATA with the body read by `read_body` (bounded, one pass) instead of its
-    # line loop; reads the private SMTP._reader/_writer and calls SMTP._set_post_data_state and
-    # SMTP._call_handler_hook as the original does. tests/test_library_internals.py fails when the original changes.
+    # line loop, and its greeting and AUTH checks awaited only when one can fail (read from the private
+    # SMTP._auth_required, as check_auth_needed reads it); reads the private SMTP._reader/_writer and calls
+    # SMTP._set_post_data_state and SMTP._call_handler_hook as the original does. tests/test_library_internals.py
+    # fails when the original changes.
     async def _receive(self, arg: str | None) -> None:
         """aiosmtpd's DATA, with the body read by `read_body`."""
         session = self.session
         assert session is not None
         # The two checks' coroutines only when one can fail (greeting missing, AUTH required and not done).
-        if (not session.host_name or (self.door.passwords is not None and not session.authenticated)) and (
+        if (not session.host_name or (self._auth_required and not session.authenticated)) and (
             await self.check_helo_needed() or await self.check_auth_needed("DATA")
         ):
             return
