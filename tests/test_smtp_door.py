@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import itertools
 import json
 import logging
@@ -560,3 +561,50 @@ def test_empty_and_non_ascii_command_lines_and_unknown_commands_are_answered_as_
         assert replies[:4] == [b'500 Error: command "XYZZY" not recognized'] * 4
         assert replies[4] == b"502 5.5.1 Too many unrecognized commands, goodbye."
         assert f.readline() == b""
+
+
+def _tracking_door() -> SmtpDoor:
+    """A door with only its stores in flight set up: what `track` uses."""
+    door = SmtpDoor.__new__(SmtpDoor)
+    door.storing = set()
+    return door
+
+
+def test_a_tracked_store_hands_its_outcome_to_the_session_and_is_forgotten_once_done() -> None:
+    async def outcomes() -> list[object]:
+        loop = asyncio.get_running_loop()
+        door = _tracking_door()
+        stores = [loop.create_future() for _ in range(3)]
+        waiting = [door.track(store) for store in stores]
+        assert door.storing == set(stores)
+        stores[0].set_result("receipt")
+        stores[1].set_exception(RuntimeError("disk"))
+        stores[2].cancel()
+        results = await asyncio.gather(*waiting, return_exceptions=True)
+        assert not door.storing
+        return [r if isinstance(r, str) else type(r) for r in results]
+
+    assert asyncio.run(outcomes()) == ["receipt", RuntimeError, asyncio.CancelledError]
+
+
+def test_a_session_that_ends_while_its_message_is_stored_leaves_the_store_going_and_tracked(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def leave() -> None:
+        loop = asyncio.get_running_loop()
+        door = _tracking_door()
+        store = loop.create_future()
+        session = asyncio.ensure_future(door.track(store))
+        await asyncio.sleep(0)
+        session.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await session
+        assert not store.cancelled() and door.storing == {store}  # the door still waits for it
+        store.set_exception(RuntimeError("disk"))
+        await asyncio.sleep(0)
+        assert not door.storing
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        asyncio.run(leave())
+        gc.collect()
+    assert "never retrieved" not in caplog.text  # the door retrieved the outcome nobody else could
