@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import itertools
 import json
 import logging
@@ -446,3 +447,164 @@ EDGE_STREAMS = [
 @pytest.mark.parametrize("stream", EDGE_STREAMS)
 def test_data_bodies_at_the_limits_get_the_replies_aiosmtpd_gives_them(stream: list[bytes]) -> None:
     assert _transactions(BLOCK_READING, stream) == _transactions(LINE_READING, stream)
+
+
+def _conversation(runtime: Runtime, commands: list[str]) -> list[str]:
+    """Send `commands` one by one in a fresh session; return each reply as `code text`."""
+    with client(runtime) as smtp:
+        replies = []
+        for command in commands:
+            code, text = smtp.docmd(command)
+            replies.append(f"{code} {text.decode()}")
+    return replies
+
+
+@pytest.mark.parametrize(("commands", "expected"), [
+    (["MAIL FROM:<a@example.com>"], ["503 Error: send HELO first"]),
+    (["RCPT TO:<b@example.com>"], ["503 Error: send HELO first"]),
+    (["DATA"], ["503 Error: send HELO first"]),
+    (["EHLO c.test", "RCPT TO:<b@example.com>"], ["", "503 Error: need MAIL command"]),
+    (["EHLO c.test", "mail from:<a@example.com>", "rcpt to:<b@example.com>"],
+     ["", "250 2.1.0 OK", "250 2.1.5 OK"]),
+    (["EHLO c.test", "MAIL FROM: <a@example.com>", "RCPT TO:   <b@example.com>  "],
+     ["", "250 2.1.0 OK", "250 2.1.5 OK"]),
+    (["EHLO c.test", "MAIL FROM:<a@example.com>", "MAIL FROM:<a@example.com>"],
+     ["", "250 2.1.0 OK", "503 Error: nested MAIL command"]),
+    (["EHLO c.test", "MAIL FROM:<a@example.com> SIZE=10 BODY=8BITMIME", "RCPT TO:<b@example.com> X=1"],
+     ["", "250 2.1.0 OK", "555 RCPT TO parameters not recognized or not implemented"]),
+    (["EHLO c.test", "MAIL FROM:<a@example.com> SIZE=999999999999"],
+     ["", "552 Error: message size exceeds fixed maximum message size"]),
+    (["EHLO c.test", "MAIL FROM:<>"], ["", "250 2.1.0 OK"]),  # the null sender, as aiosmtpd reads it
+    (["HELO c.test", "MAIL FROM:<a@example.com> SIZE=10"], ["", "501 Syntax: MAIL FROM: <address>"]),
+    (["EHLO c.test", "MAIL TO:<a@example.com>"], ["", "501 Syntax: MAIL FROM: <address> [SP <mail-parameters>]"]),
+    (["EHLO c.test", "MAIL FROM:<a@example.com>", "RCPT FROM:<b@example.com>"],
+     ["", "250 2.1.0 OK", "501 Syntax: RCPT TO: <address> [SP <mail-parameters>]"]),
+    (["EHLO c.test", "MAIL FROM:<a\x01@example.com>"], ["", "501 5.1.7 Bad sender address syntax"]),
+    (["EHLO c.test", "MAIL FROM:<a@example.com>", "RCPT TO:<b\x7f@example.com>"],
+     ["", "250 2.1.0 OK", "501 5.1.3 Bad recipient address syntax"]),
+])
+def test_mail_and_rcpt_answer_as_aiosmtpd_in_the_plain_case_and_every_other(
+    server: Runtime, commands: list[str], expected: list[str],
+) -> None:
+    replies = _conversation(server, commands)
+    assert [r if e else "" for r, e in zip(replies, expected, strict=True)] == expected
+
+
+def test_plain_mail_and_rcpt_fill_the_envelope_that_is_stored(server: Runtime) -> None:
+    with client(server) as smtp:
+        smtp.ehlo("c.test")
+        assert smtp.docmd("MAIL FROM:<a@example.com>")[0] == 250
+        assert smtp.docmd("RCPT TO:<b@example.com>")[0] == 250
+        assert smtp.docmd("RCPT TO:<c@example.com>")[0] == 250
+        assert smtp.data(notification(4242))[0] == 250
+    stored = rows(server.settings.storage.db, "SELECT envelope_from, envelope_to FROM deliveries")
+    assert len(stored) == 1
+    assert stored[0][0] == "a@example.com"
+    assert "b@example.com" in stored[0][1] and "c@example.com" in stored[0][1]
+
+
+def _raw_session(runtime: Runtime) -> tuple[socket.socket, Any]:
+    sock = socket.create_connection(smtp_address(runtime), timeout=30)
+    f = sock.makefile("rwb")
+    assert f.readline().startswith(b"220 ")
+    return sock, f
+
+
+def _answer(f: Any, line: bytes) -> bytes:
+    """Send one raw line (CRLF added) and return the last line of its reply; b"" once the server closed."""
+    f.write(line + b"\r\n")
+    f.flush()
+    reply = f.readline()
+    while reply[3:4] == b"-":
+        reply = f.readline()
+    return reply.rstrip(b"\r\n")
+
+
+def test_command_lines_at_their_size_limit_are_taken_and_one_byte_longer_refused(server: Runtime) -> None:
+    # aiosmtpd's limits: 512 octets a command line (CRLF excluded), MAIL 26 more with SIZE and 10 with SMTPUTF8.
+    def mail(length: int) -> bytes:
+        head, tail = b"MAIL FROM:<", b"@example.com>"
+        return head + b"a" * (length - len(head) - len(tail)) + tail
+
+    def rcpt(length: int) -> bytes:
+        head, tail = b"RCPT TO:<", b"@example.com>"
+        return head + b"b" * (length - len(head) - len(tail)) + tail
+
+    sock, f = _raw_session(server)
+    with sock, f:
+        assert _answer(f, b"EHLO client.test").startswith(b"250 ")
+        assert _answer(f, mail(549)) == b"500 Command line too long"
+        assert _answer(f, mail(548)) == b"250 2.1.0 OK"
+        assert _answer(f, rcpt(513)) == b"500 Command line too long"
+        assert _answer(f, rcpt(512)) == b"250 2.1.5 OK"
+
+
+def test_a_command_line_past_the_stream_limit_is_read_to_its_end_and_refused(start_server: StartServer) -> None:
+    runtime = start_server(smtp={"max_message_size": 20_000})  # the session's line limit: 20,000 bytes
+    sock, f = _raw_session(runtime)
+    with sock, f:
+        assert _answer(f, b"EHLO client.test").startswith(b"250 ")
+        for length in (19_999, 20_000, 20_001, 20_002, 65_000):
+            assert _answer(f, b"NOOP " + b"x" * (length - 5)) == b"500 Command line too long", length
+        assert _answer(f, b"MAIL FROM:<a@example.com>") == b"250 2.1.0 OK"
+
+
+def test_empty_and_non_ascii_command_lines_and_unknown_commands_are_answered_as_aiosmtpd_does(
+    server: Runtime,
+) -> None:
+    sock, f = _raw_session(server)
+    with sock, f:
+        assert _answer(f, b"") == b"500 Error: bad syntax"
+        assert _answer(f, b"\xc3\xa9HLO client.test") == b"500 Error: bad syntax"
+        assert _answer(f, b"EHLO client.test").startswith(b"250 ")
+        replies = [_answer(f, b"XYZZY") for _ in range(5)]
+        assert replies[:4] == [b'500 Error: command "XYZZY" not recognized'] * 4
+        assert replies[4] == b"502 5.5.1 Too many unrecognized commands, goodbye."
+        assert f.readline() == b""
+
+
+def _tracking_door() -> SmtpDoor:
+    """A door with only its stores in flight set up: what `track` uses."""
+    door = SmtpDoor.__new__(SmtpDoor)
+    door.storing = set()
+    return door
+
+
+def test_a_tracked_store_hands_its_outcome_to_the_session_and_is_forgotten_once_done() -> None:
+    async def outcomes() -> list[object]:
+        loop = asyncio.get_running_loop()
+        door = _tracking_door()
+        stores = [loop.create_future() for _ in range(3)]
+        waiting = [door.track(store) for store in stores]
+        assert door.storing == set(stores)
+        stores[0].set_result("receipt")
+        stores[1].set_exception(RuntimeError("disk"))
+        stores[2].cancel()
+        results = await asyncio.gather(*waiting, return_exceptions=True)
+        assert not door.storing
+        return [r if isinstance(r, str) else type(r) for r in results]
+
+    assert asyncio.run(outcomes()) == ["receipt", RuntimeError, asyncio.CancelledError]
+
+
+def test_a_session_that_ends_while_its_message_is_stored_leaves_the_store_going_and_tracked(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def leave() -> None:
+        loop = asyncio.get_running_loop()
+        door = _tracking_door()
+        store = loop.create_future()
+        session = asyncio.ensure_future(door.track(store))
+        await asyncio.sleep(0)
+        session.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await session
+        assert not store.cancelled() and door.storing == {store}  # the door still waits for it
+        store.set_exception(RuntimeError("disk"))
+        await asyncio.sleep(0)
+        assert not door.storing
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        asyncio.run(leave())
+        gc.collect()
+    assert "never retrieved" not in caplog.text  # the door retrieved the outcome nobody else could
