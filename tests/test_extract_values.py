@@ -256,3 +256,19 @@ def test_int_values_read_as_the_general_checks_read_them(value: int) -> None:
 
     for read in (to_int, to_time, to_decimal, to_text, to_bool):
         assert outcome(read, value) == outcome(read, _Int(value))
+
+
+@settings(max_examples=1000)
+@given(st.text(alphabet="0123456789+- \t\u0661\u00b2\uff10x", max_size=42))
+def test_to_int_reads_digit_text_as_its_integer_pattern_does(value: str) -> None:
+    """Digits are told by isdigit and isascii before the regex: the same integers, the same refusals."""
+    import re
+
+    digits = value.strip()
+    if not digits:
+        assert to_int(value, "n") is None
+    elif re.fullmatch(r"[+-]?[0-9]+", digits) and len(value) < 40 and -(2**63) <= int(digits) < 2**63:
+        assert to_int(value, "n") == int(digits)
+    else:
+        with pytest.raises(Unreadable):
+            to_int(value, "n")

@@ -58,12 +58,15 @@ def to_int(value: Any, name: str) -> int | None:
         if not _MIN_INT64 <= value <= _MAX_INT64:
             raise Unreadable(f"{name}: integer out of the 64-bit range: {_show(value)}")
         return value
+    if value is None:
+        return None
     value = text_of(value)
     if type(value) is str:  # what XML always gives: the checks below, in their order, for a string
         digits = value.strip()
         if not digits:
             return None
-        if not (_INT.fullmatch(digits) and len(value) < 40):
+        # isdigit() and isascii() together say what _INT says of unsigned digits, without a regex.
+        if not ((digits.isdigit() and digits.isascii()) or _INT.fullmatch(digits)) or len(value) >= 40:
             raise Unreadable(f"{name}: expected an integer, got {_show(value)}")
         number = int(digits)
     elif is_blank(value):
@@ -121,6 +124,8 @@ def to_text(value: Any, name: str) -> str | None:
 
 def to_bool(value: Any, name: str) -> bool | None:
     """Read a boolean from true/false, 1/0 or their text forms."""
+    if value is None:
+        return None
     value = text_of(value)
     if is_blank(value):
         return None
@@ -148,6 +153,8 @@ def to_time(value: Any, name: str) -> str | None:
         if not 0 <= value <= _MAX_EPOCH_MS:
             raise Unreadable(f"{name}: epoch milliseconds out of range: {value}")
         return _utc_text(datetime.fromtimestamp(value // 1000, tz=UTC))
+    if value is None:
+        return None
     value = text_of(value)
     if is_blank(value):
         return None
@@ -209,6 +216,8 @@ def to_decimal(value: Any, name: str) -> Decimal | None:
     """Read an exact amount (credits) from an int, a Decimal or a numeric string."""
     if type(value) is int:
         return Decimal(value)
+    if value is None:
+        return None
     value = text_of(value)
     if is_blank(value):
         return None
