@@ -220,7 +220,7 @@ _TIME_FORMS = st.one_of(
     st.sampled_from([
         "2026-W44-1T000020.5Z", "2026-11-01T000020.5Z", "2026-11-01 00:00:20Z", "2026-11-01T24:00:00Z",
         "2026-11-01T00:00:60Z", "2026-02-30T00:00:00Z", "0999-11-01T00:00:20Z", "2026-11-01T00:00:20z",
-        "２026-11-01T00:00:20Z", "2026-11-01T00:00:2 Z", "+026-11-01T00:00:20Z", "2026-1-01T00:00:020Z",
+        "\uff12026-11-01T00:00:20Z", "2026-11-01T00:00:2 Z", "+026-11-01T00:00:20Z", "2026-1-01T00:00:020Z",
     ]),
 )
 
@@ -229,14 +229,14 @@ _TIME_FORMS = st.one_of(
 @given(_TIME_FORMS)
 def test_to_time_reads_a_utc_text_as_the_long_way_does(value: str) -> None:
     """The `…Z` shortcut returns exactly what parsing and formatting return, and refuses what they refuse."""
-    try:
-        expected: str | None = _long_way_time(value)
-    except Unreadable as exc:
-        with pytest.raises(Unreadable) as got:
-            to_time(value, "t")
-        assert str(got.value) == str(exc)
-    else:
-        assert to_time(value, "t") == expected
+
+    def outcome(read: object) -> object:
+        try:
+            return read(value, "t")  # type: ignore[operator]
+        except Unreadable as exc:
+            return ("refused", str(exc))
+
+    assert outcome(to_time) == outcome(lambda v, n: _long_way_time(v))
 
 
 class _Int(int):
