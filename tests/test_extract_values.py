@@ -203,3 +203,72 @@ def test_to_time_writes_every_year_as_strftime_does(moment: datetime) -> None:
 )
 def test_times_read_the_same_whichever_way_their_text_ends(value: str, expected: str | None) -> None:
     assert to_time(value, "Modified") == expected
+
+
+def _long_way_time(value: str) -> str | None:
+    """to_time of a string the way it read every string before the `YYYY-MM-DDTHH:MM:SSZ` shortcut."""
+    from mailhook.extract.values import _iso_time
+
+    return _iso_time(value, "t")
+
+
+_TIME_FORMS = st.one_of(
+    st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31)).map(
+        lambda d: d.strftime("%Y-%m-%dT%H:%M:%SZ").rjust(20, "0")
+    ),
+    st.text(alphabet="0123456789-:TZW. +", min_size=18, max_size=22).map(lambda s: s[:-1] + "Z"),
+    st.sampled_from([
+        "2026-W44-1T000020.5Z", "2026-11-01T000020.5Z", "2026-11-01 00:00:20Z", "2026-11-01T24:00:00Z",
+        "2026-11-01T00:00:60Z", "2026-02-30T00:00:00Z", "0999-11-01T00:00:20Z", "2026-11-01T00:00:20z",
+        "\uff12026-11-01T00:00:20Z", "2026-11-01T00:00:2 Z", "+026-11-01T00:00:20Z", "2026-1-01T00:00:020Z",
+    ]),
+)
+
+
+@settings(max_examples=2000)
+@given(_TIME_FORMS)
+def test_to_time_reads_a_utc_text_as_the_long_way_does(value: str) -> None:
+    """The `…Z` shortcut returns exactly what parsing and formatting return, and refuses what they refuse."""
+
+    def outcome(read: object) -> object:
+        try:
+            return read(value, "t")  # type: ignore[operator]
+        except Unreadable as exc:
+            return ("refused", str(exc))
+
+    assert outcome(to_time) == outcome(lambda v, n: _long_way_time(v))
+
+
+class _Int(int):
+    """An int that is not exactly `int`: it takes the general checks, as every int did before the short path."""
+
+
+@settings(max_examples=500)
+@given(st.integers(min_value=-(2**64), max_value=2**64))
+def test_int_values_read_as_the_general_checks_read_them(value: int) -> None:
+    """An int takes its own short path in to_int, to_time and to_decimal: the same result or the same refusal."""
+
+    def outcome(read: object, given_value: object) -> object:
+        try:
+            return read(given_value, "f")  # type: ignore[operator]
+        except Unreadable as exc:
+            return ("refused", str(exc))
+
+    for read in (to_int, to_time, to_decimal, to_text, to_bool):
+        assert outcome(read, value) == outcome(read, _Int(value))
+
+
+@settings(max_examples=1000)
+@given(st.text(alphabet="0123456789+- \t\u0661\u00b2\uff10x", max_size=42))
+def test_to_int_reads_digit_text_as_its_integer_pattern_does(value: str) -> None:
+    """Digits are told by isdigit and isascii before the regex: the same integers, the same refusals."""
+    import re
+
+    digits = value.strip()
+    if not digits:
+        assert to_int(value, "n") is None
+    elif re.fullmatch(r"[+-]?[0-9]+", digits) and len(value) < 40 and -(2**63) <= int(digits) < 2**63:
+        assert to_int(value, "n") == int(digits)
+    else:
+        with pytest.raises(Unreadable):
+            to_int(value, "n")

@@ -28,10 +28,14 @@ _MIN_INT64 = -(2**63)
 _MAX_AMOUNT_DIGITS = 15
 
 
+# Exact types that are never a Mapping: a value of one skips the (slow, ABC) Mapping check.
+_SCALARS = frozenset({str, int, bool, Decimal, type(None)})
+
+
 def text_of(value: Any) -> Any:
     """Return the text content of an XML element that also carries attributes (`#text`)."""
-    # Most values are plain strings: skip the (slow, ABC) Mapping check for them.
-    if type(value) is str or value is None:
+    # Most values are plain strings (XML) or numbers (JSON).
+    if type(value) in _SCALARS:
         return value
     if isinstance(value, Mapping) and "#text" in value:
         return value["#text"]
@@ -43,17 +47,26 @@ def is_blank(value: Any) -> bool:
     value = text_of(value)
     if type(value) is str:
         return not value.strip()
+    if type(value) in _SCALARS:  # None, or a number: never blank
+        return value is None
     return value is None or (isinstance(value, str) and not value.strip()) or (isinstance(value, Mapping) and not value)
 
 
 def to_int(value: Any, name: str) -> int | None:
     """Read an exact integer from an int, a digit string or an integral Decimal."""
+    if type(value) is int:  # what JSON gives: the checks below, in their order, for an int
+        if not _MIN_INT64 <= value <= _MAX_INT64:
+            raise Unreadable(f"{name}: integer out of the 64-bit range: {_show(value)}")
+        return value
+    if value is None:
+        return None
     value = text_of(value)
     if type(value) is str:  # what XML always gives: the checks below, in their order, for a string
         digits = value.strip()
         if not digits:
             return None
-        if not (_INT.fullmatch(digits) and len(value) < 40):
+        # isdigit() and isascii() together say what _INT says of unsigned digits, without a regex.
+        if not ((digits.isdigit() and digits.isascii()) or _INT.fullmatch(digits)) or len(value) >= 40:
             raise Unreadable(f"{name}: expected an integer, got {_show(value)}")
         number = int(digits)
     elif is_blank(value):
@@ -84,7 +97,11 @@ def to_text(value: Any, name: str) -> str | None:
     Accepts a plain string or number, `{"value": ...}` (some JSON serializers)
     and an XML element with attributes such as `ToNumber ClientData="..."`.
     """
-    if type(value) is not str and isinstance(value, Mapping):
+    if type(value) is str:
+        return value if value.strip() else None
+    if value is None:
+        return None
+    if type(value) not in _SCALARS and isinstance(value, Mapping):
         if "value" in value:
             return to_text(value["value"], name)
         if "#text" in value:
@@ -107,6 +124,8 @@ def to_text(value: Any, name: str) -> str | None:
 
 def to_bool(value: Any, name: str) -> bool | None:
     """Read a boolean from true/false, 1/0 or their text forms."""
+    if value is None:
+        return None
     value = text_of(value)
     if is_blank(value):
         return None
@@ -127,7 +146,15 @@ def to_time(value: Any, name: str) -> str | None:
     """Normalize an ISO 8601 time (Z, ±hh:mm or none = UTC) or epoch milliseconds to UTC `...Z`."""
     # XML's usual: text ending in a zone ("...Z"), neither blank nor digits alone (epoch milliseconds).
     if type(value) is str and value and not (value[-1].isdigit() or value[-1].isspace()):
+        if _is_utc_text(value):
+            return value  # already what _iso_time makes of it
         return _iso_time(value, name)
+    if type(value) is int:  # JSON's usual: epoch milliseconds; the checks below, in their order, for an int
+        if not 0 <= value <= _MAX_EPOCH_MS:
+            raise Unreadable(f"{name}: epoch milliseconds out of range: {value}")
+        return _utc_text(datetime.fromtimestamp(value // 1000, tz=UTC))
+    if value is None:
+        return None
     value = text_of(value)
     if is_blank(value):
         return None
@@ -144,6 +171,24 @@ def to_time(value: Any, name: str) -> str | None:
     else:
         raise Unreadable(f"{name}: expected a time, got {_show(value)}")
     return _utc_text(moment)
+
+
+def _is_utc_text(value: str) -> bool:
+    """Say whether `value` is a valid `YYYY-MM-DDTHH:MM:SSZ` (year 1000 or later), which normalizes to itself.
+
+    fromisoformat reads each of those fields as ASCII digits of that width, and
+    `_utc_text` writes them back the same way; anything else (another width, a
+    fraction, a week date, a space for the "T") goes the long way.
+    """
+    if len(value) != 20 or value[19] != "Z" or value[10] != "T" or value[0] == "0" or not value.isascii():
+        return False
+    if value[4] != "-" or value[7] != "-" or value[13] != ":" or value[16] != ":":
+        return False
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _iso_time(value: str, name: str) -> str:
@@ -169,6 +214,10 @@ def _utc_text(moment: datetime) -> str:
 
 def to_decimal(value: Any, name: str) -> Decimal | None:
     """Read an exact amount (credits) from an int, a Decimal or a numeric string."""
+    if type(value) is int:
+        return Decimal(value)
+    if value is None:
+        return None
     value = text_of(value)
     if is_blank(value):
         return None

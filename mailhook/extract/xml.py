@@ -131,14 +131,18 @@ def _check_structure(body: str) -> None:
 
 def _local_names(_path: Any, key: str, value: Any) -> tuple[str, Any] | None:
     """Strip namespace prefixes from element and attribute names; drop xmlns declarations."""
-    if key == "@xmlns" or key.startswith("@xmlns:"):
-        return None
-    if ":" in key:
-        prefix = "@" if key.startswith("@") else ""
-        key = prefix + key.rsplit(":", 1)[1]
-    if isinstance(value, dict) and isinstance(value.get("#text"), str) and not value["#text"].strip():
-        # Indentation between child elements, not text: element text itself is kept verbatim.
-        del value["#text"]
-        if not value:
-            value = None
+    # Called for every element and attribute: plain names and leaf text take the fewest steps.
+    if ":" in key or key.startswith("@xmlns"):
+        if key == "@xmlns" or key.startswith("@xmlns:"):
+            return None
+        if ":" in key:
+            prefix = "@" if key.startswith("@") else ""
+            key = prefix + key.rsplit(":", 1)[1]
+    if type(value) is dict:  # xmltodict builds plain dicts
+        text = value.get("#text")
+        if type(text) is str and not text.strip():
+            # Indentation between child elements, not text: element text itself is kept verbatim.
+            del value["#text"]
+            if not value:
+                value = None
     return key, value
