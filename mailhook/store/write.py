@@ -209,9 +209,12 @@ class Store:
         if mending:
             found = mended(found)
         seen, same_bytes = self._seen(found.message_id, sha256, None)
-        delivery_id = self._insert_delivery(delivery, sha256, now, "quarantined" if found.reason else "stored",
-                                            found, None if same_bytes else delivery.raw, mending=mending)
-        return self._finish(delivery_id, now, found, seen=seen, position=delivery.position)
+        # Inserted as it ends when every event is new (nearly always), so that `_finish` need not update it.
+        expected = (delivery_status(found, seen=seen, new=len(found.events), duplicates=0), len(found.events), 0)
+        delivery_id = self._insert_delivery(delivery, sha256, now, expected[0], found,
+                                            None if same_bytes else delivery.raw, mending=mending,
+                                            event_count=expected[1])
+        return self._finish(delivery_id, now, found, seen=seen, position=delivery.position, inserted=expected)
 
     def _complete(self, completion: Completion, *, mending: bool = False) -> Receipt:
         """Store the events of a delivery stored `pending`, and give it its final status."""
@@ -263,7 +266,7 @@ class Store:
         return row is not None, row is not None and row[0] == sha256
 
     def _insert_delivery(self, delivery: Delivery, sha256: str, now: str, status: Status, found: Rows | None,
-                         raw: bytes | None, *, mending: bool = False) -> int:
+                         raw: bytes | None, *, mending: bool = False, event_count: int = 0) -> int:
         values = (
             delivery.channel,
             now,
@@ -280,7 +283,7 @@ class Store:
             raw,
             found and found.notes,
             delivery.source,
-            0,
+            event_count,
             0,
             sent_at(delivery.raw) if delivery.kind == "email" else None,
         )
@@ -289,14 +292,17 @@ class Store:
         return cursor.lastrowid
 
     def _finish(
-        self, delivery_id: int, now: str, found: Rows, *, seen: bool, position: FolderPosition | None
+        self, delivery_id: int, now: str, found: Rows, *, seen: bool, position: FolderPosition | None,
+        inserted: tuple[Status, int, int] | None = None,
     ) -> Receipt:
+        """Insert a delivery's events, then give it its status and counts unless it was `inserted` with them."""
         new, duplicates, types = self._insert_events(delivery_id, now, found)
         status = delivery_status(found, seen=seen, new=new, duplicates=duplicates)
-        self.conn.execute(
-            "UPDATE deliveries SET status = ?, event_count = ?, duplicate_count = ? WHERE id = ?",
-            (status, new, duplicates, delivery_id),
-        )
+        if (status, new, duplicates) != inserted:
+            self.conn.execute(
+                "UPDATE deliveries SET status = ?, event_count = ?, duplicate_count = ? WHERE id = ?",
+                (status, new, duplicates, delivery_id),
+            )
         if position is not None:
             self._advance(position, now)
         return Receipt(delivery_id, status, new, duplicates, found.reason, found.message_id, types)
