@@ -26,7 +26,8 @@ WAL_SIZE_LIMIT = 64 * 1024 * 1024
 # has a dozen or more. An adapter registered for None (a C method returning None for any key:
 # NULL as before) is found in the first dictionary lookup. Registering is process-wide and
 # leaves every other type alone; sqlite3 still binds the None it returns as NULL.
-sqlite3.register_adapter(type(None), {}.get)
+_NO_ADAPTER: dict[object, None] = {}
+sqlite3.register_adapter(type(None), _NO_ADAPTER.get)
 
 
 def connect(
