@@ -23,8 +23,8 @@ from mailhook.store.schema import ATTEMPT_COLUMNS, EVENT_COLUMNS
 log = logging.getLogger("mailhook.store")
 
 
-# Events inserted by one statement at most (a batch's events in a few statements, each statement text
-# one of this many in sqlite3's statement cache); 34 parameters each, well under SQLite's limit.
+# Events (or attempts) inserted by one statement at most: a batch's rows in a few statements, each
+# statement's text one of this many in sqlite3's statement cache; 34 parameters a row, far below SQLite's limit.
 _EVENTS_AT_ONCE = 16
 
 
@@ -46,10 +46,11 @@ _FROM, _TO = EVENT_COLUMNS.index("from_number"), EVENT_COLUMNS.index("to_number"
 _DEDUPE_KEY = EVENT_COLUMNS.index("dedupe_key")
 
 
-_INSERT_ATTEMPT = (
-    f"INSERT INTO attempts (event_id, {', '.join(ATTEMPT_COLUMNS)}) "
-    f"VALUES (?, {', '.join('?' * len(ATTEMPT_COLUMNS))})"
-)
+@functools.cache
+def _insert_attempts_sql(count: int) -> str:
+    """Return the INSERT of `count` attempts."""
+    row = f"({', '.join('?' * (1 + len(ATTEMPT_COLUMNS)))})"
+    return f"INSERT INTO attempts (event_id, {', '.join(ATTEMPT_COLUMNS)}) VALUES {', '.join([row] * count)}"
 
 
 _INSERT_DELIVERY = """
@@ -358,7 +359,7 @@ class Store:
         return step.new, step.duplicates, tuple(step.types)
 
     def _insert_event_rows(self, steps: list[_Started]) -> None:
-        """Insert the events of `steps` in order, at most _EVENTS_AT_ONCE per statement, then all their attempts.
+        """Insert the events of `steps` in order, then all their attempts, at most _EVENTS_AT_ONCE rows a statement.
 
         An event whose dedupe_key is stored already, or taken by an earlier event
         of these, is a duplicate (ON CONFLICT DO NOTHING, rows inserted in order).
@@ -378,7 +379,7 @@ class Store:
             count = min(_EVENTS_AT_ONCE, len(keys) - start)
             ids.update((key, id_) for id_, key in self.conn.execute(
                 _insert_events_sql(count), values[start * width:(start + count) * width]))
-        attempts: list[tuple[Any, ...]] = []
+        attempts: list[Any] = []
         for step in steps:
             for event_type, row, event_attempts in step.found.events:
                 event_id = ids.pop(row[_DEDUPE_KEY], None)  # popped: a second event with this key is a duplicate
@@ -387,9 +388,13 @@ class Store:
                     continue
                 step.new += 1
                 step.types.append(event_type)
-                attempts.extend((event_id, *attempt) for attempt in event_attempts)
-        if attempts:
-            self.conn.executemany(_INSERT_ATTEMPT, attempts)
+                for attempt in event_attempts:
+                    attempts += (event_id, *attempt)
+        # In statements of up to _EVENTS_AT_ONCE rows too: each statement's end costs FTS5 its sync.
+        width = 1 + len(ATTEMPT_COLUMNS)
+        for start in range(0, len(attempts), _EVENTS_AT_ONCE * width):
+            chunk = attempts[start:start + _EVENTS_AT_ONCE * width]
+            self.conn.execute(_insert_attempts_sql(len(chunk) // width), chunk)
 
     def _advance(self, position: FolderPosition, now: str) -> None:
         self.conn.execute(
