@@ -377,6 +377,73 @@ def test_a_batch_no_item_of_which_fails_takes_one_savepoint_not_one_per_item(db:
         "SAVEPOINT batch", "RELEASE batch"]
 
 
+def _mixed_batch() -> list[tuple[Delivery, Extraction | None]]:
+    """Forty deliveries: several events each, attempts, replies, campaigns, duplicates within and across them."""
+    from analysis_support import IN_TEXT, OUT_CALL, OUT_TEXT, event
+
+    items: list[tuple[Delivery, Extraction | None]] = []
+    for n in range(40):
+        when = f"2026-03-0{1 + n % 3}T10:{n:02d}:00Z"
+        events = [event(OUT_TEXT, 500 + n, result="SENT", modified=when, broadcast=7 + n % 2, message=f"offer {n}",
+                        attempts=("SENT",)),
+                  event(OUT_CALL, 900 + n % 25, result="LA", modified=when, duration=n, billed="0.5",
+                        attempts=("LA", "XFER_LEG"))]  # the same call again from n = 25 on: a duplicate
+        if n % 5 == 0:  # a reply to the text above (from its recipient, to its sender)
+            events.append(event(IN_TEXT, 7000 + n, modified=f"2026-03-0{1 + n % 3}T11:{n:02d}:00Z",
+                                from_number=f"1213555{(500 + n) % 10000:04d}", to_number="67076", message="yes 👍"))
+        if n % 7 == 0:
+            events.append(events[0])  # the same event twice in one delivery
+        message_id = f"<m{n % 33}@t>"  # a Message-ID seen again from n = 33 on
+        body = f"notification {n} ".encode() * 20  # payloads stay within PAYLOAD_RATIO of it
+        items.append((email(message_id, body), Extraction(message_id=message_id, events=tuple(events))))
+    items[11] = (email("<pending@t>"), None)
+    items[12] = (email("<none@t>"), Extraction(message_id="<none@t>"))
+    return items
+
+
+_COMPARED = {
+    "deliveries": "id, status, error, message_id, event_count, duplicate_count, raw IS NULL",
+    "events": "id, delivery_id, dedupe_key, event_type, resource_id, event_time, reply_to, message",
+    "attempts": "id, event_id, record_id, result",
+    "event_totals": "day, campaign_id, event_type, final_result, events, tries, duration, billed_amount",
+    "campaigns": "id, first_seen, last_seen, events, calls, texts, tries, replies, replied_texts",
+}
+
+
+def test_a_batch_stores_the_rows_ids_and_figures_of_its_items_written_one_by_one(tmp_path: Path) -> None:
+    together, alone = Store(tmp_path / "together.db"), Store(tmp_path / "alone.db")
+    try:
+        batched = together.write(_mixed_batch())
+        one_by_one = [alone.write([item])[0] for item in _mixed_batch()]
+    finally:
+        together.close()
+        alone.close()
+    assert batched == one_by_one
+    assert sum(r.duplicates for r in batched if not isinstance(r, Exception)) == 19  # within and across deliveries
+    for table, columns in _COMPARED.items():
+        sql = f"SELECT {columns} FROM {table} ORDER BY 1, 2, 3, 4"
+        assert rows(tmp_path / "together.db", sql) == rows(tmp_path / "alone.db", sql), table
+    search = "SELECT rowid FROM events_fts WHERE events_fts MATCH ? ORDER BY rowid"
+    for words in ("offer", "yes", "👍", "offer 17"):
+        with sqlite3.connect(tmp_path / "together.db") as a, sqlite3.connect(tmp_path / "alone.db") as b:
+            assert a.execute(search, (words,)).fetchall() == b.execute(search, (words,)).fetchall() != []
+
+
+def test_a_batchs_events_make_one_full_text_segment_not_one_per_event(db: Path) -> None:
+    store = Store(db)
+    executed: list[str] = []
+    try:
+        store.conn.set_trace_callback(executed.append)
+        store.write([(email(f"<{n}@t>"), Extraction(message_id=f"<{n}@t>", events=(
+            text_event(n, message=f"first {n}"), text_event(100 + n, message=f"second {n}")))) for n in range(12)])
+        store.conn.set_trace_callback(None)
+    finally:
+        store.close()
+    # FTS5 writes a segment (with its row in events_fts_idx) whenever a statement that added text ends:
+    # 24 events, 16 a statement (main wrote 25).
+    assert len([sql for sql in executed if "INSERT INTO 'main'.'events_fts_idx'" in sql]) == 2
+
+
 def test_the_writers_journals_stay_in_memory_not_in_a_temporary_file_per_commit(db: Path) -> None:
     store = Store(db)
     try:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mailhook.derived import e164, sent_at
 from mailhook.errors import RetryLater
@@ -21,10 +23,19 @@ from mailhook.store.schema import ATTEMPT_COLUMNS, EVENT_COLUMNS
 log = logging.getLogger("mailhook.store")
 
 
-_INSERT_EVENT = (
-    f"INSERT INTO events (delivery_id, received_at, event_time, from_e164, to_e164, {', '.join(EVENT_COLUMNS)}) "
-    f"VALUES (?, ?, ?, ?, ?, {', '.join('?' * len(EVENT_COLUMNS))}) ON CONFLICT(dedupe_key) DO NOTHING"
-)
+# Events (or attempts) inserted by one statement at most: a batch's rows in a few statements, each
+# statement's text one of this many in sqlite3's statement cache; 34 parameters a row, far below SQLite's limit.
+_EVENTS_AT_ONCE = 16
+
+
+@functools.cache
+def _insert_events_sql(count: int) -> str:
+    """Return the INSERT of `count` events, giving the id and dedupe_key of each one it inserted."""
+    row = f"({', '.join('?' * (5 + len(EVENT_COLUMNS)))})"
+    return (
+        f"INSERT INTO events (delivery_id, received_at, event_time, from_e164, to_e164, {', '.join(EVENT_COLUMNS)}) "
+        f"VALUES {', '.join([row] * count)} ON CONFLICT(dedupe_key) DO NOTHING RETURNING id, dedupe_key"
+    )
 
 
 # Where the columns mailhook derives from take their values in an event's row.
@@ -32,12 +43,14 @@ _MODIFIED, _CREATED = EVENT_COLUMNS.index("modified"), EVENT_COLUMNS.index("crea
 
 
 _FROM, _TO = EVENT_COLUMNS.index("from_number"), EVENT_COLUMNS.index("to_number")
+_DEDUPE_KEY = EVENT_COLUMNS.index("dedupe_key")
 
 
-_INSERT_ATTEMPT = (
-    f"INSERT INTO attempts (event_id, {', '.join(ATTEMPT_COLUMNS)}) "
-    f"VALUES (?, {', '.join('?' * len(ATTEMPT_COLUMNS))})"
-)
+@functools.cache
+def _insert_attempts_sql(count: int) -> str:
+    """Return the INSERT of `count` attempts."""
+    row = f"({', '.join('?' * (1 + len(ATTEMPT_COLUMNS)))})"
+    return f"INSERT INTO attempts (event_id, {', '.join(ATTEMPT_COLUMNS)}) VALUES {', '.join([row] * count)}"
 
 
 _INSERT_DELIVERY = """
@@ -62,6 +75,21 @@ CHECKPOINT_PAGES = 4000
 
 # What fails one item of a batch alone (a UnicodeEncodeError, mended and written again, is a ValueError).
 _ITEM_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, ValueError, OverflowError)
+
+
+@dataclass(slots=True)
+class _Started:
+    """A delivery stored (or completed) whose events are still to be inserted, and what they added."""
+
+    delivery_id: int
+    now: str
+    found: Rows
+    seen: bool
+    position: FolderPosition | None
+    inserted: tuple[Status, int, int] | None  # the status and counts its row was inserted with
+    new: int = 0
+    duplicates: int = 0
+    types: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +192,7 @@ class Store:
         conn = self.conn
         conn.execute("SAVEPOINT batch")
         try:
-            results: list[Receipt | Exception] = [self._write_item(item, mending=False) for item in items]
+            results: list[Receipt | Exception] = list(self._write_together(items, mending=False))
         except _ITEM_ERRORS:
             conn.execute("ROLLBACK TO batch")
             results = [self._write_alone(item) for item in items]
@@ -195,11 +223,31 @@ class Store:
 
     def _write_item(self, item: Work, *, mending: bool) -> Receipt:
         """Store one item; with `mending`, every text value with its lone surrogates as U+FFFD (`rows.mended`)."""
+        return self._write_together([item], mending=mending)[0]
+
+    def _write_together(self, items: Sequence[Work], *, mending: bool) -> list[Receipt]:
+        """Store items in order: each one's delivery, then all their events at once, then each one's status.
+
+        The events go in a few multi-row INSERTs, not one statement each: FTS5
+        writes its pending terms out as a new segment whenever a statement that
+        wrote to it ends, so an INSERT per event made a segment (and merge work)
+        per event. Rows, ids and figures are those of writing the items one by one.
+        """
+        started = [self._start(item, mending=mending) for item in items]
+        pending = [step for step in started if isinstance(step, _Started)]
+        if pending:
+            self._insert_event_rows(pending)
+        return [step if isinstance(step, Receipt) else self._finish(step) for step in started]
+
+    def _start(self, item: Work, *, mending: bool) -> Receipt | _Started:
+        """Store an item's delivery (or complete a pending one); return what its events need, or its receipt."""
         if isinstance(item, Completion):
             return self._complete(item, mending=mending)
         return self._write_one(item[0], item[1], mending=mending)
 
-    def _write_one(self, delivery: Delivery, extraction: Extraction | Rows | None, *, mending: bool = False) -> Receipt:
+    def _write_one(
+        self, delivery: Delivery, extraction: Extraction | Rows | None, *, mending: bool = False
+    ) -> Receipt | _Started:
         now = utcnow()
         sha256 = delivery.sha256  # a property: hashed on each use
         if extraction is None:
@@ -209,11 +257,14 @@ class Store:
         if mending:
             found = mended(found)
         seen, same_bytes = self._seen(found.message_id, sha256, None)
-        delivery_id = self._insert_delivery(delivery, sha256, now, "quarantined" if found.reason else "stored",
-                                            found, None if same_bytes else delivery.raw, mending=mending)
-        return self._finish(delivery_id, now, found, seen=seen, position=delivery.position)
+        # Inserted as it ends when every event is new (nearly always), so that `_finish` need not update it.
+        expected = (delivery_status(found, seen=seen, new=len(found.events), duplicates=0), len(found.events), 0)
+        delivery_id = self._insert_delivery(delivery, sha256, now, expected[0], found,
+                                            None if same_bytes else delivery.raw, mending=mending,
+                                            event_count=expected[1])
+        return _Started(delivery_id, now, found, seen, delivery.position, expected)
 
-    def _complete(self, completion: Completion, *, mending: bool = False) -> Receipt:
+    def _complete(self, completion: Completion, *, mending: bool = False) -> Receipt | _Started:
         """Store the events of a delivery stored `pending`, and give it its final status."""
         delivery_id = completion.delivery_id
         found = completion.extraction
@@ -237,7 +288,7 @@ class Store:
                 raise ValueError(f"delivery {delivery_id} no longer exists")
             return Receipt(delivery_id, current[0], error=current[1], message_id=current[2])
         # Its events carry the time it was received (and acknowledged), as they would have inline.
-        return self._finish(delivery_id, row[0], found, seen=seen, position=None)
+        return _Started(delivery_id, row[0], found, seen, None, None)
 
     def _quarantine(self, delivery_id: int, exc: Exception) -> Receipt | None:
         """Quarantine a pending delivery whose events cannot be stored (it was acknowledged; keep it)."""
@@ -263,7 +314,7 @@ class Store:
         return row is not None, row is not None and row[0] == sha256
 
     def _insert_delivery(self, delivery: Delivery, sha256: str, now: str, status: Status, found: Rows | None,
-                         raw: bytes | None, *, mending: bool = False) -> int:
+                         raw: bytes | None, *, mending: bool = False, event_count: int = 0) -> int:
         values = (
             delivery.channel,
             now,
@@ -280,7 +331,7 @@ class Store:
             raw,
             found and found.notes,
             delivery.source,
-            0,
+            event_count,
             0,
             sent_at(delivery.raw) if delivery.kind == "email" else None,
         )
@@ -288,37 +339,62 @@ class Store:
         assert cursor.lastrowid is not None
         return cursor.lastrowid
 
-    def _finish(
-        self, delivery_id: int, now: str, found: Rows, *, seen: bool, position: FolderPosition | None
-    ) -> Receipt:
-        new, duplicates, types = self._insert_events(delivery_id, now, found)
-        status = delivery_status(found, seen=seen, new=new, duplicates=duplicates)
-        self.conn.execute(
-            "UPDATE deliveries SET status = ?, event_count = ?, duplicate_count = ? WHERE id = ?",
-            (status, new, duplicates, delivery_id),
-        )
-        if position is not None:
-            self._advance(position, now)
-        return Receipt(delivery_id, status, new, duplicates, found.reason, found.message_id, types)
+    def _finish(self, step: _Started) -> Receipt:
+        """Give a delivery whose events are inserted its status and counts, unless it was inserted with them."""
+        new, duplicates, types = step.new, step.duplicates, tuple(step.types)
+        status = delivery_status(step.found, seen=step.seen, new=new, duplicates=duplicates)
+        if (status, new, duplicates) != step.inserted:
+            self.conn.execute(
+                "UPDATE deliveries SET status = ?, event_count = ?, duplicate_count = ? WHERE id = ?",
+                (status, new, duplicates, step.delivery_id),
+            )
+        if step.position is not None:
+            self._advance(step.position, step.now)
+        return Receipt(step.delivery_id, status, new, duplicates, step.found.reason, step.found.message_id, types)
 
     def _insert_events(self, delivery_id: int, now: str, extraction: Rows) -> tuple[int, int, tuple[str, ...]]:
-        conn = self.conn
-        new = duplicates = 0
-        types: list[str] = []
+        """Insert one delivery's events and their attempts; return how many were new, how many not, the new types."""
+        step = _Started(delivery_id, now, extraction, False, None, None)
+        self._insert_event_rows([step])
+        return step.new, step.duplicates, tuple(step.types)
+
+    def _insert_event_rows(self, steps: list[_Started]) -> None:
+        """Insert the events of `steps` in order, then all their attempts, at most _EVENTS_AT_ONCE rows a statement.
+
+        An event whose dedupe_key is stored already, or taken by an earlier event
+        of these, is a duplicate (ON CONFLICT DO NOTHING, rows inserted in order).
+        """
         region = self.phone_region
-        for event_type, values, attempts in extraction.events:
-            event_time = values[_MODIFIED] or values[_CREATED] or now
-            cursor = conn.execute(_INSERT_EVENT, (delivery_id, now, event_time, e164(values[_FROM], region),
-                                                  e164(values[_TO], region), *values))
-            if cursor.rowcount != 1:
-                duplicates += 1
-                continue
-            new += 1
-            types.append(event_type)
-            if attempts:
-                event_id = cursor.lastrowid
-                conn.executemany(_INSERT_ATTEMPT, [(event_id, *values) for values in attempts])
-        return new, duplicates, tuple(types)
+        values: list[Any] = []
+        keys: list[str] = []
+        for step in steps:
+            delivery_id, now = step.delivery_id, step.now
+            for _, row, _ in step.found.events:
+                values += (delivery_id, now, row[_MODIFIED] or row[_CREATED] or now,
+                           e164(row[_FROM], region), e164(row[_TO], region), *row)
+                keys.append(row[_DEDUPE_KEY])
+        ids: dict[str, int] = {}
+        width = 5 + len(EVENT_COLUMNS)
+        for start in range(0, len(keys), _EVENTS_AT_ONCE):
+            count = min(_EVENTS_AT_ONCE, len(keys) - start)
+            ids.update((key, id_) for id_, key in self.conn.execute(
+                _insert_events_sql(count), values[start * width:(start + count) * width]))
+        attempts: list[Any] = []
+        for step in steps:
+            for event_type, row, event_attempts in step.found.events:
+                event_id = ids.pop(row[_DEDUPE_KEY], None)  # popped: a second event with this key is a duplicate
+                if event_id is None:
+                    step.duplicates += 1
+                    continue
+                step.new += 1
+                step.types.append(event_type)
+                for attempt in event_attempts:
+                    attempts += (event_id, *attempt)
+        # In statements of up to _EVENTS_AT_ONCE rows too: each statement's end costs FTS5 its sync.
+        width = 1 + len(ATTEMPT_COLUMNS)
+        for start in range(0, len(attempts), _EVENTS_AT_ONCE * width):
+            chunk = attempts[start:start + _EVENTS_AT_ONCE * width]
+            self.conn.execute(_insert_attempts_sql(len(chunk) // width), chunk)
 
     def _advance(self, position: FolderPosition, now: str) -> None:
         self.conn.execute(
