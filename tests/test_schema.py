@@ -176,12 +176,18 @@ def test_figures_kept_on_ingest_and_settled_per_batch_search_indexes_and_never_s
         plans = [_plan(conn, sql) for sql in work]
         conn.execute("ROLLBACK")
     for sql, plan in zip(work, plans, strict=True):
-        scans = [step for step in plan if step.startswith("SCAN ") and step not in SMALL_SCANS]
+        # A derived table (one campaign's own events, found by index seeks) may be read whole.
+        scans = [step for step in plan if step.startswith("SCAN ") and step not in SMALL_SCANS
+                 and not step.startswith("SCAN (subquery-")]
         assert scans == [], (sql, plan)
     steps = " ".join(step for plan in plans for step in plan)
     # A reply finds its text by the outbound texts' index; a late text its replies by the inbound ones'.
     assert "SEARCH o USING INDEX events_text_to (to_e164=? AND from_e164=?)" in steps
     assert "SEARCH events USING INDEX events_text_from (from_e164=? AND to_e164=?)" in steps
+    # A campaign's latest name, labels and status: its own events by two seeks, not every campaign event.
+    assert "SEARCH x USING INDEX events_broadcast_type (broadcast_id=? AND event_type=?)" in steps
+    assert "SEARCH x USING INDEX events_campaign (resource_id=?)" in steps
+    assert "SEARCH x USING INDEX events_type_time (event_type=?)" not in steps
 
 
 SMALL_SCANS = ("SCAN CONSTANT ROW", "SCAN figures_deferred")

@@ -470,3 +470,55 @@ def test_the_wal_is_checkpointed_every_16_mib_and_stays_bounded(db: Path) -> Non
     # More than a checkpoint's worth was written: the WAL was reset, not grown past its bound.
     assert (db.stat().st_size + wal) > 2 * CHECKPOINT_PAGES * 4096
     assert wal < min(WAL_SIZE_LIMIT, (CHECKPOINT_PAGES + 2000) * (4096 + 24))
+
+
+def _campaign_event(campaign: int, day: int, *, broadcast: bool) -> Event:
+    return Event(
+        event_type="CAMPAIGN_STARTED", event_type_source="inferred", api_version="1.1", format="json",
+        resource_type="Broadcast", resource_id=campaign, broadcast_id=campaign if broadcast else None,
+        broadcast_name=f"campaign {campaign}", broadcast_status="RUNNING",
+        modified=f"2026-01-{day:02d}T10:00:00Z",
+    )
+
+
+def _vm_steps(store: Store, items: list[tuple[Delivery, Extraction | None]]) -> int:
+    """Return the SQLite virtual machine's steps (in hundreds) that storing `items` takes: a count, not a time."""
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    store.conn.set_progress_handler(count, 100)
+    try:
+        store.write(items)
+    finally:
+        store.conn.set_progress_handler(None, 100)
+    return steps
+
+
+def test_storing_a_campaign_event_takes_the_same_work_however_many_other_campaigns_are_stored(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "campaigns.db")
+
+    def items(first: int, count: int) -> list[tuple[Delivery, Extraction | None]]:
+        return [(email(f"<c{n}@x>", f"campaign {n}".encode()),
+                 Extraction(events=(_campaign_event(n, 1 + n % 28, broadcast=n % 2 == 0),)))
+                for n in range(first, first + count)]
+
+    try:
+        store.write(items(1, 20))
+        # One at a time (the row-by-row triggers) and in a batch (the set-based settling), both id forms.
+        few = [_vm_steps(store, items(100, 1)), _vm_steps(store, items(101, 1)), _vm_steps(store, items(110, 4))]
+        for first in range(1_000, 4_000, 500):
+            store.write(items(first, 500))
+        many = [_vm_steps(store, items(200, 1)), _vm_steps(store, items(201, 1)), _vm_steps(store, items(210, 4))]
+        # 3,000 more campaigns' events: a lookup that walked them would take thousands of hundreds more.
+        for before, after in zip(few, many, strict=True):
+            assert after <= before * 1.3 + 5, (few, many)
+        names = rows(tmp_path / "campaigns.db", "SELECT name, status FROM campaigns WHERE id IN (200, 201)")
+        assert names == [("campaign 200", "RUNNING"), ("campaign 201", "RUNNING")]
+    finally:
+        store.close()

@@ -356,4 +356,12 @@ CREATE INDEX IF NOT EXISTS events_text_from ON events(from_e164, to_e164, event_
     WHERE event_type = 'INBOUND_TEXT_FINISHED';
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2_ANALYSIS, _V3_LEANER, _V4_ANALYSTS, _V5_DEFERRABLE, _V6_FEWER_PAGES)
+# A campaign's latest name, labels and status found by an index (issue 15): the lookup walked every
+# campaign event of the database, per campaign event stored, so the cost per message grew with the
+# database. The triggers that make that lookup are made again with the indexed form; the insert
+# triggers as schema 5 left them (`figures.DEFERRAL` drops and makes them).
+_V7_CAMPAIGN_INDEX = (figures.CAMPAIGN_INDEX + "DROP TRIGGER IF EXISTS events_figures_delete;\n"
+                      + figures.TRIGGERS + figures.DEFERRAL)
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2_ANALYSIS, _V3_LEANER, _V4_ANALYSTS, _V5_DEFERRABLE, _V6_FEWER_PAGES,
+                               _V7_CAMPAIGN_INDEX)

@@ -138,19 +138,36 @@ def _attributed_text(r: str) -> str:
         ORDER BY substr(o.event_time, 1, 19) DESC, o.id DESC LIMIT 1)"""
 
 
-def _latest(column: str, campaign: str) -> str:
-    return (f"(SELECT x.{column} FROM events AS x WHERE x.event_type IN {CAMPAIGN_EVENTS}"
-            f" AND {campaign_key('x')} = {campaign} AND x.{column} IS NOT NULL"
-            f" ORDER BY x.event_time DESC, x.id DESC LIMIT 1)")
+# Migration 4 (SQLite's schema 7): a campaign's own events that carry no broadcast id, by the
+# campaign's id; those with one are found by `events_broadcast_type`.
+CAMPAIGN_INDEX = f"""
+CREATE INDEX IF NOT EXISTS events_campaign ON events(resource_id)
+    WHERE event_type IN {CAMPAIGN_EVENTS} AND broadcast_id IS NULL;
+"""
+
+
+def _campaign_rows(columns: str, extra: str = "") -> str:
+    """Return the rows of `columns` of campaign `campaigns.id`'s own events: `campaign_key` split in two.
+
+    `campaign_key(x) = campaigns.id` cannot use an index (it walked every campaign event stored);
+    a campaign event's key is its broadcast id, or its resource id when it has none.
+    """
+    return (f"SELECT {columns} FROM events AS x WHERE x.broadcast_id = campaigns.id"
+            f" AND x.event_type IN {CAMPAIGN_EVENTS}{extra}"
+            f" UNION ALL SELECT {columns} FROM events AS x WHERE x.resource_id = campaigns.id"
+            f" AND x.broadcast_id IS NULL AND x.event_type IN {CAMPAIGN_EVENTS}{extra}")
+
+
+def _latest(column: str) -> str:
+    rows = _campaign_rows(f"x.{column} AS value, x.event_time, x.id", f" AND x.{column} IS NOT NULL")
+    return f"(SELECT c.value FROM ({rows}) AS c ORDER BY c.event_time DESC, c.id DESC LIMIT 1)"
 
 
 def _labels_update(where: str) -> str:
     """Return the UPDATE giving the campaigns matching `where` the latest known name, type, labels and status."""
-    key = "campaigns.id"
-    return f"""UPDATE campaigns SET name = {_latest('broadcast_name', key)}, type = {_latest('broadcast_type', key)},
-        labels = {_latest('labels', key)}, status = {_latest('broadcast_status', key)},
-        status_at = (SELECT max(x.event_time) FROM events AS x
-                     WHERE x.event_type IN {CAMPAIGN_EVENTS} AND {campaign_key('x')} = campaigns.id)
+    return f"""UPDATE campaigns SET name = {_latest('broadcast_name')}, type = {_latest('broadcast_type')},
+        labels = {_latest('labels')}, status = {_latest('broadcast_status')},
+        status_at = (SELECT max(c.event_time) FROM ({_campaign_rows('x.event_time')}) AS c)
     WHERE {where}"""
 
 

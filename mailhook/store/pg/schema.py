@@ -202,4 +202,8 @@ CREATE INDEX events_text_to ON events(to_e164, from_e164, event_time) WHERE even
 CREATE INDEX events_text_from ON events(from_e164, to_e164, event_time) WHERE event_type = 'INBOUND_TEXT_FINISHED';
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, figures.MIGRATION, _V3_FEWER_PAGES)
+# SQLite's schema 7: a campaign's latest name, labels and status by index seeks; the trigger
+# functions made again with that lookup (issue 15).
+_V4_CAMPAIGN_INDEX = figures.CAMPAIGN_INDEX + figures.TRIGGERS
+
+MIGRATIONS: tuple[str, ...] = (_V1, figures.MIGRATION, _V3_FEWER_PAGES, _V4_CAMPAIGN_INDEX)
