@@ -522,3 +522,47 @@ def test_storing_a_campaign_event_takes_the_same_work_however_many_other_campaig
         assert names == [("campaign 200", "RUNNING"), ("campaign 201", "RUNNING")]
     finally:
         store.close()
+
+
+def test_deleting_a_campaigns_earliest_event_takes_the_same_work_however_many_other_events_are_stored(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "prune.db"
+    store = Store(path)
+
+    def calls(campaign: int, first: int, count: int) -> list[tuple[Delivery, Extraction | None]]:
+        return [(email(f"<call{n}@x>", f"call {n}".encode()),
+                 Extraction(events=(text_event(n, event_type="OUTBOUND_CALL_FINISHED", resource_type="Call",
+                                               broadcast_id=campaign,
+                                               modified=f"2026-02-{1 + n % 28:02d}T10:00:00Z"),)))
+                for n in range(first, first + count)]
+
+    def delete_earliest(campaign: int) -> int:
+        (earliest,) = store.conn.execute("SELECT id FROM events WHERE broadcast_id = ? ORDER BY event_time, id "
+                                         "LIMIT 1", (campaign,)).fetchone()
+        steps = 0
+
+        def count() -> int:
+            nonlocal steps
+            steps += 1
+            return 0
+
+        store.conn.set_progress_handler(count, 100)
+        try:
+            store.conn.execute("DELETE FROM events WHERE id = ?", (earliest,))
+        finally:
+            store.conn.set_progress_handler(None, 100)
+        return steps
+
+    try:
+        store.write(calls(7, 1, 10) + calls(8, 11, 10) + calls(9, 21, 20))
+        few = delete_earliest(7)
+        for first in range(1_000, 4_000, 500):
+            store.write(calls(9, first, 500))
+        many = delete_earliest(8)
+        # 3,000 more events of another campaign: first_seen found again from campaign 8's own events.
+        assert many <= few * 1.3 + 5, (few, many)
+        assert store.conn.execute("SELECT first_seen, events FROM campaigns WHERE id = 8").fetchone() == (
+            store.conn.execute("SELECT min(event_time), count(*) FROM events WHERE broadcast_id = 8").fetchone())
+    finally:
+        store.close()

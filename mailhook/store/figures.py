@@ -126,14 +126,15 @@ CREATE INDEX IF NOT EXISTS events_campaign ON events(resource_id)
 """
 
 
-def _campaign_rows(columns: str, extra: str = "") -> str:
+def _campaign_rows(columns: str, extra: str = "", *, every: bool = False) -> str:
     """Return the rows of `columns` of campaign `campaigns.id`'s own events: `campaign_key` split in two.
 
     `campaign_key(x) = campaigns.id` cannot use an index; a campaign event's key is its broadcast
     id, or its resource id when it has none, so the same rows come from two indexed searches.
+    With `every`, all the campaign's events (its calls and texts carry its broadcast id), else its own.
     """
-    return (f"SELECT {columns} FROM events AS x WHERE x.broadcast_id = campaigns.id"
-            f" AND x.event_type IN {CAMPAIGN_EVENTS}{extra}"
+    own = "" if every else f" AND x.event_type IN {CAMPAIGN_EVENTS}"  # `every`: its calls and texts too
+    return (f"SELECT {columns} FROM events AS x WHERE x.broadcast_id = campaigns.id{own}{extra}"
             f" UNION ALL SELECT {columns} FROM events AS x WHERE x.resource_id = campaigns.id"
             f" AND x.broadcast_id IS NULL AND x.event_type IN {CAMPAIGN_EVENTS}{extra}")
 
@@ -209,8 +210,8 @@ CREATE TRIGGER IF NOT EXISTS events_figures_delete AFTER DELETE ON events BEGIN
     DELETE FROM event_totals WHERE events = 0 AND {_bucket_where('old')};
     UPDATE campaigns SET {_counters('-', 'old')} WHERE id = {_OLD_KEY};
     UPDATE campaigns SET
-        first_seen = (SELECT min(x.event_time) FROM events AS x WHERE {campaign_key('x')} = campaigns.id),
-        last_seen = (SELECT max(x.event_time) FROM events AS x WHERE {campaign_key('x')} = campaigns.id)
+        first_seen = (SELECT min(c.event_time) FROM ({_campaign_rows('x.event_time', every=True)}) AS c),
+        last_seen = (SELECT max(c.event_time) FROM ({_campaign_rows('x.event_time', every=True)}) AS c)
     WHERE id = {_OLD_KEY} AND (old.event_time <= first_seen OR old.event_time >= last_seen);
     DELETE FROM campaigns WHERE id = {_OLD_KEY} AND events = 0;
     {_labels_update(_OLD_KEY)} AND old.event_type IN {CAMPAIGN_EVENTS};

@@ -146,14 +146,15 @@ CREATE INDEX IF NOT EXISTS events_campaign ON events(resource_id)
 """
 
 
-def _campaign_rows(columns: str, extra: str = "") -> str:
+def _campaign_rows(columns: str, extra: str = "", *, every: bool = False) -> str:
     """Return the rows of `columns` of campaign `campaigns.id`'s own events: `campaign_key` split in two.
 
     `campaign_key(x) = campaigns.id` cannot use an index (it walked every campaign event stored);
-    a campaign event's key is its broadcast id, or its resource id when it has none.
+    a campaign event's key is its broadcast id, or its resource id when it has none. With
+    `every`, all the campaign's events (its calls and texts carry its broadcast id), else its own.
     """
-    return (f"SELECT {columns} FROM events AS x WHERE x.broadcast_id = campaigns.id"
-            f" AND x.event_type IN {CAMPAIGN_EVENTS}{extra}"
+    own = "" if every else f" AND x.event_type IN {CAMPAIGN_EVENTS}"  # `every`: its calls and texts too
+    return (f"SELECT {columns} FROM events AS x WHERE x.broadcast_id = campaigns.id{own}{extra}"
             f" UNION ALL SELECT {columns} FROM events AS x WHERE x.resource_id = campaigns.id"
             f" AND x.broadcast_id IS NULL AND x.event_type IN {CAMPAIGN_EVENTS}{extra}")
 
@@ -258,8 +259,8 @@ BEGIN
           FROM gone AS e GROUP BY 1) AS g
     WHERE c.id = g.id;
     UPDATE campaigns SET
-        first_seen = (SELECT min(x.event_time) FROM events AS x WHERE {campaign_key('x')} = campaigns.id),
-        last_seen = (SELECT max(x.event_time) FROM events AS x WHERE {campaign_key('x')} = campaigns.id)
+        first_seen = (SELECT min(c.event_time) FROM ({_campaign_rows('x.event_time', every=True)}) AS c),
+        last_seen = (SELECT max(c.event_time) FROM ({_campaign_rows('x.event_time', every=True)}) AS c)
     WHERE events > 0 AND EXISTS (SELECT 1 FROM gone AS g WHERE {campaign_key('g')} = campaigns.id
                                  AND (g.event_time <= campaigns.first_seen OR g.event_time >= campaigns.last_seen));
     DELETE FROM campaigns WHERE events = 0 AND id IN (SELECT {campaign_key('g')} FROM gone AS g);
