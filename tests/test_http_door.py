@@ -644,7 +644,7 @@ def test_token_and_signature_guesses_are_logged_once_then_summed_up_per_interval
         messages = [r.getMessage() for r in caplog.records if r.name == "mailhook.webhook"]
         return [m for m in messages if "status=401" in m]
 
-    assert refusals() == ["request refused channel=http peer=127.0.0.1 status=401 reason=wrong token"]
+    assert refusals() == ['request refused channel=http peer=127.0.0.1 status=401 reason="wrong token"']
     wait_until(lambda: len(refusals()) >= 2, 30, "the summary line", interval=0.1)
     summary = refusals()[1]
     assert summary.startswith("HTTP requests refused for a missing or wrong token or signature: 39 more in the "

@@ -212,7 +212,7 @@ def test_every_auth_failure_is_logged_with_peer_mechanism_and_user_never_the_pas
             assert code == 535
     failures = [r for r in caplog.records if r.name == "mailhook.smtp" and r.getMessage().startswith("auth failed")]
     assert [(r.args[0], r.args[1], r.args[2]) for r in failures] == [  # type: ignore[index]
-        ("127.0.0.1", mechanism, "callfire"), ("127.0.0.1", mechanism, "nobody\r\nINFO fake")]
+        ("127.0.0.1", mechanism, "callfire"), ("127.0.0.1", mechanism, '"nobody\\r\\nINFO fake"')]
     assert all(r.levelno == logging.WARNING for r in failures)
     assert not any("s3cret-guess" in r.getMessage() for r in caplog.records)
 

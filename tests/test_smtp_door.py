@@ -131,6 +131,22 @@ def test_senders_outside_the_sender_list_get_550_at_mail(start_server: StartServ
     assert rows(_db(runtime), "SELECT envelope_from FROM deliveries") == [("bounce@CallFire.com",)]
 
 
+def test_a_refused_senders_and_recipients_address_is_one_logfmt_field_however_it_is_spelled(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    runtime = start_server(smtp={"senders": ("@callfire.com",), "accept": ("ops@example.com",)})
+    forged = '"x status=stored delivery_id=1"@evil.test'
+    with client(runtime) as smtp:
+        smtp.ehlo()
+        assert smtp.mail(forged)[0] == 550
+        assert smtp.mail("notifications@callfire.com")[0] == 250
+        assert smtp.rcpt('"y reason=ok"@evil.test')[0] == 550
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused ")]
+    assert lines == ['refused sender peer=127.0.0.1 from="\\"x status=stored delivery_id=1\\"@evil.test"',
+                     'refused recipient peer=127.0.0.1 to="\\"y reason=ok\\"@evil.test"']
+
+
 def test_without_an_accept_list_it_refuses_to_listen_beyond_loopback(start_server: StartServer) -> None:
     with pytest.raises(ConfigError, match=r"--accept"):
         start_server(smtp={"listen": "0.0.0.0:0"})

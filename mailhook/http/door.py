@@ -30,7 +30,7 @@ from mailhook.errors import Busy, Rejected, RetryLater, TimedOut, TooLarge, Unau
 from mailhook.extract.charset import charset_of
 from mailhook.extract.document import is_v1
 from mailhook.http import connection as http_connection
-from mailhook.logs import Summary
+from mailhook.logs import Summary, logfmt
 from mailhook.models import Delivery, Receipt, utcnow
 
 if TYPE_CHECKING:
@@ -246,7 +246,8 @@ class Receiver:
     def _refused(self, request: web.Request, refusal: Rejected) -> web.Response:
         status = next(code for kind, code in STATUS if isinstance(refusal, kind))
         self.metrics.on_rejected("http", refusal.reason)
-        args = ("request refused channel=http peer=%s status=%d reason=%s", request.remote or "-", status, refusal)
+        args = ("request refused channel=http peer=%s status=%d reason=%s", request.remote or "-", status,
+                logfmt(str(refusal)))
         if status == 401:
             self.auth_refusals.note(*args)
         else:

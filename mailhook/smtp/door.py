@@ -19,6 +19,7 @@ from aiosmtpd.smtp import Envelope, Session
 from mailhook.config.addresses import parse_address, refuse_open_relay
 from mailhook.config.settings import SmtpSettings
 from mailhook.errors import ConfigError, RetryLater
+from mailhook.logs import logfmt
 from mailhook.models import Delivery, utcnow
 from mailhook.smtp.auth import AuthChecks, PasswordAuth, PasswordFile, tls_context
 from mailhook.smtp.fastpath import hook_names
@@ -63,7 +64,7 @@ class Handler(PasswordAuth):
             log.info("refused sender peer=%s: not UTF-8 or holds a control character", server.peer_ip)
             return "501 5.1.7 Bad sender address syntax"
         if self.settings.senders and not matches(address, self.settings.senders):
-            log.info("refused sender peer=%s from=%s", server.peer_ip, address)
+            log.info("refused sender peer=%s from=%s", server.peer_ip, logfmt(address))
             return "550 5.7.1 Sender not allowed"
         envelope.mail_from = address
         envelope.mail_options.extend(options)
@@ -77,7 +78,7 @@ class Handler(PasswordAuth):
             log.info("refused recipient peer=%s: not UTF-8 or holds a control character", server.peer_ip)
             return "501 5.1.3 Bad recipient address syntax"
         if self.settings.accept and not matches(address, self.settings.accept):
-            log.info("refused recipient peer=%s to=%s", server.peer_ip, address)
+            log.info("refused recipient peer=%s to=%s", server.peer_ip, logfmt(address))
             return "550 5.1.1 Recipient not accepted here"
         if len(envelope.rcpt_tos) >= self.settings.max_recipients:
             # Temporary on purpose: the sender delivers the rest in another transaction.

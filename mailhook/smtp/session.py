@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from aiosmtpd.smtp import ALLOWED_BEFORE_STARTTLS, BOGUS_LIMIT, MISSING, SMTP, TLSSetupException, sanitized_log, syntax
 from aiosmtpd.smtp import log as aiosmtpd_log
 
+from mailhook.logs import logfmt
 from mailhook.smtp.fastpath import PLAIN_ANGLE_ADDR, hook_names, read_body
 from mailhook.smtp.limits import UNFIT_TEXT
 
@@ -282,7 +283,7 @@ class Connection(SMTP):
         self.failed_auths += 1
         delay, count = self.door.auth_penalty.failed(self.peer_ip, self.loop.time())
         log.warning("auth failed peer=%s mechanism=%s user=%s failures=%d address_failures=%d delay=%.1fs",
-                    self.peer_ip, mechanism, user, self.failed_auths, count, delay)
+                    self.peer_ip, logfmt(mechanism), logfmt(user), self.failed_auths, count, delay)
         waited, self.auth_waited = self.auth_waited, False
         if not waited:
             await asyncio.sleep(delay)
