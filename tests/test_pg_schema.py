@@ -14,6 +14,7 @@ import pytest
 from mailhook.store.connection import connect as sqlite_connect
 from mailhook.store.connection import migrate as sqlite_migrate
 from mailhook.store.pg.connection import MIGRATION_LOCK, connect, migrate, open_database, schema_version
+from mailhook.store.pg.figures import _campaign_rows, _labels_update
 from mailhook.store.pg.schema import MIGRATIONS
 from mailhook.store.target import PostgresTarget
 
@@ -171,6 +172,24 @@ def test_reply_lookups_use_the_indexes_of_their_own_kind_of_text_and_raw_numbers
     conn.close()
     assert "events_text_to" in plans[0]
     assert "events_text_from" in plans[1]
+
+
+def test_a_campaigns_labels_and_first_time_are_found_by_index_seeks_not_by_reading_every_event(
+    postgres_url: str,
+) -> None:
+    conn = open_database(PostgresTarget(postgres_url))
+    indexes = dict(conn.execute("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'events'").fetchall())
+    assert "resource_id" in indexes["events_campaign"] and "broadcast_id IS NULL" in indexes["events_campaign"]
+    conn.execute("SET LOCAL enable_seqscan = off")  # an empty table: without this the planner rightly scans it
+    labels = _labels_update("id = 7")
+    first = ("UPDATE campaigns SET first_seen = (SELECT min(c.event_time) FROM ("
+             + _campaign_rows("x.event_time", every=True) + ") AS c) WHERE id = 7")
+    plans = ["\n".join(row[0] for row in conn.execute(f"EXPLAIN {sql}")) for sql in (labels, first)]
+    conn.rollback()
+    conn.close()
+    for plan in plans:
+        assert "events_broadcast_type" in plan and "events_campaign" in plan, plan
+        assert "Seq Scan on events" not in plan, plan
 
 
 @pytest.mark.parametrize("view", ["texts", "calls", "campaign_events", "replies", "attempts_detail"])
