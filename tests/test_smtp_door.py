@@ -134,7 +134,7 @@ def test_senders_outside_the_sender_list_get_550_at_mail(start_server: StartServ
 def test_a_refused_senders_and_recipients_address_is_one_logfmt_field_however_it_is_spelled(
     start_server: StartServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="mailhook")  # a command run in-process set its level
     runtime = start_server(smtp={"senders": ("@callfire.com",), "accept": ("ops@example.com",)})
     forged = '"x status=stored delivery_id=1"@evil.test'
     with client(runtime) as smtp:
