@@ -29,6 +29,7 @@ from typing import Any
 import httpx
 import pytest
 from aiohttp import __version__ as aiohttp_version
+from aiohttp.base_protocol import BaseProtocol
 from aiohttp.web_protocol import RequestHandler
 from conftest import StartServer
 from process_support import ALLOW_ROOT, wait_until
@@ -618,7 +619,11 @@ def test_the_private_aiohttp_names_http_connection_relies_on_still_exist() -> No
     assert parameters == ["self", "request", "status", "exc", "message"], advice % "RequestHandler.handle_error"
     assert "handle_error" in inspect.getsource(RequestHandler._make_error_handler), (
         advice % "RequestHandler._make_error_handler (calling handle_error)")
-    assert set(http_connection.PRIVATE_NAMES) == {"RequestHandler._waiter", "RequestHandler.handle_error"}
+    assert {"_reading_paused", "_buffer_paused"} <= slots, advice % "BaseProtocol's pause flags"
+    resume = inspect.getsource(BaseProtocol.resume_reading)
+    assert "_reading_paused" in resume and "_buffer_paused" in resume, advice % "BaseProtocol.resume_reading"
+    assert set(http_connection.PRIVATE_NAMES) == {"RequestHandler._waiter", "RequestHandler.handle_error",
+                                                  "BaseProtocol._reading_paused", "BaseProtocol._buffer_paused"}
 
 
 def test_asyncio_still_reports_accept_failures_with_the_message_openfiles_matches() -> None:

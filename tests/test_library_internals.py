@@ -4,7 +4,7 @@ Each library's internals are touched in one module, which lists them in
 `PRIVATE_NAMES`; pyproject.toml caps each library below its next release.
 When an upgrade renames or changes one, these tests say which, and where
 mailhook relies on it, before a single SMTP DATA turns into a 451.
-(aiohttp's are checked in tests/test_http_connection.py.)
+(aiohttp's names are checked in tests/test_http_connection.py; the behaviour its overrides must keep, here.)
 """
 
 from __future__ import annotations
@@ -13,11 +13,18 @@ import hashlib
 import imaplib
 import inspect
 import logging
+import re
+import socket
+import sqlite3
+import time
 from importlib.metadata import version
+from pathlib import Path
 
+import httpx
 import imapclient
 import pytest
 from aiosmtpd.smtp import SMTP
+from conftest import StartServer
 from mailparser.core import MailParser
 from smtp_support import client
 
@@ -30,6 +37,7 @@ from mailhook.smtp import session
 SMTP_DATA_SHA256 = "3a33f30d3fd6d02f39c7d78a08288bffea9170525b62e2161568041ae7e018df"
 # The sha256 of aiosmtpd 1.4.6's SMTP._handle_client source, which mailhook/smtp/session.py's `_handle_client` copies.
 HANDLE_CLIENT_SHA256 = "0e4d096403af6c74c87b2fe722c213884e2140a9388e95feb05aec2f39e05556"
+TEXT_XML = (Path(__file__).resolve().parent.parent / "fixtures" / "seed" / "text-outbound.xml").read_bytes()
 
 
 def _advice(library: str, name: str, module: str) -> str:
@@ -127,3 +135,92 @@ def test_the_private_imapclient_names_the_account_relies_on_still_exist() -> Non
     assert _assigned(imaplib.IMAP4, "file"), (
         f"imaplib (Python) changed IMAP4.file, which {where} relies on (its buffered reader)")
     assert set(account.PRIVATE_NAMES) == {"IMAPClient._imap", "IMAP4.file"}
+
+
+# --- aiohttp: mailhook/http/connection.py resumes reading only when aiohttp paused it -------------------
+
+
+def _http_door(start_server: StartServer) -> tuple[Runtime, str]:
+    runtime = start_server(http={"listen": "127.0.0.1:0"}, smtp={"listen": ""})
+    door = next(d for d in runtime.doors if d.name == "http")
+    return runtime, door.addresses()[0]
+
+
+def test_a_body_large_enough_for_aiohttp_to_pause_reading_arrives_whole_and_the_connection_serves_on(
+    start_server: StartServer,
+) -> None:
+    runtime, address = _http_door(start_server)
+    # Far over aiohttp's 128 KiB high-water mark: reading pauses, and each read must resume it.
+    body = TEXT_XML + b"<!--" + b"x" * 3_000_000 + b"-->\n"
+    with httpx.Client(timeout=60) as client:  # one kept-alive connection for both
+        large = client.post(f"http://{address}/notifications", content=body)
+        small = client.post(f"http://{address}/notifications", content=TEXT_XML)
+    assert large.status_code in (200, 422) and small.status_code == 200, (large.text, small.text)
+    conn = sqlite3.connect(runtime.writer.store.path)
+    try:
+        lengths = [row[0] for row in conn.execute("SELECT length(raw) FROM deliveries ORDER BY id")]
+    finally:
+        conn.close()
+    assert lengths == [len(body), len(TEXT_XML)]
+
+
+def test_pipelined_requests_past_aiohttps_message_queue_are_all_answered_in_order(start_server: StartServer) -> None:
+    _, address = _http_door(start_server)
+    host, _, port = address.rpartition(":")
+    count = 3 * 32  # aiohttp queues 32 parsed requests, then pauses reading until start() drains them
+    requests = b"".join(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" for _ in range(count - 1))
+    requests += b"GET /nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(requests)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", reply)  # each body ends without a line break
+    assert statuses == [b"200"] * (count - 1) + [b"404"]
+
+
+def test_pipelined_requests_after_a_body_sent_apart_from_its_head_are_all_answered(
+    start_server: StartServer,
+) -> None:
+    # A body that arrives after its request is taken up leaves aiohttp's parser counting one queued
+    # request more than there are: with 31 queued it holds the rest back, and only a parse of b"" after
+    # a body is read (resume_reading) takes them up while no more bytes come.
+    _, address = _http_door(start_server)
+    host, _, port = address.rpartition(":")
+    post = b"POST /notifications HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(TEXT_XML)
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        answers = _Answers(sock)
+        sock.sendall(post)
+        time.sleep(0.2)  # the request is taken up before its body comes
+        sock.sendall(TEXT_XML)
+        assert answers.next().startswith(b"HTTP/1.1 200 ")
+        sock.sendall((post + TEXT_XML) * 34)
+        statuses = [answers.next()[:13] for _ in range(34)]
+    assert statuses == [b"HTTP/1.1 200 "] * 34
+
+
+class _Answers:
+    """HTTP answers with a Content-Length body, read one by one from a socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.data = b""
+
+    def next(self) -> bytes:
+        """Return the next whole answer."""
+        while b"\r\n\r\n" not in self.data:
+            self._more()
+        head, _, rest = self.data.partition(b"\r\n\r\n")
+        found = re.search(rb"(?i)content-length: *(\d+)", head)
+        assert found is not None, head
+        while len(rest) < int(found.group(1)):
+            self._more()
+            head, _, rest = self.data.partition(b"\r\n\r\n")
+        end = len(head) + 4 + int(found.group(1))
+        answer, self.data = self.data[:end], self.data[end:]
+        return answer
+
+    def _more(self) -> None:
+        chunk = self.sock.recv(65536)
+        assert chunk, "the server closed the connection"
+        self.data += chunk

@@ -53,7 +53,10 @@ LOG_INTERVAL = 60.0
 # aiohttp's private names this module relies on (checked by tests/test_http_connection.py):
 #   RequestHandler._waiter       the future start() awaits while no whole request head has arrived
 #   RequestHandler.handle_error  builds aiohttp's own error page (overridden below)
-PRIVATE_NAMES = ("RequestHandler._waiter", "RequestHandler.handle_error")
+#   BaseProtocol._reading_paused, BaseProtocol._buffer_paused
+#                                the two reasons aiohttp pauses reading (resume_reading, overridden below)
+PRIVATE_NAMES = ("RequestHandler._waiter", "RequestHandler.handle_error", "BaseProtocol._reading_paused",
+                 "BaseProtocol._buffer_paused")
 
 
 def raw_response(status: int, message: str, *headers: str) -> bytes:
@@ -286,6 +289,29 @@ class Connection(RequestHandler):
             # head usually comes whole in one read, and a timer for it would be cancelled at once
             # (a TimerHandle and a heap entry per request). Same loop time as before the parse.
             self._head_timer = self._loop.call_later(self._gate.settings.header_timeout, self._head_overdue)
+
+    def resume_reading(self, resume_parser: bool = True) -> None:
+        """Resume reading where aiohttp paused it; otherwise only let the parser go on with bytes it holds back.
+
+        aiohttp's body stream calls this twice per request, paused or not:
+        after a read that leaves its buffer under the low-water mark (to parse
+        b"" through `data_received`, and resume the transport) and at the
+        body's end (only to resume the transport). Private: aiohttp stops the
+        transport only with `_reading_paused` (flow control) or
+        `_buffer_paused` (a full queue of pipelined requests) set, so with
+        neither there is no transport to resume. The parse of b"" stays: the
+        parser may hold back a pipelined request even then (its count of
+        queued requests can run ahead of the protocol's).
+        """
+        if self._reading_paused or self._buffer_paused:
+            super().resume_reading(resume_parser)
+        elif resume_parser:
+            if self._waiter is None:
+                # A request is being read (bodies are read only then): no head is awaited before or
+                # after this parse, so this class's data_received would only disarm a disarmed timer.
+                super().data_received(b"")
+            else:
+                self.data_received(b"")
 
     def pause_writing(self) -> None:
         """The client stopped reading (the send buffer is full): it has `send_timeout` to read on.

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import BasicAuth, HttpVersion11, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
+from multidict import CIMultiDict
 
 from mailhook.errors import Busy, Rejected, RetryLater, TimedOut, TooLarge, Unauthorized
 from mailhook.extract.charset import charset_of
@@ -46,7 +47,8 @@ SIGNATURE = "X-CallFire-Signature"
 HEALTH_TIMEOUT = 10.0
 _CHUNK = 64 * 1024
 _ANSWER = b'{"delivery_id": %d, "status": "%s", "events": %d, "duplicates": %d}'
-_JSON_HEADERS = {hdrs.CONTENT_TYPE: "application/json; charset=utf-8"}
+# A CIMultiDict, which aiohttp's Response copies as it is; a dict it would convert key by key, per answer.
+_JSON_HEADERS: CIMultiDict[str] = CIMultiDict({hdrs.CONTENT_TYPE: "application/json; charset=utf-8"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
