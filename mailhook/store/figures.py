@@ -117,21 +117,23 @@ def _bucket_of(e: str) -> str:
             f" AND t.event_type = {e}.event_type AND ifnull(t.final_result, '') = ifnull({e}.final_result, '')")
 
 
-# Schema 7: a campaign's own events (started, stopped, finished) that carry no broadcast id, by
-# the campaign's id; those with one are found by `events_broadcast_type`. So a campaign's latest
-# name, labels and status are two index seeks, not a pass over every campaign event stored.
+# Schema 7 (PostgreSQL migration 4, the same text): a campaign's own events (started, stopped,
+# finished) that carry no broadcast id, by the campaign's id; those with one are found by
+# `events_broadcast_type`. So a campaign's latest name, labels and status are two index seeks,
+# not a pass over every campaign event stored.
 CAMPAIGN_INDEX = f"""
 CREATE INDEX IF NOT EXISTS events_campaign ON events(resource_id)
     WHERE event_type IN {CAMPAIGN_EVENTS} AND broadcast_id IS NULL;
 """
 
 
-def _campaign_rows(columns: str, extra: str = "", *, every: bool = False) -> str:
+def campaign_rows(columns: str, extra: str = "", *, every: bool = False) -> str:
     """Return the rows of `columns` of campaign `campaigns.id`'s own events: `campaign_key` split in two.
 
     `campaign_key(x) = campaigns.id` cannot use an index; a campaign event's key is its broadcast
     id, or its resource id when it has none, so the same rows come from two indexed searches.
-    With `every`, all the campaign's events (its calls and texts carry its broadcast id), else its own.
+    Plain SQL, which the PostgreSQL figures use too. With `every`, all the campaign's events
+    (its calls and texts carry its broadcast id), else its own.
     """
     own = "" if every else f" AND x.event_type IN {CAMPAIGN_EVENTS}"  # `every`: its calls and texts too
     return (f"SELECT {columns} FROM events AS x WHERE x.broadcast_id = campaigns.id{own}{extra}"
@@ -142,11 +144,11 @@ def _campaign_rows(columns: str, extra: str = "", *, every: bool = False) -> str
 def _labels_update(key: str) -> str:
     """Return the UPDATE giving campaign `key` the latest known name, type, labels and status."""
     def latest(column: str) -> str:
-        rows = _campaign_rows(f"x.{column} AS value, x.event_time, x.id", f" AND x.{column} IS NOT NULL")
+        rows = campaign_rows(f"x.{column} AS value, x.event_time, x.id", f" AND x.{column} IS NOT NULL")
         return f"(SELECT value FROM ({rows}) ORDER BY event_time DESC, id DESC LIMIT 1)"
     # max(event_time) by ORDER BY ... LIMIT 1 (the same value; NULLs sort first): as max() SQLite
     # would walk (event_type, event_time) for its min/max shortcut instead of the two seeks.
-    status_at = f"(SELECT event_time FROM ({_campaign_rows('x.event_time')}) ORDER BY event_time DESC LIMIT 1)"
+    status_at = f"(SELECT event_time FROM ({campaign_rows('x.event_time')}) ORDER BY event_time DESC LIMIT 1)"
     return f"""UPDATE campaigns SET name = {latest('broadcast_name')}, type = {latest('broadcast_type')},
         labels = {latest('labels')}, status = {latest('broadcast_status')}, status_at = {status_at}
     WHERE id = {key}"""
@@ -210,8 +212,8 @@ CREATE TRIGGER IF NOT EXISTS events_figures_delete AFTER DELETE ON events BEGIN
     DELETE FROM event_totals WHERE events = 0 AND {_bucket_where('old')};
     UPDATE campaigns SET {_counters('-', 'old')} WHERE id = {_OLD_KEY};
     UPDATE campaigns SET
-        first_seen = (SELECT min(c.event_time) FROM ({_campaign_rows('x.event_time', every=True)}) AS c),
-        last_seen = (SELECT max(c.event_time) FROM ({_campaign_rows('x.event_time', every=True)}) AS c)
+        first_seen = (SELECT min(c.event_time) FROM ({campaign_rows('x.event_time', every=True)}) AS c),
+        last_seen = (SELECT max(c.event_time) FROM ({campaign_rows('x.event_time', every=True)}) AS c)
     WHERE id = {_OLD_KEY} AND (old.event_time <= first_seen OR old.event_time >= last_seen);
     DELETE FROM campaigns WHERE id = {_OLD_KEY} AND events = 0;
     {_labels_update(_OLD_KEY)} AND old.event_type IN {CAMPAIGN_EVENTS};

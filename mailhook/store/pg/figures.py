@@ -23,7 +23,7 @@ is how PostgreSQL runs triggers:
 
 from __future__ import annotations
 
-from mailhook.store.figures import REPLY_WINDOW_DAYS
+from mailhook.store.figures import REPLY_WINDOW_DAYS, campaign_rows
 
 CALLS = "('OUTBOUND_CALL_FINISHED', 'INBOUND_CALL_FINISHED')"
 TEXTS = "('OUTBOUND_TEXT_FINISHED', 'INBOUND_TEXT_FINISHED')"
@@ -138,29 +138,8 @@ def _attributed_text(r: str) -> str:
         ORDER BY substr(o.event_time, 1, 19) DESC, o.id DESC LIMIT 1)"""
 
 
-# Migration 4 (SQLite's schema 7): a campaign's own events that carry no broadcast id, by the
-# campaign's id; those with one are found by `events_broadcast_type`.
-CAMPAIGN_INDEX = f"""
-CREATE INDEX IF NOT EXISTS events_campaign ON events(resource_id)
-    WHERE event_type IN {CAMPAIGN_EVENTS} AND broadcast_id IS NULL;
-"""
-
-
-def _campaign_rows(columns: str, extra: str = "", *, every: bool = False) -> str:
-    """Return the rows of `columns` of campaign `campaigns.id`'s own events: `campaign_key` split in two.
-
-    `campaign_key(x) = campaigns.id` cannot use an index (it walked every campaign event stored);
-    a campaign event's key is its broadcast id, or its resource id when it has none. With
-    `every`, all the campaign's events (its calls and texts carry its broadcast id), else its own.
-    """
-    own = "" if every else f" AND x.event_type IN {CAMPAIGN_EVENTS}"  # `every`: its calls and texts too
-    return (f"SELECT {columns} FROM events AS x WHERE x.broadcast_id = campaigns.id{own}{extra}"
-            f" UNION ALL SELECT {columns} FROM events AS x WHERE x.resource_id = campaigns.id"
-            f" AND x.broadcast_id IS NULL AND x.event_type IN {CAMPAIGN_EVENTS}{extra}")
-
-
 def _latest(column: str) -> str:
-    rows = _campaign_rows(f"x.{column} AS value, x.event_time, x.id", f" AND x.{column} IS NOT NULL")
+    rows = campaign_rows(f"x.{column} AS value, x.event_time, x.id", f" AND x.{column} IS NOT NULL")
     return f"(SELECT c.value FROM ({rows}) AS c ORDER BY c.event_time DESC, c.id DESC LIMIT 1)"
 
 
@@ -168,7 +147,7 @@ def _labels_update(where: str) -> str:
     """Return the UPDATE giving the campaigns matching `where` the latest known name, type, labels and status."""
     return f"""UPDATE campaigns SET name = {_latest('broadcast_name')}, type = {_latest('broadcast_type')},
         labels = {_latest('labels')}, status = {_latest('broadcast_status')},
-        status_at = (SELECT max(c.event_time) FROM ({_campaign_rows('x.event_time')}) AS c)
+        status_at = (SELECT max(c.event_time) FROM ({campaign_rows('x.event_time')}) AS c)
     WHERE {where}"""
 
 
@@ -259,8 +238,8 @@ BEGIN
           FROM gone AS e GROUP BY 1) AS g
     WHERE c.id = g.id;
     UPDATE campaigns SET
-        first_seen = (SELECT min(c.event_time) FROM ({_campaign_rows('x.event_time', every=True)}) AS c),
-        last_seen = (SELECT max(c.event_time) FROM ({_campaign_rows('x.event_time', every=True)}) AS c)
+        first_seen = (SELECT min(c.event_time) FROM ({campaign_rows('x.event_time', every=True)}) AS c),
+        last_seen = (SELECT max(c.event_time) FROM ({campaign_rows('x.event_time', every=True)}) AS c)
     WHERE events > 0 AND EXISTS (SELECT 1 FROM gone AS g WHERE {campaign_key('g')} = campaigns.id
                                  AND (g.event_time <= campaigns.first_seen OR g.event_time >= campaigns.last_seen));
     DELETE FROM campaigns WHERE events = 0 AND id IN (SELECT {campaign_key('g')} FROM gone AS g);

@@ -21,6 +21,7 @@ views' `campaign_name` is NULL, and that migration replaces the views
 
 from __future__ import annotations
 
+from mailhook.store.figures import CAMPAIGN_INDEX
 from mailhook.store.pg import figures
 
 TS_CONFIG = "simple"
@@ -204,6 +205,6 @@ CREATE INDEX events_text_from ON events(from_e164, to_e164, event_time) WHERE ev
 
 # SQLite's schema 7: a campaign's latest name, labels and status by index seeks; the trigger
 # functions made again with that lookup (issue 15).
-_V4_CAMPAIGN_INDEX = figures.CAMPAIGN_INDEX + figures.TRIGGERS
+_V4_CAMPAIGN_INDEX = CAMPAIGN_INDEX + figures.TRIGGERS
 
 MIGRATIONS: tuple[str, ...] = (_V1, figures.MIGRATION, _V3_FEWER_PAGES, _V4_CAMPAIGN_INDEX)
