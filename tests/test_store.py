@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
@@ -481,8 +483,8 @@ def _campaign_event(campaign: int, day: int, *, broadcast: bool) -> Event:
     )
 
 
-def _vm_steps(store: Store, items: list[tuple[Delivery, Extraction | None]]) -> int:
-    """Return the SQLite virtual machine's steps (in hundreds) that storing `items` takes: a count, not a time."""
+def _vm_steps(conn: sqlite3.Connection, action: Callable[[], object]) -> int:
+    """Return the SQLite virtual machine's steps (in hundreds) that `action` takes on `conn`: a count, not a time."""
     steps = 0
 
     def count() -> int:
@@ -490,11 +492,11 @@ def _vm_steps(store: Store, items: list[tuple[Delivery, Extraction | None]]) -> 
         steps += 1
         return 0
 
-    store.conn.set_progress_handler(count, 100)
+    conn.set_progress_handler(count, 100)
     try:
-        store.write(items)
+        action()
     finally:
-        store.conn.set_progress_handler(None, 100)
+        conn.set_progress_handler(None, 100)
     return steps
 
 
@@ -511,10 +513,12 @@ def test_storing_a_campaign_event_takes_the_same_work_however_many_other_campaig
     try:
         store.write(items(1, 20))
         # One at a time (the row-by-row triggers) and in a batch (the set-based settling), both id forms.
-        few = [_vm_steps(store, items(100, 1)), _vm_steps(store, items(101, 1)), _vm_steps(store, items(110, 4))]
+        few = [_vm_steps(store.conn, functools.partial(store.write, items(n, count)))
+               for n, count in ((100, 1), (101, 1), (110, 4))]
         for first in range(1_000, 4_000, 500):
             store.write(items(first, 500))
-        many = [_vm_steps(store, items(200, 1)), _vm_steps(store, items(201, 1)), _vm_steps(store, items(210, 4))]
+        many = [_vm_steps(store.conn, functools.partial(store.write, items(n, count)))
+                for n, count in ((200, 1), (201, 1), (210, 4))]
         # 3,000 more campaigns' events: a lookup that walked them would take thousands of hundreds more.
         for before, after in zip(few, many, strict=True):
             assert after <= before * 1.3 + 5, (few, many)
@@ -540,19 +544,7 @@ def test_deleting_a_campaigns_earliest_event_takes_the_same_work_however_many_ot
     def delete_earliest(campaign: int) -> int:
         (earliest,) = store.conn.execute("SELECT id FROM events WHERE broadcast_id = ? ORDER BY event_time, id "
                                          "LIMIT 1", (campaign,)).fetchone()
-        steps = 0
-
-        def count() -> int:
-            nonlocal steps
-            steps += 1
-            return 0
-
-        store.conn.set_progress_handler(count, 100)
-        try:
-            store.conn.execute("DELETE FROM events WHERE id = ?", (earliest,))
-        finally:
-            store.conn.set_progress_handler(None, 100)
-        return steps
+        return _vm_steps(store.conn, lambda: store.conn.execute("DELETE FROM events WHERE id = ?", (earliest,)))
 
     try:
         store.write(calls(7, 1, 10) + calls(8, 11, 10) + calls(9, 21, 20))
