@@ -6,6 +6,7 @@ import json
 import os
 import queue
 import smtplib
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import closing, contextmanager, suppress
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from process_support import ALLOW_ROOT
 
@@ -35,6 +36,29 @@ def client(runtime: Runtime, **kwargs: Any) -> smtplib.SMTP:
     """Open an smtplib client to the running server's SMTP door."""
     host, port = smtp_address(runtime)
     return smtplib.SMTP(host, port, timeout=30, **kwargs)
+
+
+def raw_session(runtime: Runtime, source: str = "127.0.0.1") -> tuple[socket.socket, BinaryIO]:
+    """Open a bare connection to the SMTP door from `source` and read its greeting: for exact bytes on the wire."""
+    sock = socket.create_connection(smtp_address(runtime), timeout=30, source_address=(source, 0))
+    f = sock.makefile("rwb")
+    assert f.readline().startswith(b"220 ")
+    return sock, f
+
+
+def read_reply(f: BinaryIO) -> bytes:
+    """Read one (possibly multi-line) reply and return its last line; b"" when the server has closed."""
+    line = f.readline()
+    while line[3:4] == b"-":
+        line = f.readline()
+    return line
+
+
+def say(f: BinaryIO, line: bytes) -> bytes:
+    """Send one raw command line (CRLF added) and return the last line of its reply."""
+    f.write(line + b"\r\n")
+    f.flush()
+    return read_reply(f)
 
 
 def on_the_wire(raw: bytes) -> bytes:

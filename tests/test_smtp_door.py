@@ -15,7 +15,7 @@ import threading
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pytest
 from aiosmtpd.smtp import SMTP, syntax
@@ -23,7 +23,18 @@ from conftest import StartServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from process_support import wait_until
-from smtp_support import FIXTURES, client, locked, notification, on_the_wire, read_until_closed, rows, smtp_address
+from smtp_support import (
+    FIXTURES,
+    client,
+    locked,
+    notification,
+    on_the_wire,
+    raw_session,
+    read_until_closed,
+    rows,
+    say,
+    smtp_address,
+)
 
 from mailhook.budget import InflightBudget
 from mailhook.errors import ConfigError
@@ -519,21 +530,9 @@ def test_plain_mail_and_rcpt_fill_the_envelope_that_is_stored(server: Runtime) -
     assert "b@example.com" in stored[0][1] and "c@example.com" in stored[0][1]
 
 
-def _raw_session(runtime: Runtime) -> tuple[socket.socket, Any]:
-    sock = socket.create_connection(smtp_address(runtime), timeout=30)
-    f = sock.makefile("rwb")
-    assert f.readline().startswith(b"220 ")
-    return sock, f
-
-
-def _answer(f: Any, line: bytes) -> bytes:
-    """Send one raw line (CRLF added) and return the last line of its reply; b"" once the server closed."""
-    f.write(line + b"\r\n")
-    f.flush()
-    reply = f.readline()
-    while reply[3:4] == b"-":
-        reply = f.readline()
-    return reply.rstrip(b"\r\n")
+def _answer(f: BinaryIO, line: bytes) -> bytes:
+    """Send one raw line and return the last line of its reply without its CRLF; b"" once the server closed."""
+    return say(f, line).rstrip(b"\r\n")
 
 
 def test_command_lines_at_their_size_limit_are_taken_and_one_byte_longer_refused(server: Runtime) -> None:
@@ -546,7 +545,7 @@ def test_command_lines_at_their_size_limit_are_taken_and_one_byte_longer_refused
         head, tail = b"RCPT TO:<", b"@example.com>"
         return head + b"b" * (length - len(head) - len(tail)) + tail
 
-    sock, f = _raw_session(server)
+    sock, f = raw_session(server)
     with sock, f:
         assert _answer(f, b"EHLO client.test").startswith(b"250 ")
         assert _answer(f, mail(549)) == b"500 Command line too long"
@@ -557,7 +556,7 @@ def test_command_lines_at_their_size_limit_are_taken_and_one_byte_longer_refused
 
 def test_a_command_line_past_the_stream_limit_is_read_to_its_end_and_refused(start_server: StartServer) -> None:
     runtime = start_server(smtp={"max_message_size": 20_000})  # the session's line limit: 20,000 bytes
-    sock, f = _raw_session(runtime)
+    sock, f = raw_session(runtime)
     with sock, f:
         assert _answer(f, b"EHLO client.test").startswith(b"250 ")
         for length in (19_999, 20_000, 20_001, 20_002, 65_000):
@@ -568,7 +567,7 @@ def test_a_command_line_past_the_stream_limit_is_read_to_its_end_and_refused(sta
 def test_empty_and_non_ascii_command_lines_and_unknown_commands_are_answered_as_aiosmtpd_does(
     server: Runtime,
 ) -> None:
-    sock, f = _raw_session(server)
+    sock, f = raw_session(server)
     with sock, f:
         assert _answer(f, b"") == b"500 Error: bad syntax"
         assert _answer(f, b"\xc3\xa9HLO client.test") == b"500 Error: bad syntax"

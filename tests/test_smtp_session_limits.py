@@ -11,16 +11,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import smtplib
-import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import pytest
 from conftest import StartServer
 from process_support import wait_until
-from smtp_support import client, locked, notification, read_until_closed, rows, smtp_address
+from smtp_support import (
+    client,
+    locked,
+    notification,
+    raw_session,
+    read_reply,
+    read_until_closed,
+    rows,
+    say,
+    smtp_address,
+)
 
 from mailhook.server import Runtime
 
@@ -55,39 +64,18 @@ def _deliver(runtime: Runtime, text_id: int, **kwargs: Any) -> None:
     assert _stored(runtime, text_id)
 
 
-def _reply(f: BinaryIO) -> bytes:
-    """Read one (possibly multi-line) reply; b"" when the server has closed the connection."""
-    line = f.readline()
-    while line[3:4] == b"-":
-        line = f.readline()
-    return line
-
-
-def _session(runtime: Runtime, source: str = "127.0.0.1") -> tuple[socket.socket, BinaryIO]:
-    sock = socket.create_connection(smtp_address(runtime), timeout=30, source_address=(source, 0))
-    f = sock.makefile("rwb")
-    assert f.readline().startswith(b"220 ")
-    return sock, f
-
-
-def _say(f: BinaryIO, line: bytes) -> bytes:
-    f.write(line + b"\r\n")
-    f.flush()
-    return _reply(f)
-
-
 def test_noops_no_longer_keep_a_session_open_past_the_idle_timeout(start_server: StartServer, mode: str) -> None:
     runtime = start_server(smtp={"acknowledge": mode, "idle_timeout": 0.6})
-    sock, f = _session(runtime)
+    sock, f = raw_session(runtime)
     with sock, f:
-        assert _say(f, b"EHLO client.test").startswith(b"250 ")
+        assert say(f, b"EHLO client.test").startswith(b"250 ")
         started = time.monotonic()
         replies = []
         # A NOOP every 0.1 s for up to 10 s: before, each one restarted the idle timer for ever.
         while time.monotonic() - started < 10 and not (replies and replies[-1][:3] != b"250"):
             time.sleep(0.1)
             try:
-                replies.append(_say(f, b"NOOP"))
+                replies.append(say(f, b"NOOP"))
             except OSError:
                 break
         closed_after = time.monotonic() - started
@@ -103,13 +91,13 @@ def test_the_idle_timeout_counts_from_the_last_command_though_the_timer_is_kept_
     # The timer armed at one command is kept when the next one comes and re-armed when it fires early:
     # the session must still live `idle_timeout` after its last command, and no longer.
     runtime = start_server(smtp={"acknowledge": mode, "idle_timeout": 1.0})
-    sock, f = _session(runtime)
+    sock, f = raw_session(runtime)
     with sock, f:
-        assert _say(f, b"EHLO client.test").startswith(b"250 ")  # the timer: at 1.0 s from here
+        assert say(f, b"EHLO client.test").startswith(b"250 ")  # the timer: at 1.0 s from here
         time.sleep(0.6)
-        assert _say(f, b"MAIL FROM:<notifications@callfire.com>").startswith(b"250 ")  # idle until 1.6 s
+        assert say(f, b"MAIL FROM:<notifications@callfire.com>").startswith(b"250 ")  # idle until 1.6 s
         time.sleep(0.7)  # past the first timer (1.0 s), before the deadline it was kept for
-        assert _say(f, b"RCPT TO:<ops@example.com>").startswith(b"250 ")  # idle until ~2.3 s
+        assert say(f, b"RCPT TO:<ops@example.com>").startswith(b"250 ")  # idle until ~2.3 s
         last = time.monotonic()
         closing = read_until_closed(f)
         idle = time.monotonic() - last
@@ -144,10 +132,10 @@ def test_a_session_is_closed_at_its_time_limit_even_while_it_sends_mail(start_se
 
 def test_the_time_limit_lets_a_message_being_stored_get_its_reply_first(start_server: StartServer, mode: str) -> None:
     runtime = start_server(smtp={"acknowledge": mode, "max_session_time": 0.5}, storage={"busy_timeout": 30})
-    sock, f = _session(runtime)
+    sock, f = raw_session(runtime)
     with sock, f:
         for line in (b"EHLO c", b"MAIL FROM:<a@callfire.com>", b"RCPT TO:<ops@example.com>", b"DATA"):
-            assert _say(f, line)[:1] in (b"2", b"3")
+            assert say(f, line)[:1] in (b"2", b"3")
         with locked(_db(runtime)):
             f.write(notification(3).replace(b"\n", b"\r\n") + b".\r\n")
             f.flush()
@@ -166,11 +154,11 @@ def test_junk_commands_are_answered_up_to_the_cap_and_the_next_one_closes_the_se
     start_server: StartServer, mode: str
 ) -> None:
     runtime = start_server(smtp={"acknowledge": mode, "max_junk_commands": 5})
-    sock, f = _session(runtime)
+    sock, f = raw_session(runtime)
     with sock, f:
-        assert _say(f, b"EHLO c").startswith(b"250 ")
-        assert [_say(f, c)[:3] for c in JUNK] == [b"250", b"250", b"250", b"252", b"502"]
-        assert _say(f, b"NOOP").startswith(b"421 4.7.0 Too many commands without mail")
+        assert say(f, b"EHLO c").startswith(b"250 ")
+        assert [say(f, c)[:3] for c in JUNK] == [b"250", b"250", b"250", b"252", b"502"]
+        assert say(f, b"NOOP").startswith(b"421 4.7.0 Too many commands without mail")
         assert read_until_closed(f) == b""
     _deliver(runtime, 4)
 
@@ -196,13 +184,13 @@ def test_errors_past_the_soft_limit_are_delayed_and_the_hard_limit_closes_the_se
 ) -> None:
     runtime = start_server(smtp={"acknowledge": mode, "soft_error_limit": 2, "hard_error_limit": 4,
                                  "error_sleep_time": 1.0})
-    sock, f = _session(runtime)
+    sock, f = raw_session(runtime)
     with sock, f:
-        assert _say(f, b"EHLO c").startswith(b"250 ")
+        assert say(f, b"EHLO c").startswith(b"250 ")
         times, replies = [], []
         for _ in range(4):
             started = time.monotonic()
-            replies.append(_say(f, b"RCPT TO:<ops@example.com>"))  # no MAIL yet: 503
+            replies.append(say(f, b"RCPT TO:<ops@example.com>"))  # no MAIL yet: 503
             times.append(time.monotonic() - started)
         said = read_until_closed(f)
     assert all(r.startswith(b"503") for r in replies), replies
@@ -238,17 +226,17 @@ def test_addresses_that_are_not_utf8_or_hold_control_characters_get_501_never_45
     start_server: StartServer, mode: str, address: bytes
 ) -> None:
     runtime = start_server(smtp={"acknowledge": mode})
-    sock, f = _session(runtime)
+    sock, f = raw_session(runtime)
     with sock, f:
-        assert _say(f, b"EHLO c").startswith(b"250 ")
-        assert _say(f, b"MAIL FROM:<" + address + b"> SMTPUTF8").startswith(b"501 5.1.7 ")
-        assert _say(f, b"MAIL FROM:<a@callfire.com>").startswith(b"250 ")
-        assert _say(f, b"RCPT TO:<" + address + b">").startswith(b"501 5.1.3 ")
-        assert _say(f, b"RCPT TO:<ops@example.com>").startswith(b"250 ")
-        assert _say(f, b"DATA").startswith(b"354 ")
+        assert say(f, b"EHLO c").startswith(b"250 ")
+        assert say(f, b"MAIL FROM:<" + address + b"> SMTPUTF8").startswith(b"501 5.1.7 ")
+        assert say(f, b"MAIL FROM:<a@callfire.com>").startswith(b"250 ")
+        assert say(f, b"RCPT TO:<" + address + b">").startswith(b"501 5.1.3 ")
+        assert say(f, b"RCPT TO:<ops@example.com>").startswith(b"250 ")
+        assert say(f, b"DATA").startswith(b"354 ")
         f.write(notification(8).replace(b"\n", b"\r\n") + b".\r\n")
         f.flush()
-        assert _reply(f).startswith(b"250 ")
+        assert read_reply(f).startswith(b"250 ")
     assert _stored(runtime, 8)
     assert rows(_db(runtime), "SELECT envelope_from, envelope_to FROM deliveries") == [
         ("a@callfire.com", '["ops@example.com"]')]
@@ -256,23 +244,23 @@ def test_addresses_that_are_not_utf8_or_hold_control_characters_get_501_never_45
 
 def test_a_helo_name_that_is_not_utf8_or_holds_control_characters_gets_501(start_server: StartServer) -> None:
     runtime = start_server()
-    sock, f = _session(runtime)
+    sock, f = raw_session(runtime)
     with sock, f:
         for name in (b"h\x00st", b"h\xffst", b"h\x1bst"):
-            assert _say(f, b"EHLO " + name).startswith(b"501 5.5.2 ")
-            assert _say(f, b"HELO " + name).startswith(b"501 5.5.2 ")
-        assert _say(f, b"EHLO good.example").startswith(b"250 ")
+            assert say(f, b"EHLO " + name).startswith(b"501 5.5.2 ")
+            assert say(f, b"HELO " + name).startswith(b"501 5.5.2 ")
+        assert say(f, b"EHLO good.example").startswith(b"250 ")
 
 
 def test_a_helo_name_holding_a_line_separator_or_bidi_control_gets_501(start_server: StartServer) -> None:
     runtime = start_server(smtp={"hard_error_limit": 100, "error_sleep_time": 0})
-    sock, f = _session(runtime)
+    sock, f = raw_session(runtime)
     with sock, f:
         for c in INVISIBLE:
             name = f"mx{c}.example".encode()
-            assert _say(f, b"EHLO " + name).startswith(b"501 5.5.2 "), c
-            assert _say(f, b"HELO " + name).startswith(b"501 5.5.2 "), c
-        assert _say(f, "EHLO mx.\u00e9xample".encode()).startswith(b"250 ")  # other non-ASCII text is fine
+            assert say(f, b"EHLO " + name).startswith(b"501 5.5.2 "), c
+            assert say(f, b"HELO " + name).startswith(b"501 5.5.2 "), c
+        assert say(f, "EHLO mx.\u00e9xample".encode()).startswith(b"250 ")  # other non-ASCII text is fine
 
 
 def test_rcpts_past_max_recipients_count_as_errors_past_the_overshoot_limit(
@@ -280,17 +268,17 @@ def test_rcpts_past_max_recipients_count_as_errors_past_the_overshoot_limit(
 ) -> None:
     runtime = start_server(smtp={"acknowledge": mode, "max_recipients": 3, "max_recipient_overshoot": 2,
                                  "hard_error_limit": 3, "error_sleep_time": 0})
-    sock, f = _session(runtime)
+    sock, f = raw_session(runtime)
     with sock, f:
-        assert _say(f, b"EHLO c").startswith(b"250 ")
-        assert _say(f, b"MAIL FROM:<a@callfire.com>").startswith(b"250 ")
-        rcpts = [_say(f, b"RCPT TO:<ops@example.com>")[:3] for _ in range(5)]
+        assert say(f, b"EHLO c").startswith(b"250 ")
+        assert say(f, b"MAIL FROM:<a@callfire.com>").startswith(b"250 ")
+        rcpts = [say(f, b"RCPT TO:<ops@example.com>")[:3] for _ in range(5)]
         assert rcpts == [b"250"] * 3 + [b"452"] * 2  # at the overshoot limit: no error yet
-        assert _say(f, b"DATA").startswith(b"354 ")
+        assert say(f, b"DATA").startswith(b"354 ")
         f.write(notification(60).replace(b"\n", b"\r\n") + b".\r\n")
         f.flush()
-        assert _reply(f).startswith(b"250 ")  # the accepted message forgives the overshoot
-        assert _say(f, b"MAIL FROM:<a@callfire.com>").startswith(b"250 ")
+        assert read_reply(f).startswith(b"250 ")  # the accepted message forgives the overshoot
+        assert say(f, b"MAIL FROM:<a@callfire.com>").startswith(b"250 ")
         # Pipelined, as a RCPT flood comes: past the overshoot limit each 452 is an error; the third closes.
         f.write(b"RCPT TO:<ops@example.com>\r\n" * 100)
         f.flush()
@@ -472,13 +460,13 @@ def test_no_control_character_or_undecodable_byte_from_a_peer_reaches_a_deliveri
     raw = (notification(30).replace(b"\n", b"\r\n")
            .replace(b"Message-ID: <30.notify@callfire.test>", b"Message-ID: <30\x00\x1b.\xff@callfire.test>")
            .replace(b"Subject: CallFire notification 30", b"Subject: a\x00b\x7f =?utf-8?q?c=00d=0De=1B?= \xed\xa0\x80"))
-    sock, f = _session(runtime)
+    sock, f = raw_session(runtime)
     with sock, f:
         for line in (b"EHLO c", b"MAIL FROM:<a@callfire.com>", b"RCPT TO:<ops@example.com>", b"DATA"):
-            assert _say(f, line)[:1] in (b"2", b"3")
+            assert say(f, line)[:1] in (b"2", b"3")
         f.write(raw + b".\r\n")
         f.flush()
-        assert _reply(f).startswith(b"250 ")
+        assert read_reply(f).startswith(b"250 ")
     assert _stored(runtime, 30)
     columns = [name for (name,) in rows(_db(runtime), "SELECT name FROM pragma_table_info('deliveries')")]
     (row,) = rows(_db(runtime), "SELECT * FROM deliveries")
@@ -510,23 +498,23 @@ def test_an_idle_session_makes_room_but_one_whose_message_is_being_stored_never_
 ) -> None:
     runtime = start_server(smtp={"acknowledge": mode, "max_per_ip": 2, "evict_after": 0.3},
                            storage={"busy_timeout": 30})
-    busy_sock, busy = _session(runtime)  # the older session: the first to go, were it not storing
-    idle_sock, idle = _session(runtime)
+    busy_sock, busy = raw_session(runtime)  # the older session: the first to go, were it not storing
+    idle_sock, idle = raw_session(runtime)
     with idle_sock, idle, busy_sock, busy:
         for line in (b"EHLO busy", b"MAIL FROM:<a@callfire.com>", b"RCPT TO:<ops@example.com>", b"DATA"):
-            assert _say(busy, line)[:1] in (b"2", b"3")
+            assert say(busy, line)[:1] in (b"2", b"3")
         with locked(_db(runtime)):
             busy.write(notification(50).replace(b"\n", b"\r\n") + b".\r\n")
             busy.flush()
             time.sleep(0.3)
             # Neither had a message accepted and the busy one started first, so it is the longest
             # without one; it is storing a message, so the idle one goes instead.
-            assert _say(idle, b"EHLO idle").startswith(b"250 ")
+            assert say(idle, b"EHLO idle").startswith(b"250 ")
             time.sleep(0.6)
             with client(runtime) as newcomer:  # a third session from the same address, at max_per_ip 2
                 assert newcomer.noop()[0] == 250
                 assert read_until_closed(idle).startswith(b"421 4.3.2")
-        assert _reply(busy).startswith(b"250 2.0.0")
+        assert read_reply(busy).startswith(b"250 2.0.0")
     assert _stored(runtime, 50)
 
 
