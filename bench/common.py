@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import statistics
@@ -217,6 +218,19 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def child_json(module: str, call: str) -> object:
+    """Run `module.call` (a call in Python source) in a fresh interpreter and return the JSON it prints.
+
+    The child imports `module` from bench/ without this process's PYTHONPATH, so the tree it
+    measures is the one the call puts first on `sys.path`, not this one.
+    """
+    code = (f"import sys, json, pathlib; sys.path.insert(0, {str(ROOT / 'bench')!r}); import {module}; "
+            f"print(json.dumps({module}.{call}))")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def machine() -> str:

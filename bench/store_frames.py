@@ -18,13 +18,12 @@ the pages checkpoints copy per message while the same emails are written.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from common import child_json
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -101,12 +100,10 @@ def _wal_pages(wal: str) -> tuple[int, int]:
 
 def run(root: Path, emails: int, batch: int, drop: list[str], autocheckpoint: int = 0) -> dict[str, float]:
     """Measure `root` in a fresh child process."""
-    code = (f"import sys, json, pathlib; sys.path.insert(0, {str(HERE)!r}); import store_frames; "
-            f"print(json.dumps(store_frames.child(pathlib.Path({str(root)!r}), {emails}, {batch}, {drop!r}, "
-            f"{autocheckpoint})))")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+    measured = child_json("store_frames", f"child(pathlib.Path({str(root)!r}), {emails}, {batch}, {drop!r}, "
+                                          f"{autocheckpoint})")
+    assert isinstance(measured, dict)
+    return measured
 
 
 def main() -> int:

@@ -19,13 +19,12 @@ dropped at a time (this checkout), to show what each one costs.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from common import child_json
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -64,12 +63,9 @@ def child(root: Path, events: int, batch: int, drop: str | None) -> dict[str, fl
 
 def run(root: Path, events: int, batch: int, drop: str | None = None) -> dict[str, float]:
     """Measure one run of `root` in a fresh child process."""
-    code = (f"import sys, json; sys.path.insert(0, {str(HERE)!r}); import store_write; "
-            f"print(json.dumps(store_write.child(__import__('pathlib').Path({str(root)!r}), {events}, {batch}, "
-            f"{drop!r})))")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+    measured = child_json("store_write", f"child(pathlib.Path({str(root)!r}), {events}, {batch}, {drop!r})")
+    assert isinstance(measured, dict)
+    return measured
 
 
 def compare(roots: list[Path], events: int, batch: int, repeats: int) -> None:
