@@ -106,7 +106,8 @@ def _talk(runtime: Runtime, commands: list[str]) -> tuple[list[bytes], tuple[Any
     sock, f = raw_session(runtime)
     with sock, f:
         replies = [say(f, command.encode("utf-8")) for command in commands]
-        (session,) = [s for s in door.sessions if s.session and s.session.peer == sock.getsockname()]
+        # A copy first (made in one step under the GIL): the server's thread may be releasing an earlier session.
+        (session,) = [s for s in tuple(door.sessions) if s.session and s.session.peer == sock.getsockname()]
         envelope = session.envelope
         assert envelope is not None
         held = (envelope.mail_from, list(envelope.mail_options), envelope.smtp_utf8, list(envelope.rcpt_tos),
