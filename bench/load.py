@@ -12,6 +12,12 @@ keep-alive connections, one request in flight on each. The sessions take the
 next payload from one shared queue, so a slow session never idles the rest.
 Prints one JSON line: messages sent, seconds from the first connection to the
 last answer, and any refusals (any answer but 250 / 2xx) with the first one.
+
+`--mail-params TEXT` adds ESMTP parameters to every MAIL, `{size}` filled with
+the payload's length: smtplib's `sendmail` sends `size={size}` whenever the
+server offers SIZE, aiosmtplib's `send_message` `size={size} BODY=8BITMIME`
+(with 8BITMIME offered, as mailhook does), Postfix `SIZE={size} BODY=8BITMIME`.
+The MAIL lines are made before the first connection, so the client's work stays the same.
 """
 
 from __future__ import annotations

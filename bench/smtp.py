@@ -248,7 +248,7 @@ def main() -> int:
                         help="another checkout of mailhook to run beside this one, default mode (e.g. main)")
     parser.add_argument("--mailhook-only", action="store_true", help="no received mode, no peers")
     parser.add_argument("--mail-params", default="",
-                        help='ESMTP parameters on every MAIL, as smtplib sends them: "SIZE={size}" (bench/load.py)')
+                        help='ESMTP parameters on every MAIL, as smtplib sends them: "size={size}" (bench/load.py)')
     args = parser.parse_args()
     print(machine())
     tables = bench(args.messages, args.repeats, args.workdir, args.sessions, args.source_messages, args.warmup,

@@ -149,7 +149,7 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mailhook-bench"))
     parser.add_argument("--before", type=Path, help="an older checkout whose --workers N runs in every round too")
     parser.add_argument("--mail-params", default="",
-                        help='ESMTP parameters on every SMTP MAIL, as smtplib sends: "SIZE={size}" (bench/load.py)')
+                        help='ESMTP parameters on every SMTP MAIL, as smtplib sends: "size={size}" (bench/load.py)')
     args = parser.parse_args()
     print(machine())
     for table in bench(args.workers, args.messages, args.requests, args.repeats, args.workdir, args.before,

@@ -27,7 +27,9 @@ FROM = "MAIL FROM:<notifications@callfire.com>"
 EHLO = "EHLO c.test"
 
 CASES = [
-    # What clients send: smtplib and aiosmtplib SIZE=, Postfix SIZE= and BODY=, SMTPUTF8.
+    # What clients send: smtplib size=, aiosmtplib size= BODY=8BITMIME, Postfix SIZE= BODY=8BITMIME, SMTPUTF8.
+    [EHLO, f"{FROM} size=2200"],
+    [EHLO, f"{FROM} size=2200 BODY=8BITMIME"],
     [EHLO, f"{FROM} SIZE=2200"],
     [EHLO, f"{FROM} SIZE=2200 BODY=8BITMIME"],
     [EHLO, f"{FROM} size=2200 body=8bitmime smtputf8"],
