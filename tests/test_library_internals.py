@@ -114,19 +114,21 @@ def test_aiosmtpd_mail_and_rcpt_are_still_the_versions_whose_common_case_the_ses
               "covers, then record the new digest here")
 
 
+@pytest.mark.parametrize("level", [logging.DEBUG, logging.INFO])
 def test_the_copied_command_loop_still_writes_aiosmtpd_log_lines_when_its_logger_is_enabled(
-    server: Runtime, caplog: pytest.LogCaptureFixture,
+    server: Runtime, caplog: pytest.LogCaptureFixture, level: int,
 ) -> None:
     aiosmtpd_log = logging.getLogger("mail.log")
-    aiosmtpd_log.setLevel(logging.DEBUG)
+    aiosmtpd_log.setLevel(level)
     try:
-        with caplog.at_level(logging.DEBUG, logger="mail.log"), client(server) as smtp:
+        with caplog.at_level(level, logger="mail.log"), client(server) as smtp:
             smtp.ehlo("client.example.com")
             assert smtp.mail("a@example.com")[0] == 250
     finally:
         aiosmtpd_log.setLevel(logging.ERROR)
     lines = [r.getMessage() for r in caplog.records if r.name == "mail.log"]
-    assert any("_handle_client readline: b'mail FROM:<a@example.com>\\r\\n'" in line for line in lines)
+    readline = any("_handle_client readline: b'mail FROM:<a@example.com>\\r\\n'" in line for line in lines)
+    assert readline == (level == logging.DEBUG)  # the DEBUG line only at DEBUG, the INFO line at both
     assert any(line.endswith(">> b'mail FROM:<a@example.com>'") for line in lines)
 
 

@@ -350,7 +350,8 @@ class Connection(SMTP):
 
     # Private override: SMTP._handle_client (the command loop), a copy of aiosmtpd's with two changes, for speed:
     # its two log lines per command (`sanitized_log`, which builds a list and runs a regex on the line before the
-    # logger looks at its level) are made only when aiosmtpd's logger would write them, and DATA does not restart
+    # logger looks at its level) are made only when aiosmtpd's logger would write them (one level check per
+    # command when it would write neither, as mail.log is at ERROR), and DATA does not restart
     # the idle timer, since `smtp_DATA` restarts it with the DATA timeout at once. Reads the private
     # SMTP._proxy_timeout, _enforce_call_limit, _call_limit_default, _call_limit_base, _tls_handshake_okay,
     # _tls_protocol, _smtp_methods, _reader and _writer as the original does; tests/test_library_internals.py
@@ -406,11 +407,14 @@ class Connection(SMTP):
                             continue
                     await self.push('500 Command line too long')
                     continue
-                if log.isEnabledFor(logging.DEBUG):
-                    sanitized_log(log.debug, '_handle_client readline: %r', line)
-                line = line.rstrip(b'\r\n')
+                # One level check per command when neither line is written: DEBUG is enabled only where INFO is.
                 if log.isEnabledFor(logging.INFO):
+                    if log.isEnabledFor(logging.DEBUG):
+                        sanitized_log(log.debug, '_handle_client readline: %r', line)
+                    line = line.rstrip(b'\r\n')
                     sanitized_log(log.info, '%r >> %r', self.session.peer, line)
+                else:
+                    line = line.rstrip(b'\r\n')
                 if not line:
                     await self.push('500 Error: bad syntax')
                     continue
