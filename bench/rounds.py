@@ -61,10 +61,14 @@ class Contender:
         stop(self.proc)
 
 
-def run_client(kind: str, port: int, payloads: Path, parallel: int) -> tuple[int, float, float]:
-    """Run bench/load.py against `port`; return (messages answered, its seconds, perf_counter at its exit)."""
-    done = subprocess.run([sys.executable, str(LOAD), kind, str(port), str(payloads), "--sessions", str(parallel)],
-                          capture_output=True, text=True, timeout=1800)
+def run_client(kind: str, port: int, payloads: Path, parallel: int, mail_params: str = "") -> tuple[int, float, float]:
+    """Run bench/load.py against `port`; return (messages answered, its seconds, perf_counter at its exit).
+
+    `mail_params`: ESMTP parameters for every MAIL (load.py's --mail-params, e.g. "SIZE={size}").
+    """
+    extra = ["--mail-params", mail_params] if mail_params else []
+    done = subprocess.run([sys.executable, str(LOAD), kind, str(port), str(payloads), "--sessions", str(parallel),
+                           *extra], capture_output=True, text=True, timeout=1800)
     ended = time.perf_counter()
     try:
         result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -76,14 +80,14 @@ def run_client(kind: str, port: int, payloads: Path, parallel: int) -> tuple[int
     return int(result["messages"]), float(result["seconds"]), ended
 
 
-def turn(contender: Contender, kind: str, payloads: Path, parallel: int) -> Sample:
-    """Measure one turn of `contender`: send every payload in `payloads` with `parallel` sessions."""
+def turn(contender: Contender, kind: str, payloads: Path, parallel: int, mail_params: str = "") -> Sample:
+    """Measure one turn of `contender`: send every payload in `payloads` with `parallel` sessions (see run_client)."""
     pid = contender.proc.pid
     if contender.proc.poll() is not None:
         raise RuntimeError(f"{contender.name} exited with {contender.proc.returncode}")
     contender.rss.reset()
     before = tree_cpu_seconds(pid)
-    messages, seconds, ended = run_client(kind, contender.port, payloads, parallel)
+    messages, seconds, ended = run_client(kind, contender.port, payloads, parallel, mail_params)
     drained_rate = None
     if contender.drained is not None:
         drained_rate = messages / (seconds + contender.drained() - ended)

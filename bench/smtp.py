@@ -1,7 +1,7 @@
 """SMTP ingest of distinct notifications: mailhook beside no-op, durable no-op, MailDev and smtp-sink servers.
 
     python bench/smtp.py [--messages 2000] [--repeats 3] [--sessions 8] [--source-messages 2000]
-                         [--baseline OLD_CHECKOUT] [--mailhook-only]
+                         [--baseline OLD_CHECKOUT] [--mailhook-only] [--mail-params "SIZE={size}"]
 
 **Distinct** (the measurement): every round, bench/distinct.py writes
 `--messages` distinct notification emails (each its own Message-ID and
@@ -171,7 +171,7 @@ def start_servers(tmp: Path, baselines: tuple[Path, ...] = (), mailhook_only: bo
 
 def bench(messages: int, repeats: int, workdir: Path, sessions: int = SESSIONS,
           source_messages: int = 2000, warmup: int = 200, baselines: tuple[Path, ...] = (),
-          mailhook_only: bool = False) -> list[Table]:
+          mailhook_only: bool = False, mail_params: str = "") -> list[Table]:
     if source_messages and not Path(SMTP_SOURCE).exists():
         peers.skip("smtp-source", "apt-get install -y postfix")
         source_messages = 0
@@ -187,14 +187,14 @@ def bench(messages: int, repeats: int, workdir: Path, sessions: int = SESSIONS,
             payloads = tmp / "warmup.bin"
             smtp_file(payloads, warmup, seed=99)
             for c in contenders:
-                run_client("smtp", c.port, payloads, sessions)
+                run_client("smtp", c.port, payloads, sessions, mail_params)
                 if c.drained is not None:
                     c.drained()
         for round_ in range(repeats):
             payloads = tmp / f"distinct-r{round_}.bin"
             smtp_file(payloads, messages, seed=100 + round_)
             for c in contenders:
-                sample = turn(c, "smtp", payloads, sessions)
+                sample = turn(c, "smtp", payloads, sessions, mail_params)
                 print(f"  round {round_ + 1} {c.name:>32}: {sample.rate:8,.0f} msgs/s, "
                       f"{sample.cpu_ms:.2f} ms/msg, {sample.rss_mb:.0f} MB", file=sys.stderr, flush=True)
             payloads.unlink()
@@ -247,10 +247,12 @@ def main() -> int:
     parser.add_argument("--baseline", type=Path, action="append", default=[],
                         help="another checkout of mailhook to run beside this one, default mode (e.g. main)")
     parser.add_argument("--mailhook-only", action="store_true", help="no received mode, no peers")
+    parser.add_argument("--mail-params", default="",
+                        help='ESMTP parameters on every MAIL, as smtplib sends them: "size={size}" (bench/load.py)')
     args = parser.parse_args()
     print(machine())
     tables = bench(args.messages, args.repeats, args.workdir, args.sessions, args.source_messages, args.warmup,
-                   tuple(p.resolve() for p in args.baseline), args.mailhook_only)
+                   tuple(p.resolve() for p in args.baseline), args.mailhook_only, args.mail_params)
     print("\n\n".join(t.render() for t in tables))
     return 0
 

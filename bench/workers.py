@@ -1,6 +1,7 @@
 """Every core: `mailhook serve --workers 1` against `--workers N` on distinct notifications, in one interleaved run.
 
     python bench/workers.py [--workers 2] [--messages 3000] [--requests 4000] [--repeats 5] [--before OLD_CHECKOUT]
+                            [--mail-params "SIZE={size}"]
 
 Three comparisons, each round giving every server a turn with the same payloads
 (bench/distinct.py, the asyncio client bench/load.py, 8 sessions or keep-alive
@@ -12,7 +13,8 @@ servers, extraction processes); memory is the peak of its process group's
 summed RSS. The ratios are medians of per-round ratios. With `--before` (a
 checkout of an older mailhook, e.g. `git archive main | tar -x -C /tmp/base`)
 that checkout's `--workers N` takes its turn in every round too, and each
-table gives this checkout's ratio to it.
+table gives this checkout's ratio to it. `--mail-params` adds ESMTP parameters
+to every SMTP MAIL, as smtplib and aiosmtplib clients send them (bench/load.py).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def _ratio(a: Contender, b: Contender, what: Callable[[Contender, int], float]) 
 
 
 def bench(workers: int, messages: int, requests: int, repeats: int, workdir: Path,
-          before: Path | None = None) -> list[Table]:
+          before: Path | None = None, mail_params: str = "") -> list[Table]:
     workdir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="workers-", dir=workdir))
     py = sys.executable
@@ -81,7 +83,7 @@ def bench(workers: int, messages: int, requests: int, repeats: int, workdir: Pat
         for kind, group in groups.items():
             for c in group:
                 run_client("http" if kind == "http" else "smtp", c.port, warm_http if kind == "http" else warm_smtp,
-                           SESSIONS)
+                           SESSIONS, mail_params)
                 if c.drained is not None:
                     c.drained()
         for round_ in range(repeats):
@@ -92,7 +94,7 @@ def bench(workers: int, messages: int, requests: int, repeats: int, workdir: Pat
                 for c in group:
                     # A database per server: the same distinct payloads go to each one once.
                     sample = turn(c, "http" if kind == "http" else "smtp",
-                                  http_payloads if kind == "http" else smtp_payloads, SESSIONS)
+                                  http_payloads if kind == "http" else smtp_payloads, SESSIONS, mail_params)
                     print(f"  round {round_ + 1} {c.name:>16}: {sample.rate:8,.0f}/s, {sample.cpu_ms:.2f} ms, "
                           f"{sample.rss_mb:.0f} MB" + (f", drained {sample.drained_rate:,.0f}/s"
                                                        if sample.drained_rate else ""),
@@ -146,9 +148,12 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mailhook-bench"))
     parser.add_argument("--before", type=Path, help="an older checkout whose --workers N runs in every round too")
+    parser.add_argument("--mail-params", default="",
+                        help='ESMTP parameters on every SMTP MAIL, as smtplib sends: "size={size}" (bench/load.py)')
     args = parser.parse_args()
     print(machine())
-    for table in bench(args.workers, args.messages, args.requests, args.repeats, args.workdir, args.before):
+    for table in bench(args.workers, args.messages, args.requests, args.repeats, args.workdir, args.before,
+                       args.mail_params):
         print(table.render())
     return 0
 

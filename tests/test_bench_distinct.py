@@ -123,3 +123,36 @@ def test_the_smtp_client_delivers_every_email_byte_for_byte(bench: dict[str, Mod
     assert (result["messages"], result["refused"], result["errors"]) == (61, 0, [])
     assert sorted(r.replace(b"\r\n", b"\n").rstrip(b"\n") for r in handler.received) == sorted(
         r.rstrip(b"\n") for r in raws)
+
+
+class KeepOptions(Keep):
+    """An aiosmtpd handler that also keeps each message's MAIL parameters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.options: list[list[str]] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.options.append(list(envelope.mail_options))
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_the_smtp_client_sends_the_mail_parameters_it_is_given_with_each_payloads_size(
+    bench: dict[str, ModuleType], tmp_path: Path,
+) -> None:
+    emails = bench["distinct"].Emails(9)
+    payloads = [bench["distinct"].smtp_payload(emails.message()) for _ in range(20)]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    handler = KeepOptions()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        result = asyncio.run(bench["load"].run("smtp", port, payloads, 3, "SIZE={size} BODY=8BITMIME"))
+    finally:
+        controller.stop()
+    assert (result["messages"], result["refused"], result["errors"]) == (20, 0, [])
+    sizes = sorted(int(options[0].removeprefix("SIZE=")) for options in handler.options)
+    assert sizes == sorted(len(p) for p in payloads)
+    assert all(options[1:] == ["BODY=8BITMIME"] for options in handler.options)

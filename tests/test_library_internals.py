@@ -37,6 +37,13 @@ from mailhook.smtp import session
 SMTP_DATA_SHA256 = "3a33f30d3fd6d02f39c7d78a08288bffea9170525b62e2161568041ae7e018df"
 # The sha256 of aiosmtpd 1.4.6's SMTP._handle_client source, which mailhook/smtp/session.py's `_handle_client` copies.
 HANDLE_CLIENT_SHA256 = "0e4d096403af6c74c87b2fe722c213884e2140a9388e95feb05aec2f39e05556"
+# The sha256 of aiosmtpd 1.4.6's SMTP.smtp_MAIL, SMTP._getparams and SMTP.smtp_RCPT sources, whose common cases
+# mailhook/smtp/session.py's smtp_MAIL and smtp_RCPT answer themselves (with fastpath.plain_mail_options).
+MAIL_AND_RCPT_SHA256 = {
+    "smtp_MAIL": "80dd938e7791acfb31bc6eef174b9c1af96d7bac54fe103198ec6ce3440e8043",
+    "_getparams": "ca3dd15943d34dccee26fbd87750f880f50f43e41007da98fedcf18c525165da",
+    "smtp_RCPT": "a0d6605883c0e608df4fe4376f284be97e36a9b257d6401dd0116ec972c3e0ea",
+}
 TEXT_XML = (Path(__file__).resolve().parent.parent / "fixtures" / "seed" / "text-outbound.xml").read_bytes()
 
 
@@ -76,7 +83,7 @@ def test_the_private_aiosmtpd_names_the_smtp_session_relies_on_still_exist() -> 
             _advice("aiosmtpd", f"SMTP.{name}'s parameters", where))
     attributes = ("_timeout_handle", "_timeout_duration", "_reader", "_writer", "_proxy_timeout",
                   "_enforce_call_limit", "_call_limit_default", "_call_limit_base", "_tls_handshake_okay",
-                  "_tls_protocol", "_smtp_methods", "_auth_required")
+                  "_tls_protocol", "_smtp_methods", "_auth_required", "_decode_data")
     for attribute in attributes:
         assert _assigned(SMTP, attribute), _advice("aiosmtpd", f"SMTP.{attribute}", where)
     assert {n.split(".")[1] for n in session.PRIVATE_NAMES} == {*methods, *attributes}
@@ -96,19 +103,32 @@ def test_aiosmtpd_command_loop_is_still_the_version_the_session_copies() -> None
         + "; port its change into the copy, then record the new digest here")
 
 
+def test_aiosmtpd_mail_and_rcpt_are_still_the_versions_whose_common_case_the_session_answers() -> None:
+    for name, expected in MAIL_AND_RCPT_SHA256.items():
+        digest = hashlib.sha256(inspect.getsource(getattr(SMTP, name)).encode()).hexdigest()
+        assert digest == expected, (
+            _advice("aiosmtpd", f"SMTP.{name}",
+                    "mailhook/smtp/session.py (smtp_MAIL and smtp_RCPT answer its common case themselves, "
+                    "MAIL's parameters read by fastpath.plain_mail_options)")
+            + "; check that they still give its envelope and replies for every case tests/test_smtp_mail_params.py "
+              "covers, then record the new digest here")
+
+
+@pytest.mark.parametrize("level", [logging.DEBUG, logging.INFO])
 def test_the_copied_command_loop_still_writes_aiosmtpd_log_lines_when_its_logger_is_enabled(
-    server: Runtime, caplog: pytest.LogCaptureFixture,
+    server: Runtime, caplog: pytest.LogCaptureFixture, level: int,
 ) -> None:
     aiosmtpd_log = logging.getLogger("mail.log")
-    aiosmtpd_log.setLevel(logging.DEBUG)
+    aiosmtpd_log.setLevel(level)
     try:
-        with caplog.at_level(logging.DEBUG, logger="mail.log"), client(server) as smtp:
+        with caplog.at_level(level, logger="mail.log"), client(server) as smtp:
             smtp.ehlo("client.example.com")
             assert smtp.mail("a@example.com")[0] == 250
     finally:
         aiosmtpd_log.setLevel(logging.ERROR)
     lines = [r.getMessage() for r in caplog.records if r.name == "mail.log"]
-    assert any("_handle_client readline: b'mail FROM:<a@example.com>\\r\\n'" in line for line in lines)
+    readline = any("_handle_client readline: b'mail FROM:<a@example.com>\\r\\n'" in line for line in lines)
+    assert readline == (level == logging.DEBUG)  # the DEBUG line only at DEBUG, the INFO line at both
     assert any(line.endswith(">> b'mail FROM:<a@example.com>'") for line in lines)
 
 

@@ -23,6 +23,40 @@ _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 PLAIN_ANGLE_ADDR = re.compile(rf"<({_ATEXT}(?:\.{_ATEXT})*@{_ATEXT}(?:\.{_ATEXT})*)>", re.ASCII)
 
 
+# The longest SIZE value read here: far past any size limit, and short of Python's cap on int() digits.
+_SIZE_DIGITS = 18
+
+
+def plain_mail_options(rest: str, size_limit: int, body: bool, smtputf8: bool) -> tuple[list[str], bool] | None:
+    """Return MAIL's parameters as aiosmtpd stores them, and whether SMTPUTF8 is one, when it would take them all.
+
+    `rest` is what follows the address. Taken are SIZE=digits (not past
+    `size_limit`, 0 for none), BODY=7BIT or 8BITMIME (when `body`: aiosmtpd
+    reads BODY only without decode_data) and SMTPUTF8 (when `smtputf8`), each
+    at most once, in any case, as the parameters clients send. Anything else,
+    refused or not (a duplicate, a value aiosmtpd refuses, an unknown name,
+    non-ASCII text), gives None: aiosmtpd's own method answers it.
+    """
+    if not rest.isascii():  # str.upper() and str.isdigit() go beyond ASCII; aiosmtpd's method sees those
+        return None
+    options = rest.upper().split()  # exactly aiosmtpd's mail_options
+    seen: set[str] = set()
+    for option in options:
+        name, _, value = option.partition("=")
+        if name in seen:
+            return None
+        seen.add(name)
+        if name == "SIZE":
+            if not value.isdigit() or len(value) > _SIZE_DIGITS or (size_limit and int(value) > size_limit):
+                return None
+        elif name == "BODY":
+            if not body or value not in ("7BIT", "8BITMIME"):
+                return None
+        elif option != "SMTPUTF8" or not smtputf8:
+            return None
+    return options, "SMTPUTF8" in seen
+
+
 _hook_names: dict[type, list[str]] = {}
 
 

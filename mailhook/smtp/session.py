@@ -17,7 +17,7 @@ from aiosmtpd.smtp import ALLOWED_BEFORE_STARTTLS, BOGUS_LIMIT, MISSING, SMTP, T
 from aiosmtpd.smtp import log as aiosmtpd_log
 
 from mailhook.logs import logfmt
-from mailhook.smtp.fastpath import PLAIN_ANGLE_ADDR, hook_names, read_body
+from mailhook.smtp.fastpath import PLAIN_ANGLE_ADDR, hook_names, plain_mail_options, read_body
 from mailhook.smtp.limits import UNFIT_TEXT
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ PRIVATE_NAMES = (
     "SMTP._timeout_handle", "SMTP._timeout_duration", "SMTP._reader", "SMTP._writer",
     "SMTP._set_post_data_state", "SMTP._call_handler_hook", "SMTP._handle_client", "SMTP._proxy_timeout",
     "SMTP._enforce_call_limit", "SMTP._call_limit_default", "SMTP._call_limit_base", "SMTP._tls_handshake_okay",
-    "SMTP._tls_protocol", "SMTP._smtp_methods", "SMTP._auth_required",
+    "SMTP._tls_protocol", "SMTP._smtp_methods", "SMTP._auth_required", "SMTP._decode_data",
 )
 
 SHUTTING_DOWN = b"421 4.3.2 Service shutting down, please try again later\r\n"
@@ -350,7 +350,8 @@ class Connection(SMTP):
 
     # Private override: SMTP._handle_client (the command loop), a copy of aiosmtpd's with two changes, for speed:
     # its two log lines per command (`sanitized_log`, which builds a list and runs a regex on the line before the
-    # logger looks at its level) are made only when aiosmtpd's logger would write them, and DATA does not restart
+    # logger looks at its level) are made only when aiosmtpd's logger would write them (one level check per
+    # command when it would write neither, as mail.log is at ERROR), and DATA does not restart
     # the idle timer, since `smtp_DATA` restarts it with the DATA timeout at once. Reads the private
     # SMTP._proxy_timeout, _enforce_call_limit, _call_limit_default, _call_limit_base, _tls_handshake_okay,
     # _tls_protocol, _smtp_methods, _reader and _writer as the original does; tests/test_library_internals.py
@@ -406,11 +407,14 @@ class Connection(SMTP):
                             continue
                     await self.push('500 Command line too long')
                     continue
-                if log.isEnabledFor(logging.DEBUG):
-                    sanitized_log(log.debug, '_handle_client readline: %r', line)
-                line = line.rstrip(b'\r\n')
+                # One level check per command when neither line is written: DEBUG is enabled only where INFO is.
                 if log.isEnabledFor(logging.INFO):
+                    if log.isEnabledFor(logging.DEBUG):
+                        sanitized_log(log.debug, '_handle_client readline: %r', line)
+                    line = line.rstrip(b'\r\n')
                     sanitized_log(log.info, '%r >> %r', self.session.peer, line)
+                else:
+                    line = line.rstrip(b'\r\n')
                 if not line:
                     await self.push('500 Error: bad syntax')
                     continue
@@ -519,36 +523,61 @@ class Connection(SMTP):
         if self.door.closing:
             self.say_goodbye(SHUTTING_DOWN)
             return
-        address = self._plain_address(arg, "FROM:")
-        if address is None or self.session is None or self.envelope is None or self.envelope.mail_from:
+        plain = self._plain_address(arg, "FROM:")
+        if plain is None or self.envelope is None or self.envelope.mail_from:
             await super().smtp_MAIL(arg)
             return
+        address, rest = plain
+        options: list[str] = []
+        utf8 = False
+        if rest:
+            taken = self._plain_mail_options(rest)
+            if taken is None:
+                await super().smtp_MAIL(arg)
+                return
+            options, utf8 = taken
+        assert self.session is not None
         # aiosmtpd's MAIL for its common case (greeted, authenticated if need be, `FROM:<plain address>`
-        # without parameters) in one coroutine instead of four: the same steps, hook, log line and reply.
-        self.envelope.smtp_utf8 = False
-        status = await self.event_handler.handle_MAIL(self, self.session, self.envelope, address, [])
+        # with no parameters or only those it takes: SIZE within the limit, BODY, SMTPUTF8) in one
+        # coroutine instead of four: the same steps, envelope, hook, log line and reply.
+        self.envelope.smtp_utf8 = utf8
+        status = await self.event_handler.handle_MAIL(self, self.session, self.envelope, address, options)
         aiosmtpd_log.info("%r sender: %s", self.session.peer, address)
         await self.push(status)
+
+    # Reads the private SMTP._decode_data (whether aiosmtpd reads a BODY parameter), as its smtp_MAIL does.
+    def _plain_mail_options(self, rest: str) -> tuple[list[str], bool] | None:
+        """Return MAIL's parameters and SMTPUTF8 as aiosmtpd's smtp_MAIL would take them; None if it would not.
+
+        None also for anything it takes that is not the common case (see
+        `plain_mail_options`): aiosmtpd's method answers those.
+        """
+        assert self.session is not None
+        if not self.session.extended_smtp:  # parameters after HELO: aiosmtpd's syntax error
+            return None
+        return plain_mail_options(rest, self.data_size_limit or 0, not self._decode_data, self.enable_SMTPUTF8)
 
     @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_RCPT(self, arg: str | None) -> None:
         """Add a recipient, as aiosmtpd does; its common case without its checks' extra coroutines."""
-        address = self._plain_address(arg, "TO:")
-        if address is None or self.session is None or self.envelope is None or not self.envelope.mail_from:
+        plain = self._plain_address(arg, "TO:")
+        if plain is None or plain[1] or self.envelope is None or not self.envelope.mail_from:
             await super().smtp_RCPT(arg)
             return
-        # aiosmtpd's RCPT for `TO:<plain address>` without parameters, as for MAIL above.
+        assert self.session is not None
+        # aiosmtpd's RCPT for `TO:<plain address>` without parameters (it refuses them all), as for MAIL above.
+        address = plain[0]
         status = await self.event_handler.handle_RCPT(self, self.session, self.envelope, address, [])
         aiosmtpd_log.info("%r recip: %s", self.session.peer, address)
         await self.push(status)
 
     # Reads the private SMTP._auth_required, as aiosmtpd's check_auth_needed does.
-    def _plain_address(self, arg: str | None, keyword: str) -> str | None:
-        """Return MAIL's or RCPT's address when aiosmtpd would take it with no check failing and no parameters.
+    def _plain_address(self, arg: str | None, keyword: str) -> tuple[str, str] | None:
+        """Return MAIL's or RCPT's address and what follows it, when aiosmtpd's checks would all pass.
 
         That is: the session greeted, authenticated if AUTH is required, and
-        `arg` is `keyword` then an address `_getaddr` reads, with nothing after
-        it. None sends the command through aiosmtpd's own method.
+        `arg` is `keyword` then an address `_getaddr` reads. None sends the
+        command through aiosmtpd's own method.
         """
         session = self.session
         if arg is None or session is None or not session.host_name:
@@ -558,7 +587,7 @@ class Connection(SMTP):
         if arg[:len(keyword)].upper() != keyword:
             return None
         address, rest = self._getaddr(arg[len(keyword):].strip())
-        return address if address and not rest else None
+        return (address, rest or "") if address else None
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str | None) -> None:
