@@ -8,6 +8,7 @@ and the replies (bytes on the wire) and the envelopes must be the same.
 
 from __future__ import annotations
 
+import logging
 import smtplib
 from collections.abc import Iterator
 from typing import Any
@@ -183,3 +184,18 @@ def test_any_mix_of_mail_parameters_is_answered_as_aiosmtpd_answers_it(
     commands = [EHLO, f"{FROM} {' '.join(parts)}".rstrip()]
     ours, theirs = _both(door, general_path, commands)
     assert ours == theirs
+
+
+@pytest.mark.parametrize("size", ["\u00b2", "\u2460", "1\u00b2"])
+def test_a_size_whose_digits_int_cannot_read_gets_a_syntax_error_not_a_logged_traceback(
+    door: Runtime, caplog: pytest.LogCaptureFixture, size: str,
+) -> None:
+    # str.isdigit() takes superscripts and circled digits, int() does not: aiosmtpd's MAIL answered 451 and
+    # logged a traceback at ERROR, a log line any client could repeat at will.
+    sock, f = raw_session(door)
+    with sock, f:
+        assert say(f, b"EHLO c.test").startswith(b"250 ")
+        assert say(f, f"{FROM} SIZE={size}".encode()) == b"501 Syntax: MAIL FROM: <address> [SP <mail-parameters>]\r\n"
+        assert say(f, f"{FROM} SIZE=10".encode()) == b"250 2.1.0 OK\r\n"  # the session goes on
+        say(f, b"QUIT")
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []

@@ -57,6 +57,20 @@ def plain_mail_options(rest: str, size_limit: int, body: bool, smtputf8: bool) -
     return options, "SMTPUTF8" in seen
 
 
+def unreadable_size(arg: str) -> bool:
+    """Say whether MAIL's arguments hold a SIZE value `str.isdigit` takes but `int` cannot read ("²", "①").
+
+    aiosmtpd's smtp_MAIL checks SIZE with `isdigit()`, then calls `int()` on it,
+    which raises for digits that are not decimal ones: the session would answer
+    451 and log a traceback, a log line a client could repeat at will.
+    """
+    for option in arg.upper().split():
+        name, _, value = option.partition("=")
+        if name == "SIZE" and value.isdigit() and not value.isdecimal():
+            return True
+    return False
+
+
 _hook_names: dict[type, list[str]] = {}
 
 

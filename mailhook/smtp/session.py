@@ -17,7 +17,7 @@ from aiosmtpd.smtp import ALLOWED_BEFORE_STARTTLS, BOGUS_LIMIT, MISSING, SMTP, T
 from aiosmtpd.smtp import log as aiosmtpd_log
 
 from mailhook.logs import logfmt
-from mailhook.smtp.fastpath import PLAIN_ANGLE_ADDR, hook_names, plain_mail_options, read_body
+from mailhook.smtp.fastpath import PLAIN_ANGLE_ADDR, hook_names, plain_mail_options, read_body, unreadable_size
 from mailhook.smtp.limits import UNFIT_TEXT
 
 if TYPE_CHECKING:
@@ -523,6 +523,9 @@ class Connection(SMTP):
         if self.door.closing:
             self.say_goodbye(SHUTTING_DOWN)
             return
+        if arg and self._refuses_unreadable_size(arg):
+            await self.push("501 Syntax: MAIL FROM: <address> [SP <mail-parameters>]")
+            return
         plain = self._plain_address(arg, "FROM:")
         if plain is None or self.envelope is None or self.envelope.mail_from:
             await super().smtp_MAIL(arg)
@@ -544,6 +547,18 @@ class Connection(SMTP):
         status = await self.event_handler.handle_MAIL(self, self.session, self.envelope, address, options)
         aiosmtpd_log.info("%r sender: %s", self.session.peer, address)
         await self.push(status)
+
+    # Reads the private SMTP._auth_required, as aiosmtpd's check_auth_needed does.
+    def _refuses_unreadable_size(self, arg: str) -> bool:
+        """Say whether MAIL gets aiosmtpd's syntax error for a SIZE its method would fail to read (`unreadable_size`).
+
+        Only where aiosmtpd's method would reach that SIZE: after EHLO (parameters
+        after HELO are a syntax error already), authenticated if AUTH is required.
+        """
+        session = self.session
+        if session is None or not session.extended_smtp or (self._auth_required and not session.authenticated):
+            return False
+        return unreadable_size(arg)
 
     # Reads the private SMTP._decode_data (whether aiosmtpd reads a BODY parameter), as its smtp_MAIL does.
     def _plain_mail_options(self, rest: str) -> tuple[list[str], bool] | None:
