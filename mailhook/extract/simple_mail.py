@@ -54,6 +54,9 @@ _CHARSETS = frozenset(
     | {f"windows-{n}" for n in range(1250, 1259)}
 )
 _FIELD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]*:")
+# One unfolded field line, as _fields reads it: the name, and the value without leading blanks or the line's CR
+# (a CR can only end a line: _ODD_HEADER_BYTE).
+_FIELD_LINE = re.compile(r"^([A-Za-z][A-Za-z0-9-]*):[ \t]*(.*?)\r?$", re.MULTILINE)
 # The fields mail._trim_headers keeps at the top; in a part, the ones whose meaning is read here.
 _TOP_FIELDS = frozenset(
     {"subject", "message-id", "mime-version", "content-type", "content-transfer-encoding", "content-disposition"}
@@ -153,10 +156,13 @@ def _fields(
     fields: dict[str, str] = {}
     if not block:
         return fields
+    text = block.decode("ascii")
+    if "\n " not in text and "\n\t" not in text:
+        return _unfolded_fields(text, names, limits, count, others)
     name = ""
     lines: list[str] = []
     read = 0
-    for line in block.decode("ascii").split("\n"):
+    for line in text.split("\n"):
         if line[:1] in (" ", "\t"):
             lines.append("\n" + line)
             continue
@@ -171,6 +177,27 @@ def _fields(
     if not _store(fields, name, lines, names, limits, others):
         return None
     count[0] += read
+    return fields
+
+
+def _unfolded_fields(
+    text: str, names: frozenset[str], limits: MailLimits, count: list[int], others: bool
+) -> dict[str, str] | None:
+    """Do what _fields does for a block with no continuation line: one regex scan, not a loop over its lines."""
+    pairs = _FIELD_LINE.findall(text)
+    if len(pairs) != text.count("\n") + 1:
+        return None  # a line that is not `name: value`
+    fields: dict[str, str] = {}
+    for name, value in pairs:
+        key = name.lower()
+        if key not in names:
+            if others:
+                continue
+            return None
+        if key in fields or len(value) > limits.header_size_limit:
+            return None
+        fields[key] = value
+    count[0] += len(pairs)
     return fields
 
 
