@@ -56,7 +56,7 @@ _CHARSETS = frozenset(
 _FIELD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]*:")
 # One unfolded field line, as _fields reads it: the name, and the value without leading blanks or the line's CR
 # (a CR can only end a line: _ODD_HEADER_BYTE).
-_FIELD_LINE = re.compile(r"^([A-Za-z][A-Za-z0-9-]*):[ \t]*(.*?)\r?$", re.MULTILINE)
+_FIELD_LINE = re.compile(r"^([A-Za-z][A-Za-z0-9-]*):[ \t]*([^\r\n]*)\r?$", re.MULTILINE)
 # The fields mail._trim_headers keeps at the top; in a part, the ones whose meaning is read here.
 _TOP_FIELDS = frozenset(
     {"subject", "message-id", "mime-version", "content-type", "content-transfer-encoding", "content-disposition"}
