@@ -295,6 +295,18 @@ def test_a_forward_at_and_past_the_structure_limits_gets_the_slow_path_s_answer(
             parse_mail(FORWARD, limits)
 
 
+@pytest.mark.parametrize("cte", ["7bit", "8bit", "quoted-printable", "base64"])
+@pytest.mark.parametrize("ctype", ["text/plain; charset=utf-8", "text/html"])
+def test_the_fast_path_normalises_decoded_text_to_nfc_as_mail_parser_does(cte: str, ctype: str) -> None:
+    text = "Cafe\u0301 \u0340 ok\n".encode()  # decomposed: e + combining acute, and a mark NFC replaces
+    encoded = {"quoted-printable": quopri.encodestring(text), "base64": base64.encodebytes(text)}
+    body = encoded.get(cte, text)
+    raw = f"Subject: x\nContent-Type: {ctype}\nContent-Transfer-Encoding: {cte}\n\n".encode() + body
+    assert _assert_same_when_accepted(raw)
+    assert _assert_same_when_accepted(raw.replace(b"\n", b"\r\n"))
+    assert "Caf\u00e9 \u0300 ok" in parse_mail(raw).texts[0].text
+
+
 def test_an_email_over_a_header_limit_gets_the_slow_path_s_answer() -> None:
     raw = b"Subject: " + b"s" * 500 + b"\nMessage-ID: <a@b>\nContent-Type: text/plain\n\nhello\n"
     cut = MailLimits(header_size_limit=100)

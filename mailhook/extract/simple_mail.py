@@ -41,6 +41,7 @@ import base64
 import binascii
 import quopri
 import re
+import unicodedata
 from dataclasses import dataclass
 
 from mailhook.extract.flowed import unflow
@@ -384,4 +385,5 @@ def _body_text(body: bytes, cte: str, charset: str) -> str | None:
             text = payload.decode("utf-8")
         except UnicodeDecodeError:
             text = payload.decode("utf-8", "replace")
-    return text
+    # mail-parser returns this text through its ported_string, which normalises it to NFC.
+    return text if text.isascii() else unicodedata.normalize("NFC", text)
