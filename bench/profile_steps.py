@@ -85,7 +85,7 @@ def callgrind(args: argparse.Namespace, trees: dict[str, Path], work: Path, scri
             done = subprocess.run(
                 ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, script,
                  "--stages-child", "--tree", str(tree), "--workdir", str(work), "--messages", str(args.messages),
-                 "--passes", "1", "--seed", str(args.seed), "--kinds", kind],
+                 "--passes", "1", "--seed", str(args.seed), "--kinds", kind, "--steps", args.steps],
                 capture_output=True, cwd=tree, timeout=3600,
                 env={**{k: v for k, v in os.environ.items() if not k.startswith("MAILHOOK_")},
                      "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"},
@@ -110,7 +110,7 @@ def callgrind(args: argparse.Namespace, trees: dict[str, Path], work: Path, scri
     lines = ["| step (instructions per message) | " + " | ".join(f"{k.upper()} {n}" for k in ("smtp", "http")
                                                               for n in names) + " |",
              "|---|" + "---:|" * (2 * len(names))]
-    for step in (*ISOLATED, None):
+    for step in (*_steps(args), None):
         cells = []
         for kind in ("smtp", "http"):
             for name in names:
@@ -119,6 +119,11 @@ def callgrind(args: argparse.Namespace, trees: dict[str, Path], work: Path, scri
         lines.append(f"| {step or '**these steps**'} | " + " | ".join(cells) + " |")
     return (f"Instructions per message (valgrind --tool=callgrind), {args.messages:,} new messages after as many "
             "for warm-up\n" + "\n".join(lines))
+
+
+def _steps(args: argparse.Namespace) -> tuple[str, ...]:
+    """Return the steps `--steps` asks for: all the isolated ones, or parse and extract alone."""
+    return ISOLATED if args.steps == "all" else ("parse", "extract")
 
 
 def stages_child(args: argparse.Namespace) -> int:
@@ -162,6 +167,8 @@ def stages_child(args: argparse.Namespace) -> int:
             timed("parse", us, count, lambda: [parse_mail(raw) for raw in emails])
             found = timed("extract", us, count, lambda: [extract(raw, "email") for raw in emails])
             us["extract"] -= us["parse"]
+            if args.steps == "extract":
+                return us
             raws = emails
             deliveries = [Delivery("smtp", raw, "x", envelope_from="bounce@callfire.com",
                                    envelope_to=("ops@example.com",), remote_addr="127.0.0.1") for raw in raws]
@@ -169,6 +176,8 @@ def stages_child(args: argparse.Namespace) -> int:
             us["parse"] = 0.0
             found = timed("extract", us, count,
                           lambda: [extract(body, "document", content_type=ctype) for body, ctype in docs])
+            if args.steps == "extract":
+                return us
             raws = [body for body, _ in docs]
             deliveries = [Delivery("http", body, "x", kind="document", remote_addr="127.0.0.1", content_type=ctype)
                           for body, ctype in docs]
@@ -217,7 +226,8 @@ def stages(args: argparse.Namespace, trees: dict[str, Path], work: Path, script:
         for name, tree in order:
             done = subprocess.run(
                 [sys.executable, script, "--stages-child", "--tree", str(tree), "--workdir", str(work),
-                 "--messages", str(args.messages), "--passes", str(args.passes), "--seed", str(args.seed + 100 * n)],
+                 "--messages", str(args.messages), "--passes", str(args.passes), "--seed", str(args.seed + 100 * n),
+                 "--steps", args.steps],
                 capture_output=True, cwd=tree, timeout=1800,
                 env={**{k: v for k, v in os.environ.items() if not k.startswith("MAILHOOK_")}, "PYTHONPATH": str(tree)},
             )
@@ -234,10 +244,10 @@ def stages(args: argparse.Namespace, trees: dict[str, Path], work: Path, script:
     def cell(name: str, kind: str, step: str | None) -> float:
         passes = results[name][kind]
         if step is None:
-            return statistics.median(sum(p[s] for s in ISOLATED) for p in passes)
+            return statistics.median(sum(p[s] for s in _steps(args)) for p in passes)
         return statistics.median(p[step] for p in passes)
 
-    for step in (*ISOLATED, None):
+    for step in (*_steps(args), None):
         label = step or "**these steps**"
         lines.append(f"| {label} | " + " | ".join(f"{cell(n, k, step):,.1f}" for k in ("smtp", "http")
                                                    for n in names) + " |")

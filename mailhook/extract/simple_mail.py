@@ -21,9 +21,14 @@ slow way. What it accepts:
 - or, at the top, `multipart/mixed|alternative|related; boundary=B` (B a
   token), a body of ASCII lines ending in LF or CRLF, where B occurs only in
   delimiter lines `--B` and one closing `--B--` at the end of a line, at least
-  one part, no two delimiters in a row, each part a text part as above or a
+  one part, no two delimiters in a row, each part a text part as above, a
   document attachment: `application/xml|json` (perhaps `name=` a token),
-  base64, `Content-Disposition: attachment; filename=` a token.
+  base64, `Content-Disposition: attachment; filename=` a token, or a forward:
+  `message/rfc822` with no parameters, 7bit or 8bit, perhaps
+  `Content-Disposition: attachment` (perhaps `filename=` a token), holding a
+  message that is one text part as above under a header block as above,
+  except that fields other than the MIME ones are counted and passed over
+  (compat32 reads them, nothing after it does), however long or repeated.
 
 tests/test_extract_simple_mail.py checks that every email it accepts reads to
 the same `Mail` as the slow path, over the fixtures, the bench corpus and
@@ -36,6 +41,7 @@ import base64
 import binascii
 import quopri
 import re
+import unicodedata
 from dataclasses import dataclass
 
 from mailhook.extract.flowed import unflow
@@ -49,6 +55,9 @@ _CHARSETS = frozenset(
     | {f"windows-{n}" for n in range(1250, 1259)}
 )
 _FIELD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]*:")
+# One unfolded field line, as _fields reads it: the name, and the value without leading blanks or the line's CR
+# (a CR can only end a line: _ODD_HEADER_BYTE).
+_FIELD_LINE = re.compile(r"^([A-Za-z][A-Za-z0-9-]*):[ \t]*([^\r\n]*)\r?$", re.MULTILINE)
 # The fields mail._trim_headers keeps at the top; in a part, the ones whose meaning is read here.
 _TOP_FIELDS = frozenset(
     {"subject", "message-id", "mime-version", "content-type", "content-transfer-encoding", "content-disposition"}
@@ -106,6 +115,10 @@ def read_simple_mail(data: bytes, limits: MailLimits) -> SimpleMail | None:
             part_fields = _fields(part_split[0], _PART_FIELDS, limits, count) if part_split is not None else None
             if part_split is None or part_fields is None:
                 return None
+            if _is_forward(part_fields):
+                if not _add_forward(part_split[1], limits, count, plain, html):
+                    return None
+                continue
             # RFC 2046: the line end before a delimiter belongs to it, so email.feedparser takes it off the payload.
             payload = _LAST_LINE_END.sub(b"", part_split[1], count=1)
             if not _add_part(part_fields, payload, plain, html, attachments):
@@ -131,35 +144,71 @@ def _header_and_body(data: bytes) -> tuple[bytes, bytes] | None:
     return data[:first], data[first + 2 :] if data[first + 1] == 0x0A else data[first + 3 :]
 
 
-def _fields(block: bytes, names: frozenset[str], limits: MailLimits, count: list[int]) -> dict[str, str] | None:
-    """Read a header block into its fields (lower-case name -> compat32 value), counting them, or None."""
+def _fields(
+    block: bytes, names: frozenset[str], limits: MailLimits, count: list[int], *, others: bool = False
+) -> dict[str, str] | None:
+    """Read a header block into its fields (lower-case name -> compat32 value), counting them, or None.
+
+    A field not in `names` declines the block, unless `others`: then it is
+    counted (compat32 reads it) and passed over, as nothing here reads it.
+    """
     if _ODD_HEADER_BYTE.search(block.removesuffix(b"\r")) is not None or block.startswith((b" ", b"\t")):
         return None
     fields: dict[str, str] = {}
     if not block:
         return fields
+    text = block.decode("ascii")
+    if "\n " not in text and "\n\t" not in text:
+        return _unfolded_fields(text, names, limits, count, others)
     name = ""
     lines: list[str] = []
-    for line in block.decode("ascii").split("\n"):
+    read = 0
+    for line in text.split("\n"):
         if line[:1] in (" ", "\t"):
             lines.append("\n" + line)
             continue
-        if name and not _store(fields, name, lines, names, limits):
+        if name and not _store(fields, name, lines, names, limits, others):
             return None
         match = _FIELD_NAME.match(line)
         if match is None:
             return None
+        read += 1
         name = line[: match.end() - 1]
         lines = [line[match.end() :].lstrip(" \t")]
-    if not _store(fields, name, lines, names, limits):
+    if not _store(fields, name, lines, names, limits, others):
         return None
-    count[0] += len(fields)
+    count[0] += read
     return fields
 
 
-def _store(fields: dict[str, str], name: str, lines: list[str], names: frozenset[str], limits: MailLimits) -> bool:
+def _unfolded_fields(
+    text: str, names: frozenset[str], limits: MailLimits, count: list[int], others: bool
+) -> dict[str, str] | None:
+    """Do what _fields does for a block with no continuation line: one regex scan, not a loop over its lines."""
+    pairs = _FIELD_LINE.findall(text)
+    if len(pairs) != text.count("\n") + 1:
+        return None  # a line that is not `name: value`
+    fields: dict[str, str] = {}
+    for name, value in pairs:
+        key = name.lower()
+        if key not in names:
+            if others:
+                continue
+            return None
+        if key in fields or len(value) > limits.header_size_limit:
+            return None
+        fields[key] = value
+    count[0] += len(pairs)
+    return fields
+
+
+def _store(
+    fields: dict[str, str], name: str, lines: list[str], names: frozenset[str], limits: MailLimits, others: bool
+) -> bool:
     """Record one field's value as compat32's header_source_parse makes it; False where the slow path must decide."""
     key = name.lower()
+    if others and key not in names:
+        return True  # read by compat32 (and cut to header_size_limit there), by nothing after it
     # Lines were split on LF, so a CR ending a line sits at its end, before the LF put back in front of the next.
     value = "".join(lines).rstrip("\r\n")
     if key in fields or key not in names or len(value) > limits.header_size_limit:
@@ -228,6 +277,39 @@ def _multipart(media: re.Match[str], fields: dict[str, str], body: bytes) -> lis
         start = line_end
         at = body.find(boundary.encode("ascii"), line_end)
     return None  # no closing delimiter
+
+
+def _is_forward(fields: dict[str, str]) -> bool:
+    """Say whether a part is a plain `message/rfc822` (no parameters, 7bit or 8bit, perhaps an attachment)."""
+    if fields.get("content-type", "").lower() != "message/rfc822":
+        return False
+    if fields.get("content-transfer-encoding", "7bit").lower() not in ("7bit", "8bit"):
+        return False
+    disposition = fields.get("content-disposition")
+    if disposition is None:
+        return True
+    match = _DISPOSITION.fullmatch(disposition)
+    return match is not None and _parameters(match.group(2), frozenset({"filename"})) is not None
+
+
+def _add_forward(body: bytes, limits: MailLimits, count: list[int], plain: list[str], html: list[str]) -> bool:
+    """Add a forwarded message's one text part as mail-parser's parse() would; False when the slow path must read it.
+
+    mail-parser lists the message/rfc822 part as an attachment that
+    mail._candidates passes over, and the message inside it as a body part of
+    its own; its header fields all count towards max_header_fields (only the
+    top block is trimmed). email.feedparser takes the line end before the
+    next delimiter off the inner message's payload (the last message made).
+    """
+    split = _header_and_body(body)
+    if split is None:
+        return False
+    fields = _fields(split[0], _PART_FIELDS, limits, count, others=True)
+    if fields is None:
+        return False
+    found: list[dict[str, object]] = []
+    payload = _LAST_LINE_END.sub(b"", split[1], count=1)
+    return _add_part(fields, payload, plain, html, found) and not found
 
 
 def _add_part(
@@ -303,4 +385,5 @@ def _body_text(body: bytes, cte: str, charset: str) -> str | None:
             text = payload.decode("utf-8")
         except UnicodeDecodeError:
             text = payload.decode("utf-8", "replace")
-    return text
+    # mail-parser returns this text through its ported_string, which normalises it to NFC.
+    return text if text.isascii() else unicodedata.normalize("NFC", text)
