@@ -308,6 +308,48 @@ def test_a_batch_settles_figures_around_an_item_that_fails(tmp_path: Path, monke
     assert maintained(path) == full_scan(path)
 
 
+def test_a_deferred_batch_settles_only_what_its_new_events_need(tmp_path: Path) -> None:
+    from analysis_support import IN_TEXT, OUT_CALL, OUT_TEXT, event
+
+    from mailhook.models import Delivery, Event, Extraction
+    from mailhook.store.write import DEFER_FIGURES_AT, Store
+
+    def batch(*events: Event) -> list[Any]:
+        assert len(events) >= DEFER_FIGURES_AT
+        return [(Delivery(channel="smtp", raw=f"Message-ID: <{e.resource_id}@t>\r\n\r\n".encode() + b"x" * 400,
+                          received_at="2026-01-01T00:00:00Z"), Extraction(message_id=f"<{e.resource_id}@t>",
+                                                                        events=(e,)))
+                for e in events]
+
+    calls = batch(*(event(OUT_CALL, n, result="LA", broadcast=7, modified="2026-03-01T10:00:00Z",
+                          attempts=("LA",)) for n in range(1, 5)))
+    mixed = batch(event("CAMPAIGN_STARTED", 7, modified="2026-03-01T09:00:00Z", broadcast_name="Spring"),
+                  event(OUT_TEXT, 11, result="SENT", broadcast=7, modified="2026-03-01T12:00:00Z"),
+                  event(IN_TEXT, 12, modified="2026-03-01T12:05:00Z", from_number="12135550011", to_number="67076"),
+                  event(OUT_CALL, 13, result="AM", broadcast=8, modified="2026-03-02T10:00:00Z"))
+    path = tmp_path / "m.db"
+    store = Store(path)
+    settled: list[list[str]] = []
+    try:
+        for work in (calls, calls, mixed):  # the second time every event is a duplicate
+            executed: list[str] = []
+            store.conn.set_trace_callback(executed.append)
+            store.write(work)
+            store.conn.set_trace_callback(None)
+            # Each statement once (sqlite3's trace repeats a statement as each trigger it fires starts).
+            settled.append([" ".join(sql.split()[:3]) for sql in dict.fromkeys(map(str.lstrip, executed))
+                            if sql.startswith(("INSERT INTO event_totals", "INSERT INTO campaigns",
+                                               "UPDATE campaigns", "UPDATE events"))])
+    finally:
+        store.close()
+    counts = ["INSERT INTO event_totals", "INSERT INTO campaigns"]
+    assert settled == [counts, [], counts + ["UPDATE campaigns SET", "UPDATE events SET", "UPDATE events SET"]]
+    assert maintained(path) == full_scan(path)
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT id, name, calls, texts, replies FROM campaigns ORDER BY id").fetchall() == [
+            (7, "Spring", 4, 1, 1), (8, None, 1, 0, 0)]
+
+
 def test_a_version_4_database_upgraded_to_5_keeps_exact_figures_row_by_row_and_per_batch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -318,7 +318,9 @@ _NEW = "e.id > (SELECT since FROM figures_deferred)"
 # counts each change), for the new inbound texts and for older ones a new outbound text may take.
 # `+event_type` and CROSS JOIN: the new events are found by their ids, not among every event of their type;
 # `+r.to_e164`: a reply is found by its sender, not among everything sent to a short code.
-SETTLE = f"""
+# In four parts, each a no-op unless the new events include a type it names (`SETTLE_NEEDS`), so a
+# writer that knows the types it inserted runs only the parts that do something.
+SETTLE_COUNTS = f"""
 INSERT INTO event_totals (day, campaign_id, event_type, final_result, events, tries, duration, transfer_duration,
                           billed_amount)
 SELECT substr(e.event_time, 1, 10), {campaign_key('e')}, e.event_type, e.final_result, count(*),
@@ -337,10 +339,16 @@ FROM events AS e WHERE {_NEW} AND campaign IS NOT NULL GROUP BY campaign
 ON CONFLICT (id) DO UPDATE SET first_seen = min(first_seen, excluded.first_seen),
     last_seen = max(last_seen, excluded.last_seen),
     {', '.join(f"{c} = {c} + excluded.{c}" for c, _ in COUNTERS)}, tries = tries + excluded.tries;
+"""
+SETTLE_LABELS = f"""
 {_labels_update('campaigns.id')} AND id IN (SELECT {campaign_key('e')} FROM events AS e
     WHERE {_NEW} AND +e.event_type IN {CAMPAIGN_EVENTS});
+"""
+SETTLE_REPLIES = f"""
 UPDATE events SET reply_to = {_attributed_text('events')}
 WHERE id > (SELECT since FROM figures_deferred) AND +event_type = 'INBOUND_TEXT_FINISHED';
+"""
+SETTLE_TAKEN_REPLIES = f"""
 UPDATE events SET reply_to = {_attributed_text('events')}
 WHERE id IN (SELECT r.id FROM events AS e CROSS JOIN events AS r
              ON r.event_type = 'INBOUND_TEXT_FINISHED' AND r.from_e164 = e.to_e164 AND +r.to_e164 = e.from_e164
@@ -350,3 +358,17 @@ WHERE id IN (SELECT r.id FROM events AS e CROSS JOIN events AS r
              WHERE {_NEW} AND +e.event_type = 'OUTBOUND_TEXT_FINISHED'
                AND r.id <= (SELECT since FROM figures_deferred));
 """
+SETTLE = SETTLE_COUNTS + SETTLE_LABELS + SETTLE_REPLIES + SETTLE_TAKEN_REPLIES
+
+_CAMPAIGN_TYPES = frozenset(t.strip("' ") for t in CAMPAIGN_EVENTS.strip("()").split(","))
+
+# Each part of SETTLE and the event types among the new events without which it changes nothing:
+# without new events there are no counts to add, without a new campaign event no campaign's name,
+# labels or status to refresh, without a new inbound text no reply to attribute, without a new
+# outbound text no older reply it could take.
+SETTLE_NEEDS: tuple[tuple[str, frozenset[str] | None], ...] = (
+    (SETTLE_COUNTS, None),
+    (SETTLE_LABELS, _CAMPAIGN_TYPES),
+    (SETTLE_REPLIES, frozenset({"INBOUND_TEXT_FINISHED"})),
+    (SETTLE_TAKEN_REPLIES, frozenset({"OUTBOUND_TEXT_FINISHED"})),
+)

@@ -65,7 +65,8 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 DEFER_FIGURES_AT = 4
 
 
-_SETTLE = tuple(statements(figures.SETTLE))
+# SETTLE's parts as statements, each with the event types it needs among the new events (None: any).
+_SETTLE = tuple((tuple(statements(part)), needs) for part, needs in figures.SETTLE_NEEDS)
 
 # The WAL is copied back into the database once it holds this many pages (16 MiB; SQLite's default
 # is 1,000). A page that many commits change (the right-most leaves, the figures, full-text
@@ -169,8 +170,7 @@ class Store:
                     conn.execute("INSERT INTO figures_deferred (since) SELECT coalesce(max(id), 0) FROM events")
                 results = self._write_items(items)
                 if deferred:
-                    for statement in _SETTLE:
-                        conn.execute(statement)
+                    self._settle(results)
                     conn.execute("DELETE FROM figures_deferred")
                 conn.execute("COMMIT")
             except BaseException:
@@ -180,6 +180,22 @@ class Store:
         except sqlite3.Error as exc:
             raise RetryLater(f"storage unavailable: {exc}") from exc
         return results
+
+    def _settle(self, results: list[Receipt | Exception]) -> None:
+        """Count a deferred batch's new events into the figures, running only the parts of SETTLE they need.
+
+        The receipts name the type of every event the batch inserted (a failed
+        item's were rolled back); a part that needs none of those types would
+        change nothing, and still cost its statements' setup (a campaign's name
+        refresh alone opens 14 temporary tables).
+        """
+        types = {kind for result in results if isinstance(result, Receipt) for kind in result.event_types}
+        if not types:
+            return
+        for part, needs in _SETTLE:
+            if needs is None or not needs.isdisjoint(types):
+                for statement in part:
+                    self.conn.execute(statement)
 
     def _write_items(self, items: Sequence[Work]) -> list[Receipt | Exception]:
         """Write the items under one savepoint; only when one of them fails, write them all again one by one.
