@@ -350,6 +350,42 @@ def test_a_deferred_batch_settles_only_what_its_new_events_need(tmp_path: Path) 
             (7, "Spring", 4, 1, 1), (8, None, 1, 0, 0)]
 
 
+def test_a_version_7_database_upgraded_to_8_tests_campaign_events_without_temporary_tables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mailhook.store import connection, figures
+    from mailhook.store.maintenance import prune
+    from mailhook.store.schema import MIGRATIONS
+
+    items = documents()
+    path, fresh = tmp_path / "m.db", tmp_path / "fresh.db"
+    store_documents(fresh, items[:1], batch=1)
+    with monkeypatch.context() as patch:
+        patch.setattr(connection, "MIGRATIONS", MIGRATIONS[:7])
+        store_documents(path, items[:5], batch=3)
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (7,)
+        # The figures triggers as version 7 made them: "is a campaign event" as an IN list of three.
+        for name, sql in conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'").fetchall():
+            old = sql
+            for alias in ("new", "old", "e"):
+                old = old.replace(figures.is_campaign_event(alias), f"{alias}.event_type IN {figures.CAMPAIGN_EVENTS}")
+            if old != sql:
+                conn.execute(f"DROP TRIGGER {name}")
+                conn.execute(old)
+        assert conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'trigger'"
+                            " AND sql LIKE '%new.event_type IN (''CAMPAIGN_STARTED''%'").fetchone() == (1,)
+    store_documents(path, items[5:9], batch=1)  # upgraded on open; row by row
+    store_documents(path, items[9:], batch=len(items))
+    triggers = "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' ORDER BY name"
+    with closing(sqlite3.connect(path)) as conn, closing(sqlite3.connect(fresh)) as made:
+        assert conn.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),) >= (8,)
+        assert conn.execute(triggers).fetchall() == made.execute(triggers).fetchall()
+    assert maintained(path) == full_scan(path)
+    prune(path, datetime.now(UTC) + timedelta(days=1))
+    assert maintained(path) == full_scan(path) == ([], [], [])
+
+
 def test_a_version_4_database_upgraded_to_5_keeps_exact_figures_row_by_row_and_per_batch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

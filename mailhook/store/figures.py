@@ -24,15 +24,26 @@ TEXTS = "('OUTBOUND_TEXT_FINISHED', 'INBOUND_TEXT_FINISHED')"
 CAMPAIGN_EVENTS = "('CAMPAIGN_STARTED', 'CAMPAIGN_STOPPED', 'CAMPAIGN_FINISHED')"
 
 
+def is_campaign_event(e: str) -> str:
+    """Return the condition that the event of alias `e` is a campaign event: `event_type IN CAMPAIGN_EVENTS`.
+
+    As comparisons, not IN: SQLite builds a temporary table for an IN list of
+    three or more values each time a statement (in a trigger: each row) first
+    evaluates it, a tenth of the CPU of storing an event row by row. Queries
+    that a partial index on CAMPAIGN_EVENTS must serve keep the IN form.
+    """
+    return "(" + " OR ".join(f"{e}.event_type = {kind}" for kind in CAMPAIGN_EVENTS.strip("()").split(", ")) + ")"
+
+
 def campaign_key(e: str) -> str:
     """Return the campaign an event of alias `e` belongs to: its broadcast, or for a campaign event the campaign."""
-    return f"COALESCE({e}.broadcast_id, CASE WHEN {e}.event_type IN {CAMPAIGN_EVENTS} THEN {e}.resource_id END)"
+    return f"COALESCE({e}.broadcast_id, CASE WHEN {is_campaign_event(e)} THEN {e}.resource_id END)"
 
 
 # The counters of a campaigns row: (column, what one event of alias `e` adds to it).
 COUNTERS: tuple[tuple[str, str], ...] = (
     ("events", "1"),
-    ("campaign_events", f"{{e}}.event_type IN {CAMPAIGN_EVENTS}"),
+    ("campaign_events", is_campaign_event("{e}")),
     ("calls", f"{{e}}.event_type IN {CALLS}"),
     ("live_answers", f"{{e}}.event_type IN {CALLS} AND {{e}}.final_result IS 'LA'"),
     ("machines", f"{{e}}.event_type IN {CALLS} AND {{e}}.final_result IS 'AM'"),
@@ -175,7 +186,7 @@ _EVENT_INSERTED = f"""
     ON CONFLICT (id) DO UPDATE SET first_seen = min(first_seen, excluded.first_seen),
                                    last_seen = max(last_seen, excluded.last_seen);
     UPDATE campaigns SET {_counters('+', 'new')} WHERE id = {_NEW_KEY};
-    {_labels_update(_NEW_KEY)} AND new.event_type IN {CAMPAIGN_EVENTS};
+    {_labels_update(_NEW_KEY)} AND {is_campaign_event("new")};
     UPDATE events SET reply_to = {_attributed_text('new')}
     WHERE id = new.id AND new.event_type = 'INBOUND_TEXT_FINISHED';
     -- A text that arrives after replies to it (a backfill out of order) takes them from an older text.
@@ -216,7 +227,7 @@ CREATE TRIGGER IF NOT EXISTS events_figures_delete AFTER DELETE ON events BEGIN
         last_seen = (SELECT max(c.event_time) FROM ({campaign_rows('x.event_time', every=True)}) AS c)
     WHERE id = {_OLD_KEY} AND (old.event_time <= first_seen OR old.event_time >= last_seen);
     DELETE FROM campaigns WHERE id = {_OLD_KEY} AND events = 0;
-    {_labels_update(_OLD_KEY)} AND old.event_type IN {CAMPAIGN_EVENTS};
+    {_labels_update(_OLD_KEY)} AND {is_campaign_event("old")};
     -- A deleted reply leaves its text; a deleted text's replies go to the next latest text, if any.
     UPDATE campaigns SET replies = replies - 1,
         replied_texts = replied_texts - NOT EXISTS (SELECT 1 FROM events WHERE reply_to = old.reply_to)
