@@ -344,7 +344,7 @@ def test_a_deferred_batch_settles_only_what_its_new_events_need(tmp_path: Path) 
     finally:
         store.close()
     counts = ["INSERT INTO event_totals", "INSERT INTO campaigns"]
-    assert settled == [counts, [], counts + ["UPDATE campaigns SET", "UPDATE events SET", "UPDATE events SET"]]
+    assert settled == [counts, [], [*counts, "UPDATE campaigns SET", "UPDATE events SET", "UPDATE events SET"]]
     assert maintained(path) == full_scan(path)
     with closing(sqlite3.connect(path)) as conn:
         assert conn.execute("SELECT id, name, calls, texts, replies FROM campaigns ORDER BY id").fetchall() == [
