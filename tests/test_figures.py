@@ -309,14 +309,17 @@ def test_a_batch_settles_figures_around_an_item_that_fails(tmp_path: Path, monke
     assert maintained(path) == full_scan(path)
 
 
-def test_a_deferred_batch_settles_only_what_its_new_events_need(tmp_path: Path) -> None:
+def test_a_deferred_batch_settles_only_what_its_new_events_need(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from analysis_support import IN_TEXT, OUT_CALL, OUT_TEXT, event
 
     from mailhook.models import Delivery, Event, Extraction
-    from mailhook.store.write import DEFER_FIGURES_AT, Store
+    from mailhook.store import write
+
+    monkeypatch.setattr(write, "DEFER_FIGURES_AT", 4)
 
     def batch(*events: Event) -> list[Any]:
-        assert len(events) >= DEFER_FIGURES_AT
         return [(Delivery(channel="smtp", raw=f"Message-ID: <{e.resource_id}@t>\r\n\r\n".encode() + b"x" * 400,
                           received_at="2026-01-01T00:00:00Z"), Extraction(message_id=f"<{e.resource_id}@t>",
                                                                         events=(e,)))
@@ -329,7 +332,7 @@ def test_a_deferred_batch_settles_only_what_its_new_events_need(tmp_path: Path) 
                   event(IN_TEXT, 12, modified="2026-03-01T12:05:00Z", from_number="12135550011", to_number="67076"),
                   event(OUT_CALL, 13, result="AM", broadcast=8, modified="2026-03-02T10:00:00Z"))
     path = tmp_path / "m.db"
-    store = Store(path)
+    store = write.Store(path)
     settled: list[list[str]] = []
     try:
         for work in (calls, calls, mixed):  # the second time every event is a duplicate

@@ -61,8 +61,10 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 
 
 # From this many items a batch defers its figures (store/figures.py) to one set-based pass at
-# its end (bench/store_write.py, CPU per event: batches of 4, 3-8% less; of 256, 10-15% less).
-DEFER_FIGURES_AT = 4
+# its end. Since the triggers build no temporary tables (schema 8) row by row is the cheaper below
+# 8 (bench/store_calls.py --callgrind, instructions per email: batches of 4, 958 k row by row
+# against 983 k deferred; of 8, 897 k against 900 k; of 16, 836 k against 823 k).
+DEFER_FIGURES_AT = 8
 
 
 # SETTLE's parts as statements, each with the event types it needs among the new events (None: any).
