@@ -1,11 +1,12 @@
 """The store's write path counted: statements executed, and instructions under callgrind, per distinct email.
 
-    python bench/store_calls.py [--emails 400] [--root OTHER_CHECKOUT ...]             # statements per email
-    python bench/store_calls.py --callgrind [--emails 400] [--root OTHER_CHECKOUT ...] # instructions per email
+    python bench/store_calls.py [--emails 400] [--batch 4] [--root OTHER_CHECKOUT ...]  # statements per email
+    python bench/store_calls.py --callgrind [--emails 400] [--batch 4] [--root ...]      # instructions per email
 
 Deterministic: the distinct bench emails of bench/store_frames.py (seed 11,
-extracted beforehand) go through `Store.write` in batches of 4 (the writer's
-average commit) after 400 to warm up. Statements are counted as the store
+extracted beforehand) go through `Store.write` in batches of `--batch` (4 by
+default; the server commits 1 to 4, a backfill 256) after 400 in batches of 4
+to warm up. Statements are counted as the store
 executes them (`executemany` per row). With `--callgrind` the measured writes
 run inside `itertools.starmap`, so that `valgrind --tool=callgrind
 --toggle-collect=starmap_next` counts them alone: the payload JSON and the
@@ -49,7 +50,7 @@ class _Counting:
         return getattr(self.conn, name)
 
 
-def child(root: Path, emails: int, mode: str) -> None:
+def child(root: Path, emails: int, mode: str, batch: int = BATCH) -> None:
     """Run with `root` first on sys.path: write the emails, print statements per email (or just write them)."""
     sys.path.insert(0, str(HERE))
     from store_frames import _work
@@ -64,8 +65,8 @@ def child(root: Path, emails: int, mode: str) -> None:
         measured = work[WARM:]
 
         def write_all() -> None:
-            for start in range(0, emails, BATCH):
-                store.write(measured[start:start + BATCH])
+            for start in range(0, emails, batch):
+                store.write(measured[start:start + batch])
 
         if mode == "count":
             counting = _Counting(store.conn)
@@ -77,10 +78,10 @@ def child(root: Path, emails: int, mode: str) -> None:
         store.close()
 
 
-def run(root: Path, emails: int, callgrind: bool) -> float:
+def run(root: Path, emails: int, callgrind: bool, batch: int = BATCH) -> float:
     """Measure `root` in a fresh child process: statements, or instructions, per email."""
     code = (f"import sys, pathlib; sys.path.insert(0, {str(HERE)!r}); import store_calls; "
-            f"store_calls.child(pathlib.Path({str(root)!r}), {emails}, {'cg' if callgrind else 'count'!r})")
+            f"store_calls.child(pathlib.Path({str(root)!r}), {emails}, {'cg' if callgrind else 'count'!r}, {batch})")
     env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "PYTHONHASHSEED": "0"}
     if not callgrind:
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
@@ -99,13 +100,14 @@ def run(root: Path, emails: int, callgrind: bool) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--emails", type=int, default=400)
+    parser.add_argument("--batch", type=int, default=BATCH, help="deliveries per Store.write (one commit)")
     parser.add_argument("--root", type=Path, action="append", default=[], help="another checkout to measure")
     parser.add_argument("--callgrind", action="store_true", help="instructions per email (slow: ~2 min a tree)")
     args = parser.parse_args()
     unit = "instructions" if args.callgrind else "statements executed"
-    print(f"Store.write, {args.emails:,} distinct emails in batches of {BATCH}, after {WARM}: {unit} per email")
+    print(f"Store.write, {args.emails:,} distinct emails in batches of {args.batch}, after {WARM}: {unit} per email")
     for root in [ROOT, *(r.resolve() for r in args.root)]:
-        value = run(root, args.emails, args.callgrind)
+        value = run(root, args.emails, args.callgrind, args.batch)
         print(f"{root!s:40} {value / 1000:10,.1f} k" if args.callgrind else f"{root!s:40} {value:6.2f}")
     return 0
 

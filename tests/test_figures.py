@@ -301,11 +301,93 @@ def test_a_batch_settles_figures_around_an_item_that_fails(tmp_path: Path, monke
     finally:
         store.close()
     assert [n for n, r in enumerate(results) if isinstance(r, Exception)] == [5]
-    # The batch deferred its figures and settled them before its commit.
-    settled = [n for n, sql in enumerate(executed) if sql.startswith(("INSERT INTO figures_deferred",
-                                                                      "DELETE FROM figures_deferred", "COMMIT"))]
-    assert [executed[n].split()[0] for n in settled] == ["INSERT", "DELETE", "COMMIT"]
+    # The batch deferred its figures, was undone at the failing item, deferred them again in its new
+    # transaction, and settled them before its commit.
+    settled = [n for n, sql in enumerate(executed) if sql == "ROLLBACK" or sql.startswith(
+        ("INSERT INTO figures_deferred", "DELETE FROM figures_deferred", "COMMIT"))]
+    assert [executed[n].split()[0] for n in settled] == ["INSERT", "ROLLBACK", "INSERT", "DELETE", "COMMIT"]
     assert maintained(path) == full_scan(path)
+
+
+def test_a_deferred_batch_settles_only_what_its_new_events_need(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from analysis_support import IN_TEXT, OUT_CALL, OUT_TEXT, event
+
+    from mailhook.models import Delivery, Event, Extraction
+    from mailhook.store import write
+
+    monkeypatch.setattr(write, "DEFER_FIGURES_AT", 4)
+
+    def batch(*events: Event) -> list[Any]:
+        return [(Delivery(channel="smtp", raw=f"Message-ID: <{e.resource_id}@t>\r\n\r\n".encode() + b"x" * 400,
+                          received_at="2026-01-01T00:00:00Z"), Extraction(message_id=f"<{e.resource_id}@t>",
+                                                                        events=(e,)))
+                for e in events]
+
+    calls = batch(*(event(OUT_CALL, n, result="LA", broadcast=7, modified="2026-03-01T10:00:00Z",
+                          attempts=("LA",)) for n in range(1, 5)))
+    mixed = batch(event("CAMPAIGN_STARTED", 7, modified="2026-03-01T09:00:00Z", broadcast_name="Spring"),
+                  event(OUT_TEXT, 11, result="SENT", broadcast=7, modified="2026-03-01T12:00:00Z"),
+                  event(IN_TEXT, 12, modified="2026-03-01T12:05:00Z", from_number="12135550011", to_number="67076"),
+                  event(OUT_CALL, 13, result="AM", broadcast=8, modified="2026-03-02T10:00:00Z"))
+    path = tmp_path / "m.db"
+    store = write.Store(path)
+    settled: list[list[str]] = []
+    try:
+        for work in (calls, calls, mixed):  # the second time every event is a duplicate
+            executed: list[str] = []
+            store.conn.set_trace_callback(executed.append)
+            store.write(work)
+            store.conn.set_trace_callback(None)
+            # Each statement once (sqlite3's trace repeats a statement as each trigger it fires starts).
+            settled.append([" ".join(sql.split()[:3]) for sql in dict.fromkeys(map(str.lstrip, executed))
+                            if sql.startswith(("INSERT INTO event_totals", "INSERT INTO campaigns",
+                                               "UPDATE campaigns", "UPDATE events"))])
+    finally:
+        store.close()
+    counts = ["INSERT INTO event_totals", "INSERT INTO campaigns"]
+    assert settled == [counts, [], [*counts, "UPDATE campaigns SET", "UPDATE events SET", "UPDATE events SET"]]
+    assert maintained(path) == full_scan(path)
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT id, name, calls, texts, replies FROM campaigns ORDER BY id").fetchall() == [
+            (7, "Spring", 4, 1, 1), (8, None, 1, 0, 0)]
+
+
+def test_a_version_7_database_upgraded_to_8_tests_campaign_events_without_temporary_tables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mailhook.store import connection, figures
+    from mailhook.store.maintenance import prune
+    from mailhook.store.schema import MIGRATIONS
+
+    items = documents()
+    path, fresh = tmp_path / "m.db", tmp_path / "fresh.db"
+    store_documents(fresh, items[:1], batch=1)
+    with monkeypatch.context() as patch:
+        patch.setattr(connection, "MIGRATIONS", MIGRATIONS[:7])
+        store_documents(path, items[:5], batch=3)
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (7,)
+        # The figures triggers as version 7 made them: "is a campaign event" as an IN list of three.
+        for name, sql in conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'").fetchall():
+            old = sql
+            for alias in ("new", "old", "e"):
+                old = old.replace(figures.is_campaign_event(alias), f"{alias}.event_type IN {figures.CAMPAIGN_EVENTS}")
+            if old != sql:
+                conn.execute(f"DROP TRIGGER {name}")
+                conn.execute(old)
+        assert conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'trigger'"
+                            " AND sql LIKE '%new.event_type IN (''CAMPAIGN_STARTED''%'").fetchone() == (1,)
+    store_documents(path, items[5:9], batch=1)  # upgraded on open; row by row
+    store_documents(path, items[9:], batch=len(items))
+    triggers = "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' ORDER BY name"
+    with closing(sqlite3.connect(path)) as conn, closing(sqlite3.connect(fresh)) as made:
+        assert conn.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),) >= (8,)
+        assert conn.execute(triggers).fetchall() == made.execute(triggers).fetchall()
+    assert maintained(path) == full_scan(path)
+    prune(path, datetime.now(UTC) + timedelta(days=1))
+    assert maintained(path) == full_scan(path) == ([], [], [])
 
 
 def test_a_version_4_database_upgraded_to_5_keeps_exact_figures_row_by_row_and_per_batch(

@@ -364,7 +364,7 @@ def test_a_batch_with_failing_items_stores_what_each_item_written_alone_would(tm
     assert ("bad \ufffd byte",) in rows(tmp_path / "together.db", "SELECT message FROM events")
 
 
-def test_a_batch_no_item_of_which_fails_takes_one_savepoint_not_one_per_item(db: Path) -> None:
+def test_a_batch_no_item_of_which_fails_takes_no_savepoint(db: Path) -> None:
     store = Store(db)
     executed: list[str] = []
     try:
@@ -375,8 +375,27 @@ def test_a_batch_no_item_of_which_fails_takes_one_savepoint_not_one_per_item(db:
     finally:
         store.close()
     assert [getattr(r, "status", None) for r in results] == ["stored"] * 6
-    assert [sql for sql in executed if sql.startswith(("SAVEPOINT", "RELEASE", "ROLLBACK"))] == [
-        "SAVEPOINT batch", "RELEASE batch"]
+    assert [sql for sql in executed if sql.startswith(("SAVEPOINT", "RELEASE", "ROLLBACK"))] == []
+
+
+def test_a_batch_with_a_failing_item_is_undone_and_written_again_item_by_item(db: Path) -> None:
+    store = Store(db)
+    executed: list[str] = []
+    try:
+        store.conn.set_trace_callback(executed.append)
+        results = store.write(_batch_with_failures())
+        store.conn.set_trace_callback(None)
+    finally:
+        store.close()
+    assert [type(r).__name__ for r in results] == [
+        "Receipt", "OverflowError", "Receipt", "Receipt", "Receipt", "Receipt"]
+    # The first attempt at the batch went in one transaction, rolled back at the failing item; the items
+    # then went in a second one, each in its own savepoint (the surrogate's written again, mended).
+    transactions = [sql for sql in executed if sql.startswith(("BEGIN", "ROLLBACK", "COMMIT", "SAVEPOINT"))]
+    assert transactions[:3] == ["BEGIN IMMEDIATE", "ROLLBACK", "BEGIN IMMEDIATE"]
+    assert transactions[-1] == "COMMIT"
+    assert transactions.count("SAVEPOINT item") == 6
+    assert rows(db, "SELECT count(*) FROM deliveries") == [(5,)]
 
 
 def _mixed_batch() -> list[tuple[Delivery, Extraction | None]]:

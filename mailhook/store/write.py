@@ -61,11 +61,14 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 
 
 # From this many items a batch defers its figures (store/figures.py) to one set-based pass at
-# its end (bench/store_write.py, CPU per event: batches of 4, 3-8% less; of 256, 10-15% less).
-DEFER_FIGURES_AT = 4
+# its end. Since the triggers build no temporary tables (schema 8) row by row is the cheaper below
+# 8 (bench/store_calls.py --callgrind, instructions per email: batches of 4, 958 k row by row
+# against 983 k deferred; of 8, 897 k against 900 k; of 16, 836 k against 823 k).
+DEFER_FIGURES_AT = 8
 
 
-_SETTLE = tuple(statements(figures.SETTLE))
+# SETTLE's parts as statements, each with the event types it needs among the new events (None: any).
+_SETTLE = tuple((tuple(statements(part)), needs) for part, needs in figures.SETTLE_NEEDS)
 
 # The WAL is copied back into the database once it holds this many pages (16 MiB; SQLite's default
 # is 1,000). A page that many commits change (the right-most leaves, the figures, full-text
@@ -160,17 +163,13 @@ class Store:
         one item fails only that item.
         """
         conn = self.conn
+        deferred = len(items) >= DEFER_FIGURES_AT
         try:
-            conn.execute("BEGIN IMMEDIATE")
             try:
-                deferred = len(items) >= DEFER_FIGURES_AT
+                self._begin(deferred=deferred)
+                results = self._write_items(items, deferred=deferred)
                 if deferred:
-                    # Events get ids above the largest one now (INTEGER PRIMARY KEY, the write lock held).
-                    conn.execute("INSERT INTO figures_deferred (since) SELECT coalesce(max(id), 0) FROM events")
-                results = self._write_items(items)
-                if deferred:
-                    for statement in _SETTLE:
-                        conn.execute(statement)
+                    self._settle(results)
                     conn.execute("DELETE FROM figures_deferred")
                 conn.execute("COMMIT")
             except BaseException:
@@ -181,23 +180,46 @@ class Store:
             raise RetryLater(f"storage unavailable: {exc}") from exc
         return results
 
-    def _write_items(self, items: Sequence[Work]) -> list[Receipt | Exception]:
-        """Write the items under one savepoint; only when one of them fails, write them all again one by one.
+    def _settle(self, results: list[Receipt | Exception]) -> None:
+        """Count a deferred batch's new events into the figures, running only the parts of SETTLE they need.
+
+        The receipts name the type of every event the batch inserted (a failed
+        item's were rolled back); a part that needs none of those types would
+        change nothing, and still cost its statements' setup (a campaign's name
+        refresh alone opens 14 temporary tables).
+        """
+        types = {kind for result in results if isinstance(result, Receipt) for kind in result.event_types}
+        if not types:
+            return
+        for part, needs in _SETTLE:
+            if needs is None or not needs.isdisjoint(types):
+                for statement in part:
+                    self.conn.execute(statement)
+
+    def _begin(self, *, deferred: bool) -> None:
+        """Begin the batch's write transaction, deferring its figures to `_settle` if asked."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        if deferred:
+            # Events get ids above the largest one now (INTEGER PRIMARY KEY, the write lock held).
+            self.conn.execute("INSERT INTO figures_deferred (since) SELECT coalesce(max(id), 0) FROM events")
+
+    def _write_items(self, items: Sequence[Work], *, deferred: bool) -> list[Receipt | Exception]:
+        """Write the items together; only when one of them fails, write them all again one by one.
 
         A savepoint per item costs two statements, and every page an item changes
-        that an earlier one had changed is copied to the sub-journal first. Items
-        rarely fail: undone together, they are written again as before, each in
-        its own savepoint, from the same state, so the results are the same.
+        that an earlier one had changed is copied to the sub-journal first. Nor is
+        there one savepoint for the batch: under it every page the batch changes
+        was copied too (4% of the CPU of storing one email alone, bench/store_calls.py).
+        Items rarely fail: undone together, with the whole transaction, they are
+        written again in a new one, each in its own savepoint, so the results are
+        those of writing each item alone (after any other writer's commit in between).
         """
-        conn = self.conn
-        conn.execute("SAVEPOINT batch")
         try:
-            results: list[Receipt | Exception] = list(self._write_together(items, mending=False))
+            return list(self._write_together(items, mending=False))
         except _ITEM_ERRORS:
-            conn.execute("ROLLBACK TO batch")
-            results = [self._write_alone(item) for item in items]
-        conn.execute("RELEASE batch")
-        return results
+            self.conn.execute("ROLLBACK")
+            self._begin(deferred=deferred)
+            return [self._write_alone(item) for item in items]
 
     def _write_alone(self, item: Work) -> Receipt | Exception:
         """Write one item in its own savepoint: its error (or its quarantine) is its own, the batch goes on."""
