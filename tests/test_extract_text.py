@@ -324,6 +324,18 @@ def test_a_wrapped_line_with_a_colon_continues_the_message_instead_of_becoming_a
     )
 
 
+def test_a_wrapped_line_that_reads_like_a_dash_field_continues_the_message() -> None:
+    # Found by test_extract_properties: a link too long to wrap, then "From - the" on the next line, lost
+    # the line as a field "From" (a dash separates a known field) instead of continuing the message.
+    link = "https://example.com/reservations/confirm/AbCdEfGhIjKlMnOpQrStUvWxYz0123456789"
+    text = f"Text ID: 1\nFrom Number: 67076\nTo Number: 5551234\nMessage:\n{link}\nFrom - the\nBilled Amount: 0.03\n"
+    event = one(text, "Inbound Text Finished")
+    assert (event.message, event.billed_amount) == (f"{link} From - the", Decimal("0.03"))
+    # After a line that was not wrapped, a known field with a dash is still a field.
+    text = "Text ID: 1\nMessage: hi\nTo Number - 5551234\n"
+    assert one(text, "Inbound Text Finished").to_number == "5551234"
+
+
 def test_a_blank_line_ends_a_value() -> None:
     text = "Text ID: 1\nFrom Number: 67076\nTo Number: 5551234\nMessage: hi there\n\nCallFire, Inc.\n"
     assert one(text, "Outbound Text Finished").message == "hi there"

@@ -135,8 +135,13 @@ def _line_pairs(text: str, notes: list[str] | None = None, *, html: bool = False
             label, value = m.group(1).strip(), m.group(2)
             if value.startswith("//"):
                 m = None  # a URL, not a field
-            elif " - " in line and ":" not in line and "=" not in line and _norm(label) not in FIELDS:
-                m = None  # a dash only separates a field we know; elsewhere it is prose
+            elif " - " in line and ":" not in line and "=" not in line and (
+                _norm(label) not in FIELDS
+                or (previous and _is_free_text(pairs[-1][0]) and _wrapped(previous, line, html))
+            ):
+                # A dash only separates a field we know, and not on the next line of a wrapped message
+                # ("…long link\nFrom - the"): elsewhere it is prose.
+                m = None
             elif previous and _norm(label) not in FIELDS and _is_free_text(pairs[-1][0]) and (
                 _wrapped(previous, line, html) or not pairs[-1][1]
             ):
