@@ -12,6 +12,8 @@ slow way. What it accepts:
   ASCII and tabs, lines ending in LF or CRLF, each a field `name: value` or a
   continuation line after one, no field name twice in a block, every value
   within `header_size_limit`, no more fields in all than `max_header_fields`;
+  Content-Type and Content-Disposition folded only right after a `;` (as
+  email.generator folds them), the other MIME fields not folded;
 - at the top: no `=?` (RFC 2047 words) in Subject or Message-ID;
 - a text part: Content-Type absent, or one line `text/plain` or `text/html` with
   at most the parameters charset, format and delsp, each once, as a token
@@ -19,7 +21,7 @@ slow way. What it accepts:
   quoted-printable or base64 (base64 only when it decodes strictly); a charset,
   when named, from `_CHARSETS`; no Content-Disposition;
 - or, at the top, `multipart/mixed|alternative|related; boundary=B` (B a
-  token), a body of ASCII lines ending in LF or CRLF, where B occurs only in
+  token, or quoted and perhaps holding `=` as email.generator makes it), a body of ASCII lines ending in LF or CRLF, where B occurs only in
   delimiter lines `--B` and one closing `--B--` at the end of a line, at least
   one part, no two delimiters in a row, each part a text part as above, a
   document attachment: `application/xml|json` (perhaps `name=` a token),
@@ -65,11 +67,15 @@ _TOP_FIELDS = frozenset(
 _PART_FIELDS = frozenset({"mime-version", "content-type", "content-transfer-encoding", "content-disposition"})
 # Header bytes the fast path takes: printable ASCII, tab, and CR only before LF.
 _ODD_HEADER_BYTE = re.compile(rb"[^\t\n\r\x20-\x7e]|\r(?!\n)")
-_TOKEN = r'(?:"[A-Za-z0-9._:+-]+"|[A-Za-z0-9._:+-]+)'
+# A quoted value may hold `=` (email.generator quotes its `===============N==` boundaries); get_param unquotes it.
+_TOKEN = r'(?:"[A-Za-z0-9._:=+-]+"|[A-Za-z0-9._:+-]+)'
 _PARAMETERS = rf"((?:;[ \t]*[A-Za-z]+[ \t]*=[ \t]*{_TOKEN}[ \t]*)*)"
 _MEDIA_TYPE = re.compile(rf"([A-Za-z]+)/([A-Za-z]+)[ \t]*{_PARAMETERS}")
 _DISPOSITION = re.compile(rf"(attachment)[ \t]*{_PARAMETERS}", re.IGNORECASE)
 _PARAMETER = re.compile(r';[ \t]*([A-Za-z]+)[ \t]*=[ \t]*(?:"([^"]+)"|([^ \t;]+))[ \t]*')
+# A fold right after a parameter's `;`, as email.generator folds a long Content-Type or Content-Disposition.
+_PARAMETER_FOLD = re.compile(r";\r?\n(?=[ \t])")
+_FOLDABLE = frozenset({"content-type", "content-disposition"})
 _ENCODINGS = frozenset({"", "7bit", "8bit", "quoted-printable", "base64"})
 _MULTIPART = frozenset({"mixed", "alternative", "related"})
 _DOCUMENT_TYPES = frozenset({"application/xml", "application/json"})
@@ -213,8 +219,11 @@ def _store(
     value = "".join(lines).rstrip("\r\n")
     if key in fields or key not in names or len(value) > limits.header_size_limit:
         return False
+    if key in _FOLDABLE and "\n" in value:
+        # get_param splits the value at `;` and strips each piece (line ends too), so a fold there reads as a blank.
+        value = _PARAMETER_FOLD.sub(";", value)
     if key != "subject" and key != "message-id" and "\n" in value:
-        return False  # a folded MIME field: its parameters are left to email.message
+        return False  # folded anywhere else: left to email.message
     fields[key] = value
     return True
 
