@@ -21,8 +21,9 @@ slow way. What it accepts:
   quoted-printable or base64 (base64 only when it decodes strictly); a charset,
   when named, from `_CHARSETS`; no Content-Disposition;
 - or, at the top, `multipart/mixed|alternative|related; boundary=B` (B a
-  token, or quoted and perhaps holding `=` as email.generator makes it), a body of ASCII lines ending in LF or CRLF, where B occurs only in
-  delimiter lines `--B` and one closing `--B--` at the end of a line, at least
+  token, or quoted and perhaps holding `=` as email.generator makes it), a
+  body of ASCII lines ending in LF or CRLF, where B occurs only in delimiter
+  lines `--B` and one closing `--B--` at the end of a line, at least
   one part, no two delimiters in a row, each part a text part as above, a
   document attachment: `application/xml|json` (perhaps `name=` a token),
   base64, `Content-Disposition: attachment; filename=` a token, or a forward:
