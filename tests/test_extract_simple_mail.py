@@ -173,6 +173,16 @@ def test_the_fast_path_reads_a_text_part_and_a_base64_document_attachment_as_mai
     assert [t.text for t in mail.texts] == ["See the attached file.\n"]
 
 
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
+def test_the_fast_path_reads_8bit_text_parts_in_a_multipart_as_mail_parser_does(newline: bytes) -> None:
+    raw = MULTIPART.replace(b"7bit\n\nSee the attached file.", b"8bit\n\nSee the caf\xc3\xa9 file. e\xcc\x81 \xff")
+    raw = raw.replace(b"preamble", b"pr\xc3\xa9amble").replace(b"\n", newline)
+    assert _assert_same_when_accepted(raw)
+    assert [t.text for t in parse_mail(raw).texts] == [
+        "See the caf\u00e9 file. \u00e9 \ufffd" + newline.decode()
+    ]
+
+
 @pytest.mark.parametrize(
     ("old", "new"),
     [
@@ -184,7 +194,8 @@ def test_the_fast_path_reads_a_text_part_and_a_base64_document_attachment_as_mai
         (b"filename=\"n.xml\"", b"filename=\"=?utf-8?q?n?=.xml\""),  # an encoded file name
         (b"multipart/mixed", b"multipart/digest"),
         (b"\n\npreamble", b"\nContent-Transfer-Encoding: base64\n\npreamble"),
-        (b"file.\n", b"file. \xc3\xa9\n"),  # 8-bit bytes in a multipart
+        (b"PFRleHROb3R", b"PFRleHR\xc3\xa9Ob3R"),  # 8-bit bytes in a base64 attachment
+        (b"Content-Type: text/plain; charset=utf-8\n", b"Content-Type: text/plain; charset=\xc3\xa9\n"),
     ],
 )
 def test_the_fast_path_declines_a_multipart_it_cannot_prove_it_reads_alike(old: bytes, new: bytes) -> None:

@@ -22,7 +22,9 @@ slow way. What it accepts:
   when named, from `_CHARSETS`; no Content-Disposition;
 - or, at the top, `multipart/mixed|alternative|related; boundary=B` (B a
   token, or quoted and perhaps holding `=` as email.generator makes it), a
-  body of ASCII lines ending in LF or CRLF, where B occurs only in delimiter
+  body of lines ending in LF or CRLF (8-bit bytes only in a text part's
+  body: email.generator writes a policy.default text part 8bit), where B
+  occurs only in delimiter
   lines `--B` and one closing `--B--` at the end of a line, at least
   one part, no two delimiters in a row, each part a text part as above, a
   document attachment: `application/xml|json` (perhaps `name=` a token),
@@ -248,7 +250,6 @@ def _multipart(media: re.Match[str], fields: dict[str, str], body: bytes) -> lis
         or media.group(2).lower() not in _MULTIPART
         or "content-disposition" in fields
         or fields.get("content-transfer-encoding", "7bit").lower() not in ("7bit", "8bit")
-        or not body.isascii()
         or body.count(b"\r") != body.count(b"\r\n")
     ):
         return None
@@ -357,7 +358,13 @@ def _add_attachment(
     params = _parameters(parameters, frozenset({"name"}))
     match = _DISPOSITION.fullmatch(disposition or "")
     disposition_params = _parameters(match.group(2), frozenset({"filename"})) if match is not None else None
-    if params is None or disposition_params is None or cte != "base64" or "filename" not in disposition_params:
+    if (
+        params is None
+        or disposition_params is None
+        or cte != "base64"
+        or "filename" not in disposition_params
+        or not body.isascii()
+    ):
         return False
     attachments.append(
         {
