@@ -24,9 +24,10 @@ slow way. What it accepts:
   token, or quoted and perhaps holding `=` as email.generator makes it), a
   body of lines ending in LF or CRLF (8-bit bytes only in a text part's
   body: email.generator writes a policy.default text part 8bit), where B
-  occurs only in delimiter
-  lines `--B` and one closing `--B--` at the end of a line, at least
-  one part, no two delimiters in a row, each part a text part as above, a
+  occurs only in delimiter lines `--B` and one closing `--B--` at the end of
+  a line, at least one part, no two delimiters in a row, each part a
+  multipart as this one (one level down only: EmailMessage's text and HTML
+  beside attachments), a text part as above, a
   document attachment: `application/xml|json` (perhaps `name=` a token),
   base64, `Content-Disposition: attachment; filename=` a token, or a forward:
   `message/rfc822` with no parameters, 7bit or 8bit, perhaps
@@ -116,28 +117,56 @@ def read_simple_mail(data: bytes, limits: MailLimits) -> SimpleMail | None:
     attachments: list[dict[str, object]] = []
     media = _MEDIA_TYPE.fullmatch(fields.get("content-type", "text/plain"))
     if media is not None and media.group(1).lower() == "multipart":
-        parts = _multipart(media, fields, split[1])
-        if parts is None:
+        if not _add_multipart(media, fields, split[1], limits, count, plain, html, attachments, nest=True):
             return None
-        for part in parts:
-            part_split = _header_and_body(part)
-            part_fields = _fields(part_split[0], _PART_FIELDS, limits, count) if part_split is not None else None
-            if part_split is None or part_fields is None:
-                return None
-            if _is_forward(part_fields):
-                if not _add_forward(part_split[1], limits, count, plain, html):
-                    return None
-                continue
-            # RFC 2046: the line end before a delimiter belongs to it, so email.feedparser takes it off the payload.
-            payload = _LAST_LINE_END.sub(b"", part_split[1], count=1)
-            if not _add_part(part_fields, payload, plain, html, attachments):
-                return None
     elif not _add_part(fields, split[1], plain, html, attachments) or attachments:
         return None
     if count[0] > limits.max_header_fields:
         return None
     # mail-parser returns a lone header's decoded value stripped (decode_headers).
     return SimpleMail(message_id.strip(), subject.strip(), tuple(plain), tuple(html), tuple(attachments))
+
+
+def _add_multipart(
+    media: re.Match[str],
+    fields: dict[str, str],
+    body: bytes,
+    limits: MailLimits,
+    count: list[int],
+    plain: list[str],
+    html: list[str],
+    attachments: list[dict[str, object]],
+    *,
+    nest: bool,
+) -> bool:
+    """Add a multipart's parts in the order mail-parser walks them; False when the slow path must read it.
+
+    With `nest`, a part may itself be a multipart of such parts (one level:
+    EmailMessage puts its text and HTML alternative in one beside attachments).
+    """
+    parts = _multipart(media, fields, body)
+    if parts is None:
+        return False
+    for part in parts:
+        part_split = _header_and_body(part)
+        part_fields = _fields(part_split[0], _PART_FIELDS, limits, count) if part_split is not None else None
+        if part_split is None or part_fields is None:
+            return False
+        if _is_forward(part_fields):
+            if not _add_forward(part_split[1], limits, count, plain, html):
+                return False
+            continue
+        # RFC 2046: the line end before a delimiter belongs to it, so email.feedparser takes it off the payload.
+        payload = _LAST_LINE_END.sub(b"", part_split[1], count=1)
+        inner = _MEDIA_TYPE.fullmatch(part_fields.get("content-type", "text/plain"))
+        if inner is not None and inner.group(1).lower() == "multipart":
+            if not nest or not _add_multipart(
+                inner, part_fields, payload, limits, count, plain, html, attachments, nest=False
+            ):
+                return False
+        elif not _add_part(part_fields, payload, plain, html, attachments):
+            return False
+    return True
 
 
 def _header_and_body(data: bytes) -> tuple[bytes, bytes] | None:
