@@ -173,6 +173,14 @@ def test_the_fast_path_reads_a_text_part_and_a_base64_document_attachment_as_mai
     assert [t.text for t in mail.texts] == ["See the attached file.\n"]
 
 
+@pytest.mark.parametrize("boundary", [b"===============0517013466234163903==", b"----=_Part_0_1234567.1700000000000"])
+def test_the_fast_path_reads_a_quoted_boundary_holding_equals_signs_as_mail_parser_does(boundary: bytes) -> None:
+    raw = MULTIPART.replace(b"b1", boundary)
+    assert _assert_same_when_accepted(raw)
+    assert _assert_same_when_accepted(raw.replace(b"\n", b"\r\n"))
+    assert read_simple_mail(_trim_headers(raw.replace(b'"' + boundary + b'"', boundary, 1)), LIMITS) is None
+
+
 @pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
 def test_the_fast_path_reads_8bit_text_parts_in_a_multipart_as_mail_parser_does(newline: bytes) -> None:
     raw = MULTIPART.replace(b"7bit\n\nSee the attached file.", b"8bit\n\nSee the caf\xc3\xa9 file. e\xcc\x81 \xff")
