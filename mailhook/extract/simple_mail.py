@@ -158,9 +158,9 @@ def _add_multipart(
             continue
         # RFC 2046: the line end before a delimiter belongs to it, so email.feedparser takes it off the payload.
         payload = _LAST_LINE_END.sub(b"", part_split[1], count=1)
-        inner = _MEDIA_TYPE.fullmatch(part_fields.get("content-type", "text/plain"))
-        if inner is not None and inner.group(1).lower() == "multipart":
-            if not nest or not _add_multipart(
+        if part_fields.get("content-type", "")[:10].lower() == "multipart/":  # before a regex match per leaf
+            inner = _MEDIA_TYPE.fullmatch(part_fields["content-type"])
+            if not nest or inner is None or not _add_multipart(
                 inner, part_fields, payload, limits, count, plain, html, attachments, nest=False
             ):
                 return False
