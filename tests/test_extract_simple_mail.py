@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import base64
+import email.generator
+import email.message
+import email.policy
+import io
 import os
 import quopri
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from email.mime.application import MIMEApplication
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
 from pathlib import Path
 
 import pytest
@@ -115,8 +122,9 @@ def test_the_fast_path_reads_every_bench_email_alike_and_accepts_every_one() -> 
         b"Subject: no content type\n\nhello\n",
         b"Subject: flowed\nContent-Type: text/plain; format=flowed; delsp=yes\n\nab \ncd\n",
         b"Received: from x\n\tby y\nSubject: folded\n  subject\nMIME-Version: 1.0\n\n\xc3\xa9t\xc3\xa9\n",
+        b"Content-Type: text/plain;\n charset=utf-8;\r\n\tformat=flowed\n\nab \ncd\n",
     ],
-    ids=["8bit", "qp-latin1-crlf", "base64", "no-content-type", "flowed", "folded-8bit"],
+    ids=["8bit", "qp-latin1-crlf", "base64", "no-content-type", "flowed", "folded-8bit", "folded-after-semicolon"],
 )
 def test_the_fast_path_accepts_common_simple_emails_and_reads_them_as_mail_parser_does(raw: bytes) -> None:
     assert _assert_same_when_accepted(raw)
@@ -128,7 +136,9 @@ def test_the_fast_path_accepts_common_simple_emails_and_reads_them_as_mail_parse
         b"Subject: =?utf-8?q?caf=C3=A9?=\n\nx\n",
         b"Subject: a\nSubject: b\n\nx\n",
         b"Content-Type: text/plain\nContent-Type: text/html\n\nx\n",
-        b"Content-Type: text/plain;\n charset=utf-8\n\nx\n",
+        b"Content-Type: text/plain\n ;charset=utf-8\n\nx\n",  # folded, but not right after a `;`
+        b"Content-Type: text/\n plain\n\nx\n",
+        b"Content-Transfer-Encoding:\n base64\n\neA==\n",
         b"Content-Type: text/plain; name=a.txt\n\nx\n",
         b"Content-Type: application/json\n\n{}\n",
         b"Content-Disposition: attachment\n\nx\n",
@@ -163,6 +173,24 @@ def test_the_fast_path_reads_a_text_part_and_a_base64_document_attachment_as_mai
     assert [t.text for t in mail.texts] == ["See the attached file.\n"]
 
 
+@pytest.mark.parametrize("boundary", [b"===============0517013466234163903==", b"----=_Part_0_1234567.1700000000000"])
+def test_the_fast_path_reads_a_quoted_boundary_holding_equals_signs_as_mail_parser_does(boundary: bytes) -> None:
+    raw = MULTIPART.replace(b"b1", boundary)
+    assert _assert_same_when_accepted(raw)
+    assert _assert_same_when_accepted(raw.replace(b"\n", b"\r\n"))
+    assert read_simple_mail(_trim_headers(raw.replace(b'"' + boundary + b'"', boundary, 1)), LIMITS) is None
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
+def test_the_fast_path_reads_8bit_text_parts_in_a_multipart_as_mail_parser_does(newline: bytes) -> None:
+    raw = MULTIPART.replace(b"7bit\n\nSee the attached file.", b"8bit\n\nSee the caf\xc3\xa9 file. e\xcc\x81 \xff")
+    raw = raw.replace(b"preamble", b"pr\xc3\xa9amble").replace(b"\n", newline)
+    assert _assert_same_when_accepted(raw)
+    assert [t.text for t in parse_mail(raw).texts] == [
+        "See the caf\u00e9 file. \u00e9 \ufffd" + newline.decode()
+    ]
+
+
 @pytest.mark.parametrize(
     ("old", "new"),
     [
@@ -174,7 +202,8 @@ def test_the_fast_path_reads_a_text_part_and_a_base64_document_attachment_as_mai
         (b"filename=\"n.xml\"", b"filename=\"=?utf-8?q?n?=.xml\""),  # an encoded file name
         (b"multipart/mixed", b"multipart/digest"),
         (b"\n\npreamble", b"\nContent-Transfer-Encoding: base64\n\npreamble"),
-        (b"file.\n", b"file. \xc3\xa9\n"),  # 8-bit bytes in a multipart
+        (b"PFRleHROb3R", b"PFRleHR\xc3\xa9Ob3R"),  # 8-bit bytes in a base64 attachment
+        (b"Content-Type: text/plain; charset=utf-8\n", b"Content-Type: text/plain; charset=\xc3\xa9\n"),
     ],
 )
 def test_the_fast_path_declines_a_multipart_it_cannot_prove_it_reads_alike(old: bytes, new: bytes) -> None:
@@ -225,7 +254,7 @@ def test_the_fast_path_reads_a_forwarded_message_as_mail_parser_does() -> None:
         (b"Content-Transfer-Encoding: 8bit\n\n<Text", b"Content-Transfer-Encoding: 8bit\n"
          b"Content-Disposition: inline\n\n<Text"),
         (b"MIME-Version: 1.0\nContent-Type: text/plain; charset=utf-8\n",
-         b"MIME-Version: 1.0\nContent-Type: text/plain;\n charset=utf-8\n"),  # a folded MIME field forwarded
+         b"MIME-Version: 1.0\nContent-Type: text/plain; charset=\n utf-8\n"),  # a MIME field folded mid-parameter
         (b"\nTo: sms@example.com\n", b"\nFrom someone\n"),  # not a header line
         (b"\nTo: sms@example.com\n", b"\nTo: s\xc3\xa9@example.com\n"),  # 8-bit bytes
         (b"MIME-Version: 1.0\nContent-Type: text/plain", b"Content-Type: text/html\nContent-Type: text/plain"),
@@ -515,20 +544,42 @@ def parts(draw: st.DrawFn, newline: str) -> bytes:
 
 
 @st.composite
+def nested_part(draw: st.DrawFn, newline: str, depth: int = 1) -> bytes:
+    """A part that is itself a multipart (as EmailMessage nests text and HTML beside attachments), perhaps twice."""
+    nl = newline.encode()
+    boundary = draw(st.sampled_from(["inner", "===============1==", "b", "inner2"]))
+    subtype = draw(st.sampled_from(["alternative", "mixed", "related", "digest"]))
+    fold = draw(st.sampled_from([" ", newline + " "]))
+    head = f"Content-Type: multipart/{subtype};{fold}boundary=\"{boundary}\"".encode()
+    if draw(st.integers(0, 4)) == 0:
+        head += nl + draw(st.sampled_from([b"MIME-Version: 1.0", b"Content-Disposition: attachment", b"X-Other: 1"]))
+    delimiter = b"--" + boundary.encode()
+    body = draw(st.sampled_from([b"", b"", b"inner preamble" + nl]))
+    inner = st.one_of(parts(newline), nested_part(newline, depth + 1)) if depth < 2 else parts(newline)
+    for part in draw(st.lists(inner, min_size=int(draw(st.integers(0, 9)) > 0), max_size=3)):
+        body += delimiter + nl + part + nl
+    body += draw(st.sampled_from([delimiter + b"--" + nl] * 3 + [delimiter + b"--", b""]))
+    return head + nl + nl + body + draw(st.sampled_from([b"", b"", nl, b"epilogue" + nl]))
+
+
+@st.composite
 def multipart_emails(draw: st.DrawFn) -> bytes:
     newline = draw(st.sampled_from(["\n", "\r\n"]))
     nl = newline.encode()
-    boundary = draw(st.sampled_from(["b", "mix-1-2", "=_Part_1.2", "alt-9-9", "a b", "x:y", "inner", "FYI", "--"]))
+    boundary = draw(st.sampled_from(["b", "mix-1-2", "=_Part_1.2", "alt-9-9", "a b", "x:y", "inner", "FYI", "--",
+                                     "===============0517013466234163903==", "a=b", "="]))
     quote = draw(st.sampled_from(['"', ""]))
     subtype = draw(st.sampled_from(["mixed", "alternative", "mixed", "alternative", "related", "digest", "MIXED"]))
+    fold = draw(st.sampled_from([" ", " ", *(newline + blank for blank in (" ", "\t", "  ", "")), f" {newline} "]))
     fields = [f"Subject: {draw(HEADER_VALUES)}", "MIME-Version: 1.0",
-              f"Content-Type: multipart/{subtype}; boundary={quote}{boundary}{quote}"]
+              f"Content-Type: multipart/{subtype};{fold}boundary={quote}{boundary}{quote}"]
     if draw(st.integers(0, 9)) == 0:
         fields.append(draw(st.sampled_from(["Content-Transfer-Encoding: base64", "Content-Transfer-Encoding: 8bit",
                                             "Content-Disposition: attachment", "Content-Type: text/plain"])))
     delimiter = b"--" + boundary.encode()
     body = draw(st.sampled_from([b"", b"This is a multi-part message in MIME format." + nl, nl]))
-    for part in draw(st.lists(parts(newline), min_size=int(draw(st.integers(0, 9)) > 0), max_size=3)):
+    part_or_nested = st.one_of(parts(newline), parts(newline), parts(newline), nested_part(newline))
+    for part in draw(st.lists(part_or_nested, min_size=int(draw(st.integers(0, 9)) > 0), max_size=3)):
         body += delimiter + draw(st.sampled_from([b""] * 8 + [b" ", b"x"])) + nl + part + nl
         if draw(st.integers(0, 19)) == 0:
             body += delimiter + nl  # two delimiters in a row
@@ -588,3 +639,197 @@ def test_the_generated_forwards_are_mostly_ones_the_fast_path_accepts() -> None:
 
     draw()
     assert sum(accepted) > len(accepted) / 4, (sum(accepted), len(accepted))
+
+
+# --- emails built by Python's own email package ---------------------------------------------------------------
+
+PY_TEXTS = st.sampled_from(
+    ["Text ID: 1\nFrom Number: 67076\nMessage: hi\n", "", "hello", "caf\u00e9 \u00e9t\u00e9\n", "e\u0301 combining\n",
+     "CallId: 12\nState: FINISHED\n" * 40, "long " * 40 + "\n", "dots\n.\n..\n", "=3D not qp\n", "\u4e2d\u6587\n"]
+)
+PY_HTML = st.sampled_from(["<p>Text ID: 1</p>", "<table><tr><td>State</td><td>FINISHED</td></tr></table>\n",
+                           "<p>caf\u00e9</p>\n", ""])
+PY_DOCUMENTS = st.sampled_from(
+    [("xml", b'<?xml version="1.0"?><TextNotification/>'), ("json", b'{"callId": 12, "state": "FINISHED"}'),
+     ("xml", SAMPLE), ("xml", b"\xef\xbb\xbf<?xml version='1.0'?><a/>")]
+)
+PY_FILENAMES = st.sampled_from(["n.xml", "notification-12.json", "a b.xml", "caf\u00e9.xml", "x" * 90 + ".xml", "n"])
+PY_CHARSETS = st.sampled_from([None, "utf-8", "us-ascii", "iso-8859-1", "latin-1", "cp1252"])
+
+
+def _smtplib_bytes(msg: email.message.Message) -> bytes:
+    """Flatten `msg` as smtplib's send_message does (the message's own policy, CRLF); the server undoes dot-stuffing."""
+    out = io.BytesIO()
+    email.generator.BytesGenerator(out).flatten(msg, linesep="\r\n")
+    return out.getvalue()
+
+
+def _aiosmtplib_bytes(msg: email.message.Message) -> bytes:
+    """Flatten `msg` as aiosmtplib's flatten_message does (default or compat32 policy by class, CRLF, cte_type 8bit)."""
+    base = email.policy.default if isinstance(msg, email.message.EmailMessage) else email.policy.compat32
+    out = io.BytesIO()
+    email.generator.BytesGenerator(out, policy=base.clone(linesep="\r\n", cte_type="8bit")).flatten(msg)
+    return out.getvalue()
+
+
+FLATTENINGS = [
+    lambda msg: msg.as_bytes(),
+    lambda msg: msg.as_bytes(policy=email.policy.SMTP),
+    lambda msg: msg.as_bytes(policy=email.policy.compat32),
+    lambda msg: msg.as_bytes(policy=email.policy.SMTPUTF8),
+    _smtplib_bytes,
+    _aiosmtplib_bytes,
+]
+
+
+def _set_text(msg: email.message.EmailMessage, text: str, subtype: str, charset: str | None, cte: str | None) -> None:
+    kwargs: dict[str, str] = {"subtype": subtype}
+    if charset is not None:
+        kwargs["charset"] = charset
+    if cte is not None:
+        kwargs["cte"] = cte
+    try:
+        msg.set_content(text, **kwargs)  # type: ignore[arg-type]
+    except (UnicodeError, ValueError):
+        msg.set_content(text, subtype=subtype)
+
+
+@st.composite
+def email_message_emails(draw: st.DrawFn) -> email.message.Message:
+    """An EmailMessage as a Python client builds one: set_content, perhaps add_alternative(html) and attachments."""
+    msg = email.message.EmailMessage()
+    msg["From"] = "a@b.c"
+    msg["To"] = "x@y.z"
+    msg["Subject"] = draw(st.sampled_from(["Inbound Text Finished", "x", "long subject " * 12, "caf\u00e9"]))
+    if draw(st.booleans()):
+        msg["Message-ID"] = "<1.2@b.c>"
+    charset = draw(PY_CHARSETS)
+    cte = draw(st.sampled_from([None, None, "7bit", "8bit", "quoted-printable", "base64"]))
+    _set_text(msg, draw(PY_TEXTS), draw(st.sampled_from(["plain", "plain", "html"])), charset, cte)
+    if draw(st.booleans()):
+        msg.add_alternative(draw(PY_HTML), subtype="html")
+    for _ in range(draw(st.integers(0, 3))):
+        subtype, data = draw(PY_DOCUMENTS)
+        msg.add_attachment(data, maintype="application", subtype=subtype, filename=draw(PY_FILENAMES))
+    return msg
+
+
+@st.composite
+def mime_multipart_emails(draw: st.DrawFn) -> email.message.Message:
+    """A compat32 MIMEMultipart of MIMEText parts and perhaps MIMEApplication documents, as older clients build it."""
+    msg = MIMEMultipart(draw(st.sampled_from(["mixed", "alternative", "related"])))
+    msg["Subject"] = draw(st.sampled_from(["x", "Inbound Call Finished", "long subject " * 12]))
+    for _ in range(draw(st.integers(1, 3))):
+        text = draw(PY_HTML) if draw(st.booleans()) else draw(PY_TEXTS)
+        charset = draw(st.sampled_from(["us-ascii", "utf-8", "iso-8859-1"]))
+        try:
+            text.encode(charset)
+        except UnicodeError:
+            charset = "utf-8"
+        msg.attach(MIMEText(text, draw(st.sampled_from(["plain", "html"])), charset))
+    for _ in range(draw(st.integers(0, 2))):
+        subtype, data = draw(PY_DOCUMENTS)
+        document = MIMEApplication(data, subtype)
+        document.add_header("Content-Disposition", "attachment", filename=draw(PY_FILENAMES))
+        msg.attach(document)
+    return msg
+
+
+@FUZZ
+@given(msg=st.one_of(email_message_emails(), mime_multipart_emails()), flatten=st.sampled_from(FLATTENINGS),
+       limits=st.sampled_from([LIMITS, MailLimits(max_header_fields=6), MailLimits(header_size_limit=40),
+                               MailLimits(max_parts=2), MailLimits(max_lines=12)]))
+def test_every_python_built_email_the_fast_path_accepts_reads_as_mail_parser_reads_it(
+    msg: email.message.Message, flatten: Callable[[email.message.Message], bytes], limits: MailLimits
+) -> None:
+    _assert_same_when_accepted(flatten(msg), limits)
+
+
+def _python_built() -> dict[str, email.message.Message]:
+    """The shapes a Python load generator sends: text plus HTML alternative, text plus XML document, MIMEText."""
+    alternative = email.message.EmailMessage()
+    alternative["Subject"] = "Inbound Text Finished"
+    alternative.set_content("Text ID: 1\nMessage: hi\n")
+    alternative.add_alternative("<p>Text ID: 1</p>", subtype="html")
+    document = email.message.EmailMessage()
+    document["Subject"] = "x"
+    document.set_content("see attached")
+    document.add_attachment(b'<?xml version="1.0"?><TextNotification/>', maintype="application", subtype="xml",
+                            filename="n.xml")
+    mime = MIMEMultipart()
+    mime["Subject"] = "x"
+    mime.attach(MIMEText("Text ID: 1\nMessage: hi\n"))
+    mime.attach(MIMEText("caf\u00e9\n", "plain", "utf-8"))
+    both = email.message.EmailMessage()
+    both["Subject"] = "Inbound Text Finished"
+    both.set_content("Text ID: 1\nMessage: caf\u00e9\n")
+    both.add_alternative("<p>Text ID: 1</p><p>caf\u00e9</p>", subtype="html")
+    both.add_attachment(b'{"textId": 1}', maintype="application", subtype="json", filename="n.json")
+    return {"alternative": alternative, "document": document, "mimemultipart": mime, "nested-8bit": both}
+
+
+FLATTENING_IDS = ["as_bytes", "SMTP", "compat32", "SMTPUTF8", "smtplib", "aiosmtplib"]
+
+
+@pytest.mark.parametrize("flatten", FLATTENINGS, ids=FLATTENING_IDS)
+@pytest.mark.parametrize("shape", ["alternative", "document", "mimemultipart", "nested-8bit"])
+def test_the_fast_path_accepts_the_python_built_shapes(shape: str, flatten: Callable[..., bytes]) -> None:
+    assert _assert_same_when_accepted(flatten(_python_built()[shape]))
+
+
+def test_the_generated_python_built_emails_are_mostly_ones_the_fast_path_accepts() -> None:
+    accepted = total = 0
+
+    @settings(max_examples=200, deadline=None, database=None)
+    @given(msg=st.one_of(email_message_emails(), mime_multipart_emails()), flatten=st.sampled_from(FLATTENINGS))
+    def count(msg: email.message.Message, flatten: Callable[[email.message.Message], bytes]) -> None:
+        nonlocal accepted, total
+        total += 1
+        accepted += _assert_same_when_accepted(flatten(msg))
+
+    count()
+    assert accepted * 3 > total, (accepted, total)  # the rest: RFC 2047 subjects, RFC 2231 or spaced filenames, nesting
+
+
+def test_the_fast_path_declines_a_multipart_nested_twice() -> None:
+    inner = email.message.EmailMessage()
+    inner.set_content("Text ID: 1\n")
+    inner.add_alternative("<p>Text ID: 1</p>", subtype="html")
+    inner.add_attachment(b"{}", maintype="application", subtype="json", filename="n.json")
+    outer = MIMEMultipart()
+    outer["Subject"] = "x"
+    outer.attach(inner)
+    raw = _smtplib_bytes(outer)
+    assert raw.count(b"Content-Type: multipart/") == 3
+    assert read_simple_mail(_trim_headers(raw), LIMITS) is None
+    assert _fast(raw) is None and isinstance(_slow(raw), Mail)
+    assert _assert_same_when_accepted(_smtplib_bytes(inner))
+
+
+def _lowest_accepted(raw: bytes, limit: str) -> int:
+    """The lowest value of `limit` at which the fast path reads `raw` (so reads it whole)."""
+    value = 1
+    while read_simple_mail(_trim_headers(raw), MailLimits(**{limit: value})) is None or not isinstance(
+        _slow(raw, MailLimits(**{limit: value})), Mail
+    ):
+        value += 1
+        assert value < 10_000
+    return value
+
+
+LIMIT_NAMES = ["header_size_limit", "max_header_fields", "max_parts", "max_containers", "max_lines"]
+
+
+@pytest.mark.parametrize("limit", LIMIT_NAMES)
+@pytest.mark.parametrize("shape", ["alternative", "nested-8bit"])
+def test_a_python_built_email_at_and_past_each_limit_gets_the_slow_path_s_answer(shape: str, limit: str) -> None:
+    raw = _smtplib_bytes(_python_built()[shape])
+    at = _lowest_accepted(raw, limit)
+    assert _fast(raw, MailLimits(**{limit: at})) == _slow(raw, MailLimits(**{limit: at}))
+    past = MailLimits(**{limit: at - 1})
+    assert _fast(raw, past) in (None, _slow(raw, past))
+    if limit == "header_size_limit":  # the slow path cuts the longest field: the fast path leaves that to it
+        assert read_simple_mail(_trim_headers(raw), past) is None
+        assert isinstance(_slow(raw, past), Mail)
+    else:  # refused before either path, or (header fields) by the slow path as it counts them
+        assert isinstance(_slow(raw, past), str) and _slow(raw, past).startswith("Unreadable")

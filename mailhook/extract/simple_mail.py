@@ -12,6 +12,8 @@ slow way. What it accepts:
   ASCII and tabs, lines ending in LF or CRLF, each a field `name: value` or a
   continuation line after one, no field name twice in a block, every value
   within `header_size_limit`, no more fields in all than `max_header_fields`;
+  Content-Type and Content-Disposition folded only right after a `;` (as
+  email.generator folds them), the other MIME fields not folded;
 - at the top: no `=?` (RFC 2047 words) in Subject or Message-ID;
 - a text part: Content-Type absent, or one line `text/plain` or `text/html` with
   at most the parameters charset, format and delsp, each once, as a token
@@ -19,9 +21,13 @@ slow way. What it accepts:
   quoted-printable or base64 (base64 only when it decodes strictly); a charset,
   when named, from `_CHARSETS`; no Content-Disposition;
 - or, at the top, `multipart/mixed|alternative|related; boundary=B` (B a
-  token), a body of ASCII lines ending in LF or CRLF, where B occurs only in
-  delimiter lines `--B` and one closing `--B--` at the end of a line, at least
-  one part, no two delimiters in a row, each part a text part as above, a
+  token, or quoted and perhaps holding `=` as email.generator makes it), a
+  body of lines ending in LF or CRLF (8-bit bytes only in a text part's
+  body: email.generator writes a policy.default text part 8bit), where B
+  occurs only in delimiter lines `--B` and one closing `--B--` at the end of
+  a line, at least one part, no two delimiters in a row, each part a
+  multipart as this one (one level down only: EmailMessage's text and HTML
+  beside attachments), a text part as above, a
   document attachment: `application/xml|json` (perhaps `name=` a token),
   base64, `Content-Disposition: attachment; filename=` a token, or a forward:
   `message/rfc822` with no parameters, 7bit or 8bit, perhaps
@@ -65,11 +71,15 @@ _TOP_FIELDS = frozenset(
 _PART_FIELDS = frozenset({"mime-version", "content-type", "content-transfer-encoding", "content-disposition"})
 # Header bytes the fast path takes: printable ASCII, tab, and CR only before LF.
 _ODD_HEADER_BYTE = re.compile(rb"[^\t\n\r\x20-\x7e]|\r(?!\n)")
-_TOKEN = r'(?:"[A-Za-z0-9._:+-]+"|[A-Za-z0-9._:+-]+)'
+# A quoted value may hold `=` (email.generator quotes its `===============N==` boundaries); get_param unquotes it.
+_TOKEN = r'(?:"[A-Za-z0-9._:=+-]+"|[A-Za-z0-9._:+-]+)'
 _PARAMETERS = rf"((?:;[ \t]*[A-Za-z]+[ \t]*=[ \t]*{_TOKEN}[ \t]*)*)"
 _MEDIA_TYPE = re.compile(rf"([A-Za-z]+)/([A-Za-z]+)[ \t]*{_PARAMETERS}")
 _DISPOSITION = re.compile(rf"(attachment)[ \t]*{_PARAMETERS}", re.IGNORECASE)
 _PARAMETER = re.compile(r';[ \t]*([A-Za-z]+)[ \t]*=[ \t]*(?:"([^"]+)"|([^ \t;]+))[ \t]*')
+# A fold right after a parameter's `;`, as email.generator folds a long Content-Type or Content-Disposition.
+_PARAMETER_FOLD = re.compile(r";\r?\n(?=[ \t])")
+_FOLDABLE = frozenset({"content-type", "content-disposition"})
 _ENCODINGS = frozenset({"", "7bit", "8bit", "quoted-printable", "base64"})
 _MULTIPART = frozenset({"mixed", "alternative", "related"})
 _DOCUMENT_TYPES = frozenset({"application/xml", "application/json"})
@@ -107,28 +117,56 @@ def read_simple_mail(data: bytes, limits: MailLimits) -> SimpleMail | None:
     attachments: list[dict[str, object]] = []
     media = _MEDIA_TYPE.fullmatch(fields.get("content-type", "text/plain"))
     if media is not None and media.group(1).lower() == "multipart":
-        parts = _multipart(media, fields, split[1])
-        if parts is None:
+        if not _add_multipart(media, fields, split[1], limits, count, plain, html, attachments, nest=True):
             return None
-        for part in parts:
-            part_split = _header_and_body(part)
-            part_fields = _fields(part_split[0], _PART_FIELDS, limits, count) if part_split is not None else None
-            if part_split is None or part_fields is None:
-                return None
-            if _is_forward(part_fields):
-                if not _add_forward(part_split[1], limits, count, plain, html):
-                    return None
-                continue
-            # RFC 2046: the line end before a delimiter belongs to it, so email.feedparser takes it off the payload.
-            payload = _LAST_LINE_END.sub(b"", part_split[1], count=1)
-            if not _add_part(part_fields, payload, plain, html, attachments):
-                return None
     elif not _add_part(fields, split[1], plain, html, attachments) or attachments:
         return None
     if count[0] > limits.max_header_fields:
         return None
     # mail-parser returns a lone header's decoded value stripped (decode_headers).
     return SimpleMail(message_id.strip(), subject.strip(), tuple(plain), tuple(html), tuple(attachments))
+
+
+def _add_multipart(
+    media: re.Match[str],
+    fields: dict[str, str],
+    body: bytes,
+    limits: MailLimits,
+    count: list[int],
+    plain: list[str],
+    html: list[str],
+    attachments: list[dict[str, object]],
+    *,
+    nest: bool,
+) -> bool:
+    """Add a multipart's parts in the order mail-parser walks them; False when the slow path must read it.
+
+    With `nest`, a part may itself be a multipart of such parts (one level:
+    EmailMessage puts its text and HTML alternative in one beside attachments).
+    """
+    parts = _multipart(media, fields, body)
+    if parts is None:
+        return False
+    for part in parts:
+        part_split = _header_and_body(part)
+        part_fields = _fields(part_split[0], _PART_FIELDS, limits, count) if part_split is not None else None
+        if part_split is None or part_fields is None:
+            return False
+        if _is_forward(part_fields):
+            if not _add_forward(part_split[1], limits, count, plain, html):
+                return False
+            continue
+        # RFC 2046: the line end before a delimiter belongs to it, so email.feedparser takes it off the payload.
+        payload = _LAST_LINE_END.sub(b"", part_split[1], count=1)
+        if part_fields.get("content-type", "")[:10].lower() == "multipart/":  # before a regex match per leaf
+            inner = _MEDIA_TYPE.fullmatch(part_fields["content-type"])
+            if not nest or inner is None or not _add_multipart(
+                inner, part_fields, payload, limits, count, plain, html, attachments, nest=False
+            ):
+                return False
+        elif not _add_part(part_fields, payload, plain, html, attachments):
+            return False
+    return True
 
 
 def _header_and_body(data: bytes) -> tuple[bytes, bytes] | None:
@@ -213,8 +251,11 @@ def _store(
     value = "".join(lines).rstrip("\r\n")
     if key in fields or key not in names or len(value) > limits.header_size_limit:
         return False
+    if key in _FOLDABLE and "\n" in value:
+        # get_param splits the value at `;` and strips each piece (line ends too), so a fold there reads as a blank.
+        value = _PARAMETER_FOLD.sub(";", value)
     if key != "subject" and key != "message-id" and "\n" in value:
-        return False  # a folded MIME field: its parameters are left to email.message
+        return False  # folded anywhere else: left to email.message
     fields[key] = value
     return True
 
@@ -238,7 +279,6 @@ def _multipart(media: re.Match[str], fields: dict[str, str], body: bytes) -> lis
         or media.group(2).lower() not in _MULTIPART
         or "content-disposition" in fields
         or fields.get("content-transfer-encoding", "7bit").lower() not in ("7bit", "8bit")
-        or not body.isascii()
         or body.count(b"\r") != body.count(b"\r\n")
     ):
         return None
@@ -347,7 +387,13 @@ def _add_attachment(
     params = _parameters(parameters, frozenset({"name"}))
     match = _DISPOSITION.fullmatch(disposition or "")
     disposition_params = _parameters(match.group(2), frozenset({"filename"})) if match is not None else None
-    if params is None or disposition_params is None or cte != "base64" or "filename" not in disposition_params:
+    if (
+        params is None
+        or disposition_params is None
+        or cte != "base64"
+        or "filename" not in disposition_params
+        or not body.isascii()
+    ):
         return False
     attachments.append(
         {
