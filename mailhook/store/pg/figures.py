@@ -23,11 +23,7 @@ is how PostgreSQL runs triggers:
 
 from __future__ import annotations
 
-from mailhook.store.figures import REPLY_WINDOW_DAYS, campaign_rows
-
-CALLS = "('OUTBOUND_CALL_FINISHED', 'INBOUND_CALL_FINISHED')"
-TEXTS = "('OUTBOUND_TEXT_FINISHED', 'INBOUND_TEXT_FINISHED')"
-CAMPAIGN_EVENTS = "('CAMPAIGN_STARTED', 'CAMPAIGN_STOPPED', 'CAMPAIGN_FINISHED')"
+from mailhook.store.figures import CALLS, CAMPAIGN_EVENTS, REPLY_WINDOW_DAYS, TEXTS, campaign_rows
 
 LOCK_NAMESPACE = 0x6D680F16
 """The first key of mailhook's figure advisory locks (`pg_advisory_xact_lock(LOCK_NAMESPACE, hash)`)."""
