@@ -523,23 +523,15 @@ class Connection(SMTP):
         if self.door.closing:
             self.say_goodbye(SHUTTING_DOWN)
             return
-        if arg and self._refuses_unreadable_size(arg):
-            await self.push("501 Syntax: MAIL FROM: <address> [SP <mail-parameters>]")
-            return
         plain = self._plain_address(arg, "FROM:")
-        if plain is None or self.envelope is None or self.envelope.mail_from:
-            await super().smtp_MAIL(arg)
+        taken: tuple[list[str], bool] | None = None
+        if plain is not None and self.envelope is not None and not self.envelope.mail_from:
+            taken = self._plain_mail_options(plain[1]) if plain[1] else ([], False)
+        if taken is None:
+            await self._general_mail(arg)
             return
-        address, rest = plain
-        options: list[str] = []
-        utf8 = False
-        if rest:
-            taken = self._plain_mail_options(rest)
-            if taken is None:
-                await super().smtp_MAIL(arg)
-                return
-            options, utf8 = taken
-        assert self.session is not None
+        assert plain is not None and self.envelope is not None and self.session is not None
+        address, (options, utf8) = plain[0], taken
         # aiosmtpd's MAIL for its common case (greeted, authenticated if need be, `FROM:<plain address>`
         # with no parameters or only those it takes: SIZE within the limit, BODY, SMTPUTF8) in one
         # coroutine instead of four: the same steps, envelope, hook, log line and reply.
@@ -547,6 +539,13 @@ class Connection(SMTP):
         status = await self.event_handler.handle_MAIL(self, self.session, self.envelope, address, options)
         aiosmtpd_log.info("%r sender: %s", self.session.peer, address)
         await self.push(status)
+
+    async def _general_mail(self, arg: str | None) -> None:
+        """aiosmtpd's own MAIL, except that a SIZE its method would fail to read gets its syntax error."""
+        if arg and self._refuses_unreadable_size(arg):
+            await self.push("501 Syntax: MAIL FROM: <address> [SP <mail-parameters>]")
+            return
+        await super().smtp_MAIL(arg)
 
     # Reads the private SMTP._auth_required, as aiosmtpd's check_auth_needed does.
     def _refuses_unreadable_size(self, arg: str) -> bool:
