@@ -104,22 +104,27 @@ class Keep:
         return "250 OK"
 
 
+def _send(bench: dict[str, ModuleType], handler: Keep, payloads: Any, sessions: int, *params: str) -> Any:
+    """Send `payloads` with bench/load.py's SMTP client to an aiosmtpd server that keeps them in `handler`."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        return asyncio.run(bench["load"].run("smtp", port, payloads, sessions, *params))
+    finally:
+        controller.stop()
+
+
 def test_the_smtp_client_delivers_every_email_byte_for_byte(bench: dict[str, ModuleType], tmp_path: Path) -> None:
     emails = bench["distinct"].Emails(8)
     raws = [emails.message() for _ in range(60)]
     raws.append(raws[0].replace(b"\nHello,", b"\n.Hello,\n..\n.", 1))  # lines that need dot-stuffing
     payloads = tmp_path / "smtp.bin"
     bench["distinct"].write_records(payloads, [bench["distinct"].smtp_payload(r) for r in raws])
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     handler = Keep()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        result = asyncio.run(bench["load"].run("smtp", port, bench["distinct"].read_records(payloads), 4))
-    finally:
-        controller.stop()
+    result = _send(bench, handler, bench["distinct"].read_records(payloads), 4)
     assert (result["messages"], result["refused"], result["errors"]) == (61, 0, [])
     assert sorted(r.replace(b"\r\n", b"\n").rstrip(b"\n") for r in handler.received) == sorted(
         r.rstrip(b"\n") for r in raws)
@@ -142,16 +147,8 @@ def test_the_smtp_client_sends_the_mail_parameters_it_is_given_with_each_payload
 ) -> None:
     emails = bench["distinct"].Emails(9)
     payloads = [bench["distinct"].smtp_payload(emails.message()) for _ in range(20)]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     handler = KeepOptions()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        result = asyncio.run(bench["load"].run("smtp", port, payloads, 3, "SIZE={size} BODY=8BITMIME"))
-    finally:
-        controller.stop()
+    result = _send(bench, handler, payloads, 3, "SIZE={size} BODY=8BITMIME")
     assert (result["messages"], result["refused"], result["errors"]) == (20, 0, [])
     sizes = sorted(int(options[0].removeprefix("SIZE=")) for options in handler.options)
     assert sizes == sorted(len(p) for p in payloads)
