@@ -408,6 +408,7 @@ def _small_limits(base: type[SMTP]) -> type[SMTP]:
 # `_receive` counts the body in its door's in-flight budget: one that never runs out here.
 _DOOR = types.SimpleNamespace(runtime=types.SimpleNamespace(inflight=InflightBudget(1 << 40)))
 BLOCK_READING = _small_limits(type("BlockReading", (SMTP,), {"smtp_DATA": syntax("DATA")(Connection._receive),
+                                                             "sent": Connection.sent, "ended": False,
                                                              "door": _DOOR}))
 LINE_READING = _small_limits(SMTP)
 
