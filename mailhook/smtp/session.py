@@ -82,6 +82,7 @@ class Connection(SMTP):
         self.auth_waited = False  # the current AUTH attempt already waited its address's penalty
         self.lifetime: asyncio.TimerHandle | None = None
         self.armed_for = 0.0  # the deadline the idle timer (`_timeout_handle`) was last armed for
+        self.info_logged = True  # aiosmtpd's logger writes INFO lines, as the command loop last found it
         super().__init__(handler, **kwargs)
         # The loop's clock, read without `BaseEventLoop.time`'s Python frame around `time.monotonic` where that
         # is all it is: the idle timer reads it on every command (docs/performance.md).
@@ -444,7 +445,9 @@ class Connection(SMTP):
                     await self.push('500 Command line too long')
                     continue
                 # One level check per command when neither line is written: DEBUG is enabled only where INFO is.
-                if log.isEnabledFor(logging.INFO):
+                # Kept for the command's own INFO line (`info_logged`), made before the command's first await.
+                self.info_logged = log.isEnabledFor(logging.INFO)
+                if self.info_logged:
                     if log.isEnabledFor(logging.DEBUG):
                         sanitized_log(log.debug, '_handle_client readline: %r', line)
                     line = line.rstrip(b'\r\n')
@@ -575,7 +578,8 @@ class Connection(SMTP):
         self.envelope.smtp_utf8 = utf8
         # The hook's answer without its coroutine (`Handler.mail`, which handle_MAIL returns), sent likewise.
         status = self.event_handler.mail(self, self.envelope, address, options)
-        aiosmtpd_log.info("%r sender: %s", self.session.peer, address)
+        if self.info_logged:  # checked by the command loop earlier in this step: the logger's level is the same
+            aiosmtpd_log.info("%r sender: %s", self.session.peer, address)
         if not self.sent(status):
             await self.push(status)
 
@@ -621,7 +625,8 @@ class Connection(SMTP):
         # aiosmtpd's RCPT for `TO:<plain address>` without parameters (it refuses them all), as for MAIL above.
         address = plain[0]
         status = self.event_handler.rcpt(self, self.envelope, address, [])
-        aiosmtpd_log.info("%r recip: %s", self.session.peer, address)
+        if self.info_logged:  # as for MAIL
+            aiosmtpd_log.info("%r recip: %s", self.session.peer, address)
         if not self.sent(status):
             await self.push(status)
 
