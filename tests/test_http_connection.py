@@ -587,6 +587,8 @@ def test_every_answer_names_only_mailhook_as_server(start_door: StartDoor) -> No
             client.head(f"{url}/healthz"),
             client.get(f"{url}/metrics"),
             client.post(f"{url}/notifications?token=t0k", content=b"x", headers={"Expect": "200-ok"}),  # 417
+            client.get(f"{url}/healthz", headers={"Expect": "200-ok"}),  # 417, as aiohttp answers it
+            client.get(f"{url}/metrics", headers={"Expect": "100-continue"}),
         ]
     with door.connect() as one, door.connect() as two:
         for sock in (one, two):  # requests being read: they do not make room for a third
@@ -604,6 +606,18 @@ def test_every_answer_names_only_mailhook_as_server(start_door: StartDoor) -> No
     for raw, status in ((over_cap, "503"), (head_late, "408")):
         line, headers, _ = head_and_body(raw)
         assert line.split()[1] == status and headers["server"] == "mailhook"
+
+
+def test_an_unknown_expect_on_a_get_route_gets_aiohttps_417_and_100_continue_goes_on(start_door: StartDoor) -> None:
+    door = start_door()
+    url = f"http://{door.host}:{door.port}"
+    with httpx.Client(timeout=30) as client:
+        refused = client.get(f"{url}/healthz", headers={"Expect": "200-ok"})
+        continued = client.get(f"{url}/healthz", headers={"Expect": "100-continue"})
+    # The text and type of aiohttp's own answer (its default expect handler's HTTPExpectationFailed).
+    assert (refused.status_code, refused.text) == (417, "Unknown Expect: 200-ok")
+    assert refused.headers["Content-Type"] == "text/plain; charset=utf-8"
+    assert continued.status_code == 200 and continued.json() == {"status": "ok"}
 
 
 # --- aiohttp's private internals ------------------------------------------------------------------

@@ -124,12 +124,27 @@ def test_the_copied_command_loop_still_writes_aiosmtpd_log_lines_when_its_logger
         with caplog.at_level(level, logger="mail.log"), client(server) as smtp:
             smtp.ehlo("client.example.com")
             assert smtp.mail("a@example.com")[0] == 250
+            assert smtp.rcpt("ops@example.com")[0] == 250
     finally:
         aiosmtpd_log.setLevel(logging.ERROR)
     lines = [r.getMessage() for r in caplog.records if r.name == "mail.log"]
     readline = any("_handle_client readline: b'mail FROM:<a@example.com>\\r\\n'" in line for line in lines)
     assert readline == (level == logging.DEBUG)  # the DEBUG line only at DEBUG, the INFO line at both
     assert any(line.endswith(">> b'mail FROM:<a@example.com>'") for line in lines)
+    # The session's own MAIL and RCPT write aiosmtpd's INFO lines as its methods do.
+    assert any(line.endswith(" sender: a@example.com") for line in lines)
+    assert any(line.endswith(" recip: ops@example.com") for line in lines)
+
+
+def test_the_session_writes_no_aiosmtpd_info_line_when_its_logger_is_at_error(
+    server: Runtime, caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.DEBUG, logger="mailhook"), client(server) as smtp:
+        smtp.ehlo("client.example.com")
+        assert smtp.mail("a@example.com")[0] == 250
+        assert smtp.rcpt("ops@example.com")[0] == 250
+    assert logging.getLogger("mail.log").getEffectiveLevel() == logging.ERROR
+    assert not [r for r in caplog.records if r.name == "mail.log"]
 
 
 def test_the_private_mail_parser_names_extraction_relies_on_still_exist() -> None:

@@ -40,7 +40,7 @@ from mailhook.budget import InflightBudget
 from mailhook.errors import ConfigError
 from mailhook.server import Runtime
 from mailhook.smtp.door import SmtpDoor
-from mailhook.smtp.session import Connection
+from mailhook.smtp.session import RCPT_OVERSHOOT, Connection
 
 EXPECTED = ".expected.json"
 
@@ -408,6 +408,7 @@ def _small_limits(base: type[SMTP]) -> type[SMTP]:
 # `_receive` counts the body in its door's in-flight budget: one that never runs out here.
 _DOOR = types.SimpleNamespace(runtime=types.SimpleNamespace(inflight=InflightBudget(1 << 40)))
 BLOCK_READING = _small_limits(type("BlockReading", (SMTP,), {"smtp_DATA": syntax("DATA")(Connection._receive),
+                                                             "sent": Connection.sent, "ended": False,
                                                              "door": _DOOR}))
 LINE_READING = _small_limits(SMTP)
 
@@ -474,6 +475,95 @@ EDGE_STREAMS = [
 @pytest.mark.parametrize("stream", EDGE_STREAMS)
 def test_data_bodies_at_the_limits_get_the_replies_aiosmtpd_gives_them(stream: list[bytes]) -> None:
     assert _transactions(BLOCK_READING, stream) == _transactions(LINE_READING, stream)
+
+
+# A session class with only what `Connection.sent` reads: an overshoot limit of 2.
+SENDING = type("Sending", (SMTP,), {
+    "sent": Connection.sent, "ended": False, "overshoot": 0,
+    "door": types.SimpleNamespace(settings=types.SimpleNamespace(max_recipient_overshoot=2)),
+})
+
+
+def _sent_cases() -> list[tuple[str, bool, bytes]]:
+    """Run `Connection.sent` on a live session in each state it tells apart; return (case, result, bytes written)."""
+    results: list[tuple[str, bool, bytes]] = []
+
+    async def talk() -> None:
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        session: Any = None
+
+        def made() -> SMTP:
+            nonlocal session
+            session = SENDING(_Capture(), hostname="h", loop=loop)
+            return session
+
+        await loop.connect_accepted_socket(made, theirs)
+        reader, writer = await asyncio.open_connection(sock=ours)
+        await reader.readline()  # the greeting
+
+        for case, status in [("250", "250 OK"), ("5xx", "550 no"), ("452 at the limit", RCPT_OVERSHOOT)]:
+            session.overshoot = 2
+            results.append((case, session.sent(status), await _drained(reader)))
+        session.overshoot = 3
+        results.append(("452 past the limit", session.sent(RCPT_OVERSHOOT), await _drained(reader)))
+        session.ended = True
+        results.append(("ended", session.sent("250 OK"), await _drained(reader)))
+        session.ended = False
+        transport = session._writer.transport
+        transport.pause_reading()
+        transport.write(b"x" * (1 << 22))  # the peer is not reading: most of it stays in the write buffer
+        assert transport.get_write_buffer_size() > 0
+        results.append(("unsent bytes", session.sent("250 OK"), b""))
+        transport.abort()
+        writer.close()
+        await asyncio.sleep(0.05)  # both ends closed before the loop is
+
+    asyncio.run(talk())
+    return results
+
+
+async def _drained(reader: asyncio.StreamReader) -> bytes:
+    """Return what the session wrote since the last call (nothing if it wrote nothing)."""
+    try:
+        return await asyncio.wait_for(reader.read(4096), 0.2)
+    except TimeoutError:
+        return b""
+
+
+def test_the_sessions_own_replies_are_written_at_once_only_where_push_would_just_write_them() -> None:
+    assert _sent_cases() == [
+        ("250", True, b"250 OK\r\n"),
+        ("5xx", False, b""),  # push counts it as an error
+        ("452 at the limit", True, RCPT_OVERSHOOT.encode() + b"\r\n"),
+        ("452 past the limit", False, b""),  # push counts it as an error
+        ("ended", True, b""),  # push writes nothing either
+        ("unsent bytes", False, b""),  # push writes it and awaits drain()
+    ]
+
+
+def test_a_closing_session_leaves_its_reply_to_push() -> None:
+    async def talk() -> bool:
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        session: Any = None
+
+        def made() -> SMTP:
+            nonlocal session
+            session = SENDING(_Capture(), hostname="h", loop=loop)
+            return session
+
+        await loop.connect_accepted_socket(made, theirs)
+        _, writer = await asyncio.open_connection(sock=ours)
+        await asyncio.sleep(0)
+        session._writer.transport.close()
+        result = bool(session.sent("250 OK"))
+        writer.close()
+        await asyncio.sleep(0.05)  # both ends closed before the loop is
+        return result
+
+    assert asyncio.run(talk()) is False
 
 
 def _conversation(runtime: Runtime, commands: list[str]) -> list[str]:

@@ -48,7 +48,8 @@ HEALTH_TIMEOUT = 10.0
 _CHUNK = 64 * 1024
 _ANSWER = b'{"delivery_id": %d, "status": "%s", "events": %d, "duplicates": %d}'
 # A CIMultiDict, which aiohttp's Response copies as it is; a dict it would convert key by key, per answer.
-_JSON_HEADERS: CIMultiDict[str] = CIMultiDict({hdrs.CONTENT_TYPE: "application/json; charset=utf-8"})
+_JSON_HEADERS: CIMultiDict[str] = CIMultiDict({hdrs.CONTENT_TYPE: "application/json; charset=utf-8",
+                                               hdrs.SERVER: http_connection.SERVER})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -101,9 +102,10 @@ class Receiver:
         """Build the aiohttp application: three routes and a JSON error middleware."""
         app = web.Application(middlewares=[self._errors])
         app.router.add_post(PATH, self.notifications, expect_handler=self.expect)
-        app.router.add_get("/healthz", self.healthz, allow_head=True)
-        app.router.add_get("/metrics", self.render_metrics, allow_head=True)
-        app.on_response_prepare.append(_server_header)
+        app.router.add_get("/healthz", self.healthz, allow_head=True, expect_handler=_expect)
+        app.router.add_get("/metrics", self.render_metrics, allow_head=True, expect_handler=_expect)
+        # Every answer names the service (`Server: mailhook`, not the library and Python versions behind
+        # it) in its own headers, not in an on_response_prepare signal: that was two coroutines per request.
         app.on_cleanup.append(self._close_logs)
         return app
 
@@ -161,10 +163,11 @@ class Receiver:
         try:
             await asyncio.wait_for(self.pipeline.check(), HEALTH_TIMEOUT)
         except RetryLater as exc:
-            return web.json_response({"status": "unavailable", "reason": str(exc)}, status=503)
+            return web.json_response({"status": "unavailable", "reason": str(exc)}, status=503, headers=_named())
         except TimeoutError:
-            return web.json_response({"status": "unavailable", "reason": "storage unavailable"}, status=503)
-        return web.json_response({"status": "ok"})
+            return web.json_response({"status": "unavailable", "reason": "storage unavailable"}, status=503,
+                                     headers=_named())
+        return web.json_response({"status": "ok"}, headers=_named())
 
     async def render_metrics(self, request: web.Request) -> web.StreamResponse:
         """Serve the metrics in Prometheus text format (with `--workers N`, the whole group's)."""
@@ -172,7 +175,7 @@ class Receiver:
             body, content_type = await self.metrics.scrape(request.headers.get(hdrs.ACCEPT))
         except RetryLater as exc:
             return _error(503, f"metrics unavailable: {exc}", headers={hdrs.RETRY_AFTER: "30"})
-        return web.Response(body=body, headers={hdrs.CONTENT_TYPE: content_type})
+        return web.Response(body=body, headers=_named({hdrs.CONTENT_TYPE: content_type}))
 
     def _check_token(self, request: web.Request) -> None:
         if self.token is None:
@@ -324,9 +327,22 @@ def signature_matches(secret: str, body: bytes, signature: str) -> bool:
     return hmac.compare_digest(offered, expected)
 
 
-async def _server_header(_request: web.Request, response: web.StreamResponse) -> None:
-    # Name the service, not the library and Python versions behind it.
-    response.headers[hdrs.SERVER] = http_connection.SERVER
+def _named(headers: dict[str, str] | None = None) -> CIMultiDict[str]:
+    """Return `headers` with `Server: mailhook`, which names the service, not the library and Python behind it."""
+    named: CIMultiDict[str] = CIMultiDict(headers or {})
+    named[hdrs.SERVER] = http_connection.SERVER
+    return named
+
+
+async def _expect(request: web.Request) -> None:
+    """aiohttp's own answer to `Expect` on the GET routes, its 417 naming only mailhook as server."""
+    expect = request.headers.get(hdrs.EXPECT, "")
+    if request.version == HttpVersion11:
+        if expect.lower() == "100-continue":
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0  # the answer's own bytes are still to come
+        else:
+            raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect}", headers=_named())
 
 
 def _basic_password(request: web.Request) -> str | None:
@@ -354,7 +370,7 @@ def _answer(receipt: Receipt) -> web.Response:
         "duplicates": receipt.duplicates,
     }
     body["error"] = _public_reason(receipt.error)
-    return web.json_response(body, status=422)
+    return web.json_response(body, status=422, headers=_named())
 
 
 def _public_reason(reason: str) -> str:
@@ -369,7 +385,7 @@ def _error(status: int, message: str, *, headers: dict[str, str] | None = None) 
         status=status,
         text=json.dumps({"error": message}),
         content_type="application/json",
-        headers=headers,
+        headers=_named(headers),
     )
 
 

@@ -59,6 +59,10 @@ class Handler(PasswordAuth):
         self, server: Connection, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         """Refuse senders that are not text, and those outside the sender allow-list (when there is one)."""
+        return self.mail(server, envelope, address, options)
+
+    def mail(self, server: Connection, envelope: Envelope, address: str, options: list[str]) -> str:
+        """Answer MAIL as `handle_MAIL` does, without a coroutine: the session's own MAIL calls it directly."""
         if UNFIT_TEXT.search(address):
             # Permanent: the same bytes can never be stored; the address itself stays out of the log.
             log.info("refused sender peer=%s: not UTF-8 or holds a control character", server.peer_ip)
@@ -74,6 +78,10 @@ class Handler(PasswordAuth):
         self, server: Connection, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         """Refuse recipients that are not text, or outside the allow-list (empty: allowed on loopback only)."""
+        return self.rcpt(server, envelope, address, options)
+
+    def rcpt(self, server: Connection, envelope: Envelope, address: str, options: list[str]) -> str:
+        """Answer RCPT as `handle_RCPT` does, without a coroutine: the session's own RCPT calls it directly."""
         if UNFIT_TEXT.search(address):
             log.info("refused recipient peer=%s: not UTF-8 or holds a control character", server.peer_ip)
             return "501 5.1.3 Bad recipient address syntax"

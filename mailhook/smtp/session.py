@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -80,7 +81,13 @@ class Connection(SMTP):
         self.failed_auths = 0
         self.auth_waited = False  # the current AUTH attempt already waited its address's penalty
         self.lifetime: asyncio.TimerHandle | None = None
+        self.armed_for = 0.0  # the deadline the idle timer (`_timeout_handle`) was last armed for
+        self.info_logged = True  # aiosmtpd's logger writes INFO lines, as the command loop last found it
         super().__init__(handler, **kwargs)
+        # The loop's clock, read without `BaseEventLoop.time`'s Python frame around `time.monotonic` where that
+        # is all it is: the idle timer reads it on every command (docs/performance.md).
+        self.clock: Callable[[], float] = (
+            time.monotonic if type(self.loop).time is asyncio.BaseEventLoop.time else self.loop.time)
 
     def __dir__(self) -> list[str]:
         """List only the commands and AUTH mechanisms.
@@ -155,7 +162,7 @@ class Connection(SMTP):
         As Postfix does; the time is what eviction at the caps looks at.
         """
         self.errors = self.junk = self.overshoot = 0
-        self.last_accepted = self.loop.time()
+        self.last_accepted = self.clock()
 
     def recipient_overshoot(self) -> None:
         """Count a RCPT refused past max_recipients; past max_recipient_overshoot its 452 counts as an error."""
@@ -170,17 +177,24 @@ class Connection(SMTP):
         command it recognises, whatever the command; see `junk_command`.
         """
         self.rearmed_from = (self.idle_deadline, self.last_progress)
-        self.last_progress = self.loop.time()
+        self.last_progress = self.clock()
         self.idle_deadline = self.last_progress + (duration or self._timeout_duration)
         # aiosmtpd cancels the timer and schedules a new one for every command (5 per message, each a
         # heap entry): a timer still armed for no later than the new deadline is kept instead, and
-        # `_timeout_cb` re-arms it for the rest of the time when it fires early.
+        # `_timeout_cb` re-arms it for the rest of the time when it fires early. `armed_for` is the
+        # handle's `when()`, kept here: every handle is armed by this class (`_arm`).
         handle = self._timeout_handle
-        if handle is not None and not handle.cancelled() and self.last_progress < handle.when() <= self.idle_deadline:
+        if handle is not None and not handle.cancelled() and self.last_progress < self.armed_for <= self.idle_deadline:
             return
         if handle is not None:
             handle.cancel()
-        self._timeout_handle = self.loop.call_at(self.idle_deadline, self._timeout_cb)
+        self._arm(self.idle_deadline)
+
+    # Sets the private SMTP._timeout_handle (the idle timer) with SMTP._timeout_cb, as aiosmtpd's _reset_timeout does.
+    def _arm(self, deadline: float) -> None:
+        """Arm the idle timer for `deadline` (loop time), remembering it in `armed_for`."""
+        self.armed_for = deadline
+        self._timeout_handle = self.loop.call_at(deadline, self._timeout_cb)
 
     # Re-arms the private SMTP._timeout_handle with SMTP._timeout_cb, as _reset_timeout does, at the old deadline.
     def junk_command(self) -> bool:
@@ -192,7 +206,7 @@ class Connection(SMTP):
         self.idle_deadline, self.last_progress = self.rearmed_from
         if self._timeout_handle is not None:
             self._timeout_handle.cancel()
-            self._timeout_handle = self.loop.call_at(self.idle_deadline, self._timeout_cb)
+            self._arm(self.idle_deadline)
         self.junk += 1
         if self.junk <= self.door.settings.max_junk_commands:
             return False
@@ -228,6 +242,29 @@ class Connection(SMTP):
         if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
             transport.write(reply)
             transport.close()
+
+    # Reads the private SMTP._writer (the session's StreamWriter), as aiosmtpd's push does.
+    def sent(self, status: str) -> bool:
+        """Send a reply that is no refusal as `push` would, without its coroutine; False (nothing sent) if not one.
+
+        The door's own MAIL, RCPT and DATA answer through this (four replies per
+        message). False for what `push` does more than write: a 5xx or a 452
+        past the recipient overshoot (counted), or an empty write buffer not to
+        be had (unsent bytes, a closing transport: `push` awaits `drain()`). A
+        reply written to an empty buffer cannot fill it past its high-water
+        mark, so the `drain()` push would await after it returns at once.
+        """
+        if self.ended:
+            return True  # as push: nothing more is written
+        if status[:1] == "5" or (status.startswith(RCPT_OVERSHOOT)
+                                 and self.overshoot > self.door.settings.max_recipient_overshoot):
+            return False
+        writer = self._writer
+        transport = writer.transport
+        if transport.get_write_buffer_size() or transport.is_closing():
+            return False
+        writer.write(status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii") + b"\r\n")
+        return True
 
     # Reads the private SMTP._writer (the session's StreamWriter), as aiosmtpd's push does.
     async def push(self, status: Any) -> None:
@@ -408,7 +445,9 @@ class Connection(SMTP):
                     await self.push('500 Command line too long')
                     continue
                 # One level check per command when neither line is written: DEBUG is enabled only where INFO is.
-                if log.isEnabledFor(logging.INFO):
+                # Kept for the command's own INFO line (`info_logged`), made before the command's first await.
+                self.info_logged = log.isEnabledFor(logging.INFO)
+                if self.info_logged:
                     if log.isEnabledFor(logging.DEBUG):
                         sanitized_log(log.debug, '_handle_client readline: %r', line)
                     line = line.rstrip(b'\r\n')
@@ -507,11 +546,12 @@ class Connection(SMTP):
 
     # Private override: SMTP._timeout_cb (the idle timer's callback), to log, count and send a 421 before closing.
     def _timeout_cb(self) -> None:
-        if self.loop.time() < self.idle_deadline:  # armed for an earlier deadline (see _reset_timeout)
-            self._timeout_handle = self.loop.call_at(self.idle_deadline, self._timeout_cb)
+        now = self.clock()
+        if now < self.idle_deadline:  # armed for an earlier deadline (see _reset_timeout)
+            self._arm(self.idle_deadline)
             return
         if self.storing:  # no timeout while a message is stored: looked at again later, restarted after its reply
-            self._timeout_handle = self.loop.call_later(self._timeout_duration, self._timeout_cb)
+            self._arm(now + self._timeout_duration)
             return
         log.info("timeout peer=%s", self.peer_ip)
         self.door.runtime.metrics.on_rejected("smtp", "timeout")
@@ -536,9 +576,12 @@ class Connection(SMTP):
         # with no parameters or only those it takes: SIZE within the limit, BODY, SMTPUTF8) in one
         # coroutine instead of four: the same steps, envelope, hook, log line and reply.
         self.envelope.smtp_utf8 = utf8
-        status = await self.event_handler.handle_MAIL(self, self.session, self.envelope, address, options)
-        aiosmtpd_log.info("%r sender: %s", self.session.peer, address)
-        await self.push(status)
+        # The hook's answer without its coroutine (`Handler.mail`, which handle_MAIL returns), sent likewise.
+        status = self.event_handler.mail(self, self.envelope, address, options)
+        if self.info_logged:  # checked by the command loop earlier in this step: the logger's level is the same
+            aiosmtpd_log.info("%r sender: %s", self.session.peer, address)
+        if not self.sent(status):
+            await self.push(status)
 
     async def _general_mail(self, arg: str | None) -> None:
         """aiosmtpd's own MAIL, except that a SIZE its method would fail to read gets its syntax error."""
@@ -581,9 +624,11 @@ class Connection(SMTP):
         assert self.session is not None
         # aiosmtpd's RCPT for `TO:<plain address>` without parameters (it refuses them all), as for MAIL above.
         address = plain[0]
-        status = await self.event_handler.handle_RCPT(self, self.session, self.envelope, address, [])
-        aiosmtpd_log.info("%r recip: %s", self.session.peer, address)
-        await self.push(status)
+        status = self.event_handler.rcpt(self, self.envelope, address, [])
+        if self.info_logged:  # as for MAIL
+            aiosmtpd_log.info("%r recip: %s", self.session.peer, address)
+        if not self.sent(status):
+            await self.push(status)
 
     # Reads the private SMTP._auth_required, as aiosmtpd's check_auth_needed does.
     def _plain_address(self, arg: str | None, keyword: str) -> tuple[str, str] | None:
@@ -620,8 +665,9 @@ class Connection(SMTP):
 
     # A copy of aiosmtpd's SMTP.smtp_DATA with the body read by `read_body` (bounded, one pass) instead of its
     # line loop, and its greeting and AUTH checks awaited only when one can fail (read from the private
-    # SMTP._auth_required, as check_auth_needed reads it); reads the private SMTP._reader/_writer and calls
-    # SMTP._set_post_data_state and SMTP._call_handler_hook as the original does. tests/test_library_internals.py
+    # SMTP._auth_required, as check_auth_needed reads it), its replies sent by `sent` when no coroutine is needed
+    # and its DATA hook called directly, not through SMTP._call_handler_hook; reads the private
+    # SMTP._reader/_writer and calls SMTP._set_post_data_state as the original does. tests/test_library_internals.py
     # fails when the original changes.
     async def _receive(self, arg: str | None) -> None:
         """aiosmtpd's DATA, with the body read by `read_body`."""
@@ -639,7 +685,8 @@ class Connection(SMTP):
         if arg:
             await self.push("501 Syntax: DATA")
             return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        if not self.sent("354 End data with <CR><LF>.<CR><LF>"):
+            await self.push("354 End data with <CR><LF>.<CR><LF>")
         # The message's bytes count in the server's in-flight budget from arrival until its reply.
         with self.door.runtime.inflight.hold() as hold:
             try:
@@ -657,6 +704,9 @@ class Connection(SMTP):
                 return
             self.envelope.content = self.envelope.original_content = content
             del content
-            status = await self._call_handler_hook("DATA")
+            # The hook called directly, as `_call_handler_hook("DATA")` calls it (one coroutine less):
+            # mailhook's handlers define handle_DATA, so aiosmtpd's MISSING cannot come of it.
+            status = await self.event_handler.handle_DATA(self, session, self.envelope)
             self._set_post_data_state()  # type: ignore[no-untyped-call]
-        await self.push("250 OK" if status is MISSING else status)
+        if not self.sent(status):
+            await self.push(status)
