@@ -577,3 +577,27 @@ def test_deleting_a_campaigns_earliest_event_takes_the_same_work_however_many_ot
             store.conn.execute("SELECT min(event_time), count(*) FROM events WHERE broadcast_id = 8").fetchone())
     finally:
         store.close()
+
+
+def test_a_lone_event_is_inserted_without_returning_its_attempts_on_its_id_and_a_repeat_a_duplicate(db: Path) -> None:
+    store = Store(db)
+    executed: list[str] = []
+    try:
+        store.write([(email("<first@t>"), Extraction(message_id="<first@t>", events=(text_event(1),)))])
+        store.conn.set_trace_callback(executed.append)
+        # The triggers insert rows of their own (totals, campaign, full text) after the event's.
+        again = store.write([(email("<again@t>"), Extraction(message_id="<again@t>", events=(
+            text_event(1, broadcast_id=5),)))])
+        new = store.write([(email("<new@t>"), Extraction(message_id="<new@t>", events=(
+            text_event(2, broadcast_id=5, message="new words"),)))])
+        store.conn.set_trace_callback(None)
+    finally:
+        store.close()
+    assert [(r.status, r.events, r.duplicates) for r in again + new] == [("duplicate", 0, 1), ("stored", 1, 0)]
+    inserts = {sql for sql in executed if sql.startswith("INSERT INTO events ")}  # traced again as each trigger starts
+    assert len(inserts) == 2 and not any("RETURNING" in sql for sql in inserts)
+    assert rows(db, "SELECT e.resource_id, a.record_id FROM attempts AS a JOIN events AS e ON e.id = a.event_id"
+                    " ORDER BY e.id") == [(1, 7), (2, 7)]
+    assert rows(db, "SELECT count(*) FROM attempts") == [(2,)]
+    assert rows(db, "SELECT rowid FROM events_fts WHERE events_fts MATCH 'new'") == \
+        rows(db, "SELECT id FROM events WHERE resource_id = 2")

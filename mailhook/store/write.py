@@ -38,6 +38,13 @@ def _insert_events_sql(count: int) -> str:
     )
 
 
+# One event (most commits of one email) without RETURNING, which SQLite serves through a temporary
+# table of the rows it returns: whether it was inserted is the statement's change count (the
+# triggers' inserts are not counted), its id the connection's last inserted rowid (restored once
+# the triggers have run).
+_INSERT_EVENT = _insert_events_sql(1).removesuffix(" RETURNING id, dedupe_key")
+
+
 # Where the columns mailhook derives from take their values in an event's row.
 _MODIFIED, _CREATED = EVENT_COLUMNS.index("modified"), EVENT_COLUMNS.index("created")
 
@@ -397,10 +404,15 @@ class Store:
                 keys.append(row[_DEDUPE_KEY])
         ids: dict[str, int] = {}
         width = 5 + len(EVENT_COLUMNS)
-        for start in range(0, len(keys), _EVENTS_AT_ONCE):
-            count = min(_EVENTS_AT_ONCE, len(keys) - start)
-            ids.update((key, id_) for id_, key in self.conn.execute(
-                _insert_events_sql(count), values[start * width:(start + count) * width]))
+        if len(keys) == 1:
+            cursor = self.conn.execute(_INSERT_EVENT, values)
+            if cursor.rowcount == 1:
+                ids[keys[0]] = cursor.lastrowid  # type: ignore[assignment]  # an insert's rowid is never None
+        else:
+            for start in range(0, len(keys), _EVENTS_AT_ONCE):
+                count = min(_EVENTS_AT_ONCE, len(keys) - start)
+                ids.update((key, id_) for id_, key in self.conn.execute(
+                    _insert_events_sql(count), values[start * width:(start + count) * width]))
         attempts: list[Any] = []
         for step in steps:
             for event_type, row, event_attempts in step.found.events:
