@@ -100,41 +100,40 @@ def _parse(text: str) -> dict[str, Any]:
 
 
 def _read_fast(body: str) -> dict[str, Any] | None:
-    """Build xmltodict's dict, as `_local_names` leaves it, in two expat callbacks; None to leave it to xmltodict.
+    """Build xmltodict's dict, as `_local_names` leaves it, in three expat callbacks; None to leave it to xmltodict.
 
     The parser is configured as xmltodict configures its own (no namespace
     processing, attributes in order, text buffered), and the callbacks do what
-    xmltodict's handler and `_local_names` do, in fewer steps: character data
-    goes to one list (a C method, no Python frame), and each element's share is
-    joined at its end tag. Everything but a clean read, a malformed document,
-    nesting past MAX_DEPTH or a DTD (parse_xml refuses DTDs before this), is
-    left to the old path, which gives its answer exactly as before.
+    xmltodict's handler and `_local_names` do, in fewer steps. Everything but a
+    clean read, a malformed document, nesting past MAX_DEPTH or a DTD (parse_xml
+    refuses DTDs before this), is left to the old path, which gives its answer
+    exactly as before.
     """
-    chunks: list[str] = []
     # Per open element: its parent's dict (None until it gets a child or an
-    # attribute) and where the element's character data starts in `chunks`.
-    stack: list[tuple[dict[str, Any] | None, int]] = []
+    # attribute) and the parent's character data so far.
+    stack: list[tuple[dict[str, Any] | None, list[str]]] = []
     item: dict[str, Any] | None = None
+    data: list[str] = []
 
     def start(_name: str, attrs: list[str]) -> None:
-        nonlocal item
+        nonlocal item, data
         if len(stack) >= MAX_DEPTH:
             raise _Declined
-        stack.append((item, len(chunks)))
+        stack.append((item, data))
+        data = []
         item = _attributes(attrs) if attrs else None
 
     def end(name: str) -> None:
-        nonlocal item
+        nonlocal item, data
         value: Any = item
-        item, mark = stack.pop()
-        if len(chunks) > mark:
-            text = "".join(chunks[mark:])
-            del chunks[mark:]
+        if data:
+            text = "".join(data)
             if value is None:
                 value = text
             elif text and not text.isspace():
                 # Indentation between child elements is dropped, as `_local_names` drops it.
                 value["#text"] = text
+        item, data = stack.pop()
         if ":" in name:
             name = name.rsplit(":", 1)[1]
         if item is None:
@@ -148,6 +147,9 @@ def _read_fast(body: str) -> dict[str, Any] | None:
         else:
             item[name] = value
 
+    def characters(text: str) -> None:
+        data.append(text)
+
     def decline(*_args: Any) -> None:
         raise _Declined
 
@@ -156,7 +158,7 @@ def _read_fast(body: str) -> dict[str, Any] | None:
     parser.ordered_attributes = True
     parser.StartElementHandler = start
     parser.EndElementHandler = end
-    parser.CharacterDataHandler = chunks.append
+    parser.CharacterDataHandler = characters
     parser.StartDoctypeDeclHandler = decline
     parser.EntityDeclHandler = decline
     try:
