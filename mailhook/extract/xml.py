@@ -104,10 +104,10 @@ def _read_fast(body: str) -> dict[str, Any] | None:
 
     The parser is configured as xmltodict configures its own (no namespace
     processing, attributes in order, text buffered), and the callbacks do what
-    xmltodict's handler and `_local_names` do, in fewer steps. Everything but a
-    clean read, a malformed document, nesting past MAX_DEPTH or a DTD (parse_xml
-    refuses DTDs before this), is left to the old path, which gives its answer
-    exactly as before.
+    xmltodict's handler and `_local_names` do, in fewer steps. Anything but a
+    clean read (a malformed document, nesting past MAX_DEPTH, a DTD, which
+    parse_xml refuses before this) is left to the old path, which gives its
+    answer exactly as before.
     """
     # Per open element: its parent's dict (None until it gets a child or an
     # attribute) and the parent's character data so far.
