@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
+
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mailhook.errors import Unreadable
-from mailhook.extract.xml import MAX_DEPTH, parse_xml
+from mailhook.extract.xml import MAX_BYTES, MAX_DEPTH, _decode, _read_fast, _read_slow, parse_xml
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
 
 NOTIFICATION = (
     '<n:TextNotification xmlns="http://api.callfire.com/data" '
@@ -153,3 +162,151 @@ def test_whitespace_outside_the_root_is_ignored() -> None:
 def test_no_repair_when_cdata_could_hold_the_broken_tag() -> None:
     with pytest.raises(Unreadable, match="malformed XML"):
         parse_xml("<R><A>1</A\n<B><![CDATA[</b <i>]]></B></R>")
+
+
+# --- the fast reader against xmltodict's ------------------------------------
+
+
+def _slow(body: str) -> str:
+    """Return what the xmltodict path gives for `body`: its dict's repr (key order included) or its error."""
+    try:
+        return repr(_read_slow(body))
+    except Exception as exc:  # noqa: BLE001 - whatever it raises is what the fast path must leave to it
+        return f"raised {type(exc).__name__}: {exc}"
+
+
+def _assert_fast_reads_as_xmltodict(body: str) -> None:
+    """The fast reader gives the xmltodict path's dict, key order included, and declines exactly where that raises."""
+    fast = _read_fast(body)
+    slow = _slow(body)
+    if fast is None:
+        assert slow.startswith("raised "), f"declined a document xmltodict reads: {slow}"
+    else:
+        assert repr(fast) == slow
+
+
+ELEMENT_NAMES = ["a", "b", "Text", "n:a", "m:a", "n:b", "x:y:z", "é", "_u.v-w", "xmlns:q"]
+ATTRIBUTE_NAMES = ["id", "n:id", "m:id", "p:id", "xmlns", "xmlns:n", "xmlns:m", "xmlnsx", "xml:lang", "a:b:c", "ID"]
+TEXT_PIECES = [
+    "x", "AT&amp;T", "&lt;tag&gt;", "&quot;q&apos;", "&#233;", "&#x1F600;", "&#10;", "&#160;", "&#x20;",
+    "\u00a0", "\u2003", "caf\u00e9", "\u6f22", " ", "\n  ", "\t", "\r\n", "  two  ",
+    "<![CDATA[ <b>&amp; ]]>", "<![CDATA[]]>", "<![CDATA[ ]]>", "<!-- c -->", "<?pi data?>", "&undefined;", "&",
+]
+ATTRIBUTE_VALUES = st.sampled_from(["1", "", " ", "a&amp;b", "&#233;&lt;", "\u00a0", "x\ny", "http://u", "&#9;"])
+
+
+NAMES = st.sampled_from(ELEMENT_NAMES)
+PLAIN_NAMES = st.sampled_from(ELEMENT_NAMES[:3])
+ATTRIBUTES = st.lists(st.tuples(st.sampled_from(ATTRIBUTE_NAMES), ATTRIBUTE_VALUES), max_size=3)
+TEXTS = st.lists(st.sampled_from(TEXT_PIECES), max_size=2).map("".join)
+
+
+@st.composite
+def xml_elements(draw: st.DrawFn, depth: int = 0) -> str:
+    """Draw an element: prefixed or plain names, attributes (namespace declarations too), text and children mixed."""
+    # Plain names half the time, so that siblings repeat.
+    name = draw(PLAIN_NAMES if draw(st.booleans()) else NAMES)
+    start = name + "".join(f' {key}="{value}"' for key, value in draw(ATTRIBUTES))
+    children = 0 if depth >= 3 else draw(st.integers(0, 3))
+    if children == 0 and draw(st.booleans()):
+        return f"<{start}/>"
+    content = [draw(TEXTS)]
+    for _ in range(children):
+        content += [draw(xml_elements(depth + 1)), draw(TEXTS)]
+    return f"<{start}>{''.join(content)}</{name}>"
+
+
+@settings(max_examples=EXAMPLES * 2, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=xml_elements(), spaces=st.sampled_from(["", "\n", "<!-- head -->", "<?pi?>\n"]))
+def test_every_generated_document_the_fast_reader_reads_reads_as_xmltodict_reads_it(body: str, spaces: str) -> None:
+    _assert_fast_reads_as_xmltodict(spaces + body + spaces)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '<r a:id="1" b:id="2"/>',
+        '<r id="1" n:id="2" xmlns:n="u"><n:x/></r>',
+        '<r n:id="1" id="2" xmlns="u"/>',
+        '<r xmlns="u" xmlns:n="v"/>',
+        '<r xmlns:n="v">  </r>',
+        "<r><a/> <!-- c --> <a/>x<a/></r>",
+        "<r>\u00a0<a/>\u2003</r>",
+        "<r>x<a/></r>",
+        "<r><a>1</a><b/><a>2</a><a/></r>",
+        "<u:r><a><b>1</b></a><a><b>2</b><b>3</b></a></u:r>",
+        "<r><![CDATA[ ]]><a/></r>",
+        "<r><![CDATA[ x ]]></r>",
+        "<r><a xmlns:q='w'>  </a></r>",
+        "<r><x:y:z>1</x:y:z></r>",
+    ],
+)
+def test_the_fast_reader_reads_each_corner_as_xmltodict_reads_it(body: str) -> None:
+    assert _read_fast(body) is not None
+    _assert_fast_reads_as_xmltodict(body)
+
+
+@pytest.mark.parametrize(
+    "sample", sorted(ROOT.joinpath("fixtures").rglob("*.xml")), ids=lambda p: str(p.relative_to(ROOT))
+)
+def test_every_xml_fixture_reads_on_the_fast_reader_as_xmltodict_reads_it(sample: Path) -> None:
+    try:
+        text = _decode(sample.read_bytes()).strip()
+    except Unreadable:
+        return
+    _assert_fast_reads_as_xmltodict(text)
+
+
+def test_every_bench_document_reads_on_the_fast_reader_as_xmltodict_reads_it() -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from notifications import Documents
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    documents = Documents(seed=3)
+    read = 0
+    while read < 60:
+        note = documents.next()
+        if note.format == "xml":
+            body = note.body if isinstance(note.body, str) else note.body.decode()
+            assert _read_fast(body.split("?>", 1)[1]) is not None
+            _assert_fast_reads_as_xmltodict(body.split("?>", 1)[1])
+            read += 1
+
+
+def test_the_fast_reader_reads_nesting_at_the_limit_among_more_start_tags_than_the_limit() -> None:
+    # More start tags than MAX_DEPTH: the old path would have run its depth pass first.
+    body = "<a>" * (MAX_DEPTH - 1) + "<b/>" * MAX_DEPTH + "</a>" * (MAX_DEPTH - 1)
+    document = _read_fast(body)
+    assert document is not None
+    _assert_fast_reads_as_xmltodict(body)
+    for _ in range(MAX_DEPTH - 1):
+        document = document["a"]
+    assert document == {"b": [None] * MAX_DEPTH}
+
+
+def test_the_fast_reader_declines_one_past_the_depth_limit_and_the_old_path_refuses_it() -> None:
+    body = "<a>" * (MAX_DEPTH + 1) + "</a>" * (MAX_DEPTH + 1)
+    assert _read_fast(body) is None
+    with pytest.raises(Unreadable, match=f"deeper than {MAX_DEPTH}"):
+        parse_xml(body)
+
+
+def test_the_fast_reader_stops_at_the_depth_limit_of_a_very_deep_document() -> None:
+    assert _read_fast("<a>" * 100_000 + "</a>" * 100_000) is None
+
+
+@pytest.mark.parametrize("doctype", ['<!DOCTYPE r [<!ENTITY a "x">]><r>&a;</r>', "<!DOCTYPE r><r/>"])
+def test_the_fast_reader_declines_a_dtd_before_expanding_anything(doctype: str) -> None:
+    # parse_xml refuses DTDs before either reader runs; the fast reader declines them too.
+    assert _read_fast(doctype) is None
+
+
+def test_a_document_of_exactly_max_bytes_is_read_on_the_fast_reader_and_one_more_byte_is_refused() -> None:
+    body = "<r>" + "x" * (MAX_BYTES - len("<r></r>")) + "</r>"
+    assert len(body.encode()) == MAX_BYTES
+    document, notes = parse_xml(body.encode())
+    assert (len(document["r"]), notes) == (MAX_BYTES - 7, [])
+    assert _read_fast(body) == document
+    with pytest.raises(Unreadable, match=f"larger than {MAX_BYTES} bytes"):
+        parse_xml(body.replace("<r>", "<r> ").encode())

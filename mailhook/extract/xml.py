@@ -30,6 +30,10 @@ class _Refused(Exception):
     """Raised from inside expat callbacks to stop at a DTD or at excessive depth."""
 
 
+class _Declined(Exception):
+    """Raised from inside the fast reader's callbacks where only the old path decides the answer."""
+
+
 def parse_xml(data: bytes | str) -> tuple[dict[str, Any], list[str]]:
     """Parse an XML document into a dict keyed by local names; return it with notes.
 
@@ -86,9 +90,102 @@ def _decode_as(data: bytes, codec: str) -> str:
 
 
 def _parse(text: str) -> dict[str, Any]:
-    """Check safety with a streaming pass, then build the dict with xmltodict."""
+    """Build the dict with the fast reader when it reads the body, else the old way."""
     # The XML declaration may name another encoding; the text is already decoded.
     body = _DECLARATION.sub("", text, count=1)
+    document = _read_fast(body)
+    if document is None:
+        return _read_slow(body)
+    return document
+
+
+def _read_fast(body: str) -> dict[str, Any] | None:
+    """Build xmltodict's dict, as `_local_names` leaves it, in three expat callbacks; None to leave it to xmltodict.
+
+    The parser is configured as xmltodict configures its own (no namespace
+    processing, attributes in order, text buffered), and the callbacks do what
+    xmltodict's handler and `_local_names` do, in fewer steps. Anything but a
+    clean read (a malformed document, nesting past MAX_DEPTH, a DTD, which
+    parse_xml refuses before this) is left to the old path, which gives its
+    answer exactly as before.
+    """
+    # Per open element: its parent's dict (None until it gets a child or an
+    # attribute) and the parent's character data so far.
+    stack: list[tuple[dict[str, Any] | None, list[str]]] = []
+    item: dict[str, Any] | None = None
+    data: list[str] = []
+
+    def start(_name: str, attrs: list[str]) -> None:
+        nonlocal item, data
+        if len(stack) >= MAX_DEPTH:
+            raise _Declined
+        stack.append((item, data))
+        data = []
+        item = _attributes(attrs) if attrs else None
+
+    def end(name: str) -> None:
+        nonlocal item, data
+        value: Any = item
+        if data:
+            text = "".join(data)
+            if value is None:
+                value = text
+            elif text and not text.isspace():
+                # Indentation between child elements is dropped, as `_local_names` drops it.
+                value["#text"] = text
+        item, data = stack.pop()
+        if ":" in name:
+            name = name.rsplit(":", 1)[1]
+        if item is None:
+            item = {name: value}
+        elif name in item:
+            present = item[name]
+            if type(present) is list:
+                present.append(value)
+            else:
+                item[name] = [present, value]
+        else:
+            item[name] = value
+
+    def characters(text: str) -> None:
+        data.append(text)
+
+    def decline(*_args: Any) -> None:
+        raise _Declined
+
+    parser = expat.ParserCreate()
+    parser.buffer_text = True
+    parser.ordered_attributes = True
+    parser.StartElementHandler = start
+    parser.EndElementHandler = end
+    parser.CharacterDataHandler = characters
+    parser.StartDoctypeDeclHandler = decline
+    parser.EntityDeclHandler = decline
+    try:
+        parser.Parse(body, True)
+    except (expat.ExpatError, UnicodeError, _Declined):
+        return None
+    return item
+
+
+def _attributes(attrs: list[str]) -> dict[str, Any] | None:
+    """Return an element's attributes as `@local` keys, xmlns dropped, as xmltodict and `_local_names` give them."""
+    item: dict[str, Any] = {}
+    pairs = iter(attrs)
+    for key, value in zip(pairs, pairs, strict=False):  # name, value, name, value, ...
+        if ":" in key or key.startswith("xmlns"):
+            if key == "xmlns" or key.startswith("xmlns:"):
+                continue
+            if ":" in key:
+                key = key.rsplit(":", 1)[1]
+        # A later name that strips to the same local name overwrites the value in
+        # the first one's place, as the dict xmltodict builds from the pairs does.
+        item["@" + key] = value
+    return item or None
+
+
+def _read_slow(body: str) -> dict[str, Any]:
+    """Check safety with a streaming pass, then build the dict with xmltodict."""
     # Every start tag is a "<" not followed by "/", so a body with at most MAX_DEPTH of
     # those cannot nest deeper (DTDs, whose entities could add elements, were refused
     # by parse_xml already): the safety pass is needed only above that count.
