@@ -27,7 +27,7 @@ from mailhook.budget import ByteBudget
 from mailhook.errors import RetryLater, Unreadable
 from mailhook.extract import extract
 from mailhook.extract.mail import check_structure
-from mailhook.logs import logfmt
+from mailhook.logs import after_lines, logfmt
 from mailhook.models import Delivery, Extraction, Kind, MailLimits, Receipt
 from mailhook.store.interface import Rereading, Storage
 from mailhook.store.rows import Completion, Rows, worker_rows
@@ -104,20 +104,21 @@ class Pipeline:
         reported: Future[Receipt] = Future()
 
         def report(done: Future[Receipt]) -> None:
+            # The answer goes out once the line is written (`after_lines`: the writer holds a batch's lines).
             try:
                 receipt = done.result()
             except RetryLater as exc:
                 if on_failure:
                     self.report(delivery, None, time.perf_counter() - started)
-                reported.set_exception(exc)
+                after_lines(reported.set_exception, exc)
                 return
             except BaseException as exc:  # noqa: BLE001 - handed on to whoever waits, as it came
-                reported.set_exception(exc)
+                after_lines(reported.set_exception, exc)
                 return
             try:
                 self.report(delivery, receipt, time.perf_counter() - started)
             finally:
-                reported.set_result(receipt)
+                after_lines(reported.set_result, receipt)
 
         stored.add_done_callback(report)
         return reported
@@ -187,7 +188,7 @@ class Pipeline:
             elif isinstance(exc, RetryLater):
                 self.report(delivery, None, time.perf_counter() - started)
         finally:
-            mailbox.put(waiter, done)
+            after_lines(mailbox.put, waiter, done)
 
     def _waiter(self) -> tuple[asyncio.Future[Receipt], _Mailbox]:
         """Return a new future of the running loop and the mailbox that resolves it."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mailhook import health
+from mailhook import health, logs
 from mailhook.errors import RetryLater
 from mailhook.models import Delivery, Extraction, FolderPosition, Receipt
 from mailhook.privileges import FILE_MODE
@@ -226,7 +226,12 @@ class Writer:
             job.claim()
         checks = [job for job in batch if job.work is None and not job.checkpoint]
         jobs = [job for job in batch if job.work is not None]
-        self._write(checks, jobs)
+        if len(jobs) > 1:
+            # The batch's log lines (its futures' callbacks write one per delivery) in one write, before any answer.
+            with logs.HeldLines():
+                self._write(checks, jobs)
+        else:
+            self._write(checks, jobs)
         for job in batch:
             if job.checkpoint:
                 job.resolve(self._checkpoint())
