@@ -100,7 +100,14 @@ class JsonFormatter(logging.Formatter):
             data.update(_escape_values(delivery))
         if record.exc_info:
             data["exception"] = escape_lines(self.formatException(record.exc_info))
-        return json.dumps(data, default=str)
+        return "".join(_JSON_ENCODE(data, 0))
+
+
+# What `json.dumps(data, default=str)` runs, made once instead of per record (a record's fields are
+# flat: no circular-reference markers needed).
+_JSON_ENCODE = json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+    None, str, json.encoder.encode_basestring_ascii, None, ": ", ", ", False, False, True,
+)
 
 
 def _escape_values(fields: dict[str, object]) -> dict[str, object]:
@@ -123,9 +130,16 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
     def handle(self, record: logging.LogRecord) -> bool:
-        held = _held.batch
-        if held is None:
-            return super().handle(record)
+        held = _held.get(threading.get_ident()) if _held else None
+        if held is None:  # logging.Handler.handle's own body: no second frame per record
+            rv = self.filter(record)
+            if rv:
+                self.acquire()
+                try:
+                    self.emit(record)
+                finally:
+                    self.release()
+            return bool(rv)
         # Held: formatted in this thread without the handler's lock, which guards only the stream.
         if not self.filter(record):
             return False
@@ -148,11 +162,8 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self.release()
 
 
-class _Held(threading.local):
-    batch: _Batch | None = None
-
-
-_held = _Held()
+# The batch each holding thread keeps, by thread id: empty (one truth test) while no thread holds lines.
+_held: dict[int, _Batch] = {}
 
 
 class _Batch:
@@ -194,19 +205,20 @@ class HeldLines:
     __slots__ = ("batch",)
 
     def __enter__(self) -> None:
-        self.batch = None if _held.batch is not None else _Batch()
+        thread = threading.get_ident()
+        self.batch = None if thread in _held else _Batch()
         if self.batch is not None:
-            _held.batch = self.batch
+            _held[thread] = self.batch
 
     def __exit__(self, *exc: object) -> None:
         if self.batch is not None:
-            _held.batch = None
+            del _held[threading.get_ident()]
             self.batch.write()
 
 
 def after_lines(call: Callable[..., object], *args: object) -> None:
     """Call `call(*args)` once the lines this thread holds are written; at once when it holds none."""
-    held = _held.batch
+    held = _held.get(threading.get_ident()) if _held else None
     if held is None:
         call(*args)
     else:

@@ -219,3 +219,18 @@ def test_a_delivery_from_the_loop_is_answered_after_its_line_is_written(stderr: 
     finally:
         writer.close()
     assert "".join(stderr.writes).count("mailhook.ingest: delivery") == 3
+
+
+def test_a_json_line_is_what_json_dumps_writes_for_its_fields() -> None:
+    from decimal import Decimal
+
+    formatter = logs.JsonFormatter(pid=True)
+    entry = logging.LogRecord("mailhook.ingest", logging.WARNING, "", 0, "delivery %s", ("ünï \u2028",), None)
+    entry.delivery = {"channel": "smtp", "peer": HOSTILE, "message_id": None, "events": 3, "ms": 4.2,
+                      "size": 10**20, "ok": True, "odd": Decimal("1.50"), "path": Path("/x y")}
+    line = formatter.format(entry)
+    data = json.loads(line)
+    expected = {"time": data["time"], "level": "warning", "logger": "mailhook.ingest",
+                "message": "delivery ünï \\u2028", "pid": entry.process,
+                **{k: logs.escape(v) if isinstance(v, str) else v for k, v in entry.delivery.items()}}
+    assert line == json.dumps(expected, default=str)
