@@ -22,12 +22,13 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from typing import Any
 
 from mailhook.budget import ByteBudget
 from mailhook.errors import RetryLater, Unreadable
 from mailhook.extract import extract
 from mailhook.extract.mail import check_structure
-from mailhook.logs import after_lines, logfmt
+from mailhook.logs import HeldLines, after_lines, logfmt
 from mailhook.models import Delivery, Extraction, Kind, MailLimits, Receipt
 from mailhook.store.interface import Rereading, Storage
 from mailhook.store.rows import Completion, Rows, worker_rows
@@ -73,6 +74,12 @@ class Pipeline:
     log_level: int = logging.INFO
     # Hands finished deliveries back to the event loop, a batch at a time (see `_on_loop`).
     _mailbox: _Mailbox | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        writer: Any = self.writer
+        if hasattr(writer, "answering"):
+            # `report` writes a line per delivery in the writer's thread: a commit's lines in one write.
+            writer.answering = HeldLines
 
     def submit(
         self, delivery: Delivery, found: Found | None = None, *, started: float | None = None
