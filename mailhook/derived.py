@@ -82,12 +82,20 @@ def sent_at(raw: bytes | None) -> str | None:
         return None
 
 
+# The blank line ending a header block, from its first line end; `search` looks only at each LF (memchr).
+_BLANK_LINE = re.compile(rb"\n\r?\n")
+
+
 def _header_end(raw: bytes, limit: int) -> int:
-    """Return where the first `\\r?\\n\\r?\\n` within raw[:limit] starts, or -1: two finds, not a regex scan."""
-    ends = [i for i in (raw.find(b"\n\n", 0, limit), raw.find(b"\n\r\n", 0, limit)) if i >= 0]
-    if not ends:
+    """Return where the first `\\r?\\n\\r?\\n` within raw[:limit] starts, or -1.
+
+    One search stopping at the first blank line: two `find`s (one per line
+    end) each scanned the whole email when its lines did not end that way.
+    """
+    found = _BLANK_LINE.search(raw, 0, limit)
+    if found is None:
         return -1
-    first = min(ends)
+    first = found.start()
     return first - 1 if first > 0 and raw[first - 1] == 0x0D else first
 
 
@@ -109,8 +117,13 @@ def _common_utc(found: re.Match[str]) -> str | None:
     if offset >= 86400:
         return None
     try:
-        local = datetime(int(year), _MONTHS[month], int(day), int(hour), int(minute), int(second))
-        moment = local - timedelta(seconds=-offset if sign == "-" else offset)
+        moment = datetime(int(year), _MONTHS[month], int(day), int(hour), int(minute), int(second))
+        if offset:
+            moment -= timedelta(seconds=-offset if sign == "-" else offset)
     except (OverflowError, ValueError):
         return None
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if moment.year < 1000:  # strftime's %Y writes such a year without padding: left to it
+        return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    # What strftime writes, formatted in Python (strftime goes through the C library's, at twice the cost).
+    return (f"{moment.year}-{moment.month:02}-{moment.day:02}"
+            f"T{moment.hour:02}:{moment.minute:02}:{moment.second:02}Z")

@@ -14,6 +14,8 @@ import asyncio
 import json
 import logging
 import sys
+import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -98,7 +100,14 @@ class JsonFormatter(logging.Formatter):
             data.update(_escape_values(delivery))
         if record.exc_info:
             data["exception"] = escape_lines(self.formatException(record.exc_info))
-        return json.dumps(data, default=str)
+        return "".join(_JSON_ENCODE(data, 0))
+
+
+# What `json.dumps(data, default=str)` runs, made once instead of per record (a record's fields are
+# flat: no circular-reference markers needed).
+_JSON_ENCODE = json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+    None, str, json.encoder.encode_basestring_ascii, None, ": ", ", ", False, False, True,
+)
 
 
 def _escape_values(fields: dict[str, object]) -> dict[str, object]:
@@ -106,7 +115,11 @@ def _escape_values(fields: dict[str, object]) -> dict[str, object]:
 
 
 class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """A stream handler bound to whatever `sys.stderr` is at the time of each record."""
+    """A stream handler bound to whatever `sys.stderr` is at the time of each record.
+
+    In a thread that `holds()` lines, a record is formatted at once but kept
+    until the hold ends, then written with the others in one write.
+    """
 
     @property
     def stream(self) -> object:
@@ -115,6 +128,101 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     @stream.setter
     def stream(self, value: object) -> None:
         pass
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        held = _held.get(threading.get_ident()) if _held else None
+        if held is None:  # logging.Handler.handle's own body: no second frame per record
+            rv = self.filter(record)
+            if rv:
+                self.acquire()
+                try:
+                    self.emit(record)
+                finally:
+                    self.release()
+            return bool(rv)
+        # Held: formatted in this thread without the handler's lock, which guards only the stream.
+        if not self.filter(record):
+            return False
+        try:
+            held.lines.append((self, self.format(record) + self.terminator, record))
+        except Exception:  # noqa: BLE001 - as StreamHandler.emit: told, never raised into the caller
+            self.handleError(record)
+        return True
+
+    def write_held(self, text: str, record: logging.LogRecord) -> None:
+        """Write lines formatted while held, in one write, as `emit` writes one (`record`: the last of them)."""
+        self.acquire()
+        try:
+            stream: Any = self.stream
+            stream.write(text)
+            self.flush()
+        except Exception:  # noqa: BLE001 - as StreamHandler.emit
+            self.handleError(record)
+        finally:
+            self.release()
+
+
+# The batch each holding thread keeps, by thread id: empty (one truth test) while no thread holds lines.
+_held: dict[int, _Batch] = {}
+
+
+class _Batch:
+    """The lines a thread holds, per handler in order, and what waits for them to be written."""
+
+    __slots__ = ("after", "lines")
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[StderrHandler, str, logging.LogRecord]] = []
+        self.after: list[tuple[Callable[..., object], tuple[object, ...]]] = []
+
+    def write(self) -> None:
+        """Write the held lines, each handler's in one write (in order), then run what waited for them."""
+        lines = self.lines
+        start = 0
+        while start < len(lines):
+            handler = lines[start][0]
+            end = start + 1
+            while end < len(lines) and lines[end][0] is handler:
+                end += 1
+            handler.write_held("".join(line for _, line, _ in lines[start:end]), lines[end - 1][2])
+            start = end
+        for call, args in self.after:
+            try:
+                call(*args)
+            except Exception:  # as a future's done-callback: logged, the rest still run
+                logging.getLogger("mailhook").exception("exception calling %r after writing log lines", call)
+
+
+class HeldLines:
+    """Keep the lines this thread logs through `StderrHandler` until the block ends, then write them in one write.
+
+    The writer thread holds the lines of a batch it answers: one write (a
+    system call) for the batch instead of one per delivery. What must not
+    happen before its line is written (a delivery's answer) is deferred with
+    `after_lines`. Nested: only the outermost hold writes.
+    """
+
+    __slots__ = ("batch",)
+
+    def __enter__(self) -> None:
+        thread = threading.get_ident()
+        self.batch = None if thread in _held else _Batch()
+        if self.batch is not None:
+            _held[thread] = self.batch
+
+    def __exit__(self, *exc: object) -> None:
+        if self.batch is not None:
+            del _held[threading.get_ident()]
+            self.batch.write()
+
+
+def after_lines(call: Callable[..., object], *args: object) -> None:
+    """Call `call(*args)` once the lines this thread holds are written; at once when it holds none."""
+    held = _held.get(threading.get_ident()) if _held else None
+    if held is None:
+        call(*args)
+    else:
+        held.after.append((call, args))
 
 
 _PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}

@@ -22,12 +22,13 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from typing import Any
 
 from mailhook.budget import ByteBudget
 from mailhook.errors import RetryLater, Unreadable
 from mailhook.extract import extract
 from mailhook.extract.mail import check_structure
-from mailhook.logs import logfmt
+from mailhook.logs import HeldLines, after_lines, logfmt
 from mailhook.models import Delivery, Extraction, Kind, MailLimits, Receipt
 from mailhook.store.interface import Rereading, Storage
 from mailhook.store.rows import Completion, Rows, worker_rows
@@ -74,6 +75,12 @@ class Pipeline:
     # Hands finished deliveries back to the event loop, a batch at a time (see `_on_loop`).
     _mailbox: _Mailbox | None = field(default=None, init=False, repr=False)
 
+    def __post_init__(self) -> None:
+        writer: Any = self.writer
+        if hasattr(writer, "answering"):
+            # `report` writes a line per delivery in the writer's thread: a commit's lines in one write.
+            writer.answering = HeldLines
+
     def submit(
         self, delivery: Delivery, found: Found | None = None, *, started: float | None = None
     ) -> Future[Receipt]:
@@ -104,20 +111,21 @@ class Pipeline:
         reported: Future[Receipt] = Future()
 
         def report(done: Future[Receipt]) -> None:
+            # The answer goes out once the line is written (`after_lines`: the writer holds a batch's lines).
             try:
                 receipt = done.result()
             except RetryLater as exc:
                 if on_failure:
                     self.report(delivery, None, time.perf_counter() - started)
-                reported.set_exception(exc)
+                after_lines(reported.set_exception, exc)
                 return
             except BaseException as exc:  # noqa: BLE001 - handed on to whoever waits, as it came
-                reported.set_exception(exc)
+                after_lines(reported.set_exception, exc)
                 return
             try:
                 self.report(delivery, receipt, time.perf_counter() - started)
             finally:
-                reported.set_result(receipt)
+                after_lines(reported.set_result, receipt)
 
         stored.add_done_callback(report)
         return reported
@@ -187,7 +195,7 @@ class Pipeline:
             elif isinstance(exc, RetryLater):
                 self.report(delivery, None, time.perf_counter() - started)
         finally:
-            mailbox.put(waiter, done)
+            after_lines(mailbox.put, waiter, done)
 
     def _waiter(self) -> tuple[asyncio.Future[Receipt], _Mailbox]:
         """Return a new future of the running loop and the mailbox that resolves it."""

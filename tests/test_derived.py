@@ -121,3 +121,25 @@ def test_common_dates_read_without_the_library_as_the_library_reads_them() -> No
                 b"X-Date: Fri, 27 Nov 2026 10:00:00 +0000\n\nDate: Sat, 28 Nov 2026 10:00:00 +0100\n",
                 b"date:Sat, 28 Nov 2026 10:00:00 +0100\nDate: Fri, 27 Nov 2026 10:00:00 +0000\n\n"):
         assert sent_at(raw) == _library_sent_at(raw), raw
+
+
+@pytest.mark.parametrize(
+    "date",
+    ["Mon, 1 Jan 1000 00:00:00 +0100", "1 Jan 1000 00:59:59 +0100", "1 Jan 1000 01:00:00 +0100",
+     "31 Dec 9999 23:59:59 -0001", "31 Dec 9999 23:59:59 +0000", "29 Feb 2024 23:30:00 -0100",
+     "1 Mar 2026 00:00:00 +2359", "5 Dec 2026 04:05:06 -0000"],
+)  # fmt: skip
+def test_dates_at_the_edges_of_the_years_are_written_as_the_library_writes_them(date: str) -> None:
+    for raw in (f"Date: {date}\r\n\r\n".encode(), f"Date: {date}\n\nbody\n\nmore".encode()):
+        assert sent_at(raw) == _library_sent_at(raw), raw
+
+
+@pytest.mark.parametrize("end", [b"\n", b"\r\n"])
+def test_the_header_block_ends_at_its_first_blank_line_whichever_line_ends_the_email_uses(end: bytes) -> None:
+    date = b"Date: Fri, 27 Nov 2026 10:00:00 +0000"
+    body = (b"x" * 70 + end) * 2000  # longer than the header block by far; no blank line in it
+    for raw in (b"From: a" + end + date + end + end + body,
+                b"From: a" + end + end + date + end + body,
+                b"From: a" + end + date + end + b"\r\n" + body,
+                b"From: a" + end + date + end + body):
+        assert sent_at(raw) == _library_sent_at(raw), raw[:80]

@@ -35,3 +35,33 @@ def test_a_number_no_int_or_float_writes_exactly_keeps_its_own_digits_and_expone
 def test_a_list_of_huge_exponents_is_as_long_as_it_was_sent() -> None:
     payload = to_json({"x": [Decimal("1e999")] * 2000})
     assert len(payload) < 2 * len("1e999,") * 2000
+
+
+_PAYLOADS = [
+    {"a": 1, "b": [1.5, -0.0, 1e300, None, True, False], "c": {"d": "é\u2028\"\\\x00", "e": []}, "f": {}},
+    {"nested": [[{"x": [1, [2, [3, {"y": "z"}]]]}]], "n": Decimal("2.50"), "t": (1, 2), "s": frozenset()},
+    ["top", "level", 3],
+    "a string alone",
+    {"k": "ascii only", "big": 12345678901234567890, "neg": -7, "uni": "日本語 \ud83d\ude00"},
+]
+
+
+@pytest.mark.parametrize("payload", _PAYLOADS)
+def test_a_payload_is_the_json_the_standard_encoder_writes_with_the_same_options(payload: object) -> None:
+    from mailhook.models import _json_default
+
+    expected = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), default=_json_default)
+    assert to_json(payload) == expected
+
+
+def test_an_exact_number_met_inside_a_container_leaves_the_next_payload_unaffected() -> None:
+    inner = {"deep": [{"n": Decimal("1e999")}]}
+    assert to_json({"x": inner, "y": [inner]}) == '{"x":{"deep":[{"n":1E+999}]},"y":[{"deep":[{"n":1E+999}]}]}'
+    # The same containers again, now without the exact number: written by the one C encoder as usual.
+    inner["deep"][0]["n"] = 1
+    assert to_json({"x": inner, "y": [inner]}) == '{"x":{"deep":[{"n":1}]},"y":[{"deep":[{"n":1}]}]}'
+
+
+def test_a_value_no_json_can_hold_is_refused_as_before() -> None:
+    with pytest.raises(TypeError, match="not JSON serializable: object"):
+        to_json({"x": object()})

@@ -130,15 +130,21 @@ def _bounded(found: Rows, size: int) -> Rows:
 def _within(found: Rows, size: int) -> Rows:
     stored = 0
     for _, values, attempts in found.events:
-        stored += len(values[_PAYLOAD].encode())
+        stored += _utf8_size(values[_PAYLOAD])
         for attempt in attempts:
-            stored += len(attempt[_ATTEMPT_PAYLOAD].encode())
+            stored += _utf8_size(attempt[_ATTEMPT_PAYLOAD])
     if stored <= PAYLOAD_RATIO * size:
         return found
     reason = (
         f"payloads of {stored} bytes would exceed {PAYLOAD_RATIO}x the {size} bytes received; events not stored"
     )
     return found._replace(reason=reason, events=())
+
+
+def _utf8_size(text: str) -> int:
+    """Return how many bytes `text` takes in UTF-8; raises UnicodeEncodeError on a lone surrogate."""
+    # An ASCII string (nearly every payload; CPython knows it without a scan) is as long in UTF-8: no copy.
+    return len(text) if text.isascii() else len(text.encode())
 
 
 def worker_rows(extraction: Extraction, size: int | None = None) -> Extraction | Rows:

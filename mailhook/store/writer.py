@@ -8,12 +8,14 @@ each future. The SQL itself lives in `store.write` (`Store`); this is the SQLite
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,6 +88,9 @@ class Writer:
         self._stall = max(30.0, 3 * busy_timeout)
         self._probing = threading.Lock()
         self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
+        # Around answering a commit of more than one delivery. The pipeline, whose callbacks write a line
+        # per delivery in this thread, sets it to hold those lines for one write (logs.HeldLines).
+        self.answering: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="mailhook-writer", daemon=True)
         self._thread.start()
@@ -226,7 +231,11 @@ class Writer:
             job.claim()
         checks = [job for job in batch if job.work is None and not job.checkpoint]
         jobs = [job for job in batch if job.work is not None]
-        self._write(checks, jobs)
+        if len(jobs) > 1:
+            with self.answering():
+                self._write(checks, jobs)
+        else:
+            self._write(checks, jobs)
         for job in batch:
             if job.checkpoint:
                 job.resolve(self._checkpoint())
