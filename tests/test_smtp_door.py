@@ -492,14 +492,7 @@ def _sent_cases() -> list[tuple[str, bool, bytes]]:
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair()
         theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-        session: Any = None
-
-        def made() -> SMTP:
-            nonlocal session
-            session = SENDING(_Capture(), hostname="h", loop=loop)
-            return session
-
-        await loop.connect_accepted_socket(made, theirs)
+        session = await _sending_session(loop, theirs)
         reader, writer = await asyncio.open_connection(sock=ours)
         await reader.readline()  # the greeting
 
@@ -522,6 +515,18 @@ def _sent_cases() -> list[tuple[str, bool, bytes]]:
 
     asyncio.run(talk())
     return results
+
+
+async def _sending_session(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> Any:
+    """Serve `sock` with a `SENDING` session on `loop`; return the session."""
+    sessions: list[Any] = []
+
+    def made() -> SMTP:
+        sessions.append(SENDING(_Capture(), hostname="h", loop=loop))
+        return sessions[-1]
+
+    await loop.connect_accepted_socket(made, sock)
+    return sessions[0]
 
 
 async def _drained(reader: asyncio.StreamReader) -> bytes:
@@ -547,14 +552,7 @@ def test_a_closing_session_leaves_its_reply_to_push() -> None:
     async def talk() -> bool:
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair()
-        session: Any = None
-
-        def made() -> SMTP:
-            nonlocal session
-            session = SENDING(_Capture(), hostname="h", loop=loop)
-            return session
-
-        await loop.connect_accepted_socket(made, theirs)
+        session = await _sending_session(loop, theirs)
         _, writer = await asyncio.open_connection(sock=ours)
         await asyncio.sleep(0)
         session._writer.transport.close()
