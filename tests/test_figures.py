@@ -433,3 +433,114 @@ def test_a_version_5_database_upgraded_to_6_attributes_replies_and_keeps_exact_f
         replies = conn.execute("SELECT count(*) FROM events WHERE reply_to IS NOT NULL").fetchone()[0]
     assert replies > 0
     assert maintained(path) == full_scan(path)
+
+
+@pytest.mark.parametrize(("seed", "batch"), [(0, 1), (1, 1), (2, 2), (3, 4)])
+def test_figures_equal_a_full_scan_after_every_row_by_row_write(tmp_path: Path, seed: int, batch: int) -> None:
+    import random
+
+    items = documents()
+    random.Random(seed).shuffle(items)  # texts before or after their replies, campaign events in any order
+    path = tmp_path / "m.db"
+    for start in range(0, len(items), batch):
+        store_documents(path, items[start:start + batch], batch=batch)
+        assert maintained(path) == full_scan(path), start
+
+
+def test_a_row_by_row_write_runs_only_the_rare_parts_its_new_events_need(tmp_path: Path) -> None:
+    from analysis_support import IN_TEXT, OUT_CALL, OUT_TEXT, event
+
+    from mailhook.models import Delivery, Event, Extraction
+    from mailhook.store import write
+
+    def item(*events: Event) -> Any:
+        e = events[0]
+        return (Delivery(channel="smtp", raw=f"Message-ID: <{e.resource_id}@t>\r\n\r\n".encode() + b"x" * 400,
+                         received_at="2026-01-01T00:00:00Z"),
+                Extraction(message_id=f"<{e.resource_id}@t>", events=events))
+
+    reply = event(IN_TEXT, 12, modified="2026-03-01T12:05:00Z", from_number="12135550011", to_number="67076")
+    text = event(OUT_TEXT, 11, result="SENT", broadcast=7, modified="2026-03-01T12:00:00Z",
+                 from_number="67076", to_number="12135550011")
+    batches = [
+        [item(event(OUT_CALL, 1, result="LA", broadcast=7, modified="2026-03-01T10:00:00Z", attempts=("LA",)))],
+        [item(reply)],  # before the text it replies to: attributed to none yet
+        [item(text), item(event(OUT_CALL, 2, result="AM", broadcast=8, modified="2026-03-02T10:00:00Z"))],
+        [item(event("CAMPAIGN_STARTED", 7, modified="2026-03-01T09:00:00Z", broadcast_name="Spring"),
+              event(OUT_CALL, 3, result="BUSY", broadcast=7, modified="2026-03-01T11:00:00Z"))],
+        [item(event(OUT_CALL, 1, result="LA", broadcast=7, modified="2026-03-01T10:00:00Z", attempts=("LA",)))],
+    ]
+    path = tmp_path / "m.db"
+    store = write.Store(path)
+    ran: list[list[str]] = []
+    try:
+        for work in batches:
+            executed: list[str] = []
+            store.conn.set_trace_callback(executed.append)
+            store.write(work)
+            store.conn.set_trace_callback(None)
+            ran.append([part for sql in dict.fromkeys(map(str.lstrip, executed)) for part in (
+                "names" if sql.startswith("UPDATE campaigns SET name") else
+                "taken" if sql.startswith("UPDATE events SET reply_to") and "SELECT r.id" in sql else
+                "replies" if sql.startswith("UPDATE events SET reply_to") else None,) if part])
+            assert maintained(path) == full_scan(path)
+    finally:
+        store.close()
+    # A call needs none; a reply its attribution; a text the older replies it may take; a campaign
+    # event its name; a duplicate nothing.
+    assert ran == [[], ["replies"], ["taken"], ["names"], []]
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT id, name, calls, texts, replies, replied_texts FROM campaigns ORDER BY id"
+                            ).fetchall() == [(7, "Spring", 2, 1, 1, 1), (8, None, 1, 0, 0, 0)]
+
+
+def test_reprocessing_adds_events_with_their_names_and_replies(tmp_path: Path) -> None:
+    from mailhook.extract import extract
+    from mailhook.store.write import Store
+
+    items = documents()
+    path = tmp_path / "m.db"
+    store_documents(path, items[:1], batch=1)
+    store = Store(path)
+    try:
+        # Every notification found again in the first delivery, as a new extraction would: the rest are new.
+        for raw in items:
+            store.reextract(1, extract(raw, "document", {}))
+            assert maintained(path) == full_scan(path)
+    finally:
+        store.close()
+    with closing(sqlite3.connect(path)) as conn:
+        assert {row[0] for row in conn.execute("SELECT id FROM campaigns WHERE name IS NOT NULL")} == {
+            900001, 900002, 900003}
+        assert conn.execute("SELECT count(*) FROM events WHERE reply_to IS NOT NULL").fetchone()[0] > 0
+
+
+def test_a_version_8_database_upgraded_to_9_keeps_exact_figures_with_a_counts_only_insert_trigger(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mailhook.store import connection
+    from mailhook.store.maintenance import prune
+    from mailhook.store.schema import MIGRATIONS
+
+    items = documents()
+    path, fresh = tmp_path / "m.db", tmp_path / "fresh.db"
+    store_documents(fresh, items[:1], batch=1)
+    with monkeypatch.context() as patch:
+        patch.setattr(connection, "MIGRATIONS", MIGRATIONS[:8])
+        store_documents(path, items[:6], batch=1)
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (8,)
+        (old,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'events_figures_insert'").fetchone()
+    assert "reply_to" in old and "SET name" in old
+    assert maintained(path) == full_scan(path)
+    store_documents(path, items[6:10], batch=1)  # upgraded on open; row by row
+    store_documents(path, items[10:], batch=len(items))
+    triggers = "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' ORDER BY name"
+    with closing(sqlite3.connect(path)) as conn, closing(sqlite3.connect(fresh)) as made:
+        assert conn.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),) >= (9,)
+        assert conn.execute(triggers).fetchall() == made.execute(triggers).fetchall()
+        (new,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'events_figures_insert'").fetchone()
+    assert "reply_to" not in new and "SET name" not in new and "figures_deferred" in new
+    assert maintained(path) == full_scan(path)
+    prune(path, datetime.now(UTC) + timedelta(days=1))
+    assert maintained(path) == full_scan(path) == ([], [], [])
