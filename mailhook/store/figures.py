@@ -323,9 +323,6 @@ WHEN new.result IS NOT 'XFER_LEG' AND NOT EXISTS (SELECT 1 FROM figures_deferred
 """
 
 _NEW = "e.id > (SELECT since FROM figures_deferred)"
-# The rare parts below take the largest id stored before the new events as a parameter, `:since`:
-# a row-by-row batch (schema 9) runs them without a `figures_deferred` row.
-_NEW_SINCE = "e.id > :since"
 
 # What the deferred triggers would have done for every event with an id above `since`, in one
 # pass per table: counters first (creating the campaigns rows the reply counts update), then
@@ -357,11 +354,11 @@ ON CONFLICT (id) DO UPDATE SET first_seen = min(first_seen, excluded.first_seen)
 """
 SETTLE_LABELS = f"""
 {_labels_update('campaigns.id')} AND id IN (SELECT {campaign_key('e')} FROM events AS e
-    WHERE {_NEW_SINCE} AND +e.event_type IN {CAMPAIGN_EVENTS});
+    WHERE {_NEW} AND +e.event_type IN {CAMPAIGN_EVENTS});
 """
 SETTLE_REPLIES = f"""
 UPDATE events SET reply_to = {_attributed_text('events')}
-WHERE id > :since AND +event_type = 'INBOUND_TEXT_FINISHED';
+WHERE id > (SELECT since FROM figures_deferred) AND +event_type = 'INBOUND_TEXT_FINISHED';
 """
 SETTLE_TAKEN_REPLIES = f"""
 UPDATE events SET reply_to = {_attributed_text('events')}
@@ -370,8 +367,8 @@ WHERE id IN (SELECT r.id FROM events AS e CROSS JOIN events AS r
                 AND substr(r.event_time, 1, 19) >= substr(e.event_time, 1, 19)
                 AND substr(r.event_time, 1, 19) <=
                     strftime('%Y-%m-%dT%H:%M:%S', e.event_time, '+{REPLY_WINDOW_DAYS} days')
-             WHERE {_NEW_SINCE} AND +e.event_type = 'OUTBOUND_TEXT_FINISHED'
-               AND r.id <= :since);
+             WHERE {_NEW} AND +e.event_type = 'OUTBOUND_TEXT_FINISHED'
+               AND r.id <= (SELECT since FROM figures_deferred));
 """
 SETTLE = SETTLE_COUNTS + SETTLE_LABELS + SETTLE_REPLIES + SETTLE_TAKEN_REPLIES
 
@@ -385,23 +382,3 @@ SETTLE_NEEDS: tuple[tuple[str, frozenset[str] | None], ...] = (
     (SETTLE_REPLIES, frozenset({"INBOUND_TEXT_FINISHED"})),
     (SETTLE_TAKEN_REPLIES, frozenset({"OUTBOUND_TEXT_FINISHED"})),
 )
-
-# Schema 9: the insert trigger keeps only the counts (event_totals, the campaign's row and
-# counters), what every event needs. The rest, which few events need (a campaign event's name,
-# labels and status; an inbound text's attribution; the older replies an outbound text takes), is
-# SETTLE_RARE's work, run by the writer for the event types it inserted: SQLite sets up every
-# statement of a trigger (registers, the temporary tables its subqueries sort in) each time the
-# trigger fires, whether or not the statement's WHERE (or the trigger's WHEN) rules it out.
-_COUNTS_INSERTED = _LEAN_EVENT_INSERTED[:_LEAN_EVENT_INSERTED.index("    UPDATE campaigns SET name =")]
-assert "reply_to" not in _COUNTS_INSERTED and "INSERT INTO campaigns" in _COUNTS_INSERTED
-
-COUNTS_ONLY = f"""
-DROP TRIGGER IF EXISTS events_figures_insert;
-CREATE TRIGGER events_figures_insert AFTER INSERT ON events
-WHEN NOT EXISTS (SELECT 1 FROM figures_deferred) BEGIN{_COUNTS_INSERTED}END;
-"""
-
-# SETTLE's parts that the schema 9 insert trigger leaves to the writer, each with the event types
-# among the new events it needs; run for the events with ids above `:since`, in this order.
-SETTLE_RARE: tuple[tuple[str, frozenset[str]], ...] = tuple(
-    (part, needs) for part, needs in SETTLE_NEEDS if needs is not None)

@@ -369,10 +369,5 @@ _V7_CAMPAIGN_INDEX = (figures.CAMPAIGN_INDEX + "DROP TRIGGER IF EXISTS events_fi
 _V8_NO_TEMPORARY_TABLES = ("DROP TRIGGER IF EXISTS events_figures_delete;\n"
                            "DROP TRIGGER IF EXISTS attempts_figures_delete;\n" + figures.TRIGGERS + figures.DEFERRAL)
 
-# Less CPU per event stored row by row (store-rare): the insert trigger keeps the counts only; a
-# campaign event's name, labels and status and the replies' attribution are settled by the writer,
-# for the event types it inserted (figures.SETTLE_RARE). The same figures; no backfill.
-_V9_COUNTS_ONLY = figures.COUNTS_ONLY
-
 MIGRATIONS: tuple[str, ...] = (_V1, _V2_ANALYSIS, _V3_LEANER, _V4_ANALYSTS, _V5_DEFERRABLE, _V6_FEWER_PAGES,
-                               _V7_CAMPAIGN_INDEX, _V8_NO_TEMPORARY_TABLES, _V9_COUNTS_ONLY)
+                               _V7_CAMPAIGN_INDEX, _V8_NO_TEMPORARY_TABLES)

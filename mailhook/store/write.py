@@ -74,10 +74,8 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 DEFER_FIGURES_AT = 8
 
 
-# SETTLE's counts as statements, for a deferred batch; its rare parts as statements, each with
-# the event types it needs among the new events, for every batch (schema 9's insert trigger leaves them).
-_SETTLE_COUNTS = tuple(statements(figures.SETTLE_COUNTS))
-_SETTLE_RARE = tuple((tuple(statements(part)), needs) for part, needs in figures.SETTLE_RARE)
+# SETTLE's parts as statements, each with the event types it needs among the new events (None: any).
+_SETTLE = tuple((tuple(statements(part)), needs) for part, needs in figures.SETTLE_NEEDS)
 
 # The WAL is copied back into the database once it holds this many pages (16 MiB; SQLite's default
 # is 1,000). A page that many commits change (the right-most leaves, the figures, full-text
@@ -104,10 +102,6 @@ class _Started:
     types: list[str] = field(default_factory=list)
 
 
-def _no_events() -> int:
-    return 1 << 63
-
-
 @dataclass(frozen=True, slots=True)
 class WalCheckpoint:
     """The outcome of one WAL checkpoint: WAL frames, how many were copied back, whether it was emptied."""
@@ -128,8 +122,6 @@ class Store:
         self._busy_ms = int(busy_timeout * 1000)
         self.phone_region = phone_region
         self.conn = connect(path, busy_timeout=busy_timeout, mode=mode)
-        # The smallest id of an event inserted in the current transaction (larger than any id when none is).
-        self._first_id = _no_events()
         migrate(self.conn, phone_region=phone_region)
         # The statement journals and savepoints' sub-journal in memory, not in a temporary file
         # that every commit creates, writes (more pages than the WAL gets) and unlinks. They hold
@@ -183,7 +175,9 @@ class Store:
             try:
                 self._begin(deferred=deferred)
                 results = self._write_items(items, deferred=deferred)
-                self._settle(results, deferred=deferred)
+                if deferred:
+                    self._settle(results)
+                    conn.execute("DELETE FROM figures_deferred")
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -193,42 +187,25 @@ class Store:
             raise RetryLater(f"storage unavailable: {exc}") from exc
         return results
 
-    def _settle(self, results: list[Receipt | Exception], *, deferred: bool) -> None:
-        """Settle the figures of a batch's new events: a deferred batch's counts, then the rare parts they need.
+    def _settle(self, results: list[Receipt | Exception]) -> None:
+        """Count a deferred batch's new events into the figures, running only the parts of SETTLE they need.
 
         The receipts name the type of every event the batch inserted (a failed
         item's were rolled back); a part that needs none of those types would
         change nothing, and still cost its statements' setup (a campaign's name
-        refresh alone opens 14 temporary tables). That setup is why the insert
-        trigger (schema 9) leaves these parts to the writer.
+        refresh alone opens 14 temporary tables).
         """
         types = {kind for result in results if isinstance(result, Receipt) for kind in result.event_types}
-        if deferred:
-            if types:
-                for statement in _SETTLE_COUNTS:
-                    self.conn.execute(statement)
-            self.conn.execute("DELETE FROM figures_deferred")
-        self._settle_rare(types)
-
-    def _settle_rare(self, types: set[str] | tuple[str, ...]) -> None:
-        """Run the parts of SETTLE_RARE that the new events' types need, for the events inserted in this transaction.
-
-        Every event with an id of at least `_first_id` was inserted in this
-        transaction (ids are the largest one plus one while the write lock is held),
-        also those of an item rolled back since, whose types are not in `types`.
-        """
         if not types:
             return
-        since = {"since": self._first_id - 1}
-        for part, needs in _SETTLE_RARE:
-            if not needs.isdisjoint(types):
+        for part, needs in _SETTLE:
+            if needs is None or not needs.isdisjoint(types):
                 for statement in part:
-                    self.conn.execute(statement, since)
+                    self.conn.execute(statement)
 
     def _begin(self, *, deferred: bool) -> None:
         """Begin the batch's write transaction, deferring its figures to `_settle` if asked."""
         self.conn.execute("BEGIN IMMEDIATE")
-        self._first_id = _no_events()
         if deferred:
             # Events get ids above the largest one now (INTEGER PRIMARY KEY, the write lock held).
             self.conn.execute("INSERT INTO figures_deferred (since) SELECT coalesce(max(id), 0) FROM events")
@@ -436,8 +413,6 @@ class Store:
                 count = min(_EVENTS_AT_ONCE, len(keys) - start)
                 ids.update((key, id_) for id_, key in self.conn.execute(
                     _insert_events_sql(count), values[start * width:(start + count) * width]))
-        if ids:
-            self._first_id = min(self._first_id, *ids.values())
         attempts: list[Any] = []
         for step in steps:
             for event_type, row, event_attempts in step.found.events:
@@ -494,12 +469,11 @@ class Store:
     def reextract(self, delivery_id: int, extraction: Extraction, size: int | None = None) -> Receipt:
         """Add the events a new extraction finds for a stored delivery (of `size` raw bytes) and update its status."""
         conn = self.conn
-        self._begin(deferred=False)
+        conn.execute("BEGIN IMMEDIATE")
         try:
             now = utcnow()
             found = mended(rows(extraction, size))  # reprocessing is rare: no need to try unmended first
             new, duplicates, types = self._insert_events(delivery_id, now, found)
-            self._settle_rare(types)
             old_status, old_new = conn.execute(
                 "SELECT status, event_count FROM deliveries WHERE id = ?", (delivery_id,)
             ).fetchone()
