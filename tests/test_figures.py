@@ -433,3 +433,37 @@ def test_a_version_5_database_upgraded_to_6_attributes_replies_and_keeps_exact_f
         replies = conn.execute("SELECT count(*) FROM events WHERE reply_to IS NOT NULL").fetchone()[0]
     assert replies > 0
     assert maintained(path) == full_scan(path)
+
+
+@pytest.mark.parametrize(("seed", "batch"), [(0, 1), (1, 1), (2, 2), (3, 4)])
+def test_figures_equal_a_full_scan_after_every_row_by_row_write(tmp_path: Path, seed: int, batch: int) -> None:
+    import random
+
+    items = documents()
+    random.Random(seed).shuffle(items)  # texts before or after their replies, campaign events in any order
+    path = tmp_path / "m.db"
+    for start in range(0, len(items), batch):
+        store_documents(path, items[start:start + batch], batch=batch)
+        assert maintained(path) == full_scan(path), start
+
+
+def test_reprocessing_adds_events_with_their_names_and_replies(tmp_path: Path) -> None:
+    from mailhook.extract import extract
+    from mailhook.store.write import Store
+
+    items = documents()
+    path = tmp_path / "m.db"
+    store_documents(path, items[:1], batch=1)
+    store = Store(path)
+    try:
+        # Every notification found again in the first delivery, as a new extraction would: the rest are new.
+        for raw in items:
+            store.reextract(1, extract(raw, "document", {}))
+            assert maintained(path) == full_scan(path)
+    finally:
+        store.close()
+    with closing(sqlite3.connect(path)) as conn:
+        assert {row[0] for row in conn.execute("SELECT id FROM campaigns WHERE name IS NOT NULL")} == {
+            900001, 900002, 900003}
+        assert conn.execute("SELECT count(*) FROM events WHERE reply_to IS NOT NULL").fetchone()[0] > 0
+
