@@ -11,13 +11,14 @@ path logged it. A traceback keeps its lines, each escaped on its own.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import sys
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
+
+from mailhook.models import json_encoder
 
 _NAMED = {"\r": "\\r", "\n": "\\n", "\t": "\\t"}
 
@@ -100,14 +101,11 @@ class JsonFormatter(logging.Formatter):
             data.update(_escape_values(delivery))
         if record.exc_info:
             data["exception"] = escape_lines(self.formatException(record.exc_info))
-        return "".join(_JSON_ENCODE(data, 0))
+        return _JSON_ENCODE(data)
 
 
-# What `json.dumps(data, default=str)` runs, made once instead of per record (a record's fields are
-# flat: no circular-reference markers needed).
-_JSON_ENCODE = json.encoder.c_make_encoder(  # type: ignore[attr-defined]
-    None, str, json.encoder.encode_basestring_ascii, None, ": ", ", ", False, False, True,
-)
+# What `json.dumps(data, default=str)` writes, its encoder made once instead of per record.
+_JSON_ENCODE = json_encoder(default=str, ensure_ascii=True, separators=(", ", ": "))
 
 
 def _escape_values(fields: dict[str, object]) -> dict[str, object]:

@@ -7,7 +7,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
@@ -120,7 +120,7 @@ def to_json(value: Any) -> str:
     the text it was read from.
     """
     try:
-        return "".join(_ENCODE(value, 0))
+        return _ENCODE(value)
     except _ExactNumber:
         return "".join(_encode(value))
 
@@ -141,13 +141,34 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
-# What `json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_json_default).encode` runs, made
-# once: the encoder object builds this C encoder anew on every call (a fifth of encoding a payload). No
-# circular-reference markers: a payload is what a parser read, a tree, and a shared markers dict would keep
-# stale ids after an `_ExactNumber` left a container half written.
-_ENCODE = json.encoder.c_make_encoder(  # type: ignore[attr-defined]
-    None, _json_default, json.encoder.encode_basestring, None, ":", ",", False, False, True,
-)
+def json_encoder(
+    *, default: Callable[[Any], Any], ensure_ascii: bool, separators: tuple[str, str]
+) -> Callable[[Any], str]:
+    """Return what `json.JSONEncoder(ensure_ascii=…, separators=…, default=…).encode` does, its encoder made once.
+
+    The encoder object builds the standard library's C encoder anew on every
+    call (a fifth of encoding a payload); this builds it once. Without
+    circular-reference markers: what is encoded here is a tree (a payload a
+    parser read, a log line's fields), and a shared markers dict would keep
+    stale ids after an exception left a container half written.
+    """
+    # json.encoder.c_make_encoder is the C accelerator's undocumented constructor, touched only here;
+    # tests/test_models.py compares its output with json's own encoder, and with it absent.
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # no C accelerator (another Python): the encoder object's own encode
+        return json.JSONEncoder(ensure_ascii=ensure_ascii, separators=separators, default=default).encode
+    item_separator, key_separator = separators
+    strings = json.encoder.encode_basestring_ascii if ensure_ascii else json.encoder.encode_basestring
+    # (markers, default, encoder, indent, key_separator, item_separator, sort_keys, skipkeys, allow_nan)
+    chunks = make(None, default, strings, None, key_separator, item_separator, False, False, True)
+
+    def encode(value: Any) -> str:
+        return "".join(chunks(value, 0))
+
+    return encode
+
+
+_ENCODE = json_encoder(default=_json_default, ensure_ascii=False, separators=(",", ":"))
 
 
 def _plain_number(value: Decimal) -> int | float:

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from mailhook.models import to_json
+from mailhook.models import json_encoder, to_json
 
 
 @pytest.mark.parametrize(
@@ -65,3 +65,22 @@ def test_an_exact_number_met_inside_a_container_leaves_the_next_payload_unaffect
 def test_a_value_no_json_can_hold_is_refused_as_before() -> None:
     with pytest.raises(TypeError, match="not JSON serializable: object"):
         to_json({"x": object()})
+
+
+@pytest.mark.parametrize("accelerated", [True, False], ids=["C encoder", "without it"])
+@pytest.mark.parametrize(("ensure_ascii", "separators"), [(False, (",", ":")), (True, (", ", ": "))],
+                         ids=["payload", "log line"])
+@pytest.mark.parametrize("payload", _PAYLOADS)
+def test_json_encoder_writes_what_the_standard_encoder_writes_with_or_without_its_c_constructor(
+    payload: object, ensure_ascii: bool, separators: tuple[str, str], accelerated: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if not accelerated:
+        monkeypatch.setattr(json.encoder, "c_make_encoder", None)
+    encode = json_encoder(default=str, ensure_ascii=ensure_ascii, separators=separators)
+    assert encode(payload) == json.dumps(payload, ensure_ascii=ensure_ascii, separators=separators, default=str)
+
+
+def test_json_encoder_uses_the_c_constructor_this_python_has() -> None:
+    # If an upgrade drops or renames it, every payload and JSON log line falls back to the slower encoder.
+    assert callable(getattr(json.encoder, "c_make_encoder", None))
