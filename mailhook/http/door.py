@@ -126,8 +126,7 @@ class Receiver:
             return None  # HTTP/1.0 has no interim responses: just read the body
         if request.headers.get(hdrs.EXPECT, "").lower() != "100-continue":
             return _error(417, "only Expect: 100-continue is supported")
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        request.writer.output_size = 0
+        await _continue(request)
         return None
 
     async def notifications(self, request: web.Request) -> web.StreamResponse:
@@ -334,13 +333,18 @@ def _named(headers: dict[str, str] | None = None) -> CIMultiDict[str]:
     return named
 
 
+async def _continue(request: web.Request) -> None:
+    """Send the interim `100 Continue`, as aiohttp's default expect handler does."""
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # the answer's own bytes are still to come
+
+
 async def _expect(request: web.Request) -> None:
     """aiohttp's own answer to `Expect` on the GET routes, its 417 naming only mailhook as server."""
     expect = request.headers.get(hdrs.EXPECT, "")
     if request.version == HttpVersion11:
         if expect.lower() == "100-continue":
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            request.writer.output_size = 0  # the answer's own bytes are still to come
+            await _continue(request)
         else:
             raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect}", headers=_named())
 
