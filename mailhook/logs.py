@@ -115,8 +115,8 @@ def _escape_values(fields: dict[str, object]) -> dict[str, object]:
 class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """A stream handler bound to whatever `sys.stderr` is at the time of each record.
 
-    In a thread that `holds()` lines, a record is formatted at once but kept
-    until the hold ends, then written with the others in one write.
+    In a thread that holds its lines (`HeldLines`), a record is formatted at once
+    but kept until the hold ends, then written with the others in one write.
     """
 
     @property
@@ -128,19 +128,21 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
     def handle(self, record: logging.LogRecord) -> bool:
-        held = _held.get(threading.get_ident()) if _held else None
-        if held is None:  # logging.Handler.handle's own body: no second frame per record
-            rv = self.filter(record)
-            if rv:
-                self.acquire()
-                try:
-                    self.emit(record)
-                finally:
-                    self.release()
-            return bool(rv)
-        # Held: formatted in this thread without the handler's lock, which guards only the stream.
-        if not self.filter(record):
+        # logging.Handler.handle's own steps, without its second frame per record.
+        rv: object = self.filter(record)  # bool, or from Python 3.12 a record
+        if not rv:
             return False
+        if isinstance(rv, logging.LogRecord):  # Python 3.12+: a filter may hand back a record to log instead
+            record = rv
+        held = _held.get(threading.get_ident()) if _held else None
+        if held is None:
+            self.acquire()
+            try:
+                self.emit(record)
+            finally:
+                self.release()
+            return True
+        # Held: formatted in this thread without the handler's lock, which guards only the stream.
         try:
             held.lines.append((self, self.format(record) + self.terminator, record))
         except Exception:  # noqa: BLE001 - as StreamHandler.emit: told, never raised into the caller
