@@ -23,12 +23,14 @@ from pathlib import Path
 import httpx
 import imapclient
 import pytest
+from aiohttp import web
 from aiosmtpd.smtp import SMTP
 from conftest import StartServer
 from mailparser.core import MailParser
 from smtp_support import client
 
 from mailhook.extract import mail
+from mailhook.http import door as http_door
 from mailhook.imap import account
 from mailhook.server import Runtime
 from mailhook.smtp import session
@@ -232,6 +234,47 @@ def test_pipelined_requests_after_a_body_sent_apart_from_its_head_are_all_answer
         sock.sendall((post + TEXT_XML) * 34)
         statuses = [answers.next()[:13] for _ in range(34)]
     assert statuses == [b"HTTP/1.1 200 "] * 34
+
+
+# --- aiohttp: mailhook/http/connection.py serves every request through the door's own handler -------------
+
+
+def test_every_request_reaches_the_doors_handler_which_routes_the_rest_through_aiohttp(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The door's handler replaces the server's request_handler (Application._handle) on each connection and
+    # passes what it does not route itself to Application._handle; only it answers a crash with this JSON
+    # (aiohttp's own answer says "internal server error" and closes the connection).
+    runtime, address = _http_door(start_server)
+
+    def crash() -> None:
+        raise RuntimeError("crash")
+
+    monkeypatch.setattr(runtime.pipeline, "check", crash)
+    with httpx.Client(timeout=30) as client:
+        crashed = client.get(f"http://{address}/healthz")
+        missing = client.get(f"http://{address}/nowhere")
+        stored = client.post(f"http://{address}/notifications", content=TEXT_XML)
+    advice = _advice("aiohttp", "Server.request_handler or Application._handle", "mailhook/http/connection.py")
+    assert (crashed.status_code, crashed.json()) == (500, {"error": "internal error"}), advice
+    assert (missing.status_code, missing.json()) == (404, {"error": "Not Found"}), advice
+    assert stored.status_code == 200, advice
+
+
+def test_the_route_the_door_takes_itself_is_the_one_aiohttps_router_has_for_it(start_server: StartServer) -> None:
+    # Receiver.handle sends a POST whose path_safe is exactly PATH to `notifications` without the router:
+    # aiohttp's router must have that route as a plain resource (matched by equality with path_safe) and no other.
+    runtime, _ = _http_door(start_server)
+    receiver = http_door.Receiver(runtime)
+    app = receiver.app()
+    routes = [(route.method, route.resource) for route in app.router.routes()
+              if route.resource is not None and route.resource.canonical == http_door.PATH]
+    assert len(routes) == 1, routes
+    method, resource = routes[0]
+    assert method == "POST" and type(resource) is web.PlainResource, _advice(
+        "aiohttp", "its router's plain resources", "mailhook/http/door.py (Receiver.handle)")
+    assert resource.raw_match(http_door.PATH) and not resource.raw_match(http_door.PATH + "/")
+    assert not app.router._matched_sub_app_resources  # nothing resolved before the path
 
 
 class _Answers:

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import socket
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
@@ -55,8 +56,12 @@ LOG_INTERVAL = 60.0
 #   RequestHandler.handle_error  builds aiohttp's own error page (overridden below)
 #   BaseProtocol._reading_paused, BaseProtocol._buffer_paused
 #                                the two reasons aiohttp pauses reading (resume_reading, overridden below)
+#   Application._handle          routes a request through the application (application_handler, below)
+#   Server.request_handler       what each connection's protocol calls per request (set by listen, below)
 PRIVATE_NAMES = ("RequestHandler._waiter", "RequestHandler.handle_error", "BaseProtocol._reading_paused",
-                 "BaseProtocol._buffer_paused")
+                 "BaseProtocol._buffer_paused", "Application._handle", "Server.request_handler")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def raw_response(status: int, message: str, *headers: str) -> bytes:
@@ -387,6 +392,16 @@ class Connection(RequestHandler):
         return error_response(status, reason)
 
 
+def application_handler(app: web.Application) -> Handler:
+    """Return aiohttp's own handling of a request by `app`: its expect handlers, router and route handlers.
+
+    Private: `Application._handle` is what the server an AppRunner makes
+    calls for each request; the door calls it for the requests it does not
+    route itself (`listen`'s `handler`).
+    """
+    return app._handle
+
+
 class Listener:
     """The HTTP door's listening socket and its gate."""
 
@@ -411,14 +426,21 @@ class Listener:
 async def listen(
     runner: web.AppRunner, settings: HttpSettings, metrics: Metrics, logger: logging.Logger,
     protocol_log: logging.Logger | logging.LoggerAdapter, sock: socket.socket | None = None,  # type: ignore[type-arg]
+    handler: Handler | None = None,
 ) -> Listener:
     """Serve `runner`'s application on `sock` (passed by systemd) or on `settings.listen`.
 
-    Raises `ConfigError` when the address cannot be bound, so `serve` exits 78
-    with one line as for the SMTP door.
+    With `handler`, each request goes to it instead of to the application
+    (which it may pass on to, through `application_handler`). Raises
+    `ConfigError` when the address cannot be bound, so `serve` exits 78 with
+    one line as for the SMTP door.
     """
     loop = asyncio.get_running_loop()
     assert runner.server is not None, "runner.setup() first"
+    if handler is not None:
+        # Private: each connection's protocol (RequestHandler.__init__) takes the server's request_handler,
+        # the application's `_handle`; set before the first connection is accepted.
+        runner.server.request_handler = handler  # type: ignore[assignment]
     gate = Gate(runner.server, settings, metrics, logger, protocol_log)
     try:
         if sock is not None:
