@@ -659,9 +659,19 @@ def test_the_private_aiohttp_names_http_connection_relies_on_still_exist() -> No
         advice % "Server.request_handler")
     assert "manager.request_handler" in inspect.getsource(RequestHandler.__init__), (
         advice % "RequestHandler.__init__ (taking Server.request_handler)")
+    for name in ("_eof_sent", "_keep_alive", "_body_length"):
+        assert hasattr(web.StreamResponse, name), advice % f"StreamResponse.{name}"
+    assert "rfc822_formatted_time()" in inspect.getsource(web.StreamResponse._prepare_headers), (
+        advice % "StreamResponse._prepare_headers (the Date header)")
+    assert "self._eof_sent" in inspect.getsource(web.StreamResponse.write_eof), advice % "StreamResponse.write_eof"
+    finish = inspect.getsource(RequestHandler.finish_response)
+    assert "await prepare_meth(request)" in finish and "await resp.write_eof()" in finish, (
+        advice % "RequestHandler.finish_response")
     assert set(http_connection.PRIVATE_NAMES) == {"RequestHandler._waiter", "RequestHandler.handle_error",
                                                   "BaseProtocol._reading_paused", "BaseProtocol._buffer_paused",
-                                                  "Application._handle", "Server.request_handler"}
+                                                  "Application._handle", "Server.request_handler",
+                                                  "StreamResponse._eof_sent", "StreamResponse._keep_alive",
+                                                  "StreamResponse._body_length", "helpers.rfc822_formatted_time"}
 
 
 def test_asyncio_still_reports_accept_failures_with_the_message_openfiles_matches() -> None:

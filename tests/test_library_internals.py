@@ -9,6 +9,7 @@ mailhook relies on it, before a single SMTP DATA turns into a 451.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import imaplib
 import inspect
@@ -27,9 +28,11 @@ from aiohttp import web
 from aiosmtpd.smtp import SMTP
 from conftest import StartServer
 from mailparser.core import MailParser
+from multidict import CIMultiDict
 from smtp_support import client
 
 from mailhook.extract import mail
+from mailhook.http import connection as http_connection
 from mailhook.http import door as http_door
 from mailhook.imap import account
 from mailhook.server import Runtime
@@ -275,6 +278,54 @@ def test_the_route_the_door_takes_itself_is_the_one_aiohttps_router_has_for_it(s
         "aiohttp", "its router's plain resources", "mailhook/http/door.py (Receiver.handle)")
     assert resource.raw_match(http_door.PATH) and not resource.raw_match(http_door.PATH + "/")
     assert not app.router._matched_sub_app_resources  # nothing resolved before the path
+
+
+# Each request's version and Connection header, with what the answer must say about keeping the connection.
+_KEEP_ALIVE_CASES = (b"HTTP/1.1\r\n", b"HTTP/1.1\r\nConnection: close\r\n", b"HTTP/1.0\r\n",
+                     b"HTTP/1.0\r\nConnection: keep-alive\r\n")
+
+
+async def _answers_of(route: str) -> list[bytes]:
+    """Serve two routes with plain aiohttp; return the raw answers to one POST per keep-alive case on `route`."""
+    body = b'{"delivery_id": 7, "status": "stored", "events": 1, "duplicates": 0}'
+    headers = CIMultiDict({"Content-Type": "application/json; charset=utf-8", "Server": "mailhook"})
+
+    async def aiohttps(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=body, headers=headers)
+
+    async def mailhooks(request: web.Request) -> web.StreamResponse:
+        return http_connection.Answer(b"Content-Type: application/json; charset=utf-8\r\nServer: mailhook\r\n", body)
+
+    app = web.Application()
+    app.router.add_post("/aiohttp", aiohttps)
+    app.router.add_post("/mailhook", mailhooks)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    assert site._server is not None
+    port = site._server.sockets[0].getsockname()[1]
+    answers = []
+    try:
+        for head in _KEEP_ALIVE_CASES:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"POST " + route.encode() + b" " + head + b"Host: x\r\nContent-Length: 2\r\n\r\n{}")
+            await writer.drain()
+            answer = await reader.readuntil(b"\r\n\r\n")
+            answer += await reader.readexactly(len(body))
+            answers.append(re.sub(rb"\r\nDate: [^\r]+", b"\r\nDate: -", answer))
+            writer.close()
+    finally:
+        await runner.cleanup()
+    return answers
+
+
+def test_the_doors_200_answer_is_byte_for_byte_what_aiohttps_response_writes() -> None:
+    # http_connection.Answer formats the head prepare() would build and writes it with the body in one go.
+    ours, theirs = asyncio.run(_answers_of("/mailhook")), asyncio.run(_answers_of("/aiohttp"))
+    assert ours == theirs, _advice("aiohttp", "what StreamResponse.prepare writes", "mailhook/http/connection.py "
+                                   "(Answer)")
+    assert [b"Connection: " in answer for answer in ours] == [False, True, False, True]
 
 
 class _Answers:

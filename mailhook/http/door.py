@@ -47,9 +47,8 @@ SIGNATURE = "X-CallFire-Signature"
 HEALTH_TIMEOUT = 10.0
 _CHUNK = 64 * 1024
 _ANSWER = b'{"delivery_id": %d, "status": "%s", "events": %d, "duplicates": %d}'
-# A CIMultiDict, which aiohttp's Response copies as it is; a dict it would convert key by key, per answer.
-_JSON_HEADERS: CIMultiDict[str] = CIMultiDict({hdrs.CONTENT_TYPE: "application/json; charset=utf-8",
-                                               hdrs.SERVER: http_connection.SERVER})
+# The 200 answer's header lines before Content-Length, in the order Response(headers=...) would write them.
+_JSON_FIELDS = b"Content-Type: application/json; charset=utf-8\r\nServer: " + http_connection.SERVER.encode() + b"\r\n"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -378,13 +377,13 @@ def _basic_password(request: web.Request) -> str | None:
     return password
 
 
-def _answer(receipt: Receipt) -> web.Response:
+def _answer(receipt: Receipt) -> web.StreamResponse:
     if not receipt.error:
         # The common answer, formatted directly: the same bytes json.dumps gives (an int
         # and one of the fixed status words), without building a dict and encoding it.
-        return web.Response(body=_ANSWER % (
+        return http_connection.Answer(_JSON_FIELDS, _ANSWER % (
             receipt.delivery_id, receipt.status.encode(), receipt.events, receipt.duplicates,
-        ), headers=_JSON_HEADERS)
+        ))
     body: dict[str, Any] = {
         "delivery_id": receipt.delivery_id,
         "status": receipt.status,
