@@ -272,9 +272,8 @@ class Receiver:
         """Answer one request: a notification's POST straight to its handler, the rest through aiohttp's router.
 
         aiohttp's plain-text errors (404, 405, ...) and crashes become JSON
-        without internals here, as a middleware made them, without the two
-        coroutines a middleware costs per request (its own and the one aiohttp
-        adds with any). What the router and the expect handlers answer is as before.
+        without internals here rather than in a middleware, which costs two
+        coroutines per request (its own and the one aiohttp adds with any).
         """
         try:
             if (request.method == hdrs.METH_POST and request.rel_url.path_safe == PATH
@@ -284,13 +283,13 @@ class Receiver:
                 return await self.notifications(request)
             return await self.route(request)
         except web.HTTPException as exc:
-            # A 417 comes only from an expect handler, which ran outside the middleware: aiohttp's own answer.
+            # A 417 comes only from an expect handler: aiohttp's own answer, as every expect handler's refusal.
             if exc.status < 400 or exc.status == 417:
                 raise
             allow = exc.headers.get(hdrs.ALLOW)
             return _error(exc.status, exc.reason, headers={"Allow": allow} if allow is not None else None)
         except ConnectionError:
-            raise  # the client left mid `100 Continue`, outside the middleware too: aiohttp's own handling
+            raise  # the client left mid `100 Continue` (no handler writes): aiohttp's own handling
         except Exception:  # the client gets a bare 500; the log gets the traceback
             log.exception("unexpected error handling %s %s", request.method, request.path)
             return _error(500, "internal error")
