@@ -29,6 +29,7 @@ from typing import Any
 import httpx
 import pytest
 from aiohttp import __version__ as aiohttp_version
+from aiohttp import web
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.web_protocol import RequestHandler
 from conftest import StartServer
@@ -620,6 +621,19 @@ def test_an_unknown_expect_on_a_get_route_gets_aiohttps_417_and_100_continue_goe
     assert continued.status_code == 200 and continued.json() == {"status": "ok"}
 
 
+def test_an_unknown_expect_on_an_unknown_path_gets_aiohttps_417_and_100_continue_its_json_404(
+    start_door: StartDoor,
+) -> None:
+    door = start_door()
+    url = f"http://{door.host}:{door.port}"
+    with httpx.Client(timeout=30) as client:
+        refused = client.post(f"{url}/nowhere", content=b"x", headers={"Expect": "200-ok"})
+        continued = client.post(f"{url}/nowhere", content=b"x", headers={"Expect": "100-continue"})
+    assert (refused.status_code, refused.text) == (417, "Unknown Expect: 200-ok")
+    assert refused.headers["Content-Type"] == "text/plain; charset=utf-8"
+    assert (continued.status_code, continued.json()) == (404, {"error": "Not Found"})
+
+
 # --- aiohttp's private internals ------------------------------------------------------------------
 
 
@@ -636,8 +650,28 @@ def test_the_private_aiohttp_names_http_connection_relies_on_still_exist() -> No
     assert {"_reading_paused", "_buffer_paused"} <= slots, advice % "BaseProtocol's pause flags"
     resume = inspect.getsource(BaseProtocol.resume_reading)
     assert "_reading_paused" in resume and "_buffer_paused" in resume, advice % "BaseProtocol.resume_reading"
+    assert list(inspect.signature(web.Application._handle).parameters) == ["self", "request"], (
+        advice % "web.Application._handle")
+    assert inspect.iscoroutinefunction(web.Application._handle), advice % "web.Application._handle"
+    assert "self._handle" in inspect.getsource(web.Application._make_handler), (
+        advice % "web.Application._make_handler (serving web.Application._handle)")
+    assert "self.request_handler = handler" in inspect.getsource(web.Server.__init__), (
+        advice % "Server.request_handler")
+    assert "manager.request_handler" in inspect.getsource(RequestHandler.__init__), (
+        advice % "RequestHandler.__init__ (taking Server.request_handler)")
+    for name in ("_eof_sent", "_keep_alive", "_body_length"):
+        assert hasattr(web.StreamResponse, name), advice % f"StreamResponse.{name}"
+    assert "rfc822_formatted_time()" in inspect.getsource(web.StreamResponse._prepare_headers), (
+        advice % "StreamResponse._prepare_headers (the Date header)")
+    assert "self._eof_sent" in inspect.getsource(web.StreamResponse.write_eof), advice % "StreamResponse.write_eof"
+    finish = inspect.getsource(RequestHandler.finish_response)
+    assert "await prepare_meth(request)" in finish and "await resp.write_eof()" in finish, (
+        advice % "RequestHandler.finish_response")
     assert set(http_connection.PRIVATE_NAMES) == {"RequestHandler._waiter", "RequestHandler.handle_error",
-                                                  "BaseProtocol._reading_paused", "BaseProtocol._buffer_paused"}
+                                                  "BaseProtocol._reading_paused", "BaseProtocol._buffer_paused",
+                                                  "Application._handle", "Server.request_handler",
+                                                  "StreamResponse._eof_sent", "StreamResponse._keep_alive",
+                                                  "StreamResponse._body_length", "helpers.rfc822_formatted_time"}
 
 
 def test_asyncio_still_reports_accept_failures_with_the_message_openfiles_matches() -> None:

@@ -446,6 +446,58 @@ def test_other_paths_are_404_and_other_methods_405(webhook: Webhook, method: str
     assert webhook.deliveries() == 0
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "answer"),
+    [("GET", "/nowhere", (404, "Not Found", None)), ("POST", "/notifications/", (404, "Not Found", None)),
+     ("GET", "/notifications", (405, "Method Not Allowed", "POST")),
+     ("POST", "/healthz", (405, "Method Not Allowed", "GET,HEAD")),
+     ("POST", "/metrics", (405, "Method Not Allowed", "GET,HEAD"))],
+)
+def test_404_and_405_answers_are_json_naming_the_allowed_methods_and_keep_the_connection(
+    webhook: Webhook, method: str, path: str, answer: tuple[int, str, str | None],
+) -> None:
+    status, error, allow = answer
+    response = webhook.client.request(method, f"{webhook.base}{path}", content=TEXT_XML)
+
+    assert (response.status_code, response.json(), response.headers.get("Allow")) == (status, {"error": error}, allow)
+    assert response.headers["Content-Type"] == "application/json; charset=utf-8"
+    assert response.headers["Server"] == "mailhook"
+    assert response.headers.get("Connection") != "close"
+    assert webhook.post(TEXT_XML).status_code == 200  # on the same kept-alive connection
+
+
+@pytest.mark.parametrize(("method", "path", "broken"), [("POST", "/notifications", "ingest_soon"),
+                                                       ("GET", "/healthz", "check")])
+def test_a_handler_crash_is_a_bare_json_500_with_the_traceback_in_the_log(
+    webhook: Webhook, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, method: str, path: str,
+    broken: str,
+) -> None:
+    def crash(*args: Any) -> Any:
+        raise RuntimeError("internal-detail")
+
+    monkeypatch.setattr(webhook.runtime.pipeline, broken, crash)
+
+    response = webhook.client.request(method, f"{webhook.base}{path}", content=TEXT_XML)
+
+    assert (response.status_code, response.json()) == (500, {"error": "internal error"})
+    assert response.headers["Server"] == "mailhook" and response.headers.get("Connection") != "close"
+    [line] = [r for r in caplog.records if r.name == "mailhook.webhook" and r.exc_info]
+    assert line.getMessage() == f"unexpected error handling {method} {path}"
+    assert line.exc_info is not None and "internal-detail" in str(line.exc_info[1])
+    monkeypatch.undo()
+    assert webhook.post(TEXT_XML).status_code == 200
+
+
+def test_a_notification_with_expect_100_continue_is_stored_through_aiohttps_expect_handling(
+    webhook: Webhook,
+) -> None:
+    code, answer = webhook.curl("-H", "Expect: 100-continue", "--data-binary",
+                                f"@{FIXTURES}/seed/text-outbound.xml")
+
+    assert (code, answer["status"]) == (200, "stored")
+    assert webhook.deliveries() == 1
+
+
 def _nested_json(depth: int) -> bytes:
     return b"[" * depth + b"]" * depth
 

@@ -9,6 +9,7 @@ mailhook relies on it, before a single SMTP DATA turns into a 451.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import imaplib
 import inspect
@@ -23,12 +24,16 @@ from pathlib import Path
 import httpx
 import imapclient
 import pytest
+from aiohttp import web
 from aiosmtpd.smtp import SMTP
 from conftest import StartServer
 from mailparser.core import MailParser
+from multidict import CIMultiDict
 from smtp_support import client
 
 from mailhook.extract import mail
+from mailhook.http import connection as http_connection
+from mailhook.http import door as http_door
 from mailhook.imap import account
 from mailhook.server import Runtime
 from mailhook.smtp import session
@@ -232,6 +237,95 @@ def test_pipelined_requests_after_a_body_sent_apart_from_its_head_are_all_answer
         sock.sendall((post + TEXT_XML) * 34)
         statuses = [answers.next()[:13] for _ in range(34)]
     assert statuses == [b"HTTP/1.1 200 "] * 34
+
+
+# --- aiohttp: mailhook/http/connection.py serves every request through the door's own handler -------------
+
+
+def test_every_request_reaches_the_doors_handler_which_routes_the_rest_through_aiohttp(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The door's handler replaces the server's request_handler (Application._handle) on each connection and
+    # passes what it does not route itself to Application._handle; only it answers a crash with this JSON
+    # (aiohttp's own answer says "internal server error" and closes the connection).
+    runtime, address = _http_door(start_server)
+
+    def crash() -> None:
+        raise RuntimeError("crash")
+
+    monkeypatch.setattr(runtime.pipeline, "check", crash)
+    with httpx.Client(timeout=30) as client:
+        crashed = client.get(f"http://{address}/healthz")
+        missing = client.get(f"http://{address}/nowhere")
+        stored = client.post(f"http://{address}/notifications", content=TEXT_XML)
+    advice = _advice("aiohttp", "Server.request_handler or Application._handle", "mailhook/http/connection.py")
+    assert (crashed.status_code, crashed.json()) == (500, {"error": "internal error"}), advice
+    assert (missing.status_code, missing.json()) == (404, {"error": "Not Found"}), advice
+    assert stored.status_code == 200, advice
+
+
+def test_the_route_the_door_takes_itself_is_the_one_aiohttps_router_has_for_it(start_server: StartServer) -> None:
+    # Receiver.handle sends a POST whose path_safe is exactly PATH to `notifications` without the router:
+    # aiohttp's router must have that route as a plain resource (matched by equality with path_safe) and no other.
+    runtime, _ = _http_door(start_server)
+    receiver = http_door.Receiver(runtime)
+    app = receiver.app()
+    routes = [(route.method, route.resource) for route in app.router.routes()
+              if route.resource is not None and route.resource.canonical == http_door.PATH]
+    assert len(routes) == 1, routes
+    method, resource = routes[0]
+    assert method == "POST" and type(resource) is web.PlainResource, _advice(
+        "aiohttp", "its router's plain resources", "mailhook/http/door.py (Receiver.handle)")
+    assert resource.raw_match(http_door.PATH) and not resource.raw_match(http_door.PATH + "/")
+    assert not app.router._matched_sub_app_resources  # nothing resolved before the path
+
+
+# Each request's version and Connection header, with what the answer must say about keeping the connection.
+_KEEP_ALIVE_CASES = (b"HTTP/1.1\r\n", b"HTTP/1.1\r\nConnection: close\r\n", b"HTTP/1.0\r\n",
+                     b"HTTP/1.0\r\nConnection: keep-alive\r\n")
+
+
+async def _answers_of(route: str) -> list[bytes]:
+    """Serve two routes with plain aiohttp; return the raw answers to one POST per keep-alive case on `route`."""
+    body = b'{"delivery_id": 7, "status": "stored", "events": 1, "duplicates": 0}'
+    headers = CIMultiDict({"Content-Type": "application/json; charset=utf-8", "Server": "mailhook"})
+
+    async def aiohttps(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=body, headers=headers)
+
+    async def mailhooks(request: web.Request) -> web.StreamResponse:
+        return http_connection.Answer(b"Content-Type: application/json; charset=utf-8\r\nServer: mailhook\r\n", body)
+
+    app = web.Application()
+    app.router.add_post("/aiohttp", aiohttps)
+    app.router.add_post("/mailhook", mailhooks)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    assert site._server is not None
+    port = site._server.sockets[0].getsockname()[1]
+    answers = []
+    try:
+        for head in _KEEP_ALIVE_CASES:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"POST " + route.encode() + b" " + head + b"Host: x\r\nContent-Length: 2\r\n\r\n{}")
+            await writer.drain()
+            answer = await reader.readuntil(b"\r\n\r\n")
+            answer += await reader.readexactly(len(body))
+            answers.append(re.sub(rb"\r\nDate: [^\r]+", b"\r\nDate: -", answer))
+            writer.close()
+    finally:
+        await runner.cleanup()
+    return answers
+
+
+def test_the_doors_200_answer_is_byte_for_byte_what_aiohttps_response_writes() -> None:
+    # http_connection.Answer formats the head prepare() would build and writes it with the body in one go.
+    ours, theirs = asyncio.run(_answers_of("/mailhook")), asyncio.run(_answers_of("/aiohttp"))
+    assert ours == theirs, _advice("aiohttp", "what StreamResponse.prepare writes", "mailhook/http/connection.py "
+                                   "(Answer)")
+    assert [b"Connection: " in answer for answer in ours] == [False, True, False, True]
 
 
 class _Answers:

@@ -26,10 +26,12 @@ import json
 import logging
 import os
 import socket
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
-from aiohttp import web
+from aiohttp import HttpVersion10, HttpVersion11, web
+from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http_exceptions import LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
@@ -55,8 +57,18 @@ LOG_INTERVAL = 60.0
 #   RequestHandler.handle_error  builds aiohttp's own error page (overridden below)
 #   BaseProtocol._reading_paused, BaseProtocol._buffer_paused
 #                                the two reasons aiohttp pauses reading (resume_reading, overridden below)
+#   Application._handle          routes a request through the application (application_handler, below)
+#   Server.request_handler       what each connection's protocol calls per request (set by listen, below)
+#   StreamResponse._eof_sent, StreamResponse._keep_alive, StreamResponse._body_length
+#                                the state aiohttp's prepare and write_eof leave in a response (Answer, below)
+#   helpers.rfc822_formatted_time
+#                                the Date header's value, as aiohttp's prepare writes it (Answer, below)
 PRIVATE_NAMES = ("RequestHandler._waiter", "RequestHandler.handle_error", "BaseProtocol._reading_paused",
-                 "BaseProtocol._buffer_paused")
+                 "BaseProtocol._buffer_paused", "Application._handle", "Server.request_handler",
+                 "StreamResponse._eof_sent", "StreamResponse._keep_alive", "StreamResponse._body_length",
+                 "helpers.rfc822_formatted_time")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def raw_response(status: int, message: str, *headers: str) -> bytes:
@@ -74,6 +86,49 @@ def error_response(status: int, message: str) -> web.Response:
                             headers={"Server": SERVER})
     response.force_close()
     return response
+
+
+class Answer(web.StreamResponse):
+    """A 200 answer whose head is formatted and written with its body at once: the bytes aiohttp's Response writes.
+
+    aiohttp's `Response` copies its headers into a new CIMultiDict, then
+    `prepare` runs six coroutines (headers, the prepare signal, the status
+    line), adds Content-Length, Date and Connection to that copy and
+    serializes it, and `write_eof` three more to write head and body
+    together. `fields` are the header lines that come before Content-Length
+    (as `Response(headers=...)` orders them); the rest is added here as
+    `prepare` adds it. Only for a body of bytes, without cookies,
+    compression, chunking or a prepare signal (`app.on_response_prepare`
+    runs only for requests the router matched), on a status that has a body.
+    Private: the state `prepare` and `write_eof` leave (`_keep_alive`,
+    `_eof_sent`, `_body_length`), which aiohttp's server reads afterwards.
+    """
+
+    __slots__ = ("_answer", "_fields")
+
+    def __init__(self, fields: bytes, body: bytes) -> None:
+        super().__init__()
+        self._fields = fields
+        self._answer = body
+
+    async def prepare(self, request: web.BaseRequest) -> None:
+        """Write the whole answer, as `prepare` followed by `write_eof` write it (which is left with nothing to do)."""
+        if self._eof_sent:
+            return
+        keep_alive = self._keep_alive
+        if keep_alive is None:
+            keep_alive = self._keep_alive = request.keep_alive
+        version = request.version
+        if keep_alive:
+            connection = b"Connection: keep-alive\r\n" if version == HttpVersion10 else b""
+        else:
+            connection = b"Connection: close\r\n" if version == HttpVersion11 else b""
+        body = self._answer
+        writer = request.writer
+        await writer.write_eof(b"HTTP/%d.%d 200 OK\r\n%sContent-Length: %d\r\nDate: %s\r\n%s\r\n%s" % (
+            version[0], version[1], self._fields, len(body), rfc822_formatted_time().encode(), connection, body))
+        self._eof_sent = True
+        self._body_length = writer.output_size
 
 
 class Gate:
@@ -387,6 +442,16 @@ class Connection(RequestHandler):
         return error_response(status, reason)
 
 
+def application_handler(app: web.Application) -> Handler:
+    """Return aiohttp's own handling of a request by `app`: its expect handlers, router and route handlers.
+
+    Private: `Application._handle` is what the server an AppRunner makes
+    calls for each request; the door calls it for the requests it does not
+    route itself (`listen`'s `handler`).
+    """
+    return app._handle
+
+
 class Listener:
     """The HTTP door's listening socket and its gate."""
 
@@ -411,14 +476,21 @@ class Listener:
 async def listen(
     runner: web.AppRunner, settings: HttpSettings, metrics: Metrics, logger: logging.Logger,
     protocol_log: logging.Logger | logging.LoggerAdapter, sock: socket.socket | None = None,  # type: ignore[type-arg]
+    handler: Handler | None = None,
 ) -> Listener:
     """Serve `runner`'s application on `sock` (passed by systemd) or on `settings.listen`.
 
-    Raises `ConfigError` when the address cannot be bound, so `serve` exits 78
-    with one line as for the SMTP door.
+    With `handler`, each request goes to it instead of to the application
+    (which it may pass on to, through `application_handler`). Raises
+    `ConfigError` when the address cannot be bound, so `serve` exits 78 with
+    one line as for the SMTP door.
     """
     loop = asyncio.get_running_loop()
     assert runner.server is not None, "runner.setup() first"
+    if handler is not None:
+        # Private: each connection's protocol (RequestHandler.__init__) takes the server's request_handler,
+        # the application's `_handle`; set before the first connection is accepted.
+        runner.server.request_handler = handler  # type: ignore[assignment]
     gate = Gate(runner.server, settings, metrics, logger, protocol_log)
     try:
         if sock is not None:

@@ -47,9 +47,8 @@ SIGNATURE = "X-CallFire-Signature"
 HEALTH_TIMEOUT = 10.0
 _CHUNK = 64 * 1024
 _ANSWER = b'{"delivery_id": %d, "status": "%s", "events": %d, "duplicates": %d}'
-# A CIMultiDict, which aiohttp's Response copies as it is; a dict it would convert key by key, per answer.
-_JSON_HEADERS: CIMultiDict[str] = CIMultiDict({hdrs.CONTENT_TYPE: "application/json; charset=utf-8",
-                                               hdrs.SERVER: http_connection.SERVER})
+# The 200 answer's header lines before Content-Length, in the order Response(headers=...) would write them.
+_JSON_FIELDS = b"Content-Type: application/json; charset=utf-8\r\nServer: " + http_connection.SERVER.encode() + b"\r\n"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -84,6 +83,9 @@ class WebhookDoor:
 class Receiver:
     """The request handlers, bound to one server's pipeline, metrics and settings."""
 
+    # aiohttp's own routing of a request through the application (set by `app`).
+    route: Handler
+
     def __init__(self, runtime: Runtime) -> None:
         self.pipeline = runtime.pipeline
         self.metrics = runtime.metrics
@@ -99,14 +101,16 @@ class Receiver:
         self.inflight = runtime.inflight
 
     def app(self) -> web.Application:
-        """Build the aiohttp application: three routes and a JSON error middleware."""
-        app = web.Application(middlewares=[self._errors])
+        """Build the aiohttp application: three routes, served through `handle` (which makes errors JSON)."""
+        # No middleware: any makes aiohttp run two coroutines per request (it adds its own with it).
+        app = web.Application()
         app.router.add_post(PATH, self.notifications, expect_handler=self.expect)
         app.router.add_get("/healthz", self.healthz, allow_head=True, expect_handler=_expect)
         app.router.add_get("/metrics", self.render_metrics, allow_head=True, expect_handler=_expect)
         # Every answer names the service (`Server: mailhook`, not the library and Python versions behind
         # it) in its own headers, not in an on_response_prepare signal: that was two coroutines per request.
         app.on_cleanup.append(self._close_logs)
+        self.route = http_connection.application_handler(app)
         return app
 
     async def _close_logs(self, app: web.Application) -> None:
@@ -264,16 +268,28 @@ class Receiver:
             response.force_close()  # the rest of the body is not coming, cannot be framed, or is not wanted
         return response
 
-    @web.middleware
-    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Turn aiohttp's plain-text errors (404, 405, ...) and crashes into JSON without internals."""
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Answer one request: a notification's POST straight to its handler, the rest through aiohttp's router.
+
+        aiohttp's plain-text errors (404, 405, ...) and crashes become JSON
+        without internals here rather than in a middleware, which costs two
+        coroutines per request (its own and the one aiohttp adds with any).
+        """
         try:
-            return await handler(request)
+            if (request.method == hdrs.METH_POST and request.rel_url.path_safe == PATH
+                    and not request.headers.get(hdrs.EXPECT)):
+                # The route aiohttp's router resolves this request to (it matches `path_safe`), without its
+                # coroutine and match info; a request with an Expect header goes through aiohttp for its handler.
+                return await self.notifications(request)
+            return await self.route(request)
         except web.HTTPException as exc:
-            if exc.status < 400:
+            # A 417 comes only from an expect handler: aiohttp's own answer, as every expect handler's refusal.
+            if exc.status < 400 or exc.status == 417:
                 raise
             allow = exc.headers.get(hdrs.ALLOW)
             return _error(exc.status, exc.reason, headers={"Allow": allow} if allow is not None else None)
+        except ConnectionError:
+            raise  # the client left mid `100 Continue` (no handler writes): aiohttp's own handling
         except Exception:  # the client gets a bare 500; the log gets the traceback
             log.exception("unexpected error handling %s %s", request.method, request.path)
             return _error(500, "internal error")
@@ -360,13 +376,13 @@ def _basic_password(request: web.Request) -> str | None:
     return password
 
 
-def _answer(receipt: Receipt) -> web.Response:
+def _answer(receipt: Receipt) -> web.StreamResponse:
     if not receipt.error:
         # The common answer, formatted directly: the same bytes json.dumps gives (an int
         # and one of the fixed status words), without building a dict and encoding it.
-        return web.Response(body=_ANSWER % (
+        return http_connection.Answer(_JSON_FIELDS, _ANSWER % (
             receipt.delivery_id, receipt.status.encode(), receipt.events, receipt.duplicates,
-        ), headers=_JSON_HEADERS)
+        ))
     body: dict[str, Any] = {
         "delivery_id": receipt.delivery_id,
         "status": receipt.status,
@@ -401,13 +417,14 @@ async def start(runtime: Runtime) -> WebhookDoor:
     when it cannot.
     """
     protocol_log = _ProtocolLog(log, runtime.metrics)
+    receiver = Receiver(runtime)
     runner = web.AppRunner(
-        Receiver(runtime).app(), access_log=None, handle_signals=False, shutdown_timeout=30.0, logger=protocol_log,
+        receiver.app(), access_log=None, handle_signals=False, shutdown_timeout=30.0, logger=protocol_log,
     )
     await runner.setup()
     try:
         listener = await http_connection.listen(runner, runtime.settings.http, runtime.metrics, log, protocol_log,
-                                         runtime.sockets.get("http"))
+                                         runtime.sockets.get("http"), receiver.handle)
     except BaseException:
         await runner.cleanup()
         raise
