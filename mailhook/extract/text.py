@@ -8,7 +8,6 @@ exactly as read) differ.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import re
 from collections.abc import Mapping
@@ -61,7 +60,10 @@ _ALIASES: dict[str, tuple[str, ...]] = {
 }
 FIELDS: dict[str, str] = {alias: canon for canon, aliases in _ALIASES.items() for alias in aliases}
 
-_LINE = re.compile(r"^[ \t*•-]*([A-Za-z][A-Za-z0-9 _./#()-]{0,40}?)[ \t*]*(?:[:=]|\s-\s)[ \t]*(.*?)\s*$")
+# The value is taken to the line's end and its trailing whitespace stripped after the match: a lazy
+# `(.*?)\s*$` tried the end after every character of it. Every separator holds ":", "=" or "-", so a line
+# with none of them is not tried at all.
+_LINE = re.compile(r"[ \t*•-]*([A-Za-z][A-Za-z0-9 _./#()-]{0,40}?)[ \t*]*(?:[:=]|\s-\s)[ \t]*(.*)")
 # Rows and cells are split, not matched: a lazy `<tr>(.*?)</tr>` rescans the rest
 # of the text for every unclosed row, which hostile HTML turns into minutes.
 _ROW_START = re.compile(r"<tr\b[^<>]*>", re.IGNORECASE)
@@ -130,9 +132,9 @@ def _line_pairs(text: str, notes: list[str] | None = None, *, html: bool = False
     pairs: list[tuple[str, str]] = []
     previous = ""  # the last line of the open field (its own line or a continuation); "" when none is open
     for line in text.splitlines()[:_MAX_LINES]:
-        m = _LINE.match(line)
+        m = _LINE.match(line) if ":" in line or "=" in line or "-" in line else None
         if m is not None:
-            label, value = m.group(1).strip(), m.group(2)
+            label, value = m.group(1).strip(), m.group(2).rstrip()
             if value.startswith("//"):
                 m = None  # a URL, not a field
             elif " - " in line and ":" not in line and "=" not in line and (
@@ -259,12 +261,7 @@ def _read_block(
             f"{fmt} notification fields ({', '.join(sorted(known))}) but no sign of a text, call or campaign"
         )
     root, notification = _v1(kind, known, named)
-    event = read_v1(root, notification, fmt, subscriptions)
-    if event.event_type_source != "config" and named:
-        return dataclasses.replace(
-            event, event_type=named, event_type_source="payload", payload=_payload(payload, subject)
-        )
-    return dataclasses.replace(event, payload=_payload(payload, subject))
+    return read_v1(root, notification, fmt, subscriptions, payload=_payload(payload, subject), named=named)
 
 
 def _payload(fields: dict[str, str], subject: str | None) -> dict[str, Any]:
@@ -377,7 +374,7 @@ _SENDER_ID = re.compile(r"[A-Za-z0-9]{1,15}")
 def _phone(value: str) -> str | None:
     """Return the value, as sent, when it reads as a phone number, a short code or a sender id."""
     text = value.strip()
-    if _PHONE.fullmatch(text) and sum(ch.isdigit() for ch in text) >= 3:
+    if _PHONE.fullmatch(text) and sum(map(str.isdigit, text)) >= 3:
         return text
     return text if _SENDER_ID.fullmatch(text) else None
 
