@@ -8,6 +8,7 @@ inline-forward header blocks, and cut at its own end whatever follows it.
 from __future__ import annotations
 
 import bisect
+import functools
 import html
 import re
 
@@ -109,6 +110,9 @@ def unescape(text: str) -> str:
     return text
 
 
+# The same HTML body is passed three times: its document search (html_to_text), then the text
+# reader's table and line reading; the last few results are kept (a pure function of an immutable str).
+@functools.lru_cache(maxsize=4)
 def drop_hidden(markup: str) -> str:
     """Remove <script>, <style> and <head> elements (an unclosed one runs to the end) in one pass."""
     if "<" not in markup:

@@ -18,6 +18,7 @@ from typing import Any
 from mailhook.errors import Unreadable
 from mailhook.extract.embedded import drop_hidden, unescape
 from mailhook.extract.v1 import read_v1
+from mailhook.extract.values import is_utc_text
 from mailhook.models import Event
 
 # A text needs a resource id or this many known fields to count as a notification.
@@ -217,7 +218,7 @@ def _cells(row: str) -> list[str]:
 
 
 def _cell_text(cell: str) -> str:
-    return " ".join(unescape(_TAG.sub(" ", cell)).split())
+    return " ".join(unescape(_TAG.sub(" ", cell) if "<" in cell else cell).split())
 
 
 def _blocks(pairs: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
@@ -454,6 +455,8 @@ def _time(value: str | None) -> str | None:
     if not value:
         return None
     text = value.strip()
+    if is_utc_text(text):
+        return text[:-1] + "+00:00"  # what fromisoformat and isoformat below make of it
     zone = text.rsplit(" ", 1)[-1].upper() if " " in text else ""
     if zone in _ZONES:
         text = text[: -len(zone)].strip() + _ZONES[zone]
