@@ -330,7 +330,7 @@ _PIECES = st.sampled_from(
 _TEXTS = st.lists(_PIECES, max_size=40).map("".join)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=3000, deadline=None)
 @given(_TEXTS)
 def test_line_start_checks_find_exactly_the_lines_their_multiline_patterns_find(text: str) -> None:
     assert _has_quoted_line(text) == (re.search(r"^[ \t]*>", text, re.MULTILINE) is not None)

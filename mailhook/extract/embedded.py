@@ -252,4 +252,6 @@ def _has_forward_mark(text: str) -> bool:
     """Say whether `_FORWARD_MARK.search(text)` matches, running it only where a mark line may start."""
     if _FORWARD_MARK.match(text) is not None:
         return True
-    return _FORWARD_HINT.search(text) is not None and _FORWARD_MARK.search(text) is not None
+    # Tried only at the hinted lines (`^` holds right after their newline): a search of the whole text
+    # tries `^` at every character once any line begins with "B" ("Billed Amount:", "Broadcast …").
+    return any(_FORWARD_MARK.match(text, hint.start() + 1) is not None for hint in _FORWARD_HINT.finditer(text))

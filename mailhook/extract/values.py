@@ -149,12 +149,12 @@ def to_time(value: Any, name: str) -> str | None:
         if is_utc_text(value):
             return value  # already what _iso_time makes of it
         return _iso_time(value, name)
-    if type(value) is str and len(value) == 25 and value.endswith("+00:00") and is_utc_text(value[:19] + "Z"):
-        return value[:19] + "Z"  # what _iso_time makes of it (the text reader's times come this way)
     if type(value) is int:  # JSON's usual: epoch milliseconds; the checks below, in their order, for an int
         if not 0 <= value <= _MAX_EPOCH_MS:
             raise Unreadable(f"{name}: epoch milliseconds out of range: {value}")
         return _utc_text(datetime.fromtimestamp(value // 1000, tz=UTC))
+    if type(value) is str and len(value) == 25 and value.endswith("+00:00") and is_utc_text(value[:19] + "Z"):
+        return value[:19] + "Z"  # what _iso_time makes of it (the text reader's times come this way)
     if value is None:
         return None
     value = text_of(value)
