@@ -18,9 +18,11 @@ from mailhook.errors import Unreadable
 from mailhook.extract import extract
 from mailhook.extract.embedded import (
     _FORWARD_MARK,
+    _HTML_HIDDEN,
     _has_forward_mark,
     _has_quoted_line,
     _json_spans,
+    drop_hidden,
     find_documents,
     unescape,
 )
@@ -579,3 +581,43 @@ def test_a_quoted_notification_is_still_read_unquoted() -> None:
     # Quoted as a whole, every level of quote marks is the quoting's, not the message's.
     assert event.message == "the reply quoted what it answered see you soon"
     assert event.resource_id == 44400000999
+
+
+def _drop_hidden_by_regex(markup: str) -> str:
+    """drop_hidden as it reads every text: `_HTML_HIDDEN`'s matches, an opening then its own closing."""
+    out: list[str] = []
+    pos = 0
+    hidden: str | None = None
+    for m in _HTML_HIDDEN.finditer(markup):
+        opening, closing = m.group(1), m.group(2)
+        if hidden is None and opening:
+            out.append(markup[pos : m.start()])
+            hidden = opening.lower()
+        elif hidden is not None and closing and closing.lower() == hidden:
+            hidden = None
+            pos = m.end()
+    if hidden is None:
+        out.append(markup[pos:])
+    return "".join(out)
+
+
+# Tags in every case, with and without a word boundary, blanks (\s's ASCII ones) before ">", stray closings.
+_HTML_PIECES = st.sampled_from(
+    ["<script", "<SCRIPT", "<Script>", "</script", "</SCRIPT>", "</script >", "</script\x1c>", "<style",
+     "<StYlE type=x>", "</style>", "</style\t\n>", "<head", "<HEAD>", "<header>", "</head>", "</header>",
+     "<scripts", "<head_", "<head1", "</head \x0b\x0c\r>", "<", ">", "/", " ", "\t", "\n", "x", "_", "1", "-",
+     "</", "<p>", "text"]
+)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(_HTML_PIECES, max_size=30).map("".join))
+def test_hidden_elements_of_an_ascii_text_are_dropped_as_the_ignorecase_pattern_drops_them(markup: str) -> None:
+    assert markup.isascii()
+    assert drop_hidden.__wrapped__(markup) == _drop_hidden_by_regex(markup)
+
+
+def test_hidden_elements_of_a_non_ascii_text_are_dropped_by_the_ignorecase_pattern() -> None:
+    markup = "<p>caf\u00e9</p><\u017fcript>x</script><p>y</p>"  # U+017F is "s" to IGNORECASE
+    # It opens an element that no "</script>" closes (its name is "\u017fcript"), so the rest is hidden.
+    assert drop_hidden.__wrapped__(markup) == _drop_hidden_by_regex(markup) == "<p>caf\u00e9</p>"

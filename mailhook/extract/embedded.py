@@ -36,6 +36,12 @@ _QUOTED_CONTENT = re.compile(r"^(?:[ \t]*>)+[ \t]*(?:[A-Za-z][A-Za-z0-9 _/-]{0,4
 _HTML_BREAK = re.compile(r"<\s*(?:br|/p|/div|/tr|/li|/h\d|/pre)\b[^<>]*>", re.IGNORECASE)
 _HTML_TAG = re.compile(r"<[^<>]*>")
 _HTML_HIDDEN = re.compile(r"<(script|style|head)\b|</(script|style|head)\s*>", re.IGNORECASE)
+# The same in an ASCII text, where IGNORECASE is exactly both cases of each letter (elsewhere it also
+# takes U+017F for "s"): spelt as classes, the match tried at every "<" costs a third less.
+_HTML_HIDDEN_ASCII = re.compile(
+    r"<([Ss][Cc][Rr][Ii][Pp][Tt]|[Ss][Tt][Yy][Ll][Ee]|[Hh][Ee][Aa][Dd])\b"
+    r"|</([Ss][Cc][Rr][Ii][Pp][Tt]|[Ss][Tt][Yy][Ll][Ee]|[Hh][Ee][Aa][Dd])\s*>"
+)
 # Outside every object: the next brace (quotes there are prose). Inside one: the next brace that is
 # not in a string, skipping whole strings (an unclosed one runs to the end; a backslash escapes the
 # next character). Possessive, so a text without a brace costs one pass, not a backtracking search.
@@ -120,7 +126,7 @@ def drop_hidden(markup: str) -> str:
     out: list[str] = []
     pos = 0
     hidden: str | None = None
-    for m in _HTML_HIDDEN.finditer(markup):
+    for m in (_HTML_HIDDEN_ASCII if markup.isascii() else _HTML_HIDDEN).finditer(markup):
         opening, closing = m.group(1), m.group(2)
         if hidden is None and opening:
             out.append(markup[pos : m.start()])
