@@ -79,6 +79,8 @@ _WORDS = re.compile(r"[a-z]+")
 _NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
 _DIGITS = re.compile(r"\d+")
 _CLOCK = re.compile(r"(?:(\d+):)?(\d+):(\d{2})")
+_UNITS = re.compile(r"\s*(?:(\d+)\s*m(?:in(?:utes?)?)?)?\s*(?:(\d+)\s*s(?:ec(?:onds?)?)?)?\s*")
+_LABEL_SEPARATOR = re.compile(r"[,;]")
 _CONFIGS = {"TEXT": "TextBroadcastConfig", "IVR": "IvrBroadcastConfig", "CCC": "CccBroadcastConfig"}
 _BLANK_VALUES = frozenset({"", "-", "--", "n/a", "na", "none", "null"})
 _CAMPAIGN_WORDS = {
@@ -247,8 +249,10 @@ def _read_block(
         if canon in ("from", "to"):
             # "From: CallFire <noreply@…>" in a body is a person or an address, not a number.
             value = _phone(value) or ""
-        if canon and canon not in known and value.strip().lower() not in _BLANK_VALUES:
-            known[canon] = value.strip()
+        if canon and canon not in known:
+            stripped = value.strip()
+            if stripped.lower() not in _BLANK_VALUES:
+                known[canon] = stripped
     named = _event_name(known.get("event")) or _event_name(subject)
     kind = _kind(named, known)
     ids = [k for k in _ID_FIELDS if k in known and (k != "broadcast_id" or kind == "Broadcast")]
@@ -279,6 +283,7 @@ def _is_id(value: str) -> bool:
     return digits is not None and digits.isascii()
 
 
+@functools.lru_cache(maxsize=256)  # subjects and event fields repeat across emails; a pure function of the text
 def _event_name(text: str | None) -> str | None:
     """Name the trigger event in phrases like "Outbound Text Finished" or "CAMPAIGN_STOPPED"."""
     if not text:
@@ -316,7 +321,7 @@ def _v1(kind: str, known: Mapping[str, str], named: str | None) -> tuple[str, di
     get = known.get
     envelope: dict[str, Any] = {"SubscriptionId": _digits(get("subscription_id"))}
     envelope["AccountId"] = _digits(get("account_id"))
-    labels = [s.strip() for s in re.split(r"[,;]", get("labels") or "") if s.strip()] or None
+    labels = [s.strip() for s in _LABEL_SEPARATOR.split(get("labels") or "") if s.strip()] or None
     if kind == "Broadcast":
         config = _present({"FromNumber": get("from"), "Created": _time(get("created"))})
         resource: dict[str, Any] = {
@@ -431,7 +436,7 @@ def _seconds(value: str | None) -> str | None:
     if clock:
         hours, minutes, secs = (int(g or 0) for g in clock.groups())
         return str(hours * 3600 + minutes * 60 + secs)
-    unit = re.fullmatch(r"\s*(?:(\d+)\s*m(?:in(?:utes?)?)?)?\s*(?:(\d+)\s*s(?:ec(?:onds?)?)?)?\s*", value)
+    unit = _UNITS.fullmatch(value)
     if unit and any(unit.groups()):
         return str(int(unit.group(1) or 0) * 60 + int(unit.group(2) or 0))
     m = _DIGITS.fullmatch(value.strip())
