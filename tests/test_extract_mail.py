@@ -19,6 +19,10 @@ from mailhook.extract import extract
 from mailhook.extract.embedded import (
     _FORWARD_MARK,
     _HTML_HIDDEN,
+    CACHED_CHARS,
+    FORWARD_HINTS_TRIED,
+    _drop_hidden,
+    _drop_hidden_cached,
     _has_forward_mark,
     _has_quoted_line,
     _json_spans,
@@ -614,10 +618,28 @@ _HTML_PIECES = st.sampled_from(
 @given(st.lists(_HTML_PIECES, max_size=30).map("".join))
 def test_hidden_elements_of_an_ascii_text_are_dropped_as_the_ignorecase_pattern_drops_them(markup: str) -> None:
     assert markup.isascii()
-    assert drop_hidden.__wrapped__(markup) == _drop_hidden_by_regex(markup)
+    assert _drop_hidden(markup) == _drop_hidden_by_regex(markup)
 
 
 def test_hidden_elements_of_a_non_ascii_text_are_dropped_by_the_ignorecase_pattern() -> None:
     markup = "<p>caf\u00e9</p><\u017fcript>x</script><p>y</p>"  # U+017F is "s" to IGNORECASE
     # It opens an element that no "</script>" closes (its name is "\u017fcript"), so the rest is hidden.
-    assert drop_hidden.__wrapped__(markup) == _drop_hidden_by_regex(markup) == "<p>caf\u00e9</p>"
+    assert _drop_hidden(markup) == _drop_hidden_by_regex(markup) == "<p>caf\u00e9</p>"
+
+
+def test_hidden_elements_are_kept_for_the_next_readings_of_a_body_up_to_the_cached_size() -> None:
+    for size, kept in ((CACHED_CHARS, True), (CACHED_CHARS + 1, False)):
+        markup = "<head><style>x</style></head>" + "y" * (size - 29 - 11) + "<p>z</p>" + str(size)[-3:]
+        assert len(markup) == size
+        before = _drop_hidden_cached.cache_info()
+        first, second = drop_hidden(markup), drop_hidden(markup)
+        after = _drop_hidden_cached.cache_info()
+        assert first == second == _drop_hidden_by_regex(markup) == markup[29:]
+        assert (after.hits - before.hits, after.misses - before.misses) == ((1, 1) if kept else (0, 0))
+
+
+@pytest.mark.parametrize("hints", [0, FORWARD_HINTS_TRIED - 1, FORWARD_HINTS_TRIED, FORWARD_HINTS_TRIED + 1, 50])
+@pytest.mark.parametrize("mark", ["---------- Forwarded message ---------", "Begin forwarded message:", ""])
+def test_a_forward_mark_is_found_after_any_number_of_hinted_lines(hints: int, mark: str) -> None:
+    text = "Hello\n" + "Billed Amount: 1\n" * hints + " ---\n" * (hints % 2) + mark + "\nText ID: 5"
+    assert _has_forward_mark(text) == (_FORWARD_MARK.search(text) is not None) == bool(mark)

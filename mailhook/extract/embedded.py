@@ -24,6 +24,7 @@ _FORWARD_HEADER = re.compile(r"^[ \t]*(?:From|Date|Sent|Subject|To|Cc|Reply-To)[
 # A `^` pattern under MULTILINE is tried at every character; these find the same
 # lines by searching for the newline before them (a literal prefix the engine skips to).
 _FORWARD_HINT = re.compile(r"\n[ \t]*(?:---|[Bb])")  # every _FORWARD_MARK line after the first begins so
+FORWARD_HINTS_TRIED = 8
 _QUOTED_FIRST = re.compile(r"[ \t]*>")
 _QUOTED_NEXT = re.compile(r"\n[ \t]*>")
 _QUOTE_PREFIX = re.compile(r"^(?:[ \t]*>)+[ \t]?", re.MULTILINE)
@@ -117,10 +118,17 @@ def unescape(text: str) -> str:
 
 
 # The same HTML body is passed three times: its document search (html_to_text), then the text
-# reader's table and line reading; the last few results are kept (a pure function of an immutable str).
-@functools.lru_cache(maxsize=4)
+# reader's table and line reading; the last few results are kept (a pure function of an immutable str),
+# for bodies up to this many characters only, so that the cache never holds more than a few MB.
+CACHED_CHARS = 65_536
+
+
 def drop_hidden(markup: str) -> str:
     """Remove <script>, <style> and <head> elements (an unclosed one runs to the end) in one pass."""
+    return _drop_hidden(markup) if len(markup) > CACHED_CHARS else _drop_hidden_cached(markup)
+
+
+def _drop_hidden(markup: str) -> str:
     if "<" not in markup:
         return markup
     out: list[str] = []
@@ -137,6 +145,9 @@ def drop_hidden(markup: str) -> str:
     if hidden is None:
         out.append(markup[pos:])
     return "".join(out)
+
+
+_drop_hidden_cached = functools.lru_cache(maxsize=4)(_drop_hidden)
 
 
 def _xml_end(text: str, start: int) -> int:
@@ -260,4 +271,11 @@ def _has_forward_mark(text: str) -> bool:
         return True
     # Tried only at the hinted lines (`^` holds right after their newline): a search of the whole text
     # tries `^` at every character once any line begins with "B" ("Billed Amount:", "Broadcast …").
-    return any(_FORWARD_MARK.match(text, hint.start() + 1) is not None for hint in _FORWARD_HINT.finditer(text))
+    # Past a few hints, one search from the current one (every mark before it was tried), so that a text
+    # of a million "B" lines costs one pass in C, not a Python step per line.
+    for n, hint in enumerate(_FORWARD_HINT.finditer(text)):
+        if n == FORWARD_HINTS_TRIED:
+            return _FORWARD_MARK.search(text, hint.start()) is not None
+        if _FORWARD_MARK.match(text, hint.start() + 1) is not None:
+            return True
+    return False
