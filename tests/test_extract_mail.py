@@ -18,9 +18,15 @@ from mailhook.errors import Unreadable
 from mailhook.extract import extract
 from mailhook.extract.embedded import (
     _FORWARD_MARK,
+    _HTML_HIDDEN,
+    CACHED_CHARS,
+    FORWARD_HINTS_TRIED,
+    _drop_hidden,
+    _drop_hidden_cached,
     _has_forward_mark,
     _has_quoted_line,
     _json_spans,
+    drop_hidden,
     find_documents,
     unescape,
 )
@@ -330,7 +336,7 @@ _PIECES = st.sampled_from(
 _TEXTS = st.lists(_PIECES, max_size=40).map("".join)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=3000, deadline=None)
 @given(_TEXTS)
 def test_line_start_checks_find_exactly_the_lines_their_multiline_patterns_find(text: str) -> None:
     assert _has_quoted_line(text) == (re.search(r"^[ \t]*>", text, re.MULTILINE) is not None)
@@ -579,3 +585,61 @@ def test_a_quoted_notification_is_still_read_unquoted() -> None:
     # Quoted as a whole, every level of quote marks is the quoting's, not the message's.
     assert event.message == "the reply quoted what it answered see you soon"
     assert event.resource_id == 44400000999
+
+
+def _drop_hidden_by_regex(markup: str) -> str:
+    """drop_hidden as it reads every text: `_HTML_HIDDEN`'s matches, an opening then its own closing."""
+    out: list[str] = []
+    pos = 0
+    hidden: str | None = None
+    for m in _HTML_HIDDEN.finditer(markup):
+        opening, closing = m.group(1), m.group(2)
+        if hidden is None and opening:
+            out.append(markup[pos : m.start()])
+            hidden = opening.lower()
+        elif hidden is not None and closing and closing.lower() == hidden:
+            hidden = None
+            pos = m.end()
+    if hidden is None:
+        out.append(markup[pos:])
+    return "".join(out)
+
+
+# Tags in every case, with and without a word boundary, blanks (\s's ASCII ones) before ">", stray closings.
+_HTML_PIECES = st.sampled_from(
+    ["<script", "<SCRIPT", "<Script>", "</script", "</SCRIPT>", "</script >", "</script\x1c>", "<style",
+     "<StYlE type=x>", "</style>", "</style\t\n>", "<head", "<HEAD>", "<header>", "</head>", "</header>",
+     "<scripts", "<head_", "<head1", "</head \x0b\x0c\r>", "<", ">", "/", " ", "\t", "\n", "x", "_", "1", "-",
+     "</", "<p>", "text"]
+)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(_HTML_PIECES, max_size=30).map("".join))
+def test_hidden_elements_of_an_ascii_text_are_dropped_as_the_ignorecase_pattern_drops_them(markup: str) -> None:
+    assert markup.isascii()
+    assert _drop_hidden(markup) == _drop_hidden_by_regex(markup)
+
+
+def test_hidden_elements_of_a_non_ascii_text_are_dropped_by_the_ignorecase_pattern() -> None:
+    markup = "<p>caf\u00e9</p><\u017fcript>x</script><p>y</p>"  # U+017F is "s" to IGNORECASE
+    # It opens an element that no "</script>" closes (its name is "\u017fcript"), so the rest is hidden.
+    assert _drop_hidden(markup) == _drop_hidden_by_regex(markup) == "<p>caf\u00e9</p>"
+
+
+def test_hidden_elements_are_kept_for_the_next_readings_of_a_body_up_to_the_cached_size() -> None:
+    for size, kept in ((CACHED_CHARS, True), (CACHED_CHARS + 1, False)):
+        markup = "<head><style>x</style></head>" + "y" * (size - 29 - 11) + "<p>z</p>" + str(size)[-3:]
+        assert len(markup) == size
+        before = _drop_hidden_cached.cache_info()
+        first, second = drop_hidden(markup), drop_hidden(markup)
+        after = _drop_hidden_cached.cache_info()
+        assert first == second == _drop_hidden_by_regex(markup) == markup[29:]
+        assert (after.hits - before.hits, after.misses - before.misses) == ((1, 1) if kept else (0, 0))
+
+
+@pytest.mark.parametrize("hints", [0, FORWARD_HINTS_TRIED - 1, FORWARD_HINTS_TRIED, FORWARD_HINTS_TRIED + 1, 50])
+@pytest.mark.parametrize("mark", ["---------- Forwarded message ---------", "Begin forwarded message:", ""])
+def test_a_forward_mark_is_found_after_any_number_of_hinted_lines(hints: int, mark: str) -> None:
+    text = "Hello\n" + "Billed Amount: 1\n" * hints + " ---\n" * (hints % 2) + mark + "\nText ID: 5"
+    assert _has_forward_mark(text) == (_FORWARD_MARK.search(text) is not None) == bool(mark)

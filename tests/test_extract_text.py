@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from datetime import datetime
 from decimal import Decimal
 
 import pytest
@@ -12,7 +14,7 @@ from hypothesis import strategies as st
 from mailhook.errors import Unreadable
 from mailhook.extract import extract
 from mailhook.extract.document import read_document
-from mailhook.extract.text import _norm, read_text, read_text_noted
+from mailhook.extract.text import _LINE, _norm, _time, read_text, read_text_noted
 from mailhook.models import Event
 
 NO_SUBS: dict[int, str] = {}
@@ -339,3 +341,57 @@ def test_a_wrapped_line_that_reads_like_a_dash_field_continues_the_message() -> 
 def test_a_blank_line_ends_a_value() -> None:
     text = "Text ID: 1\nFrom Number: 67076\nTo Number: 5551234\nMessage: hi there\n\nCallFire, Inc.\n"
     assert one(text, "Outbound Text Finished").message == "hi there"
+
+
+# The field line as matched before the greedy value and the separator check: the lazy value tried `\s*$`
+# after every character.
+_LAZY_LINE = re.compile(r"^[ \t*•-]*([A-Za-z][A-Za-z0-9 _./#()-]{0,40}?)[ \t*]*(?:[:=]|\s-\s)[ \t]*(.*?)\s*$")
+_LINE_PARTS = st.lists(
+    st.sampled_from(["Text ID", "From", "a", "Z9", " ", "\t", ":", "=", " - ", "-", "*", "•", "#", "(", ".", "_",
+                     "1", "x" * 41, "\u00a0", "\u2003", "\x0b", "\x0c", "\x1f", "é", "//", "http:", "value"])
+    | st.text(max_size=4),
+    max_size=12,
+).map("".join)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(_LINE_PARTS)
+def test_a_field_line_is_read_as_the_lazy_pattern_read_it(line: str) -> None:
+    """The greedy value stripped after the match, and the lines skipped for want of a separator, read alike."""
+    for part in line.splitlines() or [line]:
+        old = _LAZY_LINE.match(part)
+        new = _LINE.match(part) if ":" in part or "=" in part or "-" in part else None
+        assert (old is None) == (new is None)
+        if old is not None and new is not None:
+            assert (old.group(1), old.group(2)) == (new.group(1), new.group(2).rstrip())
+
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.one_of(
+    st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31)).map(
+        lambda d: d.strftime("%Y-%m-%dT%H:%M:%SZ").rjust(20, "0")),
+    st.text(alphabet="0123456789-:TZ. ", min_size=18, max_size=22).map(lambda s: s[:-1] + "Z"),
+))
+def test_a_utc_text_time_is_read_as_parsing_and_formatting_read_it(value: str) -> None:
+    """The shortcut for a `…Z` time gives what fromisoformat and isoformat give, so attempt payloads keep their form."""
+    text = value.strip()
+    try:
+        expected: str | None = datetime.fromisoformat(text[:-1] + "+00:00").isoformat()
+    except ValueError:
+        return  # not that form: the shortcut does not take it (to_time's own tests cover what follows)
+    if len(text) == 20 and not text.startswith("0"):
+        assert _time(value) == expected
+
+
+def test_a_text_event_keeps_its_attempt_times_with_their_offset_as_before() -> None:
+    event = one("Call ID: 5\nResult: LA\nFinish Time: 2026-11-27T10:10:00Z\nDuration: 42", "Outbound Call Finished")
+    assert event.attempts[0].payload["FinishTime"] == "2026-11-27T10:10:00+00:00"
+    assert event.attempts[0].finish_time == "2026-11-27T10:10:00Z"
+
+
+def test_an_html_part_read_twice_reads_the_same() -> None:
+    markup = ("<html><head><style>td{x}</style></head><body><table><tr><td>Text ID</td><td>7</td></tr>"
+              "<tr><td>Message</td><td>hi &amp; bye</td></tr><tr><td>From</td><td>67076</td></tr>"
+              "</table></body></html>")
+    assert read(markup, "Outbound Text Finished", html=True) == read(markup, "Outbound Text Finished", html=True)

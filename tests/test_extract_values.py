@@ -272,3 +272,17 @@ def test_to_int_reads_digit_text_as_its_integer_pattern_does(value: str) -> None
     else:
         with pytest.raises(Unreadable):
             to_int(value, "n")
+
+
+@settings(max_examples=2000)
+@given(_TIME_FORMS.map(lambda z: z[:-1] + "+00:00"))
+def test_to_time_reads_a_utc_offset_text_as_the_long_way_does(value: str) -> None:
+    """The `…+00:00` shortcut (the text reader's times) returns what parsing and formatting return, or refuses alike."""
+
+    def outcome(read: object) -> object:
+        try:
+            return read(value, "t")  # type: ignore[operator]
+        except Unreadable as exc:
+            return ("refused", str(exc))
+
+    assert outcome(to_time) == outcome(lambda v, n: _long_way_time(v))

@@ -8,6 +8,7 @@ inline-forward header blocks, and cut at its own end whatever follows it.
 from __future__ import annotations
 
 import bisect
+import functools
 import html
 import re
 
@@ -23,6 +24,7 @@ _FORWARD_HEADER = re.compile(r"^[ \t]*(?:From|Date|Sent|Subject|To|Cc|Reply-To)[
 # A `^` pattern under MULTILINE is tried at every character; these find the same
 # lines by searching for the newline before them (a literal prefix the engine skips to).
 _FORWARD_HINT = re.compile(r"\n[ \t]*(?:---|[Bb])")  # every _FORWARD_MARK line after the first begins so
+FORWARD_HINTS_TRIED = 8
 _QUOTED_FIRST = re.compile(r"[ \t]*>")
 _QUOTED_NEXT = re.compile(r"\n[ \t]*>")
 _QUOTE_PREFIX = re.compile(r"^(?:[ \t]*>)+[ \t]?", re.MULTILINE)
@@ -35,6 +37,12 @@ _QUOTED_CONTENT = re.compile(r"^(?:[ \t]*>)+[ \t]*(?:[A-Za-z][A-Za-z0-9 _/-]{0,4
 _HTML_BREAK = re.compile(r"<\s*(?:br|/p|/div|/tr|/li|/h\d|/pre)\b[^<>]*>", re.IGNORECASE)
 _HTML_TAG = re.compile(r"<[^<>]*>")
 _HTML_HIDDEN = re.compile(r"<(script|style|head)\b|</(script|style|head)\s*>", re.IGNORECASE)
+# The same in an ASCII text, where IGNORECASE is exactly both cases of each letter (elsewhere it also
+# takes U+017F for "s"): spelt as classes, the match tried at every "<" costs a third less.
+_HTML_HIDDEN_ASCII = re.compile(
+    r"<([Ss][Cc][Rr][Ii][Pp][Tt]|[Ss][Tt][Yy][Ll][Ee]|[Hh][Ee][Aa][Dd])\b"
+    r"|</([Ss][Cc][Rr][Ii][Pp][Tt]|[Ss][Tt][Yy][Ll][Ee]|[Hh][Ee][Aa][Dd])\s*>"
+)
 # Outside every object: the next brace (quotes there are prose). Inside one: the next brace that is
 # not in a string, skipping whole strings (an unclosed one runs to the end; a backslash escapes the
 # next character). Possessive, so a text without a brace costs one pass, not a backtracking search.
@@ -109,14 +117,24 @@ def unescape(text: str) -> str:
     return text
 
 
+# The same HTML body is passed three times: its document search (html_to_text), then the text
+# reader's table and line reading; the last few results are kept (a pure function of an immutable str),
+# for bodies up to this many characters only, so that the cache never holds more than a few MB.
+CACHED_CHARS = 65_536
+
+
 def drop_hidden(markup: str) -> str:
     """Remove <script>, <style> and <head> elements (an unclosed one runs to the end) in one pass."""
+    return _drop_hidden(markup) if len(markup) > CACHED_CHARS else _drop_hidden_cached(markup)
+
+
+def _drop_hidden(markup: str) -> str:
     if "<" not in markup:
         return markup
     out: list[str] = []
     pos = 0
     hidden: str | None = None
-    for m in _HTML_HIDDEN.finditer(markup):
+    for m in (_HTML_HIDDEN_ASCII if markup.isascii() else _HTML_HIDDEN).finditer(markup):
         opening, closing = m.group(1), m.group(2)
         if hidden is None and opening:
             out.append(markup[pos : m.start()])
@@ -127,6 +145,9 @@ def drop_hidden(markup: str) -> str:
     if hidden is None:
         out.append(markup[pos:])
     return "".join(out)
+
+
+_drop_hidden_cached = functools.lru_cache(maxsize=4)(_drop_hidden)
 
 
 def _xml_end(text: str, start: int) -> int:
@@ -248,4 +269,13 @@ def _has_forward_mark(text: str) -> bool:
     """Say whether `_FORWARD_MARK.search(text)` matches, running it only where a mark line may start."""
     if _FORWARD_MARK.match(text) is not None:
         return True
-    return _FORWARD_HINT.search(text) is not None and _FORWARD_MARK.search(text) is not None
+    # Tried only at the hinted lines (`^` holds right after their newline): a search of the whole text
+    # tries `^` at every character once any line begins with "B" ("Billed Amount:", "Broadcast …").
+    # Past a few hints, one search from the current one (every mark before it was tried), so that a text
+    # of a million "B" lines costs one pass in C, not a Python step per line.
+    for n, hint in enumerate(_FORWARD_HINT.finditer(text)):
+        if n == FORWARD_HINTS_TRIED:
+            return _FORWARD_MARK.search(text, hint.start()) is not None
+        if _FORWARD_MARK.match(text, hint.start() + 1) is not None:
+            return True
+    return False

@@ -8,7 +8,6 @@ exactly as read) differ.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import re
 from collections.abc import Mapping
@@ -19,6 +18,7 @@ from typing import Any
 from mailhook.errors import Unreadable
 from mailhook.extract.embedded import drop_hidden, unescape
 from mailhook.extract.v1 import read_v1
+from mailhook.extract.values import is_utc_text
 from mailhook.models import Event
 
 # A text needs a resource id or this many known fields to count as a notification.
@@ -61,7 +61,10 @@ _ALIASES: dict[str, tuple[str, ...]] = {
 }
 FIELDS: dict[str, str] = {alias: canon for canon, aliases in _ALIASES.items() for alias in aliases}
 
-_LINE = re.compile(r"^[ \t*•-]*([A-Za-z][A-Za-z0-9 _./#()-]{0,40}?)[ \t*]*(?:[:=]|\s-\s)[ \t]*(.*?)\s*$")
+# The value is taken to the line's end and its trailing whitespace stripped after the match: a lazy
+# `(.*?)\s*$` tried the end after every character of it. Every separator holds ":", "=" or "-", so a line
+# with none of them is not tried at all.
+_LINE = re.compile(r"[ \t*•-]*([A-Za-z][A-Za-z0-9 _./#()-]{0,40}?)[ \t*]*(?:[:=]|\s-\s)[ \t]*(.*)")
 # Rows and cells are split, not matched: a lazy `<tr>(.*?)</tr>` rescans the rest
 # of the text for every unclosed row, which hostile HTML turns into minutes.
 _ROW_START = re.compile(r"<tr\b[^<>]*>", re.IGNORECASE)
@@ -76,6 +79,8 @@ _WORDS = re.compile(r"[a-z]+")
 _NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
 _DIGITS = re.compile(r"\d+")
 _CLOCK = re.compile(r"(?:(\d+):)?(\d+):(\d{2})")
+_UNITS = re.compile(r"\s*(?:(\d+)\s*m(?:in(?:utes?)?)?)?\s*(?:(\d+)\s*s(?:ec(?:onds?)?)?)?\s*")
+_LABEL_SEPARATOR = re.compile(r"[,;]")
 _CONFIGS = {"TEXT": "TextBroadcastConfig", "IVR": "IvrBroadcastConfig", "CCC": "CccBroadcastConfig"}
 _BLANK_VALUES = frozenset({"", "-", "--", "n/a", "na", "none", "null"})
 _CAMPAIGN_WORDS = {
@@ -130,9 +135,9 @@ def _line_pairs(text: str, notes: list[str] | None = None, *, html: bool = False
     pairs: list[tuple[str, str]] = []
     previous = ""  # the last line of the open field (its own line or a continuation); "" when none is open
     for line in text.splitlines()[:_MAX_LINES]:
-        m = _LINE.match(line)
+        m = _LINE.match(line) if ":" in line or "=" in line or "-" in line else None
         if m is not None:
-            label, value = m.group(1).strip(), m.group(2)
+            label, value = m.group(1).strip(), m.group(2).rstrip()
             if value.startswith("//"):
                 m = None  # a URL, not a field
             elif " - " in line and ":" not in line and "=" not in line and (
@@ -215,7 +220,7 @@ def _cells(row: str) -> list[str]:
 
 
 def _cell_text(cell: str) -> str:
-    return " ".join(unescape(_TAG.sub(" ", cell)).split())
+    return " ".join(unescape(_TAG.sub(" ", cell) if "<" in cell else cell).split())
 
 
 def _blocks(pairs: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
@@ -244,8 +249,10 @@ def _read_block(
         if canon in ("from", "to"):
             # "From: CallFire <noreply@…>" in a body is a person or an address, not a number.
             value = _phone(value) or ""
-        if canon and canon not in known and value.strip().lower() not in _BLANK_VALUES:
-            known[canon] = value.strip()
+        if canon and canon not in known:
+            stripped = value.strip()
+            if stripped.lower() not in _BLANK_VALUES:
+                known[canon] = stripped
     named = _event_name(known.get("event")) or _event_name(subject)
     kind = _kind(named, known)
     ids = [k for k in _ID_FIELDS if k in known and (k != "broadcast_id" or kind == "Broadcast")]
@@ -259,12 +266,7 @@ def _read_block(
             f"{fmt} notification fields ({', '.join(sorted(known))}) but no sign of a text, call or campaign"
         )
     root, notification = _v1(kind, known, named)
-    event = read_v1(root, notification, fmt, subscriptions)
-    if event.event_type_source != "config" and named:
-        return dataclasses.replace(
-            event, event_type=named, event_type_source="payload", payload=_payload(payload, subject)
-        )
-    return dataclasses.replace(event, payload=_payload(payload, subject))
+    return read_v1(root, notification, fmt, subscriptions, payload=_payload(payload, subject), named=named)
 
 
 def _payload(fields: dict[str, str], subject: str | None) -> dict[str, Any]:
@@ -281,6 +283,7 @@ def _is_id(value: str) -> bool:
     return digits is not None and digits.isascii()
 
 
+@functools.lru_cache(maxsize=256)  # subjects and event fields repeat across emails; a pure function of the text
 def _event_name(text: str | None) -> str | None:
     """Name the trigger event in phrases like "Outbound Text Finished" or "CAMPAIGN_STOPPED"."""
     if not text:
@@ -318,7 +321,7 @@ def _v1(kind: str, known: Mapping[str, str], named: str | None) -> tuple[str, di
     get = known.get
     envelope: dict[str, Any] = {"SubscriptionId": _digits(get("subscription_id"))}
     envelope["AccountId"] = _digits(get("account_id"))
-    labels = [s.strip() for s in re.split(r"[,;]", get("labels") or "") if s.strip()] or None
+    labels = [s.strip() for s in _LABEL_SEPARATOR.split(get("labels") or "") if s.strip()] or None
     if kind == "Broadcast":
         config = _present({"FromNumber": get("from"), "Created": _time(get("created"))})
         resource: dict[str, Any] = {
@@ -377,7 +380,7 @@ _SENDER_ID = re.compile(r"[A-Za-z0-9]{1,15}")
 def _phone(value: str) -> str | None:
     """Return the value, as sent, when it reads as a phone number, a short code or a sender id."""
     text = value.strip()
-    if _PHONE.fullmatch(text) and sum(ch.isdigit() for ch in text) >= 3:
+    if _PHONE.fullmatch(text) and sum(map(str.isdigit, text)) >= 3:
         return text
     return text if _SENDER_ID.fullmatch(text) else None
 
@@ -433,7 +436,7 @@ def _seconds(value: str | None) -> str | None:
     if clock:
         hours, minutes, secs = (int(g or 0) for g in clock.groups())
         return str(hours * 3600 + minutes * 60 + secs)
-    unit = re.fullmatch(r"\s*(?:(\d+)\s*m(?:in(?:utes?)?)?)?\s*(?:(\d+)\s*s(?:ec(?:onds?)?)?)?\s*", value)
+    unit = _UNITS.fullmatch(value)
     if unit and any(unit.groups()):
         return str(int(unit.group(1) or 0) * 60 + int(unit.group(2) or 0))
     m = _DIGITS.fullmatch(value.strip())
@@ -457,6 +460,8 @@ def _time(value: str | None) -> str | None:
     if not value:
         return None
     text = value.strip()
+    if is_utc_text(text):
+        return text[:-1] + "+00:00"  # what fromisoformat and isoformat below make of it
     zone = text.rsplit(" ", 1)[-1].upper() if " " in text else ""
     if zone in _ZONES:
         text = text[: -len(zone)].strip() + _ZONES[zone]

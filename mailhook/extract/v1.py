@@ -41,8 +41,20 @@ _BROADCAST_CONFIGS = (
 _STARTED = frozenset({"RUNNING", "START_PENDING"})
 
 
-def read_v1(root: str, notification: Any, fmt: str, subscriptions: Mapping[int, str]) -> Event:
-    """Read one v1.1 notification whose root element is `root` into an Event."""
+def read_v1(
+    root: str,
+    notification: Any,
+    fmt: str,
+    subscriptions: Mapping[int, str],
+    *,
+    payload: dict[str, Any] | None = None,
+    named: str | None = None,
+) -> Event:
+    """Read one v1.1 notification whose root element is `root` into an Event.
+
+    `payload` replaces the notification as the event's payload, and `named` (an event type the sender
+    named) the inferred one unless a subscription is configured: the text reader builds its event in one go.
+    """
     if not isinstance(notification, Mapping):
         raise Unreadable(f"{root}: expected an element with children")
     resource_name, record_name, noun = ROOTS[root]
@@ -57,7 +69,7 @@ def read_v1(root: str, notification: Any, fmt: str, subscriptions: Mapping[int, 
         "resource_id": to_int(_id(resource), f"{resource_name} id"),
         "subscription_id": subscription_id,
         "account_id": to_int(notification.get("AccountId"), "AccountId"),
-        "payload": {root: notification},
+        "payload": {root: notification} if payload is None else payload,
     }
     configured = subscriptions.get(subscription_id) if subscription_id is not None else None
     if noun == "CAMPAIGN":
@@ -68,6 +80,8 @@ def read_v1(root: str, notification: Any, fmt: str, subscriptions: Mapping[int, 
         inferred = f"{'INBOUND' if fields['inbound'] else 'OUTBOUND'}_{noun}_FINISHED"
     if configured:
         return Event(event_type=configured, event_type_source="config", **common, **fields)
+    if named:
+        return Event(event_type=named, event_type_source="payload", **common, **fields)
     return Event(event_type=inferred, event_type_source="inferred", **common, **fields)
 
 

@@ -146,13 +146,15 @@ def to_time(value: Any, name: str) -> str | None:
     """Normalize an ISO 8601 time (Z, ±hh:mm or none = UTC) or epoch milliseconds to UTC `...Z`."""
     # XML's usual: text ending in a zone ("...Z"), neither blank nor digits alone (epoch milliseconds).
     if type(value) is str and value and not (value[-1].isdigit() or value[-1].isspace()):
-        if _is_utc_text(value):
+        if is_utc_text(value):
             return value  # already what _iso_time makes of it
         return _iso_time(value, name)
     if type(value) is int:  # JSON's usual: epoch milliseconds; the checks below, in their order, for an int
         if not 0 <= value <= _MAX_EPOCH_MS:
             raise Unreadable(f"{name}: epoch milliseconds out of range: {value}")
         return _utc_text(datetime.fromtimestamp(value // 1000, tz=UTC))
+    if type(value) is str and len(value) == 25 and value.endswith("+00:00") and is_utc_text(value[:19] + "Z"):
+        return value[:19] + "Z"  # what _iso_time makes of it (the text reader's times come this way)
     if value is None:
         return None
     value = text_of(value)
@@ -173,7 +175,7 @@ def to_time(value: Any, name: str) -> str | None:
     return _utc_text(moment)
 
 
-def _is_utc_text(value: str) -> bool:
+def is_utc_text(value: str) -> bool:
     """Say whether `value` is a valid `YYYY-MM-DDTHH:MM:SSZ` (year 1000 or later), which normalizes to itself.
 
     fromisoformat reads each of those fields as ASCII digits of that width, and
