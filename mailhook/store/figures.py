@@ -118,6 +118,22 @@ def _attributed_text(r: str) -> str:
         ORDER BY substr(o.event_time, 1, 19) DESC, o.id DESC LIMIT 1)"""
 
 
+def _attributed_text_unsorted(r: str) -> str:
+    """Return `_attributed_text(r)` computed without a sort: the latest second in the window, then its largest id.
+
+    The same row as `ORDER BY substr(event_time, 1, 19) DESC, id DESC LIMIT 1`, which no index gives
+    (SQLite sorts the candidates in a temporary B-tree, set up and torn down per inbound text); two
+    aggregates over the same index seek sort nothing.
+    """
+    pair = (f"o.event_type = 'OUTBOUND_TEXT_FINISHED' AND o.to_e164 = {r}.from_e164"
+            f" AND o.from_e164 = {r}.to_e164")
+    latest = f"""(SELECT max(substr(o.event_time, 1, 19)) FROM events AS o
+            WHERE {pair} AND substr(o.event_time, 1, 19) <= substr({r}.event_time, 1, 19)
+              AND substr(o.event_time, 1, 19) >=
+                  strftime('%Y-%m-%dT%H:%M:%S', {r}.event_time, '-{REPLY_WINDOW_DAYS} days'))"""
+    return f"""(SELECT max(+o.id) FROM events AS o WHERE {pair} AND substr(o.event_time, 1, 19) = {latest})"""
+
+
 def _bucket_where(e: str) -> str:
     return (f"day = substr({e}.event_time, 1, 10) AND ifnull(campaign_id, 0) = ifnull({campaign_key(e)}, 0)"
             f" AND event_type = {e}.event_type AND ifnull(final_result, '') = ifnull({e}.final_result, '')")
@@ -166,6 +182,35 @@ def _labels_update(key: str) -> str:
     WHERE id = {key}"""
 
 
+def _labels_taken(e: str) -> str:
+    """Return the UPDATE giving the campaign of campaign event `e`, just stored, its name, type, labels and status.
+
+    The same values as `_labels_update`, from the campaign's values before `e` (exact, as every
+    write keeps them): a column takes `e`'s value unless it is NULL or another of the campaign's own
+    events with a value is later (by event time, then id; no stored event lacks a time, which
+    `event_totals.day` needs), and `status_at` the later time. Each test is an index seek that stops
+    at its first row, where `_labels_update` sorts the campaign's events per column in temporary
+    B-trees and lists the event types in temporary tables, set up and torn down per event. The
+    campaign types are a range of `events_broadcast_type` and then tested one by one (`+`: not
+    made an IN list again), which drops any other type the range holds.
+    """
+    later = f"(x.event_time > {e}.event_time OR (x.event_time = {e}.event_time AND x.id > {e}.id))"
+    own = " OR ".join(f"+x.event_type = '{kind}'" for kind in CAMPAIGN_TYPES)
+
+    def taken(column: str, value: str) -> str:
+        rows = (f"SELECT 1 FROM events AS x WHERE x.broadcast_id = campaigns.id"
+                f" AND x.event_type BETWEEN '{min(CAMPAIGN_TYPES)}' AND '{max(CAMPAIGN_TYPES)}' AND ({own})"
+                f" AND x.{column} IS NOT NULL AND {later}"
+                f" UNION ALL SELECT 1 FROM events AS x WHERE x.resource_id = campaigns.id"
+                f" AND x.broadcast_id IS NULL AND x.event_type IN {CAMPAIGN_EVENTS}"
+                f" AND x.{column} IS NOT NULL AND {later}")
+        return f"CASE WHEN {e}.{column} IS NULL OR EXISTS ({rows}) THEN {value} ELSE {e}.{column} END"
+    return f"""UPDATE campaigns SET name = {taken('broadcast_name', 'name')}, type = {taken('broadcast_type', 'type')},
+        labels = {taken('labels', 'labels')}, status = {taken('broadcast_status', 'status')},
+        status_at = coalesce(max(status_at, {e}.event_time), {e}.event_time)
+    WHERE id = {campaign_key(e)}"""
+
+
 def _counters(sign: str, e: str) -> str:
     return ", ".join(f"{column} = {column} {sign} ({adds.format(e=e)})" for column, adds in COUNTERS)
 
@@ -187,8 +232,8 @@ _EVENT_INSERTED = f"""
     ON CONFLICT (id) DO UPDATE SET first_seen = min(first_seen, excluded.first_seen),
                                    last_seen = max(last_seen, excluded.last_seen);
     UPDATE campaigns SET {_counters('+', 'new')} WHERE id = {_NEW_KEY};
-    {_labels_update(_NEW_KEY)} AND {is_campaign_event("new")};
-    UPDATE events SET reply_to = {_attributed_text('new')}
+    {_labels_taken("new")} AND {is_campaign_event("new")};
+    UPDATE events SET reply_to = {_attributed_text_unsorted('new')}
     WHERE id = new.id AND new.event_type = 'INBOUND_TEXT_FINISHED';
     -- A text that arrives after replies to it (a backfill out of order) takes them from an older text.
     UPDATE events SET reply_to = new.id
