@@ -530,7 +530,7 @@ def test_row_by_row_figures_order_ties_and_missing_names_as_a_full_scan(tmp_path
             (500, "N", "VOICE", "n", "NEW", _T), (501, "Q", None, None, "STOPPED", _T)]
 
 
-def test_a_version_8_database_upgraded_to_9_takes_names_and_finds_replies_without_sorting(
+def test_a_version_8_database_upgraded_to_9_sorts_and_lists_nothing_per_event_and_keeps_exact_figures(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from mailhook.store import connection, figures
@@ -559,4 +559,7 @@ def test_a_version_8_database_upgraded_to_9_takes_names_and_finds_replies_withou
         assert conn.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),) >= (9,)
         assert conn.execute(triggers).fetchall() == made.execute(triggers).fetchall()
         assert "ORDER BY" not in conn.execute(old).fetchone()[0]
+        index = "SELECT sql FROM sqlite_master WHERE name = 'events_campaign'"
+        assert conn.execute(index).fetchone() == made.execute(index).fetchone()
+        assert "BETWEEN" in conn.execute(index).fetchone()[0]
     assert maintained(path) == full_scan(path)

@@ -155,14 +155,42 @@ CREATE INDEX IF NOT EXISTS events_campaign ON events(resource_id)
 """
 
 
-def campaign_rows(columns: str, extra: str = "", *, every: bool = False) -> str:
+# Schema 9 (SQLite only): the same index over the range of event types that holds the three campaign
+# types, so that storing an event tests two comparisons, where the IN list of three made SQLite build
+# a temporary table on every insert into `events` (whatever its type) to decide whether the row
+# belongs in the index. Another type in the range, or a campaign event with a broadcast id, is a
+# row more in this small index; the statements that read it test the types and the id themselves.
+CAMPAIGN_RANGE = f"BETWEEN '{min(CAMPAIGN_TYPES)}' AND '{max(CAMPAIGN_TYPES)}'"
+CAMPAIGN_INDEX_BY_RANGE = f"""
+DROP INDEX IF EXISTS events_campaign;
+CREATE INDEX events_campaign ON events(resource_id) WHERE event_type {CAMPAIGN_RANGE};
+"""
+
+
+def _own_campaign_event(x: str) -> str:
+    """Return that event `x` is a campaign event, by an indexed range of types and then each type.
+
+    `+`: the comparisons are not made an IN list (a temporary table) nor used as index terms.
+    """
+    exact = " OR ".join(f"+{x}.event_type = '{kind}'" for kind in CAMPAIGN_TYPES)
+    return f"{x}.event_type {CAMPAIGN_RANGE} AND ({exact})"
+
+
+def campaign_rows(columns: str, extra: str = "", *, every: bool = False, by_range: bool = False) -> str:
     """Return the rows of `columns` of campaign `campaigns.id`'s own events: `campaign_key` split in two.
 
     `campaign_key(x) = campaigns.id` cannot use an index; a campaign event's key is its broadcast
     id, or its resource id when it has none, so the same rows come from two indexed searches.
     Plain SQL, which the PostgreSQL figures use too. With `every`, all the campaign's events
-    (its calls and texts carry its broadcast id), else its own.
+    (its calls and texts carry its broadcast id), else its own. With `by_range`, the campaign
+    types as `CAMPAIGN_INDEX_BY_RANGE` needs them (SQLite), not as IN lists (`+`: the planner
+    searches `events_campaign` by resource id, not every event without a broadcast id).
     """
+    if by_range:
+        own = "" if every else f" AND {_own_campaign_event('x')}"
+        return (f"SELECT {columns} FROM events AS x WHERE x.broadcast_id = campaigns.id{own}{extra}"
+                f" UNION ALL SELECT {columns} FROM events AS x WHERE x.resource_id = campaigns.id"
+                f" AND +x.broadcast_id IS NULL AND {_own_campaign_event('x')}{extra}")
     own = "" if every else f" AND x.event_type IN {CAMPAIGN_EVENTS}"  # `every`: its calls and texts too
     return (f"SELECT {columns} FROM events AS x WHERE x.broadcast_id = campaigns.id{own}{extra}"
             f" UNION ALL SELECT {columns} FROM events AS x WHERE x.resource_id = campaigns.id"
@@ -172,11 +200,13 @@ def campaign_rows(columns: str, extra: str = "", *, every: bool = False) -> str:
 def _labels_update(key: str) -> str:
     """Return the UPDATE giving campaign `key` the latest known name, type, labels and status."""
     def latest(column: str) -> str:
-        rows = campaign_rows(f"x.{column} AS value, x.event_time, x.id", f" AND x.{column} IS NOT NULL")
+        rows = campaign_rows(f"x.{column} AS value, x.event_time, x.id", f" AND x.{column} IS NOT NULL",
+                             by_range=True)
         return f"(SELECT value FROM ({rows}) ORDER BY event_time DESC, id DESC LIMIT 1)"
     # max(event_time) by ORDER BY ... LIMIT 1 (the same value; NULLs sort first): as max() SQLite
     # would walk (event_type, event_time) for its min/max shortcut instead of the two seeks.
-    status_at = f"(SELECT event_time FROM ({campaign_rows('x.event_time')}) ORDER BY event_time DESC LIMIT 1)"
+    status_at = (f"(SELECT event_time FROM ({campaign_rows('x.event_time', by_range=True)})"
+                 " ORDER BY event_time DESC LIMIT 1)")
     return f"""UPDATE campaigns SET name = {latest('broadcast_name')}, type = {latest('broadcast_type')},
         labels = {latest('labels')}, status = {latest('broadcast_status')}, status_at = {status_at}
     WHERE id = {key}"""
@@ -190,20 +220,12 @@ def _labels_taken(e: str) -> str:
     events with a value is later (by event time, then id; no stored event lacks a time, which
     `event_totals.day` needs), and `status_at` the later time. Each test is an index seek that stops
     at its first row, where `_labels_update` sorts the campaign's events per column in temporary
-    B-trees and lists the event types in temporary tables, set up and torn down per event. The
-    campaign types are a range of `events_broadcast_type` and then tested one by one (`+`: not
-    made an IN list again), which drops any other type the range holds.
+    B-trees and lists the event types in temporary tables, set up and torn down per event.
     """
     later = f"(x.event_time > {e}.event_time OR (x.event_time = {e}.event_time AND x.id > {e}.id))"
-    own = " OR ".join(f"+x.event_type = '{kind}'" for kind in CAMPAIGN_TYPES)
 
     def taken(column: str, value: str) -> str:
-        rows = (f"SELECT 1 FROM events AS x WHERE x.broadcast_id = campaigns.id"
-                f" AND x.event_type BETWEEN '{min(CAMPAIGN_TYPES)}' AND '{max(CAMPAIGN_TYPES)}' AND ({own})"
-                f" AND x.{column} IS NOT NULL AND {later}"
-                f" UNION ALL SELECT 1 FROM events AS x WHERE x.resource_id = campaigns.id"
-                f" AND x.broadcast_id IS NULL AND x.event_type IN {CAMPAIGN_EVENTS}"
-                f" AND x.{column} IS NOT NULL AND {later}")
+        rows = campaign_rows("1", f" AND x.{column} IS NOT NULL AND {later}", by_range=True)
         return f"CASE WHEN {e}.{column} IS NULL OR EXISTS ({rows}) THEN {value} ELSE {e}.{column} END"
     return f"""UPDATE campaigns SET name = {taken('broadcast_name', 'name')}, type = {taken('broadcast_type', 'type')},
         labels = {taken('labels', 'labels')}, status = {taken('broadcast_status', 'status')},
@@ -269,8 +291,8 @@ CREATE TRIGGER IF NOT EXISTS events_figures_delete AFTER DELETE ON events BEGIN
     DELETE FROM event_totals WHERE events = 0 AND {_bucket_where('old')};
     UPDATE campaigns SET {_counters('-', 'old')} WHERE id = {_OLD_KEY};
     UPDATE campaigns SET
-        first_seen = (SELECT min(c.event_time) FROM ({campaign_rows('x.event_time', every=True)}) AS c),
-        last_seen = (SELECT max(c.event_time) FROM ({campaign_rows('x.event_time', every=True)}) AS c)
+        first_seen = (SELECT min(c.event_time) FROM ({campaign_rows('x.event_time', every=True, by_range=True)}) AS c),
+        last_seen = (SELECT max(c.event_time) FROM ({campaign_rows('x.event_time', every=True, by_range=True)}) AS c)
     WHERE id = {_OLD_KEY} AND (old.event_time <= first_seen OR old.event_time >= last_seen);
     DELETE FROM campaigns WHERE id = {_OLD_KEY} AND events = 0;
     {_labels_update(_OLD_KEY)} AND {is_campaign_event("old")};
