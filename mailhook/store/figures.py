@@ -131,6 +131,8 @@ def _attributed_text_unsorted(r: str) -> str:
             WHERE {pair} AND substr(o.event_time, 1, 19) <= substr({r}.event_time, 1, 19)
               AND substr(o.event_time, 1, 19) >=
                   strftime('%Y-%m-%dT%H:%M:%S', {r}.event_time, '-{REPLY_WINDOW_DAYS} days'))"""
+    # `+o.id`: as max(o.id) SQLite plans for the min/max shortcut and seeks `events_to_e164` instead,
+    # which holds everything ever sent to the number (a short code's every text).
     return f"""(SELECT max(+o.id) FROM events AS o WHERE {pair} AND substr(o.event_time, 1, 19) = {latest})"""
 
 
