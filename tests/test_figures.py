@@ -483,6 +483,7 @@ EDGE_EVENTS: list[tuple[str, str, tuple[Any, ...]]] = [
     ("CAMPAIGN_STARTED", _T, (None, 500, "N", "VOICE", "n", "NEW")),
     ("CAMPAIGN_STARTED", "2026-01-02T00:00:00.5Z", (500, 77, "C", None, None, None)),
     ("CAMPAIGN_PAUSED", "2026-01-09T00:00:00Z", (500, 78, "Z", "Z", "z", "PAUSED")),
+    ("CAMPAIGN_PAUSED", "2026-01-09T00:00:00Z", (None, 500, "Y", "Y", "y", "PAUSED")),  # in events_campaign
     ("CAMPAIGN_STARTED", _T, (None, 501, "P", None, None, None)),
     ("CAMPAIGN_STOPPED", _T, (None, 501, "Q", None, None, "STOPPED")),
     ("OUTBOUND_TEXT_FINISHED", "2026-01-05T10:00:00.1Z", (500, 1, None, None, None, None)),
