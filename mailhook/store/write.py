@@ -68,9 +68,10 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 
 
 # From this many items a batch defers its figures (store/figures.py) to one set-based pass at
-# its end. Since the insert trigger sorts nothing (schema 9) row by row is the cheaper up to 16
+# its end. Since the insert trigger sorts nothing (schema 9) row by row is the cheaper up to 32
 # at least (bench/store_calls.py --callgrind, instructions per email: batches of 8, 799 k row by
-# row against 848 k deferred; of 16, 740 k against 774 k); a backfill's 256 are deferred.
+# row against 848 k deferred; of 16, 740 k against 774 k; of 32, 736 k against 753 k), so 17
+# is safe, not the crossing, which lies higher; a backfill's 256 are deferred.
 DEFER_FIGURES_AT = 17
 
 
