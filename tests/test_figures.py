@@ -467,3 +467,100 @@ def test_reprocessing_adds_events_with_their_names_and_replies(tmp_path: Path) -
             900001, 900002, 900003}
         assert conn.execute("SELECT count(*) FROM events WHERE reply_to IS NOT NULL").fetchone()[0] > 0
 
+
+
+
+# Ties and gaps the row-by-row trigger must order as FULL_SCAN does: campaign events at the same time
+# (the larger id is later; "…00Z" sorts after "…00.5Z"), without a name (they keep the older one),
+# older than the campaign's latest, of another type between the campaign types (not the campaign's
+# own), by broadcast id; outbound texts in the same second (the larger id is the one replied to).
+_CAMPAIGN = "broadcast_id, resource_id, broadcast_name, broadcast_type, labels, broadcast_status"
+_T = "2026-01-02T00:00:00Z"
+EDGE_EVENTS: list[tuple[str, str, tuple[Any, ...]]] = [
+    ("CAMPAIGN_STARTED", _T, (None, 500, "B", "TEXT", "x", "RUNNING")),
+    ("CAMPAIGN_STOPPED", "2026-01-01T00:00:00Z", (None, 500, "A", "TEXT", None, "STOPPED")),
+    ("CAMPAIGN_FINISHED", _T, (None, 500, None, None, "y", "FINISHED")),
+    ("CAMPAIGN_STARTED", _T, (None, 500, "N", "VOICE", "n", "NEW")),
+    ("CAMPAIGN_STARTED", "2026-01-02T00:00:00.5Z", (500, 77, "C", None, None, None)),
+    ("CAMPAIGN_PAUSED", "2026-01-09T00:00:00Z", (500, 78, "Z", "Z", "z", "PAUSED")),
+    ("CAMPAIGN_PAUSED", "2026-01-09T00:00:00Z", (None, 500, "Y", "Y", "y", "PAUSED")),  # in events_campaign
+    ("CAMPAIGN_STARTED", _T, (None, 501, "P", None, None, None)),
+    ("CAMPAIGN_STOPPED", _T, (None, 501, "Q", None, None, "STOPPED")),
+    ("OUTBOUND_TEXT_FINISHED", "2026-01-05T10:00:00.1Z", (500, 1, None, None, None, None)),
+    ("OUTBOUND_TEXT_FINISHED", "2026-01-05T10:00:00.9Z", (None, 2, None, None, None, None)),
+    ("OUTBOUND_TEXT_FINISHED", "2026-01-05T10:00:00Z", (501, 3, None, None, None, None)),
+    ("OUTBOUND_TEXT_FINISHED", "2026-01-05T09:00:00Z", (500, 4, None, None, None, None)),
+    ("INBOUND_TEXT_FINISHED", "2026-01-05T11:00:00Z", (None, 5, None, None, None, None)),
+    ("INBOUND_TEXT_FINISHED", "2026-01-05T10:00:00.5Z", (None, 6, None, None, None, None)),
+    ("INBOUND_TEXT_FINISHED", "2026-01-05T09:30:00Z", (None, 7, None, None, None, None)),
+]
+
+
+@pytest.mark.parametrize("seed", [None, 0, 1, 2, 3, 4, 5])
+def test_row_by_row_figures_order_ties_and_missing_names_as_a_full_scan(tmp_path: Path, seed: int | None) -> None:
+    import random
+
+    from mailhook.store.write import Store
+
+    path = tmp_path / "m.db"
+    Store(path).close()
+    events = list(EDGE_EVENTS)
+    if seed is not None:
+        random.Random(seed).shuffle(events)
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute("INSERT INTO deliveries (channel, received_at, status, size, sha256)"
+                     " VALUES ('file', '2026-01-01T00:00:00Z', 'stored', 0, '')")
+        for n, (kind, at, values) in enumerate(events):
+            inbound = kind.startswith("INBOUND")
+            conn.execute(
+                "INSERT INTO events (delivery_id, dedupe_key, event_type, event_type_source, api_version, format,"
+                f" received_at, payload, event_time, from_e164, to_e164, {_CAMPAIGN})"
+                " VALUES (1, ?, ?, 'test', 'v2', 'json', '2026-01-01T00:00:00Z', '{}', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (f"k{n}", kind, at, "+15550001" if inbound else "+15559999",
+                 "+15559999" if inbound else "+15550001", *values))
+            assert maintained(path) == full_scan(path), (seed, n, kind, at)
+        by_text = dict(conn.execute("SELECT r.resource_id, o.resource_id FROM events AS r"
+                                    " LEFT JOIN events AS o ON o.id = r.reply_to"
+                                    " WHERE r.event_type = 'INBOUND_TEXT_FINISHED'").fetchall())
+    # 10:00:00 holds three texts: the one stored last; at 10:00:00.5 the same second; at 9:30 the 9:00 one.
+    last_of_second = max((1, 2, 3), key=[values[1] for _, _, values in events].index)
+    assert by_text == {5: last_of_second, 6: last_of_second, 7: 4}
+    if seed is None:
+        campaigns = maintained(path)[0]
+        assert [row[:6] for row in campaigns if row[0] in (500, 501)] == [
+            (500, "N", "VOICE", "n", "NEW", _T), (501, "Q", None, None, "STOPPED", _T)]
+
+
+def test_a_version_8_database_upgraded_to_9_sorts_and_lists_nothing_per_event_and_keeps_exact_figures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mailhook.store import connection, figures
+    from mailhook.store.schema import MIGRATIONS
+
+    items = documents()
+    path, fresh = tmp_path / "m.db", tmp_path / "fresh.db"
+    store_documents(fresh, items[:1], batch=1)
+    with monkeypatch.context() as patch:
+        patch.setattr(connection, "MIGRATIONS", MIGRATIONS[:8])
+        store_documents(path, items[:5], batch=3)
+    old = "SELECT sql FROM sqlite_master WHERE name = 'events_figures_insert'"
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (8,)
+        # The insert trigger as version 8 made it: the campaign's events and a reply's texts sorted.
+        sql = conn.execute(old).fetchone()[0]
+        made = (sql.replace(figures._labels_taken("new"), figures._labels_update(figures.campaign_key("new")))
+                .replace(figures._attributed_text_unsorted("new"), figures._attributed_text("new")))
+        assert made.count("ORDER BY") == 6
+        conn.execute("DROP TRIGGER events_figures_insert")
+        conn.execute(made)
+    store_documents(path, items[5:9], batch=1)  # upgraded on open; row by row
+    store_documents(path, items[9:], batch=2)
+    triggers = "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' ORDER BY name"
+    with closing(sqlite3.connect(path)) as conn, closing(sqlite3.connect(fresh)) as made:
+        assert conn.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),) >= (9,)
+        assert conn.execute(triggers).fetchall() == made.execute(triggers).fetchall()
+        assert "ORDER BY" not in conn.execute(old).fetchone()[0]
+        index = "SELECT sql FROM sqlite_master WHERE name = 'events_campaign'"
+        assert conn.execute(index).fetchone() == made.execute(index).fetchone()
+        assert "BETWEEN" in conn.execute(index).fetchone()[0]
+    assert maintained(path) == full_scan(path)

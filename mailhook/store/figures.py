@@ -118,6 +118,24 @@ def _attributed_text(r: str) -> str:
         ORDER BY substr(o.event_time, 1, 19) DESC, o.id DESC LIMIT 1)"""
 
 
+def _attributed_text_unsorted(r: str) -> str:
+    """Return `_attributed_text(r)` computed without a sort: the latest second in the window, then its largest id.
+
+    The same row as `ORDER BY substr(event_time, 1, 19) DESC, id DESC LIMIT 1`, which no index gives
+    (SQLite sorts the candidates in a temporary B-tree, set up and torn down per inbound text); two
+    aggregates over the same index seek sort nothing.
+    """
+    pair = (f"o.event_type = 'OUTBOUND_TEXT_FINISHED' AND o.to_e164 = {r}.from_e164"
+            f" AND o.from_e164 = {r}.to_e164")
+    latest = f"""(SELECT max(substr(o.event_time, 1, 19)) FROM events AS o
+            WHERE {pair} AND substr(o.event_time, 1, 19) <= substr({r}.event_time, 1, 19)
+              AND substr(o.event_time, 1, 19) >=
+                  strftime('%Y-%m-%dT%H:%M:%S', {r}.event_time, '-{REPLY_WINDOW_DAYS} days'))"""
+    # `+o.id`: as max(o.id) SQLite plans for the min/max shortcut and seeks `events_to_e164` instead,
+    # which holds everything ever sent to the number (a short code's every text).
+    return f"""(SELECT max(+o.id) FROM events AS o WHERE {pair} AND substr(o.event_time, 1, 19) = {latest})"""
+
+
 def _bucket_where(e: str) -> str:
     return (f"day = substr({e}.event_time, 1, 10) AND ifnull(campaign_id, 0) = ifnull({campaign_key(e)}, 0)"
             f" AND event_type = {e}.event_type AND ifnull(final_result, '') = ifnull({e}.final_result, '')")
@@ -139,14 +157,43 @@ CREATE INDEX IF NOT EXISTS events_campaign ON events(resource_id)
 """
 
 
-def campaign_rows(columns: str, extra: str = "", *, every: bool = False) -> str:
+# Schema 9 (SQLite only): the same index over the range of event types that holds the three campaign
+# types, so that storing an event tests two comparisons, where the IN list of three made SQLite build
+# a temporary table on every insert into `events` (whatever its type) to decide whether the row
+# belongs in the index. Another type in the range is a row more in this small index; the statements
+# that read it test each type themselves. `+broadcast_id IS NULL`, which they repeat to use the index:
+# as a plain `broadcast_id IS NULL` SQLite could also search `events_broadcast_type` for it, and
+# without statistics of this index prefers that, which reads every campaign event without a broadcast id.
+CAMPAIGN_RANGE = f"BETWEEN '{min(CAMPAIGN_TYPES)}' AND '{max(CAMPAIGN_TYPES)}'"
+CAMPAIGN_INDEX_BY_RANGE = f"""
+DROP INDEX IF EXISTS events_campaign;
+CREATE INDEX events_campaign ON events(resource_id) WHERE event_type {CAMPAIGN_RANGE} AND +broadcast_id IS NULL;
+"""
+
+
+def _own_campaign_event(x: str) -> str:
+    """Return that event `x` is a campaign event, by an indexed range of types and then each type.
+
+    `+`: the comparisons are not made an IN list (a temporary table) nor used as index terms.
+    """
+    exact = " OR ".join(f"+{x}.event_type = '{kind}'" for kind in CAMPAIGN_TYPES)
+    return f"{x}.event_type {CAMPAIGN_RANGE} AND ({exact})"
+
+
+def campaign_rows(columns: str, extra: str = "", *, every: bool = False, by_range: bool = False) -> str:
     """Return the rows of `columns` of campaign `campaigns.id`'s own events: `campaign_key` split in two.
 
     `campaign_key(x) = campaigns.id` cannot use an index; a campaign event's key is its broadcast
     id, or its resource id when it has none, so the same rows come from two indexed searches.
     Plain SQL, which the PostgreSQL figures use too. With `every`, all the campaign's events
-    (its calls and texts carry its broadcast id), else its own.
+    (its calls and texts carry its broadcast id), else its own. With `by_range`, the campaign
+    types as `CAMPAIGN_INDEX_BY_RANGE` needs them (SQLite), not as IN lists.
     """
+    if by_range:
+        own = "" if every else f" AND {_own_campaign_event('x')}"
+        return (f"SELECT {columns} FROM events AS x WHERE x.broadcast_id = campaigns.id{own}{extra}"
+                f" UNION ALL SELECT {columns} FROM events AS x WHERE x.resource_id = campaigns.id"
+                f" AND +x.broadcast_id IS NULL AND {_own_campaign_event('x')}{extra}")
     own = "" if every else f" AND x.event_type IN {CAMPAIGN_EVENTS}"  # `every`: its calls and texts too
     return (f"SELECT {columns} FROM events AS x WHERE x.broadcast_id = campaigns.id{own}{extra}"
             f" UNION ALL SELECT {columns} FROM events AS x WHERE x.resource_id = campaigns.id"
@@ -156,14 +203,37 @@ def campaign_rows(columns: str, extra: str = "", *, every: bool = False) -> str:
 def _labels_update(key: str) -> str:
     """Return the UPDATE giving campaign `key` the latest known name, type, labels and status."""
     def latest(column: str) -> str:
-        rows = campaign_rows(f"x.{column} AS value, x.event_time, x.id", f" AND x.{column} IS NOT NULL")
+        rows = campaign_rows(f"x.{column} AS value, x.event_time, x.id", f" AND x.{column} IS NOT NULL",
+                             by_range=True)
         return f"(SELECT value FROM ({rows}) ORDER BY event_time DESC, id DESC LIMIT 1)"
     # max(event_time) by ORDER BY ... LIMIT 1 (the same value; NULLs sort first): as max() SQLite
     # would walk (event_type, event_time) for its min/max shortcut instead of the two seeks.
-    status_at = f"(SELECT event_time FROM ({campaign_rows('x.event_time')}) ORDER BY event_time DESC LIMIT 1)"
+    status_at = (f"(SELECT event_time FROM ({campaign_rows('x.event_time', by_range=True)})"
+                 " ORDER BY event_time DESC LIMIT 1)")
     return f"""UPDATE campaigns SET name = {latest('broadcast_name')}, type = {latest('broadcast_type')},
         labels = {latest('labels')}, status = {latest('broadcast_status')}, status_at = {status_at}
     WHERE id = {key}"""
+
+
+def _labels_taken(e: str) -> str:
+    """Return the UPDATE giving the campaign of campaign event `e`, just stored, its name, type, labels and status.
+
+    The same values as `_labels_update`, from the campaign's values before `e` (exact, as every
+    write keeps them): a column takes `e`'s value unless it is NULL or another of the campaign's own
+    events with a value is later (by event time, then id; no stored event lacks a time, which
+    `event_totals.day` needs), and `status_at` the later time. Each test is an index seek that stops
+    at its first row, where `_labels_update` sorts the campaign's events per column in temporary
+    B-trees and lists the event types in temporary tables, set up and torn down per event.
+    """
+    later = f"(x.event_time > {e}.event_time OR (x.event_time = {e}.event_time AND x.id > {e}.id))"
+
+    def taken(column: str, value: str) -> str:
+        rows = campaign_rows("1", f" AND x.{column} IS NOT NULL AND {later}", by_range=True)
+        return f"CASE WHEN {e}.{column} IS NULL OR EXISTS ({rows}) THEN {value} ELSE {e}.{column} END"
+    return f"""UPDATE campaigns SET name = {taken('broadcast_name', 'name')}, type = {taken('broadcast_type', 'type')},
+        labels = {taken('labels', 'labels')}, status = {taken('broadcast_status', 'status')},
+        status_at = coalesce(max(status_at, {e}.event_time), {e}.event_time)
+    WHERE id = {campaign_key(e)}"""
 
 
 def _counters(sign: str, e: str) -> str:
@@ -187,8 +257,8 @@ _EVENT_INSERTED = f"""
     ON CONFLICT (id) DO UPDATE SET first_seen = min(first_seen, excluded.first_seen),
                                    last_seen = max(last_seen, excluded.last_seen);
     UPDATE campaigns SET {_counters('+', 'new')} WHERE id = {_NEW_KEY};
-    {_labels_update(_NEW_KEY)} AND {is_campaign_event("new")};
-    UPDATE events SET reply_to = {_attributed_text('new')}
+    {_labels_taken("new")} AND {is_campaign_event("new")};
+    UPDATE events SET reply_to = {_attributed_text_unsorted('new')}
     WHERE id = new.id AND new.event_type = 'INBOUND_TEXT_FINISHED';
     -- A text that arrives after replies to it (a backfill out of order) takes them from an older text.
     UPDATE events SET reply_to = new.id
@@ -224,8 +294,8 @@ CREATE TRIGGER IF NOT EXISTS events_figures_delete AFTER DELETE ON events BEGIN
     DELETE FROM event_totals WHERE events = 0 AND {_bucket_where('old')};
     UPDATE campaigns SET {_counters('-', 'old')} WHERE id = {_OLD_KEY};
     UPDATE campaigns SET
-        first_seen = (SELECT min(c.event_time) FROM ({campaign_rows('x.event_time', every=True)}) AS c),
-        last_seen = (SELECT max(c.event_time) FROM ({campaign_rows('x.event_time', every=True)}) AS c)
+        first_seen = (SELECT min(c.event_time) FROM ({campaign_rows('x.event_time', every=True, by_range=True)}) AS c),
+        last_seen = (SELECT max(c.event_time) FROM ({campaign_rows('x.event_time', every=True, by_range=True)}) AS c)
     WHERE id = {_OLD_KEY} AND (old.event_time <= first_seen OR old.event_time >= last_seen);
     DELETE FROM campaigns WHERE id = {_OLD_KEY} AND events = 0;
     {_labels_update(_OLD_KEY)} AND {is_campaign_event("old")};

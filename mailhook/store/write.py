@@ -68,10 +68,11 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 
 
 # From this many items a batch defers its figures (store/figures.py) to one set-based pass at
-# its end. Since the triggers build no temporary tables (schema 8) row by row is the cheaper below
-# 8 (bench/store_calls.py --callgrind, instructions per email: batches of 4, 958 k row by row
-# against 983 k deferred; of 8, 897 k against 900 k; of 16, 836 k against 823 k).
-DEFER_FIGURES_AT = 8
+# its end. Since the insert trigger sorts nothing (schema 9) row by row is the cheaper up to 32
+# at least (bench/store_calls.py --callgrind, instructions per email: batches of 8, 799 k row by
+# row against 848 k deferred; of 16, 740 k against 774 k; of 32, 736 k against 753 k), so 17
+# is safe, not the crossing, which lies higher; a backfill's 256 are deferred.
+DEFER_FIGURES_AT = 17
 
 
 # SETTLE's parts as statements, each with the event types it needs among the new events (None: any).
