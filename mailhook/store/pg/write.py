@@ -60,8 +60,9 @@ KEY_LOCKS = 1 + int.from_bytes(b"mhk", "big")
 MAX_KEY_LOCKS = 1000
 """Most key locks one batch takes (each uses a slot of the server's lock table); past it, unique keys alone."""
 RETRIES = 3
-ATTEMPT_ROWS = 65535 // (1 + len(ATTEMPT_COLUMNS))
-"""Most attempts one INSERT holds: the protocol carries at most 65,535 parameters in a statement."""
+ATTEMPT_ROWS = 500
+"""Most attempts one INSERT holds (the protocol carries at most 65,535 parameters): each INSERT's values are
+cleaned between two statements of the batch, a pause `session.IDLE_IN_TRANSACTION` counts, kept short."""
 
 _MODIFIED, _CREATED = EVENT_COLUMNS.index("modified"), EVENT_COLUMNS.index("created")
 _FROM, _TO = EVENT_COLUMNS.index("from_number"), EVENT_COLUMNS.index("to_number")
