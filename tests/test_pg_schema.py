@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -17,6 +18,7 @@ from mailhook.store.figures import campaign_rows
 from mailhook.store.pg.connection import MIGRATION_LOCK, connect, migrate, open_database, schema_version
 from mailhook.store.pg.figures import _labels_update
 from mailhook.store.pg.schema import MIGRATIONS
+from mailhook.store.pg.session import bound_transactions
 from mailhook.store.target import PostgresTarget
 
 # SQLite's own search index and statistics, and the SQLite writer's marker that defers the figure
@@ -137,6 +139,31 @@ def test_a_node_waits_for_another_nodes_migration_instead_of_failing(postgres_ur
     assert done.is_set()
     assert schema_version(conn) == len(MIGRATIONS)
     conn.close()
+
+
+def test_a_writers_session_waits_for_another_nodes_migration_past_its_own_lock_wait(postgres_url: str) -> None:
+    holder = psycopg.connect(postgres_url)
+    holder.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+    conn = connect(PostgresTarget(postgres_url))
+    bound_transactions(conn, lock_wait=0.1)  # as PgStore's connection, which migrates before it writes
+    outcome: list[object] = []
+    waiting = threading.Thread(target=lambda: outcome.append(_outcome(lambda: migrate(conn))))
+    waiting.start()
+    waiting.join(1.0)
+    assert waiting.is_alive() and not outcome, "gave up on the migration lock after the writer's lock wait"
+    holder.rollback()
+    holder.close()
+    waiting.join(30)
+    assert outcome == [len(MIGRATIONS)]
+    assert conn.execute("SHOW lock_timeout").fetchone() == ("100ms",)  # the session's own bound is kept
+    conn.close()
+
+
+def _outcome(call: Callable[[], object]) -> object:
+    try:
+        return call()
+    except Exception as exc:  # noqa: BLE001 - the test compares it
+        return exc
 
 
 def test_full_text_search_finds_a_word_of_a_message_whatever_its_case(postgres_url: str) -> None:

@@ -23,9 +23,10 @@ from mailhook.extract import extract
 from mailhook.models import Delivery, Event, Extraction, FolderPosition, Receipt
 from mailhook.store.open import open_storage
 from mailhook.store.pg.schema import MIGRATIONS
-from mailhook.store.pg.write import PgStore
+from mailhook.store.pg.write import ATTEMPT_ROWS, PgStore
 from mailhook.store.pg.writer import PgWriter
 from mailhook.store.rows import Completion, rows
+from mailhook.store.schema import ATTEMPT_COLUMNS
 from mailhook.store.target import PostgresTarget
 from mailhook.store.writer import Writer
 
@@ -338,3 +339,30 @@ def test_two_ingest_processes_racing_the_fixtures_into_an_empty_database_store_e
     new = pg_rows(postgres_url, "SELECT sum(event_count) AS new FROM deliveries")[0]["new"]
     assert keys["events"] == keys["keys"] == new > 0
     assert pg_rows(postgres_url, "SELECT count(*) AS n FROM schema_migrations")[0]["n"] == len(MIGRATIONS)
+
+
+@pytest.mark.parametrize("extra", [0, 1])
+def test_an_event_with_more_attempts_than_one_insert_holds_stores_every_one_in_order(
+    postgres_url: str, extra: int
+) -> None:
+    # One INSERT per ATTEMPT_ROWS attempts: at the limit one, past it two.
+    delivery = next(d for d in corpus() if any(e.attempts for e in extract(d.raw, kind=d.kind).events))
+    found = rows(extract(delivery.raw, kind=delivery.kind))
+    index = next(i for i, (_, _, attempts) in enumerate(found.events) if attempts)
+    event_type, values, attempts = found.events[index]
+    record, payload = ATTEMPT_COLUMNS.index("record_id"), ATTEMPT_COLUMNS.index("payload")
+    many = tuple(tuple(-1 - n if i == record else "{}" if i == payload else v for i, v in enumerate(attempts[0]))
+                 for n in range(ATTEMPT_ROWS + extra))
+    grown = found._replace(events=(*found.events[:index], (event_type, values, many), *found.events[index + 1:]))
+    big = Delivery(channel=delivery.channel, raw=delivery.raw + b" " * 20 * len(many), received_at="x",
+                   kind=delivery.kind)
+    store = PgStore(PostgresTarget(postgres_url))
+    try:
+        receipt = store.write([(big, grown)])[0]
+    finally:
+        store.close()
+    assert not isinstance(receipt, Exception) and receipt.status == "stored", receipt
+    with psycopg.connect(postgres_url) as conn:
+        stored = [r[0] for r in conn.execute("SELECT record_id FROM attempts ORDER BY id")]
+    assert len(stored) >= len(many)
+    assert [r for r in stored if r is not None and r < 0] == [-1 - n for n in range(ATTEMPT_ROWS + extra)]

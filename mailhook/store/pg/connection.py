@@ -94,6 +94,9 @@ def migrate(conn: Connection) -> int:
         if number <= before:
             continue
         with conn.transaction():
+            # A writer's session bounds its lock waits (session.LOCK_WAIT); a migration waits for another node's,
+            # and for the readers of a table it alters, however long they take.
+            conn.execute("SET LOCAL lock_timeout = 0")
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
             conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations"
                          " (version integer PRIMARY KEY, applied_at text NOT NULL)")

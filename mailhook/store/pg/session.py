@@ -62,12 +62,18 @@ def _first_line(exc: BaseException) -> str:
 # A node frozen mid-batch (stopped, a hung VM) would otherwise hold its row and advisory locks for ever (its
 # kernel still answers keepalives), and every other node's commits touching the same rows would wait behind
 # it; its batch was not committed, so nothing it acknowledged is lost. A live writer never idles in a
-# transaction: extraction is done before the batch starts.
+# transaction: extraction is done before the batch starts. The server counts this only once it has answered
+# a whole exchange (ReadyForQuery): a node frozen between two messages of one leaves its session "active",
+# which only the folder's next poller ends (`lease.AdvisoryLease.fence`).
 IDLE_IN_TRANSACTION = 10.0
+# Seconds one statement of a writer waits for a lock (another node's batch on the same Message-ID, dedupe key or
+# folder) before it fails; the batch is then tried again (`write.RETRIES`), and after that answered RetryLater.
+LOCK_WAIT = 5.0
 
 
-def bound_transactions(conn: psycopg.Connection[Any]) -> None:
-    """Have the server end this session if it idles inside a transaction (a writer's connection)."""
+def bound_transactions(conn: psycopg.Connection[Any], *, lock_wait: float = LOCK_WAIT) -> None:
+    """Have the server end this session if it idles inside a transaction, and bound its lock waits (a writer's)."""
     conn.execute(f"SET idle_in_transaction_session_timeout = {int(IDLE_IN_TRANSACTION * 1000)}")
+    conn.execute(f"SET lock_timeout = {max(1, int(lock_wait * 1000))}")
     if not conn.autocommit:
         conn.commit()

@@ -45,8 +45,8 @@ from mailhook.derived import e164, sent_at
 from mailhook.errors import RetryLater
 from mailhook.models import Delivery, FolderPosition, Receipt, Status, to_json, utcnow
 from mailhook.store.pg.connection import Connection, connect, migrate
-from mailhook.store.pg.lease import passed
-from mailhook.store.pg.session import bound_transactions
+from mailhook.store.pg.lease import fence, passed
+from mailhook.store.pg.session import LOCK_WAIT, bound_transactions
 from mailhook.store.pg.text import clean, cleaned
 from mailhook.store.rows import Completion, Rows, Work, delivery_status, rows
 from mailhook.store.schema import ATTEMPT_COLUMNS, EVENT_COLUMNS
@@ -60,6 +60,9 @@ KEY_LOCKS = 1 + int.from_bytes(b"mhk", "big")
 MAX_KEY_LOCKS = 1000
 """Most key locks one batch takes (each uses a slot of the server's lock table); past it, unique keys alone."""
 RETRIES = 3
+ATTEMPT_ROWS = 500
+"""Most attempts one INSERT holds (the protocol carries at most 65,535 parameters): each INSERT's values are
+cleaned between two statements of the batch, a pause `session.IDLE_IN_TRANSACTION` counts, kept short."""
 
 _MODIFIED, _CREATED = EVENT_COLUMNS.index("modified"), EVENT_COLUMNS.index("created")
 _FROM, _TO = EVENT_COLUMNS.index("from_number"), EVENT_COLUMNS.index("to_number")
@@ -74,9 +77,8 @@ _INSERT_EVENT = (
     f"INSERT INTO events (delivery_id, received_at, event_time, from_e164, to_e164, {', '.join(EVENT_COLUMNS)}) "
     f"VALUES (%s, %s, %s, %s, %s, {_placeholders(EVENT_COLUMNS)}) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id"
 )
-_INSERT_ATTEMPT = (
-    f"INSERT INTO attempts (event_id, {', '.join(ATTEMPT_COLUMNS)}) VALUES (%s, {_placeholders(ATTEMPT_COLUMNS)})"
-)
+_INSERT_ATTEMPTS = f"INSERT INTO attempts (event_id, {', '.join(ATTEMPT_COLUMNS)}) VALUES "
+_ATTEMPT_ROW = f"(%s, {_placeholders(ATTEMPT_COLUMNS)})"
 _INSERT_DELIVERY = """
 INSERT INTO deliveries (channel, received_at, status, error, message_id, envelope_from, envelope_to,
     subject, content_type, remote_addr, size, sha256, raw, notes, source, event_count, duplicate_count, sent_at)
@@ -114,8 +116,9 @@ class PgStore:
     """Writes deliveries and their events to PostgreSQL on one connection, one transaction per batch."""
 
     def __init__(self, target: PostgresTarget, *, phone_region: str = "US", connect_timeout: float = 10.0,
-                 backoff: Backoff | None = None) -> None:
+                 backoff: Backoff | None = None, lock_wait: float = LOCK_WAIT) -> None:
         self.target = target
+        self.lock_wait = lock_wait
         self.phone_region = phone_region
         self.connect_timeout = connect_timeout
         self.backoff = backoff or Backoff(0.25, 10.0)
@@ -127,7 +130,7 @@ class PgStore:
         # Connect and migrate now: a node that cannot reach its database at start says so at once.
         self.conn: Connection | None = connect(target, connect_timeout=connect_timeout)
         try:
-            bound_transactions(self.conn)
+            bound_transactions(self.conn, lock_wait=lock_wait)
             migrate(self.conn)
         except psycopg.Error as exc:
             self.conn.close()
@@ -145,7 +148,7 @@ class PgStore:
             raise RetryLater(f"database unreachable ({self.target}): {self._last_error}")
         try:
             conn = connect(self.target, connect_timeout=self.connect_timeout)
-            bound_transactions(conn)
+            bound_transactions(conn, lock_wait=self.lock_wait)
             migrate(conn)
         except (RetryLater, psycopg.Error) as exc:
             self._last_error = exc.args[0].split("): ", 1)[-1] if isinstance(exc, RetryLater) else self._words(exc)
@@ -205,6 +208,8 @@ class PgStore:
             committing = False
             try:
                 with conn.transaction():
+                    fence(conn, [item[0].position for item in items
+                                 if not isinstance(item, Completion) and item[0].position is not None])
                     self._lock_keys(conn, found)
                     self._first = self._first_deliveries(conn, found)
                     results = [self._write_item(conn, item, rows, careful=careful)
@@ -445,8 +450,12 @@ class PgStore:
             new += 1
             types.append(event_type)
             if attempts:
-                with conn.cursor() as cursor:
-                    cursor.executemany(_INSERT_ATTEMPT, [(row[0], *cleaned(a, ATTEMPT_COLUMNS)) for a in attempts])
+                # One statement, not executemany: that runs in pipeline mode, and a node frozen inside a pipeline
+                # leaves its session "active" between two messages, where no idle timeout of the server ends it.
+                for start in range(0, len(attempts), ATTEMPT_ROWS):
+                    part = attempts[start:start + ATTEMPT_ROWS]
+                    conn.execute(_INSERT_ATTEMPTS + ", ".join([_ATTEMPT_ROW] * len(part)),
+                                 [v for a in part for v in (row[0], *cleaned(a, ATTEMPT_COLUMNS))])
         return new, duplicates, tuple(types)
 
     # -- reads on the writer's connection --------------------------------------------------------
