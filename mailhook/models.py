@@ -45,6 +45,11 @@ def _utc_second(second: int) -> str:
 Status = Literal["stored", "duplicate", "quarantined", "pending"]
 TypeSource = Literal["payload", "config", "inferred"]
 
+# The event types each figure and report groups by; the store's triggers and the reports read them here.
+CALL_TYPES = ("OUTBOUND_CALL_FINISHED", "INBOUND_CALL_FINISHED")
+TEXT_TYPES = ("OUTBOUND_TEXT_FINISHED", "INBOUND_TEXT_FINISHED")
+CAMPAIGN_TYPES = ("CAMPAIGN_STARTED", "CAMPAIGN_STOPPED", "CAMPAIGN_FINISHED")
+
 
 @dataclass(frozen=True, slots=True)
 class FolderPosition:

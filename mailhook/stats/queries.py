@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 
+from mailhook.models import CALL_TYPES, CAMPAIGN_TYPES, TEXT_TYPES
+
 
 class _State(Protocol):
     @property
@@ -46,15 +48,6 @@ class Reader(Protocol):
 
 
 TimeBasis = Literal["event", "received"]
-
-
-CALL_TYPES = ("OUTBOUND_CALL_FINISHED", "INBOUND_CALL_FINISHED")
-
-
-TEXT_TYPES = ("OUTBOUND_TEXT_FINISHED", "INBOUND_TEXT_FINISHED")
-
-
-CAMPAIGN_TYPES = ("CAMPAIGN_STARTED", "CAMPAIGN_STOPPED", "CAMPAIGN_FINISHED")
 
 
 def _in(types: tuple[str, ...]) -> str:

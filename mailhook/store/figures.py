@@ -17,12 +17,18 @@ the latest known (by event time, then id) among its campaign events.
 
 from __future__ import annotations
 
+from mailhook.models import CALL_TYPES, CAMPAIGN_TYPES, TEXT_TYPES
+
+
+def _sql_list(types: tuple[str, ...]) -> str:
+    return "(" + ", ".join(f"'{kind}'" for kind in types) + ")"
+
+
 REPLY_WINDOW_DAYS = 7
 
-CALLS = "('OUTBOUND_CALL_FINISHED', 'INBOUND_CALL_FINISHED')"
-TEXTS = "('OUTBOUND_TEXT_FINISHED', 'INBOUND_TEXT_FINISHED')"
-CAMPAIGN_TYPES = ("CAMPAIGN_STARTED", "CAMPAIGN_STOPPED", "CAMPAIGN_FINISHED")
-CAMPAIGN_EVENTS = "(" + ", ".join(f"'{kind}'" for kind in CAMPAIGN_TYPES) + ")"
+CALLS = _sql_list(CALL_TYPES)
+TEXTS = _sql_list(TEXT_TYPES)
+CAMPAIGN_EVENTS = _sql_list(CAMPAIGN_TYPES)
 
 
 def is_campaign_event(e: str) -> str:
