@@ -27,6 +27,7 @@ from mailhook.extract.embedded import (
     _has_quoted_line,
     _json_spans,
     drop_hidden,
+    drop_matched,
     find_documents,
     unescape,
 )
@@ -588,21 +589,8 @@ def test_a_quoted_notification_is_still_read_unquoted() -> None:
 
 
 def _drop_hidden_by_regex(markup: str) -> str:
-    """drop_hidden as it reads every text: `_HTML_HIDDEN`'s matches, an opening then its own closing."""
-    out: list[str] = []
-    pos = 0
-    hidden: str | None = None
-    for m in _HTML_HIDDEN.finditer(markup):
-        opening, closing = m.group(1), m.group(2)
-        if hidden is None and opening:
-            out.append(markup[pos : m.start()])
-            hidden = opening.lower()
-        elif hidden is not None and closing and closing.lower() == hidden:
-            hidden = None
-            pos = m.end()
-    if hidden is None:
-        out.append(markup[pos:])
-    return "".join(out)
+    """drop_hidden as it reads every text: `_HTML_HIDDEN`'s matches (case-blind), an opening then its own closing."""
+    return drop_matched(markup, _HTML_HIDDEN)
 
 
 # Tags in every case, with and without a word boundary, blanks (\s's ASCII ones) before ">", stray closings.

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -229,14 +231,15 @@ _TIME_FORMS = st.one_of(
 @given(_TIME_FORMS)
 def test_to_time_reads_a_utc_text_as_the_long_way_does(value: str) -> None:
     """The `…Z` shortcut returns exactly what parsing and formatting return, and refuses what they refuse."""
+    assert _outcome(to_time, value) == _outcome(lambda v, n: _long_way_time(v), value)
 
-    def outcome(read: object) -> object:
-        try:
-            return read(value, "t")  # type: ignore[operator]
-        except Unreadable as exc:
-            return ("refused", str(exc))
 
-    assert outcome(to_time) == outcome(lambda v, n: _long_way_time(v))
+def _outcome(read: Callable[[Any, str], object], value: object, name: str = "t") -> object:
+    """Return what `read` makes of a value of field `name`, or ("refused", why)."""
+    try:
+        return read(value, name)
+    except Unreadable as exc:
+        return ("refused", str(exc))
 
 
 class _Int(int):
@@ -247,15 +250,8 @@ class _Int(int):
 @given(st.integers(min_value=-(2**64), max_value=2**64))
 def test_int_values_read_as_the_general_checks_read_them(value: int) -> None:
     """An int takes its own short path in to_int, to_time and to_decimal: the same result or the same refusal."""
-
-    def outcome(read: object, given_value: object) -> object:
-        try:
-            return read(given_value, "f")  # type: ignore[operator]
-        except Unreadable as exc:
-            return ("refused", str(exc))
-
     for read in (to_int, to_time, to_decimal, to_text, to_bool):
-        assert outcome(read, value) == outcome(read, _Int(value))
+        assert _outcome(read, value) == _outcome(read, _Int(value))
 
 
 @settings(max_examples=1000)
@@ -278,11 +274,4 @@ def test_to_int_reads_digit_text_as_its_integer_pattern_does(value: str) -> None
 @given(_TIME_FORMS.map(lambda z: z[:-1] + "+00:00"))
 def test_to_time_reads_a_utc_offset_text_as_the_long_way_does(value: str) -> None:
     """The `…+00:00` shortcut (the text reader's times) returns what parsing and formatting return, or refuses alike."""
-
-    def outcome(read: object) -> object:
-        try:
-            return read(value, "t")  # type: ignore[operator]
-        except Unreadable as exc:
-            return ("refused", str(exc))
-
-    assert outcome(to_time) == outcome(lambda v, n: _long_way_time(v))
+    assert _outcome(to_time, value) == _outcome(lambda v, n: _long_way_time(v), value)

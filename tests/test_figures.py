@@ -354,19 +354,28 @@ def test_a_deferred_batch_settles_only_what_its_new_events_need(
             (7, "Spring", 4, 1, 1), (8, None, 1, 0, 0)]
 
 
-def test_a_version_7_database_upgraded_to_8_tests_campaign_events_without_temporary_tables(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from mailhook.store import connection, figures
-    from mailhook.store.maintenance import prune
+def _stored_at_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: int) -> tuple[Path, Path, list[bytes]]:
+    """Store five documents in a database made by the first `version` migrations, and one in a fresh database."""
+    from mailhook.store import connection
     from mailhook.store.schema import MIGRATIONS
 
     items = documents()
     path, fresh = tmp_path / "m.db", tmp_path / "fresh.db"
     store_documents(fresh, items[:1], batch=1)
     with monkeypatch.context() as patch:
-        patch.setattr(connection, "MIGRATIONS", MIGRATIONS[:7])
+        patch.setattr(connection, "MIGRATIONS", MIGRATIONS[:version])
         store_documents(path, items[:5], batch=3)
+    return path, fresh, items
+
+
+def test_a_version_7_database_upgraded_to_8_tests_campaign_events_without_temporary_tables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mailhook.store import figures
+    from mailhook.store.maintenance import prune
+    from mailhook.store.schema import MIGRATIONS
+
+    path, fresh, items = _stored_at_version(tmp_path, monkeypatch, 7)
     with closing(sqlite3.connect(path, isolation_level=None)) as conn:
         assert conn.execute("PRAGMA user_version").fetchone() == (7,)
         # The figures triggers as version 7 made them: "is a campaign event" as an IN list of three.
@@ -534,15 +543,10 @@ def test_row_by_row_figures_order_ties_and_missing_names_as_a_full_scan(tmp_path
 def test_a_version_8_database_upgraded_to_9_sorts_and_lists_nothing_per_event_and_keeps_exact_figures(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mailhook.store import connection, figures
+    from mailhook.store import figures
     from mailhook.store.schema import MIGRATIONS
 
-    items = documents()
-    path, fresh = tmp_path / "m.db", tmp_path / "fresh.db"
-    store_documents(fresh, items[:1], batch=1)
-    with monkeypatch.context() as patch:
-        patch.setattr(connection, "MIGRATIONS", MIGRATIONS[:8])
-        store_documents(path, items[:5], batch=3)
+    path, fresh, items = _stored_at_version(tmp_path, monkeypatch, 8)
     old = "SELECT sql FROM sqlite_master WHERE name = 'events_figures_insert'"
     with closing(sqlite3.connect(path, isolation_level=None)) as conn:
         assert conn.execute("PRAGMA user_version").fetchone() == (8,)

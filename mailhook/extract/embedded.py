@@ -131,10 +131,15 @@ def drop_hidden(markup: str) -> str:
 def _drop_hidden(markup: str) -> str:
     if "<" not in markup:
         return markup
+    return drop_matched(markup, _HTML_HIDDEN_ASCII if markup.isascii() else _HTML_HIDDEN)
+
+
+def drop_matched(markup: str, hiding: re.Pattern[str]) -> str:
+    """Return markup without what lies between an opening `hiding` matches and its own closing."""
     out: list[str] = []
     pos = 0
     hidden: str | None = None
-    for m in (_HTML_HIDDEN_ASCII if markup.isascii() else _HTML_HIDDEN).finditer(markup):
+    for m in hiding.finditer(markup):
         opening, closing = m.group(1), m.group(2)
         if hidden is None and opening:
             out.append(markup[pos : m.start()])
