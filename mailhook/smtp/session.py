@@ -243,7 +243,8 @@ class Connection(SMTP):
             transport.write(reply)
             transport.close()
 
-    # Reads the private SMTP._writer (the session's StreamWriter), as aiosmtpd's push does.
+    # Writes to the session's transport, the one aiosmtpd's push writes to through the private SMTP._writer:
+    # aiosmtpd's connection_made switches both together at STARTTLS (checked by tests/test_library_internals.py).
     def sent(self, status: str) -> bool:
         """Send a reply that is no refusal as `push` would, without its coroutine; False (nothing sent) if not one.
 
@@ -259,11 +260,12 @@ class Connection(SMTP):
         if status[:1] == "5" or (status.startswith(RCPT_OVERSHOOT)
                                  and self.overshoot > self.door.settings.max_recipient_overshoot):
             return False
-        writer = self._writer
-        transport = writer.transport
-        if transport.get_write_buffer_size() or transport.is_closing():
+        # The transport itself, not the StreamWriter's `transport` property and `write` around it (two Python
+        # calls per reply); None once the connection is lost, where push writes and raises as before.
+        transport: asyncio.WriteTransport | None = self.transport  # type: ignore[assignment]
+        if transport is None or transport.get_write_buffer_size() or transport.is_closing():
             return False
-        writer.write(status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii") + b"\r\n")
+        transport.write(status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii") + b"\r\n")
         return True
 
     # Reads the private SMTP._writer (the session's StreamWriter), as aiosmtpd's push does.
