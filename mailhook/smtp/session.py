@@ -689,8 +689,10 @@ class Connection(SMTP):
             return
         if not self.sent("354 End data with <CR><LF>.<CR><LF>"):
             await self.push("354 End data with <CR><LF>.<CR><LF>")
-        # The message's bytes count in the server's in-flight budget from arrival until its reply.
-        with self.door.runtime.inflight.hold() as hold:
+        # The message's bytes count in the server's in-flight budget from arrival until its reply: given back
+        # by `close()` as the hold's `__exit__` would (no `with`: two Python calls less per message).
+        hold = self.door.runtime.inflight.hold()
+        try:
             try:
                 content, refusal = await read_body(self._reader, self.line_length_limit,
                                                    self.data_size_limit or 0, hold)
@@ -710,5 +712,7 @@ class Connection(SMTP):
             # mailhook's handlers define handle_DATA, so aiosmtpd's MISSING cannot come of it.
             status = await self.event_handler.handle_DATA(self, session, self.envelope)
             self._set_post_data_state()  # type: ignore[no-untyped-call]
+        finally:
+            hold.close()
         if not self.sent(status):
             await self.push(status)
