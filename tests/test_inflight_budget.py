@@ -55,6 +55,53 @@ def _read(stream: bytes, budget: InflightBudget) -> tuple[bytes, str | None, byt
     return asyncio.run(run())
 
 
+class _CountingReader(asyncio.StreamReader):
+    """A stream reader counting the reads made of it."""
+
+    reads = 0
+
+    async def readuntil(self, separator: bytes = b"\n") -> bytes:
+        self.reads += 1
+        return await super().readuntil(separator)
+
+    async def readexactly(self, n: int) -> bytes:
+        self.reads += 1
+        return await super().readexactly(n)
+
+    async def read(self, n: int = -1) -> bytes:
+        self.reads += 1
+        return await super().read(n)
+
+
+def _reads(body: bytes, limit: int = 1000) -> tuple[int, bytes, str | None]:
+    """Return how many reads `read_body` makes of `body` (through its end marker), and what it gives."""
+
+    async def run() -> tuple[int, bytes, str | None]:
+        reader = _CountingReader(limit=limit)
+        reader.feed_data(body + b".\r\nQUIT\r\n")
+        reader.feed_eof()
+        content, refusal = await read_body(reader, limit - 2, 0)
+        reads = reader.reads
+        assert await reader.read() == b"QUIT\r\n"
+        return reads, content, refusal
+
+    return asyncio.run(run())
+
+
+def test_a_body_within_the_stream_limit_is_read_in_two_reads_however_many_lines_end_in_a_dot() -> None:
+    body = b"Subject: t\r\n\r\nHello.\r\n..stuffed.\r\nBye.\r\n"
+    assert _reads(body) == (2, body.replace(b"\r\n..", b"\r\n."), None)
+
+
+@pytest.mark.parametrize("line", [b"x\r\n", b"\r\n", b"a.\r\n", b"..\r\n", b"\r\n.x\r", b"\r\r\n", b".\r\r\n"])
+def test_a_body_of_short_lines_is_read_in_blocks_not_a_few_bytes_at_a_time(line: bytes) -> None:
+    body = line * 20_000 + b"\r\n"
+    reads, content, refusal = _reads(body, limit=100_000)
+    assert refusal is None and len(content) >= len(body) - 20_000
+    # At most a block through each line ending in ".\r\n" (as the line-by-line reading before), never more.
+    assert reads <= 3 + body.count(b".\r\n") + 3 * len(body) // 100_000, reads
+
+
 @pytest.mark.parametrize("over", [0, 1])
 def test_a_data_body_exactly_at_the_budget_is_read_and_one_byte_over_gets_452_with_the_rest_dropped(over: int) -> None:
     lines = b"".join(b"line %05d\r\n" % n for n in range(3000))  # ~33 KB in ~30 blocks of 1 KB and less

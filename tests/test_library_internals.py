@@ -17,6 +17,7 @@ import logging
 import re
 import socket
 import sqlite3
+import ssl
 import time
 from importlib.metadata import version
 from pathlib import Path
@@ -29,7 +30,8 @@ from aiosmtpd.smtp import SMTP
 from conftest import StartServer
 from mailparser.core import MailParser
 from multidict import CIMultiDict
-from smtp_support import client
+from outside import Certificate
+from smtp_support import client, notification, rows
 
 from mailhook.extract import mail
 from mailhook.http import connection as http_connection
@@ -48,6 +50,13 @@ MAIL_AND_RCPT_SHA256 = {
     "smtp_MAIL": "80dd938e7791acfb31bc6eef174b9c1af96d7bac54fe103198ec6ce3440e8043",
     "_getparams": "ca3dd15943d34dccee26fbd87750f880f50f43e41007da98fedcf18c525165da",
     "smtp_RCPT": "a0d6605883c0e608df4fe4376f284be97e36a9b257d6401dd0116ec972c3e0ea",
+}
+# The sha256 of aiosmtpd 1.4.6's SMTP.connection_made and SMTP.smtp_STARTTLS sources: at STARTTLS they switch the
+# session's `transport` and its StreamWriter's (the private SMTP._writer) together, so the session's `sent` writes
+# its replies to the transport itself, where aiosmtpd's push writes them through the StreamWriter.
+TRANSPORT_SWITCH_SHA256 = {
+    "connection_made": "77a45df5065bba343a040b6f6c88de8907b40c80bc03727e7f18ede20d19f4bf",
+    "smtp_STARTTLS": "6565289f4131fa132ad3c517e8f2933a490043fc11da08a5be5dd73efc491bec",
 }
 TEXT_XML = (Path(__file__).resolve().parent.parent / "fixtures" / "seed" / "text-outbound.xml").read_bytes()
 
@@ -117,6 +126,34 @@ def test_aiosmtpd_mail_and_rcpt_are_still_the_versions_whose_common_case_the_ses
                     "MAIL's parameters read by fastpath.plain_mail_options)")
             + "; check that they still give its envelope and replies for every case tests/test_smtp_mail_params.py "
               "covers, then record the new digest here")
+
+
+def test_aiosmtpd_still_switches_the_sessions_transport_and_its_writers_together() -> None:
+    for name, expected in TRANSPORT_SWITCH_SHA256.items():
+        digest = hashlib.sha256(inspect.getsource(getattr(SMTP, name)).encode()).hexdigest()
+        assert digest == expected, (
+            _advice("aiosmtpd", f"SMTP.{name}", "mailhook/smtp/session.py (`sent` writes to the session's "
+                                                "transport, which must stay the one its StreamWriter writes to)")
+            + "; check that both still change together at STARTTLS, then record the new digest here")
+
+
+def test_replies_the_session_writes_itself_after_starttls_go_over_tls_and_the_message_is_stored(
+    start_server: StartServer, certificate: Certificate,
+) -> None:
+    runtime = start_server(smtp={"tls_cert": certificate.cert, "tls_key": certificate.key})
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    with client(runtime) as smtp:
+        smtp.ehlo()
+        smtp.starttls(context=context)
+        smtp.ehlo()
+        # MAIL's, RCPT's, DATA's 354 and the final 250: the four replies `sent` writes, each over TLS.
+        assert smtp.mail("notifications@callfire.com")[0] == 250
+        assert smtp.rcpt("ops@example.com")[0] == 250
+        code, text = smtp.data(notification(930_000_001))
+        assert code == 250 and text.startswith(b"2.0.0 OK delivery "), text
+        assert smtp.noop()[0] == 250
+    assert rows(runtime.settings.storage.db, "SELECT count(*) FROM events") == [(1,)]  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("level", [logging.DEBUG, logging.INFO])

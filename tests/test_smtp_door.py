@@ -477,6 +477,43 @@ def test_data_bodies_at_the_limits_get_the_replies_aiosmtpd_gives_them(stream: l
     assert _transactions(BLOCK_READING, stream) == _transactions(LINE_READING, stream)
 
 
+# A second transaction pipelined (RFC 2920) right behind a body's end marker: the body must be read up to the
+# marker and not a byte further, so that the next MAIL is read as a command.
+NEXT = b"MAIL FROM:<e@f>\r\nRCPT TO:<g@h>\r\nDATA\r\nnext\r\n..two\r\n.\r\n"
+SPLIT_STREAMS = [
+    b".\r\n", b"..\r\n.\r\n", b"\r\n.\r\n", b"a\r\n.\r\n", b".a\r\n..\r\n...\r\n.\r\n", b"a.\r\n.\r\n",
+    b"a\n.\r\n.\r\n", b"a\r.\r\n.\r\n", b"a\r\n.\r\r\n.\r\n", b"a\r\n.\n.\r\n", b"\r\r\n\r\n.\r\n",
+    b"x" * 38 + b"\r\n.\r\n", b"x" * 39 + b"\r\n.\r\n",  # a line at the limit (40), one past it
+    b"x" * 38 + b"\r\n" + b"y" * 38 + b"\r\n" + b"z" * 38 + b"\r\n.\r\n",  # 120 bytes: at the size limit
+    b"x" * 38 + b"\r\n" + b"y" * 38 + b"\r\n" + b"z" * 39 + b"\r\n.\r\n",  # 121 bytes: one past it
+]
+
+
+@pytest.mark.parametrize("stream", SPLIT_STREAMS)
+def test_a_body_cut_at_every_place_before_a_pipelined_transaction_gets_what_aiosmtpd_gives_it(stream: bytes) -> None:
+    whole = stream + NEXT
+    for cut in range(1, len(stream) + 3):
+        chunks = [whole[:cut], whole[cut:]]
+        assert _transactions(BLOCK_READING, chunks) == _transactions(LINE_READING, chunks), cut
+
+
+def test_an_end_marker_cut_into_three_reads_at_every_place_gets_what_aiosmtpd_gives_it() -> None:
+    whole = b"a\r\n..b\r\n.\r\n" + NEXT
+    for first, second in itertools.combinations(range(1, 15), 2):
+        chunks = [whole[:first], whole[first:second], whole[second:]]
+        assert _transactions(BLOCK_READING, chunks) == _transactions(LINE_READING, chunks), (first, second)
+
+
+@settings(max_examples=100, deadline=None)
+@given(pieces=st.lists(BODY_PIECES, max_size=12), cuts=st.lists(st.integers(0, 500), max_size=5))
+def test_bodies_followed_by_a_pipelined_transaction_get_the_replies_and_contents_aiosmtpd_gives_them(
+    pieces: list[bytes], cuts: list[int],
+) -> None:
+    stream = b"".join(pieces) + b"\r\n.\r\n" + NEXT
+    chunks = [stream[a:b] for a, b in itertools.pairwise([0, *sorted(c for c in cuts if c < len(stream)), None])]
+    assert _transactions(BLOCK_READING, chunks) == _transactions(LINE_READING, chunks)
+
+
 # A session class with only what `Connection.sent` reads: an overshoot limit of 2.
 SENDING = type("Sending", (SMTP,), {
     "sent": Connection.sent, "ended": False, "overshoot": 0,

@@ -89,50 +89,70 @@ TOO_MUCH = "552 Error: Too much mail data"
 NO_ROOM = "452 4.3.1 Insufficient system storage"
 
 
+# The end of DATA: the CRLF ending the last line, a lone dot, CRLF (the DATA line's CRLF precedes the body).
+END = b"\r\n.\r\n"
+
+
 async def read_body(
     reader: asyncio.StreamReader, line_limit: int, size_limit: int, hold: InflightHold | None = None,
 ) -> tuple[bytes, str | None]:
     """Read a DATA body through its lone-dot line: the content (dots unstuffed), or the reply refusing it.
 
-    The replies and the content are aiosmtpd's, but the body is read in blocks
-    ending in ".CRLF" rather than one line at a time (the door's largest CPU cost
-    per message; docs/performance.md); only a body too big for the limits is checked line by line.
-    Each block is counted in `hold` (the server's in-flight budget) as it
-    arrives; one that does not fit refuses the message with `NO_ROOM`, and the
-    rest of it is read and dropped. A refused message gives its bytes back at once.
+    The replies and the content are aiosmtpd's, but the body is found by
+    searching the stream for the whole end marker (`END`) rather than reading
+    it one line at a time (the door's largest CPU cost per message;
+    docs/performance.md): two reads for a body within the stream limit whose
+    first line holds three characters or more (an email's starts with a
+    header), and the dots unstuffed once on the whole body; only a body too big for the
+    limits is checked line by line. Each block is counted in `hold` (the
+    server's in-flight budget) as it arrives; one that does not fit refuses
+    the message with `NO_ROOM`, and the rest of it is read and dropped. A
+    refused message gives its bytes back at once.
     """
     data = bytearray()
     refusal: str | None = None
     chunk = b""
+    tail = END[:2]  # the stream's last (up to 5) bytes: at first, the DATA line's CRLF
+    may_peek = True
     try:
         while True:
             overran = False
-            try:
-                chunk = await reader.readuntil(b".\r\n")
-            except asyncio.LimitOverrunError as exc:
-                chunk, overran = await reader.read(exc.consumed), True
-            data += chunk
-            if refusal is None and hold is not None and not hold.grow(len(chunk)):
-                refusal = NO_ROOM
-                ended = data.endswith(b"\r\n.\r\n") or data == b".\r\n"
-                data = bytearray(data[-4:])  # a new buffer: the big one is freed now, not at the end of DATA
-                hold.close()
-                if ended:
-                    break
-                continue
-            if data.endswith(b"\r\n.\r\n") or (refusal is None and data == b".\r\n"):
-                break
-            if refusal is not None:
-                del data[:-4]  # refused already: keep only what may start the end marker
-            elif (size_limit and len(data) > size_limit + line_limit + 2) or (
-                overran and _open_line(data) > line_limit + 1
-            ):
-                # Over one limit or the other, so refused whatever follows: stop keeping it.
-                refusal = first_refusal(data, line_limit, size_limit)
-                assert refusal is not None
-                data = bytearray(data[-4:])
-                if hold is not None:
+            # Every read stops at the marker's end at the latest, so a client's pipelined next command stays unread.
+            # With none of the marker pending, a search for all of it; with its start pending (the body's start, a
+            # block ending in CRLF), a search for it would wait past it: "\r\n." or "\r\n.\r" is completed by the
+            # next 2 or 1 bytes, read exactly; "\r\n" (CRLF) is peeked at with 3 bytes, but only at the start or
+            # after a search for the whole marker, else (or after "\r") a block through the next ".\r\n" is read
+            # as before this search: so a peek follows only the start or a search (whose block, unless it ends the
+            # body, is past the stream limit), and no body is read a few bytes at a time however its lines are cut.
+            pending = _pending(tail)
+            if pending >= 3 or (pending == 2 and may_peek):
+                chunk = await reader.readexactly(len(END) - pending)
+            else:
+                try:
+                    chunk = await reader.readuntil(END[2:] if pending else END)
+                except asyncio.LimitOverrunError as exc:
+                    chunk, overran = await reader.read(exc.consumed), True
+            may_peek = not pending
+            tail = (tail + chunk[-5:])[-5:]
+            ended = tail == END
+            if refusal is None:
+                if hold is not None and not hold.grow(len(chunk)):
+                    refusal = NO_ROOM
+                    data = bytearray()  # a new buffer: the big one is freed now, not at the end of DATA
                     hold.close()
+                else:
+                    data += chunk
+                    if not ended and ((size_limit and len(data) > size_limit + line_limit + 2) or (
+                        overran and _open_line(data) > line_limit + 1
+                    )):
+                        # Over one limit or the other, so refused whatever follows: stop keeping it.
+                        refusal = first_refusal(data, line_limit, size_limit)
+                        assert refusal is not None
+                        data = bytearray()
+                        if hold is not None:
+                            hold.close()
+            if ended:
+                break
         if refusal is None and len(data) > min(line_limit, size_limit or line_limit):
             refusal = first_refusal(data[:-3], line_limit, size_limit)
         if refusal is not None:
@@ -151,6 +171,18 @@ async def read_body(
         # next garbage collection: free the buffers now.
         data = bytearray()
         chunk = b""
+
+
+def _pending(tail: bytes) -> int:
+    """Return how many of `END`'s first bytes `tail` ends with, short of all of it (0 to 4)."""
+    last = tail[-1:]
+    if last == b"\r":
+        return 4 if tail.endswith(b"\r\n.\r") else 1
+    if last == b"\n":
+        return 2 if tail.endswith(b"\r\n") else 0
+    if last == b".":
+        return 3 if tail.endswith(b"\r\n.") else 0
+    return 0
 
 
 def _open_line(data: bytearray) -> int:
