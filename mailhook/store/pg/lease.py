@@ -119,9 +119,9 @@ class AdvisoryLease:
                 log.warning("lease %s: a former poller's batch still holds the folder and may not be ended (%s);"
                             " writes wait for it", self.name, exc)
                 return ended
-            for pid, application, state, wait in rows:
+            for pid, application, state, waiting_on in rows:
                 log.warning("lease %s: ended session %d (%s, %s, waiting on %s) of a former poller's batch that"
-                            " held the folder for over %.0fs", self.name, pid, application, state, wait,
+                            " held the folder for over %.0fs", self.name, pid, application, state, waiting_on,
                             self.fence_grace)
             ended += len(rows)
         return ended
