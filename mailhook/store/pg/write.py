@@ -127,8 +127,9 @@ class PgStore:
         # The batch under way: each Message-ID's first delivery, and those the current item added.
         self._first: dict[str, _First] = {}
         self._added: list[str] = []
-        # Connect and migrate now: a node that cannot reach its database at start says so at once.
-        self.conn: Connection | None = connect(target, connect_timeout=connect_timeout)
+        # Connect and migrate now: a node that cannot reach its database at start says so at once (and `serve`
+        # tries again), one whose settings the server refuses stops (ConfigError).
+        self.conn: Connection | None = connect(target, connect_timeout=connect_timeout, strict=True)
         try:
             bound_transactions(self.conn, lock_wait=lock_wait)
             migrate(self.conn)
