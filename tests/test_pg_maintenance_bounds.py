@@ -194,3 +194,23 @@ def test_reprocess_adds_an_events_attempts_at_and_past_one_inserts_rows(
         found = conn.execute("SELECT result FROM attempts ORDER BY record_id").fetchall()
     assert [row[0] for row in found] == [f"R{n}" for n in range(attempts)]
 
+
+
+def test_prune_beside_a_frozen_lock_holder_stops_with_exit_75_even_with_a_busy_timeout_of_0(
+    postgres_url: str, freeze: Callable[[], subprocess.Popen[str]], tmp_path: Path
+) -> None:
+    source = big_database(tmp_path / "old.db", 20)
+    assert run(["migrate-to", postgres_url, "--db", str(source)])[0] == EX_OK
+    with psycopg.connect(postgres_url) as conn:
+        conn.execute("UPDATE deliveries SET received_at = '2020-01-01T00:00:00.000Z'")
+        conn.execute("UPDATE events SET received_at = '2020-01-01T00:00:00.000Z'")
+    holder = freeze()
+    # 0 is "do not wait" (1 ms), as on SQLite, never PostgreSQL's lock_timeout = 0 ("no limit").
+    code, _, err = run(["prune", "--older-than", "30d", "--db", postgres_url, "--storage-busy-timeout", "0"])
+    assert code == EX_TEMPFAIL, err
+    assert "lock timeout" in err
+    assert _count(postgres_url, "deliveries") == 20
+    _kill(holder)
+    code, _, err = run(["prune", "--older-than", "30d", "--db", postgres_url, "--storage-busy-timeout", "0"])
+    assert code == EX_OK, err
+    assert _count(postgres_url, "deliveries") == 0
