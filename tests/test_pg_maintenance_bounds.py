@@ -5,7 +5,6 @@ a lock let go within the tries lets the command finish; and every statement is o
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -14,6 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from analysis_support import OUT_CALL, event, fixture_database
+from postgres_support import frozen_holders, kill
 from process_support import ALLOW_ROOT, wait_until
 from test_migrate import big_database, everything
 from test_pg_commands import run
@@ -29,51 +29,11 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# A node frozen in the middle of an exchange, holding a lock on `events` (as a batch holds its rows and keys):
-# its session stays "active", which no server timeout ends; only its death (or pg_terminate_backend) frees it.
-FROZEN_HOLDER = """
-import os, signal, sys
-import psycopg
-conn = psycopg.connect(sys.argv[1], autocommit=False, application_name="mailhook")
-conn.execute("LOCK TABLE events IN SHARE MODE")
-conn.pgconn.enter_pipeline_mode()
-conn.pgconn.send_query_params(b"SELECT 1", None)
-conn.pgconn.flush()
-print(conn.pgconn.backend_pid, flush=True)
-os.kill(os.getpid(), signal.SIGSTOP)
-"""
-
-
 @pytest.fixture
 def freeze(postgres_url: str) -> Iterator[Callable[[], subprocess.Popen[str]]]:
-    """Start holders frozen with their lock; each is killed (-9) at the end if the test did not."""
-    holders: list[subprocess.Popen[str]] = []
-
-    def start() -> subprocess.Popen[str]:
-        proc = subprocess.Popen([sys.executable, "-c", FROZEN_HOLDER, postgres_url], stdout=subprocess.PIPE, text=True)
-        holders.append(proc)
-        assert proc.stdout is not None
-        pid = int(proc.stdout.readline())
-        wait_until(lambda: _state(postgres_url, pid) == "active", 30, "the holder's session to stay active")
-        return proc
-
-    yield start
-    for proc in holders:
-        _kill(proc)
-
-
-def _state(url: str, pid: int) -> str | None:
-    with psycopg.connect(url, autocommit=True) as conn:
-        row = conn.execute("SELECT state FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
-    return None if row is None else str(row[0])
-
-
-def _kill(proc: subprocess.Popen[str] | subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    if proc.stdout is not None:
-        proc.stdout.close()
+    """Start holders frozen with a lock on `events`; each is killed (-9) at the end if the test did not."""
+    with frozen_holders(postgres_url) as start:
+        yield start
 
 
 def _count(url: str, table: str) -> int:
@@ -107,7 +67,7 @@ def test_reprocess_beside_a_frozen_lock_holder_stops_with_exit_75_and_a_rerun_fi
     assert code == EX_TEMPFAIL, err
     assert "another session held a lock it needs 3 times for 0.2 s" in err
     assert "A node that freezes" in err and "try again later" in err
-    _kill(holder)
+    kill(holder)
     code, _, err = run(["reprocess", "--db", stored, "--storage-busy-timeout", "0.2"])
     assert code == EX_OK, err
     assert "reprocessed" in err
@@ -121,10 +81,10 @@ def test_reprocess_finishes_when_the_lock_is_let_go_within_its_tries(
     proc = _background(log, "reprocess", "--db", stored, "--storage-busy-timeout", "2")
     try:
         wait_until(lambda: "trying again (2 of 3)" in log.read_text(), 60, "reprocess to wait out its first try")
-        _kill(holder)  # the frozen node dies: its session ends and its locks go with it
+        kill(holder)  # the frozen node dies: its session ends and its locks go with it
         assert proc.wait(timeout=120) == EX_OK, log.read_text()
     finally:
-        _kill(proc)
+        kill(proc)
     assert "reprocessed" in log.read_text()
 
 
@@ -139,7 +99,7 @@ def test_migrate_to_beside_a_frozen_lock_holder_stops_with_exit_75_copying_nothi
     assert "migrate-to stopped: the batch after delivery 0: another session held a lock it needs 5 times" in err
     assert "a rerun resumes after the last batch copied" in err
     assert _count(postgres_url, "deliveries") == 0
-    _kill(holder)
+    kill(holder)
     code, _, err = run(["migrate-to", postgres_url, "--db", str(source), "--storage-busy-timeout", "0.2"])
     assert code == EX_OK, err
     assert everything(url=postgres_url) == everything(source)
@@ -155,10 +115,10 @@ def test_migrate_to_finishes_when_the_lock_is_let_go_within_its_tries(
     proc = _background(log, "migrate-to", postgres_url, "--db", str(source), "--storage-busy-timeout", "2")
     try:
         wait_until(lambda: "trying again (2 of 5)" in log.read_text(), 60, "migrate-to to wait out its first try")
-        _kill(holder)
+        kill(holder)
         assert proc.wait(timeout=120) == EX_OK, log.read_text()
     finally:
-        _kill(proc)
+        kill(proc)
     assert everything(url=postgres_url) == everything(source)
 
 
@@ -210,7 +170,7 @@ def test_prune_beside_a_frozen_lock_holder_stops_with_exit_75_even_with_a_busy_t
     assert code == EX_TEMPFAIL, err
     assert "lock timeout" in err
     assert _count(postgres_url, "deliveries") == 20
-    _kill(holder)
+    kill(holder)
     code, _, err = run(["prune", "--older-than", "30d", "--db", postgres_url, "--storage-busy-timeout", "0"])
     assert code == EX_OK, err
     assert _count(postgres_url, "deliveries") == 0
