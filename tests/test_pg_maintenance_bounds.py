@@ -174,3 +174,17 @@ def test_prune_beside_a_frozen_lock_holder_stops_with_exit_75_even_with_a_busy_t
     code, _, err = run(["prune", "--older-than", "30d", "--db", postgres_url, "--storage-busy-timeout", "0"])
     assert code == EX_OK, err
     assert _count(postgres_url, "deliveries") == 0
+
+
+@pytest.mark.parametrize("most_bytes", [1, 2_000, 10**9])
+def test_migrate_to_copies_exactly_whatever_the_statements_byte_bound(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, most_bytes: int
+) -> None:
+    from mailhook.store.pg import copy
+
+    # 1: every row its own statement; 2,000: a few rows each (each delivery's raw is some hundred bytes); 10**9: 500.
+    monkeypatch.setattr(copy, "MAX_BYTES", most_bytes)
+    source = big_database(tmp_path / "big.db", 60)
+    code, _, err = run(["migrate-to", postgres_url, "--db", str(source), "--batch", "60"])
+    assert code == EX_OK, err
+    assert everything(url=postgres_url) == everything(source)

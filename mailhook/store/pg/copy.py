@@ -48,6 +48,9 @@ RETRIES = 5
 # Most rows one INSERT holds: the protocol carries at most 65,535 parameters a statement.
 MAX_ROWS = 500
 MAX_PARAMETERS = 65_535
+# Most bytes of text and raw bytes one INSERT holds (a row past it goes alone): a statement is sent in seconds even
+# when deliveries carry large messages, never long enough to look like a node frozen mid-exchange (frozen.py).
+MAX_BYTES = 8 * 1024 * 1024
 
 
 class CannotCopy(Exception):
@@ -202,13 +205,20 @@ def _patiently(step: Callable[[], T], what: str, lock_wait: float) -> T:
 
 
 def _insert(cursor: psycopg.Cursor[Any], statement: tuple[str, str, str], found: Sequence[Sequence[Any]]) -> None:
-    """Insert `found` in multi-row INSERTs (one exchange each, no pipeline), as many rows as one may hold."""
+    """Insert `found` in multi-row INSERTs (one exchange each, no pipeline) of `MAX_ROWS` rows or `MAX_BYTES`."""
     head, row, tail = statement
     width = max(1, len(found[0])) if found else 1
-    step = max(1, min(MAX_ROWS, MAX_PARAMETERS // width))
-    for start in range(0, len(found), step):
-        chunk = found[start:start + step]
-        cursor.execute(head + ", ".join([row] * len(chunk)) + tail, [value for values in chunk for value in values])
+    most = max(1, min(MAX_ROWS, MAX_PARAMETERS // width))
+    chunk: list[Any] = []
+    size = 0
+    for values in found:
+        chunk.extend(values)
+        size += sum(len(v) for v in values if isinstance(v, (bytes, str)))
+        if len(chunk) // width >= most or size >= MAX_BYTES:
+            cursor.execute(head + ", ".join([row] * (len(chunk) // width)) + tail, chunk)
+            chunk, size = [], 0
+    if chunk:
+        cursor.execute(head + ", ".join([row] * (len(chunk) // width)) + tail, chunk)
 
 
 def _fit(found: list[Any], columns: list[str]) -> list[Any]:
