@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mailhook.exitcodes import EX_DATAERR, EX_NOINPUT, EX_OK, EX_USAGE
+from mailhook.exitcodes import EX_DATAERR, EX_NOINPUT, EX_OK, EX_TEMPFAIL, EX_USAGE
 from mailhook.store.target import PostgresTarget, is_url, mask_url
 
 if TYPE_CHECKING:
@@ -37,8 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_migrate_to(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
     """Run `mailhook migrate-to`: copy every delivery, event, attempt and IMAP position not yet copied."""
+    import psycopg
+
     from mailhook.store.pg.connection import open_database
-    from mailhook.store.pg.copy import CannotCopy, copy_database
+    from mailhook.store.pg.copy import CannotCopy, LockWaited, copy_database
 
     if not is_url(args.url):
         print(f"mailhook: migrate-to takes a postgresql:// URL, not {args.url!r}", file=sys.stderr)
@@ -74,10 +76,19 @@ def run_migrate_to(args: argparse.Namespace, settings: Settings, env: Mapping[st
               f" {progress.events} events, {progress.attempts} attempts", file=sys.stderr)
 
     try:
-        done = copy_database(source, conn, batch=args.batch, progress=report)
+        done = copy_database(source, conn, batch=args.batch, progress=report, lock_wait=settings.storage.busy_timeout)
     except CannotCopy as exc:
         print(f"mailhook: {exc}", file=sys.stderr)
         return EX_DATAERR
+    except LockWaited as exc:
+        print(f"mailhook: migrate-to stopped: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL
+    except psycopg.OperationalError as exc:
+        # The server went away (or ended this session) mid-copy: the batch under way was rolled back.
+        said = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        print(f"mailhook: migrate-to stopped: database {target}: {target.scrub(said)};"
+              " a rerun resumes after the last batch copied", file=sys.stderr)
+        return EX_TEMPFAIL
     finally:
         conn.close()
     skipped = f" ({done.skipped_events} events were there already)" if done.skipped_events else ""

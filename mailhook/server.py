@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -20,6 +21,7 @@ from typing import Any, Protocol
 
 from mailhook import openfiles, systemd
 from mailhook.backlog import Backlog
+from mailhook.backoff import Backoff
 from mailhook.budget import ByteBudget, InflightBudget, return_big_frees
 from mailhook.config.settings import Settings
 from mailhook.errors import RetryLater
@@ -29,6 +31,7 @@ from mailhook.models import Delivery, Receipt
 from mailhook.pipeline import Pipeline
 from mailhook.store.interface import Storage
 from mailhook.store.open import open_storage
+from mailhook.store.target import PostgresTarget
 from mailhook.workers import worker_count, worker_pool
 
 log = logging.getLogger("mailhook.server")
@@ -74,6 +77,9 @@ STATUS_EVERY = 5.0
 EXTEND_EVERY = 10.0
 # Seconds between recounts of the database's totals (a count over a large table is not free).
 TOTALS_EVERY = 60.0
+# Seconds before the second try at opening an unreachable PostgreSQL database at start, and the most between two.
+OPEN_RETRY_FIRST = 1.0
+OPEN_RETRY_MAX = 30.0
 
 
 @dataclass
@@ -123,8 +129,12 @@ class Counters:
         return f"{deliveries} deliveries ({quarantined} quarantined), {events} events in the database; {run}"
 
 
-async def serve(settings: Settings, env: Mapping[str, str], *, started: asyncio.Future[Runtime] | None = None) -> None:
+async def serve(settings: Settings, env: Mapping[str, str], *, started: asyncio.Future[Runtime] | None = None,
+                stop: asyncio.Event | None = None) -> None:
     """Run the server until `runtime.stopping` is set (by a signal or by a test).
+
+    `stop`, set by a signal, ends the wait for a database that cannot be
+    reached yet (nothing listens then); once the doors start, `runtime.stopping` counts.
 
     Under systemd it says READY=1 only once every door listens and the
     database is open, keeps STATUS= current, pings the watchdog from the event
@@ -142,7 +152,13 @@ async def serve(settings: Settings, env: Mapping[str, str], *, started: asyncio.
     notifier.notify("STATUS=opening the database")
     metrics = Metrics()
     counters = Counters()
-    writer = await _open_writer(settings, env, metrics, notifier)
+    try:
+        writer = await _open_writer(settings, env, metrics, notifier, stop)
+    except _StoppedWaiting:
+        log.info("stopped before the database could be opened; nothing was received")
+        notifier.stopping("stopped before the database could be opened")
+        notifier.close()
+        return
     metrics.track_queue(lambda: writer.depth)
     # One budget for every extraction of a large delivery, in this process or in the backlog's workers.
     budget = ByteBudget(settings.parsing.extraction_budget)
@@ -213,14 +229,55 @@ async def serve(settings: Settings, env: Mapping[str, str], *, started: asyncio.
         notifier.close()
 
 
+class _StoppedWaiting(Exception):
+    """A signal came while the server waited for its database (no door listened yet)."""
+
+
 async def _open_writer(
-    settings: Settings, env: Mapping[str, str], metrics: Metrics, notifier: systemd.Notifier
+    settings: Settings, env: Mapping[str, str], metrics: Metrics, notifier: systemd.Notifier,
+    stop: asyncio.Event | None = None,
 ) -> Storage:
     """Open (and migrate) the database beside the loop, asking systemd for more start-up time meanwhile.
 
     A migration of a large database can outlast TimeoutStartSec=; being killed
-    would roll it back and start it over on every restart.
+    would roll it back and start it over on every restart. A PostgreSQL
+    database that cannot be reached yet (down, failing over, its name not yet
+    resolvable) is tried again with capped back-off, one line per try, and no
+    door listens until it opens: senders meet a refused connection and use the
+    other MX or receiver, and READY=1 waits. Exiting instead would have
+    systemd restart the node every RestartSec= until StartLimitBurst= gives up
+    for good. A server that refuses the settings stops the node (ConfigError).
     """
+    target = settings.database(env)
+    backoff = Backoff(OPEN_RETRY_FIRST, OPEN_RETRY_MAX)
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            return await _open_once(settings, env, metrics, notifier)
+        except RetryLater as exc:
+            if not isinstance(target, PostgresTarget):
+                raise
+            delay = backoff.next()
+            log.warning("cannot open the database (try %d): %s; trying again in %.0f s, no door listens until then",
+                        tries, exc, delay)
+            # The next try (its connect timeout, a migration's first stretch) must fit in the extension too.
+            notifier.notify(f"EXTEND_TIMEOUT_USEC={int((delay + EXTEND_EVERY * 3) * 1_000_000)}",
+                            f"STATUS=waiting for the database (try {tries}): {exc}",
+                            *(["WATCHDOG=1"] if notifier.watchdog_interval else []))
+            if stop is None:
+                await asyncio.sleep(delay)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            if stop.is_set():
+                raise _StoppedWaiting from None
+
+
+async def _open_once(
+    settings: Settings, env: Mapping[str, str], metrics: Metrics, notifier: systemd.Notifier
+) -> Storage:
+    """Open the database once, beside the loop, extending systemd's start-up timeout while it migrates."""
     loop = asyncio.get_running_loop()
     opening = loop.run_in_executor(None, functools.partial(
         open_storage,
@@ -285,7 +342,7 @@ def run_serve(args: argparse.Namespace, settings: Settings, env: Mapping[str, st
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        task = asyncio.create_task(serve(settings, env, started=started))
+        task = asyncio.create_task(serve(settings, env, started=started, stop=stop))
         waiting: list[asyncio.Future[Any]] = [task, started]
         done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         if task in done:

@@ -10,12 +10,15 @@ authentication a real deployment uses; each test gets a database of its own.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
+import signal
 import subprocess
+import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,3 +138,55 @@ def _run(command: Sequence[str], owner: str | None, *, check: bool = True) -> su
     if check and done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
     return done
+
+
+# A node frozen in the middle of an exchange, holding a lock on `events` (as a batch holds its rows and keys):
+# its session stays "active", which no server timeout ends; only its death (or pg_terminate_backend) frees it.
+FROZEN_HOLDER = """
+import os, signal, sys
+import psycopg
+conn = psycopg.connect(sys.argv[1], autocommit=False, application_name="mailhook")
+conn.execute("LOCK TABLE events IN SHARE MODE")
+conn.pgconn.enter_pipeline_mode()
+conn.pgconn.send_query_params(b"SELECT 1", None)
+conn.pgconn.flush()
+print(conn.pgconn.backend_pid, flush=True)
+os.kill(os.getpid(), signal.SIGSTOP)
+"""
+
+
+@contextlib.contextmanager
+def frozen_holders(url: str) -> Iterator[Callable[[], subprocess.Popen[str]]]:
+    """Yield a function starting a process frozen (SIGSTOP) mid-exchange with a lock on `events`; kill -9 them after."""
+    import psycopg
+    from process_support import wait_until
+
+    holders: list[subprocess.Popen[str]] = []
+
+    def state(pid: int) -> str | None:
+        with psycopg.connect(url, autocommit=True) as conn:
+            row = conn.execute("SELECT state FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def start() -> subprocess.Popen[str]:
+        proc = subprocess.Popen([sys.executable, "-c", FROZEN_HOLDER, url], stdout=subprocess.PIPE, text=True)
+        holders.append(proc)
+        assert proc.stdout is not None
+        pid = int(proc.stdout.readline())
+        wait_until(lambda: state(pid) == "active", 30, "the holder's session to stay active")
+        return proc
+
+    try:
+        yield start
+    finally:
+        for proc in holders:
+            kill(proc)
+
+
+def kill(proc: subprocess.Popen[str] | subprocess.Popen[bytes]) -> None:
+    """Kill (-9) a process if it still runs, reap it and close its stdout pipe."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    if proc.stdout is not None:
+        proc.stdout.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import subprocess
@@ -19,6 +20,7 @@ from process_support import wait_until
 from mailhook.errors import RetryLater
 from mailhook.extract import extract
 from mailhook.models import Delivery, FolderPosition
+from mailhook.store.pg.frozen import end_frozen
 from mailhook.store.pg.lease import FENCE, AdvisoryLease, fence, folder_key
 from mailhook.store.pg.write import PgStore
 from mailhook.store.rows import rows
@@ -35,6 +37,7 @@ FROZEN_BATCH = """
 import os, signal, sys
 import psycopg
 from mailhook.models import FolderPosition
+from mailhook.store.pg.frozen import end_frozen
 from mailhook.store.pg.lease import fence
 from mailhook.store.pg.session import bound_transactions
 from mailhook.store.pg.write import KEY_LOCKS, lock_key
@@ -102,14 +105,53 @@ def test_a_batch_frozen_mid_exchange_is_not_ended_by_the_servers_idle_timeouts(
 def test_a_write_waiting_on_a_frozen_batch_gives_up_with_retry_later_after_its_lock_waits(
     postgres_url: str, frozen: tuple[subprocess.Popen[str], int, Delivery]
 ) -> None:
-    _, _, delivery = frozen
-    store = PgStore(PostgresTarget(postgres_url), lock_wait=0.2)
+    _, pid, delivery = frozen
+    # Frozen for less than the bound after which a writer ends it (frozen.FROZEN_AFTER): left alone.
+    store = PgStore(PostgresTarget(postgres_url), lock_wait=0.2, frozen_after=3600.0)
     try:
         with pytest.raises(RetryLater, match="storage busy"):
             store.write([(delivery, extract(delivery.raw, kind="email"))])
     finally:
         store.close()
     assert _stored(postgres_url) == []
+    assert _session(postgres_url, pid) == ("active", "ClientRead")
+
+
+def test_a_write_that_meets_a_batch_frozen_past_the_bound_ends_it_and_stores(
+    postgres_url: str, frozen: tuple[subprocess.Popen[str], int, Delivery], caplog: pytest.LogCaptureFixture
+) -> None:
+    _, pid, imap = frozen
+    # The same message by SMTP (no folder: no poller would ever end the frozen batch): only its key locks meet.
+    delivery = dataclasses.replace(imap, channel="smtp", position=None, source=None)
+    wait_until(lambda: _session(postgres_url, pid) == ("active", "ClientRead"), 10, "the batch frozen mid-exchange")
+    store = PgStore(PostgresTarget(postgres_url), lock_wait=0.2, frozen_after=0.0)
+    try:
+        with caplog.at_level(logging.WARNING, logger="mailhook.store"):
+            receipt = store.write([(delivery, extract(delivery.raw, kind="email"))])[0]
+    finally:
+        store.close()
+    assert not isinstance(receipt, Exception) and receipt.status == "stored"
+    assert f"ended session {pid}" in caplog.text and "frozen in the middle of an exchange" in caplog.text
+    assert _session(postgres_url, pid) is None
+    assert _stored(postgres_url) == [("stored", 1)]
+
+
+def test_a_writer_of_another_role_leaves_a_frozen_session_alone_and_says_so_when_it_sees_it(
+    weak_url: str, postgres_url: str, frozen: tuple[subprocess.Popen[str], int, Delivery],
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    _, pid, _ = frozen
+    wait_until(lambda: _session(postgres_url, pid) == ("active", "ClientRead"), 10, "the batch frozen mid-exchange")
+    # Another role sees no state of the superuser's sessions (without pg_read_all_stats), and may not end them.
+    with psycopg.connect(weak_url, application_name="mailhook") as conn:
+        assert end_frozen(conn, after=0.0) == 0
+    with psycopg.connect(postgres_url, autocommit=True) as owner:
+        owner.execute(f"GRANT pg_read_all_stats TO {urlsplit(weak_url).username}")
+    with psycopg.connect(weak_url, application_name="mailhook") as conn, \
+            caplog.at_level(logging.WARNING, logger="mailhook.store"):
+        assert end_frozen(conn, after=0.0) == 0
+    assert "may not be ended" in caplog.text
+    assert _session(postgres_url, pid) == ("active", "ClientRead")
 
 
 def test_the_folders_next_poller_ends_a_batch_frozen_past_the_grace_and_stores_the_message_once(

@@ -36,6 +36,20 @@ MIGRATION_LOCK = int.from_bytes(b"mailhook", "big")
 
 Connection = psycopg.Connection[Any]
 
+# What libpq and the server say when they refuse mailhook's settings (role, password, database, pg_hba.conf), not
+# when the server is down, starting, full or out of reach: trying again cannot help. Connection failures carry no
+# SQLSTATE in libpq, so these are its (English) words; a server answering in another language is retried instead.
+REFUSALS = ("authentication failed", "no password supplied", "no pg_hba.conf entry", "pg_hba.conf rejects",
+            "is not permitted to log in", "permission denied for database")
+# `database "x" does not exist`, `role "x" does not exist`: refusals too, but "too many connections for role" is not.
+_MISSING = ('database "', 'role "')
+
+
+def refusal(text: str) -> bool:
+    """Say whether a failed connection's message is the server refusing mailhook's settings (not a passing state)."""
+    return any(word in text for word in REFUSALS) or (
+        "does not exist" in text and any(word in text for word in _MISSING))
+
 
 def connection_string(target: PostgresTarget, *, connect_timeout: float = CONNECT_TIMEOUT) -> str:
     """Return the libpq connection string for `target`, with mailhook's defaults where the URL sets none."""
@@ -57,12 +71,21 @@ def connection_string(target: PostgresTarget, *, connect_timeout: float = CONNEC
     return conninfo.make_conninfo(target.url, **extra)
 
 
-def connect(target: PostgresTarget, *, connect_timeout: float = CONNECT_TIMEOUT) -> Connection:
-    """Open a connection (autocommit off); `RetryLater` naming the server, never the password, when it cannot."""
+def connect(target: PostgresTarget, *, connect_timeout: float = CONNECT_TIMEOUT, strict: bool = False) -> Connection:
+    """Open a connection (autocommit off); `RetryLater` naming the server, never the password, when it cannot.
+
+    With `strict` (a node starting, a maintenance command) a server that
+    refuses the settings (`refusal`) raises `ConfigError` instead: retrying
+    cannot help. A running node keeps retrying even those (a password being
+    rotated, a role being recreated), answering "try again later" meanwhile.
+    """
     try:
         return psycopg.connect(connection_string(target, connect_timeout=connect_timeout), autocommit=False)
     except psycopg.Error as exc:
-        raise RetryLater(f"database unreachable ({target}): {target.scrub(_first_line(exc))}") from None
+        words = target.scrub(_first_line(exc))
+        if strict and refusal(words):
+            raise ConfigError(f"storage.db: the database refuses mailhook ({target}): {words}") from None
+        raise RetryLater(f"database unreachable ({target}): {words}") from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -114,8 +137,8 @@ def migrate(conn: Connection) -> int:
 
 
 def open_database(target: PostgresTarget, *, connect_timeout: float = CONNECT_TIMEOUT) -> Connection:
-    """Connect and migrate; `RetryLater` when the server cannot be reached."""
-    conn = connect(target, connect_timeout=connect_timeout)
+    """Connect and migrate; `RetryLater` when the server cannot be reached, `ConfigError` when it refuses us."""
+    conn = connect(target, connect_timeout=connect_timeout, strict=True)
     try:
         migrate(conn)
     except psycopg.OperationalError as exc:

@@ -19,6 +19,7 @@ from mailhook.errors import RetryLater
 from mailhook.store.interface import PruneResult
 from mailhook.store.pg.connection import connect, schema_version
 from mailhook.store.pg.schema import MIGRATIONS
+from mailhook.store.pg.session import bound_transactions
 from mailhook.store.target import PostgresTarget
 
 log = logging.getLogger("mailhook.upkeep")
@@ -43,10 +44,11 @@ def prune(
     conn = connect(target, connect_timeout=max(busy_timeout, 1.0))
     conn.autocommit = True  # each chunk's `transaction()` commits on its own
     try:
+        # Wait for a node's commit no longer than the busy timeout, as SQLite would (0: 1 ms, not PostgreSQL's
+        # "no limit"); a prune stopped mid-chunk is rolled back by the server instead of holding its rows.
+        bound_transactions(conn, lock_wait=busy_timeout)
         while True:
             with conn.transaction(force_rollback=dry_run):
-                # Wait for a node's commit no longer than the busy timeout, as SQLite would.
-                conn.execute(f"SET LOCAL lock_timeout = {int(busy_timeout * 1000)}")
                 ids = [row[0] for row in conn.execute(
                     f"SELECT id FROM {table} WHERE received_at < %s AND id > %s ORDER BY id LIMIT %s",
                     (before, last, chunk))]

@@ -6,6 +6,16 @@ delivery they came in, and the delivery's status and counts are updated, one
 transaction per delivery, beside running nodes. A transaction PostgreSQL
 aborts for a deadlock with a node's (the figure triggers lock campaigns and
 pairs of numbers) is retried.
+
+No wait is unbounded: a statement waits for another session's lock at most
+`storage.busy_timeout` (`lock_timeout`), the delivery is tried `RETRIES`
+times in all, and then the command stops with `RetryLater` (exit 75) naming
+the delivery; a rerun carries on (what was added is not added twice). The
+session's idle-in-transaction timeout lets the server roll back a transaction
+this command left open if it is itself stopped; and every statement is one
+exchange (attempts in multi-row INSERTs, never a pipeline), so a command
+frozen mid-transaction is idle in it, not "active", once its last statement was
+answered (docs/scaling.md, "A node that freezes").
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ from mailhook.errors import RetryLater
 from mailhook.models import Extraction, Receipt, Status, stored_kind, utcnow
 from mailhook.store.interface import StoredDelivery
 from mailhook.store.pg.connection import open_database
+from mailhook.store.pg.session import bound_transactions
 from mailhook.store.pg.text import clean, cleaned
 from mailhook.store.rows import Rows, rows
 from mailhook.store.schema import ATTEMPT_COLUMNS, EVENT_COLUMNS
@@ -34,13 +45,15 @@ _INSERT_EVENT = (
     f" VALUES (%s, %s, %s, %s, %s, {', '.join(['%s'] * len(EVENT_COLUMNS))})"
     " ON CONFLICT (dedupe_key) DO NOTHING RETURNING id"
 )
-_INSERT_ATTEMPT = (
-    f"INSERT INTO attempts (event_id, {', '.join(ATTEMPT_COLUMNS)})"
-    f" VALUES (%s, {', '.join(['%s'] * len(ATTEMPT_COLUMNS))})"
-)
+_INSERT_ATTEMPTS = f"INSERT INTO attempts (event_id, {', '.join(ATTEMPT_COLUMNS)}) VALUES "
+_ATTEMPT_ROW = f"(%s, {', '.join(['%s'] * len(ATTEMPT_COLUMNS))})"
 _MODIFIED, _CREATED = EVENT_COLUMNS.index("modified"), EVENT_COLUMNS.index("created")
 _FROM, _TO = EVENT_COLUMNS.index("from_number"), EVENT_COLUMNS.index("to_number")
 RETRIES = 3
+# Most attempts one INSERT holds, as the nodes' write path (`write.ATTEMPT_ROWS`, not imported: it loads sqlite3).
+ATTEMPT_ROWS = 500
+
+
 class ReprocessStore:
     """Reads stored deliveries back and adds what a new extraction finds, on PostgreSQL."""
 
@@ -48,8 +61,14 @@ class ReprocessStore:
                  **_: Any) -> None:
         self.target = target
         self.phone_region = phone_region
+        self.busy_timeout = busy_timeout
         self.conn = open_database(target, connect_timeout=max(busy_timeout, 1.0))
         self.conn.autocommit = True  # each `transaction()` below commits on its own
+        try:
+            bound_transactions(self.conn, lock_wait=busy_timeout)
+        except psycopg.Error as exc:
+            self.conn.close()
+            raise RetryLater(f"database {target}: {target.scrub(str(exc).strip())}") from None
 
     def close(self) -> None:
         """Close the connection."""
@@ -82,6 +101,15 @@ class ReprocessStore:
                 if attempt == RETRIES - 1:
                     raise RetryLater(f"delivery {delivery_id}: deadlocked with other writers {RETRIES} times") from None
                 log.debug("delivery %d: deadlock with another writer, retrying", delivery_id)
+            except errors.LockNotAvailable:
+                if attempt == RETRIES - 1:
+                    raise RetryLater(
+                        f"delivery {delivery_id}: another session held a lock it needs {RETRIES} times for"
+                        f" {self.busy_timeout:g} s (storage.busy_timeout; a node frozen in the middle of a batch,"
+                        " or a long transaction: see docs/scaling.md, \"A node that freezes\"); rerun reprocess"
+                        " later, it carries on where it stopped") from None
+                log.warning("delivery %d: another session held a lock for %g s; trying again (%d of %d)",
+                            delivery_id, self.busy_timeout, attempt + 2, RETRIES)
             except psycopg.OperationalError as exc:
                 raise RetryLater(f"database {self.target}: {self.target.scrub(str(exc).strip())}") from None
         raise AssertionError("unreachable")
@@ -123,8 +151,8 @@ class ReprocessStore:
                     continue
                 new += 1
                 types.append(event_type)
-                if attempts:
-                    cursor.executemany(_INSERT_ATTEMPT, [
-                        (inserted[0], *cleaned(values, ATTEMPT_COLUMNS))
-                        for values in attempts])
+                for start in range(0, len(attempts), ATTEMPT_ROWS):
+                    chunk = attempts[start:start + ATTEMPT_ROWS]
+                    cursor.execute(_INSERT_ATTEMPTS + ", ".join([_ATTEMPT_ROW] * len(chunk)), [
+                        value for values in chunk for value in (inserted[0], *cleaned(values, ATTEMPT_COLUMNS))])
         return new, duplicates, tuple(types)

@@ -17,7 +17,10 @@ nodes writing at once:
 - a connection lost before COMMIT is retried once on a new connection (nothing
   was committed); a deadlock or serialization failure is retried; any other
   storage failure raises `RetryLater` for the whole batch and the next batch
-  reconnects, with capped exponential back-off between attempts.
+  reconnects, with capped exponential back-off between attempts;
+- a batch that meets lock timeouts on every try first ends the sessions of
+  nodes frozen in the middle of an exchange for `frozen.FROZEN_AFTER` seconds
+  (whose locks no server timeout frees), and is then tried once more.
 
 PostgreSQL's text cannot hold the NUL character, nor a lone surrogate (an
 undecodable byte kept by `surrogateescape`): in text columns and payloads each
@@ -45,6 +48,7 @@ from mailhook.derived import e164, sent_at
 from mailhook.errors import RetryLater
 from mailhook.models import Delivery, FolderPosition, Receipt, Status, to_json, utcnow
 from mailhook.store.pg.connection import Connection, connect, migrate
+from mailhook.store.pg.frozen import FROZEN_AFTER, end_frozen
 from mailhook.store.pg.lease import fence, passed
 from mailhook.store.pg.session import LOCK_WAIT, bound_transactions
 from mailhook.store.pg.text import clean, cleaned
@@ -116,9 +120,11 @@ class PgStore:
     """Writes deliveries and their events to PostgreSQL on one connection, one transaction per batch."""
 
     def __init__(self, target: PostgresTarget, *, phone_region: str = "US", connect_timeout: float = 10.0,
-                 backoff: Backoff | None = None, lock_wait: float = LOCK_WAIT) -> None:
+                 backoff: Backoff | None = None, lock_wait: float = LOCK_WAIT,
+                 frozen_after: float = FROZEN_AFTER) -> None:
         self.target = target
         self.lock_wait = lock_wait
+        self.frozen_after = frozen_after
         self.phone_region = phone_region
         self.connect_timeout = connect_timeout
         self.backoff = backoff or Backoff(0.25, 10.0)
@@ -127,8 +133,9 @@ class PgStore:
         # The batch under way: each Message-ID's first delivery, and those the current item added.
         self._first: dict[str, _First] = {}
         self._added: list[str] = []
-        # Connect and migrate now: a node that cannot reach its database at start says so at once.
-        self.conn: Connection | None = connect(target, connect_timeout=connect_timeout)
+        # Connect and migrate now: a node that cannot reach its database at start says so at once (and `serve`
+        # tries again), one whose settings the server refuses stops (ConfigError).
+        self.conn: Connection | None = connect(target, connect_timeout=connect_timeout, strict=True)
         try:
             bound_transactions(self.conn, lock_wait=lock_wait)
             migrate(self.conn)
@@ -198,6 +205,7 @@ class PgStore:
         fails only that item. Receipts are returned only after COMMIT returned.
         """
         retried = 0
+        ended = False
         fresh = self.conn is None or self.conn.closed
         found = [_prepare(item) for item in items]
         # Without a savepoint per item (two round trips each) unless an item fails: then the batch is
@@ -222,6 +230,10 @@ class PgStore:
             except _TRANSIENT as exc:
                 retried += 1
                 if retried > RETRIES:
+                    # Locks that outlast every try may be a frozen node's (frozen.py): ended, the batch has one more.
+                    if isinstance(exc, pg_errors.LockNotAvailable) and not ended and self._end_frozen(conn):
+                        ended = True
+                        continue
                     raise RetryLater(f"storage busy: {self._words(exc)}") from None
                 log.info("batch retried after %s", type(exc).__name__)
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
@@ -243,6 +255,16 @@ class PgStore:
                 if conn.closed or conn.broken:
                     self._lost()
                 raise RetryLater(f"storage unavailable: {self._words(exc)}") from None
+
+    def _end_frozen(self, conn: Connection) -> int:
+        """End the sessions of nodes frozen mid-exchange (`frozen.end_frozen`); 0 when that fails too."""
+        try:
+            return end_frozen(conn, after=self.frozen_after)
+        except psycopg.Error as exc:
+            log.info("could not look for frozen sessions: %s", self._words(exc))
+            with contextlib.suppress(psycopg.Error):
+                conn.rollback()
+            return 0
 
     def _lock_keys(self, conn: Connection, batch: Sequence[Rows | Exception | None]) -> None:
         """Take the batch's key locks in one statement, in sorted order (the order every node takes them in)."""
