@@ -106,7 +106,7 @@ class Writer:
 
     @property
     def depth(self) -> int:
-        """Return how many deliveries wait for the next commit."""
+        """Return how many deliveries wait for the next commit (a backfill's chunk, `submit_many`, counts once)."""
         return self._queue.qsize()
 
     @property
