@@ -213,33 +213,46 @@ def ingest_paths(
     pipeline = Pipeline(writer, settings.subscriptions, limits=limits,
                         log_level=logging.INFO if verbose else logging.DEBUG)
     totals = {"stored": 0, "duplicate": 0, "quarantined": 0, "events": 0, "unreadable": 0}
-    pending: deque[tuple[Delivery, Future[Receipt]]] = deque()
+    # Chunks handed to the writer, each answered by one future; `waiting` counts their deliveries.
+    pending: deque[tuple[list[Delivery], Future[list[Receipt | RetryLater]]]] = deque()
+    waiting = 0
     progress = _Progress(enabled=interactive and not quiet, total_bytes=_input_bytes(paths))
     retry = False
 
-    def settle(delivery: Delivery, future: Future[Receipt]) -> None:
+    def settle(chunk: list[Delivery], future: Future[list[Receipt | RetryLater]]) -> None:
         nonlocal retry
-        try:
-            receipt = future.result()  # its log line is written by then, as for every door's delivery
-        except RetryLater as exc:
-            retry = True
-            log.error("%s: not stored: %s", delivery.source, exc)
-            return
-        totals[receipt.status] += 1
-        totals["events"] += receipt.events
-        progress.tick(len(delivery.raw))
+        # Each log line is written by then, as for every door's delivery.
+        for delivery, result in zip(chunk, future.result(), strict=True):
+            if isinstance(result, RetryLater):
+                retry = True
+                log.error("%s: not stored: %s", delivery.source, result)
+                continue
+            totals[result.status] += 1
+            totals["events"] += result.events
+            progress.tick(len(delivery.raw))
 
     items = deliveries(paths, received_at=utcnow(), max_size=settings.smtp.max_message_size, stdin=stdin)
+    # A chunk is committed whole, so never more than a commit may hold.
+    size = min(_CHUNK, settings.storage.max_batch)
     try:
-        for item, extraction in _extracted(items, pool, settings.subscriptions, limits):
-            if isinstance(item, Unreadable):
-                totals["unreadable"] += 1
-                log.error("%s: cannot read: %s", item.source, item.reason)
-                continue
-            pending.append((item, pipeline.submit(item, extraction)))
+        for chunk, found in _extracted(items, pool, settings.subscriptions, limits, size):
+            readable: list[Delivery] = []
+            extractions: list[Found | None] = []
+            for item, extraction in zip(chunk, found, strict=True):
+                if isinstance(item, Unreadable):
+                    totals["unreadable"] += 1
+                    log.error("%s: cannot read: %s", item.source, item.reason)
+                    continue
+                readable.append(item)
+                extractions.append(extraction)
+            if readable:
+                pending.append((readable, pipeline.submit_many(readable, extractions)))
+                waiting += len(readable)
             # A bounded window keeps memory flat on huge mboxes while commits stay grouped.
-            while len(pending) > _WINDOW:
-                settle(*pending.popleft())
+            while waiting > _WINDOW:
+                done, future = pending.popleft()
+                waiting -= len(done)
+                settle(done, future)
         while pending:
             settle(*pending.popleft())
     finally:
@@ -268,6 +281,7 @@ _WINDOW = 2000
 # workers' start-up costs about what they save (60 and 200 emails timed alike, within noise).
 _PARALLEL_BYTES = 256 << 10
 _CHUNK = 64
+_IN_FLIGHT = 4
 
 
 def _input_bytes(paths: list[str]) -> int | None:
@@ -317,12 +331,21 @@ def _extract_chunk(
 
 def _extracted(
     items: Iterable[Delivery | Unreadable], pool: Executor | None, subscriptions: Mapping[int, str],
-    limits: MailLimits,
-) -> Iterator[tuple[Delivery | Unreadable, Found | None]]:
-    """Pair each item with its extraction done in `pool`, in input order (None: extract in this thread)."""
+    limits: MailLimits, size: int = 64,
+) -> Iterator[tuple[list[Delivery | Unreadable], list[Found | None]]]:
+    """Yield the items in chunks of `size`, in input order, each with its extractions done in `pool`.
+
+    An Unreadable's extraction is None, and so is every one without a pool (to be extracted in this thread).
+    """
     if pool is None:
+        chunk = []
         for item in items:
-            yield item, None
+            chunk.append(item)
+            if len(chunk) >= size:
+                yield chunk, [None] * len(chunk)
+                chunk = []
+        if chunk:
+            yield chunk, [None] * len(chunk)
         return
     subs = dict(subscriptions)
     in_flight: deque[tuple[list[Delivery | Unreadable], Future[list[Found]]]] = deque()
@@ -331,25 +354,24 @@ def _extracted(
         work = [(d.raw, d.kind) for d in chunk if isinstance(d, Delivery)]
         in_flight.append((chunk, pool.submit(_extract_chunk, work, subs, limits)))
 
-    def receive() -> Iterator[tuple[Delivery | Unreadable, Found | None]]:
+    def receive() -> tuple[list[Delivery | Unreadable], list[Found | None]]:
         chunk, future = in_flight.popleft()
         results = iter(future.result())
-        for item in chunk:
-            yield item, next(results) if isinstance(item, Delivery) else None
+        return chunk, [next(results) if isinstance(item, Delivery) else None for item in chunk]
 
-    chunk: list[Delivery | Unreadable] = []
+    chunk = []
     for item in items:
         chunk.append(item)
-        if len(chunk) >= _CHUNK:
+        if len(chunk) >= size:
             send(chunk)
             chunk = []
             # Enough chunks in flight to keep every worker busy, few enough to bound memory.
-            while len(in_flight) > 4:
-                yield from receive()
+            while len(in_flight) > _IN_FLIGHT:
+                yield receive()
     if chunk:
         send(chunk)
     while in_flight:
-        yield from receive()
+        yield receive()
 
 
 class _Progress:

@@ -18,7 +18,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -31,7 +31,7 @@ from mailhook.extract.mail import check_structure
 from mailhook.logs import HeldLines, after_lines, logfmt
 from mailhook.models import Delivery, Extraction, Kind, MailLimits, Receipt
 from mailhook.store.interface import Rereading, Storage
-from mailhook.store.rows import Completion, Rows, worker_rows
+from mailhook.store.rows import Completion, Rows, Work, worker_rows
 
 log = logging.getLogger("mailhook.ingest")
 
@@ -95,6 +95,45 @@ class Pipeline:
             found = extract(delivery.raw, delivery.kind, self.subscriptions, content_type=delivery.content_type,
                             limits=self.limits)
         return self._reported(delivery, self.writer.submit(delivery, found), started, on_failure=True)
+
+    def submit_many(
+        self, deliveries: Sequence[Delivery], found: Sequence[Found | None]
+    ) -> Future[list[Receipt | RetryLater]]:
+        """Queue `deliveries` for one commit together (a backfill's chunk), each with its extraction or None.
+
+        None is extracted here. The one future resolves, once every delivery's
+        log line is written and every listener told, with each delivery's
+        receipt or `RetryLater`, in order; it never raises `RetryLater`. One
+        future and one callback for the chunk, not two of each per delivery.
+        """
+        started = time.perf_counter()
+        works: list[Work] = [
+            (delivery, extract(delivery.raw, delivery.kind, self.subscriptions, content_type=delivery.content_type,
+                               limits=self.limits) if extraction is None else extraction)
+            for delivery, extraction in zip(deliveries, found, strict=True)
+        ]
+        many = getattr(self.writer, "submit_many", None)
+        stored: Future[list[Receipt | RetryLater]] = many(works) if many is not None else _gathered(
+            [self.writer.submit(delivery, extraction) for delivery, extraction in works])  # type: ignore[misc]
+        reported: Future[list[Receipt | RetryLater]] = Future()
+
+        def report(done: Future[list[Receipt | RetryLater]]) -> None:
+            try:
+                results = done.result()
+            except RetryLater as exc:
+                results = [exc] * len(works)
+            except BaseException as exc:  # noqa: BLE001 - handed on to whoever waits, as it came
+                after_lines(reported.set_exception, exc)
+                return
+            try:
+                elapsed = time.perf_counter() - started
+                for delivery, result in zip(deliveries, results, strict=True):
+                    self.report(delivery, None if isinstance(result, RetryLater) else result, elapsed)
+            finally:
+                after_lines(reported.set_result, results)
+
+        stored.add_done_callback(report)
+        return reported
 
     def complete(self, delivery: Delivery, completion: Completion, started: float) -> Future[Receipt]:
         """Store the events of a delivery stored `pending` before (the backlog's way in), and report it.
@@ -325,6 +364,36 @@ class _Mailbox:
                 waiter.set_exception(exc)
             else:
                 waiter.set_result(source.result())
+
+
+def _gathered(futures: list[Future[Receipt]]) -> Future[list[Receipt | RetryLater]]:
+    """Return one future of the outcomes of `futures`, in order: each receipt, or its `RetryLater`."""
+    gathered: Future[list[Receipt | RetryLater]] = Future()
+    left = [len(futures)]
+    lock = threading.Lock()
+
+    def one_done(_: Future[Receipt]) -> None:
+        with lock:
+            left[0] -= 1
+            if left[0]:
+                return
+        outcomes: list[Receipt | RetryLater] = []
+        for future in futures:
+            exc = future.exception()
+            if exc is None:
+                outcomes.append(future.result())
+            elif isinstance(exc, RetryLater):
+                outcomes.append(exc)
+            else:
+                gathered.set_exception(exc)
+                return
+        gathered.set_result(outcomes)
+
+    if not futures:
+        gathered.set_result([])
+    for future in futures:
+        future.add_done_callback(one_done)
+    return gathered
 
 
 def extract_rows(

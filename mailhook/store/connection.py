@@ -6,14 +6,16 @@ import logging
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
-
-import sqlite_utils
+from typing import TYPE_CHECKING
 
 from mailhook.derived import e164, sent_at
 from mailhook.errors import ConfigError, RetryLater
 from mailhook.models import stored_kind
 from mailhook.privileges import FILE_MODE, create_private, database_files, make_directories, restrict
 from mailhook.store.schema import MIGRATIONS
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 log = logging.getLogger("mailhook.store")
 
@@ -120,6 +122,8 @@ _statements = statements  # the name the tests have long imported
 
 def open_database(path: str | Path, *, busy_timeout: float = 5.0) -> sqlite_utils.Database:
     """Open (creating and migrating as needed) the database for reading and housekeeping."""
+    import sqlite_utils  # only here: with pandas installed, importing it costs ~0.3 s, and writers never need it
+
     conn = connect(path, busy_timeout=busy_timeout)
     migrate(conn)
     return sqlite_utils.Database(conn)
@@ -127,5 +131,7 @@ def open_database(path: str | Path, *, busy_timeout: float = 5.0) -> sqlite_util
 
 def open_readonly(path: str | Path, *, busy_timeout: float = 5.0) -> sqlite_utils.Database:
     """Open the database read-only (`mode=ro`), as an analyst's tool should."""
+    import sqlite_utils  # as in open_database: not on the writers' start-up
+
     return sqlite_utils.Database(connect(path, busy_timeout=busy_timeout, readonly=True))
 

@@ -42,6 +42,13 @@ class _Job:
     future: Future[Any]
     checkpoint: bool = False
     live: bool = True
+    # Several works answered by one future (`submit_many`): a list of receipts, or RetryLater per item.
+    works: Sequence[Work] | None = None
+
+    @property
+    def size(self) -> int:
+        """Return how many deliveries this job adds to a commit."""
+        return len(self.works) if self.works is not None else 1
 
     def claim(self) -> None:
         """Mark the future running; a waiter that gave up (cancelled) gets no answer, but the work is done."""
@@ -92,12 +99,14 @@ class Writer:
         # per delivery in this thread, sets it to hold those lines for one write (logs.HeldLines).
         self.answering: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext
         self._closed = False
+        # A job taken from the queue that would have made a commit larger than max_batch: the next one's first.
+        self._carried: _Job | None = None
         self._thread = threading.Thread(target=self._run, name="mailhook-writer", daemon=True)
         self._thread.start()
 
     @property
     def depth(self) -> int:
-        """Return how many deliveries wait for the next commit."""
+        """Return how many deliveries wait for the next commit (a backfill's chunk, `submit_many`, counts once)."""
         return self._queue.qsize()
 
     @property
@@ -108,6 +117,22 @@ class Writer:
     def submit(self, delivery: Delivery, extraction: Extraction | Rows | None) -> Future[Receipt]:
         """Queue a delivery for the next group commit: with its extraction (or rows), or None to store it pending."""
         return self._submit((delivery, extraction))
+
+    def submit_many(self, works: Sequence[Work]) -> Future[list[Receipt | RetryLater]]:
+        """Queue up to `max_batch` deliveries for one group commit together, answered by one future.
+
+        It resolves after the commit with each item's receipt, or `RetryLater`
+        for an item that could not be stored; it raises `RetryLater` when the
+        whole commit failed. A backfill's hand-over: no future per delivery.
+        """
+        if len(works) > self.max_batch:
+            raise ValueError(f"{len(works)} deliveries at once, more than max_batch ({self.max_batch})")
+        future: Future[list[Receipt | RetryLater]] = Future()
+        if self._closed:
+            future.set_exception(RetryLater("mailhook is shutting down"))
+        else:
+            self._queue.put(_Job(None, future, works=works))
+        return future
 
     def complete(self, completion: Completion) -> Future[Receipt]:
         """Queue the events of a delivery stored pending for the next group commit."""
@@ -183,7 +208,7 @@ class Writer:
         due = time.monotonic() + interval
         while True:
             try:
-                first = self._queue.get(timeout=max(0.0, due - time.monotonic()) if interval else None)
+                first = self._carried or self._queue.get(timeout=max(0.0, due - time.monotonic()) if interval else None)
             except queue.Empty:
                 # Idle: SQLite only checkpoints on commit, so without this a WAL that readers
                 # kept from shrinking would stay large until the next delivery.
@@ -192,9 +217,11 @@ class Writer:
                 continue
             if first is _STOP:
                 return
+            self._carried = None
             batch: list[_Job] = [first]  # type: ignore[list-item]
+            size = batch[0].size
             stop = False
-            while len(batch) < self.max_batch:
+            while size < self.max_batch:
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
@@ -202,17 +229,23 @@ class Writer:
                 if item is _STOP:
                     stop = True
                     break
-                batch.append(item)  # type: ignore[arg-type]
+                job: _Job = item  # type: ignore[assignment]
+                if size + job.size > self.max_batch:
+                    self._carried = job
+                    break
+                batch.append(job)
+                size += job.size
             self._commit(batch)
             if interval and time.monotonic() >= due:
                 self._checkpoint()
                 due = time.monotonic() + interval
             if stop:
+                if self._carried is not None:
+                    self._commit([self._carried])
                 return
 
-    def _failed(self, exc: BaseException, jobs: list[_Job]) -> None:
-        works = [job.work for job in jobs]
-        size = sum(len(work[0].raw) for work in works if work is not None and not isinstance(work, Completion))
+    def _failed(self, exc: BaseException, works: list[Work]) -> None:
+        size = sum(len(work[0].raw) for work in works if not isinstance(work, Completion))
         self.last_failure = health.Failure(health.in_words(exc), size, time.monotonic())
 
     def _checkpoint(self) -> WalCheckpoint | None:
@@ -229,9 +262,9 @@ class Writer:
     def _commit(self, batch: list[_Job]) -> None:
         for job in batch:
             job.claim()
-        checks = [job for job in batch if job.work is None and not job.checkpoint]
-        jobs = [job for job in batch if job.work is not None]
-        if len(jobs) > 1:
+        checks = [job for job in batch if job.work is None and job.works is None and not job.checkpoint]
+        jobs = [job for job in batch if job.work is not None or job.works is not None]
+        if len(jobs) > 1 or (jobs and jobs[0].size > 1):
             with self.answering():
                 self._write(checks, jobs)
         else:
@@ -250,18 +283,24 @@ class Writer:
                 job.resolve(None)
         if not jobs:
             return
+        works: list[Work] = []
+        for job in jobs:
+            if job.works is not None:
+                works.extend(job.works)
+            else:
+                works.append(job.work)  # type: ignore[arg-type]
         started = time.perf_counter()
         self._busy_since = time.monotonic()
         try:
-            results = self.store.write([job.work for job in jobs])  # type: ignore[misc]
+            results = self.store.write(works)
         except RetryLater as exc:
-            self._failed(exc, jobs)
-            log.warning("%s; %d deliveries answered with a temporary failure", exc, len(jobs))
+            self._failed(exc, works)
+            log.warning("%s; %d deliveries answered with a temporary failure", exc, len(works))
             for job in jobs:
                 job.fail(RetryLater(str(exc)))
             return
         except Exception as exc:
-            self._failed(exc, jobs)
+            self._failed(exc, works)
             log.exception("unexpected storage error")
             for job in jobs:
                 job.fail(RetryLater(f"storage error: {type(exc).__name__}"))
@@ -271,9 +310,18 @@ class Writer:
         self.last_failure = None
         elapsed = time.perf_counter() - started
         if self.observer is not None:
-            self.observer(len(jobs), elapsed)
-        for job, result in zip(jobs, results, strict=True):
-            if isinstance(result, Exception):
-                job.fail(RetryLater(f"delivery could not be stored: {result}"))
-            else:
-                job.resolve(result)
+            self.observer(len(works), elapsed)
+        at = 0
+        for job in jobs:
+            if job.works is None:
+                result = results[at]
+                at += 1
+                if isinstance(result, Exception):
+                    job.fail(RetryLater(f"delivery could not be stored: {result}"))
+                else:
+                    job.resolve(result)
+                continue
+            part = results[at : at + len(job.works)]
+            at += len(job.works)
+            job.resolve([RetryLater(f"delivery could not be stored: {result}") if isinstance(result, Exception)
+                         else result for result in part])
