@@ -461,8 +461,47 @@ def test_a_batchs_events_make_one_full_text_segment_not_one_per_event(db: Path) 
     finally:
         store.close()
     # FTS5 writes a segment (with its row in events_fts_idx) whenever a statement that added text ends:
-    # 24 events, 16 a statement (main wrote 25).
+    # 24 events, 16 then 8 a statement (main wrote 25).
     assert len([sql for sql in executed if "INSERT INTO 'main'.'events_fts_idx'" in sql]) == 2
+
+
+def _write_texts(store: Store, count: int) -> list[str]:
+    """Write `count` text events (two attempts each) in one batch; return the full-text segments it wrote."""
+    executed: list[str] = []
+    store.conn.set_trace_callback(executed.append)
+    store.write([(email(f"<{n}@t>"), Extraction(message_id=f"<{n}@t>", events=(text_event(
+        n, message=f"word{n} shared", attempts=(Attempt(record_id=n, result="SENT"), Attempt(record_id=n))),)))
+        for n in range(count)])
+    store.conn.set_trace_callback(None)
+    return [sql for sql in executed if "INSERT INTO 'main'.'events_fts_idx'" in sql]
+
+
+@pytest.mark.parametrize(("count", "segments"), [(15, 1), (16, 1), (63, 4), (64, 1), (65, 2), (150, 4)])
+def test_a_large_batchs_events_go_in_statements_of_64_then_16_rows_one_full_text_segment_each(
+        db: Path, count: int, segments: int) -> None:
+    store = Store(db)
+    try:
+        assert len(_write_texts(store, count)) == segments  # 63: 16 + 16 + 16 + 15; 150: 64 + 64 + 16 + 6
+    finally:
+        store.close()
+    assert rows(db, "SELECT count(*), min(id), max(id), count(DISTINCT resource_id) FROM events") == [
+        (count, 1, count, count)]
+    assert rows(db, "SELECT count(*), count(DISTINCT event_id) FROM attempts") == [(2 * count, count)]
+    assert rows(db, "SELECT count(*) FROM events_fts WHERE events_fts MATCH 'shared'") == [(count,)]
+    assert rows(db, f"SELECT rowid FROM events_fts WHERE events_fts MATCH 'word{count - 1}'") == [(count,)]
+
+
+@pytest.mark.parametrize(("limit", "segments"), [(64 * 34 - 1, 10), (64 * 34, 4)])
+def test_a_sqlite_allowing_fewer_parameters_than_64_events_take_gets_statements_of_16(
+        db: Path, limit: int, segments: int) -> None:
+    store = Store(db)
+    try:
+        store.conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, limit)
+        assert len(_write_texts(store, 150)) == segments  # nine of 16 + 6, or 64 + 64 + 16 + 6
+    finally:
+        store.close()
+    assert rows(db, "SELECT count(*), count(DISTINCT resource_id) FROM events") == [(150, 150)]
+    assert rows(db, "SELECT count(*) FROM attempts") == [(300,)]
 
 
 def test_the_writers_journals_stay_in_memory_not_in_a_temporary_file_per_commit(db: Path) -> None:
