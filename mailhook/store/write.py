@@ -27,9 +27,9 @@ log = logging.getLogger("mailhook.store")
 # _ROWS_TAIL, then the rest, so that the statements' texts are 17 per table in sqlite3's statement cache
 # (128). Each statement that writes to the full-text index ends with FTS5 writing its pending terms as a
 # segment, to be merged later: a backfill's commit of 256 made 17 segments in rows of 16, 5 in rows of
-# 64 (bench/store_calls.py --callgrind --batch 256: 692 k -> 679 k instructions per email, one-time
-# compiling included). 64 rows of 34 parameters are 2,176, under SQLite's default limit since 3.32
-# (32,766); a build with a lower one gets rows of 16 (544), as before.
+# 64 (bench/store_calls.py --callgrind --batch 256: 692 k -> 678 k instructions per email; 667 k -> 637 k
+# without compiling the statements, once per process). 64 rows of 34 parameters are 2,176, under
+# SQLite's default limit since 3.32 (32,766); a build with a lower one gets rows of 16 (544), as before.
 _ROWS_AT_ONCE = 64
 _ROWS_TAIL = 16
 
