@@ -55,11 +55,21 @@ def _insert_events_sql(count: int) -> str:
     )
 
 
-# One event (most commits of one email) without RETURNING, which SQLite serves through a temporary
-# table of the rows it returns: whether it was inserted is the statement's change count (the
-# triggers' inserts are not counted), its id the connection's last inserted rowid (restored once
-# the triggers have run).
-_INSERT_EVENT = _insert_events_sql(1).removesuffix(" RETURNING id, dedupe_key")
+# Events without RETURNING, which SQLite serves through a temporary table of the rows it returns:
+# how many were inserted is the statement's change count (the triggers' inserts are not counted),
+# the last one's id the connection's last inserted rowid (restored once the triggers have run). The
+# ids of one statement's rows are consecutive (each row the table's largest rowid plus one) unless
+# the table holds the largest possible rowid, from which SQLite picks them at random: `Store` then
+# keeps RETURNING.
+@functools.cache
+def _insert_events_plain_sql(count: int) -> str:
+    """Return the INSERT of `count` events, without RETURNING."""
+    return _insert_events_sql(count).removesuffix(" RETURNING id, dedupe_key")
+
+
+_INSERT_EVENT = _insert_events_plain_sql(1)
+_LARGEST_ROWID = 2**63 - 1
+_INSERTED_IDS = "SELECT id, dedupe_key FROM events WHERE id BETWEEN ? AND ?"
 
 
 # Where the columns mailhook derives from take their values in an event's row.
@@ -146,6 +156,10 @@ class Store:
         # at most the pages one transaction changes; the writer sorts only a batch's own rows.
         self.conn.execute("PRAGMA temp_store=MEMORY")
         self.conn.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
+        # Whether new events get consecutive ids (`_insert_events_plain_sql`): only a hand-made row can
+        # hold the largest rowid (mailhook's own ids grow by one from 1).
+        self._sequential_ids = self.conn.execute(
+            "SELECT coalesce(max(id), 0) < ? FROM events", (_LARGEST_ROWID,)).fetchone()[0] == 1
 
     def close(self) -> None:
         """Close the connection, refreshing the query planner's statistics first if the events have grown."""
@@ -428,8 +442,18 @@ class Store:
                 ids[keys[0]] = cursor.lastrowid  # type: ignore[assignment]  # an insert's rowid is never None
         else:
             for start, count in self._chunks(len(keys), width):
-                ids.update((key, id_) for id_, key in self.conn.execute(
-                    _insert_events_sql(count), values[start * width:(start + count) * width]))
+                chunk = values[start * width:(start + count) * width]
+                if not self._sequential_ids:
+                    ids.update((key, id_) for id_, key in self.conn.execute(_insert_events_sql(count), chunk))
+                    continue
+                cursor = self.conn.execute(_insert_events_plain_sql(count), chunk)
+                inserted, last = cursor.rowcount, cursor.lastrowid
+                assert last is not None
+                if inserted == count:  # the rows' ids in order, as nearly always: none was a duplicate
+                    ids.update(zip(keys[start:start + count], range(last - count + 1, last + 1), strict=True))
+                elif inserted:  # the inserted rows' ids are consecutive still: read their keys back
+                    ids.update((key, id_) for id_, key in self.conn.execute(
+                        _INSERTED_IDS, (last - inserted + 1, last)))
         attempts: list[Any] = []
         for step in steps:
             for event_type, row, event_attempts in step.found.events:
