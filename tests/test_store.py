@@ -461,8 +461,96 @@ def test_a_batchs_events_make_one_full_text_segment_not_one_per_event(db: Path) 
     finally:
         store.close()
     # FTS5 writes a segment (with its row in events_fts_idx) whenever a statement that added text ends:
-    # 24 events, 16 a statement (main wrote 25).
+    # 24 events, 16 then 8 a statement (main wrote 25).
     assert len([sql for sql in executed if "INSERT INTO 'main'.'events_fts_idx'" in sql]) == 2
+
+
+def _write_texts(store: Store, count: int, executed: list[str] | None = None) -> list[str]:
+    """Write `count` text events (two attempts each) in one batch; return the full-text segments it wrote.
+
+    Every statement it runs is appended to `executed`, if given.
+    """
+    executed = [] if executed is None else executed
+    store.conn.set_trace_callback(executed.append)
+    store.write([(email(f"<{n}@t>"), Extraction(message_id=f"<{n}@t>", events=(text_event(
+        n, message=f"word{n} shared", attempts=(Attempt(record_id=n, result="SENT"), Attempt(record_id=n))),)))
+        for n in range(count)])
+    store.conn.set_trace_callback(None)
+    return [sql for sql in executed if "INSERT INTO 'main'.'events_fts_idx'" in sql]
+
+
+@pytest.mark.parametrize(("count", "segments"), [(15, 1), (16, 1), (63, 4), (64, 1), (65, 2), (150, 4)])
+def test_a_large_batchs_events_go_in_statements_of_64_then_16_rows_one_full_text_segment_each(
+        db: Path, count: int, segments: int) -> None:
+    store = Store(db)
+    try:
+        assert len(_write_texts(store, count)) == segments  # 63: 16 + 16 + 16 + 15; 150: 64 + 64 + 16 + 6
+    finally:
+        store.close()
+    assert rows(db, "SELECT count(*), min(id), max(id), count(DISTINCT resource_id) FROM events") == [
+        (count, 1, count, count)]
+    assert rows(db, "SELECT count(*), count(DISTINCT event_id) FROM attempts") == [(2 * count, count)]
+    assert rows(db, "SELECT count(*) FROM events_fts WHERE events_fts MATCH 'shared'") == [(count,)]
+    assert rows(db, f"SELECT rowid FROM events_fts WHERE events_fts MATCH 'word{count - 1}'") == [(count,)]
+
+
+@pytest.mark.parametrize(("limit", "segments"), [(64 * 34 - 1, 10), (64 * 34, 4)])
+def test_a_sqlite_allowing_fewer_parameters_than_64_events_take_gets_statements_of_16(
+        db: Path, limit: int, segments: int) -> None:
+    store = Store(db)
+    try:
+        store.conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, limit)
+        assert len(_write_texts(store, 150)) == segments  # nine of 16 + 6, or 64 + 64 + 16 + 6
+    finally:
+        store.close()
+    assert rows(db, "SELECT count(*), count(DISTINCT resource_id) FROM events") == [(150, 150)]
+    assert rows(db, "SELECT count(*) FROM attempts") == [(300,)]
+
+
+def _attempts_on_their_events(db: Path) -> list[tuple[object, ...]]:
+    return rows(db, "SELECT count(*), sum(a.record_id = e.resource_id) FROM attempts AS a JOIN events AS e"
+                    " ON e.id = a.event_id WHERE e.resource_id < 1000")
+
+
+@pytest.mark.parametrize("count", [2, 4, 65])
+def test_a_batchs_new_events_get_their_own_ids_without_returning_them(db: Path, count: int) -> None:
+    store = Store(db)
+    try:
+        store.write([(email("<old@t>"), Extraction(message_id="<old@t>", events=(text_event(500),)))])
+        executed: list[str] = []
+        store.conn.set_trace_callback(executed.append)
+        # Event 500 again, and each new event twice: the duplicates' rows are skipped, the new ones read back.
+        receipts = store.write([(email(f"<d{n}@t>"), Extraction(message_id=f"<d{n}@t>", events=(
+            text_event(n, attempts=(Attempt(record_id=n),)), text_event(n)))) for n in range(500, 500 + count)])
+        _write_texts(store, count, executed)  # every event new: their ids from the count alone
+    finally:
+        store.close()
+    assert [(r.events, r.duplicates) for r in receipts if not isinstance(r, Exception)] == (
+        [(0, 2)] + [(1, 1)] * (count - 1))
+    assert not [sql for sql in executed if "RETURNING" in sql]
+    # Event 500's one attempt is record 7 (text_event's); every other attempt is its event's resource id.
+    assert _attempts_on_their_events(db) == [(3 * count, 3 * count - 1)]
+    assert rows(db, "SELECT max(id) FROM events") == [(2 * count,)]
+
+
+def test_a_table_holding_the_largest_rowid_gets_its_events_ids_returned(db: Path) -> None:
+    Store(db).close()
+    with sqlite3.connect(db) as conn:  # a hand-made row: SQLite now picks new rowids at random
+        conn.execute("INSERT INTO deliveries (id, channel, received_at, status, size, sha256)"
+                     " VALUES (1, 'file', '2026-01-01T00:00:00Z', 'stored', 1, 'x')")
+        conn.execute("INSERT INTO events (id, delivery_id, dedupe_key, event_type, event_type_source, api_version,"
+                     " format, resource_id, received_at, event_time, payload) VALUES (9223372036854775807, 1, 'hand',"
+                     " 'X', 'inferred', '1.1', 'json', 5000, '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z', '{}')")
+    store = Store(db)
+    executed: list[str] = []
+    try:
+        _write_texts(store, 40, executed)
+    finally:
+        store.close()
+    assert _attempts_on_their_events(db) == [(80, 80)]
+    assert rows(db, "SELECT count(*) FROM events WHERE id > 1000000") == [(41,)]  # picked at random
+    # Written together, their ids returned (ids guessed wrong would fail the attempts' foreign key).
+    assert "SAVEPOINT item" not in executed and any("RETURNING" in sql for sql in executed)
 
 
 def test_the_writers_journals_stay_in_memory_not_in_a_temporary_file_per_commit(db: Path) -> None:
