@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("mailhook.smtp")
 
 # aiosmtpd's private names this module relies on; tests/test_library_internals.py checks them against the installed
-# aiosmtpd (and that smtp_DATA, copied into `_receive`, is still the version copied), and pyproject.toml caps it.
+# aiosmtpd (and that smtp_DATA, copied into `Connection.smtp_DATA`, is still the version copied), and
+# pyproject.toml caps it.
 PRIVATE_NAMES = (
     "SMTP._getaddr", "SMTP._syntax_available", "SMTP._reset_timeout", "SMTP._timeout_cb",
     "SMTP._timeout_handle", "SMTP._timeout_duration", "SMTP._reader", "SMTP._writer",
@@ -650,12 +651,59 @@ class Connection(SMTP):
         address, rest = self._getaddr(arg[len(keyword):].strip())
         return (address, rest or "") if address else None
 
+    # A copy of aiosmtpd's SMTP.smtp_DATA under the DATA timeout, with the body read by `read_body` (bounded, one
+    # pass) instead of its line loop, and its greeting and AUTH checks awaited only when one can fail (read from the
+    # private SMTP._auth_required, as check_auth_needed reads it), its replies sent by `sent` when no coroutine is
+    # needed and its DATA hook called directly, not through SMTP._call_handler_hook; reads the private
+    # SMTP._reader/_writer and calls SMTP._set_post_data_state as the original does. One coroutine, not the
+    # timeout's and the copy's apart (docs/performance.md). tests/test_library_internals.py fails when the original
+    # changes.
     @syntax("DATA")
     async def smtp_DATA(self, arg: str | None) -> None:
-        """Receive and store a message under the DATA timeout, then go back to the idle timeout."""
+        """aiosmtpd's DATA with the body read by `read_body`, under the DATA timeout, then the idle timeout again."""
         self._reset_timeout(self.door.settings.data_timeout)
+        session = self.session
+        assert session is not None and self.envelope is not None
         try:
-            await self._receive(arg)
+            # The two checks' coroutines only when one can fail (greeting missing, AUTH required and not done).
+            if (not session.host_name or (self._auth_required and not session.authenticated)) and (
+                await self.check_helo_needed() or await self.check_auth_needed("DATA")
+            ):
+                pass
+            elif not self.envelope.rcpt_tos:
+                await self.push("503 Error: need RCPT command")
+            elif arg:
+                await self.push("501 Syntax: DATA")
+            else:
+                if not self.sent("354 End data with <CR><LF>.<CR><LF>"):
+                    await self.push("354 End data with <CR><LF>.<CR><LF>")
+                # The message's bytes count in the server's in-flight budget from arrival until its reply: given
+                # back by `close()` as the hold's `__exit__` would (no `with`: two Python calls less per message).
+                hold = self.door.runtime.inflight.hold()
+                try:
+                    try:
+                        content, refusal = await read_body(self._reader, self.line_length_limit,
+                                                           self.data_size_limit or 0, hold)
+                    except asyncio.CancelledError:  # the connection was lost meanwhile
+                        self._writer.close()
+                        raise
+                    status: str | None = None
+                    if refusal is not None:
+                        if hold.refused:
+                            self.door.runtime.metrics.on_rejected("smtp", "busy")
+                            self.door.runtime.inflight.refused("smtp", self.peer_ip, hold.received)
+                        await self.push(refusal)
+                    else:
+                        self.envelope.content = self.envelope.original_content = content
+                        del content
+                        # The hook called directly, as `_call_handler_hook("DATA")` calls it (one coroutine less):
+                        # mailhook's handlers define handle_DATA, so aiosmtpd's MISSING cannot come of it.
+                        status = await self.event_handler.handle_DATA(self, session, self.envelope)
+                    self._set_post_data_state()  # type: ignore[no-untyped-call]
+                finally:
+                    hold.close()
+                if status is not None and not self.sent(status):
+                    await self.push(status)
         finally:
             self.storing = False
         self._reset_timeout()
@@ -663,56 +711,3 @@ class Connection(SMTP):
             self.say_goodbye(SHUTTING_DOWN)
         elif self.expired:
             self._lifetime_over()
-
-
-    # A copy of aiosmtpd's SMTP.smtp_DATA with the body read by `read_body` (bounded, one pass) instead of its
-    # line loop, and its greeting and AUTH checks awaited only when one can fail (read from the private
-    # SMTP._auth_required, as check_auth_needed reads it), its replies sent by `sent` when no coroutine is needed
-    # and its DATA hook called directly, not through SMTP._call_handler_hook; reads the private
-    # SMTP._reader/_writer and calls SMTP._set_post_data_state as the original does. tests/test_library_internals.py
-    # fails when the original changes.
-    async def _receive(self, arg: str | None) -> None:
-        """aiosmtpd's DATA, with the body read by `read_body`."""
-        session = self.session
-        assert session is not None
-        # The two checks' coroutines only when one can fail (greeting missing, AUTH required and not done).
-        if (not session.host_name or (self._auth_required and not session.authenticated)) and (
-            await self.check_helo_needed() or await self.check_auth_needed("DATA")
-        ):
-            return
-        assert self.envelope is not None
-        if not self.envelope.rcpt_tos:
-            await self.push("503 Error: need RCPT command")
-            return
-        if arg:
-            await self.push("501 Syntax: DATA")
-            return
-        if not self.sent("354 End data with <CR><LF>.<CR><LF>"):
-            await self.push("354 End data with <CR><LF>.<CR><LF>")
-        # The message's bytes count in the server's in-flight budget from arrival until its reply: given back
-        # by `close()` as the hold's `__exit__` would (no `with`: two Python calls less per message).
-        hold = self.door.runtime.inflight.hold()
-        try:
-            try:
-                content, refusal = await read_body(self._reader, self.line_length_limit,
-                                                   self.data_size_limit or 0, hold)
-            except asyncio.CancelledError:  # the connection was lost meanwhile
-                self._writer.close()
-                raise
-            if refusal is not None:
-                if hold.refused:
-                    self.door.runtime.metrics.on_rejected("smtp", "busy")
-                    self.door.runtime.inflight.refused("smtp", self.peer_ip, hold.received)
-                await self.push(refusal)
-                self._set_post_data_state()  # type: ignore[no-untyped-call]
-                return
-            self.envelope.content = self.envelope.original_content = content
-            del content
-            # The hook called directly, as `_call_handler_hook("DATA")` calls it (one coroutine less):
-            # mailhook's handlers define handle_DATA, so aiosmtpd's MISSING cannot come of it.
-            status = await self.event_handler.handle_DATA(self, session, self.envelope)
-            self._set_post_data_state()  # type: ignore[no-untyped-call]
-        finally:
-            hold.close()
-        if not self.sent(status):
-            await self.push(status)
