@@ -148,6 +148,7 @@ class Connection(SMTP):
                 self.lifetime.cancel()
             self.door.release(self)
             super().connection_lost(error)
+            self.armed_for = 0.0  # aiosmtpd cancelled the idle timer: the next `_reset_timeout` arms a new one
 
     def hold_timeout(self) -> None:
         """Hold off the idle/DATA timeout while a received message is being stored (see `_timeout_cb`).
@@ -184,9 +185,11 @@ class Connection(SMTP):
         # heap entry): a timer still armed for no later than the new deadline is kept instead, and
         # `_timeout_cb` re-arms it for the rest of the time when it fires early. `armed_for` is the
         # handle's `when()`, kept here: every handle is armed by this class (`_arm`).
-        handle = self._timeout_handle
-        if handle is not None and not handle.cancelled() and self.last_progress < self.armed_for <= self.idle_deadline:
+        # `armed_for` is also the handle's state without asking it (`cancelled()`, a Python call per command):
+        # only aiosmtpd's connection_lost cancels it without re-arming, and `connection_lost` below zeroes it.
+        if self.last_progress < self.armed_for <= self.idle_deadline:
             return
+        handle = self._timeout_handle
         if handle is not None:
             handle.cancel()
         self._arm(self.idle_deadline)
