@@ -532,3 +532,26 @@ def test_a_session_s_idle_timer_outlives_the_messages_it_stores(start_server: St
             smtp.sendmail("notifications@callfire.com", ["ops@example.com"], notification(n))
         assert session._timeout_handle is timer and not timer.cancelled()
     assert rows(_db(runtime), "SELECT count(*) FROM deliveries") == [(4,)]
+
+
+def test_a_session_s_idle_timer_is_armed_anew_after_its_connection_is_lost(start_server: StartServer) -> None:
+    # aiosmtpd's connection_lost cancels the timer; the session no longer asks the handle whether it was
+    # cancelled on every command, so a restart after that must still arm a live timer, not keep the dead one.
+    runtime = start_server(smtp={"idle_timeout": 60})
+    door = next(d for d in runtime.doors if d.name == "smtp")
+    with client(runtime) as smtp:
+        smtp.ehlo()
+        smtp.sendmail("notifications@callfire.com", ["ops@example.com"], notification(511))
+        (session,) = door.sessions  # type: ignore[attr-defined]
+        timer = session._timeout_handle
+    wait_until(timer.cancelled, 10, "the session's connection_lost")
+    restarted = threading.Event()
+
+    def restart() -> None:
+        session._reset_timeout()
+        restarted.set()
+
+    session.loop.call_soon_threadsafe(restart)
+    assert restarted.wait(10)
+    assert session._timeout_handle is not timer and not session._timeout_handle.cancelled()
+    session.loop.call_soon_threadsafe(session._timeout_handle.cancel)
