@@ -555,3 +555,22 @@ def test_a_session_s_idle_timer_is_armed_anew_after_its_connection_is_lost(start
     assert restarted.wait(10)
     assert session._timeout_handle is not timer and not session._timeout_handle.cancelled()
     session.loop.call_soon_threadsafe(session._timeout_handle.cancel)
+
+
+def test_a_mail_sent_while_the_server_stops_is_answered_421_and_the_session_closed(start_server: StartServer) -> None:
+    # A session in a transaction is let finish it when the door closes; a new MAIL after that (here after
+    # RSET) gets the shutdown reply, from the command loop's plain call as from the MAIL coroutine before.
+    runtime = start_server()
+    door = next(d for d in runtime.doors if d.name == "smtp")
+    sock, f = raw_session(runtime)
+    with sock, f:
+        assert say(f, b"EHLO client.test").startswith(b"250 ")
+        assert say(f, b"MAIL FROM:<notifications@callfire.com>").startswith(b"250 ")
+        (session,) = door.sessions  # type: ignore[attr-defined]
+        closing: list[asyncio.Future[None]] = []
+        session.loop.call_soon_threadsafe(lambda: closing.append(asyncio.ensure_future(door.close())))
+        wait_until(lambda: closing and door.closing, 10, "the door closing")  # type: ignore[attr-defined]
+        assert say(f, b"RSET").startswith(b"250 ")
+        f.write(b"MAIL FROM:<notifications@callfire.com>\r\n")
+        f.flush()
+        assert read_until_closed(f) == b"421 4.3.2 Service shutting down, please try again later\r\n"
