@@ -391,18 +391,17 @@ class Connection(SMTP):
         if not self.junk_command():
             await super().smtp_EXPN(arg)
 
-    # Private override: SMTP._handle_client (the command loop), a copy of aiosmtpd's with four changes, for speed:
+    # Private override: SMTP._handle_client (the command loop), a copy of aiosmtpd's with three changes, for speed:
     # its two log lines per command (`sanitized_log`, which builds a list and runs a regex on the line before the
     # logger looks at its level) are made only when aiosmtpd's logger would write them (one level check per
     # command when it would write neither, as mail.log is at ERROR), DATA does not restart
-    # the idle timer, since `smtp_DATA` restarts it with the DATA timeout at once, and MAIL's and RCPT's common
-    # case is answered by a plain call (`ANSWERED_NOW`), not the command's coroutine, and the command and its
+    # the idle timer, since `smtp_DATA` restarts it with the DATA timeout at once, and the command and its
     # argument are decoded by `bytes.decode` with positional arguments. Reads the private
     # SMTP._proxy_timeout, _enforce_call_limit, _call_limit_default, _call_limit_base, _tls_handshake_okay,
     # _tls_protocol, _smtp_methods, _reader and _writer as the original does; tests/test_library_internals.py
     # fails when the original changes.
     async def _handle_client(self) -> None:
-        """aiosmtpd's command loop, without its off log lines' cost, DATA's extra timer restart, MAIL's coroutine."""
+        """aiosmtpd's command loop, without its disabled log lines' cost and DATA's extra timer restart."""
         from aiosmtpd.proxy_protocol import get_proxy
 
         assert self.session is not None
@@ -527,15 +526,6 @@ class Connection(SMTP):
                 # Received a valid command, reset the timer (DATA: smtp_DATA does, with the DATA timeout).
                 if command != "DATA":
                     self._reset_timeout()
-                    # MAIL's and RCPT's common case answered by a plain call, not their command's coroutine.
-                    now = ANSWERED_NOW.get(command)
-                    if now is not None:
-                        answer = now(self, arg)
-                        if answer is True:
-                            continue
-                        if answer is not False:
-                            await self.push(answer)
-                            continue
                 await method(arg)
             except asyncio.CancelledError:
                 # The connection got reset during the DATA command.
@@ -578,39 +568,29 @@ class Connection(SMTP):
 
     @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_MAIL(self, arg: str | None) -> None:
-        """Start a transaction, unless the server is stopping (its common case answered by `mail_now`)."""
-        answer = self.mail_now(arg)
-        if answer is False:
-            await self._general_mail(arg)
-        elif answer is not True:
-            await self.push(answer)
-
-    def mail_now(self, arg: str | None) -> bool | str:
-        """Answer MAIL's common case without a coroutine: True if answered, a reply to `push`, or False if not taken.
-
-        The command loop calls it directly (one coroutine less per message);
-        False leaves the command to aiosmtpd's own MAIL (`_general_mail`).
-        """
+        """Start a transaction, unless the server is stopping."""
         if self.door.closing:
             self.say_goodbye(SHUTTING_DOWN)
-            return True
+            return
         plain = self._plain_address(arg, "FROM:")
         taken: tuple[list[str], bool] | None = None
         if plain is not None and self.envelope is not None and not self.envelope.mail_from:
             taken = self._plain_mail_options(plain[1]) if plain[1] else ([], False)
         if taken is None:
-            return False
+            await self._general_mail(arg)
+            return
         assert plain is not None and self.envelope is not None and self.session is not None
         address, (options, utf8) = plain[0], taken
         # aiosmtpd's MAIL for its common case (greeted, authenticated if need be, `FROM:<plain address>`
         # with no parameters or only those it takes: SIZE within the limit, BODY, SMTPUTF8) in one
-        # call instead of four coroutines: the same steps, envelope, hook, log line and reply.
+        # coroutine instead of four: the same steps, envelope, hook, log line and reply.
         self.envelope.smtp_utf8 = utf8
         # The hook's answer without its coroutine (`Handler.mail`, which handle_MAIL returns), sent likewise.
         status = self.event_handler.mail(self, self.envelope, address, options)
         if self.info_logged:  # checked by the command loop earlier in this step: the logger's level is the same
             aiosmtpd_log.info("%r sender: %s", self.session.peer, address)
-        return self.sent(status) or status
+        if not self.sent(status):
+            await self.push(status)
 
     async def _general_mail(self, arg: str | None) -> None:
         """aiosmtpd's own MAIL, except that a SIZE its method would fail to read gets its syntax error."""
@@ -645,28 +625,19 @@ class Connection(SMTP):
 
     @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_RCPT(self, arg: str | None) -> None:
-        """Add a recipient, as aiosmtpd does (its common case answered by `rcpt_now`)."""
-        answer = self.rcpt_now(arg)
-        if answer is False:
-            await super().smtp_RCPT(arg)
-        elif answer is not True:
-            await self.push(answer)
-
-    def rcpt_now(self, arg: str | None) -> bool | str:
-        """Answer RCPT's common case without a coroutine: True if answered, a reply to `push`, or False if not taken.
-
-        As `mail_now`; False leaves the command to aiosmtpd's own RCPT.
-        """
+        """Add a recipient, as aiosmtpd does; its common case without its checks' extra coroutines."""
         plain = self._plain_address(arg, "TO:")
         if plain is None or plain[1] or self.envelope is None or not self.envelope.mail_from:
-            return False
+            await super().smtp_RCPT(arg)
+            return
         assert self.session is not None
         # aiosmtpd's RCPT for `TO:<plain address>` without parameters (it refuses them all), as for MAIL above.
         address = plain[0]
         status = self.event_handler.rcpt(self, self.envelope, address, [])
         if self.info_logged:  # as for MAIL
             aiosmtpd_log.info("%r recip: %s", self.session.peer, address)
-        return self.sent(status) or status
+        if not self.sent(status):
+            await self.push(status)
 
     # Reads the private SMTP._auth_required, as aiosmtpd's check_auth_needed does.
     def _plain_address(self, arg: str | None, keyword: str) -> tuple[str, str] | None:
@@ -746,9 +717,3 @@ class Connection(SMTP):
             self.say_goodbye(SHUTTING_DOWN)
         elif self.expired:
             self._lifetime_over()
-
-
-# The commands whose common case the command loop answers by a plain call (`Connection._handle_client`).
-ANSWERED_NOW: dict[str, Callable[[Connection, str | None], bool | str]] = {
-    "MAIL": Connection.mail_now, "RCPT": Connection.rcpt_now,
-}
