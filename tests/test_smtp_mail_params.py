@@ -203,7 +203,7 @@ def test_a_size_whose_digits_int_cannot_read_gets_a_syntax_error_not_a_logged_tr
 
 
 # A session's commands pipelined (RFC 2920), plain and not, taken and refused by the door's own MAIL and RCPT
-# (answered by the command loop's plain calls) and by aiosmtpd's; QUIT ends it.
+# and by aiosmtpd's; QUIT ends it.
 PIPELINED = (
     f"{EHLO}\r\n{FROM} SIZE=2200\r\nRCPT TO:<ops@example.com>\r\nRCPT TO:<a\x01@example.com>\r\n"
     "RCPT TO:<ops@example.com> NOTIFY=NEVER\r\nRCPT TO:ops@example.com\r\nRSET\r\n"

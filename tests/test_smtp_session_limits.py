@@ -559,7 +559,7 @@ def test_a_session_s_idle_timer_is_armed_anew_after_its_connection_is_lost(start
 
 def test_a_mail_sent_while_the_server_stops_is_answered_421_and_the_session_closed(start_server: StartServer) -> None:
     # A session in a transaction is let finish it when the door closes; a new MAIL after that (here after
-    # RSET) gets the shutdown reply, from the command loop's plain call as from the MAIL coroutine before.
+    # RSET) gets the shutdown reply from the door's own MAIL.
     runtime = start_server()
     door = next(d for d in runtime.doors if d.name == "smtp")
     sock, f = raw_session(runtime)
