@@ -40,7 +40,7 @@ from mailhook.imap import account
 from mailhook.server import Runtime
 from mailhook.smtp import session
 
-# The sha256 of aiosmtpd 1.4.6's SMTP.smtp_DATA source, which mailhook/smtp/session.py's `_receive` copies.
+# The sha256 of aiosmtpd 1.4.6's SMTP.smtp_DATA source, which mailhook/smtp/session.py's `Connection.smtp_DATA` copies.
 SMTP_DATA_SHA256 = "3a33f30d3fd6d02f39c7d78a08288bffea9170525b62e2161568041ae7e018df"
 # The sha256 of aiosmtpd 1.4.6's SMTP._handle_client source, which mailhook/smtp/session.py's `_handle_client` copies.
 HANDLE_CLIENT_SHA256 = "0e4d096403af6c74c87b2fe722c213884e2140a9388e95feb05aec2f39e05556"
@@ -106,8 +106,8 @@ def test_the_private_aiosmtpd_names_the_smtp_session_relies_on_still_exist() -> 
 def test_aiosmtpd_data_is_still_the_version_the_session_copies() -> None:
     digest = hashlib.sha256(inspect.getsource(SMTP.smtp_DATA).encode()).hexdigest()
     assert digest == SMTP_DATA_SHA256, (
-        _advice("aiosmtpd", "SMTP.smtp_DATA", "mailhook/smtp/session.py (`_receive` is a copy of it)")
-        + "; port its change into `_receive`, then record the new digest here")
+        _advice("aiosmtpd", "SMTP.smtp_DATA", "mailhook/smtp/session.py (`Connection.smtp_DATA` is a copy of it)")
+        + "; port its change into `Connection.smtp_DATA`, then record the new digest here")
 
 
 def test_aiosmtpd_command_loop_is_still_the_version_the_session_copies() -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import pytest
-from aiosmtpd.smtp import SMTP, syntax
+from aiosmtpd.smtp import SMTP
 from conftest import StartServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -405,11 +405,13 @@ def _small_limits(base: type[SMTP]) -> type[SMTP]:
     return type("Small", (base,), {"line_length_limit": 40})
 
 
-# `_receive` counts the body in its door's in-flight budget: one that never runs out here.
-_DOOR = types.SimpleNamespace(runtime=types.SimpleNamespace(inflight=InflightBudget(1 << 40)))
-BLOCK_READING = _small_limits(type("BlockReading", (SMTP,), {"smtp_DATA": syntax("DATA")(Connection._receive),
+# The door's DATA counts the body in its door's in-flight budget (one that never runs out here) and reads the
+# DATA timeout and whether the door is closing from it.
+_DOOR = types.SimpleNamespace(runtime=types.SimpleNamespace(inflight=InflightBudget(1 << 40)), closing=False,
+                              settings=types.SimpleNamespace(data_timeout=600.0))
+BLOCK_READING = _small_limits(type("BlockReading", (SMTP,), {"smtp_DATA": Connection.smtp_DATA,
                                                              "sent": Connection.sent, "ended": False,
-                                                             "door": _DOOR}))
+                                                             "storing": False, "expired": False, "door": _DOOR}))
 LINE_READING = _small_limits(SMTP)
 
 

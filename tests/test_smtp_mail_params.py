@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import smtplib
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -199,3 +200,37 @@ def test_a_size_whose_digits_int_cannot_read_gets_a_syntax_error_not_a_logged_tr
         assert say(f, f"{FROM} SIZE=10".encode()) == b"250 2.1.0 OK\r\n"  # the session goes on
         say(f, b"QUIT")
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+# A session's commands pipelined (RFC 2920), plain and not, taken and refused by the door's own MAIL and RCPT
+# and by aiosmtpd's; QUIT ends it.
+PIPELINED = (
+    f"{EHLO}\r\n{FROM} SIZE=2200\r\nRCPT TO:<ops@example.com>\r\nRCPT TO:<a\x01@example.com>\r\n"
+    "RCPT TO:<ops@example.com> NOTIFY=NEVER\r\nRCPT TO:ops@example.com\r\nRSET\r\n"
+    f"{FROM}\r\n{FROM}\r\nMAIL FROM:<a@example.com> (comment)\r\nRCPT TO:<ops@example.com>\r\nRSET\r\n"
+    "MAIL FROM:<a@example.com> SIZE=x\r\nmail from:<a@example.com>\r\nrcpt to:<ops@example.com>\r\nQUIT\r\n"
+).encode()
+
+
+def _pipelined(runtime: Runtime, first: bytes, second: bytes) -> bytes:
+    """Send a session's commands in two writes, the second once the first was answered in part; return all replies."""
+    sock, f = raw_session(runtime)
+    with sock, f:
+        sock.sendall(first)
+        time.sleep(0.002)
+        sock.sendall(second)
+        replies = b""
+        while chunk := sock.recv(65536):
+            replies += chunk
+    return replies
+
+
+def test_pipelined_mail_and_rcpt_cut_at_every_place_get_the_replies_aiosmtpd_gives(
+    door: Runtime, general_path: pytest.MonkeyPatch,
+) -> None:
+    ours = [_pipelined(door, PIPELINED[:cut], PIPELINED[cut:]) for cut in range(len(PIPELINED) + 1)]
+    general_path.setattr(Connection, "_plain_address", lambda self, arg, keyword: None)
+    theirs = [_pipelined(door, PIPELINED[:cut], PIPELINED[cut:]) for cut in range(len(PIPELINED) + 1)]
+    assert ours[0].count(b"\r\n") == 20  # every command answered: EHLO in five lines
+    for cut, (mine, aiosmtpd) in enumerate(zip(ours, theirs, strict=True)):
+        assert mine == aiosmtpd, cut

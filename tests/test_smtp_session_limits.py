@@ -532,3 +532,45 @@ def test_a_session_s_idle_timer_outlives_the_messages_it_stores(start_server: St
             smtp.sendmail("notifications@callfire.com", ["ops@example.com"], notification(n))
         assert session._timeout_handle is timer and not timer.cancelled()
     assert rows(_db(runtime), "SELECT count(*) FROM deliveries") == [(4,)]
+
+
+def test_a_session_s_idle_timer_is_armed_anew_after_its_connection_is_lost(start_server: StartServer) -> None:
+    # aiosmtpd's connection_lost cancels the timer; the session no longer asks the handle whether it was
+    # cancelled on every command, so a restart after that must still arm a live timer, not keep the dead one.
+    runtime = start_server(smtp={"idle_timeout": 60})
+    door = next(d for d in runtime.doors if d.name == "smtp")
+    with client(runtime) as smtp:
+        smtp.ehlo()
+        smtp.sendmail("notifications@callfire.com", ["ops@example.com"], notification(511))
+        (session,) = door.sessions  # type: ignore[attr-defined]
+        timer = session._timeout_handle
+    wait_until(timer.cancelled, 10, "the session's connection_lost")
+    restarted = threading.Event()
+
+    def restart() -> None:
+        session._reset_timeout()
+        restarted.set()
+
+    session.loop.call_soon_threadsafe(restart)
+    assert restarted.wait(10)
+    assert session._timeout_handle is not timer and not session._timeout_handle.cancelled()
+    session.loop.call_soon_threadsafe(session._timeout_handle.cancel)
+
+
+def test_a_mail_sent_while_the_server_stops_is_answered_421_and_the_session_closed(start_server: StartServer) -> None:
+    # A session in a transaction is let finish it when the door closes; a new MAIL after that (here after
+    # RSET) gets the shutdown reply from the door's own MAIL.
+    runtime = start_server()
+    door = next(d for d in runtime.doors if d.name == "smtp")
+    sock, f = raw_session(runtime)
+    with sock, f:
+        assert say(f, b"EHLO client.test").startswith(b"250 ")
+        assert say(f, b"MAIL FROM:<notifications@callfire.com>").startswith(b"250 ")
+        (session,) = door.sessions  # type: ignore[attr-defined]
+        closing: list[asyncio.Future[None]] = []
+        session.loop.call_soon_threadsafe(lambda: closing.append(asyncio.ensure_future(door.close())))
+        wait_until(lambda: closing and door.closing, 10, "the door closing")  # type: ignore[attr-defined]
+        assert say(f, b"RSET").startswith(b"250 ")
+        f.write(b"MAIL FROM:<notifications@callfire.com>\r\n")
+        f.flush()
+        assert read_until_closed(f) == b"421 4.3.2 Service shutting down, please try again later\r\n"

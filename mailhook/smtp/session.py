@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("mailhook.smtp")
 
 # aiosmtpd's private names this module relies on; tests/test_library_internals.py checks them against the installed
-# aiosmtpd (and that smtp_DATA, copied into `_receive`, is still the version copied), and pyproject.toml caps it.
+# aiosmtpd (and that smtp_DATA, copied into `Connection.smtp_DATA`, is still the version copied), and
+# pyproject.toml caps it.
 PRIVATE_NAMES = (
     "SMTP._getaddr", "SMTP._syntax_available", "SMTP._reset_timeout", "SMTP._timeout_cb",
     "SMTP._timeout_handle", "SMTP._timeout_duration", "SMTP._reader", "SMTP._writer",
@@ -147,6 +148,7 @@ class Connection(SMTP):
                 self.lifetime.cancel()
             self.door.release(self)
             super().connection_lost(error)
+            self.armed_for = 0.0  # aiosmtpd cancelled the idle timer: the next `_reset_timeout` arms a new one
 
     def hold_timeout(self) -> None:
         """Hold off the idle/DATA timeout while a received message is being stored (see `_timeout_cb`).
@@ -183,9 +185,11 @@ class Connection(SMTP):
         # heap entry): a timer still armed for no later than the new deadline is kept instead, and
         # `_timeout_cb` re-arms it for the rest of the time when it fires early. `armed_for` is the
         # handle's `when()`, kept here: every handle is armed by this class (`_arm`).
-        handle = self._timeout_handle
-        if handle is not None and not handle.cancelled() and self.last_progress < self.armed_for <= self.idle_deadline:
+        # `armed_for` is also the handle's state without asking it (`cancelled()`, a Python call per command):
+        # only aiosmtpd's connection_lost cancels it without re-arming, and `connection_lost` below zeroes it.
+        if self.last_progress < self.armed_for <= self.idle_deadline:
             return
+        handle = self._timeout_handle
         if handle is not None:
             handle.cancel()
         self._arm(self.idle_deadline)
@@ -387,11 +391,12 @@ class Connection(SMTP):
         if not self.junk_command():
             await super().smtp_EXPN(arg)
 
-    # Private override: SMTP._handle_client (the command loop), a copy of aiosmtpd's with two changes, for speed:
+    # Private override: SMTP._handle_client (the command loop), a copy of aiosmtpd's with three changes, for speed:
     # its two log lines per command (`sanitized_log`, which builds a list and runs a regex on the line before the
     # logger looks at its level) are made only when aiosmtpd's logger would write them (one level check per
-    # command when it would write neither, as mail.log is at ERROR), and DATA does not restart
-    # the idle timer, since `smtp_DATA` restarts it with the DATA timeout at once. Reads the private
+    # command when it would write neither, as mail.log is at ERROR), DATA does not restart
+    # the idle timer, since `smtp_DATA` restarts it with the DATA timeout at once, and the command and its
+    # argument are decoded by `bytes.decode` with positional arguments. Reads the private
     # SMTP._proxy_timeout, _enforce_call_limit, _call_limit_default, _call_limit_base, _tls_handshake_okay,
     # _tls_protocol, _smtp_methods, _reader and _writer as the original does; tests/test_library_internals.py
     # fails when the original changes.
@@ -460,8 +465,10 @@ class Connection(SMTP):
                     await self.push('500 Error: bad syntax')
                     continue
                 command_bytes, _, arg_bytes = line.partition(b" ")
+                # bytes.decode with positional arguments, not aiosmtpd's str(..., encoding=, errors=): the same
+                # text or UnicodeDecodeError, ~2 k instructions less a call (the keywords' parsing; counted alone).
                 try:
-                    command = command_bytes.upper().decode(encoding='ascii')
+                    command = command_bytes.upper().decode('ascii')
                 except UnicodeDecodeError:
                     await self.push('500 Error: bad syntax')
                     continue
@@ -471,10 +478,10 @@ class Connection(SMTP):
                 else:
                     arg_bytes = arg_bytes.strip()
                     if self.enable_SMTPUTF8:
-                        arg = str(arg_bytes, encoding='utf-8', errors='surrogateescape')
+                        arg = arg_bytes.decode('utf-8', 'surrogateescape')
                     else:
                         try:
-                            arg = str(arg_bytes, encoding='ascii', errors='strict')
+                            arg = arg_bytes.decode('ascii')
                         except UnicodeDecodeError:
                             await self.push('500 Error: strict ASCII mode')
                             continue
@@ -650,12 +657,59 @@ class Connection(SMTP):
         address, rest = self._getaddr(arg[len(keyword):].strip())
         return (address, rest or "") if address else None
 
+    # A copy of aiosmtpd's SMTP.smtp_DATA under the DATA timeout, with the body read by `read_body` (bounded, one
+    # pass) instead of its line loop, and its greeting and AUTH checks awaited only when one can fail (read from the
+    # private SMTP._auth_required, as check_auth_needed reads it), its replies sent by `sent` when no coroutine is
+    # needed and its DATA hook called directly, not through SMTP._call_handler_hook; reads the private
+    # SMTP._reader/_writer and calls SMTP._set_post_data_state as the original does. One coroutine, not the
+    # timeout's and the copy's apart (docs/performance.md). tests/test_library_internals.py fails when the original
+    # changes.
     @syntax("DATA")
     async def smtp_DATA(self, arg: str | None) -> None:
-        """Receive and store a message under the DATA timeout, then go back to the idle timeout."""
+        """aiosmtpd's DATA with the body read by `read_body`, under the DATA timeout, then the idle timeout again."""
         self._reset_timeout(self.door.settings.data_timeout)
+        session = self.session
+        assert session is not None and self.envelope is not None
         try:
-            await self._receive(arg)
+            # The two checks' coroutines only when one can fail (greeting missing, AUTH required and not done).
+            if (not session.host_name or (self._auth_required and not session.authenticated)) and (
+                await self.check_helo_needed() or await self.check_auth_needed("DATA")
+            ):
+                pass
+            elif not self.envelope.rcpt_tos:
+                await self.push("503 Error: need RCPT command")
+            elif arg:
+                await self.push("501 Syntax: DATA")
+            else:
+                if not self.sent("354 End data with <CR><LF>.<CR><LF>"):
+                    await self.push("354 End data with <CR><LF>.<CR><LF>")
+                # The message's bytes count in the server's in-flight budget from arrival until its reply: given
+                # back by `close()` as the hold's `__exit__` would (no `with`: two Python calls less per message).
+                hold = self.door.runtime.inflight.hold()
+                try:
+                    try:
+                        content, refusal = await read_body(self._reader, self.line_length_limit,
+                                                           self.data_size_limit or 0, hold)
+                    except asyncio.CancelledError:  # the connection was lost meanwhile
+                        self._writer.close()
+                        raise
+                    status: str | None = None
+                    if refusal is not None:
+                        if hold.refused:
+                            self.door.runtime.metrics.on_rejected("smtp", "busy")
+                            self.door.runtime.inflight.refused("smtp", self.peer_ip, hold.received)
+                        await self.push(refusal)
+                    else:
+                        self.envelope.content = self.envelope.original_content = content
+                        del content
+                        # The hook called directly, as `_call_handler_hook("DATA")` calls it (one coroutine less):
+                        # mailhook's handlers define handle_DATA, so aiosmtpd's MISSING cannot come of it.
+                        status = await self.event_handler.handle_DATA(self, session, self.envelope)
+                    self._set_post_data_state()  # type: ignore[no-untyped-call]
+                finally:
+                    hold.close()
+                if status is not None and not self.sent(status):
+                    await self.push(status)
         finally:
             self.storing = False
         self._reset_timeout()
@@ -663,56 +717,3 @@ class Connection(SMTP):
             self.say_goodbye(SHUTTING_DOWN)
         elif self.expired:
             self._lifetime_over()
-
-
-    # A copy of aiosmtpd's SMTP.smtp_DATA with the body read by `read_body` (bounded, one pass) instead of its
-    # line loop, and its greeting and AUTH checks awaited only when one can fail (read from the private
-    # SMTP._auth_required, as check_auth_needed reads it), its replies sent by `sent` when no coroutine is needed
-    # and its DATA hook called directly, not through SMTP._call_handler_hook; reads the private
-    # SMTP._reader/_writer and calls SMTP._set_post_data_state as the original does. tests/test_library_internals.py
-    # fails when the original changes.
-    async def _receive(self, arg: str | None) -> None:
-        """aiosmtpd's DATA, with the body read by `read_body`."""
-        session = self.session
-        assert session is not None
-        # The two checks' coroutines only when one can fail (greeting missing, AUTH required and not done).
-        if (not session.host_name or (self._auth_required and not session.authenticated)) and (
-            await self.check_helo_needed() or await self.check_auth_needed("DATA")
-        ):
-            return
-        assert self.envelope is not None
-        if not self.envelope.rcpt_tos:
-            await self.push("503 Error: need RCPT command")
-            return
-        if arg:
-            await self.push("501 Syntax: DATA")
-            return
-        if not self.sent("354 End data with <CR><LF>.<CR><LF>"):
-            await self.push("354 End data with <CR><LF>.<CR><LF>")
-        # The message's bytes count in the server's in-flight budget from arrival until its reply: given back
-        # by `close()` as the hold's `__exit__` would (no `with`: two Python calls less per message).
-        hold = self.door.runtime.inflight.hold()
-        try:
-            try:
-                content, refusal = await read_body(self._reader, self.line_length_limit,
-                                                   self.data_size_limit or 0, hold)
-            except asyncio.CancelledError:  # the connection was lost meanwhile
-                self._writer.close()
-                raise
-            if refusal is not None:
-                if hold.refused:
-                    self.door.runtime.metrics.on_rejected("smtp", "busy")
-                    self.door.runtime.inflight.refused("smtp", self.peer_ip, hold.received)
-                await self.push(refusal)
-                self._set_post_data_state()  # type: ignore[no-untyped-call]
-                return
-            self.envelope.content = self.envelope.original_content = content
-            del content
-            # The hook called directly, as `_call_handler_hook("DATA")` calls it (one coroutine less):
-            # mailhook's handlers define handle_DATA, so aiosmtpd's MISSING cannot come of it.
-            status = await self.event_handler.handle_DATA(self, session, self.envelope)
-            self._set_post_data_state()  # type: ignore[no-untyped-call]
-        finally:
-            hold.close()
-        if not self.sent(status):
-            await self.push(status)
