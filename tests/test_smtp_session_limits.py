@@ -518,16 +518,21 @@ def test_an_idle_session_makes_room_but_one_whose_message_is_being_stored_never_
     assert _stored(runtime, 50)
 
 
+def _session_after_one_message(runtime: Runtime, smtp: smtplib.SMTP, n: int) -> tuple[Any, Any]:
+    """Send notification `n` on a new session; return the door's one session and its idle timer."""
+    door = next(d for d in runtime.doors if d.name == "smtp")
+    smtp.ehlo()
+    smtp.sendmail("notifications@callfire.com", ["ops@example.com"], notification(n))
+    (session,) = door.sessions  # type: ignore[attr-defined]
+    return session, session._timeout_handle
+
+
 def test_a_session_s_idle_timer_outlives_the_messages_it_stores(start_server: StartServer) -> None:
     # Storing a message used to cancel the timer, and the reply made a new one: a TimerHandle and a
     # heap entry per message. The timer is kept (it holds off while a message is stored) instead.
     runtime = start_server(smtp={"idle_timeout": 60})
-    door = next(d for d in runtime.doors if d.name == "smtp")
     with client(runtime) as smtp:
-        smtp.ehlo()
-        smtp.sendmail("notifications@callfire.com", ["ops@example.com"], notification(501))
-        (session,) = door.sessions  # type: ignore[attr-defined]
-        timer = session._timeout_handle
+        session, timer = _session_after_one_message(runtime, smtp, 501)
         for n in range(502, 505):
             smtp.sendmail("notifications@callfire.com", ["ops@example.com"], notification(n))
         assert session._timeout_handle is timer and not timer.cancelled()
@@ -538,12 +543,8 @@ def test_a_session_s_idle_timer_is_armed_anew_after_its_connection_is_lost(start
     # aiosmtpd's connection_lost cancels the timer; the session no longer asks the handle whether it was
     # cancelled on every command, so a restart after that must still arm a live timer, not keep the dead one.
     runtime = start_server(smtp={"idle_timeout": 60})
-    door = next(d for d in runtime.doors if d.name == "smtp")
     with client(runtime) as smtp:
-        smtp.ehlo()
-        smtp.sendmail("notifications@callfire.com", ["ops@example.com"], notification(511))
-        (session,) = door.sessions  # type: ignore[attr-defined]
-        timer = session._timeout_handle
+        session, timer = _session_after_one_message(runtime, smtp, 511)
     wait_until(timer.cancelled, 10, "the session's connection_lost")
     restarted = threading.Event()
 
