@@ -11,9 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mailhook.extract.mail import DocumentCandidate, Mail, TextCandidate
+from mailhook.extract.simple_mail import SimpleMail
 from mailhook.models import Attempt, Delivery, Event, Extraction, FolderPosition, Receipt, quick_init
 
-QUICK = [Attempt, Delivery, Event, Extraction, Receipt]
+QUICK = [Attempt, Delivery, Event, Extraction, Receipt, DocumentCandidate, TextCandidate, Mail, SimpleMail]
 
 _VALUES = st.one_of(
     st.none(), st.booleans(), st.integers(), st.text(max_size=8), st.decimals(allow_nan=False),
