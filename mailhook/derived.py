@@ -108,6 +108,7 @@ _COMMON_DATE = re.compile(
 )
 _MONTHS = {name: number for number, name in enumerate(
     ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
+_MONTH_DIGITS = {name: f"{number:02}" for name, number in _MONTHS.items()}
 
 
 def _common_utc(found: re.Match[str]) -> str | None:
@@ -118,8 +119,11 @@ def _common_utc(found: re.Match[str]) -> str | None:
         return None
     try:
         moment = datetime(int(year), _MONTHS[month], int(day), int(hour), int(minute), int(second))
-        if offset:
-            moment -= timedelta(seconds=-offset if sign == "-" else offset)
+        if not offset:
+            # Its own digits, once the datetime above has found them a valid moment: what the f-string
+            # below writes for it (a four-digit year, two-digit times), without six int formats.
+            return f"{year}-{_MONTH_DIGITS[month]}-{day if len(day) == 2 else '0' + day}T{hour}:{minute}:{second}Z"
+        moment -= timedelta(seconds=-offset if sign == "-" else offset)
     except (OverflowError, ValueError):
         return None
     if moment.year < 1000:  # strftime's %Y writes such a year without padding: left to it

@@ -127,7 +127,8 @@ def test_common_dates_read_without_the_library_as_the_library_reads_them() -> No
     "date",
     ["Mon, 1 Jan 1000 00:00:00 +0100", "1 Jan 1000 00:59:59 +0100", "1 Jan 1000 01:00:00 +0100",
      "31 Dec 9999 23:59:59 -0001", "31 Dec 9999 23:59:59 +0000", "29 Feb 2024 23:30:00 -0100",
-     "1 Mar 2026 00:00:00 +2359", "5 Dec 2026 04:05:06 -0000"],
+     "1 Mar 2026 00:00:00 +2359", "5 Dec 2026 04:05:06 -0000", "1 Jan 1000 00:00:00 +0000",
+     "Sun, 7 Feb 2100 23:59:59 -0000", "29 Feb 2024 00:00:00 +0000", "29 Feb 2026 00:00:00 +0000"],
 )  # fmt: skip
 def test_dates_at_the_edges_of_the_years_are_written_as_the_library_writes_them(date: str) -> None:
     for raw in (f"Date: {date}\r\n\r\n".encode(), f"Date: {date}\n\nbody\n\nmore".encode()):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -14,6 +16,7 @@ from hypothesis import strategies as st
 from mailhook.errors import Unreadable
 from mailhook.extract.values import (
     as_list,
+    is_mapping,
     to_bool,
     to_decimal,
     to_int,
@@ -275,3 +278,24 @@ def test_to_int_reads_digit_text_as_its_integer_pattern_does(value: str) -> None
 def test_to_time_reads_a_utc_offset_text_as_the_long_way_does(value: str) -> None:
     """The `…+00:00` shortcut (the text reader's times) returns what parsing and formatting return, or refuses alike."""
     assert _outcome(to_time, value) == _outcome(lambda v, n: _long_way_time(v), value)
+
+
+class _Custom(Mapping[str, int]):
+    def __getitem__(self, key: str) -> int:
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+@pytest.mark.parametrize(
+    "value",
+    [{}, {"a": 1}, OrderedDict(a=1), defaultdict(int), MappingProxyType({"a": 1}), _Custom(), [], ["a"], (), "ab",
+     b"ab", 1, None, {1, 2}],
+    ids=repr,
+)  # fmt: skip
+def test_is_mapping_says_what_isinstance_with_the_mapping_abc_says(value: object) -> None:
+    assert is_mapping(value) is isinstance(value, Mapping)

@@ -10,6 +10,7 @@ from mailhook.extract.charset import decode_document
 from mailhook.extract.json import parse_json
 from mailhook.extract.v1 import ROOTS, read_v1
 from mailhook.extract.v2 import is_v2, read_v2
+from mailhook.extract.values import is_mapping
 from mailhook.extract.xml import parse_xml
 from mailhook.models import Event
 
@@ -92,8 +93,8 @@ def _read_xml(data: str, subscriptions: Mapping[int, str]) -> tuple[list[Event],
 
 def _soap_body(envelope: Any) -> tuple[str, Any]:
     """Return the notification element inside a SOAP Envelope/Body."""
-    body = envelope.get("Body") if isinstance(envelope, Mapping) else None
-    if not isinstance(body, Mapping):
+    body = envelope.get("Body") if is_mapping(envelope) else None
+    if not is_mapping(body):
         raise Unreadable("SOAP envelope without a Body")
     if "Fault" in body:
         raise Unreadable(f"SOAP Fault instead of a notification: {body['Fault']!r:.200}")
@@ -114,7 +115,7 @@ def _read_json(data: str, subscriptions: Mapping[int, str]) -> list[Event]:
 
 
 def _read_json_object(document: Any, subscriptions: Mapping[int, str]) -> list[Event]:
-    if not isinstance(document, Mapping):
+    if not is_mapping(document):
         raise Unreadable(f"JSON notification must be an object, got {type(document).__name__}")
     roots = [k for k in document if k in ROOTS]
     if roots:

@@ -27,7 +27,7 @@ from mailhook.extract.charset import decode_document
 from mailhook.extract.embedded import clean_text, documents_in_body, is_whole_document
 from mailhook.extract.flowed import unflow
 from mailhook.extract.simple_mail import read_simple_mail
-from mailhook.models import MailLimits
+from mailhook.models import MailLimits, quick_init
 
 log = logging.getLogger("mailhook.mail")
 # mail-parser logs a WARNING for every part type it does not "handle" (xml, json,
@@ -157,6 +157,7 @@ class _MailParser(mailparser.MailParser):  # type: ignore[misc]  # mail-parser s
         return cls._parse_guarded(lambda: email.message_from_bytes(data, policy=policy))
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class DocumentCandidate:
     """An embedded XML/JSON notification text and where in the email it was found."""
@@ -165,6 +166,7 @@ class DocumentCandidate:
     origin: str
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class TextCandidate:
     """A human-readable part (plain text or HTML) with forwards and quote prefixes removed."""
@@ -174,6 +176,7 @@ class TextCandidate:
     origin: str
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Mail:
     """What one email offers the extractors: its ids and every candidate notification text."""

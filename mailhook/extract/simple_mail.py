@@ -51,7 +51,7 @@ import unicodedata
 from dataclasses import dataclass
 
 from mailhook.extract.flowed import unflow
-from mailhook.models import MailLimits
+from mailhook.models import MailLimits, quick_init
 
 # Charsets whose codec decodes any bytes the same way every time (or fails the
 # same way, caught as mail-parser catches it); any other name is left to the slow path.
@@ -87,6 +87,7 @@ _BOUNDARY = re.compile(r"[0-9A-Za-z._=+-]{1,70}")
 _LAST_LINE_END = re.compile(rb"(?:\r\n|\n)\Z")
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class SimpleMail:
     """What mail-parser reads from a simple email: header values as it returns them, its bodies and attachments."""

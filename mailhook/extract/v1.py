@@ -16,6 +16,7 @@ from typing import Any
 from mailhook.errors import Unreadable
 from mailhook.extract.values import (
     as_list,
+    is_mapping,
     text_of,
     to_bool,
     to_decimal,
@@ -55,11 +56,11 @@ def read_v1(
     `payload` replaces the notification as the event's payload, and `named` (an event type the sender
     named) the inferred one unless a subscription is configured: the text reader builds its event in one go.
     """
-    if not isinstance(notification, Mapping):
+    if not is_mapping(notification):
         raise Unreadable(f"{root}: expected an element with children")
     resource_name, record_name, noun = ROOTS[root]
     resource = notification.get(resource_name)
-    if not isinstance(resource, Mapping):
+    if not is_mapping(resource):
         raise Unreadable(f"{root}: no {resource_name} element")
     subscription_id = to_int(notification.get("SubscriptionId"), "SubscriptionId")
     common: dict[str, Any] = {
@@ -113,7 +114,7 @@ def _action_fields(resource: Mapping[str, Any], record_name: str, noun: str) -> 
 
 
 def _attempt(record: Any, name: str) -> Attempt:
-    if not isinstance(record, Mapping):
+    if not is_mapping(record):
         raise Unreadable(f"{name}: expected an element with children")
     names = _field_names(name)
     return Attempt(
@@ -141,7 +142,7 @@ def _field_names(record: str) -> dict[str, str]:
 def _broadcast_fields(resource: Mapping[str, Any]) -> dict[str, Any]:
     """Read a Broadcast; its config (kept whole in the payload) gives created and from number."""
     config: Mapping[str, Any] = next(
-        (resource[k] for k in _BROADCAST_CONFIGS if isinstance(resource.get(k), Mapping)), {}
+        (resource[k] for k in _BROADCAST_CONFIGS if is_mapping(resource.get(k))), {}
     )
     resource_id = to_int(_id(resource), "Broadcast id")
     return {

@@ -18,6 +18,7 @@ from mailhook.errors import Unreadable
 from mailhook.extract.v1 import call_seconds, sum_amounts
 from mailhook.extract.values import (
     as_list,
+    is_mapping,
     to_bool,
     to_decimal,
     to_int,
@@ -88,7 +89,7 @@ def upper_snake(name: str) -> str:
 
 def _event(index: int, item: Any, envelope: Mapping[str, Any]) -> Event:
     where = f"v2 events[{index}]"
-    if not isinstance(item, Mapping):
+    if not is_mapping(item):
         raise Unreadable(f"{where}: expected an object")
     raw_type = to_text(item.get("resourceType", envelope.get("resourceType")), f"{where}.resourceType")
     raw_event = to_text(item.get("eventType"), f"{where}.eventType")
@@ -97,7 +98,7 @@ def _event(index: int, item: Any, envelope: Mapping[str, Any]) -> Event:
     resource_type = _CANONICAL_RESOURCE.get(raw_type.strip().lower(), raw_type)
     event_name = _CANONICAL_EVENT.get(raw_event.strip().lower(), raw_event)
     resource = item.get("resource") or {}
-    if not isinstance(resource, Mapping):
+    if not is_mapping(resource):
         raise Unreadable(f"{where}.resource: expected an object")
     fields = _resource_fields(resource, resource_type, f"{where}.resource")
     if fields["modified"] is None:
@@ -121,7 +122,7 @@ def _resource_fields(resource: Mapping[str, Any], resource_type: str, where: str
         _attempt(r, f"{where}.records[{i}]") for i, r in enumerate(as_list(resource.get("records")))
     )
     contact = resource.get("contact")
-    contact_id = contact.get("id") if isinstance(contact, Mapping) else resource.get("contactId")
+    contact_id = contact.get("id") if is_mapping(contact) else resource.get("contactId")
     message = to_text(resource.get("message"), f"{where}.message")
     if message is None and "Text" in resource_type:
         message = next((a.message for a in reversed(attempts) if a.message is not None), None)
@@ -159,7 +160,7 @@ def _resource_fields(resource: Mapping[str, Any], resource_type: str, where: str
 
 
 def _attempt(record: Any, where: str) -> Attempt:
-    if not isinstance(record, Mapping):
+    if not is_mapping(record):
         raise Unreadable(f"{where}: expected an object")
     return Attempt(
         record_id=to_int(record.get("id"), f"{where}.id"),
