@@ -202,13 +202,23 @@ def ingest_paths(
     """
     # The pool is forked before the writer thread starts, so no worker inherits a lock held mid-write.
     pool = _extraction_pool(paths, workers)
-    writer = open_storage(
-        settings.database(env), busy_timeout=settings.storage.busy_timeout,
-        max_batch=settings.storage.max_batch,
-        mode=settings.storage.file_mode(),
-        phone_region=settings.storage.phone_region,
-    )
     limits = settings.parsing.mail_limits()
+    items = deliveries(paths, received_at=utcnow(), max_size=settings.smtp.max_message_size, stdin=stdin)
+    # A chunk is committed whole, so never more than a commit may hold.
+    stream = _Extracted(items, pool, settings.subscriptions, limits, min(_CHUNK, settings.storage.max_batch))
+    try:
+        # The workers extract the first chunks while this process opens (creates, migrates) the database.
+        stream.send_ahead()
+        writer = open_storage(
+            settings.database(env), busy_timeout=settings.storage.busy_timeout,
+            max_batch=settings.storage.max_batch,
+            mode=settings.storage.file_mode(),
+            phone_region=settings.storage.phone_region,
+        )
+    except BaseException:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+        raise
     # Each delivery's log line only at DEBUG, unless --verbose: a backfill is quiet.
     pipeline = Pipeline(writer, settings.subscriptions, limits=limits,
                         log_level=logging.INFO if verbose else logging.DEBUG)
@@ -231,11 +241,8 @@ def ingest_paths(
             totals["events"] += result.events
             progress.tick(len(delivery.raw))
 
-    items = deliveries(paths, received_at=utcnow(), max_size=settings.smtp.max_message_size, stdin=stdin)
-    # A chunk is committed whole, so never more than a commit may hold.
-    size = min(_CHUNK, settings.storage.max_batch)
     try:
-        for chunk, found in _extracted(items, pool, settings.subscriptions, limits, size):
+        for chunk, found in stream:
             readable: list[Delivery] = []
             extractions: list[Found | None] = []
             for item, extraction in zip(chunk, found, strict=True):
@@ -276,7 +283,10 @@ def ingest_paths(
     return EX_OK
 
 
-_WINDOW = 2000
+# Deliveries handed to the writer and not yet settled: two commits of the default max_batch. Beyond that
+# the writer falls behind, and what it holds when the input ends it commits alone, the workers idle
+# (2,000 left ~0.3 s of a 10,000-email backfill's ~4 s on one core).
+_WINDOW = 512
 # Parallel extraction from about a hundred emails (was: a megabyte, some 450); below that the
 # workers' start-up costs about what they save (60 and 200 emails timed alike, within noise).
 _PARALLEL_BYTES = 256 << 10
@@ -329,49 +339,57 @@ def _extract_chunk(
     return [extract_rows(raw, kind, subscriptions, limits) for raw, kind in chunk]
 
 
-def _extracted(
-    items: Iterable[Delivery | Unreadable], pool: Executor | None, subscriptions: Mapping[int, str],
-    limits: MailLimits, size: int = 64,
-) -> Iterator[tuple[list[Delivery | Unreadable], list[Found | None]]]:
-    """Yield the items in chunks of `size`, in input order, each with its extractions done in `pool`.
+class _Extracted:
+    """The items in chunks of `size`, in input order, each with its extractions done in `pool`.
 
     An Unreadable's extraction is None, and so is every one without a pool (to be extracted in this thread).
+    Iterating yields `(chunk, extractions)` pairs; at most `_IN_FLIGHT` + 1 chunks are in the pool at once.
     """
-    if pool is None:
-        chunk = []
-        for item in items:
+
+    def __init__(
+        self, items: Iterable[Delivery | Unreadable], pool: Executor | None, subscriptions: Mapping[int, str],
+        limits: MailLimits, size: int = 64,
+    ) -> None:
+        self.items = iter(items)
+        self.pool = pool
+        self.subscriptions = dict(subscriptions)
+        self.limits = limits
+        self.size = size
+        self.in_flight: deque[tuple[list[Delivery | Unreadable], Future[list[Found]]]] = deque()
+        self.exhausted = False
+
+    def send_ahead(self) -> None:
+        """Hand the pool chunks until `_IN_FLIGHT` + 1 are in it or the input ends; without a pool, nothing."""
+        while self.pool is not None and not self.exhausted and len(self.in_flight) <= _IN_FLIGHT:
+            chunk = self._next_chunk()
+            if chunk:
+                work = [(d.raw, d.kind) for d in chunk if isinstance(d, Delivery)]
+                self.in_flight.append(
+                    (chunk, self.pool.submit(_extract_chunk, work, self.subscriptions, self.limits)))
+
+    def _next_chunk(self) -> list[Delivery | Unreadable]:
+        chunk: list[Delivery | Unreadable] = []
+        for item in self.items:
             chunk.append(item)
-            if len(chunk) >= size:
-                yield chunk, [None] * len(chunk)
-                chunk = []
-        if chunk:
-            yield chunk, [None] * len(chunk)
-        return
-    subs = dict(subscriptions)
-    in_flight: deque[tuple[list[Delivery | Unreadable], Future[list[Found]]]] = deque()
+            if len(chunk) >= self.size:
+                return chunk
+        self.exhausted = True
+        return chunk
 
-    def send(chunk: list[Delivery | Unreadable]) -> None:
-        work = [(d.raw, d.kind) for d in chunk if isinstance(d, Delivery)]
-        in_flight.append((chunk, pool.submit(_extract_chunk, work, subs, limits)))
-
-    def receive() -> tuple[list[Delivery | Unreadable], list[Found | None]]:
-        chunk, future = in_flight.popleft()
-        results = iter(future.result())
-        return chunk, [next(results) if isinstance(item, Delivery) else None for item in chunk]
-
-    chunk = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) >= size:
-            send(chunk)
-            chunk = []
-            # Enough chunks in flight to keep every worker busy, few enough to bound memory.
-            while len(in_flight) > _IN_FLIGHT:
-                yield receive()
-    if chunk:
-        send(chunk)
-    while in_flight:
-        yield receive()
+    def __iter__(self) -> Iterator[tuple[list[Delivery | Unreadable], list[Found | None]]]:
+        if self.pool is None:
+            while not self.exhausted:
+                chunk = self._next_chunk()
+                if chunk:
+                    yield chunk, [None] * len(chunk)
+            return
+        # Enough chunks in flight to keep every worker busy, few enough to bound memory.
+        self.send_ahead()
+        while self.in_flight:
+            chunk, future = self.in_flight.popleft()
+            results = iter(future.result())
+            self.send_ahead()  # before handing this chunk on, so the workers never wait for it
+            yield chunk, [next(results) if isinstance(item, Delivery) else None for item in chunk]
 
 
 class _Progress:

@@ -8,17 +8,21 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from concurrent.futures import Future
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from process_support import ALLOW_ROOT
-from test_files import contents, distinct_mbox, figures_and_full_scan
+from test_files import TEXT_XML, contents, distinct_mbox, figures_and_full_scan
 from test_store import _batch_with_failures, email, text_event
 
+from mailhook import files
+from mailhook.config.load import load
 from mailhook.errors import RetryLater
-from mailhook.models import Delivery, Extraction, Receipt
-from mailhook.pipeline import Pipeline
+from mailhook.files import _IN_FLIGHT, Unreadable, _Extracted
+from mailhook.models import Delivery, Extraction, MailLimits, Receipt
+from mailhook.pipeline import Pipeline, extract_rows
 from mailhook.store.rows import Rows
 from mailhook.store.writer import Writer
 
@@ -233,3 +237,81 @@ def test_a_backfill_imports_neither_sqlite_utils_nor_pandas(tmp_path: Path) -> N
                             capture_output=True, text=True, timeout=300, check=False, env=env)
     assert result.returncode == 0, result.stderr  # the large email is within the default limit
     assert result.stdout.strip() == "[]"
+
+
+def readable_and_not(count: int) -> list[Delivery | Unreadable]:
+    """Return `count` distinct notification documents, every tenth replaced by an input that could not be read."""
+    return [Unreadable(f"in#{i}", "too large") if i % 10 == 9 else
+            Delivery(channel="file", raw=TEXT_XML + f"<!-- {i} -->".encode(), received_at="2026-01-01T00:00:00Z",
+                     kind="document", source=f"in#{i}")
+            for i in range(count)]
+
+
+@pytest.mark.parametrize("count", [0, 1, 64, 64 * (_IN_FLIGHT + 1) - 1, 64 * (_IN_FLIGHT + 1),
+                                   64 * (_IN_FLIGHT + 1) + 1, 64 * 9 + 3])
+def test_chunks_sent_ahead_fill_the_pool_to_its_limit_and_come_back_whole_and_in_order(count: int) -> None:
+    items = readable_and_not(count)
+    limits = MailLimits()
+    with ThreadPoolExecutor(2) as pool:
+        stream = _Extracted(items, pool, {}, limits, 64)
+        stream.send_ahead()
+        stream.send_ahead()  # a second call adds nothing past the limit
+        assert len(stream.in_flight) == min(-(-count // 64), _IN_FLIGHT + 1)
+        chunks = list(stream)
+    assert [len(chunk) for chunk, _ in chunks] == [64] * (count // 64) + ([count % 64] if count % 64 else [])
+    assert [item for chunk, _ in chunks for item in chunk] == items
+    for chunk, found in chunks:
+        for item, extraction in zip(chunk, found, strict=True):
+            if isinstance(item, Unreadable):
+                assert extraction is None
+            else:
+                assert extraction == extract_rows(item.raw, item.kind, {}, limits)
+
+
+def test_without_a_pool_nothing_is_sent_ahead_or_read_before_iterating() -> None:
+    items = readable_and_not(70)
+    taken: list[int] = []
+
+    def reading() -> Iterator[Delivery | Unreadable]:
+        for n, item in enumerate(items):
+            taken.append(n)
+            yield item
+
+    stream = _Extracted(reading(), None, {}, MailLimits(), 64)
+    stream.send_ahead()
+    assert taken == [] and not stream.in_flight
+    chunks = list(stream)
+    assert [chunk for chunk, _ in chunks] == [items[:64], items[64:]]
+    assert all(found == [None] * len(chunk) for chunk, found in chunks)
+
+
+def test_a_backfill_whose_database_cannot_be_opened_stops_its_workers_and_raises(tmp_path: Path) -> None:
+    # The first chunks are in the workers before the database is opened; the failure must not leave them behind.
+    db = tmp_path / "m.db"
+    db.write_bytes(b"not a database " * 1000)
+    code = ("import os, sys, sqlite3, multiprocessing; from mailhook.config.load import load;"
+            " from mailhook.files import ingest_paths\n"
+            "try:\n"
+            f"    ingest_paths([{str(mbox_around_a_chunk_boundary(tmp_path / 'in.mbox'))!r}], load({{}}, os.environ),"
+            " os.environ, quiet=True, stdin=None, interactive=False, workers=2)\n"
+            "except sqlite3.DatabaseError as exc:\n"
+            "    print(type(exc).__name__, len(multiprocessing.active_children()))")
+    env = {**os.environ, **ALLOW_ROOT, "MAILHOOK_CONFIG": "", "MAILHOOK_DB": str(db)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False,
+                            env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["DatabaseError", "0"]
+
+
+@pytest.mark.parametrize("window", [1, 63, 64, 65])
+def test_a_backfill_with_a_window_below_at_and_past_a_chunk_stores_what_the_default_window_stores(
+    tmp_path: Path, window: int, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    mbox = mbox_around_a_chunk_boundary(tmp_path / "in.mbox")
+    default = tmp_path / "default.db"
+    assert ingest(default, mbox, 1).returncode == 65
+    env = {"MAILHOOK_CONFIG": "", "MAILHOOK_DB": str(tmp_path / "small.db"), "MAILHOOK_MAX_MESSAGE_SIZE": str(LIMIT)}
+    monkeypatch.setattr(files, "_WINDOW", window)
+    assert files.ingest_paths([str(mbox)], load({}, env), env, quiet=True, stdin=None, interactive=False,
+                              workers=1) == 65
+    assert contents(tmp_path / "small.db") == contents(default)

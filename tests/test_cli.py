@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from process_support import ALLOW_ROOT
 
-from mailhook.cli import COMMAND_SECTIONS, build_parser, main
+from mailhook.cli import _OTHER_THAN_ANALYSIS, COMMAND_SECTIONS, build_parser, main
 from mailhook.config.load import options
 
 COMMANDS = build_parser()[1].choices
@@ -88,3 +92,62 @@ def test_the_root_refusal_exit_code_in_the_ingest_help_is_the_one_it_returns(
     code = main(["ingest", "--quiet", "--db", f"{tmp_path}/m.db", "-"], env={"MAILHOOK_CONFIG": ""})
     assert f" {code} run as root without --allow-root" in text
     assert not (tmp_path / "m.db").exists()
+
+
+def test_the_analysts_commands_are_left_out_exactly_for_the_other_commands_whose_flags_stay_the_same() -> None:
+    assert set(COMMANDS) - {"stats", "export", "migrate-to"} == _OTHER_THAN_ANALYSIS
+    for command in sorted(COMMANDS):
+        choices = build_parser(command)[1].choices
+        assert command in choices
+        assert ({"stats", "export", "migrate-to"} <= set(choices)) == (command not in _OTHER_THAN_ANALYSIS)
+        flags = [action.option_strings for action in choices[command]._actions]
+        assert flags == [action.option_strings for action in COMMANDS[command]._actions], command
+
+
+def test_an_unknown_command_is_refused_with_every_command_named(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["sats"], env={})
+    assert done.value.code == 2
+    assert "invalid choice: 'sats'" in (err := capsys.readouterr().err) and "'stats'" in err and "'ingest'" in err
+
+
+def test_an_age_is_read_when_given_and_a_bad_one_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert build_parser("prune")[0].parse_args(["prune", "--older-than", "2w"]).older_than == timedelta(weeks=2)
+    with pytest.raises(SystemExit) as done:
+        main(["prune", "--older-than", "ninety days"], env={})
+    assert done.value.code == 2
+    assert "'ninety days' is not an age like 90d" in capsys.readouterr().err
+
+
+def test_ingest_starts_without_the_admins_or_analysts_modules(tmp_path: Path) -> None:
+    # mailhook.admin (urllib.request, http.client, asyncio), export and stats: ~75 ms of every backfill's start.
+    code = ("import sys; from mailhook.cli import main; code = main(['ingest', '-q', sys.argv[1]]);"
+            "print(sorted(m for m in ('mailhook.admin', 'mailhook.export', 'mailhook.stats.command')"
+            " if m in sys.modules)); sys.exit(code)")
+    env = {**os.environ, **ALLOW_ROOT, "MAILHOOK_CONFIG": "", "MAILHOOK_DB": str(tmp_path / "m.db")}
+    xml = Path(__file__).parent.parent / "fixtures" / "seed" / "text-outbound.xml"
+    result = subprocess.run([sys.executable, "-c", code, str(xml)], capture_output=True, text=True, timeout=120,
+                            check=False, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("command", [["ingest", "missing.eml"], ["check-config"]])
+def test_ingest_exits_without_the_interpreters_teardown_its_summary_and_exit_code_intact(
+    command: list[str], tmp_path: Path,
+) -> None:
+    # Only ingest skips the teardown (atexit included); every other command ends as Python does.
+    code = ("import atexit, sys; atexit.register(print, 'atexit ran'); from mailhook.cli import console;"
+            f"sys.argv = ['mailhook', *{command!r}]; raise SystemExit(console())")
+    env = {**os.environ, **ALLOW_ROOT, "MAILHOOK_CONFIG": "", "MAILHOOK_DB": str(tmp_path / "m.db")}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            check=False, env=env, cwd=tmp_path)
+    if command[0] == "ingest":
+        assert result.returncode == 65, result.stderr
+        summary = "mailhook: 0 stored, 0 duplicates, 0 quarantined, 0 events, 1 unreadable"
+        assert result.stderr.rstrip().endswith(summary)
+        assert "missing.eml: cannot read" in result.stderr
+        assert "atexit ran" not in result.stdout
+    else:
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.rstrip().endswith("atexit ran")
