@@ -233,27 +233,14 @@ def console() -> int:
     # their import fail, which sqlite-utils expects; only here, where nothing else shares the process.
     for name in ("pandas", "numpy"):
         sys.modules.setdefault(name, None)  # type: ignore[arg-type]
-    code = main()
-    if _command_of(sys.argv[1:]) == "ingest":
-        # Everything is committed, the database closed, the workers gone: tearing the interpreter down
-        # (every module, the extractors' objects) would add ~40 ms on one core to the end of each backfill.
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
-
-
-def _command_of(argv: Sequence[str]) -> str | None:
-    """Return the command an argument list names (the first argument not an option), or None."""
-    return next((arg for arg in argv if not arg.startswith("-")), None)
+    return main()
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     """Run the command line and return its exit code (the console script exits with it)."""
     environ = dict(os.environ if env is None else env)
     given = list(sys.argv[1:] if argv is None else argv)
-    parser, _ = build_parser(_command_of(given))
+    parser, _ = build_parser(next((arg for arg in given if not arg.startswith("-")), None))
     args = parser.parse_args(given)
     flags = {key[4:]: value for key, value in vars(args).items() if key.startswith("opt:")}
     if "max_message_size" in vars(args):
