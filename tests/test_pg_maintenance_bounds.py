@@ -20,8 +20,9 @@ from test_pg_commands import run
 
 from mailhook.exitcodes import EX_OK, EX_TEMPFAIL
 from mailhook.models import Delivery, Extraction, Receipt
+from mailhook.store.pg.attempts import ATTEMPT_ROWS
 from mailhook.store.pg.connection import open_database
-from mailhook.store.pg.reprocess import ATTEMPT_ROWS, ReprocessStore
+from mailhook.store.pg.reprocess import ReprocessStore
 from mailhook.store.pg.write import PgStore
 from mailhook.store.target import PostgresTarget
 

@@ -22,8 +22,9 @@ from mailhook.errors import RetryLater
 from mailhook.extract import extract
 from mailhook.models import Delivery, Event, Extraction, FolderPosition, Receipt
 from mailhook.store.open import open_storage
+from mailhook.store.pg.attempts import ATTEMPT_ROWS
 from mailhook.store.pg.schema import MIGRATIONS
-from mailhook.store.pg.write import ATTEMPT_ROWS, PgStore
+from mailhook.store.pg.write import PgStore
 from mailhook.store.pg.writer import PgWriter
 from mailhook.store.rows import Completion, rows
 from mailhook.store.schema import ATTEMPT_COLUMNS

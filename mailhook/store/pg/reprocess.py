@@ -31,11 +31,12 @@ from mailhook.derived import e164
 from mailhook.errors import RetryLater
 from mailhook.models import Extraction, Receipt, Status, stored_kind, utcnow
 from mailhook.store.interface import StoredDelivery
+from mailhook.store.pg.attempts import insert_attempts
 from mailhook.store.pg.connection import open_database
 from mailhook.store.pg.session import bound_transactions
 from mailhook.store.pg.text import clean, cleaned
 from mailhook.store.rows import Rows, rows
-from mailhook.store.schema import ATTEMPT_COLUMNS, EVENT_COLUMNS
+from mailhook.store.schema import EVENT_COLUMNS
 from mailhook.store.target import PostgresTarget
 
 log = logging.getLogger("mailhook.store")
@@ -45,13 +46,9 @@ _INSERT_EVENT = (
     f" VALUES (%s, %s, %s, %s, %s, {', '.join(['%s'] * len(EVENT_COLUMNS))})"
     " ON CONFLICT (dedupe_key) DO NOTHING RETURNING id"
 )
-_INSERT_ATTEMPTS = f"INSERT INTO attempts (event_id, {', '.join(ATTEMPT_COLUMNS)}) VALUES "
-_ATTEMPT_ROW = f"(%s, {', '.join(['%s'] * len(ATTEMPT_COLUMNS))})"
 _MODIFIED, _CREATED = EVENT_COLUMNS.index("modified"), EVENT_COLUMNS.index("created")
 _FROM, _TO = EVENT_COLUMNS.index("from_number"), EVENT_COLUMNS.index("to_number")
 RETRIES = 3
-# Most attempts one INSERT holds, as the nodes' write path (`write.ATTEMPT_ROWS`, not imported: it loads sqlite3).
-ATTEMPT_ROWS = 500
 
 
 class ReprocessStore:
@@ -151,8 +148,5 @@ class ReprocessStore:
                     continue
                 new += 1
                 types.append(event_type)
-                for start in range(0, len(attempts), ATTEMPT_ROWS):
-                    chunk = attempts[start:start + ATTEMPT_ROWS]
-                    cursor.execute(_INSERT_ATTEMPTS + ", ".join([_ATTEMPT_ROW] * len(chunk)), [
-                        value for values in chunk for value in (inserted[0], *cleaned(values, ATTEMPT_COLUMNS))])
+                insert_attempts(cursor, inserted[0], attempts)
         return new, duplicates, tuple(types)

@@ -47,13 +47,14 @@ from mailhook.backoff import Backoff
 from mailhook.derived import e164, sent_at
 from mailhook.errors import RetryLater
 from mailhook.models import Delivery, FolderPosition, Receipt, Status, to_json, utcnow
+from mailhook.store.pg.attempts import insert_attempts
 from mailhook.store.pg.connection import Connection, connect, migrate
 from mailhook.store.pg.frozen import FROZEN_AFTER, end_frozen
 from mailhook.store.pg.lease import fence, passed
 from mailhook.store.pg.session import LOCK_WAIT, bound_transactions
 from mailhook.store.pg.text import clean, cleaned
 from mailhook.store.rows import Completion, Rows, Work, delivery_status, rows
-from mailhook.store.schema import ATTEMPT_COLUMNS, EVENT_COLUMNS
+from mailhook.store.schema import EVENT_COLUMNS
 from mailhook.store.target import PostgresTarget
 from mailhook.store.write import WalCheckpoint
 
@@ -64,9 +65,6 @@ KEY_LOCKS = 1 + int.from_bytes(b"mhk", "big")
 MAX_KEY_LOCKS = 1000
 """Most key locks one batch takes (each uses a slot of the server's lock table); past it, unique keys alone."""
 RETRIES = 3
-ATTEMPT_ROWS = 500
-"""Most attempts one INSERT holds (the protocol carries at most 65,535 parameters): each INSERT's values are
-cleaned between two statements of the batch, a pause `session.IDLE_IN_TRANSACTION` counts, kept short."""
 
 _MODIFIED, _CREATED = EVENT_COLUMNS.index("modified"), EVENT_COLUMNS.index("created")
 _FROM, _TO = EVENT_COLUMNS.index("from_number"), EVENT_COLUMNS.index("to_number")
@@ -81,8 +79,6 @@ _INSERT_EVENT = (
     f"INSERT INTO events (delivery_id, received_at, event_time, from_e164, to_e164, {', '.join(EVENT_COLUMNS)}) "
     f"VALUES (%s, %s, %s, %s, %s, {_placeholders(EVENT_COLUMNS)}) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id"
 )
-_INSERT_ATTEMPTS = f"INSERT INTO attempts (event_id, {', '.join(ATTEMPT_COLUMNS)}) VALUES "
-_ATTEMPT_ROW = f"(%s, {_placeholders(ATTEMPT_COLUMNS)})"
 _INSERT_DELIVERY = """
 INSERT INTO deliveries (channel, received_at, status, error, message_id, envelope_from, envelope_to,
     subject, content_type, remote_addr, size, sha256, raw, notes, source, event_count, duplicate_count, sent_at)
@@ -471,13 +467,7 @@ class PgStore:
                 continue
             new += 1
             types.append(event_type)
-            if attempts:
-                # One statement, not executemany: that runs in pipeline mode, and a node frozen inside a pipeline
-                # leaves its session "active" between two messages, where no idle timeout of the server ends it.
-                for start in range(0, len(attempts), ATTEMPT_ROWS):
-                    part = attempts[start:start + ATTEMPT_ROWS]
-                    conn.execute(_INSERT_ATTEMPTS + ", ".join([_ATTEMPT_ROW] * len(part)),
-                                 [v for a in part for v in (row[0], *cleaned(a, ATTEMPT_COLUMNS))])
+            insert_attempts(conn, row[0], attempts)
         return new, duplicates, tuple(types)
 
     # -- reads on the writer's connection --------------------------------------------------------
