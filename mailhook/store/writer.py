@@ -127,24 +127,22 @@ class Writer:
         """
         if len(works) > self.max_batch:
             raise ValueError(f"{len(works)} deliveries at once, more than max_batch ({self.max_batch})")
-        future: Future[list[Receipt | RetryLater]] = Future()
-        if self._closed:
-            future.set_exception(RetryLater("mailhook is shutting down"))
-        else:
-            self._queue.put(_Job(None, future, works=works))
-        return future
+        return self._queued(_Job(None, Future(), works=works))
 
     def complete(self, completion: Completion) -> Future[Receipt]:
         """Queue the events of a delivery stored pending for the next group commit."""
         return self._submit(completion)
 
     def _submit(self, work: Work) -> Future[Receipt]:
-        future: Future[Receipt] = Future()
+        return self._queued(_Job(work, Future()))
+
+    def _queued(self, job: _Job) -> Future[Any]:
+        """Queue `job` for the next commit and return its future (failed at once once the writer is closed)."""
         if self._closed:
-            future.set_exception(RetryLater("mailhook is shutting down"))
+            job.future.set_exception(RetryLater("mailhook is shutting down"))
         else:
-            self._queue.put(_Job(work, future))
-        return future
+            self._queue.put(job)
+        return job.future
 
     def check(self) -> Future[None]:
         """Return a future that resolves once the writer proved it can start a write transaction."""
@@ -314,14 +312,17 @@ class Writer:
         at = 0
         for job in jobs:
             if job.works is None:
-                result = results[at]
+                outcome = _outcome(results[at])
                 at += 1
-                if isinstance(result, Exception):
-                    job.fail(RetryLater(f"delivery could not be stored: {result}"))
+                if isinstance(outcome, RetryLater):
+                    job.fail(outcome)
                 else:
-                    job.resolve(result)
+                    job.resolve(outcome)
                 continue
-            part = results[at : at + len(job.works)]
+            job.resolve([_outcome(result) for result in results[at : at + len(job.works)]])
             at += len(job.works)
-            job.resolve([RetryLater(f"delivery could not be stored: {result}") if isinstance(result, Exception)
-                         else result for result in part])
+
+
+def _outcome(result: Receipt | Exception) -> Receipt | RetryLater:
+    """Return a delivery's receipt, or the `RetryLater` its waiter gets for an error confined to it."""
+    return RetryLater(f"delivery could not be stored: {result}") if isinstance(result, Exception) else result
