@@ -91,10 +91,8 @@ class Pipeline:
         listener told, `started` (perf_counter) being when it arrived.
         """
         started = time.perf_counter() if started is None else started
-        if found is None:
-            found = extract(delivery.raw, delivery.kind, self.subscriptions, content_type=delivery.content_type,
-                            limits=self.limits)
-        return self._reported(delivery, self.writer.submit(delivery, found), started, on_failure=True)
+        stored = self.writer.submit(delivery, self._extracted(delivery) if found is None else found)
+        return self._reported(delivery, stored, started, on_failure=True)
 
     def submit_many(
         self, deliveries: Sequence[Delivery], found: Sequence[Found | None]
@@ -107,11 +105,8 @@ class Pipeline:
         future and one callback for the chunk, not two of each per delivery.
         """
         started = time.perf_counter()
-        works: list[Work] = [
-            (delivery, extract(delivery.raw, delivery.kind, self.subscriptions, content_type=delivery.content_type,
-                               limits=self.limits) if extraction is None else extraction)
-            for delivery, extraction in zip(deliveries, found, strict=True)
-        ]
+        works: list[Work] = [(delivery, self._extracted(delivery) if extraction is None else extraction)
+                             for delivery, extraction in zip(deliveries, found, strict=True)]
         many = getattr(self.writer, "submit_many", None)
         stored: Future[list[Receipt | RetryLater]] = many(works) if many is not None else _gathered(
             [self.writer.submit(delivery, extraction) for delivery, extraction in works])  # type: ignore[misc]
@@ -134,6 +129,11 @@ class Pipeline:
 
         stored.add_done_callback(report)
         return reported
+
+    def _extracted(self, delivery: Delivery) -> Extraction:
+        """Extract `delivery` in this thread, with the pipeline's subscriptions and limits."""
+        return extract(delivery.raw, delivery.kind, self.subscriptions, content_type=delivery.content_type,
+                       limits=self.limits)
 
     def complete(self, delivery: Delivery, completion: Completion, started: float) -> Future[Receipt]:
         """Store the events of a delivery stored `pending` before (the backlog's way in), and report it.
@@ -214,9 +214,7 @@ class Pipeline:
         `concurrent.futures.Future` (a `Condition` and its lock) and no second
         callback per delivery. The report still comes first, as with `submit`.
         """
-        found = extract(delivery.raw, delivery.kind, self.subscriptions, content_type=delivery.content_type,
-                        limits=self.limits)
-        stored = self.writer.submit(delivery, found)
+        stored = self.writer.submit(delivery, self._extracted(delivery))
         waiter, mailbox = self._waiter()
         stored.add_done_callback(functools.partial(self._report_to_loop, delivery, started, mailbox, waiter))
         return waiter
@@ -286,10 +284,7 @@ class Pipeline:
         pool = self.executor
         if pool is None:
             # In a thread the loop keeps serving (the GIL is handed over every few ms, if not in C).
-            return await loop.run_in_executor(None, functools.partial(
-                extract, delivery.raw, delivery.kind, self.subscriptions, content_type=delivery.content_type,
-                limits=self.limits,
-            ))
+            return await loop.run_in_executor(None, self._extracted, delivery)
         subscriptions = dict(self.subscriptions)
         for _ in range(2):  # a second time on a new worker: the one before may be what killed it
             try:
@@ -301,8 +296,7 @@ class Pipeline:
                 # Its worker died (out of memory, killed, crashed by an input: this one or the one before).
                 pool = self._renew_executor(pool)
                 if pool is None:
-                    return extract(delivery.raw, delivery.kind, subscriptions, content_type=delivery.content_type,
-                                   limits=self.limits)
+                    return self._extracted(delivery)
         log.error("an extraction worker died twice on one delivery; quarantined")
         return Extraction(reason="extraction crashed its worker process")
 
