@@ -224,12 +224,7 @@ class Connection(SMTP):
         self.info_logged = True  # aiosmtpd's logger writes INFO lines, as the command loop last found it
         self.fed: SessionReader | None = None
         super().__init__(handler, **kwargs)
-        # The session reads through a `SessionReader`, not the StreamReader aiosmtpd's __init__ made (with the same
-        # limit): set as StreamReaderProtocol.__init__ sets its reader (a weak reference, and a strong one until
-        # connection_made). `fed` is the reader data arrives for until the connection is lost (`data_received`).
-        reader = self.fed = SessionReader(self.line_length_limit, self.loop)
-        self._stream_reader_wr = weakref.ref(reader)
-        self._strong_reader = reader
+        self.own_reader()
         # The loop's clock, read without `BaseEventLoop.time`'s Python frame around `time.monotonic` where that
         # is all it is: the idle timer reads it on every command (docs/performance.md).
         self.clock: Callable[[], float] = (
@@ -295,6 +290,18 @@ class Connection(SMTP):
             super().connection_lost(error)
             self.fed = None  # as StreamReaderProtocol drops its reader: nothing is fed after the loss
             self.armed_for = 0.0  # aiosmtpd cancelled the idle timer: the next `_reset_timeout` arms a new one
+
+    # Sets the private StreamReaderProtocol._stream_reader_wr and _strong_reader, as its __init__ sets them.
+    def own_reader(self) -> None:
+        """Read through a `SessionReader` instead of the StreamReader aiosmtpd's __init__ made, with the same limit.
+
+        Set as StreamReaderProtocol.__init__ sets its reader (a weak reference,
+        and a strong one until connection_made); `fed` is the reader data
+        arrives for until the connection is lost (`data_received`).
+        """
+        reader = self.fed = SessionReader(self.line_length_limit, self.loop)
+        self._stream_reader_wr = weakref.ref(reader)
+        self._strong_reader = reader
 
     # Replaces StreamReaderProtocol.data_received, which reaches the same reader through its private weak reference.
     def data_received(self, data: bytes) -> None:
