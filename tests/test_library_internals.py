@@ -159,6 +159,7 @@ def test_replies_the_session_writes_itself_after_starttls_go_over_tls_and_the_me
         (connection,) = list(door.sessions)
         assert isinstance(connection._reader, session.SessionReader)
         assert connection._stream_reader is connection._reader is connection.fed
+        assert connection.data_received == connection._reader.feed_data
     assert rows(runtime.settings.storage.db, "SELECT count(*) FROM events") == [(1,)]  # type: ignore[arg-type]
 
 
@@ -177,7 +178,8 @@ def test_the_private_asyncio_names_the_sessions_reader_relies_on_still_exist() -
         for method in ("feed_data", "readuntil", "readexactly", "_wait_for_data", "_wakeup_waiter",
                        "_maybe_resume_transport"):
             assert callable(getattr(asyncio.StreamReader, method, None)), f"asyncio changed StreamReader.{method}"
-        assert asyncio.StreamReaderProtocol.data_received is not session.Connection.data_received
+        # A session's data_received is its reader's feed_data until the connection is lost, then the protocol's own.
+        assert session.Connection.data_received is asyncio.StreamReaderProtocol.data_received
     finally:
         loop.close()
 

@@ -421,8 +421,7 @@ BLOCK_READING = _small_limits(type("BlockReading", (SMTP,), {"smtp_DATA": Connec
                                                              "sent": Connection.sent, "ended": False,
                                                              "storing": False, "expired": False, "door": _DOOR,
                                                              "__init__": _reading_as_the_door,
-                                                             "own_reader": Connection.own_reader,
-                                                             "data_received": Connection.data_received}))
+                                                             "own_reader": Connection.own_reader}))
 LINE_READING = _small_limits(SMTP)
 
 

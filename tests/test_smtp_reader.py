@@ -15,7 +15,11 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from process_support import wait_until
+from smtp_support import client, notification, rows
 
+from mailhook.server import Runtime
+from mailhook.smtp.door import SmtpDoor
 from mailhook.smtp.fastpath import END
 from mailhook.smtp.session import SessionReader
 
@@ -198,3 +202,18 @@ def test_any_stream_cut_anywhere_and_any_reads_give_what_asyncios_reader_gives(
     chunks = [stream[a:b] for a, b in itertools.pairwise([0, *sorted(c for c in cuts if c < len(stream)), None])]
     expected, got = _both(chunks, end, reads)
     assert got == expected
+
+
+def test_a_session_feeds_its_own_reader_until_its_connection_is_lost_and_nothing_after(server: Runtime) -> None:
+    door = next(d for d in server.doors if isinstance(d, SmtpDoor))
+    with client(server) as smtp:
+        smtp.ehlo()
+        (session,) = list(door.sessions)
+        reader = session.fed
+        assert isinstance(reader, SessionReader) and session._reader is reader
+        assert session.data_received == reader.feed_data
+        smtp.sendmail("notifications@callfire.com", ["ops@example.com"], notification(940_000_001))
+    wait_until(lambda: session.fed is None, 10, "the session's connection_lost")
+    assert "data_received" not in vars(session)  # the protocol's own again, which feeds no reader now
+    assert reader.at_eof()
+    assert rows(server.settings.storage.db, "SELECT count(*) FROM events") == [(1,)]  # type: ignore[arg-type]

@@ -109,31 +109,6 @@ class SessionReader(asyncio.StreamReader):
             else:
                 self._paused = True
 
-    def _waiter_for(self, name: str) -> asyncio.Future[None]:
-        """Return a new waiter for incoming data, made as asyncio's `_wait_for_data` makes it (resuming reading)."""
-        if self._waiter is not None:
-            raise RuntimeError(f"{name}() called while another coroutine is already waiting for incoming data")
-        assert not self._eof, "_wait_for_data after EOF"
-        if self._paused:
-            self._paused = False
-            self._transport.resume_reading()
-        waiter = self._waiter = self.new_future()
-        return waiter
-
-    def _taken(self, end: int) -> bytes:
-        """Remove and return the buffer's first `end` bytes, resuming a paused transport as asyncio does."""
-        buffer = self._buffer
-        if end == len(buffer):  # all of it (a command, a body in one piece): no slice
-            chunk = bytes(buffer)
-            buffer.clear()
-        else:
-            chunk = bytes(buffer[:end])
-            del buffer[:end]
-        if self._paused and len(buffer) <= self._limit:
-            self._paused = False
-            self._transport.resume_reading()
-        return chunk
-
     # typeshed types the separator by a private protocol (any sized bytes-like object); sessions pass bytes.
     async def readuntil(self, separator: bytes = b"\n") -> bytes:  # type: ignore[override]
         """Read through `separator`, as asyncio's readuntil does (the same limit, LimitOverrunError, EOF)."""
@@ -157,14 +132,30 @@ class SessionReader(asyncio.StreamReader):
                 chunk = bytes(buffer)
                 buffer.clear()
                 raise asyncio.IncompleteReadError(chunk, None)
-            waiter = self._waiter_for("readuntil")
+            # asyncio's _wait_for_data, written here: no coroutine of its own (the eof was checked above).
+            if self._waiter is not None:
+                raise RuntimeError("readuntil() called while another coroutine is already waiting for incoming data")
+            if self._paused:
+                self._paused = False
+                self._transport.resume_reading()
+            waiter = self._waiter = self.new_future()
             try:
                 await waiter
             finally:
                 self._waiter = None
         if isep > self._limit:
             raise asyncio.LimitOverrunError("Separator is found, but chunk is longer than limit", isep)
-        return self._taken(isep + seplen)
+        end = isep + seplen
+        if end == buflen:  # all of it (a command, a body in one piece): no slice
+            chunk = bytes(buffer)
+            buffer.clear()
+        else:
+            chunk = bytes(buffer[:end])
+            del buffer[:end]
+        if self._paused and len(buffer) <= self._limit:  # asyncio's _maybe_resume_transport
+            self._paused = False
+            self._transport.resume_reading()
+        return chunk
 
     async def readexactly(self, n: int) -> bytes:
         """Read exactly `n` bytes, as asyncio's readexactly does (IncompleteReadError at EOF)."""
@@ -179,12 +170,28 @@ class SessionReader(asyncio.StreamReader):
                 incomplete = bytes(self._buffer)
                 self._buffer.clear()
                 raise asyncio.IncompleteReadError(incomplete, n)
-            waiter = self._waiter_for("readexactly")
+            # As in readuntil.
+            if self._waiter is not None:
+                raise RuntimeError("readexactly() called while another coroutine is already waiting for incoming data")
+            if self._paused:
+                self._paused = False
+                self._transport.resume_reading()
+            waiter = self._waiter = self.new_future()
             try:
                 await waiter
             finally:
                 self._waiter = None
-        return self._taken(n)
+        buffer = self._buffer
+        if len(buffer) == n:
+            data = bytes(buffer)
+            buffer.clear()
+        else:
+            data = bytes(buffer[:n])
+            del buffer[:n]
+        if self._paused and len(buffer) <= self._limit:  # as in readuntil
+            self._paused = False
+            self._transport.resume_reading()
+        return data
 
 
 class Connection(SMTP):
@@ -288,7 +295,9 @@ class Connection(SMTP):
                 self.lifetime.cancel()
             self.door.release(self)
             super().connection_lost(error)
-            self.fed = None  # as StreamReaderProtocol drops its reader: nothing is fed after the loss
+            # As StreamReaderProtocol drops its reader: nothing is fed after the loss (its data_received again).
+            self.fed = None
+            self.__dict__.pop("data_received", None)
             self.armed_for = 0.0  # aiosmtpd cancelled the idle timer: the next `_reset_timeout` arms a new one
 
     # Sets the private StreamReaderProtocol._stream_reader_wr and _strong_reader, as its __init__ sets them.
@@ -297,18 +306,15 @@ class Connection(SMTP):
 
         Set as StreamReaderProtocol.__init__ sets its reader (a weak reference,
         and a strong one until connection_made); `fed` is the reader data
-        arrives for until the connection is lost (`data_received`).
+        arrives for until the connection is lost. The transport's data goes
+        straight to the reader's `feed_data`, this session's `data_received`
+        until then: StreamReaderProtocol's reaches the same reader through its
+        weak reference, two Python calls more per round trip.
         """
         reader = self.fed = SessionReader(self.line_length_limit, self.loop)
         self._stream_reader_wr = weakref.ref(reader)
         self._strong_reader = reader
-
-    # Replaces StreamReaderProtocol.data_received, which reaches the same reader through its private weak reference.
-    def data_received(self, data: bytes) -> None:
-        """Feed received bytes to the session's reader (one call, without the protocol's weak reference)."""
-        reader = self.fed
-        if reader is not None:
-            reader.feed_data(data)
+        self.data_received = reader.feed_data  # type: ignore[method-assign]
 
     def hold_timeout(self) -> None:
         """Hold off the idle/DATA timeout while a received message is being stored (see `_timeout_cb`).
