@@ -39,6 +39,7 @@ from mailhook.http import door as http_door
 from mailhook.imap import account
 from mailhook.server import Runtime
 from mailhook.smtp import session
+from mailhook.smtp.door import SmtpDoor
 
 # The sha256 of aiosmtpd 1.4.6's SMTP.smtp_DATA source, which mailhook/smtp/session.py's `Connection.smtp_DATA` copies.
 SMTP_DATA_SHA256 = "3a33f30d3fd6d02f39c7d78a08288bffea9170525b62e2161568041ae7e018df"
@@ -153,7 +154,34 @@ def test_replies_the_session_writes_itself_after_starttls_go_over_tls_and_the_me
         code, text = smtp.data(notification(930_000_001))
         assert code == 250 and text.startswith(b"2.0.0 OK delivery "), text
         assert smtp.noop()[0] == 250
+        # All of it read through the session's own reader, whose transport aiosmtpd's STARTTLS switched.
+        door = next(d for d in runtime.doors if isinstance(d, SmtpDoor))
+        (connection,) = list(door.sessions)
+        assert isinstance(connection._reader, session.SessionReader)
+        assert connection._stream_reader is connection._reader is connection.fed
+        assert connection.data_received == connection._reader.feed_data
     assert rows(runtime.settings.storage.db, "SELECT count(*) FROM events") == [(1,)]  # type: ignore[arg-type]
+
+
+def test_the_private_asyncio_names_the_sessions_reader_relies_on_still_exist() -> None:
+    where = "mailhook/smtp/session.py (SessionReader and Connection.own_reader)"
+    loop = asyncio.new_event_loop()
+    try:
+        reader = asyncio.StreamReader(limit=5, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, client_connected_cb=lambda r, w: None, loop=loop)
+        owners = {"StreamReader": reader, "StreamReaderProtocol": protocol}
+        for name in session.ASYNCIO_PRIVATE_NAMES:
+            owner, attribute = name.split(".")
+            assert hasattr(owners[owner], attribute), f"Python changed asyncio's {name}, which {where} relies on"
+        assert protocol._stream_reader_wr() is reader and protocol._strong_reader is reader
+        # The methods the reader overrides, and those it stands in for, are still there to be replaced.
+        for method in ("feed_data", "readuntil", "readexactly", "_wait_for_data", "_wakeup_waiter",
+                       "_maybe_resume_transport"):
+            assert callable(getattr(asyncio.StreamReader, method, None)), f"asyncio changed StreamReader.{method}"
+        # A session's data_received is its reader's feed_data until the connection is lost, then the protocol's own.
+        assert session.Connection.data_received is asyncio.StreamReaderProtocol.data_received
+    finally:
+        loop.close()
 
 
 @pytest.mark.parametrize("level", [logging.DEBUG, logging.INFO])

@@ -409,9 +409,19 @@ def _small_limits(base: type[SMTP]) -> type[SMTP]:
 # DATA timeout and whether the door is closing from it.
 _DOOR = types.SimpleNamespace(runtime=types.SimpleNamespace(inflight=InflightBudget(1 << 40)), closing=False,
                               settings=types.SimpleNamespace(data_timeout=600.0))
+
+
+def _reading_as_the_door(self: SMTP, *args: Any, **kwargs: Any) -> None:
+    SMTP.__init__(self, *args, **kwargs)
+    Connection.own_reader(self)  # type: ignore[arg-type]
+
+
+# aiosmtpd's session with the door's DATA, read through the door's reader (`SessionReader`).
 BLOCK_READING = _small_limits(type("BlockReading", (SMTP,), {"smtp_DATA": Connection.smtp_DATA,
                                                              "sent": Connection.sent, "ended": False,
-                                                             "storing": False, "expired": False, "door": _DOOR}))
+                                                             "storing": False, "expired": False, "door": _DOOR,
+                                                             "__init__": _reading_as_the_door,
+                                                             "own_reader": Connection.own_reader}))
 LINE_READING = _small_limits(SMTP)
 
 

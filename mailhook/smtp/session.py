@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+import weakref
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, SupportsIndex
 
 from aiosmtpd.smtp import ALLOWED_BEFORE_STARTTLS, BOGUS_LIMIT, MISSING, SMTP, TLSSetupException, sanitized_log, syntax
 from aiosmtpd.smtp import log as aiosmtpd_log
@@ -36,6 +38,14 @@ PRIVATE_NAMES = (
     "SMTP._enforce_call_limit", "SMTP._call_limit_default", "SMTP._call_limit_base", "SMTP._tls_handshake_okay",
     "SMTP._tls_protocol", "SMTP._smtp_methods", "SMTP._auth_required", "SMTP._decode_data",
 )
+# asyncio's private names `SessionReader` and `Connection.__init__` rely on (the StreamReader's state, which the
+# reader's overrides keep as its own methods do, and the protocol's reference to its reader); checked by
+# tests/test_library_internals.py, and the reader against asyncio's own by tests/test_smtp_reader.py.
+ASYNCIO_PRIVATE_NAMES = (
+    "StreamReader._buffer", "StreamReader._waiter", "StreamReader._eof", "StreamReader._exception",
+    "StreamReader._limit", "StreamReader._paused", "StreamReader._transport", "StreamReader._loop",
+    "StreamReaderProtocol._stream_reader_wr", "StreamReaderProtocol._strong_reader",
+)
 
 SHUTTING_DOWN = b"421 4.3.2 Service shutting down, please try again later\r\n"
 EVICTED = b"421 4.3.2 Too many connections; closing this session, which delivered no message lately\r\n"
@@ -47,6 +57,142 @@ RCPT_OVERSHOOT = "452 4.5.3 Too many recipients"
 # Replies that refuse something, by prefix (all 5xx), and the reason `mailhook_rejected_total` counts them under.
 REFUSALS = {"550 5.1.1": "recipient", "550 5.7.1": "sender", "552": "too_large", "535": "unauthorized",
             "530": "unauthenticated", "501 5.1.7": "bad_address", "501 5.1.3": "bad_address"}
+
+
+# Overrides asyncio.StreamReader's feed_data, readuntil and readexactly, reading and setting its private state
+# (`ASYNCIO_PRIVATE_NAMES`) exactly as asyncio's own methods do.
+class SessionReader(asyncio.StreamReader):
+    """asyncio's StreamReader with less Python per round trip: the same bytes, limits, flow control and errors.
+
+    A session's every command and body is one round trip (four a message):
+    the data arrives (`feed_data`, `_wakeup_waiter`), the read waits and
+    wakes (`_wait_for_data`'s coroutine, the loop's `create_future`). Here
+    `feed_data` wakes the reader itself, and `readuntil` and `readexactly`
+    wait on their future themselves; everything else is asyncio's code,
+    copied (docs/performance.md, smtp-proto7). aiosmtpd's STARTTLS (which
+    switches the reader's transport) and AUTH (`readline`) use it as they
+    used asyncio's.
+    """
+
+    # asyncio's own attributes, which typeshed does not declare.
+    _buffer: bytearray
+    _waiter: asyncio.Future[None] | None
+    _eof: bool
+    _exception: BaseException | None
+    _limit: int
+    _paused: bool
+    _transport: Any  # a transport, or None before the connection and where it cannot pause
+
+    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=limit, loop=loop)
+        # The waiter without `BaseEventLoop.create_future`'s Python frame where that is all it is.
+        self.new_future: Callable[[], asyncio.Future[None]] = (
+            functools.partial(asyncio.Future, loop=loop)
+            if type(loop).create_future is asyncio.BaseEventLoop.create_future else loop.create_future)
+
+    def feed_data(self, data: Iterable[SupportsIndex]) -> None:
+        """Add received bytes, waking a waiting read; pause the transport past twice the limit, as asyncio does."""
+        assert not self._eof, "feed_data after feed_eof"
+        if not data:
+            return
+        buffer = self._buffer
+        buffer.extend(data)
+        waiter = self._waiter
+        if waiter is not None:  # asyncio's _wakeup_waiter, without its call
+            self._waiter = None
+            if not waiter.cancelled():
+                waiter.set_result(None)
+        if self._transport is not None and not self._paused and len(buffer) > 2 * self._limit:
+            try:
+                self._transport.pause_reading()
+            except NotImplementedError:
+                self._transport = None
+            else:
+                self._paused = True
+
+    # typeshed types the separator by a private protocol (any sized bytes-like object); sessions pass bytes.
+    async def readuntil(self, separator: bytes = b"\n") -> bytes:  # type: ignore[override]
+        """Read through `separator`, as asyncio's readuntil does (the same limit, LimitOverrunError, EOF)."""
+        seplen = len(separator)
+        if seplen == 0:
+            raise ValueError("Separator should be at least one-byte string")
+        if self._exception is not None:
+            raise self._exception
+        offset = 0
+        while True:
+            buffer = self._buffer
+            buflen = len(buffer)
+            if buflen - offset >= seplen:
+                isep = buffer.find(separator, offset)
+                if isep != -1:
+                    break
+                offset = buflen + 1 - seplen
+                if offset > self._limit:
+                    raise asyncio.LimitOverrunError("Separator is not found, and chunk exceed the limit", offset)
+            if self._eof:
+                chunk = bytes(buffer)
+                buffer.clear()
+                raise asyncio.IncompleteReadError(chunk, None)
+            # asyncio's _wait_for_data, written here: no coroutine of its own (the eof was checked above).
+            if self._waiter is not None:
+                raise RuntimeError("readuntil() called while another coroutine is already waiting for incoming data")
+            if self._paused:
+                self._paused = False
+                self._transport.resume_reading()
+            waiter = self._waiter = self.new_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        if isep > self._limit:
+            raise asyncio.LimitOverrunError("Separator is found, but chunk is longer than limit", isep)
+        end = isep + seplen
+        if end == buflen:  # all of it (a command, a body in one piece): no slice
+            chunk = bytes(buffer)
+            buffer.clear()
+        else:
+            chunk = bytes(buffer[:end])
+            del buffer[:end]
+        if self._paused and len(buffer) <= self._limit:  # asyncio's _maybe_resume_transport
+            self._paused = False
+            self._transport.resume_reading()
+        return chunk
+
+    async def readexactly(self, n: int) -> bytes:
+        """Read exactly `n` bytes, as asyncio's readexactly does (IncompleteReadError at EOF)."""
+        if n < 0:
+            raise ValueError("readexactly size can not be less than zero")
+        if self._exception is not None:
+            raise self._exception
+        if n == 0:
+            return b""
+        while len(self._buffer) < n:
+            if self._eof:
+                incomplete = bytes(self._buffer)
+                self._buffer.clear()
+                raise asyncio.IncompleteReadError(incomplete, n)
+            # As in readuntil.
+            if self._waiter is not None:
+                raise RuntimeError("readexactly() called while another coroutine is already waiting for incoming data")
+            if self._paused:
+                self._paused = False
+                self._transport.resume_reading()
+            waiter = self._waiter = self.new_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        buffer = self._buffer
+        if len(buffer) == n:
+            data = bytes(buffer)
+            buffer.clear()
+        else:
+            data = bytes(buffer[:n])
+            del buffer[:n]
+        if self._paused and len(buffer) <= self._limit:  # as in readuntil
+            self._paused = False
+            self._transport.resume_reading()
+        return data
 
 
 class Connection(SMTP):
@@ -84,7 +230,9 @@ class Connection(SMTP):
         self.lifetime: asyncio.TimerHandle | None = None
         self.armed_for = 0.0  # the deadline the idle timer (`_timeout_handle`) was last armed for
         self.info_logged = True  # aiosmtpd's logger writes INFO lines, as the command loop last found it
+        self.fed: SessionReader | None = None
         super().__init__(handler, **kwargs)
+        self.own_reader()
         # The loop's clock, read without `BaseEventLoop.time`'s Python frame around `time.monotonic` where that
         # is all it is: the idle timer reads it on every command (docs/performance.md).
         self.clock: Callable[[], float] = (
@@ -148,7 +296,26 @@ class Connection(SMTP):
                 self.lifetime.cancel()
             self.door.release(self)
             super().connection_lost(error)
+            # As StreamReaderProtocol drops its reader: nothing is fed after the loss (its data_received again).
+            self.fed = None
+            self.__dict__.pop("data_received", None)
             self.armed_for = 0.0  # aiosmtpd cancelled the idle timer: the next `_reset_timeout` arms a new one
+
+    # Sets the private StreamReaderProtocol._stream_reader_wr and _strong_reader, as its __init__ sets them.
+    def own_reader(self) -> None:
+        """Read through a `SessionReader` instead of the StreamReader aiosmtpd's __init__ made, with the same limit.
+
+        Set as StreamReaderProtocol.__init__ sets its reader (a weak reference,
+        and a strong one until connection_made); `fed` is the reader data
+        arrives for until the connection is lost. The transport's data goes
+        straight to the reader's `feed_data`, this session's `data_received`
+        until then: StreamReaderProtocol's reaches the same reader through its
+        weak reference, two Python calls more per round trip.
+        """
+        reader = self.fed = SessionReader(self.line_length_limit, self.loop)
+        self._stream_reader_wr = weakref.ref(reader)
+        self._strong_reader = reader
+        self.data_received = reader.feed_data  # type: ignore[method-assign]
 
     def hold_timeout(self) -> None:
         """Hold off the idle/DATA timeout while a received message is being stored (see `_timeout_cb`).
