@@ -328,6 +328,7 @@ class Store:
         found = rows(extraction, len(delivery.raw))
         if mending:
             found = mended(found)
+        raw: bytes | None
         if found.message_id and found.events and not found.reason:
             # A delivery with events: whether its Message-ID was seen cannot change its status (`delivery_status`:
             # its events decide), only whether it keeps its bytes, which the INSERT itself finds out.
