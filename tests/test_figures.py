@@ -568,3 +568,47 @@ def test_a_version_8_database_upgraded_to_9_sorts_and_lists_nothing_per_event_an
         assert conn.execute(index).fetchone() == made.execute(index).fetchone()
         assert "BETWEEN" in conn.execute(index).fetchone()[0]
     assert maintained(path) == full_scan(path)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_late_text_takes_older_replies_in_either_order_the_two_insert_triggers_fire(
+    tmp_path: Path, seed: int
+) -> None:
+    # SQLite fires the newest trigger first (undocumented): made again the other way round, the counting
+    # trigger runs before `events_figures_take_replies`; the figures equal a full scan either way.
+    import random
+
+    items = documents()
+    random.Random(seed).shuffle(items)  # texts before or after their replies
+    path = tmp_path / "m.db"
+    store_documents(path, items[:1], batch=1)
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        (counting,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'events_figures_insert'").fetchone()
+        conn.execute("DROP TRIGGER events_figures_insert")
+        conn.execute(counting)
+    for start in range(1, len(items)):
+        store_documents(path, items[start:start + 1], batch=1)
+        assert maintained(path) == full_scan(path), start
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT count(*) FROM events WHERE reply_to IS NOT NULL").fetchone()[0] > 0
+
+
+def test_a_version_9_database_upgraded_to_10_takes_older_replies_in_a_trigger_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mailhook.store.schema import MIGRATIONS
+
+    path, fresh, items = _stored_at_version(tmp_path, monkeypatch, 9)
+    triggers = "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' ORDER BY name"
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (9,)
+        assert "events_figures_take_replies" not in dict(conn.execute(triggers).fetchall())
+    store_documents(path, items[5:9], batch=1)  # upgraded on open; row by row
+    store_documents(path, items[9:], batch=2)
+    with closing(sqlite3.connect(path)) as conn, closing(sqlite3.connect(fresh)) as made:
+        assert conn.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),) >= (10,)
+        assert conn.execute(triggers).fetchall() == made.execute(triggers).fetchall()
+        upgraded = dict(conn.execute(triggers).fetchall())
+    assert "reply_to = new.id" in upgraded["events_figures_take_replies"]
+    assert "reply_to = new.id" not in upgraded["events_figures_insert"]
+    assert maintained(path) == full_scan(path)

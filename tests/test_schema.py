@@ -159,6 +159,11 @@ def test_only_the_indexes_a_query_needs_are_kept_each_reply_lookup_on_its_own_ki
 def _statements_of_trigger(conn: sqlite3.Connection, name: str) -> list[str]:
     """Return a trigger's statements with each `new.column` as a parameter, to be EXPLAINed alone."""
     (sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = ?", (name,)).fetchone()
+    return _statements_of_trigger_sql(sql)
+
+
+def _statements_of_trigger_sql(sql: str) -> list[str]:
+    """Return the statements of a trigger's text, as `_statements_of_trigger` does."""
     body = sql[sql.index(" BEGIN") + len(" BEGIN"):sql.rindex("END")]
     return [re.sub(r"\b(new|old)\.(\w+)", r":\1_\2", s) for s in statements(body)]
 
@@ -172,7 +177,8 @@ def test_figures_kept_on_ingest_and_settled_per_batch_search_indexes_and_never_s
     with closing(sqlite3.connect(sample, isolation_level=None)) as conn:
         conn.execute("BEGIN")
         conn.execute("INSERT INTO figures_deferred (since) VALUES (0)")  # as Store.write does before SETTLE
-        work = _statements_of_trigger(conn, "events_figures_insert") + list(statements(SETTLE))
+        work = (_statements_of_trigger(conn, "events_figures_insert")
+                + _statements_of_trigger(conn, "events_figures_take_replies") + list(statements(SETTLE)))
         plans = [_plan(conn, sql) for sql in work]
         conn.execute("ROLLBACK")
     for sql, plan in zip(work, plans, strict=True):
@@ -196,16 +202,21 @@ SMALL_SCANS = ("SCAN CONSTANT ROW", "SCAN figures_deferred")
 
 def test_the_figures_kept_on_ingest_sort_nothing_and_list_no_event_types_in_temporary_tables(sample: Path) -> None:
     with closing(sqlite3.connect(sample, isolation_level=None)) as conn:
-        work = _statements_of_trigger(conn, "events_figures_insert")
+        work = (_statements_of_trigger(conn, "events_figures_insert")
+                + _statements_of_trigger(conn, "events_figures_take_replies"))
         plans = [_plan(conn, sql) for sql in work]
+        when = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'events_figures_take_replies'").fetchone()[0]
         opcodes = [[row[1] for row in conn.execute(f"EXPLAIN {sql}", dict.fromkeys(re.findall(r":(\w+)", sql)))]
                    for sql in work]
     assert not [step for plan in plans for step in plan if "TEMP B-TREE" in step]
     # Each firing would open (and free) a temporary B-tree per sorter and per IN list of three types.
     # Only the UPDATE that lets a late text take older replies keeps one: its list of the rows to change,
     # which SQLite keeps for an UPDATE that fires a trigger (events_reply_to) and may change several rows.
+    # It has a trigger of its own (schema 10), fired for outbound texts only: other events never open it.
     ephemeral = [sql for sql, ops in zip(work, opcodes, strict=True) if {"OpenEphemeral", "SorterOpen"} & set(ops)]
     assert len(ephemeral) == 1 and "UPDATE events SET reply_to = :new_id" in ephemeral[0]
+    assert ephemeral[0] in _statements_of_trigger_sql(when)
+    assert "WHEN new.event_type = 'OUTBOUND_TEXT_FINISHED'" in when
     # Nor does the insert itself, to decide whether a row belongs in `events_campaign` (schema 9).
     columns = [row[1] for row in query(sample, "PRAGMA table_info(events)") if row[1] != "id"]
     insert = f"INSERT INTO events ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"

@@ -114,6 +114,51 @@ def test_repeated_message_id_is_a_duplicate_and_identical_bytes_are_not_kept_twi
     ]
 
 
+def test_a_redelivery_keeps_its_bytes_unless_the_first_delivery_of_its_message_id_has_the_same(db: Path) -> None:
+    # The first delivery (lowest id) of a Message-ID is the one compared, whether the others came in
+    # earlier commits or earlier in the same batch; a delivery with events asks inside its INSERT,
+    # one without (or quarantined) by `_seen`: both give the same answer.
+    extraction = Extraction(events=(text_event(),), message_id="<a@x>")
+    store = Store(db)
+    try:
+        store.write([(email("<a@x>", b"first"), extraction)])
+        store.write([(email("<a@x>", b"second"), extraction)])
+        store.write([(email("<a@x>", b"second"), extraction), (email("<a@x>", b"first"), extraction),
+                     (email("<b@x>", b"third"), Extraction(events=(text_event(2),), message_id="<b@x>")),
+                     (email("<b@x>", b"third"), Extraction(events=(text_event(3),), message_id="<b@x>")),
+                     (email("<b@x>", b"third"), Extraction(message_id="<b@x>")),
+                     (email("<b@x>", b"third"), Extraction(reason="unreadable", message_id="<b@x>")),
+                     (email("<c@x>", b"fourth"), Extraction(message_id="<c@x>"))])
+    finally:
+        store.close()
+    assert rows(db, "SELECT message_id, status, raw FROM deliveries ORDER BY id") == [
+        ("<a@x>", "stored", email("<a@x>", b"first").raw),
+        ("<a@x>", "duplicate", email("<a@x>", b"second").raw),
+        ("<a@x>", "duplicate", email("<a@x>", b"second").raw),  # the first one has other bytes
+        ("<a@x>", "duplicate", None),
+        ("<b@x>", "stored", email("<b@x>", b"third").raw),
+        ("<b@x>", "stored", None),  # a new event: stored, its bytes kept once
+        ("<b@x>", "duplicate", None),
+        ("<b@x>", "duplicate", None),
+        ("<c@x>", "stored", email("<c@x>", b"fourth").raw),
+    ]
+
+
+def test_a_delivery_with_events_looks_up_its_message_id_inside_its_insert(db: Path) -> None:
+    store = Store(db)
+    executed: list[str] = []
+    try:
+        store.conn.set_trace_callback(executed.append)
+        store.write([(email(f"<{n}@t>"), Extraction(message_id=f"<{n}@t>", events=(text_event(n),))) for n in range(4)])
+        store.write([(email("<none@t>"), Extraction(message_id="<none@t>"))])
+        store.conn.set_trace_callback(None)
+    finally:
+        store.close()
+    lookups = [sql for sql in executed if sql.startswith("SELECT sha256 FROM deliveries")]
+    assert len(lookups) == 1 and "<none@t>" in lookups[0]  # only the delivery without events asks apart
+    assert len([sql for sql in executed if sql.lstrip().startswith("INSERT INTO deliveries")]) == 5
+
+
 def test_unreadable_delivery_is_quarantined_with_its_raw_bytes_and_reason(db: Path, writer: Writer) -> None:
     receipt = writer.submit(email(), Extraction(reason="no CallFire notification found")).result()
     assert receipt.status == "quarantined"

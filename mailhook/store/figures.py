@@ -458,3 +458,27 @@ SETTLE_NEEDS: tuple[tuple[str, frozenset[str] | None], ...] = (
     (SETTLE_REPLIES, frozenset({"INBOUND_TEXT_FINISHED"})),
     (SETTLE_TAKEN_REPLIES, frozenset({"OUTBOUND_TEXT_FINISHED"})),
 )
+
+# The insert trigger's last statement: a new outbound text takes the replies an older text held.
+_TAKE_REPLIES = _EVENT_INSERTED[_EVENT_INSERTED.index("    -- A text that arrives after replies"):]
+assert _LEAN_EVENT_INSERTED.endswith(_TAKE_REPLIES)
+
+# Schema 10 (SQLite): that UPDATE in a trigger of its own, fired for outbound texts only. It fires
+# `events_reply_to`, so SQLite runs it in two passes and opens a temporary table of the rows to
+# change before its WHERE is tested: for every event stored row by row, whatever its type. The
+# figures must not depend on the order SQLite fires the two triggers in (undocumented): the replies
+# it moves are counted on the text's campaign row, which the counting upsert of the other trigger
+# creates; so this one first makes that row (if missing) with the event's time as first and last
+# seen, which the upsert's min() and max() then keep, and the counts it adds are the same either way.
+TAKE_REPLIES_APART = f"""
+DROP TRIGGER IF EXISTS events_figures_insert;
+CREATE TRIGGER events_figures_insert AFTER INSERT ON events
+WHEN NOT EXISTS (SELECT 1 FROM figures_deferred) BEGIN{_LEAN_EVENT_INSERTED.removesuffix(_TAKE_REPLIES)}END;
+DROP TRIGGER IF EXISTS events_figures_take_replies;
+CREATE TRIGGER events_figures_take_replies AFTER INSERT ON events
+WHEN new.event_type = 'OUTBOUND_TEXT_FINISHED' AND NOT EXISTS (SELECT 1 FROM figures_deferred) BEGIN
+    INSERT INTO campaigns (id, first_seen, last_seen) SELECT new.broadcast_id, new.event_time, new.event_time
+        WHERE new.broadcast_id IS NOT NULL
+    ON CONFLICT (id) DO NOTHING;
+{_TAKE_REPLIES}END;
+"""

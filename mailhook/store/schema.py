@@ -377,5 +377,10 @@ _V8_NO_TEMPORARY_TABLES = ("DROP TRIGGER IF EXISTS events_figures_delete;\n"
 _V9_NO_SORTS = (figures.CAMPAIGN_INDEX_BY_RANGE + "DROP TRIGGER IF EXISTS events_figures_delete;\n"
                 + figures.TRIGGERS + figures.DEFERRAL)
 
+# Less CPU per event stored row by row (store7): the UPDATE by which a new outbound text takes older
+# replies moved from the insert trigger into `events_figures_take_replies`, fired for outbound texts
+# only, so that other events no longer open its temporary table (figures.TAKE_REPLIES_APART). The same figures.
+_V10_TAKE_REPLIES_APART = figures.TAKE_REPLIES_APART
+
 MIGRATIONS: tuple[str, ...] = (_V1, _V2_ANALYSIS, _V3_LEANER, _V4_ANALYSTS, _V5_DEFERRABLE, _V6_FEWER_PAGES,
-                               _V7_CAMPAIGN_INDEX, _V8_NO_TEMPORARY_TABLES, _V9_NO_SORTS)
+                               _V7_CAMPAIGN_INDEX, _V8_NO_TEMPORARY_TABLES, _V9_NO_SORTS, _V10_TAKE_REPLIES_APART)

@@ -93,6 +93,17 @@ INSERT INTO deliveries (channel, received_at, status, error, message_id, envelop
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
+# The same, keeping no copy of the bytes (`raw` NULL) when the first delivery with this Message-ID
+# (?5) has the same SHA-256 (?12): what `Store._seen` says, asked inside the INSERT rather than by a
+# statement of its own (bench/store_calls.py --callgrind: see `Store._write_one`). The scalar
+# subquery of a VALUES list runs before the row is inserted, through `deliveries_message_id`.
+_INSERT_DELIVERY_ONCE = _INSERT_DELIVERY.replace(
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12,\n"
+    "    CASE WHEN (SELECT f.sha256 FROM deliveries AS f WHERE f.message_id = ?5 ORDER BY f.id LIMIT 1) = ?12\n"
+    "         THEN NULL ELSE ?13 END, ?14, ?15, ?16, ?17, ?18)")
+assert _INSERT_DELIVERY_ONCE != _INSERT_DELIVERY
+
 
 # From this many items a batch defers its figures (store/figures.py) to one set-based pass at
 # its end. Since the insert trigger sorts nothing (schema 9) row by row is the cheaper up to 32
@@ -317,12 +328,18 @@ class Store:
         found = rows(extraction, len(delivery.raw))
         if mending:
             found = mended(found)
-        seen, same_bytes = self._seen(found.message_id, sha256, None)
+        raw: bytes | None
+        if found.message_id and found.events and not found.reason:
+            # A delivery with events: whether its Message-ID was seen cannot change its status (`delivery_status`:
+            # its events decide), only whether it keeps its bytes, which the INSERT itself finds out.
+            seen, raw, sql = False, delivery.raw, _INSERT_DELIVERY_ONCE
+        else:
+            seen, same_bytes = self._seen(found.message_id, sha256, None)
+            raw, sql = None if same_bytes else delivery.raw, _INSERT_DELIVERY
         # Inserted as it ends when every event is new (nearly always), so that `_finish` need not update it.
         expected = (delivery_status(found, seen=seen, new=len(found.events), duplicates=0), len(found.events), 0)
-        delivery_id = self._insert_delivery(delivery, sha256, now, expected[0], found,
-                                            None if same_bytes else delivery.raw, mending=mending,
-                                            event_count=expected[1])
+        delivery_id = self._insert_delivery(delivery, sha256, now, expected[0], found, raw, mending=mending,
+                                            event_count=expected[1], sql=sql)
         return _Started(delivery_id, now, found, seen, delivery.position, expected)
 
     def _complete(self, completion: Completion, *, mending: bool = False) -> Receipt | _Started:
@@ -375,7 +392,8 @@ class Store:
         return row is not None, row is not None and row[0] == sha256
 
     def _insert_delivery(self, delivery: Delivery, sha256: str, now: str, status: Status, found: Rows | None,
-                         raw: bytes | None, *, mending: bool = False, event_count: int = 0) -> int:
+                         raw: bytes | None, *, mending: bool = False, event_count: int = 0,
+                         sql: str = _INSERT_DELIVERY) -> int:
         values = (
             delivery.channel,
             now,
@@ -396,7 +414,7 @@ class Store:
             0,
             sent_at(delivery.raw) if delivery.kind == "email" else None,
         )
-        cursor = self.conn.execute(_INSERT_DELIVERY, tuple(map(mend, values)) if mending else values)
+        cursor = self.conn.execute(sql, tuple(map(mend, values)) if mending else values)
         assert cursor.lastrowid is not None
         return cursor.lastrowid
 
