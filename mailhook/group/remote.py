@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from mailhook.budget import ByteBudget
 from mailhook.errors import RetryLater
+from mailhook.group import wire
 from mailhook.group.channel import Channel
 from mailhook.metrics import Metrics
 from mailhook.models import Delivery, Extraction, FolderPosition, Receipt
@@ -89,11 +90,12 @@ class RemoteStorage:
         An extraction goes as its rows, made here (as the extraction processes
         make them): the payload JSON and the row tuples are built on this
         worker's core, not in the parent's one writer thread, and tuples of
-        strings cost less to pickle than events.
+        strings cost less to pickle than events. The delivery and the rows go
+        as plain tuples (`group.wire`), which pickle in C.
         """
         if isinstance(extraction, Extraction):
             extraction = worker_rows(extraction, len(delivery.raw))
-        return self._ask("submit", delivery, extraction)
+        return self._ask("submit", wire.delivery_values(delivery), wire.found_values(extraction))
 
     def complete(self, completion: Completion) -> Future[Receipt]:
         """Send the events of a delivery stored pending to the parent's writer."""
@@ -238,7 +240,9 @@ class RemoteStorage:
                 future = self._waiting.pop(number, None)
             if future is None:
                 continue
-            if kind == "done":
+            if kind == "receipt":  # a delivery's, as its values
+                future.set_result(wire.receipt(rest[0]))
+            elif kind == "done":
                 future.set_result(rest[0])
             elif kind == "broken":  # the parent's extraction process died on it (or before it)
                 future.set_exception(BrokenProcessPool(rest[0]))
