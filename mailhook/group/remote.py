@@ -23,6 +23,7 @@ from mailhook.budget import ByteBudget
 from mailhook.errors import RetryLater
 from mailhook.group import wire
 from mailhook.group.channel import Channel
+from mailhook.logs import HeldLines
 from mailhook.metrics import Metrics
 from mailhook.models import Delivery, Extraction, FolderPosition, Receipt
 from mailhook.store.rows import Completion, Rows, worker_rows
@@ -224,8 +225,10 @@ class RemoteStorage:
             self._loop.remove_reader(self.channel.sock.fileno())
             self._end()
             return
-        for messages in frames:
-            self._take(messages)
+        # The log lines of the deliveries answered (the pipeline writes one each as it resolves) in one write.
+        with HeldLines():
+            for messages in frames:
+                self._take(messages)
 
     def _take(self, messages: list[tuple[Any, ...]]) -> None:
         # One frame: the answers to the deliveries of one of the parent's commits (or a ping, a read's answer).
