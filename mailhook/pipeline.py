@@ -333,11 +333,18 @@ class _Mailbox:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
+        self._thread = threading.get_ident()  # made on the loop's thread (`Pipeline._waiter`)
         self._lock = threading.Lock()
         self._done: list[tuple[asyncio.Future[Receipt], Future[Receipt]]] = []
 
     def put(self, waiter: asyncio.Future[Receipt], source: Future[Receipt]) -> None:
-        """Queue `waiter` to take the outcome of `source`; wake the loop unless a wake-up is already on its way."""
+        """Hand `waiter` the outcome of `source`: at once on the loop's thread, else with one wake-up for all queued."""
+        if threading.get_ident() == self._thread:
+            # Finished on the loop's own thread (a worker of `serve --workers N` reads its answers there):
+            # no self-pipe write and read to wake a loop that runs, and no turn of it to wait for.
+            if not self.loop.is_closed():
+                _settle(waiter, source)
+            return
         with self._lock:
             self._done.append((waiter, source))
             if len(self._done) > 1:
@@ -350,14 +357,19 @@ class _Mailbox:
         with self._lock:
             done, self._done = self._done, []
         for waiter, source in done:
-            if waiter.cancelled():
-                continue
-            if source.cancelled():
-                waiter.cancel()
-            elif (exc := source.exception()) is not None:
-                waiter.set_exception(exc)
-            else:
-                waiter.set_result(source.result())
+            _settle(waiter, source)
+
+
+def _settle(waiter: asyncio.Future[Receipt], source: Future[Receipt]) -> None:
+    """Give `waiter` the outcome of `source` (unless it was cancelled meanwhile)."""
+    if waiter.cancelled():
+        return
+    if source.cancelled():
+        waiter.cancel()
+    elif (exc := source.exception()) is not None:
+        waiter.set_exception(exc)
+    else:
+        waiter.set_result(source.result())
 
 
 def _gathered(futures: list[Future[Receipt]]) -> Future[list[Receipt | RetryLater]]:

@@ -16,6 +16,7 @@ from smtp_support import notification
 
 from mailhook.errors import RetryLater
 from mailhook.extract import extract
+from mailhook.group import wire
 from mailhook.group.channel import Channel
 from mailhook.group.remote import RemoteStorage
 from mailhook.group.service import StoreService
@@ -65,8 +66,11 @@ def test_the_deliveries_of_one_loop_turn_reach_the_parent_in_one_frame(pair: tup
         frame = await loop.run_in_executor(None, parent.receive_all)
         assert frame is not None
         assert [(kind, number) for kind, number, *_ in frame] == [("submit", 0), ("submit", 1), ("submit", 2)]
-        assert [delivery.raw for _, _, delivery, _ in frame] == [_delivery(n).raw for n in range(3)]
-        parent.send_all([("done", number, Receipt(100 + number, "pending")) for _, number, *_ in frame])
+        # The delivery as its values (group.wire), the rows as theirs (None here: stored pending).
+        assert [wire.delivery(values) for _, _, values, _ in frame] == [_delivery(n) for n in range(3)]
+        assert [found for *_, found in frame] == [None, None, None]
+        parent.send_all([("receipt", number, wire.receipt_values(Receipt(100 + number, "pending")))
+                         for _, number, *_ in frame])
         receipts = await asyncio.gather(*(asyncio.wrap_future(future) for future in stored))
         storage.close()
         return receipts
@@ -100,9 +104,10 @@ def test_a_frames_deliveries_are_answered_in_one_frame_once_committed_and_the_ba
         service = StoreService(parent, pipeline, loop, "worker-0", Metrics())
         service.start()
         extracted = [_delivery(n) for n in (1, 2)]
-        frame = [("submit", n, delivery, worker_rows(extract(delivery.raw, "email", {}), len(delivery.raw)))
+        frame = [("submit", n, wire.delivery_values(delivery),
+                  wire.found_values(worker_rows(extract(delivery.raw, "email", {}), len(delivery.raw))))
                  for n, delivery in enumerate(extracted)]
-        frame.append(("submit", 2, _delivery(3), None))  # stored pending: the backlog extracts it
+        frame.append(("submit", 2, wire.delivery_values(_delivery(3)), None))  # stored pending: the backlog extracts it
         worker.send_all(frame)
         answers = await loop.run_in_executor(None, worker.receive_all)
         assert answers is not None
@@ -117,11 +122,12 @@ def test_a_frames_deliveries_are_answered_in_one_frame_once_committed_and_the_ba
         answers = asyncio.run(main())
     finally:
         writer.close()
-    assert sorted((kind, number, receipt.status) for kind, number, receipt in answers) == [  # type: ignore[attr-defined]
-        ("done", 0, "stored"), ("done", 1, "stored"), ("done", 2, "pending")]
+    receipts = {number: wire.receipt(values) for kind, number, values in answers if kind == "receipt"}
+    assert sorted((number, receipt.status) for number, receipt in receipts.items()) == [
+        (0, "stored"), (1, "stored"), (2, "pending")]
     with closing(sqlite3.connect(tmp_path / "m.db")) as db:
         stored = dict(db.execute("SELECT id, status FROM deliveries").fetchall())
-    ids = {receipt.delivery_id: receipt.status for _, _, receipt in answers}  # type: ignore[attr-defined]
+    ids = {receipt.delivery_id: receipt.status for receipt in receipts.values()}
     assert stored == ids
     assert woken == [id_ for id_, status in ids.items() if status == "pending"]
 

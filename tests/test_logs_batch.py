@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -234,3 +235,57 @@ def test_a_json_line_is_what_json_dumps_writes_for_its_fields() -> None:
                 "message": "delivery ünï \\u2028", "pid": entry.process,
                 **{k: logs.escape(v) if isinstance(v, str) else v for k, v in entry.delivery.items()}}
     assert line == json.dumps(expected, default=str)
+
+
+def test_a_workers_answers_of_one_frame_are_logged_in_one_write_each_answered_after_it_without_a_wake_up(
+    stderr: Recording,
+) -> None:
+    # A worker of `serve --workers N` reads the parent's answers on its loop: the lines of a frame's
+    # deliveries go in one write, and their waiters are resolved without a thread-safe wake-up of that loop.
+    import asyncio
+    import socket
+
+    from mailhook.group import wire
+    from mailhook.group.channel import Channel
+    from mailhook.group.remote import RemoteStorage
+
+    _setup(stderr, pid=True)
+    events = stderr.events
+    worker_end, parent_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    parent = Channel(parent_end)
+
+    async def scenario() -> tuple[int, list[Receipt]]:
+        loop = asyncio.get_running_loop()
+        wakeups = 0
+        original = loop.call_soon_threadsafe
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            nonlocal wakeups
+            wakeups += 1
+            return original(*args, **kwargs)
+
+        storage = RemoteStorage(Channel(worker_end), on_ping=lambda _: None, on_lost=lambda: None, loop=loop)
+        pipeline = Pipeline(storage)
+        waiters = [pipeline.ingest_soon(_document(name))
+                   for name in ("text-outbound.xml", "text-inbound.json", "call-outbound.json")]
+        for waiter in waiters:
+            waiter.add_done_callback(lambda done: events.append(("answer", done.result().delivery_id)))
+        frame = await loop.run_in_executor(None, parent.receive_all)
+        assert frame is not None and len(frame) == 3
+        loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+        parent.send_all([("receipt", number, wire.receipt_values(Receipt(50 + number, "stored", 1)))
+                         for _, number, *_ in frame])
+        receipts = await asyncio.gather(*waiters)
+        storage.close()
+        return wakeups, receipts
+
+    try:
+        wakeups, receipts = asyncio.run(scenario())
+    finally:
+        parent.close()
+    assert wakeups == 0
+    assert [receipt.delivery_id for receipt in receipts] == [50, 51, 52]
+    assert [kind for kind, _ in events] == ["write", "answer", "answer", "answer"]
+    lines = events[0][1]
+    assert isinstance(lines, str) and lines.count("\n") == 3
+    assert all(f"delivery_id={50 + n} " in line for n, line in enumerate(lines.splitlines()))

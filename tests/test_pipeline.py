@@ -293,6 +293,42 @@ def test_deliveries_finished_together_are_handed_to_the_loop_with_one_wake_up(pi
     assert isinstance(outcomes[7], asyncio.CancelledError)
 
 
+def test_deliveries_finished_on_the_loops_own_thread_resolve_at_once_without_a_wake_up(pipeline: Pipeline) -> None:
+    # A worker of `serve --workers N` resolves its deliveries on its loop (it reads the parent's answers
+    # there): nothing to wake, and no turn of the loop to wait for.
+    from concurrent.futures import Future
+
+    async def scenario() -> tuple[int, list[bool], list[object]]:
+        loop = asyncio.get_running_loop()
+        wakeups = 0
+        original = loop.call_soon_threadsafe
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            nonlocal wakeups
+            wakeups += 1
+            return original(*args, **kwargs)
+
+        loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+        sources: list[Future[Receipt]] = [Future() for _ in range(4)]
+        waiters = [pipeline._on_loop(source) for source in sources]
+        waiters[3].cancel()  # its session went away meanwhile
+        sources[0].set_result(Receipt(1, "stored", 1))
+        sources[1].set_exception(RetryLater("disk full"))
+        sources[2].cancel()
+        sources[3].set_result(Receipt(4, "stored", 1))
+        done = [waiter.done() for waiter in waiters]
+        outcomes = await asyncio.gather(*waiters, return_exceptions=True)
+        return wakeups, done, outcomes
+
+    wakeups, done, outcomes = asyncio.run(scenario())
+    assert wakeups == 0
+    assert done == [True, True, True, True]
+    assert outcomes[0].delivery_id == 1  # type: ignore[union-attr]
+    assert isinstance(outcomes[1], RetryLater)
+    assert isinstance(outcomes[2], asyncio.CancelledError)
+    assert isinstance(outcomes[3], asyncio.CancelledError)
+
+
 def test_a_delivery_started_from_the_loop_resolves_only_after_its_log_line_and_listeners(
     pipeline: Pipeline, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

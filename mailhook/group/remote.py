@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from mailhook.budget import ByteBudget
 from mailhook.errors import RetryLater
+from mailhook.group import wire
 from mailhook.group.channel import Channel
+from mailhook.logs import HeldLines
 from mailhook.metrics import Metrics
 from mailhook.models import Delivery, Extraction, FolderPosition, Receipt
 from mailhook.store.rows import Completion, Rows, worker_rows
@@ -89,11 +91,12 @@ class RemoteStorage:
         An extraction goes as its rows, made here (as the extraction processes
         make them): the payload JSON and the row tuples are built on this
         worker's core, not in the parent's one writer thread, and tuples of
-        strings cost less to pickle than events.
+        strings cost less to pickle than events. The delivery and the rows go
+        as plain tuples (`group.wire`), which pickle in C.
         """
         if isinstance(extraction, Extraction):
             extraction = worker_rows(extraction, len(delivery.raw))
-        return self._ask("submit", delivery, extraction)
+        return self._ask("submit", wire.delivery_values(delivery), wire.found_values(extraction))
 
     def complete(self, completion: Completion) -> Future[Receipt]:
         """Send the events of a delivery stored pending to the parent's writer."""
@@ -222,8 +225,10 @@ class RemoteStorage:
             self._loop.remove_reader(self.channel.sock.fileno())
             self._end()
             return
-        for messages in frames:
-            self._take(messages)
+        # The log lines of the deliveries answered (the pipeline writes one each as it resolves) in one write.
+        with HeldLines():
+            for messages in frames:
+                self._take(messages)
 
     def _take(self, messages: list[tuple[Any, ...]]) -> None:
         # One frame: the answers to the deliveries of one of the parent's commits (or a ping, a read's answer).
@@ -238,7 +243,9 @@ class RemoteStorage:
                 future = self._waiting.pop(number, None)
             if future is None:
                 continue
-            if kind == "done":
+            if kind == "receipt":  # a delivery's, as its values
+                future.set_result(wire.receipt(rest[0]))
+            elif kind == "done":
                 future.set_result(rest[0])
             elif kind == "broken":  # the parent's extraction process died on it (or before it)
                 future.set_exception(BrokenProcessPool(rest[0]))

@@ -25,6 +25,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from mailhook.errors import RetryLater
+from mailhook.group import wire
 from mailhook.group.channel import Channel
 from mailhook.metrics import Metrics
 from mailhook.models import Delivery, Receipt
@@ -91,7 +92,7 @@ class StoreService:
         storage = self.pipeline.writer
         if kind == "submit":
             assert replies is not None
-            delivery, extraction = args
+            delivery, extraction = wire.delivery(args[0]), wire.found(args[1])
             started = time.perf_counter()
             stored = storage.submit(delivery, extraction)
             stored.add_done_callback(
@@ -181,11 +182,11 @@ class StoreService:
         elapsed = time.perf_counter() - started
         receipt = done.result() if done.exception() is None else None
         if pending and receipt is not None:
-            replies.add(_reply(number, done), (receipt.delivery_id, started))
+            replies.add(("receipt", number, wire.receipt_values(receipt)), (receipt.delivery_id, started))
             return
         for listener in self.pipeline.listeners:
             listener(delivery, receipt, elapsed)
-        replies.add(_reply(number, done))
+        replies.add(_reply(number, done) if receipt is None else ("receipt", number, wire.receipt_values(receipt)))
 
     def _answered(self, replies: list[tuple[Any, ...]], pending: list[tuple[int, float]]) -> None:
         """Send a frame's answers in one frame, after waking the backlog for those stored pending (once)."""

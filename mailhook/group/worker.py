@@ -115,6 +115,10 @@ async def serve(
                 log.exception("error while closing %s", door.name)
         storage.close()
         accept_failures.close()
+        # A stop signalled twice (systemd's SIGTERM to the cgroup, then the parent's) changes nothing now. asyncio
+        # closes its self-pipe before it removes its handler; a SIGTERM in between wrote to the closed pipe
+        # (a traceback in the log: "OSError: [Errno 9] Bad file descriptor" in _sighandler_noop).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., object], *args: object) -> None:
