@@ -301,6 +301,20 @@ class Connection(SMTP):
             self.__dict__.pop("data_received", None)
             self.armed_for = 0.0  # aiosmtpd cancelled the idle timer: the next `_reset_timeout` arms a new one
 
+    # Closes the private SMTP._writer, as aiosmtpd's command loop does when its session is cancelled.
+    def eof_received(self) -> bool | None:
+        """End the session at the client's EOF, as aiosmtpd does, closing the connection now if a message is stored.
+
+        aiosmtpd cancels the session, whose end closes the connection; a
+        session awaiting its message's store (`StoreOutcome`) is cancelled
+        only once the store is done, so the connection closes here instead,
+        and the session leaves the caps when its client left, as before.
+        """
+        keep_open = super().eof_received()
+        if self.storing and self.transport is not None:
+            self._writer.close()  # as the cancelled session's command loop does
+        return keep_open
+
     # Sets the private StreamReaderProtocol._stream_reader_wr and _strong_reader, as its __init__ sets them.
     def own_reader(self) -> None:
         """Read through a `SessionReader` instead of the StreamReader aiosmtpd's __init__ made, with the same limit.
