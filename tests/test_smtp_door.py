@@ -12,6 +12,7 @@ import json
 import logging
 import smtplib
 import socket
+import struct
 import threading
 import types
 from collections.abc import Callable, Iterator
@@ -817,8 +818,9 @@ def test_the_pipeline_s_mailbox_cancels_a_store_outcome_whose_store_was_cancelle
     assert asyncio.run(handed()) == ["receipt", RuntimeError, asyncio.CancelledError]
 
 
+@pytest.mark.parametrize("leaving", ["eof", "reset"])
 def test_a_message_whose_client_vanishes_while_it_is_stored_is_stored_and_waited_for(
-    start_server: StartServer,
+    start_server: StartServer, leaving: str,
 ) -> None:
     runtime = start_server(storage={"busy_timeout": 30})
     door = next(d for d in runtime.doors if isinstance(d, SmtpDoor))
@@ -830,6 +832,8 @@ def test_a_message_whose_client_vanishes_while_it_is_stored_is_stored_and_waited
             f.write(notification(61).replace(b"\n", b"\r\n") + b".\r\n")
             f.flush()
             wait_until(lambda: len(door.storing) == 1, 10, "the message being stored")
+            if leaving == "reset":  # closed with an RST: the server sees the connection lost, not an EOF
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         wait_until(lambda: not door.sessions, 10, "the session gone with its client")
         stores = list(door.storing)
         assert len(stores) == 1 and not stores[0].done()  # its store goes on, and the door waits for it
