@@ -195,18 +195,24 @@ class Pipeline:
             found = await self._extract_beside(delivery)
             return await self._on_loop(self.submit(delivery, found, started=started))
 
-    def ingest_soon(self, delivery: Delivery) -> asyncio.Future[Receipt]:
+    def ingest_soon(
+        self, delivery: Delivery, outcome: asyncio.Future[Receipt] | None = None,
+    ) -> asyncio.Future[Receipt]:
         """Start storing one delivery from the event loop; return a future of the loop that resolves as `ingest_async`.
 
         The common case (a small delivery of a channel acknowledged once
         stored) is extracted now and costs no coroutine or task of its own:
-        the SMTP door's per-message path. Any other runs `ingest_async` in a task.
+        the SMTP door's per-message path; it resolves and returns `outcome`
+        when given one (a pending future of the running loop). Any other
+        runs `ingest_async` in a task.
         """
         if delivery.channel in self.deferred or len(delivery.raw) > INLINE_LIMIT:
             return asyncio.ensure_future(self.ingest_async(delivery))
-        return self._stored_on_loop(delivery, time.perf_counter())
+        return self._stored_on_loop(delivery, time.perf_counter(), outcome)
 
-    def _stored_on_loop(self, delivery: Delivery, started: float) -> asyncio.Future[Receipt]:
+    def _stored_on_loop(
+        self, delivery: Delivery, started: float, outcome: asyncio.Future[Receipt] | None = None,
+    ) -> asyncio.Future[Receipt]:
         """Extract and queue `delivery`; return a future of the running loop that resolves once it is reported.
 
         As `_on_loop(submit(...))`, but the delivery is reported in the same
@@ -215,7 +221,7 @@ class Pipeline:
         callback per delivery. The report still comes first, as with `submit`.
         """
         stored = self.writer.submit(delivery, self._extracted(delivery))
-        waiter, mailbox = self._waiter()
+        waiter, mailbox = self._waiter(outcome)
         stored.add_done_callback(functools.partial(self._report_to_loop, delivery, started, mailbox, waiter))
         return waiter
 
@@ -234,13 +240,13 @@ class Pipeline:
         finally:
             after_lines(mailbox.put, waiter, done)
 
-    def _waiter(self) -> tuple[asyncio.Future[Receipt], _Mailbox]:
-        """Return a new future of the running loop and the mailbox that resolves it."""
+    def _waiter(self, outcome: asyncio.Future[Receipt] | None = None) -> tuple[asyncio.Future[Receipt], _Mailbox]:
+        """Return `outcome` or a new future of the running loop, and the mailbox that resolves it."""
         loop = asyncio.get_running_loop()
         mailbox = self._mailbox
         if mailbox is None or mailbox.loop is not loop:
             mailbox = self._mailbox = _Mailbox(loop)
-        return loop.create_future(), mailbox
+        return loop.create_future() if outcome is None else outcome, mailbox
 
     def _on_loop(self, source: Future[Receipt]) -> asyncio.Future[Receipt]:
         """Return an asyncio future of the running loop that resolves as `source` does (`asyncio.wrap_future`).
@@ -365,7 +371,7 @@ def _settle(waiter: asyncio.Future[Receipt], source: Future[Receipt]) -> None:
     if waiter.cancelled():
         return
     if source.cancelled():
-        waiter.cancel()
+        asyncio.Future.cancel(waiter)  # Future's own: the SMTP door's outcome refuses its task's cancel
     elif (exc := source.exception()) is not None:
         waiter.set_exception(exc)
     else:

@@ -169,7 +169,19 @@ def test_the_private_asyncio_names_the_sessions_reader_relies_on_still_exist() -
     try:
         reader = asyncio.StreamReader(limit=5, loop=loop)
         protocol = asyncio.StreamReaderProtocol(reader, client_connected_cb=lambda r, w: None, loop=loop)
-        owners = {"StreamReader": reader, "StreamReaderProtocol": protocol}
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        transport = loop._make_socket_transport(ours, asyncio.Protocol())  # type: ignore[attr-defined]
+        assert type(transport) is session.SOCKET_TRANSPORT  # what `Connection.sent` reads directly
+        # The two reads `sent` makes are still what the methods they stand in for return.
+        assert (transport._buffer, transport._closing) == (bytearray(), False)
+        transport.write(b"x" * (1 << 22))  # the peer is not reading: most of it stays in the write buffer
+        assert bool(transport._buffer) == bool(transport.get_write_buffer_size()) is True
+        transport.abort()
+        assert transport._closing is transport.is_closing() is True
+        loop.run_until_complete(asyncio.sleep(0))  # the transport's connection_lost closes its socket
+        theirs.close()
+        owners = {"StreamReader": reader, "StreamReaderProtocol": protocol, "_SelectorSocketTransport": transport}
         for name in session.ASYNCIO_PRIVATE_NAMES:
             owner, attribute = name.split(".")
             assert hasattr(owners[owner], attribute), f"Python changed asyncio's {name}, which {where} relies on"

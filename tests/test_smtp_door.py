@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import gc
@@ -11,6 +12,7 @@ import json
 import logging
 import smtplib
 import socket
+import struct
 import threading
 import types
 from collections.abc import Callable, Iterator
@@ -38,8 +40,9 @@ from smtp_support import (
 
 from mailhook.budget import InflightBudget
 from mailhook.errors import ConfigError
+from mailhook.pipeline import _Mailbox
 from mailhook.server import Runtime
-from mailhook.smtp.door import SmtpDoor
+from mailhook.smtp.door import SmtpDoor, StoreOutcome
 from mailhook.smtp.session import RCPT_OVERSHOOT, Connection
 
 EXPECTED = ".expected.json"
@@ -760,3 +763,79 @@ def test_a_session_that_ends_while_its_message_is_stored_leaves_the_store_going_
         asyncio.run(leave())
         gc.collect()
     assert "never retrieved" not in caplog.text  # the door retrieved the outcome nobody else could
+
+
+def test_a_session_cancelled_while_awaiting_its_store_outcome_is_cancelled_once_the_store_is_done(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    steps: list[str] = []
+
+    async def session(outcome: StoreOutcome) -> None:
+        try:
+            await outcome
+        except asyncio.CancelledError:
+            steps.append("cancelled")
+            raise
+        steps.append("resumed")  # never: the outcome is dropped
+
+    async def leave() -> None:
+        loop = asyncio.get_running_loop()
+        outcome = StoreOutcome(loop=loop)
+        task = asyncio.ensure_future(session(outcome))
+        await asyncio.sleep(0)
+        assert task.cancel()  # as aiosmtpd's connection_lost cancels the session
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert not outcome.done() and not task.done() and steps == []  # the store goes on, the session waits
+        outcome.set_exception(RuntimeError("disk"))  # retrieved by the task: nothing logged
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert task.cancelled() and steps == ["cancelled"]
+        outcome = StoreOutcome(loop=loop)
+        outcome.set_result("receipt")
+        assert not outcome.cancel() and outcome.result() == "receipt"
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        asyncio.run(leave())
+    assert not caplog.records
+
+
+def test_the_pipeline_s_mailbox_cancels_a_store_outcome_whose_store_was_cancelled() -> None:
+    async def handed() -> list[object]:
+        loop = asyncio.get_running_loop()
+        mailbox = _Mailbox(loop)
+        outcomes = [StoreOutcome(loop=loop) for _ in range(3)]
+        sources: list[concurrent.futures.Future[Any]] = [concurrent.futures.Future() for _ in range(3)]
+        sources[0].set_result("receipt")
+        sources[1].set_exception(RuntimeError("disk"))
+        sources[2].cancel()
+        for outcome, source in zip(outcomes, sources, strict=True):
+            mailbox.put(outcome, source)
+        results = await asyncio.gather(*outcomes, return_exceptions=True)
+        assert outcomes[2].cancelled()
+        return [r if isinstance(r, str) else type(r) for r in results]
+
+    assert asyncio.run(handed()) == ["receipt", RuntimeError, asyncio.CancelledError]
+
+
+@pytest.mark.parametrize("leaving", ["eof", "reset"])
+def test_a_message_whose_client_vanishes_while_it_is_stored_is_stored_and_waited_for(
+    start_server: StartServer, leaving: str,
+) -> None:
+    runtime = start_server(storage={"busy_timeout": 30})
+    door = next(d for d in runtime.doors if isinstance(d, SmtpDoor))
+    sock, f = raw_session(runtime)
+    with locked(_db(runtime)):
+        with sock, f:
+            for line in (b"EHLO c", b"MAIL FROM:<a@callfire.com>", b"RCPT TO:<ops@example.com>", b"DATA"):
+                assert say(f, line)[:1] in (b"2", b"3")
+            f.write(notification(61).replace(b"\n", b"\r\n") + b".\r\n")
+            f.flush()
+            wait_until(lambda: len(door.storing) == 1, 10, "the message being stored")
+            if leaving == "reset":  # closed with an RST: the server sees the connection lost, not an EOF
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        wait_until(lambda: not door.sessions, 10, "the session gone with its client")
+        stores = list(door.storing)
+        assert len(stores) == 1 and not stores[0].done()  # its store goes on, and the door waits for it
+    wait_until(lambda: not door.storing, 30, "the store done")
+    assert rows(_db(runtime), "SELECT count(*) FROM events WHERE resource_id = ?", 61) == [(1,)]

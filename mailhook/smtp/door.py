@@ -36,6 +36,25 @@ RETRY_LATER = "451 4.3.0 Storage temporarily unavailable, please try again later
 TOO_MANY_SESSIONS = b"421 4.3.2 Too many connections, please try again later\r\n"
 TOO_MANY_FROM_ADDRESS = b"421 4.7.0 Too many connections from your address, please try again later\r\n"
 TOO_FAST = b"421 4.7.0 Too many connections from your address in the last minute, please slow down\r\n"
+
+
+class StoreOutcome(asyncio.Future[Any]):
+    """A message's store, as the session awaits it: cancelling the session (its connection lost) does not cancel it.
+
+    asyncio's Task, cancelled while it awaits a future that refuses the
+    cancel, raises `CancelledError` in its coroutine at its next step: here
+    once the store is done, its outcome retrieved and dropped. So the store
+    goes on and the door's `close` waits for it, as `SmtpDoor.track` makes it
+    for a store in a task, without a second future, its callback and the
+    loop's turn between them (docs/performance.md, smtp-door7). The
+    pipeline's mailbox, which resolves it, cancels it by `Future.cancel`.
+    """
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        """Refuse: the session awaiting this is cancelled once the store is done."""
+        return False
+
+
 def matches(address: str, patterns: tuple[str, ...]) -> bool:
     """Say whether `address` is one of `patterns`: an exact ADDR or any address @DOMAIN, ignoring case."""
     address = address.lower()
@@ -108,10 +127,20 @@ class Handler(PasswordAuth):
             envelope_to=tuple(envelope.rcpt_tos),
             remote_addr=server.peer_ip,
         )
+        door = self.door
         try:
             # The store goes on even if the client vanishes or times out meanwhile:
             # the door waits for these futures before the writer is closed.
-            receipt = await self.door.track(self.door.runtime.pipeline.ingest_soon(delivery))
+            outcome = StoreOutcome(loop=server.loop)
+            store = door.runtime.pipeline.ingest_soon(delivery, outcome)
+            if store is outcome:  # the common case: awaited as it is, see StoreOutcome
+                door.storing.add(store)
+                try:
+                    receipt = await store
+                finally:
+                    door.storing.discard(store)
+            else:  # a store in a task (large, or acknowledged on receipt)
+                receipt = await door.track(store)
         except RetryLater:
             return RETRY_LATER
         except Exception:  # the client gets a retryable answer, never the exception text

@@ -13,6 +13,7 @@ import functools
 import logging
 import time
 import weakref
+from asyncio import selector_events
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, SupportsIndex
 
@@ -45,7 +46,10 @@ ASYNCIO_PRIVATE_NAMES = (
     "StreamReader._buffer", "StreamReader._waiter", "StreamReader._eof", "StreamReader._exception",
     "StreamReader._limit", "StreamReader._paused", "StreamReader._transport", "StreamReader._loop",
     "StreamReaderProtocol._stream_reader_wr", "StreamReaderProtocol._strong_reader",
+    "_SelectorSocketTransport._buffer", "_SelectorSocketTransport._closing",
 )
+# asyncio's plain TCP transport, whose write buffer and closing state `Connection.sent` reads directly.
+SOCKET_TRANSPORT: Any = selector_events._SelectorSocketTransport  # type: ignore[attr-defined]
 
 SHUTTING_DOWN = b"421 4.3.2 Service shutting down, please try again later\r\n"
 EVICTED = b"421 4.3.2 Too many connections; closing this session, which delivered no message lately\r\n"
@@ -301,6 +305,20 @@ class Connection(SMTP):
             self.__dict__.pop("data_received", None)
             self.armed_for = 0.0  # aiosmtpd cancelled the idle timer: the next `_reset_timeout` arms a new one
 
+    # Closes the private SMTP._writer, as aiosmtpd's command loop does when its session is cancelled.
+    def eof_received(self) -> bool | None:
+        """End the session at the client's EOF, as aiosmtpd does, closing the connection now if a message is stored.
+
+        aiosmtpd cancels the session, whose end closes the connection; a
+        session awaiting its message's store (`StoreOutcome`) is cancelled
+        only once the store is done, so the connection closes here instead,
+        and the session leaves the caps when its client left, as before.
+        """
+        keep_open = super().eof_received()
+        if self.storing and self.transport is not None:
+            self._writer.close()  # as the cancelled session's command loop does
+        return keep_open
+
     # Sets the private StreamReaderProtocol._stream_reader_wr and _strong_reader, as its __init__ sets them.
     def own_reader(self) -> None:
         """Read through a `SessionReader` instead of the StreamReader aiosmtpd's __init__ made, with the same limit.
@@ -415,7 +433,8 @@ class Connection(SMTP):
             transport.close()
 
     # Writes to the session's transport, the one aiosmtpd's push writes to through the private SMTP._writer:
-    # aiosmtpd's connection_made switches both together at STARTTLS (checked by tests/test_library_internals.py).
+    # aiosmtpd's connection_made switches both together at STARTTLS (checked by tests/test_library_internals.py);
+    # reads asyncio's socket transport's private _buffer and _closing as its methods do (`ASYNCIO_PRIVATE_NAMES`).
     def sent(self, status: str) -> bool:
         """Send a reply that is no refusal as `push` would, without its coroutine; False (nothing sent) if not one.
 
@@ -433,8 +452,15 @@ class Connection(SMTP):
             return False
         # The transport itself, not the StreamWriter's `transport` property and `write` around it (two Python
         # calls per reply); None once the connection is lost, where push writes and raises as before.
-        transport: asyncio.WriteTransport | None = self.transport  # type: ignore[assignment]
-        if transport is None or transport.get_write_buffer_size() or transport.is_closing():
+        transport: Any = self.transport
+        if transport is None:
+            return False
+        if type(transport) is SOCKET_TRANSPORT:
+            # asyncio's socket transport (not TLS's): its `get_write_buffer_size()` and `is_closing()` are these two
+            # reads, two Python calls less per reply.
+            if transport._buffer or transport._closing:
+                return False
+        elif transport.get_write_buffer_size() or transport.is_closing():
             return False
         transport.write(status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii") + b"\r\n")
         return True
