@@ -26,7 +26,7 @@ from mailhook.errors import Unreadable
 from mailhook.extract.charset import decode_document
 from mailhook.extract.embedded import clean_text, documents_in_body, is_whole_document
 from mailhook.extract.flowed import unflow
-from mailhook.extract.simple_mail import read_simple_mail
+from mailhook.extract.simple_mail import first_blank_line, read_simple_mail
 from mailhook.models import MailLimits, quick_init
 
 log = logging.getLogger("mailhook.mail")
@@ -486,10 +486,9 @@ def _trim_plain_headers(raw: bytes, head_end: int) -> bytes | None:
 
 def _header_end(raw: bytes) -> int:
     """Return where the first blank line (`\\r?\\n\\r?\\n`) starts, or len(raw): bytes.find, not a regex scan."""
-    ends = [i for i in (raw.find(b"\n\n"), raw.find(b"\n\r\n")) if i >= 0]
-    if not ends:
+    first = first_blank_line(raw)
+    if first < 0:
         return len(raw)
-    first = min(ends)
     return first - 1 if first > 0 and raw[first - 1] == 0x0D else first
 
 
