@@ -12,6 +12,7 @@ from mailhook.extract.simple_mail import (
     _FIELD_LINE,
     _header_bytes_plain,
     _without_last_line_end,
+    cr_only_before_lf,
     first_blank_line,
 )
 
@@ -80,3 +81,18 @@ def test_every_byte_outside_printable_ascii_tab_and_line_ends_is_odd() -> None:
 def test_the_field_lines_are_the_ones_the_multiline_pattern_found(data: bytes) -> None:
     text = data.decode("latin-1")
     assert _FIELD_LINE.findall("\n" + text) == _OLD_FIELD_LINE.findall(text)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(_BYTES)
+def test_cr_only_before_lf_says_what_the_two_counts_said(data: bytes) -> None:
+    assert cr_only_before_lf(data) == (data.count(b"\r") == data.count(b"\r\n"))
+
+
+def test_a_crlf_email_s_blank_line_is_found_as_an_lf_one_s() -> None:
+    lf = b"Subject: x\nTo: y\n\nbody\n\nmore\n"
+    crlf = lf.replace(b"\n", b"\r\n")
+    assert first_blank_line(lf) == 16
+    assert first_blank_line(crlf) == 18
+    assert first_blank_line(b"Subject: x\r\n\nbody") == 11  # CRLF lines, then an LF blank line
+    assert first_blank_line(b"Subject: x\nTo: y\r\n\r\nbody") == 17  # LF first, then CRLF

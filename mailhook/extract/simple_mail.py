@@ -184,13 +184,20 @@ def _header_and_body(data: bytes) -> tuple[bytes, bytes] | None:
 
 
 def first_blank_line(data: bytes) -> int:
-    """Return where the first `\\n\\n` or `\\n\\r\\n` starts, or -1: the second searched only before the first."""
-    first = data.find(b"\n\n")
+    """Return where the first `\\n\\n` or `\\n\\r\\n` starts, or -1: the other searched only before the one found.
+
+    The first line's end says which to look for first: an LF-only email has no
+    "\\n\\r\\n" at all, and a CRLF one (as SMTP delivers it) no "\\n\\n", so a
+    search for the wrong one would scan the whole body.
+    """
+    newline = data.find(b"\n")
+    usual, other = (b"\n\r\n", b"\n\n") if newline > 0 and data[newline - 1] == 0x0D else (b"\n\n", b"\n\r\n")
+    first = data.find(usual)
     if first < 0:
-        return data.find(b"\n\r\n")
-    # An LF-only email has no "\n\r\n" at all: searching the whole body for one would scan it to its end.
-    crlf = data.find(b"\n\r\n", 0, first + 2)
-    return crlf if crlf >= 0 else first
+        return data.find(other)
+    # A match of the other before this one starts at most one byte before it (and ends within first + 2).
+    earlier = data.find(other, 0, first + 2)
+    return earlier if earlier >= 0 else first
 
 
 def _without_last_line_end(payload: bytes) -> bytes:
@@ -207,7 +214,12 @@ def _header_bytes_plain(block: bytes) -> bool:
     its blank line). Two scans in C, not a regex tried at every byte.
     """
     block = block.removesuffix(b"\r")
-    return not block.translate(None, _PLAIN_HEADER_BYTES) and block.count(b"\r") == block.count(b"\r\n")
+    return not block.translate(None, _PLAIN_HEADER_BYTES) and cr_only_before_lf(block)
+
+
+def cr_only_before_lf(data: bytes) -> bool:
+    """Say whether every CR in `data` is followed by an LF; `in` (memchr) first, as LF-only text has no CR at all."""
+    return b"\r" not in data or data.count(b"\r") == data.count(b"\r\n")
 
 
 def _fields(
@@ -307,7 +319,7 @@ def _multipart(media: re.Match[str], fields: dict[str, str], body: bytes) -> lis
         or media.group(2).lower() not in _MULTIPART
         or "content-disposition" in fields
         or fields.get("content-transfer-encoding", "7bit").lower() not in ("7bit", "8bit")
-        or body.count(b"\r") != body.count(b"\r\n")
+        or not cr_only_before_lf(body)
     ):
         return None
     boundary = params.get("boundary", "")
