@@ -36,6 +36,8 @@ _QUOTED_CONTENT = re.compile(r"^(?:[ \t]*>)+[ \t]*(?:[A-Za-z][A-Za-z0-9 _/-]{0,4
 # a million times must cost one pass, not one pass per tag.
 _HTML_BREAK = re.compile(r"<\s*(?:br|/p|/div|/tr|/li|/h\d|/pre)\b[^<>]*>", re.IGNORECASE)
 _HTML_TAG = re.compile(r"<[^<>]*>")
+# A "<" that no ">" closes before the next "<" or the end: _HTML_TAG leaves it in the text.
+_UNCLOSED_BRACKET = re.compile(r"<[^<>]*(?:<|\Z)")
 _HTML_HIDDEN = re.compile(r"<(script|style|head)\b|</(script|style|head)\s*>", re.IGNORECASE)
 # The same in an ASCII text, where IGNORECASE is exactly both cases of each letter (elsewhere it also
 # takes U+017F for "s"): spelt as classes, the match tried at every "<" costs a third less.
@@ -85,7 +87,7 @@ def find_documents(text: str) -> list[bytes]:
 def documents_in_body(body: str, is_html: bool) -> list[bytes]:
     """Search a body (unquoted), and an HTML body also with tags removed and entities undone."""
     variants = [body]
-    if is_html:
+    if is_html and _visible_text_may_hold_document(body):
         variants.append(html_to_text(body))
     found: list[bytes] = []
     for variant in variants:
@@ -95,6 +97,20 @@ def documents_in_body(body: str, is_html: bool) -> list[bytes]:
             variant = _QUOTE_PREFIX.sub("", variant)
         found += find_documents(variant)
     return found
+
+
+def _visible_text_may_hold_document(markup: str) -> bool:
+    """Say whether html_to_text(markup) may hold a "<" or "{", without which find_documents finds nothing there.
+
+    Its text is the markup without hidden elements, breaks and tags, entities
+    undone: a "<" or "{" there comes from an entity ("&"), a brace, or a "<"
+    that no ">" closes before the next "<" (every other "<" starts a tag or a
+    break that is removed, whatever was removed before it). An HTML table of
+    fields has none, and its three regex passes are saved (docs/performance.md,
+    parse7); drop_hidden's result is cached for the text reader anyway.
+    """
+    visible = drop_hidden(markup)
+    return "&" in visible or "{" in visible or _UNCLOSED_BRACKET.search(visible) is not None
 
 
 def html_to_text(markup: str) -> str:
@@ -267,7 +283,8 @@ def clean_text(text: str) -> str:
 
 def _has_quoted_line(text: str) -> bool:
     """Say whether a line starts with `>` (after blanks), as `re.search("^[ \\t]*>", text, re.M)` would."""
-    return _QUOTED_FIRST.match(text) is not None or _QUOTED_NEXT.search(text) is not None
+    # Most parts quote nothing: a text without ">" is told by one scan in C, not a regex search stopping at every line.
+    return ">" in text and (_QUOTED_FIRST.match(text) is not None or _QUOTED_NEXT.search(text) is not None)
 
 
 def _has_forward_mark(text: str) -> bool:

@@ -62,15 +62,16 @@ _CHARSETS = frozenset(
 )
 _FIELD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]*:")
 # One unfolded field line, as _fields reads it: the name, and the value without leading blanks or the line's CR
-# (a CR can only end a line: _ODD_HEADER_BYTE).
-_FIELD_LINE = re.compile(r"^([A-Za-z][A-Za-z0-9-]*):[ \t]*([^\r\n]*)\r?$", re.MULTILINE)
+# (a CR can only end a line: _header_bytes_plain). Matched in the block with a "\n" put in front, each line after
+# its "\n": a literal the search skips to, where a MULTILINE `^` is tried at every character.
+_FIELD_LINE = re.compile(r"\n([A-Za-z][A-Za-z0-9-]*):[ \t]*([^\r\n]*)\r?(?=\n|\Z)")
 # The fields mail._trim_headers keeps at the top; in a part, the ones whose meaning is read here.
 _TOP_FIELDS = frozenset(
     {"subject", "message-id", "mime-version", "content-type", "content-transfer-encoding", "content-disposition"}
 )
 _PART_FIELDS = frozenset({"mime-version", "content-type", "content-transfer-encoding", "content-disposition"})
-# Header bytes the fast path takes: printable ASCII, tab, and CR only before LF.
-_ODD_HEADER_BYTE = re.compile(rb"[^\t\n\r\x20-\x7e]|\r(?!\n)")
+# Header bytes the fast path takes: printable ASCII, tab, and CR only before LF (_header_bytes_plain).
+_PLAIN_HEADER_BYTES = b"\t\n\r" + bytes(range(0x20, 0x7F))
 # A quoted value may hold `=` (email.generator quotes its `===============N==` boundaries); get_param unquotes it.
 _TOKEN = r'(?:"[A-Za-z0-9._:=+-]+"|[A-Za-z0-9._:+-]+)'
 _PARAMETERS = rf"((?:;[ \t]*[A-Za-z]+[ \t]*=[ \t]*{_TOKEN}[ \t]*)*)"
@@ -84,7 +85,6 @@ _ENCODINGS = frozenset({"", "7bit", "8bit", "quoted-printable", "base64"})
 _MULTIPART = frozenset({"mixed", "alternative", "related"})
 _DOCUMENT_TYPES = frozenset({"application/xml", "application/json"})
 _BOUNDARY = re.compile(r"[0-9A-Za-z._=+-]{1,70}")
-_LAST_LINE_END = re.compile(rb"(?:\r\n|\n)\Z")
 
 
 @quick_init
@@ -158,7 +158,7 @@ def _add_multipart(
                 return False
             continue
         # RFC 2046: the line end before a delimiter belongs to it, so email.feedparser takes it off the payload.
-        payload = _LAST_LINE_END.sub(b"", part_split[1], count=1)
+        payload = _without_last_line_end(part_split[1])
         if part_fields.get("content-type", "")[:10].lower() == "multipart/":  # before a regex match per leaf
             inner = _MEDIA_TYPE.fullmatch(part_fields["content-type"])
             if not nest or inner is None or not _add_multipart(
@@ -176,11 +176,50 @@ def _header_and_body(data: bytes) -> tuple[bytes, bytes] | None:
         return b"", data[1:]
     if data.startswith(b"\r\n"):
         return b"", data[2:]
-    first = min((i for i in (data.find(b"\n\n"), data.find(b"\n\r\n")) if i >= 0), default=-1)
+    first = first_blank_line(data)
     if first < 0:
         return None  # headers only: left to the slow path
     # The block runs up to the last field's LF (a CR before it stays, and _store strips it).
     return data[:first], data[first + 2 :] if data[first + 1] == 0x0A else data[first + 3 :]
+
+
+def first_blank_line(data: bytes) -> int:
+    """Return where the first `\\n\\n` or `\\n\\r\\n` starts, or -1: the other searched only before the one found.
+
+    The first line's end says which to look for first: an LF-only email has no
+    "\\n\\r\\n" at all, and a CRLF one (as SMTP delivers it) no "\\n\\n", so a
+    search for the wrong one would scan the whole body.
+    """
+    newline = data.find(b"\n")
+    usual, other = (b"\n\r\n", b"\n\n") if newline > 0 and data[newline - 1] == 0x0D else (b"\n\n", b"\n\r\n")
+    first = data.find(usual)
+    if first < 0:
+        return data.find(other)
+    # A match of the other before this one starts at most one byte before it (and ends within first + 2).
+    earlier = data.find(other, 0, first + 2)
+    return earlier if earlier >= 0 else first
+
+
+def _without_last_line_end(payload: bytes) -> bytes:
+    """Return `payload` without the CRLF or LF that ends it (what `(?:\\r\\n|\\n)\\Z` would cut), if any."""
+    if payload.endswith(b"\r\n"):
+        return payload[:-2]
+    return payload[:-1] if payload.endswith(b"\n") else payload
+
+
+def _header_bytes_plain(block: bytes) -> bool:
+    """Say whether a header block holds only printable ASCII, tabs and line ends, a CR only before an LF.
+
+    A CR ending the block counts as before an LF (the block stops at the LF of
+    its blank line). Two scans in C, not a regex tried at every byte.
+    """
+    block = block.removesuffix(b"\r")
+    return not block.translate(None, _PLAIN_HEADER_BYTES) and cr_only_before_lf(block)
+
+
+def cr_only_before_lf(data: bytes) -> bool:
+    """Say whether every CR in `data` is followed by an LF; `in` (memchr) first, as LF-only text has no CR at all."""
+    return b"\r" not in data or data.count(b"\r") == data.count(b"\r\n")
 
 
 def _fields(
@@ -191,7 +230,7 @@ def _fields(
     A field not in `names` declines the block, unless `others`: then it is
     counted (compat32 reads it) and passed over, as nothing here reads it.
     """
-    if _ODD_HEADER_BYTE.search(block.removesuffix(b"\r")) is not None or block.startswith((b" ", b"\t")):
+    if not _header_bytes_plain(block) or block.startswith((b" ", b"\t")):
         return None
     fields: dict[str, str] = {}
     if not block:
@@ -224,7 +263,7 @@ def _unfolded_fields(
     text: str, names: frozenset[str], limits: MailLimits, count: list[int], others: bool
 ) -> dict[str, str] | None:
     """Do what _fields does for a block with no continuation line: one regex scan, not a loop over its lines."""
-    pairs = _FIELD_LINE.findall(text)
+    pairs = _FIELD_LINE.findall("\n" + text)
     if len(pairs) != text.count("\n") + 1:
         return None  # a line that is not `name: value`
     fields: dict[str, str] = {}
@@ -280,7 +319,7 @@ def _multipart(media: re.Match[str], fields: dict[str, str], body: bytes) -> lis
         or media.group(2).lower() not in _MULTIPART
         or "content-disposition" in fields
         or fields.get("content-transfer-encoding", "7bit").lower() not in ("7bit", "8bit")
-        or body.count(b"\r") != body.count(b"\r\n")
+        or not cr_only_before_lf(body)
     ):
         return None
     boundary = params.get("boundary", "")
@@ -349,7 +388,7 @@ def _add_forward(body: bytes, limits: MailLimits, count: list[int], plain: list[
     if fields is None:
         return False
     found: list[dict[str, object]] = []
-    payload = _LAST_LINE_END.sub(b"", split[1], count=1)
+    payload = _without_last_line_end(split[1])
     return _add_part(fields, payload, plain, html, found) and not found
 
 
