@@ -290,6 +290,17 @@ async def _burst(port: int, first: int, sessions: int = 8) -> None:
     await asyncio.gather(*(deliver(reader, writer, first + n) for n, (reader, writer) in enumerate(opened)))
 
 
+async def _http_burst(port: int, connections: int = 8) -> None:
+    """Open `connections` HTTP connections at once and ask /healthz on each."""
+    opened = await asyncio.gather(*(asyncio.open_connection("127.0.0.1", port) for _ in range(connections)))
+    for _, writer in opened:
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: mailhook\r\nConnection: close\r\n\r\n")
+    for reader, writer in opened:
+        assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+        writer.close()
+        await writer.wait_closed()
+
+
 def _accepts_per_wakeup(trace: Path) -> list[int]:
     """Return, from `strace -e trace=accept4,epoll_wait` of one thread, the connections accepted after each wake-up."""
     turns = [0]
@@ -307,6 +318,8 @@ def test_a_burst_of_sessions_is_shared_out_each_worker_accepting_one_connection_
     serve: type[Served], tmp_path: Path,
 ) -> None:
     """Eight sessions opened at once, five times over: no worker takes more than one per wake-up, both serve.
+
+(Then two bursts of eight HTTP connections: the HTTP door's socket takes turns too.)
 
     The first check is deterministic: every accept4 of each worker's event loop is traced, and between two
     epoll_waits at most one succeeds (before, a worker took every connection waiting, up to 100, at once).
@@ -327,12 +340,14 @@ def test_a_burst_of_sessions_is_shared_out_each_worker_accepting_one_connection_
                                for pid in workers), 30, "strace attached to both workers")
         for burst in range(5):
             asyncio.run(_burst(server.smtp, 880_000 + 8 * burst))
+        for _ in range(2):
+            asyncio.run(_http_burst(server.http))
     finally:
         tracer.send_signal(signal.SIGINT)  # detaches, leaving the workers running
         tracer.wait(timeout=30)
     turns = {pid: _accepts_per_wakeup(Path(f"{traced}.{pid}")) for pid in workers}
     assert all(max(per_turn) <= 1 for per_turn in turns.values()), turns
-    assert sum(sum(per_turn) for per_turn in turns.values()) == 40
+    assert sum(sum(per_turn) for per_turn in turns.values()) == 40 + 16  # every SMTP session, every HTTP one
     assert all(sum(per_turn) >= 1 for per_turn in turns.values()), turns
     assert server.pids("smtp") == set(workers)
     assert server.stop() == 0
