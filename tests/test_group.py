@@ -325,9 +325,9 @@ def test_a_burst_of_sessions_is_shared_out_each_worker_accepting_one_connection_
     epoll_waits at most one succeeds (before, a worker took every connection waiting, up to 100, at once).
     The second, that both workers served sessions, holds because a worker takes one connection and goes
     round its loop before the next, while the other, woken by the same readiness, takes what waits: for it
-    to fail, one worker would have to win all 40 accepts of five bursts (measured without strace, 20 bursts
-    at a time: 5 bursts of 60 went whole to one worker, each time either one; with strace every turn of
-    both workers is slower alike).
+    to fail, one worker would have to win all 40 accepts of five bursts (bench/worker_split.py, without
+    strace: 13 bursts of 140 went whole to one worker, either one, so five in a row on the same one about
+    once in 10,000 runs if independent; with strace every turn of both workers is slower alike).
     """
     server = serve(2)
     workers = server.workers()
