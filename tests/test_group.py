@@ -326,8 +326,8 @@ def test_a_burst_of_sessions_is_shared_out_each_worker_accepting_one_connection_
     The second, that both workers served sessions, holds because a worker takes one connection and goes
     round its loop before the next, while the other, woken by the same readiness, takes what waits: for it
     to fail, one worker would have to win all 40 accepts of five bursts (bench/worker_split.py, without
-    strace: 13 bursts of 140 went whole to one worker, either one, so five in a row on the same one about
-    once in 10,000 runs if independent; with strace every turn of both workers is slower alike).
+    strace: 13 bursts of 140 went whole to one worker, either one, so five in a row on the same one far
+    less than once in 10,000 runs if independent; with strace every turn of both workers is slower alike).
     """
     server = serve(2)
     workers = server.workers()
