@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -269,6 +270,108 @@ def test_one_worker_is_the_single_process_of_before(serve: type[Served]) -> None
     assert server.stop() == 0
     assert "INFO mailhook.ingest: delivery channel=smtp" in server.text()  # no [pid]
     assert "worker" not in server.text()
+
+
+async def _burst(port: int, first: int, sessions: int = 8) -> None:
+    """Open `sessions` SMTP sessions at once (as bench/smtp.py does), then deliver one email on each."""
+    opened = await asyncio.gather(*(asyncio.open_connection("127.0.0.1", port) for _ in range(sessions)))
+
+    async def deliver(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
+        data = notification(number).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n").replace(b"\r\n.", b"\r\n..")
+        assert (await reader.readline()).startswith(b"220")
+        for command, code in ((b"HELO burst", b"250"), (b"MAIL FROM:<notifications@callfire.com>", b"250"),
+                              (b"RCPT TO:<ops@example.com>", b"250"), (b"DATA", b"354"),
+                              (data + b"\r\n.", b"250"), (b"QUIT", b"221")):
+            writer.write(command + b"\r\n")
+            assert (await reader.readline()).startswith(code)
+        writer.close()
+        await writer.wait_closed()
+
+    await asyncio.gather(*(deliver(reader, writer, first + n) for n, (reader, writer) in enumerate(opened)))
+
+
+async def _http_burst(port: int, connections: int = 8) -> None:
+    """Open `connections` HTTP connections at once and ask /healthz on each."""
+    opened = await asyncio.gather(*(asyncio.open_connection("127.0.0.1", port) for _ in range(connections)))
+    for _, writer in opened:
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: mailhook\r\nConnection: close\r\n\r\n")
+    for reader, writer in opened:
+        assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+        writer.close()
+        await writer.wait_closed()
+
+
+def _accepts_per_wakeup(trace: Path) -> list[int]:
+    """Return, from `strace -e trace=accept4,epoll_wait` of one thread, the connections accepted after each wake-up."""
+    turns = [0]
+    for line in trace.read_text().splitlines():
+        if line.startswith("epoll_wait("):
+            turns.append(0)
+        elif line.startswith("accept4(") and re.search(r"\) = \d+$", line):
+            turns[-1] += 1
+    return turns
+
+
+@pytest.mark.slow
+@pytest.mark.needs("strace", "strace")
+def test_a_burst_of_sessions_is_shared_out_each_worker_accepting_one_connection_a_turn(
+    serve: type[Served], tmp_path: Path,
+) -> None:
+    """Eight sessions opened at once, five times over: no worker takes more than one per wake-up, both serve.
+
+(Then two bursts of eight HTTP connections: the HTTP door's socket takes turns too.)
+
+    The first check is deterministic: every accept4 of each worker's event loop is traced, and between two
+    epoll_waits at most one succeeds (before, a worker took every connection waiting, up to 100, at once).
+    The second, that both workers served sessions, holds because a worker takes one connection and goes
+    round its loop before the next, while the other, woken by the same readiness, takes what waits: for it
+    to fail, one worker would have to win all 40 accepts of five bursts (bench/worker_split.py, without
+    strace: 13 bursts of 140 went whole to one worker, either one, so five in a row on the same one far
+    less than once in 10,000 runs if independent; with strace every turn of both workers is slower alike).
+    """
+    server = serve(2)
+    workers = server.workers()
+    assert len(workers) == 2
+    traced = tmp_path / "accepts"
+    tracer = subprocess.Popen(["strace", "-qq", "-ff", "-o", str(traced), "-e", "trace=accept4,epoll_wait",
+                               *(arg for pid in workers for arg in ("-p", str(pid)))], stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: all(f"TracerPid:\t{tracer.pid}" in Path(f"/proc/{pid}/status").read_text()
+                               for pid in workers), 30, "strace attached to both workers")
+        for burst in range(5):
+            asyncio.run(_burst(server.smtp, 880_000 + 8 * burst))
+        for _ in range(2):
+            asyncio.run(_http_burst(server.http))
+    finally:
+        tracer.send_signal(signal.SIGINT)  # detaches, leaving the workers running
+        tracer.wait(timeout=30)
+    turns = {pid: _accepts_per_wakeup(Path(f"{traced}.{pid}")) for pid in workers}
+    assert all(max(per_turn) <= 1 for per_turn in turns.values()), turns
+    assert sum(sum(per_turn) for per_turn in turns.values()) == 40 + 16  # every SMTP session, every HTTP one
+    assert all(sum(per_turn) >= 1 for per_turn in turns.values()), turns
+    assert server.pids("smtp") == set(workers)
+    assert server.stop() == 0
+    assert query(server.db, "SELECT count(*) FROM events") == [(40,)]
+
+
+def _backlog(port: int) -> int:
+    """Return a listening socket's backlog as the kernel has it (`ss` shows it as Send-Q)."""
+    shown = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=True).stdout
+    (line,) = shown.splitlines()
+    return int(line.split()[2])
+
+
+@pytest.mark.slow
+@pytest.mark.needs("ss", "iproute2")
+def test_both_doors_keep_the_backlog_the_parent_listened_with_when_every_worker_serves_them(
+    serve: type[Served],
+) -> None:
+    """asyncio listen()s again on a socket it serves (100 for SMTP, aiohttp 511): the workers keep the parent's."""
+    server = serve(2)
+    send_mail(server.smtp, notification(4343))  # the workers serve them now
+    expected = min(socket.SOMAXCONN, int(Path("/proc/sys/net/core/somaxconn").read_text()))
+    assert (_backlog(server.smtp), _backlog(server.http)) == (expected, expected)
+    assert server.stop() == 0
 
 
 # --- systemd -------------------------------------------------------------------------------------

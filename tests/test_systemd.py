@@ -355,8 +355,12 @@ def backlog(port: int) -> int:
 
 @pytest.mark.slow
 @pytest.mark.needs("ss", "iproute2")
-def test_sockets_systemd_passes_keep_the_backlog_the_unit_gave_them(tmp_path: Path) -> None:
-    """As systemd does with Backlog=512: listening sockets at fd 3 and 4, LISTEN_PID set to the server's own pid."""
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sockets_systemd_passes_keep_the_backlog_the_unit_gave_them(tmp_path: Path, workers: int) -> None:
+    """As systemd does with Backlog=512: listening sockets at fd 3 and 4, LISTEN_PID set to the server's own pid.
+
+    With one process the doors serve them; with two workers, each worker serves the same sockets.
+    """
     sockets = []
     for _ in range(2):
         sock = socket.socket()
@@ -368,7 +372,8 @@ def test_sockets_systemd_passes_keep_the_backlog_the_unit_gave_them(tmp_path: Pa
     launcher = ("import os, sys; os.dup2(int(sys.argv[1]), 3); os.dup2(int(sys.argv[2]), 4); "
                 "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='2', LISTEN_FDNAMES='smtp:http'); "
                 "os.execv(sys.executable, [sys.executable, '-m', 'mailhook', 'serve'])")
-    env = {**serve_env(tmp_path), "MAILHOOK_SMTP_LISTEN": "", "MAILHOOK_HTTP_LISTEN": ""}
+    env = {**serve_env(tmp_path), "MAILHOOK_SMTP_LISTEN": "", "MAILHOOK_HTTP_LISTEN": "",
+           "MAILHOOK_WORKERS": str(workers)}
     log = tmp_path / "serve.log"
     with log.open("wb") as err:
         proc = subprocess.Popen([sys.executable, "-c", launcher, *(str(s.fileno()) for s in sockets)],

@@ -28,9 +28,9 @@ from mailhook.errors import ConfigError
 from mailhook.exitcodes import EX_CONFIG, EX_OK, EX_SOFTWARE
 from mailhook.group.channel import Channel
 from mailhook.group.remote import GroupMetrics, RemoteExtraction, RemoteStorage, SharedBudget
+from mailhook.group.turns import TakingTurns
 from mailhook.pipeline import Pipeline
 from mailhook.server import Door, Runtime
-from mailhook.systemd import PassedSocket
 
 log = logging.getLogger("mailhook.group")
 
@@ -55,7 +55,8 @@ def main(argv: list[str]) -> int:
     # Ctrl-C reaches the whole process group; the parent decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     passed = (("smtp", smtp_fd), ("http", http_fd))
-    sockets: dict[str, socket.socket] = {door: PassedSocket(fileno=fd) for door, fd in passed if fd >= 0}
+    # Every worker accepts on the same sockets: one connection a turn each, so a burst is shared out.
+    sockets: dict[str, socket.socket] = {door: TakingTurns(fileno=fd) for door, fd in passed if fd >= 0}
     try:
         asyncio.run(serve(channel, settings, env, sockets))
     except ConfigError as exc:
