@@ -179,6 +179,31 @@ def test_a_second_read_while_one_waits_is_refused_as_asyncio_refuses_it() -> Non
     assert any("already waiting" in str(result) for result in got)
 
 
+def test_a_refused_second_read_leaves_the_first_waiting_for_its_data() -> None:
+    async def run(reader_type: type[asyncio.StreamReader]) -> list[object]:
+        loop = asyncio.get_running_loop()
+        reader = (SessionReader(LIMIT, loop) if reader_type is SessionReader
+                  else asyncio.StreamReader(limit=LIMIT, loop=loop))
+        first = asyncio.create_task(reader.readuntil(b"\n"))
+        await asyncio.sleep(0)
+        results: list[object] = []
+        for second in (reader.readuntil(b"\n"), reader.readexactly(1)):
+            try:
+                await second
+            except RuntimeError as error:
+                results.append(str(error))
+        reader.feed_data(b"line\n")  # wakes the first read: the refused ones did not drop its waiter
+        results.append(await asyncio.wait_for(first, 5))
+        return results
+
+    async def both() -> tuple[list[object], list[object]]:
+        return await run(asyncio.StreamReader), await run(SessionReader)
+
+    expected, got = asyncio.run(both())
+    assert got == expected
+    assert got[-1] == b"line\n"
+
+
 def test_bad_arguments_are_refused_as_asyncio_refuses_them() -> None:
     expected, got = _both([b"abc"], "eof", [("until", b""), ("exactly", -1), ("exactly", 0), ("read", -1)])
     assert got == expected

@@ -137,30 +137,14 @@ class SessionReader(asyncio.StreamReader):
                 chunk = bytes(buffer)
                 buffer.clear()
                 raise asyncio.IncompleteReadError(chunk, None)
-            # asyncio's _wait_for_data, written here: no coroutine of its own (the eof was checked above).
-            if self._waiter is not None:
-                raise RuntimeError("readuntil() called while another coroutine is already waiting for incoming data")
-            if self._paused:
-                self._paused = False
-                self._transport.resume_reading()
-            waiter = self._waiter = self.new_future()
+            waiter = self._waiter_for("readuntil")  # outside the try: a second read leaves the first waiting
             try:
                 await waiter
             finally:
                 self._waiter = None
         if isep > self._limit:
             raise asyncio.LimitOverrunError("Separator is found, but chunk is longer than limit", isep)
-        end = isep + seplen
-        if end == buflen:  # all of it (a command, a body in one piece): no slice
-            chunk = bytes(buffer)
-            buffer.clear()
-        else:
-            chunk = bytes(buffer[:end])
-            del buffer[:end]
-        if self._paused and len(buffer) <= self._limit:  # asyncio's _maybe_resume_transport
-            self._paused = False
-            self._transport.resume_reading()
-        return chunk
+        return self._take(isep + seplen)
 
     async def readexactly(self, n: int) -> bytes:
         """Read exactly `n` bytes, as asyncio's readexactly does (IncompleteReadError at EOF)."""
@@ -175,28 +159,40 @@ class SessionReader(asyncio.StreamReader):
                 incomplete = bytes(self._buffer)
                 self._buffer.clear()
                 raise asyncio.IncompleteReadError(incomplete, n)
-            # As in readuntil.
-            if self._waiter is not None:
-                raise RuntimeError("readexactly() called while another coroutine is already waiting for incoming data")
-            if self._paused:
-                self._paused = False
-                self._transport.resume_reading()
-            waiter = self._waiter = self.new_future()
+            waiter = self._waiter_for("readexactly")  # outside the try: a second read leaves the first waiting
             try:
                 await waiter
             finally:
                 self._waiter = None
-        buffer = self._buffer
-        if len(buffer) == n:
-            data = bytes(buffer)
-            buffer.clear()
-        else:
-            data = bytes(buffer[:n])
-            del buffer[:n]
-        if self._paused and len(buffer) <= self._limit:  # as in readuntil
+        return self._take(n)
+
+    def _waiter_for(self, reading: str) -> asyncio.Future[None]:
+        """Return the future `feed_data` resolves, resuming a paused transport: asyncio's _wait_for_data, no coroutine.
+
+        A plain call where asyncio awaits a coroutine of its own per wait (the
+        caller has checked the EOF, and clears `_waiter` once awakened).
+        """
+        if self._waiter is not None:
+            raise RuntimeError(f"{reading}() called while another coroutine is already waiting for incoming data")
+        if self._paused:
             self._paused = False
             self._transport.resume_reading()
-        return data
+        waiter = self._waiter = self.new_future()
+        return waiter
+
+    def _take(self, end: int) -> bytes:
+        """Remove and return the buffer's first `end` bytes, resuming a paused transport as asyncio does."""
+        buffer = self._buffer
+        if end == len(buffer):  # all of it (a command, a body in one piece): no slice
+            chunk = bytes(buffer)
+            buffer.clear()
+        else:
+            chunk = bytes(buffer[:end])
+            del buffer[:end]
+        if self._paused and len(buffer) <= self._limit:  # asyncio's _maybe_resume_transport
+            self._paused = False
+            self._transport.resume_reading()
+        return chunk
 
 
 class Connection(SMTP):
