@@ -10,9 +10,9 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
 
 import pytest
+from loop_support import WakeUps
 
 from mailhook import logs
 from mailhook.models import Delivery, Receipt
@@ -256,14 +256,6 @@ def test_a_workers_answers_of_one_frame_are_logged_in_one_write_each_answered_af
 
     async def scenario() -> tuple[int, list[Receipt]]:
         loop = asyncio.get_running_loop()
-        wakeups = 0
-        original = loop.call_soon_threadsafe
-
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            nonlocal wakeups
-            wakeups += 1
-            return original(*args, **kwargs)
-
         storage = RemoteStorage(Channel(worker_end), on_ping=lambda _: None, on_lost=lambda: None, loop=loop)
         pipeline = Pipeline(storage)
         waiters = [pipeline.ingest_soon(_document(name))
@@ -272,12 +264,12 @@ def test_a_workers_answers_of_one_frame_are_logged_in_one_write_each_answered_af
             waiter.add_done_callback(lambda done: events.append(("answer", done.result().delivery_id)))
         frame = await loop.run_in_executor(None, parent.receive_all)
         assert frame is not None and len(frame) == 3
-        loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+        wakeups = WakeUps(loop)
         parent.send_all([("receipt", number, wire.receipt_values(Receipt(50 + number, "stored", 1)))
                          for _, number, *_ in frame])
         receipts = await asyncio.gather(*waiters)
         storage.close()
-        return wakeups, receipts
+        return wakeups.count, receipts
 
     try:
         wakeups, receipts = asyncio.run(scenario())

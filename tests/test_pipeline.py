@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from loop_support import WakeUps
 
 from mailhook.cli import main
 from mailhook.errors import RetryLater
@@ -262,15 +263,7 @@ def test_deliveries_finished_together_are_handed_to_the_loop_with_one_wake_up(pi
 
     async def scenario() -> tuple[int, list[object]]:
         loop = asyncio.get_running_loop()
-        wakeups = 0
-        original = loop.call_soon_threadsafe
-
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            nonlocal wakeups
-            wakeups += 1
-            return original(*args, **kwargs)
-
-        loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+        wakeups = WakeUps(loop)
         sources: list[Future[Receipt]] = [Future() for _ in range(8)]
         waiters = [pipeline._on_loop(source) for source in sources]
 
@@ -284,7 +277,7 @@ def test_deliveries_finished_together_are_handed_to_the_loop_with_one_wake_up(pi
         writer.start()
         writer.join()  # the loop is held meanwhile, as it is while it extracts
         outcomes = await asyncio.gather(*waiters, return_exceptions=True)
-        return wakeups, outcomes
+        return wakeups.count, outcomes
 
     wakeups, outcomes = asyncio.run(scenario())
     assert wakeups == 1
@@ -300,15 +293,7 @@ def test_deliveries_finished_on_the_loops_own_thread_resolve_at_once_without_a_w
 
     async def scenario() -> tuple[int, list[bool], list[object]]:
         loop = asyncio.get_running_loop()
-        wakeups = 0
-        original = loop.call_soon_threadsafe
-
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            nonlocal wakeups
-            wakeups += 1
-            return original(*args, **kwargs)
-
-        loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+        wakeups = WakeUps(loop)
         sources: list[Future[Receipt]] = [Future() for _ in range(4)]
         waiters = [pipeline._on_loop(source) for source in sources]
         waiters[3].cancel()  # its session went away meanwhile
@@ -318,7 +303,7 @@ def test_deliveries_finished_on_the_loops_own_thread_resolve_at_once_without_a_w
         sources[3].set_result(Receipt(4, "stored", 1))
         done = [waiter.done() for waiter in waiters]
         outcomes = await asyncio.gather(*waiters, return_exceptions=True)
-        return wakeups, done, outcomes
+        return wakeups.count, done, outcomes
 
     wakeups, done, outcomes = asyncio.run(scenario())
     assert wakeups == 0
