@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import threading
+import weakref
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -63,11 +65,38 @@ def escape_lines(text: str) -> str:
     return "\n".join(escape(line) for line in text.split("\n"))
 
 
+class ProcessId:
+    """This process's id, read once (a system call) and read again in the child of a fork."""
+
+    __slots__ = ("__weakref__", "value")
+
+    def __init__(self) -> None:
+        self.value = os.getpid()
+        this = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _reread(this))
+
+
+def _reread(pid: weakref.ref[ProcessId]) -> None:
+    found = pid()
+    if found is not None:
+        found.value = os.getpid()
+
+
 class TextFormatter(logging.Formatter):
-    """The text format: the message escaped onto one line; a traceback after it, each line escaped."""
+    """The text format: the message escaped onto one line; a traceback after it, each line escaped.
+
+    With `pid`, a record's `process` is this process's id, read once: `setup`
+    turns off `logging.logProcesses`, the `getpid` each record made.
+    """
+
+    def __init__(self, fmt: str | None = None, *, pid: bool = False) -> None:
+        super().__init__(fmt)
+        self.pid = ProcessId() if pid else None
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = escape(record.message)
+        if self.pid is not None:
+            record.process = self.pid.value
         return super().formatMessage(record)
 
     def formatException(self, ei: Any) -> str:
@@ -82,7 +111,7 @@ class JsonFormatter(logging.Formatter):
 
     def __init__(self, *, pid: bool = False) -> None:
         super().__init__()
-        self.pid = pid
+        self.pid = ProcessId() if pid else None
 
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, object] = {
@@ -91,8 +120,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": escape(record.getMessage()),
         }
-        if self.pid:
-            data["pid"] = record.process
+        if self.pid is not None:
+            data["pid"] = self.pid.value
         delivery = getattr(record, "delivery", None)
         fields = getattr(delivery, "fields", None)
         if callable(fields):
@@ -251,7 +280,13 @@ def setup(level: str, fmt: str, *, journal: bool = False, pid: bool = False) -> 
         # journald adds its own timestamp; a terminal user still wants the level. A worker's pid
         # goes before the logger's name, so `mailhook.ingest: delivery` reads the same from any process.
         text = "%(levelname)s " + ("[%(process)d] " if pid else "") + "%(name)s: %(message)s"
-        handler.setFormatter(JournalFormatter(text) if journal else TextFormatter(text))
+        handler.setFormatter(JournalFormatter(text, pid=pid) if journal else TextFormatter(text, pid=pid))
+    # No format here prints a record's thread, thread name or process name, and a worker's pid comes
+    # from its formatter (`ProcessId`): a record need not look them up (a `getpid` system call,
+    # `threading.current_thread()`, `multiprocessing.current_process()` each).
+    logging.logThreads = False
+    logging.logMultiprocessing = False
+    logging.logProcesses = False
     root = logging.getLogger("mailhook")
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -63,6 +63,8 @@ class Metrics:
         # Each labelled series once: `.labels()` validates and locks on every call,
         # which costs more than the increment it leads to.
         self._children: dict[tuple[Any, ...], Any] = {}
+        # A delivery's series by its channel: one lookup, not a key tuple per series per delivery.
+        self._channels: dict[str, _ChannelSeries] = {}
         # Zero-valued series from the start, so a dashboard's rate() sees the
         # first delivery instead of a series appearing out of nothing.
         for channel in CHANNELS:
@@ -80,15 +82,18 @@ class Metrics:
 
     def on_delivery(self, delivery: Delivery, receipt: Receipt | None, elapsed: float) -> None:
         """Count one delivery's outcome (a pipeline listener)."""
-        channel = delivery.channel
-        self._child(self.deliveries, channel, receipt.status if receipt else "retry_later").inc()
-        self._child(self.delivery_seconds, channel).observe(elapsed)
+        series = self._channels.get(delivery.channel)
+        if series is None:
+            series = self._channels[delivery.channel] = _ChannelSeries(self, delivery.channel)
+        status = receipt.status if receipt else "retry_later"
+        (series.deliveries.get(status) or series.delivery(status)).inc()
+        series.seconds.observe(elapsed)
         if receipt is None:
             return
         for event_type in receipt.event_types:
-            self._child(self.events, channel, event_type).inc()
+            (series.events.get(event_type) or series.event(event_type)).inc()
         if receipt.duplicates:
-            self._child(self.duplicates, channel).inc(receipt.duplicates)
+            series.duplicates.inc(receipt.duplicates)
 
     def on_rejected(self, channel: str, reason: str) -> None:
         """Count a request a door refused before storing anything (e.g. `unauthorized`, `too_large`)."""
@@ -122,3 +127,27 @@ class Metrics:
     async def scrape(self, accept: str | None) -> tuple[bytes, str]:
         """Return what `GET /metrics` answers: this registry's `exposition` (a group worker asks its parent's)."""
         return self.exposition(accept)
+
+
+class _ChannelSeries:
+    """The series one channel's deliveries count in (`Metrics.on_delivery`), each looked up once."""
+
+    __slots__ = ("channel", "deliveries", "duplicates", "events", "metrics", "seconds")
+
+    def __init__(self, metrics: Metrics, channel: str) -> None:
+        self.metrics = metrics
+        self.channel = channel
+        self.deliveries: dict[str, Any] = {}
+        self.events: dict[str, Any] = {}
+        self.seconds = metrics._child(metrics.delivery_seconds, channel)
+        self.duplicates = metrics._child(metrics.duplicates, channel)
+
+    def delivery(self, status: str) -> Any:
+        """Return (and keep) the series of this channel's deliveries with `status`."""
+        child = self.deliveries[status] = self.metrics._child(self.metrics.deliveries, self.channel, status)
+        return child
+
+    def event(self, event_type: str) -> Any:
+        """Return (and keep) the series of this channel's new events of `event_type`."""
+        child = self.events[event_type] = self.metrics._child(self.metrics.events, self.channel, event_type)
+        return child

@@ -241,8 +241,9 @@ class Pipeline:
             after_lines(mailbox.put, waiter, done)
 
     def _waiter(self, outcome: asyncio.Future[Receipt] | None = None) -> tuple[asyncio.Future[Receipt], _Mailbox]:
-        """Return `outcome` or a new future of the running loop, and the mailbox that resolves it."""
-        loop = asyncio.get_running_loop()
+        """Return `outcome` or a new future of the running loop, and the mailbox that resolves it (on its loop)."""
+        # An outcome's own loop, not `get_running_loop()`: in Python 3.11 that makes a getpid system call.
+        loop = asyncio.get_running_loop() if outcome is None else outcome.get_loop()
         mailbox = self._mailbox
         if mailbox is None or mailbox.loop is not loop:
             mailbox = self._mailbox = _Mailbox(loop)

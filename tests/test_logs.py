@@ -285,3 +285,44 @@ def test_a_flood_is_logged_once_then_summed_up_once_per_interval(caplog: pytest.
         "refused peer=after the quiet",
     ]
     assert {r.levelno for r in caplog.records} == {logging.WARNING}
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_workers_lines_name_its_pid_read_once_not_per_record(fmt: str) -> None:
+    from mailhook.logs import setup
+
+    setup("INFO", fmt, pid=True)
+    stream = io.StringIO()
+    old, sys.stderr = sys.stderr, stream
+    logger = logging.getLogger("mailhook.smtp")
+    made = logger.makeRecord(logger.name, logging.WARNING, "", 0, "peer said %s", ("x",), None)
+    # The record looked up no pid (a getpid system call), thread or process name: no format prints them.
+    assert made.process is None and made.thread is None and made.processName is None
+    try:
+        logger.handle(made)
+    finally:
+        sys.stderr = old
+    line = stream.getvalue()
+    if fmt == "json":
+        assert json.loads(line)["pid"] == os.getpid()
+    else:
+        assert line == f"WARNING [{os.getpid()}] mailhook.smtp: peer said x\n"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.parametrize("formatter", [TextFormatter("[%(process)d] %(message)s", pid=True), JsonFormatter(pid=True)])
+def test_a_forked_childs_lines_name_the_child_not_its_parent(formatter: logging.Formatter) -> None:
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child
+        try:
+            record = logging.LogRecord("mailhook", logging.INFO, "", 0, "hello", None, None)
+            os.write(write, formatter.format(record).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        line = pipe.read().decode()
+    os.waitpid(child, 0)
+    shown = json.loads(line)["pid"] if isinstance(formatter, JsonFormatter) else int(line[1:line.index("]")])
+    assert shown == child != os.getpid()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import sys
 import time
@@ -232,7 +233,7 @@ def test_a_json_line_is_what_json_dumps_writes_for_its_fields() -> None:
     line = formatter.format(entry)
     data = json.loads(line)
     expected = {"time": data["time"], "level": "warning", "logger": "mailhook.ingest",
-                "message": "delivery ünï \\u2028", "pid": entry.process,
+                "message": "delivery ünï \\u2028", "pid": os.getpid(),
                 **{k: logs.escape(v) if isinstance(v, str) else v for k, v in entry.delivery.items()}}
     assert line == json.dumps(expected, default=str)
 

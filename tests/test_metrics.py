@@ -61,6 +61,36 @@ def test_a_delivery_that_could_not_be_stored_counts_as_retry_later() -> None:
     assert value(samples, "mailhook_deliveries_total", channel="smtp", status="stored") == 0
 
 
+def test_deliveries_on_several_channels_each_count_in_their_own_series_however_often_they_come() -> None:
+    # A channel's series are kept after its first delivery: later ones, a new status or event type among
+    # them, still count where a fresh `labels()` lookup would.
+    metrics = Metrics()
+    outcomes: list[tuple[Channel, Receipt | None]] = [
+        ("smtp", Receipt(1, "stored", events=1, duplicates=0, event_types=("TEXT_SENT",))),
+        ("http", Receipt(2, "duplicate", events=0, duplicates=1, event_types=())),
+        ("smtp", Receipt(3, "stored", events=2, duplicates=1, event_types=("TEXT_SENT", "CALL_FINISHED"))),
+        ("smtp", None),
+        ("smtp", Receipt(4, "quarantined", events=0, duplicates=0, event_types=())),
+        ("http", Receipt(5, "stored", events=1, duplicates=0, event_types=("TEXT_SENT",))),
+    ]
+    for channel, receipt in outcomes:
+        metrics.on_delivery(_delivery(channel), receipt, 0.01)
+
+    samples = parse(metrics.render().decode())
+    deliveries = {(channel, status): value(samples, "mailhook_deliveries_total", channel=channel, status=status)
+                  for channel in ("smtp", "http") for status in ("stored", "duplicate", "quarantined", "retry_later")}
+    assert deliveries == {("smtp", "stored"): 2, ("smtp", "duplicate"): 0, ("smtp", "quarantined"): 1,
+                          ("smtp", "retry_later"): 1, ("http", "stored"): 1, ("http", "duplicate"): 1,
+                          ("http", "quarantined"): 0, ("http", "retry_later"): 0}
+    assert value(samples, "mailhook_events_total", channel="smtp", event_type="TEXT_SENT") == 2
+    assert value(samples, "mailhook_events_total", channel="smtp", event_type="CALL_FINISHED") == 1
+    assert value(samples, "mailhook_events_total", channel="http", event_type="TEXT_SENT") == 1
+    assert value(samples, "mailhook_duplicate_events_total", channel="smtp") == 1
+    assert value(samples, "mailhook_duplicate_events_total", channel="http") == 1
+    assert value(samples, "mailhook_delivery_seconds_count", channel="smtp") == 4
+    assert value(samples, "mailhook_delivery_seconds_count", channel="http") == 2
+
+
 def test_every_channel_and_status_is_exported_before_the_first_delivery() -> None:
     samples = parse(Metrics().render().decode())
 
