@@ -299,3 +299,19 @@ class _Custom(Mapping[str, int]):
 )  # fmt: skip
 def test_is_mapping_says_what_isinstance_with_the_mapping_abc_says(value: object) -> None:
     assert is_mapping(value) is isinstance(value, Mapping)
+
+
+@settings(max_examples=2000)
+@given(st.one_of(st.integers(min_value=0, max_value=253_402_300_799_999),
+                 st.sampled_from([0, 999, 1000, 86_399_999, 86_400_000, 951_782_400_000, 253_402_300_799_999])))
+def test_epoch_milliseconds_are_written_as_the_datetime_of_them_writes_them(value: int) -> None:
+    """An int time is written from `gmtime`: the text a UTC datetime of its seconds gives, from 1970 to 9999."""
+    moment = datetime.fromtimestamp(value // 1000, tz=UTC)
+    assert to_time(value, "t") == moment.isoformat()[:19] + "Z"
+    assert to_time(_Int(value), "t") == to_time(value, "t")
+
+
+def test_epoch_milliseconds_past_year_9999_or_before_1970_are_still_refused() -> None:
+    for value in (253_402_300_800_000, -1):
+        with pytest.raises(Unreadable, match="epoch milliseconds out of range"):
+            to_time(value, "t")

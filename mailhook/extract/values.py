@@ -9,6 +9,7 @@ wrong kind. Ids never pass through a float.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -157,7 +158,7 @@ def to_time(value: Any, name: str) -> str | None:
     if type(value) is int:  # JSON's usual: epoch milliseconds; the checks below, in their order, for an int
         if not 0 <= value <= _MAX_EPOCH_MS:
             raise Unreadable(f"{name}: epoch milliseconds out of range: {value}")
-        return _utc_text(datetime.fromtimestamp(value // 1000, tz=UTC))
+        return _epoch_text(value // 1000)
     if type(value) is str and len(value) == 25 and value.endswith("+00:00") and is_utc_text(value[:19] + "Z"):
         return value[:19] + "Z"  # what _iso_time makes of it (the text reader's times come this way)
     if value is None:
@@ -211,6 +212,14 @@ def _iso_time(value: str, name: str) -> str:
     except OverflowError:
         raise Unreadable(f"{name}: time out of range: {_show(value)}") from None
     return _utc_text(moment)
+
+
+def _epoch_text(seconds: int) -> str:
+    """Write epoch seconds (0 to the end of year 9999) as `_utc_text` writes that moment, from C's `gmtime`.
+
+    Years 1970 to 9999 have four digits, so `%Y` writes what `isoformat` does, without a datetime and its tzinfo.
+    """
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
 def _utc_text(moment: datetime) -> str:
