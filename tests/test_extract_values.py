@@ -315,3 +315,20 @@ def test_epoch_milliseconds_past_year_9999_or_before_1970_are_still_refused() ->
     for value in (253_402_300_800_000, -1):
         with pytest.raises(Unreadable, match="epoch milliseconds out of range"):
             to_time(value, "t")
+
+
+class _Str(str):
+    """A str that is not exactly `str`: it takes the general checks, as every string did before the short paths."""
+
+
+_WORDS = st.sampled_from(["true", "True", " FALSE ", "yes", "No", "1", "0", "", " ", "\u00a0", "maybe", "tru", "1.5",
+                          "2", "-0", "1e3", "12.50", "0.0075", "NaN", "inf", "-Infinity", "1e15", "9" * 15,
+                          "1" * 59, "1" * 60, " 1.25\t", "1,5", "\u0661", "\uff11", "0x10", "+3.", ".5"])
+
+
+@settings(max_examples=2000)
+@given(st.one_of(_WORDS, st.text(alphabet="01TtRrUuEeFfAaLlSsYyNnOo.+-eE \t\u00a0\u0661", max_size=62)))
+def test_strings_read_as_the_general_checks_read_them(value: str) -> None:
+    """A str takes its own short path in to_bool and to_decimal (as in to_int, to_text, to_time): the same answer."""
+    for read in (to_int, to_time, to_decimal, to_text, to_bool):
+        assert repr(_outcome(read, value)) == repr(_outcome(read, _Str(value)))

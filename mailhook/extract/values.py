@@ -130,6 +130,15 @@ def to_text(value: Any, name: str) -> str | None:
 
 def to_bool(value: Any, name: str) -> bool | None:
     """Read a boolean from true/false, 1/0 or their text forms."""
+    if type(value) is str:  # what XML always gives: the checks below, in their order, for a string
+        word = value.strip().lower()
+        if word in _TRUE:
+            return True
+        if word in _FALSE:
+            return False
+        if not word:
+            return None
+        raise Unreadable(f"{name}: expected a boolean, got {_show(value)}")
     if value is None:
         return None
     value = text_of(value)
@@ -234,6 +243,19 @@ def to_decimal(value: Any, name: str) -> Decimal | None:
         return Decimal(value)
     if value is None:
         return None
+    if type(value) is str:  # what XML always gives: the checks below, in their order, for a string
+        text = value.strip()
+        if not text:
+            return None
+        if len(value) >= 60:
+            raise Unreadable(f"{name}: expected a number, got {_show(value)}")
+        try:
+            amount = Decimal(text)
+        except InvalidOperation:
+            raise Unreadable(f"{name}: expected a number, got {_show(value)}") from None
+        if not amount.is_finite() or (amount and amount.adjusted() >= _MAX_AMOUNT_DIGITS):
+            raise Unreadable(f"{name}: expected a finite amount, got {_show(value)}")
+        return amount
     value = text_of(value)
     if is_blank(value):
         return None
