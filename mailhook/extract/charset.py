@@ -74,9 +74,10 @@ def decode_document(data: bytes, declared: str | None = None) -> tuple[str, list
         # The common cases, ahead of the steps that cannot apply: a first byte that starts no BOM and a
         # second that is not zero show neither a BOM nor UTF-16/32 (`_family` would need a zero among the first two).
         if declared is None:
-            if data[:1] != b"<":  # an XML body may still name its encoding in its declaration
-                return _decode(data, "utf-8", "UTF-8", data), []
-        elif _codec(declared, "Content-Type") == "utf-8":
+            if data[:1] == b"<":
+                return _by_own_declaration(data, [])  # an XML body may still name its encoding in its declaration
+            return _decode(data, "utf-8", "UTF-8", data), []
+        if _codec(declared, "Content-Type") == "utf-8":
             return _decode(data, "utf-8", "UTF-8 (Content-Type charset)", data), []
     return _decode_by_rules(data, declared)
 
@@ -107,6 +108,11 @@ def _decode_by_rules(data: bytes, declared: str | None) -> tuple[str, list[str]]
     if family is not None:
         text = _decode(data, family, f"{_NAMES[family]} (found from its zero bytes)", data)
         return text, notes
+    return _by_own_declaration(data, notes)
+
+
+def _by_own_declaration(data: bytes, notes: list[str]) -> tuple[str, list[str]]:
+    """Decode bytes with no BOM, charset or zero bytes to go by: by their XML declaration's encoding, else UTF-8."""
     found = _DECLARATION.match(data.lstrip(b" \t\r\n"))
     if found is not None:
         name = found.group(1).decode("ascii")
