@@ -105,17 +105,16 @@ def _event(index: int, item: Any, envelope: Mapping[str, Any]) -> Event:
     fields = _resource_fields(resource, resource_type, names["resource"])
     if fields["modified"] is None:
         fields["modified"] = to_time(item.get("timestamp", envelope.get("timestamp")), names["timestamp"])
-    return Event(
-        event_type=event_type_for(resource_type, event_name),
-        event_type_source="payload",
-        api_version="2",
-        format="json",
-        resource_type=resource_type,
-        resource_id=to_int(resource.get("id"), names["resource.id"]),
-        webhook_id=to_int(item.get("webhookId", envelope.get("webhookId")), names["webhookId"]),
-        payload={**envelope, "events": [item]},
-        **fields,
-    )
+    # The event's own keywords added to the fields' dict (no name is in both), not merged into a third by the call.
+    fields["event_type"] = event_type_for(resource_type, event_name)
+    fields["event_type_source"] = "payload"
+    fields["api_version"] = "2"
+    fields["format"] = "json"
+    fields["resource_type"] = resource_type
+    fields["resource_id"] = to_int(resource.get("id"), names["resource.id"])
+    fields["webhook_id"] = to_int(item.get("webhookId", envelope.get("webhookId")), names["webhookId"])
+    fields["payload"] = {**envelope, "events": [item]}
+    return Event(**fields)
 
 
 def _resource_fields(resource: Mapping[str, Any], resource_type: str, where: str) -> dict[str, Any]:
