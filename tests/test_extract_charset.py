@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from mailhook.errors import Unreadable
 from mailhook.extract import extract
-from mailhook.extract.charset import charset_of, decode_document
+from mailhook.extract.charset import _decode_by_rules, charset_of, decode_document
 
 DOC = '{"TextNotification": {"Text": {"@id": "5", "Message": "Grüße ☃ 😀"}}}'
 XML = (
@@ -144,3 +144,32 @@ def test_decoding_never_yields_more_characters_than_bytes(data: bytes, declared:
         return
     assert len(text) <= len(data)
     assert all(isinstance(n, str) for n in notes)
+
+
+_STARTS = st.sampled_from([b"<", b"{", b"[", b"<?xml version='1.0' encoding='latin-1'?>", b"\xef\xbb\xbf", b"\xff\xfe",
+                           b"\xfe\xff", b"\x00", b" ", b""])
+_DECLARED = st.sampled_from([None, "utf-8", "UTF-8", "utf8", " utf-8 ", '"utf-8"', "latin-1", "utf-16", "utf-16-le",
+                             "utf-32", "cp1252", "no-such-charset", "unicode-escape", "idna"])
+
+
+def _decoded(read: object, data: bytes, declared: str | None) -> tuple[str, object]:
+    try:
+        return ("read", read(data, declared))  # type: ignore[operator]
+    except Unreadable as exc:
+        return ("refused", str(exc))
+
+
+@settings(max_examples=3000, deadline=None)
+@given(_STARTS, st.binary(max_size=40), st.text(max_size=20), _DECLARED)
+def test_the_common_starts_are_decoded_as_every_rule_in_order_decodes_them(
+    start: bytes, tail: bytes, text: str, declared: str | None
+) -> None:
+    """A body starting `<`, `{` or `[` (no zero second byte) skips the BOM and zero-byte steps: the same answer."""
+    for data in (start + tail, start + text.encode("utf-8"), start + b"\x00" + tail, start + text.encode("utf-16-le")):
+        assert _decoded(decode_document, data, declared) == _decoded(_decode_by_rules, data, declared)
+
+
+def test_an_unknown_charset_is_refused_on_the_common_path_and_again_after_it() -> None:
+    for _ in range(2):  # the charset lookup is cached only when it names a charset
+        with pytest.raises(Unreadable, match="unknown charset 'no-such'"):
+            decode_document(b"<a/>", "no-such")

@@ -126,3 +126,26 @@ def test_an_envelope_without_events_holds_nothing() -> None:
 def test_an_event_without_names_is_unreadable() -> None:
     with pytest.raises(Unreadable, match=r"events\[0\]: no resourceType or eventType"):
         read_v2({"events": [{"resource": {"id": 1}}]})
+
+
+_BAD = {"campaignId": "x", "batchId": "x", "accountId": "x", "inbound": "maybe", "billedAmount": "x", "duration": "x",
+        "created": "x", "modified": "x", "fromNumber": {"a": 1}, "labels": [{"Name": {"a": 1}}]}
+_BAD_RECORD = {"id": "x", "finishTime": "x", "billedAmount": "x", "duration": "x", "originateTime": "x",
+               "answerTime": "x", "result": {"a": 1}, "message": {"a": 1}}
+
+
+@pytest.mark.parametrize("index", [0, 1, 63, 64, 70])  # past the cache of names (64 entries) too
+def test_a_bad_field_is_named_by_its_whole_path_at_any_event_and_record(index: int) -> None:
+    fine = _event("OutboundText", "Finished")
+    for field, value in _BAD.items():
+        events = [fine] * index + [_event("OutboundText", "Finished", **{field: value})]
+        with pytest.raises(Unreadable, match=rf"^v2 events\[{index}\]\.resource\.{field}: "):
+            read_v2(_envelope(*events))
+    for field, value in _BAD_RECORD.items():
+        records = [{"id": 1}] * index + [{field: value}]
+        with pytest.raises(Unreadable, match=rf"^v2 events\[0\]\.resource\.records\[{index}\]\.{field}: "):
+            read_v2(_envelope(_event("OutboundText", "Finished", records=records)))
+    with pytest.raises(Unreadable, match=rf"^v2 events\[{index}\]\.resource\.id: "):
+        read_v2(_envelope(*[fine] * index, _event("OutboundText", "Finished", id="x")))
+    with pytest.raises(Unreadable, match=rf"^v2 events\[{index}\]\.webhookId: "):
+        read_v2(_envelope(*[fine] * index, {**fine, "webhookId": "x"}))

@@ -299,3 +299,36 @@ class _Custom(Mapping[str, int]):
 )  # fmt: skip
 def test_is_mapping_says_what_isinstance_with_the_mapping_abc_says(value: object) -> None:
     assert is_mapping(value) is isinstance(value, Mapping)
+
+
+@settings(max_examples=2000)
+@given(st.one_of(st.integers(min_value=0, max_value=253_402_300_799_999),
+                 st.sampled_from([0, 999, 1000, 86_399_999, 86_400_000, 951_782_400_000, 253_402_300_799_999])))
+def test_epoch_milliseconds_are_written_as_the_datetime_of_them_writes_them(value: int) -> None:
+    """An int time is written from `gmtime`: the text a UTC datetime of its seconds gives, from 1970 to 9999."""
+    moment = datetime.fromtimestamp(value // 1000, tz=UTC)
+    assert to_time(value, "t") == moment.isoformat()[:19] + "Z"
+    assert to_time(_Int(value), "t") == to_time(value, "t")
+
+
+def test_epoch_milliseconds_past_year_9999_or_before_1970_are_still_refused() -> None:
+    for value in (253_402_300_800_000, -1):
+        with pytest.raises(Unreadable, match="epoch milliseconds out of range"):
+            to_time(value, "t")
+
+
+class _Str(str):
+    """A str that is not exactly `str`: it takes the general checks, as every string did before the short paths."""
+
+
+_WORDS = st.sampled_from(["true", "True", " FALSE ", "yes", "No", "1", "0", "", " ", "\u00a0", "maybe", "tru", "1.5",
+                          "2", "-0", "1e3", "12.50", "0.0075", "NaN", "inf", "-Infinity", "1e15", "9" * 15,
+                          "1" * 59, "1" * 60, " 1.25\t", "1,5", "\u0661", "\uff11", "0x10", "+3.", ".5"])
+
+
+@settings(max_examples=2000)
+@given(st.one_of(_WORDS, st.text(alphabet="01TtRrUuEeFfAaLlSsYyNnOo.+-eE \t\u00a0\u0661", max_size=62)))
+def test_strings_read_as_the_general_checks_read_them(value: str) -> None:
+    """A str takes its own short path in to_bool and to_decimal (as in to_int, to_text, to_time): the same answer."""
+    for read in (to_int, to_time, to_decimal, to_text, to_bool):
+        assert repr(_outcome(read, value)) == repr(_outcome(read, _Str(value)))

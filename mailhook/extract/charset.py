@@ -44,6 +44,8 @@ _DECLARATION = re.compile(rb"""<\?xml[ \t\r\n][^>]*?encoding[ \t\r\n]*=[ \t\r\n]
 _UNICODE = ("utf-8", "utf-16", "utf-32")
 # The characters an XML or JSON document (RFC 8259: any value) may start with, after a BOM.
 _FIRST = frozenset(b'<{[ \t\r\n"-0123456789tfn')
+# First bytes of a document with no BOM (every BOM starts with 0x00, 0xEF, 0xFE or 0xFF).
+_PLAIN_STARTS = (b"<", b"{", b"[")
 _NAMES = {"utf-8": "UTF-8", "utf-16-le": "UTF-16LE", "utf-16-be": "UTF-16BE", "utf-32-le": "UTF-32LE",
           "utf-32-be": "UTF-32BE", "utf-16": "UTF-16", "utf-32": "UTF-32"}  # fmt: skip
 
@@ -68,8 +70,20 @@ def decode_document(data: bytes, declared: str | None = None) -> tuple[str, list
     did). Raises `Unreadable` for an unknown charset or bytes not valid in
     the charset the rules choose.
     """
-    if declared is None and data[:1] in (b"{", b"[") and data[1:2] != b"\x00":
-        return _decode(data, "utf-8", "UTF-8", data), []  # the common case, ahead of the steps that cannot apply
+    if data[:1] in _PLAIN_STARTS and data[1:2] != b"\x00":
+        # The common cases, ahead of the steps that cannot apply: a first byte that starts no BOM and a
+        # second that is not zero show neither a BOM nor UTF-16/32 (`_family` would need a zero among the first two).
+        if declared is None:
+            if data[:1] == b"<":
+                return _by_own_declaration(data, [])  # an XML body may still name its encoding in its declaration
+            return _decode(data, "utf-8", "UTF-8", data), []
+        if _codec(declared, "Content-Type") == "utf-8":
+            return _decode(data, "utf-8", "UTF-8 (Content-Type charset)", data), []
+    return _decode_by_rules(data, declared)
+
+
+def _decode_by_rules(data: bytes, declared: str | None) -> tuple[str, list[str]]:
+    """Decode as `decode_document` does, every step in the module's order (its common cases answer the same)."""
     notes: list[str] = []
     charset = _codec(declared, "Content-Type") if declared else None
     for bom, codec, name in _BOMS:
@@ -94,6 +108,11 @@ def decode_document(data: bytes, declared: str | None = None) -> tuple[str, list
     if family is not None:
         text = _decode(data, family, f"{_NAMES[family]} (found from its zero bytes)", data)
         return text, notes
+    return _by_own_declaration(data, notes)
+
+
+def _by_own_declaration(data: bytes, notes: list[str]) -> tuple[str, list[str]]:
+    """Decode bytes with no BOM, charset or zero bytes to go by: by their XML declaration's encoding, else UTF-8."""
     found = _DECLARATION.match(data.lstrip(b" \t\r\n"))
     if found is not None:
         name = found.group(1).decode("ascii")
@@ -113,6 +132,7 @@ def decode_document(data: bytes, declared: str | None = None) -> tuple[str, list
     raise Unreadable(f"not XML or JSON: document starts with {head!r}")
 
 
+@functools.lru_cache(maxsize=64)  # a sender declares the same few charsets; an unknown one raises, never cached
 def _codec(name: str, where: str) -> str:
     """Return Python's name for a declared charset, or raise `Unreadable` naming it and where it came from."""
     label = name.strip().strip("\"'").strip()

@@ -79,11 +79,15 @@ def read_v1(
     else:
         fields = _action_fields(resource, record_name, noun)
         inferred = f"{'INBOUND' if fields['inbound'] else 'OUTBOUND'}_{noun}_FINISHED"
+    # One dict of keywords, not two merged into a third by the call (no name is in both).
+    common.update(fields)
     if configured:
-        return Event(event_type=configured, event_type_source="config", **common, **fields)
-    if named:
-        return Event(event_type=named, event_type_source="payload", **common, **fields)
-    return Event(event_type=inferred, event_type_source="inferred", **common, **fields)
+        common["event_type"], common["event_type_source"] = configured, "config"
+    elif named:
+        common["event_type"], common["event_type_source"] = named, "payload"
+    else:
+        common["event_type"], common["event_type_source"] = inferred, "inferred"
+    return Event(**common)
 
 
 def _action_fields(resource: Mapping[str, Any], record_name: str, noun: str) -> dict[str, Any]:

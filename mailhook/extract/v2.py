@@ -10,6 +10,7 @@ snake case, e.g. `ContactList` + `ValidationFinished` ->
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -91,8 +92,9 @@ def _event(index: int, item: Any, envelope: Mapping[str, Any]) -> Event:
     where = f"v2 events[{index}]"
     if not is_mapping(item):
         raise Unreadable(f"{where}: expected an object")
-    raw_type = to_text(item.get("resourceType", envelope.get("resourceType")), f"{where}.resourceType")
-    raw_event = to_text(item.get("eventType"), f"{where}.eventType")
+    names = _names(where)
+    raw_type = to_text(item.get("resourceType", envelope.get("resourceType")), names["resourceType"])
+    raw_event = to_text(item.get("eventType"), names["eventType"])
     if raw_type is None or raw_event is None:
         raise Unreadable(f"{where}: no resourceType or eventType")
     resource_type = _CANONICAL_RESOURCE.get(raw_type.strip().lower(), raw_type)
@@ -100,61 +102,61 @@ def _event(index: int, item: Any, envelope: Mapping[str, Any]) -> Event:
     resource = item.get("resource") or {}
     if not is_mapping(resource):
         raise Unreadable(f"{where}.resource: expected an object")
-    fields = _resource_fields(resource, resource_type, f"{where}.resource")
+    fields = _resource_fields(resource, resource_type, names["resource"])
     if fields["modified"] is None:
-        fields["modified"] = to_time(item.get("timestamp", envelope.get("timestamp")), f"{where}.timestamp")
-    return Event(
-        event_type=event_type_for(resource_type, event_name),
-        event_type_source="payload",
-        api_version="2",
-        format="json",
-        resource_type=resource_type,
-        resource_id=to_int(resource.get("id"), f"{where}.resource.id"),
-        webhook_id=to_int(item.get("webhookId", envelope.get("webhookId")), f"{where}.webhookId"),
-        payload={**envelope, "events": [item]},
-        **fields,
-    )
+        fields["modified"] = to_time(item.get("timestamp", envelope.get("timestamp")), names["timestamp"])
+    # The event's own keywords added to the fields' dict (no name is in both), not merged into a third by the call.
+    fields["event_type"] = event_type_for(resource_type, event_name)
+    fields["event_type_source"] = "payload"
+    fields["api_version"] = "2"
+    fields["format"] = "json"
+    fields["resource_type"] = resource_type
+    fields["resource_id"] = to_int(resource.get("id"), names["resource.id"])
+    fields["webhook_id"] = to_int(item.get("webhookId", envelope.get("webhookId")), names["webhookId"])
+    fields["payload"] = {**envelope, "events": [item]}
+    return Event(**fields)
 
 
 def _resource_fields(resource: Mapping[str, Any], resource_type: str, where: str) -> dict[str, Any]:
     """Read the columns a resource carries; a webhook `fields` filter may have removed any of them."""
+    names = _names(where)
     attempts = tuple(
         _attempt(r, f"{where}.records[{i}]") for i, r in enumerate(as_list(resource.get("records")))
     )
     contact = resource.get("contact")
     contact_id = contact.get("id") if is_mapping(contact) else resource.get("contactId")
-    message = to_text(resource.get("message"), f"{where}.message")
+    message = to_text(resource.get("message"), names["message"])
     if message is None and "Text" in resource_type:
         message = next((a.message for a in reversed(attempts) if a.message is not None), None)
-    billed = to_decimal(resource.get("billedAmount"), f"{where}.billedAmount")
-    duration = to_int(resource.get("duration"), f"{where}.duration")
+    billed = to_decimal(resource.get("billedAmount"), names["billedAmount"])
+    duration = to_int(resource.get("duration"), names["duration"])
     campaign = resource_type in CAMPAIGNS
     return {
-        "account_id": to_int(resource.get("accountId"), f"{where}.accountId"),
-        "from_number": to_text(resource.get("fromNumber"), f"{where}.fromNumber"),
-        "to_number": to_text(resource.get("toNumber"), f"{where}.toNumber"),
-        "inbound": to_bool(resource.get("inbound"), f"{where}.inbound"),
+        "account_id": to_int(resource.get("accountId"), names["accountId"]),
+        "from_number": to_text(resource.get("fromNumber"), names["fromNumber"]),
+        "to_number": to_text(resource.get("toNumber"), names["toNumber"]),
+        "inbound": to_bool(resource.get("inbound"), names["inbound"]),
         "state": to_text(
-            _first(resource, "state", "deliveryState", *(() if campaign else ("status",))), f"{where}.state"
+            _first(resource, "state", "deliveryState", *(() if campaign else ("status",))), names["state"]
         ),
         "final_result": to_text(
             _first(resource, "finalCallResult", "finalTextResult", "finalResult", "deliveryCategory"),
-            f"{where}.finalResult",
+            names["finalResult"],
         ),
         "message": message,
         "billed_amount": billed if billed is not None else sum_amounts(a.billed_amount for a in attempts),
         "duration": duration if duration is not None else call_seconds(attempts),
-        "batch_id": to_int(resource.get("batchId"), f"{where}.batchId"),
+        "batch_id": to_int(resource.get("batchId"), names["batchId"]),
         "broadcast_id": to_int(
-            resource.get("id") if campaign else resource.get("campaignId"), f"{where}.campaignId"
+            resource.get("id") if campaign else resource.get("campaignId"), names["campaignId"]
         ),
-        "contact_id": to_int(contact_id, f"{where}.contact.id"),
-        "broadcast_name": to_text(resource.get("name"), f"{where}.name") if campaign else None,
-        "broadcast_status": to_text(resource.get("status"), f"{where}.status") if campaign else None,
-        "broadcast_type": to_text(resource.get("type"), f"{where}.type") if campaign else None,
-        "labels": to_labels(resource.get("labels"), f"{where}.labels"),
-        "created": to_time(resource.get("created"), f"{where}.created"),
-        "modified": to_time(_first(resource, "modified", "lastModified", "timestamp"), f"{where}.modified"),
+        "contact_id": to_int(contact_id, names["contact.id"]),
+        "broadcast_name": to_text(resource.get("name"), names["name"]) if campaign else None,
+        "broadcast_status": to_text(resource.get("status"), names["status"]) if campaign else None,
+        "broadcast_type": to_text(resource.get("type"), names["type"]) if campaign else None,
+        "labels": to_labels(resource.get("labels"), names["labels"]),
+        "created": to_time(resource.get("created"), names["created"]),
+        "modified": to_time(_first(resource, "modified", "lastModified", "timestamp"), names["modified"]),
         "attempts": attempts,
     }
 
@@ -162,15 +164,16 @@ def _resource_fields(resource: Mapping[str, Any], resource_type: str, where: str
 def _attempt(record: Any, where: str) -> Attempt:
     if not is_mapping(record):
         raise Unreadable(f"{where}: expected an object")
+    names = _names(where)
     return Attempt(
-        record_id=to_int(record.get("id"), f"{where}.id"),
-        result=to_text(_first(record, "result", "callResult", "textResult"), f"{where}.result"),
-        finish_time=to_time(record.get("finishTime"), f"{where}.finishTime"),
-        billed_amount=to_decimal(record.get("billedAmount"), f"{where}.billedAmount"),
-        duration=to_int(record.get("duration"), f"{where}.duration"),
-        originate_time=to_time(record.get("originateTime"), f"{where}.originateTime"),
-        answer_time=to_time(record.get("answerTime"), f"{where}.answerTime"),
-        message=to_text(record.get("message"), f"{where}.message"),
+        record_id=to_int(record.get("id"), names["id"]),
+        result=to_text(_first(record, "result", "callResult", "textResult"), names["result"]),
+        finish_time=to_time(record.get("finishTime"), names["finishTime"]),
+        billed_amount=to_decimal(record.get("billedAmount"), names["billedAmount"]),
+        duration=to_int(record.get("duration"), names["duration"]),
+        originate_time=to_time(record.get("originateTime"), names["originateTime"]),
+        answer_time=to_time(record.get("answerTime"), names["answerTime"]),
+        message=to_text(record.get("message"), names["message"]),
         payload=dict(record),
     )
 
@@ -178,3 +181,18 @@ def _attempt(record: Any, where: str) -> Attempt:
 def _first(mapping: Mapping[str, Any], *keys: str) -> Any:
     """Return the first present value among alternative field names."""
     return next((mapping[k] for k in keys if mapping.get(k) is not None), None)
+
+
+# Every name a field of an event, its resource or a record is reported by, as `_names` writes them.
+_FIELDS = (
+    "resourceType", "eventType", "resource", "timestamp", "resource.id", "webhookId",
+    "message", "billedAmount", "duration", "accountId", "fromNumber", "toNumber", "inbound", "state", "finalResult",
+    "batchId", "campaignId", "contact.id", "name", "status", "type", "labels", "created", "modified",
+    "id", "result", "finishTime", "originateTime", "answerTime",
+)  # fmt: skip
+
+
+@functools.lru_cache(maxsize=64)  # events[0], its resource and its first records, for nearly every envelope
+def _names(where: str) -> dict[str, str]:
+    """Return the names the fields under `where` are reported by, made once instead of an f-string per field."""
+    return {field: f"{where}.{field}" for field in _FIELDS}

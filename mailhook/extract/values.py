@@ -9,6 +9,7 @@ wrong kind. Ids never pass through a float.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -129,6 +130,15 @@ def to_text(value: Any, name: str) -> str | None:
 
 def to_bool(value: Any, name: str) -> bool | None:
     """Read a boolean from true/false, 1/0 or their text forms."""
+    if type(value) is str:  # what XML always gives: the checks below, in their order, for a string
+        word = value.strip().lower()
+        if word in _TRUE:
+            return True
+        if word in _FALSE:
+            return False
+        if not word:
+            return None
+        raise Unreadable(f"{name}: expected a boolean, got {_show(value)}")
     if value is None:
         return None
     value = text_of(value)
@@ -157,7 +167,7 @@ def to_time(value: Any, name: str) -> str | None:
     if type(value) is int:  # JSON's usual: epoch milliseconds; the checks below, in their order, for an int
         if not 0 <= value <= _MAX_EPOCH_MS:
             raise Unreadable(f"{name}: epoch milliseconds out of range: {value}")
-        return _utc_text(datetime.fromtimestamp(value // 1000, tz=UTC))
+        return _epoch_text(value // 1000)
     if type(value) is str and len(value) == 25 and value.endswith("+00:00") and is_utc_text(value[:19] + "Z"):
         return value[:19] + "Z"  # what _iso_time makes of it (the text reader's times come this way)
     if value is None:
@@ -213,6 +223,14 @@ def _iso_time(value: str, name: str) -> str:
     return _utc_text(moment)
 
 
+def _epoch_text(seconds: int) -> str:
+    """Write epoch seconds (0 to the end of year 9999) as `_utc_text` writes that moment, from C's `gmtime`.
+
+    Years 1970 to 9999 have four digits, so `%Y` writes what `isoformat` does, without a datetime and its tzinfo.
+    """
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
 def _utc_text(moment: datetime) -> str:
     if moment.year >= 1000:  # isoformat() is faster, and the same where strftime's %Y has four digits
         return moment.isoformat()[:19] + "Z"
@@ -225,6 +243,19 @@ def to_decimal(value: Any, name: str) -> Decimal | None:
         return Decimal(value)
     if value is None:
         return None
+    if type(value) is str:  # what XML always gives: the checks below, in their order, for a string
+        text = value.strip()
+        if not text:
+            return None
+        if len(value) >= 60:
+            raise Unreadable(f"{name}: expected a number, got {_show(value)}")
+        try:
+            amount = Decimal(text)
+        except InvalidOperation:
+            raise Unreadable(f"{name}: expected a number, got {_show(value)}") from None
+        if not amount.is_finite() or (amount and amount.adjusted() >= _MAX_AMOUNT_DIGITS):
+            raise Unreadable(f"{name}: expected a finite amount, got {_show(value)}")
+        return amount
     value = text_of(value)
     if is_blank(value):
         return None
