@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -81,13 +82,17 @@ async def _read(reader: asyncio.StreamReader, reads: list[tuple[str, Any]], log:
             log.append((type(error).__name__, str(error)))
 
 
+def _new_reader(reader_type: type[asyncio.StreamReader]) -> asyncio.StreamReader:
+    """Return a new reader of `reader_type` (asyncio's or the session's) on the running loop, with the test's limit."""
+    loop = asyncio.get_running_loop()
+    return SessionReader(LIMIT, loop) if reader_type is SessionReader else asyncio.StreamReader(limit=LIMIT, loop=loop)
+
+
 async def _run(reader_type: type[asyncio.StreamReader], pieces: list[bytes], end: str,
                reads: list[tuple[str, Any]]) -> list[object]:
     """Feed `pieces` (then EOF, or a lost connection) to a new reader while `reads` read it; return the log."""
     log: list[object] = []
-    loop = asyncio.get_running_loop()
-    reader = (SessionReader(LIMIT, loop) if reader_type is SessionReader
-              else asyncio.StreamReader(limit=LIMIT, loop=loop))
+    reader = _new_reader(reader_type)
     reader.set_transport(RecordingTransport(log))
     task = asyncio.create_task(_read(reader, reads, log))
     for piece in pieces:
@@ -149,19 +154,30 @@ def test_lines_at_and_past_the_limit_read_as_asyncios_reader_reads_them(line: by
             assert got == expected, (stream, cut)
 
 
+async def _second_reads_while_one_waits(reader: asyncio.StreamReader) -> tuple[asyncio.Task[bytes], list[object]]:
+    """Start a read that waits, then try a second `readuntil` and `readexactly`: the first read, and their errors."""
+    first = asyncio.create_task(reader.readuntil(b"\n"))
+    await asyncio.sleep(0)
+    refusals: list[object] = []
+    for second in (reader.readuntil(b"\n"), reader.readexactly(1)):
+        try:
+            await second
+        except RuntimeError as error:
+            refusals.append(str(error))
+    return first, refusals
+
+
+def _on_both(scenario: Callable[[asyncio.StreamReader], Awaitable[list[object]]]) -> tuple[list[object], list[object]]:
+    """Run `scenario` on a new asyncio StreamReader, then on a new SessionReader: what each gave."""
+    async def both() -> tuple[list[object], list[object]]:
+        return await scenario(_new_reader(asyncio.StreamReader)), await scenario(_new_reader(SessionReader))
+
+    return asyncio.run(both())
+
+
 def test_a_second_read_while_one_waits_is_refused_as_asyncio_refuses_it() -> None:
-    async def run(reader_type: type[asyncio.StreamReader]) -> list[object]:
-        loop = asyncio.get_running_loop()
-        reader = (SessionReader(LIMIT, loop) if reader_type is SessionReader
-                  else asyncio.StreamReader(limit=LIMIT, loop=loop))
-        first = asyncio.create_task(reader.readuntil(b"\n"))
-        await asyncio.sleep(0)
-        results: list[object] = []
-        for second in (reader.readuntil(b"\n"), reader.readexactly(1)):
-            try:
-                await second
-            except RuntimeError as error:
-                results.append(str(error))
+    async def scenario(reader: asyncio.StreamReader) -> list[object]:
+        first, results = await _second_reads_while_one_waits(reader)
         first.cancel()  # a waiting read cancelled: the next one waits anew
         results.append([type(r).__name__ for r in await asyncio.gather(first, return_exceptions=True)])
         again = asyncio.create_task(reader.readexactly(2))
@@ -171,35 +187,19 @@ def test_a_second_read_while_one_waits_is_refused_as_asyncio_refuses_it() -> Non
         results.append(await reader.readuntil(b"\n"))
         return results
 
-    async def both() -> tuple[list[object], list[object]]:
-        return await run(asyncio.StreamReader), await run(SessionReader)
-
-    expected, got = asyncio.run(both())
+    expected, got = _on_both(scenario)
     assert got == expected
     assert any("already waiting" in str(result) for result in got)
 
 
 def test_a_refused_second_read_leaves_the_first_waiting_for_its_data() -> None:
-    async def run(reader_type: type[asyncio.StreamReader]) -> list[object]:
-        loop = asyncio.get_running_loop()
-        reader = (SessionReader(LIMIT, loop) if reader_type is SessionReader
-                  else asyncio.StreamReader(limit=LIMIT, loop=loop))
-        first = asyncio.create_task(reader.readuntil(b"\n"))
-        await asyncio.sleep(0)
-        results: list[object] = []
-        for second in (reader.readuntil(b"\n"), reader.readexactly(1)):
-            try:
-                await second
-            except RuntimeError as error:
-                results.append(str(error))
+    async def scenario(reader: asyncio.StreamReader) -> list[object]:
+        first, results = await _second_reads_while_one_waits(reader)
         reader.feed_data(b"line\n")  # wakes the first read: the refused ones did not drop its waiter
         results.append(await asyncio.wait_for(first, 5))
         return results
 
-    async def both() -> tuple[list[object], list[object]]:
-        return await run(asyncio.StreamReader), await run(SessionReader)
-
-    expected, got = asyncio.run(both())
+    expected, got = _on_both(scenario)
     assert got == expected
     assert got[-1] == b"line\n"
 
