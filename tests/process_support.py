@@ -53,3 +53,14 @@ def listening(port: int, host: str = "127.0.0.1") -> bool:
     """Return whether something accepts TCP connections on `host:port` (raising OSError while nothing does)."""
     socket.create_connection((host, port), timeout=1).close()
     return True
+
+
+def read_all(sock: socket.socket) -> bytes:
+    """Read until the server closes the connection (or resets it)."""
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data

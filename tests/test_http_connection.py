@@ -33,7 +33,7 @@ from aiohttp import web
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.web_protocol import RequestHandler
 from conftest import StartServer
-from process_support import ALLOW_ROOT, wait_until
+from process_support import ALLOW_ROOT, read_all, wait_until
 
 from mailhook import openfiles
 from mailhook.http import connection as http_connection
@@ -98,17 +98,6 @@ def start_door(start_server: StartServer) -> StartDoor:
         return Door(runtime, host, int(port))
 
     return start
-
-
-def read_all(sock: socket.socket) -> bytes:
-    """Read until the server closes the connection (or resets it)."""
-    data = b""
-    try:
-        while chunk := sock.recv(65536):
-            data += chunk
-    except ConnectionResetError:
-        pass
-    return data
 
 
 def head_and_body(reply: bytes) -> tuple[str, dict[str, str], bytes]:

@@ -35,7 +35,7 @@ from nodes_support import (
     split,
 )
 from postgres_support import Cluster
-from process_support import wait_until
+from process_support import read_all, wait_until
 
 
 @pytest.fixture(autouse=True)
@@ -166,12 +166,8 @@ def _mid_data(node: Node) -> Iterator[socket.socket]:
 
 def _cut(held: socket.socket) -> bool:
     """Say whether the server closed `held` (EOF or reset) without accepting its message, within its timeout."""
-    said = b""
     try:
-        while chunk := held.recv(4096):
-            said += chunk
-    except ConnectionResetError:
-        pass
+        said = read_all(held)
     except TimeoutError:
         return False
     return not said.startswith(b"250")
