@@ -154,7 +154,8 @@ def bench(requests: int, repeats: int, workdir: Path, connections: int = CONNECT
                 for c in contenders:
                     sample = turn(c, "http", payloads, connections)
                     print(f"  {kind} round {round_ + 1} {c.name:>16}: {sample.rate:8,.0f} req/s, "
-                          f"{sample.cpu_ms:.3f} ms/req, {sample.rss_mb:.0f} MB", file=sys.stderr, flush=True)
+                          f"{sample.cpu_ms:.3f} ms/req (client {sample.client_ms:.3f}), {sample.rss_mb:.0f} MB",
+                          file=sys.stderr, flush=True)
                 payloads.unlink()
             what = "the realistic mix of documents" if kind == "mix" else "v1.1 XML call notifications"
             tables.append(report(f"HTTP, distinct notifications ({what}): asyncio client, {connections} keep-alive "

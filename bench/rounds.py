@@ -4,7 +4,10 @@ Each server runs in its own process group (started with `spawn`), so its
 whole tree is measured: CPU is user + system time of the server and every
 descendant, live or reaped (`common.tree_cpu_seconds`); memory is the peak of
 the summed RSS of the process group, sampled every 0.1 s during the turn.
-The report gives medians over rounds, and each mailhook row's ratio to each
+The load client's own CPU per message (user + system of the reaped client
+process) is reported beside each server's: on a machine whose cores the
+client shares, it bounds what any server can reach. The report gives
+medians over rounds, and each mailhook row's ratio to each
 peer as the median (and range) of the per-round ratios, so a machine that
 slows down in one round slows both sides of that round's ratio.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -40,6 +44,7 @@ class Sample:
     cpu_ms: float
     rss_mb: float
     drained_rate: float | None = None
+    client_ms: float = float("nan")  # the load client's CPU per message in this turn
 
 
 @dataclass
@@ -87,14 +92,23 @@ def turn(contender: Contender, kind: str, payloads: Path, parallel: int, mail_pa
         raise RuntimeError(f"{contender.name} exited with {contender.proc.returncode}")
     contender.rss.reset()
     before = tree_cpu_seconds(pid)
+    client_before = _children_cpu_seconds()
     messages, seconds, ended = run_client(kind, contender.port, payloads, parallel, mail_params)
+    client = _children_cpu_seconds() - client_before
     drained_rate = None
     if contender.drained is not None:
         drained_rate = messages / (seconds + contender.drained() - ended)
     used = tree_cpu_seconds(pid) - before
-    sample = Sample(messages / seconds, used / messages * 1000, contender.rss.sample() / 1024, drained_rate)
+    sample = Sample(messages / seconds, used / messages * 1000, contender.rss.sample() / 1024, drained_rate,
+                    client / messages * 1000)
     contender.samples.append(sample)
     return sample
+
+
+def _children_cpu_seconds() -> float:
+    """Return the user + system CPU of this process's reaped children (the load clients run so far)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _ratios(a: Contender, b: Contender) -> str:
@@ -112,7 +126,8 @@ def report(title: str, contenders: list[Contender], unit: str = "msg") -> Table:
         rate = statistics.median(s.rate for s in c.samples)
         cpu = statistics.median(s.cpu_ms for s in c.samples)
         rss = statistics.median(s.rss_mb for s in c.samples)
-        note = f"CPU {cpu:.2f} ms/{unit}, peak RSS {rss:.0f} MB"
+        client = statistics.median(s.client_ms for s in c.samples)
+        note = f"CPU {cpu:.2f} ms/{unit} (client {client:.2f}), peak RSS {rss:.0f} MB"
         if c.mailhook:
             note += "; " + ", ".join(_ratios(c, p) for p in peers)
         table.add(c.name, f"{rate:,.0f}/s", note)

@@ -196,7 +196,8 @@ def bench(messages: int, repeats: int, workdir: Path, sessions: int = SESSIONS,
             for c in contenders:
                 sample = turn(c, "smtp", payloads, sessions, mail_params)
                 print(f"  round {round_ + 1} {c.name:>32}: {sample.rate:8,.0f} msgs/s, "
-                      f"{sample.cpu_ms:.2f} ms/msg, {sample.rss_mb:.0f} MB", file=sys.stderr, flush=True)
+                      f"{sample.cpu_ms:.2f} ms/msg (client {sample.client_ms:.2f}), {sample.rss_mb:.0f} MB",
+                      file=sys.stderr, flush=True)
             payloads.unlink()
             if source_messages:
                 source_round(contenders, tmp, gen, round_, source_messages, source)
