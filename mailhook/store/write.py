@@ -32,10 +32,11 @@ DEFER_FIGURES_AT = 17
 # SETTLE's parts as statements, each with the event types it needs among the new events (None: any).
 _SETTLE = tuple((tuple(statements(part)), needs) for part, needs in figure_triggers.SETTLE_NEEDS)
 
-# The WAL is copied back into the database once it holds this many pages (16 MiB; SQLite's default
-# is 1,000). A page that many commits change (the right-most leaves, the figures, full-text
-# structure) is copied once per checkpoint: bench/store_frames.py --checkpoints counts 4.7
-# pages copied per distinct email at 1,000, 2.4 at 4,000. The file stays below journal_size_limit.
+# The WAL is copied back into the database once it holds this many pages (8 MiB of the 2 KiB pages of
+# a database mailhook creates, 16 MiB of an older file's 4 KiB; SQLite's default is 1,000). A page
+# that many commits change (the right-most leaves, the figures, full-text structure) is copied once
+# per checkpoint: bench/store_frames.py --checkpoints counts 4.7 pages copied per distinct email at
+# 1,000, 2.4 at 4,000 (4 KiB pages). The file stays below journal_size_limit.
 CHECKPOINT_PAGES = 4000
 
 # What fails one item of a batch alone (a UnicodeEncodeError, mended and written again, is a ValueError).
