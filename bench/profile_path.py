@@ -102,6 +102,19 @@ def _patch(clock: Clock, module: Any, name: str, step: str) -> bool:
     return True
 
 
+def _patch_where(clock: Clock, modules: tuple[str, ...], name: str, step: str) -> bool:
+    """Wrap `name` in each of `modules` (those a tree has) that imported it; say whether any did."""
+    import importlib
+
+    patched = []
+    for module in modules:
+        try:
+            patched.append(_patch(clock, importlib.import_module(module), name, step))
+        except ImportError:  # a tree from before or after the store's modules moved
+            continue
+    return any(patched)
+
+
 def thread_cpu_ns() -> tuple[int, int]:
     """Return (CPU ns of this process's main thread, CPU ns of all its other threads), from /proc."""
     tick = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
@@ -154,8 +167,9 @@ def child(args: argparse.Namespace) -> int:
     found = {
         "parse": _patch(clock, mailhook.extract, "parse_mail", "parse"),
         "extract": _patch(clock, mailhook.pipeline, "extract", "extract"),
-        "derive": _patch(clock, mailhook.store.write, "e164", "derive")
-        & _patch(clock, mailhook.store.write, "sent_at", "derive"),
+        # Where the store calls them: `store.write` until store8, then `store.event_rows` and `store.deliveries`.
+        "derive": _patch_where(clock, ("mailhook.store.write", "mailhook.store.event_rows"), "e164", "derive")
+        & _patch_where(clock, ("mailhook.store.write", "mailhook.store.deliveries"), "sent_at", "derive"),
         "payload JSON": _patch(clock, mailhook.store.write, "rows", "payload JSON"),
         "log line": _patch(clock, mailhook.pipeline, "log_delivery", "log line"),
     }

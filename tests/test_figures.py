@@ -552,8 +552,8 @@ def test_a_version_8_database_upgraded_to_9_sorts_and_lists_nothing_per_event_an
         assert conn.execute("PRAGMA user_version").fetchone() == (8,)
         # The insert trigger as version 8 made it: the campaign's events and a reply's texts sorted.
         sql = conn.execute(old).fetchone()[0]
-        made = (sql.replace(figures._labels_taken("new"), figures._labels_update(figures.campaign_key("new")))
-                .replace(figures._attributed_text_unsorted("new"), figures._attributed_text("new")))
+        made = (sql.replace(figures.labels_taken("new"), figures.labels_update(figures.campaign_key("new")))
+                .replace(figures.attributed_text_unsorted("new"), figures.attributed_text("new")))
         assert made.count("ORDER BY") == 6
         conn.execute("DROP TRIGGER events_figures_insert")
         conn.execute(made)

@@ -23,7 +23,7 @@ from mailhook.export import rows
 from mailhook.models import Extraction
 from mailhook.stats.queries import EVENT_TIME_E, Window, collect
 from mailhook.store.connection import migrate, open_readonly, statements
-from mailhook.store.figures import SETTLE
+from mailhook.store.figure_triggers import SETTLE
 from mailhook.store.schema import MIGRATIONS
 from mailhook.store.writer import Writer
 

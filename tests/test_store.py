@@ -76,6 +76,49 @@ def test_database_is_in_wal_mode_with_full_sync(db: Path, writer: Writer) -> Non
     assert writer.store.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
 
 
+def test_a_new_database_is_made_with_the_chosen_page_size(db: Path) -> None:
+    from mailhook.store.connection import PAGE_SIZE
+
+    store = Store(db)
+    try:
+        store.write([(email(), Extraction(message_id="<n1@callfire.test>", events=(text_event(),)))])
+        assert store.conn.execute("PRAGMA page_size").fetchone() == (PAGE_SIZE,)
+    finally:
+        store.close()
+    assert rows(db, "PRAGMA page_size") == [(PAGE_SIZE,)]
+    assert rows(db, "PRAGMA integrity_check") == [("ok",)]
+
+
+@pytest.mark.parametrize("made_with", [4096, 1024, 8192])
+def test_an_existing_database_keeps_its_page_size_and_is_written_as_before(
+    db: Path, made_with: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mailhook.store import connection
+
+    monkeypatch.setattr(connection, "PAGE_SIZE", made_with)  # as an older mailhook made it
+    store = Store(db)
+    store.write([(email("<a@t>"), Extraction(message_id="<a@t>", events=(text_event(1),)))])
+    store.close()
+    monkeypatch.undo()
+    store = Store(db)
+    try:
+        receipts = store.write([(email("<b@t>"), Extraction(message_id="<b@t>", events=(text_event(2),)))])
+        assert [(r.status, r.events) for r in receipts] == [("stored", 1)]  # type: ignore[union-attr]
+    finally:
+        store.close()
+    assert rows(db, "PRAGMA page_size") == [(made_with,)]
+    assert rows(db, "SELECT resource_id FROM events ORDER BY id") == [(1,), (2,)]
+    assert rows(db, "PRAGMA integrity_check") == [("ok",)]
+
+
+def test_a_database_left_empty_by_a_crash_is_made_new_with_the_chosen_page_size(db: Path) -> None:
+    from mailhook.store.connection import PAGE_SIZE
+
+    db.touch()  # created, then killed before SQLite wrote its header
+    Store(db).close()
+    assert rows(db, "PRAGMA page_size") == [(PAGE_SIZE,)]
+
+
 def test_delivery_and_events_are_stored_with_exact_values(db: Path, writer: Writer) -> None:
     big = 2**63 - 25
     receipt = writer.submit(email(), Extraction(events=(text_event(big),), message_id="<n1@callfire.test>")).result()
@@ -606,13 +649,14 @@ def test_the_writers_journals_stay_in_memory_not_in_a_temporary_file_per_commit(
         store.close()
 
 
-def test_the_wal_is_checkpointed_every_16_mib_and_stays_bounded(db: Path) -> None:
+def test_the_wal_is_checkpointed_every_4000_pages_and_stays_bounded(db: Path) -> None:
     from mailhook.store.connection import WAL_SIZE_LIMIT
     from mailhook.store.write import CHECKPOINT_PAGES
 
     store = Store(db)
     try:
         assert store.conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (CHECKPOINT_PAGES,) == (4000,)
+        (page,) = store.conn.execute("PRAGMA page_size").fetchone()
         big = "x" * 3000  # about a page per delivery, with its indexes a few more
         for start in range(0, 6000, 100):
             store.write([(email(f"<{n}@t>", big.encode()), Extraction(message_id=f"<{n}@t>",
@@ -622,8 +666,8 @@ def test_the_wal_is_checkpointed_every_16_mib_and_stays_bounded(db: Path) -> Non
     finally:
         store.close()
     # More than a checkpoint's worth was written: the WAL was reset, not grown past its bound.
-    assert (db.stat().st_size + wal) > 2 * CHECKPOINT_PAGES * 4096
-    assert wal < min(WAL_SIZE_LIMIT, (CHECKPOINT_PAGES + 2000) * (4096 + 24))
+    assert (db.stat().st_size + wal) > 2 * CHECKPOINT_PAGES * page
+    assert wal < min(WAL_SIZE_LIMIT, (CHECKPOINT_PAGES + 2000) * (page + 24))
 
 
 def _campaign_event(campaign: int, day: int, *, broadcast: bool) -> Event:

@@ -6,7 +6,7 @@ run. Append new migrations at the end, never edit a released one.
 
 from __future__ import annotations
 
-from mailhook.store import figures
+from mailhook.store import figure_triggers, figures
 
 EVENT_COLUMNS = (
     "dedupe_key",
@@ -286,7 +286,7 @@ FROM events
 WHERE event_type IN ('CAMPAIGN_STARTED', 'CAMPAIGN_STOPPED', 'CAMPAIGN_FINISHED');
 {figures.TABLES}
 {figures.FULL_SCAN}
-{figures.TRIGGERS}
+{figure_triggers.TRIGGERS}
 
 DROP VIEW IF EXISTS texts;
 CREATE VIEW texts AS
@@ -337,7 +337,7 @@ ANALYZE events;
 
 # The figures of a large batch settled in one set-based pass at its end, not row by row (issue 15):
 # the table `figures_deferred` and the two insert triggers made to skip their work while it has a row.
-_V5_DEFERRABLE = figures.DEFERRAL
+_V5_DEFERRABLE = figure_triggers.DEFERRAL
 
 # Fewer pages per message (issue 15): every index is a page of the WAL per event, written on
 # commit and again at the checkpoint. The raw-number indexes (the E.164 ones find the same
@@ -359,15 +359,16 @@ CREATE INDEX IF NOT EXISTS events_text_from ON events(from_e164, to_e164, event_
 # A campaign's latest name, labels and status found by an index (issue 15): the lookup walked every
 # campaign event of the database, per campaign event stored, so the cost per message grew with the
 # database. The triggers that make that lookup are made again with the indexed form; the insert
-# triggers as schema 5 left them (`figures.DEFERRAL` drops and makes them).
+# triggers as schema 5 left them (`figure_triggers.DEFERRAL` drops and makes them).
 _V7_CAMPAIGN_INDEX = (figures.CAMPAIGN_INDEX + "DROP TRIGGER IF EXISTS events_figures_delete;\n"
-                      + figures.TRIGGERS + figures.DEFERRAL)
+                      + figure_triggers.TRIGGERS + figure_triggers.DEFERRAL)
 
 # Less CPU per event stored row by row (store-cut3): the figures triggers test "is a campaign event"
 # by comparisons, not by an IN list of three, which SQLite built as a temporary table each time a
 # trigger ran (figures.is_campaign_event). The same figures; the four triggers made again.
 _V8_NO_TEMPORARY_TABLES = ("DROP TRIGGER IF EXISTS events_figures_delete;\n"
-                           "DROP TRIGGER IF EXISTS attempts_figures_delete;\n" + figures.TRIGGERS + figures.DEFERRAL)
+                           "DROP TRIGGER IF EXISTS attempts_figures_delete;\n"
+                           + figure_triggers.TRIGGERS + figure_triggers.DEFERRAL)
 
 # Less CPU per event stored row by row (store-trigger): the insert trigger takes a campaign's name,
 # labels and status from the event just stored, and finds a reply's text, by index seeks without the
@@ -375,12 +376,13 @@ _V8_NO_TEMPORARY_TABLES = ("DROP TRIGGER IF EXISTS events_figures_delete;\n"
 # over a range of event types, not an IN list that SQLite built as a temporary table per insert
 # (figures.CAMPAIGN_INDEX_BY_RANGE). The same figures; the triggers that read the index made again.
 _V9_NO_SORTS = (figures.CAMPAIGN_INDEX_BY_RANGE + "DROP TRIGGER IF EXISTS events_figures_delete;\n"
-                + figures.TRIGGERS + figures.DEFERRAL)
+                + figure_triggers.TRIGGERS + figure_triggers.DEFERRAL)
 
 # Less CPU per event stored row by row (store7): the UPDATE by which a new outbound text takes older
 # replies moved from the insert trigger into `events_figures_take_replies`, fired for outbound texts
-# only, so that other events no longer open its temporary table (figures.TAKE_REPLIES_APART). The same figures.
-_V10_TAKE_REPLIES_APART = figures.TAKE_REPLIES_APART
+# only, so that other events no longer open its temporary table (figure_triggers.TAKE_REPLIES_APART).
+# The same figures.
+_V10_TAKE_REPLIES_APART = figure_triggers.TAKE_REPLIES_APART
 
 MIGRATIONS: tuple[str, ...] = (_V1, _V2_ANALYSIS, _V3_LEANER, _V4_ANALYSTS, _V5_DEFERRABLE, _V6_FEWER_PAGES,
                                _V7_CAMPAIGN_INDEX, _V8_NO_TEMPORARY_TABLES, _V9_NO_SORTS, _V10_TAKE_REPLIES_APART)
