@@ -37,6 +37,7 @@ from process_support import ALLOW_ROOT, read_all, wait_until
 
 from mailhook import openfiles
 from mailhook.http import connection as http_connection
+from mailhook.http import gate as http_gate
 from mailhook.server import Runtime
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,9 +56,9 @@ class Door:
     port: int
 
     @property
-    def gate(self) -> http_connection.Gate:
+    def gate(self) -> http_gate.Gate:
         door = next(d for d in self.runtime.doors if d.name == "http")
-        gate: http_connection.Gate = door.listener.gate  # type: ignore[attr-defined]
+        gate: http_gate.Gate = door.listener.gate  # type: ignore[attr-defined]
         return gate
 
     def post(self, body: bytes = TEXT_XML, *, source: str = "127.0.0.1") -> httpx.Response:

@@ -26,8 +26,8 @@ from conftest import StartServer, make_settings
 from outside import require
 from process_support import wait_until
 
-from mailhook.http import connection as http_connection
 from mailhook.http import door as webhook_module
+from mailhook.http import gate as http_gate
 from mailhook.metrics import Metrics
 from mailhook.pipeline import Pipeline
 from mailhook.server import Runtime
@@ -683,7 +683,7 @@ def test_malformed_http_is_refused_with_400_and_one_log_line_not_a_traceback(
 def test_token_and_signature_guesses_are_logged_once_then_summed_up_per_interval(
     start_webhook: StartWebhook, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(http_connection, "LOG_INTERVAL", 1.0)
+    monkeypatch.setattr(http_gate, "LOG_INTERVAL", 1.0)
     webhook = start_webhook(http={"token": TOKEN, "webhook_secret": SECRET})
     signed = {"X-CallFire-Signature": sign_base64(b"something else")}
 

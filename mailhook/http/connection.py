@@ -5,7 +5,8 @@ no deadline for a request head (a client dripping header bytes holds its
 connection, and an open file, for an hour), and it answers requests it cannot
 parse itself, echoing the bytes it choked on and naming the Python and aiohttp
 versions in `Server:`. The HTTP door (`mailhook.http.door`) serves through the
-`Connection` protocol here instead of aiohttp's sites; this is the one module
+`Connection` protocol here instead of aiohttp's sites (`mailhook.http.listener`),
+under the caps `mailhook.http.gate` counts; this is the one module
 that relies on aiohttp's private internals, each use commented with what it
 replaces and why. `PRIVATE_NAMES` lists them; tests/test_http_connection.py fails
 naming the one an aiohttp upgrade renamed, and pyproject.toml caps aiohttp.
@@ -21,14 +22,8 @@ answers), `keepalive_timeout` (aiohttp's own knob).
 from __future__ import annotations
 
 import asyncio
-import collections
-import json
-import logging
-import os
-import socket
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
-from typing import TYPE_CHECKING
 
 from aiohttp import HttpVersion10, HttpVersion11, web
 from aiohttp.helpers import rfc822_formatted_time
@@ -36,29 +31,18 @@ from aiohttp.http_exceptions import LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from mailhook.config.addresses import parse_address
-from mailhook.config.settings import HttpSettings
-from mailhook.errors import ConfigError
-from mailhook.logs import Summary
+from mailhook.http.gate import Gate, error_response
 
-if TYPE_CHECKING:
-    from mailhook.metrics import Metrics
-
-SERVER = "mailhook"
-# nginx's default listen backlog; a socket systemd passes keeps the unit's Backlog= instead.
-BACKLOG = 511
 # Seconds the unread rest of a refused request body is read and dropped after the answer, so the client
 # sees the answer rather than a reset (aiohttp's lingering_time, 10 s by default; nginx's lingering_timeout).
 LINGER = 5.0
-# How often a flood of refusals or timeouts is summed up in the log.
-LOG_INTERVAL = 60.0
 # aiohttp's private names this module relies on (checked by tests/test_http_connection.py):
 #   RequestHandler._waiter       the future start() awaits while no whole request head has arrived
 #   RequestHandler.handle_error  builds aiohttp's own error page (overridden below)
 #   BaseProtocol._reading_paused, BaseProtocol._buffer_paused
 #                                the two reasons aiohttp pauses reading (resume_reading, overridden below)
 #   Application._handle          routes a request through the application (application_handler, below)
-#   Server.request_handler       what each connection's protocol calls per request (set by listen, below)
+#   Server.request_handler       what each connection's protocol calls per request (serve_through, below)
 #   StreamResponse._eof_sent, StreamResponse._keep_alive, StreamResponse._body_length
 #                                the state aiohttp's prepare and write_eof leave in a response (Answer, below)
 #   helpers.rfc822_formatted_time
@@ -69,23 +53,6 @@ PRIVATE_NAMES = ("RequestHandler._waiter", "RequestHandler.handle_error", "BaseP
                  "helpers.rfc822_formatted_time")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def raw_response(status: int, message: str, *headers: str) -> bytes:
-    """Return a complete `Connection: close` HTTP/1.1 response with a JSON error body, as bytes."""
-    body = json.dumps({"error": message}).encode()
-    head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", f"Server: {SERVER}",
-            "Content-Type: application/json; charset=utf-8", f"Content-Length: {len(body)}", *headers,
-            "Connection: close"]
-    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
-
-
-def error_response(status: int, message: str) -> web.Response:
-    """Return a JSON error response that closes the connection."""
-    response = web.Response(status=status, text=json.dumps({"error": message}), content_type="application/json",
-                            headers={"Server": SERVER})
-    response.force_close()
-    return response
 
 
 class Answer(web.StreamResponse):
@@ -129,128 +96,6 @@ class Answer(web.StreamResponse):
             version[0], version[1], self._fields, len(body), rfc822_formatted_time().encode(), connection, body))
         self._eof_sent = True
         self._body_length = writer.output_size
-
-
-class Gate:
-    """Counts connections in under the caps, and builds the protocol for each new one."""
-
-    def __init__(self, manager: web.Server, settings: HttpSettings, metrics: Metrics, logger: logging.Logger,
-                 protocol_log: logging.Logger | logging.LoggerAdapter) -> None:  # type: ignore[type-arg]
-        self.manager = manager
-        self.settings = settings
-        self.metrics = metrics
-        self.protocol_log = protocol_log
-        self.loop = asyncio.get_running_loop()
-        self.open = 0
-        self.per_ip: collections.Counter[str] = collections.Counter()
-        self.connections: set[Connection] = set()
-        self.refusals = Summary(logger, logging.WARNING, "HTTP connections refused at the caps", LOG_INTERVAL)
-        self.timeouts = Summary(logger, logging.WARNING, "HTTP connections closed without a whole request head",
-                                LOG_INTERVAL)
-        self.evictions = Summary(logger, logging.INFO, "HTTP connections closed to make room at the total cap",
-                                 LOG_INTERVAL)
-        self._evicted = raw_response(503, "connection closed to make room for others; retry later", "Retry-After: 5")
-        self._too_many = raw_response(503, "too many connections; retry later", "Retry-After: 5")
-        self._too_many_here = raw_response(503, "too many connections from your address; retry later",
-                                           "Retry-After: 5")
-        self._head_late = raw_response(
-            408, f"request head not received within {settings.header_timeout:g} seconds")
-        self._head_large = raw_response(400, f"request head larger than {settings.max_header_size} bytes")
-
-    def connection(self) -> Connection:
-        """Build the protocol for one accepted connection (the factory given to `create_server`)."""
-        return Connection(self)
-
-    def admit(self, conn: Connection) -> bytes | None:
-        """Count a connection in, or return the 503 response that refuses it.
-
-        At `max_connections`, a connection waiting for a request head makes
-        room (see `_idlest`), so connections that never complete a request
-        cannot shut out one that does. `max_per_ip` stays a hard cap, as
-        nginx's `limit_conn`: past it an address competes only with itself.
-        """
-        peer = conn.peer
-        if self.per_ip[peer] < self.settings.max_per_ip and self.open >= self.settings.max_connections:
-            idlest = self._idlest()
-            if idlest is not None:
-                idlest.evict()
-        if self.open >= self.settings.max_connections:
-            self.metrics.on_rejected("http", "too_many_connections")
-            self.refusals.note("refused connection channel=http peer=%s: %d connections open (http.max_connections)",
-                               peer, self.open)
-            return self._too_many
-        if self.per_ip[peer] >= self.settings.max_per_ip:
-            self.metrics.on_rejected("http", "too_many_from_address")
-            self.refusals.note("refused connection channel=http peer=%s: %d connections from it (http.max_per_ip)",
-                               peer, self.per_ip[peer])
-            return self._too_many_here
-        self.open += 1
-        self.per_ip[peer] += 1
-        self.connections.add(conn)
-        return None
-
-    def release(self, conn: Connection) -> None:
-        """Count a connection out."""
-        self.connections.discard(conn)
-        self.open -= 1
-        self.per_ip[conn.peer] -= 1
-        if self.per_ip[conn.peer] <= 0:
-            del self.per_ip[conn.peer]
-
-    def _idlest(self) -> Connection | None:
-        """Return the connection that makes room at `max_connections`, if any.
-
-        That is one waiting for a request head (none sent yet, one still
-        incomplete, or idle between kept-alive requests) for at least
-        `evict_after` seconds, from the address holding the most connections,
-        and of those the one waiting longest. A connection whose request is
-        being read, handled or answered is never chosen. Preferring the
-        address holding the most means that a client holding a place or two
-        is not displaced by a flood from a few addresses; the flood displaces itself.
-        """
-        latest = self.loop.time() - self.settings.evict_after
-        candidates = (c for c in self.connections if c.waiting_since(latest))
-        return min(candidates, key=lambda c: (-self.per_ip[c.peer], c.since), default=None)
-
-    def evicted(self, peer: str, waited: float, started: bool) -> bytes | None:
-        """Note a connection closed to make room; return the 503 to send, if any."""
-        self.metrics.on_rejected("http", "evicted")
-        self.evictions.note("closed connection channel=http peer=%s: no whole request head for %.1f s, its place "
-                            "given to a new connection (http.max_connections)", peer, waited)
-        # A client mid-head is told to retry; one idle (or silent) since its last request is closed
-        # silently, as nginx closes reusable connections and as any keep-alive client expects.
-        return self._evicted if started else None
-
-    def head_overdue(self, peer: str, started: bool) -> bytes | None:
-        """Note a connection closed for want of a whole request head; return the 408 to send, if any."""
-        self.metrics.on_rejected("http", "timeout")
-        if not started:
-            # Nothing was sent at all: closed without an answer, as nginx does.
-            self.timeouts.note("closed connection channel=http peer=%s: no request within %g seconds",
-                               peer, self.settings.header_timeout)
-            return None
-        self.timeouts.note("request refused channel=http peer=%s status=408 reason=request head not received "
-                           "within %g seconds", peer, self.settings.header_timeout)
-        return self._head_late
-
-    def head_too_large(self, peer: str) -> bytes:
-        """Note a request head over `max_header_size`; return the 400 to send."""
-        self.metrics.on_rejected("http", "malformed")
-        self.refusals.note("request refused channel=http peer=%s status=400 reason=request head larger than %d bytes",
-                           peer, self.settings.max_header_size)
-        return self._head_large
-
-    def send_overdue(self, peer: str) -> None:
-        """Note a connection closed because its client left an answer unread."""
-        self.metrics.on_rejected("http", "timeout")
-        self.timeouts.note("closed connection channel=http peer=%s: an answer stayed unread for %g seconds",
-                           peer, self.settings.send_timeout)
-
-    def close(self) -> None:
-        """Log what the summaries still count."""
-        self.refusals.close()
-        self.timeouts.close()
-        self.evictions.close()
 
 
 class Connection(RequestHandler):
@@ -452,55 +297,12 @@ def application_handler(app: web.Application) -> Handler:
     return app._handle
 
 
-class Listener:
-    """The HTTP door's listening socket and its gate."""
 
-    def __init__(self, server: asyncio.Server, gate: Gate) -> None:
-        self.server = server
-        self.gate = gate
+def serve_through(server: web.Server, handler: Handler) -> None:
+    """Make every connection `server` serves from now on hand its requests to `handler`.
 
-    def addresses(self) -> list[str]:
-        """Return the bound HOST:PORT of every listening socket (the real port when 0 was asked)."""
-        result = []
-        for sock in self.server.sockets:
-            host, port = sock.getsockname()[:2]
-            result.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
-        return result
-
-    def close(self) -> None:
-        """Stop accepting."""
-        self.server.close()
-        self.gate.close()
-
-
-async def listen(
-    runner: web.AppRunner, settings: HttpSettings, metrics: Metrics, logger: logging.Logger,
-    protocol_log: logging.Logger | logging.LoggerAdapter, sock: socket.socket | None = None,  # type: ignore[type-arg]
-    handler: Handler | None = None,
-) -> Listener:
-    """Serve `runner`'s application on `sock` (passed by systemd) or on `settings.listen`.
-
-    With `handler`, each request goes to it instead of to the application
-    (which it may pass on to, through `application_handler`). Raises
-    `ConfigError` when the address cannot be bound, so `serve` exits 78 with
-    one line as for the SMTP door.
+    Private: each connection's protocol (RequestHandler.__init__) takes the
+    server's `request_handler`, the application's `_handle`; set before the
+    first connection is accepted.
     """
-    loop = asyncio.get_running_loop()
-    assert runner.server is not None, "runner.setup() first"
-    if handler is not None:
-        # Private: each connection's protocol (RequestHandler.__init__) takes the server's request_handler,
-        # the application's `_handle`; set before the first connection is accepted.
-        runner.server.request_handler = handler  # type: ignore[assignment]
-    gate = Gate(runner.server, settings, metrics, logger, protocol_log)
-    try:
-        if sock is not None:
-            server = await loop.create_server(gate.connection, sock=sock, backlog=BACKLOG)
-        else:
-            host, port = parse_address(settings.listen, "http.listen")
-            server = await loop.create_server(gate.connection, host, port, reuse_address=True, backlog=BACKLOG)
-    except OSError as exc:
-        where = settings.listen if sock is None else "the socket systemd passed"
-        # asyncio wraps bind errors in a long sentence; the errno says it in the usual words.
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        raise ConfigError(f"http.listen: cannot listen on {where}: {reason}") from None
-    return Listener(server, gate)
+    server.request_handler = handler  # type: ignore[assignment]
