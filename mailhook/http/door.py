@@ -135,7 +135,10 @@ class Receiver:
             )
             del body
             try:
-                receipt = await self.pipeline.ingest_soon(delivery)  # as ingest_async, without its coroutine
+                # As ingest_async, without its coroutine; the outcome is made here, on the loop of the
+                # connection's task, so the pipeline needs no `get_running_loop` (a getpid call in 3.11).
+                outcome = request.task.get_loop().create_future()
+                receipt = await self.pipeline.ingest_soon(delivery, outcome)
             except RetryLater:
                 return error(503, "storage unavailable; retry later", headers={hdrs.RETRY_AFTER: "30"})
             finally:
