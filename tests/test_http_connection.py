@@ -661,7 +661,8 @@ def test_the_private_aiohttp_names_http_connection_relies_on_still_exist() -> No
                                                   "BaseProtocol._reading_paused", "BaseProtocol._buffer_paused",
                                                   "Application._handle", "Server.request_handler",
                                                   "StreamResponse._eof_sent", "StreamResponse._keep_alive",
-                                                  "StreamResponse._body_length", "helpers.rfc822_formatted_time"}
+                                                  "StreamResponse._body_length", "helpers.rfc822_formatted_time",
+                                                  "RequestHandler.start"}
 
 
 def test_asyncio_still_reports_accept_failures_with_the_message_openfiles_matches() -> None:

@@ -26,9 +26,10 @@ from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 
 from aiohttp import HttpVersion10, HttpVersion11, web
-from aiohttp.helpers import rfc822_formatted_time
+from aiohttp.helpers import ceil_timeout, rfc822_formatted_time
 from aiohttp.http_exceptions import LineTooLong
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.http_writer import StreamWriter
+from aiohttp.web_protocol import _PAYLOAD_ACCESS_ERROR, ERROR, RequestHandler, _ErrInfo
 from aiohttp.web_request import BaseRequest
 
 from mailhook.http.gate import Gate, error_response
@@ -47,10 +48,11 @@ LINGER = 5.0
 #                                the state aiohttp's prepare and write_eof leave in a response (Answer, below)
 #   helpers.rfc822_formatted_time
 #                                the Date header's value, as aiohttp's prepare writes it (Answer, below)
+#   RequestHandler.start         copied whole, each request handled in the connection's task (Connection.start)
 PRIVATE_NAMES = ("RequestHandler._waiter", "RequestHandler.handle_error", "BaseProtocol._reading_paused",
                  "BaseProtocol._buffer_paused", "Application._handle", "Server.request_handler",
                  "StreamResponse._eof_sent", "StreamResponse._keep_alive", "StreamResponse._body_length",
-                 "helpers.rfc822_formatted_time")
+                 "helpers.rfc822_formatted_time", "RequestHandler.start")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -263,6 +265,130 @@ class Connection(RequestHandler):
         if answer is not None:
             transport.write(answer)
         self.force_close()
+
+    async def start(self) -> None:
+        """Serve the connection's requests as aiohttp's `start` does, but each in this task, not in one of its own.
+
+        A copy of RequestHandler.start (aiohttp 3.14.5; its source is pinned by
+        tests/test_library_internals.py) with one change: the request's
+        `_handle_request` is awaited here instead of in a new Task. On Python
+        3.11 that Task cost two more loop turns per request (one to start it,
+        one to wake this loop when it ends) and a Task's objects; on 3.12 and
+        later aiohttp starts it eagerly, as this runs it. aiohttp makes it "for
+        copying context vars" (aiohttp #3406): no mailhook handler sets one. A
+        lost connection does not cancel this task (`handler_cancellation` is
+        off), so a handler still runs to its end, as before. Private: every
+        name below but `log_debug` and `force_close`.
+        """
+        loop = self._loop
+        manager = self._manager
+        assert manager is not None
+        keepalive_timeout = self._keepalive_timeout
+        resp = None
+        assert self._request_factory is not None
+        assert self._request_handler is not None
+
+        while not self._force_close:
+            if not self._messages:
+                try:
+                    # wait for next request
+                    self._waiter = loop.create_future()
+                    await self._waiter
+                finally:
+                    self._waiter = None
+
+            message, payload = self._messages.popleft()
+
+            # Free a parser slot; resume reading once drained to low water so
+            # pipelining keeps flowing while this request is handled.
+            if self._parser is not None:
+                self._parser.message_consumed()
+            if self._buffer_paused and len(self._messages) <= self._msg_queue_resume_size:
+                self._resume_reading_if_drained()
+
+            start = loop.time() if self._logging_enabled else None
+
+            manager.requests_count += 1
+            writer = StreamWriter(self, loop)
+            if isinstance(message, _ErrInfo):
+                # make request_factory work
+                request_handler = self._make_error_handler(message)
+                message = ERROR
+            else:
+                request_handler = self._request_handler
+
+            request = self._request_factory(message, payload, self, writer,
+                                            self._task_handler or asyncio.current_task(loop))  # type: ignore[arg-type]
+            try:
+                try:
+                    # aiohttp: `await task` of a new Task running this coroutine (see the docstring).
+                    resp, reset = await self._handle_request(request, start, request_handler)
+                except ConnectionError:
+                    self.log_debug("Ignored premature client disconnection")
+                    break
+
+                if reset:
+                    self.log_debug("Ignored premature client disconnection 2")
+                    break
+
+                # notify server about keep-alive
+                self._keepalive = bool(resp.keep_alive)
+
+                # check payload
+                if not payload.is_eof():
+                    lingering_time = self._lingering_time
+                    if not self._force_close and lingering_time:
+                        self.log_debug("Start lingering close timer for %s sec.", lingering_time)
+
+                        now = loop.time()
+                        end_t = now + lingering_time
+
+                        try:
+                            while not payload.is_eof() and now < end_t:
+                                async with ceil_timeout(end_t - now):
+                                    # read and ignore
+                                    await payload.readany()
+                                now = loop.time()
+                        except (asyncio.CancelledError, TimeoutError):
+                            if (t := asyncio.current_task()) and t.cancelling():
+                                raise
+
+                    # if payload still uncompleted
+                    if not payload.is_eof() and not self._force_close:
+                        self.log_debug("Uncompleted request.")
+                        self.close()
+
+                payload.set_exception(_PAYLOAD_ACCESS_ERROR)
+
+            except asyncio.CancelledError:
+                self.log_debug("Ignored premature client disconnection")
+                self.force_close()
+                raise
+            except Exception as exc:  # noqa: BLE001 - aiohttp's: logged, and the connection closed
+                self.log_exception("Unhandled exception", exc_info=exc)
+                self.force_close()
+            except BaseException:
+                self.force_close()
+                raise
+            finally:
+                request._task = None  # type: ignore[assignment] # Break reference cycle in case of exception
+                if self.transport is None and resp is not None:
+                    self.log_debug("Ignored premature client disconnection.")
+
+            if self._keepalive and not self._close and not self._force_close:
+                # start keep-alive timer
+                close_time = loop.time() + keepalive_timeout
+                self._next_keepalive_close_time = close_time
+                if self._keepalive_handle is None:
+                    self._keepalive_handle = loop.call_at(close_time, self._process_keepalive)
+            else:
+                break
+
+        # remove handler, close transport if no handlers left
+        if not self._force_close:
+            self._task_handler = None
+            if self.transport is not None:
+                self.transport.close()
 
     def handle_error(
         self, request: BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
