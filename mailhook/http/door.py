@@ -70,6 +70,8 @@ class Receiver:
 
     # aiohttp's own routing of a request through the application (set by `app`).
     route: Handler
+    # The loop the door serves on (set at the application's startup): each notification's outcome is its future.
+    loop: asyncio.AbstractEventLoop
 
     def __init__(self, runtime: Runtime) -> None:
         self.pipeline = runtime.pipeline
@@ -90,9 +92,13 @@ class Receiver:
         app.router.add_get("/metrics", self.render_metrics, allow_head=True, expect_handler=expect_any)
         # Every answer names the service (`Server: mailhook`, not the library and Python versions behind
         # it) in its own headers, not in an on_response_prepare signal: that was two coroutines per request.
+        app.on_startup.append(self._started)
         app.on_cleanup.append(self._close_logs)
         self.route = http_connection.application_handler(app)
         return app
+
+    async def _started(self, app: web.Application) -> None:
+        self.loop = asyncio.get_running_loop()
 
     async def _close_logs(self, app: web.Application) -> None:
         self.auth_refusals.close()
@@ -135,10 +141,9 @@ class Receiver:
             )
             del body
             try:
-                # As ingest_async, without its coroutine; the outcome is made here, on the loop of the
-                # connection's task, so the pipeline needs no `get_running_loop` (a getpid call in 3.11).
-                outcome = request.task.get_loop().create_future()
-                receipt = await self.pipeline.ingest_soon(delivery, outcome)
+                # As ingest_async, without its coroutine; the outcome is made here, on the door's loop,
+                # so the pipeline needs no `get_running_loop` (a getpid system call in Python 3.11).
+                receipt = await self.pipeline.ingest_soon(delivery, self.loop.create_future())
             except RetryLater:
                 return error(503, "storage unavailable; retry later", headers={hdrs.RETRY_AFTER: "30"})
             finally:
