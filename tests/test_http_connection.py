@@ -13,6 +13,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import resource
 import socket
 import sqlite3
@@ -662,7 +663,12 @@ def test_the_private_aiohttp_names_http_connection_relies_on_still_exist() -> No
                                                   "Application._handle", "Server.request_handler",
                                                   "StreamResponse._eof_sent", "StreamResponse._keep_alive",
                                                   "StreamResponse._body_length", "helpers.rfc822_formatted_time",
-                                                  "RequestHandler.start"}
+                                                  "RequestHandler.start", "StreamResponse.__init__"}
+    # Answer skips StreamResponse.__init__ and keeps, as class attributes, every attribute it would set.
+    made = set(re.findall(r"self\.(_\w+)(?:: [^=]+)? = ", inspect.getsource(web.StreamResponse.__init__)))
+    made |= set(re.findall(r"self\.(_\w+) = ", inspect.getsource(web.StreamResponse._set_status)))
+    assert made == {"_state", "_headers", "_status", "_reason"}, advice % "StreamResponse.__init__"
+    assert all(name in vars(http_connection.Answer) for name in made), advice % "StreamResponse.__init__"
 
 
 def test_asyncio_still_reports_accept_failures_with_the_message_openfiles_matches() -> None:

@@ -504,3 +504,15 @@ def test_each_request_is_handled_in_its_connections_task_and_a_client_leaving_do
     assert tasks == [True] * 5, advice
     assert answers == [b"HTTP/1.1 200 OK 0", b"HTTP/1.1 200 OK 2", b"HTTP/1.1 200 OK 4", b"HTTP/1.1 200 OK"], advice
     assert waiting and finished, advice
+
+
+def test_the_doors_200_answer_reads_as_a_fresh_stream_response_before_and_after_it_is_written() -> None:
+    # Answer keeps what StreamResponse.__init__ would set as class attributes; aiohttp's server reads its
+    # keep_alive, and anything else may read the rest, as of a fresh 200 response.
+    ours = http_connection.Answer(b"Server: mailhook\r\n", b"{}")
+    theirs = web.StreamResponse()
+    names = ("status", "reason", "keep_alive", "prepared", "chunked", "compression", "body_length", "task")
+    advice = _advice("aiohttp", "StreamResponse.__init__", "mailhook/http/connection.py (Answer)")
+    assert [getattr(ours, name) for name in names] == [getattr(theirs, name) for name in names], advice
+    assert dict(ours.headers) == dict(theirs.headers) == {} and len(ours) == len(theirs) == 0, advice
+    # Written, it is what aiohttp's Response writes: test_the_doors_200_answer_is_byte_for_byte_...

@@ -24,6 +24,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
+from types import MappingProxyType
+from typing import Any
 
 from aiohttp import HttpVersion10, HttpVersion11, web
 from aiohttp.helpers import ceil_timeout, rfc822_formatted_time
@@ -31,6 +33,7 @@ from aiohttp.http_exceptions import LineTooLong
 from aiohttp.http_writer import StreamWriter
 from aiohttp.web_protocol import _PAYLOAD_ACCESS_ERROR, ERROR, RequestHandler, _ErrInfo
 from aiohttp.web_request import BaseRequest
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from mailhook.http.gate import Gate, error_response
 
@@ -48,11 +51,13 @@ LINGER = 5.0
 #                                the state aiohttp's prepare and write_eof leave in a response (Answer, below)
 #   helpers.rfc822_formatted_time
 #                                the Date header's value, as aiohttp's prepare writes it (Answer, below)
+#   StreamResponse.__init__      not called: the state it sets is class attributes of Answer (below)
 #   RequestHandler.start         copied whole, each request handled in the connection's task (Connection.start)
 PRIVATE_NAMES = ("RequestHandler._waiter", "RequestHandler.handle_error", "BaseProtocol._reading_paused",
                  "BaseProtocol._buffer_paused", "Application._handle", "Server.request_handler",
                  "StreamResponse._eof_sent", "StreamResponse._keep_alive", "StreamResponse._body_length",
-                 "helpers.rfc822_formatted_time", "RequestHandler.start")
+                 "helpers.rfc822_formatted_time", "RequestHandler.start",
+                 "StreamResponse.__init__")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -70,13 +75,21 @@ class Answer(web.StreamResponse):
     compression, chunking or a prepare signal (`app.on_response_prepare`
     runs only for requests the router matched), on a status that has a body.
     Private: the state `prepare` and `write_eof` leave (`_keep_alive`,
-    `_eof_sent`, `_body_length`), which aiohttp's server reads afterwards.
+    `_eof_sent`, `_body_length`), which aiohttp's server reads afterwards,
+    and the state `StreamResponse.__init__` makes, kept in the class.
     """
 
     __slots__ = ("_answer", "_fields")
 
+    # What StreamResponse.__init__ would set per answer (a dict, an empty CIMultiDict, the status through
+    # `_set_status`), as class attributes: nothing reads them but the properties, the headers read-only.
+    _state: dict[Any, Any] = MappingProxyType({})  # type: ignore[assignment]
+    _headers: CIMultiDict[str] = CIMultiDictProxy(CIMultiDict())  # type: ignore[assignment]
+    _status = 200
+    _reason = "OK"
+
     def __init__(self, fields: bytes, body: bytes) -> None:
-        super().__init__()
+        # Private: StreamResponse.__init__ is not called (see the class attributes above).
         self._fields = fields
         self._answer = body
 
@@ -174,12 +187,15 @@ class Connection(RequestHandler):
         one head could still hold ~1 MB while it trickles in; the head as a
         whole is bounded here, as nginx's large_client_header_buffers do.
         """
-        waiting = self._waiting_for_head()
+        # `_waiting_for_head()` written out, here and below: this runs for every read.
+        waiter = self._waiter
+        waiting = waiter is not None and not waiter.done()
         if data and waiting:
             self._head_started = True
             self._head_size += len(data)
         super().data_received(data)
-        if not self._waiting_for_head():
+        waiter = self._waiter
+        if waiter is None or waiter.done():
             if waiting:
                 self.since = self._loop.time()  # a whole head: no longer a candidate to make room
             self._disarm_head_timer()
