@@ -24,7 +24,7 @@ import httpx
 import pytest
 from conftest import StartServer, make_settings
 from outside import require
-from process_support import wait_until
+from process_support import read_all, wait_until
 
 from mailhook.http import door as webhook_module
 from mailhook.http import gate as http_gate
@@ -384,6 +384,23 @@ def test_a_chunked_body_over_the_limit_is_413_however_it_arrives(start_webhook: 
     assert reply.startswith(b"HTTP/1.1 413 ")
     assert webhook.deliveries() == 0
     assert webhook.post(TEXT_XML).status_code == 200
+
+
+@pytest.mark.parametrize("over", [0, 1])
+def test_a_chunked_body_that_comes_whole_with_its_head_is_stored_at_the_limit_and_413_one_byte_past(
+    start_webhook: StartWebhook, over: int
+) -> None:
+    # No Content-Length to refuse it by: the size of the body taken whole (Intake.whole_body) is the check.
+    webhook = start_webhook(smtp={"max_message_size": LIMIT}, http={})
+    head = b"POST /notifications HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    body = TEXT_XML + b" " * (LIMIT - len(TEXT_XML) + over)
+
+    with socket.create_connection(_host_port(webhook), timeout=30) as sock:
+        sock.sendall(head + b"".join(_chunked(body)))
+        reply = read_all(sock)
+
+    assert reply.startswith(b"HTTP/1.1 413 " if over else b"HTTP/1.1 200 "), reply
+    assert webhook.deliveries() == 1 - over
 
 
 def test_a_stored_notification_is_answered_with_its_outcome_as_json(webhook: Webhook) -> None:

@@ -127,7 +127,9 @@ class Receiver:
             try:
                 self.intake.check_token(request)
                 self.intake.check_length(request)
-                body = await self.intake.read_body(request, hold)
+                body = self.intake.whole_body(request, hold)
+                if body is None:
+                    body = await self.intake.read_body(request, hold)
                 self.intake.check_signature(request, body)
             except Rejected as exc:
                 return self._refused(request, exc)

@@ -62,25 +62,31 @@ class Intake:
         if length is not None and length > self.max_size:
             raise TooLarge(f"body larger than {self.max_size} bytes")
 
-    async def read_body(self, request: web.Request, hold: InflightHold) -> bytes:
-        """Return the request's body, read within the size limit, the body timeout and `hold`'s room in the budget."""
+    def whole_body(self, request: web.Request, hold: InflightHold) -> bytes | None:
+        """Return the request's body if all of it came with the head, counted in `hold`; None while more is to come.
+
+        A notification is a few KB and comes whole with its head: taken as it
+        is, with no coroutine, timer or copy through a buffer (`read_body`).
+        """
         content = request.content
         try:
-            if content.is_eof():
-                # The whole body came with the headers (a notification is a few KB): take it
-                # as it is, without arming a timer or copying it through a buffer.
-                whole = content.read_nowait()
-                if len(whole) > self.max_size:
-                    raise TooLarge(f"body larger than {self.max_size} bytes")
-                if not hold.grow(len(whole)):
-                    raise Busy(NO_ROOM)
-                return whole
+            if not content.is_eof():
+                return None
+            whole = content.read_nowait()
         except ConnectionError:
             raise Rejected("connection closed before the whole body arrived", "incomplete") from None
         except HttpProcessingError:
             raise Rejected("malformed request body framing") from None
         except RequestPayloadError as exc:  # e.g. Content-Encoding: gzip over bytes that are not gzip
             raise Rejected(f"request body cannot be decoded: {first_line(exc)}") from None
+        if len(whole) > self.max_size:
+            raise TooLarge(f"body larger than {self.max_size} bytes")
+        if not hold.grow(len(whole)):
+            raise Busy(NO_ROOM)
+        return whole
+
+    async def read_body(self, request: web.Request, hold: InflightHold) -> bytes:
+        """Return the rest of a body `whole_body` did not find whole, read within the limits and `hold`'s room."""
         body = bytearray()
         try:
             async with asyncio.timeout(self.body_timeout):
