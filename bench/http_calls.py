@@ -26,7 +26,7 @@ from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict
 
 from mailhook.config.settings import HttpSettings
-from mailhook.http import connection
+from mailhook.http import listener as http_listener
 from mailhook.metrics import Metrics
 
 BODY = b'{"delivery_id": 1, "status": "stored", "events": 1, "duplicates": 0}'
@@ -62,7 +62,7 @@ async def main(mode: str, count: int) -> None:
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     log = logging.getLogger("bench")
-    listener = await connection.listen(runner, HttpSettings(listen="127.0.0.1:0"), Metrics(), log, log)
+    listener = await http_listener.listen(runner, HttpSettings(listen="127.0.0.1:0"), Metrics(), log, log)
     host, port = listener.addresses()[0].rsplit(":", 1)
     reader, writer = await asyncio.open_connection(host, int(port))
     writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")

@@ -47,9 +47,9 @@ class StubPipeline:
         self.done = done
         self.started = self.ended = 0.0
 
-    def ingest_soon(self, delivery: Any) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
+    def ingest_soon(self, delivery: Any, outcome: asyncio.Future[Any] | None = None) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop() if outcome is None else outcome.get_loop()
+        future = loop.create_future() if outcome is None else outcome
         self.count += 1
         loop.call_soon(future.set_result, self.receipt(self.count, "stored", 1, 0))
         if self.count == self.warm:

@@ -13,6 +13,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import resource
 import socket
 import sqlite3
@@ -37,6 +38,7 @@ from process_support import ALLOW_ROOT, read_all, wait_until
 
 from mailhook import openfiles
 from mailhook.http import connection as http_connection
+from mailhook.http import gate as http_gate
 from mailhook.server import Runtime
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,9 +57,9 @@ class Door:
     port: int
 
     @property
-    def gate(self) -> http_connection.Gate:
+    def gate(self) -> http_gate.Gate:
         door = next(d for d in self.runtime.doors if d.name == "http")
-        gate: http_connection.Gate = door.listener.gate  # type: ignore[attr-defined]
+        gate: http_gate.Gate = door.listener.gate  # type: ignore[attr-defined]
         return gate
 
     def post(self, body: bytes = TEXT_XML, *, source: str = "127.0.0.1") -> httpx.Response:
@@ -660,7 +662,13 @@ def test_the_private_aiohttp_names_http_connection_relies_on_still_exist() -> No
                                                   "BaseProtocol._reading_paused", "BaseProtocol._buffer_paused",
                                                   "Application._handle", "Server.request_handler",
                                                   "StreamResponse._eof_sent", "StreamResponse._keep_alive",
-                                                  "StreamResponse._body_length", "helpers.rfc822_formatted_time"}
+                                                  "StreamResponse._body_length", "helpers.rfc822_formatted_time",
+                                                  "RequestHandler.start", "StreamResponse.__init__"}
+    # Answer skips StreamResponse.__init__ and keeps, as class attributes, every attribute it would set.
+    made = set(re.findall(r"self\.(_\w+)(?:: [^=]+)? = ", inspect.getsource(web.StreamResponse.__init__)))
+    made |= set(re.findall(r"self\.(_\w+) = ", inspect.getsource(web.StreamResponse._set_status)))
+    assert made == {"_state", "_headers", "_status", "_reason"}, advice % "StreamResponse.__init__"
+    assert all(name in vars(http_connection.Answer) for name in made), advice % "StreamResponse.__init__"
 
 
 def test_asyncio_still_reports_accept_failures_with_the_message_openfiles_matches() -> None:

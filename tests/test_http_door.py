@@ -24,10 +24,10 @@ import httpx
 import pytest
 from conftest import StartServer, make_settings
 from outside import require
-from process_support import wait_until
+from process_support import read_all, wait_until
 
-from mailhook.http import connection as http_connection
 from mailhook.http import door as webhook_module
+from mailhook.http import gate as http_gate
 from mailhook.metrics import Metrics
 from mailhook.pipeline import Pipeline
 from mailhook.server import Runtime
@@ -386,6 +386,23 @@ def test_a_chunked_body_over_the_limit_is_413_however_it_arrives(start_webhook: 
     assert webhook.post(TEXT_XML).status_code == 200
 
 
+@pytest.mark.parametrize("over", [0, 1])
+def test_a_chunked_body_that_comes_whole_with_its_head_is_stored_at_the_limit_and_413_one_byte_past(
+    start_webhook: StartWebhook, over: int
+) -> None:
+    # No Content-Length to refuse it by: the size of the body taken whole (Intake.whole_body) is the check.
+    webhook = start_webhook(smtp={"max_message_size": LIMIT}, http={})
+    head = b"POST /notifications HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    body = TEXT_XML + b" " * (LIMIT - len(TEXT_XML) + over)
+
+    with socket.create_connection(_host_port(webhook), timeout=30) as sock:
+        sock.sendall(head + b"".join(_chunked(body)))
+        reply = read_all(sock)
+
+    assert reply.startswith(b"HTTP/1.1 413 " if over else b"HTTP/1.1 200 "), reply
+    assert webhook.deliveries() == 1 - over
+
+
 def test_a_stored_notification_is_answered_with_its_outcome_as_json(webhook: Webhook) -> None:
     response = webhook.post(TEXT_XML)
 
@@ -683,7 +700,7 @@ def test_malformed_http_is_refused_with_400_and_one_log_line_not_a_traceback(
 def test_token_and_signature_guesses_are_logged_once_then_summed_up_per_interval(
     start_webhook: StartWebhook, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(http_connection, "LOG_INTERVAL", 1.0)
+    monkeypatch.setattr(http_gate, "LOG_INTERVAL", 1.0)
     webhook = start_webhook(http={"token": TOKEN, "webhook_secret": SECRET})
     signed = {"X-CallFire-Signature": sign_base64(b"something else")}
 

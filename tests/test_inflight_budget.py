@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
+import socket
 
 import httpx
 import pytest
 from conftest import StartServer
+from process_support import read_all
 from smtp_support import FIXTURES, notification, rows, smtp_address
 
 from mailhook.budget import InflightBudget
@@ -155,3 +157,24 @@ def test_an_http_body_exactly_at_the_budget_is_stored_and_one_byte_over_gets_503
             assert response.status_code == 200, response.text
         assert runtime.inflight.used == 0
         assert client.post(url, content=TEXT_XML).status_code == 200  # a small one still fits
+
+
+@pytest.mark.parametrize("over", [0, 1])
+def test_a_body_that_comes_whole_with_its_head_exactly_at_the_budget_is_stored_and_one_byte_over_gets_503(
+    start_server: StartServer, over: int
+) -> None:
+    # Head and body in one write: the door takes the body whole (Intake.whole_body), counted in one go.
+    runtime = start_server(smtp={"listen": ""}, http={"listen": "127.0.0.1:0"},
+                           parsing={"inflight_budget": len(TEXT_XML) - over})
+    host, _, port = next(d for d in runtime.doors if d.name == "http").addresses()[0].rpartition(":")
+    head = b"POST /notifications HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: %d\r\n\r\n"
+    request = head % len(TEXT_XML) + TEXT_XML
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(request)
+        reply = read_all(sock)
+    if over:
+        assert reply.startswith(b"HTTP/1.1 503 ") and b"\r\nRetry-After: 30\r\n" in reply, reply
+        assert rows(runtime.writer.store.path, "SELECT count(*) FROM deliveries") == [(0,)]
+    else:
+        assert reply.startswith(b"HTTP/1.1 200 "), reply
+    assert runtime.inflight.used == 0

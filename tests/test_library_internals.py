@@ -430,3 +430,89 @@ class _Answers:
         chunk = self.sock.recv(65536)
         assert chunk, "the server closed the connection"
         self.data += chunk
+
+
+# --- aiohttp: mailhook/http/connection.py handles each request in its connection's task ----------------------
+
+# The sha256 of aiohttp 3.14.5's RequestHandler.start source, which mailhook/http/connection.py's `Connection.start`
+# copies, awaiting each request's handling where aiohttp runs it in a Task of its own.
+REQUEST_HANDLER_START_SHA256 = "2e565fd40c8e04fb3afb481d5ba52691a61d28396573b4b8a4cf3b168782288e"
+
+
+def test_aiohttps_request_loop_is_still_the_version_the_connection_copies() -> None:
+    from aiohttp.web_protocol import RequestHandler
+
+    digest = hashlib.sha256(inspect.getsource(RequestHandler.start).encode()).hexdigest()
+    assert digest == REQUEST_HANDLER_START_SHA256, (
+        _advice("aiohttp", "RequestHandler.start", "mailhook/http/connection.py (`Connection.start` is a copy of it)")
+        + "; port its change into the copy, then record the new digest here")
+
+
+async def _served_in_one_task() -> tuple[list[bool], list[bytes], bool, bool]:
+    """Serve through `listen`: three kept-alive requests, a fourth whose client leaves mid handler, then the rest."""
+    from mailhook.config.settings import HttpSettings
+    from mailhook.http import listener as http_listener
+    from mailhook.metrics import Metrics
+
+    tasks: list[bool] = []
+    release, started, finished = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        tasks.append(asyncio.current_task() is request.task)
+        if request.path == "/slow":
+            started.set()
+            await release.wait()  # the client is gone meanwhile: the handler still runs to its end
+            finished.set()
+        body = await request.read()
+        return web.Response(body=b"%d" % len(body))
+
+    runner = web.AppRunner(web.Application(), access_log=None, handle_signals=False)
+    await runner.setup()
+    log = logging.getLogger("mailhook.test")
+    listener = await http_listener.listen(runner, HttpSettings(listen="127.0.0.1:0"), Metrics(), log, log,
+                                         handler=handler)
+    host, _, port = listener.addresses()[0].rpartition(":")
+    answers = []
+    try:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        for body in (b"", b"ab", b"abcd"):
+            writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            head = await reader.readuntil(b"\r\n\r\n")
+            answers.append(head.split(b"\r\n")[0] + b" " + await reader.readexactly(1))
+        _, gone = await asyncio.open_connection(host, int(port))
+        gone.write(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        await started.wait()
+        gone.transport.abort()
+        await asyncio.sleep(0.1)
+        waiting = not finished.is_set()  # held by `release`, not ended by the lost connection
+        release.set()
+        await asyncio.wait_for(finished.wait(), 10)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answers.append((await reader.read()).split(b"\r\n")[0])
+        writer.close()
+    finally:
+        listener.close()
+        await runner.cleanup()
+    return tasks, answers, waiting, finished.is_set()
+
+
+def test_each_request_is_handled_in_its_connections_task_and_a_client_leaving_does_not_cancel_it() -> None:
+    # Connection.start awaits each request's handling itself (aiohttp's start runs it in a Task of its own):
+    # kept-alive requests are answered in order, each body read, and a handler whose client vanished runs on.
+    tasks, answers, waiting, finished = asyncio.run(_served_in_one_task())
+    advice = _advice("aiohttp", "RequestHandler.start", "mailhook/http/connection.py (Connection.start)")
+    assert tasks == [True] * 5, advice
+    assert answers == [b"HTTP/1.1 200 OK 0", b"HTTP/1.1 200 OK 2", b"HTTP/1.1 200 OK 4", b"HTTP/1.1 200 OK"], advice
+    assert waiting and finished, advice
+
+
+def test_the_doors_200_answer_reads_as_a_fresh_stream_response_before_and_after_it_is_written() -> None:
+    # Answer keeps what StreamResponse.__init__ would set as class attributes; aiohttp's server reads its
+    # keep_alive, and anything else may read the rest, as of a fresh 200 response.
+    ours = http_connection.Answer(b"Server: mailhook\r\n", b"{}")
+    theirs = web.StreamResponse()
+    names = ("status", "reason", "keep_alive", "prepared", "chunked", "compression", "body_length", "task")
+    advice = _advice("aiohttp", "StreamResponse.__init__", "mailhook/http/connection.py (Answer)")
+    assert [getattr(ours, name) for name in names] == [getattr(theirs, name) for name in names], advice
+    assert dict(ours.headers) == dict(theirs.headers) == {} and len(ours) == len(theirs) == 0, advice
+    # Written, it is what aiohttp's Response writes: test_the_doors_200_answer_is_byte_for_byte_...

@@ -5,7 +5,8 @@ no deadline for a request head (a client dripping header bytes holds its
 connection, and an open file, for an hour), and it answers requests it cannot
 parse itself, echoing the bytes it choked on and naming the Python and aiohttp
 versions in `Server:`. The HTTP door (`mailhook.http.door`) serves through the
-`Connection` protocol here instead of aiohttp's sites; this is the one module
+`Connection` protocol here instead of aiohttp's sites (`mailhook.http.listener`),
+under the caps `mailhook.http.gate` counts; this is the one module
 that relies on aiohttp's private internals, each use commented with what it
 replaces and why. `PRIVATE_NAMES` lists them; tests/test_http_connection.py fails
 naming the one an aiohttp upgrade renamed, and pyproject.toml caps aiohttp.
@@ -21,71 +22,44 @@ answers), `keepalive_timeout` (aiohttp's own knob).
 from __future__ import annotations
 
 import asyncio
-import collections
-import json
-import logging
-import os
-import socket
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
-from typing import TYPE_CHECKING
+from types import MappingProxyType
+from typing import Any
 
 from aiohttp import HttpVersion10, HttpVersion11, web
-from aiohttp.helpers import rfc822_formatted_time
+from aiohttp.helpers import ceil_timeout, rfc822_formatted_time
 from aiohttp.http_exceptions import LineTooLong
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.http_writer import StreamWriter
+from aiohttp.web_protocol import _PAYLOAD_ACCESS_ERROR, ERROR, RequestHandler, _ErrInfo
 from aiohttp.web_request import BaseRequest
+from multidict import CIMultiDict, CIMultiDictProxy
 
-from mailhook.config.addresses import parse_address
-from mailhook.config.settings import HttpSettings
-from mailhook.errors import ConfigError
-from mailhook.logs import Summary
+from mailhook.http.gate import Gate, error_response
 
-if TYPE_CHECKING:
-    from mailhook.metrics import Metrics
-
-SERVER = "mailhook"
-# nginx's default listen backlog; a socket systemd passes keeps the unit's Backlog= instead.
-BACKLOG = 511
 # Seconds the unread rest of a refused request body is read and dropped after the answer, so the client
 # sees the answer rather than a reset (aiohttp's lingering_time, 10 s by default; nginx's lingering_timeout).
 LINGER = 5.0
-# How often a flood of refusals or timeouts is summed up in the log.
-LOG_INTERVAL = 60.0
 # aiohttp's private names this module relies on (checked by tests/test_http_connection.py):
 #   RequestHandler._waiter       the future start() awaits while no whole request head has arrived
 #   RequestHandler.handle_error  builds aiohttp's own error page (overridden below)
 #   BaseProtocol._reading_paused, BaseProtocol._buffer_paused
 #                                the two reasons aiohttp pauses reading (resume_reading, overridden below)
 #   Application._handle          routes a request through the application (application_handler, below)
-#   Server.request_handler       what each connection's protocol calls per request (set by listen, below)
+#   Server.request_handler       what each connection's protocol calls per request (serve_through, below)
 #   StreamResponse._eof_sent, StreamResponse._keep_alive, StreamResponse._body_length
 #                                the state aiohttp's prepare and write_eof leave in a response (Answer, below)
 #   helpers.rfc822_formatted_time
 #                                the Date header's value, as aiohttp's prepare writes it (Answer, below)
+#   StreamResponse.__init__      not called: the state it sets is class attributes of Answer (below)
+#   RequestHandler.start         copied whole, each request handled in the connection's task (Connection.start)
 PRIVATE_NAMES = ("RequestHandler._waiter", "RequestHandler.handle_error", "BaseProtocol._reading_paused",
                  "BaseProtocol._buffer_paused", "Application._handle", "Server.request_handler",
                  "StreamResponse._eof_sent", "StreamResponse._keep_alive", "StreamResponse._body_length",
-                 "helpers.rfc822_formatted_time")
+                 "helpers.rfc822_formatted_time", "RequestHandler.start",
+                 "StreamResponse.__init__")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def raw_response(status: int, message: str, *headers: str) -> bytes:
-    """Return a complete `Connection: close` HTTP/1.1 response with a JSON error body, as bytes."""
-    body = json.dumps({"error": message}).encode()
-    head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", f"Server: {SERVER}",
-            "Content-Type: application/json; charset=utf-8", f"Content-Length: {len(body)}", *headers,
-            "Connection: close"]
-    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
-
-
-def error_response(status: int, message: str) -> web.Response:
-    """Return a JSON error response that closes the connection."""
-    response = web.Response(status=status, text=json.dumps({"error": message}), content_type="application/json",
-                            headers={"Server": SERVER})
-    response.force_close()
-    return response
 
 
 class Answer(web.StreamResponse):
@@ -101,13 +75,21 @@ class Answer(web.StreamResponse):
     compression, chunking or a prepare signal (`app.on_response_prepare`
     runs only for requests the router matched), on a status that has a body.
     Private: the state `prepare` and `write_eof` leave (`_keep_alive`,
-    `_eof_sent`, `_body_length`), which aiohttp's server reads afterwards.
+    `_eof_sent`, `_body_length`), which aiohttp's server reads afterwards,
+    and the state `StreamResponse.__init__` makes, kept in the class.
     """
 
     __slots__ = ("_answer", "_fields")
 
+    # What StreamResponse.__init__ would set per answer (a dict, an empty CIMultiDict, the status through
+    # `_set_status`), as class attributes: nothing reads them but the properties, the headers read-only.
+    _state: dict[Any, Any] = MappingProxyType({})  # type: ignore[assignment]
+    _headers: CIMultiDict[str] = CIMultiDictProxy(CIMultiDict())  # type: ignore[assignment]
+    _status = 200
+    _reason = "OK"
+
     def __init__(self, fields: bytes, body: bytes) -> None:
-        super().__init__()
+        # Private: StreamResponse.__init__ is not called (see the class attributes above).
         self._fields = fields
         self._answer = body
 
@@ -129,128 +111,6 @@ class Answer(web.StreamResponse):
             version[0], version[1], self._fields, len(body), rfc822_formatted_time().encode(), connection, body))
         self._eof_sent = True
         self._body_length = writer.output_size
-
-
-class Gate:
-    """Counts connections in under the caps, and builds the protocol for each new one."""
-
-    def __init__(self, manager: web.Server, settings: HttpSettings, metrics: Metrics, logger: logging.Logger,
-                 protocol_log: logging.Logger | logging.LoggerAdapter) -> None:  # type: ignore[type-arg]
-        self.manager = manager
-        self.settings = settings
-        self.metrics = metrics
-        self.protocol_log = protocol_log
-        self.loop = asyncio.get_running_loop()
-        self.open = 0
-        self.per_ip: collections.Counter[str] = collections.Counter()
-        self.connections: set[Connection] = set()
-        self.refusals = Summary(logger, logging.WARNING, "HTTP connections refused at the caps", LOG_INTERVAL)
-        self.timeouts = Summary(logger, logging.WARNING, "HTTP connections closed without a whole request head",
-                                LOG_INTERVAL)
-        self.evictions = Summary(logger, logging.INFO, "HTTP connections closed to make room at the total cap",
-                                 LOG_INTERVAL)
-        self._evicted = raw_response(503, "connection closed to make room for others; retry later", "Retry-After: 5")
-        self._too_many = raw_response(503, "too many connections; retry later", "Retry-After: 5")
-        self._too_many_here = raw_response(503, "too many connections from your address; retry later",
-                                           "Retry-After: 5")
-        self._head_late = raw_response(
-            408, f"request head not received within {settings.header_timeout:g} seconds")
-        self._head_large = raw_response(400, f"request head larger than {settings.max_header_size} bytes")
-
-    def connection(self) -> Connection:
-        """Build the protocol for one accepted connection (the factory given to `create_server`)."""
-        return Connection(self)
-
-    def admit(self, conn: Connection) -> bytes | None:
-        """Count a connection in, or return the 503 response that refuses it.
-
-        At `max_connections`, a connection waiting for a request head makes
-        room (see `_idlest`), so connections that never complete a request
-        cannot shut out one that does. `max_per_ip` stays a hard cap, as
-        nginx's `limit_conn`: past it an address competes only with itself.
-        """
-        peer = conn.peer
-        if self.per_ip[peer] < self.settings.max_per_ip and self.open >= self.settings.max_connections:
-            idlest = self._idlest()
-            if idlest is not None:
-                idlest.evict()
-        if self.open >= self.settings.max_connections:
-            self.metrics.on_rejected("http", "too_many_connections")
-            self.refusals.note("refused connection channel=http peer=%s: %d connections open (http.max_connections)",
-                               peer, self.open)
-            return self._too_many
-        if self.per_ip[peer] >= self.settings.max_per_ip:
-            self.metrics.on_rejected("http", "too_many_from_address")
-            self.refusals.note("refused connection channel=http peer=%s: %d connections from it (http.max_per_ip)",
-                               peer, self.per_ip[peer])
-            return self._too_many_here
-        self.open += 1
-        self.per_ip[peer] += 1
-        self.connections.add(conn)
-        return None
-
-    def release(self, conn: Connection) -> None:
-        """Count a connection out."""
-        self.connections.discard(conn)
-        self.open -= 1
-        self.per_ip[conn.peer] -= 1
-        if self.per_ip[conn.peer] <= 0:
-            del self.per_ip[conn.peer]
-
-    def _idlest(self) -> Connection | None:
-        """Return the connection that makes room at `max_connections`, if any.
-
-        That is one waiting for a request head (none sent yet, one still
-        incomplete, or idle between kept-alive requests) for at least
-        `evict_after` seconds, from the address holding the most connections,
-        and of those the one waiting longest. A connection whose request is
-        being read, handled or answered is never chosen. Preferring the
-        address holding the most means that a client holding a place or two
-        is not displaced by a flood from a few addresses; the flood displaces itself.
-        """
-        latest = self.loop.time() - self.settings.evict_after
-        candidates = (c for c in self.connections if c.waiting_since(latest))
-        return min(candidates, key=lambda c: (-self.per_ip[c.peer], c.since), default=None)
-
-    def evicted(self, peer: str, waited: float, started: bool) -> bytes | None:
-        """Note a connection closed to make room; return the 503 to send, if any."""
-        self.metrics.on_rejected("http", "evicted")
-        self.evictions.note("closed connection channel=http peer=%s: no whole request head for %.1f s, its place "
-                            "given to a new connection (http.max_connections)", peer, waited)
-        # A client mid-head is told to retry; one idle (or silent) since its last request is closed
-        # silently, as nginx closes reusable connections and as any keep-alive client expects.
-        return self._evicted if started else None
-
-    def head_overdue(self, peer: str, started: bool) -> bytes | None:
-        """Note a connection closed for want of a whole request head; return the 408 to send, if any."""
-        self.metrics.on_rejected("http", "timeout")
-        if not started:
-            # Nothing was sent at all: closed without an answer, as nginx does.
-            self.timeouts.note("closed connection channel=http peer=%s: no request within %g seconds",
-                               peer, self.settings.header_timeout)
-            return None
-        self.timeouts.note("request refused channel=http peer=%s status=408 reason=request head not received "
-                           "within %g seconds", peer, self.settings.header_timeout)
-        return self._head_late
-
-    def head_too_large(self, peer: str) -> bytes:
-        """Note a request head over `max_header_size`; return the 400 to send."""
-        self.metrics.on_rejected("http", "malformed")
-        self.refusals.note("request refused channel=http peer=%s status=400 reason=request head larger than %d bytes",
-                           peer, self.settings.max_header_size)
-        return self._head_large
-
-    def send_overdue(self, peer: str) -> None:
-        """Note a connection closed because its client left an answer unread."""
-        self.metrics.on_rejected("http", "timeout")
-        self.timeouts.note("closed connection channel=http peer=%s: an answer stayed unread for %g seconds",
-                           peer, self.settings.send_timeout)
-
-    def close(self) -> None:
-        """Log what the summaries still count."""
-        self.refusals.close()
-        self.timeouts.close()
-        self.evictions.close()
 
 
 class Connection(RequestHandler):
@@ -327,12 +187,15 @@ class Connection(RequestHandler):
         one head could still hold ~1 MB while it trickles in; the head as a
         whole is bounded here, as nginx's large_client_header_buffers do.
         """
-        waiting = self._waiting_for_head()
+        # `_waiting_for_head()` written out, here and below: this runs for every read.
+        waiter = self._waiter
+        waiting = waiter is not None and not waiter.done()
         if data and waiting:
             self._head_started = True
             self._head_size += len(data)
         super().data_received(data)
-        if not self._waiting_for_head():
+        waiter = self._waiter
+        if waiter is None or waiter.done():
             if waiting:
                 self.since = self._loop.time()  # a whole head: no longer a candidate to make room
             self._disarm_head_timer()
@@ -419,6 +282,132 @@ class Connection(RequestHandler):
             transport.write(answer)
         self.force_close()
 
+    async def start(self) -> None:
+        """Serve the connection's requests as aiohttp's `start` does, but each in this task, not in one of its own.
+
+        A copy of RequestHandler.start (aiohttp 3.14.5, Apache-2.0, (c) the
+        aiohttp contributors; its source is pinned by
+        tests/test_library_internals.py, and pyproject.toml requires that
+        version) with one change: the request's
+        `_handle_request` is awaited here instead of in a new Task. On Python
+        3.11 that Task cost two more loop turns per request (one to start it,
+        one to wake this loop when it ends) and a Task's objects; on 3.12 and
+        later aiohttp starts it eagerly, as this runs it. aiohttp makes it "for
+        copying context vars" (aiohttp #3406): no mailhook handler sets one. A
+        lost connection does not cancel this task (`handler_cancellation` is
+        off), so a handler still runs to its end, as before. Private: every
+        name below but `log_debug` and `force_close`.
+        """
+        loop = self._loop
+        manager = self._manager
+        assert manager is not None
+        keepalive_timeout = self._keepalive_timeout
+        resp = None
+        assert self._request_factory is not None
+        assert self._request_handler is not None
+
+        while not self._force_close:
+            if not self._messages:
+                try:
+                    # wait for next request
+                    self._waiter = loop.create_future()
+                    await self._waiter
+                finally:
+                    self._waiter = None
+
+            message, payload = self._messages.popleft()
+
+            # Free a parser slot; resume reading once drained to low water so
+            # pipelining keeps flowing while this request is handled.
+            if self._parser is not None:
+                self._parser.message_consumed()
+            if self._buffer_paused and len(self._messages) <= self._msg_queue_resume_size:
+                self._resume_reading_if_drained()
+
+            start = loop.time() if self._logging_enabled else None
+
+            manager.requests_count += 1
+            writer = StreamWriter(self, loop)
+            if isinstance(message, _ErrInfo):
+                # make request_factory work
+                request_handler = self._make_error_handler(message)
+                message = ERROR
+            else:
+                request_handler = self._request_handler
+
+            request = self._request_factory(message, payload, self, writer,
+                                            self._task_handler or asyncio.current_task(loop))  # type: ignore[arg-type]
+            try:
+                try:
+                    # aiohttp: `await task` of a new Task running this coroutine (see the docstring).
+                    resp, reset = await self._handle_request(request, start, request_handler)
+                except ConnectionError:
+                    self.log_debug("Ignored premature client disconnection")
+                    break
+
+                if reset:
+                    self.log_debug("Ignored premature client disconnection 2")
+                    break
+
+                # notify server about keep-alive
+                self._keepalive = bool(resp.keep_alive)
+
+                # check payload
+                if not payload.is_eof():
+                    lingering_time = self._lingering_time
+                    if not self._force_close and lingering_time:
+                        self.log_debug("Start lingering close timer for %s sec.", lingering_time)
+
+                        now = loop.time()
+                        end_t = now + lingering_time
+
+                        try:
+                            while not payload.is_eof() and now < end_t:
+                                async with ceil_timeout(end_t - now):
+                                    # read and ignore
+                                    await payload.readany()
+                                now = loop.time()
+                        except (asyncio.CancelledError, TimeoutError):
+                            if (t := asyncio.current_task()) and t.cancelling():
+                                raise
+
+                    # if payload still uncompleted
+                    if not payload.is_eof() and not self._force_close:
+                        self.log_debug("Uncompleted request.")
+                        self.close()
+
+                payload.set_exception(_PAYLOAD_ACCESS_ERROR)
+
+            except asyncio.CancelledError:
+                self.log_debug("Ignored premature client disconnection")
+                self.force_close()
+                raise
+            except Exception as exc:  # noqa: BLE001 - aiohttp's: logged, and the connection closed
+                self.log_exception("Unhandled exception", exc_info=exc)
+                self.force_close()
+            except BaseException:
+                self.force_close()
+                raise
+            finally:
+                request._task = None  # type: ignore[assignment] # Break reference cycle in case of exception
+                if self.transport is None and resp is not None:
+                    self.log_debug("Ignored premature client disconnection.")
+
+            if self._keepalive and not self._close and not self._force_close:
+                # start keep-alive timer
+                close_time = loop.time() + keepalive_timeout
+                self._next_keepalive_close_time = close_time
+                if self._keepalive_handle is None:
+                    self._keepalive_handle = loop.call_at(close_time, self._process_keepalive)
+            else:
+                break
+
+        # remove handler, close transport if no handlers left
+        if not self._force_close:
+            self._task_handler = None
+            if self.transport is not None:
+                self.transport.close()
+
     def handle_error(
         self, request: BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
     ) -> web.StreamResponse:
@@ -452,55 +441,12 @@ def application_handler(app: web.Application) -> Handler:
     return app._handle
 
 
-class Listener:
-    """The HTTP door's listening socket and its gate."""
 
-    def __init__(self, server: asyncio.Server, gate: Gate) -> None:
-        self.server = server
-        self.gate = gate
+def serve_through(server: web.Server, handler: Handler) -> None:
+    """Make every connection `server` serves from now on hand its requests to `handler`.
 
-    def addresses(self) -> list[str]:
-        """Return the bound HOST:PORT of every listening socket (the real port when 0 was asked)."""
-        result = []
-        for sock in self.server.sockets:
-            host, port = sock.getsockname()[:2]
-            result.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
-        return result
-
-    def close(self) -> None:
-        """Stop accepting."""
-        self.server.close()
-        self.gate.close()
-
-
-async def listen(
-    runner: web.AppRunner, settings: HttpSettings, metrics: Metrics, logger: logging.Logger,
-    protocol_log: logging.Logger | logging.LoggerAdapter, sock: socket.socket | None = None,  # type: ignore[type-arg]
-    handler: Handler | None = None,
-) -> Listener:
-    """Serve `runner`'s application on `sock` (passed by systemd) or on `settings.listen`.
-
-    With `handler`, each request goes to it instead of to the application
-    (which it may pass on to, through `application_handler`). Raises
-    `ConfigError` when the address cannot be bound, so `serve` exits 78 with
-    one line as for the SMTP door.
+    Private: each connection's protocol (RequestHandler.__init__) takes the
+    server's `request_handler`, the application's `_handle`; set before the
+    first connection is accepted.
     """
-    loop = asyncio.get_running_loop()
-    assert runner.server is not None, "runner.setup() first"
-    if handler is not None:
-        # Private: each connection's protocol (RequestHandler.__init__) takes the server's request_handler,
-        # the application's `_handle`; set before the first connection is accepted.
-        runner.server.request_handler = handler  # type: ignore[assignment]
-    gate = Gate(runner.server, settings, metrics, logger, protocol_log)
-    try:
-        if sock is not None:
-            server = await loop.create_server(gate.connection, sock=sock, backlog=BACKLOG)
-        else:
-            host, port = parse_address(settings.listen, "http.listen")
-            server = await loop.create_server(gate.connection, host, port, reuse_address=True, backlog=BACKLOG)
-    except OSError as exc:
-        where = settings.listen if sock is None else "the socket systemd passed"
-        # asyncio wraps bind errors in a long sentence; the errno says it in the usual words.
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        raise ConfigError(f"http.listen: cannot listen on {where}: {reason}") from None
-    return Listener(server, gate)
+    server.request_handler = handler  # type: ignore[assignment]
