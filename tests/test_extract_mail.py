@@ -8,6 +8,7 @@ import email as stdlib_email
 import html
 import quopri
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -332,7 +333,10 @@ def test_a_body_that_begins_without_a_blank_line_keeps_every_line() -> None:
 _PIECES = st.sampled_from(
     ["\n", "\r\n", " ", "\t", ">", "-", "---", "B", "b", "x", ":", "{", "}", '"', "\\", '"events"',
      '"CallFinished"', "Begin forwarded message:", "---------- Forwarded message ---------",
-     "-----Original Message-----", "\u017f", "\u0130"]
+     "-----Original Message-----", "\u017f", "\u0130",
+     # the same marks in other cases, and the characters IGNORECASE takes for "s", "i" and "k"
+     "bEGIN FoRwArDeD MESSAGE:", "--- FORWARDED MESSAGE", "--- original message", "forwarded", "FORWARDED",
+     "Begin forwarded me\u017f\u017fage:", "----- Or\u0131g\u0131nal Message -----", "\u0131", "\u212a"]
 )
 _TEXTS = st.lists(_PIECES, max_size=40).map("".join)
 
@@ -342,6 +346,28 @@ _TEXTS = st.lists(_PIECES, max_size=40).map("".join)
 def test_line_start_checks_find_exactly_the_lines_their_multiline_patterns_find(text: str) -> None:
     assert _has_quoted_line(text) == (re.search(r"^[ \t]*>", text, re.MULTILINE) is not None)
     assert _has_forward_mark(text) == (_FORWARD_MARK.search(text) is not None)
+
+
+def test_ignorecase_takes_only_the_two_ascii_cases_of_the_letters_of_forwarded() -> None:
+    # _has_forward_mark skips texts without "---" and without "forwarded" in their lower() on this ground.
+    every_character = "".join(chr(code) for code in range(sys.maxunicode + 1))
+    assert "".join(sorted(set(re.findall("(?i)[forwarded]", every_character)))) == "ADEFORWadeforw"
+    assert all(letter.lower() in "forwarded" for letter in "ADEFORWadeforw")
+
+
+@pytest.mark.parametrize(
+    ("text", "marked"),
+    [
+        ("Hello\nBEGIN FORWARDED MESSAGE:\nText ID: 5", True),
+        ("Hello\n  -------- fOrWaRdEd MeSsAgE --------\nText ID: 5", True),
+        ("Hello\n-----ORIGINAL MESSAGE-----\nText ID: 5", True),
+        ("Hello\nBegin forwarded me\u017f\u017fage:\nText ID: 5", True),
+        ("Hello\nforwarded to you:\nBilled Amount: 1\nBroadcast ID: 2", False),
+        ("Hello\n-- \nsignature\nBilled Amount: 1", False),
+    ],
+)
+def test_a_forward_mark_in_any_case_is_found_and_no_mark_is_not(text: str, marked: bool) -> None:
+    assert _has_forward_mark(text) == (_FORWARD_MARK.search(text) is not None) == marked
 
 
 def _json_spans_char_by_char(text: str) -> list[tuple[int, int]]:
