@@ -42,8 +42,9 @@ from mailhook.budget import InflightBudget
 from mailhook.errors import ConfigError
 from mailhook.pipeline import _Mailbox
 from mailhook.server import Runtime
+from mailhook.smtp.connection import RCPT_OVERSHOOT
 from mailhook.smtp.door import SmtpDoor, StoreOutcome
-from mailhook.smtp.session import RCPT_OVERSHOOT, Connection
+from mailhook.smtp.session import Connection
 
 EXPECTED = ".expected.json"
 

@@ -22,7 +22,7 @@ from smtp_support import client, notification, rows
 from mailhook.server import Runtime
 from mailhook.smtp.door import SmtpDoor
 from mailhook.smtp.fastpath import END
-from mailhook.smtp.session import SessionReader
+from mailhook.smtp.reader import SessionReader
 
 LIMIT = 16
 # Commands, one line past the limit, another far past it (more than twice the limit: the transport pauses),

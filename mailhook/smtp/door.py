@@ -22,9 +22,10 @@ from mailhook.errors import ConfigError, RetryLater
 from mailhook.logs import logfmt
 from mailhook.models import Delivery, utcnow
 from mailhook.smtp.auth import AuthChecks, PasswordAuth, PasswordFile, tls_context
+from mailhook.smtp.connection import RCPT_OVERSHOOT, SHUTTING_DOWN, SessionBase
 from mailhook.smtp.fastpath import hook_names
 from mailhook.smtp.limits import UNFIT_TEXT, AuthPenalty, ConnectionRate, RefusalSummary
-from mailhook.smtp.session import RCPT_OVERSHOOT, SHUTTING_DOWN, Connection
+from mailhook.smtp.session import Connection
 
 if TYPE_CHECKING:
     from mailhook.server import Runtime
@@ -181,7 +182,7 @@ class SmtpDoor:
         # Only this case needs an EHLO hook; aiosmtpd inspects a hook's signature
         # on every new connection (docs/performance.md), so the other doors go without.
         self.handler = (TlsWithoutAuthHandler if self.tls is not None and self.passwords is None else Handler)(self)
-        self.sessions: set[Connection] = set()
+        self.sessions: set[SessionBase] = set()
         self.per_ip: collections.Counter[str] = collections.Counter()
         self.storing: set[asyncio.Future[Any]] = set()
         self.closing = False
@@ -241,7 +242,7 @@ class SmtpDoor:
             result.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
         return result
 
-    def admit(self, conn: Connection) -> bytes | None:
+    def admit(self, conn: SessionBase) -> bytes | None:
         """Count a new session in, or return the 421 reply that refuses it.
 
         At a cap, a session that had no message accepted for `evict_after`
@@ -274,7 +275,7 @@ class SmtpDoor:
         self._idle.clear()
         return None
 
-    def _idlest(self, newcomer: Connection, *, same_address: bool) -> Connection | None:
+    def _idlest(self, newcomer: SessionBase, *, same_address: bool) -> SessionBase | None:
         """Return the session that may make room for `newcomer`, if any.
 
         That is the one longest without a message accepted (or since its
@@ -295,7 +296,7 @@ class SmtpDoor:
         )
         return min(candidates, key=lambda c: c.last_accepted, default=None)
 
-    def _refuse(self, conn: Connection, reason: str, reply: bytes) -> bytes:
+    def _refuse(self, conn: SessionBase, reason: str, reply: bytes) -> bytes:
         """Count a connection refused at a cap, for the metrics and the next summary line; return the reply."""
         self.runtime.metrics.on_rejected("smtp", reason)
         if self.refused.add(conn.peer_ip, reason):
@@ -312,7 +313,7 @@ class SmtpDoor:
         if summary is not None:
             log.warning(summary[0], *summary[1])
 
-    def release(self, conn: Connection) -> None:
+    def release(self, conn: SessionBase) -> None:
         """Count a finished session out."""
         if conn in self.sessions:
             self.sessions.discard(conn)
