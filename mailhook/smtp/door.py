@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import functools
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -45,10 +44,13 @@ class StoreOutcome(asyncio.Future[Any]):
     asyncio's Task, cancelled while it awaits a future that refuses the
     cancel, raises `CancelledError` in its coroutine at its next step: here
     once the store is done, its outcome retrieved and dropped. So the store
-    goes on and the door's `close` waits for it, as `SmtpDoor.track` makes it
-    for a store in a task, without a second future, its callback and the
-    loop's turn between them (docs/performance.md, smtp-door7). The
-    pipeline's mailbox, which resolves it, cancels it by `Future.cancel`.
+    goes on, the door's `close` waits for it (`SmtpDoor.storing`), and the
+    message's in-flight bytes are given back when it is done, whether the
+    store runs on the loop or in a task (`Pipeline.ingest_soon` copies the
+    task's outcome into this future): one way to await a store, without a
+    second future, its callback and the loop's turn between them
+    (docs/performance.md, smtp-door7, smtp8). The pipeline, which resolves
+    it, cancels it by `Future.cancel`.
     """
 
     def cancel(self, msg: Any | None = None) -> bool:
@@ -128,25 +130,21 @@ class Handler(PasswordAuth):
             envelope_to=tuple(envelope.rcpt_tos),
             remote_addr=server.peer_ip,
         )
-        door = self.door
+        # The store goes on even if the client vanishes or times out meanwhile (see StoreOutcome): the door
+        # waits for its outcome before the writer is closed. A store in a task (large, or acknowledged on
+        # receipt) hands its outcome on to this one.
+        outcome = StoreOutcome(loop=server.loop)
+        storing = self.door.storing
+        storing.add(outcome)
         try:
-            # The store goes on even if the client vanishes or times out meanwhile:
-            # the door waits for these futures before the writer is closed.
-            outcome = StoreOutcome(loop=server.loop)
-            store = door.runtime.pipeline.ingest_soon(delivery, outcome)
-            if store is outcome:  # the common case: awaited as it is, see StoreOutcome
-                door.storing.add(store)
-                try:
-                    receipt = await store
-                finally:
-                    door.storing.discard(store)
-            else:  # a store in a task (large, or acknowledged on receipt)
-                receipt = await door.track(store)
+            receipt = await self.door.runtime.pipeline.ingest_soon(delivery, outcome)
         except RetryLater:
             return RETRY_LATER
         except Exception:  # the client gets a retryable answer, never the exception text
             log.exception("unexpected error while storing a message from %s", server.peer_ip)
             return RETRY_LATER
+        finally:
+            storing.discard(outcome)
         server.accepted()
         return f"250 2.0.0 OK delivery {receipt.delivery_id} {receipt.status}"
 
@@ -184,7 +182,7 @@ class SmtpDoor:
         self.handler = (TlsWithoutAuthHandler if self.tls is not None and self.passwords is None else Handler)(self)
         self.sessions: set[SessionBase] = set()
         self.per_ip: collections.Counter[str] = collections.Counter()
-        self.storing: set[asyncio.Future[Any]] = set()
+        self.storing: set[StoreOutcome] = set()  # the stores in flight, as their sessions await them
         self.closing = False
         self.server: asyncio.Server | None = None
         self.refused = RefusalSummary()
@@ -323,31 +321,6 @@ class SmtpDoor:
             self.runtime.metrics.smtp_sessions.dec()
         if not self.sessions:
             self._idle.set()
-
-    def track(self, store: asyncio.Future[Any]) -> asyncio.Future[Any]:
-        """Remember a store in flight until it completes; return a future of its outcome for the session to await.
-
-        Cancelling that future (the session ended meanwhile) leaves the store
-        going on, and the door waits for it before the writer is closed: what
-        `asyncio.shield` and a done callback of its own did, with one callback
-        per message instead of four (each a `Handle` run by the loop).
-        """
-        outcome = store.get_loop().create_future()
-        self.storing.add(store)
-        store.add_done_callback(functools.partial(self._stored, outcome))
-        return outcome
-
-    def _stored(self, outcome: asyncio.Future[Any], store: asyncio.Future[Any]) -> None:
-        self.storing.discard(store)
-        if outcome.cancelled():
-            if not store.cancelled():
-                store.exception()  # retrieved here: a client that left cannot receive it
-        elif store.cancelled():
-            outcome.cancel()
-        elif (error := store.exception()) is not None:
-            outcome.set_exception(error)
-        else:
-            outcome.set_result(store.result())
 
     async def close(self) -> None:
         """Stop accepting, let transactions in flight finish (within the grace period), then wait for stores."""
