@@ -33,6 +33,7 @@ from smtp_support import (
     notification,
     on_the_wire,
     raw_session,
+    read_reply,
     read_until_closed,
     rows,
     say,
@@ -886,3 +887,70 @@ def test_a_message_whose_client_vanishes_while_it_is_stored_is_stored_and_waited
     assert rows(_db(runtime), "SELECT count(*) FROM deliveries") == [(1,)]
     if kind != "received":  # acknowledged on receipt: its events are stored later by the backlog
         assert rows(_db(runtime), "SELECT count(*) FROM events WHERE resource_id = ?", 61) == [(1,)]
+
+
+def _waiting_for(door: SmtpDoor) -> tuple[Connection, object]:
+    """Return the door's one session once its command loop waits for a command, and the future it waits on."""
+    wait_until(lambda: len(door.sessions) == 1, 10, "the session")
+    (session,) = list(door.sessions)
+    assert isinstance(session, Connection)
+    wait_until(lambda: session.data_received == session.command_received, 10, "the loop waiting for a command")
+    reader = session.fed
+    assert reader is not None and reader._waiter is not None
+    return session, reader._waiter
+
+
+def test_mail_and_rcpt_sent_alone_are_answered_without_waking_the_session_and_the_message_is_stored(
+    server: Runtime,
+) -> None:
+    door = next(d for d in server.doors if isinstance(d, SmtpDoor))
+    sock, f = raw_session(server)
+    with sock, f:
+        assert _answer(f, b"EHLO client.test").startswith(b"250 ")
+        session, waiter = _waiting_for(door)
+        assert _answer(f, b"MAIL FROM:<notifications@callfire.com> SIZE=2000") == b"250 2.1.0 OK"
+        assert _answer(f, b"RCPT TO:<ops@example.com>") == b"250 2.1.5 OK"
+        # The loop still waits on the same future: both were answered as they arrived, by `answer_at_once`.
+        assert _waiting_for(door) == (session, waiter) and not waiter.done()  # type: ignore[attr-defined]
+        assert session.envelope is not None and session.envelope.mail_from == "notifications@callfire.com"
+        assert session.envelope.mail_options == ["SIZE=2000"] and session.envelope.rcpt_tos == ["ops@example.com"]
+        assert _answer(f, b"DATA").startswith(b"354 ")
+        assert _answer(f, on_the_wire(notification(950_000_001)) + b".") == b"250 2.0.0 OK delivery 1 stored"
+        _, after = _waiting_for(door)
+        assert after is not waiter  # DATA went through the loop, which waits on a new future
+    assert rows(_db(server), "SELECT count(*) FROM events WHERE resource_id = ?", 950_000_001) == [(1,)]
+
+
+@pytest.mark.parametrize("lines", [
+    [b"MAIL FROM:<notifications@callfire.com>\r\nRCPT TO:<ops@example.com>\r\n"],  # pipelined: two lines at once
+    [b"MAIL FROM:<notifications@callfire.com> XFOO=1\r\n"],  # not the common case: aiosmtpd's method answers
+    [b"MAIL FROM:<x@elsewhere.test>\r\n"],  # refused by the hook: counted as an error by `push`
+    [b"RCPT TO:<ops@example.com>\r\n"],  # no MAIL yet
+    [b"MAIL FROM:<notifications@callfire.com>\r\n", b"MAIL FROM:<notifications@callfire.com>\r\n"],  # nested
+    [b"MAIL FROM:<notifications@callfire.com>\r\n", b"RCPT TO:<ops@example.com>\r\n",
+     b"RCPT TO:<two@example.com>\r\n", b"RCPT TO:<three@example.com>\r\n"],  # the third past max_recipients: 452
+    [b"MAIL FROM:<notifications@callfire.com>\r\n", b"RCPT TO:<nobody@example.com>\r\n"],  # refused recipient
+    [b"MAIL FROM:<" + b"a" * 600 + b"@callfire.com>\r\n"],  # past the command's size limit
+])
+def test_what_the_session_does_not_answer_at_once_is_answered_by_the_loop_as_before(
+    start_server: StartServer, lines: list[bytes],
+) -> None:
+    replies = {}
+    for at_once in (True, False):
+        runtime = start_server(smtp={"senders": ("@callfire.com",), "accept": ("ops@example.com", "two@example.com"),
+                                     "max_recipients": 2})
+        door = next(d for d in runtime.doors if isinstance(d, SmtpDoor))
+        sock, f = raw_session(runtime)
+        with sock, f:
+            assert _answer(f, b"EHLO client.test").startswith(b"250 ")
+            session, _ = _waiting_for(door)
+            if not at_once:  # every command through the loop, as before `answer_at_once`
+                session.answer_at_once = lambda data: False  # type: ignore[method-assign]
+            got = []
+            for line in lines:
+                f.write(line)
+                f.flush()
+                got += [read_reply(f).rstrip(b"\r\n") for _ in range(line.count(b"\n"))]
+            got.append(_answer(f, b"NOOP"))
+            replies[at_once] = (got, session.errors, session.envelope.mail_from if session.envelope else None)
+    assert replies[True] == replies[False]

@@ -74,6 +74,15 @@ class CommandLoop(SessionBase):
         transport.write(status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii") + b"\r\n")
         return True
 
+    def command_received(self, data: bytes) -> None:
+        """Take bytes that arrive while the loop waits for a command: answered at once if the session can, else read."""
+        if not self.answer_at_once(data) and self.fed is not None:
+            self.fed.feed_data(data)
+
+    def answer_at_once(self, data: bytes) -> bool:
+        """Answer a command that arrived alone without waking the loop; True if answered (here, never)."""
+        return False
+
     # Reads the private SMTP._writer (the session's StreamWriter), as aiosmtpd's push does.
     async def push(self, status: Any) -> None:
         """Send a reply, counting refusals in the metrics and errors against the session's error limits."""
@@ -155,7 +164,15 @@ class CommandLoop(SessionBase):
         while self.transport is not None:
             try:
                 try:
-                    line: bytes = await self._reader.readuntil()
+                    # Between commands, what arrives may be answered at once (`command_received`); the reader's
+                    # own `feed_data` takes the transport's data again once a line is read (if still connected).
+                    if self.fed is self._reader:
+                        self.data_received = self.command_received  # type: ignore[method-assign]
+                    try:
+                        line: bytes = await self._reader.readuntil()
+                    finally:
+                        if self.fed is not None:
+                            self.data_received = self.fed.feed_data  # type: ignore[method-assign]
                 except asyncio.LimitOverrunError as error:
                     # Line too long. Read until end of line before sending 500.
                     await self._reader.read(error.consumed)

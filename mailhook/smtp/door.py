@@ -92,6 +92,15 @@ class Handler(PasswordAuth):
         if self.settings.senders and not matches(address, self.settings.senders):
             log.info("refused sender peer=%s from=%s", server.peer_ip, logfmt(address))
             return "550 5.7.1 Sender not allowed"
+        return self.take_sender(envelope, address, options)
+
+    def refuses_sender(self, address: str) -> bool:
+        """Say whether `mail` would refuse `address`, without its log line: the session's answer at once asks first."""
+        return bool(UNFIT_TEXT.search(address)) or bool(
+            self.settings.senders and not matches(address, self.settings.senders))
+
+    def take_sender(self, envelope: Envelope, address: str, options: list[str]) -> str:
+        """Start the transaction with a sender `mail` accepts; return its 250."""
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return "250 2.1.0 OK"
@@ -114,6 +123,16 @@ class Handler(PasswordAuth):
             # Temporary on purpose: the sender delivers the rest in another transaction.
             server.recipient_overshoot()
             return RCPT_OVERSHOOT
+        return self.take_recipient(envelope, address, options)
+
+    def refuses_recipient(self, envelope: Envelope, address: str) -> bool:
+        """Say whether `rcpt` would refuse `address` (or answer 452), without its log line or count."""
+        return bool(UNFIT_TEXT.search(address)) or bool(
+            self.settings.accept and not matches(address, self.settings.accept)
+        ) or len(envelope.rcpt_tos) >= self.settings.max_recipients
+
+    def take_recipient(self, envelope: Envelope, address: str, options: list[str]) -> str:
+        """Add a recipient `rcpt` accepts; return its 250."""
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
         return "250 2.1.5 OK"
