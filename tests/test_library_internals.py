@@ -39,7 +39,7 @@ from mailhook.http import connection as http_connection
 from mailhook.http import door as http_door
 from mailhook.imap import account
 from mailhook.server import Runtime
-from mailhook.smtp import command_loop, session
+from mailhook.smtp import command_loop, mail_rcpt, session
 from mailhook.smtp import connection as smtp_connection
 from mailhook.smtp import reader as smtp_reader
 from mailhook.smtp.door import SmtpDoor
@@ -50,7 +50,7 @@ SMTP_DATA_SHA256 = "3a33f30d3fd6d02f39c7d78a08288bffea9170525b62e2161568041ae7e0
 # copies.
 HANDLE_CLIENT_SHA256 = "0e4d096403af6c74c87b2fe722c213884e2140a9388e95feb05aec2f39e05556"
 # The sha256 of aiosmtpd 1.4.6's SMTP.smtp_MAIL, SMTP._getparams and SMTP.smtp_RCPT sources, whose common cases
-# mailhook/smtp/session.py's smtp_MAIL and smtp_RCPT answer themselves (with fastpath.plain_mail_options).
+# mailhook/smtp/mail_rcpt.py's smtp_MAIL and smtp_RCPT answer themselves (with fastpath.plain_mail_options).
 MAIL_AND_RCPT_SHA256 = {
     "smtp_MAIL": "80dd938e7791acfb31bc6eef174b9c1af96d7bac54fe103198ec6ce3440e8043",
     "_getparams": "ca3dd15943d34dccee26fbd87750f880f50f43e41007da98fedcf18c525165da",
@@ -64,8 +64,8 @@ TRANSPORT_SWITCH_SHA256 = {
     "smtp_STARTTLS": "6565289f4131fa132ad3c517e8f2933a490043fc11da08a5be5dd73efc491bec",
 }
 # The modules of the SMTP session that touch aiosmtpd's or asyncio's private names, each listing those it relies on.
-SESSION_MODULES = (smtp_connection, command_loop, session)
-ASYNCIO_MODULES = (smtp_reader, smtp_connection, command_loop)
+SESSION_MODULES = (smtp_connection, command_loop, mail_rcpt, session)
+ASYNCIO_MODULES = (smtp_reader, smtp_connection, command_loop, mail_rcpt)
 TEXT_XML = (Path(__file__).resolve().parent.parent / "fixtures" / "seed" / "text-outbound.xml").read_bytes()
 
 
@@ -137,7 +137,7 @@ def test_aiosmtpd_mail_and_rcpt_are_still_the_versions_whose_common_case_the_ses
         digest = hashlib.sha256(inspect.getsource(getattr(SMTP, name)).encode()).hexdigest()
         assert digest == expected, (
             _advice("aiosmtpd", f"SMTP.{name}",
-                    "mailhook/smtp/session.py (smtp_MAIL and smtp_RCPT answer its common case themselves, "
+                    "mailhook/smtp/mail_rcpt.py (smtp_MAIL and smtp_RCPT answer its common case themselves, "
                     "MAIL's parameters read by fastpath.plain_mail_options)")
             + "; check that they still give its envelope and replies for every case tests/test_smtp_mail_params.py "
               "covers, then record the new digest here")

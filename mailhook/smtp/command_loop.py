@@ -1,6 +1,6 @@
 """The session's command loop and its replies: aiosmtpd's `_handle_client`, copied with less Python per command.
 
-`CommandLoop` reads each command, runs its `smtp_` method (smtp/session.py)
+`CommandLoop` reads each command, runs its `smtp_` method (smtp/session.py, smtp/mail_rcpt.py)
 and sends the replies (`sent`, `push`), counting refusals and errors. The
 private names of aiosmtpd and asyncio it relies on are listed in
 `PRIVATE_NAMES` and `ASYNCIO_PRIVATE_NAMES` and checked by

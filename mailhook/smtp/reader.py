@@ -1,7 +1,7 @@
 """The session's reader: asyncio's StreamReader with less Python per round trip (`SessionReader`).
 
-The one module besides the session's (smtp/connection.py, smtp/command_loop.py,
-smtp/session.py) that touches asyncio's private names: those it reads and sets are
+One of the session's modules (with smtp/connection.py, smtp/command_loop.py,
+smtp/mail_rcpt.py and smtp/session.py) that touch asyncio's private names: those it reads and sets are
 listed in `ASYNCIO_PRIVATE_NAMES` and checked by tests/test_library_internals.py,
 and the reader against asyncio's own by tests/test_smtp_reader.py.
 """
