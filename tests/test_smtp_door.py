@@ -931,6 +931,8 @@ def test_mail_and_rcpt_sent_alone_are_answered_without_waking_the_session_and_th
      b"RCPT TO:<two@example.com>\r\n", b"RCPT TO:<three@example.com>\r\n"],  # the third past max_recipients: 452
     [b"MAIL FROM:<notifications@callfire.com>\r\n", b"RCPT TO:<nobody@example.com>\r\n"],  # refused recipient
     [b"MAIL FROM:<" + b"a" * 600 + b"@callfire.com>\r\n"],  # past the command's size limit
+    [b"MAIL FROM:<\r\n"],  # aiosmtpd's address parser raises (IndexError): answered by handle_exception
+    [b"MAIL FROM:<notifications@callfire.com>\r\n", b"RCPT TO:<@a:\r\n"],  # likewise for RCPT
 ])
 def test_what_the_session_does_not_answer_at_once_is_answered_by_the_loop_as_before(
     start_server: StartServer, lines: list[bytes],

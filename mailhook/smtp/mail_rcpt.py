@@ -195,8 +195,13 @@ class MailAndRcpt(CommandLoop):
         handler, envelope = self.event_handler, self.envelope
         if envelope is None:
             return False
+        # aiosmtpd's address parser, reached for what is not plain, raises on some inputs (IndexError for "<"):
+        # the loop's method then raises it again and answers as before (`handle_exception`).
         if command == "MAIL":
-            mail = self._plain_mail(arg)
+            try:
+                mail = self._plain_mail(arg)
+            except Exception:  # noqa: BLE001 - answered by the command loop, as before
+                return False
             if mail is None or handler.refuses_sender(mail[0]):
                 return False
             self.info_logged = False
@@ -204,7 +209,10 @@ class MailAndRcpt(CommandLoop):
             envelope.smtp_utf8 = mail[2]
             status = handler.take_sender(envelope, mail[0], mail[1])
         else:
-            address = self._plain_rcpt(arg)
+            try:
+                address = self._plain_rcpt(arg)
+            except Exception:  # noqa: BLE001 - as for MAIL
+                return False
             if address is None or handler.refuses_recipient(envelope, address):
                 return False
             self.info_logged = False
