@@ -74,6 +74,7 @@ class Pipeline:
     log_level: int = logging.INFO
     # Hands finished deliveries back to the event loop, a batch at a time (see `_on_loop`).
     _mailbox: _Mailbox | None = field(default=None, init=False, repr=False)
+    _tasks: set[asyncio.Future[Receipt]] = field(default_factory=set, init=False, repr=False)
 
     def __post_init__(self) -> None:
         writer: Any = self.writer
@@ -202,13 +203,25 @@ class Pipeline:
 
         The common case (a small delivery of a channel acknowledged once
         stored) is extracted now and costs no coroutine or task of its own:
-        the SMTP door's per-message path; it resolves and returns `outcome`
-        when given one (a pending future of the running loop). Any other
-        runs `ingest_async` in a task.
+        the SMTP door's per-message path. Any other runs `ingest_async` in a
+        task. Given `outcome` (a pending future of the running loop), it
+        resolves and returns that either way: the task's outcome is copied
+        into it once the task is done.
         """
         if delivery.channel in self.deferred or len(delivery.raw) > INLINE_LIMIT:
-            return asyncio.ensure_future(self.ingest_async(delivery))
+            task = asyncio.ensure_future(self.ingest_async(delivery))
+            if outcome is None:
+                return task
+            # Kept until done: the loop holds tasks weakly, and nothing else need hold this one.
+            self._tasks.add(task)
+            task.add_done_callback(functools.partial(self._copy_outcome, outcome))
+            return outcome
         return self._stored_on_loop(delivery, time.perf_counter(), outcome)
+
+    def _copy_outcome(self, outcome: asyncio.Future[Receipt], task: asyncio.Future[Receipt]) -> None:
+        """Give `outcome` the outcome of a store's finished `task` (its exception retrieved here, whoever waits)."""
+        self._tasks.discard(task)
+        _settle(outcome, task)
 
     def _stored_on_loop(
         self, delivery: Delivery, started: float, outcome: asyncio.Future[Receipt] | None = None,
@@ -367,8 +380,8 @@ class _Mailbox:
             _settle(waiter, source)
 
 
-def _settle(waiter: asyncio.Future[Receipt], source: Future[Receipt]) -> None:
-    """Give `waiter` the outcome of `source` (unless it was cancelled meanwhile)."""
+def _settle(waiter: asyncio.Future[Receipt], source: Future[Receipt] | asyncio.Future[Receipt]) -> None:
+    """Give `waiter` the outcome of `source`, a finished future (unless `waiter` was cancelled meanwhile)."""
     if waiter.cancelled():
         return
     if source.cancelled():

@@ -31,6 +31,7 @@ from conftest import StartServer
 from mailparser.core import MailParser
 from multidict import CIMultiDict
 from outside import Certificate
+from process_support import wait_until
 from smtp_support import client, notification, rows
 
 from mailhook.extract import mail
@@ -38,15 +39,18 @@ from mailhook.http import connection as http_connection
 from mailhook.http import door as http_door
 from mailhook.imap import account
 from mailhook.server import Runtime
-from mailhook.smtp import session
+from mailhook.smtp import command_loop, mail_rcpt, session
+from mailhook.smtp import connection as smtp_connection
+from mailhook.smtp import reader as smtp_reader
 from mailhook.smtp.door import SmtpDoor
 
 # The sha256 of aiosmtpd 1.4.6's SMTP.smtp_DATA source, which mailhook/smtp/session.py's `Connection.smtp_DATA` copies.
 SMTP_DATA_SHA256 = "3a33f30d3fd6d02f39c7d78a08288bffea9170525b62e2161568041ae7e018df"
-# The sha256 of aiosmtpd 1.4.6's SMTP._handle_client source, which mailhook/smtp/session.py's `_handle_client` copies.
+# The sha256 of aiosmtpd 1.4.6's SMTP._handle_client source, which mailhook/smtp/command_loop.py's `_handle_client`
+# copies.
 HANDLE_CLIENT_SHA256 = "0e4d096403af6c74c87b2fe722c213884e2140a9388e95feb05aec2f39e05556"
 # The sha256 of aiosmtpd 1.4.6's SMTP.smtp_MAIL, SMTP._getparams and SMTP.smtp_RCPT sources, whose common cases
-# mailhook/smtp/session.py's smtp_MAIL and smtp_RCPT answer themselves (with fastpath.plain_mail_options).
+# mailhook/smtp/mail_rcpt.py's smtp_MAIL and smtp_RCPT answer themselves (with fastpath.plain_mail_options).
 MAIL_AND_RCPT_SHA256 = {
     "smtp_MAIL": "80dd938e7791acfb31bc6eef174b9c1af96d7bac54fe103198ec6ce3440e8043",
     "_getparams": "ca3dd15943d34dccee26fbd87750f880f50f43e41007da98fedcf18c525165da",
@@ -59,6 +63,9 @@ TRANSPORT_SWITCH_SHA256 = {
     "connection_made": "77a45df5065bba343a040b6f6c88de8907b40c80bc03727e7f18ede20d19f4bf",
     "smtp_STARTTLS": "6565289f4131fa132ad3c517e8f2933a490043fc11da08a5be5dd73efc491bec",
 }
+# The modules of the SMTP session that touch aiosmtpd's or asyncio's private names, each listing those it relies on.
+SESSION_MODULES = (smtp_connection, command_loop, mail_rcpt, session)
+ASYNCIO_MODULES = (smtp_reader, smtp_connection, command_loop, mail_rcpt)
 TEXT_XML = (Path(__file__).resolve().parent.parent / "fixtures" / "seed" / "text-outbound.xml").read_bytes()
 
 
@@ -81,8 +88,12 @@ def _assigned(cls: type, attribute: str) -> bool:
     return False
 
 
+def _where(name: str, modules: tuple[object, ...], names: str) -> str:
+    """Name the modules of the SMTP session that list `name` among their private names."""
+    return ", ".join(f"{m.__name__.replace('.', '/')}.py" for m in modules if name in getattr(m, names))
+
+
 def test_the_private_aiosmtpd_names_the_smtp_session_relies_on_still_exist() -> None:
-    where = "mailhook/smtp/session.py"
     methods = {
         "_getaddr": ["self", "arg"],
         "_syntax_available": ["self", "method"],
@@ -93,6 +104,7 @@ def test_the_private_aiosmtpd_names_the_smtp_session_relies_on_still_exist() -> 
         "_handle_client": ["self"],
     }
     for name, parameters in methods.items():
+        where = _where(f"SMTP.{name}", SESSION_MODULES, "PRIVATE_NAMES")
         assert callable(getattr(SMTP, name, None)), _advice("aiosmtpd", f"SMTP.{name}", where)
         assert list(inspect.signature(getattr(SMTP, name)).parameters) == parameters, (
             _advice("aiosmtpd", f"SMTP.{name}'s parameters", where))
@@ -100,8 +112,9 @@ def test_the_private_aiosmtpd_names_the_smtp_session_relies_on_still_exist() -> 
                   "_enforce_call_limit", "_call_limit_default", "_call_limit_base", "_tls_handshake_okay",
                   "_tls_protocol", "_smtp_methods", "_auth_required", "_decode_data")
     for attribute in attributes:
+        where = _where(f"SMTP.{attribute}", SESSION_MODULES, "PRIVATE_NAMES")
         assert _assigned(SMTP, attribute), _advice("aiosmtpd", f"SMTP.{attribute}", where)
-    assert {n.split(".")[1] for n in session.PRIVATE_NAMES} == {*methods, *attributes}
+    assert {n.split(".")[1] for m in SESSION_MODULES for n in m.PRIVATE_NAMES} == {*methods, *attributes}
 
 
 def test_aiosmtpd_data_is_still_the_version_the_session_copies() -> None:
@@ -114,7 +127,8 @@ def test_aiosmtpd_data_is_still_the_version_the_session_copies() -> None:
 def test_aiosmtpd_command_loop_is_still_the_version_the_session_copies() -> None:
     digest = hashlib.sha256(inspect.getsource(SMTP._handle_client).encode()).hexdigest()
     assert digest == HANDLE_CLIENT_SHA256, (
-        _advice("aiosmtpd", "SMTP._handle_client", "mailhook/smtp/session.py (`_handle_client` is a copy of it)")
+        _advice("aiosmtpd", "SMTP._handle_client",
+                "mailhook/smtp/command_loop.py (`CommandLoop._handle_client` is a copy of it)")
         + "; port its change into the copy, then record the new digest here")
 
 
@@ -123,7 +137,7 @@ def test_aiosmtpd_mail_and_rcpt_are_still_the_versions_whose_common_case_the_ses
         digest = hashlib.sha256(inspect.getsource(getattr(SMTP, name)).encode()).hexdigest()
         assert digest == expected, (
             _advice("aiosmtpd", f"SMTP.{name}",
-                    "mailhook/smtp/session.py (smtp_MAIL and smtp_RCPT answer its common case themselves, "
+                    "mailhook/smtp/mail_rcpt.py (smtp_MAIL and smtp_RCPT answer its common case themselves, "
                     "MAIL's parameters read by fastpath.plain_mail_options)")
             + "; check that they still give its envelope and replies for every case tests/test_smtp_mail_params.py "
               "covers, then record the new digest here")
@@ -133,7 +147,7 @@ def test_aiosmtpd_still_switches_the_sessions_transport_and_its_writers_together
     for name, expected in TRANSPORT_SWITCH_SHA256.items():
         digest = hashlib.sha256(inspect.getsource(getattr(SMTP, name)).encode()).hexdigest()
         assert digest == expected, (
-            _advice("aiosmtpd", f"SMTP.{name}", "mailhook/smtp/session.py (`sent` writes to the session's "
+            _advice("aiosmtpd", f"SMTP.{name}", "mailhook/smtp/command_loop.py (`sent` writes to the session's "
                                                 "transport, which must stay the one its StreamWriter writes to)")
             + "; check that both still change together at STARTTLS, then record the new digest here")
 
@@ -157,14 +171,14 @@ def test_replies_the_session_writes_itself_after_starttls_go_over_tls_and_the_me
         # All of it read through the session's own reader, whose transport aiosmtpd's STARTTLS switched.
         door = next(d for d in runtime.doors if isinstance(d, SmtpDoor))
         (connection,) = list(door.sessions)
-        assert isinstance(connection._reader, session.SessionReader)
+        assert isinstance(connection._reader, smtp_reader.SessionReader)
         assert connection._stream_reader is connection._reader is connection.fed
-        assert connection.data_received == connection._reader.feed_data
+        # Between commands what arrives goes to `command_received`, which feeds that reader what it does not answer.
+        wait_until(lambda: connection.data_received == connection.command_received, 10, "the loop waiting")
     assert rows(runtime.settings.storage.db, "SELECT count(*) FROM events") == [(1,)]  # type: ignore[arg-type]
 
 
 def test_the_private_asyncio_names_the_sessions_reader_relies_on_still_exist() -> None:
-    where = "mailhook/smtp/session.py (SessionReader and Connection.own_reader)"
     loop = asyncio.new_event_loop()
     try:
         reader = asyncio.StreamReader(limit=5, loop=loop)
@@ -172,7 +186,7 @@ def test_the_private_asyncio_names_the_sessions_reader_relies_on_still_exist() -
         ours, theirs = socket.socketpair()
         ours.setblocking(False)
         transport = loop._make_socket_transport(ours, asyncio.Protocol())  # type: ignore[attr-defined]
-        assert type(transport) is session.SOCKET_TRANSPORT  # what `Connection.sent` reads directly
+        assert type(transport) is command_loop.SOCKET_TRANSPORT  # what `Connection.sent` reads directly
         # The two reads `sent` makes are still what the methods they stand in for return.
         assert (transport._buffer, transport._closing) == (bytearray(), False)
         transport.write(b"x" * (1 << 22))  # the peer is not reading: most of it stays in the write buffer
@@ -182,8 +196,9 @@ def test_the_private_asyncio_names_the_sessions_reader_relies_on_still_exist() -
         loop.run_until_complete(asyncio.sleep(0))  # the transport's connection_lost closes its socket
         theirs.close()
         owners = {"StreamReader": reader, "StreamReaderProtocol": protocol, "_SelectorSocketTransport": transport}
-        for name in session.ASYNCIO_PRIVATE_NAMES:
+        for name in {n for m in ASYNCIO_MODULES for n in m.ASYNCIO_PRIVATE_NAMES}:
             owner, attribute = name.split(".")
+            where = _where(name, ASYNCIO_MODULES, "ASYNCIO_PRIVATE_NAMES")
             assert hasattr(owners[owner], attribute), f"Python changed asyncio's {name}, which {where} relies on"
         assert protocol._stream_reader_wr() is reader and protocol._strong_reader is reader
         # The methods the reader overrides, and those it stands in for, are still there to be replaced.

@@ -12,6 +12,7 @@ import json
 import logging
 import smtplib
 import socket
+import sqlite3
 import struct
 import threading
 import types
@@ -32,6 +33,7 @@ from smtp_support import (
     notification,
     on_the_wire,
     raw_session,
+    read_reply,
     read_until_closed,
     rows,
     say,
@@ -39,13 +41,17 @@ from smtp_support import (
 )
 
 from mailhook.budget import InflightBudget
-from mailhook.errors import ConfigError
-from mailhook.pipeline import _Mailbox
+from mailhook.errors import ConfigError, RetryLater
+from mailhook.models import Delivery, Receipt
+from mailhook.pipeline import INLINE_LIMIT, Pipeline, _Mailbox
 from mailhook.server import Runtime
+from mailhook.smtp.connection import RCPT_OVERSHOOT
 from mailhook.smtp.door import SmtpDoor, StoreOutcome
-from mailhook.smtp.session import RCPT_OVERSHOOT, Connection
+from mailhook.smtp.session import Connection
+from mailhook.store.writer import Writer
 
 EXPECTED = ".expected.json"
+SEED = FIXTURES / "seed"
 
 
 def _email_fixtures() -> list[tuple[Path, dict[str, Any]]]:
@@ -718,51 +724,82 @@ def test_empty_and_non_ascii_command_lines_and_unknown_commands_are_answered_as_
         assert f.readline() == b""
 
 
-def _tracking_door() -> SmtpDoor:
-    """A door with only its stores in flight set up: what `track` uses."""
-    door = SmtpDoor.__new__(SmtpDoor)
-    door.storing = set()
-    return door
+def _campaign(channel: str = "smtp") -> Delivery:
+    return Delivery(channel=channel, raw=(SEED / "campaign.json").read_bytes(), received_at="x",  # type: ignore[arg-type]
+                    kind="document", remote_addr="127.0.0.1")
 
 
-def test_a_tracked_store_hands_its_outcome_to_the_session_and_is_forgotten_once_done() -> None:
-    async def outcomes() -> list[object]:
+def test_a_store_in_a_task_hands_its_receipt_or_error_to_the_store_outcome_it_was_given(tmp_path: Path) -> None:
+    async def outcomes(pipeline: Pipeline) -> list[object]:
         loop = asyncio.get_running_loop()
-        door = _tracking_door()
-        stores = [loop.create_future() for _ in range(3)]
-        waiting = [door.track(store) for store in stores]
-        assert door.storing == set(stores)
-        stores[0].set_result("receipt")
-        stores[1].set_exception(RuntimeError("disk"))
-        stores[2].cancel()
-        results = await asyncio.gather(*waiting, return_exceptions=True)
-        assert not door.storing
-        return [r if isinstance(r, str) else type(r) for r in results]
+        pipeline.deferred = frozenset({"smtp"})  # acknowledged on receipt: stored by `ingest_async` in a task
+        results: list[object] = []
+        for locked_out in (False, True):
+            outcome = StoreOutcome(loop=loop)
+            blocker = sqlite3.connect(tmp_path / "m.db", isolation_level=None)
+            if locked_out:
+                blocker.execute("BEGIN EXCLUSIVE")
+            try:
+                assert pipeline.ingest_soon(_campaign(), outcome) is outcome
+                assert len(pipeline._tasks) == 1  # the task kept until it is done
+                (result,) = await asyncio.gather(outcome, return_exceptions=True)
+                results.append(result.status if isinstance(result, Receipt) else type(result))
+            finally:
+                if locked_out:
+                    blocker.execute("ROLLBACK")
+                blocker.close()
+            assert not pipeline._tasks
+        return results
 
-    assert asyncio.run(outcomes()) == ["receipt", RuntimeError, asyncio.CancelledError]
+    writer = Writer(tmp_path / "m.db", busy_timeout=0.2)
+    try:
+        assert asyncio.run(outcomes(Pipeline(writer))) == ["pending", RetryLater]
+    finally:
+        writer.close()
 
 
-def test_a_session_that_ends_while_its_message_is_stored_leaves_the_store_going_and_tracked(
-    caplog: pytest.LogCaptureFixture,
+def test_a_session_that_ends_while_a_store_in_a_task_is_going_on_is_cancelled_once_it_is_done(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    async def leave() -> None:
+    async def leave(pipeline: Pipeline) -> list[str]:
         loop = asyncio.get_running_loop()
-        door = _tracking_door()
-        store = loop.create_future()
-        session = asyncio.ensure_future(door.track(store))
-        await asyncio.sleep(0)
-        session.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await session
-        assert not store.cancelled() and door.storing == {store}  # the door still waits for it
-        store.set_exception(RuntimeError("disk"))
-        await asyncio.sleep(0)
-        assert not door.storing
+        steps: list[str] = []
+        pipeline.deferred = frozenset({"smtp"})
+        outcome = StoreOutcome(loop=loop)
 
-    with caplog.at_level(logging.ERROR, logger="asyncio"):
-        asyncio.run(leave())
-        gc.collect()
-    assert "never retrieved" not in caplog.text  # the door retrieved the outcome nobody else could
+        async def session() -> None:
+            try:
+                await pipeline.ingest_soon(_campaign(), outcome)
+            except asyncio.CancelledError:
+                steps.append("cancelled")
+                raise
+            steps.append("resumed")  # never: the outcome is dropped
+
+        blocker = sqlite3.connect(tmp_path / "m.db", isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+        try:
+            task = asyncio.ensure_future(session())
+            await asyncio.sleep(0)
+            assert task.cancel()  # as aiosmtpd's connection_lost cancels the session
+            for _ in range(3):
+                await asyncio.sleep(0)
+            assert not outcome.done() and not task.done() and steps == []  # the store goes on, the session waits
+            with contextlib.suppress(asyncio.CancelledError):
+                await task  # the store gives up on the lock (RetryLater), retrieved by the pipeline's copy
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert task.cancelled() and outcome.done() and not pipeline._tasks
+        return steps
+
+    writer = Writer(tmp_path / "m.db", busy_timeout=0.2)
+    try:
+        with caplog.at_level(logging.ERROR, logger="asyncio"):
+            assert asyncio.run(leave(Pipeline(writer))) == ["cancelled"]
+            gc.collect()
+    finally:
+        writer.close()
+    assert "never retrieved" not in caplog.text
 
 
 def test_a_session_cancelled_while_awaiting_its_store_outcome_is_cancelled_once_the_store_is_done(
@@ -818,18 +855,25 @@ def test_the_pipeline_s_mailbox_cancels_a_store_outcome_whose_store_was_cancelle
     assert asyncio.run(handed()) == ["receipt", RuntimeError, asyncio.CancelledError]
 
 
+# A small message is stored on the loop; a large one, and any acknowledged on receipt, in a task.
+_PADDING = b"".join(b"X-Padding-%d: %s\n" % (n, b"x" * 990) for n in range(70))
+
+
 @pytest.mark.parametrize("leaving", ["eof", "reset"])
+@pytest.mark.parametrize("kind", ["small", "large", "received"])
 def test_a_message_whose_client_vanishes_while_it_is_stored_is_stored_and_waited_for(
-    start_server: StartServer, leaving: str,
+    start_server: StartServer, leaving: str, kind: str,
 ) -> None:
-    runtime = start_server(storage={"busy_timeout": 30})
+    runtime = start_server(storage={"busy_timeout": 30}, smtp={"acknowledge": "received"} if kind == "received" else {})
     door = next(d for d in runtime.doors if isinstance(d, SmtpDoor))
+    message = (_PADDING if kind == "large" else b"") + notification(61)
+    assert (len(message) > INLINE_LIMIT) is (kind == "large")
     sock, f = raw_session(runtime)
     with locked(_db(runtime)):
         with sock, f:
             for line in (b"EHLO c", b"MAIL FROM:<a@callfire.com>", b"RCPT TO:<ops@example.com>", b"DATA"):
                 assert say(f, line)[:1] in (b"2", b"3")
-            f.write(notification(61).replace(b"\n", b"\r\n") + b".\r\n")
+            f.write(message.replace(b"\n", b"\r\n") + b".\r\n")
             f.flush()
             wait_until(lambda: len(door.storing) == 1, 10, "the message being stored")
             if leaving == "reset":  # closed with an RST: the server sees the connection lost, not an EOF
@@ -837,5 +881,78 @@ def test_a_message_whose_client_vanishes_while_it_is_stored_is_stored_and_waited
         wait_until(lambda: not door.sessions, 10, "the session gone with its client")
         stores = list(door.storing)
         assert len(stores) == 1 and not stores[0].done()  # its store goes on, and the door waits for it
+        assert runtime.inflight.used >= len(message)  # its bytes still held: given back when the store is done
     wait_until(lambda: not door.storing, 30, "the store done")
-    assert rows(_db(runtime), "SELECT count(*) FROM events WHERE resource_id = ?", 61) == [(1,)]
+    wait_until(lambda: runtime.inflight.used == 0, 10, "the message's in-flight bytes given back")
+    assert rows(_db(runtime), "SELECT count(*) FROM deliveries") == [(1,)]
+    if kind != "received":  # acknowledged on receipt: its events are stored later by the backlog
+        assert rows(_db(runtime), "SELECT count(*) FROM events WHERE resource_id = ?", 61) == [(1,)]
+
+
+def _waiting_for(door: SmtpDoor) -> tuple[Connection, object]:
+    """Return the door's one session once its command loop waits for a command, and the future it waits on."""
+    wait_until(lambda: len(door.sessions) == 1, 10, "the session")
+    (session,) = list(door.sessions)
+    assert isinstance(session, Connection)
+    wait_until(lambda: session.data_received == session.command_received, 10, "the loop waiting for a command")
+    reader = session.fed
+    assert reader is not None and reader._waiter is not None
+    return session, reader._waiter
+
+
+def test_mail_and_rcpt_sent_alone_are_answered_without_waking_the_session_and_the_message_is_stored(
+    server: Runtime,
+) -> None:
+    door = next(d for d in server.doors if isinstance(d, SmtpDoor))
+    sock, f = raw_session(server)
+    with sock, f:
+        assert _answer(f, b"EHLO client.test").startswith(b"250 ")
+        session, waiter = _waiting_for(door)
+        assert _answer(f, b"MAIL FROM:<notifications@callfire.com> SIZE=2000") == b"250 2.1.0 OK"
+        assert _answer(f, b"RCPT TO:<ops@example.com>") == b"250 2.1.5 OK"
+        # The loop still waits on the same future: both were answered as they arrived, by `answer_at_once`.
+        assert _waiting_for(door) == (session, waiter) and not waiter.done()  # type: ignore[attr-defined]
+        assert session.envelope is not None and session.envelope.mail_from == "notifications@callfire.com"
+        assert session.envelope.mail_options == ["SIZE=2000"] and session.envelope.rcpt_tos == ["ops@example.com"]
+        assert _answer(f, b"DATA").startswith(b"354 ")
+        assert _answer(f, on_the_wire(notification(950_000_001)) + b".") == b"250 2.0.0 OK delivery 1 stored"
+        _, after = _waiting_for(door)
+        assert after is not waiter  # DATA went through the loop, which waits on a new future
+    assert rows(_db(server), "SELECT count(*) FROM events WHERE resource_id = ?", 950_000_001) == [(1,)]
+
+
+@pytest.mark.parametrize("lines", [
+    [b"MAIL FROM:<notifications@callfire.com>\r\nRCPT TO:<ops@example.com>\r\n"],  # pipelined: two lines at once
+    [b"MAIL FROM:<notifications@callfire.com> XFOO=1\r\n"],  # not the common case: aiosmtpd's method answers
+    [b"MAIL FROM:<x@elsewhere.test>\r\n"],  # refused by the hook: counted as an error by `push`
+    [b"RCPT TO:<ops@example.com>\r\n"],  # no MAIL yet
+    [b"MAIL FROM:<notifications@callfire.com>\r\n", b"MAIL FROM:<notifications@callfire.com>\r\n"],  # nested
+    [b"MAIL FROM:<notifications@callfire.com>\r\n", b"RCPT TO:<ops@example.com>\r\n",
+     b"RCPT TO:<two@example.com>\r\n", b"RCPT TO:<three@example.com>\r\n"],  # the third past max_recipients: 452
+    [b"MAIL FROM:<notifications@callfire.com>\r\n", b"RCPT TO:<nobody@example.com>\r\n"],  # refused recipient
+    [b"MAIL FROM:<" + b"a" * 600 + b"@callfire.com>\r\n"],  # past the command's size limit
+    [b"MAIL FROM:<\r\n"],  # aiosmtpd's address parser raises (IndexError): answered by handle_exception
+    [b"MAIL FROM:<notifications@callfire.com>\r\n", b"RCPT TO:<@a:\r\n"],  # likewise for RCPT
+])
+def test_what_the_session_does_not_answer_at_once_is_answered_by_the_loop_as_before(
+    start_server: StartServer, lines: list[bytes],
+) -> None:
+    replies = {}
+    for at_once in (True, False):
+        runtime = start_server(smtp={"senders": ("@callfire.com",), "accept": ("ops@example.com", "two@example.com"),
+                                     "max_recipients": 2})
+        door = next(d for d in runtime.doors if isinstance(d, SmtpDoor))
+        sock, f = raw_session(runtime)
+        with sock, f:
+            assert _answer(f, b"EHLO client.test").startswith(b"250 ")
+            session, _ = _waiting_for(door)
+            if not at_once:  # every command through the loop, as before `answer_at_once`
+                session.answer_at_once = lambda data: False  # type: ignore[method-assign]
+            got = []
+            for line in lines:
+                f.write(line)
+                f.flush()
+                got += [read_reply(f).rstrip(b"\r\n") for _ in range(line.count(b"\n"))]
+            got.append(_answer(f, b"NOOP"))
+            replies[at_once] = (got, session.errors, session.envelope.mail_from if session.envelope else None)
+    assert replies[True] == replies[False]

@@ -1,6 +1,6 @@
 """MAIL with ESMTP parameters (SIZE, BODY, SMTPUTF8, others): the door answers and fills the envelope as aiosmtpd.
 
-The door answers MAIL's common case itself (mailhook/smtp/session.py); every
+The door answers MAIL's common case itself (mailhook/smtp/mail_rcpt.py); every
 case here is sent over real sessions twice, once to the door as it runs and
 once with that shortcut turned off, so that aiosmtpd's own smtp_MAIL answers,
 and the replies (bytes on the wire) and the envelopes must be the same.

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import functools
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -22,9 +21,10 @@ from mailhook.errors import ConfigError, RetryLater
 from mailhook.logs import logfmt
 from mailhook.models import Delivery, utcnow
 from mailhook.smtp.auth import AuthChecks, PasswordAuth, PasswordFile, tls_context
+from mailhook.smtp.connection import RCPT_OVERSHOOT, SHUTTING_DOWN, SessionBase
 from mailhook.smtp.fastpath import hook_names
 from mailhook.smtp.limits import UNFIT_TEXT, AuthPenalty, ConnectionRate, RefusalSummary
-from mailhook.smtp.session import RCPT_OVERSHOOT, SHUTTING_DOWN, Connection
+from mailhook.smtp.session import Connection
 
 if TYPE_CHECKING:
     from mailhook.server import Runtime
@@ -44,10 +44,13 @@ class StoreOutcome(asyncio.Future[Any]):
     asyncio's Task, cancelled while it awaits a future that refuses the
     cancel, raises `CancelledError` in its coroutine at its next step: here
     once the store is done, its outcome retrieved and dropped. So the store
-    goes on and the door's `close` waits for it, as `SmtpDoor.track` makes it
-    for a store in a task, without a second future, its callback and the
-    loop's turn between them (docs/performance.md, smtp-door7). The
-    pipeline's mailbox, which resolves it, cancels it by `Future.cancel`.
+    goes on, the door's `close` waits for it (`SmtpDoor.storing`), and the
+    message's in-flight bytes are given back when it is done, whether the
+    store runs on the loop or in a task (`Pipeline.ingest_soon` copies the
+    task's outcome into this future): one way to await a store, without a
+    second future, its callback and the loop's turn between them
+    (docs/performance.md, smtp-door7, smtp8). The pipeline, which resolves
+    it, cancels it by `Future.cancel`.
     """
 
     def cancel(self, msg: Any | None = None) -> bool:
@@ -89,6 +92,15 @@ class Handler(PasswordAuth):
         if self.settings.senders and not matches(address, self.settings.senders):
             log.info("refused sender peer=%s from=%s", server.peer_ip, logfmt(address))
             return "550 5.7.1 Sender not allowed"
+        return self.take_sender(envelope, address, options)
+
+    def refuses_sender(self, address: str) -> bool:
+        """Say whether `mail` would refuse `address`, without its log line: the session's answer at once asks first."""
+        return bool(UNFIT_TEXT.search(address)) or bool(
+            self.settings.senders and not matches(address, self.settings.senders))
+
+    def take_sender(self, envelope: Envelope, address: str, options: list[str]) -> str:
+        """Start the transaction with a sender `mail` accepts; return its 250."""
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return "250 2.1.0 OK"
@@ -111,6 +123,16 @@ class Handler(PasswordAuth):
             # Temporary on purpose: the sender delivers the rest in another transaction.
             server.recipient_overshoot()
             return RCPT_OVERSHOOT
+        return self.take_recipient(envelope, address, options)
+
+    def refuses_recipient(self, envelope: Envelope, address: str) -> bool:
+        """Say whether `rcpt` would refuse `address` (or answer 452), without its log line or count."""
+        return bool(UNFIT_TEXT.search(address)) or bool(
+            self.settings.accept and not matches(address, self.settings.accept)
+        ) or len(envelope.rcpt_tos) >= self.settings.max_recipients
+
+    def take_recipient(self, envelope: Envelope, address: str, options: list[str]) -> str:
+        """Add a recipient `rcpt` accepts; return its 250."""
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
         return "250 2.1.5 OK"
@@ -127,25 +149,21 @@ class Handler(PasswordAuth):
             envelope_to=tuple(envelope.rcpt_tos),
             remote_addr=server.peer_ip,
         )
-        door = self.door
+        # The store goes on even if the client vanishes or times out meanwhile (see StoreOutcome): the door
+        # waits for its outcome before the writer is closed. A store in a task (large, or acknowledged on
+        # receipt) hands its outcome on to this one.
+        outcome = StoreOutcome(loop=server.loop)
+        storing = self.door.storing
+        storing.add(outcome)
         try:
-            # The store goes on even if the client vanishes or times out meanwhile:
-            # the door waits for these futures before the writer is closed.
-            outcome = StoreOutcome(loop=server.loop)
-            store = door.runtime.pipeline.ingest_soon(delivery, outcome)
-            if store is outcome:  # the common case: awaited as it is, see StoreOutcome
-                door.storing.add(store)
-                try:
-                    receipt = await store
-                finally:
-                    door.storing.discard(store)
-            else:  # a store in a task (large, or acknowledged on receipt)
-                receipt = await door.track(store)
+            receipt = await self.door.runtime.pipeline.ingest_soon(delivery, outcome)
         except RetryLater:
             return RETRY_LATER
         except Exception:  # the client gets a retryable answer, never the exception text
             log.exception("unexpected error while storing a message from %s", server.peer_ip)
             return RETRY_LATER
+        finally:
+            storing.discard(outcome)
         server.accepted()
         return f"250 2.0.0 OK delivery {receipt.delivery_id} {receipt.status}"
 
@@ -181,9 +199,9 @@ class SmtpDoor:
         # Only this case needs an EHLO hook; aiosmtpd inspects a hook's signature
         # on every new connection (docs/performance.md), so the other doors go without.
         self.handler = (TlsWithoutAuthHandler if self.tls is not None and self.passwords is None else Handler)(self)
-        self.sessions: set[Connection] = set()
+        self.sessions: set[SessionBase] = set()
         self.per_ip: collections.Counter[str] = collections.Counter()
-        self.storing: set[asyncio.Future[Any]] = set()
+        self.storing: set[StoreOutcome] = set()  # the stores in flight, as their sessions await them
         self.closing = False
         self.server: asyncio.Server | None = None
         self.refused = RefusalSummary()
@@ -241,7 +259,7 @@ class SmtpDoor:
             result.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
         return result
 
-    def admit(self, conn: Connection) -> bytes | None:
+    def admit(self, conn: SessionBase) -> bytes | None:
         """Count a new session in, or return the 421 reply that refuses it.
 
         At a cap, a session that had no message accepted for `evict_after`
@@ -274,7 +292,7 @@ class SmtpDoor:
         self._idle.clear()
         return None
 
-    def _idlest(self, newcomer: Connection, *, same_address: bool) -> Connection | None:
+    def _idlest(self, newcomer: SessionBase, *, same_address: bool) -> SessionBase | None:
         """Return the session that may make room for `newcomer`, if any.
 
         That is the one longest without a message accepted (or since its
@@ -295,7 +313,7 @@ class SmtpDoor:
         )
         return min(candidates, key=lambda c: c.last_accepted, default=None)
 
-    def _refuse(self, conn: Connection, reason: str, reply: bytes) -> bytes:
+    def _refuse(self, conn: SessionBase, reason: str, reply: bytes) -> bytes:
         """Count a connection refused at a cap, for the metrics and the next summary line; return the reply."""
         self.runtime.metrics.on_rejected("smtp", reason)
         if self.refused.add(conn.peer_ip, reason):
@@ -312,7 +330,7 @@ class SmtpDoor:
         if summary is not None:
             log.warning(summary[0], *summary[1])
 
-    def release(self, conn: Connection) -> None:
+    def release(self, conn: SessionBase) -> None:
         """Count a finished session out."""
         if conn in self.sessions:
             self.sessions.discard(conn)
@@ -322,31 +340,6 @@ class SmtpDoor:
             self.runtime.metrics.smtp_sessions.dec()
         if not self.sessions:
             self._idle.set()
-
-    def track(self, store: asyncio.Future[Any]) -> asyncio.Future[Any]:
-        """Remember a store in flight until it completes; return a future of its outcome for the session to await.
-
-        Cancelling that future (the session ended meanwhile) leaves the store
-        going on, and the door waits for it before the writer is closed: what
-        `asyncio.shield` and a done callback of its own did, with one callback
-        per message instead of four (each a `Handle` run by the loop).
-        """
-        outcome = store.get_loop().create_future()
-        self.storing.add(store)
-        store.add_done_callback(functools.partial(self._stored, outcome))
-        return outcome
-
-    def _stored(self, outcome: asyncio.Future[Any], store: asyncio.Future[Any]) -> None:
-        self.storing.discard(store)
-        if outcome.cancelled():
-            if not store.cancelled():
-                store.exception()  # retrieved here: a client that left cannot receive it
-        elif store.cancelled():
-            outcome.cancel()
-        elif (error := store.exception()) is not None:
-            outcome.set_exception(error)
-        else:
-            outcome.set_result(store.result())
 
     async def close(self) -> None:
         """Stop accepting, let transactions in flight finish (within the grace period), then wait for stores."""
