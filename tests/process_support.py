@@ -64,3 +64,23 @@ def read_all(sock: socket.socket) -> bytes:
     except ConnectionResetError:
         pass
     return data
+
+
+def unread_bytes(*ports: int) -> int:
+    """Return the bytes on established loopback TCP connections to `ports` that the server has not read yet.
+
+    What its clients' kernels still hold to send and its own kernel holds unread (/proc/net/tcp's
+    tx_queue and rx_queue): 0 once everything sent to the server is in the server process's memory.
+    """
+    unread = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        _, local, remote, state, queues, *_ = line.split()
+        if state != "01":  # ESTABLISHED
+            continue
+        tx_queue, rx_queue = (int(q, 16) for q in queues.split(":"))
+        if int(local.split(":")[1], 16) in ports:
+            unread += rx_queue  # the server's side
+        elif int(remote.split(":")[1], 16) in ports:
+            unread += tx_queue  # a client's side
+    return unread
+
