@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -84,3 +85,27 @@ def unread_bytes(*ports: int) -> int:
             unread += tx_queue  # a client's side
     return unread
 
+
+def schedstat(pid: int, tid: int | None = None) -> tuple[float, float]:
+    """Return the seconds thread `tid` of process `pid` (its main thread by default) has run on a CPU, and waited,
+    runnable, for one (/proc's schedstat: the second is time lost to other processes' load)."""
+    ran, waited, _ = Path(f"/proc/{pid}/task/{tid or pid}/schedstat").read_text().split()
+    return int(ran) / 1e9, int(waited) / 1e9
+
+
+def serving_process(sock: socket.socket, pids: list[int]) -> int:
+    """Return which of `pids` holds the server's end of the loopback connection `sock`."""
+    client_port = sock.getsockname()[1]
+    server_port = sock.getpeername()[1]
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if (int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16)) == (server_port, client_port):
+            inodes.add(f"socket:[{fields[9]}]")
+    for pid in pids:
+        with suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with suppress(OSError):
+                    if os.readlink(fd) in inodes:
+                        return pid
+    raise AssertionError(f"no process of {pids} holds the server's end of {sock}")
