@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -64,3 +65,47 @@ def read_all(sock: socket.socket) -> bytes:
     except ConnectionResetError:
         pass
     return data
+
+
+def unread_bytes(*ports: int) -> int:
+    """Return the bytes on established loopback TCP connections to `ports` that the server has not read yet.
+
+    What its clients' kernels still hold to send and its own kernel holds unread (/proc/net/tcp's
+    tx_queue and rx_queue): 0 once everything sent to the server is in the server process's memory.
+    """
+    unread = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        _, local, remote, state, queues, *_ = line.split()
+        if state != "01":  # ESTABLISHED
+            continue
+        tx_queue, rx_queue = (int(q, 16) for q in queues.split(":"))
+        if int(local.split(":")[1], 16) in ports:
+            unread += rx_queue  # the server's side
+        elif int(remote.split(":")[1], 16) in ports:
+            unread += tx_queue  # a client's side
+    return unread
+
+
+def schedstat(pid: int, tid: int | None = None) -> tuple[float, float]:
+    """Return the seconds thread `tid` of process `pid` (its main thread by default) has run on a CPU, and waited,
+    runnable, for one (/proc's schedstat: the second is time lost to other processes' load)."""
+    ran, waited, _ = Path(f"/proc/{pid}/task/{tid or pid}/schedstat").read_text().split()
+    return int(ran) / 1e9, int(waited) / 1e9
+
+
+def serving_process(sock: socket.socket, pids: list[int]) -> int:
+    """Return which of `pids` holds the server's end of the loopback connection `sock`."""
+    client_port = sock.getsockname()[1]
+    server_port = sock.getpeername()[1]
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if (int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16)) == (server_port, client_port):
+            inodes.add(f"socket:[{fields[9]}]")
+    for pid in pids:
+        with suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with suppress(OSError):
+                    if os.readlink(fd) in inodes:
+                        return pid
+    raise AssertionError(f"no process of {pids} holds the server's end of {sock}")
