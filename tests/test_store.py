@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
@@ -303,10 +304,16 @@ def test_readonly_connection_reads_but_cannot_write(db: Path, writer: Writer) ->
 
 
 def test_a_waiter_that_gives_up_does_not_stop_the_writer(db: Path) -> None:
-    writer = Writer(db, busy_timeout=5)
+    writer = Writer(db, busy_timeout=60)
     blocker = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
     blocker.execute("BEGIN IMMEDIATE")  # keep the first commit waiting so the next future is still queued
     first = writer.submit(email("<1@x>"), Extraction(events=(text_event(1),)))
+    # Only once the writer has taken the first into its commit (blocked on the lock) is the next one sure to
+    # wait in the queue: submitted before that, both could be taken into one batch, and claimed.
+    deadline = time.monotonic() + 60
+    while not first.running():
+        assert time.monotonic() < deadline, "the writer never took the first delivery"
+        time.sleep(0.001)
     abandoned = writer.submit(email("<2@x>"), Extraction(events=(text_event(2),)))
     assert abandoned.cancel()
     blocker.execute("ROLLBACK")
