@@ -517,14 +517,16 @@ def test_a_client_that_never_reads_its_answers_is_disconnected_after_the_send_ti
         requests = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 20000
         started = time.monotonic()
         sent = 0
-        while door.gate.open and time.monotonic() - started < 30 + SLOW:
+        while door.gate.open and time.monotonic() - started < 45:
             with suppress(BlockingIOError, InterruptedError):
                 sent += sock.send(requests[sent:sent + 65536]) if sent < len(requests) else 0
             time.sleep(0.01)
         elapsed = time.monotonic() - started
 
     assert door.gate.open == 0, "the connection is still open"
-    assert elapsed < 1.0 + SLOW
+    # Closed by the send timeout (1 s), not by the header timeout (60 s) or not at all: the bound sits between the
+    # two, far enough from 1 s that a loaded machine's late timers (11-17 s seen at load 20-30) cannot fail it.
+    assert elapsed < 30
     assert door.post().status_code == 200
 
 
