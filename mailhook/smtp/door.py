@@ -33,6 +33,11 @@ log = logging.getLogger("mailhook.smtp")
 
 IDENT = "ESMTP mailhook"
 RETRY_LATER = "451 4.3.0 Storage temporarily unavailable, please try again later"
+# Why MAIL or RCPT is refused (`Handler.sender_refusal`, `Handler.recipient_refusal`): one rule for the
+# hook's answer and for the session's answer at once, which asks first.
+UNFIT = "unfit"  # not UTF-8, or a control character
+NOT_LISTED = "not listed"  # outside the sender allow-list, or the accepted recipients
+OVERSHOOT = "overshoot"  # one recipient past max_recipients
 TOO_MANY_SESSIONS = b"421 4.3.2 Too many connections, please try again later\r\n"
 TOO_MANY_FROM_ADDRESS = b"421 4.7.0 Too many connections from your address, please try again later\r\n"
 TOO_FAST = b"421 4.7.0 Too many connections from your address in the last minute, please slow down\r\n"
@@ -85,19 +90,23 @@ class Handler(PasswordAuth):
 
     def mail(self, server: Connection, envelope: Envelope, address: str, options: list[str]) -> str:
         """Answer MAIL as `handle_MAIL` does, without a coroutine: the session's own MAIL calls it directly."""
-        if UNFIT_TEXT.search(address):
+        refusal = self.sender_refusal(address)
+        if refusal == UNFIT:
             # Permanent: the same bytes can never be stored; the address itself stays out of the log.
             log.info("refused sender peer=%s: not UTF-8 or holds a control character", server.peer_ip)
             return "501 5.1.7 Bad sender address syntax"
-        if self.settings.senders and not matches(address, self.settings.senders):
+        if refusal is not None:
             log.info("refused sender peer=%s from=%s", server.peer_ip, logfmt(address))
             return "550 5.7.1 Sender not allowed"
         return self.take_sender(envelope, address, options)
 
-    def refuses_sender(self, address: str) -> bool:
-        """Say whether `mail` would refuse `address`, without its log line: the session's answer at once asks first."""
-        return bool(UNFIT_TEXT.search(address)) or bool(
-            self.settings.senders and not matches(address, self.settings.senders))
+    def sender_refusal(self, address: str) -> str | None:
+        """Return why `mail` refuses `address` (`UNFIT` or `NOT_LISTED`), or None: asked first by an answer at once."""
+        if UNFIT_TEXT.search(address):
+            return UNFIT
+        if self.settings.senders and not matches(address, self.settings.senders):
+            return NOT_LISTED
+        return None
 
     def take_sender(self, envelope: Envelope, address: str, options: list[str]) -> str:
         """Start the transaction with a sender `mail` accepts; return its 250."""
@@ -113,23 +122,28 @@ class Handler(PasswordAuth):
 
     def rcpt(self, server: Connection, envelope: Envelope, address: str, options: list[str]) -> str:
         """Answer RCPT as `handle_RCPT` does, without a coroutine: the session's own RCPT calls it directly."""
-        if UNFIT_TEXT.search(address):
+        refusal = self.recipient_refusal(envelope, address)
+        if refusal == UNFIT:
             log.info("refused recipient peer=%s: not UTF-8 or holds a control character", server.peer_ip)
             return "501 5.1.3 Bad recipient address syntax"
-        if self.settings.accept and not matches(address, self.settings.accept):
+        if refusal == NOT_LISTED:
             log.info("refused recipient peer=%s to=%s", server.peer_ip, logfmt(address))
             return "550 5.1.1 Recipient not accepted here"
-        if len(envelope.rcpt_tos) >= self.settings.max_recipients:
+        if refusal is not None:
             # Temporary on purpose: the sender delivers the rest in another transaction.
             server.recipient_overshoot()
             return RCPT_OVERSHOOT
         return self.take_recipient(envelope, address, options)
 
-    def refuses_recipient(self, envelope: Envelope, address: str) -> bool:
-        """Say whether `rcpt` would refuse `address` (or answer 452), without its log line or count."""
-        return bool(UNFIT_TEXT.search(address)) or bool(
-            self.settings.accept and not matches(address, self.settings.accept)
-        ) or len(envelope.rcpt_tos) >= self.settings.max_recipients
+    def recipient_refusal(self, envelope: Envelope, address: str) -> str | None:
+        """Return why `rcpt` refuses `address` (`UNFIT`, `NOT_LISTED` or `OVERSHOOT`: a 452), or None."""
+        if UNFIT_TEXT.search(address):
+            return UNFIT
+        if self.settings.accept and not matches(address, self.settings.accept):
+            return NOT_LISTED
+        if len(envelope.rcpt_tos) >= self.settings.max_recipients:
+            return OVERSHOOT
+        return None
 
     def take_recipient(self, envelope: Envelope, address: str, options: list[str]) -> str:
         """Add a recipient `rcpt` accepts; return its 250."""

@@ -158,8 +158,8 @@ class MailAndRcpt(CommandLoop):
         size limit, no TLS or STARTTLS check or call limit that could refuse it,
         aiosmtpd's log lines disabled, the session not ending, the transport's
         write buffer empty, and MAIL or RCPT in the common case `smtp_MAIL` and
-        `smtp_RCPT` answer themselves, which the hook accepts (`refuses_sender`,
-        `refuses_recipient`). Anything else (a refusal, a 452, a second line)
+        `smtp_RCPT` answer themselves, which the hook accepts (`sender_refusal`,
+        `recipient_refusal`). Anything else (a refusal, a 452, a second line)
         goes to the reader and the loop, unchanged.
         """
         reader = self.fed
@@ -202,7 +202,7 @@ class MailAndRcpt(CommandLoop):
                 mail = self._plain_mail(arg)
             except Exception:  # noqa: BLE001 - answered by the command loop, as before
                 return False
-            if mail is None or handler.refuses_sender(mail[0]):
+            if mail is None or handler.sender_refusal(mail[0]) is not None:
                 return False
             self.info_logged = False
             self._reset_timeout()
@@ -213,7 +213,7 @@ class MailAndRcpt(CommandLoop):
                 address = self._plain_rcpt(arg)
             except Exception:  # noqa: BLE001 - as for MAIL
                 return False
-            if address is None or handler.refuses_recipient(envelope, address):
+            if address is None or handler.recipient_refusal(envelope, address) is not None:
                 return False
             self.info_logged = False
             self._reset_timeout()
