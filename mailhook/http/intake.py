@@ -34,6 +34,21 @@ CHUNK = 64 * 1024
 NO_ROOM = "too many bodies being received; retry later"
 
 
+
+# What reading a body can raise for what the client sent (or did not): each answered by `body_rejected`.
+BODY_ERRORS = (ConnectionError, HttpProcessingError, RequestPayloadError)
+
+
+def body_rejected(exc: BaseException) -> Rejected:
+    """Return the refusal for a body that could not be read: the client left, its framing, or its encoding."""
+    if isinstance(exc, ConnectionError):
+        return Rejected("connection closed before the whole body arrived", "incomplete")
+    if isinstance(exc, HttpProcessingError):
+        return Rejected("malformed request body framing")
+    # RequestPayloadError, e.g. Content-Encoding: gzip over bytes that are not gzip.
+    return Rejected(f"request body cannot be decoded: {first_line(exc)}")
+
+
 class Intake:
     """The checks of one door's requests, under its settings (token, webhook secret, sizes, body timeout)."""
 
@@ -73,12 +88,8 @@ class Intake:
             if not content.is_eof():
                 return None
             whole = content.read_nowait()
-        except ConnectionError:
-            raise Rejected("connection closed before the whole body arrived", "incomplete") from None
-        except HttpProcessingError:
-            raise Rejected("malformed request body framing") from None
-        except RequestPayloadError as exc:  # e.g. Content-Encoding: gzip over bytes that are not gzip
-            raise Rejected(f"request body cannot be decoded: {first_line(exc)}") from None
+        except BODY_ERRORS as exc:
+            raise body_rejected(exc) from None
         if len(whole) > self.max_size:
             raise TooLarge(f"body larger than {self.max_size} bytes")
         if not hold.grow(len(whole)):
@@ -104,12 +115,8 @@ class Intake:
                     raise
         except TimeoutError:
             raise TimedOut(f"body not received within {self.body_timeout:g} seconds") from None
-        except ConnectionError:
-            raise Rejected("connection closed before the whole body arrived", "incomplete") from None
-        except HttpProcessingError:
-            raise Rejected("malformed request body framing") from None
-        except RequestPayloadError as exc:
-            raise Rejected(f"request body cannot be decoded: {first_line(exc)}") from None
+        except BODY_ERRORS as exc:
+            raise body_rejected(exc) from None
         return bytes(body)
 
     def check_signature(self, request: web.Request, body: bytes) -> None:
