@@ -74,14 +74,13 @@ def unread_bytes(*ports: int) -> int:
     tx_queue and rx_queue): 0 once everything sent to the server is in the server process's memory.
     """
     unread = 0
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        _, local, remote, state, queues, *_ = line.split()
+    for local, remote, state, queues, _ in _tcp_sockets():
         if state != "01":  # ESTABLISHED
             continue
         tx_queue, rx_queue = (int(q, 16) for q in queues.split(":"))
-        if int(local.split(":")[1], 16) in ports:
+        if local in ports:
             unread += rx_queue  # the server's side
-        elif int(remote.split(":")[1], 16) in ports:
+        elif remote in ports:
             unread += tx_queue  # a client's side
     return unread
 
@@ -97,11 +96,8 @@ def serving_process(sock: socket.socket, pids: list[int]) -> int:
     """Return which of `pids` holds the server's end of the loopback connection `sock`."""
     client_port = sock.getsockname()[1]
     server_port = sock.getpeername()[1]
-    inodes = set()
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if (int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16)) == (server_port, client_port):
-            inodes.add(f"socket:[{fields[9]}]")
+    inodes = {f"socket:[{inode}]" for local, remote, _, _, inode in _tcp_sockets()
+              if (local, remote) == (server_port, client_port)}
     for pid in pids:
         with suppress(OSError):
             for fd in Path(f"/proc/{pid}/fd").iterdir():
@@ -109,3 +105,13 @@ def serving_process(sock: socket.socket, pids: list[int]) -> int:
                     if os.readlink(fd) in inodes:
                         return pid
     raise AssertionError(f"no process of {pids} holds the server's end of {sock}")
+
+
+def _tcp_sockets() -> list[tuple[int, int, str, str, str]]:
+    """Return each IPv4 TCP socket of /proc/net/tcp: local port, remote port, state, "tx:rx" queues, inode."""
+    sockets = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        sockets.append((int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16), fields[3], fields[4],
+                        fields[9]))
+    return sockets
