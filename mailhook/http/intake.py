@@ -11,7 +11,7 @@ import binascii
 import hashlib
 import hmac
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from aiohttp import BasicAuth, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -35,18 +35,18 @@ NO_ROOM = "too many bodies being received; retry later"
 
 
 
-# What reading a body can raise for what the client sent (or did not): each answered by `body_rejected`.
+# What reading a body can raise for what the client sent (or did not): each refused by `reject_body`.
 BODY_ERRORS = (ConnectionError, HttpProcessingError, RequestPayloadError)
 
 
-def body_rejected(exc: BaseException) -> Rejected:
-    """Return the refusal for a body that could not be read: the client left, its framing, or its encoding."""
+def reject_body(exc: BaseException) -> NoReturn:
+    """Refuse a body that could not be read: the client left, its framing, or its encoding."""
     if isinstance(exc, ConnectionError):
-        return Rejected("connection closed before the whole body arrived", "incomplete")
+        raise Rejected("connection closed before the whole body arrived", "incomplete") from None
     if isinstance(exc, HttpProcessingError):
-        return Rejected("malformed request body framing")
+        raise Rejected("malformed request body framing") from None
     # RequestPayloadError, e.g. Content-Encoding: gzip over bytes that are not gzip.
-    return Rejected(f"request body cannot be decoded: {first_line(exc)}")
+    raise Rejected(f"request body cannot be decoded: {first_line(exc)}") from None
 
 
 class Intake:
@@ -89,7 +89,7 @@ class Intake:
                 return None
             whole = content.read_nowait()
         except BODY_ERRORS as exc:
-            raise body_rejected(exc) from None
+            reject_body(exc)
         if len(whole) > self.max_size:
             raise TooLarge(f"body larger than {self.max_size} bytes")
         if not hold.grow(len(whole)):
@@ -116,7 +116,7 @@ class Intake:
         except TimeoutError:
             raise TimedOut(f"body not received within {self.body_timeout:g} seconds") from None
         except BODY_ERRORS as exc:
-            raise body_rejected(exc) from None
+            reject_body(exc)
         return bytes(body)
 
     def check_signature(self, request: web.Request, body: bytes) -> None:
