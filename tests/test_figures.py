@@ -612,3 +612,70 @@ def test_a_version_9_database_upgraded_to_10_takes_older_replies_in_a_trigger_of
     assert "reply_to = new.id" in upgraded["events_figures_take_replies"]
     assert "reply_to = new.id" not in upgraded["events_figures_insert"]
     assert maintained(path) == full_scan(path)
+
+
+def test_a_version_10_database_upgraded_to_11_takes_older_replies_only_when_one_waits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mailhook.store.schema import MIGRATIONS
+
+    path, fresh, items = _stored_at_version(tmp_path, monkeypatch, 10)
+    triggers = "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' ORDER BY name"
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (10,)
+        assert "EXISTS (SELECT 1 FROM events AS r" not in dict(conn.execute(triggers))["events_figures_take_replies"]
+    store_documents(path, items[5:9], batch=1)  # upgraded on open; row by row
+    store_documents(path, items[9:], batch=2)
+    with closing(sqlite3.connect(path)) as conn, closing(sqlite3.connect(fresh)) as made:
+        assert conn.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),) >= (11,)
+        assert conn.execute(triggers).fetchall() == made.execute(triggers).fetchall()
+        upgraded = dict(conn.execute(triggers).fetchall())
+    when, body = upgraded["events_figures_take_replies"].split(" BEGIN")
+    assert "EXISTS (SELECT 1 FROM events AS r" in when and "reply_to = new.id" in body
+    assert maintained(path) == full_scan(path)
+
+
+# Replies (inbound, from +15550001 to +15559999) stored before the text they answer, around the edges of
+# its reply window: the same second, exactly seven days later, a second past that, a second before the
+# text, another sender; one already held by a later text of the pair; then texts with no reply waiting.
+_LATE = "2026-01-05T10:00:00.5Z"
+WINDOW_EVENTS: list[tuple[int, str, str, str, str]] = [
+    (1, "OUTBOUND_TEXT_FINISHED", "2026-01-08T00:00:00Z", "+15559999", "+15550001"),  # a later text
+    (2, "INBOUND_TEXT_FINISHED", "2026-01-05T10:00:00Z", "+15550001", "+15559999"),
+    (3, "INBOUND_TEXT_FINISHED", "2026-01-12T10:00:00Z", "+15550001", "+15559999"),
+    (4, "INBOUND_TEXT_FINISHED", "2026-01-12T10:00:01Z", "+15550001", "+15559999"),
+    (5, "INBOUND_TEXT_FINISHED", "2026-01-05T09:59:59Z", "+15550001", "+15559999"),
+    (6, "INBOUND_TEXT_FINISHED", "2026-01-05T10:00:00Z", "+15550002", "+15559999"),
+    (7, "INBOUND_TEXT_FINISHED", "2026-01-06T00:00:00Z", "+15550001", "+15559999"),
+    (8, "OUTBOUND_TEXT_FINISHED", _LATE, "+15559999", "+15550001"),  # the late text
+    (9, "OUTBOUND_TEXT_FINISHED", _LATE, "+15559999", "+15550003"),  # no reply waits for these
+    (10, "OUTBOUND_TEXT_FINISHED", "2026-01-13T00:00:00Z", "+15559999", "+15550001"),
+]
+
+
+@pytest.mark.parametrize("late_first", [False, True])
+def test_a_late_text_takes_the_replies_in_its_window_and_a_text_without_any_finds_none(
+    tmp_path: Path, late_first: bool
+) -> None:
+    from mailhook.store.write import Store
+
+    path = tmp_path / "m.db"
+    Store(path).close()
+    events = list(WINDOW_EVENTS)
+    if late_first:  # the same events with the late text stored first: it takes nothing, replies find it
+        events.insert(0, events.pop(7))
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute("INSERT INTO deliveries (channel, received_at, status, size, sha256)"
+                     " VALUES ('file', '2026-01-01T00:00:00Z', 'stored', 0, '')")
+        for n, kind, at, sender, recipient in events:
+            conn.execute(
+                "INSERT INTO events (delivery_id, dedupe_key, event_type, event_type_source, api_version, format,"
+                " received_at, payload, event_time, from_e164, to_e164, broadcast_id, resource_id)"
+                " VALUES (1, ?, ?, 'test', 'v2', 'json', '2026-01-01T00:00:00Z', '{}', ?, ?, ?, 500, ?)",
+                (f"k{n}", kind, at, sender, recipient, n))
+            assert maintained(path) == full_scan(path), (n, kind, at)
+        by_reply = dict(conn.execute("SELECT r.resource_id, o.resource_id FROM events AS r"
+                                     " LEFT JOIN events AS o ON o.id = r.reply_to"
+                                     " WHERE r.event_type = 'INBOUND_TEXT_FINISHED'").fetchall())
+    # The late text (8) has the replies of its first seconds up to the later text (1); 1 those after, to 7 days.
+    assert by_reply == {2: 8, 3: 1, 4: 1, 5: None, 6: None, 7: 8}

@@ -526,3 +526,16 @@ def test_the_views_newest_rows_come_from_the_event_time_index_once_statistics_ex
     plan = " | ".join(r[3] for r in query(path, "EXPLAIN QUERY PLAN SELECT * FROM campaign_events"
                                                 " ORDER BY event_time DESC LIMIT 101"))
     assert "events_event_time" not in plan, plan
+
+
+def test_a_new_outbound_text_looks_for_replies_to_take_by_one_index_seek_before_its_trigger_works(
+    sample: Path
+) -> None:
+    with closing(sqlite3.connect(sample, isolation_level=None)) as conn:
+        (sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'events_figures_take_replies'").fetchone()
+        when = sql[sql.index("WHEN ") + len("WHEN "):sql.index(" BEGIN")]
+        guard = re.sub(r"\b(new|old)\.(\w+)", r":\1_\2", when[when.index("EXISTS (SELECT 1 FROM events"):])
+        plan = _plan(conn, f"SELECT {guard}")
+    assert "new.event_type = 'OUTBOUND_TEXT_FINISHED'" in when  # tested first: other events seek nothing
+    assert "SEARCH r USING INDEX events_text_from (from_e164=? AND to_e164=?)" in plan, plan
+    assert not [step for step in plan if step.startswith("SCAN ") and step not in SMALL_SCANS], plan

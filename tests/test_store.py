@@ -656,14 +656,20 @@ def test_the_writers_journals_stay_in_memory_not_in_a_temporary_file_per_commit(
         store.close()
 
 
-def test_the_wal_is_checkpointed_every_4000_pages_and_stays_bounded(db: Path) -> None:
+@pytest.mark.parametrize(("made_with", "pages"), [(2048, 8000), (4096, 4000), (1024, 16000)])
+def test_the_wal_is_checkpointed_every_16_mb_of_pages_whatever_their_size_and_stays_bounded(
+    db: Path, made_with: int, pages: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mailhook.store import connection
     from mailhook.store.connection import WAL_SIZE_LIMIT
-    from mailhook.store.write import CHECKPOINT_PAGES
+    from mailhook.store.write import CHECKPOINT_BYTES
 
+    monkeypatch.setattr(connection, "PAGE_SIZE", made_with)  # 2048 as mailhook makes it, the others as older files
     store = Store(db)
     try:
-        assert store.conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (CHECKPOINT_PAGES,) == (4000,)
-        (page,) = store.conn.execute("PRAGMA page_size").fetchone()
+        assert store.conn.execute("PRAGMA page_size").fetchone() == (made_with,)
+        assert store.conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (pages,)
+        assert pages * made_with == CHECKPOINT_BYTES == 16_384_000
         big = "x" * 3000  # about a page per delivery, with its indexes a few more
         for start in range(0, 6000, 100):
             store.write([(email(f"<{n}@t>", big.encode()), Extraction(message_id=f"<{n}@t>",
@@ -673,8 +679,8 @@ def test_the_wal_is_checkpointed_every_4000_pages_and_stays_bounded(db: Path) ->
     finally:
         store.close()
     # More than a checkpoint's worth was written: the WAL was reset, not grown past its bound.
-    assert (db.stat().st_size + wal) > 2 * CHECKPOINT_PAGES * page
-    assert wal < min(WAL_SIZE_LIMIT, (CHECKPOINT_PAGES + 2000) * (page + 24))
+    assert (db.stat().st_size + wal) > CHECKPOINT_BYTES
+    assert wal < min(WAL_SIZE_LIMIT, CHECKPOINT_BYTES * 1.5)
 
 
 def _campaign_event(campaign: int, day: int, *, broadcast: bool) -> Event:

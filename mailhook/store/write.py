@@ -32,12 +32,19 @@ DEFER_FIGURES_AT = 17
 # SETTLE's parts as statements, each with the event types it needs among the new events (None: any).
 _SETTLE = tuple((tuple(statements(part)), needs) for part, needs in figure_triggers.SETTLE_NEEDS)
 
-# The WAL is copied back into the database once it holds this many pages (8 MiB of the 2 KiB pages of
-# a database mailhook creates, 16 MiB of an older file's 4 KiB; SQLite's default is 1,000). A page
-# that many commits change (the right-most leaves, the figures, full-text structure) is copied once
-# per checkpoint: bench/store_frames.py --checkpoints counts 4.7 pages copied per distinct email at
-# 1,000, 2.4 at 4,000 (4 KiB pages). The file stays below journal_size_limit.
-CHECKPOINT_PAGES = 4000
+# The WAL is copied back into the database once it holds this many bytes of pages: 8,000 of the 2 KiB
+# pages of a database mailhook creates, 4,000 of an older file's 4 KiB as before (SQLite's default is
+# 1,000 pages). A page that many commits change (the right-most leaves, the figures, full-text structure) is
+# copied once per checkpoint, each copy a read of the WAL and a write of the database: bench/store_frames.py
+# --checkpoints counts, per distinct email at 2 KiB pages and batches of 2, 5.0 pages copied at 4,000 pages
+# (8 MiB), 3.9 at 8,000. The WAL stays below journal_size_limit.
+CHECKPOINT_BYTES = 4000 * 4096
+
+
+def checkpoint_pages(page_size: int) -> int:
+    """Return the WAL pages (of `page_size` bytes) after which a commit checkpoints: CHECKPOINT_BYTES of them."""
+    return CHECKPOINT_BYTES // page_size
+
 
 # What fails one item of a batch alone (a UnicodeEncodeError, mended and written again, is a ValueError).
 _ITEM_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, ValueError, OverflowError)
@@ -58,7 +65,8 @@ class Store(Upkeep):
         # that every commit creates, writes (more pages than the WAL gets) and unlinks. They hold
         # at most the pages one transaction changes; the writer sorts only a batch's own rows.
         self.conn.execute("PRAGMA temp_store=MEMORY")
-        self.conn.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
+        (page_size,) = self.conn.execute("PRAGMA page_size").fetchone()
+        self.conn.execute(f"PRAGMA wal_autocheckpoint={checkpoint_pages(page_size)}")
         # Whether new events get consecutive ids (`event_rows._insert_events_plain_sql`): only a hand-made row can
         # hold the largest rowid (mailhook's own ids grow by one from 1).
         self._sequential_ids = self.conn.execute(
