@@ -42,8 +42,9 @@ from smtp_support import (
 
 from mailhook.budget import InflightBudget
 from mailhook.errors import ConfigError, RetryLater
+from mailhook.handover import Mailbox
 from mailhook.models import Delivery, Receipt
-from mailhook.pipeline import INLINE_LIMIT, Pipeline, _Mailbox
+from mailhook.pipeline import INLINE_LIMIT, Pipeline
 from mailhook.server import Runtime
 from mailhook.smtp.connection import RCPT_OVERSHOOT
 from mailhook.smtp.door import SmtpDoor, StoreOutcome
@@ -840,7 +841,7 @@ def test_a_session_cancelled_while_awaiting_its_store_outcome_is_cancelled_once_
 def test_the_pipeline_s_mailbox_cancels_a_store_outcome_whose_store_was_cancelled() -> None:
     async def handed() -> list[object]:
         loop = asyncio.get_running_loop()
-        mailbox = _Mailbox(loop)
+        mailbox = Mailbox(loop)
         outcomes = [StoreOutcome(loop=loop) for _ in range(3)]
         sources: list[concurrent.futures.Future[Any]] = [concurrent.futures.Future() for _ in range(3)]
         sources[0].set_result("receipt")
