@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 
 from mailhook.errors import RetryLater
@@ -17,18 +18,23 @@ class Mailbox:
         self.loop = loop
         self._thread = threading.get_ident()  # made on the loop's thread (`pipeline.Pipeline._waiter`)
         self._lock = threading.Lock()
-        self._done: list[tuple[asyncio.Future[Receipt], Future[Receipt]]] = []
+        self._done: list[tuple[asyncio.Future[Receipt], Future[Receipt], Callable[[], object] | None]] = []
 
-    def put(self, waiter: asyncio.Future[Receipt], source: Future[Receipt]) -> None:
-        """Hand `waiter` the outcome of `source`: at once on the loop's thread, else with one wake-up for all queued."""
+    def put(
+        self, waiter: asyncio.Future[Receipt], source: Future[Receipt], then: Callable[[], object] | None = None,
+    ) -> None:
+        """Hand `waiter` the outcome of `source`: at once on the loop's thread, else with one wake-up for all queued.
+
+        `then`, if given, is called on the loop just before (a delivery stored pending telling the backlog).
+        """
         if threading.get_ident() == self._thread:
             # Finished on the loop's own thread (a worker of `serve --workers N` reads its answers there):
             # no self-pipe write and read to wake a loop that runs, and no turn of it to wait for.
             if not self.loop.is_closed():
-                settle(waiter, source)
+                _deliver(waiter, source, then)
             return
         with self._lock:
-            self._done.append((waiter, source))
+            self._done.append((waiter, source, then))
             if len(self._done) > 1:
                 return
         if self.loop.is_closed():
@@ -38,8 +44,16 @@ class Mailbox:
     def _deliver(self) -> None:
         with self._lock:
             done, self._done = self._done, []
-        for waiter, source in done:
-            settle(waiter, source)
+        for waiter, source, then in done:
+            _deliver(waiter, source, then)
+
+
+def _deliver(
+    waiter: asyncio.Future[Receipt], source: Future[Receipt], then: Callable[[], object] | None,
+) -> None:
+    if then is not None:
+        then()
+    settle(waiter, source)
 
 
 def settle(waiter: asyncio.Future[Receipt], source: Future[Receipt] | asyncio.Future[Receipt]) -> None:

@@ -145,6 +145,41 @@ class Pipeline:
         """
         return self._reported(delivery, self.writer.complete(completion), started, on_failure=False)
 
+    def complete_many(
+        self, found: Sequence[tuple[Delivery, Completion]], started: Sequence[float],
+    ) -> Future[list[Receipt | RetryLater]]:
+        """Store the events of deliveries stored `pending` (a backlog's chunk) in one commit, and report each stored.
+
+        As `complete` for each, `started` holding each one's start, with one
+        future for the chunk (it resolves with each receipt, or `RetryLater`,
+        in order, and never raises `RetryLater`): no future and no wake-up of
+        the loop per delivery. A failure is not reported: the backlog retries it.
+        """
+        completions = [completion for _, completion in found]
+        many = getattr(self.writer, "submit_many", None)
+        stored: Future[list[Receipt | RetryLater]] = many(completions) if many is not None else gathered(
+            [self.writer.complete(completion) for completion in completions])
+        reported: Future[list[Receipt | RetryLater]] = Future()
+
+        def report(done: Future[list[Receipt | RetryLater]]) -> None:
+            try:
+                results = done.result()
+            except RetryLater as exc:
+                results = [exc] * len(completions)
+            except BaseException as exc:  # noqa: BLE001 - handed on to whoever waits, as it came
+                after_lines(reported.set_exception, exc)
+                return
+            try:
+                now = time.perf_counter()
+                for (delivery, _), result, start in zip(found, results, started, strict=True):
+                    if not isinstance(result, RetryLater):
+                        self.report(delivery, result, now - start)
+            finally:
+                after_lines(reported.set_result, results)
+
+        stored.add_done_callback(report)
+        return reported
+
     def _reported(
         self, delivery: Delivery, stored: Future[Receipt], started: float, *, on_failure: bool
     ) -> Future[Receipt]:
@@ -186,7 +221,7 @@ class Pipeline:
         """
         started = time.perf_counter()
         if delivery.channel in self.deferred:
-            return await self._accept(delivery, started)
+            return await self._accepted_on_loop(delivery, started)
         if len(delivery.raw) <= INLINE_LIMIT:
             return await self._stored_on_loop(delivery, started)
         if (refused := self._refused_structure(delivery)) is not None:
@@ -202,14 +237,17 @@ class Pipeline:
     ) -> asyncio.Future[Receipt]:
         """Start storing one delivery from the event loop; return a future of the loop that resolves as `ingest_async`.
 
-        The common case (a small delivery of a channel acknowledged once
-        stored) is extracted now and costs no coroutine or task of its own:
-        the SMTP door's per-message path. Any other runs `ingest_async` in a
+        The common cases (a small delivery of a channel acknowledged once
+        stored, extracted now; any delivery of a `deferred` channel, stored
+        pending) cost no coroutine or task of their own: the SMTP door's
+        per-message path in either mode. A large one runs `ingest_async` in a
         task. Given `outcome` (a pending future of the running loop), it
         resolves and returns that either way: the task's outcome is copied
         into it once the task is done.
         """
-        if delivery.channel in self.deferred or len(delivery.raw) > INLINE_LIMIT:
+        if delivery.channel in self.deferred:
+            return self._accepted_on_loop(delivery, time.perf_counter(), outcome)
+        if len(delivery.raw) > INLINE_LIMIT:
             task = asyncio.ensure_future(self.ingest_async(delivery))
             if outcome is None:
                 return task
@@ -274,16 +312,39 @@ class Pipeline:
         source.add_done_callback(functools.partial(mailbox.put, waiter))
         return waiter
 
-    async def _accept(self, delivery: Delivery, started: float) -> Receipt:
-        """Store a delivery's raw bytes durably as `pending` and tell the pending listeners (the backlog)."""
+    def _accepted_on_loop(
+        self, delivery: Delivery, started: float, outcome: asyncio.Future[Receipt] | None = None,
+    ) -> asyncio.Future[Receipt]:
+        """Store a delivery's raw bytes durably as `pending`; return a future of the running loop for its receipt.
+
+        The pending listeners (the backlog) are told on the loop, before the
+        future resolves; a delivery not stored (`RetryLater`) gets its log line.
+        """
+        stored = self.writer.submit(delivery, None)
+        waiter, mailbox = self._waiter(outcome)
+        stored.add_done_callback(functools.partial(self._report_accepted, delivery, started, mailbox, waiter))
+        return waiter
+
+    def _report_accepted(
+        self, delivery: Delivery, started: float, mailbox: Mailbox, waiter: asyncio.Future[Receipt],
+        done: Future[Receipt],
+    ) -> None:
+        """Log a delivery that could not be stored pending; hand the outcome to the loop, which tells the backlog."""
+        then = None
         try:
-            receipt = await self._on_loop(self.writer.submit(delivery, None))
-        except RetryLater:
-            self.report(delivery, None, time.perf_counter() - started)
-            raise
+            if done.cancelled():
+                pass
+            elif (exc := done.exception()) is None:
+                if self.pending_listeners:
+                    then = functools.partial(self._tell_pending, done.result().delivery_id, started)
+            elif isinstance(exc, RetryLater):
+                self.report(delivery, None, time.perf_counter() - started)
+        finally:
+            after_lines(mailbox.put, waiter, done, then)
+
+    def _tell_pending(self, delivery_id: int, started: float) -> None:
         for listener in self.pending_listeners:
-            listener(receipt.delivery_id, started)
-        return receipt
+            listener(delivery_id, started)
 
     def _refused_structure(self, delivery: Delivery) -> Extraction | None:
         """Return the quarantine of an email over a structure limit, found by counting its bytes (ms), else None.
