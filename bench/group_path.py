@@ -1,6 +1,6 @@
 """Instructions per delivery of `serve --workers N`'s store path under callgrind, by thread, against one process's.
 
-    python bench/group_path.py [--batch 1] [--root OTHER_CHECKOUT ...]
+    python bench/group_path.py [--batch 1] [--received] [--root OTHER_CHECKOUT ...]
 
 Deterministic: distinct bench emails (bench/distinct.py, seed 77), extracted
 beforehand, go `--batch` per loop turn (each turn awaited) through
@@ -13,6 +13,9 @@ with 50 and with 250 deliveries (250 made and extracted in both runs); the
 difference divided by 200 is the cost per delivery, the start (imports, the
 emails made and extracted beforehand) taken out.
 The rows, the log line (to /dev/null) and the commit are included on both.
+With `--received` the worker's (or the one process's) pipeline acknowledges
+SMTP on receipt: each delivery is stored pending, its raw bytes only (nothing
+extracts them later here: the backlog is left out).
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ def deliveries(count: int) -> list[object]:
                      ("hook@example.com",), "127.0.0.1") for raw in raws[:count]]
 
 
-def run(path: str, count: int, batch: int) -> None:
+def run(path: str, count: int, batch: int, received: bool = False) -> None:
     """Send `count` deliveries through the `path` ("group" or "one"), `batch` per loop turn."""
     from mailhook.extract import extract
     from mailhook.logs import setup
@@ -87,6 +90,8 @@ def run(path: str, count: int, batch: int) -> None:
         else:
             pipeline = Pipeline(writer)
         pipeline._extracted = lambda delivery: found[id(delivery)]  # type: ignore[method-assign]
+        if received:
+            pipeline.deferred = frozenset({"smtp"})
         for start in range(0, len(sent), batch):
             await asyncio.gather(*(pipeline.ingest_soon(d) for d in sent[start:start + batch]))  # type: ignore[arg-type]
         if storage is not None and service is not None:
@@ -98,12 +103,13 @@ def run(path: str, count: int, batch: int) -> None:
     database.cleanup()
 
 
-def instructions(root: Path, path: str, count: int, batch: int, tmp: Path) -> list[int]:
+def instructions(root: Path, path: str, count: int, batch: int, tmp: Path, received: bool = False) -> list[int]:
     """Return the instructions of each thread (in the order they started) of one run under callgrind."""
     out = tmp / f"cg.{path}.{count}.{batch}"
     env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{HERE}"}
     subprocess.run(["valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={out}.%p",
-                    sys.executable, __file__, "--run", path, "--count", str(count), "--batch", str(batch)],
+                    sys.executable, __file__, "--run", path, "--count", str(count), "--batch", str(batch),
+                    *(["--received"] if received else [])],
                    env=env, check=True, capture_output=True)
     totals = []
     for part in sorted(tmp.glob(f"{out.name}.*-*")):
@@ -119,19 +125,21 @@ def instructions(root: Path, path: str, count: int, batch: int, tmp: Path) -> li
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=1, help="deliveries per loop turn")
+    parser.add_argument("--received", action="store_true", help="acknowledge on receipt: store pending")
     parser.add_argument("--root", type=Path, action="append", default=[], help="another checkout to count too")
     parser.add_argument("--run", choices=("group", "one"), help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=FEW, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:
-        run(args.run, args.count, args.batch)
+        run(args.run, args.count, args.batch, args.received)
         return 0
     tmp = Path(tempfile.mkdtemp(prefix="group-path-"))
     names = {"group": ("worker loop", "parent writer", "parent reader"), "one": ("loop", "writer")}
-    print(f"instructions per delivery, {args.batch} a loop turn ({MANY} - {FEW} deliveries, callgrind)")
+    received = ", received" if args.received else ""
+    print(f"instructions per delivery, {args.batch} a loop turn{received} ({MANY} - {FEW} deliveries, callgrind)")
     for root in [ROOT, *args.root]:
         for path in ("one", "group"):
-            few, many = (instructions(root, path, count, args.batch, tmp) for count in (FEW, MANY))
+            few, many = (instructions(root, path, count, args.batch, tmp, args.received) for count in (FEW, MANY))
             per = [(b - a) / (MANY - FEW) for a, b in zip(few, many, strict=False)]
             threads = ", ".join(f"{name} {value / 1000:,.1f} k" for name, value in zip(names[path], per, strict=False))
             print(f"  {root} {path}: {sum(per) / 1000:,.1f} k ({threads})", flush=True)

@@ -136,11 +136,11 @@ def stages_child(args: argparse.Namespace) -> int:
 
     import mailhook.derived as derived
     from mailhook import logs
+    from mailhook.delivery_log import log_delivery
     from mailhook.extract import extract
     from mailhook.extract.mail import parse_mail
     from mailhook.metrics import Metrics
     from mailhook.models import Delivery, Receipt
-    from mailhook.pipeline import log_delivery
     from mailhook.server import Counters
     from mailhook.store.rows import rows
     from mailhook.store.schema import EVENT_COLUMNS

@@ -265,16 +265,13 @@ class Backlog:
             free_slot()
         if found is None:
             return
-        futures = [
-            asyncio.wrap_future(self.pipeline.complete(
-                delivery, completion, self._accepted.get(completion.delivery_id, picked_up)))
-            for delivery, completion in found
-        ]
-        for (_, completion), future in zip(found, futures, strict=True):
-            try:
-                await future
-            except RetryLater as exc:
-                self._retry([completion.delivery_id], f"events of delivery {completion.delivery_id} not stored: {exc}")
+        # The chunk's events in one commit, answered together: one wake-up of this loop, not one per delivery.
+        started = [self._accepted.get(completion.delivery_id, picked_up) for _, completion in found]
+        results = await asyncio.wrap_future(self.pipeline.complete_many(found, started))
+        for (_, completion), result in zip(found, results, strict=True):
+            if isinstance(result, RetryLater):
+                self._retry([completion.delivery_id],
+                            f"events of delivery {completion.delivery_id} not stored: {result}")
                 continue
             self._backoff.reset()
             self._accepted.pop(completion.delivery_id, None)

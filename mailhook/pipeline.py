@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
@@ -25,10 +24,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mailhook.budget import ByteBudget
+from mailhook.delivery_log import log_delivery
 from mailhook.errors import RetryLater, Unreadable
 from mailhook.extract import extract
 from mailhook.extract.mail import check_structure
-from mailhook.logs import HeldLines, after_lines, logfmt
+from mailhook.handover import Mailbox, gathered, settle
+from mailhook.logs import HeldLines, after_lines
 from mailhook.models import Delivery, Extraction, Kind, MailLimits, Receipt
 from mailhook.store.interface import Rereading, Storage
 from mailhook.store.rows import Completion, Rows, Work, worker_rows
@@ -73,7 +74,7 @@ class Pipeline:
     # The level of a delivery's log line when it is stored well (a backfill's are DEBUG); trouble is a warning.
     log_level: int = logging.INFO
     # Hands finished deliveries back to the event loop, a batch at a time (see `_on_loop`).
-    _mailbox: _Mailbox | None = field(default=None, init=False, repr=False)
+    _mailbox: Mailbox | None = field(default=None, init=False, repr=False)
     _tasks: set[asyncio.Future[Receipt]] = field(default_factory=set, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -109,7 +110,7 @@ class Pipeline:
         works: list[Work] = [(delivery, self._extracted(delivery) if extraction is None else extraction)
                              for delivery, extraction in zip(deliveries, found, strict=True)]
         many = getattr(self.writer, "submit_many", None)
-        stored: Future[list[Receipt | RetryLater]] = many(works) if many is not None else _gathered(
+        stored: Future[list[Receipt | RetryLater]] = many(works) if many is not None else gathered(
             [self.writer.submit(delivery, extraction) for delivery, extraction in works])  # type: ignore[misc]
         reported: Future[list[Receipt | RetryLater]] = Future()
 
@@ -143,6 +144,41 @@ class Pipeline:
         the delivery gets its one log line once its events are stored.
         """
         return self._reported(delivery, self.writer.complete(completion), started, on_failure=False)
+
+    def complete_many(
+        self, found: Sequence[tuple[Delivery, Completion]], started: Sequence[float],
+    ) -> Future[list[Receipt | RetryLater]]:
+        """Store the events of deliveries stored `pending` (a backlog's chunk) in one commit, and report each stored.
+
+        As `complete` for each, `started` holding each one's start, with one
+        future for the chunk (it resolves with each receipt, or `RetryLater`,
+        in order, and never raises `RetryLater`): no future and no wake-up of
+        the loop per delivery. A failure is not reported: the backlog retries it.
+        """
+        completions = [completion for _, completion in found]
+        many = getattr(self.writer, "submit_many", None)
+        stored: Future[list[Receipt | RetryLater]] = many(completions) if many is not None else gathered(
+            [self.writer.complete(completion) for completion in completions])
+        reported: Future[list[Receipt | RetryLater]] = Future()
+
+        def report(done: Future[list[Receipt | RetryLater]]) -> None:
+            try:
+                results = done.result()
+            except RetryLater as exc:
+                results = [exc] * len(completions)
+            except BaseException as exc:  # noqa: BLE001 - handed on to whoever waits, as it came
+                after_lines(reported.set_exception, exc)
+                return
+            try:
+                now = time.perf_counter()
+                for (delivery, _), result, start in zip(found, results, started, strict=True):
+                    if not isinstance(result, RetryLater):
+                        self.report(delivery, result, now - start)
+            finally:
+                after_lines(reported.set_result, results)
+
+        stored.add_done_callback(report)
+        return reported
 
     def _reported(
         self, delivery: Delivery, stored: Future[Receipt], started: float, *, on_failure: bool
@@ -185,7 +221,7 @@ class Pipeline:
         """
         started = time.perf_counter()
         if delivery.channel in self.deferred:
-            return await self._accept(delivery, started)
+            return await self._accepted_on_loop(delivery, started)
         if len(delivery.raw) <= INLINE_LIMIT:
             return await self._stored_on_loop(delivery, started)
         if (refused := self._refused_structure(delivery)) is not None:
@@ -201,14 +237,17 @@ class Pipeline:
     ) -> asyncio.Future[Receipt]:
         """Start storing one delivery from the event loop; return a future of the loop that resolves as `ingest_async`.
 
-        The common case (a small delivery of a channel acknowledged once
-        stored) is extracted now and costs no coroutine or task of its own:
-        the SMTP door's per-message path. Any other runs `ingest_async` in a
+        The common cases (a small delivery of a channel acknowledged once
+        stored, extracted now; any delivery of a `deferred` channel, stored
+        pending) cost no coroutine or task of their own: the SMTP door's
+        per-message path in either mode. A large one runs `ingest_async` in a
         task. Given `outcome` (a pending future of the running loop), it
         resolves and returns that either way: the task's outcome is copied
         into it once the task is done.
         """
-        if delivery.channel in self.deferred or len(delivery.raw) > INLINE_LIMIT:
+        if delivery.channel in self.deferred:
+            return self._accepted_on_loop(delivery, time.perf_counter(), outcome)
+        if len(delivery.raw) > INLINE_LIMIT:
             task = asyncio.ensure_future(self.ingest_async(delivery))
             if outcome is None:
                 return task
@@ -221,7 +260,7 @@ class Pipeline:
     def _copy_outcome(self, outcome: asyncio.Future[Receipt], task: asyncio.Future[Receipt]) -> None:
         """Give `outcome` the outcome of a store's finished `task` (its exception retrieved here, whoever waits)."""
         self._tasks.discard(task)
-        _settle(outcome, task)
+        settle(outcome, task)
 
     def _stored_on_loop(
         self, delivery: Delivery, started: float, outcome: asyncio.Future[Receipt] | None = None,
@@ -239,7 +278,7 @@ class Pipeline:
         return waiter
 
     def _report_to_loop(
-        self, delivery: Delivery, started: float, mailbox: _Mailbox, waiter: asyncio.Future[Receipt],
+        self, delivery: Delivery, started: float, mailbox: Mailbox, waiter: asyncio.Future[Receipt],
         done: Future[Receipt],
     ) -> None:
         """Report a stored (or refused) delivery as `_reported` does, then hand its outcome to the loop."""
@@ -253,13 +292,13 @@ class Pipeline:
         finally:
             after_lines(mailbox.put, waiter, done)
 
-    def _waiter(self, outcome: asyncio.Future[Receipt] | None = None) -> tuple[asyncio.Future[Receipt], _Mailbox]:
+    def _waiter(self, outcome: asyncio.Future[Receipt] | None = None) -> tuple[asyncio.Future[Receipt], Mailbox]:
         """Return `outcome` or a new future of the running loop, and the mailbox that resolves it (on its loop)."""
         # An outcome's own loop, not `get_running_loop()`: in Python 3.11 that makes a getpid system call.
         loop = asyncio.get_running_loop() if outcome is None else outcome.get_loop()
         mailbox = self._mailbox
         if mailbox is None or mailbox.loop is not loop:
-            mailbox = self._mailbox = _Mailbox(loop)
+            mailbox = self._mailbox = Mailbox(loop)
         return loop.create_future() if outcome is None else outcome, mailbox
 
     def _on_loop(self, source: Future[Receipt]) -> asyncio.Future[Receipt]:
@@ -273,16 +312,39 @@ class Pipeline:
         source.add_done_callback(functools.partial(mailbox.put, waiter))
         return waiter
 
-    async def _accept(self, delivery: Delivery, started: float) -> Receipt:
-        """Store a delivery's raw bytes durably as `pending` and tell the pending listeners (the backlog)."""
+    def _accepted_on_loop(
+        self, delivery: Delivery, started: float, outcome: asyncio.Future[Receipt] | None = None,
+    ) -> asyncio.Future[Receipt]:
+        """Store a delivery's raw bytes durably as `pending`; return a future of the running loop for its receipt.
+
+        The pending listeners (the backlog) are told on the loop, before the
+        future resolves; a delivery not stored (`RetryLater`) gets its log line.
+        """
+        stored = self.writer.submit(delivery, None)
+        waiter, mailbox = self._waiter(outcome)
+        stored.add_done_callback(functools.partial(self._report_accepted, delivery, started, mailbox, waiter))
+        return waiter
+
+    def _report_accepted(
+        self, delivery: Delivery, started: float, mailbox: Mailbox, waiter: asyncio.Future[Receipt],
+        done: Future[Receipt],
+    ) -> None:
+        """Log a delivery that could not be stored pending; hand the outcome to the loop, which tells the backlog."""
+        then = None
         try:
-            receipt = await self._on_loop(self.writer.submit(delivery, None))
-        except RetryLater:
-            self.report(delivery, None, time.perf_counter() - started)
-            raise
+            if done.cancelled():
+                pass
+            elif (exc := done.exception()) is None:
+                if self.pending_listeners:
+                    then = functools.partial(self._tell_pending, done.result().delivery_id, started)
+            elif isinstance(exc, RetryLater):
+                self.report(delivery, None, time.perf_counter() - started)
+        finally:
+            after_lines(mailbox.put, waiter, done, then)
+
+    def _tell_pending(self, delivery_id: int, started: float) -> None:
         for listener in self.pending_listeners:
-            listener(receipt.delivery_id, started)
-        return receipt
+            listener(delivery_id, started)
 
     def _refused_structure(self, delivery: Delivery) -> Extraction | None:
         """Return the quarantine of an email over a structure limit, found by counting its bytes (ms), else None.
@@ -348,154 +410,11 @@ class Pipeline:
             listener(delivery, receipt, elapsed)
 
 
-class _Mailbox:
-    """Futures finished in other threads, handed to one event loop with one wake-up for all that arrive together."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self._thread = threading.get_ident()  # made on the loop's thread (`Pipeline._waiter`)
-        self._lock = threading.Lock()
-        self._done: list[tuple[asyncio.Future[Receipt], Future[Receipt]]] = []
-
-    def put(self, waiter: asyncio.Future[Receipt], source: Future[Receipt]) -> None:
-        """Hand `waiter` the outcome of `source`: at once on the loop's thread, else with one wake-up for all queued."""
-        if threading.get_ident() == self._thread:
-            # Finished on the loop's own thread (a worker of `serve --workers N` reads its answers there):
-            # no self-pipe write and read to wake a loop that runs, and no turn of it to wait for.
-            if not self.loop.is_closed():
-                _settle(waiter, source)
-            return
-        with self._lock:
-            self._done.append((waiter, source))
-            if len(self._done) > 1:
-                return
-        if self.loop.is_closed():
-            return  # as asyncio.wrap_future: nobody is left to tell
-        self.loop.call_soon_threadsafe(self._deliver)
-
-    def _deliver(self) -> None:
-        with self._lock:
-            done, self._done = self._done, []
-        for waiter, source in done:
-            _settle(waiter, source)
-
-
-def _settle(waiter: asyncio.Future[Receipt], source: Future[Receipt] | asyncio.Future[Receipt]) -> None:
-    """Give `waiter` the outcome of `source`, a finished future (unless `waiter` was cancelled meanwhile)."""
-    if waiter.cancelled():
-        return
-    if source.cancelled():
-        asyncio.Future.cancel(waiter)  # Future's own: the SMTP door's outcome refuses its task's cancel
-    elif (exc := source.exception()) is not None:
-        waiter.set_exception(exc)
-    else:
-        waiter.set_result(source.result())
-
-
-def _gathered(futures: list[Future[Receipt]]) -> Future[list[Receipt | RetryLater]]:
-    """Return one future of the outcomes of `futures`, in order: each receipt, or its `RetryLater`."""
-    gathered: Future[list[Receipt | RetryLater]] = Future()
-    left = [len(futures)]
-    lock = threading.Lock()
-
-    def one_done(_: Future[Receipt]) -> None:
-        with lock:
-            left[0] -= 1
-            if left[0]:
-                return
-        outcomes: list[Receipt | RetryLater] = []
-        for future in futures:
-            exc = future.exception()
-            if exc is None:
-                outcomes.append(future.result())
-            elif isinstance(exc, RetryLater):
-                outcomes.append(exc)
-            else:
-                gathered.set_exception(exc)
-                return
-        gathered.set_result(outcomes)
-
-    if not futures:
-        gathered.set_result([])
-    for future in futures:
-        future.add_done_callback(one_done)
-    return gathered
-
-
 def extract_rows(
     raw: bytes, kind: Kind, subscriptions: Mapping[int, str], limits: MailLimits, content_type: str | None = None
 ) -> Found:
     """Extract a delivery as the rows to store, bounded by the payload ratio (runs in a worker process)."""
     return worker_rows(extract(raw, kind, subscriptions, content_type=content_type, limits=limits), len(raw))
-
-
-def log_delivery(delivery: Delivery, receipt: Receipt | None, elapsed: float, *, level: int = logging.INFO) -> None:
-    """Write the one log line a delivery gets: channel, peer, message id, outcome, events, milliseconds.
-
-    A delivery stored well is logged at `level`; one quarantined or not stored always as a warning.
-    """
-    if receipt is None or receipt.status == "quarantined":
-        level = logging.WARNING
-    if log.isEnabledFor(level):
-        # Formatted only when a handler writes it: the text for text logs, the fields for JSON.
-        line = DeliveryLine(delivery, receipt, elapsed)
-        # The record made directly: Logger.log would walk the stack for a file and line no format shows.
-        log.handle(log.makeRecord(log.name, level, "", 0, "delivery %s", (line,), None, extra={"delivery": line}))
-
-
-class DeliveryLine:
-    """A delivery's log line, built lazily: `str()` gives the text, `fields()` the JSON fields."""
-
-    __slots__ = ("delivery", "elapsed", "receipt")
-
-    def __init__(self, delivery: Delivery, receipt: Receipt | None, elapsed: float) -> None:
-        self.delivery = delivery
-        self.receipt = receipt
-        self.elapsed = elapsed
-
-    def fields(self) -> dict[str, object]:
-        """Return the line's fields in order, None where a field is absent."""
-        delivery, receipt = self.delivery, self.receipt
-        fields: dict[str, object] = {
-            "channel": delivery.channel,
-            "peer": delivery.remote_addr or delivery.source or "-",
-            "message_id": (receipt.message_id if receipt else None) or "-",
-            "from": delivery.envelope_from,
-            "to": ",".join(delivery.envelope_to) or None,
-            "status": receipt.status if receipt else "retry-later",
-            "delivery_id": receipt.delivery_id if receipt else None,
-            "events": receipt.events if receipt else 0,
-            "duplicates": receipt.duplicates if receipt else 0,
-            "size": len(delivery.raw),
-            "ms": round(self.elapsed * 1000, 1),
-        }
-        if receipt is not None and receipt.error:
-            fields["error"] = receipt.error
-        return fields
-
-    def __str__(self) -> str:
-        delivery, receipt = self.delivery, self.receipt
-        # Every value a peer controls goes through logfmt(): a space, quote or `=` in it cannot forge a field.
-        text = f"channel={delivery.channel} peer={logfmt(delivery.remote_addr or delivery.source or '-')}"
-        if receipt is None:
-            text += " message_id=-"
-        else:
-            text += f" message_id={logfmt(receipt.message_id or '-')}"
-        if delivery.envelope_from is not None:
-            text += f" from={logfmt(delivery.envelope_from)}"
-        if delivery.envelope_to:
-            text += f" to={logfmt(','.join(delivery.envelope_to))}"
-        if receipt is None:
-            text += " status=retry-later events=0 duplicates=0"
-        else:
-            text += (
-                f" status={receipt.status} delivery_id={receipt.delivery_id}"
-                f" events={receipt.events} duplicates={receipt.duplicates}"
-            )
-        text += f" size={len(delivery.raw)} ms={round(self.elapsed * 1000, 1)}"
-        if receipt is not None and receipt.error:
-            text += f" error={logfmt(receipt.error)}"
-        return text
 
 
 def reprocess(

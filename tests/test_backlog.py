@@ -277,3 +277,29 @@ def test_events_that_cannot_be_stored_yet_are_retried_until_they_are(
     assert [status for _, status, _, _ in settled(database(runtime))] == ["stored"]
     assert rows(database(runtime), "SELECT count(*) FROM events") == [(1,)]
     assert "events of delivery 1 not stored" in caplog.text
+
+
+def test_a_chunks_events_are_answered_together_with_one_wake_up_of_the_loop(tmp_path: Path) -> None:
+    from loop_support import WakeUps
+
+    writer = Writer(tmp_path / "m.db")
+    pipeline = Pipeline(writer)
+    deliveries = [Delivery("smtp", notification(78_000 + n), "2026-12-05T19:00:00.000000Z",
+                           envelope_from="a@example.com", envelope_to=("ops@example.com",)) for n in range(12)]
+    for delivery in deliveries:
+        assert writer.submit(delivery, None).result().status == "pending"
+
+    async def main() -> int:
+        backlog = Backlog(pipeline)  # no pool: the chunk is extracted in a thread
+        wakeups = WakeUps(asyncio.get_running_loop())
+        backlog.start()
+        await backlog.close(30)  # takes up what is pending, then stops
+        return wakeups.count
+
+    try:
+        # One chunk of 12: a few wake-ups for its claim, extraction, events and release, the next (empty)
+        # claim and the queue's close (7), never one per delivery (18 when each one's events woke it).
+        assert asyncio.run(main()) < len(deliveries)
+    finally:
+        writer.close()
+    assert rows(tmp_path / "m.db", "SELECT status, count(*) FROM deliveries GROUP BY status") == [("stored", 12)]

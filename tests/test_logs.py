@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from process_support import ALLOW_ROOT, free_port, wait_until
 
+from mailhook.delivery_log import DeliveryLine
 from mailhook.logs import JournalFormatter, JsonFormatter, Summary, TextFormatter, escape, logfmt
 from mailhook.models import Delivery
-from mailhook.pipeline import DeliveryLine
 
 HOSTILE = "a\rINFO mailhook.ingest: forged\x00\n\x1b[31m\x7f\x85\u2028\u2029\ufeff end"
 

@@ -16,8 +16,9 @@ import pytest
 from loop_support import WakeUps
 
 from mailhook import logs
+from mailhook.delivery_log import log_delivery
 from mailhook.models import Delivery, Receipt
-from mailhook.pipeline import Pipeline, log_delivery
+from mailhook.pipeline import Pipeline
 from mailhook.store.writer import Writer
 
 SEED = Path(__file__).parent.parent / "fixtures" / "seed"

@@ -338,9 +338,50 @@ def test_a_delivery_started_from_the_loop_resolves_only_after_its_log_line_and_l
             blocker.execute("ROLLBACK")
             blocker.close()
         assert told == ["stored", None] and len(lines()) == 2 and "status=retry-later" in lines()[1]
-        # Anything but a small delivery of a channel acknowledged once stored goes through ingest_async.
+        # A channel acknowledged on receipt: stored pending, neither extracted nor reported yet.
         pipeline.deferred = frozenset({"http"})
         accepted = await pipeline.ingest_soon(document("campaign.json"))
         assert accepted.status == "pending" and told == ["stored", None]
 
     asyncio.run(scenario())
+
+
+class _OneAtATime:
+    """A real writer seen without `submit_many` (as PostgreSQL's): the pipeline gathers its futures itself."""
+
+    def __init__(self, writer: Writer) -> None:
+        self.writer = writer
+
+    def submit(self, delivery: Delivery, extraction: Any) -> Any:
+        return self.writer.submit(delivery, extraction)
+
+    def complete(self, completion: Any) -> Any:
+        return self.writer.complete(completion)
+
+
+@pytest.mark.parametrize("together", [True, False], ids=["submit_many", "one_at_a_time"])
+def test_a_backlog_chunk_is_completed_by_one_future_and_each_stored_delivery_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, together: bool,
+) -> None:
+    from mailhook.store.rows import Completion
+
+    caplog.set_level(logging.INFO, logger="mailhook")
+    writer = Writer(tmp_path / "m.db")
+    try:
+        pipeline = Pipeline(writer if together else _OneAtATime(writer))  # type: ignore[arg-type]
+        told: list[str | None] = []
+        pipeline.listeners.append(lambda delivery, receipt, elapsed: told.append(receipt.status if receipt else None))
+        deliveries = [document(name) for name in ("campaign.json", "text-inbound.json")]
+        pending = [writer.submit(delivery, None).result() for delivery in deliveries]
+        assert [receipt.status for receipt in pending] == ["pending", "pending"]
+        found = [(delivery, Completion(receipt.delivery_id, delivery.sha256, extract(delivery.raw, "document", {})))
+                 for delivery, receipt in zip(deliveries, pending, strict=True)]
+        results = pipeline.complete_many(found, [0.0, 0.0]).result()
+    finally:
+        writer.close()
+    assert [(result.status, result.events) for result in results] == [("stored", 1), ("stored", 1)]  # type: ignore[union-attr]
+    assert told == ["stored", "stored"]
+    lines = [record.getMessage() for record in caplog.records if record.name == "mailhook.ingest"]
+    assert len(lines) == 2 and all("status=stored" in line for line in lines)
+    with sqlite3.connect(tmp_path / "m.db") as conn:
+        assert conn.execute("SELECT count(*) FROM events").fetchone() == (2,)

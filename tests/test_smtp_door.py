@@ -42,8 +42,9 @@ from smtp_support import (
 
 from mailhook.budget import InflightBudget
 from mailhook.errors import ConfigError, RetryLater
+from mailhook.handover import Mailbox
 from mailhook.models import Delivery, Receipt
-from mailhook.pipeline import INLINE_LIMIT, Pipeline, _Mailbox
+from mailhook.pipeline import INLINE_LIMIT, Pipeline
 from mailhook.server import Runtime
 from mailhook.smtp.connection import RCPT_OVERSHOOT
 from mailhook.smtp.door import SmtpDoor, StoreOutcome
@@ -729,10 +730,16 @@ def _campaign(channel: str = "smtp") -> Delivery:
                     kind="document", remote_addr="127.0.0.1")
 
 
+def _large_campaign() -> Delivery:
+    """A campaign document over INLINE_LIMIT: extracted beside the loop, by `ingest_async` in a task."""
+    small = _campaign()
+    return Delivery(channel="smtp", raw=small.raw + b" " * INLINE_LIMIT, received_at="x", kind="document",
+                    remote_addr="127.0.0.1")
+
+
 def test_a_store_in_a_task_hands_its_receipt_or_error_to_the_store_outcome_it_was_given(tmp_path: Path) -> None:
     async def outcomes(pipeline: Pipeline) -> list[object]:
         loop = asyncio.get_running_loop()
-        pipeline.deferred = frozenset({"smtp"})  # acknowledged on receipt: stored by `ingest_async` in a task
         results: list[object] = []
         for locked_out in (False, True):
             outcome = StoreOutcome(loop=loop)
@@ -740,7 +747,7 @@ def test_a_store_in_a_task_hands_its_receipt_or_error_to_the_store_outcome_it_wa
             if locked_out:
                 blocker.execute("BEGIN EXCLUSIVE")
             try:
-                assert pipeline.ingest_soon(_campaign(), outcome) is outcome
+                assert pipeline.ingest_soon(_large_campaign(), outcome) is outcome
                 assert len(pipeline._tasks) == 1  # the task kept until it is done
                 (result,) = await asyncio.gather(outcome, return_exceptions=True)
                 results.append(result.status if isinstance(result, Receipt) else type(result))
@@ -753,9 +760,48 @@ def test_a_store_in_a_task_hands_its_receipt_or_error_to_the_store_outcome_it_wa
 
     writer = Writer(tmp_path / "m.db", busy_timeout=0.2)
     try:
-        assert asyncio.run(outcomes(Pipeline(writer))) == ["pending", RetryLater]
+        assert asyncio.run(outcomes(Pipeline(writer))) == ["stored", RetryLater]
     finally:
         writer.close()
+
+
+def test_a_delivery_acknowledged_on_receipt_is_stored_pending_without_a_task_and_told_to_the_backlog_first(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def outcomes(pipeline: Pipeline) -> list[object]:
+        loop = asyncio.get_running_loop()
+        pipeline.deferred = frozenset({"smtp"})  # acknowledged on receipt: stored pending, then told the backlog
+        told: list[tuple[int, bool, int]] = []
+        pipeline.pending_listeners.append(
+            lambda delivery_id, _: told.append((delivery_id, outcome.done(), threading.get_ident())))
+        results: list[object] = []
+        for delivery, locked_out in ((_campaign(), False), (_large_campaign(), False), (_campaign(), True)):
+            outcome = StoreOutcome(loop=loop)
+            blocker = sqlite3.connect(tmp_path / "m.db", isolation_level=None)
+            if locked_out:
+                blocker.execute("BEGIN EXCLUSIVE")
+            try:
+                assert pipeline.ingest_soon(delivery, outcome) is outcome
+                assert not pipeline._tasks  # any size: only the raw bytes are stored now
+                (result,) = await asyncio.gather(outcome, return_exceptions=True)
+                results.append(result.status if isinstance(result, Receipt) else type(result))
+            finally:
+                if locked_out:
+                    blocker.execute("ROLLBACK")
+                blocker.close()
+        # Each delivery stored pending told to the backlog on the loop's thread, before its outcome resolved.
+        assert [(done, thread) for _, done, thread in told] == [(False, threading.get_ident())] * 2
+        return results
+
+    writer = Writer(tmp_path / "m.db", busy_timeout=0.2)
+    try:
+        with caplog.at_level(logging.INFO, logger="mailhook.ingest"):
+            assert asyncio.run(outcomes(Pipeline(writer))) == ["pending", "pending", RetryLater]
+    finally:
+        writer.close()
+    # Only the delivery not stored has its line now; the backlog writes the others' once their events are stored.
+    assert [record.getMessage().count("status=retry-later") for record in caplog.records
+            if record.name == "mailhook.ingest"] == [1]
 
 
 def test_a_session_that_ends_while_a_store_in_a_task_is_going_on_is_cancelled_once_it_is_done(
@@ -764,12 +810,11 @@ def test_a_session_that_ends_while_a_store_in_a_task_is_going_on_is_cancelled_on
     async def leave(pipeline: Pipeline) -> list[str]:
         loop = asyncio.get_running_loop()
         steps: list[str] = []
-        pipeline.deferred = frozenset({"smtp"})
         outcome = StoreOutcome(loop=loop)
 
         async def session() -> None:
             try:
-                await pipeline.ingest_soon(_campaign(), outcome)
+                await pipeline.ingest_soon(_large_campaign(), outcome)
             except asyncio.CancelledError:
                 steps.append("cancelled")
                 raise
@@ -840,7 +885,7 @@ def test_a_session_cancelled_while_awaiting_its_store_outcome_is_cancelled_once_
 def test_the_pipeline_s_mailbox_cancels_a_store_outcome_whose_store_was_cancelled() -> None:
     async def handed() -> list[object]:
         loop = asyncio.get_running_loop()
-        mailbox = _Mailbox(loop)
+        mailbox = Mailbox(loop)
         outcomes = [StoreOutcome(loop=loop) for _ in range(3)]
         sources: list[concurrent.futures.Future[Any]] = [concurrent.futures.Future() for _ in range(3)]
         sources[0].set_result("receipt")

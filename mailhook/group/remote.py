@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from mailhook.budget import ByteBudget
 from mailhook.errors import RetryLater
 from mailhook.group import wire
+from mailhook.group.answer import Answer
 from mailhook.group.channel import Channel
 from mailhook.logs import HeldLines
 from mailhook.metrics import Metrics
@@ -159,15 +160,22 @@ class RemoteStorage:
         return self.ask(kind, *args)[1]
 
     def ask(self, kind: str, *args: Any) -> tuple[int, Future[Any]]:
-        """Send a request; return its number and a future for the parent's answer."""
-        future: Future[Any] = Future()
+        """Send a request; return its number and a future for the parent's answer.
+
+        A write the loop's own thread sends waits in the outbox for the end of
+        the turn, and its future is an `Answer`: the loop reads the parent's
+        answer itself, so nothing but that thread ever touches it.
+        """
+        batched = kind in _BATCHED and self._loop_thread == threading.get_ident()
+        future: Future[Any] = Answer() if batched else Future()
         with self._lock:
             number = next(self._ids)
             if self._lost:
                 future.set_exception(RetryLater(GONE))
                 return number, future
             self._waiting[number] = future
-        if kind in _BATCHED and self._queued((kind, number, *args)):
+        if batched:
+            self._queue((kind, number, *args))
             self._asked.append(number)
             return number, future
         try:
@@ -185,15 +193,12 @@ class RemoteStorage:
         with contextlib.suppress(OSError):
             self.channel.send((kind, number, *args))
 
-    def _queued(self, message: tuple[Any, ...]) -> bool:
-        """Put `message` in the outbox if this is the loop's thread (sent when the turn ends); say whether it was."""
-        if self._loop_thread != threading.get_ident():
-            return False
+    def _queue(self, message: tuple[Any, ...]) -> None:
+        """Put `message` in the outbox (on the loop's thread), sent when the loop's turn ends."""
         self._outbox.append(message)
         if len(self._outbox) == 1:
             assert self._loop is not None
             self._loop.call_soon(self._flush)
-        return True
 
     def _flush(self) -> None:
         """Send the outbox in one frame (on the loop's thread)."""
@@ -232,7 +237,8 @@ class RemoteStorage:
 
     def _take(self, messages: list[tuple[Any, ...]]) -> None:
         # One frame: the answers to the deliveries of one of the parent's commits (or a ping, a read's answer).
-        for kind, number, *rest in messages:
+        for message in messages:
+            kind, number = message[0], message[1]
             if kind == "ping":
                 self.on_ping(number)
                 continue
@@ -244,13 +250,13 @@ class RemoteStorage:
             if future is None:
                 continue
             if kind == "receipt":  # a delivery's, as its values
-                future.set_result(wire.receipt(rest[0]))
+                future.set_result(wire.receipt(message[2]))
             elif kind == "done":
-                future.set_result(rest[0])
+                future.set_result(message[2])
             elif kind == "broken":  # the parent's extraction process died on it (or before it)
-                future.set_exception(BrokenProcessPool(rest[0]))
+                future.set_exception(BrokenProcessPool(message[2]))
             else:  # "failed": the parent's writer said RetryLater (its reason in words)
-                future.set_exception(RetryLater(rest[0]))
+                future.set_exception(RetryLater(message[2]))
 
     def _end(self) -> None:
         """The parent's end closed (or this one): fail every request still waiting, once, and say so."""
