@@ -46,7 +46,8 @@ from mailhook.models import Delivery, Receipt
 from mailhook.pipeline import INLINE_LIMIT, Pipeline, _Mailbox
 from mailhook.server import Runtime
 from mailhook.smtp.connection import RCPT_OVERSHOOT
-from mailhook.smtp.door import SmtpDoor, StoreOutcome
+from mailhook.smtp.door import SmtpDoor
+from mailhook.smtp.handler import StoreOutcome
 from mailhook.smtp.session import Connection
 from mailhook.store.writer import Writer
 
