@@ -145,6 +145,22 @@ class Handler(PasswordAuth):
 
     async def handle_DATA(self, server: Connection, session: Session, envelope: Envelope) -> str:
         """Store the message and answer only when it is durable: 250, or 451 so the sender retries."""
+        outcome = self.store(server, envelope)
+        try:
+            await outcome
+        except asyncio.CancelledError:  # the session is cancelled once the store is done (see StoreOutcome)
+            self.door.storing.discard(outcome)
+            raise
+        except Exception:  # noqa: BLE001 - answered from the outcome itself, by `stored_reply`
+            pass
+        return self.stored_reply(server, outcome)
+
+    def store(self, server: Connection, envelope: Envelope) -> StoreOutcome:
+        """Start storing the envelope's message; return its outcome, which `stored_reply` answers once done.
+
+        Called by `handle_DATA`, and without a coroutine by the session that
+        took a whole body as it arrived (smtp/body_at_once.py).
+        """
         server.hold_timeout()
         delivery = Delivery(
             channel="smtp",
@@ -159,19 +175,25 @@ class Handler(PasswordAuth):
         # waits for its outcome before the writer is closed. A store in a task (large, or acknowledged on
         # receipt) hands its outcome on to this one.
         outcome = StoreOutcome(loop=server.loop)
-        storing = self.door.storing
-        storing.add(outcome)
+        self.door.storing.add(outcome)
         try:
-            receipt = await self.door.runtime.pipeline.ingest_soon(delivery, outcome)
-        except RetryLater:
-            return RETRY_LATER
-        except Exception:  # the client gets a retryable answer, never the exception text
-            log.exception("unexpected error while storing a message from %s", server.peer_ip)
-            return RETRY_LATER
-        finally:
-            storing.discard(outcome)
-        server.accepted()
-        return f"250 2.0.0 OK delivery {receipt.delivery_id} {receipt.status}"
+            self.door.runtime.pipeline.ingest_soon(delivery, outcome)
+        except Exception as exc:  # noqa: BLE001 - answered as the store's own failure, by `stored_reply`
+            if not outcome.done():
+                outcome.set_exception(exc)
+        return outcome
+
+    def stored_reply(self, server: Connection, outcome: StoreOutcome) -> str:
+        """Answer a finished store (`store`): 250 with its receipt, or 451 so the sender retries."""
+        self.door.storing.discard(outcome)
+        error = outcome.exception()
+        if error is None:
+            receipt = outcome.result()
+            server.accepted()
+            return f"250 2.0.0 OK delivery {receipt.delivery_id} {receipt.status}"
+        if not isinstance(error, RetryLater):  # the client gets a retryable answer, never the exception text
+            log.error("unexpected error while storing a message from %s", server.peer_ip, exc_info=error)
+        return RETRY_LATER
 
     async def handle_exception(self, error: Exception) -> str:
         """Answer an unexpected error with a temporary failure that does not leak its text."""
