@@ -2,8 +2,9 @@
 
 `Connection` adds the commands to its bases: the connection's state, caps and
 timers (smtp/connection.py), the command loop with its replies
-(smtp/command_loop.py) and MAIL and RCPT (smtp/mail_rcpt.py); it reads through
-smtp/reader.py's `SessionReader`. Those five modules are the only ones that
+(smtp/command_loop.py), MAIL and RCPT (smtp/mail_rcpt.py) and DATA and its
+body answered as they arrive (smtp/body_at_once.py); it reads through
+smtp/reader.py's `SessionReader`. Those six modules are the only ones that
 touch aiosmtpd's (and asyncio's)
 private names: each lists those it relies on in `PRIVATE_NAMES`, checked against
 the installed aiosmtpd by tests/test_library_internals.py; each override
