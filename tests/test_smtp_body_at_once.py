@@ -105,7 +105,7 @@ def both(start_server: StartServer, monkeypatch: pytest.MonkeyPatch, tmp_path: P
         with monkeypatch.context() as patch:
             paths = Paths(patch, at_once=at_once)
             smtp = {"max_message_size": LIMIT, **sections.get("smtp", {})}
-            storage = {"db": tmp_path / f"{next(runs)}.db"}
+            storage = {**sections.get("storage", {}), "db": tmp_path / f"{next(runs)}.db"}
             runtime = start_server(**{**sections, "smtp": smtp, "storage": storage})
             replies = send(runtime)
             wait_until(lambda: runtime.inflight.used == 0, 10, "the in-flight bytes given back")
@@ -348,3 +348,34 @@ def test_whole_body_of_edge_cases(data: bytes, expected: bytes | None) -> None:
     assert whole_body(data, 100) == expected
     assert whole_body(data, len(data)) == expected
     assert whole_body(data, len(data) - 1) is None
+
+
+def test_a_store_cancelled_while_its_body_taken_at_once_waits_ends_the_session_as_the_loop_ends_it(
+    both: Both,
+) -> None:
+    # Acknowledged on receipt, the store runs in a task of the pipeline's; cancelled (as at a forced stop), it
+    # cancels the session's outcome: the loop's `await` raises, and the session closes without a reply.
+    body = _body(1500)
+
+    def send(runtime: Runtime) -> list[bytes]:
+        door = next(d for d in runtime.doors if isinstance(d, SmtpDoor))
+        db = runtime.settings.storage.db
+        assert db is not None
+        sock, f = raw_session(runtime)
+        with sock, f:
+            for line in ENVELOPE:
+                assert say(f, line)[:1] == b"2"
+            assert say(f, b"DATA").startswith(b"354 ")
+            (session,) = list(door.sessions)
+            with locked(db):
+                sock.sendall(body)
+                wait_until(lambda: len(runtime.pipeline._tasks) == 1, 10, "the message being stored")
+                (task,) = list(runtime.pipeline._tasks)
+                session.loop.call_soon_threadsafe(task.cancel)
+                wait_until(lambda: not door.storing, 10, "the store given up")
+                replies = [read_reply(f)]
+            wait_until(lambda: not door.sessions, 10, "the session closed")
+            return replies
+
+    replies, _, at_once = both(send, smtp={"acknowledge": "received"}, storage={"busy_timeout": 30})
+    assert replies == [b""] and at_once == 1

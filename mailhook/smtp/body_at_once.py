@@ -96,7 +96,6 @@ class BodyAtOnce(MailAndRcpt):
             self.body_handed_over = True  # taken by `smtp_DATA`: its 354 was sent, its checks passed
             reader.interrupt(HandedOver(functools.partial(self.smtp_DATA, None)))
 
-    # Calls the private SMTP._set_post_data_state as the original smtp_DATA does (through `stored_at_once`).
     def store_at_once(self, content: bytes, hold: InflightHold) -> None:
         """Start storing a whole body as `smtp_DATA` does, its reply written by `stored_at_once` once it is done."""
         envelope = self.envelope
@@ -120,20 +119,25 @@ class BodyAtOnce(MailAndRcpt):
         assert hold is not None
         transport: Any = self.transport
         if transport is None or transport._closing:
-            self.door.storing.discard(outcome)
-            if not outcome.cancelled():
-                outcome.exception()  # retrieved, as the cancelled session's await retrieves it
-            hold.close()
-            self.storing = False
-            return
-        if outcome.cancelled() or transport._buffer:
-            if self.fed is not None and self.fed.interrupt(HandedOver(
+            self._dropped(outcome, hold)
+        elif outcome.cancelled() or transport._buffer:
+            if self.fed is None or not self.fed.interrupt(HandedOver(
                     functools.partial(self.reply_in_task, outcome, hold))):
-                return
-            self.door.storing.discard(outcome)
-            hold.close()
-            self.storing = False
-            return
+                self._dropped(outcome, hold)
+        else:
+            self._replied(outcome, hold)
+
+    def _dropped(self, outcome: StoreOutcome, hold: InflightHold) -> None:
+        """End a store whose session sends nothing more, as its task, cancelled, ends once the store is done."""
+        self.door.storing.discard(outcome)
+        if not outcome.cancelled():
+            outcome.exception()  # retrieved, as the cancelled session's await retrieves it
+        hold.close()
+        self.storing = False
+
+    # Calls the private SMTP._set_post_data_state as the original smtp_DATA does.
+    def _replied(self, outcome: StoreOutcome, hold: InflightHold) -> None:
+        """Write a finished store's reply to an empty write buffer and end DATA, as `smtp_DATA` does."""
         status = self.event_handler.stored_reply(self, outcome)
         self._set_post_data_state()  # type: ignore[no-untyped-call]
         hold.close()
