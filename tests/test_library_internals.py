@@ -39,7 +39,7 @@ from mailhook.http import connection as http_connection
 from mailhook.http import door as http_door
 from mailhook.imap import account
 from mailhook.server import Runtime
-from mailhook.smtp import command_loop, mail_rcpt, session
+from mailhook.smtp import body_at_once, command_loop, mail_rcpt, session
 from mailhook.smtp import connection as smtp_connection
 from mailhook.smtp import reader as smtp_reader
 from mailhook.smtp.door import SmtpDoor
@@ -64,8 +64,8 @@ TRANSPORT_SWITCH_SHA256 = {
     "smtp_STARTTLS": "6565289f4131fa132ad3c517e8f2933a490043fc11da08a5be5dd73efc491bec",
 }
 # The modules of the SMTP session that touch aiosmtpd's or asyncio's private names, each listing those it relies on.
-SESSION_MODULES = (smtp_connection, command_loop, mail_rcpt, session)
-ASYNCIO_MODULES = (smtp_reader, smtp_connection, command_loop, mail_rcpt)
+SESSION_MODULES = (smtp_connection, command_loop, mail_rcpt, body_at_once, session)
+ASYNCIO_MODULES = (smtp_reader, smtp_connection, command_loop, mail_rcpt, body_at_once)
 TEXT_XML = (Path(__file__).resolve().parent.parent / "fixtures" / "seed" / "text-outbound.xml").read_bytes()
 
 

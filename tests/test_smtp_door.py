@@ -47,7 +47,8 @@ from mailhook.models import Delivery, Receipt
 from mailhook.pipeline import INLINE_LIMIT, Pipeline
 from mailhook.server import Runtime
 from mailhook.smtp.connection import RCPT_OVERSHOOT
-from mailhook.smtp.door import SmtpDoor, StoreOutcome
+from mailhook.smtp.door import SmtpDoor
+from mailhook.smtp.handler import StoreOutcome
 from mailhook.smtp.session import Connection
 from mailhook.store.writer import Writer
 
@@ -945,7 +946,7 @@ def _waiting_for(door: SmtpDoor) -> tuple[Connection, object]:
     return session, reader._waiter
 
 
-def test_mail_and_rcpt_sent_alone_are_answered_without_waking_the_session_and_the_message_is_stored(
+def test_a_transaction_sent_line_by_line_is_answered_without_waking_the_session_and_the_message_is_stored(
     server: Runtime,
 ) -> None:
     door = next(d for d in server.doors if isinstance(d, SmtpDoor))
@@ -960,9 +961,11 @@ def test_mail_and_rcpt_sent_alone_are_answered_without_waking_the_session_and_th
         assert session.envelope is not None and session.envelope.mail_from == "notifications@callfire.com"
         assert session.envelope.mail_options == ["SIZE=2000"] and session.envelope.rcpt_tos == ["ops@example.com"]
         assert _answer(f, b"DATA").startswith(b"354 ")
+        assert _waiting_for(door) == (session, waiter) and not waiter.done()  # type: ignore[attr-defined]
         assert _answer(f, on_the_wire(notification(950_000_001)) + b".") == b"250 2.0.0 OK delivery 1 stored"
-        _, after = _waiting_for(door)
-        assert after is not waiter  # DATA went through the loop, which waits on a new future
+        # DATA and its whole body too were answered as they arrived (smtp/body_at_once.py): the loop never woke.
+        assert _waiting_for(door) == (session, waiter) and not waiter.done()  # type: ignore[attr-defined]
+        assert session.envelope is not None and session.envelope.mail_from is None  # the post-DATA state
     assert rows(_db(server), "SELECT count(*) FROM events WHERE resource_id = ?", 950_000_001) == [(1,)]
 
 

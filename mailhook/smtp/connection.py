@@ -22,7 +22,8 @@ from aiosmtpd.smtp import SMTP
 from mailhook.smtp.reader import SessionReader
 
 if TYPE_CHECKING:
-    from mailhook.smtp.door import Handler, SmtpDoor
+    from mailhook.smtp.door import SmtpDoor
+    from mailhook.smtp.handler import Handler
 
 log = logging.getLogger("mailhook.smtp")
 

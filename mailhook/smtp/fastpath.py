@@ -173,6 +173,30 @@ async def read_body(
         chunk = b""
 
 
+def whole_body(data: bytes, limit: int) -> bytes | None:
+    """Return the content `read_body` would return for `data`, when `data` is a whole body it accepts; else None.
+
+    That is: `data` (what follows DATA's line) ends with the body's end
+    (`END`, the DATA line's CRLF counting at its start) and holds nothing
+    after it, and is no longer than `limit`, the smaller of the line and size
+    limits, so no limit can refuse it. Anything else (more after the end, an
+    unfinished body, a longer one) gives None: `read_body` reads it.
+    """
+    if len(data) > limit:
+        return None
+    if data.endswith(END):
+        if data.find(END) != len(data) - len(END) or data.startswith(b".\r\n"):
+            return None
+    elif data != b".\r\n":
+        return None
+    content = data[:-3]
+    if content.startswith(b"."):
+        content = content[1:]
+    if b"\r\n." in content:
+        content = content.replace(b"\r\n.", b"\r\n")
+    return content
+
+
 def _pending(tail: bytes) -> int:
     """Return how many of `END`'s first bytes `tail` ends with, short of all of it (0 to 4)."""
     last = tail[-1:]

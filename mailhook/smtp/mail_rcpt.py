@@ -147,7 +147,7 @@ class MailAndRcpt(CommandLoop):
     # the private StreamReader._buffer, _exception and _eof of the session's reader (`fed`), and asyncio's socket
     # transport's _buffer and _closing, as `sent` does.
     def answer_at_once(self, data: bytes) -> bool:
-        """Answer a MAIL or RCPT that arrived alone while the command loop waits, as the loop would; False if not one.
+        """Answer a MAIL or RCPT (DATA: `data_at_once`) that arrived alone while the loop waits, as it would; or False.
 
         Called for the bytes that arrive between commands (`command_received`):
         a client that waits for each reply sends each command alone, and
@@ -172,14 +172,24 @@ class MailAndRcpt(CommandLoop):
             command = "MAIL"
         elif command_bytes == b"RCPT":
             command = "RCPT"
+        elif command_bytes == b"DATA":
+            command = "DATA"
         else:
             return False
         session = self.session
-        if (not arg_bytes or session is None or self.ended or self.door.closing or not self._tls_handshake_okay
+        if (session is None or self.ended or self.door.closing or not self._tls_handshake_okay
                 or self._enforce_call_limit or (self.require_starttls and not self._tls_protocol)):
             return False
         limit = self.command_size_limits[command] if session.extended_smtp else self.command_size_limit
         if len(data.rstrip(b"\r\n")) > limit or aiosmtpd_log.isEnabledFor(logging.INFO):
+            return False
+        transport: Any = self.transport
+        if transport is None or (transport._buffer or transport._closing if type(transport) is SOCKET_TRANSPORT
+                                 else transport.get_write_buffer_size() or transport.is_closing()):
+            return False  # `sent` would not write: `push` answers
+        if command == "DATA":
+            return self.data_at_once(arg_bytes)
+        if not arg_bytes:
             return False
         if self.enable_SMTPUTF8:
             arg = arg_bytes.strip().decode("utf-8", "surrogateescape")
@@ -188,10 +198,6 @@ class MailAndRcpt(CommandLoop):
                 arg = arg_bytes.strip().decode("ascii")
             except UnicodeDecodeError:
                 return False
-        transport: Any = self.transport
-        if transport is None or (transport._buffer or transport._closing if type(transport) is SOCKET_TRANSPORT
-                                 else transport.get_write_buffer_size() or transport.is_closing()):
-            return False  # `sent` would not write: `push` answers
         handler, envelope = self.event_handler, self.envelope
         if envelope is None:
             return False
@@ -219,6 +225,13 @@ class MailAndRcpt(CommandLoop):
             self._reset_timeout()
             status = handler.take_recipient(envelope, address, [])
         return self.sent(status)  # True: a 250 to an empty write buffer of a session not ended
+
+    def data_at_once(self, arg_bytes: bytes) -> bool:
+        """Answer a lone DATA line as `answer_at_once` answers MAIL and RCPT; True if answered (here, never).
+
+        `arg_bytes` is what follows the command; smtp/body_at_once.py answers it.
+        """
+        return False
 
     # Reads the private SMTP._auth_required, as aiosmtpd's check_auth_needed does.
     def _plain_address(self, arg: str | None, keyword: str) -> tuple[str, str] | None:

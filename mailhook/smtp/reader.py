@@ -73,6 +73,44 @@ class SessionReader(asyncio.StreamReader):
             else:
                 self._paused = True
 
+    def feed_quietly(self, data: bytes) -> None:
+        """Add received bytes without waking a waiting read (`wake` does, later); flow control as `feed_data`'s.
+
+        For what arrives while the session answers a message itself
+        (smtp/body_at_once.py): the waiting read must not take it before that
+        message's reply is written.
+        """
+        buffer = self._buffer
+        buffer.extend(data)
+        if self._transport is not None and not self._paused and len(buffer) > 2 * self._limit:
+            try:
+                self._transport.pause_reading()
+            except NotImplementedError:
+                self._transport = None
+            else:
+                self._paused = True
+
+    def wake(self) -> None:
+        """Wake a waiting read if bytes are buffered (fed by `feed_quietly`), as `feed_data` would have."""
+        waiter = self._waiter
+        if waiter is not None and self._buffer:
+            self._waiter = None
+            if not waiter.cancelled():
+                waiter.set_result(None)
+
+    def interrupt(self, signal: Exception) -> bool:
+        """Raise `signal` in the waiting read (`readuntil`, `readexactly`); False if none waits.
+
+        The reader's own state is untouched (unlike `set_exception`): the next
+        read goes on as before.
+        """
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return False
+        self._waiter = None
+        waiter.set_exception(signal)
+        return True
+
     # typeshed types the separator by a private protocol (any sized bytes-like object); sessions pass bytes.
     async def readuntil(self, separator: bytes = b"\n") -> bytes:  # type: ignore[override]
         """Read through `separator`, as asyncio's readuntil does (the same limit, LimitOverrunError, EOF)."""

@@ -2,8 +2,9 @@
 
 `Connection` adds the commands to its bases: the connection's state, caps and
 timers (smtp/connection.py), the command loop with its replies
-(smtp/command_loop.py) and MAIL and RCPT (smtp/mail_rcpt.py); it reads through
-smtp/reader.py's `SessionReader`. Those five modules are the only ones that
+(smtp/command_loop.py), MAIL and RCPT (smtp/mail_rcpt.py) and DATA and its
+body answered as they arrive (smtp/body_at_once.py); it reads through
+smtp/reader.py's `SessionReader`. Those six modules are the only ones that
 touch aiosmtpd's (and asyncio's)
 private names: each lists those it relies on in `PRIVATE_NAMES`, checked against
 the installed aiosmtpd by tests/test_library_internals.py; each override
@@ -20,10 +21,10 @@ from typing import Any
 from aiosmtpd.smtp import syntax
 
 from mailhook.logs import logfmt
+from mailhook.smtp.body_at_once import BodyAtOnce
 from mailhook.smtp.connection import SHUTTING_DOWN, TOO_MANY_AUTH_FAILURES
 from mailhook.smtp.fastpath import hook_names, read_body
 from mailhook.smtp.limits import UNFIT_TEXT
-from mailhook.smtp.mail_rcpt import MailAndRcpt
 
 log = logging.getLogger("mailhook.smtp")
 
@@ -36,7 +37,7 @@ PRIVATE_NAMES = (
 )
 
 
-class Connection(MailAndRcpt):
+class Connection(BodyAtOnce):
     """One SMTP session: admitted under the session caps, bounded in time, junk, errors and AUTH failures.
 
     Commands that carry no mail (NOOP, RSET, HELP, VRFY, EXPN, a third
@@ -157,22 +158,33 @@ class Connection(MailAndRcpt):
     @syntax("DATA")
     async def smtp_DATA(self, arg: str | None) -> None:
         """aiosmtpd's DATA with the body read by `read_body`, under the DATA timeout, then the idle timeout again."""
-        self._reset_timeout(self.door.settings.data_timeout)
+        # A DATA whose 354 the session sent as it arrived, its body handed on to be read here (smtp/body_at_once.py):
+        # the DATA timeout runs since then, and the checks passed. The flag is taken from the instance, where
+        # `BodyAtOnce.body_arrived` sets it.
+        handed = self.__dict__.pop("body_handed_over", False)
+        if not handed:
+            self._reset_timeout(self.door.settings.data_timeout)
         session = self.session
         assert session is not None and self.envelope is not None
         try:
             # The two checks' coroutines only when one can fail (greeting missing, AUTH required and not done).
-            if (not session.host_name or (self._auth_required and not session.authenticated)) and (
+            if handed:
+                reading = True
+            elif (not session.host_name or (self._auth_required and not session.authenticated)) and (
                 await self.check_helo_needed() or await self.check_auth_needed("DATA")
             ):
-                pass
+                reading = False
             elif not self.envelope.rcpt_tos:
+                reading = False
                 await self.push("503 Error: need RCPT command")
             elif arg:
+                reading = False
                 await self.push("501 Syntax: DATA")
             else:
+                reading = True
                 if not self.sent("354 End data with <CR><LF>.<CR><LF>"):
                     await self.push("354 End data with <CR><LF>.<CR><LF>")
+            if reading:
                 # The message's bytes count in the server's in-flight budget from arrival until its reply: given
                 # back by `close()` as the hold's `__exit__` would (no `with`: two Python calls less per message).
                 hold = self.door.runtime.inflight.hold()
