@@ -353,8 +353,9 @@ def test_whole_body_of_edge_cases(data: bytes, expected: bytes | None) -> None:
 def test_a_store_cancelled_while_its_body_taken_at_once_waits_ends_the_session_as_the_loop_ends_it(
     both: Both,
 ) -> None:
-    # Acknowledged on receipt, the store runs in a task of the pipeline's; cancelled (as at a forced stop), it
-    # cancels the session's outcome: the loop's `await` raises, and the session closes without a reply.
+    # The session's outcome cancelled as the hand-over cancels it when the store's own future was cancelled
+    # (`handover.settle`, by `Future.cancel`, which the outcome does not refuse): the loop's `await` raises, and
+    # the session closes without a reply.
     body = _body(1500)
 
     def send(runtime: Runtime) -> list[bytes]:
@@ -369,13 +370,13 @@ def test_a_store_cancelled_while_its_body_taken_at_once_waits_ends_the_session_a
             (session,) = list(door.sessions)
             with locked(db):
                 sock.sendall(body)
-                wait_until(lambda: len(runtime.pipeline._tasks) == 1, 10, "the message being stored")
-                (task,) = list(runtime.pipeline._tasks)
-                session.loop.call_soon_threadsafe(task.cancel)
+                wait_until(lambda: len(door.storing) == 1, 10, "the message being stored")
+                (outcome,) = list(door.storing)
+                session.loop.call_soon_threadsafe(asyncio.Future.cancel, outcome)
                 wait_until(lambda: not door.storing, 10, "the store given up")
                 replies = [read_reply(f)]
             wait_until(lambda: not door.sessions, 10, "the session closed")
             return replies
 
-    replies, _, at_once = both(send, smtp={"acknowledge": "received"}, storage={"busy_timeout": 30})
+    replies, _, at_once = both(send, storage={"busy_timeout": 30})
     assert replies == [b""] and at_once == 1
