@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import quopri
 import re
 import unicodedata
@@ -119,6 +120,32 @@ def read_simple_mail(data: bytes, limits: MailLimits) -> SimpleMail | None:
     return SimpleMail(message_id.strip(), subject.strip(), tuple(plain), tuple(html), tuple(attachments))
 
 
+# A part's header block (Content-Type, Content-Transfer-Encoding) is the same in every email one sender's
+# software makes, so its reading is kept for the next few: a pure function of the block and the size limit,
+# for blocks up to this many bytes only.
+CACHED_BLOCK_BYTES = 1024
+
+
+def read_part_fields(block: bytes, limits: MailLimits, count: list[int]) -> dict[str, str] | None:
+    """Do what `read_fields(block, _PART_FIELDS, limits, count)` does, from the cache for a block read before."""
+    if len(block) > CACHED_BLOCK_BYTES:
+        return read_fields(block, _PART_FIELDS, limits, count)
+    fields, read = _part_fields(block, limits.header_size_limit)
+    if fields is None:
+        return None
+    count[0] += read
+    return dict(fields)  # the caller's own: the cached one is never handed out
+
+
+@functools.lru_cache(maxsize=64)
+def _part_fields(block: bytes, header_size_limit: int) -> tuple[dict[str, str] | None, int]:
+    """Read a part's header block with no fields counted before it: its fields (or None) and how many it counts."""
+    # read_fields reads only header_size_limit of the limits.
+    count = [0]
+    fields = read_fields(block, _PART_FIELDS, MailLimits(header_size_limit=header_size_limit), count)
+    return fields, count[0]
+
+
 def _add_multipart(
     media: re.Match[str],
     fields: dict[str, str],
@@ -141,7 +168,7 @@ def _add_multipart(
         return False
     for part in parts:
         part_split = header_and_body(part)
-        part_fields = read_fields(part_split[0], _PART_FIELDS, limits, count) if part_split is not None else None
+        part_fields = read_part_fields(part_split[0], limits, count) if part_split is not None else None
         if part_split is None or part_fields is None:
             return False
         if _is_forward(part_fields):
