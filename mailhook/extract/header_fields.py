@@ -74,7 +74,7 @@ def cr_only_before_lf(data: bytes) -> bool:
     """Say whether every CR in `data` is followed by an LF; `find` (memchr) first, as LF-only text has no CR at all.
 
     Not `b"\\r" in data`: bytes' `in` first tries its operand as an integer, and the TypeError it makes
-    and clears costs more than the search (~2 k instructions a call).
+    and clears costs ~1 k instructions more than the search.
     """
     return data.find(b"\r") < 0 or data.count(b"\r") == data.count(b"\r\n")
 
