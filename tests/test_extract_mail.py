@@ -32,20 +32,9 @@ from mailhook.extract.embedded import (
     find_documents,
     unescape,
 )
-from mailhook.extract.mail import (
-    _SHARED_BOUNDARY,
-    MAX_CONTAINERS,
-    MAX_DOCUMENTS,
-    Mail,
-    _header_end,
-    _MailParser,
-    _parse,
-    _read,
-    _trim_header_lines,
-    _trim_plain_headers,
-    _with_shared_boundary,
-    parse_mail,
-)
+from mailhook.extract.headers import _trim_header_lines, _trim_plain_headers, header_end
+from mailhook.extract.mail import MAX_CONTAINERS, MAX_DOCUMENTS, Mail, _read, parse_mail
+from mailhook.extract.slow_mail import _SHARED_BOUNDARY, _MailParser, _with_shared_boundary, parse_message
 
 XML = (
     '<?xml version="1.0" encoding="UTF-8"?>\n'
@@ -429,14 +418,14 @@ _HEADER_PIECES = st.sampled_from(
 @settings(max_examples=400, deadline=None)
 @given(st.lists(_HEADER_PIECES, max_size=16).map(b"".join))
 def test_plain_header_blocks_are_trimmed_exactly_as_line_by_line(raw: bytes) -> None:
-    fast = _trim_plain_headers(raw, _header_end(raw))
-    assert fast is None or fast == _trim_header_lines(raw, _header_end(raw))
+    fast = _trim_plain_headers(raw, header_end(raw))
+    assert fast is None or fast == _trim_header_lines(raw, header_end(raw))
 
 
 def test_ordinary_lf_and_crlf_header_blocks_take_the_plain_path() -> None:
     raw = email("x", head=HEAD + "Received: from a\n\tby b\nMessage-ID: <m@x>\n")
     for variant in (raw, raw.replace(b"\n", b"\r\n")):
-        assert _trim_plain_headers(variant, _header_end(variant)) == _trim_header_lines(variant, _header_end(variant))
+        assert _trim_plain_headers(variant, header_end(variant)) == _trim_header_lines(variant, header_end(variant))
 
 
 def _multipart(boundary: str, lines: list[str], crlf: bool) -> bytes:
@@ -446,9 +435,9 @@ def _multipart(boundary: str, lines: list[str], crlf: bool) -> bytes:
 
 
 def _parsed_both_ways(raw: bytes) -> tuple[object, object]:
-    """Read `raw` through _parse and straight through mail-parser; a failure is a result too."""
+    """Read `raw` through parse_message and straight through mail-parser; a failure is a result too."""
     results: list[object] = []
-    for parse in (_parse, _MailParser.from_bytes):
+    for parse in (parse_message, _MailParser.from_bytes):
         try:
             results.append(_read(parse(raw)))
         except Exception as exc:  # noqa: BLE001 - mail-parser's own errors must be the same both ways

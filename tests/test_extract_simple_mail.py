@@ -23,8 +23,10 @@ from hypothesis import strategies as st
 from mailparser.exceptions import MailParserError
 
 from mailhook.errors import Unreadable
-from mailhook.extract.mail import Mail, _parse, _read, _trim_headers, check_structure, parse_mail
+from mailhook.extract.headers import trim_headers
+from mailhook.extract.mail import Mail, _read, check_structure, parse_mail
 from mailhook.extract.simple_mail import read_simple_mail
+from mailhook.extract.slow_mail import parse_message
 from mailhook.models import MailLimits
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +43,7 @@ def _slow(raw: bytes, limits: MailLimits = LIMITS) -> Mail | str:
     """Read `raw` the way parse_mail did before the fast path: mail-parser under the trimmed headers."""
     try:
         check_structure(raw, limits)
-        return _read(_parse(_trim_headers(raw), limits))
+        return _read(parse_message(trim_headers(raw), limits))
     except Unreadable as exc:
         return f"Unreadable: {exc}"
     except (MailParserError, RecursionError) as exc:
@@ -52,7 +54,7 @@ def _slow(raw: bytes, limits: MailLimits = LIMITS) -> Mail | str:
 
 def _fast(raw: bytes, limits: MailLimits = LIMITS) -> Mail | str | None:
     """Read `raw` through parse_mail when the fast path accepts it, else None."""
-    if read_simple_mail(_trim_headers(raw), limits) is None:
+    if read_simple_mail(trim_headers(raw), limits) is None:
         return None
     try:
         return parse_mail(raw, limits)
@@ -150,7 +152,7 @@ def test_the_fast_path_accepts_common_simple_emails_and_reads_them_as_mail_parse
     ],
 )
 def test_the_fast_path_declines_what_it_cannot_prove_it_reads_alike(raw: bytes) -> None:
-    assert read_simple_mail(_trim_headers(raw), LIMITS) is None
+    assert read_simple_mail(trim_headers(raw), LIMITS) is None
 
 
 MULTIPART = (
@@ -178,7 +180,7 @@ def test_the_fast_path_reads_a_quoted_boundary_holding_equals_signs_as_mail_pars
     raw = MULTIPART.replace(b"b1", boundary)
     assert _assert_same_when_accepted(raw)
     assert _assert_same_when_accepted(raw.replace(b"\n", b"\r\n"))
-    assert read_simple_mail(_trim_headers(raw.replace(b'"' + boundary + b'"', boundary, 1)), LIMITS) is None
+    assert read_simple_mail(trim_headers(raw.replace(b'"' + boundary + b'"', boundary, 1)), LIMITS) is None
 
 
 @pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
@@ -209,7 +211,7 @@ def test_the_fast_path_reads_8bit_text_parts_in_a_multipart_as_mail_parser_does(
 def test_the_fast_path_declines_a_multipart_it_cannot_prove_it_reads_alike(old: bytes, new: bytes) -> None:
     raw = MULTIPART.replace(old, new, 1)
     assert raw != MULTIPART
-    assert read_simple_mail(_trim_headers(raw), LIMITS) is None
+    assert read_simple_mail(trim_headers(raw), LIMITS) is None
 
 
 FORWARD = (
@@ -265,7 +267,7 @@ def test_the_fast_path_reads_a_forwarded_message_as_mail_parser_does() -> None:
 def test_the_fast_path_declines_a_forward_it_cannot_prove_it_reads_alike(old: bytes, new: bytes) -> None:
     raw = FORWARD.replace(old, new, 1)
     assert raw != FORWARD
-    assert read_simple_mail(_trim_headers(raw), LIMITS) is None
+    assert read_simple_mail(trim_headers(raw), LIMITS) is None
     assert parse_mail(raw) == _slow(raw)
 
 
@@ -274,7 +276,7 @@ def test_a_forward_at_and_past_max_header_fields_reads_as_the_slow_path_reads_it
     raw = FORWARD.replace(b"\n", newline)
     at, past = MailLimits(max_header_fields=FORWARD_FIELDS), MailLimits(max_header_fields=FORWARD_FIELDS - 1)
     assert _assert_same_when_accepted(raw, at)
-    assert read_simple_mail(_trim_headers(raw), past) is None
+    assert read_simple_mail(trim_headers(raw), past) is None
     with pytest.raises(Unreadable, match=rf"more than {FORWARD_FIELDS - 1} MIME header fields"):
         parse_mail(raw, past)
     assert _slow(raw, past) == (
@@ -284,8 +286,8 @@ def test_a_forward_at_and_past_max_header_fields_reads_as_the_slow_path_reads_it
 
 @pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
 def test_a_forward_at_and_past_header_size_limit_reads_as_the_slow_path_reads_it(newline: bytes) -> None:
-    # The longest field value read, the forwarded Content-Type (longer than the top one under mail._parse's
-    # shared boundary, which the slow path cuts at header_size_limit).
+    # The longest field value read, the forwarded Content-Type (longer than the top one under
+    # slow_mail.parse_message's shared boundary, which the slow path cuts at header_size_limit).
     ctype = b'text/plain; charset="iso-8859-15"; format=fixed; delsp=no'
     assert len(ctype) > len(b'multipart/mixed; boundary="mailhook.shared.boundary.0"')
     raw = FORWARD.replace(b"Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit",
@@ -339,10 +341,10 @@ def test_the_fast_path_normalises_decoded_text_to_nfc_as_mail_parser_does(cte: s
 def test_an_email_over_a_header_limit_gets_the_slow_path_s_answer() -> None:
     raw = b"Subject: " + b"s" * 500 + b"\nMessage-ID: <a@b>\nContent-Type: text/plain\n\nhello\n"
     cut = MailLimits(header_size_limit=100)
-    assert read_simple_mail(_trim_headers(raw), cut) is None
+    assert read_simple_mail(trim_headers(raw), cut) is None
     assert parse_mail(raw, cut).subject == "s" * 100 == _slow(raw, cut).subject  # type: ignore[union-attr]
     few = MailLimits(max_header_fields=2)
-    assert read_simple_mail(_trim_headers(raw), few) is None
+    assert read_simple_mail(trim_headers(raw), few) is None
     with pytest.raises(Unreadable, match=r"more than 2 MIME header fields \(limit max_header_fields\)"):
         parse_mail(raw, few)
     assert _slow(raw, few) == "Unreadable: more than 2 MIME header fields (limit max_header_fields); not parsed"
@@ -635,7 +637,7 @@ def test_the_generated_forwards_are_mostly_ones_the_fast_path_accepts() -> None:
     @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(raw=forward_emails())
     def draw(raw: bytes) -> None:
-        accepted.append(read_simple_mail(_trim_headers(raw), LIMITS) is not None)
+        accepted.append(read_simple_mail(trim_headers(raw), LIMITS) is not None)
 
     draw()
     assert sum(accepted) > len(accepted) / 4, (sum(accepted), len(accepted))
@@ -801,7 +803,7 @@ def test_the_fast_path_declines_a_multipart_nested_twice() -> None:
     outer.attach(inner)
     raw = _smtplib_bytes(outer)
     assert raw.count(b"Content-Type: multipart/") == 3
-    assert read_simple_mail(_trim_headers(raw), LIMITS) is None
+    assert read_simple_mail(trim_headers(raw), LIMITS) is None
     assert _fast(raw) is None and isinstance(_slow(raw), Mail)
     assert _assert_same_when_accepted(_smtplib_bytes(inner))
 
@@ -809,7 +811,7 @@ def test_the_fast_path_declines_a_multipart_nested_twice() -> None:
 def _lowest_accepted(raw: bytes, limit: str) -> int:
     """The lowest value of `limit` at which the fast path reads `raw` (so reads it whole)."""
     value = 1
-    while read_simple_mail(_trim_headers(raw), MailLimits(**{limit: value})) is None or not isinstance(
+    while read_simple_mail(trim_headers(raw), MailLimits(**{limit: value})) is None or not isinstance(
         _slow(raw, MailLimits(**{limit: value})), Mail
     ):
         value += 1
@@ -829,7 +831,7 @@ def test_a_python_built_email_at_and_past_each_limit_gets_the_slow_path_s_answer
     past = MailLimits(**{limit: at - 1})
     assert _fast(raw, past) in (None, _slow(raw, past))
     if limit == "header_size_limit":  # the slow path cuts the longest field: the fast path leaves that to it
-        assert read_simple_mail(_trim_headers(raw), past) is None
+        assert read_simple_mail(trim_headers(raw), past) is None
         assert isinstance(_slow(raw, past), Mail)
     else:  # refused before either path, or (header fields) by the slow path as it counts them
         assert isinstance(_slow(raw, past), str) and _slow(raw, past).startswith("Unreadable")

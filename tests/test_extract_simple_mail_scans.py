@@ -7,14 +7,14 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailhook.extract.mail import _header_end
-from mailhook.extract.simple_mail import (
+from mailhook.extract.header_fields import (
     _FIELD_LINE,
     _header_bytes_plain,
-    _without_last_line_end,
     cr_only_before_lf,
     first_blank_line,
+    without_last_line_end,
 )
+from mailhook.extract.headers import header_end
 
 # The patterns as they were before the scans (simple_mail.py until round 7).
 _OLD_ODD_HEADER_BYTE = re.compile(rb"[^\t\n\r\x20-\x7e]|\r(?!\n)")
@@ -45,7 +45,7 @@ def _old_header_end(raw: bytes) -> int:
 @given(_BYTES)
 def test_the_first_blank_line_is_where_the_earlier_of_both_searches_finds_it(data: bytes) -> None:
     assert first_blank_line(data) == _old_first_blank_line(data)
-    assert _header_end(data) == _old_header_end(data)
+    assert header_end(data) == _old_header_end(data)
 
 
 def test_a_crlf_blank_line_before_an_lf_one_is_the_first() -> None:
@@ -59,7 +59,7 @@ def test_a_crlf_blank_line_before_an_lf_one_is_the_first() -> None:
 @settings(max_examples=3000, deadline=None)
 @given(_BYTES)
 def test_the_last_line_end_comes_off_as_the_pattern_cut_it(data: bytes) -> None:
-    assert _without_last_line_end(data) == _OLD_LAST_LINE_END.sub(b"", data, count=1)
+    assert without_last_line_end(data) == _OLD_LAST_LINE_END.sub(b"", data, count=1)
 
 
 @settings(max_examples=3000, deadline=None)

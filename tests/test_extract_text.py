@@ -14,7 +14,9 @@ from hypothesis import strategies as st
 from mailhook.errors import Unreadable
 from mailhook.extract import extract
 from mailhook.extract.document import read_document
-from mailhook.extract.text import _LINE, _norm, _time, read_text, read_text_noted
+from mailhook.extract.text import read_text, read_text_noted
+from mailhook.extract.text_lines import _LINE, norm
+from mailhook.extract.text_v1 import time_value
 from mailhook.models import Event
 
 NO_SUBS: dict[int, str] = {}
@@ -263,7 +265,7 @@ def test_us_time_zone_names_are_converted_to_utc() -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=30))
 def test_a_label_is_normalized_to_its_lower_case_letters_and_digits_in_any_script(label: str) -> None:
-    assert _norm(label) == "".join(ch for ch in label.lower() if ch.isalnum())
+    assert norm(label) == "".join(ch for ch in label.lower() if ch.isalnum())
 
 
 WRAPPED = (
@@ -381,7 +383,7 @@ def test_a_utc_text_time_is_read_as_parsing_and_formatting_read_it(value: str) -
     except ValueError:
         return  # not that form: the shortcut does not take it (to_time's own tests cover what follows)
     if len(text) == 20 and not text.startswith("0"):
-        assert _time(value) == expected
+        assert time_value(value) == expected
 
 
 def test_a_text_event_keeps_its_attempt_times_with_their_offset_as_before() -> None:

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mailhook.errors import Unreadable
-from mailhook.extract.xml import MAX_BYTES, MAX_DEPTH, _decode, _read_fast, _read_slow, parse_xml
+from mailhook.extract.xml import _DTD, MAX_BYTES, MAX_DEPTH, _decode, _read_fast, _read_slow, parse_xml
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
@@ -310,3 +310,15 @@ def test_a_document_of_exactly_max_bytes_is_read_on_the_fast_reader_and_one_more
     assert _read_fast(body) == document
     with pytest.raises(Unreadable, match=f"larger than {MAX_BYTES} bytes"):
         parse_xml(body.replace("<r>", "<r> ").encode())
+
+
+_DECLARATION_PIECES = st.sampled_from(
+    ["<", "!", "<!", "<! ", "DOCTYPE", "doctype", "ENTITY", "Element", "attlist", "<r>", "</r>", "a", " ", "\n"]
+)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(_DECLARATION_PIECES, max_size=20).map("".join))
+def test_a_text_without_a_declaration_start_holds_no_dtd(text: str) -> None:
+    # parse_xml searches for a DTD only where "<!" occurs: every declaration starts with it.
+    assert "<!" in text or _DTD.search(text) is None

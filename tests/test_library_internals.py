@@ -34,7 +34,7 @@ from outside import Certificate
 from process_support import wait_until
 from smtp_support import client, notification, rows
 
-from mailhook.extract import mail
+from mailhook.extract import slow_mail
 from mailhook.http import connection as http_connection
 from mailhook.http import door as http_door
 from mailhook.imap import account
@@ -245,7 +245,7 @@ def test_the_session_writes_no_aiosmtpd_info_line_when_its_logger_is_at_error(
 
 
 def test_the_private_mail_parser_names_extraction_relies_on_still_exist() -> None:
-    where = "mailhook/extract/mail.py"
+    where = "mailhook/extract/slow_mail.py"
     expected = {
         "_make_mail": ["self", "complete"],
         "_decode_body_payload": ["self", "part", "charset", "part_index"],
@@ -258,7 +258,7 @@ def test_the_private_mail_parser_names_extraction_relies_on_still_exist() -> Non
     assert "_make_mail" in inspect.getsource(MailParser), _advice("mail-parser", "calls of _make_mail", where)
     assert "_decode_body_payload" in inspect.getsource(MailParser), (
         _advice("mail-parser", "calls of _decode_body_payload", where))
-    assert {n.split(".")[1] for n in mail.PRIVATE_NAMES} == set(expected)
+    assert {n.split(".")[1] for n in slow_mail.PRIVATE_NAMES} == set(expected)
 
 
 def test_the_private_imapclient_names_the_account_relies_on_still_exist() -> None:

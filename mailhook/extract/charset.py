@@ -224,3 +224,28 @@ def _kind(data: bytes) -> str:
     """Name what the bytes look like, for a reason: 'JSON', 'XML', or 'body' (not a format decision)."""
     head = data.lstrip(b" \t\r\n\x00\xef\xbb\xbf\xff\xfe")[:1]
     return "XML" if head == b"<" else "JSON" if head in (b"{", b"[") else "body"
+
+
+def decode_part(data: bytes, charset: object) -> str:
+    """Decode bytes best-effort, never raising: as a document is (BOM > MIME charset > zero bytes or
+    XML declaration > UTF-8), else by the declared charset, UTF-8, then Windows-1252."""
+    declared = charset if isinstance(charset, str) else ""
+    try:
+        return decode_document(data, declared or None)[0]
+    except Unreadable:
+        pass
+    for bom, codec in (
+        (codecs.BOM_UTF8, "utf-8-sig"),
+        (codecs.BOM_UTF16_LE, "utf-16"),
+        (codecs.BOM_UTF16_BE, "utf-16"),
+    ):
+        if data.startswith(bom):
+            return data.decode(codec, "replace")
+    for codec in (declared, "utf-8"):
+        if codec:
+            try:
+                return data.decode(codec)
+            except (LookupError, UnicodeError):
+                continue
+    return data.decode("cp1252", "replace")
+

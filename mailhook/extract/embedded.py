@@ -50,7 +50,11 @@ _HTML_HIDDEN_ASCII = re.compile(
 # next character). Possessive, so a text without a brace costs one pass, not a backtracking search.
 _JSON_BRACE = re.compile(r"[{}]")
 _JSON_NEXT_BRACE = re.compile(r'(?:[^{}"]++|"[^"\\]*+(?:\\.[^"\\]*+)*+"?+)*+([{}])', re.DOTALL)
-_JSON_KEY_PATTERNS = tuple(re.compile(re.escape(k)) for k in _JSON_KEYS)
+# Every _XML_START match holds one of these: a text holding none is told by scans in C (str.find skips by the
+# word's length), not by the pattern tried at every "<" of an HTML body.
+_XML_START_WORDS = ("<?xml", "TextNotification", "CallFinished", "BroadcastNotification", "Envelope")
+# What may follow "</" and the root's name in its closing tag.
+_CLOSING_TAIL = re.compile(r"\s*>")
 _XML_ENCODING = re.compile(r"(<\?xml[^>]*?)\s+encoding\s*=\s*([\"'])[^\"']*\2")
 # The entities html.escape writes, "&amp;" last.
 _ESCAPE_ENTITIES = {"&lt;": "<", "&gt;": ">", "&quot;": '"', "&#x27;": "'", "&amp;": "&"}
@@ -64,7 +68,7 @@ def find_documents(text: str) -> list[bytes]:
     """
     found: list[bytes] = []
     spans: list[tuple[int, int]] = []
-    if "<" in text:
+    if "<" in text and any(word in text for word in _XML_START_WORDS):
         pos = 0
         while (m := _XML_START.search(text, pos)) is not None:
             start, end = m.start(), _xml_end(text, m.start())
@@ -186,8 +190,22 @@ def _xml_end(text: str, start: int) -> int:
     opening = text.find(">", root.end())
     if opening > 0 and text[opening - 1] == "/":
         return opening + 1
-    close = re.compile(r"</" + re.escape(name) + r"\s*>").search(text, root.end())
-    return len(text) if close is None else close.end()
+    return _closing_end(text, "</" + name, root.end())
+
+
+def _closing_end(text: str, closing: str, pos: int) -> int:
+    """Return the end of the first `closing` (`</name`) at or after `pos` followed by `\\s*>`, or len(text).
+
+    What `re.compile(closing + r"\\s*>").search(text, pos)` finds, by str.find (which skips ahead by the
+    name's length) and a match at each place found: no pattern compiled or looked up per document.
+    """
+    at = text.find(closing, pos)
+    while at >= 0:
+        tail = _CLOSING_TAIL.match(text, at + len(closing))
+        if tail is not None:
+            return tail.end()
+        at = text.find(closing, at + 1)
+    return len(text)
 
 
 def _json_spans(text: str) -> list[tuple[int, int]]:
@@ -197,7 +215,7 @@ def _json_spans(text: str) -> list[tuple[int, int]]:
     cannot hide what follows. A notification still open at the end (truncated)
     runs to the end, so the reader can say why it cannot be read.
     """
-    keys = sorted(m.start() for pattern in _JSON_KEY_PATTERNS for m in pattern.finditer(text))
+    keys = sorted(at for key in _JSON_KEYS for at in _occurrences(text, key))
     closed: list[tuple[int, int]] = []
     opened: list[int] = []
     pos = 0
@@ -234,6 +252,16 @@ def _json_spans(text: str) -> list[tuple[int, int]]:
             spans.append((begin, len(text)))
             break
     return spans
+
+
+def _occurrences(text: str, word: str) -> list[int]:
+    """Return where `word` starts in `text`, left to right, not overlapping (what finditer finds), by str.find."""
+    found: list[int] = []
+    at = text.find(word)
+    while at >= 0:
+        found.append(at)
+        at = text.find(word, at + len(word))
+    return found
 
 
 def _has_key(keys: list[int], start: int, end: int) -> bool:

@@ -8,7 +8,7 @@ email.feedparser, the compat32 policy and mail-parser's `parse()` it repeats
 exactly, and returns None for anything else, which the caller then reads the
 slow way. What it accepts:
 
-- header blocks (the top one as `mail._trim_headers` leaves it) of printable
+- header blocks (the top one as `headers.trim_headers` leaves it) of printable
   ASCII and tabs, lines ending in LF or CRLF, each a field `name: value` or a
   continuation line after one, no field name twice in a block, every value
   within `header_size_limit`, no more fields in all than `max_header_fields`;
@@ -45,12 +45,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import quopri
 import re
 import unicodedata
 from dataclasses import dataclass
 
 from mailhook.extract.flowed import unflow
+from mailhook.extract.header_fields import cr_only_before_lf, header_and_body, read_fields, without_last_line_end
 from mailhook.models import MailLimits, quick_init
 
 # Charsets whose codec decodes any bytes the same way every time (or fails the
@@ -60,27 +62,17 @@ _CHARSETS = frozenset(
     | {f"iso-8859-{n}" for n in (1, 2, 3, 4, 5, 7, 9, 13, 15)}
     | {f"windows-{n}" for n in range(1250, 1259)}
 )
-_FIELD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]*:")
-# One unfolded field line, as _fields reads it: the name, and the value without leading blanks or the line's CR
-# (a CR can only end a line: _header_bytes_plain). Matched in the block with a "\n" put in front, each line after
-# its "\n": a literal the search skips to, where a MULTILINE `^` is tried at every character.
-_FIELD_LINE = re.compile(r"\n([A-Za-z][A-Za-z0-9-]*):[ \t]*([^\r\n]*)\r?(?=\n|\Z)")
-# The fields mail._trim_headers keeps at the top; in a part, the ones whose meaning is read here.
+# The fields headers.trim_headers keeps at the top; in a part, the ones whose meaning is read here.
 _TOP_FIELDS = frozenset(
     {"subject", "message-id", "mime-version", "content-type", "content-transfer-encoding", "content-disposition"}
 )
 _PART_FIELDS = frozenset({"mime-version", "content-type", "content-transfer-encoding", "content-disposition"})
-# Header bytes the fast path takes: printable ASCII, tab, and CR only before LF (_header_bytes_plain).
-_PLAIN_HEADER_BYTES = b"\t\n\r" + bytes(range(0x20, 0x7F))
 # A quoted value may hold `=` (email.generator quotes its `===============N==` boundaries); get_param unquotes it.
 _TOKEN = r'(?:"[A-Za-z0-9._:=+-]+"|[A-Za-z0-9._:+-]+)'
 _PARAMETERS = rf"((?:;[ \t]*[A-Za-z]+[ \t]*=[ \t]*{_TOKEN}[ \t]*)*)"
 _MEDIA_TYPE = re.compile(rf"([A-Za-z]+)/([A-Za-z]+)[ \t]*{_PARAMETERS}")
 _DISPOSITION = re.compile(rf"(attachment)[ \t]*{_PARAMETERS}", re.IGNORECASE)
 _PARAMETER = re.compile(r';[ \t]*([A-Za-z]+)[ \t]*=[ \t]*(?:"([^"]+)"|([^ \t;]+))[ \t]*')
-# A fold right after a parameter's `;`, as email.generator folds a long Content-Type or Content-Disposition.
-_PARAMETER_FOLD = re.compile(r";\r?\n(?=[ \t])")
-_FOLDABLE = frozenset({"content-type", "content-disposition"})
 _ENCODINGS = frozenset({"", "7bit", "8bit", "quoted-printable", "base64"})
 _MULTIPART = frozenset({"mixed", "alternative", "related"})
 _DOCUMENT_TYPES = frozenset({"application/xml", "application/json"})
@@ -102,11 +94,11 @@ class SimpleMail:
 
 def read_simple_mail(data: bytes, limits: MailLimits) -> SimpleMail | None:
     """Read `data` (an email with its headers trimmed) as mail-parser would, or return None when not sure."""
-    split = _header_and_body(data)
+    split = header_and_body(data)
     if split is None:
         return None
     count = [0]
-    fields = _fields(split[0], _TOP_FIELDS, limits, count)
+    fields = read_fields(split[0], _TOP_FIELDS, limits, count)
     if fields is None:
         return None
     subject = fields.get("subject", "")
@@ -126,6 +118,32 @@ def read_simple_mail(data: bytes, limits: MailLimits) -> SimpleMail | None:
         return None
     # mail-parser returns a lone header's decoded value stripped (decode_headers).
     return SimpleMail(message_id.strip(), subject.strip(), tuple(plain), tuple(html), tuple(attachments))
+
+
+# A part's header block (Content-Type, Content-Transfer-Encoding) is the same in every email one sender's
+# software makes, so its reading is kept for the next few: a pure function of the block and the size limit,
+# for blocks up to this many bytes only.
+CACHED_BLOCK_BYTES = 1024
+
+
+def read_part_fields(block: bytes, limits: MailLimits, count: list[int]) -> dict[str, str] | None:
+    """Do what `read_fields(block, _PART_FIELDS, limits, count)` does, from the cache for a block read before."""
+    if len(block) > CACHED_BLOCK_BYTES:
+        return read_fields(block, _PART_FIELDS, limits, count)
+    fields, read = _part_fields(block, limits.header_size_limit)
+    if fields is None:
+        return None
+    count[0] += read
+    return dict(fields)  # the caller's own: the cached one is never handed out
+
+
+@functools.lru_cache(maxsize=64)
+def _part_fields(block: bytes, header_size_limit: int) -> tuple[dict[str, str] | None, int]:
+    """Read a part's header block with no fields counted before it: its fields (or None) and how many it counts."""
+    # read_fields reads only header_size_limit of the limits.
+    count = [0]
+    fields = read_fields(block, _PART_FIELDS, MailLimits(header_size_limit=header_size_limit), count)
+    return fields, count[0]
 
 
 def _add_multipart(
@@ -149,8 +167,8 @@ def _add_multipart(
     if parts is None:
         return False
     for part in parts:
-        part_split = _header_and_body(part)
-        part_fields = _fields(part_split[0], _PART_FIELDS, limits, count) if part_split is not None else None
+        part_split = header_and_body(part)
+        part_fields = read_part_fields(part_split[0], limits, count) if part_split is not None else None
         if part_split is None or part_fields is None:
             return False
         if _is_forward(part_fields):
@@ -158,7 +176,7 @@ def _add_multipart(
                 return False
             continue
         # RFC 2046: the line end before a delimiter belongs to it, so email.feedparser takes it off the payload.
-        payload = _without_last_line_end(part_split[1])
+        payload = without_last_line_end(part_split[1])
         if part_fields.get("content-type", "")[:10].lower() == "multipart/":  # before a regex match per leaf
             inner = _MEDIA_TYPE.fullmatch(part_fields["content-type"])
             if not nest or inner is None or not _add_multipart(
@@ -167,136 +185,6 @@ def _add_multipart(
                 return False
         elif not _add_part(part_fields, payload, plain, html, attachments):
             return False
-    return True
-
-
-def _header_and_body(data: bytes) -> tuple[bytes, bytes] | None:
-    """Split `data` at its first blank line (email.feedparser's header end), or None where it has none."""
-    if data.startswith(b"\n"):
-        return b"", data[1:]
-    if data.startswith(b"\r\n"):
-        return b"", data[2:]
-    first = first_blank_line(data)
-    if first < 0:
-        return None  # headers only: left to the slow path
-    # The block runs up to the last field's LF (a CR before it stays, and _store strips it).
-    return data[:first], data[first + 2 :] if data[first + 1] == 0x0A else data[first + 3 :]
-
-
-def first_blank_line(data: bytes) -> int:
-    """Return where the first `\\n\\n` or `\\n\\r\\n` starts, or -1: the other searched only before the one found.
-
-    The first line's end says which to look for first: an LF-only email has no
-    "\\n\\r\\n" at all, and a CRLF one (as SMTP delivers it) no "\\n\\n", so a
-    search for the wrong one would scan the whole body.
-    """
-    newline = data.find(b"\n")
-    usual, other = (b"\n\r\n", b"\n\n") if newline > 0 and data[newline - 1] == 0x0D else (b"\n\n", b"\n\r\n")
-    first = data.find(usual)
-    if first < 0:
-        return data.find(other)
-    # A match of the other before this one starts at most one byte before it (and ends within first + 2).
-    earlier = data.find(other, 0, first + 2)
-    return earlier if earlier >= 0 else first
-
-
-def _without_last_line_end(payload: bytes) -> bytes:
-    """Return `payload` without the CRLF or LF that ends it (what `(?:\\r\\n|\\n)\\Z` would cut), if any."""
-    if payload.endswith(b"\r\n"):
-        return payload[:-2]
-    return payload[:-1] if payload.endswith(b"\n") else payload
-
-
-def _header_bytes_plain(block: bytes) -> bool:
-    """Say whether a header block holds only printable ASCII, tabs and line ends, a CR only before an LF.
-
-    A CR ending the block counts as before an LF (the block stops at the LF of
-    its blank line). Two scans in C, not a regex tried at every byte.
-    """
-    block = block.removesuffix(b"\r")
-    return not block.translate(None, _PLAIN_HEADER_BYTES) and cr_only_before_lf(block)
-
-
-def cr_only_before_lf(data: bytes) -> bool:
-    """Say whether every CR in `data` is followed by an LF; `in` (memchr) first, as LF-only text has no CR at all."""
-    return b"\r" not in data or data.count(b"\r") == data.count(b"\r\n")
-
-
-def _fields(
-    block: bytes, names: frozenset[str], limits: MailLimits, count: list[int], *, others: bool = False
-) -> dict[str, str] | None:
-    """Read a header block into its fields (lower-case name -> compat32 value), counting them, or None.
-
-    A field not in `names` declines the block, unless `others`: then it is
-    counted (compat32 reads it) and passed over, as nothing here reads it.
-    """
-    if not _header_bytes_plain(block) or block.startswith((b" ", b"\t")):
-        return None
-    fields: dict[str, str] = {}
-    if not block:
-        return fields
-    text = block.decode("ascii")
-    if "\n " not in text and "\n\t" not in text:
-        return _unfolded_fields(text, names, limits, count, others)
-    name = ""
-    lines: list[str] = []
-    read = 0
-    for line in text.split("\n"):
-        if line[:1] in (" ", "\t"):
-            lines.append("\n" + line)
-            continue
-        if name and not _store(fields, name, lines, names, limits, others):
-            return None
-        match = _FIELD_NAME.match(line)
-        if match is None:
-            return None
-        read += 1
-        name = line[: match.end() - 1]
-        lines = [line[match.end() :].lstrip(" \t")]
-    if not _store(fields, name, lines, names, limits, others):
-        return None
-    count[0] += read
-    return fields
-
-
-def _unfolded_fields(
-    text: str, names: frozenset[str], limits: MailLimits, count: list[int], others: bool
-) -> dict[str, str] | None:
-    """Do what _fields does for a block with no continuation line: one regex scan, not a loop over its lines."""
-    pairs = _FIELD_LINE.findall("\n" + text)
-    if len(pairs) != text.count("\n") + 1:
-        return None  # a line that is not `name: value`
-    fields: dict[str, str] = {}
-    for name, value in pairs:
-        key = name.lower()
-        if key not in names:
-            if others:
-                continue
-            return None
-        if key in fields or len(value) > limits.header_size_limit:
-            return None
-        fields[key] = value
-    count[0] += len(pairs)
-    return fields
-
-
-def _store(
-    fields: dict[str, str], name: str, lines: list[str], names: frozenset[str], limits: MailLimits, others: bool
-) -> bool:
-    """Record one field's value as compat32's header_source_parse makes it; False where the slow path must decide."""
-    key = name.lower()
-    if others and key not in names:
-        return True  # read by compat32 (and cut to header_size_limit there), by nothing after it
-    # Lines were split on LF, so a CR ending a line sits at its end, before the LF put back in front of the next.
-    value = "".join(lines).rstrip("\r\n")
-    if key in fields or key not in names or len(value) > limits.header_size_limit:
-        return False
-    if key in _FOLDABLE and "\n" in value:
-        # get_param splits the value at `;` and strips each piece (line ends too), so a fold there reads as a blank.
-        value = _PARAMETER_FOLD.sub(";", value)
-    if key != "subject" and key != "message-id" and "\n" in value:
-        return False  # folded anywhere else: left to email.message
-    fields[key] = value
     return True
 
 
@@ -381,14 +269,14 @@ def _add_forward(body: bytes, limits: MailLimits, count: list[int], plain: list[
     top block is trimmed). email.feedparser takes the line end before the
     next delimiter off the inner message's payload (the last message made).
     """
-    split = _header_and_body(body)
+    split = header_and_body(body)
     if split is None:
         return False
-    fields = _fields(split[0], _PART_FIELDS, limits, count, others=True)
+    fields = read_fields(split[0], _PART_FIELDS, limits, count, others=True)
     if fields is None:
         return False
     found: list[dict[str, object]] = []
-    payload = _without_last_line_end(split[1])
+    payload = without_last_line_end(split[1])
     return _add_part(fields, payload, plain, html, found) and not found
 
 

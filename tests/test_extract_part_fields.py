@@ -1,0 +1,58 @@
+"""A part's header block read from the cache reads as read_fields reads it, counts and all."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mailhook.extract.header_fields import read_fields
+from mailhook.extract.simple_mail import _PART_FIELDS, CACHED_BLOCK_BYTES, read_part_fields
+from mailhook.models import MailLimits
+
+# Lines that make part header blocks of every kind: known and unknown fields, folds, odd bytes, repeats.
+_LINES = st.sampled_from(
+    [b"Content-Type: text/plain; charset=utf-8", b"Content-Type: application/xml", b"content-type: text/html",
+     b"Content-Transfer-Encoding: 7bit", b"Content-Transfer-Encoding: base64", b"MIME-Version: 1.0",
+     b'Content-Disposition: attachment; filename="n.xml"', b"Content-Type: text/plain;\r\n charset=utf-8",
+     b"Content-Type: multipart/mixed;\n\tboundary=b1", b"Subject: x", b"X-Other: y", b" folded", b"\tfolded",
+     b"no colon", b"Content-Type: caf\xc3\xa9", b"Content-Type: " + b"x" * 60, b""]
+)
+_BLOCKS = st.lists(_LINES, max_size=6).flatmap(
+    lambda lines: st.sampled_from([b"\n", b"\r\n"]).map(lambda end: end.join(lines))
+)
+_LIMITS = st.sampled_from([MailLimits(), MailLimits(header_size_limit=20), MailLimits(header_size_limit=70)])
+
+
+@settings(max_examples=3000, deadline=None)
+@given(_BLOCKS, _LIMITS, st.integers(0, 5))
+def test_a_part_block_reads_from_the_cache_as_read_fields_reads_it(
+    block: bytes, limits: MailLimits, before: int
+) -> None:
+    expected_count = [before]
+    expected = read_fields(block, _PART_FIELDS, limits, expected_count)
+    for _ in range(2):  # the first call may fill the cache, the second reads from it
+        count = [before]
+        assert read_part_fields(block, limits, count) == expected
+        assert count == expected_count
+
+
+def test_a_part_block_read_from_the_cache_is_the_callers_own() -> None:
+    block = b"Content-Type: text/plain\r\nContent-Transfer-Encoding: 7bit\r"
+    first = read_part_fields(block, MailLimits(), [0])
+    assert first is not None
+    first["content-type"] = "changed"
+    assert read_part_fields(block, MailLimits(), [0]) == {
+        "content-type": "text/plain", "content-transfer-encoding": "7bit"}
+
+
+def test_blocks_at_and_past_the_cached_size_read_alike() -> None:
+    for size in (CACHED_BLOCK_BYTES - 1, CACHED_BLOCK_BYTES, CACHED_BLOCK_BYTES + 1):
+        head = b"Content-Type: text/plain; charset="
+        block = head + b"a" * (size - len(head))
+        assert len(block) == size
+        for limits in (MailLimits(), MailLimits(header_size_limit=100)):
+            expected_count, count = [1], [1]
+            expected = read_fields(block, _PART_FIELDS, limits, expected_count)
+            assert read_part_fields(block, limits, count) == expected
+            assert read_part_fields(block, limits, count) == expected
+            assert count[0] == 1 + 2 * (expected_count[0] - 1)
