@@ -675,6 +675,18 @@ def test_posts_to_the_notifications_path_however_spelled_are_each_stored_on_one_
     assert webhook.deliveries() == 5
 
 
+def test_a_post_asking_for_an_upgrade_is_stored_and_the_connection_serves_on(webhook: Webhook) -> None:
+    # aiohttp declines the upgrade after the answer and goes on parsing the connection (its finish_response).
+    post = b"POST /notifications HTTP/1.1\r\nHost: x\r\n%sContent-Length: %d\r\n\r\n%s"
+    with socket.create_connection(_host_port(webhook), timeout=30) as sock:
+        sock.sendall(post % (b"Connection: Upgrade\r\nUpgrade: h2c\r\n", len(TEXT_XML), TEXT_XML))
+        answers = _answers(sock, 1)
+        sock.sendall(post % (b"", len(TEXT_XML), TEXT_XML))
+        answers += _answers(sock, 1)
+    assert [status for status, _, _ in answers] == [b"HTTP/1.1 200 OK"] * 2
+    assert [json.loads(body)["status"] for _, _, body in answers] == ["stored", "duplicate"]
+
+
 @pytest.mark.parametrize("over", [0, 1])
 def test_a_body_that_comes_whole_with_its_head_is_stored_at_the_limit_and_413_one_byte_past(
     start_webhook: StartWebhook, over: int

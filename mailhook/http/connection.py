@@ -304,7 +304,9 @@ class Connection(RequestHandler):
         A copy of RequestHandler.start (aiohttp 3.14.5, Apache-2.0, (c) the
         aiohttp contributors; its source is pinned by
         tests/test_library_internals.py, and pyproject.toml requires that
-        version) with one change: the request's
+        version) with two changes. A request `_quick` takes (the door's
+        notification POSTs that came whole) is answered by `_quickly`, without
+        the Request and StreamWriter made here for the rest. And the request's
         `_handle_request` is awaited here instead of in a new Task. On Python
         3.11 that Task cost two more loop turns per request (one to start it,
         one to wake this loop when it ends) and a Task's objects; on 3.12 and

@@ -131,11 +131,12 @@ class Receiver:
         Returns its answer to await (`ingest`'s), or None for any other
         request, which aiohttp's path brings to `handle`. These are requests
         `handle` would send straight to `notifications` (a POST without an
-        `Expect` header), told by their target as it came: `/notifications`
-        with or without a query. Any other spelling aiohttp's router resolves
-        there too goes to `handle`, and is answered alike.
+        `Expect` header, here also without `Upgrade`), told by their target as
+        it came: `/notifications` with or without a query. Any other spelling
+        aiohttp's router resolves there too goes to `handle`, answered alike.
         """
-        if message.method != hdrs.METH_POST or not content.is_eof() or message.headers.get(hdrs.EXPECT):
+        if (message.method != hdrs.METH_POST or not content.is_eof() or message.headers.get(hdrs.EXPECT)
+                or message.upgrade):  # aiohttp's finish_response goes on reading after an upgrade it declines
             return None
         target = message.path
         if target != PATH and not target.startswith(QUERIED):
