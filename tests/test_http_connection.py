@@ -32,6 +32,7 @@ import pytest
 from aiohttp import __version__ as aiohttp_version
 from aiohttp import web
 from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http_writer import StreamWriter
 from aiohttp.web_protocol import RequestHandler
 from conftest import StartServer
 from process_support import ALLOW_ROOT, read_all, wait_until
@@ -665,7 +666,18 @@ def test_the_private_aiohttp_names_http_connection_relies_on_still_exist() -> No
                                                   "Application._handle", "Server.request_handler",
                                                   "StreamResponse._eof_sent", "StreamResponse._keep_alive",
                                                   "StreamResponse._body_length", "helpers.rfc822_formatted_time",
-                                                  "RequestHandler.start", "StreamResponse.__init__"}
+                                                  "RequestHandler.start", "StreamResponse.__init__",
+                                                  "RequestHandler._handle_request", "RequestHandler.finish_response",
+                                                  "StreamWriter.drain"}
+    # Connection._quickly: a request in progress (shutdown waits for it), the answer drained while paused.
+    handle = inspect.getsource(RequestHandler._handle_request)
+    assert "self._request_in_progress = True" in handle and "self._handler_waiter.set_result(None)" in handle, (
+        advice % "RequestHandler._handle_request")
+    assert {"_request_in_progress", "_handler_waiter", "_paused"} <= slots, advice % "RequestHandler's state"
+    assert list(inspect.signature(RequestHandler.finish_response).parameters) == [
+        "self", "request", "resp", "start_time"], advice % "RequestHandler.finish_response"
+    assert "protocol._paused" in inspect.getsource(StreamWriter.drain), advice % "StreamWriter.drain"
+    assert "transport.is_closing()" in inspect.getsource(StreamWriter._write), advice % "StreamWriter._write"
     # Answer skips StreamResponse.__init__ and keeps, as class attributes, every attribute it would set.
     made = set(re.findall(r"self\.(_\w+)(?:: [^=]+)? = ", inspect.getsource(web.StreamResponse.__init__)))
     made |= set(re.findall(r"self\.(_\w+) = ", inspect.getsource(web.StreamResponse._set_status)))

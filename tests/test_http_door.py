@@ -627,6 +627,86 @@ def _host_port(webhook: Webhook) -> tuple[str, int]:
     return host, int(port)
 
 
+def _answers(sock: socket.socket, count: int) -> list[tuple[bytes, dict[bytes, bytes], bytes]]:
+    """Read `count` answers with a Content-Length body from `sock`: each status line, headers (lower-cased) and body."""
+    data, answers = b"", []
+    while len(answers) < count:
+        head, found, rest = data.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        headers = dict(line.lower().split(b": ", 1) for line in lines[1:] if b": " in line)
+        length = int(headers.get(b"content-length", b"-1"))
+        if found and len(rest) >= length >= 0:
+            answers.append((lines[0], headers, rest[:length]))
+            data = rest[length:]
+            continue
+        chunk = sock.recv(65536)
+        assert chunk, f"closed after {len(answers)} answers"
+        data += chunk
+    return answers
+
+
+def test_posts_to_the_notifications_path_however_spelled_are_each_stored_on_one_kept_connection(
+    start_webhook: StartWebhook,
+) -> None:
+    # Whole requests, pipelined in one write: /notifications with or without a query is taken by the door
+    # itself (Receiver.quick), other spellings aiohttp's router resolves there by Receiver.handle, in order.
+    webhook = start_webhook(http={"token": TOKEN})
+    targets = [b"/notifications?token=" + TOKEN.encode(), b"/notific%61tions?token=" + TOKEN.encode(),
+               b"/notifications?x=1&token=" + TOKEN.encode(), b"/notifications"]
+    auth = b"Authorization: Basic " + base64.b64encode(b"u:" + TOKEN.encode()) + b"\r\n"
+    requests = [b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml\r\n%sContent-Length: %d\r\n\r\n%s" % (
+        target, b"" if n < 3 else auth, len(TEXT_XML), TEXT_XML) for n, target in enumerate(targets)]
+
+    with socket.create_connection(_host_port(webhook), timeout=30) as sock:
+        sock.sendall(b"".join(requests))
+        answers = _answers(sock, len(requests))
+        sock.sendall(requests[0].replace(b"token=", b"token=wrong"))  # refused by the door itself, kept
+        [refused] = _answers(sock, 1)
+        sock.sendall(requests[0].replace(b"HTTP/1.1", b"HTTP/1.0"))
+        [closing] = _answers(sock, 1)
+        assert sock.recv(100) == b"", "HTTP/1.0 without keep-alive: the door closes after its answer"
+
+    assert [status for status, _, _ in answers] == [b"HTTP/1.1 200 OK"] * len(requests)
+    assert [json.loads(body)["delivery_id"] for _, _, body in answers] == [1, 2, 3, 4]
+    assert [json.loads(body)["status"] for _, _, body in answers] == ["stored"] + ["duplicate"] * 3
+    assert all(headers[b"server"] == b"mailhook" and b"connection" not in headers for _, headers, _ in answers)
+    assert refused[0] == b"HTTP/1.1 401 Unauthorized" and b"www-authenticate" in refused[1]
+    assert closing[0] == b"HTTP/1.0 200 OK" and json.loads(closing[2])["status"] == "duplicate"
+    assert webhook.deliveries() == 5
+
+
+def test_a_post_asking_for_an_upgrade_is_stored_and_the_connection_serves_on(webhook: Webhook) -> None:
+    # aiohttp declines the upgrade after the answer and goes on parsing the connection (its finish_response).
+    post = b"POST /notifications HTTP/1.1\r\nHost: x\r\n%sContent-Length: %d\r\n\r\n%s"
+    with socket.create_connection(_host_port(webhook), timeout=30) as sock:
+        sock.sendall(post % (b"Connection: Upgrade\r\nUpgrade: h2c\r\n", len(TEXT_XML), TEXT_XML))
+        answers = _answers(sock, 1)
+        sock.sendall(post % (b"", len(TEXT_XML), TEXT_XML))
+        answers += _answers(sock, 1)
+    assert [status for status, _, _ in answers] == [b"HTTP/1.1 200 OK"] * 2
+    assert [json.loads(body)["status"] for _, _, body in answers] == ["stored", "duplicate"]
+
+
+@pytest.mark.parametrize("over", [0, 1])
+def test_a_body_that_comes_whole_with_its_head_is_stored_at_the_limit_and_413_one_byte_past(
+    start_webhook: StartWebhook, over: int
+) -> None:
+    # Head and body in one write, with a Content-Length: the door takes it itself (Receiver.quick).
+    webhook = start_webhook(smtp={"max_message_size": LIMIT}, http={})
+    body = TEXT_XML + b" " * (LIMIT - len(TEXT_XML) + over)
+    request = b"POST /notifications HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+    with socket.create_connection(_host_port(webhook), timeout=30) as sock:
+        sock.sendall(request + request[:0 if over else None])
+        answers = _answers(sock, 1 if over else 2)
+
+    assert [status for status, _, _ in answers] == (
+        [b"HTTP/1.1 413 Request Entity Too Large"] if over else [b"HTTP/1.1 200 OK"] * 2)
+    if over:
+        assert json.loads(answers[0][2]) == {"error": f"body larger than {LIMIT} bytes"}
+    assert webhook.deliveries() == 2 - 2 * over
+
+
 def test_a_body_that_stalls_is_408_and_stores_nothing(start_webhook: StartWebhook) -> None:
     webhook = start_webhook(http={"body_timeout": 0.2})
 

@@ -21,6 +21,7 @@ import ssl
 import time
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import httpx
 import imapclient
@@ -519,6 +520,199 @@ def test_each_request_is_handled_in_its_connections_task_and_a_client_leaving_do
     assert tasks == [True] * 5, advice
     assert answers == [b"HTTP/1.1 200 OK 0", b"HTTP/1.1 200 OK 2", b"HTTP/1.1 200 OK 4", b"HTTP/1.1 200 OK"], advice
     assert waiting and finished, advice
+
+
+# The sha256 of aiohttp 3.14.5's RequestHandler._handle_request and StreamWriter.drain sources, whose bookkeeping
+# (a request in progress for shutdown, a 500 for a crash; draining a paused transport) Connection._quickly mirrors
+# for a request the door takes itself.
+HANDLE_REQUEST_SHA256 = "a88a34ee65a2714c6b392d23963ba9a80e7d50d4889905cd949a94d479102d8f"
+DRAIN_SHA256 = "3c8995114497133d95b40c25757fd58aaec41b6384f3ba9c7d2986ed68eab7d0"
+
+
+def test_aiohttps_request_handling_is_still_the_version_the_connections_quick_path_mirrors() -> None:
+    from aiohttp.http_writer import StreamWriter
+    from aiohttp.web_protocol import RequestHandler
+
+    for function, digest in ((RequestHandler._handle_request, HANDLE_REQUEST_SHA256),
+                             (StreamWriter.drain, DRAIN_SHA256)):
+        assert hashlib.sha256(inspect.getsource(function).encode()).hexdigest() == digest, (
+            _advice("aiohttp", function.__qualname__, "mailhook/http/connection.py (`Connection._quickly`)")
+            + "; port its change into _quickly, then record the new digest here")
+
+
+class _Quick:
+    """A door's quick path for `/quick` targets: each request's `X-Answer` header says what it answers."""
+
+    def __init__(self) -> None:
+        self.release, self.started, self.finished = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        self.tasks: list[bool] = []
+
+    def __call__(self, message: Any, payload: Any, remote: str | None) -> Any:
+        if not message.path.startswith("/quick") or not payload.is_eof():
+            return None
+        return self.answer(message, payload.read_nowait(), remote)
+
+    async def answer(self, message: Any, body: bytes, remote: str | None) -> web.StreamResponse:
+        self.tasks.append(asyncio.current_task() is not None and remote == "127.0.0.1")
+        kind = message.headers.get("X-Answer", "200")
+        if kind == "slow":
+            self.started.set()
+            await self.release.wait()  # the client may be gone meanwhile: the handling still runs to its end
+            self.finished.set()
+        elif kind == "crash":
+            raise RuntimeError("internal-detail")
+        elif kind == "422":
+            return web.json_response({"quick": len(body)}, status=422, headers={"Server": "mailhook"})
+        size = int(message.headers.get("X-Size", "0"))
+        return http_connection.Answer(b"Content-Type: application/json; charset=utf-8\r\nServer: mailhook\r\n",
+                                      b"%d" % len(body) + b" " * size)
+
+
+async def _aiohttps(request: web.Request) -> web.StreamResponse:
+    """aiohttp's path: the answers _Quick gives, by aiohttp's Response (or a crash, as _Quick's)."""
+    body = await request.read()
+    kind = request.headers.get("X-Answer", "200")
+    if kind == "crash":
+        raise RuntimeError("internal-detail")
+    if kind == "422":
+        return web.json_response({"quick": len(body)}, status=422, headers={"Server": "mailhook"})
+    size = int(request.headers.get("X-Size", "0"))
+    headers = CIMultiDict({"Content-Type": "application/json; charset=utf-8", "Server": "mailhook"})
+    return web.Response(body=b"%d" % len(body) + b" " * size, headers=headers)
+
+
+async def _quick_server(quick: _Quick) -> tuple[web.AppRunner, Any, str, int]:
+    """Serve through `listen` with `quick`: `/quick` targets taken by it, the rest by `_aiohttps`."""
+    from mailhook.config.settings import HttpSettings
+    from mailhook.http import listener as http_listener
+    from mailhook.metrics import Metrics
+
+    runner = web.AppRunner(web.Application(), access_log=None, handle_signals=False)
+    await runner.setup()
+    log = logging.getLogger("mailhook.test")
+    listener = await http_listener.listen(runner, HttpSettings(listen="127.0.0.1:0"), Metrics(), log, log,
+                                         handler=_aiohttps, quick=quick)
+    host, _, port = listener.addresses()[0].rpartition(":")
+    return runner, listener, host, int(port)
+
+
+def _post(target: bytes, head: bytes = b"HTTP/1.1\r\n", body: bytes = b"{}", fields: bytes = b"") -> bytes:
+    return b"POST %s %sHost: x\r\n%sContent-Length: %d\r\n\r\n%s" % (target, head, fields, len(body), body)
+
+
+async def _read_answers(reader: asyncio.StreamReader, count: int) -> list[bytes]:
+    answers = []
+    for _ in range(count):
+        head = await reader.readuntil(b"\r\n\r\n")
+        found = re.search(rb"(?i)content-length: *(\d+)", head)
+        assert found is not None, head
+        answer = head + await reader.readexactly(int(found.group(1)))
+        answers.append(re.sub(rb"\r\nDate: [^\r]+", b"\r\nDate: -", answer))
+    return answers
+
+
+async def _quick_and_aiohttps_answers() -> tuple[list[bytes], list[bytes], list[bool]]:
+    """One connection per keep-alive case and kind of answer, on `/quick` then `/aiohttp`; each raw answer (Date
+    masked) followed by b"closed" or b"kept" for what the server did with the connection after it."""
+    quick = _Quick()
+    runner, listener, host, port = await _quick_server(quick)
+    answers: dict[bytes, list[bytes]] = {b"/quick": [], b"/aiohttp": []}
+    try:
+        for target, found in answers.items():
+            for head in _KEEP_ALIVE_CASES:
+                for fields in (b"", b"X-Answer: 422\r\n", b"X-Answer: crash\r\n"):
+                    reader, writer = await asyncio.open_connection(host, port)
+                    writer.write(_post(target, head, b"abc", fields))
+                    [answer] = await _read_answers(reader, 1)
+                    try:
+                        after = b"closed" if await asyncio.wait_for(reader.read(), 0.3) == b"" else b"more"
+                    except TimeoutError:
+                        after = b"kept"
+                    found.append(answer + b" " + after)
+                    writer.close()
+    finally:
+        listener.close()
+        await runner.cleanup()
+    return answers[b"/quick"], answers[b"/aiohttp"], quick.tasks
+
+
+def test_an_answer_the_door_takes_itself_is_byte_for_byte_aiohttps_for_every_keep_alive_case_and_kind() -> None:
+    # Connection._quickly writes a 200 Answer itself, and hands a 422 or a crash (aiohttp's 500) to aiohttp's
+    # finish_response with a Request made for it: each exactly as aiohttp's own path answers it.
+    quick, theirs, tasks = asyncio.run(_quick_and_aiohttps_answers())
+    advice = _advice("aiohttp", "RequestHandler._handle_request or finish_response", "mailhook/http/connection.py "
+                     "(Connection._quickly)")
+    assert quick == theirs and len(quick) == 3 * len(_KEEP_ALIVE_CASES), advice
+    assert [answer.split(b" ", 2)[1] for answer in quick[:3]] == [b"200", b"422", b"500"], quick
+    assert [answer.endswith(b" kept") for answer in quick[::3]] == [True, False, False, True], quick
+    assert tasks == [True] * (3 * len(_KEEP_ALIVE_CASES)), "the quick path ran outside a task or without the address"
+
+
+async def _pipelined(count: int, size: int) -> list[bytes]:
+    """Send `count` requests in one write, alternating the quick path and aiohttp's, then read every answer."""
+    quick = _Quick()
+    runner, listener, host, port = await _quick_server(quick)
+    try:
+        reader, writer = await asyncio.open_connection(host, port)
+        fields = b"X-Size: %d\r\n" % size
+        writer.write(b"".join(_post(b"/quick" if n % 2 else b"/aiohttp", body=b"x" * n, fields=fields)
+                              for n in range(count)))
+        await asyncio.sleep(0.5 if size else 0)  # with large answers, the server's writes pause meanwhile
+        answers = await asyncio.wait_for(_read_answers(reader, count), 60)
+        writer.close()
+    finally:
+        listener.close()
+        await runner.cleanup()
+    return [answer.rpartition(b"\r\n\r\n")[2].rstrip() for answer in answers]
+
+
+@pytest.mark.parametrize("size", [0, 256 * 1024], ids=["small-answers", "answers-past-the-send-buffer"])
+def test_pipelined_requests_the_door_takes_itself_are_answered_in_order_among_aiohttps(size: int) -> None:
+    # With large answers and a client that reads only later, the transport pauses writing: the quick path
+    # drains it before the next request, as aiohttp's write_eof does.
+    count = 40
+    assert asyncio.run(_pipelined(count, size)) == [b"%d" % n for n in range(count)]
+
+
+async def _quick_client_gone_and_shutdown() -> tuple[bool, bool, bytes]:
+    """A quick request whose client leaves mid handling; then one in flight while the server shuts down."""
+    quick = _Quick()
+    runner, listener, host, port = await _quick_server(quick)
+    try:
+        _, gone = await asyncio.open_connection(host, port)
+        gone.write(_post(b"/quick", fields=b"X-Answer: slow\r\n"))
+        await asyncio.wait_for(quick.started.wait(), 10)
+        gone.transport.abort()
+        gone.close()
+        await asyncio.sleep(0.1)
+        waiting = not quick.finished.is_set()  # held by `release`, not ended by the lost connection
+        quick.release.set()
+        await asyncio.wait_for(quick.finished.wait(), 10)
+        finished = quick.finished.is_set()
+        quick.started.clear()
+        quick.release.clear()
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(_post(b"/quick", fields=b"X-Answer: slow\r\n"))
+        await asyncio.wait_for(quick.started.wait(), 10)
+        listener.close()
+        cleanup = asyncio.ensure_future(runner.cleanup())  # waits for the request in progress
+        await asyncio.sleep(0.2)
+        quick.release.set()
+        [answer] = await asyncio.wait_for(_read_answers(reader, 1), 10)
+        await asyncio.wait_for(cleanup, 30)
+        writer.close()
+    finally:
+        listener.close()
+        await runner.cleanup()
+    return waiting, finished, answer
+
+
+def test_a_request_the_door_takes_itself_runs_to_its_end_when_its_client_leaves_and_is_answered_at_shutdown() -> None:
+    waiting, finished, answer = asyncio.run(_quick_client_gone_and_shutdown())
+    advice = _advice("aiohttp", "RequestHandler.shutdown or _handle_request", "mailhook/http/connection.py "
+                     "(Connection._quickly)")
+    assert waiting and finished, advice
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"\r\n\r\n2"), advice
 
 
 def test_the_doors_200_answer_reads_as_a_fresh_stream_response_before_and_after_it_is_written() -> None:

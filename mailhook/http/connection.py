@@ -27,9 +27,10 @@ from http import HTTPStatus
 from types import MappingProxyType
 from typing import Any
 
-from aiohttp import HttpVersion10, HttpVersion11, web
+from aiohttp import HttpVersion, HttpVersion10, HttpVersion11, StreamReader, web
 from aiohttp.helpers import ceil_timeout, rfc822_formatted_time
 from aiohttp.http_exceptions import LineTooLong
+from aiohttp.http_parser import RawRequestMessage
 from aiohttp.http_writer import StreamWriter
 from aiohttp.web_protocol import _PAYLOAD_ACCESS_ERROR, ERROR, RequestHandler, _ErrInfo
 from aiohttp.web_request import BaseRequest
@@ -53,13 +54,20 @@ LINGER = 5.0
 #                                the Date header's value, as aiohttp's prepare writes it (Answer, below)
 #   StreamResponse.__init__      not called: the state it sets is class attributes of Answer (below)
 #   RequestHandler.start         copied whole, each request handled in the connection's task (Connection.start)
+#   RequestHandler._handle_request, RequestHandler.finish_response, StreamWriter.drain
+#                                mirrored for a request the door takes itself, or called for its rarer answers
+#                                (Connection._quickly)
 PRIVATE_NAMES = ("RequestHandler._waiter", "RequestHandler.handle_error", "BaseProtocol._reading_paused",
                  "BaseProtocol._buffer_paused", "Application._handle", "Server.request_handler",
                  "StreamResponse._eof_sent", "StreamResponse._keep_alive", "StreamResponse._body_length",
                  "helpers.rfc822_formatted_time", "RequestHandler.start",
-                 "StreamResponse.__init__")
+                 "StreamResponse.__init__", "RequestHandler._handle_request", "RequestHandler.finish_response",
+                 "StreamWriter.drain")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# A door's own handling of a request as aiohttp parsed it (its message, body and the client's address, as
+# `BaseRequest.remote` says it): the answer to await, or None to leave the request to aiohttp's path.
+Quick = Callable[[RawRequestMessage, StreamReader, "str | None"], "Awaitable[web.StreamResponse] | None"]
 
 
 class Answer(web.StreamResponse):
@@ -100,30 +108,36 @@ class Answer(web.StreamResponse):
         keep_alive = self._keep_alive
         if keep_alive is None:
             keep_alive = self._keep_alive = request.keep_alive
-        version = request.version
+        writer = request.writer
+        await writer.write_eof(self.encode(request.version, keep_alive))
+        self._eof_sent = True
+        self._body_length = writer.output_size
+
+    def encode(self, version: HttpVersion, keep_alive: bool) -> bytes:
+        """Return the whole answer's bytes, head and body, for a request of `version` and a connection kept or not."""
         if keep_alive:
             connection = b"Connection: keep-alive\r\n" if version == HttpVersion10 else b""
         else:
             connection = b"Connection: close\r\n" if version == HttpVersion11 else b""
         body = self._answer
-        writer = request.writer
-        await writer.write_eof(b"HTTP/%d.%d 200 OK\r\n%sContent-Length: %d\r\nDate: %s\r\n%s\r\n%s" % (
-            version[0], version[1], self._fields, len(body), rfc822_formatted_time().encode(), connection, body))
-        self._eof_sent = True
-        self._body_length = writer.output_size
+        return b"HTTP/%d.%d 200 OK\r\n%sContent-Length: %d\r\nDate: %s\r\n%s\r\n%s" % (
+            version[0], version[1], self._fields, len(body), rfc822_formatted_time().encode(), connection, body)
 
 
 class Connection(RequestHandler):
     """aiohttp's per-connection protocol, admitted under the caps and with a deadline for each request head."""
 
-    __slots__ = ("_admitted", "_counted", "_gate", "_head_size", "_head_started", "_head_timer", "_send_timer",
-                 "peer", "since")
+    __slots__ = ("_admitted", "_counted", "_gate", "_head_size", "_head_started", "_head_timer", "_quick",
+                 "_remote", "_send_timer", "peer", "since")
 
-    def __init__(self, gate: Gate) -> None:
+    def __init__(self, gate: Gate, quick: Quick | None = None) -> None:
         super().__init__(gate.manager, loop=gate.loop, keepalive_timeout=gate.settings.keepalive_timeout,
                          logger=gate.protocol_log, access_log=None, lingering_time=LINGER)  # type: ignore[arg-type]
         self._gate = gate
+        # Offered each parsed request first (`start`); what it takes is answered without a Request (`_quickly`).
+        self._quick = quick
         self.peer = "-"
+        self._remote: str | None = None  # the client's address as `BaseRequest.remote` gives it
         self._admitted = False
         self._counted = False  # holds a place under the caps
         # Loop time of accept, then of each whole request head: a connection waiting for a head has waited since.
@@ -137,6 +151,8 @@ class Connection(RequestHandler):
         """Admit the connection or answer 503 and close; start the deadline for the first request's head."""
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if peer else "-"
+        if peer is not None:
+            self._remote = str(peer[0]) if isinstance(peer, (list, tuple)) else str(peer)
         refusal = self._gate.admit(self)
         if refusal is not None:
             assert isinstance(transport, asyncio.WriteTransport)
@@ -288,7 +304,9 @@ class Connection(RequestHandler):
         A copy of RequestHandler.start (aiohttp 3.14.5, Apache-2.0, (c) the
         aiohttp contributors; its source is pinned by
         tests/test_library_internals.py, and pyproject.toml requires that
-        version) with one change: the request's
+        version) with two changes. A request `_quick` takes (the door's
+        notification POSTs that came whole) is answered by `_quickly`, without
+        the Request and StreamWriter made here for the rest. And the request's
         `_handle_request` is awaited here instead of in a new Task. On Python
         3.11 that Task cost two more loop turns per request (one to start it,
         one to wake this loop when it ends) and a Task's objects; on 3.12 and
@@ -327,20 +345,28 @@ class Connection(RequestHandler):
             start = loop.time() if self._logging_enabled else None
 
             manager.requests_count += 1
-            writer = StreamWriter(self, loop)
+            # mailhook: a request the door takes itself (`_quick`) gets no writer or Request here (see `_quickly`).
+            writer = request = handling = None
             if isinstance(message, _ErrInfo):
                 # make request_factory work
                 request_handler = self._make_error_handler(message)
                 message = ERROR
             else:
                 request_handler = self._request_handler
+                if self._quick is not None:
+                    handling = self._quick(message, payload, self._remote)
 
-            request = self._request_factory(message, payload, self, writer,
-                                            self._task_handler or asyncio.current_task(loop))  # type: ignore[arg-type]
+            if handling is None:
+                writer = StreamWriter(self, loop)
+                request = self._request_factory(message, payload, self, writer,
+                                                self._task_handler or asyncio.current_task(loop))  # type: ignore[arg-type]
             try:
                 try:
-                    # aiohttp: `await task` of a new Task running this coroutine (see the docstring).
-                    resp, reset = await self._handle_request(request, start, request_handler)
+                    if handling is not None:
+                        resp, reset = await self._quickly(handling, message, payload, start)
+                    else:
+                        # aiohttp: `await task` of a new Task running this coroutine (see the docstring).
+                        resp, reset = await self._handle_request(request, start, request_handler)  # type: ignore[arg-type]
                 except ConnectionError:
                     self.log_debug("Ignored premature client disconnection")
                     break
@@ -389,7 +415,8 @@ class Connection(RequestHandler):
                 self.force_close()
                 raise
             finally:
-                request._task = None  # type: ignore[assignment] # Break reference cycle in case of exception
+                if request is not None:
+                    request._task = None  # type: ignore[assignment] # Break reference cycle in case of exception
                 if self.transport is None and resp is not None:
                     self.log_debug("Ignored premature client disconnection.")
 
@@ -407,6 +434,60 @@ class Connection(RequestHandler):
             self._task_handler = None
             if self.transport is not None:
                 self.transport.close()
+
+    async def _quickly(self, handling: Awaitable[web.StreamResponse], message: RawRequestMessage,
+                       payload: StreamReader, start: float | None) -> tuple[web.StreamResponse, bool]:
+        """Await the answer `_quick` took a request for; write a 200 `Answer` to the transport; say if the client left.
+
+        As `_handle_request` and `finish_response` do for a request, with the
+        state aiohttp's shutdown and keep-alive read (`_request_in_progress`,
+        `_handler_waiter`, the answer's keep-alive), but without the `Request`,
+        the `StreamWriter` and their three coroutines for the common 200 (its
+        bytes are `Answer.prepare`'s, written as one `write_eof` writes them,
+        and a paused transport is drained as there). Any other answer, and a
+        crash (aiohttp's 500), goes through aiohttp's `finish_response` with a
+        Request made for it. Private: `_request_in_progress`,
+        `_handler_waiter`, `_request_factory`, `_paused`, `_drain_helper`,
+        `finish_response`, and the answer's `_keep_alive`, `_body_length` and `_eof_sent`.
+        """
+        self._request_in_progress = True
+        try:
+            try:
+                resp = await handling
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - aiohttp's: its 500 (handle_error, above)
+                resp = self.handle_error(self._request_for(message, payload), 500, exc)
+        finally:
+            self._request_in_progress = False
+            if self._handler_waiter is not None:
+                self._handler_waiter.set_result(None)
+        if type(resp) is not Answer:
+            request = self._request_for(message, payload)
+            try:
+                return await self.finish_response(request, resp, start)
+            finally:
+                request._task = None  # type: ignore[assignment] # as `start` does
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return resp, True  # StreamWriter refuses to write to a closing transport: the client left
+        keep_alive = resp._keep_alive = not message.should_close
+        data = resp.encode(message.version, keep_alive)
+        transport.write(data)
+        resp._body_length = len(data)
+        if self._paused:  # as StreamWriter.drain after the write, and finish_response if the client leaves meanwhile
+            try:
+                await self._drain_helper()
+            except ConnectionError:
+                return resp, True
+        resp._eof_sent = True
+        return resp, False
+
+    def _request_for(self, message: RawRequestMessage, payload: StreamReader) -> BaseRequest:
+        """Make the Request aiohttp's `start` would have made for `message` (for an answer aiohttp writes)."""
+        assert self._request_factory is not None
+        return self._request_factory(message, payload, self, StreamWriter(self, self._loop),
+                                     self._task_handler or asyncio.current_task(self._loop))  # type: ignore[arg-type]
 
     def handle_error(
         self, request: BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None

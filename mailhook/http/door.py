@@ -17,7 +17,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from aiohttp import HttpVersion11, hdrs, web
+from aiohttp import HttpVersion11, StreamReader, hdrs, web
+from aiohttp.http_parser import RawRequestMessage
+from multidict import CIMultiDictProxy
+from yarl import URL
 
 from mailhook.errors import Busy, Rejected, RetryLater, TimedOut, TooLarge, Unauthorized
 from mailhook.http import connection as http_connection
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("mailhook.webhook")
 
 PATH = "/notifications"
+QUERIED = PATH + "?"  # the start of the target of a POST to PATH with a query
 # Seconds `GET /healthz` waits for the writer to prove the database writable.
 HEALTH_TIMEOUT = 10.0
 
@@ -106,10 +110,10 @@ class Receiver:
     async def expect(self, request: web.Request) -> web.StreamResponse | None:
         """Answer `Expect: 100-continue`: refuse a bad token or a too-large body before it is sent."""
         try:
-            self.intake.check_token(request)
-            self.intake.check_length(request)
+            self.intake.check_token(request.rel_url, request.headers)
+            self.intake.check_length(request.headers)
         except Rejected as exc:
-            response = self._refused(request, exc)
+            response = self._refused(request.remote, exc)
             # The client has not sent the body; closing avoids waiting for one.
             response.force_close()
             return response
@@ -120,37 +124,71 @@ class Receiver:
         await send_continue(request)
         return None
 
+    def quick(self, message: RawRequestMessage, content: StreamReader,
+              remote: str | None) -> Awaitable[web.StreamResponse] | None:
+        """Take a notification's POST whose body came whole with its head, before aiohttp makes a `Request` of it.
+
+        Returns its answer to await (`ingest`'s), or None for any other
+        request, which aiohttp's path brings to `handle`. These are requests
+        `handle` would send straight to `notifications` (a POST without an
+        `Expect` header, here also without `Upgrade`), told by their target as
+        it came: `/notifications` with or without a query. Any other spelling
+        aiohttp's router resolves there too goes to `handle`, answered alike.
+        """
+        if (message.method != hdrs.METH_POST or not content.is_eof() or message.headers.get(hdrs.EXPECT)
+                or message.upgrade):  # aiohttp's finish_response goes on reading after an upgrade it declines
+            return None
+        target = message.path
+        if target != PATH and not target.startswith(QUERIED):
+            return None
+        return self.ingest(message.url, message.headers, content, remote)
+
     async def notifications(self, request: web.Request) -> web.StreamResponse:
         """Store one POSTed notification body and say what became of it."""
-        # The body's bytes count in the server's in-flight budget from arrival until the answer.
-        with self.inflight.hold() as hold:
-            try:
-                self.intake.check_token(request)
-                self.intake.check_length(request)
-                body = self.intake.whole_body(request, hold)
-                if body is None:
-                    body = await self.intake.read_body(request, hold)
-                self.intake.check_signature(request, body)
-            except Rejected as exc:
-                return self._refused(request, exc)
-            delivery = Delivery(
-                channel="http",
-                raw=body,
-                received_at=utcnow(),
-                kind="document",
-                remote_addr=request.remote,
-                content_type=request.headers.get(hdrs.CONTENT_TYPE),
-            )
-            del body
-            try:
-                # As ingest_async, without its coroutine; the outcome is made here, on the door's loop,
-                # so the pipeline needs no `get_running_loop` (a getpid system call in Python 3.11).
-                receipt = await self.pipeline.ingest_soon(delivery, self.loop.create_future())
-            except RetryLater:
-                return error(503, "storage unavailable; retry later", headers={hdrs.RETRY_AFTER: "30"})
-            finally:
-                del delivery
-        return answer(receipt)
+        return await self.ingest(request.rel_url, request.headers, request.content, request.remote)
+
+    async def ingest(self, url: URL, headers: CIMultiDictProxy[str], content: StreamReader,
+                     remote: str | None) -> web.StreamResponse:
+        """Store a notification's body (`content`) and say what became of it; a crash is a JSON 500, as in `handle`.
+
+        `url` is the request's target, `headers` and `remote` its headers and
+        the client's address.
+        """
+        try:
+            # The body's bytes count in the server's in-flight budget from arrival until the answer.
+            with self.inflight.hold() as hold:
+                try:
+                    self.intake.check_token(url, headers)
+                    self.intake.check_length(headers)
+                    body = self.intake.whole_body(content, hold)
+                    if body is None:
+                        body = await self.intake.read_body(content, hold)
+                    self.intake.check_signature(headers, body)
+                except Rejected as exc:
+                    return self._refused(remote, exc)
+                delivery = Delivery(
+                    channel="http",
+                    raw=body,
+                    received_at=utcnow(),
+                    kind="document",
+                    remote_addr=remote,
+                    content_type=headers.get(hdrs.CONTENT_TYPE),
+                )
+                del body
+                try:
+                    # As ingest_async, without its coroutine; the outcome is made here, on the door's loop,
+                    # so the pipeline needs no `get_running_loop` (a getpid system call in Python 3.11).
+                    receipt = await self.pipeline.ingest_soon(delivery, self.loop.create_future())
+                except RetryLater:
+                    return error(503, "storage unavailable; retry later", headers={hdrs.RETRY_AFTER: "30"})
+                finally:
+                    del delivery
+            return answer(receipt)
+        except ConnectionError:
+            raise  # as in `handle`
+        except Exception:  # the client gets a bare 500; the log gets the traceback
+            log.exception("unexpected error handling %s %s", hdrs.METH_POST, PATH)
+            return error(500, "internal error")
 
     async def healthz(self, request: web.Request) -> web.StreamResponse:
         """Answer 200 only when the store takes writes now; a 503 says why in words ("disk full", ...)."""
@@ -171,10 +209,10 @@ class Receiver:
             return error(503, f"metrics unavailable: {exc}", headers={hdrs.RETRY_AFTER: "30"})
         return web.Response(body=body, headers=named({hdrs.CONTENT_TYPE: content_type}))
 
-    def _refused(self, request: web.Request, refusal: Rejected) -> web.Response:
+    def _refused(self, remote: str | None, refusal: Rejected) -> web.Response:
         status = next(code for kind, code in STATUS if isinstance(refusal, kind))
         self.metrics.on_rejected("http", refusal.reason)
-        args = ("request refused channel=http peer=%s status=%d reason=%s", request.remote or "-", status,
+        args = ("request refused channel=http peer=%s status=%d reason=%s", remote or "-", status,
                 logfmt(str(refusal)))
         if status == 401:
             self.auth_refusals.note(*args)
@@ -230,7 +268,7 @@ async def start(runtime: Runtime) -> WebhookDoor:
     await runner.setup()
     try:
         listener = await listen(runner, runtime.settings.http, runtime.metrics, log, protocol_log,
-                                runtime.sockets.get("http"), receiver.handle)
+                                runtime.sockets.get("http"), receiver.handle, receiver.quick)
     except BaseException:
         await runner.cleanup()
         raise

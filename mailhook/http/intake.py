@@ -13,9 +13,11 @@ import hmac
 import logging
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from aiohttp import BasicAuth, hdrs, web
+from aiohttp import BasicAuth, StreamReader, hdrs
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
+from multidict import CIMultiDictProxy
+from yarl import URL
 
 from mailhook.config.settings import HttpSettings
 from mailhook.errors import Busy, Rejected, TimedOut, TooLarge, Unauthorized
@@ -59,11 +61,14 @@ class Intake:
         # Seconds a client may take to send one body; a stalled sender must not hold a connection forever.
         self.body_timeout = settings.body_timeout
 
-    def check_token(self, request: web.Request) -> None:
-        """Raise `Unauthorized` unless the query's `token` or the basic-auth password is the door's token."""
+    def check_token(self, url: URL, headers: CIMultiDictProxy[str]) -> None:
+        """Raise `Unauthorized` unless the query's `token` or the basic-auth password is the door's token.
+
+        `url` is the request's target (its `rel_url`), `headers` its headers.
+        """
         if self.token is None:
             return
-        offered = [*request.query.getall("token", []), basic_password(request)]
+        offered = [*url.query.getall("token", []), basic_password(headers)]
         expected = self.token.encode()
         # Compare with every offered value (no early exit) so timing says nothing.
         matches = [hmac.compare_digest(value.encode(), expected) for value in offered if value is not None]
@@ -71,19 +76,18 @@ class Intake:
             reason = "wrong token" if matches else "missing token: pass ?token= or the basic-auth password"
             raise Unauthorized(reason)
 
-    def check_length(self, request: web.Request) -> None:
+    def check_length(self, headers: CIMultiDictProxy[str]) -> None:
         """Raise `TooLarge` when the request's Content-Length says its body is over the size limit."""
-        length = request.content_length
-        if length is not None and length > self.max_size:
+        length = headers.get(hdrs.CONTENT_LENGTH)  # read as `BaseRequest.content_length` reads it
+        if length is not None and int(length) > self.max_size:
             raise TooLarge(f"body larger than {self.max_size} bytes")
 
-    def whole_body(self, request: web.Request, hold: InflightHold) -> bytes | None:
-        """Return the request's body if all of it came with the head, counted in `hold`; None while more is to come.
+    def whole_body(self, content: StreamReader, hold: InflightHold) -> bytes | None:
+        """Return the body `content` if all of it came with the head, counted in `hold`; None while more is to come.
 
         A notification is a few KB and comes whole with its head: taken as it
         is, with no coroutine, timer or copy through a buffer (`read_body`).
         """
-        content = request.content
         try:
             if not content.is_eof():
                 return None
@@ -96,13 +100,13 @@ class Intake:
             raise Busy(NO_ROOM)
         return whole
 
-    async def read_body(self, request: web.Request, hold: InflightHold) -> bytes:
+    async def read_body(self, content: StreamReader, hold: InflightHold) -> bytes:
         """Return the rest of a body `whole_body` did not find whole, read within the limits and `hold`'s room."""
         body = bytearray()
         try:
             async with asyncio.timeout(self.body_timeout):
                 try:
-                    while chunk := await request.content.read(CHUNK):
+                    while chunk := await content.read(CHUNK):
                         if not hold.grow(len(chunk)):
                             hold.close()
                             raise Busy(NO_ROOM)
@@ -119,13 +123,13 @@ class Intake:
             reject_body(exc)
         return bytes(body)
 
-    def check_signature(self, request: web.Request, body: bytes) -> None:
+    def check_signature(self, headers: CIMultiDictProxy[str], body: bytes) -> None:
         """With a webhook secret, a signature must match; only v1.1 bodies may come unsigned."""
         if self.secret is None:
             return
-        signature = request.headers.get(SIGNATURE)
+        signature = headers.get(SIGNATURE)
         if signature is None:
-            if is_v1(body, charset_of(request.headers.get(hdrs.CONTENT_TYPE))):
+            if is_v1(body, charset_of(headers.get(hdrs.CONTENT_TYPE))):
                 return  # CallFire cannot sign v1.1 notifications; the token protects them.
             raise Unauthorized(f"missing {SIGNATURE}: only v1.1 bodies may be unsigned")
         if not signature_matches(self.secret, body, signature):
@@ -146,9 +150,9 @@ def signature_matches(secret: str, body: bytes, signature: str) -> bool:
     return hmac.compare_digest(offered, expected)
 
 
-def basic_password(request: web.Request) -> str | None:
-    """Return the password of the request's basic-auth credentials, if it has readable ones."""
-    header = request.headers.get(hdrs.AUTHORIZATION)
+def basic_password(headers: CIMultiDictProxy[str]) -> str | None:
+    """Return the password of the basic-auth credentials in a request's `headers`, if it has readable ones."""
+    header = headers.get(hdrs.AUTHORIZATION)
     if not header:
         return None
     try:

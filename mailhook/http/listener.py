@@ -14,7 +14,7 @@ from aiohttp import web
 from mailhook.config.addresses import parse_address
 from mailhook.config.settings import HttpSettings
 from mailhook.errors import ConfigError
-from mailhook.http.connection import Connection, Handler, serve_through
+from mailhook.http.connection import Connection, Handler, Quick, serve_through
 from mailhook.http.gate import Gate
 
 if TYPE_CHECKING:
@@ -48,12 +48,13 @@ class Listener:
 async def listen(
     runner: web.AppRunner, settings: HttpSettings, metrics: Metrics, logger: logging.Logger,
     protocol_log: logging.Logger | logging.LoggerAdapter, sock: socket.socket | None = None,  # type: ignore[type-arg]
-    handler: Handler | None = None,
+    handler: Handler | None = None, quick: Quick | None = None,
 ) -> Listener:
     """Serve `runner`'s application on `sock` (passed by systemd) or on `settings.listen`.
 
     With `handler`, each request goes to it instead of to the application
-    (which it may pass on to, through `application_handler`). Raises
+    (which it may pass on to, through `application_handler`); with `quick`,
+    each request is offered to it first (`Connection`'s `quick`). Raises
     `ConfigError` when the address cannot be bound, so `serve` exits 78 with
     one line as for the SMTP door.
     """
@@ -62,7 +63,7 @@ async def listen(
     if handler is not None:
         serve_through(runner.server, handler)
     gate = Gate(runner.server, settings, metrics, logger, protocol_log)
-    factory = functools.partial(Connection, gate)  # the protocol for one accepted connection
+    factory = functools.partial(Connection, gate, quick)  # the protocol for one accepted connection
     try:
         if sock is not None:
             server = await loop.create_server(factory, sock=sock, backlog=BACKLOG)
