@@ -217,7 +217,7 @@ def test_connections_dripping_from_many_addresses_at_the_total_cap_make_room_for
     with Drippers(door, attackers, 5) as drippers:
         door.wait_open(20)
         for source in ("127.0.0.100", "127.0.0.2", "127.0.0.100", "127.0.0.5"):
-            assert door.gate.open == 20, "the attack no longer fills the cap"
+            door.wait_open(20)  # the attack fills the cap again (the evicted drippers reconnect every 0.1 s)
             started = time.monotonic()
             assert door.post(source=source).status_code == 200, source
             assert time.monotonic() - started < SLOW
