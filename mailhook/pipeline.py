@@ -112,25 +112,13 @@ class Pipeline:
         many = getattr(self.writer, "submit_many", None)
         stored: Future[list[Receipt | RetryLater]] = many(works) if many is not None else gathered(
             [self.writer.submit(delivery, extraction) for delivery, extraction in works])  # type: ignore[misc]
-        reported: Future[list[Receipt | RetryLater]] = Future()
 
-        def report(done: Future[list[Receipt | RetryLater]]) -> None:
-            try:
-                results = done.result()
-            except RetryLater as exc:
-                results = [exc] * len(works)
-            except BaseException as exc:  # noqa: BLE001 - handed on to whoever waits, as it came
-                after_lines(reported.set_exception, exc)
-                return
-            try:
-                elapsed = time.perf_counter() - started
-                for delivery, result in zip(deliveries, results, strict=True):
-                    self.report(delivery, None if isinstance(result, RetryLater) else result, elapsed)
-            finally:
-                after_lines(reported.set_result, results)
+        def report(results: list[Receipt | RetryLater]) -> None:
+            elapsed = time.perf_counter() - started
+            for delivery, result in zip(deliveries, results, strict=True):
+                self.report(delivery, None if isinstance(result, RetryLater) else result, elapsed)
 
-        stored.add_done_callback(report)
-        return reported
+        return self._reported_many(stored, len(works), report)
 
     def _extracted(self, delivery: Delivery) -> Extraction:
         """Extract `delivery` in this thread, with the pipeline's subscriptions and limits."""
@@ -159,25 +147,40 @@ class Pipeline:
         many = getattr(self.writer, "submit_many", None)
         stored: Future[list[Receipt | RetryLater]] = many(completions) if many is not None else gathered(
             [self.writer.complete(completion) for completion in completions])
+
+        def report(results: list[Receipt | RetryLater]) -> None:
+            now = time.perf_counter()
+            for (delivery, _), result, start in zip(found, results, started, strict=True):
+                if not isinstance(result, RetryLater):
+                    self.report(delivery, result, now - start)
+
+        return self._reported_many(stored, len(completions), report)
+
+    @staticmethod
+    def _reported_many(
+        stored: Future[list[Receipt | RetryLater]], count: int, report: Callable[[list[Receipt | RetryLater]], None],
+    ) -> Future[list[Receipt | RetryLater]]:
+        """Return the future of a chunk's `count` results, resolved once `report` told of them and their lines went.
+
+        A chunk refused whole (`RetryLater`) counts as that refusal for each
+        delivery; any other failure is handed on as it came, unreported.
+        """
         reported: Future[list[Receipt | RetryLater]] = Future()
 
-        def report(done: Future[list[Receipt | RetryLater]]) -> None:
+        def settled(done: Future[list[Receipt | RetryLater]]) -> None:
             try:
                 results = done.result()
             except RetryLater as exc:
-                results = [exc] * len(completions)
+                results = [exc] * count
             except BaseException as exc:  # noqa: BLE001 - handed on to whoever waits, as it came
                 after_lines(reported.set_exception, exc)
                 return
             try:
-                now = time.perf_counter()
-                for (delivery, _), result, start in zip(found, results, started, strict=True):
-                    if not isinstance(result, RetryLater):
-                        self.report(delivery, result, now - start)
+                report(results)
             finally:
                 after_lines(reported.set_result, results)
 
-        stored.add_done_callback(report)
+        stored.add_done_callback(settled)
         return reported
 
     def _reported(
