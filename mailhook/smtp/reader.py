@@ -66,12 +66,7 @@ class SessionReader(asyncio.StreamReader):
             if not waiter.cancelled():
                 waiter.set_result(None)
         if self._transport is not None and not self._paused and len(buffer) > 2 * self._limit:
-            try:
-                self._transport.pause_reading()
-            except NotImplementedError:
-                self._transport = None
-            else:
-                self._paused = True
+            self._pause()
 
     def feed_quietly(self, data: bytes) -> None:
         """Add received bytes without waking a waiting read (`wake` does, later); flow control as `feed_data`'s.
@@ -83,12 +78,16 @@ class SessionReader(asyncio.StreamReader):
         buffer = self._buffer
         buffer.extend(data)
         if self._transport is not None and not self._paused and len(buffer) > 2 * self._limit:
-            try:
-                self._transport.pause_reading()
-            except NotImplementedError:
-                self._transport = None
-            else:
-                self._paused = True
+            self._pause()
+
+    def _pause(self) -> None:
+        """Pause the transport's reading (the buffer is past twice the limit), as asyncio's `feed_data` does."""
+        try:
+            self._transport.pause_reading()
+        except NotImplementedError:
+            self._transport = None
+        else:
+            self._paused = True
 
     def wake(self) -> None:
         """Wake a waiting read if bytes are buffered (fed by `feed_quietly`), as `feed_data` would have."""
