@@ -271,7 +271,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 
 
 def _run_ingest(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
-    from mailhook.files import ingest_paths
+    from mailhook.files.ingest import ingest_paths
 
     if args.quiet:
         root = logging.getLogger("mailhook")
