@@ -14,7 +14,8 @@ from datetime import timedelta
 from typing import Any
 
 from mailhook import __version__
-from mailhook.config.load import Option, load, options
+from mailhook.config.load import load
+from mailhook.config.options import Option, options
 from mailhook.config.settings import CONFIG_NAME, DEFAULT_CONFIG, Settings
 from mailhook.errors import ConfigError, RetryLater
 from mailhook.exitcodes import EX_CONFIG, EX_DATAERR, EX_INTERRUPTED, EX_NOPERM, EX_OK, EX_TEMPFAIL

@@ -20,7 +20,8 @@ import pytest
 from process_support import ALLOW_ROOT, free_port, wait_until
 
 from mailhook import openfiles, server
-from mailhook.config.load import load, options
+from mailhook.config.load import load
+from mailhook.config.options import options
 from mailhook.config.settings import SECTIONS
 from mailhook.metrics import Metrics
 from mailhook.pipeline import Pipeline
