@@ -1,4 +1,4 @@
-"""`Option`: each setting as a flag and a `MAILHOOK_*` variable name it, and `convert` of a raw value to its type."""
+"""`Option`: each setting as its flag and `MAILHOOK_*` variable name it; `convert`: a raw value to its type."""
 
 from __future__ import annotations
 

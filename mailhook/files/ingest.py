@@ -1,4 +1,4 @@
-"""`ingest_paths`: store every message under some paths (`mailhook ingest`), a progress bar and a summary line."""
+"""`ingest_paths` (`mailhook ingest`): store every message under some paths, with a progress bar and a summary."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`StderrHandler`, and the lines a thread holds (`HeldLines`) to write them in one write, `after_lines` then."""
+"""`StderrHandler`, which writes to stderr, and `HeldLines`, which keeps a thread's lines for one write."""
 
 from __future__ import annotations
 
