@@ -141,7 +141,7 @@ def stages_child(args: argparse.Namespace) -> int:
     from mailhook.extract.mail import parse_mail
     from mailhook.metrics import Metrics
     from mailhook.models import Delivery, Receipt
-    from mailhook.server import Counters
+    from mailhook.status_line import Counters
     from mailhook.store.rows import rows
     from mailhook.store.schema import EVENT_COLUMNS
 

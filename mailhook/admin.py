@@ -20,9 +20,10 @@ from pathlib import Path
 
 from mailhook import openfiles
 from mailhook.config.addresses import parse_address
-from mailhook.config.load import check_files, explain
+from mailhook.config.load import explain
 from mailhook.config.render import render
 from mailhook.config.settings import Settings
+from mailhook.config.validate import check_files
 from mailhook.errors import ConfigError, RetryLater
 from mailhook.exitcodes import EX_CANTCREAT, EX_CONFIG, EX_OK, EX_UNAVAILABLE, EX_UNHEALTHY, EX_USAGE
 from mailhook.privileges import make_directories

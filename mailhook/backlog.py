@@ -18,21 +18,19 @@ import asyncio
 import functools
 import logging
 import math
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mailhook.backoff import Backoff
 from mailhook.errors import RetryLater
-from mailhook.extract import extract
-from mailhook.models import Delivery, Extraction, MailLimits
+from mailhook.models import Delivery, Extraction
+from mailhook.pending_extraction import Extract, extract_pending
 from mailhook.store.interface import PendingQueue
-from mailhook.store.reads import Reader, open_pending_reader
-from mailhook.store.rows import Completion, worker_rows
+from mailhook.store.reads import open_pending_reader
+from mailhook.store.rows import Completion
 from mailhook.workers import worker_pool
 
 if TYPE_CHECKING:
@@ -49,44 +47,6 @@ RETRY_FIRST = 1.0
 RETRY_MAX = 60.0
 # On a shared database: seconds between looks for pending deliveries no wake-up announced.
 RESCAN = 2.0
-
-
-_readers: dict[Path | str, Reader] = {}
-_readers_lock = threading.Lock()
-
-
-def _reader(source: Path | str) -> Reader:
-    # One connection per worker process for its whole life, not one per chunk; made once even when
-    # threads (extraction without worker processes) ask at the same moment.
-    with _readers_lock:
-        reader = _readers.get(source)
-        if reader is None:
-            reader = _readers[source] = open_pending_reader(source)
-        return reader
-
-
-def close_readers() -> None:
-    """Close the connections `extract_pending` keeps in this process (its life's, in a worker)."""
-    with _readers_lock:
-        for reader in _readers.values():
-            reader.close()
-        _readers.clear()
-
-
-def extract_pending(
-    path: Path | str, ids: Sequence[int], subscriptions: Mapping[int, str], limits: MailLimits | None = None
-) -> list[tuple[Delivery, Completion]]:
-    """Read the still-pending deliveries among `ids` and extract each (runs in a worker process)."""
-    return [
-        (delivery, Completion(delivery_id, delivery.sha256, worker_rows(
-            extract(delivery.raw, delivery.kind, subscriptions, content_type=delivery.content_type, limits=limits),
-            len(delivery.raw))))
-        for delivery_id, delivery in _reader(path).read(ids)
-    ]
-
-
-# What runs in a worker: read pending deliveries by id and extract them.
-Extract = Callable[[Path | str, Sequence[int], Mapping[int, str]], list[tuple[Delivery, Completion]]]
 
 
 class Backlog:

@@ -14,7 +14,8 @@ from datetime import timedelta
 from typing import Any
 
 from mailhook import __version__
-from mailhook.config.load import Option, load, options
+from mailhook.config.load import load
+from mailhook.config.options import Option, options
 from mailhook.config.settings import CONFIG_NAME, DEFAULT_CONFIG, Settings
 from mailhook.errors import ConfigError, RetryLater
 from mailhook.exitcodes import EX_CONFIG, EX_DATAERR, EX_INTERRUPTED, EX_NOPERM, EX_OK, EX_TEMPFAIL
@@ -271,7 +272,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 
 
 def _run_ingest(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
-    from mailhook.files import ingest_paths
+    from mailhook.files.ingest import ingest_paths
 
     if args.quiet:
         root = logging.getLogger("mailhook")

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any, Literal, TextIO
 from mailhook.exitcodes import EX_NOINPUT, EX_OK, EX_USAGE
 from mailhook.models import CALL_TYPES, CAMPAIGN_TYPES, TEXT_TYPES
 from mailhook.stats.command import add_window_arguments, open_for_reading, window_from
-from mailhook.stats.queries import Reader, Window
+from mailhook.stats.reader import Reader
+from mailhook.stats.window import Window
 
 if TYPE_CHECKING:
     from mailhook.config.settings import Settings

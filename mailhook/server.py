@@ -9,124 +9,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import functools
 import logging
 import os
 import signal
-import socket
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Mapping
+from typing import Any
 
 from mailhook import openfiles, systemd
 from mailhook.backlog import Backlog
-from mailhook.backoff import Backoff
 from mailhook.budget import ByteBudget, InflightBudget, return_big_frees
 from mailhook.config.settings import Settings
-from mailhook.errors import RetryLater
 from mailhook.exitcodes import EX_OK
 from mailhook.metrics import Metrics
-from mailhook.models import Delivery, Receipt
+from mailhook.opening import StoppedWaiting, open_writer
 from mailhook.pipeline import Pipeline
-from mailhook.store.interface import Storage
-from mailhook.store.open import open_storage
-from mailhook.store.target import PostgresTarget
+from mailhook.runtime import Door, Runtime
+from mailhook.status_line import Counters, supervise
 from mailhook.workers import worker_count, worker_pool
 
+# Door and Runtime are defined in mailhook.runtime; re-exported on purpose, for the doors, the group and tests
+# that import them from here (smtp/, http/, imap/, group/ and bench/ among them).
+__all__ = ["Door", "Runtime", "run_serve", "serve"]
+
 log = logging.getLogger("mailhook.server")
-
-
-class Door(Protocol):
-    """A running door: something that receives deliveries until closed."""
-
-    name: str
-
-    def addresses(self) -> list[str]:
-        """Return the addresses the door listens on (HOST:PORT), if any."""
-        ...
-
-    async def close(self) -> None:
-        """Stop accepting, finish what is in flight, and release the sockets."""
-        ...
-
-
-@dataclass
-class Runtime:
-    """What every door needs: the settings, the pipeline and the shared metrics."""
-
-    settings: Settings
-    env: Mapping[str, str]
-    pipeline: Pipeline
-    writer: Storage
-    metrics: Metrics
-    doors: list[Door] = field(default_factory=list)
-    stopping: asyncio.Event = field(default_factory=asyncio.Event)
-    # Listening sockets passed by systemd (socket activation), by door name: a door
-    # given one serves on it instead of binding its configured address.
-    sockets: dict[str, socket.socket] = field(default_factory=dict)
-    # Extracts what the SMTP door acknowledged on receipt (and what an earlier run left pending).
-    backlog: Backlog | None = None
-    # Bytes of messages still being received, both doors together (parsing.inflight_budget).
-    inflight: InflightBudget = field(default_factory=lambda: InflightBudget(256 * 1024 * 1024))
-    # Each says why the service is unhealthy (or None); any reason withholds the watchdog ping.
-    checks: list[Callable[[], str | None]] = field(default_factory=list)
-
-
-STATUS_EVERY = 5.0
-EXTEND_EVERY = 10.0
-# Seconds between recounts of the database's totals (a count over a large table is not free).
-TOTALS_EVERY = 60.0
-# Seconds before the second try at opening an unreachable PostgreSQL database at start, and the most between two.
-OPEN_RETRY_FIRST = 1.0
-OPEN_RETRY_MAX = 30.0
-
-
-@dataclass
-class Counters:
-    """Running totals for the one-line status `systemctl status` shows: the database's, and this run's.
-
-    The database's totals are counted now and then (`count()`), and this
-    run's deliveries since the last count are added to them in between.
-    """
-
-    deliveries: int = 0
-    quarantined: int = 0
-    retried: int = 0
-    events: int = 0
-    database: tuple[int, int, int] | None = None
-    counted_at: tuple[int, int, int] = (0, 0, 0)
-
-    def count(self, storage: Storage) -> None:
-        """Read the database's totals (blocking: call it from a thread); keep the last ones if it cannot."""
-        mine = (self.deliveries - self.retried, self.quarantined, self.events)
-        try:
-            self.database = storage.totals()
-        except RetryLater:
-            return
-        self.counted_at = mine
-
-    def on_delivery(self, delivery: Delivery, receipt: Receipt | None, elapsed: float) -> None:
-        """Count one delivery (a pipeline listener)."""
-        self.deliveries += 1
-        if receipt is None:
-            self.retried += 1
-            return
-        self.events += receipt.events
-        if receipt.status == "quarantined":
-            self.quarantined += 1
-
-    def line(self, queued: int) -> str:
-        """Return the counters as one status line, the database's totals first."""
-        run = (f"since start {self.deliveries} deliveries ({self.quarantined} quarantined, {self.retried} "
-               f"retry-later), {self.events} events; {queued} queued")
-        if self.database is None:
-            return run
-        mine = (self.deliveries - self.retried, self.quarantined, self.events)
-        deliveries, quarantined, events = (
-            total + now - then for total, now, then in zip(self.database, mine, self.counted_at, strict=True)
-        )
-        return f"{deliveries} deliveries ({quarantined} quarantined), {events} events in the database; {run}"
 
 
 async def serve(settings: Settings, env: Mapping[str, str], *, started: asyncio.Future[Runtime] | None = None,
@@ -153,8 +58,8 @@ async def serve(settings: Settings, env: Mapping[str, str], *, started: asyncio.
     metrics = Metrics()
     counters = Counters()
     try:
-        writer = await _open_writer(settings, env, metrics, notifier, stop)
-    except _StoppedWaiting:
+        writer = await open_writer(settings, env, metrics, notifier, stop)
+    except StoppedWaiting:
         log.info("stopped before the database could be opened; nothing was received")
         notifier.stopping("stopped before the database could be opened")
         notifier.close()
@@ -203,7 +108,7 @@ async def serve(settings: Settings, env: Mapping[str, str], *, started: asyncio.
             await asyncio.get_running_loop().run_in_executor(None, counters.count, writer)
         notifier.ready(counters.line(writer.depth))
         if notifier.enabled:
-            supervisor = asyncio.create_task(_supervise(runtime, notifier, counters))
+            supervisor = asyncio.create_task(supervise(runtime, notifier, counters))
         await runtime.stopping.wait()
         log.info("stopping: closing doors, then flushing the writer")
     finally:
@@ -227,95 +132,6 @@ async def serve(settings: Settings, env: Mapping[str, str], *, started: asyncio.
             pipeline.executor.shutdown()
         accept_failures.close()
         notifier.close()
-
-
-class _StoppedWaiting(Exception):
-    """A signal came while the server waited for its database (no door listened yet)."""
-
-
-async def _open_writer(
-    settings: Settings, env: Mapping[str, str], metrics: Metrics, notifier: systemd.Notifier,
-    stop: asyncio.Event | None = None,
-) -> Storage:
-    """Open (and migrate) the database beside the loop, asking systemd for more start-up time meanwhile.
-
-    A migration of a large database can outlast TimeoutStartSec=; being killed
-    would roll it back and start it over on every restart. A PostgreSQL
-    database that cannot be reached yet (down, failing over, its name not yet
-    resolvable) is tried again with capped back-off, one line per try, and no
-    door listens until it opens: senders meet a refused connection and use the
-    other MX or receiver, and READY=1 waits. Exiting instead would have
-    systemd restart the node every RestartSec= until StartLimitBurst= gives up
-    for good. A server that refuses the settings stops the node (ConfigError).
-    """
-    target = settings.database(env)
-    backoff = Backoff(OPEN_RETRY_FIRST, OPEN_RETRY_MAX)
-    tries = 0
-    while True:
-        tries += 1
-        try:
-            return await _open_once(settings, env, metrics, notifier)
-        except RetryLater as exc:
-            if not isinstance(target, PostgresTarget):
-                raise
-            delay = backoff.next()
-            log.warning("cannot open the database (try %d): %s; trying again in %.0f s, no door listens until then",
-                        tries, exc, delay)
-            # The next try (its connect timeout, a migration's first stretch) must fit in the extension too.
-            notifier.notify(f"EXTEND_TIMEOUT_USEC={int((delay + EXTEND_EVERY * 3) * 1_000_000)}",
-                            f"STATUS=waiting for the database (try {tries}): {exc}",
-                            *(["WATCHDOG=1"] if notifier.watchdog_interval else []))
-            if stop is None:
-                await asyncio.sleep(delay)
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
-            if stop.is_set():
-                raise _StoppedWaiting from None
-
-
-async def _open_once(
-    settings: Settings, env: Mapping[str, str], metrics: Metrics, notifier: systemd.Notifier
-) -> Storage:
-    """Open the database once, beside the loop, extending systemd's start-up timeout while it migrates."""
-    loop = asyncio.get_running_loop()
-    opening = loop.run_in_executor(None, functools.partial(
-        open_storage,
-        settings.database(env),
-        busy_timeout=settings.storage.busy_timeout,
-        max_batch=settings.storage.max_batch,
-        observer=metrics.on_commit,
-        checkpoint_interval=settings.storage.checkpoint_interval,
-        mode=settings.storage.file_mode(),
-        phone_region=settings.storage.phone_region,
-    ))
-    while True:
-        try:
-            return await asyncio.wait_for(asyncio.shield(opening), EXTEND_EVERY)
-        except TimeoutError:
-            notifier.notify(f"EXTEND_TIMEOUT_USEC={int(EXTEND_EVERY * 3 * 1_000_000)}",
-                            "STATUS=opening the database (migrating)")
-
-
-async def _supervise(runtime: Runtime, notifier: systemd.Notifier, counters: Counters) -> None:
-    """Keep STATUS= current and ping the watchdog while the loop runs and the writer lives."""
-    interval = notifier.watchdog_interval
-    period = min(interval, STATUS_EVERY) if interval else STATUS_EVERY
-    loop = asyncio.get_running_loop()
-    counted = loop.time()
-    while True:
-        if loop.time() - counted >= TOTALS_EVERY:
-            counted = loop.time()
-            await loop.run_in_executor(None, counters.count, runtime.writer)
-        alive = runtime.writer.alive
-        if not alive:
-            # Without pings systemd restarts us; a server that cannot store must not look healthy.
-            log.error("the database writer has stopped; withholding the watchdog ping")
-        for trouble in filter(None, (check() for check in runtime.checks)):
-            log.error("%s; withholding the watchdog ping", trouble)
-            alive = False
-        notifier.status(counters.line(runtime.writer.depth), watchdog=bool(interval) and alive)
-        await asyncio.sleep(period)
 
 
 async def _start(module: str, runtime: Runtime) -> Door:

@@ -19,8 +19,8 @@ from outside import Certificate, require, self_signed
 from postgres_support import Cluster, start_cluster
 from process_support import ALLOW_ROOT
 
-from mailhook.config.load import validate
 from mailhook.config.settings import Settings
+from mailhook.config.validate import validate
 from mailhook.server import Runtime, serve
 
 # Subprocesses that inherit this environment (mailhook ingest, imap, serve) may run as root; a test

@@ -17,10 +17,11 @@ from process_support import ALLOW_ROOT
 from test_files import TEXT_XML, contents, distinct_mbox, figures_and_full_scan
 from test_store import _batch_with_failures, email, text_event
 
-from mailhook import files
 from mailhook.config.load import load
 from mailhook.errors import RetryLater
-from mailhook.files import _IN_FLIGHT, Unreadable, _Extracted
+from mailhook.files import ingest as file_ingest
+from mailhook.files.deliveries import Unreadable
+from mailhook.files.extracted import IN_FLIGHT, Extracted
 from mailhook.models import Delivery, Extraction, MailLimits, Receipt
 from mailhook.pipeline import Pipeline, extract_rows
 from mailhook.store.rows import Rows
@@ -158,7 +159,8 @@ LIMIT = 20_000  # bytes: more than any email bench/distinct.py writes
 
 
 def ingest(db: Path, mbox: Path, workers: int, *extra: str) -> subprocess.CompletedProcess[str]:
-    code = ("import os, sys, logging; from mailhook.config.load import load; from mailhook.files import ingest_paths;"
+    code = ("import os, sys, logging; from mailhook.config.load import load;"
+            " from mailhook.files.ingest import ingest_paths;"
             "logging.basicConfig(level=logging.WARNING);"
             f"sys.exit(ingest_paths([{str(mbox)!r}], load({{}}, os.environ), os.environ, quiet=False, stdin=None,"
             f" interactive=False, workers={workers}))")
@@ -247,16 +249,16 @@ def readable_and_not(count: int) -> list[Delivery | Unreadable]:
             for i in range(count)]
 
 
-@pytest.mark.parametrize("count", [0, 1, 64, 64 * (_IN_FLIGHT + 1) - 1, 64 * (_IN_FLIGHT + 1),
-                                   64 * (_IN_FLIGHT + 1) + 1, 64 * 9 + 3])
+@pytest.mark.parametrize("count", [0, 1, 64, 64 * (IN_FLIGHT + 1) - 1, 64 * (IN_FLIGHT + 1),
+                                   64 * (IN_FLIGHT + 1) + 1, 64 * 9 + 3])
 def test_chunks_sent_ahead_fill_the_pool_to_its_limit_and_come_back_whole_and_in_order(count: int) -> None:
     items = readable_and_not(count)
     limits = MailLimits()
     with ThreadPoolExecutor(2) as pool:
-        stream = _Extracted(items, pool, {}, limits, 64)
+        stream = Extracted(items, pool, {}, limits, 64)
         stream.send_ahead()
         stream.send_ahead()  # a second call adds nothing past the limit
-        assert len(stream.in_flight) == min(-(-count // 64), _IN_FLIGHT + 1)
+        assert len(stream.in_flight) == min(-(-count // 64), IN_FLIGHT + 1)
         chunks = list(stream)
     assert [len(chunk) for chunk, _ in chunks] == [64] * (count // 64) + ([count % 64] if count % 64 else [])
     assert [item for chunk, _ in chunks for item in chunk] == items
@@ -277,7 +279,7 @@ def test_without_a_pool_nothing_is_sent_ahead_or_read_before_iterating() -> None
             taken.append(n)
             yield item
 
-    stream = _Extracted(reading(), None, {}, MailLimits(), 64)
+    stream = Extracted(reading(), None, {}, MailLimits(), 64)
     stream.send_ahead()
     assert taken == [] and not stream.in_flight
     chunks = list(stream)
@@ -290,7 +292,7 @@ def test_a_backfill_whose_database_cannot_be_opened_stops_its_workers_and_raises
     db = tmp_path / "m.db"
     db.write_bytes(b"not a database " * 1000)
     code = ("import os, sys, sqlite3, multiprocessing; from mailhook.config.load import load;"
-            " from mailhook.files import ingest_paths\n"
+            " from mailhook.files.ingest import ingest_paths\n"
             "try:\n"
             f"    ingest_paths([{str(mbox_around_a_chunk_boundary(tmp_path / 'in.mbox'))!r}], load({{}}, os.environ),"
             " os.environ, quiet=True, stdin=None, interactive=False, workers=2)\n"
@@ -311,7 +313,7 @@ def test_a_backfill_with_a_window_below_at_and_past_a_chunk_stores_what_the_defa
     default = tmp_path / "default.db"
     assert ingest(default, mbox, 1).returncode == 65
     env = {"MAILHOOK_CONFIG": "", "MAILHOOK_DB": str(tmp_path / "small.db"), "MAILHOOK_MAX_MESSAGE_SIZE": str(LIMIT)}
-    monkeypatch.setattr(files, "_WINDOW", window)
-    assert files.ingest_paths([str(mbox)], load({}, env), env, quiet=True, stdin=None, interactive=False,
+    monkeypatch.setattr(file_ingest, "_WINDOW", window)
+    assert file_ingest.ingest_paths([str(mbox)], load({}, env), env, quiet=True, stdin=None, interactive=False,
                               workers=1) == 65
     assert contents(tmp_path / "small.db") == contents(default)

@@ -18,8 +18,9 @@ from conftest import BackgroundServer, StartServer, make_settings
 from process_support import ALLOW_ROOT, descendants, free_port, wait_until
 from smtp_support import client, locked, notification, rows
 
-from mailhook.backlog import Backlog, extract_pending
+from mailhook.backlog import Backlog
 from mailhook.models import Delivery, Receipt
+from mailhook.pending_extraction import extract_pending
 from mailhook.pipeline import Pipeline
 from mailhook.server import Runtime
 from mailhook.store.write import Store

@@ -13,7 +13,7 @@ import pytest
 from process_support import ALLOW_ROOT
 
 from mailhook.cli import _OTHER_THAN_ANALYSIS, COMMAND_SECTIONS, build_parser, main
-from mailhook.config.load import options
+from mailhook.config.options import options
 
 COMMANDS = build_parser()[1].choices
 

@@ -10,7 +10,8 @@ import pytest
 
 from mailhook.cli import main
 from mailhook.config import settings as config
-from mailhook.config.load import explain, load, options
+from mailhook.config.load import explain, load
+from mailhook.config.options import options
 from mailhook.config.settings import MASK, SECTIONS
 from mailhook.errors import ConfigError
 from mailhook.exitcodes import EX_CONFIG

@@ -17,7 +17,8 @@ from analysis_support import SAMPLE, event, fixture_database, store_events
 
 from mailhook.cli import main
 from mailhook.export import event_types, export, rows, write
-from mailhook.stats.queries import Window, collect, parse_bound
+from mailhook.stats.queries import collect
+from mailhook.stats.window import Window, parse_bound
 from mailhook.store.connection import open_readonly
 
 

@@ -19,7 +19,8 @@ import pytest
 from process_support import ALLOW_ROOT
 
 from mailhook.cli import main
-from mailhook.stats.queries import Window, collect
+from mailhook.stats.queries import collect
+from mailhook.stats.window import Window
 from mailhook.store.connection import open_readonly
 
 ROOT = Path(__file__).resolve().parent.parent

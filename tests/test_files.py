@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from process_support import ALLOW_ROOT
 
-from mailhook.files import Unreadable, deliveries
+from mailhook.files.deliveries import Unreadable, deliveries
 from mailhook.models import Delivery
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
@@ -287,7 +287,7 @@ def distinct_mbox(path: Path, count: int, repeats: int = 0) -> Path:
 
 
 def ingest_with(db: Path, mbox: Path, workers: int) -> None:
-    code = ("import os, sys; from mailhook.config.load import load; from mailhook.files import ingest_paths;"
+    code = ("import os, sys; from mailhook.config.load import load; from mailhook.files.ingest import ingest_paths;"
             f"sys.exit(ingest_paths([{str(mbox)!r}], load({{}}, os.environ), os.environ, quiet=True, stdin=None,"
             f" interactive=False, workers={workers}))")
     env = {**os.environ, **ALLOW_ROOT, "MAILHOOK_CONFIG": "", "MAILHOOK_DB": str(db)}

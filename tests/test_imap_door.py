@@ -24,8 +24,8 @@ import pytest
 from outside import Certificate
 from process_support import ALLOW_ROOT, wait_until
 
-from mailhook.config.load import validate
 from mailhook.config.settings import ImapSettings, Settings, SmtpSettings, StorageSettings
+from mailhook.config.validate import validate
 from mailhook.errors import ConfigError
 from mailhook.extract import extract
 from mailhook.imap.door import Account, Watcher, start_watchers, stop_watchers

@@ -12,8 +12,9 @@ import psycopg
 import pytest
 from smtp_support import notification
 
-from mailhook.backlog import Backlog, close_readers, extract_pending
+from mailhook.backlog import Backlog
 from mailhook.models import Delivery, utcnow
+from mailhook.pending_extraction import close_readers, extract_pending
 from mailhook.pipeline import Pipeline
 from mailhook.store.pg.writer import PgWriter
 from mailhook.store.rows import Completion

@@ -40,7 +40,7 @@ CLOCK = {"received_at"}
 
 def corpus() -> list[Delivery]:
     """Every fixture as a delivery read from its file."""
-    from mailhook.files import deliveries
+    from mailhook.files.deliveries import deliveries
 
     return [d for d in deliveries(fixture_files(), received_at="2026-01-01T00:00:00Z", max_size=10 * 1024 * 1024)
             if isinstance(d, Delivery)]

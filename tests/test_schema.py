@@ -21,7 +21,8 @@ from analysis_support import SAMPLE, delivery_for, event, fixture_database, stor
 
 from mailhook.export import rows
 from mailhook.models import Extraction
-from mailhook.stats.queries import EVENT_TIME_E, Window, collect
+from mailhook.stats.queries import collect
+from mailhook.stats.window import EVENT_TIME_E, Window
 from mailhook.store.connection import migrate, open_readonly, statements
 from mailhook.store.figure_triggers import SETTLE
 from mailhook.store.schema import MIGRATIONS

@@ -12,8 +12,9 @@ import pytest
 from analysis_support import SAMPLE, fixture_database, store_events
 
 from mailhook.cli import main
-from mailhook.stats.queries import Window, collect, parse_bound
+from mailhook.stats.queries import collect
 from mailhook.stats.render import render
+from mailhook.stats.window import Window, parse_bound
 from mailhook.store.connection import open_readonly
 
 # Worked out by hand from analysis_support.SAMPLE.

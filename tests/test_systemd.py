@@ -19,12 +19,14 @@ from pathlib import Path
 import pytest
 from process_support import ALLOW_ROOT, free_port, wait_until
 
-from mailhook import openfiles, server
-from mailhook.config.load import load, options
+from mailhook import openfiles, opening
+from mailhook.config.load import load
+from mailhook.config.options import options
 from mailhook.config.settings import SECTIONS
 from mailhook.metrics import Metrics
 from mailhook.pipeline import Pipeline
-from mailhook.server import Counters, Runtime, _supervise
+from mailhook.runtime import Runtime
+from mailhook.status_line import Counters, supervise
 from mailhook.store.interface import Storage
 from mailhook.store.open import open_storage
 from mailhook.store.writer import Writer
@@ -103,7 +105,7 @@ def test_watchdog_pings_stop_once_the_writer_is_gone(tmp_path: Path, notify_sock
 
     async def supervised() -> list[list[str]]:
         loop = asyncio.get_running_loop()
-        task = asyncio.create_task(_supervise(runtime, notifier, Counters()))
+        task = asyncio.create_task(supervise(runtime, notifier, Counters()))
         try:
             messages = [(await loop.run_in_executor(None, sock.recv, 4096)).decode().split("\n")]
             await loop.run_in_executor(None, writer.close)
@@ -133,13 +135,13 @@ def test_a_slow_database_open_asks_for_more_start_time(
         assert opened.wait(30)
         return open_storage(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(server, "open_storage", slow_writer)
-    monkeypatch.setattr(server, "EXTEND_EVERY", 0.05)
+    monkeypatch.setattr(opening, "open_storage", slow_writer)
+    monkeypatch.setattr(opening, "EXTEND_EVERY", 0.05)
     settings = load({"db": str(tmp_path / "slow.db"), "storage-checkpoint-interval": "0"}, {"MAILHOOK_CONFIG": ""})
     notifier = Notifier({"NOTIFY_SOCKET": path})
 
     async def open_it() -> Storage:
-        task = asyncio.create_task(server._open_writer(settings, {}, Metrics(), notifier))
+        task = asyncio.create_task(opening.open_writer(settings, {}, Metrics(), notifier))
         lines = (await asyncio.get_running_loop().run_in_executor(None, sock.recv, 4096)).decode().split("\n")
         assert lines == ["EXTEND_TIMEOUT_USEC=150000", "STATUS=opening the database (migrating)"]
         opened.set()

@@ -6,10 +6,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from mailhook.config.load import (
-    Effective,
-    options,
-)
+from mailhook.config.load import Effective
+from mailhook.config.options import options
 from mailhook.config.settings import (
     MASK,
     SECTIONS,

@@ -1,7 +1,7 @@
 """The settings, as frozen dataclasses: every option declared once, with `option()` metadata.
 
 Flags, environment variable names and TOML keys are all derived from that
-metadata (load.py), so they cannot drift. Pure: nothing here reads a file or
+metadata (options.py), so they cannot drift. Pure: nothing here reads a file or
 the environment.
 """
 

@@ -1,1 +1,1 @@
-"""The IMAP door: the account and its connection, the folder watcher, and the door that runs them."""
+"""The IMAP door: the account and its connection, the folder watcher, its folders and fetches, and the door."""

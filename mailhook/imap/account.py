@@ -1,4 +1,4 @@
-"""How to reach one mailbox: its resolved settings, a verified connection, and a look into its read buffer.
+"""How to reach one mailbox: its resolved settings, a verified connection and its close, a look into its read buffer.
 
 The one module that touches imapclient's private internals (`PRIVATE_NAMES`), each use commented.
 """
@@ -91,6 +91,15 @@ def connect(account: Account) -> IMAPClient:
             client.shutdown()
         raise
     return client
+
+
+def close(client: IMAPClient) -> None:
+    """Log out, or where that fails (the connection may be gone already) just release the socket."""
+    try:
+        client.logout()
+    except Exception:  # noqa: BLE001 - the connection may be gone already; just release the socket
+        with contextlib.suppress(Exception):
+            client.shutdown()
 
 
 def buffered(client: IMAPClient) -> bool:

@@ -10,7 +10,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from imapclient import IMAPClient
@@ -18,7 +18,9 @@ from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginEr
 
 from mailhook.backoff import Backoff
 from mailhook.errors import RetryLater
-from mailhook.imap.account import Account, buffered, connect
+from mailhook.imap.account import Account, buffered, close, connect
+from mailhook.imap.fetch import chunks, sizes
+from mailhook.imap.folders import act, delimiter, ensure_folder, server_name
 from mailhook.models import Delivery, FolderPosition, utcnow
 from mailhook.pipeline import Pipeline
 from mailhook.store.interface import Lease, Storage
@@ -26,14 +28,10 @@ from mailhook.store.interface import Lease, Storage
 log = logging.getLogger("mailhook.imap")
 
 STOP_GRACE = 10.0
-FETCH_BYTES = 16 * 1024 * 1024  # most message bytes asked for in one FETCH
-FETCH_COUNT = 100
 # Seconds between tries at the folder's lease while another node polls it, and between checks that it is
 # still held while polling: a poller whose node died is replaced within about this plus the lease's timeout.
 LEASE_RETRY = 3.0
 LEASE_CHECK = 2.0
-SEEN = b"\\Seen"
-DELETED = b"\\Deleted"
 
 
 class Watcher:
@@ -176,7 +174,7 @@ class Watcher:
             finally:
                 self._client = None
                 self._announce(waiting=False, idling=False)
-                _close(client)
+                close(client)
 
     def _failed(self, reason: str, level: int) -> None:
         """Log one line for the failure and wait the next backoff delay (or until stopped)."""
@@ -191,14 +189,14 @@ class Watcher:
     def _session(self, client: IMAPClient) -> None:
         imap = self.account.settings
         self._caps = frozenset(c.upper() for c in client.capabilities())
-        delimiter = _delimiter(client)
-        folder = _server_name(self.folder, delimiter)
+        hierarchy = delimiter(client)
+        folder = server_name(self.folder, hierarchy)
         targets = {
-            "processed": _server_name(imap.move_to, delimiter) if imap.action == "move" else "",
-            "quarantined": _server_name(imap.quarantine_folder, delimiter) if imap.action != "leave" else "",
+            "processed": server_name(imap.move_to, hierarchy) if imap.action == "move" else "",
+            "quarantined": server_name(imap.quarantine_folder, hierarchy) if imap.action != "leave" else "",
         }
         for target in set(targets.values()) - {""}:
-            _ensure_folder(client, target)
+            ensure_folder(client, target)
         info = client.select_folder(folder, readonly=imap.action == "leave")
         uidvalidity = int(info[b"UIDVALIDITY"])
         last = self._resume_after(uidvalidity)
@@ -254,14 +252,14 @@ class Watcher:
         uids = sorted(uid for uid in client.search(["UID", f"{last + 1}:*"]) if uid > last)
         if not uids:
             return last
-        sizes = self._sizes(client, uids)
+        size = sizes(client, uids)
         wanted = []
         for uid in uids:
-            if sizes.get(uid, 0) > self.account.max_size:
-                self._skip_too_large(uidvalidity, uid, sizes[uid])
-            elif uid in sizes:
+            if size.get(uid, 0) > self.account.max_size:
+                self._skip_too_large(uidvalidity, uid, size[uid])
+            elif uid in size:
                 wanted.append(uid)
-        for chunk in _chunks(wanted, sizes):
+        for chunk in chunks(wanted, size):
             if self._stop.is_set():
                 break
             self._check_lease()
@@ -279,7 +277,7 @@ class Watcher:
             finally:
                 if outcome:
                     last = max(outcome)
-                    self._act(client, outcome, targets)
+                    act(client, self._caps, self.account.settings.action, outcome, targets)
         if not self._stop.is_set():
             last = max(last, uids[-1])  # past skipped messages too, so they are not searched again
         return last
@@ -297,13 +295,6 @@ class Watcher:
         self._announce(stored=self.stored + 1)
         return receipt.status
 
-    def _sizes(self, client: IMAPClient, uids: Sequence[int]) -> dict[int, int]:
-        sizes: dict[int, int] = {}
-        for start in range(0, len(uids), 1000):
-            for uid, data in client.fetch(uids[start:start + 1000], ["RFC822.SIZE"]).items():
-                sizes[uid] = int(data.get(b"RFC822.SIZE", 0))
-        return sizes
-
     def _skip_too_large(self, uidvalidity: int, uid: int, size: int) -> None:
         if (uidvalidity, uid) not in self._too_large:
             self._too_large.add((uidvalidity, uid))
@@ -319,8 +310,8 @@ class Watcher:
         uids = sorted(uid for uid in client.search(criteria) if uid <= last)
         if not uids:
             return
-        sizes = self._sizes(client, uids)
-        uids = [uid for uid in uids if 0 < sizes.get(uid, 0) <= self.account.max_size]
+        size = sizes(client, uids)
+        uids = [uid for uid in uids if 0 < size.get(uid, 0) <= self.account.max_size]
         sources = {self.account.url(self.folder, uidvalidity, uid): uid for uid in uids}
         names = list(sources)
         quarantined: set[str] = set()
@@ -328,34 +319,7 @@ class Watcher:
             quarantined |= self.writer.quarantined_sources(names[start:start + 500])
         outcome = {uid: "quarantined" if url in quarantined else "stored" for url, uid in sources.items()}
         log.info("%s: acting on %d messages stored before the last stop", self._where, len(outcome))
-        self._act(client, outcome, targets)
-
-    def _act(self, client: IMAPClient, outcome: Mapping[int, str], targets: Mapping[str, str]) -> None:
-        """Move or flag messages whose deliveries are committed (never before)."""
-        action = self.account.settings.action
-        if action == "leave":
-            return
-        quarantine = targets["quarantined"]
-        quarantined = sorted(uid for uid, status in outcome.items() if status == "quarantined" and quarantine)
-        processed = sorted(uid for uid in outcome if uid not in quarantined)
-        if quarantined:
-            self._move(client, quarantined, quarantine)
-        if processed and action == "move":
-            self._move(client, processed, targets["processed"])
-        elif processed and action == "seen":
-            client.add_flags(processed, [SEEN], silent=True)
-
-    def _move(self, client: IMAPClient, uids: list[int], folder: str) -> None:
-        if b"MOVE" in self._caps:
-            client.move(uids, folder)
-            return
-        # Without MOVE a crash between COPY and EXPUNGE leaves a copy behind; the next run copies again.
-        client.copy(uids, folder)
-        client.add_flags(uids, [DELETED], silent=True)
-        if b"UIDPLUS" in self._caps:
-            client.uid_expunge(uids)
-        else:
-            client.expunge()
+        act(client, self._caps, action, outcome, targets)
 
     def _idle(self, client: IMAPClient) -> None:
         """Wait in IDLE until new mail, a stop, or the re-issue timeout; then leave IDLE."""
@@ -388,55 +352,6 @@ def _wakes(response: Any) -> bool:
     if not isinstance(response, tuple) or not response:
         return False
     return response[0] == b"BYE" or (len(response) > 1 and response[1] == b"EXISTS")
-
-
-def _chunks(uids: Sequence[int], sizes: Mapping[int, int]) -> Iterator[list[int]]:
-    chunk: list[int] = []
-    total = 0
-    for uid in uids:
-        if chunk and (total + sizes[uid] > FETCH_BYTES or len(chunk) >= FETCH_COUNT):
-            yield chunk
-            chunk, total = [], 0
-        chunk.append(uid)
-        total += sizes[uid]
-    if chunk:
-        yield chunk
-
-
-def _delimiter(client: IMAPClient) -> str | None:
-    with contextlib.suppress(IMAPClientError, IndexError):
-        delimiter = client.list_folders("", "")[0][1]
-        if delimiter:
-            return delimiter.decode() if isinstance(delimiter, bytes) else str(delimiter)
-    return None
-
-
-def _server_name(name: str, delimiter: str | None) -> str:
-    """Translate a configured folder name, with / between levels, into the server's hierarchy."""
-    if not name or delimiter is None or delimiter == "/":
-        return name
-    return name.replace("/", delimiter)
-
-
-def _ensure_folder(client: IMAPClient, name: str) -> None:
-    if client.folder_exists(name):
-        return
-    try:
-        client.create_folder(name)
-    except IMAPClientError:
-        if not client.folder_exists(name):  # another client may have created it meanwhile
-            raise
-    log.info("created folder %s", name)
-    with contextlib.suppress(IMAPClientError):
-        client.subscribe_folder(name)
-
-
-def _close(client: IMAPClient) -> None:
-    try:
-        client.logout()
-    except Exception:  # noqa: BLE001 - the connection may be gone already; just release the socket
-        with contextlib.suppress(Exception):
-            client.shutdown()
 
 
 def _text(exc: BaseException) -> str:

@@ -1,1 +1,1 @@
-"""`mailhook stats`: the queries (queries.py) apart from their rendering (render.py) and the command (command.py)."""
+"""`mailhook stats`: the window, the queries, the report they fill, its rendering and the command, apart."""

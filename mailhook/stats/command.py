@@ -11,9 +11,10 @@ from mailhook.exitcodes import EX_NOINPUT, EX_OK
 
 if TYPE_CHECKING:
     from mailhook.config.settings import Settings
-    from mailhook.stats.queries import Reader
-from mailhook.stats.queries import Window, collect, parse_bound
+    from mailhook.stats.reader import Reader
+from mailhook.stats.queries import collect
 from mailhook.stats.render import render, to_json
+from mailhook.stats.window import Window, parse_bound
 
 HELP = "summarize events: by type and result, per campaign, per day"
 

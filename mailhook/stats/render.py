@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-
-    pass
-from mailhook.stats.queries import Report
+from mailhook.stats.report import Report
 
 
 def to_json(report: Report) -> str:

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from mailhook.models import json_encoder, to_json
+from mailhook.models.json_text import json_encoder, to_json
 
 
 @pytest.mark.parametrize(
@@ -48,7 +48,7 @@ _PAYLOADS = [
 
 @pytest.mark.parametrize("payload", _PAYLOADS)
 def test_a_payload_is_the_json_the_standard_encoder_writes_with_the_same_options(payload: object) -> None:
-    from mailhook.models import _json_default
+    from mailhook.models.json_text import _json_default
 
     expected = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), default=_json_default)
     assert to_json(payload) == expected
