@@ -21,7 +21,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -61,6 +61,10 @@ class StoreService:
         # Extraction budget the worker holds (or waits for), by request number: set when it gives it back.
         self._holds: dict[int, asyncio.Event] = {}
         self._holding: set[asyncio.Task[None]] = set()
+        # A frame's deliveries go to the writer as one job where it takes several at once (SQLite's `Writer`).
+        self._many: Callable[[Sequence[Submitted]], Future[list[Receipt | RetryLater]]] | None = getattr(
+            pipeline.writer, "submit_many", None)
+        self._max_batch: int = getattr(pipeline.writer, "max_batch", 0)
 
     def start(self) -> None:
         """Start reading the worker's requests."""
@@ -104,19 +108,21 @@ class StoreService:
         (its answers waited for the last of them anyway). A store without
         `submit_many` (PostgreSQL's) gets them one by one, answered together.
         """
-        storage = self.pipeline.writer
         started = time.perf_counter()
         numbers = [message[1] for message in messages]
         works: list[Submitted] = [(wire.delivery(message[2]), wire.found(message[3])) for message in messages]
-        many = getattr(storage, "submit_many", None)
+        many, size = self._many, self._max_batch or len(works)
         if many is None:
+            storage = self.pipeline.writer
             stored = gathered([storage.submit(*work) for work in works])
             stored.add_done_callback(functools.partial(self._committed, numbers, works, started))
-            return
-        size = getattr(storage, "max_batch", 0) or len(works)  # a frame larger than a commit may be: in parts
-        for at in range(0, len(works), size):
-            part = slice(at, at + size)
-            many(works[part]).add_done_callback(functools.partial(self._committed, numbers[part], works[part], started))
+        elif len(works) <= size:
+            many(works).add_done_callback(functools.partial(self._committed, numbers, works, started))
+        else:  # a frame larger than a commit may be: in parts, each answered once committed
+            for at in range(0, len(works), size):
+                part = slice(at, at + size)
+                many(works[part]).add_done_callback(
+                    functools.partial(self._committed, numbers[part], works[part], started))
 
     def _committed(self, numbers: list[int], works: list[Submitted], started: float,
                    done: Future[list[Receipt | RetryLater]]) -> None:
