@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from mailhook.beside import extract_rows
 from mailhook.config.settings import Settings
 from mailhook.errors import RetryLater
 from mailhook.exitcodes import EX_DATAERR, EX_OK, EX_TEMPFAIL
 from mailhook.models import Delivery, Kind, MailLimits, Receipt, kind_of, utcnow
-from mailhook.pipeline import Found, Pipeline, extract_rows
+from mailhook.pipeline import Found, Pipeline
 from mailhook.store.open import open_storage
 from mailhook.workers import extraction_pool
 

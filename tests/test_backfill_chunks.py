@@ -18,11 +18,12 @@ from test_files import TEXT_XML, contents, distinct_mbox, figures_and_full_scan
 from test_store import _batch_with_failures, email, text_event
 
 from mailhook import files
+from mailhook.beside import extract_rows
 from mailhook.config.load import load
 from mailhook.errors import RetryLater
 from mailhook.files import _IN_FLIGHT, Unreadable, _Extracted
 from mailhook.models import Delivery, Extraction, MailLimits, Receipt
-from mailhook.pipeline import Pipeline, extract_rows
+from mailhook.pipeline import Pipeline
 from mailhook.store.rows import Rows
 from mailhook.store.writer import Writer
 

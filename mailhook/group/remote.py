@@ -319,7 +319,7 @@ class SharedBudget(ByteBudget):
 class RemoteExtraction(Executor):
     """The parent's extraction processes, used from a worker for deliveries larger than INLINE_LIMIT.
 
-    The pipeline submits only `pipeline.extract_rows` to its executor. One
+    The pipeline submits only `beside.extract_rows` to its executor. One
     pool for the whole group (the parent's, one process per core beside the
     loop) keeps the memory of large extractions what it is in one process:
     N pools would each keep the heap of the largest parse they ever made.

@@ -26,13 +26,14 @@ from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
+from mailhook.beside import extract_rows
 from mailhook.errors import RetryLater
 from mailhook.group import wire
 from mailhook.group.channel import Channel
 from mailhook.handover import gathered
 from mailhook.metrics import Metrics
 from mailhook.models import Delivery, Extraction, Receipt
-from mailhook.pipeline import Pipeline, extract_rows
+from mailhook.pipeline import Pipeline
 from mailhook.store.rows import Rows
 
 # A delivery a worker sent, as the writer takes it: with its rows (or an extraction), or None to store it pending.
