@@ -7,7 +7,8 @@ beforehand, go `--batch` per loop turn (each turn awaited) through
 `Pipeline.ingest_soon`: in "group", a worker's pipeline over `RemoteStorage`,
 the parent's `StoreService` and `Writer`, over a socketpair, all in one
 process (the worker's loop thread, the parent's reader thread, its writer
-thread); in "one", the pipeline on the `Writer` itself, as one process
+thread; the loop on the worker's selector, `group.turn_end`, in a tree that
+has it); in "one", the pipeline on the `Writer` itself, as one process
 serves. Each path runs under `valgrind --tool=callgrind --separate-threads=yes`
 with 50 and with 250 deliveries (250 made and extracted in both runs); the
 difference divided by 200 is the cost per delivery, the start (imports, the
