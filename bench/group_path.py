@@ -7,7 +7,8 @@ beforehand, go `--batch` per loop turn (each turn awaited) through
 `Pipeline.ingest_soon`: in "group", a worker's pipeline over `RemoteStorage`,
 the parent's `StoreService` and `Writer`, over a socketpair, all in one
 process (the worker's loop thread, the parent's reader thread, its writer
-thread); in "one", the pipeline on the `Writer` itself, as one process
+thread; the loop on the worker's selector, `group.turn_end`, in a tree that
+has it); in "one", the pipeline on the `Writer` itself, as one process
 serves. Each path runs under `valgrind --tool=callgrind --separate-threads=yes`
 with 50 and with 250 deliveries (250 made and extracted in both runs); the
 difference divided by 200 is the cost per delivery, the start (imports, the
@@ -72,6 +73,14 @@ def run(path: str, count: int, batch: int, received: bool = False) -> None:
     gc.freeze()
     database = tempfile.TemporaryDirectory()
     writer = Writer(Path(database.name) / "path.db", checkpoint_interval=0)
+    selector = None
+    if path == "group":
+        try:  # as a worker's loop runs, where the tree has it (a worker's writes sent as its loop turn ends)
+            from mailhook.group.turn_end import TurnEndSelector
+        except ImportError:
+            pass
+        else:
+            selector = TurnEndSelector()
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -85,7 +94,9 @@ def run(path: str, count: int, batch: int, received: bool = False) -> None:
             worker_end, parent_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             service = StoreService(Channel(parent_end), Pipeline(writer), loop, "worker-0", Metrics())
             service.start()
-            storage = RemoteStorage(Channel(worker_end), on_ping=lambda _: None, on_lost=lambda: None, loop=loop)
+            turn_end = {} if selector is None else {"turn_end": selector}
+            storage = RemoteStorage(Channel(worker_end), on_ping=lambda _: None, on_lost=lambda: None, loop=loop,
+                                    **turn_end)
             pipeline = Pipeline(storage)
         else:
             pipeline = Pipeline(writer)
@@ -98,7 +109,11 @@ def run(path: str, count: int, batch: int, received: bool = False) -> None:
             storage.close()
             await asyncio.wait_for(service.ended, 10)
 
-    asyncio.run(main())
+    if selector is None:
+        asyncio.run(main())
+    else:
+        with asyncio.Runner(loop_factory=lambda: asyncio.SelectorEventLoop(selector)) as runner:
+            runner.run(main())
     writer.close()
     database.cleanup()
 

@@ -19,20 +19,19 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
+from mailhook.beside import extract_beside, refused_structure
 from mailhook.budget import ByteBudget
 from mailhook.delivery_log import log_delivery
-from mailhook.errors import RetryLater, Unreadable
+from mailhook.errors import RetryLater
 from mailhook.extract import extract
-from mailhook.extract.mail import check_structure
 from mailhook.handover import Mailbox, gathered, settle
 from mailhook.logs import HeldLines, after_lines
-from mailhook.models import Delivery, Extraction, Kind, MailLimits, Receipt
+from mailhook.models import Delivery, Extraction, MailLimits, Receipt
 from mailhook.store.interface import Rereading, Storage
-from mailhook.store.rows import Completion, Rows, Work, worker_rows
+from mailhook.store.rows import Completion, Rows, Work
 
 log = logging.getLogger("mailhook.ingest")
 
@@ -227,12 +226,13 @@ class Pipeline:
             return await self._accepted_on_loop(delivery, started)
         if len(delivery.raw) <= INLINE_LIMIT:
             return await self._stored_on_loop(delivery, started)
-        if (refused := self._refused_structure(delivery)) is not None:
+        if (refused := refused_structure(delivery, self.limits)) is not None:
             return await self._on_loop(self.submit(delivery, refused, started=started))
         # A large body can take seconds and many times its size in memory to read: only
         # `budget` bytes of them at once, held until its events are stored.
         async with self.budget.hold(len(delivery.raw)):
-            found = await self._extract_beside(delivery)
+            found = await extract_beside(delivery, self.executor, self.subscriptions, self.limits,
+                                         renew=self._renew_executor, inline=self._extracted)
             return await self._on_loop(self.submit(delivery, found, started=started))
 
     def ingest_soon(
@@ -349,42 +349,6 @@ class Pipeline:
         for listener in self.pending_listeners:
             listener(delivery_id, started)
 
-    def _refused_structure(self, delivery: Delivery) -> Extraction | None:
-        """Return the quarantine of an email over a structure limit, found by counting its bytes (ms), else None.
-
-        Such an email is refused without waiting for the budget or a worker; the
-        reason is the one `extract` would give.
-        """
-        if delivery.kind != "email":
-            return None
-        try:
-            check_structure(delivery.raw, self.limits)
-        except Unreadable as exc:
-            return Extraction(reason=str(exc))
-        return None
-
-    async def _extract_beside(self, delivery: Delivery) -> Extraction | Rows:
-        """Extract a large delivery beside the loop: in the executor's worker process, else in a thread."""
-        loop = asyncio.get_running_loop()
-        pool = self.executor
-        if pool is None:
-            # In a thread the loop keeps serving (the GIL is handed over every few ms, if not in C).
-            return await loop.run_in_executor(None, self._extracted, delivery)
-        subscriptions = dict(self.subscriptions)
-        for _ in range(2):  # a second time on a new worker: the one before may be what killed it
-            try:
-                # Rows (strings, bounded by the payload ratio) cost far less to send back than Events.
-                return await loop.run_in_executor(
-                    pool, extract_rows, delivery.raw, delivery.kind, subscriptions, self.limits, delivery.content_type
-                )
-            except BrokenProcessPool:
-                # Its worker died (out of memory, killed, crashed by an input: this one or the one before).
-                pool = self._renew_executor(pool)
-                if pool is None:
-                    return self._extracted(delivery)
-        log.error("an extraction worker died twice on one delivery; quarantined")
-        return Extraction(reason="extraction crashed its worker process")
-
     def _renew_executor(self, broken: Executor) -> Executor | None:
         """Replace a broken process pool (once, whoever notices first); None when none can start."""
         if self.executor is broken and isinstance(broken, ProcessPoolExecutor):
@@ -411,13 +375,6 @@ class Pipeline:
         log_delivery(delivery, receipt, elapsed, level=self.log_level)
         for listener in self.listeners:
             listener(delivery, receipt, elapsed)
-
-
-def extract_rows(
-    raw: bytes, kind: Kind, subscriptions: Mapping[int, str], limits: MailLimits, content_type: str | None = None
-) -> Found:
-    """Extract a delivery as the rows to store, bounded by the payload ratio (runs in a worker process)."""
-    return worker_rows(extract(raw, kind, subscriptions, content_type=content_type, limits=limits), len(raw))
 
 
 def reprocess(

@@ -17,13 +17,14 @@ from process_support import ALLOW_ROOT
 from test_files import TEXT_XML, contents, distinct_mbox, figures_and_full_scan
 from test_store import _batch_with_failures, email, text_event
 
+from mailhook.beside import extract_rows
 from mailhook.config.load import load
 from mailhook.errors import RetryLater
 from mailhook.files import ingest as file_ingest
 from mailhook.files.deliveries import Unreadable
 from mailhook.files.extracted import IN_FLIGHT, Extracted
 from mailhook.models import Delivery, Extraction, MailLimits, Receipt
-from mailhook.pipeline import Pipeline, extract_rows
+from mailhook.pipeline import Pipeline
 from mailhook.store.rows import Rows
 from mailhook.store.writer import Writer
 

@@ -166,7 +166,7 @@ def _die_on_poison(raw: bytes, kind: Any, subscriptions: Any, limits: Any, conte
     """Extract as the worker does, but die as a crashing worker would on a delivery that says so."""
     import os
 
-    from mailhook.pipeline import extract_rows
+    from mailhook.beside import extract_rows
 
     if b"KILL-THE-WORKER" in raw:
         os._exit(70)
@@ -176,10 +176,11 @@ def _die_on_poison(raw: bytes, kind: Any, subscriptions: Any, limits: Any, conte
 def test_a_large_delivery_is_extracted_in_the_worker_process_and_one_that_kills_it_is_quarantined(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import mailhook.beside
     import mailhook.pipeline
     from mailhook.backlog import worker_pool
 
-    monkeypatch.setattr(mailhook.pipeline, "extract_rows", _die_on_poison)
+    monkeypatch.setattr(mailhook.beside, "extract_rows", _die_on_poison)
     writer = Writer(tmp_path / "m.db")
     pools = [worker_pool(1)]
 

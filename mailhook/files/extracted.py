@@ -7,9 +7,10 @@ from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Executor, Future
 from pathlib import Path
 
+from mailhook.beside import extract_rows
 from mailhook.files.deliveries import Unreadable
 from mailhook.models import Delivery, Kind, MailLimits
-from mailhook.pipeline import Found, extract_rows
+from mailhook.pipeline import Found
 from mailhook.workers import extraction_pool
 
 # Parallel extraction from about a hundred emails (was: a megabyte, some 450); below that the

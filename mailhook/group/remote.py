@@ -24,6 +24,7 @@ from mailhook.errors import RetryLater
 from mailhook.group import wire
 from mailhook.group.answer import Answer
 from mailhook.group.channel import Channel
+from mailhook.group.turn_end import TurnEndSelector
 from mailhook.logs import HeldLines
 from mailhook.metrics import Metrics
 from mailhook.models import Delivery, Extraction, FolderPosition, Receipt
@@ -50,18 +51,22 @@ class RemoteStorage:
     called once when the parent's end closes: every write still waiting fails
     with `RetryLater`, so no session is told its message is stored. Given the
     worker's event `loop` (built on its thread), the deliveries the loop
-    submits in one turn go to the parent in one frame, at the end of the turn.
+    submits in one turn go to the parent in one frame, at the end of the turn:
+    as the loop asks its selector for I/O when that is the loop's
+    `turn_end` (`group.turn_end`), else in a callback of the next turn.
     """
 
     def __init__(
         self, channel: Channel, *, on_ping: Callable[[int], None], on_lost: Callable[[], None],
         on_go: Callable[[], None] = lambda: None, loop: asyncio.AbstractEventLoop | None = None,
+        turn_end: TurnEndSelector | None = None,
     ) -> None:
         self.channel = channel
         # Sent from `loop`'s thread, deliveries wait in the outbox until the loop turn ends: the deliveries
         # of one turn go in one frame (one pickle, one system call, one wake-up of the parent's reader).
         self._loop = loop
         self._loop_thread = threading.get_ident() if loop is not None else None
+        self._turn_end = turn_end
         self._outbox: list[tuple[Any, ...]] = []
         self._asked: list[int] = []  # the outbox's requests that wait for an answer
         self.on_ping = on_ping
@@ -197,17 +202,34 @@ class RemoteStorage:
         """Put `message` in the outbox (on the loop's thread), sent when the loop's turn ends."""
         self._outbox.append(message)
         if len(self._outbox) == 1:
+            if self._turn_end is not None:
+                self._turn_end.at_turn_end(self._flush_at_turn_end)
+            else:
+                assert self._loop is not None
+                self._loop.call_soon(self._flush)
+
+    def _flush_at_turn_end(self) -> bool:
+        """Send the outbox as the loop is about to wait; say whether a failure was scheduled for the next turn."""
+        failed = self._send_outbox()
+        if failed:
+            # Failed on the loop's next turn, not inside the selector: their callbacks schedule more callbacks.
             assert self._loop is not None
-            self._loop.call_soon(self._flush)
+            self._loop.call_soon(self._gone, failed)
+        return bool(failed)
 
     def _flush(self) -> None:
         """Send the outbox in one frame (on the loop's thread)."""
+        self._gone(self._send_outbox())
+
+    def _send_outbox(self) -> list[int]:
+        """Send the outbox in one frame; return the requests in it that wait in vain (the parent is gone)."""
         messages, self._outbox = self._outbox, []
         asked, self._asked = self._asked, []
         try:
             self.channel.send_all(messages)
         except OSError:
-            self._gone(asked)
+            return asked
+        return []
 
     def _gone(self, numbers: list[int]) -> None:
         """Fail the requests `numbers`, which could not be sent: the parent is gone."""
@@ -297,7 +319,7 @@ class SharedBudget(ByteBudget):
 class RemoteExtraction(Executor):
     """The parent's extraction processes, used from a worker for deliveries larger than INLINE_LIMIT.
 
-    The pipeline submits only `pipeline.extract_rows` to its executor. One
+    The pipeline submits only `beside.extract_rows` to its executor. One
     pool for the whole group (the parent's, one process per core beside the
     loop) keeps the memory of large extractions what it is in one process:
     N pools would each keep the heap of the largest parse they ever made.

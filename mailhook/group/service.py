@@ -4,7 +4,8 @@ One thread per worker reads its requests and hands each write to the
 parent's one writer (`store.interface.Storage`); the answer goes back from
 the writer's commit callback, so a worker learns a delivery is stored only
 once it is durable. The deliveries a worker sent in one frame (one turn of
-its loop) are answered in one frame, once the last of them is committed.
+its loop) go to the writer as one job, committed together, and are
+answered in one frame.
 The parent's listeners (metrics, the STATUS= counters) are told of every
 delivery, so they count the whole group (the worker's refusals and open
 SMTP sessions reach the parent's metrics too, and a worker's `/metrics`
@@ -16,20 +17,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
+from mailhook.beside import extract_rows
 from mailhook.errors import RetryLater
 from mailhook.group import wire
 from mailhook.group.channel import Channel
+from mailhook.handover import gathered
 from mailhook.metrics import Metrics
-from mailhook.models import Delivery, Receipt
-from mailhook.pipeline import Pipeline, extract_rows
+from mailhook.models import Delivery, Extraction, Receipt
+from mailhook.pipeline import Pipeline
+from mailhook.store.rows import Rows
+
+# A delivery a worker sent, as the writer takes it: with its rows (or an extraction), or None to store it pending.
+Submitted = tuple[Delivery, Extraction | Rows | None]
 
 log = logging.getLogger("mailhook.group")
 
@@ -54,6 +62,10 @@ class StoreService:
         # Extraction budget the worker holds (or waits for), by request number: set when it gives it back.
         self._holds: dict[int, asyncio.Event] = {}
         self._holding: set[asyncio.Task[None]] = set()
+        # A frame's deliveries go to the writer as one job where it takes several at once (SQLite's `Writer`).
+        self._many: Callable[[Sequence[Submitted]], Future[list[Receipt | RetryLater]]] | None = getattr(
+            pipeline.writer, "submit_many", None)
+        self._max_batch: int = getattr(pipeline.writer, "max_batch", 0)
 
     def start(self) -> None:
         """Start reading the worker's requests."""
@@ -72,10 +84,12 @@ class StoreService:
     def _serve(self) -> None:
         try:
             while (messages := self.channel.receive_all()) is not None:
-                deliveries = sum(1 for message in messages if message[0] == "submit")
-                replies = _Replies(self, deliveries) if deliveries else None
+                submits = [message for message in messages if message[0] == "submit"]
+                if submits:
+                    self._submit(submits)
                 for message in messages:
-                    self._handle(message, replies)
+                    if message[0] != "submit":
+                        self._handle(message)
         except Exception:
             log.exception("%s: unexpected error serving its requests", self.name)
         finally:
@@ -87,17 +101,66 @@ class StoreService:
             release.set()
         _settle(self.ended, None)
 
-    def _handle(self, message: tuple[Any, ...], replies: _Replies | None = None) -> None:
+    def _submit(self, messages: list[tuple[Any, ...]]) -> None:
+        """Hand a frame's deliveries to the writer as one job (one commit), answered in one frame once committed.
+
+        One future, one queue item and one wake-up of the writer thread per
+        frame, not per delivery; and a frame is never split between commits
+        (its answers waited for the last of them anyway). A store without
+        `submit_many` (PostgreSQL's) gets them one by one, answered together.
+        """
+        started = time.perf_counter()
+        numbers = [message[1] for message in messages]
+        works: list[Submitted] = [(wire.delivery(message[2]), wire.found(message[3])) for message in messages]
+        many, size = self._many, self._max_batch or len(works)
+        if many is None:
+            storage = self.pipeline.writer
+            stored = gathered([storage.submit(*work) for work in works])
+            stored.add_done_callback(functools.partial(self._committed, numbers, works, started))
+        elif len(works) <= size:
+            many(works).add_done_callback(functools.partial(self._committed, numbers, works, started))
+        else:  # a frame larger than a commit may be: in parts, each answered once committed
+            for at in range(0, len(works), size):
+                part = slice(at, at + size)
+                many(works[part]).add_done_callback(
+                    functools.partial(self._committed, numbers[part], works[part], started))
+
+    def _committed(self, numbers: list[int], works: list[Submitted], started: float,
+                   done: Future[list[Receipt | RetryLater]]) -> None:
+        """Tell the listeners of each delivery committed (or refused), then answer them all in one frame.
+
+        As the pipeline does in one process, the listeners (STATUS= counters,
+        metrics) are told before the answer goes: whoever got a 250 or 200
+        finds the delivery counted. The worker wrote its log line. A delivery
+        stored pending is told to the backlog instead, which reports it later.
+        """
+        elapsed = time.perf_counter() - started
+        try:
+            results = done.result()
+        except RetryLater as exc:
+            results = [exc] * len(works)
+        except Exception as exc:  # noqa: BLE001 - answered as a temporary failure
+            results = [RetryLater(f"storage error: {type(exc).__name__}")] * len(works)
+        replies: list[tuple[Any, ...]] = []
+        pending: list[tuple[int, float]] = []
+        for number, (delivery, found), result in zip(numbers, works, results, strict=True):
+            if isinstance(result, RetryLater):
+                receipt = None
+                replies.append(("failed", number, str(result)))
+            else:
+                receipt = result
+                replies.append(("receipt", number, wire.receipt_values(receipt)))
+            if found is None and receipt is not None:
+                pending.append((receipt.delivery_id, started))
+                continue
+            for listener in self.pipeline.listeners:
+                listener(delivery, receipt, elapsed)
+        self._answered(replies, pending)
+
+    def _handle(self, message: tuple[Any, ...]) -> None:
         kind, number, *args = message
         storage = self.pipeline.writer
-        if kind == "submit":
-            assert replies is not None
-            delivery, extraction = wire.delivery(args[0]), wire.found(args[1])
-            started = time.perf_counter()
-            stored = storage.submit(delivery, extraction)
-            stored.add_done_callback(
-                lambda done: self._stored(number, delivery, extraction is None, done, started, replies))
-        elif kind == "complete":
+        if kind == "complete":
             storage.complete(args[0]).add_done_callback(lambda done: self._answer(number, done))
         elif kind == "extract":
             self.loop.call_soon_threadsafe(self._extract, number, args[0])
@@ -175,19 +238,6 @@ class StoreService:
             done.set_exception(exc)
         self._answer(number, done)
 
-    def _stored(self, number: int, delivery: Delivery, pending: bool, done: Future[Receipt], started: float,
-                replies: _Replies) -> None:
-        # As the pipeline does in one process, the listeners (STATUS= counters, metrics) are told before the
-        # answer goes: whoever got a 250 or 200 finds the delivery counted. The worker wrote its log line.
-        elapsed = time.perf_counter() - started
-        receipt = done.result() if done.exception() is None else None
-        if pending and receipt is not None:
-            replies.add(("receipt", number, wire.receipt_values(receipt)), (receipt.delivery_id, started))
-            return
-        for listener in self.pipeline.listeners:
-            listener(delivery, receipt, elapsed)
-        replies.add(_reply(number, done) if receipt is None else ("receipt", number, wire.receipt_values(receipt)))
-
     def _answered(self, replies: list[tuple[Any, ...]], pending: list[tuple[int, float]]) -> None:
         """Send a frame's answers in one frame, after waking the backlog for those stored pending (once)."""
         if pending:
@@ -205,33 +255,6 @@ class StoreService:
         # OSError: the worker died; its client got no answer and sends again (a duplicate, stored once).
         with contextlib.suppress(OSError):
             self.channel.send(_reply(number, done))
-
-
-class _Replies:
-    """The answers to the deliveries of one frame, sent together once the last of them is committed.
-
-    The writer commits a frame's deliveries together (they reach its queue at
-    once), so this costs no latency, and the worker gets one frame, one system
-    call and one wake-up per commit instead of one per delivery.
-    """
-
-    def __init__(self, service: StoreService, count: int) -> None:
-        self.service = service
-        self.left = count
-        self.replies: list[tuple[Any, ...]] = []
-        self.pending: list[tuple[int, float]] = []
-        self._lock = threading.Lock()  # answers come from the writer's thread, a refusal at once from the reader's
-
-    def add(self, reply: tuple[Any, ...], pending: tuple[int, float] | None = None) -> None:
-        """Keep one delivery's answer (and its pending id and start); send them all with the last one."""
-        with self._lock:
-            self.replies.append(reply)
-            if pending is not None:
-                self.pending.append(pending)
-            self.left -= 1
-            if self.left:
-                return
-        self.service._answered(self.replies, self.pending)
 
 
 def _reply(number: int, done: Future[Any]) -> tuple[Any, ...]:

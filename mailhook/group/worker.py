@@ -28,6 +28,7 @@ from mailhook.errors import ConfigError
 from mailhook.exitcodes import EX_CONFIG, EX_OK, EX_SOFTWARE
 from mailhook.group.channel import Channel
 from mailhook.group.remote import GroupMetrics, RemoteExtraction, RemoteStorage, SharedBudget
+from mailhook.group.turn_end import TurnEndSelector, new_loop
 from mailhook.group.turns import TakingTurns
 from mailhook.pipeline import Pipeline
 from mailhook.server import Door, Runtime
@@ -57,8 +58,11 @@ def main(argv: list[str]) -> int:
     passed = (("smtp", smtp_fd), ("http", http_fd))
     # Every worker accepts on the same sockets: one connection a turn each, so a burst is shared out.
     sockets: dict[str, socket.socket] = {door: TakingTurns(fileno=fd) for door, fd in passed if fd >= 0}
+    # As asyncio.run, on a loop whose selector sends each turn's writes as the turn ends (group.turn_end).
+    selector = TurnEndSelector()
     try:
-        asyncio.run(serve(channel, settings, env, sockets))
+        with asyncio.Runner(loop_factory=lambda: new_loop(selector)) as runner:
+            runner.run(serve(channel, settings, env, sockets, turn_end=selector))
     except ConfigError as exc:
         print(f"mailhook: configuration error (worker {index}): {exc}", file=sys.stderr)
         return EX_CONFIG
@@ -66,7 +70,8 @@ def main(argv: list[str]) -> int:
 
 
 async def serve(
-    channel: Channel, settings: Settings, env: Mapping[str, str], sockets: dict[str, socket.socket]
+    channel: Channel, settings: Settings, env: Mapping[str, str], sockets: dict[str, socket.socket],
+    turn_end: TurnEndSelector | None = None,
 ) -> None:
     """Run the SMTP and HTTP doors on `sockets`, storing through the parent, until SIGTERM or the parent's end."""
     loop = asyncio.get_running_loop()
@@ -79,6 +84,7 @@ async def serve(
         on_lost=lambda: _soon(loop, stopping.set),
         on_go=lambda: _soon(loop, go.set),
         loop=loop,
+        turn_end=turn_end,
     )
     accept_failures = openfiles.guard_accept(loop)
     openfiles.raise_limit(openfiles.needed(settings, smtp="smtp" in sockets, http="http" in sockets))
