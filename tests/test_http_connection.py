@@ -38,8 +38,10 @@ from conftest import StartServer
 from process_support import ALLOW_ROOT, read_all, wait_until
 
 from mailhook import openfiles
+from mailhook.http import answer as http_answer
 from mailhook.http import connection as http_connection
 from mailhook.http import gate as http_gate
+from mailhook.http import request_loop
 from mailhook.server import Runtime
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -631,58 +633,75 @@ def test_an_unknown_expect_on_an_unknown_path_gets_aiohttps_417_and_100_continue
 # --- aiohttp's private internals ------------------------------------------------------------------
 
 
-def test_the_private_aiohttp_names_http_connection_relies_on_still_exist() -> None:
-    advice = (f"aiohttp {aiohttp_version} changed %s, which mailhook/http/connection.py relies on: re-check every "
-              "override there before raising the aiohttp cap in pyproject.toml")
+# The modules of the HTTP door that touch aiohttp's private names, each listing those it relies on.
+HTTP_MODULES = (http_connection, request_loop, http_answer)
+
+
+def _advice(name: str, what: str | None = None) -> str:
+    """Say what an aiohttp upgrade changed (`what`, else `name`) and which modules list `name` as relied on."""
+    where = ", ".join(f"{m.__name__.replace('.', '/')}.py" for m in HTTP_MODULES if name in m.PRIVATE_NAMES)
+    assert where, f"{name} is listed in no PRIVATE_NAMES of {[m.__name__ for m in HTTP_MODULES]}"
+    return (f"aiohttp {aiohttp_version} changed {what or name}, which {where} relies on: re-check every override "
+            "listed in its PRIVATE_NAMES before raising the aiohttp cap in pyproject.toml")
+
+
+def test_the_private_aiohttp_names_the_http_door_relies_on_still_exist() -> None:
     slots = {name for cls in RequestHandler.__mro__ for name in getattr(cls, "__slots__", ())}
-    assert "_waiter" in slots, advice % "RequestHandler._waiter"
-    assert "_waiter" in inspect.getsource(RequestHandler.start), advice % "RequestHandler.start (awaiting _waiter)"
+    assert "_waiter" in slots, _advice("RequestHandler._waiter")
+    assert "_waiter" in inspect.getsource(RequestHandler.start), _advice(
+        "RequestHandler._waiter", "RequestHandler.start (awaiting _waiter)")
     parameters = list(inspect.signature(RequestHandler.handle_error).parameters)
-    assert parameters == ["self", "request", "status", "exc", "message"], advice % "RequestHandler.handle_error"
-    assert "handle_error" in inspect.getsource(RequestHandler._make_error_handler), (
-        advice % "RequestHandler._make_error_handler (calling handle_error)")
-    assert {"_reading_paused", "_buffer_paused"} <= slots, advice % "BaseProtocol's pause flags"
+    assert parameters == ["self", "request", "status", "exc", "message"], _advice("RequestHandler.handle_error")
+    assert "handle_error" in inspect.getsource(RequestHandler._make_error_handler), _advice(
+        "RequestHandler.handle_error", "RequestHandler._make_error_handler (calling handle_error)")
+    assert {"_reading_paused", "_buffer_paused"} <= slots, _advice("BaseProtocol._reading_paused",
+                                                                   "BaseProtocol's pause flags")
     resume = inspect.getsource(BaseProtocol.resume_reading)
-    assert "_reading_paused" in resume and "_buffer_paused" in resume, advice % "BaseProtocol.resume_reading"
+    assert "_reading_paused" in resume and "_buffer_paused" in resume, _advice(
+        "BaseProtocol._buffer_paused", "BaseProtocol.resume_reading")
     assert list(inspect.signature(web.Application._handle).parameters) == ["self", "request"], (
-        advice % "web.Application._handle")
-    assert inspect.iscoroutinefunction(web.Application._handle), advice % "web.Application._handle"
-    assert "self._handle" in inspect.getsource(web.Application._make_handler), (
-        advice % "web.Application._make_handler (serving web.Application._handle)")
+        _advice("Application._handle"))
+    assert inspect.iscoroutinefunction(web.Application._handle), _advice("Application._handle")
+    assert "self._handle" in inspect.getsource(web.Application._make_handler), _advice(
+        "Application._handle", "web.Application._make_handler (serving web.Application._handle)")
     assert "self.request_handler = handler" in inspect.getsource(web.Server.__init__), (
-        advice % "Server.request_handler")
-    assert "manager.request_handler" in inspect.getsource(RequestHandler.__init__), (
-        advice % "RequestHandler.__init__ (taking Server.request_handler)")
+        _advice("Server.request_handler"))
+    assert "manager.request_handler" in inspect.getsource(RequestHandler.__init__), _advice(
+        "Server.request_handler", "RequestHandler.__init__ (taking Server.request_handler)")
     for name in ("_eof_sent", "_keep_alive", "_body_length"):
-        assert hasattr(web.StreamResponse, name), advice % f"StreamResponse.{name}"
-    assert "rfc822_formatted_time()" in inspect.getsource(web.StreamResponse._prepare_headers), (
-        advice % "StreamResponse._prepare_headers (the Date header)")
-    assert "self._eof_sent" in inspect.getsource(web.StreamResponse.write_eof), advice % "StreamResponse.write_eof"
+        assert hasattr(web.StreamResponse, name), _advice(f"StreamResponse.{name}")
+    assert "rfc822_formatted_time()" in inspect.getsource(web.StreamResponse._prepare_headers), _advice(
+        "helpers.rfc822_formatted_time", "StreamResponse._prepare_headers (the Date header)")
+    assert "self._eof_sent" in inspect.getsource(web.StreamResponse.write_eof), _advice(
+        "StreamResponse._eof_sent", "StreamResponse.write_eof")
     finish = inspect.getsource(RequestHandler.finish_response)
     assert "await prepare_meth(request)" in finish and "await resp.write_eof()" in finish, (
-        advice % "RequestHandler.finish_response")
-    assert set(http_connection.PRIVATE_NAMES) == {"RequestHandler._waiter", "RequestHandler.handle_error",
-                                                  "BaseProtocol._reading_paused", "BaseProtocol._buffer_paused",
-                                                  "Application._handle", "Server.request_handler",
-                                                  "StreamResponse._eof_sent", "StreamResponse._keep_alive",
-                                                  "StreamResponse._body_length", "helpers.rfc822_formatted_time",
-                                                  "RequestHandler.start", "StreamResponse.__init__",
-                                                  "RequestHandler._handle_request", "RequestHandler.finish_response",
-                                                  "StreamWriter.drain"}
-    # Connection._quickly: a request in progress (shutdown waits for it), the answer drained while paused.
+        _advice("RequestHandler.finish_response"))
+    listed = {name for module in HTTP_MODULES for name in module.PRIVATE_NAMES}
+    assert listed == {"RequestHandler._waiter", "RequestHandler.handle_error",
+                      "BaseProtocol._reading_paused", "BaseProtocol._buffer_paused",
+                      "Application._handle", "Server.request_handler",
+                      "StreamResponse._eof_sent", "StreamResponse._keep_alive",
+                      "StreamResponse._body_length", "helpers.rfc822_formatted_time",
+                      "RequestHandler.start", "StreamResponse.__init__",
+                      "RequestHandler._handle_request", "RequestHandler.finish_response",
+                      "StreamWriter.drain"}
+    # RequestLoop._quickly: a request in progress (shutdown waits for it), the answer drained while paused.
     handle = inspect.getsource(RequestHandler._handle_request)
     assert "self._request_in_progress = True" in handle and "self._handler_waiter.set_result(None)" in handle, (
-        advice % "RequestHandler._handle_request")
-    assert {"_request_in_progress", "_handler_waiter", "_paused"} <= slots, advice % "RequestHandler's state"
+        _advice("RequestHandler._handle_request"))
+    assert {"_request_in_progress", "_handler_waiter", "_paused"} <= slots, _advice(
+        "RequestHandler._handle_request", "RequestHandler's state")
     assert list(inspect.signature(RequestHandler.finish_response).parameters) == [
-        "self", "request", "resp", "start_time"], advice % "RequestHandler.finish_response"
-    assert "protocol._paused" in inspect.getsource(StreamWriter.drain), advice % "StreamWriter.drain"
-    assert "transport.is_closing()" in inspect.getsource(StreamWriter._write), advice % "StreamWriter._write"
+        "self", "request", "resp", "start_time"], _advice("RequestHandler.finish_response")
+    assert "protocol._paused" in inspect.getsource(StreamWriter.drain), _advice("StreamWriter.drain")
+    assert "transport.is_closing()" in inspect.getsource(StreamWriter._write), _advice(
+        "StreamWriter.drain", "StreamWriter._write")
     # Answer skips StreamResponse.__init__ and keeps, as class attributes, every attribute it would set.
     made = set(re.findall(r"self\.(_\w+)(?:: [^=]+)? = ", inspect.getsource(web.StreamResponse.__init__)))
     made |= set(re.findall(r"self\.(_\w+) = ", inspect.getsource(web.StreamResponse._set_status)))
-    assert made == {"_state", "_headers", "_status", "_reason"}, advice % "StreamResponse.__init__"
-    assert all(name in vars(http_connection.Answer) for name in made), advice % "StreamResponse.__init__"
+    assert made == {"_state", "_headers", "_status", "_reason"}, _advice("StreamResponse.__init__")
+    assert all(name in vars(http_answer.Answer) for name in made), _advice("StreamResponse.__init__")
 
 
 def test_asyncio_still_reports_accept_failures_with_the_message_openfiles_matches() -> None:

@@ -4,7 +4,8 @@ Each library's internals are touched in one module, which lists them in
 `PRIVATE_NAMES`; pyproject.toml caps each library below its next release.
 When an upgrade renames or changes one, these tests say which, and where
 mailhook relies on it, before a single SMTP DATA turns into a 451.
-(aiohttp's names are checked in tests/test_http_connection.py; the behaviour its overrides must keep, here.)
+(aiohttp's names, used in mailhook/http/connection.py, request_loop.py and answer.py, are checked in
+tests/test_http_connection.py; the behaviour their overrides must keep, here.)
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from process_support import wait_until
 from smtp_support import client, notification, rows
 
 from mailhook.extract import slow_mail
-from mailhook.http import connection as http_connection
+from mailhook.http import answer as http_answer
 from mailhook.http import door as http_door
 from mailhook.imap import account
 from mailhook.server import Runtime
@@ -387,7 +388,7 @@ async def _answers_of(route: str) -> list[bytes]:
         return web.Response(body=body, headers=headers)
 
     async def mailhooks(request: web.Request) -> web.StreamResponse:
-        return http_connection.Answer(b"Content-Type: application/json; charset=utf-8\r\nServer: mailhook\r\n", body)
+        return http_answer.Answer(b"Content-Type: application/json; charset=utf-8\r\nServer: mailhook\r\n", body)
 
     app = web.Application()
     app.router.add_post("/aiohttp", aiohttps)
@@ -414,9 +415,9 @@ async def _answers_of(route: str) -> list[bytes]:
 
 
 def test_the_doors_200_answer_is_byte_for_byte_what_aiohttps_response_writes() -> None:
-    # http_connection.Answer formats the head prepare() would build and writes it with the body in one go.
+    # http_answer.Answer formats the head prepare() would build and writes it with the body in one go.
     ours, theirs = asyncio.run(_answers_of("/mailhook")), asyncio.run(_answers_of("/aiohttp"))
-    assert ours == theirs, _advice("aiohttp", "what StreamResponse.prepare writes", "mailhook/http/connection.py "
+    assert ours == theirs, _advice("aiohttp", "what StreamResponse.prepare writes", "mailhook/http/answer.py "
                                    "(Answer)")
     assert [b"Connection: " in answer for answer in ours] == [False, True, False, True]
 
@@ -448,10 +449,10 @@ class _Answers:
         self.data += chunk
 
 
-# --- aiohttp: mailhook/http/connection.py handles each request in its connection's task ----------------------
+# --- aiohttp: mailhook/http/request_loop.py handles each request in its connection's task --------------------
 
-# The sha256 of aiohttp 3.14.5's RequestHandler.start source, which mailhook/http/connection.py's `Connection.start`
-# copies, awaiting each request's handling where aiohttp runs it in a Task of its own.
+# The sha256 of aiohttp 3.14.5's RequestHandler.start source, which mailhook/http/request_loop.py's
+# `RequestLoop.start` copies, awaiting each request's handling where aiohttp runs it in a Task of its own.
 REQUEST_HANDLER_START_SHA256 = "2e565fd40c8e04fb3afb481d5ba52691a61d28396573b4b8a4cf3b168782288e"
 
 
@@ -460,7 +461,8 @@ def test_aiohttps_request_loop_is_still_the_version_the_connection_copies() -> N
 
     digest = hashlib.sha256(inspect.getsource(RequestHandler.start).encode()).hexdigest()
     assert digest == REQUEST_HANDLER_START_SHA256, (
-        _advice("aiohttp", "RequestHandler.start", "mailhook/http/connection.py (`Connection.start` is a copy of it)")
+        _advice("aiohttp", "RequestHandler.start",
+                "mailhook/http/request_loop.py (`RequestLoop.start` is a copy of it)")
         + "; port its change into the copy, then record the new digest here")
 
 
@@ -516,7 +518,7 @@ def test_each_request_is_handled_in_its_connections_task_and_a_client_leaving_do
     # Connection.start awaits each request's handling itself (aiohttp's start runs it in a Task of its own):
     # kept-alive requests are answered in order, each body read, and a handler whose client vanished runs on.
     tasks, answers, waiting, finished = asyncio.run(_served_in_one_task())
-    advice = _advice("aiohttp", "RequestHandler.start", "mailhook/http/connection.py (Connection.start)")
+    advice = _advice("aiohttp", "RequestHandler.start", "mailhook/http/request_loop.py (RequestLoop.start)")
     assert tasks == [True] * 5, advice
     assert answers == [b"HTTP/1.1 200 OK 0", b"HTTP/1.1 200 OK 2", b"HTTP/1.1 200 OK 4", b"HTTP/1.1 200 OK"], advice
     assert waiting and finished, advice
@@ -536,7 +538,7 @@ def test_aiohttps_request_handling_is_still_the_version_the_connections_quick_pa
     for function, digest in ((RequestHandler._handle_request, HANDLE_REQUEST_SHA256),
                              (StreamWriter.drain, DRAIN_SHA256)):
         assert hashlib.sha256(inspect.getsource(function).encode()).hexdigest() == digest, (
-            _advice("aiohttp", function.__qualname__, "mailhook/http/connection.py (`Connection._quickly`)")
+            _advice("aiohttp", function.__qualname__, "mailhook/http/request_loop.py (`RequestLoop._quickly`)")
             + "; port its change into _quickly, then record the new digest here")
 
 
@@ -564,7 +566,7 @@ class _Quick:
         elif kind == "422":
             return web.json_response({"quick": len(body)}, status=422, headers={"Server": "mailhook"})
         size = int(message.headers.get("X-Size", "0"))
-        return http_connection.Answer(b"Content-Type: application/json; charset=utf-8\r\nServer: mailhook\r\n",
+        return http_answer.Answer(b"Content-Type: application/json; charset=utf-8\r\nServer: mailhook\r\n",
                                       b"%d" % len(body) + b" " * size)
 
 
@@ -637,11 +639,11 @@ async def _quick_and_aiohttps_answers() -> tuple[list[bytes], list[bytes], list[
 
 
 def test_an_answer_the_door_takes_itself_is_byte_for_byte_aiohttps_for_every_keep_alive_case_and_kind() -> None:
-    # Connection._quickly writes a 200 Answer itself, and hands a 422 or a crash (aiohttp's 500) to aiohttp's
+    # RequestLoop._quickly writes a 200 Answer itself, and hands a 422 or a crash (aiohttp's 500) to aiohttp's
     # finish_response with a Request made for it: each exactly as aiohttp's own path answers it.
     quick, theirs, tasks = asyncio.run(_quick_and_aiohttps_answers())
-    advice = _advice("aiohttp", "RequestHandler._handle_request or finish_response", "mailhook/http/connection.py "
-                     "(Connection._quickly)")
+    advice = _advice("aiohttp", "RequestHandler._handle_request or finish_response", "mailhook/http/request_loop.py "
+                     "(RequestLoop._quickly)")
     assert quick == theirs and len(quick) == 3 * len(_KEEP_ALIVE_CASES), advice
     assert [answer.split(b" ", 2)[1] for answer in quick[:3]] == [b"200", b"422", b"500"], quick
     assert [answer.endswith(b" kept") for answer in quick[::3]] == [True, False, False, True], quick
@@ -709,8 +711,8 @@ async def _quick_client_gone_and_shutdown() -> tuple[bool, bool, bytes]:
 
 def test_a_request_the_door_takes_itself_runs_to_its_end_when_its_client_leaves_and_is_answered_at_shutdown() -> None:
     waiting, finished, answer = asyncio.run(_quick_client_gone_and_shutdown())
-    advice = _advice("aiohttp", "RequestHandler.shutdown or _handle_request", "mailhook/http/connection.py "
-                     "(Connection._quickly)")
+    advice = _advice("aiohttp", "RequestHandler.shutdown or _handle_request", "mailhook/http/request_loop.py "
+                     "(RequestLoop._quickly)")
     assert waiting and finished, advice
     assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"\r\n\r\n2"), advice
 
@@ -718,10 +720,10 @@ def test_a_request_the_door_takes_itself_runs_to_its_end_when_its_client_leaves_
 def test_the_doors_200_answer_reads_as_a_fresh_stream_response_before_and_after_it_is_written() -> None:
     # Answer keeps what StreamResponse.__init__ would set as class attributes; aiohttp's server reads its
     # keep_alive, and anything else may read the rest, as of a fresh 200 response.
-    ours = http_connection.Answer(b"Server: mailhook\r\n", b"{}")
+    ours = http_answer.Answer(b"Server: mailhook\r\n", b"{}")
     theirs = web.StreamResponse()
     names = ("status", "reason", "keep_alive", "prepared", "chunked", "compression", "body_length", "task")
-    advice = _advice("aiohttp", "StreamResponse.__init__", "mailhook/http/connection.py (Answer)")
+    advice = _advice("aiohttp", "StreamResponse.__init__", "mailhook/http/answer.py (Answer)")
     assert [getattr(ours, name) for name in names] == [getattr(theirs, name) for name in names], advice
     assert dict(ours.headers) == dict(theirs.headers) == {} and len(ours) == len(theirs) == 0, advice
     # Written, it is what aiohttp's Response writes: test_the_doors_200_answer_is_byte_for_byte_...

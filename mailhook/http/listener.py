@@ -14,8 +14,9 @@ from aiohttp import web
 from mailhook.config.addresses import parse_address
 from mailhook.config.settings import HttpSettings
 from mailhook.errors import ConfigError
-from mailhook.http.connection import Connection, Handler, Quick, serve_through
+from mailhook.http.connection import Connection, Handler, serve_through
 from mailhook.http.gate import Gate
+from mailhook.http.request_loop import Quick
 
 if TYPE_CHECKING:
     from mailhook.metrics import Metrics

@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import HttpVersion11, hdrs, web
 from multidict import CIMultiDict
 
-from mailhook.http.connection import Answer
+from mailhook.http.answer import Answer
 from mailhook.http.gate import SERVER
 from mailhook.models import Receipt
 
