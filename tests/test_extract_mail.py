@@ -6,6 +6,7 @@ import base64
 import contextlib
 import email as stdlib_email
 import html
+import json
 import quopri
 import re
 import sys
@@ -397,6 +398,44 @@ def _json_spans_char_by_char(text: str) -> list[tuple[int, int]]:
 @settings(max_examples=300, deadline=None)
 @given(_TEXTS)
 def test_json_spans_track_strings_escapes_and_stray_quotes_as_a_character_scan_does(text: str) -> None:
+    assert _json_spans(text) == _json_spans_char_by_char(text)
+
+
+_JSON_STRINGS = st.text(st.sampled_from(['a', ' ', '"', "\\", "{", "}", "\n", "\u00e9", "/"]), max_size=6)
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | _JSON_STRINGS,
+    lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(st.sampled_from(["TextNotification", "events", "a", 'b"{', "c\\"]), inner, max_size=3),
+    max_leaves=12,
+)
+_JSON_PIECES = st.one_of(
+    st.sampled_from(["x ", "{", "}", '"', "\\", "\n", '{"events": ', "NaN", "[", "]"]),
+    _JSON_VALUES.map(lambda value: json.dumps({"TextNotification": value})),
+    _JSON_VALUES.map(json.dumps),
+    # A valid object cut short, or with one character dropped: the C scanner declines, the brace scan goes on.
+    st.tuples(_JSON_VALUES.map(lambda value: json.dumps({"events": value})), st.integers(0, 60)).map(
+        lambda pair: pair[0][: pair[1]] + pair[0][pair[1] + 1 :]
+    ),
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(_JSON_PIECES, max_size=8).map("".join))
+def test_json_spans_of_valid_broken_and_nested_objects_are_those_of_a_character_scan(text: str) -> None:
+    # _json_spans takes a valid object whole by json's scanner; a broken one is scanned brace by brace.
+    assert _json_spans(text) == _json_spans_char_by_char(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"events": ' + "[" * 5000 + "]" * 5000 + "}",  # past the recursion limit of json's scanner
+        '{"events": ' + "1" * 5000 + "}",  # past int's digit limit: json raises ValueError
+        '{"events": NaN, "x": -Infinity} {"TextNotification": {}}',
+        '{"events": "\x01"}',  # a control character in a string: invalid JSON, a string to the brace scan
+    ],
+)
+def test_json_spans_where_json_declines_an_object_the_brace_scan_reads_it(text: str) -> None:
     assert _json_spans(text) == _json_spans_char_by_char(text)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import functools
 import html
+import json
 import re
 
 _XML_START = re.compile(r"<\?xml\b|<(?:[\w.-]+:)?(?:TextNotification|CallFinished|BroadcastNotification|Envelope)\b")
@@ -230,6 +231,14 @@ def _json_spans(text: str) -> list[tuple[int, int]]:
             if m is None:
                 break
             i = m.start()
+            end = _valid_object_end(text, i) if text[i] == "{" else None
+            if end is not None:
+                # What the brace-by-brace scan below would find from here: this object closed at `end`, and
+                # any object inside it, which is dropped for it (a key inside one is inside this one too).
+                if _has_key(keys, i, end):
+                    closed.append((i, end))
+                pos = end
+                continue
         pos = i + 1
         if text[i] == "{":
             opened.append(i)
@@ -252,6 +261,22 @@ def _json_spans(text: str) -> list[tuple[int, int]]:
             spans.append((begin, len(text)))
             break
     return spans
+
+
+_OBJECTS = json.JSONDecoder()
+
+
+def _valid_object_end(text: str, start: int) -> int | None:
+    """Return the end of the JSON object at text[start] where it is valid JSON, else None: one pass of json's C scanner.
+
+    Valid JSON tells its strings and escapes as `_JSON_NEXT_BRACE` does, so its
+    end is the brace that scan would close it at, found without a regex step
+    per string (a bench notification's spans in half the instructions; docs/performance.md, extract10).
+    """
+    try:
+        return _OBJECTS.raw_decode(text, start)[1]
+    except (ValueError, RecursionError):
+        return None
 
 
 def _occurrences(text: str, word: str) -> list[int]:
