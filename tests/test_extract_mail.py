@@ -33,7 +33,7 @@ from mailhook.extract.embedded import (
     find_documents,
     unescape,
 )
-from mailhook.extract.headers import _trim_header_lines, _trim_plain_headers, header_end
+from mailhook.extract.headers import NOT_HEADER_LINE, _trim_header_lines, _trim_plain_headers, header_end
 from mailhook.extract.mail import MAX_CONTAINERS, MAX_DOCUMENTS, Mail, _read, parse_mail
 from mailhook.extract.slow_mail import _SHARED_BOUNDARY, _MailParser, _with_shared_boundary, parse_message
 
@@ -459,6 +459,30 @@ _HEADER_PIECES = st.sampled_from(
 def test_plain_header_blocks_are_trimmed_exactly_as_line_by_line(raw: bytes) -> None:
     fast = _trim_plain_headers(raw, header_end(raw))
     assert fast is None or fast == _trim_header_lines(raw, header_end(raw))
+
+
+_HEADER_LINES = st.sampled_from(
+    [b"Subject: hi", b"SUBJECT:x", b"message-ID: <a@b>", b"Mime-Version: 1.0", b"CONTENT-TYPE: text/plain",
+     b"content-transfer-encoding:7bit", b"Content-Disposition: inline", b"Content-Typo: x", b"X-Subject: a",
+     b"Subject : x", b"From a@b Fri", b"FROM a@b", b"from a@b", b"From: x", b" more", b"\tmore", b"body line",
+     b":", b"", b"Received: a\r", b"a\rb: c"]
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(_HEADER_LINES, st.sampled_from([b"\n", b"\r\n"])), max_size=12))
+def test_kept_fields_and_lines_that_are_no_header_are_found_in_one_scan_as_line_by_line(
+    lines: list[tuple[bytes, bytes]],
+) -> None:
+    # Field names in any case are kept, "From " lines only as written; the plain path declines exactly where
+    # a line is neither a header nor a continuation line (or a CR is not before an LF).
+    raw = b"".join(line + end for line, end in lines) + b"\n" + b"body\n"
+    end = header_end(raw)
+    block = raw[:end]
+    fast = _trim_plain_headers(raw, end)
+    plain = NOT_HEADER_LINE.search(b"\n" + block) is None and block.count(b"\r") == block.count(b"\r\n")
+    assert (fast is not None) == plain
+    assert fast is None or fast == _trim_header_lines(raw, end)
 
 
 def test_ordinary_lf_and_crlf_header_blocks_take_the_plain_path() -> None:
