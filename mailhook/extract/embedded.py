@@ -37,8 +37,9 @@ _QUOTED_CONTENT = re.compile(r"^(?:[ \t]*>)+[ \t]*(?:[A-Za-z][A-Za-z0-9 _/-]{0,4
 # a million times must cost one pass, not one pass per tag.
 _HTML_BREAK = re.compile(r"<\s*(?:br|/p|/div|/tr|/li|/h\d|/pre)\b[^<>]*>", re.IGNORECASE)
 _HTML_TAG = re.compile(r"<[^<>]*>")
-# A "<" that no ">" closes before the next "<" or the end: _HTML_TAG leaves it in the text.
-_UNCLOSED_BRACKET = re.compile(r"<[^<>]*(?:<|\Z)")
+# A "<" that no ">" closes before the next "<" or the end: _HTML_TAG leaves it in the text. Possessive: at a
+# closed tag's "<" (nearly every one) the match fails at once, not after giving back its text a character at a time.
+_UNCLOSED_BRACKET = re.compile(r"<[^<>]*+(?:<|\Z)")
 _HTML_HIDDEN = re.compile(r"<(script|style|head)\b|</(script|style|head)\s*>", re.IGNORECASE)
 # The same in an ASCII text, where IGNORECASE is exactly both cases of each letter (elsewhere it also
 # takes U+017F for "s"): spelt as classes, the match tried at every "<" costs a third less.
