@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailhook.errors import Unreadable
-from mailhook.extract import extract
+from mailhook.extract import embedded, extract
 from mailhook.extract.embedded import (
     _FORWARD_MARK,
     _HTML_HIDDEN,
@@ -437,6 +437,21 @@ def test_json_spans_of_valid_broken_and_nested_objects_are_those_of_a_character_
 )
 def test_json_spans_where_json_declines_an_object_the_brace_scan_reads_it(text: str) -> None:
     assert _json_spans(text) == _json_spans_char_by_char(text)
+
+
+def test_json_scanner_is_not_tried_again_after_it_declines_a_broken_object(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Its error counts the lines before where it stopped: tried at each of many broken objects, a pass each.
+    tried: list[int] = []
+    scanner = embedded._valid_object_end
+
+    def counted(text: str, start: int) -> int | None:
+        tried.append(start)
+        return scanner(text, start)
+
+    monkeypatch.setattr(embedded, "_valid_object_end", counted)
+    text = JSON + "\n" + '{"events": x}\n' * 1000 + JSON
+    assert _json_spans(text) == _json_spans_char_by_char(text)
+    assert tried == [0, len(JSON) + 1]  # the valid one, then the first broken one; the rest brace by brace
 
 
 def test_a_quote_in_prose_before_a_notification_does_not_hide_it() -> None:

@@ -221,6 +221,7 @@ def _json_spans(text: str) -> list[tuple[int, int]]:
     closed: list[tuple[int, int]] = []
     opened: list[int] = []
     pos = 0
+    declined = False
     while True:
         if opened:
             m = _JSON_NEXT_BRACE.match(text, pos)
@@ -232,14 +233,18 @@ def _json_spans(text: str) -> list[tuple[int, int]]:
             if m is None:
                 break
             i = m.start()
-            end = _valid_object_end(text, i) if text[i] == "{" else None
-            if end is not None:
-                # What the brace-by-brace scan below would find from here: this object closed at `end`, and
-                # any object inside it, which is dropped for it (a key inside one is inside this one too).
-                if _has_key(keys, i, end):
-                    closed.append((i, end))
-                pos = end
-                continue
+            if text[i] == "{" and not declined:
+                end = _valid_object_end(text, i)
+                if end is not None:
+                    # What the brace-by-brace scan below would find from here: this object closed at `end`, and
+                    # any object inside it, which is dropped for it (a key inside one is inside this one too).
+                    if _has_key(keys, i, end):
+                        closed.append((i, end))
+                    pos = end
+                    continue
+                # json's error counts the lines before where it stopped: tried at each of many broken objects,
+                # that would cost a pass over the text each time, so after one the rest is scanned brace by brace.
+                declined = True
         pos = i + 1
         if text[i] == "{":
             opened.append(i)
