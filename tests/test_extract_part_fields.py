@@ -5,7 +5,12 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailhook.extract.header_fields import _parameter_pairs, parameters, read_fields
+from mailhook.extract.header_fields import (
+    CACHED_PARAMETER_CHARS,
+    _parameter_pairs_cached,
+    parameters,
+    read_fields,
+)
 from mailhook.extract.simple_mail import _PART_FIELDS, _TEXT_PARAMETERS, CACHED_BLOCK_BYTES, read_part_fields
 from mailhook.models import MailLimits
 
@@ -70,7 +75,7 @@ _PARAMETER_TEXTS = st.lists(
 @given(_PARAMETER_TEXTS, st.sampled_from([_TEXT_PARAMETERS, frozenset({"name"}), frozenset()]))
 def test_parameters_read_from_the_cache_read_as_read_anew(text: str, allowed: frozenset[str]) -> None:
     first = parameters(text, allowed)
-    _parameter_pairs.cache_clear()
+    _parameter_pairs_cached.cache_clear()
     assert parameters(text, allowed) == first  # read anew
     assert parameters(text, allowed) == first  # from the cache
     expected: dict[str, str] | None = {}
@@ -90,3 +95,11 @@ def test_parameters_read_from_the_cache_are_the_callers_own() -> None:
     params["charset"] = "changed"
     assert parameters("; charset=utf-8", _TEXT_PARAMETERS) == {"charset": "utf-8"}
     assert parameters("; charset=utf-8", frozenset({"name"})) is None  # the allowed names are part of the key
+
+
+def test_parameters_past_the_cached_size_read_alike_and_are_not_kept() -> None:
+    long_name = "n" * (CACHED_PARAMETER_CHARS - len("; name=")) + "x"
+    _parameter_pairs_cached.cache_clear()
+    assert parameters(f"; name={long_name[:-1]}", frozenset({"name"})) == {"name": long_name[:-1]}
+    assert parameters(f"; name={long_name}", frozenset({"name"})) == {"name": long_name}
+    assert _parameter_pairs_cached.cache_info().currsize == 1  # the one at the cached size only

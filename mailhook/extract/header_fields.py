@@ -159,15 +159,19 @@ def _store(
     return True
 
 
+# A part's parameters (`; charset=utf-8`, a document's `; name=…`) are the same in every email one sender's
+# software makes: their reading is kept for the next few, a pure function of the text and the allowed names,
+# for texts up to this many characters only (a value may be up to header_size_limit long).
+CACHED_PARAMETER_CHARS = 256
+
+
 def parameters(text: str, allowed: frozenset[str]) -> dict[str, str] | None:
     """Read `; name=value` parameters (already matched as tokens) as email.message's get_param reads them."""
-    pairs = _parameter_pairs(text, allowed)
+    read = _parameter_pairs_cached if len(text) <= CACHED_PARAMETER_CHARS else _parameter_pairs
+    pairs = read(text, allowed)
     return None if pairs is None else dict(pairs)
 
 
-# A part's parameters (`; charset=utf-8`, a document's `; name=…`) are the same in every email one sender's
-# software makes: their reading is kept for the next few, a pure function of the text and the allowed names.
-@functools.lru_cache(maxsize=64)
 def _parameter_pairs(text: str, allowed: frozenset[str]) -> tuple[tuple[str, str], ...] | None:
     params: dict[str, str] = {}
     for param in _PARAMETER.finditer(text):
@@ -176,3 +180,6 @@ def _parameter_pairs(text: str, allowed: frozenset[str]) -> tuple[tuple[str, str
             return None
         params[name] = param.group(2) or param.group(3)
     return tuple(params.items())
+
+
+_parameter_pairs_cached = functools.lru_cache(maxsize=64)(_parameter_pairs)
