@@ -308,11 +308,10 @@ def _add_part(
 
 
 def _add_attachment(
-    ctype: str, media_parameters: str, cte: str, disposition: str | None, body: bytes,
-    attachments: list[dict[str, object]],
+    ctype: str, media_params: str, cte: str, disposition: str | None, body: bytes, attachments: list[dict[str, object]]
 ) -> bool:
     """Add a base64 document attachment as mail-parser lists it (the keys mail._read reads)."""
-    params = parameters(media_parameters, _NAME_PARAMETERS)
+    params = parameters(media_params, _NAME_PARAMETERS)
     match = _DISPOSITION.fullmatch(disposition or "")
     disposition_params = parameters(match.group(2), _FILENAME_PARAMETERS) if match is not None else None
     if (
