@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailhook.extract.embedded import (
     _QUOTE_PREFIX,
+    _UNCLOSED_BRACKET,
     _has_quoted_line,
     documents_in_body,
     find_documents,
@@ -56,3 +59,12 @@ def test_a_document_behind_an_entity_a_brace_or_an_unclosed_bracket_is_still_fou
 def test_a_table_of_fields_under_a_hidden_style_holds_no_document() -> None:
     table = "<html><head><style>td{padding:4px}</style></head><table><tr><td>Text ID</td><td>1</td></tr></table><"
     assert documents_in_body(table, True) == _every_variant_searched(table, True) == []
+
+
+@settings(max_examples=2000, deadline=None)
+@given(_MARKUP)
+def test_the_possessive_unclosed_bracket_search_finds_what_the_backtracking_one_finds(markup: str) -> None:
+    # No shorter run of non-brackets is followed by "<" or the end, so giving characters back never helps.
+    found = _UNCLOSED_BRACKET.search(markup)
+    expected = re.search(r"<[^<>]*(?:<|\Z)", markup)
+    assert (found and found.span()) == (expected and expected.span())

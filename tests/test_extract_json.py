@@ -112,3 +112,12 @@ def test_a_large_document_of_numbers_is_refused_at_the_first_number_past_the_lim
 def test_integers_and_letters_in_strings_are_not_counted_as_fractions() -> None:
     document = "[" + "15," * (MAX_FRACTIONS + 5) + '"' + "e." * MAX_FRACTIONS + '"]'
     assert len(parse_json(document)) == MAX_FRACTIONS + 6
+
+
+def test_a_document_of_max_fractions_characters_is_read_whatever_it_holds_and_one_more_is_counted() -> None:
+    # No more characters than MAX_FRACTIONS hold no more fractions than that: such a text is not counted.
+    fractions = ",".join(["1.5"] * (MAX_FRACTIONS // 8))
+    document = "[" + fractions + ',"' + "e" * (MAX_FRACTIONS - 5 - len(fractions)) + '"]'
+    assert len(document) == MAX_FRACTIONS
+    assert parse_json(document)[-2] == Decimal("1.5")
+    assert parse_json(document.replace("[", "[0.5,", 1))[0] == Decimal("0.5")  # more characters: counted, read

@@ -6,6 +6,7 @@ import base64
 import contextlib
 import email as stdlib_email
 import html
+import json
 import quopri
 import re
 import sys
@@ -16,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailhook.errors import Unreadable
-from mailhook.extract import extract
+from mailhook.extract import embedded, extract
 from mailhook.extract.embedded import (
     _FORWARD_MARK,
     _HTML_HIDDEN,
@@ -32,7 +33,7 @@ from mailhook.extract.embedded import (
     find_documents,
     unescape,
 )
-from mailhook.extract.headers import _trim_header_lines, _trim_plain_headers, header_end
+from mailhook.extract.headers import NOT_HEADER_LINE, _trim_header_lines, _trim_plain_headers, header_end
 from mailhook.extract.mail import MAX_CONTAINERS, MAX_DOCUMENTS, Mail, _read, parse_mail
 from mailhook.extract.slow_mail import _SHARED_BOUNDARY, _MailParser, _with_shared_boundary, parse_message
 
@@ -400,6 +401,59 @@ def test_json_spans_track_strings_escapes_and_stray_quotes_as_a_character_scan_d
     assert _json_spans(text) == _json_spans_char_by_char(text)
 
 
+_JSON_STRINGS = st.text(st.sampled_from(['a', ' ', '"', "\\", "{", "}", "\n", "\u00e9", "/"]), max_size=6)
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | _JSON_STRINGS,
+    lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(st.sampled_from(["TextNotification", "events", "a", 'b"{', "c\\"]), inner, max_size=3),
+    max_leaves=12,
+)
+_JSON_PIECES = st.one_of(
+    st.sampled_from(["x ", "{", "}", '"', "\\", "\n", '{"events": ', "NaN", "[", "]"]),
+    _JSON_VALUES.map(lambda value: json.dumps({"TextNotification": value})),
+    _JSON_VALUES.map(json.dumps),
+    # A valid object cut short, or with one character dropped: the C scanner declines, the brace scan goes on.
+    st.tuples(_JSON_VALUES.map(lambda value: json.dumps({"events": value})), st.integers(0, 60)).map(
+        lambda pair: pair[0][: pair[1]] + pair[0][pair[1] + 1 :]
+    ),
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(_JSON_PIECES, max_size=8).map("".join))
+def test_json_spans_of_valid_broken_and_nested_objects_are_those_of_a_character_scan(text: str) -> None:
+    # _json_spans takes a valid object whole by json's scanner; a broken one is scanned brace by brace.
+    assert _json_spans(text) == _json_spans_char_by_char(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"events": ' + "[" * 5000 + "]" * 5000 + "}",  # past the recursion limit of json's scanner
+        '{"events": ' + "1" * 5000 + "}",  # past int's digit limit: json raises ValueError
+        '{"events": NaN, "x": -Infinity} {"TextNotification": {}}',
+        '{"events": "\x01"}',  # a control character in a string: invalid JSON, a string to the brace scan
+    ],
+)
+def test_json_spans_where_json_declines_an_object_the_brace_scan_reads_it(text: str) -> None:
+    assert _json_spans(text) == _json_spans_char_by_char(text)
+
+
+def test_json_scanner_is_not_tried_again_after_it_declines_a_broken_object(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Its error counts the lines before where it stopped: tried at each of many broken objects, a pass each.
+    tried: list[int] = []
+    scanner = embedded._valid_object_end
+
+    def counted(text: str, start: int) -> int | None:
+        tried.append(start)
+        return scanner(text, start)
+
+    monkeypatch.setattr(embedded, "_valid_object_end", counted)
+    text = JSON + "\n" + '{"events": x}\n' * 1000 + JSON
+    assert _json_spans(text) == _json_spans_char_by_char(text)
+    assert tried == [0, len(JSON) + 1]  # the valid one, then the first broken one; the rest brace by brace
+
+
 def test_a_quote_in_prose_before_a_notification_does_not_hide_it() -> None:
     assert find_documents(f'he said "hi. {JSON}') == [JSON.encode()]
 
@@ -420,6 +474,30 @@ _HEADER_PIECES = st.sampled_from(
 def test_plain_header_blocks_are_trimmed_exactly_as_line_by_line(raw: bytes) -> None:
     fast = _trim_plain_headers(raw, header_end(raw))
     assert fast is None or fast == _trim_header_lines(raw, header_end(raw))
+
+
+_HEADER_LINES = st.sampled_from(
+    [b"Subject: hi", b"SUBJECT:x", b"message-ID: <a@b>", b"Mime-Version: 1.0", b"CONTENT-TYPE: text/plain",
+     b"content-transfer-encoding:7bit", b"Content-Disposition: inline", b"Content-Typo: x", b"X-Subject: a",
+     b"Subject : x", b"From a@b Fri", b"FROM a@b", b"from a@b", b"From: x", b" more", b"\tmore", b"body line",
+     b":", b"", b"Received: a\r", b"a\rb: c"]
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(_HEADER_LINES, st.sampled_from([b"\n", b"\r\n"])), max_size=12))
+def test_kept_fields_and_lines_that_are_no_header_are_found_in_one_scan_as_line_by_line(
+    lines: list[tuple[bytes, bytes]],
+) -> None:
+    # Field names in any case are kept, "From " lines only as written; the plain path declines exactly where
+    # a line is neither a header nor a continuation line (or a CR is not before an LF).
+    raw = b"".join(line + end for line, end in lines) + b"\n" + b"body\n"
+    end = header_end(raw)
+    block = raw[:end]
+    fast = _trim_plain_headers(raw, end)
+    plain = NOT_HEADER_LINE.search(b"\n" + block) is None and block.count(b"\r") == block.count(b"\r\n")
+    assert (fast is not None) == plain
+    assert fast is None or fast == _trim_header_lines(raw, end)
 
 
 def test_ordinary_lf_and_crlf_header_blocks_take_the_plain_path() -> None:

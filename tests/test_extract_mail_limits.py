@@ -80,6 +80,16 @@ def test_an_email_of_max_lines_lines_is_read_and_one_more_line_is_refused() -> N
         parse_mail(raw + b"\n", MailLimits(max_lines=lines))
 
 
+def test_lines_are_counted_only_past_max_lines_bytes_and_an_email_of_nothing_but_line_ends_is_bounded_exactly() -> None:
+    # The line count is skipped where the bytes alone are no more than max_lines: an email of only line ends
+    # is the case where the two are equal.
+    blank = b"\n" * 40
+    check = parse_mail(blank, MailLimits(max_lines=40))
+    assert check.documents == ()
+    with pytest.raises(Unreadable, match=r"email of 41 lines \(limit max_lines 40\)"):
+        parse_mail(blank + b"\n", MailLimits(max_lines=40))
+
+
 def test_three_million_short_lines_are_refused_in_milliseconds() -> None:
     raw = HEAD + b"\r\n" + b"x\r\n" * 3_333_333
     started = time.perf_counter()

@@ -1,12 +1,17 @@
-"""A part's header block read from the cache reads as read_fields reads it, counts and all."""
+"""A part's header block, and its parameters, read from the cache read as they read without it, counts and all."""
 
 from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailhook.extract.header_fields import read_fields
-from mailhook.extract.simple_mail import _PART_FIELDS, CACHED_BLOCK_BYTES, read_part_fields
+from mailhook.extract.header_fields import (
+    CACHED_PARAMETER_CHARS,
+    _parameter_pairs_cached,
+    parameters,
+    read_fields,
+)
+from mailhook.extract.simple_mail import _PART_FIELDS, _TEXT_PARAMETERS, CACHED_BLOCK_BYTES, read_part_fields
 from mailhook.models import MailLimits
 
 # Lines that make part header blocks of every kind: known and unknown fields, folds, odd bytes, repeats.
@@ -56,3 +61,45 @@ def test_blocks_at_and_past_the_cached_size_read_alike() -> None:
             assert read_part_fields(block, limits, count) == expected
             assert read_part_fields(block, limits, count) == expected
             assert count[0] == 1 + 2 * (expected_count[0] - 1)
+
+
+_PARAMETER_TEXTS = st.lists(
+    st.sampled_from(
+        ["; charset=utf-8", '; charset="UTF-8"', "; format=flowed", ";delsp=yes", "; name=x", "; CHARSET=a"]
+    ),
+    max_size=3,
+).map("".join)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_PARAMETER_TEXTS, st.sampled_from([_TEXT_PARAMETERS, frozenset({"name"}), frozenset()]))
+def test_parameters_read_from_the_cache_read_as_read_anew(text: str, allowed: frozenset[str]) -> None:
+    first = parameters(text, allowed)
+    _parameter_pairs_cached.cache_clear()
+    assert parameters(text, allowed) == first  # read anew
+    assert parameters(text, allowed) == first  # from the cache
+    expected: dict[str, str] | None = {}
+    for piece in text.split(";")[1:]:
+        name, value = piece.split("=")
+        name = name.strip().lower()
+        if expected is None or name not in allowed or name in expected:
+            expected = None
+        else:
+            expected[name] = value.strip().strip('"')
+    assert first == expected
+
+
+def test_parameters_read_from_the_cache_are_the_callers_own() -> None:
+    params = parameters("; charset=utf-8", _TEXT_PARAMETERS)
+    assert params == {"charset": "utf-8"}
+    params["charset"] = "changed"
+    assert parameters("; charset=utf-8", _TEXT_PARAMETERS) == {"charset": "utf-8"}
+    assert parameters("; charset=utf-8", frozenset({"name"})) is None  # the allowed names are part of the key
+
+
+def test_parameters_past_the_cached_size_read_alike_and_are_not_kept() -> None:
+    long_name = "n" * (CACHED_PARAMETER_CHARS - len("; name=")) + "x"
+    _parameter_pairs_cached.cache_clear()
+    assert parameters(f"; name={long_name[:-1]}", frozenset({"name"})) == {"name": long_name[:-1]}
+    assert parameters(f"; name={long_name}", frozenset({"name"})) == {"name": long_name}
+    assert _parameter_pairs_cached.cache_info().currsize == 1  # the one at the cached size only

@@ -239,6 +239,10 @@ def test_every_generated_document_the_fast_reader_reads_reads_as_xmltodict_reads
         "<r><![CDATA[ x ]]></r>",
         "<r><a xmlns:q='w'>  </a></r>",
         "<r><x:y:z>1</x:y:z></r>",
+        # An element's text in pieces on both sides of children that have text of their own.
+        "<r>a<b>x<c>y</c>z<c/></b>w<b>q</b>v</r>",
+        "<r>a<![CDATA[b]]>c<d>e<![CDATA[]]>f</d>g&amp;h<d>i</d></r>",
+        "<r> <a>1</a> <a><b>2</b> <b>3</b> </a> </r>",
     ],
 )
 def test_the_fast_reader_reads_each_corner_as_xmltodict_reads_it(body: str) -> None:

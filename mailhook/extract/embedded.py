@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import functools
 import html
+import json
 import re
 
 _XML_START = re.compile(r"<\?xml\b|<(?:[\w.-]+:)?(?:TextNotification|CallFinished|BroadcastNotification|Envelope)\b")
@@ -36,8 +37,9 @@ _QUOTED_CONTENT = re.compile(r"^(?:[ \t]*>)+[ \t]*(?:[A-Za-z][A-Za-z0-9 _/-]{0,4
 # a million times must cost one pass, not one pass per tag.
 _HTML_BREAK = re.compile(r"<\s*(?:br|/p|/div|/tr|/li|/h\d|/pre)\b[^<>]*>", re.IGNORECASE)
 _HTML_TAG = re.compile(r"<[^<>]*>")
-# A "<" that no ">" closes before the next "<" or the end: _HTML_TAG leaves it in the text.
-_UNCLOSED_BRACKET = re.compile(r"<[^<>]*(?:<|\Z)")
+# A "<" that no ">" closes before the next "<" or the end: _HTML_TAG leaves it in the text. Possessive: at a
+# closed tag's "<" (nearly every one) the match fails at once, not after giving back its text a character at a time.
+_UNCLOSED_BRACKET = re.compile(r"<[^<>]*+(?:<|\Z)")
 _HTML_HIDDEN = re.compile(r"<(script|style|head)\b|</(script|style|head)\s*>", re.IGNORECASE)
 # The same in an ASCII text, where IGNORECASE is exactly both cases of each letter (elsewhere it also
 # takes U+017F for "s"): spelt as classes, the match tried at every "<" costs a third less.
@@ -219,6 +221,7 @@ def _json_spans(text: str) -> list[tuple[int, int]]:
     closed: list[tuple[int, int]] = []
     opened: list[int] = []
     pos = 0
+    declined = False
     while True:
         if opened:
             m = _JSON_NEXT_BRACE.match(text, pos)
@@ -230,6 +233,18 @@ def _json_spans(text: str) -> list[tuple[int, int]]:
             if m is None:
                 break
             i = m.start()
+            if text[i] == "{" and not declined:
+                end = _valid_object_end(text, i)
+                if end is not None:
+                    # What the brace-by-brace scan below would find from here: this object closed at `end`, and
+                    # any object inside it, which is dropped for it (a key inside one is inside this one too).
+                    if _has_key(keys, i, end):
+                        closed.append((i, end))
+                    pos = end
+                    continue
+                # json's error counts the lines before where it stopped: tried at each of many broken objects,
+                # that would cost a pass over the text each time, so after one the rest is scanned brace by brace.
+                declined = True
         pos = i + 1
         if text[i] == "{":
             opened.append(i)
@@ -252,6 +267,22 @@ def _json_spans(text: str) -> list[tuple[int, int]]:
             spans.append((begin, len(text)))
             break
     return spans
+
+
+_OBJECTS = json.JSONDecoder()
+
+
+def _valid_object_end(text: str, start: int) -> int | None:
+    """Return the end of the JSON object at text[start] where it is valid JSON, else None: one pass of json's C scanner.
+
+    Valid JSON tells its strings and escapes as `_JSON_NEXT_BRACE` does, so its
+    end is the brace that scan would close it at, found without a regex step
+    per string (a bench notification's spans in half the instructions; docs/performance.md, extract10).
+    """
+    try:
+        return _OBJECTS.raw_decode(text, start)[1]
+    except (ValueError, RecursionError):
+        return None
 
 
 def _occurrences(text: str, word: str) -> list[int]:

@@ -1,12 +1,13 @@
 """Read an email's header blocks from their bytes as email.feedparser and compat32 read them, or decline.
 
 The scans `mailhook.extract.simple_mail` (the fast path) and `mailhook.extract.headers`
-share: where the header block ends, whether its bytes are plain, and its fields
-with their values as compat32's `header_source_parse` makes them.
+share: where the header block ends, whether its bytes are plain, its fields
+with their values as compat32's `header_source_parse` makes them, and their `; name=value` parameters.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 
 from mailhook.models import MailLimits
@@ -21,6 +22,7 @@ _PLAIN_HEADER_BYTES = b"\t\n\r" + bytes(range(0x20, 0x7F))
 # A fold right after a parameter's `;`, as email.generator folds a long Content-Type or Content-Disposition.
 _PARAMETER_FOLD = re.compile(r";\r?\n(?=[ \t])")
 _FOLDABLE = frozenset({"content-type", "content-disposition"})
+_PARAMETER = re.compile(r';[ \t]*([A-Za-z]+)[ \t]*=[ \t]*(?:"([^"]+)"|([^ \t;]+))[ \t]*')
 
 
 def header_and_body(data: bytes) -> tuple[bytes, bytes] | None:
@@ -155,3 +157,29 @@ def _store(
         return False  # folded anywhere else: left to email.message
     fields[key] = value
     return True
+
+
+# A part's parameters (`; charset=utf-8`, a document's `; name=…`) are the same in every email one sender's
+# software makes: their reading is kept for the next few, a pure function of the text and the allowed names,
+# for texts up to this many characters only (a value may be up to header_size_limit long).
+CACHED_PARAMETER_CHARS = 256
+
+
+def parameters(text: str, allowed: frozenset[str]) -> dict[str, str] | None:
+    """Read `; name=value` parameters (already matched as tokens) as email.message's get_param reads them."""
+    read = _parameter_pairs_cached if len(text) <= CACHED_PARAMETER_CHARS else _parameter_pairs
+    pairs = read(text, allowed)
+    return None if pairs is None else dict(pairs)
+
+
+def _parameter_pairs(text: str, allowed: frozenset[str]) -> tuple[tuple[str, str], ...] | None:
+    params: dict[str, str] = {}
+    for param in _PARAMETER.finditer(text):
+        name = param.group(1).lower()
+        if name not in allowed or name in params:
+            return None
+        params[name] = param.group(2) or param.group(3)
+    return tuple(params.items())
+
+
+_parameter_pairs_cached = functools.lru_cache(maxsize=64)(_parameter_pairs)

@@ -25,13 +25,14 @@ _KEEP_HEADERS = frozenset(
 _MAX_FIELD_BYTES = 16 * 1024
 # email.feedparser's notion of a header line (an mbox "From " line counts too).
 _HEADER_LINE = re.compile(rb"From |[\x21-\x39\x3b-\x7e]*:")
-# In a header block with a "\n" put in front: a line that is neither a header nor a continuation line,
-# and a kept field (its line and continuation lines).
+# In a header block with a "\n" put in front: a line that is neither a header nor a continuation line.
 NOT_HEADER_LINE = re.compile(rb"\n(?![ \t]|From |[\x21-\x39\x3b-\x7e]*:)")
-_KEPT_FIELD = re.compile(
-    rb"\n((?:subject|message-id|mime-version|content-type|content-transfer-encoding|content-disposition)"
-    rb":[^\n]*(?:\n[ \t][^\n]*)*)",
-    re.IGNORECASE,
+# The same block's kept fields (group 1: a field's line and continuation lines) and, with no group, its
+# lines that NOT_HEADER_LINE finds: one scan tries each line once, not once for each of two patterns.
+_KEPT_FIELD_OR_NOT_HEADER = re.compile(
+    rb"\n(?:((?i:subject|m(?:essage-id|ime-version)|content-(?:type|transfer-encoding|disposition))"
+    rb":[^\n]*(?:\n[ \t][^\n]*)*)"
+    rb"|(?![ \t]|From |[\x21-\x39\x3b-\x7e]*:))"
 )
 
 
@@ -80,11 +81,16 @@ def _trim_plain_headers(raw: bytes, head_end: int) -> bytes | None:
     the body starts after it); for any other block, return None.
     """
     block = raw[:head_end]
-    lines = b"\n" + block
-    if not cr_only_before_lf(block) or NOT_HEADER_LINE.search(lines) is not None:
+    if not cr_only_before_lf(block):
         return None
-    # A field ends before its last line's "\n", which is put back (the block's last line has none).
-    kept = [m.group(1) + b"\n" if m.end() < len(lines) else m.group(1) for m in _KEPT_FIELD.finditer(lines)]
+    lines = b"\n" + block
+    kept: list[bytes] = []
+    for m in _KEPT_FIELD_OR_NOT_HEADER.finditer(lines):
+        field = m.group(1)
+        if field is None:
+            return None  # a line that is neither a header nor a continuation line
+        # A field ends before its last line's "\n", which is put back (the block's last line has none).
+        kept.append(field + b"\n" if m.end() < len(lines) else field)
     return b"".join(kept) + raw[head_end:]
 
 

@@ -49,7 +49,9 @@ def parse_json(data: bytes | str) -> Any:
     try:
         if text.startswith("\ufeff"):  # json.loads refuses it with its own message; keep that
             return json.loads(text, parse_int=int, parse_float=_decimal, parse_constant=_refuse_constant)
-        if text.count(".") + text.count("e") + text.count("E") <= MAX_FRACTIONS:
+        # Each non-integer number holds a ".", "e" or "E": a text of no more characters than that holds no more
+        # of them than allowed, told without counting them (three scans of every character).
+        if len(text) <= MAX_FRACTIONS or text.count(".") + text.count("e") + text.count("E") <= MAX_FRACTIONS:
             return _DECODER.decode(text)  # what json.loads does with these arguments, minus building a decoder
         # Possibly more non-integer numbers than allowed: count them as they are read, stopping at the first too many.
         return json.JSONDecoder(

@@ -52,7 +52,13 @@ import unicodedata
 from dataclasses import dataclass
 
 from mailhook.extract.flowed import unflow
-from mailhook.extract.header_fields import cr_only_before_lf, header_and_body, read_fields, without_last_line_end
+from mailhook.extract.header_fields import (
+    cr_only_before_lf,
+    header_and_body,
+    parameters,
+    read_fields,
+    without_last_line_end,
+)
 from mailhook.models import MailLimits, quick_init
 
 # Charsets whose codec decodes any bytes the same way every time (or fails the
@@ -72,11 +78,15 @@ _TOKEN = r'(?:"[A-Za-z0-9._:=+-]+"|[A-Za-z0-9._:+-]+)'
 _PARAMETERS = rf"((?:;[ \t]*[A-Za-z]+[ \t]*=[ \t]*{_TOKEN}[ \t]*)*)"
 _MEDIA_TYPE = re.compile(rf"([A-Za-z]+)/([A-Za-z]+)[ \t]*{_PARAMETERS}")
 _DISPOSITION = re.compile(rf"(attachment)[ \t]*{_PARAMETERS}", re.IGNORECASE)
-_PARAMETER = re.compile(r';[ \t]*([A-Za-z]+)[ \t]*=[ \t]*(?:"([^"]+)"|([^ \t;]+))[ \t]*')
 _ENCODINGS = frozenset({"", "7bit", "8bit", "quoted-printable", "base64"})
 _MULTIPART = frozenset({"mixed", "alternative", "related"})
 _DOCUMENT_TYPES = frozenset({"application/xml", "application/json"})
 _BOUNDARY = re.compile(r"[0-9A-Za-z._=+-]{1,70}")
+# The parameters each field may have here.
+_MULTIPART_PARAMETERS = frozenset({"boundary"})
+_TEXT_PARAMETERS = frozenset({"charset", "format", "delsp"})
+_NAME_PARAMETERS = frozenset({"name"})
+_FILENAME_PARAMETERS = frozenset({"filename"})
 
 
 @quick_init
@@ -188,20 +198,9 @@ def _add_multipart(
     return True
 
 
-def _parameters(text: str, allowed: frozenset[str]) -> dict[str, str] | None:
-    """Read `; name=value` parameters (already matched as tokens) as email.message's get_param reads them."""
-    params: dict[str, str] = {}
-    for param in _PARAMETER.finditer(text):
-        name = param.group(1).lower()
-        if name not in allowed or name in params:
-            return None
-        params[name] = param.group(2) or param.group(3)
-    return params
-
-
 def _multipart(media: re.Match[str], fields: dict[str, str], body: bytes) -> list[bytes] | None:
     """Cut a multipart body into its parts' bytes as email.feedparser does, or None unless its shape is plain."""
-    params = _parameters(media.group(3), frozenset({"boundary"}))
+    params = parameters(media.group(3), _MULTIPART_PARAMETERS)
     if (
         params is None
         or media.group(2).lower() not in _MULTIPART
@@ -257,7 +256,7 @@ def _is_forward(fields: dict[str, str]) -> bool:
     if disposition is None:
         return True
     match = _DISPOSITION.fullmatch(disposition)
-    return match is not None and _parameters(match.group(2), frozenset({"filename"})) is not None
+    return match is not None and parameters(match.group(2), _FILENAME_PARAMETERS) is not None
 
 
 def _add_forward(body: bytes, limits: MailLimits, count: list[int], plain: list[str], html: list[str]) -> bool:
@@ -292,7 +291,7 @@ def _add_part(
     disposition = fields.get("content-disposition")
     if ctype in _DOCUMENT_TYPES:
         return _add_attachment(ctype, media.group(3), cte, disposition, body, attachments)
-    params = _parameters(media.group(3), frozenset({"charset", "format", "delsp"}))
+    params = parameters(media.group(3), _TEXT_PARAMETERS)
     if params is None or disposition is not None or ctype not in ("text/plain", "text/html"):
         return False
     charset = params.get("charset", "utf-8").lower()
@@ -309,12 +308,12 @@ def _add_part(
 
 
 def _add_attachment(
-    ctype: str, parameters: str, cte: str, disposition: str | None, body: bytes, attachments: list[dict[str, object]]
+    ctype: str, media_params: str, cte: str, disposition: str | None, body: bytes, attachments: list[dict[str, object]]
 ) -> bool:
     """Add a base64 document attachment as mail-parser lists it (the keys mail._read reads)."""
-    params = _parameters(parameters, frozenset({"name"}))
+    params = parameters(media_params, _NAME_PARAMETERS)
     match = _DISPOSITION.fullmatch(disposition or "")
-    disposition_params = _parameters(match.group(2), frozenset({"filename"})) if match is not None else None
+    disposition_params = parameters(match.group(2), _FILENAME_PARAMETERS) if match is not None else None
     if (
         params is None
         or disposition_params is None
