@@ -8,13 +8,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailhook.extract.embedded import (
-    _QUOTE_PREFIX,
     _UNCLOSED_BRACKET,
-    _has_quoted_line,
     documents_in_body,
     find_documents,
     html_to_text,
 )
+from mailhook.extract.quoting import QUOTE_PREFIX, has_quoted_line
 
 
 def _every_variant_searched(body: str, is_html: bool) -> list[bytes]:
@@ -22,8 +21,8 @@ def _every_variant_searched(body: str, is_html: bool) -> list[bytes]:
     variants = [body, html_to_text(body)] if is_html else [body]
     found: list[bytes] = []
     for variant in variants:
-        if _has_quoted_line(variant):
-            variant = _QUOTE_PREFIX.sub("", variant)
+        if has_quoted_line(variant):
+            variant = QUOTE_PREFIX.sub("", variant)
         found += find_documents(variant)
     return found
 

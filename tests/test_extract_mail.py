@@ -19,14 +19,10 @@ from hypothesis import strategies as st
 from mailhook.errors import Unreadable
 from mailhook.extract import embedded, extract
 from mailhook.extract.embedded import (
-    _FORWARD_MARK,
     _HTML_HIDDEN,
     CACHED_CHARS,
-    FORWARD_HINTS_TRIED,
     _drop_hidden,
     _drop_hidden_cached,
-    _has_forward_mark,
-    _has_quoted_line,
     _json_spans,
     drop_hidden,
     drop_matched,
@@ -35,6 +31,7 @@ from mailhook.extract.embedded import (
 )
 from mailhook.extract.headers import NOT_HEADER_LINE, _trim_header_lines, _trim_plain_headers, header_end
 from mailhook.extract.mail import MAX_CONTAINERS, MAX_DOCUMENTS, Mail, _read, parse_mail
+from mailhook.extract.quoting import _FORWARD_MARK, FORWARD_HINTS_TRIED, _has_forward_mark, has_quoted_line
 from mailhook.extract.slow_mail import _SHARED_BOUNDARY, _MailParser, _with_shared_boundary, parse_message
 
 XML = (
@@ -334,7 +331,7 @@ _TEXTS = st.lists(_PIECES, max_size=40).map("".join)
 @settings(max_examples=3000, deadline=None)
 @given(_TEXTS)
 def test_line_start_checks_find_exactly_the_lines_their_multiline_patterns_find(text: str) -> None:
-    assert _has_quoted_line(text) == (re.search(r"^[ \t]*>", text, re.MULTILINE) is not None)
+    assert has_quoted_line(text) == (re.search(r"^[ \t]*>", text, re.MULTILINE) is not None)
     assert _has_forward_mark(text) == (_FORWARD_MARK.search(text) is not None)
 
 

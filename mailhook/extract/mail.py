@@ -20,9 +20,10 @@ from mailparser.exceptions import MailParserError
 
 from mailhook.errors import Unreadable
 from mailhook.extract.charset import decode_part
-from mailhook.extract.embedded import clean_text, documents_in_body, is_whole_document
+from mailhook.extract.embedded import documents_in_body, is_whole_document
 from mailhook.extract.flowed import unflow
 from mailhook.extract.headers import trim_headers
+from mailhook.extract.quoting import clean_text
 from mailhook.extract.simple_mail import read_simple_mail
 from mailhook.extract.slow_mail import DOC_TYPES, flowed_attachments, parse_message
 from mailhook.models import MailLimits, quick_init
