@@ -354,7 +354,7 @@ def test_a_store_cancelled_while_its_body_taken_at_once_waits_ends_the_session_a
     both: Both,
 ) -> None:
     # The session's outcome cancelled as the hand-over cancels it when the store's own future was cancelled
-    # (`handover.settle`, by `Future.cancel`, which the outcome does not refuse): the loop's `await` raises, and
+    # (`handover.settle`, by `Outcome.drop`, which the outcome does not refuse): the loop's `await` raises, and
     # the session closes without a reply.
     body = _body(1500)
 
@@ -372,7 +372,7 @@ def test_a_store_cancelled_while_its_body_taken_at_once_waits_ends_the_session_a
                 sock.sendall(body)
                 wait_until(lambda: len(door.storing) == 1, 10, "the message being stored")
                 (outcome,) = list(door.storing)
-                session.loop.call_soon_threadsafe(asyncio.Future.cancel, outcome)
+                session.loop.call_soon_threadsafe(outcome.drop)
                 wait_until(lambda: not door.storing, 10, "the store given up")
                 replies = [read_reply(f)]
             wait_until(lambda: not door.sessions, 10, "the session closed")
