@@ -17,6 +17,10 @@ The rows, the log line (to /dev/null) and the commit are included on both.
 With `--received` the worker's (or the one process's) pipeline acknowledges
 SMTP on receipt: each delivery is stored pending, its raw bytes only (nothing
 extracts them later here: the backlog is left out).
+With `--door` each delivery is awaited as the SMTP door's reply written at
+once awaits it: its outcome a `StoreOutcome`, the reply a callback of it
+(`Outcome.when_done` where the tree has it, else `add_done_callback`) that
+resolves what the turn awaits, as the next command's bytes would arrive.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -56,7 +61,7 @@ def deliveries(count: int) -> list[object]:
                      ("hook@example.com",), "127.0.0.1") for raw in raws[:count]]
 
 
-def run(path: str, count: int, batch: int, received: bool = False) -> None:
+def run(path: str, count: int, batch: int, received: bool = False, door: bool = False) -> None:
     """Send `count` deliveries through the `path` ("group" or "one"), `batch` per loop turn."""
     from mailhook.extract import extract
     from mailhook.logs import setup
@@ -103,8 +108,19 @@ def run(path: str, count: int, batch: int, received: bool = False) -> None:
         pipeline._extracted = lambda delivery: found[id(delivery)]  # type: ignore[method-assign]
         if received:
             pipeline.deferred = frozenset({"smtp"})
+        store: Any = pipeline.ingest_soon
+        if door:
+            from mailhook.smtp.handler import StoreOutcome
+
+            def store(delivery: Any) -> asyncio.Future[Any]:
+                outcome, replied = StoreOutcome(loop=loop), loop.create_future()
+                then = getattr(outcome, "when_done", outcome.add_done_callback)
+                then(lambda done: replied.set_result(done.result()))
+                pipeline.ingest_soon(delivery, outcome)
+                return replied
+
         for start in range(0, len(sent), batch):
-            await asyncio.gather(*(pipeline.ingest_soon(d) for d in sent[start:start + batch]))  # type: ignore[arg-type]
+            await asyncio.gather(*(store(d) for d in sent[start:start + batch]))
         if storage is not None and service is not None:
             storage.close()
             await asyncio.wait_for(service.ended, 10)
@@ -118,13 +134,15 @@ def run(path: str, count: int, batch: int, received: bool = False) -> None:
     database.cleanup()
 
 
-def instructions(root: Path, path: str, count: int, batch: int, tmp: Path, received: bool = False) -> list[int]:
+def instructions(
+    root: Path, path: str, count: int, batch: int, tmp: Path, received: bool = False, door: bool = False,
+) -> list[int]:
     """Return the instructions of each thread (in the order they started) of one run under callgrind."""
     out = tmp / f"cg.{path}.{count}.{batch}"
     env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{HERE}"}
     subprocess.run(["valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={out}.%p",
                     sys.executable, __file__, "--run", path, "--count", str(count), "--batch", str(batch),
-                    *(["--received"] if received else [])],
+                    *(["--received"] if received else []), *(["--door"] if door else [])],
                    env=env, check=True, capture_output=True)
     totals = []
     for part in sorted(tmp.glob(f"{out.name}.*-*")):
@@ -141,20 +159,22 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=1, help="deliveries per loop turn")
     parser.add_argument("--received", action="store_true", help="acknowledge on receipt: store pending")
+    parser.add_argument("--door", action="store_true", help="each awaited as the SMTP door's reply written at once")
     parser.add_argument("--root", type=Path, action="append", default=[], help="another checkout to count too")
     parser.add_argument("--run", choices=("group", "one"), help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=FEW, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:
-        run(args.run, args.count, args.batch, args.received)
+        run(args.run, args.count, args.batch, args.received, args.door)
         return 0
     tmp = Path(tempfile.mkdtemp(prefix="group-path-"))
     names = {"group": ("worker loop", "parent writer", "parent reader"), "one": ("loop", "writer")}
-    received = ", received" if args.received else ""
+    received = (", received" if args.received else "") + (", as the SMTP door" if args.door else "")
     print(f"instructions per delivery, {args.batch} a loop turn{received} ({MANY} - {FEW} deliveries, callgrind)")
     for root in [ROOT, *args.root]:
         for path in ("one", "group"):
-            few, many = (instructions(root, path, count, args.batch, tmp, args.received) for count in (FEW, MANY))
+            few, many = (instructions(root, path, count, args.batch, tmp, args.received, args.door)
+                         for count in (FEW, MANY))
             per = [(b - a) / (MANY - FEW) for a, b in zip(few, many, strict=False)]
             threads = ", ".join(f"{name} {value / 1000:,.1f} k" for name, value in zip(names[path], per, strict=False))
             print(f"  {root} {path}: {sum(per) / 1000:,.1f} k ({threads})", flush=True)

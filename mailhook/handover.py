@@ -56,12 +56,62 @@ def _deliver(
     settle(waiter, source)
 
 
+class Outcome(asyncio.Future[Receipt]):
+    """A store's future of the loop whose one plain callback (`then`) runs as it is settled, not a loop turn later.
+
+    An asyncio future runs its done callbacks through `call_soon`: a reply
+    written by one would wait for the loop's next turn (another
+    `epoll_wait`) after the turn that read the store's answer. Settled here
+    (`settle`, on the loop's thread: `Mailbox` hands it there), `then` is
+    called at once, after the delivery's log line, as a done callback would
+    be; the future's own callbacks (an awaiting task, `asyncio.wait`) still
+    run a turn later.
+    """
+
+    then: Callable[[Outcome], object] | None = None
+
+    def when_done(self, then: Callable[[Outcome], object]) -> None:
+        """Call `then(self)` once this is settled: at once then, or a loop turn from now if it already is."""
+        if self.done():
+            self.add_done_callback(then)
+        else:
+            self.then = then
+
+    def set_result(self, result: Receipt) -> None:
+        """Settle with `result`, then call `then`."""
+        super().set_result(result)
+        self._settled()
+
+    def set_exception(self, exception: type | BaseException) -> None:
+        """Settle with `exception`, then call `then`."""
+        super().set_exception(exception)
+        self._settled()
+
+    def drop(self) -> None:
+        """Cancel as `Future.cancel` does (a subclass may refuse `cancel`: the SMTP door's), then call `then`."""
+        asyncio.Future.cancel(self)
+        self._settled()
+
+    def _settled(self) -> None:
+        then, self.then = self.then, None
+        if then is None:
+            return
+        try:
+            then(self)
+        except Exception as exc:  # noqa: BLE001 - as the loop treats a done callback's error
+            self.get_loop().call_exception_handler({
+                "message": f"Exception in callback {then!r}", "exception": exc, "future": self})
+
+
 def settle(waiter: asyncio.Future[Receipt], source: Future[Receipt] | asyncio.Future[Receipt]) -> None:
     """Give `waiter` the outcome of `source`, a finished future (unless `waiter` was cancelled meanwhile)."""
     if waiter.cancelled():
         return
     if source.cancelled():
-        asyncio.Future.cancel(waiter)  # Future's own: the SMTP door's outcome refuses its task's cancel
+        if isinstance(waiter, Outcome):
+            waiter.drop()
+        else:
+            asyncio.Future.cancel(waiter)
     elif (exc := source.exception()) is not None:
         waiter.set_exception(exc)
     else:

@@ -31,6 +31,7 @@ from mailhook.server import Runtime
 from mailhook.smtp.body_at_once import BodyAtOnce
 from mailhook.smtp.door import SmtpDoor
 from mailhook.smtp.fastpath import END, read_body, whole_body
+from mailhook.smtp.handler import StoreOutcome
 from mailhook.smtp.mail_rcpt import MailAndRcpt
 
 LIMIT = 3000  # smtp.max_message_size in these tests: the line limit is the same (at least 1001, at most 1 MiB)
@@ -354,7 +355,7 @@ def test_a_store_cancelled_while_its_body_taken_at_once_waits_ends_the_session_a
     both: Both,
 ) -> None:
     # The session's outcome cancelled as the hand-over cancels it when the store's own future was cancelled
-    # (`handover.settle`, by `Future.cancel`, which the outcome does not refuse): the loop's `await` raises, and
+    # (`handover.settle`, by `Outcome.drop`, which the outcome does not refuse): the loop's `await` raises, and
     # the session closes without a reply.
     body = _body(1500)
 
@@ -372,7 +373,7 @@ def test_a_store_cancelled_while_its_body_taken_at_once_waits_ends_the_session_a
                 sock.sendall(body)
                 wait_until(lambda: len(door.storing) == 1, 10, "the message being stored")
                 (outcome,) = list(door.storing)
-                session.loop.call_soon_threadsafe(asyncio.Future.cancel, outcome)
+                session.loop.call_soon_threadsafe(outcome.drop)
                 wait_until(lambda: not door.storing, 10, "the store given up")
                 replies = [read_reply(f)]
             wait_until(lambda: not door.sessions, 10, "the session closed")
@@ -380,3 +381,46 @@ def test_a_store_cancelled_while_its_body_taken_at_once_waits_ends_the_session_a
 
     replies, _, at_once = both(send, storage={"busy_timeout": 30})
     assert replies == [b""] and at_once == 1
+
+
+def test_a_body_stored_as_it_arrives_is_replied_to_in_the_loop_turn_that_settles_its_store(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Loop turns counted by a callback that schedules itself again (`call_soon`: once per turn of the loop).
+    turn = [0]
+    settled: list[int] = []
+    replied: list[int] = []
+    set_result, replied_at_once = StoreOutcome.set_result, BodyAtOnce._replied
+
+    def counted_set_result(outcome: StoreOutcome, result: Any) -> None:
+        settled.append(turn[0])
+        set_result(outcome, result)
+
+    def counted_replied(session: BodyAtOnce, *args: Any) -> None:
+        replied.append(turn[0])
+        replied_at_once(session, *args)
+
+    monkeypatch.setattr(StoreOutcome, "set_result", counted_set_result)
+    monkeypatch.setattr(BodyAtOnce, "_replied", counted_replied)
+    paths = Paths(monkeypatch, at_once=True)
+    runtime = start_server()
+    door = next(d for d in runtime.doors if isinstance(d, SmtpDoor))
+    sock, f = raw_session(runtime)
+    with sock, f:
+        for line in ENVELOPE:
+            assert say(f, line)[:1] == b"2"
+        assert say(f, b"DATA").startswith(b"354 ")
+        (session,) = list(door.sessions)
+        ticking = [True]
+
+        def tick() -> None:
+            turn[0] += 1
+            if ticking[0]:
+                session.loop.call_soon(tick)
+
+        session.loop.call_soon_threadsafe(tick)
+        wait_until(lambda: turn[0] > 0, 10, "the turns counted")
+        sock.sendall(_body(1500))
+        assert read_reply(f).startswith(b"250 2.0.0 OK delivery 1 ")
+        ticking[0] = False
+    assert paths.at_once == 1 and len(settled) == 1 and replied == settled

@@ -5,7 +5,8 @@ A client that waits for each reply sends DATA alone, then the whole body
 MAIL or RCPT where it arrives (`answer_at_once`); `BodyAtOnce` does the same
 for DATA: its 354 is sent there, and a body that arrives whole, with nothing
 after its end and short of every limit, is stored from there
-(`Handler.store`), its reply written when the store's outcome is done. The
+(`Handler.store`), its reply written as the store's outcome is settled, in
+the same loop turn (`Outcome.then`). The
 session's task waits in its command loop's read throughout. Anything else (a
 body in pieces, bytes after its end, a body near a limit or past the
 in-flight budget, a reply that cannot be written at once, a cancelled store)
@@ -103,7 +104,7 @@ class BodyAtOnce(MailAndRcpt):
         envelope.content = envelope.original_content = content
         self.store_hold = hold
         outcome = self.reply_due = self.event_handler.store(self, envelope)
-        outcome.add_done_callback(self.stored_at_once)
+        outcome.when_done(self.stored_at_once)
 
     # Reads asyncio's socket transport's private _buffer and _closing, as `sent` does.
     def stored_at_once(self, outcome: StoreOutcome) -> None:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from aiosmtpd.smtp import Envelope, Session
 
 from mailhook.errors import RetryLater
+from mailhook.handover import Outcome
 from mailhook.logs import logfmt
 from mailhook.models import Delivery, utcnow
 from mailhook.smtp.auth import PasswordAuth
@@ -35,7 +36,7 @@ NOT_LISTED = "not listed"  # outside the sender allow-list, or the accepted reci
 OVERSHOOT = "overshoot"  # one recipient past max_recipients
 
 
-class StoreOutcome(asyncio.Future[Any]):
+class StoreOutcome(Outcome):
     """A message's store, as the session awaits it: cancelling the session (its connection lost) does not cancel it.
 
     asyncio's Task, cancelled while it awaits a future that refuses the
@@ -47,7 +48,8 @@ class StoreOutcome(asyncio.Future[Any]):
     task's outcome into this future): one way to await a store, without a
     second future, its callback and the loop's turn between them
     (docs/performance.md, smtp-door7, smtp8). The pipeline, which resolves
-    it, cancels it by `Future.cancel`.
+    it, cancels it by `Outcome.drop`. A reply written at once (smtp/body_at_once.py)
+    is its `then`, called in the loop turn that settles it (smtp11).
     """
 
     def cancel(self, msg: Any | None = None) -> bool:
