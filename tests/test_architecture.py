@@ -77,9 +77,9 @@ def test_the_store_knows_nothing_of_the_pipeline_the_doors_or_the_commands() -> 
 
 def test_the_pipeline_knows_no_door_and_the_backlog_is_its_client() -> None:
     found = [f"mailhook.pipeline -> {i}" for i in GRAPH["mailhook.pipeline"]
-             if _in(i, (*DOORS, "mailhook.backlog", "mailhook.pending_extraction", "mailhook.server",
-                        "mailhook.runtime", "mailhook.status_line", "mailhook.opening", "mailhook.cli",
-                        "mailhook.config"))]
+             if _in(i, (*DOORS, "mailhook.backlog", "mailhook.backlog_workers", "mailhook.pending_extraction",
+                        "mailhook.server", "mailhook.runtime", "mailhook.status_line", "mailhook.opening",
+                        "mailhook.cli", "mailhook.config"))]
     assert not found, _broken("the pipeline imports no door, backlog, server or configuration", found)
 
 

@@ -11,7 +11,8 @@ from mailhook.extract.header_fields import (
     parameters,
     read_fields,
 )
-from mailhook.extract.simple_mail import _PART_FIELDS, _TEXT_PARAMETERS, CACHED_BLOCK_BYTES, read_part_fields
+from mailhook.extract.simple_mail import _PART_FIELDS, CACHED_BLOCK_BYTES, read_part_fields
+from mailhook.extract.simple_part import _TEXT_PARAMETERS
 from mailhook.models import MailLimits
 
 # Lines that make part header blocks of every kind: known and unknown fields, folds, odd bytes, repeats.

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailhook.errors import Unreadable
+from mailhook.extract.times import to_time
 from mailhook.extract.values import (
     as_list,
     is_mapping,
@@ -23,7 +24,6 @@ from mailhook.extract.values import (
     to_labels,
     to_list,
     to_text,
-    to_time,
 )
 
 
@@ -212,7 +212,7 @@ def test_times_read_the_same_whichever_way_their_text_ends(value: str, expected:
 
 def _long_way_time(value: str) -> str | None:
     """to_time of a string the way it read every string before the `YYYY-MM-DDTHH:MM:SSZ` shortcut."""
-    from mailhook.extract.values import _iso_time
+    from mailhook.extract.times import _iso_time
 
     return _iso_time(value, "t")
 

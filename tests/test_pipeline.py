@@ -178,7 +178,7 @@ def test_a_large_delivery_is_extracted_in_the_worker_process_and_one_that_kills_
 ) -> None:
     import mailhook.beside
     import mailhook.pipeline
-    from mailhook.backlog import worker_pool
+    from mailhook.workers import worker_pool
 
     monkeypatch.setattr(mailhook.beside, "extract_rows", _die_on_poison)
     writer = Writer(tmp_path / "m.db")

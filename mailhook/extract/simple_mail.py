@@ -19,7 +19,7 @@ slow way. What it accepts:
   at most the parameters charset, format and delsp, each once, as a token
   (quoted or not); Content-Transfer-Encoding absent, or one line 7bit, 8bit,
   quoted-printable or base64 (base64 only when it decodes strictly); a charset,
-  when named, from `_CHARSETS`; no Content-Disposition;
+  when named, from `simple_part._CHARSETS`; no Content-Disposition;
 - or, at the top, `multipart/mixed|alternative|related; boundary=B` (B a
   token, or quoted and perhaps holding `=` as email.generator makes it), a
   body of lines ending in LF or CRLF (8-bit bytes only in a text part's
@@ -43,15 +43,10 @@ generated variants.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
-import quopri
 import re
-import unicodedata
 from dataclasses import dataclass
 
-from mailhook.extract.flowed import unflow
 from mailhook.extract.header_fields import (
     cr_only_before_lf,
     header_and_body,
@@ -59,34 +54,18 @@ from mailhook.extract.header_fields import (
     read_fields,
     without_last_line_end,
 )
+from mailhook.extract.simple_part import DISPOSITION, FILENAME_PARAMETERS, MEDIA_TYPE, add_part
 from mailhook.models import MailLimits, quick_init
 
-# Charsets whose codec decodes any bytes the same way every time (or fails the
-# same way, caught as mail-parser catches it); any other name is left to the slow path.
-_CHARSETS = frozenset(
-    {"us-ascii", "ascii", "utf-8", "utf8", "latin1", "latin-1", "cp1252"}
-    | {f"iso-8859-{n}" for n in (1, 2, 3, 4, 5, 7, 9, 13, 15)}
-    | {f"windows-{n}" for n in range(1250, 1259)}
-)
 # The fields headers.trim_headers keeps at the top; in a part, the ones whose meaning is read here.
 _TOP_FIELDS = frozenset(
     {"subject", "message-id", "mime-version", "content-type", "content-transfer-encoding", "content-disposition"}
 )
 _PART_FIELDS = frozenset({"mime-version", "content-type", "content-transfer-encoding", "content-disposition"})
-# A quoted value may hold `=` (email.generator quotes its `===============N==` boundaries); get_param unquotes it.
-_TOKEN = r'(?:"[A-Za-z0-9._:=+-]+"|[A-Za-z0-9._:+-]+)'
-_PARAMETERS = rf"((?:;[ \t]*[A-Za-z]+[ \t]*=[ \t]*{_TOKEN}[ \t]*)*)"
-_MEDIA_TYPE = re.compile(rf"([A-Za-z]+)/([A-Za-z]+)[ \t]*{_PARAMETERS}")
-_DISPOSITION = re.compile(rf"(attachment)[ \t]*{_PARAMETERS}", re.IGNORECASE)
-_ENCODINGS = frozenset({"", "7bit", "8bit", "quoted-printable", "base64"})
 _MULTIPART = frozenset({"mixed", "alternative", "related"})
-_DOCUMENT_TYPES = frozenset({"application/xml", "application/json"})
 _BOUNDARY = re.compile(r"[0-9A-Za-z._=+-]{1,70}")
 # The parameters each field may have here.
 _MULTIPART_PARAMETERS = frozenset({"boundary"})
-_TEXT_PARAMETERS = frozenset({"charset", "format", "delsp"})
-_NAME_PARAMETERS = frozenset({"name"})
-_FILENAME_PARAMETERS = frozenset({"filename"})
 
 
 @quick_init
@@ -118,11 +97,11 @@ def read_simple_mail(data: bytes, limits: MailLimits) -> SimpleMail | None:
     plain: list[str] = []
     html: list[str] = []
     attachments: list[dict[str, object]] = []
-    media = _MEDIA_TYPE.fullmatch(fields.get("content-type", "text/plain"))
+    media = MEDIA_TYPE.fullmatch(fields.get("content-type", "text/plain"))
     if media is not None and media.group(1).lower() == "multipart":
         if not _add_multipart(media, fields, split[1], limits, count, plain, html, attachments, nest=True):
             return None
-    elif not _add_part(fields, split[1], plain, html, attachments) or attachments:
+    elif not add_part(fields, split[1], plain, html, attachments) or attachments:
         return None
     if count[0] > limits.max_header_fields:
         return None
@@ -188,12 +167,12 @@ def _add_multipart(
         # RFC 2046: the line end before a delimiter belongs to it, so email.feedparser takes it off the payload.
         payload = without_last_line_end(part_split[1])
         if part_fields.get("content-type", "")[:10].lower() == "multipart/":  # before a regex match per leaf
-            inner = _MEDIA_TYPE.fullmatch(part_fields["content-type"])
+            inner = MEDIA_TYPE.fullmatch(part_fields["content-type"])
             if not nest or inner is None or not _add_multipart(
                 inner, part_fields, payload, limits, count, plain, html, attachments, nest=False
             ):
                 return False
-        elif not _add_part(part_fields, payload, plain, html, attachments):
+        elif not add_part(part_fields, payload, plain, html, attachments):
             return False
     return True
 
@@ -255,8 +234,8 @@ def _is_forward(fields: dict[str, str]) -> bool:
     disposition = fields.get("content-disposition")
     if disposition is None:
         return True
-    match = _DISPOSITION.fullmatch(disposition)
-    return match is not None and parameters(match.group(2), _FILENAME_PARAMETERS) is not None
+    match = DISPOSITION.fullmatch(disposition)
+    return match is not None and parameters(match.group(2), FILENAME_PARAMETERS) is not None
 
 
 def _add_forward(body: bytes, limits: MailLimits, count: list[int], plain: list[str], html: list[str]) -> bool:
@@ -276,87 +255,4 @@ def _add_forward(body: bytes, limits: MailLimits, count: list[int], plain: list[
         return False
     found: list[dict[str, object]] = []
     payload = without_last_line_end(split[1])
-    return _add_part(fields, payload, plain, html, found) and not found
-
-
-def _add_part(
-    fields: dict[str, str], body: bytes, plain: list[str], html: list[str], attachments: list[dict[str, object]]
-) -> bool:
-    """Add a leaf part's text or attachment as mail-parser's parse() would; False when the slow path must read it."""
-    media = _MEDIA_TYPE.fullmatch(fields.get("content-type", "text/plain"))
-    cte = fields.get("content-transfer-encoding", "").lower()
-    if media is None or cte not in _ENCODINGS:
-        return False
-    ctype = f"{media.group(1)}/{media.group(2)}".lower()
-    disposition = fields.get("content-disposition")
-    if ctype in _DOCUMENT_TYPES:
-        return _add_attachment(ctype, media.group(3), cte, disposition, body, attachments)
-    params = parameters(media.group(3), _TEXT_PARAMETERS)
-    if params is None or disposition is not None or ctype not in ("text/plain", "text/html"):
-        return False
-    charset = params.get("charset", "utf-8").lower()
-    if charset not in _CHARSETS:
-        return False
-    text = _body_text(body, cte, charset)
-    if text is None:
-        return False
-    if ctype == "text/plain" and params.get("format", "").lower() == "flowed":
-        text = unflow(text, delsp=params.get("delsp", "").lower() == "yes")
-    if text:
-        (html if ctype == "text/html" else plain).append(text)
-    return True
-
-
-def _add_attachment(
-    ctype: str, media_params: str, cte: str, disposition: str | None, body: bytes, attachments: list[dict[str, object]]
-) -> bool:
-    """Add a base64 document attachment as mail-parser lists it (the keys mail._read reads)."""
-    params = parameters(media_params, _NAME_PARAMETERS)
-    match = _DISPOSITION.fullmatch(disposition or "")
-    disposition_params = parameters(match.group(2), _FILENAME_PARAMETERS) if match is not None else None
-    if (
-        params is None
-        or disposition_params is None
-        or cte != "base64"
-        or "filename" not in disposition_params
-        or not body.isascii()
-    ):
-        return False
-    attachments.append(
-        {
-            "filename": disposition_params["filename"],
-            "payload": body.decode("ascii"),
-            "binary": True,
-            "mail_content_type": ctype,
-            "charset": None,
-        }
-    )
-    return True
-
-
-def _body_text(body: bytes, cte: str, charset: str) -> str | None:
-    """Decode the body as mail-parser's _decode_body_payload does, or None when base64 needs repair."""
-    if cte in ("", "7bit", "8bit"):
-        if body.isascii():
-            return body.decode("ascii")
-        payload = body
-    elif cte == "quoted-printable":
-        payload = quopri.decodestring(body)
-    else:
-        joined = b"".join(body.splitlines())
-        try:
-            payload = base64.b64decode(joined, validate=True)
-        except binascii.Error:
-            return None
-    if not payload:
-        return ""
-    try:
-        text = payload.decode(charset)
-        text.encode("utf-8")
-    except (LookupError, UnicodeError):
-        try:
-            text = payload.decode("utf-8")
-        except UnicodeDecodeError:
-            text = payload.decode("utf-8", "replace")
-    # mail-parser returns this text through its ported_string, which normalises it to NFC.
-    return text if text.isascii() else unicodedata.normalize("NFC", text)
+    return add_part(fields, payload, plain, html, found) and not found

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from mailhook.extract.values import is_utc_text
+from mailhook.extract.times import is_utc_text
 
 _NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
 _DIGITS = re.compile(r"\d+")

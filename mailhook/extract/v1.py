@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from mailhook.errors import Unreadable
+from mailhook.extract.times import to_time
 from mailhook.extract.values import (
     as_list,
     is_mapping,
@@ -23,7 +24,6 @@ from mailhook.extract.values import (
     to_int,
     to_labels,
     to_text,
-    to_time,
 )
 from mailhook.models import Attempt, Event
 

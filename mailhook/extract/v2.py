@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from mailhook.errors import Unreadable
+from mailhook.extract.times import to_time
 from mailhook.extract.v1 import call_seconds, sum_amounts
 from mailhook.extract.values import (
     as_list,
@@ -25,7 +26,6 @@ from mailhook.extract.values import (
     to_int,
     to_labels,
     to_text,
-    to_time,
 )
 from mailhook.models import Attempt, Event
 

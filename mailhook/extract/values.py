@@ -9,19 +9,16 @@ wrong kind. Ids never pass through a float.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeGuard
 
 from mailhook.errors import Unreadable
 
-_INT = re.compile(r"[+-]?[0-9]+")
+# An integer written as text (what XML gives for every number).
+INT_TEXT = re.compile(r"[+-]?[0-9]+")
 _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})
-# Epoch milliseconds beyond year 9999 cannot be a real CallFire timestamp.
-_MAX_EPOCH_MS = 253_402_300_799_999
 # Ids and counts are SQLite INTEGER columns: signed 64-bit.
 _MAX_INT64 = 2**63 - 1
 _MIN_INT64 = -(2**63)
@@ -62,7 +59,7 @@ def to_int(value: Any, name: str) -> int | None:
     """Read an exact integer from an int, a digit string or an integral Decimal."""
     if type(value) is int:  # what JSON gives: the checks below, in their order, for an int
         if not _MIN_INT64 <= value <= _MAX_INT64:
-            raise Unreadable(f"{name}: integer out of the 64-bit range: {_show(value)}")
+            raise Unreadable(f"{name}: integer out of the 64-bit range: {shown(value)}")
         return value
     if value is None:
         return None
@@ -71,9 +68,9 @@ def to_int(value: Any, name: str) -> int | None:
         digits = value.strip()
         if not digits:
             return None
-        # isdigit() and isascii() together say what _INT says of unsigned digits, without a regex.
-        if not ((digits.isdigit() and digits.isascii()) or _INT.fullmatch(digits)) or len(value) >= 40:
-            raise Unreadable(f"{name}: expected an integer, got {_show(value)}")
+        # isdigit() and isascii() together say what INT_TEXT says of unsigned digits, without a regex.
+        if not ((digits.isdigit() and digits.isascii()) or INT_TEXT.fullmatch(digits)) or len(value) >= 40:
+            raise Unreadable(f"{name}: expected an integer, got {shown(value)}")
         number = int(digits)
     elif is_blank(value):
         return None
@@ -88,12 +85,12 @@ def to_int(value: Any, name: str) -> int | None:
         and value == value.to_integral_value()
     ):
         number = int(value)
-    elif isinstance(value, str) and _INT.fullmatch(value.strip()) and len(value) < 40:
+    elif isinstance(value, str) and INT_TEXT.fullmatch(value.strip()) and len(value) < 40:
         number = int(value.strip())
     else:
-        raise Unreadable(f"{name}: expected an integer, got {_show(value)}")
+        raise Unreadable(f"{name}: expected an integer, got {shown(value)}")
     if not _MIN_INT64 <= number <= _MAX_INT64:
-        raise Unreadable(f"{name}: integer out of the 64-bit range: {_show(value)}")
+        raise Unreadable(f"{name}: integer out of the 64-bit range: {shown(value)}")
     return number
 
 
@@ -125,7 +122,7 @@ def to_text(value: Any, name: str) -> str | None:
         return str(value)
     if isinstance(value, str):
         return value if value.strip() else None
-    raise Unreadable(f"{name}: expected text, got {_show(value)}")
+    raise Unreadable(f"{name}: expected text, got {shown(value)}")
 
 
 def to_bool(value: Any, name: str) -> bool | None:
@@ -138,7 +135,7 @@ def to_bool(value: Any, name: str) -> bool | None:
             return False
         if not word:
             return None
-        raise Unreadable(f"{name}: expected a boolean, got {_show(value)}")
+        raise Unreadable(f"{name}: expected a boolean, got {shown(value)}")
     if value is None:
         return None
     value = text_of(value)
@@ -154,87 +151,7 @@ def to_bool(value: Any, name: str) -> bool | None:
             return True
         if word in _FALSE:
             return False
-    raise Unreadable(f"{name}: expected a boolean, got {_show(value)}")
-
-
-def to_time(value: Any, name: str) -> str | None:
-    """Normalize an ISO 8601 time (Z, ±hh:mm or none = UTC) or epoch milliseconds to UTC `...Z`."""
-    # XML's usual: text ending in a zone ("...Z"), neither blank nor digits alone (epoch milliseconds).
-    if type(value) is str and value and not (value[-1].isdigit() or value[-1].isspace()):
-        if is_utc_text(value):
-            return value  # already what _iso_time makes of it
-        return _iso_time(value, name)
-    if type(value) is int:  # JSON's usual: epoch milliseconds; the checks below, in their order, for an int
-        if not 0 <= value <= _MAX_EPOCH_MS:
-            raise Unreadable(f"{name}: epoch milliseconds out of range: {value}")
-        return _epoch_text(value // 1000)
-    if type(value) is str and len(value) == 25 and value.endswith("+00:00") and is_utc_text(value[:19] + "Z"):
-        return value[:19] + "Z"  # what _iso_time makes of it (the text reader's times come this way)
-    if value is None:
-        return None
-    value = text_of(value)
-    if is_blank(value):
-        return None
-    if isinstance(value, str) and _INT.fullmatch(value.strip()):
-        value = int(value.strip())
-    if isinstance(value, bool):
-        raise Unreadable(f"{name}: expected a time, got a boolean")
-    if isinstance(value, int | Decimal):
-        if not 0 <= value <= _MAX_EPOCH_MS:
-            raise Unreadable(f"{name}: epoch milliseconds out of range: {value}")
-        moment = datetime.fromtimestamp(int(value) // 1000, tz=UTC)
-    elif isinstance(value, str):
-        return _iso_time(value, name)
-    else:
-        raise Unreadable(f"{name}: expected a time, got {_show(value)}")
-    return _utc_text(moment)
-
-
-def is_utc_text(value: str) -> bool:
-    """Say whether `value` is a valid `YYYY-MM-DDTHH:MM:SSZ` (year 1000 or later), which normalizes to itself.
-
-    fromisoformat reads each of those fields as ASCII digits of that width, and
-    `_utc_text` writes them back the same way; anything else (another width, a
-    fraction, a week date, a space for the "T") goes the long way.
-    """
-    if len(value) != 20 or value[19] != "Z" or value[10] != "T" or value[0] == "0" or not value.isascii():
-        return False
-    if value[4] != "-" or value[7] != "-" or value[13] != ":" or value[16] != ":":
-        return False
-    try:
-        datetime.fromisoformat(value)
-    except ValueError:
-        return False
-    return True
-
-
-def _iso_time(value: str, name: str) -> str:
-    """Normalize an ISO 8601 time given as text (not blank, not digits alone) to UTC `...Z`."""
-    try:
-        moment = datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise Unreadable(f"{name}: not an ISO 8601 time: {_show(value)}") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    try:
-        moment = moment.astimezone(UTC)
-    except OverflowError:
-        raise Unreadable(f"{name}: time out of range: {_show(value)}") from None
-    return _utc_text(moment)
-
-
-def _epoch_text(seconds: int) -> str:
-    """Write epoch seconds (0 to the end of year 9999) as `_utc_text` writes that moment, from C's `gmtime`.
-
-    Years 1970 to 9999 have four digits, so `%Y` writes what `isoformat` does, without a datetime and its tzinfo.
-    """
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
-
-
-def _utc_text(moment: datetime) -> str:
-    if moment.year >= 1000:  # isoformat() is faster, and the same where strftime's %Y has four digits
-        return moment.isoformat()[:19] + "Z"
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    raise Unreadable(f"{name}: expected a boolean, got {shown(value)}")
 
 
 def to_decimal(value: Any, name: str) -> Decimal | None:
@@ -248,13 +165,13 @@ def to_decimal(value: Any, name: str) -> Decimal | None:
         if not text:
             return None
         if len(value) >= 60:
-            raise Unreadable(f"{name}: expected a number, got {_show(value)}")
+            raise Unreadable(f"{name}: expected a number, got {shown(value)}")
         try:
             amount = Decimal(text)
         except InvalidOperation:
-            raise Unreadable(f"{name}: expected a number, got {_show(value)}") from None
+            raise Unreadable(f"{name}: expected a number, got {shown(value)}") from None
         if not amount.is_finite() or (amount and amount.adjusted() >= _MAX_AMOUNT_DIGITS):
-            raise Unreadable(f"{name}: expected a finite amount, got {_show(value)}")
+            raise Unreadable(f"{name}: expected a finite amount, got {shown(value)}")
         return amount
     value = text_of(value)
     if is_blank(value):
@@ -269,11 +186,11 @@ def to_decimal(value: Any, name: str) -> Decimal | None:
         try:
             amount = Decimal(value.strip())
         except InvalidOperation:
-            raise Unreadable(f"{name}: expected a number, got {_show(value)}") from None
+            raise Unreadable(f"{name}: expected a number, got {shown(value)}") from None
     else:
-        raise Unreadable(f"{name}: expected a number, got {_show(value)}")
+        raise Unreadable(f"{name}: expected a number, got {shown(value)}")
     if not amount.is_finite() or (amount and amount.adjusted() >= _MAX_AMOUNT_DIGITS):
-        raise Unreadable(f"{name}: expected a finite amount, got {_show(value)}")
+        raise Unreadable(f"{name}: expected a finite amount, got {shown(value)}")
     return amount
 
 
@@ -305,6 +222,7 @@ def as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list) else [value]
 
 
-def _show(value: Any) -> str:
+def shown(value: Any) -> str:
+    """Return `value` as an error message shows it: its repr, cut to 60 characters."""
     shown = repr(value)
     return shown if len(shown) <= 60 else shown[:57] + "..."

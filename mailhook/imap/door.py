@@ -10,9 +10,9 @@ passes a message that is not durable. A message stored but not yet moved
 it without storing it again.
 
 `imap.account` resolves settings and connects; `imap.watcher` holds the
-per-folder thread, which fetches through `imap.fetch` and names, creates and
-moves into folders through `imap.folders`; this module starts them as a door
-of `serve` or alone.
+per-folder thread, whose work on each connection (`imap.folder_session`)
+fetches through `imap.fetch` and names, creates and moves into folders
+through `imap.folders`; this module starts them as a door of `serve` or alone.
 """
 
 from __future__ import annotations

@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from mailhook import health
 from mailhook.errors import RetryLater
 from mailhook.models import Delivery, Extraction, FolderPosition, Receipt
 from mailhook.privileges import FILE_MODE
+from mailhook.store.jobs import Job, delivery_outcome
 from mailhook.store.local import LocalPendingQueue, SoleLease
 from mailhook.store.reads import committed_position, quarantined_sources, totals
 from mailhook.store.rows import Completion, Rows, Work
@@ -34,33 +34,6 @@ log = logging.getLogger("mailhook.writer")
 
 Observer = Callable[[int, float], None]
 _STOP = object()
-
-
-@dataclass(slots=True)
-class _Job:
-    work: Work | None
-    future: Future[Any]
-    checkpoint: bool = False
-    live: bool = True
-    # Several works answered by one future (`submit_many`): a list of receipts, or RetryLater per item.
-    works: Sequence[Work] | None = None
-
-    @property
-    def size(self) -> int:
-        """Return how many deliveries this job adds to a commit."""
-        return len(self.works) if self.works is not None else 1
-
-    def claim(self) -> None:
-        """Mark the future running; a waiter that gave up (cancelled) gets no answer, but the work is done."""
-        self.live = self.future.set_running_or_notify_cancel()
-
-    def resolve(self, result: Any) -> None:
-        if self.live:
-            self.future.set_result(result)
-
-    def fail(self, exc: BaseException) -> None:
-        if self.live:
-            self.future.set_exception(exc)
 
 
 class Writer:
@@ -94,13 +67,13 @@ class Writer:
         self._busy_since: float | None = None
         self._stall = max(30.0, 3 * busy_timeout)
         self._probing = threading.Lock()
-        self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Job | object] = queue.SimpleQueue()
         # Around answering a commit of more than one delivery. The pipeline, whose callbacks write a line
         # per delivery in this thread, sets it to hold those lines for one write (logs.HeldLines).
         self.answering: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext
         self._closed = False
         # A job taken from the queue that would have made a commit larger than max_batch: the next one's first.
-        self._carried: _Job | None = None
+        self._carried: Job | None = None
         self._thread = threading.Thread(target=self._run, name="mailhook-writer", daemon=True)
         self._thread.start()
 
@@ -127,16 +100,16 @@ class Writer:
         """
         if len(works) > self.max_batch:
             raise ValueError(f"{len(works)} deliveries at once, more than max_batch ({self.max_batch})")
-        return self._queued(_Job(None, Future(), works=works))
+        return self._queued(Job(None, Future(), works=works))
 
     def complete(self, completion: Completion) -> Future[Receipt]:
         """Queue the events of a delivery stored pending for the next group commit."""
         return self._submit(completion)
 
     def _submit(self, work: Work) -> Future[Receipt]:
-        return self._queued(_Job(work, Future()))
+        return self._queued(Job(work, Future()))
 
-    def _queued(self, job: _Job) -> Future[Any]:
+    def _queued(self, job: Job) -> Future[Any]:
         """Queue `job` for the next commit and return its future (failed at once once the writer is closed)."""
         if self._closed:
             job.future.set_exception(RetryLater("mailhook is shutting down"))
@@ -147,7 +120,7 @@ class Writer:
     def check(self) -> Future[None]:
         """Return a future that resolves once the writer proved it can start a write transaction."""
         future: Future[None] = Future()
-        self._queue.put(_Job(None, future))
+        self._queue.put(Job(None, future))
         return future
 
     def health(self) -> str | None:
@@ -189,7 +162,7 @@ class Writer:
     def checkpoint(self) -> Future[WalCheckpoint]:
         """Return a future for a WAL checkpoint made by the writer thread after what is queued now."""
         future: Future[WalCheckpoint] = Future()
-        self._queue.put(_Job(None, future, checkpoint=True))
+        self._queue.put(Job(None, future, checkpoint=True))
         return future
 
     def close(self) -> None:
@@ -216,7 +189,7 @@ class Writer:
             if first is _STOP:
                 return
             self._carried = None
-            batch: list[_Job] = [first]  # type: ignore[list-item]
+            batch: list[Job] = [first]  # type: ignore[list-item]
             size = batch[0].size
             stop = False
             while size < self.max_batch:
@@ -227,7 +200,7 @@ class Writer:
                 if item is _STOP:
                     stop = True
                     break
-                job: _Job = item  # type: ignore[assignment]
+                job: Job = item  # type: ignore[assignment]
                 if size + job.size > self.max_batch:
                     self._carried = job
                     break
@@ -257,7 +230,7 @@ class Writer:
         self.last_checkpoint = result
         return result
 
-    def _commit(self, batch: list[_Job]) -> None:
+    def _commit(self, batch: list[Job]) -> None:
         for job in batch:
             job.claim()
         checks = [job for job in batch if job.work is None and job.works is None and not job.checkpoint]
@@ -271,7 +244,7 @@ class Writer:
             if job.checkpoint:
                 job.resolve(self._checkpoint())
 
-    def _write(self, checks: list[_Job], jobs: list[_Job]) -> None:
+    def _write(self, checks: list[Job], jobs: list[Job]) -> None:
         for job in checks:
             try:
                 self.store.check_writable()
@@ -312,17 +285,12 @@ class Writer:
         at = 0
         for job in jobs:
             if job.works is None:
-                outcome = _outcome(results[at])
+                outcome = delivery_outcome(results[at])
                 at += 1
                 if isinstance(outcome, RetryLater):
                     job.fail(outcome)
                 else:
                     job.resolve(outcome)
                 continue
-            job.resolve([_outcome(result) for result in results[at : at + len(job.works)]])
+            job.resolve([delivery_outcome(result) for result in results[at : at + len(job.works)]])
             at += len(job.works)
-
-
-def _outcome(result: Receipt | Exception) -> Receipt | RetryLater:
-    """Return a delivery's receipt, or the `RetryLater` its waiter gets for an error confined to it."""
-    return RetryLater(f"delivery could not be stored: {result}") if isinstance(result, Exception) else result
