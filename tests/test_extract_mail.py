@@ -33,6 +33,7 @@ from mailhook.extract.headers import NOT_HEADER_LINE, _trim_header_lines, _trim_
 from mailhook.extract.mail import MAX_CONTAINERS, MAX_DOCUMENTS, Mail, _read, parse_mail
 from mailhook.extract.quoting import _FORWARD_MARK, FORWARD_HINTS_TRIED, _has_forward_mark, has_quoted_line
 from mailhook.extract.slow_mail import _SHARED_BOUNDARY, _MailParser, _with_shared_boundary, parse_message
+from mailhook.models import MailLimits
 
 XML = (
     '<?xml version="1.0" encoding="UTF-8"?>\n'
@@ -566,6 +567,21 @@ def test_a_plain_multipart_header_is_known_to_be_read_with_the_shared_boundary(c
     assert renamed is not None and renamed[1]
     message = stdlib_email.message_from_bytes(renamed[0])
     assert (message.get_content_maintype(), message.get_boundary()) == ("multipart", _SHARED_BOUNDARY.decode())
+
+
+def test_the_shared_boundary_never_cuts_a_content_type_field_that_fits_header_size_limit() -> None:
+    # Found by the fast path's property test: renamed to the longer shared boundary, a 42-character field
+    # grew past a header_size_limit of 60 and was cut inside its boundary, so mail-parser saw no parts.
+    raw = (b'Subject: \nMIME-Version: 1.0\nContent-Type: multipart/alternative;\n boundary="mix-1-2"\n\n'
+           b'--mix-1-2\nContent-Type: application/xml; name="n.xml"\nContent-Transfer-Encoding: base64\n\n'
+           + base64.encodebytes(b"<TextNotification><Text id='1'/></TextNotification>") + b"--mix-1-2--\n")
+    head = header_end(raw)
+    growth = len(_SHARED_BOUNDARY) - len(b"mix-1-2")
+    assert _with_shared_boundary(raw, head + growth) is not None  # at the limit: the rename fits
+    assert _with_shared_boundary(raw, head + growth - 1) is None  # past it: the email's own boundary
+    for limit in (60, 61, head + growth - 1, head + growth):
+        parsed = parse_message(raw, MailLimits(header_size_limit=limit))
+        assert [part.get("filename") for part in parsed.attachments] == ["n.xml"], limit
 
 
 @pytest.mark.parametrize(

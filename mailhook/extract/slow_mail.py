@@ -119,7 +119,7 @@ class _MailParser(mailparser.MailParser):  # type: ignore[misc]  # mail-parser s
 def parse_message(data: bytes, limits: MailLimits | None = None) -> mailparser.MailParser:
     """Parse with mail-parser, through the shared boundary when that cannot change the result."""
     limits = limits or MailLimits()
-    renamed = _with_shared_boundary(data)
+    renamed = _with_shared_boundary(data, limits.header_size_limit)
     if renamed is not None:
         shared, plain = renamed
         try:
@@ -139,7 +139,9 @@ def parse_message(data: bytes, limits: MailLimits | None = None) -> mailparser.M
     return _MailParser.from_limited_bytes(data, limits)
 
 
-def _with_shared_boundary(data: bytes) -> tuple[bytes, bool] | None:
+def _with_shared_boundary(
+    data: bytes, header_size_limit: int = MailLimits().header_size_limit
+) -> tuple[bytes, bool] | None:
     """Return `data` with its top-level multipart boundary renamed _SHARED_BOUNDARY, when that is safe.
 
     The standard library compiles a regex for every multipart boundary it
@@ -148,7 +150,8 @@ def _with_shared_boundary(data: bytes) -> tuple[bytes, bool] | None:
     changes nothing else when the boundary is made of characters no header or
     delimiter syntax gives a meaning to and occurs only as the Content-Type
     parameter and at the start of whole delimiter lines up to the closing one
-    (never in content, a nested header or the epilogue). _parse keeps the
+    (never in content, a nested header or the epilogue), and when the longer
+    name cannot make the field longer than `header_size_limit`. _parse keeps the
     result only if the parsed email is a multipart with the shared boundary,
     which needs no asking when the header is `plain` (returned with the bytes):
     a block of header lines ending in LF or CRLF whose only Content-Type field
@@ -163,6 +166,10 @@ def _with_shared_boundary(data: bytes) -> tuple[bytes, bool] | None:
         return None
     boundary = field.group(1)
     size = len(boundary)
+    if len(_SHARED_BOUNDARY) > size and head_end + len(_SHARED_BOUNDARY) - size > header_size_limit:
+        # The longer name could push the Content-Type field past header_size_limit, which would cut it (and its
+        # boundary) where the email's own field is whole: no field of a header block this size can grow past it.
+        return None
     # Every occurrence, found as bytes.replace will find them: left to right, not overlapping.
     found: list[int] = []
     at = data.find(boundary)
