@@ -21,6 +21,7 @@ from process_support import ALLOW_ROOT
 
 from mailhook.config.settings import Settings
 from mailhook.config.validate import validate
+from mailhook.group.channel import Channel
 from mailhook.server import Runtime, serve
 
 # Subprocesses that inherit this environment (mailhook ingest, imap, serve) may run as root; a test
@@ -176,3 +177,13 @@ def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
     sock.settimeout(30)
     yield sock, path
     sock.close()
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[Channel, Channel]]:
+    """Both ends of a group channel over a socket pair: (the worker's, the parent's)."""
+    worker, parent = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ends = Channel(worker), Channel(parent)
+    yield ends
+    for end in ends:
+        end.close()

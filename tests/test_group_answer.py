@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import threading
-from collections.abc import Iterator
 from concurrent.futures import Future, InvalidStateError
 
 import pytest
@@ -23,16 +21,6 @@ from mailhook.models import Delivery, Receipt
 def _delivery(text_id: int) -> Delivery:
     return Delivery("smtp", notification(text_id), "2026-12-05T19:00:00.000000Z", envelope_from="a@example.com",
                     envelope_to=("ops@example.com",), remote_addr="127.0.0.1")
-
-
-@pytest.fixture
-def pair() -> Iterator[tuple[Channel, Channel]]:
-    """Both ends of a channel: (the worker's, the parent's)."""
-    worker, parent = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    ends = Channel(worker), Channel(parent)
-    yield ends
-    for end in ends:
-        end.close()
 
 
 def test_callbacks_run_when_the_answer_is_set_and_at_once_when_added_after() -> None:

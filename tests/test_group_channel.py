@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
@@ -30,16 +28,6 @@ from mailhook.store.writer import Writer
 def _delivery(text_id: int) -> Delivery:
     return Delivery("smtp", notification(text_id), "2026-12-04T21:00:00.000000Z", envelope_from="a@example.com",
                     envelope_to=("ops@example.com",), remote_addr="127.0.0.1")
-
-
-@pytest.fixture
-def pair() -> Iterator[tuple[Channel, Channel]]:
-    """Both ends of a channel: (the worker's, the parent's)."""
-    worker, parent = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    ends = Channel(worker), Channel(parent)
-    yield ends
-    for end in ends:
-        end.close()
 
 
 def test_messages_sent_together_arrive_together_in_order_and_one_alone_as_before(

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import Any
-
-import pytest
 
 from mailhook.errors import RetryLater
 from mailhook.group import wire
@@ -53,16 +50,6 @@ class _Jobs:
         """Wait until `count` jobs were handed (the service's reader thread hands them)."""
         with self.handed:
             assert self.handed.wait_for(lambda: len(self.jobs) >= count, timeout=10)
-
-
-@pytest.fixture
-def pair() -> Iterator[tuple[Channel, Channel]]:
-    """Both ends of a channel: (the worker's, the parent's)."""
-    worker, parent = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    ends = Channel(worker), Channel(parent)
-    yield ends
-    for end in ends:
-        end.close()
 
 
 def _serve(parent: Channel, writer: object, frames: list[list[tuple[Any, ...]]], worker: Channel,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Iterator
 
 import pytest
 
@@ -18,16 +17,6 @@ from mailhook.models import Delivery
 
 def _delivery(n: int) -> Delivery:
     return Delivery("smtp", b"Subject: %d\r\n\r\nbody\r\n" % n, "2026-12-05T21:00:00.000000Z")
-
-
-@pytest.fixture
-def pair() -> Iterator[tuple[Channel, Channel]]:
-    """Both ends of a channel: (the worker's, the parent's)."""
-    worker, parent = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    ends = Channel(worker), Channel(parent)
-    yield ends
-    for end in ends:
-        end.close()
 
 
 def test_a_hook_runs_once_at_the_next_select_and_one_that_scheduled_work_keeps_the_select_from_waiting() -> None:
