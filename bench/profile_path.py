@@ -14,7 +14,7 @@ process with `time.thread_time_ns` around the functions that make them:
 - extract: the rest of `extract()` (documents, text, values);
 - derive: `derived.e164` and `derived.sent_at`, as the store calls them;
 - payload JSON: `store.rows.rows` as the store calls it (each event's and attempt's row, its JSON);
-- log line: `pipeline.log_delivery` (formatted and written to a file, as to stderr);
+- log line: `submitter.log_delivery` (formatted and written to a file, as to stderr);
 - metrics: the pipeline's listeners (Prometheus counters, status counters) and the writer's commit observer;
 - door: the rest of the event-loop thread (the protocol, asyncio, the pipeline's glue);
 - store commit: the rest of the other threads (the writer: SQL, indexes, FTS, fsync).
@@ -153,7 +153,6 @@ def child(args: argparse.Namespace) -> int:
     sys.path.insert(0, str(args.tree))
     import mailhook
     import mailhook.extract
-    import mailhook.pipeline
     import mailhook.store.write
     from mailhook import logs
     from mailhook.config.load import load
@@ -166,12 +165,13 @@ def child(args: argparse.Namespace) -> int:
     clock = Clock()
     found = {
         "parse": _patch(clock, mailhook.extract, "parse_mail", "parse"),
-        "extract": _patch(clock, mailhook.pipeline, "extract", "extract"),
+        # Where the pipeline calls them: `pipeline` until house12, then `submitter`.
+        "extract": _patch_where(clock, ("mailhook.pipeline", "mailhook.submitter"), "extract", "extract"),
         # Where the store calls them: `store.write` until store8, then `store.event_rows` and `store.deliveries`.
         "derive": _patch_where(clock, ("mailhook.store.write", "mailhook.store.event_rows"), "e164", "derive")
         & _patch_where(clock, ("mailhook.store.write", "mailhook.store.deliveries"), "sent_at", "derive"),
         "payload JSON": _patch(clock, mailhook.store.write, "rows", "payload JSON"),
-        "log line": _patch(clock, mailhook.pipeline, "log_delivery", "log line"),
+        "log line": _patch_where(clock, ("mailhook.pipeline", "mailhook.submitter"), "log_delivery", "log line"),
     }
     smtp_port, http_port = free_port(), free_port()
     env = {"MAILHOOK_CONFIG": "", "MAILHOOK_DB": str(args.workdir / "mailhook.db"),

@@ -1,7 +1,7 @@
 """A delivery too large to read on the event loop: refused by its structure at once, or extracted beside the loop.
 
 The pipeline reads a small delivery on its event loop; one larger than
-`pipeline.INLINE_LIMIT` is first counted against the email structure limits
+`submitter.INLINE_LIMIT` is first counted against the email structure limits
 (a scan of its bytes), then extracted in the pipeline's executor (`serve`
 gives it a worker process, so a long parse in C, which holds the GIL, cannot
 stall the loop; a worker of `serve --workers N` the parent's pool), or without

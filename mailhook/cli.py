@@ -282,7 +282,7 @@ def _run_ingest(args: argparse.Namespace, settings: Settings, env: Mapping[str, 
 
 
 def _run_reprocess(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
-    from mailhook.pipeline import reprocess
+    from mailhook.reprocess import reprocess
     from mailhook.store.operations import operations
 
     database = settings.database(env)

@@ -76,7 +76,8 @@ def test_the_store_knows_nothing_of_the_pipeline_the_doors_or_the_commands() -> 
 
 
 def test_the_pipeline_knows_no_door_and_the_backlog_is_its_client() -> None:
-    found = [f"mailhook.pipeline -> {i}" for i in GRAPH["mailhook.pipeline"]
+    found = [f"{m} -> {i}" for m in ("mailhook.pipeline", "mailhook.submitter", "mailhook.reprocess")
+             for i in GRAPH[m]
              if _in(i, (*DOORS, "mailhook.backlog", "mailhook.backlog_workers", "mailhook.pending_extraction",
                         "mailhook.server", "mailhook.runtime", "mailhook.status_line", "mailhook.opening",
                         "mailhook.cli", "mailhook.config"))]

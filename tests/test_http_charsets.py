@@ -80,7 +80,7 @@ def test_an_unsigned_v1_body_in_utf16_is_stored_when_a_webhook_secret_is_set(
 
 
 def test_reprocess_reads_a_stored_body_in_its_declared_charset_again(start_webhook: StartWebhook) -> None:  # noqa: F811
-    from mailhook.pipeline import reprocess
+    from mailhook.reprocess import reprocess
     from mailhook.store.write import Store
 
     webhook = start_webhook()

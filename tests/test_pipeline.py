@@ -140,18 +140,18 @@ def test_large_deliveries_are_read_off_the_event_loop_small_ones_on_it(
 ) -> None:
     import threading
 
-    import mailhook.pipeline
+    import mailhook.submitter
 
     threads: list[int] = []
-    real = mailhook.pipeline.extract
+    real = mailhook.submitter.extract
 
     def spy(*args: Any, **kwargs: Any) -> Extraction:
         threads.append(threading.get_ident())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(mailhook.pipeline, "extract", spy)
+    monkeypatch.setattr(mailhook.submitter, "extract", spy)
     small = document("call-outbound.json")
-    large = Delivery(channel="http", raw=small.raw + b" " * mailhook.pipeline.INLINE_LIMIT, received_at="x",
+    large = Delivery(channel="http", raw=small.raw + b" " * mailhook.submitter.INLINE_LIMIT, received_at="x",
                      kind="document")
 
     async def both() -> tuple[int, Receipt, Receipt]:
@@ -177,7 +177,7 @@ def test_a_large_delivery_is_extracted_in_the_worker_process_and_one_that_kills_
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import mailhook.beside
-    import mailhook.pipeline
+    import mailhook.submitter
     from mailhook.workers import worker_pool
 
     monkeypatch.setattr(mailhook.beside, "extract_rows", _die_on_poison)
@@ -189,7 +189,7 @@ def test_a_large_delivery_is_extracted_in_the_worker_process_and_one_that_kills_
         return pools[-1]
 
     pipeline = Pipeline(writer, {}, executor=pools[0], new_executor=renew)
-    padding = b" " * mailhook.pipeline.INLINE_LIMIT
+    padding = b" " * mailhook.submitter.INLINE_LIMIT
     good = Delivery(channel="http", raw=document("call-outbound.json").raw + padding, received_at="x",
                     kind="document")
     poison = Delivery(channel="http", raw=b'{"KILL-THE-WORKER": 1}' + padding, received_at="x", kind="document")
@@ -210,13 +210,13 @@ def test_a_large_delivery_is_extracted_in_the_worker_process_and_one_that_kills_
 
 
 def test_a_large_email_over_a_structure_limit_is_refused_without_waiting_for_the_budget(tmp_path: Path) -> None:
-    import mailhook.pipeline
+    import mailhook.submitter
     from mailhook.budget import ByteBudget
     from mailhook.models import MailLimits
 
     writer = Writer(tmp_path / "m.db")
     pipeline = Pipeline(writer, {}, limits=MailLimits(max_parts=5), budget=ByteBudget(1000))
-    padding = b"x" * mailhook.pipeline.INLINE_LIMIT + b"\r\n"
+    padding = b"x" * mailhook.submitter.INLINE_LIMIT + b"\r\n"
     parts = b"".join(b"--b\r\n\r\n%d\r\n" % i for i in range(10))
     over = Delivery(channel="smtp", received_at="x", raw=b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n'
                     + padding + parts + b"--b--\r\n")

@@ -44,13 +44,14 @@ from mailhook.budget import InflightBudget
 from mailhook.errors import ConfigError, RetryLater
 from mailhook.handover import Mailbox
 from mailhook.models import Delivery, Receipt
-from mailhook.pipeline import INLINE_LIMIT, Pipeline
+from mailhook.pipeline import Pipeline
 from mailhook.server import Runtime
 from mailhook.smtp.connection import RCPT_OVERSHOOT
 from mailhook.smtp.door import SmtpDoor
 from mailhook.smtp.handler import StoreOutcome
 from mailhook.smtp.session import Connection
 from mailhook.store.writer import Writer
+from mailhook.submitter import INLINE_LIMIT
 
 EXPECTED = ".expected.json"
 SEED = FIXTURES / "seed"

@@ -10,7 +10,7 @@ from pathlib import Path
 from mailhook.beside import extract_rows
 from mailhook.files.deliveries import Unreadable
 from mailhook.models import Delivery, Kind, MailLimits
-from mailhook.pipeline import Found
+from mailhook.submitter import Found
 from mailhook.workers import extraction_pool
 
 # Parallel extraction from about a hundred emails (was: a megabyte, some 450); below that the

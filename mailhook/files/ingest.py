@@ -17,8 +17,9 @@ from mailhook.files.deliveries import Unreadable, deliveries
 from mailhook.files.extracted import CHUNK, Extracted, extraction_pool_for
 from mailhook.files.progress import Progress
 from mailhook.models import Delivery, Receipt, utcnow
-from mailhook.pipeline import Found, Pipeline
+from mailhook.pipeline import Pipeline
 from mailhook.store.open import open_storage
+from mailhook.submitter import Found
 
 log = logging.getLogger("mailhook.files")
 

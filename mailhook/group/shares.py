@@ -25,7 +25,7 @@ DIVIDED = (
     ("http", "max_per_ip"),
     ("parsing", "inflight_budget"),
 )
-# parsing.extraction_budget is not divided: the workers hold the parent's (group.remote.SharedBudget).
+# parsing.extraction_budget is not divided: the workers hold the parent's (group.borrowed.SharedBudget).
 
 
 def worker_count(settings: Settings) -> int:

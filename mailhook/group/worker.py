@@ -26,8 +26,9 @@ from mailhook.budget import InflightBudget, return_big_frees
 from mailhook.config.settings import Settings
 from mailhook.errors import ConfigError
 from mailhook.exitcodes import EX_CONFIG, EX_OK, EX_SOFTWARE
+from mailhook.group.borrowed import GroupMetrics, RemoteExtraction, SharedBudget
 from mailhook.group.channel import Channel
-from mailhook.group.remote import GroupMetrics, RemoteExtraction, RemoteStorage, SharedBudget
+from mailhook.group.remote import RemoteStorage
 from mailhook.group.turn_end import TurnEndSelector, new_loop
 from mailhook.group.turns import TakingTurns
 from mailhook.pipeline import Pipeline
