@@ -17,7 +17,7 @@ import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pytest
 from conftest import StartServer
@@ -67,13 +67,18 @@ def _body(size: int) -> bytes:
     return body
 
 
+def _to_data(f: BinaryIO) -> None:
+    """Send the envelope, each command answered 2xx, then DATA, answered 354."""
+    for line in ENVELOPE:
+        assert say(f, line)[:1] == b"2"
+    assert say(f, b"DATA").startswith(b"354 ")
+
+
 def _transaction(runtime: Runtime, pieces: list[bytes], *, pause: float = 0.0, end: bytes = b"QUIT\r\n") -> list[bytes]:
     """Send the envelope, DATA, then `pieces` (each its own write), then `end`; return every reply after DATA's."""
     sock, f = raw_session(runtime)
     with sock, f:
-        for line in ENVELOPE:
-            assert say(f, line)[:1] == b"2"
-        assert say(f, b"DATA").startswith(b"354 ")
+        _to_data(f)
         for piece in pieces:
             sock.sendall(piece)
             time.sleep(pause)
@@ -211,9 +216,7 @@ def test_commands_sent_while_the_body_is_stored_are_answered_after_its_reply(bot
         assert db is not None
         sock, f = raw_session(runtime)
         with sock, f:
-            for line in ENVELOPE:
-                assert say(f, line)[:1] == b"2"
-            assert say(f, b"DATA").startswith(b"354 ")
+            _to_data(f)
             with locked(db):
                 sock.sendall(body)
                 wait_until(lambda: len(door.storing) == 1, 10, "the message being stored")
@@ -245,9 +248,7 @@ def test_a_client_that_leaves_while_its_body_is_stored_leaves_the_caps_and_the_s
     sock, f = raw_session(runtime)
     with locked(db):
         with sock, f:
-            for line in ENVELOPE:
-                assert say(f, line)[:1] == b"2"
-            assert say(f, b"DATA").startswith(b"354 ")
+            _to_data(f)
             sock.sendall(body)
             wait_until(lambda: len(door.storing) == 1, 10, "the message being stored")
             if leaving == "reset":  # closed with an RST: the server sees the connection lost, not an EOF
@@ -266,9 +267,7 @@ def test_a_body_that_never_comes_after_a_354_sent_at_once_times_out_as_before(bo
     def send(runtime: Runtime) -> list[bytes]:
         sock, f = raw_session(runtime)
         with sock, f:
-            for line in ENVELOPE:
-                assert say(f, line)[:1] == b"2"
-            assert say(f, b"DATA").startswith(b"354 ")
+            _to_data(f)
             return [read_reply(f)]
 
     replies, stored, _ = both(send, smtp={"data_timeout": 1.0, "idle_timeout": 60.0})
@@ -365,9 +364,7 @@ def test_a_store_cancelled_while_its_body_taken_at_once_waits_ends_the_session_a
         assert db is not None
         sock, f = raw_session(runtime)
         with sock, f:
-            for line in ENVELOPE:
-                assert say(f, line)[:1] == b"2"
-            assert say(f, b"DATA").startswith(b"354 ")
+            _to_data(f)
             (session,) = list(door.sessions)
             with locked(db):
                 sock.sendall(body)
@@ -407,9 +404,7 @@ def test_a_body_stored_as_it_arrives_is_replied_to_in_the_loop_turn_that_settles
     door = next(d for d in runtime.doors if isinstance(d, SmtpDoor))
     sock, f = raw_session(runtime)
     with sock, f:
-        for line in ENVELOPE:
-            assert say(f, line)[:1] == b"2"
-        assert say(f, b"DATA").startswith(b"354 ")
+        _to_data(f)
         (session,) = list(door.sessions)
         ticking = [True]
 
