@@ -32,12 +32,9 @@ from mailhook.group import wire
 from mailhook.group.channel import Channel
 from mailhook.handover import gathered
 from mailhook.metrics import Metrics
-from mailhook.models import Delivery, Extraction, Receipt
+from mailhook.models import Receipt
 from mailhook.pipeline import Pipeline
-from mailhook.store.rows import Rows
-
-# A delivery a worker sent, as the writer takes it: with its rows (or an extraction), or None to store it pending.
-Submitted = tuple[Delivery, Extraction | Rows | None]
+from mailhook.store.rows import Submission
 
 log = logging.getLogger("mailhook.group")
 
@@ -63,7 +60,7 @@ class StoreService:
         self._holds: dict[int, asyncio.Event] = {}
         self._holding: set[asyncio.Task[None]] = set()
         # A frame's deliveries go to the writer as one job where it takes several at once (SQLite's `Writer`).
-        self._many: Callable[[Sequence[Submitted]], Future[list[Receipt | RetryLater]]] | None = getattr(
+        self._many: Callable[[Sequence[Submission]], Future[list[Receipt | RetryLater]]] | None = getattr(
             pipeline.writer, "submit_many", None)
         self._max_batch: int = getattr(pipeline.writer, "max_batch", 0)
 
@@ -111,7 +108,7 @@ class StoreService:
         """
         started = time.perf_counter()
         numbers = [message[1] for message in messages]
-        works: list[Submitted] = [(wire.delivery(message[2]), wire.found(message[3])) for message in messages]
+        works: list[Submission] = [(wire.delivery(message[2]), wire.found(message[3])) for message in messages]
         many, size = self._many, self._max_batch or len(works)
         if many is None:
             storage = self.pipeline.writer
@@ -125,7 +122,7 @@ class StoreService:
                 many(works[part]).add_done_callback(
                     functools.partial(self._committed, numbers[part], works[part], started))
 
-    def _committed(self, numbers: list[int], works: list[Submitted], started: float,
+    def _committed(self, numbers: list[int], works: list[Submission], started: float,
                    done: Future[list[Receipt | RetryLater]]) -> None:
         """Tell the listeners of each delivery committed (or refused), then answer them all in one frame.
 

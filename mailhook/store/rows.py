@@ -59,8 +59,10 @@ class Completion(NamedTuple):
     extraction: Extraction | Rows
 
 
-# What `Store.write` takes: a delivery with its extraction (None: store it pending), or a completion.
-Work = tuple[Delivery, Extraction | Rows | None] | Completion
+# A delivery with its extraction (None: store it pending), as a writer's `submit` and `submit_many` take it.
+Submission = tuple[Delivery, Extraction | Rows | None]
+# What `Store.write` takes: a submission, or a completion.
+Work = Submission | Completion
 
 
 def rows(extraction: Extraction | Rows, size: int | None = None) -> Rows:
