@@ -13,9 +13,10 @@ import multiprocessing
 import os
 import select
 import signal
-import threading
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor
+
+from mailhook.thread_names import NamedThread, name_this_thread
 
 
 def extraction_pool(workers: int | None = None) -> Executor | None:
@@ -61,7 +62,8 @@ def worker_pool(workers: int) -> ProcessPoolExecutor:
 
 def _worker_start(owner: int) -> None:
     _worker_init()  # SIGTERM is ignored already, as in the fork server (mailhook.forkserver)
-    threading.Thread(target=_exit_with, args=(owner,), name="owner-watch", daemon=True).start()
+    name_this_thread("mailhook-extract")
+    NamedThread(target=_exit_with, args=(owner,), name="mailhook-owner-watch", daemon=True).start()
 
 
 def _exit_with(owner: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -629,3 +630,22 @@ def test_a_sigterm_while_the_workers_start_stops_the_group_cleanly(tmp_path: Pat
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _thread_names(pid: int) -> list[str]:
+    names = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            names.append((task / "comm").read_text().rstrip("\n"))
+    return names
+
+
+def test_the_group_names_its_processes_and_threads_so_top_tells_them_apart(serve: type[Served]) -> None:
+    server = serve(2)
+    send_mail(server.smtp, notification(888_001))
+    workers = server.workers()
+    assert sorted(Path(f"/proc/{pid}/comm").read_text().rstrip("\n") for pid in workers) == [
+        "mh-worker-0", "mh-worker-1"]
+    parent = _thread_names(server.proc.pid)
+    assert {"mh-writer", "mh-reader-0", "mh-reader-1"} <= set(parent), parent
+    assert server.stop() == 0

@@ -27,6 +27,7 @@ from mailhook.group.turn_end import TurnEndSelector
 from mailhook.logs import HeldLines
 from mailhook.models import Delivery, Extraction, FolderPosition, Receipt
 from mailhook.store.rows import Completion, Rows, worker_rows
+from mailhook.thread_names import NamedThread
 
 if TYPE_CHECKING:
     from mailhook.store.interface import Lease, PendingQueue
@@ -76,7 +77,7 @@ class RemoteStorage:
         self._lost = False
         self._thread: threading.Thread | None = None
         if loop is None:
-            self._thread = threading.Thread(target=self._read, name="mailhook-remote-store", daemon=True)
+            self._thread = NamedThread(target=self._read, name="mailhook-remote-store", daemon=True)
             self._thread.start()
         else:
             # The loop reads the parent's answers itself: no reader thread to wake, and no hop from it to the

@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future
@@ -35,6 +34,7 @@ from mailhook.metrics import Metrics
 from mailhook.models import Receipt
 from mailhook.pipeline import Pipeline
 from mailhook.store.rows import Submission
+from mailhook.thread_names import NamedThread
 
 log = logging.getLogger("mailhook.group")
 
@@ -55,7 +55,9 @@ class StoreService:
         self.prepared: asyncio.Future[None] = loop.create_future()
         self.ready: asyncio.Future[list[str]] = loop.create_future()
         self.ended: asyncio.Future[None] = loop.create_future()
-        self._thread = threading.Thread(target=self._serve, name=f"mailhook-{name}", daemon=True)
+        # "mh-reader-1" in `top -H` beside the worker process "mh-worker-1" (the kernel keeps 15 bytes).
+        self._thread = NamedThread(target=self._serve, name=f"mailhook-reader-{name.removeprefix('worker-')}",
+                                   daemon=True)
         # Extraction budget the worker holds (or waits for), by request number: set when it gives it back.
         self._holds: dict[int, asyncio.Event] = {}
         self._holding: set[asyncio.Task[None]] = set()

@@ -21,7 +21,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from mailhook.group.channel import Channel
 from mailhook.group.service import StoreService
 from mailhook.group.shares import worker_count, worker_settings
 from mailhook.systemd import describe, watchdog_interval
+from mailhook.thread_names import NamedThread
 
 if TYPE_CHECKING:
     from mailhook.server import Runtime
@@ -168,7 +168,7 @@ class Group:
         service.start()
         worker = Worker(index, process, service)
         self.workers[index] = worker
-        threading.Thread(target=self._reap, args=(worker,), name=f"mailhook-reap-{index}", daemon=True).start()
+        NamedThread(target=self._reap, args=(worker,), name=f"mailhook-reap-{index}", daemon=True).start()
         return worker
 
     async def _step(self, worker: Worker, step: asyncio.Future[Any]) -> None:

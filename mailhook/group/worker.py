@@ -33,6 +33,7 @@ from mailhook.group.turn_end import TurnEndSelector, new_loop
 from mailhook.group.turns import TakingTurns
 from mailhook.pipeline import Pipeline
 from mailhook.server import Door, Runtime
+from mailhook.thread_names import name_this_thread
 
 log = logging.getLogger("mailhook.group")
 
@@ -51,6 +52,7 @@ def main(argv: list[str]) -> int:
     if hello is None or hello[0] != "hello":
         return EX_SOFTWARE
     _, settings, env, index = hello
+    name_this_thread(f"mailhook-worker-{index}")
     from mailhook.cli import configure_logging
 
     configure_logging(settings, os.environ, pid=True)

@@ -6,7 +6,6 @@ import contextlib
 import logging
 import socket
 import ssl
-import threading
 
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError
 
@@ -15,6 +14,7 @@ from mailhook.imap.account import Account, close, connect
 from mailhook.imap.folder_session import FolderSession
 from mailhook.pipeline import Pipeline
 from mailhook.store.interface import Lease, Storage
+from mailhook.thread_names import NamedThread
 
 log = logging.getLogger("mailhook.imap")
 
@@ -33,7 +33,7 @@ class Watcher(FolderSession):
 
     def __init__(self, account: Account, folder: str, pipeline: Pipeline, writer: Storage) -> None:
         super().__init__(account, folder, pipeline, writer)
-        self._thread = threading.Thread(target=self._run, name=f"mailhook-imap-{folder}", daemon=True)
+        self._thread = NamedThread(target=self._run, name=f"mailhook-imap-{folder}", daemon=True)
 
     def start(self) -> None:
         """Start the watcher thread."""

@@ -28,6 +28,7 @@ from mailhook.store.local import LocalPendingQueue, SoleLease
 from mailhook.store.reads import committed_position, quarantined_sources, totals
 from mailhook.store.rows import Completion, Rows, Work
 from mailhook.store.write import Store, WalCheckpoint
+from mailhook.thread_names import NamedThread
 
 log = logging.getLogger("mailhook.writer")
 
@@ -74,7 +75,7 @@ class Writer:
         self._closed = False
         # A job taken from the queue that would have made a commit larger than max_batch: the next one's first.
         self._carried: Job | None = None
-        self._thread = threading.Thread(target=self._run, name="mailhook-writer", daemon=True)
+        self._thread = NamedThread(target=self._run, name="mailhook-writer", daemon=True)
         self._thread.start()
 
     @property

@@ -33,6 +33,7 @@ from psycopg import errors as pg_errors
 from mailhook.errors import RetryLater
 from mailhook.models import FolderPosition, Receipt, Status
 from mailhook.store.pg.session import PING, TIMEOUT, close_quietly, open_session
+from mailhook.thread_names import NamedThread
 
 log = logging.getLogger("mailhook.store")
 
@@ -86,7 +87,7 @@ class AdvisoryLease:
             self._alive_at = time.monotonic()
             if self._held:
                 self._stop = threading.Event()
-                threading.Thread(target=self._keep, args=(self._conn, self._stop), daemon=True,
+                NamedThread(target=self._keep, args=(self._conn, self._stop), daemon=True,
                                  name="mailhook-lease").start()
             return self._held
 
