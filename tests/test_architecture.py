@@ -69,7 +69,7 @@ def test_the_pure_core_imports_only_the_core_and_touches_no_socket_database_or_e
 
 
 def test_the_store_knows_nothing_of_the_pipeline_the_doors_or_the_commands() -> None:
-    allowed = ("mailhook.privileges", "mailhook.health", "mailhook.backoff")
+    allowed = ("mailhook.privileges", "mailhook.health", "mailhook.backoff", "mailhook.thread_names")
     found = [f"{m} -> {i}" for m, imports in GRAPH.items() if _in(m, STORE) for i in imports
              if i.startswith("mailhook") and not (_in(i, CORE) or _in(i, STORE) or i in allowed)]
     assert not found, _broken("the store imports only the core and itself", found)
