@@ -1,7 +1,7 @@
 """Find the outside peers the benchmarks compare mailhook with: MailDev (npm) and mbox-to-sqlite (PyPI).
 
-They are installed outside the repository (docs/performance.md, "Distinct
-notifications"), by default under /opt/mailhook-bench-peers, or wherever
+They are installed outside the repository (docs/performance.md, "Reproduce"), by default under
+/opt/mailhook-bench-peers, or wherever
 `BENCH_PEERS` points:
 
     npm install --prefix "$BENCH_PEERS/node" maildev@3

@@ -98,7 +98,7 @@ def _visible_text_may_hold_document(markup: str) -> bool:
     undone: a "<" or "{" there comes from an entity ("&"), a brace, or a "<"
     that no ">" closes before the next "<" (every other "<" starts a tag or a
     break that is removed, whatever was removed before it). An HTML table of
-    fields has none, and its three regex passes are saved (docs/performance.md,
+    fields has none, and its three regex passes are saved (docs/performance-log.md,
     parse7); drop_hidden's result is cached for the text reader anyway.
     """
     visible = drop_hidden(markup)
@@ -263,7 +263,7 @@ def _valid_object_end(text: str, start: int) -> int | None:
 
     Valid JSON tells its strings and escapes as `_JSON_NEXT_BRACE` does, so its
     end is the brace that scan would close it at, found without a regex step
-    per string (a bench notification's spans in half the instructions; docs/performance.md, extract10).
+    per string (a bench notification's spans in half the instructions; docs/performance-log.md, extract10).
     """
     try:
         return _OBJECTS.raw_decode(text, start)[1]

@@ -1,7 +1,7 @@
 """Read a simple email straight from its bytes, as mail-parser would, or decline.
 
 mail-parser builds a full `email.message.Message` and walks it (~350 µs per
-email, docs/performance.md); most notification emails are one text part, or a
+email, docs/performance-log.md, "Where the CPU goes per message"); most notification emails are one text part, or a
 multipart of text parts and a base64 document attachment, whose reading needs
 none of that. `read_simple_mail` accepts only a shape whose every step through
 email.feedparser, the compat32 policy and mail-parser's `parse()` it repeats

@@ -77,8 +77,8 @@ class _MailParser(mailparser.MailParser):  # type: ignore[misc]  # mail-parser s
     """mail-parser without the summary dicts (`mail`, `mail_partial`) that mailhook never reads.
 
     `parse()` builds them twice per email, decoding every header and joining
-    every body again, a cost measured in docs/performance.md. The parts, attachments and
-    headers mailhook reads are built exactly as before.
+    every body again, a cost measured in docs/performance.md, "Where the code is shaped for speed". The
+    parts, attachments and headers mailhook reads are built exactly as before.
     """
 
     # Private override: MailParser._make_mail (builds the summary dicts) — skipped, mailhook never reads them.
@@ -145,8 +145,8 @@ def _with_shared_boundary(
     """Return `data` with its top-level multipart boundary renamed _SHARED_BOUNDARY, when that is safe.
 
     The standard library compiles a regex for every multipart boundary it
-    meets (see docs/performance.md), and boundaries are unique per email, so its cache never
-    helps; under one shared name the pattern is compiled once. The rename
+    meets (docs/performance.md, "Where the code is shaped for speed"), and boundaries are unique
+    per email, so its cache never helps; under one shared name the pattern is compiled once. The rename
     changes nothing else when the boundary is made of characters no header or
     delimiter syntax gives a meaning to and occurs only as the Content-Type
     parameter and at the start of whole delimiter lines up to the closing one

@@ -37,7 +37,8 @@ def utcnow() -> str:
 
 @functools.lru_cache(maxsize=2)
 def _utc_second(second: int) -> str:
-    # Called twice per delivery: each second is formatted once (docs/performance.md).
+    # Called twice per delivery: each second is formatted once
+    # (docs/performance.md, "Where the code is shaped for speed").
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
 
 

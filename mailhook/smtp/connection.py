@@ -84,7 +84,7 @@ class SessionBase(SMTP):
         super().__init__(handler, **kwargs)
         self.own_reader()
         # The loop's clock, read without `BaseEventLoop.time`'s Python frame around `time.monotonic` where that
-        # is all it is: the idle timer reads it on every command (docs/performance.md).
+        # is all it is: the idle timer reads it on every command (docs/performance-log.md, door-cut4).
         self.clock: Callable[[], float] = (
             time.monotonic if type(self.loop).time is asyncio.BaseEventLoop.time else self.loop.time)
 

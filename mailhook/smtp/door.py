@@ -47,7 +47,8 @@ class SmtpDoor:
         if self.passwords is not None and self.tls is None:
             raise ConfigError("smtp.auth_file needs smtp.tls_cert and smtp.tls_key: AUTH is offered over TLS only")
         # Only this case needs an EHLO hook; aiosmtpd inspects a hook's signature
-        # on every new connection (docs/performance.md), so the other doors go without.
+        # on every new connection (docs/performance.md, "Where the code is shaped for speed"),
+        # so the other doors go without.
         self.handler = (TlsWithoutAuthHandler if self.tls is not None and self.passwords is None else Handler)(self)
         self.sessions: set[SessionBase] = set()
         self.per_ip: collections.Counter[str] = collections.Counter()

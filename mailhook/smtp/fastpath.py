@@ -101,7 +101,7 @@ async def read_body(
     The replies and the content are aiosmtpd's, but the body is found by
     searching the stream for the whole end marker (`END`) rather than reading
     it one line at a time (the door's largest CPU cost per message;
-    docs/performance.md): two reads for a body within the stream limit whose
+    docs/performance.md, "Where the code is shaped for speed"): two reads for a body within the stream limit whose
     first line holds three characters or more (an email's starts with a
     header), and the dots unstuffed once on the whole body; only a body too big for the
     limits is checked line by line. Each block is counted in `hold` (the

@@ -47,7 +47,7 @@ class StoreOutcome(Outcome):
     store runs on the loop or in a task (`Pipeline.ingest_soon` copies the
     task's outcome into this future): one way to await a store, without a
     second future, its callback and the loop's turn between them
-    (docs/performance.md, smtp-door7, smtp8). The pipeline, which resolves
+    (docs/performance-log.md, smtp-door7, smtp8). The pipeline, which resolves
     it, cancels it by `Outcome.drop`. A reply written at once (smtp/body_at_once.py)
     is its `then`, called in the loop turn that settles it (smtp11).
     """

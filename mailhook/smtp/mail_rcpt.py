@@ -45,7 +45,8 @@ class MailAndRcpt(CommandLoop):
         """Split MAIL/RCPT's argument into address and parameters, plainly when the address is plain.
 
         aiosmtpd runs the full RFC 5322 parser (and defines a class) on every
-        call (docs/performance.md); a plain `<local@domain>` is returned as that parser would.
+        call (docs/performance.md, "Where the code is shaped for speed"); a plain `<local@domain>` is
+        returned as that parser would.
         """
         match = PLAIN_ANGLE_ADDR.match(arg)
         if match is None or "=?" in arg:

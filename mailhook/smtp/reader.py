@@ -32,7 +32,7 @@ class SessionReader(asyncio.StreamReader):
     wakes (`_wait_for_data`'s coroutine, the loop's `create_future`). Here
     `feed_data` wakes the reader itself, and `readuntil` and `readexactly`
     wait on their future themselves; everything else is asyncio's code,
-    copied (docs/performance.md, smtp-proto7). aiosmtpd's STARTTLS (which
+    copied (docs/performance-log.md, smtp-proto7). aiosmtpd's STARTTLS (which
     switches the reader's transport) and AUTH (`readline`) use it as they
     used asyncio's.
     """

@@ -53,7 +53,8 @@ class Connection(BodyAtOnce):
         """List only the commands and AUTH mechanisms.
 
         aiosmtpd finds them with dir() and inspect.getmembers() on every new
-        connection; over all its attributes that was much of setting one up (docs/performance.md).
+        connection; over all its attributes that was much of setting one up
+        (docs/performance.md, "Where the code is shaped for speed").
         """
         return hook_names(type(self))
 
@@ -153,8 +154,8 @@ class Connection(BodyAtOnce):
     # private SMTP._auth_required, as check_auth_needed reads it), its replies sent by `sent` when no coroutine is
     # needed and its DATA hook called directly, not through SMTP._call_handler_hook; reads the private
     # SMTP._reader/_writer and calls SMTP._set_post_data_state as the original does. One coroutine, not the
-    # timeout's and the copy's apart (docs/performance.md). tests/test_library_internals.py fails when the original
-    # changes.
+    # timeout's and the copy's apart (docs/performance-log.md, smtp-door6). tests/test_library_internals.py fails when
+    # the original changes.
     @syntax("DATA")
     async def smtp_DATA(self, arg: str | None) -> None:
         """aiosmtpd's DATA with the body read by `read_body`, under the DATA timeout, then the idle timeout again."""

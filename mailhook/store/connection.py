@@ -24,7 +24,7 @@ WAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 # The page size of a database mailhook creates (SQLite's default is 4,096). Every B-tree a commit
 # changes is a page written to the WAL with its checksum, so smaller pages write fewer bytes per
-# delivery; analysts' reads were measured at both sizes (docs/performance.md, "store8"). A database
+# delivery; analysts' reads were measured at both sizes (docs/performance-log.md, "store8"). A database
 # keeps the page size it was made with: in WAL mode only a VACUUM out of it could change it.
 PAGE_SIZE = 2048
 
