@@ -13,13 +13,15 @@ message and the share of the round's wall time the thread was on a core.
 Medians of the rounds. A thread near 100 % busy is the service's limit; the
 system share says how much of it is the kernel's (the writer's: WAL writes,
 two `pwrite64` per frame, and `fdatasync`). With `--baseline` another checkout
-runs in turn in every round.
+runs in turn in every round; with `--db` each server starts on a copy of a
+database (the store's page reads grow with its size).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -91,6 +93,8 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--baseline", type=Path, help="another checkout of mailhook, run in turn in every round")
+    parser.add_argument("--db", type=Path, help="start each server on a copy of this database (e.g. one of "
+                        "bench/analyst.py build's million events) instead of an empty one")
     parser.add_argument("extra", nargs="*", help="flags for `mailhook serve`, after --")
     args = parser.parse_args()
     print(machine(), file=sys.stderr)
@@ -101,6 +105,9 @@ def main() -> int:
     for label, root in roots.items():
         port = free_port()
         smtp, http = (port, None) if args.door == "smtp" else (None, port)
+        if args.db:
+            with sqlite3.connect(args.db) as source, sqlite3.connect(tmp / f"{label}.db") as copy:
+                source.backup(copy)  # the WAL's pages too, and a file the server alone writes
         servers[label] = (mailhook_serve(tmp / f"{label}.db", smtp_port=smtp, http_port=http, extra=args.extra,
                                          root=root, log=tmp / f"{label}.log"), port)
     results: dict[str, list[dict[str, tuple[float, ...]]]] = defaultdict(list)
