@@ -17,8 +17,8 @@
 **   - before xShmMap, xShmLock, xShmBarrier and xShmUnmap of the database file the WAL belongs to,
 **     the calls around which SQLite publishes frames to other connections.
 ** When a flush fails the gathered bytes are dropped: SQLite then rolls the transaction back, and the
-** frames it had written lie past the last commit frame, where no reader or recovery looks. The two
-** void calls (xShmBarrier, xShmUnmap) cannot report a failure, so there the bytes are kept for the
+** frames it had written lie past the last commit frame, where no reader or recovery looks. The calls
+** that cannot report a failure (xShmBarrier, xShmUnmap, an xShmLock unlock) keep the bytes for the
 ** next call that can; in practice the buffer is empty there, as a commit flushed at its last frame.
 **
 ** Loaded with sqlite3_load_extension (entry point sqlite3_walbuf_init, derived from the file name),
@@ -32,7 +32,7 @@ SQLITE_EXTENSION_INIT1
 #define WALBUF_NAME "walbuf"
 /* Bytes gathered at most before a flush: the unix VFS's seekAndWrite keeps only the low 17 bits
 ** of a write's length (SQLite's own writes are at most a 64 KiB page), so one xWrite of it must
-** stay below 128 KiB. 126 frames of 1 KiB pages, 63 of 2 KiB, 31 of 4 KiB fit in one. */
+** stay below 128 KiB. 125 frames of 1 KiB pages, 63 of 2 KiB, 31 of 4 KiB fit in one. */
 #define WALBUF_LIMIT 0x1ffff
 #define WALBUF_FRAME_HEADER 24       /* a WAL frame header; no other write to a WAL is this short */
 
