@@ -11,6 +11,7 @@ tests/test_http_connection.py; the behaviour their overrides must keep, here.)
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import hashlib
 import imaplib
 import inspect
@@ -727,3 +728,17 @@ def test_the_doors_200_answer_reads_as_a_fresh_stream_response_before_and_after_
     assert [getattr(ours, name) for name in names] == [getattr(theirs, name) for name in names], advice
     assert dict(ours.headers) == dict(theirs.headers) == {} and len(ours) == len(theirs) == 0, advice
     # Written, it is what aiohttp's Response writes: test_the_doors_200_answer_is_byte_for_byte_...
+
+
+def test_the_sqlite3_modules_own_file_leads_to_the_sqlite_it_uses_and_its_load_extension() -> None:
+    # mailhook/store/walbuf.py loads its extension through SQLite's C API, looked up from _sqlite3's file, where
+    # this Python's sqlite3 has no enable_load_extension (pyenv builds it without).
+    import _sqlite3
+
+    sqlite = ctypes.CDLL(_sqlite3.__file__)
+    sqlite.sqlite3_libversion.restype = ctypes.c_char_p
+    advice = "_sqlite3.__file__ no longer leads to SQLite's C API: mailhook/store/walbuf.py (_load_without_the_module)"
+    assert sqlite.sqlite3_libversion().decode() == sqlite3.sqlite_version, advice
+    assert all(hasattr(sqlite, name) for name in (
+        "sqlite3_open_v2", "sqlite3_enable_load_extension", "sqlite3_load_extension", "sqlite3_free", "sqlite3_close"
+    )), advice

@@ -1,6 +1,7 @@
 """The store: the only place with SQL. SQLite, or PostgreSQL (pg/); the doors and the pipeline see `interface.Storage`.
 
 - connection.py: opening the database (pragmas, file modes) and the schema migrations
+- walbuf.py: loading walbuf.c, the VFS through which the writer's connection writes a commit's WAL frames at once
 - schema.py, figures.py: the schema, and the figure tables triggers keep current
 - rows.py: an extraction as the rows to insert (built in worker processes too)
 - write.py: `Store`, the write path (one transaction per batch)

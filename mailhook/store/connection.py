@@ -12,6 +12,7 @@ from mailhook.derived import e164, sent_at
 from mailhook.errors import ConfigError, RetryLater
 from mailhook.models import stored_kind
 from mailhook.privileges import FILE_MODE, create_private, database_files, make_directories, restrict
+from mailhook.store import walbuf
 from mailhook.store.schema import MIGRATIONS
 
 if TYPE_CHECKING:
@@ -39,13 +40,19 @@ sqlite3.register_adapter(type(None), _NO_ADAPTER.get)
 
 
 def connect(
-    path: str | Path, *, busy_timeout: float = 5.0, readonly: bool = False, mode: int = FILE_MODE
+    path: str | Path,
+    *,
+    busy_timeout: float = 5.0,
+    readonly: bool = False,
+    mode: int = FILE_MODE,
+    buffered_wal: bool = False,
 ) -> sqlite3.Connection:
     """Open the database with mailhook's pragmas; read-only connections never write or migrate.
 
     A new database is created with `mode` (0600 by default) before SQLite opens
     it, so its -wal and -shm get the same mode; an existing one readable by
-    everyone is restricted to it.
+    everyone is restricted to it. `buffered_wal` opens it through the walbuf
+    VFS, which writes a commit's WAL frames at once, where that VFS could be loaded.
     """
     if readonly:
         conn = sqlite3.connect(
@@ -64,8 +71,12 @@ def connect(
             raise RetryLater(f"cannot create database {path}: {exc.strerror}") from exc
         restrict(database_files(Path(path)), mode)
         new = Path(path).stat().st_size == 0  # SQLite makes an empty file a new database
+        # The same file through either VFS: only how this connection writes its WAL differs.
+        through_walbuf = buffered_wal and walbuf.available()
+        target = f"{Path(path).resolve().as_uri()}?vfs={walbuf.VFS}" if through_walbuf else str(path)
         try:
-            conn = sqlite3.connect(str(path), timeout=busy_timeout, check_same_thread=False, isolation_level=None)
+            conn = sqlite3.connect(
+                target, uri=through_walbuf, timeout=busy_timeout, check_same_thread=False, isolation_level=None)
         except sqlite3.Error as exc:
             raise RetryLater(f"cannot open database {path}: {exc}") from exc
         if new:

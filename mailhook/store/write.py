@@ -59,7 +59,7 @@ class Store(Upkeep):
         self.path = Path(path)
         self._busy_ms = int(busy_timeout * 1000)
         self.phone_region = phone_region
-        self.conn = connect(path, busy_timeout=busy_timeout, mode=mode)
+        self.conn = connect(path, busy_timeout=busy_timeout, mode=mode, buffered_wal=True)
         migrate(self.conn, phone_region=phone_region)
         # The statement journals and savepoints' sub-journal in memory, not in a temporary file
         # that every commit creates, writes (more pages than the WAL gets) and unlinks. They hold
