@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -23,11 +24,13 @@ from mailhook import health
 from mailhook.errors import RetryLater
 from mailhook.models import Delivery, Extraction, FolderPosition, Receipt
 from mailhook.privileges import FILE_MODE
+from mailhook.store.checkpointer import Checkpointer
 from mailhook.store.jobs import Job, delivery_outcome
 from mailhook.store.local import LocalPendingQueue, SoleLease
 from mailhook.store.reads import committed_position, quarantined_sources, totals
 from mailhook.store.rows import Completion, Rows, Work
-from mailhook.store.write import Store, WalCheckpoint
+from mailhook.store.wal_index import WalIndex
+from mailhook.store.write import NET_FACTOR, Store, WalCheckpoint, checkpoint_pages
 from mailhook.thread_names import NamedThread
 
 log = logging.getLogger("mailhook.writer")
@@ -75,6 +78,8 @@ class Writer:
         self._closed = False
         # A job taken from the queue that would have made a commit larger than max_batch: the next one's first.
         self._carried: Job | None = None
+        # SQLite only: PostgreSQL's server has no WAL for us to copy.
+        self.checkpointer = self._checkpointer(busy_timeout) if store is None else None
         self._thread = NamedThread(target=self._run, name="mailhook-writer", daemon=True)
         self._thread.start()
 
@@ -167,13 +172,32 @@ class Writer:
         return future
 
     def close(self) -> None:
-        """Commit everything queued so far, then stop the thread and close the database."""
+        """Commit everything queued so far, then stop the threads and close the database."""
         if self._closed:
             return
         self._closed = True
         self._queue.put(_STOP)
         self._thread.join()
+        if self.checkpointer is not None:
+            # First, so that the writer's connection is the last and SQLite's closing checkpoint is its own as before.
+            self.checkpointer.close()
         self.store.close()
+
+    def _checkpointer(self, busy_timeout: float) -> Checkpointer | None:
+        """Start the checkpointer thread and raise the writer's own auto-checkpoint to its net; None if it cannot."""
+        index = WalIndex.open(self.store.path, self.store.page_size)
+        if index is None:
+            log.info("WAL index unreadable: the writer checkpoints the WAL itself")
+            return None
+        pages = checkpoint_pages(self.store.page_size)
+        try:
+            checkpointer = Checkpointer(self.store.path, index, pages=pages, busy_timeout=busy_timeout)
+        except (RetryLater, sqlite3.Error) as exc:
+            index.close()
+            log.warning("no checkpointer thread (%s): the writer checkpoints the WAL itself", exc)
+            return None
+        self.store.checkpoint_at(NET_FACTOR * pages)
+        return checkpointer
 
     def _run(self) -> None:
         interval = self.checkpoint_interval
@@ -241,6 +265,8 @@ class Writer:
                 self._write(checks, jobs)
         else:
             self._write(checks, jobs)
+        if jobs and self.checkpointer is not None:
+            self.checkpointer.committed()
         for job in batch:
             if job.checkpoint:
                 job.resolve(self._checkpoint())
