@@ -1,0 +1,255 @@
+"""The checkpointer thread: it copies the WAL back beside the writer, the writer's own checkpoint only a net."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from process_support import wait_until
+from test_store import email, rows, text_event
+
+from mailhook.models import Extraction
+from mailhook.store import wal_index, write
+from mailhook.store import writer as writer_module
+from mailhook.store.checkpointer import Checkpointer
+from mailhook.store.write import Store
+from mailhook.store.writer import Writer
+
+PAGES = 200  # the routine threshold in these tests: 200 pages of 2 KiB, a checkpoint every ten or so deliveries
+BODY = b"x" * 1500
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "mailhook.db"
+
+
+@pytest.fixture(autouse=True)
+def small_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(write, "CHECKPOINT_BYTES", PAGES * 2048)
+
+
+@pytest.fixture
+def passes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The name of the thread that ran each checkpoint the checkpointer made."""
+    ran: list[str] = []
+    checkpoint = Checkpointer._checkpoint
+
+    def recorded(self: Checkpointer) -> tuple[int, int, int] | None:
+        ran.append(threading.current_thread().name)
+        return checkpoint(self)
+
+    monkeypatch.setattr(Checkpointer, "_checkpoint", recorded)
+    return ran
+
+
+def _deliver(writer: Writer, numbers: range, sessions: int = 1) -> None:
+    """Store one email per number, `sessions` at a time as that many clients would, each waiting for its answer."""
+    def one(n: int) -> None:
+        receipt = writer.submit(email(f"<{n}@t>", BODY), Extraction(message_id=f"<{n}@t>", events=(text_event(n),)))
+        assert receipt.result(timeout=60).status == "stored"
+
+    if sessions == 1:
+        for n in numbers:
+            one(n)
+        return
+    with ThreadPoolExecutor(sessions) as pool:
+        list(pool.map(one, numbers))
+
+
+def _one_more(writer: Writer, numbers: Iterator[int]) -> bool:
+    """Store the next delivery (a commit, after which the writer may wake the checkpointer); say True."""
+    n = next(numbers)
+    _deliver(writer, range(n, n + 1))
+    return True
+
+
+def _wal(db: Path) -> int:
+    return Path(f"{db}-wal").stat().st_size
+
+
+def _integrity(db: Path) -> str:
+    with sqlite3.connect(db) as conn:
+        return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
+
+
+@pytest.fixture
+def writer(db: Path) -> Iterator[Writer]:
+    w = Writer(db, checkpoint_interval=0)
+    yield w
+    w.close()
+
+
+def test_the_writers_own_auto_checkpoint_is_only_the_net_and_the_checkpointer_has_the_routine_threshold(
+    writer: Writer,
+) -> None:
+    assert writer.checkpointer is not None
+    assert writer.checkpointer.pages == PAGES
+    assert writer.store.conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (write.NET_FACTOR * PAGES,)
+
+
+def test_the_checkpointer_thread_checkpoints_the_wal_while_deliveries_keep_committing(
+    db: Path, passes: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No net at all: whatever lets the WAL begin anew was copied back by the checkpointer alone.
+    monkeypatch.setattr(writer_module, "NET_FACTOR", 10_000)
+    frames: list[int] = []  # the WAL's frames after each commit
+    committed = Checkpointer.committed
+
+    def counted(self: Checkpointer) -> None:
+        frames.append(self._index.frames())
+        committed(self)
+
+    monkeypatch.setattr(Checkpointer, "committed", counted)
+    writer = Writer(db, checkpoint_interval=0)
+    try:
+        assert writer.store.conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (10_000 * PAGES,)
+        _deliver(writer, range(1200), sessions=6)
+    finally:
+        writer.close()
+    assert len(passes) >= 2
+    assert set(passes) == {"mailhook-checkpoint"}
+    steps = list(itertools.pairwise(frames))
+    assert sum(1 for before, after in steps if after < before) >= 2  # the WAL was begun anew
+    assert max(frames) < sum(after - before for before, after in steps if after > before)  # so it holds less
+    assert _integrity(db) == "ok"
+    assert rows(db, "SELECT count(*) FROM deliveries") == [(1200,)]
+
+
+def test_a_blocked_checkpointer_leaves_the_wal_to_the_writers_net(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = threading.Event()
+    woken = threading.Event()
+
+    def stuck(self: Checkpointer) -> bool:
+        woken.set()
+        release.wait()
+        return True
+
+    monkeypatch.setattr(Checkpointer, "_catch_up", stuck)
+    writer = Writer(db, checkpoint_interval=0)
+    try:
+        _deliver(writer, range(400))
+        assert woken.is_set()
+        # About 8,000 frames written; the WAL holds at most the net's 800 pages and the commit that crossed it.
+        assert _wal(db) < (write.NET_FACTOR * PAGES + 100) * (2048 + 24)
+    finally:
+        release.set()
+        writer.close()
+    assert _integrity(db) == "ok"
+    assert rows(db, "SELECT count(*) FROM deliveries") == [(400,)]
+
+
+def test_a_readers_snapshot_holds_the_wal_and_once_it_lets_go_the_checkpointer_copies_it(
+    db: Path, writer: Writer, passes: list[str]
+) -> None:
+    checkpointer = writer.checkpointer
+    assert checkpointer is not None
+    _deliver(writer, range(5))
+    reader = sqlite3.connect(db)
+    reader.execute("BEGIN")
+    assert reader.execute("SELECT count(*) FROM deliveries").fetchone() == (5,)
+    _deliver(writer, range(5, 300))
+    # Neither the checkpointer nor the writer's net may copy what the reader's snapshot still needs.
+    index = wal_index.WalIndex.open(db, 2048)
+    assert index is not None
+    assert index.pending() > write.NET_FACTOR * PAGES
+    assert reader.execute("SELECT count(*) FROM deliveries").fetchone() == (5,)
+    reader.close()
+    held = index.frames()
+    more = iter(range(300, 10_000))
+
+    wait_until(lambda: _one_more(writer, more) and index.frames() < held, 60, "the WAL copied back and begun anew")
+    index.close()
+    assert set(passes) == {"mailhook-checkpoint"}
+    assert _integrity(db) == "ok"
+
+
+def test_close_stops_the_checkpointer_and_leaves_the_database_whole_with_every_delivery(db: Path) -> None:
+    writer = Writer(db, checkpoint_interval=0)
+    checkpointer = writer.checkpointer
+    assert checkpointer is not None and checkpointer.alive
+    futures = [writer.submit(email(f"<{n}@t>", BODY), Extraction(message_id=f"<{n}@t>", events=(text_event(n),)))
+               for n in range(500)]
+    writer.close()
+    assert all(future.result(timeout=0).status == "stored" for future in futures)
+    assert not checkpointer.alive
+    # The writer's connection closed last: SQLite copied the rest back and removed the WAL, as it did before.
+    assert not Path(f"{db}-wal").exists()
+    assert _integrity(db) == "ok"
+    assert rows(db, "SELECT count(*) FROM deliveries") == [(500,)]
+
+
+def test_a_failing_checkpoint_is_logged_once_per_kind_and_deliveries_go_on(
+    db: Path, writer: Writer, caplog: pytest.LogCaptureFixture
+) -> None:
+    checkpointer = writer.checkpointer
+    assert checkpointer is not None
+
+    class Failing:
+        def execute(self, sql: str) -> sqlite3.Cursor:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        def close(self) -> None:
+            pass
+
+    real = checkpointer._conn
+    checkpointer._conn = Failing()  # type: ignore[assignment]
+    try:
+        with caplog.at_level(logging.WARNING, "mailhook.store"):
+            assert checkpointer._checkpoint() is None
+            assert checkpointer._checkpoint() is None
+            _deliver(writer, range(100))
+        assert [r.getMessage() for r in caplog.records if "checkpoint" in r.getMessage()] == [
+            "WAL checkpoint failed (the writer's own checkpoints go on): disk I/O error"]
+    finally:
+        checkpointer._conn = real
+    assert rows(db, "SELECT count(*) FROM deliveries") == [(100,)]
+
+
+def test_without_a_readable_wal_index_the_writer_checkpoints_at_the_routine_threshold_itself(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(wal_index.WalIndex, "open", classmethod(lambda cls, database, page_size: None))
+    writer = Writer(db, checkpoint_interval=0)
+    try:
+        assert writer.checkpointer is None
+        assert writer.store.conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (PAGES,)
+        _deliver(writer, range(50))
+    finally:
+        writer.close()
+    assert rows(db, "SELECT count(*) FROM deliveries") == [(50,)]
+
+
+def test_a_writer_handed_another_store_has_no_checkpointer(db: Path) -> None:
+    writer = Writer(db, checkpoint_interval=0, store=Store(db))
+    try:
+        assert writer.checkpointer is None
+    finally:
+        writer.close()
+
+
+def test_a_blocked_pass_makes_the_checkpointer_pause_not_report_success(
+    db: Path, writer: Writer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkpointer = writer.checkpointer
+    assert checkpointer is not None
+    _deliver(writer, range(5))
+    reader = sqlite3.connect(db)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM deliveries").fetchone()
+    try:
+        _deliver(writer, range(5, 30))
+        wait_until(lambda: checkpointer.idle, 30, "the checkpointer idle")
+        checkpointer._catch_up()  # copies what the reader does not need, if any is left
+        assert not checkpointer._catch_up()
+    finally:
+        reader.close()
+    assert checkpointer._catch_up()
