@@ -1,4 +1,4 @@
-"""The private names of aiosmtpd, mail-parser and imapclient, and SQLite's WAL index, that mailhook relies on.
+"""The private names of aiosmtpd, mail-parser, imapclient and SQLite's WAL index mailhook uses still mean the same.
 
 Each library's internals are touched in one module, which lists them in
 `PRIVATE_NAMES`; pyproject.toml caps each library below its next release.

@@ -61,6 +61,10 @@ class WalIndex:
         backfilled: int = _FRAMES.unpack_from(self._map, _BACKFILL_AT)[0]
         return max(0, frames - backfilled)
 
+    def frames(self) -> int:
+        """Return how many frames the WAL holds (fewer again once SQLite writes the WAL anew from its start)."""
+        return int(_FRAMES.unpack_from(self._map, _MAX_FRAME_AT)[0])
+
     def backfilled(self) -> int:
         """Return how many of the WAL's frames have been copied back (0 again once SQLite writes the WAL anew)."""
         return int(_FRAMES.unpack_from(self._map, _BACKFILL_AT)[0])
