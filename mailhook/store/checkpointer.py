@@ -17,6 +17,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
+from mailhook.privileges import FILE_MODE
 from mailhook.store.connection import connect
 from mailhook.store.wal_index import WalIndex
 from mailhook.thread_names import NamedThread
@@ -44,12 +45,14 @@ FINISH_WAIT = 10.0
 class Checkpointer:
     """Runs passive WAL checkpoints on its own connection and thread whenever the writer says the WAL is long."""
 
-    def __init__(self, path: str | Path, index: WalIndex, *, pages: int, busy_timeout: float = 5.0) -> None:
+    def __init__(
+        self, path: str | Path, index: WalIndex, *, pages: int, busy_timeout: float = 5.0, mode: int = FILE_MODE
+    ) -> None:
         self.path = Path(path)
         self.pages = pages
         self.passes = 0  # checkpoints run, for tests and curiosity
         self._index = index
-        self._conn = connect(path, busy_timeout=busy_timeout)
+        self._conn = connect(path, busy_timeout=busy_timeout, mode=mode)
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._idle = True
@@ -102,7 +105,9 @@ class Checkpointer:
                     return
                 if not self._catch_up():
                     self._stopping.wait(BLOCKED_PAUSE)
-                elif 0 < self._index.pending() <= FINISH_FRAMES and not self._stopping.is_set():
+                elif self._index.pending() <= FINISH_FRAMES and not self._stopping.is_set():
+                    # Even with nothing left now: the writer's transaction under way began before the
+                    # last frame was copied, so its commit would add to this WAL instead of starting it anew.
                     self._last_pass()
                 self._idle = True
         finally:

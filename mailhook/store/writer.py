@@ -79,7 +79,7 @@ class Writer:
         # A job taken from the queue that would have made a commit larger than max_batch: the next one's first.
         self._carried: Job | None = None
         # SQLite only: PostgreSQL's server has no WAL for us to copy.
-        self.checkpointer = self._checkpointer(busy_timeout) if store is None else None
+        self.checkpointer = self._checkpointer(busy_timeout, mode) if store is None else None
         self._thread = NamedThread(target=self._run, name="mailhook-writer", daemon=True)
         self._thread.start()
 
@@ -183,7 +183,7 @@ class Writer:
             self.checkpointer.close()
         self.store.close()
 
-    def _checkpointer(self, busy_timeout: float) -> Checkpointer | None:
+    def _checkpointer(self, busy_timeout: float, mode: int) -> Checkpointer | None:
         """Start the checkpointer thread and raise the writer's own auto-checkpoint to its net; None if it cannot."""
         index = WalIndex.open(self.store.path, self.store.page_size)
         if index is None:
@@ -191,7 +191,7 @@ class Writer:
             return None
         pages = checkpoint_pages(self.store.page_size)
         try:
-            checkpointer = Checkpointer(self.store.path, index, pages=pages, busy_timeout=busy_timeout)
+            checkpointer = Checkpointer(self.store.path, index, pages=pages, busy_timeout=busy_timeout, mode=mode)
         except (RetryLater, sqlite3.Error) as exc:
             index.close()
             log.warning("no checkpointer thread (%s): the writer checkpoints the WAL itself", exc)
