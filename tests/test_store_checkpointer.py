@@ -21,7 +21,7 @@ from mailhook.store.checkpointer import Checkpointer
 from mailhook.store.write import Store
 from mailhook.store.writer import Writer
 
-PAGES = 200  # the routine threshold in these tests: 200 pages of 2 KiB, a checkpoint every ten or so deliveries
+PAGES = 200  # CHECKPOINT_BYTES in these tests: 200 pages of 2 KiB; the checkpointer's threshold is twice that
 BODY = b"x" * 1500
 
 
@@ -90,7 +90,7 @@ def test_the_writers_own_auto_checkpoint_is_only_the_net_and_the_checkpointer_ha
     writer: Writer,
 ) -> None:
     assert writer.checkpointer is not None
-    assert writer.checkpointer.pages == PAGES
+    assert writer.checkpointer.pages == write.CHECKPOINTER_FACTOR * PAGES
     assert writer.store.conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (write.NET_FACTOR * PAGES,)
 
 

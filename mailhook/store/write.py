@@ -46,9 +46,11 @@ def checkpoint_pages(page_size: int) -> int:
     return CHECKPOINT_BYTES // page_size
 
 
-# With a checkpointer thread beside it (store/checkpointer.py) the writer's own auto-checkpoint is only
-# the net for a checkpointer that fell behind: at this many times CHECKPOINT_BYTES (64 MiB, the WAL's
-# journal_size_limit), not at every 16 MiB.
+# With a checkpointer thread beside the writer (store/checkpointer.py) the copying is off the commits'
+# path, and it checkpoints at twice CHECKPOINT_BYTES (32 MiB): pages copied per message 6.0 -> 4.8 in
+# 40,000 SMTP messages (docs/performance.md, "ckpt12"). The writer's own auto-checkpoint is only the net
+# for a checkpointer that fell behind, at four times CHECKPOINT_BYTES (64 MiB, the WAL's journal_size_limit).
+CHECKPOINTER_FACTOR = 2
 NET_FACTOR = 4
 
 

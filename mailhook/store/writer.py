@@ -30,7 +30,7 @@ from mailhook.store.local import LocalPendingQueue, SoleLease
 from mailhook.store.reads import committed_position, quarantined_sources, totals
 from mailhook.store.rows import Completion, Rows, Work
 from mailhook.store.wal_index import WalIndex
-from mailhook.store.write import NET_FACTOR, Store, WalCheckpoint, checkpoint_pages
+from mailhook.store.write import CHECKPOINTER_FACTOR, NET_FACTOR, Store, WalCheckpoint, checkpoint_pages
 from mailhook.thread_names import NamedThread
 
 log = logging.getLogger("mailhook.writer")
@@ -191,7 +191,8 @@ class Writer:
             return None
         pages = checkpoint_pages(self.store.page_size)
         try:
-            checkpointer = Checkpointer(self.store.path, index, pages=pages, busy_timeout=busy_timeout, mode=mode)
+            checkpointer = Checkpointer(self.store.path, index, pages=CHECKPOINTER_FACTOR * pages,
+                                        busy_timeout=busy_timeout, mode=mode)
         except (RetryLater, sqlite3.Error) as exc:
             index.close()
             log.warning("no checkpointer thread (%s): the writer checkpoints the WAL itself", exc)
