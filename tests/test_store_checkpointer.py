@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
+import signal
+import smtplib
 import sqlite3
+import subprocess
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
-from process_support import wait_until
+from process_support import ALLOW_ROOT, free_port, listening, wait_until
+from smtp_support import notification
 from test_store import email, rows, text_event
 
 from mailhook.models import Extraction
@@ -21,6 +28,7 @@ from mailhook.store.checkpointer import Checkpointer
 from mailhook.store.write import Store
 from mailhook.store.writer import Writer
 
+ROOT = Path(__file__).resolve().parent.parent
 PAGES = 200  # CHECKPOINT_BYTES in these tests: 200 pages of 2 KiB; the checkpointer's threshold is twice that
 BODY = b"x" * 1500
 
@@ -253,3 +261,61 @@ def test_a_blocked_pass_makes_the_checkpointer_pause_not_report_success(
     finally:
         reader.close()
     assert checkpointer._catch_up()
+
+
+def _thread_io(pid: int, name: str) -> dict[str, int]:
+    """Return /proc's read and write counts of `pid`'s thread named `name` (its OS name)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        if (task / "comm").read_text().strip() == name:
+            return {key: int(value) for key, value in
+                    (line.split(": ") for line in (task / "io").read_text().splitlines())}
+    raise AssertionError(f"no thread {name} in {pid}")
+
+
+@pytest.mark.slow
+def test_serve_copies_the_wal_on_its_checkpointer_thread_and_sigterm_leaves_every_acknowledged_delivery_whole(
+    tmp_path: Path,
+) -> None:
+    db, port = tmp_path / "serve.db", free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILHOOK_")} | ALLOW_ROOT | {"MAILHOOK_CONFIG": ""}
+    log = tmp_path / "serve.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "mailhook", "serve", "--db", str(db), "--smtp-listen",
+                                 f"127.0.0.1:{port}", "--http-listen", ""], cwd=ROOT, env=env, stdout=out, stderr=out)
+    acked: list[str] = []
+    try:
+        wait_until(lambda: proc.poll() is None and listening(port), 60, "mailhook serve listening")
+        before = _thread_io(proc.pid, "mh-checkpoint")
+
+        def deliver(first: int) -> None:
+            with smtplib.SMTP("127.0.0.1", port, timeout=60) as smtp:
+                for n in range(first, first + 250):
+                    smtp.sendmail("notifications@callfire.com", ["ops@example.com"], notification(n))
+                    acked.append(f"<{n}.notify@callfire.test>")
+
+        # 1,000 emails write some 50 MB of WAL frames: past the checkpointer's 32 MiB.
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(deliver, range(0, 1000, 250)))
+        after = _thread_io(proc.pid, "mh-checkpoint")
+        late = ThreadPoolExecutor(2)
+        stopped = late.map(lambda first: suppress_smtp(deliver, first), (5000, 6000))
+        wait_until(lambda: len(acked) > 1020, 60, "more deliveries under way")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, log.read_text(errors="replace")[-3000:]
+        list(stopped)
+        late.shutdown()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    # It read the WAL and wrote the database: the copies went through the checkpointer's own thread.
+    assert after["syscr"] > before["syscr"] and after["syscw"] > before["syscw"]
+    assert _integrity(db) == "ok"
+    stored = {row[0] for row in rows(db, "SELECT message_id FROM deliveries")}
+    assert set(acked) <= stored
+
+
+def suppress_smtp(deliver: Callable[[int], None], first: int) -> None:
+    """Run `deliver` until the server stops taking mail (SIGTERM closes its sessions)."""
+    with suppress(smtplib.SMTPException, OSError):
+        deliver(first)
