@@ -180,6 +180,25 @@ def test_a_readers_snapshot_holds_the_wal_and_once_it_lets_go_the_checkpointer_c
     assert _integrity(db) == "ok"
 
 
+def test_the_writers_periodic_checkpoint_under_load_has_the_checkpointer_copy_below_its_threshold(
+    db: Path, writer: Writer, passes: list[str]
+) -> None:
+    checkpointer = writer.checkpointer
+    assert checkpointer is not None
+    _deliver(writer, range(3))
+    index = wal_index.WalIndex.open(db, 2048)
+    assert index is not None
+    try:
+        assert 0 < index.pending() < checkpointer.pages and passes == []
+        writer._periodic()  # as the writer thread makes it after a commit once checkpoint_interval has passed
+        wait_until(lambda: passes and index.pending() == 0, 30, "the WAL copied back below the threshold")
+        assert set(passes) == {"mailhook-checkpoint"}
+        _deliver(writer, range(3, 4))  # the moment between two commits its last pass waits for
+        wait_until(lambda: checkpointer.idle, 30, "the checkpointer idle")
+    finally:
+        index.close()
+
+
 def test_close_stops_the_checkpointer_and_leaves_the_database_whole_with_every_delivery(db: Path) -> None:
     writer = Writer(db, checkpoint_interval=0)
     checkpointer = writer.checkpointer

@@ -88,6 +88,12 @@ class Checkpointer:
             self._idle = False
             self._wake.set()
 
+    def wake(self) -> None:
+        """Have the checkpointer copy back what waits now, below its threshold too (the writer's periodic one)."""
+        if self._idle and self._index.pending() > 0:
+            self._idle = False
+            self._wake.set()
+
     def close(self) -> None:
         """Stop the thread after the checkpoint under way, if any, and close its connection."""
         self._stopping.set()
