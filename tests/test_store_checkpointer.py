@@ -338,3 +338,22 @@ def suppress_smtp(deliver: Callable[[int], None], first: int) -> None:
     """Run `deliver` until the server stops taking mail (SIGTERM closes its sessions)."""
     with suppress(smtplib.SMTPException, OSError):
         deliver(first)
+
+
+def _shm_locks(db: Path) -> list[str]:
+    """Return this process's POSIX locks on `db`'s -shm file, as /proc/locks lists them."""
+    inode = Path(f"{db}-shm").stat().st_ino
+    return [line.split(maxsplit=1)[1] for line in Path("/proc/locks").read_text().splitlines()
+            if f" {os.getpid()} " in line and line.split()[5].endswith(f":{inode}")]
+
+
+def test_reading_the_wal_index_leaves_sqlites_locks_on_the_shm_file_alone(db: Path, writer: Writer) -> None:
+    # A descriptor of our own, once closed, would drop them all: another process would then take the
+    # file for new and truncate it under SQLite's mapping (SIGBUS), as kill -9 and a restart showed.
+    _deliver(writer, range(3))
+    held = _shm_locks(db)
+    assert held  # SQLite's DMS lock at least, while the writer's connection is open
+    index = wal_index.WalIndex.open(db, 2048)
+    assert index is not None and index.frames() > 0
+    index.close()
+    assert _shm_locks(db) == held
