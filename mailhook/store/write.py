@@ -48,7 +48,7 @@ def checkpoint_pages(page_size: int) -> int:
 
 # With a checkpointer thread beside the writer (store/checkpointer.py) the copying is off the commits'
 # path, and it checkpoints at twice CHECKPOINT_BYTES (32 MiB): pages copied per message 6.0 -> 4.8 in
-# 40,000 SMTP messages (docs/performance.md, "ckpt12"). The writer's own auto-checkpoint is only the net
+# 40,000 SMTP messages (docs/performance-log.md, "ckpt12"). The writer's own auto-checkpoint is only the net
 # for a checkpointer that fell behind, at four times CHECKPOINT_BYTES (64 MiB, the WAL's journal_size_limit).
 CHECKPOINTER_FACTOR = 2
 NET_FACTOR = 4
