@@ -1,4 +1,4 @@
-"""The private names of aiosmtpd, mail-parser and imapclient that mailhook relies on still mean what they did.
+"""The private names of aiosmtpd, mail-parser, imapclient and SQLite's WAL index mailhook uses still mean the same.
 
 Each library's internals are touched in one module, which lists them in
 `PRIVATE_NAMES`; pyproject.toml caps each library below its next release.
@@ -742,3 +742,44 @@ def test_the_sqlite3_modules_own_file_leads_to_the_sqlite_it_uses_and_its_load_e
     assert all(hasattr(sqlite, name) for name in (
         "sqlite3_open_v2", "sqlite3_enable_load_extension", "sqlite3_load_extension", "sqlite3_free", "sqlite3_close"
     )), advice
+
+
+def test_sqlites_wal_index_still_holds_the_frames_and_the_copied_frames_where_the_checkpointer_reads_them(
+    tmp_path: Path,
+) -> None:
+    from mailhook.store.wal_index import WalIndex
+
+    db = tmp_path / "w.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA page_size=2048")
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute("CREATE TABLE t (x)")
+    assert WalIndex.open(db, 4096) is None  # not the file's page size: not read as a WAL index
+    index = WalIndex.open(db, 2048)
+    assert index is not None, f"SQLite {sqlite3.sqlite_version}'s WAL index no longer starts as walformat.html says"
+    try:
+        conn.executemany("INSERT INTO t VALUES (?)", [(b"x" * 1500,) for _ in range(40)])
+        waiting = index.pending()
+        assert waiting == index.frames() > 20
+        # What a checkpoint reports, from SQLite's own counts: the WAL's frames, and how many it copied back.
+        busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        assert (busy, frames, copied) == (0, waiting, waiting)
+        assert (index.frames(), index.backfilled(), index.pending()) == (frames, copied, 0)
+        conn.execute("INSERT INTO t VALUES (1)")  # begins the WAL anew
+        assert index.backfilled() == 0 and 0 < index.frames() == index.pending() < frames
+    finally:
+        index.close()
+        conn.close()
+
+
+def test_no_wal_index_is_read_where_the_database_has_none(tmp_path: Path) -> None:
+    from mailhook.store.wal_index import WalIndex
+
+    db = tmp_path / "r.db"
+    conn = sqlite3.connect(db)  # a rollback journal, as SQLite makes a file by default: no -shm
+    conn.execute("CREATE TABLE t (x)")
+    conn.commit()
+    assert not Path(f"{db}-shm").exists()
+    assert WalIndex.open(db, 4096) is None
+    conn.close()

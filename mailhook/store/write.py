@@ -46,6 +46,14 @@ def checkpoint_pages(page_size: int) -> int:
     return CHECKPOINT_BYTES // page_size
 
 
+# With a checkpointer thread beside the writer (store/checkpointer.py) the copying is off the commits'
+# path, and it checkpoints at twice CHECKPOINT_BYTES (32 MiB): pages copied per message 6.0 -> 4.8 in
+# 40,000 SMTP messages (docs/performance-log.md, "ckpt12"). The writer's own auto-checkpoint is only the net
+# for a checkpointer that fell behind, at four times CHECKPOINT_BYTES (64 MiB, the WAL's journal_size_limit).
+CHECKPOINTER_FACTOR = 2
+NET_FACTOR = 4
+
+
 # What fails one item of a batch alone (a UnicodeEncodeError, mended and written again, is a ValueError).
 _ITEM_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, ValueError, OverflowError)
 
@@ -65,12 +73,16 @@ class Store(Upkeep):
         # that every commit creates, writes (more pages than the WAL gets) and unlinks. They hold
         # at most the pages one transaction changes; the writer sorts only a batch's own rows.
         self.conn.execute("PRAGMA temp_store=MEMORY")
-        (page_size,) = self.conn.execute("PRAGMA page_size").fetchone()
-        self.conn.execute(f"PRAGMA wal_autocheckpoint={checkpoint_pages(page_size)}")
+        (self.page_size,) = self.conn.execute("PRAGMA page_size").fetchone()
+        self.checkpoint_at(checkpoint_pages(self.page_size))
         # Whether new events get consecutive ids (`event_rows._insert_events_plain_sql`): only a hand-made row can
         # hold the largest rowid (mailhook's own ids grow by one from 1).
         self._sequential_ids = self.conn.execute(
             "SELECT coalesce(max(id), 0) < ? FROM events", (LARGEST_ROWID,)).fetchone()[0] == 1
+
+    def checkpoint_at(self, pages: int) -> None:
+        """Have a commit that leaves `pages` or more in the WAL checkpoint it (SQLite's auto-checkpoint)."""
+        self.conn.execute(f"PRAGMA wal_autocheckpoint={pages}")
 
     def write(self, items: Sequence[Work]) -> list[Receipt | Exception]:
         """Store a batch in one durable transaction; return each item's receipt or its own error.
