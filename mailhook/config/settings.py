@@ -62,7 +62,8 @@ class StorageSettings:
     busy_timeout: float = option(5.0, "seconds to wait for a locked database before answering 'retry later'")
     max_batch: int = option(256, "most deliveries committed in one transaction")
     checkpoint_interval: float = option(
-        60.0, "seconds between the writer's WAL checkpoints, which keep the WAL file small (0: only those its size calls for)"
+        60.0, "seconds between the writer's WAL checkpoints, which keep the WAL file small"
+        " (0: only those its size calls for)"
     )
     phone_region: str = option(
         "US", "region (ISO 3166 code) for reading phone numbers written without a country code into E.164"
