@@ -769,7 +769,6 @@ def test_sqlites_wal_index_still_holds_the_frames_and_the_copied_frames_where_th
         conn.execute("INSERT INTO t VALUES (1)")  # begins the WAL anew
         assert index.backfilled() == 0 and 0 < index.frames() == index.pending() < frames
     finally:
-        index.close()
         conn.close()
 
 

@@ -25,6 +25,7 @@ from mailhook.models import Extraction
 from mailhook.store import wal_index, write
 from mailhook.store import writer as writer_module
 from mailhook.store.checkpointer import Checkpointer
+from mailhook.store.connection import PAGE_SIZE
 from mailhook.store.write import Store
 from mailhook.store.writer import Writer
 
@@ -40,7 +41,7 @@ def db(tmp_path: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def small_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(write, "CHECKPOINT_BYTES", PAGES * 2048)
+    monkeypatch.setattr(write, "CHECKPOINT_BYTES", PAGES * PAGE_SIZE)
 
 
 @pytest.fixture
@@ -92,6 +93,20 @@ def writer(db: Path) -> Iterator[Writer]:
     w = Writer(db, checkpoint_interval=0)
     yield w
     w.close()
+
+
+@pytest.fixture
+def checkpointer(writer: Writer) -> Checkpointer:
+    """The writer fixture's checkpointer thread (a SQLite writer on Linux has one)."""
+    assert writer.checkpointer is not None
+    return writer.checkpointer
+
+
+def _index(db: Path) -> wal_index.WalIndex:
+    """Return SQLite's WAL index of `db`, mapped by a connection of this process that has written to it."""
+    index = wal_index.WalIndex.open(db, PAGE_SIZE)
+    assert index is not None
+    return index
 
 
 def test_the_writers_own_auto_checkpoint_is_only_the_net_and_the_checkpointer_has_the_routine_threshold(
@@ -147,7 +162,7 @@ def test_a_blocked_checkpointer_leaves_the_wal_to_the_writers_net(
         _deliver(writer, range(400))
         assert woken.is_set()
         # About 8,000 frames written; the WAL holds at most the net's 800 pages and the commit that crossed it.
-        assert _wal(db) < (write.NET_FACTOR * PAGES + 100) * (2048 + 24)
+        assert _wal(db) < (write.NET_FACTOR * PAGES + 100) * (PAGE_SIZE + 24)
     finally:
         release.set()
         writer.close()
@@ -158,16 +173,13 @@ def test_a_blocked_checkpointer_leaves_the_wal_to_the_writers_net(
 def test_a_readers_snapshot_holds_the_wal_and_once_it_lets_go_the_checkpointer_copies_it(
     db: Path, writer: Writer, passes: list[str]
 ) -> None:
-    checkpointer = writer.checkpointer
-    assert checkpointer is not None
     _deliver(writer, range(5))
     reader = sqlite3.connect(db)
     reader.execute("BEGIN")
     assert reader.execute("SELECT count(*) FROM deliveries").fetchone() == (5,)
     _deliver(writer, range(5, 300))
     # Neither the checkpointer nor the writer's net may copy what the reader's snapshot still needs.
-    index = wal_index.WalIndex.open(db, 2048)
-    assert index is not None
+    index = _index(db)
     assert index.pending() > write.NET_FACTOR * PAGES
     assert reader.execute("SELECT count(*) FROM deliveries").fetchone() == (5,)
     reader.close()
@@ -175,28 +187,21 @@ def test_a_readers_snapshot_holds_the_wal_and_once_it_lets_go_the_checkpointer_c
     more = iter(range(300, 10_000))
 
     wait_until(lambda: _one_more(writer, more) and index.frames() < held, 60, "the WAL copied back and begun anew")
-    index.close()
     assert set(passes) == {"mailhook-checkpoint"}
     assert _integrity(db) == "ok"
 
 
 def test_the_writers_periodic_checkpoint_under_load_has_the_checkpointer_copy_below_its_threshold(
-    db: Path, writer: Writer, passes: list[str]
+    db: Path, writer: Writer, checkpointer: Checkpointer, passes: list[str]
 ) -> None:
-    checkpointer = writer.checkpointer
-    assert checkpointer is not None
     _deliver(writer, range(3))
-    index = wal_index.WalIndex.open(db, 2048)
-    assert index is not None
-    try:
-        assert 0 < index.pending() < checkpointer.pages and passes == []
-        writer._periodic()  # as the writer thread makes it after a commit once checkpoint_interval has passed
-        wait_until(lambda: passes and index.pending() == 0, 30, "the WAL copied back below the threshold")
-        assert set(passes) == {"mailhook-checkpoint"}
-        _deliver(writer, range(3, 4))  # the moment between two commits its last pass waits for
-        wait_until(lambda: checkpointer.idle, 30, "the checkpointer idle")
-    finally:
-        index.close()
+    index = _index(db)
+    assert 0 < index.pending() < checkpointer.pages and passes == []
+    writer._periodic()  # as the writer thread makes it after a commit once checkpoint_interval has passed
+    wait_until(lambda: passes and index.pending() == 0, 30, "the WAL copied back below the threshold")
+    assert set(passes) == {"mailhook-checkpoint"}
+    _deliver(writer, range(3, 4))  # the moment between two commits its last pass waits for
+    wait_until(lambda: checkpointer.idle, 30, "the checkpointer idle")
 
 
 def test_close_stops_the_checkpointer_and_leaves_the_database_whole_with_every_delivery(db: Path) -> None:
@@ -215,10 +220,8 @@ def test_close_stops_the_checkpointer_and_leaves_the_database_whole_with_every_d
 
 
 def test_a_failing_checkpoint_is_logged_once_per_kind_and_deliveries_go_on(
-    db: Path, writer: Writer, caplog: pytest.LogCaptureFixture
+    db: Path, writer: Writer, checkpointer: Checkpointer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    checkpointer = writer.checkpointer
-    assert checkpointer is not None
 
     class Failing:
         def execute(self, sql: str) -> sqlite3.Cursor:
@@ -264,10 +267,8 @@ def test_a_writer_handed_another_store_has_no_checkpointer(db: Path) -> None:
 
 
 def test_a_blocked_pass_makes_the_checkpointer_pause_not_report_success(
-    db: Path, writer: Writer, monkeypatch: pytest.MonkeyPatch
+    db: Path, writer: Writer, checkpointer: Checkpointer
 ) -> None:
-    checkpointer = writer.checkpointer
-    assert checkpointer is not None
     _deliver(writer, range(5))
     reader = sqlite3.connect(db)
     reader.execute("BEGIN")
@@ -353,7 +354,5 @@ def test_reading_the_wal_index_leaves_sqlites_locks_on_the_shm_file_alone(db: Pa
     _deliver(writer, range(3))
     held = _shm_locks(db)
     assert held  # SQLite's DMS lock at least, while the writer's connection is open
-    index = wal_index.WalIndex.open(db, 2048)
-    assert index is not None and index.frames() > 0
-    index.close()
+    assert _index(db).frames() > 0
     assert _shm_locks(db) == held

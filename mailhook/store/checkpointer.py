@@ -100,7 +100,6 @@ class Checkpointer:
         self._wake.set()
         self._moment.set()
         self._thread.join()
-        self._index.close()
 
     def _run(self) -> None:
         try:

@@ -35,7 +35,11 @@ _BACKFILL_AT = 96
 
 
 class WalIndex:
-    """SQLite's own mapping of a database's WAL index, read to say how many WAL frames wait for a checkpoint."""
+    """SQLite's own mapping of a database's WAL index, read to say how many WAL frames wait for a checkpoint.
+
+    Nothing of it is ours to close: the mapping is SQLite's, and stays while a
+    connection of this process has the database open (the writer's outlives it).
+    """
 
     def __init__(self, address: int) -> None:
         self._frames = ctypes.c_uint32.from_address(address + _MAX_FRAME_AT)
@@ -69,9 +73,6 @@ class WalIndex:
     def backfilled(self) -> int:
         """Return how many of the WAL's frames have been copied back (0 again once SQLite writes the WAL anew)."""
         return int(self._backfilled.value)
-
-    def close(self) -> None:
-        """Forget the mapping (SQLite's own, unmapped by SQLite when its last connection to the file closes)."""
 
 
 def _valid(address: int, page_size: int) -> bool:

@@ -194,7 +194,6 @@ class Writer:
             checkpointer = Checkpointer(self.store.path, index, pages=CHECKPOINTER_FACTOR * pages,
                                         busy_timeout=busy_timeout, mode=mode)
         except (RetryLater, sqlite3.Error) as exc:
-            index.close()
             log.warning("no checkpointer thread (%s): the writer checkpoints the WAL itself", exc)
             return None
         self.store.checkpoint_at(NET_FACTOR * pages)
