@@ -17,7 +17,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, suppress
 from pathlib import Path
 
@@ -33,6 +34,8 @@ from mailhook.group.shares import share, worker_count, worker_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 PID = re.compile(r"\[(\d+)\] mailhook\.ingest: delivery channel=(\w+)")
+# Connections opened at once when a test needs every worker to take some.
+BURST = 8
 
 
 class Served:
@@ -120,6 +123,22 @@ def query(db: Path, sql: str) -> list[tuple[object, ...]]:
         return conn.execute(sql).fetchall()
 
 
+def deliver_until_every_worker_served(server: Served, deliver: Callable[[int], None]) -> int:
+    """Run `deliver(n)` for n = 0, 1, ... in bursts of BURST at once until every worker has logged a delivery on
+    both doors; return how many ran.
+
+    One connection at a time proves nothing: the kernel may wake the same idle worker first for every one (it
+    did, 200 times in a row, in one CI run). A burst is queued together, and a worker takes one per turn.
+    """
+    sent = 0
+    with ThreadPoolExecutor(BURST) as pool:
+        while (len(server.pids("smtp")) < 2 or len(server.pids("http")) < 2) and sent < 40 * BURST:
+            list(pool.map(deliver, range(sent, sent + BURST)))
+            sent += BURST
+    assert server.pids("smtp") == server.pids("http") == set(server.workers()), server.text()[-2000:]
+    return sent
+
+
 # --- sharing the work -----------------------------------------------------------------------------
 
 
@@ -130,13 +149,11 @@ def test_smtp_and_http_are_served_by_every_worker_and_duplicates_across_workers_
     server = serve(2)
     workers = server.workers()
     assert len(workers) == 2
-    sent = 0
-    # Each delivery on a connection of its own, until both workers have served both doors.
-    while (len(server.pids("smtp")) < 2 or len(server.pids("http")) < 2) and sent < 200:
-        send_mail(server.smtp, notification(500_000 + sent))
-        assert post(server.http, document(600_000 + sent)) == 200
-        sent += 1
-    assert server.pids("smtp") == server.pids("http") == set(workers), server.text()[-2000:]
+    def deliver(n: int) -> None:
+        send_mail(server.smtp, notification(500_000 + n))
+        assert post(server.http, document(600_000 + n)) == 200
+
+    sent = deliver_until_every_worker_served(server, deliver)
     # A worker asks the parent's store whether it takes writes.
     for _ in range(4):
         with urllib.request.urlopen(f"http://127.0.0.1:{server.http}/healthz", timeout=30) as response:
@@ -459,14 +476,13 @@ def _post_token(port: int, body: bytes, token: str) -> int:
 def test_metrics_count_the_whole_group_on_every_scrape_and_survive_a_worker_restart(serve: type[Served]) -> None:
     server = serve(2, "--http-token", "sesame")
     workers = server.workers()
-    sent = refused = 0
-    while (len(server.pids("smtp")) < 2 or len(server.pids("http")) < 2) and sent < 200:
-        send_mail(server.smtp, notification(400_000 + sent))
-        assert _post_token(server.http, document(450_000 + sent), "sesame") == 200
+
+    def deliver(n: int) -> None:
+        send_mail(server.smtp, notification(400_000 + n))
+        assert _post_token(server.http, document(450_000 + n), "sesame") == 200
         assert _post_token(server.http, document(1), "wrong") == 401
-        sent += 1
-        refused += 1
-    assert server.pids("smtp") == server.pids("http") == set(workers), server.text()[-2000:]
+
+    sent = refused = deliver_until_every_worker_served(server, deliver)
     # Every scrape, whichever worker takes it, counts what both workers took.
     for _ in range(8):
         assert _totals(server.http)[:3] == (sent, sent, refused)
@@ -572,12 +588,11 @@ def test_the_group_on_postgresql_stores_through_every_worker_once_and_waits_out_
     workers = server.workers()
     assert len(workers) == 2
     try:
-        sent = 0
-        while (len(server.pids("smtp")) < 2 or len(server.pids("http")) < 2) and sent < 200:
-            send_mail(server.smtp, notification(500_000 + sent))
-            assert post(server.http, document(600_000 + sent)) == 200
-            sent += 1
-        assert server.pids("smtp") == server.pids("http") == set(workers), server.text()[-2000:]
+        def deliver(n: int) -> None:
+            send_mail(server.smtp, notification(500_000 + n))
+            assert post(server.http, document(600_000 + n)) == 200
+
+        sent = deliver_until_every_worker_served(server, deliver)
         for _ in range(4):  # the same notification over both doors, landing on both workers: stored once
             send_mail(server.smtp, notification(777))
             assert post(server.http, document(778)) == 200
