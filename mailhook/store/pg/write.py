@@ -34,8 +34,6 @@ acknowledged, kept, and can be reprocessed (docs/security.md, "PostgreSQL store"
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -50,6 +48,7 @@ from mailhook.models import Delivery, FolderPosition, Receipt, Status, to_json, 
 from mailhook.store.pg.attempts import insert_attempts
 from mailhook.store.pg.connection import Connection, connect, migrate
 from mailhook.store.pg.frozen import FROZEN_AFTER, end_frozen
+from mailhook.store.pg.keys import First, first_deliveries, lock_keys
 from mailhook.store.pg.lease import fence, passed
 from mailhook.store.pg.session import LOCK_WAIT, bound_transactions
 from mailhook.store.pg.text import clean, cleaned
@@ -60,15 +59,10 @@ from mailhook.store.write import WalCheckpoint
 
 log = logging.getLogger("mailhook.store")
 
-KEY_LOCKS = 1 + int.from_bytes(b"mhk", "big")
-"""The advisory lock class (first int4) of the locks on Message-IDs and dedupe keys."""
-MAX_KEY_LOCKS = 1000
-"""Most key locks one batch takes (each uses a slot of the server's lock table); past it, unique keys alone."""
 RETRIES = 3
 
 _MODIFIED, _CREATED = EVENT_COLUMNS.index("modified"), EVENT_COLUMNS.index("created")
 _FROM, _TO = EVENT_COLUMNS.index("from_number"), EVENT_COLUMNS.index("to_number")
-_DEDUPE = EVENT_COLUMNS.index("dedupe_key")
 
 
 def _placeholders(columns: Sequence[str]) -> str:
@@ -99,17 +93,10 @@ ON CONFLICT (account, folder) DO UPDATE SET
 _ITEM_ERRORS = (psycopg.IntegrityError, psycopg.DataError, pg_errors.ProgramLimitExceeded, ValueError, OverflowError)
 # Failures after which the same batch, tried again at once, should succeed.
 _TRANSIENT = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure, pg_errors.LockNotAvailable)
-_First = tuple[int, str]
 
 
 class _Redo(Exception):
     """An item failed in a batch written without savepoints: write the batch again with them."""
-
-
-def lock_key(text: str) -> int:
-    """Return the advisory lock number (int4) of a Message-ID or dedupe key: the same on every node."""
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=4).digest(), "big",
-                          signed=True)
 
 
 class PgStore:
@@ -127,7 +114,7 @@ class PgStore:
         self._retry_at = 0.0
         self._last_error = ""
         # The batch under way: each Message-ID's first delivery, and those the current item added.
-        self._first: dict[str, _First] = {}
+        self._first: dict[str, First] = {}
         self._added: list[str] = []
         # Connect and migrate now: a node that cannot reach its database at start says so at once (and `serve`
         # tries again), one whose settings the server refuses stops (ConfigError).
@@ -214,8 +201,8 @@ class PgStore:
                 with conn.transaction():
                     fence(conn, [item[0].position for item in items
                                  if not isinstance(item, Completion) and item[0].position is not None])
-                    self._lock_keys(conn, found)
-                    self._first = self._first_deliveries(conn, found)
+                    lock_keys(conn, found)
+                    self._first = first_deliveries(conn, found)
                     results = [self._write_item(conn, item, rows, careful=careful)
                                for item, rows in zip(items, found, strict=True)]
                     committing = True
@@ -261,38 +248,6 @@ class PgStore:
             with contextlib.suppress(psycopg.Error):
                 conn.rollback()
             return 0
-
-    def _lock_keys(self, conn: Connection, batch: Sequence[Rows | Exception | None]) -> None:
-        """Take the batch's key locks in one statement, in sorted order (the order every node takes them in)."""
-        keys: set[int] = set()
-        for found in batch:
-            if not isinstance(found, Rows):
-                continue  # stored pending (no keys yet), or an item that fails on its own
-            if found.message_id:
-                keys.add(lock_key("m:" + found.message_id))
-            keys.update(lock_key("e:" + str(values[_DEDUPE])) for _, values, _ in found.events)
-            if len(keys) >= MAX_KEY_LOCKS:
-                break
-        if keys:
-            # The numbers as one text parameter: psycopg's array dumper for a list of ints failed inside
-            # `serve` ('NoneType' object has no attribute 'integer'), so no array adapter is needed.
-            conn.execute(
-                "SELECT count(pg_advisory_xact_lock(%s, k))"
-                " FROM (SELECT k FROM unnest(string_to_array(%s, ',')::int4[]) AS k ORDER BY k) AS s",
-                (KEY_LOCKS, ",".join(str(k) for k in sorted(keys)[:MAX_KEY_LOCKS])),
-            )
-
-    def _first_deliveries(self, conn: Connection, batch: Sequence[Rows | Exception | None]) -> dict[str, _First]:
-        """Return the first stored delivery (id, sha256) of each Message-ID in the batch, in one query."""
-        ids = sorted({found.message_id for found in batch if isinstance(found, Rows) and found.message_id})
-        if not ids:
-            return {}
-        rows_ = conn.execute(
-            "SELECT DISTINCT ON (message_id) message_id, id, sha256 FROM deliveries"
-            " WHERE message_id IN (SELECT jsonb_array_elements_text(%s::jsonb)) ORDER BY message_id, id",
-            (json.dumps([clean(i) for i in ids]),),
-        ).fetchall()
-        return {message_id: (id_, sha256) for message_id, id_, sha256 in rows_}
 
     def _write_item(self, conn: Connection, item: Work, found: Rows | Exception | None, *,
                     careful: bool) -> Receipt | Exception:
@@ -403,7 +358,7 @@ class PgStore:
     def _seen(self, conn: Connection, message_id: str | None, sha256: str, own_id: int | None) -> tuple[bool, bool]:
         """Say whether another delivery has this Message-ID, and whether the first one has these exact bytes.
 
-        From the batch's first deliveries (`_first_deliveries`, kept current as
+        From the batch's first deliveries (`keys.first_deliveries`, kept current as
         the batch stores more); the database is asked only when the first one
         is the delivery itself.
         """
