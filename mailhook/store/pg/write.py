@@ -42,9 +42,10 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from mailhook.backoff import Backoff
-from mailhook.derived import e164, sent_at
+from mailhook.derived import e164
 from mailhook.errors import RetryLater
-from mailhook.models import Delivery, FolderPosition, Receipt, Status, to_json, utcnow
+from mailhook.models import Delivery, FolderPosition, Receipt, Status, utcnow
+from mailhook.store.pg import deliveries
 from mailhook.store.pg.attempts import insert_attempts
 from mailhook.store.pg.connection import Connection, connect, migrate
 from mailhook.store.pg.frozen import FROZEN_AFTER, end_frozen
@@ -73,20 +74,6 @@ _INSERT_EVENT = (
     f"INSERT INTO events (delivery_id, received_at, event_time, from_e164, to_e164, {', '.join(EVENT_COLUMNS)}) "
     f"VALUES (%s, %s, %s, %s, %s, {_placeholders(EVENT_COLUMNS)}) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id"
 )
-_INSERT_DELIVERY = """
-INSERT INTO deliveries (channel, received_at, status, error, message_id, envelope_from, envelope_to,
-    subject, content_type, remote_addr, size, sha256, raw, notes, source, event_count, duplicate_count, sent_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id
-"""
-_ADVANCE = """
-INSERT INTO imap_checkpoints AS c (account, folder, uidvalidity, last_uid, updated_at) VALUES (%s, %s, %s, %s, %s)
-ON CONFLICT (account, folder) DO UPDATE SET
-    last_uid = CASE WHEN c.uidvalidity = excluded.uidvalidity
-                    THEN greatest(c.last_uid, excluded.last_uid) ELSE excluded.last_uid END,
-    uidvalidity = excluded.uidvalidity,
-    updated_at = excluded.updated_at
-"""
-
 # One delivery's error that fails (or quarantines) only that delivery; anything else fails the batch.
 # ProgramLimitExceeded (class 54: an index row or a tsvector too large) is the item's own values, never the server's
 # state: it is an OperationalError in psycopg, which the batch would otherwise meet as "storage unavailable".
@@ -300,7 +287,7 @@ class PgStore:
                                                     Rows(reason, None, None, None, ()), delivery.raw)
                 position = delivery.position
                 if position is not None:  # kept, so the folder moves past it: the poller must not fetch it again
-                    conn.execute(_ADVANCE, (position.account, position.folder, position.uidvalidity, position.uid, now))
+                    deliveries.advance(conn, position, now)
         except _ITEM_ERRORS as again:
             log.error("delivery could not be kept either: %s", again)
             return None
@@ -367,28 +354,14 @@ class PgStore:
         first = self._first.get(clean(message_id))
         if first is None or first[0] != own_id:
             return first is not None, first is not None and first[1] == sha256
-        row = conn.execute(
-            "SELECT sha256 FROM deliveries WHERE message_id = %s AND id IS DISTINCT FROM %s::bigint"
-            " ORDER BY id LIMIT 1",
-            (clean(message_id), own_id),
-        ).fetchone()
-        return row is not None, row is not None and row[0] == sha256
+        return deliveries.seen(conn, message_id, sha256, own_id)
 
     def _insert_delivery(self, conn: Connection, delivery: Delivery, sha256: str, now: str, status: Status,
                          found: Rows | None, raw: bytes | None) -> int:
-        row = conn.execute(_INSERT_DELIVERY, (
-            delivery.channel, now, status,
-            clean(found and found.reason), clean(found and found.message_id),
-            clean(delivery.envelope_from),
-            clean(to_json(list(delivery.envelope_to))) if delivery.envelope_to else None,
-            clean(found and found.subject), clean(delivery.content_type), clean(delivery.remote_addr),
-            len(delivery.raw), sha256, raw, clean(found and found.notes), clean(delivery.source), 0, 0,
-            clean(sent_at(delivery.raw)) if delivery.kind == "email" else None,
-        )).fetchone()
-        assert row is not None
+        delivery_id = deliveries.insert_delivery(conn, delivery, sha256, now, status, found, raw)
         if found is not None and found.message_id:
-            self._stored_first(clean(found.message_id), int(row[0]), sha256)
-        return int(row[0])
+            self._stored_first(clean(found.message_id), delivery_id, sha256)
+        return delivery_id
 
     def _stored_first(self, message_id: str, delivery_id: int, sha256: str) -> None:
         """Note a delivery this batch stored with a Message-ID, if it is that Message-ID's first."""
@@ -403,7 +376,7 @@ class PgStore:
         conn.execute("UPDATE deliveries SET status = %s, event_count = %s, duplicate_count = %s WHERE id = %s",
                      (status, new, duplicates, delivery_id))
         if position is not None:
-            conn.execute(_ADVANCE, (position.account, position.folder, position.uidvalidity, position.uid, now))
+            deliveries.advance(conn, position, now)
         return Receipt(delivery_id, status, new, duplicates, found.reason, found.message_id, types)
 
     def _insert_events(self, conn: Connection, delivery_id: int, now: str,
@@ -431,14 +404,13 @@ class PgStore:
         """Return how far `folder` of `account` has been stored, if at all (a committed read)."""
         conn = self.connection()
         try:
-            row = conn.execute("SELECT uidvalidity, last_uid FROM imap_checkpoints WHERE account = %s AND folder = %s",
-                               (account, folder)).fetchone()
+            stored = deliveries.position(conn, account, folder)
             conn.rollback()
         except psycopg.Error as exc:
             if conn.closed or conn.broken:
                 self._lost()
             raise RetryLater(f"storage unavailable: {self._words(exc)}") from None
-        return None if row is None else FolderPosition(account, folder, row[0], row[1])
+        return stored
 
     def check_writable(self) -> None:
         """Raise `RetryLater` unless the database takes writes now (reachable, and not a read-only standby)."""
