@@ -42,19 +42,17 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from mailhook.backoff import Backoff
-from mailhook.derived import e164
 from mailhook.errors import RetryLater
 from mailhook.models import Delivery, FolderPosition, Receipt, Status, utcnow
 from mailhook.store.pg import deliveries
-from mailhook.store.pg.attempts import insert_attempts
 from mailhook.store.pg.connection import Connection, connect, migrate
+from mailhook.store.pg.event_rows import insert_events
 from mailhook.store.pg.frozen import FROZEN_AFTER, end_frozen
 from mailhook.store.pg.keys import First, first_deliveries, lock_keys
 from mailhook.store.pg.lease import fence, passed
 from mailhook.store.pg.session import LOCK_WAIT, bound_transactions
-from mailhook.store.pg.text import clean, cleaned
+from mailhook.store.pg.text import clean
 from mailhook.store.rows import Completion, Rows, Work, delivery_status, rows
-from mailhook.store.schema import EVENT_COLUMNS
 from mailhook.store.target import PostgresTarget
 from mailhook.store.write import WalCheckpoint
 
@@ -62,18 +60,6 @@ log = logging.getLogger("mailhook.store")
 
 RETRIES = 3
 
-_MODIFIED, _CREATED = EVENT_COLUMNS.index("modified"), EVENT_COLUMNS.index("created")
-_FROM, _TO = EVENT_COLUMNS.index("from_number"), EVENT_COLUMNS.index("to_number")
-
-
-def _placeholders(columns: Sequence[str]) -> str:
-    return ", ".join("%s::jsonb" if column == "payload" else "%s" for column in columns)
-
-
-_INSERT_EVENT = (
-    f"INSERT INTO events (delivery_id, received_at, event_time, from_e164, to_e164, {', '.join(EVENT_COLUMNS)}) "
-    f"VALUES (%s, %s, %s, %s, %s, {_placeholders(EVENT_COLUMNS)}) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id"
-)
 # One delivery's error that fails (or quarantines) only that delivery; anything else fails the batch.
 # ProgramLimitExceeded (class 54: an index row or a tsvector too large) is the item's own values, never the server's
 # state: it is an OperationalError in psycopg, which the batch would otherwise meet as "storage unavailable".
@@ -371,32 +357,13 @@ class PgStore:
 
     def _finish(self, conn: Connection, delivery_id: int, now: str, found: Rows, *, seen: bool,
                 position: FolderPosition | None) -> Receipt:
-        new, duplicates, types = self._insert_events(conn, delivery_id, now, found)
+        new, duplicates, types = insert_events(conn, delivery_id, now, found, region=self.phone_region)
         status = delivery_status(found, seen=seen, new=new, duplicates=duplicates)
         conn.execute("UPDATE deliveries SET status = %s, event_count = %s, duplicate_count = %s WHERE id = %s",
                      (status, new, duplicates, delivery_id))
         if position is not None:
             deliveries.advance(conn, position, now)
         return Receipt(delivery_id, status, new, duplicates, found.reason, found.message_id, types)
-
-    def _insert_events(self, conn: Connection, delivery_id: int, now: str,
-                       found: Rows) -> tuple[int, int, tuple[str, ...]]:
-        new = duplicates = 0
-        types: list[str] = []
-        region = self.phone_region
-        for event_type, values, attempts in found.events:
-            event_time = values[_MODIFIED] or values[_CREATED] or now
-            row = conn.execute(_INSERT_EVENT, (
-                delivery_id, now, clean(event_time), e164(values[_FROM], region), e164(values[_TO], region),
-                *cleaned(values, EVENT_COLUMNS),
-            )).fetchone()
-            if row is None:
-                duplicates += 1
-                continue
-            new += 1
-            types.append(event_type)
-            insert_attempts(conn, row[0], attempts)
-        return new, duplicates, tuple(types)
 
     # -- reads on the writer's connection --------------------------------------------------------
 
