@@ -164,7 +164,7 @@ def test_the_commands_path_to_postgresql_loads_nothing_of_sqlite() -> None:
     # What the commands reach on PostgreSQL (the writer, a subclass of SQLite's Writer, is serve's and ingest's).
     commands_path = ("mailhook.store.operations", "mailhook.store.target", "mailhook.store.pg",
                      "mailhook.store.pg.connection", "mailhook.store.pg.schema", "mailhook.store.pg.figures",
-                     "mailhook.store.pg.reports", "mailhook.store.pg.maintenance", "mailhook.store.pg.reprocess",
-                     "mailhook.store.pg.attempts", "mailhook.store.pg.text")
+                     "mailhook.store.pg.figure_triggers", "mailhook.store.pg.reports", "mailhook.store.pg.maintenance",
+                     "mailhook.store.pg.reprocess", "mailhook.store.pg.attempts", "mailhook.store.pg.text")
     found = [f"{m} -> {i}" for m in commands_path for i in GRAPH[m] if _in(i, sqlite_side)]
     assert not found, _broken("the commands' PostgreSQL modules import no SQLite part", found)

@@ -40,7 +40,7 @@ from mailhook.models import FolderPosition
 from mailhook.store.pg.frozen import end_frozen
 from mailhook.store.pg.lease import fence
 from mailhook.store.pg.session import bound_transactions
-from mailhook.store.pg.write import KEY_LOCKS, lock_key
+from mailhook.store.pg.keys import KEY_LOCKS, lock_key
 
 url, message_id = sys.argv[1], sys.argv[2]
 conn = psycopg.connect(url, autocommit=False, application_name="mailhook")

@@ -16,7 +16,7 @@ from mailhook.store.connection import connect as sqlite_connect
 from mailhook.store.connection import migrate as sqlite_migrate
 from mailhook.store.figures import campaign_rows
 from mailhook.store.pg.connection import MIGRATION_LOCK, connect, migrate, open_database, schema_version
-from mailhook.store.pg.figures import _labels_update
+from mailhook.store.pg.figures import labels_update
 from mailhook.store.pg.schema import MIGRATIONS
 from mailhook.store.pg.session import bound_transactions
 from mailhook.store.target import PostgresTarget
@@ -209,7 +209,7 @@ def test_a_campaigns_labels_and_first_time_are_found_by_index_seeks_not_by_readi
     indexes = dict(conn.execute("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'events'").fetchall())
     assert "resource_id" in indexes["events_campaign"] and "broadcast_id IS NULL" in indexes["events_campaign"]
     conn.execute("SET LOCAL enable_seqscan = off")  # an empty table: without this the planner rightly scans it
-    labels = _labels_update("id = 7")
+    labels = labels_update("id = 7")
     first = ("UPDATE campaigns SET first_seen = (SELECT min(c.event_time) FROM ("
              + campaign_rows("x.event_time", every=True) + ") AS c) WHERE id = 7")
     plans = ["\n".join(row[0] for row in conn.execute(f"EXPLAIN {sql}")) for sql in (labels, first)]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from mailhook.store.figures import CAMPAIGN_INDEX
 from mailhook.store.pg import figures
+from mailhook.store.pg.figure_triggers import TRIGGERS
 
 TS_CONFIG = "simple"
 """The text search configuration: words as written (lower-cased), no stemming, for any language."""
@@ -205,6 +206,9 @@ CREATE INDEX events_text_from ON events(from_e164, to_e164, event_time) WHERE ev
 
 # SQLite's schema 7: a campaign's latest name, labels and status by index seeks; the trigger
 # functions made again with that lookup (issue 15).
-_V4_CAMPAIGN_INDEX = CAMPAIGN_INDEX + figures.TRIGGERS
+_V4_CAMPAIGN_INDEX = CAMPAIGN_INDEX + TRIGGERS
 
-MIGRATIONS: tuple[str, ...] = (_V1, figures.MIGRATION, _V3_FEWER_PAGES, _V4_CAMPAIGN_INDEX)
+# The figure tables, their triggers and the analysts' views (after the base tables).
+_V2_FIGURES = figures.FUNCTIONS + figures.TABLES + figures.FULL_SCAN + TRIGGERS + figures.VIEWS
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2_FIGURES, _V3_FEWER_PAGES, _V4_CAMPAIGN_INDEX)

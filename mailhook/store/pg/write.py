@@ -34,8 +34,6 @@ acknowledged, kept, and can be reprocessed (docs/security.md, "PostgreSQL store"
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -44,54 +42,23 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from mailhook.backoff import Backoff
-from mailhook.derived import e164, sent_at
 from mailhook.errors import RetryLater
-from mailhook.models import Delivery, FolderPosition, Receipt, Status, to_json, utcnow
-from mailhook.store.pg.attempts import insert_attempts
-from mailhook.store.pg.connection import Connection, connect, migrate
+from mailhook.models import Delivery, FolderPosition, Receipt, Status, utcnow
+from mailhook.store.pg import deliveries
+from mailhook.store.pg.connection import Connection
+from mailhook.store.pg.event_rows import insert_events
 from mailhook.store.pg.frozen import FROZEN_AFTER, end_frozen
+from mailhook.store.pg.keys import First, first_deliveries, lock_keys
 from mailhook.store.pg.lease import fence, passed
-from mailhook.store.pg.session import LOCK_WAIT, bound_transactions
-from mailhook.store.pg.text import clean, cleaned
+from mailhook.store.pg.session import LOCK_WAIT
+from mailhook.store.pg.text import clean
+from mailhook.store.pg.upkeep import Upkeep
 from mailhook.store.rows import Completion, Rows, Work, delivery_status, rows
-from mailhook.store.schema import EVENT_COLUMNS
 from mailhook.store.target import PostgresTarget
-from mailhook.store.write import WalCheckpoint
 
 log = logging.getLogger("mailhook.store")
 
-KEY_LOCKS = 1 + int.from_bytes(b"mhk", "big")
-"""The advisory lock class (first int4) of the locks on Message-IDs and dedupe keys."""
-MAX_KEY_LOCKS = 1000
-"""Most key locks one batch takes (each uses a slot of the server's lock table); past it, unique keys alone."""
 RETRIES = 3
-
-_MODIFIED, _CREATED = EVENT_COLUMNS.index("modified"), EVENT_COLUMNS.index("created")
-_FROM, _TO = EVENT_COLUMNS.index("from_number"), EVENT_COLUMNS.index("to_number")
-_DEDUPE = EVENT_COLUMNS.index("dedupe_key")
-
-
-def _placeholders(columns: Sequence[str]) -> str:
-    return ", ".join("%s::jsonb" if column == "payload" else "%s" for column in columns)
-
-
-_INSERT_EVENT = (
-    f"INSERT INTO events (delivery_id, received_at, event_time, from_e164, to_e164, {', '.join(EVENT_COLUMNS)}) "
-    f"VALUES (%s, %s, %s, %s, %s, {_placeholders(EVENT_COLUMNS)}) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id"
-)
-_INSERT_DELIVERY = """
-INSERT INTO deliveries (channel, received_at, status, error, message_id, envelope_from, envelope_to,
-    subject, content_type, remote_addr, size, sha256, raw, notes, source, event_count, duplicate_count, sent_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id
-"""
-_ADVANCE = """
-INSERT INTO imap_checkpoints AS c (account, folder, uidvalidity, last_uid, updated_at) VALUES (%s, %s, %s, %s, %s)
-ON CONFLICT (account, folder) DO UPDATE SET
-    last_uid = CASE WHEN c.uidvalidity = excluded.uidvalidity
-                    THEN greatest(c.last_uid, excluded.last_uid) ELSE excluded.last_uid END,
-    uidvalidity = excluded.uidvalidity,
-    updated_at = excluded.updated_at
-"""
 
 # One delivery's error that fails (or quarantines) only that delivery; anything else fails the batch.
 # ProgramLimitExceeded (class 54: an index row or a tsvector too large) is the item's own values, never the server's
@@ -99,97 +66,24 @@ ON CONFLICT (account, folder) DO UPDATE SET
 _ITEM_ERRORS = (psycopg.IntegrityError, psycopg.DataError, pg_errors.ProgramLimitExceeded, ValueError, OverflowError)
 # Failures after which the same batch, tried again at once, should succeed.
 _TRANSIENT = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure, pg_errors.LockNotAvailable)
-_First = tuple[int, str]
 
 
 class _Redo(Exception):
     """An item failed in a batch written without savepoints: write the batch again with them."""
 
 
-def lock_key(text: str) -> int:
-    """Return the advisory lock number (int4) of a Message-ID or dedupe key: the same on every node."""
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=4).digest(), "big",
-                          signed=True)
-
-
-class PgStore:
+class PgStore(Upkeep):
     """Writes deliveries and their events to PostgreSQL on one connection, one transaction per batch."""
 
     def __init__(self, target: PostgresTarget, *, phone_region: str = "US", connect_timeout: float = 10.0,
                  backoff: Backoff | None = None, lock_wait: float = LOCK_WAIT,
                  frozen_after: float = FROZEN_AFTER) -> None:
-        self.target = target
-        self.lock_wait = lock_wait
         self.frozen_after = frozen_after
         self.phone_region = phone_region
-        self.connect_timeout = connect_timeout
-        self.backoff = backoff or Backoff(0.25, 10.0)
-        self._retry_at = 0.0
-        self._last_error = ""
         # The batch under way: each Message-ID's first delivery, and those the current item added.
-        self._first: dict[str, _First] = {}
+        self._first: dict[str, First] = {}
         self._added: list[str] = []
-        # Connect and migrate now: a node that cannot reach its database at start says so at once (and `serve`
-        # tries again), one whose settings the server refuses stops (ConfigError).
-        self.conn: Connection | None = connect(target, connect_timeout=connect_timeout, strict=True)
-        try:
-            bound_transactions(self.conn, lock_wait=lock_wait)
-            migrate(self.conn)
-        except psycopg.Error as exc:
-            self.conn.close()
-            raise RetryLater(f"database unreachable ({target}): {self._words(exc)}") from None
-
-    # -- the connection ------------------------------------------------------------------------
-
-    def connection(self) -> Connection:
-        """Return the open connection, reconnecting (no sooner than the back-off allows) when it was lost."""
-        if self.conn is not None and not self.conn.closed:
-            return self.conn
-        self.conn = None
-        now = time.monotonic()
-        if now < self._retry_at:
-            raise RetryLater(f"database unreachable ({self.target}): {self._last_error}")
-        try:
-            conn = connect(self.target, connect_timeout=self.connect_timeout)
-            bound_transactions(conn, lock_wait=self.lock_wait)
-            migrate(conn)
-        except (RetryLater, psycopg.Error) as exc:
-            self._last_error = exc.args[0].split("): ", 1)[-1] if isinstance(exc, RetryLater) else self._words(exc)
-            self._retry_at = time.monotonic() + self.backoff.next()
-            raise RetryLater(f"database unreachable ({self.target}): {self._last_error}") from None
-        self.backoff.reset()
-        self._retry_at = 0.0
-        log.info("connected to the database %s", self.target)
-        self.conn = conn
-        return conn
-
-    @property
-    def reachable(self) -> bool:
-        """Say whether the store holds a live connection (not whether the server still answers)."""
-        return self.conn is not None and not self.conn.closed
-
-    def _lost(self) -> None:
-        """Forget a connection that failed; the next batch reconnects."""
-        if self.conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                self.conn.close()
-        self.conn = None
-
-    def _words(self, exc: BaseException) -> str:
-        text = str(exc).strip()
-        return self.target.scrub(text.splitlines()[0] if text else type(exc).__name__)
-
-    def close(self) -> None:
-        """Close the connection."""
-        self._lost()
-
-    def retry_now(self) -> None:
-        """Let the next batch reconnect at once (a health probe just reached the server)."""
-        self._retry_at = 0.0
-
-    def checkpoint_wal(self) -> WalCheckpoint:
-        """Do nothing: the server manages its own WAL (the SQLite writer's periodic checkpoint has no work here)."""
-        return WalCheckpoint(busy=False, frames=0, copied=0, truncated=False)
+        super().__init__(target, connect_timeout=connect_timeout, backoff=backoff, lock_wait=lock_wait)
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -214,8 +108,8 @@ class PgStore:
                 with conn.transaction():
                     fence(conn, [item[0].position for item in items
                                  if not isinstance(item, Completion) and item[0].position is not None])
-                    self._lock_keys(conn, found)
-                    self._first = self._first_deliveries(conn, found)
+                    lock_keys(conn, found)
+                    self._first = first_deliveries(conn, found)
                     results = [self._write_item(conn, item, rows, careful=careful)
                                for item, rows in zip(items, found, strict=True)]
                     committing = True
@@ -261,38 +155,6 @@ class PgStore:
             with contextlib.suppress(psycopg.Error):
                 conn.rollback()
             return 0
-
-    def _lock_keys(self, conn: Connection, batch: Sequence[Rows | Exception | None]) -> None:
-        """Take the batch's key locks in one statement, in sorted order (the order every node takes them in)."""
-        keys: set[int] = set()
-        for found in batch:
-            if not isinstance(found, Rows):
-                continue  # stored pending (no keys yet), or an item that fails on its own
-            if found.message_id:
-                keys.add(lock_key("m:" + found.message_id))
-            keys.update(lock_key("e:" + str(values[_DEDUPE])) for _, values, _ in found.events)
-            if len(keys) >= MAX_KEY_LOCKS:
-                break
-        if keys:
-            # The numbers as one text parameter: psycopg's array dumper for a list of ints failed inside
-            # `serve` ('NoneType' object has no attribute 'integer'), so no array adapter is needed.
-            conn.execute(
-                "SELECT count(pg_advisory_xact_lock(%s, k))"
-                " FROM (SELECT k FROM unnest(string_to_array(%s, ',')::int4[]) AS k ORDER BY k) AS s",
-                (KEY_LOCKS, ",".join(str(k) for k in sorted(keys)[:MAX_KEY_LOCKS])),
-            )
-
-    def _first_deliveries(self, conn: Connection, batch: Sequence[Rows | Exception | None]) -> dict[str, _First]:
-        """Return the first stored delivery (id, sha256) of each Message-ID in the batch, in one query."""
-        ids = sorted({found.message_id for found in batch if isinstance(found, Rows) and found.message_id})
-        if not ids:
-            return {}
-        rows_ = conn.execute(
-            "SELECT DISTINCT ON (message_id) message_id, id, sha256 FROM deliveries"
-            " WHERE message_id IN (SELECT jsonb_array_elements_text(%s::jsonb)) ORDER BY message_id, id",
-            (json.dumps([clean(i) for i in ids]),),
-        ).fetchall()
-        return {message_id: (id_, sha256) for message_id, id_, sha256 in rows_}
 
     def _write_item(self, conn: Connection, item: Work, found: Rows | Exception | None, *,
                     careful: bool) -> Receipt | Exception:
@@ -345,7 +207,7 @@ class PgStore:
                                                     Rows(reason, None, None, None, ()), delivery.raw)
                 position = delivery.position
                 if position is not None:  # kept, so the folder moves past it: the poller must not fetch it again
-                    conn.execute(_ADVANCE, (position.account, position.folder, position.uidvalidity, position.uid, now))
+                    deliveries.advance(conn, position, now)
         except _ITEM_ERRORS as again:
             log.error("delivery could not be kept either: %s", again)
             return None
@@ -403,7 +265,7 @@ class PgStore:
     def _seen(self, conn: Connection, message_id: str | None, sha256: str, own_id: int | None) -> tuple[bool, bool]:
         """Say whether another delivery has this Message-ID, and whether the first one has these exact bytes.
 
-        From the batch's first deliveries (`_first_deliveries`, kept current as
+        From the batch's first deliveries (`keys.first_deliveries`, kept current as
         the batch stores more); the database is asked only when the first one
         is the delivery itself.
         """
@@ -412,28 +274,14 @@ class PgStore:
         first = self._first.get(clean(message_id))
         if first is None or first[0] != own_id:
             return first is not None, first is not None and first[1] == sha256
-        row = conn.execute(
-            "SELECT sha256 FROM deliveries WHERE message_id = %s AND id IS DISTINCT FROM %s::bigint"
-            " ORDER BY id LIMIT 1",
-            (clean(message_id), own_id),
-        ).fetchone()
-        return row is not None, row is not None and row[0] == sha256
+        return deliveries.seen(conn, message_id, sha256, own_id)
 
     def _insert_delivery(self, conn: Connection, delivery: Delivery, sha256: str, now: str, status: Status,
                          found: Rows | None, raw: bytes | None) -> int:
-        row = conn.execute(_INSERT_DELIVERY, (
-            delivery.channel, now, status,
-            clean(found and found.reason), clean(found and found.message_id),
-            clean(delivery.envelope_from),
-            clean(to_json(list(delivery.envelope_to))) if delivery.envelope_to else None,
-            clean(found and found.subject), clean(delivery.content_type), clean(delivery.remote_addr),
-            len(delivery.raw), sha256, raw, clean(found and found.notes), clean(delivery.source), 0, 0,
-            clean(sent_at(delivery.raw)) if delivery.kind == "email" else None,
-        )).fetchone()
-        assert row is not None
+        delivery_id = deliveries.insert_delivery(conn, delivery, sha256, now, status, found, raw)
         if found is not None and found.message_id:
-            self._stored_first(clean(found.message_id), int(row[0]), sha256)
-        return int(row[0])
+            self._stored_first(clean(found.message_id), delivery_id, sha256)
+        return delivery_id
 
     def _stored_first(self, message_id: str, delivery_id: int, sha256: str) -> None:
         """Note a delivery this batch stored with a Message-ID, if it is that Message-ID's first."""
@@ -443,32 +291,13 @@ class PgStore:
 
     def _finish(self, conn: Connection, delivery_id: int, now: str, found: Rows, *, seen: bool,
                 position: FolderPosition | None) -> Receipt:
-        new, duplicates, types = self._insert_events(conn, delivery_id, now, found)
+        new, duplicates, types = insert_events(conn, delivery_id, now, found, region=self.phone_region)
         status = delivery_status(found, seen=seen, new=new, duplicates=duplicates)
         conn.execute("UPDATE deliveries SET status = %s, event_count = %s, duplicate_count = %s WHERE id = %s",
                      (status, new, duplicates, delivery_id))
         if position is not None:
-            conn.execute(_ADVANCE, (position.account, position.folder, position.uidvalidity, position.uid, now))
+            deliveries.advance(conn, position, now)
         return Receipt(delivery_id, status, new, duplicates, found.reason, found.message_id, types)
-
-    def _insert_events(self, conn: Connection, delivery_id: int, now: str,
-                       found: Rows) -> tuple[int, int, tuple[str, ...]]:
-        new = duplicates = 0
-        types: list[str] = []
-        region = self.phone_region
-        for event_type, values, attempts in found.events:
-            event_time = values[_MODIFIED] or values[_CREATED] or now
-            row = conn.execute(_INSERT_EVENT, (
-                delivery_id, now, clean(event_time), e164(values[_FROM], region), e164(values[_TO], region),
-                *cleaned(values, EVENT_COLUMNS),
-            )).fetchone()
-            if row is None:
-                duplicates += 1
-                continue
-            new += 1
-            types.append(event_type)
-            insert_attempts(conn, row[0], attempts)
-        return new, duplicates, tuple(types)
 
     # -- reads on the writer's connection --------------------------------------------------------
 
@@ -476,27 +305,13 @@ class PgStore:
         """Return how far `folder` of `account` has been stored, if at all (a committed read)."""
         conn = self.connection()
         try:
-            row = conn.execute("SELECT uidvalidity, last_uid FROM imap_checkpoints WHERE account = %s AND folder = %s",
-                               (account, folder)).fetchone()
+            stored = deliveries.position(conn, account, folder)
             conn.rollback()
         except psycopg.Error as exc:
             if conn.closed or conn.broken:
                 self._lost()
             raise RetryLater(f"storage unavailable: {self._words(exc)}") from None
-        return None if row is None else FolderPosition(account, folder, row[0], row[1])
-
-    def check_writable(self) -> None:
-        """Raise `RetryLater` unless the database takes writes now (reachable, and not a read-only standby)."""
-        conn = self.connection()
-        try:
-            row = conn.execute("SELECT current_setting('transaction_read_only')").fetchone()
-            conn.rollback()
-        except psycopg.Error as exc:
-            if conn.closed or conn.broken:
-                self._lost()
-            raise RetryLater(f"database unreachable ({self.target}): {self._words(exc)}") from None
-        if row is not None and row[0] == "on":
-            raise RetryLater(f"database read-only ({self.target}): a standby, not the primary")
+        return stored
 
 
 def _prepare(item: Work) -> Rows | Exception | None:
