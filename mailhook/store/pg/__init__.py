@@ -1,7 +1,18 @@
 """The PostgreSQL store, for several mailhook nodes on one database (psycopg 3, the `postgres` extra).
 
-- connection.py: connecting (timeouts, application_name), and the migrations under an advisory lock
-- schema.py: the same tables, columns and views as the SQLite schema, as PostgreSQL migrations
+Laid out as the SQLite store beside it (docs/architecture.md, the store row, names every module):
+
+- connection.py, session.py: connecting (timeouts, application_name), the migrations under an advisory
+  lock, and the bounds every session's transactions run under
+- schema.py, figures.py, figure_triggers.py: the same tables, columns, views and figures as the SQLite
+  schema, as PostgreSQL migrations and PL/pgSQL triggers
+- write.py: `PgStore`, a batch in one transaction made safe for several nodes; its connection and probes
+  in upkeep.py, its key locks in keys.py, a delivery's row in deliveries.py, its events in event_rows.py,
+  their attempts in attempts.py (shared with reprocess.py), text as PostgreSQL can hold it in text.py
+- writer.py: the writer thread over `PgStore`; reads.py, reports.py, maintenance.py, reprocess.py,
+  copy.py: everything else that reads or writes the database
+- lease.py, pending.py, frozen.py: what several nodes share (the IMAP folder lease, the backlog's
+  claims) and the sessions of nodes frozen mid-exchange
 """
 
 from __future__ import annotations
