@@ -27,27 +27,18 @@ from typing import Any
 import psycopg
 from psycopg import errors
 
-from mailhook.derived import e164
 from mailhook.errors import RetryLater
 from mailhook.models import Extraction, Receipt, Status, stored_kind, utcnow
 from mailhook.store.interface import StoredDelivery
-from mailhook.store.pg.attempts import insert_attempts
 from mailhook.store.pg.connection import open_database
+from mailhook.store.pg.event_rows import insert_events
 from mailhook.store.pg.session import bound_transactions
-from mailhook.store.pg.text import clean, cleaned
-from mailhook.store.rows import Rows, rows
-from mailhook.store.schema import EVENT_COLUMNS
+from mailhook.store.pg.text import clean
+from mailhook.store.rows import rows
 from mailhook.store.target import PostgresTarget
 
 log = logging.getLogger("mailhook.store")
 
-_INSERT_EVENT = (
-    f"INSERT INTO events (delivery_id, received_at, event_time, from_e164, to_e164, {', '.join(EVENT_COLUMNS)})"
-    f" VALUES (%s, %s, %s, %s, %s, {', '.join(['%s'] * len(EVENT_COLUMNS))})"
-    " ON CONFLICT (dedupe_key) DO NOTHING RETURNING id"
-)
-_MODIFIED, _CREATED = EVENT_COLUMNS.index("modified"), EVENT_COLUMNS.index("created")
-_FROM, _TO = EVENT_COLUMNS.index("from_number"), EVENT_COLUMNS.index("to_number")
 RETRIES = 3
 
 
@@ -116,7 +107,7 @@ class ReprocessStore:
         with conn.transaction():
             now = utcnow()
             found = rows(extraction, size)
-            new, duplicates, types = self._insert_events(delivery_id, now, found)
+            new, duplicates, types = insert_events(conn, delivery_id, now, found, region=self.phone_region)
             row = conn.execute("SELECT status, event_count FROM deliveries WHERE id = %s FOR UPDATE",
                                (delivery_id,)).fetchone()
             assert row is not None
@@ -132,21 +123,3 @@ class ReprocessStore:
                 (status, clean(error), clean("\n".join(extraction.notes) or None), new, duplicates, delivery_id),
             )
         return Receipt(delivery_id, status, new, duplicates, found.reason, event_types=types)
-
-    def _insert_events(self, delivery_id: int, now: str, extraction: Rows) -> tuple[int, int, tuple[str, ...]]:
-        new = duplicates = 0
-        types: list[str] = []
-        region = self.phone_region
-        with self.conn.cursor() as cursor:
-            for event_type, values, attempts in extraction.events:
-                event_time = values[_MODIFIED] or values[_CREATED] or now
-                inserted = cursor.execute(_INSERT_EVENT, (
-                    delivery_id, now, clean(event_time), e164(values[_FROM], region), e164(values[_TO], region),
-                    *cleaned(values, EVENT_COLUMNS))).fetchone()
-                if inserted is None:
-                    duplicates += 1
-                    continue
-                new += 1
-                types.append(event_type)
-                insert_attempts(cursor, inserted[0], attempts)
-        return new, duplicates, tuple(types)
