@@ -21,6 +21,8 @@ ON CONFLICT (account, folder) DO UPDATE SET
     uidvalidity = excluded.uidvalidity,
     updated_at = excluded.updated_at
 """
+POSITION = "SELECT uidvalidity, last_uid FROM imap_checkpoints WHERE account = %s AND folder = %s"
+"""An IMAP folder's stored position: read by the writer's connection (`position`) and by `reads`."""
 
 
 def insert_delivery(conn: Connection, delivery: Delivery, sha256: str, now: str, status: Status,
@@ -56,6 +58,5 @@ def advance(conn: Connection, position: FolderPosition, now: str) -> None:
 
 def position(conn: Connection, account: str, folder: str) -> FolderPosition | None:
     """Return how far `folder` of `account` has been stored, if at all."""
-    row = conn.execute("SELECT uidvalidity, last_uid FROM imap_checkpoints WHERE account = %s AND folder = %s",
-                       (account, folder)).fetchone()
+    row = conn.execute(POSITION, (account, folder)).fetchone()
     return None if row is None else FolderPosition(account, folder, row[0], row[1])

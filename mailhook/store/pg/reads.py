@@ -18,6 +18,7 @@ import psycopg
 from mailhook.errors import RetryLater
 from mailhook.models import FolderPosition
 from mailhook.store.pg.connection import Connection, connect
+from mailhook.store.pg.deliveries import POSITION
 from mailhook.store.target import PostgresTarget
 
 PING_TIMEOUT = 2.0
@@ -72,8 +73,7 @@ class PgReads:
 
     def position(self, account: str, folder: str) -> FolderPosition | None:
         """Return the committed IMAP position of `folder` of `account`."""
-        found = self.query("SELECT uidvalidity, last_uid FROM imap_checkpoints WHERE account = %s AND folder = %s",
-                           (account, folder))
+        found = self.query(POSITION, (account, folder))
         return FolderPosition(account, folder, found[0][0], found[0][1]) if found else None
 
     def quarantined_sources(self, sources: Sequence[str]) -> set[str]:
