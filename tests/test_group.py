@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import re
@@ -123,6 +124,12 @@ def query(db: Path, sql: str) -> list[tuple[object, ...]]:
         return conn.execute(sql).fetchall()
 
 
+def mail_and_post(server: Served, n: int) -> None:
+    """Deliver notification n once over each door, each on a connection of its own."""
+    send_mail(server.smtp, notification(500_000 + n))
+    assert post(server.http, document(600_000 + n)) == 200
+
+
 def deliver_until_every_worker_served(server: Served, deliver: Callable[[int], None]) -> int:
     """Run `deliver(n)` for n = 0, 1, ... in bursts of BURST at once until every worker has logged a delivery on
     both doors; return how many ran.
@@ -149,11 +156,7 @@ def test_smtp_and_http_are_served_by_every_worker_and_duplicates_across_workers_
     server = serve(2)
     workers = server.workers()
     assert len(workers) == 2
-    def deliver(n: int) -> None:
-        send_mail(server.smtp, notification(500_000 + n))
-        assert post(server.http, document(600_000 + n)) == 200
-
-    sent = deliver_until_every_worker_served(server, deliver)
+    sent = deliver_until_every_worker_served(server, functools.partial(mail_and_post, server))
     # A worker asks the parent's store whether it takes writes.
     for _ in range(4):
         with urllib.request.urlopen(f"http://127.0.0.1:{server.http}/healthz", timeout=30) as response:
@@ -588,11 +591,7 @@ def test_the_group_on_postgresql_stores_through_every_worker_once_and_waits_out_
     workers = server.workers()
     assert len(workers) == 2
     try:
-        def deliver(n: int) -> None:
-            send_mail(server.smtp, notification(500_000 + n))
-            assert post(server.http, document(600_000 + n)) == 200
-
-        sent = deliver_until_every_worker_served(server, deliver)
+        sent = deliver_until_every_worker_served(server, functools.partial(mail_and_post, server))
         for _ in range(4):  # the same notification over both doors, landing on both workers: stored once
             send_mail(server.smtp, notification(777))
             assert post(server.http, document(778)) == 200
